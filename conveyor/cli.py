@@ -1,0 +1,97 @@
+"""The `conveyor` command: one entry point, a sub-command per process kind.
+
+Flags use vLLM's names; each has a `CONVEYOR_*` env var twin through
+`Settings` (a flag given on the command line wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from conveyor.settings import Settings
+
+_ENGINE_FLAGS: list[tuple[str, dict]] = [
+    ("--served-model-name", {}),
+    ("--device", {}),
+    ("--dtype", {}),
+    ("--block-size", {"type": int}),
+    ("--max-num-seqs", {"type": int}),
+    ("--max-num-batched-tokens", {"type": int}),
+    ("--max-model-len", {"type": int}),
+    ("--kv-cache-memory", {"type": int, "help": "KV cache bytes on CPU"}),
+    ("--gpu-memory-utilization", {"type": float}),
+    ("--chat-template", {"help": "a Jinja template file or string"}),
+    ("--attention-backend", {"choices": ["torch", "triton"]}),
+    ("--data-dir", {}),
+    ("--seed", {"type": int}),
+]
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", nargs="?", help="HF folder, .gguf file or hub id (default: bundled)"
+    )
+    for flag, kwargs in _ENGINE_FLAGS:
+        parser.add_argument(flag, default=None, **kwargs)
+    parser.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Flags given on the command line override env vars and defaults."""
+    given = {
+        key: value
+        for key, value in vars(args).items()
+        if value is not None and key in Settings.model_fields
+    }
+    return Settings(**given)
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from conveyor.demo import run_chat
+
+    return run_chat(settings_from_args(args), max_tokens=args.max_tokens)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    if args.target == "engine":
+        from benchmarks.engine import main as bench_engine
+
+        return bench_engine(args.rest)
+    raise SystemExit(f"unknown benchmark {args.target!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    chat = sub.add_parser("chat", help="interactive chat with the engine in this terminal")
+    _add_engine_flags(chat)
+    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.set_defaults(func=_chat)
+
+    bench = sub.add_parser("bench", help="benchmarks: `conveyor bench engine [flags]`")
+    bench.add_argument("target", choices=["engine"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

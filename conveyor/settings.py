@@ -1,0 +1,69 @@
+"""All of conveyor's settings, read from flags and `CONVEYOR_*` env vars in one place.
+
+Nothing else in the project reads the environment: the CLI builds a
+`Settings` (flags win over env vars, env vars over defaults) and hands plain
+frozen config objects to the parts it starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
+
+
+class Settings(BaseSettings):
+    """Process-wide settings; every field maps to `CONVEYOR_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path("~/.cache/conveyor"),
+        description="converted-model cache, SQLite database, uploaded and result files",
+    )
+    model: str | None = Field(default=None, description="HF folder, .gguf file or hub id")
+    served_model_name: str | None = None
+    device: str | None = Field(default=None, description="cpu or cuda; default: cuda if present")
+    dtype: str | None = Field(default=None, description="float32, bfloat16 or float16")
+    block_size: int = 16
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    kv_cache_memory: int = Field(default=1 << 30, description="KV cache bytes on CPU")
+    gpu_memory_utilization: float = 0.9
+    chat_template: str | None = Field(default=None, description="file path or Jinja string")
+    attention_backend: str | None = Field(default=None, description="torch or triton")
+    seed: int = 0
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    def engine_config(self) -> EngineConfig:
+        # Imported here: engine.config pulls in torch, which API processes never load.
+        from engine.config import EngineConfig
+
+        return EngineConfig(
+            model=self.model,
+            served_model_name=self.served_model_name,
+            device=self.device,
+            dtype=self.dtype,
+            block_size=self.block_size,
+            max_num_seqs=self.max_num_seqs,
+            max_num_batched_tokens=self.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enable_prefix_caching=self.enable_prefix_caching,
+            kv_cache_memory=self.kv_cache_memory,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            chat_template=self.chat_template,
+            attention_backend=self.attention_backend,
+            data_dir=self.data_dir,
+            seed=self.seed,
+        )

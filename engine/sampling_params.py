@@ -1,0 +1,141 @@
+"""Per-request sampling parameters, validated once at the edge.
+
+Validation lives here (not in the API) so the offline `LLM`, the worker and
+the HTTP front end all reject the same things with the same message; the API
+turns the `ValueError` into a 400 naming the parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_LOGPROBS = 20
+MAX_STOP_STRINGS = 16
+MAX_STOP_STRING_LENGTH = 256
+MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_N = 16
+
+
+class SamplingParamError(ValueError):
+    """A sampling parameter is out of range; `param` names it for the API's error body."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What to sample and when to stop, in vLLM's vocabulary.
+
+    temperature == 0 means greedy. top_k <= 0 disables top-k. max_tokens None
+    means "until the context is full".
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] | None = None
+    seed: int | None = None
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        # Accept lists/strings from callers but store immutable tuples.
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if not isinstance(self.stop_token_ids, tuple):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        self._validate()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def needs_penalties(self) -> bool:
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
+
+    def _validate(self) -> None:
+        def fail(param: str, message: str) -> None:
+            raise SamplingParamError(param, message)
+
+        if not 1 <= self.n <= MAX_N:
+            fail("n", f"must be between 1 and {MAX_N}, got {self.n}")
+        if not 0.0 <= self.temperature <= 2.0:
+            fail("temperature", f"must be between 0 and 2, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            fail("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.top_k < -1:
+            fail("top_k", f"must be -1 or 0 (disabled) or a positive integer, got {self.top_k}")
+        if not 0.0 <= self.min_p <= 1.0:
+            fail("min_p", f"must be between 0 and 1, got {self.min_p}")
+        if not -2.0 <= self.presence_penalty <= 2.0:
+            fail("presence_penalty", f"must be between -2 and 2, got {self.presence_penalty}")
+        if not -2.0 <= self.frequency_penalty <= 2.0:
+            fail("frequency_penalty", f"must be between -2 and 2, got {self.frequency_penalty}")
+        if not 0.0 < self.repetition_penalty <= 2.0:
+            fail("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            fail("max_tokens", f"must be at least 1, got {self.max_tokens}")
+        if self.min_tokens < 0:
+            fail("min_tokens", f"must be non-negative, got {self.min_tokens}")
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            fail(
+                "min_tokens",
+                f"must not exceed max_tokens ({self.max_tokens}), got {self.min_tokens}",
+            )
+        if len(self.stop) > MAX_STOP_STRINGS:
+            fail("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}")
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                fail("stop", "stop strings must be non-empty strings")
+            if len(s) > MAX_STOP_STRING_LENGTH:
+                fail("stop", f"stop strings must be at most {MAX_STOP_STRING_LENGTH} characters")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            fail("stop_token_ids", "must be non-negative integers")
+        if self.logit_bias is not None:
+            if len(self.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+                fail("logit_bias", f"at most {MAX_LOGIT_BIAS_ENTRIES} entries")
+            for token, bias in self.logit_bias.items():
+                if not isinstance(token, int) or token < 0:
+                    fail("logit_bias", f"keys must be token ids, got {token!r}")
+                if not -100.0 <= bias <= 100.0:
+                    fail("logit_bias", f"values must be between -100 and 100, got {bias}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                fail(name, f"must be between 0 and {MAX_LOGPROBS}, got {value}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**63:
+            fail("seed", "must fit in a signed 64-bit integer")
+
+    def validate_against_vocab(self, vocab_size: int) -> None:
+        """Token ids can only be checked once the model is known."""
+        for token in self.logit_bias or {}:
+            if token >= vocab_size:
+                raise SamplingParamError(
+                    "logit_bias", f"token id {token} is outside the vocabulary ({vocab_size})"
+                )
+        for token in self.stop_token_ids:
+            if token >= vocab_size:
+                raise SamplingParamError(
+                    "stop_token_ids", f"token id {token} is outside the vocabulary ({vocab_size})"
+                )

@@ -1,0 +1,327 @@
+"""The model's tokenizer and chat template, without torch.
+
+This is the one engine module the HTTP API imports, so it must never pull in
+torch: `AutoTokenizer` reads the model config through transformers' model code
+(which imports torch), so we load the fast tokenizer class directly and read
+config.json / generation_config.json as plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from tokenizers import decoders
+from transformers import PreTrainedTokenizerFast
+from transformers.utils.chat_template_utils import _compile_jinja_template
+
+# Characters that mark a --chat-template value as a literal template, not a path (vLLM's rule).
+_JINJA_CHARS = "{}\n"
+# apply_chat_template parameters that template kwargs (user-supplied chat_template_kwargs)
+# must not override: they would change what we render or how, not what the template sees.
+_RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation",
+        "tools",
+        "chat_template",
+        "add_generation_prompt",
+        "tokenize",
+        "sanitize_control_tokens",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
+_BYTE_FALLBACK_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+_METASPACE = "\u2581"  # SentencePiece's visible space
+
+
+class Tokenizer:
+    """The model's tokenizer and chat template; the one engine module the API uses."""
+
+    def __init__(
+        self,
+        hf_tokenizer: PreTrainedTokenizerFast,
+        eos_token_ids: frozenset[int],
+    ) -> None:
+        self._hf = hf_tokenizer
+        self.vocab_size: int = len(hf_tokenizer)
+        self.eos_token_ids: frozenset[int] = eos_token_ids
+        self.bos_token_id: int | None = hf_tokenizer.bos_token_id
+        self._added_ids = frozenset(hf_tokenizer.added_tokens_decoder)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, chat_template: str | Path | None = None) -> Tokenizer:
+        """Load from an HF folder; `chat_template` overrides the model's (a path or a literal).
+
+        The override follows vLLM's --chat-template: an existing file is read, a value
+        containing Jinja characters is the template itself, anything else is an error.
+        """
+        model_dir = Path(model_dir)
+        try:
+            hf = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+        if chat_template is not None:
+            hf.chat_template = _resolve_chat_template(chat_template)
+        for template in _templates(hf.chat_template):
+            try:
+                _compile_jinja_template(template)
+            except jinja2.TemplateError as exc:
+                raise ValueError(f"invalid chat template: {exc}") from exc
+        eos = set(_config_eos_ids(model_dir))
+        if hf.eos_token_id is not None:
+            eos.add(hf.eos_token_id)
+        return cls(hf, frozenset(eos))
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(self._hf.chat_template)
+
+    @property
+    def hf_tokenizer(self) -> PreTrainedTokenizerFast:
+        """The underlying transformers tokenizer, for callers that need more than this API."""
+        return self._hf
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return self._hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
+
+    def convert_ids_to_tokens(self, token_ids: Sequence[int]) -> list[str]:
+        """Vocabulary strings; an id the tokenizer does not know (model padding rows) gives ''."""
+        tokens = self._hf.convert_ids_to_tokens(list(token_ids))
+        return [token if isinstance(token, str) else "" for token in tokens]
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a token stands for (OpenAI's logprobs `bytes` field).
+
+        A byte-level BPE token can hold part of a UTF-8 character, so decoding it
+        alone gives U+FFFD, and SentencePiece drops a lone token's leading space;
+        the vocabulary string keeps both, so the bytes come from it when we can.
+        """
+        if token_id not in self._added_ids:
+            token = self._hf.convert_ids_to_tokens(token_id)
+            if isinstance(token, str):
+                if self._vocab_style == "byte_level":
+                    raw = _byte_level_bytes(token, _BYTE_DECODER)
+                    if raw is not None:
+                        return raw
+                elif match := _BYTE_FALLBACK_TOKEN.fullmatch(token):
+                    return bytes([int(match.group(1), 16)])
+                elif self._vocab_style == "metaspace":
+                    return token.replace(_METASPACE, " ").encode("utf-8")
+        return self.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+    def token_bytes_repr(self, token_id: int) -> str:
+        """A printable token string for logprobs; partial UTF-8 shows as 'bytes:\\xe4\\xb8'.
+
+        Like vLLM, so a client never sees a bare U+FFFD for a token that is half a character.
+        """
+        raw = self.token_bytes(token_id)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + raw.decode("utf-8", errors="backslashreplace")
+
+    def render_chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> str:
+        """Render OpenAI-shaped messages through the chat template to prompt text."""
+        if not self.has_chat_template:
+            raise ValueError(
+                "this model has no chat template; pass one with --chat-template "
+                "or use the completions endpoint"
+            )
+        conversation = normalize_messages(messages)
+        reserved = _RESERVED_TEMPLATE_KWARGS.intersection(template_kwargs)
+        if reserved:
+            raise ValueError(f"chat template kwargs may not set {sorted(reserved)}")
+        try:
+            rendered = self._hf.apply_chat_template(
+                conversation,
+                tools=list(tools) if tools is not None else None,
+                add_generation_prompt=add_generation_prompt,
+                tokenize=False,
+                **template_kwargs,
+            )
+        except jinja2.TemplateError as exc:
+            raise ValueError(f"chat template error: {exc}") from exc
+        except TypeError as exc:
+            # The template did something its input does not support, e.g. `'x' + None`.
+            raise ValueError(f"chat template error: {exc}") from exc
+        assert isinstance(rendered, str)
+        return rendered
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **template_kwargs: Any,
+    ) -> list[int]:
+        """Render and tokenize; the template writes its own BOS, so no special tokens are added."""
+        text = self.render_chat(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools, **template_kwargs
+        )
+        return self.encode(text, add_special_tokens=False)
+
+    @cached_property
+    def _vocab_style(self) -> str:
+        """How vocabulary strings encode text: 'byte_level' (GPT-2), 'metaspace' (SentencePiece)."""
+        backend = self._hf.backend_tokenizer
+        if isinstance(backend.decoder, decoders.ByteLevel):
+            return "byte_level"
+        # A Sequence decoder does not expose its parts, but its JSON form names them.
+        decoder = json.dumps(json.loads(backend.to_str()).get("decoder"), ensure_ascii=False)
+        if '"ByteLevel"' in decoder:
+            return "byte_level"
+        if _METASPACE in decoder:
+            return "metaspace"
+        return "other"
+
+
+def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Turn OpenAI chat messages into what HF chat templates expect.
+
+    Templates concatenate `content` as a string, so text parts are joined with
+    newlines (as vLLM does); other part types cannot be rendered by a text model.
+    Tool-call arguments arrive as JSON strings but templates `tojson` them, so
+    they are parsed back into objects.
+    """
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise ValueError("messages must be a list of message objects")
+    if not messages:
+        raise ValueError("messages must contain at least one message")
+    out = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"messages[{index}] must be an object")
+        role = message.get("role")
+        if not isinstance(role, str):
+            raise ValueError(f"messages[{index}].role must be a string")
+        converted = dict(message)
+        converted["content"] = _flatten_content(message.get("content"), index)
+        if message.get("tool_calls"):
+            converted["tool_calls"] = [_parse_tool_call(call) for call in message["tool_calls"]]
+        out.append(converted)
+    return out
+
+
+def _flatten_content(content: Any, index: int) -> str | None:
+    if content is None or isinstance(content, str):
+        return content
+    if not isinstance(content, Sequence):
+        raise ValueError(f"messages[{index}].content must be a string or a list of parts")
+    texts = []
+    for part in content:
+        if not isinstance(part, Mapping):
+            raise ValueError(f"messages[{index}].content parts must be objects")
+        kind = part.get("type")
+        if kind != "text":
+            raise ValueError(
+                f"messages[{index}].content: unsupported content part type {kind!r}; "
+                "this model only accepts 'text' parts"
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise ValueError(f"messages[{index}].content: a 'text' part needs a string 'text'")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def _parse_tool_call(call: Any) -> Any:
+    if not isinstance(call, Mapping):
+        return call
+    function = call.get("function")
+    if isinstance(function, Mapping) and isinstance(function.get("arguments"), str):
+        try:
+            arguments = json.loads(function["arguments"])
+        except json.JSONDecodeError:
+            return call
+        return {**call, "function": {**function, "arguments": arguments}}
+    return call
+
+
+def _resolve_chat_template(value: str | Path) -> str:
+    """vLLM's --chat-template: a readable file, else a literal template, else an error."""
+    path = Path(value)
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # e.g. a long literal template is an invalid file name
+        is_file = False
+    if is_file:
+        return path.read_text(encoding="utf-8")
+    if isinstance(value, str) and any(char in value for char in _JINJA_CHARS):
+        return value
+    raise ValueError(
+        f"chat template {str(value)!r} looks like a file path, but no such file exists"
+    )
+
+
+def _templates(chat_template: str | dict[str, str] | list | None) -> list[str]:
+    """HF allows one template or several named ones (e.g. 'default' and 'tool_use')."""
+    if not chat_template:
+        return []
+    if isinstance(chat_template, str):
+        return [chat_template]
+    if isinstance(chat_template, dict):
+        return [t for t in chat_template.values() if isinstance(t, str)]
+    return [t["template"] for t in chat_template if isinstance(t, dict) and "template" in t]
+
+
+def _config_eos_ids(model_dir: Path) -> list[int]:
+    """EOS ids declared by the model configs; generation may stop on several (e.g. Llama 3)."""
+    found: list[int] = []
+    for name in ("config.json", "generation_config.json"):
+        path = model_dir / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for section in (data, data.get("text_config") or {}):
+            value = section.get("eos_token_id")
+            values = value if isinstance(value, list) else [value]
+            found.extend(v for v in values if isinstance(v, int) and not isinstance(v, bool))
+    return found
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> printable char table that byte-level BPE vocabularies are written in."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _byte_level_bytes(token: str, byte_decoder: dict[str, int]) -> bytes | None:
+    try:
+        return bytes(byte_decoder[char] for char in token)
+    except KeyError:
+        return None
+
+
+_BYTE_DECODER = {char: byte for byte, char in _bytes_to_unicode().items()}

@@ -1,0 +1,61 @@
+"""The attention backend interface: how a model layer reaches the paged KV cache.
+
+The model runner describes a step once (`AttentionInputs`); the backend turns
+that into whatever per-step metadata it needs (`prepare`, called once per
+step, not per layer) and then, in every layer, writes the new keys/values into
+the cache and attends over it (`forward`). Models only ever call
+`forward`, so a Triton backend (kernels issue) slots in without touching them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """One step's flattened batch, as the model runner laid it out.
+
+    Sequences with a single new token come first (`num_decodes` of them), so a
+    backend can treat them as one batched decode; the rest are prefill chunks.
+    """
+
+    query_lens: list[int]
+    context_lens: list[int]
+    block_tables: list[list[int]]
+    slot_mapping: torch.Tensor
+    num_decodes: int
+    block_size: int
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.slot_mapping.shape[0])
+
+
+class AttentionBackend(Protocol):
+    """What a model layer calls; see the module docstring."""
+
+    name: str
+
+    def prepare(self, inputs: AttentionInputs) -> Any:
+        """Build per-step metadata once; the result is passed to every layer's `forward`."""
+        ...
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        metadata: Any,
+        scale: float,
+    ) -> torch.Tensor:
+        """Store `key`/`value` ([T, kv_heads, D]) and attend `query` ([T, heads, D]).
+
+        Caches are [num_blocks, block_size, kv_heads, D]. Returns [T, heads, D].
+        """
+        ...

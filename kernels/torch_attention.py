@@ -1,0 +1,141 @@
+"""Paged attention in plain torch ops: the CPU path and the reference for Triton.
+
+Decodes (one new token each) run as one batched attention over KV gathered
+from their block tables; prefill chunks run one sequence at a time, causally
+over their own new tokens and any cached prefix. Gather indices and masks are
+built once per step in `prepare` and reused by every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels.attention import AttentionInputs
+
+
+@dataclass(frozen=True)
+class PrefillSlice:
+    """One prefill chunk: its rows in the flattened batch and how to reach its KV."""
+
+    start: int
+    end: int
+    kv_slots: torch.Tensor | None
+    mask: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class TorchAttentionMetadata:
+    slot_mapping: torch.Tensor
+    num_decodes: int
+    decode_slots: torch.Tensor | None
+    decode_mask: torch.Tensor | None
+    prefills: tuple[PrefillSlice, ...]
+
+
+def slots_for(block_table: list[int], length: int, block_size: int) -> list[int]:
+    """Flat cache slots of the first `length` tokens of a sequence."""
+    return [block_table[i // block_size] * block_size + i % block_size for i in range(length)]
+
+
+class TorchAttentionBackend:
+    """AttentionBackend over torch ops (scaled_dot_product_attention)."""
+
+    name = "torch"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def prepare(self, inputs: AttentionInputs) -> TorchAttentionMetadata:
+        bs = inputs.block_size
+        nd = inputs.num_decodes
+        decode_slots = decode_mask = None
+        if nd:
+            lens = torch.tensor(inputs.context_lens[:nd], dtype=torch.long)
+            max_len = int(lens.max())
+            max_blocks = (max_len + bs - 1) // bs
+            table = torch.zeros(nd, max_blocks, dtype=torch.long)
+            for row, blocks in enumerate(inputs.block_tables[:nd]):
+                used = blocks[:max_blocks]
+                table[row, : len(used)] = torch.tensor(used, dtype=torch.long)
+            offsets = torch.arange(max_blocks * bs, dtype=torch.long)
+            slots = table[:, offsets // bs] * bs + offsets % bs
+            valid = offsets[None, :] < lens[:, None]
+            decode_slots = slots[:, :max_len].to(self.device, non_blocking=True)
+            decode_mask = valid[:, None, None, :max_len].to(self.device, non_blocking=True)
+        prefills = []
+        start = nd
+        for q_len, ctx, blocks in zip(
+            inputs.query_lens[nd:], inputs.context_lens[nd:], inputs.block_tables[nd:], strict=True
+        ):
+            end = start + q_len
+            if ctx == q_len:
+                # No cached prefix: attend over the new tokens directly, causally.
+                prefills.append(PrefillSlice(start, end, None, None))
+            else:
+                kv_slots = torch.tensor(slots_for(blocks, ctx, bs), dtype=torch.long)
+                query_pos = torch.arange(ctx - q_len, ctx)
+                mask = torch.arange(ctx)[None, :] <= query_pos[:, None]
+                prefills.append(
+                    PrefillSlice(start, end, kv_slots.to(self.device), mask.to(self.device))
+                )
+            start = end
+        return TorchAttentionMetadata(
+            inputs.slot_mapping, nd, decode_slots, decode_mask, tuple(prefills)
+        )
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        metadata: TorchAttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
+        num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+        flat_k = key_cache.view(-1, num_kv_heads, head_dim)
+        flat_v = value_cache.view(-1, num_kv_heads, head_dim)
+        out = torch.empty_like(query)
+        nd = metadata.num_decodes
+        if nd:
+            q = query[:nd].unsqueeze(2)  # [B, H, 1, D]
+            k = flat_k[metadata.decode_slots].transpose(1, 2)  # [B, KVH, L, D]
+            v = flat_v[metadata.decode_slots].transpose(1, 2)
+            o = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=metadata.decode_mask, scale=scale, enable_gqa=True
+            )
+            out[:nd] = o.squeeze(2)
+        for p in metadata.prefills:
+            q = query[p.start : p.end].transpose(0, 1)  # [H, Q, D]
+            if p.kv_slots is None:
+                k = key[p.start : p.end].transpose(0, 1)
+                v = value[p.start : p.end].transpose(0, 1)
+                o = F.scaled_dot_product_attention(
+                    q, k, v, is_causal=True, scale=scale, enable_gqa=True
+                )
+            else:
+                k = flat_k[p.kv_slots].transpose(0, 1)
+                v = flat_v[p.kv_slots].transpose(0, 1)
+                o = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True
+                )
+            out[p.start : p.end] = o.transpose(0, 1)
+        return out
+
+
+def store_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+) -> None:
+    """Write each new token's K and V at its slot in the paged cache (torch reference)."""
+    num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
+    key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
+    value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)

@@ -1,0 +1,279 @@
+"""Incremental detokenizer: streamed text equals a full decode, UTF-8 safety, stop strings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.detokenizer import DetokenizerStep, IncrementalDetokenizer
+from engine.tokenizer import Tokenizer
+
+FFFD = "\ufffd"
+MULTIBYTE_TEXTS = [
+    "héllo wörld, ça va? naïve café",
+    "世界你好，今天天气很好。",
+    "🎉🚀 party 👩‍👩‍👧 family 🇳🇴",
+    "mixed: héllo 世界 🎉 and ASCII, then Ελληνικά and русский",
+]
+HYPOTHESIS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@pytest.fixture(scope="module")
+def tok(bundled_model_dir: Path) -> Tokenizer:
+    return Tokenizer.load(bundled_model_dir)
+
+
+@pytest.fixture(scope="module")
+def prompt(tok: Tokenizer) -> list[int]:
+    return tok.apply_chat_template([{"role": "user", "content": "Say something."}])
+
+
+def _stream(
+    tok: Tokenizer,
+    prompt: Sequence[int],
+    ids: Sequence[int],
+    sizes: Sequence[int] = (),
+    **kwargs: object,
+) -> tuple[list[DetokenizerStep], str, IncrementalDetokenizer]:
+    """Feed `ids` in chunks of `sizes` (then one at a time) until done or a stop string hits."""
+    detok = IncrementalDetokenizer(tok, prompt, **kwargs)  # type: ignore[arg-type]
+    steps: list[DetokenizerStep] = []
+    sizes_iter = iter(sizes)
+    i = 0
+    while i < len(ids):
+        n = next(sizes_iter, 1)
+        steps.append(detok.add(ids[i : i + n]))
+        i += n
+        if steps[-1].stop_string is not None:
+            break
+    rest = detok.flush()
+    return steps, rest, detok
+
+
+def _joined(steps: list[DetokenizerStep], rest: str) -> str:
+    return "".join(step.text_delta for step in steps) + rest
+
+
+def _reference_stop(text: str, stops: Sequence[str], include: bool) -> tuple[str, str | None]:
+    """What checking after every character finds: the first stop string to complete."""
+    for end in range(1, len(text) + 1):
+        hits = [s for s in stops if text[:end].endswith(s)]
+        if hits:
+            stop = max(hits, key=len)
+            return (text[:end] if include else text[: end - len(stop)]), stop
+    return text, None
+
+
+@pytest.mark.parametrize("text", MULTIBYTE_TEXTS)
+def test_multibyte_stream_never_shows_replacement_char(
+    tok: Tokenizer, prompt: list[int], text: str
+) -> None:
+    ids = tok.encode(text)
+    if any(ord(c) > 0x7FF for c in text):
+        # The test means something only if characters really are split over tokens.
+        assert any(FFFD in tok.decode([i]) for i in ids)
+    steps, rest, detok = _stream(tok, prompt, ids)
+    assert all(FFFD not in step.text_delta for step in steps)
+    assert _joined(steps, rest) == detok.output_text == tok.decode(ids) == text
+    assert all(step.stop_string is None for step in steps)
+
+
+@HYPOTHESIS
+@given(
+    text=st.text(st.characters(exclude_categories=("Cs",), exclude_characters=FFFD), max_size=30),
+    data=st.data(),
+)
+def test_random_text_in_random_chunks(
+    tok: Tokenizer, prompt: list[int], text: str, data: st.DataObject
+) -> None:
+    ids = tok.encode(text)
+    sizes = data.draw(st.lists(st.integers(1, 4), max_size=len(ids)))
+    steps, rest, detok = _stream(tok, prompt, ids, sizes)
+    if FFFD not in tok.decode(ids):  # the vocabulary lacks a few rare lead bytes (e.g. 0xF1)
+        assert all(FFFD not in step.text_delta for step in steps)
+    assert _joined(steps, rest) == detok.output_text == tok.decode(ids)
+
+
+@HYPOTHESIS
+@given(ids=st.lists(st.integers(17, 49151), max_size=30), data=st.data())
+def test_random_token_ids_in_random_chunks(
+    tok: Tokenizer, prompt: list[int], ids: list[int], data: st.DataObject
+) -> None:
+    """Arbitrary ids may form invalid UTF-8; the stream still matches a full decode."""
+    sizes = data.draw(st.lists(st.integers(1, 4), max_size=len(ids)))
+    steps, rest, detok = _stream(tok, prompt, ids, sizes)
+    assert not any(step.text_delta.endswith(FFFD) for step in steps)
+    assert _joined(steps, rest) == detok.output_text == tok.decode(ids)
+
+
+_PIECES = ["a", "b", "ab", " ", "é", "世", "🎉", "\n"]
+
+
+@HYPOTHESIS
+@given(
+    pieces=st.lists(st.sampled_from(_PIECES), max_size=20),
+    stops=st.lists(
+        st.lists(st.sampled_from(_PIECES), min_size=1, max_size=3).map("".join),
+        min_size=1,
+        max_size=3,
+    ),
+    include=st.booleans(),
+    data=st.data(),
+)
+def test_stop_strings_match_reference(
+    tok: Tokenizer,
+    prompt: list[int],
+    pieces: list[str],
+    stops: list[str],
+    include: bool,
+    data: st.DataObject,
+) -> None:
+    ids = tok.encode("".join(pieces))
+    text = tok.decode(ids)
+    sizes = data.draw(st.lists(st.integers(1, 4), max_size=len(ids)))
+    detok = IncrementalDetokenizer(tok, prompt, stop=stops, include_stop_str_in_output=include)
+    released = ""
+    fed = 0
+    matched = None
+    for n in [*sizes, *[1] * len(ids)]:
+        if fed >= len(ids):
+            break
+        step = detok.add(ids[fed : fed + n])
+        fed += n
+        released += step.text_delta
+        assert FFFD not in step.text_delta
+        if step.stop_string is not None:
+            matched = step.stop_string
+            break
+        decoded = tok.decode(ids[:fed])
+        if not decoded.endswith(FFFD):
+            # Held back: exactly the longest tail that could still grow into a stop string.
+            held = decoded[len(released) :]
+            assert decoded.startswith(released)
+            candidates = [k for k in range(len(decoded) + 1) if _is_stop_prefix(decoded[k:], stops)]
+            assert held == decoded[min(candidates) :]
+    released += detok.flush()
+    expected, expected_stop = _reference_stop(text, stops, include)
+    assert released == detok.output_text == expected
+    assert (matched or detok.stop_string) == expected_stop
+    if not include:
+        assert not any(stop in released for stop in stops)
+
+
+def _is_stop_prefix(tail: str, stops: Sequence[str]) -> bool:
+    return tail == "" or any(s.startswith(tail) and s != tail for s in stops)
+
+
+def test_stop_string_split_across_tokens(tok: Tokenizer, prompt: list[int]) -> None:
+    ids = tok.encode("Hello world STOP and more")
+    assert "STOP" not in tok.convert_ids_to_tokens(ids)  # split, e.g. ' ST' + 'OP'
+    steps, rest, detok = _stream(tok, prompt, ids, stop=["STOP"])
+    assert all("S" not in step.text_delta for step in steps)  # never leaks, even partly
+    assert steps[-1].stop_string == "STOP"
+    assert rest == ""
+    assert _joined(steps, rest) == detok.output_text == "Hello world "
+    with pytest.raises(RuntimeError):
+        detok.add([tok.encode("x")[0]])
+
+
+def test_stop_string_inside_one_token(tok: Tokenizer, prompt: list[int]) -> None:
+    ids = tok.encode("Say hello there")
+    assert " hello" in [tok.decode([i]) for i in ids]
+    steps, rest, detok = _stream(tok, prompt, ids, stop=["ell"])
+    assert detok.output_text == _joined(steps, rest) == "Say h"
+    steps, rest, detok = _stream(tok, prompt, ids, stop=["ell"], include_stop_str_in_output=True)
+    assert detok.output_text == _joined(steps, rest) == "Say hell"
+    assert detok.stop_string == "ell"
+
+
+def test_first_completed_stop_string_wins(tok: Tokenizer, prompt: list[int]) -> None:
+    ids = tok.encode("Say hello there")
+    _, _, detok = _stream(tok, prompt, ids, stop=["there", "hello"])
+    assert (detok.output_text, detok.stop_string) == ("Say ", "hello")
+    # 'o' completes before 'lo there' does, however the tokens are grouped.
+    for sizes in ([1] * len(ids), [len(ids)]):
+        _, _, detok = _stream(tok, prompt, ids, sizes, stop=["lo there", "o"])
+        assert (detok.output_text, detok.stop_string) == ("Say hell", "o")
+
+
+def test_held_back_text_is_released_at_flush(tok: Tokenizer, prompt: list[int]) -> None:
+    ids = tok.encode("The end is ne")
+    steps, rest, detok = _stream(tok, prompt, ids, stop=["near"])
+    assert "".join(step.text_delta for step in steps) == "The end is "
+    assert rest == "ne"
+    assert detok.output_text == "The end is ne"
+    assert detok.stop_string is None
+    assert detok.flush() == ""  # idempotent
+
+
+def test_stop_string_that_never_completes(tok: Tokenizer, prompt: list[int]) -> None:
+    text = "STOP STOPP STOPPE ST done"
+    steps, rest, detok = _stream(tok, prompt, tok.encode(text), stop=["STOPPED"])
+    assert _joined(steps, rest) == detok.output_text == text
+    assert detok.stop_string is None
+
+
+def test_stop_string_in_prompt_is_ignored(tok: Tokenizer) -> None:
+    prompt = tok.encode("please ST")
+    ids = tok.encode("OP now STOP")
+    steps, rest, detok = _stream(tok, prompt, ids, stop=["STOP"])
+    assert detok.output_text == _joined(steps, rest) == tok.decode(ids)[: -len("STOP")]
+
+
+def test_incomplete_character_is_released_at_flush(tok: Tokenizer, prompt: list[int]) -> None:
+    ids = tok.encode("ok 世")
+    assert tok.decode(ids[:-1]).endswith(FFFD)
+    steps, rest, detok = _stream(tok, prompt, ids[:-1])
+    streamed = "".join(step.text_delta for step in steps)
+    assert streamed.startswith("ok")
+    assert FFFD not in streamed
+    assert rest.endswith(FFFD)
+    assert streamed + rest == tok.decode(ids[:-1])
+    assert detok.output_text == tok.decode(ids[:-1])
+
+
+def test_skip_special_tokens(tok: Tokenizer, prompt: list[int]) -> None:
+    ids = [*tok.encode("hi there"), 2]
+    _, _, detok = _stream(tok, prompt, ids)
+    assert detok.output_text == "hi there"
+    _, _, detok = _stream(tok, prompt, ids, skip_special_tokens=False)
+    assert detok.output_text == "hi there<|im_end|>"
+    _, _, detok = _stream(tok, prompt, ids, skip_special_tokens=False, stop=["<|im_end|>"])
+    assert (detok.output_text, detok.stop_string) == ("hi there", "<|im_end|>")
+
+
+def test_leading_space_uses_prompt_context(tok: Tokenizer) -> None:
+    prompt = tok.encode("One")
+    ids = tok.encode(" two three")
+    _, _, detok = _stream(tok, prompt, ids)
+    assert detok.output_text == " two three"
+
+
+def test_work_per_token_is_constant(tok: Tokenizer, prompt: list[int]) -> None:
+    """Each step decodes a short window, never the whole output."""
+    decoded_ids = 0
+
+    class CountingTokenizer:
+        def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+            nonlocal decoded_ids
+            decoded_ids += len(token_ids)
+            return tok.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+    ids = tok.encode(" ".join(MULTIBYTE_TEXTS) * 20)
+    detok = IncrementalDetokenizer(CountingTokenizer(), prompt, stop=["never seen"])  # type: ignore[arg-type]
+    for i in ids:
+        detok.add([i])
+    detok.flush()
+    assert detok.output_text == tok.decode(ids)
+    assert decoded_ids < 12 * len(ids)
+
+
+def test_rejects_empty_stop_string(tok: Tokenizer, prompt: list[int]) -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        IncrementalDetokenizer(tok, prompt, stop=[""])
