@@ -156,7 +156,8 @@ class BlockManager:
         which avoids copy-on-write entirely.
         """
         assert not child.block_table, "fork() is for sequences without blocks"
-        shared = min(num_tokens, len(parent.block_table) * self.block_size) // self.block_size
+        limit = min(num_tokens, len(parent.token_ids), len(parent.block_table) * self.block_size)
+        shared = limit // self.block_size
         for block_id in parent.block_table[:shared]:
             self._acquire(block_id)
             child.block_table.append(block_id)
@@ -172,6 +173,9 @@ class BlockManager:
             block.ref_count -= 1
             if block.ref_count == 0:
                 self.free_queue[block_id] = None
+                if block.hash is not None and self.cached.get(block.hash) != block_id:
+                    # A duplicate of a block someone else registered first: unfindable.
+                    block.hash = None
                 if block.hash is None:
                     # Nothing worth keeping: reuse it before any cached block.
                     self.free_queue.move_to_end(block_id, last=False)

@@ -121,5 +121,5 @@ class LLM:
 
 
 def greedy(max_tokens: int, **kwargs: object) -> SamplingParams:
-    """Shorthand used by tests and benchmarks: temperature 0, fixed length."""
+    """Shorthand used by tests and benchmarks: temperature 0, at most `max_tokens`."""
     return replace(SamplingParams(temperature=0.0, max_tokens=max_tokens), **kwargs)

@@ -54,33 +54,32 @@ class Scheduler:
     running: list[Sequence] = field(default_factory=list)
     waiting: list[tuple[tuple[int, float, int], Sequence]] = field(default_factory=list)
     stats: SchedulerStats = field(default_factory=SchedulerStats)
-    _num_waiting: int = 0
+    # Ids of sequences really in the waiting heap (entries of finished ones are dropped lazily).
+    _waiting_ids: set[int] = field(default_factory=set)
 
     @property
     def num_waiting(self) -> int:
-        return self._num_waiting
+        return len(self._waiting_ids)
 
     @property
     def num_running(self) -> int:
         return len(self.running)
 
     def has_unfinished(self) -> bool:
-        return bool(self.running) or self._num_waiting > 0
+        return bool(self.running) or bool(self._waiting_ids)
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
         heapq.heappush(self.waiting, (seq.sort_key(), seq))
-        self._num_waiting += 1
+        self._waiting_ids.add(seq.seq_id)
 
     def finish(self, seq: Sequence, reason: str, stop_reason: str | int | None = None) -> None:
-        """End a sequence wherever it is and give its blocks back."""
+        """End a sequence wherever it is (even never added) and give its blocks back."""
         if seq.is_finished:
             return
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
-        else:
-            # Waiting entries are dropped lazily when they reach the heap's top.
-            self._num_waiting -= 1
+        self._waiting_ids.discard(seq.seq_id)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
@@ -88,14 +87,13 @@ class Scheduler:
 
     def schedule(self, now: float) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
-        scheduled: list[ScheduledSequence] = []
+        scheduled: dict[Sequence, ScheduledSequence] = {}
         preempted: list[Sequence] = []
         pending = sorted(self.running, key=Sequence.sort_key)
         order = [s for s in pending if s.num_uncomputed_tokens == 1]
         order += [s for s in pending if s.num_uncomputed_tokens > 1]
-        unscheduled = set(order)
         for seq in order:
-            if seq not in unscheduled:
+            if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this step
             if budget == 0:
                 break
@@ -104,26 +102,30 @@ class Scheduler:
             while not self.block_manager.can_allocate(
                 self.block_manager.blocks_needed(seq, target)
             ):
-                victim = max(unscheduled, key=Sequence.sort_key)
+                # The victim may already be scheduled this step (decodes go first):
+                # un-schedule it so a higher-priority sequence is never the one starved.
+                victim = max(self.running, key=Sequence.sort_key)
+                if victim in scheduled:
+                    budget += scheduled.pop(victim).num_tokens
                 self._preempt(victim)
-                unscheduled.discard(victim)
                 preempted.append(victim)
                 if victim is seq:
                     break
-            if seq in unscheduled:
+            if seq.status is SequenceStatus.RUNNING:
                 self.block_manager.allocate(seq, target)
-                scheduled.append(ScheduledSequence(seq, num_tokens))
-                unscheduled.discard(seq)
+                scheduled[seq] = ScheduledSequence(seq, num_tokens)
                 budget -= num_tokens
+        result = list(scheduled.values())
         if not preempted:
-            budget = self._admit_waiting(budget, scheduled, now)
-        return SchedulerOutput(scheduled, preempted)
+            self._admit_waiting(budget, result, now)
+        return SchedulerOutput(result, preempted)
 
-    def _admit_waiting(self, budget: int, scheduled: list[ScheduledSequence], now: float) -> int:
+    def _admit_waiting(self, budget: int, scheduled: list[ScheduledSequence], now: float) -> None:
         bm = self.block_manager
+        released = False
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             _, seq = self.waiting[0]
-            if seq.is_finished:
+            if seq.seq_id not in self._waiting_ids:
                 heapq.heappop(self.waiting)
                 continue
             forked = bool(seq.block_table)
@@ -137,9 +139,14 @@ class Scheduler:
                 else bm.blocks_needed_to_admit(seq, hits, target)
             )
             if not bm.can_allocate(need):
-                break
+                # Forked siblings wait holding their shared prompt blocks; if the
+                # head cannot fit, they must let go or the queue could block forever.
+                if released or not self._release_waiting_blocks(keep=seq):
+                    break
+                released = True
+                continue
             heapq.heappop(self.waiting)
-            self._num_waiting -= 1
+            self._waiting_ids.discard(seq.seq_id)
             if not forked:
                 bm.admit(seq, hits)
                 seq.num_computed_tokens = computed
@@ -154,7 +161,16 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, num_tokens))
             budget -= num_tokens
-        return budget
+
+    def _release_waiting_blocks(self, keep: Sequence) -> bool:
+        """Free the blocks of waiting sequences other than `keep`; True if any were freed."""
+        freed = False
+        for _, seq in self.waiting:
+            if seq is not keep and seq.block_table and seq.seq_id in self._waiting_ids:
+                self.block_manager.free(seq)
+                seq.num_computed_tokens = 0
+                freed = True
+        return freed
 
     def _preempt(self, seq: Sequence) -> None:
         """Recompute-style preemption: drop the KV, keep the tokens, wait again."""

@@ -72,19 +72,18 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", freqs.cos(), persistent=False)
         self.register_buffer("sin", freqs.sin(), persistent=False)
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    def table(
+        self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        """cos/sin rows for this step's positions, gathered once and shared by all layers."""
+        cos = self.cos[positions].unsqueeze(1).to(dtype)
+        sin = self.sin[positions].unsqueeze(1).to(dtype)
+        return cos, sin
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos = cos.to(x.dtype)
-    sin = sin.to(x.dtype)
+    """Rotate-half rotary embedding; x is [T, heads, D], cos/sin [T, 1, D/2]."""
+    x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
 
 
@@ -105,8 +104,7 @@ class Attention(nn.Module):
     def forward(
         self,
         hidden: torch.Tensor,
-        positions: torch.Tensor,
-        rotary: RotaryEmbedding,
+        rope: tuple[torch.Tensor, torch.Tensor],
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         backend: AttentionBackend,
         metadata: Any,
@@ -116,7 +114,8 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        q, k = rotary(positions, q, k)
+        q = apply_rotary(q, *rope)
+        k = apply_rotary(k, *rope)
         out = backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
@@ -145,14 +144,13 @@ class DecoderLayer(nn.Module):
         self,
         hidden: torch.Tensor,
         residual: torch.Tensor | None,
-        positions: torch.Tensor,
-        rotary: RotaryEmbedding,
+        rope: tuple[torch.Tensor, torch.Tensor],
         kv_cache: tuple[torch.Tensor, torch.Tensor],
         backend: AttentionBackend,
         metadata: Any,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, residual = self.input_layernorm(hidden, residual)
-        h = self.self_attn(h, positions, rotary, kv_cache, backend, metadata)
+        h = self.self_attn(h, rope, kv_cache, backend, metadata)
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
@@ -187,11 +185,10 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states after the final norm, one row per input token."""
         hidden = self.embed_tokens(input_ids)
+        rope = self.rotary.table(positions, hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden, residual = layer(
-                hidden, residual, positions, self.rotary, kv_cache, backend, metadata
-            )
+            hidden, residual = layer(hidden, residual, rope, kv_cache, backend, metadata)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 

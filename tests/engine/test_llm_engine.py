@@ -1,0 +1,175 @@
+"""Batching, chunked prefill, prefix caching, preemption and n>1 must not change greedy output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.llm import LLM, greedy
+from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledSequence
+
+from .test_parity import PROMPTS
+
+OUT = 24
+
+
+def _prompts(llm: LLM, count: int) -> list[list[int]]:
+    base = [llm.tokenizer.encode(p) for p in PROMPTS]
+    return [base[i % len(base)] + base[(i * 7 + 3) % len(base)] for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def reference(bundled_llm: LLM) -> dict[tuple[int, ...], list[int]]:
+    """Each prompt generated alone: the answer every batched variant must reproduce."""
+    return {
+        tuple(p): bundled_llm.generate([p], greedy(OUT, min_tokens=OUT))[0].token_ids
+        for p in _prompts(bundled_llm, 32)
+    }
+
+
+def _assert_same(llm: LLM, reference: dict, prompts: list[list[int]]) -> None:
+    results = llm.generate(prompts, greedy(OUT, min_tokens=OUT))
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.token_ids == reference[tuple(prompt)]
+
+
+def test_batch_of_32_matches_alone(bundled_llm: LLM, reference: dict) -> None:
+    _assert_same(bundled_llm, reference, _prompts(bundled_llm, 32))
+
+
+def test_chunked_prefill_on_a_tiny_budget(bundled_model_dir: Path, reference: dict) -> None:
+    llm = LLM(
+        str(bundled_model_dir),
+        max_num_batched_tokens=7,
+        kv_cache_memory=256 << 20,
+        max_model_len=1024,
+    )
+    sizes: list[int] = []
+    execute = llm.engine.runner.execute
+
+    def spy(scheduled: list[ScheduledSequence]):
+        sizes.append(sum(s.num_tokens for s in scheduled))
+        return execute(scheduled)
+
+    llm.engine.runner.execute = spy  # type: ignore[method-assign]
+    _assert_same(llm, reference, _prompts(llm, 6))
+    assert max(sizes) <= 7
+    assert any(s > 1 for s in sizes)
+
+
+def test_prefix_cache_hit_computes_only_the_tail(bundled_model_dir: Path, reference: dict) -> None:
+    llm = LLM(str(bundled_model_dir), kv_cache_memory=256 << 20, max_model_len=1024)
+    shared = [t for p in _prompts(llm, 4) for t in p]
+    reference = {tuple(shared): llm.generate([shared], greedy(OUT, min_tokens=OUT))[0].token_ids}
+    computed: list[tuple[int, int]] = []
+    execute = llm.engine.runner.execute
+
+    def spy(scheduled: list[ScheduledSequence]):
+        computed.extend((s.seq.num_computed_tokens, s.num_tokens) for s in scheduled)
+        return execute(scheduled)
+
+    llm.engine.runner.execute = spy  # type: ignore[method-assign]
+    result = llm.generate([shared], greedy(OUT, min_tokens=OUT))[0]
+    assert result.token_ids == reference[tuple(shared)]
+    cached = (len(shared) - 1) // 16 * 16
+    assert result.num_cached_tokens == cached > 0
+    # The first step computed only the uncached tail of the prompt, then decoded.
+    assert computed[0] == (cached, len(shared) - cached)
+    assert all(n == 1 for _, n in computed[1:])
+    stats = llm.engine.stats()
+    assert stats.prefix_cache_hits >= cached
+
+
+def test_preemption_keeps_outputs(bundled_model_dir: Path, reference: dict) -> None:
+    # 12 blocks of 16 tokens cannot hold 8 sequences of ~30 + 24 tokens at once.
+    llm = LLM(str(bundled_model_dir), num_kv_blocks=12, max_model_len=128)
+    prompts = _prompts(llm, 8)
+    _assert_same(llm, reference, prompts)
+    stats = llm.engine.stats()
+    assert stats.num_preemptions > 0
+    assert stats.num_running == stats.num_waiting == 0
+    assert llm.engine.block_manager.num_free_blocks == 12
+
+
+def test_n_greedy_choices_share_the_prompt(bundled_llm: LLM, reference: dict) -> None:
+    prompt = _prompts(bundled_llm, 1)[0]
+    result = bundled_llm.generate([prompt], greedy(OUT, min_tokens=OUT, n=3))[0]
+    assert [c.index for c in result.choices] == [0, 1, 2]
+    for choice in result.choices:
+        assert choice.token_ids == reference[tuple(prompt)]
+        assert choice.finish_reason == "length"
+
+
+def test_seeded_sampling_is_reproducible_in_any_batch(bundled_llm: LLM) -> None:
+    p0, *rest = _prompts(bundled_llm, 6)
+    seeded = SamplingParams(temperature=0.9, top_p=0.95, seed=1234, max_tokens=16)
+    others = SamplingParams(temperature=1.0, max_tokens=16)
+    alone = bundled_llm.generate([p0], seeded)[0].token_ids
+    middle = bundled_llm.generate(
+        [*rest[:2], p0, *rest[2:]], [others, others, seeded] + [others] * 3
+    )
+    first = bundled_llm.generate([p0, *rest], [seeded] + [others] * 5)
+    assert middle[2].token_ids == alone
+    assert first[0].token_ids == alone
+    other_seed = SamplingParams(temperature=0.9, top_p=0.95, seed=99, max_tokens=16)
+    assert bundled_llm.generate([p0], other_seed)[0].token_ids != alone
+
+
+def test_stop_conditions(bundled_llm: LLM) -> None:
+    prompt = bundled_llm.tokenizer.encode("1, 2, 3, 4,")
+    free = bundled_llm.generate([prompt], greedy(20))[0]
+    assert free.text.startswith(" 5, 6, 7")
+    stopped = bundled_llm.generate([prompt], greedy(20, stop=(" 7",)))[0]
+    assert stopped.text == " 5, 6,"
+    assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].stop_reason == " 7"
+    kept = bundled_llm.generate([prompt], greedy(20, stop=(" 7",), include_stop_str_in_output=True))
+    assert kept[0].text == " 5, 6, 7"
+    seven = bundled_llm.tokenizer.encode(" 7")[-1]
+    by_token = bundled_llm.generate([prompt], greedy(20, stop_token_ids=(seven,)))[0]
+    assert by_token.choices[0].stop_reason == seven
+    assert by_token.token_ids[-1] == seven
+    length = bundled_llm.generate([prompt], greedy(3))[0]
+    assert length.choices[0].finish_reason == "length" and len(length.token_ids) == 3
+
+
+def test_priority_orders_admission(bundled_model_dir: Path) -> None:
+    llm = LLM(str(bundled_model_dir), max_num_seqs=1, kv_cache_memory=128 << 20, max_model_len=1024)
+    prompts = _prompts(llm, 3)
+    order: list[int] = []
+    engine = llm.engine
+    for i, (prompt, priority) in enumerate(zip(prompts, (5, 0, 1), strict=True)):
+        engine.add_request(f"r{i}", prompt, greedy(2), priority=priority)
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                order.append(int(out.request_id[1:]))
+    assert order == [1, 2, 0]
+
+
+def test_abort_frees_blocks(bundled_model_dir: Path) -> None:
+    llm = LLM(str(bundled_model_dir), kv_cache_memory=128 << 20, max_model_len=1024)
+    engine = llm.engine
+    total = engine.block_manager.num_free_blocks
+    engine.add_request("a", _prompts(llm, 1)[0], greedy(100))
+    engine.step()
+    assert engine.block_manager.num_free_blocks < total
+    assert engine.abort("a")
+    assert not engine.has_unfinished()
+    assert engine.block_manager.num_free_blocks == total
+    assert not engine.abort("a")
+
+
+def test_invalid_requests_raise_value_error(bundled_llm: LLM) -> None:
+    engine = bundled_llm.engine
+    with pytest.raises(ValueError, match="prompt"):
+        engine.add_request("empty", [], greedy(1))
+    with pytest.raises(ValueError, match="maximum context length"):
+        engine.add_request("long", [5] * engine.max_model_len, greedy(1))
+    with pytest.raises(ValueError, match="logit_bias"):
+        engine.add_request("bias", [5], greedy(1, logit_bias={10**7: 1.0}))
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=-1)
+    assert not engine.has_unfinished()

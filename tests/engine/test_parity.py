@@ -1,0 +1,107 @@
+"""HF transformers is the oracle: greedy tokens and prefill logprobs must match it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from engine.llm import LLM, greedy
+
+PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "1, 2, 3, 4,",
+    "def fibonacci(n):",
+    "Once upon a time, in a land far away,",
+    "The three primary colors are",
+    "Translate to French: Good morning, how are you?",
+    "Question: What is 12 times 12? Answer:",
+    "import numpy as np\nx = np.arange(10)\n",
+    "The quick brown fox",
+    "Les grandes villes de France sont",
+    "日本の首都は",
+    "List three fruits:\n1.",
+    "In 1969, astronauts",
+    "Explain photosynthesis in one sentence.",
+    "<html><body><h1>",
+    "A: Hello!\nB:",
+    "Water boils at a temperature of",
+]
+
+
+def hf_greedy(model: transformers.PreTrainedModel, prompt_ids: list[int], n: int) -> list[int]:
+    out = model.generate(
+        torch.tensor([prompt_ids]),
+        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt_ids) :].tolist()
+
+
+@pytest.fixture(scope="module")
+def hf_bundled(bundled_model_dir: Path) -> transformers.PreTrainedModel:
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        bundled_model_dir, dtype=torch.float32
+    ).eval()
+
+
+def test_bundled_model_greedy_matches_hf(bundled_llm: LLM, hf_bundled) -> None:
+    assert len(PROMPTS) >= 16
+    prompts = [bundled_llm.tokenizer.encode(p) for p in PROMPTS]
+    ours = bundled_llm.generate(prompts, greedy(32, min_tokens=32))
+    for prompt, result in zip(prompts, ours, strict=True):
+        assert result.token_ids == hf_greedy(hf_bundled, prompt, 32), prompt
+
+
+def test_bundled_model_chat_prompt_matches_hf(bundled_llm: LLM, hf_bundled) -> None:
+    prompt = bundled_llm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Name a planet in our solar system."}]
+    )
+    result = bundled_llm.generate([prompt], greedy(32, min_tokens=32))[0]
+    assert result.token_ids == hf_greedy(hf_bundled, prompt, 32)
+
+
+def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None:
+    prompt = bundled_llm.tokenizer.encode(PROMPTS[4] + " " + PROMPTS[8])
+    result = bundled_llm.generate([prompt], greedy(1, prompt_logprobs=20))[0]
+    with torch.inference_mode():
+        logits = hf_bundled(torch.tensor([prompt])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)
+    assert result.prompt_logprobs is not None
+    assert result.prompt_logprobs[0] is None
+    assert len(result.prompt_logprobs) == len(prompt)
+    for pos, lp in enumerate(result.prompt_logprobs[1:], start=1):
+        assert lp is not None
+        assert lp.token_id == prompt[pos]
+        assert lp.logprob == pytest.approx(expected[pos - 1, prompt[pos]].item(), abs=2e-4)
+        top_ids = [t for t, _ in lp.top]
+        top_vals = torch.tensor([v for _, v in lp.top])
+        torch.testing.assert_close(top_vals, expected[pos - 1, top_ids], atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_random_models_match_hf(family: str, make_random_model: Callable[[str], Path]) -> None:
+    folder = make_random_model(family)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    torch.manual_seed(0)
+    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (5, 17, 40, 90)]
+    results = llm.generate(prompts, greedy(24, min_tokens=24))
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.token_ids == hf_greedy(hf, prompt, 24)
+    # Prefill logprobs over a prompt longer than the llama3 rope's original context.
+    prompt = prompts[-1]
+    lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
+    with torch.inference_mode():
+        expected = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    assert lp is not None
+    got = torch.tensor([x.logprob for x in lp[1:]])
+    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
