@@ -3,9 +3,9 @@
 One `Sampler` call covers every sequence that samples this step. Each
 processing stage is a single batched tensor op over just the rows that need
 it and is skipped when none do, because this runs every engine step over a
-~49k vocabulary. Seeded rows draw their noise only from their own generator,
-with a shape that depends on the row alone, so a seeded request samples the
-same tokens whatever it is batched with.
+~49k vocabulary. Random rows are sampled by inverse CDF from one uniform
+number per row; a seeded row draws its number only from its own generator, so
+a seeded request samples the same tokens whatever it is batched with.
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ _NEG_INF = float("-inf")
 # Prompt logprobs can cover thousands of positions; log_softmax over a
 # [positions, vocab] block at once would briefly need gigabytes.
 _PROMPT_LOGPROBS_CHUNK = 512
+# Top-p sorts only each row's largest weights, trying these many before a full
+# sort; typical nuclei are far smaller than the first size.
+_TOP_P_CANDIDATES = (1024, 8192)
+# Inverse CDF walks per-block sums first, then cumsums one block of the row in
+# float64, instead of a float64 cumsum over the whole [rows, vocab] block.
+_CDF_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -53,7 +59,15 @@ class SamplerOutput:
 
 
 class Sampler:
-    """Stateless; a class so the model runner can hold one and tests can swap it."""
+    """A class so the model runner can hold one and tests can swap it.
+
+    Its only state is a scratch buffer for the random rows' [rows, vocab] work
+    tensor, kept between steps: a fresh one would be this large every step,
+    and on CPU big allocations come back from the OS as new pages to fault in.
+    """
+
+    def __init__(self) -> None:
+        self._scratch: torch.Tensor | None = None
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         params = batch.params
@@ -67,20 +81,38 @@ class Sampler:
         if len(greedy) == n:
             tokens = processed.argmax(dim=-1)
         elif not greedy:
-            tokens = _exponential_race(sampling_probs(processed, params), batch.generators)
+            # processed is a private copy, to work in, unless no row needed processing.
+            out = processed if processed is not logits else self._work(processed, n)
+            weights = _sampling_weights(processed, params, out=out)
+            tokens = _inverse_cdf(weights, _uniforms(batch.generators, logits.device))
         else:
             rand = [i for i, p in enumerate(params) if not p.greedy]
             greedy_idx = torch.tensor(greedy, device=logits.device)
             rand_idx = torch.tensor(rand, device=logits.device)
             tokens = torch.empty(n, dtype=torch.long, device=logits.device)
             tokens[greedy_idx] = processed[greedy_idx].argmax(dim=-1)
-            probs = sampling_probs(processed[rand_idx], [params[i] for i in rand])
-            tokens[rand_idx] = _exponential_race(probs, [batch.generators[i] for i in rand])
+            x = torch.index_select(processed, 0, rand_idx, out=self._work(processed, len(rand)))
+            weights = _sampling_weights(x, [params[i] for i in rand], out=x)
+            uniforms = _uniforms([batch.generators[i] for i in rand], logits.device)
+            tokens[rand_idx] = _inverse_cdf(weights, uniforms)
 
         token_ids: list[int] = tokens.tolist()
         return SamplerOutput(
             token_ids=token_ids, logprobs=_sample_logprobs(logits, token_ids, params)
         )
+
+    def _work(self, like: torch.Tensor, rows: int) -> torch.Tensor:
+        """An uninitialised [rows, vocab] view of the scratch buffer, grown as needed."""
+        size = rows * like.shape[1]
+        scratch = self._scratch
+        if (
+            scratch is None
+            or scratch.numel() < size
+            or scratch.dtype != like.dtype
+            or scratch.device != like.device
+        ):
+            scratch = self._scratch = torch.empty(size, dtype=like.dtype, device=like.device)
+        return scratch[:size].view(rows, like.shape[1])
 
 
 def prompt_logprobs(
@@ -149,27 +181,45 @@ def sampling_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> to
     Returns a fresh [rows, vocab] probability tensor whose zeros are exactly
     the tokens that can never be sampled; exposed so tests can check masks.
     """
+    weights = _sampling_weights(logits, params)
+    return weights.div_(weights.sum(dim=-1, keepdim=True))
+
+
+def _sampling_weights(
+    logits: torch.Tensor, params: Sequence[SamplingParams], *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`sampling_probs` without the normalisation: exp(x - max), so each row's max is exactly 1.
+
+    Works in `out` (which may be `logits` itself) when given, else in one fresh
+    tensor, and returns it; the exponential is taken once, and top-p and
+    min-p mask the weights themselves.
+    """
     n, vocab = logits.shape
     device = logits.device
     temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
-    x = logits / temps[:, None]
+    x = torch.div(logits, temps[:, None], out=out) if out is not None else logits / temps[:, None]
 
     k_rows = [i for i, p in enumerate(params) if 0 < p.top_k < vocab]
+    if k_rows:
+        _top_k(x, k_rows, params)
+    w = x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
+
     p_rows = [i for i, p in enumerate(params) if p.top_p < 1.0]
     if p_rows:
-        _top_k_top_p(x, sorted(set(k_rows) | set(p_rows)), params)
-    elif k_rows:
-        _top_k(x, k_rows, params)
+        _top_p(w, p_rows, params)
 
+    # Masks never remove a row's most likely token, so its weight is still the
+    # max, 1: "prob < min_p * max prob" is "weight < min_p".
     min_p_rows = [i for i, p in enumerate(params) if p.min_p > 0.0]
     if min_p_rows:
+        min_p = torch.tensor([params[i].min_p for i in min_p_rows], device=device)[:, None]
         idx = _row_index(min_p_rows, n, device)
-        sub = _take(x, idx)
-        probs = sub.softmax(dim=-1)
-        min_p = torch.tensor([params[i].min_p for i in min_p_rows], device=device)
-        threshold = probs.amax(dim=-1, keepdim=True) * min_p[:, None]
-        _put(x, idx, sub.masked_fill(probs < threshold, _NEG_INF))
-    return x.softmax(dim=-1)
+        if idx is None:
+            w.masked_fill_(w < min_p, 0.0)
+        else:
+            sub = w[idx]
+            w[idx] = sub.masked_fill_(sub < min_p, 0.0)
+    return w
 
 
 def _apply_penalties(out: torch.Tensor, rows: list[int], batch: SamplingBatch) -> None:
@@ -222,55 +272,120 @@ def _top_k(x: torch.Tensor, rows: list[int], params: Sequence[SamplingParams]) -
     _put(x, idx, sub.masked_fill(sub < kth, _NEG_INF))
 
 
-def _top_k_top_p(x: torch.Tensor, rows: list[int], params: Sequence[SamplingParams]) -> None:
-    """One descending sort of just these rows serves both top-k and top-p (over the top-k set)."""
-    n, vocab = x.shape
-    device = x.device
-    idx = _row_index(rows, n, device)
-    sub = _take(x, idx)
-    vals, order = sub.sort(dim=-1, descending=True, stable=True)
+def _top_p(w: torch.Tensor, rows: list[int], params: Sequence[SamplingParams]) -> None:
+    """Zero all but each row's nucleus, in place on the weights `w` (after top-k).
 
-    k = torch.tensor(
-        [params[i].top_k if 0 < params[i].top_k < vocab else vocab for i in rows], device=device
-    )
-    # Threshold on the k-th value (not position) so ties match `_top_k` and a
-    # row's result does not depend on which path its batch took.
-    kth = vals.gather(1, (k - 1)[:, None])
-    vals = vals.masked_fill(vals < kth, _NEG_INF)
-
-    probs = vals.softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # probability of all strictly earlier tokens
-    # top_p == 1 must keep everything, even where float cumsum reaches 1 early.
-    top_p = torch.tensor(
-        [params[i].top_p if params[i].top_p < 1.0 else float("inf") for i in rows], device=device
-    )
-    vals = vals.masked_fill(mass_before >= top_p[:, None], _NEG_INF)
-    _put(x, idx, torch.empty_like(vals).scatter_(1, order, vals))
-
-
-def _exponential_race(
-    probs: torch.Tensor, generators: Sequence[torch.Generator | None]
-) -> torch.Tensor:
-    """Sample argmax(probs / q), q ~ Exp(1): a categorical draw (vLLM's trick); consumes `probs`.
-
-    A seeded row draws exactly one [vocab] vector from its own generator, so
-    its stream does not depend on batch size or position.
+    In descending order with ties by token id, a token is kept while the mass
+    of the tokens strictly before it is below top_p. Only each row's largest
+    weights are sorted; a row's cut is taken from those candidates only when it
+    lies strictly above the smallest candidate (so every token at or above the
+    cut is a candidate) or every nonzero weight is a candidate, which makes it
+    exactly the full sort's. Other rows retry with more candidates, and last
+    with the full sort. The cut is then applied in place as a threshold, with
+    ties at the cut split by token id.
     """
-    n, vocab = probs.shape
-    q = torch.empty_like(probs)
+    n, vocab = w.shape
+    device = w.device
+    idx = _row_index(rows, n, device)
+    sub = _take(w, idx)
+    top_p = torch.tensor([params[i].top_p for i in rows], dtype=torch.float64, device=device)
+    limit = sub.sum(dim=-1).double() * top_p  # kept while the mass before < limit
+    cut = sub.new_empty(len(rows), 1)  # each row's smallest kept weight
+    tie_rows: list[int] = []  # tokens equal to the cut but after it, so dropped
+    tie_cols: list[torch.Tensor] = []
+
+    pending: torch.Tensor | None = None  # rows of `sub` still to do; None = all
+    for size in (*(c for c in _TOP_P_CANDIDATES if c < vocab), vocab):
+        cand = _take(sub, pending)
+        # Equal weights are interchangeable in the cumulative mass, so neither
+        # call needs to order ties; only a tie at the cut needs token ids.
+        vals, ids = cand.sort(dim=-1, descending=True) if size == vocab else cand.topk(size)
+        cum = vals.cumsum(dim=-1, dtype=torch.float64)
+        mass_before = torch.cat([cum.new_zeros(cum.shape[0], 1), cum[:, :-1]], dim=1)
+        keep = mass_before < _take(limit, pending)[:, None]  # a prefix: mass_before never falls
+        kept = keep.sum(dim=-1, keepdim=True)  # >= 1: nothing precedes the top token
+        row_cut = vals.gather(1, kept - 1)
+        smallest = vals[:, -1:]
+        done = (row_cut > smallest) | (smallest == 0.0) | (size == vocab)
+        _put(cut, pending, row_cut)
+        after_cut = vals.gather(1, kept.clamp_max(size - 1))
+        split = done & (kept < size) & (after_cut == row_cut) & (row_cut > 0.0)
+        for r in split.nonzero()[:, 0].tolist():  # rare: the cut splits a run of ties
+            tied = vals[r] == row_cut[r]
+            n_kept = int(tied[: int(kept[r])].sum())
+            tie_rows.append(r if pending is None else int(pending[r]))
+            tie_cols.append(ids[r][tied].sort().values[n_kept:])
+        if bool(done.all()):
+            break
+        pending = _compose(pending, (~done).squeeze(1).nonzero().squeeze(1))
+
+    sub.masked_fill_(sub < cut, 0.0)
+    for r, cols in zip(tie_rows, tie_cols, strict=True):
+        sub[r, cols] = 0.0
+    _put(w, idx, sub)
+
+
+def _uniforms(generators: Sequence[torch.Generator | None], device: torch.device) -> torch.Tensor:
+    """One float64 uniform in [0, 1) per row.
+
+    A seeded row draws exactly one number from its own generator, so its
+    stream does not depend on batch size or position; the rest share one draw
+    from the default generator.
+    """
+    n = len(generators)
     seeded = [i for i, g in enumerate(generators) if g is not None]
     if not seeded:
-        q.exponential_()
-    elif len(seeded) < n:
-        unseeded = torch.tensor(
-            [i for i, g in enumerate(generators) if g is None], device=probs.device
+        return torch.rand(n, dtype=torch.float64, device=device)
+    u = torch.empty(n, dtype=torch.float64, device=device)
+    if len(seeded) < n:
+        unseeded = [i for i, g in enumerate(generators) if g is None]
+        u[torch.tensor(unseeded, device=device)] = torch.rand(
+            len(unseeded), dtype=torch.float64, device=device
         )
-        q[unseeded] = torch.empty(len(unseeded), vocab, device=probs.device).exponential_()
-    for i in seeded:
-        q[i].exponential_(generator=generators[i])
-    # q == 0 would turn masked tokens (prob 0) into 0/0 = NaN, which argmax picks.
-    q.clamp_min_(torch.finfo(q.dtype).tiny)
-    return probs.div_(q).argmax(dim=-1)
+    draws = [
+        torch.rand(1, generator=generators[i], dtype=torch.float64, device=device) for i in seeded
+    ]
+    u[torch.tensor(seeded, device=device)] = torch.cat(draws)
+    return u
+
+
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Row r's token: the first index whose cumulative weight exceeds u[r] * total weight.
+
+    `weights` is [rows, vocab], nonnegative with a positive sum per row, and
+    need not be normalised; `u` is [rows] float64 in [0, 1). The cumulative
+    sums are float64 (block sums, then a cumsum within the chosen block), so a
+    zero-weight token, which adds nothing, cannot be chosen; `_nonzero_fallback`
+    guards the last bit of rounding between block sums and in-block cumsums.
+    """
+    n, vocab = weights.shape
+    device = weights.device
+    block = min(_CDF_BLOCK, vocab)
+    full = vocab - vocab % block
+    sums = weights[:, :full].reshape(n, full // block, block).sum(dim=-1)
+    if full < vocab:
+        sums = torch.cat([sums, weights[:, full:].sum(dim=-1, keepdim=True)], dim=1)
+    cum = sums.double().cumsum(dim=-1)
+    target = (u * cum[:, -1])[:, None]
+    b = torch.searchsorted(cum, target, right=True).clamp_max_(cum.shape[1] - 1)
+    before = torch.where(b > 0, cum.gather(1, (b - 1).clamp_min(0)), 0.0)
+
+    cols = b * block + torch.arange(block, device=device)
+    inner = weights.gather(1, cols.clamp_max(vocab - 1)).double().masked_fill_(cols >= vocab, 0.0)
+    j = torch.searchsorted(inner.cumsum(dim=-1), target - before, right=True).clamp_max_(block - 1)
+    tokens = (b * block + j).squeeze(1).clamp_max_(vocab - 1)
+    return _nonzero_fallback(weights, tokens)
+
+
+def _nonzero_fallback(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Move any token with zero weight to the nearest earlier nonzero one (else the next)."""
+    zero = weights.gather(1, tokens[:, None]).squeeze(1) == 0
+    if bool(zero.any()):
+        for r in zero.nonzero().squeeze(1).tolist():
+            nonzero = weights[r].nonzero().squeeze(1)
+            earlier = nonzero[nonzero <= tokens[r]]
+            tokens[r] = earlier[-1] if len(earlier) else nonzero[0]
+    return tokens
 
 
 def _sample_logprobs(
@@ -336,3 +451,10 @@ def _put(x: torch.Tensor, idx: torch.Tensor | None, value: torch.Tensor) -> None
             x.copy_(value)
     else:
         x[idx] = value
+
+
+def _compose(outer: torch.Tensor | None, inner: torch.Tensor | None) -> torch.Tensor | None:
+    """Row index of `inner` applied after `outer`, with None meaning all rows, as in `_take`."""
+    if outer is None:
+        return inner
+    return outer if inner is None else outer[inner]

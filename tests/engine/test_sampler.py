@@ -354,3 +354,151 @@ def test_temperature_sampling_matches_softmax() -> None:
 
     assert chi2(torch.softmax(logits / temperature, -1)) < 25.0  # df=4, p ~ 5e-5
     assert chi2(torch.softmax(logits, -1)) > 100.0  # a sampler ignoring T would pass only this
+
+
+def test_masked_tokens_never_drawn_and_kept_ones_follow_their_probs() -> None:
+    """Top-k / top-p / min-p masks hold under sampling, with kept tokens at block edges."""
+    n, vocab = 6000, 600  # inverse CDF blocks of 256: [0, 256), [256, 512), [512, 600)
+    logits = torch.full((vocab,), -6.0)
+    logits[torch.tensor([599, 256, 255, 0, 300, 511])] = torch.tensor(
+        [2.0, 1.5, 1.0, 0.5, 0.0, -0.5]
+    )
+    rows = [
+        (SamplingParams(temperature=0.9, top_k=6), {599, 256, 255, 0, 300, 511}),
+        (SamplingParams(temperature=1.0, top_p=0.7), {599, 256, 255}),
+        (SamplingParams(temperature=1.0, min_p=0.2), {599, 256, 255, 0}),
+    ]
+    torch.manual_seed(0)
+    for params, kept in rows:
+        probs = sampling_probs(logits[None, :], [params])[0]
+        assert {i for i in range(vocab) if probs[i] > 0} == kept
+        gens = [seeded(i) if i % 2 else None for i in range(n)]
+        out = Sampler()(logits.repeat(n, 1), make_batch([params] * n, generators=gens))
+        observed = torch.bincount(torch.tensor(out.token_ids), minlength=vocab).double()
+        assert set(observed.nonzero().squeeze(1).tolist()) <= kept
+        idx = torch.tensor(sorted(kept))
+        expected = n * probs[idx].double()
+        chi2 = float(((observed[idx] - expected) ** 2 / expected).sum())
+        assert chi2 < 30.0, params  # df <= 5, p ~ 1e-5
+
+
+# --- inverse CDF -------------------------------------------------------------------------------
+
+BELOW_ONE = math.nextafter(1.0, 0.0)
+
+
+@pytest.mark.parametrize("block", [2, 3, 256])
+def test_inverse_cdf_never_picks_masked_tokens_at_either_end(
+    monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    monkeypatch.setattr(sampler_module, "_CDF_BLOCK", block)
+    weights = torch.tensor([0.0, 0.0, 0.25, 0.0, 0.75, 0.0, 0.0])
+    # u = 1.0 is outside [0, 1): it overshoots every cumulative sum, is clamped
+    # to the last token, which has zero weight, and moves back to token 4.
+    cases = [(0.0, 2), (0.2499, 2), (0.25, 4), (0.5, 4), (BELOW_ONE, 4), (1.0, 4)]
+    u = torch.tensor([c for c, _ in cases], dtype=torch.float64)
+    tokens = sampler_module._inverse_cdf(weights.repeat(len(cases), 1), u)
+    assert tokens.tolist() == [t for _, t in cases]
+
+
+@pytest.mark.parametrize("block", [2, 5, 256])
+def test_inverse_cdf_matches_float64_reference(monkeypatch: pytest.MonkeyPatch, block: int) -> None:
+    """Random weights spanning many magnitudes, with zeros anywhere, including both ends."""
+    monkeypatch.setattr(sampler_module, "_CDF_BLOCK", block)
+    gen = seeded(21)
+    rows, vocab = 400, 37
+    weights = torch.exp(torch.randn(rows, vocab, generator=gen) * 6.0)
+    weights[torch.rand(rows, vocab, generator=gen) < 0.5] = 0.0
+    weights[::2, :3] = 0.0
+    weights[::3, -3:] = 0.0
+    weights[torch.arange(rows), torch.randint(3, vocab - 3, (rows,), generator=gen)] = 1.0
+    u = torch.rand(rows, dtype=torch.float64, generator=gen)
+    u[:50], u[50:100] = 0.0, BELOW_ONE
+
+    tokens = sampler_module._inverse_cdf(weights, u)
+    # Every draw, u = 0 and u just below 1 included, lands on a nonzero weight.
+    assert bool((weights.gather(1, tokens[:, None]) > 0).all())
+    first_nonzero = [row.nonzero()[0].item() for row in weights[:50]]
+    assert tokens[:50].tolist() == first_nonzero
+
+    cdf = weights[100:].double().cumsum(dim=-1)
+    target = u[100:] * cdf[:, -1]
+    reference = torch.searchsorted(cdf, target[:, None], right=True).squeeze(1)
+    # Block sums are float32: skip draws within rounding distance of a boundary.
+    clear = ((cdf - target[:, None]).abs() > 1e-6 * cdf[:, -1:]).all(dim=-1)
+    assert int(clear.sum()) > 250
+    assert torch.equal(tokens[100:][clear], reference[clear])
+
+
+def test_nonzero_fallback_moves_to_nearest_earlier_nonzero_else_next() -> None:
+    weights = torch.tensor([[0.0, 0.0, 1.0, 0.0, 2.0, 0.0]]).repeat(5, 1)
+    tokens = torch.tensor([0, 1, 3, 5, 4])
+    assert sampler_module._nonzero_fallback(weights, tokens).tolist() == [2, 2, 2, 4, 4]
+
+
+# --- top-p candidates ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("candidates", [(1,), (2,), (3,), (4,), ()])
+@pytest.mark.parametrize(
+    ("row", "kept"), [([0.0, 1.0, 1.0, 1.0, 0.0], {1, 2}), ([1.0, 0.0, 1.0, 0.0, 1.0], {0, 2})]
+)
+def test_top_p_splits_ties_at_the_cut_by_token_id(
+    monkeypatch: pytest.MonkeyPatch, candidates: tuple[int, ...], row: list[float], kept: set[int]
+) -> None:
+    """Three tied tokens of mass ~0.29 each, top_p=0.5: the two lowest ids are kept."""
+    monkeypatch.setattr(sampler_module, "_TOP_P_CANDIDATES", candidates)
+    probs = sampling_probs(torch.tensor([row]), [SamplingParams(top_p=0.5)])[0]
+    assert {i for i in range(5) if probs[i] > 0} == kept
+
+
+@pytest.mark.parametrize("candidates", [(1,), (2, 5), (7,), (3, 20)])
+def test_top_p_candidates_match_the_full_sort(
+    monkeypatch: pytest.MonkeyPatch, candidates: tuple[int, ...]
+) -> None:
+    """Sorting only the largest weights, with retries, gives exactly the full sort's masks."""
+    gen = seeded(31)
+    vocab = 40
+    continuous = torch.randn(60, vocab, generator=gen) * 2.0
+    tied = torch.randint(-2, 3, (60, vocab), generator=gen).float()  # ties straddle the cuts
+    logits = torch.cat([continuous, tied])
+    top_ps = torch.rand(len(logits), generator=gen).mul(0.98).add(0.01).tolist()
+    params = [
+        SamplingParams(temperature=0.5 + (i % 3) * 0.5, top_p=p, top_k=(0, 5, 25)[i % 3])
+        for i, p in enumerate(top_ps)
+    ]
+    monkeypatch.setattr(sampler_module, "_TOP_P_CANDIDATES", ())
+    full = sampling_probs(logits, params)
+    monkeypatch.setattr(sampler_module, "_TOP_P_CANDIDATES", candidates)
+    assert torch.equal(sampling_probs(logits, params), full)
+    # And row by row, so no row's result depends on the others' retries.
+    for i in range(0, len(logits), 7):
+        assert torch.equal(sampling_probs(logits[i : i + 1], params[i : i + 1])[0], full[i])
+
+
+# --- sampler state and inputs --------------------------------------------------------------------
+
+
+def test_random_rows_leave_logits_alone_and_scratch_does_not_leak() -> None:
+    """Random sampling works in a reused scratch buffer or a private copy, never the input."""
+    logits = torch.randn(12, 300, generator=seeded(41)) * 2.0
+    before = logits.clone()
+    batches = [
+        [SamplingParams(temperature=0.8, seed=i, top_p=0.9) for i in range(12)],  # scratch
+        [SamplingParams(temperature=0.8, seed=i, repetition_penalty=1.2) for i in range(12)],
+        [SamplingParams(temperature=0.0 if i % 3 else 0.8, seed=i) for i in range(12)],  # mixed
+    ]
+    reused = Sampler()
+    for params in [*batches, *batches]:
+        fresh = Sampler()(logits, make_batch(params, generators=[seeded(i) for i in range(12)]))
+        again = reused(logits, make_batch(params, generators=[seeded(i) for i in range(12)]))
+        assert again.token_ids == fresh.token_ids
+        assert torch.equal(logits, before)
+    # A smaller batch after a larger one reuses the front of the scratch buffer.
+    small = reused(logits[:3], make_batch(batches[0][:3], generators=[seeded(i) for i in range(3)]))
+    assert (
+        small.token_ids
+        == Sampler()(
+            logits[:3], make_batch(batches[0][:3], generators=[seeded(i) for i in range(3)])
+        ).token_ids
+    )

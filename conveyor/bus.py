@@ -1,0 +1,59 @@
+"""Redis names and the few helpers both sides of the queue share.
+
+All keys live under one prefix so several deployments can share a Redis
+(`--redis-prefix`). API processes and workers only ever build names here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WORKER_GROUP = "workers"
+
+
+@dataclass(frozen=True)
+class BusNames:
+    """Every Redis key, stream and channel conveyor uses."""
+
+    prefix: str = "conveyor"
+
+    def requests(self, model: str) -> str:
+        """Stream of GenerateRequest messages for one served model."""
+        return f"{self.prefix}:req:{model}"
+
+    def dead_letters(self, model: str) -> str:
+        """Requests that failed `max_deliveries` times, kept for operators to inspect."""
+        return f"{self.prefix}:dead:{model}"
+
+    def reply(self, api_instance: str) -> str:
+        """Pub/sub channel one API process subscribes to, once, for all its requests."""
+        return f"{self.prefix}:reply:{api_instance}"
+
+    def result(self, request_id: str) -> str:
+        """The final result, stored with a TTL for non-streaming and lost-message recovery."""
+        return f"{self.prefix}:result:{request_id}"
+
+    @property
+    def abort(self) -> str:
+        """Pub/sub channel of request ids whose client went away."""
+        return f"{self.prefix}:abort"
+
+    def worker(self, model: str, instance: str) -> str:
+        """Heartbeat key (with TTL) announcing a live worker and its capacity."""
+        return f"{self.prefix}:worker:{model}:{instance}"
+
+    @property
+    def worker_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def worker_metrics(self, instance: str) -> str:
+        """A worker's latest metrics snapshot, read by any API replica's /metrics."""
+        return f"{self.prefix}:metrics:{instance}"
+
+    @property
+    def worker_metrics_pattern(self) -> str:
+        return f"{self.prefix}:metrics:*"
+
+    def known_model(self, model: str) -> str:
+        """Set once a worker has served `model`: tells 'unknown' (404) from 'no worker' (503)."""
+        return f"{self.prefix}:model:{model}"

@@ -1,0 +1,131 @@
+"""The plain messages API processes and engine workers exchange over Redis.
+
+Every message is JSON with a schema version, so API replicas and workers of
+adjacent releases can share one Redis during a rolling upgrade. Nothing here
+imports torch: API processes import this module.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's logprob (chosen token + alternatives), wire form of TokenLogprobs."""
+
+    token_id: int
+    logprob: float
+    rank: int
+    top: list[tuple[int, float]]
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """XADDed to `conveyor:req:{model}` by the API; consumed by any worker of that model."""
+
+    id: str
+    reply_to: str
+    model: str
+    prompt_token_ids: list[int]
+    sampling: dict[str, Any]
+    priority: int = 0
+    deadline: float | None = None
+    arrival: float = 0.0
+    stream: bool = True
+    version: int = PROTOCOL_VERSION
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> GenerateRequest:
+        data = json.loads(raw)
+        data.pop("version", None)
+        return cls(**data, version=PROTOCOL_VERSION)
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """An OpenAI-shaped error a worker reports for one request."""
+
+    message: str
+    type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+    status: int = 500
+
+
+@dataclass(frozen=True)
+class ReplyMessage:
+    """PUBLISHed to `conveyor:reply:{api_instance}`: one request's progress.
+
+    `seq` increases by one per message of a request, so the API can detect a
+    lost message and fall back to the stored result.
+    """
+
+    id: str
+    seq: int
+    choices: list[ChoiceDelta] = field(default_factory=list)
+    finished: bool = False
+    usage: Usage | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    error: ErrorInfo | None = None
+    times: dict[str, float | None] | None = None
+    worker: str = ""
+    version: int = PROTOCOL_VERSION
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> ReplyMessage:
+        data = json.loads(raw)
+        data.pop("version", None)
+        choices = [_choice(c) for c in data.pop("choices", [])]
+        usage = data.pop("usage", None)
+        error = data.pop("error", None)
+        prompt_lps = data.pop("prompt_logprobs", None)
+        return cls(
+            choices=choices,
+            usage=Usage(**usage) if usage else None,
+            error=ErrorInfo(**error) if error else None,
+            prompt_logprobs=(
+                [TokenLogprob(**lp) if lp else None for lp in prompt_lps]
+                if prompt_lps is not None
+                else None
+            ),
+            **data,
+        )
+
+
+def _choice(data: dict[str, Any]) -> ChoiceDelta:
+    lps = data.pop("logprobs", None)
+    return ChoiceDelta(
+        logprobs=[TokenLogprob(**lp) for lp in lps] if lps is not None else None, **data
+    )
