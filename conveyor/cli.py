@@ -43,6 +43,23 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+_SERVING_FLAGS: list[tuple[str, dict]] = [
+    ("--host", {}),
+    ("--port", {"type": int}),
+    ("--api-key", {"help": "require this bearer key on every API path but health/metrics"}),
+    ("--redis-url", {"help": "external Redis; default: an embedded redis-server"}),
+    ("--redis-prefix", {}),
+    ("--max-queued-requests", {"type": int}),
+    ("--request-timeout", {"type": float}),
+    ("--instance-id", {}),
+]
+
+
+def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
+    for flag, kwargs in _SERVING_FLAGS:
+        parser.add_argument(flag, default=None, **kwargs)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Flags given on the command line override env vars and defaults."""
     given = {
@@ -57,6 +74,24 @@ def _chat(args: argparse.Namespace) -> int:
     from conveyor.demo import run_chat
 
     return run_chat(settings_from_args(args), max_tokens=args.max_tokens)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from conveyor.launcher import run_serve
+
+    return run_serve(settings_from_args(args))
+
+
+def _api(args: argparse.Namespace) -> int:
+    from api.server import run_api
+
+    return run_api(settings_from_args(args))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.engine_worker import run_worker
+
+    return run_worker(settings_from_args(args))
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -76,6 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(chat)
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.set_defaults(func=_chat)
+
+    serve = sub.add_parser(
+        "serve", help="everything in one process tree: embedded Redis, a worker, the API"
+    )
+    _add_engine_flags(serve)
+    _add_serving_flags(serve)
+    serve.set_defaults(func=_serve)
+
+    api = sub.add_parser("api", help="the OpenAI-compatible HTTP front end only")
+    _add_serving_flags(api)
+    api.add_argument("--served-model-name", default=None)
+    api.add_argument("--chat-template", default=None)
+    api.set_defaults(func=_api)
+
+    worker = sub.add_parser("worker", help="one engine worker consuming a model's request stream")
+    _add_engine_flags(worker)
+    _add_serving_flags(worker)
+    worker.set_defaults(func=_worker)
 
     bench = sub.add_parser("bench", help="benchmarks: `conveyor bench engine [flags]`")
     bench.add_argument("target", choices=["engine"])

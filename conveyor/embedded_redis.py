@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from conveyor.child_process import spawn
+
 logger = logging.getLogger(__name__)
 
 
@@ -63,7 +65,7 @@ class EmbeddedRedis:
             "--protected-mode", "yes",
             "--loglevel", "warning",
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

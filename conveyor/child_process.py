@@ -1,0 +1,33 @@
+"""Start child processes that cannot outlive their parent.
+
+On Linux each child asks the kernel for SIGTERM when its parent dies
+(PR_SET_PDEATHSIG), so even a SIGKILLed `conveyor serve` leaves no orphan
+redis-server, worker or API behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+    def set_pdeathsig() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return set_pdeathsig
+
+
+def spawn(command: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen` whose child is terminated if this process dies."""
+    return subprocess.Popen(command, preexec_fn=_die_with_parent(), **kwargs)  # type: ignore[call-overload]

@@ -1,0 +1,130 @@
+"""`conveyor serve`: the whole system as one process tree.
+
+The supervisor starts an embedded redis-server (unless `--redis-url` points at
+one), one engine worker and the API as child processes, each the same
+`conveyor` CLI as in a production deployment, configured through `CONVEYOR_*`
+env vars derived from this process's settings. Ctrl-C / SIGTERM drains: the
+API stops accepting and finishes in-flight requests, then the worker, then
+Redis. A child that crashes is restarted (a worker's unfinished requests are
+reclaimed from Redis by the janitor); one that keeps crashing stops the whole
+tree. Nothing is ever left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from pydantic import SecretStr
+
+from conveyor.child_process import spawn
+from conveyor.embedded_redis import EmbeddedRedis
+from conveyor.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_DRAIN_SECONDS = 30.0
+_MAX_RESTARTS = 5
+_RESTART_WINDOW = 60.0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Express explicitly set settings as `CONVEYOR_*` env vars for child processes."""
+    env: dict[str, str] = {}
+    # Each child names itself: a shared instance id would make the API and the
+    # worker one participant on the bus.
+    for name in settings.model_fields_set - {"instance_id"}:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[f"CONVEYOR_{name.upper()}"] = str(value)
+    return env
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)
+    redis: EmbeddedRedis | None = None
+    stopping: bool = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            redis_url = self.settings.redis_url
+            if redis_url is None:
+                self.redis = EmbeddedRedis().start()
+                redis_url = self.redis.url
+            env = {**os.environ, **settings_env(self.settings), "CONVEYOR_REDIS_URL": redis_url}
+            self._spawn("worker", ["worker"], env)
+            self._spawn("api", ["api"], env)
+            logger.info(
+                "conveyor serve: API on http://%s:%d, redis %s",
+                self.settings.host,
+                self.settings.port,
+                redis_url,
+            )
+            return self._watch()
+        finally:
+            self._shutdown()
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        command = [sys.executable, "-m", "conveyor.cli", *args]
+        self.commands[name] = (command, env)
+        self.children[name] = spawn(command, env=env)
+
+    def _watch(self) -> int:
+        while not self.stopping:
+            for name, child in list(self.children.items()):
+                code = child.poll()
+                if code is None or self.stopping:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in self.restarts.get(name, []) if now - t < _RESTART_WINDOW]
+                if len(recent) >= _MAX_RESTARTS:
+                    logger.error("%s keeps exiting (code %s); stopping everything", name, code)
+                    return code or 1
+                logger.error("%s exited with code %s; restarting it", name, code)
+                self.restarts[name] = [*recent, now]
+                command, env = self.commands[name]
+                self.children[name] = spawn(command, env=env)
+            time.sleep(0.2)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.stopping:
+            return
+        logger.info("received %s: draining", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _shutdown(self) -> None:
+        # API first (stop accepting, finish in-flight), then the worker, then Redis.
+        for name in ("api", "worker"):
+            child = self.children.get(name)
+            if child is None or child.poll() is not None:
+                continue
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=_DRAIN_SECONDS)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop in %.0f s; killing it", name, _DRAIN_SECONDS)
+                child.kill()
+                child.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def run_serve(settings: Settings) -> int:
+    return Supervisor(settings).run()

@@ -1,0 +1,36 @@
+"""Flags override env vars; children of `conveyor serve` inherit explicit settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from conveyor.cli import build_parser, settings_from_args
+from conveyor.launcher import settings_env
+from conveyor.settings import Settings
+
+
+def test_flags_beat_env_and_env_beats_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_MAX_NUM_SEQS", "7")
+    monkeypatch.setenv("CONVEYOR_PORT", "9001")
+    args = build_parser().parse_args(["serve", "--port", "9100", "--no-enable-prefix-caching"])
+    settings = settings_from_args(args)
+    assert settings.port == 9100
+    assert settings.max_num_seqs == 7
+    assert settings.enable_prefix_caching is False
+    assert settings.engine_config().max_num_seqs == 7
+
+
+def test_settings_env_round_trips_explicit_values() -> None:
+    settings = Settings(api_key="sk-test", max_model_len=512, instance_id="me", port=8123)
+    env = settings_env(settings)
+    assert env["CONVEYOR_API_KEY"] == "sk-test"
+    assert env["CONVEYOR_MAX_MODEL_LEN"] == "512"
+    assert "CONVEYOR_INSTANCE_ID" not in env  # each child names itself
+    assert Settings(**{k.removeprefix("CONVEYOR_").lower(): v for k, v in env.items()}) == Settings(
+        api_key="sk-test", max_model_len=512, port=8123
+    )
+
+
+def test_data_dir_expands_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVEYOR_DATA_DIR", "~/somewhere")
+    assert "~" not in str(Settings().data_dir)

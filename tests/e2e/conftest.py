@@ -1,0 +1,96 @@
+"""End-to-end fixtures: the real `conveyor serve` process tree, reached over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conveyor.embedded_redis import EmbeddedRedis, free_port
+
+STARTUP_TIMEOUT = 180.0
+
+
+@dataclass
+class Server:
+    base_url: str
+    redis_url: str
+    process: subprocess.Popen[bytes]
+    env: dict[str, str]
+
+    @property
+    def v1(self) -> str:
+        return f"{self.base_url}/v1"
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} during startup")
+        try:
+            if httpx.get(f"{base_url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{base_url} not healthy after {timeout:.0f} s")
+
+
+def server_env(bundled_model_dir: Path, redis_url: str, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "CONVEYOR_REDIS_URL": redis_url,
+        "CONVEYOR_MODEL": str(bundled_model_dir),
+        "CONVEYOR_SERVED_MODEL_NAME": "smollm2",
+        "CONVEYOR_MAX_MODEL_LEN": "2048",
+        "CONVEYOR_KV_CACHE_MEMORY": str(512 << 20),
+        "CONVEYOR_MAX_NUM_SEQS": "32",
+        "CONVEYOR_JANITOR_IDLE": "3",
+        "CONVEYOR_JANITOR_INTERVAL": "0.5",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@pytest.fixture(scope="session")
+def e2e_redis() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def server(bundled_model_dir: Path, e2e_redis: EmbeddedRedis) -> Iterator[Server]:
+    """`conveyor serve` against a test-owned Redis, so tests can add workers to it."""
+    port = free_port()
+    env = server_env(bundled_model_dir, e2e_redis.url)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+        yield Server(base_url, e2e_redis.url, process, env)
+    finally:
+        stop(process)
