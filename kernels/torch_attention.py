@@ -18,12 +18,17 @@ from kernels.attention import AttentionInputs
 
 @dataclass(frozen=True)
 class PrefillSlice:
-    """One prefill chunk: its rows in the flattened batch and how to reach its KV."""
+    """Prefill rows in the flattened batch and how to reach their KV.
+
+    Without a cached prefix (`kv_slots` None) a slice may hold `count`
+    back-to-back chunks of equal length, attended in one batched call.
+    """
 
     start: int
     end: int
     kv_slots: torch.Tensor | None
     mask: torch.Tensor | None
+    count: int = 1
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,13 @@ class TorchAttentionBackend:
         ):
             end = start + q_len
             if ctx == q_len:
-                # No cached prefix: attend over the new tokens directly, causally.
-                prefills.append(PrefillSlice(start, end, None, None))
+                # No cached prefix: attend over the new tokens directly, causally,
+                # batched with the previous chunk when their lengths match.
+                last = prefills[-1] if prefills else None
+                if last and last.kv_slots is None and last.end - last.start == q_len * last.count:
+                    prefills[-1] = PrefillSlice(last.start, end, None, None, last.count + 1)
+                else:
+                    prefills.append(PrefillSlice(start, end, None, None))
             else:
                 kv_slots = torch.tensor(slots_for(blocks, ctx, bs), dtype=torch.long)
                 query_pos = torch.arange(ctx - q_len, ctx)
@@ -122,20 +132,26 @@ class TorchAttentionBackend:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=metadata.decode_mask, scale=scale)
             out[:nd] = o.reshape(nd, -1, head_dim)
         for p in metadata.prefills:
-            q = query[p.start : p.end].transpose(0, 1)  # [H, Q, D]
+            rows = slice(p.start, p.end)
             if p.kv_slots is None:
-                k = key[p.start : p.end].transpose(0, 1)
-                v = value[p.start : p.end].transpose(0, 1)
+                # [count, heads, q_len, D]: equal-length chunks batched, causal.
+                q_len = (p.end - p.start) // p.count
+                q, k, v = (
+                    t[rows].view(p.count, q_len, *t.shape[1:]).transpose(1, 2)
+                    for t in (query, key, value)
+                )
                 o = F.scaled_dot_product_attention(
                     q, k, v, is_causal=True, scale=scale, enable_gqa=True
                 )
+                out[rows] = o.transpose(1, 2).reshape(p.end - p.start, *query.shape[1:])
             else:
+                q = query[rows].transpose(0, 1)  # [H, Q, D]
                 k = flat_k[p.kv_slots].transpose(0, 1)
                 v = flat_v[p.kv_slots].transpose(0, 1)
                 o = F.scaled_dot_product_attention(
                     q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True
                 )
-            out[p.start : p.end] = o.transpose(0, 1)
+                out[rows] = o.transpose(0, 1)
         return out
 
 
