@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WORKER_GROUP = "workers"
+# The single field of a request stream entry; its value is GenerateRequest.encode().
+REQUEST_FIELD = "data"
 
 
 @dataclass(frozen=True)

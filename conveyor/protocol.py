@@ -8,7 +8,7 @@ imports torch: API processes import this module.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -44,8 +44,7 @@ class GenerateRequest:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> GenerateRequest:
-        data = json.loads(raw)
-        data.pop("version", None)
+        data = _known_fields(cls, json.loads(raw))
         return cls(**data, version=PROTOCOL_VERSION)
 
 
@@ -108,8 +107,7 @@ class ReplyMessage:
 
     @classmethod
     def decode(cls, raw: str | bytes) -> ReplyMessage:
-        data = json.loads(raw)
-        data.pop("version", None)
+        data = _known_fields(cls, json.loads(raw))
         choices = [_choice(c) for c in data.pop("choices", [])]
         usage = data.pop("usage", None)
         error = data.pop("error", None)
@@ -127,7 +125,14 @@ class ReplyMessage:
         )
 
 
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Drop fields this release does not know (a newer peer may send more) and the version."""
+    names = {f.name for f in fields(cls)} - {"version"}
+    return {k: v for k, v in data.items() if k in names}
+
+
 def _choice(data: dict[str, Any]) -> ChoiceDelta:
+    data = _known_fields(ChoiceDelta, data)
     lps = data.pop("logprobs", None)
     return ChoiceDelta(
         logprobs=[TokenLogprob(**lp) for lp in lps] if lps is not None else None, **data

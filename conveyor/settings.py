@@ -70,6 +70,9 @@ class Settings(BaseSettings):
         default=15.0, description="seconds a delivered request may sit unacked before reclaim"
     )
     max_deliveries: int = 3
+    drain_timeout: float = Field(
+        default=30.0, description="seconds a stopping worker keeps finishing in-flight requests"
+    )
 
     @field_validator("data_dir")
     @classmethod

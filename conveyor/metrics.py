@@ -1,0 +1,236 @@
+"""vLLM-named serving metrics: accumulated inside a worker, rendered by any API replica.
+
+Workers do not serve HTTP, so a worker keeps its numbers in a `WorkerMetrics`
+(plain counters under one lock, cheap enough for the publisher's hot path) and
+its heartbeat writes `snapshot()` as JSON to Redis. An API replica's /metrics
+reads every live worker's snapshot and renders them with
+`render_worker_metrics`, through prometheus_client's data model, so the names,
+labels and buckets are exactly vLLM's and existing dashboards keep working.
+Nothing here imports torch: API processes import this module.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+SNAPSHOT_VERSION = 1
+LABELS = ("model_name", "worker")
+
+NUM_REQUESTS_RUNNING = "vllm:num_requests_running"
+NUM_REQUESTS_WAITING = "vllm:num_requests_waiting"
+KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
+PROMPT_TOKENS = "vllm:prompt_tokens_total"
+GENERATION_TOKENS = "vllm:generation_tokens_total"
+NUM_PREEMPTIONS = "vllm:num_preemptions_total"
+REQUEST_SUCCESS = "vllm:request_success_total"
+TIME_TO_FIRST_TOKEN = "vllm:time_to_first_token_seconds"
+INTER_TOKEN_LATENCY = "vllm:inter_token_latency_seconds"
+E2E_REQUEST_LATENCY = "vllm:e2e_request_latency_seconds"
+REQUEST_QUEUE_TIME = "vllm:request_queue_time_seconds"
+
+FINISH_REASONS = ("stop", "length", "abort")
+
+GAUGES: dict[str, str] = {
+    NUM_REQUESTS_RUNNING: "Number of requests in model execution batches.",
+    NUM_REQUESTS_WAITING: "Number of requests waiting to be processed.",
+    KV_CACHE_USAGE: "KV-cache usage. 1 means 100 percent usage.",
+}
+COUNTERS: dict[str, str] = {
+    PROMPT_TOKENS: "Number of prefill tokens processed.",
+    GENERATION_TOKENS: "Number of generation tokens processed.",
+    NUM_PREEMPTIONS: "Cumulative number of preemption from the engine.",
+}
+SUCCESS_DOC = "Count of successfully processed requests."
+
+# vLLM's bucket boundaries (vllm/v1/metrics/loggers.py), so dashboards' quantiles line up.
+_TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_ITL_BUCKETS = (
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0,
+)  # fmt: skip
+_REQUEST_LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0,
+    120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class HistogramSpec:
+    doc: str
+    buckets: tuple[float, ...]
+
+
+HISTOGRAMS: dict[str, HistogramSpec] = {
+    TIME_TO_FIRST_TOKEN: HistogramSpec(
+        "Histogram of time to first token in seconds.", _TTFT_BUCKETS
+    ),
+    INTER_TOKEN_LATENCY: HistogramSpec(
+        "Histogram of inter-token latency in seconds.", _ITL_BUCKETS
+    ),
+    E2E_REQUEST_LATENCY: HistogramSpec(
+        "Histogram of e2e request latency in seconds.", _REQUEST_LATENCY_BUCKETS
+    ),
+    REQUEST_QUEUE_TIME: HistogramSpec(
+        "Histogram of time spent in WAITING phase for request.", _REQUEST_LATENCY_BUCKETS
+    ),
+}
+
+
+class _Histogram:
+    """Per-bucket (non-cumulative) counts; the +Inf bucket is the last slot."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le = "less or equal").
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class WorkerMetrics:
+    """One worker's metrics; every method is safe to call from any thread."""
+
+    def __init__(self, model_name: str, worker: str) -> None:
+        self.model_name = model_name
+        self.worker = worker
+        self._lock = threading.Lock()
+        self._gauges = dict.fromkeys(GAUGES, 0.0)
+        self._counters = dict.fromkeys(COUNTERS, 0.0)
+        self._success = dict.fromkeys(FINISH_REASONS, 0)
+        self._histograms = {name: _Histogram(spec.buckets) for name, spec in HISTOGRAMS.items()}
+
+    def set_engine_state(
+        self, running: int, waiting: int, kv_cache_usage: float, num_preemptions: int
+    ) -> None:
+        """Gauges plus the engine's own cumulative preemption count, sampled after a step."""
+        with self._lock:
+            self._gauges[NUM_REQUESTS_RUNNING] = float(running)
+            self._gauges[NUM_REQUESTS_WAITING] = float(waiting)
+            self._gauges[KV_CACHE_USAGE] = float(kv_cache_usage)
+            self._counters[NUM_PREEMPTIONS] = float(num_preemptions)
+
+    def engine_state(self) -> tuple[int, int, float]:
+        """(running, waiting, kv_cache_usage) as last sampled, for the heartbeat."""
+        with self._lock:
+            g = self._gauges
+            return int(g[NUM_REQUESTS_RUNNING]), int(g[NUM_REQUESTS_WAITING]), g[KV_CACHE_USAGE]
+
+    def add_tokens(self, prompt: int = 0, generation: int = 0) -> None:
+        with self._lock:
+            self._counters[PROMPT_TOKENS] += prompt
+            self._counters[GENERATION_TOKENS] += generation
+
+    def request_finished(self, reason: str | None) -> None:
+        """Count a finished request; unknown reasons count as 'stop' (the label set is fixed)."""
+        key = reason if reason in FINISH_REASONS else "stop"
+        with self._lock:
+            self._success[key] += 1
+
+    def observe(self, name: str, seconds: float) -> None:
+        """Record one latency sample in the histogram `name` (one of HISTOGRAMS)."""
+        with self._lock:
+            self._histograms[name].observe(max(0.0, seconds))
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-ready copy; the heartbeat stores it in Redis for the API's /metrics."""
+        with self._lock:
+            return {
+                "version": SNAPSHOT_VERSION,
+                "model_name": self.model_name,
+                "worker": self.worker,
+                "time": time.time(),
+                "gauges": dict(self._gauges),
+                "counters": dict(self._counters),
+                "request_success": dict(self._success),
+                "histograms": {
+                    name: {"bounds": list(h.bounds), "counts": list(h.counts), "sum": h.sum}
+                    for name, h in self._histograms.items()
+                },
+            }
+
+
+def _labels(snapshot: dict[str, Any]) -> list[str]:
+    return [str(snapshot.get("model_name", "")), str(snapshot.get("worker", ""))]
+
+
+class WorkerMetricsCollector(Collector):
+    """Yields every worker snapshot as vLLM metric families (one sample per worker).
+
+    Public so the API can register it next to its own queue metrics in one registry.
+    Snapshots from other releases may lack a metric; missing ones are skipped.
+    """
+
+    def __init__(self, snapshots: Iterable[dict[str, Any]]) -> None:
+        self.snapshots = list(snapshots)
+
+    def collect(self) -> Iterator[Metric]:
+        for name, doc in GAUGES.items():
+            gauge = GaugeMetricFamily(name, doc, labels=LABELS)
+            for snap in self.snapshots:
+                value = snap.get("gauges", {}).get(name)
+                if value is not None:
+                    gauge.add_metric(_labels(snap), float(value))
+            yield gauge
+        for name, doc in COUNTERS.items():
+            counter = CounterMetricFamily(name, doc, labels=LABELS)
+            for snap in self.snapshots:
+                value = snap.get("counters", {}).get(name)
+                if value is not None:
+                    counter.add_metric(_labels(snap), float(value))
+            yield counter
+        success = CounterMetricFamily(
+            REQUEST_SUCCESS, SUCCESS_DOC, labels=[*LABELS, "finished_reason"]
+        )
+        for snap in self.snapshots:
+            counts = snap.get("request_success", {})
+            for reason in FINISH_REASONS:
+                success.add_metric([*_labels(snap), reason], float(counts.get(reason, 0)))
+        yield success
+        for name, spec in HISTOGRAMS.items():
+            family = HistogramMetricFamily(name, spec.doc, labels=LABELS)
+            for snap in self.snapshots:
+                data = snap.get("histograms", {}).get(name)
+                if data:
+                    family.add_metric(
+                        _labels(snap), _cumulative(data["bounds"], data["counts"]), data["sum"]
+                    )
+            yield family
+
+
+def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:
+    buckets: list[tuple[str, float]] = []
+    total = 0
+    for bound, count in zip([*bounds, float("inf")], counts, strict=True):
+        total += count
+        buckets.append((floatToGoString(bound), float(total)))
+    return buckets
+
+
+def render_worker_metrics(snapshots: list[dict[str, Any]]) -> bytes:
+    """Prometheus text exposition of worker snapshots (what the API's /metrics serves)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(WorkerMetricsCollector(snapshots))
+    return generate_latest(registry)

@@ -1,0 +1,93 @@
+"""Worker metrics snapshots render as vLLM's Prometheus metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from conveyor import metrics as m
+from conveyor.metrics import WorkerMetrics, render_worker_metrics
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def labels(worker: str, **extra: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({"model_name": "smol", "worker": worker, **extra}.items()))
+
+
+def test_two_workers_render_with_vllm_names_labels_and_counts() -> None:
+    a, b = WorkerMetrics("smol", "w1"), WorkerMetrics("smol", "w2")
+    a.set_engine_state(running=3, waiting=1, kv_cache_usage=0.25, num_preemptions=2)
+    a.add_tokens(prompt=10, generation=4)
+    a.add_tokens(generation=6)
+    a.request_finished("stop")
+    a.request_finished("length")
+    a.request_finished("abort")
+    a.request_finished("weird")  # an unknown reason must not invent a label value
+    a.observe(m.TIME_TO_FIRST_TOKEN, 0.01)  # exactly a bound: counted in le="0.01"
+    a.observe(m.TIME_TO_FIRST_TOKEN, 3.0)
+    a.observe(m.REQUEST_QUEUE_TIME, -0.5)  # clock skew between hosts: clamped to 0
+    b.add_tokens(prompt=7)
+    # Snapshots travel through Redis as JSON.
+    snaps = [json.loads(json.dumps(x.snapshot())) for x in (a, b)]
+    got = samples(render_worker_metrics(snaps))
+
+    assert got[("vllm:num_requests_running", labels("w1"))] == 3
+    assert got[("vllm:num_requests_waiting", labels("w1"))] == 1
+    assert got[("vllm:kv_cache_usage_perc", labels("w1"))] == 0.25
+    assert got[("vllm:num_preemptions_total", labels("w1"))] == 2
+    assert got[("vllm:prompt_tokens_total", labels("w1"))] == 10
+    assert got[("vllm:prompt_tokens_total", labels("w2"))] == 7
+    assert got[("vllm:generation_tokens_total", labels("w1"))] == 10
+    success = {
+        r: got[("vllm:request_success_total", labels("w1", finished_reason=r))]
+        for r in ("stop", "length", "abort")
+    }
+    assert success == {"stop": 2, "length": 1, "abort": 1}
+    ttft = "vllm:time_to_first_token_seconds"
+    assert got[(f"{ttft}_bucket", labels("w1", le="0.005"))] == 0
+    assert got[(f"{ttft}_bucket", labels("w1", le="0.01"))] == 1
+    assert got[(f"{ttft}_bucket", labels("w1", le="2.5"))] == 1
+    assert got[(f"{ttft}_bucket", labels("w1", le="5.0"))] == 2
+    assert got[(f"{ttft}_bucket", labels("w1", le="+Inf"))] == 2
+    assert got[(f"{ttft}_count", labels("w1"))] == 2
+    assert abs(got[(f"{ttft}_sum", labels("w1"))] - 3.01) < 1e-9
+    assert got[("vllm:request_queue_time_seconds_sum", labels("w1"))] == 0
+    for name in ("vllm:inter_token_latency_seconds", "vllm:e2e_request_latency_seconds"):
+        assert got[(f"{name}_count", labels("w2"))] == 0
+
+
+def test_render_tolerates_nothing_and_partial_snapshots() -> None:
+    text = render_worker_metrics([]).decode()
+    assert "# TYPE vllm:num_requests_running gauge" in text
+    assert "# TYPE vllm:e2e_request_latency_seconds histogram" in text
+    # A snapshot from another release that lacks most sections still renders.
+    got = samples(render_worker_metrics([{"model_name": "smol", "worker": "old"}]))
+    assert got[("vllm:request_success_total", labels("old", finished_reason="stop"))] == 0
+    assert ("vllm:num_requests_running", labels("old")) not in got
+
+
+def test_counting_from_many_threads_loses_nothing() -> None:
+    metrics = WorkerMetrics("smol", "w")
+
+    def work() -> None:
+        for _ in range(2000):
+            metrics.add_tokens(generation=1)
+            metrics.observe(m.INTER_TOKEN_LATENCY, 0.02)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    snap = metrics.snapshot()
+    assert snap["counters"][m.GENERATION_TOKENS] == 8000
+    assert sum(snap["histograms"][m.INTER_TOKEN_LATENCY]["counts"]) == 8000

@@ -1,0 +1,320 @@
+"""The engine worker driven over a real Redis exactly as an API process drives it."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from conveyor.bus import BusNames
+from conveyor.metrics import render_worker_metrics
+from conveyor.protocol import ReplyMessage
+from conveyor.settings import Settings
+from engine.llm_engine import LLMEngine
+from engine.sampling_params import SamplingParams
+from workers.announce import DIGEST_FIELD, ensure_group
+from workers.engine_worker import run_worker
+from workers.intake import REQUEST_FIELD
+
+from .conftest import Harness, wait_for
+
+PROMPT = "The capital of France is"
+
+
+def reference(engine: LLMEngine, prompt: list[int], **sampling: Any) -> tuple[str, list[int]]:
+    """Greedy output of the engine itself, run before any worker holds it."""
+    engine.add_request("ref", prompt, SamplingParams(**sampling))
+    text, tokens = "", []
+    while engine.has_unfinished():
+        for out in engine.step():
+            for choice in out.outputs:
+                text += choice.text
+                tokens += choice.token_ids
+    return text, tokens
+
+
+def joined(messages: list[ReplyMessage]) -> tuple[str, list[int]]:
+    text = "".join(c.text for m in messages for c in m.choices)
+    return text, [t for m in messages for c in m.choices for t in c.token_ids]
+
+
+def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    prompt = engine.tokenizer.encode(PROMPT)
+    want_text, want_tokens = reference(engine, prompt, temperature=0.0, max_tokens=6)
+    h: Harness = make_worker()
+    names, instance = h.names, h.worker.instance
+
+    # Announced: tokenizer files with a digest, the model known, the heartbeat live.
+    tok = client.hgetall(names.tokenizer(h.model))
+    assert {"tokenizer.json", "tokenizer_config.json", "config.json", DIGEST_FIELD} <= set(tok)
+    assert len(tok[DIGEST_FIELD]) == 64
+    config = json.loads(tok["config.json"])
+    assert config == {"eos_token_id": sorted(engine.eos_token_ids), "max_model_len": 1024}
+    assert client.get(names.known_model(h.model)) == "1"
+    beat = json.loads(client.get(names.worker(h.model, instance)))
+    assert beat["capacity"] == 2 and beat["instance"] == instance and beat["max_model_len"] == 1024
+    assert 0 < client.pttl(names.worker(h.model, instance)) <= 2000
+
+    streamed = h.request(prompt, logprobs=2)
+    quiet = h.request(prompt, stream=False)
+    replies = h.collect([h.send(streamed), h.send(quiet)])
+
+    msgs = replies[streamed.id]
+    assert [m.seq for m in msgs] == list(range(len(msgs)))
+    assert joined(msgs) == (want_text, want_tokens)
+    assert all(m.worker == instance and m.attempt == 1 for m in msgs)
+    assert [m.finished for m in msgs] == [False] * (len(msgs) - 1) + [True]
+    final = msgs[-1]
+    assert final.usage is not None
+    assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (len(prompt), 6)
+    assert final.choices[-1].finish_reason == "length"
+    assert final.times is not None and final.times["finished"] is not None
+    logprobs = [lp for m in msgs for c in m.choices for lp in c.logprobs or []]
+    assert [lp.token_id for lp in logprobs] == want_tokens
+    assert all(len(lp.top) == 2 for lp in logprobs)
+
+    # The stored result is the whole answer; the stream entry is acked and removed.
+    stored = ReplyMessage.decode(client.get(names.result(streamed.id)))
+    assert stored.finished and stored.seq == final.seq and stored.usage == final.usage
+    assert (stored.choices[0].text, stored.choices[0].token_ids) == (want_text, want_tokens)
+    assert len(stored.choices[0].logprobs or []) == 6
+    assert 0 < client.pttl(names.result(streamed.id)) <= 60_000
+    assert h.pending() == 0 and client.xlen(h.stream) == 0
+
+    # Not streaming: one message, seq 0, the whole result.
+    (only,) = replies[quiet.id]
+    assert only.seq == 0 and only.finished and joined([only]) == (want_text, want_tokens)
+
+    # Metrics reach Redis with the heartbeat and render under vLLM's names.
+    def snapshot() -> dict[str, Any]:
+        return json.loads(client.get(names.worker_metrics(instance)) or "{}")
+
+    wait_for(lambda: snapshot().get("counters", {}).get("vllm:generation_tokens_total") == 12)
+    text = render_worker_metrics([snapshot()]).decode()
+    labels = f'model_name="{h.model}",worker="{instance}"'
+    assert f"vllm:prompt_tokens_total{{{labels}}} {2.0 * len(prompt)}" in text
+    assert f'vllm:request_success_total{{finished_reason="length",{labels}}} 2.0' in text
+    assert f"vllm:time_to_first_token_seconds_count{{{labels}}} 2.0" in text
+    assert f"vllm:e2e_request_latency_seconds_count{{{labels}}} 2.0" in text
+    assert f"vllm:request_queue_time_seconds_count{{{labels}}} 2.0" in text
+    assert f"vllm:inter_token_latency_seconds_count{{{labels}}} 10.0" in text
+
+    h.shutdown()
+    assert h.exit_code == 0
+    assert not client.exists(names.worker(h.model, instance))
+    assert client.exists(names.worker_metrics(instance))
+
+
+def test_abort_frees_the_request(engine: LLMEngine, make_worker: Any, client: redis.Redis) -> None:
+    h: Harness = make_worker()
+    request = h.request(engine.tokenizer.encode(PROMPT), max_tokens=500, ignore_eos=True)
+    h.send(request)
+    wait_for(lambda: h.poll(0.05) or request.id in h.messages)
+    client.publish(h.names.abort, request.id)
+    wait_for(lambda: engine.num_requests == 0, timeout=2.0)
+    wait_for(lambda: h.pending() == 0, timeout=2.0)
+    assert not h.finished(request.id)
+    assert not client.exists(h.names.result(request.id))
+    wait_for(lambda: h.worker.metrics.snapshot()["request_success"]["abort"] == 1)
+
+
+def test_invalid_and_expired_requests_get_errors_and_are_acked(
+    engine: LLMEngine, make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admitted: list[str] = []
+    real_add = engine.add_request
+
+    def spy(request_id: str, *args: Any, **kwargs: Any) -> None:
+        admitted.append(request_id)
+        real_add(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "add_request", spy)
+    h: Harness = make_worker()
+    prompt = engine.tokenizer.encode(PROMPT)
+    hot = h.request(prompt, temperature=5.0)
+    long = h.request([1] * 1100)
+    unknown = h.request(prompt, temprature=0.5)
+    expired = h.request(prompt, deadline=time.time() - 5)
+    replies = h.collect([h.send(r) for r in (hot, long, unknown, expired)])
+
+    def error(request_id: str) -> Any:
+        (message,) = replies[request_id]
+        assert message.finished and message.error is not None
+        return message.error
+
+    assert (error(hot.id).status, error(hot.id).param) == (400, "temperature")
+    assert error(hot.id).type == "invalid_request_error"
+    assert (error(long.id).status, error(long.id).param) == (400, "prompt")
+    assert "1024" in error(long.id).message
+    assert (error(unknown.id).status, error(unknown.id).param) == (400, "temprature")
+    assert (error(expired.id).status, error(expired.id).type) == (503, "timeout")
+    assert "expired in the queue" in error(expired.id).message
+    assert expired.id not in admitted and hot.id not in admitted
+    assert h.pending() == 0
+
+
+def test_back_pressure_holds_at_most_capacity(engine: LLMEngine, make_worker: Any) -> None:
+    h: Harness = make_worker()
+    prompt = engine.tokenizer.encode(PROMPT)
+    ids = [h.send(h.request(prompt, max_tokens=4)) for _ in range(5)]
+    most = 0
+    deadline = time.monotonic() + 30
+    while not all(h.finished(i) for i in ids):
+        assert time.monotonic() < deadline
+        most = max(most, h.pending(h.worker.instance))
+        h.poll(0.01)
+    assert most == 2  # never more than max_num_seqs, and it did fill up
+    assert all(joined(h.messages[i])[1] == joined(h.messages[ids[0]])[1] for i in ids)
+    assert h.pending() == 0
+
+
+def _strand(h: Harness, client: redis.Redis, consumer: str, request: Any) -> None:
+    """A worker named `consumer` took the request and died without acking it."""
+    ensure_group(client, h.stream)
+    h.send(request)
+    got = client.xreadgroup("workers", consumer, {h.stream: ">"}, count=1)
+    assert got and got[0][1][0][1][REQUEST_FIELD] == request.encode()
+
+
+@pytest.mark.parametrize("consumer", ["dead", "self"])
+def test_janitor_reclaims_a_dead_consumers_request(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis, consumer: str
+) -> None:
+    """'self': a restarted worker with the same instance name also reruns its old messages."""
+    h: Harness = make_worker(start=False)
+    name = h.worker.instance if consumer == "self" else consumer
+    prompt = engine.tokenizer.encode(PROMPT)
+    want = reference(engine, prompt, temperature=0.0, max_tokens=6)
+    request = h.request(prompt)
+    _strand(h, client, name, request)
+    h.start()
+    msgs = h.collect([request.id])[request.id]
+    assert all(m.attempt == 2 for m in msgs)
+    assert joined(msgs) == want
+    assert h.pending() == 0
+    if consumer == "dead":  # housekeeping: the dead consumer leaves the group
+        consumers = lambda: {c["name"] for c in client.xinfo_consumers(h.stream, "workers")}  # noqa: E731
+        wait_for(lambda: "dead" not in consumers())
+
+
+def test_too_many_deliveries_go_to_dead_letters(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    h: Harness = make_worker(start=False, max_deliveries=1)
+    request = h.request(engine.tokenizer.encode(PROMPT))
+    _strand(h, client, "dead", request)
+    h.start()
+    (message,) = h.collect([request.id])[request.id]
+    assert message.error is not None and message.attempt == 2
+    assert (message.error.status, message.error.type) == (500, "server_error")
+    assert "failed on 1 worker" in message.error.message
+    (entry,) = client.xrange(h.names.dead_letters(h.model))
+    assert entry[1][REQUEST_FIELD] == request.encode()
+    assert "delivered 2 times" in entry[1]["reason"]
+    assert h.pending() == 0
+
+
+def test_failed_step_fails_requests_and_worker_keeps_serving(
+    engine: LLMEngine, make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_step = engine.step
+    calls = {"n": 0}
+
+    def flaky() -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated kernel failure")
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", flaky)
+    h: Harness = make_worker()
+    prompt = engine.tokenizer.encode(PROMPT)
+    first = h.request(prompt)
+    msgs = h.collect([h.send(first)])[first.id]
+    assert msgs[-1].error is not None and msgs[-1].error.status == 500
+    assert [m.seq for m in msgs] == list(range(len(msgs)))
+    second = h.request(prompt)
+    msgs = h.collect([h.send(second)])[second.id]
+    assert msgs[-1].error is None and msgs[-1].usage is not None
+    assert h.pending() == 0
+
+
+def test_stop_drains_in_flight_requests(engine: LLMEngine, make_worker: Any) -> None:
+    h: Harness = make_worker()
+    request = h.request(engine.tokenizer.encode(PROMPT), max_tokens=12, ignore_eos=True)
+    h.send(request)
+    wait_for(lambda: h.poll(0.05) or request.id in h.messages)
+    h.stop.set()
+    h.collect([request.id])
+    assert h.messages[request.id][-1].usage is not None
+    h.shutdown()
+    assert h.exit_code == 0 and h.pending() == 0
+
+
+def test_several_choices_and_prompt_logprobs(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    h: Harness = make_worker()
+    prompt = engine.tokenizer.encode(PROMPT)
+    request = h.request(prompt, n=2, temperature=1.0, seed=7, max_tokens=4, prompt_logprobs=1)
+    msgs = h.collect([h.send(request)])[request.id]
+    assert [m.seq for m in msgs] == list(range(len(msgs)))
+    per_choice = {0: 0, 1: 0}
+    for message in msgs:
+        for choice in message.choices:
+            per_choice[choice.index] += len(choice.token_ids)
+    assert per_choice == {0: 4, 1: 4}
+    usage = msgs[-1].usage
+    assert usage is not None and usage.completion_tokens == 8
+    stored = ReplyMessage.decode(client.get(h.names.result(request.id)))
+    assert [c.index for c in stored.choices] == [0, 1]
+    assert all(len(c.token_ids) == 4 and c.finish_reason == "length" for c in stored.choices)
+    lps = stored.prompt_logprobs
+    assert lps is not None and len(lps) == len(prompt) and lps[0] is None
+    assert [lp.token_id for lp in lps[1:] if lp is not None] == prompt[1:]
+
+
+def test_worker_reannounces_after_redis_lost_its_stream(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    h: Harness = make_worker()
+    tokenizer_key = h.names.tokenizer(h.model)
+    client.delete(h.stream, tokenizer_key, h.names.known_model(h.model))
+    wait_for(lambda: client.exists(tokenizer_key) and client.exists(h.stream))
+    request = h.request(engine.tokenizer.encode(PROMPT))
+    msgs = h.collect([h.send(request)])[request.id]
+    assert msgs[-1].usage is not None
+
+
+def test_run_worker_builds_everything_from_settings(
+    bundled_model_dir: Any, redis_url: str, client: redis.Redis
+) -> None:
+    settings = Settings(
+        model=str(bundled_model_dir),
+        served_model_name="smol",
+        max_model_len=256,
+        kv_cache_memory=32 << 20,
+        redis_url=redis_url,
+        redis_prefix=f"rw{uuid.uuid4().hex[:8]}",
+        instance_id="worker-under-test",
+    )
+    names = BusNames(prefix=settings.redis_prefix)
+    stop = threading.Event()
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(run_worker(settings, stop)))
+    thread.start()
+    try:
+        wait_for(lambda: client.exists(names.worker("smol", "worker-under-test")), timeout=30)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert codes == [0]
+    assert not client.exists(names.worker("smol", "worker-under-test"))
+    assert run_worker(Settings(redis_url=None)) == 2  # no Redis to serve from

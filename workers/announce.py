@@ -1,0 +1,81 @@
+"""What a worker sets up in Redis before it takes work: group, tokenizer, model name.
+
+API processes never load the model, yet they tokenize prompts and apply the
+chat template, so the worker publishes the tokenizer files themselves in a
+hash, with a digest the API can cache them by. `config.json` is cut down to
+what tokenization needs (EOS ids and the context length), not the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import redis
+
+from conveyor.bus import WORKER_GROUP, BusNames
+from engine.llm_engine import LLMEngine
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+DIGEST_FIELD = "digest"
+
+
+def ensure_group(client: redis.Redis, stream: str) -> None:
+    """Create the stream and its consumer group unless another worker already did."""
+    try:
+        client.xgroup_create(stream, WORKER_GROUP, id="$", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def tokenizer_fields(engine: LLMEngine) -> dict[str, str]:
+    """The hash published for API processes: file name -> contents, plus `digest`."""
+    folder = Path(engine.resolved.path)
+    fields: dict[str, str] = {}
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if path.is_file():
+            fields[name] = path.read_text(encoding="utf-8")
+    # A --chat-template override lives only in this process; API processes need it too.
+    template = engine.tokenizer.hf_tokenizer.chat_template
+    if engine.config.chat_template is not None and isinstance(template, str):
+        fields["chat_template.jinja"] = template
+    fields["config.json"] = json.dumps(
+        {"eos_token_id": sorted(engine.eos_token_ids), "max_model_len": engine.max_model_len}
+    )
+    digest = hashlib.sha256()
+    for name in sorted(fields):
+        for part in (name, fields[name]):
+            data = part.encode("utf-8")
+            digest.update(len(data).to_bytes(8, "big"))
+            digest.update(data)
+    fields[DIGEST_FIELD] = digest.hexdigest()
+    return fields
+
+
+class Announcer:
+    """Announces once at start, and again if Redis lost it all (restart, flush: NOGROUP)."""
+
+    def __init__(self, client: redis.Redis, names: BusNames, engine: LLMEngine) -> None:
+        self.client = client
+        self.names = names
+        self.model = engine.model_name
+        self.fields = tokenizer_fields(engine)  # read from disk once
+
+    def announce(self) -> None:
+        names, model = self.names, self.model
+        ensure_group(self.client, names.requests(model))
+        key = names.tokenizer(model)
+        pipe = self.client.pipeline(transaction=True)  # readers never see a half-written hash
+        pipe.delete(key)
+        pipe.hset(key, mapping=self.fields)
+        pipe.set(names.known_model(model), "1")
+        pipe.execute()

@@ -1,0 +1,207 @@
+"""The engine thread: the only thread that touches the LLMEngine, and it never waits on Redis.
+
+Each turn: admit what intake queued, apply aborts (an aborted request's KV
+blocks are free before the next step), then `step()` and hand the outputs to
+the publisher's queue. When there is no work it blocks briefly on the intake
+queue instead of spinning. A failing step fails every request in the engine
+with a 500 (no request is left hanging) and the loop carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from conveyor.metrics import WorkerMetrics
+from conveyor.protocol import ErrorInfo
+from engine.llm_engine import LLMEngine
+from workers.inflight import Inflight, Ticket
+from workers.intake import bad_request
+from workers.publisher import Aborted, Failed, Publisher, Released, StepOutputs
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAIT = 0.05
+
+
+class EngineBroken(RuntimeError):
+    """The engine still holds requests after we failed and aborted them all."""
+
+
+class EngineLoop:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        inflight: Inflight,
+        publisher: Publisher,
+        metrics: WorkerMetrics,
+        work: queue.Queue[Ticket],
+    ) -> None:
+        self.engine = engine
+        self.inflight = inflight
+        self.publisher = publisher
+        self.metrics = metrics
+        self.work = work
+        self.aborts: queue.Queue[str] = queue.Queue()
+        self._running: dict[str, Ticket] = {}  # in the engine, not yet finished
+        # Aborts that arrived before their request reached the engine (or after it
+        # finished there but before the publisher acked it).
+        self._early_aborts: set[str] = set()
+
+    def abort(self, request_id: str) -> None:
+        """Thread-safe: ask the loop to drop a request (the abort listener calls this)."""
+        self.aborts.put(request_id)
+
+    def run(self, intake_closed: threading.Event, drain_timeout: float) -> None:
+        """Serve until intake is closed and everything admitted has finished (or the grace ends)."""
+        drain_deadline: float | None = None
+        while True:
+            changed = self._admit_queued()
+            changed |= self._apply_aborts()
+            if self.engine.has_unfinished():
+                self._step()
+                changed = True
+            elif intake_closed.is_set() and self.work.empty():
+                break
+            else:
+                try:
+                    self._admit(self.work.get(timeout=_IDLE_WAIT))
+                    changed = True
+                except queue.Empty:
+                    pass
+            if changed:
+                self._sample_stats()
+            if intake_closed.is_set():
+                if drain_deadline is None:
+                    drain_deadline = time.monotonic() + drain_timeout
+                elif time.monotonic() > drain_deadline:
+                    self._release_all()
+                    break
+        self._sample_stats()
+
+    # --- admission and aborts ---------------------------------------------------------
+
+    def _admit_queued(self) -> bool:
+        admitted = False
+        while True:
+            try:
+                ticket = self.work.get_nowait()
+            except queue.Empty:
+                return admitted
+            self._admit(ticket)
+            admitted = True
+
+    def _admit(self, ticket: Ticket) -> None:
+        request = ticket.request
+        rid = request.id
+        if rid in self._early_aborts:
+            self._early_aborts.discard(rid)
+            self.publisher.put(Aborted(ticket))
+            return
+        assert ticket.params is not None  # intake only queues validated tickets
+        try:
+            self.engine.add_request(
+                rid,
+                request.prompt_token_ids,
+                ticket.params,
+                priority=request.priority,
+                arrival_time=request.arrival or ticket.received,
+            )
+        except ValueError as exc:
+            self.publisher.put(Failed(ticket, bad_request(exc)))
+            return
+        except Exception:
+            logger.exception("engine.add_request failed for %s", rid)
+            self.publisher.put(Failed(ticket, _internal_error()))
+            return
+        self._running[rid] = ticket
+
+    def _apply_aborts(self) -> bool:
+        aborted = False
+        while True:
+            try:
+                rid = self.aborts.get_nowait()
+            except queue.Empty:
+                break
+            ticket = self._running.pop(rid, None)
+            if ticket is None:
+                self._early_aborts.add(rid)
+                continue
+            self.engine.abort(rid)
+            self.publisher.put(Aborted(ticket))
+            aborted = True
+        if self._early_aborts:
+            # Forget ids this worker no longer holds (finished, or never admitted here).
+            self._early_aborts = {r for r in self._early_aborts if self.inflight.get(r)}
+        return aborted
+
+    # --- the step ---------------------------------------------------------------------
+
+    def _step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception:
+            logger.exception(
+                "engine step failed; failing its %d in-flight requests", len(self._running)
+            )
+            self._fail_all()
+            return
+        if not outputs:
+            return
+        now = time.time()
+        pairs = []
+        for out in outputs:
+            ticket = (
+                self._running.pop(out.request_id, None)
+                if out.finished
+                else self._running.get(out.request_id)
+            )
+            if ticket is not None:
+                pairs.append((ticket, out))
+        self.publisher.put(StepOutputs(pairs, now))
+
+    def _fail_all(self) -> None:
+        for rid, ticket in self._running.items():
+            try:
+                self.engine.abort(rid)
+            except Exception:
+                logger.exception("engine.abort(%s) failed after a failed step", rid)
+            self.publisher.put(Failed(ticket, _internal_error()))
+        self._running.clear()
+        if self.engine.has_unfinished():
+            raise EngineBroken("the engine still holds requests after a failed step")
+
+    def _release_all(self) -> None:
+        """Drain grace is over: drop what is left, unacked, for another worker to rerun."""
+        left = list(self._running.values())
+        for rid in self._running:
+            self.engine.abort(rid)
+        self._running.clear()
+        while True:
+            try:
+                left.append(self.work.get_nowait())
+            except queue.Empty:
+                break
+        for ticket in left:
+            self.publisher.put(Released(ticket))
+        if left:
+            logger.warning(
+                "drain grace over: left %d unfinished requests pending for other workers",
+                len(left),
+            )
+
+    def _sample_stats(self) -> None:
+        s = self.engine.stats()
+        self.metrics.set_engine_state(
+            s.num_running, s.num_waiting, s.kv_cache_usage, s.num_preemptions
+        )
+
+
+def _internal_error() -> ErrorInfo:
+    return ErrorInfo(
+        message="internal error in the engine while serving this request",
+        type="server_error",
+        status=500,
+    )

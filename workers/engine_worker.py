@@ -1,0 +1,214 @@
+"""An engine worker: one long-lived process per GPU per model, serving a Redis stream.
+
+Threads, one job each, joined by queues so the engine loop never waits on Redis:
+
+    intake ──Ticket──▶ engine loop ──StepOutputs──▶ publisher ──▶ PUBLISH / SET result / XACK
+    janitor ─┘   ▲                  intake/janitor ─Failed──┘
+    aborts ──id──┘                  heartbeat: worker key + metrics snapshot
+
+`Inflight` (the held tickets) is the one shared structure; it is what bounds
+how much this worker takes from the stream (back-pressure). Shutdown drains:
+intake and janitor stop reading, the engine finishes what it holds (up to a
+grace period; what is left stays pending for another worker), the publisher
+flushes, and the heartbeat key is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from conveyor.bus import BusNames
+from conveyor.metrics import WorkerMetrics
+from conveyor.settings import Settings
+from engine.llm_engine import LLMEngine
+from workers.aborts import AbortListener
+from workers.announce import Announcer
+from workers.engine_loop import EngineLoop
+from workers.heartbeat import Heartbeat, WorkerFacts
+from workers.inflight import Inflight, Ticket
+from workers.intake import Intake
+from workers.janitor import Janitor
+from workers.publisher import Publisher
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+_JOIN_TIMEOUT = 10.0
+
+
+class EngineWorker:
+    def __init__(
+        self,
+        engine: LLMEngine,
+        redis_url: str,
+        names: BusNames,
+        instance: str,
+        settings: Settings,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    ) -> None:
+        self.engine = engine
+        self.names = names
+        self.instance = instance
+        self.settings = settings
+        self.drain_timeout = drain_timeout
+        self.model = engine.model_name
+        self.stream = names.requests(self.model)
+        self.capacity = engine.config.max_num_seqs
+        # One pool for all threads (redis-py clients are thread-safe); the blocking
+        # XREADGROUP and the subscription each hold their own connection from it.
+        self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.inflight = Inflight(self.capacity)
+        self.metrics = WorkerMetrics(self.model, instance)
+        work: queue.Queue[Ticket] = queue.Queue()
+        self.publisher = Publisher(
+            self.client,
+            names,
+            self.model,
+            instance,
+            self.inflight,
+            self.metrics,
+            settings.result_ttl,
+        )
+        self.loop = EngineLoop(engine, self.inflight, self.publisher, self.metrics, work)
+        self.announcer = Announcer(self.client, names, engine)
+        self.intake = Intake(
+            self.client,
+            names,
+            self.model,
+            instance,
+            self.inflight,
+            self.publisher,
+            work,
+            on_lost_group=self.announcer.announce,
+        )
+        self.janitor = Janitor(
+            self.client,
+            names,
+            self.model,
+            instance,
+            self.inflight,
+            self.intake,
+            self.publisher,
+            idle=settings.janitor_idle,
+            max_deliveries=settings.max_deliveries,
+        )
+        self.aborts = AbortListener(self.client, names, self.inflight, self.loop.abort)
+        facts = WorkerFacts(
+            model=self.model,
+            instance=instance,
+            capacity=self.capacity,
+            num_kv_blocks=engine.stats().num_kv_blocks,
+            max_model_len=engine.max_model_len,
+            started_at=time.time(),
+        )
+        self.heartbeat = Heartbeat(
+            self.client,
+            names,
+            facts,
+            self.metrics,
+            interval=settings.heartbeat_interval,
+            ttl=settings.heartbeat_ttl,
+        )
+        self._failed = False
+
+    def run(self, stop: threading.Event) -> int:
+        """Serve until `stop` is set, then drain; 0 on a clean exit, 1 if a thread failed."""
+        self.announcer.announce()
+        self.aborts.subscribe()
+        self.heartbeat.beat()  # listed (and alive to other janitors) before taking work
+        logger.info(
+            "worker %s serving %s from stream %s, capacity %d",
+            self.instance,
+            self.model,
+            self.stream,
+            self.capacity,
+        )
+        stopping = threading.Event()  # intake and janitor: take no more work
+        intake_closed = threading.Event()  # engine loop: finish what you hold
+        finished = threading.Event()  # abort listener and heartbeat: done
+        s = self.settings
+        publisher = self._start("publisher", self.publisher.run, stop)
+        engine = self._start(
+            "engine", lambda: self.loop.run(intake_closed, self.drain_timeout), stop
+        )
+        aborts = self._start("aborts", lambda: self.aborts.run(finished), stop)
+        heartbeat = self._start("heartbeat", lambda: self.heartbeat.run(finished), stop)
+        intake = self._start("intake", lambda: self.intake.run(stopping), stop)
+        janitor = self._start(
+            "janitor", lambda: self.janitor.run(stopping, s.janitor_interval), stop
+        )
+        while not stop.wait(0.5):
+            pass
+        logger.info("worker %s draining %d requests", self.instance, len(self.inflight))
+        stopping.set()
+        intake.join()
+        janitor.join()
+        intake_closed.set()
+        engine.join()
+        self.publisher.close()
+        publisher.join(_JOIN_TIMEOUT + 30.0)
+        finished.set()
+        aborts.join(_JOIN_TIMEOUT)
+        heartbeat.join(_JOIN_TIMEOUT)
+        self.heartbeat.clear()
+        self.client.close()
+        logger.info("worker %s stopped", self.instance)
+        return 1 if self._failed else 0
+
+    def _start(
+        self, name: str, target: Callable[[], None], stop: threading.Event
+    ) -> threading.Thread:
+        def guarded() -> None:
+            try:
+                target()
+            except BaseException:
+                # Each loop handles its expected failures; reaching here is a bug or a
+                # broken engine, so the whole worker stops (and drains) rather than limp.
+                logger.exception("worker thread %r died; stopping the worker", name)
+                self._failed = True
+                stop.set()
+
+        thread = threading.Thread(target=guarded, name=f"worker-{name}", daemon=True)
+        thread.start()
+        return thread
+
+
+def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
+    """`conveyor worker MODEL`: load the engine, serve the model's stream until stopped.
+
+    With no `stop` event, SIGTERM and SIGINT start a drain (a second one kills).
+    """
+    if not settings.redis_url:
+        logger.error("a worker needs a Redis to serve from: pass --redis-url")
+        return 2
+    engine = LLMEngine(settings.engine_config())
+    names = BusNames(prefix=settings.redis_prefix)
+    instance = settings.resolved_instance_id("worker")
+    if stop is None:
+        stop = threading.Event()
+        _stop_on_signals(stop)
+    worker = EngineWorker(
+        engine, settings.redis_url, names, instance, settings, drain_timeout=settings.drain_timeout
+    )
+    return worker.run(stop)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        logger.info("received %s: draining (again to exit at once)", signal.Signals(signum).name)
+        stop.set()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)

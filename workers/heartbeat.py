@@ -1,0 +1,105 @@
+"""The heartbeat thread: "this worker is alive, serves this model, has this much room".
+
+The key expires `heartbeat_ttl` after the last beat, so a worker that dies
+stops being listed (API: /v1/models, 503 when no worker) and its consumer is
+treated as dead by other workers' janitors. Each beat also refreshes the
+worker's metrics snapshot, which any API replica's /metrics renders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from conveyor.bus import BusNames
+from conveyor.metrics import WorkerMetrics
+
+logger = logging.getLogger(__name__)
+
+# The snapshot outlives the heartbeat so a scrape just after a worker exits still
+# sees its final counts.
+_METRICS_TTL_FACTOR = 12
+
+
+@dataclass(frozen=True)
+class WorkerFacts:
+    """What does not change while the worker runs."""
+
+    model: str
+    instance: str
+    capacity: int
+    num_kv_blocks: int
+    max_model_len: int
+    started_at: float
+    pid: int = field(default_factory=os.getpid)
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: BusNames,
+        facts: WorkerFacts,
+        metrics: WorkerMetrics,
+        interval: float,
+        ttl: float,
+    ) -> None:
+        self.client = client
+        self.facts = facts
+        self.metrics = metrics
+        self.interval = interval
+        self.ttl_ms = max(1, int(ttl * 1000))
+        self.key = names.worker(facts.model, facts.instance)
+        self.metrics_key = names.worker_metrics(facts.instance)
+
+    def payload(self) -> dict[str, object]:
+        running, waiting, kv_usage = self.metrics.engine_state()
+        f = self.facts
+        return {
+            "model": f.model,
+            "instance": f.instance,
+            "capacity": f.capacity,
+            "running": running,
+            "waiting": waiting,
+            "kv_cache_usage": kv_usage,
+            "num_kv_blocks": f.num_kv_blocks,
+            "max_model_len": f.max_model_len,
+            "started_at": f.started_at,
+            "pid": f.pid,
+        }
+
+    def beat(self) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.key, json.dumps(self.payload()), px=self.ttl_ms)
+        self._write_metrics(pipe)
+        pipe.execute()
+
+    def run(self, stopping: threading.Event) -> None:
+        next_beat = time.monotonic() + self.interval
+        while not stopping.wait(max(0.0, next_beat - time.monotonic())):
+            next_beat += self.interval
+            try:
+                self.beat()
+            except redis.RedisError as exc:
+                logger.warning("heartbeat failed (%s)", exc)
+            next_beat = max(next_beat, time.monotonic())
+
+    def clear(self) -> None:
+        """Clean exit: stop being listed at once, leave the final metrics behind."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(self.key)
+            self._write_metrics(pipe)
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.warning("could not remove heartbeat %s (%s)", self.key, exc)
+
+    def _write_metrics(self, pipe: redis.client.Pipeline) -> None:
+        snapshot = json.dumps(self.metrics.snapshot(), separators=(",", ":"))
+        pipe.set(self.metrics_key, snapshot, px=self.ttl_ms * _METRICS_TTL_FACTOR)
