@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test test-fast bench lint format clean
+.PHONY: install serve chat test test-fast bench lint format clean
 
 install: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: install
+	$(BIN)/conveyor serve
+
+chat: install
 	$(BIN)/conveyor chat
 
 test: install

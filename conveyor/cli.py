@@ -99,7 +99,9 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.engine import main as bench_engine
 
         return bench_engine(args.rest)
-    raise SystemExit(f"unknown benchmark {args.target!r}")
+    from benchmarks.serve import main as bench_serve
+
+    return bench_serve(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving_flags(worker)
     worker.set_defaults(func=_worker)
 
-    bench = sub.add_parser("bench", help="benchmarks: `conveyor bench engine [flags]`")
-    bench.add_argument("target", choices=["engine"])
+    bench = sub.add_parser("bench", help="benchmarks: `conveyor bench engine|serve [flags]`")
+    bench.add_argument("target", choices=["engine", "serve"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser

@@ -1,0 +1,240 @@
+"""Which models are served right now, and each model's tokenizer, as workers announce them.
+
+The API has no model of its own: live workers announce `{model, instance,
+max_model_len, ...}` in heartbeat keys (with a TTL) and publish their tokenizer
+files in a hash. This module reads both, caching the heartbeat scan for a
+moment (a SCAN per request would cost O(keyspace)) and each tokenizer by the
+digest its workers publish, so a new model version is picked up without a
+restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+
+from api.errors import ApiError
+from conveyor.bus import BusNames
+from engine.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Sampling defaults a model's generation_config.json may set (vLLM's `--generation-config auto`).
+_GENERATION_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+_SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """A model with at least one live worker, merged over its workers' heartbeats."""
+
+    name: str
+    workers: tuple[dict[str, Any], ...]
+
+    @property
+    def max_model_len(self) -> int | None:
+        """The smallest any worker serves, so a request fits whichever worker takes it."""
+        lens = [w["max_model_len"] for w in self.workers if isinstance(w.get("max_model_len"), int)]
+        return min(lens) if lens else None
+
+
+@dataclass
+class ModelTokenizer:
+    """A model's tokenizer plus the plain-JSON facts published next to it."""
+
+    tokenizer: Tokenizer
+    digest: str
+    max_model_len: int | None
+    generation_defaults: dict[str, Any]
+    checked: float = field(default=0.0)
+
+
+class ModelCatalog:
+    """Live models from heartbeats; tokenizers from the worker-published hash."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        names: BusNames,
+        chat_template: str | None = None,
+        refresh_interval: float = 1.0,
+        min_refresh_interval: float = 0.1,
+        revalidate_interval: float = 5.0,
+    ) -> None:
+        self._redis = redis
+        self._names = names
+        self._chat_template = chat_template
+        self._refresh_interval = refresh_interval
+        self._min_refresh_interval = min_refresh_interval
+        self._revalidate_interval = revalidate_interval
+        self._live: dict[str, LiveModel] = {}
+        self._scanned_at = float("-inf")
+        self._scan_lock = asyncio.Lock()
+        self._tokenizers: dict[str, ModelTokenizer] = {}
+        self._by_digest: dict[str, Tokenizer] = {}
+        self._tokenizer_locks: dict[str, asyncio.Lock] = {}
+        self._cache_dir = Path(tempfile.mkdtemp(prefix="conveyor-api-tokenizers-"))
+        # One thread: HF fast tokenizers are not safe to mutate concurrently, and
+        # tokenizing off the event loop is what matters.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(self._cache_dir, ignore_errors=True)
+
+    async def in_thread(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run CPU-bound tokenizer work off the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: func(*args, **kwargs))
+
+    # --- live models ------------------------------------------------------------------
+
+    async def live_models(self, max_age: float | None = None) -> dict[str, LiveModel]:
+        """Models with a live worker, from a heartbeat scan at most `max_age` seconds old."""
+        max_age = self._refresh_interval if max_age is None else max_age
+        if time.monotonic() - self._scanned_at <= max_age:
+            return self._live
+        async with self._scan_lock:
+            if time.monotonic() - self._scanned_at <= max_age:
+                return self._live  # another request refreshed while we waited
+            self._live = await self._scan()
+            self._scanned_at = time.monotonic()
+            return self._live
+
+    async def _scan(self) -> dict[str, LiveModel]:
+        keys = [k async for k in self._redis.scan_iter(match=self._names.worker_pattern, count=500)]
+        workers: dict[str, list[dict[str, Any]]] = {}
+        if keys:
+            for raw in await self._redis.mget(keys):
+                beat = _json_object(raw)
+                if beat is not None and isinstance(beat.get("model"), str):
+                    workers.setdefault(beat["model"], []).append(beat)
+        return {name: LiveModel(name, tuple(beats)) for name, beats in sorted(workers.items())}
+
+    async def known_models(self) -> set[str]:
+        """Models some worker has ever announced (the `known_model` keys)."""
+        prefix = self._names.known_model("")
+        return {
+            key[len(prefix) :]
+            async for key in self._redis.scan_iter(match=f"{_glob_escape(prefix)}*", count=500)
+        }
+
+    async def resolve(self, model: str) -> LiveModel:
+        """The live model, or 404 (never served) / 503 (known, but no worker now)."""
+        live = await self.live_models()
+        if model not in live:
+            live = await self.live_models(max_age=self._min_refresh_interval)
+        if model in live:
+            return live[model]
+        if await self._redis.exists(self._names.known_model(model)):
+            raise ApiError(
+                503,
+                f"The model `{model}` has no live worker right now; try again shortly",
+                code="no_worker",
+                headers={"Retry-After": "5"},
+            )
+        raise ApiError(
+            404, f"The model `{model}` does not exist", param="model", code="model_not_found"
+        )
+
+    async def default_model(self) -> str:
+        """The model to use when a request names none (vLLM's tokenize endpoints allow it)."""
+        live = await self.live_models()
+        if len(live) == 1:
+            return next(iter(live))
+        raise ApiError(400, "model is required when not exactly one model is served", param="model")
+
+    # --- tokenizers ---------------------------------------------------------------------
+
+    async def tokenizer(self, model: str) -> ModelTokenizer:
+        """The model's tokenizer, rebuilt when its workers publish a new digest."""
+        cached = self._tokenizers.get(model)
+        now = time.monotonic()
+        if cached is not None and now - cached.checked < self._revalidate_interval:
+            return cached
+        key = self._names.tokenizer(model)
+        digest = await self._redis.hget(key, "digest")
+        if digest is None:
+            raise ApiError(
+                503,
+                f"the tokenizer of `{model}` has not been published yet; try again shortly",
+                code="no_worker",
+                headers={"Retry-After": "5"},
+            )
+        if cached is not None and cached.digest == digest:
+            cached.checked = now
+            return cached
+        lock = self._tokenizer_locks.setdefault(model, asyncio.Lock())
+        async with lock:
+            cached = self._tokenizers.get(model)
+            if cached is not None and cached.digest == digest:
+                return cached
+            files = await self._redis.hgetall(key)
+            loaded = await self.in_thread(self._build, files, str(digest))
+            loaded.checked = time.monotonic()
+            self._tokenizers[model] = loaded
+            return loaded
+
+    def _build(self, files: dict[str, str], digest: str) -> ModelTokenizer:
+        config = _json_object(files.get("config.json")) or {}
+        generation = _json_object(files.get("generation_config.json")) or {}
+        tokenizer = self._by_digest.get(digest)
+        if tokenizer is None:
+            folder = self._materialise(files, digest)
+            try:
+                tokenizer = Tokenizer.load(folder, self._chat_template)
+            except ValueError as exc:
+                raise ApiError(500, f"cannot load the published tokenizer: {exc}") from exc
+            self._by_digest[digest] = tokenizer
+        max_len = config.get("max_model_len")
+        return ModelTokenizer(
+            tokenizer=tokenizer,
+            digest=digest,
+            max_model_len=max_len if isinstance(max_len, int) else None,
+            generation_defaults={
+                k: generation[k] for k in _GENERATION_DEFAULT_KEYS if k in generation
+            },
+        )
+
+    def _materialise(self, files: dict[str, str], digest: str) -> Path:
+        """Write the published files to a folder named by (a hash of) their digest."""
+        folder = self._cache_dir / hashlib.sha256(digest.encode()).hexdigest()[:32]
+        if folder.is_dir():
+            return folder
+        staging = Path(tempfile.mkdtemp(dir=self._cache_dir, prefix=".staging-"))
+        for name, content in files.items():
+            # Field names become file names: only plain names, never a path.
+            if name != "digest" and _SAFE_FILE_NAME.match(name):
+                (staging / name).write_text(content, encoding="utf-8")
+        os.replace(staging, folder)
+        return folder
+
+
+def _json_object(raw: str | bytes | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

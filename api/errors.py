@@ -1,0 +1,157 @@
+"""OpenAI-shaped errors: `{"error": {"message", "type", "param", "code"}}` for every failure.
+
+Clients (the OpenAI SDK, lm-eval, LangChain) parse this body to decide whether
+to retry and what to show, so every path — validation, auth, routing, worker
+failures, bugs — answers in this one shape with a meaningful status.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    503: "server_error",
+    504: "timeout_error",
+}
+
+
+class ApiError(Exception):
+    """An error the API reports to the client; raised anywhere, rendered in one place."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "error")
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def redis_unavailable(exc: Exception) -> ApiError:
+    """Redis down is an outage, not a bug: 503 so clients and balancers retry."""
+    logger.warning("Redis unavailable: %s", exc)
+    return ApiError(
+        503, "the request queue (Redis) is unavailable; retry shortly",
+        code="queue_unavailable", headers={"Retry-After": "2"},
+    )  # fmt: skip
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+def not_supported(param: str, what: str) -> ApiError:
+    """Features we do not implement are refused loudly, never silently ignored."""
+    return ApiError(400, f"{what} is not supported yet", param=param, code="not_supported")
+
+
+# Pydantic puts the union member or validator it tried into `loc` ("str", "list[int]",
+# "function-after[...]"); those are not request parameters.
+_LOC_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})
+
+
+def param_from_loc(loc: Sequence[int | str]) -> str | None:
+    """("messages", 0, "role") -> "messages[0].role", the way OpenAI names nested params."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            if not parts:
+                break
+            parts[-1] += f"[{item}]"
+            continue
+        if item in _LOC_TAGS or any(ch in item for ch in "[(-"):
+            break
+        parts.append(item)
+    return ".".join(parts) or None
+
+
+def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
+    """Pydantic errors -> one 400 that names the first offending parameter."""
+    if not errors:
+        return bad_request("invalid request")
+    first = errors[0]
+    loc = [p for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    if first.get("type") == "json_invalid":
+        return bad_request(f"the request body is not valid JSON: {first.get('msg', '')}")
+    if first.get("type") == "model_type" and not loc:
+        return bad_request("the request body must be a JSON object")
+    param = param_from_loc(loc)
+    message = str(first.get("msg", "invalid value"))
+    if param:
+        message = f"{param}: {message}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return bad_request(message, param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception kind to the OpenAI error shape (400 instead of FastAPI's 422)."""
+
+    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        return validation_error(exc.errors()).response()
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return ApiError(exc.status_code, message, code=code, headers=exc.headers).response()
+
+    async def on_redis(_: Request, exc: Exception) -> JSONResponse:
+        return redis_unavailable(exc).response()
+
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return ApiError(500, "internal server error", code="internal_error").response()
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RedisError, on_redis)
+    app.add_exception_handler(Exception, on_bug)

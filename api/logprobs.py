@@ -1,0 +1,85 @@
+"""Worker logprobs (token ids) -> OpenAI's two logprobs shapes (token strings).
+
+Workers send ids only; the strings are made here with the tokenizer the API
+already holds, so the engine loop never detokenizes alternatives it does not
+need. Token strings use `token_bytes_repr` (vLLM's convention): a token that is
+half a UTF-8 character shows as `bytes:\\xe4` instead of U+FFFD.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from api.schemas.chat import ChatTokenLogprob, TopLogprob
+from api.schemas.completions import CompletionLogprobs
+from conveyor.protocol import TokenLogprob
+from engine.tokenizer import Tokenizer
+
+# JSON has no -inf; vLLM clamps the same way.
+_FLOOR = -9999.0
+
+
+def clamp(logprob: float) -> float:
+    if math.isnan(logprob):
+        return _FLOOR
+    return max(float(logprob), _FLOOR)
+
+
+def chat_logprobs(
+    tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob], top_n: int
+) -> list[ChatTokenLogprob]:
+    """Chat shape: one entry per generated token, with `top_n` alternatives and raw bytes."""
+    out = []
+    for lp in logprobs:
+        out.append(
+            ChatTokenLogprob(
+                token=tokenizer.token_bytes_repr(lp.token_id),
+                logprob=clamp(lp.logprob),
+                bytes=list(tokenizer.token_bytes(lp.token_id)),
+                top_logprobs=[
+                    TopLogprob(
+                        token=tokenizer.token_bytes_repr(int(token_id)),
+                        logprob=clamp(value),
+                        bytes=list(tokenizer.token_bytes(int(token_id))),
+                    )
+                    for token_id, value in list(lp.top)[:top_n]
+                ],
+            )
+        )
+    return out
+
+
+class CompletionLogprobBuilder:
+    """Completions shape, built incrementally so a stream's `text_offset` keeps counting."""
+
+    def __init__(self, tokenizer: Tokenizer, top_n: int) -> None:
+        self.tokenizer = tokenizer
+        self.top_n = top_n
+        self.offset = 0
+
+    def build(
+        self,
+        token_ids: Sequence[int],
+        logprobs: Sequence[TokenLogprob | None],
+        into: CompletionLogprobs | None = None,
+    ) -> CompletionLogprobs:
+        """`logprobs[i]` None (a prompt's first token) gives null logprob and null alternatives."""
+        out = into if into is not None else CompletionLogprobs()
+        for index, token_id in enumerate(token_ids):
+            token = self.tokenizer.token_bytes_repr(token_id)
+            lp = logprobs[index] if index < len(logprobs) else None
+            out.tokens.append(token)
+            out.text_offset.append(self.offset)
+            self.offset += len(token)
+            if lp is None:
+                out.token_logprobs.append(None)
+                out.top_logprobs.append(None)
+                continue
+            out.token_logprobs.append(clamp(lp.logprob))
+            # vLLM's dict holds the chosen token plus the top alternatives.
+            top = {token: clamp(lp.logprob)}
+            for alt_id, value in list(lp.top)[: self.top_n]:
+                top.setdefault(self.tokenizer.token_bytes_repr(int(alt_id)), clamp(value))
+            out.top_logprobs.append(top)
+        return out

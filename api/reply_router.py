@@ -1,0 +1,345 @@
+"""Replies from workers, routed to the request that waits for them.
+
+Each API process subscribes once to its own channel (`names.reply(instance)`)
+and hands every ReplyMessage to a per-request asyncio queue: one subscription
+per request would cost a Redis connection each. Pub/sub is fire-and-forget, so
+a `ReplyReader` checks what arrives:
+
+- `seq` must increase by one from FIRST_SEQ. A gap means a lost message: a
+  non-streaming request recovers the whole answer from `names.result(id)`
+  (which the worker writes when it finishes); a stream cannot take back what it
+  sent, so it ends with an error.
+- A higher `attempt` means the request was re-delivered after its worker died:
+  a non-streaming request starts over; a stream that already sent tokens ends
+  with an error rather than repeat text.
+- A reply that never comes ends with a timeout at the request's deadline, and
+  a long silence (or a reconnect of the subscription) makes the reader look
+  for a stored result, so a lost final message cannot hang a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.errors import ApiError
+from conveyor.bus import BusNames
+from conveyor.protocol import ErrorInfo, ReplyMessage
+
+logger = logging.getLogger(__name__)
+
+FIRST_SEQ = 0  # the `seq` of a request's first message in every attempt
+
+
+@dataclass(frozen=True)
+class Restart:
+    """Everything accumulated so far is void; output starts again from the next message."""
+
+    reason: str
+
+
+class _Signal:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_RESYNC = _Signal("resync")  # the subscription reconnected: messages may have been lost
+_CLOSED = _Signal("closed")  # the router stopped
+_SILENCE = _Signal("silence")  # nothing arrived for a while
+
+_QueueItem = ReplyMessage | _Signal
+
+
+def worker_error(info: ErrorInfo) -> ApiError:
+    return ApiError(info.status, info.message, param=info.param, code=info.code, type=info.type)
+
+
+class ReplyRouter:
+    """The one subscription of this API process and the queues of its in-flight requests."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        names: BusNames,
+        instance: str,
+        *,
+        silence_check: float = 5.0,
+        result_poll: float = 0.05,
+    ) -> None:
+        self.redis = redis
+        self.names = names
+        self.instance = instance
+        self.channel = names.reply(instance)
+        self.silence_check = silence_check
+        self.result_poll = result_poll
+        self._queues: dict[str, asyncio.Queue[_QueueItem]] = {}
+        self._pubsub = redis.pubsub()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Subscribe and wait for Redis to confirm, so no reply can precede the subscription."""
+        await self._pubsub.subscribe(self.channel)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = await self._pubsub.get_message(timeout=0.5)
+            if message is not None and message["type"] == "subscribe":
+                break
+        else:
+            raise TimeoutError(f"Redis did not confirm the subscription to {self.channel}")
+        self._task = asyncio.create_task(self._run(), name="reply-router")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            # Let the loop notice and return: cancelling a blocked redis-py read can hang.
+            self._stopping = True
+            done, _ = await asyncio.wait({self._task}, timeout=2.0)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._task = None
+        self._broadcast(_CLOSED)
+        if self._background:
+            await asyncio.wait(self._background, timeout=2.0)
+        with contextlib.suppress(RedisConnectionError, OSError):
+            await self._pubsub.aclose()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            try:
+                message = await self._pubsub.get_message(timeout=0.25)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("reply subscription lost (%s); reconnecting", exc)
+                self._broadcast(_RESYNC)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            if message is None:
+                continue
+            if message["type"] == "message":
+                self._route(message["data"])
+            elif message["type"] == "subscribe":
+                # redis-py re-subscribed after a reconnect; anything sent meanwhile is gone.
+                self._broadcast(_RESYNC)
+
+    def _route(self, raw: str | bytes) -> None:
+        try:
+            message = ReplyMessage.decode(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.warning("dropping an undecodable reply: %s", exc)
+            return
+        queue = self._queues.get(message.id)
+        if queue is not None:
+            queue.put_nowait(message)
+        # else: the request already ended (finished, timed out or disconnected)
+
+    def _broadcast(self, signal: _Signal) -> None:
+        for queue in self._queues.values():
+            queue.put_nowait(signal)
+
+    def open(self, request_id: str, deadline: float, *, streaming: bool) -> ReplyReader:
+        """Start receiving a request's replies; call before the request is queued."""
+        if request_id in self._queues:
+            raise RuntimeError(f"request id {request_id} is already in flight")
+        queue: asyncio.Queue[_QueueItem] = asyncio.Queue()
+        self._queues[request_id] = queue
+        return ReplyReader(self, request_id, queue, deadline, streaming=streaming)
+
+    def _close(self, request_id: str) -> None:
+        self._queues.pop(request_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queues)
+
+    async def abort(self, request_ids: Iterable[str]) -> None:
+        """Tell workers these requests' clients are gone, so they free the sequences."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.publish(self.names.abort, request_id)
+            await pipe.execute()
+
+    def abort_soon(self, request_ids: Iterable[str]) -> None:
+        """`abort` from code that may be cancelled (a disconnected stream's cleanup)."""
+        ids = list(request_ids)
+        if not ids:
+            return
+        task = asyncio.get_running_loop().create_task(self._abort_logged(ids))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _abort_logged(self, request_ids: list[str]) -> None:
+        try:
+            await self.abort(request_ids)
+        except Exception:
+            logger.exception("could not publish abort for %s", request_ids)
+
+
+class ReplyReader:
+    """One request's replies in order: ReplyMessages, and Restart when output must start over."""
+
+    def __init__(
+        self,
+        router: ReplyRouter,
+        request_id: str,
+        queue: asyncio.Queue[_QueueItem],
+        deadline: float,
+        *,
+        streaming: bool,
+    ) -> None:
+        self.router = router
+        self.request_id = request_id
+        self.queue = queue
+        self.deadline = deadline  # time.time() seconds, as in GenerateRequest.deadline
+        self.streaming = streaming
+        self.attempt = 1
+        self.expected_seq = FIRST_SEQ
+        self.sent_output = False
+        self.finished = False
+        self.closed = False
+
+    def close(self) -> bool:
+        """Stop receiving; True only for the call that actually closed it."""
+        if self.closed:
+            return False
+        self.closed = True
+        self.router._close(self.request_id)
+        return True
+
+    async def __aiter__(self) -> AsyncIterator[ReplyMessage | Restart]:
+        try:
+            async for item in self._items():
+                yield item
+        finally:
+            self.router._close(self.request_id)
+
+    async def _items(self) -> AsyncIterator[ReplyMessage | Restart]:
+        while True:
+            item = await self._next()
+            if item is _CLOSED:
+                raise ApiError(503, "the server is shutting down", code="shutting_down")
+            if isinstance(item, _Signal):
+                stored = await self._stored_result()
+                if stored is None:
+                    continue
+                if self.streaming:
+                    raise self._lost()
+                yield Restart("recovered from the stored result")
+                yield self._finish(stored)
+                return
+            message = item
+            if message.attempt < self.attempt:
+                continue  # a late message from a worker presumed dead
+            if message.attempt > self.attempt:
+                if self.streaming and self.sent_output:
+                    raise ApiError(
+                        503,
+                        "the worker serving this stream failed and the request was restarted "
+                        "elsewhere; retry the request",
+                        code="worker_restarted",
+                    )
+                self.attempt = message.attempt
+                self.expected_seq = FIRST_SEQ
+                yield Restart(f"attempt {message.attempt}")
+            if message.seq < self.expected_seq:
+                continue  # duplicate
+            if message.seq > self.expected_seq:
+                if self.streaming:
+                    raise self._lost()
+                stored = await self._poll_result()
+                yield Restart("recovered from the stored result")
+                yield self._finish(stored)
+                return
+            self.expected_seq += 1
+            if message.error is not None:
+                raise worker_error(message.error)
+            if any(c.text or c.token_ids for c in message.choices):
+                self.sent_output = True
+            if message.finished:
+                yield self._finish(message)
+                return
+            yield message
+
+    def _finish(self, message: ReplyMessage) -> ReplyMessage:
+        if message.error is not None:
+            raise worker_error(message.error)
+        self.finished = True
+        return message
+
+    def _lost(self) -> ApiError:
+        return ApiError(
+            502,
+            "part of this stream was lost between the worker and the API; retry the request",
+            code="reply_lost",
+        )
+
+    def _timeout(self) -> ApiError:
+        return ApiError(504, "the request timed out waiting for a worker to answer", code="timeout")
+
+    async def _next(self) -> _QueueItem:
+        remaining = self.deadline - time.time()
+        if remaining <= 0:
+            raise self._timeout()
+        try:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            async with asyncio.timeout(min(remaining, self.router.silence_check)):
+                return await self.queue.get()
+        except TimeoutError:
+            if self.deadline - time.time() <= 0:
+                raise self._timeout() from None
+            return _SILENCE
+
+    async def _stored_result(self) -> ReplyMessage | None:
+        # Shielded: redis-py 8 sends through asyncio.wait_for, which on Python 3.11 can
+        # swallow a cancellation (a departed client's) that lands mid-command.
+        key = self.router.names.result(self.request_id)
+        try:
+            raw = await asyncio.shield(self.router.redis.get(key))
+        except RedisError as exc:
+            # Redis is briefly away: keep waiting; the deadline still bounds the request.
+            logger.debug("result lookup for %s failed: %s", self.request_id, exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            return ReplyMessage.decode(raw)
+        except (ValueError, TypeError, KeyError):
+            logger.warning("undecodable stored result for %s", self.request_id)
+            return None
+
+    async def _poll_result(self) -> ReplyMessage:
+        """Wait for the stored result; meanwhile an error reply still ends the request."""
+        interval = self.router.result_poll
+        while True:
+            stored = await self._stored_result()
+            if stored is not None:
+                return stored
+            remaining = self.deadline - time.time()
+            if remaining <= 0:
+                raise self._timeout()
+            try:
+                async with asyncio.timeout(min(interval, remaining)):
+                    item = await self.queue.get()
+            except TimeoutError:
+                interval = min(interval * 2, 1.0)
+                continue
+            if item is _CLOSED:
+                raise ApiError(503, "the server is shutting down", code="shutting_down")
+            if isinstance(item, ReplyMessage) and item.error is not None:
+                raise worker_error(item.error)

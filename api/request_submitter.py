@@ -1,0 +1,189 @@
+"""From a validated HTTP request to a GenerateRequest on the model's stream.
+
+Everything a worker would otherwise reject late is checked here, where the
+client still gets a precise 400: sampling ranges (through the engine's own
+SamplingParams, so every entry point rejects the same things), token ids
+against the vocabulary, and prompt + completion length against the model's
+context. Overload is refused before any tokenizing work (503 + Retry-After).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from api.errors import ApiError
+from api.queue_stats import queue_stats
+from api.reply_router import ReplyReader, ReplyRouter
+from api.schemas.common import SamplingRequest
+from conveyor.bus import BusNames
+from conveyor.protocol import GenerateRequest
+from conveyor.settings import Settings
+from engine.sampling_params import SamplingParamError, SamplingParams
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One prompt's generation, as queued for a worker."""
+
+    request_id: str
+    model: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    priority: int
+    stream: bool
+
+
+def build_sampling(
+    request: SamplingRequest,
+    *,
+    max_tokens: int | None,
+    logprobs: int | None,
+    prompt_logprobs: int | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    vocab_size: int | None = None,
+    param_names: Mapping[str, str] | None = None,
+) -> SamplingParams:
+    """Validate through SamplingParams; a bad value becomes a 400 naming the client's param.
+
+    `defaults` are the model's generation_config values, used where the request
+    leaves a knob unset (vLLM's behaviour); then OpenAI's defaults.
+    """
+    defaults = defaults or {}
+    param_names = param_names or {}
+
+    def pick(name: str, fallback: Any) -> Any:
+        value = getattr(request, name)
+        if value is not None:
+            return value
+        return defaults.get(name, fallback)
+
+    logit_bias: dict[int, float] | None = None
+    if request.logit_bias:
+        logit_bias = {}
+        for key, value in request.logit_bias.items():
+            try:
+                logit_bias[int(key)] = float(value)
+            except ValueError:
+                raise ApiError(
+                    400, f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+                ) from None
+    try:
+        params = SamplingParams(
+            n=request.n,
+            temperature=float(pick("temperature", 1.0)),
+            top_p=float(pick("top_p", 1.0)),
+            top_k=int(pick("top_k", 0)),
+            min_p=float(pick("min_p", 0.0)),
+            presence_penalty=float(request.presence_penalty or 0.0),
+            frequency_penalty=float(request.frequency_penalty or 0.0),
+            repetition_penalty=float(pick("repetition_penalty", 1.0)),
+            logit_bias=logit_bias,
+            seed=request.seed,
+            max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
+            stop=[request.stop] if isinstance(request.stop, str) else list(request.stop or []),
+            stop_token_ids=list(request.stop_token_ids or []),
+            ignore_eos=request.ignore_eos,
+            include_stop_str_in_output=request.include_stop_str_in_output,
+            skip_special_tokens=request.skip_special_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+        )
+        if vocab_size is not None:
+            params.validate_against_vocab(vocab_size)
+    except SamplingParamError as exc:
+        param = param_names.get(exc.param, exc.param)
+        detail = str(exc).split(": ", 1)[-1]
+        raise ApiError(400, f"{param}: {detail}", param=param) from None
+    return params
+
+
+def check_prompt_ids(token_ids: list[int], vocab_size: int, param: str = "prompt") -> None:
+    for token_id in token_ids:
+        if not 0 <= token_id < vocab_size:
+            raise ApiError(
+                400, f"token id {token_id} is outside the vocabulary ({vocab_size})", param=param
+            )
+
+
+def check_length(
+    prompt_tokens: int, max_tokens: int | None, max_model_len: int | None, *, chat: bool
+) -> None:
+    """Reject a request that cannot fit the context, stating both numbers (as vLLM does)."""
+    if max_model_len is None:
+        return
+    where = "messages" if chat else "prompt"
+    if max_tokens is None:
+        if prompt_tokens >= max_model_len:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {max_model_len} tokens. However, your "
+                f"{where} resulted in {prompt_tokens} tokens, which leaves no room for the "
+                f"completion. Please reduce the length of the {where}.",
+                param=where,
+                code="context_length_exceeded",
+            )
+        return
+    if prompt_tokens + max_tokens > max_model_len:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens. However, you "
+            f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the {where}, "
+            f"{max_tokens} in the completion). Please reduce the length of the {where} or "
+            "completion.",
+            param=where,
+            code="context_length_exceeded",
+        )
+
+
+class RequestSubmitter:
+    """Queues generations for workers and tells them when a client has gone."""
+
+    def __init__(
+        self, redis: Redis, names: BusNames, router: ReplyRouter, settings: Settings
+    ) -> None:
+        self.redis = redis
+        self.names = names
+        self.router = router
+        self.settings = settings
+
+    async def check_capacity(self, model: str) -> None:
+        """503 + Retry-After while the model's stream holds too many undelivered requests."""
+        stats = await queue_stats(self.redis, self.names, model)
+        if stats.undelivered > self.settings.max_queued_requests:
+            raise ApiError(
+                503,
+                f"The model `{model}` is overloaded ({stats.undelivered} requests waiting); "
+                "retry later",
+                code="overloaded",
+                headers={"Retry-After": "1"},
+            )
+
+    async def submit(self, submission: Submission) -> ReplyReader:
+        """Register for replies first (none may be missed), then queue the request."""
+        now = time.time()
+        deadline = now + self.settings.request_timeout
+        reader = self.router.open(submission.request_id, deadline, streaming=submission.stream)
+        message = GenerateRequest(
+            id=submission.request_id,
+            reply_to=self.router.instance,
+            model=submission.model,
+            prompt_token_ids=submission.prompt_token_ids,
+            sampling=dataclasses.asdict(submission.sampling),
+            priority=submission.priority,
+            deadline=deadline,
+            arrival=now,
+            stream=submission.stream,
+        )
+        try:
+            await self.redis.xadd(self.names.requests(submission.model), {"data": message.encode()})
+        except BaseException:
+            reader.close()
+            raise
+        return reader

@@ -1,0 +1,222 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from api.collect import ClientGone, collect_all, finish
+from api.deps import Authenticated, CatalogDep, RouterDep, SubmitterDep, json_body
+from api.errors import ApiError
+from api.logprobs import chat_logprobs
+from api.reply_router import ReplyReader, ReplyRouter, Restart
+from api.request_submitter import Submission, build_sampling, check_length
+from api.schemas.chat import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatResponseMessage,
+    DeltaMessage,
+)
+from api.schemas.common import UsageInfo
+from api.streaming import sse_response
+from engine.tokenizer import Tokenizer
+
+router = APIRouter(dependencies=[Authenticated])
+
+ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(
+    request: Request,
+    body: ChatBody,
+    catalog: CatalogDep,
+    submitter: SubmitterDep,
+    replies: RouterDep,
+) -> Response:
+    body.check_supported()
+    live = await catalog.resolve(body.model)
+    await submitter.check_capacity(body.model)
+    model_tokenizer = await catalog.tokenizer(body.model)
+    tokenizer = model_tokenizer.tokenizer
+    prompt_ids = await catalog.in_thread(_render, tokenizer, body)
+    max_model_len = live.max_model_len or model_tokenizer.max_model_len
+
+    requested, max_tokens_param = body.requested_max_tokens
+    check_length(len(prompt_ids), requested, max_model_len, chat=True)
+    max_tokens = requested
+    if max_tokens is None and max_model_len is not None:
+        max_tokens = max_model_len - len(prompt_ids)  # the rest of the context, as vLLM does
+    top_n = body.top_logprobs or 0
+    sampling = build_sampling(
+        body,
+        max_tokens=max_tokens,
+        logprobs=top_n if body.logprobs else None,
+        defaults=model_tokenizer.generation_defaults,
+        vocab_size=tokenizer.vocab_size,
+        param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
+    )
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    reader = await submitter.submit(
+        Submission(
+            request_id=request_id,
+            model=body.model,
+            prompt_token_ids=prompt_ids,
+            sampling=sampling,
+            priority=body.priority,
+            stream=body.stream,
+        )
+    )
+    view = _ChatView(request_id, body, tokenizer, len(prompt_ids), top_n)
+    if body.stream:
+        return sse_response(
+            view.chunks(reader, replies), on_close=lambda: finish(replies, [reader])
+        )
+    try:
+        (output,) = await collect_all(request, replies, [reader])
+    except ClientGone:
+        return Response(status_code=499)
+    choices = []
+    for index in range(body.n):
+        choice = output.choice(index)
+        choices.append(
+            ChatChoice(
+                index=index,
+                message=ChatResponseMessage(content=choice.full_text),
+                logprobs=(
+                    ChatLogprobs(content=chat_logprobs(tokenizer, choice.logprobs, top_n))
+                    if body.logprobs
+                    else None
+                ),
+                finish_reason=choice.finish_reason,
+                stop_reason=choice.stop_reason,
+            )
+        )
+    response = ChatCompletionResponse(
+        id=request_id,
+        created=view.created,
+        model=body.model,
+        choices=choices,
+        usage=UsageInfo.of(len(prompt_ids), output.completion_tokens(), output.cached_tokens()),
+    )
+    return JSONResponse(response.model_dump(mode="json"))
+
+
+def _render(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
+    """Chat template -> token ids; a template or message problem is the client's 400."""
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
+    if body.continue_final_message:
+        kwargs["continue_final_message"] = True
+    try:
+        text = tokenizer.render_chat(
+            messages, add_generation_prompt=body.add_generation_prompt, **kwargs
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="messages") from None
+    return tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
+
+
+class _ChatView:
+    """Turns one chat request's replies into OpenAI chunks."""
+
+    def __init__(
+        self,
+        request_id: str,
+        body: ChatCompletionRequest,
+        tokenizer: Tokenizer,
+        prompt_tokens: int,
+        top_n: int,
+    ) -> None:
+        self.request_id = request_id
+        self.body = body
+        self.tokenizer = tokenizer
+        self.prompt_tokens = prompt_tokens
+        self.top_n = top_n
+        self.created = int(time.time())
+
+    def _chunk(
+        self, choices: list[ChatChunkChoice], usage: UsageInfo | None = None
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.request_id,
+            created=self.created,
+            model=self.body.model,
+            choices=choices,
+            usage=usage,
+        )
+
+    async def chunks(
+        self, reader: ReplyReader, replies: ReplyRouter
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        body = self.body
+        completion_tokens = 0
+        cached_tokens = 0
+        final_completion_tokens: int | None = None
+
+        def running_usage() -> UsageInfo | None:
+            if not body.continuous_usage:
+                return None
+            return UsageInfo.of(self.prompt_tokens, completion_tokens, cached_tokens)
+
+        try:
+            for index in range(body.n):
+                yield self._chunk(
+                    [
+                        ChatChunkChoice(
+                            index=index, delta=DeltaMessage(role="assistant", content="")
+                        )
+                    ],
+                    running_usage(),
+                )
+            async for item in reader:
+                if isinstance(item, Restart):
+                    completion_tokens = 0  # nothing but role chunks went out
+                    continue
+                if item.usage is not None:
+                    cached_tokens = item.usage.cached_tokens
+                    if item.finished:
+                        final_completion_tokens = item.usage.completion_tokens
+                for delta in item.choices:
+                    completion_tokens += len(delta.token_ids)
+                    with_logprobs = body.logprobs and bool(delta.logprobs)
+                    if not delta.text and delta.finish_reason is None and not with_logprobs:
+                        continue
+                    content = delta.text if delta.text or delta.finish_reason is None else None
+                    logprobs = (
+                        ChatLogprobs(
+                            content=chat_logprobs(self.tokenizer, delta.logprobs or [], self.top_n)
+                        )
+                        if body.logprobs
+                        else None
+                    )
+                    yield self._chunk(
+                        [
+                            ChatChunkChoice(
+                                index=delta.index,
+                                delta=DeltaMessage(content=content),
+                                logprobs=logprobs,
+                                finish_reason=delta.finish_reason,
+                                stop_reason=delta.stop_reason,
+                            )
+                        ],
+                        running_usage(),
+                    )
+            if body.include_usage:
+                total = (
+                    final_completion_tokens
+                    if final_completion_tokens is not None
+                    else completion_tokens
+                )
+                yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, cached_tokens))
+        finally:
+            finish(replies, [reader])

@@ -1,0 +1,308 @@
+"""POST /v1/completions: one or several prompts, text or token ids, with echo for scoring."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from api.collect import ClientGone, Output, collect_all, finish
+from api.deps import Authenticated, CatalogDep, RouterDep, SubmitterDep, json_body
+from api.logprobs import CompletionLogprobBuilder
+from api.reply_router import ReplyReader, ReplyRouter, Restart
+from api.request_submitter import (
+    Submission,
+    build_sampling,
+    check_length,
+    check_prompt_ids,
+)
+from api.schemas.common import UsageInfo
+from api.schemas.completions import (
+    DEFAULT_MAX_TOKENS,
+    CompletionChoice,
+    CompletionChunk,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+)
+from api.streaming import merge, sse_response
+from conveyor.protocol import ReplyMessage, TokenLogprob
+from engine.tokenizer import Tokenizer
+
+router = APIRouter(dependencies=[Authenticated])
+
+CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]
+
+
+@dataclass
+class _Prompt:
+    token_ids: list[int]
+    text: str  # what echo returns: the client's text, or the decoded token ids
+
+
+@router.post("/v1/completions", response_model=None)
+async def create_completion(
+    request: Request,
+    body: CompletionBody,
+    catalog: CatalogDep,
+    submitter: SubmitterDep,
+    replies: RouterDep,
+) -> Response:
+    body.check_supported()
+    raw_prompts = body.prompts()
+    live = await catalog.resolve(body.model)
+    await submitter.check_capacity(body.model)
+    model_tokenizer = await catalog.tokenizer(body.model)
+    tokenizer = model_tokenizer.tokenizer
+    prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body)
+    max_model_len = live.max_model_len or model_tokenizer.max_model_len
+
+    # max_tokens 0 with echo scores the prompt: generate one token and discard it.
+    scoring = body.max_tokens == 0
+    max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+    if scoring:
+        max_tokens = 1
+    for prompt in prompts:
+        check_length(len(prompt.token_ids), max_tokens, max_model_len, chat=False)
+    sampling = build_sampling(
+        body,
+        max_tokens=max_tokens,
+        logprobs=body.logprobs,
+        prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None,
+        defaults=model_tokenizer.generation_defaults,
+        vocab_size=tokenizer.vocab_size,
+    )
+    base_id = f"cmpl-{uuid.uuid4().hex}"
+    ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
+    readers: list[ReplyReader] = []
+    try:
+        for request_id, prompt in zip(ids, prompts, strict=True):
+            readers.append(
+                await submitter.submit(
+                    Submission(
+                        request_id=request_id,
+                        model=body.model,
+                        prompt_token_ids=prompt.token_ids,
+                        sampling=sampling,
+                        priority=body.priority,
+                        stream=body.stream,
+                    )
+                )
+            )
+    except BaseException:
+        finish(replies, readers)
+        raise
+    view = _CompletionView(base_id, body, tokenizer, prompts, scoring)
+    if body.stream:
+        return sse_response(
+            view.chunks(readers, replies), on_close=lambda: finish(replies, readers)
+        )
+    try:
+        outputs = await collect_all(request, replies, readers)
+    except ClientGone:
+        return Response(status_code=499)
+    return JSONResponse(view.response(outputs).model_dump(mode="json"))
+
+
+def _tokenize(
+    tokenizer: Tokenizer, raw_prompts: Sequence[str | list[int]], body: CompletionRequest
+) -> list[_Prompt]:
+    prompts = []
+    for raw in raw_prompts:
+        if isinstance(raw, str):
+            ids = tokenizer.encode(raw, add_special_tokens=body.add_special_tokens)
+            prompts.append(_Prompt(ids, raw))
+        else:
+            check_prompt_ids(raw, tokenizer.vocab_size)
+            text = tokenizer.decode(raw, skip_special_tokens=False) if body.echo else ""
+            prompts.append(_Prompt(list(raw), text))
+    return prompts
+
+
+@dataclass
+class _StreamState:
+    """Per prompt: the echo not yet sent (it may wait for prompt logprobs) and held messages."""
+
+    echo_pending: bool
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    held: list[ReplyMessage] = field(default_factory=list)
+
+
+class _CompletionView:
+    """Turns one completions request's replies (one reader per prompt) into OpenAI shapes."""
+
+    def __init__(
+        self,
+        request_id: str,
+        body: CompletionRequest,
+        tokenizer: Tokenizer,
+        prompts: list[_Prompt],
+        scoring: bool,
+    ) -> None:
+        self.request_id = request_id
+        self.body = body
+        self.tokenizer = tokenizer
+        self.prompts = prompts
+        self.scoring = scoring
+        self.created = int(time.time())
+        self.prompt_tokens = sum(len(p.token_ids) for p in prompts)
+
+    def _builder(self) -> CompletionLogprobBuilder | None:
+        if self.body.logprobs is None:
+            return None
+        return CompletionLogprobBuilder(self.tokenizer, self.body.logprobs)
+
+    def _echo_logprobs(
+        self,
+        builder: CompletionLogprobBuilder | None,
+        prompt: _Prompt,
+        prompt_logprobs: list[TokenLogprob | None] | None,
+    ) -> CompletionLogprobs | None:
+        if builder is None:
+            return None
+        lps = prompt_logprobs or [None] * len(prompt.token_ids)
+        return builder.build(prompt.token_ids, lps)
+
+    def response(self, outputs: list[Output]) -> CompletionResponse:
+        body = self.body
+        choices = []
+        completion_tokens = cached_tokens = 0
+        for p, (prompt, output) in enumerate(zip(self.prompts, outputs, strict=True)):
+            if not self.scoring:
+                completion_tokens += output.completion_tokens()
+            cached_tokens += output.cached_tokens()
+            for c in range(body.n):
+                choice = output.choice(c)
+                builder = self._builder()
+                logprobs = (
+                    self._echo_logprobs(builder, prompt, output.prompt_logprobs)
+                    if body.echo
+                    else None
+                )
+                text = prompt.text if body.echo else ""
+                if not self.scoring:
+                    text += choice.full_text
+                    if builder is not None:
+                        logprobs = builder.build(choice.token_ids, choice.logprobs, into=logprobs)
+                choices.append(
+                    CompletionChoice(
+                        index=p * body.n + c,
+                        text=text,
+                        logprobs=logprobs,
+                        finish_reason="length" if self.scoring else choice.finish_reason,
+                        stop_reason=None if self.scoring else choice.stop_reason,
+                    )
+                )
+        return CompletionResponse(
+            id=self.request_id,
+            created=self.created,
+            model=body.model,
+            choices=choices,
+            usage=UsageInfo.of(self.prompt_tokens, completion_tokens, cached_tokens),
+        )
+
+    def _chunk(
+        self, choices: list[CompletionChoice], usage: UsageInfo | None = None
+    ) -> CompletionChunk:
+        return CompletionChunk(
+            id=self.request_id,
+            created=self.created,
+            model=self.body.model,
+            choices=choices,
+            usage=usage,
+        )
+
+    async def chunks(
+        self, readers: list[ReplyReader], replies: ReplyRouter
+    ) -> AsyncIterator[CompletionChunk]:
+        body = self.body
+        n = body.n
+        wants_prompt_logprobs = body.echo and body.logprobs is not None
+        states = [_StreamState(echo_pending=body.echo) for _ in self.prompts]
+        builders: dict[int, CompletionLogprobBuilder | None] = {}
+        completion_tokens = [0] * len(self.prompts)
+        final_tokens: list[int | None] = [None] * len(self.prompts)
+        cached_tokens = [0] * len(self.prompts)
+
+        def usage_now() -> UsageInfo | None:
+            if not body.continuous_usage:
+                return None
+            return UsageInfo.of(self.prompt_tokens, sum(completion_tokens), sum(cached_tokens))
+
+        def builder(index: int) -> CompletionLogprobBuilder | None:
+            if index not in builders:
+                builders[index] = self._builder()
+            return builders[index]
+
+        try:
+            async for p, item in merge([r.__aiter__() for r in readers]):
+                state = states[p]
+                if isinstance(item, Restart):
+                    completion_tokens[p] = 0
+                    state.held.clear()
+                    continue
+                if item.prompt_logprobs is not None:
+                    state.prompt_logprobs = item.prompt_logprobs
+                if item.usage is not None:
+                    cached_tokens[p] = item.usage.cached_tokens
+                    if item.finished:
+                        final_tokens[p] = item.usage.completion_tokens
+                messages = [item]
+                if state.echo_pending:
+                    waiting = wants_prompt_logprobs and state.prompt_logprobs is None
+                    if waiting and not item.finished:
+                        state.held.append(item)
+                        continue
+                    state.echo_pending = False
+                    prompt = self.prompts[p]
+                    for c in range(n):
+                        index = p * n + c
+                        logprobs = self._echo_logprobs(
+                            builder(index), prompt, state.prompt_logprobs
+                        )
+                        yield self._chunk(
+                            [CompletionChoice(index=index, text=prompt.text, logprobs=logprobs)],
+                            usage_now(),
+                        )
+                    messages = [*state.held, item]
+                    state.held.clear()
+                for message in messages:
+                    for delta in message.choices:
+                        index = p * n + delta.index
+                        if self.scoring:
+                            if delta.finish_reason is None:
+                                continue
+                            choice = CompletionChoice(index=index, text="", finish_reason="length")
+                        else:
+                            completion_tokens[p] += len(delta.token_ids)
+                            b = builder(index)
+                            has_tokens = b is not None and bool(delta.token_ids)
+                            if not delta.text and delta.finish_reason is None and not has_tokens:
+                                continue
+                            choice = CompletionChoice(
+                                index=index,
+                                text=delta.text,
+                                logprobs=(
+                                    b.build(delta.token_ids, delta.logprobs or [])
+                                    if b is not None
+                                    else None
+                                ),
+                                finish_reason=delta.finish_reason,
+                                stop_reason=delta.stop_reason,
+                            )
+                        yield self._chunk([choice], usage_now())
+            if body.include_usage:
+                total = 0
+                if not self.scoring:
+                    total = sum(
+                        f if f is not None else counted
+                        for f, counted in zip(final_tokens, completion_tokens, strict=True)
+                    )
+                yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, sum(cached_tokens)))
+        finally:
+            finish(replies, readers)

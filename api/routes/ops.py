@@ -1,0 +1,141 @@
+"""GET /health, /version and /metrics: public (no API key), for load balancers and Prometheus."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+
+from api.deps import CatalogDep, NamesDep, RedisDep, RouterDep, SettingsDep
+from api.errors import ApiError
+from api.queue_stats import QueueStats, queue_stats
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+try:
+    __version__ = version("conveyor")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "unknown"
+
+
+@router.get("/health", response_model=None)
+async def health(settings: SettingsDep, redis: RedisDep, catalog: CatalogDep) -> Response:
+    """200 only when Redis answers and every served model has a live worker."""
+    try:
+        await redis.ping()
+        expected = (
+            {settings.served_model_name}
+            if settings.served_model_name
+            else await catalog.known_models()
+        )
+        live = await catalog.live_models(max_age=0.5)
+    except (RedisError, OSError) as exc:
+        return _unhealthy(f"Redis does not answer: {exc}")
+    if not expected:
+        expected = set(live)
+    if not expected:
+        return _unhealthy("no model has a live worker yet")
+    missing = sorted(expected - set(live))
+    if missing:
+        return _unhealthy(f"no live worker for {', '.join(missing)}")
+    return JSONResponse({"status": "ok"})
+
+
+def _unhealthy(message: str) -> Response:
+    return ApiError(503, message, code="unhealthy", headers={"Retry-After": "5"}).response()
+
+
+@router.get("/version")
+async def get_version() -> dict[str, str]:
+    return {"version": __version__}
+
+
+@router.get("/metrics", response_model=None)
+async def metrics(
+    redis: RedisDep, names: NamesDep, catalog: CatalogDep, replies: RouterDep
+) -> Response:
+    """Workers' engine metrics (their snapshots in Redis) plus this deployment's queues."""
+    snapshots = await _worker_snapshots(redis, names.worker_metrics_pattern)
+    models = set(await catalog.live_models()) | await catalog.known_models()
+    stats = {model: await queue_stats(redis, names, model) for model in sorted(models)}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_QueueCollector(stats, replies.in_flight))
+    body = _render_workers(snapshots) + generate_latest(registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def _worker_snapshots(redis: Any, pattern: str) -> list[dict[str, Any]]:
+    keys = [key async for key in redis.scan_iter(match=pattern, count=500)]
+    if not keys:
+        return []
+    snapshots = []
+    for raw in await redis.mget(keys):
+        try:
+            value = json.loads(raw) if raw is not None else None
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            snapshots.append(value)
+    return snapshots
+
+
+def _render_workers(snapshots: list[dict[str, Any]]) -> bytes:
+    """conveyor.metrics renders the workers' part; without it /metrics still serves ours."""
+    try:
+        from conveyor.metrics import render_worker_metrics
+    except ImportError:
+        return b""
+    render: Callable[[list[dict[str, Any]]], bytes] = render_worker_metrics
+    try:
+        return render(snapshots)
+    except Exception:
+        logger.exception("rendering worker metrics failed")
+        return b""
+
+
+class _QueueCollector(Collector):
+    def __init__(self, stats: dict[str, QueueStats], in_flight: int) -> None:
+        self.stats = stats
+        self.in_flight = in_flight
+
+    def collect(self) -> Iterable[Metric]:
+        families = {
+            "length": GaugeMetricFamily(
+                "conveyor:queue_length", "Entries in the model's request stream", labels=["model"]
+            ),
+            "pending": GaugeMetricFamily(
+                "conveyor:queue_pending",
+                "Requests delivered to a worker and not yet acknowledged",
+                labels=["model"],
+            ),
+            "undelivered": GaugeMetricFamily(
+                "conveyor:queue_undelivered",
+                "Requests no worker has taken yet",
+                labels=["model"],
+            ),
+            "dead_letters": GaugeMetricFamily(
+                "conveyor:dead_letters",
+                "Requests that failed too many deliveries",
+                labels=["model"],
+            ),
+        }
+        for model, stats in self.stats.items():
+            for field, family in families.items():
+                family.add_metric([model], getattr(stats, field))
+        yield from families.values()
+        yield GaugeMetricFamily(
+            "conveyor:api_requests_in_flight",
+            "Requests this API process is waiting on",
+            value=self.in_flight,
+        )

@@ -1,0 +1,89 @@
+"""POST /tokenize and /detokenize, in vLLM's shapes, with the model's own tokenizer."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+
+from api.deps import Authenticated, CatalogDep, json_body
+from api.errors import ApiError, bad_request, validation_error
+from api.request_submitter import check_prompt_ids
+from api.schemas.tokenize import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+    TokenizeResponse,
+)
+from engine.tokenizer import Tokenizer
+
+router = APIRouter(dependencies=[Authenticated])
+
+TokenizeRequest = TokenizeChatRequest | TokenizeCompletionRequest
+
+
+async def _tokenize_body(request: Request) -> TokenizeRequest:
+    """vLLM tells the two forms apart by `messages`; so do we, for a precise 400."""
+    raw = await request.body()
+    try:
+        data = json.loads(raw or b"null")
+    except ValueError as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object")
+    model = TokenizeChatRequest if "messages" in data else TokenizeCompletionRequest
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc.errors()) from None
+
+
+def _tokenize(tokenizer: Tokenizer, body: TokenizeRequest) -> list[int]:
+    if isinstance(body, TokenizeCompletionRequest):
+        return tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+    kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
+    if body.continue_final_message:
+        kwargs["continue_final_message"] = True
+    try:
+        text = tokenizer.render_chat(
+            [m.model_dump(exclude_none=True) for m in body.messages],
+            add_generation_prompt=body.add_generation_prompt,
+            tools=body.tools,
+            **kwargs,
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="messages") from None
+    return tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
+
+
+@router.post("/tokenize")
+async def tokenize(
+    body: Annotated[TokenizeRequest, Depends(_tokenize_body)], catalog: CatalogDep
+) -> TokenizeResponse:
+    model = body.model or await catalog.default_model()
+    live = await catalog.resolve(model)
+    model_tokenizer = await catalog.tokenizer(model)
+    tokenizer = model_tokenizer.tokenizer
+    ids = await catalog.in_thread(_tokenize, tokenizer, body)
+    max_model_len = live.max_model_len or model_tokenizer.max_model_len or 0
+    return TokenizeResponse(
+        count=len(ids),
+        max_model_len=max_model_len,
+        tokens=ids,
+        token_strs=tokenizer.convert_ids_to_tokens(ids) if body.return_token_strs else None,
+    )
+
+
+@router.post("/detokenize")
+async def detokenize(
+    body: Annotated[DetokenizeRequest, Depends(json_body(DetokenizeRequest))], catalog: CatalogDep
+) -> DetokenizeResponse:
+    model = body.model or await catalog.default_model()
+    await catalog.resolve(model)
+    tokenizer = (await catalog.tokenizer(model)).tokenizer
+    check_prompt_ids(body.tokens, tokenizer.vocab_size, param="tokens")
+    text = await catalog.in_thread(tokenizer.decode, body.tokens, skip_special_tokens=False)
+    return DetokenizeResponse(prompt=text)

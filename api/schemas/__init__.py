@@ -1,0 +1,1 @@
+"""Pydantic models of the OpenAI (and vLLM) protocol the API speaks."""

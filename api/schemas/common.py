@@ -1,0 +1,137 @@
+"""Request fields and response pieces shared by chat and completions.
+
+Field names follow OpenAI, plus vLLM's sampling extras (top_k, min_p, ...) so
+clients written for `vllm serve` work unchanged. Unknown fields are ignored
+(as vLLM does), but features we do not implement are declared here so they
+are refused with a 400 rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+
+from api.errors import ApiError, not_supported
+
+# vLLM request fields we do not implement; any non-empty value is refused.
+_REFUSED_EXTRAS: dict[str, str] = {
+    "guided_json": "guided decoding (guided_json)",
+    "guided_regex": "guided decoding (guided_regex)",
+    "guided_choice": "guided decoding (guided_choice)",
+    "guided_grammar": "guided decoding (guided_grammar)",
+    "structured_outputs": "structured outputs",
+    "logits_processors": "custom logits processors",
+    "bad_words": "bad_words",
+    "use_beam_search": "beam search",
+    "prompt_logprobs": "prompt_logprobs (use echo with logprobs on /v1/completions)",
+    "allowed_token_ids": "allowed_token_ids",
+}
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+    continuous_usage_stats: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+class SamplingRequest(BaseModel):
+    """What chat and completions requests share: the model, streaming and sampling knobs."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = 1
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
+    response_format: ResponseFormat | None = None
+    # vLLM extras
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    priority: int = 0
+    # refused vLLM extras (see _REFUSED_EXTRAS)
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    structured_outputs: Any = None
+    logits_processors: Any = None
+    bad_words: Any = None
+    use_beam_search: Any = None
+    prompt_logprobs: Any = None
+    allowed_token_ids: Any = None
+
+    def check_supported(self) -> None:
+        """Refuse what we cannot honour; a silently ignored constraint gives wrong output."""
+        for name, what in _REFUSED_EXTRAS.items():
+            if getattr(self, name) not in (None, False, [], {}, ""):
+                raise not_supported(name, what)
+        if self.response_format is not None and self.response_format.type != "text":
+            raise not_supported(
+                "response_format", f"response_format of type {self.response_format.type!r}"
+            )
+        if self.stream_options is not None and not self.stream:
+            raise ApiError(
+                400, "stream_options is only allowed when stream is true", param="stream_options"
+            )
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
+class UsageInfo(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> UsageInfo:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        )
+
+
+class ChunkBase(BaseModel):
+    """Streaming chunks omit `usage` unless it was asked for, as OpenAI does."""
+
+    usage: UsageInfo | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_absent_usage(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("usage") is None:
+            data.pop("usage", None)
+        return data

@@ -1,0 +1,101 @@
+"""Server-sent events in OpenAI's framing: `data: {chunk}` lines, then `data: [DONE]`.
+
+Once the 200 and the first bytes are out, an error can only travel inside the
+stream: `data: {"error": {...}}` followed by `data: [DONE]`, which the OpenAI
+SDK raises as an APIError. sse-starlette does the framing, keep-alive pings
+and client-disconnect detection (it cancels our generator, whose cleanup then
+tells the workers to stop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import TypeVar
+
+from pydantic import BaseModel
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
+
+from api.errors import ApiError, redis_unavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DONE = "[DONE]"
+# On SIGTERM, let in-flight streams finish for this long before sse-starlette cuts them.
+SHUTDOWN_GRACE_SECONDS = 25.0
+
+
+def sse_response(
+    chunks: AsyncIterator[BaseModel], on_close: Callable[[], None]
+) -> EventSourceResponse:
+    """`on_close` runs however the stream ends, even if the client left before the first chunk."""
+
+    async def cleanup() -> None:
+        on_close()
+
+    return EventSourceResponse(
+        _frames(chunks),
+        background=BackgroundTask(cleanup),
+        sep="\n",
+        ping=15,
+        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+    )
+
+
+async def _frames(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[ServerSentEvent]:
+    try:
+        async for chunk in chunks:
+            yield ServerSentEvent(data=chunk.model_dump_json(), sep="\n")
+    except ApiError as exc:
+        yield ServerSentEvent(data=json.dumps(exc.body()), sep="\n")
+    except RedisError as exc:
+        yield ServerSentEvent(data=json.dumps(redis_unavailable(exc).body()), sep="\n")
+    except Exception:
+        logger.exception("stream failed")
+        body = ApiError(500, "internal server error", code="internal_error").body()
+        yield ServerSentEvent(data=json.dumps(body), sep="\n")
+    yield ServerSentEvent(data=DONE, sep="\n")
+
+
+async def merge(iterators: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:
+    """Interleave several iterators as items arrive, tagged with the iterator's index.
+
+    The first error from any iterator propagates; the rest are cancelled.
+    """
+    if len(iterators) == 1:
+        async for item in iterators[0]:
+            yield 0, item
+        return
+    queue: asyncio.Queue[tuple[int, T] | tuple[int, BaseException] | None] = asyncio.Queue()
+
+    async def pump(index: int, iterator: AsyncIterator[T]) -> None:
+        try:
+            async for item in iterator:
+                await queue.put((index, item))
+        except Exception as exc:
+            await queue.put((index, exc))
+            return
+        await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(i, it)) for i, it in enumerate(iterators)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            entry = await queue.get()
+            if entry is None:
+                remaining -= 1
+                continue
+            index, item = entry
+            if isinstance(item, BaseException):
+                raise item
+            yield index, item  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=1.0)

@@ -1,0 +1,115 @@
+"""API fixtures: a real Redis, a scripted fake worker and the app under uvicorn.
+
+Each stack gets its own Redis key prefix, so stacks never see each other's
+streams, heartbeats or replies even though they share one redis-server.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conveyor.bus import BusNames
+from conveyor.settings import Settings
+
+from .fakes import FakeWorker, LiveServer
+
+MODEL = "fake-model"
+MAX_MODEL_LEN = 256
+
+
+@dataclass
+class Stack:
+    server: LiveServer
+    worker: FakeWorker
+    names: BusNames
+    redis_url: str
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+
+
+def make_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "redis_url": redis_url,
+        "redis_prefix": prefix,
+        "instance_id": f"api-{prefix}",
+        "request_timeout": 10.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def new_prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture()
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@contextmanager
+def running_stack(
+    redis_url: str, model_dir: Path, *, with_worker: bool = True, **overrides: Any
+) -> Iterator[Stack]:
+    """A fake worker (unless `with_worker` is False) and an API server on a fresh prefix."""
+    prefix = new_prefix()
+    names = BusNames(prefix)
+    worker = FakeWorker(redis_url, names, MODEL, model_dir, MAX_MODEL_LEN)
+    if with_worker:
+        worker.start()
+    try:
+        server = LiveServer(make_settings(redis_url, prefix, **overrides)).start()
+        try:
+            yield Stack(server, worker, names, redis_url)
+        finally:
+            server.stop()
+    finally:
+        if with_worker:
+            worker.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(redis_url: str, bundled_model_dir: Path) -> Iterator[Stack]:
+    """One worker + one API server per test module (starting them is the slow part)."""
+    with running_stack(redis_url, bundled_model_dir) as started:
+        yield started
+
+
+@pytest.fixture()
+def worker(stack: Stack) -> Iterator[FakeWorker]:
+    """The module's worker, reset to normal behaviour for each test."""
+    stack.worker.behaviour = "normal"
+    stack.worker.received.clear()
+    stack.worker.aborted.clear()
+    yield stack.worker
+    stack.worker.behaviour = "normal"
+
+
+@pytest.fixture()
+def client(stack: Stack, worker: FakeWorker) -> Iterator[httpx.Client]:
+    with stack.client() as http:
+        yield http
+
+
+@pytest.fixture()
+def make_stack(redis_url: str, bundled_model_dir: Path) -> Iterator[Callable[..., Stack]]:
+    """A stack with custom settings (and optionally no running worker), stopped after the test."""
+    with ExitStack() as stacks:
+
+        def build(**kwargs: Any) -> Stack:
+            return stacks.enter_context(running_stack(redis_url, bundled_model_dir, **kwargs))
+
+        yield build

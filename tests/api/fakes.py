@@ -1,0 +1,392 @@
+"""Test doubles for the API tests: a scripted engine worker and a uvicorn server in a thread.
+
+The fake worker speaks the real bus protocol (XREADGROUP on the model's
+stream, PUBLISH ReplyMessages, heartbeat + tokenizer hash + known-model key,
+result key, abort channel) but generates scripted tokens, so API behaviour can
+be tested in milliseconds, including the failures a real worker rarely shows
+on demand (lost messages, re-delivery, silence, errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import uvicorn
+from redis.exceptions import RedisError, ResponseError
+
+from api.app import create_app
+from conveyor.bus import WORKER_GROUP, BusNames
+from conveyor.embedded_redis import free_port
+from conveyor.protocol import (
+    ChoiceDelta,
+    ErrorInfo,
+    GenerateRequest,
+    ReplyMessage,
+    TokenLogprob,
+    Usage,
+)
+from conveyor.settings import Settings
+from engine.tokenizer import Tokenizer
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+SCRIPT_TEXT = " one two three four five six seven eight nine ten"
+CACHED_TOKENS = 3
+
+
+def tokenizer_hash(model_dir: Path, max_model_len: int, eos_token_id: int = 2) -> dict[str, str]:
+    """What a worker publishes under `names.tokenizer(model)`."""
+    fields = {
+        name: (model_dir / name).read_text(encoding="utf-8")
+        for name in TOKENIZER_FILES
+        if (model_dir / name).is_file()
+    }
+    fields["config.json"] = json.dumps(
+        {"eos_token_id": eos_token_id, "max_model_len": max_model_len}
+    )
+    digest = hashlib.sha256()
+    for name in sorted(fields):
+        digest.update(name.encode() + b"\0" + fields[name].encode() + b"\0")
+    fields["digest"] = digest.hexdigest()
+    return fields
+
+
+@dataclass
+class FakeWorker:
+    """A scripted worker for one model. Set `behaviour` before a request to pick a failure.
+
+    behaviours: "normal"; "gap" (drops seq 1, writes the result); "restart" (attempt 1
+    sends two tokens, attempt 2 starts over); "silent" (never answers); "error"
+    (a worker error); "slow" (a token every 50 ms, until aborted); "paused" (heartbeat
+    only, never reads the stream).
+    """
+
+    redis_url: str
+    names: BusNames
+    model: str
+    model_dir: Path
+    max_model_len: int = 256
+    instance: str = "worker-1"
+    behaviour: str = "normal"
+    received: list[GenerateRequest] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _stop: asyncio.Event | None = None
+    paused: threading.Event = field(default_factory=threading.Event)
+    _ready: threading.Event = field(default_factory=threading.Event)
+    _requests: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.tokenizer = Tokenizer.load(self.model_dir)
+        self.script = self.tokenizer.encode(SCRIPT_TEXT, add_special_tokens=False)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> FakeWorker:
+        self._thread = threading.Thread(target=self._main, name="fake-worker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("fake worker did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(10)
+            assert not self._thread.is_alive(), "fake worker did not stop"
+
+    def _main(self) -> None:
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self.redis = aioredis.from_url(self.redis_url, decode_responses=True)
+        await self.redis.hset(
+            self.names.tokenizer(self.model),
+            mapping=tokenizer_hash(self.model_dir, self.max_model_len),
+        )
+        await self.redis.set(self.names.known_model(self.model), "1")
+        stream = self.names.requests(self.model)
+        with contextlib.suppress(ResponseError):
+            await self.redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+        await self._heartbeat()
+        # The loops stop on their own when `_stop` is set: cancelling a blocked redis-py
+        # read can leave it hanging.
+        tasks = [
+            asyncio.create_task(self._beat_forever()),
+            asyncio.create_task(self._consume(stream)),
+            asyncio.create_task(self._watch_aborts()),
+        ]
+        self._ready.set()
+        await asyncio.gather(*tasks)
+        for task in list(self._requests):
+            task.cancel()
+        await asyncio.gather(*self._requests, return_exceptions=True)
+        with contextlib.suppress(RedisError):  # a test may have stopped Redis already
+            await self.redis.delete(self.names.worker(self.model, self.instance))
+        await self.redis.aclose()
+
+    async def _heartbeat(self) -> None:
+        beat = {
+            "model": self.model,
+            "instance": self.instance,
+            "capacity": 8,
+            "running": 0,
+            "waiting": 0,
+            "kv_cache_usage": 0.0,
+            "max_model_len": self.max_model_len,
+        }
+        await self.redis.set(self.names.worker(self.model, self.instance), json.dumps(beat), ex=3)
+
+    def _running(self) -> bool:
+        assert self._stop is not None
+        return not self._stop.is_set()
+
+    async def _beat_forever(self) -> None:
+        while self._running():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 0.5)  # type: ignore[union-attr]
+            if self._running():
+                with contextlib.suppress(RedisError):  # a test may stop Redis under us
+                    await self._heartbeat()
+
+    async def _watch_aborts(self) -> None:
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.names.abort)
+        while self._running():
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            except RedisError:
+                await asyncio.sleep(0.1)
+                continue
+            if message is not None and message["type"] == "message":
+                self.aborted.append(message["data"])
+        with contextlib.suppress(RedisError):
+            await pubsub.aclose()
+
+    async def _consume(self, stream: str) -> None:
+        while self._running():
+            if self.behaviour == "paused":
+                self.paused.set()  # no read is in flight from here on
+                await asyncio.sleep(0.05)
+                continue
+            self.paused.clear()
+            try:
+                entries = await self.redis.xreadgroup(
+                    WORKER_GROUP, self.instance, {stream: ">"}, count=16, block=100
+                )
+            except RedisError:
+                await asyncio.sleep(0.1)
+                continue
+            for _, messages in entries or []:
+                for entry_id, data in messages:
+                    request = GenerateRequest.decode(data["data"])
+                    self.received.append(request)
+                    task = asyncio.create_task(self._serve_request(stream, entry_id, request))
+                    self._requests.add(task)
+                    task.add_done_callback(self._requests.discard)
+
+    # --- one request ----------------------------------------------------------------------
+
+    async def _serve_request(self, stream: str, entry_id: str, request: GenerateRequest) -> None:
+        behaviour = self.behaviour
+        try:
+            if behaviour == "silent":
+                return
+            if behaviour == "error":
+                await self._publish(
+                    ReplyMessage(
+                        id=request.id,
+                        seq=0,
+                        finished=True,
+                        error=ErrorInfo("the engine ran out of memory", code="oom", status=503),
+                    ),
+                    request,
+                )
+                return
+            if behaviour == "restart":
+                await self._generate(request, attempt=1, stop_after=2)
+                await asyncio.sleep(0.1)
+                await self._generate(request, attempt=2)
+                return
+            await self._generate(
+                request,
+                drop={1} if behaviour == "gap" else set(),
+                delay=0.05 if behaviour == "slow" else 0.0,
+            )
+        finally:
+            await self.redis.xack(stream, WORKER_GROUP, entry_id)
+            await self.redis.xdel(stream, entry_id)
+
+    def _tokens(self, request: GenerateRequest, choice: int) -> list[int]:
+        max_tokens = request.sampling.get("max_tokens") or 16
+        if self.behaviour == "slow":
+            return [self.script[(choice + i) % len(self.script)] for i in range(max_tokens)]
+        rotated = self.script[choice:] + self.script[:choice]
+        return rotated[:max_tokens]
+
+    def _logprob(self, token_id: int, top_n: int) -> TokenLogprob:
+        alternatives = [(token_id, -0.5), (self.script[0], -1.5), (self.script[1], -2.5)]
+        return TokenLogprob(token_id=token_id, logprob=-0.5, rank=1, top=alternatives[:top_n])
+
+    async def _generate(
+        self,
+        request: GenerateRequest,
+        *,
+        attempt: int = 1,
+        stop_after: int | None = None,
+        drop: set[int] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        sampling = request.sampling
+        n = sampling.get("n", 1)
+        logprobs = sampling.get("logprobs")
+        prompt_logprobs = sampling.get("prompt_logprobs")
+        max_tokens = sampling.get("max_tokens") or 16
+        per_choice = [self._tokens(request, c) for c in range(n)]
+        steps = max(len(t) for t in per_choice)
+        seq = 0
+        for step in range(steps):
+            if request.id in self.aborted or not self._running():
+                return
+            if stop_after is not None and step >= stop_after:
+                return  # this attempt's worker "dies" here
+            last = step == steps - 1
+            choices = []
+            for index, tokens in enumerate(per_choice):
+                if step >= len(tokens):
+                    continue
+                token = tokens[step]
+                finish = None
+                if step == len(tokens) - 1:
+                    finish = "length" if len(tokens) >= max_tokens else "stop"
+                choices.append(
+                    ChoiceDelta(
+                        index=index,
+                        text=self.tokenizer.decode([token]),
+                        token_ids=[token],
+                        logprobs=[self._logprob(token, logprobs)] if logprobs is not None else None,
+                        finish_reason=finish,
+                    )
+                )
+            prompt_lps = None
+            if step == 0 and prompt_logprobs is not None:
+                prompt_lps = [None] + [
+                    self._logprob(t, prompt_logprobs) for t in request.prompt_token_ids[1:]
+                ]
+            usage = None
+            if last:
+                usage = Usage(
+                    prompt_tokens=len(request.prompt_token_ids),
+                    completion_tokens=sum(len(t) for t in per_choice),
+                    cached_tokens=CACHED_TOKENS,
+                )
+            message = ReplyMessage(
+                id=request.id,
+                seq=seq,
+                choices=choices,
+                finished=last,
+                usage=usage,
+                prompt_logprobs=prompt_lps,
+                worker=self.instance,
+                attempt=attempt,
+            )
+            if last:
+                await self._store_result(request, per_choice, message)
+            if seq not in (drop or set()):
+                await self._publish(message, request)
+            seq += 1
+            if delay:
+                await asyncio.sleep(delay)
+
+    async def _store_result(
+        self, request: GenerateRequest, per_choice: list[list[int]], last: ReplyMessage
+    ) -> None:
+        logprobs = request.sampling.get("logprobs")
+        choices = [
+            ChoiceDelta(
+                index=index,
+                text=self.tokenizer.decode(tokens),
+                token_ids=tokens,
+                logprobs=[self._logprob(t, logprobs) for t in tokens]
+                if logprobs is not None
+                else None,
+                finish_reason=next(c.finish_reason for c in last.choices if c.index == index)
+                if any(c.index == index for c in last.choices)
+                else "stop",
+            )
+            for index, tokens in enumerate(per_choice)
+        ]
+        result = ReplyMessage(
+            id=request.id,
+            seq=last.seq,
+            choices=choices,
+            finished=True,
+            usage=last.usage,
+            attempt=last.attempt,
+            worker=self.instance,
+        )
+        await self.redis.set(self.names.result(request.id), result.encode(), ex=60)
+
+    async def _publish(self, message: ReplyMessage, request: GenerateRequest) -> None:
+        await self.redis.publish(self.names.reply(request.reply_to), message.encode())
+
+
+class LiveServer:
+    """create_app under a real uvicorn on a free port, in a thread (tests call it over HTTP)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.app = create_app(settings)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,53 @@
+"""/v1/models (what live workers announce) and vLLM's /tokenize + /detokenize."""
+
+from __future__ import annotations
+
+import httpx
+
+from .conftest import MAX_MODEL_LEN, MODEL
+from .fakes import FakeWorker
+
+
+def test_models_list_and_retrieve(client: httpx.Client) -> None:
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list"
+    (card,) = body["data"]
+    assert card["id"] == MODEL
+    assert card["object"] == "model"
+    assert card["owned_by"] == "conveyor"
+    assert card["max_model_len"] == MAX_MODEL_LEN
+    assert isinstance(card["created"], int)
+    assert client.get(f"/v1/models/{MODEL}").json() == card
+
+
+def test_tokenize_prompt(client: httpx.Client, worker: FakeWorker) -> None:
+    response = client.post(
+        "/tokenize", json={"model": MODEL, "prompt": "Hello world", "return_token_strs": True}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = worker.tokenizer.encode("Hello world")
+    assert body["tokens"] == expected
+    assert body["count"] == len(expected)
+    assert body["max_model_len"] == MAX_MODEL_LEN
+    assert body["token_strs"] == worker.tokenizer.convert_ids_to_tokens(expected)
+
+
+def test_tokenize_messages_uses_the_chat_template(client: httpx.Client, worker: FakeWorker) -> None:
+    messages = [{"role": "user", "content": "Hi!"}]
+    body = client.post("/tokenize", json={"messages": messages}).json()  # one model: no name
+    assert body["tokens"] == worker.tokenizer.apply_chat_template(messages)
+    assert body["token_strs"] is None
+
+
+def test_detokenize_round_trip(client: httpx.Client, worker: FakeWorker) -> None:
+    ids = worker.tokenizer.encode("Hello world")
+    response = client.post("/detokenize", json={"model": MODEL, "tokens": ids})
+    assert response.status_code == 200
+    assert response.json() == {"prompt": "Hello world"}
+    bad = client.post("/detokenize", json={"model": MODEL, "tokens": [10**8]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    assert client.post("/tokenize", json={"model": "nope", "prompt": "x"}).status_code == 404
+    assert client.post("/tokenize", json={"model": MODEL}).status_code == 400

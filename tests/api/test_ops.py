@@ -1,0 +1,135 @@
+"""/health, /version and /metrics."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from conveyor.embedded_redis import EmbeddedRedis
+
+from .conftest import MODEL, Stack, running_stack
+
+
+def test_health_ok_with_a_live_worker(client: httpx.Client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_health_503_without_workers(make_stack: Callable[..., Stack]) -> None:
+    with make_stack(with_worker=False).client() as http:
+        response = http.get("/health")
+    assert response.status_code == 503
+    assert "no model" in response.json()["error"]["message"]
+
+
+def test_health_503_when_a_served_model_has_no_worker(
+    make_stack: Callable[..., Stack],
+) -> None:
+    with make_stack(served_model_name="other-model").client() as http:
+        response = http.get("/health")
+    assert response.status_code == 503
+    assert "other-model" in response.json()["error"]["message"]
+
+
+def test_health_503_when_a_known_model_lost_its_worker(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack()
+    redis.Redis.from_url(stack.redis_url).set(stack.names.known_model("old-model"), "1")
+    with stack.client() as http:
+        response = http.get("/health")
+    assert response.status_code == 503
+    assert "old-model" in response.json()["error"]["message"]
+
+
+def test_health_503_when_redis_is_gone(bundled_model_dir: Any) -> None:
+    with EmbeddedRedis() as store, running_stack(store.url, bundled_model_dir) as stack:
+        with stack.client() as http:
+            assert http.get("/health").status_code == 200
+            store.stop()
+            response = http.get("/health")
+            generate = http.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+        assert response.status_code == 503
+        assert "Redis" in response.json()["error"]["message"]
+        # An outage, not a bug: 503 with Retry-After, never 500.
+        assert generate.status_code == 503, generate.text
+        assert generate.headers["retry-after"]
+
+
+def test_version(client: httpx.Client) -> None:
+    response = client.get("/version")
+    assert response.status_code == 200
+    assert isinstance(response.json()["version"], str)
+
+
+@pytest.fixture()
+def fake_metrics_module(monkeypatch: pytest.MonkeyPatch) -> list[list[dict]]:
+    """Stand in for conveyor.metrics (written elsewhere), recording what it is given."""
+    calls: list[list[dict]] = []
+
+    def render_worker_metrics(snapshots: list[dict]) -> bytes:
+        calls.append(snapshots)
+        return f"vllm:num_requests_running {sum(s['running'] for s in snapshots)}\n".encode()
+
+    module = types.ModuleType("conveyor.metrics")
+    module.render_worker_metrics = render_worker_metrics  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "conveyor.metrics", module)
+    return calls
+
+
+def test_metrics_joins_worker_snapshots_and_queue_gauges(
+    client: httpx.Client, stack: Stack, fake_metrics_module: list[list[dict]]
+) -> None:
+    store = redis.Redis.from_url(stack.redis_url)
+    store.set(stack.names.worker_metrics("w1"), json.dumps({"instance": "w1", "running": 2}))
+    store.set(stack.names.worker_metrics("w2"), json.dumps({"instance": "w2", "running": 3}))
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert "vllm:num_requests_running 5" in text
+    assert sorted(s["instance"] for s in fake_metrics_module[-1]) == ["w1", "w2"]
+    for name in ("queue_length", "queue_pending", "queue_undelivered", "dead_letters"):
+        assert f'conveyor:{name}{{model="{MODEL}"}}' in text
+    assert "conveyor:api_requests_in_flight" in text
+
+
+def test_metrics_survive_a_broken_worker_renderer(
+    client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = types.ModuleType("conveyor.metrics")
+
+    def broken(snapshots: list[dict]) -> bytes:
+        raise RuntimeError("boom")
+
+    module.render_worker_metrics = broken  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "conveyor.metrics", module)
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert "conveyor:queue_length" in response.text
+
+
+def test_run_api_needs_a_redis_url() -> None:
+    from api.server import run_api
+    from conveyor.settings import Settings
+
+    assert run_api(Settings(redis_url=None)) == 2
+
+
+def test_metrics_with_the_real_worker_renderer(client: httpx.Client, stack: Stack) -> None:
+    from conveyor.metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(MODEL, "real-1")
+    metrics.set_engine_state(running=4, waiting=1, kv_cache_usage=0.25, num_preemptions=0)
+    store = redis.Redis.from_url(stack.redis_url)
+    store.set(stack.names.worker_metrics("real-1"), json.dumps(metrics.snapshot()), ex=30)
+    text = client.get("/metrics").text
+    running = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running")]
+    assert any(line.endswith(" 4.0") for line in running), running
+    assert f'conveyor:queue_length{{model="{MODEL}"}}' in text

@@ -1,0 +1,102 @@
+"""Lost messages, re-delivered requests and departed clients: never a hang, never doubled text."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+
+from .conftest import MODEL, Stack
+from .fakes import FakeWorker, wait_for
+from .test_chat import sse_events
+
+MESSAGES = [{"role": "user", "content": "Count."}]
+
+
+def stream_events(client: httpx.Client, body: dict) -> list[str]:
+    with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as response:
+        assert response.status_code == 200
+        return sse_events(response)
+
+
+def test_seq_gap_non_stream_recovers_from_result(client: httpx.Client, worker: FakeWorker) -> None:
+    worker.behaviour = "gap"
+    response = client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "max_tokens": 4}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == " one two three four"
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["usage"]["completion_tokens"] == 4
+
+
+def test_seq_gap_stream_ends_with_error(client: httpx.Client, worker: FakeWorker) -> None:
+    worker.behaviour = "gap"
+    events = stream_events(client, {"model": MODEL, "messages": MESSAGES, "max_tokens": 4})
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "reply_lost"
+    text = "".join(
+        c["choices"][0]["delta"].get("content", "")
+        for c in map(json.loads, events[:-2])
+        if c["choices"]
+    )
+    assert text == " one"  # what arrived before the gap, nothing after it
+
+
+def test_restart_non_stream_starts_over(client: httpx.Client, worker: FakeWorker) -> None:
+    worker.behaviour = "restart"
+    response = client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES, "max_tokens": 4}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == " one two three four"
+    assert response.json()["usage"]["completion_tokens"] == 4
+
+
+def test_restart_stream_after_tokens_is_an_error(client: httpx.Client, worker: FakeWorker) -> None:
+    worker.behaviour = "restart"
+    events = stream_events(client, {"model": MODEL, "messages": MESSAGES, "max_tokens": 4})
+    assert events[-1] == "[DONE]"
+    assert json.loads(events[-2])["error"]["code"] == "worker_restarted"
+    text = "".join(
+        c["choices"][0]["delta"].get("content", "")
+        for c in map(json.loads, events[:-2])
+        if c["choices"]
+    )
+    assert text == " one two"  # never repeated
+
+
+def test_stream_disconnect_publishes_abort(stack: Stack, worker: FakeWorker) -> None:
+    worker.behaviour = "slow"
+    body = {"model": MODEL, "prompt": "Story:", "max_tokens": 200, "stream": True}
+    with (
+        httpx.Client(base_url=stack.url, timeout=10) as http,
+        http.stream("POST", "/v1/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        request_id = json.loads(first[len("data: ") :])["id"]
+    # leaving the block closed the connection mid-stream
+    wait_for(lambda: request_id in worker.aborted)
+
+
+def test_non_stream_disconnect_publishes_abort(stack: Stack, worker: FakeWorker) -> None:
+    worker.behaviour = "slow"
+
+    def call() -> None:
+        body = {"model": MODEL, "prompt": "Story:", "max_tokens": 200}
+        try:
+            response = httpx.post(f"{stack.url}/v1/completions", json=body, timeout=0.5)
+            raise AssertionError(f"expected a client timeout, got {response.status_code}")
+        except httpx.TimeoutException:
+            pass  # the client gives up and closes the connection
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    request = wait_for(lambda: worker.received and worker.received[-1])
+    thread.join()
+    wait_for(lambda: request.id in worker.aborted)

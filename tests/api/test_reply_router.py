@@ -1,0 +1,142 @@
+"""ReplyReader rules in isolation: ordering, duplicates, stale attempts, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from api.collect import collect
+from api.errors import ApiError
+from api.reply_router import FIRST_SEQ, ReplyRouter, Restart
+from conveyor.bus import BusNames
+from conveyor.protocol import ChoiceDelta, ErrorInfo, ReplyMessage, Usage
+
+
+def message(seq: int, text: str, *, attempt: int = 1, finished: bool = False) -> ReplyMessage:
+    return ReplyMessage(
+        id="r1",
+        seq=seq,
+        choices=[ChoiceDelta(index=0, text=text, token_ids=[seq], finish_reason=None)],
+        finished=finished,
+        usage=Usage(3, seq + 1) if finished else None,
+        attempt=attempt,
+    )
+
+
+def router() -> ReplyRouter:
+    # Nothing here touches Redis: messages are routed by hand.
+    return ReplyRouter(aioredis.Redis(), BusNames("unit"), "api-unit")
+
+
+def test_duplicates_and_stale_attempts_are_ignored() -> None:
+    async def run() -> str:
+        replies = router()
+        reader = replies.open("r1", time.time() + 5, streaming=False)
+        for item in (
+            message(FIRST_SEQ, "a"),
+            message(FIRST_SEQ, "a"),  # duplicate
+            message(FIRST_SEQ + 1, "b"),
+            message(FIRST_SEQ + 2, "c", finished=True),
+        ):
+            replies._route(item.encode())
+        output = await collect(reader)
+        assert reader.finished
+        return output.choice(0).full_text
+
+    assert asyncio.run(run()) == "abc"
+
+
+def test_new_attempt_restarts_non_streaming_output() -> None:
+    async def run() -> tuple[str, list[object]]:
+        replies = router()
+        reader = replies.open("r1", time.time() + 5, streaming=False)
+        for item in (
+            message(FIRST_SEQ, "x"),
+            message(FIRST_SEQ + 1, "y"),
+            message(FIRST_SEQ, "a", attempt=2),
+            message(FIRST_SEQ + 2, "late", attempt=1),  # the old worker, ignored
+            message(FIRST_SEQ + 1, "b", attempt=2, finished=True),
+        ):
+            replies._route(item.encode())
+        seen = [item async for item in reader]
+        restart = next(i for i, item in enumerate(seen) if isinstance(item, Restart))
+        after = seen[restart + 1 :]
+        return "".join(m.choices[0].text for m in after if isinstance(m, ReplyMessage)), seen
+
+    text, seen = asyncio.run(run())
+    assert isinstance(seen[2], Restart)
+    assert text == "ab"
+
+
+def test_worker_error_and_timeout_raise_api_errors() -> None:
+    async def run() -> None:
+        replies = router()
+        reader = replies.open("r1", time.time() + 5, streaming=True)
+        error = ErrorInfo("bad things", code="boom", status=500)
+        replies._route(ReplyMessage(id="r1", seq=FIRST_SEQ, error=error).encode())
+        with pytest.raises(ApiError) as raised:
+            await collect(reader)
+        assert raised.value.code == "boom"
+        reader = replies.open("r2", time.time() + 0.2, streaming=True)
+        with pytest.raises(ApiError) as raised:
+            await collect(reader)
+        assert raised.value.status == 504
+
+    asyncio.run(run())
+
+
+def test_cancelling_a_reader_is_never_swallowed() -> None:
+    """A departed client cancels collection; the task must end even while messages arrive.
+
+    (Python 3.11's asyncio.wait_for can swallow a cancellation that races a result.)
+    """
+
+    async def run() -> None:
+        replies = router()
+        for trial in range(100):
+            reader = replies.open(f"r{trial}", time.time() + 30, streaming=False)
+
+            async def feed(request_id: str) -> None:
+                seq = FIRST_SEQ
+                while True:
+                    replies._route(
+                        ReplyMessage(
+                            id=request_id,
+                            seq=seq,
+                            choices=[ChoiceDelta(index=0, text="x", token_ids=[1])],
+                        ).encode()
+                    )
+                    seq += 1
+                    await asyncio.sleep(0)
+
+            feeder = asyncio.create_task(feed(f"r{trial}"))
+            task = asyncio.create_task(collect(reader))
+            await asyncio.sleep(random.random() * 0.002)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            feeder.cancel()
+            assert done, f"trial {trial}: the cancellation was swallowed"
+            reader.close()
+
+    asyncio.run(run())
+
+
+def test_silence_recovers_a_lost_final_message_from_the_stored_result(redis_url: str) -> None:
+    """Only the final message was lost: no gap to see, so a long silence triggers the lookup."""
+
+    async def run() -> str:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-silence")
+        replies = ReplyRouter(store, names, "api-unit", silence_check=0.1)
+        reader = replies.open("r1", time.time() + 5, streaming=False)
+        replies._route(message(FIRST_SEQ, "a").encode())
+        await store.set(names.result("r1"), message(FIRST_SEQ + 1, "abc", finished=True).encode())
+        output = await collect(reader)
+        await store.aclose()
+        return output.choice(0).full_text
+
+    assert asyncio.run(run()) == "abc"
