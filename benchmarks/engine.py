@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.probes import DecodeDims, gemm_gflops, memory_bandwidth_gbs
+from benchmarks.report import JsonLines
 from engine.config import EngineConfig, ModelConfig, resolve_dtype
 from engine.llm import LLM, greedy
 from engine.loader import resolve_model
@@ -42,22 +41,6 @@ _PARAGRAPH = (
     "the long lines of poplars and the evening markets where bread, cheese and apricots "
     "are sold by lamplight until well after dark. "
 )
-
-
-@dataclass
-class _Emitter:
-    """Prints each result as one JSON line and, if asked, appends it to a file."""
-
-    path: Path | None
-    lines: list[dict[str, Any]] = field(default_factory=list)
-
-    def __call__(self, line: dict[str, Any]) -> None:
-        self.lines.append(line)
-        text = json.dumps(line)
-        print(text, flush=True)
-        if self.path is not None:
-            with self.path.open("a") as handle:
-                handle.write(text + "\n")
 
 
 def _int_list(text: str) -> list[int]:
@@ -156,7 +139,7 @@ def run_hf(
     args: argparse.Namespace,
     device: torch.device,
     dtype: torch.dtype,
-    emit: _Emitter,
+    emit: JsonLines,
 ) -> None:
     from transformers import AutoModelForCausalLM
 
@@ -277,7 +260,7 @@ def run_conveyor_config(
 
 
 def run_conveyor(
-    tokenizer: Any, concurrencies: list[int], args: argparse.Namespace, emit: _Emitter
+    tokenizer: Any, concurrencies: list[int], args: argparse.Namespace, emit: JsonLines
 ) -> None:
     knobs: dict[str, object] = {"device": args.device}
     if args.max_num_seqs is not None:
@@ -379,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(probe) != args.prompt_len:
         print(f"cannot build prompts of {args.prompt_len} tokens", file=sys.stderr)
         return 2
-    emit = _Emitter(args.json_out)
+    emit = JsonLines(args.json_out)
     if not args.skip_hf:
         batches = sorted({1, *args.hf_batches})
         run_hf(resolved.path, tokenizer, batches, args, device, dtype, emit)

@@ -52,6 +52,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.report import JsonLines
 from benchmarks.serve_targets import (
     DEFAULT_STARTUP_TIMEOUT_S,
     ServerProcess,
@@ -79,22 +80,6 @@ _WARMUP_BASE = 10**6
 
 
 # --- output ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Emitter:
-    """Prints each result as one JSON line and, if asked, appends it to a file."""
-
-    path: Path | None
-    lines: list[dict[str, Any]] = field(default_factory=list)
-
-    def __call__(self, line: dict[str, Any]) -> None:
-        self.lines.append(line)
-        text = json.dumps(line)
-        print(text, flush=True)
-        if self.path is not None:
-            with self.path.open("a") as handle:
-                handle.write(text + "\n")
 
 
 def _log(message: str) -> None:
@@ -432,7 +417,7 @@ def bench_http(
     base_url: str,
     args: argparse.Namespace,
     tokenizer: Any,
-    emit: _Emitter,
+    emit: JsonLines,
     *,
     model: str | None = None,
     trust_env: bool = True,
@@ -559,7 +544,7 @@ def _track_result(track: _Track, finished: float) -> RequestResult:
 
 
 def bench_inprocess(
-    args: argparse.Namespace, tokenizer: Any, emit: _Emitter, device: str, dtype: str
+    args: argparse.Namespace, tokenizer: Any, emit: JsonLines, device: str, dtype: str
 ) -> None:
     """The engine `conveyor serve`'s worker runs, built from the same settings, minus the queue."""
     import torch
@@ -626,7 +611,7 @@ def _kv_blocks_like_conveyor(model_dir: Path, dtype: str, block_size: int) -> in
     return max(Settings().kv_cache_memory // (per_token * block_size), 1)
 
 
-def bench_compare(args: argparse.Namespace, emit: _Emitter) -> None:
+def bench_compare(args: argparse.Namespace, emit: JsonLines) -> None:
     """Each selected target in turn, alone on the machine, then the summary ratios."""
     import torch
 
@@ -803,7 +788,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """`conveyor bench serve`: JSON lines on stdout, progress on stderr; 1 if anything failed."""
     args = _parse_args(argv)
-    emit = _Emitter(args.json_out)
+    emit = JsonLines(args.json_out)
     if args.compare:
         bench_compare(args, emit)
     else:
