@@ -40,6 +40,7 @@ import dataclasses
 import gc
 import itertools
 import json
+import logging
 import math
 import os
 import sys
@@ -788,6 +789,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """`conveyor bench serve`: JSON lines on stdout, progress on stderr; 1 if anything failed."""
     args = _parse_args(argv)
+    # One INFO line per request from httpx would flood the output and cost the client time.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     emit = JsonLines(args.json_out)
     if args.compare:
         bench_compare(args, emit)
