@@ -50,7 +50,6 @@ class _Request:
     request_id: str
     seqs: list[Sequence]
     unforked: list[Sequence] = field(default_factory=list)
-    prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)
     prompt_logprobs_sent: bool = False
     finished_time: float | None = None
 
@@ -262,14 +261,18 @@ class LLMEngine:
         for item in scheduled:
             seq = item.seq
             request = self._requests[seq.request_id]
-            lps = result.prompt_logprobs.get(seq.seq_id)
-            if lps is not None:
-                request.prompt_logprobs.extend(lps)
+            for offset, lp in enumerate(result.prompt_logprobs.get(seq.seq_id, ())):
+                seq.prompt_logprob_rows[seq.num_computed_tokens + offset] = lp
             seq.num_computed_tokens += item.num_tokens
             bm.register_full_blocks(seq, seq.num_computed_tokens)
             if seq.num_computed_tokens >= seq.num_prompt_tokens:
-                if seq.params.prompt_logprobs is not None and seq.prompt_logprobs is None:
-                    seq.prompt_logprobs = [None, *request.prompt_logprobs]
+                if seq.wants_prompt_logprobs:
+                    rows = seq.prompt_logprob_rows
+                    seq.prompt_logprobs = [
+                        None,
+                        *(rows[p] for p in range(seq.num_prompt_tokens - 1)),
+                    ]
+                    seq.prompt_logprob_rows = {}
                 if request.unforked and seq is request.seqs[0]:
                     self._fork(request, seq)
         out = result.sampler_output

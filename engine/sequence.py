@@ -50,6 +50,9 @@ class Sequence:
     stop_reason: str | int | None = None
     num_preemptions: int = 0
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # Prompt logprobs computed so far, by position (row p scores token p + 1):
+    # keyed so a chunk recomputed after preemption overwrites instead of appending.
+    prompt_logprob_rows: dict[int, TokenLogprobs] = field(default_factory=dict)
     first_token_time: float | None = None
     scheduled_time: float | None = None
 
@@ -82,7 +85,12 @@ class Sequence:
 
     @property
     def wants_prompt_logprobs(self) -> bool:
-        return self.params.prompt_logprobs is not None and self.prompt_logprobs is None
+        """Prompt logprobs belong to the request: only its first choice computes them."""
+        return (
+            self.index == 0
+            and self.params.prompt_logprobs is not None
+            and self.prompt_logprobs is None
+        )
 
     def sort_key(self) -> tuple[int, float, int]:
         """Scheduling order: lower priority value first, then older, then by id."""

@@ -93,6 +93,30 @@ def test_preemption_keeps_outputs(bundled_model_dir: Path, reference: dict) -> N
     assert llm.engine.block_manager.num_free_blocks == 12
 
 
+def test_prompt_logprobs_survive_chunking_and_preemption(bundled_model_dir: Path) -> None:
+    """Chunks recomputed after preemption must overwrite their rows, not append them."""
+    calm = LLM(str(bundled_model_dir), kv_cache_memory=128 << 20, max_model_len=1024)
+    tokens = [t for text in PROMPTS[:6] for t in calm.tokenizer.encode(text)]
+    expected = calm.generate([tokens], greedy(4, prompt_logprobs=1))[0].prompt_logprobs
+    squeezed = LLM(
+        str(bundled_model_dir), num_kv_blocks=8, max_model_len=128, max_num_batched_tokens=16
+    )
+    others = _prompts(squeezed, 3)
+    results = squeezed.generate(
+        [tokens, *others],
+        [greedy(4, prompt_logprobs=1, n=2)] + [greedy(24)] * 3,
+        priorities=[1, 0, 0, 0],
+    )
+    assert squeezed.engine.stats().num_preemptions > 0
+    got = results[0].prompt_logprobs
+    assert got is not None and expected is not None
+    assert len(got) == len(tokens) == len(expected)
+    assert got[0] is None and expected[0] is None
+    assert [lp.token_id for lp in got[1:]] == [lp.token_id for lp in expected[1:]]
+    for ours, reference in zip(got[1:], expected[1:], strict=True):
+        assert ours.logprob == pytest.approx(reference.logprob, abs=1e-3)
+
+
 def test_n_greedy_choices_share_the_prompt(bundled_llm: LLM, reference: dict) -> None:
     prompt = _prompts(bundled_llm, 1)[0]
     result = bundled_llm.generate([prompt], greedy(OUT, min_tokens=OUT, n=3))[0]
