@@ -57,7 +57,9 @@ class GenerationResult:
             choice.text += delta.text
             choice.token_ids.extend(delta.token_ids)
             if delta.logprobs is not None:
-                choice.logprobs = (choice.logprobs or []) + delta.logprobs
+                if choice.logprobs is None:
+                    choice.logprobs = []
+                choice.logprobs.extend(delta.logprobs)
             if delta.finish_reason is not None:
                 choice.finish_reason = delta.finish_reason
                 choice.stop_reason = delta.stop_reason
@@ -94,14 +96,20 @@ class LLM:
             raise ValueError("params: need one SamplingParams per prompt, or a single one")
         results: dict[str, GenerationResult] = {}
         order: list[str] = []
-        for i, (tokens, p) in enumerate(zip(token_lists, param_list, strict=True)):
-            request_id = f"llm-{next(self._ids)}"
-            priority = priorities[i] if priorities is not None else 0
-            self.engine.add_request(request_id, tokens, p, priority=priority)
-            results[request_id] = GenerationResult(
-                request_id, tokens, [Choice(index=k) for k in range(p.n)]
-            )
-            order.append(request_id)
+        try:
+            for i, (tokens, p) in enumerate(zip(token_lists, param_list, strict=True)):
+                request_id = f"llm-{next(self._ids)}"
+                priority = priorities[i] if priorities is not None else 0
+                self.engine.add_request(request_id, tokens, p, priority=priority)
+                results[request_id] = GenerationResult(
+                    request_id, tokens, [Choice(index=k) for k in range(p.n)]
+                )
+                order.append(request_id)
+        except ValueError:
+            # One bad prompt rejects the call; drop the ones already queued with it.
+            for request_id in order:
+                self.engine.abort(request_id)
+            raise
         while self.engine.has_unfinished():
             for out in self.engine.step():
                 if out.request_id in results:

@@ -67,7 +67,9 @@ class ReplyBuilder:
             choice.text += o.text
             choice.token_ids.extend(o.token_ids)
             if lps is not None:
-                choice.logprobs = (choice.logprobs or []) + lps
+                if choice.logprobs is None:
+                    choice.logprobs = []
+                choice.logprobs.extend(lps)
             if o.finish_reason is not None:
                 choice.finish_reason, choice.stop_reason = o.finish_reason, o.stop_reason
             choice.num_output_tokens = o.num_output_tokens
