@@ -77,8 +77,12 @@ class IncrementalDetokenizer:
     def finished(self) -> bool:
         return self._finished
 
-    def add(self, token_ids: Sequence[int]) -> DetokenizerStep:
-        """Take one engine step's new token ids; return the text they release."""
+    def add(self, token_ids: Sequence[int], check_stop: bool = True) -> DetokenizerStep:
+        """Take one engine step's new token ids; return the text they release.
+
+        `check_stop=False` (the request has not reached `min_tokens` yet) releases
+        the text without looking for stop strings, as vLLM does.
+        """
         if self._finished:
             reason = "a stop string matched" if self._stop_string is not None else "flushed"
             raise RuntimeError(f"detokenizer already finished ({reason}); no more tokens")
@@ -86,13 +90,13 @@ class IncrementalDetokenizer:
         text = self._decode(self._ids)
         if len(text) <= len(self._window_text) or text.endswith(_REPLACEMENT_CHAR):
             # Nothing new yet, or an incomplete character that later bytes may finish.
-            return self._release("", final=False)
+            return self._release("", final=False, check_stop=check_stop)
         delta = text[len(self._window_text) :]
         # Slide the window: the ids just released become the next step's context.
         del self._ids[: self._read_offset]
         self._read_offset = len(self._ids)
         self._window_text = self._decode(self._ids)
-        return self._release(delta, final=False)
+        return self._release(delta, final=False, check_stop=check_stop)
 
     def flush(self) -> str:
         """The request finished for another reason (length / EOS / abort): release held text.
@@ -108,12 +112,14 @@ class IncrementalDetokenizer:
     def _decode(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=self._skip_special_tokens)
 
-    def _release(self, delta: str, *, final: bool) -> DetokenizerStep:
+    def _release(self, delta: str, *, final: bool, check_stop: bool = True) -> DetokenizerStep:
         """Check the new text for stop strings and release what can no longer start one."""
         pending = self._pending + delta
         stop_string: str | None = None
-        match = self._find_stop(pending)
-        if match is not None:
+        match = self._find_stop(pending) if check_stop else None
+        if not check_stop and not final:
+            out, self._pending = pending, ""
+        elif match is not None:
             start, stop_string = match
             out = pending[: start + len(stop_string)] if self._include_stop else pending[:start]
             self._pending = ""

@@ -307,7 +307,7 @@ class LLMEngine:
         elif past_min and token in params.stop_token_ids:
             finish, stop_reason = "stop", token
         else:
-            step = seq.detokenizer.add([token])
+            step = seq.detokenizer.add([token], check_stop=past_min)
             text = step.text_delta
             if step.stop_string is not None:
                 finish, stop_reason = "stop", step.stop_string

@@ -182,6 +182,21 @@ def test_stop_string_split_across_tokens(tok: Tokenizer, prompt: list[int]) -> N
         detok.add([tok.encode("x")[0]])
 
 
+def test_stop_strings_are_not_checked_before_min_tokens(tok: Tokenizer, prompt: list[int]) -> None:
+    ids = tok.encode("one STOP two STOP three")
+    detok = IncrementalDetokenizer(tok, prompt, stop=["STOP"])
+    cut = len(tok.encode("one STOP two"))
+    released = [detok.add([i], check_stop=False).text_delta for i in ids[:cut]]
+    assert "".join(released) == "one STOP two"  # nothing held back, nothing stopped
+    stopped = None
+    for i in ids[cut:]:
+        stopped = detok.add([i]).stop_string
+        if stopped:
+            break
+    assert stopped == "STOP"  # checked again once past min_tokens
+    assert detok.output_text == "one STOP two "
+
+
 def test_stop_string_inside_one_token(tok: Tokenizer, prompt: list[int]) -> None:
     ids = tok.encode("Say hello there")
     assert " hello" in [tok.decode([i]) for i in ids]

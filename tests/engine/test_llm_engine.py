@@ -155,6 +155,9 @@ def test_stop_conditions(bundled_llm: LLM) -> None:
     by_token = bundled_llm.generate([prompt], greedy(20, stop_token_ids=(seven,)))[0]
     assert by_token.choices[0].stop_reason == seven
     assert by_token.token_ids[-1] == seven
+    # Before min_tokens, stop strings do not end generation (vLLM's semantics).
+    late = bundled_llm.generate([prompt], greedy(20, stop=(" 7",), min_tokens=10))[0]
+    assert late.text.startswith(" 5, 6, 7,") and len(late.token_ids) >= 10
     length = bundled_llm.generate([prompt], greedy(3))[0]
     assert length.choices[0].finish_reason == "length" and len(length.token_ids) == 3
 
