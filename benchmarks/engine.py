@@ -24,23 +24,11 @@ from typing import Any
 import torch
 
 from benchmarks.probes import DecodeDims, gemm_gflops, memory_bandwidth_gbs
+from benchmarks.prompts import PARAGRAPH
 from benchmarks.report import JsonLines
 from engine.config import EngineConfig, ModelConfig, resolve_dtype
 from engine.llm import LLM, greedy
 from engine.loader import resolve_model
-
-# Real text, so attention and sampling see ordinary activations; each prompt
-# gets its own numbered header so prompts differ in their first KV block and
-# the prefix cache cannot serve one request from another.
-_PARAGRAPH = (
-    "The river leaves the mountains through a narrow gorge, then spreads across a wide "
-    "plain where farmers have grown wheat and barley for more than a thousand years. "
-    "Every spring the snowmelt raises the water, and the villages along the banks repair "
-    "their dikes, clear the irrigation channels and trade news of the harvest to come. "
-    "Travellers who cross the plain in summer remember the heat, the dust on the roads, "
-    "the long lines of poplars and the evening markets where bread, cheese and apricots "
-    "are sold by lamplight until well after dark. "
-)
 
 
 def _int_list(text: str) -> list[int]:
@@ -86,8 +74,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_prompts(tokenizer: Any, count: int, prompt_len: int, start: int = 0) -> list[list[int]]:
     """`count` distinct prompts of exactly `prompt_len` tokens, numbered from `start`."""
-    body_tokens = len(tokenizer.encode(_PARAGRAPH, add_special_tokens=False))
-    body = _PARAGRAPH * (prompt_len // max(body_tokens, 1) + 2)
+    body_tokens = len(tokenizer.encode(PARAGRAPH, add_special_tokens=False))
+    body = PARAGRAPH * (prompt_len // max(body_tokens, 1) + 2)
     prompts = []
     for i in range(start, start + count):
         ids = tokenizer.encode(f"Note {i}: {body}", add_special_tokens=False)

@@ -53,6 +53,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.prompts import PARAGRAPH
 from benchmarks.report import JsonLines
 from benchmarks.serve_targets import (
     DEFAULT_STARTUP_TIMEOUT_S,
@@ -66,16 +67,6 @@ TARGETS = ("conveyor", "inprocess", "transformers")
 # How a request pins its output length, tried in this order ("auto").
 LENGTH_CONTROLS = ("min_tokens", "hf_generation_config", "none")
 
-# Real text, so attention and sampling see ordinary activations.
-_PARAGRAPH = (
-    "The river leaves the mountains through a narrow gorge, then spreads across a wide "
-    "plain where farmers have grown wheat and barley for more than a thousand years. "
-    "Every spring the snowmelt raises the water, and the villages along the banks repair "
-    "their dikes, clear the irrigation channels and trade news of the harvest to come. "
-    "Travellers who cross the plain in summer remember the heat, the dust on the roads, "
-    "the long lines of poplars and the evening markets where bread, cheese and apricots "
-    "are sold by lamplight until well after dark. "
-)
 # Prompt numbers for warm-up requests: far from any measured request's number.
 _WARMUP_BASE = 10**6
 
@@ -114,7 +105,7 @@ class _WordTokenizer:
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         words = math.floor(len(ids) * 0.75)
-        return " ".join((_PARAGRAPH * (words // 80 + 2)).split()[:words])
+        return " ".join((PARAGRAPH * (words // 80 + 2)).split()[:words])
 
 
 def make_prompt(tokenizer: Any, number: int, prompt_len: int) -> str:
@@ -127,8 +118,8 @@ def make_prompt(tokenizer: Any, number: int, prompt_len: int) -> str:
     header = f"Request {number}: "
     if isinstance(tokenizer, _WordTokenizer):
         return header + tokenizer.decode(range(max(prompt_len - 4, 1)))
-    body_tokens = max(len(tokenizer.encode(_PARAGRAPH, add_special_tokens=False)), 1)
-    text = header + _PARAGRAPH * (prompt_len // body_tokens + 2)
+    body_tokens = max(len(tokenizer.encode(PARAGRAPH, add_special_tokens=False)), 1)
+    text = header + PARAGRAPH * (prompt_len // body_tokens + 2)
     ids = tokenizer.encode(text, add_special_tokens=False)[:prompt_len]
     return str(tokenizer.decode(ids, skip_special_tokens=True))
 
