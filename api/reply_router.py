@@ -238,8 +238,11 @@ class ReplyReader:
                 stored = await self._stored_result()
                 if stored is None:
                     continue
-                if self.streaming:
+                if self.streaming and self.sent_output:
                     raise self._lost()
+                # Nothing reached the client yet (or it is not streaming): the stored
+                # result is the whole answer, e.g. when it was stored just before the
+                # final message that is still in flight.
                 yield Restart("recovered from the stored result")
                 yield self._finish(stored)
                 return

@@ -140,3 +140,42 @@ def test_silence_recovers_a_lost_final_message_from_the_stored_result(redis_url:
         return output.choice(0).full_text
 
     assert asyncio.run(run()) == "abc"
+
+
+def test_stream_with_nothing_sent_takes_the_stored_result_on_silence(redis_url: str) -> None:
+    """The result was stored just before a final message still in flight: not a loss."""
+
+    async def run() -> list[object]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-silence-stream")
+        replies = ReplyRouter(store, names, "api-unit", silence_check=0.1)
+        reader = replies.open("r1", time.time() + 5, streaming=True)
+        await store.set(names.result("r1"), message(FIRST_SEQ, "whole", finished=True).encode())
+        items = [item async for item in reader]
+        await store.aclose()
+        return items
+
+    items = asyncio.run(run())
+    assert isinstance(items[0], Restart)
+    final = items[-1]
+    assert isinstance(final, ReplyMessage) and final.finished
+    assert final.choices[0].text == "whole"
+
+
+def test_stream_that_sent_text_still_reports_a_loss_on_silence(redis_url: str) -> None:
+    async def run() -> None:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-silence-lost")
+        replies = ReplyRouter(store, names, "api-unit", silence_check=0.1)
+        reader = replies.open("r1", time.time() + 5, streaming=True)
+        replies._route(message(FIRST_SEQ, "a").encode())
+        await store.set(names.result("r1"), message(FIRST_SEQ + 2, "abc", finished=True).encode())
+        try:
+            with pytest.raises(ApiError) as lost:
+                async for _ in reader:
+                    pass
+            assert lost.value.status == 502
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
