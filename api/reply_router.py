@@ -85,6 +85,7 @@ class ReplyRouter:
         self.silence_check = silence_check
         self.result_poll = result_poll
         self._queues: dict[str, asyncio.Queue[_QueueItem]] = {}
+        self._entries: dict[str, tuple[str, str]] = {}  # request id -> (stream, entry id)
         self._pubsub = redis.pubsub()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -144,6 +145,8 @@ class ReplyRouter:
         except (ValueError, TypeError, KeyError) as exc:
             logger.warning("dropping an undecodable reply: %s", exc)
             return
+        # A worker has it now: the worker acks and deletes the stream entry itself.
+        self._entries.pop(message.id, None)
         queue = self._queues.get(message.id)
         if queue is not None:
             queue.put_nowait(message)
@@ -164,6 +167,10 @@ class ReplyRouter:
     def _close(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
 
+    def queued(self, request_id: str, stream: str, entry_id: str) -> None:
+        """Remember where a request waits, so an abort can pull it out of the queue."""
+        self._entries[request_id] = (stream, entry_id)
+
     @property
     def in_flight(self) -> int:
         return len(self._queues)
@@ -173,6 +180,12 @@ class ReplyRouter:
         async with self.redis.pipeline(transaction=False) as pipe:
             for request_id in request_ids:
                 pipe.publish(self.names.abort, request_id)
+                entry = self._entries.pop(request_id, None)
+                if entry is not None:
+                    # Still queued (no worker has answered): delete it so no worker
+                    # generates for a client that is gone. A worker that already took
+                    # it gets the abort above; a reclaimed deleted entry is just acked.
+                    pipe.xdel(*entry)
             await pipe.execute()
 
     def abort_soon(self, request_ids: Iterable[str]) -> None:

@@ -21,7 +21,7 @@ from api.errors import ApiError
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
 from api.schemas.common import SamplingRequest
-from conveyor.bus import BusNames
+from conveyor.bus import REQUEST_FIELD, BusNames
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
 from engine.sampling_params import SamplingParamError, SamplingParams
@@ -181,9 +181,11 @@ class RequestSubmitter:
             arrival=now,
             stream=submission.stream,
         )
+        stream = self.names.requests(submission.model)
         try:
-            await self.redis.xadd(self.names.requests(submission.model), {"data": message.encode()})
+            entry_id = await self.redis.xadd(stream, {REQUEST_FIELD: message.encode()})
         except BaseException:
             reader.close()
             raise
+        self.router.queued(submission.request_id, stream, entry_id)
         return reader

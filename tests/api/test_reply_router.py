@@ -179,3 +179,27 @@ def test_stream_that_sent_text_still_reports_a_loss_on_silence(redis_url: str) -
             await store.aclose()
 
     asyncio.run(run())
+
+
+def test_abort_pulls_a_still_queued_request_out_of_the_stream(redis_url: str) -> None:
+    """A client that leaves while queued must not cost a worker its generation later."""
+
+    async def run() -> tuple[int, int]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-abort-queued")
+        replies = ReplyRouter(store, names, "api-unit")
+        stream = names.requests("m")
+        waiting = await store.xadd(stream, {"data": "waiting"})
+        answered = await store.xadd(stream, {"data": "answered"})
+        replies.open("waiting", time.time() + 5, streaming=True)
+        replies.open("answered", time.time() + 5, streaming=True)
+        replies.queued("waiting", stream, waiting)
+        replies.queued("answered", stream, answered)
+        # A worker answered this one: it now owns the entry, the API must not touch it.
+        replies._route(ReplyMessage(id="answered", seq=FIRST_SEQ).encode())
+        await replies.abort(["waiting", "answered"])
+        left = [entry_id for entry_id, _ in await store.xrange(stream)]
+        await store.aclose()
+        return len(left), int(left == [answered])
+
+    assert asyncio.run(run()) == (1, 1)
