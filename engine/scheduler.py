@@ -80,6 +80,10 @@ class Scheduler:
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)
         self._waiting_ids.discard(seq.seq_id)
+        if len(self.waiting) > 2 * len(self._waiting_ids) + 64:
+            # Aborted waiting entries are dropped lazily; compact before they pile up.
+            self.waiting = [e for e in self.waiting if e[1].seq_id in self._waiting_ids]
+            heapq.heapify(self.waiting)
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason

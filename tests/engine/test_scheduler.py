@@ -521,3 +521,16 @@ def test_every_sequence_finishes_without_leaking_blocks(w: Workload) -> None:
     event(f"preemptions: {min(sched.stats.num_preemptions, 3)}+")
     event(f"prefix hits: {sched.stats.prefix_cache_hits > 0}")
     event(f"steps: {min(step // 20 * 20, 100)}+")
+
+
+def test_aborted_waiting_entries_do_not_pile_up() -> None:
+    """Finishing waiting sequences drops their heap entries lazily, but not unboundedly."""
+    sched = make_scheduler()
+    seqs = [make_seq(4, arrival=float(i)) for i in range(500)]
+    for seq in seqs:
+        sched.add(seq)
+    for seq in seqs[:490]:
+        sched.finish(seq, "abort")
+    assert sched.num_waiting == 10
+    assert len(sched.waiting) <= 2 * 10 + 64
+    assert {s.seq_id for _, s in sched.waiting} >= {s.seq_id for s in seqs[490:]}
