@@ -29,5 +29,12 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 def spawn(command: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    """`subprocess.Popen` whose child is terminated if this process dies."""
-    return subprocess.Popen(command, preexec_fn=_die_with_parent(), **kwargs)  # type: ignore[call-overload]
+    """`subprocess.Popen` whose child is terminated if this process dies.
+
+    The child gets its own session, so a terminal's Ctrl-C reaches only the
+    parent, which then stops its children in order (API, worker, Redis)
+    instead of all of them at once.
+    """
+    return subprocess.Popen(  # type: ignore[call-overload]
+        command, preexec_fn=_die_with_parent(), start_new_session=True, **kwargs
+    )
