@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from api.errors import ApiError
-from conveyor.bus import BusNames
+from conveyor.bus import TOKENIZER_DIGEST_FIELD, BusNames
 from engine.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ class ModelCatalog:
         if cached is not None and now - cached.checked < self._revalidate_interval:
             return cached
         key = self._names.tokenizer(model)
-        digest = await self._redis.hget(key, "digest")
+        digest = await self._redis.hget(key, TOKENIZER_DIGEST_FIELD)
         if digest is None:
             raise ApiError(
                 503,
@@ -220,7 +220,7 @@ class ModelCatalog:
         staging = Path(tempfile.mkdtemp(dir=self._cache_dir, prefix=".staging-"))
         for name, content in files.items():
             # Field names become file names: only plain names, never a path.
-            if name != "digest" and _SAFE_FILE_NAME.match(name):
+            if name != TOKENIZER_DIGEST_FIELD and _SAFE_FILE_NAME.match(name):
                 (staging / name).write_text(content, encoding="utf-8")
         os.replace(staging, folder)
         return folder

@@ -14,17 +14,8 @@ from pathlib import Path
 
 import redis
 
-from conveyor.bus import WORKER_GROUP, BusNames
+from conveyor.bus import TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
 from engine.llm_engine import LLMEngine
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-)
-DIGEST_FIELD = "digest"
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -57,7 +48,7 @@ def tokenizer_fields(engine: LLMEngine) -> dict[str, str]:
             data = part.encode("utf-8")
             digest.update(len(data).to_bytes(8, "big"))
             digest.update(data)
-    fields[DIGEST_FIELD] = digest.hexdigest()
+    fields[TOKENIZER_DIGEST_FIELD] = digest.hexdigest()
     return fields
 
 

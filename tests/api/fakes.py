@@ -25,7 +25,7 @@ import uvicorn
 from redis.exceptions import RedisError, ResponseError
 
 from api.app import create_app
-from conveyor.bus import WORKER_GROUP, BusNames
+from conveyor.bus import TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
 from conveyor.embedded_redis import free_port
 from conveyor.protocol import (
     ChoiceDelta,
@@ -38,13 +38,6 @@ from conveyor.protocol import (
 from conveyor.settings import Settings
 from engine.tokenizer import Tokenizer
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "generation_config.json",
-)
 SCRIPT_TEXT = " one two three four five six seven eight nine ten"
 CACHED_TOKENS = 3
 
@@ -62,7 +55,7 @@ def tokenizer_hash(model_dir: Path, max_model_len: int, eos_token_id: int = 2) -
     digest = hashlib.sha256()
     for name in sorted(fields):
         digest.update(name.encode() + b"\0" + fields[name].encode() + b"\0")
-    fields["digest"] = digest.hexdigest()
+    fields[TOKENIZER_DIGEST_FIELD] = digest.hexdigest()
     return fields
 
 

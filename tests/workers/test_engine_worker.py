@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 import redis
 
+from conveyor.bus import TOKENIZER_DIGEST_FIELD as DIGEST_FIELD
 from conveyor.bus import BusNames
 from conveyor.metrics import render_worker_metrics
 from conveyor.protocol import ReplyMessage
 from conveyor.settings import Settings
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
-from workers.announce import DIGEST_FIELD, ensure_group
+from workers.announce import ensure_group
 from workers.engine_worker import run_worker
 from workers.intake import REQUEST_FIELD
 
