@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.loader import resolve_model
 
@@ -31,3 +33,72 @@ def redis_url() -> Iterator[str]:
 
     with EmbeddedRedis() as server:
         yield server.url
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@pytest.fixture(scope="session")
+def make_random_model(
+    tmp_path_factory: pytest.TempPathFactory, bundled_model_dir: Path
+) -> Callable[[str], Path]:
+    """Build a tiny random-weight HF model folder of a given family, with a real tokenizer.
+
+    Weights use a wide init (std 0.3) so next-token distributions are peaked
+    and greedy parity is not decided by float noise between near-ties.
+    """
+    import transformers
+
+    def build(family: str) -> Path:
+        folder = tmp_path_factory.mktemp(f"random-{family}")
+        common = dict(
+            vocab_size=49152,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            initializer_range=0.3,
+            eos_token_id=2,
+            bos_token_id=1,
+        )
+        if family == "llama":
+            config = transformers.LlamaConfig(
+                **common,
+                tie_word_embeddings=False,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 500000.0,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                },
+            )
+            cls = transformers.LlamaForCausalLM
+        elif family == "qwen2":
+            config = transformers.Qwen2Config(**common, tie_word_embeddings=True)
+            cls = transformers.Qwen2ForCausalLM
+        elif family == "mistral":
+            config = transformers.MistralConfig(
+                **common, tie_word_embeddings=False, sliding_window=None, head_dim=32
+            )
+            cls = transformers.MistralForCausalLM
+        else:
+            raise ValueError(family)
+        torch.manual_seed({"llama": 1, "qwen2": 2, "mistral": 3}[family])
+        model = cls(config)
+        if family == "qwen2":
+            # HF initialises biases to zero; make them matter.
+            with torch.no_grad():
+                for attn in (layer.self_attn for layer in model.model.layers):
+                    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                        proj.bias.normal_(0.0, 0.5)
+        model.save_pretrained(folder)
+        for name in _TOKENIZER_FILES:
+            if (bundled_model_dir / name).exists():
+                shutil.copy(bundled_model_dir / name, folder / name)
+        return folder
+
+    return build

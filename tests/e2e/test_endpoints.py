@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import torch
-import transformers
 
 from conveyor.embedded_redis import free_port
 
@@ -84,27 +81,12 @@ def test_api_key_is_enforced_on_every_replica_path(keyed_api: str) -> None:
 
 
 @pytest.fixture()
-def second_model(server: Server, bundled_model_dir: Path, tmp_path: Path) -> Iterator[str]:
+def second_model(server: Server, make_random_model: Callable[[str], Path]) -> Iterator[str]:
     """A tiny random Llama served by its own worker on the same Redis."""
-    config = transformers.LlamaConfig(
-        vocab_size=49152,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=2,
-        bos_token_id=1,
-    )
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (bundled_model_dir / name).exists():
-            shutil.copy(bundled_model_dir / name, tmp_path / name)
+    folder = make_random_model("llama")
     env = {
         **server.env,
-        "CONVEYOR_MODEL": str(tmp_path),
+        "CONVEYOR_MODEL": str(folder),
         "CONVEYOR_SERVED_MODEL_NAME": "tiny",
         "CONVEYOR_MAX_MODEL_LEN": "512",
     }
