@@ -73,3 +73,11 @@ class BusNames:
     def known_model(self, model: str) -> str:
         """Set once a worker has served `model`: tells 'unknown' (404) from 'no worker' (503)."""
         return f"{self.prefix}:model:{model}"
+
+    def rate_limit(self, key_id: str, part: str) -> str:
+        """One of an API key's sliding-window structures: "admitted", "tokens" or "total".
+
+        The braces are a Redis Cluster hash tag: the limiter's Lua script touches all
+        parts of one key in a single call, so they must live in the same slot.
+        """
+        return f"{self.prefix}:ratelimit:{{{key_id}}}:{part}"
