@@ -1,9 +1,11 @@
 """The FastAPI application: wiring only (lifespan, middleware, error handlers, routers).
 
 The lifespan owns the process-wide pieces: one Redis client, the one reply
-subscription, the model catalog. They are created before the first request is
-accepted (so no reply can arrive before its subscription) and closed after the
-last one finishes.
+subscription, the model catalog, the database (its schema checked, or on
+SQLite brought up to date), the key cache and the request-log buffer. They
+are created before the first request is accepted (so no reply can arrive
+before its subscription) and closed after the last one finishes, the log
+buffer flushing what it holds.
 """
 
 from __future__ import annotations
@@ -12,18 +14,36 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
+import anyio.to_thread
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api.auth import Authenticator
 from api.body_limit import BodyLimitMiddleware
 from api.catalog import ModelCatalog
-from api.deps import key_digest
 from api.errors import install_error_handlers
+from api.key_cache import KeyCache
+from api.rate_limiter import RateLimiter
 from api.reply_router import ReplyRouter
+from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
-from api.routes import chat, completions, models, ops, tokenize
+from api.routes import (
+    chat,
+    completions,
+    models,
+    ops,
+    organization_api_keys,
+    organization_projects,
+    organization_usage,
+    tokenize,
+)
+from api.usage_middleware import UsageMiddleware
 from conveyor.bus import BusNames
+from conveyor.db.database import Database
+from conveyor.db.migrate import prepare_schema
+from conveyor.db.request_log_writer import write_request_logs
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,13 +56,27 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.redis_url:
             raise RuntimeError("the API needs --redis-url (CONVEYOR_REDIS_URL)")
+        database = Database(settings.resolved_database_url)
+        await anyio.to_thread.run_sync(prepare_schema, database.url)
         redis = aioredis.from_url(settings.redis_url, decode_responses=True)
         names = BusNames(settings.redis_prefix)
         instance = settings.resolved_instance_id("api")
         replies = ReplyRouter(redis, names, instance)
         catalog = ModelCatalog(redis, names, chat_template=settings.chat_template)
+        key_cache = KeyCache(database, ttl=settings.key_cache_ttl)
+        log_buffer = RequestLogBuffer(
+            partial(write_request_logs, database),
+            flush_interval=settings.log_flush_interval,
+            max_rows=settings.log_buffer_max_rows,
+        )
         try:
             await replies.start()
+            log_buffer.start()
+            app.state.database = database
+            app.state.key_cache = key_cache
+            app.state.authenticator = Authenticator(settings, key_cache)
+            app.state.rate_limiter = RateLimiter(redis, names)
+            app.state.log_buffer = log_buffer
             app.state.redis = redis
             app.state.names = names
             app.state.instance = instance
@@ -53,8 +87,10 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await replies.stop()
+            await log_buffer.stop()
             catalog.close()
             await redis.aclose()
+            database.close()
 
     app = FastAPI(
         title="conveyor",
@@ -65,11 +101,19 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started = int(time.time())
-    app.state.api_key_digest = (
-        key_digest(settings.api_key.get_secret_value()) if settings.api_key else None
-    )
     install_error_handlers(app)
-    for module in (chat, completions, models, tokenize, ops):
+    for module in (
+        chat,
+        completions,
+        models,
+        tokenize,
+        ops,
+        organization_projects,
+        organization_api_keys,
+        organization_usage,
+    ):
         app.include_router(module.router)
+    # Outermost last: the body limit runs first, then usage wraps the routes.
+    app.add_middleware(UsageMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     return app

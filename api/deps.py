@@ -1,4 +1,4 @@
-"""`Annotated` dependency aliases: settings, Redis, the bus helpers, auth and JSON bodies.
+"""`Annotated` dependency aliases: settings, Redis, the bus, the database, auth and bodies.
 
 Auth is a dependency of the protected routers rather than a path check in a
 middleware: the router that matched the request is the one that demands the
@@ -8,8 +8,6 @@ reach a protected handler without it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -17,11 +15,15 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
+from api.auth import ANONYMOUS, Principal
 from api.catalog import ModelCatalog
-from api.errors import ApiError, validation_error
+from api.errors import validation_error
+from api.key_cache import KeyCache
 from api.reply_router import ReplyRouter
+from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter
 from conveyor.bus import BusNames
+from conveyor.db.database import Database
 from conveyor.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -59,33 +61,47 @@ RouterDep = Annotated[ReplyRouter, Depends(get_router)]
 SubmitterDep = Annotated[RequestSubmitter, Depends(get_submitter)]
 
 
-def key_digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8")).digest()
+async def authenticate(request: Request) -> None:
+    """Resolve the caller once; the record (on inference routes) learns who to bill."""
+    principal = await request.app.state.authenticator.principal(request)
+    request.state.principal = principal
+    record = getattr(request.state, "record", None)
+    if record is not None:
+        record.principal = principal
 
 
-async def require_api_key(request: Request) -> None:
-    """`Authorization: Bearer <key>` when an API key is configured; compared in constant time."""
-    expected: bytes | None = request.app.state.api_key_digest
-    if expected is None:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(
-            401,
-            "Missing API key: send `Authorization: Bearer <key>`",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    if not hmac.compare_digest(key_digest(token), expected):
-        raise ApiError(
-            401, "Incorrect API key provided", code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
+def require_admin(request: Request) -> None:
+    request.app.state.authenticator.check_admin(request)
 
 
-Authenticated = Depends(require_api_key)
+def get_principal(request: Request) -> Principal:
+    return getattr(request.state, "principal", ANONYMOUS)
+
+
+def get_record(request: Request) -> RequestRecord:
+    """The usage middleware opens one per inference request; elsewhere a throwaway one."""
+    record = getattr(request.state, "record", None)
+    if record is None:
+        record = RequestRecord(endpoint=request.url.path, principal=get_principal(request))
+        request.state.record = record
+    return record
+
+
+def get_database(request: Request) -> Database:
+    return request.app.state.database
+
+
+def get_key_cache(request: Request) -> KeyCache:
+    return request.app.state.key_cache
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+RecordDep = Annotated[RequestRecord, Depends(get_record)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
+KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+
+Authenticated = Depends(authenticate)
+AdminOnly = Depends(require_admin)
 
 
 def json_body(model: type[M]) -> Callable[[Request], Awaitable[M]]:

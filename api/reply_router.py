@@ -226,6 +226,9 @@ class ReplyReader:
         self.sent_output = False
         self.finished = False
         self.closed = False
+        # For the request log: when the first token reached this API, and the engine's timings.
+        self.first_token_at: float | None = None
+        self.worker_times: dict[str, float | None] | None = None
 
     def close(self) -> bool:
         """Stop receiving; True only for the call that actually closed it."""
@@ -285,8 +288,12 @@ class ReplyReader:
             self.expected_seq += 1
             if message.error is not None:
                 raise worker_error(message.error)
+            if message.times is not None:
+                self.worker_times = message.times
             if any(c.text or c.token_ids for c in message.choices):
                 self.sent_output = True
+                if self.first_token_at is None:
+                    self.first_token_at = time.perf_counter()
             if message.finished:
                 yield self._finish(message)
                 return

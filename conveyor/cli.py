@@ -11,6 +11,7 @@ import logging
 import sys
 from collections.abc import Callable
 
+from conveyor.operator_cli import add_operator_commands
 from conveyor.settings import Settings
 
 _ENGINE_FLAGS: list[tuple[str, dict]] = [
@@ -52,12 +53,20 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     ("--max-queued-requests", {"type": int}),
     ("--request-timeout", {"type": float}),
     ("--instance-id", {}),
+    ("--database-url", {"help": "SQLAlchemy URL; default: SQLite under the data dir"}),
+    ("--admin-key", {"help": "enable the /v1/organization admin API with this bearer key"}),
 ]
 
 
 def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
     for flag, kwargs in _SERVING_FLAGS:
         parser.add_argument(flag, default=None, **kwargs)
+    parser.add_argument(
+        "--log-prompts",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="store prompt text in the request logs",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -125,12 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving_flags(api)
     api.add_argument("--served-model-name", default=None)
     api.add_argument("--chat-template", default=None)
+    api.add_argument("--data-dir", default=None, help="holds the default SQLite database")
     api.set_defaults(func=_api)
 
     worker = sub.add_parser("worker", help="one engine worker consuming a model's request stream")
     _add_engine_flags(worker)
     _add_serving_flags(worker)
     worker.set_defaults(func=_worker)
+
+    add_operator_commands(sub, settings_from_args)
 
     bench = sub.add_parser("bench", help="benchmarks: `conveyor bench engine|serve [flags]`")
     bench.add_argument("target", choices=["engine", "serve"])

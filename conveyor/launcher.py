@@ -1,6 +1,7 @@
 """`conveyor serve`: the whole system as one process tree.
 
-The supervisor starts an embedded redis-server (unless `--redis-url` points at
+The supervisor brings the SQLite schema up to date (a PostgreSQL one must
+already be), starts an embedded redis-server (unless `--redis-url` points at
 one), one engine worker and the API as child processes, each the same
 `conveyor` CLI as in a production deployment, configured through `CONVEYOR_*`
 env vars derived from this process's settings. Ctrl-C / SIGTERM drains: the
@@ -21,8 +22,10 @@ import time
 from dataclasses import dataclass, field
 
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
 from conveyor.child_process import spawn
+from conveyor.db.migrate import prepare_schema
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.settings import Settings
 
@@ -67,14 +70,23 @@ class Supervisor:
             if redis_url is None:
                 self.redis = EmbeddedRedis().start()
                 redis_url = self.redis.url
-            env = {**os.environ, **settings_env(self.settings), "CONVEYOR_REDIS_URL": redis_url}
+            database_url = self.settings.resolved_database_url
+            # Before any child: on SQLite this makes or upgrades the schema (see prepare_schema).
+            prepare_schema(database_url)
+            env = {
+                **os.environ,
+                **settings_env(self.settings),
+                "CONVEYOR_REDIS_URL": redis_url,
+                "CONVEYOR_DATABASE_URL": database_url,
+            }
             self._spawn("worker", ["worker"], env)
             self._spawn("api", ["api"], env)
             logger.info(
-                "conveyor serve: API on http://%s:%d, redis %s",
+                "conveyor serve: API on http://%s:%d, redis %s, database %s",
                 self.settings.host,
                 self.settings.port,
                 redis_url,
+                make_url(database_url).render_as_string(hide_password=True),
             )
             return self._watch()
         finally:

@@ -74,10 +74,41 @@ class Settings(BaseSettings):
         default=30.0, description="seconds a stopping worker keeps finishing in-flight requests"
     )
 
+    # --- tenancy ---------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; unset: SQLite at <data_dir>/conveyor.db"
+    )
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="enables the /v1/organization admin API and requires a key on /v1",
+    )
+    log_prompts: bool = Field(default=False, description="store prompt text in request_logs")
+    log_flush_interval: float = Field(
+        default=1.0, description="seconds between request-log flushes: the most a crash loses"
+    )
+    log_buffer_max_rows: int = Field(
+        default=100_000, description="request logs held while the database is unreachable"
+    )
+    key_cache_ttl: float = Field(
+        default=1.0, description="seconds an API key lookup is trusted (revocation delay)"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @property
+    def resolved_database_url(self) -> str:
+        # Imported here: SQLAlchemy is not needed to read settings.
+        from conveyor.db.database import default_database_url
+
+        return self.database_url or default_database_url(self.data_dir)
+
+    @property
+    def requires_key(self) -> bool:
+        """With a static key or the admin API on, every /v1 call must carry a key."""
+        return self.api_key is not None or self.admin_key is not None
 
     def resolved_instance_id(self, role: str) -> str:
         """A stable-for-this-process name for a bus participant."""

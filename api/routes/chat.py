@@ -10,11 +10,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from api.admission import admit
 from api.collect import ClientGone, collect_all, finish
-from api.deps import Authenticated, CatalogDep, RouterDep, SubmitterDep, json_body
+from api.deps import (
+    Authenticated,
+    CatalogDep,
+    RecordDep,
+    RouterDep,
+    SettingsDep,
+    SubmitterDep,
+    json_body,
+)
 from api.errors import ApiError
 from api.logprobs import chat_logprobs
 from api.reply_router import ReplyReader, ReplyRouter, Restart
+from api.request_record import RequestRecord
 from api.request_submitter import Submission, build_sampling, check_length
 from api.schemas.chat import (
     ChatChoice,
@@ -42,8 +52,11 @@ async def create_chat_completion(
     catalog: CatalogDep,
     submitter: SubmitterDep,
     replies: RouterDep,
+    record: RecordDep,
+    settings: SettingsDep,
 ) -> Response:
     body.check_supported()
+    record.model = body.model
     live = await catalog.resolve(body.model)
     await submitter.check_capacity(body.model)
     model_tokenizer = await catalog.tokenizer(body.model)
@@ -66,6 +79,11 @@ async def create_chat_completion(
         param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
     )
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    record.request_id = request_id
+    record.prompt_tokens = len(prompt_ids)
+    if settings.log_prompts:
+        record.prompt_text = body.model_dump_json(include={"messages"})
+    await admit(request, record, tokens=len(prompt_ids) + body.n * (requested or 0))
     reader = await submitter.submit(
         Submission(
             request_id=request_id,
@@ -76,7 +94,8 @@ async def create_chat_completion(
             stream=body.stream,
         )
     )
-    view = _ChatView(request_id, body, tokenizer, len(prompt_ids), top_n)
+    record.readers.append(reader)
+    view = _ChatView(request_id, body, tokenizer, len(prompt_ids), top_n, record)
     if body.stream:
         return sse_response(
             view.chunks(reader, replies), on_close=lambda: finish(replies, [reader])
@@ -85,6 +104,9 @@ async def create_chat_completion(
         (output,) = await collect_all(request, replies, [reader])
     except ClientGone:
         return Response(status_code=499)
+    record.completion_tokens = output.completion_tokens()
+    record.cached_tokens = output.cached_tokens()
+    record.finish_reason = output.choice(0).finish_reason
     choices = []
     for index in range(body.n):
         choice = output.choice(index)
@@ -136,7 +158,9 @@ class _ChatView:
         tokenizer: Tokenizer,
         prompt_tokens: int,
         top_n: int,
+        record: RequestRecord,
     ) -> None:
+        self.record = record
         self.request_id = request_id
         self.body = body
         self.tokenizer = tokenizer
@@ -181,6 +205,7 @@ class _ChatView:
             async for item in reader:
                 if isinstance(item, Restart):
                     completion_tokens = 0  # nothing but role chunks went out
+                    self.record.completion_tokens = 0
                     continue
                 if item.usage is not None:
                     cached_tokens = item.usage.cached_tokens
@@ -188,6 +213,11 @@ class _ChatView:
                         final_completion_tokens = item.usage.completion_tokens
                 for delta in item.choices:
                     completion_tokens += len(delta.token_ids)
+                    # Logged as forwarded, so an aborted stream bills what it received.
+                    self.record.completion_tokens = completion_tokens
+                    self.record.cached_tokens = cached_tokens
+                    if delta.finish_reason is not None and delta.index == 0:
+                        self.record.finish_reason = delta.finish_reason
                     with_logprobs = body.logprobs and bool(delta.logprobs)
                     if not delta.text and delta.finish_reason is None and not with_logprobs:
                         continue
@@ -211,12 +241,13 @@ class _ChatView:
                         ],
                         running_usage(),
                     )
+            total = (
+                final_completion_tokens
+                if final_completion_tokens is not None
+                else completion_tokens
+            )
+            self.record.completion_tokens = total
             if body.include_usage:
-                total = (
-                    final_completion_tokens
-                    if final_completion_tokens is not None
-                    else completion_tokens
-                )
                 yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, cached_tokens))
         finally:
             finish(replies, [reader])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -11,10 +12,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from api.admission import admit
 from api.collect import ClientGone, Output, collect_all, finish
-from api.deps import Authenticated, CatalogDep, RouterDep, SubmitterDep, json_body
+from api.deps import (
+    Authenticated,
+    CatalogDep,
+    RecordDep,
+    RouterDep,
+    SettingsDep,
+    SubmitterDep,
+    json_body,
+)
 from api.logprobs import CompletionLogprobBuilder
 from api.reply_router import ReplyReader, ReplyRouter, Restart
+from api.request_record import RequestRecord
 from api.request_submitter import (
     Submission,
     build_sampling,
@@ -52,8 +63,11 @@ async def create_completion(
     catalog: CatalogDep,
     submitter: SubmitterDep,
     replies: RouterDep,
+    record: RecordDep,
+    settings: SettingsDep,
 ) -> Response:
     body.check_supported()
+    record.model = body.model
     raw_prompts = body.prompts()
     live = await catalog.resolve(body.model)
     await submitter.check_capacity(body.model)
@@ -79,6 +93,12 @@ async def create_completion(
     )
     base_id = f"cmpl-{uuid.uuid4().hex}"
     ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
+    record.request_id = base_id
+    record.prompt_tokens = sum(len(p.token_ids) for p in prompts)
+    if settings.log_prompts:
+        record.prompt_text = json.dumps([p.text for p in prompts], ensure_ascii=False)
+    completion_budget = 0 if scoring else body.n * max_tokens
+    await admit(request, record, tokens=record.prompt_tokens + len(prompts) * completion_budget)
     readers: list[ReplyReader] = []
     try:
         for request_id, prompt in zip(ids, prompts, strict=True):
@@ -97,7 +117,9 @@ async def create_completion(
     except BaseException:
         finish(replies, readers)
         raise
-    view = _CompletionView(base_id, body, tokenizer, prompts, scoring)
+    finally:
+        record.readers.extend(readers)
+    view = _CompletionView(base_id, body, tokenizer, prompts, scoring, record)
     if body.stream:
         return sse_response(
             view.chunks(readers, replies), on_close=lambda: finish(replies, readers)
@@ -106,7 +128,12 @@ async def create_completion(
         outputs = await collect_all(request, replies, readers)
     except ClientGone:
         return Response(status_code=499)
-    return JSONResponse(view.response(outputs).model_dump(mode="json"))
+    response = view.response(outputs)
+    if response.usage is not None:
+        record.completion_tokens = response.usage.completion_tokens
+        record.cached_tokens = sum(output.cached_tokens() for output in outputs)
+    record.finish_reason = response.choices[0].finish_reason if response.choices else None
+    return JSONResponse(response.model_dump(mode="json"))
 
 
 def _tokenize(
@@ -143,7 +170,9 @@ class _CompletionView:
         tokenizer: Tokenizer,
         prompts: list[_Prompt],
         scoring: bool,
+        record: RequestRecord,
     ) -> None:
+        self.record = record
         self.request_id = request_id
         self.body = body
         self.tokenizer = tokenizer
@@ -244,6 +273,7 @@ class _CompletionView:
                 state = states[p]
                 if isinstance(item, Restart):
                     completion_tokens[p] = 0
+                    self.record.completion_tokens = sum(completion_tokens)
                     state.held.clear()
                     continue
                 if item.prompt_logprobs is not None:
@@ -280,6 +310,10 @@ class _CompletionView:
                             choice = CompletionChoice(index=index, text="", finish_reason="length")
                         else:
                             completion_tokens[p] += len(delta.token_ids)
+                            # Logged as forwarded, so an aborted stream bills what it received.
+                            self.record.completion_tokens = sum(completion_tokens)
+                            if delta.finish_reason is not None and index == 0:
+                                self.record.finish_reason = delta.finish_reason
                             b = builder(index)
                             has_tokens = b is not None and bool(delta.token_ids)
                             if not delta.text and delta.finish_reason is None and not has_tokens:
@@ -296,13 +330,15 @@ class _CompletionView:
                                 stop_reason=delta.stop_reason,
                             )
                         yield self._chunk([choice], usage_now())
+            total = 0
+            if not self.scoring:
+                total = sum(
+                    f if f is not None else counted
+                    for f, counted in zip(final_tokens, completion_tokens, strict=True)
+                )
+            self.record.completion_tokens = total
+            self.record.cached_tokens = sum(cached_tokens)
             if body.include_usage:
-                total = 0
-                if not self.scoring:
-                    total = sum(
-                        f if f is not None else counted
-                        for f, counted in zip(final_tokens, completion_tokens, strict=True)
-                    )
                 yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, sum(cached_tokens)))
         finally:
             finish(replies, readers)

@@ -6,6 +6,7 @@ conveyor (a container image, a wheel) finds them without an alembic.ini.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -14,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 import migrations
-from conveyor.db.database import create_db_engine, normalize_url
+from conveyor.db.database import create_db_engine, is_sqlite, normalize_url
 
 
 def alembic_config(url: str) -> Config:
@@ -39,10 +40,15 @@ def head_revision() -> str | None:
 
 def current_revision(url: str) -> str | None:
     engine = create_db_engine(url)
+    # Reading the revision is routine (every start); Alembic would log its dialect each time.
+    quiet = logging.getLogger("alembic.runtime.migration")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
+        quiet.setLevel(level)
         engine.dispose()
 
 
@@ -57,3 +63,15 @@ def require_head(url: str) -> None:
             f"database schema is at {current or 'nothing'}, conveyor needs {head}: "
             "run `conveyor db upgrade`"
         )
+
+
+def prepare_schema(url: str) -> None:
+    """On start: SQLite (a local file) is migrated in place; a shared server must already be.
+
+    Upgrading PostgreSQL from every API replica at once would race, so there
+    the operator (or the deploy's migrate job) runs `conveyor db upgrade`.
+    """
+    if is_sqlite(url):
+        upgrade(url)
+    else:
+        require_head(url)

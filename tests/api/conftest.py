@@ -6,6 +6,7 @@ streams, heartbeats or replies even though they share one redis-server.
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -46,6 +47,7 @@ def make_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:
         "redis_prefix": prefix,
         "instance_id": f"api-{prefix}",
         "request_timeout": 10.0,
+        "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='conveyor-db-')}/conveyor.db",
     }
     values.update(overrides)
     return Settings(**values)

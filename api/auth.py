@@ -1,0 +1,92 @@
+"""Who is calling: the static `--api-key`, a project key from SQL, the admin key, or nobody.
+
+Keys are compared as SHA-256 digests: the static and admin keys in constant
+time, project keys by an indexed lookup of the digest (the secret itself is
+never stored). Without `--api-key` or `--admin-key` the inference API is open,
+as `vllm serve` is; a project key presented anyway is still recognised, so its
+usage is attributed and its limits hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from api.errors import ApiError
+from api.key_cache import KeyCache
+from api.rate_limiter import RateLimits
+from conveyor.db.key_store import secret_digest
+from conveyor.settings import Settings
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller of one request; project fields are None for the static key or no key."""
+
+    project_id: str | None = None
+    api_key_id: str | None = None
+    limits: RateLimits | None = None
+
+    @property
+    def is_project(self) -> bool:
+        return self.project_id is not None
+
+
+ANONYMOUS = Principal()
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+class Authenticator:
+    """Resolves a request's bearer token to a Principal; one per API process."""
+
+    def __init__(self, settings: Settings, keys: KeyCache) -> None:
+        self.keys = keys
+        self.requires_key = settings.requires_key
+        self._static = _digest(settings.api_key.get_secret_value()) if settings.api_key else None
+        self._admin = _digest(settings.admin_key.get_secret_value()) if settings.admin_key else None
+
+    async def principal(self, request: Request) -> Principal:
+        token = bearer_token(request)
+        if token is None:
+            if self.requires_key:
+                raise _unauthorized("Missing API key: send `Authorization: Bearer <key>`")
+            return ANONYMOUS
+        digest = _digest(token)
+        if self._static is not None and hmac.compare_digest(digest, self._static):
+            return ANONYMOUS
+        grant = await self.keys.lookup(secret_digest(token))
+        if grant is not None:
+            if not grant.active:
+                raise _unauthorized("This API key has been revoked or its project archived")
+            limits = RateLimits(rpm=grant.rpm, tpm=grant.tpm)
+            return Principal(grant.project_id, grant.key_id, limits)
+        if self.requires_key:
+            raise _unauthorized("Incorrect API key provided")
+        return ANONYMOUS
+
+    def check_admin(self, request: Request) -> None:
+        if self._admin is None:
+            raise ApiError(
+                403,
+                "The admin API is disabled: start conveyor with --admin-key (CONVEYOR_ADMIN_KEY)",
+                code="admin_api_disabled",
+            )
+        token = bearer_token(request)
+        if token is None or not hmac.compare_digest(_digest(token), self._admin):
+            raise _unauthorized("The admin API needs the admin key")

@@ -1,0 +1,54 @@
+"""Presented secret -> the key's grant, trusted for `ttl` seconds.
+
+The TTL is the revocation delay: a key revoked on any replica (or with
+`conveyor keys revoke`) stops working everywhere within `ttl`, with no
+message bus between replicas. Unknown secrets are cached too, so a client
+hammering with a bad key costs one query per `ttl`, not one per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+
+import anyio.to_thread
+
+from conveyor.db.database import Database
+from conveyor.db.key_store import KeyGrant, grant_for_digest
+
+
+class KeyCache:
+    def __init__(self, database: Database, ttl: float, max_entries: int = 10_000) -> None:
+        self.database = database
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[str, tuple[float, KeyGrant | None]] = OrderedDict()
+
+    async def lookup(self, digest: str) -> KeyGrant | None:
+        entry = self._entries.get(digest)
+        if entry is not None and time.monotonic() - entry[0] < self.ttl:
+            self._entries.move_to_end(digest)
+            return entry[1]
+        grant = await anyio.to_thread.run_sync(self._fetch, digest)
+        self._entries[digest] = (time.monotonic(), grant)
+        self._entries.move_to_end(digest)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return grant
+
+    def _fetch(self, digest: str) -> KeyGrant | None:
+        with self.database.session() as session:
+            return grant_for_digest(session, digest)
+
+    def forget_key(self, key_id: str) -> None:
+        """Drop a key at once on this replica (it was just revoked or changed here)."""
+        stale = [d for d, (_, grant) in self._entries.items() if grant and grant.key_id == key_id]
+        for digest in stale:
+            del self._entries[digest]
+
+    def forget_project(self, project_id: str) -> None:
+        stale = [
+            d for d, (_, grant) in self._entries.items() if grant and grant.project_id == project_id
+        ]
+        for digest in stale:
+            del self._entries[digest]

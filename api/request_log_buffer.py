@@ -1,0 +1,80 @@
+"""Request logs leave the hot path here: appended in memory, written in batches.
+
+A request only appends a dict; a background task writes everything gathered
+every `flush_interval` seconds in one transaction (in a thread, so a slow
+database never blocks the event loop, let alone a request). A crash loses at
+most the last `flush_interval` of logs; a clean stop (SIGTERM) flushes all.
+While the database is down, rows are kept up to `max_rows`, oldest dropped
+first (and counted), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import anyio.to_thread
+
+logger = logging.getLogger(__name__)
+
+Writer = Callable[[Sequence[Mapping[str, Any]]], None]
+
+
+class RequestLogBuffer:
+    def __init__(self, write: Writer, *, flush_interval: float, max_rows: int) -> None:
+        self._write = write
+        self.flush_interval = flush_interval
+        self.max_rows = max_rows
+        self._rows: deque[Mapping[str, Any]] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.dropped = 0
+        self.written = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self._rows.append(row)
+        while len(self._rows) > self.max_rows:
+            self._rows.popleft()
+            self.dropped += 1
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="request-log-flusher")
+
+    async def stop(self) -> None:
+        """Stop the timer and write whatever is left (the SIGTERM path)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        await self.flush()
+        if self._rows:
+            logger.error("request logs: %d rows could not be written at shutdown", len(self._rows))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._rows:
+                return
+            rows = list(self._rows)
+            self._rows.clear()
+            try:
+                await anyio.to_thread.run_sync(self._write, rows)
+            except Exception:
+                logger.exception("request logs: writing %d rows failed; will retry", len(rows))
+                # Put them back in front of anything that arrived meanwhile, still bounded.
+                self._rows.extendleft(reversed(rows))
+                while len(self._rows) > self.max_rows:
+                    self._rows.popleft()
+                    self.dropped += 1
+                return
+            self.written += len(rows)

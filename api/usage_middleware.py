@@ -1,0 +1,82 @@
+"""Every inference request ends in one request-log row and a settled token count.
+
+A pure ASGI middleware around the inference routes: it opens a
+`RequestRecord` in the request's state before the route runs, adds the
+key's rate-limit headers to whatever response goes out (200, 400, 429,
+a stream), and, when the response is over (finished, failed, or the client
+went away), stamps status and latency, queues the log row and settles the
+tokens the request reserved against its key's tpm. Nothing here waits on SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.request_record import RequestRecord
+
+logger = logging.getLogger(__name__)
+
+INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
+class UsageMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in INFERENCE_PATHS
+        ):
+            await self.app(scope, receive, send)
+            return
+        record = RequestRecord(endpoint=scope["path"])
+        scope.setdefault("state", {})["record"] = record
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status_code = message["status"]
+                decision = record.rate_decision
+                if decision is not None:
+                    present = {name.lower() for name, _ in message.get("headers", [])}
+                    extra = [
+                        (name.encode("latin-1"), value.encode("latin-1"))
+                        for name, value in decision.headers().items()
+                        if name.encode("latin-1").lower() not in present
+                    ]
+                    message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if record.status_code is None:
+                record.status_code = 499  # the client left before any response started
+            self._finish(scope, record)
+
+    def _finish(self, scope: Scope, record: RequestRecord) -> None:
+        state = scope["app"].state
+        buffer = getattr(state, "log_buffer", None)
+        if buffer is not None:
+            buffer.add(record.log_row(log_prompts=state.settings.log_prompts))
+        limiter = getattr(state, "rate_limiter", None)
+        principal = record.principal
+        if limiter is None or record.rate_decision is None or principal.api_key_id is None:
+            return
+        if record.rate_decision.allowed and record.total_tokens != record.reserved_tokens:
+            # A task, so a cancelled request (client gone) still settles its count.
+            task = asyncio.get_running_loop().create_task(
+                limiter.settle(principal.api_key_id, record.request_id or "", record.total_tokens)
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("settling a rate-limit reservation failed: %s", task.exception())

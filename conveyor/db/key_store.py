@@ -1,0 +1,113 @@
+"""Project API keys: minted from `secrets`, stored as SHA-256, shown in full exactly once."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.db.api_key import ApiKey
+from conveyor.db.base import now
+from conveyor.db.ids import new_id
+from conveyor.db.pagination import Page, paginate
+from conveyor.db.project import Project
+
+SECRET_PREFIX = "sk-proj-"
+
+
+def secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def redact(secret: str) -> str:
+    """Enough to recognise a key in a list, never enough to use it."""
+    return f"{secret[: len(SECRET_PREFIX) + 4]}...{secret[-4:]}"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    key: ApiKey
+    secret: str
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What a request's key is allowed: resolved once, cached by the API for a second."""
+
+    key_id: str
+    project_id: str
+    rpm: int | None
+    tpm: int | None
+    active: bool
+
+
+def create_key(
+    session: Session, project: Project, name: str, *, rpm: int | None, tpm: int | None
+) -> NewKey:
+    secret = SECRET_PREFIX + secrets.token_urlsafe(36)
+    key = ApiKey(
+        id=new_id("key_"),
+        project_id=project.id,
+        name=name,
+        secret_digest=secret_digest(secret),
+        redacted_value=redact(secret),
+        created_at=now(),
+        rpm=rpm,
+        tpm=tpm,
+    )
+    session.add(key)
+    session.flush()
+    return NewKey(key=key, secret=secret)
+
+
+def get_key(session: Session, key_id: str, *, project_id: str | None = None) -> ApiKey | None:
+    key = session.get(ApiKey, key_id)
+    if key is None or (project_id is not None and key.project_id != project_id):
+        return None
+    return key
+
+
+def list_keys(
+    session: Session,
+    *,
+    project_id: str | None,
+    after: str | None,
+    limit: int,
+    include_revoked: bool = False,
+) -> Page[ApiKey]:
+    query = select(ApiKey)
+    if project_id is not None:
+        query = query.where(ApiKey.project_id == project_id)
+    if not include_revoked:
+        query = query.where(ApiKey.revoked_at.is_(None))
+    return paginate(
+        session, query, created_at=ApiKey.created_at, id_column=ApiKey.id, after=after, limit=limit
+    )
+
+
+def revoke_key(session: Session, key: ApiKey) -> ApiKey:
+    if key.revoked_at is None:
+        key.revoked_at = now()
+    return key
+
+
+def grant_for_digest(session: Session, digest: str) -> KeyGrant | None:
+    """The key behind a presented secret, with whether it may still be used."""
+    row = session.execute(
+        select(ApiKey, Project.status)
+        .join(Project, Project.id == ApiKey.project_id)
+        .where(ApiKey.secret_digest == digest)
+    ).first()
+    if row is None:
+        return None
+    key, project_status = row
+    return KeyGrant(
+        key_id=key.id,
+        project_id=key.project_id,
+        rpm=key.rpm,
+        tpm=key.tpm,
+        active=key.revoked_at is None and project_status == "active",
+    )

@@ -1,0 +1,45 @@
+"""Cursor pagination as OpenAI's list endpoints do it: `limit` items after the id `after`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, tuple_
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+T = TypeVar("T")
+
+
+class UnknownCursor(LookupError):
+    """`after` names no object in this list."""
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    has_more: bool
+
+
+def paginate(
+    session: Session,
+    query: Select[Any],
+    *,
+    created_at: InstrumentedAttribute[int],
+    id_column: InstrumentedAttribute[str],
+    after: str | None,
+    limit: int,
+    descending: bool = False,
+) -> Page[Any]:
+    """Order by (created_at, id) and continue strictly after the cursor's row."""
+    if after is not None:
+        anchor = session.execute(
+            query.with_only_columns(created_at, id_column).where(id_column == after)
+        ).first()
+        if anchor is None:
+            raise UnknownCursor(after)
+        key = tuple_(created_at, id_column)
+        query = query.where(key < tuple_(*anchor) if descending else key > tuple_(*anchor))
+    order = (created_at.desc(), id_column.desc()) if descending else (created_at, id_column)
+    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
+    return Page(items=rows[:limit], has_more=len(rows) > limit)

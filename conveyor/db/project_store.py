@@ -1,0 +1,70 @@
+"""Projects: create, find, list and archive; shared by the admin API and `conveyor projects`."""
+
+from __future__ import annotations
+
+from sqlalchemy import or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from conveyor.db.base import now
+from conveyor.db.ids import new_id
+from conveyor.db.pagination import Page, paginate
+from conveyor.db.project import Project
+
+
+class ProjectNameTaken(ValueError):
+    """Project names are unique, so the CLI can address a project by name."""
+
+
+def create_project(session: Session, name: str) -> Project:
+    project = Project(id=new_id("proj_"), name=name, status="active", created_at=now())
+    session.add(project)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise ProjectNameTaken(f"a project named {name!r} already exists") from None
+    return project
+
+
+def get_project(session: Session, project_id: str) -> Project | None:
+    return session.get(Project, project_id)
+
+
+def find_project(session: Session, id_or_name: str) -> Project | None:
+    """By id or by name: operators type names, scripts pass ids."""
+    return session.scalars(
+        select(Project).where(or_(Project.id == id_or_name, Project.name == id_or_name))
+    ).first()
+
+
+def list_projects(
+    session: Session, *, after: str | None, limit: int, include_archived: bool
+) -> Page[Project]:
+    query = select(Project)
+    if not include_archived:
+        query = query.where(Project.status == "active")
+    return paginate(
+        session,
+        query,
+        created_at=Project.created_at,
+        id_column=Project.id,
+        after=after,
+        limit=limit,
+    )
+
+
+def rename_project(session: Session, project: Project, name: str) -> Project:
+    project.name = name
+    try:
+        session.flush()
+    except IntegrityError:
+        raise ProjectNameTaken(f"a project named {name!r} already exists") from None
+    return project
+
+
+def archive_project(session: Session, project: Project) -> Project:
+    """Archived projects keep their logs and objects; their keys stop working."""
+    if project.status != "archived":
+        project.status = "archived"
+        project.archived_at = now()
+    return project

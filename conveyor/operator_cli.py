@@ -1,0 +1,197 @@
+"""`conveyor db|projects|keys`: schema and tenant administration without HTTP.
+
+Each command talks to the database directly (the same queries as the admin
+API) and prints OpenAI-shaped JSON, so scripts can pipe it to `jq`. A key's
+secret is printed once, by `keys create`; only its SHA-256 is stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from conveyor.db import migrate
+from conveyor.db.database import Database
+from conveyor.db.key_store import create_key, get_key, list_keys, revoke_key
+from conveyor.db.openai_objects import api_key_object, project_object
+from conveyor.db.project import Project
+from conveyor.db.project_store import (
+    ProjectNameTaken,
+    archive_project,
+    create_project,
+    find_project,
+    list_projects,
+)
+from conveyor.settings import Settings
+
+_ALL = 1_000_000  # the CLI lists everything; pagination is for HTTP clients
+
+
+class OperatorError(Exception):
+    """A mistake the operator can fix; printed without a traceback."""
+
+
+def add_operator_commands(
+    sub: argparse._SubParsersAction, settings_from_args: Callable[[argparse.Namespace], Settings]
+) -> None:
+    def database_flags(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--database-url", default=None)
+        parser.add_argument("--data-dir", default=None)
+
+    def handler(run: Callable[[argparse.Namespace, str], Any]) -> Callable[..., int]:
+        def wrapped(args: argparse.Namespace) -> int:
+            try:
+                result = run(args, settings_from_args(args).resolved_database_url)
+            except (OperatorError, migrate.SchemaOutOfDate) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            if result is not None:
+                print(json.dumps(result, indent=2))
+            return 0
+
+        return wrapped
+
+    db = sub.add_parser("db", help="the SQL schema: `conveyor db upgrade|downgrade|current`")
+    db_sub = db.add_subparsers(dest="db_command", required=True)
+    up = db_sub.add_parser("upgrade", help="apply migrations (default: to the newest)")
+    up.add_argument("revision", nargs="?", default="head")
+    down = db_sub.add_parser("downgrade", help="revert migrations, e.g. `-1` or `base`")
+    down.add_argument("revision")
+    current = db_sub.add_parser("current", help="the database's revision and the newest one")
+    for parser, run in ((up, _db_upgrade), (down, _db_downgrade), (current, _db_current)):
+        database_flags(parser)
+        parser.set_defaults(func=handler(run))
+
+    projects = sub.add_parser("projects", help="tenants: `conveyor projects create|list|archive`")
+    projects_sub = projects.add_subparsers(dest="projects_command", required=True)
+    create = projects_sub.add_parser("create")
+    create.add_argument("name")
+    listing = projects_sub.add_parser("list")
+    listing.add_argument("--include-archived", action="store_true")
+    archive = projects_sub.add_parser("archive", help="its keys stop working; logs are kept")
+    archive.add_argument("project", help="id or name")
+    for parser, run in (
+        (create, _projects_create),
+        (listing, _projects_list),
+        (archive, _projects_archive),
+    ):
+        database_flags(parser)
+        parser.set_defaults(func=handler(run))
+
+    keys = sub.add_parser("keys", help="API keys: `conveyor keys create|list|revoke`")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    make = keys_sub.add_parser("create", help="mint a key; its secret is printed only now")
+    make.add_argument("--project", required=True, help="project id or name")
+    make.add_argument("--name", default="")
+    make.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    make.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+    show = keys_sub.add_parser("list")
+    show.add_argument("--project", default=None, help="project id or name (default: all)")
+    show.add_argument("--include-revoked", action="store_true")
+    revoke = keys_sub.add_parser("revoke", help="refused by every API replica within a second")
+    revoke.add_argument("key_id")
+    for parser, run in ((make, _keys_create), (show, _keys_list), (revoke, _keys_revoke)):
+        database_flags(parser)
+        parser.set_defaults(func=handler(run))
+
+
+def _in_session(url: str, work: Callable[[Session], Any]) -> Any:
+    migrate.require_head(url)
+    database = Database(url)
+    try:
+        with database.session() as session:
+            return work(session)
+    finally:
+        database.close()
+
+
+def _project(session: Session, id_or_name: str) -> Project:
+    project = find_project(session, id_or_name)
+    if project is None:
+        raise OperatorError(f"no project with id or name {id_or_name!r}")
+    return project
+
+
+def _db_upgrade(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    migrate.upgrade(url, args.revision)
+    return {"current": migrate.current_revision(url), "head": migrate.head_revision()}
+
+
+def _db_downgrade(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    migrate.downgrade(url, args.revision)
+    return {"current": migrate.current_revision(url), "head": migrate.head_revision()}
+
+
+def _db_current(_: argparse.Namespace, url: str) -> dict[str, Any]:
+    return {"current": migrate.current_revision(url), "head": migrate.head_revision()}
+
+
+def _projects_create(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    def work(session: Session) -> dict[str, Any]:
+        try:
+            return project_object(create_project(session, args.name))
+        except ProjectNameTaken as exc:
+            raise OperatorError(str(exc)) from None
+
+    return _in_session(url, work)
+
+
+def _projects_list(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
+    def work(session: Session) -> list[dict[str, Any]]:
+        page = list_projects(
+            session, after=None, limit=_ALL, include_archived=args.include_archived
+        )
+        return [project_object(p) for p in page.items]
+
+    return _in_session(url, work)
+
+
+def _projects_archive(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    return _in_session(url, lambda s: project_object(archive_project(s, _project(s, args.project))))
+
+
+def _keys_create(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    def work(session: Session) -> dict[str, Any]:
+        project = _project(session, args.project)
+        if project.status != "active":
+            raise OperatorError(f"project {project.name} is archived")
+        for flag in ("rpm", "tpm"):
+            value = getattr(args, flag)
+            if value is not None and value < 1:
+                raise OperatorError(f"--{flag} must be at least 1")
+        minted = create_key(session, project, args.name, rpm=args.rpm, tpm=args.tpm)
+        return api_key_object(minted.key, secret=minted.secret)
+
+    result = _in_session(url, work)
+    print("the key's secret is shown only now: store it", file=sys.stderr)
+    return result
+
+
+def _keys_list(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
+    def work(session: Session) -> list[dict[str, Any]]:
+        project_id = _project(session, args.project).id if args.project else None
+        page = list_keys(
+            session,
+            project_id=project_id,
+            after=None,
+            limit=_ALL,
+            include_revoked=args.include_revoked,
+        )
+        return [api_key_object(k) for k in page.items]
+
+    return _in_session(url, work)
+
+
+def _keys_revoke(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    def work(session: Session) -> dict[str, Any]:
+        key = get_key(session, args.key_id)
+        if key is None:
+            raise OperatorError(f"no API key with id {args.key_id!r}")
+        return api_key_object(revoke_key(session, key))
+
+    return _in_session(url, work)
