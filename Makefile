@@ -5,12 +5,15 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Extra pytest flags for `make test`; CI passes --require-postgres.
+PYTEST_ARGS ?=
 
 .PHONY: install serve chat test test-fast bench lint format clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL tests will skip" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -24,7 +27,7 @@ chat: install
 	$(BIN)/conveyor chat
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"

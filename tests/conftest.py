@@ -11,6 +11,8 @@ import torch
 
 from engine.loader import resolve_model
 
+from .postgres_server import PostgresServer, PostgresUnavailable
+
 
 def _model_cache_dir() -> Path:
     # The converted bundled model is ~0.5 GB and takes ~15 s to build, so tests
@@ -102,3 +104,53 @@ def make_random_model(
         return folder
 
     return build
+
+
+# --- SQL databases: every DB test runs on SQLite and on a real PostgreSQL --------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--require-postgres",
+        action="store_true",
+        default=False,
+        help="fail (instead of skip) the PostgreSQL tests when no PostgreSQL server binaries "
+        "are installed; CI passes it so those tests can never silently vanish",
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest) -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL cluster for the whole session, started on first use."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as exc:
+        missing = str(exc)
+    else:
+        with server:
+            yield server
+        return
+    if request.config.getoption("--require-postgres"):
+        pytest.fail(f"--require-postgres: {missing}", pytrace=False)
+    pytest.skip(missing)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database (no tables) on each backend; the test owns it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'conveyor.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
+@pytest.fixture
+def migrated_database_url(database_url: str) -> str:
+    """`database_url` upgraded to the migrations' head, as `conveyor db upgrade` leaves it."""
+    from conveyor.db import migrate
+
+    migrate.upgrade(database_url)
+    return database_url
