@@ -2,8 +2,8 @@
 
 Buckets follow what OpenAI's API returns: bucket edges sit on UTC multiples of
 the width (minute, hour, midnight), except that the first bucket starts at
-`start_time` and the last ends at `end_time` (or "now" when it is omitted), so
-those two may be partial. Every bucket in range is listed, empty ones with
+`start_time` and the last ends at `end_time` (or just after "now" when it is
+omitted), so those two may be partial. Every bucket in range is listed, empty ones with
 `results: []`. A page holds at most `limit` buckets; `next_page` is an opaque
 cursor that pins the page's position and end, so later pages of an open-ended
 query do not drift as time passes.
@@ -91,7 +91,11 @@ def completions_usage(
     already include the cached ones; audio tokens are always 0.
     """
     width, limit, group_by = _validate(query)
-    end = query.end_time if query.end_time is not None else int(time.time() if now is None else now)
+    if query.end_time is not None:
+        end = query.end_time
+    else:
+        # Up to and including the current second: rows logged at `now` already count.
+        end = int(time.time() if now is None else now) + 1
     first = query.start_time
     if query.page is not None:
         first, end = _decode_cursor(query, width, end)

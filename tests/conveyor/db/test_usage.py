@@ -206,18 +206,19 @@ def test_edges_sit_on_utc_multiples_first_and_last_bucket_partial(db: Database) 
 
 
 def test_open_ended_query_ends_now(db: Database) -> None:
-    insert(db, Row(T0 + 30), Row(T0 + 61), Row(T0 + 95))
+    insert(db, Row(T0 + 30, 1), Row(T0 + 61, 2), Row(T0 + 90, 4), Row(T0 + 91, 8))
     page = usage(db, UsageQuery(start_time=T0, bucket_width="1m"), now=T0 + 90)
+    # The current second is included: a request logged just now already shows.
     assert [(b["start_time"], b["end_time"]) for b in page["data"]] == [
         (T0, T0 + 60),
-        (T0 + 60, T0 + 90),
+        (T0 + 60, T0 + 91),
     ]
-    assert [len(b["results"]) for b in page["data"]] == [1, 1]
+    assert [[r["input_tokens"] for r in b["results"]] for b in page["data"]] == [[1], [2 + 4]]
     assert page["has_more"] is False
 
 
 def test_start_in_the_future_gives_an_empty_page(db: Database) -> None:
-    page = usage(db, UsageQuery(start_time=T0 + DAY), now=T0)
+    page = usage(db, UsageQuery(start_time=T0 + DAY), now=T0 + DAY - 1)
     assert page == {"object": "page", "data": [], "has_more": False, "next_page": None}
 
 
@@ -334,7 +335,7 @@ def test_open_ended_pagination_keeps_its_end_as_time_passes(db: Database) -> Non
     assert [(b["start_time"], b["end_time"]) for b in second["data"] + third["data"]] == [
         (T0 + 2 * HOUR, T0 + 3 * HOUR),
         (T0 + 3 * HOUR, T0 + 4 * HOUR),
-        (T0 + 4 * HOUR, T0 + 4 * HOUR + 30),
+        (T0 + 4 * HOUR, T0 + 4 * HOUR + 31),
     ]
     assert third["has_more"] is False
     # The row at 5h happened after the first page's "now": not in this query.
