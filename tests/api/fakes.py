@@ -257,6 +257,9 @@ class FakeWorker:
         per_choice = [self._tokens(request, c) for c in range(n)]
         steps = max(len(t) for t in per_choice)
         seq = 0
+        # The engine's timings, as the real worker reports them (first and last message).
+        arrival = time.time()
+        times = {"arrival": arrival, "scheduled": arrival + 0.001, "first_token": arrival + 0.002}
         for step in range(steps):
             if request.id in self.aborted or not self._running():
                 return
@@ -299,6 +302,7 @@ class FakeWorker:
                 finished=last,
                 usage=usage,
                 prompt_logprobs=prompt_lps,
+                times=times if step == 0 or last else None,
                 worker=self.instance,
                 attempt=attempt,
             )

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,8 +47,11 @@ def wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout: float
 
 
 def server_env(bundled_model_dir: Path, redis_url: str, **extra: str) -> dict[str, str]:
+    """A server's env: the bundled model, a small KV cache, its own fresh SQLite database."""
+    database = Path(tempfile.mkdtemp(prefix="conveyor-e2e-db-")) / "conveyor.db"
     env = {
         **os.environ,
+        "CONVEYOR_DATABASE_URL": f"sqlite:///{database}",
         "CONVEYOR_REDIS_URL": redis_url,
         "CONVEYOR_MODEL": str(bundled_model_dir),
         "CONVEYOR_SERVED_MODEL_NAME": "smollm2",

@@ -1,4 +1,5 @@
-"""`conveyor serve` starts everything, drains on SIGTERM and leaves no process behind."""
+"""`conveyor serve` starts everything, drains on SIGTERM (request logs included) and leaves
+no process behind."""
 
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
+from sqlalchemy import select
 
+from conveyor.db.database import Database
+from conveyor.db.request_log import RequestLog
 from conveyor.embedded_redis import free_port
 
 from .conftest import STARTUP_TIMEOUT, server_env, wait_healthy
@@ -46,7 +50,8 @@ def _alive(pid: int) -> bool:
 
 def test_sigterm_drains_in_flight_and_stops_every_child(bundled_model_dir: Path) -> None:
     port = free_port()
-    env = server_env(bundled_model_dir, "")
+    # Request logs are flushed only at shutdown here, so every row proves the SIGTERM flush.
+    env = server_env(bundled_model_dir, "", CONVEYOR_LOG_FLUSH_INTERVAL="3600")
     del env["CONVEYOR_REDIS_URL"]  # the embedded redis-server this time
     process = subprocess.Popen(
         [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
@@ -55,6 +60,9 @@ def test_sigterm_drains_in_flight_and_stops_every_child(bundled_model_dir: Path)
     base_url = f"http://127.0.0.1:{port}"
     wait_healthy(base_url, process, STARTUP_TIMEOUT)
     assert httpx.get(f"{base_url}/version").status_code == 200
+    warmup = {"model": "smollm2", "prompt": "Hi", "max_tokens": 3}
+    for _ in range(3):
+        assert httpx.post(f"{base_url}/v1/completions", json=warmup, timeout=60).status_code == 200
     descendants = _children(process.pid)
     assert len(descendants) >= 3  # redis-server, worker, api
 
@@ -83,3 +91,10 @@ def test_sigterm_drains_in_flight_and_stops_every_child(bundled_model_dir: Path)
     while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in descendants if _alive(p)]
+
+    # Nothing was flushed before SIGTERM (interval: an hour); the drain wrote every row.
+    database = Database(env["CONVEYOR_DATABASE_URL"])
+    with database.session() as session:
+        rows = list(session.scalars(select(RequestLog).order_by(RequestLog.id)))
+    database.close()
+    assert [(r.status_code, r.completion_tokens) for r in rows] == [(200, 3)] * 3 + [(200, 60)]

@@ -1,0 +1,362 @@
+"""Tenancy through the real API (uvicorn, real Redis, SQLite and PostgreSQL), called with the
+official `openai` SDK: project keys, usage from the request logs, revocation, rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import select
+
+from conveyor.db.database import Database
+from conveyor.db.request_log import RequestLog
+
+from .conftest import MODEL, Stack
+from .fakes import LiveServer, wait_for
+
+ADMIN_KEY = "admin-test-key"
+MESSAGES = [{"role": "user", "content": "Count."}]
+
+
+@pytest.fixture()
+def tenancy(make_stack: Callable[..., Stack], migrated_database_url: str) -> Stack:
+    return make_stack(
+        database_url=migrated_database_url, admin_key=ADMIN_KEY, log_flush_interval=0.05
+    )
+
+
+@pytest.fixture()
+def admin(tenancy: Stack) -> Iterator[httpx.Client]:
+    with tenancy.client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as http:
+        yield http
+
+
+def new_project(admin: httpx.Client, name: str) -> dict[str, Any]:
+    response = admin.post("/v1/organization/projects", json={"name": name})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def new_key(admin: httpx.Client, project_id: str, **limits: Any) -> dict[str, Any]:
+    response = admin.post(
+        f"/v1/organization/projects/{project_id}/api_keys", json={"name": "k", **limits}
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def sdk(stack: Stack, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=secret, max_retries=0, timeout=10)
+
+
+def logs(stack: Stack, expected: int) -> list[RequestLog]:
+    """The request-log rows once `expected` of them are flushed."""
+    database = Database(stack.server.settings.resolved_database_url)
+    try:
+
+        def rows() -> list[RequestLog]:
+            with database.session() as session:
+                found = list(session.scalars(select(RequestLog).order_by(RequestLog.id)))
+            return found if len(found) >= expected else []
+
+        return wait_for(rows, timeout=5)
+    finally:
+        database.close()
+
+
+def usage(admin: httpx.Client, **params: Any) -> dict[str, Any]:
+    response = admin.get(
+        "/v1/organization/usage/completions",
+        params={"start_time": int(time.time()) - 3600, "bucket_width": "1h", **params},
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_usage_bucket_counts_exactly_the_keys_tokens(tenancy: Stack, admin: httpx.Client) -> None:
+    project = new_project(admin, "acme")
+    key = new_key(admin, project["id"])
+    other = new_key(admin, new_project(admin, "globex")["id"])
+    with sdk(tenancy, key["value"]) as client:
+        plain = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+        chunks = list(
+            client.chat.completions.create(
+                model=MODEL,
+                messages=MESSAGES,
+                max_tokens=4,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+        )
+    with sdk(tenancy, other["value"]) as client:
+        client.completions.create(model=MODEL, prompt="hello", max_tokens=2)
+    streamed = chunks[-1].usage
+    assert plain.usage is not None and streamed is not None
+    logs(tenancy, 3)
+
+    page = usage(admin, group_by="project_id,api_key_id,model", project_ids=project["id"])
+    results = [r for bucket in page["data"] for r in bucket["results"]]
+    # The requests may straddle a bucket edge: add the group up over the buckets.
+    assert {(r["project_id"], r["api_key_id"], r["model"], r["batch"]) for r in results} == {
+        (project["id"], key["id"], MODEL, None)
+    }
+    assert results[0]["object"] == "organization.usage.completions.result"
+    assert sum(r["input_tokens"] for r in results) == (
+        plain.usage.prompt_tokens + streamed.prompt_tokens
+    )
+    assert sum(r["output_tokens"] for r in results) == (
+        plain.usage.completion_tokens + streamed.completion_tokens
+    )
+    assert sum(r["num_model_requests"] for r in results) == 2
+    everyone = [r for b in usage(admin, group_by="project_id")["data"] for r in b["results"]]
+    per_project: dict[str, int] = {}
+    for r in everyone:
+        per_project[r["project_id"]] = per_project.get(r["project_id"], 0) + r["num_model_requests"]
+    assert sorted(per_project.values()) == [1, 2]
+
+
+def test_request_log_row_describes_the_request(tenancy: Stack, admin: httpx.Client) -> None:
+    key = new_key(admin, new_project(admin, "acme")["id"])
+    with sdk(tenancy, key["value"]) as client:
+        out = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)
+    ok, bad = logs(tenancy, 2)
+    assert (ok.request_id, ok.status_code, ok.endpoint) == (out.id, 200, "/v1/chat/completions")
+    assert (ok.api_key_id, ok.model, ok.finish_reason) == (key["id"], MODEL, "length")
+    assert ok.completion_tokens == 3 and ok.prompt_tokens == out.usage.prompt_tokens  # type: ignore[union-attr]
+    assert ok.latency is not None and ok.ttft is not None and 0 < ok.ttft <= ok.latency
+    assert ok.queue_time is not None and ok.queue_time >= 0
+    assert ok.prompt is None  # no --log-prompts
+    assert (bad.status_code, bad.completion_tokens) == (400, 0)
+
+
+def test_aborted_stream_bills_the_tokens_it_received(tenancy: Stack, admin: httpx.Client) -> None:
+    key = new_key(admin, new_project(admin, "acme")["id"])
+    tenancy.worker.behaviour = "slow"
+    received = 0
+    with sdk(tenancy, key["value"]) as client:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=200, stream=True
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                received += 1
+            if received == 5:
+                break
+        stream.close()
+    (row,) = logs(tenancy, 1)
+    # The API may have forwarded a token or two the client had not read yet.
+    assert 5 <= row.completion_tokens < 200
+    assert row.status_code == 200
+    wait_for(lambda: tenancy.worker.aborted)
+
+
+def test_keys_are_listed_without_secrets(tenancy: Stack, admin: httpx.Client) -> None:
+    project = new_project(admin, "acme")
+    secrets_ = [new_key(admin, project["id"])["value"] for _ in range(3)]
+    first = admin.get(f"/v1/organization/projects/{project['id']}/api_keys", params={"limit": 2})
+    body = first.json()
+    assert body["has_more"] is True and len(body["data"]) == 2
+    rest = admin.get(
+        f"/v1/organization/projects/{project['id']}/api_keys",
+        params={"after": body["last_id"]},
+    ).json()
+    assert rest["has_more"] is False and len(rest["data"]) == 1
+    for response in (first.text, str(rest)):
+        assert all(secret not in response for secret in secrets_)
+    assert all("value" not in key for key in body["data"] + rest["data"])
+    assert body["data"][0]["redacted_value"].startswith("sk-proj-")
+
+
+def test_revoked_key_gets_401_on_every_replica(tenancy: Stack, admin: httpx.Client) -> None:
+    project = new_project(admin, "acme")
+    key = new_key(admin, project["id"])
+    settings = tenancy.server.settings.model_copy(update={"instance_id": "api-replica-2"})
+    replica = LiveServer(settings).start()
+    try:
+        replica_stack = Stack(replica, tenancy.worker, tenancy.names, tenancy.redis_url)
+        with sdk(tenancy, key["value"]) as one, sdk(replica_stack, key["value"]) as two:
+            one.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+            two.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+            deleted = admin.delete(
+                f"/v1/organization/projects/{project['id']}/api_keys/{key['id']}"
+            )
+            assert deleted.json() == {
+                "object": "organization.project.api_key.deleted",
+                "id": key["id"],
+                "deleted": True,
+            }
+            revoked_at = time.monotonic()
+            with pytest.raises(openai.AuthenticationError):
+                one.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+
+            def refused_on_replica() -> bool:
+                try:
+                    two.models.list()
+                except openai.AuthenticationError:
+                    return True
+                return False
+
+            wait_for(refused_on_replica, timeout=3)
+            assert time.monotonic() - revoked_at <= 1.5
+    finally:
+        replica.stop()
+
+
+def test_rpm_limit_gives_429_with_retry_after_and_spares_other_keys(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    project = new_project(admin, "acme")
+    limited = new_key(admin, project["id"], rpm=2)
+    free = new_key(admin, project["id"])
+    with sdk(tenancy, limited["value"]) as client:
+        first = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, max_tokens=1
+        )
+        assert first.headers["x-ratelimit-limit-requests"] == "2"
+        assert first.headers["x-ratelimit-remaining-requests"] == "1"
+        assert first.headers["x-ratelimit-reset-requests"]
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+    response = refused.value.response
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.value.code == "rate_limit_exceeded"
+    with sdk(tenancy, free["value"]) as client:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+    statuses = [row.status_code for row in logs(tenancy, 4)]
+    assert sorted(statuses) == [200, 200, 200, 429]
+
+
+def test_fifty_concurrent_requests_on_rpm_20_admit_exactly_20(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    key = new_key(admin, new_project(admin, "acme")["id"], rpm=20)
+
+    async def burst() -> list[BaseException | object]:
+        async with openai.AsyncOpenAI(
+            base_url=f"{tenancy.url}/v1", api_key=key["value"], max_retries=0, timeout=20
+        ) as client:
+            calls = [
+                client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+                for _ in range(50)
+            ]
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+    results = asyncio.run(burst())
+    refused = [r for r in results if isinstance(r, openai.RateLimitError)]
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    assert (len(admitted), len(refused)) == (20, 30)
+
+
+def test_tpm_limit_counts_tokens(tenancy: Stack, admin: httpx.Client) -> None:
+    key = new_key(admin, new_project(admin, "acme")["id"], tpm=100)
+    with sdk(tenancy, key["value"]) as client:
+        with pytest.raises(openai.RateLimitError, match="Request too large"):
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=200)
+        first = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=MESSAGES, max_tokens=3
+        )
+        assert first.headers["x-ratelimit-limit-tokens"] == "100"
+        per_request = first.parse().usage.total_tokens  # type: ignore[union-attr]
+        admitted = 1
+        with pytest.raises(openai.RateLimitError, match="tokens per min"):
+            for _ in range(100):
+                client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
+                admitted += 1
+    # Every admitted request fitted in the budget, and one more would not have.
+    assert admitted * per_request <= 100 < (admitted + 1) * per_request
+
+
+def test_cross_project_objects_are_404(tenancy: Stack, admin: httpx.Client) -> None:
+    acme, globex = new_project(admin, "acme"), new_project(admin, "globex")
+    globex_key = new_key(admin, globex["id"])
+    response = admin.get(f"/v1/organization/projects/{acme['id']}/api_keys/{globex_key['id']}")
+    assert response.status_code == 404
+    assert response.json()["error"]["param"] == "key_id"
+    gone = admin.delete(f"/v1/organization/projects/{acme['id']}/api_keys/{globex_key['id']}")
+    assert gone.status_code == 404
+    assert (
+        admin.get(f"/v1/organization/projects/{globex['id']}/api_keys/{globex_key['id']}").json()[
+            "revoked_at"
+        ]
+        is None
+    )
+    assert admin.get("/v1/organization/projects/proj_nope").status_code == 404
+
+
+def test_keys_are_required_and_the_admin_key_is_not_an_inference_key(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    key = new_key(admin, new_project(admin, "acme")["id"])
+    with tenancy.client() as anonymous:
+        assert anonymous.get("/v1/models").status_code == 401
+        assert anonymous.get("/v1/organization/projects").status_code == 401
+        wrong = {"Authorization": f"Bearer {key['value']}"}
+        assert anonymous.get("/v1/organization/projects", headers=wrong).status_code == 401
+    with sdk(tenancy, ADMIN_KEY) as client, pytest.raises(openai.AuthenticationError):
+        client.models.list()
+    with sdk(tenancy, "sk-proj-made-up") as client, pytest.raises(openai.AuthenticationError):
+        client.models.list()
+
+
+def test_archiving_a_project_stops_its_keys(tenancy: Stack, admin: httpx.Client) -> None:
+    project = new_project(admin, "acme")
+    key = new_key(admin, project["id"])
+    with sdk(tenancy, key["value"]) as client:
+        client.models.list()
+        archived = admin.post(f"/v1/organization/projects/{project['id']}/archive").json()
+        assert archived["status"] == "archived" and archived["archived_at"]
+        with pytest.raises(openai.AuthenticationError):
+            client.models.list()
+    listed = admin.get("/v1/organization/projects").json()
+    assert project["id"] not in [p["id"] for p in listed["data"]]
+    everything = admin.get("/v1/organization/projects", params={"include_archived": "true"})
+    assert project["id"] in [p["id"] for p in everything.json()["data"]]
+    refused = admin.post(f"/v1/organization/projects/{project['id']}/api_keys", json={})
+    assert refused.status_code == 400
+
+
+def test_changing_a_keys_limits_takes_effect_at_once(tenancy: Stack, admin: httpx.Client) -> None:
+    project = new_project(admin, "acme")
+    key = new_key(admin, project["id"])
+    path = f"/v1/organization/projects/{project['id']}/api_keys/{key['id']}"
+    with sdk(tenancy, key["value"]) as client:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+        assert admin.post(path, json={"rpm": 1}).json()["rpm"] == 1
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+        assert admin.post(path, json={"rpm": None}).json()["rpm"] is None
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+
+
+def test_admin_api_validation_is_openai_shaped(tenancy: Stack, admin: httpx.Client) -> None:
+    assert admin.post("/v1/organization/projects", json={}).json()["error"]["param"] == "name"
+    new_project(admin, "acme")
+    taken = admin.post("/v1/organization/projects", json={"name": "acme"})
+    assert taken.status_code == 400 and taken.json()["error"]["param"] == "name"
+    project = new_project(admin, "globex")
+    bad_limit = admin.post(f"/v1/organization/projects/{project['id']}/api_keys", json={"rpm": 0})
+    assert bad_limit.status_code == 400 and bad_limit.json()["error"]["param"] == "rpm"
+    bad_width = admin.get(
+        "/v1/organization/usage/completions", params={"start_time": 0, "bucket_width": "2h"}
+    )
+    assert bad_width.status_code == 400
+    assert bad_width.json()["error"]["param"] == "bucket_width"
+    missing = admin.get("/v1/organization/usage/completions")
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "start_time"
+
+
+def test_admin_api_is_off_without_an_admin_key(stack: Stack) -> None:
+    with stack.client() as http:
+        response = http.get("/v1/organization/projects")
+    assert response.status_code == 403
+    assert "--admin-key" in response.json()["error"]["message"]
