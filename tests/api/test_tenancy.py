@@ -360,3 +360,26 @@ def test_admin_api_is_off_without_an_admin_key(stack: Stack) -> None:
         response = http.get("/v1/organization/projects")
     assert response.status_code == 403
     assert "--admin-key" in response.json()["error"]["message"]
+
+
+def test_static_api_key_still_works_beside_project_keys(
+    make_stack: Callable[..., Stack], migrated_database_url: str
+) -> None:
+    stack = make_stack(
+        database_url=migrated_database_url,
+        admin_key=ADMIN_KEY,
+        api_key="static-key",
+        log_prompts=True,
+        log_flush_interval=0.05,
+    )
+    with stack.client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        key = new_key(admin, new_project(admin, "acme")["id"])
+    with sdk(stack, "static-key") as static, sdk(stack, key["value"]) as project:
+        static.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+        project.completions.create(model=MODEL, prompt="Once upon", max_tokens=1)
+    by_key = {row.api_key_id: row for row in logs(stack, 2)}
+    # The static key belongs to no project; with --log-prompts the prompt is kept.
+    assert set(by_key) == {None, key["id"]}
+    assert by_key[None].project_id is None
+    assert by_key[key["id"]].prompt == '["Once upon"]'
+    assert "Count." in (by_key[None].prompt or "")
