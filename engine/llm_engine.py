@@ -65,8 +65,15 @@ class LLMEngine:
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.max_model_len = self._max_model_len()
         started = time.perf_counter()
+        # Chosen before the model is built: the backend also supplies its fused ops.
+        backend = select_attention_backend(self.device, config.attention_backend)
         model = load_model(
-            self.resolved.path, self.model_config, self.max_model_len, self.dtype, self.device
+            self.resolved.path,
+            self.model_config,
+            self.max_model_len,
+            self.dtype,
+            self.device,
+            backend.ops,
         )
         self.num_kv_blocks = self._num_kv_blocks()
         capacity = self.num_kv_blocks * config.block_size
@@ -94,7 +101,7 @@ class LLMEngine:
         self.runner = ModelRunner(
             model,
             kv_caches,
-            select_attention_backend(self.device, config.attention_backend),
+            backend,
             config.block_size,
             self.eos_token_ids,
             self.device,

@@ -22,6 +22,7 @@ from engine.models import build_model
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
 from kernels.attention import AttentionBackend, AttentionInputs
+from kernels.fused_ops import TORCH_OPS, FusedOps
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,16 @@ class StepResult:
 
 
 def load_model(
-    folder: Path, config: ModelConfig, max_positions: int, dtype: torch.dtype, device: torch.device
+    folder: Path,
+    config: ModelConfig,
+    max_positions: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    ops: FusedOps = TORCH_OPS,
 ) -> torch.nn.Module:
-    """Build the model on `device` and stream the safetensors weights into it."""
+    """Build the model on `device` with `ops` and stream the safetensors weights into it."""
     with torch.device("meta"):
-        model = build_model(config, max_positions).to(dtype)
+        model = build_model(config, max_positions, ops).to(dtype)
     # Materialise without random init (the checkpoint overwrites every weight).
     model = model.to_empty(device=device)
     model.rebuild_buffers(device)

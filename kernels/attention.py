@@ -4,7 +4,9 @@ The model runner describes a step once (`AttentionInputs`); the backend turns
 that into whatever per-step metadata it needs (`prepare`, called once per
 step, not per layer) and then, in every layer, writes the new keys/values into
 the cache and attends over it (`forward`). Models only ever call
-`forward`, so a Triton backend (kernels issue) slots in without touching them.
+`forward`, so a Triton backend slots in without touching them. A backend also
+carries the fused ops (RMSNorm, rotary, SiLU-and-mul) a model is built with,
+so attention and the other kernels are chosen together.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+
+from kernels.fused_ops import FusedOps
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class AttentionBackend(Protocol):
     """What a model layer calls; see the module docstring."""
 
     name: str
+    ops: FusedOps
 
     def prepare(self, inputs: AttentionInputs) -> Any:
         """Build per-step metadata once; the result is passed to every layer's `forward`."""

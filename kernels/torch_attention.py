@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.attention import AttentionInputs
+from kernels.fused_ops import TORCH_OPS
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class TorchAttentionBackend:
     """AttentionBackend over torch ops (scaled_dot_product_attention)."""
 
     name = "torch"
+    ops = TORCH_OPS
 
     def __init__(self, device: torch.device) -> None:
         self.device = device

@@ -6,6 +6,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models.llama import LlamaForCausalLM
+from kernels.fused_ops import TORCH_OPS, FusedOps
 
 _REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
@@ -14,9 +15,9 @@ _REGISTRY: dict[str, type[nn.Module]] = {
 }
 
 
-def build_model(config: ModelConfig, max_positions: int) -> nn.Module:
+def build_model(config: ModelConfig, max_positions: int, ops: FusedOps = TORCH_OPS) -> nn.Module:
     try:
         cls = _REGISTRY[config.architecture]
     except KeyError:
         raise ValueError(f"unsupported architecture {config.architecture!r}") from None
-    return cls(config, max_positions)
+    return cls(config, max_positions, ops)

@@ -1,0 +1,35 @@
+"""The non-attention ops a model calls, chosen together with the attention backend.
+
+A model is built with one `FusedOps` and calls only its functions, so model
+files never name a kernel. Binding happens once, at build time: the torch
+path calls the very same functions as before, with no dispatch per call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from kernels.rms_norm import rms_norm
+from kernels.rotary import apply_rotary
+from kernels.silu_and_mul import silu_and_mul
+
+RmsNorm = Callable[
+    [torch.Tensor, torch.Tensor, float, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]
+]
+
+
+@dataclass(frozen=True)
+class FusedOps:
+    """rms_norm: see kernels/rms_norm.py. apply_rotary: returns the rotated tensor,
+    which may be its input rotated in place. silu_and_mul: see kernels/silu_and_mul.py."""
+
+    name: str
+    rms_norm: RmsNorm
+    apply_rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+
+
+TORCH_OPS = FusedOps("torch", rms_norm, apply_rotary, silu_and_mul)
