@@ -1,0 +1,271 @@
+"""Triton paged attention for decodes: one query token per sequence over its paged KV.
+
+Flash-decoding: a sequence's context is cut into partitions of
+`partition_size` tokens, and one program per (sequence, KV head, partition)
+attends all the query heads that share that KV head (GQA: K/V are read once
+per group, not once per query head). With one partition the program writes
+the final output; otherwise each writes its normalised partial output and
+log-sum-exp, and a second small kernel combines them, so a long context at
+batch 1 still spreads over many programs. Reference: the decode path of
+`kernels.torch_attention.TorchAttentionBackend`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_support import dot_precision, upcast_dot
+
+LOG2E = math.log2(math.e)
+PARTITION_SIZE = 512
+
+
+@triton.jit
+def decode_partition_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    context_lens_ptr,
+    out_ptr,
+    lse_ptr,
+    scale_log2,
+    stride_qt,
+    stride_qh,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    stride_bt,
+    stride_ot,
+    stride_oh,
+    stride_op,
+    stride_lt,
+    stride_lh,
+    head_dim,
+    GROUP: tl.constexpr,
+    CACHE_BLOCK: tl.constexpr,
+    PARTITION: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    SPLIT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    part = tl.program_id(2)
+    context_len = tl.load(context_lens_ptr + seq)
+    start = part * PARTITION
+    if start >= context_len:
+        return
+    end = tl.minimum(start + PARTITION, context_len)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    heads = kv_head * GROUP + g
+    g_mask = g < GROUP
+    d_mask = d < head_dim
+    q = tl.load(
+        q_ptr + seq * stride_qt + heads[:, None] * stride_qh + d[None, :],
+        mask=g_mask[:, None] & d_mask[None, :],
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        valid = pos < end
+        block = tl.load(
+            block_tables_ptr + seq * stride_bt + pos // CACHE_BLOCK, mask=valid, other=0
+        ).to(tl.int64)
+        offsets = (
+            block[:, None] * stride_cb
+            + (pos % CACHE_BLOCK)[:, None] * stride_cs
+            + kv_head * stride_ch
+            + d[None, :]
+        )
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + offsets, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + offsets, mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(v.dtype)
+        if UPCAST:
+            p = p.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    out_offsets = seq * stride_ot + heads[:, None] * stride_oh + part * stride_op + d[None, :]
+    tl.store(
+        out_ptr + out_offsets,
+        out.to(out_ptr.dtype.element_ty),
+        mask=g_mask[:, None] & d_mask[None, :],
+    )
+    if SPLIT:
+        # log2-domain log-sum-exp of this partition's scores, for the combine.
+        tl.store(
+            lse_ptr + seq * stride_lt + heads * stride_lh + part, m_i + tl.log2(l_i), mask=g_mask
+        )
+
+
+@triton.jit
+def decode_combine_kernel(
+    partial_ptr,
+    lse_ptr,
+    context_lens_ptr,
+    out_ptr,
+    stride_pt,
+    stride_ph,
+    stride_pp,
+    stride_lt,
+    stride_lh,
+    stride_ot,
+    stride_oh,
+    head_dim,
+    PARTITION: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    num_parts = tl.cdiv(tl.load(context_lens_ptr + seq), PARTITION)
+    p = tl.arange(0, BLOCK_P)
+    d = tl.arange(0, BLOCK_D)
+    p_mask = p < num_parts
+    lse = tl.load(lse_ptr + seq * stride_lt + head * stride_lh + p, mask=p_mask, other=0.0)
+    lse = tl.where(p_mask, lse, float("-inf"))
+    weight = tl.exp2(lse - tl.max(lse, 0))
+    weight = weight / tl.sum(weight, 0)
+    partial = tl.load(
+        partial_ptr + seq * stride_pt + head * stride_ph + p[:, None] * stride_pp + d[None, :],
+        mask=p_mask[:, None] & (d[None, :] < head_dim),
+        other=0.0,
+    )
+    out = tl.sum(partial * weight[:, None], 0)
+    tl.store(
+        out_ptr + seq * stride_ot + head * stride_oh + d,
+        out.to(out_ptr.dtype.element_ty),
+        mask=d < head_dim,
+    )
+
+
+@dataclass(frozen=True)
+class DecodeBatch:
+    """One step's decodes as the kernels read them; built once per step, used by every layer."""
+
+    block_tables: torch.Tensor  # [B, max_blocks] int32
+    context_lens: torch.Tensor  # [B] int32
+    num_partitions: int
+    partition_size: int
+
+
+def make_decode_batch(
+    block_tables: torch.Tensor, context_lens: list[int], partition_size: int = PARTITION_SIZE
+) -> DecodeBatch:
+    """`context_lens` on the host sizes the grid; the tensors go to the kernels."""
+    # A power of two of at least 16: tiles of min(64, partition) keys must divide it,
+    # and tl.dot needs every tile dimension >= 16 on a GPU.
+    assert partition_size >= 16 and partition_size & (partition_size - 1) == 0
+    num_partitions = triton.cdiv(max(context_lens), partition_size)
+    lens = torch.tensor(context_lens, dtype=torch.int32).to(block_tables.device)
+    return DecodeBatch(block_tables, lens, num_partitions, partition_size)
+
+
+def decode_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    batch: DecodeBatch,
+    scale: float,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """query [B, heads, D] (one token per sequence) -> out [B, heads, D]."""
+    num_seqs, num_heads, head_dim = query.shape
+    num_kv_heads = key_cache.shape[2]
+    group = num_heads // num_kv_heads
+    if out is None:
+        out = torch.empty_like(query)
+    if num_seqs == 0:
+        return out
+    assert query.stride(-1) == 1 and out.stride(-1) == 1
+    assert key_cache.stride() == value_cache.stride() and key_cache.stride(-1) == 1
+    parts = batch.num_partitions
+    split = parts > 1
+    if split:
+        partial = torch.empty(
+            num_seqs, num_heads, parts, head_dim, dtype=torch.float32, device=query.device
+        )
+        lse = torch.empty(num_seqs, num_heads, parts, dtype=torch.float32, device=query.device)
+        target, stride_op = partial, partial.stride(2)
+        lse_strides = (lse.stride(0), lse.stride(1))
+    else:
+        target, stride_op, lse = out, 0, out
+        lse_strides = (0, 0)
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    decode_partition_kernel[(num_seqs, num_kv_heads, parts)](
+        query,
+        key_cache,
+        value_cache,
+        batch.block_tables,
+        batch.context_lens,
+        target,
+        lse,
+        scale * LOG2E,
+        query.stride(0),
+        query.stride(1),
+        key_cache.stride(0),
+        key_cache.stride(1),
+        key_cache.stride(2),
+        batch.block_tables.stride(0),
+        target.stride(0),
+        target.stride(1),
+        stride_op,
+        *lse_strides,
+        head_dim,
+        GROUP=group,
+        CACHE_BLOCK=key_cache.shape[1],
+        PARTITION=batch.partition_size,
+        BLOCK_G=max(16, triton.next_power_of_2(group)),
+        BLOCK_N=min(64, batch.partition_size),
+        BLOCK_D=block_d,
+        SPLIT=split,
+        UPCAST=upcast_dot(decode_partition_kernel, query.dtype),
+        PRECISION=dot_precision(query.dtype),
+    )
+    if split:
+        decode_combine_kernel[(num_seqs, num_heads)](
+            partial,
+            lse,
+            batch.context_lens,
+            out,
+            partial.stride(0),
+            partial.stride(1),
+            partial.stride(2),
+            lse.stride(0),
+            lse.stride(1),
+            out.stride(0),
+            out.stride(1),
+            head_dim,
+            PARTITION=batch.partition_size,
+            BLOCK_P=triton.next_power_of_2(parts),
+            BLOCK_D=block_d,
+        )
+    return out
