@@ -1,0 +1,193 @@
+"""Triton paged attention for prefill chunks: variable-length queries over paged KV.
+
+The batch is flattened: sequence i owns query rows
+`query_start[i]:query_start[i + 1]`, the last `q_len` positions of its
+`context_len` tokens. store_kv has already written the chunk's own K/V into
+the cache, so every key (cached prefix and new tokens alike) is read through
+the block table, and causality is one comparison of absolute positions. One
+program per (sequence, tile of BLOCK_M query rows, query head); tiles past a
+sequence's length exit at once. Reference: the prefill path of
+`kernels.torch_attention.TorchAttentionBackend`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_support import dot_precision, upcast_dot
+
+LOG2E = math.log2(math.e)
+
+
+@triton.jit
+def prefill_attention_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    query_start_ptr,
+    context_lens_ptr,
+    out_ptr,
+    scale_log2,
+    stride_qt,
+    stride_qh,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    stride_bt,
+    stride_ot,
+    stride_oh,
+    head_dim,
+    GROUP: tl.constexpr,
+    CACHE_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    tile = tl.program_id(1)
+    head = tl.program_id(2)
+    q_start = tl.load(query_start_ptr + seq)
+    q_len = tl.load(query_start_ptr + seq + 1) - q_start
+    m0 = tile * BLOCK_M
+    if m0 >= q_len:
+        return
+    context_len = tl.load(context_lens_ptr + seq)
+    prefix = context_len - q_len
+    kv_head = head // GROUP
+
+    rows = m0 + tl.arange(0, BLOCK_M)
+    row_mask = rows < q_len
+    q_pos = prefix + rows
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < head_dim
+    q_offsets = (q_start + rows)[:, None].to(tl.int64) * stride_qt + head * stride_qh + d[None, :]
+    q = tl.load(q_ptr + q_offsets, mask=row_mask[:, None] & d_mask[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    # Keys past the tile's last query position are masked for every row: skip them.
+    kv_end = tl.minimum(context_len, prefix + m0 + BLOCK_M)
+    for n0 in range(0, kv_end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        valid = pos < kv_end
+        block = tl.load(
+            block_tables_ptr + seq * stride_bt + pos // CACHE_BLOCK, mask=valid, other=0
+        ).to(tl.int64)
+        offsets = (
+            block[:, None] * stride_cb
+            + (pos % CACHE_BLOCK)[:, None] * stride_cs
+            + kv_head * stride_ch
+            + d[None, :]
+        )
+        kv_mask = valid[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + offsets, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + offsets, mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        # Key 0 is visible to every row, so no row is ever fully masked.
+        s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(v.dtype)
+        if UPCAST:
+            p = p.to(tl.float32)
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        m_i = m_new
+
+    out = acc / l_i[:, None]
+    out_offsets = (q_start + rows)[:, None].to(tl.int64) * stride_ot + head * stride_oh
+    tl.store(
+        out_ptr + out_offsets + d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_mask[:, None] & d_mask[None, :],
+    )
+
+
+@dataclass(frozen=True)
+class PrefillBatch:
+    """One step's prefill chunks as the kernel reads them; built once per step."""
+
+    block_tables: torch.Tensor  # [S, max_blocks] int32
+    query_start: torch.Tensor  # [S + 1] int32, rows relative to the query tensor passed in
+    context_lens: torch.Tensor  # [S] int32
+    max_query_len: int
+
+
+def make_prefill_batch(
+    block_tables: torch.Tensor, query_lens: list[int], context_lens: list[int]
+) -> PrefillBatch:
+    device = block_tables.device
+    starts = [0]
+    for q_len in query_lens:
+        starts.append(starts[-1] + q_len)
+    return PrefillBatch(
+        block_tables,
+        torch.tensor(starts, dtype=torch.int32).to(device),
+        torch.tensor(context_lens, dtype=torch.int32).to(device),
+        max(query_lens, default=0),
+    )
+
+
+def prefill_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    batch: PrefillBatch,
+    scale: float,
+    out: torch.Tensor | None = None,
+    block_m: int = 64,
+    block_n: int = 64,
+) -> torch.Tensor:
+    """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored."""
+    num_tokens, num_heads, head_dim = query.shape
+    num_kv_heads = key_cache.shape[2]
+    if out is None:
+        out = torch.empty_like(query)
+    num_seqs = batch.context_lens.shape[0]
+    if num_tokens == 0 or num_seqs == 0:
+        return out
+    assert query.stride(-1) == 1 and out.stride(-1) == 1
+    assert key_cache.stride() == value_cache.stride() and key_cache.stride(-1) == 1
+    grid = (num_seqs, triton.cdiv(batch.max_query_len, block_m), num_heads)
+    prefill_attention_kernel[grid](
+        query,
+        key_cache,
+        value_cache,
+        batch.block_tables,
+        batch.query_start,
+        batch.context_lens,
+        out,
+        scale * LOG2E,
+        query.stride(0),
+        query.stride(1),
+        key_cache.stride(0),
+        key_cache.stride(1),
+        key_cache.stride(2),
+        batch.block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        head_dim,
+        GROUP=num_heads // num_kv_heads,
+        CACHE_BLOCK=key_cache.shape[1],
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        UPCAST=upcast_dot(prefill_attention_kernel, query.dtype),
+        PRECISION=dot_precision(query.dtype),
+    )
+    return out
