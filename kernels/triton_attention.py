@@ -1,0 +1,96 @@
+"""AttentionBackend over the Triton kernels: store_kv, then decode and prefill attention.
+
+`prepare` turns the step into int32 block tables, context lengths and query
+offsets on the device once; every layer's `forward` is then three kernel
+launches at most (store_kv, decode, prefill), plus a combine kernel when a
+decode context spans several partitions. The fused ops it carries run the
+model's RMSNorm, rotary and SiLU-and-mul as Triton kernels too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.attention import AttentionInputs
+from kernels.fused_ops import FusedOps
+from kernels.triton_decode_attention import (
+    PARTITION_SIZE,
+    DecodeBatch,
+    decode_attention,
+    make_decode_batch,
+)
+from kernels.triton_prefill_attention import PrefillBatch, make_prefill_batch, prefill_attention
+from kernels.triton_rms_norm import rms_norm
+from kernels.triton_rotary import apply_rotary
+from kernels.triton_silu_and_mul import silu_and_mul
+from kernels.triton_store_kv import store_kv
+from kernels.triton_support import triton_unavailable_reason
+
+TRITON_OPS = FusedOps("triton", rms_norm, apply_rotary, silu_and_mul)
+
+
+@dataclass(frozen=True)
+class TritonAttentionMetadata:
+    slot_mapping: torch.Tensor
+    num_decodes: int
+    decode: DecodeBatch | None
+    prefill: PrefillBatch | None
+
+
+def block_table_tensor(
+    tables: list[list[int]], context_lens: list[int], block_size: int, device: torch.device
+) -> torch.Tensor:
+    """[N, max_blocks] int32, each row the blocks its context uses, zero-padded."""
+    used = [-(-ctx // block_size) for ctx in context_lens]
+    width = max(used, default=0) or 1
+    rows = [table[:n] + [0] * (width - n) for table, n in zip(tables, used, strict=True)]
+    return torch.tensor(rows, dtype=torch.int32).to(device, non_blocking=True)
+
+
+class TritonAttentionBackend:
+    """AttentionBackend whose every op is a Triton kernel (kernels/triton_*.py)."""
+
+    name = "triton"
+    ops = TRITON_OPS
+
+    def __init__(self, device: torch.device, partition_size: int = PARTITION_SIZE) -> None:
+        reason = triton_unavailable_reason(device)
+        if reason is not None:
+            raise RuntimeError(f"attention backend 'triton' cannot run: {reason}")
+        self.device = device
+        self.partition_size = partition_size
+
+    def prepare(self, inputs: AttentionInputs) -> TritonAttentionMetadata:
+        nd = inputs.num_decodes
+        tables = block_table_tensor(
+            inputs.block_tables, inputs.context_lens, inputs.block_size, self.device
+        )
+        decode = prefill = None
+        if nd:
+            decode = make_decode_batch(tables[:nd], inputs.context_lens[:nd], self.partition_size)
+        if nd < len(inputs.query_lens):
+            prefill = make_prefill_batch(
+                tables[nd:], inputs.query_lens[nd:], inputs.context_lens[nd:]
+            )
+        return TritonAttentionMetadata(inputs.slot_mapping, nd, decode, prefill)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_cache: torch.Tensor,
+        value_cache: torch.Tensor,
+        metadata: TritonAttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
+        nd = metadata.num_decodes
+        if metadata.decode is not None:
+            decode_attention(query[:nd], key_cache, value_cache, metadata.decode, scale, out[:nd])
+        if metadata.prefill is not None:
+            prefill_attention(query[nd:], key_cache, value_cache, metadata.prefill, scale, out[nd:])
+        return out

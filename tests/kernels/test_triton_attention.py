@@ -1,0 +1,139 @@
+"""The Triton backend end to end: mixed batches, backend selection, and a whole engine.
+
+The engine test runs a tiny random Llama through every Triton kernel (under
+the interpreter on CPU) with chunked prefill, decodes and prefills in one
+step, and a prefix-cache hit, and must produce the torch backend's greedy
+tokens exactly.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.llm import LLM, greedy
+from kernels.backend import select_attention_backend
+from kernels.torch_attention import TorchAttentionBackend
+from kernels.triton_attention import TritonAttentionBackend
+
+from .paged import make_paged_batch
+from .tolerances import DTYPES, assert_close
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+@pytest.mark.parametrize("block_size", [8, 32])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (8, 2)])
+def test_mixed_batch_matches_torch_backend(
+    device: torch.device, dtype: torch.dtype, block_size: int, heads: int, kv_heads: int
+) -> None:
+    batch = make_paged_batch(
+        [(9, 1), (0, 1), (70, 1), (0, 7), (0, 7), (13, 6), (16, 1 + block_size), (1, 3)],
+        block_size=block_size,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=32,
+        dtype=dtype,
+        device=device,
+        seed=block_size + heads,
+    )
+    scale = 32**-0.5
+    results = []
+    for backend in (TorchAttentionBackend(device), TritonAttentionBackend(device, 32)):
+        k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
+        metadata = backend.prepare(batch.inputs)
+        out = backend.forward(
+            batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale
+        )
+        results.append((out, k_cache, v_cache))
+    (expected, k_ref, v_ref), (out, k_cache, v_cache) = results
+    assert_close(out, expected)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+def test_selection() -> None:
+    cpu = torch.device("cpu")
+    assert select_attention_backend(cpu).name == "torch"
+    assert select_attention_backend(cpu, "torch").ops.name == "torch"
+    forced = select_attention_backend(cpu, "triton")  # TRITON_INTERPRET=1 (conftest)
+    assert forced.name == "triton" and forced.ops.name == "triton"
+    # The default on CUDA (constructing the backend touches no GPU).
+    assert select_attention_backend(torch.device("cuda")).name == "triton"
+    with pytest.raises(ValueError, match="choose from"):
+        select_attention_backend(cpu, "flash")
+
+
+def test_forcing_triton_on_cpu_without_the_interpreter_says_how(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        select_attention_backend(torch.device("cpu"), "triton")
+
+
+WITHOUT_TRITON = """
+import sys
+sys.modules["triton"] = None  # as if triton were missing: `import triton` raises
+import torch
+import kernels, kernels.backend, engine.llm_engine
+from kernels.backend import select_attention_backend
+assert select_attention_backend(torch.device("cpu")).name == "torch"
+assert select_attention_backend(torch.device("cuda")).name == "torch"  # warns, falls back
+try:
+    select_attention_backend(torch.device("cpu"), "triton")
+except RuntimeError as exc:
+    assert "triton cannot be imported" in str(exc), exc
+else:
+    raise AssertionError("forcing triton without triton must fail")
+print("ok")
+"""
+
+
+def test_cpu_engine_works_without_triton() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TRITON],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.slow  # ~10 s: a whole engine, every kernel in Triton's interpreter
+def test_engine_greedy_output_matches_torch_backend(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    folder = make_random_model("llama")
+    prompts = [
+        "The capital of France is",
+        "Once upon a time, in a land far away, there lived a",
+        "1, 2, 3, 4, 5, 6, 7, 8,",
+    ]
+    outputs = {}
+    for name in ("torch", "triton"):
+        llm = LLM(
+            str(folder),
+            attention_backend=name,
+            dtype="float32",
+            block_size=8,
+            num_kv_blocks=64,
+            max_model_len=256,
+            max_num_batched_tokens=12,  # chunked prefill, mixed with decodes
+        )
+        assert llm.engine.runner.backend.name == name
+        assert llm.engine.runner.model.norm.rms_norm is llm.engine.runner.backend.ops.rms_norm
+        ids = [llm.tokenizer.encode(p) for p in prompts]
+        first = llm.generate(ids, greedy(6, ignore_eos=True))
+        # The same prompts again: their full blocks now come from the prefix cache.
+        again = llm.generate(ids[1:2], greedy(6, ignore_eos=True))
+        assert again[0].num_cached_tokens > 0
+        outputs[name] = [r.token_ids for r in first + again]
+    assert outputs["triton"] == outputs["torch"]
