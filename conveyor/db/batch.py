@@ -15,6 +15,8 @@ class Batch(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     project_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    # The key that created the batch: its lines are billed to it.
+    api_key_id: Mapped[str | None] = mapped_column(String(40), default=None)
     endpoint: Mapped[str] = mapped_column(String(64))
     input_file_id: Mapped[str] = mapped_column(String(40))
     completion_window: Mapped[str] = mapped_column(String(8))

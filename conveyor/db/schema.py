@@ -3,8 +3,9 @@
 from conveyor.db.api_key import ApiKey
 from conveyor.db.base import Base
 from conveyor.db.batch import Batch
+from conveyor.db.batch_result import BatchResult
 from conveyor.db.project import Project
 from conveyor.db.request_log import RequestLog
 from conveyor.db.stored_file import StoredFile
 
-__all__ = ["ApiKey", "Base", "Batch", "Project", "RequestLog", "StoredFile"]
+__all__ = ["ApiKey", "Base", "Batch", "BatchResult", "Project", "RequestLog", "StoredFile"]
