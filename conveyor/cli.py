@@ -104,6 +104,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.target == "kernels":
+        from benchmarks.kernels import main as bench_kernels
+
+        return bench_kernels(args.rest)
     if args.target == "engine":
         from benchmarks.engine import main as bench_engine
 
@@ -144,8 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_operator_commands(sub, settings_from_args)
 
-    bench = sub.add_parser("bench", help="benchmarks: `conveyor bench engine|serve [flags]`")
-    bench.add_argument("target", choices=["engine", "serve"])
+    bench = sub.add_parser(
+        "bench", help="benchmarks: `conveyor bench engine|serve|kernels [flags]`"
+    )
+    bench.add_argument("target", choices=["engine", "serve", "kernels"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser
