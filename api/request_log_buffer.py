@@ -49,7 +49,10 @@ class RequestLogBuffer:
     async def stop(self) -> None:
         """Stop the timer and write whatever is left (the SIGTERM path)."""
         if self._task is not None:
-            self._task.cancel()
+            # Cancel only between flushes: a flush cancelled mid-write has taken its rows
+            # out of the buffer and would drop them (unwritten if that write then fails).
+            async with self._lock:
+                self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
         await self.flush()

@@ -54,6 +54,11 @@ class UsageMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception:
+            # Unhandled: the 500 is sent by the error handler outside this middleware.
+            if record.status_code is None:
+                record.status_code = 500
+            raise
         finally:
             if record.status_code is None:
                 record.status_code = 499  # the client left before any response started

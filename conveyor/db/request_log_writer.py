@@ -5,11 +5,31 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import String, insert, update
 
 from conveyor.db.api_key import ApiKey
 from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
+
+_MAX_LENGTHS = {
+    column.name: column.type.length
+    for column in RequestLog.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
+def _storable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit client-chosen text (the `model` of a request that got 404) to what PostgreSQL takes.
+
+    PostgreSQL refuses a string longer than its column or holding NUL (SQLite takes
+    both), and one refused row fails its whole batch on every retry, so no log is
+    written again until the buffer overflows.
+    """
+    stored = dict(row)
+    for name, value in row.items():
+        if isinstance(value, str):
+            stored[name] = value.replace("\x00", "")[: _MAX_LENGTHS.get(name)]
+    return stored
 
 
 def write_request_logs(database: Database, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -22,7 +42,7 @@ def write_request_logs(database: Database, rows: Sequence[Mapping[str, Any]]) ->
         if key_id:
             last_used[key_id] = max(last_used.get(key_id, 0), int(row["created_at"]))
     with database.session() as session:
-        session.execute(insert(RequestLog), [dict(row) for row in rows])
+        session.execute(insert(RequestLog), [_storable(row) for row in rows])
         for key_id, used_at in sorted(last_used.items()):
             session.execute(
                 update(ApiKey)
