@@ -23,13 +23,19 @@ class KeyCache:
         self.ttl = ttl
         self.max_entries = max_entries
         self._entries: OrderedDict[str, tuple[float, KeyGrant | None]] = OrderedDict()
+        # Bumped by every forget: a lookup that started before a revocation must not
+        # put its stale answer back afterwards.
+        self._generation = 0
 
     async def lookup(self, digest: str) -> KeyGrant | None:
         entry = self._entries.get(digest)
         if entry is not None and time.monotonic() - entry[0] < self.ttl:
             self._entries.move_to_end(digest)
             return entry[1]
+        generation = self._generation
         grant = await anyio.to_thread.run_sync(self._fetch, digest)
+        if generation != self._generation:
+            return await self.lookup(digest)
         self._entries[digest] = (time.monotonic(), grant)
         self._entries.move_to_end(digest)
         while len(self._entries) > self.max_entries:
@@ -42,11 +48,13 @@ class KeyCache:
 
     def forget_key(self, key_id: str) -> None:
         """Drop a key at once on this replica (it was just revoked or changed here)."""
+        self._generation += 1
         stale = [d for d, (_, grant) in self._entries.items() if grant and grant.key_id == key_id]
         for digest in stale:
             del self._entries[digest]
 
     def forget_project(self, project_id: str) -> None:
+        self._generation += 1
         stale = [
             d for d, (_, grant) in self._entries.items() if grant and grant.project_id == project_id
         ]

@@ -162,8 +162,8 @@ def _keys_create(args: argparse.Namespace, url: str) -> dict[str, Any]:
             raise OperatorError(f"project {project.name} is archived")
         for flag in ("rpm", "tpm"):
             value = getattr(args, flag)
-            if value is not None and value < 1:
-                raise OperatorError(f"--{flag} must be at least 1")
+            if value is not None and not 1 <= value < 2**31:
+                raise OperatorError(f"--{flag} must be between 1 and {2**31 - 1}")
         minted = create_key(session, project, args.name, rpm=args.rpm, tpm=args.tpm)
         return api_key_object(minted.key, secret=minted.secret)
 

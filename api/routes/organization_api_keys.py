@@ -113,6 +113,12 @@ async def modify(
 async def delete(
     project_id: str, key_id: str, database: DatabaseDep, keys: KeyCacheDep
 ) -> dict[str, Any]:
-    await in_session(database, lambda s: revoke_key(s, key_or_404(s, project_id, key_id)))
+    def work(session: Session) -> None:
+        key = key_or_404(session, project_id, key_id)
+        if key.revoked_at is not None:  # deleted already: gone, as OpenAI answers
+            raise ApiError(404, f"No API key found with id '{key_id}'", param="key_id")
+        revoke_key(session, key)
+
+    await in_session(database, work)
     keys.forget_key(key_id)
     return {"object": "organization.project.api_key.deleted", "id": key_id, "deleted": True}

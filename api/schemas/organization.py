@@ -17,6 +17,7 @@ __all__ = ["api_key_object", "project_object"]
 
 LIST_LIMIT_DEFAULT = 20
 LIST_LIMIT_MAX = 100
+MAX_LIMIT = 2**31 - 1  # the rpm/tpm columns are 32-bit on PostgreSQL
 
 
 class _Body(BaseModel):
@@ -33,16 +34,16 @@ class ProjectUpdate(_Body):
 
 class ApiKeyCreate(_Body):
     name: str = Field(default="", max_length=200)
-    rpm: int | None = Field(default=None, ge=1, description="requests per minute")
-    tpm: int | None = Field(default=None, ge=1, description="tokens per minute")
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="requests per minute")
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="tokens per minute")
 
 
 class ApiKeyUpdate(_Body):
     """Change a key's name or limits; an explicit null removes a limit."""
 
     name: str | None = Field(default=None, max_length=200)
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
 
 def list_object(page: Page[Any], render: Any) -> dict[str, Any]:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import String, insert, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from conveyor.db.api_key import ApiKey
 from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
+
+logger = logging.getLogger(__name__)
 
 _MAX_LENGTHS = {
     column.name: column.type.length
@@ -33,9 +37,34 @@ def _storable(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_request_logs(database: Database, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One executemany for the rows, one UPDATE per distinct key (not per request)."""
+    """Write the rows; a row the database refuses is dropped (logged), never retried forever.
+
+    An unreachable database raises, so the buffer keeps the rows and tries again;
+    a refused row (bad data, a schema out of step) would fail every retry of its
+    batch, so the batch is written row by row and only the refused rows are lost.
+    """
     if not rows:
         return
+    try:
+        _write(database, rows)
+    except (OperationalError, InterfaceError):
+        raise
+    except DBAPIError:
+        for row in rows:
+            try:
+                _write(database, [row])
+            except (OperationalError, InterfaceError):
+                raise
+            except DBAPIError as exc:
+                logger.error(
+                    "request log for %s refused by the database and dropped: %s",
+                    row.get("request_id"),
+                    exc.orig,
+                )
+
+
+def _write(database: Database, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One executemany for the rows, one UPDATE per distinct key (not per request)."""
     last_used: dict[str, int] = {}
     for row in rows:
         key_id = row.get("api_key_id")

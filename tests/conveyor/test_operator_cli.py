@@ -121,7 +121,7 @@ def test_keys_errors(upgraded: Cli) -> None:
     cli("projects", "create", "acme")
     assert "no project" in cli.fails("keys", "create", "--project", "initech")
     assert "no project" in cli.fails("keys", "list", "--project", "initech")
-    assert "--rpm must be at least 1" in cli.fails(
+    assert "--rpm must be between 1 and" in cli.fails(
         "keys", "create", "--project", "acme", "--rpm", "0"
     )
     assert "no API key" in cli.fails("keys", "revoke", "key_missing")

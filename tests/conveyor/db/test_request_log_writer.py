@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from api.auth import Principal
 from api.request_record import RequestRecord
@@ -123,3 +124,18 @@ def test_client_chosen_text_cannot_poison_a_batch(db: Database) -> None:
     write_request_logs(db, rows)
     models = [row.model for row in stored(db)]
     assert models == ["m", "x" * 200, "ab"]
+
+
+def test_a_refused_row_is_dropped_and_the_rest_are_written(db: Database) -> None:
+    """A row the database refuses for any reason costs that row only, not its batch."""
+    refused = log_row(T0 + 1, None)
+    refused["endpoint"] = None  # NOT NULL: refused on both databases
+    write_request_logs(db, [log_row(T0, None), refused, log_row(T0 + 2, None)])
+    assert [row.created_at for row in stored(db)] == [T0, T0 + 2]
+
+
+def test_an_unreachable_database_raises_so_the_buffer_keeps_the_rows(tmp_path: Any) -> None:
+    unreachable = Database("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(OperationalError):
+        write_request_logs(unreachable, [log_row(T0, None)])
+    unreachable.close()
