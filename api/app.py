@@ -2,10 +2,10 @@
 
 The lifespan owns the process-wide pieces: one Redis client, the one reply
 subscription, the model catalog, the database (its schema checked, or on
-SQLite brought up to date), the key cache and the request-log buffer. They
-are created before the first request is accepted (so no reply can arrive
-before its subscription) and closed after the last one finishes, the log
-buffer flushing what it holds.
+SQLite brought up to date), the key cache, the request-log buffer and the
+file storage. They are created before the first request is accepted (so no
+reply can arrive before its subscription) and closed after the last one
+finishes, the log buffer flushing what it holds.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from api.request_submitter import RequestSubmitter
 from api.routes import (
     chat,
     completions,
+    files,
     models,
     ops,
     organization_api_keys,
@@ -44,6 +45,7 @@ from conveyor.bus import BusNames
 from conveyor.db.database import Database
 from conveyor.db.migrate import prepare_schema
 from conveyor.db.request_log_writer import write_request_logs
+from conveyor.file_storage import LocalFileStorage
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
             log_buffer.start()
             app.state.database = database
             app.state.key_cache = key_cache
+            app.state.file_storage = LocalFileStorage(settings.data_dir / "files")
             app.state.authenticator = Authenticator(settings, key_cache)
             app.state.rate_limiter = RateLimiter(redis, names)
             app.state.log_buffer = log_buffer
@@ -111,9 +114,14 @@ def create_app(settings: Settings) -> FastAPI:
         organization_projects,
         organization_api_keys,
         organization_usage,
+        files,
     ):
         app.include_router(module.router)
     # Outermost last: the body limit runs first, then usage wraps the routes.
     app.add_middleware(UsageMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
     return app

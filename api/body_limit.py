@@ -1,10 +1,15 @@
-"""Reject request bodies larger than `max_body_bytes` with 413 before anything parses them.
+"""Reject request bodies larger than the limit with 413 before anything parses them.
 
 A pure ASGI middleware so the limit holds for every route, whether the client
 declares `Content-Length` (rejected without reading) or streams a chunked body
-(counted as it arrives and cut off at the limit). The accepted body is replayed
-to the app as one message; later `receive()` calls (disconnect detection) go to
-the server untouched.
+(counted as it arrives and cut off at the limit). Most bodies are small JSON:
+they are read here (up to `max_bytes`) and replayed to the app as one message;
+later `receive()` calls (disconnect detection) go to the server untouched.
+File uploads (`POST /v1/files`, up to `max_upload_bytes`) are too big to hold
+in memory: they pass through as they arrive, counted, and the route streams
+them to storage; past the limit, the next `receive()` raises a 413. An answer
+given before such a body is all read closes the connection, so a rejected
+upload is not read to the end only to be thrown away.
 """
 
 from __future__ import annotations
@@ -15,21 +20,44 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
 
+# Upload routes: their bodies are streamed, never buffered here.
+STREAMED_PATHS = frozenset({"/v1/files"})
+
+# The multipart envelope around an uploaded file (boundaries, part headers, the `purpose`
+# field); the route holds the file itself to `max_upload_bytes` exactly.
+UPLOAD_ENVELOPE_BYTES = 64 << 10
+
+
+class BodyTooLarge(ApiError):
+    """Raised from a streamed body's `receive()`; the error handlers answer the 413."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            413,
+            message,
+            code="request_too_large",
+        )
+
 
 class BodyLimitMiddleware:
-    """413 for bodies over `max_bytes`, checked on the header and on the bytes themselves."""
+    """413 for bodies over the limit, checked on the header and on the bytes themselves."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_upload_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_upload_bytes = max_upload_bytes if max_upload_bytes is not None else max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST" and scope["path"] in STREAMED_PATHS:
+            await self._pass_through(scope, receive, send)
+            return
+        too_large = f"the request body is larger than {self.max_bytes} bytes"
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _send_too_large(send, self.max_bytes)
+            await _send_too_large(send, too_large)
             return
         chunks: list[bytes] = []
         size = 0
@@ -40,7 +68,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _send_too_large(send, self.max_bytes)
+                await _send_too_large(send, too_large)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -56,6 +84,46 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
+    async def _pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the body on chunk by chunk, counting; over the limit, `receive()` raises."""
+        limit = self.max_upload_bytes + UPLOAD_ENVELOPE_BYTES
+        message = f"the upload is larger than the limit of {self.max_upload_bytes} bytes"
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await _send_too_large(send, message)
+            return
+        size = 0
+        started = False
+        body_done = False
+
+        async def counted() -> Message:
+            nonlocal size, body_done
+            received = await receive()
+            if received["type"] == "http.request":
+                size += len(received.get("body", b""))
+                if size > limit:
+                    raise BodyTooLarge(message)
+                body_done = not received.get("more_body", False)
+            return received
+
+        async def watch(reply: Message) -> None:
+            nonlocal started
+            if reply["type"] == "http.response.start":
+                started = True
+                if not body_done:
+                    # Answered early (401, 400, 413): close rather than read the rest to discard it.
+                    headers = [h for h in reply.get("headers", []) if h[0].lower() != b"connection"]
+                    reply = {**reply, "headers": [*headers, (b"connection", b"close")]}
+            await send(reply)
+
+        try:
+            await self.app(scope, counted, watch)
+        except BodyTooLarge:
+            # Normally answered by the error handlers; this is for an app that let it escape.
+            if started:
+                raise
+            await _send_too_large(send, message)
+
 
 def _content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
@@ -67,10 +135,8 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_too_large(send: Send, limit: int) -> None:
-    error = ApiError(
-        413, f"the request body is larger than {limit} bytes", code="request_too_large"
-    )
+async def _send_too_large(send: Send, message: str) -> None:
+    error = ApiError(413, message, code="request_too_large")
     body = json.dumps(error.body()).encode()
     await send(
         {

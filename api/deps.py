@@ -24,6 +24,7 @@ from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
+from conveyor.file_storage import FileStorage
 from conveyor.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -95,10 +96,15 @@ def get_key_cache(request: Request) -> KeyCache:
     return request.app.state.key_cache
 
 
+def get_file_storage(request: Request) -> FileStorage:
+    return request.app.state.file_storage
+
+
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 RecordDep = Annotated[RequestRecord, Depends(get_record)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+FileStorageDep = Annotated[FileStorage, Depends(get_file_storage)]
 
 Authenticated = Depends(authenticate)
 AdminOnly = Depends(require_admin)

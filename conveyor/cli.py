@@ -55,6 +55,7 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     ("--instance-id", {}),
     ("--database-url", {"help": "SQLAlchemy URL; default: SQLite under the data dir"}),
     ("--admin-key", {"help": "enable the /v1/organization admin API with this bearer key"}),
+    ("--max-upload-bytes", {"type": int, "help": "largest file accepted by /v1/files"}),
 ]
 
 

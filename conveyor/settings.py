@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=600.0, description="seconds before a request expires")
     result_ttl: float = Field(default=600.0, description="seconds a final result stays readable")
     max_body_bytes: int = 4 << 20
+    max_upload_bytes: int = Field(
+        default=200 << 20, description="largest file accepted by POST /v1/files (streamed to disk)"
+    )
     heartbeat_interval: float = 1.0
     heartbeat_ttl: float = 5.0
     janitor_interval: float = 2.0

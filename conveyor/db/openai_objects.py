@@ -1,7 +1,7 @@
-"""Projects and keys rendered as OpenAI's organization objects.
+"""Projects, keys and files rendered as OpenAI's objects.
 
 Here rather than in api/schemas because `conveyor projects|keys` prints the
-same objects the admin API returns.
+same objects the admin API returns, and the batch worker renders files too.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 from conveyor.db.api_key import ApiKey
 from conveyor.db.project import Project
+from conveyor.db.stored_file import StoredFile
 
 
 def project_object(project: Project) -> dict[str, Any]:
@@ -39,3 +40,22 @@ def api_key_object(key: ApiKey, *, secret: str | None = None) -> dict[str, Any]:
     if secret is not None:
         data["value"] = secret
     return data
+
+
+def file_object(stored: StoredFile) -> dict[str, Any]:
+    """OpenAI's file object; `status` and `status_details` are deprecated there but still sent."""
+    return {
+        "id": stored.id,
+        "object": "file",
+        "bytes": stored.bytes,
+        "created_at": stored.created_at,
+        "expires_at": stored.expires_at,
+        "filename": stored.filename,
+        "purpose": stored.purpose,
+        "status": stored.status,
+        "status_details": None,
+    }
+
+
+def file_deleted_object(file_id: str) -> dict[str, Any]:
+    return {"id": file_id, "object": "file", "deleted": True}

@@ -1,0 +1,98 @@
+"""File metadata (OpenAI's file objects): create, find, list and delete, scoped to a project.
+
+Shared by the Files API and the batch workers. Every lookup takes the
+caller's project: a file of another project is simply not found, and a
+caller without a project (tenancy off, or the static `--api-key`) sees only
+the files that belong to no project. The bytes live in file storage under
+`storage_key`; these functions never touch them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from conveyor.db.base import now
+from conveyor.db.ids import new_id
+from conveyor.db.pagination import Page, paginate
+from conveyor.db.stored_file import StoredFile
+
+FILE_ID_PREFIX = "file-"
+FILENAME_MAX_CHARS = 512  # the column's width
+
+
+def new_file_id() -> str:
+    """Made before the bytes are stored, so the id can be the storage key too."""
+    return new_id(FILE_ID_PREFIX)
+
+
+def create_file(
+    session: Session,
+    project_id: str | None,
+    filename: str,
+    purpose: str,
+    bytes: int,
+    storage_key: str,
+    *,
+    file_id: str | None = None,
+    expires_at: int | None = None,
+) -> StoredFile:
+    stored = StoredFile(
+        id=file_id or new_file_id(),
+        project_id=project_id,
+        filename=filename[:FILENAME_MAX_CHARS],
+        purpose=purpose,
+        bytes=bytes,
+        status="processed",
+        storage_key=storage_key,
+        created_at=now(),
+        expires_at=expires_at,
+    )
+    session.add(stored)
+    session.flush()
+    return stored
+
+
+def get_file(session: Session, file_id: str, project_id: str | None) -> StoredFile | None:
+    """The file if it belongs to `project_id` (None: to no project); otherwise None."""
+    stored = session.get(StoredFile, file_id)
+    if stored is None or stored.project_id != project_id:
+        return None
+    return stored
+
+
+def list_files(
+    session: Session,
+    project_id: str | None,
+    *,
+    purpose: str | None = None,
+    after: str | None = None,
+    limit: int = 10_000,
+    order: Literal["asc", "desc"] = "desc",
+) -> Page[StoredFile]:
+    """Newest first by default, as OpenAI lists files; raises UnknownCursor for a bad `after`."""
+    query = select(StoredFile).where(
+        StoredFile.project_id.is_(None)
+        if project_id is None
+        else StoredFile.project_id == project_id
+    )
+    if purpose is not None:
+        query = query.where(StoredFile.purpose == purpose)
+    return paginate(
+        session,
+        query,
+        created_at=StoredFile.created_at,
+        id_column=StoredFile.id,
+        after=after,
+        limit=limit,
+        descending=order == "desc",
+    )
+
+
+def delete_file(session: Session, stored: StoredFile) -> str:
+    """Drop the row; returns its storage key so the caller deletes the bytes after commit."""
+    session.delete(stored)
+    session.flush()
+    return stored.storage_key

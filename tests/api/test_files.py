@@ -1,0 +1,296 @@
+"""The Files API through a real uvicorn, called with the official `openai` SDK (and raw httpx
+where the SDK cannot misbehave): uploads, listing, content, deletion, limits, tenancy."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import Stack, running_stack
+from .test_errors import error_of
+from .test_tenancy import ADMIN_KEY, new_key, new_project
+
+API_KEY = "sk-static-test"
+MAX_UPLOAD = 16 << 10  # a small upload limit, so the 413s are cheap
+MAX_BODY = 2000  # JSON bodies; uploads far bigger than this must still pass
+JSONL = (
+    '{"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", '
+    '"body": {"messages": [{"role": "user", "content": "héllo, 世界 🚀"}]}}\n'
+).encode()
+
+
+@pytest.fixture(scope="module")
+def files_stack(
+    redis_url: str, bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """No worker: files never reach the queue. Tenancy off, the static key required."""
+    with running_stack(
+        redis_url,
+        bundled_model_dir,
+        with_worker=False,
+        data_dir=tmp_path_factory.mktemp("data"),
+        api_key=API_KEY,
+        max_upload_bytes=MAX_UPLOAD,
+        max_body_bytes=MAX_BODY,
+    ) as started:
+        yield started
+
+
+@pytest.fixture()
+def client(files_stack: Stack) -> Iterator[openai.OpenAI]:
+    with sdk(files_stack, API_KEY) as sdk_client:
+        yield sdk_client
+
+
+@pytest.fixture()
+def http(files_stack: Stack) -> Iterator[httpx.Client]:
+    with files_stack.client(headers={"Authorization": f"Bearer {API_KEY}"}) as raw:
+        yield raw
+
+
+def sdk(stack: Stack, secret: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key=secret, max_retries=0, timeout=10)
+
+
+def stored(stack: Stack) -> list[str]:
+    """Every name in file storage, temporaries included."""
+    root = stack.server.settings.data_dir / "files"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def all_ids(client: openai.OpenAI) -> set[str]:
+    return {f.id for f in client.files.list()}
+
+
+def upload(http: httpx.Client, data: bytes, purpose: str = "batch") -> httpx.Response:
+    return http.post("/v1/files", data={"purpose": purpose}, files={"file": ("in.jsonl", data)})
+
+
+def test_upload_retrieve_download_delete(
+    files_stack: Stack, client: openai.OpenAI, tmp_path: Path
+) -> None:
+    path = tmp_path / "requêtes 世界.jsonl"
+    path.write_bytes(JSONL * 3)
+    with path.open("rb") as f:
+        created = client.files.create(file=f, purpose="batch")
+    assert created.id.startswith("file-")
+    assert (created.object, created.purpose, created.status) == ("file", "batch", "processed")
+    assert (created.filename, created.bytes) == (path.name, len(JSONL) * 3)
+    assert created.expires_at is None and created.status_details is None
+
+    assert client.files.retrieve(created.id) == created
+    assert created.id in all_ids(client)
+    content = client.files.content(created.id)
+    assert content.content == JSONL * 3  # byte-exact, non-ASCII included
+    assert content.response.headers["content-type"] == "application/octet-stream"
+    assert created.id in stored(files_stack)
+
+    deleted = client.files.delete(created.id)
+    assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "file", True)
+    for call in (client.files.retrieve, client.files.content, client.files.delete):
+        with pytest.raises(openai.NotFoundError) as missing:
+            call(created.id)
+        assert missing.value.body["param"] == "file_id"  # type: ignore[index]
+    assert created.id not in all_ids(client)
+    assert created.id not in stored(files_stack)
+
+
+def test_binary_and_empty_files_round_trip(client: openai.OpenAI) -> None:
+    for data in (bytes(range(256)) * 40, b""):
+        created = client.files.create(file=("blob.bin", data), purpose="user_data")
+        assert created.bytes == len(data)
+        assert client.files.content(created.id).content == data
+
+
+def test_upload_bigger_than_the_json_body_limit_is_streamed(
+    files_stack: Stack, http: httpx.Client
+) -> None:
+    data = b"x" * (MAX_UPLOAD - 1) + b"\n"  # 8x MAX_BODY, exactly the upload limit
+    response = upload(http, data)
+    assert response.status_code == 200, response.text
+    assert response.json()["bytes"] == MAX_UPLOAD
+    assert http.get(f"/v1/files/{response.json()['id']}/content").content == data
+
+
+def test_too_large_upload_is_413_and_leaves_nothing(files_stack: Stack, http: httpx.Client) -> None:
+    before_files, before_ids = stored(files_stack), set(_list(http))
+
+    # Over the file limit but within the multipart envelope: cut by the route, mid-file.
+    error = error_of(upload(http, b"x" * (MAX_UPLOAD + 1)), 413)
+    assert (error["code"], error["param"]) == ("file_too_large", "file")
+    # A declared Content-Length far over the limit: refused before a byte is read.
+    response = upload(http, b"x" * (MAX_UPLOAD * 8))
+    assert error_of(response, 413)["code"] == "request_too_large"
+    assert response.headers["connection"] == "close"
+
+    # No Content-Length (chunked): counted as it streams and cut off.
+    def chunked() -> Iterator[bytes]:
+        yield (
+            b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
+        )
+        for _ in range(40):
+            yield b"y" * 4096
+        yield b"\r\n--b--\r\n"
+
+    try:
+        response = http.post(
+            "/v1/files",
+            content=chunked(),
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        )
+    except httpx.TransportError:
+        pass  # the server may close before the client has finished sending
+    else:
+        assert error_of(response, 413)["code"] in ("file_too_large", "request_too_large")
+
+    assert stored(files_stack) == before_files
+    assert set(_list(http)) == before_ids
+
+
+def _list(http: httpx.Client, **params: Any) -> list[str]:
+    response = http.get("/v1/files", params=params)
+    assert response.status_code == 200, response.text
+    return [f["id"] for f in response.json()["data"]]
+
+
+@pytest.mark.parametrize(
+    ("purpose", "code"),
+    [
+        ("batch_output", None),  # made by the server only
+        ("fine-tune-results", None),
+        ("fine-tune", "not_supported"),  # an OpenAI purpose for a feature conveyor lacks
+        ("assistants", "not_supported"),
+        ("cats", None),
+        ("", None),
+    ],
+)
+def test_bad_purpose_is_400(
+    files_stack: Stack, http: httpx.Client, purpose: str, code: str | None
+) -> None:
+    before = stored(files_stack)
+    error = error_of(upload(http, JSONL, purpose=purpose), 400)
+    assert (error["param"], error["code"]) == ("purpose", code)
+    assert stored(files_stack) == before
+
+
+def test_malformed_uploads_are_400(files_stack: Stack, http: httpx.Client) -> None:
+    before, before_ids = stored(files_stack), set(_list(http))
+    no_purpose = http.post("/v1/files", files={"file": ("a.jsonl", JSONL)})
+    assert error_of(no_purpose, 400)["param"] == "purpose"
+    no_file = http.post("/v1/files", data={"purpose": "batch"}, files={"x": ("", b"")})
+    assert error_of(no_file, 400)
+    not_a_file = http.post("/v1/files", files={"purpose": (None, "batch"), "file": (None, "hi")})
+    assert error_of(not_a_file, 400)["param"] == "file"
+    assert error_of(http.post("/v1/files", json={"purpose": "batch"}), 400)
+    two_files = http.post(
+        "/v1/files",
+        data={"purpose": "batch"},
+        files=[("file", ("a.jsonl", JSONL)), ("file", ("b.jsonl", JSONL))],
+    )
+    assert error_of(two_files, 400)["param"] == "file"
+    truncated = http.post(
+        "/v1/files",
+        content=b'--b\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\nabc',
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert error_of(truncated, 400)
+    expiring = http.post(
+        "/v1/files",
+        data={"purpose": "batch", "expires_after[anchor]": "created_at"},
+        files={"file": ("a.jsonl", JSONL)},
+    )
+    error = error_of(expiring, 400)
+    assert (error["param"], error["code"]) == ("expires_after", "not_supported")
+    assert stored(files_stack) == before
+    assert set(_list(http)) == before_ids
+
+
+def test_pagination_after_limit_order_and_purpose(client: openai.OpenAI) -> None:
+    made = [client.files.create(file=(f"{i}.jsonl", JSONL), purpose="batch").id for i in range(5)]
+    extra = client.files.create(file=("x.txt", b"x"), purpose="user_data").id
+    newest_first = [f.id for f in client.files.list()]  # default: desc, limit 10000
+    assert set(made) | {extra} <= set(newest_first)
+    oldest_first = [f.id for f in client.files.list(order="asc")]
+    assert oldest_first == newest_first[::-1]
+
+    first = client.files.list(limit=2)
+    assert len(first.data) == 2 and first.has_more
+    walked = [f.id for f in first]  # the SDK pages on with `after`
+    assert walked == newest_first
+    page = client.files.list(limit=3, order="asc", after=oldest_first[1])
+    assert [f.id for f in page.data] == oldest_first[2:5]
+
+    batch_only = [f.id for f in client.files.list(purpose="batch")]
+    assert set(made) <= set(batch_only) and extra not in batch_only
+    assert [f.id for f in client.files.list(purpose="user_data")].count(extra) == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 10_001}, "limit"),
+        ({"order": "sideways"}, "order"),
+        ({"after": "file-nope"}, "after"),
+    ],
+)
+def test_bad_list_parameters_are_400(
+    http: httpx.Client, params: dict[str, Any], param: str
+) -> None:
+    assert error_of(http.get("/v1/files", params=params), 400)["param"] == param
+
+
+def test_unauthenticated_is_401(files_stack: Stack) -> None:
+    before = stored(files_stack)
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with files_stack.client(headers=headers) as anonymous:
+            error_of(anonymous.get("/v1/files"), 401)
+            error_of(anonymous.get("/v1/files/file-x/content"), 401)
+            error_of(anonymous.delete("/v1/files/file-x"), 401)
+            refused = upload(anonymous, JSONL * 100)
+            error_of(refused, 401)
+    with sdk(files_stack, "wrong") as client, pytest.raises(openai.AuthenticationError):
+        client.files.create(file=("a.jsonl", io.BytesIO(JSONL)), purpose="batch")
+    assert stored(files_stack) == before
+
+
+# --- tenancy: SQLite and PostgreSQL ---------------------------------------------------------
+
+
+@pytest.fixture()
+def tenancy(make_stack: Callable[..., Stack], migrated_database_url: str, tmp_path: Path) -> Stack:
+    return make_stack(
+        database_url=migrated_database_url,
+        admin_key=ADMIN_KEY,
+        data_dir=tmp_path,
+        with_worker=False,
+    )
+
+
+def test_files_belong_to_their_project(tenancy: Stack) -> None:
+    with tenancy.client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        acme = new_key(admin, new_project(admin, "acme")["id"])
+        globex = new_key(admin, new_project(admin, "globex")["id"])
+    with sdk(tenancy, acme["value"]) as mine, sdk(tenancy, globex["value"]) as theirs:
+        created = mine.files.create(file=("mine.jsonl", JSONL), purpose="batch")
+        own = theirs.files.create(file=("theirs.jsonl", JSONL), purpose="batch")
+        for call in (theirs.files.retrieve, theirs.files.content, theirs.files.delete):
+            with pytest.raises(openai.NotFoundError):
+                call(created.id)
+        assert [f.id for f in theirs.files.list()] == [own.id]
+        assert [f.id for f in mine.files.list()] == [created.id]
+        with pytest.raises(openai.BadRequestError):  # another project's id is no cursor
+            theirs.files.list(after=created.id)
+        # Still there for its owner, after the other project's delete attempt.
+        assert mine.files.content(created.id).content == JSONL
+        assert mine.files.delete(created.id).deleted
+    # The admin key is not a project key: it cannot reach /v1/files.
+    with tenancy.client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        error_of(admin.get("/v1/files"), 401)
