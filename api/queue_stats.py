@@ -1,4 +1,8 @@
-"""How full a model's request stream is: for overload 503s and for /metrics.
+"""How full a model's request streams are: for overload 503s and for /metrics.
+
+Each lane (interactive, batch) is its own stream: the overload check looks at
+the request's lane only, so a full batch lane never refuses interactive work;
+/metrics reports the lanes summed (`lane_stats` has them apart).
 
 "Undelivered" is what no worker has taken yet. Redis >= 7 reports it exactly as
 the consumer group's `lag`; older servers (the embedded 6.2) do not, so there it
@@ -8,31 +12,57 @@ which is exact as long as workers delete the entries they acknowledge.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
-from conveyor.bus import WORKER_GROUP, BusNames
+from conveyor.bus import LANES, WORKER_GROUP, BusNames
 
 
 @dataclass(frozen=True)
 class QueueStats:
-    length: int  # XLEN of the request stream
+    length: int  # XLEN of the request stream(s)
     pending: int  # delivered to a worker, not yet acknowledged (XPENDING count)
     undelivered: int  # waiting for any worker
-    dead_letters: int  # XLEN of the dead-letter stream
+    dead_letters: int  # XLEN of the model's dead-letter stream (shared by the lanes)
 
 
-async def queue_stats(redis: Redis, names: BusNames, model: str) -> QueueStats:
-    stream = names.requests(model)
+async def queue_stats(
+    redis: Redis, names: BusNames, model: str, lanes: Iterable[str] = LANES
+) -> QueueStats:
+    """The model's queue over `lanes` (all by default), in one round trip."""
+    per_lane = await lane_stats(redis, names, model, lanes)
+    stats = list(per_lane.values())
+    return QueueStats(
+        length=sum(s.length for s in stats),
+        pending=sum(s.pending for s in stats),
+        undelivered=sum(s.undelivered for s in stats),
+        dead_letters=stats[0].dead_letters if stats else 0,
+    )
+
+
+async def lane_stats(
+    redis: Redis, names: BusNames, model: str, lanes: Iterable[str] = LANES
+) -> dict[str, QueueStats]:
+    """Each lane's stream on its own (`dead_letters` is the model's, repeated per lane)."""
+    streams = {lane: names.requests(model, lane) for lane in lanes}
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xlen(stream)
-        pipe.xinfo_groups(stream)
+        for stream in streams.values():
+            pipe.xlen(stream)
+            pipe.xinfo_groups(stream)
         pipe.xlen(names.dead_letters(model))
-        length, groups, dead = await pipe.execute(raise_on_error=False)
+        replies = await pipe.execute(raise_on_error=False)
+    dead = replies[-1] if isinstance(replies[-1], int) else 0
+    return {
+        lane: _stream_stats(replies[2 * i], replies[2 * i + 1], dead)
+        for i, lane in enumerate(streams)
+    }
+
+
+def _stream_stats(length: Any, groups: Any, dead: int) -> QueueStats:
     length = length if isinstance(length, int) else 0
-    dead = dead if isinstance(dead, int) else 0
     group = _worker_group(groups)
     if group is None:  # no worker has ever read this stream: nothing was delivered
         return QueueStats(length, 0, length, dead)

@@ -4,7 +4,9 @@ Everything a worker would otherwise reject late is checked here, where the
 client still gets a precise 400: sampling ranges (through the engine's own
 SamplingParams, so every entry point rejects the same things), token ids
 against the vocabulary, and prompt + completion length against the model's
-context. Overload is refused before any tokenizing work (503 + Retry-After).
+context. Overload is refused before any tokenizing work (503 + Retry-After),
+per lane: batch lines queue on their own stream, so however many of them
+wait, interactive requests are neither refused nor queued behind them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from api.errors import ApiError
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
 from api.schemas.common import SamplingRequest
-from conveyor.bus import REQUEST_FIELD, BusNames
+from conveyor.bus import INTERACTIVE_LANE, REQUEST_FIELD, BusNames
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
 from engine.sampling_params import SamplingParamError, SamplingParams
@@ -37,6 +39,8 @@ class Submission:
     sampling: SamplingParams
     priority: int
     stream: bool
+    # "interactive" or "batch" (conveyor.bus.LANES): which of the model's streams it joins.
+    lane: str = INTERACTIVE_LANE
 
 
 def build_sampling(
@@ -153,20 +157,23 @@ class RequestSubmitter:
         self.router = router
         self.settings = settings
 
-    async def check_capacity(self, model: str) -> None:
-        """503 + Retry-After while the model's stream holds too many undelivered requests."""
-        stats = await queue_stats(self.redis, self.names, model)
+    async def check_capacity(self, model: str, lane: str = INTERACTIVE_LANE) -> None:
+        """503 + Retry-After while the lane's stream holds too many undelivered requests."""
+        self.names.requests(model, lane)  # an unknown lane is a bug: fail before any work
+        stats = await queue_stats(self.redis, self.names, model, lanes=(lane,))
         if stats.undelivered > self.settings.max_queued_requests:
+            which = "" if lane == INTERACTIVE_LANE else f"{lane} "
             raise ApiError(
                 503,
-                f"The model `{model}` is overloaded ({stats.undelivered} requests waiting); "
-                "retry later",
+                f"The model `{model}` is overloaded ({stats.undelivered} {which}requests "
+                "waiting); retry later",
                 code="overloaded",
                 headers={"Retry-After": "1"},
             )
 
     async def submit(self, submission: Submission) -> ReplyReader:
         """Register for replies first (none may be missed), then queue the request."""
+        stream = self.names.requests(submission.model, submission.lane)
         now = time.time()
         deadline = now + self.settings.request_timeout
         reader = self.router.open(submission.request_id, deadline, streaming=submission.stream)
@@ -180,8 +187,8 @@ class RequestSubmitter:
             deadline=deadline,
             arrival=now,
             stream=submission.stream,
+            lane=submission.lane,
         )
-        stream = self.names.requests(submission.model)
         try:
             entry_id = await self.redis.xadd(stream, {REQUEST_FIELD: message.encode()})
         except BaseException:

@@ -22,6 +22,13 @@ TOKENIZER_FILES = (
 )
 TOKENIZER_DIGEST_FIELD = "digest"
 
+# Request lanes, highest priority first. Each lane is its own stream, so queued batch
+# lines never sit in front of an interactive request: workers read the lanes in this
+# order, and capacity (`--max-queued-requests`) is counted per lane.
+INTERACTIVE_LANE = "interactive"
+BATCH_LANE = "batch"
+LANES = (INTERACTIVE_LANE, BATCH_LANE)
+
 
 @dataclass(frozen=True)
 class BusNames:
@@ -29,9 +36,19 @@ class BusNames:
 
     prefix: str = "conveyor"
 
-    def requests(self, model: str) -> str:
-        """Stream of GenerateRequest messages for one served model."""
-        return f"{self.prefix}:req:{model}"
+    def requests(self, model: str, lane: str = INTERACTIVE_LANE) -> str:
+        """Stream of GenerateRequest messages for one served model and lane.
+
+        The interactive stream keeps its historical name. The batch stream's name
+        puts the interactive name in a Redis Cluster hash tag, so both lanes of a
+        model share a slot and one XREADGROUP can block on the two together.
+        """
+        base = f"{self.prefix}:req:{model}"
+        if lane == INTERACTIVE_LANE:
+            return base
+        if lane == BATCH_LANE:
+            return f"{{{base}}}:{BATCH_LANE}"
+        raise ValueError(f"unknown request lane {lane!r} (lanes: {', '.join(LANES)})")
 
     def dead_letters(self, model: str) -> str:
         """Requests that failed `max_deliveries` times, kept for operators to inspect."""

@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from conveyor.bus import INTERACTIVE_LANE
+
 PROTOCOL_VERSION = 1
 
 
@@ -26,7 +28,11 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class GenerateRequest:
-    """XADDed to `conveyor:req:{model}` by the API; consumed by any worker of that model."""
+    """XADDed to the model's lane stream by the API; consumed by any worker of that model.
+
+    `lane` says which stream the API meant it for (informational: a worker trusts
+    the stream it read the entry from); peers of older releases omit it.
+    """
 
     id: str
     reply_to: str
@@ -37,6 +43,7 @@ class GenerateRequest:
     deadline: float | None = None
     arrival: float = 0.0
     stream: bool = True
+    lane: str = INTERACTIVE_LANE
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> str:

@@ -1,4 +1,4 @@
-"""What a worker sets up in Redis before it takes work: group, tokenizer, model name.
+"""What a worker sets up in Redis before it takes work: groups, tokenizer, model name.
 
 API processes never load the model, yet they tokenize prompts and apply the
 chat template, so the worker publishes the tokenizer files themselves in a
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import redis
 
-from conveyor.bus import TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
+from conveyor.bus import LANES, TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
 from engine.llm_engine import LLMEngine
 
 
@@ -63,7 +63,8 @@ class Announcer:
 
     def announce(self) -> None:
         names, model = self.names, self.model
-        ensure_group(self.client, names.requests(model))
+        for lane in LANES:  # every lane, so intake can block on all of them at once
+            ensure_group(self.client, names.requests(model, lane))
         key = names.tokenizer(model)
         pipe = self.client.pipeline(transaction=True)  # readers never see a half-written hash
         pipe.delete(key)

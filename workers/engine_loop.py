@@ -18,7 +18,7 @@ from conveyor.metrics import WorkerMetrics
 from conveyor.protocol import ErrorInfo
 from engine.llm_engine import LLMEngine
 from workers.inflight import Inflight, Ticket
-from workers.intake import bad_request
+from workers.intake import bad_request, engine_priority
 from workers.publisher import Aborted, Failed, Publisher, Released, StepOutputs
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class EngineLoop:
                 rid,
                 request.prompt_token_ids,
                 ticket.params,
-                priority=request.priority,
+                priority=engine_priority(request.priority, ticket.lane),
                 arrival_time=request.arrival or ticket.received,
             )
         except ValueError as exc:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import redis
 
-from conveyor.bus import BusNames
+from conveyor.bus import LANES, BusNames
 from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
 from engine.llm_engine import LLMEngine
@@ -59,7 +59,7 @@ class EngineWorker:
         self.settings = settings
         self.drain_timeout = drain_timeout
         self.model = engine.model_name
-        self.stream = names.requests(self.model)
+        self.streams = [names.requests(self.model, lane) for lane in LANES]
         self.capacity = engine.config.max_num_seqs
         # One pool for all threads (redis-py clients are thread-safe); the blocking
         # XREADGROUP and the subscription each hold their own connection from it.
@@ -124,10 +124,10 @@ class EngineWorker:
         self.aborts.subscribe()
         self.heartbeat.beat()  # listed (and alive to other janitors) before taking work
         logger.info(
-            "worker %s serving %s from stream %s, capacity %d",
+            "worker %s serving %s from streams %s, capacity %d",
             self.instance,
             self.model,
-            self.stream,
+            ", ".join(self.streams),
             self.capacity,
         )
         stopping = threading.Event()  # intake and janitor: take no more work

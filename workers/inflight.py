@@ -13,19 +13,25 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from conveyor.bus import INTERACTIVE_LANE
 from conveyor.protocol import GenerateRequest
 from engine.sampling_params import SamplingParams
 
 
 @dataclass(frozen=True, eq=False)
 class Ticket:
-    """One delivered request: where it came from (to XACK it) and which delivery it is."""
+    """One delivered request: where it came from (to XACK it) and which delivery it is.
+
+    `lane` is the lane of the stream the entry was read from (not what the payload
+    claims): it picks the stream to XACK and the request's engine priority.
+    """
 
     stream_id: str
     request: GenerateRequest
     attempt: int = 1
     params: SamplingParams | None = None
     received: float = field(default_factory=time.time)
+    lane: str = INTERACTIVE_LANE
 
     @property
     def request_id(self) -> str:
@@ -46,7 +52,8 @@ class Inflight:
         self.capacity = capacity
         self._cond = threading.Condition()
         self._tickets: dict[str, Ticket] = {}
-        self._stream_ids: set[str] = set()
+        # (lane, entry id): ids are per stream, so two lanes may hold the same one.
+        self._stream_ids: set[tuple[str, str]] = set()
         self._reserved = 0
         self._priority_waiters = 0
 
@@ -87,7 +94,7 @@ class Inflight:
                 self._cond.notify_all()
                 return False
             self._tickets[ticket.request_id] = ticket
-            self._stream_ids.add(ticket.stream_id)
+            self._stream_ids.add((ticket.lane, ticket.stream_id))
             return True
 
     def remove(self, ticket: Ticket) -> None:
@@ -95,16 +102,16 @@ class Inflight:
         with self._cond:
             if self._tickets.get(ticket.request_id) is ticket:
                 del self._tickets[ticket.request_id]
-                self._stream_ids.discard(ticket.stream_id)
+                self._stream_ids.discard((ticket.lane, ticket.stream_id))
                 self._cond.notify_all()
 
     def get(self, request_id: str) -> Ticket | None:
         with self._cond:
             return self._tickets.get(request_id)
 
-    def holds_stream_id(self, stream_id: str) -> bool:
+    def holds_stream_id(self, stream_id: str, lane: str = INTERACTIVE_LANE) -> bool:
         with self._cond:
-            return stream_id in self._stream_ids
+            return (lane, stream_id) in self._stream_ids
 
     def __len__(self) -> int:
         with self._cond:

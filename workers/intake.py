@@ -1,12 +1,18 @@
-"""The intake thread: take requests from the model's stream into free slots only.
+"""The intake thread: take requests from the model's lane streams into free slots only.
 
-Back-pressure: each XREADGROUP asks for exactly as many messages as the
-worker has free slots (`Inflight.reserve`), so requests the engine could not
-admit now stay in the stream where any other worker of the model can take
-them. Everything that can be checked without the engine is checked here, off
-the engine thread: the payload decodes, the deadline has not passed, the
-sampling parameters are valid. Failures become error replies through the
-publisher (which also XACKs); good requests go to the engine loop's queue.
+Back-pressure: each read asks for at most as many messages as the worker has
+free slots (`Inflight.reserve`), so requests the engine could not admit now
+stay in the stream where any other worker of the model can take them.
+
+Lanes: the interactive stream is read first and the batch stream only with the
+slots left over, so a queue of batch lines never delays an interactive request;
+batch requests also get an engine priority behind every interactive one (see
+`engine_priority`), so the scheduler admits and preempts them last.
+
+Everything that can be checked without the engine is checked here, off the
+engine thread: the payload decodes, the deadline has not passed, the sampling
+parameters are valid. Failures become error replies through the publisher
+(which also XACKs); good requests go to the engine loop's queue.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Any
 
 import redis
 
-from conveyor.bus import REQUEST_FIELD, WORKER_GROUP, BusNames
+from conveyor.bus import BATCH_LANE, INTERACTIVE_LANE, LANES, REQUEST_FIELD, WORKER_GROUP, BusNames
 from conveyor.protocol import ErrorInfo, GenerateRequest
 from engine.sampling_params import SamplingParamError, SamplingParams
 from workers.dead_letters import dead_letter
@@ -30,9 +36,13 @@ from workers.publisher import Failed, Publisher
 
 logger = logging.getLogger(__name__)
 
-# The stream entry field holding `GenerateRequest.encode()` (what the API XADDs).
-
 _BLOCK_MS = 100
+# Clients' `priority` is clamped to +-PRIORITY_LIMIT and batch requests are shifted by
+# BATCH_PRIORITY_OFFSET (> 2 * PRIORITY_LIMIT), so every batch request sorts after every
+# interactive one in the scheduler (lower value first) whatever priorities clients send.
+PRIORITY_LIMIT = 1_000_000
+BATCH_PRIORITY_OFFSET = 10_000_000
+assert BATCH_PRIORITY_OFFSET > 2 * PRIORITY_LIMIT
 _SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 
 
@@ -59,6 +69,12 @@ def sampling_params_from_wire(sampling: dict[str, Any]) -> SamplingParams:
     except (TypeError, ValueError) as exc:
         # A value of the wrong type, e.g. "n": "2", surfaces as a TypeError deep inside.
         raise SamplingParamError("sampling", str(exc)) from None
+
+
+def engine_priority(priority: int, lane: str) -> int:
+    """The scheduler priority of a request: the client's, clamped, behind interactive if batch."""
+    clamped = max(-PRIORITY_LIMIT, min(PRIORITY_LIMIT, priority))
+    return clamped + BATCH_PRIORITY_OFFSET if lane == BATCH_LANE else clamped
 
 
 def bad_request(exc: ValueError) -> ErrorInfo:
@@ -90,7 +106,8 @@ class Intake:
         self.client = client
         self.names = names
         self.model = model
-        self.stream = names.requests(model)
+        self.streams = {lane: names.requests(model, lane) for lane in LANES}
+        self.lanes = {stream: lane for lane, stream in self.streams.items()}
         self.instance = instance
         self.inflight = inflight
         self.publisher = publisher
@@ -103,20 +120,63 @@ class Intake:
             if not slots:
                 continue
             try:
-                reply = self.client.xreadgroup(
-                    WORKER_GROUP, self.instance, {self.stream: ">"}, count=slots, block=_BLOCK_MS
-                )
+                entries = self.read(slots)
             except redis.RedisError as exc:
                 self.inflight.unreserve(slots)
-                logger.warning("reading %s failed (%s); retrying", self.stream, exc)
+                logger.warning(
+                    "reading the %s request streams failed (%s); retrying", self.model, exc
+                )
                 if "NOGROUP" in str(exc):
                     self._recover()
                 stopping.wait(0.5)
                 continue
-            entries = [entry for _, stream_entries in reply or [] for entry in stream_entries]
             self.inflight.unreserve(slots - len(entries))
-            for stream_id, fields in entries:
-                self.accept(stream_id, fields, attempt=1)
+            for lane, stream_id, fields in entries:
+                self.accept(stream_id, fields, attempt=1, lane=lane)
+
+    def read(self, slots: int) -> list[tuple[str, str, dict[str, str]]]:
+        """At most `slots` new entries as (lane, id, fields), interactive ones first.
+
+        First a non-blocking read per lane in priority order, each for the slots still
+        free. Only when every lane is empty, one blocking read waits on all of them;
+        its COUNT applies per stream, so it asks each for `slots // len(LANES)` and the
+        total never exceeds the free slots (an entry once delivered cannot be handed
+        back). With a single free slot it waits on the interactive lane alone: a batch
+        line arriving then is taken by the next poll, at most `_BLOCK_MS` later.
+        """
+        taken: list[tuple[str, str, dict[str, str]]] = []
+        for lane in LANES:
+            want = slots - len(taken)
+            if want <= 0:
+                return taken
+            try:
+                taken += self._read({self.streams[lane]: ">"}, want, block=None)
+            except redis.RedisError:
+                if not taken:
+                    raise
+                return taken  # keep what was delivered; the error shows again next round
+        if taken:
+            return taken
+        if slots >= len(LANES):
+            watch = {stream: ">" for stream in self.streams.values()}
+            count = slots // len(LANES)
+        else:
+            watch, count = {self.streams[INTERACTIVE_LANE]: ">"}, slots
+        got = self._read(watch, count, block=_BLOCK_MS)
+        got.sort(key=lambda entry: LANES.index(entry[0]))  # stable: stream order kept
+        return got
+
+    def _read(
+        self, streams: dict[str, str], count: int, block: int | None
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        reply = self.client.xreadgroup(
+            WORKER_GROUP, self.instance, streams, count=count, block=block
+        )
+        return [
+            (self.lanes[stream], stream_id, fields)
+            for stream, entries in reply or []
+            for stream_id, fields in entries
+        ]
 
     def _recover(self) -> None:
         """Redis lost the stream (restart without persistence, flush): announce again."""
@@ -125,13 +185,19 @@ class Intake:
         except redis.RedisError as exc:
             logger.warning("re-announcing %s failed (%s)", self.model, exc)
 
-    def accept(self, stream_id: str, fields: dict[str, str] | None, attempt: int) -> None:
-        """Route one delivered message; the caller has reserved a slot for it."""
+    def accept(
+        self,
+        stream_id: str,
+        fields: dict[str, str] | None,
+        attempt: int,
+        lane: str = INTERACTIVE_LANE,
+    ) -> None:
+        """Route one delivered message from `lane`'s stream; the caller reserved a slot for it."""
         try:
             request = decode_entry(fields)
         except (TypeError, ValueError, KeyError) as exc:
             self.inflight.unreserve(1)
-            self._malformed(stream_id, fields or {}, attempt, exc)
+            self._malformed(stream_id, fields or {}, attempt, exc, lane)
             return
         params: SamplingParams | None = None
         error: ErrorInfo | None = None
@@ -147,10 +213,11 @@ class Intake:
         else:
             try:
                 _check_prompt(request.prompt_token_ids)
+                _check_priority(request.priority)
                 params = sampling_params_from_wire(request.sampling)
             except SamplingParamError as exc:
                 error = bad_request(exc)
-        ticket = Ticket(stream_id, request, attempt, params)
+        ticket = Ticket(stream_id, request, attempt, params, lane=lane)
         if not self.inflight.admit(ticket):
             error = ErrorInfo(
                 message=f"request id {request.id!r} is already being served",
@@ -164,10 +231,11 @@ class Intake:
             self.work.put(ticket)
 
     def _malformed(
-        self, stream_id: str, fields: dict[str, str], attempt: int, exc: Exception
+        self, stream_id: str, fields: dict[str, str], attempt: int, exc: Exception, lane: str
     ) -> None:
         """No reply address to answer: keep it for operators and take it off the stream."""
-        logger.error("undecodable message %s on %s: %s", stream_id, self.stream, exc)
+        stream = self.streams[lane]
+        logger.error("undecodable message %s on %s: %s", stream_id, stream, exc)
         try:
             dead_letter(
                 self.client,
@@ -178,9 +246,10 @@ class Intake:
                 f"undecodable: {exc}",
                 attempt,
                 self.instance,
+                lane,
             )
-            self.client.xack(self.stream, WORKER_GROUP, stream_id)
-            self.client.xdel(self.stream, stream_id)
+            self.client.xack(stream, WORKER_GROUP, stream_id)
+            self.client.xdel(stream, stream_id)
         except redis.RedisError as err:
             logger.warning("could not dead-letter %s (%s); a janitor will retry", stream_id, err)
 
@@ -191,6 +260,12 @@ def _check_prompt(tokens: object) -> None:
         isinstance(t, int) and not isinstance(t, bool) for t in tokens
     ):
         raise SamplingParamError("prompt", "must be a list of token ids")
+
+
+def _check_priority(priority: object) -> None:
+    """An integer, or the scheduler's ordering would fail inside the engine step."""
+    if not isinstance(priority, int) or isinstance(priority, bool):
+        raise SamplingParamError("priority", "must be an integer")
 
 
 def decode_entry(fields: dict[str, str] | None) -> GenerateRequest:

@@ -12,6 +12,9 @@ cannot tell a dead consumer from a live worker that is simply generating a
 long answer, and stealing that would run it twice. XCLAIM re-checks the idle
 time atomically, so two janitors never both win the same message.
 
+Both lanes are swept, interactive first, so reclaimed interactive requests get
+the free slots before reclaimed batch lines; a reclaimed request keeps its lane.
+
 Also: own messages pending from a previous process with the same instance
 name (a restarted pod) are reclaimed the same way, and consumers with nothing
 pending and no heartbeat are deleted so the group does not grow forever.
@@ -24,7 +27,7 @@ import threading
 
 import redis
 
-from conveyor.bus import WORKER_GROUP, BusNames
+from conveyor.bus import LANES, WORKER_GROUP, BusNames
 from conveyor.protocol import ErrorInfo
 from workers.dead_letters import dead_letter
 from workers.inflight import Inflight, Ticket
@@ -53,7 +56,7 @@ class Janitor:
         self.client = client
         self.names = names
         self.model = model
-        self.stream = names.requests(model)
+        self.streams = {lane: names.requests(model, lane) for lane in LANES}
         self.instance = instance
         self.inflight = inflight
         self.intake = intake
@@ -69,25 +72,28 @@ class Janitor:
                 logger.warning("janitor sweep failed (%s)", exc)
 
     def sweep(self) -> int:
-        """One pass; returns how many messages this worker took over."""
-        summary = self.client.xpending(self.stream, WORKER_GROUP)
+        """One pass over every lane; returns how many messages this worker took over."""
         taken = 0
-        for consumer in summary.get("consumers") or []:
-            name = consumer["name"]
-            if name != self.instance and self._alive(name):
-                continue
-            taken += self._reclaim(name)
-        self._forget_dead_consumers()
+        for lane in LANES:
+            summary = self.client.xpending(self.streams[lane], WORKER_GROUP)
+            for consumer in summary.get("consumers") or []:
+                name = consumer["name"]
+                if name != self.instance and self._alive(name):
+                    continue
+                taken += self._reclaim(name, lane)
+        for lane in LANES:
+            self._forget_dead_consumers(self.streams[lane])
         return taken
 
     def _alive(self, consumer: str) -> bool:
         return bool(self.client.exists(self.names.worker(self.model, consumer)))
 
-    def _reclaim(self, consumer: str) -> int:
+    def _reclaim(self, consumer: str, lane: str) -> int:
         own = consumer == self.instance
+        stream = self.streams[lane]
         capacity = self.inflight.capacity
         pending = self.client.xpending_range(
-            self.stream,
+            stream,
             WORKER_GROUP,
             min="-",
             max="+",
@@ -99,7 +105,7 @@ class Janitor:
         candidates = [
             p["message_id"]
             for p in pending
-            if not (own and self.inflight.holds_stream_id(p["message_id"]))
+            if not (own and self.inflight.holds_stream_id(p["message_id"], lane))
         ]
         if not candidates:
             return 0
@@ -111,7 +117,7 @@ class Janitor:
         try:
             ids = candidates[:slots]
             claimed = self.client.xclaim(
-                self.stream,
+                stream,
                 WORKER_GROUP,
                 self.instance,
                 min_idle_time=self.idle_ms,
@@ -120,8 +126,8 @@ class Janitor:
             entries = {sid: fields for sid, fields in claimed if sid is not None}
             pipe = self.client.pipeline(transaction=False)
             for sid in ids:
-                pipe.xpending_range(self.stream, WORKER_GROUP, min=sid, max=sid, count=1)
-                pipe.xrange(self.stream, min=sid, max=sid)
+                pipe.xpending_range(stream, WORKER_GROUP, min=sid, max=sid, count=1)
+                pipe.xrange(stream, min=sid, max=sid)
             looked = pipe.execute()
             for i, sid in enumerate(ids):
                 info, exists = looked[2 * i], looked[2 * i + 1]
@@ -130,22 +136,26 @@ class Janitor:
                 if sid not in entries:
                     if not exists:
                         # Redis 6 claims a deleted entry as nil; nothing left to run.
-                        self.client.xack(self.stream, WORKER_GROUP, sid)
+                        self.client.xack(stream, WORKER_GROUP, sid)
                     continue
                 deliveries = int(info[0]["times_delivered"])
                 used += 1
                 if deliveries > self.max_deliveries:
-                    self._give_up(sid, entries[sid], deliveries)
+                    self._give_up(sid, entries[sid], deliveries, lane)
                 else:
                     logger.info(
-                        "reclaimed request %s from %s (delivery %d)", sid, consumer, deliveries
+                        "reclaimed %s request %s from %s (delivery %d)",
+                        lane,
+                        sid,
+                        consumer,
+                        deliveries,
                     )
-                    self.intake.accept(sid, entries[sid], attempt=deliveries)
+                    self.intake.accept(sid, entries[sid], attempt=deliveries, lane=lane)
             return used
         finally:
             self.inflight.unreserve(slots - used)
 
-    def _give_up(self, stream_id: str, fields: dict[str, str], deliveries: int) -> None:
+    def _give_up(self, stream_id: str, fields: dict[str, str], deliveries: int, lane: str) -> None:
         """Dead-letter it and answer its client; uses the slot reserved for it."""
         failed_on = deliveries - 1
         reason = f"delivered {deliveries} times (max_deliveries {self.max_deliveries})"
@@ -158,15 +168,16 @@ class Janitor:
             reason,
             deliveries,
             self.instance,
+            lane,
         )
         try:
             request = decode_entry(fields)
         except (TypeError, ValueError, KeyError):
             self.inflight.unreserve(1)
-            self.client.xack(self.stream, WORKER_GROUP, stream_id)
-            self.client.xdel(self.stream, stream_id)
+            self.client.xack(self.streams[lane], WORKER_GROUP, stream_id)
+            self.client.xdel(self.streams[lane], stream_id)
             return
-        ticket = Ticket(stream_id, request, deliveries)
+        ticket = Ticket(stream_id, request, deliveries, lane=lane)
         self.inflight.admit(ticket)  # a duplicate id still gets its answer and its ACK
         error = ErrorInfo(
             message=(
@@ -178,10 +189,10 @@ class Janitor:
         )
         self.publisher.put(Failed(ticket, error))
 
-    def _forget_dead_consumers(self) -> None:
-        for consumer in self.client.xinfo_consumers(self.stream, WORKER_GROUP):
+    def _forget_dead_consumers(self, stream: str) -> None:
+        for consumer in self.client.xinfo_consumers(stream, WORKER_GROUP):
             name = consumer["name"]
             if name == self.instance or int(consumer.get("pending", 0)) > 0:
                 continue
             if not self._alive(name):
-                self.client.xgroup_delconsumer(self.stream, WORKER_GROUP, name)
+                self.client.xgroup_delconsumer(stream, WORKER_GROUP, name)

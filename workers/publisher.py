@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import redis
 
 from conveyor import metrics as m
-from conveyor.bus import WORKER_GROUP, BusNames
+from conveyor.bus import LANES, WORKER_GROUP, BusNames
 from conveyor.metrics import WorkerMetrics
 from conveyor.protocol import ErrorInfo
 from engine.outputs import RequestOutput
@@ -84,7 +84,7 @@ class Publisher:
     ) -> None:
         self.client = client
         self.names = names
-        self.stream = names.requests(model)
+        self.streams = {lane: names.requests(model, lane) for lane in LANES}
         self.instance = instance
         self.inflight = inflight
         self.metrics = metrics
@@ -206,8 +206,9 @@ class Publisher:
         self._ack(pipe, ticket)
 
     def _ack(self, pipe: redis.client.Pipeline, ticket: Ticket) -> None:
-        pipe.xack(self.stream, WORKER_GROUP, ticket.stream_id)
-        pipe.xdel(self.stream, ticket.stream_id)
+        stream = self.streams[ticket.lane]  # the lane's stream the entry was read from
+        pipe.xack(stream, WORKER_GROUP, ticket.stream_id)
+        pipe.xdel(stream, ticket.stream_id)
 
     def _observe(self, builder: ReplyBuilder, out: RequestOutput, now: float) -> None:
         """vLLM's per-request metrics, from the engine's time marks (epoch seconds)."""

@@ -1,7 +1,7 @@
 """Test doubles for the API tests: a scripted engine worker and a uvicorn server in a thread.
 
 The fake worker speaks the real bus protocol (XREADGROUP on the model's
-stream, PUBLISH ReplyMessages, heartbeat + tokenizer hash + known-model key,
+lane streams, PUBLISH ReplyMessages, heartbeat + tokenizer hash + known-model key,
 result key, abort channel) but generates scripted tokens, so API behaviour can
 be tested in milliseconds, including the failures a real worker rarely shows
 on demand (lost messages, re-delivery, silence, errors).
@@ -25,7 +25,7 @@ import uvicorn
 from redis.exceptions import RedisError, ResponseError
 
 from api.app import create_app
-from conveyor.bus import TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
+from conveyor.bus import LANES, TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
 from conveyor.embedded_redis import free_port
 from conveyor.protocol import (
     ChoiceDelta,
@@ -117,15 +117,16 @@ class FakeWorker:
             mapping=tokenizer_hash(self.model_dir, self.max_model_len),
         )
         await self.redis.set(self.names.known_model(self.model), "1")
-        stream = self.names.requests(self.model)
-        with contextlib.suppress(ResponseError):
-            await self.redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+        streams = [self.names.requests(self.model, lane) for lane in LANES]
+        for stream in streams:
+            with contextlib.suppress(ResponseError):
+                await self.redis.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
         await self._heartbeat()
         # The loops stop on their own when `_stop` is set: cancelling a blocked redis-py
         # read can leave it hanging.
         tasks = [
             asyncio.create_task(self._beat_forever()),
-            asyncio.create_task(self._consume(stream)),
+            asyncio.create_task(self._consume(streams)),
             asyncio.create_task(self._watch_aborts()),
         ]
         self._ready.set()
@@ -175,7 +176,8 @@ class FakeWorker:
         with contextlib.suppress(RedisError):
             await pubsub.aclose()
 
-    async def _consume(self, stream: str) -> None:
+    async def _consume(self, streams: list[str]) -> None:
+        """Every lane in one read (lane order is the real worker's business, not tested here)."""
         while self._running():
             if self.behaviour == "paused":
                 self.paused.set()  # no read is in flight from here on
@@ -184,12 +186,12 @@ class FakeWorker:
             self.paused.clear()
             try:
                 entries = await self.redis.xreadgroup(
-                    WORKER_GROUP, self.instance, {stream: ">"}, count=16, block=100
+                    WORKER_GROUP, self.instance, dict.fromkeys(streams, ">"), count=16, block=100
                 )
             except RedisError:
                 await asyncio.sleep(0.1)
                 continue
-            for _, messages in entries or []:
+            for stream, messages in entries or []:
                 for entry_id, data in messages:
                     request = GenerateRequest.decode(data["data"])
                     self.received.append(request)
