@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.auth import Authenticator
+from api.batch_dispatch import BatchDispatcher
 from api.body_limit import BodyLimitMiddleware
 from api.catalog import ModelCatalog
 from api.errors import install_error_handlers
@@ -30,6 +31,7 @@ from api.reply_router import ReplyRouter
 from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
 from api.routes import (
+    batches,
     chat,
     completions,
     files,
@@ -104,6 +106,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started = int(time.time())
+    app.state.batch_dispatcher = BatchDispatcher(settings)
     install_error_handlers(app)
     for module in (
         chat,
@@ -115,6 +118,7 @@ def create_app(settings: Settings) -> FastAPI:
         organization_api_keys,
         organization_usage,
         files,
+        batches,
     ):
         app.include_router(module.router)
     # Outermost last: the body limit runs first, then usage wraps the routes.

@@ -1,4 +1,5 @@
-"""Who is calling: the static `--api-key`, a project key from SQL, the admin key, or nobody.
+"""Who is calling: the static `--api-key`, a project key from SQL, the admin key, a batch
+worker (the service key), or nobody.
 
 Keys are compared as SHA-256 digests: the static and admin keys in constant
 time, project keys by an indexed lookup of the digest (the secret itself is
@@ -29,6 +30,8 @@ class Principal:
     project_id: str | None = None
     api_key_id: str | None = None
     limits: RateLimits | None = None
+    # Set when a batch worker runs one of the batch's lines (see `Authenticator`).
+    batch_id: str | None = None
 
     @property
     def is_project(self) -> bool:
@@ -36,6 +39,11 @@ class Principal:
 
 
 ANONYMOUS = Principal()
+
+# Headers a batch worker sends with each line, honoured only with the service key.
+BATCH_HEADER = "x-conveyor-batch-id"
+PROJECT_HEADER = "x-conveyor-project-id"
+API_KEY_HEADER = "x-conveyor-api-key-id"
 
 
 def _digest(secret: str) -> bytes:
@@ -60,6 +68,8 @@ class Authenticator:
         self.requires_key = settings.requires_key
         self._static = _digest(settings.api_key.get_secret_value()) if settings.api_key else None
         self._admin = _digest(settings.admin_key.get_secret_value()) if settings.admin_key else None
+        service = settings.resolved_service_key
+        self._service = _digest(service.get_secret_value()) if service else None
 
     async def principal(self, request: Request) -> Principal:
         token = bearer_token(request)
@@ -70,6 +80,12 @@ class Authenticator:
         digest = _digest(token)
         if self._static is not None and hmac.compare_digest(digest, self._static):
             return ANONYMOUS
+        if (
+            self._service is not None
+            and request.headers.get(BATCH_HEADER)
+            and hmac.compare_digest(digest, self._service)
+        ):
+            return self._batch_line(request)
         grant = await self.keys.lookup(secret_digest(token))
         if grant is not None:
             if not grant.active:
@@ -79,6 +95,17 @@ class Authenticator:
         if self.requires_key:
             raise _unauthorized("Incorrect API key provided")
         return ANONYMOUS
+
+    @staticmethod
+    def _batch_line(request: Request) -> Principal:
+        """A batch worker acting for the batch's project and key: billed to them, and not
+        rate limited (a batch is admitted as a whole; its lines are paced by the worker)."""
+        headers = request.headers
+        return Principal(
+            project_id=headers.get(PROJECT_HEADER) or None,
+            api_key_id=headers.get(API_KEY_HEADER) or None,
+            batch_id=headers.get(BATCH_HEADER) or None,
+        )
 
     def check_admin(self, request: Request) -> None:
         if self._admin is None:

@@ -69,6 +69,7 @@ async def authenticate(request: Request) -> None:
     record = getattr(request.state, "record", None)
     if record is not None:
         record.principal = principal
+        record.batch_id = principal.batch_id
 
 
 def require_admin(request: Request) -> None:

@@ -54,6 +54,11 @@ class RequestRecord:
         return max(waits) if waits else None
 
     @property
+    def lane(self) -> str:
+        """Batch lines queue behind interactive requests (their own stream, lower priority)."""
+        return "batch" if self.batch_id else "interactive"
+
+    @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 

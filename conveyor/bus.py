@@ -91,6 +91,14 @@ class BusNames:
         """Set once a worker has served `model`: tells 'unknown' (404) from 'no worker' (503)."""
         return f"{self.prefix}:model:{model}"
 
+    def batch_lease(self, batch_id: str) -> str:
+        """Held (with a TTL, renewed) by the one batch worker running this batch."""
+        return f"{self.prefix}:batch:{batch_id}:lease"
+
+    def batch_queued(self, batch_id: str) -> str:
+        """Set briefly when the sweeper re-queues a batch, so it does so once, not every sweep."""
+        return f"{self.prefix}:batch:{batch_id}:queued"
+
     def rate_limit(self, key_id: str, part: str) -> str:
         """One of an API key's sliding-window structures: "admitted", "tokens" or "total".
 

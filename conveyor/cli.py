@@ -55,6 +55,7 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     ("--instance-id", {}),
     ("--database-url", {"help": "SQLAlchemy URL; default: SQLite under the data dir"}),
     ("--admin-key", {"help": "enable the /v1/organization admin API with this bearer key"}),
+    ("--service-key", {"help": "batch workers' key to the API (default: the admin key)"}),
     ("--max-upload-bytes", {"type": int, "help": "largest file accepted by /v1/files"}),
 ]
 
@@ -104,7 +105,17 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker(settings_from_args(args))
 
 
+def _batch_worker(args: argparse.Namespace) -> int:
+    from workers.batch.main import run_batch_worker
+
+    return run_batch_worker(settings_from_args(args), log_level=args.log_level.upper())
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.target == "batch":
+        from benchmarks.batch_interference import main as bench_batch
+
+        return bench_batch(args.rest)
     if args.target == "kernels":
         from benchmarks.kernels import main as bench_kernels
 
@@ -147,12 +158,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serving_flags(worker)
     worker.set_defaults(func=_worker)
 
+    batch_worker = sub.add_parser(
+        "batch-worker", help="a Celery worker that runs batch jobs through the API"
+    )
+    _add_serving_flags(batch_worker)
+    batch_worker.add_argument("--data-dir", default=None, help="where uploaded files are stored")
+    batch_worker.add_argument(
+        "--batch-api-url", default=None, help="the API that runs the lines (default: this host's)"
+    )
+    batch_worker.add_argument(
+        "--batch-worker-concurrency", type=int, default=None, help="batches run at once"
+    )
+    batch_worker.add_argument(
+        "--batch-max-inflight", type=int, default=None, help="lines of one batch in flight"
+    )
+    batch_worker.set_defaults(func=_batch_worker)
+
     add_operator_commands(sub, settings_from_args)
 
     bench = sub.add_parser(
-        "bench", help="benchmarks: `conveyor bench engine|serve|kernels [flags]`"
+        "bench", help="benchmarks: `conveyor bench engine|serve|kernels|batch [flags]`"
     )
-    bench.add_argument("target", choices=["engine", "serve", "kernels"])
+    bench.add_argument("target", choices=["engine", "serve", "kernels", "batch"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser

@@ -2,11 +2,12 @@
 
 The supervisor brings the SQLite schema up to date (a PostgreSQL one must
 already be), starts an embedded redis-server (unless `--redis-url` points at
-one), one engine worker and the API as child processes, each the same
-`conveyor` CLI as in a production deployment, configured through `CONVEYOR_*`
-env vars derived from this process's settings. Ctrl-C / SIGTERM drains: the
-API stops accepting and finishes in-flight requests, then the worker, then
-Redis. A child that crashes is restarted (a worker's unfinished requests are
+one), then one engine worker, the API and a batch worker (Celery) as child
+processes, each the same `conveyor` CLI as in a production deployment,
+configured through `CONVEYOR_*` env vars derived from this process's
+settings. Ctrl-C / SIGTERM drains: the batch worker hands its batches back,
+the API stops accepting and finishes in-flight requests, then the worker,
+then Redis. A child that crashes is restarted (a worker's unfinished requests are
 reclaimed from Redis by the janitor); one that keeps crashing stops the whole
 tree. Nothing is ever left behind.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -79,8 +81,12 @@ class Supervisor:
                 "CONVEYOR_REDIS_URL": redis_url,
                 "CONVEYOR_DATABASE_URL": database_url,
             }
+            if self.settings.resolved_service_key is None:
+                # The batch worker's key to the API, made up for this process tree.
+                env["CONVEYOR_SERVICE_KEY"] = secrets.token_urlsafe(32)
             self._spawn("worker", ["worker"], env)
             self._spawn("api", ["api"], env)
+            self._spawn("batch-worker", ["batch-worker"], env)
             logger.info(
                 "conveyor serve: API on http://%s:%d, redis %s, database %s",
                 self.settings.host,
@@ -122,8 +128,9 @@ class Supervisor:
         self.stopping = True
 
     def _shutdown(self) -> None:
-        # API first (stop accepting, finish in-flight), then the worker, then Redis.
-        for name in ("api", "worker"):
+        # The batch worker first (it stops feeding lines and hands its batches back), then
+        # the API (stop accepting, finish in-flight), then the engine worker, then Redis.
+        for name in ("batch-worker", "api", "worker"):
             child = self.children.get(name)
             if child is None or child.poll() is not None:
                 continue

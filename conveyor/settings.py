@@ -96,6 +96,32 @@ class Settings(BaseSettings):
         default=1.0, description="seconds an API key lookup is trusted (revocation delay)"
     )
 
+    # --- batches -----------------------------------------------------------------------
+    service_key: SecretStr | None = Field(
+        default=None,
+        description="secret batch workers present to the API to run lines for a project; "
+        "default: the admin key",
+    )
+    batch_api_url: str | None = Field(
+        default=None, description="where batch workers send lines; default: this host's API"
+    )
+    batch_max_inflight: int = Field(
+        default=16, description="lines of one batch in the queue or the engine at once"
+    )
+    batch_worker_concurrency: int = Field(
+        default=2, description="batches one batch-worker process runs at once"
+    )
+    batch_max_lines: int = 50_000
+    batch_line_attempts: int = Field(
+        default=3, description="tries for a line that times out (504) before it counts as failed"
+    )
+    batch_lease_ttl: float = Field(
+        default=30.0, description="seconds before a silent batch worker's batch is taken over"
+    )
+    batch_sweep_interval: float = Field(
+        default=10.0, description="seconds between looks for batches nobody is running"
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -107,6 +133,15 @@ class Settings(BaseSettings):
         from conveyor.db.database import default_database_url
 
         return self.database_url or default_database_url(self.data_dir)
+
+    @property
+    def resolved_service_key(self) -> SecretStr | None:
+        return self.service_key or self.admin_key
+
+    @property
+    def resolved_batch_api_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return (self.batch_api_url or f"http://{host}:{self.port}").rstrip("/")
 
     @property
     def requires_key(self) -> bool:

@@ -58,7 +58,7 @@ async def create_chat_completion(
     body.check_supported()
     record.model = body.model
     live = await catalog.resolve(body.model)
-    await submitter.check_capacity(body.model)
+    await submitter.check_capacity(body.model, record.lane)
     model_tokenizer = await catalog.tokenizer(body.model)
     tokenizer = model_tokenizer.tokenizer
     prompt_ids = await catalog.in_thread(_render, tokenizer, body)
@@ -92,6 +92,7 @@ async def create_chat_completion(
             sampling=sampling,
             priority=body.priority,
             stream=body.stream,
+            lane=record.lane,
         )
     )
     record.readers.append(reader)

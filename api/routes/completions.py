@@ -70,7 +70,7 @@ async def create_completion(
     record.model = body.model
     raw_prompts = body.prompts()
     live = await catalog.resolve(body.model)
-    await submitter.check_capacity(body.model)
+    await submitter.check_capacity(body.model, record.lane)
     model_tokenizer = await catalog.tokenizer(body.model)
     tokenizer = model_tokenizer.tokenizer
     prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body)
@@ -111,6 +111,7 @@ async def create_completion(
                         sampling=sampling,
                         priority=body.priority,
                         stream=body.stream,
+                        lane=record.lane,
                     )
                 )
             )

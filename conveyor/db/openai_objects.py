@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.db.api_key import ApiKey
+from conveyor.db.batch import Batch
 from conveyor.db.project import Project
 from conveyor.db.stored_file import StoredFile
 
@@ -59,3 +60,35 @@ def file_object(stored: StoredFile) -> dict[str, Any]:
 
 def file_deleted_object(file_id: str) -> dict[str, Any]:
     return {"id": file_id, "object": "file", "deleted": True}
+
+
+def batch_object(batch: Batch) -> dict[str, Any]:
+    """OpenAI's batch object, counts and timestamps as the batch worker last recorded them."""
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "model": batch.model,
+        "errors": batch.errors,
+        "input_file_id": batch.input_file_id,
+        "completion_window": batch.completion_window,
+        "status": batch.status,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "created_at": batch.created_at,
+        "in_progress_at": batch.in_progress_at,
+        "expires_at": batch.expires_at,
+        "finalizing_at": batch.finalizing_at,
+        "completed_at": batch.completed_at,
+        "failed_at": batch.failed_at,
+        "expired_at": batch.expired_at,
+        "cancelling_at": batch.cancelling_at,
+        "cancelled_at": batch.cancelled_at,
+        "request_counts": {
+            "total": batch.total,
+            "completed": batch.completed,
+            "failed": batch.failed,
+        },
+        "usage": batch.usage,
+        "metadata": batch.metadata_,
+    }

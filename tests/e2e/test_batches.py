@@ -1,0 +1,238 @@
+"""Batches on the real `conveyor serve`: Celery batch worker, engine worker, embedded Redis,
+SQLite, called with the official `openai` SDK the way batch users call OpenAI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from conveyor.embedded_redis import free_port
+
+from .conftest import STARTUP_TIMEOUT, server_env, stop, wait_healthy
+
+MODEL = "smollm2"
+MAX_INFLIGHT = 4
+MAX_LINES = 300
+DONE = ("completed", "failed", "cancelled", "expired")
+
+
+class BatchServer:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str) -> None:
+        self.process = process
+        self.base_url = base_url
+        self.client = openai.OpenAI(
+            base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60
+        )
+
+
+@pytest.fixture(scope="module")
+def batch_server(bundled_model_dir: Path) -> Iterator[BatchServer]:
+    port = free_port()
+    env = server_env(
+        bundled_model_dir,
+        "",
+        CONVEYOR_BATCH_MAX_INFLIGHT=str(MAX_INFLIGHT),
+        CONVEYOR_BATCH_MAX_LINES=str(MAX_LINES),
+        CONVEYOR_BATCH_LEASE_TTL="3",
+        CONVEYOR_BATCH_SWEEP_INTERVAL="1",
+        CONVEYOR_DATA_DIR=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"conveyor-e2e-{port}"),
+    )
+    del env["CONVEYOR_REDIS_URL"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+        yield BatchServer(process, base_url)
+    finally:
+        assert stop(process) == 0
+
+
+def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
+    return {
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 8,
+            "temperature": 0,
+            **body,
+        },
+    }
+
+
+def submit(client: openai.OpenAI, lines: list[dict[str, Any]] | bytes) -> Any:
+    raw = lines if isinstance(lines, bytes) else "\n".join(map(json.dumps, lines)).encode()
+    uploaded = client.files.create(file=("input.jsonl", raw), purpose="batch")
+    return client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+
+
+def wait_until(client: openai.OpenAI, batch_id: str, done: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        batch = client.batches.retrieve(batch_id)
+        if done(batch):
+            return batch
+        time.sleep(0.2)
+    raise AssertionError(f"batch {batch_id} stuck: {client.batches.retrieve(batch_id)}")
+
+
+def jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
+
+
+def test_upload_create_poll_download(batch_server: BatchServer) -> None:
+    client = batch_server.client
+    lines = [chat_line(f"req-{i}", f"Name a colour, number {i}.") for i in range(5)]
+    batch = submit(client, lines)
+    assert batch.status == "validating" and batch.request_counts.total == 0
+    batch = wait_until(client, batch.id, lambda b: b.status in DONE)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.total, batch.request_counts.completed) == (5, 5)
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+    output = jsonl(client, batch.output_file_id)
+    assert sorted(o["custom_id"] for o in output) == sorted(line["custom_id"] for line in lines)
+    assert batch.error_file_id is None
+    # The body is exactly what the endpoint returns: the same greedy answer.
+    direct = client.chat.completions.create(**lines[2]["body"])
+    (third,) = [o for o in output if o["custom_id"] == "req-2"]
+    assert third["response"]["status_code"] == 200 and third["error"] is None
+    body = third["response"]["body"]
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == direct.choices[0].message.content
+    assert batch.usage is not None
+    assert batch.usage.output_tokens == sum(
+        o["response"]["body"]["usage"]["completion_tokens"] for o in output
+    )
+
+
+def test_a_bad_line_fails_alone(batch_server: BatchServer) -> None:
+    client = batch_server.client
+    lines = [chat_line(f"ok-{i}", f"Say {i}.") for i in range(4)]
+    lines.insert(2, chat_line("bad", "Say hi.", temperature=-1))
+    batch = wait_until(client, submit(client, lines).id, lambda b: b.status in DONE)
+    assert batch.status == "completed"
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (4, 1)
+    (error,) = jsonl(client, batch.error_file_id)
+    assert error["custom_id"] == "bad"
+    assert error["response"]["status_code"] == 400
+    assert "temperature" in error["error"]["message"]
+    assert len(jsonl(client, batch.output_file_id)) == 4
+
+
+@pytest.mark.parametrize(
+    ("make_file", "code", "line"),
+    [
+        (lambda: b'{"custom_id": "a"\nnot json\n', "invalid_json_line", 1),
+        (lambda: [chat_line("a", "x"), chat_line("a", "y")], "duplicate_custom_id", 2),
+        (
+            lambda: [chat_line("a", "x"), {**chat_line("b", "y"), "url": "/v1/completions"}],
+            "invalid_url",
+            2,
+        ),
+        (
+            lambda: [chat_line("a", "x"), chat_line("b", "y", model="other")],
+            "mismatched_model",
+            2,
+        ),
+        (
+            lambda: [chat_line(f"n{i}", "x") for i in range(MAX_LINES + 1)],
+            "too_many_requests",
+            MAX_LINES + 1,
+        ),
+    ],
+)
+def test_invalid_files_fail_the_batch_naming_the_line(
+    batch_server: BatchServer, make_file: Callable[[], Any], code: str, line: int
+) -> None:
+    client = batch_server.client
+    batch = wait_until(client, submit(client, make_file()).id, lambda b: b.status in DONE)
+    assert batch.status == "failed" and batch.failed_at
+    assert batch.errors is not None and batch.errors.data
+    first = batch.errors.data[0]
+    assert (first.code, first.line) == (code, line), batch.errors
+    assert batch.output_file_id is None
+
+
+def test_cancel_stops_a_200_line_batch_within_seconds(batch_server: BatchServer) -> None:
+    client = batch_server.client
+    lines = [chat_line(f"c{i}", f"Count to {i}.", max_tokens=24) for i in range(200)]
+    batch = submit(client, lines)
+    wait_until(client, batch.id, lambda b: b.request_counts.completed >= MAX_INFLIGHT)
+    cancelling = client.batches.cancel(batch.id)
+    assert cancelling.status in ("cancelling", "cancelled")
+    asked = time.monotonic()
+    batch = wait_until(client, batch.id, lambda b: b.status in DONE)
+    assert batch.status == "cancelled" and time.monotonic() - asked < 10
+    output = jsonl(client, batch.output_file_id)
+    assert 0 < len(output) == batch.request_counts.completed < 200
+    assert len({o["custom_id"] for o in output}) == len(output)
+
+
+def _batch_worker_pid(serve_pid: int) -> int:
+    """The `conveyor batch-worker` child of this `conveyor serve`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if parent == serve_pid and b"batch-worker" in cmdline:
+            return int(entry.name)
+    raise AssertionError("no batch worker under conveyor serve")
+
+
+def test_a_killed_batch_worker_is_replaced_and_each_line_runs_once(
+    batch_server: BatchServer,
+) -> None:
+    client = batch_server.client
+    lines = [chat_line(f"k{i}", f"Spell {i}.") for i in range(120)]
+    batch = submit(client, lines)
+    wait_until(client, batch.id, lambda b: b.request_counts.completed >= 10)
+    victim = _batch_worker_pid(batch_server.process.pid)
+    os.kill(victim, signal.SIGKILL)
+    # The supervisor starts a new batch worker; its sweeper finds the batch once the
+    # dead worker's lease has expired, and resumes it from the recorded lines.
+    batch = wait_until(client, batch.id, lambda b: b.status in DONE)
+    assert batch.status == "completed", batch
+    assert _batch_worker_pid(batch_server.process.pid) != victim
+    output = jsonl(client, batch.output_file_id)
+    assert sorted(o["custom_id"] for o in output) == sorted(line["custom_id"] for line in lines)
+    assert batch.request_counts.completed == 120 and batch.request_counts.failed == 0
+
+
+def test_interactive_request_goes_before_waiting_batch_lines(batch_server: BatchServer) -> None:
+    client = batch_server.client
+    lines = [chat_line(f"w{i}", f"Describe {i}.", max_tokens=16) for i in range(200)]
+    batch = submit(client, lines)
+    wait_until(client, batch.id, lambda b: b.request_counts.completed >= MAX_INFLIGHT)
+    before = client.batches.retrieve(batch.id).request_counts.completed
+    answer = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, temperature=0
+    )
+    after = client.batches.retrieve(batch.id).request_counts.completed
+    assert answer.choices[0].message.content
+    # Only the lines already in flight may finish first; the ~190 waiting ones come after.
+    assert after - before <= 2 * MAX_INFLIGHT, (before, after)
+    client.batches.cancel(batch.id)
+    wait_until(client, batch.id, lambda b: b.status in DONE)

@@ -1,0 +1,113 @@
+"""Run one batch line through the API, exactly as a client request, and shape its result.
+
+Going through the API (rather than around it) means a line gets the same
+validation, chat template, response body and request log as an interactive
+request; the service key and the batch headers make the API bill the
+batch's project and queue the line in the model's batch lane. Overload
+and an unreachable API are waited out; anything else is the line's answer,
+good or bad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from conveyor.db.batch_store import LineResult
+from workers.batch.validation import BatchLine
+
+logger = logging.getLogger(__name__)
+
+WAIT_STATUSES = frozenset({429, 503})
+BACKOFF_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+@dataclass(frozen=True)
+class LineContext:
+    """What every line of one batch sends along."""
+
+    batch_id: str
+    project_id: str | None
+    api_key_id: str | None
+    service_key: str | None
+    attempts: int
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-conveyor-batch-id": self.batch_id}
+        if self.service_key:
+            headers["authorization"] = f"Bearer {self.service_key}"
+        if self.project_id:
+            headers["x-conveyor-project-id"] = self.project_id
+        if self.api_key_id:
+            headers["x-conveyor-api-key-id"] = self.api_key_id
+        return headers
+
+
+async def run_line(client: httpx.AsyncClient, context: LineContext, line: BatchLine) -> LineResult:
+    """The line's answer. Waiting for capacity (429/503) or for an API that is down is not an
+    answer: those are retried until the runner stops (cancel, expiry, shutdown); a 504 (the
+    line itself timed out) is retried `context.attempts` times, then recorded as failed."""
+    line_id = f"batch_req_{secrets.token_hex(12)}"
+    timeouts = 0
+    waits = 0
+    while True:
+        try:
+            response = await client.post(line.url, json=line.body, headers=context.headers())
+        except httpx.TransportError as exc:
+            logger.debug("batch %s line %d: API unreachable: %r", context.batch_id, line.line, exc)
+            response = None
+        if response is not None:
+            if response.status_code == 504:
+                timeouts += 1
+                if timeouts >= context.attempts:
+                    return _result(line, line_id, response)
+            elif response.status_code not in WAIT_STATUSES:
+                return _result(line, line_id, response)
+        await asyncio.sleep(BACKOFF_SECONDS[min(waits, len(BACKOFF_SECONDS) - 1)])
+        waits += 1
+
+
+def _result(line: BatchLine, line_id: str, response: httpx.Response) -> LineResult:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = {"error": {"message": response.text[:1000], "code": None}}
+    request_id = body.get("id") if isinstance(body, dict) else None
+    answer = {
+        "status_code": response.status_code,
+        "request_id": request_id or response.headers.get("x-request-id") or line_id,
+        "body": body,
+    }
+    if response.status_code == 200:
+        usage = body.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
+        return LineResult(
+            line=line.line,
+            custom_id=line.custom_id,
+            succeeded=True,
+            payload={"id": line_id, "custom_id": line.custom_id, "response": answer, "error": None},
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=int(details.get("cached_tokens") or 0),
+        )
+    error = body.get("error") if isinstance(body, dict) else None
+    error = error if isinstance(error, dict) else {}
+    return LineResult(
+        line=line.line,
+        custom_id=line.custom_id,
+        succeeded=False,
+        payload={
+            "id": line_id,
+            "custom_id": line.custom_id,
+            "response": answer,
+            "error": {
+                "code": error.get("code") or error.get("type") or f"http_{response.status_code}",
+                "message": error.get("message") or f"HTTP {response.status_code}",
+            },
+        },
+    )

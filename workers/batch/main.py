@@ -1,0 +1,54 @@
+"""`conveyor batch-worker`: a Celery worker for batch jobs, plus the orphan sweeper."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutting_down
+
+from conveyor.batch_queue import celery_app, queue_name
+from conveyor.settings import Settings
+from workers.batch.sweeper import BatchSweeper
+from workers.batch.tasks import register_tasks
+
+logger = logging.getLogger(__name__)
+
+
+def run_batch_worker(settings: Settings, log_level: str = "INFO") -> int:
+    app = celery_app(settings)
+    stopping = threading.Event()
+    register_tasks(app, settings, stopping)
+    sweeper = BatchSweeper(settings, app)
+
+    def start_sweeper(**_: Any) -> None:
+        sweeper.start()
+
+    def stop(**_: Any) -> None:
+        sweeper.stop()
+        stopping.set()
+
+    worker_ready.connect(start_sweeper, weak=False)
+    worker_shutting_down.connect(stop, weak=False)
+    logger.info(
+        "batch worker: %d batch(es) at a time, lines sent to %s",
+        settings.batch_worker_concurrency,
+        settings.resolved_batch_api_url,
+    )
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={log_level}",
+            f"--concurrency={settings.batch_worker_concurrency}",
+            # Threads: a batch is I/O (HTTP lines, SQL rows), and a shutdown must reach the
+            # running batches (the `stopping` event) so they hand over instead of blocking it.
+            "--pool=threads",
+            f"--queues={queue_name(settings)}",
+            f"--hostname=batch-{settings.resolved_instance_id('batch')}@%h",
+            "--prefetch-multiplier=1",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0

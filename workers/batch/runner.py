@@ -1,0 +1,335 @@
+"""Run one batch: validate its file, feed its lines through the API, write its results.
+
+The batch moves through OpenAI's statuses (validating -> in_progress ->
+finalizing -> completed, or failed / cancelling -> cancelled / expired).
+At most `batch_max_inflight` of its lines are in the queue or the engine at
+once, so a 50,000-line batch never floods the model's stream; the API puts
+them in the batch lane, behind every interactive request. Each line's
+result is committed as it arrives (`batch_results`, unique per custom_id),
+so a runner that dies is replaced by one that skips what is recorded. A
+watcher renews the lease and notices, within half a second, a cancel
+request or the end of the completion window; in-flight lines are then
+dropped, which closes their HTTP requests, which aborts them in the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import httpx
+from redis.asyncio import Redis
+from sqlalchemy.orm import Session
+
+from conveyor.bus import BusNames
+from conveyor.db import batch_store
+from conveyor.db.base import now
+from conveyor.db.batch import Batch
+from conveyor.db.batch_store import LineResult
+from conveyor.db.database import Database
+from conveyor.db.file_store import create_file, get_file, new_file_id
+from conveyor.file_storage import FileStorage
+from conveyor.settings import Settings
+from workers.batch.lease import BatchLease
+from workers.batch.line_client import LineContext, run_line
+from workers.batch.validation import BatchLine, LineError, Validated, validate_lines
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# "lost": the lease went to another worker; "interrupted": this worker is shutting down.
+# Neither finalizes: the batch stays active and is resumed from its checkpoint.
+Outcome = Literal["completed", "cancelled", "expired", "lost", "interrupted"]
+WATCH_SECONDS = 0.5
+EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
+
+
+@dataclass(frozen=True)
+class BatchSnapshot:
+    """The fields a runner needs, copied out of the ORM object (which lives in one session)."""
+
+    id: str
+    status: str
+    project_id: str | None
+    api_key_id: str | None
+    input_file_id: str
+    endpoint: str
+    expires_at: int | None
+
+    @classmethod
+    def of(cls, batch: Batch) -> BatchSnapshot:
+        return cls(
+            batch.id,
+            batch.status,
+            batch.project_id,
+            batch.api_key_id,
+            batch.input_file_id,
+            batch.endpoint,
+            batch.expires_at,
+        )
+
+
+class BatchRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        database: Database,
+        storage: FileStorage,
+        redis: Redis,
+        client: httpx.AsyncClient,
+        stopping: threading.Event | None = None,
+    ) -> None:
+        self.stopping = stopping or threading.Event()
+        self.settings = settings
+        self.database = database
+        self.storage = storage
+        self.redis = redis
+        self.client = client
+        self.names = BusNames(settings.redis_prefix)
+
+    async def _sql(self, work: Callable[[Session], T]) -> T:
+        def run() -> T:
+            with self.database.session() as session:
+                return work(session)
+
+        return await asyncio.to_thread(run)
+
+    async def run(self, batch_id: str) -> None:
+        lease = BatchLease(
+            self.redis, self.names.batch_lease(batch_id), self.settings.batch_lease_ttl
+        )
+        if not await lease.acquire():
+            logger.info("batch %s: another worker holds it", batch_id)
+            return
+        try:
+            await self._run_leased(batch_id, lease)
+        finally:
+            await lease.release()
+
+    async def _run_leased(self, batch_id: str, lease: BatchLease) -> None:
+        batch = await self._sql(lambda s: _snapshot(s, batch_id))
+        if batch is None or batch.status in batch_store.TERMINAL:
+            return
+        if batch.status == "validating" and _expired(batch):
+            await self._sql(
+                lambda s: batch_store.transition(s, batch_id, from_=("validating",), to="expired")
+            )
+            return
+        validated = await asyncio.to_thread(self._validate, batch)
+        if batch.status == "validating":
+            if validated.errors:
+                await self._fail(batch, validated.errors)
+                return
+            started = await self._sql(
+                lambda s: batch_store.transition(
+                    s,
+                    batch_id,
+                    from_=("validating",),
+                    to="in_progress",
+                    total=len(validated.lines),
+                    model=validated.model,
+                )
+            )
+            if not started:  # cancelled while we validated
+                batch = await self._sql(lambda s: _snapshot(s, batch_id))
+                if batch is None or batch.status != "cancelling":
+                    return
+        if batch.status == "finalizing":
+            outcome: Outcome = "completed"
+        elif batch.status == "cancelling":
+            outcome = "cancelled"
+        else:
+            outcome = await self._run_lines(batch, validated.lines, lease)
+        if outcome in ("completed", "cancelled", "expired"):
+            await self._finalize(batch, outcome, validated.lines)
+
+    def _validate(self, batch: BatchSnapshot) -> Validated:
+        def no_file() -> Validated:
+            message = f"input file {batch.input_file_id} was not found"
+            return Validated(
+                [], None, [LineError("file_not_found", message, None, "input_file_id")]
+            )
+
+        with self.database.session() as session:
+            stored = get_file(session, batch.input_file_id, batch.project_id)
+            key = stored.storage_key if stored is not None else None
+        if key is None:
+            return no_file()
+        try:
+            with self.storage.open(key) as handle:
+                return validate_lines(
+                    handle, endpoint=batch.endpoint, max_lines=self.settings.batch_max_lines
+                )
+        except FileNotFoundError:
+            return no_file()
+
+    async def _fail(self, batch: BatchSnapshot, errors: list[LineError]) -> None:
+        data = {"object": "list", "data": [e.as_dict() for e in errors]}
+        await self._sql(
+            lambda s: batch_store.transition(
+                s, batch.id, from_=("validating",), to="failed", errors=data
+            )
+        )
+        logger.info("batch %s failed validation: %s", batch.id, errors[0].message)
+
+    async def _run_lines(
+        self, batch: BatchSnapshot, lines: list[BatchLine], lease: BatchLease
+    ) -> Outcome:
+        done = await self._sql(lambda s: batch_store.recorded_custom_ids(s, batch.id))
+        pending: Iterator[BatchLine] = iter([line for line in lines if line.custom_id not in done])
+        key = self.settings.resolved_service_key
+        context = LineContext(
+            batch_id=batch.id,
+            project_id=batch.project_id,
+            api_key_id=batch.api_key_id,
+            service_key=key.get_secret_value() if key else None,
+            attempts=self.settings.batch_line_attempts,
+        )
+
+        async def feed() -> None:
+            for line in pending:
+                result = await run_line(self.client, context, line)
+                await self._sql(lambda s, r=result: batch_store.record_result(s, batch.id, r))
+
+        feeders = [
+            asyncio.create_task(feed()) for _ in range(max(1, self.settings.batch_max_inflight))
+        ]
+        all_fed = asyncio.ensure_future(asyncio.gather(*feeders))
+        outcome: Outcome = "completed"
+        last_renewal = time.monotonic()
+        try:
+            while not all_fed.done():
+                await asyncio.wait({all_fed}, timeout=WATCH_SECONDS)
+                if all_fed.done():
+                    break
+                if self.stopping.is_set():
+                    outcome = "interrupted"
+                    break
+                if time.monotonic() - last_renewal >= self.settings.batch_lease_ttl / 3:
+                    if not await lease.renew():
+                        logger.warning("batch %s: lease lost; another worker takes over", batch.id)
+                        outcome = "lost"
+                        break
+                    last_renewal = time.monotonic()
+                status = await self._sql(lambda s: batch_store.status_of(s, batch.id))
+                if status == "cancelling":
+                    outcome = "cancelled"
+                    break
+                if _expired(batch):
+                    outcome = "expired"
+                    break
+            if all_fed.done():
+                all_fed.result()  # a bug in a feeder (not a line failure) surfaces here
+        finally:
+            for task in feeders:
+                task.cancel()
+            await asyncio.gather(all_fed, return_exceptions=True)
+        return outcome
+
+    async def _finalize(
+        self, batch: BatchSnapshot, outcome: Outcome, lines: list[BatchLine]
+    ) -> None:
+        if outcome == "completed":
+            moved = await self._sql(
+                lambda s: batch_store.transition(
+                    s, batch.id, from_=("in_progress", "finalizing"), to="finalizing"
+                )
+            )
+            if not moved:  # a cancel arrived as the last line finished
+                outcome = "cancelled"
+        if outcome == "expired":
+            await self._record_expired(batch, lines)
+        output_key, output_bytes = await asyncio.to_thread(self._write_file, batch, True)
+        error_key, error_bytes = await asyncio.to_thread(self._write_file, batch, False)
+        origin = {"completed": ("finalizing",), "cancelled": ("cancelling",)}.get(
+            outcome, ("in_progress", "cancelling")
+        )
+
+        def finish(session: Session) -> bool:
+            values: dict[str, Any] = {"usage": batch_store.usage_totals(session, batch.id)}
+            for column, key, size, suffix in (
+                ("output_file_id", output_key, output_bytes, "output"),
+                ("error_file_id", error_key, error_bytes, "error"),
+            ):
+                if key is not None:
+                    stored = create_file(
+                        session,
+                        batch.project_id,
+                        f"{batch.id}_{suffix}.jsonl",
+                        "batch_output",
+                        size,
+                        key,
+                        file_id=key,
+                    )
+                    values[column] = stored.id
+            if not batch_store.transition(session, batch.id, from_=origin, to=outcome, **values):
+                return False
+            batch_store.drop_results(session, batch.id)
+            return True
+
+        if await self._sql(finish):
+            logger.info("batch %s %s", batch.id, outcome)
+        else:
+            for key in (output_key, error_key):
+                if key is not None:
+                    self.storage.delete(key)
+
+    async def _record_expired(self, batch: BatchSnapshot, lines: list[BatchLine]) -> None:
+        def work(session: Session) -> None:
+            done = batch_store.recorded_custom_ids(session, batch.id)
+            for line in lines:
+                if line.custom_id in done:
+                    continue
+                batch_store.record_result(
+                    session,
+                    batch.id,
+                    LineResult(
+                        line=line.line,
+                        custom_id=line.custom_id,
+                        succeeded=False,
+                        payload={
+                            "id": f"batch_req_expired_{line.line}",
+                            "custom_id": line.custom_id,
+                            "response": None,
+                            "error": {"code": "batch_expired", "message": EXPIRED_MESSAGE},
+                        },
+                    ),
+                )
+
+        await self._sql(work)
+
+    def _write_file(self, batch: BatchSnapshot, succeeded: bool) -> tuple[str | None, int]:
+        """Stream the recorded lines into a new storage object; (None, 0) when there are none."""
+        key = new_file_id()
+        with self.database.session() as session:
+            rows = batch_store.iter_results(session, batch.id, succeeded=succeeded)
+            first = next(rows, None)
+            if first is None:
+                return None, 0
+
+            def chunks() -> Iterator[bytes]:
+                yield first.encode() + b"\n"
+                for row in rows:
+                    yield row.encode() + b"\n"
+
+            size = self.storage.save_bytes_iter(key, chunks())
+        return key, size
+
+
+def _snapshot(session: Session, batch_id: str) -> BatchSnapshot | None:
+    batch = session.get(Batch, batch_id)
+    return BatchSnapshot.of(batch) if batch is not None else None
+
+
+def _expired(batch: BatchSnapshot) -> bool:
+    return batch.expires_at is not None and now() >= batch.expires_at
+
+
+def payload_line(payload: dict[str, Any]) -> str:
+    return json.dumps(payload, ensure_ascii=False)
