@@ -253,23 +253,29 @@ class BatchRunner:
 
         def finish(session: Session) -> bool:
             values: dict[str, Any] = {"usage": batch_store.usage_totals(session, batch.id)}
-            for column, key, size, suffix in (
-                ("output_file_id", output_key, output_bytes, "output"),
-                ("error_file_id", error_key, error_bytes, "error"),
-            ):
-                if key is not None:
-                    stored = create_file(
-                        session,
-                        batch.project_id,
-                        f"{batch.id}_{suffix}.jsonl",
-                        "batch_output",
-                        size,
-                        key,
-                        file_id=key,
-                    )
-                    values[column] = stored.id
+            files = [
+                (column, key, size, suffix)
+                for column, key, size, suffix in (
+                    ("output_file_id", output_key, output_bytes, "output"),
+                    ("error_file_id", error_key, error_bytes, "error"),
+                )
+                if key is not None
+            ]
+            values.update({column: key for column, key, _, _ in files})  # the key is the file id
+            # Rows only once the transition is ours: a loser deletes the bytes (below), and this
+            # session commits either way.
             if not batch_store.transition(session, batch.id, from_=origin, to=outcome, **values):
                 return False
+            for _, key, size, suffix in files:
+                create_file(
+                    session,
+                    batch.project_id,
+                    f"{batch.id}_{suffix}.jsonl",
+                    "batch_output",
+                    size,
+                    key,
+                    file_id=key,
+                )
             batch_store.drop_results(session, batch.id)
             return True
 
