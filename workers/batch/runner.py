@@ -195,7 +195,16 @@ class BatchRunner:
         async def feed() -> None:
             for line in pending:
                 result = await run_line(self.client, context, line)
-                await self._sql(lambda s, r=result: batch_store.record_result(s, batch.id, r))
+                # Cancelling a task does not stop its SQL thread: if the runner stops now, wait
+                # for the write, or it could land after the result files are written.
+                record = asyncio.ensure_future(
+                    self._sql(lambda s, r=result: batch_store.record_result(s, batch.id, r))
+                )
+                try:
+                    await asyncio.shield(record)
+                except asyncio.CancelledError:
+                    await asyncio.gather(record, return_exceptions=True)
+                    raise
 
         feeders = [
             asyncio.create_task(feed()) for _ in range(max(1, self.settings.batch_max_inflight))
