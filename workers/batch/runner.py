@@ -121,11 +121,15 @@ class BatchRunner:
                 lambda s: batch_store.transition(s, batch_id, from_=("validating",), to="expired")
             )
             return
+        if batch.status == "finalizing":  # every line was recorded; only the files are left
+            await self._finalize(batch, "completed", [])
+            return
         validated = await asyncio.to_thread(self._validate, batch)
+        if validated.errors:
+            # Also when resuming: the input file was deleted (or replaced) since it was checked.
+            await self._fail(batch, validated.errors)
+            return
         if batch.status == "validating":
-            if validated.errors:
-                await self._fail(batch, validated.errors)
-                return
             started = await self._sql(
                 lambda s: batch_store.transition(
                     s,
@@ -140,10 +144,8 @@ class BatchRunner:
                 batch = await self._sql(lambda s: _snapshot(s, batch_id))
                 if batch is None or batch.status != "cancelling":
                     return
-        if batch.status == "finalizing":
-            outcome: Outcome = "completed"
-        elif batch.status == "cancelling":
-            outcome = "cancelled"
+        if batch.status == "cancelling":
+            outcome: Outcome = "cancelled"
         else:
             outcome = await self._run_lines(batch, validated.lines, lease)
         if outcome in ("completed", "cancelled", "expired"):
@@ -173,7 +175,11 @@ class BatchRunner:
         data = {"object": "list", "data": [e.as_dict() for e in errors]}
         await self._sql(
             lambda s: batch_store.transition(
-                s, batch.id, from_=("validating",), to="failed", errors=data
+                s,
+                batch.id,
+                from_=("validating", "in_progress", "cancelling"),
+                to="failed",
+                errors=data,
             )
         )
         logger.info("batch %s failed validation: %s", batch.id, errors[0].message)

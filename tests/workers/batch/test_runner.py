@@ -370,6 +370,21 @@ def test_missing_input_file_fails_the_batch(env: Env) -> None:
     assert batch.errors["data"][0]["code"] == "file_not_found"
 
 
+def test_resuming_a_batch_whose_input_file_is_gone_fails_it(env: Env) -> None:
+    """Not `completed` with lines missing: the batch says why it stopped."""
+    batch_id = env.batch([line(1), line(2)])
+    with env.db.session() as session:
+        assert batch_store.transition(
+            session, batch_id, from_=("validating",), to="in_progress", total=2, model=MODEL
+        )
+    env.storage.delete(env.get(batch_id).input_file_id)
+    env.run(batch_id)
+    batch = env.get(batch_id)
+    assert batch.status == "failed" and batch.errors is not None
+    assert batch.errors["data"][0]["code"] == "file_not_found"
+    assert env.worker.received == []
+
+
 def test_cancel_mid_run_keeps_finished_lines_and_aborts_the_rest(env: Env) -> None:
     """Lines 1-2 finish, 3-4 are generating (slowly) when the cancel lands, 5-6 never run."""
     env.worker.behaviour = "slow"  # 50 ms a token
