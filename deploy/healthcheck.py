@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""The conveyor image's HEALTHCHECK, for whichever role the container runs.
+
+One image runs every role, so the check finds the conveyor processes in the
+container and asks each what it is. `api` and `serve` must answer 200 on
+/health (Redis answers and every served model has a live worker); `worker` and
+`batch-worker` listen on no port and are healthy while they run (a worker's
+liveness is its heartbeat in Redis, which the API's /health reports). Host and
+port are worked out as the process itself worked them out: its argv parsed by
+conveyor's own CLI parser, over its own CONVEYOR_* environment.
+
+Exit status 0 healthy, 1 unhealthy (what Docker expects); one line says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HTTP_ROLES = ("api", "serve")
+
+
+@dataclass(frozen=True)
+class Found:
+    pid: int
+    role: str
+    health_url: str | None
+
+
+def conveyor_args(cmdline: list[str]) -> list[str] | None:
+    """The CLI arguments of a conveyor process (console script or `-m conveyor.cli`)."""
+    for index, arg in enumerate(cmdline[:2]):
+        if Path(arg).name == "conveyor":
+            return cmdline[index + 1 :]
+        if arg == "-m" and cmdline[index + 1 : index + 2] == ["conveyor.cli"]:
+            return cmdline[index + 2 :]
+    return None
+
+
+def _read_nul_list(path: Path) -> list[str]:
+    return [os.fsdecode(part) for part in path.read_bytes().split(b"\0") if part]
+
+
+def processes(proc: Path) -> Iterator[tuple[int, list[str], dict[str, str]]]:
+    """(pid, argv, environ) of every process we may read; others' are skipped."""
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = _read_nul_list(entry / "cmdline")
+            environ = dict(
+                item.split("=", 1) for item in _read_nul_list(entry / "environ") if "=" in item
+            )
+        except OSError:  # exited meanwhile, or another user's
+            continue
+        yield int(entry.name), cmdline, environ
+
+
+def describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None:
+    from conveyor.cli import build_parser, settings_from_args
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            parsed = build_parser().parse_args(args)
+    except SystemExit:
+        return None  # not a conveyor command line after all
+    if parsed.command not in HTTP_ROLES:
+        return Found(pid, parsed.command, None)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environ)
+    try:
+        settings = settings_from_args(parsed)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
+    if ":" in host:
+        host = f"[{host}]"
+    return Found(pid, parsed.command, f"http://{host}:{settings.port}/health")
+
+
+def find(proc: Path) -> list[Found]:
+    found = []
+    for pid, cmdline, environ in processes(proc):
+        args = conveyor_args(cmdline)
+        if args is not None and (item := describe(pid, args, environ)) is not None:
+            found.append(item)
+    return found
+
+
+def probe(url: str, timeout: float) -> str | None:
+    """None when the endpoint answers 200, else why not."""
+    # No proxy: an HTTP(S)_PROXY in the container's environment must not see 127.0.0.1.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout) as response:
+            return None if response.status == 200 else f"{url} answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        detail = exc.read(300).decode("utf-8", "replace")
+        return f"{url} answered {exc.code}: {detail}"
+    except OSError as exc:
+        return f"{url}: {exc}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--proc", type=Path, default=Path("/proc"), help="procfs to look in")
+    parser.add_argument("--timeout", type=float, default=4.0, help="seconds per HTTP probe")
+    options = parser.parse_args(argv)
+    found = find(options.proc)
+    if not found:
+        print("unhealthy: no conveyor process is running")
+        return 1
+    roles = ", ".join(sorted({item.role for item in found}))
+    for url in sorted({item.health_url for item in found if item.health_url}):
+        problem = probe(url, options.timeout)
+        if problem is not None:
+            print(f"unhealthy: {problem}")
+            return 1
+    print(f"healthy: {roles}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
