@@ -1,0 +1,111 @@
+{{/* Names, labels and the pieces every conveyor pod shares. */}}
+
+{{- define "conveyor.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's base name; components append -api, -worker... so keep room for them. */}}
+{{- define "conveyor.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "conveyor.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "conveyor.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "conveyor.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "conveyor.labels" -}}
+helm.sh/chart: {{ include "conveyor.chart" . }}
+{{ include "conveyor.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/* Labels of one component: include "conveyor.componentLabels" (list . "api") */}}
+{{- define "conveyor.componentLabels" -}}
+{{ include "conveyor.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "conveyor.componentSelectorLabels" -}}
+{{ include "conveyor.selectorLabels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{- define "conveyor.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "conveyor.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "conveyor.secretName" -}}
+{{- default (include "conveyor.fullname" .) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "conveyor.filesClaimName" -}}
+{{- default (printf "%s-files" (include "conveyor.fullname" .)) .Values.files.persistence.existingClaim }}
+{{- end }}
+
+{{/* repository:tag, from an override map (worker.image) over the chart's image. */}}
+{{- define "conveyor.image" -}}
+{{- $root := index . 0 }}
+{{- $override := index . 1 | default dict }}
+{{- $repository := $override.repository | default $root.Values.image.repository }}
+{{- $tag := $override.tag | default $root.Values.image.tag | default $root.Chart.AppVersion }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/* Settings from the ConfigMap, secrets from the Secret: the same for every role. */}}
+{{- define "conveyor.envFrom" -}}
+- configMapRef:
+    name: {{ include "conveyor.fullname" . }}
+- secretRef:
+    name: {{ include "conveyor.secretName" . }}
+{{- end }}
+
+{{/* Restarts pods when their settings change (Secret included, unless it is external). */}}
+{{- define "conveyor.configChecksums" -}}
+checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- if not .Values.auth.existingSecret }}
+checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* The pod-level settings every role shares. */}}
+{{- define "conveyor.podCommon" -}}
+serviceAccountName: {{ include "conveyor.serviceAccountName" . }}
+# conveyor never calls the Kubernetes API.
+automountServiceAccountToken: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end }}
+
+{{/* The files volume (shared by the API and the batch workers) and a writable /tmp. */}}
+{{- define "conveyor.filesVolume" -}}
+- name: files
+{{- if .Values.files.persistence.enabled }}
+  persistentVolumeClaim:
+    claimName: {{ include "conveyor.filesClaimName" . }}
+{{- else }}
+  emptyDir: {}
+{{- end }}
+{{- end }}

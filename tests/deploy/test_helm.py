@@ -1,0 +1,208 @@
+"""helm/conveyor: `helm lint`, and its rendered manifests against the Kubernetes schemas.
+
+No cluster here. Helm itself runs in-process: `helm lint` through helm-sdkpy (Helm's
+Go library behind cffi), and rendering (`helm template`, which helm-sdkpy does not
+offer) plus a lint that takes a values file through helm-python-sdk (the same Go
+library behind ctypes). Each manifest is validated with kubernetes-validate, strictly
+(unknown fields are errors), for the oldest Kubernetes the chart supports and the newest
+the package knows, for the default values and for ci/gpu-values.yaml (GPU workers,
+Ingress with TLS, HPA).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from helm_python.chart import Chart
+from helm_python.chart import lint as helm_lint
+from helm_python.errors import HelmValuesError
+
+from conveyor.cli import build_parser
+
+from .conftest import CHART, load_yaml
+
+RELEASE = "prod"
+NAMESPACE = "llm"
+KUBE_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
+INFO, WARNING = 1, 2  # Helm's lint severities (3 is an error)
+
+VALUES = {
+    "default": None,
+    "gpu": load_yaml(CHART / "ci" / "gpu-values.yaml"),
+}
+
+
+def render(values: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rendered = Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return [
+        doc
+        for path, text in sorted(rendered.items())
+        if path.endswith(".yaml")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+@pytest.fixture(scope="module", params=sorted(VALUES))
+def manifests(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    return request.param, render(VALUES[request.param])
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
+
+
+def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return doc["spec"]["template"]["spec"]["containers"]
+
+
+def test_helm_lint_with_helm_sdkpy() -> None:
+    """`helm lint helm/conveyor` (default values): nothing above INFO."""
+    import helm_sdkpy
+
+    report = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(str(CHART)))
+    assert report["TotalChartsLinted"] == 1
+    assert not report["Errors"]
+    assert [m for m in report["Messages"] if m["Severity"] > INFO] == []
+
+
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_helm_lint_strict_with_values(name: str) -> None:
+    """`helm lint --strict -f VALUES`: warnings count as failures too."""
+    report = helm_lint(CHART, VALUES[name], strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= WARNING] == []
+
+
+def test_manifests_match_the_kubernetes_schemas(
+    manifests: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = manifests
+    for doc in docs:
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_validation_is_not_vacuous(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    deployment = copy.deepcopy(next(iter(by_kind(docs, "Deployment").values())))
+    containers(deployment)[0]["livenessProbe"]["httpGet"]["paht"] = "/health"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+
+
+def test_the_release_has_every_part(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = manifests
+    base = f"{RELEASE}-conveyor"
+    assert set(by_kind(docs, "Deployment")) == {
+        f"{base}-api",
+        f"{base}-worker",
+        f"{base}-batch-worker",
+    }
+    assert set(by_kind(docs, "Service")) == {f"{base}-api"}
+    assert set(by_kind(docs, "ConfigMap")) == {base}
+    assert set(by_kind(docs, "Secret")) == {base, f"{base}-migrate"}
+    assert set(by_kind(docs, "ServiceAccount")) == {base}
+    assert set(by_kind(docs, "PersistentVolumeClaim")) == {f"{base}-files"}
+    assert f"{base}-api" in by_kind(docs, "PodDisruptionBudget")
+    gpu = name == "gpu"
+    assert set(by_kind(docs, "Ingress")) == ({f"{base}-api"} if gpu else set())
+    assert set(by_kind(docs, "HorizontalPodAutoscaler")) == ({f"{base}-api"} if gpu else set())
+
+
+def test_every_container_runs_a_real_conveyor_command(
+    manifests: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = manifests
+    roles = set()
+    for doc in [*by_kind(docs, "Deployment").values(), *by_kind(docs, "Job").values()]:
+        for container in containers(doc):
+            args = build_parser().parse_args(container["args"])
+            roles.add(args.command)
+    assert roles == {"api", "worker", "batch-worker", "db"}
+
+
+def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(
+    manifests: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = manifests
+    (job,) = by_kind(docs, "Job").values()
+    annotations = job["metadata"]["annotations"]
+    assert annotations["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert containers(job)[0]["args"] == ["db", "upgrade"]
+    # Hooks run before the release's Secret exists: the Job's own is an earlier hook.
+    secret_name = containers(job)[0]["env"][0]["valueFrom"]["secretKeyRef"]["name"]
+    secret = by_kind(docs, "Secret")[secret_name]
+    assert secret["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(secret["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        annotations["helm.sh/hook-weight"]
+    )
+
+
+def test_api_probes_and_settings(manifests: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = manifests
+    (api,) = containers(by_kind(docs, "Deployment")[f"{RELEASE}-conveyor-api"])
+    assert api["readinessProbe"]["httpGet"]["path"] == "/health"
+    # Liveness must not depend on workers or Redis (see values.yaml).
+    assert api["livenessProbe"]["httpGet"]["path"] == "/version"
+    assert {"configMapRef": {"name": f"{RELEASE}-conveyor"}} in api["envFrom"]
+    assert {"secretRef": {"name": f"{RELEASE}-conveyor"}} in api["envFrom"]
+    mounts = {m["mountPath"]: m["name"] for m in api["volumeMounts"]}
+    assert mounts["/var/lib/conveyor/files"] == "files"
+    config = by_kind(docs, "ConfigMap")[f"{RELEASE}-conveyor"]["data"]
+    assert config["CONVEYOR_BATCH_API_URL"] == f"http://{RELEASE}-conveyor-api:8000"
+    secret = by_kind(docs, "Secret")[f"{RELEASE}-conveyor"]["data"]
+    assert set(secret) == {
+        "CONVEYOR_REDIS_URL",
+        "CONVEYOR_DATABASE_URL",
+        "CONVEYOR_ADMIN_KEY",
+        "CONVEYOR_SERVICE_KEY",
+    }
+
+
+def test_gpu_values_place_workers_on_gpus() -> None:
+    docs = render(VALUES["gpu"])
+    worker = by_kind(docs, "Deployment")[f"{RELEASE}-conveyor-worker"]
+    pod = worker["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["image"] == "registry.example.com/conveyor:0.1.0-cuda"
+    assert {"name": "CONVEYOR_DEVICE", "value": "cuda"} in container["env"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    # GPUs are not oversubscribed during a rollout.
+    assert worker["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    api = by_kind(docs, "Deployment")[f"{RELEASE}-conveyor-api"]
+    assert "replicas" not in api["spec"]  # the HPA owns it
+    assert containers(api)[0]["image"] == "registry.example.com/conveyor:0.1.0"
+    (ingress,) = by_kind(docs, "Ingress").values()
+    assert ingress["spec"]["tls"][0]["hosts"] == ["llm.example.com"]
+
+
+def test_existing_secret_replaces_the_charts() -> None:
+    docs = render({"auth": {"existingSecret": "conveyor-prod"}})
+    assert by_kind(docs, "Secret") == {}
+    for doc in by_kind(docs, "Deployment").values():
+        assert {"secretRef": {"name": "conveyor-prod"}} in containers(doc)[0]["envFrom"]
+    (job,) = by_kind(docs, "Job").values()
+    assert containers(job)[0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "conveyor-prod"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"api": {"replicaCount": "three"}},
+        {"externalDatabase": {"url": "sqlite:///conveyor.db"}},
+        {"config": {"MAX_NUM_SEQS": "8"}},
+        {"workers": {"replicaCount": 2}},
+    ],
+    ids=["type", "sqlite", "config-name", "unknown-key"],
+)
+def test_values_schema_rejects_mistakes(values: dict[str, Any]) -> None:
+    with pytest.raises(HelmValuesError):
+        Chart.load(CHART).validate_schema(values)
