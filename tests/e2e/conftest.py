@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,29 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+@contextmanager
+def serving(
+    bundled_model_dir: Path, **extra_env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A whole `conveyor serve` tree on its own embedded Redis; (base_url, process).
+
+    It must stop cleanly (exit 0) when the test is done.
+    """
+    port = free_port()
+    env = server_env(bundled_model_dir, "", **extra_env)
+    del env["CONVEYOR_REDIS_URL"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+        yield base_url, process
+    finally:
+        assert stop(process) == 0
 
 
 @pytest.fixture(scope="session")

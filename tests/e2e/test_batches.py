@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,9 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from conveyor.embedded_redis import free_port
-
-from .conftest import STARTUP_TIMEOUT, server_env, stop, wait_healthy
+from .conftest import serving
 
 MODEL = "smollm2"
 MAX_INFLIGHT = 4
@@ -36,28 +33,19 @@ class BatchServer:
 
 
 @pytest.fixture(scope="module")
-def batch_server(bundled_model_dir: Path) -> Iterator[BatchServer]:
-    port = free_port()
-    env = server_env(
+def batch_server(
+    bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BatchServer]:
+    data_dir = tmp_path_factory.mktemp("batch-data")
+    with serving(
         bundled_model_dir,
-        "",
         CONVEYOR_BATCH_MAX_INFLIGHT=str(MAX_INFLIGHT),
         CONVEYOR_BATCH_MAX_LINES=str(MAX_LINES),
         CONVEYOR_BATCH_LEASE_TTL="3",
         CONVEYOR_BATCH_SWEEP_INTERVAL="1",
-        CONVEYOR_DATA_DIR=str(Path(os.environ.get("TMPDIR", "/tmp")) / f"conveyor-e2e-{port}"),
-    )
-    del env["CONVEYOR_REDIS_URL"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+        CONVEYOR_DATA_DIR=str(data_dir),
+    ) as (base_url, process):
         yield BatchServer(process, base_url)
-    finally:
-        assert stop(process) == 0
 
 
 def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:

@@ -3,8 +3,6 @@ requests through the official SDK show up exactly in the usage API; revoking it 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,33 +11,17 @@ import httpx
 import openai
 import pytest
 
-from conveyor.embedded_redis import free_port
-
-from .conftest import STARTUP_TIMEOUT, server_env, stop, wait_healthy
+from .conftest import serving
 
 ADMIN_KEY = "e2e-admin-key"
 
 
 @pytest.fixture(scope="module")
 def tenant_server(bundled_model_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = server_env(
-        bundled_model_dir,
-        "",
-        CONVEYOR_ADMIN_KEY=ADMIN_KEY,
-        CONVEYOR_LOG_FLUSH_INTERVAL="0.2",
-    )
-    del env["CONVEYOR_REDIS_URL"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+    with serving(
+        bundled_model_dir, CONVEYOR_ADMIN_KEY=ADMIN_KEY, CONVEYOR_LOG_FLUSH_INTERVAL="0.2"
+    ) as (base_url, _):
         yield base_url
-    finally:
-        assert stop(process) == 0
 
 
 def test_project_key_usage_is_exact_and_revocation_is_immediate(tenant_server: str) -> None:
