@@ -1,7 +1,7 @@
 """helm/conveyor: `helm lint`, and its rendered manifests against the Kubernetes schemas.
 
-No cluster here. Helm itself runs in-process: `helm lint` through helm-sdkpy (Helm's
-Go library behind cffi), and rendering (`helm template`, which helm-sdkpy does not
+No cluster here. Helm runs as a library: `helm lint` through helm-sdkpy (Helm's Go
+library behind cffi, in a child process), and rendering (`helm template`, which helm-sdkpy does not
 offer) plus a lint that takes a values file through helm-python-sdk (the same Go
 library behind ctypes). Each manifest is validated with kubernetes-validate, strictly
 (unknown fields are errors), for the oldest Kubernetes the chart supports and the newest
@@ -11,8 +11,10 @@ Ingress with TLS, HPA).
 
 from __future__ import annotations
 
-import asyncio
 import copy
+import json
+import subprocess
+import sys
 from typing import Any
 
 import kubernetes_validate
@@ -61,11 +63,28 @@ def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return doc["spec"]["template"]["spec"]["containers"]
 
 
-def test_helm_lint_with_helm_sdkpy() -> None:
-    """`helm lint helm/conveyor` (default values): nothing above INFO."""
-    import helm_sdkpy
+HELM_SDKPY_LINT = """
+import asyncio, json, sys
+import helm_sdkpy
+report = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(sys.argv[1]))
+print(json.dumps(report, default=str))
+"""
 
-    report = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration()).run(str(CHART)))
+
+def test_helm_lint_with_helm_sdkpy() -> None:
+    """`helm lint helm/conveyor` (default values): nothing above INFO.
+
+    In a child process: helm-sdkpy and helm-python-sdk each load their own Go runtime,
+    and two Go runtimes are better not mixed in one process.
+    """
+    run = subprocess.run(
+        [sys.executable, "-c", HELM_SDKPY_LINT, str(CHART)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(run.stdout)
     assert report["TotalChartsLinted"] == 1
     assert not report["Errors"]
     assert [m for m in report["Messages"] if m["Severity"] > INFO] == []
