@@ -221,13 +221,17 @@ def test_bake_model_one_liner_finds_the_converted_model(bundled_model_dir: Path)
 
 
 def test_make_image_builds_this_dockerfile() -> None:
+    # Under `make test` this is a sub-make: without its parent's variables it prints only
+    # the recipe, not "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     for variant, tag in (("cpu", "conveyor:latest"), ("cuda", "conveyor:cuda")):
         dry = subprocess.run(
-            ["make", "-n", "image", f"VARIANT={variant}"],
+            ["make", "--no-print-directory", "-n", "image", f"VARIANT={variant}"],
             cwd=REPO,
             capture_output=True,
             text=True,
             check=True,
+            env=env,
         ).stdout
         assert dry.strip() == (
             f"docker build -f deploy/Dockerfile --build-arg VARIANT={variant} -t {tag} ."
