@@ -4,10 +4,14 @@ The TTL is the revocation delay: a key revoked on any replica (or with
 `conveyor keys revoke`) stops working everywhere within `ttl`, with no
 message bus between replicas. Unknown secrets are cached too, so a client
 hammering with a bad key costs one query per `ttl`, not one per request.
+Concurrent misses for one secret share a single query: when a busy key's
+entry expires, the requests arriving meanwhile do not each take a worker
+thread and a database connection to ask the same thing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 
@@ -26,16 +30,35 @@ class KeyCache:
         # Bumped by every forget: a lookup that started before a revocation must not
         # put its stale answer back afterwards.
         self._generation = 0
+        # digest -> the one fetch in flight for it, which concurrent misses await.
+        self._loading: dict[str, asyncio.Task[KeyGrant | None]] = {}
 
     async def lookup(self, digest: str) -> KeyGrant | None:
         entry = self._entries.get(digest)
         if entry is not None and time.monotonic() - entry[0] < self.ttl:
             self._entries.move_to_end(digest)
             return entry[1]
-        generation = self._generation
-        grant = await anyio.to_thread.run_sync(self._fetch, digest)
-        if generation != self._generation:
-            return await self.lookup(digest)
+        task = self._loading.get(digest)
+        if task is None:
+            task = asyncio.create_task(self._load(digest))
+            self._loading[digest] = task
+            # Retrieved here too, so an error nobody awaited any more is not reported as lost.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        # Shielded: a caller that goes away must not cancel the fetch the others wait for.
+        return await asyncio.shield(task)
+
+    async def _load(self, digest: str) -> KeyGrant | None:
+        try:
+            while True:
+                generation = self._generation
+                grant = await anyio.to_thread.run_sync(self._fetch, digest)
+                if generation == self._generation:
+                    break
+                # Forgotten while we asked: the answer may predate a revocation, ask again.
+        finally:
+            # In the same step as the answer is cached: no later lookup joins a finished fetch.
+            if self._loading.get(digest) is asyncio.current_task():
+                del self._loading[digest]
         self._entries[digest] = (time.monotonic(), grant)
         self._entries.move_to_end(digest)
         while len(self._entries) > self.max_entries:

@@ -126,3 +126,51 @@ def test_lru_bound_evicts_the_least_recently_used(db: Database) -> None:
     assert cache.fetched == [a, b, c]
     cache.lookup_now(b)
     assert cache.fetched == [a, b, c, b]
+
+
+def test_concurrent_misses_share_one_fetch(db: Database) -> None:
+    """When a busy key's entry expires, the requests arriving during the refetch wait for it
+    instead of each taking a thread and a connection to ask the database the same thing."""
+    _, key_id, digest = _key(db, "acme")
+
+    class SlowCache(CountingCache):
+        def _fetch(self, digest: str) -> KeyGrant | None:
+            time.sleep(0.1)
+            return super()._fetch(digest)
+
+    cache = SlowCache(db, ttl=60)
+
+    async def many() -> list[KeyGrant | None]:
+        return await asyncio.gather(*(cache.lookup(digest) for _ in range(10)))
+
+    grants = asyncio.run(many())
+    assert all(grant is not None and grant.key_id == key_id for grant in grants)
+    assert cache.fetched == [digest]
+
+
+def test_a_shared_fetch_outlives_a_cancelled_caller_and_refetches_after_forget(
+    db: Database,
+) -> None:
+    """One caller going away does not cancel the others' fetch; a forget during the fetch
+    still makes it ask again, so no answer from before a revocation is handed out."""
+    _, key_id, digest = _key(db, "acme")
+
+    class SlowCache(CountingCache):
+        def _fetch(self, digest: str) -> KeyGrant | None:
+            time.sleep(0.1)
+            return super()._fetch(digest)
+
+    cache = SlowCache(db, ttl=60)
+
+    async def scenario() -> KeyGrant | None:
+        first = asyncio.create_task(cache.lookup(digest))
+        second = asyncio.create_task(cache.lookup(digest))
+        await asyncio.sleep(0.02)
+        first.cancel()
+        _revoke(db, key_id)
+        cache.forget_key(key_id)
+        return await second
+
+    grant = asyncio.run(scenario())
+    assert grant is not None and not grant.active
+    assert cache.fetched == [digest, digest]
