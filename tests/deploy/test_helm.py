@@ -225,3 +225,21 @@ def test_existing_secret_replaces_the_charts() -> None:
 def test_values_schema_rejects_mistakes(values: dict[str, Any]) -> None:
     with pytest.raises(HelmValuesError):
         Chart.load(CHART).validate_schema(values)
+
+
+def test_a_worker_model_other_than_the_baked_one_gets_a_writable_cache() -> None:
+    """The root filesystem is read-only: a .gguf is converted, a hub id downloaded, under
+    the data dir (engine/loader.py), so those folders need a volume; the baked model's
+    folder must stay visible when no model is given."""
+    data_dir = "/var/lib/conveyor"
+    worker_name = f"{RELEASE}-conveyor-worker"
+    for model, cached in (("", False), ("/models/llama.gguf", True)):
+        docs = render({"worker": {"model": model}})
+        worker = by_kind(docs, "Deployment")[worker_name]
+        (container,) = containers(worker)
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert ({f"{data_dir}/models", f"{data_dir}/hub"} <= mounts) == cached, model
+        assert not any(m.startswith(f"{data_dir}/models") for m in mounts) or cached
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(worker, version, strict=True)
