@@ -124,6 +124,9 @@ class BatchRunner:
         if batch.status == "finalizing":  # every line was recorded; only the files are left
             await self._finalize(batch, "completed", [])
             return
+        if batch.status == "cancelling":  # no line runs again: keep what is recorded
+            await self._finalize(batch, "cancelled", [])
+            return
         validated = await asyncio.to_thread(self._validate, batch)
         if validated.errors:
             # Also when resuming: the input file was deleted (or replaced) since it was checked.

@@ -385,6 +385,28 @@ def test_resuming_a_batch_whose_input_file_is_gone_fails_it(env: Env) -> None:
     assert env.worker.received == []
 
 
+def test_resuming_a_cancelling_batch_keeps_its_results_without_its_input_file(env: Env) -> None:
+    """A cancel is final: the recorded lines become the output even if the input is gone
+    (deleted after the cancel), rather than the batch failing and losing them."""
+    batch_id = env.batch([line(1), line(2)])
+    with env.db.session() as session:
+        assert batch_store.transition(
+            session, batch_id, from_=("validating",), to="in_progress", total=2, model=MODEL
+        )
+        payload = {"id": "batch_req_old1", "custom_id": "req-1"}
+        batch_store.record_result(session, batch_id, LineResult(1, "req-1", True, payload))
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
+        batch_store.request_cancel(session, batch)
+    env.storage.delete(env.get(batch_id).input_file_id)
+    env.run(batch_id)
+    batch = env.get(batch_id)
+    assert batch.status == "cancelled" and batch.errors is None
+    assert env.rows(batch.output_file_id) == [payload]
+    assert env.recorded(batch_id) == set()
+    assert env.worker.received == []
+
+
 def test_cancel_mid_run_keeps_finished_lines_and_aborts_the_rest(env: Env) -> None:
     """Lines 1-2 finish, 3-4 are generating (slowly) when the cancel lands, 5-6 never run."""
     env.worker.behaviour = "slow"  # 50 ms a token
