@@ -176,15 +176,19 @@ class BatchRunner:
 
     async def _fail(self, batch: BatchSnapshot, errors: list[LineError]) -> None:
         data = {"object": "list", "data": [e.as_dict() for e in errors]}
-        await self._sql(
-            lambda s: batch_store.transition(
-                s,
+
+        def fail(session: Session) -> None:
+            if batch_store.transition(
+                session,
                 batch.id,
                 from_=("validating", "in_progress", "cancelling"),
                 to="failed",
                 errors=data,
-            )
-        )
+            ):
+                # A resumed batch may have recorded lines; a failed one writes no files.
+                batch_store.drop_results(session, batch.id)
+
+        await self._sql(fail)
         logger.info("batch %s failed validation: %s", batch.id, errors[0].message)
 
     async def _run_lines(

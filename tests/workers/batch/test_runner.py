@@ -385,6 +385,21 @@ def test_resuming_a_batch_whose_input_file_is_gone_fails_it(env: Env) -> None:
     assert env.worker.received == []
 
 
+def test_failing_a_resumed_batch_drops_its_checkpoint_rows(env: Env) -> None:
+    """A failed batch writes no files, so nothing would ever read or delete its results."""
+    batch_id = env.batch([line(1), line(2)])
+    with env.db.session() as session:
+        assert batch_store.transition(
+            session, batch_id, from_=("validating",), to="in_progress", total=2, model=MODEL
+        )
+        payload = {"id": "batch_req_old1", "custom_id": "req-1"}
+        batch_store.record_result(session, batch_id, LineResult(1, "req-1", True, payload))
+    env.storage.delete(env.get(batch_id).input_file_id)
+    env.run(batch_id)
+    assert env.get(batch_id).status == "failed"
+    assert env.recorded(batch_id) == set()
+
+
 def test_resuming_a_cancelling_batch_keeps_its_results_without_its_input_file(env: Env) -> None:
     """A cancel is final: the recorded lines become the output even if the input is gone
     (deleted after the cancel), rather than the batch failing and losing them."""
