@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,10 +31,15 @@ def get_project(session: Session, project_id: str) -> Project | None:
 
 
 def find_project(session: Session, id_or_name: str) -> Project | None:
-    """By id or by name: operators type names, scripts pass ids."""
-    return session.scalars(
-        select(Project).where(or_(Project.id == id_or_name, Project.name == id_or_name))
-    ).first()
+    """By id or by name: operators type names, scripts pass ids.
+
+    An id wins: a project may be *named* like another project's id, and a command
+    given that id must not act on the namesake.
+    """
+    return (
+        session.get(Project, id_or_name)
+        or session.scalars(select(Project).where(Project.name == id_or_name)).first()
+    )
 
 
 def list_projects(

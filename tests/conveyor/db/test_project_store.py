@@ -50,6 +50,18 @@ def test_create_and_find_by_id_or_name(db: Database) -> None:
         assert get_project(session, "proj_missing") is None
 
 
+def test_find_project_prefers_the_id_over_a_project_named_like_it(db: Database) -> None:
+    """`conveyor projects archive <id>` must archive that project, not one named "<id>"."""
+    with db.session() as session:
+        target = create_project(session, "target")
+        create_project(session, target.id)  # a namesake of the id, created after it
+        impostor = create_project(session, "impostor")
+        rename_project(session, target, impostor.id)  # and one created before it
+    with db.session() as session:
+        assert find_project(session, target.id).id == target.id
+        assert find_project(session, impostor.id).id == impostor.id
+
+
 def test_project_names_are_unique(db: Database) -> None:
     """A taken name is ProjectNameTaken (not an IntegrityError), on create and on rename."""
     with db.session() as session:
