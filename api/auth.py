@@ -78,14 +78,16 @@ class Authenticator:
                 raise _unauthorized("Missing API key: send `Authorization: Bearer <key>`")
             return ANONYMOUS
         digest = _digest(token)
-        if self._static is not None and hmac.compare_digest(digest, self._static):
-            return ANONYMOUS
+        # Before the static key: an operator may use one secret for both, and a batch line
+        # must still be billed to its project and queued in the batch lane.
         if (
             self._service is not None
             and request.headers.get(BATCH_HEADER)
             and hmac.compare_digest(digest, self._service)
         ):
             return self._batch_line(request)
+        if self._static is not None and hmac.compare_digest(digest, self._static):
+            return ANONYMOUS
         grant = await self.keys.lookup(secret_digest(token))
         if grant is not None:
             if not grant.active:

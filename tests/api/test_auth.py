@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.requests import Request
+
+from api.auth import API_KEY_HEADER, BATCH_HEADER, PROJECT_HEADER, Authenticator
+from conveyor.settings import Settings
 
 from .conftest import MODEL, Stack, running_stack
 
@@ -101,3 +106,28 @@ def test_path_tricks_never_skip_auth(secured: Stack, target: str) -> None:
 def test_post_path_tricks_never_skip_auth(secured: Stack, target: str) -> None:
     status, _ = _raw_get(secured.server.port, target, method="POST")
     assert status in (400, 401, 404)
+
+
+def test_batch_line_is_recognised_when_the_service_key_is_also_the_static_key() -> None:
+    """One secret for --api-key and --admin-key (the default service key): a request with
+    the batch headers is still a batch line (billed to its project, batch lane)."""
+    settings = Settings(api_key=KEY, admin_key=KEY)
+    authenticator = Authenticator(settings, keys=None)  # type: ignore[arg-type]
+    headers = {
+        "authorization": f"Bearer {KEY}",
+        BATCH_HEADER: "batch_1",
+        PROJECT_HEADER: "proj_1",
+        API_KEY_HEADER: "key_1",
+    }
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }
+    principal = asyncio.run(authenticator.principal(Request(scope)))
+    assert (principal.batch_id, principal.project_id, principal.api_key_id) == (
+        "batch_1",
+        "proj_1",
+        "key_1",
+    )
