@@ -24,6 +24,9 @@ from workers.batch.validation import BatchLine
 logger = logging.getLogger(__name__)
 
 WAIT_STATUSES = frozenset({429, 503})
+# The API refusing the batch worker's own key is a deployment mistake, not the line's
+# answer: every line would fail the same way. Wait (loudly) for the operator instead.
+MISCONFIGURED_STATUSES = frozenset({401, 403})
 BACKOFF_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 
@@ -66,6 +69,14 @@ async def run_line(client: httpx.AsyncClient, context: LineContext, line: BatchL
                 timeouts += 1
                 if timeouts >= context.attempts:
                     return _result(line, line_id, response)
+            elif response.status_code in MISCONFIGURED_STATUSES:
+                if waits % 10 == 0:
+                    logger.error(
+                        "batch %s: the API refuses this batch worker's key (HTTP %d); set the "
+                        "same --service-key (or --admin-key) on the API and the batch workers",
+                        context.batch_id,
+                        response.status_code,
+                    )
             elif response.status_code not in WAIT_STATUSES:
                 return _result(line, line_id, response)
         await asyncio.sleep(BACKOFF_SECONDS[min(waits, len(BACKOFF_SECONDS) - 1)])

@@ -31,6 +31,11 @@ def run_batch_worker(settings: Settings, log_level: str = "INFO") -> int:
 
     worker_ready.connect(start_sweeper, weak=False)
     worker_shutting_down.connect(stop, weak=False)
+    if settings.resolved_service_key is None:
+        logger.warning(
+            "no --service-key or --admin-key: batch lines go to the API without a key, which "
+            "an API started with --api-key or --admin-key refuses (lines then wait)"
+        )
     logger.info(
         "batch worker: %d batch(es) at a time, lines sent to %s",
         settings.batch_worker_concurrency,

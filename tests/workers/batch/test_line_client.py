@@ -1,0 +1,58 @@
+"""What counts as a line's answer: against a scripted HTTP transport, no API needed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from workers.batch import line_client
+from workers.batch.line_client import LineContext, run_line
+from workers.batch.validation import BatchLine
+
+LINE = BatchLine(1, "req-1", "/v1/completions", {"model": "m", "prompt": "hi"})
+CONTEXT = LineContext("batch_x", "proj_x", "key_x", "svc", attempts=2)
+OK = {"id": "cmpl-1", "object": "text_completion", "usage": {"prompt_tokens": 2}}
+
+
+def run(statuses: list[int], monkeypatch: pytest.MonkeyPatch) -> tuple[object, list[int]]:
+    monkeypatch.setattr(line_client, "BACKOFF_SECONDS", (0.0,))
+    seen: list[int] = []
+
+    def respond(request: httpx.Request) -> httpx.Response:
+        status = statuses[min(len(seen), len(statuses) - 1)]
+        seen.append(status)
+        assert request.headers["authorization"] == "Bearer svc"
+        assert request.headers["x-conveyor-batch-id"] == "batch_x"
+        body = OK if status == 200 else {"error": {"message": f"HTTP {status}", "code": "x"}}
+        return httpx.Response(status, json=body)
+
+    async def main() -> object:
+        transport = httpx.MockTransport(respond)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return await run_line(client, CONTEXT, LINE)
+
+    return asyncio.run(main()), seen
+
+
+@pytest.mark.parametrize("waiting", [429, 503, 401, 403])
+def test_overload_and_a_refused_service_key_are_waited_out(
+    waiting: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, seen = run([waiting, waiting, 200], monkeypatch)
+    assert seen == [waiting, waiting, 200]
+    assert result.succeeded and result.prompt_tokens == 2  # type: ignore[attr-defined]
+
+
+def test_a_timeout_is_retried_then_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, seen = run([504], monkeypatch)
+    assert seen == [504, 504]  # context.attempts
+    assert not result.succeeded  # type: ignore[attr-defined]
+
+
+def test_a_client_error_is_the_lines_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    result, seen = run([400, 200], monkeypatch)
+    assert seen == [400]
+    payload = result.payload  # type: ignore[attr-defined]
+    assert payload["response"]["status_code"] == 400 and payload["error"]["code"] == "x"
