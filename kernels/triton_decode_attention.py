@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_paged_kv import load_kv_tile
 from kernels.triton_support import dot_precision, upcast_dot
 
 LOG2E = math.log2(math.e)
@@ -85,18 +86,22 @@ def decode_partition_kernel(
     for n0 in range(start, end, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
         valid = pos < end
-        block = tl.load(
-            block_tables_ptr + seq * stride_bt + pos // CACHE_BLOCK, mask=valid, other=0
-        ).to(tl.int64)
-        offsets = (
-            block[:, None] * stride_cb
-            + (pos % CACHE_BLOCK)[:, None] * stride_cs
-            + kv_head * stride_ch
-            + d[None, :]
+        k, v = load_kv_tile(
+            k_cache_ptr,
+            v_cache_ptr,
+            block_tables_ptr,
+            seq,
+            pos,
+            valid,
+            kv_head,
+            d,
+            d_mask,
+            stride_bt,
+            stride_cb,
+            stride_cs,
+            stride_ch,
+            CACHE_BLOCK,
         )
-        kv_mask = valid[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + offsets, mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + offsets, mask=kv_mask, other=0.0)
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
