@@ -22,6 +22,7 @@ from conveyor.db.batch import Batch
 from conveyor.db.batch_result import BatchResult
 from conveyor.db.ids import new_id
 from conveyor.db.pagination import Page, paginate
+from conveyor.db.scoping import owned_by
 
 COMPLETION_WINDOWS = {"24h": 24 * 3600}
 ACTIVE = ("validating", "in_progress", "finalizing", "cancelling")
@@ -75,9 +76,7 @@ def get_batch(session: Session, batch_id: str, *, project_id: str | None) -> Bat
 def list_batches(
     session: Session, *, project_id: str | None, after: str | None, limit: int
 ) -> Page[Batch]:
-    query = select(Batch).where(
-        Batch.project_id.is_(None) if project_id is None else Batch.project_id == project_id
-    )
+    query = select(Batch).where(owned_by(Batch.project_id, project_id))
     return paginate(
         session,
         query,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from conveyor.db.base import now
 from conveyor.db.ids import new_id
 from conveyor.db.pagination import Page, paginate
+from conveyor.db.scoping import owned_by
 from conveyor.db.stored_file import StoredFile
 
 FILE_ID_PREFIX = "file-"
@@ -73,11 +74,7 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
 ) -> Page[StoredFile]:
     """Newest first by default, as OpenAI lists files; raises UnknownCursor for a bad `after`."""
-    query = select(StoredFile).where(
-        StoredFile.project_id.is_(None)
-        if project_id is None
-        else StoredFile.project_id == project_id
-    )
+    query = select(StoredFile).where(owned_by(StoredFile.project_id, project_id))
     if purpose is not None:
         query = query.where(StoredFile.purpose == purpose)
     return paginate(
