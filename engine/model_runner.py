@@ -61,6 +61,7 @@ def load_model(
                     yield name, handle.get_tensor(name)
 
     model.load_weights(tensors())
+    model.pack_weights()
     return model.eval()
 
 

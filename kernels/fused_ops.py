@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.linear import TORCH_LINEAR, LinearMethod
 from kernels.rms_norm import rms_norm
 from kernels.rotary import apply_rotary
 from kernels.silu_and_mul import silu_and_mul
@@ -24,12 +25,14 @@ RmsNorm = Callable[
 @dataclass(frozen=True)
 class FusedOps:
     """rms_norm: see kernels/rms_norm.py. apply_rotary: returns the rotated tensor,
-    which may be its input rotated in place. silu_and_mul: see kernels/silu_and_mul.py."""
+    which may be its input rotated in place. silu_and_mul: see kernels/silu_and_mul.py.
+    linear: how the model's weights are laid out and multiplied (kernels/linear.py)."""
 
     name: str
     rms_norm: RmsNorm
     apply_rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    linear: LinearMethod = TORCH_LINEAR
 
 
 TORCH_OPS = FusedOps("torch", rms_norm, apply_rotary, silu_and_mul)

@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig, RopeConfig
+from engine.models.linear import Linear
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
@@ -90,10 +90,10 @@ class Attention(nn.Module):
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.head_dim**-0.5
-        self.qkv_proj = nn.Linear(
-            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
+        self.qkv_proj = Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, config.qkv_bias, ops.linear
         )
-        self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
+        self.o_proj = Linear(self.q_size, config.hidden_size, False, ops.linear)
 
     def forward(
         self,
@@ -119,8 +119,10 @@ class MLP(nn.Module):
         super().__init__()
         self.silu_and_mul = ops.silu_and_mul
         self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = Linear(
+            config.hidden_size, 2 * config.intermediate_size, False, ops.linear
+        )
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, False, ops.linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.silu_and_mul(self.gate_up_proj(x)))
@@ -160,8 +162,12 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config, ops) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim, max_positions)
+        self.linear = ops.linear
         if not config.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, False, ops.linear)
+        # The weight logits read: the lm_head's, or (tied) the embedding table
+        # in the linear method's layout, set by `pack_weights`.
+        self.logits_weight: torch.Tensor | None = None
 
     def rebuild_buffers(self, device: torch.device) -> None:
         """Recompute the rotary tables (fp32, never cast) after materialising from meta."""
@@ -186,9 +192,24 @@ class LlamaForCausalLM(nn.Module):
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
+    def pack_weights(self) -> None:
+        """After loading: put every matmul weight in the linear method's layout.
+
+        A tied lm_head gets its own packed copy of the embedding table when the
+        layout differs (the lookup needs the plain rows); otherwise they share it.
+        """
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.pack()
+        if self.config.tie_word_embeddings:
+            self.logits_weight = self.linear.pack(self.embed_tokens.weight.detach())
+        else:
+            self.logits_weight = self.lm_head.weight
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        head = self.embed_tokens if self.config.tie_word_embeddings else self.lm_head
-        return F.linear(hidden, head.weight).float()
+        if self.logits_weight is None:
+            raise RuntimeError("compute_logits before pack_weights: load the model first")
+        return self.linear.apply(hidden, self.logits_weight, None).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, fusing q/k/v and gate/up as they arrive."""
