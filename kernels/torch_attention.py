@@ -1,20 +1,25 @@
 """Paged attention in plain torch ops: the CPU path and the reference for Triton.
 
-Decodes (one new token each) run as one batched attention over KV gathered
-from their block tables; prefill chunks run one sequence at a time, causally
-over their own new tokens and any cached prefix. Gather indices and masks are
-built once per step in `prepare` and reused by every layer.
+Decodes (one new token each) run as batched attention over KV gathered from
+their block tables, a group of sequences at a time: gathering every decode's
+context at once writes and re-reads tens of MB per layer through DRAM, while a
+group's gathered K/V (~2 MB) is still in cache when attention reads it. That
+cut the decode attention time by a quarter at 64 sequences × 200 tokens.
+Prefill chunks run one sequence at a time, causally over their own new tokens
+and any cached prefix. Gather indices and masks are built once per step in
+`prepare` and reused by every layer.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from kernels.attention import AttentionInputs
-from kernels.fused_ops import TORCH_OPS
+from kernels.fused_ops import TORCH_OPS, FusedOps
+from kernels.linear import TORCH_LINEAR, linear_method_for
 
 
 @dataclass(frozen=True)
@@ -32,13 +37,28 @@ class PrefillSlice:
     count: int = 1
 
 
+# Decodes per gather-and-attend group: 16 × 200 tokens of fp32 K and V for 3 KV
+# heads is ~2.4 MB, within the L2+L3 a core sees; 16 and 32 were equally fast,
+# 4 paid too much per-call overhead, all 64 at once spilled to DRAM.
+DECODE_GROUP = 16
+
+
+@dataclass(frozen=True)
+class DecodeGroup:
+    """Decode rows [start, end) and the padded KV slots their contexts occupy."""
+
+    start: int
+    end: int
+    slots: torch.Tensor  # [(end - start) * length] flat cache slots, padded
+    mask: torch.Tensor | None  # [n, 1, 1, length], True where a key is attended; None: all
+    length: int
+
+
 @dataclass(frozen=True)
 class TorchAttentionMetadata:
     slot_mapping: torch.Tensor
     num_decodes: int
-    decode_slots: torch.Tensor | None  # [B * L] flat cache slots, padded
-    decode_mask: torch.Tensor | None  # [B, 1, 1, L], True where a key is attended
-    decode_len: int
+    decodes: tuple[DecodeGroup, ...]
     prefills: tuple[PrefillSlice, ...]
     # Gather targets reused by every layer of the step: fresh multi-MB
     # allocations per layer cost page faults and evict the cache.
@@ -54,30 +74,22 @@ class TorchAttentionBackend:
     """AttentionBackend over torch ops (scaled_dot_product_attention)."""
 
     name = "torch"
-    ops = TORCH_OPS
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        linear = linear_method_for(device)
+        self.ops: FusedOps = (
+            TORCH_OPS
+            if linear is TORCH_LINEAR
+            else replace(TORCH_OPS, name=f"torch+{linear.name}", linear=linear)
+        )
 
     def prepare(self, inputs: AttentionInputs) -> TorchAttentionMetadata:
-        bs = inputs.block_size
         nd = inputs.num_decodes
-        decode_slots = decode_mask = None
-        if nd:
-            lens = torch.tensor(inputs.context_lens[:nd], dtype=torch.long)
-            max_len = int(lens.max())
-            max_blocks = (max_len + bs - 1) // bs
-            table = torch.zeros(nd, max_blocks, dtype=torch.long)
-            for row, blocks in enumerate(inputs.block_tables[:nd]):
-                used = blocks[:max_blocks]
-                table[row, : len(used)] = torch.tensor(used, dtype=torch.long)
-            offsets = torch.arange(max_blocks * bs, dtype=torch.long)
-            slots = table[:, offsets // bs] * bs + offsets % bs
-            valid = offsets[None, :] < lens[:, None]
-            decode_slots = slots[:, :max_len].reshape(-1).to(self.device, non_blocking=True)
-            decode_mask = valid[:, None, None, :max_len].to(self.device, non_blocking=True)
-        else:
-            max_len = 0
+        decodes = tuple(
+            self._decode_group(inputs, start, min(start + DECODE_GROUP, nd))
+            for start in range(0, nd, DECODE_GROUP)
+        )
         prefills = []
         start = nd
         for q_len, ctx, blocks in zip(
@@ -93,16 +105,30 @@ class TorchAttentionBackend:
                 else:
                     prefills.append(PrefillSlice(start, end, None, None))
             else:
-                kv_slots = torch.tensor(slots_for(blocks, ctx, bs), dtype=torch.long)
+                kv_slots = torch.tensor(slots_for(blocks, ctx, inputs.block_size), dtype=torch.long)
                 query_pos = torch.arange(ctx - q_len, ctx)
                 mask = torch.arange(ctx)[None, :] <= query_pos[:, None]
                 prefills.append(
                     PrefillSlice(start, end, kv_slots.to(self.device), mask.to(self.device))
                 )
             start = end
-        return TorchAttentionMetadata(
-            inputs.slot_mapping, nd, decode_slots, decode_mask, max_len, tuple(prefills), {}
-        )
+        return TorchAttentionMetadata(inputs.slot_mapping, nd, decodes, tuple(prefills), {})
+
+    def _decode_group(self, inputs: AttentionInputs, start: int, end: int) -> DecodeGroup:
+        bs = inputs.block_size
+        lens = torch.tensor(inputs.context_lens[start:end], dtype=torch.long)
+        max_len = int(lens.max())
+        max_blocks = (max_len + bs - 1) // bs
+        table = torch.zeros(end - start, max_blocks, dtype=torch.long)
+        for row, blocks in enumerate(inputs.block_tables[start:end]):
+            used = blocks[:max_blocks]
+            table[row, : len(used)] = torch.tensor(used, dtype=torch.long)
+        offsets = torch.arange(max_len, dtype=torch.long)
+        slots = (table[:, offsets // bs] * bs + offsets % bs).reshape(-1)
+        mask = None
+        if int(lens.min()) < max_len:
+            mask = (offsets[None, :] < lens[:, None])[:, None, None, :].to(self.device)
+        return DecodeGroup(start, end, slots.to(self.device, non_blocking=True), mask, max_len)
 
     def forward(
         self,
@@ -119,20 +145,20 @@ class TorchAttentionBackend:
         flat_k = key_cache.view(-1, num_kv_heads, head_dim)
         flat_v = value_cache.view(-1, num_kv_heads, head_dim)
         out = torch.empty_like(query)
-        nd = metadata.num_decodes
-        if nd:
+        if metadata.decodes:
             k_buf, v_buf = _gather_buffers(metadata, flat_k)
-            torch.index_select(flat_k, 0, metadata.decode_slots, out=k_buf)
-            torch.index_select(flat_v, 0, metadata.decode_slots, out=v_buf)
-            length = metadata.decode_len
-            k = k_buf.view(nd, length, num_kv_heads, head_dim).transpose(1, 2)  # [B, KVH, L, D]
-            v = v_buf.view(nd, length, num_kv_heads, head_dim).transpose(1, 2)
             # GQA without repeating K/V: the query heads sharing a KV head act as
             # that head's "query positions".
             group = query.shape[1] // num_kv_heads
-            q = query[:nd].view(nd, num_kv_heads, group, head_dim)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=metadata.decode_mask, scale=scale)
-            out[:nd] = o.reshape(nd, -1, head_dim)
+            for g in metadata.decodes:
+                n, length = g.end - g.start, g.length
+                k = torch.index_select(flat_k, 0, g.slots, out=k_buf[: n * length])
+                v = torch.index_select(flat_v, 0, g.slots, out=v_buf[: n * length])
+                k = k.view(n, length, num_kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
+                v = v.view(n, length, num_kv_heads, head_dim).transpose(1, 2)
+                q = query[g.start : g.end].view(n, num_kv_heads, group, head_dim)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
+                out[g.start : g.end] = o.reshape(n, -1, head_dim)
         for p in metadata.prefills:
             rows = slice(p.start, p.end)
             if p.kv_slots is None:
@@ -160,11 +186,12 @@ class TorchAttentionBackend:
 def _gather_buffers(
     metadata: TorchAttentionMetadata, flat_cache: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V gather targets big enough for the step's largest decode group."""
     key = (flat_cache.dtype, flat_cache.shape[1], flat_cache.shape[2])
     buffers = metadata.gather_buffers.get(key)
     if buffers is None:
-        assert metadata.decode_slots is not None
-        shape = (metadata.decode_slots.shape[0], *flat_cache.shape[1:])
+        rows = max(g.slots.shape[0] for g in metadata.decodes)
+        shape = (rows, *flat_cache.shape[1:])
         buffers = (
             torch.empty(shape, dtype=flat_cache.dtype, device=flat_cache.device),
             torch.empty(shape, dtype=flat_cache.dtype, device=flat_cache.device),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernels.attention import AttentionInputs
-from kernels.torch_attention import TorchAttentionBackend, slots_for
+from kernels.torch_attention import DECODE_GROUP, TorchAttentionBackend, slots_for
 
 
 def dense_attention(
@@ -27,10 +27,27 @@ def dense_attention(
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (8, 1)])
 def test_mixed_batch_matches_dense(block_size: int, heads: int, kv_heads: int) -> None:
     torch.manual_seed(block_size * 100 + heads)
-    dim, num_blocks = 16, 128
     # (cached prefix, new tokens): decodes first, then prefills with and without prefix,
     # including equal-length fresh prefills that the backend batches together.
     shapes = [(9, 1), (0, 1), (30, 1), (0, 7), (0, 7), (0, 5), (13, 6), (16, 1 + block_size)]
+    check_against_dense(shapes, block_size, heads, kv_heads, num_blocks=128)
+
+
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_decodes_over_several_groups(block_size: int) -> None:
+    """More decodes than one gather group: a group of equal lengths (attended
+    without a mask), groups of mixed lengths, a short last group, then prefills."""
+    torch.manual_seed(block_size)
+    equal = [(20, 1)] * DECODE_GROUP
+    mixed = [(int(n), 1) for n in torch.randint(0, 40, (DECODE_GROUP + 5,))]
+    shapes = equal + mixed + [(0, 3), (5, 4)]
+    check_against_dense(shapes, block_size, heads=6, kv_heads=2, num_blocks=2048)
+
+
+def check_against_dense(
+    shapes: list[tuple[int, int]], block_size: int, heads: int, kv_heads: int, num_blocks: int
+) -> None:
+    dim = 16
     decodes = [s for s in shapes if s[1] == 1]
     prefills = [s for s in shapes if s[1] != 1]
     shapes = decodes + prefills
