@@ -14,7 +14,11 @@ Two modes:
                   baseline that shows what the queue and the API cost,
     transformers  `transformers serve --continuous-batching` on the same
                   weights: the external reference,
-  then print a summary line with the ratios.
+  then print a summary line with the ratios. With both conveyor and
+  inprocess at concurrency 1, a paired pass (benchmarks/paired_ttft.py) also
+  sends each of `--num-requests` prompts to both, back to back, and reports
+  the median per-pair TTFT difference: the queue's cost with the machine's
+  minute-to-minute drift cancelled.
 
 Every system gets the same prompts: deterministic text of about
 `--prompt-len` tokens whose first block differs per request (so no prefix
@@ -46,7 +50,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -535,28 +539,37 @@ def _track_result(track: _Track, finished: float) -> RequestResult:
     )
 
 
-def bench_inprocess(
-    args: argparse.Namespace, tokenizer: Any, emit: JsonLines, device: str, dtype: str
-) -> None:
-    """The engine `conveyor serve`'s worker runs, built from the same settings, minus the queue."""
-    import torch
-
+def inprocess_llm(device: str, dtype: str) -> Any:
+    """The engine `conveyor serve`'s worker runs, built from the same settings."""
     from conveyor.settings import Settings
     from engine.llm import LLM
 
     config = Settings(device=device, dtype=dtype).engine_config()
     knobs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     knobs.pop("model")
-    llm = LLM(None, **knobs)
+    return LLM(None, **knobs)
 
+
+def engine_prompt_ids(llm: Any, endpoint: str) -> Callable[[str], list[int]]:
+    """Text -> token ids exactly as the API would build them for `endpoint`."""
     engine_tokenizer = llm.tokenizer
 
     def ids(text: str) -> list[int]:
-        """Token ids exactly as the API would build them from the same text."""
-        if args.endpoint == "chat":
+        if endpoint == "chat":
             return list(engine_tokenizer.apply_chat_template([{"role": "user", "content": text}]))
         return list(engine_tokenizer.encode(text))
 
+    return ids
+
+
+def bench_inprocess(
+    args: argparse.Namespace, tokenizer: Any, emit: JsonLines, device: str, dtype: str
+) -> None:
+    """The engine `conveyor serve`'s worker runs, built from the same settings, minus the queue."""
+    import torch
+
+    llm = inprocess_llm(device, dtype)
+    ids = engine_prompt_ids(llm, args.endpoint)
     warm = ids(make_prompt(tokenizer, _WARMUP_BASE, args.prompt_len))
     run_inprocess(llm, [warm], 1, args.output_len)
     for level, concurrency in enumerate(args.concurrency):
@@ -632,6 +645,8 @@ def bench_compare(args: argparse.Namespace, emit: JsonLines) -> None:
                         trust_env=False,
                         extra=common,
                     )
+                    if "inprocess" in args.targets and 1 in args.concurrency:
+                        emit(paired_ttft(server.base_url, args, tokenizer, device, dtype))
             elif target == "inprocess":
                 bench_inprocess(args, tokenizer, emit, device, dtype)
             else:
@@ -656,6 +671,32 @@ def bench_compare(args: argparse.Namespace, emit: JsonLines) -> None:
             name = "transformers-serve" if target == "transformers" else target
             emit({"bench": "serve", "target": name, "error": f"{type(exc).__name__}: {exc}"})
     emit(summarize(emit.lines, args.concurrency))
+
+
+# Output tokens per request in the paired TTFT pass: only the first one is timed.
+PAIRED_OUTPUT_LEN = 8
+
+
+def paired_ttft(
+    base_url: str, args: argparse.Namespace, tokenizer: Any, device: str, dtype: str
+) -> dict[str, Any]:
+    """Queue-added TTFT at concurrency 1, serve and in-process engine alternating per prompt."""
+    from benchmarks.paired_ttft import measure_paired_ttft
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    model = args.model or first_model(base_url, headers, trust_env=False)
+    shape = RequestShape(args.endpoint, model, PAIRED_OUTPUT_LEN, "min_tokens")
+    llm = inprocess_llm(device, dtype)
+    ids = engine_prompt_ids(llm, args.endpoint)
+    run_inprocess(llm, [ids(make_prompt(tokenizer, _WARMUP_BASE, args.prompt_len))], 1, 2)
+    # Numbered after every concurrency level's prompts: no prefix-cache hit on the server.
+    prompts = prompt_texts(tokenizer, args, len(args.concurrency))
+    _log(f"paired TTFT: {len(prompts)} prompts, conveyor serve and in-process alternating")
+    try:
+        return measure_paired_ttft(base_url, shape, headers, llm, ids, prompts)
+    finally:
+        del llm
+        gc.collect()
 
 
 def summarize(lines: list[dict[str, Any]], concurrencies: list[int]) -> dict[str, Any]:
@@ -698,6 +739,10 @@ def summarize(lines: list[dict[str, Any]], concurrencies: list[int]) -> dict[str
             "conveyor", "transformers-serve", "output_tok_s"
         ),
         "queue_added_ttft_ms_p50_c1": ttft_added(1),
+        "queue_added_ttft_ms_p50_c1_paired": next(
+            (r.get("queue_added_ttft_ms_p50") for r in lines if r.get("target") == "paired-ttft"),
+            None,
+        ),
         "queue_added_ttft_ms_p50": {str(c): ttft_added(c) for c in concurrencies},
         "conveyor_vs_inprocess_tpot_p50": ratio("conveyor", "inprocess", "tpot_ms_p50"),
     }
