@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 
 from fastapi import Request
 
 from api.errors import ApiError
+from api.rate_limiter import RateDecision, RateLimiter, RateLimits
 from api.request_record import RequestRecord
+
+logger = logging.getLogger(__name__)
+
+# Releases still running for callers that went away (a strong reference keeps them alive).
+_releasing: set[asyncio.Task[None]] = set()
 
 
 async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None:
@@ -23,8 +31,8 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
     if limits.rpm is None and limits.tpm is None:
         return
     limiter = request.app.state.rate_limiter
-    decision = await limiter.admit(
-        principal.api_key_id, limits, request_id=record.request_id or "", tokens=tokens
+    decision = await admit_or_release(
+        limiter, principal.api_key_id, limits, request_id=record.request_id or "", tokens=tokens
     )
     record.rate_decision = decision
     if decision.allowed:
@@ -50,3 +58,40 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
         code="rate_limit_exceeded",
         headers=headers,
     )
+
+
+async def admit_or_release(
+    limiter: RateLimiter, key_id: str, limits: RateLimits, *, request_id: str, tokens: int
+) -> RateDecision:
+    """`limiter.admit`, except that a caller cancelled mid-call (client gone) leaks nothing.
+
+    The Lua script may already have reserved the tokens when the cancellation
+    lands, and nobody would settle them: the key would be short of that many
+    tokens for a whole window. So the call runs shielded, and if the caller
+    goes away an admitted reservation is settled to 0 once the call returns
+    (the request still counts towards rpm: it was made).
+    """
+    call = asyncio.ensure_future(
+        limiter.admit(key_id, limits, request_id=request_id, tokens=tokens)
+    )
+    try:
+        return await asyncio.shield(call)
+    except asyncio.CancelledError:
+        call.add_done_callback(lambda done: _release(limiter, key_id, request_id, done))
+        raise
+
+
+def _release(
+    limiter: RateLimiter, key_id: str, request_id: str, call: asyncio.Future[RateDecision]
+) -> None:
+    if call.cancelled() or call.exception() is not None or not call.result().allowed:
+        return
+    task = asyncio.get_running_loop().create_task(limiter.settle(key_id, request_id, 0))
+    _releasing.add(task)
+    task.add_done_callback(_released)
+
+
+def _released(task: asyncio.Task[None]) -> None:
+    _releasing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("releasing an abandoned rate-limit reservation failed: %s", task.exception())
