@@ -2,7 +2,7 @@
 
 Each lane (interactive, batch) is its own stream: the overload check looks at
 the request's lane only, so a full batch lane never refuses interactive work;
-/metrics reports the lanes summed (`lane_stats` has them apart).
+/metrics reports each lane apart (`lane_stats`).
 
 "Undelivered" is what no worker has taken yet. Redis >= 7 reports it exactly as
 the consumer group's `lag`; older servers (the embedded 6.2) do not, so there it

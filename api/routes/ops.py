@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from api.deps import CatalogDep, NamesDep, RedisDep, RouterDep, SettingsDep
 from api.errors import ApiError
-from api.queue_stats import QueueStats, queue_stats
+from api.queue_stats import QueueStats, lane_stats
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ async def metrics(
     """Workers' engine metrics (their snapshots in Redis) plus this deployment's queues."""
     snapshots = await _worker_snapshots(redis, names.worker_metrics_pattern)
     models = set(await catalog.live_models()) | await catalog.known_models()
-    stats = {model: await queue_stats(redis, names, model) for model in sorted(models)}
+    stats = {model: await lane_stats(redis, names, model) for model in sorted(models)}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_QueueCollector(stats, replies.in_flight))
     body = _render_workers(snapshots) + generate_latest(registry)
@@ -105,35 +105,46 @@ def _render_workers(snapshots: list[dict[str, Any]]) -> bytes:
 
 
 class _QueueCollector(Collector):
-    def __init__(self, stats: dict[str, QueueStats], in_flight: int) -> None:
+    """Each model's request streams, one series per lane (interactive, batch).
+
+    `sum by (model)` gives the model's whole queue; the dead-letter stream is
+    shared by the lanes, so it is per model only.
+    """
+
+    def __init__(self, stats: dict[str, dict[str, QueueStats]], in_flight: int) -> None:
         self.stats = stats
         self.in_flight = in_flight
 
     def collect(self) -> Iterable[Metric]:
+        lanes = ["model", "lane"]
         families = {
             "length": GaugeMetricFamily(
-                "conveyor:queue_length", "Entries in the model's request stream", labels=["model"]
+                "conveyor:queue_length", "Entries in the model's request stream", labels=lanes
             ),
             "pending": GaugeMetricFamily(
                 "conveyor:queue_pending",
                 "Requests delivered to a worker and not yet acknowledged",
-                labels=["model"],
+                labels=lanes,
             ),
             "undelivered": GaugeMetricFamily(
                 "conveyor:queue_undelivered",
                 "Requests no worker has taken yet",
-                labels=["model"],
-            ),
-            "dead_letters": GaugeMetricFamily(
-                "conveyor:dead_letters",
-                "Requests that failed too many deliveries",
-                labels=["model"],
+                labels=lanes,
             ),
         }
-        for model, stats in self.stats.items():
-            for field, family in families.items():
-                family.add_metric([model], getattr(stats, field))
+        dead_letters = GaugeMetricFamily(
+            "conveyor:dead_letters",
+            "Requests that failed too many deliveries",
+            labels=["model"],
+        )
+        for model, per_lane in self.stats.items():
+            for lane, stats in per_lane.items():
+                for field, family in families.items():
+                    family.add_metric([model, lane], getattr(stats, field))
+            if per_lane:
+                dead_letters.add_metric([model], next(iter(per_lane.values())).dead_letters)
         yield from families.values()
+        yield dead_letters
         yield GaugeMetricFamily(
             "conveyor:api_requests_in_flight",
             "Requests this API process is waiting on",

@@ -211,9 +211,11 @@ def test_overload_is_503_with_retry_after(small_stack: Stack) -> None:
         assert error["code"] == "overloaded"
         assert response.headers["retry-after"] == "1"
         metrics = http.get("/metrics").text
-    assert f'conveyor:queue_length{{model="{MODEL}"}} 3.0' in metrics
-    assert f'conveyor:queue_undelivered{{model="{MODEL}"}} 3.0' in metrics
-    assert f'conveyor:queue_pending{{model="{MODEL}"}} 0.0' in metrics
+    lane = f'{{lane="interactive",model="{MODEL}"}}'
+    assert f"conveyor:queue_length{lane} 3.0" in metrics
+    assert f"conveyor:queue_undelivered{lane} 3.0" in metrics
+    assert f"conveyor:queue_pending{lane} 0.0" in metrics
+    assert f'conveyor:queue_length{{lane="batch",model="{MODEL}"}} 0.0' in metrics
     assert f'conveyor:dead_letters{{model="{MODEL}"}} 0.0' in metrics
 
 

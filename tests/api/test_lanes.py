@@ -110,7 +110,9 @@ def test_full_batch_lane_neither_refuses_nor_delays_interactive_requests(
         wait_for(lambda: store.xlen(interactive) == 1)  # queued, not refused
         with stack.client() as http:
             metrics = http.get("/metrics").text
-        assert f'conveyor:queue_undelivered{{model="{MODEL}"}} 4.0' in metrics  # both lanes
+        # Each lane is its own series: 3 batch lines waiting, 1 interactive request.
+        assert f'conveyor:queue_undelivered{{lane="batch",model="{MODEL}"}} 3.0' in metrics
+        assert f'conveyor:queue_undelivered{{lane="interactive",model="{MODEL}"}} 1.0' in metrics
     finally:
         worker.behaviour = "normal"
         thread.join(15)

@@ -95,8 +95,10 @@ def test_metrics_joins_worker_snapshots_and_queue_gauges(
     text = response.text
     assert "vllm:num_requests_running 5" in text
     assert sorted(s["instance"] for s in fake_metrics_module[-1]) == ["w1", "w2"]
-    for name in ("queue_length", "queue_pending", "queue_undelivered", "dead_letters"):
-        assert f'conveyor:{name}{{model="{MODEL}"}}' in text
+    for name in ("queue_length", "queue_pending", "queue_undelivered"):
+        for lane in ("interactive", "batch"):
+            assert f'conveyor:{name}{{lane="{lane}",model="{MODEL}"}}' in text
+    assert f'conveyor:dead_letters{{model="{MODEL}"}}' in text
     assert "conveyor:api_requests_in_flight" in text
 
 
@@ -132,4 +134,4 @@ def test_metrics_with_the_real_worker_renderer(client: httpx.Client, stack: Stac
     text = client.get("/metrics").text
     running = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running")]
     assert any(line.endswith(" 4.0") for line in running), running
-    assert f'conveyor:queue_length{{model="{MODEL}"}}' in text
+    assert f'conveyor:queue_length{{lane="interactive",model="{MODEL}"}}' in text
