@@ -4,13 +4,22 @@ Celery delivers at least once and the sweeper re-queues batches that look
 orphaned, so the same batch can be handed to two workers; the lease makes
 the second one step aside. A worker that dies stops renewing, the key
 expires, and the next delivery takes over where the checkpoint left off.
+`kept()` renews from its own task for the whole run (validating a 50,000-line
+file and writing the result files included), not only while lines run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import secrets
+from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
 
 # Renew or release only what we hold: compare the token first, atomically.
 _RENEW = """
@@ -45,3 +54,31 @@ class BatchLease:
 
     async def release(self) -> None:
         await self._release(keys=[self.key], args=[self.token])
+
+    @contextlib.asynccontextmanager
+    async def kept(self) -> AsyncIterator[asyncio.Event]:
+        """Renew every third of the TTL while the block runs; the event is set if it is lost.
+
+        A renewal Redis fails is retried at the next tick (the TTL outlasts two
+        misses); a renewal Redis refuses means another worker holds the batch now.
+        """
+        lost = asyncio.Event()
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(self.ttl_ms / 3000)
+                try:
+                    held = await self.renew()
+                except RedisError as exc:
+                    logger.warning("renewing lease %s failed (%s); retrying", self.key, exc)
+                    continue
+                if not held:
+                    lost.set()
+                    return
+
+        keeper = asyncio.create_task(keep())
+        try:
+            yield lost
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)

@@ -6,9 +6,10 @@ At most `batch_max_inflight` of its lines are in the queue or the engine at
 once, so a 50,000-line batch never floods the model's stream; the API puts
 them in the batch lane, behind every interactive request. Each line's
 result is committed as it arrives (`batch_results`, unique per custom_id),
-so a runner that dies is replaced by one that skips what is recorded. A
-watcher renews the lease and notices, within half a second, a cancel
-request or the end of the completion window; in-flight lines are then
+so a runner that dies is replaced by one that skips what is recorded. The
+lease is renewed from its own task for the whole run; a watcher notices,
+within half a second, a lost lease, a cancel request or the end of the
+completion window; in-flight lines are then
 dropped, which closes their HTTP requests, which aborts them in the engine.
 """
 
@@ -18,7 +19,6 @@ import asyncio
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -108,11 +108,13 @@ class BatchRunner:
             logger.info("batch %s: another worker holds it", batch_id)
             return
         try:
-            await self._run_leased(batch_id, lease)
+            async with lease.kept() as lost:
+                await self._run_leased(batch_id, lost)
         finally:
             await lease.release()
 
-    async def _run_leased(self, batch_id: str, lease: BatchLease) -> None:
+    async def _run_leased(self, batch_id: str, lost: asyncio.Event) -> None:
+        """`lost` is set when another worker took the batch over: stop without finishing it."""
         batch = await self._sql(lambda s: _snapshot(s, batch_id))
         if batch is None or batch.status in batch_store.TERMINAL:
             return
@@ -128,6 +130,9 @@ class BatchRunner:
             await self._finalize(batch, "cancelled", [])
             return
         validated = await asyncio.to_thread(self._validate, batch)
+        if lost.is_set():
+            logger.warning("batch %s: lease lost while validating", batch_id)
+            return
         if validated.errors:
             # Also when resuming: the input file was deleted (or replaced) since it was checked.
             await self._fail(batch, validated.errors)
@@ -150,7 +155,7 @@ class BatchRunner:
         if batch.status == "cancelling":
             outcome: Outcome = "cancelled"
         else:
-            outcome = await self._run_lines(batch, validated.lines, lease)
+            outcome = await self._run_lines(batch, validated.lines, lost)
         if outcome in ("completed", "cancelled", "expired"):
             await self._finalize(batch, outcome, validated.lines)
 
@@ -192,7 +197,7 @@ class BatchRunner:
         logger.info("batch %s failed validation: %s", batch.id, errors[0].message)
 
     async def _run_lines(
-        self, batch: BatchSnapshot, lines: list[BatchLine], lease: BatchLease
+        self, batch: BatchSnapshot, lines: list[BatchLine], lost: asyncio.Event
     ) -> Outcome:
         done = await self._sql(lambda s: batch_store.recorded_custom_ids(s, batch.id))
         pending: Iterator[BatchLine] = iter([line for line in lines if line.custom_id not in done])
@@ -224,7 +229,6 @@ class BatchRunner:
         ]
         all_fed = asyncio.ensure_future(asyncio.gather(*feeders))
         outcome: Outcome = "completed"
-        last_renewal = time.monotonic()
         try:
             while not all_fed.done():
                 await asyncio.wait({all_fed}, timeout=WATCH_SECONDS)
@@ -233,12 +237,10 @@ class BatchRunner:
                 if self.stopping.is_set():
                     outcome = "interrupted"
                     break
-                if time.monotonic() - last_renewal >= self.settings.batch_lease_ttl / 3:
-                    if not await lease.renew():
-                        logger.warning("batch %s: lease lost; another worker takes over", batch.id)
-                        outcome = "lost"
-                        break
-                    last_renewal = time.monotonic()
+                if lost.is_set():
+                    logger.warning("batch %s: lease lost; another worker takes over", batch.id)
+                    outcome = "lost"
+                    break
                 status = await self._sql(lambda s: batch_store.status_of(s, batch.id))
                 if status == "cancelling":
                     outcome = "cancelled"
