@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 
 import anyio.to_thread
+import redis
 from celery import Celery
 
-from conveyor.batch_queue import celery_app, send_run_batch
+from conveyor.batch_queue import celery_app, queue_batch
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -17,6 +18,7 @@ class BatchDispatcher:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._app: Celery | None = None
+        self._redis: redis.Redis | None = None
 
     async def dispatch(self, batch_id: str) -> None:
         """Best effort: a batch whose task could not be sent is found by the workers' sweeper."""
@@ -28,4 +30,6 @@ class BatchDispatcher:
     def _send(self, batch_id: str) -> None:
         if self._app is None:
             self._app = celery_app(self.settings)
-        send_run_batch(self._app, self.settings, batch_id)
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(self.settings.redis_url or "")
+        queue_batch(self._app, self._redis, self.settings, batch_id)

@@ -9,8 +9,10 @@ re-queued, one task prefetched at a time. Running a batch twice is harmless
 
 from __future__ import annotations
 
+import redis
 from celery import Celery
 
+from conveyor.bus import BusNames
 from conveyor.settings import Settings
 
 RUN_BATCH = "conveyor.run_batch"
@@ -41,3 +43,23 @@ def celery_app(settings: Settings) -> Celery:
 
 def send_run_batch(app: Celery, settings: Settings, batch_id: str) -> None:
     app.send_task(RUN_BATCH, args=[batch_id], queue=queue_name(settings))
+
+
+def queue_batch(app: Celery, client: redis.Redis, settings: Settings, batch_id: str) -> bool:
+    """Send the batch's task unless one is already waiting for a worker; True if sent.
+
+    A "queued" mark (with a TTL of `batch_requeue_after`) says a task is
+    waiting; the runner clears it when it starts. So batches waiting behind
+    busy workers are not queued again by every sweep, and a message the
+    broker lost is replaced once the mark expires.
+    """
+    mark = BusNames(settings.redis_prefix).batch_queued(batch_id)
+    hold_ms = max(1, int(settings.batch_requeue_after * 1000))
+    if not client.set(mark, "1", nx=True, px=hold_ms):
+        return False
+    try:
+        send_run_batch(app, settings, batch_id)
+    except Exception:
+        client.delete(mark)  # not queued after all: the next sweep may try again
+        raise
+    return True

@@ -96,7 +96,7 @@ class BusNames:
         return f"{self.prefix}:batch:{batch_id}:lease"
 
     def batch_queued(self, batch_id: str) -> str:
-        """Set briefly when the sweeper re-queues a batch, so it does so once, not every sweep."""
+        """Set while the batch's task waits for a worker (see `batch_queue.queue_batch`)."""
         return f"{self.prefix}:batch:{batch_id}:queued"
 
     def rate_limit(self, key_id: str, part: str) -> str:

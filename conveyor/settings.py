@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     batch_sweep_interval: float = Field(
         default=10.0, description="seconds between looks for batches nobody is running"
     )
+    batch_requeue_after: float = Field(
+        default=600.0,
+        gt=0,
+        description="seconds a batch waiting in the task queue is left alone by the sweeper "
+        "before it is queued again (matters only if the broker lost its message)",
+    )
 
     @field_validator("data_dir")
     @classmethod

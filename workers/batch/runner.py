@@ -107,6 +107,9 @@ class BatchRunner:
         if not await lease.acquire():
             logger.info("batch %s: another worker holds it", batch_id)
             return
+        # No task waits for this batch any more: if this run stops early (a killed
+        # worker), the sweeper may queue it again once the lease is gone.
+        await self.redis.delete(self.names.batch_queued(batch_id))
         try:
             async with lease.kept() as lost:
                 await self._run_leased(batch_id, lost)

@@ -4,8 +4,9 @@ A batch whose worker died holds no lease once its TTL runs out; the Celery
 message that started it may be gone (acked) or parked until its visibility
 timeout. Every batch worker process runs this sweep, so such a batch is
 picked up again within `batch_sweep_interval` + `batch_lease_ttl` seconds.
-A short "queued" marker keeps a batch that is merely waiting in the Celery
-queue from being queued again and again.
+A "queued" mark, set whenever a batch's task is sent (by the API or here)
+and cleared by the runner that takes it, keeps a batch that is merely
+waiting in the Celery queue from being queued again by every sweep.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 import redis
 from celery import Celery
 
-from conveyor.batch_queue import send_run_batch
+from conveyor.batch_queue import queue_batch
 from conveyor.bus import BusNames
 from conveyor.db.batch_store import active_batch_ids
 from conveyor.db.database import Database
@@ -57,14 +58,11 @@ class BatchSweeper:
         with database.session() as session:
             batch_ids = active_batch_ids(session)
         queued = []
-        hold = max(1, int(self.settings.batch_sweep_interval * 3 * 1000))
         for batch_id in batch_ids:
             if client.exists(self.names.batch_lease(batch_id)):
                 continue
-            if not client.set(self.names.batch_queued(batch_id), "1", nx=True, px=hold):
-                continue
-            send_run_batch(self.app, self.settings, batch_id)
-            queued.append(batch_id)
+            if queue_batch(self.app, client, self.settings, batch_id):
+                queued.append(batch_id)
         if queued:
             logger.info("re-queued %d batch(es) nobody was running: %s", len(queued), queued)
         return queued

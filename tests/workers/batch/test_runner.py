@@ -21,7 +21,7 @@ import redis
 import redis.asyncio as aioredis
 from sqlalchemy import select
 
-from conveyor.batch_queue import RUN_BATCH, celery_app, queue_name
+from conveyor.batch_queue import RUN_BATCH, celery_app, queue_batch, queue_name
 from conveyor.bus import BATCH_LANE, BusNames
 from conveyor.db import batch_store, migrate
 from conveyor.db.batch import Batch
@@ -637,12 +637,14 @@ def test_sweeper_queues_each_orphan_once_per_hold_window(
     redis_url: str, migrated_database_url: str
 ) -> None:
     """Active batches without a lease are queued; one being run, a finished one, or one
-    queued moments ago are not; after the hold window an orphan is queued again."""
+    whose task still waits in the queue are not; after `batch_requeue_after` (the
+    broker may have lost the message) an orphan is queued again."""
     settings = Settings(
         redis_url=redis_url,
         redis_prefix=new_prefix(),
         database_url=migrated_database_url,
         batch_sweep_interval=0.1,
+        batch_requeue_after=0.3,
     )
     names = BusNames(settings.redis_prefix)
     database = Database(migrated_database_url)
@@ -662,7 +664,7 @@ def test_sweeper_queues_each_orphan_once_per_hold_window(
             ids[status] = batch.id
     orphans = sorted(ids[s] for s in ("validating", "cancelling", "finalizing"))
     running = ids["in_progress"]
-    hold = settings.batch_sweep_interval * 3 + 0.05
+    hold = settings.batch_requeue_after + 0.05
     sweeper = BatchSweeper(settings, celery_app(settings))
     try:
         with redis.Redis.from_url(redis_url, decode_responses=True) as client:
@@ -678,6 +680,25 @@ def test_sweeper_queues_each_orphan_once_per_hold_window(
         assert len(queued_batches(settings)) == 10
     finally:
         database.close()
+
+
+def test_a_batch_waiting_for_a_worker_is_queued_once_and_its_runner_clears_the_mark(
+    env: Env,
+) -> None:
+    """Sent once (as the API does); sweeps while it waits behind busy workers send nothing
+    more; the runner that takes it clears the mark, so a run that dies can be re-queued."""
+    settings = env.settings.model_copy(update={"redis_prefix": new_prefix()})
+    app = celery_app(settings)
+    names = BusNames(settings.redis_prefix)
+    batch_id = env.batch([line(1)])
+    with redis.Redis.from_url(settings.redis_url or "", decode_responses=True) as client:
+        assert queue_batch(app, client, settings, batch_id)
+        assert not queue_batch(app, client, settings, batch_id)  # still waiting: not again
+        assert client.exists(names.batch_queued(batch_id))
+        env.run(batch_id, redis_prefix=settings.redis_prefix)
+        assert not client.exists(names.batch_queued(batch_id))
+    assert queued_batches(settings) == [batch_id]
+    assert env.get(batch_id).status == "completed"
 
 
 def test_values_the_database_cannot_hold_fail_validation(env: Env) -> None:
