@@ -18,6 +18,7 @@ import torch
 
 from engine.llm import LLM, greedy
 from kernels.backend import select_attention_backend
+from kernels.linear import linear_method_for, onednn_linear_available
 from kernels.torch_attention import TorchAttentionBackend
 from kernels.triton_attention import TritonAttentionBackend
 
@@ -60,7 +61,10 @@ def test_mixed_batch_matches_torch_backend(
 def test_selection() -> None:
     cpu = torch.device("cpu")
     assert select_attention_backend(cpu).name == "torch"
-    assert select_attention_backend(cpu, "torch").ops.name == "torch"
+    cpu_ops = select_attention_backend(cpu, "torch").ops
+    # On CPU the torch backend's matmuls run on oneDNN where torch has it.
+    assert cpu_ops.linear is linear_method_for(cpu)
+    assert cpu_ops.name == ("torch+onednn" if onednn_linear_available() else "torch")
     forced = select_attention_backend(cpu, "triton")  # TRITON_INTERPRET=1 (conftest)
     assert forced.name == "triton" and forced.ops.name == "triton"
     # The default on CUDA (constructing the backend touches no GPU).
