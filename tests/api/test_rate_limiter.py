@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -13,6 +12,7 @@ import redis.asyncio as aioredis
 
 from api.rate_limiter import RateDecision, RateLimiter, RateLimits, format_duration
 from conveyor.bus import BusNames
+from tests.async_redis import run_with_redis
 
 T = TypeVar("T")
 NAMES = BusNames(f"test-rl-{uuid.uuid4().hex[:8]}")
@@ -24,22 +24,6 @@ def new_key() -> str:
 
 def rid() -> str:
     return uuid.uuid4().hex
-
-
-def run_with_redis(
-    redis_url: str, body: Callable[[aioredis.Redis], Awaitable[T]], clients: int = 1
-) -> T:
-    """Run `body` with a fresh client (or a list of them) closed afterwards."""
-
-    async def main() -> T:
-        conns = [aioredis.Redis.from_url(redis_url) for _ in range(clients)]
-        try:
-            return await body(conns[0] if clients == 1 else conns)  # type: ignore[arg-type]
-        finally:
-            for conn in conns:
-                await conn.aclose()
-
-    return asyncio.run(main())
 
 
 def test_rpm_rejects_past_the_limit_and_keys_are_independent(redis_url: str) -> None:

@@ -7,6 +7,7 @@ import uuid
 
 import redis.asyncio as aioredis
 
+from tests.async_redis import run_with_redis
 from workers.batch.lease import BatchLease
 
 
@@ -15,57 +16,45 @@ def lease_key() -> str:
 
 
 def test_one_holder_at_a_time_and_release_only_by_the_holder(redis_url: str) -> None:
-    async def main() -> None:
-        redis = aioredis.Redis.from_url(redis_url)
-        try:
-            key = lease_key()
-            first, second = BatchLease(redis, key, 5.0), BatchLease(redis, key, 5.0)
-            assert await first.acquire()
-            assert not await second.acquire()
-            await second.release()  # not its lease: a no-op
-            assert await redis.get(key) == first.token.encode()
-            await first.release()
-            assert await second.acquire()
-        finally:
-            await redis.aclose()
+    async def body(redis: aioredis.Redis) -> None:
+        key = lease_key()
+        first, second = BatchLease(redis, key, 5.0), BatchLease(redis, key, 5.0)
+        assert await first.acquire()
+        assert not await second.acquire()
+        await second.release()  # not its lease: a no-op
+        assert await redis.get(key) == first.token.encode()
+        await first.release()
+        assert await second.acquire()
 
-    asyncio.run(main())
+    run_with_redis(redis_url, body)
 
 
 def test_kept_outlives_the_ttl_for_as_long_as_the_block_runs(redis_url: str) -> None:
     """A run longer than the TTL (say, validating a huge file) keeps its lease."""
 
-    async def main() -> None:
-        redis = aioredis.Redis.from_url(redis_url)
-        try:
-            key = lease_key()
-            lease = BatchLease(redis, key, 0.3)
-            assert await lease.acquire()
-            async with lease.kept() as lost:
-                await asyncio.sleep(1.2)  # four TTLs
-                assert not lost.is_set()
-                assert await redis.get(key) == lease.token.encode()
-            # After the block nothing renews it: it expires on its own.
-            await asyncio.sleep(0.5)
-            assert await redis.get(key) is None
-        finally:
-            await redis.aclose()
+    async def body(redis: aioredis.Redis) -> None:
+        key = lease_key()
+        lease = BatchLease(redis, key, 0.3)
+        assert await lease.acquire()
+        async with lease.kept() as lost:
+            await asyncio.sleep(1.2)  # four TTLs
+            assert not lost.is_set()
+            assert await redis.get(key) == lease.token.encode()
+        # After the block nothing renews it: it expires on its own.
+        await asyncio.sleep(0.5)
+        assert await redis.get(key) is None
 
-    asyncio.run(main())
+    run_with_redis(redis_url, body)
 
 
 def test_kept_reports_a_lease_taken_by_another_worker(redis_url: str) -> None:
-    async def main() -> None:
-        redis = aioredis.Redis.from_url(redis_url)
-        try:
-            key = lease_key()
-            lease = BatchLease(redis, key, 0.6)
-            assert await lease.acquire()
-            async with lease.kept() as lost:
-                await redis.set(key, "another-worker", px=30_000)
-                await asyncio.wait_for(lost.wait(), timeout=1.0)  # within one renewal tick
-            assert await redis.get(key) == b"another-worker"  # left alone
-        finally:
-            await redis.aclose()
+    async def body(redis: aioredis.Redis) -> None:
+        key = lease_key()
+        lease = BatchLease(redis, key, 0.6)
+        assert await lease.acquire()
+        async with lease.kept() as lost:
+            await redis.set(key, "another-worker", px=30_000)
+            await asyncio.wait_for(lost.wait(), timeout=1.0)  # within one renewal tick
+        assert await redis.get(key) == b"another-worker"  # left alone
 
-    asyncio.run(main())
+    run_with_redis(redis_url, body)
