@@ -10,12 +10,37 @@ from fastapi import Request
 
 from api.errors import ApiError
 from api.rate_limiter import RateDecision, RateLimiter, RateLimits
+from api.refusal_memo import RefusalMemo
 from api.request_record import RequestRecord
 
 logger = logging.getLogger(__name__)
 
 # Releases still running for callers that went away (a strong reference keeps them alive).
 _releasing: set[asyncio.Task[None]] = set()
+
+
+def refuse_early(request: Request, record: RequestRecord) -> None:
+    """429 at once, before any tokenizing, for a key this process knows is out of requests."""
+    principal = record.principal
+    limits = principal.limits
+    if principal.api_key_id is None or limits is None or limits.rpm is None:
+        return
+    memo: RefusalMemo = request.app.state.refusal_memo
+    decision = memo.refusal(principal.api_key_id, limits)
+    if decision is not None:
+        record.rate_decision = decision
+        raise _rpm_refusal(limits, decision)
+
+
+def _rpm_refusal(limits: RateLimits, decision: RateDecision) -> ApiError:
+    wait = math.ceil(decision.retry_after or 1)
+    return ApiError(
+        429,
+        f"Rate limit reached for this API key on requests per min (RPM): Limit {limits.rpm}. "
+        f"Please try again in {wait}s.",
+        code="rate_limit_exceeded",
+        headers=decision.headers(),
+    )
 
 
 async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None:
@@ -47,11 +72,11 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
             code="rate_limit_exceeded",
             headers=headers,
         )
-    wait = math.ceil(decision.retry_after or 1)
+    request.app.state.refusal_memo.remember(principal.api_key_id, limits, decision, tokens)
     if limits.rpm is not None and decision.remaining_requests == 0:
-        what = f"requests per min (RPM): Limit {limits.rpm}"
-    else:
-        what = f"tokens per min (TPM): Limit {limits.tpm}, Requested {tokens}"
+        raise _rpm_refusal(limits, decision)
+    wait = math.ceil(decision.retry_after or 1)
+    what = f"tokens per min (TPM): Limit {limits.tpm}, Requested {tokens}"
     raise ApiError(
         429,
         f"Rate limit reached for this API key on {what}. Please try again in {wait}s.",

@@ -27,6 +27,7 @@ from api.catalog import ModelCatalog
 from api.errors import install_error_handlers
 from api.key_cache import KeyCache
 from api.rate_limiter import RateLimiter
+from api.refusal_memo import RefusalMemo
 from api.reply_router import ReplyRouter
 from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.file_storage = LocalFileStorage(settings.data_dir / "files")
             app.state.authenticator = Authenticator(settings, key_cache)
             app.state.rate_limiter = RateLimiter(redis, names)
+            app.state.refusal_memo = RefusalMemo()
             app.state.log_buffer = log_buffer
             app.state.redis = redis
             app.state.names = names

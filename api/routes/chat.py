@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.admission import admit
+from api.admission import admit, refuse_early
 from api.collect import ClientGone, collect_all, finish
 from api.deps import (
     Authenticated,
@@ -57,6 +57,7 @@ async def create_chat_completion(
 ) -> Response:
     body.check_supported()
     record.model = body.model
+    refuse_early(request, record)
     live = await catalog.resolve(body.model)
     await submitter.check_capacity(body.model, record.lane)
     model_tokenizer = await catalog.tokenizer(body.model)

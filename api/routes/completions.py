@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.admission import admit
+from api.admission import admit, refuse_early
 from api.collect import ClientGone, Output, collect_all, finish
 from api.deps import (
     Authenticated,
@@ -68,6 +68,7 @@ async def create_completion(
 ) -> Response:
     body.check_supported()
     record.model = body.model
+    refuse_early(request, record)
     raw_prompts = body.prompts()
     live = await catalog.resolve(body.model)
     await submitter.check_capacity(body.model, record.lane)

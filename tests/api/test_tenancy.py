@@ -235,6 +235,30 @@ def test_rpm_limit_gives_429_with_retry_after_and_spares_other_keys(
     assert sorted(statuses) == [200, 200, 200, 429]
 
 
+def test_a_key_out_of_requests_is_refused_before_its_prompt_is_read(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    """Once this replica saw the key's rpm window full, its next requests get the 429 at
+    once: an over-long prompt, which would be a 400 once tokenized, is never looked at."""
+    key = new_key(admin, new_project(admin, "acme")["id"], rpm=1)
+    too_long = "word " * 20_000
+    with sdk(tenancy, key["value"]) as client:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+        with pytest.raises(openai.RateLimitError) as chat:
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": too_long}], max_tokens=1
+            )
+        with pytest.raises(openai.RateLimitError) as completion:
+            client.completions.create(model=MODEL, prompt=too_long, max_tokens=1)
+    for refused in (chat.value, completion.value):
+        assert refused.code == "rate_limit_exceeded"
+        assert "requests per min (RPM): Limit 1" in refused.message
+        headers = refused.response.headers
+        assert int(headers["retry-after"]) >= 1 and headers["x-ratelimit-remaining-requests"] == "0"
+
+
 def test_fifty_concurrent_requests_on_rpm_20_admit_exactly_20(
     tenancy: Stack, admin: httpx.Client
 ) -> None:
