@@ -147,6 +147,11 @@ class EngineConfig:
     block_size: int = 16
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
+    # Requests at or above this priority are background work (the worker marks batch
+    # lines so): they prefill at most `background_prefill_tokens` per step, which bounds
+    # how long a step, and so an interactive request arriving during it, can take.
+    background_priority: int | None = None
+    background_prefill_tokens: int = 256
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     kv_cache_memory: int = 1 << 30
@@ -165,6 +170,11 @@ class EngineConfig:
         if self.max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}"
+            )
+        if self.background_prefill_tokens < 1:
+            raise ValueError(
+                "background_prefill_tokens must be at least 1, "
+                f"got {self.background_prefill_tokens}"
             )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")

@@ -96,7 +96,11 @@ class LLMEngine:
             self.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
         self.scheduler = Scheduler(
-            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens
+            self.block_manager,
+            config.max_num_seqs,
+            config.max_num_batched_tokens,
+            background_priority=config.background_priority,
+            background_prefill_tokens=config.background_prefill_tokens,
         )
         self.runner = ModelRunner(
             model,

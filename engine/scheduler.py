@@ -7,6 +7,15 @@ admitted in priority order (lower value first, then arrival) with their
 prompts cut into chunks that fit the remaining budget. When KV blocks run
 out, the lowest-priority, newest running sequence is preempted: its blocks
 are freed and it is recomputed later (its prefix may still be cached).
+
+Background work (priority at or above `background_priority`: the worker marks
+batch lines so) prefills at most `background_prefill_tokens` per step, and none
+in a step that prefills foreground work. Without that a wave of new batch lines
+fills the whole token budget: an interactive request arriving meanwhile waits
+for that thousand-token step to end, and then shares its own prefill step with
+more of them. The cap holds even when no interactive request is present, since
+the next one may arrive mid-step; the background prompts cost the same compute,
+spread over more (shorter) steps. Background decodes are never held back.
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ class Scheduler:
     block_manager: BlockManager
     max_num_seqs: int
     max_num_batched_tokens: int
+    background_priority: int | None = None
+    background_prefill_tokens: int = 256
     running: list[Sequence] = field(default_factory=list)
     waiting: list[tuple[tuple[int, float, int], Sequence]] = field(default_factory=list)
     stats: SchedulerStats = field(default_factory=SchedulerStats)
@@ -89,9 +100,23 @@ class Scheduler:
         seq.finish_reason = reason
         seq.stop_reason = stop_reason
 
+    def is_background(self, seq: Sequence) -> bool:
+        return self.background_priority is not None and seq.priority >= self.background_priority
+
+    def _waiting_head(self) -> Sequence | None:
+        """The first waiting sequence in priority order (stale heap entries dropped)."""
+        while self.waiting and self.waiting[0][1].seq_id not in self._waiting_ids:
+            heapq.heappop(self.waiting)
+        return self.waiting[0][1] if self.waiting else None
+
     def schedule(self, now: float) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
+        background_left = (
+            budget if self.background_priority is None else self.background_prefill_tokens
+        )
         scheduled: dict[Sequence, ScheduledSequence] = {}
+        background_chunks: dict[Sequence, int] = {}  # background prefill tokens scheduled
+        foreground_prefill = False
         preempted: list[Sequence] = []
         pending = sorted(self.running, key=Sequence.sort_key)
         order = [s for s in pending if s.num_uncomputed_tokens == 1]
@@ -102,6 +127,13 @@ class Scheduler:
             if budget == 0:
                 break
             num_tokens = min(seq.num_uncomputed_tokens, budget)
+            prefill = seq.num_uncomputed_tokens > 1
+            capped = prefill and self.is_background(seq)
+            if capped:
+                # Running prefills are in priority order: foreground ones came first.
+                num_tokens = 0 if foreground_prefill else min(num_tokens, background_left)
+                if num_tokens == 0:
+                    continue
             target = seq.num_computed_tokens + num_tokens
             while not self.block_manager.can_allocate(
                 self.block_manager.blocks_needed(seq, target)
@@ -111,6 +143,7 @@ class Scheduler:
                 victim = max(self.running, key=Sequence.sort_key)
                 if victim in scheduled:
                     budget += scheduled.pop(victim).num_tokens
+                    background_left += background_chunks.pop(victim, 0)
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim is seq:
@@ -119,23 +152,41 @@ class Scheduler:
                 self.block_manager.allocate(seq, target)
                 scheduled[seq] = ScheduledSequence(seq, num_tokens)
                 budget -= num_tokens
+                if capped:
+                    background_chunks[seq] = num_tokens
+                    background_left -= num_tokens
+                elif prefill:
+                    foreground_prefill = True
         result = list(scheduled.values())
         if not preempted:
-            self._admit_waiting(budget, result, now)
+            admitted_foreground = self._admit_waiting(
+                budget, 0 if foreground_prefill else background_left, result, now
+            )
+            if admitted_foreground and background_chunks:
+                # A chat's prompt goes in this step: the batch lines' chunks wait for the next.
+                result = [s for s in result if s.seq not in background_chunks]
         return SchedulerOutput(result, preempted)
 
-    def _admit_waiting(self, budget: int, scheduled: list[ScheduledSequence], now: float) -> None:
+    def _admit_waiting(
+        self, budget: int, background_left: int, scheduled: list[ScheduledSequence], now: float
+    ) -> bool:
+        """Admit waiting sequences in priority order; True if a foreground one got in."""
         bm = self.block_manager
         released = False
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
-            _, seq = self.waiting[0]
-            if seq.seq_id not in self._waiting_ids:
-                heapq.heappop(self.waiting)
-                continue
+        admitted_foreground = False
+        while budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self._waiting_head()
+            if seq is None:
+                break
+            background = self.is_background(seq)
+            if background and (background_left == 0 or admitted_foreground):
+                break  # the heap is in priority order: only background work is left
             forked = bool(seq.block_table)
             hits = [] if forked or seq.wants_prompt_logprobs else bm.find_cached_prefix(seq)
             computed = seq.num_computed_tokens if forked else len(hits) * bm.block_size
             num_tokens = min(seq.num_tokens - computed, budget)
+            if background:
+                num_tokens = min(num_tokens, background_left)
             target = computed + num_tokens
             need = (
                 bm.blocks_needed(seq, target)
@@ -165,6 +216,11 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSequence(seq, num_tokens))
             budget -= num_tokens
+            if background:
+                background_left -= num_tokens
+            else:
+                admitted_foreground = True
+        return admitted_foreground
 
     def _release_waiting_blocks(self, keep: Sequence) -> bool:
         """Free the blocks of waiting sequences other than `keep`; True if any were freed."""

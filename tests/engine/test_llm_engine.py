@@ -176,6 +176,39 @@ def test_priority_orders_admission(bundled_model_dir: Path) -> None:
     assert order == [1, 2, 0]
 
 
+def test_background_prefill_cap_keeps_outputs(bundled_model_dir: Path, reference: dict) -> None:
+    """Batch lines prefilled 5 tokens a step beside chats still give their greedy answers."""
+    llm = LLM(
+        str(bundled_model_dir),
+        background_priority=100,
+        background_prefill_tokens=5,
+        kv_cache_memory=256 << 20,
+        max_model_len=1024,
+    )
+    engine = llm.engine
+    prompts = _prompts(llm, 6)
+    background_steps: list[int] = []
+    execute = engine.runner.execute
+
+    def spy(scheduled: list[ScheduledSequence]):
+        if any(s.seq.priority < 100 for s in scheduled):
+            background_steps.append(
+                sum(s.num_tokens for s in scheduled if s.seq.priority >= 100 and s.num_tokens > 1)
+            )
+        return execute(scheduled)
+
+    engine.runner.execute = spy  # type: ignore[method-assign]
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"r{i}", prompt, greedy(OUT, min_tokens=OUT), priority=100 * (i % 2))
+    tokens: dict[str, list[int]] = {f"r{i}": [] for i in range(len(prompts))}
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens[out.request_id] += out.outputs[0].token_ids
+    for i, prompt in enumerate(prompts):
+        assert tokens[f"r{i}"] == reference[tuple(prompt)]
+    assert background_steps and max(background_steps) <= 5
+
+
 def test_abort_frees_blocks(bundled_model_dir: Path) -> None:
     llm = LLM(str(bundled_model_dir), kv_cache_memory=128 << 20, max_model_len=1024)
     engine = llm.engine

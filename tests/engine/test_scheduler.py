@@ -44,9 +44,17 @@ def make_scheduler(
     max_num_seqs: int = 8,
     max_num_batched_tokens: int = 512,
     enable_prefix_caching: bool = True,
+    background_priority: int | None = None,
+    background_prefill_tokens: int = 256,
 ) -> Scheduler:
     bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
-    return Scheduler(bm, max_num_seqs, max_num_batched_tokens)
+    return Scheduler(
+        bm,
+        max_num_seqs,
+        max_num_batched_tokens,
+        background_priority=background_priority,
+        background_prefill_tokens=background_prefill_tokens,
+    )
 
 
 @dataclass
@@ -251,6 +259,94 @@ def test_waiting_admitted_by_priority_then_arrival() -> None:
     assert all(seq.scheduled_time is not None for seq in (late_urgent, early, earliest, lazy))
 
 
+# --- background work (batch lines) ------------------------------------------------------
+
+BACKGROUND = 100
+
+
+def background_tokens(plan: SchedulerOutput) -> int:
+    return sum(s.num_tokens for s in plan.scheduled if s.seq.priority >= BACKGROUND)
+
+
+def test_background_prefill_is_capped_every_step() -> None:
+    sched = make_scheduler(
+        num_blocks=128,
+        max_num_batched_tokens=64,
+        background_priority=BACKGROUND,
+        background_prefill_tokens=8,
+    )
+    engine = SimEngine(sched)
+    batch = [make_seq(20, priority=BACKGROUND + i, arrival=0.0, max_tokens=2) for i in range(3)]
+    for seq in batch:
+        sched.add(seq)
+    # Alone too: the next chat may arrive while this step runs.
+    assert background_tokens(engine.step()) == 8
+    chat = make_seq(10, priority=0, arrival=1.0, max_tokens=4)
+    sched.add(chat)
+    first = engine.step()
+    # The chat's whole prompt goes in at once; the batch lines' prefill waits a step.
+    assert [(s.seq, s.num_tokens) for s in first.scheduled] == [(chat, 10)]
+    assert background_tokens(engine.step()) == 8
+    engine.run()
+    assert all(s.num_output_tokens == 2 for s in batch) and chat.num_output_tokens == 4
+    # 60 prompt tokens at 8 a step: no step ever carried more.
+    assert all(
+        sum(s.num_tokens for s in plan.scheduled if s.seq in batch and s.num_tokens > 1) <= 8
+        for plan in engine.plans
+    )
+
+
+def test_foreground_prefill_is_not_capped() -> None:
+    sched = make_scheduler(
+        num_blocks=128,
+        max_num_batched_tokens=64,
+        background_priority=BACKGROUND,
+        background_prefill_tokens=8,
+    )
+    engine = SimEngine(sched)
+    chats = [make_seq(20, priority=BACKGROUND - 1, arrival=float(i)) for i in range(3)]
+    for seq in chats:
+        sched.add(seq)
+    assert engine.step().num_batched_tokens == 60
+
+
+def test_a_chat_prefill_step_carries_no_background_prefill() -> None:
+    sched = make_scheduler(
+        num_blocks=128,
+        max_num_batched_tokens=32,
+        background_priority=BACKGROUND,
+        background_prefill_tokens=4,
+    )
+    engine = SimEngine(sched)
+    line = make_seq(100, priority=BACKGROUND)
+    sched.add(line)
+    assert engine.step().scheduled[0].num_tokens == 4
+    chat = make_seq(12, priority=0, arrival=5.0, max_tokens=3)
+    sched.add(chat)
+    assert [(s.seq, s.num_tokens) for s in engine.step().scheduled] == [(chat, 12)]
+    # Then the line goes on beside the chat's decodes.
+    assert [(s.seq, s.num_tokens) for s in engine.step().scheduled] == [(chat, 1), (line, 4)]
+
+
+def test_background_decodes_are_never_capped() -> None:
+    sched = make_scheduler(
+        num_blocks=128,
+        max_num_batched_tokens=64,
+        background_priority=BACKGROUND,
+        background_prefill_tokens=2,
+    )
+    engine = SimEngine(sched)
+    lines = [make_seq(2, priority=BACKGROUND, arrival=float(i), max_tokens=9) for i in range(4)]
+    for seq in lines:
+        sched.add(seq)
+    for _ in range(4):  # one 2-token prompt a step
+        engine.step()
+    assert all(s.num_uncomputed_tokens == 1 for s in lines)
+    sched.add(make_seq(40, priority=0, arrival=9.0, max_tokens=2))
+    # Four background decodes, more than the cap of 2: decodes are never held back.
+    assert sorted(s.num_tokens for s in engine.step().scheduled) == [1, 1, 1, 1, 40]
+
+
 # --- preemption ------------------------------------------------------------------------
 
 
@@ -428,6 +524,8 @@ class Workload:
     max_num_seqs: int
     max_num_batched_tokens: int
     enable_prefix_caching: bool
+    # Priority 2 is background work with this per-step prefill cap (None: no background).
+    background_prefill_tokens: int | None
     # (arrival step, priority, prompt, max output tokens)
     requests: list[tuple[int, int, list[int], int]]
 
@@ -456,6 +554,7 @@ def workloads(draw: st.DrawFn) -> Workload:
         max_num_seqs=draw(st.integers(1, 4)),
         max_num_batched_tokens=draw(st.integers(1, 48)),
         enable_prefix_caching=draw(st.booleans()),
+        background_prefill_tokens=draw(st.none() | st.integers(1, 8)),
         requests=requests,
     )
 
@@ -477,6 +576,8 @@ def test_every_sequence_finishes_without_leaking_blocks(w: Workload) -> None:
         max_num_seqs=w.max_num_seqs,
         max_num_batched_tokens=w.max_num_batched_tokens,
         enable_prefix_caching=w.enable_prefix_caching,
+        background_priority=None if w.background_prefill_tokens is None else 2,
+        background_prefill_tokens=w.background_prefill_tokens or 1,
     )
     engine = SimEngine(sched)
     pending = sorted(w.requests, key=lambda r: r[0])
@@ -493,7 +594,14 @@ def test_every_sequence_finishes_without_leaking_blocks(w: Workload) -> None:
             break
         had_work = sched.has_unfinished()
         before = {s: s.num_computed_tokens for s in sched.running}
+        decoding = {s for s in sched.running if s.num_uncomputed_tokens == 1}
         plan = engine.step()
+        if w.background_prefill_tokens is not None and not plan.preempted:
+            prefills = [s for s in plan.scheduled if s.seq not in decoding]
+            background_prefill = sum(s.num_tokens for s in prefills if s.seq.priority >= 2)
+            assert background_prefill <= w.background_prefill_tokens
+            if any(s.seq.priority < 2 for s in prefills):
+                assert background_prefill == 0, "a chat's prefill step carried batch prefill"
 
         assert plan.num_batched_tokens <= w.max_num_batched_tokens
         assert len(plan.scheduled) <= w.max_num_seqs and sched.num_running <= w.max_num_seqs
