@@ -21,6 +21,10 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
     ("--block-size", {"type": int}),
     ("--max-num-seqs", {"type": int}),
     ("--max-num-batched-tokens", {"type": int}),
+    (
+        "--batch-prefill-tokens",
+        {"type": int, "help": "prompt tokens batch lines may prefill per engine step"},
+    ),
     ("--max-model-len", {"type": int}),
     ("--kv-cache-memory", {"type": int, "help": "KV cache bytes on CPU"}),
     ("--gpu-memory-utilization", {"type": float}),

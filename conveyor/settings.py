@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     block_size: int = 16
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
+    batch_prefill_tokens: int = Field(
+        default=256,
+        ge=1,
+        description="prompt tokens batch lines may prefill per engine step: bounds how "
+        "long an interactive request arriving mid-step waits behind them",
+    )
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     kv_cache_memory: int = Field(default=1 << 30, description="KV cache bytes on CPU")
@@ -172,6 +178,7 @@ class Settings(BaseSettings):
             block_size=self.block_size,
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            background_prefill_tokens=self.batch_prefill_tokens,
             max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching,
             kv_cache_memory=self.kv_cache_memory,

@@ -15,6 +15,7 @@ flushes, and the heartbeat key is deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import signal
@@ -27,13 +28,14 @@ import redis
 from conveyor.bus import LANES, BusNames
 from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
+from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from workers.aborts import AbortListener
 from workers.announce import Announcer
 from workers.engine_loop import EngineLoop
 from workers.heartbeat import Heartbeat, WorkerFacts
 from workers.inflight import Inflight, Ticket
-from workers.intake import Intake
+from workers.intake import BATCH_PRIORITY_FLOOR, Intake
 from workers.janitor import Janitor
 from workers.publisher import Publisher
 
@@ -189,6 +191,16 @@ class EngineWorker:
         return thread
 
 
+def worker_engine_config(settings: Settings) -> EngineConfig:
+    """The settings' engine config, with batch lines as background work.
+
+    Every batch request's engine priority is at least BATCH_PRIORITY_FLOOR and
+    every interactive one's below it, so the scheduler caps exactly the batch
+    lane's prefill (`--batch-prefill-tokens`) and never an interactive prompt.
+    """
+    return dataclasses.replace(settings.engine_config(), background_priority=BATCH_PRIORITY_FLOOR)
+
+
 def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     """`conveyor worker MODEL`: load the engine, serve the model's stream until stopped.
 
@@ -197,7 +209,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     if not settings.redis_url:
         logger.error("a worker needs a Redis to serve from: pass --redis-url")
         return 2
-    engine = LLMEngine(settings.engine_config())
+    engine = LLMEngine(worker_engine_config(settings))
     names = BusNames(prefix=settings.redis_prefix)
     instance = settings.resolved_instance_id("worker")
     if stop is None:

@@ -43,6 +43,8 @@ _BLOCK_MS = 100
 PRIORITY_LIMIT = 1_000_000
 BATCH_PRIORITY_OFFSET = 10_000_000
 assert BATCH_PRIORITY_OFFSET > 2 * PRIORITY_LIMIT
+# The lowest engine priority a batch request can have: the engine's background threshold.
+BATCH_PRIORITY_FLOOR = BATCH_PRIORITY_OFFSET - PRIORITY_LIMIT
 _SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 
 

@@ -14,10 +14,13 @@ import redis
 
 from conveyor.bus import BATCH_LANE, INTERACTIVE_LANE, LANES, WORKER_GROUP, BusNames
 from conveyor.protocol import GenerateRequest
+from conveyor.settings import Settings
 from engine.llm_engine import LLMEngine
 from workers.announce import ensure_group
+from workers.engine_worker import worker_engine_config
 from workers.inflight import Inflight
 from workers.intake import (
+    BATCH_PRIORITY_FLOOR,
     BATCH_PRIORITY_OFFSET,
     PRIORITY_LIMIT,
     REQUEST_FIELD,
@@ -89,6 +92,13 @@ def test_engine_priority_puts_every_batch_request_behind_every_interactive_one()
     worst_interactive = engine_priority(10**12, INTERACTIVE_LANE)
     best_batch = engine_priority(-(10**12), BATCH_LANE)
     assert worst_interactive < best_batch
+    assert worst_interactive < BATCH_PRIORITY_FLOOR == best_batch
+
+
+def test_worker_engine_treats_exactly_the_batch_lane_as_background() -> None:
+    config = worker_engine_config(Settings(batch_prefill_tokens=96))
+    assert config.background_priority == BATCH_PRIORITY_FLOOR
+    assert config.background_prefill_tokens == 96
 
 
 class _ArrivalsBeforeTheBlockingRead:
