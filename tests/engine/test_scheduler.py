@@ -264,18 +264,23 @@ def test_waiting_admitted_by_priority_then_arrival() -> None:
 BACKGROUND = 100
 
 
+def background_scheduler(budget: int, cap: int) -> tuple[Scheduler, SimEngine]:
+    """Priorities from BACKGROUND up are background work, prefilling `cap` tokens a step."""
+    sched = make_scheduler(
+        num_blocks=128,
+        max_num_batched_tokens=budget,
+        background_priority=BACKGROUND,
+        background_prefill_tokens=cap,
+    )
+    return sched, SimEngine(sched)
+
+
 def background_tokens(plan: SchedulerOutput) -> int:
     return sum(s.num_tokens for s in plan.scheduled if s.seq.priority >= BACKGROUND)
 
 
 def test_background_prefill_is_capped_every_step() -> None:
-    sched = make_scheduler(
-        num_blocks=128,
-        max_num_batched_tokens=64,
-        background_priority=BACKGROUND,
-        background_prefill_tokens=8,
-    )
-    engine = SimEngine(sched)
+    sched, engine = background_scheduler(budget=64, cap=8)
     batch = [make_seq(20, priority=BACKGROUND + i, arrival=0.0, max_tokens=2) for i in range(3)]
     for seq in batch:
         sched.add(seq)
@@ -297,13 +302,7 @@ def test_background_prefill_is_capped_every_step() -> None:
 
 
 def test_foreground_prefill_is_not_capped() -> None:
-    sched = make_scheduler(
-        num_blocks=128,
-        max_num_batched_tokens=64,
-        background_priority=BACKGROUND,
-        background_prefill_tokens=8,
-    )
-    engine = SimEngine(sched)
+    sched, engine = background_scheduler(budget=64, cap=8)
     chats = [make_seq(20, priority=BACKGROUND - 1, arrival=float(i)) for i in range(3)]
     for seq in chats:
         sched.add(seq)
@@ -311,13 +310,7 @@ def test_foreground_prefill_is_not_capped() -> None:
 
 
 def test_a_chat_prefill_step_carries_no_background_prefill() -> None:
-    sched = make_scheduler(
-        num_blocks=128,
-        max_num_batched_tokens=32,
-        background_priority=BACKGROUND,
-        background_prefill_tokens=4,
-    )
-    engine = SimEngine(sched)
+    sched, engine = background_scheduler(budget=32, cap=4)
     line = make_seq(100, priority=BACKGROUND)
     sched.add(line)
     assert engine.step().scheduled[0].num_tokens == 4
@@ -329,13 +322,7 @@ def test_a_chat_prefill_step_carries_no_background_prefill() -> None:
 
 
 def test_background_decodes_are_never_capped() -> None:
-    sched = make_scheduler(
-        num_blocks=128,
-        max_num_batched_tokens=64,
-        background_priority=BACKGROUND,
-        background_prefill_tokens=2,
-    )
-    engine = SimEngine(sched)
+    sched, engine = background_scheduler(budget=64, cap=2)
     lines = [make_seq(2, priority=BACKGROUND, arrival=float(i), max_tokens=9) for i in range(4)]
     for seq in lines:
         sched.add(seq)
