@@ -34,6 +34,14 @@ class CountingCache(KeyCache):
         return asyncio.run(self.lookup(digest))
 
 
+class SlowCache(CountingCache):
+    """A CountingCache whose database answers after 0.1 s, so lookups overlap a fetch."""
+
+    def _fetch(self, digest: str) -> KeyGrant | None:
+        time.sleep(0.1)
+        return super()._fetch(digest)
+
+
 @pytest.fixture
 def db(migrated_database_url: str) -> Iterator[Database]:
     database = Database(migrated_database_url)
@@ -133,11 +141,6 @@ def test_concurrent_misses_share_one_fetch(db: Database) -> None:
     instead of each taking a thread and a connection to ask the database the same thing."""
     _, key_id, digest = _key(db, "acme")
 
-    class SlowCache(CountingCache):
-        def _fetch(self, digest: str) -> KeyGrant | None:
-            time.sleep(0.1)
-            return super()._fetch(digest)
-
     cache = SlowCache(db, ttl=60)
 
     async def many() -> list[KeyGrant | None]:
@@ -154,11 +157,6 @@ def test_a_shared_fetch_outlives_a_cancelled_caller_and_refetches_after_forget(
     """One caller going away does not cancel the others' fetch; a forget during the fetch
     still makes it ask again, so no answer from before a revocation is handed out."""
     _, key_id, digest = _key(db, "acme")
-
-    class SlowCache(CountingCache):
-        def _fetch(self, digest: str) -> KeyGrant | None:
-            time.sleep(0.1)
-            return super()._fetch(digest)
 
     cache = SlowCache(db, ttl=60)
 

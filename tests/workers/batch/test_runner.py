@@ -20,6 +20,7 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from conveyor.batch_queue import RUN_BATCH, celery_app, queue_batch, queue_name
 from conveyor.bus import BATCH_LANE, BusNames
@@ -385,15 +386,21 @@ def test_resuming_a_batch_whose_input_file_is_gone_fails_it(env: Env) -> None:
     assert env.worker.received == []
 
 
+def _start_with_line_one_recorded(session: Session, batch_id: str) -> dict[str, str]:
+    """What a worker that died mid-run leaves: the batch in progress, line 1 checkpointed."""
+    assert batch_store.transition(
+        session, batch_id, from_=("validating",), to="in_progress", total=2, model=MODEL
+    )
+    payload = {"id": "batch_req_old1", "custom_id": "req-1"}
+    batch_store.record_result(session, batch_id, LineResult(1, "req-1", True, payload))
+    return payload
+
+
 def test_failing_a_resumed_batch_drops_its_checkpoint_rows(env: Env) -> None:
     """A failed batch writes no files, so nothing would ever read or delete its results."""
     batch_id = env.batch([line(1), line(2)])
     with env.db.session() as session:
-        assert batch_store.transition(
-            session, batch_id, from_=("validating",), to="in_progress", total=2, model=MODEL
-        )
-        payload = {"id": "batch_req_old1", "custom_id": "req-1"}
-        batch_store.record_result(session, batch_id, LineResult(1, "req-1", True, payload))
+        _start_with_line_one_recorded(session, batch_id)
     env.storage.delete(env.get(batch_id).input_file_id)
     env.run(batch_id)
     assert env.get(batch_id).status == "failed"
@@ -405,11 +412,7 @@ def test_resuming_a_cancelling_batch_keeps_its_results_without_its_input_file(en
     (deleted after the cancel), rather than the batch failing and losing them."""
     batch_id = env.batch([line(1), line(2)])
     with env.db.session() as session:
-        assert batch_store.transition(
-            session, batch_id, from_=("validating",), to="in_progress", total=2, model=MODEL
-        )
-        payload = {"id": "batch_req_old1", "custom_id": "req-1"}
-        batch_store.record_result(session, batch_id, LineResult(1, "req-1", True, payload))
+        payload = _start_with_line_one_recorded(session, batch_id)
         batch = session.get(Batch, batch_id)
         assert batch is not None
         batch_store.request_cancel(session, batch)
