@@ -41,8 +41,16 @@ def _int_list(text: str) -> list[int]:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="conveyor bench engine",
-        description="Compare conveyor's engine with HF generate on the bundled model.",
+        description="Compare conveyor's engine with HF generate on the same weights.",
     )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="HF model folder or .gguf file (default: the bundled model); "
+        "`python -m benchmarks.random_model` writes random weights of a real shape",
+    )
+    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: auto)")
+    p.add_argument("--attention-backend", default=None, help="torch or triton (default: by device)")
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens per request")
     p.add_argument("--output-len", type=int, default=128, help="generated tokens per request")
     p.add_argument(
@@ -83,6 +91,16 @@ def make_prompts(tokenizer: Any, count: int, prompt_len: int, start: int = 0) ->
     return prompts
 
 
+def matching_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two outputs share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -102,8 +120,8 @@ def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torc
 
 def _hf_generate(
     model: Any, prompts: list[list[int]], output_len: int, pad_id: int, device: torch.device
-) -> int:
-    """Greedy, fixed-length HF generate; returns the number of new tokens."""
+) -> torch.Tensor:
+    """Greedy, fixed-length HF generate; returns the new tokens, [batch, output_len]."""
     ids, mask = _left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     with torch.inference_mode():
@@ -117,7 +135,7 @@ def _hf_generate(
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return int(out.shape[0] * (out.shape[1] - ids.shape[1]))
+    return out[:, ids.shape[1] :].cpu()
 
 
 def run_hf(
@@ -128,7 +146,8 @@ def run_hf(
     device: torch.device,
     dtype: torch.dtype,
     emit: JsonLines,
-) -> None:
+) -> list[int]:
+    """Time HF generate at each batch size; returns batch 1's greedy tokens."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
@@ -136,11 +155,15 @@ def run_hf(
     if pad_id is None:
         pad_id = tokenizer.eos_token_id
     _hf_generate(model, make_prompts(tokenizer, 1, 4, start=10**6), 2, pad_id, device)
+    single_stream: list[int] = []
     for batch in batches:
         prompts = make_prompts(tokenizer, batch, args.prompt_len)
         start = time.perf_counter()
-        tokens = _hf_generate(model, prompts, args.output_len, pad_id, device)
+        new_tokens = _hf_generate(model, prompts, args.output_len, pad_id, device)
         seconds = time.perf_counter() - start
+        tokens = new_tokens.numel()
+        if batch == 1:
+            single_stream = new_tokens[0].tolist()
         emit(
             {
                 "bench": "engine",
@@ -159,6 +182,7 @@ def run_hf(
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return single_stream
 
 
 # --- conveyor -------------------------------------------------------------------------
@@ -173,8 +197,10 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def run_conveyor_config(
     llm: LLM, prompts: list[list[int]], args: argparse.Namespace, tag: str
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[int]]:
     """Submit every prompt at once, step the engine until all finish, time each step.
+
+    Returns the JSON line and the first prompt's greedy tokens.
 
     A step counts as pure decode when nothing was waiting, every running
     sequence produced a token, and none of those was a first token (which
@@ -182,7 +208,7 @@ def run_conveyor_config(
     """
     engine = llm.engine
     params = greedy(args.output_len, ignore_eos=True)
-    counts: dict[str, int] = {}
+    tokens_of: dict[str, list[int]] = {}
     ttft: list[float] = []
     tpot: list[float] = []
     cached = 0
@@ -192,7 +218,7 @@ def run_conveyor_config(
     start = time.perf_counter()
     for i, prompt in enumerate(prompts):
         request_id = f"{tag}-{i}"
-        counts[request_id] = 0
+        tokens_of[request_id] = []
         engine.add_request(request_id, prompt, params)
     while engine.has_unfinished():
         before = engine.stats()
@@ -206,25 +232,27 @@ def run_conveyor_config(
             for choice in out.outputs:
                 produced += len(choice.token_ids)
                 first_token = first_token or choice.num_output_tokens <= 1
-            counts[out.request_id] += sum(len(c.token_ids) for c in out.outputs)
+                tokens_of[out.request_id].extend(choice.token_ids)
             if out.finished:
                 cached += out.num_cached_tokens
                 t = out.times
                 if t.first_token is not None:
                     ttft.append(t.first_token - t.arrival)
-                    if t.finished is not None and counts[out.request_id] > 1:
-                        tpot.append((t.finished - t.first_token) / (counts[out.request_id] - 1))
+                    made = len(tokens_of[out.request_id])
+                    if t.finished is not None and made > 1:
+                        tpot.append((t.finished - t.first_token) / (made - 1))
         if before.num_waiting == 0 and produced == before.num_running and not first_token:
             decode_s.append(dt)
             decode_tokens += produced
     seconds = time.perf_counter() - start
+    counts = {r: len(t) for r, t in tokens_of.items()}
     short = {r: n for r, n in counts.items() if n != args.output_len}
     if short:
         raise RuntimeError(f"requests did not produce {args.output_len} tokens: {short}")
     tokens = sum(counts.values())
     other_s = sum(step_s) - sum(decode_s)
     num_other = len(step_s) - len(decode_s)
-    return {
+    line = {
         "bench": "engine",
         "system": "conveyor",
         "concurrency": len(prompts),
@@ -245,29 +273,41 @@ def run_conveyor_config(
         "threads": torch.get_num_threads(),
         "device": str(engine.device),
     }
+    return line, tokens_of[f"{tag}-0"]
 
 
 def run_conveyor(
     tokenizer: Any, concurrencies: list[int], args: argparse.Namespace, emit: JsonLines
-) -> None:
-    knobs: dict[str, object] = {"device": args.device}
+) -> list[int]:
+    """Time our engine at each concurrency; returns the first prompt's greedy tokens."""
+    knobs: dict[str, object] = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "attention_backend": args.attention_backend,
+    }
     if args.max_num_seqs is not None:
         knobs["max_num_seqs"] = args.max_num_seqs
     if args.max_num_batched_tokens is not None:
         knobs["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.no_prefix_caching:
         knobs["enable_prefix_caching"] = False
-    llm = LLM(None, **knobs)
+    llm = LLM(args.model, **knobs)
     # Warm-up: first-call allocations and lazy init are not what we measure.
     llm.generate(make_prompts(tokenizer, 1, 4, start=10**6), greedy(2, ignore_eos=True))
     # Prompt numbers never repeat across configs, so no config reuses another's cache.
+    # The first config starts at prompt 0, HF's batch-1 prompt: their greedy tokens compare.
     next_prompt = 0
+    first: list[int] = []
     for n in concurrencies:
         prompts = make_prompts(tokenizer, n, args.prompt_len, start=next_prompt)
+        line, tokens = run_conveyor_config(llm, prompts, args, tag=f"bench-c{n}")
+        if next_prompt == 0:
+            first = tokens
         next_prompt += n
-        emit(run_conveyor_config(llm, prompts, args, tag=f"bench-c{n}"))
+        emit(line)
     del llm
     gc.collect()
+    return first
 
 
 # --- summary --------------------------------------------------------------------------
@@ -332,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from transformers import AutoTokenizer
 
-    config = EngineConfig(device=args.device)
+    config = EngineConfig(model=args.model, device=args.device, dtype=args.dtype)
     device = config.torch_device()
     dtype = resolve_dtype(config.dtype, device)
     resolved = resolve_model(config.model, config.data_dir)
@@ -351,11 +391,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot build prompts of {args.prompt_len} tokens", file=sys.stderr)
         return 2
     emit = JsonLines(args.json_out)
+    hf_tokens: list[int] | None = None
     if not args.skip_hf:
         batches = sorted({1, *args.hf_batches})
-        run_hf(resolved.path, tokenizer, batches, args, device, dtype, emit)
-    run_conveyor(tokenizer, args.concurrency, args, emit)
-    emit(summarize(emit.lines, dims, args.concurrency, device, dtype))
+        hf_tokens = run_hf(resolved.path, tokenizer, batches, args, device, dtype, emit)
+    ours = run_conveyor(tokenizer, args.concurrency, args, emit)
+    summary = summarize(emit.lines, dims, args.concurrency, device, dtype)
+    if hf_tokens is not None:
+        # Tokens until the first disagreement with HF on the same prompt. In fp32 all of
+        # them should agree; in bf16/fp16 an early divergence can be rounding, not a bug.
+        summary["greedy_tokens_matching_hf"] = matching_prefix(ours, hf_tokens)
+        summary["greedy_tokens_compared"] = len(hf_tokens)
+    emit(summary)
     return 0
 
 

@@ -18,9 +18,10 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
+if TYPE_CHECKING:  # imported when used: the GPU checks run tests where psycopg is not installed
+    import psycopg
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "postgres"
@@ -193,6 +194,8 @@ class PostgresServer:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def _admin(self) -> psycopg.Connection[Any]:
+        import psycopg
+
         return psycopg.connect(
             host="127.0.0.1", port=self.port, user=SUPERUSER, dbname="postgres", autocommit=True
         )

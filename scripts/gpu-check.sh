@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# The GPU checks of the kernels issue, in one run sized for a short GPU lease.
+#
+#   scripts/gpu-prepare.sh            # here: the bundled tokenizer into .gpu/ (ignored)
+#   scripts/gpu-check.sh [OUTDIR]     # there, from the repo root, .gpu carried along
+#   scripts/gpu-check.sh --smoke DIR  # here, on CPU: the same stages, tiny, to test this script
+#
+# Stages, each under its own time limit so one that hangs or fails leaves the
+# others' results (their rc lines go to OUTDIR/summary.txt, their output to
+# OUTDIR/gpu-check.log):
+#   1. env           the GPU, driver and package versions
+#   2. kernel-tests  tests/kernels compiled for the GPU (no interpreter), junit XML
+#   3. kernels       decode attention GB/s vs SDPA, batch 1/32/128 x context 512/4096,
+#                    plus partition sizes 256 and 1024 at the largest shape
+#   4. engine-bf16   a random-weight SmolLM2-1.7B-shaped model: our engine vs HF generate
+#   5. engine-fp32   the bundled model's shape in fp32 through the Triton backend: greedy
+#                    tokens must match HF's (summary key greedy_tokens_matching_hf)
+# Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
+# the GPU machines here have; nothing is installed or downloaded.
+set -uo pipefail
+
+smoke=0
+if [[ "${1:-}" == "--smoke" ]]; then
+    smoke=1
+    shift
+fi
+out=${1:-${OUT:-/tmp/gpu-check}}
+mkdir -p "$out"
+log="$out/gpu-check.log"
+summary="$out/summary.txt"
+: >"$log"
+: >"$summary"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+tokenizer=${TOKENIZER:-.gpu/tokenizer}  # a folder with tokenizer.json
+models=$(mktemp -d)
+trap 'rm -rf "$models"' EXIT
+
+if [[ ! -f "$tokenizer/tokenizer.json" ]]; then
+    echo "no $tokenizer/tokenizer.json: run scripts/gpu-prepare.sh first and carry .gpu" >&2
+    exit 2
+fi
+
+stage() {
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    echo "=== $name (limit ${limit}s): $*" >>"$log"
+    timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc $((SECONDS - start))s" | tee -a "$summary"
+}
+
+if ((smoke)); then
+    # The same stages at toy sizes on CPU: kernels run in Triton's interpreter, the
+    # kernel benchmark is expected to refuse (rc 2), the models are tiny.
+    export TRITON_INTERPRET=1
+    device=cpu
+    test_args=(-q -x -k "test_store_kv or test_rms_norm")
+    kernel_sizes=(--batch 1 --context 16)
+    big_shape=smollm2-135m
+    bf16_args=(--prompt-len 8 --output-len 4 --concurrency 1,2 --hf-batches 2)
+    fp32_args=(--prompt-len 4 --output-len 3 --concurrency 1 --hf-batches 1)
+else
+    device=cuda
+    test_args=(-q -n 8)
+    kernel_sizes=(--batch 1,32,128 --context 512,4096)
+    big_shape=smollm2-1.7b
+    bf16_args=(--concurrency 1,64,256 --hf-batches 16,64,256 --max-num-seqs 256)
+    fp32_args=(--output-len 64 --concurrency 1,16 --hf-batches 16)
+fi
+
+stage env 60 bash -c "nvidia-smi || true; $PY -c 'import sys, torch, triton, transformers;
+print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda,
+      torch.cuda.is_available() and torch.cuda.get_device_name(0));
+print(\"triton\", triton.__version__, \"transformers\", transformers.__version__)'"
+
+# The engine test in tests/kernels needs the bundled GGUF, which is too large to carry;
+# stage 5 checks the same (whole-engine greedy parity through the Triton kernels) against HF.
+stage kernel-tests 240 "$PY" -m pytest tests/kernels "${test_args[@]}" -p no:cacheprovider \
+    --junitxml="$out/kernel-tests.xml" \
+    --deselect tests/kernels/test_triton_attention.py::test_engine_greedy_output_matches_torch_backend
+
+stage kernels 120 "$PY" -m benchmarks.kernels "${kernel_sizes[@]}" --json-out "$out/kernels.jsonl"
+if ((!smoke)); then
+    for partition in 256 1024; do
+        stage "kernels-p$partition" 60 "$PY" -m benchmarks.kernels --batch 1,128 --context 4096 \
+            --partition-size "$partition" --json-out "$out/kernels.jsonl"
+    done
+fi
+
+stage engine-bf16 240 bash -c "
+    $PY -m benchmarks.random_model $models/big --shape $big_shape --tokenizer $tokenizer \
+        --dtype bf16 --device $device &&
+    $PY -m benchmarks.engine --model $models/big --device $device --dtype bfloat16 \
+        ${bf16_args[*]} --json-out $out/engine-bf16.jsonl"
+
+stage engine-fp32 150 bash -c "
+    $PY -m benchmarks.random_model $models/small --shape smollm2-135m --tokenizer $tokenizer \
+        --dtype fp32 --device $device &&
+    $PY -m benchmarks.engine --model $models/small --device $device --dtype float32 \
+        --attention-backend triton ${fp32_args[*]} --json-out $out/engine-fp32.jsonl"
+
+echo "results in $out: $(ls "$out" | tr '\n' ' ')"
