@@ -76,6 +76,23 @@ class TritonAttentionBackend:
             )
         return TritonAttentionMetadata(inputs.slot_mapping, nd, decode, prefill)
 
+    def graph_metadata(
+        self,
+        slot_mapping: torch.Tensor,
+        block_tables: torch.Tensor,
+        context_lens: torch.Tensor,
+        max_context_len: int,
+    ) -> TritonAttentionMetadata:
+        """A decode-only step read from static device buffers (engine/decode_graphs.py).
+
+        Nothing here reads the buffers' values, so a recorded graph replays with new
+        ones: the partition count covers `max_context_len`, and partitions past a
+        sequence's own context exit at once.
+        """
+        parts = -(-max_context_len // self.partition_size)
+        decode = DecodeBatch(block_tables, context_lens, parts, self.partition_size)
+        return TritonAttentionMetadata(slot_mapping, slot_mapping.shape[0], decode, None)
+
     def forward(
         self,
         query: torch.Tensor,

@@ -63,15 +63,19 @@ def decode_partition_kernel(
     part = tl.program_id(2)
     context_len = tl.load(context_lens_ptr + seq)
     start = part * PARTITION
-    if start >= context_len:
-        return
-    end = tl.minimum(start + PARTITION, context_len)
-
     g = tl.arange(0, BLOCK_G)
     d = tl.arange(0, BLOCK_D)
     heads = kv_head * GROUP + g
     g_mask = g < GROUP
     d_mask = d < head_dim
+    out_offsets = seq * stride_ot + heads[:, None] * stride_oh + part * stride_op + d[None, :]
+    if start >= context_len:
+        if not SPLIT:
+            # Only a row with no context gets here (a recorded graph's padding): zeros.
+            zeros = tl.zeros([BLOCK_G, BLOCK_D], dtype=out_ptr.dtype.element_ty)
+            tl.store(out_ptr + out_offsets, zeros, mask=g_mask[:, None] & d_mask[None, :])
+        return
+    end = tl.minimum(start + PARTITION, context_len)
     q = tl.load(
         q_ptr + seq * stride_qt + heads[:, None] * stride_qh + d[None, :],
         mask=g_mask[:, None] & d_mask[None, :],
@@ -118,7 +122,6 @@ def decode_partition_kernel(
         m_i = m_new
 
     out = acc / l_i[:, None]
-    out_offsets = seq * stride_ot + heads[:, None] * stride_oh + part * stride_op + d[None, :]
     tl.store(
         out_ptr + out_offsets,
         out.to(out_ptr.dtype.element_ty),
@@ -154,6 +157,11 @@ def decode_combine_kernel(
     num_parts = tl.cdiv(tl.load(context_lens_ptr + seq), PARTITION)
     p = tl.arange(0, BLOCK_P)
     d = tl.arange(0, BLOCK_D)
+    if num_parts == 0:
+        # A row with no context (a recorded graph's padding): zeros, not 0/0.
+        zeros = tl.zeros([BLOCK_D], dtype=out_ptr.dtype.element_ty)
+        tl.store(out_ptr + seq * stride_ot + head * stride_oh + d, zeros, mask=d < head_dim)
+        return
     p_mask = p < num_parts
     lse = tl.load(lse_ptr + seq * stride_lt + head * stride_lh + p, mask=p_mask, other=0.0)
     lse = tl.where(p_mask, lse, float("-inf"))

@@ -92,3 +92,55 @@ def test_head_dim_not_a_power_of_two(device: torch.device) -> None:
     )
     scale = 40**-0.5
     assert_close(_triton(batch, device, scale, partition=32), _reference(batch, device, scale))
+
+
+@pytest.mark.parametrize("partition", [16, 512])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_static_buffer_metadata_with_padded_rows(
+    device: torch.device, dtype: torch.dtype, partition: int
+) -> None:
+    """What a recorded decode graph runs (engine/decode_graphs.py): partitions for the
+    longest allowed context, rows padded to the recorded batch size with slot -1 and
+    context 0, block tables wider than needed with stale columns. Real rows get the eager
+    answer and cache; padded rows get zeros (not 0/0) and store nothing."""
+    from kernels.triton_attention import TritonAttentionBackend, block_table_tensor
+
+    batch = make_paged_batch(
+        [(c - 1, 1) for c in CONTEXTS],
+        block_size=16,
+        heads=8,
+        kv_heads=2,
+        head_dim=HEAD_DIM,
+        dtype=dtype,
+        device=device,
+        seed=77,
+    )
+    scale = HEAD_DIM**-0.5
+    # 16: several partitions per row and the combine kernel; 512: one, no combine.
+    backend = TritonAttentionBackend(device, partition_size=partition)
+    inputs = batch.inputs
+    n, pad, max_context = len(CONTEXTS), 3, 1024
+
+    def run(metadata: object, rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
+
+        def padded(t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([t, torch.randn(rows - n, *t.shape[1:]).to(t)])
+
+        q, k, v = (padded(t) for t in (batch.query, batch.key, batch.value))
+        out = backend.forward(q, k, v, k_cache, v_cache, metadata, scale)
+        return out, k_cache, v_cache
+
+    eager_out, eager_k, eager_v = run(backend.prepare(inputs), n)
+    slots = torch.cat(
+        [inputs.slot_mapping, torch.full((pad,), -1, dtype=torch.long, device=device)]
+    )
+    tables = torch.full((n + pad, max_context // 16), 7, dtype=torch.int32, device=device)
+    used = block_table_tensor(inputs.block_tables, inputs.context_lens, 16, device)
+    tables[:n, : used.shape[1]] = used
+    lens = torch.tensor([*inputs.context_lens, *[0] * pad], dtype=torch.int32, device=device)
+    out, k_cache, v_cache = run(backend.graph_metadata(slots, tables, lens, max_context), n + pad)
+    # Bit-equal here; a GPU's combine may sum the partitions in another order.
+    assert_close(out[:n], eager_out)
+    assert torch.equal(out[n:], torch.zeros_like(out[n:]))
+    assert torch.equal(k_cache, eager_k) and torch.equal(v_cache, eager_v)
