@@ -73,6 +73,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--no-prefix-caching", action="store_true", help="disable the engine's prefix cache"
     )
+    p.add_argument("--enforce-eager", action="store_true", help="no decode CUDA graphs (GPU only)")
     p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
     args = p.parse_args(argv)
     if args.prompt_len < 1 or args.output_len < 1:
@@ -291,6 +292,8 @@ def run_conveyor(
         knobs["max_num_batched_tokens"] = args.max_num_batched_tokens
     if args.no_prefix_caching:
         knobs["enable_prefix_caching"] = False
+    if args.enforce_eager:
+        knobs["enforce_eager"] = True
     llm = LLM(args.model, **knobs)
     # Warm-up: first-call allocations and lazy init are not what we measure.
     llm.generate(make_prompts(tokenizer, 1, 4, start=10**6), greedy(2, ignore_eos=True))

@@ -46,6 +46,12 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
     )
+    parser.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="run decode steps eagerly instead of replaying CUDA graphs (GPU only)",
+    )
 
 
 _SERVING_FLAGS: list[tuple[str, dict]] = [

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     gpu_memory_utilization: float = 0.9
     chat_template: str | None = Field(default=None, description="file path or Jinja string")
     attention_backend: str | None = Field(default=None, description="torch or triton")
+    enforce_eager: bool = Field(
+        default=False, description="never replay decode steps from CUDA graphs (GPU only)"
+    )
     seed: int = 0
 
     # --- serving -------------------------------------------------------------------
@@ -185,6 +188,7 @@ class Settings(BaseSettings):
             gpu_memory_utilization=self.gpu_memory_utilization,
             chat_template=self.chat_template,
             attention_backend=self.attention_backend,
+            enforce_eager=self.enforce_eager,
             data_dir=self.data_dir,
             seed=self.seed,
         )

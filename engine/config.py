@@ -159,6 +159,8 @@ class EngineConfig:
     num_kv_blocks: int | None = None
     chat_template: str | None = None
     attention_backend: str | None = None
+    # Decode steps replay CUDA graphs on a GPU (engine/decode_graphs.py) unless this is set.
+    enforce_eager: bool = False
     data_dir: Path = field(default_factory=lambda: Path("~/.cache/conveyor").expanduser())
     seed: int = 0
 

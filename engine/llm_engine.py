@@ -14,6 +14,7 @@ import torch
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, resolve_dtype
+from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
 from engine.loader import ResolvedModel, resolve_model
 from engine.model_runner import ModelRunner, StepResult, load_model
@@ -102,6 +103,25 @@ class LLMEngine:
             background_priority=config.background_priority,
             background_prefill_tokens=config.background_prefill_tokens,
         )
+        decode_graphs = None
+        if self.device.type == "cuda" and supports_graphs(backend) and not config.enforce_eager:
+            decode_graphs = DecodeGraphs(
+                model,
+                kv_caches,
+                backend,
+                config.max_num_seqs,
+                self.max_model_len,
+                config.block_size,
+                self.device,
+                capture=True,
+            )
+            try:
+                decode_graphs.record()
+            except Exception:
+                # Serving eagerly beats not serving: say so loudly and go on without them.
+                logger.exception("recording decode CUDA graphs failed; running decodes eagerly")
+                decode_graphs = None
+                torch.cuda.synchronize(self.device)
         self.runner = ModelRunner(
             model,
             kv_caches,
@@ -109,6 +129,7 @@ class LLMEngine:
             config.block_size,
             self.eos_token_ids,
             self.device,
+            decode_graphs,
         )
         self._requests: dict[str, _Request] = {}
         logger.info(

@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from engine.config import ModelConfig
+from engine.decode_graphs import DecodeGraphs
 from engine.models import build_model
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
@@ -74,6 +75,7 @@ class ModelRunner:
         block_size: int,
         eos_token_ids: frozenset[int],
         device: torch.device,
+        decode_graphs: DecodeGraphs | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -82,6 +84,8 @@ class ModelRunner:
         self.eos_token_ids = eos_token_ids
         self.device = device
         self.sampler = Sampler()
+        # Decode-only steps replay recorded CUDA graphs when the engine recorded them.
+        self.decode_graphs = decode_graphs
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
@@ -109,26 +113,39 @@ class ModelRunner:
                 sample_rows.append(row + item.num_tokens - 1)
                 sampled.append(item)
         device = self.device
-        slot_mapping = torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True)
-        inputs = AttentionInputs(
-            query_lens=[s.num_tokens for s in ordered],
-            context_lens=[s.seq.num_computed_tokens + s.num_tokens for s in ordered],
-            block_tables=[s.seq.block_table for s in ordered],
-            slot_mapping=slot_mapping,
-            num_decodes=sum(1 for s in ordered if s.num_tokens == 1),
-            block_size=bs,
-        )
-        metadata = self.backend.prepare(inputs)
-        hidden = self.model(
-            torch.tensor(input_ids, dtype=torch.long).to(device, non_blocking=True),
-            torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
-            self.kv_caches,
-            self.backend,
-            metadata,
-        )
+        context_lens = [s.seq.num_computed_tokens + s.num_tokens for s in ordered]
+        block_tables = [s.seq.block_table for s in ordered]
+        graphs = self.decode_graphs
+        if graphs is not None and 0 < len(input_ids) == len(ordered) <= graphs.max_batch:
+            # Every sequence decodes one token: replay the recorded forward.
+            hidden = graphs.run(input_ids, positions, slots, block_tables, context_lens)
+        else:
+            slot_mapping = torch.tensor(slots, dtype=torch.long).to(device, non_blocking=True)
+            inputs = AttentionInputs(
+                query_lens=[s.num_tokens for s in ordered],
+                context_lens=context_lens,
+                block_tables=block_tables,
+                slot_mapping=slot_mapping,
+                num_decodes=sum(1 for s in ordered if s.num_tokens == 1),
+                block_size=bs,
+            )
+            metadata = self.backend.prepare(inputs)
+            hidden = self.model(
+                torch.tensor(input_ids, dtype=torch.long).to(device, non_blocking=True),
+                torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
+                self.kv_caches,
+                self.backend,
+                metadata,
+            )
         sampler_output = None
         if sample_rows:
-            logits = self.model.compute_logits(hidden[torch.tensor(sample_rows, device=device)])
+            if len(sample_rows) == hidden.shape[0]:  # every row samples: a decode step
+                rows = hidden
+            else:
+                # A non-blocking copy: a plain one would wait for the forward to finish.
+                index = torch.tensor(sample_rows).to(device, non_blocking=True)
+                rows = hidden[index]
+            logits = self.model.compute_logits(rows)
             sampler_output = self.sampler(
                 logits,
                 SamplingBatch(

@@ -20,6 +20,15 @@ def test_flags_beat_env_and_env_beats_defaults(monkeypatch: pytest.MonkeyPatch) 
     assert settings.engine_config().max_num_seqs == 7
 
 
+def test_enforce_eager_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["worker"])).engine_config().enforce_eager is False
+    flagged = settings_from_args(parser.parse_args(["worker", "--enforce-eager"]))
+    assert flagged.engine_config().enforce_eager is True
+    monkeypatch.setenv("CONVEYOR_ENFORCE_EAGER", "true")
+    assert settings_from_args(parser.parse_args(["serve"])).engine_config().enforce_eager is True
+
+
 def test_settings_env_round_trips_explicit_values() -> None:
     settings = Settings(api_key="sk-test", max_model_len=512, instance_id="me", port=8123)
     env = settings_env(settings)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine.decode_graphs import DecodeGraphs
 from engine.llm import LLM, greedy
 from kernels.backend import select_attention_backend
 from kernels.linear import linear_method_for, onednn_linear_available
@@ -65,8 +66,9 @@ def test_selection() -> None:
     # On CPU the torch backend's matmuls run on oneDNN where torch has it.
     assert cpu_ops.linear is linear_method_for(cpu)
     assert cpu_ops.name == ("torch+onednn" if onednn_linear_available() else "torch")
-    forced = select_attention_backend(cpu, "triton")  # TRITON_INTERPRET=1 (conftest)
-    assert forced.name == "triton" and forced.ops.name == "triton"
+    if not torch.cuda.is_available():  # TRITON_INTERPRET=1 (conftest) only without a GPU
+        forced = select_attention_backend(cpu, "triton")
+        assert forced.name == "triton" and forced.ops.name == "triton"
     # The default on CUDA (constructing the backend touches no GPU).
     assert select_attention_backend(torch.device("cuda")).name == "triton"
     with pytest.raises(ValueError, match="choose from"):
@@ -111,10 +113,12 @@ def test_cpu_engine_works_without_triton() -> None:
     assert result.stdout.strip() == "ok"
 
 
-@pytest.mark.slow  # ~10 s: a whole engine, every kernel in Triton's interpreter
+@pytest.mark.slow  # ~15 s: a whole engine, every kernel in Triton's interpreter
 def test_engine_greedy_output_matches_torch_backend(
     make_random_model: Callable[[str], Path],
 ) -> None:
+    """torch, Triton, and Triton with decode steps run from static buffers as a recorded
+    CUDA graph replays them (recording itself needs a GPU): the same greedy tokens."""
     folder = make_random_model("llama")
     prompts = [
         "The capital of France is",
@@ -122,22 +126,43 @@ def test_engine_greedy_output_matches_torch_backend(
         "1, 2, 3, 4, 5, 6, 7, 8,",
     ]
     outputs = {}
-    for name in ("torch", "triton"):
+    for name in ("torch", "triton", "triton-graphs"):
         llm = LLM(
             str(folder),
-            attention_backend=name,
+            attention_backend=name.removesuffix("-graphs"),
             dtype="float32",
             block_size=8,
             num_kv_blocks=64,
             max_model_len=256,
             max_num_batched_tokens=12,  # chunked prefill, mixed with decodes
+            max_num_seqs=4,  # recorded sizes 1, 2, 4: three prompts decode padded to 4
         )
-        assert llm.engine.runner.backend.name == name
-        assert llm.engine.runner.model.norm.rms_norm is llm.engine.runner.backend.ops.rms_norm
+        runner = llm.engine.runner
+        assert runner.backend.name == name.removesuffix("-graphs")
+        assert runner.model.norm.rms_norm is runner.backend.ops.rms_norm
+        assert runner.decode_graphs is None  # on CPU: only when asked, as here
+        if name == "triton-graphs":
+            runner.backend.partition_size = 16  # several partitions: the combine kernel too
+            runner.decode_graphs = DecodeGraphs(
+                runner.model,
+                runner.kv_caches,
+                runner.backend,
+                max_num_seqs=4,
+                max_model_len=256,
+                block_size=8,
+                device=runner.device,
+                capture=False,
+            )
+            runner.decode_graphs.record()
         ids = [llm.tokenizer.encode(p) for p in prompts]
         first = llm.generate(ids, greedy(6, ignore_eos=True))
         # The same prompts again: their full blocks now come from the prefix cache.
         again = llm.generate(ids[1:2], greedy(6, ignore_eos=True))
         assert again[0].num_cached_tokens > 0
         outputs[name] = [r.token_ids for r in first + again]
+        if runner.decode_graphs is not None:
+            # Decode-only steps of 3 (padded to 4), then of 1, ran from the buffers.
+            assert runner.decode_graphs.steps_by_size[4] > 0
+            assert runner.decode_graphs.steps_by_size[1] > 0
     assert outputs["triton"] == outputs["torch"]
+    assert outputs["triton-graphs"] == outputs["torch"]

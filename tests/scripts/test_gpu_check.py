@@ -18,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # ~50 s: two small engines against HF, one under Triton's interpreter
+@pytest.mark.slow  # ~60 s: three small engines against HF, one under Triton's interpreter
 def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -> None:
     env = {
         **os.environ,
@@ -44,6 +44,7 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
         "kernels": "rc=2",
         "engine-bf16": "rc=0",
         "engine-fp32": "rc=0",
+        "engine-bf16-eager": "rc=0",
     }, log[-3000:]
     assert 'failures="0"' in (tmp_path / "kernel-tests.xml").read_text()
     summaries = {}
@@ -70,3 +71,33 @@ def test_refuses_without_a_tokenizer(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "gpu-prepare.sh" in result.stderr
+
+
+def test_stages_past_the_budget_are_skipped_not_started(
+    tmp_path: Path, bundled_model_dir: Path
+) -> None:
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "TOKENIZER": str(bundled_model_dir),
+        "BUDGET": "10",
+    }
+    result = subprocess.run(
+        ["bash", "scripts/gpu-check.sh", "--smoke", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == [
+        "env",
+        "kernel-tests",
+        "kernels",
+        "engine-bf16",
+        "engine-fp32",
+        "engine-bf16-eager",
+    ]
+    assert all(" skipped: " in line for line in lines)

@@ -1,0 +1,154 @@
+"""Decode steps replayed from CUDA graphs: one launch instead of hundreds per step.
+
+A decode step runs the same dozen kernels in every layer, each on a few rows;
+on a GPU such a step costs more in Python and kernel launches than in the
+kernels themselves. So at start-up the engine records the model's forward for
+decode batches of a few fixed sizes (1, 2, 4, then multiples of 8 up to
+max_num_seqs), reading its inputs from static buffers; a decode step then
+pads its batch to the next recorded size, copies its inputs into the buffers
+and replays the graph. Padded rows store nothing (slot -1) and attend to
+nothing (context 0), and their outputs are never read. Attention gets a
+fixed number of split-K partitions, enough for max_model_len; a partition past
+a sequence's context exits at once. Prefill and mixed steps run eagerly.
+
+Only a backend that can attend from static buffers takes part (it has
+`graph_metadata`: the Triton one). Without capture (CPU, where CUDA graphs do
+not exist) the same static-buffer path runs eagerly, which is how the tests
+check everything but the recording itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def capture_sizes(max_num_seqs: int) -> list[int]:
+    """Batch sizes to record: 1, 2, 4, multiples of 8, and max_num_seqs itself."""
+    sizes = {s for s in (1, 2, 4) if s <= max_num_seqs}
+    sizes.update(range(8, max_num_seqs + 1, 8))
+    sizes.add(max_num_seqs)
+    return sorted(sizes)
+
+
+def supports_graphs(backend: Any) -> bool:
+    return callable(getattr(backend, "graph_metadata", None))
+
+
+class DecodeGraphs:
+    """Static input buffers and one recorded forward per batch size."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        backend: Any,
+        max_num_seqs: int,
+        max_model_len: int,
+        block_size: int,
+        device: torch.device,
+        capture: bool,
+    ) -> None:
+        if not supports_graphs(backend):
+            raise ValueError(f"attention backend {backend.name!r} cannot run from static buffers")
+        self.model = model
+        self.kv_caches = kv_caches
+        self.backend = backend
+        self.max_model_len = max_model_len
+        self.sizes = capture_sizes(max_num_seqs)
+        self.capture = capture
+        largest = self.sizes[-1]
+        self.max_blocks = -(-max_model_len // block_size)
+        self.block_size = block_size
+
+        def buffer(fill: int, dtype: torch.dtype, *shape: int) -> torch.Tensor:
+            return torch.full(shape, fill, dtype=dtype, device=device)
+
+        self.input_ids = buffer(0, torch.long, largest)
+        self.positions = buffer(0, torch.long, largest)
+        self.slot_mapping = buffer(-1, torch.long, largest)
+        self.context_lens = buffer(0, torch.int32, largest)
+        self.block_tables = buffer(0, torch.int32, largest, self.max_blocks)
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._outputs: dict[int, torch.Tensor] = {}
+        # Steps served, by recorded size: shows how much padding the sizes cost.
+        self.steps_by_size: Counter[int] = Counter()
+
+    @property
+    def max_batch(self) -> int:
+        return self.sizes[-1]
+
+    def _forward(self, size: int) -> torch.Tensor:
+        metadata = self.backend.graph_metadata(
+            self.slot_mapping[:size],
+            self.block_tables[:size],
+            self.context_lens[:size],
+            self.max_model_len,
+        )
+        return self.model(
+            self.input_ids[:size],
+            self.positions[:size],
+            self.kv_caches,
+            self.backend,
+            metadata,
+        )
+
+    @torch.inference_mode()
+    def record(self) -> None:
+        """Warm each size up (compiling its kernels), then record it; largest first."""
+        started = time.perf_counter()
+        pool = None
+        for size in reversed(self.sizes):
+            self._forward(size)  # padded rows only: stores and attends nothing
+            if not self.capture:
+                continue
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self._outputs[size] = self._forward(size)
+            pool = graph.pool()  # the smaller sizes reuse the largest one's memory
+            self._graphs[size] = graph
+        if self.capture:
+            torch.cuda.synchronize()
+            logger.info(
+                "recorded decode CUDA graphs for %d batch sizes (1..%d) in %.1f s",
+                len(self.sizes),
+                self.max_batch,
+                time.perf_counter() - started,
+            )
+
+    def run(
+        self,
+        input_ids: list[int],
+        positions: list[int],
+        slots: list[int],
+        block_tables: list[list[int]],
+        context_lens: list[int],
+    ) -> torch.Tensor:
+        """Hidden states [len(input_ids), hidden] for one decode token per sequence."""
+        n = len(input_ids)
+        size = next(s for s in self.sizes if s >= n)
+        pad = size - n
+        self.input_ids[:size].copy_(torch.tensor(input_ids + [0] * pad), non_blocking=True)
+        self.positions[:size].copy_(torch.tensor(positions + [0] * pad), non_blocking=True)
+        self.slot_mapping[:size].copy_(torch.tensor(slots + [-1] * pad), non_blocking=True)
+        lens = torch.tensor(context_lens + [0] * pad, dtype=torch.int32)
+        self.context_lens[:size].copy_(lens, non_blocking=True)
+        # Only the columns this step's contexts reach: the kernels read no further.
+        width = -(-max(context_lens) // self.block_size)
+        rows = [table[:width] + [0] * (width - len(table[:width])) for table in block_tables]
+        rows += [[0] * width] * pad
+        tables = torch.tensor(rows, dtype=torch.int32)
+        self.block_tables[:size, :width].copy_(tables, non_blocking=True)
+        self.steps_by_size[size] += 1
+        graph = self._graphs.get(size)
+        if graph is None:
+            return self._forward(size)[:n]
+        graph.replay()
+        return self._outputs[size][:n]
