@@ -7,14 +7,17 @@ decode batches of a few fixed sizes (1, 2, 4, then multiples of 8 up to
 max_num_seqs), reading its inputs from static buffers; a decode step then
 pads its batch to the next recorded size, copies its inputs into the buffers
 and replays the graph. Padded rows store nothing (slot -1) and attend to
-nothing (context 0), and their outputs are never read. Attention gets a
-fixed number of split-K partitions, enough for max_model_len; a partition past
-a sequence's context exits at once. Prefill and mixed steps run eagerly.
+nothing (context 0), and their outputs are never read. A graph's attention
+launches work for a fixed longest context, so each batch size is recorded for
+a few context caps the backend names (Triton: 1, 4, 16, ... split-K
+partitions, up to max_model_len) and a step takes the smallest cap covering
+its longest sequence: short contexts do not pay for launching max_model_len's
+partitions. Prefill and mixed steps run eagerly.
 
 Only a backend that can attend from static buffers takes part (it has
-`graph_metadata`: the Triton one). Without capture (CPU, where CUDA graphs do
-not exist) the same static-buffer path runs eagerly, which is how the tests
-check everything but the recording itself.
+`graph_metadata` and `graph_context_caps`: the Triton one). Without capture
+(CPU, where CUDA graphs do not exist) the same static-buffer path runs
+eagerly, which is how the tests check everything but the recording itself.
 """
 
 from __future__ import annotations
@@ -38,7 +41,9 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 
 
 def supports_graphs(backend: Any) -> bool:
-    return callable(getattr(backend, "graph_metadata", None))
+    return all(
+        callable(getattr(backend, name, None)) for name in ("graph_metadata", "graph_context_caps")
+    )
 
 
 class DecodeGraphs:
@@ -62,6 +67,7 @@ class DecodeGraphs:
         self.backend = backend
         self.max_model_len = max_model_len
         self.sizes = capture_sizes(max_num_seqs)
+        self.context_caps: list[int] = sorted(backend.graph_context_caps(max_model_len))
         self.capture = capture
         largest = self.sizes[-1]
         self.max_blocks = -(-max_model_len // block_size)
@@ -75,21 +81,21 @@ class DecodeGraphs:
         self.slot_mapping = buffer(-1, torch.long, largest)
         self.context_lens = buffer(0, torch.int32, largest)
         self.block_tables = buffer(0, torch.int32, largest, self.max_blocks)
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[int, torch.Tensor] = {}
-        # Steps served, by recorded size: shows how much padding the sizes cost.
-        self.steps_by_size: Counter[int] = Counter()
+        self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self._outputs: dict[tuple[int, int], torch.Tensor] = {}
+        # Steps served, by recorded (size, context cap): what padding and caps cost.
+        self.steps_by_key: Counter[tuple[int, int]] = Counter()
 
     @property
     def max_batch(self) -> int:
         return self.sizes[-1]
 
-    def _forward(self, size: int) -> torch.Tensor:
+    def _forward(self, size: int, context_cap: int) -> torch.Tensor:
         metadata = self.backend.graph_metadata(
             self.slot_mapping[:size],
             self.block_tables[:size],
             self.context_lens[:size],
-            self.max_model_len,
+            context_cap,
         )
         return self.model(
             self.input_ids[:size],
@@ -101,25 +107,27 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def record(self) -> None:
-        """Warm each size up (compiling its kernels), then record it; largest first."""
+        """Warm each (size, cap) up (compiling its kernels), then record it; largest first."""
         started = time.perf_counter()
         pool = None
         for size in reversed(self.sizes):
-            self._forward(size)  # padded rows only: stores and attends nothing
-            if not self.capture:
-                continue
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self._outputs[size] = self._forward(size)
-            pool = graph.pool()  # the smaller sizes reuse the largest one's memory
-            self._graphs[size] = graph
+            for cap in reversed(self.context_caps):
+                self._forward(size, cap)  # padded rows only: stores and attends nothing
+                if not self.capture:
+                    continue
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self._outputs[size, cap] = self._forward(size, cap)
+                pool = graph.pool()  # every graph reuses the first (largest) one's memory
+                self._graphs[size, cap] = graph
         if self.capture:
             torch.cuda.synchronize()
             logger.info(
-                "recorded decode CUDA graphs for %d batch sizes (1..%d) in %.1f s",
-                len(self.sizes),
+                "recorded %d decode CUDA graphs (batch sizes 1..%d, context caps %s) in %.1f s",
+                len(self._graphs),
                 self.max_batch,
+                self.context_caps,
                 time.perf_counter() - started,
             )
 
@@ -141,14 +149,17 @@ class DecodeGraphs:
         lens = torch.tensor(context_lens + [0] * pad, dtype=torch.int32)
         self.context_lens[:size].copy_(lens, non_blocking=True)
         # Only the columns this step's contexts reach: the kernels read no further.
-        width = -(-max(context_lens) // self.block_size)
+        longest = max(context_lens)
+        width = -(-longest // self.block_size)
         rows = [table[:width] + [0] * (width - len(table[:width])) for table in block_tables]
         rows += [[0] * width] * pad
         tables = torch.tensor(rows, dtype=torch.int32)
         self.block_tables[:size, :width].copy_(tables, non_blocking=True)
-        self.steps_by_size[size] += 1
-        graph = self._graphs.get(size)
+        cap = next(c for c in self.context_caps if c >= longest)
+        key = (size, cap)
+        self.steps_by_key[key] += 1
+        graph = self._graphs.get(key)
         if graph is None:
-            return self._forward(size)[:n]
+            return self._forward(size, cap)[:n]
         graph.replay()
-        return self._outputs[size][:n]
+        return self._outputs[key][:n]

@@ -76,6 +76,21 @@ class TritonAttentionBackend:
             )
         return TritonAttentionMetadata(inputs.slot_mapping, nd, decode, prefill)
 
+    def graph_context_caps(self, max_model_len: int) -> list[int]:
+        """Longest contexts to record decode graphs for: 1, 4, 16, ... partitions.
+
+        A graph launches every partition its cap needs, and those past a sequence's
+        context exit at once; at batch 256 x 32 heads, 16 partitions of which one is
+        used would launch 120k idle programs per layer. A few caps bound that waste
+        to 4x while keeping the number of recordings small.
+        """
+        caps = []
+        parts = 1
+        while parts * self.partition_size < max_model_len:
+            caps.append(parts * self.partition_size)
+            parts *= 4
+        return [*caps, max_model_len]
+
     def graph_metadata(
         self,
         slot_mapping: torch.Tensor,

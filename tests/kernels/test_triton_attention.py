@@ -75,6 +75,23 @@ def test_selection() -> None:
         select_attention_backend(cpu, "flash")
 
 
+@pytest.mark.parametrize(
+    "partition,max_model_len,caps",
+    [
+        (512, 8192, [512, 2048, 8192]),
+        (512, 512, [512]),
+        (512, 300, [300]),
+        (16, 256, [16, 64, 256]),
+        (512, 131072, [512, 2048, 8192, 32768, 131072]),
+    ],
+)
+def test_graph_context_caps(
+    device: torch.device, partition: int, max_model_len: int, caps: list[int]
+) -> None:
+    backend = TritonAttentionBackend(device, partition_size=partition)
+    assert backend.graph_context_caps(max_model_len) == caps
+
+
 def test_forcing_triton_on_cpu_without_the_interpreter_says_how(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -161,8 +178,10 @@ def test_engine_greedy_output_matches_torch_backend(
         assert again[0].num_cached_tokens > 0
         outputs[name] = [r.token_ids for r in first + again]
         if runner.decode_graphs is not None:
-            # Decode-only steps of 3 (padded to 4), then of 1, ran from the buffers.
-            assert runner.decode_graphs.steps_by_size[4] > 0
-            assert runner.decode_graphs.steps_by_size[1] > 0
+            # Decode-only steps of 3 (padded to 4) and of 1 ran from the buffers, with
+            # contexts under one partition (cap 16) and over it (cap 64, the combine kernel).
+            used = runner.decode_graphs.steps_by_key
+            assert {1, 4} <= {size for size, _ in used}
+            assert {cap for _, cap in used} == {16, 64}
     assert outputs["triton"] == outputs["torch"]
     assert outputs["triton-graphs"] == outputs["torch"]
