@@ -59,11 +59,9 @@ def test_split_k_decode_matches_torch(
     assert_close(_triton(batch, device, scale, partition=32), _reference(batch, device, scale))
 
 
-@pytest.mark.parametrize("partition", [16, 512])
-@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
-def test_partition_sizes_agree(device: torch.device, dtype: torch.dtype, partition: int) -> None:
-    """Many small partitions (combine kernel) and a single one (no combine) give one answer."""
-    batch = make_paged_batch(
+def _gqa_batch(dtype: torch.dtype, device: torch.device, seed: int) -> PagedBatch:
+    """One decode per context length in CONTEXTS; 8 query heads over 2 KV heads."""
+    return make_paged_batch(
         [(c - 1, 1) for c in CONTEXTS],
         block_size=16,
         heads=8,
@@ -71,8 +69,15 @@ def test_partition_sizes_agree(device: torch.device, dtype: torch.dtype, partiti
         head_dim=HEAD_DIM,
         dtype=dtype,
         device=device,
-        seed=partition,
+        seed=seed,
     )
+
+
+@pytest.mark.parametrize("partition", [16, 512])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_partition_sizes_agree(device: torch.device, dtype: torch.dtype, partition: int) -> None:
+    """Many small partitions (combine kernel) and a single one (no combine) give one answer."""
+    batch = _gqa_batch(dtype, device, seed=partition)
     scale = HEAD_DIM**-0.5
     assert_close(
         _triton(batch, device, scale, partition=partition), _reference(batch, device, scale)
@@ -105,16 +110,7 @@ def test_static_buffer_metadata_with_padded_rows(
     answer and cache; padded rows get zeros (not 0/0) and store nothing."""
     from kernels.triton_attention import TritonAttentionBackend, block_table_tensor
 
-    batch = make_paged_batch(
-        [(c - 1, 1) for c in CONTEXTS],
-        block_size=16,
-        heads=8,
-        kv_heads=2,
-        head_dim=HEAD_DIM,
-        dtype=dtype,
-        device=device,
-        seed=77,
-    )
+    batch = _gqa_batch(dtype, device, seed=77)
     scale = HEAD_DIM**-0.5
     # 16: several partitions per row and the combine kernel; 512: one, no combine.
     backend = TritonAttentionBackend(device, partition_size=partition)

@@ -18,22 +18,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow  # ~60 s: three small engines against HF, one under Triton's interpreter
-def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -> None:
-    env = {
+def run_script(out: Path, timeout: int, **env: str) -> subprocess.CompletedProcess[str]:
+    """scripts/gpu-check.sh --smoke OUT with this interpreter and `env` added."""
+    full_env = {
         **os.environ,
         "PYTHON": sys.executable,
-        "TOKENIZER": str(bundled_model_dir),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        **env,
     }
-    result = subprocess.run(
-        ["bash", "scripts/gpu-check.sh", "--smoke", str(tmp_path)],
+    return subprocess.run(
+        ["bash", "scripts/gpu-check.sh", "--smoke", str(out)],
         cwd=ROOT,
-        env=env,
+        env=full_env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+@pytest.mark.slow  # ~60 s: three small engines against HF, one under Triton's interpreter
+def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -> None:
+    result = run_script(tmp_path, 600, TOKENIZER=str(bundled_model_dir))
     log = (tmp_path / "gpu-check.log").read_text()
     assert result.returncode == 0, result.stderr + log[-3000:]
     rcs = dict(line.split()[:2] for line in (tmp_path / "summary.txt").read_text().splitlines())
@@ -60,15 +65,7 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
 
 
 def test_refuses_without_a_tokenizer(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHON": sys.executable, "TOKENIZER": str(tmp_path / "none")}
-    result = subprocess.run(
-        ["bash", "scripts/gpu-check.sh", "--smoke", str(tmp_path / "out")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script(tmp_path / "out", 60, TOKENIZER=str(tmp_path / "none"))
     assert result.returncode == 2
     assert "gpu-prepare.sh" in result.stderr
 
@@ -76,20 +73,7 @@ def test_refuses_without_a_tokenizer(tmp_path: Path) -> None:
 def test_stages_past_the_budget_are_skipped_not_started(
     tmp_path: Path, bundled_model_dir: Path
 ) -> None:
-    env = {
-        **os.environ,
-        "PYTHON": sys.executable,
-        "TOKENIZER": str(bundled_model_dir),
-        "BUDGET": "10",
-    }
-    result = subprocess.run(
-        ["bash", "scripts/gpu-check.sh", "--smoke", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_script(tmp_path, 60, TOKENIZER=str(bundled_model_dir), BUDGET="10")
     assert result.returncode == 0, result.stderr
     lines = (tmp_path / "summary.txt").read_text().splitlines()
     assert [line.split()[0] for line in lines] == [
