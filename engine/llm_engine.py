@@ -31,6 +31,32 @@ logger = logging.getLogger(__name__)
 _CUDA_RESERVE_BYTES = 512 << 20
 
 
+def cuda_kv_budget(
+    total: int, free: int, ours: int, utilization: float, headroom: int
+) -> int:
+    """Bytes of KV cache to allocate on a GPU.
+
+    As vLLM means it, `utilization` is this process's share of the whole card:
+    weights (`ours`, already allocated), activations and KV cache together. It
+    is also capped by what is free now, so a card another process is using gets
+    a smaller cache instead of an out-of-memory error half-way through start-up.
+    `headroom` covers activations, CUDA graphs and the CUDA context.
+    """
+    by_share = int(total * utilization) - ours - headroom
+    by_free = free - headroom
+    if by_free < by_share:
+        logger.warning(
+            "only %.1f GiB of %.1f GiB GPU memory is free: the KV cache gets %.1f GiB, "
+            "not the %.1f GiB gpu_memory_utilization=%.2f allows",
+            free / 2**30,
+            total / 2**30,
+            max(by_free, 0) / 2**30,
+            by_share / 2**30,
+            utilization,
+        )
+    return min(by_share, by_free)
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """A snapshot for metrics and health: queue sizes, KV usage, counters."""
@@ -166,16 +192,20 @@ class LLMEngine:
         per_block = 2 * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim
         per_block *= itemsize
         if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            used = torch.cuda.memory_allocated(self.device)
+            free, total = torch.cuda.mem_get_info(self.device)
             activations = (
                 self.config.max_num_batched_tokens
                 * (mc.hidden_size * 8 + mc.intermediate_size * 4)
                 * itemsize
                 + self.config.max_num_seqs * mc.vocab_size * 16
             )
-            budget = int(total * self.config.gpu_memory_utilization) - used - activations
-            budget -= _CUDA_RESERVE_BYTES
+            budget = cuda_kv_budget(
+                total,
+                free,
+                torch.cuda.memory_allocated(self.device),
+                self.config.gpu_memory_utilization,
+                activations + _CUDA_RESERVE_BYTES,
+            )
         else:
             budget = self.config.kv_cache_memory
         if budget < per_block:
