@@ -257,11 +257,14 @@ def decode_attention(
         CACHE_BLOCK=key_cache.shape[1],
         PARTITION=batch.partition_size,
         BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=min(64, batch.partition_size),
+        # 64 keys per tile; fp32 at head_dim 128 spilled registers on sm_90 with 64 keys
+        # or 4 warps (python -m kernels.triton_offline_compile): 32 keys, 8 warps.
+        BLOCK_N=min(64 if query.element_size() <= 2 else 32, batch.partition_size),
         BLOCK_D=block_d,
         SPLIT=split,
         UPCAST=upcast_dot(decode_partition_kernel, query.dtype),
         PRECISION=dot_precision(query.dtype),
+        num_warps=8 if head_dim > 64 and query.element_size() > 2 else 4,
     )
     if split:
         decode_combine_kernel[(num_seqs, num_heads)](

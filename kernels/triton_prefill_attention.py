@@ -155,11 +155,18 @@ def prefill_attention(
     batch: PrefillBatch,
     scale: float,
     out: torch.Tensor | None = None,
-    block_m: int = 64,
-    block_n: int = 64,
+    block_m: int | None = None,
+    block_n: int | None = None,
 ) -> torch.Tensor:
     """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored."""
     num_tokens, num_heads, head_dim = query.shape
+    # Tiles (query rows x keys): 64 x 64 in 16-bit dtypes, 64 x 32 at head_dim 128;
+    # fp32 (twice the bytes, exact "ieee" dots without tensor cores) 32 x 32, with 8
+    # warps at head_dim 128. Each is the largest that compiles without spilling
+    # registers on sm_80 and sm_90 (python -m kernels.triton_offline_compile).
+    wide = query.element_size() > 2
+    block_m = block_m or (32 if wide else 64)
+    block_n = block_n or (32 if wide or head_dim > 64 else 64)
     num_kv_heads = key_cache.shape[2]
     if out is None:
         out = torch.empty_like(query)
@@ -194,5 +201,7 @@ def prefill_attention(
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         UPCAST=upcast_dot(prefill_attention_kernel, query.dtype),
         PRECISION=dot_precision(query.dtype),
+        # 4 warps spilled registers at head_dim 128 on sm_80; 8 share the tiles out.
+        num_warps=8 if wide and head_dim > 64 else 4,
     )
     return out

@@ -1,0 +1,270 @@
+"""Compile the Triton kernels for real GPUs on a machine without one, and check what they use.
+
+Triton's interpreter proves the kernels' arithmetic on CPU but never compiles
+them: a kernel can pass every interpreted test and still fail to compile for
+a GPU, need more shared memory than an SM has, or spill registers to local
+memory (a large slowdown). Triton ships its own ptxas, so none of that needs
+a GPU. This runs the real launchers on CPU tensors for the
+model shapes and dtypes the engine serves, with a stand-in driver that names
+a GPU architecture; a compile hook compiles each launch for that
+architecture, reads the cubin's resource use, and skips the launch itself.
+
+    python -m kernels.triton_offline_compile [--arch 80,90] [--json]
+
+Exits 1 when a kernel fails to compile, exceeds the architecture's shared
+memory, or spills. Must run without TRITON_INTERPRET (it compiles, not
+interprets); the tests run it in a subprocess.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What decides the kernels' tile sizes: heads, head size, hidden and MLP widths."""
+
+    name: str
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+
+
+SHAPES = (
+    ModelShape("smollm2-135m", 9, 3, 64, 576, 1536),
+    ModelShape("smollm2-1.7b", 32, 32, 64, 2048, 8192),
+    ModelShape("llama3-8b", 32, 8, 128, 4096, 14336),
+)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class CompiledLaunch:
+    """One kernel specialisation as a launch asked for it, compiled for `arch`."""
+
+    arch: int
+    kernel: str
+    case: str
+    shared_bytes: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    error: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        if self.error:
+            found.append(f"does not compile: {self.error}")
+        if self.shared_bytes > SHARED_LIMIT.get(self.arch, min(SHARED_LIMIT.values())):
+            found.append(f"needs {self.shared_bytes} B of shared memory")
+        if self.spill_stores or self.spill_loads:
+            found.append(
+                f"spills registers ({self.spill_stores} B stored, {self.spill_loads} B loaded)"
+            )
+        return found
+
+
+def _ptxas_usage(ptx: str, arch: int) -> dict[str, int]:
+    """Registers and spill bytes as `ptxas -v` reports them, with Triton's own ptxas.
+
+    Run again on the kernel's PTX (Triton prints its log only for a cache miss),
+    with the flags Triton passes that change register allocation.
+    """
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    tool = get_ptxas(arch).path  # the one Triton itself uses for this architecture
+    target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.MULTILINE)
+    if target is None:
+        raise ValueError("no .target line in the PTX")
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "kernel.ptx"
+        source.write_text(ptx)
+        log = subprocess.run(
+            [
+                str(tool),
+                "-v",
+                "--regAllocOptLevel=2",
+                f"--gpu-name={target.group(1)}",
+                str(source),
+                "-o",
+                str(Path(folder) / "kernel.cubin"),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if registers is None or spills is None:
+        raise ValueError(f"unexpected ptxas output: {log}")
+    return {
+        "registers": int(registers.group(1)),
+        "spill_stores": int(spills.group(1)),
+        "spill_loads": int(spills.group(2)),
+    }
+
+
+class _OfflineDriver:
+    """Triton's active-driver interface, answering for a GPU that is not there."""
+
+    def __init__(self, arch: int) -> None:
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self) -> Any:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_active_torch_device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+def _launch_all(start_case: Callable[[str], None]) -> None:
+    """Launch every kernel the engine runs, over SHAPES and DTYPES, naming each case first."""
+    from kernels.triton_decode_attention import decode_attention, make_decode_batch
+    from kernels.triton_prefill_attention import make_prefill_batch, prefill_attention
+    from kernels.triton_rms_norm import rms_norm
+    from kernels.triton_rotary import apply_rotary
+    from kernels.triton_silu_and_mul import silu_and_mul
+    from kernels.triton_store_kv import store_kv
+
+    block, blocks = 16, 64
+    tables = torch.zeros(2, blocks, dtype=torch.int32)
+    for shape in SHAPES:
+        for dtype_name, dtype in DTYPES.items():
+
+            def t(*size: int, dtype: torch.dtype = dtype) -> torch.Tensor:
+                return torch.zeros(size, dtype=dtype)
+
+            case = f"{shape.name} {dtype_name}"
+            h, kvh, d = shape.heads, shape.kv_heads, shape.head_dim
+            k_cache, v_cache = t(blocks, block, kvh, d), t(blocks, block, kvh, d)
+            start_case(case)
+            store_kv(t(3, kvh, d), t(3, kvh, d), k_cache, v_cache, torch.zeros(3, dtype=torch.long))
+            for context in (100, 1000):  # one partition; several and the combine kernel
+                start_case(f"{case} ctx {context}")
+                batch = make_decode_batch(tables, [context, context], 512)
+                decode_attention(t(2, h, d), k_cache, v_cache, batch, 0.1)
+            start_case(case)
+            prefill = make_prefill_batch(tables, [200, 100], [500, 100])
+            prefill_attention(t(300, h, d), k_cache, v_cache, prefill, 0.1)
+            rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5)
+            start_case(f"{case} +residual")
+            rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5, t(4, shape.hidden))
+            start_case(case)
+            cos_sin = t(4, 1, d // 2)
+            apply_rotary(t(4, h + kvh, d), cos_sin, cos_sin)
+            silu_and_mul(t(4, 2 * shape.intermediate))
+
+
+def compile_all(arch: int) -> list[CompiledLaunch]:
+    """Compile every launch of `_launch_all` for sm_`arch`; launch nothing."""
+    import triton
+    from triton import knobs
+    from triton.compiler import ASTSource
+    from triton.runtime.driver import driver
+
+    if knobs.runtime.interpret:
+        raise RuntimeError("unset TRITON_INTERPRET: this compiles the kernels, it cannot interpret")
+    results: list[CompiledLaunch] = []
+    case = [""]
+
+    def start_case(name: str) -> None:
+        case[0] = name
+
+    def hook(*, fn: Any, compile: dict[str, Any], **_: Any) -> bool:
+        options = {
+            key: compile[key] for key in ("num_warps", "num_ctas", "num_stages", "enable_fp_fusion")
+        }
+        source = ASTSource(
+            fn.jit_function, compile["signature"], compile["constants"], compile["configs"][0]
+        )
+        try:
+            kernel = triton.compile(source, target=driver.active.target, options=options)
+        except Exception as exc:  # any compiler failure is the finding
+            message = str(exc).strip().splitlines()
+            results.append(CompiledLaunch(arch, fn.name, case[0], 0, 0, 0, 0, message[-1]))
+            return True
+        usage = _ptxas_usage(kernel.asm["ptx"], arch)
+        results.append(
+            CompiledLaunch(
+                arch,
+                fn.name,
+                case[0],
+                kernel.metadata.shared,
+                usage["registers"],
+                usage["spill_stores"],
+                usage["spill_loads"],
+            )
+        )
+        return True  # compiled here: the launch itself is skipped
+
+    previous_hook = knobs.runtime.jit_cache_hook
+    # Saved as is: `reset_active()` would look for a real driver, and there is none.
+    previous_driver = driver._active
+    driver.set_active(_OfflineDriver(arch))  # type: ignore[arg-type]
+    knobs.runtime.jit_cache_hook = hook
+    try:
+        _launch_all(start_case)
+    finally:
+        knobs.runtime.jit_cache_hook = previous_hook
+        driver._active = previous_driver
+    return results
+
+
+def _arch_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m kernels.triton_offline_compile",
+        description="Compile the Triton kernels for GPU architectures without a GPU.",
+    )
+    parser.add_argument("--arch", type=_arch_list, default=[80, 90], help="e.g. 80,90")
+    parser.add_argument("--json", action="store_true", help="one JSON line per launch")
+    args = parser.parse_args(argv)
+    failed = 0
+    for arch in args.arch:
+        for launch in compile_all(arch):
+            problems = launch.problems
+            failed += bool(problems)
+            if args.json:
+                print(json.dumps({**asdict(launch), "problems": problems}))
+            else:
+                status = "; ".join(problems) or "ok"
+                print(
+                    f"sm_{arch} {launch.kernel:28} {launch.case:28} "
+                    f"smem {launch.shared_bytes:6} regs {launch.registers:3}  {status}"
+                )
+    if failed:
+        print(f"{failed} kernel launches have problems", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
