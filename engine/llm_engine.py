@@ -31,9 +31,7 @@ logger = logging.getLogger(__name__)
 _CUDA_RESERVE_BYTES = 512 << 20
 
 
-def cuda_kv_budget(
-    total: int, free: int, ours: int, utilization: float, headroom: int
-) -> int:
+def cuda_kv_budget(total: int, free: int, ours: int, utilization: float, headroom: int) -> int:
     """Bytes of KV cache to allocate on a GPU.
 
     As vLLM means it, `utilization` is this process's share of the whole card:
