@@ -74,9 +74,8 @@ def list_files(
     order: Literal["asc", "desc"] = "desc",
 ) -> Page[StoredFile]:
     """Newest first by default, as OpenAI lists files; raises UnknownCursor for a bad `after`."""
-    query = select(StoredFile).where(owned_by(StoredFile.project_id, project_id))
-    if purpose is not None:
-        query = query.where(StoredFile.purpose == purpose)
+    scope = select(StoredFile).where(owned_by(StoredFile.project_id, project_id))
+    query = scope if purpose is None else scope.where(StoredFile.purpose == purpose)
     return paginate(
         session,
         query,
@@ -85,6 +84,7 @@ def list_files(
         after=after,
         limit=limit,
         descending=order == "desc",
+        cursor_scope=scope,
     )
 
 

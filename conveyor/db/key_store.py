@@ -78,13 +78,18 @@ def list_keys(
     limit: int,
     include_revoked: bool = False,
 ) -> Page[ApiKey]:
-    query = select(ApiKey)
+    scope = select(ApiKey)
     if project_id is not None:
-        query = query.where(ApiKey.project_id == project_id)
-    if not include_revoked:
-        query = query.where(ApiKey.revoked_at.is_(None))
+        scope = scope.where(ApiKey.project_id == project_id)
+    query = scope if include_revoked else scope.where(ApiKey.revoked_at.is_(None))
     return paginate(
-        session, query, created_at=ApiKey.created_at, id_column=ApiKey.id, after=after, limit=limit
+        session,
+        query,
+        created_at=ApiKey.created_at,
+        id_column=ApiKey.id,
+        after=after,
+        limit=limit,
+        cursor_scope=scope,
     )
 
 

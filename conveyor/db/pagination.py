@@ -30,11 +30,19 @@ def paginate(
     after: str | None,
     limit: int,
     descending: bool = False,
+    cursor_scope: Select[Any] | None = None,
 ) -> Page[Any]:
-    """Order by (created_at, id) and continue strictly after the cursor's row."""
+    """Order by (created_at, id) and continue strictly after the cursor's row.
+
+    `cursor_scope` is where `after` is looked up (default: `query`): the list's
+    owner scope without its filters, so that a row which left the filtered
+    list between two pages (a key revoked, a project archived while a client
+    pages through and acts on each item) still marks the place to continue.
+    """
     if after is not None:
+        scope = query if cursor_scope is None else cursor_scope
         anchor = session.execute(
-            query.with_only_columns(created_at, id_column).where(id_column == after)
+            scope.with_only_columns(created_at, id_column).where(id_column == after)
         ).first()
         if anchor is None:
             raise UnknownCursor(after)

@@ -45,9 +45,8 @@ def find_project(session: Session, id_or_name: str) -> Project | None:
 def list_projects(
     session: Session, *, after: str | None, limit: int, include_archived: bool
 ) -> Page[Project]:
-    query = select(Project)
-    if not include_archived:
-        query = query.where(Project.status == "active")
+    scope = select(Project)
+    query = scope if include_archived else scope.where(Project.status == "active")
     return paginate(
         session,
         query,
@@ -55,6 +54,7 @@ def list_projects(
         id_column=Project.id,
         after=after,
         limit=limit,
+        cursor_scope=scope,
     )
 
 

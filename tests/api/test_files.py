@@ -230,6 +230,10 @@ def test_pagination_after_limit_order_and_purpose(client: openai.OpenAI) -> None
     batch_only = [f.id for f in client.files.list(purpose="batch")]
     assert set(made) <= set(batch_only) and extra not in batch_only
     assert [f.id for f in client.files.list(purpose="user_data")].count(extra) == 1
+    # A cursor outside the filter still marks its place: the batch files listed after it.
+    after_extra = newest_first[newest_first.index(extra) + 1 :]
+    page = client.files.list(purpose="batch", after=extra)
+    assert [f.id for f in page.data] == [f for f in after_extra if f in batch_only]
 
 
 @pytest.mark.parametrize(

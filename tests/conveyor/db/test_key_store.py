@@ -143,3 +143,24 @@ def test_list_keys_paginates_within_a_project(db: Database) -> None:
     assert ([k.id for k in first.items], first.has_more) == (expected[:3], True)
     assert ([k.id for k in rest.items], rest.has_more) == (expected[3:], False)
     assert {k.id for k in everyone.items} == {*expected, foreign.id}
+
+
+def test_a_key_revoked_between_pages_is_still_a_cursor(db: Database) -> None:
+    """Listing keys and revoking each as it comes: the next page continues after it."""
+    project = _project(db, "acme")
+    with db.session() as session:
+        keys = [create_key(session, project, f"k{n}", rpm=None, tpm=None).key for n in range(4)]
+        for offset, key in enumerate(keys):
+            key.created_at = T0 + offset
+    seen = []
+    after = None
+    while True:
+        with db.session() as session:
+            page = list_keys(session, project_id=project.id, after=after, limit=1)
+            for key in page.items:
+                revoke_key(session, get_key(session, key.id))
+        seen += [k.id for k in page.items]
+        if not page.has_more:
+            break
+        after = page.items[-1].id
+    assert seen == [k.id for k in keys]

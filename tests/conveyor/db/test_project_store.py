@@ -127,6 +127,10 @@ def test_list_unknown_cursor_and_archived(db: Database) -> None:
     assert [p.id for p in active.items] == [ids["a"], ids["c"]]
     assert [p.id for p in everything.items] == [ids["a"], ids["b"], ids["c"]]
     assert [p.id for p in after_a.items] == [ids["c"]]
+    with db.session() as session:
+        # An archived project is not listed, but as a cursor it still marks its place.
+        after_b = list_projects(session, after=ids["b"], limit=10, include_archived=False)
+    assert [p.id for p in after_b.items] == [ids["c"]]
 
 
 def test_archive_is_idempotent(db: Database) -> None:
