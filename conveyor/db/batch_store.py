@@ -99,6 +99,19 @@ def request_cancel(session: Session, batch: Batch) -> Batch:
     raise BatchNotCancellable(f"a batch that is {batch.status} cannot be cancelled")
 
 
+def cancel_project_batches(session: Session, project_id: str) -> list[str]:
+    """Move every batch of a project that is still validating or running to cancelling.
+
+    For an archived project: its keys stop working, and its batches stop as if each
+    were cancelled (the worker stops queued lines; answered lines keep their results).
+    Returns the ids that moved.
+    """
+    ids = session.scalars(
+        select(Batch.id).where(Batch.project_id == project_id, Batch.status.in_(CANCELLABLE))
+    )
+    return [i for i in list(ids) if transition(session, i, from_=CANCELLABLE, to="cancelling")]
+
+
 def active_batch_ids(session: Session) -> list[str]:
     return list(session.scalars(select(Batch.id).where(Batch.status.in_(ACTIVE))))
 

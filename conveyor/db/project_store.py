@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from conveyor.db.base import now
+from conveyor.db.batch_store import cancel_project_batches
 from conveyor.db.ids import new_id
 from conveyor.db.pagination import Page, paginate
 from conveyor.db.project import Project
@@ -68,8 +69,10 @@ def rename_project(session: Session, project: Project, name: str) -> Project:
 
 
 def archive_project(session: Session, project: Project) -> Project:
-    """Archived projects keep their logs and objects; their keys stop working."""
+    """Archived projects keep their logs and objects; their keys stop working and their
+    running batches are cancelled (work nobody can fetch or be billed for any more)."""
     if project.status != "archived":
         project.status = "archived"
         project.archived_at = now()
+    cancel_project_batches(session, project.id)
     return project

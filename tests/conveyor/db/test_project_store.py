@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from conveyor.db import batch_store
+from conveyor.db.batch import Batch
 from conveyor.db.database import Database
 from conveyor.db.pagination import UnknownCursor
 from conveyor.db.project import Project
@@ -143,3 +145,39 @@ def test_archive_is_idempotent(db: Database) -> None:
     with db.session() as session:
         again = archive_project(session, get_project(session, ids["a"]))
     assert again.status == "archived" and again.archived_at == T0 + 5
+
+
+def test_archiving_cancels_the_projects_running_batches(db: Database) -> None:
+    """Its keys stop working, and so does its batch work: validating and running batches
+    go to cancelling (the worker stops their lines); finished ones and other projects'
+    batches are left as they are."""
+    ids = _make(db, [("a", T0), ("b", T0 + 1)])
+
+    def batch(project_id: str, status: str) -> str:
+        with db.session() as session:
+            made = batch_store.create_batch(
+                session,
+                project_id=project_id,
+                api_key_id="key_x",
+                input_file_id="file-in",
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata=None,
+            )
+            made.status = status
+            return made.id
+
+    mine = {
+        status: batch(ids["a"], status) for status in ("validating", "in_progress", "completed")
+    }
+    theirs = batch(ids["b"], "in_progress")
+    with db.session() as session:
+        archive_project(session, get_project(session, ids["a"]))
+    with db.session() as session:
+        status = {b: session.get(Batch, b).status for b in [*mine.values(), theirs]}
+        assert status == {
+            mine["validating"]: "cancelling",
+            mine["in_progress"]: "cancelling",
+            mine["completed"]: "completed",
+            theirs: "in_progress",
+        }
