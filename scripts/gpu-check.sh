@@ -10,13 +10,13 @@
 # OUTDIR/gpu-check.log):
 #   1. env           the GPU, driver and package versions
 #   2. kernel-tests  tests/kernels compiled for the GPU (no interpreter), junit XML
-#   3. kernels       decode attention GB/s vs SDPA, batch 1/32/128 x context 512/4096,
-#                    plus partition sizes 256 and 1024 at the largest shape
+#   3. kernels       decode attention GB/s vs SDPA, batch 1/32/128 x context 512/4096
 #   4. engine-bf16   a random-weight SmolLM2-1.7B-shaped model: our engine (decode steps
 #                    replayed from CUDA graphs) vs HF generate
 #   5. engine-fp32   the bundled model's shape in fp32 through the Triton backend and the
 #                    graphs: greedy tokens must match HF's (greedy_tokens_matching_hf)
 #   6. engine-bf16-eager  stage 4 with --enforce-eager: what the graphs are worth
+#   7. kernels-p256, kernels-p1024  stage 3's largest shapes with other partition sizes
 # Stages run in order of importance, so a lease cut short loses the least.
 # Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
 # the GPU machines here have; nothing is installed or downloaded.
