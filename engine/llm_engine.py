@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig, ModelConfig, resolve_dtype
+from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
 from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
 from engine.loader import ResolvedModel, resolve_model
@@ -88,6 +88,11 @@ class LLMEngine:
         self.tokenizer = Tokenizer.load(self.resolved.path, config.chat_template)
         self.device = config.torch_device()
         self.dtype = resolve_dtype(config.dtype, self.device)
+        if config.dtype in (None, "auto") and self.device.type == "cpu" and cpu_bf16_is_native():
+            logger.info(
+                "this CPU multiplies bf16 natively: --dtype bfloat16 runs about 1.5x faster "
+                "than the default float32 (whose greedy output matches HF's float32 exactly)"
+            )
         self.max_model_len = self._max_model_len()
         started = time.perf_counter()
         # Chosen before the model is built: the backend also supplies its fused ops.
