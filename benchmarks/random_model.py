@@ -26,6 +26,17 @@ import torch
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
+def copy_tokenizer(source: Path, folder: Path) -> Path:
+    """Copy a model folder's tokenizer files (those it has) into `folder`."""
+    if not (source / TOKENIZER_FILES[0]).is_file():
+        raise FileNotFoundError(f"{source} has no {TOKENIZER_FILES[0]}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file():
+            shutil.copy(source / name, folder / name)
+    return folder
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The Llama architecture numbers that decide a model's cost per token."""
@@ -61,9 +72,8 @@ def build_random_model(
     """Write a HF Llama folder (config, safetensors, tokenizer) with random weights."""
     import transformers
 
-    missing = [name for name in TOKENIZER_FILES[:1] if not (tokenizer_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{tokenizer_dir} has no {', '.join(missing)}")
+    if not (tokenizer_dir / TOKENIZER_FILES[0]).is_file():  # before minutes of init
+        raise FileNotFoundError(f"{tokenizer_dir} has no {TOKENIZER_FILES[0]}")
     config = transformers.LlamaConfig(
         **asdict(shape),
         initializer_range=init_std,
@@ -76,10 +86,7 @@ def build_random_model(
     with torch.device(device):
         model = transformers.LlamaForCausalLM(config)
     model.to(dtype).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_dir / name).is_file():
-            shutil.copy(tokenizer_dir / name, folder / name)
-    return folder
+    return copy_tokenizer(tokenizer_dir, folder)
 
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

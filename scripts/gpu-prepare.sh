@@ -5,11 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
-src=$("$BIN/python" -c 'from conveyor.settings import Settings
+"$BIN/python" -c 'from pathlib import Path
+from benchmarks.random_model import copy_tokenizer
+from conveyor.settings import Settings
 from engine.loader import resolve_model
-print(resolve_model(None, Settings().data_dir).path)')
-mkdir -p .gpu/tokenizer
-for name in tokenizer.json tokenizer_config.json chat_template.jinja; do
-    if [[ -f "$src/$name" ]]; then cp "$src/$name" .gpu/tokenizer/; fi
-done
+copy_tokenizer(resolve_model(None, Settings().data_dir).path, Path(".gpu/tokenizer"))'
 du -sh .gpu

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmarks.random_model import copy_tokenizer
 from engine.loader import resolve_model
 
 from .postgres_server import PostgresServer, PostgresUnavailable
@@ -35,9 +35,6 @@ def redis_url() -> Iterator[str]:
 
     with EmbeddedRedis() as server:
         yield server.url
-
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +95,7 @@ def make_random_model(
                     for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
                         proj.bias.normal_(0.0, 0.5)
         model.save_pretrained(folder)
-        for name in _TOKENIZER_FILES:
-            if (bundled_model_dir / name).exists():
-                shutil.copy(bundled_model_dir / name, folder / name)
-        return folder
+        return copy_tokenizer(bundled_model_dir, folder)
 
     return build
 
