@@ -29,7 +29,10 @@ from typing import Any
 
 import torch
 
+from kernels.attention import block_table_tensor
+
 logger = logging.getLogger(__name__)
+CPU = torch.device("cpu")
 
 
 def capture_sizes(max_num_seqs: int) -> list[int]:
@@ -149,13 +152,11 @@ class DecodeGraphs:
         lens = torch.tensor(context_lens + [0] * pad, dtype=torch.int32)
         self.context_lens[:size].copy_(lens, non_blocking=True)
         # Only the columns this step's contexts reach: the kernels read no further.
-        longest = max(context_lens)
-        width = -(-longest // self.block_size)
-        rows = [table[:width] + [0] * (width - len(table[:width])) for table in block_tables]
-        rows += [[0] * width] * pad
-        tables = torch.tensor(rows, dtype=torch.int32)
-        self.block_tables[:size, :width].copy_(tables, non_blocking=True)
-        cap = next(c for c in self.context_caps if c >= longest)
+        tables = block_table_tensor(
+            block_tables + [[]] * pad, context_lens + [0] * pad, self.block_size, CPU
+        )
+        self.block_tables[:size, : tables.shape[1]].copy_(tables, non_blocking=True)
+        cap = next(c for c in self.context_caps if c >= max(context_lens))
         key = (size, cap)
         self.steps_by_key[key] += 1
         graph = self._graphs.get(key)

@@ -39,6 +39,19 @@ class AttentionInputs:
         return int(self.slot_mapping.shape[0])
 
 
+def block_table_tensor(
+    tables: list[list[int]], context_lens: list[int], block_size: int, device: torch.device
+) -> torch.Tensor:
+    """[N, max_blocks] int32, each row the blocks its context uses, zero-padded.
+
+    The form kernels read block tables in (the Triton backend, decode graphs).
+    """
+    used = [-(-ctx // block_size) for ctx in context_lens]
+    width = max(used, default=0) or 1
+    rows = [table[:n] + [0] * (width - n) for table, n in zip(tables, used, strict=True)]
+    return torch.tensor(rows, dtype=torch.int32).to(device, non_blocking=True)
+
+
 class AttentionBackend(Protocol):
     """What a model layer calls; see the module docstring."""
 

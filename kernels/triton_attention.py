@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.attention import AttentionInputs
+from kernels.attention import AttentionInputs, block_table_tensor
 from kernels.fused_ops import FusedOps
 from kernels.triton_decode_attention import (
     PARTITION_SIZE,
@@ -37,16 +37,6 @@ class TritonAttentionMetadata:
     num_decodes: int
     decode: DecodeBatch | None
     prefill: PrefillBatch | None
-
-
-def block_table_tensor(
-    tables: list[list[int]], context_lens: list[int], block_size: int, device: torch.device
-) -> torch.Tensor:
-    """[N, max_blocks] int32, each row the blocks its context uses, zero-padded."""
-    used = [-(-ctx // block_size) for ctx in context_lens]
-    width = max(used, default=0) or 1
-    rows = [table[:n] + [0] * (width - n) for table, n in zip(tables, used, strict=True)]
-    return torch.tensor(rows, dtype=torch.int32).to(device, non_blocking=True)
 
 
 class TritonAttentionBackend:

@@ -108,7 +108,8 @@ def test_static_buffer_metadata_with_padded_rows(
     longest allowed context, rows padded to the recorded batch size with slot -1 and
     context 0, block tables wider than needed with stale columns. Real rows get the eager
     answer and cache; padded rows get zeros (not 0/0) and store nothing."""
-    from kernels.triton_attention import TritonAttentionBackend, block_table_tensor
+    from kernels.attention import block_table_tensor
+    from kernels.triton_attention import TritonAttentionBackend
 
     batch = _gqa_batch(dtype, device, seed=77)
     scale = HEAD_DIM**-0.5
