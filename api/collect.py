@@ -96,6 +96,9 @@ async def collect_all(
 ) -> list[Output]:
     """Collect every reader's output, or abort them all when the client leaves or one fails."""
     work = asyncio.ensure_future(asyncio.gather(*(collect(r) for r in readers)))
+    # Cancelled for a departed client, 3.11's gather ends with a CancelledError set as its
+    # exception, which asyncio logs as an unretrieved ERROR when the future is collected.
+    work.add_done_callback(_retrieve_exception)
     watcher = asyncio.ensure_future(wait_disconnected(request))
     try:
         done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -108,6 +111,11 @@ async def collect_all(
         finish(router, readers)
         # Bounded: a task that swallowed its cancellation must not hold the response.
         await asyncio.wait({work, watcher}, timeout=1.0)
+
+
+def _retrieve_exception(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def finish(router: ReplyRouter, readers: Sequence[ReplyReader]) -> None:

@@ -104,12 +104,17 @@ class BatchRunner:
         lease = BatchLease(
             self.redis, self.names.batch_lease(batch_id), self.settings.batch_lease_ttl
         )
-        if not await lease.acquire():
+        acquired = await lease.acquire()
+        # This task was the one waiting for a worker, lease or not: without the mark, the
+        # sweeper may queue the batch again as soon as no lease is held (a killed worker).
+        # A task that steps aside must clear it too: a duplicate sent in the instant
+        # between the sweeper's lease check and this runner's acquire would otherwise
+        # leave the mark set for `batch_requeue_after`, and a worker killed meanwhile
+        # would leave its batch unattended that long.
+        await self.redis.delete(self.names.batch_queued(batch_id))
+        if not acquired:
             logger.info("batch %s: another worker holds it", batch_id)
             return
-        # No task waits for this batch any more: if this run stops early (a killed
-        # worker), the sweeper may queue it again once the lease is gone.
-        await self.redis.delete(self.names.batch_queued(batch_id))
         try:
             async with lease.kept() as lost:
                 await self._run_leased(batch_id, lost)

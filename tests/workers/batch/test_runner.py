@@ -535,9 +535,16 @@ def test_a_second_runner_steps_aside_while_the_lease_is_held(env: Env) -> None:
     with redis.Redis.from_url(env.settings.redis_url or "") as client:
         holder = client.get(env.stack.names.batch_lease(batch_id))
     assert holder is not None
+    with redis.Redis.from_url(env.settings.redis_url or "") as client:
+        # A duplicate task the sweeper sent just before the first runner took the lease.
+        client.set(env.stack.names.batch_queued(batch_id), "1", px=600_000)
     started = time.monotonic()
     env.run(batch_id)  # returns at once: it never got the lease
     assert time.monotonic() - started < 1
+    with redis.Redis.from_url(env.settings.redis_url or "") as client:
+        # Its task is consumed: were the holder killed now, the sweeper could queue the
+        # batch as soon as the lease expires, not `batch_requeue_after` later.
+        assert not client.exists(env.stack.names.batch_queued(batch_id))
     assert env.get(batch_id).status == "in_progress"
     assert len(env.worker.received) == 2
     with redis.Redis.from_url(env.settings.redis_url or "") as client:
