@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from api.errors import ApiError
 from conveyor.bus import TOKENIZER_DIGEST_FIELD, BusNames
+from engine.grammar_compiler import GrammarCompiler
 from engine.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,8 @@ class ModelTokenizer:
     digest: str
     max_model_len: int | None
     generation_defaults: dict[str, Any]
+    # Checks structured-output constraints against this vocabulary (built on first use).
+    grammars: GrammarCompiler
     checked: float = field(default=0.0)
 
 
@@ -210,6 +213,7 @@ class ModelCatalog:
             generation_defaults={
                 k: generation[k] for k in _GENERATION_DEFAULT_KEYS if k in generation
             },
+            grammars=GrammarCompiler(tokenizer, tokenizer.vocab_size),
         )
 
     def _materialise(self, files: dict[str, str], digest: str) -> Path:

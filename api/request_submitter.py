@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from api.catalog import ModelCatalog, ModelTokenizer
 from api.errors import ApiError
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
@@ -27,6 +28,7 @@ from conveyor.bus import INTERACTIVE_LANE, REQUEST_FIELD, BusNames
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
 from engine.sampling_params import SamplingParamError, SamplingParams
+from engine.structured_output import StructuredOutputError
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ def build_sampling(
             return value
         return defaults.get(name, fallback)
 
+    constraint, constraint_param = request.structured_output()
+    param_names = {"structured_output": constraint_param, **param_names}
     logit_bias: dict[int, float] | None = None
     if request.logit_bias:
         logit_bias = {}
@@ -98,6 +102,7 @@ def build_sampling(
             skip_special_tokens=request.skip_special_tokens,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            structured_output=constraint,
         )
         if vocab_size is not None:
             params.validate_against_vocab(vocab_size)
@@ -106,6 +111,21 @@ def build_sampling(
         detail = str(exc).split(": ", 1)[-1]
         raise ApiError(400, f"{param}: {detail}", param=param) from None
     return params
+
+
+async def check_structured_output(
+    request: SamplingRequest, sampling: SamplingParams, model: ModelTokenizer, catalog: ModelCatalog
+) -> None:
+    """Compile-check the request's constraint for this model's vocabulary: a 400, not a
+    failure on the worker, for a schema, regex or grammar that cannot be used."""
+    constraint = sampling.structured_output
+    if constraint is None:
+        return
+    try:
+        await catalog.in_thread(model.grammars.check, constraint)
+    except StructuredOutputError as exc:
+        param = request.structured_output()[1]
+        raise ApiError(400, f"{param}: {exc}", param=param) from None
 
 
 def check_prompt_ids(token_ids: list[int], vocab_size: int, param: str = "prompt") -> None:

@@ -134,6 +134,10 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.engine import main as bench_engine
 
         return bench_engine(args.rest)
+    if args.target == "structured":
+        from benchmarks.structured_output import main as bench_structured
+
+        return bench_structured(args.rest)
     from benchmarks.serve import main as bench_serve
 
     return bench_serve(args.rest)
@@ -187,9 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_operator_commands(sub, settings_from_args)
 
     bench = sub.add_parser(
-        "bench", help="benchmarks: `conveyor bench engine|serve|kernels|batch [flags]`"
+        "bench",
+        help="benchmarks: `conveyor bench engine|serve|kernels|batch|structured [flags]`",
     )
-    bench.add_argument("target", choices=["engine", "serve", "kernels", "batch"])
+    bench.add_argument("target", choices=["engine", "serve", "kernels", "batch", "structured"])
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser

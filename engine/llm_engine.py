@@ -16,13 +16,15 @@ from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
 from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
+from engine.grammar_compiler import GrammarCompiler
 from engine.loader import ResolvedModel, resolve_model
 from engine.model_runner import ModelRunner, StepResult, load_model
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.sampler import TokenLogprobs
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import SamplingParamError, SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
+from engine.structured_output import StructuredOutputError
 from engine.tokenizer import Tokenizer
 from kernels.backend import select_attention_backend
 
@@ -122,6 +124,7 @@ class LLMEngine:
             for _ in range(mc.num_layers)
         ]
         self.eos_token_ids = frozenset(mc.eos_token_ids) | self.tokenizer.eos_token_ids
+        self.grammars = GrammarCompiler(self.tokenizer, mc.vocab_size, self.eos_token_ids)
         self.block_manager = BlockManager(
             self.num_kv_blocks, config.block_size, config.enable_prefix_caching
         )
@@ -159,6 +162,7 @@ class LLMEngine:
             self.eos_token_ids,
             self.device,
             decode_graphs,
+            grammar_vocab_size=self.grammars.vocab_size,
         )
         self._requests: dict[str, _Request] = {}
         logger.info(
@@ -239,6 +243,7 @@ class LLMEngine:
                 f"this model's maximum context length of {self.max_model_len} tokens"
             )
         params.validate_against_vocab(vocab)
+        self.prepare(params)
         arrival = arrival_time if arrival_time is not None else time.time()
         seqs = [
             self._new_sequence(request_id, i, list(prompt_token_ids), params, priority, arrival)
@@ -248,6 +253,19 @@ class LLMEngine:
         self._requests[request_id] = request
         # Siblings wait for the first choice's prompt, then share its blocks (see _fork).
         self.scheduler.add(seqs[0])
+
+    def prepare(self, params: SamplingParams) -> None:
+        """Compile the request's structured-output constraint (cached); thread-safe.
+
+        The worker's intake thread calls this first, so a big schema compiles off the
+        engine thread and `add_request` finds it cached. Raises SamplingParamError.
+        """
+        if params.structured_output is None:
+            return
+        try:
+            self.grammars.prepare(params.structured_output)
+        except StructuredOutputError as exc:
+            raise SamplingParamError("structured_output", str(exc)) from None
 
     def _new_sequence(
         self,
@@ -269,6 +287,7 @@ class LLMEngine:
             stop=params.stop,
             include_stop_str_in_output=params.include_stop_str_in_output,
         )
+        constraint = params.structured_output
         return Sequence(
             request_id=request_id,
             index=index,
@@ -278,6 +297,7 @@ class LLMEngine:
             arrival_time=arrival,
             detokenizer=detokenizer,
             generator=generator,
+            grammar=self.grammars.matcher(constraint) if constraint is not None else None,
         )
 
     def abort(self, request_id: str) -> bool:
@@ -376,6 +396,8 @@ class LLMEngine:
             text = step.text_delta
             if step.stop_string is not None:
                 finish, stop_reason = "stop", step.stop_string
+        if seq.grammar is not None and _grammar_ended(seq, token) and finish is None:
+            finish = "stop"
         if finish is None:
             limit = params.max_tokens
             if (limit is not None and seq.num_output_tokens >= limit) or (
@@ -424,3 +446,22 @@ class LLMEngine:
                 finished=request.finished_time,
             ),
         )
+
+
+def _grammar_ended(seq: Sequence, token: int) -> bool:
+    """Advance the sequence's matcher past `token`; True once its constraint allows no more.
+
+    The sampler only offers allowed tokens, so a refused token means a bug, not
+    bad input: the sequence ends rather than generate text the constraint forbids.
+    """
+    matcher = seq.grammar
+    assert matcher is not None
+    if not matcher.consume_token(token):
+        logger.error(
+            "request %s: structured output refused token %d (%s); ending the choice",
+            seq.request_id,
+            token,
+            matcher.get_error(),
+        )
+        return True
+    return matcher.is_stopped()

@@ -19,6 +19,7 @@ from safetensors import safe_open
 
 from engine.config import ModelConfig
 from engine.decode_graphs import DecodeGraphs
+from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
 from engine.sampler import Sampler, SamplerOutput, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
@@ -76,6 +77,7 @@ class ModelRunner:
         eos_token_ids: frozenset[int],
         device: torch.device,
         decode_graphs: DecodeGraphs | None = None,
+        grammar_vocab_size: int = 0,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -86,6 +88,8 @@ class ModelRunner:
         self.sampler = Sampler()
         # Decode-only steps replay recorded CUDA graphs when the engine recorded them.
         self.decode_graphs = decode_graphs
+        # Token ids a structured-output bitmask covers (the grammar compiler's vocabulary).
+        self.grammar_vocab_size = grammar_vocab_size
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
@@ -138,6 +142,14 @@ class ModelRunner:
                 metadata,
             )
         sampler_output = None
+        matchers = [(i, g) for i, item in enumerate(sampled) if (g := item.seq.grammar) is not None]
+        grammar_rows = [i for i, _ in matchers]
+        grammar_bitmask = None
+        if matchers:
+            # On a GPU this CPU work overlaps the forward pass launched above.
+            grammar_bitmask = fill_bitmask(
+                [g for _, g in matchers], self.grammar_vocab_size, device
+            )
         if sample_rows:
             if len(sample_rows) == hidden.shape[0]:  # every row samples: a decode step
                 rows = hidden
@@ -154,6 +166,8 @@ class ModelRunner:
                     output_token_ids=[s.seq.output_token_ids for s in sampled],
                     generators=[s.seq.generator for s in sampled],
                     eos_token_ids=self.eos_token_ids,
+                    grammar_rows=grammar_rows,
+                    grammar_bitmask=grammar_bitmask,
                 ),
             )
         prompt_lps: dict[int, list[TokenLogprobs]] = {}

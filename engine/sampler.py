@@ -11,10 +11,11 @@ a seeded request samples the same tokens whatever it is batched with.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from engine.grammar_mask import apply_bitmask_
 from engine.sampling_params import SamplingParams
 
 _NEG_INF = float("-inf")
@@ -50,6 +51,10 @@ class SamplingBatch:
     # Masked with params.stop_token_ids while len(output) < params.min_tokens;
     # not masked for ignore_eos rows, where EOS is an ordinary token (as in vLLM).
     eos_token_ids: frozenset[int]
+    # Rows under a structured-output constraint, and their allowed-token bitmasks
+    # ([len(grammar_rows), words] int32, see engine/grammar_mask.py), on the logits' device.
+    grammar_rows: list[int] = field(default_factory=list)
+    grammar_bitmask: torch.Tensor | None = None
 
 
 @dataclass
@@ -135,11 +140,15 @@ def prompt_logprobs(
 
 
 def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Apply logit_bias, min_tokens masking and penalties, in vLLM's order.
+    """Apply structured-output masks, logit_bias, min_tokens masking and penalties.
 
     Returns `logits` itself when no row needs any of them (the common case),
-    otherwise a modified copy; the caller's tensor is never written.
+    otherwise a modified copy; the caller's tensor is never written. A row
+    under a constraint gets no min_tokens masking: its grammar decides where
+    the output may end, and masking the EOS it alone allows would leave
+    nothing to sample.
     """
+    grammar = set(batch.grammar_rows)
     bias_rows: list[int] = []
     bias_tokens: list[int] = []
     bias_values: list[float] = []
@@ -151,7 +160,7 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
             bias_rows.extend([i] * len(p.logit_bias))
             bias_tokens.extend(p.logit_bias.keys())
             bias_values.extend(p.logit_bias.values())
-        if len(batch.output_token_ids[i]) < p.min_tokens:
+        if len(batch.output_token_ids[i]) < p.min_tokens and i not in grammar:
             stops = set(p.stop_token_ids)
             if not p.ignore_eos:
                 stops |= batch.eos_token_ids
@@ -159,11 +168,15 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
             mask_tokens.extend(stops)
         if p.needs_penalties:
             penalty_rows.append(i)
-    if not (bias_rows or mask_rows or penalty_rows):
+    if not (bias_rows or mask_rows or penalty_rows or grammar):
         return logits
 
     out = logits.clone()
     device = out.device
+    if grammar:
+        if batch.grammar_bitmask is None:
+            raise ValueError("grammar_rows without a grammar_bitmask")
+        apply_bitmask_(out, batch.grammar_rows, batch.grammar_bitmask)
     if bias_rows:
         # Keys of one dict never repeat, so accumulate only matters for safety.
         out.index_put_(

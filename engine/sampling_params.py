@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.structured_output import StructuredOutput
+
 MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LENGTH = 256
@@ -51,6 +53,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logprobs: int | None = None
     prompt_logprobs: int | None = None
+    # The output must match this (a JSON schema, regex, choice or grammar); None: free text.
+    structured_output: StructuredOutput | None = None
 
     def __post_init__(self) -> None:
         # Accept lists/strings from callers but store immutable tuples.
@@ -126,6 +130,10 @@ class SamplingParams:
                 fail(name, f"must be between 0 and {MAX_LOGPROBS}, got {value}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             fail("seed", "must fit in a signed 64-bit integer")
+        if self.structured_output is not None and not isinstance(
+            self.structured_output, StructuredOutput
+        ):
+            fail("structured_output", "must be a StructuredOutput")
 
     def validate_against_vocab(self, vocab_size: int) -> None:
         """Token ids can only be checked once the model is known."""

@@ -11,12 +11,16 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.detokenizer import IncrementalDetokenizer
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from llguidance import LLMatcher
 
 _seq_ids = itertools.count()
 
@@ -39,6 +43,8 @@ class Sequence:
     arrival_time: float
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None = None
+    # Parse state of params.structured_output over this choice's output tokens (engine/grammar_*).
+    grammar: LLMatcher | None = None
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0

@@ -89,6 +89,7 @@ class EngineWorker:
             self.publisher,
             work,
             on_lost_group=self.announcer.announce,
+            prepare=engine.prepare,
         )
         self.janitor = Janitor(
             self.client,

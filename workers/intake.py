@@ -30,6 +30,7 @@ import redis
 from conveyor.bus import BATCH_LANE, INTERACTIVE_LANE, LANES, REQUEST_FIELD, WORKER_GROUP, BusNames
 from conveyor.protocol import ErrorInfo, GenerateRequest
 from engine.sampling_params import SamplingParamError, SamplingParams
+from engine.structured_output import StructuredOutput, StructuredOutputError
 from workers.dead_letters import dead_letter
 from workers.inflight import Inflight, Ticket
 from workers.publisher import Failed, Publisher
@@ -56,6 +57,11 @@ def sampling_params_from_wire(sampling: dict[str, Any]) -> SamplingParams:
     if unknown:
         raise SamplingParamError(unknown[0], "is not a supported sampling parameter")
     fields = dict(sampling)
+    if fields.get("structured_output") is not None:
+        try:
+            fields["structured_output"] = StructuredOutput.from_wire(fields["structured_output"])
+        except StructuredOutputError as exc:
+            raise SamplingParamError("structured_output", str(exc)) from None
     bias = fields.get("logit_bias")
     if isinstance(bias, dict):
         try:
@@ -104,6 +110,7 @@ class Intake:
         publisher: Publisher,
         work: queue.Queue[Ticket],
         on_lost_group: Callable[[], None],
+        prepare: Callable[[SamplingParams], None] | None = None,
     ) -> None:
         self.client = client
         self.names = names
@@ -115,6 +122,9 @@ class Intake:
         self.publisher = publisher
         self.work = work
         self.on_lost_group = on_lost_group
+        # The engine's per-request preparation (compiling a structured-output constraint),
+        # run here so the engine thread does not stall on it; raises SamplingParamError.
+        self.prepare = prepare
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -217,6 +227,8 @@ class Intake:
                 _check_prompt(request.prompt_token_ids)
                 _check_priority(request.priority)
                 params = sampling_params_from_wire(request.sampling)
+                if self.prepare is not None:
+                    self.prepare(params)
             except SamplingParamError as exc:
                 error = bad_request(exc)
         ticket = Ticket(stream_id, request, attempt, params, lane=lane)

@@ -25,7 +25,12 @@ from api.errors import ApiError
 from api.logprobs import chat_logprobs
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
-from api.request_submitter import Submission, build_sampling, check_length
+from api.request_submitter import (
+    Submission,
+    build_sampling,
+    check_length,
+    check_structured_output,
+)
 from api.schemas.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -79,6 +84,7 @@ async def create_chat_completion(
         vocab_size=tokenizer.vocab_size,
         param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
     )
+    await check_structured_output(body, sampling, model_tokenizer, catalog)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     record.request_id = request_id
     record.prompt_tokens = len(prompt_ids)

@@ -31,6 +31,7 @@ from api.request_submitter import (
     build_sampling,
     check_length,
     check_prompt_ids,
+    check_structured_output,
 )
 from api.schemas.common import UsageInfo
 from api.schemas.completions import (
@@ -92,6 +93,7 @@ async def create_completion(
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
     )
+    await check_structured_output(body, sampling, model_tokenizer, catalog)
     base_id = f"cmpl-{uuid.uuid4().hex}"
     ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
     record.request_id = base_id

@@ -13,14 +13,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from api.errors import ApiError, not_supported
+from api.schemas.structured_output import StructuredOutputFields
 
 # vLLM request fields we do not implement; any non-empty value is refused.
 _REFUSED_EXTRAS: dict[str, str] = {
-    "guided_json": "guided decoding (guided_json)",
-    "guided_regex": "guided decoding (guided_regex)",
-    "guided_choice": "guided decoding (guided_choice)",
-    "guided_grammar": "guided decoding (guided_grammar)",
-    "structured_outputs": "structured outputs",
     "logits_processors": "custom logits processors",
     "bad_words": "bad_words",
     "use_beam_search": "beam search",
@@ -34,13 +30,7 @@ class StreamOptions(BaseModel):
     continuous_usage_stats: bool = False
 
 
-class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    type: str
-
-
-class SamplingRequest(BaseModel):
+class SamplingRequest(StructuredOutputFields):
     """What chat and completions requests share: the model, streaming and sampling knobs."""
 
     model_config = ConfigDict(extra="ignore")
@@ -58,7 +48,6 @@ class SamplingRequest(BaseModel):
     logit_bias: dict[str, float] | None = None
     seed: int | None = None
     user: str | None = None
-    response_format: ResponseFormat | None = None
     # vLLM extras
     top_k: int | None = None
     min_p: float | None = None
@@ -70,11 +59,6 @@ class SamplingRequest(BaseModel):
     skip_special_tokens: bool = True
     priority: int = 0
     # refused vLLM extras (see _REFUSED_EXTRAS)
-    guided_json: Any = None
-    guided_regex: Any = None
-    guided_choice: Any = None
-    guided_grammar: Any = None
-    structured_outputs: Any = None
     logits_processors: Any = None
     bad_words: Any = None
     use_beam_search: Any = None
@@ -86,10 +70,6 @@ class SamplingRequest(BaseModel):
         for name, what in _REFUSED_EXTRAS.items():
             if getattr(self, name) not in (None, False, [], {}, ""):
                 raise not_supported(name, what)
-        if self.response_format is not None and self.response_format.type != "text":
-            raise not_supported(
-                "response_format", f"response_format of type {self.response_format.type!r}"
-            )
         if self.stream_options is not None and not self.stream:
             raise ApiError(
                 400, "stream_options is only allowed when stream is true", param="stream_options"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from .conftest import Server
@@ -153,3 +156,78 @@ def test_disconnect_aborts_streams(server: Server, client: openai.OpenAI) -> Non
     while _running(server) > 0 and time.monotonic() < deadline:
         time.sleep(0.25)
     assert _running(server) == 0
+
+
+class City(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=40)
+    country: str = pydantic.Field(max_length=40)
+    population_millions: int = pydantic.Field(ge=0, le=1000)
+
+
+CITY_MESSAGES = [{"role": "user", "content": "Describe Paris as JSON: name, country, population."}]
+
+
+def test_sdk_parse_returns_the_pydantic_model(client: openai.OpenAI) -> None:
+    """`chat.completions.parse` sends a strict json_schema and parses the reply with pydantic."""
+    completion = client.chat.completions.parse(
+        model=MODEL, messages=CITY_MESSAGES, response_format=City, temperature=0, max_tokens=200
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop"
+    city = choice.message.parsed
+    assert isinstance(city, City)
+    # The schema's property order, as OpenAI's strict mode produces it.
+    assert list(json.loads(choice.message.content or "")) == [
+        "name",
+        "country",
+        "population_millions",
+    ]
+
+
+def test_streamed_structured_output_equals_the_non_streamed_one(client: openai.OpenAI) -> None:
+    options: dict = dict(
+        model=MODEL,
+        messages=CITY_MESSAGES,
+        temperature=0,
+        max_tokens=200,
+        response_format={"type": "json_object"},
+    )
+    full = client.chat.completions.create(**options).choices[0].message.content or ""
+    assert isinstance(json.loads(full), dict)
+    chunks = client.chat.completions.create(**options, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == full
+
+
+def test_vllm_guided_extras_work_through_extra_body(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Is the sky blue?"}],
+        temperature=0,
+        max_tokens=10,
+        extra_body={"guided_choice": ["yes", "no"]},
+    )
+    assert answer.choices[0].message.content in ("yes", "no")
+    date = client.completions.create(
+        model=MODEL,
+        prompt="The date today is",
+        temperature=0.8,
+        seed=1,
+        max_tokens=20,
+        extra_body={"structured_outputs": {"regex": r" \d{4}-\d{2}-\d{2}"}},
+    )
+    assert re.fullmatch(r" [0-9]{4}-[0-9]{2}-[0-9]{2}", date.choices[0].text)
+
+
+def test_a_schema_that_cannot_compile_is_a_bad_request(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=CITY_MESSAGES,
+            max_tokens=5,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "bad", "schema": {"type": "objekt"}},
+            },
+        )
+    assert caught.value.body["param"] == "response_format"  # type: ignore[index]
+    assert "invalid JSON schema" in caught.value.body["message"]  # type: ignore[index]

@@ -319,3 +319,35 @@ def test_run_worker_builds_everything_from_settings(
     assert codes == [0]
     assert not client.exists(names.worker("smol", "worker-under-test"))
     assert run_worker(Settings(redis_url=None)) == 2  # no Redis to serve from
+
+
+def test_structured_output_crosses_the_wire_and_bad_constraints_are_refused_before_the_engine(
+    engine: LLMEngine, make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The constraint travels as a plain object; the intake compiles it (off the engine
+    thread), so a grammar that cannot compile is a 400 that never reaches add_request."""
+    admitted: list[str] = []
+    real_add = engine.add_request
+
+    def spy(request_id: str, *args: Any, **kwargs: Any) -> None:
+        admitted.append(request_id)
+        real_add(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "add_request", spy)
+    h: Harness = make_worker()
+    prompt = engine.tokenizer.encode(PROMPT)
+    choice = {"kind": "choice", "spec": '["Paris", "Lyon"]'}
+    good = h.request(prompt, temperature=0.0, max_tokens=20, structured_output=choice)
+    bad = h.request(prompt, structured_output={"kind": "regex", "spec": "[0-9"})
+    garbled = h.request(prompt, structured_output={"kind": "regex"})
+    replies = h.collect([h.send(r) for r in (good, bad, garbled)])
+    text, _ = joined(replies[good.id])
+    assert text in ("Paris", "Lyon")
+    assert replies[good.id][-1].choices[-1].finish_reason == "stop"
+    for rejected in (bad, garbled):
+        (message,) = replies[rejected.id]
+        assert message.error is not None
+        assert (message.error.status, message.error.param) == (400, "structured_output")
+    assert "unclosed character class" in (replies[bad.id][0].error.message or "")
+    assert admitted == [good.id]
+    assert h.pending() == 0

@@ -1,0 +1,130 @@
+"""What a request's output must match: a JSON schema, any JSON object, a regex, a choice, a grammar.
+
+OpenAI's `response_format` and vLLM's `guided_*` / `structured_outputs` fields
+all become one `StructuredOutput`, which travels inside SamplingParams (so the
+API, the wire and the offline `LLM` share it) and turns into an llguidance
+grammar. Torch-free: the API validates grammars with it before queueing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from llguidance import LLMatcher, LLTokenizer, regex_to_lark
+from llguidance.gbnf_to_lark import any_to_lark
+
+StructuredOutputKind = Literal["json", "regex", "choice", "grammar"]
+KINDS: tuple[str, ...] = ("json", "regex", "choice", "grammar")
+# "Any JSON object": OpenAI's json_object mode.
+ANY_JSON_OBJECT = '{"type": "object"}'
+MAX_SPEC_CHARS = 256_000
+# Whitespace JSON may have between two tokens. Bounded: with JSON's unbounded
+# whitespace a model can emit newlines until max_tokens (a known failure of
+# unconstrained-whitespace JSON modes); 64 still fits deep pretty-printing.
+DEFAULT_JSON_WHITESPACE = r"[\x20\x0A\x0D\x09]{0,64}"
+
+
+class StructuredOutputError(ValueError):
+    """The constraint cannot be compiled; the message says why, for the client's 400."""
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """One constraint on the generated text.
+
+    `spec` is text in every case, so the dataclass is hashable (compiled
+    grammars are cached by it) and crosses JSON unchanged: a JSON schema as
+    JSON text, a regex, a JSON list of strings for `choice`, or a Lark / GBNF
+    grammar. `whitespace_pattern` is the regex for whitespace JSON allows
+    between tokens (vLLM's guided_whitespace_pattern; default
+    DEFAULT_JSON_WHITESPACE); `compact_json` allows none at all (vLLM's
+    disable_any_whitespace).
+    """
+
+    kind: StructuredOutputKind
+    spec: str
+    whitespace_pattern: str | None = None
+    compact_json: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise StructuredOutputError(f"unknown structured output kind {self.kind!r}")
+        if not isinstance(self.spec, str) or not self.spec.strip():
+            raise StructuredOutputError(f"the {self.kind} constraint is empty")
+        if len(self.spec) > MAX_SPEC_CHARS:
+            raise StructuredOutputError(
+                f"the {self.kind} constraint is longer than {MAX_SPEC_CHARS} characters"
+            )
+
+    @classmethod
+    def json_schema(cls, schema: Any, **options: Any) -> StructuredOutput:
+        """From a schema given as an object or as JSON text."""
+        if isinstance(schema, str):
+            try:
+                schema = json.loads(schema)
+            except json.JSONDecodeError as exc:
+                raise StructuredOutputError(f"the JSON schema is not valid JSON: {exc}") from None
+        if not isinstance(schema, dict | bool):
+            raise StructuredOutputError("a JSON schema must be an object")
+        # Key order kept: properties are generated in the order the schema lists them.
+        return cls("json", json.dumps(schema), **options)
+
+    @classmethod
+    def choice(cls, options: Any) -> StructuredOutput:
+        if not isinstance(options, list) or not options:
+            raise StructuredOutputError("choice must be a non-empty list of strings")
+        if not all(isinstance(o, str) and o for o in options):
+            raise StructuredOutputError("choice must be a non-empty list of non-empty strings")
+        return cls("choice", json.dumps(options))
+
+    @classmethod
+    def from_wire(cls, data: Any) -> StructuredOutput:
+        if not isinstance(data, dict):
+            raise StructuredOutputError("structured_output must be an object")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise StructuredOutputError(f"structured_output: {exc}") from None
+
+    def grammar(self) -> str:
+        """The llguidance grammar (its JSON form) this constraint compiles to."""
+        if self.kind == "json":
+            options: dict[str, Any] = {"whitespace_flexible": not self.compact_json}
+            if not self.compact_json:
+                options["whitespace_pattern"] = self.whitespace_pattern or DEFAULT_JSON_WHITESPACE
+            try:
+                return LLMatcher.grammar_from_json_schema(self.spec, overrides=options)
+            except ValueError as exc:
+                raise StructuredOutputError(f"invalid JSON schema: {exc}") from None
+        if self.kind == "regex":
+            # JavaScript's classes, as in JSON schema patterns: \d and \w are ASCII
+            # (the Rust regex default would let `\d` emit any Unicode digit).
+            return LLMatcher.grammar_from_lark(f"start: /{regex_to_lark(self.spec, 'dw')}/")
+        if self.kind == "choice":
+            options_list = json.loads(self.spec)
+            return LLMatcher.grammar_from_lark(
+                "start: " + " | ".join(json.dumps(o) for o in options_list)
+            )
+        try:
+            # vLLM's guided_grammar takes GBNF (llama.cpp's) or Lark; GBNF is converted.
+            text = any_to_lark(self.spec)
+        except Exception as exc:  # the converter raises plain Exceptions on bad input
+            raise StructuredOutputError(f"invalid grammar: {exc}") from None
+        return LLMatcher.grammar_from_lark(text)
+
+
+def check_grammar(constraint: StructuredOutput, tokenizer: LLTokenizer | None) -> None:
+    """Raise StructuredOutputError naming the problem if the constraint cannot be compiled."""
+    grammar = constraint.grammar()
+    is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    if is_error:
+        raise compile_error(constraint, messages[0])
+
+
+def compile_error(constraint: StructuredOutput, message: str) -> StructuredOutputError:
+    return StructuredOutputError(f"invalid {_NOUNS[constraint.kind]}: {message}")
+
+
+_NOUNS = {"json": "JSON schema", "regex": "regex", "choice": "choice", "grammar": "grammar"}

@@ -1,0 +1,147 @@
+"""Every spelling of a structured-output request reaches the worker as one constraint;
+a constraint that cannot work is a 400 naming the parameter, before anything is queued."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from engine.structured_output import ANY_JSON_OBJECT
+
+from .conftest import MODEL
+from .fakes import FakeWorker
+from .test_errors import error_of
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+SCHEMA = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}}
+
+
+def sent(client: httpx.Client, worker: FakeWorker, path: str, patch: dict[str, Any]) -> Any:
+    body: dict[str, Any] = {"model": MODEL, "max_tokens": 2, **patch}
+    if path == "/v1/chat/completions":
+        body["messages"] = MESSAGES
+    else:
+        body["prompt"] = "hi"
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
+    (request,) = worker.received
+    return request.sampling["structured_output"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({}, None),
+        ({"response_format": {"type": "text"}}, None),
+        ({"response_format": {"type": "json_object"}}, ("json", json.loads(ANY_JSON_OBJECT))),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": SCHEMA},
+                }
+            },
+            ("json", SCHEMA),
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            ("json", json.loads(ANY_JSON_OBJECT)),
+        ),
+        ({"guided_json": SCHEMA}, ("json", SCHEMA)),
+        ({"guided_json": json.dumps(SCHEMA)}, ("json", SCHEMA)),
+        ({"guided_regex": "[a-z]+"}, ("regex", "[a-z]+")),
+        ({"guided_choice": ["x", "y"]}, ("choice", ["x", "y"])),
+        ({"guided_grammar": 'root ::= "a"'}, ("grammar", 'root ::= "a"')),
+        ({"structured_outputs": {"json": SCHEMA}}, ("json", SCHEMA)),
+        ({"structured_outputs": {"json_object": True}}, ("json", json.loads(ANY_JSON_OBJECT))),
+        ({"structured_outputs": {"regex": "[0-9]+"}}, ("regex", "[0-9]+")),
+        ({"structured_outputs": {"choice": ["a", "b"]}}, ("choice", ["a", "b"])),
+        ({"structured_outputs": {"grammar": 'start: "a"'}}, ("grammar", 'start: "a"')),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_each_spelling_becomes_one_constraint(
+    client: httpx.Client, worker: FakeWorker, path: str, patch: dict, expected: Any
+) -> None:
+    constraint = sent(client, worker, path, patch)
+    if expected is None:
+        assert constraint is None
+        return
+    kind, spec = expected
+    assert constraint["kind"] == kind
+    got = json.loads(constraint["spec"]) if kind in ("json", "choice") else constraint["spec"]
+    assert got == spec
+    if kind == "json":
+        # The schema's own key order: properties are generated in that order.
+        assert list(json.loads(constraint["spec"])) == list(spec)
+
+
+def test_whitespace_options_travel_with_the_json_constraint(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    compact = sent(
+        client,
+        worker,
+        "/v1/chat/completions",
+        {"structured_outputs": {"json": SCHEMA, "disable_any_whitespace": True}},
+    )
+    assert compact["compact_json"] is True
+    worker.received.clear()
+    pattern = sent(
+        client,
+        worker,
+        "/v1/chat/completions",
+        {"response_format": {"type": "json_object"}, "guided_whitespace_pattern": " ?"},
+    )
+    assert pattern["whitespace_pattern"] == " ?" and pattern["compact_json"] is False
+
+
+@pytest.mark.parametrize(
+    ("patch", "param", "message"),
+    [
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"schema": {"type": "objekt"}},
+                }
+            },
+            "response_format",
+            "invalid JSON schema",
+        ),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "required"),
+        ({"response_format": {"type": "yaml"}}, "response_format.type", "json_schema"),
+        ({"guided_regex": "[0-9"}, "guided_regex", "unclosed character class"),
+        ({"guided_json": "{not json"}, "guided_json", "not valid JSON"),
+        ({"guided_choice": []}, "guided_choice", "non-empty list"),
+        ({"guided_grammar": "root ::= nowhere"}, "guided_grammar", "invalid grammar"),
+        (
+            {"structured_outputs": {"regex": "(a", "json_object": True}},
+            "structured_outputs",
+            "exactly one",
+        ),
+        ({"structured_outputs": {}}, "structured_outputs", "exactly one"),
+        (
+            {"response_format": {"type": "json_object"}, "guided_regex": "a+"},
+            "guided_regex",
+            "only one structured output constraint",
+        ),
+        (
+            {"response_format": {"type": "json_object"}, "guided_whitespace_pattern": "[ "},
+            "response_format",
+            "invalid JSON schema",
+        ),
+    ],
+)
+def test_constraints_that_cannot_work_are_400_and_never_queued(
+    client: httpx.Client, worker: FakeWorker, patch: dict, param: str, message: str
+) -> None:
+    body = {"model": MODEL, "messages": MESSAGES, **patch}
+    error = error_of(client.post("/v1/chat/completions", json=body), 400)
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert message in error["message"]
+    assert worker.received == []

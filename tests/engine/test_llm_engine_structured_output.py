@@ -1,0 +1,173 @@
+"""Structured output through the engine: every constraint holds, and constraining some rows
+changes nothing else (batch neighbours, chunked prefill, preemption, n > 1)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.llm import LLM, greedy
+from engine.sampling_params import SamplingParamError, SamplingParams
+from engine.structured_output import StructuredOutput
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "pet": {"enum": ["cat", "dog", "none"]},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 5}, "maxItems": 3},
+    },
+    "required": ["name", "age", "pet", "tags"],
+    "additionalProperties": False,
+}
+DATE = r"\d{4}-\d{2}-\d{2}"
+ANSWERS = ["yes", "no", "maybe later"]
+# GBNF, as llama.cpp and vLLM's guided_grammar take it.
+ARITHMETIC = 'root ::= num (op num){0,3}\nnum ::= [1-9] [0-9]?\nop ::= " + " | " * "'
+
+
+def _valid_person(text: str) -> bool:
+    value = json.loads(text)
+    return (
+        list(value) == ["name", "age", "pet", "tags"]  # the schema's order
+        and isinstance(value["name"], str)
+        and len(value["name"]) <= 12
+        and isinstance(value["age"], int)
+        and 0 <= value["age"] <= 120
+        and value["pet"] in ("cat", "dog", "none")
+        and isinstance(value["tags"], list)
+        and len(value["tags"]) <= 3
+        and all(isinstance(t, str) and len(t) <= 5 for t in value["tags"])
+    )
+
+
+CASES: list[tuple[StructuredOutput, Callable[[str], bool]]] = [
+    (StructuredOutput.json_schema(PERSON), _valid_person),
+    (StructuredOutput("regex", DATE), lambda t: re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", t)),
+    (StructuredOutput.choice(ANSWERS), lambda t: t in ANSWERS),
+    (
+        StructuredOutput("grammar", ARITHMETIC),
+        lambda t: re.fullmatch(r"[1-9][0-9]?( [+*] [1-9][0-9]?){0,3}", t),
+    ),
+    (
+        StructuredOutput.json_schema(PERSON, compact_json=True),
+        lambda t: _valid_person(t) and not re.search(r"[\n\r\t]", t),
+    ),
+]
+IDS = ["json_schema", "regex", "choice", "gbnf_grammar", "compact_json"]
+
+
+@pytest.fixture(scope="module")
+def llm(make_random_model: Callable[[str], Path]) -> LLM:
+    return LLM(str(make_random_model("llama")), kv_cache_memory=64 << 20, max_model_len=256)
+
+
+def _prompts(llm: LLM, count: int) -> list[list[int]]:
+    words = ["Describe", "a person", "as JSON", "today", "please", "quickly", "now", "ok"]
+    return [llm.tokenizer.encode(" ".join(words[: 2 + i % 6]) + f" #{i}") for i in range(count)]
+
+
+def _constrained(constraint: StructuredOutput, **kwargs: Any) -> SamplingParams:
+    return greedy(400, structured_output=constraint, **kwargs)
+
+
+@pytest.mark.parametrize(("constraint", "valid"), CASES, ids=IDS)
+def test_greedy_output_satisfies_the_constraint(
+    llm: LLM, constraint: StructuredOutput, valid: Callable[[str], bool]
+) -> None:
+    results = llm.generate(_prompts(llm, 3), _constrained(constraint))
+    for result in results:
+        choice = result.choices[0]
+        assert choice.finish_reason == "stop", choice.text
+        assert valid(choice.text), choice.text
+
+
+def test_random_model_unconstrained_would_not_comply(llm: LLM) -> None:
+    """The constraint, not luck, makes the outputs above valid."""
+    for result in llm.generate(_prompts(llm, 3), greedy(40)):
+        with pytest.raises(ValueError):
+            json.loads(result.text)
+
+
+@pytest.mark.parametrize(("constraint", "valid"), CASES[:3], ids=IDS[:3])
+def test_seeded_sampling_with_n_choices_satisfies_the_constraint(
+    llm: LLM, constraint: StructuredOutput, valid: Callable[[str], bool]
+) -> None:
+    params = SamplingParams(
+        temperature=1.0, top_p=0.95, n=3, seed=7, max_tokens=400, structured_output=constraint
+    )
+    (result,) = llm.generate(_prompts(llm, 1), params)
+    assert [c.index for c in result.choices] == [0, 1, 2]
+    for choice in result.choices:
+        assert choice.finish_reason == "stop", choice.text
+        assert valid(choice.text), choice.text
+
+
+def test_constrained_and_free_rows_batched_match_each_alone(llm: LLM) -> None:
+    prompts = _prompts(llm, 8)
+    params = [
+        _constrained(CASES[i % len(CASES)][0]) if i % 2 else greedy(24, min_tokens=24)
+        for i in range(len(prompts))
+    ]
+    alone = [llm.generate([p], q)[0].token_ids for p, q in zip(prompts, params, strict=True)]
+    batched = [r.token_ids for r in llm.generate(prompts, params)]
+    assert batched == alone
+
+
+def test_chunked_prefill_and_preemption_keep_constrained_output(
+    llm: LLM, make_random_model: Callable[[str], Path]
+) -> None:
+    prompts = _prompts(llm, 8)
+    params = [_constrained(CASES[i % len(CASES)][0]) for i in range(len(prompts))]
+    expected = [llm.generate([p], q)[0].token_ids for p, q in zip(prompts, params, strict=True)]
+    squeezed = LLM(
+        str(make_random_model("llama")),
+        num_kv_blocks=8,
+        max_model_len=128,
+        max_num_batched_tokens=8,
+    )
+    got = [r.token_ids for r in squeezed.generate(prompts, params)]
+    assert squeezed.engine.stats().num_preemptions > 0
+    assert got == expected
+
+
+def test_min_tokens_does_not_hold_a_finished_constraint_open(llm: LLM) -> None:
+    """min_tokens masks EOS; under a choice that is complete, EOS is all that is left."""
+    (result,) = llm.generate(
+        _prompts(llm, 1), _constrained(StructuredOutput.choice(ANSWERS), min_tokens=50)
+    )
+    assert result.choices[0].finish_reason == "stop"
+    assert result.text in ANSWERS
+
+
+def test_max_tokens_cuts_a_constrained_answer_with_length(llm: LLM) -> None:
+    (result,) = llm.generate(
+        _prompts(llm, 1), greedy(5, structured_output=StructuredOutput.json_schema(PERSON))
+    )
+    assert result.choices[0].finish_reason == "length"
+    assert len(result.token_ids) == 5
+    assert result.text.startswith('{"name"') or result.text.startswith("{")
+
+
+@pytest.mark.parametrize(
+    "constraint",
+    [
+        StructuredOutput("regex", "[0-9"),
+        StructuredOutput("json", '{"type": "objekt"}'),
+        StructuredOutput("grammar", "root ::= missing_rule"),
+    ],
+    ids=["regex", "json_schema", "grammar"],
+)
+def test_a_constraint_that_cannot_compile_is_refused_up_front(
+    llm: LLM, constraint: StructuredOutput
+) -> None:
+    with pytest.raises(SamplingParamError) as caught:
+        llm.engine.add_request("bad", [1, 2, 3], _constrained(constraint))
+    assert caught.value.param == "structured_output"
+    assert not llm.engine.has_unfinished()

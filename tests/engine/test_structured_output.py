@@ -1,0 +1,137 @@
+"""StructuredOutput: what each constraint accepts; clear errors for those that cannot work."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.grammar_compiler import GrammarCompiler
+from engine.structured_output import (
+    DEFAULT_JSON_WHITESPACE,
+    StructuredOutput,
+    StructuredOutputError,
+    check_grammar,
+)
+from engine.tokenizer import Tokenizer
+
+
+@pytest.fixture(scope="module")
+def compiler(bundled_model_dir: Path) -> GrammarCompiler:
+    tokenizer = Tokenizer.load(bundled_model_dir)
+    return GrammarCompiler(tokenizer, tokenizer.vocab_size)
+
+
+def accepts(compiler: GrammarCompiler, constraint: StructuredOutput, text: str) -> bool:
+    """Whether `text`, tokenized as a model would emit it, is a complete match."""
+    matcher = compiler.matcher(constraint)
+    tokens = compiler.tokenizer.encode(text, add_special_tokens=False)
+    return matcher.consume_tokens(tokens) and matcher.is_accepting()
+
+
+def test_a_schema_keeps_its_property_order_and_compares_by_content() -> None:
+    schema = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}}
+    from_dict = StructuredOutput.json_schema(schema)
+    assert list(json.loads(from_dict.spec)["properties"]) == ["b", "a"]
+    assert StructuredOutput.json_schema(json.dumps(schema)) == from_dict
+    assert hash(StructuredOutput.json_schema(dict(schema))) == hash(from_dict)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: StructuredOutput.json_schema("{not json"), "not valid JSON"),
+        (lambda: StructuredOutput.json_schema([1, 2]), "must be an object"),
+        (lambda: StructuredOutput.choice([]), "non-empty list"),
+        (lambda: StructuredOutput.choice(["a", 3]), "non-empty strings"),
+        (lambda: StructuredOutput.choice(["a", ""]), "non-empty strings"),
+        (lambda: StructuredOutput("regex", "  "), "empty"),
+        (lambda: StructuredOutput("xml", "<a/>"), "unknown structured output kind"),
+        (lambda: StructuredOutput("regex", "a" * 300_000), "longer than"),
+        (lambda: StructuredOutput.from_wire({"kind": "regex"}), "structured_output"),
+        (lambda: StructuredOutput.from_wire("regex"), "must be an object"),
+    ],
+)
+def test_malformed_constraints_are_refused_when_built(build, message: str) -> None:
+    with pytest.raises(StructuredOutputError, match=message):
+        build()
+
+
+def test_the_wire_form_round_trips() -> None:
+    constraint = StructuredOutput.json_schema({"type": "array"}, whitespace_pattern=" ?")
+    assert StructuredOutput.from_wire(dataclasses.asdict(constraint)) == constraint
+
+
+@pytest.mark.parametrize(
+    ("constraint", "message"),
+    [
+        (StructuredOutput("regex", "[0-9"), "(?s)invalid regex: .*unclosed character class"),
+        (StructuredOutput("json", '{"type": "objekt"}'), "(?s)invalid JSON schema: .*objekt"),
+        (StructuredOutput("grammar", "root ::= missing"), "(?s)invalid grammar: .*missing"),
+        (StructuredOutput("grammar", "root ::= ("), "invalid grammar"),
+        (
+            StructuredOutput("json", '{"type": "object"}', whitespace_pattern="[ "),
+            "invalid JSON schema",
+        ),
+    ],
+)
+def test_constraints_that_cannot_compile_say_why(
+    compiler: GrammarCompiler, constraint: StructuredOutput, message: str
+) -> None:
+    with pytest.raises(StructuredOutputError, match=message):
+        check_grammar(constraint, compiler.ll_tokenizer)
+    with pytest.raises(StructuredOutputError, match=message):
+        compiler.prepare(constraint)
+
+
+def test_each_kind_accepts_what_it_describes_and_nothing_else(compiler: GrammarCompiler) -> None:
+    schema = StructuredOutput.json_schema(
+        {
+            "type": "object",
+            "properties": {"n": {"type": "integer"}, "s": {"enum": ["x", "y"]}},
+            "required": ["n", "s"],
+            "additionalProperties": False,
+        }
+    )
+    assert accepts(compiler, schema, '{"n": 3, "s": "x"}')
+    assert not accepts(compiler, schema, '{"n": 3, "s": "z"}')
+    assert not accepts(compiler, schema, '{"n": 3}')
+    assert not accepts(compiler, schema, '{"n": 3, "s": "x", "extra": 1}')
+    any_object = StructuredOutput("json", '{"type": "object"}')
+    assert accepts(compiler, any_object, '{"a": [1, {"b": null}]}')
+    assert not accepts(compiler, any_object, "[1]")
+    choice = StructuredOutput.choice(["red", "green"])
+    assert accepts(compiler, choice, "green")
+    assert not accepts(compiler, choice, "blue")
+    gbnf = StructuredOutput("grammar", 'root ::= "(" [a-c]+ ")"')
+    lark = StructuredOutput("grammar", 'start: "(" /[a-c]+/ ")"')
+    for grammar in (gbnf, lark):
+        assert accepts(compiler, grammar, "(abca)")
+        assert not accepts(compiler, grammar, "(abd)")
+
+
+def test_regex_classes_are_ascii_as_in_json_schema(compiler: GrammarCompiler) -> None:
+    """`\\d` and `\\w` mean [0-9] and [A-Za-z0-9_]: a model must not answer in other scripts."""
+    digits = StructuredOutput("regex", r"\d{3}")
+    assert accepts(compiler, digits, "123")
+    assert not accepts(compiler, digits, "١٢٣")  # Arabic-Indic digits: Unicode \d
+    word = StructuredOutput("regex", r"\w+")
+    assert accepts(compiler, word, "abc_9")
+    assert not accepts(compiler, word, "ébc")
+
+
+def test_json_whitespace_is_bounded_unless_asked_otherwise(compiler: GrammarCompiler) -> None:
+    """Unbounded whitespace lets a model emit newlines until max_tokens; the default caps it."""
+    assert DEFAULT_JSON_WHITESPACE.endswith("{0,64}")
+    default = StructuredOutput("json", '{"type": "object"}')
+    assert accepts(compiler, default, "{" + " " * 64 + "}")
+    assert not accepts(compiler, default, "{" + " " * 65 + "}")
+    assert accepts(compiler, default, '{\n  "a": 1\n}')
+    compact = StructuredOutput("json", '{"type": "object"}', compact_json=True)
+    assert accepts(compiler, compact, '{"a":1}')
+    assert not accepts(compiler, compact, '{"a": 1}')
+    custom = StructuredOutput("json", '{"type": "object"}', whitespace_pattern=" ?")
+    assert accepts(compiler, custom, '{"a": 1}')
+    assert not accepts(compiler, custom, '{"a":  1}')
