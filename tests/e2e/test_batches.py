@@ -112,6 +112,42 @@ def test_upload_create_poll_download(batch_server: BatchServer) -> None:
     )
 
 
+def test_structured_output_lines_run_like_direct_requests(batch_server: BatchServer) -> None:
+    """A batch line carries response_format / guided fields to the endpoint unchanged."""
+    client = batch_server.client
+    answers = ["red", "green", "blue"]
+    lines = [
+        chat_line("choice", "Pick a colour.", guided_choice=answers),
+        chat_line(
+            "schema",
+            "Name a colour as JSON.",
+            max_tokens=60,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "colour",
+                    "schema": {
+                        "type": "object",
+                        "properties": {"colour": {"enum": answers}},
+                        "required": ["colour"],
+                        "additionalProperties": False,
+                    },
+                },
+            },
+        ),
+    ]
+    batch = wait_until(client, submit(client, lines).id, lambda b: b.status in DONE)
+    assert batch.status == "completed", batch
+    contents = {
+        o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"]
+        for o in jsonl(client, batch.output_file_id)
+    }
+    assert contents["choice"] in answers
+    assert json.loads(contents["schema"])["colour"] in answers
+    direct = client.chat.completions.create(**lines[1]["body"])
+    assert direct.choices[0].message.content == contents["schema"]
+
+
 def test_a_bad_line_fails_alone(batch_server: BatchServer) -> None:
     client = batch_server.client
     lines = [chat_line(f"ok-{i}", f"Say {i}.") for i in range(4)]
