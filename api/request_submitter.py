@@ -11,6 +11,7 @@ wait, interactive requests are neither refused nor queued behind them.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Mapping
@@ -19,7 +20,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from api.catalog import ModelCatalog, ModelTokenizer
+from api.catalog import ModelTokenizer
 from api.errors import ApiError
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
@@ -114,7 +115,7 @@ def build_sampling(
 
 
 async def check_structured_output(
-    request: SamplingRequest, sampling: SamplingParams, model: ModelTokenizer, catalog: ModelCatalog
+    request: SamplingRequest, sampling: SamplingParams, model: ModelTokenizer
 ) -> None:
     """Compile-check the request's constraint for this model's vocabulary: a 400, not a
     failure on the worker, for a schema, regex or grammar that cannot be used."""
@@ -122,7 +123,9 @@ async def check_structured_output(
     if constraint is None:
         return
     try:
-        await catalog.in_thread(model.grammars.check, constraint)
+        # Not on the catalog's one tokenizing thread: a big schema must not hold up
+        # every other request's chat template.
+        await asyncio.to_thread(model.grammars.check, constraint)
     except StructuredOutputError as exc:
         param = request.structured_output()[1]
         raise ApiError(400, f"{param}: {exc}", param=param) from None

@@ -17,7 +17,12 @@ from collections import OrderedDict
 import llguidance.hf
 from llguidance import LLMatcher, LLTokenizer
 
-from engine.structured_output import StructuredOutput, check_grammar, compile_error
+from engine.structured_output import (
+    StructuredOutput,
+    StructuredOutputError,
+    check_grammar,
+    compile_error,
+)
 from engine.tokenizer import Tokenizer
 
 DEFAULT_CACHE_SIZE = 256
@@ -38,22 +43,40 @@ class GrammarCompiler:
         self.cache_size = cache_size
         self._ll_tokenizer: LLTokenizer | None = None
         self._compiled: OrderedDict[StructuredOutput, LLMatcher] = OrderedDict()
+        self._checked: OrderedDict[StructuredOutput, None] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def ll_tokenizer(self) -> LLTokenizer:
         with self._lock:
             if self._ll_tokenizer is None:
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(
-                    self.tokenizer.hf_tokenizer,
-                    n_vocab=self.vocab_size,
-                    eos_token=sorted(self.eos_token_ids),
-                )
+                try:
+                    self._ll_tokenizer = llguidance.hf.from_tokenizer(
+                        self.tokenizer.hf_tokenizer,
+                        n_vocab=self.vocab_size,
+                        eos_token=sorted(self.eos_token_ids),
+                    )
+                except Exception as exc:  # e.g. a tokenizer llguidance cannot read
+                    raise StructuredOutputError(
+                        f"structured output is not available for this model's tokenizer: {exc}"
+                    ) from None
             return self._ll_tokenizer
 
     def check(self, constraint: StructuredOutput) -> None:
-        """Raise StructuredOutputError if the constraint cannot be compiled for this model."""
+        """Raise StructuredOutputError if the constraint cannot be compiled for this model.
+
+        Validating is cheaper than compiling but still grows with the schema, and
+        clients repeat theirs: constraints that passed are remembered (LRU).
+        """
+        with self._lock:
+            if constraint in self._checked:
+                self._checked.move_to_end(constraint)
+                return
         check_grammar(constraint, self.ll_tokenizer)
+        with self._lock:
+            self._checked[constraint] = None
+            while len(self._checked) > self.cache_size:
+                self._checked.popitem(last=False)
 
     def prepare(self, constraint: StructuredOutput) -> None:
         """Compile into the cache now (off the engine thread); raises like `check`."""

@@ -24,7 +24,6 @@ from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParamError, SamplingParams
 from engine.scheduler import Scheduler
 from engine.sequence import Sequence
-from engine.structured_output import StructuredOutputError
 from engine.tokenizer import Tokenizer
 from kernels.backend import select_attention_backend
 
@@ -264,7 +263,7 @@ class LLMEngine:
             return
         try:
             self.grammars.prepare(params.structured_output)
-        except StructuredOutputError as exc:
+        except ValueError as exc:  # StructuredOutputError, or a spec that cannot be read
             raise SamplingParamError("structured_output", str(exc)) from None
 
     def _new_sequence(
@@ -387,7 +386,12 @@ class LLMEngine:
         stop_reason: str | int | None = None
         text = ""
         past_min = seq.num_output_tokens >= params.min_tokens
+        grammar_end = _advance_grammar(seq, token) if seq.grammar is not None else None
         if past_min and not params.ignore_eos and token in self.eos_token_ids:
+            finish = "stop"
+        elif seq.grammar is not None and token in self.eos_token_ids:
+            # The constraint offered EOS only because it is complete: end here, whatever
+            # min_tokens or ignore_eos say, and keep EOS's text out of the output.
             finish = "stop"
         elif past_min and token in params.stop_token_ids:
             finish, stop_reason = "stop", token
@@ -396,8 +400,8 @@ class LLMEngine:
             text = step.text_delta
             if step.stop_string is not None:
                 finish, stop_reason = "stop", step.stop_string
-        if seq.grammar is not None and _grammar_ended(seq, token) and finish is None:
-            finish = "stop"
+        if grammar_end is not None and (finish is None or grammar_end[0] == "error"):
+            finish, stop_reason = grammar_end
         if finish is None:
             limit = params.max_tokens
             if (limit is not None and seq.num_output_tokens >= limit) or (
@@ -405,7 +409,7 @@ class LLMEngine:
             ):
                 finish = "length"
         if finish is not None:
-            if stop_reason is None or isinstance(stop_reason, int):
+            if finish == "error" or stop_reason is None or isinstance(stop_reason, int):
                 text += seq.detokenizer.flush()
             self.scheduler.finish(seq, finish, stop_reason)
         return CompletionOutput(
@@ -448,20 +452,19 @@ class LLMEngine:
         )
 
 
-def _grammar_ended(seq: Sequence, token: int) -> bool:
-    """Advance the sequence's matcher past `token`; True once its constraint allows no more.
+def _advance_grammar(seq: Sequence, token: int) -> tuple[str, str | None] | None:
+    """Move the sequence's matcher past `token`: ("stop", None) once the constraint allows
+    nothing more, ("error", why) if the matcher failed, else None (generation goes on).
 
-    The sampler only offers allowed tokens, so a refused token means a bug, not
-    bad input: the sequence ends rather than generate text the constraint forbids.
+    The sampler offers only allowed tokens, so a matcher error is not bad input but a
+    grammar hitting llguidance's per-step limits (or a bug): the choice ends with
+    finish_reason "error" and the reason in stop_reason, never as a silent "stop"
+    with text the constraint does not match.
     """
     matcher = seq.grammar
     assert matcher is not None
-    if not matcher.consume_token(token):
-        logger.error(
-            "request %s: structured output refused token %d (%s); ending the choice",
-            seq.request_id,
-            token,
-            matcher.get_error(),
-        )
-        return True
-    return matcher.is_stopped()
+    if matcher.is_error() or not matcher.consume_token(token):
+        why = matcher.get_error() or f"token {token} is not allowed here"
+        logger.error("request %s: structured output failed: %s", seq.request_id, why)
+        return "error", f"structured output failed: {why}"
+    return ("stop", None) if matcher.is_stopped() else None

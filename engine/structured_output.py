@@ -57,6 +57,12 @@ class StructuredOutput:
             raise StructuredOutputError(
                 f"the {self.kind} constraint is longer than {MAX_SPEC_CHARS} characters"
             )
+        if self.kind == "choice":
+            try:
+                options = json.loads(self.spec)
+            except json.JSONDecodeError:
+                options = None
+            _check_choice(options)
 
     @classmethod
     def json_schema(cls, schema: Any, **options: Any) -> StructuredOutput:
@@ -66,17 +72,18 @@ class StructuredOutput:
                 schema = json.loads(schema)
             except json.JSONDecodeError as exc:
                 raise StructuredOutputError(f"the JSON schema is not valid JSON: {exc}") from None
-        if not isinstance(schema, dict | bool):
+        if schema is True:
+            schema = {}  # the schema that accepts any JSON value
+        if schema is False:
+            raise StructuredOutputError("the JSON schema `false` accepts nothing")
+        if not isinstance(schema, dict):
             raise StructuredOutputError("a JSON schema must be an object")
         # Key order kept: properties are generated in the order the schema lists them.
         return cls("json", json.dumps(schema), **options)
 
     @classmethod
     def choice(cls, options: Any) -> StructuredOutput:
-        if not isinstance(options, list) or not options:
-            raise StructuredOutputError("choice must be a non-empty list of strings")
-        if not all(isinstance(o, str) and o for o in options):
-            raise StructuredOutputError("choice must be a non-empty list of non-empty strings")
+        _check_choice(options)
         return cls("choice", json.dumps(options))
 
     @classmethod
@@ -86,18 +93,23 @@ class StructuredOutput:
         try:
             return cls(**data)
         except TypeError as exc:
-            raise StructuredOutputError(f"structured_output: {exc}") from None
+            raise StructuredOutputError(f"malformed: {exc}") from None
 
     def grammar(self) -> str:
         """The llguidance grammar (its JSON form) this constraint compiles to."""
+        try:
+            return self._grammar()
+        except StructuredOutputError:
+            raise
+        except Exception as exc:  # llguidance's converters raise assorted exception types
+            raise compile_error(self, str(exc)) from None
+
+    def _grammar(self) -> str:
         if self.kind == "json":
             options: dict[str, Any] = {"whitespace_flexible": not self.compact_json}
             if not self.compact_json:
                 options["whitespace_pattern"] = self.whitespace_pattern or DEFAULT_JSON_WHITESPACE
-            try:
-                return LLMatcher.grammar_from_json_schema(self.spec, overrides=options)
-            except ValueError as exc:
-                raise StructuredOutputError(f"invalid JSON schema: {exc}") from None
+            return LLMatcher.grammar_from_json_schema(self.spec, overrides=options)
         if self.kind == "regex":
             # JavaScript's classes, as in JSON schema patterns: \d and \w are ASCII
             # (the Rust regex default would let `\d` emit any Unicode digit).
@@ -107,12 +119,8 @@ class StructuredOutput:
             return LLMatcher.grammar_from_lark(
                 "start: " + " | ".join(json.dumps(o) for o in options_list)
             )
-        try:
-            # vLLM's guided_grammar takes GBNF (llama.cpp's) or Lark; GBNF is converted.
-            text = any_to_lark(self.spec)
-        except Exception as exc:  # the converter raises plain Exceptions on bad input
-            raise StructuredOutputError(f"invalid grammar: {exc}") from None
-        return LLMatcher.grammar_from_lark(text)
+        # vLLM's guided_grammar takes GBNF (llama.cpp's) or Lark; GBNF is converted.
+        return LLMatcher.grammar_from_lark(any_to_lark(self.spec))
 
 
 def check_grammar(constraint: StructuredOutput, tokenizer: LLTokenizer | None) -> None:
@@ -121,6 +129,13 @@ def check_grammar(constraint: StructuredOutput, tokenizer: LLTokenizer | None) -
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
     if is_error:
         raise compile_error(constraint, messages[0])
+
+
+def _check_choice(options: Any) -> None:
+    if not isinstance(options, list) or not options:
+        raise StructuredOutputError("choice must be a non-empty list of strings")
+    if not all(isinstance(o, str) and o for o in options):
+        raise StructuredOutputError("choice must be a non-empty list of non-empty strings")
 
 
 def compile_error(constraint: StructuredOutput, message: str) -> StructuredOutputError:

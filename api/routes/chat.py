@@ -84,7 +84,7 @@ async def create_chat_completion(
         vocab_size=tokenizer.vocab_size,
         param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
     )
-    await check_structured_output(body, sampling, model_tokenizer, catalog)
+    await check_structured_output(body, sampling, model_tokenizer)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     record.request_id = request_id
     record.prompt_tokens = len(prompt_ids)

@@ -93,7 +93,7 @@ async def create_completion(
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
     )
-    await check_structured_output(body, sampling, model_tokenizer, catalog)
+    await check_structured_output(body, sampling, model_tokenizer)
     base_id = f"cmpl-{uuid.uuid4().hex}"
     ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
     record.request_id = base_id

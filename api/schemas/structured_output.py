@@ -102,7 +102,7 @@ class StructuredOutputFields(BaseModel):
                 )
             schema = fmt.json_schema.json_schema
             constraint = _json(
-                "response_format.json_schema.schema",
+                "response_format",
                 schema if schema is not None else ANY_JSON_OBJECT,
                 **whitespace,
             )
@@ -148,15 +148,15 @@ class StructuredOutputFields(BaseModel):
         }
         found: list[StructuredOutput] = []
         if so.json_ is not None:
-            found.append(_json("structured_outputs.json", so.json_, **whitespace))
+            found.append(_json("structured_outputs", so.json_, **whitespace))
         if so.json_object:
             found.append(StructuredOutput("json", ANY_JSON_OBJECT, **whitespace))
         if so.regex is not None:
-            found.append(_make("structured_outputs.regex", "regex", so.regex))
+            found.append(_make("structured_outputs", "regex", so.regex))
         if so.choice is not None:
-            found.append(_choice("structured_outputs.choice", so.choice))
+            found.append(_choice("structured_outputs", so.choice))
         if so.grammar is not None:
-            found.append(_make("structured_outputs.grammar", "grammar", so.grammar))
+            found.append(_make("structured_outputs", "grammar", so.grammar))
         if so.structural_tag is not None:
             raise not_supported("structured_outputs.structural_tag", "structural tags")
         if len(found) != 1:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from engine import grammar_mask
 from engine.grammar_compiler import GrammarCompiler
 from engine.grammar_mask import allowed_tokens, fill_bitmask
 from engine.structured_output import StructuredOutput, StructuredOutputError
@@ -94,3 +95,23 @@ def test_threads_compiling_at_once_share_one_vocabulary(tokenizer: Tokenizer) ->
         t.join()
     assert errors == []
     assert len(compiler._compiled) == 20
+
+
+def test_masks_filled_in_parallel_equal_masks_filled_one_by_one(tokenizer: Tokenizer) -> None:
+    compiler = GrammarCompiler(tokenizer, tokenizer.vocab_size)
+    constraints = [
+        StructuredOutput("regex", r"[a-z]{2,5}"),
+        StructuredOutput.choice(["alpha", "beta"]),
+        StructuredOutput("json", '{"type": "object"}'),
+    ]
+    matchers = [compiler.matcher(constraints[i % 3]) for i in range(12)]
+    for i, matcher in enumerate(matchers):  # different parse states
+        matcher.consume_tokens(
+            tokenizer.encode(["ab", "al", "{"][i % 3], add_special_tokens=False)[: i % 2 + 1]
+        )
+    parallel = fill_bitmask(matchers, compiler.vocab_size, torch.device("cpu"))
+    assert len(matchers) >= grammar_mask.PARALLEL_ROWS
+    one_by_one = torch.cat(
+        [fill_bitmask([m], compiler.vocab_size, torch.device("cpu")) for m in matchers]
+    )
+    assert torch.equal(parallel, one_by_one)

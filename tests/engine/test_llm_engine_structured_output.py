@@ -171,3 +171,50 @@ def test_a_constraint_that_cannot_compile_is_refused_up_front(
         llm.engine.add_request("bad", [1, 2, 3], _constrained(constraint))
     assert caught.value.param == "structured_output"
     assert not llm.engine.has_unfinished()
+
+
+def test_a_complete_constraint_ends_on_eos_without_its_text(llm: LLM) -> None:
+    """With ignore_eos (EOS an ordinary token) and special tokens shown, the EOS a finished
+    constraint allows still ends the choice, and its text stays out of the answer."""
+    eos = llm.engine.model_config.eos_token_ids[0]
+    params = _constrained(
+        StructuredOutput("regex", "[a-c]{1,40}"),
+        ignore_eos=True,
+        skip_special_tokens=False,
+        logit_bias={eos: 100.0},  # EOS as soon as the constraint allows it: after one token
+    )
+    (result,) = llm.generate(_prompts(llm, 1), params)
+    assert result.choices[0].finish_reason == "stop"
+    assert result.token_ids[-1] == eos and len(result.token_ids) == 2
+    assert re.fullmatch("[a-c]{1,40}", result.text), result.text
+
+
+def test_a_matcher_that_fails_ends_the_choice_with_an_error(
+    llm: LLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """llguidance can fail mid-answer (a grammar over its per-step limits): the choice ends
+    with finish_reason "error" and the reason, never as a quiet "stop" with bad text."""
+    engine = llm.engine
+    real = engine.grammars.matcher
+    made = []
+
+    def tracked(constraint: StructuredOutput) -> Any:
+        matcher = real(constraint)
+        made.append(matcher)
+        return matcher
+
+    monkeypatch.setattr(engine.grammars, "matcher", tracked)
+    engine.add_request("fails", _prompts(llm, 1)[0], _constrained(CASES[0][0]))
+    outputs = engine.step()  # prefill: the first token, consumed by the matcher
+    assert not outputs[0].finished
+    made[0].consume_token(llm.tokenizer.vocab_size - 1)  # a token the grammar refuses
+    assert made[0].is_error()
+    finished = None
+    while engine.has_unfinished():
+        for out in engine.step():
+            finished = out
+    assert finished is not None
+    choice = finished.outputs[-1]
+    assert choice.finish_reason == "error"
+    assert isinstance(choice.stop_reason, str)
+    assert choice.stop_reason.startswith("structured output failed:")

@@ -50,13 +50,22 @@ def test_a_schema_keeps_its_property_order_and_compares_by_content() -> None:
         (lambda: StructuredOutput("regex", "  "), "empty"),
         (lambda: StructuredOutput("xml", "<a/>"), "unknown structured output kind"),
         (lambda: StructuredOutput("regex", "a" * 300_000), "longer than"),
-        (lambda: StructuredOutput.from_wire({"kind": "regex"}), "structured_output"),
+        (lambda: StructuredOutput.from_wire({"kind": "regex"}), "malformed: .*spec"),
+        (lambda: StructuredOutput("choice", "yes"), "non-empty list"),
+        (lambda: StructuredOutput("choice", '["a", 1]'), "non-empty strings"),
+        (lambda: StructuredOutput.json_schema(False), "accepts nothing"),
         (lambda: StructuredOutput.from_wire("regex"), "must be an object"),
     ],
 )
 def test_malformed_constraints_are_refused_when_built(build, message: str) -> None:
     with pytest.raises(StructuredOutputError, match=message):
         build()
+
+
+def test_the_schema_true_accepts_any_json_value(compiler: GrammarCompiler) -> None:
+    anything = StructuredOutput.json_schema(True)
+    assert accepts(compiler, anything, "[1, 2]")
+    assert accepts(compiler, anything, '"text"')
 
 
 def test_the_wire_form_round_trips() -> None:
