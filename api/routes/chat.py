@@ -43,6 +43,7 @@ from api.schemas.chat import (
 )
 from api.schemas.common import UsageInfo
 from api.streaming import sse_response
+from api.tool_choice import ForcedToolCall, ToolCallStream
 from engine.tokenizer import Tokenizer
 
 router = APIRouter(dependencies=[Authenticated])
@@ -115,19 +116,21 @@ async def create_chat_completion(
     record.completion_tokens = output.completion_tokens()
     record.cached_tokens = output.cached_tokens()
     record.finish_reason = output.choice(0).finish_reason
+    forced = body.forced_tool_call()
     choices = []
     for index in range(body.n):
         choice = output.choice(index)
+        message, finish_reason = _message(choice.full_text, choice.finish_reason, forced)
         choices.append(
             ChatChoice(
                 index=index,
-                message=ChatResponseMessage(content=choice.full_text),
+                message=message,
                 logprobs=(
                     ChatLogprobs(content=chat_logprobs(tokenizer, choice.logprobs, top_n))
                     if body.logprobs
                     else None
                 ),
-                finish_reason=choice.finish_reason,
+                finish_reason=finish_reason,
                 stop_reason=choice.stop_reason,
             )
         )
@@ -141,15 +144,31 @@ async def create_chat_completion(
     return JSONResponse(response.model_dump(mode="json"))
 
 
+def _message(
+    text: str, finish_reason: str | None, forced: ForcedToolCall | None
+) -> tuple[ChatResponseMessage, str | None]:
+    """The assistant message and finish_reason of one choice's text."""
+    if forced is None:
+        return ChatResponseMessage(content=text), finish_reason
+    calls = forced.calls(text)
+    if calls is None:  # "required" output cut short by max_tokens: not JSON, give the text
+        return ChatResponseMessage(content=text), finish_reason
+    if finish_reason == "stop":
+        finish_reason = forced.finish_reason
+    return ChatResponseMessage(content=None, tool_calls=calls), finish_reason
+
+
 def _render(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     """Chat template -> token ids; a template or message problem is the client's 400."""
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if body.continue_final_message:
         kwargs["continue_final_message"] = True
+    # The tools are shown to the model only when it must call one (vLLM's default).
+    tools = body.tools if body.forced_tool_call() is not None else None
     try:
         text = tokenizer.render_chat(
-            messages, add_generation_prompt=body.add_generation_prompt, **kwargs
+            messages, add_generation_prompt=body.add_generation_prompt, tools=tools, **kwargs
         )
     except ValueError as exc:
         raise ApiError(400, str(exc), param="messages") from None
@@ -200,6 +219,8 @@ class _ChatView:
                 return None
             return UsageInfo.of(self.prompt_tokens, completion_tokens, cached_tokens)
 
+        forced = body.forced_tool_call()
+        tool_streams: dict[int, ToolCallStream] = {}
         try:
             for index in range(body.n):
                 yield self._chunk(
@@ -214,6 +235,7 @@ class _ChatView:
                 if isinstance(item, Restart):
                     completion_tokens = 0  # nothing but role chunks went out
                     self.record.completion_tokens = 0
+                    tool_streams.clear()
                     continue
                 if item.usage is not None:
                     cached_tokens = item.usage.cached_tokens
@@ -227,9 +249,19 @@ class _ChatView:
                     if delta.finish_reason is not None and delta.index == 0:
                         self.record.finish_reason = delta.finish_reason
                     with_logprobs = body.logprobs and bool(delta.logprobs)
-                    if not delta.text and delta.finish_reason is None and not with_logprobs:
-                        continue
-                    content = delta.text if delta.text or delta.finish_reason is None else None
+                    finish_reason = delta.finish_reason
+                    if forced is not None:
+                        stream = tool_streams.setdefault(delta.index, ToolCallStream(forced))
+                        fields, finish_reason = stream.delta(delta.text, delta.finish_reason)
+                        if not fields and finish_reason is None and not with_logprobs:
+                            continue
+                        message = DeltaMessage(**fields)
+                    else:
+                        if not delta.text and delta.finish_reason is None and not with_logprobs:
+                            continue
+                        message = DeltaMessage(
+                            content=delta.text if delta.text or finish_reason is None else None
+                        )
                     logprobs = (
                         ChatLogprobs(
                             content=chat_logprobs(self.tokenizer, delta.logprobs or [], self.top_n)
@@ -241,9 +273,9 @@ class _ChatView:
                         [
                             ChatChunkChoice(
                                 index=delta.index,
-                                delta=DeltaMessage(content=content),
+                                delta=message,
                                 logprobs=logprobs,
-                                finish_reason=delta.finish_reason,
+                                finish_reason=finish_reason,
                                 stop_reason=delta.stop_reason,
                             )
                         ],

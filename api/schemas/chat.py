@@ -14,6 +14,8 @@ from pydantic import (
 
 from api.errors import ApiError, not_supported
 from api.schemas.common import ChunkBase, SamplingRequest, UsageInfo
+from api.tool_choice import ForcedToolCall, forced_tool_call
+from engine.structured_output import StructuredOutput
 
 
 class ChatMessage(BaseModel):
@@ -48,10 +50,7 @@ class ChatCompletionRequest(SamplingRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        if self.tool_choice not in (None, "none"):
-            raise not_supported("tool_choice", "tool calling")
-        if self.tools and self.tool_choice != "none":
-            raise not_supported("tools", "tool calling")
+        self.forced_tool_call()  # tools and tool_choice are well formed, "auto" refused
         if self.functions or self.function_call not in (None, "none"):
             raise not_supported("functions", "function calling")
         if self.chat_template is not None:
@@ -66,6 +65,25 @@ class ChatCompletionRequest(SamplingRequest):
                 "continue_final_message and add_generation_prompt cannot both be true",
                 param="continue_final_message",
             )
+
+    def forced_tool_call(self) -> ForcedToolCall | None:
+        """The call tool_choice forces ("required" or a named function), or None."""
+        return forced_tool_call(self.tools, self.tool_choice, self.parallel_tool_calls)
+
+    def structured_output(self) -> tuple[StructuredOutput | None, str]:
+        """A forced tool call is generated under its arguments' schema; it cannot also
+        follow a response_format or guided constraint."""
+        constraint, param = super().structured_output()
+        forced = self.forced_tool_call()
+        if forced is None:
+            return constraint, param
+        if constraint is not None:
+            raise ApiError(
+                400,
+                f"{param} cannot be combined with a forced tool call (tool_choice)",
+                param=param,
+            )
+        return forced.constraint, "tools"
 
     @property
     def requested_max_tokens(self) -> tuple[int | None, str]:
@@ -118,6 +136,7 @@ class DeltaMessage(BaseModel):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
     @model_serializer(mode="wrap")
     def _drop_none(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:

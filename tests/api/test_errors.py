@@ -89,8 +89,11 @@ def test_malformed_bodies_are_400(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     ("patch", "param"),
     [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"tool_choice": "required"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tool_choice"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"},
+            "tool_choice",
+        ),
         ({"response_format": {"type": "structural_tag"}}, "response_format"),
         ({"structured_outputs": {"structural_tag": {"x": 1}}}, "structured_outputs.structural_tag"),
         ({"functions": [{"name": "f"}]}, "functions"),

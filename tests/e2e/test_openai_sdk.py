@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import httpx
 import openai
@@ -231,3 +232,119 @@ def test_a_schema_that_cannot_compile_is_a_bad_request(client: openai.OpenAI) ->
         )
     assert caught.value.body["param"] == "response_format"  # type: ignore[index]
     assert "invalid JSON schema" in caught.value.body["message"]  # type: ignore[index]
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 30},
+                "unit": {"enum": ["celsius", "fahrenheit"]},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 20}},
+            "required": ["zone"],
+            "additionalProperties": False,
+        },
+    },
+}
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def _streamed_calls(chunks: Any) -> tuple[list[dict[str, str]], str | None]:
+    """Assemble streamed tool-call deltas the way OpenAI clients do (by index)."""
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in chunks:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += delta.id or ""
+                if delta.function is not None:
+                    call["name"] += delta.function.name or ""
+                    call["arguments"] += delta.function.arguments or ""
+            finish = choice.finish_reason or finish
+    return [calls[i] for i in sorted(calls)], finish
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_named_tool_choice_returns_that_call_with_valid_arguments(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    options: dict[str, Any] = dict(
+        model=MODEL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        temperature=0,
+        max_tokens=100,
+    )
+    full = client.chat.completions.create(**options)
+    choice = full.choices[0]
+    assert choice.finish_reason == "stop"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+    if stream:
+        calls, finish = _streamed_calls(client.chat.completions.create(**options, stream=True))
+        assert finish == "stop"
+        assert [(c["name"], c["arguments"]) for c in calls] == [
+            ("get_weather", call.function.arguments)
+        ]
+        assert calls[0]["id"].startswith("call_")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_tool_choice_returns_calls_of_the_given_tools(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    options: dict[str, Any] = dict(
+        model=MODEL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice="required",
+        parallel_tool_calls=False,
+        temperature=0,
+        max_tokens=120,
+    )
+    full = client.chat.completions.create(**options)
+    choice = full.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.function.name in ("get_weather", "get_time")
+    arguments = json.loads(call.function.arguments)
+    wanted = {"get_weather": {"city", "unit"}, "get_time": {"zone"}}[call.function.name]
+    assert set(arguments) == wanted
+    if stream:
+        calls, finish = _streamed_calls(client.chat.completions.create(**options, stream=True))
+        assert finish == "tool_calls"
+        assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+            (call.function.name, arguments)
+        ]
+
+
+def test_auto_tool_choice_is_refused_naming_what_works(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model=MODEL, messages=WEATHER_QUESTION, tools=[WEATHER_TOOL], max_tokens=5
+        )
+    body: Any = caught.value.body
+    assert body["param"] == "tool_choice"
+    assert '"auto" tool choice' in body["message"] and "required" in body["message"]

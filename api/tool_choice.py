@@ -1,0 +1,189 @@
+"""Forced tool calls: `tool_choice` "required" or a named function, through structured output.
+
+When the client forces a call, the answer's shape is known before generation:
+the named function's arguments (its `parameters` schema), or for "required" a
+JSON array of `{"name", "parameters"}` objects, one of the tools each. The
+engine generates under that JSON schema, so the arguments always parse, and
+no model-specific tool-call parser is needed (vLLM does the same for these two
+modes). "auto", where the model decides whether to call at all, needs a parser
+for the model's own tool-call syntax and is refused with a 400 that says so.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from api.errors import ApiError, not_supported
+from engine.structured_output import StructuredOutput, StructuredOutputError
+
+ANY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True)
+class ForcedToolCall:
+    """What a request with a forced tool call generates, and how to read it back."""
+
+    mode: Literal["named", "required"]
+    constraint: StructuredOutput
+    function_name: str | None = None  # the named mode's function
+
+    def calls(self, text: str) -> list[dict[str, Any]] | None:
+        """The OpenAI `tool_calls` of a generated `text`; None if it is not complete JSON
+        (max_tokens cut it), for "required" (a named call's arguments are kept as they are)."""
+        if self.mode == "named":
+            return [tool_call(self.function_name or "", text)]
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        return [
+            tool_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False))
+            for item in items
+        ]
+
+    @property
+    def finish_reason(self) -> str:
+        """OpenAI's: "stop" for a call the client named, "tool_calls" when the model chose."""
+        return "stop" if self.mode == "named" else "tool_calls"
+
+
+def tool_call(name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": f"call_{uuid.uuid4().hex[:24]}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+def forced_tool_call(
+    tools: list[dict[str, Any]] | None,
+    tool_choice: str | dict[str, Any] | None,
+    parallel_tool_calls: bool | None,
+) -> ForcedToolCall | None:
+    """The forced call `tool_choice` asks for (None for "none" or no tools); 400s otherwise."""
+    if tool_choice == "none" or (tool_choice is None and not tools):
+        return None
+    functions = _functions(tools)
+    if tool_choice is None or tool_choice == "auto":
+        raise not_supported(
+            "tool_choice",
+            '"auto" tool choice (the model deciding whether to call a tool); force a call '
+            'with tool_choice "required" or {"type": "function", "function": {"name": ...}}, '
+            'or send tool_choice "none"',
+        )
+    if tool_choice == "required":
+        variants = [
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "enum": [name]},
+                    "parameters": parameters,
+                },
+                "required": ["name", "parameters"],
+                "additionalProperties": False,
+            }
+            for name, parameters in functions.items()
+        ]
+        schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+        if parallel_tool_calls is False:
+            schema["maxItems"] = 1
+        return ForcedToolCall("required", _constraint(schema))
+    name = _named(tool_choice)
+    if name not in functions:
+        raise ApiError(
+            400,
+            f"tool_choice names the function {name!r}, which is not in tools",
+            param="tool_choice",
+        )
+    return ForcedToolCall("named", _constraint(functions[name]), function_name=name)
+
+
+def _functions(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """name -> parameters schema, checking the tools' shape as OpenAI does."""
+    if not tools:
+        raise ApiError(400, "tool_choice requires tools", param="tools")
+    functions: dict[str, dict[str, Any]] = {}
+    for index, tool in enumerate(tools):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise ApiError(
+                400, f"{where}: only tools of type 'function' are supported", param=where
+            )
+        function = tool.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise ApiError(400, f"{where}.function.name is required", param=f"{where}.function")
+        parameters = function.get("parameters")
+        if parameters is None:
+            parameters = ANY_OBJECT
+        if not isinstance(parameters, dict):
+            raise ApiError(
+                400,
+                f"{where}.function.parameters must be a JSON schema object",
+                param=f"{where}.function.parameters",
+            )
+        functions[function["name"]] = parameters
+    return functions
+
+
+def _named(tool_choice: str | dict[str, Any]) -> str:
+    function = tool_choice.get("function") if isinstance(tool_choice, dict) else None
+    if (
+        not isinstance(tool_choice, dict)
+        or tool_choice.get("type", "function") != "function"
+        or not isinstance(function, dict)
+        or not isinstance(function.get("name"), str)
+    ):
+        raise ApiError(
+            400,
+            'tool_choice must be "none", "auto", "required" or '
+            '{"type": "function", "function": {"name": ...}}',
+            param="tool_choice",
+        )
+    return str(function["name"])
+
+
+def _constraint(schema: dict[str, Any]) -> StructuredOutput:
+    try:
+        return StructuredOutput.json_schema(schema)
+    except StructuredOutputError as exc:
+        raise ApiError(400, f"tools: {exc}", param="tools") from None
+
+
+class ToolCallStream:
+    """One streamed choice's text, as OpenAI streams a forced call.
+
+    Named: the first chunk carries the call's id, type and name, later chunks
+    append to `function.arguments` as tokens arrive. Required: the calls are
+    known only once the JSON array is complete, so they go out together with
+    the finishing chunk (an array cut short by max_tokens goes out as text).
+    """
+
+    def __init__(self, forced: ForcedToolCall) -> None:
+        self.forced = forced
+        self.started = False
+        self.buffer: list[str] = []
+
+    def delta(self, text: str, finish_reason: str | None) -> tuple[dict[str, Any], str | None]:
+        """The chunk's delta fields (empty: nothing to say yet) and its finish_reason."""
+        finish = finish_reason
+        if finish == "stop":
+            finish = self.forced.finish_reason
+        if self.forced.mode == "named":
+            if not text and (self.started or finish_reason is None):
+                return {}, finish
+            if self.started:
+                return {"tool_calls": [{"index": 0, "function": {"arguments": text}}]}, finish
+            self.started = True
+            call = tool_call(self.forced.function_name or "", text)
+            return {"tool_calls": [{"index": 0, **call}]}, finish
+        self.buffer.append(text)
+        if finish_reason is None:
+            return {}, None
+        whole = "".join(self.buffer)
+        calls = self.forced.calls(whole)
+        if calls is None:
+            return {"content": whole}, finish_reason
+        return {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}, finish
