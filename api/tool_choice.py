@@ -50,6 +50,20 @@ class ForcedToolCall:
         return "stop" if self.mode == "named" else "tool_calls"
 
 
+def wants_auto(tools: list[dict[str, Any]] | None, tool_choice: Any) -> bool:
+    """Tools offered and the model left to decide: "auto", or tool_choice left out."""
+    return bool(tools) and tool_choice in (None, "auto")
+
+
+def refuse_auto() -> ApiError:
+    return not_supported(
+        "tool_choice",
+        '"auto" tool choice (the model deciding whether to call a tool) without '
+        '--tool-call-parser; force a call with tool_choice "required" or '
+        '{"type": "function", "function": {"name": ...}}, or send tool_choice "none"',
+    )
+
+
 def tool_call(name: str, arguments: str) -> dict[str, Any]:
     return {
         "id": f"call_{uuid.uuid4().hex[:24]}",
@@ -63,17 +77,13 @@ def forced_tool_call(
     tool_choice: str | dict[str, Any] | None,
     parallel_tool_calls: bool | None,
 ) -> ForcedToolCall | None:
-    """The forced call `tool_choice` asks for (None for "none" or no tools); 400s otherwise."""
+    """The forced call `tool_choice` asks for; None for "none", "auto" or no tools. 400s for
+    tools or a tool_choice that are malformed."""
     if tool_choice == "none" or (tool_choice is None and not tools):
         return None
     functions = _functions(tools)
     if tool_choice is None or tool_choice == "auto":
-        raise not_supported(
-            "tool_choice",
-            '"auto" tool choice (the model deciding whether to call a tool); force a call '
-            'with tool_choice "required" or {"type": "function", "function": {"name": ...}}, '
-            'or send tool_choice "none"',
-        )
+        return None
     if tool_choice == "required":
         variants = [
             {

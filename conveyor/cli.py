@@ -67,6 +67,10 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     ("--admin-key", {"help": "enable the /v1/organization admin API with this bearer key"}),
     ("--service-key", {"help": "batch workers' key to the API (default: the admin key)"}),
     ("--max-upload-bytes", {"type": int, "help": "largest file accepted by /v1/files"}),
+    (
+        "--tool-call-parser",
+        {"choices": ["hermes"], "help": 'read tool calls from model text: tool_choice "auto"'},
+    ),
 ]
 
 
@@ -78,6 +82,12 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="store prompt text in the request logs",
+    )
+    parser.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        default=None,
+        help="vLLM's flag, accepted for compatibility (needs --tool-call-parser)",
     )
 
 

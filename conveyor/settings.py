@@ -11,9 +11,9 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = 4 << 20
     max_upload_bytes: int = Field(
         default=200 << 20, description="largest file accepted by POST /v1/files (streamed to disk)"
+    )
+    tool_call_parser: Literal["hermes"] | None = Field(
+        default=None,
+        description='reads tool calls out of model text, enabling tool_choice "auto" '
+        "(hermes: <tool_call> JSON blocks, as Hermes and Qwen models write them)",
+    )
+    enable_auto_tool_choice: bool = Field(
+        default=False, description="vLLM's flag, accepted for compatibility: needs the parser"
     )
     heartbeat_interval: float = 1.0
     heartbeat_ttl: float = 5.0
@@ -136,6 +144,12 @@ class Settings(BaseSettings):
         description="seconds a batch waiting in the task queue is left alone by the sweeper "
         "before it is queued again (matters only if the broker lost its message)",
     )
+
+    @model_validator(mode="after")
+    def _auto_tools_need_a_parser(self) -> Settings:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (hermes)")
+        return self
 
     @field_validator("data_dir")
     @classmethod

@@ -43,7 +43,8 @@ from api.schemas.chat import (
 )
 from api.schemas.common import UsageInfo
 from api.streaming import sse_response
-from api.tool_choice import ForcedToolCall, ToolCallStream
+from api.tool_choice import ForcedToolCall, ToolCallStream, refuse_auto
+from api.tool_parsers import HermesStream, parse_hermes
 from engine.tokenizer import Tokenizer
 
 router = APIRouter(dependencies=[Authenticated])
@@ -62,6 +63,8 @@ async def create_chat_completion(
     settings: SettingsDep,
 ) -> Response:
     body.check_supported()
+    if body.auto_tool_choice and settings.tool_call_parser is None:
+        raise refuse_auto()
     record.model = body.model
     refuse_early(request, record)
     live = await catalog.resolve(body.model)
@@ -120,7 +123,9 @@ async def create_chat_completion(
     choices = []
     for index in range(body.n):
         choice = output.choice(index)
-        message, finish_reason = _message(choice.full_text, choice.finish_reason, forced)
+        message, finish_reason = _message(
+            choice.full_text, choice.finish_reason, forced, body.auto_tool_choice
+        )
         choices.append(
             ChatChoice(
                 index=index,
@@ -145,9 +150,15 @@ async def create_chat_completion(
 
 
 def _message(
-    text: str, finish_reason: str | None, forced: ForcedToolCall | None
+    text: str, finish_reason: str | None, forced: ForcedToolCall | None, auto: bool
 ) -> tuple[ChatResponseMessage, str | None]:
     """The assistant message and finish_reason of one choice's text."""
+    if auto:  # the route refused "auto" unless a tool-call parser is configured
+        parsed = parse_hermes(text)
+        if not parsed.tool_calls:
+            return ChatResponseMessage(content=text), finish_reason
+        finish = "tool_calls" if finish_reason == "stop" else finish_reason
+        return ChatResponseMessage(content=parsed.content, tool_calls=parsed.tool_calls), finish
     if forced is None:
         return ChatResponseMessage(content=text), finish_reason
     calls = forced.calls(text)
@@ -164,8 +175,8 @@ def _render(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if body.continue_final_message:
         kwargs["continue_final_message"] = True
-    # The tools are shown to the model only when it must call one (vLLM's default).
-    tools = body.tools if body.forced_tool_call() is not None else None
+    # The tools are shown to the model unless tool_choice is "none" (vLLM's default).
+    tools = body.tools if body.auto_tool_choice or body.forced_tool_call() else None
     try:
         text = tokenizer.render_chat(
             messages, add_generation_prompt=body.add_generation_prompt, tools=tools, **kwargs
@@ -221,6 +232,7 @@ class _ChatView:
 
         forced = body.forced_tool_call()
         tool_streams: dict[int, ToolCallStream] = {}
+        parsers: dict[int, HermesStream] = {}
         try:
             for index in range(body.n):
                 yield self._chunk(
@@ -236,6 +248,7 @@ class _ChatView:
                     completion_tokens = 0  # nothing but role chunks went out
                     self.record.completion_tokens = 0
                     tool_streams.clear()
+                    parsers.clear()
                     continue
                 if item.usage is not None:
                     cached_tokens = item.usage.cached_tokens
@@ -250,9 +263,15 @@ class _ChatView:
                         self.record.finish_reason = delta.finish_reason
                     with_logprobs = body.logprobs and bool(delta.logprobs)
                     finish_reason = delta.finish_reason
-                    if forced is not None:
-                        stream = tool_streams.setdefault(delta.index, ToolCallStream(forced))
-                        fields, finish_reason = stream.delta(delta.text, delta.finish_reason)
+                    if forced is not None or body.auto_tool_choice:
+                        if forced is not None:
+                            stream = tool_streams.setdefault(delta.index, ToolCallStream(forced))
+                            fields, finish_reason = stream.delta(delta.text, delta.finish_reason)
+                        else:
+                            parser = parsers.setdefault(delta.index, HermesStream())
+                            fields, called = parser.feed(delta.text, finish_reason is not None)
+                            if called and finish_reason == "stop":
+                                finish_reason = "tool_calls"
                         if not fields and finish_reason is None and not with_logprobs:
                             continue
                         message = DeltaMessage(**fields)

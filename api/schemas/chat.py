@@ -14,7 +14,7 @@ from pydantic import (
 
 from api.errors import ApiError, not_supported
 from api.schemas.common import ChunkBase, SamplingRequest, UsageInfo
-from api.tool_choice import ForcedToolCall, forced_tool_call
+from api.tool_choice import ForcedToolCall, forced_tool_call, wants_auto
 from engine.structured_output import StructuredOutput
 
 
@@ -65,6 +65,11 @@ class ChatCompletionRequest(SamplingRequest):
                 "continue_final_message and add_generation_prompt cannot both be true",
                 param="continue_final_message",
             )
+
+    @property
+    def auto_tool_choice(self) -> bool:
+        """The model decides whether to call: needs the server's tool-call parser."""
+        return wants_auto(self.tools, self.tool_choice)
 
     def forced_tool_call(self) -> ForcedToolCall | None:
         """The call tool_choice forces ("required" or a named function), or None."""

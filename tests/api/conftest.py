@@ -20,7 +20,7 @@ import pytest
 from conveyor.bus import BusNames
 from conveyor.settings import Settings
 
-from .fakes import FakeWorker, LiveServer
+from .fakes import SCRIPT_TEXT, FakeWorker, LiveServer
 
 MODEL = "fake-model"
 MAX_MODEL_LEN = 256
@@ -94,6 +94,7 @@ def stack(redis_url: str, bundled_model_dir: Path) -> Iterator[Stack]:
 def worker(stack: Stack) -> Iterator[FakeWorker]:
     """The module's worker, reset to normal behaviour for each test."""
     stack.worker.behaviour = "normal"
+    stack.worker.set_script(SCRIPT_TEXT)
     stack.worker.received.clear()
     stack.worker.aborted.clear()
     yield stack.worker

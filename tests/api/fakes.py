@@ -87,7 +87,11 @@ class FakeWorker:
 
     def __post_init__(self) -> None:
         self.tokenizer = Tokenizer.load(self.model_dir)
-        self.script = self.tokenizer.encode(SCRIPT_TEXT, add_special_tokens=False)
+        self.set_script(SCRIPT_TEXT)
+
+    def set_script(self, text: str) -> None:
+        """What the worker "generates" from now on (choice i starts i tokens in)."""
+        self.script = self.tokenizer.encode(text, add_special_tokens=False)
 
     # --- lifecycle ----------------------------------------------------------------------
 

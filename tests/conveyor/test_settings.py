@@ -43,3 +43,17 @@ def test_settings_env_round_trips_explicit_values() -> None:
 def test_data_dir_expands_user(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_DATA_DIR", "~/somewhere")
     assert "~" not in str(Settings().data_dir)
+
+
+def test_the_tool_call_parser_reaches_the_api_of_conveyor_serve() -> None:
+    """vLLM's pair of flags; the parser alone enables tool_choice "auto", the enable flag
+    without a parser is a start-up error, not a silently disabled feature."""
+    parser = build_parser()
+    args = ["serve", "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    settings = settings_from_args(parser.parse_args(args))
+    assert settings.tool_call_parser == "hermes"
+    assert settings_env(settings)["CONVEYOR_TOOL_CALL_PARSER"] == "hermes"
+    with pytest.raises(ValueError, match="needs --tool-call-parser"):
+        settings_from_args(parser.parse_args(["api", "--enable-auto-tool-choice"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["api", "--tool-call-parser", "mistral"])
