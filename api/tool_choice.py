@@ -37,10 +37,14 @@ class ForcedToolCall:
             return [tool_call(self.function_name or "", text)]
         try:
             items = json.loads(text)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # cut short, or past json's own limits
+            return None
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str) for i in items
+        ):
             return None
         return [
-            tool_call(item["name"], json.dumps(item["parameters"], ensure_ascii=False))
+            tool_call(item["name"], json.dumps(item.get("parameters", {}), ensure_ascii=False))
             for item in items
         ]
 
@@ -85,12 +89,15 @@ def forced_tool_call(
     if tool_choice is None or tool_choice == "auto":
         return None
     if tool_choice == "required":
+        # Each tool's definitions move to the root, where its "#/$defs/..." pointers
+        # (pydantic's enums and nested models) resolve once the schema is nested.
+        definitions: dict[str, dict[str, Any]] = {"$defs": {}, "definitions": {}}
         variants = [
             {
                 "type": "object",
                 "properties": {
                     "name": {"type": "string", "enum": [name]},
-                    "parameters": parameters,
+                    "parameters": _hoist_definitions(name, parameters, definitions),
                 },
                 "required": ["name", "parameters"],
                 "additionalProperties": False,
@@ -98,6 +105,7 @@ def forced_tool_call(
             for name, parameters in functions.items()
         ]
         schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": variants}}
+        schema.update({key: defs for key, defs in definitions.items() if defs})
         if parallel_tool_calls is False:
             schema["maxItems"] = 1
         return ForcedToolCall("required", _constraint(schema))
@@ -109,6 +117,29 @@ def forced_tool_call(
             param="tool_choice",
         )
     return ForcedToolCall("named", _constraint(functions[name]), function_name=name)
+
+
+def _hoist_definitions(
+    name: str, parameters: dict[str, Any], definitions: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """`parameters` without its $defs / definitions, which join the shared ones; two tools
+    defining one name differently cannot share a root, and get a 400 saying so."""
+    body = dict(parameters)
+    for key, shared in definitions.items():
+        own = body.pop(key, None)
+        if own is None:
+            continue
+        if not isinstance(own, dict):
+            raise ApiError(400, f"tool {name!r}: {key} must be an object", param="tools")
+        for def_name, definition in own.items():
+            if shared.setdefault(def_name, definition) != definition:
+                raise ApiError(
+                    400,
+                    f'tools define "{key}/{def_name}" differently; with tool_choice '
+                    '"required" their definitions must agree (rename one)',
+                    param="tools",
+                )
+    return body
 
 
 def _functions(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:

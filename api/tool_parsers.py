@@ -31,11 +31,13 @@ def _call(block: str) -> dict[str, Any] | None:
     """A tool call from one block's JSON, or None if it is not one."""
     try:
         data = json.loads(block)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, or past json's own limits
         return None
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None
-    arguments = data.get("arguments", data.get("parameters", {}))
+    arguments = data.get("arguments", data.get("parameters"))
+    if arguments is None:
+        arguments = {}  # a call without arguments: strict clients expect an object
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
     return tool_call(data["name"], arguments)

@@ -87,7 +87,7 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         "--enable-auto-tool-choice",
         action="store_true",
         default=None,
-        help="vLLM's flag, accepted for compatibility (needs --tool-call-parser)",
+        help="vLLM's flag, accepted for compatibility (--tool-call-parser alone enables it)",
     )
 
 

@@ -81,7 +81,8 @@ class Settings(BaseSettings):
         "(hermes: <tool_call> JSON blocks, as Hermes and Qwen models write them)",
     )
     enable_auto_tool_choice: bool = Field(
-        default=False, description="vLLM's flag, accepted for compatibility: needs the parser"
+        default=False,
+        description="vLLM's flag, accepted for compatibility: the parser alone enables auto",
     )
     heartbeat_interval: float = 1.0
     heartbeat_ttl: float = 5.0

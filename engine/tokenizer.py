@@ -253,7 +253,7 @@ def _parse_tool_call(call: Any) -> Any:
     if isinstance(function, Mapping) and isinstance(function.get("arguments"), str):
         try:
             arguments = json.loads(function["arguments"])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, or past json's own limits
             return call
         return {**call, "function": {**function, "arguments": arguments}}
     return call

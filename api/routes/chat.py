@@ -175,8 +175,8 @@ def _render(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if body.continue_final_message:
         kwargs["continue_final_message"] = True
-    # The tools are shown to the model unless tool_choice is "none" (vLLM's default).
-    tools = body.tools if body.auto_tool_choice or body.forced_tool_call() else None
+    # The model sees the tools even with tool_choice "none", as with vLLM and OpenAI.
+    tools = body.tools or None
     try:
         text = tokenizer.render_chat(
             messages, add_generation_prompt=body.add_generation_prompt, tools=tools, **kwargs
@@ -275,6 +275,14 @@ class _ChatView:
                         if not fields and finish_reason is None and not with_logprobs:
                             continue
                         message = DeltaMessage(**fields)
+                        if message.tool_calls and finish_reason is not None:
+                            # Calls first, the finish in a chunk of its own, as OpenAI ends:
+                            # the SDK's stream state reads a chunk's finish before its calls.
+                            yield self._chunk(
+                                [ChatChunkChoice(index=delta.index, delta=message)],
+                                running_usage(),
+                            )
+                            message = DeltaMessage()
                     else:
                         if not delta.text and delta.finish_reason is None and not with_logprobs:
                             continue

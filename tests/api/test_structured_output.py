@@ -3,10 +3,13 @@ a constraint that cannot work is a 400 naming the parameter, before anything is 
 
 from __future__ import annotations
 
+import enum
 import json
 from typing import Any
 
 import httpx
+import openai
+import pydantic
 import pytest
 
 from engine.structured_output import ANY_JSON_OBJECT
@@ -231,4 +234,56 @@ def test_tool_choices_that_cannot_work_are_400(
     error = error_of(client.post("/v1/chat/completions", json=body), 400)
     assert error["param"] == param
     assert message in error["message"]
+    assert worker.received == []
+
+
+class Unit(enum.StrEnum):
+    celsius = "celsius"
+    fahrenheit = "fahrenheit"
+
+
+class Place(pydantic.BaseModel):
+    city: str
+    country: str
+
+
+class GetWeather(pydantic.BaseModel):
+    place: Place
+    unit: Unit
+
+
+class GetForecast(pydantic.BaseModel):
+    place: Place
+    days: int
+
+
+def test_required_tool_choice_keeps_pydantic_definitions_resolvable(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    """pydantic_function_tool puts enums and nested models in $defs, referenced from the root;
+    nested inside the array of calls, those pointers must still resolve."""
+    tools = [openai.pydantic_function_tool(GetWeather), openai.pydantic_function_tool(GetForecast)]
+    constraint = sent(
+        client, worker, "/v1/chat/completions", {"tools": tools, "tool_choice": "required"}
+    )
+    schema = json.loads(constraint["spec"])
+    assert set(schema["$defs"]) == {"Place", "Unit"}
+    for variant in schema["items"]["anyOf"]:
+        assert "$defs" not in variant["properties"]["parameters"]
+
+
+def test_tools_defining_one_name_differently_cannot_share_a_required_choice(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    first = openai.pydantic_function_tool(GetWeather)
+    second = openai.pydantic_function_tool(GetForecast)
+    second["function"]["parameters"]["$defs"]["Place"]["properties"]["zip"] = {"type": "string"}
+    body = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "tools": [first, second],
+        "tool_choice": "required",
+    }
+    error = error_of(client.post("/v1/chat/completions", json=body), 400)
+    assert error["param"] == "tools" and "$defs/Place" in error["message"]
     assert worker.received == []

@@ -131,3 +131,21 @@ def test_auto_tool_choice_through_the_sdk(hermes_sdk: tuple[openai.OpenAI, Stack
     assert plain.choices[0].message.content == " No tools needed."
     assert not plain.choices[0].message.tool_calls
     assert plain.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        '{"name": "f", "arguments": {"n": ' + "9" * 5000 + "}}",
+        '{"name": "f", "arguments": ' + "[" * 50_000,
+    ],
+    ids=["integer_past_json_limits", "nesting_past_recursion_limit"],
+)
+def test_blocks_json_cannot_read_stay_text(block: str) -> None:
+    text = f"<tool_call>{block}</tool_call>"
+    assert parse_hermes(text).content == text and parse_hermes(text).tool_calls == []
+
+
+def test_a_call_with_null_arguments_gets_an_empty_object() -> None:
+    (call,) = parse_hermes('<tool_call>{"name": "now", "arguments": null}</tool_call>').tool_calls
+    assert call["function"]["arguments"] == "{}"

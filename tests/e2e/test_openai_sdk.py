@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import time
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
@@ -348,3 +348,53 @@ def test_auto_tool_choice_is_refused_naming_what_works(client: openai.OpenAI) ->
     body: Any = caught.value.body
     assert body["param"] == "tool_choice"
     assert '"auto" tool choice' in body["message"] and "required" in body["message"]
+
+
+class Forecast(pydantic.BaseModel):
+    """The weather forecast for a city."""
+
+    city: str = pydantic.Field(max_length=30)
+    unit: Literal["celsius", "fahrenheit"]
+    days: int = pydantic.Field(ge=1, le=7)
+
+
+class Clock(pydantic.BaseModel):
+    """The time in a zone."""
+
+    zone: str = pydantic.Field(max_length=20)
+
+
+def test_sdk_parse_with_a_pydantic_tool_gives_parsed_arguments(client: openai.OpenAI) -> None:
+    """`pydantic_function_tool` sends a strict schema with $defs; both forced modes parse."""
+    tools = [openai.pydantic_function_tool(Forecast), openai.pydantic_function_tool(Clock)]
+    for tool_choice in ("required", {"type": "function", "function": {"name": "Forecast"}}):
+        completion = client.chat.completions.parse(
+            model=MODEL,
+            messages=WEATHER_QUESTION,
+            tools=tools,  # type: ignore[arg-type]
+            tool_choice=tool_choice,  # type: ignore[arg-type]
+            parallel_tool_calls=False,
+            temperature=0,
+            max_tokens=120,
+        )
+        (call,) = completion.choices[0].message.tool_calls or []
+        expected = {"Forecast": Forecast, "Clock": Clock}[call.function.name]
+        assert isinstance(call.function.parsed_arguments, expected)
+
+
+def test_sdk_stream_helper_reports_every_forced_call_done(client: openai.OpenAI) -> None:
+    """The SDK's stream state reads a chunk's finish_reason before its tool calls: calls and
+    finish come in separate chunks, or the last call's "done" event is never raised."""
+    with client.chat.completions.stream(
+        model=MODEL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL, TIME_TOOL],  # type: ignore[list-item]
+        tool_choice="required",
+        temperature=0,
+        max_tokens=200,
+    ) as stream:
+        done = [e.name for e in stream if e.type == "tool_calls.function.arguments.done"]
+        final = stream.get_final_completion()
+    calls = final.choices[0].message.tool_calls or []
+    assert calls and done == [c.function.name for c in calls]
+    assert final.choices[0].finish_reason == "tool_calls"
