@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import Tokenizer, normalize_messages
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -192,3 +192,12 @@ assert not leaked, leaked[:5]
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_tool_call_arguments_json_cannot_read_are_passed_on_as_text() -> None:
+    """Deep nesting makes json raise RecursionError, huge integers a plain ValueError:
+    the arguments stay the client's string instead of failing the request with a 500."""
+    for arguments in ("[" * 50_000, "9" * 5000, "{not json"):
+        call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+        (message,) = normalize_messages([{"role": "assistant", "tool_calls": [call]}])
+        assert message["tool_calls"] == [call]
