@@ -14,6 +14,7 @@ constrained.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import torch
@@ -25,8 +26,11 @@ assert sys.byteorder == "little"
 
 _tables: dict[torch.device, torch.Tensor] = {}
 APPLY_ROWS = 32
-# From this many constrained rows in a step, masks are filled on llguidance's thread pool.
+# From this many constrained rows in a step, masks are filled on llguidance's thread pool,
+# on machines with cores to spare (its pool takes 80% of them; on 2 cores it is one
+# thread, and handing work to it measured slower than filling in place).
 PARALLEL_ROWS = 4
+PARALLEL = (os.cpu_count() or 1) >= 4
 _pool: list[LLExecutor] = []
 
 
@@ -47,7 +51,7 @@ def fill_bitmask(matchers: list[LLMatcher], vocab_size: int, device: torch.devic
     bitmask = torch.empty((len(matchers), words), dtype=torch.int32, pin_memory=pin)
     row_bytes = words * 4
     base = bitmask.data_ptr()
-    if len(matchers) >= PARALLEL_ROWS:
+    if PARALLEL and len(matchers) >= PARALLEL_ROWS:
         # llguidance's own thread pool, outside the GIL: masks are independent per row.
         _executor().unsafe_compute_mask_ptr(
             [(m, i) for i, m in enumerate(matchers)], base, row_bytes, len(matchers)
