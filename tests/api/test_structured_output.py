@@ -20,6 +20,14 @@ from .test_errors import error_of
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SCHEMA = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "get_time"}}
 
 
 def sent(client: httpx.Client, worker: FakeWorker, path: str, patch: dict[str, Any]) -> Any:
@@ -137,6 +145,34 @@ def test_whitespace_options_travel_with_the_json_constraint(
             "response_format",
             "invalid JSON schema",
         ),
+        ({"tool_choice": "required"}, "tools", "requires tools"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "tool_choice",
+            "not in tools",
+        ),
+        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice", "must be"),
+        ({"tools": [{"type": "retrieval"}], "tool_choice": "required"}, "tools[0]", "function"),
+        ({"tools": [{"type": "function"}], "tool_choice": "required"}, "tools[0].function", ""),
+        (
+            {
+                "tools": [WEATHER],
+                "tool_choice": "required",
+                "response_format": {"type": "json_object"},
+            },
+            "response_format",
+            "cannot be combined",
+        ),
+        (
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}
+                ],
+                "tool_choice": "required",
+            },
+            "tools",
+            "invalid JSON schema",
+        ),
     ],
 )
 def test_constraints_that_cannot_work_are_400_and_never_queued(
@@ -148,16 +184,6 @@ def test_constraints_that_cannot_work_are_400_and_never_queued(
     assert error["type"] == "invalid_request_error"
     assert message in error["message"]
     assert worker.received == []
-
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
-    },
-}
-CLOCK = {"type": "function", "function": {"name": "get_time"}}
 
 
 def test_a_named_tool_choice_generates_that_functions_arguments(
@@ -192,49 +218,6 @@ def test_required_tool_choice_generates_an_array_of_calls(
         "type": "object",
         "properties": {},
     }
-
-
-@pytest.mark.parametrize(
-    ("patch", "param", "message"),
-    [
-        ({"tool_choice": "required"}, "tools", "requires tools"),
-        (
-            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
-            "tool_choice",
-            "not in tools",
-        ),
-        ({"tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice", "must be"),
-        ({"tools": [{"type": "retrieval"}], "tool_choice": "required"}, "tools[0]", "function"),
-        ({"tools": [{"type": "function"}], "tool_choice": "required"}, "tools[0].function", ""),
-        (
-            {
-                "tools": [WEATHER],
-                "tool_choice": "required",
-                "response_format": {"type": "json_object"},
-            },
-            "response_format",
-            "cannot be combined",
-        ),
-        (
-            {
-                "tools": [
-                    {"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}
-                ],
-                "tool_choice": "required",
-            },
-            "tools",
-            "invalid JSON schema",
-        ),
-    ],
-)
-def test_tool_choices_that_cannot_work_are_400(
-    client: httpx.Client, worker: FakeWorker, patch: dict, param: str, message: str
-) -> None:
-    body = {"model": MODEL, "messages": MESSAGES, **patch}
-    error = error_of(client.post("/v1/chat/completions", json=body), 400)
-    assert error["param"] == param
-    assert message in error["message"]
-    assert worker.received == []
 
 
 class Unit(enum.StrEnum):

@@ -265,6 +265,19 @@ TIME_TOOL = {
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
+def _weather_call(tool_choice: Any, **extra: Any) -> dict[str, Any]:
+    """A greedy request offering both tools, forcing a call with `tool_choice`."""
+    options: dict[str, Any] = dict(
+        model=MODEL,
+        messages=WEATHER_QUESTION,
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice=tool_choice,
+        temperature=0,
+        max_tokens=120,
+    )
+    return {**options, **extra}
+
+
 def _streamed_calls(chunks: Any) -> tuple[list[dict[str, str]], str | None]:
     """Assemble streamed tool-call deltas the way OpenAI clients do (by index)."""
     calls: dict[int, dict[str, str]] = {}
@@ -285,14 +298,7 @@ def _streamed_calls(chunks: Any) -> tuple[list[dict[str, str]], str | None]:
 def test_a_named_tool_choice_returns_that_call_with_valid_arguments(
     client: openai.OpenAI, stream: bool
 ) -> None:
-    options: dict[str, Any] = dict(
-        model=MODEL,
-        messages=WEATHER_QUESTION,
-        tools=[WEATHER_TOOL, TIME_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        temperature=0,
-        max_tokens=100,
-    )
+    options = _weather_call({"type": "function", "function": {"name": "get_weather"}})
     full = client.chat.completions.create(**options)
     choice = full.choices[0]
     assert choice.finish_reason == "stop"
@@ -315,15 +321,7 @@ def test_a_named_tool_choice_returns_that_call_with_valid_arguments(
 def test_required_tool_choice_returns_calls_of_the_given_tools(
     client: openai.OpenAI, stream: bool
 ) -> None:
-    options: dict[str, Any] = dict(
-        model=MODEL,
-        messages=WEATHER_QUESTION,
-        tools=[WEATHER_TOOL, TIME_TOOL],
-        tool_choice="required",
-        parallel_tool_calls=False,
-        temperature=0,
-        max_tokens=120,
-    )
+    options = _weather_call("required", parallel_tool_calls=False)
     full = client.chat.completions.create(**options)
     choice = full.choices[0]
     assert choice.finish_reason == "tool_calls"
@@ -385,14 +383,7 @@ def test_sdk_parse_with_a_pydantic_tool_gives_parsed_arguments(client: openai.Op
 def test_sdk_stream_helper_reports_every_forced_call_done(client: openai.OpenAI) -> None:
     """The SDK's stream state reads a chunk's finish_reason before its tool calls: calls and
     finish come in separate chunks, or the last call's "done" event is never raised."""
-    with client.chat.completions.stream(
-        model=MODEL,
-        messages=WEATHER_QUESTION,
-        tools=[WEATHER_TOOL, TIME_TOOL],  # type: ignore[list-item]
-        tool_choice="required",
-        temperature=0,
-        max_tokens=200,
-    ) as stream:
+    with client.chat.completions.stream(**_weather_call("required", max_tokens=200)) as stream:
         done = [e.name for e in stream if e.type == "tool_calls.function.arguments.done"]
         final = stream.get_final_completion()
     calls = final.choices[0].message.tool_calls or []

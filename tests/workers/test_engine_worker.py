@@ -39,6 +39,19 @@ def reference(engine: LLMEngine, prompt: list[int], **sampling: Any) -> tuple[st
     return text, tokens
 
 
+def admitted_ids(engine: LLMEngine, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the requests that reach engine.add_request, in order, from now on."""
+    admitted: list[str] = []
+    real_add = engine.add_request
+
+    def spy(request_id: str, *args: Any, **kwargs: Any) -> None:
+        admitted.append(request_id)
+        real_add(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "add_request", spy)
+    return admitted
+
+
 def joined(messages: list[ReplyMessage]) -> tuple[str, list[int]]:
     text = "".join(c.text for m in messages for c in m.choices)
     return text, [t for m in messages for c in m.choices for t in c.token_ids]
@@ -129,14 +142,7 @@ def test_abort_frees_the_request(engine: LLMEngine, make_worker: Any, client: re
 def test_invalid_and_expired_requests_get_errors_and_are_acked(
     engine: LLMEngine, make_worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    admitted: list[str] = []
-    real_add = engine.add_request
-
-    def spy(request_id: str, *args: Any, **kwargs: Any) -> None:
-        admitted.append(request_id)
-        real_add(request_id, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "add_request", spy)
+    admitted = admitted_ids(engine, monkeypatch)
     h: Harness = make_worker()
     prompt = engine.tokenizer.encode(PROMPT)
     hot = h.request(prompt, temperature=5.0)
@@ -326,14 +332,7 @@ def test_structured_output_crosses_the_wire_and_bad_constraints_are_refused_befo
 ) -> None:
     """The constraint travels as a plain object; the intake compiles it (off the engine
     thread), so a grammar that cannot compile is a 400 that never reaches add_request."""
-    admitted: list[str] = []
-    real_add = engine.add_request
-
-    def spy(request_id: str, *args: Any, **kwargs: Any) -> None:
-        admitted.append(request_id)
-        real_add(request_id, *args, **kwargs)
-
-    monkeypatch.setattr(engine, "add_request", spy)
+    admitted = admitted_ids(engine, monkeypatch)
     h: Harness = make_worker()
     prompt = engine.tokenizer.encode(PROMPT)
     choice = {"kind": "choice", "spec": '["Paris", "Lyon"]'}
