@@ -119,7 +119,7 @@ async def create_chat_completion(
     record.completion_tokens = output.completion_tokens()
     record.cached_tokens = output.cached_tokens()
     record.finish_reason = output.choice(0).finish_reason
-    forced = body.forced_tool_call()
+    forced = body.forced_tool_call
     choices = []
     for index in range(body.n):
         choice = output.choice(index)
@@ -230,7 +230,7 @@ class _ChatView:
                 return None
             return UsageInfo.of(self.prompt_tokens, completion_tokens, cached_tokens)
 
-        forced = body.forced_tool_call()
+        forced = body.forced_tool_call
         tool_streams: dict[int, ToolCallStream] = {}
         parsers: dict[int, HermesStream] = {}
         try:

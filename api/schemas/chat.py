@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import (
@@ -50,7 +51,7 @@ class ChatCompletionRequest(SamplingRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        self.forced_tool_call()  # tools and tool_choice are well formed, "auto" refused
+        _ = self.forced_tool_call  # tools and tool_choice are well formed
         if self.functions or self.function_call not in (None, "none"):
             raise not_supported("functions", "function calling")
         if self.chat_template is not None:
@@ -71,15 +72,17 @@ class ChatCompletionRequest(SamplingRequest):
         """The model decides whether to call: needs the server's tool-call parser."""
         return wants_auto(self.tools, self.tool_choice)
 
+    @cached_property
     def forced_tool_call(self) -> ForcedToolCall | None:
-        """The call tool_choice forces ("required" or a named function), or None."""
+        """The call tool_choice forces ("required" or a named function), or None; built once
+        (its schema is rebuilt from the tools otherwise), a 400 for malformed tools."""
         return forced_tool_call(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def structured_output(self) -> tuple[StructuredOutput | None, str]:
         """A forced tool call is generated under its arguments' schema; it cannot also
         follow a response_format or guided constraint."""
         constraint, param = super().structured_output()
-        forced = self.forced_tool_call()
+        forced = self.forced_tool_call
         if forced is None:
             return constraint, param
         if constraint is not None:
