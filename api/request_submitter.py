@@ -25,11 +25,11 @@ from api.errors import ApiError
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
 from api.schemas.common import SamplingRequest
+from api.schemas.structured_output import refused_as
 from conveyor.bus import INTERACTIVE_LANE, REQUEST_FIELD, BusNames
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
 from engine.sampling_params import SamplingParamError, SamplingParams
-from engine.structured_output import StructuredOutputError
 
 
 @dataclass(frozen=True)
@@ -122,13 +122,10 @@ async def check_structured_output(
     constraint = sampling.structured_output
     if constraint is None:
         return
-    try:
+    with refused_as(request.structured_output()[1]):
         # Not on the catalog's one tokenizing thread: a big schema must not hold up
         # every other request's chat template.
         await asyncio.to_thread(model.grammars.check, constraint)
-    except StructuredOutputError as exc:
-        param = request.structured_output()[1]
-        raise ApiError(400, f"{param}: {exc}", param=param) from None
 
 
 def check_prompt_ids(token_ids: list[int], vocab_size: int, param: str = "prompt") -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from api.errors import ApiError, not_supported
-from engine.structured_output import StructuredOutput, StructuredOutputError
+from api.schemas.structured_output import refused_as
+from engine.structured_output import StructuredOutput
 
 ANY_OBJECT: dict[str, Any] = {"type": "object", "properties": {}}
 
@@ -187,10 +188,8 @@ def _named(tool_choice: str | dict[str, Any]) -> str:
 
 
 def _constraint(schema: dict[str, Any]) -> StructuredOutput:
-    try:
+    with refused_as("tools"):
         return StructuredOutput.json_schema(schema)
-    except StructuredOutputError as exc:
-        raise ApiError(400, f"tools: {exc}", param="tools") from None
 
 
 class ToolCallStream:

@@ -16,7 +16,6 @@ from typing import Any
 
 from api.tool_choice import tool_call
 
-PARSERS = ("hermes",)
 START = "<tool_call>"
 END = "</tool_call>"
 

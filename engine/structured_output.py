@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from llguidance import LLMatcher, LLTokenizer, regex_to_lark
 from llguidance.gbnf_to_lark import any_to_lark
 
 StructuredOutputKind = Literal["json", "regex", "choice", "grammar"]
-KINDS: tuple[str, ...] = ("json", "regex", "choice", "grammar")
+KINDS: tuple[str, ...] = get_args(StructuredOutputKind)
 # "Any JSON object": OpenAI's json_object mode.
 ANY_JSON_OBJECT = '{"type": "object"}'
 MAX_SPEC_CHARS = 256_000

@@ -9,6 +9,8 @@ object. All become one engine `StructuredOutput`; asking for two at once is a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -169,22 +171,25 @@ class StructuredOutputFields(BaseModel):
         return [("structured_outputs", found[0])]
 
 
-def _json(param: str, schema: Any, **options: Any) -> StructuredOutput:
+@contextmanager
+def refused_as(param: str) -> Iterator[None]:
+    """A StructuredOutputError inside becomes the client's 400 naming `param`."""
     try:
-        return StructuredOutput.json_schema(schema, **options)
+        yield
     except StructuredOutputError as exc:
         raise ApiError(400, f"{param}: {exc}", param=param) from None
+
+
+def _json(param: str, schema: Any, **options: Any) -> StructuredOutput:
+    with refused_as(param):
+        return StructuredOutput.json_schema(schema, **options)
 
 
 def _choice(param: str, options: list[str]) -> StructuredOutput:
-    try:
+    with refused_as(param):
         return StructuredOutput.choice(options)
-    except StructuredOutputError as exc:
-        raise ApiError(400, f"{param}: {exc}", param=param) from None
 
 
 def _make(param: str, kind: Any, spec: str) -> StructuredOutput:
-    try:
+    with refused_as(param):
         return StructuredOutput(kind, spec)
-    except StructuredOutputError as exc:
-        raise ApiError(400, f"{param}: {exc}", param=param) from None
