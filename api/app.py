@@ -41,6 +41,7 @@ from api.routes import (
     organization_api_keys,
     organization_projects,
     organization_usage,
+    responses,
     tokenize,
 )
 from api.usage_middleware import UsageMiddleware
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (
         chat,
         completions,
+        responses,
         models,
         tokenize,
         ops,

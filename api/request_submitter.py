@@ -137,12 +137,19 @@ def check_prompt_ids(token_ids: list[int], vocab_size: int, param: str = "prompt
 
 
 def check_length(
-    prompt_tokens: int, max_tokens: int | None, max_model_len: int | None, *, chat: bool
+    prompt_tokens: int,
+    max_tokens: int | None,
+    max_model_len: int | None,
+    *,
+    chat: bool,
+    where: str | None = None,
 ) -> None:
-    """Reject a request that cannot fit the context, stating both numbers (as vLLM does)."""
+    """Reject a request that cannot fit the context, stating both numbers (as vLLM does).
+
+    `where` names the prompt's field when it is neither chat's nor completions' own."""
     if max_model_len is None:
         return
-    where = "messages" if chat else "prompt"
+    where = where or ("messages" if chat else "prompt")
     if max_tokens is None:
         if prompt_tokens >= max_model_len:
             raise ApiError(

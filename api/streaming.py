@@ -1,5 +1,8 @@
 """Server-sent events in OpenAI's framing: `data: {chunk}` lines, then `data: [DONE]`.
 
+The Responses API frames differently (`event:` lines, an `error` event, no
+`[DONE]`); a `Framing` says how.
+
 Once the 200 and the first bytes are out, an error can only travel inside the
 stream: `data: {"error": {...}}` followed by `data: [DONE]`, which the OpenAI
 SDK raises as an APIError. sse-starlette does the framing, keep-alive pings
@@ -13,9 +16,8 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
-from pydantic import BaseModel
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.background import BackgroundTask
@@ -31,8 +33,31 @@ DONE = "[DONE]"
 SHUTDOWN_GRACE_SECONDS = 25.0
 
 
+class ChatFraming:
+    """Chat and completions: `data: {chunk}`, errors as `data: {"error": ...}`, `[DONE]` last."""
+
+    def frame(self, chunk: Any) -> ServerSentEvent:
+        return ServerSentEvent(data=chunk.model_dump_json(), sep="\n")
+
+    def error(self, body: dict[str, Any]) -> ServerSentEvent:
+        return ServerSentEvent(data=json.dumps(body), sep="\n")
+
+    def done(self) -> ServerSentEvent | None:
+        return ServerSentEvent(data=DONE, sep="\n")
+
+
+class Framing(Protocol):
+    def frame(self, chunk: Any) -> ServerSentEvent: ...
+
+    def error(self, body: dict[str, Any]) -> ServerSentEvent: ...
+
+    def done(self) -> ServerSentEvent | None: ...
+
+
 def sse_response(
-    chunks: AsyncIterator[BaseModel], on_close: Callable[[], None]
+    chunks: AsyncIterator[Any],
+    on_close: Callable[[], None],
+    framing: Framing | None = None,
 ) -> EventSourceResponse:
     """`on_close` runs however the stream ends, even if the client left before the first chunk."""
 
@@ -40,7 +65,7 @@ def sse_response(
         on_close()
 
     return EventSourceResponse(
-        _frames(chunks),
+        _frames(chunks, framing or ChatFraming()),
         background=BackgroundTask(cleanup),
         sep="\n",
         ping=15,
@@ -48,19 +73,20 @@ def sse_response(
     )
 
 
-async def _frames(chunks: AsyncIterator[BaseModel]) -> AsyncIterator[ServerSentEvent]:
+async def _frames(chunks: AsyncIterator[Any], framing: Framing) -> AsyncIterator[ServerSentEvent]:
     try:
         async for chunk in chunks:
-            yield ServerSentEvent(data=chunk.model_dump_json(), sep="\n")
+            yield framing.frame(chunk)
     except ApiError as exc:
-        yield ServerSentEvent(data=json.dumps(exc.body()), sep="\n")
+        yield framing.error(exc.body())
     except RedisError as exc:
-        yield ServerSentEvent(data=json.dumps(redis_unavailable(exc).body()), sep="\n")
+        yield framing.error(redis_unavailable(exc).body())
     except Exception:
         logger.exception("stream failed")
-        body = ApiError(500, "internal server error", code="internal_error").body()
-        yield ServerSentEvent(data=json.dumps(body), sep="\n")
-    yield ServerSentEvent(data=DONE, sep="\n")
+        yield framing.error(ApiError(500, "internal server error", code="internal_error").body())
+    done = framing.done()
+    if done is not None:
+        yield done
 
 
 async def merge(iterators: Sequence[AsyncIterator[T]]) -> AsyncIterator[tuple[int, T]]:

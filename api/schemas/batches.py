@@ -23,13 +23,18 @@ class BatchCreate(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _metadata_bounds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        if value is None:
-            return None
-        if len(value) > METADATA_MAX_PAIRS:
-            raise ValueError(f"at most {METADATA_MAX_PAIRS} key-value pairs")
-        for key, item in value.items():
-            if len(key) > METADATA_KEY_MAX:
-                raise ValueError(f"keys are at most {METADATA_KEY_MAX} characters")
-            if len(item) > METADATA_VALUE_MAX:
-                raise ValueError(f"values are at most {METADATA_VALUE_MAX} characters")
-        return value
+        return metadata_bounds(value)
+
+
+def metadata_bounds(value: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's limits on an object's `metadata` (batches, responses); a ValueError names one."""
+    if value is None:
+        return None
+    if len(value) > METADATA_MAX_PAIRS:
+        raise ValueError(f"at most {METADATA_MAX_PAIRS} key-value pairs")
+    for key, item in value.items():
+        if len(key) > METADATA_KEY_MAX:
+            raise ValueError(f"keys are at most {METADATA_KEY_MAX} characters")
+        if len(item) > METADATA_VALUE_MAX:
+            raise ValueError(f"values are at most {METADATA_VALUE_MAX} characters")
+    return value

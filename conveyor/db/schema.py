@@ -7,5 +7,15 @@ from conveyor.db.batch_result import BatchResult
 from conveyor.db.project import Project
 from conveyor.db.request_log import RequestLog
 from conveyor.db.stored_file import StoredFile
+from conveyor.db.stored_response import StoredResponse
 
-__all__ = ["ApiKey", "Base", "Batch", "BatchResult", "Project", "RequestLog", "StoredFile"]
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Batch",
+    "BatchResult",
+    "Project",
+    "RequestLog",
+    "StoredFile",
+    "StoredResponse",
+]

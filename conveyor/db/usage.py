@@ -37,7 +37,7 @@ GROUP_BY_FIELDS = ("project_id", "api_key_id", "model", "batch")
 
 # The request_logs `endpoint` values this report covers (OpenAI reports embeddings,
 # images, ... under other usage endpoints).
-COMPLETIONS_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
+COMPLETIONS_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 # OpenAI bills a request that produced a response; rejected or failed requests
 # (4xx, 5xx, including ones that died in the engine) cost nothing and are left out.
 BILLED_STATUS_CODE = 200

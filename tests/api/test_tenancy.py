@@ -136,6 +136,46 @@ def test_request_log_row_describes_the_request(tenancy: Stack, admin: httpx.Clie
     assert (bad.status_code, bad.completion_tokens) == (400, 0)
 
 
+def test_responses_belong_to_their_project_and_are_billed(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    project = new_project(admin, "acme")
+    key, colleague = new_key(admin, project["id"]), new_key(admin, project["id"])
+    outsider = new_key(admin, new_project(admin, "globex")["id"])
+    with sdk(tenancy, key["value"]) as client:
+        created = client.responses.create(model=MODEL, input="Count.", max_output_tokens=3)
+    with sdk(tenancy, colleague["value"]) as client:  # same project: found and continued
+        assert client.responses.retrieve(created.id).id == created.id
+        client.responses.create(
+            model=MODEL, input="More.", previous_response_id=created.id, max_output_tokens=2
+        )
+    with sdk(tenancy, outsider["value"]) as client:  # another project: as if it did not exist
+        with pytest.raises(openai.NotFoundError):
+            client.responses.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.input_items.list(created.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.create(model=MODEL, input="x", previous_response_id=created.id)
+        with pytest.raises(openai.NotFoundError):
+            client.responses.delete(created.id)
+    first, second = logs(tenancy, 3)[:2]
+    assert (first.request_id, first.endpoint, first.status_code) == (
+        created.id,
+        "/v1/responses",
+        200,
+    )
+    assert created.usage is not None
+    assert (first.prompt_tokens, first.completion_tokens) == (created.usage.input_tokens, 3)
+    assert second.completion_tokens == 2
+    results = [
+        r
+        for bucket in usage(admin, group_by="project_id", project_ids=project["id"])["data"]
+        for r in bucket["results"]
+    ]
+    assert sum(r["num_model_requests"] for r in results) == 2
+    assert sum(r["output_tokens"] for r in results) == 5
+
+
 def test_aborted_stream_bills_the_tokens_it_received(tenancy: Stack, admin: httpx.Client) -> None:
     key = new_key(admin, new_project(admin, "acme")["id"])
     tenancy.worker.behaviour = "slow"

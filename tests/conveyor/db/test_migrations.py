@@ -15,7 +15,7 @@ from conveyor.db import migrate
 from conveyor.db.database import create_db_engine
 from conveyor.db.schema import Base
 
-TABLES = {"projects", "api_keys", "request_logs", "files", "batches", "batch_results"}
+TABLES = {"projects", "api_keys", "request_logs", "files", "batches", "batch_results", "responses"}
 
 
 def _tables(engine: Engine) -> set[str]:

@@ -1,0 +1,329 @@
+"""One chat generation, from a validated request to OpenAI's chat answer or chunks.
+
+Shared by `/v1/chat/completions` and `/v1/responses`: the Responses API is
+the same generation spelled differently, so it builds a chat request and
+reshapes what comes back. Everything between (chat template, sampling, the
+structured-output check, admission, the queue, tool-call parsing) is here,
+once, and behaves the same on both paths.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from api.admission import admit, refuse_early
+from api.catalog import ModelCatalog
+from api.collect import collect_all, finish
+from api.errors import ApiError
+from api.logprobs import chat_logprobs
+from api.reply_router import ReplyReader, ReplyRouter, Restart
+from api.request_record import RequestRecord
+from api.request_submitter import (
+    RequestSubmitter,
+    Submission,
+    build_sampling,
+    check_length,
+    check_structured_output,
+)
+from api.schemas.chat import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    ChatResponseMessage,
+    DeltaMessage,
+)
+from api.schemas.common import UsageInfo
+from api.tool_choice import ForcedToolCall, ToolCallStream, refuse_auto
+from api.tool_parsers import HermesStream, parse_hermes
+from conveyor.settings import Settings
+from engine.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class ChatServices:
+    """What a chat generation needs from the app, gathered once by the route."""
+
+    request: Request
+    catalog: ModelCatalog
+    submitter: RequestSubmitter
+    replies: ReplyRouter
+    record: RequestRecord
+    settings: Settings
+
+
+async def start_chat(
+    services: ChatServices, body: ChatCompletionRequest, request_id: str
+) -> ChatGeneration:
+    """Validate, render, admit and queue `body`; the generation is running when this returns."""
+    record, submitter, catalog = services.record, services.submitter, services.catalog
+    body.check_supported()
+    if body.auto_tool_choice and services.settings.tool_call_parser is None:
+        raise refuse_auto()
+    record.model = body.model
+    refuse_early(services.request, record)
+    live = await catalog.resolve(body.model)
+    await submitter.check_capacity(body.model, record.lane)
+    model_tokenizer = await catalog.tokenizer(body.model)
+    tokenizer = model_tokenizer.tokenizer
+    prompt_ids = await catalog.in_thread(render_chat, tokenizer, body)
+    max_model_len = live.max_model_len or model_tokenizer.max_model_len
+
+    requested, max_tokens_param = body.requested_max_tokens
+    check_length(len(prompt_ids), requested, max_model_len, chat=True, where=body.prompt_param)
+    max_tokens = requested
+    if max_tokens is None and max_model_len is not None:
+        max_tokens = max_model_len - len(prompt_ids)  # the rest of the context, as vLLM does
+    top_n = body.top_logprobs or 0
+    sampling = build_sampling(
+        body,
+        max_tokens=max_tokens,
+        logprobs=top_n if body.logprobs else None,
+        defaults=model_tokenizer.generation_defaults,
+        vocab_size=tokenizer.vocab_size,
+        param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
+    )
+    await check_structured_output(body, sampling, model_tokenizer)
+    record.request_id = request_id
+    record.prompt_tokens = len(prompt_ids)
+    if services.settings.log_prompts:
+        record.prompt_text = body.model_dump_json(include={"messages"})
+    await admit(services.request, record, tokens=len(prompt_ids) + body.n * (requested or 0))
+    reader = await submitter.submit(
+        Submission(
+            request_id=request_id,
+            model=body.model,
+            prompt_token_ids=prompt_ids,
+            sampling=sampling,
+            priority=body.priority,
+            stream=body.stream,
+            lane=record.lane,
+        )
+    )
+    record.readers.append(reader)
+    return ChatGeneration(services, request_id, body, tokenizer, len(prompt_ids), reader)
+
+
+def render_chat(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
+    """Chat template -> token ids; a template or message problem is the client's 400."""
+    messages = [m.model_dump(exclude_none=True) for m in body.messages]
+    for message in messages:
+        # Templates index `content`; an assistant turn of only tool calls has none (vLLM's "").
+        message.setdefault("content", "")
+    kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
+    if body.continue_final_message:
+        kwargs["continue_final_message"] = True
+    # The model sees the tools even with tool_choice "none", as with vLLM and OpenAI.
+    tools = body.tools or None
+    try:
+        text = tokenizer.render_chat(
+            messages, add_generation_prompt=body.add_generation_prompt, tools=tools, **kwargs
+        )
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param=body.prompt_param) from None
+    return tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
+
+
+def chat_message(
+    text: str, finish_reason: str | None, forced: ForcedToolCall | None, auto: bool
+) -> tuple[ChatResponseMessage, str | None]:
+    """The assistant message and finish_reason of one choice's text."""
+    if auto:  # the route refused "auto" unless a tool-call parser is configured
+        parsed = parse_hermes(text)
+        if not parsed.tool_calls:
+            return ChatResponseMessage(content=text), finish_reason
+        finish = "tool_calls" if finish_reason == "stop" else finish_reason
+        return ChatResponseMessage(content=parsed.content, tool_calls=parsed.tool_calls), finish
+    if forced is None:
+        return ChatResponseMessage(content=text), finish_reason
+    calls = forced.calls(text)
+    if calls is None:  # "required" output cut short by max_tokens: not JSON, give the text
+        return ChatResponseMessage(content=text), finish_reason
+    if finish_reason == "stop":
+        finish_reason = forced.finish_reason
+    return ChatResponseMessage(content=None, tool_calls=calls), finish_reason
+
+
+class ChatGeneration:
+    """A queued chat request: its answer whole (`response`) or as chunks (`chunks`)."""
+
+    def __init__(
+        self,
+        services: ChatServices,
+        request_id: str,
+        body: ChatCompletionRequest,
+        tokenizer: Tokenizer,
+        prompt_tokens: int,
+        reader: ReplyReader,
+    ) -> None:
+        self.services = services
+        self.record = services.record
+        self.request_id = request_id
+        self.body = body
+        self.tokenizer = tokenizer
+        self.prompt_tokens = prompt_tokens
+        self.reader = reader
+        self.top_n = body.top_logprobs or 0
+        self.created = int(time.time())
+
+    def close(self) -> None:
+        """Stop listening; abort the generation on the workers if it did not finish."""
+        finish(self.services.replies, [self.reader])
+
+    async def response(self) -> ChatCompletionResponse:
+        """The whole answer; raises ClientGone if the client leaves first."""
+        body, record = self.body, self.record
+        (output,) = await collect_all(self.services.request, self.services.replies, [self.reader])
+        record.completion_tokens = output.completion_tokens()
+        record.cached_tokens = output.cached_tokens()
+        record.finish_reason = output.choice(0).finish_reason
+        forced = body.forced_tool_call
+        choices = []
+        for index in range(body.n):
+            choice = output.choice(index)
+            message, finish_reason = chat_message(
+                choice.full_text, choice.finish_reason, forced, body.auto_tool_choice
+            )
+            choices.append(
+                ChatChoice(
+                    index=index,
+                    message=message,
+                    logprobs=(
+                        ChatLogprobs(
+                            content=chat_logprobs(self.tokenizer, choice.logprobs, self.top_n)
+                        )
+                        if body.logprobs
+                        else None
+                    ),
+                    finish_reason=finish_reason,
+                    stop_reason=choice.stop_reason,
+                )
+            )
+        return ChatCompletionResponse(
+            id=self.request_id,
+            created=self.created,
+            model=body.model,
+            choices=choices,
+            usage=UsageInfo.of(
+                self.prompt_tokens, output.completion_tokens(), output.cached_tokens()
+            ),
+        )
+
+    def _chunk(
+        self, choices: list[ChatChunkChoice], usage: UsageInfo | None = None
+    ) -> ChatCompletionChunk:
+        return ChatCompletionChunk(
+            id=self.request_id,
+            created=self.created,
+            model=self.body.model,
+            choices=choices,
+            usage=usage,
+        )
+
+    async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
+        """OpenAI's chunks as tokens arrive; closing the iterator aborts the generation."""
+        body = self.body
+        completion_tokens = 0
+        cached_tokens = 0
+        final_completion_tokens: int | None = None
+
+        def running_usage() -> UsageInfo | None:
+            if not body.continuous_usage:
+                return None
+            return UsageInfo.of(self.prompt_tokens, completion_tokens, cached_tokens)
+
+        forced = body.forced_tool_call
+        tool_streams: dict[int, ToolCallStream] = {}
+        parsers: dict[int, HermesStream] = {}
+        try:
+            for index in range(body.n):
+                yield self._chunk(
+                    [
+                        ChatChunkChoice(
+                            index=index, delta=DeltaMessage(role="assistant", content="")
+                        )
+                    ],
+                    running_usage(),
+                )
+            async for item in self.reader:
+                if isinstance(item, Restart):
+                    completion_tokens = 0  # nothing but role chunks went out
+                    self.record.completion_tokens = 0
+                    tool_streams.clear()
+                    parsers.clear()
+                    continue
+                if item.usage is not None:
+                    cached_tokens = item.usage.cached_tokens
+                    if item.finished:
+                        final_completion_tokens = item.usage.completion_tokens
+                for delta in item.choices:
+                    completion_tokens += len(delta.token_ids)
+                    # Logged as forwarded, so an aborted stream bills what it received.
+                    self.record.completion_tokens = completion_tokens
+                    self.record.cached_tokens = cached_tokens
+                    if delta.finish_reason is not None and delta.index == 0:
+                        self.record.finish_reason = delta.finish_reason
+                    with_logprobs = body.logprobs and bool(delta.logprobs)
+                    finish_reason = delta.finish_reason
+                    if forced is not None or body.auto_tool_choice:
+                        if forced is not None:
+                            stream = tool_streams.setdefault(delta.index, ToolCallStream(forced))
+                            fields, finish_reason = stream.delta(delta.text, delta.finish_reason)
+                        else:
+                            parser = parsers.setdefault(delta.index, HermesStream())
+                            fields, called = parser.feed(delta.text, finish_reason is not None)
+                            if called and finish_reason == "stop":
+                                finish_reason = "tool_calls"
+                        if not fields and finish_reason is None and not with_logprobs:
+                            continue
+                        message = DeltaMessage(**fields)
+                        if message.tool_calls and finish_reason is not None:
+                            # Calls first, the finish in a chunk of its own, as OpenAI ends:
+                            # the SDK's stream state reads a chunk's finish before its calls.
+                            yield self._chunk(
+                                [ChatChunkChoice(index=delta.index, delta=message)],
+                                running_usage(),
+                            )
+                            message = DeltaMessage()
+                    else:
+                        if not delta.text and delta.finish_reason is None and not with_logprobs:
+                            continue
+                        message = DeltaMessage(
+                            content=delta.text if delta.text or finish_reason is None else None
+                        )
+                    logprobs = (
+                        ChatLogprobs(
+                            content=chat_logprobs(self.tokenizer, delta.logprobs or [], self.top_n)
+                        )
+                        if body.logprobs
+                        else None
+                    )
+                    yield self._chunk(
+                        [
+                            ChatChunkChoice(
+                                index=delta.index,
+                                delta=message,
+                                logprobs=logprobs,
+                                finish_reason=finish_reason,
+                                stop_reason=delta.stop_reason,
+                            )
+                        ],
+                        running_usage(),
+                    )
+            total = (
+                final_completion_tokens
+                if final_completion_tokens is not None
+                else completion_tokens
+            )
+            self.record.completion_tokens = total
+            if body.include_usage:
+                yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, cached_tokens))
+        finally:
+            self.close()

@@ -1,0 +1,143 @@
+"""A chat answer as a Responses API object: output items, status, usage.
+
+One builder for both the whole answer and the stream's snapshots, so a
+streamed response ends with the same object a non-streamed one returns.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from api.schemas.chat import ChatCompletionResponse
+from api.schemas.common import UsageInfo
+from api.schemas.responses import ResponsesRequest
+from conveyor.db.ids import new_id
+
+RESPONSE_ID_PREFIX = "resp_"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a generation ended, in the Responses API's words."""
+
+    status: str  # completed | incomplete | failed
+    incomplete_details: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def of(cls, finish_reason: str | None, stop_reason: int | str | None) -> Outcome:
+        if finish_reason == "length":
+            return cls("incomplete", incomplete_details={"reason": "max_output_tokens"})
+        if finish_reason == "error":
+            message = str(stop_reason) if stop_reason is not None else "generation failed"
+            return cls("failed", error={"code": "server_error", "message": message})
+        return cls("completed")
+
+    @property
+    def item_status(self) -> str:
+        """The last output item's status: cut short unless the response completed."""
+        return "completed" if self.status == "completed" else "incomplete"
+
+
+def message_item(
+    text: str,
+    logprobs: list[dict[str, Any]] | None = None,
+    *,
+    status: str = "completed",
+    item_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": "message",
+        "id": item_id or new_id("msg_"),
+        "status": status,
+        "role": "assistant",
+        "content": [text_part(text, logprobs)],
+    }
+
+
+def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
+
+
+def function_call_item(
+    call_id: str,
+    name: str,
+    arguments: str,
+    *,
+    status: str = "completed",
+    item_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id or new_id("fc_"),
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+def usage_object(usage: UsageInfo | None) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    details = usage.prompt_tokens_details
+    return {
+        "input_tokens": usage.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": details.cached_tokens if details else 0},
+        "output_tokens": usage.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def response_object(
+    body: ResponsesRequest,
+    response_id: str,
+    created_at: int,
+    *,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: UsageInfo | None = None,
+    outcome: Outcome | None = None,
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "completed_at": int(time.time()) if status == "completed" else None,
+        "error": outcome.error if outcome else None,
+        "incomplete_details": outcome.incomplete_details if outcome else None,
+        "model": body.model,
+        "output": output,
+        "usage": usage_object(usage),
+        **body.echo(),
+    }
+
+
+def output_from_chat(chat: ChatCompletionResponse) -> tuple[list[dict[str, Any]], Outcome]:
+    """The one choice's message as output items: its text (if any, or if nothing else was
+    said) and then each tool call; the last item carries the outcome's status."""
+    (choice,) = chat.choices
+    outcome = Outcome.of(choice.finish_reason, choice.stop_reason)
+    message = choice.message
+    output: list[dict[str, Any]] = []
+    if message.content is not None or not message.tool_calls:
+        logprobs = choice.logprobs.content if choice.logprobs is not None else None
+        output.append(
+            message_item(
+                message.content or "",
+                [lp.model_dump(mode="json") for lp in logprobs or []],
+            )
+        )
+    for call in message.tool_calls:
+        function = call["function"]
+        output.append(function_call_item(call["id"], function["name"], function["arguments"]))
+    output[-1]["status"] = outcome.item_status
+    return output, outcome
+
+
+def new_response_id() -> str:
+    return new_id(RESPONSE_ID_PREFIX)

@@ -1,0 +1,254 @@
+"""A chat chunk stream as the Responses API's semantic events.
+
+OpenAI's order, which the SDK's stream helper checks as it builds its
+snapshot: `response.created`, `response.in_progress`; per output item
+`output_item.added`, then for a message `content_part.added`, text deltas,
+`output_text.done`, `content_part.done`, and for a function call argument
+deltas and `function_call_arguments.done`; `output_item.done`; and last
+`response.completed` (or `.incomplete` / `.failed`) with the whole object.
+Every event carries a `sequence_number`, counted from 0.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from sse_starlette import ServerSentEvent
+
+from api.responses_output import (
+    Outcome,
+    function_call_item,
+    message_item,
+    response_object,
+    text_part,
+)
+from api.schemas.chat import ChatCompletionChunk
+from api.schemas.common import UsageInfo
+from api.schemas.responses import ResponsesRequest
+
+Event = dict[str, Any]
+FINAL_EVENTS = {
+    "completed": "response.completed",
+    "incomplete": "response.incomplete",
+    "failed": "response.failed",
+}
+
+
+class ResponseEventStream:
+    """Turns one response's chat chunks into events; `on_final` sees the finished object
+    (to store it) before the final event goes out."""
+
+    def __init__(
+        self,
+        body: ResponsesRequest,
+        response_id: str,
+        created_at: int,
+        on_final: Callable[[dict[str, Any]], Awaitable[None]],
+    ) -> None:
+        self.body = body
+        self.response_id = response_id
+        self.created_at = created_at
+        self.on_final = on_final
+        self.sequence_number = 0
+        self.output: list[dict[str, Any]] = []
+        self.open: dict[str, Any] | None = None  # the item being streamed, also in output
+        self.text: list[str] = []
+        self.logprobs: list[dict[str, Any]] = []
+
+    def next_sequence_number(self) -> int:
+        number = self.sequence_number
+        self.sequence_number += 1
+        return number
+
+    def _event(self, kind: str, **fields: Any) -> Event:
+        return {"type": kind, "sequence_number": self.next_sequence_number(), **fields}
+
+    def _snapshot(
+        self, status: str, usage: UsageInfo | None = None, outcome: Outcome | None = None
+    ) -> dict[str, Any]:
+        return response_object(
+            self.body,
+            self.response_id,
+            self.created_at,
+            status=status,
+            output=copy.deepcopy(self.output),
+            usage=usage,
+            outcome=outcome,
+        )
+
+    async def events(self, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[Event]:
+        yield self._event("response.created", response=self._snapshot("in_progress"))
+        yield self._event("response.in_progress", response=self._snapshot("in_progress"))
+        usage: UsageInfo | None = None
+        finish_reason: str | None = None
+        stop_reason: int | str | None = None
+        async for chunk in chunks:
+            if chunk.usage is not None and not chunk.choices:
+                usage = chunk.usage
+            for choice in chunk.choices:  # a response has one choice
+                delta = choice.delta
+                logprobs = choice.logprobs.content if choice.logprobs is not None else None
+                if delta.content or logprobs:
+                    for event in self._text(
+                        delta.content or "", [lp.model_dump(mode="json") for lp in logprobs or []]
+                    ):
+                        yield event
+                for call in delta.tool_calls or []:
+                    for event in self._call(call):
+                        yield event
+                if choice.finish_reason is not None:
+                    finish_reason, stop_reason = choice.finish_reason, choice.stop_reason
+        outcome = Outcome.of(finish_reason, stop_reason)
+        if not self.output:  # nothing said: one empty message, as the whole answer has
+            for event in self._open_message():
+                yield event
+        for event in self._close(outcome.item_status):
+            yield event
+        final = self._snapshot(outcome.status, usage, outcome)
+        await self.on_final(final)
+        yield self._event(FINAL_EVENTS[outcome.status], response=final)
+
+    def _open_message(self) -> list[Event]:
+        item = message_item("", status="in_progress")
+        item["content"] = []
+        self._add(item)
+        self.text, self.logprobs = [], []
+        return [
+            self._event(
+                "response.output_item.added", output_index=self._index, item=copy.deepcopy(item)
+            ),
+            self._event(
+                "response.content_part.added",
+                item_id=item["id"],
+                output_index=self._index,
+                content_index=0,
+                part=text_part(""),
+            ),
+        ]
+
+    def _text(self, text: str, logprobs: list[dict[str, Any]]) -> list[Event]:
+        events = []
+        if self.open is None or self.open["type"] != "message":
+            events += self._close("completed")
+            events += self._open_message()
+        assert self.open is not None
+        self.text.append(text)
+        self.logprobs += logprobs
+        events.append(
+            self._event(
+                "response.output_text.delta",
+                item_id=self.open["id"],
+                output_index=self._index,
+                content_index=0,
+                delta=text,
+                logprobs=logprobs,
+            )
+        )
+        return events
+
+    def _call(self, call: dict[str, Any]) -> list[Event]:
+        """A chat tool-call delta: one with an id starts a call, the rest add arguments."""
+        events = []
+        arguments = call.get("function", {}).get("arguments", "")
+        if "id" in call:
+            events += self._close("completed")
+            item = function_call_item(
+                call["id"], call["function"]["name"], "", status="in_progress"
+            )
+            self._add(item)
+            events.append(
+                self._event(
+                    "response.output_item.added", output_index=self._index, item=copy.deepcopy(item)
+                )
+            )
+        if arguments and self.open is not None:
+            self.open["arguments"] += arguments
+            events.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    item_id=self.open["id"],
+                    output_index=self._index,
+                    delta=arguments,
+                )
+            )
+        return events
+
+    def _add(self, item: dict[str, Any]) -> None:
+        self.output.append(item)
+        self.open = item
+
+    @property
+    def _index(self) -> int:
+        return len(self.output) - 1
+
+    def _close(self, status: str) -> list[Event]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        item["status"] = status
+        events = []
+        if item["type"] == "message":
+            text = "".join(self.text)
+            part = text_part(text, self.logprobs)
+            item["content"] = [part]
+            events += [
+                self._event(
+                    "response.output_text.done",
+                    item_id=item["id"],
+                    output_index=self._index,
+                    content_index=0,
+                    text=text,
+                    logprobs=self.logprobs,
+                ),
+                self._event(
+                    "response.content_part.done",
+                    item_id=item["id"],
+                    output_index=self._index,
+                    content_index=0,
+                    part=part,
+                ),
+            ]
+        else:
+            events.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    item_id=item["id"],
+                    output_index=self._index,
+                    name=item["name"],
+                    arguments=item["arguments"],
+                )
+            )
+        events.append(
+            self._event(
+                "response.output_item.done", output_index=self._index, item=copy.deepcopy(item)
+            )
+        )
+        return events
+
+
+class ResponsesFraming:
+    """`event: <type>` + `data: {event}`; a failure is an `error` event in the same count,
+    and the stream ends without `[DONE]`, as OpenAI's Responses streams do."""
+
+    def __init__(self, stream: ResponseEventStream) -> None:
+        self.stream = stream
+
+    def frame(self, event: Event) -> ServerSentEvent:
+        return ServerSentEvent(event=event["type"], data=json.dumps(event), sep="\n")
+
+    def error(self, body: dict[str, Any]) -> ServerSentEvent:
+        error = body.get("error") or {}
+        event = {
+            "type": "error",
+            "sequence_number": self.stream.next_sequence_number(),
+            "code": error.get("code"),
+            "message": error.get("message") or "the response failed",
+            "param": error.get("param"),
+        }
+        return ServerSentEvent(event="error", data=json.dumps(event), sep="\n")
+
+    def done(self) -> ServerSentEvent | None:
+        return None

@@ -1,0 +1,171 @@
+"""`/v1/responses`: OpenAI's Responses API, create (streamed or not), retrieve, delete, and
+list a response's input items.
+
+A response runs as the chat generation its input describes (api/chat_generation),
+so sampling, structured output, tool calls, admission and usage logging are
+chat's. With `store` (the default) the finished object is saved in SQL before the
+client sees it complete, so `previous_response_id` can continue it at once.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from api.chat_generation import ChatServices, start_chat
+from api.collect import ClientGone
+from api.deps import (
+    Authenticated,
+    CatalogDep,
+    DatabaseDep,
+    PrincipalDep,
+    RecordDep,
+    RouterDep,
+    SettingsDep,
+    SubmitterDep,
+    json_body,
+)
+from api.errors import ApiError, bad_request
+from api.responses_input import chat_request, normalize_input
+from api.responses_output import new_response_id, output_from_chat, response_object
+from api.responses_stream import ResponseEventStream, ResponsesFraming
+from api.schemas.responses import ResponsesRequest
+from api.sql import in_session
+from api.streaming import sse_response
+from conveyor.db.response_store import (
+    MissingResponse,
+    conversation,
+    delete_response,
+    get_response,
+    save_response,
+)
+from conveyor.db.stored_response import StoredResponse
+
+router = APIRouter(prefix="/v1/responses", dependencies=[Authenticated])
+
+ResponsesBody = Annotated[ResponsesRequest, Depends(json_body(ResponsesRequest))]
+INPUT_ITEMS_LIMIT_DEFAULT = 20
+INPUT_ITEMS_LIMIT_MAX = 100
+
+
+@router.post("", response_model=None)
+async def create_response(
+    request: Request,
+    body: ResponsesBody,
+    catalog: CatalogDep,
+    submitter: SubmitterDep,
+    replies: RouterDep,
+    record: RecordDep,
+    settings: SettingsDep,
+    database: DatabaseDep,
+    principal: PrincipalDep,
+) -> Response:
+    body.check_supported()
+    items = normalize_input(body.input)
+    history: list[dict[str, Any]] = []
+    previous = body.previous_response_id
+    if previous is not None:
+        try:
+            history = await in_session(
+                database, lambda s: conversation(s, previous, principal.project_id)
+            )
+        except MissingResponse:
+            raise ApiError(
+                404,
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            ) from None
+    response_id = new_response_id()
+    services = ChatServices(request, catalog, submitter, replies, record, settings)
+    generation = await start_chat(services, chat_request(body, history, items), response_id)
+
+    async def store(final: dict[str, Any]) -> None:
+        if body.store:
+            await in_session(
+                database, lambda s: save_response(s, principal.project_id, final, items)
+            )
+
+    if body.stream:
+        stream = ResponseEventStream(body, response_id, generation.created, store)
+        return sse_response(
+            stream.events(generation.chunks()),
+            on_close=generation.close,
+            framing=ResponsesFraming(stream),
+        )
+    try:
+        chat = await generation.response()
+    except ClientGone:
+        return Response(status_code=499)
+    output, outcome = output_from_chat(chat)
+    final = response_object(
+        body,
+        response_id,
+        generation.created,
+        status=outcome.status,
+        output=output,
+        usage=chat.usage,
+        outcome=outcome,
+    )
+    await store(final)
+    return JSONResponse(final)
+
+
+def _stored_or_404(session: Session, response_id: str, project_id: str | None) -> StoredResponse:
+    stored = get_response(session, response_id, project_id)
+    if stored is None:
+        raise ApiError(404, f"No response found with id '{response_id}'.", param="response_id")
+    return stored
+
+
+@router.get("/{response_id}")
+async def retrieve_response(
+    response_id: str, database: DatabaseDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    return await in_session(
+        database, lambda s: _stored_or_404(s, response_id, principal.project_id).body
+    )
+
+
+@router.delete("/{response_id}")
+async def remove_response(
+    response_id: str, database: DatabaseDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    if not await in_session(
+        database, lambda s: delete_response(s, response_id, principal.project_id)
+    ):
+        raise ApiError(404, f"No response found with id '{response_id}'.", param="response_id")
+    return {"id": response_id, "object": "response", "deleted": True}
+
+
+@router.get("/{response_id}/input_items")
+async def list_input_items(
+    response_id: str,
+    database: DatabaseDep,
+    principal: PrincipalDep,
+    after: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=INPUT_ITEMS_LIMIT_MAX)] = INPUT_ITEMS_LIMIT_DEFAULT,
+    order: Literal["asc", "desc"] = "desc",
+) -> dict[str, Any]:
+    """The response's own input items (not its history), newest first by default."""
+    items = await in_session(
+        database, lambda s: list(_stored_or_404(s, response_id, principal.project_id).input_items)
+    )
+    if order == "desc":
+        items.reverse()
+    if after is not None:
+        ids = [item.get("id") for item in items]
+        if after not in ids:
+            raise bad_request(f"`after` names no item of this response: {after}", param="after")
+        items = items[ids.index(after) + 1 :]
+    page = items[:limit]
+    return {
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(items) > limit,
+    }

@@ -1,0 +1,174 @@
+"""OpenAI's Responses API (`/v1/responses`): the request and the response object.
+
+A response is a chat generation in another shape: `input` items instead of
+messages, flat function tools, `text.format` for structured output, and an
+`output` list of message and function_call items. What the engine cannot do
+(hosted tools, images, background runs, server-side conversations, prompt
+templates) is refused with a 400 naming the field, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from api.errors import ApiError, not_supported
+from api.schemas.batches import metadata_bounds
+
+# `include` values; the others ask for data of hosted tools or reasoning models we do not run.
+INCLUDE_LOGPROBS = "message.output_text.logprobs"
+TOP_LOGPROBS_MAX = 20
+
+# vLLM's sampling extras, passed through to the chat request unchanged (`extra_body`).
+SAMPLING_EXTRAS = (
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "ignore_eos",
+    "min_tokens",
+    "logit_bias",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "priority",
+)
+
+
+class TextFormat(BaseModel):
+    """`text.format`: "text", "json_object", or "json_schema" with the schema inline."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+    def response_format(self) -> dict[str, Any] | None:
+        """The chat request's `response_format` for this format (None: free text)."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        if self.json_schema is None:
+            raise ApiError(
+                400, "text.format.schema is required for json_schema", param="text.format"
+            )
+        spec: dict[str, Any] = {"name": self.name or "response", "schema": self.json_schema}
+        if self.strict is not None:
+            spec["strict"] = self.strict
+        return {"type": "json_schema", "json_schema": spec}
+
+
+class TextConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    format: TextFormat = Field(default_factory=TextFormat)
+    verbosity: str | None = None
+
+
+class ResponsesRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str | list[dict[str, Any]] = ""
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    store: bool = True
+    previous_response_id: str | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=TOP_LOGPROBS_MAX)
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    reasoning: dict[str, Any] | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # Refused: no server-side runs, conversations or prompt templates here.
+    background: bool | None = None
+    conversation: Any = None
+    prompt: Any = None
+    max_tool_calls: int | None = None
+    # vLLM extras (SAMPLING_EXTRAS)
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    logit_bias: dict[str, float] | None = None
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    priority: int = 0
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return metadata_bounds(value)
+
+    def check_supported(self) -> None:
+        if self.background:
+            raise not_supported("background", "background responses")
+        if self.conversation is not None:
+            raise not_supported("conversation", "conversations (use previous_response_id)")
+        if self.prompt is not None:
+            raise not_supported("prompt", "prompt templates")
+        if self.max_tool_calls is not None:
+            raise not_supported("max_tool_calls", "max_tool_calls")
+        if self.stream_options is not None and not self.stream:
+            raise ApiError(
+                400, "stream_options is only allowed when stream is true", param="stream_options"
+            )
+        if not self.input and self.previous_response_id is None:
+            raise ApiError(400, "input is required", param="input")
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return INCLUDE_LOGPROBS in (self.include or []) or bool(self.top_logprobs)
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        return self.text.format.response_format() if self.text is not None else None
+
+    def echo(self) -> dict[str, Any]:
+        """The request's settings as the response object repeats them."""
+        return {
+            "instructions": self.instructions,
+            "max_output_tokens": self.max_output_tokens,
+            "metadata": self.metadata or {},
+            "parallel_tool_calls": self.parallel_tool_calls is not False,
+            "previous_response_id": self.previous_response_id,
+            "reasoning": self.reasoning,
+            "service_tier": self.service_tier or "default",
+            "store": self.store,
+            "temperature": self.temperature if self.temperature is not None else 1.0,
+            "text": (self.text or TextConfig()).model_dump(
+                mode="json", by_alias=True, exclude_none=True
+            ),
+            "tool_choice": self.tool_choice if self.tool_choice is not None else "auto",
+            "tools": self.tools or [],
+            "top_logprobs": self.top_logprobs,
+            "top_p": self.top_p if self.top_p is not None else 1.0,
+            "truncation": self.truncation or "disabled",
+            "user": self.user,
+            "background": False,
+        }

@@ -1,0 +1,72 @@
+"""Stored responses: save, find, delete, and the conversation a response continues.
+
+Scoped to a project like files: another project's response is not found.
+Each row holds its own input and output; the history behind
+`previous_response_id` is rebuilt by walking the chain back, so a long
+conversation costs one row per turn, not the whole history each time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from conveyor.db.stored_response import StoredResponse
+
+
+class MissingResponse(LookupError):
+    """A response in the chain is not stored (never was, deleted, or another project's)."""
+
+
+def save_response(
+    session: Session,
+    project_id: str | None,
+    body: dict[str, Any],
+    input_items: list[dict[str, Any]],
+) -> StoredResponse:
+    stored = StoredResponse(
+        id=body["id"],
+        project_id=project_id,
+        previous_response_id=body.get("previous_response_id"),
+        model=body["model"],
+        input_items=input_items,
+        body=body,
+        created_at=body["created_at"],
+    )
+    session.add(stored)
+    session.flush()
+    return stored
+
+
+def get_response(
+    session: Session, response_id: str, project_id: str | None
+) -> StoredResponse | None:
+    stored = session.get(StoredResponse, response_id)
+    if stored is None or stored.project_id != project_id:
+        return None
+    return stored
+
+
+def delete_response(session: Session, response_id: str, project_id: str | None) -> bool:
+    stored = get_response(session, response_id, project_id)
+    if stored is None:
+        return False
+    session.delete(stored)
+    return True
+
+
+def conversation(
+    session: Session, response_id: str, project_id: str | None
+) -> list[dict[str, Any]]:
+    """Every item the response saw and said, oldest first: for each response in the chain,
+    its input items then its output items. Raises MissingResponse naming a missing link."""
+    turns: list[list[dict[str, Any]]] = []
+    next_id: str | None = response_id
+    while next_id is not None:
+        stored = get_response(session, next_id, project_id)
+        if stored is None:
+            raise MissingResponse(next_id)
+        turns.append(stored.input_items + list(stored.body.get("output") or []))
+        next_id = stored.previous_response_id
+    return [item for turn in reversed(turns) for item in turn]

@@ -1,0 +1,346 @@
+"""`/v1/responses` through the official SDK, against a scripted worker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+from pydantic import BaseModel
+
+from .conftest import MODEL, Stack
+from .fakes import CACHED_TOKENS, SCRIPT_TEXT, FakeWorker
+
+
+@pytest.fixture()
+def sdk(stack: Stack, worker: FakeWorker) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(
+        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10
+    ) as client:
+        yield client
+
+
+def prompt_text(worker: FakeWorker) -> str:
+    """The last prompt the worker was given, as text."""
+    return worker.tokenizer.decode(worker.received[-1].prompt_token_ids)
+
+
+def stream_events(client: openai.OpenAI, **kwargs: Any) -> list[Any]:
+    return list(client.responses.create(model=MODEL, stream=True, **kwargs))
+
+
+def without_ids(response: dict[str, Any]) -> dict[str, Any]:
+    """A response object minus what differs between two runs of one request."""
+    data = {k: v for k, v in response.items() if k not in ("id", "created_at", "completed_at")}
+    data["output"] = [{k: v for k, v in item.items() if k != "id"} for item in data["output"]]
+    for item in data["output"]:
+        if item["type"] == "function_call":
+            item.pop("call_id")
+    return data
+
+
+def test_text_input_gives_one_message_with_the_generated_text(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    response = sdk.responses.create(model=MODEL, input="Say something.")
+    assert response.id.startswith("resp_")
+    assert response.object == "response" and response.status == "completed"
+    assert response.output_text == SCRIPT_TEXT
+    (item,) = response.output
+    assert item.type == "message" and item.role == "assistant" and item.status == "completed"
+    prompt = len(worker.received[-1].prompt_token_ids)
+    assert response.usage is not None
+    assert response.usage.input_tokens == prompt
+    assert response.usage.output_tokens == len(worker.script)
+    assert response.usage.total_tokens == prompt + len(worker.script)
+    assert response.usage.input_tokens_details.cached_tokens == CACHED_TOKENS
+    assert "Say something." in prompt_text(worker)
+
+
+def test_the_stream_ends_with_the_object_the_whole_answer_is(sdk: openai.OpenAI) -> None:
+    whole = sdk.responses.create(model=MODEL, input="Hi", instructions="Be brief.")
+    events = stream_events(sdk, input="Hi", instructions="Be brief.")
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    kinds = [e.type for e in events]
+    deltas = kinds.count("response.output_text.delta")
+    assert kinds == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+        *["response.output_text.delta"] * deltas,
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert deltas == len(SCRIPT_TEXT.split())
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == SCRIPT_TEXT
+    final = events[-1].response
+    assert without_ids(final.model_dump()) == without_ids(whole.model_dump())
+    assert final.instructions == "Be brief."
+
+    with sdk.responses.stream(model=MODEL, input="Hi") as stream:
+        helper = stream.get_final_response()
+    assert helper.output_text == SCRIPT_TEXT
+
+
+def test_max_output_tokens_makes_the_response_incomplete(sdk: openai.OpenAI) -> None:
+    cut = sdk.responses.create(model=MODEL, input="Hi", max_output_tokens=3)
+    assert cut.status == "incomplete"
+    assert cut.incomplete_details is not None
+    assert cut.incomplete_details.reason == "max_output_tokens"
+    assert cut.output[0].status == "incomplete"
+    assert cut.usage is not None and cut.usage.output_tokens == 3
+
+    events = stream_events(sdk, input="Hi", max_output_tokens=3)
+    assert events[-1].type == "response.incomplete"
+    assert without_ids(events[-1].response.model_dump()) == without_ids(cut.model_dump())
+
+
+def test_previous_response_id_continues_the_conversation(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    first = sdk.responses.create(
+        model=MODEL, input="My name is Ada.", instructions="Answer in French."
+    )
+    worker.set_script(" Second answer.")
+    second = sdk.responses.create(
+        model=MODEL, input="What is my name?", previous_response_id=first.id
+    )
+    prompt = prompt_text(worker)
+    assert prompt.index("My name is Ada.") < prompt.index(SCRIPT_TEXT.strip())
+    assert prompt.index(SCRIPT_TEXT.strip()) < prompt.index("What is my name?")
+    assert "Answer in French." not in prompt  # instructions are not carried over
+    assert second.previous_response_id == first.id
+
+    third = sdk.responses.create(model=MODEL, input="And again?", previous_response_id=second.id)
+    assert third.status == "completed"
+    prompt = prompt_text(worker)
+    assert prompt.index("My name is Ada.") < prompt.index("Second answer.")
+
+    streamed = stream_events(sdk, input="Streamed?", previous_response_id=third.id)
+    assert streamed[-1].type == "response.completed"
+    assert "And again?" in prompt_text(worker)
+    # The streamed response was stored before its last event went out.
+    assert sdk.responses.retrieve(streamed[-1].response.id).output_text == " Second answer."
+
+
+def test_stored_responses_can_be_read_listed_and_deleted(sdk: openai.OpenAI) -> None:
+    created = sdk.responses.create(
+        model=MODEL,
+        input=[
+            {"role": "developer", "content": "Be terse."},
+            {"role": "user", "content": [{"type": "input_text", "text": "One"}]},
+            {"type": "message", "role": "user", "content": "Two"},
+        ],
+        metadata={"ticket": "42"},
+    )
+    assert sdk.responses.retrieve(created.id).model_dump() == created.model_dump()
+    assert created.metadata == {"ticket": "42"}
+
+    items = list(sdk.responses.input_items.list(created.id))
+    assert [i.role for i in items] == ["user", "user", "developer"]  # newest first
+    assert [i.content[0].text for i in items] == ["Two", "One", "Be terse."]
+    assert all(i.id.startswith("msg_") for i in items)
+    oldest = list(sdk.responses.input_items.list(created.id, order="asc"))
+    assert [i.id for i in oldest] == [i.id for i in reversed(items)]
+    page = sdk.responses.input_items.list(created.id, order="asc", limit=1, after=oldest[0].id)
+    assert [i.id for i in page.data] == [oldest[1].id] and page.has_more
+
+    sdk.responses.delete(created.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(created.id)
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.responses.create(model=MODEL, input="Hi", previous_response_id=created.id)
+    assert missing.value.code == "previous_response_not_found"
+
+
+def test_store_false_keeps_nothing(sdk: openai.OpenAI) -> None:
+    response = sdk.responses.create(model=MODEL, input="Hi", store=False)
+    assert response.store is False
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(response.id)
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather in a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
+ARGUMENTS = '{"city": "Paris"}'
+
+
+def test_a_named_tool_call_is_a_function_call_item(sdk: openai.OpenAI, worker: FakeWorker) -> None:
+    worker.set_script(ARGUMENTS)
+    choice = {"type": "function", "name": "get_weather"}
+    called = sdk.responses.create(
+        model=MODEL, input="Weather in Paris?", tools=[WEATHER_TOOL], tool_choice=choice
+    )
+    (item,) = called.output
+    assert item.type == "function_call" and item.name == "get_weather"
+    assert json.loads(item.arguments) == {"city": "Paris"}
+    assert item.call_id.startswith("call_")
+    # The arguments were generated under the tool's schema.
+    constraint = worker.received[-1].sampling["structured_output"]
+    assert constraint["kind"] == "json"
+
+    events = stream_events(sdk, input="Weather in Paris?", tools=[WEATHER_TOOL], tool_choice=choice)
+    arguments = "".join(
+        e.delta for e in events if e.type == "response.function_call_arguments.delta"
+    )
+    assert arguments == ARGUMENTS
+    (done,) = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert done.arguments == ARGUMENTS and done.name == "get_weather"
+    assert without_ids(events[-1].response.model_dump()) == without_ids(called.model_dump())
+
+    # The call and its output continue the conversation as a tool turn.
+    worker.set_script(" It is sunny.")
+    answer = sdk.responses.create(
+        model=MODEL,
+        previous_response_id=called.id,
+        input=[{"type": "function_call_output", "call_id": item.call_id, "output": "sunny, 21C"}],
+        tools=[WEATHER_TOOL],
+        tool_choice="none",
+    )
+    assert answer.output_text == " It is sunny."
+    prompt = prompt_text(worker)
+    assert prompt.index("Paris") < prompt.index("sunny, 21C")
+
+
+@pytest.fixture()
+def hermes_sdk(make_stack: Callable[..., Stack]) -> Iterator[tuple[openai.OpenAI, Stack]]:
+    stack = make_stack(tool_call_parser="hermes")
+    with openai.OpenAI(
+        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10
+    ) as client:
+        yield client, stack
+
+
+def test_auto_tool_choice_gives_text_then_calls(hermes_sdk: tuple[openai.OpenAI, Stack]) -> None:
+    client, stack = hermes_sdk
+    stack.worker.set_script(
+        'Let me look.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+        '<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    )
+    whole = client.responses.create(model=MODEL, input="Paris and Rome?", tools=[WEATHER_TOOL])
+    assert [i.type for i in whole.output] == ["message", "function_call", "function_call"]
+    assert whole.output_text == "Let me look."
+    cities = [json.loads(i.arguments)["city"] for i in whole.output if i.type == "function_call"]
+    assert cities == ["Paris", "Rome"]
+
+    with client.responses.stream(
+        model=MODEL, input="Paris and Rome?", tools=[WEATHER_TOOL]
+    ) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    assert [i.type for i in final.output] == ["message", "function_call", "function_call"]
+    added = [e.item.type for e in events if e.type == "response.output_item.added"]
+    assert added == ["message", "function_call", "function_call"]
+    assert summary(final) == summary(whole)
+
+
+def summary(response: Any) -> list[tuple[str, str, str]]:
+    """Each output item's kind, status and what it says (text, or name and arguments)."""
+    return [
+        (i.type, i.status, i.content[0].text if i.type == "message" else i.name + i.arguments)
+        for i in response.output
+    ]
+
+
+class City(BaseModel):
+    name: str
+    population: int
+
+
+def test_text_format_json_schema_parses_into_the_model(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    worker.set_script('{"name": "Paris", "population": 2100000}')
+    parsed = sdk.responses.parse(model=MODEL, input="Describe Paris.", text_format=City)
+    assert parsed.output_parsed == City(name="Paris", population=2100000)
+    assert worker.received[-1].sampling["structured_output"]["kind"] == "json"
+    assert parsed.text.format.type == "json_schema"
+
+
+def test_logprobs_are_included_when_asked(sdk: openai.OpenAI) -> None:
+    response = sdk.responses.create(
+        model=MODEL, input="Hi", include=["message.output_text.logprobs"], top_logprobs=2
+    )
+    part = response.output[0].content[0]
+    assert part.logprobs is not None and len(part.logprobs) == len(SCRIPT_TEXT.split())
+    assert all(len(lp.top_logprobs) == 2 for lp in part.logprobs)
+    assert "".join(lp.token for lp in part.logprobs) == SCRIPT_TEXT
+    plain = sdk.responses.create(model=MODEL, input="Hi")
+    assert not plain.output[0].content[0].logprobs
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"background": True}, "background"),
+        ({"conversation": "conv_1"}, "conversation"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0]"),
+        ({"tool_choice": {"type": "file_search"}, "tools": [WEATHER_TOOL]}, "tool_choice"),
+        ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "x"}]}]},
+            "input[0].content[0]",
+        ),
+        ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
+        ({"input": ""}, "input"),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format"),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 7}}}},
+            "text.format",
+        ),
+        ({"max_output_tokens": 0}, "max_output_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"),
+        ({"stream_options": {"include_obfuscation": False}}, "stream_options"),
+    ],
+)
+def test_what_cannot_run_is_a_400_naming_the_field(
+    sdk: openai.OpenAI, fields: dict[str, Any], param: str
+) -> None:
+    request: dict[str, Any] = {"model": MODEL, "input": "Hi", **fields}
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(**request)
+    assert refused.value.param == param, refused.value.message
+
+
+def test_a_prompt_too_long_names_input(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model=MODEL, input="word " * 400)
+    assert refused.value.param == "input"
+    assert refused.value.code == "context_length_exceeded"
+
+
+def test_a_worker_error_is_an_error_status_or_event(sdk: openai.OpenAI, worker: FakeWorker) -> None:
+    worker.behaviour = "error"
+    with pytest.raises(openai.APIStatusError) as failed:
+        sdk.responses.create(model=MODEL, input="Hi")
+    assert failed.value.status_code == 503
+    events = stream_events(sdk, input="Hi")
+    assert [e.type for e in events] == ["response.created", "response.in_progress", "error"]
+    assert events[-1].sequence_number == 2
+    assert events[-1].code == "oom" and "out of memory" in events[-1].message
+
+
+def test_a_restart_after_text_went_out_is_an_error_not_repeated_text(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    worker.behaviour = "restart"  # the first worker dies after two tokens
+    events = stream_events(sdk, input="Hi")
+    assert events[-1].type == "error" and events[-1].code == "worker_restarted"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert SCRIPT_TEXT.startswith(text) and len(text) < len(SCRIPT_TEXT)
+    # Whole answers are simply retried on the new worker.
+    assert sdk.responses.create(model=MODEL, input="Hi").output_text == SCRIPT_TEXT

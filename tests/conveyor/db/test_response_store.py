@@ -1,0 +1,83 @@
+"""Stored responses on SQLite and PostgreSQL: project scoping and the chain behind
+previous_response_id."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conveyor.db import response_store
+from conveyor.db.database import Database
+from conveyor.db.ids import new_id
+
+
+@pytest.fixture
+def db(migrated_database_url: str) -> Iterator[Database]:
+    database = Database(migrated_database_url)
+    yield database
+    database.close()
+
+
+def message(role: str, text: str) -> dict[str, Any]:
+    return {"type": "message", "id": new_id("msg_"), "role": role, "content": [{"text": text}]}
+
+
+def save(db: Database, project: str | None, said: str, heard: str, previous: str | None) -> str:
+    body = {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "model": "m",
+        "previous_response_id": previous,
+        "output": [message("assistant", said)],
+    }
+    with db.session() as session:
+        response_store.save_response(session, project, body, [message("user", heard)])
+    return str(body["id"])
+
+
+def texts(items: list[dict[str, Any]]) -> list[str]:
+    return [item["content"][0]["text"] for item in items]
+
+
+def test_the_conversation_is_every_turn_oldest_first(db: Database) -> None:
+    first = save(db, "proj_a", "a1", "q1", None)
+    second = save(db, "proj_a", "a2", "q2", first)
+    third = save(db, "proj_a", "a3", "q3", second)
+    with db.session() as session:
+        assert texts(response_store.conversation(session, third, "proj_a")) == [
+            "q1",
+            "a1",
+            "q2",
+            "a2",
+            "q3",
+            "a3",
+        ]
+        assert texts(response_store.conversation(session, first, "proj_a")) == ["q1", "a1"]
+
+
+def test_a_missing_link_names_itself(db: Database) -> None:
+    first = save(db, "proj_a", "a1", "q1", None)
+    second = save(db, "proj_a", "a2", "q2", first)
+    with db.session() as session:
+        assert response_store.delete_response(session, first, "proj_a")
+    with db.session() as session, pytest.raises(response_store.MissingResponse) as missing:
+        response_store.conversation(session, second, "proj_a")
+    assert missing.value.args == (first,)
+
+
+def test_another_projects_response_is_not_found(db: Database) -> None:
+    mine = save(db, "proj_a", "a", "q", None)
+    unowned = save(db, None, "a", "q", None)
+    with db.session() as session:
+        assert response_store.get_response(session, mine, "proj_b") is None
+        assert response_store.get_response(session, mine, None) is None
+        assert response_store.get_response(session, unowned, "proj_a") is None
+        assert response_store.get_response(session, unowned, None) is not None
+        assert not response_store.delete_response(session, mine, "proj_b")
+        with pytest.raises(response_store.MissingResponse):
+            response_store.conversation(session, mine, "proj_b")
+    with db.session() as session:
+        assert response_store.get_response(session, mine, "proj_a") is not None
