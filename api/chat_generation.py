@@ -60,9 +60,12 @@ class ChatServices:
 
 
 async def start_chat(
-    services: ChatServices, body: ChatCompletionRequest, request_id: str
+    services: ChatServices, body: ChatCompletionRequest, request_id: str, *, truncate: bool = False
 ) -> ChatGeneration:
-    """Validate, render, admit and queue `body`; the generation is running when this returns."""
+    """Validate, render, admit and queue `body`; the generation is running when this returns.
+
+    `truncate` drops the oldest turns that do not fit the context (the Responses API's
+    `truncation: "auto"`) where a prompt too long is otherwise a 400."""
     record, submitter, catalog = services.record, services.submitter, services.catalog
     body.check_supported()
     if body.auto_tool_choice and services.settings.tool_call_parser is None:
@@ -73,10 +76,14 @@ async def start_chat(
     await submitter.check_capacity(body.model, record.lane)
     model_tokenizer = await catalog.tokenizer(body.model)
     tokenizer = model_tokenizer.tokenizer
-    prompt_ids = await catalog.in_thread(render_chat, tokenizer, body)
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
-
     requested, max_tokens_param = body.requested_max_tokens
+    if truncate and max_model_len is not None:
+        body, prompt_ids = await catalog.in_thread(
+            fit_context, tokenizer, body, max_model_len - (requested or 1)
+        )
+    else:
+        prompt_ids = await catalog.in_thread(render_chat, tokenizer, body)
     check_length(len(prompt_ids), requested, max_model_len, chat=True, where=body.prompt_param)
     max_tokens = requested
     if max_tokens is None and max_model_len is not None:
@@ -129,6 +136,24 @@ def render_chat(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     except ValueError as exc:
         raise ApiError(400, str(exc), param=body.prompt_param) from None
     return tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
+
+
+def fit_context(
+    tokenizer: Tokenizer, body: ChatCompletionRequest, budget: int
+) -> tuple[ChatCompletionRequest, list[int]]:
+    """The request without its oldest turns, rendered, once its prompt is at most `budget`
+    tokens. System messages and the last message stay; a tool result goes with its call.
+    What still does not fit is left for the length check to refuse."""
+    messages = list(body.messages)
+    while True:
+        prompt_ids = render_chat(tokenizer, body)
+        oldest = next((i for i, m in enumerate(messages[:-1]) if m.role != "system"), None)
+        if len(prompt_ids) <= budget or oldest is None:
+            return body, prompt_ids
+        del messages[oldest]
+        while oldest < len(messages) - 1 and messages[oldest].role == "tool":
+            del messages[oldest]
+        body = body.model_copy(update={"messages": messages})
 
 
 def chat_message(

@@ -81,7 +81,12 @@ async def create_response(
             ) from None
     response_id = new_response_id()
     services = ChatServices(request, catalog, submitter, replies, record, settings)
-    generation = await start_chat(services, chat_request(body, history, items), response_id)
+    generation = await start_chat(
+        services,
+        chat_request(body, history, items),
+        response_id,
+        truncate=body.truncation == "auto",
+    )
 
     async def store(final: dict[str, Any]) -> None:
         if body.store:

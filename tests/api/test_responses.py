@@ -10,7 +10,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from .conftest import MODEL, Stack
+from .conftest import MAX_MODEL_LEN, MODEL, Stack
 from .fakes import CACHED_TOKENS, SCRIPT_TEXT, FakeWorker
 
 
@@ -344,3 +344,28 @@ def test_a_restart_after_text_went_out_is_an_error_not_repeated_text(
     assert SCRIPT_TEXT.startswith(text) and len(text) < len(SCRIPT_TEXT)
     # Whole answers are simply retried on the new worker.
     assert sdk.responses.create(model=MODEL, input="Hi").output_text == SCRIPT_TEXT
+
+
+def test_truncation_auto_drops_the_oldest_turns_that_do_not_fit(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    turns: list[dict[str, Any]] = [{"role": "system", "content": "Rules stay."}]
+    for number in range(12):
+        turns.append({"role": "user", "content": f"question {number} " + "filler " * 20})
+        turns.append({"role": "assistant", "content": f"answer {number}"})
+    turns.append({"role": "user", "content": "The last question."})
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model=MODEL, input=turns, max_output_tokens=16)
+    assert refused.value.code == "context_length_exceeded"
+
+    response = sdk.responses.create(
+        model=MODEL, input=turns, max_output_tokens=16, truncation="auto"
+    )
+    assert response.truncation == "auto" and response.status == "completed"
+    prompt = prompt_text(worker)
+    assert "Rules stay." in prompt and "The last question." in prompt
+    assert "question 0 " not in prompt and "answer 11" in prompt
+    assert response.usage is not None and response.usage.input_tokens + 16 <= MAX_MODEL_LEN
+    # Kept are the newest turns that fit: adding the next older one would not.
+    kept = [n for n in range(12) if f"question {n} " in prompt]
+    assert kept == list(range(kept[0], 12))

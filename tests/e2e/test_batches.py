@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -63,11 +63,15 @@ def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
     }
 
 
-def submit(client: openai.OpenAI, lines: list[dict[str, Any]] | bytes) -> Any:
+def submit(
+    client: openai.OpenAI,
+    lines: list[dict[str, Any]] | bytes,
+    endpoint: Literal["/v1/chat/completions", "/v1/responses"] = "/v1/chat/completions",
+) -> Any:
     raw = lines if isinstance(lines, bytes) else "\n".join(map(json.dumps, lines)).encode()
     uploaded = client.files.create(file=("input.jsonl", raw), purpose="batch")
     return client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h"
     )
 
 
@@ -146,6 +150,34 @@ def test_structured_output_lines_run_like_direct_requests(batch_server: BatchSer
     assert json.loads(contents["schema"])["colour"] in answers
     direct = client.chat.completions.create(**lines[1]["body"])
     assert direct.choices[0].message.content == contents["schema"]
+
+
+def test_responses_lines_answer_as_the_endpoint_does(batch_server: BatchServer) -> None:
+    client = batch_server.client
+    lines = [
+        {
+            "custom_id": f"resp-{i}",
+            "method": "POST",
+            "url": "/v1/responses",
+            "body": {
+                "model": MODEL,
+                "input": f"Name a fruit, number {i}.",
+                "max_output_tokens": 8,
+                "temperature": 0,
+            },
+        }
+        for i in range(3)
+    ]
+    batch = submit(client, lines, endpoint="/v1/responses")
+    batch = wait_until(client, batch.id, lambda b: b.status in DONE)
+    assert batch.status == "completed", batch
+    bodies = {o["custom_id"]: o["response"]["body"] for o in jsonl(client, batch.output_file_id)}
+    assert all(body["object"] == "response" for body in bodies.values())
+    direct = client.responses.create(**lines[1]["body"])
+    assert bodies["resp-1"]["output"][0]["content"][0]["text"] == direct.output_text
+    assert batch.usage is not None
+    assert batch.usage.output_tokens == sum(b["usage"]["output_tokens"] for b in bodies.values())
+    assert batch.usage.input_tokens == sum(b["usage"]["input_tokens"] for b in bodies.values())
 
 
 def test_a_bad_line_fails_alone(batch_server: BatchServer) -> None:

@@ -83,6 +83,17 @@ async def run_line(client: httpx.AsyncClient, context: LineContext, line: BatchL
         waits += 1
 
 
+def _token_counts(usage: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt, completion, cached) from completions' usage or the Responses API's."""
+    if "input_tokens" in usage:
+        details = usage.get("input_tokens_details") or {}
+        prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    else:
+        details = usage.get("prompt_tokens_details") or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return int(prompt or 0), int(completion or 0), int(details.get("cached_tokens") or 0)
+
+
 def _result(line: BatchLine, line_id: str, response: httpx.Response) -> LineResult:
     try:
         body: Any = response.json()
@@ -95,16 +106,15 @@ def _result(line: BatchLine, line_id: str, response: httpx.Response) -> LineResu
         "body": body,
     }
     if response.status_code == 200:
-        usage = body.get("usage") or {}
-        details = usage.get("prompt_tokens_details") or {}
+        prompt_tokens, completion_tokens, cached_tokens = _token_counts(body.get("usage") or {})
         return LineResult(
             line=line.line,
             custom_id=line.custom_id,
             succeeded=True,
             payload={"id": line_id, "custom_id": line.custom_id, "response": answer, "error": None},
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cached_tokens=cached_tokens,
         )
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}

@@ -80,7 +80,7 @@ def expected_results(
     for row in rows:
         if not start <= row.created_at < end or row.status_code != 200:
             continue
-        if row.endpoint not in ("/v1/chat/completions", "/v1/completions"):
+        if row.endpoint not in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
             continue
         values = {
             "project_id": row.project_id,
@@ -226,6 +226,7 @@ def test_only_billed_completion_requests_count(db: Database) -> None:
     rows = [
         Row(T0 + 1, 1),
         Row(T0 + 2, 2, endpoint="/v1/completions"),
+        Row(T0 + 3, 4, endpoint="/v1/responses"),
         Row(T0 + 3, 4, status_code=400),
         Row(T0 + 4, 8, status_code=429),
         Row(T0 + 5, 16, status_code=500),
@@ -233,7 +234,7 @@ def test_only_billed_completion_requests_count(db: Database) -> None:
     ]
     insert(db, *rows)
     (bucket,) = usage(db, UsageQuery(start_time=T0, end_time=T0 + DAY))["data"]
-    assert [(r["input_tokens"], r["num_model_requests"]) for r in bucket["results"]] == [(3, 2)]
+    assert [(r["input_tokens"], r["num_model_requests"]) for r in bucket["results"]] == [(7, 3)]
 
 
 @pytest.mark.parametrize(

@@ -56,3 +56,19 @@ def test_a_client_error_is_the_lines_answer(monkeypatch: pytest.MonkeyPatch) -> 
     assert seen == [400]
     payload = result.payload  # type: ignore[attr-defined]
     assert payload["response"]["status_code"] == 400 and payload["error"]["code"] == "x"
+
+
+def test_token_counts_read_both_usage_shapes() -> None:
+    chat = {
+        "prompt_tokens": 5,
+        "completion_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 2},
+    }
+    responses = {
+        "input_tokens": 5,
+        "output_tokens": 7,
+        "input_tokens_details": {"cached_tokens": 2},
+        "total_tokens": 12,
+    }
+    assert line_client._token_counts(chat) == line_client._token_counts(responses) == (5, 7, 2)
+    assert line_client._token_counts({}) == (0, 0, 0)
