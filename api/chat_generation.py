@@ -10,7 +10,7 @@ once, and behaves the same on both paths.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +18,7 @@ from fastapi import Request
 
 from api.admission import admit, refuse_early
 from api.catalog import ModelCatalog
-from api.collect import collect_all, finish
+from api.collect import Output, collect_all, finish
 from api.errors import ApiError
 from api.logprobs import chat_logprobs
 from api.reply_router import ReplyReader, ReplyRouter, Restart
@@ -42,7 +42,8 @@ from api.schemas.chat import (
 )
 from api.schemas.common import UsageInfo
 from api.tool_choice import ForcedToolCall, ToolCallStream, refuse_auto
-from api.tool_parsers import HermesStream, parse_hermes
+from api.tool_parsers import AFTER_CALLS, HermesStream, parse_hermes
+from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
 from engine.tokenizer import Tokenizer
 
@@ -69,7 +70,7 @@ async def start_chat(
     record, submitter, catalog = services.record, services.submitter, services.catalog
     body.check_supported()
     if body.auto_tool_choice and services.settings.tool_call_parser is None:
-        raise refuse_auto()
+        raise refuse_auto(body.named_tool_choice)
     record.model = body.model
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
@@ -142,18 +143,43 @@ def fit_context(
     tokenizer: Tokenizer, body: ChatCompletionRequest, budget: int
 ) -> tuple[ChatCompletionRequest, list[int]]:
     """The request without its oldest turns, rendered, once its prompt is at most `budget`
-    tokens. System messages and the last message stay; a tool result goes with its call.
-    What still does not fit is left for the length check to refuse."""
-    messages = list(body.messages)
-    while True:
-        prompt_ids = render_chat(tokenizer, body)
-        oldest = next((i for i, m in enumerate(messages[:-1]) if m.role != "system"), None)
-        if len(prompt_ids) <= budget or oldest is None:
-            return body, prompt_ids
-        del messages[oldest]
-        while oldest < len(messages) - 1 and messages[oldest].role == "tool":
-            del messages[oldest]
-        body = body.model_copy(update={"messages": messages})
+    tokens. A turn is a user message and what follows it up to the next one (the
+    assistant's answer, its calls and their results), so no call loses its result
+    and the conversation still starts with a user. System messages and the last turn
+    stay. What still does not fit is left for the length check to refuse."""
+    prompt_ids = render_chat(tokenizer, body)
+    turns = _turn_starts(body.messages)
+    if len(prompt_ids) <= budget or len(turns) < 2:
+        return body, prompt_ids
+
+    def without(dropped: int) -> ChatCompletionRequest:
+        end = turns[dropped]
+        kept = [m for i, m in enumerate(body.messages) if i >= end or m.role == "system"]
+        return body.model_copy(update={"messages": kept})
+
+    # Fewest turns dropped that fit, by bisection: O(log turns) renders, not one per turn.
+    low, high = 1, len(turns) - 1
+    best = without(high), render_chat(tokenizer, without(high))
+    if len(best[1]) > budget:
+        return best
+    while low < high:
+        middle = (low + high) // 2
+        candidate = without(middle)
+        ids = render_chat(tokenizer, candidate)
+        if len(ids) <= budget:
+            best, high = (candidate, ids), middle
+        else:
+            low = middle + 1
+    return best
+
+
+def _turn_starts(messages: list[Any]) -> list[int]:
+    """Where each turn begins: the first non-system message, and every later user one."""
+    starts: list[int] = []
+    for index, message in enumerate(messages):
+        if message.role != "system" and (message.role == "user" or not starts):
+            starts.append(index)
+    return starts
 
 
 def chat_message(
@@ -252,8 +278,24 @@ class ChatGeneration:
             usage=usage,
         )
 
-    async def chunks(self) -> AsyncIterator[ChatCompletionChunk]:
-        """OpenAI's chunks as tokens arrive; closing the iterator aborts the generation."""
+    async def chunks(self, *, final_usage: bool = False) -> AsyncIterator[ChatCompletionChunk]:
+        """OpenAI's chunks as tokens arrive; closing the iterator aborts the generation.
+        The usage chunk ends them if the client asked (`include_usage`) or `final_usage`."""
+        async for chunk in self._chunks(self.reader, final_usage):
+            yield chunk
+
+    async def whole_chunks(
+        self, *, final_usage: bool = False
+    ) -> AsyncIterator[ChatCompletionChunk]:
+        """The same chunks, for an answer collected whole first: a restarted generation
+        starts over unseen, and a client that leaves first raises ClientGone."""
+        (output,) = await collect_all(self.services.request, self.services.replies, [self.reader])
+        async for chunk in self._chunks(_replayed(output, self.request_id), final_usage):
+            yield chunk
+
+    async def _chunks(
+        self, items: AsyncIterable[ReplyMessage | Restart], final_usage: bool
+    ) -> AsyncIterator[ChatCompletionChunk]:
         body = self.body
         completion_tokens = 0
         cached_tokens = 0
@@ -277,7 +319,7 @@ class ChatGeneration:
                     ],
                     running_usage(),
                 )
-            async for item in self.reader:
+            async for item in items:
                 if isinstance(item, Restart):
                     completion_tokens = 0  # nothing but role chunks went out
                     self.record.completion_tokens = 0
@@ -308,15 +350,17 @@ class ChatGeneration:
                                 finish_reason = "tool_calls"
                         if not fields and finish_reason is None and not with_logprobs:
                             continue
+                        after_calls = fields.pop(AFTER_CALLS, None)
                         message = DeltaMessage(**fields)
-                        if message.tool_calls and finish_reason is not None:
+                        if message.tool_calls and (finish_reason is not None or after_calls):
                             # Calls first, the finish in a chunk of its own, as OpenAI ends:
                             # the SDK's stream state reads a chunk's finish before its calls.
+                            # Text the model wrote after them follows them, in its order.
                             yield self._chunk(
                                 [ChatChunkChoice(index=delta.index, delta=message)],
                                 running_usage(),
                             )
-                            message = DeltaMessage()
+                            message = DeltaMessage(content=after_calls)
                     else:
                         if not delta.text and delta.finish_reason is None and not with_logprobs:
                             continue
@@ -348,7 +392,28 @@ class ChatGeneration:
                 else completion_tokens
             )
             self.record.completion_tokens = total
-            if body.include_usage:
+            if body.include_usage or final_usage:
                 yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, cached_tokens))
         finally:
             self.close()
+
+
+async def _replayed(output: Output, request_id: str) -> AsyncIterator[ReplyMessage]:
+    """A collected answer as the one message a whole answer arrives in."""
+    yield ReplyMessage(
+        id=request_id,
+        seq=0,
+        choices=[
+            ChoiceDelta(
+                index,
+                choice.full_text,
+                list(choice.token_ids),
+                list(choice.logprobs) or None,
+                choice.finish_reason,
+                choice.stop_reason,
+            )
+            for index, choice in sorted(output.choices.items())
+        ],
+        finished=True,
+        usage=output.usage,
+    )

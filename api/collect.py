@@ -8,8 +8,9 @@ abandoned generation never keeps a sequence and its KV blocks busy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from starlette.requests import Request
 
@@ -17,6 +18,8 @@ from api.reply_router import ReplyReader, ReplyRouter, Restart
 from conveyor.protocol import ReplyMessage, TokenLogprob, Usage
 
 DISCONNECT_POLL_SECONDS = 0.5
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -95,22 +98,29 @@ async def collect_all(
     request: Request, router: ReplyRouter, readers: Sequence[ReplyReader]
 ) -> list[Output]:
     """Collect every reader's output, or abort them all when the client leaves or one fails."""
-    work = asyncio.ensure_future(asyncio.gather(*(collect(r) for r in readers)))
+    try:
+        return await until_disconnected(request, asyncio.gather(*(collect(r) for r in readers)))
+    finally:
+        finish(router, readers)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, or ClientGone (and `work` cancelled) if the client leaves first."""
+    task = asyncio.ensure_future(work)
     # Cancelled for a departed client, 3.11's gather ends with a CancelledError set as its
     # exception, which asyncio logs as an unretrieved ERROR when the future is collected.
-    work.add_done_callback(_retrieve_exception)
+    task.add_done_callback(_retrieve_exception)
     watcher = asyncio.ensure_future(wait_disconnected(request))
     try:
-        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if work in done:
-            return work.result()
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
         raise ClientGone()
     finally:
-        for task in (work, watcher):
-            task.cancel()
-        finish(router, readers)
+        for future in (task, watcher):
+            future.cancel()
         # Bounded: a task that swallowed its cancellation must not hold the response.
-        await asyncio.wait({work, watcher}, timeout=1.0)
+        await asyncio.wait({task, watcher}, timeout=1.0)
 
 
 def _retrieve_exception(future: asyncio.Future[object]) -> None:

@@ -30,6 +30,7 @@ class ResponsesChatRequest(ChatCompletionRequest):
     """A response's generation; errors name the Responses API's fields, not chat's."""
 
     prompt_param: ClassVar[str] = "input"
+    named_tool_choice: ClassVar[str] = '{"type": "function", "name": ...}'
 
     @property
     def requested_max_tokens(self) -> tuple[int | None, str]:
@@ -42,8 +43,8 @@ class ResponsesChatRequest(ChatCompletionRequest):
 
 def normalize_input(raw: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The request's input as stored items; a malformed or unsupported item is a 400."""
-    if isinstance(raw, str):
-        raw = [{"role": "user", "content": raw}]
+    if isinstance(raw, str):  # "" adds nothing (a bare continuation of a previous response)
+        raw = [{"role": "user", "content": raw}] if raw else []
     return [_normalize_item(item, f"input[{index}]") for index, item in enumerate(raw)]
 
 
@@ -228,8 +229,6 @@ def chat_request(
         "logprobs": logprobs,
         "top_logprobs": (body.top_logprobs or 0) if logprobs else None,
         "stream": body.stream,
-        # The usage chunk ends the stream: response.completed carries it.
-        "stream_options": {"include_usage": True} if body.stream else None,
         **{name: getattr(body, name) for name in SAMPLING_EXTRAS},
     }
     try:

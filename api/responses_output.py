@@ -1,8 +1,4 @@
-"""A chat answer as a Responses API object: output items, status, usage.
-
-One builder for both the whole answer and the stream's snapshots, so a
-streamed response ends with the same object a non-streamed one returns.
-"""
+"""The Responses API object's parts: output items, status from the finish reason, usage."""
 
 from __future__ import annotations
 
@@ -10,7 +6,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from api.schemas.chat import ChatCompletionResponse
 from api.schemas.common import UsageInfo
 from api.schemas.responses import ResponsesRequest
 from conveyor.db.ids import new_id
@@ -115,28 +110,6 @@ def response_object(
         "usage": usage_object(usage),
         **body.echo(),
     }
-
-
-def output_from_chat(chat: ChatCompletionResponse) -> tuple[list[dict[str, Any]], Outcome]:
-    """The one choice's message as output items: its text (if any, or if nothing else was
-    said) and then each tool call; the last item carries the outcome's status."""
-    (choice,) = chat.choices
-    outcome = Outcome.of(choice.finish_reason, choice.stop_reason)
-    message = choice.message
-    output: list[dict[str, Any]] = []
-    if message.content is not None or not message.tool_calls:
-        logprobs = choice.logprobs.content if choice.logprobs is not None else None
-        output.append(
-            message_item(
-                message.content or "",
-                [lp.model_dump(mode="json") for lp in logprobs or []],
-            )
-        )
-    for call in message.tool_calls:
-        function = call["function"]
-        output.append(function_call_item(call["id"], function["name"], function["arguments"]))
-    output[-1]["status"] = outcome.item_status
-    return output, outcome
 
 
 def new_response_id() -> str:

@@ -39,7 +39,15 @@ FINAL_EVENTS = {
 
 class ResponseEventStream:
     """Turns one response's chat chunks into events; `on_final` sees the finished object
-    (to store it) before the final event goes out."""
+    (to store it) before the final event goes out.
+
+    The whole (non-streamed) answer is built by this same class, from the same
+    chunks, so a streamed response always ends with the object the whole one is.
+    Whitespace with no message open is held back: before a tool call it is
+    dropped (no item of only "\n"), before text it goes out with the text. The
+    logprobs of tokens that are not message text (a call's arguments) are not
+    reported, as OpenAI's function_call items carry none.
+    """
 
     def __init__(
         self,
@@ -57,6 +65,9 @@ class ResponseEventStream:
         self.open: dict[str, Any] | None = None  # the item being streamed, also in output
         self.text: list[str] = []
         self.logprobs: list[dict[str, Any]] = []
+        # Held back while no message is open: whitespace, and the logprobs that go with it.
+        self.pending_text = ""
+        self.pending_logprobs: list[dict[str, Any]] = []
 
     def next_sequence_number(self) -> int:
         number = self.sequence_number
@@ -79,6 +90,13 @@ class ResponseEventStream:
             outcome=outcome,
         )
 
+    async def final(self, chunks: AsyncIterator[ChatCompletionChunk]) -> dict[str, Any]:
+        """The finished response object alone (the whole, non-streamed answer)."""
+        last: Event = {}
+        async for event in self.events(chunks):
+            last = event
+        return dict(last["response"])
+
     async def events(self, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[Event]:
         yield self._event("response.created", response=self._snapshot("in_progress"))
         yield self._event("response.in_progress", response=self._snapshot("in_progress"))
@@ -91,10 +109,10 @@ class ResponseEventStream:
             for choice in chunk.choices:  # a response has one choice
                 delta = choice.delta
                 logprobs = choice.logprobs.content if choice.logprobs is not None else None
-                if delta.content or logprobs:
-                    for event in self._text(
-                        delta.content or "", [lp.model_dump(mode="json") for lp in logprobs or []]
-                    ):
+                dumped = [lp.model_dump(mode="json") for lp in logprobs or []]
+                # Text first: a whole answer's one chunk has its text and its calls.
+                if delta.content or (dumped and not delta.tool_calls):
+                    for event in self._text(delta.content or "", dumped):
                         yield event
                 for call in delta.tool_calls or []:
                     for event in self._call(call):
@@ -102,9 +120,11 @@ class ResponseEventStream:
                 if choice.finish_reason is not None:
                     finish_reason, stop_reason = choice.finish_reason, choice.stop_reason
         outcome = Outcome.of(finish_reason, stop_reason)
-        if not self.output:  # nothing said: one empty message, as the whole answer has
+        if not self.output:  # nothing but whitespace, or nothing: a message all the same
             for event in self._open_message():
                 yield event
+            if self.text:
+                yield self._text_delta(self.text[0], self.logprobs)
         for event in self._close(outcome.item_status):
             yield event
         final = self._snapshot(outcome.status, usage, outcome)
@@ -112,10 +132,13 @@ class ResponseEventStream:
         yield self._event(FINAL_EVENTS[outcome.status], response=final)
 
     def _open_message(self) -> list[Event]:
+        """A new message item, starting with the held-back text and logprobs."""
         item = message_item("", status="in_progress")
         item["content"] = []
         self._add(item)
-        self.text, self.logprobs = [], []
+        self.text = [self.pending_text] if self.pending_text else []
+        self.logprobs = self.pending_logprobs
+        self.pending_text, self.pending_logprobs = "", []
         return [
             self._event(
                 "response.output_item.added", output_index=self._index, item=copy.deepcopy(item)
@@ -129,24 +152,32 @@ class ResponseEventStream:
             ),
         ]
 
-    def _text(self, text: str, logprobs: list[dict[str, Any]]) -> list[Event]:
-        events = []
-        if self.open is None or self.open["type"] != "message":
-            events += self._close("completed")
-            events += self._open_message()
+    def _text_delta(self, text: str, logprobs: list[dict[str, Any]]) -> Event:
         assert self.open is not None
+        return self._event(
+            "response.output_text.delta",
+            item_id=self.open["id"],
+            output_index=self._index,
+            content_index=0,
+            delta=text,
+            logprobs=logprobs,
+        )
+
+    def _text(self, text: str, logprobs: list[dict[str, Any]]) -> list[Event]:
+        if self.open is not None and self.open["type"] == "message":
+            self.text.append(text)
+            self.logprobs += logprobs
+            return [self._text_delta(text, logprobs)]
+        if not text.strip():  # maybe only the gap before a call: wait and see
+            self.pending_text += text
+            self.pending_logprobs += logprobs
+            return []
+        events = self._close("completed")
+        held = self.pending_text, self.pending_logprobs
+        events += self._open_message()
         self.text.append(text)
         self.logprobs += logprobs
-        events.append(
-            self._event(
-                "response.output_text.delta",
-                item_id=self.open["id"],
-                output_index=self._index,
-                content_index=0,
-                delta=text,
-                logprobs=logprobs,
-            )
-        )
+        events.append(self._text_delta(held[0] + text, held[1] + logprobs))
         return events
 
     def _call(self, call: dict[str, Any]) -> list[Event]:
@@ -155,16 +186,19 @@ class ResponseEventStream:
         arguments = call.get("function", {}).get("arguments", "")
         if "id" in call:
             events += self._close("completed")
+            self.pending_text, self.pending_logprobs = "", []
             item = function_call_item(
                 call["id"], call["function"]["name"], "", status="in_progress"
             )
             self._add(item)
             events.append(
                 self._event(
-                    "response.output_item.added", output_index=self._index, item=copy.deepcopy(item)
+                    "response.output_item.added",
+                    output_index=self._index,
+                    item=copy.deepcopy(item),
                 )
             )
-        if arguments and self.open is not None:
+        if arguments and self.open is not None and self.open["type"] == "function_call":
             self.open["arguments"] += arguments
             events.append(
                 self._event(

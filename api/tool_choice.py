@@ -60,12 +60,16 @@ def wants_auto(tools: list[dict[str, Any]] | None, tool_choice: Any) -> bool:
     return bool(tools) and tool_choice in (None, "auto")
 
 
-def refuse_auto() -> ApiError:
+CHAT_NAMED_TOOL_CHOICE = '{"type": "function", "function": {"name": ...}}'
+
+
+def refuse_auto(named_form: str = CHAT_NAMED_TOOL_CHOICE) -> ApiError:
+    """`named_form`: how the client's API spells a named tool_choice, for the hint."""
     return not_supported(
         "tool_choice",
         '"auto" tool choice (the model deciding whether to call a tool) without '
-        '--tool-call-parser; force a call with tool_choice "required" or '
-        '{"type": "function", "function": {"name": ...}}, or send tool_choice "none"',
+        f'--tool-call-parser; force a call with tool_choice "required" or {named_form}, '
+        'or send tool_choice "none"',
     )
 
 

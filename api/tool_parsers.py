@@ -18,6 +18,8 @@ from api.tool_choice import tool_call
 
 START = "<tool_call>"
 END = "</tool_call>"
+# The feed's fields key for text written after one of the feed's calls.
+AFTER_CALLS = "content_after_calls"
 
 
 @dataclass
@@ -48,7 +50,7 @@ def parse_hermes(text: str) -> ParsedOutput:
     if not called:
         return ParsedOutput(text, [])
     calls = [{k: v for k, v in d.items() if k != "index"} for d in fields["tool_calls"]]
-    content = fields.get("content", "").strip()
+    content = (fields.get("content", "") + fields.get(AFTER_CALLS, "")).strip()
     return ParsedOutput(content or None, calls)
 
 
@@ -64,12 +66,17 @@ class HermesStream:
     _block: str = ""  # the open block's text so far
 
     def feed(self, text: str, final: bool) -> tuple[dict[str, Any], bool]:
-        """Delta fields for this text, and whether any tool call was made so far."""
+        """Delta fields for this text, and whether any tool call was made so far.
+
+        Text this feed holds after one of its calls comes under AFTER_CALLS, so the
+        caller can send it after the calls, in the order the model wrote them."""
         buffer = self.pending + text
         self.pending = ""
-        content: list[str] = []
+        before: list[str] = []
+        after: list[str] = []
         deltas: list[dict[str, Any]] = []
         while buffer:
+            content = after if deltas else before
             if not self.in_block:
                 start = buffer.find(START)
                 if start < 0:
@@ -89,30 +96,31 @@ class HermesStream:
             buffer = self._block[end + len(END) :]
             self._block = self._block[:end]
             self.in_block = False
-            deltas.append(self._close_block(content))
+            self._close_block(content, deltas)
         if final and self.in_block:
             self.in_block = False
-            deltas.append(self._close_block(content, closed=False))
+            self._close_block(after if deltas else before, deltas, closed=False)
         fields: dict[str, Any] = {}
-        joined = "".join(content)
-        if self.calls and not joined.strip():
-            joined = ""  # the whitespace around calls is not content
-        if joined:
-            fields["content"] = joined
-        real = [d for d in deltas if d]
-        if real:
-            fields["tool_calls"] = real
+        for key, pieces in (("content", before), (AFTER_CALLS, after)):
+            joined = "".join(pieces)
+            if self.calls and not joined.strip():
+                joined = ""  # the whitespace around calls is not content
+            if joined:
+                fields[key] = joined
+        if deltas:
+            fields["tool_calls"] = deltas
         return fields, self.calls > 0
 
-    def _close_block(self, content: list[str], closed: bool = True) -> dict[str, Any]:
+    def _close_block(
+        self, content: list[str], deltas: list[dict[str, Any]], closed: bool = True
+    ) -> None:
         block, self._block = self._block, ""
         call = _call(block.strip())
         if call is None:  # not a call after all: the text goes out as it was written
             content.append(START + block + (END if closed else ""))
-            return {}
-        delta = {"index": self.calls, **call}
+            return
+        deltas.append({"index": self.calls, **call})
         self.calls += 1
-        return delta
 
 
 def _tag_prefix_len(text: str) -> int:

@@ -167,22 +167,20 @@ class RequestResult:
 class RequestShape:
     """Everything about a request body except its prompt."""
 
-    endpoint: str  # "completions" or "chat"
+    endpoint: str  # "completions", "chat" or "responses"
     model: str
     output_len: int
     length_control: str
 
     def body(self, prompt: str) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": self.output_len,
-            "temperature": 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
+        body: dict[str, Any] = {"model": self.model, "temperature": 0.0, "stream": True}
+        if self.endpoint == "responses":  # usage comes with response.completed
+            body.update(input=prompt, max_output_tokens=self.output_len)
+        else:
+            body.update(max_tokens=self.output_len, stream_options={"include_usage": True})
         if self.endpoint == "chat":
             body["messages"] = [{"role": "user", "content": prompt}]
-        else:
+        elif self.endpoint == "completions":
             body["prompt"] = prompt
         if self.length_control == "min_tokens":
             body["min_tokens"] = self.output_len
@@ -196,10 +194,14 @@ class RequestShape:
 
     @property
     def path(self) -> str:
-        return "/chat/completions" if self.endpoint == "chat" else "/completions"
+        return {"chat": "/chat/completions", "responses": "/responses"}.get(
+            self.endpoint, "/completions"
+        )
 
 
 def _chunk_text(chunk: dict[str, Any], endpoint: str) -> str:
+    if endpoint == "responses":
+        return chunk["delta"] if chunk.get("type") == "response.output_text.delta" else ""
     text = ""
     for choice in chunk.get("choices") or []:
         if endpoint == "chat":
@@ -208,6 +210,18 @@ def _chunk_text(chunk: dict[str, Any], endpoint: str) -> str:
         else:
             text += choice.get("text") or ""
     return text
+
+
+def _usage_counts(chunk: dict[str, Any]) -> tuple[int | None, int] | None:
+    """(prompt, completion) tokens if this chunk reports usage: a chat or completions
+    chunk's `usage`, or the Responses API's final event's `response.usage`."""
+    usage = chunk.get("usage")
+    if usage and usage.get("completion_tokens") is not None:
+        return usage.get("prompt_tokens"), int(usage["completion_tokens"])
+    usage = (chunk.get("response") or {}).get("usage")
+    if usage and usage.get("output_tokens") is not None:
+        return usage.get("input_tokens"), int(usage["output_tokens"])
+    return None
 
 
 async def stream_request(
@@ -237,15 +251,14 @@ async def stream_request(
                     break
                 now = time.perf_counter()
                 chunk = json.loads(payload)
-                if chunk.get("error"):
-                    result.error = f"stream error: {json.dumps(chunk['error'])[:300]}"
+                if chunk.get("error") or chunk.get("type") == "error":
+                    result.error = f"stream error: {json.dumps(chunk)[:300]}"
                     return result
                 if _chunk_text(chunk, endpoint):
                     chunks.append(now)
-                usage = chunk.get("usage")
-                if usage and usage.get("completion_tokens") is not None:
-                    usage_tokens = int(usage["completion_tokens"])
-                    result.prompt_tokens = usage.get("prompt_tokens")
+                counts = _usage_counts(chunk)
+                if counts is not None:
+                    result.prompt_tokens, usage_tokens = counts
     except (httpx.HTTPError, json.JSONDecodeError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         return result
@@ -555,7 +568,7 @@ def engine_prompt_ids(llm: Any, endpoint: str) -> Callable[[str], list[int]]:
     engine_tokenizer = llm.tokenizer
 
     def ids(text: str) -> list[int]:
-        if endpoint == "chat":
+        if endpoint in ("chat", "responses"):  # a response's string input is one user turn
             return list(engine_tokenizer.apply_chat_template([{"role": "user", "content": text}]))
         return list(engine_tokenizer.encode(text))
 
@@ -778,7 +791,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="server's /v1 URL")
     p.add_argument("--model", default=None, help="model to request (default: first of /models)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer key")
-    p.add_argument("--endpoint", choices=["completions", "chat"], default="completions")
+    p.add_argument(
+        "--endpoint", choices=["completions", "chat", "responses"], default="completions"
+    )
     p.add_argument(
         "--concurrency", type=_int_list, default=[1, 16, 64], help="comma-separated in-flight caps"
     )

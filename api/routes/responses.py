@@ -4,15 +4,18 @@ list a response's input items.
 A response runs as the chat generation its input describes (api/chat_generation),
 so sampling, structured output, tool calls, admission and usage logging are
 chat's. With `store` (the default) the finished object is saved in SQL before the
-client sees it complete, so `previous_response_id` can continue it at once.
+client sees it complete, so `previous_response_id` can continue it at once. The
+whole answer is the streamed one's last event, so both are the same object.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from api.chat_generation import ChatServices, start_chat
@@ -30,7 +33,7 @@ from api.deps import (
 )
 from api.errors import ApiError, bad_request
 from api.responses_input import chat_request, normalize_input
-from api.responses_output import new_response_id, output_from_chat, response_object
+from api.responses_output import new_response_id
 from api.responses_stream import ResponseEventStream, ResponsesFraming
 from api.schemas.responses import ResponsesRequest
 from api.sql import in_session
@@ -43,6 +46,8 @@ from conveyor.db.response_store import (
     save_response,
 )
 from conveyor.db.stored_response import StoredResponse
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/responses", dependencies=[Authenticated])
 
@@ -72,10 +77,12 @@ async def create_response(
             history = await in_session(
                 database, lambda s: conversation(s, previous, principal.project_id)
             )
-        except MissingResponse:
+        except MissingResponse as missing:
+            (gone,) = missing.args
+            behind = "" if gone == previous else f" (an earlier turn of '{previous}')"
             raise ApiError(
                 404,
-                f"Previous response with id '{previous}' not found.",
+                f"Previous response with id '{gone}' not found{behind}.",
                 param="previous_response_id",
                 code="previous_response_not_found",
             ) from None
@@ -89,33 +96,28 @@ async def create_response(
     )
 
     async def store(final: dict[str, Any]) -> None:
-        if body.store:
+        if not body.store:
+            return
+        try:
             await in_session(
                 database, lambda s: save_response(s, principal.project_id, final, items)
             )
+        except SQLAlchemyError:
+            # The answer is made and billed: deliver it; only continuing it will fail.
+            logger.exception("could not store response %s", response_id)
 
+    stream = ResponseEventStream(body, response_id, generation.created, store)
+    # The usage chunk ends the chat chunks: the final object carries it.
     if body.stream:
-        stream = ResponseEventStream(body, response_id, generation.created, store)
         return sse_response(
-            stream.events(generation.chunks()),
+            stream.events(generation.chunks(final_usage=True)),
             on_close=generation.close,
             framing=ResponsesFraming(stream),
         )
     try:
-        chat = await generation.response()
+        final = await stream.final(generation.whole_chunks(final_usage=True))
     except ClientGone:
         return Response(status_code=499)
-    output, outcome = output_from_chat(chat)
-    final = response_object(
-        body,
-        response_id,
-        generation.created,
-        status=outcome.status,
-        output=output,
-        usage=chat.usage,
-        outcome=outcome,
-    )
-    await store(final)
     return JSONResponse(final)
 
 

@@ -15,7 +15,12 @@ from pydantic import (
 
 from api.errors import ApiError, not_supported
 from api.schemas.common import ChunkBase, SamplingRequest, UsageInfo
-from api.tool_choice import ForcedToolCall, forced_tool_call, wants_auto
+from api.tool_choice import (
+    CHAT_NAMED_TOOL_CHOICE,
+    ForcedToolCall,
+    forced_tool_call,
+    wants_auto,
+)
 from engine.structured_output import StructuredOutput
 
 
@@ -34,6 +39,8 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(SamplingRequest):
     # The request field the prompt came from, as errors about the prompt name it.
     prompt_param: ClassVar[str] = "messages"
+    # How this API spells a named tool_choice, for errors that suggest one.
+    named_tool_choice: ClassVar[str] = CHAT_NAMED_TOOL_CHOICE
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = None

@@ -143,7 +143,8 @@ class ResponsesRequest(BaseModel):
 
     @property
     def wants_logprobs(self) -> bool:
-        return INCLUDE_LOGPROBS in (self.include or []) or bool(self.top_logprobs)
+        """As with OpenAI, only `include` adds them; `top_logprobs` says how many others."""
+        return INCLUDE_LOGPROBS in (self.include or [])
 
     @property
     def response_format(self) -> dict[str, Any] | None:

@@ -158,6 +158,21 @@ def test_stored_responses_can_be_read_listed_and_deleted(sdk: openai.OpenAI) -> 
     assert missing.value.code == "previous_response_not_found"
 
 
+def test_a_broken_chain_names_the_missing_turn_and_empty_input_adds_none(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    first = sdk.responses.create(model=MODEL, input="First.")
+    second = sdk.responses.create(model=MODEL, input="Second.", previous_response_id=first.id)
+    third = sdk.responses.create(model=MODEL, previous_response_id=second.id)  # no input
+    messages = worker.tokenizer.decode(worker.received[-1].prompt_token_ids)
+    assert messages.count("user") == 2  # First., Second.: no empty third user turn
+    assert list(sdk.responses.input_items.list(third.id)) == []
+    sdk.responses.delete(first.id)
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.responses.create(model=MODEL, input="Hi", previous_response_id=second.id)
+    assert first.id in missing.value.message and second.id in missing.value.message
+
+
 def test_store_false_keeps_nothing(sdk: openai.OpenAI) -> None:
     response = sdk.responses.create(model=MODEL, input="Hi", store=False)
     assert response.store is False
@@ -255,6 +270,54 @@ def summary(response: Any) -> list[tuple[str, str, str]]:
     ]
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        'Look.<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call> Done.',
+        '\n<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>',
+    ],
+)
+def test_text_around_calls_comes_out_in_order_streamed_or_not(
+    hermes_sdk: tuple[openai.OpenAI, Stack], script: str
+) -> None:
+    client, stack = hermes_sdk
+    stack.worker.set_script(script)
+    whole = client.responses.create(model=MODEL, input="Paris?", tools=[WEATHER_TOOL])
+    events = list(
+        client.responses.create(model=MODEL, input="Paris?", tools=[WEATHER_TOOL], stream=True)
+    )
+    assert summary(events[-1].response) == summary(whole)
+    if script.startswith("Look."):
+        assert [i.type for i in whole.output] == ["message", "function_call", "message"]
+        assert whole.output_text == "Look. Done."
+    else:  # whitespace before a call is not an item of its own
+        assert [i.type for i in whole.output] == ["function_call"]
+
+
+@pytest.mark.parametrize("tool_choice", [{"type": "function", "name": "get_weather"}, "required"])
+def test_a_forced_call_with_logprobs_is_one_function_call(
+    sdk: openai.OpenAI, worker: FakeWorker, tool_choice: Any
+) -> None:
+    if tool_choice == "required":
+        worker.set_script('[{"name": "get_weather", "parameters": {"city": "Paris"}}]')
+    else:
+        worker.set_script(ARGUMENTS)
+    options: dict[str, Any] = dict(
+        model=MODEL,
+        input="Weather in Paris?",
+        tools=[WEATHER_TOOL],
+        tool_choice=tool_choice,
+        include=["message.output_text.logprobs"],
+        top_logprobs=1,
+    )
+    whole = sdk.responses.create(**options)
+    events = list(sdk.responses.create(**options, stream=True))
+    assert events[-1].type == "response.completed"
+    for response in (whole, events[-1].response):
+        (call,) = response.output
+        assert call.type == "function_call" and json.loads(call.arguments) == {"city": "Paris"}
+
+
 class City(BaseModel):
     name: str
     population: int
@@ -274,12 +337,20 @@ def test_logprobs_are_included_when_asked(sdk: openai.OpenAI) -> None:
     response = sdk.responses.create(
         model=MODEL, input="Hi", include=["message.output_text.logprobs"], top_logprobs=2
     )
+    streamed = stream_events(
+        sdk, input="Hi", include=["message.output_text.logprobs"], top_logprobs=2
+    )
+    assert streamed[-1].response.output[0].content[0].logprobs == part_logprobs(response)
     part = response.output[0].content[0]
     assert part.logprobs is not None and len(part.logprobs) == len(SCRIPT_TEXT.split())
     assert all(len(lp.top_logprobs) == 2 for lp in part.logprobs)
     assert "".join(lp.token for lp in part.logprobs) == SCRIPT_TEXT
-    plain = sdk.responses.create(model=MODEL, input="Hi")
+    plain = sdk.responses.create(model=MODEL, input="Hi", top_logprobs=2)  # no include
     assert not plain.output[0].content[0].logprobs
+
+
+def part_logprobs(response: Any) -> Any:
+    return response.output[0].content[0].logprobs
 
 
 @pytest.mark.parametrize(

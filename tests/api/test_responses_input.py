@@ -177,7 +177,6 @@ def test_the_chat_request_carries_every_setting() -> None:
     assert [m.content for m in chat.messages] == ["Be kind.", "Before", "Hi"]
     assert (chat.max_completion_tokens, chat.temperature, chat.top_p) == (7, 0.5, 0.9)
     assert (chat.top_k, chat.seed, chat.logprobs, chat.top_logprobs) == (3, 11, True, 0)
-    assert chat.include_usage
     constraint, param = chat.structured_output()
     assert constraint is not None and constraint.kind == "json" and param == "text.format"
     assert chat.requested_max_tokens == (7, "max_output_tokens")

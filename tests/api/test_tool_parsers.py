@@ -10,7 +10,7 @@ from typing import Any
 import openai
 import pytest
 
-from api.tool_parsers import HermesStream, parse_hermes
+from api.tool_parsers import AFTER_CALLS, HermesStream, parse_hermes
 
 from .conftest import MODEL, Stack
 
@@ -69,7 +69,7 @@ def streamed(pieces: list[str]) -> tuple[str, list[dict[str, Any]], bool]:
     content, calls, called = "", [], False
     for i, piece in enumerate(pieces):
         fields, called = parser.feed(piece, final=i == len(pieces) - 1)
-        content += fields.get("content", "")
+        content += fields.get("content", "") + fields.get(AFTER_CALLS, "")
         calls += fields.get("tool_calls", [])
     return content, calls, called
 
@@ -82,6 +82,16 @@ def test_a_stream_split_anywhere_gives_the_same_calls_and_no_tag_fragments() -> 
         assert [c["index"] for c in calls] == [0, 1] and called
     content, calls, _ = streamed(list(TWO_CALLS))  # one character at a time
     assert content.strip() == "Let me look." and names_and_arguments(calls) == EXPECTED_CALLS
+
+
+def test_text_after_a_call_in_one_feed_is_kept_apart_to_follow_the_calls() -> None:
+    fields, called = HermesStream().feed(f"Look.<tool_call>{WEATHER}</tool_call> Done.", True)
+    assert called and fields["content"] == "Look." and fields[AFTER_CALLS] == " Done."
+    assert [c["function"]["name"] for c in fields["tool_calls"]] == ["get_weather"]
+    whole = parse_hermes(f"Look.<tool_call>{WEATHER}</tool_call> Done.")
+    assert whole.content == "Look. Done."
+    fields, _ = HermesStream().feed(f"<tool_call>{WEATHER}</tool_call>\n", True)
+    assert AFTER_CALLS not in fields and "content" not in fields
 
 
 def test_a_stream_without_calls_is_the_text_exactly_even_with_a_partial_tag_at_the_end() -> None:
