@@ -31,6 +31,7 @@ from api.refusal_memo import RefusalMemo
 from api.reply_router import ReplyRouter
 from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
+from api.response_retention import ResponseRetention
 from api.routes import (
     batches,
     chat,
@@ -75,9 +76,13 @@ def create_app(settings: Settings) -> FastAPI:
             flush_interval=settings.log_flush_interval,
             max_rows=settings.log_buffer_max_rows,
         )
+        retention = ResponseRetention(
+            database, settings.response_retention_days, settings.response_purge_interval
+        )
         try:
             await replies.start()
             log_buffer.start()
+            retention.start()
             app.state.database = database
             app.state.key_cache = key_cache
             app.state.file_storage = LocalFileStorage(settings.data_dir / "files")
@@ -94,6 +99,7 @@ def create_app(settings: Settings) -> FastAPI:
             logger.info("API instance %s listening for replies on %s", instance, replies.channel)
             yield
         finally:
+            await retention.stop()
             await replies.stop()
             await log_buffer.stop()
             catalog.close()

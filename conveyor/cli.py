@@ -68,6 +68,10 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     ("--service-key", {"help": "batch workers' key to the API (default: the admin key)"}),
     ("--max-upload-bytes", {"type": int, "help": "largest file accepted by /v1/files"}),
     (
+        "--response-retention-days",
+        {"type": float, "help": "days stored /v1/responses objects are kept (0: forever)"},
+    ),
+    (
         "--tool-call-parser",
         {"choices": ["hermes"], "help": 'read tool calls from model text: tool_choice "auto"'},
     ),

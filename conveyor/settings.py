@@ -113,6 +113,14 @@ class Settings(BaseSettings):
     key_cache_ttl: float = Field(
         default=1.0, description="seconds an API key lookup is trusted (revocation delay)"
     )
+    response_retention_days: float = Field(
+        default=30.0,
+        ge=0,
+        description="days a stored Responses API object is kept, as OpenAI keeps them (0: forever)",
+    )
+    response_purge_interval: float = Field(
+        default=3600.0, gt=0, description="seconds between purges of expired stored responses"
+    )
 
     # --- batches -----------------------------------------------------------------------
     service_key: SecretStr | None = Field(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from conveyor.db.stored_response import StoredResponse
@@ -70,3 +71,16 @@ def conversation(
         turns.append(stored.input_items + list(stored.body.get("output") or []))
         next_id = stored.previous_response_id
     return [item for turn in reversed(turns) for item in turn]
+
+
+def purge_responses(session: Session, created_before: int, *, limit: int = 1000) -> int:
+    """Delete up to `limit` responses created before `created_before`; how many went.
+    Bounded, so one purge never holds a long transaction over a big backlog."""
+    ids = list(
+        session.scalars(
+            select(StoredResponse.id).where(StoredResponse.created_at < created_before).limit(limit)
+        )
+    )
+    if ids:
+        session.execute(delete(StoredResponse).where(StoredResponse.id.in_(ids)))
+    return len(ids)

@@ -81,3 +81,22 @@ def test_another_projects_response_is_not_found(db: Database) -> None:
             response_store.conversation(session, mine, "proj_b")
     with db.session() as session:
         assert response_store.get_response(session, mine, "proj_a") is not None
+
+
+def test_purge_deletes_only_what_is_older_than_the_cutoff_in_bounded_batches(
+    db: Database,
+) -> None:
+    ids = [save(db, "proj_a", f"a{n}", f"q{n}", None) for n in range(5)]
+    with db.session() as session:
+        for offset, response_id in enumerate(ids):
+            stored = response_store.get_response(session, response_id, "proj_a")
+            assert stored is not None
+            stored.created_at = 1_000 + offset
+    with db.session() as session:
+        assert response_store.purge_responses(session, 1_003, limit=2) == 2
+    with db.session() as session:
+        assert response_store.purge_responses(session, 1_003, limit=2) == 1
+        assert response_store.purge_responses(session, 1_003, limit=2) == 0
+    with db.session() as session:
+        left = [i for i in ids if response_store.get_response(session, i, "proj_a")]
+    assert left == ids[3:]
