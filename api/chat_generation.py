@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Request
 
 from api.admission import admit, refuse_early
-from api.catalog import ModelCatalog
+from api.catalog import ModelCatalog, ModelTokenizer
 from api.collect import Output, collect_all, finish
 from api.errors import ApiError
 from api.logprobs import chat_logprobs
@@ -73,18 +73,11 @@ async def start_chat(
         raise refuse_auto(body.named_tool_choice)
     record.model = body.model
     refuse_early(services.request, record)
-    live = await catalog.resolve(body.model)
+    await catalog.resolve(body.model)
     await submitter.check_capacity(body.model, record.lane)
-    model_tokenizer = await catalog.tokenizer(body.model)
+    body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(catalog, body, truncate)
     tokenizer = model_tokenizer.tokenizer
-    max_model_len = live.max_model_len or model_tokenizer.max_model_len
     requested, max_tokens_param = body.requested_max_tokens
-    if truncate and max_model_len is not None:
-        body, prompt_ids = await catalog.in_thread(
-            fit_context, tokenizer, body, max_model_len - (requested or 1)
-        )
-    else:
-        prompt_ids = await catalog.in_thread(render_chat, tokenizer, body)
     check_length(len(prompt_ids), requested, max_model_len, chat=True, where=body.prompt_param)
     max_tokens = requested
     if max_tokens is None and max_model_len is not None:
@@ -117,6 +110,25 @@ async def start_chat(
     )
     record.readers.append(reader)
     return ChatGeneration(services, request_id, body, tokenizer, len(prompt_ids), reader)
+
+
+async def chat_prompt(
+    catalog: ModelCatalog, body: ChatCompletionRequest, truncate: bool
+) -> tuple[ChatCompletionRequest, list[int], ModelTokenizer, int | None]:
+    """The prompt's token ids (the request without the turns `truncate` dropped), the
+    model's tokenizer and its context length; 404 for an unknown model."""
+    live = await catalog.resolve(body.model)
+    model_tokenizer = await catalog.tokenizer(body.model)
+    tokenizer = model_tokenizer.tokenizer
+    max_model_len = live.max_model_len or model_tokenizer.max_model_len
+    requested, _ = body.requested_max_tokens
+    if truncate and max_model_len is not None:
+        body, prompt_ids = await catalog.in_thread(
+            fit_context, tokenizer, body, max_model_len - (requested or 1)
+        )
+    else:
+        prompt_ids = await catalog.in_thread(render_chat, tokenizer, body)
+    return body, prompt_ids, model_tokenizer, max_model_len
 
 
 def render_chat(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from api.chat_generation import ChatServices, start_chat
+from api.chat_generation import ChatServices, chat_prompt, start_chat
 from api.collect import ClientGone
 from api.deps import (
     Authenticated,
@@ -38,6 +38,7 @@ from api.responses_stream import ResponseEventStream, ResponsesFraming
 from api.schemas.responses import ResponsesRequest
 from api.sql import in_session
 from api.streaming import sse_response
+from conveyor.db.database import Database
 from conveyor.db.response_store import (
     MissingResponse,
     conversation,
@@ -70,22 +71,7 @@ async def create_response(
 ) -> Response:
     body.check_supported()
     items = normalize_input(body.input)
-    history: list[dict[str, Any]] = []
-    previous = body.previous_response_id
-    if previous is not None:
-        try:
-            history = await in_session(
-                database, lambda s: conversation(s, previous, principal.project_id)
-            )
-        except MissingResponse as missing:
-            (gone,) = missing.args
-            behind = "" if gone == previous else f" (an earlier turn of '{previous}')"
-            raise ApiError(
-                404,
-                f"Previous response with id '{gone}' not found{behind}.",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            ) from None
+    history = await _history(body, database, principal.project_id)
     response_id = new_response_id()
     services = ChatServices(request, catalog, submitter, replies, record, settings)
     generation = await start_chat(
@@ -119,6 +105,41 @@ async def create_response(
     except ClientGone:
         return Response(status_code=499)
     return JSONResponse(final)
+
+
+async def _history(
+    body: ResponsesRequest, database: Database, project_id: str | None
+) -> list[dict[str, Any]]:
+    """The conversation behind previous_response_id ([] without one); 404 for a missing turn."""
+    previous = body.previous_response_id
+    if previous is None:
+        return []
+    try:
+        return await in_session(database, lambda s: conversation(s, previous, project_id))
+    except MissingResponse as missing:
+        (gone,) = missing.args
+        behind = "" if gone == previous else f" (an earlier turn of '{previous}')"
+        raise ApiError(
+            404,
+            f"Previous response with id '{gone}' not found{behind}.",
+            param="previous_response_id",
+            code="previous_response_not_found",
+        ) from None
+
+
+@router.post("/input_tokens")
+async def count_input_tokens(
+    body: ResponsesBody, catalog: CatalogDep, database: DatabaseDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """How many tokens the model would read for this request (after `truncation: "auto"`),
+    counted with its chat template and tokenizer; nothing is generated or billed."""
+    body.check_supported()
+    items = normalize_input(body.input)
+    history = await _history(body, database, principal.project_id)
+    chat = chat_request(body, history, items)
+    chat.check_supported()
+    _, prompt_ids, _, _ = await chat_prompt(catalog, chat, body.truncation == "auto")
+    return {"object": "response.input_tokens", "input_tokens": len(prompt_ids)}
 
 
 def _stored_or_404(session: Session, response_id: str, project_id: str | None) -> StoredResponse:

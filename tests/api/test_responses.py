@@ -440,3 +440,32 @@ def test_truncation_auto_drops_the_oldest_turns_that_do_not_fit(
     # Kept are the newest turns that fit: adding the next older one would not.
     kept = [n for n in range(12) if f"question {n} " in prompt]
     assert kept == list(range(kept[0], 12))
+
+
+def test_input_tokens_counts_what_the_model_would_read(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    options: dict[str, Any] = dict(model=MODEL, input="Count me.", instructions="Be brief.")
+    before = len(worker.received)
+    counted = sdk.responses.input_tokens.count(**options)
+    assert counted.object == "response.input_tokens"
+    created = sdk.responses.create(**options)
+    assert created.usage is not None
+    assert counted.input_tokens == created.usage.input_tokens
+    assert len(worker.received) == before + 1  # counting generated nothing
+
+    follow_up = sdk.responses.input_tokens.count(
+        model=MODEL, input="And then?", previous_response_id=created.id
+    )
+    continued = sdk.responses.create(
+        model=MODEL, input="And then?", previous_response_id=created.id
+    )
+    assert continued.usage is not None
+    assert follow_up.input_tokens == continued.usage.input_tokens > counted.input_tokens
+
+    long = [{"role": "user", "content": f"turn {n} " + "pad " * 40} for n in range(10)]
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.input_tokens.count(model="no-such-model", input="x")
+    fitted = sdk.responses.input_tokens.count(model=MODEL, input=long, truncation="auto")
+    whole = sdk.responses.input_tokens.count(model=MODEL, input=long)
+    assert fitted.input_tokens < MAX_MODEL_LEN < whole.input_tokens
