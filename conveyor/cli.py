@@ -32,6 +32,10 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
     ("--attention-backend", {"choices": ["torch", "triton"]}),
     ("--data-dir", {}),
     ("--seed", {"type": int}),
+    (
+        "--speculative-config",
+        {"help": 'vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4}'},
+    ),
 ]
 
 
@@ -152,6 +156,10 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.structured_output import main as bench_structured
 
         return bench_structured(args.rest)
+    if args.target == "speculative":
+        from benchmarks.speculative import main as bench_speculative
+
+        return bench_speculative(args.rest)
     from benchmarks.serve import main as bench_serve
 
     return bench_serve(args.rest)
@@ -206,9 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: `conveyor bench engine|serve|kernels|batch|structured [flags]`",
+        help="benchmarks: `conveyor bench engine|serve|kernels|batch|structured|speculative "
+        "[flags]`",
     )
-    bench.add_argument("target", choices=["engine", "serve", "kernels", "batch", "structured"])
+    bench.add_argument(
+        "target",
+        choices=["engine", "serve", "kernels", "batch", "structured", "speculative"],
+    )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser

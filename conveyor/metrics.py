@@ -37,6 +37,8 @@ KV_CACHE_USAGE = "vllm:kv_cache_usage_perc"
 PROMPT_TOKENS = "vllm:prompt_tokens_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 NUM_PREEMPTIONS = "vllm:num_preemptions_total"
+SPEC_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
+SPEC_ACCEPTED_TOKENS = "vllm:spec_decode_num_accepted_tokens_total"
 REQUEST_SUCCESS = "vllm:request_success_total"
 TIME_TO_FIRST_TOKEN = "vllm:time_to_first_token_seconds"
 INTER_TOKEN_LATENCY = "vllm:inter_token_latency_seconds"
@@ -54,6 +56,8 @@ COUNTERS: dict[str, str] = {
     PROMPT_TOKENS: "Number of prefill tokens processed.",
     GENERATION_TOKENS: "Number of generation tokens processed.",
     NUM_PREEMPTIONS: "Cumulative number of preemption from the engine.",
+    SPEC_DRAFT_TOKENS: "Number of speculative draft tokens verified.",
+    SPEC_ACCEPTED_TOKENS: "Number of speculative draft tokens accepted.",
 }
 SUCCESS_DOC = "Count of successfully processed requests."
 
@@ -123,14 +127,23 @@ class WorkerMetrics:
         self._histograms = {name: _Histogram(spec.buckets) for name, spec in HISTOGRAMS.items()}
 
     def set_engine_state(
-        self, running: int, waiting: int, kv_cache_usage: float, num_preemptions: int
+        self,
+        running: int,
+        waiting: int,
+        kv_cache_usage: float,
+        num_preemptions: int,
+        spec_draft_tokens: int = 0,
+        spec_accepted_tokens: int = 0,
     ) -> None:
-        """Gauges plus the engine's own cumulative preemption count, sampled after a step."""
+        """Gauges plus the engine's own cumulative counts (preemptions, speculative
+        drafts verified and accepted), sampled after a step."""
         with self._lock:
             self._gauges[NUM_REQUESTS_RUNNING] = float(running)
             self._gauges[NUM_REQUESTS_WAITING] = float(waiting)
             self._gauges[KV_CACHE_USAGE] = float(kv_cache_usage)
             self._counters[NUM_PREEMPTIONS] = float(num_preemptions)
+            self._counters[SPEC_DRAFT_TOKENS] = float(spec_draft_tokens)
+            self._counters[SPEC_ACCEPTED_TOKENS] = float(spec_accepted_tokens)
 
     def engine_state(self) -> tuple[int, int, float]:
         """(running, waiting, kv_cache_usage) as last sampled, for the heartbeat."""

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Plain dataclasses and json, no torch: API processes read these settings too.
+from engine.speculative_config import SpeculativeConfig
+
 if TYPE_CHECKING:
     from engine.config import EngineConfig
 
@@ -52,6 +55,10 @@ class Settings(BaseSettings):
         default=False, description="never replay decode steps from CUDA graphs (GPU only)"
     )
     seed: int = 0
+    speculative_config: str | None = Field(
+        default=None,
+        description='vLLM\'s JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4}',
+    )
 
     # --- serving -------------------------------------------------------------------
     host: str = "0.0.0.0"
@@ -165,6 +172,14 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("speculative_config")
+    @classmethod
+    def _speculative_config_parses(cls, value: str | None) -> str | None:
+        """A bad config stops start-up here, not in a worker after the model loaded."""
+        if value is not None:
+            SpeculativeConfig.parse(value)  # its SpeculativeConfigError is a ValueError
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         # Imported here: SQLAlchemy is not needed to read settings.
@@ -214,4 +229,9 @@ class Settings(BaseSettings):
             enforce_eager=self.enforce_eager,
             data_dir=self.data_dir,
             seed=self.seed,
+            speculative_config=(
+                SpeculativeConfig.parse(self.speculative_config)
+                if self.speculative_config
+                else None
+            ),
         )

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from engine.speculative_config import SpeculativeConfig
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
@@ -173,8 +175,13 @@ class EngineConfig:
     enforce_eager: bool = False
     data_dir: Path = field(default_factory=lambda: Path("~/.cache/conveyor").expanduser())
     seed: int = 0
+    # vLLM's --speculative-config (a SpeculativeConfig, its dict or JSON); None: off.
+    speculative_config: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.speculative_config is not None:
+            parsed = SpeculativeConfig.parse(self.speculative_config)
+            object.__setattr__(self, "speculative_config", parsed)
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, got {self.block_size}")
         if self.max_num_seqs < 1:

@@ -19,6 +19,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.grammar_compiler import GrammarCompiler
 from engine.loader import ResolvedModel, resolve_model
 from engine.model_runner import ModelRunner, StepResult, load_model
+from engine.ngram_proposer import NgramProposer
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParamError, SamplingParams
@@ -67,6 +68,9 @@ class EngineStats:
     num_preemptions: int
     prefix_cache_queries: int
     prefix_cache_hits: int
+    # Speculative decoding: drafts verified, and those the model agreed with.
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
 
 
 @dataclass
@@ -163,7 +167,14 @@ class LLMEngine:
             decode_graphs,
             grammar_vocab_size=self.grammars.vocab_size,
         )
+        spec = config.speculative_config
+        self.speculative = spec
+        self.proposer = (
+            NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max) if spec else None
+        )
         self._requests: dict[str, _Request] = {}
+        self._spec_draft_tokens = 0
+        self._spec_accepted_tokens = 0
         logger.info(
             "engine ready: %s on %s (%s), %d KV blocks of %d tokens (%d tokens), "
             "max_model_len %d, loaded in %.1f s",
@@ -325,6 +336,8 @@ class LLMEngine:
             num_preemptions=s.num_preemptions,
             prefix_cache_queries=s.prefix_cache_queries,
             prefix_cache_hits=s.prefix_cache_hits,
+            spec_draft_tokens=self._spec_draft_tokens,
+            spec_accepted_tokens=self._spec_accepted_tokens,
         )
 
     # --- the step ---------------------------------------------------------------------
@@ -332,11 +345,30 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, and return what changed for each request."""
         now = time.time()
+        if self.proposer is not None:
+            self._propose_drafts()
         plan = self.scheduler.schedule(now)
         if not plan.scheduled:
             return []
         result = self.runner.execute(plan.scheduled)
         return self._postprocess(plan.scheduled, result)
+
+    def _propose_drafts(self) -> None:
+        """Drafts for each running sequence about to decode, where verifying them is exact:
+        greedy rows (the model's own argmax decides) without a grammar to advance."""
+        assert self.proposer is not None and self.speculative is not None
+        for seq in self.scheduler.running:
+            seq.draft_token_ids = []
+            params = seq.params
+            if seq.num_uncomputed_tokens != 1 or not params.greedy or seq.grammar is not None:
+                continue
+            room = self.max_model_len - seq.num_tokens
+            if params.max_tokens is not None:
+                room = min(room, params.max_tokens - seq.num_output_tokens)
+            # The step adds drafts + 1 tokens: never past max_tokens or the context.
+            count = min(self.speculative.num_speculative_tokens, room - 1)
+            if count > 0:
+                seq.draft_token_ids = self.proposer.propose(seq.token_ids, count)
 
     def _postprocess(self, scheduled: list, result: StepResult) -> list[RequestOutput]:
         now = time.time()
@@ -347,7 +379,8 @@ class LLMEngine:
             request = self._requests[seq.request_id]
             for offset, lp in enumerate(result.prompt_logprobs.get(seq.seq_id, ())):
                 seq.prompt_logprob_rows[seq.num_computed_tokens + offset] = lp
-            seq.num_computed_tokens += item.num_tokens
+            # Drafts count once verified, below: only accepted ones have KV worth keeping.
+            seq.num_computed_tokens += item.num_tokens - len(item.draft_token_ids)
             bm.register_full_blocks(seq, seq.num_computed_tokens)
             if seq.num_computed_tokens >= seq.num_prompt_tokens:
                 if seq.wants_prompt_logprobs:
@@ -359,13 +392,26 @@ class LLMEngine:
                     seq.prompt_logprob_rows = {}
                 if request.unforked and seq is request.seqs[0]:
                     self._fork(request, seq)
-        out = result.sampler_output
-        if out is not None:
-            for item, token, lp in zip(result.sampled, out.token_ids, out.logprobs, strict=True):
-                seq = item.seq
-                if seq.first_token_time is None:
-                    seq.first_token_time = now
-                touched.setdefault(seq.request_id, []).append(self._append_token(seq, token, lp))
+        for item, tokens, logprobs in zip(
+            result.sampled, result.tokens, result.logprobs, strict=True
+        ):
+            seq = item.seq
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            outputs = []
+            for token, lp in zip(tokens, logprobs, strict=True):
+                outputs.append(self._append_token(seq, token, lp))
+                if seq.is_finished:
+                    break
+            if item.draft_token_ids:
+                accepted = len(tokens) - 1
+                self._spec_draft_tokens += len(item.draft_token_ids)
+                self._spec_accepted_tokens += accepted
+                if not seq.is_finished:
+                    # The accepted drafts' KV was computed from the right tokens: keep it.
+                    seq.num_computed_tokens += accepted
+                    bm.register_full_blocks(seq, seq.num_computed_tokens)
+            touched.setdefault(seq.request_id, []).append(_merged(outputs))
         return [self._request_output(rid, outputs, now) for rid, outputs in touched.items()]
 
     def _fork(self, request: _Request, parent: Sequence) -> None:
@@ -450,6 +496,23 @@ class LLMEngine:
                 finished=request.finished_time,
             ),
         )
+
+
+def _merged(outputs: list[CompletionOutput]) -> CompletionOutput:
+    """One step's tokens of one choice (several after accepted drafts) as one output."""
+    if len(outputs) == 1:
+        return outputs[0]
+    last = outputs[-1]
+    logprobs = [lp for o in outputs for lp in (o.logprobs or [])]
+    return CompletionOutput(
+        index=last.index,
+        text="".join(o.text for o in outputs),
+        token_ids=[t for o in outputs for t in o.token_ids],
+        logprobs=logprobs if outputs[0].logprobs is not None else None,
+        finish_reason=last.finish_reason,
+        stop_reason=last.stop_reason,
+        num_output_tokens=last.num_output_tokens,
+    )
 
 
 def _advance_grammar(seq: Sequence, token: int) -> tuple[str, str | None] | None:

@@ -11,6 +11,7 @@ sampler.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from engine.config import ModelConfig
 from engine.decode_graphs import DecodeGraphs
 from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
-from engine.sampler import Sampler, SamplerOutput, SamplingBatch, TokenLogprobs, prompt_logprobs
+from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
 from kernels.attention import AttentionBackend, AttentionInputs
 from kernels.fused_ops import TORCH_OPS, FusedOps
@@ -34,7 +35,10 @@ class StepResult:
     """What one forward pass produced, keyed by the scheduled order of samplers."""
 
     sampled: list[ScheduledSequence]
-    sampler_output: SamplerOutput | None
+    # Per sampled sequence, the tokens it gained: one, or with drafts the accepted ones
+    # and the token the model chose after them; with their logprobs (None: not asked).
+    tokens: list[list[int]]
+    logprobs: list[list[TokenLogprobs | None]]
     prompt_logprobs: dict[int, list[TokenLogprobs]]
 
 
@@ -102,19 +106,28 @@ class ModelRunner:
         sample_rows: list[int] = []
         sampled: list[ScheduledSequence] = []
         logprob_spans: list[tuple[ScheduledSequence, int, int]] = []
+        # Sampler rows per sampled sequence: one, or 1 + drafts (each draft position is
+        # scored as if the drafts before it were the sequence's own tokens).
+        sampler_rows: list[range] = []
         for item in ordered:
             seq = item.seq
+            drafts = item.draft_token_ids
             start = seq.num_computed_tokens
             end = start + item.num_tokens
             row = len(input_ids)
-            input_ids.extend(seq.token_ids[start:end])
+            input_ids.extend(seq.token_ids[start : end - len(drafts)])
+            input_ids.extend(drafts)
             positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             if seq.wants_prompt_logprobs and start < seq.num_prompt_tokens:
                 logprob_spans.append((item, row, min(end, seq.num_prompt_tokens)))
             if item.samples:
-                sample_rows.append(row + item.num_tokens - 1)
+                first = len(sample_rows)
+                sample_rows.extend(
+                    range(row + item.num_tokens - 1 - len(drafts), row + item.num_tokens)
+                )
+                sampler_rows.append(range(first, len(sample_rows)))
                 sampled.append(item)
         device = self.device
         context_lens = [s.seq.num_computed_tokens + s.num_tokens for s in ordered]
@@ -142,7 +155,12 @@ class ModelRunner:
                 metadata,
             )
         sampler_output = None
-        matchers = [(i, g) for i, item in enumerate(sampled) if (g := item.seq.grammar) is not None]
+        # A constrained sequence never has drafts: its one row is its first.
+        matchers = [
+            (sampler_rows[i].start, g)
+            for i, item in enumerate(sampled)
+            if (g := item.seq.grammar) is not None
+        ]
         grammar_rows = [i for i, _ in matchers]
         grammar_bitmask = None
         if matchers:
@@ -158,13 +176,19 @@ class ModelRunner:
                 index = torch.tensor(sample_rows).to(device, non_blocking=True)
                 rows = hidden[index]
             logits = self.model.compute_logits(rows)
+            per_row = [(s, d) for s in sampled for d in range(len(s.draft_token_ids) + 1)]
             sampler_output = self.sampler(
                 logits,
                 SamplingBatch(
-                    params=[s.seq.params for s in sampled],
-                    prompt_token_ids=[s.seq.prompt_token_ids for s in sampled],
-                    output_token_ids=[s.seq.output_token_ids for s in sampled],
-                    generators=[s.seq.generator for s in sampled],
+                    params=[s.seq.params for s, _ in per_row],
+                    prompt_token_ids=[s.seq.prompt_token_ids for s, _ in per_row],
+                    output_token_ids=[
+                        [*s.seq.output_token_ids, *s.draft_token_ids[:d]]
+                        if d
+                        else s.seq.output_token_ids
+                        for s, d in per_row
+                    ],
+                    generators=[s.seq.generator for s, _ in per_row],
                     eos_token_ids=self.eos_token_ids,
                     grammar_rows=grammar_rows,
                     grammar_bitmask=grammar_bitmask,
@@ -183,4 +207,21 @@ class ModelRunner:
             prompt_lps[seq.seq_id] = prompt_logprobs(
                 logits, seq.prompt_token_ids[first + 1 : last + 1], seq.params.prompt_logprobs or 0
             )
-        return StepResult(sampled, sampler_output, prompt_lps)
+        tokens: list[list[int]] = []
+        logprobs: list[list[TokenLogprobs | None]] = []
+        if sampler_output is not None:
+            for item, rows in zip(sampled, sampler_rows, strict=True):
+                chosen = sampler_output.token_ids[rows.start : rows.stop]
+                kept = accepted_length(item.draft_token_ids, chosen) + 1
+                tokens.append(chosen[:kept])
+                logprobs.append(sampler_output.logprobs[rows.start : rows.start + kept])
+        return StepResult(sampled, tokens, logprobs, prompt_lps)
+
+
+def accepted_length(drafts: Sequence[int], chosen: Sequence[int]) -> int:
+    """How many drafts the model would have produced itself (the prefix matching its
+    own choices): exact for greedy rows, the only ones given drafts."""
+    accepted = 0
+    while accepted < len(drafts) and drafts[accepted] == chosen[accepted]:
+        accepted += 1
+    return accepted

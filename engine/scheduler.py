@@ -16,6 +16,9 @@ for that thousand-token step to end, and then shares its own prefill step with
 more of them. The cap holds even when no interactive request is present, since
 the next one may arrive mid-step; the background prompts cost the same compute,
 spread over more (shorter) steps. Background decodes are never held back.
+
+A decoding sequence with speculative drafts (engine/ngram_proposer.py) is
+scheduled for 1 + drafts tokens, the drafts cut to the budget left.
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ from engine.sequence import Sequence, SequenceStatus
 @dataclass(frozen=True)
 class ScheduledSequence:
     seq: Sequence
+    # Tokens computed this step, draft tokens included.
     num_tokens: int
+    # Speculative tokens after the sequence's last one, verified this step.
+    draft_token_ids: tuple[int, ...] = ()
 
     @property
     def samples(self) -> bool:
         """Whether this chunk reaches the end of the sequence, so a token is sampled."""
-        return self.seq.num_computed_tokens + self.num_tokens == self.seq.num_tokens
+        real = self.num_tokens - len(self.draft_token_ids)
+        return self.seq.num_computed_tokens + real == self.seq.num_tokens
 
 
 @dataclass(frozen=True)
@@ -126,8 +133,9 @@ class Scheduler:
                 continue  # preempted earlier in this step
             if budget == 0:
                 break
-            num_tokens = min(seq.num_uncomputed_tokens, budget)
             prefill = seq.num_uncomputed_tokens > 1
+            drafts = () if prefill else tuple(seq.draft_token_ids[: budget - 1])
+            num_tokens = min(seq.num_uncomputed_tokens, budget) + len(drafts)
             capped = prefill and self.is_background(seq)
             if capped:
                 # Running prefills are in priority order: foreground ones came first.
@@ -150,7 +158,7 @@ class Scheduler:
                     break
             if seq.status is SequenceStatus.RUNNING:
                 self.block_manager.allocate(seq, target)
-                scheduled[seq] = ScheduledSequence(seq, num_tokens)
+                scheduled[seq] = ScheduledSequence(seq, num_tokens, drafts)
                 budget -= num_tokens
                 if capped:
                     background_chunks[seq] = num_tokens

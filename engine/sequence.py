@@ -61,6 +61,9 @@ class Sequence:
     prompt_logprob_rows: dict[int, TokenLogprobs] = field(default_factory=dict)
     first_token_time: float | None = None
     scheduled_time: float | None = None
+    # Speculative tokens proposed for the next step (engine/ngram_proposer.py): verified
+    # in one forward pass with the last token, never part of token_ids until accepted.
+    draft_token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

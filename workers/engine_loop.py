@@ -195,7 +195,12 @@ class EngineLoop:
     def _sample_stats(self) -> None:
         s = self.engine.stats()
         self.metrics.set_engine_state(
-            s.num_running, s.num_waiting, s.kv_cache_usage, s.num_preemptions
+            s.num_running,
+            s.num_waiting,
+            s.kv_cache_usage,
+            s.num_preemptions,
+            s.spec_draft_tokens,
+            s.spec_accepted_tokens,
         )
 
 
