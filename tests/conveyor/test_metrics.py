@@ -25,7 +25,14 @@ def labels(worker: str, **extra: str) -> tuple[tuple[str, str], ...]:
 
 def test_two_workers_render_with_vllm_names_labels_and_counts() -> None:
     a, b = WorkerMetrics("smol", "w1"), WorkerMetrics("smol", "w2")
-    a.set_engine_state(running=3, waiting=1, kv_cache_usage=0.25, num_preemptions=2)
+    a.set_engine_state(
+        running=3,
+        waiting=1,
+        kv_cache_usage=0.25,
+        num_preemptions=2,
+        spec_draft_tokens=40,
+        spec_accepted_tokens=31,
+    )
     a.add_tokens(prompt=10, generation=4)
     a.add_tokens(generation=6)
     a.request_finished("stop")
@@ -44,6 +51,9 @@ def test_two_workers_render_with_vllm_names_labels_and_counts() -> None:
     assert got[("vllm:num_requests_waiting", labels("w1"))] == 1
     assert got[("vllm:kv_cache_usage_perc", labels("w1"))] == 0.25
     assert got[("vllm:num_preemptions_total", labels("w1"))] == 2
+    assert got[("vllm:spec_decode_num_draft_tokens_total", labels("w1"))] == 40
+    assert got[("vllm:spec_decode_num_accepted_tokens_total", labels("w1"))] == 31
+    assert got[("vllm:spec_decode_num_accepted_tokens_total", labels("w2"))] == 0
     assert got[("vllm:prompt_tokens_total", labels("w1"))] == 10
     assert got[("vllm:prompt_tokens_total", labels("w2"))] == 7
     assert got[("vllm:generation_tokens_total", labels("w1"))] == 10

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from conveyor.cli import build_parser, settings_from_args
 from conveyor.launcher import settings_env
 from conveyor.settings import Settings
+from engine.speculative_config import SpeculativeConfig
 
 
 def test_flags_beat_env_and_env_beats_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,6 +29,23 @@ def test_enforce_eager_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> No
     assert flagged.engine_config().enforce_eager is True
     monkeypatch.setenv("CONVEYOR_ENFORCE_EAGER", "true")
     assert settings_from_args(parser.parse_args(["serve"])).engine_config().enforce_eager is True
+
+
+def test_speculative_config_reaches_the_engine_and_a_bad_one_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parser = build_parser()
+    assert (
+        settings_from_args(parser.parse_args(["worker"])).engine_config().speculative_config is None
+    )
+    flag = '{"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 5}'
+    settings = settings_from_args(parser.parse_args(["serve", "--speculative-config", flag]))
+    assert settings.engine_config().speculative_config == SpeculativeConfig(
+        num_speculative_tokens=3, prompt_lookup_max=5, prompt_lookup_min=2
+    )
+    assert settings_env(settings)["CONVEYOR_SPECULATIVE_CONFIG"] == flag  # reaches the worker
+    with pytest.raises(ValidationError, match="eagle"):
+        Settings(speculative_config='{"method": "eagle"}')
 
 
 def test_settings_env_round_trips_explicit_values() -> None:
