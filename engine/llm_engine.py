@@ -57,6 +57,10 @@ def cuda_kv_budget(total: int, free: int, ours: int, utilization: float, headroo
     return min(by_share, by_free)
 
 
+# The longest pause in drafting for a sequence whose drafts keep being rejected.
+SPEC_BACKOFF_MAX_TOKENS = 16
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """A snapshot for metrics and health: queue sizes, KV usage, counters."""
@@ -362,6 +366,8 @@ class LLMEngine:
             params = seq.params
             if seq.num_uncomputed_tokens != 1 or not params.greedy or seq.grammar is not None:
                 continue
+            if seq.num_output_tokens < seq.spec_resume_at:
+                continue  # backing off after rejected drafts
             room = self.max_model_len - seq.num_tokens
             if params.max_tokens is not None:
                 room = min(room, params.max_tokens - seq.num_output_tokens)
@@ -407,6 +413,7 @@ class LLMEngine:
                 accepted = len(tokens) - 1
                 self._spec_draft_tokens += len(item.draft_token_ids)
                 self._spec_accepted_tokens += accepted
+                _note_acceptance(seq, accepted)
                 if not seq.is_finished:
                     # The accepted drafts' KV was computed from the right tokens: keep it.
                     seq.num_computed_tokens += accepted
@@ -496,6 +503,19 @@ class LLMEngine:
                 finished=request.finished_time,
             ),
         )
+
+
+def _note_acceptance(seq: Sequence, accepted: int) -> None:
+    """Back off where drafting keeps failing: after n steps in a row with every draft
+    rejected, none for the next 2**n tokens (at most SPEC_BACKOFF_MAX_TOKENS). A
+    rejected draft costs a verified position, which on a compute-bound batch is real
+    time; text with nothing to look up stops paying it, copying text keeps drafting."""
+    if accepted:
+        seq.spec_misses = 0
+        return
+    seq.spec_misses += 1
+    pause = min(2**seq.spec_misses, SPEC_BACKOFF_MAX_TOKENS)
+    seq.spec_resume_at = seq.num_output_tokens + pause
 
 
 def _merged(outputs: list[CompletionOutput]) -> CompletionOutput:

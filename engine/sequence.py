@@ -64,6 +64,10 @@ class Sequence:
     # Speculative tokens proposed for the next step (engine/ngram_proposer.py): verified
     # in one forward pass with the last token, never part of token_ids until accepted.
     draft_token_ids: list[int] = field(default_factory=list)
+    # Steps in a row whose drafts were all rejected, and the output length before which
+    # no more are proposed (the engine backs off where lookup keeps guessing wrong).
+    spec_misses: int = 0
+    spec_resume_at: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -241,3 +241,27 @@ def test_prompt_lookup_drafts_from_the_prompt_on_the_bundled_model(
     assert "lazy dog" in got.text
     stats = speculative.engine.stats()
     assert stats.spec_accepted_tokens >= len(got.token_ids) // 3, stats
+
+
+class WrongProposer:
+    """Drafts that are never right: the cost case the engine backs off from."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def propose(self, token_ids: list[int], num_tokens: int) -> list[int]:
+        self.calls += 1
+        return [0] * num_tokens  # token 0 never comes out of this model's greedy runs
+
+
+def test_drafting_backs_off_where_every_draft_is_rejected(plain: LLM, speculative: LLM) -> None:
+    wrong = WrongProposer()
+    speculative.engine.proposer = wrong
+    before = speculative.engine.stats()
+    expected = run(plain, greedy(64))
+    got = run(speculative, greedy(64))
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    stats = speculative.engine.stats()
+    assert stats.spec_accepted_tokens == before.spec_accepted_tokens
+    # Pauses of 2, 4, 8, 16, 16... tokens: about 7 proposals per 64-token answer, not 63.
+    assert wrong.calls <= 9 * len(prompts())
