@@ -77,6 +77,12 @@ class ResponseEventStream:
     def _event(self, kind: str, **fields: Any) -> Event:
         return {"type": kind, "sequence_number": self.next_sequence_number(), **fields}
 
+    def _part_event(self, kind: str, item: dict[str, Any], **fields: Any) -> Event:
+        """An event about the open message's one text part."""
+        return self._event(
+            kind, item_id=item["id"], output_index=self._index, content_index=0, **fields
+        )
+
     def _snapshot(
         self, status: str, usage: UsageInfo | None = None, outcome: Outcome | None = None
     ) -> dict[str, Any]:
@@ -143,24 +149,13 @@ class ResponseEventStream:
             self._event(
                 "response.output_item.added", output_index=self._index, item=copy.deepcopy(item)
             ),
-            self._event(
-                "response.content_part.added",
-                item_id=item["id"],
-                output_index=self._index,
-                content_index=0,
-                part=text_part(""),
-            ),
+            self._part_event("response.content_part.added", item, part=text_part("")),
         ]
 
     def _text_delta(self, text: str, logprobs: list[dict[str, Any]]) -> Event:
         assert self.open is not None
-        return self._event(
-            "response.output_text.delta",
-            item_id=self.open["id"],
-            output_index=self._index,
-            content_index=0,
-            delta=text,
-            logprobs=logprobs,
+        return self._part_event(
+            "response.output_text.delta", self.open, delta=text, logprobs=logprobs
         )
 
     def _text(self, text: str, logprobs: list[dict[str, Any]]) -> list[Event]:
@@ -229,21 +224,10 @@ class ResponseEventStream:
             part = text_part(text, self.logprobs)
             item["content"] = [part]
             events += [
-                self._event(
-                    "response.output_text.done",
-                    item_id=item["id"],
-                    output_index=self._index,
-                    content_index=0,
-                    text=text,
-                    logprobs=self.logprobs,
+                self._part_event(
+                    "response.output_text.done", item, text=text, logprobs=self.logprobs
                 ),
-                self._event(
-                    "response.content_part.done",
-                    item_id=item["id"],
-                    output_index=self._index,
-                    content_index=0,
-                    part=part,
-                ),
+                self._part_event("response.content_part.done", item, part=part),
             ]
         else:
             events.append(

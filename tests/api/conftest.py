@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from conveyor.bus import BusNames
@@ -116,3 +117,22 @@ def make_stack(redis_url: str, bundled_model_dir: Path) -> Iterator[Callable[...
             return stacks.enter_context(running_stack(redis_url, bundled_model_dir, **kwargs))
 
         yield build
+
+
+def sdk_client(stack: Stack) -> openai.OpenAI:
+    """The official SDK pointed at a stack: no retries, so a failure shows as it is."""
+    return openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10)
+
+
+@pytest.fixture()
+def sdk(stack: Stack, worker: FakeWorker) -> Iterator[openai.OpenAI]:
+    with sdk_client(stack) as client:
+        yield client
+
+
+@pytest.fixture()
+def hermes_sdk(make_stack: Callable[..., Stack]) -> Iterator[tuple[openai.OpenAI, Stack]]:
+    """A stack of its own with --tool-call-parser hermes, and the SDK on it."""
+    stack = make_stack(tool_call_parser="hermes")
+    with sdk_client(stack) as client:
+        yield client, stack

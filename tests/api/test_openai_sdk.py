@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import openai
 import pytest
@@ -12,14 +11,6 @@ from .conftest import MODEL, Stack
 from .fakes import FakeWorker
 
 MESSAGES = [{"role": "user", "content": "Count."}]
-
-
-@pytest.fixture()
-def sdk(stack: Stack, worker: FakeWorker) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10
-    ) as client:
-        yield client
 
 
 def test_chat(sdk: openai.OpenAI) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -12,14 +11,6 @@ from pydantic import BaseModel
 
 from .conftest import MAX_MODEL_LEN, MODEL, Stack
 from .fakes import CACHED_TOKENS, SCRIPT_TEXT, FakeWorker
-
-
-@pytest.fixture()
-def sdk(stack: Stack, worker: FakeWorker) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10
-    ) as client:
-        yield client
 
 
 def prompt_text(worker: FakeWorker) -> str:
@@ -228,15 +219,6 @@ def test_a_named_tool_call_is_a_function_call_item(sdk: openai.OpenAI, worker: F
     assert answer.output_text == " It is sunny."
     prompt = prompt_text(worker)
     assert prompt.index("Paris") < prompt.index("sunny, 21C")
-
-
-@pytest.fixture()
-def hermes_sdk(make_stack: Callable[..., Stack]) -> Iterator[tuple[openai.OpenAI, Stack]]:
-    stack = make_stack(tool_call_parser="hermes")
-    with openai.OpenAI(
-        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10
-    ) as client:
-        yield client, stack
 
 
 def test_auto_tool_choice_gives_text_then_calls(hermes_sdk: tuple[openai.OpenAI, Stack]) -> None:

@@ -4,7 +4,6 @@ whole or streamed in any pieces, and text that only looks like a call kept as te
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import openai
@@ -99,15 +98,6 @@ def test_a_stream_without_calls_is_the_text_exactly_even_with_a_partial_tag_at_t
     for cut in range(len(text) + 1):
         content, calls, called = streamed([text[:cut], text[cut:]])
         assert (content, calls, called) == (text, [], False)
-
-
-@pytest.fixture()
-def hermes_sdk(make_stack: Callable[..., Stack]) -> Iterator[tuple[openai.OpenAI, Stack]]:
-    stack = make_stack(tool_call_parser="hermes")
-    with openai.OpenAI(
-        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=10
-    ) as client:
-        yield client, stack
 
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather"}}]
