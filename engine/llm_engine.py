@@ -374,7 +374,7 @@ class LLMEngine:
             # The step adds drafts + 1 tokens: never past max_tokens or the context.
             count = min(self.speculative.num_speculative_tokens, room - 1)
             if count > 0:
-                seq.draft_token_ids = self.proposer.propose(seq.token_ids, count)
+                seq.draft_token_ids = self.proposer.propose(seq.token_ids, count, owner=seq)
 
     def _postprocess(self, scheduled: list, result: StepResult) -> list[RequestOutput]:
         now = time.time()
@@ -410,7 +410,8 @@ class LLMEngine:
                 if seq.is_finished:
                     break
             if item.draft_token_ids:
-                accepted = len(tokens) - 1
+                # Accepted drafts that were appended: a stop among them ends the count.
+                accepted = min(len(tokens) - 1, len(outputs))
                 self._spec_draft_tokens += len(item.draft_token_ids)
                 self._spec_accepted_tokens += accepted
                 _note_acceptance(seq, accepted)

@@ -18,7 +18,9 @@ the next one may arrive mid-step; the background prompts cost the same compute,
 spread over more (shorter) steps. Background decodes are never held back.
 
 A decoding sequence with speculative drafts (engine/ngram_proposer.py) is
-scheduled for 1 + drafts tokens, the drafts cut to the budget left.
+scheduled for 1 + drafts tokens. Drafts only use what is spare: the budget
+left after one token for every decode still to come, and free blocks (they
+never preempt), so speculation can slow no other sequence's progress.
 """
 
 from __future__ import annotations
@@ -128,14 +130,17 @@ class Scheduler:
         pending = sorted(self.running, key=Sequence.sort_key)
         order = [s for s in pending if s.num_uncomputed_tokens == 1]
         order += [s for s in pending if s.num_uncomputed_tokens > 1]
+        # Decodes still to schedule: each keeps one token of the budget from others' drafts.
+        decodes_left = sum(1 for s in order if s.num_uncomputed_tokens == 1)
         for seq in order:
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this step
             if budget == 0:
                 break
             prefill = seq.num_uncomputed_tokens > 1
-            drafts = () if prefill else tuple(seq.draft_token_ids[: budget - 1])
-            num_tokens = min(seq.num_uncomputed_tokens, budget) + len(drafts)
+            if not prefill:
+                decodes_left -= 1
+            num_tokens = min(seq.num_uncomputed_tokens, budget)
             capped = prefill and self.is_background(seq)
             if capped:
                 # Running prefills are in priority order: foreground ones came first.
@@ -158,6 +163,8 @@ class Scheduler:
                     break
             if seq.status is SequenceStatus.RUNNING:
                 self.block_manager.allocate(seq, target)
+                drafts = () if prefill else self._fit_drafts(seq, budget - 1 - decodes_left)
+                num_tokens += len(drafts)
                 scheduled[seq] = ScheduledSequence(seq, num_tokens, drafts)
                 budget -= num_tokens
                 if capped:
@@ -174,6 +181,19 @@ class Scheduler:
                 # A chat's prompt goes in this step: the batch lines' chunks wait for the next.
                 result = [s for s in result if s.seq not in background_chunks]
         return SchedulerOutput(result, preempted)
+
+    def _fit_drafts(self, seq: Sequence, budget: int) -> tuple[int, ...]:
+        """The sequence's drafts cut to `budget` tokens and to the free blocks, allocated.
+        Speculation is a bonus: it never preempts anyone and never takes a decode's token."""
+        drafts = seq.draft_token_ids[: max(0, budget)]
+        bm = self.block_manager
+        while drafts:
+            target = seq.num_computed_tokens + 1 + len(drafts)
+            if bm.can_allocate(bm.blocks_needed(seq, target)):
+                bm.allocate(seq, target)
+                break
+            drafts = drafts[:-1]
+        return tuple(drafts)
 
     def _admit_waiting(
         self, budget: int, background_left: int, scheduled: list[ScheduledSequence], now: float

@@ -26,3 +26,17 @@ def test_no_match_shorter_than_the_minimum_or_no_room_proposes_nothing() -> None
     assert proposer.propose([1, 2, 1, 2], 0) == []
     assert proposer.propose([1, 2], 3) == []
     assert proposer.propose([1, 2, 1, 2], 3) == [1, 2]
+
+
+def test_a_sequence_s_cached_array_follows_it_as_it_grows() -> None:
+    proposer = NgramProposer(lookup_min=1, lookup_max=3)
+
+    class Owner:
+        pass
+
+    owner, tokens = Owner(), [5, 6, 7, 8]
+    for step in range(40):
+        tokens.append((step * 7) % 11)
+        assert proposer.propose(tokens, 3, owner=owner) == proposer.propose(tokens, 3)
+    other = Owner()  # a new sequence gets its own array
+    assert proposer.propose([1, 2, 1], 2, owner=other) == [2, 1]

@@ -629,3 +629,44 @@ def test_aborted_waiting_entries_do_not_pile_up() -> None:
     assert sched.num_waiting == 10
     assert len(sched.waiting) <= 2 * 10 + 64
     assert {s.seq_id for _, s in sched.waiting} >= {s.seq_id for s in seqs[490:]}
+
+
+def _decoding(sched: Scheduler, prompts: list[int]) -> list[Sequence]:
+    """Sequences whose prompts are computed and that have one sampled token to decode."""
+    seqs = [make_seq(n, arrival=float(i), max_tokens=100) for i, n in enumerate(prompts)]
+    for seq in seqs:
+        sched.add(seq)
+    plan = sched.schedule(0.0)
+    assert {s.seq for s in plan.scheduled} == set(seqs)
+    for item in plan.scheduled:
+        item.seq.num_computed_tokens += item.num_tokens
+        item.seq.token_ids.append(7)
+    return seqs
+
+
+def test_drafts_never_preempt_and_are_cut_to_the_free_blocks() -> None:
+    sched = make_scheduler(num_blocks=4, block_size=4)
+    first, second = _decoding(sched, [7, 7])  # 2 blocks each: the cache is full
+    second.draft_token_ids = [1, 2]  # would need a third block for positions 8 and 9
+    first.draft_token_ids = [3]  # position 8 too
+    plan = sched.schedule(1.0)
+    assert plan.preempted == []
+    assert [(s.seq, s.num_tokens, s.draft_token_ids) for s in plan.scheduled] == [
+        (first, 1, ()),
+        (second, 1, ()),
+    ]
+
+
+def test_drafts_use_only_the_budget_other_decodes_leave() -> None:
+    sched = make_scheduler()
+    seqs = _decoding(sched, [3, 3, 3])
+    for seq in seqs:
+        seq.draft_token_ids = [1, 2, 3]
+    sched.max_num_batched_tokens = 4  # one token for each decode, one to spare
+    plan = sched.schedule(1.0)
+    assert [(s.seq, s.num_tokens, s.draft_token_ids) for s in plan.scheduled] == [
+        (seqs[0], 2, (1,)),
+        (seqs[1], 1, ()),
+        (seqs[2], 1, ()),
+    ]
+    assert all(s.samples for s in plan.scheduled)

@@ -62,7 +62,7 @@ class OracleProposer:
         self.answers = answers
         self.period = period
 
-    def propose(self, token_ids: list[int], num_tokens: int) -> list[int]:
+    def propose(self, token_ids: list[int], num_tokens: int, owner: object = None) -> list[int]:
         for answer in self.answers:
             if answer[: len(token_ids)] == token_ids:
                 drafts = answer[len(token_ids) : len(token_ids) + num_tokens]
@@ -249,7 +249,7 @@ class WrongProposer:
     def __init__(self) -> None:
         self.calls = 0
 
-    def propose(self, token_ids: list[int], num_tokens: int) -> list[int]:
+    def propose(self, token_ids: list[int], num_tokens: int, owner: object = None) -> list[int]:
         self.calls += 1
         return [0] * num_tokens  # token 0 never comes out of this model's greedy runs
 
@@ -265,3 +265,40 @@ def test_drafting_backs_off_where_every_draft_is_rejected(plain: LLM, speculativ
     assert stats.spec_accepted_tokens == before.spec_accepted_tokens
     # Pauses of 2, 4, 8, 16, 16... tokens: about 7 proposals per 64-token answer, not 63.
     assert wrong.calls <= 9 * len(prompts())
+
+
+def test_blocks_filled_by_accepted_drafts_serve_a_later_prompt(plain: LLM, model_dir: Path) -> None:
+    """A follow-up whose prompt is the first answer reads the blocks accepted drafts
+    filled from the prefix cache: they must hold exactly those tokens' KV."""
+    engine = LLM(str(model_dir), max_model_len=256, block_size=4, speculative_config=NGRAM)
+    first_expected, first = run_both(plain, engine, greedy(40))
+    assert [c.token_ids for c in first] == [c.token_ids for c in first_expected]
+    follow_ups = [[*p, *c.token_ids, 77] for p, c in zip(prompts(), first, strict=True)]
+    hits_before = engine.engine.stats().prefix_cache_hits
+    engine.engine.proposer = OracleProposer([])  # no drafts: only the cache is under test
+    expected = [r.choices[0].token_ids for r in plain.generate(follow_ups, greedy(16))]
+    got = [r.choices[0].token_ids for r in engine.generate(follow_ups, greedy(16))]
+    assert got == expected
+    # Most of each answer's blocks were hits (whole 4-token blocks of prompt + answer).
+    assert engine.engine.stats().prefix_cache_hits - hits_before >= 150
+
+
+def test_n_siblings_prompt_logprobs_and_eos_inside_the_drafts(plain: LLM, speculative: LLM) -> None:
+    prompt = prompts()[0]
+    reference = plain.generate([prompt], greedy(30))[0].choices[0].token_ids
+    eos = plain.engine.eos_token_ids
+    params = greedy(30, n=2, prompt_logprobs=1, logit_bias={min(eos): 8.0}, min_tokens=6)
+    expected = plain.generate([prompt], params)[0]
+    speculative.engine.proposer = OracleProposer(
+        [[*prompt, *c.token_ids, *reference] for c in expected.choices], 1000
+    )
+    before = speculative.engine.stats()
+    got = speculative.generate([prompt], params)[0]
+    assert [c.token_ids for c in got.choices] == [c.token_ids for c in expected.choices]
+    assert [c.finish_reason for c in got.choices] == [c.finish_reason for c in expected.choices]
+    assert got.prompt_logprobs is not None and expected.prompt_logprobs is not None
+    assert len(got.prompt_logprobs) == len(expected.prompt_logprobs)
+    after = speculative.engine.stats()
+    # Drafts past an EOS are neither emitted nor counted as accepted.
+    accepted = after.spec_accepted_tokens - before.spec_accepted_tokens
+    assert 0 < accepted <= sum(len(c.token_ids) for c in got.choices)
