@@ -218,7 +218,8 @@ class LLMEngine:
                 self.config.max_num_batched_tokens
                 * (mc.hidden_size * 8 + mc.intermediate_size * 4)
                 * itemsize
-                + self.config.max_num_seqs * mc.vocab_size * 16
+                # Logits and sampler work per sampled row: with drafts, 1 + k rows each.
+                + self.config.max_num_seqs * self._rows_per_sequence * mc.vocab_size * 16
             )
             budget = cuda_kv_budget(
                 total,
@@ -356,6 +357,11 @@ class LLMEngine:
             return []
         result = self.runner.execute(plan.scheduled)
         return self._postprocess(plan.scheduled, result)
+
+    @property
+    def _rows_per_sequence(self) -> int:
+        spec = self.config.speculative_config
+        return 1 + (spec.num_speculative_tokens if spec is not None else 0)
 
     def _propose_drafts(self) -> None:
         """Drafts for each running sequence about to decode, where verifying them is exact:
