@@ -172,7 +172,6 @@ class LLMEngine:
             grammar_vocab_size=self.grammars.vocab_size,
         )
         spec = config.speculative_config
-        self.speculative = spec
         self.proposer = (
             NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max) if spec else None
         )
@@ -366,7 +365,8 @@ class LLMEngine:
     def _propose_drafts(self) -> None:
         """Drafts for each running sequence about to decode, where verifying them is exact:
         greedy rows (the model's own argmax decides) without a grammar to advance."""
-        assert self.proposer is not None and self.speculative is not None
+        spec = self.config.speculative_config
+        assert self.proposer is not None and spec is not None
         for seq in self.scheduler.running:
             seq.draft_token_ids = []
             params = seq.params
@@ -378,7 +378,7 @@ class LLMEngine:
             if params.max_tokens is not None:
                 room = min(room, params.max_tokens - seq.num_output_tokens)
             # The step adds drafts + 1 tokens: never past max_tokens or the context.
-            count = min(self.speculative.num_speculative_tokens, room - 1)
+            count = min(spec.num_speculative_tokens, room - 1)
             if count > 0:
                 seq.draft_token_ids = self.proposer.propose(seq.token_ids, count, owner=seq)
 
