@@ -41,8 +41,9 @@ from api.schemas.chat import (
     DeltaMessage,
 )
 from api.schemas.common import UsageInfo
+from api.tool_call_json import AFTER_CALLS
 from api.tool_choice import ForcedToolCall, ToolCallStream, refuse_auto
-from api.tool_parsers import AFTER_CALLS, HermesStream, parse_hermes
+from api.tool_parsers import ToolParserStream, new_tool_parser, parse_tool_calls
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
 from engine.tokenizer import Tokenizer
@@ -195,11 +196,12 @@ def _turn_starts(messages: list[Any]) -> list[int]:
 
 
 def chat_message(
-    text: str, finish_reason: str | None, forced: ForcedToolCall | None, auto: bool
+    text: str, finish_reason: str | None, forced: ForcedToolCall | None, parser: str | None
 ) -> tuple[ChatResponseMessage, str | None]:
-    """The assistant message and finish_reason of one choice's text."""
-    if auto:  # the route refused "auto" unless a tool-call parser is configured
-        parsed = parse_hermes(text)
+    """The assistant message and finish_reason of one choice's text; `parser` names the
+    tool-call parser that reads it when the model chooses ("auto"), else None."""
+    if parser is not None:
+        parsed = parse_tool_calls(parser, text)
         if not parsed.tool_calls:
             return ChatResponseMessage(content=text), finish_reason
         finish = "tool_calls" if finish_reason == "stop" else finish_reason
@@ -236,6 +238,14 @@ class ChatGeneration:
         self.top_n = body.top_logprobs or 0
         self.created = int(time.time())
 
+    @property
+    def auto_parser(self) -> str | None:
+        """The tool-call parser reading this answer, if the model chooses whether to call
+        (the route refused "auto" unless one is configured)."""
+        if not self.body.auto_tool_choice:
+            return None
+        return self.services.settings.tool_call_parser
+
     def close(self) -> None:
         """Stop listening; abort the generation on the workers if it did not finish."""
         finish(self.services.replies, [self.reader])
@@ -252,7 +262,7 @@ class ChatGeneration:
         for index in range(body.n):
             choice = output.choice(index)
             message, finish_reason = chat_message(
-                choice.full_text, choice.finish_reason, forced, body.auto_tool_choice
+                choice.full_text, choice.finish_reason, forced, self.auto_parser
             )
             choices.append(
                 ChatChoice(
@@ -320,7 +330,7 @@ class ChatGeneration:
 
         forced = body.forced_tool_call
         tool_streams: dict[int, ToolCallStream] = {}
-        parsers: dict[int, HermesStream] = {}
+        parsers: dict[int, ToolParserStream] = {}
         try:
             for index in range(body.n):
                 yield self._chunk(
@@ -356,7 +366,9 @@ class ChatGeneration:
                             stream = tool_streams.setdefault(delta.index, ToolCallStream(forced))
                             fields, finish_reason = stream.delta(delta.text, delta.finish_reason)
                         else:
-                            parser = parsers.setdefault(delta.index, HermesStream())
+                            if delta.index not in parsers:
+                                parsers[delta.index] = new_tool_parser(self.auto_parser or "")
+                            parser = parsers[delta.index]
                             fields, called = parser.feed(delta.text, finish_reason is not None)
                             if called and finish_reason == "stop":
                                 finish_reason = "tool_calls"

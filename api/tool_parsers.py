@@ -2,130 +2,46 @@
 
 With "auto" the model decides whether to call a tool and writes the call in
 its trained syntax, so each model family needs a parser (vLLM's
-`--tool-call-parser`). Ours: "hermes", the `<tool_call>{"name": ...,
-"arguments": {...}}</tool_call>` blocks of Hermes 2/3, Qwen 2.5/3 and the
-many models trained on that format. A block that is not valid JSON with a
-string `name` stays in the text, so nothing the model wrote is lost.
+`--tool-call-parser`):
+
+- "hermes" (`api/hermes_tool_parser.py`): `<tool_call>` JSON blocks, anywhere in
+  the text (Hermes 2/3, Qwen 2.5/3 and models trained like them);
+- "llama3_json" (`api/llama3_tool_parser.py`): the whole answer as JSON calls
+  (Llama 3.1-3.3).
+
+Each is a stream (`feed(text, final) -> (delta fields, called)`); the whole
+answer is the same stream fed once, so both read a text the same way.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from api.tool_choice import tool_call
-
-START = "<tool_call>"
-END = "</tool_call>"
-# The feed's fields key for text written after one of the feed's calls.
-AFTER_CALLS = "content_after_calls"
+from api.hermes_tool_parser import HermesStream
+from api.llama3_tool_parser import Llama3JsonStream
+from api.tool_call_json import AFTER_CALLS, ParsedOutput
 
 
-@dataclass
-class ParsedOutput:
-    content: str | None
-    tool_calls: list[dict[str, Any]]
+class ToolParserStream(Protocol):
+    def feed(self, text: str, final: bool) -> tuple[dict[str, Any], bool]: ...
 
 
-def _call(block: str) -> dict[str, Any] | None:
-    """A tool call from one block's JSON, or None if it is not one."""
-    try:
-        data = json.loads(block)
-    except (ValueError, RecursionError):  # not JSON, or past json's own limits
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
-        return None
-    arguments = data.get("arguments", data.get("parameters"))
-    if arguments is None:
-        arguments = {}  # a call without arguments: strict clients expect an object
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return tool_call(data["name"], arguments)
+TOOL_CALL_PARSERS: dict[str, Callable[[], ToolParserStream]] = {
+    "hermes": HermesStream,
+    "llama3_json": Llama3JsonStream,
+}
 
 
-def parse_hermes(text: str) -> ParsedOutput:
+def new_tool_parser(name: str) -> ToolParserStream:
+    return TOOL_CALL_PARSERS[name]()
+
+
+def parse_tool_calls(name: str, text: str) -> ParsedOutput:
     """The whole output at once, exactly as the stream would split it."""
-    fields, called = HermesStream().feed(text, final=True)
+    fields, called = new_tool_parser(name).feed(text, final=True)
     if not called:
         return ParsedOutput(text, [])
     calls = [{k: v for k, v in d.items() if k != "index"} for d in fields["tool_calls"]]
     content = (fields.get("content", "") + fields.get(AFTER_CALLS, "")).strip()
     return ParsedOutput(content or None, calls)
-
-
-@dataclass
-class HermesStream:
-    """The same, incrementally: text goes out as content until a block begins; each block
-    goes out as one tool-call delta once closed. A suffix that could begin `<tool_call>`
-    is held back, so no fragment of the tag reaches the client as content."""
-
-    calls: int = 0
-    pending: str = ""  # held-back text: a possible tag start, or an open block
-    in_block: bool = False
-    _block: str = ""  # the open block's text so far
-
-    def feed(self, text: str, final: bool) -> tuple[dict[str, Any], bool]:
-        """Delta fields for this text, and whether any tool call was made so far.
-
-        Text this feed holds after one of its calls comes under AFTER_CALLS, so the
-        caller can send it after the calls, in the order the model wrote them."""
-        buffer = self.pending + text
-        self.pending = ""
-        before: list[str] = []
-        after: list[str] = []
-        deltas: list[dict[str, Any]] = []
-        while buffer:
-            content = after if deltas else before
-            if not self.in_block:
-                start = buffer.find(START)
-                if start < 0:
-                    keep = _tag_prefix_len(buffer) if not final else 0
-                    content.append(buffer[: len(buffer) - keep])
-                    self.pending = buffer[len(buffer) - keep :]
-                    break
-                content.append(buffer[:start])
-                buffer = buffer[start + len(START) :]
-                self.in_block = True
-                self._block = ""
-                continue
-            self._block += buffer  # END may straddle two feeds: search the whole block
-            end = self._block.find(END)
-            if end < 0:
-                break
-            buffer = self._block[end + len(END) :]
-            self._block = self._block[:end]
-            self.in_block = False
-            self._close_block(content, deltas)
-        if final and self.in_block:
-            self.in_block = False
-            self._close_block(after if deltas else before, deltas, closed=False)
-        fields: dict[str, Any] = {}
-        for key, pieces in (("content", before), (AFTER_CALLS, after)):
-            joined = "".join(pieces)
-            if self.calls and not joined.strip():
-                joined = ""  # the whitespace around calls is not content
-            if joined:
-                fields[key] = joined
-        if deltas:
-            fields["tool_calls"] = deltas
-        return fields, self.calls > 0
-
-    def _close_block(
-        self, content: list[str], deltas: list[dict[str, Any]], closed: bool = True
-    ) -> None:
-        block, self._block = self._block, ""
-        call = _call(block.strip())
-        if call is None:  # not a call after all: the text goes out as it was written
-            content.append(START + block + (END if closed else ""))
-            return
-        deltas.append({"index": self.calls, **call})
-        self.calls += 1
-
-
-def _tag_prefix_len(text: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of START."""
-    for size in range(min(len(START) - 1, len(text)), 0, -1):
-        if START.startswith(text[-size:]):
-            return size
-    return 0

@@ -77,7 +77,10 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     ),
     (
         "--tool-call-parser",
-        {"choices": ["hermes"], "help": 'read tool calls from model text: tool_choice "auto"'},
+        {
+            "choices": ["hermes", "llama3_json"],
+            "help": 'read tool calls from model text: tool_choice "auto"',
+        },
     ),
 ]
 

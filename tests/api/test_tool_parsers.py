@@ -1,151 +1,25 @@
-"""tool_choice "auto" with --tool-call-parser hermes: calls read out of the model's own text,
-whole or streamed in any pieces, and text that only looks like a call kept as text."""
+"""The tool-call parser registry: every name the settings accept has a parser."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Literal, get_args, get_origin
 
-import openai
-import pytest
-
-from api.tool_parsers import AFTER_CALLS, HermesStream, parse_hermes
-
-from .conftest import MODEL, Stack
-
-WEATHER = '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}'
-CLOCK = '{"name": "get_time", "arguments": {}}'
-TWO_CALLS = f"Let me look.\n<tool_call>\n{WEATHER}\n</tool_call>\n<tool_call>{CLOCK}</tool_call>"
+from api.tool_parsers import TOOL_CALL_PARSERS, new_tool_parser, parse_tool_calls
+from conveyor.cli import build_parser
+from conveyor.settings import Settings
 
 
-def names_and_arguments(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
-
-
-EXPECTED_CALLS = [
-    ("get_weather", {"city": "Paris", "unit": "celsius"}),
-    ("get_time", {}),
-]
-
-
-def test_calls_and_the_text_before_them_are_separated() -> None:
-    parsed = parse_hermes(TWO_CALLS)
-    assert parsed.content == "Let me look."
-    assert names_and_arguments(parsed.tool_calls) == EXPECTED_CALLS
-    assert all(c["id"].startswith("call_") and c["type"] == "function" for c in parsed.tool_calls)
-    assert len({c["id"] for c in parsed.tool_calls}) == 2
-
-
-@pytest.mark.parametrize(
-    ("text", "content", "calls"),
-    [
-        ("Just an answer, a < b.", "Just an answer, a < b.", []),
-        (f"<tool_call>{CLOCK}</tool_call>", None, [("get_time", {})]),
-        (f"<tool_call>{CLOCK}", None, [("get_time", {})]),  # EOS before the closing tag
-        ('<tool_call>{"name": "f", "parameters": {"x": 1}}</tool_call>', None, [("f", {"x": 1})]),
-        (
-            '<tool_call>{"name": "f", "arguments": "{\\"x\\": 1}"}</tool_call>',
-            None,
-            [("f", {"x": 1})],
-        ),
-        ("<tool_call>not json</tool_call>", "<tool_call>not json</tool_call>", []),
-        (
-            '<tool_call>{"arguments": {}}</tool_call>',
-            '<tool_call>{"arguments": {}}</tool_call>',
-            [],
-        ),
-        (f"<tool_call>{CLOCK}</tool_call> and done", "and done", [("get_time", {})]),
-    ],
-)
-def test_whole_outputs(text: str, content: str | None, calls: list) -> None:
-    parsed = parse_hermes(text)
-    assert parsed.content == content
-    assert names_and_arguments(parsed.tool_calls) == calls
-
-
-def streamed(pieces: list[str]) -> tuple[str, list[dict[str, Any]], bool]:
-    parser = HermesStream()
-    content, calls, called = "", [], False
-    for i, piece in enumerate(pieces):
-        fields, called = parser.feed(piece, final=i == len(pieces) - 1)
-        content += fields.get("content", "") + fields.get(AFTER_CALLS, "")
-        calls += fields.get("tool_calls", [])
-    return content, calls, called
-
-
-def test_a_stream_split_anywhere_gives_the_same_calls_and_no_tag_fragments() -> None:
-    for cut in range(len(TWO_CALLS) + 1):
-        content, calls, called = streamed([TWO_CALLS[:cut], TWO_CALLS[cut:]])
-        assert content.strip() == "Let me look.", cut
-        assert names_and_arguments(calls) == EXPECTED_CALLS, cut
-        assert [c["index"] for c in calls] == [0, 1] and called
-    content, calls, _ = streamed(list(TWO_CALLS))  # one character at a time
-    assert content.strip() == "Let me look." and names_and_arguments(calls) == EXPECTED_CALLS
-
-
-def test_text_after_a_call_in_one_feed_is_kept_apart_to_follow_the_calls() -> None:
-    fields, called = HermesStream().feed(f"Look.<tool_call>{WEATHER}</tool_call> Done.", True)
-    assert called and fields["content"] == "Look." and fields[AFTER_CALLS] == " Done."
-    assert [c["function"]["name"] for c in fields["tool_calls"]] == ["get_weather"]
-    whole = parse_hermes(f"Look.<tool_call>{WEATHER}</tool_call> Done.")
-    assert whole.content == "Look. Done."
-    fields, _ = HermesStream().feed(f"<tool_call>{WEATHER}</tool_call>\n", True)
-    assert AFTER_CALLS not in fields and "content" not in fields
-
-
-def test_a_stream_without_calls_is_the_text_exactly_even_with_a_partial_tag_at_the_end() -> None:
-    text = "a < b and <tool_ca"
-    for cut in range(len(text) + 1):
-        content, calls, called = streamed([text[:cut], text[cut:]])
-        assert (content, calls, called) == (text, [], False)
-
-
-TOOLS = [{"type": "function", "function": {"name": "get_weather"}}]
-MESSAGES = [{"role": "user", "content": "Weather in Paris?"}]
-
-
-def test_auto_tool_choice_through_the_sdk(hermes_sdk: tuple[openai.OpenAI, Stack]) -> None:
-    client, stack = hermes_sdk
-    stack.worker.set_script(TWO_CALLS)
-    full = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
-    choice = full.choices[0]
-    assert choice.finish_reason == "tool_calls"
-    assert choice.message.content == "Let me look."
-    calls = [c.model_dump() for c in choice.message.tool_calls or []]
-    assert names_and_arguments(calls) == EXPECTED_CALLS
-
-    chunks = list(
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS, stream=True)
-    )
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text.strip() == "Let me look." and "<" not in text
-    deltas = [
-        d.model_dump() for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []
-    ]
-    assert names_and_arguments(deltas) == EXPECTED_CALLS
-    assert [d["index"] for d in deltas] == [0, 1]
-    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
-
-    stack.worker.set_script(" No tools needed.")
-    plain = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
-    assert plain.choices[0].message.content == " No tools needed."
-    assert not plain.choices[0].message.tool_calls
-    assert plain.choices[0].finish_reason == "stop"
-
-
-@pytest.mark.parametrize(
-    "block",
-    [
-        '{"name": "f", "arguments": {"n": ' + "9" * 5000 + "}}",
-        '{"name": "f", "arguments": ' + "[" * 50_000,
-    ],
-    ids=["integer_past_json_limits", "nesting_past_recursion_limit"],
-)
-def test_blocks_json_cannot_read_stay_text(block: str) -> None:
-    text = f"<tool_call>{block}</tool_call>"
-    assert parse_hermes(text).content == text and parse_hermes(text).tool_calls == []
-
-
-def test_a_call_with_null_arguments_gets_an_empty_object() -> None:
-    (call,) = parse_hermes('<tool_call>{"name": "now", "arguments": null}</tool_call>').tool_calls
-    assert call["function"]["arguments"] == "{}"
+def test_every_configurable_parser_exists_and_reads_plain_text_as_content() -> None:
+    annotation = Settings.model_fields["tool_call_parser"].annotation
+    names = {
+        name
+        for member in get_args(annotation)
+        if get_origin(member) is Literal
+        for name in get_args(member)
+    }
+    assert names == set(TOOL_CALL_PARSERS)
+    for name in names:
+        assert new_tool_parser(name).feed("Hello.", final=True) == ({"content": "Hello."}, False)
+        assert parse_tool_calls(name, "Hello.").content == "Hello."
+        args = build_parser().parse_args(["serve", "--tool-call-parser", name])
+        assert args.tool_call_parser == name

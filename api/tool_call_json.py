@@ -1,0 +1,46 @@
+"""What every tool-call parser shares: a call read from JSON, and the parsed output.
+
+Parsers (`api/tool_parsers.py` lists them) read the calls a model writes in
+its own syntax for `tool_choice: "auto"`; each turns the JSON of one call
+into OpenAI's `tool_calls` entry here, so all of them accept the same
+spellings ("arguments" or "parameters", an object or a JSON string).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from api.tool_choice import tool_call
+
+# A feed's fields key for text written after one of that feed's calls: the caller
+# sends it after the calls, in the order the model wrote them.
+AFTER_CALLS = "content_after_calls"
+
+
+@dataclass
+class ParsedOutput:
+    content: str | None
+    tool_calls: list[dict[str, Any]]
+
+
+def call_from_json(block: str) -> dict[str, Any] | None:
+    """A tool call from one call's JSON text, or None if it is not one."""
+    try:
+        data = json.loads(block)
+    except (ValueError, RecursionError):  # not JSON, or past json's own limits
+        return None
+    return call_from_object(data)
+
+
+def call_from_object(data: Any) -> dict[str, Any] | None:
+    """A tool call from decoded JSON: an object with a string `name`; else None."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        return None
+    arguments = data.get("arguments", data.get("parameters"))
+    if arguments is None:
+        arguments = {}  # a call without arguments: strict clients expect an object
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments, ensure_ascii=False)
+    return tool_call(data["name"], arguments)
