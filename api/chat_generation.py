@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Request
 
 from api.admission import admit, refuse_early
-from api.catalog import ModelCatalog, ModelTokenizer
+from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.collect import Output, collect_all, finish
 from api.errors import ApiError
 from api.logprobs import chat_logprobs
@@ -74,9 +74,11 @@ async def start_chat(
         raise refuse_auto(body.named_tool_choice)
     record.model = body.model
     refuse_early(services.request, record)
-    await catalog.resolve(body.model)
+    live = await catalog.resolve(body.model)
     await submitter.check_capacity(body.model, record.lane)
-    body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(catalog, body, truncate)
+    body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(
+        catalog, live, body, truncate
+    )
     tokenizer = model_tokenizer.tokenizer
     requested, max_tokens_param = body.requested_max_tokens
     check_length(len(prompt_ids), requested, max_model_len, chat=True, where=body.prompt_param)
@@ -114,11 +116,11 @@ async def start_chat(
 
 
 async def chat_prompt(
-    catalog: ModelCatalog, body: ChatCompletionRequest, truncate: bool
+    catalog: ModelCatalog, live: LiveModel, body: ChatCompletionRequest, truncate: bool
 ) -> tuple[ChatCompletionRequest, list[int], ModelTokenizer, int | None]:
     """The prompt's token ids (the request without the turns `truncate` dropped), the
-    model's tokenizer and its context length; 404 for an unknown model."""
-    live = await catalog.resolve(body.model)
+    model's tokenizer and its context length, for the model `live` (resolved by the
+    caller: unknown models are its 404)."""
     model_tokenizer = await catalog.tokenizer(body.model)
     tokenizer = model_tokenizer.tokenizer
     max_model_len = live.max_model_len or model_tokenizer.max_model_len

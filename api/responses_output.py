@@ -36,19 +36,14 @@ class Outcome:
         return "completed" if self.status == "completed" else "incomplete"
 
 
-def message_item(
-    text: str,
-    logprobs: list[dict[str, Any]] | None = None,
-    *,
-    status: str = "completed",
-    item_id: str | None = None,
-) -> dict[str, Any]:
+def message_item() -> dict[str, Any]:
+    """An assistant message as it opens: no text part yet, in progress."""
     return {
         "type": "message",
-        "id": item_id or new_id("msg_"),
-        "status": status,
+        "id": new_id("msg_"),
+        "status": "in_progress",
         "role": "assistant",
-        "content": [text_part(text, logprobs)],
+        "content": [],
     }
 
 
@@ -56,21 +51,15 @@ def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[s
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
-def function_call_item(
-    call_id: str,
-    name: str,
-    arguments: str,
-    *,
-    status: str = "completed",
-    item_id: str | None = None,
-) -> dict[str, Any]:
+def function_call_item(call_id: str, name: str) -> dict[str, Any]:
+    """A function call as it opens: its arguments arrive after it, in progress."""
     return {
         "type": "function_call",
-        "id": item_id or new_id("fc_"),
+        "id": new_id("fc_"),
         "call_id": call_id,
         "name": name,
-        "arguments": arguments,
-        "status": status,
+        "arguments": "",
+        "status": "in_progress",
     }
 
 
@@ -92,11 +81,12 @@ def response_object(
     response_id: str,
     created_at: int,
     *,
-    status: str,
     output: list[dict[str, Any]],
     usage: UsageInfo | None = None,
     outcome: Outcome | None = None,
 ) -> dict[str, Any]:
+    """The response object; without an `outcome` it is still in progress."""
+    status = outcome.status if outcome is not None else "in_progress"
     return {
         "id": response_id,
         "object": "response",

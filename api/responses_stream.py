@@ -84,13 +84,13 @@ class ResponseEventStream:
         )
 
     def _snapshot(
-        self, status: str, usage: UsageInfo | None = None, outcome: Outcome | None = None
+        self, usage: UsageInfo | None = None, outcome: Outcome | None = None
     ) -> dict[str, Any]:
+        """The object so far; in progress until the outcome is known."""
         return response_object(
             self.body,
             self.response_id,
             self.created_at,
-            status=status,
             output=copy.deepcopy(self.output),
             usage=usage,
             outcome=outcome,
@@ -104,8 +104,8 @@ class ResponseEventStream:
         return dict(last["response"])
 
     async def events(self, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[Event]:
-        yield self._event("response.created", response=self._snapshot("in_progress"))
-        yield self._event("response.in_progress", response=self._snapshot("in_progress"))
+        yield self._event("response.created", response=self._snapshot())
+        yield self._event("response.in_progress", response=self._snapshot())
         usage: UsageInfo | None = None
         finish_reason: str | None = None
         stop_reason: int | str | None = None
@@ -133,14 +133,13 @@ class ResponseEventStream:
                 yield self._text_delta(self.text[0], self.logprobs)
         for event in self._close(outcome.item_status):
             yield event
-        final = self._snapshot(outcome.status, usage, outcome)
+        final = self._snapshot(usage, outcome)
         await self.on_final(final)
         yield self._event(FINAL_EVENTS[outcome.status], response=final)
 
     def _open_message(self) -> list[Event]:
         """A new message item, starting with the held-back text and logprobs."""
-        item = message_item("", status="in_progress")
-        item["content"] = []
+        item = message_item()
         self._add(item)
         self.text = [self.pending_text] if self.pending_text else []
         self.logprobs = self.pending_logprobs
@@ -182,9 +181,7 @@ class ResponseEventStream:
         if "id" in call:
             events += self._close("completed")
             self.pending_text, self.pending_logprobs = "", []
-            item = function_call_item(
-                call["id"], call["function"]["name"], "", status="in_progress"
-            )
+            item = function_call_item(call["id"], call["function"]["name"])
             self._add(item)
             events.append(
                 self._event(

@@ -138,14 +138,19 @@ async def count_input_tokens(
     history = await _history(body, database, principal.project_id)
     chat = chat_request(body, history, items)
     chat.check_supported()
-    _, prompt_ids, _, _ = await chat_prompt(catalog, chat, body.truncation == "auto")
+    live = await catalog.resolve(chat.model)
+    _, prompt_ids, _, _ = await chat_prompt(catalog, live, chat, body.truncation == "auto")
     return {"object": "response.input_tokens", "input_tokens": len(prompt_ids)}
+
+
+def _no_such_response(response_id: str) -> ApiError:
+    return ApiError(404, f"No response found with id '{response_id}'.", param="response_id")
 
 
 def _stored_or_404(session: Session, response_id: str, project_id: str | None) -> StoredResponse:
     stored = get_response(session, response_id, project_id)
     if stored is None:
-        raise ApiError(404, f"No response found with id '{response_id}'.", param="response_id")
+        raise _no_such_response(response_id)
     return stored
 
 
@@ -165,7 +170,7 @@ async def remove_response(
     if not await in_session(
         database, lambda s: delete_response(s, response_id, principal.project_id)
     ):
-        raise ApiError(404, f"No response found with id '{response_id}'.", param="response_id")
+        raise _no_such_response(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
 
