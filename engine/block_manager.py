@@ -22,6 +22,9 @@ class BlockOwner(Protocol):
     token_ids: list[int]
     block_table: list[int]
     block_hashes: list[int]
+    # The hash the first block chains from: None, or what sets this sequence's KV apart
+    # (a LoRA adapter) so equal tokens under it never share blocks with other sequences.
+    cache_root: int | None
 
 
 @dataclass
@@ -76,7 +79,7 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         hits: list[int] = []
-        parent: int | None = None
+        parent = seq.cache_root
         usable = (len(seq.token_ids) - 1) // self.block_size
         for i in range(usable):
             h = chain_hash(parent, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
@@ -136,7 +139,7 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         full = min(num_computed_tokens, len(seq.token_ids)) // self.block_size
-        parent = seq.block_hashes[-1] if seq.block_hashes else None
+        parent = seq.block_hashes[-1] if seq.block_hashes else seq.cache_root
         for i in range(len(seq.block_hashes), full):
             tokens = seq.token_ids[i * self.block_size : (i + 1) * self.block_size]
             h = chain_hash(parent, tokens)

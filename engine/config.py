@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from engine.lora_config import LoRAConfig
 from engine.speculative_config import SpeculativeConfig
 
 SUPPORTED_ARCHITECTURES = {
@@ -177,6 +178,8 @@ class EngineConfig:
     seed: int = 0
     # vLLM's --speculative-config (a SpeculativeConfig, its dict or JSON); None: off.
     speculative_config: SpeculativeConfig | None = None
+    # vLLM's --lora-modules (every adapter loaded at start-up); None: no adapters.
+    lora_config: LoRAConfig | None = None
 
     def __post_init__(self) -> None:
         if self.speculative_config is not None:

@@ -77,8 +77,12 @@ class LLM:
         prompts: Prompt | Sequence[Prompt],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         priorities: Sequence[int] | None = None,
+        lora: str | Sequence[str | None] | None = None,
     ) -> list[GenerationResult]:
-        """Run every prompt to completion, batched by the engine; results in input order."""
+        """Run every prompt to completion, batched by the engine; results in input order.
+
+        `lora` names the LoRA adapter (from `lora_config`) for every prompt, or one per
+        prompt (None: the base model)."""
         if isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
@@ -94,13 +98,16 @@ class LLM:
         )
         if len(param_list) != len(token_lists):
             raise ValueError("params: need one SamplingParams per prompt, or a single one")
+        loras = [lora] * len(token_lists) if lora is None or isinstance(lora, str) else list(lora)
+        if len(loras) != len(token_lists):
+            raise ValueError("lora: need one adapter name (or None) per prompt, or a single one")
         results: dict[str, GenerationResult] = {}
         order: list[str] = []
         try:
             for i, (tokens, p) in enumerate(zip(token_lists, param_list, strict=True)):
                 request_id = f"llm-{next(self._ids)}"
                 priority = priorities[i] if priorities is not None else 0
-                self.engine.add_request(request_id, tokens, p, priority=priority)
+                self.engine.add_request(request_id, tokens, p, priority=priority, lora=loras[i])
                 results[request_id] = GenerationResult(
                     request_id, tokens, [Choice(index=k) for k in range(p.n)]
                 )

@@ -18,7 +18,9 @@ from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
 from engine.grammar_compiler import GrammarCompiler
 from engine.loader import ResolvedModel, resolve_model
+from engine.lora_adapter import load_lora_adapter
 from engine.model_runner import ModelRunner, StepResult, load_model
+from engine.models.lora import LoRAContext, attach_lora
 from engine.ngram_proposer import NgramProposer
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.sampler import TokenLogprobs
@@ -114,6 +116,7 @@ class LLMEngine:
             self.device,
             backend.ops,
         )
+        lora_context = self._attach_lora(model)
         self.num_kv_blocks = self._num_kv_blocks()
         capacity = self.num_kv_blocks * config.block_size
         if capacity < self.max_model_len:
@@ -170,6 +173,7 @@ class LLMEngine:
             self.device,
             decode_graphs,
             grammar_vocab_size=self.grammars.vocab_size,
+            lora_context=lora_context,
         )
         spec = config.speculative_config
         self.proposer = (
@@ -192,6 +196,29 @@ class LLMEngine:
         )
 
     # --- setup ------------------------------------------------------------------------
+
+    def _attach_lora(self, model: torch.nn.Module) -> LoRAContext | None:
+        """Load every --lora-modules adapter onto the model; sets `lora_names` (slot order)."""
+        self.lora_names: tuple[str, ...] = ()
+        lora = self.config.lora_config
+        if lora is None:
+            return None
+        if self.model_name in {m.name for m in lora.modules}:
+            raise ValueError(f"LoRA adapter name {self.model_name!r} is the base model's name")
+        adapters = [
+            load_lora_adapter(m.name, m.path, self.model_config, lora.max_lora_rank)
+            for m in lora.modules
+        ]
+        self.lora_names = tuple(a.name for a in adapters)
+        for adapter in adapters:
+            logger.info(
+                "LoRA adapter %s: rank %d on %d projections, from %s",
+                adapter.name,
+                adapter.rank,
+                len(adapter.weights),
+                adapter.path,
+            )
+        return attach_lora(model, adapters, self.dtype, self.device)
 
     def _max_model_len(self) -> int:
         mc = self.model_config
@@ -242,10 +269,15 @@ class LLMEngine:
         params: SamplingParams,
         priority: int = 0,
         arrival_time: float | None = None,
+        lora: str | None = None,
     ) -> None:
-        """Queue a request; raises ValueError for input the engine cannot serve."""
+        """Queue a request, for the base model or the LoRA adapter named `lora`;
+        raises ValueError for input the engine cannot serve."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
+        if lora is not None and lora not in self.lora_names:
+            served = ", ".join(self.lora_names) or "none"
+            raise ValueError(f"lora: unknown LoRA adapter {lora!r} (served: {served})")
         if not prompt_token_ids:
             raise ValueError("prompt: must contain at least one token")
         vocab = self.model_config.vocab_size
@@ -260,7 +292,9 @@ class LLMEngine:
         self.prepare(params)
         arrival = arrival_time if arrival_time is not None else time.time()
         seqs = [
-            self._new_sequence(request_id, i, list(prompt_token_ids), params, priority, arrival)
+            self._new_sequence(
+                request_id, i, list(prompt_token_ids), params, priority, arrival, lora
+            )
             for i in range(params.n)
         ]
         request = _Request(request_id, seqs, unforked=seqs[1:])
@@ -289,6 +323,7 @@ class LLMEngine:
         params: SamplingParams,
         priority: int,
         arrival: float,
+        lora: str | None = None,
     ) -> Sequence:
         generator = None
         if params.seed is not None:
@@ -312,6 +347,8 @@ class LLMEngine:
             detokenizer=detokenizer,
             generator=generator,
             grammar=self.grammars.matcher(constraint) if constraint is not None else None,
+            lora_slot=None if lora is None else self.lora_names.index(lora),
+            cache_root=None if lora is None else hash(("lora", lora)),
         )
 
     def abort(self, request_id: str) -> bool:

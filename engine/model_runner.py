@@ -22,6 +22,7 @@ from engine.config import ModelConfig
 from engine.decode_graphs import DecodeGraphs
 from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
+from engine.models.lora import LoRAContext
 from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
 from kernels.attention import AttentionBackend, AttentionInputs
@@ -82,6 +83,7 @@ class ModelRunner:
         device: torch.device,
         decode_graphs: DecodeGraphs | None = None,
         grammar_vocab_size: int = 0,
+        lora_context: LoRAContext | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -94,6 +96,8 @@ class ModelRunner:
         self.decode_graphs = decode_graphs
         # Token ids a structured-output bitmask covers (the grammar compiler's vocabulary).
         self.grammar_vocab_size = grammar_vocab_size
+        # Which rows each LoRA adapter serves this step (None: the engine serves none).
+        self.lora_context = lora_context
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
@@ -132,8 +136,17 @@ class ModelRunner:
         device = self.device
         context_lens = [s.seq.num_computed_tokens + s.num_tokens for s in ordered]
         block_tables = [s.seq.block_table for s in ordered]
+        lora = self.lora_context
+        if lora is not None:
+            lora.set_rows([(s.seq.lora_slot, s.num_tokens) for s in ordered], device)
         graphs = self.decode_graphs
-        if graphs is not None and 0 < len(input_ids) == len(ordered) <= graphs.max_batch:
+        # Graphs were recorded without adapters: a step with LoRA rows runs eagerly.
+        eager_only = lora is not None and bool(lora.groups)
+        if (
+            graphs is not None
+            and not eager_only
+            and 0 < len(input_ids) == len(ordered) <= graphs.max_batch
+        ):
             # Every sequence decodes one token: replay the recorded forward.
             hidden = graphs.run(input_ids, positions, slots, block_tables, context_lens)
         else:

@@ -45,6 +45,11 @@ class Sequence:
     generator: torch.Generator | None = None
     # Parse state of params.structured_output over this choice's output tokens (engine/grammar_*).
     grammar: LLMatcher | None = None
+    # The LoRA adapter's slot in the model (engine/models/lora.py); None: the base model.
+    lora_slot: int | None = None
+    # Seeds the prefix-cache hash chain: KV computed under one adapter is another
+    # adapter's (or the base model's) cache miss, even for the same tokens.
+    cache_root: int | None = None
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0

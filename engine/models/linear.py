@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from engine.models.lora import LoRALayer
 from kernels.linear import LinearMethod
 
 
@@ -25,6 +26,8 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.method = method
         self.packed = False
+        # LoRA adapters' updates of this projection, when the engine serves any.
+        self.lora: LoRALayer | None = None
 
     def pack(self) -> None:
         """Swap the loaded weight for the method's layout; call once, after loading."""
@@ -38,7 +41,10 @@ class Linear(nn.Module):
         self.packed = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.apply(x, self.weight, self.bias)
+        out = self.method.apply(x, self.weight, self.bias)
+        if self.lora is not None:
+            self.lora.add_to(out, x)
+        return out
 
     def extra_repr(self) -> str:
         return (

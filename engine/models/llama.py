@@ -11,7 +11,7 @@ model is built with, bound once per module, so the model never names a kernel.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -205,6 +205,19 @@ class LlamaForCausalLM(nn.Module):
             self.logits_weight = self.linear.pack(self.embed_tokens.weight.detach())
         else:
             self.logits_weight = self.lm_head.weight
+
+    def lora_projections(self) -> Iterator[tuple[int, Linear, tuple[tuple[str, int], ...]]]:
+        """Each fused projection LoRA can update: (layer, the Linear, its checkpoint parts
+        with their output sizes, in the order the fusion concatenates them)."""
+        c = self.config
+        q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        for index, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            yield index, attn.qkv_proj, (("q_proj", q), ("k_proj", kv), ("v_proj", kv))
+            yield index, attn.o_proj, (("o_proj", c.hidden_size),)
+            inter = c.intermediate_size
+            yield index, mlp.gate_up_proj, (("gate_proj", inter), ("up_proj", inter))
+            yield index, mlp.down_proj, (("down_proj", c.hidden_size),)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.logits_weight is None:

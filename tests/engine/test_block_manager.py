@@ -30,11 +30,12 @@ Slot = tuple[int, ...] | None
 
 @dataclass(eq=False)
 class FakeSeq:
-    """The three fields the block manager reads, plus what the test tracks about them."""
+    """The four fields the block manager reads, plus what the test tracks about them."""
 
     token_ids: list[int]
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
+    cache_root: int | None = None
     # Tokens the table must cover, and tokens whose KV has been written.
     allocated: int = 0
     computed: int = 0
@@ -447,3 +448,15 @@ def test_allocate_is_incremental() -> None:
 def test_needs_at_least_one_block() -> None:
     with pytest.raises(ValueError, match="at least one block"):
         BlockManager(num_blocks=0, block_size=16)
+
+
+def test_a_cache_root_keeps_equal_tokens_apart() -> None:
+    """Sequences whose KV differs for the same tokens (LoRA adapters) never share blocks."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    tokens = list(range(9))
+    first = FakeSeq(list(tokens), cache_root=11)
+    bm.allocate(first, 9)
+    bm.register_full_blocks(first, 9)
+    assert bm.find_cached_prefix(FakeSeq(list(tokens), cache_root=12)) == []
+    assert bm.find_cached_prefix(FakeSeq(list(tokens))) == []
+    assert bm.find_cached_prefix(FakeSeq(list(tokens), cache_root=11)) == first.block_table[:2]

@@ -1,0 +1,187 @@
+"""Read a PEFT LoRA adapter folder into per-projection (A, B) pairs, checked against the model.
+
+PEFT saves `adapter_config.json` and `adapter_model.safetensors`, whose keys
+name the base model's projections (`...layers.3.self_attn.q_proj.lora_A.weight`).
+We serve plain LoRA on the seven Llama projections; anything whose output would
+differ if ignored (DoRA, trained biases, embedding or lm_head adapters, saved
+full modules) is refused at start-up with the reason, never silently dropped.
+The scaling (alpha / r, or alpha / sqrt(r) for rsLoRA) is folded into B here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from engine.config import ModelConfig
+
+# Each projection and the block that holds it (PEFT's module names say both).
+PROJECTION_BLOCKS = {
+    "q_proj": "self_attn",
+    "k_proj": "self_attn",
+    "v_proj": "self_attn",
+    "o_proj": "self_attn",
+    "gate_proj": "mlp",
+    "up_proj": "mlp",
+    "down_proj": "mlp",
+}
+PROJECTIONS = tuple(PROJECTION_BLOCKS)
+_KEY = re.compile(
+    r"^(?:.*\.)?layers\.(\d+)\.(?:self_attn|mlp)\.("
+    + "|".join(PROJECTIONS)
+    + r")\.lora_([AB])(?:\.default)?\.weight$"
+)
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+class LoRAAdapterError(ValueError):
+    """The adapter cannot be served as it is; the message says why."""
+
+
+@dataclass(frozen=True)
+class LoRAWeights:
+    """One projection's update: x @ a.T @ b.T, with the scaling already in b."""
+
+    a: torch.Tensor  # [rank, in]
+    b: torch.Tensor  # [out, rank]
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+
+@dataclass(frozen=True)
+class LoRAAdapter:
+    name: str
+    path: Path
+    # (layer index, projection name) -> its update; projections not trained are absent.
+    weights: dict[tuple[int, str], LoRAWeights]
+
+    @property
+    def rank(self) -> int:
+        return max((w.rank for w in self.weights.values()), default=0)
+
+
+def projection_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each projection, as the checkpoint (unfused) has them."""
+    q = config.num_heads * config.head_dim
+    kv = config.num_kv_heads * config.head_dim
+    hidden, inter = config.hidden_size, config.intermediate_size
+    return {
+        "q_proj": (hidden, q),
+        "k_proj": (hidden, kv),
+        "v_proj": (hidden, kv),
+        "o_proj": (q, hidden),
+        "gate_proj": (hidden, inter),
+        "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }
+
+
+def load_lora_adapter(
+    name: str, folder: str | Path, config: ModelConfig, max_rank: int
+) -> LoRAAdapter:
+    """Read and check one adapter (fp32 on the CPU; the engine casts and moves it)."""
+    path = Path(folder).expanduser()
+    settings = _read_config(name, path)
+    weights_file = path / WEIGHTS_FILE
+    if not weights_file.is_file():
+        hint = (
+            " (.bin pickles are not loaded: save with safetensors)"
+            if (path / "adapter_model.bin").is_file()
+            else ""
+        )
+        raise LoRAAdapterError(f"LoRA adapter {name!r}: no {WEIGHTS_FILE} in {path}{hint}")
+    pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    with safe_open(str(weights_file), framework="pt", device="cpu") as handle:
+        for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+            match = _KEY.match(key)
+            if match is None:
+                raise LoRAAdapterError(
+                    f"LoRA adapter {name!r}: cannot serve weight {key!r}; only LoRA A/B "
+                    f"matrices of {', '.join(PROJECTIONS)} are supported"
+                )
+            layer, projection, which = int(match[1]), match[2], match[3]
+            pairs.setdefault((layer, projection), {})[which] = handle.get_tensor(key).float()
+    if not pairs:
+        raise LoRAAdapterError(f"LoRA adapter {name!r}: {weights_file} holds no LoRA weights")
+    shapes = projection_shapes(config)
+    weights: dict[tuple[int, str], LoRAWeights] = {}
+    for (layer, projection), pair in sorted(pairs.items()):
+        where = f"LoRA adapter {name!r}, layer {layer} {projection}"
+        if set(pair) != {"A", "B"}:
+            raise LoRAAdapterError(f"{where}: has lora_{''.join(pair)} without its pair")
+        if not 0 <= layer < config.num_layers:
+            raise LoRAAdapterError(f"{where}: the model has {config.num_layers} layers")
+        a, b = pair["A"], pair["B"]
+        in_features, out_features = shapes[projection]
+        rank = a.shape[0]
+        if a.shape != (rank, in_features) or b.shape != (out_features, rank):
+            raise LoRAAdapterError(
+                f"{where}: A {tuple(a.shape)} and B {tuple(b.shape)} do not fit a "
+                f"{in_features} -> {out_features} projection (trained on another model?)"
+            )
+        if rank > max_rank:
+            raise LoRAAdapterError(
+                f"{where}: rank {rank} exceeds --max-lora-rank {max_rank}; raise it"
+            )
+        module = f"model.layers.{layer}.{PROJECTION_BLOCKS[projection]}.{projection}"
+        scaling = _scaling(settings, module, rank)
+        weights[(layer, projection)] = LoRAWeights(a.contiguous(), (b * scaling).contiguous())
+    return LoRAAdapter(name, path, weights)
+
+
+def _read_config(name: str, path: Path) -> dict[str, Any]:
+    config_file = path / CONFIG_FILE
+    if not config_file.is_file():
+        raise LoRAAdapterError(f"LoRA adapter {name!r}: no {CONFIG_FILE} in {path}")
+    try:
+        settings = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise LoRAAdapterError(f"LoRA adapter {name!r}: {CONFIG_FILE} is not JSON: {exc}") from None
+    if not isinstance(settings, dict):
+        raise LoRAAdapterError(f"LoRA adapter {name!r}: {CONFIG_FILE} must be a JSON object")
+    refusals = {
+        "peft_type": (settings.get("peft_type", "LORA") != "LORA", "only LORA adapters"),
+        "use_dora": (bool(settings.get("use_dora")), "DoRA is not supported"),
+        "bias": (settings.get("bias", "none") != "none", "trained biases are not supported"),
+        "modules_to_save": (
+            bool(settings.get("modules_to_save")),
+            "fully trained modules (modules_to_save) are not supported",
+        ),
+        "fan_in_fan_out": (
+            bool(settings.get("fan_in_fan_out")),
+            "fan_in_fan_out is not used by Llama-family projections",
+        ),
+    }
+    for key, (refused, why) in refusals.items():
+        if refused:
+            raise LoRAAdapterError(f"LoRA adapter {name!r}: {key}={settings.get(key)!r}: {why}")
+    if not isinstance(settings.get("lora_alpha", 8), int | float):
+        raise LoRAAdapterError(f"LoRA adapter {name!r}: lora_alpha must be a number")
+    return settings
+
+
+def _scaling(settings: dict[str, Any], module: str, rank: int) -> float:
+    """PEFT's scaling for `module`: its alpha (alpha_pattern first) over r, or over sqrt(r)."""
+    alpha = _pattern_value(
+        settings.get("alpha_pattern") or {}, module, settings.get("lora_alpha", 8)
+    )
+    divisor = math.sqrt(rank) if settings.get("use_rslora") else rank
+    return float(alpha) / divisor
+
+
+def _pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's rule: the first pattern that matches the end of the module's dotted name."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default

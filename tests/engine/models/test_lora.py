@@ -1,0 +1,63 @@
+"""LoRA layers against the plain per-row formula, for every way rows can be grouped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.lora_adapter import LoRAAdapter, LoRAWeights
+from engine.models.lora import LoRAContext, build_lora_layer
+
+SUBS = (("q_proj", 6), ("k_proj", 2), ("v_proj", 2))
+
+
+def adapter(name: str, ranks: dict[str, int], seed: int) -> LoRAAdapter:
+    gen = torch.Generator().manual_seed(seed)
+    weights = {
+        (0, sub): LoRAWeights(torch.randn(r, 5, generator=gen), torch.randn(size, r, generator=gen))
+        for sub, size in SUBS
+        if (r := ranks.get(sub))
+    }
+    return LoRAAdapter(name, Path(name), weights)
+
+
+def reference(x: torch.Tensor, slots: list[int | None], adapters: list[LoRAAdapter]):
+    """Row by row: the sum of each trained sub-projection's x @ A.T @ B.T, in its columns."""
+    rows = []
+    for row, slot in zip(x, slots, strict=True):
+        parts = []
+        for sub, size in SUBS:
+            update = None if slot is None else adapters[slot].weights.get((0, sub))
+            parts.append(torch.zeros(size) if update is None else row @ update.a.T @ update.b.T)
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)
+
+
+def test_grouped_rows_get_their_own_adapters_update() -> None:
+    adapters = [
+        adapter("a", {"q_proj": 3, "k_proj": 1, "v_proj": 2}, 1),
+        adapter("b", {"v_proj": 4}, 2),  # the widest rank: the others are padded to 4
+        adapter("c", {}, 3),  # trains none of these projections
+    ]
+    context = LoRAContext()
+    layer = build_lora_layer(SUBS, 5, 0, adapters, context, torch.float32, torch.device("cpu"))
+    assert layer.rank == 4 and layer.trained == [[0, 1, 2], [2], []]
+    x = torch.randn(9, 5)
+    cases = [
+        [(0, 9)],  # one adapter, every row: no gather
+        [(None, 2), (0, 3), (1, 1), (0, 2), (None, 1)],
+        [(1, 4), (2, 5)],
+        [(None, 9)],
+    ]
+    for spans in cases:
+        context.set_rows(spans, torch.device("cpu"))
+        slots = [slot for slot, count in spans for _ in range(count)]
+        base = torch.randn(9, 10)
+        out = base.clone()
+        layer.add_to(out, x)
+        torch.testing.assert_close(out - base, reference(x, slots, adapters), msg=str(spans))
+    context.clear()
+    out = base.clone()
+    layer.add_to(out, x)
+    assert torch.equal(out, base)

@@ -1,0 +1,150 @@
+"""LoRA serving against PEFT as the oracle: greedy tokens equal PEFT's on HF transformers,
+for each adapter alone and for any mix of adapters and the base model in one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from peft import PeftModel
+
+from benchmarks.random_lora import PEFT_DEFAULT_TARGETS, build_random_lora
+from engine.llm import LLM, greedy
+from engine.lora_config import LoRAConfig
+from engine.sampling_params import SamplingParams
+
+PROMPTS = [[5, 77, 300, 12], [9, 8, 7, 6, 5, 4, 3], [1200, 44, 5, 900, 31, 7, 7, 7, 2000, 13]]
+NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def base_dir(make_random_model: Callable[[str], Path]) -> Path:
+    return make_random_model("llama")
+
+
+@pytest.fixture(scope="module")
+def adapters(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two adapters unlike each other: every projection at rank 8, and PEFT's default q/v
+    targets with rsLoRA and per-module rank and alpha (so ranks are padded to 8)."""
+    root = tmp_path_factory.mktemp("loras")
+    return {
+        "all-proj": build_random_lora(root / "all", base_dir, rank=8, alpha=16, seed=1),
+        "qv-rslora": build_random_lora(
+            root / "qv",
+            base_dir,
+            rank=4,
+            alpha=8,
+            targets=PEFT_DEFAULT_TARGETS,
+            seed=2,
+            use_rslora=True,
+            rank_pattern={"q_proj": 2},
+            alpha_pattern={"v_proj": 3.0},
+        ),
+    }
+
+
+def lora_config(adapters: dict[str, Path]) -> LoRAConfig:
+    return LoRAConfig.from_entries([f"{name}={path}" for name, path in adapters.items()], 16)
+
+
+@pytest.fixture(scope="module")
+def llm(base_dir: Path, adapters: dict[str, Path]) -> LLM:
+    return LLM(str(base_dir), lora_config=lora_config(adapters))
+
+
+@pytest.fixture(scope="module")
+def oracle(base_dir: Path, adapters: dict[str, Path]) -> dict[str | None, list[list[int]]]:
+    """PEFT's greedy tokens for every prompt, per adapter (None: the base model)."""
+
+    def generate(adapter: Path | None) -> list[list[int]]:
+        model = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        if adapter is not None:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        model.eval()
+        outputs = []
+        for prompt in PROMPTS:
+            out = model.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                max_new_tokens=NEW_TOKENS,
+                min_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            outputs.append(out[0, len(prompt) :].tolist())
+        return outputs
+
+    return {None: generate(None)} | {name: generate(path) for name, path in adapters.items()}
+
+
+def run(llm: LLM, lora: str | list[str | None] | None, prompts: list[list[int]] = PROMPTS):
+    results = llm.generate(prompts, greedy(NEW_TOKENS, min_tokens=NEW_TOKENS), lora=lora)
+    return [r.token_ids for r in results]
+
+
+def test_each_adapter_matches_peft(llm: LLM, oracle) -> None:
+    for name in ("all-proj", "qv-rslora", None):
+        assert run(llm, name) == oracle[name], name
+    # The adapters matter: each answers differently from the base model and each other.
+    assert oracle["all-proj"] != oracle[None] and oracle["qv-rslora"] != oracle[None]
+    assert oracle["all-proj"] != oracle["qv-rslora"]
+
+
+def test_adapters_and_the_base_model_batch_together(llm: LLM, oracle) -> None:
+    names: list[str | None] = ["all-proj", None, "qv-rslora"]
+    loras = [names[(i + j) % 3] for i in range(3) for j in range(len(PROMPTS))]
+    prompts = [PROMPTS[j] for _ in range(3) for j in range(len(PROMPTS))]
+    got = run(llm, loras, prompts)
+    want = [oracle[lora][PROMPTS.index(p)] for lora, p in zip(loras, prompts, strict=True)]
+    assert got == want
+
+
+def test_the_prefix_cache_never_crosses_adapters(llm: LLM, oracle) -> None:
+    prompt = [[int(t) for t in torch.arange(100, 140)]]  # 40 tokens: 2 full blocks of 16
+    before = llm.engine.stats().prefix_cache_hits
+    first = run(llm, "all-proj", prompt)
+    assert llm.engine.stats().prefix_cache_hits == before
+    # The same tokens under the base model and the other adapter: misses, each computed anew.
+    base, other = run(llm, None, prompt), run(llm, "qv-rslora", prompt)
+    assert llm.engine.stats().prefix_cache_hits == before
+    assert len({tuple(first[0]), tuple(base[0]), tuple(other[0])}) == 3
+    # The same adapter again: its own blocks are found.
+    assert run(llm, "all-proj", prompt) == first
+    assert llm.engine.stats().prefix_cache_hits > before
+
+
+def test_chunked_prefill_preemption_and_forks_keep_adapter_output(
+    base_dir: Path, adapters: dict[str, Path], oracle
+) -> None:
+    squeezed = LLM(
+        str(base_dir),
+        lora_config=lora_config(adapters),
+        max_model_len=32,
+        num_kv_blocks=12,  # 48 tokens: the 9 answers need about 250
+        block_size=4,
+        max_num_batched_tokens=8,
+    )
+    loras: list[str | None] = [n for n in ("qv-rslora", "all-proj", None) for _ in PROMPTS]
+    prompts = PROMPTS * 3
+    want = [oracle[lora][PROMPTS.index(p)] for lora, p in zip(loras, prompts, strict=True)]
+    assert run(squeezed, loras, prompts) == want
+    assert squeezed.engine.stats().num_preemptions > 0
+    # n=2 forks the prompt's blocks: both choices are the adapter's greedy answer.
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS, n=2)
+    result = squeezed.generate([PROMPTS[1]], params, lora="all-proj")[0]
+    assert [c.token_ids for c in result.choices] == [oracle["all-proj"][1]] * 2
+
+
+def test_an_unknown_adapter_is_refused(llm: LLM) -> None:
+    with pytest.raises(ValueError, match=r"unknown LoRA adapter 'nope'.*all-proj, qv-rslora"):
+        llm.generate([PROMPTS[0]], greedy(2), lora="nope")
+    assert not llm.engine.has_unfinished()
+
+
+def test_an_adapter_may_not_take_the_base_models_name(base_dir: Path, adapters) -> None:
+    config = LoRAConfig.from_entries([f"base={adapters['all-proj']}"], 16)
+    with pytest.raises(ValueError, match="is the base model's name"):
+        LLM(str(base_dir), served_model_name="base", lora_config=config)
