@@ -43,10 +43,30 @@ _SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 @dataclass(frozen=True)
 class LiveModel:
-    """A model with at least one live worker, merged over its workers' heartbeats."""
+    """A model with at least one live worker, merged over its workers' heartbeats.
+
+    A LoRA adapter is a model too: its requests join its `parent` (base) model's
+    queue with the adapter named, and use the parent's tokenizer."""
 
     name: str
     workers: tuple[dict[str, Any], ...]
+    parent: str | None = None
+    # Where the adapter was loaded from, as its workers report it.
+    adapter_path: str | None = None
+
+    @property
+    def queue_model(self) -> str:
+        """The model whose queue, tokenizer and workers serve this one."""
+        return self.parent or self.name
+
+    @property
+    def lora(self) -> str | None:
+        """The adapter to name in a request (None: the model is a base model)."""
+        return self.name if self.parent is not None else None
+
+    @property
+    def root(self) -> str:
+        return self.adapter_path or self.name
 
     @property
     def max_model_len(self) -> int | None:
@@ -128,7 +148,12 @@ class ModelCatalog:
                 beat = _json_object(raw)
                 if beat is not None and isinstance(beat.get("model"), str):
                     workers.setdefault(beat["model"], []).append(beat)
-        return {name: LiveModel(name, tuple(beats)) for name, beats in sorted(workers.items())}
+        live = {name: LiveModel(name, tuple(beats)) for name, beats in sorted(workers.items())}
+        for base in list(live.values()):
+            for adapter, path in served_adapters(base.workers).items():
+                if adapter not in live:  # a base model's name wins over an adapter's
+                    live[adapter] = LiveModel(adapter, base.workers, base.name, path)
+        return live
 
     async def known_models(self) -> set[str]:
         """Models some worker has ever announced (the `known_model` keys)."""
@@ -228,6 +253,23 @@ class ModelCatalog:
                 (staging / name).write_text(content, encoding="utf-8")
         os.replace(staging, folder)
         return folder
+
+
+def served_adapters(workers: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    """LoRA adapters every worker of a model announces (name -> path): a request for one
+    may be taken by any worker of the model, so one that some lack is not offered."""
+    common: dict[str, str] | None = None
+    for beat in workers:
+        loras = beat.get("loras")
+        announced = (
+            {k: v for k, v in loras.items() if isinstance(k, str) and isinstance(v, str)}
+            if isinstance(loras, dict)
+            else {}
+        )
+        common = (
+            announced if common is None else {k: v for k, v in common.items() if k in announced}
+        )
+    return dict(sorted((common or {}).items()))
 
 
 def _json_object(raw: str | bytes | None) -> dict[str, Any] | None:

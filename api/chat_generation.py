@@ -75,7 +75,7 @@ async def start_chat(
     record.model = body.model
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
-    await submitter.check_capacity(body.model, record.lane)
+    await submitter.check_capacity(live.queue_model, record.lane)
     body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(
         catalog, live, body, truncate
     )
@@ -103,12 +103,13 @@ async def start_chat(
     reader = await submitter.submit(
         Submission(
             request_id=request_id,
-            model=body.model,
+            model=live.queue_model,
             prompt_token_ids=prompt_ids,
             sampling=sampling,
             priority=body.priority,
             stream=body.stream,
             lane=record.lane,
+            lora=live.lora,
         )
     )
     record.readers.append(reader)
@@ -121,7 +122,7 @@ async def chat_prompt(
     """The prompt's token ids (the request without the turns `truncate` dropped), the
     model's tokenizer and its context length, for the model `live` (resolved by the
     caller: unknown models are its 404)."""
-    model_tokenizer = await catalog.tokenizer(body.model)
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
     tokenizer = model_tokenizer.tokenizer
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
     requested, _ = body.requested_max_tokens

@@ -44,6 +44,8 @@ class Submission:
     stream: bool
     # "interactive" or "batch" (conveyor.bus.LANES): which of the model's streams it joins.
     lane: str = INTERACTIVE_LANE
+    # The LoRA adapter of `model` to generate with (None: the model itself).
+    lora: str | None = None
 
 
 def build_sampling(
@@ -215,6 +217,7 @@ class RequestSubmitter:
             arrival=now,
             stream=submission.stream,
             lane=submission.lane,
+            lora=submission.lora,
         )
         try:
             entry_id = await self.redis.xadd(stream, {REQUEST_FIELD: message.encode()})

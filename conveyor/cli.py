@@ -36,6 +36,16 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
         "--speculative-config",
         {"help": 'vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4}'},
     ),
+    (
+        "--lora-modules",
+        {
+            "nargs": "+",
+            "metavar": "NAME=PATH",
+            "help": "LoRA adapters (PEFT folders) served as models of their own name; "
+            'each name=path or JSON {"name": ..., "path": ...}',
+        },
+    ),
+    ("--max-lora-rank", {"type": int, "help": "the highest adapter rank accepted (16)"}),
 ]
 
 
@@ -55,6 +65,12 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="run decode steps eagerly instead of replaying CUDA graphs (GPU only)",
+    )
+    parser.add_argument(
+        "--enable-lora",
+        action="store_true",
+        default=None,
+        help="vLLM's flag, accepted for compatibility (--lora-modules alone enables LoRA)",
     )
 
 
@@ -159,6 +175,10 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.structured_output import main as bench_structured
 
         return bench_structured(args.rest)
+    if args.target == "lora":
+        from benchmarks.lora import main as bench_lora
+
+        return bench_lora(args.rest)
     if args.target == "speculative":
         from benchmarks.speculative import main as bench_speculative
 
@@ -217,12 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: `conveyor bench engine|serve|kernels|batch|structured|speculative "
+        help="benchmarks: `conveyor bench engine|serve|kernels|batch|structured|speculative|lora "
         "[flags]`",
     )
     bench.add_argument(
         "target",
-        choices=["engine", "serve", "kernels", "batch", "structured", "speculative"],
+        choices=["engine", "serve", "kernels", "batch", "structured", "speculative", "lora"],
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

@@ -14,6 +14,7 @@ tree. Nothing is ever left behind.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -51,6 +52,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         if isinstance(value, bool):
             value = "true" if value else "false"
+        elif isinstance(value, list | dict):
+            value = json.dumps(value)  # how pydantic-settings reads complex fields back
         env[f"CONVEYOR_{name.upper()}"] = str(value)
     return env
 

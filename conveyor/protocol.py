@@ -44,6 +44,10 @@ class GenerateRequest:
     arrival: float = 0.0
     stream: bool = True
     lane: str = INTERACTIVE_LANE
+    # The LoRA adapter to generate with (None: the base model). Workers that announce no
+    # adapters are older peers that would ignore it, so the API routes an adapter only
+    # to a model every one of whose workers announces that adapter.
+    lora: str | None = None
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> str:

@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
+from engine.lora_config import DEFAULT_MAX_LORA_RANK, LoRAConfig
 from engine.speculative_config import SpeculativeConfig
 
 if TYPE_CHECKING:
@@ -58,6 +59,18 @@ class Settings(BaseSettings):
     speculative_config: str | None = Field(
         default=None,
         description='vLLM\'s JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4}',
+    )
+    lora_modules: list[str] = Field(
+        default_factory=list,
+        description="LoRA adapters served next to the model, each name=path (a PEFT folder) "
+        'or vLLM\'s JSON {"name": ..., "path": ...}; clients ask for them by name',
+    )
+    enable_lora: bool = Field(
+        default=False,
+        description="vLLM's flag, accepted for compatibility: --lora-modules alone enables LoRA",
+    )
+    max_lora_rank: int = Field(
+        default=DEFAULT_MAX_LORA_RANK, ge=1, description="the highest adapter rank accepted"
     )
 
     # --- serving -------------------------------------------------------------------
@@ -168,6 +181,22 @@ class Settings(BaseSettings):
             raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (hermes)")
         return self
 
+    @model_validator(mode="after")
+    def _lora_modules_parse(self) -> Settings:
+        """A bad entry stops start-up here, not in a worker after the model loaded."""
+        if self.enable_lora and not self.lora_modules:
+            raise ValueError(
+                "--enable-lora needs --lora-modules: adapters are loaded at start-up "
+                "(loading them at run time is not supported)"
+            )
+        self.lora_config()  # its LoRAConfigError is a ValueError
+        return self
+
+    def lora_config(self) -> LoRAConfig | None:
+        if not self.lora_modules:
+            return None
+        return LoRAConfig.from_entries(list(self.lora_modules), self.max_lora_rank)
+
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -235,4 +264,5 @@ class Settings(BaseSettings):
                 if self.speculative_config
                 else None
             ),
+            lora_config=self.lora_config(),
         )

@@ -198,8 +198,10 @@ class LLMEngine:
     # --- setup ------------------------------------------------------------------------
 
     def _attach_lora(self, model: torch.nn.Module) -> LoRAContext | None:
-        """Load every --lora-modules adapter onto the model; sets `lora_names` (slot order)."""
+        """Load every --lora-modules adapter onto the model; sets `lora_names` (in slot
+        order) and `lora_paths`."""
         self.lora_names: tuple[str, ...] = ()
+        self.lora_paths: dict[str, str] = {}
         lora = self.config.lora_config
         if lora is None:
             return None
@@ -210,6 +212,7 @@ class LLMEngine:
             for m in lora.modules
         ]
         self.lora_names = tuple(a.name for a in adapters)
+        self.lora_paths = {a.name: str(a.path) for a in adapters}
         for adapter in adapters:
             logger.info(
                 "LoRA adapter %s: rank %d on %d projections, from %s",

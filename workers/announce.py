@@ -59,6 +59,7 @@ class Announcer:
         self.client = client
         self.names = names
         self.model = engine.model_name
+        self.loras = tuple(engine.lora_paths)
         self.fields = tokenizer_fields(engine)  # read from disk once
 
     def announce(self) -> None:
@@ -70,4 +71,6 @@ class Announcer:
         pipe.delete(key)
         pipe.hset(key, mapping=self.fields)
         pipe.set(names.known_model(model), "1")
+        for adapter in self.loras:  # 503 (not 404) for an adapter while workers restart
+            pipe.set(names.known_model(adapter), "1")
         pipe.execute()

@@ -108,6 +108,7 @@ class EngineLoop:
                 ticket.params,
                 priority=engine_priority(request.priority, ticket.lane),
                 arrival_time=request.arrival or ticket.received,
+                lora=request.lora,
             )
         except ValueError as exc:
             self.publisher.put(Failed(ticket, bad_request(exc)))

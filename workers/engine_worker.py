@@ -110,6 +110,7 @@ class EngineWorker:
             num_kv_blocks=engine.stats().num_kv_blocks,
             max_model_len=engine.max_model_len,
             started_at=time.time(),
+            loras=engine.lora_paths,
         )
         self.heartbeat = Heartbeat(
             self.client,

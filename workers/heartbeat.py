@@ -38,6 +38,8 @@ class WorkerFacts:
     max_model_len: int
     started_at: float
     pid: int = field(default_factory=os.getpid)
+    # LoRA adapters this worker serves on top of `model` (name -> path).
+    loras: dict[str, str] = field(default_factory=dict)
 
 
 class Heartbeat:
@@ -72,6 +74,7 @@ class Heartbeat:
             "max_model_len": f.max_model_len,
             "started_at": f.started_at,
             "pid": f.pid,
+            "loras": f.loras,
         }
 
     def beat(self) -> None:

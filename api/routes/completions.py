@@ -72,8 +72,8 @@ async def create_completion(
     refuse_early(request, record)
     raw_prompts = body.prompts()
     live = await catalog.resolve(body.model)
-    await submitter.check_capacity(body.model, record.lane)
-    model_tokenizer = await catalog.tokenizer(body.model)
+    await submitter.check_capacity(live.queue_model, record.lane)
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
     tokenizer = model_tokenizer.tokenizer
     prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body)
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
@@ -109,12 +109,13 @@ async def create_completion(
                 await submitter.submit(
                     Submission(
                         request_id=request_id,
-                        model=body.model,
+                        model=live.queue_model,
                         prompt_token_ids=prompt.token_ids,
                         sampling=sampling,
                         priority=body.priority,
                         stream=body.stream,
                         lane=record.lane,
+                        lora=live.lora,
                     )
                 )
             )

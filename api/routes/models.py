@@ -12,8 +12,14 @@ router = APIRouter(dependencies=[Authenticated])
 
 
 def _card(model: LiveModel, created: int) -> ModelCard:
+    """A LoRA adapter's card names its base model as `parent` and its folder as `root`,
+    as vLLM's does."""
     return ModelCard(
-        id=model.name, created=created, root=model.name, max_model_len=model.max_model_len
+        id=model.name,
+        created=created,
+        root=model.root,
+        parent=model.parent,
+        max_model_len=model.max_model_len,
     )
 
 

@@ -65,7 +65,7 @@ async def tokenize(
 ) -> TokenizeResponse:
     model = body.model or await catalog.default_model()
     live = await catalog.resolve(model)
-    model_tokenizer = await catalog.tokenizer(model)
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
     tokenizer = model_tokenizer.tokenizer
     ids = await catalog.in_thread(_tokenize, tokenizer, body)
     max_model_len = live.max_model_len or model_tokenizer.max_model_len or 0
@@ -82,8 +82,8 @@ async def detokenize(
     body: Annotated[DetokenizeRequest, Depends(json_body(DetokenizeRequest))], catalog: CatalogDep
 ) -> DetokenizeResponse:
     model = body.model or await catalog.default_model()
-    await catalog.resolve(model)
-    tokenizer = (await catalog.tokenizer(model)).tokenizer
+    live = await catalog.resolve(model)
+    tokenizer = (await catalog.tokenizer(live.queue_model)).tokenizer
     check_prompt_ids(body.tokens, tokenizer.vocab_size, param="tokens")
     text = await catalog.in_thread(tokenizer.decode, body.tokens, skip_special_tokens=False)
     return DetokenizeResponse(prompt=text)

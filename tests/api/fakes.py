@@ -76,6 +76,8 @@ class FakeWorker:
     max_model_len: int = 256
     instance: str = "worker-1"
     behaviour: str = "normal"
+    # LoRA adapters it announces (name -> path), as a worker started with --lora-modules.
+    loras: dict[str, str] = field(default_factory=dict)
     received: list[GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     _thread: threading.Thread | None = None
@@ -120,7 +122,8 @@ class FakeWorker:
             self.names.tokenizer(self.model),
             mapping=tokenizer_hash(self.model_dir, self.max_model_len),
         )
-        await self.redis.set(self.names.known_model(self.model), "1")
+        for known in (self.model, *self.loras):
+            await self.redis.set(self.names.known_model(known), "1")
         streams = [self.names.requests(self.model, lane) for lane in LANES]
         for stream in streams:
             with contextlib.suppress(ResponseError):
@@ -151,6 +154,7 @@ class FakeWorker:
             "waiting": 0,
             "kv_cache_usage": 0.0,
             "max_model_len": self.max_model_len,
+            "loras": self.loras,
         }
         await self.redis.set(self.names.worker(self.model, self.instance), json.dumps(beat), ex=3)
 

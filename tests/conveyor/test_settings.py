@@ -76,3 +76,26 @@ def test_the_tool_call_parser_reaches_the_api_of_conveyor_serve() -> None:
         settings_from_args(parser.parse_args(["api", "--enable-auto-tool-choice"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["api", "--tool-call-parser", "mistral"])
+
+
+def test_lora_modules_reach_the_worker_of_conveyor_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's flags: --lora-modules alone enables LoRA, --enable-lora without adapters is a
+    start-up error (adapters are not loaded at run time), and a bad entry stops start-up."""
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["worker"])).engine_config().lora_config is None
+    args = ["serve", "--enable-lora", "--max-lora-rank", "32", "--lora-modules", "sql=/a"]
+    args.append('{"name": "poet", "path": "/b", "base_model_name": "smol"}')
+    settings = settings_from_args(parser.parse_args(args))
+    config = settings.engine_config().lora_config
+    assert config is not None and config.max_lora_rank == 32
+    assert [(m.name, m.path, m.base_model_name) for m in config.modules] == [
+        ("sql", "/a", None),
+        ("poet", "/b", "smol"),
+    ]
+    with pytest.raises(ValueError, match="--enable-lora needs --lora-modules"):
+        settings_from_args(parser.parse_args(["worker", "--enable-lora"]))
+    with pytest.raises(ValueError, match="expected name=path"):
+        settings_from_args(parser.parse_args(["worker", "--lora-modules", "sql"]))
+    for key, value in settings_env(settings).items():  # what the worker process reads
+        monkeypatch.setenv(key, value)
+    assert Settings().engine_config().lora_config == config

@@ -1,0 +1,75 @@
+"""A worker serving LoRA adapters: it announces them, and each request's `lora` picks the
+adapter its tokens come from (the engine's own output with that adapter)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from benchmarks.random_lora import build_random_lora
+from engine.config import EngineConfig
+from engine.llm_engine import LLMEngine
+from engine.lora_config import LoRAConfig
+from engine.sampling_params import SamplingParams
+
+from .conftest import Harness
+from .test_engine_worker import joined
+
+PROMPT = [5, 77, 300, 12, 9, 8]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(make_random_model: Callable[[str], Path], tmp_path_factory) -> Path:
+    return build_random_lora(
+        tmp_path_factory.mktemp("lora") / "a", make_random_model("llama"), rank=8, alpha=16
+    )
+
+
+@pytest.fixture(scope="module")
+def engine(make_random_model: Callable[[str], Path], adapter_dir: Path) -> LLMEngine:
+    """Overrides the package's engine: a tiny Llama with one adapter, `sql`."""
+    config = EngineConfig(
+        model=str(make_random_model("llama")),
+        served_model_name="tiny",
+        kv_cache_memory=16 << 20,
+        lora_config=LoRAConfig.from_entries([f"sql={adapter_dir}"], 16),
+    )
+    return LLMEngine(config)
+
+
+def reference(engine: LLMEngine, lora: str | None) -> list[int]:
+    """Greedy tokens of the engine itself, run before any worker holds it."""
+    engine.add_request("ref", PROMPT, SamplingParams(temperature=0.0, max_tokens=6), lora=lora)
+    tokens: list[int] = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            tokens += [t for choice in out.outputs for t in choice.token_ids]
+    return tokens
+
+
+def test_requests_pick_their_adapter(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis, adapter_dir: Path
+) -> None:
+    want = {lora: reference(engine, lora) for lora in ("sql", None)}
+    assert want["sql"] != want[None]
+    h: Harness = make_worker()
+    beat = json.loads(client.get(h.names.worker(h.model, h.worker.instance)))
+    assert beat["loras"] == {"sql": str(adapter_dir)}
+    assert client.get(h.names.known_model("sql")) == "1"
+
+    plain = h.request(PROMPT)
+    with_sql = dataclasses.replace(h.request(PROMPT), lora="sql")
+    unknown = dataclasses.replace(h.request(PROMPT), lora="poet")
+    replies = h.collect([h.send(r) for r in (plain, with_sql, unknown)])
+    assert joined(replies[plain.id])[1] == want[None]
+    assert joined(replies[with_sql.id])[1] == want["sql"]
+    (refused,) = replies[unknown.id]
+    assert refused.error is not None and refused.error.status == 400
+    assert "unknown LoRA adapter 'poet'" in refused.error.message
+    assert h.pending() == 0
