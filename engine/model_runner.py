@@ -103,6 +103,10 @@ class ModelRunner:
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
         ordered = [s for s in scheduled if s.num_tokens == 1]
         ordered += [s for s in scheduled if s.num_tokens != 1]
+        lora = self.lora_context
+        if lora is not None:
+            # Each adapter's rows in at most two runs (its decodes, its other rows).
+            ordered.sort(key=lambda s: (s.num_tokens != 1, _lora_order(s.seq.lora_slot)))
         bs = self.block_size
         input_ids: list[int] = []
         positions: list[int] = []
@@ -136,12 +140,11 @@ class ModelRunner:
         device = self.device
         context_lens = [s.seq.num_computed_tokens + s.num_tokens for s in ordered]
         block_tables = [s.seq.block_table for s in ordered]
-        lora = self.lora_context
         if lora is not None:
-            lora.set_rows([(s.seq.lora_slot, s.num_tokens) for s in ordered], device)
+            lora.set_rows([(s.seq.lora_slot, s.num_tokens) for s in ordered])
         graphs = self.decode_graphs
         # Graphs were recorded without adapters: a step with LoRA rows runs eagerly.
-        eager_only = lora is not None and bool(lora.groups)
+        eager_only = lora is not None and bool(lora.runs)
         if (
             graphs is not None
             and not eager_only
@@ -229,6 +232,10 @@ class ModelRunner:
                 tokens.append(chosen[:kept])
                 logprobs.append(sampler_output.logprobs[rows.start : rows.start + kept])
         return StepResult(sampled, tokens, logprobs, prompt_lps)
+
+
+def _lora_order(slot: int | None) -> int:
+    return -1 if slot is None else slot
 
 
 def accepted_length(drafts: Sequence[int], chosen: Sequence[int]) -> int:

@@ -1,20 +1,24 @@
 """LoRA adapters applied per row of a flattened batch: many adapters (and none) in one step.
 
 Each fused projection (qkv, gate_up, ...) keeps every adapter's A matrices
-stacked as one [slots, subs * rank, in] tensor and its B matrices as
-[slots, out, rank], ranks zero-padded to the largest loaded (exact: padded rows
-add nothing). A step's rows are grouped by adapter once (`LoRAContext`, set by
-the runner and shared by every layer); each projection then adds, per group,
-(x[rows] @ A.T) @ B.T to the base output for the sub-projections that adapter
-trained. Rows of the base model belong to no group and cost nothing.
+stacked, transposed, as one [slots, in, subs * rank] tensor and its B matrices
+as one block-diagonal [slots, subs * rank, out] tensor (sub-projection j's
+B in rows j*rank.. and its own output columns), ranks zero-padded to the
+largest loaded: all exact, since the padding and the off-diagonal blocks are
+zeros. So an adapter's update of a run of rows is two matmuls whatever the
+fusion: `out[rows] += (x[rows] @ A) @ B`.
 
-Grouping by adapter (not gathering a weight per row) keeps the extra work at
-two thin matmuls per adapter present, which on a CPU is what LoRA should cost.
+The runner orders a step's rows by adapter (decodes first, then the rest, each
+sorted), so every adapter's rows are at most two contiguous runs; the runs are
+found once per step (`LoRAContext`, shared by every layer) and each projection
+updates them in place through views: no gather, no scatter, and nothing at all
+for rows of the base model. Per-op dispatch is what LoRA costs on a CPU, so
+the op count per projection (2 per run) is what this layout minimises.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,38 +30,37 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class LoRAGroup:
-    """The rows of this step that one adapter serves (None: every row)."""
+class LoRARun:
+    """Rows [start, end) of this step, all served by adapter `slot`."""
 
     slot: int
-    rows: torch.Tensor | None
+    start: int
+    end: int
 
 
 @dataclass
 class LoRAContext:
-    """This step's adapter groups, read by every LoRA layer of the model."""
+    """This step's runs of adapter rows, read by every LoRA layer of the model."""
 
-    groups: tuple[LoRAGroup, ...] = ()
+    runs: tuple[LoRARun, ...] = ()
 
-    def set_rows(self, row_slots: list[tuple[int | None, int]], device: torch.device) -> None:
-        """From (adapter slot or None, row count) per sequence in row order."""
-        spans: dict[int, list[tuple[int, int]]] = {}
+    def set_rows(self, row_slots: list[tuple[int | None, int]]) -> None:
+        """From (adapter slot or None, row count) per sequence in row order; neighbours of
+        one adapter merge into one run."""
+        runs: list[LoRARun] = []
         start = 0
         for slot, count in row_slots:
+            end = start + count
             if slot is not None and count:
-                spans.setdefault(slot, []).append((start, start + count))
-            start += count
-        groups = []
-        for slot, ranges in spans.items():
-            if ranges == [(0, start)]:
-                groups.append(LoRAGroup(slot, None))
-                continue
-            rows = torch.cat([torch.arange(a, b) for a, b in ranges])
-            groups.append(LoRAGroup(slot, rows.to(device, non_blocking=True)))
-        self.groups = tuple(groups)
+                if runs and runs[-1].slot == slot and runs[-1].end == start:
+                    runs[-1] = LoRARun(slot, runs[-1].start, end)
+                else:
+                    runs.append(LoRARun(slot, start, end))
+            start = end
+        self.runs = tuple(runs)
 
     def clear(self) -> None:
-        self.groups = ()
+        self.runs = ()
 
 
 @dataclass
@@ -65,37 +68,18 @@ class LoRALayer:
     """Every adapter's update of one fused projection, made of `subs` (name, out size)."""
 
     subs: tuple[tuple[str, int], ...]
-    a: torch.Tensor  # [slots, len(subs) * rank, in]
-    b: torch.Tensor  # [slots, out, rank]
+    a: torch.Tensor  # [slots, in, len(subs) * rank]
+    b: torch.Tensor  # [slots, len(subs) * rank, out], block-diagonal over subs
     context: LoRAContext
-    # Per slot, the sub-projections its adapter trained (the others stay zero).
-    trained: list[list[int]] = field(default_factory=list)
-
-    @property
-    def rank(self) -> int:
-        return self.b.shape[2]
+    # Per slot, whether its adapter trained any part of this projection.
+    trained: list[bool]
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """out += every group's LoRA update of its rows (in place)."""
-        rank = self.rank
-        for group in self.context.groups:
-            trained = self.trained[group.slot]
-            if not trained:
-                continue
-            a, b = self.a[group.slot], self.b[group.slot]
-            rows = x if group.rows is None else x.index_select(0, group.rows)
-            shrunk = rows @ a.T
-            target = out if group.rows is None else out.new_zeros(rows.shape[0], out.shape[1])
-            offset = 0
-            for index, (_, size) in enumerate(self.subs):
-                if index in trained:
-                    cols = target[:, offset : offset + size]
-                    cols.addmm_(
-                        shrunk[:, index * rank : (index + 1) * rank], b[offset : offset + size].T
-                    )
-                offset += size
-            if group.rows is not None:
-                out.index_add_(0, group.rows, target)
+        """out += each run's LoRA update of its rows (in place)."""
+        for run in self.context.runs:
+            if self.trained[run.slot]:
+                rows = slice(run.start, run.end)
+                out[rows].addmm_(x[rows] @ self.a[run.slot], self.b[run.slot])
 
 
 def build_lora_layer(
@@ -109,20 +93,21 @@ def build_lora_layer(
 ) -> LoRALayer:
     """Stack `adapters`' updates of one fused projection (slot i is adapters[i])."""
     rank = max(adapter.rank for adapter in adapters)
+    width = len(subs) * rank
     out_features = sum(size for _, size in subs)
-    a = torch.zeros(len(adapters), len(subs) * rank, in_features, dtype=dtype, device=device)
-    b = torch.zeros(len(adapters), out_features, rank, dtype=dtype, device=device)
-    trained: list[list[int]] = []
+    a = torch.zeros(len(adapters), in_features, width, dtype=dtype, device=device)
+    b = torch.zeros(len(adapters), width, out_features, dtype=dtype, device=device)
+    trained: list[bool] = []
     for slot, adapter in enumerate(adapters):
-        trained.append([])
+        trained.append(False)
         offset = 0
         for index, (name, size) in enumerate(subs):
             update = adapter.weights.get((layer_index, name))
             if update is not None:
-                r = update.rank
-                a[slot, index * rank : index * rank + r] = update.a.to(dtype)
-                b[slot, offset : offset + size, :r] = update.b.to(dtype)
-                trained[slot].append(index)
+                first = index * rank
+                a[slot, :, first : first + update.rank] = update.a.T.to(dtype)
+                b[slot, first : first + update.rank, offset : offset + size] = update.b.T.to(dtype)
+                trained[slot] = True
             offset += size
     return LoRALayer(subs, a, b, context, trained)
 

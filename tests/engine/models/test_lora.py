@@ -34,6 +34,12 @@ def reference(x: torch.Tensor, slots: list[int | None], adapters: list[LoRAAdapt
     return torch.stack(rows)
 
 
+def test_runs_merge_neighbours_of_one_adapter() -> None:
+    context = LoRAContext()
+    context.set_rows([(None, 1), (0, 1), (0, 1), (1, 0), (0, 3), (None, 2), (1, 4)])
+    assert [(r.slot, r.start, r.end) for r in context.runs] == [(0, 1, 6), (1, 8, 12)]
+
+
 def test_grouped_rows_get_their_own_adapters_update() -> None:
     adapters = [
         adapter("a", {"q_proj": 3, "k_proj": 1, "v_proj": 2}, 1),
@@ -42,7 +48,8 @@ def test_grouped_rows_get_their_own_adapters_update() -> None:
     ]
     context = LoRAContext()
     layer = build_lora_layer(SUBS, 5, 0, adapters, context, torch.float32, torch.device("cpu"))
-    assert layer.rank == 4 and layer.trained == [[0, 1, 2], [2], []]
+    assert layer.a.shape == (3, 5, 3 * 4) and layer.b.shape == (3, 3 * 4, 10)
+    assert layer.trained == [True, True, False]
     x = torch.randn(9, 5)
     cases = [
         [(0, 9)],  # one adapter, every row: no gather
@@ -51,7 +58,7 @@ def test_grouped_rows_get_their_own_adapters_update() -> None:
         [(None, 9)],
     ]
     for spans in cases:
-        context.set_rows(spans, torch.device("cpu"))
+        context.set_rows(spans)
         slots = [slot for slot, count in spans for _ in range(count)]
         base = torch.randn(9, 10)
         out = base.clone()
