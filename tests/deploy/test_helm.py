@@ -243,3 +243,17 @@ def test_a_worker_model_other_than_the_baked_one_gets_a_writable_cache() -> None
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         for version in KUBE_VERSIONS:
             kubernetes_validate.validate(worker, version, strict=True)
+
+
+def test_lora_modules_become_the_workers_flag() -> None:
+    adapters = [{"name": "sql", "path": "/adapters/sql"}, {"name": "poet", "path": "/a/poet"}]
+    docs = render({"worker": {"loraModules": adapters}})
+    worker = by_kind(docs, "Deployment")[f"{RELEASE}-conveyor-worker"]
+    (container,) = containers(worker)
+    assert container["args"] == ["worker", "--lora-modules", "sql=/adapters/sql", "poet=/a/poet"]
+    (container,) = containers(by_kind(render(None), "Deployment")[f"{RELEASE}-conveyor-worker"])
+    assert "--lora-modules" not in container["args"]
+    with pytest.raises(HelmValuesError):
+        Chart.load(CHART).validate_schema(
+            {"worker": {"loraModules": [{"name": "x y", "path": "/a"}]}}
+        )
