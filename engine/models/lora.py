@@ -68,18 +68,26 @@ class LoRALayer:
     """Every adapter's update of one fused projection, made of `subs` (name, out size)."""
 
     subs: tuple[tuple[str, int], ...]
-    a: torch.Tensor  # [slots, in, len(subs) * rank]
-    b: torch.Tensor  # [slots, len(subs) * rank, out], block-diagonal over subs
+    # Per slot (views of one stacked tensor each, made once: indexing per call costs
+    # as much as the matmul at decode sizes).
+    a: list[torch.Tensor]  # [in, len(subs) * rank]
+    b: list[torch.Tensor]  # [len(subs) * rank, out], block-diagonal over subs
     context: LoRAContext
     # Per slot, whether its adapter trained any part of this projection.
     trained: list[bool]
 
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
         """out += each run's LoRA update of its rows (in place)."""
+        num_rows = x.shape[0]
         for run in self.context.runs:
-            if self.trained[run.slot]:
+            slot = run.slot
+            if not self.trained[slot]:
+                continue
+            if run.start == 0 and run.end == num_rows:  # one adapter on every row
+                out.addmm_(x @ self.a[slot], self.b[slot])
+            else:
                 rows = slice(run.start, run.end)
-                out[rows].addmm_(x[rows] @ self.a[run.slot], self.b[run.slot])
+                out[rows].addmm_(x[rows] @ self.a[slot], self.b[slot])
 
 
 def build_lora_layer(
@@ -109,7 +117,7 @@ def build_lora_layer(
                 b[slot, first : first + update.rank, offset : offset + size] = update.b.T.to(dtype)
                 trained[slot] = True
             offset += size
-    return LoRALayer(subs, a, b, context, trained)
+    return LoRALayer(subs, list(a.unbind(0)), list(b.unbind(0)), context, trained)
 
 
 def attach_lora(
