@@ -149,10 +149,22 @@ class ModelCatalog:
                 if beat is not None and isinstance(beat.get("model"), str):
                     workers.setdefault(beat["model"], []).append(beat)
         live = {name: LiveModel(name, tuple(beats)) for name, beats in sorted(workers.items())}
+        adapters: dict[str, list[LiveModel]] = {}
         for base in list(live.values()):
             for adapter, path in served_adapters(base.workers).items():
-                if adapter not in live:  # a base model's name wins over an adapter's
-                    live[adapter] = LiveModel(adapter, base.workers, base.name, path)
+                adapters.setdefault(adapter, []).append(
+                    LiveModel(adapter, base.workers, base.name, path)
+                )
+        for adapter, offers in adapters.items():
+            if adapter in live or len(offers) > 1:
+                # A name that means two things is served as neither (a model keeps its own).
+                logger.warning(
+                    "LoRA adapter name %r is also %s: not offered",
+                    adapter,
+                    "a model" if adapter in live else "an adapter of several models",
+                )
+                continue
+            live[adapter] = offers[0]
         return live
 
     async def known_models(self) -> set[str]:
@@ -170,7 +182,8 @@ class ModelCatalog:
             live = await self.live_models(max_age=self._min_refresh_interval)
         if model in live:
             return live[model]
-        if await self._redis.exists(self._names.known_model(model)):
+        known = self._names.known_model(model), self._names.known_adapter(model)
+        if await self._redis.exists(*known):
             raise ApiError(
                 503,
                 f"The model `{model}` has no live worker right now; try again shortly",
@@ -183,9 +196,9 @@ class ModelCatalog:
 
     async def default_model(self) -> str:
         """The model to use when a request names none (vLLM's tokenize endpoints allow it)."""
-        live = await self.live_models()
-        if len(live) == 1:
-            return next(iter(live))
+        bases = [m.name for m in (await self.live_models()).values() if m.parent is None]
+        if len(bases) == 1:  # its LoRA adapters share its tokenizer
+            return bases[0]
         raise ApiError(400, "model is required when not exactly one model is served", param="model")
 
     # --- tokenizers ---------------------------------------------------------------------
@@ -257,7 +270,8 @@ class ModelCatalog:
 
 def served_adapters(workers: tuple[dict[str, Any], ...]) -> dict[str, str]:
     """LoRA adapters every worker of a model announces (name -> path): a request for one
-    may be taken by any worker of the model, so one that some lack is not offered."""
+    may be taken by any worker of the model, so one that some lack, or load from
+    different folders, is not offered."""
     common: dict[str, str] | None = None
     for beat in workers:
         loras = beat.get("loras")
@@ -267,7 +281,9 @@ def served_adapters(workers: tuple[dict[str, Any], ...]) -> dict[str, str]:
             else {}
         )
         common = (
-            announced if common is None else {k: v for k, v in common.items() if k in announced}
+            announced
+            if common is None
+            else {k: v for k, v in common.items() if announced.get(k) == v}
         )
     return dict(sorted((common or {}).items()))
 

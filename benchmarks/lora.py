@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             data_dir=args.data_dir,
             lora_config=LoRAConfig.from_entries(entries, max(16, args.rank)),
+            # Every round prefills again: cached prompts would hide what LoRA costs there.
+            enable_prefix_caching=False,
         )
         params = greedy(args.output_len, min_tokens=args.output_len, ignore_eos=True)
         llm.generate(make_prompts(llm.tokenizer, 2, args.prompt_len), greedy(8), lora="lora-0")

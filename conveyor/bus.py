@@ -91,6 +91,11 @@ class BusNames:
         """Set once a worker has served `model`: tells 'unknown' (404) from 'no worker' (503)."""
         return f"{self.prefix}:model:{model}"
 
+    def known_adapter(self, name: str) -> str:
+        """Set once a worker has served LoRA adapter `name` (404 vs 503, as for models). Kept
+        apart from `known_model`: /health waits for models, never for adapters."""
+        return f"{self.prefix}:adapter:{name}"
+
     def batch_lease(self, batch_id: str) -> str:
         """Held (with a TTL, renewed) by the one batch worker running this batch."""
         return f"{self.prefix}:batch:{batch_id}:lease"

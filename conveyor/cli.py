@@ -46,6 +46,14 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
         },
     ),
     ("--max-lora-rank", {"type": int, "help": "the highest adapter rank accepted (16)"}),
+    (
+        "--max-loras",
+        {"type": int, "help": "vLLM's flag, accepted for compatibility (all adapters batch)"},
+    ),
+    (
+        "--max-cpu-loras",
+        {"type": int, "help": "vLLM's flag, accepted for compatibility (none are swapped)"},
+    ),
 ]
 
 

@@ -11,7 +11,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         default=None,
         description='vLLM\'s JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4}',
     )
-    lora_modules: list[str] = Field(
+    lora_modules: list[str | dict[str, Any]] = Field(
         default_factory=list,
         description="LoRA adapters served next to the model, each name=path (a PEFT folder) "
         'or vLLM\'s JSON {"name": ..., "path": ...}; clients ask for them by name',
@@ -71,6 +71,17 @@ class Settings(BaseSettings):
     )
     max_lora_rank: int = Field(
         default=DEFAULT_MAX_LORA_RANK, ge=1, description="the highest adapter rank accepted"
+    )
+    max_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="vLLM's flag, accepted for compatibility: every adapter stays resident "
+        "and any number of them share a batch",
+    )
+    max_cpu_loras: int | None = Field(
+        default=None,
+        ge=1,
+        description="vLLM's flag, accepted for compatibility: adapters are never swapped out",
     )
 
     # --- serving -------------------------------------------------------------------

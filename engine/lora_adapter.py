@@ -33,11 +33,51 @@ PROJECTION_BLOCKS = {
     "down_proj": "mlp",
 }
 PROJECTIONS = tuple(PROJECTION_BLOCKS)
+# PEFT's key: "base_model.model." + the module's name in the trained model + the matrix.
 _KEY = re.compile(
-    r"^(?:.*\.)?layers\.(\d+)\.(?:self_attn|mlp)\.("
-    + "|".join(PROJECTIONS)
-    + r")\.lora_([AB])(?:\.default)?\.weight$"
+    r"^(?:base_model\.model\.)?(?P<module>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\."
+    r"(?P<projection>" + "|".join(PROJECTIONS) + r"))\.lora_(?P<which>[AB])(?:\.default)?\.weight$"
 )
+# adapter_config.json settings that do not change what a trained adapter computes
+# (training-time or bookkeeping settings), or that are checked below. Any other setting
+# must be absent or empty: a PEFT variant we do not implement (aLoRA, layer replication,
+# LoRA on raw parameters, ...) is refused, never served as plain LoRA.
+_HARMLESS_SETTINGS = frozenset(
+    {
+        "peft_type",
+        "peft_version",
+        "task_type",
+        "auto_mapping",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "r",
+        "target_modules",
+        "exclude_modules",
+        "lora_alpha",
+        "lora_dropout",
+        "use_rslora",
+        "rank_pattern",
+        "alpha_pattern",
+        "layers_to_transform",
+        "layers_pattern",
+        "init_lora_weights",
+        "loftq_config",
+        "eva_config",
+        "corda_config",
+        "megatron_config",
+        "megatron_core",
+        "qalora_group_size",
+        "lora_ga_config",
+        "runtime_config",
+        "ensure_weight_tying",
+        "fan_in_fan_out",
+        "bias",
+    }
+)
+# Initialisations that also rewrite the base model's weights: the adapter is only right
+# on that rewritten base, unless PEFT converted it to plain LoRA when saving.
+_BASE_CHANGING_INITS = ("pissa", "olora", "corda")
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
@@ -101,6 +141,7 @@ def load_lora_adapter(
         )
         raise LoRAAdapterError(f"LoRA adapter {name!r}: no {WEIGHTS_FILE} in {path}{hint}")
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+    modules: dict[tuple[int, str], str] = {}
     with safe_open(str(weights_file), framework="pt", device="cpu") as handle:
         for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
             match = _KEY.match(key)
@@ -109,8 +150,16 @@ def load_lora_adapter(
                     f"LoRA adapter {name!r}: cannot serve weight {key!r}; only LoRA A/B "
                     f"matrices of {', '.join(PROJECTIONS)} are supported"
                 )
-            layer, projection, which = int(match[1]), match[2], match[3]
-            pairs.setdefault((layer, projection), {})[which] = handle.get_tensor(key).float()
+            layer, projection, which = int(match["layer"]), match["projection"], match["which"]
+            pair = pairs.setdefault((layer, projection), {})
+            if which in pair:
+                raise LoRAAdapterError(
+                    f"LoRA adapter {name!r}: layer {layer} {projection} has lora_{which} twice "
+                    f"(the second is {key!r})"
+                )
+            pair[which] = handle.get_tensor(key).float()
+            # Its name in the trained model: what PEFT matches alpha_pattern against.
+            modules[(layer, projection)] = match["module"]
     if not pairs:
         raise LoRAAdapterError(f"LoRA adapter {name!r}: {weights_file} holds no LoRA weights")
     shapes = projection_shapes(config)
@@ -133,8 +182,7 @@ def load_lora_adapter(
             raise LoRAAdapterError(
                 f"{where}: rank {rank} exceeds --max-lora-rank {max_rank}; raise it"
             )
-        module = f"model.layers.{layer}.{PROJECTION_BLOCKS[projection]}.{projection}"
-        scaling = _scaling(settings, module, rank)
+        scaling = _scaling(settings, modules[(layer, projection)], rank)
         weights[(layer, projection)] = LoRAWeights(a.contiguous(), (b * scaling).contiguous())
     return LoRAAdapter(name, path, weights)
 
@@ -149,6 +197,7 @@ def _read_config(name: str, path: Path) -> dict[str, Any]:
         raise LoRAAdapterError(f"LoRA adapter {name!r}: {CONFIG_FILE} is not JSON: {exc}") from None
     if not isinstance(settings, dict):
         raise LoRAAdapterError(f"LoRA adapter {name!r}: {CONFIG_FILE} must be a JSON object")
+    init = str(settings.get("init_lora_weights", True)).lower()
     refusals = {
         "peft_type": (settings.get("peft_type", "LORA") != "LORA", "only LORA adapters"),
         "use_dora": (bool(settings.get("use_dora")), "DoRA is not supported"),
@@ -157,10 +206,16 @@ def _read_config(name: str, path: Path) -> dict[str, Any]:
             bool(settings.get("modules_to_save")),
             "fully trained modules (modules_to_save) are not supported",
         ),
-        "fan_in_fan_out": (
-            bool(settings.get("fan_in_fan_out")),
-            "fan_in_fan_out is not used by Llama-family projections",
+        "init_lora_weights": (
+            init.startswith(_BASE_CHANGING_INITS),
+            "this initialisation also changes the base weights; save the adapter with "
+            "PEFT's conversion to plain LoRA (path_initial_model_for_weight_conversion)",
         ),
+    }
+    refusals |= {
+        key: (bool(value), "a PEFT setting conveyor does not implement")
+        for key, value in settings.items()
+        if key not in _HARMLESS_SETTINGS and key not in refusals
     }
     for key, (refused, why) in refusals.items():
         if refused:

@@ -73,6 +73,7 @@ if ((smoke)); then
     bf16_args=(--prompt-len 8 --output-len 4 --concurrency 1,2 --hf-batches 2)
     fp32_args=(--prompt-len 4 --output-len 3 --concurrency 1 --hf-batches 1)
     eager_args=(--prompt-len 8 --output-len 4 --concurrency 2 --hf-batches 2)
+    lora_args=(--prompt-len 8 --output-len 4 --concurrency 1,2)
 else
     device=cuda
     test_args=(-q -n 8)
@@ -81,6 +82,7 @@ else
     bf16_args=(--concurrency 1,64,256 --hf-batches 16,64,256 --max-num-seqs 256)
     fp32_args=(--output-len 64 --concurrency 1,16 --hf-batches 16)
     eager_args=(--concurrency 1,64,256 --hf-batches 256 --max-num-seqs 256)
+    lora_args=(--output-len 64 --concurrency 1,32,128)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; $PY -c 'import sys, torch, triton, transformers;
@@ -117,5 +119,10 @@ if ((!smoke)); then
             --partition-size "$partition" --json-out "$out/kernels.jsonl"
     done
 fi
+
+# LoRA adapters: steps with adapter rows run eagerly (no decode graphs).
+stage lora 90 "$PY" -m benchmarks.lora --model "$models/big" --device "$device" \
+    --dtype bfloat16 --num-adapters 4 --rank 16 --rounds 1 "${lora_args[@]}" \
+    --json-out "$out/lora.jsonl"
 
 echo "results in $out: $(ls "$out" | tr '\n' ' ')"

@@ -72,5 +72,5 @@ class Announcer:
         pipe.hset(key, mapping=self.fields)
         pipe.set(names.known_model(model), "1")
         for adapter in self.loras:  # 503 (not 404) for an adapter while workers restart
-            pipe.set(names.known_model(adapter), "1")
+            pipe.set(names.known_adapter(adapter), model)
         pipe.execute()

@@ -90,6 +90,7 @@ class EngineWorker:
             work,
             on_lost_group=self.announcer.announce,
             prepare=engine.prepare,
+            loras=frozenset(engine.lora_names),
         )
         self.janitor = Janitor(
             self.client,

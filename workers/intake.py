@@ -111,6 +111,7 @@ class Intake:
         work: queue.Queue[Ticket],
         on_lost_group: Callable[[], None],
         prepare: Callable[[SamplingParams], None] | None = None,
+        loras: frozenset[str] = frozenset(),
     ) -> None:
         self.client = client
         self.names = names
@@ -125,6 +126,8 @@ class Intake:
         # The engine's per-request preparation (compiling a structured-output constraint),
         # run here so the engine thread does not stall on it; raises SamplingParamError.
         self.prepare = prepare
+        # The LoRA adapters this worker's engine serves.
+        self.loras = loras
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -220,6 +223,18 @@ class Intake:
                     "past its deadline) before a worker could start it"
                 ),
                 type="timeout",
+                status=503,
+            )
+        elif request.lora is not None and request.lora not in self.loras:
+            # The API offers an adapter only when every worker announces it, so this is a
+            # rollout in progress or a misconfigured worker: worth a retry, not the client's
+            # mistake.
+            error = ErrorInfo(
+                message=(
+                    f"this worker of `{self.model}` does not serve the LoRA adapter "
+                    f"`{request.lora}` (its workers are configured differently); try again"
+                ),
+                code="no_worker",
                 status=503,
             )
         else:

@@ -67,7 +67,8 @@ async def metrics(
 ) -> Response:
     """Workers' engine metrics (their snapshots in Redis) plus this deployment's queues."""
     snapshots = await _worker_snapshots(redis, names.worker_metrics_pattern)
-    models = set(await catalog.live_models()) | await catalog.known_models()
+    bases = {name for name, m in (await catalog.live_models()).items() if m.parent is None}
+    models = bases | await catalog.known_models()  # adapters share their base's queues
     stats = {model: await lane_stats(redis, names, model) for model in sorted(models)}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_QueueCollector(stats, replies.in_flight))

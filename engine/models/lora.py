@@ -1,12 +1,11 @@
 """LoRA adapters applied per row of a flattened batch: many adapters (and none) in one step.
 
-Each fused projection (qkv, gate_up, ...) keeps every adapter's A matrices
-stacked, transposed, as one [slots, in, subs * rank] tensor and its B matrices
-as one block-diagonal [slots, subs * rank, out] tensor (sub-projection j's
-B in rows j*rank.. and its own output columns), ranks zero-padded to the
-largest loaded: all exact, since the padding and the off-diagonal blocks are
-zeros. So an adapter's update of a run of rows is two matmuls whatever the
-fusion: `out[rows] += (x[rows] @ A) @ B`.
+Each fused projection (qkv, gate_up, ...) keeps, per adapter, the A matrices
+of the parts it trained side by side, transposed, as one [in, sum of ranks]
+tensor, and their B matrices as one block-diagonal [sum of ranks, out] tensor
+(each part's B in its own rows and its own output columns; exact, since the
+off-diagonal blocks are zeros). So an adapter's update of a run of rows is two
+matmuls whatever the fusion: `out[rows] += (x[rows] @ A) @ B`.
 
 The runner orders a step's rows by adapter (decodes first, then the rest, each
 sorted), so every adapter's rows are at most two contiguous runs; the runs are
@@ -68,10 +67,10 @@ class LoRALayer:
     """Every adapter's update of one fused projection, made of `subs` (name, out size)."""
 
     subs: tuple[tuple[str, int], ...]
-    # Per slot (views of one stacked tensor each, made once: indexing per call costs
-    # as much as the matmul at decode sizes).
-    a: list[torch.Tensor]  # [in, len(subs) * rank]
-    b: list[torch.Tensor]  # [len(subs) * rank, out], block-diagonal over subs
+    # Per slot, one tensor each (indexing a stacked tensor per call costs as much as the
+    # matmul at decode sizes); a slot's width is the sum of the ranks it trained here.
+    a: list[torch.Tensor]  # [in, width]
+    b: list[torch.Tensor]  # [width, out], block-diagonal over the trained subs
     context: LoRAContext
     # Per slot, whether its adapter trained any part of this projection.
     trained: list[bool]
@@ -99,25 +98,27 @@ def build_lora_layer(
     dtype: torch.dtype,
     device: torch.device,
 ) -> LoRALayer:
-    """Stack `adapters`' updates of one fused projection (slot i is adapters[i])."""
-    rank = max(adapter.rank for adapter in adapters)
-    width = len(subs) * rank
+    """Each adapter's update of one fused projection (slot i is adapters[i]), as wide as
+    the ranks of the parts it trained: no padding to other adapters' ranks."""
     out_features = sum(size for _, size in subs)
-    a = torch.zeros(len(adapters), in_features, width, dtype=dtype, device=device)
-    b = torch.zeros(len(adapters), width, out_features, dtype=dtype, device=device)
-    trained: list[bool] = []
-    for slot, adapter in enumerate(adapters):
-        trained.append(False)
-        offset = 0
-        for index, (name, size) in enumerate(subs):
-            update = adapter.weights.get((layer_index, name))
+    a_slots: list[torch.Tensor] = []
+    b_slots: list[torch.Tensor] = []
+    for adapter in adapters:
+        updates = [(adapter.weights.get((layer_index, name)), size) for name, size in subs]
+        width = sum(update.rank for update, _ in updates if update is not None)
+        a = torch.zeros(in_features, width, dtype=dtype, device=device)
+        b = torch.zeros(width, out_features, dtype=dtype, device=device)
+        first = offset = 0
+        for update, size in updates:
             if update is not None:
-                first = index * rank
-                a[slot, :, first : first + update.rank] = update.a.T.to(dtype)
-                b[slot, first : first + update.rank, offset : offset + size] = update.b.T.to(dtype)
-                trained[slot] = True
+                a[:, first : first + update.rank] = update.a.T.to(dtype)
+                b[first : first + update.rank, offset : offset + size] = update.b.T.to(dtype)
+                first += update.rank
             offset += size
-    return LoRALayer(subs, list(a.unbind(0)), list(b.unbind(0)), context, trained)
+        a_slots.append(a)
+        b_slots.append(b)
+    trained = [a.shape[1] > 0 for a in a_slots]
+    return LoRALayer(subs, a_slots, b_slots, context, trained)
 
 
 def attach_lora(

@@ -122,8 +122,9 @@ class FakeWorker:
             self.names.tokenizer(self.model),
             mapping=tokenizer_hash(self.model_dir, self.max_model_len),
         )
-        for known in (self.model, *self.loras):
-            await self.redis.set(self.names.known_model(known), "1")
+        await self.redis.set(self.names.known_model(self.model), "1")
+        for adapter in self.loras:
+            await self.redis.set(self.names.known_adapter(adapter), self.model)
         streams = [self.names.requests(self.model, lane) for lane in LANES]
         for stream in streams:
             with contextlib.suppress(ResponseError):

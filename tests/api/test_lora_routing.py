@@ -68,6 +68,9 @@ def test_an_adapter_request_joins_the_base_models_queue_naming_the_adapter(lora_
 def test_tokenize_takes_an_adapter_name(lora_stack) -> None:
     stack, worker = lora_stack
     with stack.client() as http:
+        # No model named: the one base model (its adapters are not other tokenizers).
+        unnamed = http.post("/tokenize", json={"prompt": "Hello"})
+        assert unnamed.json()["tokens"] == worker.tokenizer.encode("Hello"), unnamed.text
         body = http.post("/tokenize", json={"model": "poet", "prompt": "Hello"}).json()
         assert body["tokens"] == worker.tokenizer.encode("Hello")
         text = http.post("/detokenize", json={"model": "poet", "tokens": body["tokens"]}).json()
@@ -75,7 +78,8 @@ def test_tokenize_takes_an_adapter_name(lora_stack) -> None:
 
 
 def test_an_adapter_some_workers_lack_is_not_offered(lora_stack) -> None:
-    """Any worker of the base model may take the request, so every one must have it."""
+    """Any worker of the base model may take the request, so every one must have the
+    adapter, from the same folder; the model itself stays healthy meanwhile."""
     stack, _ = lora_stack
     partial = FakeWorker(
         stack.redis_url,
@@ -83,11 +87,15 @@ def test_an_adapter_some_workers_lack_is_not_offered(lora_stack) -> None:
         MODEL,
         stack.worker.model_dir,
         instance="worker-2",
-        loras={"poet": ADAPTERS["poet"]},
+        loras={"poet": ADAPTERS["poet"], "sql-expert": "/elsewhere/sql"},
     ).start()
     try:
         with sdk_client(stack) as sdk:
             assert {card.id for card in sdk.models.list()} == {MODEL, "poet"}
+            with stack.client() as http:
+                assert http.get("/health").status_code == 200
+                metrics = http.get("/metrics").text
+                assert 'model="poet"' not in metrics and f'model="{MODEL}"' in metrics
             with pytest.raises(openai.APIStatusError) as caught:
                 sdk.chat.completions.create(
                     model="sql-expert", messages=[{"role": "user", "content": "Hi"}]
@@ -98,3 +106,25 @@ def test_an_adapter_some_workers_lack_is_not_offered(lora_stack) -> None:
                 sdk.completions.create(model="never-served", prompt="x")
     finally:
         partial.stop()
+
+
+def test_an_ambiguous_adapter_name_is_not_offered(lora_stack) -> None:
+    """A name two models' workers both use for an adapter, or a model's own name, would
+    route by chance: it is offered for neither."""
+    stack, _ = lora_stack
+    other = FakeWorker(
+        stack.redis_url,
+        stack.names,
+        "other-model",
+        stack.worker.model_dir,
+        instance="worker-3",
+        loras={"poet": "/adapters/poet", MODEL: "/adapters/shadow", "haiku": "/adapters/haiku"},
+    ).start()
+    try:
+        with sdk_client(stack) as sdk:
+            cards = {card.id: card.model_dump() for card in sdk.models.list()}
+            assert set(cards) == {MODEL, "other-model", "sql-expert", "haiku"}
+            assert cards["haiku"]["parent"] == "other-model"
+            assert cards[MODEL]["parent"] is None
+    finally:
+        other.stop()

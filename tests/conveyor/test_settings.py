@@ -92,6 +92,9 @@ def test_lora_modules_reach_the_worker_of_conveyor_serve(monkeypatch: pytest.Mon
         ("sql", "/a", None),
         ("poet", "/b", "smol"),
     ]
+    # vLLM's adapter-cache flags are accepted (every adapter stays resident here).
+    vllm_args = ["worker", "--lora-modules", "sql=/a", "--max-loras", "2", "--max-cpu-loras", "4"]
+    assert settings_from_args(parser.parse_args(vllm_args)).engine_config().lora_config
     with pytest.raises(ValueError, match="--enable-lora needs --lora-modules"):
         settings_from_args(parser.parse_args(["worker", "--enable-lora"]))
     with pytest.raises(ValueError, match="expected name=path"):
@@ -99,3 +102,6 @@ def test_lora_modules_reach_the_worker_of_conveyor_serve(monkeypatch: pytest.Mon
     for key, value in settings_env(settings).items():  # what the worker process reads
         monkeypatch.setenv(key, value)
     assert Settings().engine_config().lora_config == config
+    # vLLM's JSON entries may also come as objects in the env var's JSON list.
+    monkeypatch.setenv("CONVEYOR_LORA_MODULES", '[{"name": "sql", "path": "/a"}, "poet=/b"]')
+    assert [m.name for m in Settings().engine_config().lora_config.modules] == ["sql", "poet"]

@@ -16,6 +16,8 @@ from engine.llm import LLM, greedy
 from engine.lora_config import LoRAConfig
 from engine.sampling_params import SamplingParams
 
+from .test_speculative_decoding import OracleProposer
+
 PROMPTS = [[5, 77, 300, 12], [9, 8, 7, 6, 5, 4, 3], [1200, 44, 5, 900, 31, 7, 7, 7, 2000, 13]]
 NEW_TOKENS = 16
 
@@ -148,3 +150,73 @@ def test_an_adapter_may_not_take_the_base_models_name(base_dir: Path, adapters) 
     config = LoRAConfig.from_entries([f"base={adapters['all-proj']}"], 16)
     with pytest.raises(ValueError, match="is the base model's name"):
         LLM(str(base_dir), served_model_name="base", lora_config=config)
+
+
+def assert_same_logprobs(got: list | None, want: list | None) -> None:
+    assert got is not None and want is not None and len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        if a is None or b is None:
+            assert a is b
+            continue
+        assert (a.token_id, a.rank) == (b.token_id, b.rank)
+        assert [t for t, _ in a.top] == [t for t, _ in b.top]
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+        assert [lp for _, lp in a.top] == pytest.approx([lp for _, lp in b.top], abs=1e-4)
+
+
+class RefusingGraphs:
+    """Stands in for recorded decode graphs: they hold no adapters, so replaying one for a
+    step with adapter rows would silently drop the adapter."""
+
+    max_batch = 64
+
+    def run(self, *args: object) -> torch.Tensor:
+        raise AssertionError("a decode graph was replayed for a step with LoRA rows")
+
+
+def test_steps_with_adapter_rows_never_replay_decode_graphs(llm: LLM, oracle) -> None:
+    runner = llm.engine.runner
+    runner.decode_graphs = RefusingGraphs()
+    try:
+        assert run(llm, "qv-rslora") == oracle["qv-rslora"]
+        loras: list[str | None] = ["all-proj", None, "qv-rslora"]
+        assert run(llm, loras) == [oracle[lora][i] for i, lora in enumerate(loras)]
+    finally:
+        runner.decode_graphs = None
+
+
+def test_logprobs_and_drafts_see_each_rows_own_adapter(
+    base_dir: Path, adapters: dict[str, Path], oracle
+) -> None:
+    """Rows reordered by adapter keep their prompt logprobs, sampled logprobs and drafts:
+    a mixed batch gives each request what it gets alone."""
+    llm = LLM(
+        str(base_dir),
+        lora_config=lora_config(adapters),
+        speculative_config={"method": "ngram", "num_speculative_tokens": 3},
+        max_num_batched_tokens=12,
+    )
+    params = SamplingParams(
+        temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS, logprobs=2, prompt_logprobs=2
+    )
+    loras: list[str | None] = [None, "qv-rslora", "all-proj"]
+    # Drafts of each request's true continuation (every 5th corrupted): accepted only
+    # where the row was verified under its own adapter.
+    llm.engine.proposer = OracleProposer(
+        [[*p, *oracle[lora][i]] for i, (p, lora) in enumerate(zip(PROMPTS, loras, strict=True))]
+    )
+    alone = [
+        llm.generate([p], params, lora=lora)[0] for p, lora in zip(PROMPTS, loras, strict=True)
+    ]
+    accepted = llm.engine.stats().spec_accepted_tokens
+    together = llm.generate(PROMPTS, params, lora=loras)
+    assert llm.engine.stats().spec_accepted_tokens > accepted > 0
+    for i, (one, mixed) in enumerate(zip(alone, together, strict=True)):
+        assert mixed.token_ids == one.token_ids == oracle[loras[i]][i]
+        # Equal up to float noise: another batch is another matmul shape.
+        assert_same_logprobs(mixed.prompt_logprobs, one.prompt_logprobs)
+        assert_same_logprobs(mixed.choices[0].logprobs, one.choices[0].logprobs)
+    # The adapters change the prompt's scores too (its KV is computed under them).
+    base = llm.generate([PROMPTS[1]], params)[0].prompt_logprobs
+    assert base is not None and together[1].prompt_logprobs is not None
+    assert abs(together[1].prompt_logprobs[1].logprob - base[1].logprob) > 1e-3

@@ -57,6 +57,10 @@ def test_scaling_is_folded_into_b(base_dir: Path, config: ModelConfig, tmp_path:
         ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
         ({"peft_type": "IA3"}, "only LORA adapters"),
         ({"lora_alpha": "big"}, "lora_alpha must be a number"),
+        ({"alora_invocation_tokens": [5, 6]}, "alora_invocation_tokens.*does not implement"),
+        ({"layer_replication": [[0, 2], [1, 2]]}, "layer_replication"),
+        ({"init_lora_weights": "pissa_niter_4"}, "also changes the base weights"),
+        ({"some_future_variant": {"on": True}}, "some_future_variant"),
     ],
 )
 def test_settings_that_change_the_output_are_refused(
@@ -125,4 +129,52 @@ def test_missing_files_say_what_is_missing(
     folder = build_random_lora(tmp_path / "a", base_dir)
     (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
     with pytest.raises(LoRAAdapterError, match=r"no adapter_model.safetensors.*\.bin pickles"):
+        load_lora_adapter("a", folder, config, max_rank=16)
+
+
+def test_a_config_peft_itself_saved_loads(
+    base_dir: Path, config: ModelConfig, tmp_path: Path
+) -> None:
+    """Every setting PEFT writes by default is one we either check or know to be harmless."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(base_dir)
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    peft.save_pretrained(tmp_path / "saved")
+    adapter = load_lora_adapter("saved", tmp_path / "saved", config, max_rank=16)
+    assert {p for _, p in adapter.weights} == {"q_proj", "v_proj"}
+    edit_config(tmp_path / "saved", fan_in_fan_out=True)  # PEFT ignores it for nn.Linear
+    load_lora_adapter("saved", tmp_path / "saved", config, max_rank=16)
+
+
+def test_alpha_pattern_matches_the_modules_own_name(
+    base_dir: Path, config: ModelConfig, tmp_path: Path
+) -> None:
+    """PEFT matches patterns against the module's name in the model it trained, so an
+    adapter of a text tower (`language_model.layers...`) is matched by that name."""
+    folder = build_random_lora(tmp_path / "a", base_dir, rank=4, alpha=8, targets=("q_proj",))
+    path = str(folder / "adapter_model.safetensors")
+    raw = {
+        k.replace("model.model.layers", "model.model.language_model.layers"): v
+        for k, v in load_file(path).items()
+    }
+    save_file(raw, path)
+    edit_config(folder, alpha_pattern={"language_model.layers.0.self_attn.q_proj": 64})
+    adapter = load_lora_adapter("a", folder, config, max_rank=16)
+    key = "base_model.model.model.language_model.layers.{}.self_attn.q_proj.lora_B.weight"
+    torch.testing.assert_close(adapter.weights[(0, "q_proj")].b, raw[key.format(0)] * 16.0)
+    torch.testing.assert_close(adapter.weights[(1, "q_proj")].b, raw[key.format(1)] * 2.0)
+
+
+def test_a_matrix_saved_twice_is_refused(
+    base_dir: Path, config: ModelConfig, tmp_path: Path
+) -> None:
+    folder = build_random_lora(tmp_path / "a", base_dir, targets=("up_proj",))
+    path = str(folder / "adapter_model.safetensors")
+    weights = load_file(path)
+    key = "base_model.model.model.layers.1.mlp.up_proj.lora_A.weight"
+    weights[key.replace(".weight", ".default.weight")] = torch.zeros_like(weights[key])
+    save_file(weights, path)
+    with pytest.raises(LoRAAdapterError, match="layer 1 up_proj has lora_A twice"):
         load_lora_adapter("a", folder, config, max_rank=16)

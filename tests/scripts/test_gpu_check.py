@@ -50,6 +50,7 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
         "engine-bf16": "rc=0",
         "engine-fp32": "rc=0",
         "engine-bf16-eager": "rc=0",
+        "lora": "rc=0",
     }, log[-3000:]
     assert 'failures="0"' in (tmp_path / "kernel-tests.xml").read_text()
     summaries = {}
@@ -62,6 +63,8 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
     fp32 = summaries["fp32"]
     assert fp32["greedy_tokens_matching_hf"] == fp32["greedy_tokens_compared"] == 3
     assert summaries["bf16"]["greedy_tokens_matching_hf"] >= 1
+    lora = [json.loads(line) for line in (tmp_path / "lora.jsonl").read_text().splitlines()]
+    assert [line["concurrency"] for line in lora] == [1, 2]
 
 
 def test_refuses_without_a_tokenizer(tmp_path: Path) -> None:
@@ -83,5 +86,6 @@ def test_stages_past_the_budget_are_skipped_not_started(
         "engine-bf16",
         "engine-fp32",
         "engine-bf16-eager",
+        "lora",
     ]
     assert all(" skipped: " in line for line in lines)

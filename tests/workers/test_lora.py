@@ -61,7 +61,8 @@ def test_requests_pick_their_adapter(
     h: Harness = make_worker()
     beat = json.loads(client.get(h.names.worker(h.model, h.worker.instance)))
     assert beat["loras"] == {"sql": str(adapter_dir)}
-    assert client.get(h.names.known_model("sql")) == "1"
+    assert client.get(h.names.known_adapter("sql")) == h.model
+    assert not client.exists(h.names.known_model("sql"))  # /health waits for models only
 
     plain = h.request(PROMPT)
     with_sql = dataclasses.replace(h.request(PROMPT), lora="sql")
@@ -69,7 +70,9 @@ def test_requests_pick_their_adapter(
     replies = h.collect([h.send(r) for r in (plain, with_sql, unknown)])
     assert joined(replies[plain.id])[1] == want[None]
     assert joined(replies[with_sql.id])[1] == want["sql"]
+    # An adapter this worker lacks (its peers have it: a rollout) is worth a retry.
     (refused,) = replies[unknown.id]
-    assert refused.error is not None and refused.error.status == 400
-    assert "unknown LoRA adapter 'poet'" in refused.error.message
+    assert refused.error is not None
+    assert (refused.error.status, refused.error.code) == (503, "no_worker")
+    assert "does not serve the LoRA adapter `poet`" in refused.error.message
     assert h.pending() == 0
