@@ -18,9 +18,8 @@ from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
 from engine.grammar_compiler import GrammarCompiler
 from engine.loader import ResolvedModel, resolve_model
-from engine.lora_adapter import load_lora_adapter
+from engine.lora_manager import LoRAManager
 from engine.model_runner import ModelRunner, StepResult, load_model
-from engine.models.lora import LoRAContext, attach_lora
 from engine.ngram_proposer import NgramProposer
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.sampler import TokenLogprobs
@@ -116,7 +115,7 @@ class LLMEngine:
             self.device,
             backend.ops,
         )
-        lora_context = self._attach_lora(model)
+        self.loras = self._lora_manager(model)
         self.num_kv_blocks = self._num_kv_blocks()
         capacity = self.num_kv_blocks * config.block_size
         if capacity < self.max_model_len:
@@ -173,7 +172,7 @@ class LLMEngine:
             self.device,
             decode_graphs,
             grammar_vocab_size=self.grammars.vocab_size,
-            lora_context=lora_context,
+            lora_context=self.loras.context if self.loras is not None else None,
         )
         spec = config.speculative_config
         self.proposer = (
@@ -197,31 +196,56 @@ class LLMEngine:
 
     # --- setup ------------------------------------------------------------------------
 
-    def _attach_lora(self, model: torch.nn.Module) -> LoRAContext | None:
-        """Load every --lora-modules adapter onto the model; sets `lora_names` (in slot
-        order) and `lora_paths`."""
-        self.lora_names: tuple[str, ...] = ()
-        self.lora_paths: dict[str, str] = {}
+    def _lora_manager(self, model: torch.nn.Module) -> LoRAManager | None:
+        """LoRA layers on the model, with every --lora-modules adapter loaded."""
         lora = self.config.lora_config
         if lora is None:
             return None
-        if self.model_name in {m.name for m in lora.modules}:
-            raise ValueError(f"LoRA adapter name {self.model_name!r} is the base model's name")
-        adapters = [
-            load_lora_adapter(m.name, m.path, self.model_config, lora.max_lora_rank)
-            for m in lora.modules
-        ]
-        self.lora_names = tuple(a.name for a in adapters)
-        self.lora_paths = {a.name: str(a.path) for a in adapters}
-        for adapter in adapters:
-            logger.info(
-                "LoRA adapter %s: rank %d on %d projections, from %s",
-                adapter.name,
-                adapter.rank,
-                len(adapter.weights),
-                adapter.path,
-            )
-        return attach_lora(model, adapters, self.dtype, self.device)
+        manager = LoRAManager(model, self.model_config, lora.max_lora_rank, self.dtype, self.device)
+        for module in lora.modules:
+            self._check_lora_name(module.name)
+            manager.add(manager.read(module.name, module.path))
+        return manager
+
+    def _check_lora_name(self, name: str) -> None:
+        if name == self.model_name:
+            raise ValueError(f"LoRA adapter name {name!r} is the base model's name")
+
+    @property
+    def lora_names(self) -> tuple[str, ...]:
+        """The adapters served now (readable from any thread)."""
+        return self.loras.names if self.loras is not None else ()
+
+    @property
+    def lora_paths(self) -> dict[str, str]:
+        """Each served adapter's folder (readable from any thread)."""
+        return self.loras.paths if self.loras is not None else {}
+
+    def load_lora(self, name: str, path: str, replace: bool = False) -> None:
+        """Serve the PEFT adapter in `path` as `name` from the next step on (engine thread);
+        `replace` swaps an adapter of that name for it. Raises ValueError (LoRAAdapterError)."""
+        if self.loras is None:
+            raise ValueError("this engine was started without LoRA (lora_config)")
+        self._check_lora_name(name)
+        self.loras.add(self.loras.read(name, path), replace=replace)
+
+    def unload_lora(self, name: str) -> None:
+        """Stop serving `name` to new requests; running ones finish (engine thread)."""
+        if self.loras is None:
+            raise ValueError("this engine was started without LoRA (lora_config)")
+        self.loras.remove(name)
+        self._free_retired_lora_slots()
+
+    def _free_retired_lora_slots(self) -> None:
+        assert self.loras is not None
+        self.loras.free_retired(
+            {
+                seq.lora_slot
+                for request in self._requests.values()
+                for seq in request.seqs
+                if seq.lora_slot is not None
+            }
+        )
 
     def _max_model_len(self) -> int:
         mc = self.model_config
@@ -278,9 +302,10 @@ class LLMEngine:
         raises ValueError for input the engine cannot serve."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
-        if lora is not None and lora not in self.lora_names:
-            served = ", ".join(self.lora_names) or "none"
-            raise ValueError(f"lora: unknown LoRA adapter {lora!r} (served: {served})")
+        if lora is not None:
+            if self.loras is None:
+                raise ValueError(f"lora: unknown LoRA adapter {lora!r} (served: none)")
+            self.loras.slot(lora)  # raises for an adapter not served
         if not prompt_token_ids:
             raise ValueError("prompt: must contain at least one token")
         vocab = self.model_config.vocab_size
@@ -350,8 +375,8 @@ class LLMEngine:
             detokenizer=detokenizer,
             generator=generator,
             grammar=self.grammars.matcher(constraint) if constraint is not None else None,
-            lora_slot=None if lora is None else self.lora_names.index(lora),
-            cache_root=None if lora is None else hash(("lora", lora)),
+            lora_slot=None if lora is None else self.loras.slot(lora),
+            cache_root=None if lora is None else self.loras.cache_root(lora),
         )
 
     def abort(self, request_id: str) -> bool:
@@ -389,6 +414,8 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, and return what changed for each request."""
         now = time.time()
+        if self.loras is not None and self.loras.retiring:
+            self._free_retired_lora_slots()
         if self.proposer is not None:
             self._propose_drafts()
         plan = self.scheduler.schedule(now)

@@ -70,9 +70,12 @@ class LoRAModule:
 class LoRAConfig:
     modules: tuple[LoRAModule, ...]
     max_lora_rank: int = DEFAULT_MAX_LORA_RANK
+    # Adapters may be loaded and unloaded while serving (vLLM's
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING): then none need be given at start-up.
+    runtime_updates: bool = False
 
     def __post_init__(self) -> None:
-        if not self.modules:
+        if not self.modules and not self.runtime_updates:
             raise LoRAConfigError("LoRA needs at least one adapter (--lora-modules)")
         if self.max_lora_rank < 1:
             raise LoRAConfigError(f"max_lora_rank must be at least 1, got {self.max_lora_rank}")
@@ -83,6 +86,9 @@ class LoRAConfig:
 
     @classmethod
     def from_entries(
-        cls, entries: list[str | dict[str, Any] | LoRAModule], max_lora_rank: int
+        cls,
+        entries: list[str | dict[str, Any] | LoRAModule],
+        max_lora_rank: int,
+        runtime_updates: bool = False,
     ) -> LoRAConfig:
-        return cls(tuple(LoRAModule.parse(e) for e in entries), max_lora_rank)
+        return cls(tuple(LoRAModule.parse(e) for e in entries), max_lora_rank, runtime_updates)

@@ -75,6 +75,16 @@ class LoRALayer:
     # Per slot, whether its adapter trained any part of this projection.
     trained: list[bool]
 
+    def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Put an adapter's (A, B) in `slot` (a new slot is the next one); an empty pair
+        (width 0) frees it."""
+        if slot == len(self.a):
+            self.a.append(a)
+            self.b.append(b)
+            self.trained.append(False)
+        self.a[slot], self.b[slot] = a, b
+        self.trained[slot] = a.shape[1] > 0
+
     def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
         """out += each run's LoRA update of its rows (in place)."""
         num_rows = x.shape[0]
@@ -89,6 +99,31 @@ class LoRALayer:
                 out[rows].addmm_(x[rows] @ self.a[slot], self.b[slot])
 
 
+def slot_weights(
+    subs: tuple[tuple[str, int], ...],
+    in_features: int,
+    layer_index: int,
+    adapter: LoRAAdapter,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One adapter's (A, B) for one fused projection, as wide as the ranks of the parts
+    it trained: no padding to other adapters' ranks (width 0: it trained none)."""
+    out_features = sum(size for _, size in subs)
+    updates = [(adapter.weights.get((layer_index, name)), size) for name, size in subs]
+    width = sum(update.rank for update, _ in updates if update is not None)
+    a = torch.zeros(in_features, width, dtype=dtype, device=device)
+    b = torch.zeros(width, out_features, dtype=dtype, device=device)
+    first = offset = 0
+    for update, size in updates:
+        if update is not None:
+            a[:, first : first + update.rank] = update.a.T.to(dtype)
+            b[first : first + update.rank, offset : offset + size] = update.b.T.to(dtype)
+            first += update.rank
+        offset += size
+    return a, b
+
+
 def build_lora_layer(
     subs: tuple[tuple[str, int], ...],
     in_features: int,
@@ -98,34 +133,18 @@ def build_lora_layer(
     dtype: torch.dtype,
     device: torch.device,
 ) -> LoRALayer:
-    """Each adapter's update of one fused projection (slot i is adapters[i]), as wide as
-    the ranks of the parts it trained: no padding to other adapters' ranks."""
-    out_features = sum(size for _, size in subs)
-    a_slots: list[torch.Tensor] = []
-    b_slots: list[torch.Tensor] = []
-    for adapter in adapters:
-        updates = [(adapter.weights.get((layer_index, name)), size) for name, size in subs]
-        width = sum(update.rank for update, _ in updates if update is not None)
-        a = torch.zeros(in_features, width, dtype=dtype, device=device)
-        b = torch.zeros(width, out_features, dtype=dtype, device=device)
-        first = offset = 0
-        for update, size in updates:
-            if update is not None:
-                a[:, first : first + update.rank] = update.a.T.to(dtype)
-                b[first : first + update.rank, offset : offset + size] = update.b.T.to(dtype)
-                first += update.rank
-            offset += size
-        a_slots.append(a)
-        b_slots.append(b)
-    trained = [a.shape[1] > 0 for a in a_slots]
-    return LoRALayer(subs, a_slots, b_slots, context, trained)
+    """Every adapter's update of one fused projection (slot i is adapters[i])."""
+    layer = LoRALayer(subs, [], [], context, [])
+    for slot, adapter in enumerate(adapters):
+        layer.set_slot(slot, *slot_weights(subs, in_features, layer_index, adapter, dtype, device))
+    return layer
 
 
 def attach_lora(
     model: nn.Module, adapters: list[LoRAAdapter], dtype: torch.dtype, device: torch.device
 ) -> LoRAContext:
-    """Give every projection of `model` its stacked adapter updates; returns the context
-    the runner sets each step (adapter slot i is adapters[i])."""
+    """Give every projection of `model` its adapters' updates (slot i is adapters[i], none
+    at all is fine: slots can be set later); returns the context the runner sets each step."""
     context = LoRAContext()
     for layer_index, linear, subs in model.lora_projections():
         linear.lora = build_lora_layer(

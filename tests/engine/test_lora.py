@@ -220,3 +220,47 @@ def test_logprobs_and_drafts_see_each_rows_own_adapter(
     base = llm.generate([PROMPTS[1]], params)[0].prompt_logprobs
     assert base is not None and together[1].prompt_logprobs is not None
     assert abs(together[1].prompt_logprobs[1].logprob - base[1].logprob) > 1e-3
+
+
+def test_adapters_load_and_unload_while_serving(
+    base_dir: Path, adapters: dict[str, Path], oracle
+) -> None:
+    llm = LLM(str(base_dir), block_size=4, lora_config=LoRAConfig((), 16, runtime_updates=True))
+    engine = llm.engine
+    assert engine.lora_names == ()
+    engine.load_lora("late", str(adapters["qv-rslora"]))
+    assert engine.lora_paths == {"late": str(adapters["qv-rslora"])}
+    assert run(llm, "late") == oracle["qv-rslora"]
+    with pytest.raises(ValueError, match="already loaded"):
+        engine.load_lora("late", str(adapters["all-proj"]))
+
+    # Unloaded mid-request: that request finishes on the adapter, new ones are refused.
+    params = greedy(NEW_TOKENS, min_tokens=NEW_TOKENS)
+    engine.add_request("running", PROMPTS[1], params, lora="late")
+    tokens = [t for out in engine.step() for c in out.outputs for t in c.token_ids]
+    engine.unload_lora("late")
+    assert engine.lora_names == () and engine.loras.retiring
+    with pytest.raises(ValueError, match="unknown LoRA adapter 'late'"):
+        engine.add_request("refused", PROMPTS[1], greedy(2), lora="late")
+    while engine.has_unfinished():
+        tokens += [t for out in engine.step() for c in out.outputs for t in c.token_ids]
+    assert tokens == oracle["qv-rslora"][1]
+    engine.step()  # idle: the retired slot is freed for the next adapter
+    assert not engine.loras.retiring
+
+    # The same name over other weights: the old load's cached prefix blocks are not reused.
+    hits = engine.stats().prefix_cache_hits
+    engine.load_lora("late", str(adapters["all-proj"]))
+    assert run(llm, "late") == oracle["all-proj"]
+    assert engine.stats().prefix_cache_hits == hits
+    engine.load_lora("late", str(adapters["qv-rslora"]), replace=True)
+    assert run(llm, "late") == oracle["qv-rslora"]
+    assert engine.loras._num_slots == 2  # freed slots are reused, not grown
+
+
+def test_runtime_updates_need_a_lora_engine(base_dir: Path, adapters) -> None:
+    plain = LLM(str(base_dir))
+    with pytest.raises(ValueError, match="started without LoRA"):
+        plain.engine.load_lora("late", str(adapters["all-proj"]))
+    with pytest.raises(ValueError, match="unknown LoRA adapter 'late'"):
+        plain.generate([PROMPTS[0]], greedy(2), lora="late")
