@@ -96,6 +96,15 @@ class BusNames:
         apart from `known_model`: /health waits for models, never for adapters."""
         return f"{self.prefix}:adapter:{name}"
 
+    def runtime_loras(self, model: str) -> str:
+        """Hash of the LoRA adapters loaded into `model` at run time (name -> path): what
+        its workers, new ones included, should serve on top of their --lora-modules."""
+        return f"{self.prefix}:loras:{model}"
+
+    def lora_errors(self, model: str) -> str:
+        """Hash of runtime adapters a worker of `model` could not load (name -> JSON)."""
+        return f"{self.prefix}:lora-errors:{model}"
+
     def batch_lease(self, batch_id: str) -> str:
         """Held (with a TTL, renewed) by the one batch worker running this batch."""
         return f"{self.prefix}:batch:{batch_id}:lease"

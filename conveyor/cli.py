@@ -119,6 +119,13 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         help="store prompt text in the request logs",
     )
     parser.add_argument(
+        "--allow-runtime-lora-updating",
+        action="store_true",
+        default=None,
+        help="load and unload LoRA adapters through POST /v1/load_lora_adapter and "
+        "/v1/unload_lora_adapter (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)",
+    )
+    parser.add_argument(
         "--enable-auto-tool-choice",
         action="store_true",
         default=None,

@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 class Settings(BaseSettings):
     """Process-wide settings; every field maps to `CONVEYOR_<NAME>`."""
 
-    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CONVEYOR_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     data_dir: Path = Field(
         default=Path("~/.cache/conveyor"),
@@ -77,6 +79,16 @@ class Settings(BaseSettings):
         ge=1,
         description="vLLM's flag, accepted for compatibility: every adapter stays resident "
         "and any number of them share a batch",
+    )
+    allow_runtime_lora_updating: bool = Field(
+        default=False,
+        validation_alias=AliasChoices(
+            "allow_runtime_lora_updating",
+            "CONVEYOR_ALLOW_RUNTIME_LORA_UPDATING",
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
+        ),
+        description="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter "
+        "(vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING is read too)",
     )
     max_cpu_loras: int | None = Field(
         default=None,
@@ -195,18 +207,22 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _lora_modules_parse(self) -> Settings:
         """A bad entry stops start-up here, not in a worker after the model loaded."""
-        if self.enable_lora and not self.lora_modules:
+        if self.enable_lora and not self.lora_modules and not self.allow_runtime_lora_updating:
             raise ValueError(
-                "--enable-lora needs --lora-modules: adapters are loaded at start-up "
-                "(loading them at run time is not supported)"
+                "--enable-lora needs --lora-modules (adapters loaded at start-up) or "
+                "--allow-runtime-lora-updating (adapters loaded through the API)"
             )
         self.lora_config()  # its LoRAConfigError is a ValueError
         return self
 
     def lora_config(self) -> LoRAConfig | None:
-        if not self.lora_modules:
+        if not self.lora_modules and not self.allow_runtime_lora_updating:
             return None
-        return LoRAConfig.from_entries(list(self.lora_modules), self.max_lora_rank)
+        return LoRAConfig.from_entries(
+            list(self.lora_modules),
+            self.max_lora_rank,
+            runtime_updates=self.allow_runtime_lora_updating,
+        )
 
     @field_validator("data_dir")
     @classmethod

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 
 from conveyor.metrics import WorkerMetrics
 from conveyor.protocol import ErrorInfo
@@ -45,6 +46,7 @@ class EngineLoop:
         self.metrics = metrics
         self.work = work
         self.aborts: queue.Queue[str] = queue.Queue()
+        self.tasks: queue.Queue[Callable[[LLMEngine], None]] = queue.Queue()
         self._running: dict[str, Ticket] = {}  # in the engine, not yet finished
         # Aborts that arrived before their request reached the engine (or after it
         # finished there but before the publisher acked it).
@@ -54,11 +56,17 @@ class EngineLoop:
         """Thread-safe: ask the loop to drop a request (the abort listener calls this)."""
         self.aborts.put(request_id)
 
+    def call_soon(self, task: Callable[[LLMEngine], None]) -> None:
+        """Thread-safe: run `task(engine)` on the engine thread between two steps (it must
+        handle its own errors)."""
+        self.tasks.put(task)
+
     def run(self, intake_closed: threading.Event, drain_timeout: float) -> None:
         """Serve until intake is closed and everything admitted has finished (or the grace ends)."""
         drain_deadline: float | None = None
         while True:
-            changed = self._admit_queued()
+            changed = self._run_tasks()
+            changed |= self._admit_queued()
             changed |= self._apply_aborts()
             if self.engine.has_unfinished():
                 self._step()
@@ -80,6 +88,16 @@ class EngineLoop:
                     self._release_all()
                     break
         self._sample_stats()
+
+    def _run_tasks(self) -> bool:
+        ran = False
+        while True:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                return ran
+            task(self.engine)
+            ran = True
 
     # --- admission and aborts ---------------------------------------------------------
 

@@ -5,6 +5,7 @@ Threads, one job each, joined by queues so the engine loop never waits on Redis:
     intake ──Ticket──▶ engine loop ──StepOutputs──▶ publisher ──▶ PUBLISH / SET result / XACK
     janitor ─┘   ▲                  intake/janitor ─Failed──┘
     aborts ──id──┘                  heartbeat: worker key + metrics snapshot
+    lora sync ──task──▶ engine loop (runtime LoRA adapters, when allowed)
 
 `Inflight` (the held tickets) is the one shared structure; it is what bounds
 how much this worker takes from the stream (back-pressure). Shutdown drains:
@@ -37,6 +38,7 @@ from workers.heartbeat import Heartbeat, WorkerFacts
 from workers.inflight import Inflight, Ticket
 from workers.intake import BATCH_PRIORITY_FLOOR, Intake
 from workers.janitor import Janitor
+from workers.lora_sync import LoRASync
 from workers.publisher import Publisher
 
 logger = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ class EngineWorker:
             work,
             on_lost_group=self.announcer.announce,
             prepare=engine.prepare,
-            loras=frozenset(engine.lora_names),
+            served_loras=lambda: engine.lora_names,
         )
         self.janitor = Janitor(
             self.client,
@@ -111,7 +113,6 @@ class EngineWorker:
             num_kv_blocks=engine.stats().num_kv_blocks,
             max_model_len=engine.max_model_len,
             started_at=time.time(),
-            loras=engine.lora_paths,
         )
         self.heartbeat = Heartbeat(
             self.client,
@@ -120,6 +121,20 @@ class EngineWorker:
             self.metrics,
             interval=settings.heartbeat_interval,
             ttl=settings.heartbeat_ttl,
+            loras=lambda: engine.lora_paths,
+        )
+        self.lora_sync = (
+            LoRASync(
+                self.client,
+                names,
+                self.model,
+                instance,
+                engine,
+                self.loop.call_soon,
+                interval=settings.heartbeat_interval,
+            )
+            if settings.allow_runtime_lora_updating and engine.loras is not None
+            else None
         )
         self._failed = False
 
@@ -142,6 +157,12 @@ class EngineWorker:
         publisher = self._start("publisher", self.publisher.run, stop)
         aborts = self._start("aborts", lambda: self.aborts.run(finished), stop)
         heartbeat = self._start("heartbeat", lambda: self.heartbeat.run(finished), stop)
+        lora_sync = self.lora_sync
+        syncing = (
+            self._start("lora-sync", lambda: lora_sync.run(finished), stop)
+            if lora_sync is not None
+            else None
+        )
         intake = self._start("intake", lambda: self.intake.run(stopping), stop)
         janitor = self._start(
             "janitor", lambda: self.janitor.run(stopping, s.janitor_interval), stop
@@ -171,6 +192,8 @@ class EngineWorker:
         finished.set()
         aborts.join(_JOIN_TIMEOUT)
         heartbeat.join(_JOIN_TIMEOUT)
+        if syncing is not None:
+            syncing.join(_JOIN_TIMEOUT)
         self.heartbeat.clear()
         self.client.close()
         logger.info("worker %s stopped", self.instance)

@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -38,8 +39,6 @@ class WorkerFacts:
     max_model_len: int
     started_at: float
     pid: int = field(default_factory=os.getpid)
-    # LoRA adapters this worker serves on top of `model` (name -> path).
-    loras: dict[str, str] = field(default_factory=dict)
 
 
 class Heartbeat:
@@ -51,11 +50,14 @@ class Heartbeat:
         metrics: WorkerMetrics,
         interval: float,
         ttl: float,
+        loras: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.client = client
         self.facts = facts
         self.metrics = metrics
         self.interval = interval
+        # The LoRA adapters served on top of the model now (name -> path): they may change.
+        self.loras = loras
         self.ttl_ms = max(1, int(ttl * 1000))
         self.key = names.worker(facts.model, facts.instance)
         self.metrics_key = names.worker_metrics(facts.instance)
@@ -74,7 +76,7 @@ class Heartbeat:
             "max_model_len": f.max_model_len,
             "started_at": f.started_at,
             "pid": f.pid,
-            "loras": f.loras,
+            "loras": self.loras(),
         }
 
     def beat(self) -> None:

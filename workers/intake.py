@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import redis
@@ -111,7 +111,7 @@ class Intake:
         work: queue.Queue[Ticket],
         on_lost_group: Callable[[], None],
         prepare: Callable[[SamplingParams], None] | None = None,
-        loras: frozenset[str] = frozenset(),
+        served_loras: Callable[[], Collection[str]] = tuple,
     ) -> None:
         self.client = client
         self.names = names
@@ -126,8 +126,8 @@ class Intake:
         # The engine's per-request preparation (compiling a structured-output constraint),
         # run here so the engine thread does not stall on it; raises SamplingParamError.
         self.prepare = prepare
-        # The LoRA adapters this worker's engine serves.
-        self.loras = loras
+        # The LoRA adapters this worker's engine serves now (they change at run time).
+        self.served_loras = served_loras
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -225,7 +225,7 @@ class Intake:
                 type="timeout",
                 status=503,
             )
-        elif request.lora is not None and request.lora not in self.loras:
+        elif request.lora is not None and request.lora not in self.served_loras():
             # The API offers an adapter only when every worker announces it, so this is a
             # rollout in progress or a misconfigured worker: worth a retry, not the client's
             # mistake.

@@ -18,7 +18,7 @@ from engine.llm_engine import LLMEngine
 from engine.lora_config import LoRAConfig
 from engine.sampling_params import SamplingParams
 
-from .conftest import Harness
+from .conftest import Harness, wait_for
 from .test_engine_worker import joined
 
 PROMPT = [5, 77, 300, 12, 9, 8]
@@ -38,9 +38,16 @@ def engine(make_random_model: Callable[[str], Path], adapter_dir: Path) -> LLMEn
         model=str(make_random_model("llama")),
         served_model_name="tiny",
         kv_cache_memory=16 << 20,
-        lora_config=LoRAConfig.from_entries([f"sql={adapter_dir}"], 16),
+        lora_config=LoRAConfig.from_entries([f"sql={adapter_dir}"], 16, runtime_updates=True),
     )
     return LLMEngine(config)
+
+
+@pytest.fixture(scope="module")
+def second_adapter(make_random_model: Callable[[str], Path], tmp_path_factory) -> Path:
+    return build_random_lora(
+        tmp_path_factory.mktemp("lora") / "b", make_random_model("llama"), rank=4, seed=9
+    )
 
 
 def reference(engine: LLMEngine, lora: str | None) -> list[int]:
@@ -76,3 +83,35 @@ def test_requests_pick_their_adapter(
     assert (refused.error.status, refused.error.code) == (503, "no_worker")
     assert "does not serve the LoRA adapter `poet`" in refused.error.message
     assert h.pending() == 0
+
+
+def test_runtime_adapters_follow_the_models_hash(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis, second_adapter: Path
+) -> None:
+    """What /v1/load_lora_adapter and /v1/unload_lora_adapter write: the worker loads,
+    announces, serves and drops adapters to match, and reports a load that fails."""
+    engine.load_lora("poet", str(second_adapter))
+    want = reference(engine, "poet")
+    engine.unload_lora("poet")
+    h: Harness = make_worker(allow_runtime_lora_updating=True)
+    requested, errors = h.names.runtime_loras(h.model), h.names.lora_errors(h.model)
+
+    def announced() -> dict[str, str]:
+        beat = client.get(h.names.worker(h.model, h.worker.instance))
+        return json.loads(beat)["loras"] if beat else {}
+
+    client.hset(requested, mapping={"poet": str(second_adapter), "broken": "/no/such/dir"})
+    client.hset(requested, "sql", "/ignored")  # loaded at start-up: never replaced
+    wait_for(lambda: "poet" in announced() and client.hexists(errors, "broken"))
+    assert announced()["sql"] != "/ignored"
+    failure = json.loads(client.hget(errors, "broken"))
+    assert failure["path"] == "/no/such/dir" and failure["instance"] == h.worker.instance
+    assert "no adapter_config.json" in failure["error"]
+    served = dataclasses.replace(h.request(PROMPT), lora="poet")
+    assert joined(h.collect([h.send(served)])[served.id])[1] == want
+
+    client.hdel(requested, "poet")
+    wait_for(lambda: "poet" not in announced())
+    gone = dataclasses.replace(h.request(PROMPT), lora="poet")
+    (refused,) = h.collect([h.send(gone)])[gone.id]
+    assert refused.error is not None and refused.error.status == 503
