@@ -37,6 +37,7 @@ from api.routes import (
     chat,
     completions,
     files,
+    lora_adapters,
     models,
     ops,
     organization_api_keys,
@@ -131,6 +132,8 @@ def create_app(settings: Settings) -> FastAPI:
         batches,
     ):
         app.include_router(module.router)
+    if settings.allow_runtime_lora_updating:
+        app.include_router(lora_adapters.router)
     # Outermost last: the body limit runs first, then usage wraps the routes.
     app.add_middleware(UsageMiddleware)
     app.add_middleware(

@@ -101,7 +101,8 @@ class LoRAWeights:
 @dataclass(frozen=True)
 class LoRAAdapter:
     name: str
-    path: Path
+    # The folder as it was named (announced so; the API compares it with what it asked for).
+    path: str
     # (layer index, projection name) -> its update; projections not trained are absent.
     weights: dict[tuple[int, str], LoRAWeights]
 
@@ -184,7 +185,7 @@ def load_lora_adapter(
             )
         scaling = _scaling(settings, modules[(layer, projection)], rank)
         weights[(layer, projection)] = LoRAWeights(a.contiguous(), (b * scaling).contiguous())
-    return LoRAAdapter(name, path, weights)
+    return LoRAAdapter(name, str(folder), weights)
 
 
 def _read_config(name: str, path: Path) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class Stack:
         return self.server.url
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+        kwargs.setdefault("timeout", 10)
+        return httpx.Client(base_url=self.url, **kwargs)
 
 
 def make_settings(redis_url: str, prefix: str, **overrides: Any) -> Settings:

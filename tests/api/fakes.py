@@ -146,6 +146,21 @@ class FakeWorker:
             await self.redis.delete(self.names.worker(self.model, self.instance))
         await self.redis.aclose()
 
+    async def _runtime_loras(self) -> dict[str, str]:
+        """The runtime adapters asked for, "loaded" as a worker would: a path that does not
+        start with /adapters/ fails, with the reason reported."""
+        loaded = dict(self.loras)
+        asked = await self.redis.hgetall(self.names.runtime_loras(self.model))
+        for name, path in asked.items():
+            if name in self.loras:
+                continue
+            if path.startswith("/adapters/"):
+                loaded[name] = path
+            else:
+                detail = {"path": path, "instance": self.instance, "error": "no such folder"}
+                await self.redis.hset(self.names.lora_errors(self.model), name, json.dumps(detail))
+        return loaded
+
     async def _heartbeat(self) -> None:
         beat = {
             "model": self.model,
@@ -155,7 +170,7 @@ class FakeWorker:
             "waiting": 0,
             "kv_cache_usage": 0.0,
             "max_model_len": self.max_model_len,
-            "loras": self.loras,
+            "loras": await self._runtime_loras(),
         }
         await self.redis.set(self.names.worker(self.model, self.instance), json.dumps(beat), ex=3)
 

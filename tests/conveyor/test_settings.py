@@ -105,3 +105,19 @@ def test_lora_modules_reach_the_worker_of_conveyor_serve(monkeypatch: pytest.Mon
     # vLLM's JSON entries may also come as objects in the env var's JSON list.
     monkeypatch.setenv("CONVEYOR_LORA_MODULES", '[{"name": "sql", "path": "/a"}, "poet=/b"]')
     assert [m.name for m in Settings().engine_config().lora_config.modules] == ["sql", "poet"]
+
+
+def test_runtime_lora_updating_is_vllms_switch_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flag, our env var and vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING all turn it on; then
+    the engine gets LoRA layers even with no adapter at start-up."""
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["api"])).allow_runtime_lora_updating is False
+    flagged = settings_from_args(parser.parse_args(["serve", "--allow-runtime-lora-updating"]))
+    config = flagged.engine_config().lora_config
+    assert config is not None and config.runtime_updates and config.modules == ()
+    assert settings_env(flagged)["CONVEYOR_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+    settings_from_args(
+        parser.parse_args(["worker", "--enable-lora", "--allow-runtime-lora-updating"])
+    )
+    monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
+    assert Settings().allow_runtime_lora_updating is True

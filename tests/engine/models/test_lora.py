@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from engine.lora_adapter import LoRAAdapter, LoRAWeights
@@ -19,7 +17,7 @@ def adapter(name: str, ranks: dict[str, int], seed: int) -> LoRAAdapter:
         for sub, size in SUBS
         if (r := ranks.get(sub))
     }
-    return LoRAAdapter(name, Path(name), weights)
+    return LoRAAdapter(name, name, weights)
 
 
 def reference(x: torch.Tensor, slots: list[int | None], adapters: list[LoRAAdapter]):

@@ -1,0 +1,194 @@
+"""vLLM's runtime LoRA endpoints: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
+
+Mounted only with --allow-runtime-lora-updating. A call edits the model's
+`runtime_loras` hash in Redis, which every worker of the model converges on
+(workers/lora_sync.py), then waits until every live worker announces the
+change, so a 200 means the adapter is served (or gone) everywhere and the next
+request for it is routed. A worker that cannot load it answers the call with
+its reason, and the request is withdrawn. Adapters loaded at start-up
+(--lora-modules) are not touched. With tenancy on (--admin-key), only the admin
+key may call these: an adapter is served to every project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import PlainTextResponse
+
+from api.catalog import LiveModel
+from api.deps import CatalogDep, NamesDep, RedisDep, json_body
+from api.errors import ApiError
+from api.schemas.lora_adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+
+# Workers take up to a heartbeat to see a change and another to announce it; reading a
+# large adapter takes longer. Past this the call answers 504 and the change stays asked for.
+UPDATE_TIMEOUT = 120.0
+_POLL = 0.2
+
+
+async def authorize(request: Request) -> None:
+    """The admin key when there is one (adapters are shared by every tenant), else the
+    API key if one is set."""
+    if request.app.state.settings.admin_key is not None:
+        request.app.state.authenticator.check_admin(request)
+    else:
+        await request.app.state.authenticator.principal(request)
+
+
+router = APIRouter(dependencies=[Depends(authorize)])
+
+
+@router.post("/v1/load_lora_adapter", response_model=None)
+async def load_lora_adapter(
+    body: Annotated[LoadLoRAAdapterRequest, Depends(json_body(LoadLoRAAdapterRequest))],
+    catalog: CatalogDep,
+    redis: RedisDep,
+    names: NamesDep,
+) -> PlainTextResponse:
+    name, path = body.lora_name, body.lora_path
+    live = await catalog.live_models(max_age=0)
+    base = _base_model(live, body.model)
+    other = live.get(name)
+    if name == base or (other is not None and other.parent is None):
+        raise ApiError(400, f"`{name}` is the name of a served model", param="lora_name")
+    requested = await redis.hget(names.runtime_loras(base), name)
+    if other is not None or requested is not None:
+        if requested is None:
+            raise ApiError(
+                400,
+                f"The lora adapter '{name}' was loaded at start-up (--lora-modules) and "
+                "cannot be replaced at run time.",
+                param="lora_name",
+            )
+        if not body.load_inplace:
+            raise ApiError(
+                400,
+                f"The lora adapter '{name}' has already been loaded. "
+                "Pass load_inplace: true to replace it.",
+                param="lora_name",
+                code="lora_adapter_exists",
+            )
+    await redis.hdel(names.lora_errors(base), name)
+    await redis.hset(names.runtime_loras(base), name, path)
+    deadline = time.monotonic() + UPDATE_TIMEOUT
+    while True:
+        failure = await _failure(redis, names.lora_errors(base), name, path)
+        if failure is not None:
+            # Withdraw the request (unless another call replaced it meanwhile).
+            if await redis.hget(names.runtime_loras(base), name) == path:
+                await redis.hdel(names.runtime_loras(base), name)
+            raise ApiError(
+                400, f"Failed to load LoRA adapter '{name}': {failure}", param="lora_path"
+            )
+        workers = (await catalog.live_models(max_age=_POLL)).get(base)
+        if workers is not None and _announced_by_all(workers, name, path):
+            break
+        _check_time(deadline, base, f"load the LoRA adapter '{name}'")
+        await asyncio.sleep(_POLL)
+    await redis.set(names.known_adapter(name), base)
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
+
+
+@router.post("/v1/unload_lora_adapter", response_model=None)
+async def unload_lora_adapter(
+    body: Annotated[UnloadLoRAAdapterRequest, Depends(json_body(UnloadLoRAAdapterRequest))],
+    catalog: CatalogDep,
+    redis: RedisDep,
+    names: NamesDep,
+) -> PlainTextResponse:
+    name = body.lora_name
+    live = await catalog.live_models(max_age=0)
+    bases = [m for m in live.values() if m.parent is None]
+    if body.model is not None:
+        bases = [live[_base_model(live, body.model)]]
+    owner = None
+    for base in bases:
+        if await redis.hexists(names.runtime_loras(base.name), name):
+            owner = base
+            break
+    if owner is None:
+        adapter = live.get(name)
+        if adapter is not None and adapter.parent is not None:
+            raise ApiError(
+                400,
+                f"The lora adapter '{name}' was loaded at start-up (--lora-modules) and "
+                "cannot be unloaded at run time.",
+                param="lora_name",
+            )
+        raise ApiError(
+            404,
+            f"The lora adapter '{name}' cannot be found.",
+            param="lora_name",
+            code="lora_adapter_not_found",
+        )
+    await redis.hdel(names.runtime_loras(owner.name), name)
+    await redis.delete(names.known_adapter(name))
+    deadline = time.monotonic() + UPDATE_TIMEOUT
+    while True:
+        workers = (await catalog.live_models(max_age=_POLL)).get(owner.name)
+        if workers is None or not any(name in _loras(w) for w in workers.workers):
+            break
+        _check_time(deadline, owner.name, f"unload the LoRA adapter '{name}'")
+        await asyncio.sleep(_POLL)
+    return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
+
+
+def _base_model(live: dict[str, LiveModel], model: str | None) -> str:
+    """The served model an adapter belongs to: the one named, or the only one."""
+    if model is not None:
+        found = live.get(model)
+        if found is None or found.parent is not None:
+            raise ApiError(
+                404, f"The model `{model}` does not exist", param="model", code="model_not_found"
+            )
+        return model
+    bases = [m.name for m in live.values() if m.parent is None]
+    if len(bases) != 1:
+        raise ApiError(
+            400 if bases else 503,
+            "name the model the adapter is for: `model` is required when not exactly one "
+            "model is served"
+            if bases
+            else "no model has a live worker right now; try again shortly",
+            param="model" if bases else None,
+            code=None if bases else "no_worker",
+        )
+    return bases[0]
+
+
+def _loras(worker: dict[str, object]) -> dict[str, object]:
+    loras = worker.get("loras")
+    return loras if isinstance(loras, dict) else {}
+
+
+def _announced_by_all(model: LiveModel, name: str, path: str) -> bool:
+    return all(_loras(w).get(name) == path for w in model.workers)
+
+
+async def _failure(redis: RedisDep, key: str, name: str, path: str) -> str | None:
+    """A worker's reason for failing to load `name` from `path`, if one reported it."""
+    raw = await redis.hget(key, name)
+    if raw is None:
+        return None
+    try:
+        detail = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(detail, dict) or detail.get("path") != path:
+        return None
+    return f"{detail.get('error')} (worker {detail.get('instance')})"
+
+
+def _check_time(deadline: float, model: str, what: str) -> None:
+    if time.monotonic() > deadline:
+        raise ApiError(
+            504,
+            f"The workers of `{model}` did not {what} within {UPDATE_TIMEOUT:.0f} s; the "
+            "change stays requested and takes effect when they do.",
+            code="timeout",
+        )
