@@ -52,7 +52,7 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
     ),
     (
         "--max-cpu-loras",
-        {"type": int, "help": "vLLM's flag, accepted for compatibility (none are swapped)"},
+        {"type": int, "help": "the most LoRA adapters loaded at once (default: no limit)"},
     ),
 ]
 

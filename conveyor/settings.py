@@ -83,7 +83,6 @@ class Settings(BaseSettings):
     allow_runtime_lora_updating: bool = Field(
         default=False,
         validation_alias=AliasChoices(
-            "allow_runtime_lora_updating",
             "CONVEYOR_ALLOW_RUNTIME_LORA_UPDATING",
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING",
         ),
@@ -93,7 +92,8 @@ class Settings(BaseSettings):
     max_cpu_loras: int | None = Field(
         default=None,
         ge=1,
-        description="vLLM's flag, accepted for compatibility: adapters are never swapped out",
+        description="the most LoRA adapters loaded at once (start-up and run time; on a GPU "
+        "room for them is kept out of the KV cache); default: no limit",
     )
 
     # --- serving -------------------------------------------------------------------
@@ -204,6 +204,12 @@ class Settings(BaseSettings):
             raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (hermes)")
         return self
 
+    @field_validator("allow_runtime_lora_updating", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        """VLLM_ALLOW_RUNTIME_LORA_UPDATING= (set but empty) means off, as in vLLM."""
+        return False if value == "" else value
+
     @model_validator(mode="after")
     def _lora_modules_parse(self) -> Settings:
         """A bad entry stops start-up here, not in a worker after the model loaded."""
@@ -222,6 +228,7 @@ class Settings(BaseSettings):
             list(self.lora_modules),
             self.max_lora_rank,
             runtime_updates=self.allow_runtime_lora_updating,
+            max_loaded=self.max_cpu_loras,
         )
 
     @field_validator("data_dir")

@@ -201,7 +201,14 @@ class LLMEngine:
         lora = self.config.lora_config
         if lora is None:
             return None
-        manager = LoRAManager(model, self.model_config, lora.max_lora_rank, self.dtype, self.device)
+        manager = LoRAManager(
+            model,
+            self.model_config,
+            lora.max_lora_rank,
+            self.dtype,
+            self.device,
+            max_loaded=lora.max_loaded,
+        )
         for module in lora.modules:
             self._check_lora_name(module.name)
             manager.add(manager.read(module.name, module.path))
@@ -279,13 +286,28 @@ class LLMEngine:
                 free,
                 torch.cuda.memory_allocated(self.device),
                 self.config.gpu_memory_utilization,
-                activations + _CUDA_RESERVE_BYTES,
+                activations + _CUDA_RESERVE_BYTES + self._runtime_lora_reserve(itemsize),
             )
         else:
             budget = self.config.kv_cache_memory
         if budget < per_block:
             raise ValueError("not enough memory left for even one KV block")
         return budget // per_block
+
+    def _runtime_lora_reserve(self, itemsize: int) -> int:
+        """GPU bytes kept out of the KV cache for adapters loaded while serving: room for
+        --max-cpu-loras adapters at --max-lora-rank, less those loaded already."""
+        lora = self.config.lora_config
+        if lora is None or not lora.runtime_updates:
+            return 0
+        if lora.max_loaded is None:
+            logger.warning(
+                "runtime LoRA updates without --max-cpu-loras: adapters loaded while serving "
+                "take GPU memory no one reserved; set it to keep room for them"
+            )
+            return 0
+        room = max(0, lora.max_loaded - len(lora.modules))
+        return room * LoRAManager.adapter_bytes(self.model_config, lora.max_lora_rank, itemsize)
 
     # --- requests ---------------------------------------------------------------------
 
@@ -414,15 +436,16 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, and return what changed for each request."""
         now = time.time()
-        if self.loras is not None and self.loras.retiring:
-            self._free_retired_lora_slots()
         if self.proposer is not None:
             self._propose_drafts()
         plan = self.scheduler.schedule(now)
         if not plan.scheduled:
             return []
         result = self.runner.execute(plan.scheduled)
-        return self._postprocess(plan.scheduled, result)
+        outputs = self._postprocess(plan.scheduled, result)
+        if self.loras is not None and self.loras.retiring:
+            self._free_retired_lora_slots()  # as soon as their last request finished
+        return outputs
 
     @property
     def _rows_per_sequence(self) -> int:

@@ -73,12 +73,18 @@ class LoRAConfig:
     # Adapters may be loaded and unloaded while serving (vLLM's
     # VLLM_ALLOW_RUNTIME_LORA_UPDATING): then none need be given at start-up.
     runtime_updates: bool = False
+    # The most adapters resident at once (vLLM's --max-cpu-loras); None: no limit.
+    max_loaded: int | None = None
 
     def __post_init__(self) -> None:
         if not self.modules and not self.runtime_updates:
             raise LoRAConfigError("LoRA needs at least one adapter (--lora-modules)")
         if self.max_lora_rank < 1:
             raise LoRAConfigError(f"max_lora_rank must be at least 1, got {self.max_lora_rank}")
+        if self.max_loaded is not None and len(self.modules) > self.max_loaded:
+            raise LoRAConfigError(
+                f"{len(self.modules)} --lora-modules exceed --max-cpu-loras {self.max_loaded}"
+            )
         names = [m.name for m in self.modules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -90,5 +96,7 @@ class LoRAConfig:
         entries: list[str | dict[str, Any] | LoRAModule],
         max_lora_rank: int,
         runtime_updates: bool = False,
+        max_loaded: int | None = None,
     ) -> LoRAConfig:
-        return cls(tuple(LoRAModule.parse(e) for e in entries), max_lora_rank, runtime_updates)
+        modules = tuple(LoRAModule.parse(e) for e in entries)
+        return cls(modules, max_lora_rank, runtime_updates, max_loaded)

@@ -35,10 +35,13 @@ class LoRAManager:
         max_rank: int,
         dtype: torch.dtype,
         device: torch.device,
+        max_loaded: int | None = None,
     ) -> None:
         self.model = model
         self.model_config = model_config
         self.max_rank = max_rank
+        # The most adapters resident at once (--max-cpu-loras); None: no limit.
+        self.max_loaded = max_loaded
         self.dtype = dtype
         self.device = device
         self.context: LoRAContext = attach_lora(model, [], dtype, device)
@@ -57,16 +60,27 @@ class LoRAManager:
 
     def add(self, adapter: LoRAAdapter, replace: bool = False) -> None:
         """Serve `adapter` under its name (engine thread). `replace`: a served adapter of
-        that name is removed first (its running requests finish on the old weights)."""
-        if adapter.name in self._slots:
-            if not replace:
-                raise ValueError(f"LoRA adapter {adapter.name!r} is already loaded")
+        that name is swapped out (its running requests finish on the old weights).
+
+        All or nothing: the weights are built before anything changes, so a failure (out
+        of memory, say) leaves the served adapters as they were."""
+        replacing = adapter.name in self._slots
+        if replacing and not replace:
+            raise ValueError(f"LoRA adapter {adapter.name!r} is already loaded")
+        if not replacing and self.max_loaded is not None and len(self._slots) >= self.max_loaded:
+            raise ValueError(
+                f"{len(self._slots)} LoRA adapters are loaded, the most --max-cpu-loras "
+                f"({self.max_loaded}) allows: unload one first"
+            )
+        layers = list(self.model.lora_projections())
+        weights = [
+            slot_weights(subs, linear.in_features, index, adapter, self.dtype, self.device)
+            for index, linear, subs in layers
+        ]
+        if replacing:
             self.remove(adapter.name)
         slot = self._free.pop() if self._free else self._new_slot()
-        for layer_index, linear, subs in self.model.lora_projections():
-            a, b = slot_weights(
-                subs, linear.in_features, layer_index, adapter, self.dtype, self.device
-            )
+        for (_, linear, _), (a, b) in zip(layers, weights, strict=True):
             linear.lora.set_slot(slot, a, b)
         self._slots[adapter.name] = slot
         self._roots[adapter.name] = hash(("lora", adapter.name, next(_load_serials)))
@@ -114,6 +128,22 @@ class LoRAManager:
 
     def cache_root(self, name: str) -> int:
         return self._roots[name]
+
+    @staticmethod
+    def adapter_bytes(config: ModelConfig, rank: int, itemsize: int) -> int:
+        """What one adapter of `rank` on every projection takes as stored here: per fused
+        projection, A [in, parts * rank] and block-diagonal B [parts * rank, out]."""
+        q = config.num_heads * config.head_dim
+        kv = config.num_kv_heads * config.head_dim
+        hidden, inter = config.hidden_size, config.intermediate_size
+        fused = [
+            (hidden, 3, q + 2 * kv),
+            (q, 1, hidden),
+            (hidden, 2, 2 * inter),
+            (inter, 1, hidden),
+        ]
+        per_layer = sum(parts * rank * (in_f + out_f) for in_f, parts, out_f in fused)
+        return per_layer * config.num_layers * itemsize
 
     def _new_slot(self) -> int:
         self._num_slots += 1

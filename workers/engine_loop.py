@@ -96,7 +96,10 @@ class EngineLoop:
                 task = self.tasks.get_nowait()
             except queue.Empty:
                 return ran
-            task(self.engine)
+            try:
+                task(self.engine)
+            except Exception:  # a task's bug must not stop the serving loop
+                logger.exception("an engine task failed")
             ran = True
 
     # --- admission and aborts ---------------------------------------------------------

@@ -122,6 +122,7 @@ class EngineWorker:
             interval=settings.heartbeat_interval,
             ttl=settings.heartbeat_ttl,
             loras=lambda: engine.lora_paths,
+            lora_gens=lambda: self.lora_sync.served_gens if self.lora_sync is not None else {},
         )
         self.lora_sync = (
             LoRASync(
@@ -142,6 +143,10 @@ class EngineWorker:
         """Serve until `stop` is set, then drain; 0 on a clean exit, 1 if a thread failed."""
         self.announcer.announce()
         self.aborts.subscribe()
+        if self.lora_sync is not None:
+            # Serve the runtime adapters before announcing: an adapter is offered only
+            # while every worker of the model announces it.
+            self.lora_sync.converge_now()
         self.heartbeat.beat()  # listed (and alive to other janitors) before taking work
         logger.info(
             "worker %s serving %s from streams %s, capacity %d",

@@ -51,6 +51,7 @@ class Heartbeat:
         interval: float,
         ttl: float,
         loras: Callable[[], dict[str, str]] = dict,
+        lora_gens: Callable[[], dict[str, str]] = dict,
     ) -> None:
         self.client = client
         self.facts = facts
@@ -58,6 +59,8 @@ class Heartbeat:
         self.interval = interval
         # The LoRA adapters served on top of the model now (name -> path): they may change.
         self.loras = loras
+        # Each runtime adapter's load generation: how the API knows its call took effect.
+        self.lora_gens = lora_gens
         self.ttl_ms = max(1, int(ttl * 1000))
         self.key = names.worker(facts.model, facts.instance)
         self.metrics_key = names.worker_metrics(facts.instance)
@@ -77,6 +80,7 @@ class Heartbeat:
             "started_at": f.started_at,
             "pid": f.pid,
             "loras": self.loras(),
+            "lora_gens": self.lora_gens(),
         }
 
     def beat(self) -> None:

@@ -1,13 +1,18 @@
 """vLLM's runtime LoRA endpoints: POST /v1/load_lora_adapter and /v1/unload_lora_adapter.
 
 Mounted only with --allow-runtime-lora-updating. A call edits the model's
-`runtime_loras` hash in Redis, which every worker of the model converges on
-(workers/lora_sync.py), then waits until every live worker announces the
-change, so a 200 means the adapter is served (or gone) everywhere and the next
-request for it is routed. A worker that cannot load it answers the call with
-its reason, and the request is withdrawn. Adapters loaded at start-up
-(--lora-modules) are not touched. With tenancy on (--admin-key), only the admin
-key may call these: an adapter is served to every project.
+`runtime_loras` hash in Redis (name -> path and a generation unique to the
+call), which every worker of the model converges on (workers/lora_sync.py),
+then waits until every live worker announces that generation, so a 200 means
+the adapter is served (or gone) everywhere and the next request for it is
+routed; a reload from the same folder (`load_inplace`) is a new generation
+too. A worker that cannot load it answers the call with its reason and the
+call's request is withdrawn (a failed reload puts the previous one back, so
+the old adapter keeps serving); a call whose request another call replaced
+meanwhile answers 409. Repeating a load that timed out waits for the standing
+request. Adapters loaded at start-up (--lora-modules) are not touched. With
+tenancy on (--admin-key), only the admin key may call these: an adapter is
+served to every project.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -24,6 +30,7 @@ from api.catalog import LiveModel
 from api.deps import CatalogDep, NamesDep, RedisDep, json_body
 from api.errors import ApiError
 from api.schemas.lora_adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from conveyor.runtime_lora import RuntimeLoRA
 
 # Workers take up to a heartbeat to see a change and another to announce it; reading a
 # large adapter takes longer. Past this the call answers 504 and the change stays asked for.
@@ -43,6 +50,18 @@ async def authorize(request: Request) -> None:
 router = APIRouter(dependencies=[Depends(authorize)])
 
 
+# Put the previous request back (or drop ours) only if the entry is still ours: a newer
+# call's request is never touched.
+_WITHDRAW = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1])
+  else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+  return 1
+end
+return 0
+"""
+
+
 @router.post("/v1/load_lora_adapter", response_model=None)
 async def load_lora_adapter(
     body: Annotated[LoadLoRAAdapterRequest, Depends(json_body(LoadLoRAAdapterRequest))],
@@ -56,16 +75,25 @@ async def load_lora_adapter(
     other = live.get(name)
     if name == base or (other is not None and other.parent is None):
         raise ApiError(400, f"`{name}` is the name of a served model", param="lora_name")
-    requested = await redis.hget(names.runtime_loras(base), name)
-    if other is not None or requested is not None:
-        if requested is None:
-            raise ApiError(
-                400,
-                f"The lora adapter '{name}' was loaded at start-up (--lora-modules) and "
-                "cannot be replaced at run time.",
-                param="lora_name",
-            )
-        if not body.load_inplace:
+    key = names.runtime_loras(base)
+    ours = RuntimeLoRA(path, uuid.uuid4().hex)
+    previous_raw = await redis.hget(key, name)
+    if previous_raw is None and other is not None and other.parent is not None:
+        raise ApiError(
+            400,
+            f"The lora adapter '{name}' was loaded at start-up (--lora-modules) and cannot "
+            "be replaced at run time.",
+            param="lora_name",
+        )
+    if previous_raw is None and not await redis.hsetnx(key, name, ours.encode()):
+        previous_raw = await redis.hget(key, name)  # another call got there first
+    previous = RuntimeLoRA.decode(previous_raw)
+    if previous_raw is not None:
+        if body.load_inplace:
+            await redis.hset(key, name, ours.encode())
+        elif previous is not None and previous.path == path:
+            ours = previous  # the same request again (after a 504, say): wait for it
+        else:
             raise ApiError(
                 400,
                 f"The lora adapter '{name}' has already been loaded. "
@@ -73,25 +101,36 @@ async def load_lora_adapter(
                 param="lora_name",
                 code="lora_adapter_exists",
             )
-    await redis.hdel(names.lora_errors(base), name)
-    await redis.hset(names.runtime_loras(base), name, path)
+    # 503 (not 404) for it from now on while workers restart.
+    await redis.set(names.known_adapter(name), base)
     deadline = time.monotonic() + UPDATE_TIMEOUT
     while True:
-        failure = await _failure(redis, names.lora_errors(base), name, path)
-        if failure is not None:
-            # Withdraw the request (unless another call replaced it meanwhile).
-            if await redis.hget(names.runtime_loras(base), name) == path:
-                await redis.hdel(names.runtime_loras(base), name)
+        current = RuntimeLoRA.decode(await redis.hget(key, name))
+        if current is None or current.gen != ours.gen:
             raise ApiError(
-                400, f"Failed to load LoRA adapter '{name}': {failure}", param="lora_path"
+                409,
+                f"The lora adapter '{name}' was changed or unloaded by another call while "
+                "this one waited.",
+                param="lora_name",
+                code="lora_adapter_superseded",
+            )
+        failure = await _failure(redis, names.lora_errors(base), name, ours.gen)
+        if failure is not None:
+            restore = previous_raw if ours is not previous and previous_raw else ""
+            await redis.eval(_WITHDRAW, 1, key, name, ours.encode(), restore)
+            if not restore:
+                await redis.delete(names.known_adapter(name))
+            kept = " (the adapter loaded before keeps serving)" if restore else ""
+            raise ApiError(
+                400, f"Failed to load LoRA adapter '{name}': {failure}{kept}", param="lora_path"
             )
         workers = (await catalog.live_models(max_age=_POLL)).get(base)
-        if workers is not None and _announced_by_all(workers, name, path):
-            break
+        if workers is not None and all(
+            _field(w, "lora_gens").get(name) == ours.gen for w in workers.workers
+        ):
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
         _check_time(deadline, base, f"load the LoRA adapter '{name}'")
         await asyncio.sleep(_POLL)
-    await redis.set(names.known_adapter(name), base)
-    return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
 
 
 @router.post("/v1/unload_lora_adapter", response_model=None)
@@ -131,11 +170,10 @@ async def unload_lora_adapter(
     deadline = time.monotonic() + UPDATE_TIMEOUT
     while True:
         workers = (await catalog.live_models(max_age=_POLL)).get(owner.name)
-        if workers is None or not any(name in _loras(w) for w in workers.workers):
-            break
+        if workers is None or not any(name in _field(w, "loras") for w in workers.workers):
+            return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
         _check_time(deadline, owner.name, f"unload the LoRA adapter '{name}'")
         await asyncio.sleep(_POLL)
-    return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
 
 
 def _base_model(live: dict[str, LiveModel], model: str | None) -> str:
@@ -161,17 +199,14 @@ def _base_model(live: dict[str, LiveModel], model: str | None) -> str:
     return bases[0]
 
 
-def _loras(worker: dict[str, object]) -> dict[str, object]:
-    loras = worker.get("loras")
-    return loras if isinstance(loras, dict) else {}
+def _field(worker: dict[str, object], field: str) -> dict[str, object]:
+    """A heartbeat's adapter map: `loras` (name -> path) or `lora_gens` (name -> gen)."""
+    value = worker.get(field)
+    return value if isinstance(value, dict) else {}
 
 
-def _announced_by_all(model: LiveModel, name: str, path: str) -> bool:
-    return all(_loras(w).get(name) == path for w in model.workers)
-
-
-async def _failure(redis: RedisDep, key: str, name: str, path: str) -> str | None:
-    """A worker's reason for failing to load `name` from `path`, if one reported it."""
+async def _failure(redis: RedisDep, key: str, name: str, gen: str) -> str | None:
+    """A worker's reason for failing the load `gen` of `name`, if one reported it."""
     raw = await redis.hget(key, name)
     if raw is None:
         return None
@@ -179,7 +214,7 @@ async def _failure(redis: RedisDep, key: str, name: str, path: str) -> str | Non
         detail = json.loads(raw)
     except ValueError:
         return None
-    if not isinstance(detail, dict) or detail.get("path") != path:
+    if not isinstance(detail, dict) or detail.get("gen") != gen:
         return None
     return f"{detail.get('error')} (worker {detail.get('instance')})"
 

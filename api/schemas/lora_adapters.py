@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class LoadLoRAAdapterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # as vLLM: unknown fields are ignored
 
     lora_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]*$")
     lora_path: str = Field(min_length=1)
@@ -21,7 +21,7 @@ class LoadLoRAAdapterRequest(BaseModel):
 
 
 class UnloadLoRAAdapterRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # as vLLM: unknown fields are ignored
 
     lora_name: str = Field(min_length=1)
     lora_int_id: int | None = None

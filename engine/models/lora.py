@@ -78,7 +78,7 @@ class LoRALayer:
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor) -> None:
         """Put an adapter's (A, B) in `slot` (a new slot is the next one); an empty pair
         (width 0) frees it."""
-        if slot == len(self.a):
+        while slot >= len(self.a):  # a new slot (or, after a failed load, the one it skipped)
             self.a.append(a)
             self.b.append(b)
             self.trained.append(False)

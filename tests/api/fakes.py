@@ -35,6 +35,7 @@ from conveyor.protocol import (
     TokenLogprob,
     Usage,
 )
+from conveyor.runtime_lora import RuntimeLoRA
 from conveyor.settings import Settings
 from engine.tokenizer import Tokenizer
 
@@ -146,22 +147,29 @@ class FakeWorker:
             await self.redis.delete(self.names.worker(self.model, self.instance))
         await self.redis.aclose()
 
-    async def _runtime_loras(self) -> dict[str, str]:
-        """The runtime adapters asked for, "loaded" as a worker would: a path that does not
-        start with /adapters/ fails, with the reason reported."""
-        loaded = dict(self.loras)
+    async def _runtime_loras(self) -> tuple[dict[str, str], dict[str, str]]:
+        """(loras, lora_gens) with the runtime adapters asked for "loaded" as a worker
+        would: a path that does not start with /adapters/ fails, with the reason reported."""
+        loaded, gens = dict(self.loras), {}
         asked = await self.redis.hgetall(self.names.runtime_loras(self.model))
-        for name, path in asked.items():
-            if name in self.loras:
+        for name, raw in asked.items():
+            request = RuntimeLoRA.decode(raw)
+            if name in self.loras or request is None:
                 continue
-            if path.startswith("/adapters/"):
-                loaded[name] = path
+            if request.path.startswith("/adapters/"):
+                loaded[name], gens[name] = request.path, request.gen
             else:
-                detail = {"path": path, "instance": self.instance, "error": "no such folder"}
+                detail = {
+                    "path": request.path,
+                    "gen": request.gen,
+                    "instance": self.instance,
+                    "error": "no such folder",
+                }
                 await self.redis.hset(self.names.lora_errors(self.model), name, json.dumps(detail))
-        return loaded
+        return loaded, gens
 
     async def _heartbeat(self) -> None:
+        loras, lora_gens = await self._runtime_loras()
         beat = {
             "model": self.model,
             "instance": self.instance,
@@ -170,7 +178,8 @@ class FakeWorker:
             "waiting": 0,
             "kv_cache_usage": 0.0,
             "max_model_len": self.max_model_len,
-            "loras": await self._runtime_loras(),
+            "loras": loras,
+            "lora_gens": lora_gens,
         }
         await self.redis.set(self.names.worker(self.model, self.instance), json.dumps(beat), ex=3)
 

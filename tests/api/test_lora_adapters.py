@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
 from .conftest import MODEL, Stack, sdk_client
@@ -109,11 +108,39 @@ def test_the_endpoints_exist_only_when_allowed(stack: Stack, worker: FakeWorker)
 
 
 def test_with_tenancy_only_the_admin_may_load(make_stack: Callable[..., Stack]) -> None:
+    """An adapter serves every project, so a project's own key may not load one."""
     stack = make_stack(allow_runtime_lora_updating=True, admin_key="admin-secret")
     body = {"lora_name": "poet", "lora_path": "/adapters/poet"}
-    with httpx.Client(base_url=stack.url, timeout=30) as http:
+    admin = {"Authorization": "Bearer admin-secret"}
+    with stack.client(timeout=30) as http:
+        project = http.post("/v1/organization/projects", json={"name": "p"}, headers=admin)
+        key = http.post(
+            f"/v1/organization/projects/{project.json()['id']}/api_keys",
+            json={"name": "k"},
+            headers=admin,
+        ).json()["value"]
+        assert http.get("/v1/models", headers={"Authorization": f"Bearer {key}"}).is_success
         assert http.post(LOAD, json=body).status_code == 401
-        bad = http.post(LOAD, json=body, headers={"Authorization": "Bearer project-key"})
-        assert bad.status_code == 401
-        ok = http.post(LOAD, json=body, headers={"Authorization": "Bearer admin-secret"})
+        refused = http.post(LOAD, json=body, headers={"Authorization": f"Bearer {key}"})
+        assert refused.status_code == 401
+        ok = http.post(LOAD, json=body, headers=admin)
         assert ok.status_code == 200, ok.text
+
+
+def test_a_failed_reload_keeps_the_old_adapter_serving(runtime_stack) -> None:
+    stack, worker = runtime_stack
+    with stack.client(timeout=30) as http, sdk_client(stack) as sdk:
+        assert http.post(LOAD, json={"lora_name": "poet", "lora_path": "/adapters/poet"}).is_success
+        bad = {"lora_name": "poet", "lora_path": "/elsewhere/poet", "load_inplace": True}
+        failed = http.post(LOAD, json=bad)
+        assert failed.status_code == 400, failed.text
+        assert "the adapter loaded before keeps serving" in failed.json()["error"]["message"]
+        assert sdk.models.retrieve("poet").model_dump()["root"] == "/adapters/poet"
+        sdk.completions.create(model="poet", prompt="Roses", max_tokens=2)
+        assert worker.received[-1].lora == "poet"
+        # A reload from the same folder is a change too (new weights written over it).
+        same = {"lora_name": "poet", "lora_path": "/adapters/poet", "load_inplace": True}
+        assert http.post(LOAD, json=same).status_code == 200
+        # Loading what is already asked for (a retry after a timeout) waits for it.
+        again = http.post(LOAD, json={"lora_name": "poet", "lora_path": "/adapters/poet"})
+        assert again.status_code == 200, again.text

@@ -13,10 +13,12 @@ import pytest
 import redis
 
 from benchmarks.random_lora import build_random_lora
+from conveyor.runtime_lora import RuntimeLoRA
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.lora_config import LoRAConfig
 from engine.sampling_params import SamplingParams
+from workers import lora_sync
 
 from .conftest import Harness, wait_for
 from .test_engine_worker import joined
@@ -86,32 +88,51 @@ def test_requests_pick_their_adapter(
 
 
 def test_runtime_adapters_follow_the_models_hash(
-    engine: LLMEngine, make_worker: Any, client: redis.Redis, second_adapter: Path
+    engine: LLMEngine,
+    make_worker: Any,
+    client: redis.Redis,
+    second_adapter: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What /v1/load_lora_adapter and /v1/unload_lora_adapter write: the worker loads,
     announces, serves and drops adapters to match, and reports a load that fails."""
     engine.load_lora("poet", str(second_adapter))
     want = reference(engine, "poet")
     engine.unload_lora("poet")
-    h: Harness = make_worker(allow_runtime_lora_updating=True)
+    monkeypatch.setattr(lora_sync, "RETRY_FAILED_AFTER", 0.5)
+    h: Harness = make_worker(start=False, allow_runtime_lora_updating=True)
     requested, errors = h.names.runtime_loras(h.model), h.names.lora_errors(h.model)
+    poet = RuntimeLoRA(str(second_adapter), "gen-1")
+    client.hset(requested, mapping={"poet": poet.encode(), "sql": RuntimeLoRA("/x", "g").encode()})
 
-    def announced() -> dict[str, str]:
-        beat = client.get(h.names.worker(h.model, h.worker.instance))
-        return json.loads(beat)["loras"] if beat else {}
+    def beat() -> dict[str, Any]:
+        raw = client.get(h.names.worker(h.model, h.worker.instance))
+        return json.loads(raw) if raw else {}
 
-    client.hset(requested, mapping={"poet": str(second_adapter), "broken": "/no/such/dir"})
-    client.hset(requested, "sql", "/ignored")  # loaded at start-up: never replaced
-    wait_for(lambda: "poet" in announced() and client.hexists(errors, "broken"))
-    assert announced()["sql"] != "/ignored"
-    failure = json.loads(client.hget(errors, "broken"))
-    assert failure["path"] == "/no/such/dir" and failure["instance"] == h.worker.instance
-    assert "no adapter_config.json" in failure["error"]
+    # A worker joining serves the runtime adapters before it first announces itself
+    # (an adapter is offered only while every worker announces it).
+    h.start()
+    first = beat()
+    assert first["loras"]["poet"] == str(second_adapter) and first["lora_gens"] == {"poet": "gen-1"}
+    assert first["loras"]["sql"] != "/x"  # loaded at start-up: never replaced
     served = dataclasses.replace(h.request(PROMPT), lora="poet")
     assert joined(h.collect([h.send(served)])[served.id])[1] == want
 
-    client.hdel(requested, "poet")
-    wait_for(lambda: "poet" not in announced())
+    # A reload from the same folder is a new generation: read again and announced.
+    client.hset(requested, "poet", RuntimeLoRA(str(second_adapter), "gen-2").encode())
+    wait_for(lambda: beat()["lora_gens"].get("poet") == "gen-2")
+
+    # A folder that is not there: reported under its generation, and retried later.
+    client.hset(requested, "broken", RuntimeLoRA("/no/such/dir", "gen-3").encode())
+    wait_for(lambda: client.hexists(errors, "broken"))
+    failure = json.loads(client.hget(errors, "broken"))
+    assert (failure["gen"], failure["instance"]) == ("gen-3", h.worker.instance)
+    assert "no adapter_config.json" in failure["error"]
+    client.hdel(errors, "broken")
+    wait_for(lambda: client.hexists(errors, "broken"), timeout=5)
+
+    client.hdel(requested, "poet", "broken")
+    wait_for(lambda: "poet" not in beat()["loras"])
     gone = dataclasses.replace(h.request(PROMPT), lora="poet")
     (refused,) = h.collect([h.send(gone)])[gone.id]
     assert refused.error is not None and refused.error.status == 503
