@@ -264,3 +264,40 @@ def test_runtime_updates_need_a_lora_engine(base_dir: Path, adapters) -> None:
         plain.engine.load_lora("late", str(adapters["all-proj"]))
     with pytest.raises(ValueError, match="unknown LoRA adapter 'late'"):
         plain.generate([PROMPTS[0]], greedy(2), lora="late")
+
+
+def test_a_load_that_fails_midway_changes_nothing(
+    base_dir: Path, adapters: dict[str, Path], oracle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of memory on the third layer, say: the adapter served before keeps serving,
+    and later loads still work."""
+    import engine.lora_manager as lora_manager
+
+    llm = LLM(
+        str(base_dir),
+        lora_config=LoRAConfig((), 16, runtime_updates=True, max_loaded=2),
+    )
+    engine = llm.engine
+    engine.load_lora("a", str(adapters["all-proj"]))
+    real, calls = lora_manager.slot_weights, []
+
+    def failing(*args: object, **kwargs: object):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("simulated")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lora_manager, "slot_weights", failing)
+    with pytest.raises(torch.OutOfMemoryError):
+        engine.load_lora("a", str(adapters["qv-rslora"]), replace=True)
+    monkeypatch.setattr(lora_manager, "slot_weights", real)
+    assert engine.lora_paths == {"a": str(adapters["all-proj"])}
+    assert run(llm, "a") == oracle["all-proj"]
+    engine.load_lora("b", str(adapters["qv-rslora"]))
+    assert run(llm, "b") == oracle["qv-rslora"]
+    # --max-cpu-loras 2: a third is refused until one is unloaded.
+    with pytest.raises(ValueError, match="max-cpu-loras"):
+        engine.load_lora("c", str(adapters["qv-rslora"]))
+    engine.unload_lora("b")
+    engine.load_lora("c", str(adapters["qv-rslora"]))
+    assert run(llm, "c") == oracle["qv-rslora"]

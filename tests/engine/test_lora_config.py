@@ -40,3 +40,7 @@ def test_the_set_of_adapters_is_checked() -> None:
         LoRAConfig((), 16)
     with pytest.raises(LoRAConfigError, match="max_lora_rank must be at least 1"):
         LoRAConfig.from_entries(["a=/x"], 0)
+    with pytest.raises(LoRAConfigError, match="2 --lora-modules exceed --max-cpu-loras 1"):
+        LoRAConfig.from_entries(["a=/x", "b=/y"], 16, max_loaded=1)
+    # With runtime updates, none need be given at start-up.
+    assert LoRAConfig.from_entries([], 16, runtime_updates=True).modules == ()
