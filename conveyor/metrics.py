@@ -44,6 +44,8 @@ TIME_TO_FIRST_TOKEN = "vllm:time_to_first_token_seconds"
 INTER_TOKEN_LATENCY = "vllm:inter_token_latency_seconds"
 E2E_REQUEST_LATENCY = "vllm:e2e_request_latency_seconds"
 REQUEST_QUEUE_TIME = "vllm:request_queue_time_seconds"
+LORA_REQUESTS_INFO = "vllm:lora_requests_info"
+LORA_INFO_LABELS = ("max_lora", "waiting_lora_adapters", "running_lora_adapters")
 
 FINISH_REASONS = ("stop", "length", "abort")
 
@@ -125,6 +127,8 @@ class WorkerMetrics:
         self._counters = dict.fromkeys(COUNTERS, 0.0)
         self._success = dict.fromkeys(FINISH_REASONS, 0)
         self._histograms = {name: _Histogram(spec.buckets) for name, spec in HISTOGRAMS.items()}
+        # vLLM's lora_requests_info labels and when they were set (LoRA engines only).
+        self._lora_info: dict[str, Any] | None = None
 
     def set_engine_state(
         self,
@@ -134,10 +138,20 @@ class WorkerMetrics:
         num_preemptions: int,
         spec_draft_tokens: int = 0,
         spec_accepted_tokens: int = 0,
+        lora: tuple[int | None, tuple[str, ...], tuple[str, ...]] | None = None,
     ) -> None:
         """Gauges plus the engine's own cumulative counts (preemptions, speculative
-        drafts verified and accepted), sampled after a step."""
+        drafts verified and accepted), sampled after a step. `lora`: (the most adapters
+        that may be loaded, adapters waiting, adapters running), for a LoRA engine."""
         with self._lock:
+            if lora is not None:
+                max_loaded, waiting_loras, running_loras = lora
+                self._lora_info = {
+                    "max_lora": "" if max_loaded is None else str(max_loaded),
+                    "waiting_lora_adapters": ",".join(waiting_loras),
+                    "running_lora_adapters": ",".join(running_loras),
+                    "time": time.time(),
+                }
             self._gauges[NUM_REQUESTS_RUNNING] = float(running)
             self._gauges[NUM_REQUESTS_WAITING] = float(waiting)
             self._gauges[KV_CACHE_USAGE] = float(kv_cache_usage)
@@ -182,6 +196,7 @@ class WorkerMetrics:
                     name: {"bounds": list(h.bounds), "counts": list(h.counts), "sum": h.sum}
                     for name, h in self._histograms.items()
                 },
+                "lora_info": dict(self._lora_info) if self._lora_info is not None else None,
             }
 
 
@@ -222,6 +237,18 @@ class WorkerMetricsCollector(Collector):
             for reason in FINISH_REASONS:
                 success.add_metric([*_labels(snap), reason], float(counts.get(reason, 0)))
         yield success
+        # vLLM's info gauge: the adapters in labels, the value when they were sampled.
+        lora_info = GaugeMetricFamily(
+            LORA_REQUESTS_INFO,
+            "Running stats on lora requests.",
+            labels=[*LABELS, *LORA_INFO_LABELS],
+        )
+        for snap in self.snapshots:
+            info = snap.get("lora_info")
+            if isinstance(info, dict):
+                values = [str(info.get(label, "")) for label in LORA_INFO_LABELS]
+                lora_info.add_metric([*_labels(snap), *values], float(info.get("time", 0.0)))
+        yield lora_info
         for name, spec in HISTOGRAMS.items():
             family = HistogramMetricFamily(name, spec.doc, labels=LABELS)
             for snap in self.snapshots:

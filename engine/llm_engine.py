@@ -76,6 +76,11 @@ class EngineStats:
     # Speculative decoding: drafts verified, and those the model agreed with.
     spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
+    # LoRA adapters (None: the engine serves none): how many may be loaded (None: no
+    # limit), and those with running and waiting sequences, sorted.
+    lora_max_loaded: int | None = None
+    lora_running: tuple[str, ...] | None = None
+    lora_waiting: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -429,7 +434,19 @@ class LLMEngine:
             prefix_cache_hits=s.prefix_cache_hits,
             spec_draft_tokens=self._spec_draft_tokens,
             spec_accepted_tokens=self._spec_accepted_tokens,
+            **self._lora_stats(),
         )
+
+    def _lora_stats(self) -> dict[str, object]:
+        loras = self.loras
+        if loras is None:
+            return {}
+        scheduler = self.scheduler
+        return {
+            "lora_max_loaded": loras.max_loaded,
+            "lora_running": loras.names_of(seq.lora_slot for seq in scheduler.running),
+            "lora_waiting": loras.names_of(seq.lora_slot for seq in scheduler.waiting_sequences()),
+        }
 
     # --- the step ---------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 
 import torch
 
@@ -125,6 +125,11 @@ class LoRAManager:
         except KeyError:
             served = ", ".join(self.names) or "none"
             raise ValueError(f"lora: unknown LoRA adapter {name!r} (served: {served})") from None
+
+    def names_of(self, slots: Iterable[int | None]) -> tuple[str, ...]:
+        """The served adapters among `slots`, sorted (retiring slots have no name now)."""
+        by_slot = {slot: name for name, slot in self._slots.items()}
+        return tuple(sorted({by_slot[s] for s in slots if s in by_slot}))
 
     def cache_root(self, name: str) -> int:
         return self._roots[name]

@@ -85,6 +85,10 @@ class Scheduler:
     def num_running(self) -> int:
         return len(self.running)
 
+    def waiting_sequences(self) -> list[Sequence]:
+        """The sequences waiting now (the heap also holds finished ones, dropped lazily)."""
+        return [seq for _, seq in self.waiting if seq.seq_id in self._waiting_ids]
+
     def has_unfinished(self) -> bool:
         return bool(self.running) or bool(self._waiting_ids)
 

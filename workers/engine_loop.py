@@ -223,6 +223,11 @@ class EngineLoop:
             s.num_preemptions,
             s.spec_draft_tokens,
             s.spec_accepted_tokens,
+            lora=(
+                (s.lora_max_loaded, s.lora_waiting or (), s.lora_running or ())
+                if s.lora_running is not None
+                else None
+            ),
         )
 
 

@@ -101,3 +101,24 @@ def test_counting_from_many_threads_loses_nothing() -> None:
     snap = metrics.snapshot()
     assert snap["counters"][m.GENERATION_TOKENS] == 8000
     assert sum(snap["histograms"][m.INTER_TOKEN_LATENCY]["counts"]) == 8000
+
+
+def test_lora_engines_report_vllms_lora_requests_info() -> None:
+    """Adapters in labels (comma-joined, as vLLM), the sampling time as the value; a worker
+    without LoRA reports none."""
+    with_lora, plain = WorkerMetrics("llama", "w1"), WorkerMetrics("llama", "w2")
+    with_lora.set_engine_state(1, 2, 0.1, 0, lora=(4, ("poet", "sql"), ("sql",)))
+    plain.set_engine_state(1, 0, 0.1, 0)
+    snapshots = [json.loads(json.dumps(w.snapshot())) for w in (with_lora, plain)]
+    families = {
+        f.name: f for f in text_string_to_metric_families(render_worker_metrics(snapshots).decode())
+    }
+    (sample,) = families[m.LORA_REQUESTS_INFO].samples
+    assert sample.labels == {
+        "model_name": "llama",
+        "worker": "w1",
+        "max_lora": "4",
+        "waiting_lora_adapters": "poet,sql",
+        "running_lora_adapters": "sql",
+    }
+    assert sample.value == snapshots[0]["lora_info"]["time"] > 0

@@ -237,7 +237,17 @@ def test_adapters_load_and_unload_while_serving(
     # Unloaded mid-request: that request finishes on the adapter, new ones are refused.
     params = greedy(NEW_TOKENS, min_tokens=NEW_TOKENS)
     engine.add_request("running", PROMPTS[1], params, lora="late")
-    tokens = [t for out in engine.step() for c in out.outputs for t in c.token_ids]
+    engine.add_request("plain", PROMPTS[0], greedy(1))
+    stats = engine.stats()
+    assert (stats.lora_waiting, stats.lora_running) == (("late",), ())
+    tokens = [
+        t
+        for out in engine.step()
+        if out.request_id == "running"
+        for c in out.outputs
+        for t in c.token_ids
+    ]
+    assert engine.stats().lora_running == ("late",)
     engine.unload_lora("late")
     assert engine.lora_names == () and engine.loras.retiring
     with pytest.raises(ValueError, match="unknown LoRA adapter 'late'"):
