@@ -7,7 +7,9 @@ its trained syntax, so each model family needs a parser (vLLM's
 - "hermes" (`api/hermes_tool_parser.py`): `<tool_call>` JSON blocks, anywhere in
   the text (Hermes 2/3, Qwen 2.5/3 and models trained like them);
 - "llama3_json" (`api/llama3_tool_parser.py`): the whole answer as JSON calls
-  (Llama 3.1-3.3).
+  (Llama 3.1-3.3);
+- "pythonic" (`api/pythonic_tool_parser.py`): the whole answer as a Python list of
+  calls (Llama 3.2, Llama 4, ToolACE).
 
 Each is a stream (`feed(text, final) -> (delta fields, called)`); the whole
 answer is the same stream fed once, so both read a text the same way.
@@ -20,6 +22,7 @@ from typing import Any, Protocol
 
 from api.hermes_tool_parser import HermesStream
 from api.llama3_tool_parser import Llama3JsonStream
+from api.pythonic_tool_parser import PythonicStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
 
 
@@ -30,6 +33,7 @@ class ToolParserStream(Protocol):
 TOOL_CALL_PARSERS: dict[str, Callable[[], ToolParserStream]] = {
     "hermes": HermesStream,
     "llama3_json": Llama3JsonStream,
+    "pythonic": PythonicStream,
 }
 
 

@@ -102,7 +102,7 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     (
         "--tool-call-parser",
         {
-            "choices": ["hermes", "llama3_json"],
+            "choices": ["hermes", "llama3_json", "pythonic"],
             "help": 'read tool calls from model text: tool_choice "auto"',
         },
     ),

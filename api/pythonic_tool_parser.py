@@ -1,0 +1,67 @@
+"""The "pythonic" tool-call parser: calls written as a Python list of function calls.
+
+Llama 3.2 and Llama 4 (and models trained like ToolACE) answer a call with the
+whole message as `[get_weather(city="Paris"), get_time()]`, Llama 4 inside
+`<|python_start|>` ... `<|python_end|>`. The answer is parsed with Python's
+`ast` and every argument read with `ast.literal_eval` rules (strings, numbers,
+True/False/None, lists, dicts, tuples), so nothing the model wrote is ever
+run; arguments become JSON (True -> true, None -> null). A call with
+positional arguments, a computed value or anything but a list of plain calls
+is not a call: the text stays the answer.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from typing import Any
+
+from api.tool_choice import tool_call
+from api.whole_answer_tool_parser import WholeAnswerCallStream
+
+PYTHON_START, PYTHON_END = "<|python_start|>", "<|python_end|>"
+
+
+class PythonicStream(WholeAnswerCallStream):
+    openers = ("[", PYTHON_START)
+
+    def read_calls(self, text: str) -> list[dict[str, Any]] | None:
+        return _calls(text)
+
+
+def _calls(text: str) -> list[dict[str, Any]] | None:
+    body = text.strip()
+    if body.startswith(PYTHON_START):
+        body = body.removeprefix(PYTHON_START).strip().removesuffix(PYTHON_END).strip()
+    try:
+        tree = ast.parse(body, mode="eval").body
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if not isinstance(tree, ast.List) or not tree.elts:
+        return None
+    calls = []
+    for node in tree.elts:
+        call = _call(node)
+        if call is None:
+            return None
+        calls.append(call)
+    return calls
+
+
+def _call(node: ast.expr) -> dict[str, Any] | None:
+    """`name(key=literal, ...)` as an OpenAI tool call; None for anything else."""
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+        return None
+    arguments: dict[str, Any] = {}
+    for keyword in node.keywords:
+        if keyword.arg is None:  # **kwargs
+            return None
+        try:
+            arguments[keyword.arg] = ast.literal_eval(keyword.value)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            return None
+    try:
+        encoded = json.dumps(arguments, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError):  # sets, bytes, complex, inf: no JSON for them
+        return None
+    return tool_call(node.func.id, encoded)
