@@ -2,7 +2,9 @@
 
 Two engines on one model, identical but for `--speculative-config`, run each
 workload in turn (alternating, so machine noise hits both alike). Greedy
-output is identical by construction; the line says so (`identical`), and
+output is identical by construction; the line says so (`identical`; with
+`--temperature` above 0 the requests sample, unseeded, so drafts are verified
+by speculative sampling and the outputs are draws, not comparable), and
 reports output tokens/s for both, their ratio, the acceptance rate and the
 share of output tokens that arrived as accepted drafts. Workloads:
 
@@ -24,6 +26,7 @@ from typing import Any
 
 from benchmarks.report import JsonLines
 from engine.llm import LLM, greedy
+from engine.sampling_params import SamplingParams
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the river bank, and the old cat "
@@ -67,11 +70,18 @@ def workload(llm: LLM, name: str, count: int) -> list[list[int]]:
     ]
 
 
-def run_once(llm: LLM, prompts: list[list[int]], output_len: int) -> dict[str, Any]:
+def run_once(
+    llm: LLM, prompts: list[list[int]], output_len: int, temperature: float = 0.0
+) -> dict[str, Any]:
     engine = llm.engine
     before = engine.stats()
     start = time.perf_counter()
-    results = llm.generate(prompts, greedy(output_len))
+    params = (
+        SamplingParams(temperature=temperature, max_tokens=output_len)
+        if temperature > 0
+        else greedy(output_len)
+    )
+    results = llm.generate(prompts, params)
     seconds = time.perf_counter() - start
     after = engine.stats()
     tokens = [c.token_ids for r in results for c in r.choices]
@@ -101,6 +111,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,8", help="comma-separated request counts")
     p.add_argument("--output-len", type=int, default=96, help="most tokens per request")
     p.add_argument("--rounds", type=int, default=2, help="plain/speculative pairs per point")
+    p.add_argument(
+        "--temperature", type=float, default=0.0, help="0: greedy; above: unseeded sampling"
+    )
     p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
     return p.parse_args(argv)
 
@@ -120,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list[dict[str, Any]]] = {mode: [] for mode in engines}
             for _ in range(args.rounds):
                 for mode, llm in engines.items():
-                    runs[mode].append(run_once(llm, workload(llm, name, n), args.output_len))
+                    runs[mode].append(
+                        run_once(llm, workload(llm, name, n), args.output_len, args.temperature)
+                    )
             rate = {
                 mode: statistics.fmean(r["output_tokens"] / r["seconds"] for r in rs)
                 for mode, rs in runs.items()
@@ -141,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
                     "accepted_per_output_token": round(
                         accepted / max(1, sum(r["output_tokens"] for r in spec)), 3
                     ),
+                    "temperature": args.temperature,
                     "identical": all(
                         a["tokens"] == b["tokens"] for a, b in zip(runs["plain"], spec, strict=True)
-                    ),
+                    )
+                    if args.temperature == 0
+                    else None,
                     "device": str(engines["plain"].engine.device),
                 }
             )

@@ -471,13 +471,18 @@ class LLMEngine:
 
     def _propose_drafts(self) -> None:
         """Drafts for each running sequence about to decode, where verifying them is exact:
-        greedy rows (the model's own argmax decides) without a grammar to advance."""
+        greedy rows (the model's own argmax decides) and unseeded random rows (speculative
+        sampling keeps their distribution), without a grammar to advance. Seeded rows get
+        none: how many numbers they draw would then depend on the batch (drafts take only
+        spare budget), and a seed promises the same tokens whatever the batch."""
         spec = self.config.speculative_config
         assert self.proposer is not None and spec is not None
         for seq in self.scheduler.running:
             seq.draft_token_ids = []
             params = seq.params
-            if seq.num_uncomputed_tokens != 1 or not params.greedy or seq.grammar is not None:
+            if seq.num_uncomputed_tokens != 1 or seq.grammar is not None:
+                continue
+            if not params.greedy and params.seed is not None:
                 continue
             if seq.num_output_tokens < seq.spec_resume_at:
                 continue  # backing off after rejected drafts

@@ -208,6 +208,12 @@ class ModelRunner:
                     eos_token_ids=self.eos_token_ids,
                     grammar_rows=grammar_rows,
                     grammar_bitmask=grammar_bitmask,
+                    draft_tokens=[
+                        s.draft_token_ids[d] if d < len(s.draft_token_ids) else None
+                        for s, d in per_row
+                    ]
+                    if any(s.draft_token_ids for s in sampled)
+                    else None,
                 ),
             )
         prompt_lps: dict[int, list[TokenLogprobs]] = {}
@@ -239,8 +245,9 @@ def _lora_order(slot: int | None) -> int:
 
 
 def accepted_length(drafts: Sequence[int], chosen: Sequence[int]) -> int:
-    """How many drafts the model would have produced itself (the prefix matching its
-    own choices): exact for greedy rows, the only ones given drafts."""
+    """How many drafts were kept: the prefix the sampler chose itself (a greedy row's
+    argmax, or a random row's draft kept by speculative sampling; a rejected random
+    row's token is never its draft, so the first rejection ends the prefix)."""
     accepted = 0
     while accepted < len(drafts) and drafts[accepted] == chosen[accepted]:
         accepted += 1

@@ -55,6 +55,10 @@ class SamplingBatch:
     # ([len(grammar_rows), words] int32, see engine/grammar_mask.py), on the logits' device.
     grammar_rows: list[int] = field(default_factory=list)
     grammar_bitmask: torch.Tensor | None = None
+    # Speculative decoding: the draft token each row verifies (None: a row without one).
+    # A greedy row needs no help (the runner compares drafts with its argmax); a random
+    # row accepts its draft with the draft's probability, else samples from the rest.
+    draft_tokens: list[int | None] | None = None
 
 
 @dataclass
@@ -89,7 +93,7 @@ class Sampler:
             # processed is a private copy, to work in, unless no row needed processing.
             out = processed if processed is not logits else self._work(processed, n)
             weights = _sampling_weights(processed, params, out=out)
-            tokens = _inverse_cdf(weights, _uniforms(batch.generators, logits.device))
+            tokens = _draw(weights, batch.generators, batch.draft_tokens)
         else:
             rand = [i for i, p in enumerate(params) if not p.greedy]
             greedy_idx = torch.tensor(greedy, device=logits.device)
@@ -98,8 +102,12 @@ class Sampler:
             tokens[greedy_idx] = _greedy(processed[greedy_idx])
             x = torch.index_select(processed, 0, rand_idx, out=self._work(processed, len(rand)))
             weights = _sampling_weights(x, [params[i] for i in rand], out=x)
-            uniforms = _uniforms([batch.generators[i] for i in rand], logits.device)
-            tokens[rand_idx] = _inverse_cdf(weights, uniforms)
+            drafts = batch.draft_tokens
+            tokens[rand_idx] = _draw(
+                weights,
+                [batch.generators[i] for i in rand],
+                [drafts[i] for i in rand] if drafts is not None else None,
+            )
 
         token_ids: list[int] = tokens.tolist()
         return SamplerOutput(
@@ -341,6 +349,40 @@ def _top_p(w: torch.Tensor, rows: list[int], params: Sequence[SamplingParams]) -
     for r, cols in zip(tie_rows, tie_cols, strict=True):
         sub[r, cols] = 0.0
     _put(w, idx, sub)
+
+
+def _draw(
+    weights: torch.Tensor,
+    generators: Sequence[torch.Generator | None],
+    drafts: Sequence[int | None] | None,
+) -> torch.Tensor:
+    """One token per row of sampling weights, by inverse CDF.
+
+    A row with a draft token is speculative sampling with a one-token proposal:
+    the draft is kept with its probability p(d), else the token is drawn from
+    the weights without it, renormalised. Every token x then comes out with
+    probability p(x), exactly as without a draft (d: p(d); x != d:
+    (1 - p(d)) * p(x) / (1 - p(d))), while a likely draft is usually kept.
+    """
+    device = weights.device
+    tokens = _inverse_cdf(weights, _uniforms(generators, device))
+    rows = [i for i, d in enumerate(drafts or ()) if d is not None]
+    if not rows:
+        return tokens
+    assert drafts is not None
+    idx = torch.tensor(rows, device=device)
+    draft = torch.tensor([drafts[i] for i in rows], device=device)
+    rest = weights[idx]  # a copy: the draft is removed from it below
+    p_draft = rest.gather(1, draft[:, None]).squeeze(1).double() / rest.sum(dim=-1).double()
+    accept = _uniforms([generators[i] for i in rows], device) < p_draft
+    chosen = draft.clone()
+    rejected = (~accept).nonzero().squeeze(1)
+    if len(rejected):
+        rest = rest[rejected].scatter_(1, draft[rejected][:, None], 0.0)
+        redraw = _uniforms([generators[rows[int(r)]] for r in rejected], device)
+        chosen[rejected] = _inverse_cdf(rest, redraw)
+    tokens[idx] = chosen
+    return tokens
 
 
 def _uniforms(generators: Sequence[torch.Generator | None], device: torch.device) -> torch.Tensor:

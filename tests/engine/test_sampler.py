@@ -502,3 +502,42 @@ def test_random_rows_leave_logits_alone_and_scratch_does_not_leak() -> None:
             logits[:3], make_batch(batches[0][:3], generators=[seeded(i) for i in range(3)])
         ).token_ids
     )
+
+
+# --- speculative sampling ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("draft", [0, 2, 4])  # the likeliest token, a middling one, a masked one
+def test_a_random_rows_draft_leaves_its_distribution_exact(draft: int) -> None:
+    """Kept with its probability, else a token drawn from the rest: every token still comes
+    out with its own probability (chi-square against the tempered, top-k'd softmax), the
+    draft is kept exactly when it is chosen, and a masked draft is never chosen."""
+    n = 6000
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0])
+    params = SamplingParams(temperature=0.8, top_k=4)  # token 4 is masked
+    probs = sampling_probs(logits[None, :], [params])[0].double()
+    gens = [seeded(i) if i % 3 == 0 else None for i in range(n)]
+    batch = make_batch([params] * n, generators=gens)
+    batch.draft_tokens = [draft if i % 2 == 0 else None for i in range(n)]  # half drafted
+    torch.manual_seed(1)
+    out = Sampler()(logits.repeat(n, 1), batch)
+    tokens = torch.tensor(out.token_ids)
+    for rows in (tokens[0::2], tokens[1::2]):  # drafted rows, and rows without a draft
+        observed = torch.bincount(rows, minlength=5).double()
+        assert observed[4] == 0
+        expected = len(rows) * probs[:4]
+        assert float(((observed[:4] - expected) ** 2 / expected).sum()) < 25.0  # df=3
+    kept = float((tokens[0::2] == draft).double().mean())
+    assert kept == pytest.approx(float(probs[draft]), abs=0.03)
+
+
+def test_drafted_seeded_rows_are_reproducible() -> None:
+    logits = torch.randn(8, 50)
+    params = [SamplingParams(temperature=1.0)] * 8
+
+    def sample() -> list[int]:
+        batch = make_batch(params, generators=[seeded(i) for i in range(8)])
+        batch.draft_tokens = [int(logits[i].argmax()) if i % 2 else 7 for i in range(8)]
+        return Sampler()(logits, batch).token_ids
+
+    assert sample() == sample()

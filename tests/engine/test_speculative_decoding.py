@@ -302,3 +302,23 @@ def test_n_siblings_prompt_logprobs_and_eos_inside_the_drafts(plain: LLM, specul
     # Drafts past an EOS are neither emitted nor counted as accepted.
     accepted = after.spec_accepted_tokens - before.spec_accepted_tokens
     assert 0 < accepted <= sum(len(c.token_ids) for c in got.choices)
+
+
+def test_unseeded_sampled_rows_are_drafted_and_sample_as_without_drafts(
+    plain: LLM, speculative: LLM
+) -> None:
+    """Speculative sampling keeps a random row's distribution; at a temperature low enough
+    that the tiny model's choice is certain, that means its greedy answer exactly, with
+    drafts kept (the oracle's right ones) and rejected (its corrupted ones)."""
+    cold = SamplingParams(temperature=0.001, max_tokens=32)
+    before = speculative.engine.stats()
+    expected, got = run_both(plain, speculative, greedy(32))
+    speculative.engine.proposer = OracleProposer(
+        [[*p, *c.token_ids] for p, c in zip(prompts(), expected, strict=True)]
+    )
+    got = run(speculative, cold)
+    assert [c.token_ids for c in got] == [c.token_ids for c in expected]
+    stats = speculative.engine.stats()
+    drafted = stats.spec_draft_tokens - before.spec_draft_tokens
+    kept = stats.spec_accepted_tokens - before.spec_accepted_tokens
+    assert 0 < kept < drafted
