@@ -79,12 +79,7 @@ async def load_lora_adapter(
     ours = RuntimeLoRA(path, uuid.uuid4().hex)
     previous_raw = await redis.hget(key, name)
     if previous_raw is None and other is not None and other.parent is not None:
-        raise ApiError(
-            400,
-            f"The lora adapter '{name}' was loaded at start-up (--lora-modules) and cannot "
-            "be replaced at run time.",
-            param="lora_name",
-        )
+        raise _loaded_at_start_up(name, "replaced")
     if previous_raw is None and not await redis.hsetnx(key, name, ours.encode()):
         previous_raw = await redis.hget(key, name)  # another call got there first
     previous = RuntimeLoRA.decode(previous_raw)
@@ -153,12 +148,7 @@ async def unload_lora_adapter(
     if owner is None:
         adapter = live.get(name)
         if adapter is not None and adapter.parent is not None:
-            raise ApiError(
-                400,
-                f"The lora adapter '{name}' was loaded at start-up (--lora-modules) and "
-                "cannot be unloaded at run time.",
-                param="lora_name",
-            )
+            raise _loaded_at_start_up(name, "unloaded")
         raise ApiError(
             404,
             f"The lora adapter '{name}' cannot be found.",
@@ -174,6 +164,15 @@ async def unload_lora_adapter(
             return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
         _check_time(deadline, owner.name, f"unload the LoRA adapter '{name}'")
         await asyncio.sleep(_POLL)
+
+
+def _loaded_at_start_up(name: str, action: str) -> ApiError:
+    return ApiError(
+        400,
+        f"The lora adapter '{name}' was loaded at start-up (--lora-modules) and cannot be "
+        f"{action} at run time.",
+        param="lora_name",
+    )
 
 
 def _base_model(live: dict[str, LiveModel], model: str | None) -> str:

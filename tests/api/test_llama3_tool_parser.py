@@ -3,7 +3,6 @@ becomes tool_calls, whole or streamed; any other answer streams as content at on
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,26 +13,16 @@ from api.llama3_tool_parser import Llama3JsonStream
 from api.tool_parsers import parse_tool_calls
 
 from .conftest import MODEL, Stack, sdk_client
+from .tool_call_helpers import named
+from .tool_call_helpers import streamed as feed_pieces
 
 WEATHER = '{"name": "get_weather", "parameters": {"city": "Paris", "unit": "celsius"}}'
 CLOCK = '{"name": "get_time", "arguments": {}}'
 EXPECTED = [("get_weather", {"city": "Paris", "unit": "celsius"}), ("get_time", {})]
 
 
-def named(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
-
-
 def streamed(pieces: list[str]) -> tuple[str, list[dict[str, Any]], bool, int]:
-    """Content, calls, whether a call was made, and how many feeds produced content."""
-    parser = Llama3JsonStream()
-    content, calls, called, content_feeds = "", [], False, 0
-    for i, piece in enumerate(pieces):
-        fields, called = parser.feed(piece, final=i == len(pieces) - 1)
-        content += fields.get("content", "")
-        content_feeds += "content" in fields
-        calls += fields.get("tool_calls", [])
-    return content, calls, called, content_feeds
+    return feed_pieces(Llama3JsonStream(), pieces)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ streams as content at once."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +14,8 @@ from api.pythonic_tool_parser import PythonicStream
 from api.tool_parsers import parse_tool_calls
 
 from .conftest import MODEL, Stack, sdk_client
+from .tool_call_helpers import named
+from .tool_call_helpers import streamed as feed_pieces
 
 CALLS = '[get_weather(city="Paris", unit="celsius", days=[1, 2], alerts=True), get_time()]'
 EXPECTED = [
@@ -23,20 +24,8 @@ EXPECTED = [
 ]
 
 
-def named(calls: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    return [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls]
-
-
 def streamed(pieces: list[str]) -> tuple[str, list[dict[str, Any]], bool, int]:
-    """Content, calls, whether a call was made, and how many feeds produced content."""
-    parser = PythonicStream()
-    content, calls, called, content_feeds = "", [], False, 0
-    for i, piece in enumerate(pieces):
-        fields, called = parser.feed(piece, final=i == len(pieces) - 1)
-        content += fields.get("content", "")
-        content_feeds += "content" in fields
-        calls += fields.get("tool_calls", [])
-    return content, calls, called, content_feeds
+    return feed_pieces(PythonicStream(), pieces)
 
 
 @pytest.mark.parametrize("text", [CALLS, f" {CALLS}\n", f"<|python_start|>{CALLS}<|python_end|>"])
