@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from peft import PeftModel
 
 from benchmarks.random_lora import PEFT_DEFAULT_TARGETS, build_random_lora
 from engine.llm import LLM, greedy
@@ -60,6 +59,9 @@ def llm(base_dir: Path, adapters: dict[str, Path]) -> LLM:
 @pytest.fixture(scope="module")
 def oracle(base_dir: Path, adapters: dict[str, Path]) -> dict[str | None, list[list[int]]]:
     """PEFT's greedy tokens for every prompt, per adapter (None: the base model)."""
+    # Imported here, not at collection: PEFT imports triton, which must first see
+    # TRITON_INTERPRET=1 from tests/kernels/conftest.py (collected after this module).
+    from peft import PeftModel
 
     def generate(adapter: Path | None) -> list[list[int]]:
         model = transformers.AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
