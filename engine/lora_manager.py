@@ -67,10 +67,13 @@ class LoRAManager:
         replacing = adapter.name in self._slots
         if replacing and not replace:
             raise ValueError(f"LoRA adapter {adapter.name!r} is already loaded")
-        if not replacing and self.max_loaded is not None and len(self._slots) >= self.max_loaded:
+        # Retiring slots still hold their weights until their requests finish.
+        held = len(self._slots) + len(self.retiring)
+        if not replacing and self.max_loaded is not None and held >= self.max_loaded:
             raise ValueError(
-                f"{len(self._slots)} LoRA adapters are loaded, the most --max-cpu-loras "
-                f"({self.max_loaded}) allows: unload one first"
+                f"{held} LoRA adapters are loaded (or finishing their requests after an "
+                f"unload), the most --max-cpu-loras ({self.max_loaded}) allows: unload one "
+                "first, or wait"
             )
         layers = list(self.model.lora_projections())
         weights = [

@@ -19,7 +19,7 @@ from conveyor.metrics import WorkerMetrics
 from conveyor.protocol import ErrorInfo
 from engine.llm_engine import LLMEngine
 from workers.inflight import Inflight, Ticket
-from workers.intake import bad_request, engine_priority
+from workers.intake import bad_request, engine_priority, lora_not_served
 from workers.publisher import Aborted, Failed, Publisher, Released, StepOutputs
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,12 @@ class EngineLoop:
             self.publisher.put(Aborted(ticket))
             return
         assert ticket.params is not None  # intake only queues validated tickets
+        if request.lora is not None and request.lora not in self.engine.lora_names:
+            # Unloaded since intake checked it.
+            self.publisher.put(
+                Failed(ticket, lora_not_served(self.engine.model_name, request.lora))
+            )
+            return
         try:
             self.engine.add_request(
                 rid,

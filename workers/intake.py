@@ -97,6 +97,20 @@ def bad_request(exc: ValueError) -> ErrorInfo:
     return ErrorInfo(message=message, type="invalid_request_error", param=param, status=400)
 
 
+def lora_not_served(model: str, lora: str) -> ErrorInfo:
+    """The API offers an adapter only while every worker announces it, so a worker without
+    it is a rollout or an unload in progress: worth a retry, not the client's mistake."""
+    return ErrorInfo(
+        message=(
+            f"this worker of `{model}` does not serve the LoRA adapter `{lora}` now "
+            "(it is being loaded or unloaded, or workers are configured differently); "
+            "try again"
+        ),
+        code="no_worker",
+        status=503,
+    )
+
+
 class Intake:
     """Reads new messages for this worker and turns each into a ticket or an error reply."""
 
@@ -226,17 +240,7 @@ class Intake:
                 status=503,
             )
         elif request.lora is not None and request.lora not in self.served_loras():
-            # The API offers an adapter only when every worker announces it, so this is a
-            # rollout in progress or a misconfigured worker: worth a retry, not the client's
-            # mistake.
-            error = ErrorInfo(
-                message=(
-                    f"this worker of `{self.model}` does not serve the LoRA adapter "
-                    f"`{request.lora}` (its workers are configured differently); try again"
-                ),
-                code="no_worker",
-                status=503,
-            )
+            error = lora_not_served(self.model, request.lora)
         else:
             try:
                 _check_prompt(request.prompt_token_ids)

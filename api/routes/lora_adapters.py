@@ -111,6 +111,7 @@ async def load_lora_adapter(
             )
         failure = await _failure(redis, names.lora_errors(base), name, ours.gen)
         if failure is not None:
+            await redis.hdel(names.lora_errors(base), name)  # read: answered here
             restore = previous_raw if ours is not previous and previous_raw else ""
             await redis.eval(_WITHDRAW, 1, key, name, ours.encode(), restore)
             if not restore:
@@ -123,6 +124,7 @@ async def load_lora_adapter(
         if workers is not None and all(
             _field(w, "lora_gens").get(name) == ours.gen for w in workers.workers
         ):
+            await redis.hdel(names.lora_errors(base), name)  # an older load's, if any
             return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
         _check_time(deadline, base, f"load the LoRA adapter '{name}'")
         await asyncio.sleep(_POLL)
