@@ -78,7 +78,13 @@ async def load_lora_adapter(
     key = names.runtime_loras(base)
     ours = RuntimeLoRA(path, uuid.uuid4().hex)
     previous_raw = await redis.hget(key, name)
-    if previous_raw is None and other is not None and other.parent is not None:
+    if other is not None and other.parent not in (None, base):
+        raise ApiError(
+            400,
+            f"`{name}` is already a LoRA adapter of the model `{other.parent}`",
+            param="lora_name",
+        )
+    if previous_raw is None and other is not None:
         raise _loaded_at_start_up(name, "replaced")
     if previous_raw is None and not await redis.hsetnx(key, name, ours.encode()):
         previous_raw = await redis.hget(key, name)  # another call got there first

@@ -101,6 +101,26 @@ def test_mistakes_get_clear_errors(
     assert message in response.json()["error"]["message"] + str(response.json()["error"]["param"])
 
 
+def test_a_name_another_model_uses_is_refused_as_such(runtime_stack) -> None:
+    stack, _ = runtime_stack
+    other = FakeWorker(
+        stack.redis_url,
+        stack.names,
+        "other-model",
+        stack.worker.model_dir,
+        instance="worker-9",
+        loras={"haiku": "/adapters/haiku"},
+    ).start()
+    try:
+        with stack.client(timeout=30) as http:
+            body = {"lora_name": "haiku", "lora_path": "/adapters/h2", "model": MODEL}
+            refused = http.post(LOAD, json=body)
+        assert refused.status_code == 400, refused.text
+        assert "already a LoRA adapter of the model `other-model`" in refused.text
+    finally:
+        other.stop()
+
+
 def test_the_endpoints_exist_only_when_allowed(stack: Stack, worker: FakeWorker) -> None:
     with stack.client() as http:
         response = http.post(LOAD, json={"lora_name": "poet", "lora_path": "/adapters/poet"})
