@@ -303,7 +303,7 @@ class LLMEngine:
         """GPU bytes kept out of the KV cache for adapters loaded while serving: room for
         --max-cpu-loras adapters at --max-lora-rank, less those loaded already."""
         lora = self.config.lora_config
-        if lora is None or not lora.runtime_updates:
+        if lora is None or not lora.runtime_updates or self.loras is None:
             return 0
         if lora.max_loaded is None:
             logger.warning(
@@ -312,7 +312,7 @@ class LLMEngine:
             )
             return 0
         room = max(0, lora.max_loaded - len(lora.modules))
-        return room * LoRAManager.adapter_bytes(self.model_config, lora.max_lora_rank, itemsize)
+        return room * self.loras.adapter_bytes(lora.max_lora_rank, itemsize)
 
     # --- requests ---------------------------------------------------------------------
 

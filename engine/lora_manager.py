@@ -44,7 +44,7 @@ class LoRAManager:
         self.max_loaded = max_loaded
         self.dtype = dtype
         self.device = device
-        self.context: LoRAContext = attach_lora(model, [], dtype, device)
+        self.context: LoRAContext = attach_lora(model)
         self.names: tuple[str, ...] = ()
         self.paths: dict[str, str] = {}
         self._slots: dict[str, int] = {}
@@ -137,21 +137,14 @@ class LoRAManager:
     def cache_root(self, name: str) -> int:
         return self._roots[name]
 
-    @staticmethod
-    def adapter_bytes(config: ModelConfig, rank: int, itemsize: int) -> int:
+    def adapter_bytes(self, rank: int, itemsize: int) -> int:
         """What one adapter of `rank` on every projection takes as stored here: per fused
         projection, A [in, parts * rank] and block-diagonal B [parts * rank, out]."""
-        q = config.num_heads * config.head_dim
-        kv = config.num_kv_heads * config.head_dim
-        hidden, inter = config.hidden_size, config.intermediate_size
-        fused = [
-            (hidden, 3, q + 2 * kv),
-            (q, 1, hidden),
-            (hidden, 2, 2 * inter),
-            (inter, 1, hidden),
-        ]
-        per_layer = sum(parts * rank * (in_f + out_f) for in_f, parts, out_f in fused)
-        return per_layer * config.num_layers * itemsize
+        elements = sum(
+            len(subs) * rank * (linear.in_features + linear.out_features)
+            for _, linear, subs in self.model.lora_projections()
+        )
+        return elements * itemsize
 
     def _new_slot(self) -> int:
         self._num_slots += 1

@@ -58,15 +58,11 @@ class LoRAContext:
             start = end
         self.runs = tuple(runs)
 
-    def clear(self) -> None:
-        self.runs = ()
-
 
 @dataclass
 class LoRALayer:
-    """Every adapter's update of one fused projection, made of `subs` (name, out size)."""
+    """Every adapter's update of one fused projection (built by `slot_weights`)."""
 
-    subs: tuple[tuple[str, int], ...]
     # Per slot, one tensor each (indexing a stacked tensor per call costs as much as the
     # matmul at decode sizes); a slot's width is the sum of the ranks it trained here.
     a: list[torch.Tensor]  # [in, width]
@@ -124,30 +120,10 @@ def slot_weights(
     return a, b
 
 
-def build_lora_layer(
-    subs: tuple[tuple[str, int], ...],
-    in_features: int,
-    layer_index: int,
-    adapters: list[LoRAAdapter],
-    context: LoRAContext,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> LoRALayer:
-    """Every adapter's update of one fused projection (slot i is adapters[i])."""
-    layer = LoRALayer(subs, [], [], context, [])
-    for slot, adapter in enumerate(adapters):
-        layer.set_slot(slot, *slot_weights(subs, in_features, layer_index, adapter, dtype, device))
-    return layer
-
-
-def attach_lora(
-    model: nn.Module, adapters: list[LoRAAdapter], dtype: torch.dtype, device: torch.device
-) -> LoRAContext:
-    """Give every projection of `model` its adapters' updates (slot i is adapters[i], none
-    at all is fine: slots can be set later); returns the context the runner sets each step."""
+def attach_lora(model: nn.Module) -> LoRAContext:
+    """Give every projection of `model` a LoRA layer with no adapters yet (slots are set
+    as adapters load); returns the context the runner sets each step."""
     context = LoRAContext()
-    for layer_index, linear, subs in model.lora_projections():
-        linear.lora = build_lora_layer(
-            subs, linear.in_features, layer_index, adapters, context, dtype, device
-        )
+    for _, linear, _ in model.lora_projections():
+        linear.lora = LoRALayer([], [], context, [])
     return context

@@ -313,3 +313,15 @@ def test_a_load_that_fails_midway_changes_nothing(
     engine.unload_lora("b")
     engine.load_lora("c", str(adapters["qv-rslora"]))
     assert run(llm, "c") == oracle["qv-rslora"]
+
+
+def test_the_gpu_reserve_per_adapter_is_what_one_takes(llm: LLM) -> None:
+    """adapter_bytes (room kept out of the KV cache for runtime loads) equals what a rank-8
+    adapter on every projection really holds in its slot."""
+    slot = llm.engine.loras.slot("all-proj")
+    held = sum(
+        t.numel() * t.element_size()
+        for _, linear, _ in llm.engine.runner.model.lora_projections()
+        for t in (linear.lora.a[slot], linear.lora.b[slot])
+    )
+    assert held == llm.engine.loras.adapter_bytes(8, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from engine.lora_adapter import LoRAAdapter, LoRAWeights
-from engine.models.lora import LoRAContext, build_lora_layer
+from engine.models.lora import LoRAContext, LoRALayer, slot_weights
 
 SUBS = (("q_proj", 6), ("k_proj", 2), ("v_proj", 2))
 
@@ -45,7 +45,9 @@ def test_grouped_rows_get_their_own_adapters_update() -> None:
         adapter("c", {}, 3),  # trains none of these projections
     ]
     context = LoRAContext()
-    layer = build_lora_layer(SUBS, 5, 0, adapters, context, torch.float32, torch.device("cpu"))
+    layer = LoRALayer([], [], context, [])
+    for slot, each in enumerate(adapters):  # as LoRAManager.add fills a slot
+        layer.set_slot(slot, *slot_weights(SUBS, 5, 0, each, torch.float32, torch.device("cpu")))
     # As wide as the ranks each adapter trained here: no padding to the widest.
     assert [a.shape for a in layer.a] == [(5, 6), (5, 4), (5, 0)]
     assert [b.shape for b in layer.b] == [(6, 10), (4, 10), (0, 10)]
@@ -64,7 +66,7 @@ def test_grouped_rows_get_their_own_adapters_update() -> None:
         out = base.clone()
         layer.add_to(out, x)
         torch.testing.assert_close(out - base, reference(x, slots, adapters), msg=str(spans))
-    context.clear()
+    context.set_rows([])
     out = base.clone()
     layer.add_to(out, x)
     assert torch.equal(out, base)
