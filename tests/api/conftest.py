@@ -85,6 +85,18 @@ def running_stack(
             worker.stop()
 
 
+@contextmanager
+def worker_on(stack: Stack, model: str = MODEL, **fields: Any) -> Iterator[FakeWorker]:
+    """Another scripted worker on `stack`'s bus (of `model`, with `fields` such as its
+    instance and LoRA adapters), stopped on leaving."""
+    worker = FakeWorker(stack.redis_url, stack.names, model, stack.worker.model_dir, **fields)
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
 @pytest.fixture(scope="module")
 def stack(redis_url: str, bundled_model_dir: Path) -> Iterator[Stack]:
     """One worker + one API server per test module (starting them is the slow part)."""

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import MODEL, Stack, sdk_client
+from .conftest import MODEL, Stack, sdk_client, worker_on
 from .fakes import FakeWorker
 
 LOAD, UNLOAD = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
@@ -17,13 +17,8 @@ LOAD, UNLOAD = "/v1/load_lora_adapter", "/v1/unload_lora_adapter"
 def runtime_stack(make_stack: Callable[..., Stack]) -> Iterator[tuple[Stack, FakeWorker]]:
     """An API with runtime updates on and a worker with one start-up adapter (sql)."""
     stack = make_stack(with_worker=False, allow_runtime_lora_updating=True)
-    worker = FakeWorker(
-        stack.redis_url, stack.names, MODEL, stack.worker.model_dir, loras={"sql": "/adapters/sql"}
-    ).start()
-    try:
+    with worker_on(stack, loras={"sql": "/adapters/sql"}) as worker:
         yield stack, worker
-    finally:
-        worker.stop()
 
 
 def test_an_adapter_loads_serves_and_unloads(runtime_stack) -> None:
@@ -103,22 +98,14 @@ def test_mistakes_get_clear_errors(
 
 def test_a_name_another_model_uses_is_refused_as_such(runtime_stack) -> None:
     stack, _ = runtime_stack
-    other = FakeWorker(
-        stack.redis_url,
-        stack.names,
-        "other-model",
-        stack.worker.model_dir,
-        instance="worker-9",
-        loras={"haiku": "/adapters/haiku"},
-    ).start()
-    try:
-        with stack.client(timeout=30) as http:
-            body = {"lora_name": "haiku", "lora_path": "/adapters/h2", "model": MODEL}
-            refused = http.post(LOAD, json=body)
-        assert refused.status_code == 400, refused.text
-        assert "already a LoRA adapter of the model `other-model`" in refused.text
-    finally:
-        other.stop()
+    with (
+        worker_on(stack, "other-model", instance="worker-9", loras={"haiku": "/adapters/haiku"}),
+        stack.client(timeout=30) as http,
+    ):
+        body = {"lora_name": "haiku", "lora_path": "/adapters/h2", "model": MODEL}
+        refused = http.post(LOAD, json=body)
+    assert refused.status_code == 400, refused.text
+    assert "already a LoRA adapter of the model `other-model`" in refused.text
 
 
 def test_the_endpoints_exist_only_when_allowed(stack: Stack, worker: FakeWorker) -> None:

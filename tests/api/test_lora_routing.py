@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import openai
 import pytest
 
-from .conftest import MODEL, Stack, sdk_client
+from .conftest import MODEL, Stack, sdk_client, worker_on
 from .fakes import FakeWorker
 
 ADAPTERS = {"sql-expert": "/adapters/sql", "poet": "/adapters/poet"}
@@ -18,13 +18,8 @@ ADAPTERS = {"sql-expert": "/adapters/sql", "poet": "/adapters/poet"}
 def lora_stack(make_stack: Callable[..., Stack]) -> Iterator[tuple[Stack, FakeWorker]]:
     """An API server and one scripted worker of MODEL that announces two adapters."""
     stack = make_stack(with_worker=False)
-    worker = FakeWorker(
-        stack.redis_url, stack.names, MODEL, stack.worker.model_dir, loras=dict(ADAPTERS)
-    ).start()
-    try:
+    with worker_on(stack, loras=dict(ADAPTERS)) as worker:
         yield stack, worker
-    finally:
-        worker.stop()
 
 
 def test_adapters_are_listed_as_models_of_their_base(lora_stack) -> None:
@@ -81,50 +76,33 @@ def test_an_adapter_some_workers_lack_is_not_offered(lora_stack) -> None:
     """Any worker of the base model may take the request, so every one must have the
     adapter, from the same folder; the model itself stays healthy meanwhile."""
     stack, _ = lora_stack
-    partial = FakeWorker(
-        stack.redis_url,
-        stack.names,
-        MODEL,
-        stack.worker.model_dir,
-        instance="worker-2",
-        loras={"poet": ADAPTERS["poet"], "sql-expert": "/elsewhere/sql"},
-    ).start()
-    try:
-        with sdk_client(stack) as sdk:
-            assert {card.id for card in sdk.models.list()} == {MODEL, "poet"}
-            with stack.client() as http:
-                assert http.get("/health").status_code == 200
-                metrics = http.get("/metrics").text
-                assert 'model="poet"' not in metrics and f'model="{MODEL}"' in metrics
-            with pytest.raises(openai.APIStatusError) as caught:
-                sdk.chat.completions.create(
-                    model="sql-expert", messages=[{"role": "user", "content": "Hi"}]
-                )
-            # Announced before, so "no live worker now" (503), not "does not exist".
-            assert caught.value.status_code == 503
-            with pytest.raises(openai.NotFoundError):
-                sdk.completions.create(model="never-served", prompt="x")
-    finally:
-        partial.stop()
+    partial = {"poet": ADAPTERS["poet"], "sql-expert": "/elsewhere/sql"}
+    with worker_on(stack, instance="worker-2", loras=partial), sdk_client(stack) as sdk:
+        assert {card.id for card in sdk.models.list()} == {MODEL, "poet"}
+        with stack.client() as http:
+            assert http.get("/health").status_code == 200
+            metrics = http.get("/metrics").text
+            assert 'model="poet"' not in metrics and f'model="{MODEL}"' in metrics
+        with pytest.raises(openai.APIStatusError) as caught:
+            sdk.chat.completions.create(
+                model="sql-expert", messages=[{"role": "user", "content": "Hi"}]
+            )
+        # Announced before, so "no live worker now" (503), not "does not exist".
+        assert caught.value.status_code == 503
+        with pytest.raises(openai.NotFoundError):
+            sdk.completions.create(model="never-served", prompt="x")
 
 
 def test_an_ambiguous_adapter_name_is_not_offered(lora_stack) -> None:
     """A name two models' workers both use for an adapter, or a model's own name, would
     route by chance: it is offered for neither."""
     stack, _ = lora_stack
-    other = FakeWorker(
-        stack.redis_url,
-        stack.names,
-        "other-model",
-        stack.worker.model_dir,
-        instance="worker-3",
-        loras={"poet": "/adapters/poet", MODEL: "/adapters/shadow", "haiku": "/adapters/haiku"},
-    ).start()
-    try:
-        with sdk_client(stack) as sdk:
-            cards = {card.id: card.model_dump() for card in sdk.models.list()}
-            assert set(cards) == {MODEL, "other-model", "sql-expert", "haiku"}
-            assert cards["haiku"]["parent"] == "other-model"
-            assert cards[MODEL]["parent"] is None
-    finally:
-        other.stop()
+    loras = {"poet": "/adapters/poet", MODEL: "/adapters/shadow", "haiku": "/adapters/haiku"}
+    with (
+        worker_on(stack, "other-model", instance="worker-3", loras=loras),
+        sdk_client(stack) as sdk,
+    ):
+        cards = {card.id: card.model_dump() for card in sdk.models.list()}
+    assert set(cards) == {MODEL, "other-model", "sql-expert", "haiku"}
+    assert cards["haiku"]["parent"] == "other-model"
+    assert cards[MODEL]["parent"] is None
