@@ -14,13 +14,21 @@ from typing import Any
 import torch
 
 from engine.lora_config import LoRAConfig
+from engine.pooler_config import PoolerConfig
 from engine.speculative_config import SpeculativeConfig
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    # The same networks saved without their LM head: embedding models (e5-mistral,
+    # gte-Qwen2, ...), which only the pooling runner serves.
+    "LlamaModel": "llama",
+    "MistralModel": "mistral",
+    "Qwen2Model": "qwen2",
 }
+
+RUNNERS = ("auto", "generate", "pooling")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -84,6 +92,14 @@ class ModelConfig:
     rope: RopeConfig
     eos_token_ids: tuple[int, ...] = ()
     sliding_window: int | None = None
+    # Embedding models trained so that a prefix of their vector is an embedding too.
+    is_matryoshka: bool = False
+    matryoshka_dimensions: tuple[int, ...] = ()
+
+    @property
+    def has_lm_head(self) -> bool:
+        """Whether the checkpoint can generate (a *ForCausalLM), not only embed."""
+        return self.architecture.endswith("ForCausalLM")
 
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> ModelConfig:
@@ -118,6 +134,8 @@ class ModelConfig:
             rope=RopeConfig.from_hf(hf),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=hf.get("sliding_window") if hf.get("use_sliding_window") else None,
+            is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
+            matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
         )
 
     @classmethod
@@ -180,6 +198,12 @@ class EngineConfig:
     speculative_config: SpeculativeConfig | None = None
     # vLLM's --lora-modules (every adapter loaded at start-up); None: no adapters.
     lora_config: LoRAConfig | None = None
+    # vLLM's --runner: "generate" (text), "pooling" (embeddings), or "auto": pooling for
+    # a checkpoint without an LM head (LlamaModel, ...), else generate.
+    runner: str = "auto"
+    # vLLM's --pooler-config (JSON, dict or PoolerConfig): overrides the model's own
+    # pooling key by key (engine/pooler_config.py); pooling runner only.
+    pooler_config: PoolerConfig | dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         if self.speculative_config is not None:
@@ -202,6 +226,20 @@ class EngineConfig:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError("num_kv_blocks must be at least 1")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {list(RUNNERS)}, got {self.runner!r}")
+        PoolerConfig.parse(self.pooler_config)  # a bad one fails here, before any loading
+
+    def resolve_runner(self, model: ModelConfig) -> str:
+        """The runner this engine uses for `model`: "generate" or "pooling"."""
+        if self.runner == "auto":
+            return "generate" if model.has_lm_head else "pooling"
+        if self.runner == "generate" and not model.has_lm_head:
+            raise ValueError(
+                f"{model.architecture} has no LM head, so it cannot generate text: "
+                "serve it with --runner pooling (embeddings)"
+            )
+        return self.runner
 
     def torch_device(self) -> torch.device:
         return torch.device(self.device) if self.device else default_device()

@@ -8,12 +8,16 @@ engine benchmark.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
 
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.outputs import RequestOutput
+from engine.pooling_params import PoolingParams
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParams
 
@@ -65,6 +69,27 @@ class GenerationResult:
                 choice.stop_reason = delta.stop_reason
 
 
+@dataclass
+class EmbeddingResult:
+    """One prompt's embedding (a 1-D float32 tensor on the CPU)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    embedding: torch.Tensor | None = None
+
+    def absorb(self, out: RequestOutput) -> None:
+        if out.embedding is not None:
+            self.embedding = out.embedding
+
+
+def _per_prompt(params: Any, kind: type, count: int) -> list[Any]:
+    """One parameter object per prompt: the one given for all, or the caller's list."""
+    listed = [params] * count if isinstance(params, kind) else list(params)
+    if len(listed) != count:
+        raise ValueError(f"params: need one {kind.__name__} per prompt, or a single one")
+    return listed
+
+
 class LLM:
     def __init__(self, model: str | None = None, **engine_args: object) -> None:
         config = EngineConfig(model=model, **engine_args)  # type: ignore[arg-type]
@@ -83,34 +108,68 @@ class LLM:
 
         `lora` names the LoRA adapter (from `lora_config`) for every prompt, or one per
         prompt (None: the base model)."""
+        token_lists = self._token_lists(prompts)
+        param_list = _per_prompt(params or SamplingParams(), SamplingParams, len(token_lists))
+        results = self._run(
+            token_lists,
+            param_list,
+            lora,
+            priorities,
+            lambda rid, tokens, p: GenerationResult(
+                rid, tokens, [Choice(index=k) for k in range(p.n)]
+            ),
+        )
+        return results  # type: ignore[return-value]
+
+    def embed(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: PoolingParams | Sequence[PoolingParams] | None = None,
+        lora: str | Sequence[str | None] | None = None,
+    ) -> list[EmbeddingResult]:
+        """Embed every prompt (the pooling runner: `LLM(model, runner="pooling")`), batched
+        by the engine; results in input order."""
+        token_lists = self._token_lists(prompts)
+        param_list = _per_prompt(params or PoolingParams(), PoolingParams, len(token_lists))
+        results = self._run(
+            token_lists,
+            param_list,
+            lora,
+            None,
+            lambda rid, tokens, p: EmbeddingResult(rid, tokens),
+        )
+        return results  # type: ignore[return-value]
+
+    def _token_lists(self, prompts: Prompt | Sequence[Prompt]) -> list[list[int]]:
         if isinstance(prompts, str) or (
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
             prompts = [prompts]  # type: ignore[list-item]
-        token_lists = [
+        return [
             self.tokenizer.encode(p) if isinstance(p, str) else list(p)
             for p in prompts  # type: ignore[union-attr]
         ]
-        if params is None:
-            params = SamplingParams()
-        param_list = (
-            [params] * len(token_lists) if isinstance(params, SamplingParams) else list(params)
-        )
-        if len(param_list) != len(token_lists):
-            raise ValueError("params: need one SamplingParams per prompt, or a single one")
+
+    def _run(
+        self,
+        token_lists: list[list[int]],
+        param_list: list[Any],
+        lora: str | Sequence[str | None] | None,
+        priorities: Sequence[int] | None,
+        new_result: Callable[[str, list[int], Any], GenerationResult | EmbeddingResult],
+    ) -> list[GenerationResult | EmbeddingResult]:
+        """Queue every prompt, step the engine until all finish, results in input order."""
         loras = [lora] * len(token_lists) if lora is None or isinstance(lora, str) else list(lora)
         if len(loras) != len(token_lists):
             raise ValueError("lora: need one adapter name (or None) per prompt, or a single one")
-        results: dict[str, GenerationResult] = {}
+        results: dict[str, GenerationResult | EmbeddingResult] = {}
         order: list[str] = []
         try:
             for i, (tokens, p) in enumerate(zip(token_lists, param_list, strict=True)):
                 request_id = f"llm-{next(self._ids)}"
                 priority = priorities[i] if priorities is not None else 0
                 self.engine.add_request(request_id, tokens, p, priority=priority, lora=loras[i])
-                results[request_id] = GenerationResult(
-                    request_id, tokens, [Choice(index=k) for k in range(p.n)]
-                )
+                results[request_id] = new_result(request_id, tokens, p)
                 order.append(request_id)
         except ValueError:
             # One bad prompt rejects the call; drop the ones already queued with it.

@@ -22,6 +22,9 @@ from engine.lora_manager import LoRAManager
 from engine.model_runner import ModelRunner, StepResult, load_model
 from engine.ngram_proposer import NgramProposer
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
+from engine.pooler import Pooler
+from engine.pooler_config import PoolerConfig
+from engine.pooling_params import PoolingParams
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParamError, SamplingParams
 from engine.scheduler import Scheduler
@@ -57,6 +60,9 @@ def cuda_kv_budget(total: int, free: int, ours: int, utilization: float, headroo
         )
     return min(by_share, by_free)
 
+
+# What an embedding sequence carries as sampling parameters: it never samples.
+_NO_SAMPLING = SamplingParams(max_tokens=1)
 
 # The longest pause in drafting for a sequence whose drafts keep being rejected.
 SPEC_BACKOFF_MAX_TOKENS = 16
@@ -109,6 +115,9 @@ class LLMEngine:
                 "than the default float32 (whose greedy output matches HF's float32 exactly)"
             )
         self.max_model_len = self._max_model_len()
+        # "generate" (text) or "pooling" (embeddings): what this engine serves.
+        self.runner_kind = config.resolve_runner(self.model_config)
+        self.pooler_config = self._pooler_config()
         started = time.perf_counter()
         # Chosen before the model is built: the backend also supplies its fused ops.
         backend = select_attention_backend(self.device, config.attention_backend)
@@ -119,6 +128,7 @@ class LLMEngine:
             self.dtype,
             self.device,
             backend.ops,
+            lm_head=self.runner_kind == "generate",
         )
         self.loras = self._lora_manager(model)
         self.num_kv_blocks = self._num_kv_blocks()
@@ -150,7 +160,12 @@ class LLMEngine:
             background_prefill_tokens=config.background_prefill_tokens,
         )
         decode_graphs = None
-        if self.device.type == "cuda" and supports_graphs(backend) and not config.enforce_eager:
+        if (
+            self.device.type == "cuda"
+            and supports_graphs(backend)
+            and not config.enforce_eager
+            and self.runner_kind == "generate"  # embedding prompts never decode
+        ):
             decode_graphs = DecodeGraphs(
                 model,
                 kv_caches,
@@ -178,6 +193,7 @@ class LLMEngine:
             decode_graphs,
             grammar_vocab_size=self.grammars.vocab_size,
             lora_context=self.loras.context if self.loras is not None else None,
+            pooler=Pooler(self.pooler_config) if self.pooler_config is not None else None,
         )
         spec = config.speculative_config
         self.proposer = (
@@ -187,9 +203,12 @@ class LLMEngine:
         self._spec_draft_tokens = 0
         self._spec_accepted_tokens = 0
         logger.info(
-            "engine ready: %s on %s (%s), %d KV blocks of %d tokens (%d tokens), "
+            "engine ready: %s (%s) on %s (%s), %d KV blocks of %d tokens (%d tokens), "
             "max_model_len %d, loaded in %.1f s",
             self.model_name,
+            f"embeddings, {self.pooler_config.pooling_type.value} pooling"
+            if self.pooler_config is not None
+            else "text generation",
             self.device,
             str(self.dtype).removeprefix("torch."),
             self.num_kv_blocks,
@@ -200,6 +219,17 @@ class LLMEngine:
         )
 
     # --- setup ------------------------------------------------------------------------
+
+    def _pooler_config(self) -> PoolerConfig | None:
+        """How prompts become embeddings (pooling runner), else None."""
+        config = self.config
+        if self.runner_kind != "pooling":
+            if config.pooler_config is not None:
+                raise ValueError("pooler_config applies to the pooling runner (--runner pooling)")
+            return None
+        if config.speculative_config is not None:
+            raise ValueError("speculative decoding has nothing to draft for embeddings")
+        return PoolerConfig.resolve(self.resolved.path, config.pooler_config)
 
     def _lora_manager(self, model: torch.nn.Module) -> LoRAManager | None:
         """LoRA layers on the model, with every --lora-modules adapter loaded."""
@@ -320,13 +350,14 @@ class LLMEngine:
         self,
         request_id: str,
         prompt_token_ids: list[int],
-        params: SamplingParams,
+        params: SamplingParams | PoolingParams,
         priority: int = 0,
         arrival_time: float | None = None,
         lora: str | None = None,
     ) -> None:
-        """Queue a request, for the base model or the LoRA adapter named `lora`;
-        raises ValueError for input the engine cannot serve."""
+        """Queue a request, for the base model or the LoRA adapter named `lora`: a
+        generation (SamplingParams) or, on the pooling runner, an embedding of the
+        prompt (PoolingParams); raises ValueError for input the engine cannot serve."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         if lora is not None:
@@ -338,6 +369,15 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt: token ids must be in [0, {vocab})")
+        if isinstance(params, PoolingParams):
+            prompt = list(prompt_token_ids)
+            self._add_embedding(request_id, prompt, params, priority, arrival_time, lora)
+            return
+        if self.runner_kind != "generate":
+            raise ValueError(
+                f"model: {self.model_name} is an embedding model (pooling runner): "
+                "it embeds prompts and generates no text"
+            )
         if len(prompt_token_ids) >= self.max_model_len:
             raise ValueError(
                 f"prompt: {len(prompt_token_ids)} tokens leave no room to generate within "
@@ -356,6 +396,33 @@ class LLMEngine:
         self._requests[request_id] = request
         # Siblings wait for the first choice's prompt, then share its blocks (see _fork).
         self.scheduler.add(seqs[0])
+
+    def _add_embedding(
+        self,
+        request_id: str,
+        prompt: list[int],
+        params: PoolingParams,
+        priority: int,
+        arrival_time: float | None,
+        lora: str | None,
+    ) -> None:
+        if self.pooler_config is None:
+            raise ValueError(
+                f"model: {self.model_name} generates text; start it with --runner pooling "
+                "to serve embeddings"
+            )
+        if len(prompt) > self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(prompt)} tokens exceed this model's maximum context length "
+                f"of {self.max_model_len} tokens"
+            )
+        params.validate_against(self.model_config)
+        arrival = arrival_time if arrival_time is not None else time.time()
+        seq = self._new_sequence(request_id, 0, prompt, _NO_SAMPLING, priority, arrival, lora)
+        seq.pooling = params
+        seq.pools_every_row = self.pooler_config.pools_every_row
+        self._requests[request_id] = _Request(request_id, [seq])
+        self.scheduler.add(seq)
 
     def prepare(self, params: SamplingParams) -> None:
         """Compile the request's structured-output constraint (cached); thread-safe.
@@ -498,6 +565,7 @@ class LLMEngine:
         now = time.time()
         bm = self.block_manager
         touched: dict[str, list[CompletionOutput]] = {}
+        embeddings: dict[str, torch.Tensor] = {}
         for item in scheduled:
             seq = item.seq
             request = self._requests[seq.request_id]
@@ -516,6 +584,11 @@ class LLMEngine:
                     seq.prompt_logprob_rows = {}
                 if request.unforked and seq is request.seqs[0]:
                     self._fork(request, seq)
+            embedding = result.pooled.get(seq.seq_id)
+            if embedding is not None:
+                self.scheduler.finish(seq, "stop")
+                embeddings[seq.request_id] = embedding
+                touched.setdefault(seq.request_id, [])
         for item, tokens, logprobs in zip(
             result.sampled, result.tokens, result.logprobs, strict=True
         ):
@@ -538,7 +611,10 @@ class LLMEngine:
                     seq.num_computed_tokens += accepted
                     bm.register_full_blocks(seq, seq.num_computed_tokens)
             touched.setdefault(seq.request_id, []).append(_merged(outputs))
-        return [self._request_output(rid, outputs, now) for rid, outputs in touched.items()]
+        return [
+            self._request_output(rid, outputs, now, embeddings.get(rid))
+            for rid, outputs in touched.items()
+        ]
 
     def _fork(self, request: _Request, parent: Sequence) -> None:
         """Start the other n-1 choices on the first choice's prompt blocks."""
@@ -595,7 +671,11 @@ class LLMEngine:
         )
 
     def _request_output(
-        self, request_id: str, outputs: list[CompletionOutput], now: float
+        self,
+        request_id: str,
+        outputs: list[CompletionOutput],
+        now: float,
+        embedding: torch.Tensor | None = None,
     ) -> RequestOutput:
         request = self._requests[request_id]
         first = request.seqs[0]
@@ -615,6 +695,7 @@ class LLMEngine:
             num_prompt_tokens=first.num_prompt_tokens,
             num_cached_tokens=first.num_cached_tokens,
             prompt_logprobs=prompt_lps,
+            embedding=embedding,
             times=RequestTimes(
                 arrival=first.arrival_time,
                 scheduled=first.scheduled_time,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,8 +23,10 @@ from engine.decode_graphs import DecodeGraphs
 from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
 from engine.models.lora import LoRAContext
+from engine.pooler import Pooler
 from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
+from engine.sequence import Sequence as EngineSequence
 from kernels.attention import AttentionBackend, AttentionInputs
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
@@ -41,6 +43,8 @@ class StepResult:
     tokens: list[list[int]]
     logprobs: list[list[TokenLogprobs | None]]
     prompt_logprobs: dict[int, list[TokenLogprobs]]
+    # Embedding sequences whose prompt ended this step: seq_id -> their vector (CPU, fp32).
+    pooled: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 def load_model(
@@ -50,10 +54,11 @@ def load_model(
     dtype: torch.dtype,
     device: torch.device,
     ops: FusedOps = TORCH_OPS,
+    lm_head: bool = True,
 ) -> torch.nn.Module:
     """Build the model on `device` with `ops` and stream the safetensors weights into it."""
     with torch.device("meta"):
-        model = build_model(config, max_positions, ops).to(dtype)
+        model = build_model(config, max_positions, ops, lm_head=lm_head).to(dtype)
     # Materialise without random init (the checkpoint overwrites every weight).
     model = model.to_empty(device=device)
     model.rebuild_buffers(device)
@@ -84,6 +89,7 @@ class ModelRunner:
         decode_graphs: DecodeGraphs | None = None,
         grammar_vocab_size: int = 0,
         lora_context: LoRAContext | None = None,
+        pooler: Pooler | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -98,6 +104,8 @@ class ModelRunner:
         self.grammar_vocab_size = grammar_vocab_size
         # Which rows each LoRA adapter serves this step (None: the engine serves none).
         self.lora_context = lora_context
+        # Turns embedding sequences' hidden states into vectors (None: generate runner).
+        self.pooler = pooler
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
@@ -114,6 +122,7 @@ class ModelRunner:
         sample_rows: list[int] = []
         sampled: list[ScheduledSequence] = []
         logprob_spans: list[tuple[ScheduledSequence, int, int]] = []
+        pool_spans: list[tuple[ScheduledSequence, int]] = []
         # Sampler rows per sampled sequence: one, or 1 + drafts (each draft position is
         # scored as if the drafts before it were the sequence's own tokens).
         sampler_rows: list[range] = []
@@ -130,7 +139,9 @@ class ModelRunner:
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
             if seq.wants_prompt_logprobs and start < seq.num_prompt_tokens:
                 logprob_spans.append((item, row, min(end, seq.num_prompt_tokens)))
-            if item.samples:
+            if seq.pooling is not None:
+                pool_spans.append((item, row))
+            elif item.samples:
                 first = len(sample_rows)
                 sample_rows.extend(
                     range(row + item.num_tokens - 1 - len(drafts), row + item.num_tokens)
@@ -237,7 +248,30 @@ class ModelRunner:
                 kept = accepted_length(item.draft_token_ids, chosen) + 1
                 tokens.append(chosen[:kept])
                 logprobs.append(sampler_output.logprobs[rows.start : rows.start + kept])
-        return StepResult(sampled, tokens, logprobs, prompt_lps)
+        return StepResult(sampled, tokens, logprobs, prompt_lps, self._pool(pool_spans, hidden))
+
+    def _pool(
+        self, spans: list[tuple[ScheduledSequence, int]], hidden: torch.Tensor
+    ) -> dict[int, torch.Tensor]:
+        """Fold each embedding sequence's rows in; the vectors of prompts that ended."""
+        if not spans:
+            return {}
+        assert self.pooler is not None, "an embedding sequence on the generate runner"
+        ended: list[tuple[EngineSequence, torch.Tensor]] = []
+        for item, row in spans:
+            seq = item.seq
+            vector = self.pooler.absorb(
+                seq, hidden[row : row + item.num_tokens], seq.num_computed_tokens
+            )
+            if vector is not None:
+                ended.append((seq, vector))
+        if not ended:
+            return {}
+        # One device-to-host copy for the step's vectors.
+        vectors = torch.stack([v for _, v in ended]).cpu()
+        params = [seq.pooling for seq, _ in ended]
+        finished = self.pooler.finish(vectors, params)  # type: ignore[arg-type]
+        return {seq.seq_id: v for (seq, _), v in zip(ended, finished, strict=True)}
 
 
 def _lora_order(slot: int | None) -> int:

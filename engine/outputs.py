@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from engine.sampler import TokenLogprobs
 
 
@@ -49,3 +51,5 @@ class RequestOutput:
     num_cached_tokens: int
     prompt_logprobs: list[TokenLogprobs | None] | None
     times: RequestTimes
+    # An embedding request's vector (1-D float32, on the CPU), in its finished output.
+    embedding: torch.Tensor | None = None

@@ -214,7 +214,7 @@ class Scheduler:
             if background and (background_left == 0 or admitted_foreground):
                 break  # the heap is in priority order: only background work is left
             forked = bool(seq.block_table)
-            hits = [] if forked or seq.wants_prompt_logprobs else bm.find_cached_prefix(seq)
+            hits = [] if forked or seq.needs_every_prompt_row else bm.find_cached_prefix(seq)
             computed = seq.num_computed_tokens if forked else len(hits) * bm.block_size
             num_tokens = min(seq.num_tokens - computed, budget)
             if background:

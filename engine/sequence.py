@@ -22,6 +22,8 @@ from engine.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from llguidance import LLMatcher
 
+    from engine.pooling_params import PoolingParams
+
 _seq_ids = itertools.count()
 
 
@@ -50,6 +52,10 @@ class Sequence:
     # Seeds the prefix-cache hash chain: KV computed under one adapter is another
     # adapter's (or the base model's) cache miss, even for the same tokens.
     cache_root: int | None = None
+    # An embedding request (the pooling runner): its prompt is pooled into one vector
+    # and nothing is sampled. `pools_every_row`: its pooling reads every prompt row.
+    pooling: PoolingParams | None = None
+    pools_every_row: bool = False
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
@@ -73,6 +79,8 @@ class Sequence:
     # no more are proposed (the engine backs off where lookup keeps guessing wrong).
     spec_misses: int = 0
     spec_resume_at: int = 0
+    # What engine/pooler.py has folded so far (a MEAN sum, or the CLS row).
+    pooled: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -109,6 +117,11 @@ class Sequence:
             and self.params.prompt_logprobs is not None
             and self.prompt_logprobs is None
         )
+
+    @property
+    def needs_every_prompt_row(self) -> bool:
+        """Whether the prompt must be computed whole: a prefix-cache hit skips rows."""
+        return self.wants_prompt_logprobs or self.pools_every_row
 
     def sort_key(self) -> tuple[int, float, int]:
         """Scheduling order: lower priority value first, then older, then by id."""

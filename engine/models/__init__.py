@@ -12,12 +12,18 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
+    "LlamaModel": LlamaForCausalLM,
+    "MistralModel": LlamaForCausalLM,
+    "Qwen2Model": LlamaForCausalLM,
 }
 
 
-def build_model(config: ModelConfig, max_positions: int, ops: FusedOps = TORCH_OPS) -> nn.Module:
+def build_model(
+    config: ModelConfig, max_positions: int, ops: FusedOps = TORCH_OPS, lm_head: bool = True
+) -> nn.Module:
+    """The model; `lm_head=False` (the pooling runner) leaves the LM head out."""
     try:
         cls = _REGISTRY[config.architecture]
     except KeyError:
         raise ValueError(f"unsupported architecture {config.architecture!r}") from None
-    return cls(config, max_positions, ops)
+    return cls(config, max_positions, ops, lm_head=lm_head and config.has_lm_head)

@@ -154,16 +154,25 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """Llama / Mistral / Qwen2: the same graph, differing only in config (bias, rope, window)."""
 
-    def __init__(self, config: ModelConfig, max_positions: int, ops: FusedOps = TORCH_OPS) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        max_positions: int,
+        ops: FusedOps = TORCH_OPS,
+        lm_head: bool = True,
+    ) -> None:
         super().__init__()
         self.config = config
+        # Without it (the pooling runner) only hidden states are computed: a checkpoint's
+        # lm_head weights are skipped, and a tied one's packed copy is never made.
+        self.has_lm_head = lm_head
         self.max_positions = max_positions
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config, ops) for _ in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim, max_positions)
         self.linear = ops.linear
-        if not config.tie_word_embeddings:
+        if lm_head and not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, False, ops.linear)
         # The weight logits read: the lm_head's, or (tied) the embedding table
         # in the linear method's layout, set by `pack_weights`.
@@ -201,6 +210,8 @@ class LlamaForCausalLM(nn.Module):
         for module in self.modules():
             if isinstance(module, Linear):
                 module.pack()
+        if not self.has_lm_head:
+            return
         if self.config.tie_word_embeddings:
             self.logits_weight = self.linear.pack(self.embed_tokens.weight.detach())
         else:
@@ -221,7 +232,9 @@ class LlamaForCausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.logits_weight is None:
-            raise RuntimeError("compute_logits before pack_weights: load the model first")
+            raise RuntimeError(
+                "compute_logits without an LM head (pooling runner) or before pack_weights"
+            )
         return self.linear.apply(hidden, self.logits_weight, None).float()
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -242,7 +255,9 @@ class LlamaForCausalLM(nn.Module):
             name = hf_name.removeprefix("model.")
             if "rotary_emb" in name:
                 continue
-            if name == "lm_head.weight" and self.config.tie_word_embeddings:
+            if name == "lm_head.weight" and (
+                self.config.tie_word_embeddings or not self.has_lm_head
+            ):
                 continue
             target, offset = name, None
             for part, span in qkv_offsets.items():

@@ -1,0 +1,51 @@
+"""Per-request embedding parameters (vLLM's PoolingParams for the embed task).
+
+Checked against the model where the engine takes the request, so the offline
+`LLM`, the worker and the API refuse the same things with the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.config import ModelConfig
+from engine.sampling_params import SamplingParamError
+
+
+@dataclass(frozen=True)
+class PoolingParams:
+    # Keep the first `dimensions` values (matryoshka models only); None: all of them.
+    dimensions: int | None = None
+    # L2-normalise the vector; None: as the model's pooler config says.
+    normalize: bool | None = None
+
+    def __post_init__(self) -> None:
+        dims = self.dimensions
+        if dims is not None and (not isinstance(dims, int) or isinstance(dims, bool)):
+            raise SamplingParamError("dimensions", "must be an integer")
+        if dims is not None and dims < 1:
+            raise SamplingParamError("dimensions", "must be at least 1")
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise SamplingParamError("normalize", "must be true or false")
+
+    def validate_against(self, model: ModelConfig) -> None:
+        """Refuse a `dimensions` the model was not trained to cut to (vLLM's rule): the
+        first values of another model's vector are not a smaller embedding."""
+        dims = self.dimensions
+        if dims is None:
+            return
+        if not model.is_matryoshka:
+            raise SamplingParamError(
+                "dimensions",
+                "this model does not support matryoshka representation, so its embeddings "
+                "cannot be shortened; leave dimensions unset",
+            )
+        allowed = model.matryoshka_dimensions
+        if allowed and dims not in allowed:
+            raise SamplingParamError(
+                "dimensions", f"this model supports only {list(allowed)} (got {dims})"
+            )
+        if dims > model.hidden_size:
+            raise SamplingParamError(
+                "dimensions", f"this model's embeddings have {model.hidden_size} values"
+            )
