@@ -36,6 +36,7 @@ from api.routes import (
     batches,
     chat,
     completions,
+    embeddings,
     files,
     lora_adapters,
     models,
@@ -121,6 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (
         chat,
         completions,
+        embeddings,
         responses,
         models,
         tokenize,

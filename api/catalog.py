@@ -69,6 +69,38 @@ class LiveModel:
         return self.adapter_path or self.name
 
     @property
+    def runner(self) -> str | None:
+        """ "generate" or "pooling" when every worker runs it (older peers: generate);
+        None while workers disagree (a redeploy to the other kind in progress)."""
+        kinds = {w.get("runner", "generate") for w in self.workers}
+        return kinds.pop() if len(kinds) == 1 else None
+
+    def require_runner(self, runner: str, endpoint: str) -> None:
+        """A 400 naming the right endpoint when the model serves the other kind of work."""
+        served = self.runner
+        if served == runner:
+            return
+        if served is None:
+            raise ApiError(
+                503,
+                f"The workers of `{self.name}` are changing between text generation and "
+                "embeddings; try again shortly",
+                code="no_worker",
+                headers={"Retry-After": "5"},
+            )
+        what = (
+            "an embedding model: it serves /v1/embeddings only"
+            if served == "pooling"
+            else "a text generation model: start it with --runner pooling for embeddings"
+        )
+        raise ApiError(
+            400,
+            f"The model `{self.name}` is {what}; {endpoint} is not supported for it",
+            param="model",
+            code="model_not_supported",
+        )
+
+    @property
     def max_model_len(self) -> int | None:
         """The smallest any worker serves, so a request fits whichever worker takes it."""
         lens = [w["max_model_len"] for w in self.workers if isinstance(w.get("max_model_len"), int)]

@@ -75,6 +75,7 @@ async def start_chat(
     record.model = body.model
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
+    live.require_runner("generate", services.record.endpoint)
     await submitter.check_capacity(live.queue_model, record.lane)
     body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(
         catalog, live, body, truncate

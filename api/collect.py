@@ -42,11 +42,14 @@ class Output:
     choices: dict[int, ChoiceOutput] = field(default_factory=dict)
     usage: Usage | None = None
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # An embedding request's vector (base64 little-endian float32, as the worker sent it).
+    embedding: str | None = None
 
     def reset(self) -> None:
         self.choices.clear()
         self.usage = None
         self.prompt_logprobs = None
+        self.embedding = None
 
     def add(self, message: ReplyMessage) -> None:
         for delta in message.choices:
@@ -62,6 +65,8 @@ class Output:
             self.usage = message.usage
         if message.prompt_logprobs is not None:
             self.prompt_logprobs = message.prompt_logprobs
+        if message.embedding is not None:
+            self.embedding = message.embedding
 
     def choice(self, index: int) -> ChoiceOutput:
         return self.choices.get(index) or ChoiceOutput()

@@ -39,13 +39,16 @@ class Submission:
     request_id: str
     model: str
     prompt_token_ids: list[int]
-    sampling: SamplingParams
+    # What to generate; None for an embedding (then `pooling` says how to embed).
+    sampling: SamplingParams | None
     priority: int
     stream: bool
     # "interactive" or "batch" (conveyor.bus.LANES): which of the model's streams it joins.
     lane: str = INTERACTIVE_LANE
     # The LoRA adapter of `model` to generate with (None: the model itself).
     lora: str | None = None
+    # An embedding of the prompt: the wire form of engine/pooling_params.py.
+    pooling: dict[str, Any] | None = None
 
 
 def build_sampling(
@@ -211,13 +214,16 @@ class RequestSubmitter:
             reply_to=self.router.instance,
             model=submission.model,
             prompt_token_ids=submission.prompt_token_ids,
-            sampling=dataclasses.asdict(submission.sampling),
+            sampling=(
+                dataclasses.asdict(submission.sampling) if submission.sampling is not None else {}
+            ),
             priority=submission.priority,
             deadline=deadline,
             arrival=now,
             stream=submission.stream,
             lane=submission.lane,
             lora=submission.lora,
+            pooling=submission.pooling,
         )
         try:
             entry_id = await self.redis.xadd(stream, {REQUEST_FIELD: message.encode()})

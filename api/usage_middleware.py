@@ -19,7 +19,9 @@ from api.request_record import RequestRecord
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+INFERENCE_PATHS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"}
+)
 
 
 class UsageMiddleware:

@@ -47,6 +47,20 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
     ),
     ("--max-lora-rank", {"type": int, "help": "the highest adapter rank accepted (16)"}),
     (
+        "--runner",
+        {
+            "choices": ["auto", "generate", "pooling"],
+            "help": "pooling: serve embeddings (/v1/embeddings); auto: by the checkpoint",
+        },
+    ),
+    ("--convert", {"choices": ["auto", "none", "embed"], "help": "embed: --runner pooling"}),
+    ("--task", {"choices": ["auto", "generate", "embed"], "help": "vLLM's older --runner"}),
+    (
+        "--pooler-config",
+        {"help": 'embedding pooling: {"pooling_type": "LAST"|"MEAN"|"CLS", "normalize": true}'},
+    ),
+    ("--override-pooler-config", {"help": "vLLM's older name of --pooler-config"}),
+    (
         "--max-loras",
         {"type": int, "help": "vLLM's flag, accepted for compatibility (all adapters batch)"},
     ),
@@ -140,6 +154,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for key, value in vars(args).items()
         if value is not None and key in Settings.model_fields
     }
+    older = getattr(args, "override_pooler_config", None)
+    if older is not None:
+        given.setdefault("pooler_config", older)
     return Settings(**given)
 
 

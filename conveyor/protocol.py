@@ -48,6 +48,9 @@ class GenerateRequest:
     # adapters are older peers that would ignore it, so the API routes an adapter only
     # to a model every one of whose workers announces that adapter.
     lora: str | None = None
+    # An embedding of the prompt instead of a generation: the pooling parameters
+    # (engine/pooling_params.py, e.g. {"dimensions": 256}); `sampling` is then ignored.
+    pooling: dict[str, Any] | None = None
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> str:
@@ -111,6 +114,9 @@ class ReplyMessage:
     # Delivery attempt of the request (1 first; higher after a dead worker's
     # request was reclaimed): a new attempt restarts `seq` and the text.
     attempt: int = 1
+    # An embedding request's vector: little-endian float32, base64 (OpenAI's
+    # encoding_format "base64" as it is, and a third of the JSON floats' size).
+    embedding: str | None = None
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> str:

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
 from engine.lora_config import DEFAULT_MAX_LORA_RANK, LoRAConfig
+from engine.pooler_config import PoolerConfig
 from engine.speculative_config import SpeculativeConfig
 
 if TYPE_CHECKING:
@@ -94,6 +95,23 @@ class Settings(BaseSettings):
         ge=1,
         description="the most LoRA adapters loaded at once (start-up and run time; on a GPU "
         "room for them is kept out of the KV cache); default: no limit",
+    )
+
+    runner: Literal["auto", "generate", "pooling"] = Field(
+        default="auto",
+        description="generate: text; pooling: embeddings (/v1/embeddings); auto: pooling "
+        "for a checkpoint without an LM head (LlamaModel, ...), else generate",
+    )
+    convert: Literal["auto", "none", "embed"] = Field(
+        default="auto", description="vLLM's flag: embed serves a text model as embeddings"
+    )
+    task: Literal["auto", "generate", "embed"] | None = Field(
+        default=None, description="vLLM's older spelling: embed is --runner pooling"
+    )
+    pooler_config: str | None = Field(
+        default=None,
+        description='embedding pooling, vLLM\'s JSON: {"pooling_type": "LAST"|"MEAN"|"CLS", '
+        '"normalize": true}; default: the model\'s sentence-transformers files, else LAST',
     )
 
     # --- serving -------------------------------------------------------------------
@@ -222,6 +240,29 @@ class Settings(BaseSettings):
         self.lora_config()  # its LoRAConfigError is a ValueError
         return self
 
+    @model_validator(mode="after")
+    def _runner_is_consistent(self) -> Settings:
+        self.resolved_runner  # noqa: B018 (raises for flags that contradict each other)
+        PoolerConfig.parse(self.pooler_config)  # its PoolerConfigError is a ValueError
+        return self
+
+    @property
+    def resolved_runner(self) -> str:
+        """--runner, with vLLM's --convert embed and older --task embed folded in."""
+        wants: set[str] = set()
+        if self.convert == "embed" or self.task == "embed":
+            wants.add("pooling")
+        if self.task == "generate":
+            wants.add("generate")
+        if self.runner != "auto":
+            wants.add(self.runner)
+        if len(wants) > 1:
+            raise ValueError(
+                f"--runner {self.runner}, --convert {self.convert} and --task {self.task} "
+                "contradict each other"
+            )
+        return wants.pop() if wants else "auto"
+
     def lora_config(self) -> LoRAConfig | None:
         if not self.lora_modules and not self.allow_runtime_lora_updating:
             return None
@@ -300,4 +341,6 @@ class Settings(BaseSettings):
                 else None
             ),
             lora_config=self.lora_config(),
+            runner=self.resolved_runner,
+            pooler_config=self.pooler_config,
         )

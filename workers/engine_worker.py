@@ -113,6 +113,7 @@ class EngineWorker:
             num_kv_blocks=engine.stats().num_kv_blocks,
             max_model_len=engine.max_model_len,
             started_at=time.time(),
+            runner=engine.runner_kind,
         )
         self.heartbeat = Heartbeat(
             self.client,

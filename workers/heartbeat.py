@@ -38,6 +38,8 @@ class WorkerFacts:
     num_kv_blocks: int
     max_model_len: int
     started_at: float
+    # "generate" (text) or "pooling" (embeddings): which endpoints the model serves.
+    runner: str = "generate"
     pid: int = field(default_factory=os.getpid)
 
 
@@ -77,6 +79,7 @@ class Heartbeat:
             "kv_cache_usage": kv_usage,
             "num_kv_blocks": f.num_kv_blocks,
             "max_model_len": f.max_model_len,
+            "runner": f.runner,
             "started_at": f.started_at,
             "pid": f.pid,
             "loras": self.loras(),

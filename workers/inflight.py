@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from conveyor.bus import INTERACTIVE_LANE
 from conveyor.protocol import GenerateRequest
+from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParams
 
 
@@ -29,7 +30,7 @@ class Ticket:
     stream_id: str
     request: GenerateRequest
     attempt: int = 1
-    params: SamplingParams | None = None
+    params: SamplingParams | PoolingParams | None = None
     received: float = field(default_factory=time.time)
     lane: str = INTERACTIVE_LANE
 

@@ -29,6 +29,7 @@ import redis
 
 from conveyor.bus import BATCH_LANE, INTERACTIVE_LANE, LANES, REQUEST_FIELD, WORKER_GROUP, BusNames
 from conveyor.protocol import ErrorInfo, GenerateRequest
+from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParamError, SamplingParams
 from engine.structured_output import StructuredOutput, StructuredOutputError
 from workers.dead_letters import dead_letter
@@ -77,6 +78,19 @@ def sampling_params_from_wire(sampling: dict[str, Any]) -> SamplingParams:
     except (TypeError, ValueError) as exc:
         # A value of the wrong type, e.g. "n": "2", surfaces as a TypeError deep inside.
         raise SamplingParamError("sampling", str(exc)) from None
+
+
+_POOLING_FIELDS = frozenset(f.name for f in dataclasses.fields(PoolingParams))
+
+
+def pooling_params_from_wire(pooling: dict[str, Any]) -> PoolingParams:
+    """PoolingParams from JSON, names checked (an unknown one is a newer peer's: refuse)."""
+    if not isinstance(pooling, dict):
+        raise SamplingParamError("pooling", "must be an object")
+    unknown = sorted(set(pooling) - _POOLING_FIELDS)
+    if unknown:
+        raise SamplingParamError(unknown[0], "is not a supported embedding parameter")
+    return PoolingParams(**pooling)
 
 
 def engine_priority(priority: int, lane: str) -> int:
@@ -228,7 +242,7 @@ class Intake:
             self.inflight.unreserve(1)
             self._malformed(stream_id, fields or {}, attempt, exc, lane)
             return
-        params: SamplingParams | None = None
+        params: SamplingParams | PoolingParams | None = None
         error: ErrorInfo | None = None
         if request.deadline is not None and request.deadline < time.time():
             error = ErrorInfo(
@@ -245,9 +259,12 @@ class Intake:
             try:
                 _check_prompt(request.prompt_token_ids)
                 _check_priority(request.priority)
-                params = sampling_params_from_wire(request.sampling)
-                if self.prepare is not None:
-                    self.prepare(params)
+                if request.pooling is not None:
+                    params = pooling_params_from_wire(request.pooling)
+                else:
+                    params = sampling_params_from_wire(request.sampling)
+                    if self.prepare is not None:
+                        self.prepare(params)
             except SamplingParamError as exc:
                 error = bad_request(exc)
         ticket = Ticket(stream_id, request, attempt, params, lane=lane)

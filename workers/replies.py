@@ -8,7 +8,10 @@ is stored under `result:{id}` when the request finishes.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass, field
+
+import torch
 
 from conveyor.protocol import ChoiceDelta, ErrorInfo, ReplyMessage, TokenLogprob, Usage
 from engine.outputs import RequestOutput
@@ -20,6 +23,12 @@ def wire_logprob(lp: TokenLogprobs) -> TokenLogprob:
     return TokenLogprob(
         token_id=lp.token_id, logprob=lp.logprob, rank=lp.rank, top=[tuple(t) for t in lp.top]
     )
+
+
+def wire_embedding(vector: torch.Tensor) -> str:
+    """A vector as the protocol carries it: little-endian float32 bytes, base64."""
+    data = vector.to(torch.float32).contiguous().numpy().astype("<f4", copy=False)
+    return base64.b64encode(data.tobytes()).decode("ascii")
 
 
 @dataclass
@@ -45,6 +54,7 @@ class ReplyBuilder:
         self.usage: Usage | None = None
         self.times: dict[str, float | None] | None = None
         self.last_token_time: float | None = None
+        self.embedding: str | None = None
 
     @property
     def streaming(self) -> bool:
@@ -73,6 +83,8 @@ class ReplyBuilder:
             if o.finish_reason is not None:
                 choice.finish_reason, choice.stop_reason = o.finish_reason, o.stop_reason
             choice.num_output_tokens = o.num_output_tokens
+        if out.embedding is not None:
+            self.embedding = wire_embedding(out.embedding)
         prompt_lps = None
         if out.prompt_logprobs is not None:
             prompt_lps = [wire_logprob(lp) if lp else None for lp in out.prompt_logprobs]
@@ -93,6 +105,7 @@ class ReplyBuilder:
             finished=out.finished,
             usage=self.usage if out.finished else None,
             prompt_logprobs=prompt_lps,
+            embedding=self.embedding if out.finished else None,
             # Timing marks only where the API needs them: first message (queue time,
             # TTFT) and last (e2e); token messages stay small.
             times=self.times if first or out.finished else None,
@@ -114,6 +127,7 @@ class ReplyBuilder:
             usage=self.usage,
             prompt_logprobs=self.prompt_logprobs,
             times=self.times,
+            embedding=self.embedding,
         )
 
     def error(self, error: ErrorInfo) -> ReplyMessage:

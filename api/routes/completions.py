@@ -72,6 +72,7 @@ async def create_completion(
     refuse_early(request, record)
     raw_prompts = body.prompts()
     live = await catalog.resolve(body.model)
+    live.require_runner("generate", "/v1/completions")
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     tokenizer = model_tokenizer.tokenizer

@@ -1,4 +1,5 @@
-"""`GET /v1/organization/usage/completions`: OpenAI's usage buckets from the request logs."""
+"""`GET /v1/organization/usage/completions` and `.../embeddings`: OpenAI's usage buckets
+from the request logs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from fastapi import APIRouter, Query, Request
 from api.deps import AdminOnly, DatabaseDep
 from api.errors import bad_request
 from api.sql import in_session
-from conveyor.db.usage import UsageQuery, UsageQueryError, completions_usage
+from conveyor.db.usage import (
+    COMPLETIONS,
+    EMBEDDINGS,
+    UsageQuery,
+    UsageQueryError,
+    UsageReport,
+    usage_report,
+)
 
 router = APIRouter(prefix="/v1/organization/usage", dependencies=[AdminOnly])
 
@@ -33,7 +41,34 @@ async def completions(
     limit: int | None = None,
     page: str | None = None,
 ) -> dict[str, Any]:
-    query = UsageQuery(
+    query = _query(request, start_time, end_time, bucket_width, limit, page, batch=batch)
+    return await _report(database, query, COMPLETIONS)
+
+
+@router.get("/embeddings")
+async def embeddings(
+    request: Request,
+    database: DatabaseDep,
+    start_time: Annotated[int, Query(ge=0)],
+    end_time: Annotated[int | None, Query(ge=0)] = None,
+    bucket_width: str = "1d",
+    limit: int | None = None,
+    page: str | None = None,
+) -> dict[str, Any]:
+    query = _query(request, start_time, end_time, bucket_width, limit, page)
+    return await _report(database, query, EMBEDDINGS)
+
+
+def _query(
+    request: Request,
+    start_time: int,
+    end_time: int | None,
+    bucket_width: str,
+    limit: int | None,
+    page: str | None,
+    batch: bool | None = None,
+) -> UsageQuery:
+    return UsageQuery(
         start_time=start_time,
         end_time=end_time,
         bucket_width=bucket_width,  # type: ignore[arg-type]  # validated by the query
@@ -46,9 +81,11 @@ async def completions(
         page=page,
     )
 
+
+async def _report(database: Any, query: UsageQuery, report: UsageReport) -> dict[str, Any]:
     def work(session: Any) -> dict[str, Any]:
         try:
-            return completions_usage(session, query)
+            return usage_report(session, query, report)
         except UsageQueryError as exc:
             raise bad_request(exc.message, param=exc.param) from None
 

@@ -1,4 +1,5 @@
-"""OpenAI's completions usage report (`GET /v1/organization/usage/completions`) from request logs.
+"""OpenAI's usage reports (`GET /v1/organization/usage/completions` and `.../embeddings`)
+from request logs.
 
 Buckets follow what OpenAI's API returns: bucket edges sit on UTC multiples of
 the width (minute, hour, midnight), except that the first bucket starts at
@@ -33,16 +34,35 @@ BucketWidth = Literal["1m", "1h", "1d"]
 BUCKET_SECONDS: dict[str, int] = {"1m": 60, "1h": 3_600, "1d": 86_400}
 # (default, max) buckets per page, as OpenAI documents them.
 BUCKET_LIMITS: dict[str, tuple[int, int]] = {"1m": (60, 1_440), "1h": (24, 168), "1d": (7, 31)}
-GROUP_BY_FIELDS = ("project_id", "api_key_id", "model", "batch")
-
-# The request_logs `endpoint` values this report covers (OpenAI reports embeddings,
-# images, ... under other usage endpoints).
-COMPLETIONS_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses")
 # OpenAI bills a request that produced a response; rejected or failed requests
 # (4xx, 5xx, including ones that died in the engine) cost nothing and are left out.
 BILLED_STATUS_CODE = 200
 
-RESULT_OBJECT = "organization.usage.completions.result"
+
+@dataclass(frozen=True)
+class UsageReport:
+    """One of OpenAI's usage endpoints: the request_logs `endpoint` values it covers, what
+    it may group by, and the fields of its result objects."""
+
+    endpoints: tuple[str, ...]
+    group_by_fields: tuple[str, ...]
+    result_object: str
+    # Completions report output and cached tokens; embeddings read input only.
+    generates: bool
+
+
+COMPLETIONS = UsageReport(
+    endpoints=("/v1/chat/completions", "/v1/completions", "/v1/responses"),
+    group_by_fields=("project_id", "api_key_id", "model", "batch"),
+    result_object="organization.usage.completions.result",
+    generates=True,
+)
+EMBEDDINGS = UsageReport(
+    endpoints=("/v1/embeddings",),
+    group_by_fields=("project_id", "api_key_id", "model"),
+    result_object="organization.usage.embeddings.result",
+    generates=False,
+)
 # 9999-12-31T23:59:59Z: keeps times inside BIGINT and the cursor's 64-bit fields.
 MAX_TIME = 253_402_300_799
 _CURSOR_PREFIX = "page_"
@@ -82,15 +102,22 @@ class UsageQuery:
 def completions_usage(
     session: Session, query: UsageQuery, now: int | None = None
 ) -> dict[str, Any]:
+    """One page of OpenAI's completions usage response for `query` (see usage_report)."""
+    return usage_report(session, query, COMPLETIONS, now)
+
+
+def usage_report(
+    session: Session, query: UsageQuery, report: UsageReport, now: int | None = None
+) -> dict[str, Any]:
     """One page of OpenAI's usage response for `query`.
 
-    Counted: request_logs rows of the completions endpoints created in
+    Counted: request_logs rows of the report's endpoints created in
     [start_time, end_time) with status 200, i.e. the requests OpenAI would bill
     because a response was produced; rejected and failed ones cost nothing.
     `input_tokens` sums `prompt_tokens`, which (as in OpenAI's usage object)
     already include the cached ones; audio tokens are always 0.
     """
-    width, limit, group_by = _validate(query)
+    width, limit, group_by = _validate(query, report)
     if query.end_time is not None:
         end = query.end_time
     else:
@@ -104,7 +131,7 @@ def completions_usage(
     has_more = bool(buckets) and buckets[-1][1] < end
     results: dict[int, list[dict[str, Any]]] = {}
     if buckets:
-        results = _aggregate(session, query, group_by, width, buckets[0][0], buckets[-1][1])
+        results = _aggregate(session, query, report, group_by, width, buckets[0][0], buckets[-1][1])
     return {
         "object": "page",
         "data": [
@@ -121,7 +148,7 @@ def completions_usage(
     }
 
 
-def _validate(query: UsageQuery) -> tuple[int, int, tuple[str, ...]]:
+def _validate(query: UsageQuery, report: UsageReport) -> tuple[int, int, tuple[str, ...]]:
     if query.bucket_width not in BUCKET_SECONDS:
         raise UsageQueryError(
             "bucket_width", f"bucket_width must be one of {', '.join(BUCKET_SECONDS)}"
@@ -142,10 +169,11 @@ def _validate(query: UsageQuery) -> tuple[int, int, tuple[str, ...]]:
         )
     group_by: list[str] = []
     for field in query.group_by:
-        if field not in GROUP_BY_FIELDS:
+        if field not in report.group_by_fields:
             raise UsageQueryError(
                 "group_by",
-                f"cannot group by {field!r}: supported fields are {', '.join(GROUP_BY_FIELDS)}",
+                f"cannot group by {field!r}: supported fields are "
+                f"{', '.join(report.group_by_fields)}",
             )
         if field not in group_by:
             group_by.append(field)
@@ -166,6 +194,7 @@ def _bucket_bounds(first: int, end: int, width: int, limit: int) -> list[tuple[i
 def _aggregate(
     session: Session,
     query: UsageQuery,
+    report: UsageReport,
     group_by: tuple[str, ...],
     width: int,
     first: int,
@@ -186,7 +215,7 @@ def _aggregate(
         RequestLog.created_at >= first,
         RequestLog.created_at < stop,
         RequestLog.status_code == BILLED_STATUS_CODE,
-        RequestLog.endpoint.in_(COMPLETIONS_ENDPOINTS),
+        RequestLog.endpoint.in_(report.endpoints),
     ]
     if query.project_ids:
         conditions.append(RequestLog.project_id.in_(query.project_ids))
@@ -228,22 +257,27 @@ def _aggregate(
         values = dict(zip(group_by, groups, strict=True))
         if "batch" in values:
             values["batch"] = bool(values["batch"])
-        results.setdefault(int(index), []).append(
-            {
-                "object": RESULT_OBJECT,
-                "input_tokens": int(input_tokens or 0),
+        result: dict[str, Any] = {
+            "object": report.result_object,
+            "input_tokens": int(input_tokens or 0),
+        }
+        if report.generates:
+            result |= {
                 "output_tokens": int(output_tokens or 0),
                 "input_cached_tokens": int(cached_tokens or 0),
                 "input_audio_tokens": 0,
                 "output_audio_tokens": 0,
-                "num_model_requests": int(requests),
-                "project_id": values.get("project_id"),
-                "user_id": None,
-                "api_key_id": values.get("api_key_id"),
-                "model": values.get("model"),
-                "batch": values.get("batch"),
             }
-        )
+        result |= {
+            "num_model_requests": int(requests),
+            "project_id": values.get("project_id"),
+            "user_id": None,
+            "api_key_id": values.get("api_key_id"),
+            "model": values.get("model"),
+        }
+        if report.generates:
+            result["batch"] = values.get("batch")
+        results.setdefault(int(index), []).append(result)
     for bucket_results in results.values():
         # Databases disagree on where NULL sorts; order here so both answer alike.
         bucket_results.sort(key=lambda result: _sort_key(result, group_by))

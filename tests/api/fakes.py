@@ -10,9 +10,11 @@ on demand (lost messages, re-delivery, silence, errors).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -79,6 +81,8 @@ class FakeWorker:
     behaviour: str = "normal"
     # LoRA adapters it announces (name -> path), as a worker started with --lora-modules.
     loras: dict[str, str] = field(default_factory=dict)
+    # "pooling": an embedding model's worker (answers with fake_embedding of the prompt).
+    runner: str = "generate"
     received: list[GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     _thread: threading.Thread | None = None
@@ -178,6 +182,7 @@ class FakeWorker:
             "waiting": 0,
             "kv_cache_usage": 0.0,
             "max_model_len": self.max_model_len,
+            "runner": self.runner,
             "loras": loras,
             "lora_gens": lora_gens,
         }
@@ -249,6 +254,11 @@ class FakeWorker:
                     ),
                     request,
                 )
+                return
+            if request.pooling is not None:
+                if behaviour == "slow":
+                    await asyncio.sleep(30)  # until the test is over or the client leaves
+                await self._embed(request)
                 return
             if behaviour == "restart":
                 await self._generate(request, attempt=1, stop_after=2)
@@ -349,6 +359,20 @@ class FakeWorker:
             if delay:
                 await asyncio.sleep(delay)
 
+    async def _embed(self, request: GenerateRequest) -> None:
+        if request.id in self.aborted or not self._running():
+            return
+        message = ReplyMessage(
+            id=request.id,
+            seq=0,
+            finished=True,
+            usage=Usage(prompt_tokens=len(request.prompt_token_ids), completion_tokens=0),
+            embedding=fake_embedding(request.prompt_token_ids, request.pooling),
+            worker=self.instance,
+        )
+        await self.redis.set(self.names.result(request.id), message.encode(), ex=60)
+        await self._publish(message, request)
+
     async def _store_result(
         self, request: GenerateRequest, per_choice: list[list[int]], last: ReplyMessage
     ) -> None:
@@ -380,6 +404,19 @@ class FakeWorker:
 
     async def _publish(self, message: ReplyMessage, request: GenerateRequest) -> None:
         await self.redis.publish(self.names.reply(request.reply_to), message.encode())
+
+
+def fake_embedding_values(prompt: list[int], pooling: dict[str, Any] | None) -> list[float]:
+    """What the fake pooling worker answers: facts of the prompt, so tests can tell which
+    input a vector belongs to, cut to the request's `dimensions`."""
+    values = [float(len(prompt)), float(prompt[0]), float(prompt[-1]), 0.5, -0.25, 1e-3]
+    dims = (pooling or {}).get("dimensions")
+    return values[:dims] if dims else values
+
+
+def fake_embedding(prompt: list[int], pooling: dict[str, Any] | None) -> str:
+    values = fake_embedding_values(prompt, pooling)
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
 
 
 class LiveServer:

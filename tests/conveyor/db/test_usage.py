@@ -15,7 +15,13 @@ import pytest
 
 from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
-from conveyor.db.usage import UsageQuery, UsageQueryError, completions_usage
+from conveyor.db.usage import (
+    EMBEDDINGS,
+    UsageQuery,
+    UsageQueryError,
+    completions_usage,
+    usage_report,
+)
 
 DAY = 86_400
 HOUR = 3_600
@@ -231,10 +237,45 @@ def test_only_billed_completion_requests_count(db: Database) -> None:
         Row(T0 + 4, 8, status_code=429),
         Row(T0 + 5, 16, status_code=500),
         Row(T0 + 6, 32, endpoint="/tokenize"),
+        Row(T0 + 7, 64, 0, endpoint="/v1/embeddings"),
     ]
     insert(db, *rows)
     (bucket,) = usage(db, UsageQuery(start_time=T0, end_time=T0 + DAY))["data"]
     assert [(r["input_tokens"], r["num_model_requests"]) for r in bucket["results"]] == [(7, 3)]
+
+
+def test_embeddings_report_counts_embedding_requests_in_openai_shape(db: Database) -> None:
+    rows = [
+        Row(T0 + 1, 1),  # a chat completion: the other report's
+        Row(T0 + 2, 10, 0, endpoint="/v1/embeddings"),
+        Row(T0 + 3, 20, 0, endpoint="/v1/embeddings", model="e2", api_key_id="key_b"),
+        Row(T0 + 4, 40, 0, endpoint="/v1/embeddings", status_code=400),
+        Row(T0 + DAY + 5, 80, 0, endpoint="/v1/embeddings", batch_id="batch_1"),
+    ]
+    insert(db, *rows)
+    query = UsageQuery(start_time=T0, end_time=T0 + 2 * DAY, group_by=("model",))
+    with db.session() as session:
+        page = usage_report(session, query, EMBEDDINGS)
+    first, second = (bucket["results"] for bucket in page["data"])
+    # Sorted by the group's value, as the completions report sorts.
+    assert first == [
+        {
+            "object": "organization.usage.embeddings.result",
+            "input_tokens": tokens,
+            "num_model_requests": 1,
+            "project_id": None,
+            "user_id": None,
+            "api_key_id": None,
+            "model": model,
+        }
+        for model, tokens in (("e2", 20), ("m1", 10))
+    ]
+    assert [(r["model"], r["input_tokens"]) for r in second] == [("m1", 80)]
+    with db.session() as session, pytest.raises(UsageQueryError) as refused:
+        usage_report(
+            session, UsageQuery(start_time=T0, group_by=("batch",)), EMBEDDINGS, now=T0 + 10
+        )
+    assert refused.value.param == "group_by"
 
 
 @pytest.mark.parametrize(

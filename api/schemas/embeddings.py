@@ -1,0 +1,88 @@
+"""OpenAI embeddings: request and response shapes, with vLLM's extras."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from api.errors import ApiError, not_supported
+
+# One text, several texts, one token-id input, or several (OpenAI's four forms).
+EmbeddingInput = str | list[str] | list[int] | list[list[int]]
+
+# Inputs in one request, as OpenAI limits them; each becomes its own queued request.
+MAX_INPUTS = 2048
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+    # vLLM extras
+    add_special_tokens: bool = True
+    # Keep only the last k tokens of each input (-1: the model's maximum length).
+    truncate_prompt_tokens: int | None = None
+    normalize: bool | None = None
+    priority: int = 0
+    # vLLM's chat-shaped embedding input, not implemented: refused, never ignored.
+    messages: Any = None
+
+    def check_supported(self) -> None:
+        if self.messages is not None:
+            raise not_supported("messages", "chat messages as embedding input (send input)")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise ApiError(400, "dimensions must be at least 1", param="dimensions")
+        if self.truncate_prompt_tokens is not None and self.truncate_prompt_tokens < -1:
+            raise ApiError(
+                400,
+                "truncate_prompt_tokens must be -1 (the model's maximum) or at least 1",
+                param="truncate_prompt_tokens",
+            )
+        if self.truncate_prompt_tokens == 0:
+            raise ApiError(
+                400, "truncate_prompt_tokens must be at least 1", param="truncate_prompt_tokens"
+            )
+
+    def inputs(self) -> list[str | list[int]]:
+        """The inputs as a list, each text or token ids; `data` is in this order."""
+        value = self.input
+        if isinstance(value, str):
+            items: list[str | list[int]] = [value]
+        elif value and isinstance(value[0], int):
+            items = [list(value)]  # type: ignore[arg-type]
+        else:
+            items = list(value)  # type: ignore[arg-type]
+        if not items:
+            raise ApiError(400, "input must not be empty", param="input")
+        if len(items) > MAX_INPUTS:
+            raise ApiError(400, f"at most {MAX_INPUTS} inputs per request", param="input")
+        for item in items:
+            if not item:
+                raise ApiError(400, "input must not contain empty strings or lists", param="input")
+        return items
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    # A list of floats, or (encoding_format "base64") their little-endian float32 bytes.
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[EmbeddingData]
+    usage: EmbeddingUsage

@@ -1,0 +1,173 @@
+"""POST /v1/embeddings against scripted workers: shapes, encodings, routing and refusals.
+
+The fake pooling worker answers each input with facts of its tokens
+(tests/api/fakes.py: fake_embedding_values), so every test can tell which
+input a vector came from. Real vectors: tests/workers and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from .conftest import MAX_MODEL_LEN, MODEL, Stack, worker_on
+from .fakes import FakeWorker, fake_embedding_values, wait_for
+
+EMBEDDER = "fake-embedder"
+
+
+@pytest.fixture(scope="module")
+def embedder(stack: Stack) -> Iterator[FakeWorker]:
+    with worker_on(stack, EMBEDDER, instance="embedder-1", runner="pooling") as worker:
+        yield worker
+
+
+@pytest.fixture()
+def embed_worker(embedder: FakeWorker) -> FakeWorker:
+    embedder.behaviour = "normal"
+    embedder.received.clear()
+    return embedder
+
+
+def test_the_sdk_gets_each_input_s_vector_in_order_float_and_base64(
+    sdk: openai.OpenAI, embed_worker: FakeWorker
+) -> None:
+    texts = ["the first input", "a second, longer input than the first", "3"]
+    ids = [embed_worker.tokenizer.encode(t) for t in texts]
+    # The SDK asks for base64 by default and decodes it itself.
+    for fmt in (openai.NOT_GIVEN, "float"):
+        result = sdk.embeddings.create(model=EMBEDDER, input=texts, encoding_format=fmt)
+        assert result.object == "list" and result.model == EMBEDDER
+        assert [d.index for d in result.data] == [0, 1, 2]
+        for data, prompt in zip(result.data, ids, strict=True):
+            assert data.object == "embedding"
+            assert data.embedding == pytest.approx(fake_embedding_values(prompt, None))
+        assert result.usage.prompt_tokens == result.usage.total_tokens == sum(map(len, ids))
+    # One queued request per input, each an embedding (not a generation).
+    assert all(r.pooling is not None for r in embed_worker.received)
+
+
+def test_base64_is_little_endian_float32(client: httpx.Client, embed_worker: FakeWorker) -> None:
+    reply = client.post(
+        "/v1/embeddings",
+        json={"model": EMBEDDER, "input": [[7, 8, 9]], "encoding_format": "base64"},
+    )
+    assert reply.status_code == 200, reply.text
+    raw = base64.b64decode(reply.json()["data"][0]["embedding"])
+    values = struct.unpack(f"<{len(raw) // 4}f", raw)
+    assert values == pytest.approx(fake_embedding_values([7, 8, 9], None))
+
+
+def test_token_inputs_dimensions_and_vllm_extras_reach_the_worker(
+    client: httpx.Client, embed_worker: FakeWorker
+) -> None:
+    reply = client.post(
+        "/v1/embeddings",
+        json={
+            "model": EMBEDDER,
+            "input": [[5, 6, 7, 8, 9], [10, 11]],
+            "dimensions": 3,
+            "normalize": False,
+            "truncate_prompt_tokens": 3,
+            "priority": -2,
+        },
+    )
+    assert reply.status_code == 200, reply.text
+    data = reply.json()["data"]
+    cut = {"dimensions": 3}
+    assert data[0]["embedding"] == pytest.approx(fake_embedding_values([7, 8, 9], cut))
+    assert data[1]["embedding"] == pytest.approx(fake_embedding_values([10, 11], cut))
+    assert reply.json()["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
+    got = sorted(embed_worker.received, key=lambda r: r.id)
+    assert [r.prompt_token_ids for r in got] == [[7, 8, 9], [10, 11]]
+    assert all(r.pooling == {"dimensions": 3, "normalize": False} for r in got)
+    assert all(r.priority == -2 and not r.stream for r in got)
+
+
+def test_an_input_may_fill_the_context_and_no_more(
+    client: httpx.Client, embed_worker: FakeWorker
+) -> None:
+    fits = client.post("/v1/embeddings", json={"model": EMBEDDER, "input": [1] * MAX_MODEL_LEN})
+    assert fits.status_code == 200, fits.text
+    too_long = client.post(
+        "/v1/embeddings", json={"model": EMBEDDER, "input": [1] * (MAX_MODEL_LEN + 1)}
+    )
+    assert too_long.status_code == 400
+    error = too_long.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "input"
+    assert f"{MAX_MODEL_LEN + 1} tokens" in error["message"]
+    # -1 keeps as much of the end as the model reads.
+    cut = client.post(
+        "/v1/embeddings",
+        json={
+            "model": EMBEDDER,
+            "input": list(range(1, MAX_MODEL_LEN + 11)),
+            "truncate_prompt_tokens": -1,
+        },
+    )
+    assert cut.status_code == 200, cut.text
+    assert cut.json()["usage"]["prompt_tokens"] == MAX_MODEL_LEN
+    assert embed_worker.received[-1].prompt_token_ids[0] == 11
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": []}, "input"),
+        ({"input": ["fine", ""]}, "input"),
+        ({"input": [[]]}, "input"),
+        ({"input": ["x"] * 2049}, "input"),
+        ({"input": [[1, 2, 999_999]]}, "input"),
+        ({"input": "x", "dimensions": 0}, "dimensions"),
+        ({"input": "x", "encoding_format": "binary"}, "encoding_format"),
+        ({"input": "x", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
+        ({"messages": [{"role": "user", "content": "hi"}], "input": "x"}, "messages"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_parameter(
+    client: httpx.Client, embed_worker: FakeWorker, body: dict, param: str
+) -> None:
+    reply = client.post("/v1/embeddings", json={"model": EMBEDDER, **body})
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["param"] == param
+    assert not embed_worker.received
+
+
+def test_each_endpoint_refuses_the_other_kind_of_model(
+    sdk: openai.OpenAI, embed_worker: FakeWorker, worker: FakeWorker
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.embeddings.create(model=MODEL, input="hello")
+    assert "--runner pooling" in refused.value.message
+    assert refused.value.code == "model_not_supported"
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model=EMBEDDER, messages=[{"role": "user", "content": "hi"}])
+    assert "/v1/embeddings only" in refused.value.message
+    with pytest.raises(openai.BadRequestError):
+        sdk.completions.create(model=EMBEDDER, prompt="hi")
+    assert not embed_worker.received and not worker.received
+
+
+def test_a_worker_error_is_the_answer(client: httpx.Client, embed_worker: FakeWorker) -> None:
+    embed_worker.behaviour = "error"
+    reply = client.post("/v1/embeddings", json={"model": EMBEDDER, "input": ["a", "b"]})
+    assert reply.status_code == 503
+    assert reply.json()["error"]["code"] == "oom"
+
+
+def test_workers_of_both_kinds_for_one_model_answer_503_until_they_agree(
+    stack: Stack, client: httpx.Client, embed_worker: FakeWorker
+) -> None:
+    with worker_on(stack, EMBEDDER, instance="embedder-2", runner="generate"):
+        wait_for(lambda: client.get(f"/v1/models/{EMBEDDER}").status_code == 200)
+
+        def mixed() -> bool:
+            reply = client.post("/v1/embeddings", json={"model": EMBEDDER, "input": "x"})
+            return reply.status_code == 503 and "changing" in reply.json()["error"]["message"]
+
+        wait_for(mixed)
