@@ -1,0 +1,137 @@
+"""Embeddings on the real `conveyor serve --runner pooling` tree, through the official SDK:
+direct calls and a batch give the in-process engine's vectors, and a project key's
+embedding tokens show up in the embeddings usage report."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+
+from engine.llm import LLM
+
+from .conftest import serving
+
+MODEL = "smollm2"
+ADMIN_KEY = "e2e-embeddings-admin"
+TEXTS = [
+    "The capital of France is Paris.",
+    "A quick brown fox jumps over the lazy dog.",
+    "def add(a, b):\n    return a + b",
+]
+# fp32 on both sides; batches of other shapes change only the summation order.
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def embed_server(
+    bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    with serving(
+        bundled_model_dir,
+        CONVEYOR_RUNNER="pooling",
+        CONVEYOR_ADMIN_KEY=ADMIN_KEY,
+        CONVEYOR_LOG_FLUSH_INTERVAL="0.2",
+        CONVEYOR_BATCH_SWEEP_INTERVAL="1",
+        CONVEYOR_DATA_DIR=str(tmp_path_factory.mktemp("embed-data")),
+    ) as (base_url, _):
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def expected(bundled_model_dir: Path) -> list[torch.Tensor]:
+    llm = LLM(
+        str(bundled_model_dir), runner="pooling", max_model_len=2048, kv_cache_memory=256 << 20
+    )
+    return [r.embedding for r in llm.embed(TEXTS)]  # type: ignore[misc]
+
+
+@pytest.fixture(scope="module")
+def tenant(embed_server: str) -> tuple[httpx.Client, dict[str, Any]]:
+    admin = httpx.Client(
+        base_url=embed_server, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    )
+    project = admin.post("/v1/organization/projects", json={"name": "search"}).json()
+    key = admin.post(
+        f"/v1/organization/projects/{project['id']}/api_keys", json={"name": "indexer"}
+    ).json()
+    return admin, key
+
+
+def test_direct_and_batched_embeddings_are_the_engines_and_are_billed(
+    embed_server: str, expected: list[torch.Tensor], tenant: tuple[httpx.Client, dict[str, Any]]
+) -> None:
+    admin, key = tenant
+    start = int(time.time())
+    client = openai.OpenAI(
+        base_url=f"{embed_server}/v1", api_key=key["value"], max_retries=0, timeout=120
+    )
+    # The SDK asks for base64 by default; "float" is the JSON list.
+    for fmt in (openai.NOT_GIVEN, "float"):
+        result = client.embeddings.create(model=MODEL, input=TEXTS, encoding_format=fmt)
+        assert result.model == MODEL and [d.index for d in result.data] == [0, 1, 2]
+        for data, want in zip(result.data, expected, strict=True):
+            torch.testing.assert_close(torch.tensor(data.embedding), want, atol=ATOL, rtol=0)
+    direct_tokens = 2 * result.usage.prompt_tokens
+
+    with pytest.raises(openai.BadRequestError, match="/v1/embeddings only"):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+
+    lines = [
+        {
+            "custom_id": f"doc-{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": MODEL, "input": text, "encoding_format": "float"},
+        }
+        for i, text in enumerate(TEXTS)
+    ]
+    upload = client.files.create(
+        file=("docs.jsonl", "\n".join(json.dumps(line) for line in lines).encode()),
+        purpose="batch",
+    )
+    batch = client.batches.create(
+        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
+    )
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.5)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.request_counts is not None and batch.request_counts.completed == len(TEXTS)
+    assert batch.output_file_id is not None
+    output = [
+        json.loads(line)
+        for line in client.files.content(batch.output_file_id).text.split("\n")
+        if line
+    ]
+    by_id = {row["custom_id"]: row["response"] for row in output}
+    batch_tokens = 0
+    for i, want in enumerate(expected):
+        response = by_id[f"doc-{i}"]
+        assert response["status_code"] == 200
+        (data,) = response["body"]["data"]
+        torch.testing.assert_close(torch.tensor(data["embedding"]), want, atol=ATOL, rtol=0)
+        batch_tokens += response["body"]["usage"]["prompt_tokens"]
+
+    def billed() -> tuple[int, int]:
+        page = admin.get(
+            "/v1/organization/usage/embeddings",
+            params={"start_time": start - 60, "group_by": "api_key_id"},
+        ).json()
+        mine = [r for b in page["data"] for r in b["results"] if r["api_key_id"] == key["id"]]
+        return sum(r["input_tokens"] for r in mine), sum(r["num_model_requests"] for r in mine)
+
+    want = (direct_tokens + batch_tokens, 2 + len(TEXTS))
+    deadline = time.monotonic() + 10
+    while billed() != want:
+        assert time.monotonic() < deadline, f"billed {billed()}, expected {want}"
+        time.sleep(0.2)
