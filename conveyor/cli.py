@@ -207,6 +207,10 @@ def _bench(args: argparse.Namespace) -> int:
         from benchmarks.structured_output import main as bench_structured
 
         return bench_structured(args.rest)
+    if args.target == "embed":
+        from benchmarks.embeddings import main as bench_embed
+
+        return bench_embed(args.rest)
     if args.target == "lora":
         from benchmarks.lora import main as bench_lora
 
@@ -269,12 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: `conveyor bench engine|serve|kernels|batch|structured|speculative|lora "
-        "[flags]`",
+        help="benchmarks: `conveyor bench "
+        "engine|serve|kernels|batch|structured|speculative|lora|embed [flags]`",
     )
     bench.add_argument(
         "target",
-        choices=["engine", "serve", "kernels", "batch", "structured", "speculative", "lora"],
+        choices=[
+            "engine",
+            "serve",
+            "kernels",
+            "batch",
+            "structured",
+            "speculative",
+            "lora",
+            "embed",
+        ],
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)

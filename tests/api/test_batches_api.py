@@ -105,7 +105,7 @@ def test_another_projects_batch_is_404(tenants: tuple[Stack, openai.OpenAI, open
 @pytest.mark.parametrize(
     ("overrides", "param"),
     [
-        ({"endpoint": "/v1/embeddings"}, "endpoint"),
+        ({"endpoint": "/v1/moderations"}, "endpoint"),
         ({"completion_window": "1h"}, "completion_window"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
     ],
