@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from api.admission import admit, refuse_early
+from api.chat_tokens import chat_token_ids
 from api.collect import ClientGone, Output, collect_all, finish
 from api.deps import (
     Authenticated,
@@ -61,7 +62,7 @@ async def create_embedding(
     body.check_supported()
     record.model = body.model
     refuse_early(request, record)
-    items = body.inputs()
+    items = body.inputs() if body.messages is None else []
     live = await catalog.resolve(body.model)
     live.require_runner("pooling", "/v1/embeddings")
     await submitter.check_capacity(live.queue_model, record.lane)
@@ -78,7 +79,8 @@ async def create_embedding(
     record.prompt_tokens = sum(len(ids) for ids in prompts)
     record.completion_tokens = 0
     if settings.log_prompts:
-        record.prompt_text = json.dumps(items, ensure_ascii=False)
+        logged = items or [m.model_dump(exclude_none=True) for m in body.messages or ()]
+        record.prompt_text = json.dumps(logged, ensure_ascii=False)
     await admit(request, record, tokens=record.prompt_tokens)
     pooling = {"dimensions": body.dimensions, "normalize": body.normalize}
     readers: list[ReplyReader] = []
@@ -152,16 +154,25 @@ def _tokenize(
             )
         keep = max_model_len
     prompts = []
+    if body.messages is not None:
+        chat = chat_token_ids(
+            tokenizer,
+            body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            add_special_tokens=bool(body.add_special_tokens),
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+        prompts.append(chat)
+    special = True if body.add_special_tokens is None else body.add_special_tokens
     for item in items:
         if isinstance(item, str):
-            ids = tokenizer.encode(item, add_special_tokens=body.add_special_tokens)
+            ids = tokenizer.encode(item, add_special_tokens=special)
         else:
             check_prompt_ids(item, tokenizer.vocab_size, param="input")
             ids = list(item)
-        if keep is not None:
-            ids = ids[-keep:]
         prompts.append(ids)
-    return prompts
+    return [ids[-keep:] for ids in prompts] if keep is not None else prompts
 
 
 def _encoded(output: Output, encoding_format: str) -> list[float] | str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
+from api.chat_tokens import chat_token_ids
 from api.deps import Authenticated, CatalogDep, json_body
-from api.errors import ApiError, bad_request, validation_error
+from api.errors import bad_request, validation_error
 from api.request_submitter import check_prompt_ids
 from api.schemas.tokenize import (
     DetokenizeRequest,
@@ -44,19 +45,15 @@ async def _tokenize_body(request: Request) -> TokenizeRequest:
 def _tokenize(tokenizer: Tokenizer, body: TokenizeRequest) -> list[int]:
     if isinstance(body, TokenizeCompletionRequest):
         return tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
-    kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
-    if body.continue_final_message:
-        kwargs["continue_final_message"] = True
-    try:
-        text = tokenizer.render_chat(
-            [m.model_dump(exclude_none=True) for m in body.messages],
-            add_generation_prompt=body.add_generation_prompt,
-            tools=body.tools,
-            **kwargs,
-        )
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param="messages") from None
-    return tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
+    return chat_token_ids(
+        tokenizer,
+        body.messages,
+        add_generation_prompt=body.add_generation_prompt,
+        continue_final_message=body.continue_final_message,
+        add_special_tokens=body.add_special_tokens,
+        chat_template_kwargs=body.chat_template_kwargs,
+        tools=body.tools,
+    )
 
 
 @router.post("/tokenize")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from api.errors import ApiError, not_supported
+from api.errors import ApiError
+from api.schemas.chat import ChatMessage
 
 # One text, several texts, one token-id input, or several (OpenAI's four forms).
 EmbeddingInput = str | list[str] | list[int] | list[list[int]]
@@ -19,22 +20,30 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    input: EmbeddingInput
+    # OpenAI's inputs; or vLLM's chat form, `messages` (one conversation, one vector).
+    input: EmbeddingInput | None = None
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
     user: str | None = None
-    # vLLM extras
-    add_special_tokens: bool = True
+    # vLLM extras. add_special_tokens: default true for `input`, false for `messages`
+    # (the chat template writes its own), as in vLLM.
+    add_special_tokens: bool | None = None
     # Keep only the last k tokens of each input (-1: the model's maximum length).
     truncate_prompt_tokens: int | None = None
     normalize: bool | None = None
     priority: int = 0
-    # vLLM's chat-shaped embedding input, not implemented: refused, never ignored.
-    messages: Any = None
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
 
     def check_supported(self) -> None:
-        if self.messages is not None:
-            raise not_supported("messages", "chat messages as embedding input (send input)")
+        if (self.input is None) == (self.messages is None):
+            raise ApiError(
+                400,
+                "send the text to embed as input, or a conversation as messages (one of them)",
+                param="input",
+            )
         if self.dimensions is not None and self.dimensions < 1:
             raise ApiError(400, "dimensions must be at least 1", param="dimensions")
         if self.truncate_prompt_tokens is not None and self.truncate_prompt_tokens < -1:
@@ -51,6 +60,8 @@ class EmbeddingRequest(BaseModel):
     def inputs(self) -> list[str | list[int]]:
         """The inputs as a list, each text or token ids; `data` is in this order."""
         value = self.input
+        if value is None:
+            raise ApiError(400, "input is required", param="input")
         if isinstance(value, str):
             items: list[str | list[int]] = [value]
         elif value and isinstance(value[0], int):

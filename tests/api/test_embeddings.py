@@ -89,6 +89,30 @@ def test_token_inputs_dimensions_and_vllm_extras_reach_the_worker(
     assert all(r.priority == -2 and not r.stream for r in got)
 
 
+def test_a_conversation_is_embedded_as_its_chat_template_renders_it(
+    client: httpx.Client, embed_worker: FakeWorker
+) -> None:
+    """vLLM's chat form: one vector for the conversation; no generation prompt and no
+    extra special tokens unless asked."""
+    messages = [
+        {"role": "system", "content": "Represent the question for retrieval."},
+        {"role": "user", "content": "What is the boiling point of water?"},
+    ]
+    tokenizer = embed_worker.tokenizer
+    for extra, generation_prompt in (({}, False), ({"add_generation_prompt": True}, True)):
+        embed_worker.received.clear()
+        reply = client.post(
+            "/v1/embeddings", json={"model": EMBEDDER, "messages": messages, **extra}
+        )
+        assert reply.status_code == 200, reply.text
+        (data,) = reply.json()["data"]
+        text = tokenizer.render_chat(messages, add_generation_prompt=generation_prompt)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert embed_worker.received[0].prompt_token_ids == ids
+        assert data["embedding"] == pytest.approx(fake_embedding_values(ids, None))
+        assert reply.json()["usage"]["prompt_tokens"] == len(ids)
+
+
 def test_an_input_may_fill_the_context_and_no_more(
     client: httpx.Client, embed_worker: FakeWorker
 ) -> None:
@@ -126,7 +150,9 @@ def test_an_input_may_fill_the_context_and_no_more(
         ({"input": "x", "dimensions": 0}, "dimensions"),
         ({"input": "x", "encoding_format": "binary"}, "encoding_format"),
         ({"input": "x", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
-        ({"messages": [{"role": "user", "content": "hi"}], "input": "x"}, "messages"),
+        ({"messages": [{"role": "user", "content": "hi"}], "input": "x"}, "input"),
+        ({}, "input"),
+        ({"messages": []}, "messages"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_parameter(
