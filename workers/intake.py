@@ -52,12 +52,7 @@ _SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
 
 def sampling_params_from_wire(sampling: dict[str, Any]) -> SamplingParams:
     """SamplingParams from JSON: names checked, logit_bias keys made ints again (JSON has str)."""
-    if not isinstance(sampling, dict):
-        raise SamplingParamError("sampling", "must be an object")
-    unknown = sorted(set(sampling) - _SAMPLING_FIELDS)
-    if unknown:
-        raise SamplingParamError(unknown[0], "is not a supported sampling parameter")
-    fields = dict(sampling)
+    fields = _known_fields(sampling, "sampling", _SAMPLING_FIELDS, "sampling")
     if fields.get("structured_output") is not None:
         try:
             fields["structured_output"] = StructuredOutput.from_wire(fields["structured_output"])
@@ -85,12 +80,17 @@ _POOLING_FIELDS = frozenset(f.name for f in dataclasses.fields(PoolingParams))
 
 def pooling_params_from_wire(pooling: dict[str, Any]) -> PoolingParams:
     """PoolingParams from JSON, names checked (an unknown one is a newer peer's: refuse)."""
-    if not isinstance(pooling, dict):
-        raise SamplingParamError("pooling", "must be an object")
-    unknown = sorted(set(pooling) - _POOLING_FIELDS)
+    return PoolingParams(**_known_fields(pooling, "pooling", _POOLING_FIELDS, "embedding"))
+
+
+def _known_fields(wire: object, param: str, known: frozenset[str], kind: str) -> dict[str, Any]:
+    """A copy of the wire object `param`, refused if it is not one or names a field we lack."""
+    if not isinstance(wire, dict):
+        raise SamplingParamError(param, "must be an object")
+    unknown = sorted(set(wire) - known)
     if unknown:
-        raise SamplingParamError(unknown[0], "is not a supported embedding parameter")
-    return PoolingParams(**pooling)
+        raise SamplingParamError(unknown[0], f"is not a supported {kind} parameter")
+    return dict(wire)
 
 
 def engine_priority(priority: int, lane: str) -> int:
