@@ -107,6 +107,23 @@ class LiveModel:
         return min(lens) if lens else None
 
 
+@dataclass(frozen=True)
+class PublishedShape:
+    """The embedding facts a model's workers publish (engine/pooling_params.EmbeddingShape)."""
+
+    hidden_size: int
+    is_matryoshka: bool
+    matryoshka_dimensions: tuple[int, ...]
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> PublishedShape | None:
+        """None for workers that publish none (older releases): they check it themselves."""
+        size, dims = config.get("hidden_size"), config.get("matryoshka_dimensions") or []
+        if not isinstance(size, int) or not isinstance(dims, list):
+            return None
+        return cls(size, bool(config.get("is_matryoshka")), tuple(int(d) for d in dims))
+
+
 @dataclass
 class ModelTokenizer:
     """A model's tokenizer plus the plain-JSON facts published next to it."""
@@ -117,6 +134,7 @@ class ModelTokenizer:
     generation_defaults: dict[str, Any]
     # Checks structured-output constraints against this vocabulary (built on first use).
     grammars: GrammarCompiler
+    shape: PublishedShape | None = None
     checked: float = field(default=0.0)
 
 
@@ -284,6 +302,7 @@ class ModelCatalog:
                 k: generation[k] for k in _GENERATION_DEFAULT_KEYS if k in generation
             },
             grammars=GrammarCompiler(tokenizer, tokenizer.vocab_size),
+            shape=PublishedShape.of(config),
         )
 
     def _materialise(self, files: dict[str, str], digest: str) -> Path:

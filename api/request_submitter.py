@@ -31,6 +31,10 @@ from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
 from engine.sampling_params import SamplingParamError, SamplingParams
 
+# The `sampling` of an embedding request: a worker of an older release, which knows no
+# `pooling` field, refuses this name (400) instead of generating text for it.
+EMBEDDING_MARKER: dict[str, Any] = {"pooling": True}
+
 
 @dataclass(frozen=True)
 class Submission:
@@ -215,7 +219,9 @@ class RequestSubmitter:
             model=submission.model,
             prompt_token_ids=submission.prompt_token_ids,
             sampling=(
-                dataclasses.asdict(submission.sampling) if submission.sampling is not None else {}
+                dataclasses.asdict(submission.sampling)
+                if submission.sampling is not None
+                else EMBEDDING_MARKER
             ),
             priority=submission.priority,
             deadline=deadline,

@@ -54,7 +54,10 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
         },
     ),
     ("--convert", {"choices": ["auto", "none", "embed"], "help": "embed: --runner pooling"}),
-    ("--task", {"choices": ["auto", "generate", "embed"], "help": "vLLM's older --runner"}),
+    (
+        "--task",
+        {"choices": ["auto", "generate", "embed", "embedding"], "help": "vLLM's older --runner"},
+    ),
     (
         "--pooler-config",
         {"help": 'embedding pooling: {"pooling_type": "LAST"|"MEAN"|"CLS", "normalize": true}'},

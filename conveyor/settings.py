@@ -105,8 +105,8 @@ class Settings(BaseSettings):
     convert: Literal["auto", "none", "embed"] = Field(
         default="auto", description="vLLM's flag: embed serves a text model as embeddings"
     )
-    task: Literal["auto", "generate", "embed"] | None = Field(
-        default=None, description="vLLM's older spelling: embed is --runner pooling"
+    task: Literal["auto", "generate", "embed", "embedding"] | None = Field(
+        default=None, description="vLLM's older spelling: embed (embedding) is --runner pooling"
     )
     pooler_config: str | None = Field(
         default=None,
@@ -250,7 +250,7 @@ class Settings(BaseSettings):
     def resolved_runner(self) -> str:
         """--runner, with vLLM's --convert embed and older --task embed folded in."""
         wants: set[str] = set()
-        if self.convert == "embed" or self.task == "embed":
+        if self.convert == "embed" or self.task in ("embed", "embedding"):
             wants.add("pooling")
         if self.task == "generate":
             wants.add("generate")

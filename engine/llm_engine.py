@@ -24,7 +24,7 @@ from engine.ngram_proposer import NgramProposer
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.pooler import Pooler
 from engine.pooler_config import PoolerConfig
-from engine.pooling_params import PoolingParams
+from engine.pooling_params import PoolingParams, check_dimensions
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParamError, SamplingParams
 from engine.scheduler import Scheduler
@@ -229,7 +229,12 @@ class LLMEngine:
             return None
         if config.speculative_config is not None:
             raise ValueError("speculative decoding has nothing to draft for embeddings")
-        return PoolerConfig.resolve(self.resolved.path, config.pooler_config)
+        pooler = PoolerConfig.resolve(self.resolved.path, config.pooler_config)
+        try:
+            check_dimensions(pooler.dimensions, self.model_config)
+        except ValueError as exc:
+            raise ValueError(f"pooler_config: {exc}") from None
+        return pooler
 
     def _lora_manager(self, model: torch.nn.Module) -> LoRAManager | None:
         """LoRA layers on the model, with every --lora-modules adapter loaded."""
@@ -313,9 +318,12 @@ class LLMEngine:
                 self.config.max_num_batched_tokens
                 * (mc.hidden_size * 8 + mc.intermediate_size * 4)
                 * itemsize
-                # Logits and sampler work per sampled row: with drafts, 1 + k rows each.
-                + self.config.max_num_seqs * self._rows_per_sequence * mc.vocab_size * 16
             )
+            if self.runner_kind == "generate":  # an embedding engine computes no logits
+                # Logits and sampler work per sampled row: with drafts, 1 + k rows each.
+                activations += (
+                    self.config.max_num_seqs * self._rows_per_sequence * mc.vocab_size * 16
+                )
             budget = cuda_kv_budget(
                 total,
                 free,

@@ -45,8 +45,9 @@ class Pooler:
         asked (matryoshka models are trained so: truncate first, normalise after)."""
         out = []
         for vector, p in zip(vectors, params, strict=True):
-            if p.dimensions is not None:
-                vector = vector[: p.dimensions]
+            dims = p.dimensions if p.dimensions is not None else self.config.dimensions
+            if dims is not None:
+                vector = vector[:dims]
             normalize = self.config.normalize if p.normalize is None else p.normalize
             if normalize:
                 vector = F.normalize(vector, dim=-1)

@@ -6,7 +6,7 @@ whether the vector is L2-normalised. A sentence-transformers folder states
 its own pooling in `modules.json` + `1_Pooling/config.json` (and whether a
 `Normalize` module follows); those are the model's defaults, and flags
 override them key by key, as in vLLM. Without either, a decoder model pools
-its LAST token, normalised: what e5-mistral, gte-Qwen2 and Qwen3-Embedding do.
+its LAST token, normalised: what e5-mistral and gte-Qwen2 do.
 """
 
 from __future__ import annotations
@@ -36,10 +36,26 @@ _SENTENCE_TRANSFORMERS_MODES = {
 }
 
 
+# vLLM's pooler-config keys that mean nothing for embeddings here, with why.
+_REFUSED_KEYS = {
+    "max_embed_len": "inputs longer than the model's context are not embedded in pieces",
+    "softmax": "it applies to classification models, which are not served",
+    "activation": "it applies to classification models, which are not served",
+    "use_activation": "it applies to classification models, which are not served",
+    "step_tag_id": "it applies to reward models, which are not served",
+    "returned_token_ids": "it applies to reward models, which are not served",
+}
+
+
 @dataclass(frozen=True)
 class PoolerConfig:
     pooling_type: PoolingType = PoolingType.LAST
     normalize: bool = True
+    # Requests that name no `dimensions` get this many (matryoshka models; None: all).
+    dimensions: int | None = None
+    # vLLM's switch for chunked prefill of embedding prompts: always on here, so any
+    # value is accepted (a copied vLLM command line keeps working).
+    enable_chunked_processing: bool | None = None
 
     @property
     def pools_every_row(self) -> bool:
@@ -61,6 +77,11 @@ class PoolerConfig:
         if not isinstance(value, dict):
             raise PoolerConfigError("pooler_config: must be a JSON object")
         known = {f.name for f in fields(cls)}
+        refused = sorted(set(value) & set(_REFUSED_KEYS))
+        if refused:
+            raise PoolerConfigError(
+                f"pooler_config: {refused[0]!r} is not supported: {_REFUSED_KEYS[refused[0]]}"
+            )
         unknown = sorted(set(value) - known)
         if unknown:
             raise PoolerConfigError(
@@ -80,6 +101,11 @@ class PoolerConfig:
             if not isinstance(value["normalize"], bool):
                 raise PoolerConfigError("pooler_config: normalize must be true or false")
             parsed["normalize"] = value["normalize"]
+        dims = value.get("dimensions")
+        if dims is not None:
+            if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
+                raise PoolerConfigError("pooler_config: dimensions must be a positive integer")
+            parsed["dimensions"] = dims
         return parsed
 
     @classmethod

@@ -1,20 +1,36 @@
 """Per-request embedding parameters (vLLM's PoolingParams for the embed task).
 
-Checked against the model where the engine takes the request, so the offline
-`LLM`, the worker and the API refuse the same things with the same message.
+Checked against the model where a request is taken: the API checks them
+against what workers publish (before any work is queued), the engine against
+its own config, with the same code and messages. No torch here: API
+processes import this module.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from engine.config import ModelConfig
 from engine.sampling_params import SamplingParamError
+
+
+class EmbeddingShape(Protocol):
+    """What decides which `dimensions` a model may be cut to (ModelConfig has these)."""
+
+    @property
+    def hidden_size(self) -> int: ...
+
+    @property
+    def is_matryoshka(self) -> bool: ...
+
+    @property
+    def matryoshka_dimensions(self) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)
 class PoolingParams:
-    # Keep the first `dimensions` values (matryoshka models only); None: all of them.
+    # Keep the first `dimensions` values (matryoshka models only); None: the pooler
+    # config's default, else all of them.
     dimensions: int | None = None
     # L2-normalise the vector; None: as the model's pooler config says.
     normalize: bool | None = None
@@ -28,24 +44,27 @@ class PoolingParams:
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise SamplingParamError("normalize", "must be true or false")
 
-    def validate_against(self, model: ModelConfig) -> None:
+    def validate_against(self, model: EmbeddingShape) -> None:
         """Refuse a `dimensions` the model was not trained to cut to (vLLM's rule): the
         first values of another model's vector are not a smaller embedding."""
-        dims = self.dimensions
-        if dims is None:
-            return
-        if not model.is_matryoshka:
-            raise SamplingParamError(
-                "dimensions",
-                "this model does not support matryoshka representation, so its embeddings "
-                "cannot be shortened; leave dimensions unset",
-            )
-        allowed = model.matryoshka_dimensions
-        if allowed and dims not in allowed:
-            raise SamplingParamError(
-                "dimensions", f"this model supports only {list(allowed)} (got {dims})"
-            )
-        if dims > model.hidden_size:
-            raise SamplingParamError(
-                "dimensions", f"this model's embeddings have {model.hidden_size} values"
-            )
+        check_dimensions(self.dimensions, model)
+
+
+def check_dimensions(dims: int | None, model: EmbeddingShape) -> None:
+    if dims is None:
+        return
+    if not model.is_matryoshka:
+        raise SamplingParamError(
+            "dimensions",
+            "this model does not support matryoshka representation, so its embeddings "
+            "cannot be shortened; leave dimensions unset",
+        )
+    allowed = model.matryoshka_dimensions
+    if allowed and dims not in allowed:
+        raise SamplingParamError(
+            "dimensions", f"this model supports only {list(allowed)} (got {dims})"
+        )
+    if dims > model.hidden_size:
+        raise SamplingParamError(
+            "dimensions", f"this model's embeddings have {model.hidden_size} values"
+        )

@@ -39,8 +39,16 @@ def tokenizer_fields(engine: LLMEngine) -> dict[str, str]:
     template = engine.tokenizer.hf_tokenizer.chat_template
     if engine.config.chat_template is not None and isinstance(template, str):
         fields["chat_template.jinja"] = template
+    mc = engine.model_config
     fields["config.json"] = json.dumps(
-        {"eos_token_id": sorted(engine.eos_token_ids), "max_model_len": engine.max_model_len}
+        {
+            "eos_token_id": sorted(engine.eos_token_ids),
+            "max_model_len": engine.max_model_len,
+            # Which embedding `dimensions` the API may accept (engine/pooling_params.py).
+            "hidden_size": mc.hidden_size,
+            "is_matryoshka": mc.is_matryoshka,
+            "matryoshka_dimensions": list(mc.matryoshka_dimensions),
+        }
     )
     digest = hashlib.sha256()
     for name in sorted(fields):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import array
 import base64
+import dataclasses
 import json
 import sys
 import time
@@ -42,6 +43,8 @@ from api.schemas.embeddings import (
     EmbeddingResponse,
     EmbeddingUsage,
 )
+from engine.pooling_params import PoolingParams
+from engine.sampling_params import SamplingParamError
 from engine.tokenizer import Tokenizer
 
 router = APIRouter(dependencies=[Authenticated])
@@ -68,6 +71,13 @@ async def create_embedding(
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
+    pooling = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
+    if model_tokenizer.shape is not None:
+        # Before any work is queued; workers check again (and older ones only there).
+        try:
+            pooling.validate_against(model_tokenizer.shape)
+        except SamplingParamError as exc:
+            raise ApiError(400, str(exc), param=exc.param) from None
     prompts = await catalog.in_thread(
         _tokenize, model_tokenizer.tokenizer, items, body, max_model_len
     )
@@ -82,7 +92,6 @@ async def create_embedding(
         logged = items or [m.model_dump(exclude_none=True) for m in body.messages or ()]
         record.prompt_text = json.dumps(logged, ensure_ascii=False)
     await admit(request, record, tokens=record.prompt_tokens)
-    pooling = {"dimensions": body.dimensions, "normalize": body.normalize}
     readers: list[ReplyReader] = []
     try:
         for index, ids in enumerate(prompts):
@@ -93,7 +102,7 @@ async def create_embedding(
                         model=live.queue_model,
                         prompt_token_ids=ids,
                         sampling=None,
-                        pooling=pooling,
+                        pooling=dataclasses.asdict(pooling),
                         priority=body.priority,
                         stream=False,
                         lane=record.lane,
@@ -153,6 +162,13 @@ def _tokenize(
                 param="truncate_prompt_tokens",
             )
         keep = max_model_len
+    if keep is not None and max_model_len is not None and keep > max_model_len:
+        raise ApiError(
+            400,
+            f"truncate_prompt_tokens ({keep}) is greater than this model's maximum context "
+            f"length ({max_model_len})",
+            param="truncate_prompt_tokens",
+        )
     prompts = []
     if body.messages is not None:
         chat = chat_token_ids(
@@ -163,16 +179,41 @@ def _tokenize(
             add_special_tokens=bool(body.add_special_tokens),
             chat_template_kwargs=body.chat_template_kwargs,
         )
-        prompts.append(chat)
+        prompts.append(chat[-keep:] if keep is not None else chat)
     special = True if body.add_special_tokens is None else body.add_special_tokens
     for item in items:
         if isinstance(item, str):
-            ids = tokenizer.encode(item, add_special_tokens=special)
+            prompts.append(truncated_text_ids(tokenizer, item, special, keep))
         else:
             check_prompt_ids(item, tokenizer.vocab_size, param="input")
-            ids = list(item)
-        prompts.append(ids)
-    return [ids[-keep:] for ids in prompts] if keep is not None else prompts
+            prompts.append(list(item)[-keep:] if keep is not None else list(item))
+    return prompts
+
+
+def truncated_text_ids(
+    tokenizer: Tokenizer, text: str, special: bool, keep: int | None
+) -> list[int]:
+    """The text's token ids cut to its last `keep`, keeping the special tokens the tokenizer
+    adds around it (BOS, EOS), as HF's left-side truncation and so vLLM cut them."""
+    ids = tokenizer.encode(text, add_special_tokens=special)
+    if keep is None or len(ids) <= keep:
+        return ids
+    plain = tokenizer.encode(text, add_special_tokens=False) if special else ids
+    start = next(
+        (i for i in range(len(ids) - len(plain) + 1) if ids[i : i + len(plain)] == plain), None
+    )
+    if start is None:  # the specials are interleaved: no text span to cut
+        return ids[-keep:]
+    prefix, suffix = ids[:start], ids[start + len(plain) :]
+    room = keep - len(prefix) - len(suffix)
+    if room < 1:
+        raise ApiError(
+            400,
+            f"truncate_prompt_tokens ({keep}) leaves no room for text next to the "
+            f"{len(prefix) + len(suffix)} special tokens this model's tokenizer adds",
+            param="truncate_prompt_tokens",
+        )
+    return prefix + plain[-room:] + suffix
 
 
 def _encoded(output: Output, encoding_format: str) -> list[float] | str:

@@ -45,15 +45,17 @@ SCRIPT_TEXT = " one two three four five six seven eight nine ten"
 CACHED_TOKENS = 3
 
 
-def tokenizer_hash(model_dir: Path, max_model_len: int, eos_token_id: int = 2) -> dict[str, str]:
-    """What a worker publishes under `names.tokenizer(model)`."""
+def tokenizer_hash(
+    model_dir: Path, max_model_len: int, eos_token_id: int = 2, **config: Any
+) -> dict[str, str]:
+    """What a worker publishes under `names.tokenizer(model)` (`config`: more config.json)."""
     fields = {
         name: (model_dir / name).read_text(encoding="utf-8")
         for name in TOKENIZER_FILES
         if (model_dir / name).is_file()
     }
     fields["config.json"] = json.dumps(
-        {"eos_token_id": eos_token_id, "max_model_len": max_model_len}
+        {"eos_token_id": eos_token_id, "max_model_len": max_model_len, **config}
     )
     digest = hashlib.sha256()
     for name in sorted(fields):
@@ -81,8 +83,10 @@ class FakeWorker:
     behaviour: str = "normal"
     # LoRA adapters it announces (name -> path), as a worker started with --lora-modules.
     loras: dict[str, str] = field(default_factory=dict)
-    # "pooling": an embedding model's worker (answers with fake_embedding of the prompt).
+    # "pooling": an embedding model's worker (answers with fake_embedding of the prompt),
+    # whose vectors may be cut to these `dimensions` (a matryoshka model; () : none).
     runner: str = "generate"
+    matryoshka_dimensions: tuple[int, ...] = ()
     received: list[GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     _thread: threading.Thread | None = None
@@ -95,6 +99,15 @@ class FakeWorker:
     def __post_init__(self) -> None:
         self.tokenizer = Tokenizer.load(self.model_dir)
         self.set_script(SCRIPT_TEXT)
+
+    def _shape(self) -> dict[str, Any]:
+        if self.runner != "pooling":
+            return {}
+        return {
+            "hidden_size": len(fake_embedding_values([1], None)),
+            "is_matryoshka": bool(self.matryoshka_dimensions),
+            "matryoshka_dimensions": list(self.matryoshka_dimensions),
+        }
 
     def set_script(self, text: str) -> None:
         """What the worker "generates" from now on (choice i starts i tokens in)."""
@@ -125,7 +138,7 @@ class FakeWorker:
         self.redis = aioredis.from_url(self.redis_url, decode_responses=True)
         await self.redis.hset(
             self.names.tokenizer(self.model),
-            mapping=tokenizer_hash(self.model_dir, self.max_model_len),
+            mapping=tokenizer_hash(self.model_dir, self.max_model_len, **self._shape()),
         )
         await self.redis.set(self.names.known_model(self.model), "1")
         for adapter in self.loras:

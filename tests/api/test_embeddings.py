@@ -15,6 +15,9 @@ import httpx
 import openai
 import pytest
 
+from api.errors import ApiError
+from api.routes.embeddings import truncated_text_ids
+
 from .conftest import MAX_MODEL_LEN, MODEL, Stack, worker_on
 from .fakes import FakeWorker, fake_embedding_values, wait_for
 
@@ -23,7 +26,9 @@ EMBEDDER = "fake-embedder"
 
 @pytest.fixture(scope="module")
 def embedder(stack: Stack) -> Iterator[FakeWorker]:
-    with worker_on(stack, EMBEDDER, instance="embedder-1", runner="pooling") as worker:
+    with worker_on(
+        stack, EMBEDDER, instance="embedder-1", runner="pooling", matryoshka_dimensions=(3, 6)
+    ) as worker:
         yield worker
 
 
@@ -148,6 +153,9 @@ def test_an_input_may_fill_the_context_and_no_more(
         ({"input": ["x"] * 2049}, "input"),
         ({"input": [[1, 2, 999_999]]}, "input"),
         ({"input": "x", "dimensions": 0}, "dimensions"),
+        # Refused before anything is queued: the model publishes its matryoshka sizes.
+        ({"input": "x", "dimensions": 4}, "dimensions"),
+        ({"input": "x", "truncate_prompt_tokens": MAX_MODEL_LEN + 1}, "truncate_prompt_tokens"),
         ({"input": "x", "encoding_format": "binary"}, "encoding_format"),
         ({"input": "x", "truncate_prompt_tokens": 0}, "truncate_prompt_tokens"),
         ({"messages": [{"role": "user", "content": "hi"}], "input": "x"}, "input"),
@@ -162,6 +170,25 @@ def test_bad_input_is_a_400_naming_the_parameter(
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
     assert not embed_worker.received
+
+
+class _BosEosTokenizer:
+    """Adds BOS (1) and EOS (2) around one id per character, like many HF tokenizers."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        ids = [100 + ord(c) % 50 for c in text]
+        return [1, *ids, 2] if add_special_tokens else ids
+
+
+def test_truncation_keeps_the_special_tokens_around_the_text() -> None:
+    tokenizer = _BosEosTokenizer()
+    text = "abcdefgh"
+    plain = tokenizer.encode(text, add_special_tokens=False)
+    assert truncated_text_ids(tokenizer, text, True, 5) == [1, *plain[-3:], 2]  # type: ignore[arg-type]
+    assert truncated_text_ids(tokenizer, text, False, 5) == plain[-5:]  # type: ignore[arg-type]
+    assert truncated_text_ids(tokenizer, text, True, 50) == tokenizer.encode(text)  # type: ignore[arg-type]
+    with pytest.raises(ApiError, match="no room"):
+        truncated_text_ids(tokenizer, text, True, 2)  # type: ignore[arg-type]
 
 
 def test_each_endpoint_refuses_the_other_kind_of_model(

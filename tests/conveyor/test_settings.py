@@ -121,3 +121,24 @@ def test_runtime_lora_updating_is_vllms_switch_too(monkeypatch: pytest.MonkeyPat
     )
     monkeypatch.setenv("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "True")
     assert Settings().allow_runtime_lora_updating is True
+
+
+def test_runner_flags_reach_the_worker_of_conveyor_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's three spellings of "serve embeddings", and its pooler-config flag (old name
+    too); contradictions and bad pooler configs stop start-up."""
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["worker"])).engine_config().runner == "auto"
+    for flags in (["--runner", "pooling"], ["--convert", "embed"], ["--task", "embedding"]):
+        settings = settings_from_args(parser.parse_args(["worker", *flags]))
+        assert settings.engine_config().runner == "pooling", flags
+    older = ["serve", "--runner", "pooling", "--override-pooler-config", '{"pooling_type": "MEAN"}']
+    settings = settings_from_args(parser.parse_args(older))
+    assert settings.engine_config().pooler_config == '{"pooling_type": "MEAN"}'
+    for key, value in settings_env(settings).items():  # what the worker process reads
+        monkeypatch.setenv(key, value)
+    assert Settings().engine_config().runner == "pooling"
+    assert Settings().engine_config().pooler_config == '{"pooling_type": "MEAN"}'
+    with pytest.raises(ValueError, match="contradict"):
+        settings_from_args(parser.parse_args(["worker", "--runner", "generate", "--task", "embed"]))
+    with pytest.raises(ValueError, match="not one of"):
+        settings_from_args(parser.parse_args(["worker", "--pooler-config", '{"pooling_type": 1}']))

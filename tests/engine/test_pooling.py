@@ -228,11 +228,68 @@ def test_dimensions_only_for_matryoshka_models(
         PoolingParams(dimensions=0)
 
 
+def test_lora_adapters_embed_as_peft_computes_them(
+    llama_dir: Path, hf_llama, tmp_path: Path
+) -> None:
+    """An adapter of an embedding model, mixed in one batch with the base model."""
+    from peft import PeftModel  # here, not at collection: PEFT imports triton
+
+    from benchmarks.random_lora import build_random_lora
+    from engine.lora_config import LoRAConfig
+
+    adapter = build_random_lora(tmp_path / "a", llama_dir, rank=8, alpha=16, seed=4)
+    llm = LLM(
+        str(llama_dir),
+        runner="pooling",
+        lora_config=LoRAConfig.from_entries([f"a={adapter}"], 16),
+    )
+    base = transformers.AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, str(adapter)).eval()
+    prompts = [llm.tokenizer.encode(p) for p in PROMPTS]
+    loras = ["a" if i % 2 == 0 else None for i in range(len(prompts))]
+    results = llm.embed(prompts, lora=loras)
+    for ids, lora, result in zip(prompts, loras, results, strict=True):
+        if lora is None:
+            expected = hf_embedding(hf_llama, ids)
+        else:
+            with torch.no_grad():
+                hidden = peft(torch.tensor([ids]), output_hidden_states=True).hidden_states[-1]
+            expected = F.normalize(hidden[0, -1], dim=-1)
+        torch.testing.assert_close(result.embedding, expected, atol=ATOL, rtol=0)
+    assert not torch.allclose(results[0].embedding, hf_embedding(hf_llama, prompts[0]))
+
+
+def test_pooler_config_default_dimensions(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "matryoshka"
+    folder.mkdir()
+    source = make_random_model("llama")
+    for file in source.iterdir():
+        if file.name != "config.json":
+            (folder / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "is_matryoshka": True}))
+    llm = LLM(str(folder), runner="pooling", pooler_config={"dimensions": 8})
+    ids = [5, 6, 7]
+    (short,) = embed_all(llm, [ids])
+    (full,) = embed_all(llm, [ids], dimensions=64)
+    assert short.shape == (8,) and full.shape == (64,)
+    with pytest.raises(ValueError, match="pooler_config: dimensions: this model does not"):
+        LLM(str(source), runner="pooling", pooler_config={"dimensions": 8})
+
+
 def test_pooler_config_flag_is_checked() -> None:
     assert PoolerConfig.parse('{"pooling_type": "mean"}') == {"pooling_type": PoolingType.MEAN}
     with pytest.raises(PoolerConfigError, match="not one of"):
         PoolerConfig.parse({"pooling_type": "MAX"})
-    with pytest.raises(PoolerConfigError, match="'softmax' is not supported"):
+    with pytest.raises(PoolerConfigError, match="'softmax' is not supported: it applies to"):
         PoolerConfig.parse({"softmax": True})
+    with pytest.raises(PoolerConfigError, match="'max_embed_len' is not supported"):
+        PoolerConfig.parse({"max_embed_len": 8192})
+    with pytest.raises(PoolerConfigError, match="'pooling_kind' is not supported"):
+        PoolerConfig.parse({"pooling_kind": "x"})
+    # vLLM's switch for what always happens here is accepted.
+    assert PoolerConfig.parse({"enable_chunked_processing": True}) == {}
     with pytest.raises(PoolerConfigError, match="JSON"):
         PoolerConfig.parse("{pooling")
