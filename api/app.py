@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.auth import Authenticator
+from api.background_responses import BackgroundResponses
 from api.batch_dispatch import BatchDispatcher
 from api.body_limit import BodyLimitMiddleware
 from api.catalog import ModelCatalog
@@ -78,6 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
             flush_interval=settings.log_flush_interval,
             max_rows=settings.log_buffer_max_rows,
         )
+        background = BackgroundResponses(redis, names, database, settings.request_timeout)
         retention = ResponseRetention(
             database, settings.response_retention_days, settings.response_purge_interval
         )
@@ -98,9 +100,12 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.router = replies
             app.state.catalog = catalog
             app.state.submitter = RequestSubmitter(redis, names, replies, settings)
+            app.state.background_responses = background
             logger.info("API instance %s listening for replies on %s", instance, replies.channel)
             yield
         finally:
+            # First: a stopped run marks its response failed and logs its request.
+            await background.stop()
             await retention.stop()
             await replies.stop()
             await log_buffer.stop()

@@ -18,7 +18,7 @@ from fastapi import Request
 
 from api.admission import admit, refuse_early
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
-from api.collect import Output, collect_all, finish
+from api.collect import Output, collect, collect_all, finish
 from api.errors import ApiError
 from api.logprobs import chat_logprobs
 from api.reply_router import ReplyReader, ReplyRouter, Restart
@@ -311,11 +311,21 @@ class ChatGeneration:
             yield chunk
 
     async def whole_chunks(
-        self, *, final_usage: bool = False
+        self, *, final_usage: bool = False, detached: bool = False
     ) -> AsyncIterator[ChatCompletionChunk]:
         """The same chunks, for an answer collected whole first: a restarted generation
-        starts over unseen, and a client that leaves first raises ClientGone."""
-        (output,) = await collect_all(self.services.request, self.services.replies, [self.reader])
+        starts over unseen, and a client that leaves first raises ClientGone. A
+        `detached` answer (a background response: its client is gone by design)
+        ignores the client; cancelling the caller aborts it."""
+        if detached:
+            try:
+                output = await collect(self.reader)
+            finally:
+                self.close()
+        else:
+            (output,) = await collect_all(
+                self.services.request, self.services.replies, [self.reader]
+            )
         async for chunk in self._chunks(_replayed(output, self.request_id), final_usage):
             yield chunk
 

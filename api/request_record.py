@@ -10,6 +10,7 @@ logged with the tokens it actually received.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ class RequestRecord:
     rate_decision: RateDecision | None = None
     # Tokens reserved against the key's tpm at admission, settled to the real count at the end.
     reserved_tokens: int = 0
+    # A background response's run: the request is logged and settled when it ends, not
+    # when the HTTP call (which returned at once) did.
+    background: asyncio.Task[None] | None = None
 
     def _ttft(self) -> float | None:
         firsts = [r.first_token_at for r in self.readers if r.first_token_at is not None]

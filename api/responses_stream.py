@@ -83,7 +83,7 @@ class ResponseEventStream:
             kind, item_id=item["id"], output_index=self._index, content_index=0, **fields
         )
 
-    def _snapshot(
+    def snapshot(
         self, usage: UsageInfo | None = None, outcome: Outcome | None = None
     ) -> dict[str, Any]:
         """The object so far; in progress until the outcome is known."""
@@ -104,8 +104,8 @@ class ResponseEventStream:
         return dict(last["response"])
 
     async def events(self, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[Event]:
-        yield self._event("response.created", response=self._snapshot())
-        yield self._event("response.in_progress", response=self._snapshot())
+        yield self._event("response.created", response=self.snapshot())
+        yield self._event("response.in_progress", response=self.snapshot())
         usage: UsageInfo | None = None
         finish_reason: str | None = None
         stop_reason: int | str | None = None
@@ -133,7 +133,7 @@ class ResponseEventStream:
                 yield self._text_delta(self.text[0], self.logprobs)
         for event in self._close(outcome.item_status):
             yield event
-        final = self._snapshot(usage, outcome)
+        final = self.snapshot(usage, outcome)
         await self.on_final(final)
         yield self._event(FINAL_EVENTS[outcome.status], response=final)
 

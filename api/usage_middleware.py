@@ -67,6 +67,10 @@ class UsageMiddleware:
             self._finish(scope, record)
 
     def _finish(self, scope: Scope, record: RequestRecord) -> None:
+        if record.background is not None and not record.background.done():
+            # A background response: its tokens are known when its run ends.
+            record.background.add_done_callback(lambda _: self._finish(scope, record))
+            return
         state = scope["app"].state
         buffer = getattr(state, "log_buffer", None)
         if buffer is not None:

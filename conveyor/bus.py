@@ -62,6 +62,11 @@ class BusNames:
         """The final result, stored with a TTL for non-streaming and lost-message recovery."""
         return f"{self.prefix}:result:{request_id}"
 
+    def response_cancel(self, response_id: str) -> str:
+        """Set (with a TTL) when a background response is cancelled: the API process
+        running it, whichever it is, polls this and aborts the generation."""
+        return f"{self.prefix}:response_cancel:{response_id}"
+
     @property
     def abort(self) -> str:
         """Pub/sub channel of request ids whose client went away."""

@@ -6,6 +6,9 @@ so sampling, structured output, tool calls, admission and usage logging are
 chat's. With `store` (the default) the finished object is saved in SQL before the
 client sees it complete, so `previous_response_id` can continue it at once. The
 whole answer is the streamed one's last event, so both are the same object.
+With `background` the call answers `queued` at once and the generation goes on
+without the client (api/background_responses.py); GET reads its progress and
+POST .../cancel stops it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from api.background_responses import BackgroundResponses, BackgroundRun, expire_if_stale
 from api.chat_generation import ChatServices, chat_prompt, start_chat
 from api.collect import ClientGone
 from api.deps import (
@@ -40,9 +44,13 @@ from api.sql import in_session
 from api.streaming import sse_response
 from conveyor.db.database import Database
 from conveyor.db.response_store import (
+    RUNNING,
     MissingResponse,
+    UnfinishedResponse,
     conversation,
     delete_response,
+    end_running,
+    finish_response,
     get_response,
     save_response,
 )
@@ -85,14 +93,29 @@ async def create_response(
         if not body.store:
             return
         try:
-            await in_session(
-                database, lambda s: save_response(s, principal.project_id, final, items)
-            )
+            if body.background:  # its row exists (queued); a cancel may have ended it
+                await in_session(database, lambda s: finish_response(s, final))
+            else:
+                await in_session(
+                    database, lambda s: save_response(s, principal.project_id, final, items)
+                )
         except SQLAlchemyError:
             # The answer is made and billed: deliver it; only continuing it will fail.
             logger.exception("could not store response %s", response_id)
 
     stream = ResponseEventStream(body, response_id, generation.created, store)
+    if body.background:
+        queued = {**stream.snapshot(), "status": "queued"}
+        try:
+            await in_session(
+                database, lambda s: save_response(s, principal.project_id, queued, items)
+            )
+        except BaseException:
+            generation.close()  # nothing will poll for it: do not generate it
+            raise
+        runs: BackgroundResponses = request.app.state.background_responses
+        runs.start(BackgroundRun(response_id, generation, stream, record))
+        return JSONResponse(queued)
     # The usage chunk ends the chat chunks: the final object carries it.
     if body.stream:
         return sse_response(
@@ -125,6 +148,14 @@ async def _history(
             param="previous_response_id",
             code="previous_response_not_found",
         ) from None
+    except UnfinishedResponse as running:
+        (busy,) = running.args
+        raise ApiError(
+            400,
+            f"Previous response with id '{busy}' is still in progress (background); wait "
+            "until it finishes to continue it.",
+            param="previous_response_id",
+        ) from None
 
 
 @router.post("/input_tokens")
@@ -156,22 +187,57 @@ def _stored_or_404(session: Session, response_id: str, project_id: str | None) -
 
 @router.get("/{response_id}")
 async def retrieve_response(
-    response_id: str, database: DatabaseDep, principal: PrincipalDep
+    response_id: str, database: DatabaseDep, principal: PrincipalDep, settings: SettingsDep
 ) -> dict[str, Any]:
-    return await in_session(
-        database, lambda s: _stored_or_404(s, response_id, principal.project_id).body
-    )
+    def work(session: Session) -> dict[str, Any]:
+        stored = _stored_or_404(session, response_id, principal.project_id)
+        return expire_if_stale(session, stored, settings.request_timeout).body
+
+    return await in_session(database, work)
+
+
+@router.post("/{response_id}/cancel")
+async def cancel_response(
+    request: Request, response_id: str, database: DatabaseDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    """Stop a background response (on whichever API process runs it); one that already
+    ended is answered as it is."""
+
+    def work(session: Session) -> tuple[dict[str, Any], bool]:
+        stored = _stored_or_404(session, response_id, principal.project_id)
+        if not stored.body.get("background"):
+            raise bad_request("Cannot cancel a synchronous response.", param="response_id")
+        ended = end_running(session, stored, "cancelled")
+        return stored.body, ended
+
+    body, ended = await in_session(database, work)
+    if ended:
+        await _background(request).cancel(response_id)
+    return body
 
 
 @router.delete("/{response_id}")
 async def remove_response(
-    response_id: str, database: DatabaseDep, principal: PrincipalDep
+    request: Request, response_id: str, database: DatabaseDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    if not await in_session(
-        database, lambda s: delete_response(s, response_id, principal.project_id)
-    ):
+    def work(session: Session) -> bool | None:
+        stored = get_response(session, response_id, principal.project_id)
+        if stored is None:
+            return None
+        running = stored.status in RUNNING
+        delete_response(session, response_id, principal.project_id)
+        return running
+
+    running = await in_session(database, work)
+    if running is None:
         raise _no_such_response(response_id)
+    if running:  # nobody can read it any more: stop generating it
+        await _background(request).cancel(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
+
+
+def _background(request: Request) -> BackgroundResponses:
+    return request.app.state.background_responses
 
 
 @router.get("/{response_id}/input_items")

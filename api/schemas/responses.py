@@ -3,7 +3,7 @@
 A response is a chat generation in another shape: `input` items instead of
 messages, flat function tools, `text.format` for structured output, and an
 `output` list of message and function_call items. What the engine cannot do
-(hosted tools, images, background runs, server-side conversations, prompt
+(hosted tools, images, streamed background runs, server-side conversations, prompt
 templates) is refused with a 400 naming the field, never silently dropped.
 """
 
@@ -99,8 +99,9 @@ class ResponsesRequest(BaseModel):
     service_tier: str | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
-    # Refused: no server-side runs, conversations or prompt templates here.
+    # Run after the call returns; poll GET /v1/responses/{id} (api/background_responses.py).
     background: bool | None = None
+    # Refused: no server-side conversations or prompt templates here.
     conversation: Any = None
     prompt: Any = None
     max_tool_calls: int | None = None
@@ -126,8 +127,14 @@ class ResponsesRequest(BaseModel):
         return metadata_bounds(value)
 
     def check_supported(self) -> None:
-        if self.background:
-            raise not_supported("background", "background responses")
+        if self.background and not self.store:
+            raise ApiError(
+                400, "background responses must be stored: leave store true", param="store"
+            )
+        if self.background and self.stream:
+            raise not_supported(
+                "stream", "streaming a background response (poll GET /v1/responses/{id})"
+            )
         if self.conversation is not None:
             raise not_supported("conversation", "conversations (use previous_response_id)")
         if self.prompt is not None:
@@ -171,5 +178,5 @@ class ResponsesRequest(BaseModel):
             "top_p": self.top_p if self.top_p is not None else 1.0,
             "truncation": self.truncation or "disabled",
             "user": self.user,
-            "background": False,
+            "background": bool(self.background),
         }

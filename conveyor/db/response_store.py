@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.db.stored_response import StoredResponse
 
+# A background response's statuses while it runs; any other is final.
+RUNNING = ("queued", "in_progress")
+
 
 class MissingResponse(LookupError):
     """A response in the chain is not stored (never was, deleted, or another project's)."""
+
+
+class UnfinishedResponse(ValueError):
+    """A response in the chain is still running (background), so it has no output yet."""
 
 
 def save_response(
@@ -33,6 +40,7 @@ def save_response(
         model=body["model"],
         input_items=input_items,
         body=body,
+        status=body.get("status"),
         created_at=body["created_at"],
     )
     session.add(stored)
@@ -47,6 +55,36 @@ def get_response(
     if stored is None or stored.project_id != project_id:
         return None
     return stored
+
+
+def finish_response(session: Session, body: dict[str, Any]) -> bool:
+    """Store a background response's final object, unless it was cancelled, deleted or
+    already finished meanwhile (one atomic update); True if stored."""
+    result = session.execute(
+        update(StoredResponse)
+        .where(StoredResponse.id == body["id"], StoredResponse.status.in_(RUNNING))
+        .values(body=body, status=body["status"])
+    )
+    return bool(result.rowcount)
+
+
+def end_running(
+    session: Session, stored: StoredResponse, status: str, error: dict[str, Any] | None = None
+) -> bool:
+    """Move a running response to `status` ("cancelled", or "failed" with `error`) if it
+    still runs (one atomic update); True if this call ended it."""
+    body = {**stored.body, "status": status}
+    if error is not None:
+        body["error"] = error
+    result = session.execute(
+        update(StoredResponse)
+        .where(StoredResponse.id == stored.id, StoredResponse.status.in_(RUNNING))
+        .values(body=body, status=status)
+    )
+    if not result.rowcount:
+        return False
+    session.refresh(stored)
+    return True
 
 
 def delete_response(session: Session, response_id: str, project_id: str | None) -> bool:
@@ -68,6 +106,8 @@ def conversation(
         stored = get_response(session, next_id, project_id)
         if stored is None:
             raise MissingResponse(next_id)
+        if stored.status in RUNNING:
+            raise UnfinishedResponse(next_id)
         turns.append(stored.input_items + list(stored.body.get("output") or []))
         next_id = stored.previous_response_id
     return [item for turn in reversed(turns) for item in turn]

@@ -21,6 +21,10 @@ class StoredResponse(Base):
     model: Mapped[str] = mapped_column(String(200))
     # This request's own input items, normalised (typed, with ids), in order.
     input_items: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
-    # The response object as the client received it.
+    # The response object as the client received it (a background one: as it is now).
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # body["status"], as a column: a background run ends with one compare-and-set update
+    # (queued/in_progress -> its outcome) that a concurrent cancel cannot be undone by.
+    # NULL for rows stored before the column existed (all of them finished).
+    status: Mapped[str | None] = mapped_column(String(20), default=None)
     created_at: Mapped[int] = mapped_column(Timestamp, default=now, index=True)

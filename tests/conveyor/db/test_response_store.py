@@ -100,3 +100,42 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff_in_bounded_batches(
     with db.session() as session:
         left = [i for i in ids if response_store.get_response(session, i, "proj_a")]
     assert left == ids[3:]
+
+
+def test_a_background_run_ends_once_whoever_ends_it_first(db: Database) -> None:
+    """The run's final object and a cancel race: each is one compare-and-set from
+    queued/in_progress, so the first wins and the other changes nothing."""
+    body = {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "model": "m",
+        "status": "queued",
+        "background": True,
+        "output": [],
+    }
+    with db.session() as session:
+        response_store.save_response(session, None, body, [message("user", "q")])
+    with db.session() as session, pytest.raises(response_store.UnfinishedResponse):
+        response_store.conversation(session, body["id"], None)
+    with db.session() as session:
+        stored = response_store.get_response(session, body["id"], None)
+        assert stored is not None
+        assert response_store.end_running(session, stored, "cancelled")
+        assert stored.status == stored.body["status"] == "cancelled"
+    final = {**body, "status": "completed", "output": [message("assistant", "a")]}
+    with db.session() as session:
+        assert not response_store.finish_response(session, final)
+        stored = response_store.get_response(session, body["id"], None)
+        assert stored is not None and stored.body["status"] == "cancelled"
+        assert not response_store.end_running(session, stored, "failed", {"code": "x"})
+    # The other order: the answer lands first, a late cancel changes nothing.
+    other = {**body, "id": new_id("resp_")}
+    with db.session() as session:
+        response_store.save_response(session, None, other, [])
+    with db.session() as session:
+        assert response_store.finish_response(session, {**other, "status": "completed"})
+        stored = response_store.get_response(session, other["id"], None)
+        assert stored is not None and not response_store.end_running(session, stored, "cancelled")
+        assert stored.status == "completed"
+        assert response_store.conversation(session, other["id"], None) == []

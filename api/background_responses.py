@@ -1,0 +1,169 @@
+"""Background responses (`background: true`): generated after the call returns, then polled.
+
+The create call validates, admits and queues the generation like any response,
+stores the response `queued` and answers with it at once. A task of this API
+process then collects the answer, ignoring the client (gone by design), and
+stores the finished object with one compare-and-set update, so a cancel that
+got there first is never overwritten. The request's log row and rate-limit
+settlement wait for the task (RequestRecord.background), so usage counts the
+real tokens.
+
+A cancel may reach any API replica: it marks the row `cancelled` and sets a
+Redis flag (BusNames.response_cancel) that the owning task polls; the task then
+stops collecting, which aborts the generation on the workers. A process that
+stops cancels its runs and marks them failed; one that dies leaves them
+running in SQL, and a read after the request timeout reports them failed
+(`expire_if_stale`), since no generation outlives that deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy.orm import Session
+
+from api.chat_generation import ChatGeneration
+from api.errors import ApiError
+from api.request_record import RequestRecord
+from api.responses_stream import ResponseEventStream
+from api.sql import in_session
+from conveyor.bus import BusNames
+from conveyor.db.database import Database
+from conveyor.db.response_store import RUNNING, end_running
+from conveyor.db.stored_response import StoredResponse
+
+logger = logging.getLogger(__name__)
+
+CANCEL_POLL_SECONDS = 0.5
+# How long past the request timeout a running row may sit before a read calls it failed.
+STALE_GRACE_SECONDS = 60.0
+
+STOPPED_ERROR = {
+    "code": "server_error",
+    "message": "the API server running this background response stopped before it finished; "
+    "create it again",
+}
+
+
+@dataclass(frozen=True)
+class BackgroundRun:
+    response_id: str
+    generation: ChatGeneration
+    stream: ResponseEventStream
+    record: RequestRecord
+
+
+class Cancelled(Exception):
+    """The response was cancelled (on any replica) while it ran."""
+
+
+class BackgroundResponses:
+    """This API process's running background responses."""
+
+    def __init__(
+        self, redis: Redis, names: BusNames, database: Database, cancel_ttl: float
+    ) -> None:
+        self.redis = redis
+        self.names = names
+        self.database = database
+        self.cancel_ttl = max(1, int(cancel_ttl))
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+
+    def start(self, run: BackgroundRun) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(run))
+        self.tasks[run.response_id] = task
+        task.add_done_callback(lambda _: self.tasks.pop(run.response_id, None))
+        run.record.background = task
+
+    async def cancel(self, response_id: str) -> None:
+        """Tell whichever process runs the response to stop it."""
+        await self.redis.set(self.names.response_cancel(response_id), "1", ex=self.cancel_ttl)
+
+    async def stop(self) -> None:
+        """At shutdown: end every run here (each marks its response failed)."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, run: BackgroundRun) -> None:
+        record = run.record
+        chunks = run.generation.whole_chunks(final_usage=True, detached=True)
+        try:
+            await _first_of(run.stream.final(chunks), self._watch_cancel(run.response_id))
+        except Cancelled:
+            record.status_code = 499  # as a client that left: nothing billed
+        except ApiError as exc:
+            record.status_code = exc.status
+            error = {"code": exc.code or "server_error", "message": exc.message}
+            await self._end(run.response_id, "failed", error)
+        except asyncio.CancelledError:
+            record.status_code = 503
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._end(run.response_id, "failed", STOPPED_ERROR))
+            raise
+        except Exception:
+            logger.exception("background response %s failed", run.response_id)
+            record.status_code = 500
+            error = {"code": "server_error", "message": "the response failed on the server"}
+            await self._end(run.response_id, "failed", error)
+        finally:
+            run.generation.close()
+            with contextlib.suppress(Exception):
+                await self.redis.delete(self.names.response_cancel(run.response_id))
+
+    async def _watch_cancel(self, response_id: str) -> None:
+        key = self.names.response_cancel(response_id)
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            try:
+                cancelled = bool(await self.redis.exists(key))
+            except Exception as exc:  # Redis blips: keep generating, look again later
+                logger.warning("checking %s for a cancel failed: %s", response_id, exc)
+                continue
+            if cancelled:
+                raise Cancelled()
+
+    async def _end(self, response_id: str, status: str, error: dict[str, Any]) -> None:
+        def work(session: Session) -> None:
+            stored = session.get(StoredResponse, response_id)
+            if stored is not None:
+                end_running(session, stored, status, error)
+
+        try:
+            await in_session(self.database, work)
+        except Exception:
+            logger.exception("could not mark background response %s %s", response_id, status)
+
+
+async def _first_of(work: Awaitable[object], watcher: Awaitable[None]) -> None:
+    """Await `work`; if `watcher` raises first, cancel `work` and raise that."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(watcher)
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()
+            return
+        watch.result()  # raises Cancelled (the watcher only ends by raising)
+    finally:
+        for future in (task, watch):
+            future.cancel()
+        await asyncio.wait({task, watch}, timeout=5.0)
+
+
+def expire_if_stale(
+    session: Session, stored: StoredResponse, max_age: float, now: Callable[[], float] = time.time
+) -> StoredResponse:
+    """A response still running long after any generation could have ended: the process
+    running it died. Report it failed (stored, so every reader agrees)."""
+    if stored.status in RUNNING and now() - stored.created_at > max_age + STALE_GRACE_SECONDS:
+        end_running(session, stored, "failed", STOPPED_ERROR)
+    return stored
