@@ -7,6 +7,7 @@ decoding it must say exactly what chat completions says for the same turn.
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pydantic
@@ -122,3 +123,29 @@ def test_parse_with_text_format_and_a_forced_function_call(client: openai.OpenAI
     calls = [item for item in called.output if item.type == "function_call"]
     assert calls and all(call.name == "get_weather" for call in calls)
     assert all(isinstance(json.loads(call.arguments)["city"], str) for call in calls)
+
+
+def test_a_background_response_is_polled_to_what_chat_says_and_cancels(
+    client: openai.OpenAI,
+) -> None:
+    messages = [{"role": "user", "content": QUESTION}]
+    queued = client.responses.create(
+        model=MODEL, input=QUESTION, temperature=0, max_output_tokens=24, background=True
+    )
+    assert queued.status == "queued"
+    response = queued
+    for _ in range(600):
+        if response.status not in ("queued", "in_progress"):
+            break
+        time.sleep(0.1)
+        response = client.responses.retrieve(queued.id)
+    assert response.status in ("completed", "incomplete"), response.status
+    assert response.output_text == chat_text(client, messages, 24)
+    # A long one, cancelled while it generates, stays cancelled.
+    long = client.responses.create(
+        model=MODEL, input="Write a long story.", max_output_tokens=1500, background=True
+    )
+    time.sleep(0.5)
+    assert client.responses.cancel(long.id).status == "cancelled"
+    time.sleep(1.0)
+    assert client.responses.retrieve(long.id).status == "cancelled"
