@@ -43,7 +43,12 @@ from api.schemas.chat import (
 from api.schemas.common import UsageInfo
 from api.tool_call_json import AFTER_CALLS
 from api.tool_choice import ForcedToolCall, ToolCallStream, refuse_auto
-from api.tool_parsers import ToolParserStream, new_tool_parser, parse_tool_calls
+from api.tool_parsers import (
+    ToolParserStream,
+    keeps_special_tokens,
+    new_tool_parser,
+    parse_tool_calls,
+)
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
 from engine.tokenizer import Tokenizer
@@ -87,6 +92,10 @@ async def start_chat(
     if max_tokens is None and max_model_len is not None:
         max_tokens = max_model_len - len(prompt_ids)  # the rest of the context, as vLLM does
     top_n = body.top_logprobs or 0
+    parser = services.settings.tool_call_parser
+    if body.auto_tool_choice and keeps_special_tokens(parser):
+        # The parser reads a special token ([TOOL_CALLS]) the detokenizer would drop.
+        body = body.model_copy(update={"skip_special_tokens": False})
     sampling = build_sampling(
         body,
         max_tokens=max_tokens,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from api.tool_call_json import AFTER_CALLS, call_from_json
+from api.tool_call_json import AFTER_CALLS, call_from_json, marker_prefix_len
 
 START = "<tool_call>"
 END = "</tool_call>"
@@ -41,7 +41,7 @@ class HermesStream:
             if not self.in_block:
                 start = buffer.find(START)
                 if start < 0:
-                    keep = _tag_prefix_len(buffer) if not final else 0
+                    keep = marker_prefix_len(buffer, START) if not final else 0
                     content.append(buffer[: len(buffer) - keep])
                     self.pending = buffer[len(buffer) - keep :]
                     break
@@ -82,11 +82,3 @@ class HermesStream:
             return
         deltas.append({"index": self.calls, **call})
         self.calls += 1
-
-
-def _tag_prefix_len(text: str) -> int:
-    """Length of the longest suffix of `text` that is a proper prefix of START."""
-    for size in range(min(len(START) - 1, len(text)), 0, -1):
-        if START.startswith(text[-size:]):
-            return size
-    return 0

@@ -25,6 +25,15 @@ class ParsedOutput:
     tool_calls: list[dict[str, Any]]
 
 
+def marker_prefix_len(text: str, marker: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `marker`: what a
+    stream holds back, since the next text may complete the marker."""
+    for size in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-size:]):
+            return size
+    return 0
+
+
 def call_from_json(block: str) -> dict[str, Any] | None:
     """A tool call from one call's JSON text, or None if it is not one."""
     try:

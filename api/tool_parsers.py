@@ -9,7 +9,9 @@ its trained syntax, so each model family needs a parser (vLLM's
 - "llama3_json" (`api/llama3_tool_parser.py`): the whole answer as JSON calls
   (Llama 3.1-3.3);
 - "pythonic" (`api/pythonic_tool_parser.py`): the whole answer as a Python list of
-  calls (Llama 3.2, Llama 4, ToolACE).
+  calls (Llama 3.2, Llama 4, ToolACE);
+- "mistral" (`api/mistral_tool_parser.py`): calls after the `[TOOL_CALLS]` token
+  (Mistral 7B v0.3's JSON list, and v11+'s `name[ARGS]{...}`).
 
 Each is a stream (`feed(text, final) -> (delta fields, called)`); the whole
 answer is the same stream fed once, so both read a text the same way.
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 
 from api.hermes_tool_parser import HermesStream
 from api.llama3_tool_parser import Llama3JsonStream
+from api.mistral_tool_parser import MistralStream
 from api.pythonic_tool_parser import PythonicStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
 
@@ -34,7 +37,15 @@ TOOL_CALL_PARSERS: dict[str, Callable[[], ToolParserStream]] = {
     "hermes": HermesStream,
     "llama3_json": Llama3JsonStream,
     "pythonic": PythonicStream,
+    "mistral": MistralStream,
 }
+
+
+def keeps_special_tokens(name: str | None) -> bool:
+    """Whether the parser reads a special token (so detokenizing must not skip them)."""
+    return name is not None and bool(
+        getattr(TOOL_CALL_PARSERS[name], "needs_special_tokens", False)
+    )
 
 
 def new_tool_parser(name: str) -> ToolParserStream:

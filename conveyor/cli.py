@@ -119,7 +119,7 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     (
         "--tool-call-parser",
         {
-            "choices": ["hermes", "llama3_json", "pythonic"],
+            "choices": ["hermes", "llama3_json", "pythonic", "mistral"],
             "help": 'read tool calls from model text: tool_choice "auto"',
         },
     ),
