@@ -257,3 +257,18 @@ def test_lora_modules_become_the_workers_flag() -> None:
         Chart.load(CHART).validate_schema(
             {"worker": {"loraModules": [{"name": "x y", "path": "/a"}]}}
         )
+
+
+def test_an_embedding_worker_gets_the_runner_and_pooler_flags() -> None:
+    values = {"worker": {"runner": "pooling", "poolerConfig": {"pooling_type": "MEAN"}}}
+    worker = by_kind(render(values), "Deployment")[f"{RELEASE}-conveyor-worker"]
+    (container,) = containers(worker)
+    assert container["args"] == [
+        "worker",
+        "--runner",
+        "pooling",
+        "--pooler-config",
+        '{"pooling_type":"MEAN"}',
+    ]
+    with pytest.raises(HelmValuesError):
+        Chart.load(CHART).validate_schema({"worker": {"runner": "embed"}})
