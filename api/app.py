@@ -10,6 +10,7 @@ finishes, the log buffer flushing what it holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -79,7 +80,9 @@ def create_app(settings: Settings) -> FastAPI:
             flush_interval=settings.log_flush_interval,
             max_rows=settings.log_buffer_max_rows,
         )
-        background = BackgroundResponses(redis, names, database, settings.request_timeout)
+        background = BackgroundResponses(
+            redis, names, database, settings.request_timeout, settings.drain_timeout
+        )
         retention = ResponseRetention(
             database, settings.response_retention_days, settings.response_purge_interval
         )
@@ -106,6 +109,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             # First: a stopped run marks its response failed and logs its request.
             await background.stop()
+            if app.state.settling:  # rate-limit settlements still on their way to Redis
+                await asyncio.wait(set(app.state.settling), timeout=5.0)
             await retention.stop()
             await replies.stop()
             await log_buffer.stop()
@@ -122,6 +127,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started = int(time.time())
+    # The usage middleware's rate-limit settlements in flight (awaited at shutdown).
+    app.state.settling = set()
     app.state.batch_dispatcher = BatchDispatcher(settings)
     install_error_handlers(app)
     for module in (

@@ -1,7 +1,9 @@
 """Background responses (`background: true`): generated after the call returns, then polled.
 
 The create call validates, admits and queues the generation like any response,
-stores the response `queued` and answers with it at once. A task of this API
+stores the response `queued` and answers with it at once (with `store: false`
+it is kept only for polling: deleted ten minutes after the run could last
+ended, and never continued). A task of this API
 process then collects the answer, ignoring the client (gone by design), and
 stores the finished object with one compare-and-set update, so a cancel that
 got there first is never overwritten. The request's log row and rate-limit
@@ -9,11 +11,15 @@ settlement wait for the task (RequestRecord.background), so usage counts the
 real tokens.
 
 A cancel may reach any API replica: it marks the row `cancelled` and sets a
-Redis flag (BusNames.response_cancel) that the owning task polls; the task then
-stops collecting, which aborts the generation on the workers. A process that
-stops cancels its runs and marks them failed; one that dies leaves them
-running in SQL, and a read after the request timeout reports them failed
-(`expire_if_stale`), since no generation outlives that deadline.
+Redis flag (BusNames.response_cancel) that the owning task polls (a cancel on
+the owning replica also wakes it at once); the task then stops collecting,
+which aborts the generation on the workers. A cancelled response is not
+billed (like a client that left before its answer), whichever side of the
+race the cancel landed on. A process that stops lets its runs finish for up
+to the drain timeout, then cancels them and marks them failed; one that dies
+leaves them running in SQL, and a read (or a continuation) after the request
+timeout reports them failed (`expire_if_stale`), since no generation outlives
+that deadline.
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ logger = logging.getLogger(__name__)
 CANCEL_POLL_SECONDS = 0.5
 # How long past the request timeout a running row may sit before a read calls it failed.
 STALE_GRACE_SECONDS = 60.0
+# How long a response kept only for polling (store false) stays after its run could end.
+POLL_WINDOW_SECONDS = 600.0
 
 STOPPED_ERROR = {
     "code": "server_error",
@@ -68,26 +76,45 @@ class BackgroundResponses:
     """This API process's running background responses."""
 
     def __init__(
-        self, redis: Redis, names: BusNames, database: Database, cancel_ttl: float
+        self,
+        redis: Redis,
+        names: BusNames,
+        database: Database,
+        cancel_ttl: float,
+        drain_timeout: float = 30.0,
     ) -> None:
         self.redis = redis
         self.names = names
         self.database = database
         self.cancel_ttl = max(1, int(cancel_ttl))
+        self.drain_timeout = drain_timeout
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        # Set by a cancel on this replica: the run stops without waiting for its next poll.
+        self._cancelled: dict[str, asyncio.Event] = {}
 
     def start(self, run: BackgroundRun) -> None:
+        self._cancelled[run.response_id] = asyncio.Event()
         task = asyncio.get_running_loop().create_task(self._run(run))
         self.tasks[run.response_id] = task
-        task.add_done_callback(lambda _: self.tasks.pop(run.response_id, None))
+        task.add_done_callback(lambda _: self._forget(run.response_id))
         run.record.background = task
 
+    def _forget(self, response_id: str) -> None:
+        self.tasks.pop(response_id, None)
+        self._cancelled.pop(response_id, None)
+
     async def cancel(self, response_id: str) -> None:
-        """Tell whichever process runs the response to stop it."""
+        """Tell whichever process runs the response to stop it (idempotent)."""
+        local = self._cancelled.get(response_id)
+        if local is not None:
+            local.set()
         await self.redis.set(self.names.response_cancel(response_id), "1", ex=self.cancel_ttl)
 
     async def stop(self) -> None:
-        """At shutdown: end every run here (each marks its response failed)."""
+        """At shutdown: let runs finish for up to the drain timeout, then end the rest
+        (each marks its response failed)."""
+        if self.tasks:
+            await asyncio.wait(set(self.tasks.values()), timeout=self.drain_timeout)
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()
@@ -102,8 +129,9 @@ class BackgroundResponses:
             record.status_code = 499  # as a client that left: nothing billed
         except ApiError as exc:
             record.status_code = exc.status
-            error = {"code": exc.code or "server_error", "message": exc.message}
-            await self._end(run.response_id, "failed", error)
+            # OpenAI's error codes for a response; the worker's own code stays readable.
+            detail = f"{exc.message} ({exc.code})" if exc.code else exc.message
+            await self._end(run.response_id, "failed", {"code": "server_error", "message": detail})
         except asyncio.CancelledError:
             record.status_code = 503
             with contextlib.suppress(Exception):
@@ -120,11 +148,21 @@ class BackgroundResponses:
                 await self.redis.delete(self.names.response_cancel(run.response_id))
 
     async def _watch_cancel(self, response_id: str) -> None:
+        """Raise Cancelled once the response is cancelled here or on another replica."""
         key = self.names.response_cancel(response_id)
+        local = self._cancelled.get(response_id) or asyncio.Event()
         while True:
-            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CANCEL_POLL_SECONDS):
+                    await local.wait()
+            if local.is_set():
+                raise Cancelled()
             try:
-                cancelled = bool(await self.redis.exists(key))
+                # Shielded: redis-py's own timeout can swallow a cancellation of this task
+                # (Python 3.11's wait_for), which would leave this loop polling forever.
+                cancelled = bool(await asyncio.shield(self.redis.exists(key)))
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:  # Redis blips: keep generating, look again later
                 logger.warning("checking %s for a cancel failed: %s", response_id, exc)
                 continue

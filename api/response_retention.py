@@ -31,8 +31,8 @@ class ResponseRetention:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        if self.retention_seconds > 0:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        # Always: background responses kept only for polling expire whatever the retention.
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -42,10 +42,11 @@ class ResponseRetention:
 
     async def purge_once(self) -> int:
         """Delete every expired response, a bounded batch per transaction."""
-        cutoff = int(time.time() - self.retention_seconds)
+        now = int(time.time())
+        cutoff = int(now - self.retention_seconds) if self.retention_seconds > 0 else None
         total = 0
         while True:
-            gone = await in_session(self.database, lambda s: purge_responses(s, cutoff))
+            gone = await in_session(self.database, lambda s: purge_responses(s, cutoff, now))
             total += gone
             if gone == 0:
                 return total

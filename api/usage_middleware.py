@@ -80,14 +80,16 @@ class UsageMiddleware:
         if limiter is None or record.rate_decision is None or principal.api_key_id is None:
             return
         if record.rate_decision.allowed and record.total_tokens != record.reserved_tokens:
-            # A task, so a cancelled request (client gone) still settles its count.
+            # A task, so a cancelled request (client gone) still settles its count; held
+            # in app state, where shutdown waits for it before closing Redis.
             task = asyncio.get_running_loop().create_task(
                 limiter.settle(principal.api_key_id, record.request_id or "", record.total_tokens)
             )
-            self._settling.add(task)
-            task.add_done_callback(self._settled)
+            settling: set[asyncio.Task[None]] = getattr(state, "settling", self._settling)
+            settling.add(task)
+            task.add_done_callback(lambda done: self._settled(settling, done))
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._settling.discard(task)
+    def _settled(self, settling: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+        settling.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("settling a rate-limit reservation failed: %s", task.exception())

@@ -21,7 +21,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from api.background_responses import BackgroundResponses, BackgroundRun, expire_if_stale
+from api.background_responses import (
+    POLL_WINDOW_SECONDS,
+    BackgroundResponses,
+    BackgroundRun,
+    Cancelled,
+    expire_if_stale,
+)
 from api.chat_generation import ChatServices, chat_prompt, start_chat
 from api.collect import ClientGone
 from api.deps import (
@@ -35,7 +41,7 @@ from api.deps import (
     SubmitterDep,
     json_body,
 )
-from api.errors import ApiError, bad_request
+from api.errors import ApiError, bad_request, not_supported
 from api.responses_input import chat_request, normalize_input
 from api.responses_output import new_response_id
 from api.responses_stream import ResponseEventStream, ResponsesFraming
@@ -79,7 +85,7 @@ async def create_response(
 ) -> Response:
     body.check_supported()
     items = normalize_input(body.input)
-    history = await _history(body, database, principal.project_id)
+    history = await _history(body, database, principal.project_id, settings.request_timeout)
     response_id = new_response_id()
     services = ChatServices(request, catalog, submitter, replies, record, settings)
     generation = await start_chat(
@@ -90,15 +96,18 @@ async def create_response(
     )
 
     async def store(final: dict[str, Any]) -> None:
+        if body.background:
+            # Its row exists (queued). Raised, not logged: the run then ends failed (a
+            # database error) or unbilled (a cancel ended it first).
+            if not await in_session(database, lambda s: finish_response(s, final)):
+                raise Cancelled()
+            return
         if not body.store:
             return
         try:
-            if body.background:  # its row exists (queued); a cancel may have ended it
-                await in_session(database, lambda s: finish_response(s, final))
-            else:
-                await in_session(
-                    database, lambda s: save_response(s, principal.project_id, final, items)
-                )
+            await in_session(
+                database, lambda s: save_response(s, principal.project_id, final, items)
+            )
         except SQLAlchemyError:
             # The answer is made and billed: deliver it; only continuing it will fail.
             logger.exception("could not store response %s", response_id)
@@ -106,9 +115,16 @@ async def create_response(
     stream = ResponseEventStream(body, response_id, generation.created, store)
     if body.background:
         queued = {**stream.snapshot(), "status": "queued"}
+        # Without `store` it is kept only to be polled (deleted soon after, never continued).
+        expires_at = (
+            None
+            if body.store
+            else int(generation.created + settings.request_timeout + POLL_WINDOW_SECONDS)
+        )
         try:
             await in_session(
-                database, lambda s: save_response(s, principal.project_id, queued, items)
+                database,
+                lambda s: save_response(s, principal.project_id, queued, items, expires_at),
             )
         except BaseException:
             generation.close()  # nothing will poll for it: do not generate it
@@ -131,7 +147,7 @@ async def create_response(
 
 
 async def _history(
-    body: ResponsesRequest, database: Database, project_id: str | None
+    body: ResponsesRequest, database: Database, project_id: str | None, max_age: float
 ) -> list[dict[str, Any]]:
     """The conversation behind previous_response_id ([] without one); 404 for a missing turn."""
     previous = body.previous_response_id
@@ -150,6 +166,15 @@ async def _history(
         ) from None
     except UnfinishedResponse as running:
         (busy,) = running.args
+
+        def expired(session: Session) -> bool:
+            stored = get_response(session, busy, project_id)
+            if stored is None:
+                return True  # deleted meanwhile: looking again names the missing link
+            return expire_if_stale(session, stored, max_age).status not in RUNNING
+
+        if await in_session(database, expired):  # its API process died: it failed
+            return await _history(body, database, project_id, max_age)
         raise ApiError(
             400,
             f"Previous response with id '{busy}' is still in progress (background); wait "
@@ -160,13 +185,17 @@ async def _history(
 
 @router.post("/input_tokens")
 async def count_input_tokens(
-    body: ResponsesBody, catalog: CatalogDep, database: DatabaseDep, principal: PrincipalDep
+    body: ResponsesBody,
+    catalog: CatalogDep,
+    database: DatabaseDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
 ) -> dict[str, Any]:
     """How many tokens the model would read for this request (after `truncation: "auto"`),
     counted with its chat template and tokenizer; nothing is generated or billed."""
     body.check_supported()
     items = normalize_input(body.input)
-    history = await _history(body, database, principal.project_id)
+    history = await _history(body, database, principal.project_id, settings.request_timeout)
     chat = chat_request(body, history, items)
     chat.check_supported()
     live = await catalog.resolve(chat.model)
@@ -187,8 +216,15 @@ def _stored_or_404(session: Session, response_id: str, project_id: str | None) -
 
 @router.get("/{response_id}")
 async def retrieve_response(
-    response_id: str, database: DatabaseDep, principal: PrincipalDep, settings: SettingsDep
+    response_id: str,
+    database: DatabaseDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    stream: bool = False,
 ) -> dict[str, Any]:
+    if stream:
+        raise not_supported("stream", "streaming a background response (poll without stream)")
+
     def work(session: Session) -> dict[str, Any]:
         stored = _stored_or_404(session, response_id, principal.project_id)
         return expire_if_stale(session, stored, settings.request_timeout).body
@@ -203,16 +239,17 @@ async def cancel_response(
     """Stop a background response (on whichever API process runs it); one that already
     ended is answered as it is."""
 
-    def work(session: Session) -> tuple[dict[str, Any], bool]:
+    def work(session: Session) -> dict[str, Any]:
         stored = _stored_or_404(session, response_id, principal.project_id)
         if not stored.body.get("background"):
             raise bad_request("Cannot cancel a synchronous response.", param="response_id")
-        ended = end_running(session, stored, "cancelled")
-        return stored.body, ended
+        end_running(session, stored, "cancelled")
+        return stored.body
 
-    body, ended = await in_session(database, work)
-    if ended:
-        await _background(request).cancel(response_id)
+    body = await in_session(database, work)
+    # Even if it had ended: a cancel whose flag failed to reach Redis, retried, must
+    # still stop the run (the flag is idempotent and short-lived).
+    await _background(request).cancel(response_id)
     return body
 
 
@@ -224,14 +261,14 @@ async def remove_response(
         stored = get_response(session, response_id, principal.project_id)
         if stored is None:
             return None
-        running = stored.status in RUNNING
+        background = bool(stored.body.get("background"))
         delete_response(session, response_id, principal.project_id)
-        return running
+        return background
 
-    running = await in_session(database, work)
-    if running is None:
+    background = await in_session(database, work)
+    if background is None:
         raise _no_such_response(response_id)
-    if running:  # nobody can read it any more: stop generating it
+    if background:  # nobody can read it any more: stop generating it (if it still runs)
         await _background(request).cancel(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 

@@ -127,10 +127,6 @@ class ResponsesRequest(BaseModel):
         return metadata_bounds(value)
 
     def check_supported(self) -> None:
-        if self.background and not self.store:
-            raise ApiError(
-                400, "background responses must be stored: leave store true", param="store"
-            )
         if self.background and self.stream:
             raise not_supported(
                 "stream", "streaming a background response (poll GET /v1/responses/{id})"

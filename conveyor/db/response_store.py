@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from conveyor.db.stored_response import StoredResponse
@@ -32,8 +32,10 @@ def save_response(
     project_id: str | None,
     body: dict[str, Any],
     input_items: list[dict[str, Any]],
+    expires_at: int | None = None,
 ) -> StoredResponse:
     stored = StoredResponse(
+        expires_at=expires_at,
         id=body["id"],
         project_id=project_id,
         previous_response_id=body.get("previous_response_id"),
@@ -64,6 +66,7 @@ def finish_response(session: Session, body: dict[str, Any]) -> bool:
         update(StoredResponse)
         .where(StoredResponse.id == body["id"], StoredResponse.status.in_(RUNNING))
         .values(body=body, status=body["status"])
+        .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)
 
@@ -80,11 +83,12 @@ def end_running(
         update(StoredResponse)
         .where(StoredResponse.id == stored.id, StoredResponse.status.in_(RUNNING))
         .values(body=body, status=status)
+        # Not copied onto `stored`: if the run ended it first, no row changed, and the
+        # object must then show the row as it is, not this call's wish.
+        .execution_options(synchronize_session=False)
     )
-    if not result.rowcount:
-        return False
     session.refresh(stored)
-    return True
+    return bool(result.rowcount)
 
 
 def delete_response(session: Session, response_id: str, project_id: str | None) -> bool:
@@ -104,7 +108,7 @@ def conversation(
     next_id: str | None = response_id
     while next_id is not None:
         stored = get_response(session, next_id, project_id)
-        if stored is None:
+        if stored is None or stored.expires_at is not None:  # kept for polling only
             raise MissingResponse(next_id)
         if stored.status in RUNNING:
             raise UnfinishedResponse(next_id)
@@ -113,14 +117,17 @@ def conversation(
     return [item for turn in reversed(turns) for item in turn]
 
 
-def purge_responses(session: Session, created_before: int, *, limit: int = 1000) -> int:
-    """Delete up to `limit` responses created before `created_before`; how many went.
-    Bounded, so one purge never holds a long transaction over a big backlog."""
-    ids = list(
-        session.scalars(
-            select(StoredResponse.id).where(StoredResponse.created_at < created_before).limit(limit)
-        )
+def purge_responses(
+    session: Session, created_before: int | None, now: int, *, limit: int = 1000
+) -> int:
+    """Delete up to `limit` responses created before `created_before` (None: keep them
+    all), or kept for polling only and past their `expires_at`; how many went. Bounded,
+    so one purge never holds a long transaction over a big backlog."""
+    expired = StoredResponse.expires_at < now
+    condition = expired if created_before is None else or_(
+        StoredResponse.created_at < created_before, expired
     )
+    ids = list(session.scalars(select(StoredResponse.id).where(condition).limit(limit)))
     if ids:
         session.execute(delete(StoredResponse).where(StoredResponse.id.in_(ids)))
     return len(ids)

@@ -27,4 +27,7 @@ class StoredResponse(Base):
     # (queued/in_progress -> its outcome) that a concurrent cancel cannot be undone by.
     # NULL for rows stored before the column existed (all of them finished).
     status: Mapped[str | None] = mapped_column(String(20), default=None)
+    # Set for a response kept only so a background run can be polled (store false): it
+    # is deleted then, and never continued (as if it had not been stored).
+    expires_at: Mapped[int | None] = mapped_column(Timestamp, default=None, index=True)
     created_at: Mapped[int] = mapped_column(Timestamp, default=now, index=True)

@@ -4,20 +4,26 @@ failed when the worker fails or the server running them stops, and billed when t
 
 from __future__ import annotations
 
+import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import redis.asyncio as aioredis
 from sqlalchemy import select
 
-from api.background_responses import STALE_GRACE_SECONDS, expire_if_stale
+from api import background_responses
+from api.background_responses import STALE_GRACE_SECONDS, BackgroundResponses, expire_if_stale
+from conveyor.bus import BusNames
 from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
 from conveyor.db.response_store import save_response
 from conveyor.db.stored_response import StoredResponse
 
-from .conftest import MODEL, Stack
+from ..async_redis import run_with_redis
+from .conftest import MODEL, Stack, running_stack, sdk_client
 from .fakes import SCRIPT_TEXT, FakeWorker, wait_for
 
 DONE = ("completed", "incomplete", "failed", "cancelled")
@@ -68,7 +74,28 @@ def test_a_background_response_is_queued_at_once_and_polled_to_the_same_answer(
         database.close()
 
 
-def test_cancel_stops_the_generation_and_sticks(sdk: openai.OpenAI, worker: FakeWorker) -> None:
+def log_row(stack: Stack, request_id: str) -> RequestLog:
+    """The request's log row, once the buffer has written it."""
+    database = Database(stack.server.settings.resolved_database_url)
+    try:
+
+        def read() -> RequestLog | None:
+            with database.session() as session:
+                return session.scalars(
+                    select(RequestLog).where(RequestLog.request_id == request_id)
+                ).one_or_none()
+
+        wait_for(read, timeout=10)
+        row = read()
+        assert row is not None
+        return row
+    finally:
+        database.close()
+
+
+def test_cancel_stops_the_generation_and_sticks(
+    sdk: openai.OpenAI, stack: Stack, worker: FakeWorker
+) -> None:
     worker.behaviour = "slow"  # a token every 50 ms, until aborted
     queued = sdk.responses.create(
         model=MODEL, input="A long story.", background=True, max_output_tokens=200
@@ -83,6 +110,23 @@ def test_cancel_stops_the_generation_and_sticks(sdk: openai.OpenAI, worker: Fake
     time.sleep(0.3)  # the run has ended: it must not have stored an answer over the cancel
     assert sdk.responses.retrieve(queued.id).status == "cancelled"
     assert sdk.responses.cancel(queued.id).status == "cancelled"  # again: as it is
+    # Not billed, like a client that left before its answer.
+    assert log_row(stack, queued.id).status_code == 499
+
+
+def test_without_store_it_is_kept_for_polling_only(sdk: openai.OpenAI) -> None:
+    queued = sdk.responses.create(model=MODEL, input="Hi", background=True, store=False)
+    assert queued.status == "queued" and queued.store is False
+    assert settled(sdk, queued.id).output_text == SCRIPT_TEXT
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.create(model=MODEL, input="More.", previous_response_id=queued.id)
+
+
+def test_streaming_a_background_response_is_refused(sdk: openai.OpenAI) -> None:
+    done = sdk.responses.create(model=MODEL, input="Hi", background=True)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.retrieve(done.id, stream=True)
+    assert refused.value.param == "stream"
 
 
 def test_deleting_a_running_response_stops_it(sdk: openai.OpenAI, worker: FakeWorker) -> None:
@@ -103,7 +147,9 @@ def test_a_worker_error_fails_the_response(sdk: openai.OpenAI, worker: FakeWorke
     failed = settled(sdk, queued.id)
     assert failed.status == "failed"
     assert failed.error is not None
-    assert failed.error.code == "oom" and "out of memory" in failed.error.message
+    # OpenAI's code for a response's error; the worker's own stays in the message.
+    assert failed.error.code == "server_error"
+    assert "out of memory" in failed.error.message and "(oom)" in failed.error.message
 
 
 def test_only_background_responses_can_be_cancelled(sdk: openai.OpenAI) -> None:
@@ -132,3 +178,49 @@ def test_a_run_whose_server_died_reads_as_failed(stack: Stack) -> None:
             assert old.status == "failed" and old.body["error"]["code"] == "server_error"
     finally:
         database.close()
+
+
+def test_a_stopping_server_drains_then_fails_what_still_runs(
+    redis_url: str, bundled_model_dir: Path
+) -> None:
+    with running_stack(redis_url, bundled_model_dir, drain_timeout=0.2) as stack:
+        stack.worker.behaviour = "slow"
+        with sdk_client(stack) as client:
+            queued = client.responses.create(
+                model=MODEL, input="A long story.", background=True, max_output_tokens=200
+            )
+        wait_for(lambda: any(r.id == queued.id for r in stack.worker.received))
+        stack.server.stop()  # the lifespan's end: drain 0.2 s, then fail the run
+        database = Database(stack.server.settings.resolved_database_url)
+        try:
+            with database.session() as session:
+                stored = session.get(StoredResponse, queued.id)
+                assert stored is not None and stored.status == "failed"
+                assert "stopped" in stored.body["error"]["message"]
+            with database.session() as session:  # logged (unbilled) before the log flushed
+                row = session.scalars(
+                    select(RequestLog).where(RequestLog.request_id == queued.id)
+                ).one()
+                assert row.status_code == 503
+        finally:
+            database.close()
+        wait_for(lambda: queued.id in stack.worker.aborted)
+
+
+def test_the_cancel_watcher_always_stops_when_cancelled(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's own timeout can swallow a cancellation (3.11's wait_for): the watcher's
+    lookups are shielded, so cancelling it mid-lookup still ends it."""
+    monkeypatch.setattr(background_responses, "CANCEL_POLL_SECONDS", 0.0)
+
+    async def body(client: aioredis.Redis) -> None:
+        runs = BackgroundResponses(client, BusNames("t-watch"), None, 60)  # type: ignore[arg-type]
+        for attempt in range(100):
+            watcher = asyncio.ensure_future(runs._watch_cancel(f"resp_{attempt}"))
+            await asyncio.sleep(0.001 * (attempt % 7))
+            watcher.cancel()
+            done, _ = await asyncio.wait({watcher}, timeout=2.0)
+            assert done, f"the watcher survived its cancellation (attempt {attempt})"
+
+    run_with_redis(redis_url, body)

@@ -1,4 +1,5 @@
-"""Expired stored responses are purged; young ones and a retention of 0 keep everything."""
+"""Expired stored responses are purged; young ones and a retention of 0 keep them; responses
+kept only for polling (background, store false) go at their own expiry whatever the retention."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from conveyor.db.database import Database
 from conveyor.db.ids import new_id
 
 
-def store(db: Database, age_seconds: float) -> str:
+def store(db: Database, age_seconds: float, expires_in: float | None = None) -> str:
     response_id = new_id("resp_")
     body = {"id": response_id, "model": "m", "created_at": int(time.time() - age_seconds)}
+    expires_at = None if expires_in is None else int(time.time() + expires_in)
     with db.session() as session:
-        response_store.save_response(session, None, body, [])
+        response_store.save_response(session, None, body, [], expires_at=expires_at)
     return response_id
 
 
@@ -41,14 +43,10 @@ def test_the_loop_purges_what_expired_and_keeps_the_rest(migrated_database_url: 
         asyncio.run(main())
         assert not any(kept(db, i) for i in old) and kept(db, young)
 
+        polled = store(db, 60, expires_in=-1)
+        polling = store(db, 60, expires_in=600)
         forever = ResponseRetention(db, retention_days=0, interval=0.05)
-        asyncio.run(_started_and_stopped(forever))
-        assert kept(db, young)
+        assert asyncio.run(forever.purge_once()) == 1
+        assert kept(db, young) and kept(db, polling) and not kept(db, polled)
     finally:
         db.close()
-
-
-async def _started_and_stopped(retention: ResponseRetention) -> None:
-    retention.start()  # retention 0: no task at all
-    assert retention._task is None
-    await retention.stop()

@@ -338,7 +338,6 @@ def part_logprobs(response: Any) -> Any:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"background": True, "store": False}, "store"),
         ({"background": True, "stream": True}, "stream"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),

@@ -93,10 +93,10 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff_in_bounded_batches(
             assert stored is not None
             stored.created_at = 1_000 + offset
     with db.session() as session:
-        assert response_store.purge_responses(session, 1_003, limit=2) == 2
+        assert response_store.purge_responses(session, 1_003, 2_000, limit=2) == 2
     with db.session() as session:
-        assert response_store.purge_responses(session, 1_003, limit=2) == 1
-        assert response_store.purge_responses(session, 1_003, limit=2) == 0
+        assert response_store.purge_responses(session, 1_003, 2_000, limit=2) == 1
+        assert response_store.purge_responses(session, 1_003, 2_000, limit=2) == 0
     with db.session() as session:
         left = [i for i in ids if response_store.get_response(session, i, "proj_a")]
     assert left == ids[3:]
@@ -139,3 +139,27 @@ def test_a_background_run_ends_once_whoever_ends_it_first(db: Database) -> None:
         assert stored is not None and not response_store.end_running(session, stored, "cancelled")
         assert stored.status == "completed"
         assert response_store.conversation(session, other["id"], None) == []
+
+
+def test_a_cancel_that_loses_the_race_shows_the_finished_row(db: Database) -> None:
+    """The cancel loaded the row while it ran; the run's answer landed before its update.
+    The update changes nothing, and the object it returns is the stored (completed) one,
+    not the cancel's wish."""
+    body = {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "model": "m",
+        "status": "queued",
+        "background": True,
+        "output": [],
+    }
+    with db.session() as session:
+        response_store.save_response(session, None, body, [])
+    with db.session() as cancelling:
+        stored = response_store.get_response(cancelling, body["id"], None)
+        assert stored is not None and stored.status == "queued"
+        with db.session() as finishing:
+            assert response_store.finish_response(finishing, {**body, "status": "completed"})
+        assert not response_store.end_running(cancelling, stored, "cancelled")
+        assert stored.status == stored.body["status"] == "completed"
