@@ -15,7 +15,7 @@ from api.mistral_tool_parser import MistralStream
 from api.tool_parsers import parse_tool_calls
 
 from .conftest import MODEL, Stack, sdk_client
-from .tool_call_helpers import named
+from .tool_call_helpers import MESSAGES, calls_through_the_sdk, named
 from .tool_call_helpers import streamed as feed_pieces
 
 EXPECTED = [("get_weather", {"city": "Paris", "days": [1, 2]}), ("get_time", {})]
@@ -95,25 +95,10 @@ def mistral_sdk(make_stack: Callable[..., Stack]) -> Iterator[tuple[openai.OpenA
 
 def test_auto_tool_choice_through_the_sdk(mistral_sdk: tuple[openai.OpenAI, Stack]) -> None:
     client, stack = mistral_sdk
-    tools = [
-        {"type": "function", "function": {"name": "get_weather"}},
-        {"type": "function", "function": {"name": "get_time"}},
-    ]
-    messages = [{"role": "user", "content": "Weather in Paris, and the time?"}]
     stack.worker.set_script(V11)
-    full = client.chat.completions.create(model=MODEL, messages=messages, tools=tools)
-    choice = full.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content is None
-    assert named([c.model_dump() for c in choice.message.tool_calls or []]) == EXPECTED
+    calls_through_the_sdk(client, MODEL, EXPECTED)
     # [TOOL_CALLS] is a special token: the worker is asked to keep special tokens.
     assert stack.worker.received[-1].sampling["skip_special_tokens"] is False
-    chunks = list(
-        client.chat.completions.create(model=MODEL, messages=messages, tools=tools, stream=True)
-    )
-    deltas = [
-        d.model_dump() for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []
-    ]
-    assert named(deltas) == EXPECTED
     # Without tools the request is left as the client sent it.
-    client.chat.completions.create(model=MODEL, messages=messages)
+    client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert stack.worker.received[-1].sampling["skip_special_tokens"] is True

@@ -14,7 +14,7 @@ from api.pythonic_tool_parser import PythonicStream
 from api.tool_parsers import parse_tool_calls
 
 from .conftest import MODEL, Stack, sdk_client
-from .tool_call_helpers import named
+from .tool_call_helpers import MESSAGES, TOOLS, calls_through_the_sdk, named
 from .tool_call_helpers import streamed as feed_pieces
 
 CALLS = '[get_weather(city="Paris", unit="celsius", days=[1, 2], alerts=True), get_time()]'
@@ -82,23 +82,8 @@ def pythonic_sdk(make_stack: Callable[..., Stack]) -> Iterator[tuple[openai.Open
 
 def test_auto_tool_choice_through_the_sdk(pythonic_sdk: tuple[openai.OpenAI, Stack]) -> None:
     client, stack = pythonic_sdk
-    tools = [
-        {"type": "function", "function": {"name": "get_weather"}},
-        {"type": "function", "function": {"name": "get_time"}},
-    ]
-    messages = [{"role": "user", "content": "Weather in Paris, and the time?"}]
     stack.worker.set_script(CALLS)
-    full = client.chat.completions.create(model=MODEL, messages=messages, tools=tools)
-    choice = full.choices[0]
-    assert choice.finish_reason == "tool_calls" and choice.message.content is None
-    assert named([c.model_dump() for c in choice.message.tool_calls or []]) == EXPECTED
-    chunks = list(
-        client.chat.completions.create(model=MODEL, messages=messages, tools=tools, stream=True)
-    )
-    deltas = [
-        d.model_dump() for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []
-    ]
-    assert named(deltas) == EXPECTED
+    calls_through_the_sdk(client, MODEL, EXPECTED)
     stack.worker.set_script(" It is sunny.")
-    plain = client.chat.completions.create(model=MODEL, messages=messages, tools=tools)
+    plain = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
     assert plain.choices[0].message.content == " It is sunny."

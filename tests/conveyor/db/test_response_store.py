@@ -38,6 +38,19 @@ def save(db: Database, project: str | None, said: str, heard: str, previous: str
     return str(body["id"])
 
 
+def queued_body() -> dict[str, Any]:
+    """A background response as its create call stores it."""
+    return {
+        "id": new_id("resp_"),
+        "object": "response",
+        "created_at": 1_700_000_000,
+        "model": "m",
+        "status": "queued",
+        "background": True,
+        "output": [],
+    }
+
+
 def texts(items: list[dict[str, Any]]) -> list[str]:
     return [item["content"][0]["text"] for item in items]
 
@@ -105,15 +118,7 @@ def test_purge_deletes_only_what_is_older_than_the_cutoff_in_bounded_batches(
 def test_a_background_run_ends_once_whoever_ends_it_first(db: Database) -> None:
     """The run's final object and a cancel race: each is one compare-and-set from
     queued/in_progress, so the first wins and the other changes nothing."""
-    body = {
-        "id": new_id("resp_"),
-        "object": "response",
-        "created_at": 1_700_000_000,
-        "model": "m",
-        "status": "queued",
-        "background": True,
-        "output": [],
-    }
+    body = queued_body()
     with db.session() as session:
         response_store.save_response(session, None, body, [message("user", "q")])
     with db.session() as session, pytest.raises(response_store.UnfinishedResponse):
@@ -145,15 +150,7 @@ def test_a_cancel_that_loses_the_race_shows_the_finished_row(db: Database) -> No
     """The cancel loaded the row while it ran; the run's answer landed before its update.
     The update changes nothing, and the object it returns is the stored (completed) one,
     not the cancel's wish."""
-    body = {
-        "id": new_id("resp_"),
-        "object": "response",
-        "created_at": 1_700_000_000,
-        "model": "m",
-        "status": "queued",
-        "background": True,
-        "output": [],
-    }
+    body = queued_body()
     with db.session() as session:
         response_store.save_response(session, None, body, [])
     with db.session() as cancelling:
