@@ -124,8 +124,10 @@ def purge_responses(
     all), or kept for polling only and past their `expires_at`; how many went. Bounded,
     so one purge never holds a long transaction over a big backlog."""
     expired = StoredResponse.expires_at < now
-    condition = expired if created_before is None else or_(
-        StoredResponse.created_at < created_before, expired
+    condition = (
+        expired
+        if created_before is None
+        else or_(StoredResponse.created_at < created_before, expired)
     )
     ids = list(session.scalars(select(StoredResponse.id).where(condition).limit(limit)))
     if ids:
