@@ -21,6 +21,7 @@ from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.collect import Output, collect, collect_all, finish
 from api.errors import ApiError
 from api.logprobs import chat_logprobs
+from api.reasoning_parser import ThinkStream, split_reasoning
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import (
@@ -123,7 +124,14 @@ async def start_chat(
         )
     )
     record.readers.append(reader)
-    return ChatGeneration(services, request_id, body, tokenizer, len(prompt_ids), reader)
+    # A constrained output (a forced call, a response format) is all answer: the
+    # constraint leaves no room to think, so nothing in it is read as reasoning.
+    reasoning_parser = (
+        services.settings.reasoning_parser if sampling.structured_output is None else None
+    )
+    return ChatGeneration(
+        services, request_id, body, tokenizer, len(prompt_ids), reader, reasoning_parser
+    )
 
 
 async def chat_prompt(
@@ -240,8 +248,11 @@ class ChatGeneration:
         tokenizer: Tokenizer,
         prompt_tokens: int,
         reader: ReplyReader,
+        reasoning_parser: str | None = None,
     ) -> None:
         self.services = services
+        # Splits thinking from the answer (api/reasoning_parser.py); None: all is answer.
+        self.reasoning_parser = reasoning_parser
         self.record = services.record
         self.request_id = request_id
         self.body = body
@@ -274,9 +285,16 @@ class ChatGeneration:
         choices = []
         for index in range(body.n):
             choice = output.choice(index)
+            reasoning, text = None, choice.full_text
+            if self.reasoning_parser is not None:
+                reasoning, text = split_reasoning(text)
             message, finish_reason = chat_message(
-                choice.full_text, choice.finish_reason, forced, self.auto_parser
+                text, choice.finish_reason, forced, self.auto_parser
             )
+            if reasoning is not None:
+                message = message.model_copy(
+                    update={"reasoning_content": reasoning, "reasoning": reasoning}
+                )
             choices.append(
                 ChatChoice(
                     index=index,
@@ -354,6 +372,7 @@ class ChatGeneration:
         forced = body.forced_tool_call
         tool_streams: dict[int, ToolCallStream] = {}
         parsers: dict[int, ToolParserStream] = {}
+        thinking: dict[int, ThinkStream] = {}
         try:
             for index in range(body.n):
                 yield self._chunk(
@@ -370,6 +389,7 @@ class ChatGeneration:
                     self.record.completion_tokens = 0
                     tool_streams.clear()
                     parsers.clear()
+                    thinking.clear()
                     continue
                 if item.usage is not None:
                     cached_tokens = item.usage.cached_tokens
@@ -384,17 +404,25 @@ class ChatGeneration:
                         self.record.finish_reason = delta.finish_reason
                     with_logprobs = body.logprobs and bool(delta.logprobs)
                     finish_reason = delta.finish_reason
+                    text, reasoning = delta.text, ""
+                    if self.reasoning_parser is not None:
+                        split = thinking.setdefault(delta.index, ThinkStream())
+                        reasoning, text = split.feed(text, finish_reason is not None)
+                    thought = {"reasoning_content": reasoning, "reasoning": reasoning}
+                    if not reasoning:
+                        thought = {}
                     if forced is not None or body.auto_tool_choice:
                         if forced is not None:
                             stream = tool_streams.setdefault(delta.index, ToolCallStream(forced))
-                            fields, finish_reason = stream.delta(delta.text, delta.finish_reason)
+                            fields, finish_reason = stream.delta(text, delta.finish_reason)
                         else:
                             if delta.index not in parsers:
                                 parsers[delta.index] = new_tool_parser(self.auto_parser or "")
                             parser = parsers[delta.index]
-                            fields, called = parser.feed(delta.text, finish_reason is not None)
+                            fields, called = parser.feed(text, finish_reason is not None)
                             if called and finish_reason == "stop":
                                 finish_reason = "tool_calls"
+                        fields |= thought
                         if not fields and finish_reason is None and not with_logprobs:
                             continue
                         after_calls = fields.pop(AFTER_CALLS, None)
@@ -409,11 +437,17 @@ class ChatGeneration:
                             )
                             message = DeltaMessage(content=after_calls)
                     else:
-                        if not delta.text and delta.finish_reason is None and not with_logprobs:
+                        if (
+                            not text
+                            and not reasoning
+                            and delta.finish_reason is None
+                            and not with_logprobs
+                        ):
                             continue
-                        message = DeltaMessage(
-                            content=delta.text if delta.text or finish_reason is None else None
-                        )
+                        answer = text if text or finish_reason is None else None
+                        if reasoning and not text:
+                            answer = None  # a thinking delta carries no empty content
+                        message = DeltaMessage(content=answer, **thought)
                     logprobs = (
                         ChatLogprobs(
                             content=chat_logprobs(self.tokenizer, delta.logprobs or [], self.top_n)

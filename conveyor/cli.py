@@ -123,6 +123,13 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
             "help": 'read tool calls from model text: tool_choice "auto"',
         },
     ),
+    (
+        "--reasoning-parser",
+        {
+            "choices": ["deepseek_r1"],
+            "help": "split a reasoning model's <think> text into `reasoning` in chat answers",
+        },
+    ),
 ]
 
 
@@ -141,6 +148,12 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="load and unload LoRA adapters through POST /v1/load_lora_adapter and "
         "/v1/unload_lora_adapter (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)",
+    )
+    parser.add_argument(
+        "--enable-reasoning",
+        action="store_true",
+        default=None,
+        help="vLLM's older flag, accepted for compatibility (--reasoning-parser alone enables it)",
     )
     parser.add_argument(
         "--enable-auto-tool-choice",
