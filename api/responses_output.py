@@ -47,6 +47,18 @@ def message_item() -> dict[str, Any]:
     }
 
 
+def reasoning_item() -> dict[str, Any]:
+    """A reasoning model's thinking as it opens (--reasoning-parser): its raw text arrives
+    as a reasoning_text part; no summary is made."""
+    return {
+        "type": "reasoning",
+        "id": new_id("rs_"),
+        "summary": [],
+        "content": [],
+        "status": "in_progress",
+    }
+
+
 def text_part(text: str, logprobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 

@@ -22,6 +22,7 @@ from api.responses_output import (
     Outcome,
     function_call_item,
     message_item,
+    reasoning_item,
     response_object,
     text_part,
 )
@@ -65,6 +66,7 @@ class ResponseEventStream:
         self.open: dict[str, Any] | None = None  # the item being streamed, also in output
         self.text: list[str] = []
         self.logprobs: list[dict[str, Any]] = []
+        self.reasoning: list[str] = []  # the open reasoning item's text so far
         # Held back while no message is open: whitespace, and the logprobs that go with it.
         self.pending_text = ""
         self.pending_logprobs: list[dict[str, Any]] = []
@@ -116,7 +118,11 @@ class ResponseEventStream:
                 delta = choice.delta
                 logprobs = choice.logprobs.content if choice.logprobs is not None else None
                 dumped = [lp.model_dump(mode="json") for lp in logprobs or []]
-                # Text first: a whole answer's one chunk has its text and its calls.
+                # Thinking first (--reasoning-parser), then text, then calls: a whole
+                # answer's one chunk has them all, in the order the model wrote them.
+                if delta.reasoning:
+                    for event in self._reasoning(delta.reasoning):
+                        yield event
                 if delta.content or (dumped and not delta.tool_calls):
                     for event in self._text(delta.content or "", dumped):
                         yield event
@@ -136,6 +142,33 @@ class ResponseEventStream:
         final = self.snapshot(usage, outcome)
         await self.on_final(final)
         yield self._event(FINAL_EVENTS[outcome.status], response=final)
+
+    def _reasoning(self, text: str) -> list[Event]:
+        """A reasoning model's thinking: a reasoning item with its raw text, as OpenAI's
+        reasoning_text events stream it."""
+        events: list[Event] = []
+        if self.open is None or self.open["type"] != "reasoning":
+            events += self._close("completed")
+            item = reasoning_item()
+            self._add(item)
+            self.reasoning = []
+            events.append(
+                self._event(
+                    "response.output_item.added", output_index=self._index, item=copy.deepcopy(item)
+                )
+            )
+        assert self.open is not None
+        self.reasoning.append(text)
+        events.append(
+            self._event(
+                "response.reasoning_text.delta",
+                item_id=self.open["id"],
+                output_index=self._index,
+                content_index=0,
+                delta=text,
+            )
+        )
+        return events
 
     def _open_message(self) -> list[Event]:
         """A new message item, starting with the held-back text and logprobs."""
@@ -216,7 +249,19 @@ class ResponseEventStream:
             return []
         item["status"] = status
         events = []
-        if item["type"] == "message":
+        if item["type"] == "reasoning":
+            text = "".join(self.reasoning)
+            item["content"] = [{"type": "reasoning_text", "text": text}]
+            events.append(
+                self._event(
+                    "response.reasoning_text.done",
+                    item_id=item["id"],
+                    output_index=self._index,
+                    content_index=0,
+                    text=text,
+                )
+            )
+        elif item["type"] == "message":
             text = "".join(self.text)
             part = text_part(text, self.logprobs)
             item["content"] = [part]

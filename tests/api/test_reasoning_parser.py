@@ -102,3 +102,26 @@ def test_without_a_parser_the_thinking_stays_in_the_text(sdk: openai.OpenAI, sta
     message = sdk.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message
     assert message.content == f"{THOUGHT}</think>{ANSWER}"
     assert "reasoning" not in (message.model_extra or {})
+
+
+def test_a_response_has_a_reasoning_item_before_its_message(
+    reasoning_sdk: tuple[openai.OpenAI, Stack],
+) -> None:
+    client, stack = reasoning_sdk
+    stack.worker.set_script(f"{THOUGHT}</think>\n\n{ANSWER}")
+    response = client.responses.create(model=MODEL, input="The capital of France?")
+    thinking, message = response.output
+    assert thinking.type == "reasoning" and thinking.status == "completed"
+    assert [part.text for part in thinking.content or []] == [THOUGHT]
+    assert message.type == "message" and response.output_text == ANSWER
+    events = list(client.responses.create(model=MODEL, input="Again?", stream=True))
+    kinds = [e.type for e in events]
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    deltas = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert deltas == THOUGHT
+    streamed_output = events[-1].response.output
+    assert [item.type for item in streamed_output] == ["reasoning", "message"]
+    # The thinking is not fed back: a continuation's prompt has the answer only.
+    client.responses.create(model=MODEL, input="And Spain?", previous_response_id=response.id)
+    prompt = stack.worker.tokenizer.decode(stack.worker.received[-1].prompt_token_ids)
+    assert ANSWER in prompt and "France's is Paris" not in prompt
