@@ -21,7 +21,13 @@ from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.collect import Output, collect, collect_all, finish
 from api.errors import ApiError
 from api.logprobs import chat_logprobs
-from api.reasoning_parser import ThinkStream, split_reasoning
+from api.mistral_tool_parser import mistral_call_id, with_mistral_ids
+from api.reasoning_parser import (
+    PROMPT_TAIL_TOKENS,
+    ThinkStream,
+    closes_thinking,
+    split_reasoning,
+)
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import (
@@ -49,6 +55,7 @@ from api.tool_parsers import (
     keeps_special_tokens,
     new_tool_parser,
     parse_tool_calls,
+    short_call_ids,
 )
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
@@ -83,6 +90,9 @@ async def start_chat(
     live = await catalog.resolve(body.model)
     live.require_runner("generate", services.record.endpoint)
     await submitter.check_capacity(live.queue_model, record.lane)
+    if short_call_ids(services.settings.tool_call_parser):
+        # Mistral's templates refuse any other call id (vLLM trims them the same way).
+        body = body.model_copy(update={"messages": with_mistral_ids(body.messages)})
     body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(
         catalog, live, body, truncate
     )
@@ -129,8 +139,18 @@ async def start_chat(
     reasoning_parser = (
         services.settings.reasoning_parser if sampling.structured_output is None else None
     )
+    thinking = reasoning_parser is not None and not closes_thinking(
+        tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+    )
     return ChatGeneration(
-        services, request_id, body, tokenizer, len(prompt_ids), reader, reasoning_parser
+        services,
+        request_id,
+        body,
+        tokenizer,
+        len(prompt_ids),
+        reader,
+        reasoning_parser,
+        starts_thinking=thinking,
     )
 
 
@@ -249,10 +269,13 @@ class ChatGeneration:
         prompt_tokens: int,
         reader: ReplyReader,
         reasoning_parser: str | None = None,
+        starts_thinking: bool = True,
     ) -> None:
         self.services = services
         # Splits thinking from the answer (api/reasoning_parser.py); None: all is answer.
         self.reasoning_parser = reasoning_parser
+        # False when the prompt itself closed the think block (thinking turned off).
+        self.starts_thinking = starts_thinking
         self.record = services.record
         self.request_id = request_id
         self.body = body
@@ -269,6 +292,16 @@ class ChatGeneration:
         if not self.body.auto_tool_choice:
             return None
         return self.services.settings.tool_call_parser
+
+    @property
+    def _short_ids(self) -> bool:
+        """Whether calls need Mistral's 9-character ids (its templates refuse others)."""
+        return short_call_ids(self.services.settings.tool_call_parser)
+
+    def _with_call_ids(self, message: ChatResponseMessage) -> ChatResponseMessage:
+        if not message.tool_calls or not self._short_ids:
+            return message
+        return message.model_copy(update={"tool_calls": _short_ids(message.tool_calls)})
 
     def close(self) -> None:
         """Stop listening; abort the generation on the workers if it did not finish."""
@@ -287,14 +320,16 @@ class ChatGeneration:
             choice = output.choice(index)
             reasoning, text = None, choice.full_text
             if self.reasoning_parser is not None:
-                reasoning, text = split_reasoning(text)
+                reasoning, text = split_reasoning(text, thinking=self.starts_thinking)
             message, finish_reason = chat_message(
                 text, choice.finish_reason, forced, self.auto_parser
             )
-            if reasoning is not None:
-                message = message.model_copy(
-                    update={"reasoning_content": reasoning, "reasoning": reasoning}
-                )
+            message = self._with_call_ids(message)
+            if reasoning is not None and body.include_reasoning:
+                update: dict[str, Any] = {"reasoning_content": reasoning, "reasoning": reasoning}
+                if not message.content:
+                    update["content"] = None  # all thinking: no answer, as vLLM says
+                message = message.model_copy(update=update)
             choices.append(
                 ChatChoice(
                     index=index,
@@ -406,8 +441,12 @@ class ChatGeneration:
                     finish_reason = delta.finish_reason
                     text, reasoning = delta.text, ""
                     if self.reasoning_parser is not None:
-                        split = thinking.setdefault(delta.index, ThinkStream())
+                        split = thinking.setdefault(
+                            delta.index, ThinkStream(thinking=self.starts_thinking)
+                        )
                         reasoning, text = split.feed(text, finish_reason is not None)
+                        if not body.include_reasoning:
+                            reasoning = ""
                     thought = {"reasoning_content": reasoning, "reasoning": reasoning}
                     if not reasoning:
                         thought = {}
@@ -423,6 +462,8 @@ class ChatGeneration:
                             if called and finish_reason == "stop":
                                 finish_reason = "tool_calls"
                         fields |= thought
+                        if fields.get("tool_calls") and self._short_ids:
+                            fields["tool_calls"] = _short_ids(fields["tool_calls"])
                         if not fields and finish_reason is None and not with_logprobs:
                             continue
                         after_calls = fields.pop(AFTER_CALLS, None)
@@ -477,6 +518,11 @@ class ChatGeneration:
                 yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, cached_tokens))
         finally:
             self.close()
+
+
+def _short_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Forced calls' ids in Mistral's form (a call's first delta carries its id)."""
+    return [{**c, "id": mistral_call_id()} if "id" in c and len(c["id"]) != 9 else c for c in calls]
 
 
 async def _replayed(output: Output, request_id: str) -> AsyncIterator[ReplyMessage]:

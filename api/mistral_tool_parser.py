@@ -40,6 +40,37 @@ def mistral_call_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
 
 
+def mistral_id(call_id: str) -> str:
+    """A client's call id as Mistral's templates accept it: its last 9 characters (as vLLM
+    trims them), or a new id if those are not alphanumeric."""
+    tail = call_id[-9:]
+    return tail if _valid_id(tail) else mistral_call_id()
+
+
+def with_mistral_ids(messages: list[Any]) -> list[Any]:
+    """The conversation with every call id (assistant calls, tool results) in Mistral's
+    form, the same id mapped the same way, so each result still names its call."""
+    mapped: dict[str, str] = {}
+
+    def short(call_id: str) -> str:
+        if call_id not in mapped:
+            mapped[call_id] = call_id if _valid_id(call_id) else mistral_id(call_id)
+        return mapped[call_id]
+
+    out = []
+    for message in messages:
+        update: dict[str, Any] = {}
+        if message.tool_calls:
+            update["tool_calls"] = [
+                {**call, "id": short(call["id"])} if isinstance(call.get("id"), str) else call
+                for call in message.tool_calls
+            ]
+        if message.tool_call_id is not None:
+            update["tool_call_id"] = short(message.tool_call_id)
+        out.append(message.model_copy(update=update) if update else message)
+    return out
+
+
 @dataclass
 class MistralStream:
     # The token is special: detokenizing must keep it for this parser to see it.

@@ -18,6 +18,15 @@ from api.tool_call_json import marker_prefix_len
 REASONING_PARSERS = ("deepseek_r1",)
 START = "<think>"
 END = "</think>"
+# How much of the prompt's end `closes_thinking` reads (a template's thinking switch is
+# in its last few tokens).
+PROMPT_TAIL_TOKENS = 32
+
+
+def closes_thinking(prompt_tail: str) -> bool:
+    """Whether the prompt itself closed the think block (`<think></think>`: a template
+    with thinking turned off, e.g. enable_thinking false), so the output is all answer."""
+    return prompt_tail.rfind(END) > prompt_tail.rfind(START) >= 0
 
 
 @dataclass
@@ -52,7 +61,8 @@ class ThinkStream:
         return reasoning, buffer
 
 
-def split_reasoning(text: str) -> tuple[str | None, str]:
-    """A whole output's (reasoning or None, answer)."""
-    reasoning, answer = ThinkStream().feed(text, final=True)
+def split_reasoning(text: str, thinking: bool = True) -> tuple[str | None, str]:
+    """A whole output's (reasoning or None, answer); `thinking` False: the prompt closed
+    the think block, so all of it is answer."""
+    reasoning, answer = ThinkStream(thinking=thinking).feed(text, final=True)
     return reasoning or None, answer

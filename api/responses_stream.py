@@ -23,6 +23,7 @@ from api.responses_output import (
     function_call_item,
     message_item,
     reasoning_item,
+    reasoning_part,
     response_object,
     text_part,
 )
@@ -123,6 +124,8 @@ class ResponseEventStream:
                 if delta.reasoning:
                     for event in self._reasoning(delta.reasoning):
                         yield event
+                    # The logprobs cover the thinking too: keep those of the answer only.
+                    dumped = _covering(dumped, delta.content or "")
                 if delta.content or (dumped and not delta.tool_calls):
                     for event in self._text(delta.content or "", dumped):
                         yield event
@@ -152,22 +155,15 @@ class ResponseEventStream:
             item = reasoning_item()
             self._add(item)
             self.reasoning = []
-            events.append(
+            events += [
                 self._event(
                     "response.output_item.added", output_index=self._index, item=copy.deepcopy(item)
-                )
-            )
+                ),
+                self._part_event("response.content_part.added", item, part=reasoning_part("")),
+            ]
         assert self.open is not None
         self.reasoning.append(text)
-        events.append(
-            self._event(
-                "response.reasoning_text.delta",
-                item_id=self.open["id"],
-                output_index=self._index,
-                content_index=0,
-                delta=text,
-            )
-        )
+        events.append(self._part_event("response.reasoning_text.delta", self.open, delta=text))
         return events
 
     def _open_message(self) -> list[Event]:
@@ -251,16 +247,12 @@ class ResponseEventStream:
         events = []
         if item["type"] == "reasoning":
             text = "".join(self.reasoning)
-            item["content"] = [{"type": "reasoning_text", "text": text}]
-            events.append(
-                self._event(
-                    "response.reasoning_text.done",
-                    item_id=item["id"],
-                    output_index=self._index,
-                    content_index=0,
-                    text=text,
-                )
-            )
+            part = reasoning_part(text)
+            item["content"] = [part]
+            events += [
+                self._part_event("response.reasoning_text.done", item, text=text),
+                self._part_event("response.content_part.done", item, part=part),
+            ]
         elif item["type"] == "message":
             text = "".join(self.text)
             part = text_part(text, self.logprobs)
@@ -287,6 +279,19 @@ class ResponseEventStream:
             )
         )
         return events
+
+
+def _covering(logprobs: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
+    """The last entries of `logprobs` whose tokens spell (at least) `text`: a delta's
+    answer is the end of its tokens, its thinking the start."""
+    if not text:
+        return []
+    spelled = 0
+    for index in range(len(logprobs) - 1, -1, -1):
+        spelled += len(logprobs[index].get("token", ""))
+        if spelled >= len(text):
+            return logprobs[index:]
+    return logprobs
 
 
 class ResponsesFraming:

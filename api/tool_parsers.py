@@ -41,6 +41,11 @@ TOOL_CALL_PARSERS: dict[str, Callable[[], ToolParserStream]] = {
 }
 
 
+def short_call_ids(name: str | None) -> bool:
+    """Whether the model's chat template wants Mistral's 9-character call ids."""
+    return name == "mistral"
+
+
 def keeps_special_tokens(name: str | None) -> bool:
     """Whether the parser reads a special token (so detokenizing must not skip them)."""
     return name is not None and bool(

@@ -58,6 +58,8 @@ class ChatCompletionRequest(SamplingRequest):
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     echo: bool = False
+    # With --reasoning-parser: false leaves the thinking out of the answer (vLLM's extra).
+    include_reasoning: bool = True
 
     def check_supported(self) -> None:
         super().check_supported()

@@ -102,3 +102,54 @@ def test_auto_tool_choice_through_the_sdk(mistral_sdk: tuple[openai.OpenAI, Stac
     # Without tools the request is left as the client sent it.
     client.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert stack.worker.received[-1].sampling["skip_special_tokens"] is True
+
+
+def test_history_ids_are_trimmed_the_same_way_for_call_and_result() -> None:
+    from api.mistral_tool_parser import with_mistral_ids
+    from api.schemas.chat import ChatMessage
+
+    long_id = "call_0123456789abcdef0123"
+    messages = [
+        ChatMessage(role="user", content="Time?"),
+        ChatMessage(
+            role="assistant",
+            tool_calls=[{"id": long_id, "type": "function", "function": {"name": "t"}}],
+        ),
+        ChatMessage(role="tool", tool_call_id=long_id, content="noon"),
+        ChatMessage(
+            role="assistant",
+            tool_calls=[{"id": "abc123XYZ", "type": "function", "function": {"name": "t"}}],
+        ),
+    ]
+    out = with_mistral_ids(messages)
+    short = out[1].tool_calls[0]["id"]
+    assert MISTRAL_ID.match(short) and short == long_id[-9:]
+    assert out[2].tool_call_id == short
+    assert out[3].tool_calls[0]["id"] == "abc123XYZ"  # already valid: kept
+
+
+def test_forced_calls_get_mistral_ids_too(mistral_sdk: tuple[openai.OpenAI, Stack]) -> None:
+    client, stack = mistral_sdk
+    stack.worker.set_script('{"city": "Paris"}')
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    whole = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=tools, tool_choice=choice
+    )
+    (call,) = whole.choices[0].message.tool_calls or []
+    assert MISTRAL_ID.match(call.id)
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, tools=tools, tool_choice=choice, stream=True
+        )
+    )
+    ids = [d.id for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or [] if d.id]
+    assert len(ids) == 1 and MISTRAL_ID.match(ids[0])

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import openai
 import pytest
 
-from api.reasoning_parser import ThinkStream, split_reasoning
+from api.reasoning_parser import ThinkStream, closes_thinking, split_reasoning
 
 from .conftest import MODEL, Stack, sdk_client
 from .tool_call_helpers import MESSAGES, TOOLS, named
@@ -125,3 +125,71 @@ def test_a_response_has_a_reasoning_item_before_its_message(
     client.responses.create(model=MODEL, input="And Spain?", previous_response_id=response.id)
     prompt = stack.worker.tokenizer.decode(stack.worker.received[-1].prompt_token_ids)
     assert ANSWER in prompt and "France's is Paris" not in prompt
+
+
+def test_a_prompt_that_closed_its_think_block_gets_all_answer() -> None:
+    """Templates with thinking turned off (enable_thinking false) end the prompt with
+    `<think></think>`: nothing after is reasoning, even without a closing tag."""
+    assert closes_thinking("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert not closes_thinking("<｜Assistant｜><think>\n")
+    assert not closes_thinking("<|im_start|>assistant\n")
+    call = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    assert split_reasoning(call, thinking=False) == (None, call)
+    stream = ThinkStream(thinking=False)
+    assert stream.feed("\nParis", final=False) == ("", "Paris")
+    assert stream.feed(" is the capital.", final=True) == ("", " is the capital.")
+
+
+def test_thinking_switched_off_in_the_prompt_through_the_api(
+    reasoning_sdk: tuple[openai.OpenAI, Stack],
+) -> None:
+    client, stack = reasoning_sdk
+    stack.worker.set_script(ANSWER)
+    closed = [
+        *MESSAGES,
+        {"role": "assistant", "content": "<think>\n\n</think>\n\n"},
+    ]
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=closed,
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    message = answer.choices[0].message
+    assert message.content == ANSWER and "reasoning" not in (message.model_extra or {})
+
+
+def test_thinking_only_and_include_reasoning_false(
+    reasoning_sdk: tuple[openai.OpenAI, Stack],
+) -> None:
+    client, stack = reasoning_sdk
+    stack.worker.set_script(THOUGHT)  # cut short before </think>
+    message = client.chat.completions.create(model=MODEL, messages=MESSAGES).choices[0].message
+    assert message.content is None and (message.model_extra or {})["reasoning"] == THOUGHT
+    stack.worker.set_script(f"{THOUGHT}</think>{ANSWER}")
+    hidden = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, extra_body={"include_reasoning": False}
+    )
+    assert hidden.choices[0].message.content == ANSWER
+    assert "reasoning" not in (hidden.choices[0].message.model_extra or {})
+
+
+def test_response_logprobs_cover_the_answer_only(
+    reasoning_sdk: tuple[openai.OpenAI, Stack],
+) -> None:
+    client, stack = reasoning_sdk
+    stack.worker.set_script(f"{THOUGHT}</think>\n\n{ANSWER}")
+    for stream in (False, True):
+        request = {
+            "model": MODEL,
+            "input": "The capital of France?",
+            "include": ["message.output_text.logprobs"],
+        }
+        if stream:
+            events = list(client.responses.create(**request, stream=True))
+            response = events[-1].response
+        else:
+            response = client.responses.create(**request)
+        message = response.output[-1]
+        spelled = "".join(lp.token for lp in message.content[0].logprobs or [])
+        assert spelled.strip().endswith(ANSWER.strip()), stream
+        assert "France's is Paris" not in spelled, stream
