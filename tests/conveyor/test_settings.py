@@ -75,7 +75,13 @@ def test_the_tool_call_parser_reaches_the_api_of_conveyor_serve() -> None:
     with pytest.raises(ValueError, match="needs --tool-call-parser"):
         settings_from_args(parser.parse_args(["api", "--enable-auto-tool-choice"]))
     with pytest.raises(SystemExit):
-        parser.parse_args(["api", "--tool-call-parser", "mistral"])
+        parser.parse_args(["api", "--tool-call-parser", "granite"])
+    reasoning = settings_from_args(
+        parser.parse_args(["serve", "--enable-reasoning", "--reasoning-parser", "deepseek_r1"])
+    )
+    assert settings_env(reasoning)["CONVEYOR_REASONING_PARSER"] == "deepseek_r1"
+    with pytest.raises(ValueError, match="needs --reasoning-parser"):
+        settings_from_args(parser.parse_args(["api", "--enable-reasoning"]))
 
 
 def test_lora_modules_reach_the_worker_of_conveyor_serve(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -70,7 +70,14 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
     assert {"tokenizer.json", "tokenizer_config.json", "config.json", DIGEST_FIELD} <= set(tok)
     assert len(tok[DIGEST_FIELD]) == 64
     config = json.loads(tok["config.json"])
-    assert config == {"eos_token_id": sorted(engine.eos_token_ids), "max_model_len": 1024}
+    assert config == {
+        "eos_token_id": sorted(engine.eos_token_ids),
+        "max_model_len": 1024,
+        # What the API checks an embedding request's `dimensions` against.
+        "hidden_size": engine.model_config.hidden_size,
+        "is_matryoshka": False,
+        "matryoshka_dimensions": [],
+    }
     assert client.get(names.known_model(h.model)) == "1"
     beat = json.loads(client.get(names.worker(h.model, instance)))
     assert beat["capacity"] == 2 and beat["instance"] == instance and beat["max_model_len"] == 1024
