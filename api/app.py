@@ -47,6 +47,7 @@ from api.routes import (
     organization_projects,
     organization_usage,
     responses,
+    score,
     tokenize,
 )
 from api.usage_middleware import UsageMiddleware
@@ -135,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
         chat,
         completions,
         embeddings,
+        score,
         responses,
         models,
         tokenize,

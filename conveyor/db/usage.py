@@ -58,7 +58,8 @@ COMPLETIONS = UsageReport(
     generates=True,
 )
 EMBEDDINGS = UsageReport(
-    endpoints=("/v1/embeddings",),
+    # Scoring and reranking embed too (api/routes/score.py): their tokens are embedding work.
+    endpoints=("/v1/embeddings", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"),
     group_by_fields=("project_id", "api_key_id", "model"),
     result_object="organization.usage.embeddings.result",
     generates=False,

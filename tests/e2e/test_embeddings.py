@@ -135,3 +135,21 @@ def test_direct_and_batched_embeddings_are_the_engines_and_are_billed(
     while billed() != want:
         assert time.monotonic() < deadline, f"billed {billed()}, expected {want}"
         time.sleep(0.2)
+
+
+def test_rerank_scores_are_the_cosines_of_the_engines_vectors(
+    embed_server: str, expected: list[torch.Tensor], tenant: tuple[httpx.Client, dict[str, Any]]
+) -> None:
+    _, key = tenant
+    reply = httpx.post(
+        f"{embed_server}/v1/rerank",
+        headers={"Authorization": f"Bearer {key['value']}"},
+        json={"model": MODEL, "query": TEXTS[0], "documents": TEXTS[1:]},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    cosines = {i: float(expected[0] @ expected[i + 1]) for i in range(len(TEXTS) - 1)}
+    assert [r["index"] for r in results] == sorted(cosines, key=lambda i: -cosines[i])
+    for result in results:
+        assert result["relevance_score"] == pytest.approx(cosines[result["index"]], abs=1e-5)

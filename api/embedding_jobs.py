@@ -1,0 +1,196 @@
+"""Embedding prompts through a pooling model's workers, for every endpoint that needs vectors:
+/v1/embeddings, and /score and /rerank, which compare them.
+
+Each prompt is queued as its own request, so the engine batches them with other
+clients' prompts; the vectors come back in prompt order, as the workers sent
+them (base64 little-endian float32).
+"""
+
+from __future__ import annotations
+
+import array
+import base64
+import dataclasses
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from api.admission import admit, refuse_early
+from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
+from api.collect import Output, collect_all, finish
+from api.errors import ApiError
+from api.reply_router import ReplyReader, ReplyRouter
+from api.request_record import RequestRecord
+from api.request_submitter import RequestSubmitter, Submission
+from engine.pooling_params import PoolingParams
+from engine.sampling_params import SamplingParamError
+from engine.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class EmbeddingModel:
+    """A pooling model resolved for one request, with what its prompts are checked against."""
+
+    live: LiveModel
+    tokenizer: ModelTokenizer
+    max_model_len: int | None
+
+
+async def embedding_model(
+    request: Request,
+    catalog: ModelCatalog,
+    submitter: RequestSubmitter,
+    record: RequestRecord,
+    model: str,
+    endpoint: str,
+) -> EmbeddingModel:
+    """The model, or the 4xx/5xx that says why it cannot embed for `endpoint` now."""
+    record.model = model
+    refuse_early(request, record)
+    live = await catalog.resolve(model)
+    live.require_runner("pooling", endpoint)
+    await submitter.check_capacity(live.queue_model, record.lane)
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    return EmbeddingModel(
+        live, model_tokenizer, live.max_model_len or model_tokenizer.max_model_len
+    )
+
+
+def check_pooling(pooling: PoolingParams, model: EmbeddingModel) -> None:
+    """Refuse what the model's workers would (a `dimensions` it was not trained for) before
+    any work is queued; workers check again (and older ones only there)."""
+    if model.tokenizer.shape is None:
+        return
+    try:
+        pooling.validate_against(model.tokenizer.shape)
+    except SamplingParamError as exc:
+        raise ApiError(400, str(exc), param=exc.param) from None
+
+
+def check_input_length(tokens: int, max_model_len: int, param: str = "input") -> None:
+    """OpenAI's 400 for an input longer than the model reads (nothing is generated, so an
+    input may fill the whole context)."""
+    if tokens > max_model_len:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens, however you "
+            f"requested {tokens} tokens in the input. Please reduce your input, or set "
+            "truncate_prompt_tokens to keep only its end.",
+            param=param,
+            code="context_length_exceeded",
+        )
+
+
+def tokens_to_keep(truncate_prompt_tokens: int | None, max_model_len: int | None) -> int | None:
+    """vLLM's `truncate_prompt_tokens`: keep the last k tokens (-1: the model's length)."""
+    keep = truncate_prompt_tokens
+    if keep == -1:
+        if max_model_len is None:
+            raise ApiError(
+                400,
+                "truncate_prompt_tokens -1 needs the model's maximum length, not known yet",
+                param="truncate_prompt_tokens",
+            )
+        keep = max_model_len
+    if keep is not None and max_model_len is not None and keep > max_model_len:
+        raise ApiError(
+            400,
+            f"truncate_prompt_tokens ({keep}) is greater than this model's maximum context "
+            f"length ({max_model_len})",
+            param="truncate_prompt_tokens",
+        )
+    return keep
+
+
+def truncated_text_ids(
+    tokenizer: Tokenizer, text: str, special: bool, keep: int | None
+) -> list[int]:
+    """The text's token ids cut to its last `keep`, keeping the special tokens the tokenizer
+    adds around it (BOS, EOS), as HF's left-side truncation and so vLLM cut them."""
+    ids = tokenizer.encode(text, add_special_tokens=special)
+    if keep is None or len(ids) <= keep:
+        return ids
+    plain = tokenizer.encode(text, add_special_tokens=False) if special else ids
+    start = next(
+        (i for i in range(len(ids) - len(plain) + 1) if ids[i : i + len(plain)] == plain), None
+    )
+    if start is None:  # the specials are interleaved: no text span to cut
+        return ids[-keep:]
+    prefix, suffix = ids[:start], ids[start + len(plain) :]
+    room = keep - len(prefix) - len(suffix)
+    if room < 1:
+        raise ApiError(
+            400,
+            f"truncate_prompt_tokens ({keep}) leaves no room for text next to the "
+            f"{len(prefix) + len(suffix)} special tokens this model's tokenizer adds",
+            param="truncate_prompt_tokens",
+        )
+    return prefix + plain[-room:] + suffix
+
+
+async def embed(
+    request: Request,
+    submitter: RequestSubmitter,
+    replies: ReplyRouter,
+    record: RequestRecord,
+    model: EmbeddingModel,
+    prompts: Sequence[list[int]],
+    pooling: PoolingParams,
+    *,
+    priority: int = 0,
+    id_prefix: str = "embd",
+    param: str = "input",
+) -> list[Output]:
+    """Every prompt's output (its vector in `embedding`), in order; raises ClientGone if the
+    client leaves first. Records the request's id and tokens and admits it first."""
+    if model.max_model_len is not None:
+        for ids in prompts:
+            check_input_length(len(ids), model.max_model_len, param)
+    base_id = f"{id_prefix}-{uuid.uuid4().hex}"
+    record.request_id = base_id
+    record.prompt_tokens = sum(len(ids) for ids in prompts)
+    record.completion_tokens = 0
+    await admit(request, record, tokens=record.prompt_tokens)
+    readers: list[ReplyReader] = []
+    try:
+        for index, ids in enumerate(prompts):
+            readers.append(
+                await submitter.submit(
+                    Submission(
+                        request_id=f"{base_id}-{index}",
+                        model=model.live.queue_model,
+                        prompt_token_ids=ids,
+                        sampling=None,
+                        pooling=dataclasses.asdict(pooling),
+                        priority=priority,
+                        stream=False,
+                        lane=record.lane,
+                        lora=model.live.lora,
+                    )
+                )
+            )
+    except BaseException:
+        finish(replies, readers)
+        raise
+    finally:
+        record.readers.extend(readers)
+    outputs = await collect_all(request, replies, readers)
+    record.finish_reason = "stop"
+    return outputs
+
+
+def encoded(output: Output) -> str:
+    """The vector as the worker sent it (base64 little-endian float32)."""
+    if output.embedding is None:
+        raise ApiError(500, "a worker finished an embedding request without its vector")
+    return output.embedding
+
+
+def vector(output: Output) -> list[float]:
+    values = array.array("f", base64.b64decode(encoded(output)))
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values.tolist()
