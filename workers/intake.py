@@ -263,18 +263,27 @@ class Intake:
                     params = pooling_params_from_wire(request.pooling)
                 else:
                     params = sampling_params_from_wire(request.sampling)
-                    if self.prepare is not None:
-                        self.prepare(params)
             except SamplingParamError as exc:
                 error = bad_request(exc)
         ticket = Ticket(stream_id, request, attempt, params, lane=lane)
+        # Held before any slow preparation: the janitor reclaims this worker's own pending
+        # entries that it does not hold, so an entry must not sit unheld while a big
+        # grammar compiles.
         if not self.inflight.admit(ticket):
+            held = self.inflight.get(request.id)
+            if held is not None and (held.lane, held.stream_id) == (lane, stream_id):
+                return  # the same entry delivered twice: it is being served here already
             error = ErrorInfo(
                 message=f"request id {request.id!r} is already being served",
                 type="invalid_request_error",
                 param="id",
                 status=400,
             )
+        elif error is None and isinstance(params, SamplingParams) and self.prepare is not None:
+            try:
+                self.prepare(params)
+            except SamplingParamError as exc:
+                error = bad_request(exc)
         if error is not None:
             self.publisher.put(Failed(ticket, error))
         else:

@@ -1,0 +1,55 @@
+"""The intake's handling of one delivered entry: held before it is prepared, so the janitor
+never takes it back while a grammar compiles, and a second delivery of the same entry is
+dropped quietly (only a different entry reusing a request id is an error)."""
+
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+from conveyor.bus import REQUEST_FIELD, BusNames
+from conveyor.protocol import GenerateRequest
+from workers.inflight import Inflight
+from workers.intake import Intake
+from workers.publisher import Failed
+
+
+class _Publisher:
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def put(self, event: Any) -> None:
+        self.events.append(event)
+
+
+def test_an_entry_is_held_while_prepared_and_delivered_twice_it_runs_once() -> None:
+    inflight = Inflight(3)
+    publisher = _Publisher()
+    work: queue.Queue[Any] = queue.Queue()
+    held_while_preparing: list[bool] = []
+    intake = Intake(
+        None,  # type: ignore[arg-type]  # accept() never touches Redis
+        BusNames("t-intake"),
+        "m",
+        "w1",
+        inflight,
+        publisher,  # type: ignore[arg-type]
+        work,
+        lambda: None,
+        prepare=lambda _: held_while_preparing.append(inflight.holds_stream_id("1-0")),
+    )
+    request = GenerateRequest(
+        id="r1", reply_to="api", model="m", prompt_token_ids=[1, 2], sampling={"max_tokens": 2}
+    )
+    fields = {REQUEST_FIELD: request.encode()}
+    assert inflight.reserve(3) == 3
+    intake.accept("1-0", fields, attempt=1)
+    intake.accept("1-0", fields, attempt=2)  # the janitor raced intake for the same entry
+    assert held_while_preparing == [True]
+    assert publisher.events == [] and work.qsize() == 1
+    # Another entry reusing the request id is the client's mistake: a 400.
+    intake.accept("2-0", fields, attempt=1)
+    (failed,) = publisher.events
+    assert isinstance(failed, Failed) and failed.error.param == "id"
+    assert "already being served" in failed.error.message
+    assert len(inflight) == 1
