@@ -28,7 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from redis.asyncio import Redis
 from sqlalchemy.orm import Session
 
 from api.chat_generation import ChatGeneration
+from api.collect import unless
 from api.errors import ApiError
 from api.request_record import RequestRecord
 from api.responses_stream import ResponseEventStream
@@ -124,7 +125,7 @@ class BackgroundResponses:
         record = run.record
         chunks = run.generation.whole_chunks(final_usage=True, detached=True)
         try:
-            await _first_of(run.stream.final(chunks), self._watch_cancel(run.response_id))
+            await unless(run.stream.final(chunks), self._watch_cancel(run.response_id), Cancelled)
         except Cancelled:
             record.status_code = 499  # as a client that left: nothing billed
         except ApiError as exc:
@@ -148,7 +149,7 @@ class BackgroundResponses:
                 await self.redis.delete(self.names.response_cancel(run.response_id))
 
     async def _watch_cancel(self, response_id: str) -> None:
-        """Raise Cancelled once the response is cancelled here or on another replica."""
+        """Return once the response is cancelled here or on another replica."""
         key = self.names.response_cancel(response_id)
         local = self._cancelled.get(response_id) or asyncio.Event()
         while True:
@@ -156,7 +157,7 @@ class BackgroundResponses:
                 async with asyncio.timeout(CANCEL_POLL_SECONDS):
                     await local.wait()
             if local.is_set():
-                raise Cancelled()
+                return
             try:
                 # Shielded: redis-py's own timeout can swallow a cancellation of this task
                 # (Python 3.11's wait_for), which would leave this loop polling forever.
@@ -167,7 +168,7 @@ class BackgroundResponses:
                 logger.warning("checking %s for a cancel failed: %s", response_id, exc)
                 continue
             if cancelled:
-                raise Cancelled()
+                return
 
     async def _end(self, response_id: str, status: str, error: dict[str, Any]) -> None:
         def work(session: Session) -> None:
@@ -179,22 +180,6 @@ class BackgroundResponses:
             await in_session(self.database, work)
         except Exception:
             logger.exception("could not mark background response %s %s", response_id, status)
-
-
-async def _first_of(work: Awaitable[object], watcher: Awaitable[None]) -> None:
-    """Await `work`; if `watcher` raises first, cancel `work` and raise that."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(watcher)
-    try:
-        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-            return
-        watch.result()  # raises Cancelled (the watcher only ends by raising)
-    finally:
-        for future in (task, watch):
-            future.cancel()
-        await asyncio.wait({task, watch}, timeout=5.0)
 
 
 def expire_if_stale(

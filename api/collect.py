@@ -8,7 +8,7 @@ abandoned generation never keeps a sequence and its KV blocks busy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -111,16 +111,25 @@ async def collect_all(
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """`work`'s result, or ClientGone (and `work` cancelled) if the client leaves first."""
+    return await unless(work, wait_disconnected(request), ClientGone)
+
+
+async def unless(
+    work: Awaitable[T], stop: Awaitable[object], stopped: Callable[[], Exception]
+) -> T:
+    """`work`'s result; if `stop` ends first, `work` is cancelled and `stopped()` raised
+    (what `stop` itself raised, if it failed)."""
     task = asyncio.ensure_future(work)
     # Cancelled for a departed client, 3.11's gather ends with a CancelledError set as its
     # exception, which asyncio logs as an unretrieved ERROR when the future is collected.
     task.add_done_callback(_retrieve_exception)
-    watcher = asyncio.ensure_future(wait_disconnected(request))
+    watcher = asyncio.ensure_future(stop)
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             return task.result()
-        raise ClientGone()
+        watcher.result()
+        raise stopped()
     finally:
         for future in (task, watcher):
             future.cancel()

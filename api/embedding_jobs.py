@@ -20,7 +20,7 @@ from fastapi import Request
 
 from api.admission import admit, refuse_early
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
-from api.collect import Output, collect_all, finish
+from api.collect import Output, collect_all
 from api.errors import ApiError
 from api.reply_router import ReplyReader, ReplyRouter
 from api.request_record import RequestRecord
@@ -156,25 +156,23 @@ async def embed(
     await admit(request, record, tokens=record.prompt_tokens)
     readers: list[ReplyReader] = []
     try:
-        for index, ids in enumerate(prompts):
-            readers.append(
-                await submitter.submit(
-                    Submission(
-                        request_id=f"{base_id}-{index}",
-                        model=model.live.queue_model,
-                        prompt_token_ids=ids,
-                        sampling=None,
-                        pooling=dataclasses.asdict(pooling),
-                        priority=priority,
-                        stream=False,
-                        lane=record.lane,
-                        lora=model.live.lora,
-                    )
+        await submitter.submit_all(
+            [
+                Submission(
+                    request_id=f"{base_id}-{index}",
+                    model=model.live.queue_model,
+                    prompt_token_ids=ids,
+                    sampling=None,
+                    pooling=dataclasses.asdict(pooling),
+                    priority=priority,
+                    stream=False,
+                    lane=record.lane,
+                    lora=model.live.lora,
                 )
-            )
-    except BaseException:
-        finish(replies, readers)
-        raise
+                for index, ids in enumerate(prompts)
+            ],
+            readers,
+        )
     finally:
         record.readers.extend(readers)
     outputs = await collect_all(request, replies, readers)

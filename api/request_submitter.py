@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
 from api.catalog import ModelTokenizer
+from api.collect import finish
 from api.errors import ApiError
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
@@ -206,6 +207,19 @@ class RequestSubmitter:
                 code="overloaded",
                 headers={"Retry-After": "1"},
             )
+
+    async def submit_all(
+        self, submissions: Sequence[Submission], readers: list[ReplyReader]
+    ) -> None:
+        """Queue each submission, appending its reader to `readers` (a request's record
+        keeps them); if one cannot be queued, those queued already are aborted."""
+        started = len(readers)
+        try:
+            for submission in submissions:
+                readers.append(await self.submit(submission))
+        except BaseException:
+            finish(self.router, readers[started:])
+            raise
 
     async def submit(self, submission: Submission) -> ReplyReader:
         """Register for replies first (none may be missed), then queue the request."""

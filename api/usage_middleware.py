@@ -37,7 +37,6 @@ INFERENCE_PATHS = frozenset(
 class UsageMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._settling: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -95,7 +94,7 @@ class UsageMiddleware:
             task = asyncio.get_running_loop().create_task(
                 limiter.settle(principal.api_key_id, record.request_id or "", record.total_tokens)
             )
-            settling: set[asyncio.Task[None]] = getattr(state, "settling", self._settling)
+            settling: set[asyncio.Task[None]] = state.settling
             settling.add(task)
             task.add_done_callback(lambda done: self._settled(settling, done))
 

@@ -105,24 +105,22 @@ async def create_completion(
     await admit(request, record, tokens=record.prompt_tokens + len(prompts) * completion_budget)
     readers: list[ReplyReader] = []
     try:
-        for request_id, prompt in zip(ids, prompts, strict=True):
-            readers.append(
-                await submitter.submit(
-                    Submission(
-                        request_id=request_id,
-                        model=live.queue_model,
-                        prompt_token_ids=prompt.token_ids,
-                        sampling=sampling,
-                        priority=body.priority,
-                        stream=body.stream,
-                        lane=record.lane,
-                        lora=live.lora,
-                    )
+        await submitter.submit_all(
+            [
+                Submission(
+                    request_id=request_id,
+                    model=live.queue_model,
+                    prompt_token_ids=prompt.token_ids,
+                    sampling=sampling,
+                    priority=body.priority,
+                    stream=body.stream,
+                    lane=record.lane,
+                    lora=live.lora,
                 )
-            )
-    except BaseException:
-        finish(replies, readers)
-        raise
+                for request_id, prompt in zip(ids, prompts, strict=True)
+            ],
+            readers,
+        )
     finally:
         record.readers.extend(readers)
     view = _CompletionView(base_id, body, tokenizer, prompts, scoring, record)
