@@ -294,14 +294,14 @@ class ChatGeneration:
         return self.services.settings.tool_call_parser
 
     @property
-    def _short_ids(self) -> bool:
+    def _wants_short_ids(self) -> bool:
         """Whether calls need Mistral's 9-character ids (its templates refuse others)."""
         return short_call_ids(self.services.settings.tool_call_parser)
 
     def _with_call_ids(self, message: ChatResponseMessage) -> ChatResponseMessage:
-        if not message.tool_calls or not self._short_ids:
+        if not message.tool_calls or not self._wants_short_ids:
             return message
-        return message.model_copy(update={"tool_calls": _short_ids(message.tool_calls)})
+        return message.model_copy(update={"tool_calls": _mistral_ids(message.tool_calls)})
 
     def close(self) -> None:
         """Stop listening; abort the generation on the workers if it did not finish."""
@@ -462,8 +462,8 @@ class ChatGeneration:
                             if called and finish_reason == "stop":
                                 finish_reason = "tool_calls"
                         fields |= thought
-                        if fields.get("tool_calls") and self._short_ids:
-                            fields["tool_calls"] = _short_ids(fields["tool_calls"])
+                        if fields.get("tool_calls") and self._wants_short_ids:
+                            fields["tool_calls"] = _mistral_ids(fields["tool_calls"])
                         if not fields and finish_reason is None and not with_logprobs:
                             continue
                         after_calls = fields.pop(AFTER_CALLS, None)
@@ -520,7 +520,7 @@ class ChatGeneration:
             self.close()
 
 
-def _short_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _mistral_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Forced calls' ids in Mistral's form (a call's first delta carries its id)."""
     return [{**c, "id": mistral_call_id()} if "id" in c and len(c["id"]) != 9 else c for c in calls]
 
