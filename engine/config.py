@@ -21,11 +21,13 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
     # The same networks saved without their LM head: embedding models (e5-mistral,
-    # gte-Qwen2, ...), which only the pooling runner serves.
+    # gte-Qwen2, Qwen3-Embedding, ...), which only the pooling runner serves.
     "LlamaModel": "llama",
     "MistralModel": "mistral",
     "Qwen2Model": "qwen2",
+    "Qwen3Model": "qwen3",
 }
 
 RUNNERS = ("auto", "generate", "pooling")
@@ -90,6 +92,8 @@ class ModelConfig:
     tie_word_embeddings: bool
     qkv_bias: bool
     rope: RopeConfig
+    # Qwen3: an RMSNorm over each query and key head before the rotation.
+    qk_norm: bool = False
     eos_token_ids: tuple[int, ...] = ()
     sliding_window: int | None = None
     # Embedding models trained so that a prefix of their vector is an embedding too.
@@ -117,7 +121,8 @@ class ModelConfig:
         hidden = int(hf["hidden_size"])
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
-        qkv_bias = SUPPORTED_ARCHITECTURES[arch] == "qwen2" or bool(hf.get("attention_bias", False))
+        family = SUPPORTED_ARCHITECTURES[arch]
+        qkv_bias = family == "qwen2" or bool(hf.get("attention_bias", False))
         return cls(
             architecture=arch,
             vocab_size=int(hf["vocab_size"]),
@@ -132,8 +137,9 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=qkv_bias,
             rope=RopeConfig.from_hf(hf),
+            qk_norm=family == "qwen3",
             eos_token_ids=tuple(int(e) for e in eos_ids),
-            sliding_window=hf.get("sliding_window") if hf.get("use_sliding_window") else None,
+            sliding_window=_sliding_window(hf),
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
         )
@@ -141,6 +147,15 @@ class ModelConfig:
     @classmethod
     def from_folder(cls, folder: Path) -> ModelConfig:
         return cls.from_dict(json.loads((folder / "config.json").read_text()))
+
+
+def _sliding_window(hf: dict[str, Any]) -> int | None:
+    """The attention window, if any layer uses one. Qwen configs carry a window they
+    switch on with `use_sliding_window`; Mistral's is on whenever it is set."""
+    if not hf.get("use_sliding_window", True):
+        return None
+    window = hf.get("sliding_window")
+    return int(window) if window else None
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

@@ -79,6 +79,10 @@ def make_random_model(
         elif family == "qwen2":
             config = transformers.Qwen2Config(**common, tie_word_embeddings=True)
             cls = transformers.Qwen2ForCausalLM
+        elif family == "qwen3":
+            # head_dim apart from hidden/heads, as in every Qwen3 checkpoint.
+            config = transformers.Qwen3Config(**common, tie_word_embeddings=True, head_dim=32)
+            cls = transformers.Qwen3ForCausalLM
         elif family == "mistral":
             config = transformers.MistralConfig(
                 **common, tie_word_embeddings=False, sliding_window=None, head_dim=32
@@ -86,8 +90,14 @@ def make_random_model(
             cls = transformers.MistralForCausalLM
         else:
             raise ValueError(family)
-        torch.manual_seed({"llama": 1, "qwen2": 2, "mistral": 3}[family])
+        torch.manual_seed({"llama": 1, "qwen2": 2, "mistral": 3, "qwen3": 4}[family])
         model = cls(config)
+        if family == "qwen3":
+            # HF initialises the per-head norms to ones; make them matter.
+            with torch.no_grad():
+                for attn in (layer.self_attn for layer in model.model.layers):
+                    attn.q_norm.weight.uniform_(0.5, 1.5)
+                    attn.k_norm.weight.uniform_(0.5, 1.5)
         if family == "qwen2":
             # HF initialises biases to zero; make them matter.
             with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The Llama family (Llama, Llama 3, Mistral, Qwen2) over a flattened batch.
+"""The Llama family (Llama, Llama 3, Mistral, Qwen2, Qwen3) over a flattened batch.
 
 Tokens from many sequences arrive as one [T] vector with their positions; no
 padding. Q/K/V and gate/up projections are fused into single matmuls (fewer,
@@ -94,6 +94,10 @@ class Attention(nn.Module):
             config.hidden_size, self.q_size + 2 * self.kv_size, config.qkv_bias, ops.linear
         )
         self.o_proj = Linear(self.q_size, config.hidden_size, False, ops.linear)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
+        self.qk_norm = config.qk_norm
 
     def forward(
         self,
@@ -107,6 +111,9 @@ class Attention(nn.Module):
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         # Queries and keys share the rotation: rotate them in one pass.
         qk = qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
+            qk = torch.cat((self.q_norm(q)[0], self.k_norm(k)[0]), dim=1)
         qk = self.apply_rotary(qk, *rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -152,7 +159,8 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Llama / Mistral / Qwen2: the same graph, differing only in config (bias, rope, window)."""
+    """Llama / Mistral / Qwen2 / Qwen3: the same graph, differing only in config (bias,
+    rope, window, Qwen3's per-head query/key norms)."""
 
     def __init__(
         self,

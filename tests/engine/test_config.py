@@ -1,4 +1,4 @@
-"""Engine dtype defaults, and the start-up hint where bf16 would be faster on this CPU."""
+"""Engine dtype defaults, the start-up bf16 hint, and what a HF config.json is read as."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import cpu_bf16_is_native, resolve_dtype
+from engine.config import ModelConfig, cpu_bf16_is_native, resolve_dtype
 from engine.llm import LLM
 
 HINT = "--dtype bfloat16 runs about 1.5x faster"
@@ -33,3 +33,33 @@ def test_bf16_hint_only_for_the_default_on_a_cpu_with_native_bf16(
         LLM(str(make_random_model("llama")), dtype=dtype, num_kv_blocks=8, max_model_len=64)
     hinted = HINT in caplog.text
     assert hinted == (dtype is None and cpu_bf16_is_native())
+
+
+def _hf_config(**extra: object) -> dict[str, object]:
+    return {
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        **extra,
+    }
+
+
+def test_families_set_their_attention_details() -> None:
+    qwen3 = ModelConfig.from_dict(_hf_config(architectures=["Qwen3ForCausalLM"], head_dim=32))
+    assert (qwen3.qk_norm, qwen3.qkv_bias, qwen3.head_dim) == (True, False, 32)
+    qwen2 = ModelConfig.from_dict(_hf_config(architectures=["Qwen2ForCausalLM"]))
+    assert (qwen2.qk_norm, qwen2.qkv_bias, qwen2.head_dim) == (False, True, 16)
+    # An embedding checkpoint named only by model_type still gets its family's graph.
+    assert ModelConfig.from_dict(_hf_config(model_type="qwen3")).qk_norm
+
+
+def test_a_window_counts_when_the_config_turns_it_on() -> None:
+    # Mistral v0.1's window is on whenever set; Qwen's only with use_sliding_window.
+    mistral = _hf_config(architectures=["MistralForCausalLM"], sliding_window=4096)
+    assert ModelConfig.from_dict(mistral).sliding_window == 4096
+    assert ModelConfig.from_dict({**mistral, "sliding_window": None}).sliding_window is None
+    qwen = _hf_config(architectures=["Qwen3ForCausalLM"], sliding_window=32768)
+    assert ModelConfig.from_dict({**qwen, "use_sliding_window": False}).sliding_window is None
+    assert ModelConfig.from_dict({**qwen, "use_sliding_window": True}).sliding_window == 32768

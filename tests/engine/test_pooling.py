@@ -161,21 +161,26 @@ def test_pooling_type_and_normalisation_come_from_a_sentence_transformers_folder
     torch.testing.assert_close(ours, hf_embedding(hf, ids, PoolingType.MEAN), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_a_checkpoint_without_lm_head_is_served_as_embeddings(
-    llama_dir: Path, hf_llama, tmp_path: Path
+    family: str, make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    """A LlamaModel folder (how e5-mistral and friends ship) picks the pooling runner."""
-    folder = tmp_path / "llama-model"
-    hf_llama.save_pretrained(folder)
+    """A LlamaModel or Qwen3Model folder (how e5-mistral and Qwen3-Embedding ship)
+    picks the pooling runner."""
+    source = make_random_model(family)
+    hf = transformers.AutoModel.from_pretrained(source, dtype=torch.float32).eval()
+    folder = tmp_path / f"{family}-model"
+    hf.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        if (llama_dir / name).exists():
-            (folder / name).write_bytes((llama_dir / name).read_bytes())
-    assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaModel"]
+        if (source / name).exists():
+            (folder / name).write_bytes((source / name).read_bytes())
+    architecture = {"llama": "LlamaModel", "qwen3": "Qwen3Model"}[family]
+    assert json.loads((folder / "config.json").read_text())["architectures"] == [architecture]
     llm = LLM(str(folder))
     assert llm.engine.runner_kind == "pooling"
-    ids = llm.tokenizer.encode(PROMPTS[0])
-    (ours,) = embed_all(llm, [ids])
-    torch.testing.assert_close(ours, hf_embedding(hf_llama, ids), atol=ATOL, rtol=0)
+    ids = [llm.tokenizer.encode(p) for p in PROMPTS]
+    for ours, prompt in zip(embed_all(llm, ids), ids, strict=True):
+        torch.testing.assert_close(ours, hf_embedding(hf, prompt), atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match="no LM head"):
         LLM(str(folder), runner="generate")
 

@@ -185,3 +185,29 @@ def test_engine_greedy_output_matches_torch_backend(
             assert {cap for _, cap in used} == {16, 64}
     assert outputs["triton"] == outputs["torch"]
     assert outputs["triton-graphs"] == outputs["torch"]
+
+
+@pytest.mark.slow  # ~8 s in Triton's interpreter
+def test_qwen3_head_norms_through_triton_match_torch(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """Qwen3 normalises each query and key head with the backend's RMSNorm (strided
+    slices of the fused projection): the Triton path gives the torch path's tokens."""
+    folder = make_random_model("qwen3")
+    outputs = {}
+    for name in ("torch", "triton"):
+        llm = LLM(
+            str(folder),
+            attention_backend=name,
+            dtype="float32",
+            block_size=8,
+            num_kv_blocks=32,
+            max_model_len=128,
+            max_num_batched_tokens=12,
+        )
+        assert llm.engine.runner.model.layers[0].self_attn.q_norm.rms_norm is (
+            llm.engine.runner.backend.ops.rms_norm
+        )
+        ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3,")]
+        outputs[name] = [r.token_ids for r in llm.generate(ids, greedy(5, ignore_eos=True))]
+    assert outputs["triton"] == outputs["torch"]
