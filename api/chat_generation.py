@@ -24,9 +24,10 @@ from api.logprobs import chat_logprobs
 from api.mistral_tool_parser import mistral_call_id, with_mistral_ids
 from api.reasoning_parser import (
     PROMPT_TAIL_TOKENS,
+    ThinkStart,
     ThinkStream,
-    closes_thinking,
     split_reasoning,
+    think_start,
 )
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
@@ -139,9 +140,10 @@ async def start_chat(
     reasoning_parser = (
         services.settings.reasoning_parser if sampling.structured_output is None else None
     )
-    thinking = reasoning_parser is not None and not closes_thinking(
-        tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
-    )
+    start = ThinkStart.ANSWER
+    if reasoning_parser is not None:
+        tail = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+        start = think_start(reasoning_parser, tail)
     return ChatGeneration(
         services,
         request_id,
@@ -150,7 +152,7 @@ async def start_chat(
         len(prompt_ids),
         reader,
         reasoning_parser,
-        starts_thinking=thinking,
+        think_start=start,
     )
 
 
@@ -269,13 +271,13 @@ class ChatGeneration:
         prompt_tokens: int,
         reader: ReplyReader,
         reasoning_parser: str | None = None,
-        starts_thinking: bool = True,
+        think_start: ThinkStart = ThinkStart.INSIDE,
     ) -> None:
         self.services = services
         # Splits thinking from the answer (api/reasoning_parser.py); None: all is answer.
         self.reasoning_parser = reasoning_parser
-        # False when the prompt itself closed the think block (thinking turned off).
-        self.starts_thinking = starts_thinking
+        # Whether the output starts inside a think block (the prompt's end decides).
+        self.think_start = think_start
         self.record = services.record
         self.request_id = request_id
         self.body = body
@@ -320,7 +322,7 @@ class ChatGeneration:
             choice = output.choice(index)
             reasoning, text = None, choice.full_text
             if self.reasoning_parser is not None:
-                reasoning, text = split_reasoning(text, thinking=self.starts_thinking)
+                reasoning, text = split_reasoning(text, self.think_start)
             message, finish_reason = chat_message(
                 text, choice.finish_reason, forced, self.auto_parser
             )
@@ -441,9 +443,7 @@ class ChatGeneration:
                     finish_reason = delta.finish_reason
                     text, reasoning = delta.text, ""
                     if self.reasoning_parser is not None:
-                        split = thinking.setdefault(
-                            delta.index, ThinkStream(thinking=self.starts_thinking)
-                        )
+                        split = thinking.setdefault(delta.index, ThinkStream(self.think_start))
                         reasoning, text = split.feed(text, finish_reason is not None)
                         if not body.include_reasoning:
                             reasoning = ""

@@ -7,47 +7,74 @@ open the `<think>` in the prompt, so the output starts inside it. Text before
 answer (its leading blank lines dropped); an output cut short before
 `</think>` is all reasoning, as in vLLM. Streamed, a suffix that could begin
 a tag is held back, so no fragment of one reaches either field.
+
+"qwen3": Qwen3 opens `<think>` itself when thinking is on, its -Thinking-2507
+models' templates open it in the prompt, and with `enable_thinking: false` the
+template closes an empty block in the prompt. So an output is read as
+reasoning only when a `<think>` is open, in the prompt or at the output's
+start; otherwise it is all answer. vLLM decides that by whether `</think>`
+appears at all, which a stream cannot know until the end; deciding at the
+start gives the same split streamed and whole.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from api.tool_call_json import marker_prefix_len
 
-REASONING_PARSERS = ("deepseek_r1",)
+REASONING_PARSERS = ("deepseek_r1", "qwen3")
 START = "<think>"
 END = "</think>"
-# How much of the prompt's end `closes_thinking` reads (a template's thinking switch is
+# How much of the prompt's end `think_start` reads (a template's thinking switch is
 # in its last few tokens).
 PROMPT_TAIL_TOKENS = 32
 
 
-def closes_thinking(prompt_tail: str) -> bool:
-    """Whether the prompt itself closed the think block (`<think></think>`: a template
-    with thinking turned off, e.g. enable_thinking false), so the output is all answer."""
-    return prompt_tail.rfind(END) > prompt_tail.rfind(START) >= 0
+class ThinkStart(Enum):
+    """Where an output starts, as the prompt's end and the parser tell."""
+
+    INSIDE = "inside"  # inside a think block (an opening <think> in the output dropped)
+    IF_OPENED = "if_opened"  # thinking only if the output opens with <think>
+    ANSWER = "answer"  # the prompt closed the think block: all answer
+
+
+def think_start(parser: str, prompt_tail: str) -> ThinkStart:
+    """How an output of `parser`'s model begins after a prompt ending in `prompt_tail`."""
+    start, end = prompt_tail.rfind(START), prompt_tail.rfind(END)
+    if end > start >= 0:  # `<think></think>`: a template with thinking turned off
+        return ThinkStart.ANSWER
+    if parser == "qwen3" and start < 0:
+        return ThinkStart.IF_OPENED
+    return ThinkStart.INSIDE
 
 
 @dataclass
 class ThinkStream:
-    thinking: bool = True
+    start: ThinkStart = ThinkStart.INSIDE
     opened: bool = False  # past where an opening <think> could be
     answering: bool = False  # the answer's first non-blank text went out
     pending: str = ""
+
+    def __post_init__(self) -> None:
+        self.thinking = self.start is not ThinkStart.ANSWER
 
     def feed(self, text: str, final: bool) -> tuple[str, str]:
         """(reasoning, answer) in this text; the whole output is the stream fed once."""
         buffer, self.pending = self.pending + text, ""
         reasoning = ""
+        if self.thinking and not self.opened:
+            stripped = buffer.lstrip()
+            if not final and START.startswith(stripped):  # may still become <think>
+                self.pending = buffer
+                return "", ""
+            if stripped.startswith(START):
+                buffer = stripped[len(START) :]
+            elif self.start is ThinkStart.IF_OPENED:
+                self.thinking = False
+            self.opened = True
         if self.thinking:
-            if not self.opened:
-                stripped = buffer.lstrip()
-                if not final and START.startswith(stripped):  # may still become <think>
-                    self.pending = buffer
-                    return "", ""
-                buffer = stripped[len(START) :] if stripped.startswith(START) else buffer
-                self.opened = True
             end = buffer.find(END)
             if end < 0:
                 keep = 0 if final else marker_prefix_len(buffer, END)
@@ -61,8 +88,7 @@ class ThinkStream:
         return reasoning, buffer
 
 
-def split_reasoning(text: str, thinking: bool = True) -> tuple[str | None, str]:
-    """A whole output's (reasoning or None, answer); `thinking` False: the prompt closed
-    the think block, so all of it is answer."""
-    reasoning, answer = ThinkStream(thinking=thinking).feed(text, final=True)
+def split_reasoning(text: str, start: ThinkStart = ThinkStart.INSIDE) -> tuple[str | None, str]:
+    """A whole output's (reasoning or None, answer)."""
+    reasoning, answer = ThinkStream(start).feed(text, final=True)
     return reasoning or None, answer

@@ -126,7 +126,7 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     (
         "--reasoning-parser",
         {
-            "choices": ["deepseek_r1"],
+            "choices": ["deepseek_r1", "qwen3"],
             "help": "split a reasoning model's <think> text into `reasoning` in chat answers",
         },
     ),

@@ -144,10 +144,12 @@ class Settings(BaseSettings):
         "pythonic: the answer as a Python list of calls, as Llama 3.2 and 4 write them; "
         "mistral: calls after the [TOOL_CALLS] token, as Mistral models write them)",
     )
-    reasoning_parser: Literal["deepseek_r1"] | None = Field(
+    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = Field(
         default=None,
         description="separates a reasoning model's thinking from its answer in chat "
-        "(deepseek_r1: <think>...</think>, as DeepSeek-R1, its distills and QwQ write it); "
+        "(deepseek_r1: <think>...</think>, as DeepSeek-R1, its distills and QwQ write it, "
+        "the output starting inside the block; qwen3: the same tags, thinking only when a "
+        "<think> is open in the prompt or at the output's start, as Qwen3 writes it); "
         "the thinking goes out as `reasoning` (and vLLM's older `reasoning_content`)",
     )
     enable_reasoning: bool = Field(
@@ -231,7 +233,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _auto_tools_need_a_parser(self) -> Settings:
         if self.enable_reasoning and self.reasoning_parser is None:
-            raise ValueError("--enable-reasoning needs --reasoning-parser (deepseek_r1)")
+            raise ValueError("--enable-reasoning needs --reasoning-parser (deepseek_r1 or qwen3)")
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
             raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (hermes)")
         return self

@@ -1,14 +1,24 @@
-"""--reasoning-parser deepseek_r1: a reasoning model's <think> text goes out as `reasoning`
-(and vLLM's older `reasoning_content`), apart from the answer, whole or streamed."""
+"""--reasoning-parser deepseek_r1 and qwen3: a reasoning model's <think> text goes out as
+`reasoning` (and vLLM's older `reasoning_content`), apart from the answer, whole or
+streamed."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Literal, get_args, get_origin
 
 import openai
 import pytest
 
-from api.reasoning_parser import ThinkStream, closes_thinking, split_reasoning
+from api.reasoning_parser import (
+    REASONING_PARSERS,
+    ThinkStart,
+    ThinkStream,
+    split_reasoning,
+    think_start,
+)
+from conveyor.cli import build_parser
+from conveyor.settings import Settings
 
 from .conftest import MODEL, Stack, sdk_client
 from .tool_call_helpers import MESSAGES, TOOLS, named
@@ -17,8 +27,8 @@ THOUGHT = "\nThe user asks for a capital. France's is Paris.\n"
 ANSWER = "The capital of France is Paris."
 
 
-def streamed(pieces: list[str]) -> tuple[str, str]:
-    stream = ThinkStream()
+def streamed(pieces: list[str], start: ThinkStart = ThinkStart.INSIDE) -> tuple[str, str]:
+    stream = ThinkStream(start)
     reasoning = answer = ""
     for i, piece in enumerate(pieces):
         r, a = stream.feed(piece, final=i == len(pieces) - 1)
@@ -46,6 +56,85 @@ def test_thinking_and_answer_split_whole_and_anywhere(
     for cut in range(len(text) + 1):
         assert streamed([text[:cut], text[cut:]]) == (reasoning, answer), cut
     assert streamed(list(text)) == (reasoning, answer)
+
+
+@pytest.mark.parametrize(
+    ("text", "reasoning", "answer"),
+    [
+        (f"<think>{THOUGHT}</think>\n\n{ANSWER}", THOUGHT, ANSWER),
+        (f"\n<think>{THOUGHT}", THOUGHT, ""),  # opened, then cut short
+        # Nothing opened a think block: all answer, a stray closing tag included.
+        (ANSWER, "", ANSWER),
+        (f"{THOUGHT}</think>{ANSWER}", "", f"{THOUGHT}</think>{ANSWER}"),
+        ("<thin", "", "<thin"),
+        ("", "", ""),
+    ],
+)
+def test_qwen3_thinks_only_inside_an_opened_block(text: str, reasoning: str, answer: str) -> None:
+    start = ThinkStart.IF_OPENED
+    assert split_reasoning(text, start) == (reasoning or None, answer.lstrip())
+    for cut in range(len(text) + 1):
+        assert streamed([text[:cut], text[cut:]], start) == (reasoning, answer.lstrip()), cut
+    assert streamed(list(text), start) == (reasoning, answer.lstrip())
+
+
+def test_the_prompt_end_says_where_the_output_starts() -> None:
+    closed = "<|im_start|>assistant\n<think>\n\n</think>\n\n"  # enable_thinking false
+    opened = "<|im_start|>assistant\n<think>\n"  # Qwen3-Thinking-2507, R1's distills
+    plain = "<|im_start|>assistant\n"
+    for parser in ("deepseek_r1", "qwen3"):
+        assert think_start(parser, closed) is ThinkStart.ANSWER
+        assert think_start(parser, opened) is ThinkStart.INSIDE
+    # R1 may think without opening the block; Qwen3 opens it when it thinks.
+    assert think_start("deepseek_r1", plain) is ThinkStart.INSIDE
+    assert think_start("qwen3", plain) is ThinkStart.IF_OPENED
+    # A closed block earlier in the conversation does not count; the last one does.
+    assert think_start("qwen3", closed + "Hi<|im_end|>\n" + opened) is ThinkStart.INSIDE
+
+
+def test_every_configurable_parser_is_known() -> None:
+    annotation = Settings.model_fields["reasoning_parser"].annotation
+    names = {
+        name
+        for member in get_args(annotation)
+        if get_origin(member) is Literal
+        for name in get_args(member)
+    }
+    assert names == set(REASONING_PARSERS)
+    for name in names:
+        assert build_parser().parse_args(["serve", "--reasoning-parser", name]).reasoning_parser
+
+
+def test_qwen3_through_the_api_thinks_only_when_it_opens_the_block(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(reasoning_parser="qwen3", tool_call_parser="hermes")
+    with sdk_client(stack) as client:
+        stack.worker.set_script(f"<think>{THOUGHT}</think>\n\n{ANSWER}")
+        message = client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        assert message.choices[0].message.content == ANSWER
+        assert (message.choices[0].message.model_extra or {})["reasoning"] == THOUGHT
+        chunks = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas) == THOUGHT
+        assert "".join(d.content or "" for d in deltas) == ANSWER
+        # No block opened: the whole output is the answer, streamed or not.
+        stack.worker.set_script(f"{ANSWER} A stray </think> stays.")
+        plain = client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        assert plain.choices[0].message.content == f"{ANSWER} A stray </think> stays."
+        assert "reasoning" not in (plain.choices[0].message.model_extra or {})
+        chunks = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == f"{ANSWER} A stray </think> stays."
+        # A template that opened the block in the prompt (Qwen3-Thinking-2507's).
+        stack.worker.set_script(f"{THOUGHT}</think>{ANSWER}")
+        opened = client.chat.completions.create(
+            model=MODEL,
+            messages=[*MESSAGES, {"role": "assistant", "content": "<think>\n"}],
+            extra_body={"continue_final_message": True, "add_generation_prompt": False},
+        )
+        assert opened.choices[0].message.content == ANSWER
+        assert (opened.choices[0].message.model_extra or {})["reasoning"] == THOUGHT
 
 
 @pytest.fixture()
@@ -130,12 +219,9 @@ def test_a_response_has_a_reasoning_item_before_its_message(
 def test_a_prompt_that_closed_its_think_block_gets_all_answer() -> None:
     """Templates with thinking turned off (enable_thinking false) end the prompt with
     `<think></think>`: nothing after is reasoning, even without a closing tag."""
-    assert closes_thinking("<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    assert not closes_thinking("<｜Assistant｜><think>\n")
-    assert not closes_thinking("<|im_start|>assistant\n")
     call = '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
-    assert split_reasoning(call, thinking=False) == (None, call)
-    stream = ThinkStream(thinking=False)
+    assert split_reasoning(call, ThinkStart.ANSWER) == (None, call)
+    stream = ThinkStream(ThinkStart.ANSWER)
     assert stream.feed("\nParis", final=False) == ("", "Paris")
     assert stream.feed(" is the capital.", final=True) == ("", " is the capital.")
 
