@@ -45,7 +45,8 @@ _DTYPES = {
 
 @dataclass(frozen=True)
 class RopeConfig:
-    """Rotary embedding parameters, including Llama 3's frequency scaling."""
+    """Rotary embedding parameters: Llama 3's frequency scaling, linear interpolation,
+    or YaRN (how Qwen2.5 and Qwen3 reach 128K tokens)."""
 
     theta: float = 10000.0
     rope_type: str = "default"
@@ -53,6 +54,14 @@ class RopeConfig:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    # YaRN: the rotations bounding the interpolated band, and cos/sin's scale (None:
+    # derived from `factor`, and from mscale/mscale_all_dim when both are given).
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    mscale: float | None = None
+    mscale_all_dim: float | None = None
+    truncate: bool = True
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any]) -> RopeConfig:
@@ -61,18 +70,37 @@ class RopeConfig:
         params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
         theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
         rope_type = str(params.get("rope_type", params.get("type", "default")))
-        if rope_type not in ("default", "llama3", "linear"):
+        if rope_type not in ("default", "llama3", "linear", "yarn"):
             raise ValueError(f"unsupported rope scaling type {rope_type!r}")
+        # YaRN's original context defaults to the configured one, as in transformers.
+        original = params.get("original_max_position_embeddings") or (
+            hf.get("max_position_embeddings") if rope_type == "yarn" else None
+        )
+        optional = {
+            key: float(params[key])
+            for key in ("attention_factor", "mscale", "mscale_all_dim")
+            if params.get(key) is not None
+        }
         return cls(
             theta=theta,
             rope_type=rope_type,
-            factor=float(params.get("factor", 1.0)),
+            factor=float(params.get("factor") or 1.0),
             low_freq_factor=float(params.get("low_freq_factor", 1.0)),
             high_freq_factor=float(params.get("high_freq_factor", 4.0)),
-            original_max_position_embeddings=int(
-                params.get("original_max_position_embeddings", 8192)
-            ),
+            original_max_position_embeddings=int(original or 8192),
+            beta_fast=float(params.get("beta_fast") or 32.0),
+            beta_slow=float(params.get("beta_slow") or 1.0),
+            truncate=bool(params.get("truncate", True)),
+            **optional,
         )
+
+    def context_length(self, max_position_embeddings: int) -> int:
+        """The longest context the rotation serves. YaRN stretches the original one by
+        `factor` (vLLM's rule), which configs often leave out of max_position_embeddings."""
+        if self.rope_type != "yarn":
+            return max_position_embeddings
+        stretched = int(self.original_max_position_embeddings * self.factor)
+        return max(max_position_embeddings, stretched)
 
 
 @dataclass(frozen=True)

@@ -296,7 +296,7 @@ class LLMEngine:
 
     def _max_model_len(self) -> int:
         mc = self.model_config
-        limit = mc.max_position_embeddings
+        limit = mc.rope.context_length(mc.max_position_embeddings)
         if mc.sliding_window:
             # We attend over the full context; beyond the window that would differ.
             limit = min(limit, mc.sliding_window)

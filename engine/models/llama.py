@@ -39,12 +39,14 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
-    """Inverse frequencies, with Llama 3's or linear scaling applied."""
+    """Inverse frequencies, with Llama 3's, linear or YaRN scaling applied."""
     inv_freq = 1.0 / (
         rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
     )
     if rope.rope_type == "linear":
         return inv_freq / rope.factor
+    if rope.rope_type == "yarn":
+        return _yarn_inv_freq(rope, head_dim, inv_freq)
     if rope.rope_type == "llama3":
         old_len = rope.original_max_position_embeddings
         low_wavelen = old_len / rope.low_freq_factor
@@ -60,6 +62,42 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
     return inv_freq
 
 
+def _yarn_inv_freq(rope: RopeConfig, head_dim: int, inv_freq: torch.Tensor) -> torch.Tensor:
+    """YaRN: dimensions that turn fewer than `beta_slow` times over the original context
+    are interpolated (divided by `factor`), those turning more than `beta_fast` times are
+    kept, and a linear ramp blends the band between (the paper's "NTK-by-parts")."""
+
+    def dimension(rotations: float) -> float:
+        wavelengths = rope.original_max_position_embeddings / (rotations * 2 * math.pi)
+        return head_dim * math.log(wavelengths) / (2 * math.log(rope.theta))
+
+    low, high = dimension(rope.beta_fast), dimension(rope.beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # no band: a step instead of a ramp
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    kept = 1 - ramp
+    return inv_freq / rope.factor * (1 - kept) + inv_freq * kept
+
+
+def rope_attention_scale(rope: RopeConfig) -> float:
+    """YaRN's scale on cos and sin (1 for the other rotations): it keeps attention's
+    entropy steady as the context stretches."""
+    if rope.rope_type != "yarn":
+        return 1.0
+    if rope.attention_factor is not None:
+        return rope.attention_factor
+
+    def mscale(scale: float, weight: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * weight * math.log(scale) + 1.0
+
+    if rope.mscale and rope.mscale_all_dim:
+        return mscale(rope.factor, rope.mscale) / mscale(rope.factor, rope.mscale_all_dim)
+    return mscale(rope.factor)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (HF's rotate-half layout) from a precomputed table."""
 
@@ -68,8 +106,9 @@ class RotaryEmbedding(nn.Module):
         inv_freq = rope_inv_freq(rope, head_dim)
         positions = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
-        self.register_buffer("cos", freqs.cos(), persistent=False)
-        self.register_buffer("sin", freqs.sin(), persistent=False)
+        scale = rope_attention_scale(rope)
+        self.register_buffer("cos", freqs.cos() * scale, persistent=False)
+        self.register_buffer("sin", freqs.sin() * scale, persistent=False)
 
     def table(
         self, positions: torch.Tensor, dtype: torch.dtype

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,6 +98,58 @@ def test_random_models_match_hf(family: str, make_random_model: Callable[[str], 
     for prompt, result in zip(prompts, results, strict=True):
         assert result.token_ids == hf_greedy(hf, prompt, 24)
     # Prefill logprobs over a prompt longer than the llama3 rope's original context.
+    prompt = prompts[-1]
+    lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
+    with torch.inference_mode():
+        expected = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    assert lp is not None
+    got = torch.tensor([x.logprob for x in lp[1:]])
+    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32},
+        # DeepSeek-style magnitudes and an explicit ramp.
+        {
+            "rope_type": "yarn",
+            "factor": 8.0,
+            "original_max_position_embeddings": 32,
+            "mscale": 1.0,
+            "mscale_all_dim": 0.5,
+            "beta_fast": 16,
+            "beta_slow": 2,
+        },
+    ],
+)
+def test_yarn_scaled_rope_matches_hf(
+    rope: dict[str, object], make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """YaRN (how Qwen3 and Qwen2.5 reach 128K) past its original context: greedy tokens
+    and prompt logprobs as HF computes them, and the context it stretches to."""
+    source = make_random_model("qwen3")
+    folder = tmp_path / "yarn"
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name != "config.json":
+            (folder / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    theta = (config.get("rope_parameters") or {}).get("rope_theta", 1000000.0)
+    config["rope_parameters"] = {**rope, "rope_theta": theta}
+    config.pop("rope_scaling", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert hf.config.rope_parameters["rope_type"] == "yarn"
+    llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    stretched = int(32 * float(rope["factor"]))  # type: ignore[arg-type]
+    assert llm.engine.max_model_len == max(stretched, config["max_position_embeddings"])
+    torch.manual_seed(1)
+    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (7, 90)]
+    results = llm.generate(prompts, greedy(16, min_tokens=16))
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.token_ids == hf_greedy(hf, prompt, 16)
     prompt = prompts[-1]
     lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
     with torch.inference_mode():
