@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import Request
@@ -116,6 +116,17 @@ async def start_chat(
         vocab_size=tokenizer.vocab_size,
         param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
     )
+    reasoning_parser = services.settings.reasoning_parser
+    start = ThinkStart.ANSWER
+    if reasoning_parser is not None:
+        tail = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+        start = think_start(reasoning_parser, tail)
+    constraint = sampling.structured_output
+    if constraint is not None and start is not ThinkStart.ANSWER:
+        # As in vLLM, a constraint (a response format, a forced call) binds the answer
+        # only: the model thinks freely up to </think> first.
+        after = replace(constraint, after_thinking=start.value)
+        sampling = replace(sampling, structured_output=after)
     await check_structured_output(body, sampling, model_tokenizer)
     record.request_id = request_id
     record.prompt_tokens = len(prompt_ids)
@@ -135,15 +146,6 @@ async def start_chat(
         )
     )
     record.readers.append(reader)
-    # A constrained output (a forced call, a response format) is all answer: the
-    # constraint leaves no room to think, so nothing in it is read as reasoning.
-    reasoning_parser = (
-        services.settings.reasoning_parser if sampling.structured_output is None else None
-    )
-    start = ThinkStart.ANSWER
-    if reasoning_parser is not None:
-        tail = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
-        start = think_start(reasoning_parser, tail)
     return ChatGeneration(
         services,
         request_id,

@@ -17,6 +17,18 @@ from llguidance.gbnf_to_lark import any_to_lark
 
 StructuredOutputKind = Literal["json", "regex", "choice", "grammar"]
 KINDS: tuple[str, ...] = get_args(StructuredOutputKind)
+# Where a reasoning model's output starts (api/reasoning_parser.py's ThinkStart):
+# inside a think block, or free to open one. The constraint applies after it.
+AfterThinking = Literal["inside", "if_opened"]
+AFTER_THINKING: tuple[str, ...] = get_args(AfterThinking)
+# The thinking: any text up to and including the first </think>. One lexeme, so the
+# greedy lexer ends it exactly there (no lookaround in llguidance's regexes).
+_THOUGHT = r"/(.|\n)*<\/think>/ & ~/(.|\n)*<\/think>(.|\n)+/"
+_BLANK = r"/[ \t\r\n]*/"
+_THINKING_FIRST = {
+    "inside": f"start: THOUGHT {_BLANK} @answer\nTHOUGHT: {_THOUGHT}\n",
+    "if_opened": (f'start: ({_BLANK} "<think>" THOUGHT)? {_BLANK} @answer\nTHOUGHT: {_THOUGHT}\n'),
+}
 # "Any JSON object": OpenAI's json_object mode.
 ANY_JSON_OBJECT = '{"type": "object"}'
 MAX_SPEC_CHARS = 256_000
@@ -40,13 +52,17 @@ class StructuredOutput:
     grammar. `whitespace_pattern` is the regex for whitespace JSON allows
     between tokens (vLLM's guided_whitespace_pattern; default
     DEFAULT_JSON_WHITESPACE); `compact_json` allows none at all (vLLM's
-    disable_any_whitespace).
+    disable_any_whitespace). `after_thinking` (a reasoning model's) lets the
+    output think freely up to `</think>` and constrains only the answer after
+    it, as vLLM does: "inside" when the output starts inside a think block,
+    "if_opened" when it may open one with `<think>` or answer at once.
     """
 
     kind: StructuredOutputKind
     spec: str
     whitespace_pattern: str | None = None
     compact_json: bool = False
+    after_thinking: AfterThinking | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -57,6 +73,8 @@ class StructuredOutput:
             raise StructuredOutputError(
                 f"the {self.kind} constraint is longer than {MAX_SPEC_CHARS} characters"
             )
+        if self.after_thinking is not None and self.after_thinking not in AFTER_THINKING:
+            raise StructuredOutputError(f"unknown after_thinking {self.after_thinking!r}")
         if self.kind == "choice":
             try:
                 options = json.loads(self.spec)
@@ -105,6 +123,19 @@ class StructuredOutput:
             raise compile_error(self, str(exc)) from None
 
     def _grammar(self) -> str:
+        answer = self._answer_grammar()
+        if self.after_thinking is None:
+            return answer
+        # llguidance's converters give Lark text, or JSON naming one grammar.
+        (body,) = (
+            json.loads(answer)["grammars"]
+            if answer.lstrip().startswith("{")
+            else [{"lark_grammar": answer}]
+        )
+        thinking_first = {"lark_grammar": _THINKING_FIRST[self.after_thinking]}
+        return json.dumps({"grammars": [thinking_first, {**body, "name": "answer"}]})
+
+    def _answer_grammar(self) -> str:
         if self.kind == "json":
             options: dict[str, Any] = {"whitespace_flexible": not self.compact_json}
             if not self.compact_json:

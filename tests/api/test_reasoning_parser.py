@@ -174,16 +174,53 @@ def test_a_call_after_the_thinking_is_a_tool_call(
     assert (choice.message.model_extra or {})["reasoning"] == THOUGHT
 
 
-def test_a_constrained_answer_is_all_answer(reasoning_sdk: tuple[openai.OpenAI, Stack]) -> None:
-    """A response format leaves no room to think: nothing in it is read as reasoning."""
+def test_a_constraint_binds_the_answer_after_the_thinking(
+    reasoning_sdk: tuple[openai.OpenAI, Stack],
+) -> None:
+    """As in vLLM, a response format or a forced call constrains the answer only: the
+    worker is told to let the model think up to </think> first."""
     client, stack = reasoning_sdk
-    stack.worker.set_script('{"city": "Paris"}')
+    stack.worker.set_script(f'{THOUGHT}</think>\n\n{{"city": "Paris"}}')
     answer = client.chat.completions.create(
         model=MODEL, messages=MESSAGES, response_format={"type": "json_object"}
     )
     message = answer.choices[0].message
     assert message.content == '{"city": "Paris"}'
-    assert "reasoning" not in (message.model_extra or {})
+    assert (message.model_extra or {})["reasoning"] == THOUGHT
+    assert stack.worker.received[-1].sampling["structured_output"]["after_thinking"] == "inside"
+    stack.worker.set_script(f"{THOUGHT}</think>{{}}")  # a named call: its arguments
+    forced = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    assert stack.worker.received[-1].sampling["structured_output"]["after_thinking"] == "inside"
+    calls = [c.model_dump() for c in forced.choices[0].message.tool_calls or []]
+    assert named(calls) == [("get_time", {})]
+    assert (forced.choices[0].message.model_extra or {})["reasoning"] == THOUGHT
+    # Thinking switched off in the prompt: the constraint binds from the first token.
+    stack.worker.set_script('{"city": "Paris"}')
+    closed = client.chat.completions.create(
+        model=MODEL,
+        messages=[*MESSAGES, {"role": "assistant", "content": "<think>\n\n</think>\n\n"}],
+        response_format={"type": "json_object"},
+        extra_body={"continue_final_message": True, "add_generation_prompt": False},
+    )
+    assert closed.choices[0].message.content == '{"city": "Paris"}'
+    assert stack.worker.received[-1].sampling["structured_output"]["after_thinking"] is None
+
+
+def test_qwen3_may_answer_a_constraint_at_once(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(reasoning_parser="qwen3")
+    with sdk_client(stack) as client:
+        stack.worker.set_script('{"city": "Paris"}')
+        answer = client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, response_format={"type": "json_object"}
+        )
+    assert answer.choices[0].message.content == '{"city": "Paris"}'
+    sampling = stack.worker.received[-1].sampling
+    assert sampling["structured_output"]["after_thinking"] == "if_opened"
 
 
 def test_without_a_parser_the_thinking_stays_in_the_text(sdk: openai.OpenAI, stack: Stack) -> None:

@@ -3,6 +3,7 @@ changes nothing else (batch neighbours, chunked prefill, preemption, n > 1)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -218,3 +219,27 @@ def test_a_matcher_that_fails_ends_the_choice_with_an_error(
     assert choice.finish_reason == "error"
     assert isinstance(choice.stop_reason, str)
     assert choice.stop_reason.startswith("structured output failed:")
+
+
+def test_a_reasoning_model_thinks_freely_before_a_constrained_answer(llm: LLM) -> None:
+    """With `after_thinking` the text before </think> is free: the greedy tokens are the
+    unconstrained ones, which a JSON constraint alone would forbid, up to the first
+    special token (the grammar spells text, so it cannot allow one, EOS included)."""
+    prompts = _prompts(llm, 6)
+    free = llm.generate(prompts, greedy(12, ignore_eos=True))
+    assert all("</think>" not in r.text for r in free)
+    schema = StructuredOutput.json_schema({"type": "object"})
+    thinking = dataclasses.replace(schema, after_thinking="inside")
+    first = llm.generate(prompts, greedy(12, ignore_eos=True, structured_output=thinking))
+    added = llm.tokenizer.hf_tokenizer.added_tokens_decoder
+    special = {i for i, token in added.items() if token.special}
+    whole = 0
+    for ours, unconstrained in zip(first, free, strict=True):
+        ids = unconstrained.token_ids
+        free_run = next((i for i, t in enumerate(ids) if t in special), len(ids))
+        assert ours.token_ids[:free_run] == ids[:free_run]
+        assert not special & set(ours.token_ids)
+        whole += free_run == len(ids)
+    assert whole >= 3  # most outputs ran free from end to end
+    bound = llm.generate(prompts, greedy(12, ignore_eos=True, structured_output=schema))
+    assert all(r.token_ids[:3] != f.token_ids[:3] for r, f in zip(bound, free, strict=True))

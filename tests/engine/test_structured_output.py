@@ -71,6 +71,41 @@ def test_the_schema_true_accepts_any_json_value(compiler: GrammarCompiler) -> No
 def test_the_wire_form_round_trips() -> None:
     constraint = StructuredOutput.json_schema({"type": "array"}, whitespace_pattern=" ?")
     assert StructuredOutput.from_wire(dataclasses.asdict(constraint)) == constraint
+    thinking = dataclasses.replace(constraint, after_thinking="if_opened")
+    assert StructuredOutput.from_wire(dataclasses.asdict(thinking)) == thinking
+    assert thinking != constraint  # compiled and cached apart
+    with pytest.raises(StructuredOutputError, match="unknown after_thinking"):
+        StructuredOutput("regex", "a", after_thinking="later")  # type: ignore[arg-type]
+
+
+ANSWERS = {
+    "json": ('{"type": "object", "required": ["a"]}', '{"a": 1}'),
+    "regex": ("[0-9]+", "42"),
+    "choice": ('["yes", "no"]', "no"),
+    "grammar": ('root ::= "x" [a-c]', "xb"),
+}
+
+
+@pytest.mark.parametrize("kind", list(ANSWERS))
+def test_after_thinking_the_constraint_binds_the_answer_only(
+    compiler: GrammarCompiler, kind: str
+) -> None:
+    """A reasoning model thinks freely (anything, even text the answer forbids) up to
+    the first </think>; the answer after it, past blank lines, must match."""
+    spec, answer = ANSWERS[kind]
+    thought = 'Hmm, {"a": "no"}?\n<b>yes</b> 7'
+    inside = StructuredOutput(kind, spec, after_thinking="inside")  # type: ignore[arg-type]
+    assert accepts(compiler, inside, f"{thought}</think>\n\n{answer}")
+    assert accepts(compiler, inside, f"<think>{thought}</think>{answer}")
+    assert not accepts(compiler, inside, answer)  # inside the block: think first
+    assert not accepts(compiler, inside, f"{thought}</think>{thought}")
+    assert not accepts(compiler, inside, f"{thought}</think>{answer}</think>{answer}")
+    opened = StructuredOutput(kind, spec, after_thinking="if_opened")  # type: ignore[arg-type]
+    assert accepts(compiler, opened, f"<think>\n{thought}</think>\n\n{answer}")
+    assert accepts(compiler, opened, answer)  # no block opened: the answer at once
+    assert not accepts(compiler, opened, f"{thought}</think>{answer}")
+    plain = StructuredOutput(kind, spec)  # type: ignore[arg-type]
+    assert not accepts(compiler, plain, f"<think>{thought}</think>{answer}")
 
 
 @pytest.mark.parametrize(
