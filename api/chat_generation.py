@@ -10,7 +10,7 @@ once, and behaves the same on both paths.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -26,6 +26,7 @@ from api.reasoning_parser import (
     PROMPT_TAIL_TOKENS,
     ThinkStart,
     ThinkStream,
+    reasoning_token_count,
     split_reasoning,
     think_start,
 )
@@ -307,6 +308,13 @@ class ChatGeneration:
             return message
         return message.model_copy(update={"tool_calls": _mistral_ids(message.tool_calls)})
 
+    def _reasoning_tokens(self, outputs: Iterable[list[int]]) -> int | None:
+        """Usage's reasoning_tokens over the choices' token ids; None without a parser."""
+        if self.reasoning_parser is None:
+            return None
+        decode = self.tokenizer.decode
+        return sum(reasoning_token_count(decode, ids, self.think_start) for ids in outputs)
+
     def close(self) -> None:
         """Stop listening; abort the generation on the workers if it did not finish."""
         finish(self.services.replies, [self.reader])
@@ -355,7 +363,10 @@ class ChatGeneration:
             model=body.model,
             choices=choices,
             usage=UsageInfo.of(
-                self.prompt_tokens, output.completion_tokens(), output.cached_tokens()
+                self.prompt_tokens,
+                output.completion_tokens(),
+                output.cached_tokens(),
+                self._reasoning_tokens(c.token_ids for c in output.choices.values()),
             ),
         )
 
@@ -403,15 +414,20 @@ class ChatGeneration:
         cached_tokens = 0
         final_completion_tokens: int | None = None
 
-        def running_usage() -> UsageInfo | None:
-            if not body.continuous_usage:
-                return None
-            return UsageInfo.of(self.prompt_tokens, completion_tokens, cached_tokens)
-
         forced = body.forced_tool_call
         tool_streams: dict[int, ToolCallStream] = {}
         parsers: dict[int, ToolParserStream] = {}
         thinking: dict[int, ThinkStream] = {}
+
+        token_ids: dict[int, list[int]] = {}  # each choice's, for the reasoning count
+
+        def usage(completion: int) -> UsageInfo:
+            reasoning_tokens = self._reasoning_tokens(token_ids.values())
+            return UsageInfo.of(self.prompt_tokens, completion, cached_tokens, reasoning_tokens)
+
+        def running_usage() -> UsageInfo | None:
+            return usage(completion_tokens) if body.continuous_usage else None
+
         try:
             for index in range(body.n):
                 yield self._chunk(
@@ -429,6 +445,7 @@ class ChatGeneration:
                     tool_streams.clear()
                     parsers.clear()
                     thinking.clear()
+                    token_ids.clear()
                     continue
                 if item.usage is not None:
                     cached_tokens = item.usage.cached_tokens
@@ -447,6 +464,7 @@ class ChatGeneration:
                     if self.reasoning_parser is not None:
                         split = thinking.setdefault(delta.index, ThinkStream(self.think_start))
                         reasoning, text = split.feed(text, finish_reason is not None)
+                        token_ids.setdefault(delta.index, []).extend(delta.token_ids)
                         if not body.include_reasoning:
                             reasoning = ""
                     thought = {"reasoning_content": reasoning, "reasoning": reasoning}
@@ -517,7 +535,7 @@ class ChatGeneration:
             )
             self.record.completion_tokens = total
             if body.include_usage or final_usage:
-                yield self._chunk([], UsageInfo.of(self.prompt_tokens, total, cached_tokens))
+                yield self._chunk([], usage(total))
         finally:
             self.close()
 

@@ -19,6 +19,7 @@ start gives the same split streamed and whole.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -92,3 +93,26 @@ def split_reasoning(text: str, start: ThinkStart = ThinkStart.INSIDE) -> tuple[s
     """A whole output's (reasoning or None, answer)."""
     reasoning, answer = ThinkStream(start).feed(text, final=True)
     return reasoning or None, answer
+
+
+def reasoning_token_count(
+    decode: Callable[[list[int]], str], token_ids: list[int], start: ThinkStart
+) -> int:
+    """How many of an output's tokens were thinking (usage's reasoning_tokens): those up
+    to the one that completes `</think>`, all of them if none does, none if the output
+    answered at once. Read from the tokens, since a whole answer arrives as one piece."""
+    if start is ThinkStart.ANSWER or not token_ids:
+        return 0
+    text = decode(token_ids)
+    if start is ThinkStart.IF_OPENED and not text.lstrip().startswith(START):
+        return 0
+    if END not in text:
+        return len(token_ids)
+    low, high = 1, len(token_ids)  # the shortest prefix whose text holds </think>
+    while low < high:
+        middle = (low + high) // 2
+        if END in decode(token_ids[:middle]):
+            high = middle
+        else:
+            low = middle + 1
+    return low

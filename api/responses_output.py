@@ -83,11 +83,12 @@ def usage_object(usage: UsageInfo | None) -> dict[str, Any] | None:
     if usage is None:
         return None
     details = usage.prompt_tokens_details
+    thinking = usage.completion_tokens_details
     return {
         "input_tokens": usage.prompt_tokens,
         "input_tokens_details": {"cached_tokens": details.cached_tokens if details else 0},
         "output_tokens": usage.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": thinking.reasoning_tokens if thinking else 0},
         "total_tokens": usage.total_tokens,
     }
 

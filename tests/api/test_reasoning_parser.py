@@ -14,6 +14,7 @@ from api.reasoning_parser import (
     REASONING_PARSERS,
     ThinkStart,
     ThinkStream,
+    reasoning_token_count,
     split_reasoning,
     think_start,
 )
@@ -90,6 +91,51 @@ def test_the_prompt_end_says_where_the_output_starts() -> None:
     assert think_start("qwen3", plain) is ThinkStart.IF_OPENED
     # A closed block earlier in the conversation does not count; the last one does.
     assert think_start("qwen3", closed + "Hi<|im_end|>\n" + opened) is ThinkStart.INSIDE
+
+
+def test_reasoning_tokens_run_to_the_one_that_completes_the_block() -> None:
+    pieces = ["Hmm", " ok", "</", "think", ">", "\n\n", "Paris"]
+    ids = list(range(len(pieces)))
+
+    def decode(prefix: list[int]) -> str:
+        return "".join(pieces[i] for i in prefix)
+
+    assert reasoning_token_count(decode, ids, ThinkStart.INSIDE) == 5
+    assert reasoning_token_count(decode, ids[:4], ThinkStart.INSIDE) == 4  # cut short
+    assert reasoning_token_count(decode, ids, ThinkStart.ANSWER) == 0
+    assert reasoning_token_count(decode, ids, ThinkStart.IF_OPENED) == 0  # never opened
+    assert reasoning_token_count(decode, [], ThinkStart.INSIDE) == 0
+    pieces.insert(0, " <think>")
+    assert reasoning_token_count(decode, [*ids, len(ids)], ThinkStart.IF_OPENED) == 6
+
+
+def test_usage_counts_the_thinking_tokens(reasoning_sdk: tuple[openai.OpenAI, Stack]) -> None:
+    """Whole, streamed and in the Responses API, as OpenAI's usage details name it."""
+    client, stack = reasoning_sdk
+    script = f"{THOUGHT}</think>\n\n{ANSWER}"
+    stack.worker.set_script(script)
+    tokenizer = stack.worker.tokenizer
+    ids = tokenizer.encode(script, add_special_tokens=False)
+    thinking = next(k for k in range(1, len(ids) + 1) if "</think>" in tokenizer.decode(ids[:k]))
+    assert 0 < thinking < len(ids)
+    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2)
+    assert whole.usage is not None and whole.usage.completion_tokens_details is not None
+    # Choice 1 starts a token later in the fake worker's script: one fewer to think.
+    assert whole.usage.completion_tokens_details.reasoning_tokens == 2 * thinking - 1
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == thinking
+    response = client.responses.create(model=MODEL, input="Capital of France?")
+    assert response.usage is not None
+    assert response.usage.output_tokens_details.reasoning_tokens == thinking
 
 
 def test_every_configurable_parser_is_known() -> None:
