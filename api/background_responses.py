@@ -20,6 +20,10 @@ to the drain timeout, then cancels them and marks them failed; one that dies
 leaves them running in SQL, and a read (or a continuation) after the request
 timeout reports them failed (`expire_if_stale`), since no generation outlives
 that deadline.
+
+A run created with `stream: true` is generated token by token and its events
+go to a Redis log (api/response_event_log.py) that the create call, and any
+`GET ?stream=true&starting_after=N`, replay: the client may drop and resume.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from api.chat_generation import ChatGeneration
 from api.collect import unless
 from api.errors import ApiError
 from api.request_record import RequestRecord
-from api.responses_stream import ResponseEventStream
+from api.response_event_log import ResponseEventLog
+from api.responses_stream import ResponseEventStream, error_event
 from api.sql import in_session
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
@@ -67,6 +72,8 @@ class BackgroundRun:
     generation: ChatGeneration
     stream: ResponseEventStream
     record: RequestRecord
+    # Its events go to the replayable log (created with stream: true).
+    streamed: bool = False
 
 
 class Cancelled(Exception):
@@ -88,6 +95,8 @@ class BackgroundResponses:
         self.names = names
         self.database = database
         self.cancel_ttl = max(1, int(cancel_ttl))
+        # Kept for the polling window after the longest run could end.
+        self.events = ResponseEventLog(redis, names, cancel_ttl + POLL_WINDOW_SECONDS)
         self.drain_timeout = drain_timeout
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Set by a cancel on this replica: the run stops without waiting for its next poll.
@@ -123,30 +132,52 @@ class BackgroundResponses:
 
     async def _run(self, run: BackgroundRun) -> None:
         record = run.record
-        chunks = run.generation.whole_chunks(final_usage=True, detached=True)
         try:
-            await unless(run.stream.final(chunks), self._watch_cancel(run.response_id), Cancelled)
+            await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
         except Cancelled:
             record.status_code = 499  # as a client that left: nothing billed
         except ApiError as exc:
             record.status_code = exc.status
             # OpenAI's error codes for a response; the worker's own code stays readable.
             detail = f"{exc.message} ({exc.code})" if exc.code else exc.message
-            await self._end(run.response_id, "failed", {"code": "server_error", "message": detail})
+            await self._fail(run, {"code": "server_error", "message": detail})
         except asyncio.CancelledError:
             record.status_code = 503
             with contextlib.suppress(Exception):
-                await asyncio.shield(self._end(run.response_id, "failed", STOPPED_ERROR))
+                await asyncio.shield(self._fail(run, STOPPED_ERROR))
             raise
         except Exception:
             logger.exception("background response %s failed", run.response_id)
             record.status_code = 500
             error = {"code": "server_error", "message": "the response failed on the server"}
-            await self._end(run.response_id, "failed", error)
+            await self._fail(run, error)
         finally:
             run.generation.close()
             with contextlib.suppress(Exception):
+                if run.streamed:  # readers stop here, whatever ended the run
+                    await asyncio.shield(self.events.end(run.response_id))
+            with contextlib.suppress(Exception):
                 await self.redis.delete(self.names.response_cancel(run.response_id))
+
+    async def _generate(self, run: BackgroundRun) -> None:
+        """Collect the answer whole, or (streamed) token by token into the event log."""
+        if not run.streamed:
+            chunks = run.generation.whole_chunks(final_usage=True, detached=True)
+            await run.stream.final(chunks)
+            return
+        async for event in run.stream.events(run.generation.chunks(final_usage=True)):
+            if event["type"] == "response.created":
+                event["response"]["status"] = "queued"  # as the row and a GET say
+            await self.events.append(run.response_id, event)
+
+    async def _fail(self, run: BackgroundRun, error: dict[str, Any]) -> None:
+        await self._end(run.response_id, "failed", error)
+        if run.streamed:
+            body = {"error": error}
+            with contextlib.suppress(Exception):
+                await self.events.append(
+                    run.response_id, error_event(run.stream.next_sequence_number(), body)
+                )
 
     async def _watch_cancel(self, response_id: str) -> None:
         """Return once the response is cancelled here or on another replica."""

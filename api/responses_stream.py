@@ -37,6 +37,8 @@ FINAL_EVENTS = {
     "incomplete": "response.incomplete",
     "failed": "response.failed",
 }
+# The events after which a stream has nothing more to say.
+TERMINAL_EVENTS = frozenset({*FINAL_EVENTS.values(), "error"})
 
 
 class ResponseEventStream:
@@ -294,25 +296,31 @@ def _covering(logprobs: list[dict[str, Any]], text: str) -> list[dict[str, Any]]
     return logprobs
 
 
-class ResponsesFraming:
-    """`event: <type>` + `data: {event}`; a failure is an `error` event in the same count,
-    and the stream ends without `[DONE]`, as OpenAI's Responses streams do."""
+def error_event(sequence_number: int, body: dict[str, Any]) -> Event:
+    """The `error` event a failed stream ends with, from an OpenAI error body."""
+    error = body.get("error") or {}
+    return {
+        "type": "error",
+        "sequence_number": sequence_number,
+        "code": error.get("code"),
+        "message": error.get("message") or "the response failed",
+        "param": error.get("param"),
+    }
 
-    def __init__(self, stream: ResponseEventStream) -> None:
-        self.stream = stream
+
+class ResponsesFraming:
+    """`event: <type>` + `data: {event}`; a failure is an `error` event in the same count
+    (`next_sequence_number` gives its number), and the stream ends without `[DONE]`, as
+    OpenAI's Responses streams do."""
+
+    def __init__(self, next_sequence_number: Callable[[], int]) -> None:
+        self.next_sequence_number = next_sequence_number
 
     def frame(self, event: Event) -> ServerSentEvent:
         return ServerSentEvent(event=event["type"], data=json.dumps(event), sep="\n")
 
     def error(self, body: dict[str, Any]) -> ServerSentEvent:
-        error = body.get("error") or {}
-        event = {
-            "type": "error",
-            "sequence_number": self.stream.next_sequence_number(),
-            "code": error.get("code"),
-            "message": error.get("message") or "the response failed",
-            "param": error.get("param"),
-        }
+        event = error_event(self.next_sequence_number(), body)
         return ServerSentEvent(event="error", data=json.dumps(event), sep="\n")
 
     def done(self) -> ServerSentEvent | None:

@@ -62,6 +62,11 @@ class BusNames:
         """The final result, stored with a TTL for non-streaming and lost-message recovery."""
         return f"{self.prefix}:result:{request_id}"
 
+    def response_events(self, response_id: str) -> str:
+        """A streamed background response's events (a Redis stream, with a TTL), which
+        any API process replays to a client (api/response_event_log.py)."""
+        return f"{self.prefix}:response_events:{response_id}"
+
     def response_cancel(self, response_id: str) -> str:
         """Set (with a TTL) when a background response is cancelled: the API process
         running it, whichever it is, polls this and aborts the generation."""

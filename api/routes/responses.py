@@ -8,12 +8,14 @@ client sees it complete, so `previous_response_id` can continue it at once. The
 whole answer is the streamed one's last event, so both are the same object.
 With `background` the call answers `queued` at once and the generation goes on
 without the client (api/background_responses.py); GET reads its progress and
-POST .../cancel stops it.
+POST .../cancel stops it. With `stream` too, its events are logged in Redis and
+replayed by the create call and by `GET ?stream=true&starting_after=N`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -23,6 +25,8 @@ from sqlalchemy.orm import Session
 
 from api.background_responses import (
     POLL_WINDOW_SECONDS,
+    STALE_GRACE_SECONDS,
+    STOPPED_ERROR,
     BackgroundResponses,
     BackgroundRun,
     Cancelled,
@@ -41,10 +45,11 @@ from api.deps import (
     SubmitterDep,
     json_body,
 )
-from api.errors import ApiError, bad_request, not_supported
+from api.errors import ApiError, bad_request
+from api.response_event_log import LogAbandoned
 from api.responses_input import chat_request, normalize_input
 from api.responses_output import new_response_id
-from api.responses_stream import ResponseEventStream, ResponsesFraming
+from api.responses_stream import TERMINAL_EVENTS, ResponseEventStream, ResponsesFraming
 from api.schemas.responses import ResponsesRequest
 from api.sql import in_session
 from api.streaming import sse_response
@@ -61,6 +66,7 @@ from conveyor.db.response_store import (
     save_response,
 )
 from conveyor.db.stored_response import StoredResponse
+from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -130,14 +136,17 @@ async def create_response(
             generation.close()  # nothing will poll for it: do not generate it
             raise
         runs: BackgroundResponses = request.app.state.background_responses
-        runs.start(BackgroundRun(response_id, generation, stream, record))
+        runs.start(BackgroundRun(response_id, generation, stream, record, streamed=body.stream))
+        if body.stream:  # replayed from the run's log: leaving does not stop the run
+            deadline = generation.created + _longest_run(settings)
+            return _replay(runs, response_id, None, deadline)
         return JSONResponse(queued)
     # The usage chunk ends the chat chunks: the final object carries it.
     if body.stream:
         return sse_response(
             stream.events(generation.chunks(final_usage=True)),
             on_close=generation.close,
-            framing=ResponsesFraming(stream),
+            framing=ResponsesFraming(stream.next_sequence_number),
         )
     try:
         final = await stream.final(generation.whole_chunks(final_usage=True))
@@ -214,22 +223,66 @@ def _stored_or_404(session: Session, response_id: str, project_id: str | None) -
     return stored
 
 
-@router.get("/{response_id}")
+@router.get("/{response_id}", response_model=None)
 async def retrieve_response(
+    request: Request,
     response_id: str,
     database: DatabaseDep,
     principal: PrincipalDep,
     settings: SettingsDep,
     stream: bool = False,
-) -> dict[str, Any]:
-    if stream:
-        raise not_supported("stream", "streaming a background response (poll without stream)")
+    starting_after: Annotated[int | None, Query(ge=-1)] = None,
+) -> dict[str, Any] | Response:
+    """The response as it stands; with `stream` (a background response created with
+    `stream: true`) its events again, from after `starting_after`, then live."""
 
-    def work(session: Session) -> dict[str, Any]:
+    def work(session: Session) -> StoredResponse:
         stored = _stored_or_404(session, response_id, principal.project_id)
-        return expire_if_stale(session, stored, settings.request_timeout).body
+        return expire_if_stale(session, stored, settings.request_timeout)
 
-    return await in_session(database, work)
+    stored = await in_session(database, work)
+    if not stream:
+        if starting_after is not None:
+            raise bad_request("starting_after needs stream=true", param="starting_after")
+        return stored.body
+    runs = _background(request)
+    if not stored.body.get("background") or not await runs.events.exists(response_id):
+        raise bad_request(
+            "Only a background response created with stream=true can be streamed, while its "
+            "events are kept (the polling window after it ends); GET it without stream.",
+            param="stream",
+        )
+    deadline = stored.created_at + _longest_run(settings)
+    return _replay(runs, response_id, starting_after, deadline)
+
+
+def _longest_run(settings: Settings) -> float:
+    """How long after its creation a background run may still be writing events."""
+    return settings.request_timeout + STALE_GRACE_SECONDS
+
+
+def _replay(
+    runs: BackgroundResponses, response_id: str, starting_after: int | None, deadline: float
+) -> Response:
+    """A background response's logged events as SSE; an error event (a lost log, a
+    run whose process died) continues their numbering."""
+    last = [-1 if starting_after is None else starting_after]
+
+    async def events() -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for event in runs.events.read(response_id, starting_after, deadline):
+                last[0] = event["sequence_number"]
+                yield event
+                if event["type"] in TERMINAL_EVENTS:
+                    return
+        except LogAbandoned:
+            raise ApiError(500, STOPPED_ERROR["message"], code="server_error") from None
+
+    def next_number() -> int:
+        last[0] += 1
+        return last[0]
+
+    return sse_response(events(), on_close=lambda: None, framing=ResponsesFraming(next_number))
 
 
 @router.post("/{response_id}/cancel")

@@ -3,7 +3,7 @@
 A response is a chat generation in another shape: `input` items instead of
 messages, flat function tools, `text.format` for structured output, and an
 `output` list of message and function_call items. What the engine cannot do
-(hosted tools, images, streamed background runs, server-side conversations, prompt
+(hosted tools, images, server-side conversations, prompt
 templates) is refused with a 400 naming the field, never silently dropped.
 """
 
@@ -127,10 +127,6 @@ class ResponsesRequest(BaseModel):
         return metadata_bounds(value)
 
     def check_supported(self) -> None:
-        if self.background and self.stream:
-            raise not_supported(
-                "stream", "streaming a background response (poll GET /v1/responses/{id})"
-            )
         if self.conversation is not None:
             raise not_supported("conversation", "conversations (use previous_response_id)")
         if self.prompt is not None:

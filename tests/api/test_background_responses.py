@@ -122,11 +122,95 @@ def test_without_store_it_is_kept_for_polling_only(sdk: openai.OpenAI) -> None:
         sdk.responses.create(model=MODEL, input="More.", previous_response_id=queued.id)
 
 
-def test_streaming_a_background_response_is_refused(sdk: openai.OpenAI) -> None:
-    done = sdk.responses.create(model=MODEL, input="Hi", background=True)
+def test_a_streamed_background_response_replays_from_any_point(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    """`stream: true` streams the run's events; a GET with `starting_after` replays the
+    rest, live or after the end, to the same final object a poll reads."""
+    events = list(sdk.responses.create(model=MODEL, input="Hi", background=True, stream=True))
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    assert events[0].type == "response.created" and events[0].response.status == "queued"
+    final = events[-1]
+    assert final.type == "response.completed"
+    assert final.response.output_text == SCRIPT_TEXT and final.response.background is True
+    assert worker.received[-1].stream  # generated token by token
+    polled = settled(sdk, final.response.id)
+    assert polled.output_text == SCRIPT_TEXT and polled.status == "completed"
+    rest = list(sdk.responses.retrieve(final.response.id, stream=True, starting_after=3))
+    assert [e.model_dump() for e in rest] == [e.model_dump() for e in events[4:]]
+    again = list(sdk.responses.retrieve(final.response.id, stream=True))
+    assert len(again) == len(events)
+
+
+def test_a_dropped_stream_resumes_where_it_left_off(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    worker.behaviour = "slow"  # a token every 50 ms
+    stream = sdk.responses.create(
+        model=MODEL, input="A story.", background=True, stream=True, max_output_tokens=30
+    )
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta" and len(seen) > 6:
+            break
+    stream.close()  # the client drops; the run goes on
+    response_id = seen[0].response.id
+    assert sdk.responses.retrieve(response_id).status in ("queued", "completed")
+    rest = list(
+        sdk.responses.retrieve(response_id, stream=True, starting_after=seen[-1].sequence_number)
+    )
+    numbers = [e.sequence_number for e in seen + rest]
+    assert numbers == list(range(len(numbers)))
+    assert rest[-1].type == "response.incomplete"  # it ran to max_output_tokens
+    text = "".join(e.delta for e in seen + rest if e.type == "response.output_text.delta")
+    assert text == rest[-1].response.output_text
+    assert rest[-1].response.usage is not None and rest[-1].response.usage.output_tokens == 30
+    assert response_id not in worker.aborted
+
+
+def test_cancelling_a_streamed_run_ends_its_stream(
+    sdk: openai.OpenAI, stack: Stack, worker: FakeWorker
+) -> None:
+    worker.behaviour = "slow"
+    stream = sdk.responses.create(
+        model=MODEL, input="A long story.", background=True, stream=True, max_output_tokens=200
+    )
+    first = next(iter(stream))
+    sdk.responses.cancel(first.response.id)
+    rest = list(stream)  # ends (no final event: the run was cancelled)
+    assert not [e for e in rest if e.type.startswith("response.completed")]
+    wait_for(lambda: first.response.id in worker.aborted)
+    assert sdk.responses.retrieve(first.response.id).status == "cancelled"
+    assert log_row(stack, first.response.id).status_code == 499
+    # Its log stays replayable, and ends the same way.
+    replayed = list(sdk.responses.retrieve(first.response.id, stream=True))
+    assert replayed[0].type == "response.created"
+    assert not [e for e in replayed if e.type == "response.completed"]
+
+
+def test_a_worker_error_ends_a_streamed_run_with_an_error_event(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    worker.behaviour = "error"
+    events = list(sdk.responses.create(model=MODEL, input="Hi", background=True, stream=True))
+    assert events[-1].type == "error" and "out of memory" in (events[-1].message or "")
+    assert events[-1].sequence_number == events[-2].sequence_number + 1
+    assert settled(sdk, events[0].response.id).status == "failed"
+
+
+def test_only_a_streamed_background_response_can_be_streamed_again(sdk: openai.OpenAI) -> None:
+    polled = sdk.responses.create(model=MODEL, input="Hi", background=True)
+    synchronous = sdk.responses.create(model=MODEL, input="Hi")
+    for response_id in (polled.id, synchronous.id):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.retrieve(response_id, stream=True)
+        assert refused.value.param == "stream"
     with pytest.raises(openai.BadRequestError) as refused:
-        sdk.responses.retrieve(done.id, stream=True)
-    assert refused.value.param == "stream"
+        sdk.responses.retrieve(polled.id, starting_after=2)
+    assert refused.value.param == "starting_after"
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve("resp_nope", stream=True)
 
 
 def test_deleting_a_running_response_stops_it(sdk: openai.OpenAI, worker: FakeWorker) -> None:

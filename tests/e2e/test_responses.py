@@ -149,3 +149,31 @@ def test_a_background_response_is_polled_to_what_chat_says_and_cancels(
     assert client.responses.cancel(long.id).status == "cancelled"
     time.sleep(1.0)
     assert client.responses.retrieve(long.id).status == "cancelled"
+
+
+def test_a_streamed_background_response_resumes_to_what_chat_says(
+    client: openai.OpenAI,
+) -> None:
+    messages = [{"role": "user", "content": QUESTION}]
+    stream = client.responses.create(
+        model=MODEL,
+        input=QUESTION,
+        temperature=0,
+        max_output_tokens=24,
+        background=True,
+        stream=True,
+    )
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta":
+            break  # the client drops after the first text
+    stream.close()
+    rest = list(
+        client.responses.retrieve(
+            seen[0].response.id, stream=True, starting_after=seen[-1].sequence_number
+        )
+    )
+    text = "".join(e.delta for e in seen + rest if e.type == "response.output_text.delta")
+    assert rest[-1].type in ("response.completed", "response.incomplete")
+    assert text == rest[-1].response.output_text == chat_text(client, messages, 24)
