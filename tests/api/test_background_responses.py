@@ -142,9 +142,7 @@ def test_a_streamed_background_response_replays_from_any_point(
     assert len(again) == len(events)
 
 
-def test_a_dropped_stream_resumes_where_it_left_off(
-    sdk: openai.OpenAI, worker: FakeWorker
-) -> None:
+def test_a_dropped_stream_resumes_where_it_left_off(sdk: openai.OpenAI, worker: FakeWorker) -> None:
     worker.behaviour = "slow"  # a token every 50 ms
     stream = sdk.responses.create(
         model=MODEL, input="A story.", background=True, stream=True, max_output_tokens=30
