@@ -120,8 +120,12 @@ async def start_chat(
     reasoning_parser = services.settings.reasoning_parser
     start = ThinkStart.ANSWER
     if reasoning_parser is not None:
-        tail = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
-        start = think_start(reasoning_parser, tail)
+        # The model's own turn alone: a conversation's earlier think blocks (kept in a
+        # tool loop) or a message quoting the tags must not decide it.
+        turn = await services.catalog.in_thread(generation_prompt, tokenizer, body)
+        if turn is None:
+            turn = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
+        start = think_start(reasoning_parser, turn)
     constraint = sampling.structured_output
     if constraint is not None and start is not ThinkStart.ANSWER:
         # As in vLLM, a constraint (a response format, a forced call) binds the answer
@@ -180,6 +184,32 @@ async def chat_prompt(
 
 def render_chat(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     """Chat template -> token ids; a template or message problem is the client's 400."""
+    return tokenizer.encode(_chat_text(tokenizer, body), add_special_tokens=body.add_special_tokens)
+
+
+def generation_prompt(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str | None:
+    """The text the chat template wrote for the model's own turn (the assistant header,
+    a thinking switch, the final message continued), apart from the conversation
+    before it; None when the template does not render it as a plain suffix."""
+    if body.continue_final_message:
+        update = {
+            "messages": body.messages[:-1],
+            "continue_final_message": False,
+            "add_generation_prompt": True,
+        }
+    elif body.add_generation_prompt:
+        update = {"add_generation_prompt": False}
+    else:
+        return None
+    try:
+        whole = _chat_text(tokenizer, body)
+        before = _chat_text(tokenizer, body.model_copy(update=update))
+    except ApiError:
+        return None
+    return whole[len(before) :] if whole.startswith(before) else None
+
+
+def _chat_text(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:
     messages = [m.model_dump(exclude_none=True) for m in body.messages]
     for message in messages:
         # Templates index `content`; an assistant turn of only tool calls has none (vLLM's "").
@@ -190,12 +220,11 @@ def render_chat(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     # The model sees the tools even with tool_choice "none", as with vLLM and OpenAI.
     tools = body.tools or None
     try:
-        text = tokenizer.render_chat(
+        return tokenizer.render_chat(
             messages, add_generation_prompt=body.add_generation_prompt, tools=tools, **kwargs
         )
     except ValueError as exc:
         raise ApiError(400, str(exc), param=body.prompt_param) from None
-    return tokenizer.encode(text, add_special_tokens=body.add_special_tokens)
 
 
 def fit_context(

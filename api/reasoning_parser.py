@@ -28,8 +28,8 @@ from api.tool_call_json import marker_prefix_len
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 START = "<think>"
 END = "</think>"
-# How much of the prompt's end `think_start` reads (a template's thinking switch is
-# in its last few tokens).
+# How much of the prompt's end `think_start` reads when the model's own turn cannot be
+# told apart from the conversation (a template's thinking switch is in its last tokens).
 PROMPT_TAIL_TOKENS = 32
 
 

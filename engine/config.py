@@ -72,10 +72,16 @@ class RopeConfig:
         rope_type = str(params.get("rope_type", params.get("type", "default")))
         if rope_type not in ("default", "llama3", "linear", "yarn"):
             raise ValueError(f"unsupported rope scaling type {rope_type!r}")
-        # YaRN's original context defaults to the configured one, as in transformers.
-        original = params.get("original_max_position_embeddings") or (
-            hf.get("max_position_embeddings") if rope_type == "yarn" else None
+        # As in transformers: a top-level original context (Phi-3's) first, and YaRN's
+        # defaults to the configured one.
+        original = (
+            hf.get("original_max_position_embeddings")
+            or params.get("original_max_position_embeddings")
+            or (hf.get("max_position_embeddings") if rope_type == "yarn" else None)
         )
+        factor = params.get("factor")
+        if factor is None and rope_type == "yarn" and original:
+            factor = hf.get("max_position_embeddings", original) / original
         optional = {
             key: float(params[key])
             for key in ("attention_factor", "mscale", "mscale_all_dim")
@@ -84,7 +90,7 @@ class RopeConfig:
         return cls(
             theta=theta,
             rope_type=rope_type,
-            factor=float(params.get("factor") or 1.0),
+            factor=float(factor or 1.0),
             low_freq_factor=float(params.get("low_freq_factor", 1.0)),
             high_freq_factor=float(params.get("high_freq_factor", 4.0)),
             original_max_position_embeddings=int(original or 8192),
@@ -96,7 +102,8 @@ class RopeConfig:
 
     def context_length(self, max_position_embeddings: int) -> int:
         """The longest context the rotation serves. YaRN stretches the original one by
-        `factor` (vLLM's rule), which configs often leave out of max_position_embeddings."""
+        `factor` (as vLLM derives it; configs often leave it out of
+        max_position_embeddings), never below the configured one."""
         if self.rope_type != "yarn":
             return max_position_embeddings
         stretched = int(self.original_max_position_embeddings * self.factor)

@@ -11,6 +11,7 @@ uses `check` to refuse a bad schema with a 400 before queueing.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 
@@ -22,6 +23,7 @@ from engine.structured_output import (
     StructuredOutputError,
     check_grammar,
     compile_error,
+    has_think_tokens,
 )
 from engine.tokenizer import Tokenizer
 
@@ -62,6 +64,12 @@ class GrammarCompiler:
                     ) from None
             return self._ll_tokenizer
 
+    @functools.cached_property
+    def think_tokens(self) -> bool:
+        """Whether a reasoning model's tags are tokens here (how a constraint after
+        thinking names them: engine/structured_output.py)."""
+        return has_think_tokens(self.ll_tokenizer)
+
     def check(self, constraint: StructuredOutput) -> None:
         """Raise StructuredOutputError if the constraint cannot be compiled for this model.
 
@@ -72,7 +80,7 @@ class GrammarCompiler:
             if constraint in self._checked:
                 self._checked.move_to_end(constraint)
                 return
-        check_grammar(constraint, self.ll_tokenizer)
+        check_grammar(constraint, self.ll_tokenizer, self.think_tokens)
         with self._lock:
             self._checked[constraint] = None
             while len(self._checked) > self.cache_size:
@@ -93,7 +101,7 @@ class GrammarCompiler:
                 self._compiled.move_to_end(constraint)
                 return cached
         # Compiling can take a while for a big schema and releases the GIL: not under the lock.
-        compiled = LLMatcher(self.ll_tokenizer, constraint.grammar(), log_level=0)
+        compiled = LLMatcher(self.ll_tokenizer, constraint.grammar(self.think_tokens), log_level=0)
         if compiled.is_error():
             raise compile_error(constraint, compiled.get_error())
         with self._lock:

@@ -21,14 +21,27 @@ KINDS: tuple[str, ...] = get_args(StructuredOutputKind)
 # inside a think block, or free to open one. The constraint applies after it.
 AfterThinking = Literal["inside", "if_opened"]
 AFTER_THINKING: tuple[str, ...] = get_args(AfterThinking)
-# The thinking: any text up to and including the first </think>. One lexeme, so the
-# greedy lexer ends it exactly there (no lookaround in llguidance's regexes).
-_THOUGHT = r"/(.|\n)*<\/think>/ & ~/(.|\n)*<\/think>(.|\n)+/"
 _BLANK = r"/[ \t\r\n]*/"
-_THINKING_FIRST = {
-    "inside": f"start: THOUGHT {_BLANK} @answer\nTHOUGHT: {_THOUGHT}\n",
-    "if_opened": (f'start: ({_BLANK} "<think>" THOUGHT)? {_BLANK} @answer\nTHOUGHT: {_THOUGHT}\n'),
+# Models that think (Qwen3, DeepSeek-R1's distills, QwQ) have `<think>` and `</think>`
+# as tokens of their own, which llguidance treats as special: the grammar names them
+# (`<think>`), so the thinking is any text and the answer's first text never competes
+# with the opening tag.
+_THINKING_TOKENS = {
+    "inside": f"start: <think>? THOUGHT </think> {_BLANK} @answer\nTHOUGHT: /(.|\\n)*/\n",
+    "if_opened": f"start: (<think> THOUGHT </think>)? {_BLANK} @answer\nTHOUGHT: /(.|\\n)*/\n",
 }
+# A tokenizer without them spells the tags as text. The thinking is then one lexeme
+# of any text up to and including the first </think>, so the greedy lexer ends it
+# exactly there (llguidance's regexes have no lookaround).
+_THOUGHT_TEXT = r"/(.|\n)*<\/think>/ & ~/(.|\n)*<\/think>(.|\n)+/"
+_THINKING_TEXT = {
+    "inside": f"start: THOUGHT {_BLANK} @answer\nTHOUGHT: {_THOUGHT_TEXT}\n",
+    "if_opened": (
+        f'start: ({_BLANK} "<think>" THOUGHT)? {_BLANK} @answer\nTHOUGHT: {_THOUGHT_TEXT}\n'
+    ),
+}
+# Compiles only for a tokenizer with both tags as tokens of their own.
+THINK_TOKENS_PROBE = "start: <think> </think>"
 # "Any JSON object": OpenAI's json_object mode.
 ANY_JSON_OBJECT = '{"type": "object"}'
 MAX_SPEC_CHARS = 256_000
@@ -113,26 +126,28 @@ class StructuredOutput:
         except TypeError as exc:
             raise StructuredOutputError(f"malformed: {exc}") from None
 
-    def grammar(self) -> str:
-        """The llguidance grammar (its JSON form) this constraint compiles to."""
+    def grammar(self, think_tokens: bool = False) -> str:
+        """The llguidance grammar (its JSON form) this constraint compiles to;
+        `think_tokens`: the tokenizer has `<think>` and `</think>` as tokens."""
         try:
-            return self._grammar()
+            return self._grammar(think_tokens)
         except StructuredOutputError:
             raise
         except Exception as exc:  # llguidance's converters raise assorted exception types
             raise compile_error(self, str(exc)) from None
 
-    def _grammar(self) -> str:
+    def _grammar(self, think_tokens: bool) -> str:
         answer = self._answer_grammar()
         if self.after_thinking is None:
             return answer
+        wrappers = _THINKING_TOKENS if think_tokens else _THINKING_TEXT
         # llguidance's converters give Lark text, or JSON naming one grammar.
         (body,) = (
             json.loads(answer)["grammars"]
             if answer.lstrip().startswith("{")
             else [{"lark_grammar": answer}]
         )
-        thinking_first = {"lark_grammar": _THINKING_FIRST[self.after_thinking]}
+        thinking_first = {"lark_grammar": wrappers[self.after_thinking]}
         return json.dumps({"grammars": [thinking_first, {**body, "name": "answer"}]})
 
     def _answer_grammar(self) -> str:
@@ -154,9 +169,17 @@ class StructuredOutput:
         return LLMatcher.grammar_from_lark(any_to_lark(self.spec))
 
 
-def check_grammar(constraint: StructuredOutput, tokenizer: LLTokenizer | None) -> None:
+def has_think_tokens(tokenizer: LLTokenizer) -> bool:
+    """Whether `<think>` and `</think>` are tokens of this tokenizer's own."""
+    is_error, _ = LLMatcher.validate_grammar_with_warnings(THINK_TOKENS_PROBE, tokenizer)
+    return not is_error
+
+
+def check_grammar(
+    constraint: StructuredOutput, tokenizer: LLTokenizer | None, think_tokens: bool = False
+) -> None:
     """Raise StructuredOutputError naming the problem if the constraint cannot be compiled."""
-    grammar = constraint.grammar()
+    grammar = constraint.grammar(think_tokens)
     is_error, messages = LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
     if is_error:
         raise compile_error(constraint, messages[0])

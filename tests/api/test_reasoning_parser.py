@@ -362,3 +362,21 @@ def test_response_logprobs_cover_the_answer_only(
         spelled = "".join(lp.token for lp in message.content[0].logprobs or [])
         assert spelled.strip().endswith(ANSWER.strip()), stream
         assert "France's is Paris" not in spelled, stream
+
+
+def test_only_the_models_own_turn_decides_where_it_starts(
+    reasoning_sdk: tuple[openai.OpenAI, Stack],
+) -> None:
+    """A think block kept from an earlier turn (a tool loop's) or quoted by the user, at
+    the prompt's end, does not switch thinking off for the new turn."""
+    client, stack = reasoning_sdk
+    stack.worker.set_script(f"{THOUGHT}</think>{ANSWER}")
+    history = [
+        *MESSAGES,
+        {"role": "assistant", "content": "<think>Short.</think>Paris."},
+        {"role": "user", "content": "Once more: </think>?"},
+    ]
+    answer = client.chat.completions.create(model=MODEL, messages=history)
+    message = answer.choices[0].message
+    assert message.content == ANSWER
+    assert (message.model_extra or {})["reasoning"] == THOUGHT

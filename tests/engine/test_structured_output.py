@@ -24,6 +24,27 @@ def compiler(bundled_model_dir: Path) -> GrammarCompiler:
     return GrammarCompiler(tokenizer, tokenizer.vocab_size)
 
 
+@pytest.fixture(scope="module")
+def thinking_compiler(
+    bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> GrammarCompiler:
+    """A tokenizer with `<think>` and `</think>` as added tokens, as Qwen3's and the
+    R1 distills' have them (not marked special; llguidance treats them as such)."""
+    import transformers
+
+    hf = transformers.AutoTokenizer.from_pretrained(bundled_model_dir)
+    hf.add_tokens(
+        [transformers.AddedToken(t, special=False, normalized=False) for t in THINK_TAGS]
+    )
+    folder = tmp_path_factory.mktemp("thinking-tokenizer")
+    hf.save_pretrained(folder)
+    tokenizer = Tokenizer.load(folder)
+    return GrammarCompiler(tokenizer, tokenizer.vocab_size)
+
+
+THINK_TAGS = ("<think>", "</think>")
+
+
 def accepts(compiler: GrammarCompiler, constraint: StructuredOutput, text: str) -> bool:
     """Whether `text`, tokenized as a model would emit it, is a complete match."""
     matcher = compiler.matcher(constraint)
@@ -87,11 +108,20 @@ ANSWERS = {
 
 
 @pytest.mark.parametrize("kind", list(ANSWERS))
+@pytest.mark.parametrize("tags", ["tokens", "text"])
 def test_after_thinking_the_constraint_binds_the_answer_only(
-    compiler: GrammarCompiler, kind: str
+    compiler: GrammarCompiler, thinking_compiler: GrammarCompiler, kind: str, tags: str
 ) -> None:
     """A reasoning model thinks freely (anything, even text the answer forbids) up to
-    the first </think>; the answer after it, past blank lines, must match."""
+    the first </think>; the answer after it, past blank lines, must match. Whether the
+    tags are tokens of their own (real reasoning models) or spelled as text."""
+    if tags == "tokens":
+        compiler = thinking_compiler
+        assert compiler.think_tokens
+        ids = compiler.tokenizer.encode("<think>hm</think>", add_special_tokens=False)
+        assert len(ids) == 3
+    else:
+        assert not compiler.think_tokens
     spec, answer = ANSWERS[kind]
     thought = 'Hmm, {"a": "no"}?\n<b>yes</b> 7'
     inside = StructuredOutput(kind, spec, after_thinking="inside")  # type: ignore[arg-type]
@@ -106,6 +136,18 @@ def test_after_thinking_the_constraint_binds_the_answer_only(
     assert not accepts(compiler, opened, f"{thought}</think>{answer}")
     plain = StructuredOutput(kind, spec)  # type: ignore[arg-type]
     assert not accepts(compiler, plain, f"<think>{thought}</think>{answer}")
+
+
+def test_an_answer_may_begin_like_the_opening_tag_when_the_tags_are_tokens(
+    thinking_compiler: GrammarCompiler,
+) -> None:
+    """With the tags as tokens the answer's first text never competes with `<think>`:
+    an answer starting "<t" and a regex that could swallow a think block both work."""
+    tag = StructuredOutput("grammar", 'root ::= "<" [a-z]+ ">"', after_thinking="if_opened")
+    assert accepts(thinking_compiler, tag, "<tag>")
+    assert accepts(thinking_compiler, tag, "<think>\nhm</think>\n<tag>")
+    greedy = StructuredOutput("regex", "[^0-9]*[0-9]+", after_thinking="if_opened")
+    assert accepts(thinking_compiler, greedy, "<think>\nThe user wants 2+2</think>\nIt is 4")
 
 
 @pytest.mark.parametrize(
