@@ -7,12 +7,15 @@ group's gathered K/V (~2 MB) is still in cache when attention reads it. That
 cut the decode attention time by a quarter at 64 sequences × 200 tokens.
 Prefill chunks run one sequence at a time, causally over their own new tokens
 and any cached prefix. Gather indices and masks are built once per step in
-`prepare` and reused by every layer.
+`prepare` and reused by every layer. A sliding-window layer uses a variant of
+the step's metadata built on its first call (decodes gather only the window's
+keys; prefill masks also hide keys older than the window) and reused by the
+step's other layers with that window.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +66,9 @@ class TorchAttentionMetadata:
     # Gather targets reused by every layer of the step: fresh multi-MB
     # allocations per layer cost page faults and evict the cache.
     gather_buffers: dict[tuple[torch.dtype, int, int], tuple[torch.Tensor, torch.Tensor]]
+    inputs: AttentionInputs | None = None
+    # This step's metadata for each sliding window seen so far.
+    windowed: dict[int, TorchAttentionMetadata] = field(default_factory=dict)
 
 
 def slots_for(block_table: list[int], length: int, block_size: int) -> list[int]:
@@ -84,10 +90,10 @@ class TorchAttentionBackend:
             else replace(TORCH_OPS, name=f"torch+{linear.name}", linear=linear)
         )
 
-    def prepare(self, inputs: AttentionInputs) -> TorchAttentionMetadata:
+    def prepare(self, inputs: AttentionInputs, window: int | None = None) -> TorchAttentionMetadata:
         nd = inputs.num_decodes
         decodes = tuple(
-            self._decode_group(inputs, start, min(start + DECODE_GROUP, nd))
+            self._decode_group(inputs, start, min(start + DECODE_GROUP, nd), window)
             for start in range(0, nd, DECODE_GROUP)
         )
         prefills = []
@@ -96,7 +102,7 @@ class TorchAttentionBackend:
             inputs.query_lens[nd:], inputs.context_lens[nd:], inputs.block_tables[nd:], strict=True
         ):
             end = start + q_len
-            if ctx == q_len:
+            if ctx == q_len and (window is None or q_len <= window):
                 # No cached prefix: attend over the new tokens directly, causally,
                 # batched with the previous chunk when their lengths match.
                 last = prefills[-1] if prefills else None
@@ -106,29 +112,53 @@ class TorchAttentionBackend:
                     prefills.append(PrefillSlice(start, end, None, None))
             else:
                 kv_slots = torch.tensor(slots_for(blocks, ctx, inputs.block_size), dtype=torch.long)
-                query_pos = torch.arange(ctx - q_len, ctx)
-                mask = torch.arange(ctx)[None, :] <= query_pos[:, None]
+                query_pos = torch.arange(ctx - q_len, ctx)[:, None]
+                key_pos = torch.arange(ctx)[None, :]
+                mask = key_pos <= query_pos
+                if window is not None:
+                    mask &= key_pos > query_pos - window
                 prefills.append(
                     PrefillSlice(start, end, kv_slots.to(self.device), mask.to(self.device))
                 )
             start = end
-        return TorchAttentionMetadata(inputs.slot_mapping, nd, decodes, tuple(prefills), {})
+        return TorchAttentionMetadata(inputs.slot_mapping, nd, decodes, tuple(prefills), {}, inputs)
 
-    def _decode_group(self, inputs: AttentionInputs, start: int, end: int) -> DecodeGroup:
+    def _decode_group(
+        self, inputs: AttentionInputs, start: int, end: int, window: int | None
+    ) -> DecodeGroup:
+        """Rows [start, end): each attends its whole context, or its last `window` keys."""
         bs = inputs.block_size
         lens = torch.tensor(inputs.context_lens[start:end], dtype=torch.long)
-        max_len = int(lens.max())
-        max_blocks = (max_len + bs - 1) // bs
+        first = torch.zeros_like(lens) if window is None else (lens - window).clamp(min=0)
+        spans = lens - first
+        max_len = int(spans.max())
+        max_blocks = -(-int(lens.max()) // bs)
         table = torch.zeros(end - start, max_blocks, dtype=torch.long)
         for row, blocks in enumerate(inputs.block_tables[start:end]):
             used = blocks[:max_blocks]
             table[row, : len(used)] = torch.tensor(used, dtype=torch.long)
         offsets = torch.arange(max_len, dtype=torch.long)
-        slots = (table[:, offsets // bs] * bs + offsets % bs).reshape(-1)
+        # Padding past a row's span reads its last key, which the mask hides.
+        positions = torch.minimum(first[:, None] + offsets[None, :], lens[:, None] - 1)
+        slots = (table.gather(1, positions // bs) * bs + positions % bs).reshape(-1)
         mask = None
-        if int(lens.min()) < max_len:
-            mask = (offsets[None, :] < lens[:, None])[:, None, None, :].to(self.device)
+        if int(spans.min()) < max_len:
+            mask = (offsets[None, :] < spans[:, None])[:, None, None, :].to(self.device)
         return DecodeGroup(start, end, slots.to(self.device, non_blocking=True), mask, max_len)
+
+    def _for_window(
+        self, metadata: TorchAttentionMetadata, window: int | None
+    ) -> TorchAttentionMetadata:
+        """The step's metadata for a sliding-window layer (itself when no context in the
+        step is longer than the window)."""
+        inputs = metadata.inputs
+        if window is None or inputs is None or max(inputs.context_lens, default=0) <= window:
+            return metadata
+        variant = metadata.windowed.get(window)
+        if variant is None:
+            variant = self.prepare(inputs, window)
+            metadata.windowed[window] = variant
+        return variant
 
     def forward(
         self,
@@ -139,8 +169,10 @@ class TorchAttentionBackend:
         value_cache: torch.Tensor,
         metadata: TorchAttentionMetadata,
         scale: float,
+        window: int | None = None,
     ) -> torch.Tensor:
         store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
+        metadata = self._for_window(metadata, window)
         num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
         flat_k = key_cache.view(-1, num_kv_heads, head_dim)
         flat_v = value_cache.view(-1, num_kv_heads, head_dim)

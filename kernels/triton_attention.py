@@ -107,12 +107,23 @@ class TritonAttentionBackend:
         value_cache: torch.Tensor,
         metadata: TritonAttentionMetadata,
         scale: float,
+        window: int | None = None,
     ) -> torch.Tensor:
         store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         nd = metadata.num_decodes
         if metadata.decode is not None:
-            decode_attention(query[:nd], key_cache, value_cache, metadata.decode, scale, out[:nd])
+            decode_attention(
+                query[:nd], key_cache, value_cache, metadata.decode, scale, out[:nd], window
+            )
         if metadata.prefill is not None:
-            prefill_attention(query[nd:], key_cache, value_cache, metadata.prefill, scale, out[nd:])
+            prefill_attention(
+                query[nd:],
+                key_cache,
+                value_cache,
+                metadata.prefill,
+                scale,
+                out[nd:],
+                window=window,
+            )
         return out

@@ -48,6 +48,7 @@ def decode_partition_kernel(
     stride_lt,
     stride_lh,
     head_dim,
+    window,
     GROUP: tl.constexpr,
     CACHE_BLOCK: tl.constexpr,
     PARTITION: tl.constexpr,
@@ -76,6 +77,11 @@ def decode_partition_kernel(
             tl.store(out_ptr + out_offsets, zeros, mask=g_mask[:, None] & d_mask[None, :])
         return
     end = tl.minimum(start + PARTITION, context_len)
+    # A sliding window (window > 0) sees only the last `window` keys: partitions wholly
+    # before them are skipped (the combine skips them too).
+    first = tl.maximum(context_len - window, 0) if window > 0 else 0
+    if end <= first:
+        return
     q = tl.load(
         q_ptr + seq * stride_qt + heads[:, None] * stride_qh + d[None, :],
         mask=g_mask[:, None] & d_mask[None, :],
@@ -87,7 +93,7 @@ def decode_partition_kernel(
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
-    for n0 in range(start, end, BLOCK_N):
+    for n0 in range(tl.maximum(start, first), end, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
         valid = pos < end
         k, v = load_kv_tile(
@@ -148,13 +154,16 @@ def decode_combine_kernel(
     stride_ot,
     stride_oh,
     head_dim,
+    window,
     PARTITION: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    num_parts = tl.cdiv(tl.load(context_lens_ptr + seq), PARTITION)
+    context_len = tl.load(context_lens_ptr + seq)
+    num_parts = tl.cdiv(context_len, PARTITION)
+    first_part = tl.maximum(context_len - window, 0) // PARTITION if window > 0 else 0
     p = tl.arange(0, BLOCK_P)
     d = tl.arange(0, BLOCK_D)
     if num_parts == 0:
@@ -162,7 +171,7 @@ def decode_combine_kernel(
         zeros = tl.zeros([BLOCK_D], dtype=out_ptr.dtype.element_ty)
         tl.store(out_ptr + seq * stride_ot + head * stride_oh + d, zeros, mask=d < head_dim)
         return
-    p_mask = p < num_parts
+    p_mask = (p < num_parts) & (p >= first_part)
     lse = tl.load(lse_ptr + seq * stride_lt + head * stride_lh + p, mask=p_mask, other=0.0)
     lse = tl.where(p_mask, lse, float("-inf"))
     weight = tl.exp2(lse - tl.max(lse, 0))
@@ -209,8 +218,10 @@ def decode_attention(
     batch: DecodeBatch,
     scale: float,
     out: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
-    """query [B, heads, D] (one token per sequence) -> out [B, heads, D]."""
+    """query [B, heads, D] (one token per sequence) -> out [B, heads, D]; with `window`
+    each query sees only its sequence's last `window` keys."""
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -253,6 +264,7 @@ def decode_attention(
         stride_op,
         *lse_strides,
         head_dim,
+        window or 0,
         GROUP=group,
         CACHE_BLOCK=key_cache.shape[1],
         PARTITION=batch.partition_size,
@@ -280,6 +292,7 @@ def decode_attention(
             out.stride(0),
             out.stride(1),
             head_dim,
+            window or 0,
             PARTITION=batch.partition_size,
             BLOCK_P=triton.next_power_of_2(parts),
             BLOCK_D=block_d,

@@ -44,6 +44,7 @@ def prefill_attention_kernel(
     stride_ot,
     stride_oh,
     head_dim,
+    window,
     GROUP: tl.constexpr,
     CACHE_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -79,7 +80,10 @@ def prefill_attention_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Keys past the tile's last query position are masked for every row: skip them.
     kv_end = tl.minimum(context_len, prefix + m0 + BLOCK_M)
-    for n0 in range(0, kv_end, BLOCK_N):
+    # A sliding window (window > 0): keys before the tile's first row's window are
+    # masked for every row: skip them too.
+    kv_start = tl.maximum(prefix + m0 - window + 1, 0) if window > 0 else 0
+    for n0 in range(kv_start, kv_end, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
         valid = pos < kv_end
         k, v = load_kv_tile(
@@ -101,11 +105,17 @@ def prefill_attention_kernel(
         if UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
-        # Key 0 is visible to every row, so no row is ever fully masked.
-        s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
+        # A row's own key is always visible, so no row is ever fully masked.
+        visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
+        if window > 0:
+            visible = visible & (pos[None, :] > q_pos[:, None] - window)
+        s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        # Under a window a row may see no key of this tile yet (the tile starts at the
+        # first row's window): subtract 0 there, not -inf, so its sums stay 0, not NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         p = p.to(v.dtype)
         if UPCAST:
@@ -157,8 +167,10 @@ def prefill_attention(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
-    """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored."""
+    """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored.
+    With `window` a query at position p sees only keys p - window + 1 ... p."""
     num_tokens, num_heads, head_dim = query.shape
     # Tiles (query rows x keys): 64 x 64 in 16-bit dtypes, 64 x 32 at head_dim 128;
     # fp32 (twice the bytes, exact "ieee" dots without tensor cores) 32 x 32, with 8
@@ -194,6 +206,7 @@ def prefill_attention(
         out.stride(0),
         out.stride(1),
         head_dim,
+        window or 0,
         GROUP=num_heads // num_kv_heads,
         CACHE_BLOCK=key_cache.shape[1],
         BLOCK_M=block_m,

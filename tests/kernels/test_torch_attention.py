@@ -10,16 +10,21 @@ from kernels.torch_attention import DECODE_GROUP, TorchAttentionBackend, slots_f
 
 
 def dense_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None
 ) -> torch.Tensor:
-    """q [Q, H, D] are the last Q positions of a context k/v [C, KVH, D]."""
+    """q [Q, H, D] are the last Q positions of a context k/v [C, KVH, D]; with `window`
+    a query sees only its last `window` positions (HF's sliding-window mask)."""
     heads, kv_heads = q.shape[1], k.shape[1]
     k = k.repeat_interleave(heads // kv_heads, dim=1)
     v = v.repeat_interleave(heads // kv_heads, dim=1)
     scores = torch.einsum("qhd,chd->hqc", q, k) * scale
     offset = k.shape[0] - q.shape[0]
-    causal = torch.arange(k.shape[0])[None, :] <= (torch.arange(q.shape[0]) + offset)[:, None]
-    scores = scores.masked_fill(~causal, float("-inf"))
+    key_pos = torch.arange(k.shape[0])[None, :]
+    query_pos = (torch.arange(q.shape[0]) + offset)[:, None]
+    visible = key_pos <= query_pos
+    if window is not None:
+        visible &= key_pos > query_pos - window
+    scores = scores.masked_fill(~visible, float("-inf"))
     return torch.einsum("hqc,chd->qhd", scores.softmax(-1), v)
 
 
@@ -44,8 +49,25 @@ def test_decodes_over_several_groups(block_size: int) -> None:
     check_against_dense(shapes, block_size, heads=6, kv_heads=2, num_blocks=2048)
 
 
+@pytest.mark.parametrize("window", [1, 5, 16])
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+def test_sliding_window_matches_dense(window: int, block_size: int) -> None:
+    """Decodes (one group with equal, one with mixed contexts, some within the window),
+    fresh prefills longer and shorter than it, and prefills after a cached prefix; the
+    same step's metadata also serves full-attention layers unchanged."""
+    torch.manual_seed(window * 10 + block_size)
+    decodes = [(30, 1)] * 3 + [(int(n), 1) for n in torch.randint(0, 40, (DECODE_GROUP + 3,))]
+    shapes = [*decodes, (0, 3), (0, 23), (0, 23), (13, 6), (2, 30)]
+    check_against_dense(shapes, block_size, heads=6, kv_heads=2, num_blocks=1024, window=window)
+
+
 def check_against_dense(
-    shapes: list[tuple[int, int]], block_size: int, heads: int, kv_heads: int, num_blocks: int
+    shapes: list[tuple[int, int]],
+    block_size: int,
+    heads: int,
+    kv_heads: int,
+    num_blocks: int,
+    window: int | None = None,
 ) -> None:
     dim = 16
     decodes = [s for s in shapes if s[1] == 1]
@@ -82,13 +104,21 @@ def check_against_dense(
         )
     )
     scale = dim**-0.5
-    out = backend.forward(
-        torch.cat(queries), torch.cat(keys), torch.cat(values), k_cache, v_cache, metadata, scale
-    )
+    q_all, k_new, v_new = torch.cat(queries), torch.cat(keys), torch.cat(values)
+    out = backend.forward(q_all, k_new, v_new, k_cache, v_cache, metadata, scale, window)
     expected = torch.cat(
-        [dense_attention(q, k, v, scale) for q, (k, v) in zip(queries, contexts, strict=True)]
+        [
+            dense_attention(q, k, v, scale, window)
+            for q, (k, v) in zip(queries, contexts, strict=True)
+        ]
     )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    if window is not None:  # a full-attention layer of the same step
+        full = backend.forward(q_all, k_new, v_new, k_cache, v_cache, metadata, scale)
+        expected = torch.cat(
+            [dense_attention(q, k, v, scale) for q, (k, v) in zip(queries, contexts, strict=True)]
+        )
+        torch.testing.assert_close(full, expected, atol=1e-5, rtol=1e-5)
     # The new keys/values landed in the cache at their slots.
     torch.testing.assert_close(
         k_cache.view(-1, kv_heads, dim)[torch.tensor(slots)], torch.cat(keys)

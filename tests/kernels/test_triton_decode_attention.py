@@ -14,14 +14,24 @@ from .tolerances import DTYPES, assert_close
 HEAD_DIM = 32
 
 
-def _reference(batch: PagedBatch, device: torch.device, scale: float) -> torch.Tensor:
+def _reference(
+    batch: PagedBatch, device: torch.device, scale: float, window: int | None = None
+) -> torch.Tensor:
     backend = TorchAttentionBackend(device)
     k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
     metadata = backend.prepare(batch.inputs)
-    return backend.forward(batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale)
+    return backend.forward(
+        batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale, window
+    )
 
 
-def _triton(batch: PagedBatch, device: torch.device, scale: float, partition: int) -> torch.Tensor:
+def _triton(
+    batch: PagedBatch,
+    device: torch.device,
+    scale: float,
+    partition: int,
+    window: int | None = None,
+) -> torch.Tensor:
     # The reference stores the new tokens itself; here they go in with torch's store so
     # that only the attention kernel is under test.
     k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
@@ -31,7 +41,7 @@ def _triton(batch: PagedBatch, device: torch.device, scale: float, partition: in
     inputs = batch.inputs
     tables = block_table(inputs, device)
     decode = make_decode_batch(tables, inputs.context_lens, partition)
-    return decode_attention(batch.query, k_cache, v_cache, decode, scale)
+    return decode_attention(batch.query, k_cache, v_cache, decode, scale, window=window)
 
 
 # Context lengths: one token (empty prefix), exact block multiples and not, and long
@@ -57,6 +67,20 @@ def test_split_k_decode_matches_torch(
     )
     scale = HEAD_DIM**-0.5
     assert_close(_triton(batch, device, scale, partition=32), _reference(batch, device, scale))
+
+
+@pytest.mark.parametrize("window", [1, 7, 40, 200])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_sliding_window_decode_matches_torch(
+    device: torch.device, dtype: torch.dtype, window: int
+) -> None:
+    """Partitions of 16 wholly before the window are skipped, by the partition kernel
+    and the combine alike; a window past every context changes nothing."""
+    batch = _gqa_batch(dtype, device, seed=window)
+    scale = HEAD_DIM**-0.5
+    for partition in (16, 512):
+        got = _triton(batch, device, scale, partition, window)
+        assert_close(got, _reference(batch, device, scale, window))
 
 
 def _gqa_batch(dtype: torch.dtype, device: torch.device, seed: int) -> PagedBatch:

@@ -19,15 +19,24 @@ HEAD_DIM = 32
 SHAPES = [(0, 13), (1, 9), (37, 20), (16, 2), (5, 1), (0, 40)]
 
 
-def _reference(batch: PagedBatch, device: torch.device, scale: float) -> torch.Tensor:
+def _reference(
+    batch: PagedBatch, device: torch.device, scale: float, window: int | None = None
+) -> torch.Tensor:
     backend = TorchAttentionBackend(device)
     k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
     metadata = backend.prepare(batch.inputs)
-    return backend.forward(batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale)
+    return backend.forward(
+        batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale, window
+    )
 
 
 def _triton(
-    batch: PagedBatch, device: torch.device, scale: float, block_m: int, block_n: int
+    batch: PagedBatch,
+    device: torch.device,
+    scale: float,
+    block_m: int,
+    block_n: int,
+    window: int | None = None,
 ) -> torch.Tensor:
     # New tokens go in with torch's store, so only the attention kernel is under test.
     k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
@@ -38,7 +47,14 @@ def _triton(
     tables = block_table(inputs, device)
     prefill = make_prefill_batch(tables, inputs.query_lens, inputs.context_lens)
     return prefill_attention(
-        batch.query, k_cache, v_cache, prefill, scale, block_m=block_m, block_n=block_n
+        batch.query,
+        k_cache,
+        v_cache,
+        prefill,
+        scale,
+        block_m=block_m,
+        block_n=block_n,
+        window=window,
     )
 
 
@@ -62,6 +78,32 @@ def test_chunked_prefill_matches_torch(
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale)
     assert_close(_triton(batch, device, scale, block_m=16, block_n=16), expected)
+
+
+@pytest.mark.parametrize("window", [1, 6, 25])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (64, 16)])
+def test_sliding_window_prefill_matches_torch(
+    device: torch.device, dtype: torch.dtype, window: int, block_m: int, block_n: int
+) -> None:
+    """Key tiles wholly before a query tile's window are skipped; rows straddling
+    tiles, chunks after cached prefixes and one-token chunks see only their window.
+    With query tiles taller than key tiles, a tile's later rows see nothing of its
+    first key tile (their sums must stay 0, not NaN)."""
+    batch = make_paged_batch(
+        SHAPES,
+        block_size=8,
+        heads=4,
+        kv_heads=2,
+        head_dim=HEAD_DIM,
+        dtype=dtype,
+        device=device,
+        seed=window,
+        all_prefill=True,
+    )
+    scale = HEAD_DIM**-0.5
+    expected = _reference(batch, device, scale, window)
+    assert_close(_triton(batch, device, scale, block_m, block_n, window), expected)
 
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 32), (32, 16), (64, 64)])
