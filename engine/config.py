@@ -131,6 +131,8 @@ class ModelConfig:
     qk_norm: bool = False
     eos_token_ids: tuple[int, ...] = ()
     sliding_window: int | None = None
+    # Each layer's attention window (None: full attention), as HF's `layer_types` say.
+    layer_windows: tuple[int | None, ...] = ()
     # Embedding models trained so that a prefix of their vector is an embedding too.
     is_matryoshka: bool = False
     matryoshka_dimensions: tuple[int, ...] = ()
@@ -175,6 +177,7 @@ class ModelConfig:
             qk_norm=family == "qwen3",
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=_sliding_window(hf),
+            layer_windows=_layer_windows(hf, int(hf["num_hidden_layers"])),
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
         )
@@ -191,6 +194,21 @@ def _sliding_window(hf: dict[str, Any]) -> int | None:
         return None
     window = hf.get("sliding_window")
     return int(window) if window else None
+
+
+def _layer_windows(hf: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
+    """Which layers slide: those `layer_types` names "sliding_attention"; without that
+    list (older configs) all of Mistral's, and Qwen's from `max_window_layers` on."""
+    window = _sliding_window(hf)
+    if window is None:
+        return (None,) * num_layers
+    types = hf.get("layer_types")
+    if types is not None:
+        if len(types) != num_layers:
+            raise ValueError(f"layer_types lists {len(types)} layers, the model has {num_layers}")
+        return tuple(window if t == "sliding_attention" else None for t in types)
+    first = int(hf.get("max_window_layers", 0)) if "use_sliding_window" in hf else 0
+    return tuple(window if i >= first else None for i in range(num_layers))
 
 
 def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:

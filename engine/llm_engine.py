@@ -297,9 +297,6 @@ class LLMEngine:
     def _max_model_len(self) -> int:
         mc = self.model_config
         limit = mc.rope.context_length(mc.max_position_embeddings)
-        if mc.sliding_window:
-            # We attend over the full context; beyond the window that would differ.
-            limit = min(limit, mc.sliding_window)
         wanted = self.config.max_model_len or limit
         if wanted > limit:
             raise ValueError(f"max_model_len {wanted} exceeds the model's context ({limit})")

@@ -120,8 +120,10 @@ class RotaryEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, ops: FusedOps) -> None:
+    def __init__(self, config: ModelConfig, ops: FusedOps, window: int | None = None) -> None:
         super().__init__()
+        # A sliding-window layer's (Mistral v0.1, Qwen with use_sliding_window).
+        self.window = window
         self.apply_rotary = ops.apply_rotary
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
@@ -156,7 +158,7 @@ class Attention(nn.Module):
         qk = self.apply_rotary(qk, *rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        out = backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale)
+        out = backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.window)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -175,10 +177,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, ops: FusedOps) -> None:
+    def __init__(self, config: ModelConfig, ops: FusedOps, window: int | None = None) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.self_attn = Attention(config, ops)
+        self.self_attn = Attention(config, ops, window)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.mlp = MLP(config, ops)
 
@@ -215,7 +217,8 @@ class LlamaForCausalLM(nn.Module):
         self.has_lm_head = lm_head
         self.max_positions = max_positions
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, ops) for _ in range(config.num_layers))
+        windows = config.layer_windows or (None,) * config.num_layers
+        self.layers = nn.ModuleList(DecoderLayer(config, ops, window) for window in windows)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim, max_positions)
         self.linear = ops.linear

@@ -63,3 +63,20 @@ def test_a_window_counts_when_the_config_turns_it_on() -> None:
     qwen = _hf_config(architectures=["Qwen3ForCausalLM"], sliding_window=32768)
     assert ModelConfig.from_dict({**qwen, "use_sliding_window": False}).sliding_window is None
     assert ModelConfig.from_dict({**qwen, "use_sliding_window": True}).sliding_window == 32768
+
+
+def test_each_layer_slides_as_the_config_says() -> None:
+    mistral = _hf_config(architectures=["MistralForCausalLM"], sliding_window=4096)
+    assert ModelConfig.from_dict(mistral).layer_windows == (4096, 4096)
+    qwen = _hf_config(
+        architectures=["Qwen2ForCausalLM"], sliding_window=64, use_sliding_window=True
+    )
+    # Older configs: Qwen's layers from max_window_layers on slide.
+    assert ModelConfig.from_dict({**qwen, "max_window_layers": 1}).layer_windows == (None, 64)
+    # Newer ones list each layer's kind.
+    listed = {**qwen, "layer_types": ["sliding_attention", "full_attention"]}
+    assert ModelConfig.from_dict(listed).layer_windows == (64, None)
+    off = {**qwen, "use_sliding_window": False}
+    assert ModelConfig.from_dict(off).layer_windows == (None, None)
+    with pytest.raises(ValueError, match="layer_types lists 1 layers"):
+        ModelConfig.from_dict({**qwen, "layer_types": ["full_attention"]})

@@ -158,3 +158,50 @@ def test_yarn_scaled_rope_matches_hf(
     got = torch.tensor([x.logprob for x in lp[1:]])
     want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("family", "window_config"),
+    [
+        ("mistral", {"sliding_window": 16}),  # every layer slides (Mistral v0.1)
+        # Qwen: only the layers from max_window_layers on slide.
+        ("qwen3", {"sliding_window": 12, "use_sliding_window": True, "max_window_layers": 1}),
+    ],
+)
+def test_sliding_window_layers_match_hf(
+    family: str,
+    window_config: dict[str, object],
+    make_random_model: Callable[[str], Path],
+    tmp_path: Path,
+) -> None:
+    """Prompts and generations well past the window: each sliding layer sees only its
+    last `sliding_window` positions, as HF's masks allow, through chunked prefill
+    (chunks of 8 after a prefix) and decodes."""
+    source = make_random_model(family)
+    folder = tmp_path / "windowed"
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name != "config.json":
+            (folder / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    config.update(window_config)
+    config.pop("layer_types", None)  # derived again from the window settings
+    (folder / "config.json").write_text(json.dumps(config))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    llm = LLM(str(folder), kv_cache_memory=64 << 20, max_num_batched_tokens=8)
+    windows = {layer.self_attn.window for layer in llm.engine.runner.model.layers}
+    assert windows == ({16} if family == "mistral" else {None, 12})
+    assert llm.engine.max_model_len == config["max_position_embeddings"]
+    torch.manual_seed(2)
+    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (5, 30, 61)]
+    results = llm.generate(prompts, greedy(20, min_tokens=20))
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.token_ids == hf_greedy(hf, prompt, 20)
+    prompt = prompts[-1]
+    lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
+    with torch.inference_mode():
+        expected = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    assert lp is not None
+    got = torch.tensor([x.logprob for x in lp[1:]])
+    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

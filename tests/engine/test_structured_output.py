@@ -33,9 +33,7 @@ def thinking_compiler(
     import transformers
 
     hf = transformers.AutoTokenizer.from_pretrained(bundled_model_dir)
-    hf.add_tokens(
-        [transformers.AddedToken(t, special=False, normalized=False) for t in THINK_TAGS]
-    )
+    hf.add_tokens([transformers.AddedToken(t, special=False, normalized=False) for t in THINK_TAGS])
     folder = tmp_path_factory.mktemp("thinking-tokenizer")
     hf.save_pretrained(folder)
     tokenizer = Tokenizer.load(folder)

@@ -8,6 +8,7 @@ tokens exactly.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -188,12 +189,22 @@ def test_engine_greedy_output_matches_torch_backend(
 
 
 @pytest.mark.slow  # ~8 s in Triton's interpreter
-def test_qwen3_head_norms_through_triton_match_torch(
-    make_random_model: Callable[[str], Path],
+def test_qwen3_head_norms_and_windows_through_triton_match_torch(
+    make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """Qwen3 normalises each query and key head with the backend's RMSNorm (strided
-    slices of the fused projection): the Triton path gives the torch path's tokens."""
-    folder = make_random_model("qwen3")
+    slices of the fused projection), and here its second layer slides over 6 positions:
+    the Triton path gives the torch path's tokens."""
+    source = make_random_model("qwen3")
+    folder = tmp_path / "qwen3-windowed"
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name != "config.json":
+            (folder / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    config.pop("layer_types", None)
+    config.update(sliding_window=6, use_sliding_window=True, max_window_layers=1)
+    (folder / "config.json").write_text(json.dumps(config))
     outputs = {}
     for name in ("torch", "triton"):
         llm = LLM(
@@ -205,9 +216,9 @@ def test_qwen3_head_norms_through_triton_match_torch(
             max_model_len=128,
             max_num_batched_tokens=12,
         )
-        assert llm.engine.runner.model.layers[0].self_attn.q_norm.rms_norm is (
-            llm.engine.runner.backend.ops.rms_norm
-        )
+        layers = llm.engine.runner.model.layers
+        assert layers[0].self_attn.q_norm.rms_norm is llm.engine.runner.backend.ops.rms_norm
+        assert [layer.self_attn.window for layer in layers] == [None, 6]
         ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3,")]
         outputs[name] = [r.token_ids for r in llm.generate(ids, greedy(5, ignore_eos=True))]
     assert outputs["triton"] == outputs["torch"]
