@@ -22,6 +22,7 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma3ForCausalLM": "gemma3_text",
     # The same networks saved without their LM head: embedding models (e5-mistral,
     # gte-Qwen2, Qwen3-Embedding, ...), which only the pooling runner serves.
     "LlamaModel": "llama",
@@ -31,6 +32,9 @@ SUPPORTED_ARCHITECTURES = {
 }
 
 RUNNERS = ("auto", "generate", "pooling")
+LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+# Gemma's MLP activation, by its HF names.
+GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -64,10 +68,14 @@ class RopeConfig:
     truncate: bool = True
 
     @classmethod
-    def from_hf(cls, hf: dict[str, Any]) -> RopeConfig:
+    def from_hf(cls, hf: dict[str, Any], layer_type: str = "full_attention") -> RopeConfig:
+        """`layer_type`: whose rotation, where a config gives one per kind of layer
+        (Gemma 3's sliding layers rotate with another theta)."""
         # transformers >= 5 nests theta inside rope_parameters; older configs use
         # rope_theta + rope_scaling.
         params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        if LAYER_TYPES.intersection(params):
+            params = dict(params.get(layer_type) or {})
         theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
         rope_type = str(params.get("rope_type", params.get("type", "default")))
         if rope_type not in ("default", "llama3", "linear", "yarn"):
@@ -136,6 +144,19 @@ class ModelConfig:
     # Embedding models trained so that a prefix of their vector is an embedding too.
     is_matryoshka: bool = False
     matryoshka_dimensions: tuple[int, ...] = ()
+    # Gemma 3's differences from Llama, each off by default:
+    # the MLP's activation ("silu" or "gelu_tanh");
+    hidden_activation: str = "silu"
+    # token embeddings multiplied by this (sqrt(hidden_size));
+    embed_scale: float = 1.0
+    # attention scores scaled by this instead of head_dim ** -0.5 (query_pre_attn_scalar);
+    attention_scale: float | None = None
+    # every RMSNorm weight stored as an offset from this (1: Gemma's `1 + w`);
+    norm_offset: float = 0.0
+    # logits squashed as cap * tanh(logits / cap);
+    final_logit_softcapping: float | None = None
+    # the sliding layers' rotation (None: the same as the full layers').
+    local_rope: RopeConfig | None = None
 
     @property
     def has_lm_head(self) -> bool:
@@ -160,6 +181,14 @@ class ModelConfig:
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         family = SUPPORTED_ARCHITECTURES[arch]
         qkv_bias = family == "qwen2" or bool(hf.get("attention_bias", False))
+        gemma = family == "gemma3_text"
+        if hf.get("attn_logit_softcapping") is not None:
+            raise ValueError("attention logit soft-capping (Gemma 2) is not supported")
+        if hf.get("use_bidirectional_attention"):
+            raise ValueError("bidirectional attention (EmbeddingGemma) is not supported")
+        activation = str(hf.get("hidden_activation") or hf.get("hidden_act") or "silu")
+        if activation not in ("silu", *GELU_TANH):
+            raise ValueError(f"unsupported MLP activation {activation!r}")
         return cls(
             architecture=arch,
             vocab_size=int(hf["vocab_size"]),
@@ -174,12 +203,26 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=qkv_bias,
             rope=RopeConfig.from_hf(hf),
-            qk_norm=family == "qwen3",
+            qk_norm=family in ("qwen3", "gemma3_text"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=_sliding_window(hf),
             layer_windows=_layer_windows(hf, int(hf["num_hidden_layers"])),
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
+            hidden_activation="silu" if activation == "silu" else "gelu_tanh",
+            embed_scale=float(hidden**0.5) if gemma else 1.0,
+            attention_scale=(
+                float(hf.get("query_pre_attn_scalar") or 0) ** -0.5
+                if gemma and hf.get("query_pre_attn_scalar")
+                else None
+            ),
+            norm_offset=1.0 if gemma else 0.0,
+            final_logit_softcapping=(
+                float(hf["final_logit_softcapping"])
+                if hf.get("final_logit_softcapping") is not None
+                else None
+            ),
+            local_rope=_local_rope(hf),
         )
 
     @classmethod
@@ -196,6 +239,17 @@ def _sliding_window(hf: dict[str, Any]) -> int | None:
     return int(window) if window else None
 
 
+def _local_rope(hf: dict[str, Any]) -> RopeConfig | None:
+    """The sliding layers' own rotation: Gemma 3's (a sub-dict of rope_parameters, or the
+    older rope_local_base_freq); None where every layer rotates alike."""
+    params = hf.get("rope_parameters") or {}
+    if "sliding_attention" in params:
+        return RopeConfig.from_hf(hf, "sliding_attention")
+    if hf.get("rope_local_base_freq") is not None:
+        return RopeConfig(theta=float(hf["rope_local_base_freq"]))
+    return None
+
+
 def _layer_windows(hf: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
     """Which layers slide: those `layer_types` names "sliding_attention"; without that
     list (older configs) all of Mistral's, and Qwen's from `max_window_layers` on."""
@@ -207,6 +261,9 @@ def _layer_windows(hf: dict[str, Any], num_layers: int) -> tuple[int | None, ...
         if len(types) != num_layers:
             raise ValueError(f"layer_types lists {len(types)} layers, the model has {num_layers}")
         return tuple(window if t == "sliding_attention" else None for t in types)
+    pattern = hf.get("sliding_window_pattern")
+    if pattern:  # older Gemma 3 configs: every pattern-th layer attends fully
+        return tuple(None if (i + 1) % int(pattern) == 0 else window for i in range(num_layers))
     first = int(hf.get("max_window_layers", 0)) if "use_sliding_window" in hf else 0
     return tuple(window if i >= first else None for i in range(num_layers))
 

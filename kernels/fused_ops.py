@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.linear import TORCH_LINEAR, LinearMethod
 from kernels.rms_norm import rms_norm
 from kernels.rotary import apply_rotary
@@ -25,14 +26,16 @@ RmsNorm = Callable[
 @dataclass(frozen=True)
 class FusedOps:
     """rms_norm: see kernels/rms_norm.py. apply_rotary: returns the rotated tensor,
-    which may be its input rotated in place. silu_and_mul: see kernels/silu_and_mul.py.
-    linear: how the model's weights are laid out and multiplied (kernels/linear.py)."""
+    which may be its input rotated in place. silu_and_mul: see kernels/silu_and_mul.py;
+    gelu_tanh_and_mul (Gemma's MLP): kernels/gelu_tanh_and_mul.py. linear: how the
+    model's weights are laid out and multiplied (kernels/linear.py)."""
 
     name: str
     rms_norm: RmsNorm
     apply_rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    gelu_tanh_and_mul: Callable[[torch.Tensor], torch.Tensor]
     linear: LinearMethod = TORCH_LINEAR
 
 
-TORCH_OPS = FusedOps("torch", rms_norm, apply_rotary, silu_and_mul)
+TORCH_OPS = FusedOps("torch", rms_norm, apply_rotary, silu_and_mul, gelu_tanh_and_mul)

@@ -21,6 +21,7 @@ from kernels.triton_decode_attention import (
     decode_attention,
     make_decode_batch,
 )
+from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.triton_prefill_attention import PrefillBatch, make_prefill_batch, prefill_attention
 from kernels.triton_rms_norm import rms_norm
 from kernels.triton_rotary import apply_rotary
@@ -28,7 +29,7 @@ from kernels.triton_silu_and_mul import silu_and_mul
 from kernels.triton_store_kv import store_kv
 from kernels.triton_support import triton_unavailable_reason
 
-TRITON_OPS = FusedOps("triton", rms_norm, apply_rotary, silu_and_mul)
+TRITON_OPS = FusedOps("triton", rms_norm, apply_rotary, silu_and_mul, gelu_tanh_and_mul)
 
 
 @dataclass(frozen=True)

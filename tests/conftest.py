@@ -83,6 +83,27 @@ def make_random_model(
             # head_dim apart from hidden/heads, as in every Qwen3 checkpoint.
             config = transformers.Qwen3Config(**common, tie_word_embeddings=True, head_dim=32)
             cls = transformers.Qwen3ForCausalLM
+        elif family == "gemma3":
+            # Five sliding layers in six, shrunk: one sliding (window 8), one full, each
+            # with its own rotation (the full one linearly scaled), query_pre_attn_scalar
+            # apart from head_dim, and soft-capped logits.
+            config = transformers.Gemma3TextConfig(
+                **common,
+                head_dim=16,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                query_pre_attn_scalar=24,
+                final_logit_softcapping=30.0,
+                rope_parameters={
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                    "full_attention": {
+                        "rope_type": "linear",
+                        "factor": 2.0,
+                        "rope_theta": 1000000.0,
+                    },
+                },
+            )
+            cls = transformers.Gemma3ForCausalLM
         elif family == "mistral":
             config = transformers.MistralConfig(
                 **common, tie_word_embeddings=False, sliding_window=None, head_dim=32
@@ -90,8 +111,14 @@ def make_random_model(
             cls = transformers.MistralForCausalLM
         else:
             raise ValueError(family)
-        torch.manual_seed({"llama": 1, "qwen2": 2, "mistral": 3, "qwen3": 4}[family])
+        torch.manual_seed({"llama": 1, "qwen2": 2, "mistral": 3, "qwen3": 4, "gemma3": 5}[family])
         model = cls(config)
+        if family == "gemma3":
+            # HF initialises Gemma's norm offsets to zero (weights of one); make them matter.
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if "norm" in name:
+                        param.uniform_(-0.5, 0.5)
         if family == "qwen3":
             # HF initialises the per-head norms to ones; make them matter.
             with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.gemma3 import Gemma3ForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
@@ -13,6 +14,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "LlamaModel": LlamaForCausalLM,
     "MistralModel": LlamaForCausalLM,
     "Qwen2Model": LlamaForCausalLM,

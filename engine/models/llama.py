@@ -130,7 +130,7 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
-        self.scale = config.head_dim**-0.5
+        self.scale = config.attention_scale or config.head_dim**-0.5
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, config.qkv_bias, ops.linear
         )
@@ -165,7 +165,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig, ops: FusedOps) -> None:
         super().__init__()
-        self.silu_and_mul = ops.silu_and_mul
+        self.act_and_mul = (
+            ops.gelu_tanh_and_mul if config.hidden_activation == "gelu_tanh" else ops.silu_and_mul
+        )
         self.intermediate_size = config.intermediate_size
         self.gate_up_proj = Linear(
             config.hidden_size, 2 * config.intermediate_size, False, ops.linear
@@ -173,7 +175,7 @@ class MLP(nn.Module):
         self.down_proj = Linear(config.intermediate_size, config.hidden_size, False, ops.linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -201,7 +203,12 @@ class DecoderLayer(nn.Module):
 
 class LlamaForCausalLM(nn.Module):
     """Llama / Mistral / Qwen2 / Qwen3: the same graph, differing only in config (bias,
-    rope, window, Qwen3's per-head query/key norms)."""
+    rope, window, Qwen3's per-head query/key norms). Gemma 3 (engine/models/gemma3.py)
+    swaps the decoder layer and turns on its config's other differences, which this
+    class applies: embedding scale, norm weight offset, logit soft-capping, and a
+    rotation of its own for the sliding layers."""
+
+    decoder_layer: type[nn.Module] = DecoderLayer
 
     def __init__(
         self,
@@ -218,9 +225,10 @@ class LlamaForCausalLM(nn.Module):
         self.max_positions = max_positions
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         windows = config.layer_windows or (None,) * config.num_layers
-        self.layers = nn.ModuleList(DecoderLayer(config, ops, window) for window in windows)
+        self.layers = nn.ModuleList(self.decoder_layer(config, ops, window) for window in windows)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim, max_positions)
+        self.local_rotary = self._local_rotary()
         self.linear = ops.linear
         if lm_head and not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, False, ops.linear)
@@ -228,11 +236,19 @@ class LlamaForCausalLM(nn.Module):
         # in the linear method's layout, set by `pack_weights`.
         self.logits_weight: torch.Tensor | None = None
 
+    def _local_rotary(self) -> RotaryEmbedding | None:
+        local = self.config.local_rope
+        if local is None:
+            return None
+        return RotaryEmbedding(local, self.config.head_dim, self.max_positions)
+
     def rebuild_buffers(self, device: torch.device) -> None:
         """Recompute the rotary tables (fp32, never cast) after materialising from meta."""
         self.rotary = RotaryEmbedding(
             self.config.rope, self.config.head_dim, self.max_positions
         ).to(device)
+        local = self._local_rotary()
+        self.local_rotary = None if local is None else local.to(device)
 
     def forward(
         self,
@@ -244,10 +260,17 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states after the final norm, one row per input token."""
         hidden = self.embed_tokens(input_ids)
+        if self.config.embed_scale != 1.0:
+            # In the embedding's dtype, as HF scales it.
+            hidden = hidden * torch.tensor(self.config.embed_scale, dtype=hidden.dtype)
         rope = self.rotary.table(positions, hidden.dtype)
+        local = rope
+        if self.local_rotary is not None:
+            local = self.local_rotary.table(positions, hidden.dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            hidden, residual = layer(hidden, residual, rope, kv_cache, backend, metadata)
+            turn = local if layer.self_attn.window is not None else rope
+            hidden, residual = layer(hidden, residual, turn, kv_cache, backend, metadata)
         hidden, _ = self.norm(hidden, residual)
         return hidden
 
@@ -285,7 +308,11 @@ class LlamaForCausalLM(nn.Module):
             raise RuntimeError(
                 "compute_logits without an LM head (pooling runner) or before pack_weights"
             )
-        return self.linear.apply(hidden, self.logits_weight, None).float()
+        logits = self.linear.apply(hidden, self.logits_weight, None).float()
+        cap = self.config.final_logit_softcapping
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, fusing q/k/v and gate/up as they arrive."""
@@ -337,3 +364,9 @@ class LlamaForCausalLM(nn.Module):
         missing = expected - loaded
         if missing:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]}")
+        if self.config.norm_offset:
+            # Gemma stores each norm's weight as an offset from 1: fold it in once.
+            with torch.no_grad():
+                for module in self.modules():
+                    if isinstance(module, RMSNorm):
+                        module.weight.add_(self.config.norm_offset)

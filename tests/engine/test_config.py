@@ -80,3 +80,53 @@ def test_each_layer_slides_as_the_config_says() -> None:
     assert ModelConfig.from_dict(off).layer_windows == (None, None)
     with pytest.raises(ValueError, match="layer_types lists 1 layers"):
         ModelConfig.from_dict({**qwen, "layer_types": ["full_attention"]})
+
+
+def test_gemma3_reads_as_its_config_says_in_either_form() -> None:
+    """transformers 5's keys (rope per layer kind, layer_types) and the older ones
+    (rope_local_base_freq, sliding_window_pattern) give the same model."""
+    older = _hf_config(
+        architectures=["Gemma3ForCausalLM"],
+        num_hidden_layers=6,
+        head_dim=32,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=64,
+        sliding_window=512,
+        sliding_window_pattern=6,
+        rope_theta=1000000.0,
+        rope_local_base_freq=10000.0,
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
+    )
+    newer = {
+        **{k: v for k, v in older.items() if not k.startswith("rope") and "pattern" not in k},
+        "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        },
+    }
+    for hf in (older, newer):
+        config = ModelConfig.from_dict(hf)
+        assert config.layer_windows == (512,) * 5 + (None,)
+        assert (config.rope.theta, config.rope.rope_type, config.rope.factor) == (
+            1000000.0,
+            "linear",
+            8.0,
+        )
+        assert config.local_rope is not None and config.local_rope.theta == 10000.0
+        assert config.local_rope.rope_type == "default"
+        assert config.hidden_activation == "gelu_tanh" and config.qk_norm
+        assert (config.embed_scale, config.attention_scale, config.norm_offset) == (8.0, 0.125, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"attn_logit_softcapping": 50.0}, "soft-capping"),
+        ({"use_bidirectional_attention": True}, "bidirectional"),
+        ({"hidden_activation": "relu"}, "activation 'relu'"),
+    ],
+)
+def test_what_the_engine_cannot_compute_is_refused(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(_hf_config(architectures=["Gemma3ForCausalLM"], **extra))

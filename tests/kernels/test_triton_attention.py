@@ -188,23 +188,27 @@ def test_engine_greedy_output_matches_torch_backend(
     assert outputs["triton-graphs"] == outputs["torch"]
 
 
-@pytest.mark.slow  # ~8 s in Triton's interpreter
-def test_qwen3_head_norms_and_windows_through_triton_match_torch(
-    make_random_model: Callable[[str], Path], tmp_path: Path
+@pytest.mark.slow  # ~8 s each in Triton's interpreter
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_head_norms_and_windows_through_triton_match_torch(
+    family: str, make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    """Qwen3 normalises each query and key head with the backend's RMSNorm (strided
-    slices of the fused projection), and here its second layer slides over 6 positions:
-    the Triton path gives the torch path's tokens."""
-    source = make_random_model("qwen3")
-    folder = tmp_path / "qwen3-windowed"
+    """Qwen3 and Gemma 3 normalise each query and key head with the backend's RMSNorm
+    (strided slices of the fused projection), one layer of each slides over a window
+    (6 positions for Qwen3 here, Gemma's 8 with its own rotation), and Gemma's MLP is
+    GELU-and-mul: the Triton path gives the torch path's tokens."""
+    source = make_random_model(family)
+    folder = tmp_path / f"{family}-windowed"
     folder.mkdir()
     for file in source.iterdir():
         if file.name != "config.json":
             (folder / file.name).symlink_to(file)
     config = json.loads((source / "config.json").read_text())
-    config.pop("layer_types", None)
-    config.update(sliding_window=6, use_sliding_window=True, max_window_layers=1)
+    if family == "qwen3":
+        config.pop("layer_types", None)
+        config.update(sliding_window=6, use_sliding_window=True, max_window_layers=1)
     (folder / "config.json").write_text(json.dumps(config))
+    windows = {"qwen3": [None, 6], "gemma3": [8, None]}[family]
     outputs = {}
     for name in ("torch", "triton"):
         llm = LLM(
@@ -218,7 +222,7 @@ def test_qwen3_head_norms_and_windows_through_triton_match_torch(
         )
         layers = llm.engine.runner.model.layers
         assert layers[0].self_attn.q_norm.rms_norm is llm.engine.runner.backend.ops.rms_norm
-        assert [layer.self_attn.window for layer in layers] == [None, 6]
+        assert [layer.self_attn.window for layer in layers] == windows
         ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3,")]
         outputs[name] = [r.token_ids for r in llm.generate(ids, greedy(5, ignore_eos=True))]
     assert outputs["triton"] == outputs["torch"]

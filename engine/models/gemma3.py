@@ -1,0 +1,54 @@
+"""Gemma 3 (text): the Llama graph with a norm on each side of attention and of the MLP.
+
+Everything else Gemma 3 changes is a config switch the Llama model applies
+(engine/config.py: GELU-tanh MLP, scaled embeddings, `1 + w` norm weights,
+per-head query/key norms, query_pre_attn_scalar, a separate rotation and a
+sliding window for five layers in six). Only the layer's wiring differs:
+each sublayer's output is normalised before it joins the residual stream.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.config import ModelConfig
+from engine.models.llama import MLP, Attention, LlamaForCausalLM, RMSNorm
+from kernels.attention import AttentionBackend
+from kernels.fused_ops import FusedOps
+
+
+class Gemma3DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, ops: FusedOps, window: int | None = None) -> None:
+        super().__init__()
+        size, eps = config.hidden_size, config.rms_norm_eps
+        self.input_layernorm = RMSNorm(size, eps, ops)
+        self.self_attn = Attention(config, ops, window)
+        self.post_attention_layernorm = RMSNorm(size, eps, ops)
+        self.pre_feedforward_layernorm = RMSNorm(size, eps, ops)
+        self.mlp = MLP(config, ops)
+        self.post_feedforward_layernorm = RMSNorm(size, eps, ops)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        backend: AttentionBackend,
+        metadata: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`hidden` is the previous layer's normalised MLP output, not yet added to
+        `residual`: each add is fused into the next norm, as in the Llama layer."""
+        h, residual = self.input_layernorm(hidden, residual)
+        h = self.self_attn(h, rope, kv_cache, backend, metadata)
+        h, _ = self.post_attention_layernorm(h)
+        h, residual = self.pre_feedforward_layernorm(h, residual)
+        h, _ = self.post_feedforward_layernorm(self.mlp(h))
+        return h, residual
+
+
+class Gemma3ForCausalLM(LlamaForCausalLM):
+    decoder_layer = Gemma3DecoderLayer

@@ -1,0 +1,45 @@
+"""Triton GELU(gate) * up (tanh form); same contract as kernels/gelu_tanh_and_mul.py.
+
+One pass reads gate and up and writes the product. 0.5 x (1 + tanh(y)) is
+taken as x / (1 + exp(-2y)): no tanh needed (not every Triton version has
+one), and no cancellation where tanh nears -1. GELU's result is rounded to
+the input dtype before the multiply, as the torch path does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+@triton.jit
+def gelu_tanh_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, size, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < size
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + row * stride_x + size + cols, mask=mask, other=0.0)
+    g = gate.to(tl.float32)
+    inner = SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)
+    # exp overflows to inf far below 0, where GELU is 0: g / inf keeps that.
+    gelu = (g / (1.0 + tl.exp(-2.0 * inner))).to(gate.dtype).to(tl.float32)
+    tl.store(out_ptr + row * stride_o + cols, (gelu * up.to(tl.float32)).to(gate.dtype), mask=mask)
+
+
+def gelu_tanh_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2 * I] -> [T, I]."""
+    rows = gate_up.reshape(-1, gate_up.shape[-1])
+    size = rows.shape[-1] // 2
+    out = torch.empty(rows.shape[0], size, dtype=rows.dtype, device=rows.device)
+    assert rows.stride(-1) == 1
+    block = min(1024, triton.next_power_of_2(size))
+    if rows.shape[0]:
+        gelu_tanh_and_mul_kernel[(rows.shape[0], triton.cdiv(size, block))](
+            rows, out, rows.stride(0), out.stride(0), size, BLOCK=block
+        )
+    return out.view(*gate_up.shape[:-1], size)
