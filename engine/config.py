@@ -23,6 +23,9 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "Gemma3ForCausalLM": "gemma3_text",
+    # Gemma 3 4B and up are vision-language models: the engine serves their text model
+    # (engine/models/gemma3.py skips the vision tower's weights).
+    "Gemma3ForConditionalGeneration": "gemma3",
     # The same networks saved without their LM head: embedding models (e5-mistral,
     # gte-Qwen2, Qwen3-Embedding, ...), which only the pooling runner serves.
     "LlamaModel": "llama",
@@ -33,6 +36,7 @@ SUPPORTED_ARCHITECTURES = {
 
 RUNNERS = ("auto", "generate", "pooling")
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
+GEMMA3_TYPES = ("gemma3_text", "gemma3")
 # Gemma's MLP activation, by its HF names.
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
@@ -160,12 +164,14 @@ class ModelConfig:
 
     @property
     def has_lm_head(self) -> bool:
-        """Whether the checkpoint can generate (a *ForCausalLM), not only embed."""
-        return self.architecture.endswith("ForCausalLM")
+        """Whether the checkpoint can generate, not only embed."""
+        return self.architecture.endswith(("ForCausalLM", "ForConditionalGeneration"))
 
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> ModelConfig:
         architectures = hf.get("architectures") or []
+        if hf.get("model_type") in GEMMA3_TYPES or any("Gemma3" in a for a in architectures):
+            hf = _gemma3_text_config(hf)
         arch = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
             model_type = hf.get("model_type")
@@ -181,7 +187,7 @@ class ModelConfig:
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         family = SUPPORTED_ARCHITECTURES[arch]
         qkv_bias = family == "qwen2" or bool(hf.get("attention_bias", False))
-        gemma = family == "gemma3_text"
+        gemma = family in GEMMA3_TYPES
         if hf.get("attn_logit_softcapping") is not None:
             raise ValueError("attention logit soft-capping (Gemma 2) is not supported")
         if hf.get("use_bidirectional_attention"):
@@ -203,7 +209,7 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=qkv_bias,
             rope=RopeConfig.from_hf(hf),
-            qk_norm=family in ("qwen3", "gemma3_text"),
+            qk_norm=family == "qwen3" or gemma,
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=_sliding_window(hf),
             layer_windows=_layer_windows(hf, int(hf["num_hidden_layers"])),
@@ -237,6 +243,23 @@ def _sliding_window(hf: dict[str, Any]) -> int | None:
         return None
     window = hf.get("sliding_window")
     return int(window) if window else None
+
+
+def _gemma3_text_config(hf: dict[str, Any]) -> dict[str, Any]:
+    """A Gemma 3 text model's full config. Google's config.json files list only what
+    differs from transformers' defaults (a vision-language model's `text_config` often
+    just its sizes), so the defaults come from transformers' own Gemma3TextConfig."""
+    from transformers import Gemma3TextConfig  # heavy; only Gemma reads it
+
+    text = dict(hf.get("text_config") or hf)
+    for key in ("tie_word_embeddings", "eos_token_id"):
+        if key not in text and hf.get(key) is not None:
+            text[key] = hf[key]
+    known = {k: v for k, v in text.items() if k not in ("architectures", "model_type")}
+    full = Gemma3TextConfig(**known).to_dict()
+    full["architectures"] = hf.get("architectures") or ["Gemma3ForCausalLM"]
+    full["model_type"] = hf.get("model_type", "gemma3_text")
+    return full
 
 
 def _local_rope(hf: dict[str, Any]) -> RopeConfig | None:

@@ -314,6 +314,10 @@ class LlamaForCausalLM(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    def checkpoint_name(self, hf_name: str) -> str | None:
+        """A checkpoint tensor's name in this model (None: not this model's tensor)."""
+        return hf_name.removeprefix("model.")
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, fusing q/k/v and gate/up as they arrive."""
         params = dict(self.named_parameters())
@@ -329,8 +333,8 @@ class LlamaForCausalLM(nn.Module):
         inter = self.config.intermediate_size
         mlp_offsets = {"gate_proj": (0, inter), "up_proj": (inter, inter)}
         for hf_name, tensor in weights:
-            name = hf_name.removeprefix("model.")
-            if "rotary_emb" in name:
+            name = self.checkpoint_name(hf_name)
+            if name is None or "rotary_emb" in name:
                 continue
             if name == "lm_head.weight" and (
                 self.config.tie_word_embeddings or not self.has_lm_head

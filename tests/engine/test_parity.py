@@ -205,3 +205,41 @@ def test_sliding_window_layers_match_hf(
     got = torch.tensor([x.logprob for x in lp[1:]])
     want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_gemma3_vision_language_checkpoint_serves_its_text_model(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Gemma 3 4B and up ship as Gemma3ForConditionalGeneration: the engine loads the
+    text model out of it (skipping the vision tower) and generates what HF's whole
+    model generates from text alone."""
+    text_folder = make_random_model("gemma3")
+    text_config = json.loads((text_folder / "config.json").read_text())
+    text_model = transformers.AutoModelForCausalLM.from_pretrained(text_folder)
+    config = transformers.Gemma3Config(
+        text_config=text_config,
+        vision_config=transformers.SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ).to_dict(),
+        mm_tokens_per_image=4,
+    )
+    torch.manual_seed(6)
+    hf = transformers.Gemma3ForConditionalGeneration(config).eval()
+    hf.model.language_model.load_state_dict(text_model.model.state_dict())
+    folder = tmp_path / "gemma3-vlm"
+    hf.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((text_folder / name).read_bytes())
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["architectures"] == ["Gemma3ForConditionalGeneration"]
+    llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    torch.manual_seed(3)
+    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
+    results = llm.generate(prompts, greedy(16, min_tokens=16))
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.token_ids == hf_greedy(hf, prompt, 16)
