@@ -44,7 +44,7 @@ from api.collect import unless
 from api.errors import ApiError
 from api.request_record import RequestRecord
 from api.response_event_log import ResponseEventLog
-from api.responses_stream import ResponseEventStream, error_event
+from api.responses_stream import ResponseEventStream
 from api.sql import in_session
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
@@ -172,12 +172,15 @@ class BackgroundResponses:
 
     async def _fail(self, run: BackgroundRun, error: dict[str, Any]) -> None:
         await self._end(run.response_id, "failed", error)
-        if run.streamed:
-            body = {"error": error}
+        if run.streamed:  # its readers get the failed object, as a poll does
+            failed = {**run.stream.snapshot(), "status": "failed", "error": error}
+            event = {
+                "type": "response.failed",
+                "sequence_number": run.stream.next_sequence_number(),
+                "response": failed,
+            }
             with contextlib.suppress(Exception):
-                await self.events.append(
-                    run.response_id, error_event(run.stream.next_sequence_number(), body)
-                )
+                await self.events.append(run.response_id, event)
 
     async def _watch_cancel(self, response_id: str) -> None:
         """Return once the response is cancelled here or on another replica."""

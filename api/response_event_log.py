@@ -65,8 +65,10 @@ class ResponseEventLog:
         which no run can still be writing: then LogAbandoned)."""
         key = self.names.response_events(response_id)
         last_id = "0-0"
-        while time.time() < deadline:
+        while True:
             batches = await self.redis.xread({key: last_id}, block=READ_BLOCK_MS)
+            if not batches and time.time() >= deadline:
+                break  # a finished log replays whatever its age; only a stalled one ends here
             for _, entries in batches or ():
                 for entry_id, fields in entries:
                     last_id = entry_id

@@ -170,7 +170,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> ModelConfig:
         architectures = hf.get("architectures") or []
-        if hf.get("model_type") in GEMMA3_TYPES or any("Gemma3" in a for a in architectures):
+        gemma3 = {a for a, t in SUPPORTED_ARCHITECTURES.items() if t in GEMMA3_TYPES}
+        if hf.get("model_type") in GEMMA3_TYPES or gemma3.intersection(architectures):
             hf = _gemma3_text_config(hf)
         arch = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
@@ -211,8 +212,8 @@ class ModelConfig:
             rope=RopeConfig.from_hf(hf),
             qk_norm=family == "qwen3" or gemma,
             eos_token_ids=tuple(int(e) for e in eos_ids),
-            sliding_window=_sliding_window(hf),
-            layer_windows=_layer_windows(hf, int(hf["num_hidden_layers"])),
+            sliding_window=_sliding_window(hf, family),
+            layer_windows=_layer_windows(hf, family, int(hf["num_hidden_layers"])),
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
             hidden_activation="silu" if activation == "silu" else "gelu_tanh",
@@ -236,12 +237,13 @@ class ModelConfig:
         return cls.from_dict(json.loads((folder / "config.json").read_text()))
 
 
-def _sliding_window(hf: dict[str, Any]) -> int | None:
-    """The attention window, if any layer uses one. Qwen configs carry a window they
-    switch on with `use_sliding_window`; Mistral's is on whenever it is set."""
-    if not hf.get("use_sliding_window", True):
+def _sliding_window(hf: dict[str, Any], family: str) -> int | None:
+    """The attention window, if any layer uses one, with transformers' defaults: Qwen
+    configs carry a window they switch on with `use_sliding_window` (off unless set);
+    Mistral's is on whenever it is set (4096 if the key is absent)."""
+    if family in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
         return None
-    window = hf.get("sliding_window")
+    window = hf.get("sliding_window", 4096 if family == "mistral" else None)
     return int(window) if window else None
 
 
@@ -273,12 +275,15 @@ def _local_rope(hf: dict[str, Any]) -> RopeConfig | None:
     return None
 
 
-def _layer_windows(hf: dict[str, Any], num_layers: int) -> tuple[int | None, ...]:
-    """Which layers slide: those `layer_types` names "sliding_attention"; without that
-    list (older configs) all of Mistral's, and Qwen's from `max_window_layers` on."""
-    window = _sliding_window(hf)
+def _layer_windows(hf: dict[str, Any], family: str, num_layers: int) -> tuple[int | None, ...]:
+    """Which layers slide: all of Mistral's; otherwise those `layer_types` names
+    "sliding_attention", and without that list (older configs) Qwen's from
+    `max_window_layers` (28 unless set) on, as transformers reads them."""
+    window = _sliding_window(hf, family)
     if window is None:
         return (None,) * num_layers
+    if family == "mistral":
+        return (window,) * num_layers
     types = hf.get("layer_types")
     if types is not None:
         if len(types) != num_layers:
@@ -287,7 +292,7 @@ def _layer_windows(hf: dict[str, Any], num_layers: int) -> tuple[int | None, ...
     pattern = hf.get("sliding_window_pattern")
     if pattern:  # older Gemma 3 configs: every pattern-th layer attends fully
         return tuple(None if (i + 1) % int(pattern) == 0 else window for i in range(num_layers))
-    first = int(hf.get("max_window_layers", 0)) if "use_sliding_window" in hf else 0
+    first = int(hf.get("max_window_layers", 28)) if family in ("qwen2", "qwen3") else 0
     return tuple(window if i >= first else None for i in range(num_layers))
 
 

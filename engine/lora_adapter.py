@@ -11,6 +11,7 @@ The scaling (alpha / r, or alpha / sqrt(r) for rsLoRA) is folded into B here.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -33,11 +34,15 @@ PROJECTION_BLOCKS = {
     "down_proj": "mlp",
 }
 PROJECTIONS = tuple(PROJECTION_BLOCKS)
+logger = logging.getLogger(__name__)
 # PEFT's key: "base_model.model." + the module's name in the trained model + the matrix.
 _KEY = re.compile(
     r"^(?:base_model\.model\.)?(?P<module>(?:.*\.)?layers\.(?P<layer>\d+)\.(?:self_attn|mlp)\."
     r"(?P<projection>" + "|".join(PROJECTIONS) + r"))\.lora_(?P<which>[AB])(?:\.default)?\.weight$"
 )
+# A vision-language model's image side, which the engine does not run (Gemma 3's): an
+# adapter's matrices there are left out; its text model's are served.
+_VISION_PARTS = ("vision_tower.", "multi_modal_projector.")
 # adapter_config.json settings that do not change what a trained adapter computes
 # (training-time or bookkeeping settings), or that are checked below. Any other setting
 # must be absent or empty: a PEFT variant we do not implement (aLoRA, layer replication,
@@ -143,8 +148,12 @@ def load_lora_adapter(
         raise LoRAAdapterError(f"LoRA adapter {name!r}: no {WEIGHTS_FILE} in {path}{hint}")
     pairs: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     modules: dict[tuple[int, str], str] = {}
+    skipped_vision = 0
     with safe_open(str(weights_file), framework="pt", device="cpu") as handle:
         for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+            if any(part in key for part in _VISION_PARTS):
+                skipped_vision += 1
+                continue
             match = _KEY.match(key)
             if match is None:
                 raise LoRAAdapterError(
@@ -161,6 +170,13 @@ def load_lora_adapter(
             pair[which] = handle.get_tensor(key).float()
             # Its name in the trained model: what PEFT matches alpha_pattern against.
             modules[(layer, projection)] = match["module"]
+    if skipped_vision:
+        logger.warning(
+            "LoRA adapter %r: %d matrices of the vision tower left out (images are not "
+            "served); its text model's are",
+            name,
+            skipped_vision,
+        )
     if not pairs:
         raise LoRAAdapterError(f"LoRA adapter {name!r}: {weights_file} holds no LoRA weights")
     shapes = projection_shapes(config)

@@ -26,6 +26,7 @@ def rms_norm_kernel(
     hidden,
     eps,
     HAS_RESIDUAL: tl.constexpr,
+    ROUND_FIRST: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
@@ -38,7 +39,9 @@ def rms_norm_kernel(
         tl.store(residual_ptr + row * stride_r + cols, x, mask=mask)
     h = x.to(tl.float32)
     inv_rms = tl.rsqrt(tl.sum(h * h, 0) / hidden + eps)
-    normed = (h * inv_rms).to(x.dtype).to(tl.float32)
+    normed = h * inv_rms
+    if ROUND_FIRST:  # weights in the stream's dtype: round, then weigh (Llama's order)
+        normed = normed.to(x.dtype).to(tl.float32)
     w = tl.load(weight_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + cols, (w * normed).to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -65,6 +68,7 @@ def rms_norm(
             hidden,
             eps,
             HAS_RESIDUAL=residual is not None,
+            ROUND_FIRST=weight.dtype == rows.dtype,
             BLOCK=block,
             num_warps=min(max(block // 256, 1), 8),
         )

@@ -369,8 +369,10 @@ class LlamaForCausalLM(nn.Module):
         if missing:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]}")
         if self.config.norm_offset:
-            # Gemma stores each norm's weight as an offset from 1: fold it in once.
+            # Gemma stores each norm's weight as an offset from 1: fold it in once, in
+            # fp32, which the norm then multiplies by before its one rounding (as HF).
             with torch.no_grad():
                 for module in self.modules():
                     if isinstance(module, RMSNorm):
-                        module.weight.add_(self.config.norm_offset)
+                        weight = module.weight.detach().float()
+                        module.weight.data = weight.add_(self.config.norm_offset)

@@ -187,14 +187,17 @@ def test_cancelling_a_streamed_run_ends_its_stream(
     assert not [e for e in replayed if e.type == "response.completed"]
 
 
-def test_a_worker_error_ends_a_streamed_run_with_an_error_event(
+def test_a_worker_error_ends_a_streamed_run_with_the_failed_response(
     sdk: openai.OpenAI, worker: FakeWorker
 ) -> None:
     worker.behaviour = "error"
     events = list(sdk.responses.create(model=MODEL, input="Hi", background=True, stream=True))
-    assert events[-1].type == "error" and "out of memory" in (events[-1].message or "")
-    assert events[-1].sequence_number == events[-2].sequence_number + 1
-    assert settled(sdk, events[0].response.id).status == "failed"
+    last = events[-1]
+    assert last.type == "response.failed" and last.response.status == "failed"
+    assert last.response.error is not None and "out of memory" in last.response.error.message
+    assert last.sequence_number == events[-2].sequence_number + 1
+    polled = settled(sdk, events[0].response.id)
+    assert polled.status == "failed" and polled.error == last.response.error
 
 
 def test_only_a_streamed_background_response_can_be_streamed_again(sdk: openai.OpenAI) -> None:
@@ -306,3 +309,32 @@ def test_the_cancel_watcher_always_stops_when_cancelled(
             assert done, f"the watcher survived its cancellation (attempt {attempt})"
 
     run_with_redis(redis_url, body)
+
+
+def test_a_finished_log_replays_whatever_its_age(redis_url: str) -> None:
+    """The replay deadline only ends a log that stalls (its process died): one that
+    ended replays in full long after, as long as Redis keeps it."""
+    from api.response_event_log import LogAbandoned, ResponseEventLog
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(redis_url, decode_responses=True)  # as the app's
+        try:
+            await replay(ResponseEventLog(client, BusNames(prefix="test-log"), ttl=60))
+        finally:
+            await client.aclose()
+
+    async def replay(log: ResponseEventLog) -> None:
+        for number in range(3):
+            await log.append("resp_1", {"type": "x", "sequence_number": number})
+        await log.end("resp_1")
+        past = time.time() - 1
+        assert [e["sequence_number"] async for e in log.read("resp_1", None, past)] == [0, 1, 2]
+        assert [e["sequence_number"] async for e in log.read("resp_1", 0, past)] == [1, 2]
+        await log.append("resp_2", {"type": "x", "sequence_number": 0})
+        seen = []
+        with pytest.raises(LogAbandoned):
+            async for event in log.read("resp_2", None, past):
+                seen.append(event)
+        assert seen == [{"type": "x", "sequence_number": 0}]
+
+    asyncio.run(scenario())

@@ -66,8 +66,23 @@ def test_a_window_counts_when_the_config_turns_it_on() -> None:
 
 
 def test_each_layer_slides_as_the_config_says() -> None:
+    """As transformers reads each family's keys, its defaults included."""
     mistral = _hf_config(architectures=["MistralForCausalLM"], sliding_window=4096)
     assert ModelConfig.from_dict(mistral).layer_windows == (4096, 4096)
+    # Mistral slides every layer whatever else the config says; 4096 if it names none.
+    listed = {**mistral, "layer_types": ["full_attention"] * 2, "use_sliding_window": False}
+    assert ModelConfig.from_dict(listed).layer_windows == (4096, 4096)
+    unnamed = {k: v for k, v in mistral.items() if k != "sliding_window"}
+    assert ModelConfig.from_dict(unnamed).layer_windows == (4096, 4096)
+    # Qwen's window is off unless switched on, and starts at layer 28 unless told.
+    qwen_off = _hf_config(
+        architectures=["Qwen2ForCausalLM"], sliding_window=32, max_window_layers=0
+    )
+    assert ModelConfig.from_dict(qwen_off).layer_windows == (None, None)
+    qwen_on = {**qwen_off, "use_sliding_window": True}
+    assert ModelConfig.from_dict(qwen_on).layer_windows == (32, 32)
+    del qwen_on["max_window_layers"]
+    assert ModelConfig.from_dict(qwen_on).layer_windows == (None, None)
     qwen = _hf_config(
         architectures=["Qwen2ForCausalLM"], sliding_window=64, use_sliding_window=True
     )

@@ -178,3 +178,24 @@ def test_a_matrix_saved_twice_is_refused(
     save_file(weights, path)
     with pytest.raises(LoRAAdapterError, match="layer 1 up_proj has lora_A twice"):
         load_lora_adapter("a", folder, config, max_rank=16)
+
+
+def test_a_vision_towers_matrices_are_left_out(
+    base_dir: Path, config: ModelConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An adapter of a vision-language model (Gemma 3's, trained on all linear layers)
+    has matrices in its vision tower too, which looks like another text model's: those
+    are skipped with a warning, the text model's served."""
+    folder = build_random_lora(tmp_path / "a", base_dir, targets=("q_proj",))
+    path = str(folder / "adapter_model.safetensors")
+    text = load_file(path)
+    vision = {
+        f"base_model.model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj"
+        f".lora_{which}.weight": torch.zeros(8, 32)
+        for which in "AB"
+    }
+    save_file({**text, **vision}, path)
+    with caplog.at_level("WARNING"):
+        adapter = load_lora_adapter("a", folder, config, max_rank=16)
+    assert set(adapter.weights) == {(0, "q_proj"), (1, "q_proj")}
+    assert "2 matrices of the vision tower left out" in caplog.text
