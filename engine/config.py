@@ -23,6 +23,8 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "Gemma3ForCausalLM": "gemma3_text",
+    "SmolLM3ForCausalLM": "smollm3",
+    "GraniteForCausalLM": "granite",
     # Gemma 3 4B and up are vision-language models: the engine serves their text model
     # (engine/models/gemma3.py skips the vision tower's weights).
     "Gemma3ForConditionalGeneration": "gemma3",
@@ -37,6 +39,8 @@ SUPPORTED_ARCHITECTURES = {
 RUNNERS = ("auto", "generate", "pooling")
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 GEMMA3_TYPES = ("gemma3_text", "gemma3")
+# Families whose window is off unless `use_sliding_window` turns it on.
+SWITCHED_WINDOWS = ("qwen2", "qwen3", "smollm3")
 # Gemma's MLP activation, by its HF names.
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
@@ -161,6 +165,13 @@ class ModelConfig:
     final_logit_softcapping: float | None = None
     # the sliding layers' rotation (None: the same as the full layers').
     local_rope: RopeConfig | None = None
+    # SmolLM3: which layers rotate queries and keys (the others use no positions: NoPE);
+    # empty: all of them.
+    rope_layers: tuple[bool, ...] = ()
+    # Granite: each sublayer's output is scaled by this before its residual add, and
+    # the logits divided by `logits_scaling`.
+    residual_multiplier: float = 1.0
+    logits_scaling: float = 1.0
 
     @property
     def has_lm_head(self) -> bool:
@@ -217,12 +228,10 @@ class ModelConfig:
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
             hidden_activation="silu" if activation == "silu" else "gelu_tanh",
-            embed_scale=float(hidden**0.5) if gemma else 1.0,
-            attention_scale=(
-                float(hf.get("query_pre_attn_scalar") or 0) ** -0.5
-                if gemma and hf.get("query_pre_attn_scalar")
-                else None
+            embed_scale=(
+                float(hidden**0.5) if gemma else float(hf.get("embedding_multiplier") or 1.0)
             ),
+            attention_scale=_attention_scale(hf, gemma),
             norm_offset=1.0 if gemma else 0.0,
             final_logit_softcapping=(
                 float(hf["final_logit_softcapping"])
@@ -230,6 +239,9 @@ class ModelConfig:
                 else None
             ),
             local_rope=_local_rope(hf),
+            rope_layers=_rope_layers(hf, family, int(hf["num_hidden_layers"])),
+            residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
+            logits_scaling=float(hf.get("logits_scaling") or 1.0),
         )
 
     @classmethod
@@ -241,7 +253,7 @@ def _sliding_window(hf: dict[str, Any], family: str) -> int | None:
     """The attention window, if any layer uses one, with transformers' defaults: Qwen
     configs carry a window they switch on with `use_sliding_window` (off unless set);
     Mistral's is on whenever it is set (4096 if the key is absent)."""
-    if family in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+    if family in SWITCHED_WINDOWS and not hf.get("use_sliding_window", False):
         return None
     window = hf.get("sliding_window", 4096 if family == "mistral" else None)
     return int(window) if window else None
@@ -262,6 +274,30 @@ def _gemma3_text_config(hf: dict[str, Any]) -> dict[str, Any]:
     full["architectures"] = hf.get("architectures") or ["Gemma3ForCausalLM"]
     full["model_type"] = hf.get("model_type", "gemma3_text")
     return full
+
+
+def _attention_scale(hf: dict[str, Any], gemma: bool) -> float | None:
+    """What scores are scaled by where it is not head_dim ** -0.5: Gemma's
+    query_pre_attn_scalar ** -0.5, Granite's attention_multiplier."""
+    if gemma and hf.get("query_pre_attn_scalar"):
+        return float(hf["query_pre_attn_scalar"]) ** -0.5
+    if hf.get("attention_multiplier") is not None:
+        return float(hf["attention_multiplier"])
+    return None
+
+
+def _rope_layers(hf: dict[str, Any], family: str, num_layers: int) -> tuple[bool, ...]:
+    """SmolLM3's `no_rope_layers` (1: the layer rotates; 0: it uses no positions), by
+    default every fourth layer without; () for the families where all rotate."""
+    flags = hf.get("no_rope_layers")
+    if flags is None and family == "smollm3":
+        interval = int(hf.get("no_rope_layer_interval") or 4)
+        flags = [int((i + 1) % interval != 0) for i in range(num_layers)]
+    if flags is None:
+        return ()
+    if len(flags) != num_layers:
+        raise ValueError(f"no_rope_layers lists {len(flags)} layers, the model has {num_layers}")
+    return tuple(bool(flag) for flag in flags)
 
 
 def _local_rope(hf: dict[str, Any]) -> RopeConfig | None:

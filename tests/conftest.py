@@ -104,6 +104,22 @@ def make_random_model(
                 },
             )
             cls = transformers.Gemma3ForCausalLM
+        elif family == "smollm3":
+            # Its second layer uses no positions (NoPE; every fourth in the real model).
+            config = transformers.SmolLM3Config(
+                **common, tie_word_embeddings=True, no_rope_layer_interval=2, pad_token_id=0
+            )
+            cls = transformers.SmolLM3ForCausalLM
+        elif family == "granite":
+            config = transformers.GraniteConfig(
+                **common,
+                tie_word_embeddings=True,
+                embedding_multiplier=12.0,
+                residual_multiplier=0.22,
+                attention_multiplier=0.0078125,
+                logits_scaling=8.0,
+            )
+            cls = transformers.GraniteForCausalLM
         elif family == "mistral":
             config = transformers.MistralConfig(
                 **common, tie_word_embeddings=False, sliding_window=None, head_dim=32
@@ -111,7 +127,8 @@ def make_random_model(
             cls = transformers.MistralForCausalLM
         else:
             raise ValueError(family)
-        torch.manual_seed({"llama": 1, "qwen2": 2, "mistral": 3, "qwen3": 4, "gemma3": 5}[family])
+        seeds = {"llama": 1, "qwen2": 2, "mistral": 3, "qwen3": 4, "gemma3": 5, "smollm3": 6}
+        torch.manual_seed(seeds.get(family, 7))
         model = cls(config)
         if family == "gemma3":
             # HF initialises Gemma's norm offsets to zero (weights of one); make them matter.

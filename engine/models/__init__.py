@@ -16,6 +16,8 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "Qwen3ForCausalLM": LlamaForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "Gemma3ForConditionalGeneration": Gemma3ForCausalLM,
+    "SmolLM3ForCausalLM": LlamaForCausalLM,
+    "GraniteForCausalLM": LlamaForCausalLM,
     "LlamaModel": LlamaForCausalLM,
     "MistralModel": LlamaForCausalLM,
     "Qwen2Model": LlamaForCausalLM,

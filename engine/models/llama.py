@@ -120,10 +120,19 @@ class RotaryEmbedding(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, ops: FusedOps, window: int | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig,
+        ops: FusedOps,
+        window: int | None = None,
+        rotates: bool = True,
+    ) -> None:
         super().__init__()
         # A sliding-window layer's (Mistral v0.1, Qwen with use_sliding_window).
         self.window = window
+        # False: a NoPE layer (SmolLM3's every fourth), whose queries and keys carry no
+        # positions at all.
+        self.rotates = rotates
         self.apply_rotary = ops.apply_rotary
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
@@ -155,7 +164,8 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q)[0], self.k_norm(k)[0]), dim=1)
-        qk = self.apply_rotary(qk, *rope)
+        if self.rotates:
+            qk = self.apply_rotary(qk, *rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         out = backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.window)
@@ -179,12 +189,16 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, ops: FusedOps, window: int | None = None) -> None:
+    def __init__(
+        self, config: ModelConfig, ops: FusedOps, window: int | None = None, rotates: bool = True
+    ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.self_attn = Attention(config, ops, window)
+        self.self_attn = Attention(config, ops, window, rotates)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.mlp = MLP(config, ops)
+        # Granite's: each sublayer's output scaled before its residual add.
+        self.residual_multiplier = config.residual_multiplier
 
     def forward(
         self,
@@ -197,8 +211,13 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h, residual = self.input_layernorm(hidden, residual)
         h = self.self_attn(h, rope, kv_cache, backend, metadata)
+        if self.residual_multiplier != 1.0:
+            h = h * self.residual_multiplier
         h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
+        h = self.mlp(h)
+        if self.residual_multiplier != 1.0:
+            h = h * self.residual_multiplier
+        return h, residual
 
 
 class LlamaForCausalLM(nn.Module):
@@ -225,7 +244,11 @@ class LlamaForCausalLM(nn.Module):
         self.max_positions = max_positions
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         windows = config.layer_windows or (None,) * config.num_layers
-        self.layers = nn.ModuleList(self.decoder_layer(config, ops, window) for window in windows)
+        rotations = config.rope_layers or (True,) * config.num_layers
+        self.layers = nn.ModuleList(
+            self.decoder_layer(config, ops, window, rotates)
+            for window, rotates in zip(windows, rotations, strict=True)
+        )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = RotaryEmbedding(config.rope, config.head_dim, max_positions)
         self.local_rotary = self._local_rotary()
@@ -309,6 +332,8 @@ class LlamaForCausalLM(nn.Module):
                 "compute_logits without an LM head (pooling runner) or before pack_weights"
             )
         logits = self.linear.apply(hidden, self.logits_weight, None).float()
+        if self.config.logits_scaling != 1.0:
+            logits = logits / self.config.logits_scaling
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -338,7 +338,6 @@ def part_logprobs(response: Any) -> Any:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"background": True, "stream": True}, "stream"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"tools": [{"type": "web_search"}]}, "tools[0]"),
         ({"tool_choice": {"type": "file_search"}, "tools": [WEATHER_TOOL]}, "tool_choice"),

@@ -145,3 +145,27 @@ def test_gemma3_reads_as_its_config_says_in_either_form() -> None:
 def test_what_the_engine_cannot_compute_is_refused(extra: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         ModelConfig.from_dict(_hf_config(architectures=["Gemma3ForCausalLM"], **extra))
+
+
+def test_smollm3_leaves_every_fourth_layer_without_positions() -> None:
+    config = ModelConfig.from_dict(
+        _hf_config(architectures=["SmolLM3ForCausalLM"], num_hidden_layers=8)
+    )
+    assert config.rope_layers == (True, True, True, False) * 2
+    listed = _hf_config(architectures=["SmolLM3ForCausalLM"], no_rope_layers=[0, 1])
+    assert ModelConfig.from_dict(listed).rope_layers == (False, True)
+    assert ModelConfig.from_dict(_hf_config(architectures=["LlamaForCausalLM"])).rope_layers == ()
+
+
+def test_granite_reads_its_multipliers() -> None:
+    config = ModelConfig.from_dict(
+        _hf_config(
+            architectures=["GraniteForCausalLM"],
+            embedding_multiplier=12.0,
+            residual_multiplier=0.22,
+            attention_multiplier=0.0078125,
+            logits_scaling=8.0,
+        )
+    )
+    assert (config.embed_scale, config.residual_multiplier) == (12.0, 0.22)
+    assert (config.attention_scale, config.logits_scaling) == (0.0078125, 8.0)

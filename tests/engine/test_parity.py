@@ -87,7 +87,9 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         torch.testing.assert_close(top_vals, expected[pos - 1, top_ids], atol=2e-4, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "qwen3", "gemma3"])
+@pytest.mark.parametrize(
+    "family", ["llama", "qwen2", "mistral", "qwen3", "gemma3", "smollm3", "granite"]
+)
 def test_random_models_match_hf(family: str, make_random_model: Callable[[str], Path]) -> None:
     folder = make_random_model(family)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
