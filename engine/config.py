@@ -25,6 +25,7 @@ SUPPORTED_ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3_text",
     "SmolLM3ForCausalLM": "smollm3",
     "GraniteForCausalLM": "granite",
+    "Phi3ForCausalLM": "phi3",
     # Gemma 3 4B and up are vision-language models: the engine serves their text model
     # (engine/models/gemma3.py skips the vision tower's weights).
     "Gemma3ForConditionalGeneration": "gemma3",
@@ -165,6 +166,8 @@ class ModelConfig:
     final_logit_softcapping: float | None = None
     # the sliding layers' rotation (None: the same as the full layers').
     local_rope: RopeConfig | None = None
+    # How many of each head's dimensions rotate (Phi's partial_rotary_factor); 0: all.
+    rotary_dim: int = 0
     # SmolLM3: which layers rotate queries and keys (the others use no positions: NoPE);
     # empty: all of them.
     rope_layers: tuple[bool, ...] = ()
@@ -240,6 +243,7 @@ class ModelConfig:
             ),
             local_rope=_local_rope(hf),
             rope_layers=_rope_layers(hf, family, int(hf["num_hidden_layers"])),
+            rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
         )
@@ -284,6 +288,19 @@ def _attention_scale(hf: dict[str, Any], gemma: bool) -> float | None:
     if hf.get("attention_multiplier") is not None:
         return float(hf["attention_multiplier"])
     return None
+
+
+def _rotary_dim(hf: dict[str, Any], head_dim: int) -> int:
+    """The rotated part of each head: head_dim * partial_rotary_factor (top level, or in
+    transformers 5's rope_parameters), as transformers truncates it; 0 for all of it."""
+    params = hf.get("rope_parameters") or {}
+    factor = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    dim = int(head_dim * float(factor))
+    if dim == head_dim:
+        return 0
+    if dim <= 0 or dim % 2:
+        raise ValueError(f"partial_rotary_factor {factor} leaves {dim} rotated dimensions")
+    return dim
 
 
 def _rope_layers(hf: dict[str, Any], family: str, num_layers: int) -> tuple[bool, ...]:

@@ -120,6 +120,21 @@ def make_random_model(
                 logits_scaling=8.0,
             )
             cls = transformers.GraniteForCausalLM
+        elif family == "phi3":
+            # Phi-3's fused checkpoint projections, a partial rotation (Phi-4-mini turns
+            # 3/4 of each head) and a window over every layer (Phi-3-mini's).
+            config = transformers.Phi3Config(
+                **common,
+                tie_word_embeddings=False,
+                sliding_window=24,
+                pad_token_id=0,
+                rope_parameters={
+                    "rope_type": "default",
+                    "rope_theta": 10000.0,
+                    "partial_rotary_factor": 0.5,
+                },
+            )
+            cls = transformers.Phi3ForCausalLM
         elif family == "mistral":
             config = transformers.MistralConfig(
                 **common, tie_word_embeddings=False, sliding_window=None, head_dim=32

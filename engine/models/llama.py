@@ -133,6 +133,7 @@ class Attention(nn.Module):
         # False: a NoPE layer (SmolLM3's every fourth), whose queries and keys carry no
         # positions at all.
         self.rotates = rotates
+        self.rotary_dim = config.rotary_dim
         self.apply_rotary = ops.apply_rotary
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
@@ -164,7 +165,11 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q)[0], self.k_norm(k)[0]), dim=1)
-        if self.rotates:
+        if self.rotates and self.rotary_dim:
+            # Phi's partial rotation: the first rotary_dim of each head turn, the rest stay.
+            part = qk[..., : self.rotary_dim]
+            part.copy_(self.apply_rotary(part, *rope))
+        elif self.rotates:
             qk = self.apply_rotary(qk, *rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
@@ -250,7 +255,7 @@ class LlamaForCausalLM(nn.Module):
             for window, rotates in zip(windows, rotations, strict=True)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.rotary = RotaryEmbedding(config.rope, config.head_dim, max_positions)
+        self.rotary = RotaryEmbedding(config.rope, self._rotated, max_positions)
         self.local_rotary = self._local_rotary()
         self.linear = ops.linear
         if lm_head and not config.tie_word_embeddings:
@@ -259,17 +264,21 @@ class LlamaForCausalLM(nn.Module):
         # in the linear method's layout, set by `pack_weights`.
         self.logits_weight: torch.Tensor | None = None
 
+    @property
+    def _rotated(self) -> int:
+        """How many dimensions of a head the rotation turns."""
+        return self.config.rotary_dim or self.config.head_dim
+
     def _local_rotary(self) -> RotaryEmbedding | None:
         local = self.config.local_rope
         if local is None:
             return None
-        return RotaryEmbedding(local, self.config.head_dim, self.max_positions)
+        return RotaryEmbedding(local, self._rotated, self.max_positions)
 
     def rebuild_buffers(self, device: torch.device) -> None:
         """Recompute the rotary tables (fp32, never cast) after materialising from meta."""
-        self.rotary = RotaryEmbedding(
-            self.config.rope, self.config.head_dim, self.max_positions
-        ).to(device)
+        rotary = RotaryEmbedding(self.config.rope, self._rotated, self.max_positions)
+        self.rotary = rotary.to(device)
         local = self._local_rotary()
         self.local_rotary = None if local is None else local.to(device)
 
@@ -379,6 +388,11 @@ class LlamaForCausalLM(nn.Module):
                 if offset is None:
                     param.copy_(tensor)
                     loaded.add(target)
+                    # Saved fused already (Phi-3's qkv_proj and gate_up_proj): every part.
+                    parts = qkv_offsets if "qkv_proj" in target else None
+                    if "gate_up_proj" in target:
+                        parts = mlp_offsets
+                    loaded.update(f"{target}:{start}" for start, _ in (parts or {}).values())
                 else:
                     param.narrow(0, offset[0], offset[1]).copy_(tensor)
                     loaded.add(f"{target}:{offset[0]}")

@@ -169,3 +169,20 @@ def test_granite_reads_its_multipliers() -> None:
     )
     assert (config.embed_scale, config.residual_multiplier) == (12.0, 0.22)
     assert (config.attention_scale, config.logits_scaling) == (0.0078125, 8.0)
+
+
+def test_a_partial_rotation_turns_the_first_part_of_each_head() -> None:
+    top = _hf_config(architectures=["Phi3ForCausalLM"], partial_rotary_factor=0.75)
+    assert ModelConfig.from_dict(top).rotary_dim == 12  # of 16
+    nested = _hf_config(
+        architectures=["Phi3ForCausalLM"],
+        rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+    )
+    assert ModelConfig.from_dict(nested).rotary_dim == 8
+    assert ModelConfig.from_dict(_hf_config(architectures=["Phi3ForCausalLM"])).rotary_dim == 0
+    longrope = _hf_config(
+        architectures=["Phi3ForCausalLM"],
+        rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]},
+    )
+    with pytest.raises(ValueError, match="unsupported rope scaling type 'longrope'"):
+        ModelConfig.from_dict(longrope)
