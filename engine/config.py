@@ -75,6 +75,10 @@ class RopeConfig:
     mscale: float | None = None
     mscale_all_dim: float | None = None
     truncate: bool = True
+    # LongRoPE (Phi-3.5, Phi-4-mini): per-dimension stretches for contexts within the
+    # original one and beyond it.
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
 
     @classmethod
     def from_hf(cls, hf: dict[str, Any], layer_type: str = "full_attention") -> RopeConfig:
@@ -87,17 +91,19 @@ class RopeConfig:
             params = dict(params.get(layer_type) or {})
         theta = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
         rope_type = str(params.get("rope_type", params.get("type", "default")))
-        if rope_type not in ("default", "llama3", "linear", "yarn"):
+        if rope_type == "su":  # LongRoPE's first name
+            rope_type = "longrope"
+        if rope_type not in ("default", "llama3", "linear", "yarn", "longrope"):
             raise ValueError(f"unsupported rope scaling type {rope_type!r}")
         # As in transformers: a top-level original context (Phi-3's) first, and YaRN's
-        # defaults to the configured one.
+        # and LongRoPE's default to the configured one.
         original = (
             hf.get("original_max_position_embeddings")
             or params.get("original_max_position_embeddings")
-            or (hf.get("max_position_embeddings") if rope_type == "yarn" else None)
+            or (hf.get("max_position_embeddings") if rope_type in ("yarn", "longrope") else None)
         )
         factor = params.get("factor")
-        if factor is None and rope_type == "yarn" and original:
+        if factor is None and rope_type in ("yarn", "longrope") and original:
             factor = hf.get("max_position_embeddings", original) / original
         optional = {
             key: float(params[key])
@@ -114,6 +120,8 @@ class RopeConfig:
             beta_fast=float(params.get("beta_fast") or 32.0),
             beta_slow=float(params.get("beta_slow") or 1.0),
             truncate=bool(params.get("truncate", True)),
+            short_factor=tuple(float(f) for f in params.get("short_factor") or ()),
+            long_factor=tuple(float(f) for f in params.get("long_factor") or ()),
             **optional,
         )
 

@@ -38,11 +38,23 @@ class RMSNorm(nn.Module):
         return self.rms_norm(x, self.weight, self.eps, residual)
 
 
-def rope_inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
-    """Inverse frequencies, with Llama 3's, linear or YaRN scaling applied."""
-    inv_freq = 1.0 / (
-        rope.theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-    )
+def rope_inv_freq(rope: RopeConfig, head_dim: int, max_positions: int = 0) -> torch.Tensor:
+    """Inverse frequencies, with Llama 3's, linear, YaRN or LongRoPE scaling applied.
+
+    LongRoPE stretches each dimension by its short factor, or by its long one when the
+    engine serves contexts past the original: chosen once for the served length, as
+    vLLM does (transformers switches per call, recomputing the cache when a sequence
+    crosses the original length)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    if rope.rope_type == "longrope":
+        long = max_positions > rope.original_max_position_embeddings
+        stretch = rope.long_factor if long else rope.short_factor
+        if len(stretch) != head_dim // 2:
+            raise ValueError(
+                f"longrope lists {len(stretch)} factors for {head_dim // 2} rotated pairs"
+            )
+        return 1.0 / (torch.tensor(stretch, dtype=torch.float32) * rope.theta**exponents)
+    inv_freq = 1.0 / (rope.theta**exponents)
     if rope.rope_type == "linear":
         return inv_freq / rope.factor
     if rope.rope_type == "yarn":
@@ -83,12 +95,17 @@ def _yarn_inv_freq(rope: RopeConfig, head_dim: int, inv_freq: torch.Tensor) -> t
 
 
 def rope_attention_scale(rope: RopeConfig) -> float:
-    """YaRN's scale on cos and sin (1 for the other rotations): it keeps attention's
-    entropy steady as the context stretches."""
-    if rope.rope_type != "yarn":
+    """YaRN's and LongRoPE's scale on cos and sin (1 for the other rotations): it keeps
+    attention's entropy steady as the context stretches."""
+    if rope.rope_type not in ("yarn", "longrope"):
         return 1.0
     if rope.attention_factor is not None:
         return rope.attention_factor
+    if rope.rope_type == "longrope":
+        if rope.factor <= 1.0:
+            return 1.0
+        original = rope.original_max_position_embeddings
+        return math.sqrt(1 + math.log(rope.factor) / math.log(original))
 
     def mscale(scale: float, weight: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * weight * math.log(scale) + 1.0
@@ -103,7 +120,7 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int) -> None:
         super().__init__()
-        inv_freq = rope_inv_freq(rope, head_dim)
+        inv_freq = rope_inv_freq(rope, head_dim, max_positions)
         positions = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
         scale = rope_attention_scale(rope)

@@ -182,7 +182,10 @@ def test_a_partial_rotation_turns_the_first_part_of_each_head() -> None:
     assert ModelConfig.from_dict(_hf_config(architectures=["Phi3ForCausalLM"])).rotary_dim == 0
     longrope = _hf_config(
         architectures=["Phi3ForCausalLM"],
-        rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]},
+        original_max_position_embeddings=4096,
+        max_position_embeddings=131072,
+        rope_scaling={"type": "su", "short_factor": [1.0], "long_factor": [2.0]},
     )
-    with pytest.raises(ValueError, match="unsupported rope scaling type 'longrope'"):
-        ModelConfig.from_dict(longrope)
+    rope = ModelConfig.from_dict(longrope).rope
+    assert (rope.rope_type, rope.short_factor, rope.long_factor) == ("longrope", (1.0,), (2.0,))
+    assert (rope.original_max_position_embeddings, rope.factor) == (4096, 32.0)

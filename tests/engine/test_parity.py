@@ -245,3 +245,49 @@ def test_a_gemma3_vision_language_checkpoint_serves_its_text_model(
     results = llm.generate(prompts, greedy(16, min_tokens=16))
     for prompt, result in zip(prompts, results, strict=True):
         assert result.token_ids == hf_greedy(hf, prompt, 16)
+
+
+def test_longrope_matches_hf_within_and_past_the_original_context(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Phi-3.5's and Phi-4-mini's LongRoPE: served within the original context (64
+    here) the short factors rotate, as HF does there; served past it the long ones
+    rotate every position, as HF does for a sequence past it."""
+    source = make_random_model("phi3")
+    folder = tmp_path / "longrope"
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name != "config.json":
+            (folder / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    gen = torch.Generator().manual_seed(8)
+    pairs = 4  # head_dim 16, half of it rotated
+    config.pop("rope_scaling", None)
+    config["rope_parameters"] = {
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.5,
+        "short_factor": (1 + 0.5 * torch.rand(pairs, generator=gen)).tolist(),
+        "long_factor": (2 + 6 * torch.rand(pairs, generator=gen)).tolist(),
+    }
+    config.update(original_max_position_embeddings=64, max_position_embeddings=256)
+    config.pop("sliding_window", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    torch.manual_seed(4)
+    short_prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (5, 30)]
+    within = LLM(str(folder), kv_cache_memory=32 << 20, max_model_len=64)
+    for prompt, result in zip(
+        short_prompts, within.generate(short_prompts, greedy(16, min_tokens=16)), strict=True
+    ):
+        assert result.token_ids == hf_greedy(hf, prompt, 16)
+    long_prompt = torch.randint(3, 49152, (90,)).tolist()
+    past = LLM(str(folder), kv_cache_memory=32 << 20, max_model_len=256)
+    (result,) = past.generate([long_prompt], greedy(8, min_tokens=8, prompt_logprobs=5))
+    assert result.token_ids == hf_greedy(hf, long_prompt, 8)
+    with torch.inference_mode():
+        expected = torch.log_softmax(hf(torch.tensor([long_prompt])).logits[0].float(), dim=-1)
+    assert result.prompt_logprobs is not None
+    got = torch.tensor([x.logprob for x in result.prompt_logprobs[1:]])
+    want = expected[torch.arange(len(long_prompt) - 1), torch.tensor(long_prompt[1:])]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
