@@ -26,6 +26,9 @@ SUPPORTED_ARCHITECTURES = {
     "SmolLM3ForCausalLM": "smollm3",
     "GraniteForCausalLM": "granite",
     "Phi3ForCausalLM": "phi3",
+    # Mixture-of-experts MLPs (engine/models/moe.py).
+    "MixtralForCausalLM": "mixtral",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
     # Gemma 3 4B and up are vision-language models: the engine serves their text model
     # (engine/models/gemma3.py skips the vision tower's weights).
     "Gemma3ForConditionalGeneration": "gemma3",
@@ -41,7 +44,7 @@ RUNNERS = ("auto", "generate", "pooling")
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 GEMMA3_TYPES = ("gemma3_text", "gemma3")
 # Families whose window is off unless `use_sliding_window` turns it on.
-SWITCHED_WINDOWS = ("qwen2", "qwen3", "smollm3")
+SWITCHED_WINDOWS = ("qwen2", "qwen3", "qwen3_moe", "smollm3")
 # Gemma's MLP activation, by its HF names.
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
@@ -174,6 +177,16 @@ class ModelConfig:
     final_logit_softcapping: float | None = None
     # the sliding layers' rotation (None: the same as the full layers').
     local_rope: RopeConfig | None = None
+    # Mixture of experts (Mixtral, Qwen3-MoE): each sparse layer routes a token to its
+    # `experts_per_token` best of `num_experts` MLPs of `moe_intermediate_size`, their
+    # outputs weighted by the router's probabilities (renormalised over the chosen ones
+    # if `normalize_routing`). 0 experts: every MLP is dense.
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    normalize_routing: bool = True
+    # Which layers are sparse (empty: all of them, when there are experts).
+    moe_layers: tuple[bool, ...] = ()
     # How many of each head's dimensions rotate (Phi's partial_rotary_factor); 0: all.
     rotary_dim: int = 0
     # SmolLM3: which layers rotate queries and keys (the others use no positions: NoPE);
@@ -232,7 +245,7 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=qkv_bias,
             rope=RopeConfig.from_hf(hf),
-            qk_norm=family == "qwen3" or gemma,
+            qk_norm=family in ("qwen3", "qwen3_moe") or gemma,
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=_sliding_window(hf, family),
             layer_windows=_layer_windows(hf, family, int(hf["num_hidden_layers"])),
@@ -254,6 +267,7 @@ class ModelConfig:
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
+            **_experts(hf, family, int(hf["num_hidden_layers"])),
         )
 
     @classmethod
@@ -296,6 +310,29 @@ def _attention_scale(hf: dict[str, Any], gemma: bool) -> float | None:
     if hf.get("attention_multiplier") is not None:
         return float(hf["attention_multiplier"])
     return None
+
+
+def _experts(hf: dict[str, Any], family: str, num_layers: int) -> dict[str, Any]:
+    """A mixture-of-experts model's routing, in transformers' names and defaults."""
+    if family == "mixtral":
+        return {
+            "num_experts": int(hf.get("num_local_experts", 8)),
+            "experts_per_token": int(hf.get("num_experts_per_tok", 2)),
+            "moe_intermediate_size": int(hf["intermediate_size"]),
+            "normalize_routing": True,
+        }
+    if family == "qwen3_moe":
+        dense = set(hf.get("mlp_only_layers") or ())
+        step = int(hf.get("decoder_sparse_step", 1))
+        return {
+            # Qwen's name, or transformers 5's when it saves one.
+            "num_experts": int(hf.get("num_experts") or hf.get("num_local_experts") or 128),
+            "experts_per_token": int(hf.get("num_experts_per_tok", 8)),
+            "moe_intermediate_size": int(hf.get("moe_intermediate_size", 768)),
+            "normalize_routing": bool(hf.get("norm_topk_prob", False)),
+            "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(num_layers)),
+        }
+    return {}
 
 
 def _rotary_dim(hf: dict[str, Any], head_dim: int) -> int:
@@ -343,7 +380,7 @@ def _layer_windows(hf: dict[str, Any], family: str, num_layers: int) -> tuple[in
     window = _sliding_window(hf, family)
     if window is None:
         return (None,) * num_layers
-    if family == "mistral":
+    if family in ("mistral", "mixtral", "qwen3_moe"):  # every layer, whatever else is said
         return (window,) * num_layers
     types = hf.get("layer_types")
     if types is not None:

@@ -165,6 +165,8 @@ class LLMEngine:
             and supports_graphs(backend)
             and not config.enforce_eager
             and self.runner_kind == "generate"  # embedding prompts never decode
+            # Which experts a step runs is known only on the host (engine/models/moe.py).
+            and not self.model_config.num_experts
         ):
             decode_graphs = DecodeGraphs(
                 model,

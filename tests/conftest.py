@@ -135,6 +135,24 @@ def make_random_model(
                 },
             )
             cls = transformers.Phi3ForCausalLM
+        elif family == "qwen3_moe":
+            # Four experts, two per token; the second layer dense (mlp_only_layers).
+            config = transformers.Qwen3MoeConfig(
+                **common,
+                tie_word_embeddings=False,
+                head_dim=16,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=48,
+                norm_topk_prob=True,
+                mlp_only_layers=[1],
+            )
+            cls = transformers.Qwen3MoeForCausalLM
+        elif family == "mixtral":
+            config = transformers.MixtralConfig(
+                **common, tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2
+            )
+            cls = transformers.MixtralForCausalLM
         elif family == "mistral":
             config = transformers.MistralConfig(
                 **common, tie_word_embeddings=False, sliding_window=None, head_dim=32

@@ -22,11 +22,18 @@ from kernels.fused_ops import FusedOps
 
 class Gemma3DecoderLayer(nn.Module):
     def __init__(
-        self, config: ModelConfig, ops: FusedOps, window: int | None = None, rotates: bool = True
+        self,
+        config: ModelConfig,
+        ops: FusedOps,
+        window: int | None = None,
+        rotates: bool = True,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         size, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = RMSNorm(size, eps, ops)
+        if sparse:
+            raise ValueError("Gemma 3 has no experts")
         self.self_attn = Attention(config, ops, window, rotates)
         self.post_attention_layernorm = RMSNorm(size, eps, ops)
         self.pre_feedforward_layernorm = RMSNorm(size, eps, ops)

@@ -11,6 +11,7 @@ model is built with, bound once per module, so the model never names a kernel.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -19,8 +20,16 @@ from torch import nn
 
 from engine.config import ModelConfig, RopeConfig
 from engine.models.linear import Linear
+from engine.models.moe import EXPERT_PARTS, SparseMoE
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import TORCH_OPS, FusedOps
+
+# A mixture-of-experts layer's router or expert matrix (Qwen3-MoE's "mlp", Mixtral's
+# "block_sparse_moe").
+_EXPERT_KEY = re.compile(
+    r"^layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\."
+    r"(?:gate\.weight|experts\.(?P<expert>\d+)\.(?P<part>\w+)\.weight)$"
+)
 
 
 class RMSNorm(nn.Module):
@@ -212,13 +221,19 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(
-        self, config: ModelConfig, ops: FusedOps, window: int | None = None, rotates: bool = True
+        self,
+        config: ModelConfig,
+        ops: FusedOps,
+        window: int | None = None,
+        rotates: bool = True,
+        sparse: bool = False,
     ) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.self_attn = Attention(config, ops, window, rotates)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
-        self.mlp = MLP(config, ops)
+        # A mixture of experts (engine/models/moe.py) or one dense MLP.
+        self.mlp: nn.Module = SparseMoE(config, ops) if sparse else MLP(config, ops)
         # Granite's: each sublayer's output scaled before its residual add.
         self.residual_multiplier = config.residual_multiplier
 
@@ -267,9 +282,10 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         windows = config.layer_windows or (None,) * config.num_layers
         rotations = config.rope_layers or (True,) * config.num_layers
+        sparse = config.moe_layers or (config.num_experts > 0,) * config.num_layers
         self.layers = nn.ModuleList(
-            self.decoder_layer(config, ops, window, rotates)
-            for window, rotates in zip(windows, rotations, strict=True)
+            self.decoder_layer(config, ops, window, rotates, moe)
+            for window, rotates, moe in zip(windows, rotations, sparse, strict=True)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.rotary = RotaryEmbedding(config.rope, self._rotated, max_positions)
@@ -348,9 +364,27 @@ class LlamaForCausalLM(nn.Module):
             attn, mlp = layer.self_attn, layer.mlp
             yield index, attn.qkv_proj, (("q_proj", q), ("k_proj", kv), ("v_proj", kv))
             yield index, attn.o_proj, (("o_proj", c.hidden_size),)
+            if isinstance(mlp, SparseMoE):
+                continue  # experts take no adapters here (attention still does)
             inter = c.intermediate_size
             yield index, mlp.gate_up_proj, (("gate_proj", inter), ("up_proj", inter))
             yield index, mlp.down_proj, (("down_proj", c.hidden_size),)
+
+    def _load_expert_weight(self, key: re.Match[str], hf_name: str, tensor: torch.Tensor) -> str:
+        """A mixture-of-experts weight (the router's or one expert's matrix); returns the
+        key that marks it loaded."""
+        index = int(key["layer"])
+        mlp = self.layers[index].mlp if index < len(self.layers) else None
+        if not isinstance(mlp, SparseMoE):
+            raise ValueError(f"unexpected weight {hf_name!r}: layer {index} has no experts")
+        if key["expert"] is None:
+            with torch.no_grad():
+                mlp.gate.copy_(tensor)
+            return f"layers.{index}.mlp.gate"
+        part = EXPERT_PARTS.get(key["part"])
+        if part is None or int(key["expert"]) >= mlp.gate.shape[0]:
+            raise ValueError(f"unexpected weight {hf_name!r} for {self.config.architecture}")
+        return f"layers.{index}.mlp:" + mlp.load_expert(int(key["expert"]), part, tensor)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.logits_weight is None:
@@ -387,6 +421,10 @@ class LlamaForCausalLM(nn.Module):
             name = self.checkpoint_name(hf_name)
             if name is None or "rotary_emb" in name:
                 continue
+            expert = _EXPERT_KEY.match(name)
+            if expert is not None:
+                loaded.add(self._load_expert_weight(expert, hf_name, tensor))
+                continue
             if name == "lm_head.weight" and (
                 self.config.tie_word_embeddings or not self.has_lm_head
             ):
@@ -414,7 +452,13 @@ class LlamaForCausalLM(nn.Module):
                     param.narrow(0, offset[0], offset[1]).copy_(tensor)
                     loaded.add(f"{target}:{offset[0]}")
         expected = set()
+        for index, layer in enumerate(self.layers):
+            if isinstance(layer.mlp, SparseMoE):
+                expected.add(f"layers.{index}.mlp.gate")
+                expected.update(f"layers.{index}.mlp:{p}" for p in layer.mlp.expected_parts())
         for n in params:
+            if n.endswith((".mlp.gate", ".mlp.gate_up", ".mlp.down")):
+                continue  # a router or an expert stack: its parts are listed above
             if "qkv_proj.weight" in n or "qkv_proj.bias" in n:
                 expected.update(f"{n}:{start}" for start, _ in qkv_offsets.values())
             elif "gate_up_proj" in n:

@@ -189,3 +189,36 @@ def test_a_partial_rotation_turns_the_first_part_of_each_head() -> None:
     rope = ModelConfig.from_dict(longrope).rope
     assert (rope.rope_type, rope.short_factor, rope.long_factor) == ("longrope", (1.0,), (2.0,))
     assert (rope.original_max_position_embeddings, rope.factor) == (4096, 32.0)
+
+
+def test_experts_are_read_in_each_familys_names() -> None:
+    qwen = ModelConfig.from_dict(
+        _hf_config(
+            architectures=["Qwen3MoeForCausalLM"],
+            num_hidden_layers=4,
+            num_experts=128,
+            num_experts_per_tok=8,
+            moe_intermediate_size=768,
+            norm_topk_prob=True,
+            decoder_sparse_step=2,
+            mlp_only_layers=[3],
+        )
+    )
+    assert (qwen.num_experts, qwen.experts_per_token, qwen.moe_intermediate_size) == (
+        128,
+        8,
+        768,
+    )
+    assert qwen.normalize_routing and qwen.qk_norm
+    # Every second layer is sparse, except those listed as dense.
+    assert qwen.moe_layers == (False, True, False, False)
+    mixtral = ModelConfig.from_dict(
+        _hf_config(architectures=["MixtralForCausalLM"], num_local_experts=8, sliding_window=64)
+    )
+    assert (mixtral.num_experts, mixtral.experts_per_token, mixtral.moe_intermediate_size) == (
+        8,
+        2,
+        128,
+    )
+    assert mixtral.normalize_routing and mixtral.moe_layers == ()
+    assert mixtral.layer_windows == (64, 64)

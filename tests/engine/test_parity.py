@@ -88,7 +88,19 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
 
 
 @pytest.mark.parametrize(
-    "family", ["llama", "qwen2", "mistral", "qwen3", "gemma3", "smollm3", "granite", "phi3"]
+    "family",
+    [
+        "llama",
+        "qwen2",
+        "mistral",
+        "qwen3",
+        "gemma3",
+        "smollm3",
+        "granite",
+        "phi3",
+        "qwen3_moe",
+        "mixtral",
+    ],
 )
 def test_random_models_match_hf(family: str, make_random_model: Callable[[str], Path]) -> None:
     folder = make_random_model(family)
