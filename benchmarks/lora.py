@@ -31,7 +31,7 @@ from benchmarks.random_lora import build_random_lora
 from benchmarks.report import JsonLines
 from engine.llm import LLM, greedy
 from engine.loader import resolve_model
-from engine.lora_adapter import PROJECTIONS
+from engine.lora_adapter import UNFUSED_PROJECTIONS
 from engine.lora_config import LoRAConfig
 
 MODES = ("base", "one", "mixed")
@@ -45,7 +45,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: auto)")
     p.add_argument("--num-adapters", type=int, default=4)
     p.add_argument("--rank", type=int, default=16)
-    p.add_argument("--targets", default=",".join(PROJECTIONS), help="comma-separated")
+    p.add_argument("--targets", default=",".join(UNFUSED_PROJECTIONS), help="comma-separated")
     p.add_argument("--concurrency", default="1,8", help="comma-separated request counts")
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--output-len", type=int, default=64)

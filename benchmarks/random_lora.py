@@ -21,7 +21,12 @@ import torch
 from safetensors.torch import save_file
 
 from engine.config import ModelConfig
-from engine.lora_adapter import PROJECTION_BLOCKS, PROJECTIONS, projection_shapes
+from engine.lora_adapter import (
+    PROJECTION_BLOCKS,
+    PROJECTIONS,
+    UNFUSED_PROJECTIONS,
+    projection_shapes,
+)
 
 # PEFT's default targets for Llama-family models.
 PEFT_DEFAULT_TARGETS = ("q_proj", "v_proj")
@@ -32,7 +37,7 @@ def build_random_lora(
     base: Path,
     rank: int = 8,
     alpha: float = 16.0,
-    targets: Sequence[str] = PROJECTIONS,
+    targets: Sequence[str] = UNFUSED_PROJECTIONS,
     init_std: float = 0.1,
     seed: int = 0,
     use_rslora: bool = False,
@@ -98,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--base", type=Path, required=True, help="the base model's HF folder")
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
-    p.add_argument("--targets", default=",".join(PROJECTIONS), help="comma-separated projections")
+    p.add_argument(
+        "--targets", default=",".join(UNFUSED_PROJECTIONS), help="comma-separated projections"
+    )
     p.add_argument("--init-std", type=float, default=0.02)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

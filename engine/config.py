@@ -185,6 +185,8 @@ class ModelConfig:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     normalize_routing: bool = True
+    # Mixtral: experts' outputs weighed by fp32 probabilities (Qwen3-MoE rounds them).
+    fp32_routing_weights: bool = False
     # Which layers are sparse (empty: all of them, when there are experts).
     moe_layers: tuple[bool, ...] = ()
     # How many of each head's dimensions rotate (Phi's partial_rotary_factor); 0: all.
@@ -242,7 +244,8 @@ class ModelConfig:
             head_dim=int(hf.get("head_dim") or hidden // num_heads),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            # transformers' default where a config leaves it out (SmolLM3 ties).
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "smollm3")),
             qkv_bias=qkv_bias,
             rope=RopeConfig.from_hf(hf),
             qk_norm=family in ("qwen3", "qwen3_moe") or gemma,
@@ -255,7 +258,7 @@ class ModelConfig:
             embed_scale=(
                 float(hidden**0.5) if gemma else float(hf.get("embedding_multiplier") or 1.0)
             ),
-            attention_scale=_attention_scale(hf, gemma),
+            attention_scale=_attention_scale(hf, family, gemma),
             norm_offset=1.0 if gemma else 0.0,
             final_logit_softcapping=(
                 float(hf["final_logit_softcapping"])
@@ -302,13 +305,15 @@ def _gemma3_text_config(hf: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
-def _attention_scale(hf: dict[str, Any], gemma: bool) -> float | None:
+def _attention_scale(hf: dict[str, Any], family: str, gemma: bool) -> float | None:
     """What scores are scaled by where it is not head_dim ** -0.5: Gemma's
     query_pre_attn_scalar ** -0.5, Granite's attention_multiplier."""
     if gemma and hf.get("query_pre_attn_scalar"):
         return float(hf["query_pre_attn_scalar"]) ** -0.5
     if hf.get("attention_multiplier") is not None:
         return float(hf["attention_multiplier"])
+    if family == "granite":  # transformers' default multiplier
+        return 1.0
     return None
 
 
@@ -320,19 +325,25 @@ def _experts(hf: dict[str, Any], family: str, num_layers: int) -> dict[str, Any]
             "experts_per_token": int(hf.get("num_experts_per_tok", 2)),
             "moe_intermediate_size": int(hf["intermediate_size"]),
             "normalize_routing": True,
+            "fp32_routing_weights": True,
         }
     if family == "qwen3_moe":
         dense = set(hf.get("mlp_only_layers") or ())
         step = int(hf.get("decoder_sparse_step", 1))
         return {
             # Qwen's name, or transformers 5's when it saves one.
-            "num_experts": int(hf.get("num_experts") or hf.get("num_local_experts") or 128),
+            "num_experts": int(_first_set(hf, "num_experts", "num_local_experts", default=128)),
             "experts_per_token": int(hf.get("num_experts_per_tok", 8)),
             "moe_intermediate_size": int(hf.get("moe_intermediate_size", 768)),
             "normalize_routing": bool(hf.get("norm_topk_prob", False)),
             "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(num_layers)),
         }
     return {}
+
+
+def _first_set(hf: dict[str, Any], *keys: str, default: Any) -> Any:
+    """The first of `keys` the config sets (0 counts), else `default`."""
+    return next((hf[k] for k in keys if hf.get(k) is not None), default)
 
 
 def _rotary_dim(hf: dict[str, Any], head_dim: int) -> int:

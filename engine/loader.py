@@ -132,5 +132,7 @@ def _download(repo_id: str, cache_dir: Path) -> Path:
             repo_id,
             cache_dir=cache_dir / "hub",
             allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+            # Mistral's repos also hold their weights in Mistral's own format.
+            ignore_patterns=["consolidated*"],
         )
     )

@@ -32,8 +32,15 @@ PROJECTION_BLOCKS = {
     "gate_proj": "mlp",
     "up_proj": "mlp",
     "down_proj": "mlp",
+    # Phi-3's checkpoints fuse these, so its adapters train them whole.
+    "qkv_proj": "self_attn",
+    "gate_up_proj": "mlp",
 }
 PROJECTIONS = tuple(PROJECTION_BLOCKS)
+# A fused projection's parts, in the order its output concatenates them.
+FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+# What most checkpoints name (and PEFT targets with "all-linear").
+UNFUSED_PROJECTIONS = tuple(p for p in PROJECTIONS if p not in FUSED_PARTS)
 logger = logging.getLogger(__name__)
 # PEFT's key: "base_model.model." + the module's name in the trained model + the matrix.
 _KEY = re.compile(
@@ -129,6 +136,8 @@ def projection_shapes(config: ModelConfig) -> dict[str, tuple[int, int]]:
         "gate_proj": (hidden, inter),
         "up_proj": (hidden, inter),
         "down_proj": (inter, hidden),
+        "qkv_proj": (hidden, q + 2 * kv),
+        "gate_up_proj": (hidden, 2 * inter),
     }
 
 
@@ -200,8 +209,31 @@ def load_lora_adapter(
                 f"{where}: rank {rank} exceeds --max-lora-rank {max_rank}; raise it"
             )
         scaling = _scaling(settings, modules[(layer, projection)], rank)
-        weights[(layer, projection)] = LoRAWeights(a.contiguous(), (b * scaling).contiguous())
+        update = LoRAWeights(a.contiguous(), (b * scaling).contiguous())
+        for part, part_update in _split_fused(projection, update, shapes):
+            if part != projection and (layer, part) in pairs:
+                raise LoRAAdapterError(
+                    f"LoRA adapter {name!r}, layer {layer}: trains {part} both alone and "
+                    f"inside {projection}"
+                )
+            weights[(layer, part)] = part_update
     return LoRAAdapter(name, str(folder), weights)
+
+
+def _split_fused(
+    projection: str, update: LoRAWeights, shapes: dict[str, tuple[int, int]]
+) -> list[tuple[str, LoRAWeights]]:
+    """A fused projection's update as its parts' (each the rows of B for its part of the
+    output, all sharing A): what the engine's fused layers apply, for any model."""
+    parts = FUSED_PARTS.get(projection)
+    if parts is None:
+        return [(projection, update)]
+    split, start = [], 0
+    for part in parts:
+        size = shapes[part][1]
+        split.append((part, LoRAWeights(update.a, update.b[start : start + size].contiguous())))
+        start += size
+    return split
 
 
 def _read_config(name: str, path: Path) -> dict[str, Any]:

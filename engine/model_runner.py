@@ -10,6 +10,7 @@ sampler.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -62,9 +63,7 @@ def load_model(
     # Materialise without random init (the checkpoint overwrites every weight).
     model = model.to_empty(device=device)
     model.rebuild_buffers(device)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in {folder}")
+    files = checkpoint_files(folder)
 
     def tensors():
         for file in files:
@@ -75,6 +74,23 @@ def load_model(
     model.load_weights(tensors())
     model.pack_weights()
     return model.eval()
+
+
+def checkpoint_files(folder: Path) -> list[Path]:
+    """The transformers-format safetensors of a model folder: those its index names, or
+    every one but a Mistral repo's `consolidated*` copy (the same weights under
+    Mistral's own names)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        files = [folder / name for name in names]
+    else:
+        files = [
+            f for f in sorted(folder.glob("*.safetensors")) if not f.name.startswith("consolidated")
+        ]
+    if not files:
+        raise FileNotFoundError(f"no .safetensors files in {folder}")
+    return files
 
 
 class ModelRunner:

@@ -6,8 +6,9 @@ model does), and the token's output is their MLPs' outputs so weighted. The
 experts' weights are stacked ([experts, 2 * inter, hidden] for gate/up,
 [experts, hidden, inter] for down) and each expert runs once per step over
 the tokens routed to it, in the order transformers adds them, so greedy
-output matches it. Which experts a step uses is only known on the host, so
-a model with experts decodes eagerly (no CUDA graphs). Torch ops on every
+output matches it. Which experts a step uses is only known on the host (one
+sync per layer: the group sizes), so a model with experts decodes eagerly
+(no CUDA graphs). Torch ops on every
 device: a fused Triton MoE kernel is future work.
 """
 
@@ -38,6 +39,9 @@ class SparseMoE(nn.Module):
         self.inter = config.moe_intermediate_size
         self.top_k = config.experts_per_token
         self.normalize = config.normalize_routing
+        # Mixtral weighs each expert's output in fp32 and rounds once; Qwen3-MoE rounds
+        # the weights to the model's dtype first (as transformers does for each).
+        self.fp32_routing = config.fp32_routing_weights
         self.act_and_mul = (
             ops.gelu_tanh_and_mul if config.hidden_activation == "gelu_tanh" else ops.silu_and_mul
         )
@@ -52,13 +56,24 @@ class SparseMoE(nn.Module):
         weights, chosen = torch.topk(probs, self.top_k, dim=-1)
         if self.normalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        weights = weights.to(x.dtype)
+        if not self.fp32_routing:
+            weights = weights.to(x.dtype)
         out = torch.zeros_like(x)
-        for expert in torch.unique(chosen).tolist():
-            tokens, slot = torch.where(chosen == expert)
+        # Every (token, slot) grouped by expert with one sort, and the group sizes read
+        # with one host sync per layer, not one per expert.
+        flat = chosen.flatten()
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.gate.shape[0]).tolist()
+        start = 0
+        for expert, count in enumerate(counts):
+            if not count:
+                continue
+            picks = order[start : start + count]
+            start += count
+            tokens, slot = picks // self.top_k, picks % self.top_k
             h = self.act_and_mul(F.linear(x[tokens], self.gate_up[expert]))
             h = F.linear(h, self.down[expert]) * weights[tokens, slot, None]
-            out.index_add_(0, tokens, h)
+            out.index_add_(0, tokens, h.to(x.dtype))
         return out
 
     def load_expert(self, expert: int, part: str, tensor: torch.Tensor) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from engine.config import ModelConfig
 from engine.loader import BUNDLED_MODEL_NAME, bundled_gguf_path, resolve_model
@@ -56,3 +58,25 @@ def test_bad_paths_fail_clearly(tmp_path: Path) -> None:
 def test_unsupported_architecture_is_named() -> None:
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
         ModelConfig.from_dict({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
+
+
+def test_only_the_transformers_format_weights_are_read(tmp_path: Path) -> None:
+    """A Mistral repo also ships `consolidated.safetensors` (the same weights in
+    Mistral's names): the index says which files hold the model, or else every
+    safetensors file but that one."""
+    from safetensors.torch import save_file
+
+    from engine.model_runner import checkpoint_files
+
+    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / name))
+    consolidated = str(tmp_path / "consolidated.safetensors")
+    save_file({"layers.0.attention.wq.weight": torch.zeros(1)}, consolidated)
+    names = [f.name for f in checkpoint_files(tmp_path)]
+    assert names == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}})
+    )
+    assert [f.name for f in checkpoint_files(tmp_path)] == ["model-00002-of-00002.safetensors"]
+    with pytest.raises(FileNotFoundError, match=r"no \.safetensors"):
+        checkpoint_files(tmp_path / "missing")

@@ -325,3 +325,33 @@ def test_the_gpu_reserve_per_adapter_is_what_one_takes(llm: LLM) -> None:
         for t in (linear.lora.a[slot], linear.lora.b[slot])
     )
     assert held == llm.engine.loras.adapter_bytes(8, 4)
+
+
+def test_a_phi3_adapter_on_its_fused_projections_matches_peft(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Phi-3's checkpoints fuse q/k/v and gate/up, so its adapters train qkv_proj and
+    gate_up_proj whole (PEFT's default target for it is qkv_proj)."""
+    from peft import PeftModel  # here, not at collection: PEFT imports triton
+
+    base = make_random_model("phi3")
+    adapter = build_random_lora(
+        tmp_path / "phi3", base, targets=("qkv_proj", "gate_up_proj", "o_proj"), seed=3
+    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    llm = LLM(str(base), lora_config=lora_config({"phi3": adapter}))
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    for prompt in PROMPTS:
+        expected = model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=0,
+        )[0, len(prompt) :].tolist()
+        (ours,) = llm.generate([prompt], params, lora="phi3")
+        assert ours.token_ids == expected
+    base_tokens = llm.generate([PROMPTS[0]], params)[0].token_ids
+    assert base_tokens != llm.generate([PROMPTS[0]], params, lora="phi3")[0].token_ids

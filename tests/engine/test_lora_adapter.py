@@ -199,3 +199,11 @@ def test_a_vision_towers_matrices_are_left_out(
         adapter = load_lora_adapter("a", folder, config, max_rank=16)
     assert set(adapter.weights) == {(0, "q_proj"), (1, "q_proj")}
     assert "2 matrices of the vision tower left out" in caplog.text
+
+
+def test_a_part_trained_alone_and_inside_its_fusion_is_refused(
+    base_dir: Path, config: ModelConfig, tmp_path: Path
+) -> None:
+    folder = build_random_lora(tmp_path / "a", base_dir, targets=("qkv_proj", "k_proj"))
+    with pytest.raises(LoRAAdapterError, match="trains k_proj both alone and inside qkv_proj"):
+        load_lora_adapter("a", folder, config, max_rank=16)
