@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_silu_and_mul import launch_act_and_mul
+
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
@@ -33,13 +35,4 @@ def gelu_tanh_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, size, BLOCK: tl
 
 def gelu_tanh_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up [T, 2 * I] -> [T, I]."""
-    rows = gate_up.reshape(-1, gate_up.shape[-1])
-    size = rows.shape[-1] // 2
-    out = torch.empty(rows.shape[0], size, dtype=rows.dtype, device=rows.device)
-    assert rows.stride(-1) == 1
-    block = min(1024, triton.next_power_of_2(size))
-    if rows.shape[0]:
-        gelu_tanh_and_mul_kernel[(rows.shape[0], triton.cdiv(size, block))](
-            rows, out, rows.stride(0), out.stride(0), size, BLOCK=block
-        )
-    return out.view(*gate_up.shape[:-1], size)
+    return launch_act_and_mul(gelu_tanh_and_mul_kernel, gate_up)

@@ -7,6 +7,8 @@ before the multiply, as the torch path does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -24,15 +26,21 @@ def silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, size, BLOCK: tl.cons
     tl.store(out_ptr + row * stride_o + cols, (silu * up.to(tl.float32)).to(gate.dtype), mask=mask)
 
 
-def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up [T, 2 * I] -> [T, I]."""
+def launch_act_and_mul(kernel: Any, gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2 * I] -> [T, I] through an activation-and-mul `kernel` with this
+    file's signature (one program per row and column tile)."""
     rows = gate_up.reshape(-1, gate_up.shape[-1])
     size = rows.shape[-1] // 2
     out = torch.empty(rows.shape[0], size, dtype=rows.dtype, device=rows.device)
     assert rows.stride(-1) == 1
     block = min(1024, triton.next_power_of_2(size))
     if rows.shape[0]:
-        silu_and_mul_kernel[(rows.shape[0], triton.cdiv(size, block))](
+        kernel[(rows.shape[0], triton.cdiv(size, block))](
             rows, out, rows.stride(0), out.stride(0), size, BLOCK=block
         )
     return out.view(*gate_up.shape[:-1], size)
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up [T, 2 * I] -> [T, I]."""
+    return launch_act_and_mul(silu_and_mul_kernel, gate_up)

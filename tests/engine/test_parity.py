@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -44,6 +45,34 @@ def hf_greedy(model: transformers.PreTrainedModel, prompt_ids: list[int], n: int
         pad_token_id=0,
     )
     return out[0, len(prompt_ids) :].tolist()
+
+
+def config_variant(
+    source: Path, folder: Path, edit: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """`source`'s model in `folder` with its config.json edited in place by `edit`
+    (the weights and tokenizer linked); returns the edited config."""
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.name != "config.json":
+            (folder / file.name).symlink_to(file)
+    config = json.loads((source / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return config
+
+
+def assert_prompt_logprobs_match(
+    llm: LLM, hf: transformers.PreTrainedModel, prompt: list[int]
+) -> None:
+    """Every prompt token's logprob as HF's forward pass over the whole prompt gives it."""
+    lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
+    with torch.inference_mode():
+        expected = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
+    assert lp is not None
+    got = torch.tensor([x.logprob for x in lp[1:]])
+    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -113,13 +142,7 @@ def test_random_models_match_hf(family: str, make_random_model: Callable[[str], 
         assert result.token_ids == hf_greedy(hf, prompt, 24)
     # Prefill logprobs over a prompt longer than the llama3 rope's original context.
     prompt = prompts[-1]
-    lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
-    with torch.inference_mode():
-        expected = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
-    assert lp is not None
-    got = torch.tensor([x.logprob for x in lp[1:]])
-    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert_prompt_logprobs_match(llm, hf, prompt)
 
 
 @pytest.mark.parametrize(
@@ -143,17 +166,14 @@ def test_yarn_scaled_rope_matches_hf(
 ) -> None:
     """YaRN (how Qwen3 and Qwen2.5 reach 128K) past its original context: greedy tokens
     and prompt logprobs as HF computes them, and the context it stretches to."""
-    source = make_random_model("qwen3")
     folder = tmp_path / "yarn"
-    folder.mkdir()
-    for file in source.iterdir():
-        if file.name != "config.json":
-            (folder / file.name).symlink_to(file)
-    config = json.loads((source / "config.json").read_text())
-    theta = (config.get("rope_parameters") or {}).get("rope_theta", 1000000.0)
-    config["rope_parameters"] = {**rope, "rope_theta": theta}
-    config.pop("rope_scaling", None)
-    (folder / "config.json").write_text(json.dumps(config))
+
+    def with_yarn(config: dict[str, Any]) -> None:
+        theta = (config.get("rope_parameters") or {}).get("rope_theta", 1000000.0)
+        config["rope_parameters"] = {**rope, "rope_theta": theta}
+        config.pop("rope_scaling", None)
+
+    config = config_variant(make_random_model("qwen3"), folder, with_yarn)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     assert hf.config.rope_parameters["rope_type"] == "yarn"
     llm = LLM(str(folder), kv_cache_memory=64 << 20)
@@ -165,13 +185,7 @@ def test_yarn_scaled_rope_matches_hf(
     for prompt, result in zip(prompts, results, strict=True):
         assert result.token_ids == hf_greedy(hf, prompt, 16)
     prompt = prompts[-1]
-    lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
-    with torch.inference_mode():
-        expected = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
-    assert lp is not None
-    got = torch.tensor([x.logprob for x in lp[1:]])
-    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert_prompt_logprobs_match(llm, hf, prompt)
 
 
 @pytest.mark.parametrize(
@@ -191,16 +205,13 @@ def test_sliding_window_layers_match_hf(
     """Prompts and generations well past the window: each sliding layer sees only its
     last `sliding_window` positions, as HF's masks allow, through chunked prefill
     (chunks of 8 after a prefix) and decodes."""
-    source = make_random_model(family)
     folder = tmp_path / "windowed"
-    folder.mkdir()
-    for file in source.iterdir():
-        if file.name != "config.json":
-            (folder / file.name).symlink_to(file)
-    config = json.loads((source / "config.json").read_text())
-    config.update(window_config)
-    config.pop("layer_types", None)  # derived again from the window settings
-    (folder / "config.json").write_text(json.dumps(config))
+
+    def with_window(config: dict[str, Any]) -> None:
+        config.update(window_config)
+        config.pop("layer_types", None)  # derived again from the window settings
+
+    config = config_variant(make_random_model(family), folder, with_window)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     llm = LLM(str(folder), kv_cache_memory=64 << 20, max_num_batched_tokens=8)
     windows = {layer.self_attn.window for layer in llm.engine.runner.model.layers}
@@ -212,13 +223,7 @@ def test_sliding_window_layers_match_hf(
     for prompt, result in zip(prompts, results, strict=True):
         assert result.token_ids == hf_greedy(hf, prompt, 20)
     prompt = prompts[-1]
-    lp = llm.generate([prompt], greedy(1, prompt_logprobs=5))[0].prompt_logprobs
-    with torch.inference_mode():
-        expected = torch.log_softmax(hf(torch.tensor([prompt])).logits[0].float(), dim=-1)
-    assert lp is not None
-    got = torch.tensor([x.logprob for x in lp[1:]])
-    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert_prompt_logprobs_match(llm, hf, prompt)
 
 
 def test_a_gemma3_vision_language_checkpoint_serves_its_text_model(
@@ -265,26 +270,23 @@ def test_longrope_matches_hf_within_and_past_the_original_context(
     """Phi-3.5's and Phi-4-mini's LongRoPE: served within the original context (64
     here) the short factors rotate, as HF does there; served past it the long ones
     rotate every position, as HF does for a sequence past it."""
-    source = make_random_model("phi3")
     folder = tmp_path / "longrope"
-    folder.mkdir()
-    for file in source.iterdir():
-        if file.name != "config.json":
-            (folder / file.name).symlink_to(file)
-    config = json.loads((source / "config.json").read_text())
     gen = torch.Generator().manual_seed(8)
     pairs = 4  # head_dim 16, half of it rotated
-    config.pop("rope_scaling", None)
-    config["rope_parameters"] = {
-        "rope_type": "longrope",
-        "rope_theta": 10000.0,
-        "partial_rotary_factor": 0.5,
-        "short_factor": (1 + 0.5 * torch.rand(pairs, generator=gen)).tolist(),
-        "long_factor": (2 + 6 * torch.rand(pairs, generator=gen)).tolist(),
-    }
-    config.update(original_max_position_embeddings=64, max_position_embeddings=256)
-    config.pop("sliding_window", None)
-    (folder / "config.json").write_text(json.dumps(config))
+
+    def with_longrope(config: dict[str, Any]) -> None:
+        config.pop("rope_scaling", None)
+        config["rope_parameters"] = {
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "short_factor": (1 + 0.5 * torch.rand(pairs, generator=gen)).tolist(),
+            "long_factor": (2 + 6 * torch.rand(pairs, generator=gen)).tolist(),
+        }
+        config.update(original_max_position_embeddings=64, max_position_embeddings=256)
+        config.pop("sliding_window", None)
+
+    config_variant(make_random_model("phi3"), folder, with_longrope)
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     torch.manual_seed(4)
     short_prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (5, 30)]
@@ -295,11 +297,6 @@ def test_longrope_matches_hf_within_and_past_the_original_context(
         assert result.token_ids == hf_greedy(hf, prompt, 16)
     long_prompt = torch.randint(3, 49152, (90,)).tolist()
     past = LLM(str(folder), kv_cache_memory=32 << 20, max_model_len=256)
-    (result,) = past.generate([long_prompt], greedy(8, min_tokens=8, prompt_logprobs=5))
+    (result,) = past.generate([long_prompt], greedy(8, min_tokens=8))
     assert result.token_ids == hf_greedy(hf, long_prompt, 8)
-    with torch.inference_mode():
-        expected = torch.log_softmax(hf(torch.tensor([long_prompt])).logits[0].float(), dim=-1)
-    assert result.prompt_logprobs is not None
-    got = torch.tensor([x.logprob for x in result.prompt_logprobs[1:]])
-    want = expected[torch.arange(len(long_prompt) - 1), torch.tensor(long_prompt[1:])]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert_prompt_logprobs_match(past, hf, long_prompt)
