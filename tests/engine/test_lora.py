@@ -15,6 +15,7 @@ from engine.llm import LLM, greedy
 from engine.lora_config import LoRAConfig
 from engine.sampling_params import SamplingParams
 
+from .test_parity import hf_greedy
 from .test_speculative_decoding import OracleProposer
 
 PROMPTS = [[5, 77, 300, 12], [9, 8, 7, 6, 5, 4, 3], [1200, 44, 5, 900, 31, 7, 7, 7, 2000, 13]]
@@ -343,15 +344,7 @@ def test_a_phi3_adapter_on_its_fused_projections_matches_peft(
     llm = LLM(str(base), lora_config=lora_config({"phi3": adapter}))
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
     for prompt in PROMPTS:
-        expected = model.generate(
-            torch.tensor([prompt]),
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-            max_new_tokens=NEW_TOKENS,
-            min_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=0,
-        )[0, len(prompt) :].tolist()
         (ours,) = llm.generate([prompt], params, lora="phi3")
-        assert ours.token_ids == expected
+        assert ours.token_ids == hf_greedy(model, prompt, NEW_TOKENS)
     base_tokens = llm.generate([PROMPTS[0]], params)[0].token_ids
     assert base_tokens != llm.generate([PROMPTS[0]], params, lora="phi3")[0].token_ids
