@@ -22,6 +22,8 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3_text",
     "SmolLM3ForCausalLM": "smollm3",
     "GraniteForCausalLM": "granite",
@@ -30,7 +32,7 @@ SUPPORTED_ARCHITECTURES = {
     "MixtralForCausalLM": "mixtral",
     "Qwen3MoeForCausalLM": "qwen3_moe",
     # Gemma 3 4B and up are vision-language models: the engine serves their text model
-    # (engine/models/gemma3.py skips the vision tower's weights).
+    # (engine/models/gemma.py skips the vision tower's weights).
     "Gemma3ForConditionalGeneration": "gemma3",
     # The same networks saved without their LM head: embedding models (e5-mistral,
     # gte-Qwen2, Qwen3-Embedding, ...), which only the pooling runner serves.
@@ -43,6 +45,8 @@ SUPPORTED_ARCHITECTURES = {
 RUNNERS = ("auto", "generate", "pooling")
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 GEMMA3_TYPES = ("gemma3_text", "gemma3")
+# Every Gemma generation: scaled embeddings, `1 + w` norm weights, a GELU-tanh MLP.
+GEMMA_TYPES = ("gemma", "gemma2", *GEMMA3_TYPES)
 # Families whose window is off unless `use_sliding_window` turns it on.
 SWITCHED_WINDOWS = ("qwen2", "qwen3", "qwen3_moe", "smollm3")
 # Gemma's MLP activation, by its HF names.
@@ -164,7 +168,7 @@ class ModelConfig:
     # Embedding models trained so that a prefix of their vector is an embedding too.
     is_matryoshka: bool = False
     matryoshka_dimensions: tuple[int, ...] = ()
-    # Gemma 3's differences from Llama, each off by default:
+    # Gemma's differences from Llama, each off by default:
     # the MLP's activation ("silu" or "gelu_tanh");
     hidden_activation: str = "silu"
     # token embeddings multiplied by this (sqrt(hidden_size));
@@ -175,6 +179,8 @@ class ModelConfig:
     norm_offset: float = 0.0
     # logits squashed as cap * tanh(logits / cap);
     final_logit_softcapping: float | None = None
+    # attention scores squashed the same way before the softmax (Gemma 2);
+    attention_softcap: float | None = None
     # the sliding layers' rotation (None: the same as the full layers').
     local_rope: RopeConfig | None = None
     # Mixture of experts (Mixtral, Qwen3-MoE): each sparse layer routes a token to its
@@ -207,9 +213,11 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> ModelConfig:
         architectures = hf.get("architectures") or []
-        gemma3 = {a for a, t in SUPPORTED_ARCHITECTURES.items() if t in GEMMA3_TYPES}
-        if hf.get("model_type") in GEMMA3_TYPES or gemma3.intersection(architectures):
-            hf = _gemma3_text_config(hf)
+        gemma_archs = {a: t for a, t in SUPPORTED_ARCHITECTURES.items() if t in GEMMA_TYPES}
+        named = next((gemma_archs[a] for a in architectures if a in gemma_archs), None)
+        named = named or hf.get("model_type")
+        if named in GEMMA_TYPES:
+            hf = _gemma_full_config(hf, named)
         arch = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
             model_type = hf.get("model_type")
@@ -225,9 +233,7 @@ class ModelConfig:
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         family = SUPPORTED_ARCHITECTURES[arch]
         qkv_bias = family == "qwen2" or bool(hf.get("attention_bias", False))
-        gemma = family in GEMMA3_TYPES
-        if hf.get("attn_logit_softcapping") is not None:
-            raise ValueError("attention logit soft-capping (Gemma 2) is not supported")
+        gemma = family in GEMMA_TYPES
         if hf.get("use_bidirectional_attention"):
             raise ValueError("bidirectional attention (EmbeddingGemma) is not supported")
         activation = str(hf.get("hidden_activation") or hf.get("hidden_act") or "silu")
@@ -248,7 +254,7 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "smollm3")),
             qkv_bias=qkv_bias,
             rope=RopeConfig.from_hf(hf),
-            qk_norm=family in ("qwen3", "qwen3_moe") or gemma,
+            qk_norm=family in ("qwen3", "qwen3_moe", *GEMMA3_TYPES),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=_sliding_window(hf, family),
             layer_windows=_layer_windows(hf, family, int(hf["num_hidden_layers"])),
@@ -263,6 +269,11 @@ class ModelConfig:
             final_logit_softcapping=(
                 float(hf["final_logit_softcapping"])
                 if hf.get("final_logit_softcapping") is not None
+                else None
+            ),
+            attention_softcap=(
+                float(hf["attn_logit_softcapping"])
+                if hf.get("attn_logit_softcapping") is not None
                 else None
             ),
             local_rope=_local_rope(hf),
@@ -288,20 +299,26 @@ def _sliding_window(hf: dict[str, Any], family: str) -> int | None:
     return int(window) if window else None
 
 
-def _gemma3_text_config(hf: dict[str, Any]) -> dict[str, Any]:
-    """A Gemma 3 text model's full config. Google's config.json files list only what
-    differs from transformers' defaults (a vision-language model's `text_config` often
-    just its sizes), so the defaults come from transformers' own Gemma3TextConfig."""
-    from transformers import Gemma3TextConfig  # heavy; only Gemma reads it
+def _gemma_full_config(hf: dict[str, Any], family: str) -> dict[str, Any]:
+    """A Gemma model's full config (of a Gemma 3 vision-language model, its text model's).
+    Google's config.json files list only what differs from transformers' defaults (a
+    vision-language model's `text_config` often just its sizes; Gemma 2's no layer
+    types), so the defaults come from transformers' own config class. It also reads
+    Gemma 1's legacy `hidden_act: "gelu"` as the tanh form the model was trained with."""
+    import transformers  # heavy; only Gemma reads it
 
+    config_class, default_arch = {
+        "gemma": (transformers.GemmaConfig, "GemmaForCausalLM"),
+        "gemma2": (transformers.Gemma2Config, "Gemma2ForCausalLM"),
+    }.get(family, (transformers.Gemma3TextConfig, "Gemma3ForCausalLM"))
     text = dict(hf.get("text_config") or hf)
     for key in ("tie_word_embeddings", "eos_token_id"):
         if key not in text and hf.get(key) is not None:
             text[key] = hf[key]
     known = {k: v for k, v in text.items() if k not in ("architectures", "model_type")}
-    full = Gemma3TextConfig(**known).to_dict()
-    full["architectures"] = hf.get("architectures") or ["Gemma3ForCausalLM"]
-    full["model_type"] = hf.get("model_type", "gemma3_text")
+    full = config_class(**known).to_dict()
+    full["architectures"] = hf.get("architectures") or [default_arch]
+    full["model_type"] = hf.get("model_type", family)
     return full
 
 

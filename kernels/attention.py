@@ -72,11 +72,14 @@ class AttentionBackend(Protocol):
         metadata: Any,
         scale: float,
         window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Store `key`/`value` ([T, kv_heads, D]) and attend `query` ([T, heads, D]).
 
         Caches are [num_blocks, block_size, kv_heads, D]. Returns [T, heads, D].
         `window` (a sliding-window layer's): a query at position p sees only the keys
-        at p - window + 1 ... p, as HF's sliding-window mask allows.
+        at p - window + 1 ... p, as HF's sliding-window mask allows. `softcap`
+        (Gemma 2's): each scaled score s becomes softcap * tanh(s / softcap) before
+        the softmax.
         """
         ...

@@ -170,6 +170,7 @@ class TorchAttentionBackend:
         metadata: TorchAttentionMetadata,
         scale: float,
         window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
         metadata = self._for_window(metadata, window)
@@ -189,7 +190,7 @@ class TorchAttentionBackend:
                 k = k.view(n, length, num_kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
                 v = v.view(n, length, num_kv_heads, head_dim).transpose(1, 2)
                 q = query[g.start : g.end].view(n, num_kv_heads, group, head_dim)
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=g.mask, scale=scale)
+                o = attend(q, k, v, scale, softcap, mask=g.mask)
                 out[g.start : g.end] = o.reshape(n, -1, head_dim)
         for p in metadata.prefills:
             rows = slice(p.start, p.end)
@@ -200,19 +201,48 @@ class TorchAttentionBackend:
                     t[rows].view(p.count, q_len, *t.shape[1:]).transpose(1, 2)
                     for t in (query, key, value)
                 )
-                o = F.scaled_dot_product_attention(
-                    q, k, v, is_causal=True, scale=scale, enable_gqa=True
-                )
+                o = attend(q, k, v, scale, softcap, causal=True)
                 out[rows] = o.transpose(1, 2).reshape(p.end - p.start, *query.shape[1:])
             else:
                 q = query[rows].transpose(0, 1)  # [H, Q, D]
                 k = flat_k[p.kv_slots].transpose(0, 1)
                 v = flat_v[p.kv_slots].transpose(0, 1)
-                o = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=p.mask, scale=scale, enable_gqa=True
-                )
+                o = attend(q, k, v, scale, softcap, mask=p.mask)
                 out[rows] = o.transpose(0, 1)
         return out
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    softcap: float | None,
+    mask: torch.Tensor | None = None,
+    causal: bool = False,
+) -> torch.Tensor:
+    """Attention over [..., heads, Q, D] queries and [..., kv_heads, K, D] keys/values;
+    `mask` True where a key is seen. SDPA where it can; with a soft-cap (which SDPA
+    cannot apply) in explicit steps, as HF's eager Gemma 2 attention orders them:
+    scores squashed, masked, then a softmax, all in fp32 (as the Triton kernels
+    keep them), whose weights are rounded to the value dtype for P @ V."""
+    grouped = q.shape[-3] != k.shape[-3]
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=grouped
+        )
+    if grouped:
+        group = q.shape[-3] // k.shape[-3]
+        k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if causal:
+        q_len, k_len = scores.shape[-2:]
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)
 
 
 def _gather_buffers(

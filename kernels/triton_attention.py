@@ -109,13 +109,21 @@ class TritonAttentionBackend:
         metadata: TritonAttentionMetadata,
         scale: float,
         window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         nd = metadata.num_decodes
         if metadata.decode is not None:
             decode_attention(
-                query[:nd], key_cache, value_cache, metadata.decode, scale, out[:nd], window
+                query[:nd],
+                key_cache,
+                value_cache,
+                metadata.decode,
+                scale,
+                out[:nd],
+                window,
+                softcap,
             )
         if metadata.prefill is not None:
             prefill_attention(
@@ -126,5 +134,6 @@ class TritonAttentionBackend:
                 scale,
                 out[nd:],
                 window=window,
+                softcap=softcap,
             )
         return out

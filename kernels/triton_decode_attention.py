@@ -12,17 +12,16 @@ batch 1 still spreads over many programs. Reference: the decode path of
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_attention_scores import scaled_scores, score_scales
 from kernels.triton_paged_kv import load_kv_tile
 from kernels.triton_support import dot_precision, upcast_dot
 
-LOG2E = math.log2(math.e)
 PARTITION_SIZE = 512
 
 
@@ -35,7 +34,8 @@ def decode_partition_kernel(
     context_lens_ptr,
     out_ptr,
     lse_ptr,
-    scale_log2,
+    score_pre,
+    score_post,
     stride_qt,
     stride_qh,
     stride_cb,
@@ -58,6 +58,7 @@ def decode_partition_kernel(
     SPLIT: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -114,7 +115,8 @@ def decode_partition_kernel(
         )
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        dots = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s = scaled_scores(dots, score_pre, score_post, SOFTCAP)
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -211,6 +213,12 @@ def make_decode_batch(
     return DecodeBatch(block_tables, lens, num_partitions, partition_size)
 
 
+def _keys_per_tile(element_size: int, head_dim: int) -> int:
+    if element_size <= 2:
+        return 64
+    return 16 if head_dim > 128 else 32
+
+
 def decode_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -219,9 +227,11 @@ def decode_attention(
     scale: float,
     out: torch.Tensor | None = None,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """query [B, heads, D] (one token per sequence) -> out [B, heads, D]; with `window`
-    each query sees only its sequence's last `window` keys."""
+    each query sees only its sequence's last `window` keys, and with `softcap` scores are
+    squashed to softcap * tanh(score / softcap) (Gemma 2)."""
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -244,6 +254,7 @@ def decode_attention(
         target, stride_op, lse = out, 0, out
         lse_strides = (0, 0)
     block_d = max(16, triton.next_power_of_2(head_dim))
+    scales = score_scales(scale, softcap)
     decode_partition_kernel[(num_seqs, num_kv_heads, parts)](
         query,
         key_cache,
@@ -252,7 +263,7 @@ def decode_attention(
         batch.context_lens,
         target,
         lse,
-        scale * LOG2E,
+        *scales,
         query.stride(0),
         query.stride(1),
         key_cache.stride(0),
@@ -270,12 +281,14 @@ def decode_attention(
         PARTITION=batch.partition_size,
         BLOCK_G=max(16, triton.next_power_of_2(group)),
         # 64 keys per tile; fp32 at head_dim 128 spilled registers on sm_90 with 64 keys
-        # or 4 warps (python -m kernels.triton_offline_compile): 32 keys, 8 warps.
-        BLOCK_N=min(64 if query.element_size() <= 2 else 32, batch.partition_size),
+        # or 4 warps (python -m kernels.triton_offline_compile): 32 keys, 8 warps; and
+        # at head_dim 256 (Gemma) with 32 keys: 16.
+        BLOCK_N=min(_keys_per_tile(query.element_size(), head_dim), batch.partition_size),
         BLOCK_D=block_d,
         SPLIT=split,
         UPCAST=upcast_dot(decode_partition_kernel, query.dtype),
         PRECISION=dot_precision(query.dtype),
+        SOFTCAP=softcap is not None,
         num_warps=8 if head_dim > 64 and query.element_size() > 2 else 4,
     )
     if split:

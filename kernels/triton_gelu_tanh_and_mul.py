@@ -16,7 +16,9 @@ import triton.language as tl
 
 from kernels.triton_silu_and_mul import launch_act_and_mul
 
-SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+# A constexpr: a compiled kernel may read no other global (the interpreter allows any,
+# so only the offline compile, kernels/triton_offline_compile.py, caught this).
+SQRT_2_OVER_PI = tl.constexpr(math.sqrt(2.0 / math.pi))
 
 
 @triton.jit

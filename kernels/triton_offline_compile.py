@@ -45,12 +45,17 @@ class ModelShape:
     head_dim: int
     hidden: int
     intermediate: int
+    # Gemma's: a GELU-tanh MLP, and Gemma 2's soft-capped attention scores.
+    gelu: bool = False
+    softcap: float | None = None
 
 
 SHAPES = (
     ModelShape("smollm2-135m", 9, 3, 64, 576, 1536),
     ModelShape("smollm2-1.7b", 32, 32, 64, 2048, 8192),
     ModelShape("llama3-8b", 32, 8, 128, 4096, 14336),
+    ModelShape("gemma3-1b", 4, 1, 256, 1152, 6912, gelu=True),
+    ModelShape("gemma2-9b", 16, 8, 256, 3584, 14336, gelu=True, softcap=50.0),
 )
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -146,6 +151,7 @@ class _OfflineDriver:
 def _launch_all(start_case: Callable[[str], None]) -> None:
     """Launch every kernel the engine runs, over SHAPES and DTYPES, naming each case first."""
     from kernels.triton_decode_attention import decode_attention, make_decode_batch
+    from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
     from kernels.triton_prefill_attention import make_prefill_batch, prefill_attention
     from kernels.triton_rms_norm import rms_norm
     from kernels.triton_rotary import apply_rotary
@@ -168,17 +174,18 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             for context in (100, 1000):  # one partition; several and the combine kernel
                 start_case(f"{case} ctx {context}")
                 batch = make_decode_batch(tables, [context, context], 512)
-                decode_attention(t(2, h, d), k_cache, v_cache, batch, 0.1)
+                decode_attention(t(2, h, d), k_cache, v_cache, batch, 0.1, softcap=shape.softcap)
             start_case(case)
             prefill = make_prefill_batch(tables, [200, 100], [500, 100])
-            prefill_attention(t(300, h, d), k_cache, v_cache, prefill, 0.1)
+            prefill_attention(t(300, h, d), k_cache, v_cache, prefill, 0.1, softcap=shape.softcap)
             rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5)
             start_case(f"{case} +residual")
             rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5, t(4, shape.hidden))
             start_case(case)
             cos_sin = t(4, 1, d // 2)
             apply_rotary(t(4, h + kvh, d), cos_sin, cos_sin)
-            silu_and_mul(t(4, 2 * shape.intermediate))
+            act_and_mul = gelu_tanh_and_mul if shape.gelu else silu_and_mul
+            act_and_mul(t(4, 2 * shape.intermediate))
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:

@@ -12,17 +12,15 @@ sequence's length exit at once. Reference: the prefill path of
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels.triton_attention_scores import scaled_scores, score_scales
 from kernels.triton_paged_kv import load_kv_tile
 from kernels.triton_support import dot_precision, upcast_dot
-
-LOG2E = math.log2(math.e)
 
 
 @triton.jit
@@ -34,7 +32,8 @@ def prefill_attention_kernel(
     query_start_ptr,
     context_lens_ptr,
     out_ptr,
-    scale_log2,
+    score_pre,
+    score_post,
     stride_qt,
     stride_qh,
     stride_cb,
@@ -52,6 +51,7 @@ def prefill_attention_kernel(
     BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     tile = tl.program_id(1)
@@ -104,7 +104,8 @@ def prefill_attention_kernel(
         )
         if UPCAST:
             k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
+        dots = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+        s = scaled_scores(dots, score_pre, score_post, SOFTCAP)
         # A row's own key is always visible, so no row is ever fully masked.
         visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
         if window > 0:
@@ -158,6 +159,24 @@ def make_prefill_batch(
     )
 
 
+@dataclass(frozen=True)
+class Tiles:
+    rows: int  # query rows per program
+    keys: int  # keys per inner step
+    warps: int
+
+
+def _tiles(element_size: int, head_dim: int) -> Tiles:
+    """The largest tiles that compile without spilling registers on sm_80 and sm_90
+    (python -m kernels.triton_offline_compile): 64 x 64 in 16-bit dtypes, 64 x 32 past
+    head_dim 64, with 8 warps past 128 (Gemma's 256); fp32 (twice the bytes, exact
+    "ieee" dots without tensor cores) 32 x 32, 8 warps past head_dim 64, 32 x 16 past 128.
+    """
+    if element_size <= 2:
+        return Tiles(64, 64 if head_dim <= 64 else 32, 4 if head_dim <= 128 else 8)
+    return Tiles(32, 32 if head_dim <= 128 else 16, 4 if head_dim <= 64 else 8)
+
+
 def prefill_attention(
     query: torch.Tensor,
     key_cache: torch.Tensor,
@@ -168,17 +187,14 @@ def prefill_attention(
     block_m: int | None = None,
     block_n: int | None = None,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored.
-    With `window` a query at position p sees only keys p - window + 1 ... p."""
+    With `window` a query at position p sees only keys p - window + 1 ... p; with
+    `softcap` scores are squashed to softcap * tanh(score / softcap) (Gemma 2)."""
     num_tokens, num_heads, head_dim = query.shape
-    # Tiles (query rows x keys): 64 x 64 in 16-bit dtypes, 64 x 32 at head_dim 128;
-    # fp32 (twice the bytes, exact "ieee" dots without tensor cores) 32 x 32, with 8
-    # warps at head_dim 128. Each is the largest that compiles without spilling
-    # registers on sm_80 and sm_90 (python -m kernels.triton_offline_compile).
-    wide = query.element_size() > 2
-    block_m = block_m or (32 if wide else 64)
-    block_n = block_n or (32 if wide or head_dim > 64 else 64)
+    tiles = _tiles(query.element_size(), head_dim)
+    block_m, block_n = block_m or tiles.rows, block_n or tiles.keys
     num_kv_heads = key_cache.shape[2]
     if out is None:
         out = torch.empty_like(query)
@@ -188,6 +204,7 @@ def prefill_attention(
     assert query.stride(-1) == 1 and out.stride(-1) == 1
     assert key_cache.stride() == value_cache.stride() and key_cache.stride(-1) == 1
     grid = (num_seqs, triton.cdiv(batch.max_query_len, block_m), num_heads)
+    scales = score_scales(scale, softcap)
     prefill_attention_kernel[grid](
         query,
         key_cache,
@@ -196,7 +213,7 @@ def prefill_attention(
         batch.query_start,
         batch.context_lens,
         out,
-        scale * LOG2E,
+        *scales,
         query.stride(0),
         query.stride(1),
         key_cache.stride(0),
@@ -214,7 +231,7 @@ def prefill_attention(
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
         UPCAST=upcast_dot(prefill_attention_kernel, query.dtype),
         PRECISION=dot_precision(query.dtype),
-        # 4 warps spilled registers at head_dim 128 on sm_80; 8 share the tiles out.
-        num_warps=8 if wide and head_dim > 64 else 4,
+        SOFTCAP=softcap is not None,
+        num_warps=tiles.warps,
     )
     return out

@@ -83,6 +83,25 @@ def make_random_model(
             # head_dim apart from hidden/heads, as in every Qwen3 checkpoint.
             config = transformers.Qwen3Config(**common, tie_word_embeddings=True, head_dim=32)
             cls = transformers.Qwen3ForCausalLM
+        elif family == "gemma":
+            # Gemma 1 2B's multi-query attention: one KV head for all query heads.
+            config = transformers.GemmaConfig(
+                **{**common, "num_key_value_heads": 1}, head_dim=16, tie_word_embeddings=True
+            )
+            cls = transformers.GemmaForCausalLM
+        elif family == "gemma2":
+            # Sliding and full layers alternating (window 8 here, 4096 in the real model),
+            # query_pre_attn_scalar apart from head_dim, and soft-capped logits and
+            # attention scores; the cap is small enough here that scores reach tanh's bend.
+            config = transformers.Gemma2Config(
+                **common,
+                head_dim=16,
+                sliding_window=8,
+                query_pre_attn_scalar=24,
+                attn_logit_softcapping=4.0,
+                final_logit_softcapping=30.0,
+            )
+            cls = transformers.Gemma2ForCausalLM
         elif family == "gemma3":
             # Five sliding layers in six, shrunk: one sliding (window 8), one full, each
             # with its own rotation (the full one linearly scaled), query_pre_attn_scalar
@@ -163,7 +182,7 @@ def make_random_model(
         seeds = {"llama": 1, "qwen2": 2, "mistral": 3, "qwen3": 4, "gemma3": 5, "smollm3": 6}
         torch.manual_seed(seeds.get(family, 7))
         model = cls(config)
-        if family == "gemma3":
+        if family.startswith("gemma"):
             # HF initialises Gemma's norm offsets to zero (weights of one); make them matter.
             with torch.no_grad():
                 for name, param in model.named_parameters():

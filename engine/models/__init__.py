@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.gemma3 import Gemma3ForCausalLM
+from engine.models.gemma import Gemma2ForCausalLM, Gemma3ForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
@@ -14,6 +14,8 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": LlamaForCausalLM,
     "Qwen2ForCausalLM": LlamaForCausalLM,
     "Qwen3ForCausalLM": LlamaForCausalLM,
+    "GemmaForCausalLM": LlamaForCausalLM,
+    "Gemma2ForCausalLM": Gemma2ForCausalLM,
     "Gemma3ForCausalLM": Gemma3ForCausalLM,
     "Gemma3ForConditionalGeneration": Gemma3ForCausalLM,
     "SmolLM3ForCausalLM": LlamaForCausalLM,

@@ -167,6 +167,8 @@ class Attention(nn.Module):
         self.q_size = config.num_heads * config.head_dim
         self.kv_size = config.num_kv_heads * config.head_dim
         self.scale = config.attention_scale or config.head_dim**-0.5
+        # Gemma 2's: scores squashed to cap * tanh(score / cap) before the softmax.
+        self.softcap = config.attention_softcap
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, config.qkv_bias, ops.linear
         )
@@ -199,7 +201,9 @@ class Attention(nn.Module):
             qk = self.apply_rotary(qk, *rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        out = backend.forward(q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.window)
+        out = backend.forward(
+            q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.window, self.softcap
+        )
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -258,11 +262,11 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Llama / Mistral / Qwen2 / Qwen3: the same graph, differing only in config (bias,
-    rope, window, Qwen3's per-head query/key norms). Gemma 3 (engine/models/gemma3.py)
-    swaps the decoder layer and turns on its config's other differences, which this
-    class applies: embedding scale, norm weight offset, logit soft-capping, and a
-    rotation of its own for the sliding layers."""
+    """Llama / Mistral / Qwen2 / Qwen3 / Gemma: the same graph, differing only in config
+    (bias, rope, window, Qwen3's per-head query/key norms, Gemma's embedding scale and
+    norm weight offset). Gemma 2 and 3 (engine/models/gemma.py) swap the decoder layer
+    and turn on their configs' other differences, which this class applies: logit and
+    attention soft-capping, and a rotation of its own for the sliding layers."""
 
     decoder_layer: type[nn.Module] = DecoderLayer
 

@@ -134,10 +134,50 @@ def test_gemma3_reads_as_its_config_says_in_either_form() -> None:
         assert (config.embed_scale, config.attention_scale, config.norm_offset) == (8.0, 0.125, 1.0)
 
 
+def test_gemma2_as_google_ships_it() -> None:
+    """Gemma 2's config.json names no layer types: transformers' default alternates
+    sliding and full layers, the first sliding. Scores and logits are soft-capped, and
+    there are no per-head query/key norms (Gemma 3's)."""
+    config = ModelConfig.from_dict(
+        _hf_config(
+            architectures=["Gemma2ForCausalLM"],
+            model_type="gemma2",
+            num_hidden_layers=4,
+            head_dim=32,
+            hidden_act="gelu_pytorch_tanh",
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=144,
+            sliding_window=4096,
+            attn_logit_softcapping=50.0,
+            final_logit_softcapping=30.0,
+        )
+    )
+    assert config.layer_windows == (4096, None, 4096, None)
+    assert (config.attention_softcap, config.final_logit_softcapping) == (50.0, 30.0)
+    assert config.attention_scale == 144**-0.5
+    assert not config.qk_norm and config.local_rope is None
+    assert (config.hidden_activation, config.embed_scale, config.norm_offset) == (
+        "gelu_tanh",
+        8.0,
+        1.0,
+    )
+
+
+def test_gemma1_reads_its_legacy_exact_gelu_as_the_tanh_form() -> None:
+    """Gemma 1's first configs say `hidden_act: "gelu"`; the model was trained with the
+    tanh approximation, which transformers and vLLM both run."""
+    config = ModelConfig.from_dict(
+        _hf_config(architectures=["GemmaForCausalLM"], head_dim=32, hidden_act="gelu")
+    )
+    assert config.hidden_activation == "gelu_tanh"
+    assert config.layer_windows == (None, None) and config.attention_softcap is None
+    assert config.attention_scale is None and not config.qk_norm
+    assert (config.embed_scale, config.norm_offset) == (8.0, 1.0)
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"attn_logit_softcapping": 50.0}, "soft-capping"),
         ({"use_bidirectional_attention": True}, "bidirectional"),
         ({"hidden_activation": "relu"}, "activation 'relu'"),
     ],

@@ -123,6 +123,8 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "qwen2",
         "mistral",
         "qwen3",
+        "gemma",
+        "gemma2",
         "gemma3",
         "smollm3",
         "granite",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.attention import AttentionInputs
-from kernels.torch_attention import slots_for
+from kernels.torch_attention import TorchAttentionBackend, slots_for
 
 
 @dataclass(frozen=True)
@@ -92,3 +92,29 @@ def block_table(inputs: AttentionInputs, device: torch.device) -> torch.Tensor:
     width = max(len(t) for t in inputs.block_tables)
     rows = [t + [0] * (width - len(t)) for t in inputs.block_tables]
     return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
+def torch_reference(
+    batch: PagedBatch,
+    device: torch.device,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """The torch backend's answer for the batch: what every attention kernel must give."""
+    backend = TorchAttentionBackend(device)
+    k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
+    metadata = backend.prepare(batch.inputs)
+    return backend.forward(
+        batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale, window, softcap
+    )
+
+
+def stored_caches(batch: PagedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copies of the caches with the new tokens' K/V written by torch, so that a test of
+    an attention kernel tests only that kernel, not store_kv."""
+    k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
+    flat = (-1, *k_cache.shape[2:])
+    k_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.key)
+    v_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.value)
+    return k_cache, v_cache

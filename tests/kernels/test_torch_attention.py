@@ -10,14 +10,22 @@ from kernels.torch_attention import DECODE_GROUP, TorchAttentionBackend, slots_f
 
 
 def dense_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """q [Q, H, D] are the last Q positions of a context k/v [C, KVH, D]; with `window`
-    a query sees only its last `window` positions (HF's sliding-window mask)."""
+    a query sees only its last `window` positions (HF's sliding-window mask); with
+    `softcap` scores become softcap * tanh(score / softcap) (Gemma 2's)."""
     heads, kv_heads = q.shape[1], k.shape[1]
     k = k.repeat_interleave(heads // kv_heads, dim=1)
     v = v.repeat_interleave(heads // kv_heads, dim=1)
     scores = torch.einsum("qhd,chd->hqc", q, k) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     offset = k.shape[0] - q.shape[0]
     key_pos = torch.arange(k.shape[0])[None, :]
     query_pos = (torch.arange(q.shape[0]) + offset)[:, None]
@@ -61,6 +69,20 @@ def test_sliding_window_matches_dense(window: int, block_size: int) -> None:
     check_against_dense(shapes, block_size, heads=6, kv_heads=2, num_blocks=1024, window=window)
 
 
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_softcapped_scores_match_dense(window: int | None, block_size: int) -> None:
+    """Gemma 2's soft-capped scores (which SDPA cannot apply): decodes in groups of
+    equal and mixed contexts, fresh prefills batched by length, prefills after a cached
+    prefix, on full and sliding layers; a cap of 2 squashes most scores."""
+    torch.manual_seed(block_size + 7)
+    decodes = [(30, 1)] * 3 + [(int(n), 1) for n in torch.randint(0, 40, (DECODE_GROUP + 3,))]
+    shapes = [*decodes, (0, 3), (0, 23), (0, 23), (13, 6), (2, 30)]
+    check_against_dense(
+        shapes, block_size, heads=6, kv_heads=2, num_blocks=1024, window=window, softcap=2.0
+    )
+
+
 def check_against_dense(
     shapes: list[tuple[int, int]],
     block_size: int,
@@ -68,6 +90,7 @@ def check_against_dense(
     kv_heads: int,
     num_blocks: int,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> None:
     dim = 16
     decodes = [s for s in shapes if s[1] == 1]
@@ -105,10 +128,10 @@ def check_against_dense(
     )
     scale = dim**-0.5
     q_all, k_new, v_new = torch.cat(queries), torch.cat(keys), torch.cat(values)
-    out = backend.forward(q_all, k_new, v_new, k_cache, v_cache, metadata, scale, window)
+    out = backend.forward(q_all, k_new, v_new, k_cache, v_cache, metadata, scale, window, softcap)
     expected = torch.cat(
         [
-            dense_attention(q, k, v, scale, window)
+            dense_attention(q, k, v, scale, window, softcap)
             for q, (k, v) in zip(queries, contexts, strict=True)
         ]
     )

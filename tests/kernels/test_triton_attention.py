@@ -189,16 +189,16 @@ def test_engine_greedy_output_matches_torch_backend(
 
 
 @pytest.mark.slow  # ~8 s each in Triton's interpreter
-@pytest.mark.parametrize("family", ["qwen3", "gemma3", "phi3", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3", "qwen3_moe"])
 def test_model_variants_through_triton_match_torch(
     family: str, make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """Qwen3 and Gemma 3 normalise each query and key head with the backend's RMSNorm
     (strided slices of the fused projection), one layer of each slides over a window
     (6 positions for Qwen3 here, Gemma's 8 with its own rotation), Gemma's MLP is
-    GELU-and-mul, Phi-3 rotates half of each head (a strided view the rotary kernel
-    turns in place), and Qwen3-MoE routes through experts: the Triton path gives the
-    torch path's tokens."""
+    GELU-and-mul, Gemma 2 soft-caps its attention scores in the kernels, Phi-3 rotates
+    half of each head (a strided view the rotary kernel turns in place), and Qwen3-MoE
+    routes through experts: the Triton path gives the torch path's tokens."""
     source = make_random_model(family)
     folder = tmp_path / f"{family}-windowed"
     folder.mkdir()
@@ -210,8 +210,13 @@ def test_model_variants_through_triton_match_torch(
         config.pop("layer_types", None)
         config.update(sliding_window=6, use_sliding_window=True, max_window_layers=1)
     (folder / "config.json").write_text(json.dumps(config))
-    windows = {"qwen3": [None, 6], "gemma3": [8, None], "phi3": [24, 24], "qwen3_moe": [None] * 2}
-    windows = windows[family]
+    windows = {
+        "qwen3": [None, 6],
+        "gemma2": [8, None],
+        "gemma3": [8, None],
+        "phi3": [24, 24],
+        "qwen3_moe": [None] * 2,
+    }[family]
     outputs = {}
     for name in ("torch", "triton"):
         llm = LLM(
@@ -224,8 +229,9 @@ def test_model_variants_through_triton_match_torch(
             max_num_batched_tokens=12,
         )
         layers = llm.engine.runner.model.layers
-        if family not in ("phi3", "qwen3_moe"):
+        if family in ("qwen3", "gemma3"):
             assert layers[0].self_attn.q_norm.rms_norm is llm.engine.runner.backend.ops.rms_norm
+        assert layers[0].self_attn.softcap == (4.0 if family == "gemma2" else None)
         assert [layer.self_attn.window for layer in layers] == windows
         ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3,")]
         outputs[name] = [r.token_ids for r in llm.generate(ids, greedy(5, ignore_eos=True))]

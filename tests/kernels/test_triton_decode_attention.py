@@ -5,24 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.torch_attention import TorchAttentionBackend
 from kernels.triton_decode_attention import decode_attention, make_decode_batch
 
-from .paged import PagedBatch, block_table, make_paged_batch
+from .paged import PagedBatch, block_table, make_paged_batch, stored_caches
+from .paged import torch_reference as _reference
 from .tolerances import DTYPES, assert_close
 
 HEAD_DIM = 32
-
-
-def _reference(
-    batch: PagedBatch, device: torch.device, scale: float, window: int | None = None
-) -> torch.Tensor:
-    backend = TorchAttentionBackend(device)
-    k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
-    metadata = backend.prepare(batch.inputs)
-    return backend.forward(
-        batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale, window
-    )
 
 
 def _triton(
@@ -31,17 +20,15 @@ def _triton(
     scale: float,
     partition: int,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    # The reference stores the new tokens itself; here they go in with torch's store so
-    # that only the attention kernel is under test.
-    k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
-    flat = (-1, *k_cache.shape[2:])
-    k_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.key)
-    v_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.value)
+    k_cache, v_cache = stored_caches(batch)
     inputs = batch.inputs
     tables = block_table(inputs, device)
     decode = make_decode_batch(tables, inputs.context_lens, partition)
-    return decode_attention(batch.query, k_cache, v_cache, decode, scale, window=window)
+    return decode_attention(
+        batch.query, k_cache, v_cache, decode, scale, window=window, softcap=softcap
+    )
 
 
 # Context lengths: one token (empty prefix), exact block multiples and not, and long
@@ -81,6 +68,20 @@ def test_sliding_window_decode_matches_torch(
     for partition in (16, 512):
         got = _triton(batch, device, scale, partition, window)
         assert_close(got, _reference(batch, device, scale, window))
+
+
+@pytest.mark.parametrize("window", [None, 40])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_softcapped_decode_matches_torch(
+    device: torch.device, dtype: torch.dtype, window: int | None
+) -> None:
+    """Gemma 2's soft-capped scores, in several partitions (combine kernel) and in one,
+    on a full and a sliding layer; a cap of 2 squashes most scores."""
+    batch = _gqa_batch(dtype, device, seed=3)
+    scale = HEAD_DIM**-0.5
+    expected = _reference(batch, device, scale, window, softcap=2.0)
+    for partition in (16, 512):
+        assert_close(_triton(batch, device, scale, partition, window, softcap=2.0), expected)
 
 
 def _gqa_batch(dtype: torch.dtype, device: torch.device, seed: int) -> PagedBatch:

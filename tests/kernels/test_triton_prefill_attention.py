@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.torch_attention import TorchAttentionBackend
 from kernels.triton_prefill_attention import make_prefill_batch, prefill_attention
 
-from .paged import PagedBatch, block_table, make_paged_batch
+from .paged import PagedBatch, block_table, make_paged_batch, stored_caches
+from .paged import torch_reference as _reference
 from .tolerances import DTYPES, assert_close
 
 HEAD_DIM = 32
@@ -19,17 +19,6 @@ HEAD_DIM = 32
 SHAPES = [(0, 13), (1, 9), (37, 20), (16, 2), (5, 1), (0, 40)]
 
 
-def _reference(
-    batch: PagedBatch, device: torch.device, scale: float, window: int | None = None
-) -> torch.Tensor:
-    backend = TorchAttentionBackend(device)
-    k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
-    metadata = backend.prepare(batch.inputs)
-    return backend.forward(
-        batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale, window
-    )
-
-
 def _triton(
     batch: PagedBatch,
     device: torch.device,
@@ -37,12 +26,9 @@ def _triton(
     block_m: int,
     block_n: int,
     window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    # New tokens go in with torch's store, so only the attention kernel is under test.
-    k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
-    flat = (-1, *k_cache.shape[2:])
-    k_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.key)
-    v_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.value)
+    k_cache, v_cache = stored_caches(batch)
     inputs = batch.inputs
     tables = block_table(inputs, device)
     prefill = make_prefill_batch(tables, inputs.query_lens, inputs.context_lens)
@@ -55,6 +41,7 @@ def _triton(
         block_m=block_m,
         block_n=block_n,
         window=window,
+        softcap=softcap,
     )
 
 
@@ -104,6 +91,29 @@ def test_sliding_window_prefill_matches_torch(
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale, window)
     assert_close(_triton(batch, device, scale, block_m, block_n, window), expected)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_softcapped_prefill_matches_torch(
+    device: torch.device, dtype: torch.dtype, window: int | None
+) -> None:
+    """Gemma 2's soft-capped scores over chunks with and without cached prefixes, on a
+    full and a sliding layer; a cap of 2 squashes most scores."""
+    batch = make_paged_batch(
+        SHAPES,
+        block_size=8,
+        heads=4,
+        kv_heads=2,
+        head_dim=HEAD_DIM,
+        dtype=dtype,
+        device=device,
+        seed=11,
+        all_prefill=True,
+    )
+    scale = HEAD_DIM**-0.5
+    expected = _reference(batch, device, scale, window, softcap=2.0)
+    assert_close(_triton(batch, device, scale, 16, 16, window, softcap=2.0), expected)
 
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 32), (32, 16), (64, 64)])

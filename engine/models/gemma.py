@@ -1,10 +1,13 @@
-"""Gemma 3 (text): the Llama graph with a norm on each side of attention and of the MLP.
+"""Gemma 2 and 3 (text): the Llama graph with a norm on each side of attention and of
+the MLP.
 
-Everything else Gemma 3 changes is a config switch the Llama model applies
-(engine/config.py: GELU-tanh MLP, scaled embeddings, `1 + w` norm weights,
-per-head query/key norms, query_pre_attn_scalar, a separate rotation and a
-sliding window for five layers in six). Only the layer's wiring differs:
-each sublayer's output is normalised before it joins the residual stream.
+Everything else they change is a config switch the Llama model applies
+(engine/config.py): a GELU-tanh MLP, scaled embeddings, `1 + w` norm weights,
+query_pre_attn_scalar, sliding windows on some layers, soft-capped logits;
+Gemma 2's soft-capped attention scores; Gemma 3's per-head query/key norms and
+separate rotation for its sliding layers. Only the layer's wiring differs: each
+sublayer's output is normalised before it joins the residual stream. (Gemma 1
+is wired like Llama and runs as LlamaForCausalLM with the same switches.)
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from kernels.attention import AttentionBackend
 from kernels.fused_ops import FusedOps
 
 
-class Gemma3DecoderLayer(nn.Module):
+class GemmaDecoderLayer(nn.Module):
     def __init__(
         self,
         config: ModelConfig,
@@ -33,7 +36,7 @@ class Gemma3DecoderLayer(nn.Module):
         size, eps = config.hidden_size, config.rms_norm_eps
         self.input_layernorm = RMSNorm(size, eps, ops)
         if sparse:
-            raise ValueError("Gemma 3 has no experts")
+            raise ValueError("Gemma has no experts")
         self.self_attn = Attention(config, ops, window, rotates)
         self.post_attention_layernorm = RMSNorm(size, eps, ops)
         self.pre_feedforward_layernorm = RMSNorm(size, eps, ops)
@@ -65,11 +68,15 @@ _TEXT_PREFIXES = ("language_model.model.", "model.language_model.", "language_mo
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.")
 
 
-class Gemma3ForCausalLM(LlamaForCausalLM):
+class Gemma2ForCausalLM(LlamaForCausalLM):
+    """Gemma 2: sandwich-norm layers, alternating sliding and full attention."""
+
+    decoder_layer = GemmaDecoderLayer
+
+
+class Gemma3ForCausalLM(Gemma2ForCausalLM):
     """Gemma 3's text model, from a text-only checkpoint or a vision-language one (whose
     vision tower and projector are not loaded: the engine serves text)."""
-
-    decoder_layer = Gemma3DecoderLayer
 
     def checkpoint_name(self, hf_name: str) -> str | None:
         if hf_name.startswith(_VISION_PREFIXES) or "multi_modal_projector." in hf_name:
