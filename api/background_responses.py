@@ -1,7 +1,8 @@
 """Background responses (`background: true`): generated after the call returns, then polled.
 
 The create call validates, admits and queues the generation like any response,
-stores the response `queued` and answers with it at once (with `store: false`
+stores the response `queued` and answers with it at once; once a worker's first
+reply arrives it reads `in_progress` (with `store: false`
 it is kept only for polling: deleted ten minutes after the run could last
 ended, and never continued). A task of this API
 process then collects the answer, ignoring the client (gone by design), and
@@ -48,7 +49,7 @@ from api.responses_stream import ResponseEventStream
 from api.sql import in_session
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
-from conveyor.db.response_store import RUNNING, end_running
+from conveyor.db.response_store import RUNNING, end_running, mark_in_progress
 from conveyor.db.stored_response import StoredResponse
 
 logger = logging.getLogger(__name__)
@@ -132,6 +133,7 @@ class BackgroundResponses:
 
     async def _run(self, run: BackgroundRun) -> None:
         record = run.record
+        started = asyncio.ensure_future(self._mark_started(run))
         try:
             await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
         except Cancelled:
@@ -152,6 +154,7 @@ class BackgroundResponses:
             error = {"code": "server_error", "message": "the response failed on the server"}
             await self._fail(run, error)
         finally:
+            started.cancel()
             run.generation.close()
             with contextlib.suppress(Exception):
                 if run.streamed:  # readers stop here, whatever ended the run
@@ -169,6 +172,14 @@ class BackgroundResponses:
             if event["type"] == "response.created":
                 event["response"]["status"] = "queued"  # as the row and a GET say
             await self.events.append(run.response_id, event)
+
+    async def _mark_started(self, run: BackgroundRun) -> None:
+        """`queued` -> `in_progress` once a worker replies (never over a later status)."""
+        await run.generation.reader.started.wait()
+        try:
+            await in_session(self.database, lambda s: mark_in_progress(s, run.response_id))
+        except Exception:  # only the status a poll reads in the meantime is stale
+            logger.exception("could not mark background response %s in progress", run.response_id)
 
     async def _fail(self, run: BackgroundRun, error: dict[str, Any]) -> None:
         await self._end(run.response_id, "failed", error)

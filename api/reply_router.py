@@ -229,6 +229,9 @@ class ReplyReader:
         # For the request log: when the first token reached this API, and the engine's timings.
         self.first_token_at: float | None = None
         self.worker_times: dict[str, float | None] | None = None
+        # Set by the first reply of any kind: a worker is generating this request (a
+        # background response then reads `in_progress` instead of `queued`).
+        self.started = asyncio.Event()
 
     def close(self) -> bool:
         """Stop receiving; True only for the call that actually closed it."""
@@ -286,6 +289,7 @@ class ReplyReader:
                 yield self._finish(stored)
                 return
             self.expected_seq += 1
+            self.started.set()
             if message.error is not None:
                 raise worker_error(message.error)
             if message.times is not None:

@@ -71,6 +71,21 @@ def finish_response(session: Session, body: dict[str, Any]) -> bool:
     return bool(result.rowcount)
 
 
+def mark_in_progress(session: Session, response_id: str) -> bool:
+    """A queued background response's generation started: `in_progress`, unless it has
+    moved on meanwhile (finished, cancelled, deleted); True if this call moved it."""
+    stored = session.get(StoredResponse, response_id)
+    if stored is None or stored.status != "queued":
+        return False
+    result = session.execute(
+        update(StoredResponse)
+        .where(StoredResponse.id == response_id, StoredResponse.status == "queued")
+        .values(body={**stored.body, "status": "in_progress"}, status="in_progress")
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)
+
+
 def end_running(
     session: Session, stored: StoredResponse, status: str, error: dict[str, Any] | None = None
 ) -> bool:

@@ -114,6 +114,23 @@ def test_cancel_stops_the_generation_and_sticks(
     assert log_row(stack, queued.id).status_code == 499
 
 
+def test_it_reads_queued_until_a_worker_starts_it_then_in_progress(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    worker.behaviour = "paused"  # reads nothing: the request waits in the queue
+    assert worker.paused.wait(5)  # a read already blocking has returned
+    queued = sdk.responses.create(
+        model=MODEL, input="A story.", background=True, max_output_tokens=20
+    )
+    time.sleep(0.3)
+    assert sdk.responses.retrieve(queued.id).status == "queued"
+    worker.behaviour = "slow"  # a token every 50 ms from here
+    wait_for(lambda: sdk.responses.retrieve(queued.id).status == "in_progress", timeout=10)
+    done = settled(sdk, queued.id)
+    assert done.status == "incomplete" and done.usage is not None  # ran to its limit
+    assert done.usage.output_tokens == 20
+
+
 def test_without_store_it_is_kept_for_polling_only(sdk: openai.OpenAI) -> None:
     queued = sdk.responses.create(model=MODEL, input="Hi", background=True, store=False)
     assert queued.status == "queued" and queued.store is False
@@ -154,7 +171,8 @@ def test_a_dropped_stream_resumes_where_it_left_off(sdk: openai.OpenAI, worker: 
             break
     stream.close()  # the client drops; the run goes on
     response_id = seen[0].response.id
-    assert sdk.responses.retrieve(response_id).status in ("queued", "completed")
+    # Tokens have been generated: a worker has it (or it has already run to its end).
+    assert sdk.responses.retrieve(response_id).status in ("in_progress", "incomplete")
     rest = list(
         sdk.responses.retrieve(response_id, stream=True, starting_after=seen[-1].sequence_number)
     )

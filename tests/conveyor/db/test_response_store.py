@@ -160,3 +160,23 @@ def test_a_cancel_that_loses_the_race_shows_the_finished_row(db: Database) -> No
             assert response_store.finish_response(finishing, {**body, "status": "completed"})
         assert not response_store.end_running(cancelling, stored, "cancelled")
         assert stored.status == stored.body["status"] == "completed"
+
+
+def test_in_progress_only_follows_queued(db: Database) -> None:
+    """A worker's first reply moves a queued run to in_progress, body and column alike;
+    it never moves a run that has already ended (the reply raced the end), nor one gone."""
+    body = queued_body()
+    with db.session() as session:
+        response_store.save_response(session, None, body, [])
+    with db.session() as session:
+        assert response_store.mark_in_progress(session, body["id"])
+    with db.session() as session:
+        stored = response_store.get_response(session, body["id"], None)
+        assert stored is not None and stored.status == stored.body["status"] == "in_progress"
+        assert not response_store.mark_in_progress(session, body["id"])  # once
+        assert response_store.finish_response(session, {**body, "status": "completed"})
+    with db.session() as session:
+        assert not response_store.mark_in_progress(session, body["id"])
+        stored = response_store.get_response(session, body["id"], None)
+        assert stored is not None and stored.status == "completed"
+        assert not response_store.mark_in_progress(session, "resp_missing")
