@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from benchmarks.prompts import PARAGRAPH
-from benchmarks.report import JsonLines
+from benchmarks.report import JsonLines, rounded
 from benchmarks.serve import (
     RequestResult,
     RequestShape,
@@ -139,10 +139,6 @@ def phase_invalid_reason(end: BatchProgress) -> str | None:
 # --- lines -------------------------------------------------------------------------------
 
 
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
-
-
 _LATENCY_KEYS = (
     "ttft_ms_p50",
     "ttft_ms_p99",
@@ -180,8 +176,8 @@ def phase_line(
         failed = end.failed - start.failed
     line["batch_lines_completed_during_phase"] = completed
     line["batch_lines_failed_during_phase"] = failed
-    line["batch_lines_per_s"] = _round(completed / wall, 2) if wall > 0 else None
-    line["duration_s"] = _round(wall)
+    line["batch_lines_per_s"] = rounded(completed / wall, 2) if wall > 0 else None
+    line["duration_s"] = rounded(wall)
     line["concurrency"] = concurrency
     line["max_tokens"] = max_tokens
     reason = None
@@ -199,7 +195,7 @@ def phase_line(
 def _ratio(during: Any, idle: Any) -> float | None:
     if during is None or not idle:
         return None
-    return _round(during / idle)
+    return rounded(during / idle)
 
 
 def summarize(
@@ -391,7 +387,7 @@ def _measure(
         _log(f"batch {batch_id}: {args.batch_lines} lines submitted; waiting for it to run")
         waited = time.monotonic()
         client.wait_running(batch_id, args.min_batch_lines, args.batch_start_timeout)
-        facts["batch_start_s"] = _round(time.monotonic() - waited, 2)
+        facts["batch_start_s"] = rounded(time.monotonic() - waited, 2)
         start, _ = client.progress(batch_id)
         _log(f"during_batch: {n} requests, batch at {start.processed}/{start.total} lines")
         results, wall = run_load(base_url, shape, prompts(n), args.concurrency, headers, trust_env)
@@ -406,7 +402,7 @@ def _measure(
             final, seconds = client.cancel_and_wait(batch_id, args.cancel_timeout)
             facts.update(
                 batch_status_after_cancel=final.status,
-                batch_cancel_s=_round(seconds, 2),
+                batch_cancel_s=rounded(seconds, 2),
                 batch_lines_completed_total=final.completed,
                 batch_lines_failed_total=final.failed,
             )

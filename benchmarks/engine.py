@@ -23,19 +23,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.args import int_list
 from benchmarks.probes import DecodeDims, gemm_gflops, memory_bandwidth_gbs
 from benchmarks.prompts import PARAGRAPH
-from benchmarks.report import JsonLines
+from benchmarks.report import JsonLines, rounded
 from engine.config import EngineConfig, ModelConfig, resolve_dtype
 from engine.llm import LLM, greedy
 from engine.loader import resolve_model
-
-
-def _int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -55,13 +49,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--output-len", type=int, default=128, help="generated tokens per request")
     p.add_argument(
         "--concurrency",
-        type=_int_list,
+        type=int_list,
         default=[1, 16, 64],
         help="comma-separated numbers of requests submitted at once to our engine",
     )
     p.add_argument(
         "--hf-batches",
-        type=_int_list,
+        type=int_list,
         default=[16, 64],
         help="comma-separated HF generate batch sizes (batch 1 is always run)",
     )
@@ -100,10 +94,6 @@ def matching_prefix(a: Sequence[int], b: Sequence[int]) -> int:
             break
         n += 1
     return n
-
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 # --- HF transformers ------------------------------------------------------------------
@@ -173,8 +163,8 @@ def run_hf(
                 "prompt_len": args.prompt_len,
                 "output_len": args.output_len,
                 "output_tokens": tokens,
-                "seconds": _round(seconds),
-                "output_tok_s": _round(tokens / seconds, 2),
+                "seconds": rounded(seconds),
+                "output_tok_s": rounded(tokens / seconds, 2),
                 "threads": torch.get_num_threads(),
                 "device": str(device),
             }
@@ -260,16 +250,16 @@ def run_conveyor_config(
         "prompt_len": args.prompt_len,
         "output_len": args.output_len,
         "output_tokens": tokens,
-        "seconds": _round(seconds),
-        "output_tok_s": _round(tokens / seconds, 2),
+        "seconds": rounded(seconds),
+        "output_tok_s": rounded(tokens / seconds, 2),
         "num_steps": len(step_s),
-        "mean_step_ms": _round(1e3 * statistics.fmean(step_s)) if step_s else None,
-        "mean_decode_step_ms": _round(1e3 * statistics.fmean(decode_s)) if decode_s else None,
-        "mean_prefill_step_ms": _round(1e3 * other_s / num_other) if num_other else None,
-        "decode_tok_s": _round(decode_tokens / sum(decode_s), 2) if decode_s else None,
-        "step_overhead_pct": _round(100 * (1 - sum(step_s) / seconds), 2),
-        "ttft_ms_p50": _round(1e3 * _percentile(ttft, 0.5)) if ttft else None,
-        "tpot_ms_p50": _round(1e3 * _percentile(tpot, 0.5)) if tpot else None,
+        "mean_step_ms": rounded(1e3 * statistics.fmean(step_s)) if step_s else None,
+        "mean_decode_step_ms": rounded(1e3 * statistics.fmean(decode_s)) if decode_s else None,
+        "mean_prefill_step_ms": rounded(1e3 * other_s / num_other) if num_other else None,
+        "decode_tok_s": rounded(decode_tokens / sum(decode_s), 2) if decode_s else None,
+        "step_overhead_pct": rounded(100 * (1 - sum(step_s) / seconds), 2),
+        "ttft_ms_p50": rounded(1e3 * _percentile(ttft, 0.5)) if ttft else None,
+        "tpot_ms_p50": rounded(1e3 * _percentile(tpot, 0.5)) if tpot else None,
         "cached_prompt_tokens": cached,
         "threads": torch.get_num_threads(),
         "device": str(engine.device),
@@ -342,7 +332,7 @@ def summarize(
         if a is None or b is None:
             return None
         denominator = b if isinstance(b, float) else b["output_tok_s"]
-        return _round(a["output_tok_s"] / denominator)
+        return rounded(a["output_tok_s"] / denominator)
 
     ours_1 = _best(lines, "conveyor", "concurrency", 1)
     top = max(concurrencies)
@@ -356,11 +346,11 @@ def summarize(
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "params_per_token": params,
-        "gemm_gflops_decode_shape": _round(gemm_decode, 1),
-        "gemm_gflops_square": _round(gemm_square, 1),
-        "mem_bw_gbs": _round(bandwidth, 2),
-        "bandwidth_bound_single_stream_tok_s": _round(bw_bound, 2),
-        "compute_bound_tok_s": _round(compute_bound, 2),
+        "gemm_gflops_decode_shape": rounded(gemm_decode, 1),
+        "gemm_gflops_square": rounded(gemm_square, 1),
+        "mem_bw_gbs": rounded(bandwidth, 2),
+        "bandwidth_bound_single_stream_tok_s": rounded(bw_bound, 2),
+        "compute_bound_tok_s": rounded(compute_bound, 2),
         "hf_best_batch": hf_best["batch"] if hf_best else None,
         "single_stream_vs_hf": ratio(ours_1, hf_1),
         "single_stream_vs_bandwidth_bound": ratio(ours_1, bw_bound),

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.report import JsonLines
+from benchmarks.args import int_list
+from benchmarks.report import JsonLines, rounded
 
 # Peak DRAM bandwidth from vendor spec sheets, GB/s; first substring match of the
 # device name wins, so more specific names come first.
@@ -55,20 +56,13 @@ KNOWN_PEAK_GBS: tuple[tuple[str, float], ...] = (
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def _int_list(text: str) -> list[int]:
-    values = [int(v) for v in text.split(",") if v.strip()]
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="conveyor bench kernels",
         description="Paged decode attention bandwidth: Triton kernel vs torch SDPA (GPU only).",
     )
-    p.add_argument("--batch", type=_int_list, default=[1, 32, 128], help="comma-separated")
-    p.add_argument("--context", type=_int_list, default=[512, 4096], help="comma-separated")
+    p.add_argument("--batch", type=int_list, default=[1, 32, 128], help="comma-separated")
+    p.add_argument("--context", type=int_list, default=[512, 4096], help="comma-separated")
     p.add_argument("--heads", type=int, default=32, help="query heads (Llama-3-8B: 32)")
     p.add_argument("--kv-heads", type=int, default=8, help="KV heads (Llama-3-8B: 8)")
     p.add_argument("--head-dim", type=int, default=128)
@@ -92,17 +86,13 @@ def known_peak_gbs(device_name: str) -> float | None:
     return None
 
 
-def _time_ms(fn: Callable[[], object], cuda_graph: bool) -> float:
+def median_ms(fn: Callable[[], object], cuda_graph: bool) -> float:
     """Median milliseconds per call; the L2 cache is flushed between calls."""
     import triton.testing
 
     if cuda_graph:
         return float(triton.testing.do_bench_cudagraph(fn, return_mode="median"))
     return float(triton.testing.do_bench(fn, return_mode="median"))
-
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 Timer = Callable[[Callable[[], object]], float]
@@ -188,7 +178,7 @@ def bench_decode(
         "block_size": bs,
         "dtype": args.dtype,
         "partitions": decode.num_partitions,
-        "useful_mb": _round(useful_bytes / 1e6),
+        "useful_mb": rounded(useful_bytes / 1e6),
         "max_abs_err_vs_sdpa": float(f"{max_abs_err:.3g}"),
     }
     timings = {}
@@ -196,11 +186,11 @@ def bench_decode(
         ms = time_ms(fn)
         timings[name] = ms
         gbs = useful_bytes / (ms * 1e-3) / 1e9
-        row[f"{name}_us"] = _round(ms * 1e3, 2)
-        row[f"{name}_gbs"] = _round(gbs, 1)
-        row[f"{name}_peak_frac"] = _round(gbs / peak_gbs) if peak_gbs else None
-    row["speedup_vs_sdpa"] = _round(timings["sdpa"] / timings["triton"])
-    row["speedup_vs_gather_sdpa"] = _round(timings["gather_sdpa"] / timings["triton"])
+        row[f"{name}_us"] = rounded(ms * 1e3, 2)
+        row[f"{name}_gbs"] = rounded(gbs, 1)
+        row[f"{name}_peak_frac"] = rounded(gbs / peak_gbs) if peak_gbs else None
+    row["speedup_vs_sdpa"] = rounded(timings["sdpa"] / timings["triton"])
+    row["speedup_vs_gather_sdpa"] = rounded(timings["gather_sdpa"] / timings["triton"])
     row["peak_gbs"] = peak_gbs
     return row
 
@@ -226,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     emit = JsonLines(args.json_out)
 
     def time_ms(fn: Callable[[], object]) -> float:
-        return _time_ms(fn, args.cuda_graph)
+        return median_ms(fn, args.cuda_graph)
 
     with torch.inference_mode():
         for batch in args.batch:

@@ -22,3 +22,8 @@ class JsonLines:
         if self.path is not None:
             with self.path.open("a") as handle:
                 handle.write(text + "\n")
+
+
+def rounded(value: float | None, digits: int = 3) -> float | None:
+    """A figure as reported: rounded, or None where it was not measured."""
+    return None if value is None else round(value, digits)

@@ -57,8 +57,9 @@ from typing import Any
 
 import httpx
 
+from benchmarks.args import int_list
 from benchmarks.prompts import PARAGRAPH
-from benchmarks.report import JsonLines
+from benchmarks.report import JsonLines, rounded
 from benchmarks.serve_targets import (
     DEFAULT_STARTUP_TIMEOUT_S,
     ServerProcess,
@@ -81,10 +82,6 @@ _WARMUP_BASE = 10**6
 def _log(message: str) -> None:
     """Progress goes to stderr so stdout stays pure JSON lines."""
     print(f"[bench serve] {message}", file=sys.stderr, flush=True)
-
-
-def _round(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -357,16 +354,16 @@ def aggregate(
         "tpot_ms_p50": ms(tpot, 50),
         "tpot_ms_p99": ms(tpot, 99),
         "e2e_ms_p50": ms(e2e, 50),
-        "output_tok_s": _round(tokens / wall, 2) if wall > 0 else None,
-        "requests_s": _round(len(ok) / wall, 3) if wall > 0 else None,
+        "output_tok_s": rounded(tokens / wall, 2) if wall > 0 else None,
+        "requests_s": rounded(len(ok) / wall, 3) if wall > 0 else None,
         "errors": len(errors),
         "e2e_ms_p99": ms(e2e, 99),
-        "duration_s": _round(wall),
+        "duration_s": rounded(wall),
         "output_len": output_len,
         "requests_not_output_len": sum(1 for r in ok if r.output_tokens != output_len),
         # What the server counted, to check every system saw prompts of the same size.
         "prompt_tokens_mean": (
-            _round(sum(prompt_tokens) / len(prompt_tokens), 1) if prompt_tokens else None
+            rounded(sum(prompt_tokens) / len(prompt_tokens), 1) if prompt_tokens else None
         ),
     }
     if errors:
@@ -734,14 +731,14 @@ def summarize(lines: list[dict[str, Any]], concurrencies: list[int]) -> dict[str
             if ra is None or rb is None or ra.get(key) is None or not rb.get(key):
                 out[str(c)] = None
             else:
-                out[str(c)] = _round(ra[key] / rb[key])
+                out[str(c)] = rounded(ra[key] / rb[key])
         return out
 
     def ttft_added(c: int) -> float | None:
         ra, rb = row("conveyor", c), row("inprocess", c)
         if not ra or not rb or ra["ttft_ms_p50"] is None or rb["ttft_ms_p50"] is None:
             return None
-        return _round(ra["ttft_ms_p50"] - rb["ttft_ms_p50"], 2)
+        return rounded(ra["ttft_ms_p50"] - rb["ttft_ms_p50"], 2)
 
     return {
         "bench": "serve",
@@ -762,16 +759,6 @@ def summarize(lines: list[dict[str, Any]], concurrencies: list[int]) -> dict[str
 
 
 # --- CLI --------------------------------------------------------------------------------
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def _targets(text: str) -> list[str]:
@@ -795,7 +782,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--endpoint", choices=["completions", "chat", "responses"], default="completions"
     )
     p.add_argument(
-        "--concurrency", type=_int_list, default=[1, 16, 64], help="comma-separated in-flight caps"
+        "--concurrency", type=int_list, default=[1, 16, 64], help="comma-separated in-flight caps"
     )
     p.add_argument("--num-requests", type=int, default=64, help="requests per concurrency")
     p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (approximately)")

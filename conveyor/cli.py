@@ -206,38 +206,24 @@ def _batch_worker(args: argparse.Namespace) -> int:
     return run_batch_worker(settings_from_args(args), log_level=args.log_level.upper())
 
 
+# `conveyor bench TARGET`: the module whose main() runs it (imported only when run).
+BENCHMARKS = {
+    "engine": "benchmarks.engine",
+    "serve": "benchmarks.serve",
+    "kernels": "benchmarks.kernels",
+    "experts": "benchmarks.experts",
+    "batch": "benchmarks.batch_interference",
+    "structured": "benchmarks.structured_output",
+    "speculative": "benchmarks.speculative",
+    "lora": "benchmarks.lora",
+    "embed": "benchmarks.embeddings",
+}
+
+
 def _bench(args: argparse.Namespace) -> int:
-    if args.target == "batch":
-        from benchmarks.batch_interference import main as bench_batch
+    import importlib
 
-        return bench_batch(args.rest)
-    if args.target == "kernels":
-        from benchmarks.kernels import main as bench_kernels
-
-        return bench_kernels(args.rest)
-    if args.target == "engine":
-        from benchmarks.engine import main as bench_engine
-
-        return bench_engine(args.rest)
-    if args.target == "structured":
-        from benchmarks.structured_output import main as bench_structured
-
-        return bench_structured(args.rest)
-    if args.target == "embed":
-        from benchmarks.embeddings import main as bench_embed
-
-        return bench_embed(args.rest)
-    if args.target == "lora":
-        from benchmarks.lora import main as bench_lora
-
-        return bench_lora(args.rest)
-    if args.target == "speculative":
-        from benchmarks.speculative import main as bench_speculative
-
-        return bench_speculative(args.rest)
-    from benchmarks.serve import main as bench_serve
-
-    return bench_serve(args.rest)
+    return int(importlib.import_module(BENCHMARKS[args.target]).main(args.rest))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,22 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="benchmarks: `conveyor bench "
-        "engine|serve|kernels|batch|structured|speculative|lora|embed [flags]`",
+        help=f"benchmarks: `conveyor bench {'|'.join(BENCHMARKS)} [flags]`",
     )
-    bench.add_argument(
-        "target",
-        choices=[
-            "engine",
-            "serve",
-            "kernels",
-            "batch",
-            "structured",
-            "speculative",
-            "lora",
-            "embed",
-        ],
-    )
+    bench.add_argument("target", choices=list(BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_bench)
     return parser

@@ -165,8 +165,9 @@ class LLMEngine:
             and supports_graphs(backend)
             and not config.enforce_eager
             and self.runner_kind == "generate"  # embedding prompts never decode
-            # Which experts a step runs is known only on the host (engine/models/moe.py).
-            and not self.model_config.num_experts
+            # The torch experts read which experts a step runs on the host; Triton's
+            # grouped GEMMs need no sync (kernels/triton_experts.py).
+            and (not self.model_config.num_experts or backend.ops.experts_sync_free)
         ):
             decode_graphs = DecodeGraphs(
                 model,

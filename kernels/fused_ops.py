@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.experts import experts
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.linear import TORCH_LINEAR, LinearMethod
 from kernels.rms_norm import rms_norm
@@ -21,20 +22,29 @@ from kernels.silu_and_mul import silu_and_mul
 RmsNorm = Callable[
     [torch.Tensor, torch.Tensor, float, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]
 ]
+ActAndMul = Callable[[torch.Tensor], torch.Tensor]
+Experts = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ActAndMul],
+    torch.Tensor,
+]
 
 
 @dataclass(frozen=True)
 class FusedOps:
     """rms_norm: see kernels/rms_norm.py. apply_rotary: returns the rotated tensor,
     which may be its input rotated in place. silu_and_mul: see kernels/silu_and_mul.py;
-    gelu_tanh_and_mul (Gemma's MLP): kernels/gelu_tanh_and_mul.py. linear: how the
-    model's weights are laid out and multiplied (kernels/linear.py)."""
+    gelu_tanh_and_mul (Gemma's MLP): kernels/gelu_tanh_and_mul.py. experts: a
+    mixture-of-experts layer's expert MLPs (kernels/experts.py); `experts_sync_free`
+    when they need no host sync (decodes may then replay CUDA graphs). linear: how
+    the model's weights are laid out and multiplied (kernels/linear.py)."""
 
     name: str
     rms_norm: RmsNorm
     apply_rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
-    gelu_tanh_and_mul: Callable[[torch.Tensor], torch.Tensor]
+    silu_and_mul: ActAndMul
+    gelu_tanh_and_mul: ActAndMul
+    experts: Experts = experts
+    experts_sync_free: bool = False
     linear: LinearMethod = TORCH_LINEAR
 
 

@@ -4,7 +4,8 @@
 offsets on the device once; every layer's `forward` is then three kernel
 launches at most (store_kv, decode, prefill), plus a combine kernel when a
 decode context spans several partitions. The fused ops it carries run the
-model's RMSNorm, rotary and SiLU-and-mul as Triton kernels too.
+model's RMSNorm, rotary, SiLU/GELU-and-mul and mixture-of-experts MLPs as
+Triton kernels too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kernels.triton_decode_attention import (
     decode_attention,
     make_decode_batch,
 )
+from kernels.triton_experts import fused_experts
 from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.triton_prefill_attention import PrefillBatch, make_prefill_batch, prefill_attention
 from kernels.triton_rms_norm import rms_norm
@@ -29,7 +31,15 @@ from kernels.triton_silu_and_mul import silu_and_mul
 from kernels.triton_store_kv import store_kv
 from kernels.triton_support import triton_unavailable_reason
 
-TRITON_OPS = FusedOps("triton", rms_norm, apply_rotary, silu_and_mul, gelu_tanh_and_mul)
+TRITON_OPS = FusedOps(
+    "triton",
+    rms_norm,
+    apply_rotary,
+    silu_and_mul,
+    gelu_tanh_and_mul,
+    experts=fused_experts,
+    experts_sync_free=True,
+)
 
 
 @dataclass(frozen=True)

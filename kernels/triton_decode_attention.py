@@ -214,9 +214,13 @@ def make_decode_batch(
 
 
 def _keys_per_tile(element_size: int, head_dim: int) -> int:
+    """64 keys per tile in 16-bit dtypes. fp32 spilled registers with more than 16 past
+    head_dim 64 (on sm_90: 64 keys or 4 warps at head_dim 128, 32 keys with 8 query
+    heads per KV head, and at Gemma's 256), checked by python -m
+    kernels.triton_offline_compile; with 8 warps (below), 16."""
     if element_size <= 2:
         return 64
-    return 16 if head_dim > 128 else 32
+    return 16 if head_dim > 64 else 32
 
 
 def decode_attention(
@@ -280,9 +284,6 @@ def decode_attention(
         CACHE_BLOCK=key_cache.shape[1],
         PARTITION=batch.partition_size,
         BLOCK_G=max(16, triton.next_power_of_2(group)),
-        # 64 keys per tile; fp32 at head_dim 128 spilled registers on sm_90 with 64 keys
-        # or 4 warps (python -m kernels.triton_offline_compile): 32 keys, 8 warps; and
-        # at head_dim 256 (Gemma) with 32 keys: 16.
         BLOCK_N=min(_keys_per_tile(query.element_size(), head_dim), batch.partition_size),
         BLOCK_D=block_d,
         SPLIT=split,

@@ -48,6 +48,9 @@ class ModelShape:
     # Gemma's: a GELU-tanh MLP, and Gemma 2's soft-capped attention scores.
     gelu: bool = False
     softcap: float | None = None
+    # A mixture of experts' MLPs: `experts` of width `intermediate`, `top_k` per token.
+    experts: int = 0
+    top_k: int = 0
 
 
 SHAPES = (
@@ -56,6 +59,8 @@ SHAPES = (
     ModelShape("llama3-8b", 32, 8, 128, 4096, 14336),
     ModelShape("gemma3-1b", 4, 1, 256, 1152, 6912, gelu=True),
     ModelShape("gemma2-9b", 16, 8, 256, 3584, 14336, gelu=True, softcap=50.0),
+    ModelShape("qwen3-30b-a3b", 32, 4, 128, 2048, 768, experts=128, top_k=8),
+    ModelShape("mixtral-8x7b", 32, 8, 128, 4096, 14336, experts=8, top_k=2),
 )
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -151,6 +156,7 @@ class _OfflineDriver:
 def _launch_all(start_case: Callable[[str], None]) -> None:
     """Launch every kernel the engine runs, over SHAPES and DTYPES, naming each case first."""
     from kernels.triton_decode_attention import decode_attention, make_decode_batch
+    from kernels.triton_experts import fused_experts
     from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
     from kernels.triton_prefill_attention import make_prefill_batch, prefill_attention
     from kernels.triton_rms_norm import rms_norm
@@ -186,6 +192,16 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             apply_rotary(t(4, h + kvh, d), cos_sin, cos_sin)
             act_and_mul = gelu_tanh_and_mul if shape.gelu else silu_and_mul
             act_and_mul(t(4, 2 * shape.intermediate))
+            if shape.experts:
+                gate_up = t(shape.experts, 2 * shape.intermediate, shape.hidden)
+                down = t(shape.experts, shape.hidden, shape.intermediate)
+                for tokens in (2, 300):  # a decode step's row blocks, a prefill's
+                    start_case(f"{case} {tokens} tokens")
+                    chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % shape.experts
+                    weights = torch.ones(tokens, shape.top_k)
+                    fused_experts(
+                        t(tokens, shape.hidden), gate_up, down, weights, chosen, act_and_mul
+                    )
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:

@@ -17,6 +17,8 @@
 #                    graphs: greedy tokens must match HF's (greedy_tokens_matching_hf)
 #   6. engine-bf16-eager  stage 4 with --enforce-eager: what the graphs are worth
 #   7. kernels-p256, kernels-p1024  stage 3's largest shapes with other partition sizes
+#   8. lora          adapters on the stage-4 model
+#   9. experts       MoE grouped GEMMs vs the torch loop, Qwen3-30B-A3B's layer shape
 # Stages run in order of importance, so a lease cut short loses the least.
 # Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
 # the GPU machines here have; nothing is installed or downloaded.
@@ -74,6 +76,7 @@ if ((smoke)); then
     fp32_args=(--prompt-len 4 --output-len 3 --concurrency 1 --hf-batches 1)
     eager_args=(--prompt-len 8 --output-len 4 --concurrency 2 --hf-batches 2)
     lora_args=(--prompt-len 8 --output-len 4 --concurrency 1,2)
+    expert_tokens=(--tokens 1)
 else
     device=cuda
     test_args=(-q -n 8)
@@ -83,6 +86,7 @@ else
     fp32_args=(--output-len 64 --concurrency 1,16 --hf-batches 16)
     eager_args=(--concurrency 1,64,256 --hf-batches 256 --max-num-seqs 256)
     lora_args=(--output-len 64 --concurrency 1,32,128)
+    expert_tokens=(--tokens 1,16,256,2048)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; $PY -c 'import sys, torch, triton, transformers;
@@ -124,5 +128,8 @@ fi
 stage lora 90 "$PY" -m benchmarks.lora --model "$models/big" --device "$device" \
     --dtype bfloat16 --num-adapters 4 --rank 16 --rounds 1 "${lora_args[@]}" \
     --json-out "$out/lora.jsonl"
+
+# On CPU (smoke) it refuses with rc 2, as the kernel benchmark does.
+stage experts 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --json-out "$out/experts.jsonl"
 
 echo "results in $out: $(ls "$out" | tr '\n' ' ')"

@@ -4,12 +4,10 @@ The router scores every expert, keeps each token's `experts_per_token` best
 (their softmax probabilities, renormalised over the chosen ones where the
 model does), and the token's output is their MLPs' outputs so weighted. The
 experts' weights are stacked ([experts, 2 * inter, hidden] for gate/up,
-[experts, hidden, inter] for down) and each expert runs once per step over
-the tokens routed to it, in the order transformers adds them, so greedy
-output matches it. Which experts a step uses is only known on the host (one
-sync per layer: the group sizes), so a model with experts decodes eagerly
-(no CUDA graphs). Torch ops on every
-device: a fused Triton MoE kernel is future work.
+[experts, hidden, inter] for down) and run by the backend's `experts` op:
+torch ops grouped by expert (kernels/experts.py, bit for bit transformers,
+one host sync per layer), or grouped GEMMs in Triton
+(kernels/triton_experts.py, no host sync, so decodes can replay CUDA graphs).
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ class SparseMoE(nn.Module):
         self.act_and_mul = (
             ops.gelu_tanh_and_mul if config.hidden_activation == "gelu_tanh" else ops.silu_and_mul
         )
+        self.experts = ops.experts
         # The router's matmul is plain F.linear, as transformers', so that near-tied
         # expert scores break the same way.
         self.gate = nn.Parameter(torch.empty(experts, hidden))
@@ -58,23 +57,7 @@ class SparseMoE(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         if not self.fp32_routing:
             weights = weights.to(x.dtype)
-        out = torch.zeros_like(x)
-        # Every (token, slot) grouped by expert with one sort, and the group sizes read
-        # with one host sync per layer, not one per expert.
-        flat = chosen.flatten()
-        order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.gate.shape[0]).tolist()
-        start = 0
-        for expert, count in enumerate(counts):
-            if not count:
-                continue
-            picks = order[start : start + count]
-            start += count
-            tokens, slot = picks // self.top_k, picks % self.top_k
-            h = self.act_and_mul(F.linear(x[tokens], self.gate_up[expert]))
-            h = F.linear(h, self.down[expert]) * weights[tokens, slot, None]
-            out.index_add_(0, tokens, h.to(x.dtype))
-        return out
+        return self.experts(x, self.gate_up, self.down, weights, chosen, self.act_and_mul)
 
     def load_expert(self, expert: int, part: str, tensor: torch.Tensor) -> str:
         """Copy one expert matrix in; returns the key that marks it loaded."""

@@ -1,0 +1,125 @@
+"""Mixture-of-experts benchmark: Triton grouped GEMMs against the torch per-expert loop.
+
+One MoE layer's expert MLPs (Qwen3-30B-A3B's shape by default: 128 experts of
+width 768 over hidden 2048, 8 per token), timed on the same routing at several
+token counts, from a decode step's few to a prefill's thousands:
+
+- triton: `fused_experts` (device-side sort and padding, two grouped-GEMM
+  launches and the activation kernel; no host sync);
+- torch: `kernels.experts.experts`, one pair of matmuls per expert hit, with
+  one host sync to read the group sizes.
+
+Reported per row: milliseconds, TFLOP/s over the work done (2 * tokens * k *
+3 * hidden * inter), and the expert weights' bandwidth (the bytes of every
+expert hit, read once: what bounds a decode step). GPU only: on CPU it
+refuses rather than print numbers that mean nothing.
+
+    python -m benchmarks.experts --tokens 1,16,256,2048
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.args import int_list
+from benchmarks.kernels import known_peak_gbs, median_ms
+from benchmarks.report import JsonLines, rounded
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="conveyor bench experts",
+        description="MoE expert MLPs: Triton grouped GEMMs vs the torch loop (GPU only).",
+    )
+    p.add_argument("--tokens", type=int_list, default=[1, 16, 256, 2048], help="comma-separated")
+    p.add_argument("--experts", type=int, default=128)
+    p.add_argument("--top-k", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=2048)
+    p.add_argument("--inter", type=int, default=768, help="each expert's MLP width")
+    p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
+    args = p.parse_args(argv)
+    if not 1 <= args.top_k <= args.experts:
+        p.error("--top-k must be between 1 and --experts")
+    return args
+
+
+def bench_layer(
+    tokens: int, args: argparse.Namespace, device: torch.device, peak_gbs: float | None
+) -> dict[str, Any]:
+    """One JSON row: both implementations on one random routing of `tokens` tokens."""
+    from kernels.experts import experts
+    from kernels.silu_and_mul import silu_and_mul as torch_silu_and_mul
+    from kernels.triton_experts import fused_experts
+    from kernels.triton_silu_and_mul import silu_and_mul
+
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    e, h, i = args.experts, args.hidden, args.inter
+    x = torch.randn(tokens, h, generator=gen, device=device, dtype=dtype)
+    gate_up = torch.randn(e, 2 * i, h, generator=gen, device=device, dtype=dtype) / h**0.5
+    down = torch.randn(e, h, i, generator=gen, device=device, dtype=dtype) / i**0.5
+    logits = torch.randn(tokens, e, generator=gen, device=device)
+    weights, chosen = torch.topk(logits.softmax(-1), args.top_k, dim=-1)
+    weights = (weights / weights.sum(-1, keepdim=True)).to(dtype)
+    timings = {
+        "triton": median_ms(
+            lambda: fused_experts(x, gate_up, down, weights, chosen, silu_and_mul), False
+        ),
+        "torch": median_ms(
+            lambda: experts(x, gate_up, down, weights, chosen, torch_silu_and_mul), False
+        ),
+    }
+    hit = int(torch.unique(chosen).numel())
+    flops = 2 * tokens * args.top_k * 3 * h * i
+    weight_bytes = hit * 3 * h * i * x.element_size()
+    row: dict[str, Any] = {
+        "bench": "experts",
+        "tokens": tokens,
+        "experts": e,
+        "top_k": args.top_k,
+        "hidden": h,
+        "inter": i,
+        "dtype": args.dtype,
+        "experts_hit": hit,
+    }
+    for name, ms in timings.items():
+        row[f"{name}_ms"] = rounded(ms, 4)
+        row[f"{name}_tflops"] = rounded(flops / ms / 1e9, 2)
+        gbs = weight_bytes / ms / 1e6
+        row[f"{name}_weight_gbs"] = rounded(gbs, 1)
+        row[f"{name}_peak_frac"] = rounded(gbs / peak_gbs) if peak_gbs else None
+    row["speedup_vs_torch"] = rounded(timings["torch"] / timings["triton"])
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if not torch.cuda.is_available():
+        print(
+            "benchmarks.experts times GPU kernels and needs a CUDA GPU; none is visible "
+            "here, so nothing was measured",
+            file=sys.stderr,
+        )
+        return 2
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    emit = JsonLines(args.json_out)
+    with torch.inference_mode():
+        for tokens in args.tokens:
+            row = bench_layer(tokens, args, device, known_peak_gbs(name))
+            row["device"] = name
+            emit(row)
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Triton mixture-of-experts: every expert's MLP as two grouped GEMMs, no host sync.
+
+The (token, slot) pairs are sorted by expert on the device and each expert's
+run is padded to a multiple of BLOCK_M (`align_pairs`, torch ops without a
+host sync), so each row block of the sorted order belongs to one expert. One
+kernel then multiplies a row block by that expert's matrix, gathering its
+input rows through the sorted pair ids and scattering its output rows back to
+pair order: first x @ gate_up (rows are tokens), then the activation kernel,
+then h @ down scaled by the routing weight (rows are pairs), and the K slots
+of each token are summed. Grids are sized from shapes alone (the padding
+bound, not the real counts), so a decode step can be recorded in a CUDA
+graph. Reference: kernels/experts.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_support import dot_precision, upcast_dot
+
+
+@triton.jit
+def grouped_gemm_kernel(
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    weight_ptr,
+    sorted_pairs_ptr,
+    block_experts_ptr,
+    num_pairs,
+    n_size,
+    k_size,
+    stride_am,
+    stride_be,
+    stride_bn,
+    stride_cm,
+    A_ROW_DIVISOR: tl.constexpr,
+    MUL_WEIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """C[pair] = A[pair // A_ROW_DIVISOR] @ B[expert].T (times the pair's weight), for
+    the BLOCK_M sorted pairs of this program's row block; padding pairs are skipped."""
+    block = tl.program_id(0)
+    expert = tl.load(block_experts_ptr + block)
+    if expert < 0:
+        return  # past the last expert's padded run
+    rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(sorted_pairs_ptr + rows)
+    row_mask = pairs < num_pairs
+    a_rows = (pairs // A_ROW_DIVISOR).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_size
+    k = tl.arange(0, BLOCK_K)
+    b_base = b_ptr + expert.to(tl.int64) * stride_be + cols[None, :].to(tl.int64) * stride_bn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, k_size, BLOCK_K):
+        k_mask = (k0 + k) < k_size
+        a = tl.load(
+            a_ptr + a_rows[:, None] * stride_am + (k0 + k)[None, :],
+            mask=row_mask[:, None] & k_mask[None, :],
+            other=0.0,
+        )
+        b = tl.load(b_base + (k0 + k)[:, None], mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+        if UPCAST:
+            a = a.to(tl.float32)
+            b = b.to(tl.float32)
+        acc += tl.dot(a, b, input_precision=PRECISION)
+    if MUL_WEIGHT:
+        weight = tl.load(weight_ptr + pairs, mask=row_mask, other=0.0)
+        acc = acc * weight.to(tl.float32)[:, None]
+    out = c_ptr + pairs[:, None].to(tl.int64) * stride_cm + cols[None, :]
+    tl.store(out, acc.to(c_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+
+
+@dataclass(frozen=True)
+class AlignedPairs:
+    """The (token, slot) pairs in expert order, each expert's run padded to BLOCK_M."""
+
+    sorted_pairs: torch.Tensor  # [num_blocks * block_m] pair ids; padding = num_pairs
+    block_experts: torch.Tensor  # [num_blocks] each row block's expert; -1 past the end
+    block_m: int
+
+
+def align_pairs(chosen: torch.Tensor, num_experts: int, block_m: int) -> AlignedPairs:
+    """Sort the flattened pairs by expert and pad each run, with device ops only (no
+    bincount, which reads its maximum on the host). The size is the bound for P pairs:
+    at most min(P, E) runs, each padded by under BLOCK_M."""
+    flat = chosen.flatten()
+    num_pairs = flat.shape[0]
+    device = flat.device
+    order = torch.argsort(flat, stable=True)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    padded_end = torch.cumsum(padded, 0)
+    run_offset = (padded_end - padded) - (torch.cumsum(counts, 0) - counts)
+    destination = torch.arange(num_pairs, device=device) + run_offset[flat[order]]
+    num_blocks = triton.cdiv(num_pairs + min(num_pairs, num_experts) * (block_m - 1), block_m)
+    sorted_pairs = torch.full((num_blocks * block_m,), num_pairs, dtype=torch.long, device=device)
+    sorted_pairs[destination] = order
+    block_start = torch.arange(num_blocks, device=device) * block_m
+    block_experts = torch.searchsorted(padded_end, block_start, right=True)
+    block_experts = torch.where(block_experts < num_experts, block_experts, -1)
+    return AlignedPairs(sorted_pairs, block_experts.to(torch.int32), block_m)
+
+
+@dataclass(frozen=True)
+class Tiles:
+    rows: int
+    cols: int
+    depth: int
+
+
+def _tiles(pairs_per_expert: float, element_size: int) -> Tiles:
+    """Row blocks sized to the tokens an expert typically gets (a decode step gives each
+    a handful: wide blocks would be mostly padding); fp32 tiles halved for registers."""
+    rows = 16 if pairs_per_expert <= 16 else 32 if pairs_per_expert <= 64 else 64
+    if element_size > 2:
+        return Tiles(min(rows, 32), 32, 32)
+    return Tiles(rows, 64, 64)
+
+
+def _grouped_gemm(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    out: torch.Tensor,
+    aligned: AlignedPairs,
+    tiles: Tiles,
+    a_row_divisor: int,
+    weights: torch.Tensor | None,
+) -> None:
+    num_pairs = out.shape[0]
+    n_size, k_size = b.shape[1], b.shape[2]
+    assert a.stride(-1) == 1 and b.stride(-1) == 1 and out.stride(-1) == 1
+    grid = (aligned.block_experts.shape[0], triton.cdiv(n_size, tiles.cols))
+    grouped_gemm_kernel[grid](
+        a,
+        b,
+        out,
+        out if weights is None else weights,
+        aligned.sorted_pairs,
+        aligned.block_experts,
+        num_pairs,
+        n_size,
+        k_size,
+        a.stride(0),
+        b.stride(0),
+        b.stride(1),
+        out.stride(0),
+        A_ROW_DIVISOR=a_row_divisor,
+        MUL_WEIGHT=weights is not None,
+        BLOCK_M=tiles.rows,
+        BLOCK_N=tiles.cols,
+        BLOCK_K=tiles.depth,
+        UPCAST=upcast_dot(grouped_gemm_kernel, a.dtype),
+        PRECISION=dot_precision(a.dtype),
+    )
+
+
+def fused_experts(
+    x: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    weights: torch.Tensor,
+    chosen: torch.Tensor,
+    act_and_mul: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Same contract as kernels.experts.experts: x [T, H] -> [T, H]. The weighted
+    outputs are kept in the weights' dtype (Mixtral: fp32) until the slots are summed."""
+    num_tokens, top_k = chosen.shape
+    num_experts = gate_up.shape[0]
+    if num_tokens == 0:
+        return torch.zeros_like(x)
+    num_pairs = num_tokens * top_k
+    tiles = _tiles(num_pairs / num_experts, x.element_size())
+    aligned = align_pairs(chosen, num_experts, tiles.rows)
+    hidden = torch.empty(num_pairs, gate_up.shape[1], dtype=x.dtype, device=x.device)
+    _grouped_gemm(x, gate_up, hidden, aligned, tiles, top_k, None)
+    activated = act_and_mul(hidden)
+    dtype = torch.promote_types(x.dtype, weights.dtype)
+    out = torch.empty(num_pairs, down.shape[1], dtype=dtype, device=x.device)
+    _grouped_gemm(activated, down, out, aligned, tiles, 1, weights.reshape(-1).contiguous())
+    return out.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)

@@ -1,0 +1,91 @@
+"""Triton grouped-GEMM experts against kernels.experts (the torch path)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.experts import experts as torch_experts
+from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul as torch_gelu_tanh_and_mul
+from kernels.silu_and_mul import silu_and_mul as torch_silu_and_mul
+from kernels.triton_experts import align_pairs, fused_experts
+from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
+from kernels.triton_silu_and_mul import silu_and_mul
+
+from .tolerances import DTYPES, assert_close
+
+HIDDEN, INTER = 48, 40  # neither a multiple of the 32/64-wide tiles
+
+
+def _routing(
+    tokens: int, num_experts: int, top_k: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's distinct top-k experts and renormalised fp32 weights, as a router's."""
+    logits = torch.randn(tokens, num_experts, generator=gen)
+    weights, chosen = torch.topk(logits.softmax(-1), top_k, dim=-1)
+    return weights / weights.sum(-1, keepdim=True), chosen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "tokens,num_experts,top_k",
+    # A decode of one token; a few tokens over many experts (most get none); many
+    # tokens over few (several row blocks per expert); top-1.
+    [(1, 8, 2), (5, 16, 4), (70, 4, 2), (33, 6, 1)],
+)
+def test_fused_experts_match_torch(
+    device: torch.device, dtype: torch.dtype, tokens: int, num_experts: int, top_k: int
+) -> None:
+    gen = torch.Generator().manual_seed(tokens * 100 + num_experts)
+    x = torch.randn(tokens, HIDDEN, generator=gen)
+    gate_up = torch.randn(num_experts, 2 * INTER, HIDDEN, generator=gen) / HIDDEN**0.5
+    down = torch.randn(num_experts, HIDDEN, INTER, generator=gen) / INTER**0.5
+    weights, chosen = _routing(tokens, num_experts, top_k, gen)
+    x, gate_up, down = (t.to(device, dtype) for t in (x, gate_up, down))
+    weights, chosen = weights.to(device), chosen.to(device)
+    # Mixtral weighs in fp32, Qwen3-MoE in the model's dtype.
+    for routing in (weights, weights.to(dtype)):
+        got = fused_experts(x, gate_up, down, routing, chosen, silu_and_mul)
+        expected = torch_experts(x, gate_up, down, routing, chosen, torch_silu_and_mul)
+        assert got.dtype == dtype
+        assert_close(got, expected)
+
+
+def test_fused_experts_with_gelu_and_no_tokens(device: torch.device) -> None:
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(7, HIDDEN, generator=gen).to(device)
+    gate_up = (torch.randn(4, 2 * INTER, HIDDEN, generator=gen) / HIDDEN**0.5).to(device)
+    down = (torch.randn(4, HIDDEN, INTER, generator=gen) / INTER**0.5).to(device)
+    weights, chosen = _routing(7, 4, 2, gen)
+    weights, chosen = weights.to(device), chosen.to(device)
+    got = fused_experts(x, gate_up, down, weights, chosen, gelu_tanh_and_mul)
+    expected = torch_experts(x, gate_up, down, weights, chosen, torch_gelu_tanh_and_mul)
+    assert_close(got, expected)
+    empty = fused_experts(x[:0], gate_up, down, weights[:0], chosen[:0], gelu_tanh_and_mul)
+    assert empty.shape == (0, HIDDEN)
+
+
+@pytest.mark.parametrize("block_m", [16, 64])
+def test_aligned_pairs_cover_each_pair_once_in_its_experts_blocks(block_m: int) -> None:
+    gen = torch.Generator().manual_seed(block_m)
+    num_experts, top_k = 10, 3
+    _, chosen = _routing(37, num_experts, top_k, gen)
+    aligned = align_pairs(chosen, num_experts, block_m)
+    num_pairs = chosen.numel()
+    blocks = aligned.sorted_pairs.view(-1, block_m)
+    assert blocks.shape[0] == aligned.block_experts.shape[0]
+    real = aligned.sorted_pairs[aligned.sorted_pairs < num_pairs]
+    assert sorted(real.tolist()) == list(range(num_pairs))  # every pair exactly once
+    flat = chosen.flatten()
+    used = 0
+    for rows, expert in zip(blocks, aligned.block_experts.tolist(), strict=True):
+        pairs = rows[rows < num_pairs]
+        if expert < 0:
+            assert pairs.numel() == 0  # past the last run: skipped by the kernel
+            continue
+        used += 1
+        assert pairs.numel() > 0 and bool((flat[pairs] == expert).all())
+        assert pairs.tolist() == sorted(pairs.tolist())  # stable: token order kept
+    # One row block per started BLOCK_M of each expert's pairs, no more.
+    counts = torch.bincount(flat, minlength=num_experts)
+    assert used == int(((counts + block_m - 1) // block_m).sum())
