@@ -30,6 +30,7 @@ SUPPORTED_ARCHITECTURES = {
     "Phi3ForCausalLM": "phi3",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3MoeForCausalLM": "qwen3_moe",
     # Gemma 3 4B and up are vision-language models: the engine serves their text model
     # (engine/models/gemma.py skips the vision tower's weights).
@@ -48,7 +49,7 @@ GEMMA3_TYPES = ("gemma3_text", "gemma3")
 # Every Gemma generation: scaled embeddings, `1 + w` norm weights, a GELU-tanh MLP.
 GEMMA_TYPES = ("gemma", "gemma2", *GEMMA3_TYPES)
 # Families whose window is off unless `use_sliding_window` turns it on.
-SWITCHED_WINDOWS = ("qwen2", "qwen3", "qwen3_moe", "smollm3")
+SWITCHED_WINDOWS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3")
 # Gemma's MLP activation, by its HF names.
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
@@ -195,6 +196,9 @@ class ModelConfig:
     fp32_routing_weights: bool = False
     # Which layers are sparse (empty: all of them, when there are experts).
     moe_layers: tuple[bool, ...] = ()
+    # Qwen2-MoE: every sparse layer also runs a shared expert MLP of this width on every
+    # token, scaled by a sigmoid gate (0: none).
+    shared_expert_intermediate_size: int = 0
     # How many of each head's dimensions rotate (Phi's partial_rotary_factor); 0: all.
     rotary_dim: int = 0
     # SmolLM3: which layers rotate queries and keys (the others use no positions: NoPE);
@@ -232,7 +236,11 @@ class ModelConfig:
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         family = SUPPORTED_ARCHITECTURES[arch]
-        qkv_bias = family == "qwen2" or bool(hf.get("attention_bias", False))
+        qkv_bias = (
+            family == "qwen2"
+            or (family == "qwen2_moe" and bool(hf.get("qkv_bias", True)))
+            or bool(hf.get("attention_bias", False))
+        )
         gemma = family in GEMMA_TYPES
         if hf.get("use_bidirectional_attention"):
             raise ValueError("bidirectional attention (EmbeddingGemma) is not supported")
@@ -344,16 +352,20 @@ def _experts(hf: dict[str, Any], family: str, num_layers: int) -> dict[str, Any]
             "normalize_routing": True,
             "fp32_routing_weights": True,
         }
-    if family == "qwen3_moe":
+    if family in ("qwen2_moe", "qwen3_moe"):
         dense = set(hf.get("mlp_only_layers") or ())
         step = int(hf.get("decoder_sparse_step", 1))
+        qwen2 = family == "qwen2_moe"  # transformers' defaults differ by family
+        experts = _first_set(hf, "num_experts", "num_local_experts", default=60 if qwen2 else 128)
+        shared = int(hf.get("shared_expert_intermediate_size", 5632)) if qwen2 else 0
         return {
             # Qwen's name, or transformers 5's when it saves one.
-            "num_experts": int(_first_set(hf, "num_experts", "num_local_experts", default=128)),
-            "experts_per_token": int(hf.get("num_experts_per_tok", 8)),
-            "moe_intermediate_size": int(hf.get("moe_intermediate_size", 768)),
+            "num_experts": int(experts),
+            "experts_per_token": int(hf.get("num_experts_per_tok", 4 if qwen2 else 8)),
+            "moe_intermediate_size": int(hf.get("moe_intermediate_size", 1408 if qwen2 else 768)),
             "normalize_routing": bool(hf.get("norm_topk_prob", False)),
             "moe_layers": tuple(i not in dense and (i + 1) % step == 0 for i in range(num_layers)),
+            "shared_expert_intermediate_size": shared,
         }
     return {}
 
@@ -418,6 +430,9 @@ def _layer_windows(hf: dict[str, Any], family: str, num_layers: int) -> tuple[in
     pattern = hf.get("sliding_window_pattern")
     if pattern:  # older Gemma 3 configs: every pattern-th layer attends fully
         return tuple(None if (i + 1) % int(pattern) == 0 else window for i in range(num_layers))
+    if family == "qwen2_moe":  # transformers' rule: every other layer, below max_window_layers
+        last = int(hf.get("max_window_layers", 28))
+        return tuple(window if (i + 1) % 2 and i < last else None for i in range(num_layers))
     first = int(hf.get("max_window_layers", 28)) if family in ("qwen2", "qwen3") else 0
     return tuple(window if i >= first else None for i in range(num_layers))
 

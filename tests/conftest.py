@@ -167,6 +167,19 @@ def make_random_model(
                 mlp_only_layers=[1],
             )
             cls = transformers.Qwen3MoeForCausalLM
+        elif family == "qwen2_moe":
+            # Qwen2-MoE's shared expert beside the routed ones (top-2 of 4, weights not
+            # renormalised); the second layer dense.
+            config = transformers.Qwen2MoeConfig(
+                **common,
+                tie_word_embeddings=False,
+                num_experts=4,
+                num_experts_per_tok=2,
+                moe_intermediate_size=48,
+                shared_expert_intermediate_size=96,
+                mlp_only_layers=[1],
+            )
+            cls = transformers.Qwen2MoeForCausalLM
         elif family == "mixtral":
             config = transformers.MixtralConfig(
                 **common, tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2
@@ -194,7 +207,7 @@ def make_random_model(
                 for attn in (layer.self_attn for layer in model.model.layers):
                     attn.q_norm.weight.uniform_(0.5, 1.5)
                     attn.k_norm.weight.uniform_(0.5, 1.5)
-        if family == "qwen2":
+        if family in ("qwen2", "qwen2_moe"):
             # HF initialises biases to zero; make them matter.
             with torch.no_grad():
                 for attn in (layer.self_attn for layer in model.model.layers):

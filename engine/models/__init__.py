@@ -22,6 +22,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "GraniteForCausalLM": LlamaForCausalLM,
     "Phi3ForCausalLM": LlamaForCausalLM,
     "MixtralForCausalLM": LlamaForCausalLM,
+    "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,
     "LlamaModel": LlamaForCausalLM,
     "MistralModel": LlamaForCausalLM,

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.llama import MLP, Attention, LlamaForCausalLM, RMSNorm
+from engine.models.llama import Attention, LlamaForCausalLM, RMSNorm
+from engine.models.mlp import MLP
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import FusedOps
 

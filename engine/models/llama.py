@@ -20,6 +20,7 @@ from torch import nn
 
 from engine.config import ModelConfig, RopeConfig
 from engine.models.linear import Linear
+from engine.models.mlp import MLP
 from engine.models.moe import EXPERT_PARTS, SparseMoE
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import TORCH_OPS, FusedOps
@@ -205,22 +206,6 @@ class Attention(nn.Module):
             q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.window, self.softcap
         )
         return self.o_proj(out.reshape(-1, self.q_size))
-
-
-class MLP(nn.Module):
-    def __init__(self, config: ModelConfig, ops: FusedOps) -> None:
-        super().__init__()
-        self.act_and_mul = (
-            ops.gelu_tanh_and_mul if config.hidden_activation == "gelu_tanh" else ops.silu_and_mul
-        )
-        self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = Linear(
-            config.hidden_size, 2 * config.intermediate_size, False, ops.linear
-        )
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, False, ops.linear)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -419,8 +404,13 @@ class LlamaForCausalLM(nn.Module):
                 self.layers[0].self_attn.kv_size,
             ),
         }
-        inter = self.config.intermediate_size
-        mlp_offsets = {"gate_proj": (0, inter), "up_proj": (inter, inter)}
+
+        def mlp_offsets(fused: str) -> dict[str, tuple[int, int]]:
+            """Gate and up rows in a fused gate_up_proj (a dense MLP's or, of another
+            width, a Qwen2-MoE shared expert's)."""
+            inter = params[fused].shape[0] // 2
+            return {"gate_proj": (0, inter), "up_proj": (inter, inter)}
+
         for hf_name, tensor in weights:
             name = self.checkpoint_name(hf_name)
             if name is None or "rotary_emb" in name:
@@ -437,9 +427,10 @@ class LlamaForCausalLM(nn.Module):
             for part, span in qkv_offsets.items():
                 if f"self_attn.{part}." in name:
                     target, offset = name.replace(part, "qkv_proj"), span
-            for part, span in mlp_offsets.items():
-                if f"mlp.{part}." in name:
-                    target, offset = name.replace(part, "gate_up_proj"), span
+            for part in ("gate_proj", "up_proj"):
+                if re.search(rf"(mlp|shared_expert)\.{part}\.", name):
+                    target = name.replace(part, "gate_up_proj")
+                    offset = mlp_offsets(target)[part] if target in params else None
             if target not in params:
                 raise ValueError(f"unexpected weight {hf_name!r} for {self.config.architecture}")
             param = params[target]
@@ -450,7 +441,7 @@ class LlamaForCausalLM(nn.Module):
                     # Saved fused already (Phi-3's qkv_proj and gate_up_proj): every part.
                     parts = qkv_offsets if "qkv_proj" in target else None
                     if "gate_up_proj" in target:
-                        parts = mlp_offsets
+                        parts = mlp_offsets(target)
                     loaded.update(f"{target}:{start}" for start, _ in (parts or {}).values())
                 else:
                     param.narrow(0, offset[0], offset[1]).copy_(tensor)
@@ -466,7 +457,7 @@ class LlamaForCausalLM(nn.Module):
             if "qkv_proj.weight" in n or "qkv_proj.bias" in n:
                 expected.update(f"{n}:{start}" for start, _ in qkv_offsets.values())
             elif "gate_up_proj" in n:
-                expected.update(f"{n}:{start}" for start, _ in mlp_offsets.values())
+                expected.update(f"{n}:{start}" for start, _ in mlp_offsets(n).values())
             else:
                 expected.add(n)
         missing = expected - loaded

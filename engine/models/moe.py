@@ -1,8 +1,11 @@
-"""A mixture-of-experts MLP (Mixtral, Qwen3-MoE): each token through its top-k experts.
+"""A mixture-of-experts MLP (Mixtral, Qwen2-MoE, Qwen3-MoE): each token through its
+top-k experts.
 
 The router scores every expert, keeps each token's `experts_per_token` best
 (their softmax probabilities, renormalised over the chosen ones where the
-model does), and the token's output is their MLPs' outputs so weighted. The
+model does), and the token's output is their MLPs' outputs so weighted, plus
+(Qwen2-MoE) a shared expert every token goes through, scaled by a sigmoid
+gate. The
 experts' weights are stacked ([experts, 2 * inter, hidden] for gate/up,
 [experts, hidden, inter] for down) and run by the backend's `experts` op:
 torch ops grouped by expert (kernels/experts.py, bit for bit transformers,
@@ -17,6 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.linear import Linear
+from engine.models.mlp import MLP
 from kernels.fused_ops import FusedOps
 
 # Checkpoint names of an expert's three matrices: Qwen3-MoE's, then Mixtral's.
@@ -49,6 +54,10 @@ class SparseMoE(nn.Module):
         self.gate = nn.Parameter(torch.empty(experts, hidden))
         self.gate_up = nn.Parameter(torch.empty(experts, 2 * self.inter, hidden))
         self.down = nn.Parameter(torch.empty(experts, hidden, self.inter))
+        self.shared_expert: MLP | None = None
+        if config.shared_expert_intermediate_size:
+            self.shared_expert = MLP(config, ops, config.shared_expert_intermediate_size)
+            self.shared_expert_gate = Linear(hidden, 1, False, ops.linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         probs = F.softmax(F.linear(x, self.gate), dim=-1, dtype=torch.float32)
@@ -57,7 +66,11 @@ class SparseMoE(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         if not self.fp32_routing:
             weights = weights.to(x.dtype)
-        return self.experts(x, self.gate_up, self.down, weights, chosen, self.act_and_mul)
+        out = self.experts(x, self.gate_up, self.down, weights, chosen, self.act_and_mul)
+        if self.shared_expert is not None:
+            shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+            out = out + shared
+        return out
 
     def load_expert(self, expert: int, part: str, tensor: torch.Tensor) -> str:
         """Copy one expert matrix in; returns the key that marks it loaded."""

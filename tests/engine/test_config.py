@@ -262,3 +262,38 @@ def test_experts_are_read_in_each_familys_names() -> None:
     )
     assert mixtral.normalize_routing and mixtral.moe_layers == ()
     assert mixtral.layer_windows == (64, 64)
+
+
+def test_qwen2_moe_reads_with_transformers_defaults() -> None:
+    """Qwen1.5-MoE's config.json leaves qkv_bias and the routing's normalisation out:
+    biased q/k/v, weights not renormalised; every layer sparse with a shared expert.
+    Its window rule is its own: every other layer below max_window_layers."""
+    qwen = ModelConfig.from_dict(
+        _hf_config(
+            architectures=["Qwen2MoeForCausalLM"],
+            num_hidden_layers=4,
+            num_experts=60,
+            num_experts_per_tok=4,
+            moe_intermediate_size=1408,
+            shared_expert_intermediate_size=5632,
+        )
+    )
+    assert (qwen.num_experts, qwen.experts_per_token, qwen.moe_intermediate_size) == (
+        60,
+        4,
+        1408,
+    )
+    assert qwen.shared_expert_intermediate_size == 5632
+    assert qwen.qkv_bias and not qwen.normalize_routing and not qwen.qk_norm
+    assert qwen.moe_layers == (True,) * 4
+    assert qwen.layer_windows == (None,) * 4
+    windowed = _hf_config(
+        architectures=["Qwen2MoeForCausalLM"],
+        num_hidden_layers=4,
+        use_sliding_window=True,
+        sliding_window=32,
+        max_window_layers=2,
+    )
+    assert ModelConfig.from_dict(windowed).layer_windows == (32, None, None, None)
+    unbiased = _hf_config(architectures=["Qwen2MoeForCausalLM"], qkv_bias=False)
+    assert not ModelConfig.from_dict(unbiased).qkv_bias

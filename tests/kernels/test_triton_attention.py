@@ -196,7 +196,7 @@ def replay_decodes(llm: LLM, max_num_seqs: int, max_model_len: int, block_size: 
 
 
 @pytest.mark.slow  # ~8 s each in Triton's interpreter
-@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3", "qwen2_moe", "qwen3_moe"])
 def test_model_variants_through_triton_match_torch(
     family: str, make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -206,8 +206,8 @@ def test_model_variants_through_triton_match_torch(
     GELU-and-mul, Gemma 2 soft-caps its attention scores in the kernels, Phi-3 rotates
     half of each head (a strided view the rotary kernel turns in place), and Qwen3-MoE
     routes through experts (Triton's grouped GEMMs, which need no host sync, so its
-    decodes also run as a replayed graph would): the Triton path gives the torch path's
-    tokens."""
+    decodes also run as a replayed graph would), Qwen2-MoE beside a gated shared expert:
+    the Triton path gives the torch path's tokens."""
     source = make_random_model(family)
     folder = tmp_path / f"{family}-windowed"
     folder.mkdir()
@@ -224,6 +224,7 @@ def test_model_variants_through_triton_match_torch(
         "gemma2": [8, None],
         "gemma3": [8, None],
         "phi3": [24, 24],
+        "qwen2_moe": [None] * 2,
         "qwen3_moe": [None] * 2,
     }[family]
     outputs = {}
