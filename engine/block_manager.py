@@ -6,6 +6,13 @@ under a hash chained from its predecessor's, so two prompts that share a
 prefix share its blocks. A block whose count drops to zero keeps its cached
 contents and joins the free queue; blocks are reused least-recently-freed
 first, which evicts cold prefixes before warm ones.
+
+In a model whose every layer attends through a sliding window (Mistral v0.1,
+Phi-3-mini), a block wholly behind the window of the sequence's next query is
+never read again: it is given back at once (`release_behind_window`), keeping
+its cached prefix for other prompts, and its table entry becomes RELEASED. So
+a long generation holds about window + chunk tokens of KV, not its whole
+context. The kernels never read below the window (kernels/attention.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Protocol
 
+# A block-table entry given back behind a sliding window: its tokens are never read again.
+RELEASED = -1
+
 
 class BlockOwner(Protocol):
     """What the block manager needs to know about a sequence."""
@@ -22,6 +32,7 @@ class BlockOwner(Protocol):
     token_ids: list[int]
     block_table: list[int]
     block_hashes: list[int]
+    num_released_blocks: int
     # The hash the first block chains from: None, or what sets this sequence's KV apart
     # (a LoRA adapter) so equal tokens under it never share blocks with other sequences.
     cache_root: int | None
@@ -44,6 +55,9 @@ class BlockManager:
     num_blocks: int
     block_size: int
     enable_prefix_caching: bool = True
+    # The attention window of every layer, where all of them slide (None: some attend to
+    # the whole context, so every block stays until the sequence ends).
+    window: int | None = None
     blocks: list[Block] = field(init=False)
     # Free blocks in reuse order (least recently freed first); values unused.
     free_queue: OrderedDict[int, None] = field(init=False)
@@ -97,16 +111,23 @@ class BlockManager:
         costs a free block just like a fresh allocation does.
         """
         fresh = max(0, self.blocks_for(num_tokens) - len(hits))
-        revived = sum(1 for b in hits if self.blocks[b].ref_count == 0)
+        behind = self._blocks_behind(len(hits) * self.block_size)
+        revived = sum(1 for b in hits[behind:] if self.blocks[b].ref_count == 0)
         return fresh + revived
 
     def admit(self, seq: BlockOwner, hits: list[int]) -> int:
-        """Give a sequence with an empty table its cached prefix; returns cached tokens."""
+        """Give a sequence with an empty table its cached prefix; returns cached tokens.
+        Hit blocks already behind its window are not taken at all (RELEASED)."""
         assert not seq.block_table, "admit() is for sequences without blocks"
-        for block_id in hits:
-            self._acquire(block_id)
-            seq.block_table.append(block_id)
+        behind = self._blocks_behind(len(hits) * self.block_size)
+        for i, block_id in enumerate(hits):
+            if i < behind:
+                seq.block_table.append(RELEASED)
+            else:
+                self._acquire(block_id)
+                seq.block_table.append(block_id)
             seq.block_hashes.append(self.blocks[block_id].hash)  # type: ignore[arg-type]
+        seq.num_released_blocks = behind
         return len(hits) * self.block_size
 
     # --- allocation -------------------------------------------------------------------
@@ -151,6 +172,24 @@ class BlockManager:
             seq.block_hashes.append(h)
             parent = h
 
+    def release_behind_window(self, seq: BlockOwner, num_computed_tokens: int) -> int:
+        """Give back the blocks no query from position `num_computed_tokens` on can see
+        (those wholly before its window); returns how many were given back."""
+        behind = min(self._blocks_behind(num_computed_tokens), len(seq.block_table))
+        released = 0
+        for i in range(seq.num_released_blocks, behind):
+            self._release(seq.block_table[i])
+            seq.block_table[i] = RELEASED
+            released += 1
+        seq.num_released_blocks = max(seq.num_released_blocks, behind)
+        return released
+
+    def _blocks_behind(self, num_computed_tokens: int) -> int:
+        """Leading blocks wholly before the window of a query at `num_computed_tokens`."""
+        if self.window is None:
+            return 0
+        return max(0, num_computed_tokens - self.window + 1) // self.block_size
+
     def fork(self, parent: BlockOwner, child: BlockOwner, num_tokens: int) -> int:
         """Share `parent`'s full blocks covering up to `num_tokens` tokens with `child`.
 
@@ -161,29 +200,41 @@ class BlockManager:
         assert not child.block_table, "fork() is for sequences without blocks"
         limit = min(num_tokens, len(parent.token_ids), len(parent.block_table) * self.block_size)
         shared = limit // self.block_size
+        # The child's next query (at the shared length) must still see its window.
+        if parent.num_released_blocks > self._blocks_behind(shared * self.block_size):
+            raise RuntimeError("fork() after the parent gave back blocks the child needs")
         for block_id in parent.block_table[:shared]:
-            self._acquire(block_id)
+            if block_id != RELEASED:  # behind the window: the child never reads it either
+                self._acquire(block_id)
             child.block_table.append(block_id)
         child.block_hashes.extend(parent.block_hashes[:shared])
+        child.num_released_blocks = min(parent.num_released_blocks, shared)
         return shared * self.block_size
 
     def free(self, seq: BlockOwner) -> None:
         """Release all of `seq`'s blocks, tail first so a prefix outlives its suffix."""
         for block_id in reversed(seq.block_table):
-            block = self.blocks[block_id]
-            if block.ref_count <= 0:
-                raise RuntimeError(f"double free of block {block_id}")
-            block.ref_count -= 1
-            if block.ref_count == 0:
-                self.free_queue[block_id] = None
-                if block.hash is not None and self.cached.get(block.hash) != block_id:
-                    # A duplicate of a block someone else registered first: unfindable.
-                    block.hash = None
-                if block.hash is None:
-                    # Nothing worth keeping: reuse it before any cached block.
-                    self.free_queue.move_to_end(block_id, last=False)
+            if block_id != RELEASED:
+                self._release(block_id)
         seq.block_table.clear()
         seq.block_hashes.clear()
+        seq.num_released_blocks = 0
+
+    def _release(self, block_id: int) -> None:
+        """Drop one reference; an unreferenced block joins the free queue, at its end if
+        it holds a findable cached prefix, at its front (reused first) if not."""
+        block = self.blocks[block_id]
+        if block.ref_count <= 0:
+            raise RuntimeError(f"double free of block {block_id}")
+        block.ref_count -= 1
+        if block.ref_count == 0:
+            self.free_queue[block_id] = None
+            if block.hash is not None and self.cached.get(block.hash) != block_id:
+                # A duplicate of a block someone else registered first: unfindable.
+                block.hash = None
+            if block.hash is None:
+                # Nothing worth keeping: reuse it before any cached block.
+                self.free_queue.move_to_end(block_id, last=False)
 
     def _acquire(self, block_id: int) -> None:
         block = self.blocks[block_id]

@@ -149,8 +149,14 @@ class LLMEngine:
         ]
         self.eos_token_ids = frozenset(mc.eos_token_ids) | self.tokenizer.eos_token_ids
         self.grammars = GrammarCompiler(self.tokenizer, mc.vocab_size, self.eos_token_ids)
+        # Where every layer slides, blocks behind the widest window are given back.
+        windows = [w for w in mc.layer_windows if w is not None]
+        all_slide = bool(windows) and len(windows) == len(mc.layer_windows)
         self.block_manager = BlockManager(
-            self.num_kv_blocks, config.block_size, config.enable_prefix_caching
+            self.num_kv_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            window=max(windows) if all_slide else None,
         )
         self.scheduler = Scheduler(
             self.block_manager,

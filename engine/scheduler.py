@@ -152,6 +152,7 @@ class Scheduler:
                 if num_tokens == 0:
                     continue
             target = seq.num_computed_tokens + num_tokens
+            self.block_manager.release_behind_window(seq, seq.num_computed_tokens)
             while not self.block_manager.can_allocate(
                 self.block_manager.blocks_needed(seq, target)
             ):

@@ -71,9 +71,11 @@ class TorchAttentionMetadata:
     windowed: dict[int, TorchAttentionMetadata] = field(default_factory=dict)
 
 
-def slots_for(block_table: list[int], length: int, block_size: int) -> list[int]:
-    """Flat cache slots of the first `length` tokens of a sequence."""
-    return [block_table[i // block_size] * block_size + i % block_size for i in range(length)]
+def slots_for(block_table: list[int], length: int, block_size: int, start: int = 0) -> list[int]:
+    """Flat cache slots of a sequence's tokens [start, length)."""
+    return [
+        block_table[i // block_size] * block_size + i % block_size for i in range(start, length)
+    ]
 
 
 class TorchAttentionBackend:
@@ -111,9 +113,12 @@ class TorchAttentionBackend:
                 else:
                     prefills.append(PrefillSlice(start, end, None, None))
             else:
-                kv_slots = torch.tensor(slots_for(blocks, ctx, inputs.block_size), dtype=torch.long)
+                # Under a window only keys from the first query's window on are gathered
+                # (blocks before it may have been given back: engine/block_manager.py).
+                lo = 0 if window is None else max(0, ctx - q_len - window + 1)
+                kv_slots = torch.tensor(slots_for(blocks, ctx, inputs.block_size, lo))
                 query_pos = torch.arange(ctx - q_len, ctx)[:, None]
-                key_pos = torch.arange(ctx)[None, :]
+                key_pos = torch.arange(lo, ctx)[None, :]
                 mask = key_pos <= query_pos
                 if window is not None:
                     mask &= key_pos > query_pos - window

@@ -22,7 +22,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from engine.block_manager import BlockManager, chain_hash
+from engine.block_manager import RELEASED, BlockManager, chain_hash
 
 # The KV of position p depends on every token up to p, so that prefix is what a slot "holds".
 Slot = tuple[int, ...] | None
@@ -30,12 +30,13 @@ Slot = tuple[int, ...] | None
 
 @dataclass(eq=False)
 class FakeSeq:
-    """The four fields the block manager reads, plus what the test tracks about them."""
+    """The fields the block manager reads, plus what the test tracks about them."""
 
     token_ids: list[int]
     block_table: list[int] = field(default_factory=list)
     block_hashes: list[int] = field(default_factory=list)
     cache_root: int | None = None
+    num_released_blocks: int = 0
     # Tokens the table must cover, and tokens whose KV has been written.
     allocated: int = 0
     computed: int = 0
@@ -85,9 +86,10 @@ class BlockManagerMachine(RuleBasedStateMachine):
         num_blocks=st.integers(4, 24),
         block_size=st.sampled_from([1, 2, 4, 16]),
         caching=st.booleans(),
+        window=st.none() | st.integers(1, 8),
     )
-    def setup(self, num_blocks: int, block_size: int, caching: bool) -> None:
-        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching=caching)
+    def setup(self, num_blocks: int, block_size: int, caching: bool, window: int | None) -> None:
+        self.bm = BlockManager(num_blocks, block_size, enable_prefix_caching=caching, window=window)
         self.live = []
         self.contents = {b: [None] * block_size for b in range(num_blocks)}
 
@@ -102,6 +104,8 @@ class BlockManagerMachine(RuleBasedStateMachine):
         """A block taken from the cache or a parent must hold this sequence's own prefix KV."""
         bs = self.bm.block_size
         for i, block_id in enumerate(seq.block_table[:num_blocks]):
+            if block_id == RELEASED:
+                continue  # behind the window: never read again
             want = [tuple(seq.token_ids[: i * bs + j + 1]) for j in range(bs)]
             assert self.contents[block_id] == want, f"block {block_id} holds another prefix"
 
@@ -183,17 +187,45 @@ class BlockManagerMachine(RuleBasedStateMachine):
         prompt_len = data.draw(st.integers(1, len(parent.token_ids)), label="prompt_len")
         num_tokens = data.draw(upto(0, min(parent.computed, prompt_len)), label="num_tokens")
         child = seq_of(parent.token_ids[:prompt_len])
+        bs = self.bm.block_size
+        if self.bm.window is not None:
+            first_seen = max(0, num_tokens // bs * bs - self.bm.window + 1)
+            if parent.num_released_blocks > first_seen // bs:
+                # The engine forks right after the prompt, before the parent moves on.
+                with pytest.raises(RuntimeError, match="gave back"):
+                    self.bm.fork(parent, child, num_tokens)
+                event("fork: refused, the child's window was given back")
+                return
         refs_before = [b.ref_count for b in self.bm.blocks]
         shared = self.bm.fork(parent, child, num_tokens)
         event(f"fork: shared {min(shared // self.bm.block_size, 2)}+ blocks")
-        bs = self.bm.block_size
         assert shared == num_tokens // bs * bs, "only full blocks are shared"
         assert child.block_table == parent.block_table[: shared // bs]
         for block_id in child.block_table:
-            assert self.bm.blocks[block_id].ref_count == refs_before[block_id] + 1
+            if block_id != RELEASED:
+                assert self.bm.blocks[block_id].ref_count == refs_before[block_id] + 1
         self._check_shared_contents(child, len(child.block_table))
         child.allocated = child.computed = shared
         self.live.append(child)
+
+    @rule(data=st.data())
+    def release_behind_window(self, data: st.DataObject) -> None:
+        """As the scheduler does before each step: blocks behind every query's window go."""
+        if not self.live:
+            return
+        seq = data.draw(st.sampled_from(self.live), label="seq")
+        free_before = self.bm.num_free_blocks
+        released = self.bm.release_behind_window(seq, seq.computed)
+        window, bs = self.bm.window, self.bm.block_size
+        if window is None:
+            assert released == 0 and RELEASED not in seq.block_table
+            return
+        event(f"release: {min(released, 2)}+ blocks")
+        behind = min(max(0, seq.computed - window + 1) // bs, len(seq.block_table))
+        assert seq.block_table[:behind] == [RELEASED] * behind
+        assert RELEASED not in seq.block_table[behind:]  # the window's blocks all stay
+        assert self.bm.num_free_blocks >= free_before  # shared ones stay with their users
+        assert self.bm.release_behind_window(seq, seq.computed) == 0  # idempotent
 
     @rule(data=st.data())
     def free(self, data: st.DataObject) -> None:
@@ -209,7 +241,7 @@ class BlockManagerMachine(RuleBasedStateMachine):
 
     @invariant()
     def ref_counts_match_tables(self) -> None:
-        refs = Counter(b for seq in self.live for b in seq.block_table)
+        refs = Counter(b for seq in self.live for b in seq.block_table if b != RELEASED)
         for block in self.bm.blocks:
             assert block.ref_count == refs[block.block_id] >= 0
             assert (block.ref_count == 0) == (block.block_id in self.bm.free_queue)
@@ -219,12 +251,17 @@ class BlockManagerMachine(RuleBasedStateMachine):
     def tables_are_sane(self) -> None:
         bs = self.bm.block_size
         for seq in self.live:
-            assert len(set(seq.block_table)) == len(seq.block_table)
+            held = [b for b in seq.block_table if b != RELEASED]
+            assert len(set(held)) == len(held)
+            assert seq.block_table[: seq.num_released_blocks] == [RELEASED] * len(
+                seq.block_table[: seq.num_released_blocks]
+            )
             assert len(seq.block_table) == self.bm.blocks_for(seq.allocated)
             assert len(seq.block_hashes) <= len(seq.block_table)
             assert seq.block_hashes == expected_hashes(seq.token_ids, bs, len(seq.block_hashes))
             for block_id, h in zip(seq.block_table, seq.block_hashes, strict=False):
-                assert self.bm.blocks[block_id].hash == h
+                if block_id != RELEASED:
+                    assert self.bm.blocks[block_id].hash == h
 
     @invariant()
     def cache_index_is_consistent(self) -> None:
