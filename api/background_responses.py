@@ -168,9 +168,8 @@ class BackgroundResponses:
             chunks = run.generation.whole_chunks(final_usage=True, detached=True)
             await run.stream.final(chunks)
             return
-        async for event in run.stream.events(run.generation.chunks(final_usage=True)):
-            if event["type"] == "response.created":
-                event["response"]["status"] = "queued"  # as the row and a GET say
+        chunks = run.generation.chunks(final_usage=True)
+        async for event in run.stream.events(chunks, queued=True):  # as the row says
             await self.events.append(run.response_id, event)
 
     async def _mark_started(self, run: BackgroundRun) -> None:

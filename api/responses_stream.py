@@ -1,7 +1,8 @@
 """A chat chunk stream as the Responses API's semantic events.
 
 OpenAI's order, which the SDK's stream helper checks as it builds its
-snapshot: `response.created`, `response.in_progress`; per output item
+snapshot: `response.created`, (a background run: `response.queued` until a
+worker starts it), `response.in_progress`; per output item
 `output_item.added`, then for a message `content_part.added`, text deltas,
 `output_text.done`, `content_part.done`, and for a function call argument
 deltas and `function_call_arguments.done`; `output_item.done`; and last
@@ -108,13 +109,26 @@ class ResponseEventStream:
             last = event
         return dict(last["response"])
 
-    async def events(self, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[Event]:
-        yield self._event("response.created", response=self.snapshot())
-        yield self._event("response.in_progress", response=self.snapshot())
+    async def events(
+        self, chunks: AsyncIterator[ChatCompletionChunk], queued: bool = False
+    ) -> AsyncIterator[Event]:
+        """`queued` (a background run): created and `response.queued` while it waits, and
+        `response.in_progress` only once the first chunk shows a worker has started it."""
+        if queued:
+            waiting = {**self.snapshot(), "status": "queued"}
+            yield self._event("response.created", response=waiting)
+            yield self._event("response.queued", response=waiting)
+        else:
+            yield self._event("response.created", response=self.snapshot())
+            yield self._event("response.in_progress", response=self.snapshot())
+        started = not queued
         usage: UsageInfo | None = None
         finish_reason: str | None = None
         stop_reason: int | str | None = None
         async for chunk in chunks:
+            if not started:
+                started = True
+                yield self._event("response.in_progress", response=self.snapshot())
             if chunk.usage is not None and not chunk.choices:
                 usage = chunk.usage
             for choice in chunk.choices:  # a response has one choice
@@ -137,6 +151,8 @@ class ResponseEventStream:
                 if choice.finish_reason is not None:
                     finish_reason, stop_reason = choice.finish_reason, choice.stop_reason
         outcome = Outcome.of(finish_reason, stop_reason)
+        if not started:
+            yield self._event("response.in_progress", response=self.snapshot())
         if not self.output:  # nothing but whitespace, or nothing: a message all the same
             for event in self._open_message():
                 yield event

@@ -198,10 +198,10 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 for tokens in (2, 300):  # a decode step's row blocks, a prefill's
                     start_case(f"{case} {tokens} tokens")
                     chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % shape.experts
-                    weights = torch.ones(tokens, shape.top_k)
-                    fused_experts(
-                        t(tokens, shape.hidden), gate_up, down, weights, chosen, act_and_mul
-                    )
+                    # Routing weights in fp32 (Mixtral) and in the model's dtype (Qwen).
+                    for weights in (torch.ones(tokens, shape.top_k), t(tokens, shape.top_k)):
+                        x = t(tokens, shape.hidden)
+                        fused_experts(x, gate_up, down, weights, chosen, act_and_mul)
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:

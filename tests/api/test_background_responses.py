@@ -147,6 +147,10 @@ def test_a_streamed_background_response_replays_from_any_point(
     events = list(sdk.responses.create(model=MODEL, input="Hi", background=True, stream=True))
     assert [e.sequence_number for e in events] == list(range(len(events)))
     assert events[0].type == "response.created" and events[0].response.status == "queued"
+    # Queued until a worker's first reply, then in progress, as a GET reads it.
+    assert [e.type for e in events[1:3]] == ["response.queued", "response.in_progress"]
+    assert events[1].response.status == "queued"
+    assert events[2].response.status == "in_progress"
     final = events[-1]
     assert final.type == "response.completed"
     assert final.response.output_text == SCRIPT_TEXT and final.response.background is True

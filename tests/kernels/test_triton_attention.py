@@ -244,6 +244,9 @@ def test_model_variants_through_triton_match_torch(
             assert layers[0].self_attn.q_norm.rms_norm is llm.engine.runner.backend.ops.rms_norm
         assert layers[0].self_attn.softcap == (4.0 if family == "gemma2" else None)
         assert [layer.self_attn.window for layer in layers] == windows
+        if name == "triton" and torch.cuda.is_available():
+            # Recorded for real on a GPU, MoE models included (no host sync in them).
+            assert llm.engine.runner.decode_graphs is not None
         if name == "triton-graphs":
             replay_decodes(llm, max_num_seqs=2, max_model_len=128, block_size=8)
         ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3,")]

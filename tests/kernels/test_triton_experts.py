@@ -89,3 +89,29 @@ def test_aligned_pairs_cover_each_pair_once_in_its_experts_blocks(block_m: int) 
     # One row block per started BLOCK_M of each expert's pairs, no more.
     counts = torch.bincount(flat, minlength=num_experts)
     assert used == int(((counts + block_m - 1) // block_m).sum())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_fused_experts_record_in_a_cuda_graph_without_a_host_sync() -> None:
+    """What lets an MoE model's decodes replay graphs: no host sync (an error here), and a
+    replay on new inputs gives what an eager call gives."""
+    device = torch.device("cuda")
+    gen = torch.Generator().manual_seed(5)
+    gate_up = (torch.randn(8, 2 * INTER, HIDDEN, generator=gen) / HIDDEN**0.5).to(device)
+    down = (torch.randn(8, HIDDEN, INTER, generator=gen) / INTER**0.5).to(device)
+    x = torch.randn(4, HIDDEN, generator=gen).to(device)
+    weights, chosen = (t.to(device) for t in _routing(4, 8, 2, gen))
+    fused_experts(x, gate_up, down, weights, chosen, silu_and_mul)  # compile first
+    graph = torch.cuda.CUDAGraph()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.cuda.graph(graph):
+            out = fused_experts(x, gate_up, down, weights, chosen, silu_and_mul)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    new_weights, new_chosen = _routing(4, 8, 2, gen)
+    x.copy_(torch.randn(4, HIDDEN, generator=gen).to(device))
+    weights.copy_(new_weights.to(device))
+    chosen.copy_(new_chosen.to(device))
+    graph.replay()
+    assert_close(out, fused_experts(x, gate_up, down, weights, chosen, silu_and_mul))
