@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from engine.fp8_checkpoint import weight_quantization
 from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.speculative_config import SpeculativeConfig
@@ -208,6 +209,9 @@ class ModelConfig:
     # the logits divided by `logits_scaling`.
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
+    # How the checkpoint stores its weights: None (plain) or "fp8" (dequantized at load,
+    # engine/fp8_checkpoint.py).
+    weight_quantization: str | None = None
 
     @property
     def has_lm_head(self) -> bool:
@@ -289,6 +293,7 @@ class ModelConfig:
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
+            weight_quantization=weight_quantization(hf),
             **_experts(hf, family, int(hf["num_hidden_layers"])),
         )
 

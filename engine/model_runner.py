@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from safetensors import safe_open
 
 from engine.config import ModelConfig
 from engine.decode_graphs import DecodeGraphs
+from engine.fp8_checkpoint import dequantized_weights, is_scale
 from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
 from engine.models.lora import LoRAContext
@@ -65,13 +66,18 @@ def load_model(
     model.rebuild_buffers(device)
     files = checkpoint_files(folder)
 
-    def tensors():
+    def tensors(wanted: Callable[[str], bool] = lambda _: True):
         for file in files:
             with safe_open(str(file), framework="pt", device="cpu") as handle:
                 for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    yield name, handle.get_tensor(name)
+                    if wanted(name):
+                        yield name, handle.get_tensor(name)
 
-    model.load_weights(tensors())
+    weights = tensors()
+    if config.weight_quantization == "fp8":
+        # The scales first (small; a shard may hold a matrix whose scale is in another).
+        weights = dequantized_weights(weights, dict(tensors(is_scale)), dtype)
+    model.load_weights(weights)
     model.pack_weights()
     return model.eval()
 

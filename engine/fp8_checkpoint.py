@@ -1,0 +1,77 @@
+"""Checkpoints whose weights are stored in FP8 (`quantization_config.quant_method: "fp8"`).
+
+The format DeepSeek-V3 and Qwen3's `-FP8` releases use, as transformers'
+FineGrainedFP8 reads it: each quantized matrix is float8_e4m3fn beside a
+`weight_scale_inv` (one fp32 scale per `weight_block_size` tile, or one for
+the whole matrix), such that weight = fp8 value * scale. The engine
+dequantizes each matrix once as it loads, into the model's dtype: the model
+serves those releases with the numbers they were published with, at bf16's
+memory (it has no FP8 matmuls). Other quantization methods (AWQ, GPTQ,
+bitsandbytes, compressed-tensors) are refused by name, not loaded as garbage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+SCALE_SUFFIX = "_scale_inv"
+# Static activation scales (activation_scheme "static"): the engine computes in the
+# model's dtype, so they have nothing to scale.
+IGNORED_SUFFIXES = (".input_scale", ".activation_scale")
+
+
+def weight_quantization(hf: dict[str, Any]) -> str | None:
+    """ "fp8" for an FP8 checkpoint, None for a plain one; any other method is refused."""
+    quantization = hf.get("quantization_config")
+    if not quantization:
+        return None
+    method = str(quantization.get("quant_method", "?"))
+    if method != "fp8":
+        raise ValueError(
+            f"quantization method {method!r} is not supported (FP8 checkpoints are, and "
+            "unquantized ones); serve the model's bf16/fp16 release instead"
+        )
+    fmt = quantization.get("fmt", "e4m3")
+    if fmt != "e4m3":
+        raise ValueError(f"FP8 format {fmt!r} is not supported (only e4m3)")
+    return method
+
+
+def is_scale(name: str) -> bool:
+    return name.endswith(SCALE_SUFFIX)
+
+
+def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """fp8 [out, in] times its scales (per tile of `out / rows` x `in / cols`, the last
+    tiles cut short, or one scalar), in fp32, rounded once to `dtype`."""
+    values = weight.to(torch.float32)
+    scale = scale.to(torch.float32)
+    if scale.numel() > 1:
+        if scale.dim() != 2 or weight.dim() != 2:
+            raise ValueError(f"block scales {tuple(scale.shape)} for a {weight.dim()}-d weight")
+        rows = -(-weight.shape[0] // scale.shape[0])
+        cols = -(-weight.shape[1] // scale.shape[1])
+        scale = scale.repeat_interleave(rows, 0)[: weight.shape[0]]
+        scale = scale.repeat_interleave(cols, 1)[:, : weight.shape[1]]
+    return (values * scale).to(dtype)
+
+
+def dequantized_weights(
+    tensors: Iterable[tuple[str, torch.Tensor]],
+    scales: dict[str, torch.Tensor],
+    dtype: torch.dtype,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors with each FP8 matrix dequantized by its scale (`scales`:
+    every `*_scale_inv` of the checkpoint, by name) and the scales themselves left out."""
+    for name, tensor in tensors:
+        if is_scale(name) or name.endswith(IGNORED_SUFFIXES):
+            continue
+        if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            scale = scales.get(name + SCALE_SUFFIX)
+            if scale is None:
+                raise ValueError(f"FP8 weight {name!r} has no {name + SCALE_SUFFIX!r}")
+            tensor = dequantize(tensor, scale, dtype)
+        yield name, tensor

@@ -1,0 +1,126 @@
+"""FP8 checkpoints (DeepSeek/Qwen `-FP8` format): dequantized at load to what they encode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.config import ModelConfig
+from engine.fp8_checkpoint import dequantize, weight_quantization
+from engine.llm import LLM, greedy
+
+BLOCK = [16, 16]
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
+
+
+def quantize(weight: torch.Tensor, block: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A matrix as such checkpoints store it: fp8 values and one fp32 scale per tile."""
+    rows, cols = block
+    out_dim, in_dim = weight.shape
+    tiles = torch.zeros(-(-out_dim // rows), -(-in_dim // cols))
+    for i in range(tiles.shape[0]):
+        for j in range(tiles.shape[1]):
+            tile = weight[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
+            tiles[i, j] = tile.abs().max().clamp(min=1e-12) / FP8_MAX
+    scale = tiles.repeat_interleave(rows, 0)[:out_dim].repeat_interleave(cols, 1)[:, :in_dim]
+    return (weight / scale).to(torch.float8_e4m3fn), tiles
+
+
+def test_block_scales_cover_tiles_cut_short_at_the_edges() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(5, 7)
+    q, scale = quantize(weight, [2, 4])
+    assert scale.shape == (3, 2)
+    got = dequantize(q, scale, torch.float32)
+    expected = torch.empty(5, 7)
+    for r in range(5):
+        for c in range(7):
+            expected[r, c] = q[r, c].float() * scale[r // 2, c // 4]
+    assert torch.equal(got, expected)
+    # e4m3 keeps 3 mantissa bits: within 1/16 of each value, relative to its tile's max.
+    assert torch.allclose(got, weight, atol=weight.abs().max().item() / 16)
+    whole = dequantize(q, torch.tensor(0.5), torch.bfloat16)  # one scale for the matrix
+    assert torch.equal(whole, (q.float() * 0.5).to(torch.bfloat16))
+
+
+def test_only_fp8_is_read_and_other_methods_are_refused_by_name() -> None:
+    assert weight_quantization({}) is None
+    assert weight_quantization({"quantization_config": {"quant_method": "fp8"}}) == "fp8"
+    for method in ("awq", "gptq", "bitsandbytes", "compressed-tensors"):
+        with pytest.raises(ValueError, match=f"quantization method '{method}'"):
+            weight_quantization({"quantization_config": {"quant_method": method}})
+    with pytest.raises(ValueError, match="e5m2"):
+        weight_quantization({"quantization_config": {"quant_method": "fp8", "fmt": "e5m2"}})
+
+
+def _fp8_variant(source: Path, fp8: Path, reference: Path) -> None:
+    """`source` with every projection matrix in FP8 (lm_head and embeddings kept, as the
+    releases do) in `fp8`, and the weights that FP8 encodes, in fp32, in `reference`."""
+    tensors = load_file(source / "model.safetensors")
+    stored: dict[str, torch.Tensor] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.endswith("proj.weight") and tensor.dim() == 2:
+            q, scale = quantize(tensor.float(), BLOCK)
+            stored[name], stored[name + "_scale_inv"] = q, scale
+            plain[name] = dequantize(q, scale, torch.float32)
+        else:
+            stored[name] = plain[name] = tensor
+    config = json.loads((source / "config.json").read_text())
+    for folder, weights in ((fp8, stored), (reference, plain)):
+        folder.mkdir()
+        for file in source.iterdir():
+            if file.name not in ("config.json", "model.safetensors"):
+                (folder / file.name).symlink_to(file)
+        save_file(weights, folder / "model.safetensors")
+    quantized = {
+        **config,
+        "quantization_config": {
+            "quant_method": "fp8",
+            "activation_scheme": "dynamic",
+            "fmt": "e4m3",
+            "weight_block_size": BLOCK,
+        },
+    }
+    (fp8 / "config.json").write_text(json.dumps(quantized))
+    (reference / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
+def test_an_fp8_checkpoint_serves_the_weights_it_encodes(
+    family: str, make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Token for token and logprob for logprob the model its dequantized weights make
+    (experts' matrices included), which HF parity covers from there."""
+    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    _fp8_variant(make_random_model(family), fp8, reference)
+    assert ModelConfig.from_folder(fp8).weight_quantization == "fp8"
+    torch.manual_seed(5)
+    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
+    params = greedy(12, min_tokens=12, logprobs=3, prompt_logprobs=3)
+    results = []
+    for folder in (fp8, reference):
+        llm = LLM(str(folder), kv_cache_memory=64 << 20)
+        results.append(llm.generate(prompts, params))
+    for ours, theirs in zip(*results, strict=True):
+        assert ours.token_ids == theirs.token_ids
+        logprobs = ours.choices[0].logprobs
+        assert logprobs and logprobs == theirs.choices[0].logprobs
+        assert ours.prompt_logprobs == theirs.prompt_logprobs
+
+
+def test_an_fp8_matrix_without_its_scale_is_an_error(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    _fp8_variant(make_random_model("llama"), fp8, reference)
+    weights = load_file(fp8 / "model.safetensors")
+    del weights["model.layers.0.mlp.down_proj.weight_scale_inv"]
+    save_file(weights, fp8 / "model.safetensors")
+    with pytest.raises(ValueError, match=r"down_proj\.weight' has no"):
+        LLM(str(fp8), kv_cache_memory=64 << 20)
