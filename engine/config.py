@@ -33,9 +33,11 @@ SUPPORTED_ARCHITECTURES = {
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3MoeForCausalLM": "qwen3_moe",
-    # Gemma 3 4B and up are vision-language models: the engine serves their text model
-    # (engine/models/gemma.py skips the vision tower's weights).
+    # Vision-language models whose text model the engine serves (their vision tower's
+    # weights skipped: engine/models/vision_language.py): Gemma 3 4B and up, Mistral
+    # Small 3.1/3.2.
     "Gemma3ForConditionalGeneration": "gemma3",
+    "Mistral3ForConditionalGeneration": "mistral",
     # The same networks saved without their LM head: embedding models (e5-mistral,
     # gte-Qwen2, Qwen3-Embedding, ...), which only the pooling runner serves.
     "LlamaModel": "llama",
@@ -221,11 +223,10 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> ModelConfig:
         architectures = hf.get("architectures") or []
-        gemma_archs = {a: t for a, t in SUPPORTED_ARCHITECTURES.items() if t in GEMMA_TYPES}
-        named = next((gemma_archs[a] for a in architectures if a in gemma_archs), None)
+        named = next((_COMPLETED[a] for a in architectures if a in _COMPLETED), None)
         named = named or hf.get("model_type")
-        if named in GEMMA_TYPES:
-            hf = _gemma_full_config(hf, named)
+        if named in COMPLETED_TYPES:
+            hf = _completed_config(hf, named)
         arch = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
             model_type = hf.get("model_type")
@@ -312,26 +313,49 @@ def _sliding_window(hf: dict[str, Any], family: str) -> int | None:
     return int(window) if window else None
 
 
-def _gemma_full_config(hf: dict[str, Any], family: str) -> dict[str, Any]:
-    """A Gemma model's full config (of a Gemma 3 vision-language model, its text model's).
-    Google's config.json files list only what differs from transformers' defaults (a
-    vision-language model's `text_config` often just its sizes; Gemma 2's no layer
-    types), so the defaults come from transformers' own config class. It also reads
-    Gemma 1's legacy `hidden_act: "gelu"` as the tanh form the model was trained with."""
-    import transformers  # heavy; only Gemma reads it
+# Model types whose config is completed from transformers' own class (name, and the
+# architecture a config without one is): (config class, default architecture).
+COMPLETED_TYPES = {
+    "gemma": ("GemmaConfig", "GemmaForCausalLM"),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM"),
+    "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForConditionalGeneration"),
+    "mistral3": ("MistralConfig", "Mistral3ForConditionalGeneration"),
+}
+# Vision-language configs: transformers ties their LM head by the outer config's flag
+# (this class's default where the file leaves it out), whatever `text_config` says.
+_COMPOSITE = {"gemma3": "Gemma3Config", "mistral3": "Mistral3Config"}
+_COMPLETED = {
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "Mistral3ForConditionalGeneration": "mistral3",
+}
 
-    config_class, default_arch = {
-        "gemma": (transformers.GemmaConfig, "GemmaForCausalLM"),
-        "gemma2": (transformers.Gemma2Config, "Gemma2ForCausalLM"),
-    }.get(family, (transformers.Gemma3TextConfig, "Gemma3ForCausalLM"))
+
+def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """The full config of a Gemma model, or the text model of a vision-language one
+    (Gemma 3, Mistral 3). Their config.json files list only what differs from
+    transformers' defaults (a vision-language model's `text_config` often just its
+    sizes; Gemma 2's no layer types), so the defaults come from transformers' own
+    config class. It also reads Gemma 1's legacy `hidden_act: "gelu"` as the tanh form
+    the model was trained with."""
+    import transformers  # heavy; only these families read it
+
+    class_name, default_arch = COMPLETED_TYPES[model_type]
+    config_class = getattr(transformers, class_name)
     text = dict(hf.get("text_config") or hf)
     for key in ("tie_word_embeddings", "eos_token_id"):
         if key not in text and hf.get(key) is not None:
             text[key] = hf[key]
+    if model_type in _COMPOSITE and "text_config" in hf:
+        default = getattr(transformers, _COMPOSITE[model_type])().tie_word_embeddings
+        text["tie_word_embeddings"] = hf.get("tie_word_embeddings", default)
     known = {k: v for k, v in text.items() if k not in ("architectures", "model_type")}
     full = config_class(**known).to_dict()
     full["architectures"] = hf.get("architectures") or [default_arch]
-    full["model_type"] = hf.get("model_type", family)
+    full["model_type"] = hf.get("model_type", model_type)
     return full
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.gemma import Gemma2ForCausalLM, Gemma3ForCausalLM
+from engine.models.gemma import Gemma2ForCausalLM
 from engine.models.llama import LlamaForCausalLM
+from engine.models.vision_language import (
+    Gemma3ForConditionalGeneration,
+    Mistral3ForConditionalGeneration,
+)
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
 _REGISTRY: dict[str, type[nn.Module]] = {
@@ -16,8 +20,11 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "Qwen3ForCausalLM": LlamaForCausalLM,
     "GemmaForCausalLM": LlamaForCausalLM,
     "Gemma2ForCausalLM": Gemma2ForCausalLM,
-    "Gemma3ForCausalLM": Gemma3ForCausalLM,
-    "Gemma3ForConditionalGeneration": Gemma3ForCausalLM,
+    # Text-only Gemma 3 checkpoints name their tensors as the text model of a
+    # vision-language one does (without the prefix), so one class reads both.
+    "Gemma3ForCausalLM": Gemma3ForConditionalGeneration,
+    "Gemma3ForConditionalGeneration": Gemma3ForConditionalGeneration,
+    "Mistral3ForConditionalGeneration": Mistral3ForConditionalGeneration,
     "SmolLM3ForCausalLM": LlamaForCausalLM,
     "GraniteForCausalLM": LlamaForCausalLM,
     "Phi3ForCausalLM": LlamaForCausalLM,

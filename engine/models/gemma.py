@@ -63,26 +63,8 @@ class GemmaDecoderLayer(nn.Module):
         return h, residual
 
 
-# Where a vision-language checkpoint (Gemma3ForConditionalGeneration) keeps its text
-# model, in the original layout and in transformers 5's.
-_TEXT_PREFIXES = ("language_model.model.", "model.language_model.", "language_model.", "model.")
-_VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.")
-
-
 class Gemma2ForCausalLM(LlamaForCausalLM):
-    """Gemma 2: sandwich-norm layers, alternating sliding and full attention."""
+    """Gemma 2, and Gemma 3's text model (engine/models/vision_language.py reads its
+    checkpoints): sandwich-norm layers, sliding and full attention interleaved."""
 
     decoder_layer = GemmaDecoderLayer
-
-
-class Gemma3ForCausalLM(Gemma2ForCausalLM):
-    """Gemma 3's text model, from a text-only checkpoint or a vision-language one (whose
-    vision tower and projector are not loaded: the engine serves text)."""
-
-    def checkpoint_name(self, hf_name: str) -> str | None:
-        if hf_name.startswith(_VISION_PREFIXES) or "multi_modal_projector." in hf_name:
-            return None
-        for prefix in _TEXT_PREFIXES:
-            if hf_name.startswith(prefix):
-                return hf_name.removeprefix(prefix)
-        return hf_name

@@ -261,37 +261,71 @@ def test_a_model_sliding_every_layer_holds_only_its_window(
     assert bm.num_free_blocks == bm.num_blocks
 
 
-def test_a_gemma3_vision_language_checkpoint_serves_its_text_model(
-    make_random_model: Callable[[str], Path], tmp_path: Path
+def _vision_language_config(family: str, text_config: dict[str, Any], **outer: Any) -> Any:
+    """A tiny vision tower beside `text_config`, in the family's vision-language config."""
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=32,
+        patch_size=8,
+    )
+    if family == "gemma3":
+        return transformers.Gemma3Config(
+            text_config=text_config,
+            vision_config=transformers.SiglipVisionConfig(**vision).to_dict(),
+            mm_tokens_per_image=4,
+            **outer,
+        )
+    return transformers.Mistral3Config(
+        text_config=text_config,
+        vision_config=transformers.PixtralVisionConfig(**vision).to_dict(),
+        **outer,
+    )
+
+
+@pytest.mark.parametrize(
+    ("family", "architecture", "outer"),
+    [
+        ("gemma3", "Gemma3ForConditionalGeneration", {}),
+        # Tied by the outer config's default, whatever text_config says (as HF ties)...
+        ("mistral", "Mistral3ForConditionalGeneration", {}),
+        # ... or with an LM head of its own.
+        ("mistral", "Mistral3ForConditionalGeneration", {"tie_word_embeddings": False}),
+    ],
+)
+def test_a_vision_language_checkpoint_serves_its_text_model(
+    family: str,
+    architecture: str,
+    outer: dict[str, Any],
+    make_random_model: Callable[[str], Path],
+    tmp_path: Path,
 ) -> None:
-    """Gemma 3 4B and up ship as Gemma3ForConditionalGeneration: the engine loads the
-    text model out of it (skipping the vision tower) and generates what HF's whole
-    model generates from text alone."""
-    text_folder = make_random_model("gemma3")
+    """Gemma 3 4B and up, and Mistral Small 3.1/3.2, ship as vision-language models:
+    the engine loads the text model out of them (skipping the vision tower) and
+    generates what HF's whole model generates from text alone."""
+    text_folder = make_random_model(family)
     text_config = json.loads((text_folder / "config.json").read_text())
     text_model = transformers.AutoModelForCausalLM.from_pretrained(text_folder)
-    config = transformers.Gemma3Config(
-        text_config=text_config,
-        vision_config=transformers.SiglipVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        ).to_dict(),
-        mm_tokens_per_image=4,
-    )
     torch.manual_seed(6)
-    hf = transformers.Gemma3ForConditionalGeneration(config).eval()
+    hf_class = getattr(transformers, architecture)
+    hf = hf_class(_vision_language_config(family, text_config, **outer)).eval()
     hf.model.language_model.load_state_dict(text_model.model.state_dict())
-    folder = tmp_path / "gemma3-vlm"
+    hf.lm_head.load_state_dict(text_model.lm_head.state_dict())
+    folder = tmp_path / f"{family}-vlm"
     hf.save_pretrained(folder)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (folder / name).write_bytes((text_folder / name).read_bytes())
     saved = json.loads((folder / "config.json").read_text())
-    assert saved["architectures"] == ["Gemma3ForConditionalGeneration"]
+    assert saved["architectures"] == [architecture]
     llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    tied = hf.lm_head.weight.data_ptr() == hf.model.language_model.embed_tokens.weight.data_ptr()
+    assert (
+        llm.engine.model_config.tie_word_embeddings
+        == tied
+        == outer.get("tie_word_embeddings", True)
+    )
     torch.manual_seed(3)
     prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
     results = llm.generate(prompts, greedy(16, min_tokens=16))
