@@ -200,9 +200,10 @@ class BlockManager:
         assert not child.block_table, "fork() is for sequences without blocks"
         limit = min(num_tokens, len(parent.token_ids), len(parent.block_table) * self.block_size)
         shared = limit // self.block_size
-        # The child's next query (at the shared length) must still see its window.
         if parent.num_released_blocks > self._blocks_behind(shared * self.block_size):
-            raise RuntimeError("fork() after the parent gave back blocks the child needs")
+            # The parent's last prompt chunk moved its window past the start of the
+            # child's: the child computes its prompt itself (the prefix cache may help).
+            return 0
         for block_id in parent.block_table[:shared]:
             if block_id != RELEASED:  # behind the window: the child never reads it either
                 self._acquire(block_id)

@@ -229,21 +229,31 @@ def test_sliding_window_layers_match_hf(
     assert_prompt_logprobs_match(llm, hf, prompt)
 
 
+@pytest.mark.parametrize(
+    ("prompt_len", "chunk"),
+    [
+        (61, 8),
+        # The last prompt chunk starts at 63, past the start of the last full block (60)
+        # the choices fork from: the parent has given back a block the second choice's
+        # window still needs, so that choice computes its prompt itself.
+        (64, 7),
+    ],
+)
 def test_a_model_sliding_every_layer_holds_only_its_window(
-    make_random_model: Callable[[str], Path], tmp_path: Path
+    prompt_len: int, chunk: int, make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """Every layer slides (Mistral v0.1): blocks behind the window are given back as the
-    sequence goes, so a 61-token prompt and 40 more tokens (26 blocks of 4) never hold
-    more than the window's and a chunk's worth, and the tokens are still HF's, for
-    the n=2 choices forked off the prompt, and again through the prefix cache."""
+    sequence goes, so a ~60-token prompt and 40 more tokens (~26 blocks of 4) never
+    hold more than the window's and a chunk's worth, and the tokens are still HF's,
+    for the n=2 choices forked off the prompt, and again through the prefix cache."""
     folder = tmp_path / "mistral-window"
     config_variant(make_random_model("mistral"), folder, lambda c: c.update(sliding_window=16))
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    llm = LLM(str(folder), kv_cache_memory=64 << 20, block_size=4, max_num_batched_tokens=8)
+    llm = LLM(str(folder), kv_cache_memory=64 << 20, block_size=4, max_num_batched_tokens=chunk)
     engine, bm = llm.engine, llm.engine.block_manager
     assert bm.window == 16
     torch.manual_seed(4)
-    prompt = torch.randint(3, 49152, (61,)).tolist()
+    prompt = torch.randint(3, 49152, (prompt_len,)).tolist()
     expected = hf_greedy(hf, prompt, 40)
     for attempt in range(2):
         engine.add_request(f"r{attempt}", prompt, greedy(40, min_tokens=40, n=2))
@@ -257,7 +267,7 @@ def test_a_model_sliding_every_layer_holds_only_its_window(
         assert tokens == {0: expected, 1: expected}
         # Per choice: the window (16 tokens), a chunk of 8 and a partial block on each
         # side; the forked choices share the prompt's last blocks.
-        assert peak <= 2 * 8 < 2 * bm.blocks_for(61 + 40)
+        assert peak <= 2 * 8 < 2 * bm.blocks_for(prompt_len + 40)
     assert bm.num_free_blocks == bm.num_blocks
 
 

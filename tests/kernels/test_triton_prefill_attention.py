@@ -67,6 +67,21 @@ def test_chunked_prefill_matches_torch(
     assert_close(_triton(batch, device, scale, block_m=16, block_n=16), expected)
 
 
+def _gqa_chunks(dtype: torch.dtype, device: torch.device, seed: int) -> PagedBatch:
+    """SHAPES' chunks in blocks of 8; 4 query heads over 2 KV heads."""
+    return make_paged_batch(
+        SHAPES,
+        block_size=8,
+        heads=4,
+        kv_heads=2,
+        head_dim=HEAD_DIM,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        all_prefill=True,
+    )
+
+
 @pytest.mark.parametrize("window", [1, 6, 25])
 @pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (64, 16)])
@@ -77,17 +92,7 @@ def test_sliding_window_prefill_matches_torch(
     tiles, chunks after cached prefixes and one-token chunks see only their window.
     With query tiles taller than key tiles, a tile's later rows see nothing of its
     first key tile (their sums must stay 0, not NaN)."""
-    batch = make_paged_batch(
-        SHAPES,
-        block_size=8,
-        heads=4,
-        kv_heads=2,
-        head_dim=HEAD_DIM,
-        dtype=dtype,
-        device=device,
-        seed=window,
-        all_prefill=True,
-    )
+    batch = _gqa_chunks(dtype, device, seed=window)
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale, window)
     assert_close(_triton(batch, device, scale, block_m, block_n, window), expected)
@@ -100,17 +105,7 @@ def test_softcapped_prefill_matches_torch(
 ) -> None:
     """Gemma 2's soft-capped scores over chunks with and without cached prefixes, on a
     full and a sliding layer; a cap of 2 squashes most scores."""
-    batch = make_paged_batch(
-        SHAPES,
-        block_size=8,
-        heads=4,
-        kv_heads=2,
-        head_dim=HEAD_DIM,
-        dtype=dtype,
-        device=device,
-        seed=11,
-        all_prefill=True,
-    )
+    batch = _gqa_chunks(dtype, device, seed=11)
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale, window, softcap=2.0)
     assert_close(_triton(batch, device, scale, 16, 16, window, softcap=2.0), expected)
