@@ -212,8 +212,10 @@ class ModelConfig:
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
     # How the checkpoint stores its weights: None (plain) or "fp8" (dequantized at load,
-    # engine/fp8_checkpoint.py).
+    # engine/fp8_checkpoint.py), with the FP8 scales' tile (rows, columns; None: one
+    # scale per matrix).
     weight_quantization: str | None = None
+    weight_block_size: tuple[int, int] | None = None
 
     @property
     def has_lm_head(self) -> bool:
@@ -223,6 +225,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> ModelConfig:
         architectures = hf.get("architectures") or []
+        # Read before a vision-language config is narrowed to its text model's.
+        quantization = weight_quantization(hf)
         named = next((_COMPLETED[a] for a in architectures if a in _COMPLETED), None)
         named = named or hf.get("model_type")
         if named in COMPLETED_TYPES:
@@ -294,7 +298,8 @@ class ModelConfig:
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
-            weight_quantization=weight_quantization(hf),
+            weight_quantization=quantization.method if quantization else None,
+            weight_block_size=quantization.block_size if quantization else None,
             **_experts(hf, family, int(hf["num_hidden_layers"])),
         )
 
@@ -322,9 +327,7 @@ COMPLETED_TYPES = {
     "gemma3": ("Gemma3TextConfig", "Gemma3ForConditionalGeneration"),
     "mistral3": ("MistralConfig", "Mistral3ForConditionalGeneration"),
 }
-# Vision-language configs: transformers ties their LM head by the outer config's flag
-# (this class's default where the file leaves it out), whatever `text_config` says.
-_COMPOSITE = {"gemma3": "Gemma3Config", "mistral3": "Mistral3Config"}
+
 _COMPLETED = {
     "GemmaForCausalLM": "gemma",
     "Gemma2ForCausalLM": "gemma2",
@@ -346,12 +349,19 @@ def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     class_name, default_arch = COMPLETED_TYPES[model_type]
     config_class = getattr(transformers, class_name)
     text = dict(hf.get("text_config") or hf)
-    for key in ("tie_word_embeddings", "eos_token_id"):
-        if key not in text and hf.get(key) is not None:
-            text[key] = hf[key]
-    if model_type in _COMPOSITE and "text_config" in hf:
-        default = getattr(transformers, _COMPOSITE[model_type])().tie_word_embeddings
-        text["tie_word_embeddings"] = hf.get("tie_word_embeddings", default)
+    if "text_config" in hf:
+        if model_type == "mistral3" and text.get("model_type", "mistral") != "mistral":
+            raise ValueError(
+                f"Mistral3ForConditionalGeneration with a {text['model_type']!r} text model "
+                "is not supported (only Mistral's: Mistral Small 3.1/3.2)"
+            )
+        # transformers ties a vision-language model's LM head by the outer flag where the
+        # file sets one; otherwise by the text model's own setting or its class default
+        # (Mistral Small's files set neither and ship a head of their own).
+        if hf.get("tie_word_embeddings") is not None:
+            text["tie_word_embeddings"] = hf["tie_word_embeddings"]
+        if "eos_token_id" not in text and hf.get("eos_token_id") is not None:
+            text["eos_token_id"] = hf["eos_token_id"]
     known = {k: v for k, v in text.items() if k not in ("architectures", "model_type")}
     full = config_class(**known).to_dict()
     full["architectures"] = hf.get("architectures") or [default_arch]

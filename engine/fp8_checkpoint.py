@@ -13,6 +13,7 @@ bitsandbytes, compressed-tensors) are refused by name, not loaded as garbage.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,8 +24,15 @@ SCALE_SUFFIX = "_scale_inv"
 IGNORED_SUFFIXES = (".input_scale", ".activation_scale")
 
 
-def weight_quantization(hf: dict[str, Any]) -> str | None:
-    """ "fp8" for an FP8 checkpoint, None for a plain one; any other method is refused."""
+@dataclass(frozen=True)
+class WeightQuantization:
+    method: str
+    # Each scale's tile of the matrix (rows, columns); None: one scale per matrix.
+    block_size: tuple[int, int] | None
+
+
+def weight_quantization(hf: dict[str, Any]) -> WeightQuantization | None:
+    """An FP8 checkpoint's settings, None for a plain one; any other method is refused."""
     quantization = hf.get("quantization_config")
     if not quantization:
         return None
@@ -37,23 +45,39 @@ def weight_quantization(hf: dict[str, Any]) -> str | None:
     fmt = quantization.get("fmt", "e4m3")
     if fmt != "e4m3":
         raise ValueError(f"FP8 format {fmt!r} is not supported (only e4m3)")
-    return method
+    block = quantization.get("weight_block_size")
+    if block is not None and (len(block) != 2 or min(block) < 1):
+        raise ValueError(f"weight_block_size must be two positive sizes, got {block!r}")
+    return WeightQuantization(method, (int(block[0]), int(block[1])) if block else None)
 
 
 def is_scale(name: str) -> bool:
     return name.endswith(SCALE_SUFFIX)
 
 
-def dequantize(weight: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """fp8 [out, in] times its scales (per tile of `out / rows` x `in / cols`, the last
-    tiles cut short, or one scalar), in fp32, rounded once to `dtype`."""
+def dequantize(
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    dtype: torch.dtype,
+    block: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """fp8 [out, in] times its scales (one per `block` tile, the last tiles cut short, as
+    transformers reads them; or one scalar), in fp32, rounded once to `dtype`."""
     values = weight.to(torch.float32)
     scale = scale.to(torch.float32)
     if scale.numel() > 1:
-        if scale.dim() != 2 or weight.dim() != 2:
-            raise ValueError(f"block scales {tuple(scale.shape)} for a {weight.dim()}-d weight")
-        rows = -(-weight.shape[0] // scale.shape[0])
-        cols = -(-weight.shape[1] // scale.shape[1])
+        if block is None or scale.dim() != 2 or weight.dim() != 2:
+            raise ValueError(
+                f"scales {tuple(scale.shape)} for a {tuple(weight.shape)} weight need a 2-d "
+                "weight and weight_block_size"
+            )
+        rows, cols = block
+        tiles = (-(-weight.shape[0] // rows), -(-weight.shape[1] // cols))
+        if tuple(scale.shape) != tiles:
+            raise ValueError(
+                f"a {tuple(weight.shape)} weight in {block} tiles has {tiles} scales, "
+                f"not {tuple(scale.shape)}"
+            )
         scale = scale.repeat_interleave(rows, 0)[: weight.shape[0]]
         scale = scale.repeat_interleave(cols, 1)[:, : weight.shape[1]]
     return (values * scale).to(dtype)
@@ -63,6 +87,7 @@ def dequantized_weights(
     tensors: Iterable[tuple[str, torch.Tensor]],
     scales: dict[str, torch.Tensor],
     dtype: torch.dtype,
+    block: tuple[int, int] | None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors with each FP8 matrix dequantized by its scale (`scales`:
     every `*_scale_inv` of the checkpoint, by name) and the scales themselves left out."""
@@ -73,5 +98,5 @@ def dequantized_weights(
             scale = scales.get(name + SCALE_SUFFIX)
             if scale is None:
                 raise ValueError(f"FP8 weight {name!r} has no {name + SCALE_SUFFIX!r}")
-            tensor = dequantize(tensor, scale, dtype)
+            tensor = dequantize(tensor, scale, dtype, block)
         yield name, tensor

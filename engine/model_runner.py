@@ -76,7 +76,8 @@ def load_model(
     weights = tensors()
     if config.weight_quantization == "fp8":
         # The scales first (small; a shard may hold a matrix whose scale is in another).
-        weights = dequantized_weights(weights, dict(tensors(is_scale)), dtype)
+        scales = dict(tensors(is_scale))
+        weights = dequantized_weights(weights, scales, dtype, config.weight_block_size)
     model.load_weights(weights)
     model.pack_weights()
     return model.eval()

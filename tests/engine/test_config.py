@@ -163,6 +163,40 @@ def test_gemma2_as_google_ships_it() -> None:
     )
 
 
+def _mistral3(text: dict[str, object], **outer: object) -> dict[str, object]:
+    """A Mistral Small 3.1-style config: the text model nested, a vision tower beside it."""
+    text_config = {**_hf_config(head_dim=32, sliding_window=None), "model_type": "mistral", **text}
+    return {
+        "architectures": ["Mistral3ForConditionalGeneration"],
+        "model_type": "mistral3",
+        "text_config": text_config,
+        "vision_config": {"model_type": "pixtral", "hidden_size": 32},
+        **outer,
+    }
+
+
+def test_mistral3_reads_its_text_model_and_ties_as_transformers_does() -> None:
+    """Mistral Small's files set no tie flag and ship their own LM head: untied (the text
+    class's default). An outer flag, where set, decides, as transformers ties by it."""
+    config = ModelConfig.from_dict(_mistral3({}))
+    assert config.architecture == "Mistral3ForConditionalGeneration"
+    assert (config.head_dim, config.layer_windows) == (32, (None, None))
+    assert not config.tie_word_embeddings
+    assert ModelConfig.from_dict(_mistral3({"tie_word_embeddings": True})).tie_word_embeddings
+    tied_outside = _mistral3({"tie_word_embeddings": False}, tie_word_embeddings=True)
+    assert ModelConfig.from_dict(tied_outside).tie_word_embeddings
+    with pytest.raises(ValueError, match="'ministral3' text model is not supported"):
+        ModelConfig.from_dict(_mistral3({"model_type": "ministral3"}))
+
+
+def test_a_vision_language_checkpoints_quantization_is_read_from_its_outer_config() -> None:
+    fp8 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
+    config = ModelConfig.from_dict(_mistral3({}, quantization_config=fp8))
+    assert (config.weight_quantization, config.weight_block_size) == ("fp8", (128, 128))
+    with pytest.raises(ValueError, match="quantization method 'awq'"):
+        ModelConfig.from_dict(_mistral3({}, quantization_config={"quant_method": "awq"}))
+
+
 def test_gemma1_reads_its_legacy_exact_gelu_as_the_tanh_form() -> None:
     """Gemma 1's first configs say `hidden_act: "gelu"`; the model was trained with the
     tanh approximation, which transformers and vLLM both run."""

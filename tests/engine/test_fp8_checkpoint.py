@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
-from engine.fp8_checkpoint import dequantize, weight_quantization
+from engine.fp8_checkpoint import WeightQuantization, dequantize, weight_quantization
 from engine.llm import LLM, greedy
 
-BLOCK = [16, 16]
+BLOCK = [24, 24]  # the random models' 64- and 128-wide matrices end in partial tiles
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 
 
@@ -32,16 +32,22 @@ def quantize(weight: torch.Tensor, block: list[int]) -> tuple[torch.Tensor, torc
 
 
 def test_block_scales_cover_tiles_cut_short_at_the_edges() -> None:
+    """Tiles are weight_block_size, the last ones cut short: 9 rows in tiles of 4 are
+    4 + 4 + 1 (not three tiles of 3, which the scales' shape alone would suggest)."""
     torch.manual_seed(0)
-    weight = torch.randn(5, 7)
-    q, scale = quantize(weight, [2, 4])
+    weight = torch.randn(9, 7)
+    q, scale = quantize(weight, [4, 4])
     assert scale.shape == (3, 2)
-    got = dequantize(q, scale, torch.float32)
-    expected = torch.empty(5, 7)
-    for r in range(5):
+    got = dequantize(q, scale, torch.float32, (4, 4))
+    expected = torch.empty(9, 7)
+    for r in range(9):
         for c in range(7):
-            expected[r, c] = q[r, c].float() * scale[r // 2, c // 4]
+            expected[r, c] = q[r, c].float() * scale[r // 4, c // 4]
     assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match=r"has \(3, 2\) scales, not \(3, 3\)"):
+        dequantize(q, torch.ones(3, 3), torch.float32, (4, 4))
+    with pytest.raises(ValueError, match="weight_block_size"):
+        dequantize(q, scale, torch.float32)
     # e4m3 keeps 3 mantissa bits: within 1/16 of each value, relative to its tile's max.
     assert torch.allclose(got, weight, atol=weight.abs().max().item() / 16)
     whole = dequantize(q, torch.tensor(0.5), torch.bfloat16)  # one scale for the matrix
@@ -50,7 +56,10 @@ def test_block_scales_cover_tiles_cut_short_at_the_edges() -> None:
 
 def test_only_fp8_is_read_and_other_methods_are_refused_by_name() -> None:
     assert weight_quantization({}) is None
-    assert weight_quantization({"quantization_config": {"quant_method": "fp8"}}) == "fp8"
+    plain = {"quant_method": "fp8"}
+    assert weight_quantization({"quantization_config": plain}) == WeightQuantization("fp8", None)
+    blocked = {"quantization_config": {**plain, "weight_block_size": [128, 128]}}
+    assert weight_quantization(blocked) == WeightQuantization("fp8", (128, 128))
     for method in ("awq", "gptq", "bitsandbytes", "compressed-tensors"):
         with pytest.raises(ValueError, match=f"quantization method '{method}'"):
             weight_quantization({"quantization_config": {"quant_method": method}})
@@ -68,7 +77,7 @@ def _fp8_variant(source: Path, fp8: Path, reference: Path) -> None:
         if name.endswith("proj.weight") and tensor.dim() == 2:
             q, scale = quantize(tensor.float(), BLOCK)
             stored[name], stored[name + "_scale_inv"] = q, scale
-            plain[name] = dequantize(q, scale, torch.float32)
+            plain[name] = dequantize(q, scale, torch.float32, (BLOCK[0], BLOCK[1]))
         else:
             stored[name] = plain[name] = tensor
     config = json.loads((source / "config.json").read_text())
@@ -99,7 +108,8 @@ def test_an_fp8_checkpoint_serves_the_weights_it_encodes(
     (experts' matrices included), which HF parity covers from there."""
     fp8, reference = tmp_path / "fp8", tmp_path / "reference"
     _fp8_variant(make_random_model(family), fp8, reference)
-    assert ModelConfig.from_folder(fp8).weight_quantization == "fp8"
+    config = ModelConfig.from_folder(fp8)
+    assert (config.weight_quantization, config.weight_block_size) == ("fp8", tuple(BLOCK))
     torch.manual_seed(5)
     prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
     params = greedy(12, min_tokens=12, logprobs=3, prompt_logprobs=3)
