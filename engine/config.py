@@ -29,6 +29,9 @@ SUPPORTED_ARCHITECTURES = {
     "SmolLM3ForCausalLM": "smollm3",
     "GraniteForCausalLM": "granite",
     "Phi3ForCausalLM": "phi3",
+    # Post-norm layers and query/key norms across all heads; OLMo 3 slides 3 layers in 4.
+    "Olmo2ForCausalLM": "olmo2",
+    "Olmo3ForCausalLM": "olmo3",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
@@ -163,8 +166,13 @@ class ModelConfig:
     tie_word_embeddings: bool
     qkv_bias: bool
     rope: RopeConfig
-    # Qwen3: an RMSNorm over each query and key head before the rotation.
+    # Qwen3: an RMSNorm over each query and key head before the rotation; OLMo 2/3 (with
+    # `qk_norm_across_heads`): one over all query heads together, one over all key heads.
     qk_norm: bool = False
+    qk_norm_across_heads: bool = False
+    # Norm weights kept in fp32 and multiplied before the norm's one rounding (Gemma's
+    # and OLMo's norms), not in the model's dtype after it (Llama's).
+    fp32_norm_weights: bool = False
     eos_token_ids: tuple[int, ...] = ()
     sliding_window: int | None = None
     # Each layer's attention window (None: full attention), as HF's `layer_types` say.
@@ -271,7 +279,9 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "smollm3")),
             qkv_bias=qkv_bias,
             rope=RopeConfig.from_hf(hf),
-            qk_norm=family in ("qwen3", "qwen3_moe", *GEMMA3_TYPES),
+            qk_norm=family in ("qwen3", "qwen3_moe", "olmo2", "olmo3", *GEMMA3_TYPES),
+            qk_norm_across_heads=family in ("olmo2", "olmo3"),
+            fp32_norm_weights=gemma or family in ("olmo2", "olmo3"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=_sliding_window(hf, family),
             layer_windows=_layer_windows(hf, family, int(hf["num_hidden_layers"])),
@@ -326,6 +336,7 @@ COMPLETED_TYPES = {
     "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM"),
     "gemma3": ("Gemma3TextConfig", "Gemma3ForConditionalGeneration"),
     "mistral3": ("MistralConfig", "Mistral3ForConditionalGeneration"),
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
 }
 
 _COMPLETED = {
@@ -334,12 +345,13 @@ _COMPLETED = {
     "Gemma3ForCausalLM": "gemma3_text",
     "Gemma3ForConditionalGeneration": "gemma3",
     "Mistral3ForConditionalGeneration": "mistral3",
+    "Olmo3ForCausalLM": "olmo3",
 }
 
 
 def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
-    """The full config of a Gemma model, or the text model of a vision-language one
-    (Gemma 3, Mistral 3). Their config.json files list only what differs from
+    """The full config of a Gemma or OLMo 3 model, or the text model of a vision-language
+    one (Gemma 3, Mistral 3). Their config.json files list only what differs from
     transformers' defaults (a vision-language model's `text_config` often just its
     sizes; Gemma 2's no layer types), so the defaults come from transformers' own
     config class. It also reads Gemma 1's legacy `hidden_act: "gelu"` as the tanh form

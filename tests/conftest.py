@@ -180,6 +180,28 @@ def make_random_model(
                 mlp_only_layers=[1],
             )
             cls = transformers.Qwen2MoeForCausalLM
+        elif family == "olmo2":
+            config = transformers.Olmo2Config(**common, tie_word_embeddings=False)
+            cls = transformers.Olmo2ForCausalLM
+        elif family == "olmo3":
+            # One sliding layer (window 8, as OLMo 3 slides three in four) and one full,
+            # whose rotation alone is YaRN-scaled.
+            config = transformers.Olmo3Config(
+                **common,
+                tie_word_embeddings=False,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                rope_parameters={
+                    "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0},
+                    "full_attention": {
+                        "rope_type": "yarn",
+                        "rope_theta": 500000.0,
+                        "factor": 4.0,
+                        "original_max_position_embeddings": 64,
+                    },
+                },
+            )
+            cls = transformers.Olmo3ForCausalLM
         elif family == "mixtral":
             config = transformers.MixtralConfig(
                 **common, tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2
@@ -195,12 +217,14 @@ def make_random_model(
         seeds = {"llama": 1, "qwen2": 2, "mistral": 3, "qwen3": 4, "gemma3": 5, "smollm3": 6}
         torch.manual_seed(seeds.get(family, 7))
         model = cls(config)
-        if family.startswith("gemma"):
-            # HF initialises Gemma's norm offsets to zero (weights of one); make them matter.
+        if family.startswith(("gemma", "olmo")):
+            # HF initialises norms to weights of one (Gemma's as offsets of zero); make
+            # them matter (OLMo's q/k norms span all heads, Gemma's weights are 1 + w).
+            low = -0.5 if family.startswith("gemma") else 0.5
             with torch.no_grad():
                 for name, param in model.named_parameters():
                     if "norm" in name:
-                        param.uniform_(-0.5, 0.5)
+                        param.uniform_(low, low + 1.0)
         if family == "qwen3":
             # HF initialises the per-head norms to ones; make them matter.
             with torch.no_grad():

@@ -7,6 +7,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.models.gemma import Gemma2ForCausalLM
 from engine.models.llama import LlamaForCausalLM
+from engine.models.olmo2 import Olmo2ForCausalLM
 from engine.models.vision_language import (
     Gemma3ForConditionalGeneration,
     Mistral3ForConditionalGeneration,
@@ -28,6 +29,8 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "SmolLM3ForCausalLM": LlamaForCausalLM,
     "GraniteForCausalLM": LlamaForCausalLM,
     "Phi3ForCausalLM": LlamaForCausalLM,
+    "Olmo2ForCausalLM": Olmo2ForCausalLM,
+    "Olmo3ForCausalLM": Olmo2ForCausalLM,
     "MixtralForCausalLM": LlamaForCausalLM,
     "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,

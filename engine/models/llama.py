@@ -174,9 +174,13 @@ class Attention(nn.Module):
             config.hidden_size, self.q_size + 2 * self.kv_size, config.qkv_bias, ops.linear
         )
         self.o_proj = Linear(self.q_size, config.hidden_size, False, ops.linear)
+        # Per head (Qwen3, Gemma 3), or across all heads at once (OLMo).
+        self.qk_norm_across_heads = config.qk_norm_across_heads
         if config.qk_norm:
-            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
-            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
+            q_width = self.q_size if config.qk_norm_across_heads else config.head_dim
+            kv_width = self.kv_size if config.qk_norm_across_heads else config.head_dim
+            self.q_norm = RMSNorm(q_width, config.rms_norm_eps, ops)
+            self.k_norm = RMSNorm(kv_width, config.rms_norm_eps, ops)
         self.qk_norm = config.qk_norm
 
     def forward(
@@ -189,9 +193,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        if self.qk_norm_across_heads:
+            q, k = qk.split([self.q_size, self.kv_size], dim=-1)
+            qk = torch.cat((self.q_norm(q)[0], self.k_norm(k)[0]), dim=-1)
         # Queries and keys share the rotation: rotate them in one pass.
         qk = qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim)
-        if self.qk_norm:
+        if self.qk_norm and not self.qk_norm_across_heads:
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q)[0], self.k_norm(k)[0]), dim=1)
         if self.rotates and self.rotary_dim:
@@ -463,9 +470,9 @@ class LlamaForCausalLM(nn.Module):
         missing = expected - loaded
         if missing:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]}")
-        if self.config.norm_offset:
-            # Gemma stores each norm's weight as an offset from 1: fold it in once, in
-            # fp32, which the norm then multiplies by before its one rounding (as HF).
+        if self.config.fp32_norm_weights:
+            # Kept in fp32, which the norm then multiplies by before its one rounding (as
+            # HF's Gemma and OLMo norms); Gemma stores each as an offset from 1, folded in.
             with torch.no_grad():
                 for module in self.modules():
                     if isinstance(module, RMSNorm):

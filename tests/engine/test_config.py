@@ -163,6 +163,29 @@ def test_gemma2_as_google_ships_it() -> None:
     )
 
 
+def test_olmo_norms_across_heads_and_olmo3_slides_three_layers_in_four() -> None:
+    olmo2 = ModelConfig.from_dict(_hf_config(architectures=["Olmo2ForCausalLM"]))
+    assert olmo2.qk_norm and olmo2.qk_norm_across_heads and olmo2.fp32_norm_weights
+    assert olmo2.norm_offset == 0.0 and olmo2.layer_windows == (None, None)
+    olmo3 = ModelConfig.from_dict(
+        _hf_config(
+            architectures=["Olmo3ForCausalLM"],
+            model_type="olmo3",
+            num_hidden_layers=8,
+            sliding_window=4096,
+            rope_scaling={
+                "rope_type": "yarn",
+                "factor": 8.0,
+                "original_max_position_embeddings": 8192,
+            },
+        )
+    )
+    assert olmo3.layer_windows == (4096, 4096, 4096, None) * 2
+    # YaRN stretches the full layers' rotation only.
+    assert olmo3.rope.rope_type == "yarn" and olmo3.rope.factor == 8.0
+    assert olmo3.local_rope is not None and olmo3.local_rope.rope_type == "default"
+
+
 def _mistral3(text: dict[str, object], **outer: object) -> dict[str, object]:
     """A Mistral Small 3.1-style config: the text model nested, a vision tower beside it."""
     text_config = {**_hf_config(head_dim=32, sliding_window=None), "model_type": "mistral", **text}

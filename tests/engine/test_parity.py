@@ -132,6 +132,8 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "qwen2_moe",
         "qwen3_moe",
         "mixtral",
+        "olmo2",
+        "olmo3",
     ],
 )
 def test_random_models_match_hf(family: str, make_random_model: Callable[[str], Path]) -> None:

@@ -196,18 +196,21 @@ def replay_decodes(llm: LLM, max_num_seqs: int, max_model_len: int, block_size: 
 
 
 @pytest.mark.slow  # ~8 s each in Triton's interpreter
-@pytest.mark.parametrize("family", ["qwen3", "gemma2", "gemma3", "phi3", "qwen2_moe", "qwen3_moe"])
+@pytest.mark.parametrize(
+    "family", ["qwen3", "gemma2", "gemma3", "phi3", "olmo2", "qwen2_moe", "qwen3_moe"]
+)
 def test_model_variants_through_triton_match_torch(
     family: str, make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """Qwen3 and Gemma 3 normalise each query and key head with the backend's RMSNorm
     (strided slices of the fused projection), one layer of each slides over a window
     (6 positions for Qwen3 here, Gemma's 8 with its own rotation), Gemma's MLP is
-    GELU-and-mul, Gemma 2 soft-caps its attention scores in the kernels, Phi-3 rotates
-    half of each head (a strided view the rotary kernel turns in place), and Qwen3-MoE
-    routes through experts (Triton's grouped GEMMs, which need no host sync, so its
-    decodes also run as a replayed graph would), Qwen2-MoE beside a gated shared expert:
-    the Triton path gives the torch path's tokens."""
+    GELU-and-mul, Gemma 2 soft-caps its attention scores in the kernels, OLMo 2 norms
+    all query (and all key) heads at once over a strided slice, Phi-3 rotates half of
+    each head (a strided view the rotary kernel turns in place), Qwen3-MoE routes
+    through experts (Triton's grouped GEMMs, which need no host sync, so its decodes
+    also run as a replayed graph would), Qwen2-MoE beside a gated shared expert: the
+    Triton path gives the torch path's tokens."""
     source = make_random_model(family)
     folder = tmp_path / f"{family}-windowed"
     folder.mkdir()
@@ -224,6 +227,7 @@ def test_model_variants_through_triton_match_torch(
         "gemma2": [8, None],
         "gemma3": [8, None],
         "phi3": [24, 24],
+        "olmo2": [None, None],
         "qwen2_moe": [None] * 2,
         "qwen3_moe": [None] * 2,
     }[family]
@@ -240,7 +244,7 @@ def test_model_variants_through_triton_match_torch(
             max_num_batched_tokens=12,
         )
         layers = llm.engine.runner.model.layers
-        if family in ("qwen3", "gemma3"):
+        if family in ("qwen3", "gemma3", "olmo2"):
             assert layers[0].self_attn.q_norm.rms_norm is llm.engine.runner.backend.ops.rms_norm
         assert layers[0].self_attn.softcap == (4.0 if family == "gemma2" else None)
         assert [layer.self_attn.window for layer in layers] == windows
