@@ -203,6 +203,7 @@ class LLMEngine:
             grammar_vocab_size=self.grammars.vocab_size,
             lora_context=self.loras.context if self.loras is not None else None,
             pooler=Pooler(self.pooler_config) if self.pooler_config is not None else None,
+            every_layer_window=self.block_manager.window,
         )
         spec = config.speculative_config
         self.proposer = (

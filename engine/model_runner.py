@@ -113,6 +113,7 @@ class ModelRunner:
         grammar_vocab_size: int = 0,
         lora_context: LoRAContext | None = None,
         pooler: Pooler | None = None,
+        every_layer_window: int | None = None,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -129,6 +130,8 @@ class ModelRunner:
         self.lora_context = lora_context
         # Turns embedding sequences' hidden states into vectors (None: generate runner).
         self.pooler = pooler
+        # Every layer's window where all slide (their blocks behind it are given back).
+        self.every_layer_window = every_layer_window
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
@@ -195,6 +198,7 @@ class ModelRunner:
                 slot_mapping=slot_mapping,
                 num_decodes=sum(1 for s in ordered if s.num_tokens == 1),
                 block_size=bs,
+                every_layer_window=self.every_layer_window,
             )
             metadata = self.backend.prepare(inputs)
             hidden = self.model(

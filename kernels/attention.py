@@ -33,6 +33,9 @@ class AttentionInputs:
     slot_mapping: torch.Tensor
     num_decodes: int
     block_size: int
+    # The window every layer attends within, where all of them slide (their blocks behind
+    # it may be given back): a backend need not prepare for whole-context attention.
+    every_layer_window: int | None = None
 
     @property
     def num_tokens(self) -> int:

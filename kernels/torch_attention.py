@@ -93,6 +93,9 @@ class TorchAttentionBackend:
         )
 
     def prepare(self, inputs: AttentionInputs, window: int | None = None) -> TorchAttentionMetadata:
+        """The step's metadata: whole-context, or for `window` (by default the window
+        every layer slides in, when they all do)."""
+        window = window if window is not None else inputs.every_layer_window
         nd = inputs.num_decodes
         decodes = tuple(
             self._decode_group(inputs, start, min(start + DECODE_GROUP, nd), window)
@@ -157,7 +160,12 @@ class TorchAttentionBackend:
         """The step's metadata for a sliding-window layer (itself when no context in the
         step is longer than the window)."""
         inputs = metadata.inputs
-        if window is None or inputs is None or max(inputs.context_lens, default=0) <= window:
+        if (
+            window is None
+            or inputs is None
+            or window == inputs.every_layer_window  # what `prepare` built already
+            or max(inputs.context_lens, default=0) <= window
+        ):
             return metadata
         variant = metadata.windowed.get(window)
         if variant is None:

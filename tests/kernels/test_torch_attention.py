@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from kernels.attention import AttentionInputs
-from kernels.torch_attention import DECODE_GROUP, TorchAttentionBackend, slots_for
+from kernels.torch_attention import (
+    DECODE_GROUP,
+    TorchAttentionBackend,
+    TorchAttentionMetadata,
+    slots_for,
+)
 
 
 def dense_attention(
@@ -69,6 +74,26 @@ def test_sliding_window_matches_dense(window: int, block_size: int) -> None:
     check_against_dense(shapes, block_size, heads=6, kv_heads=2, num_blocks=1024, window=window)
 
 
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_a_step_where_every_layer_slides_prepares_only_windowed_metadata(
+    block_size: int,
+) -> None:
+    """When every layer slides (their blocks behind the window may be given back), the
+    step's own metadata is the windowed one: prefills gather only from their first
+    query's window on, and the layers reuse it as is."""
+    torch.manual_seed(block_size + 3)
+    decodes = [(30, 1)] * 3 + [(int(n), 1) for n in torch.randint(0, 40, (5,))]
+    shapes = [*decodes, (0, 3), (0, 23), (13, 6), (2, 30)]
+    metadata = check_against_dense(
+        shapes, block_size, heads=6, kv_heads=2, num_blocks=1024, window=5, every_layer=True
+    )
+    assert metadata.windowed == {}  # no variant was needed
+    for prefill in metadata.prefills:
+        if prefill.kv_slots is not None:
+            q_len = prefill.end - prefill.start
+            assert prefill.kv_slots.shape[0] <= q_len + 5 - 1
+
+
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("block_size", [1, 16])
 def test_softcapped_scores_match_dense(window: int | None, block_size: int) -> None:
@@ -91,7 +116,10 @@ def check_against_dense(
     num_blocks: int,
     window: int | None = None,
     softcap: float | None = None,
-) -> None:
+    every_layer: bool = False,
+) -> TorchAttentionMetadata:
+    """Runs the backend on `shapes` against dense attention; returns the step's metadata.
+    `every_layer`: the step says every layer slides in `window`."""
     dim = 16
     decodes = [s for s in shapes if s[1] == 1]
     prefills = [s for s in shapes if s[1] != 1]
@@ -124,6 +152,7 @@ def check_against_dense(
             slot_mapping=torch.tensor(slots),
             num_decodes=len(decodes),
             block_size=block_size,
+            every_layer_window=window if every_layer else None,
         )
     )
     scale = dim**-0.5
@@ -136,7 +165,7 @@ def check_against_dense(
         ]
     )
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    if window is not None:  # a full-attention layer of the same step
+    if window is not None and not every_layer:  # a full-attention layer of the same step
         full = backend.forward(q_all, k_new, v_new, k_cache, v_cache, metadata, scale)
         expected = torch.cat(
             [dense_attention(q, k, v, scale) for q, (k, v) in zip(queries, contexts, strict=True)]
@@ -146,3 +175,4 @@ def check_against_dense(
     torch.testing.assert_close(
         k_cache.view(-1, kv_heads, dim)[torch.tensor(slots)], torch.cat(keys)
     )
+    return metadata
