@@ -11,16 +11,19 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models.linear import Linear
-from kernels.fused_ops import FusedOps
+from kernels.fused_ops import ActAndMul, FusedOps
+
+
+def act_and_mul_for(config: ModelConfig, ops: FusedOps) -> ActAndMul:
+    """The gated activation the config names (Gemma's GELU-tanh, else SiLU)."""
+    return ops.gelu_tanh_and_mul if config.hidden_activation == "gelu_tanh" else ops.silu_and_mul
 
 
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig, ops: FusedOps, intermediate_size: int = 0) -> None:
         """`intermediate_size`: the MLP's width where it is not the config's."""
         super().__init__()
-        self.act_and_mul = (
-            ops.gelu_tanh_and_mul if config.hidden_activation == "gelu_tanh" else ops.silu_and_mul
-        )
+        self.act_and_mul = act_and_mul_for(config, ops)
         self.intermediate_size = intermediate_size or config.intermediate_size
         self.gate_up_proj = Linear(
             config.hidden_size, 2 * self.intermediate_size, False, ops.linear

@@ -21,7 +21,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models.linear import Linear
-from engine.models.mlp import MLP
+from engine.models.mlp import MLP, act_and_mul_for
 from kernels.fused_ops import FusedOps
 
 # Checkpoint names of an expert's three matrices: Qwen3-MoE's, then Mixtral's.
@@ -45,9 +45,7 @@ class SparseMoE(nn.Module):
         # Mixtral weighs each expert's output in fp32 and rounds once; Qwen3-MoE rounds
         # the weights to the model's dtype first (as transformers does for each).
         self.fp32_routing = config.fp32_routing_weights
-        self.act_and_mul = (
-            ops.gelu_tanh_and_mul if config.hidden_activation == "gelu_tanh" else ops.silu_and_mul
-        )
+        self.act_and_mul = act_and_mul_for(config, ops)
         self.experts = ops.experts
         # The router's matmul is plain F.linear, as transformers', so that near-tied
         # expert scores break the same way.
