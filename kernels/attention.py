@@ -76,6 +76,7 @@ class AttentionBackend(Protocol):
         scale: float,
         window: int | None = None,
         softcap: float | None = None,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Store `key`/`value` ([T, kv_heads, D]) and attend `query` ([T, heads, D]).
 
@@ -83,6 +84,7 @@ class AttentionBackend(Protocol):
         `window` (a sliding-window layer's): a query at position p sees only the keys
         at p - window + 1 ... p, as HF's sliding-window mask allows. `softcap`
         (Gemma 2's): each scaled score s becomes softcap * tanh(s / softcap) before
-        the softmax.
+        the softmax. `sinks` ([heads] fp32, gpt-oss's): each head's learned logit joins
+        its softmax as a key with no value, so a head may attend to nothing.
         """
         ...

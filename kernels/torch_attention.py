@@ -184,6 +184,7 @@ class TorchAttentionBackend:
         scale: float,
         window: int | None = None,
         softcap: float | None = None,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
         metadata = self._for_window(metadata, window)
@@ -196,6 +197,8 @@ class TorchAttentionBackend:
             # GQA without repeating K/V: the query heads sharing a KV head act as
             # that head's "query positions".
             group = query.shape[1] // num_kv_heads
+            # Query head h = kv_head * group + g sits at [kv_head, g] here.
+            decode_sinks = None if sinks is None else sinks.view(num_kv_heads, group, 1)
             for g in metadata.decodes:
                 n, length = g.end - g.start, g.length
                 k = torch.index_select(flat_k, 0, g.slots, out=k_buf[: n * length])
@@ -203,8 +206,9 @@ class TorchAttentionBackend:
                 k = k.view(n, length, num_kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
                 v = v.view(n, length, num_kv_heads, head_dim).transpose(1, 2)
                 q = query[g.start : g.end].view(n, num_kv_heads, group, head_dim)
-                o = attend(q, k, v, scale, softcap, mask=g.mask)
+                o = attend(q, k, v, scale, softcap, decode_sinks, mask=g.mask)
                 out[g.start : g.end] = o.reshape(n, -1, head_dim)
+        head_sinks = None if sinks is None else sinks.view(-1, 1, 1)
         for p in metadata.prefills:
             rows = slice(p.start, p.end)
             if p.kv_slots is None:
@@ -214,13 +218,13 @@ class TorchAttentionBackend:
                     t[rows].view(p.count, q_len, *t.shape[1:]).transpose(1, 2)
                     for t in (query, key, value)
                 )
-                o = attend(q, k, v, scale, softcap, causal=True)
+                o = attend(q, k, v, scale, softcap, head_sinks, causal=True)
                 out[rows] = o.transpose(1, 2).reshape(p.end - p.start, *query.shape[1:])
             else:
                 q = query[rows].transpose(0, 1)  # [H, Q, D]
                 k = flat_k[p.kv_slots].transpose(0, 1)
                 v = flat_v[p.kv_slots].transpose(0, 1)
-                o = attend(q, k, v, scale, softcap, mask=p.mask)
+                o = attend(q, k, v, scale, softcap, head_sinks, mask=p.mask)
                 out[rows] = o.transpose(0, 1)
         return out
 
@@ -231,16 +235,19 @@ def attend(
     v: torch.Tensor,
     scale: float,
     softcap: float | None,
+    sinks: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     causal: bool = False,
 ) -> torch.Tensor:
     """Attention over [..., heads, Q, D] queries and [..., kv_heads, K, D] keys/values;
-    `mask` True where a key is seen. SDPA where it can; with a soft-cap (which SDPA
-    cannot apply) in explicit steps, as HF's eager Gemma 2 attention orders them:
-    scores squashed, masked, then a softmax, all in fp32 (as the Triton kernels
-    keep them), whose weights are rounded to the value dtype for P @ V."""
+    `mask` True where a key is seen. SDPA where it can; with a soft-cap or sinks (which
+    SDPA cannot apply) in explicit steps, as HF's eager Gemma 2 and gpt-oss attention
+    order them: scores scaled (squashed), masked, each head's sink logit (`sinks`,
+    shaped to broadcast against the scores' [..., Q, 1]) joined as one more column, a
+    softmax, and the sink's column dropped, all in fp32 (as the Triton kernels keep
+    them), whose weights are rounded to the value dtype for P @ V."""
     grouped = q.shape[-3] != k.shape[-3]
-    if softcap is None:
+    if softcap is None and sinks is None:
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, scale=scale, enable_gqa=grouped
         )
@@ -249,14 +256,21 @@ def attend(
         k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
     # In place after the matmul: the [..., Q, K] fp32 scores are the big tensor here.
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2))
-    scores.mul_(scale / softcap).tanh_().mul_(softcap)
+    if softcap is None:
+        scores.mul_(scale)
+    else:
+        scores.mul_(scale / softcap).tanh_().mul_(softcap)
     if causal:
         q_len, k_len = scores.shape[-2:]
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
     if mask is not None:
         scores.masked_fill_(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(v.dtype)
-    return torch.matmul(probs, v)
+    if sinks is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:
+        sink = sinks.float().expand(*scores.shape[:-1], 1)
+        probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+    return torch.matmul(probs.to(v.dtype), v)
 
 
 def _gather_buffers(

@@ -120,6 +120,7 @@ class TritonAttentionBackend:
         scale: float,
         window: int | None = None,
         softcap: float | None = None,
+        sinks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
@@ -134,6 +135,7 @@ class TritonAttentionBackend:
                 out[:nd],
                 window,
                 softcap,
+                sinks,
             )
         if metadata.prefill is not None:
             prefill_attention(
@@ -145,5 +147,6 @@ class TritonAttentionBackend:
                 out[nd:],
                 window=window,
                 softcap=softcap,
+                sinks=sinks,
             )
         return out

@@ -14,17 +14,18 @@ import math
 import triton
 import triton.language as tl
 
-LOG2E = math.log2(math.e)
+# A constexpr, so that kernels may read it (a compiled kernel reads no other global).
+LOG2E = tl.constexpr(math.log2(math.e))
 
 
 def score_scales(scale: float, softcap: float | None) -> tuple[float, float]:
     """(pre, post): scores are dot * pre, or post * tanh(dot * pre) under a cap; both
     already in log2 units (exp2 of them is exp of the natural-log score)."""
     if softcap is None:
-        return scale * LOG2E, 0.0
+        return scale * LOG2E.value, 0.0
     if softcap <= 0:
         raise ValueError(f"attention soft-cap must be positive, got {softcap}")
-    return scale / softcap, softcap * LOG2E
+    return scale / softcap, softcap * LOG2E.value
 
 
 @triton.jit

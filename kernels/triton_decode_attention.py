@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_attention_scores import scaled_scores, score_scales
+from kernels.triton_attention_scores import LOG2E, scaled_scores, score_scales
 from kernels.triton_paged_kv import load_kv_tile
 from kernels.triton_support import dot_precision, upcast_dot
 
@@ -34,6 +34,7 @@ def decode_partition_kernel(
     context_lens_ptr,
     out_ptr,
     lse_ptr,
+    sinks_ptr,
     score_pre,
     score_post,
     stride_qt,
@@ -59,6 +60,7 @@ def decode_partition_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    SINKS: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -93,6 +95,11 @@ def decode_partition_kernel(
 
     m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    if SINKS and not SPLIT:
+        # The head's sink is one more key, with no value: the sums start from it (the
+        # combine adds it instead where partitions are split).
+        m_i = tl.load(sinks_ptr + heads, mask=g_mask, other=0.0) * LOG2E
+        l_i = tl.full([BLOCK_G], 1.0, dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
     for n0 in range(tl.maximum(start, first), end, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
@@ -148,6 +155,7 @@ def decode_combine_kernel(
     lse_ptr,
     context_lens_ptr,
     out_ptr,
+    sinks_ptr,
     stride_pt,
     stride_ph,
     stride_pp,
@@ -160,6 +168,7 @@ def decode_combine_kernel(
     PARTITION: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    SINKS: tl.constexpr,
 ):
     seq = tl.program_id(0)
     head = tl.program_id(1)
@@ -176,8 +185,16 @@ def decode_combine_kernel(
     p_mask = (p < num_parts) & (p >= first_part)
     lse = tl.load(lse_ptr + seq * stride_lt + head * stride_lh + p, mask=p_mask, other=0.0)
     lse = tl.where(p_mask, lse, float("-inf"))
-    weight = tl.exp2(lse - tl.max(lse, 0))
-    weight = weight / tl.sum(weight, 0)
+    top = tl.max(lse, 0)
+    if SINKS:
+        # The sink joins the denominator as a partition of its own with no output.
+        sink = tl.load(sinks_ptr + head) * LOG2E
+        top = tl.maximum(top, sink)
+        weight = tl.exp2(lse - top)
+        weight = weight / (tl.sum(weight, 0) + tl.exp2(sink - top))
+    else:
+        weight = tl.exp2(lse - top)
+        weight = weight / tl.sum(weight, 0)
     partial = tl.load(
         partial_ptr + seq * stride_pt + head * stride_ph + p[:, None] * stride_pp + d[None, :],
         mask=p_mask[:, None] & (d[None, :] < head_dim),
@@ -232,10 +249,12 @@ def decode_attention(
     out: torch.Tensor | None = None,
     window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """query [B, heads, D] (one token per sequence) -> out [B, heads, D]; with `window`
-    each query sees only its sequence's last `window` keys, and with `softcap` scores are
-    squashed to softcap * tanh(score / softcap) (Gemma 2)."""
+    each query sees only its sequence's last `window` keys, with `softcap` scores are
+    squashed to softcap * tanh(score / softcap) (Gemma 2), and `sinks` ([heads] fp32,
+    gpt-oss) add each head's logit to its softmax's denominator."""
     num_seqs, num_heads, head_dim = query.shape
     num_kv_heads = key_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -267,6 +286,7 @@ def decode_attention(
         batch.context_lens,
         target,
         lse,
+        target if sinks is None else sinks,
         *scales,
         query.stride(0),
         query.stride(1),
@@ -290,6 +310,7 @@ def decode_attention(
         UPCAST=upcast_dot(decode_partition_kernel, query.dtype),
         PRECISION=dot_precision(query.dtype),
         SOFTCAP=softcap is not None,
+        SINKS=sinks is not None,
         num_warps=8 if head_dim > 64 and query.element_size() > 2 else 4,
     )
     if split:
@@ -298,6 +319,7 @@ def decode_attention(
             lse,
             batch.context_lens,
             out,
+            out if sinks is None else sinks,
             partial.stride(0),
             partial.stride(1),
             partial.stride(2),
@@ -310,5 +332,6 @@ def decode_attention(
             PARTITION=batch.partition_size,
             BLOCK_P=triton.next_power_of_2(parts),
             BLOCK_D=block_d,
+            SINKS=sinks is not None,
         )
     return out

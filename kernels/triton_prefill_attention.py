@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_attention_scores import scaled_scores, score_scales
+from kernels.triton_attention_scores import LOG2E, scaled_scores, score_scales
 from kernels.triton_paged_kv import load_kv_tile
 from kernels.triton_support import dot_precision, upcast_dot
 
@@ -32,6 +32,7 @@ def prefill_attention_kernel(
     query_start_ptr,
     context_lens_ptr,
     out_ptr,
+    sinks_ptr,
     score_pre,
     score_post,
     stride_qt,
@@ -52,6 +53,7 @@ def prefill_attention_kernel(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    SINKS: tl.constexpr,
 ):
     seq = tl.program_id(0)
     tile = tl.program_id(1)
@@ -77,6 +79,10 @@ def prefill_attention_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if SINKS:
+        # The head's sink is one more key, with no value: the sums start from it.
+        m_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32) * (tl.load(sinks_ptr + head) * LOG2E)
+        l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Keys past the tile's last query position are masked for every row: skip them.
     kv_end = tl.minimum(context_len, prefix + m0 + BLOCK_M)
@@ -188,10 +194,12 @@ def prefill_attention(
     block_n: int | None = None,
     window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored.
     With `window` a query at position p sees only keys p - window + 1 ... p; with
-    `softcap` scores are squashed to softcap * tanh(score / softcap) (Gemma 2)."""
+    `softcap` scores are squashed to softcap * tanh(score / softcap) (Gemma 2); `sinks`
+    ([heads] fp32, gpt-oss) add each head's logit to its softmax's denominator."""
     num_tokens, num_heads, head_dim = query.shape
     tiles = _tiles(query.element_size(), head_dim)
     block_m, block_n = block_m or tiles.rows, block_n or tiles.keys
@@ -213,6 +221,7 @@ def prefill_attention(
         batch.query_start,
         batch.context_lens,
         out,
+        out if sinks is None else sinks,
         *scales,
         query.stride(0),
         query.stride(1),
@@ -232,6 +241,7 @@ def prefill_attention(
         UPCAST=upcast_dot(prefill_attention_kernel, query.dtype),
         PRECISION=dot_precision(query.dtype),
         SOFTCAP=softcap is not None,
+        SINKS=sinks is not None,
         num_warps=tiles.warps,
     )
     return out

@@ -100,13 +100,23 @@ def torch_reference(
     scale: float,
     window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The torch backend's answer for the batch: what every attention kernel must give."""
     backend = TorchAttentionBackend(device)
     k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
     metadata = backend.prepare(batch.inputs)
     return backend.forward(
-        batch.query, batch.key, batch.value, k_cache, v_cache, metadata, scale, window, softcap
+        batch.query,
+        batch.key,
+        batch.value,
+        k_cache,
+        v_cache,
+        metadata,
+        scale,
+        window,
+        softcap,
+        sinks,
     )
 
 

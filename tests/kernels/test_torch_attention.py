@@ -21,10 +21,12 @@ def dense_attention(
     scale: float,
     window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q [Q, H, D] are the last Q positions of a context k/v [C, KVH, D]; with `window`
     a query sees only its last `window` positions (HF's sliding-window mask); with
-    `softcap` scores become softcap * tanh(score / softcap) (Gemma 2's)."""
+    `softcap` scores become softcap * tanh(score / softcap) (Gemma 2's); `sinks` [H]
+    add exp(sink) to each head's softmax denominator (gpt-oss's)."""
     heads, kv_heads = q.shape[1], k.shape[1]
     k = k.repeat_interleave(heads // kv_heads, dim=1)
     v = v.repeat_interleave(heads // kv_heads, dim=1)
@@ -38,7 +40,11 @@ def dense_attention(
     if window is not None:
         visible &= key_pos > query_pos - window
     scores = scores.masked_fill(~visible, float("-inf"))
-    return torch.einsum("hqc,chd->qhd", scores.softmax(-1), v)
+    if sinks is None:
+        return torch.einsum("hqc,chd->qhd", scores.softmax(-1), v)
+    weights = scores.exp()
+    denominator = weights.sum(-1, keepdim=True) + sinks.exp()[:, None, None]
+    return torch.einsum("hqc,chd->qhd", weights / denominator, v)
 
 
 @pytest.mark.parametrize("block_size", [1, 4, 16])
@@ -108,6 +114,21 @@ def test_softcapped_scores_match_dense(window: int | None, block_size: int) -> N
     )
 
 
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("block_size", [1, 16])
+def test_attention_sinks_match_dense(window: int | None, block_size: int) -> None:
+    """gpt-oss's per-head sinks (which SDPA cannot apply), spread from "attend to almost
+    nothing" to "a key among many", over decodes, fresh and prefixed prefills, on full
+    and sliding layers; query heads in GQA groups each keep their own sink."""
+    torch.manual_seed(block_size + 11)
+    decodes = [(30, 1)] * 3 + [(int(n), 1) for n in torch.randint(0, 40, (DECODE_GROUP + 3,))]
+    shapes = [*decodes, (0, 3), (0, 23), (0, 23), (13, 6), (2, 30)]
+    sinks = torch.tensor([4.0, -3.0, 0.5, 1.5, -0.7, 2.5])
+    check_against_dense(
+        shapes, block_size, heads=6, kv_heads=2, num_blocks=1024, window=window, sinks=sinks
+    )
+
+
 def check_against_dense(
     shapes: list[tuple[int, int]],
     block_size: int,
@@ -117,6 +138,7 @@ def check_against_dense(
     window: int | None = None,
     softcap: float | None = None,
     every_layer: bool = False,
+    sinks: torch.Tensor | None = None,
 ) -> TorchAttentionMetadata:
     """Runs the backend on `shapes` against dense attention; returns the step's metadata.
     `every_layer`: the step says every layer slides in `window`."""
@@ -157,10 +179,12 @@ def check_against_dense(
     )
     scale = dim**-0.5
     q_all, k_new, v_new = torch.cat(queries), torch.cat(keys), torch.cat(values)
-    out = backend.forward(q_all, k_new, v_new, k_cache, v_cache, metadata, scale, window, softcap)
+    out = backend.forward(
+        q_all, k_new, v_new, k_cache, v_cache, metadata, scale, window, softcap, sinks
+    )
     expected = torch.cat(
         [
-            dense_attention(q, k, v, scale, window, softcap)
+            dense_attention(q, k, v, scale, window, softcap, sinks)
             for q, (k, v) in zip(queries, contexts, strict=True)
         ]
     )

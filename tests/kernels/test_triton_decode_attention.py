@@ -21,13 +21,14 @@ def _triton(
     partition: int,
     window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     k_cache, v_cache = stored_caches(batch)
     inputs = batch.inputs
     tables = block_table(inputs, device)
     decode = make_decode_batch(tables, inputs.context_lens, partition)
     return decode_attention(
-        batch.query, k_cache, v_cache, decode, scale, window=window, softcap=softcap
+        batch.query, k_cache, v_cache, decode, scale, window=window, softcap=softcap, sinks=sinks
     )
 
 
@@ -82,6 +83,22 @@ def test_softcapped_decode_matches_torch(
     expected = _reference(batch, device, scale, window, softcap=2.0)
     for partition in (16, 512):
         assert_close(_triton(batch, device, scale, partition, window, softcap=2.0), expected)
+
+
+@pytest.mark.parametrize("window", [None, 40])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_attention_sinks_decode_match_torch(
+    device: torch.device, dtype: torch.dtype, window: int | None
+) -> None:
+    """gpt-oss's per-head sinks, in several partitions (the combine adds them) and in
+    one (the partition kernel starts from them), on a full and a sliding layer; sinks
+    from far above the scores (a head attending to almost nothing) to far below."""
+    batch = _gqa_batch(dtype, device, seed=5)
+    scale = HEAD_DIM**-0.5
+    sinks = torch.tensor([6.0, -4.0, 0.0, 1.0, -1.0, 2.0, 0.5, 3.0], device=device)
+    expected = _reference(batch, device, scale, window, sinks=sinks)
+    for partition in (16, 512):
+        assert_close(_triton(batch, device, scale, partition, window, sinks=sinks), expected)
 
 
 def _gqa_batch(dtype: torch.dtype, device: torch.device, seed: int) -> PagedBatch:

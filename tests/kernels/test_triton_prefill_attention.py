@@ -27,6 +27,7 @@ def _triton(
     block_n: int,
     window: int | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     k_cache, v_cache = stored_caches(batch)
     inputs = batch.inputs
@@ -42,6 +43,7 @@ def _triton(
         block_n=block_n,
         window=window,
         softcap=softcap,
+        sinks=sinks,
     )
 
 
@@ -109,6 +111,20 @@ def test_softcapped_prefill_matches_torch(
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale, window, softcap=2.0)
     assert_close(_triton(batch, device, scale, 16, 16, window, softcap=2.0), expected)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_attention_sinks_prefill_match_torch(
+    device: torch.device, dtype: torch.dtype, window: int | None
+) -> None:
+    """gpt-oss's per-head sinks over chunks with and without cached prefixes, on a full
+    and a sliding layer (where a row's first tiles may hold no key it sees)."""
+    batch = _gqa_chunks(dtype, device, seed=13)
+    scale = HEAD_DIM**-0.5
+    sinks = torch.tensor([5.0, -3.0, 0.25, 1.5], device=device)
+    expected = _reference(batch, device, scale, window, sinks=sinks)
+    assert_close(_triton(batch, device, scale, 16, 16, window, sinks=sinks), expected)
 
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 32), (32, 16), (64, 64)])
