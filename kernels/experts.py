@@ -22,10 +22,14 @@ def experts(
     weights: torch.Tensor,
     chosen: torch.Tensor,
     act_and_mul: Callable[[torch.Tensor], torch.Tensor],
+    gate_up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x [T, H]; gate_up [E, 2I, H] and down [E, H, I] stacked per expert; weights and
     chosen [T, K]: each token's experts and how much each counts. -> [T, H] in x's dtype.
-    The weighted product is taken in the weights' dtype (Mixtral: fp32) and rounded once."""
+    The weighted product is taken in the weights' dtype (Mixtral: fp32) and rounded once.
+    Biases ([E, 2I] and [E, H], gpt-oss's) are added after each matmul, as transformers
+    adds them."""
     top_k = chosen.shape[1]
     out = torch.zeros_like(x)
     flat = chosen.flatten()
@@ -38,7 +42,12 @@ def experts(
         picks = order[start : start + count]
         start += count
         tokens, slot = picks // top_k, picks % top_k
-        h = act_and_mul(F.linear(x[tokens], gate_up[expert]))
-        h = F.linear(h, down[expert]) * weights[tokens, slot, None]
+        h = F.linear(x[tokens], gate_up[expert])
+        if gate_up_bias is not None:
+            h = h + gate_up_bias[expert]
+        h = F.linear(act_and_mul(h), down[expert])
+        if down_bias is not None:
+            h = h + down_bias[expert]
+        h = h * weights[tokens, slot, None]
         out.index_add_(0, tokens, h.to(x.dtype))
     return out

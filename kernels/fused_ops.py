@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.experts import experts
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.linear import TORCH_LINEAR, LinearMethod
@@ -23,17 +24,19 @@ RmsNorm = Callable[
     [torch.Tensor, torch.Tensor, float, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]
 ]
 ActAndMul = Callable[[torch.Tensor], torch.Tensor]
-Experts = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, ActAndMul],
-    torch.Tensor,
-]
+# gate_up, alpha, limit -> the clamped SwiGLU's product (gpt-oss).
+ClampedSwigluAndMul = Callable[[torch.Tensor, float, float], torch.Tensor]
+# x, gate_up, down, routing weights, chosen experts, activation, then optional
+# gate_up and down biases (gpt-oss's) -> the layer's output.
+Experts = Callable[..., torch.Tensor]
 
 
 @dataclass(frozen=True)
 class FusedOps:
     """rms_norm: see kernels/rms_norm.py. apply_rotary: returns the rotated tensor,
     which may be its input rotated in place. silu_and_mul: see kernels/silu_and_mul.py;
-    gelu_tanh_and_mul (Gemma's MLP): kernels/gelu_tanh_and_mul.py. experts: a
+    gelu_tanh_and_mul (Gemma's MLP): kernels/gelu_tanh_and_mul.py;
+    clamped_swiglu_and_mul (gpt-oss's experts): kernels/clamped_swiglu_and_mul.py. experts: a
     mixture-of-experts layer's expert MLPs (kernels/experts.py); `experts_sync_free`
     when they need no host sync (decodes may then replay CUDA graphs). linear: how
     the model's weights are laid out and multiplied (kernels/linear.py)."""
@@ -43,6 +46,7 @@ class FusedOps:
     apply_rotary: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
     silu_and_mul: ActAndMul
     gelu_tanh_and_mul: ActAndMul
+    clamped_swiglu_and_mul: ClampedSwigluAndMul = clamped_swiglu_and_mul
     experts: Experts = experts
     experts_sync_free: bool = False
     linear: LinearMethod = TORCH_LINEAR

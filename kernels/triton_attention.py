@@ -4,7 +4,7 @@
 offsets on the device once; every layer's `forward` is then three kernel
 launches at most (store_kv, decode, prefill), plus a combine kernel when a
 decode context spans several partitions. The fused ops it carries run the
-model's RMSNorm, rotary, SiLU/GELU-and-mul and mixture-of-experts MLPs as
+model's RMSNorm, rotary, SiLU/GELU/clamped-SwiGLU-and-mul and mixture-of-experts MLPs as
 Triton kernels too.
 """
 
@@ -16,6 +16,7 @@ import torch
 
 from kernels.attention import AttentionInputs, block_table_tensor
 from kernels.fused_ops import FusedOps
+from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.triton_decode_attention import (
     PARTITION_SIZE,
     DecodeBatch,
@@ -37,6 +38,7 @@ TRITON_OPS = FusedOps(
     apply_rotary,
     silu_and_mul,
     gelu_tanh_and_mul,
+    clamped_swiglu_and_mul=clamped_swiglu_and_mul,
     experts=fused_experts,
     experts_sync_free=True,
 )

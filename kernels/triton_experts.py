@@ -30,6 +30,7 @@ def grouped_gemm_kernel(
     b_ptr,
     c_ptr,
     weight_ptr,
+    bias_ptr,
     sorted_pairs_ptr,
     block_experts_ptr,
     num_pairs,
@@ -39,16 +40,19 @@ def grouped_gemm_kernel(
     stride_be,
     stride_bn,
     stride_cm,
+    stride_bias,
     A_ROW_DIVISOR: tl.constexpr,
     MUL_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """C[pair] = A[pair // A_ROW_DIVISOR] @ B[expert].T (times the pair's weight), for
-    the BLOCK_M sorted pairs of this program's row block; padding pairs are skipped."""
+    """C[pair] = (A[pair // A_ROW_DIVISOR] @ B[expert].T + bias[expert]) (times the
+    pair's weight), for the BLOCK_M sorted pairs of this program's row block; padding
+    pairs are skipped."""
     block = tl.program_id(0)
     expert = tl.load(block_experts_ptr + block)
     if expert < 0:
@@ -74,6 +78,9 @@ def grouped_gemm_kernel(
             a = a.to(tl.float32)
             b = b.to(tl.float32)
         acc += tl.dot(a, b, input_precision=PRECISION)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + expert * stride_bias + cols, mask=col_mask, other=0.0)
+        acc += bias.to(tl.float32)[None, :]
     if MUL_WEIGHT:
         weight = tl.load(weight_ptr + pairs, mask=row_mask, other=0.0)
         acc = acc * weight.to(tl.float32)[:, None]
@@ -137,6 +144,7 @@ def _grouped_gemm(
     tiles: Tiles,
     a_row_divisor: int,
     weights: torch.Tensor | None,
+    bias: torch.Tensor | None,
 ) -> None:
     num_pairs = out.shape[0]
     n_size, k_size = b.shape[1], b.shape[2]
@@ -147,6 +155,7 @@ def _grouped_gemm(
         b,
         out,
         out if weights is None else weights,
+        out if bias is None else bias,
         aligned.sorted_pairs,
         aligned.block_experts,
         num_pairs,
@@ -156,8 +165,10 @@ def _grouped_gemm(
         b.stride(0),
         b.stride(1),
         out.stride(0),
+        0 if bias is None else bias.stride(0),
         A_ROW_DIVISOR=a_row_divisor,
         MUL_WEIGHT=weights is not None,
+        HAS_BIAS=bias is not None,
         BLOCK_M=tiles.rows,
         BLOCK_N=tiles.cols,
         BLOCK_K=tiles.depth,
@@ -173,9 +184,12 @@ def fused_experts(
     weights: torch.Tensor,
     chosen: torch.Tensor,
     act_and_mul: Callable[[torch.Tensor], torch.Tensor],
+    gate_up_bias: torch.Tensor | None = None,
+    down_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as kernels.experts.experts: x [T, H] -> [T, H]. The weighted
-    outputs are kept in the weights' dtype (Mixtral: fp32) until the slots are summed."""
+    outputs are kept in the weights' dtype (Mixtral: fp32) until the slots are summed;
+    biases (gpt-oss) are added in fp32 before the activation's and the weight's rounding."""
     num_tokens, top_k = chosen.shape
     num_experts = gate_up.shape[0]
     if num_tokens == 0:
@@ -184,9 +198,10 @@ def fused_experts(
     tiles = _tiles(num_pairs / num_experts, x.element_size())
     aligned = align_pairs(chosen, num_experts, tiles.rows)
     hidden = torch.empty(num_pairs, gate_up.shape[1], dtype=x.dtype, device=x.device)
-    _grouped_gemm(x, gate_up, hidden, aligned, tiles, top_k, None)
+    _grouped_gemm(x, gate_up, hidden, aligned, tiles, top_k, None, gate_up_bias)
     activated = act_and_mul(hidden)
     dtype = torch.promote_types(x.dtype, weights.dtype)
     out = torch.empty(num_pairs, down.shape[1], dtype=dtype, device=x.device)
-    _grouped_gemm(activated, down, out, aligned, tiles, 1, weights.reshape(-1).contiguous())
+    routing = weights.reshape(-1).contiguous()
+    _grouped_gemm(activated, down, out, aligned, tiles, 1, routing, down_bias)
     return out.view(num_tokens, top_k, -1).sum(dim=1).to(x.dtype)

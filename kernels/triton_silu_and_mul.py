@@ -26,9 +26,10 @@ def silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, size, BLOCK: tl.cons
     tl.store(out_ptr + row * stride_o + cols, (silu * up.to(tl.float32)).to(gate.dtype), mask=mask)
 
 
-def launch_act_and_mul(kernel: Any, gate_up: torch.Tensor) -> torch.Tensor:
+def launch_act_and_mul(kernel: Any, gate_up: torch.Tensor, *scalars: float) -> torch.Tensor:
     """gate_up [T, 2 * I] -> [T, I] through an activation-and-mul `kernel` with this
-    file's signature (one program per row and column tile)."""
+    file's signature (one program per row and column tile), its own `scalars` (an
+    activation's parameters) after `size`."""
     rows = gate_up.reshape(-1, gate_up.shape[-1])
     size = rows.shape[-1] // 2
     out = torch.empty(rows.shape[0], size, dtype=rows.dtype, device=rows.device)
@@ -36,7 +37,7 @@ def launch_act_and_mul(kernel: Any, gate_up: torch.Tensor) -> torch.Tensor:
     block = min(1024, triton.next_power_of_2(size))
     if rows.shape[0]:
         kernel[(rows.shape[0], triton.cdiv(size, block))](
-            rows, out, rows.stride(0), out.stride(0), size, BLOCK=block
+            rows, out, rows.stride(0), out.stride(0), size, *scalars, BLOCK=block
         )
     return out.view(*gate_up.shape[:-1], size)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
+from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul as torch_clamped_swiglu
 from kernels.experts import experts as torch_experts
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul as torch_gelu_tanh_and_mul
 from kernels.silu_and_mul import silu_and_mul as torch_silu_and_mul
+from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.triton_experts import align_pairs, fused_experts
 from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.triton_silu_and_mul import silu_and_mul
@@ -63,6 +67,32 @@ def test_fused_experts_with_gelu_and_no_tokens(device: torch.device) -> None:
     assert_close(got, expected)
     empty = fused_experts(x[:0], gate_up, down, weights[:0], chosen[:0], gelu_tanh_and_mul)
     assert empty.shape == (0, HIDDEN)
+
+
+@pytest.mark.parametrize("dtype", [DTYPES[0], DTYPES[2]])
+def test_fused_experts_with_biases_and_clamped_swiglu(
+    device: torch.device, dtype: torch.dtype
+) -> None:
+    """gpt-oss's experts: biases after both matmuls, the clamped SwiGLU between them,
+    weights in the model's dtype; a decode-sized and a prefill-sized batch."""
+    gen = torch.Generator().manual_seed(21)
+    num_experts, top_k = 8, 4
+    gate_up = torch.randn(num_experts, 2 * INTER, HIDDEN, generator=gen) / HIDDEN**0.5
+    down = torch.randn(num_experts, HIDDEN, INTER, generator=gen) / INTER**0.5
+    gate_up_bias = 0.5 * torch.randn(num_experts, 2 * INTER, generator=gen)
+    down_bias = 0.5 * torch.randn(num_experts, HIDDEN, generator=gen)
+    params = [t.to(device, dtype) for t in (gate_up, down, gate_up_bias, down_bias)]
+    for tokens in (2, 45):
+        x = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype)
+        weights, chosen = _routing(tokens, num_experts, top_k, gen)
+        weights, chosen = weights.to(device, dtype), chosen.to(device)
+        triton_act = partial(clamped_swiglu_and_mul, alpha=1.702, limit=7.0)
+        torch_act = partial(torch_clamped_swiglu, alpha=1.702, limit=7.0)
+        got = fused_experts(x, params[0], params[1], weights, chosen, triton_act, *params[2:])
+        expected = torch_experts(x, params[0], params[1], weights, chosen, torch_act, *params[2:])
+        assert_close(got, expected)
+        without = torch_experts(x, params[0], params[1], weights, chosen, torch_act)
+        assert not torch.allclose(without, expected, atol=0.1)  # the biases count
 
 
 @pytest.mark.parametrize("block_m", [16, 64])
