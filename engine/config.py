@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from engine.fp8_checkpoint import weight_quantization
 from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.speculative_config import SpeculativeConfig
+from engine.weight_quantization import weight_quantization
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -36,6 +36,9 @@ SUPPORTED_ARCHITECTURES = {
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3MoeForCausalLM": "qwen3_moe",
+    # Experts with biases and a clamped SwiGLU, attention sinks, every other layer
+    # sliding (engine/models/gpt_oss.py); released with MXFP4 experts.
+    "GptOssForCausalLM": "gpt_oss",
     # Vision-language models whose text model the engine serves (their vision tower's
     # weights skipped: engine/models/vision_language.py): Gemma 3 4B and up, Mistral
     # Small 3.1/3.2.
@@ -56,6 +59,8 @@ GEMMA3_TYPES = ("gemma3_text", "gemma3")
 GEMMA_TYPES = ("gemma", "gemma2", *GEMMA3_TYPES)
 # Families whose window is off unless `use_sliding_window` turns it on.
 SWITCHED_WINDOWS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3")
+# Families whose attention has no output bias, whatever `attention_bias` says.
+NO_OUTPUT_BIAS = ("qwen2", "qwen2_moe", "mistral", "phi3")
 # Gemma's MLP activation, by its HF names.
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
@@ -166,6 +171,10 @@ class ModelConfig:
     tie_word_embeddings: bool
     qkv_bias: bool
     rope: RopeConfig
+    # A bias on the attention's output projection (Llama-style `attention_bias`).
+    o_proj_bias: bool = False
+    # gpt-oss: a learned logit per head that joins its softmax as a key with no value.
+    attention_sinks: bool = False
     # Qwen3: an RMSNorm over each query and key head before the rotation; OLMo 2/3 (with
     # `qk_norm_across_heads`): one over all query heads together, one over all key heads.
     qk_norm: bool = False
@@ -210,6 +219,10 @@ class ModelConfig:
     # Qwen2-MoE: every sparse layer also runs a shared expert MLP of this width on every
     # token, scaled by a sigmoid gate (0: none).
     shared_expert_intermediate_size: int = 0
+    # gpt-oss's experts: (up + 1) * gate * sigmoid(alpha * gate), both clamped at the
+    # limit (kernels/clamped_swiglu_and_mul.py).
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
     # How many of each head's dimensions rotate (Phi's partial_rotary_factor); 0: all.
     rotary_dim: int = 0
     # SmolLM3: which layers rotate queries and keys (the others use no positions: NoPE);
@@ -224,6 +237,11 @@ class ModelConfig:
     # scale per matrix).
     weight_quantization: str | None = None
     weight_block_size: tuple[int, int] | None = None
+
+    @property
+    def writes_harmony(self) -> bool:
+        """Whether the model answers in OpenAI's harmony format (gpt-oss)."""
+        return self.architecture == "GptOssForCausalLM"
 
     @property
     def has_lm_head(self) -> bool:
@@ -253,10 +271,13 @@ class ModelConfig:
         eos = hf.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
         family = SUPPORTED_ARCHITECTURES[arch]
+        if quantization and quantization.method == "mxfp4" and family != "gpt_oss":
+            raise ValueError("MXFP4 checkpoints are supported for gpt-oss only")
+        attention_bias = bool(hf.get("attention_bias", family == "gpt_oss"))
         qkv_bias = (
             family == "qwen2"
             or (family == "qwen2_moe" and bool(hf.get("qkv_bias", True)))
-            or bool(hf.get("attention_bias", False))
+            or attention_bias
         )
         gemma = family in GEMMA_TYPES
         if hf.get("use_bidirectional_attention"):
@@ -278,10 +299,13 @@ class ModelConfig:
             # transformers' default where a config leaves it out (SmolLM3 ties).
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "smollm3")),
             qkv_bias=qkv_bias,
+            # transformers' Qwen2, Mistral and Phi-3 attention has no output bias.
+            o_proj_bias=attention_bias and family not in NO_OUTPUT_BIAS,
+            attention_sinks=family == "gpt_oss",
             rope=RopeConfig.from_hf(hf),
             qk_norm=family in ("qwen3", "qwen3_moe", "olmo2", "olmo3", *GEMMA3_TYPES),
             qk_norm_across_heads=family in ("olmo2", "olmo3"),
-            fp32_norm_weights=gemma or family in ("olmo2", "olmo3"),
+            fp32_norm_weights=gemma or family in ("olmo2", "olmo3", "gpt_oss"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             sliding_window=_sliding_window(hf, family),
             layer_windows=_layer_windows(hf, family, int(hf["num_hidden_layers"])),
@@ -324,7 +348,8 @@ def _sliding_window(hf: dict[str, Any], family: str) -> int | None:
     Mistral's is on whenever it is set (4096 if the key is absent)."""
     if family in SWITCHED_WINDOWS and not hf.get("use_sliding_window", False):
         return None
-    window = hf.get("sliding_window", 4096 if family == "mistral" else None)
+    default = {"mistral": 4096, "gpt_oss": 128}.get(family)
+    window = hf.get("sliding_window", default)
     return int(window) if window else None
 
 
@@ -403,6 +428,17 @@ def _experts(hf: dict[str, Any], family: str, num_layers: int) -> dict[str, Any]
             "normalize_routing": True,
             "fp32_routing_weights": True,
         }
+    if family == "gpt_oss":
+        return {
+            "num_experts": int(hf.get("num_local_experts", 128)),
+            # The release's config names it both ways.
+            "experts_per_token": int(
+                _first_set(hf, "num_experts_per_tok", "experts_per_token", default=4)
+            ),
+            "moe_intermediate_size": int(hf["intermediate_size"]),
+            "swiglu_alpha": float(hf.get("swiglu_alpha", 1.702)),
+            "swiglu_limit": float(hf.get("swiglu_limit", 7.0)),
+        }
     if family in ("qwen2_moe", "qwen3_moe"):
         dense = set(hf.get("mlp_only_layers") or ())
         step = int(hf.get("decoder_sparse_step", 1))
@@ -478,6 +514,8 @@ def _layer_windows(hf: dict[str, Any], family: str, num_layers: int) -> tuple[in
         if len(types) != num_layers:
             raise ValueError(f"layer_types lists {len(types)} layers, the model has {num_layers}")
         return tuple(window if t == "sliding_attention" else None for t in types)
+    if family == "gpt_oss":  # transformers' default: every other layer, the first sliding
+        return tuple(None if i % 2 else window for i in range(num_layers))
     pattern = hf.get("sliding_window_pattern")
     if pattern:  # older Gemma 3 configs: every pattern-th layer attends fully
         return tuple(None if (i + 1) % int(pattern) == 0 else window for i in range(num_layers))

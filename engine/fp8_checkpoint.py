@@ -6,15 +6,13 @@ FineGrainedFP8 reads it: each quantized matrix is float8_e4m3fn beside a
 the whole matrix), such that weight = fp8 value * scale. The engine
 dequantizes each matrix once as it loads, into the model's dtype: the model
 serves those releases with the numbers they were published with, at bf16's
-memory (it has no FP8 matmuls). Other quantization methods (AWQ, GPTQ,
-bitsandbytes, compressed-tensors) are refused by name, not loaded as garbage.
+memory (it has no FP8 matmuls). Which method a checkpoint uses is read in
+engine/weight_quantization.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -22,33 +20,6 @@ SCALE_SUFFIX = "_scale_inv"
 # Static activation scales (activation_scheme "static"): the engine computes in the
 # model's dtype, so they have nothing to scale.
 IGNORED_SUFFIXES = (".input_scale", ".activation_scale")
-
-
-@dataclass(frozen=True)
-class WeightQuantization:
-    method: str
-    # Each scale's tile of the matrix (rows, columns); None: one scale per matrix.
-    block_size: tuple[int, int] | None
-
-
-def weight_quantization(hf: dict[str, Any]) -> WeightQuantization | None:
-    """An FP8 checkpoint's settings, None for a plain one; any other method is refused."""
-    quantization = hf.get("quantization_config")
-    if not quantization:
-        return None
-    method = str(quantization.get("quant_method", "?"))
-    if method != "fp8":
-        raise ValueError(
-            f"quantization method {method!r} is not supported (FP8 checkpoints are, and "
-            "unquantized ones); serve the model's bf16/fp16 release instead"
-        )
-    fmt = quantization.get("fmt", "e4m3")
-    if fmt != "e4m3":
-        raise ValueError(f"FP8 format {fmt!r} is not supported (only e4m3)")
-    block = quantization.get("weight_block_size")
-    if block is not None and (len(block) != 2 or min(block) < 1):
-        raise ValueError(f"weight_block_size must be two positive sizes, got {block!r}")
-    return WeightQuantization(method, (int(block[0]), int(block[1])) if block else None)
 
 
 def is_scale(name: str) -> bool:

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from engine import fp8_checkpoint, mxfp4_checkpoint
 from engine.config import ModelConfig
 from engine.decode_graphs import DecodeGraphs
-from engine.fp8_checkpoint import dequantized_weights, is_scale
 from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
 from engine.models.lora import LoRAContext
@@ -74,10 +74,14 @@ def load_model(
                         yield name, handle.get_tensor(name)
 
     weights = tensors()
+    # The scales first (small; a shard may hold a matrix whose scale is in another).
     if config.weight_quantization == "fp8":
-        # The scales first (small; a shard may hold a matrix whose scale is in another).
-        scales = dict(tensors(is_scale))
-        weights = dequantized_weights(weights, scales, dtype, config.weight_block_size)
+        scales = dict(tensors(fp8_checkpoint.is_scale))
+        block = config.weight_block_size
+        weights = fp8_checkpoint.dequantized_weights(weights, scales, dtype, block)
+    elif config.weight_quantization == "mxfp4":
+        scales = dict(tensors(mxfp4_checkpoint.is_scale))
+        weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)
     model.load_weights(weights)
     model.pack_weights()
     return model.eval()

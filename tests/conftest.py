@@ -11,6 +11,7 @@ import torch
 from benchmarks.random_model import copy_tokenizer
 from engine.loader import resolve_model
 
+from .harmony_tokenizer import HARMONY_TOKENS, with_harmony_tokens
 from .postgres_server import PostgresServer, PostgresUnavailable
 
 
@@ -202,6 +203,30 @@ def make_random_model(
                 },
             )
             cls = transformers.Olmo3ForCausalLM
+        elif family == "gpt_oss":
+            # A sliding layer (window 8; 128 in the release) then a full one, YaRN as
+            # released (truncate false) over a shrunk original context, four experts with
+            # two per token, and a SwiGLU limit low enough that its clamps bind.
+            config = transformers.GptOssConfig(
+                **{**common, "vocab_size": 49152 + len(HARMONY_TOKENS)},
+                tie_word_embeddings=False,
+                head_dim=16,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                swiglu_limit=2.0,
+                rope_parameters={
+                    "rope_type": "yarn",
+                    "rope_theta": 150000.0,
+                    "factor": 8.0,
+                    "beta_fast": 32.0,
+                    "beta_slow": 1.0,
+                    "truncate": False,
+                    "original_max_position_embeddings": 64,
+                },
+            )
+            cls = transformers.GptOssForCausalLM
         elif family == "mixtral":
             config = transformers.MixtralConfig(
                 **common, tie_word_embeddings=False, num_local_experts=4, num_experts_per_tok=2
@@ -231,6 +256,17 @@ def make_random_model(
                 for attn in (layer.self_attn for layer in model.model.layers):
                     attn.q_norm.weight.uniform_(0.5, 1.5)
                     attn.k_norm.weight.uniform_(0.5, 1.5)
+        if family == "gpt_oss":
+            # HF initialises biases to zero and norms to one; make them matter, and the
+            # sinks range from "attend to almost nothing" to "a key among many".
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if "norm" in name:
+                        param.uniform_(0.5, 1.5)
+                    elif name.endswith(("bias", "_bias")):
+                        param.normal_(0.0, 0.5)
+                    elif name.endswith("sinks"):
+                        param.uniform_(-2.0, 3.0)
         if family in ("qwen2", "qwen2_moe"):
             # HF initialises biases to zero; make them matter.
             with torch.no_grad():
@@ -238,7 +274,10 @@ def make_random_model(
                     for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
                         proj.bias.normal_(0.0, 0.5)
         model.save_pretrained(folder)
-        return copy_tokenizer(bundled_model_dir, folder)
+        copy_tokenizer(bundled_model_dir, folder)
+        if family == "gpt_oss":
+            with_harmony_tokens(folder)
+        return folder
 
     return build
 

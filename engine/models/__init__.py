@@ -6,6 +6,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models.gemma import Gemma2ForCausalLM
+from engine.models.gpt_oss import GptOssForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.olmo2 import Olmo2ForCausalLM
 from engine.models.vision_language import (
@@ -34,6 +35,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "MixtralForCausalLM": LlamaForCausalLM,
     "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,
+    "GptOssForCausalLM": GptOssForCausalLM,
     "LlamaModel": LlamaForCausalLM,
     "MistralModel": LlamaForCausalLM,
     "Qwen2Model": LlamaForCausalLM,

@@ -173,7 +173,12 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, config.qkv_bias, ops.linear
         )
-        self.o_proj = Linear(self.q_size, config.hidden_size, False, ops.linear)
+        self.o_proj = Linear(self.q_size, config.hidden_size, config.o_proj_bias, ops.linear)
+        # gpt-oss's: each head's learned logit, one more key with no value in its softmax
+        # (fp32 once loaded).
+        self.sinks: nn.Parameter | None = None
+        if config.attention_sinks:
+            self.sinks = nn.Parameter(torch.zeros(config.num_heads))
         # Per head (Qwen3, Gemma 3), or across all heads at once (OLMo).
         self.qk_norm_across_heads = config.qk_norm_across_heads
         if config.qk_norm:
@@ -210,12 +215,24 @@ class Attention(nn.Module):
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         out = backend.forward(
-            q, k, v, kv_cache[0], kv_cache[1], metadata, self.scale, self.window, self.softcap
+            q,
+            k,
+            v,
+            kv_cache[0],
+            kv_cache[1],
+            metadata,
+            self.scale,
+            self.window,
+            self.softcap,
+            self.sinks,
         )
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
 class DecoderLayer(nn.Module):
+    # A sparse layer's MLP: the mixture of experts this family routes through.
+    sparse_mlp: type[nn.Module] = SparseMoE
+
     def __init__(
         self,
         config: ModelConfig,
@@ -229,7 +246,7 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(config, ops, window, rotates)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         # A mixture of experts (engine/models/moe.py) or one dense MLP.
-        self.mlp: nn.Module = SparseMoE(config, ops) if sparse else MLP(config, ops)
+        self.mlp: nn.Module = self.sparse_mlp(config, ops) if sparse else MLP(config, ops)
         # Granite's: each sublayer's output scaled before its residual add.
         self.residual_multiplier = config.residual_multiplier
 
@@ -360,7 +377,7 @@ class LlamaForCausalLM(nn.Module):
             attn, mlp = layer.self_attn, layer.mlp
             yield index, attn.qkv_proj, (("q_proj", q), ("k_proj", kv), ("v_proj", kv))
             yield index, attn.o_proj, (("o_proj", c.hidden_size),)
-            if isinstance(mlp, SparseMoE):
+            if not isinstance(mlp, MLP):
                 continue  # experts take no adapters here (attention still does)
             inter = c.intermediate_size
             yield index, mlp.gate_up_proj, (("gate_proj", inter), ("up_proj", inter))
@@ -399,6 +416,11 @@ class LlamaForCausalLM(nn.Module):
         """A checkpoint tensor's name in this model (None: not this model's tensor)."""
         return hf_name.removeprefix("model.")
 
+    def load_own_weight(self, name: str, tensor: torch.Tensor) -> str | None:
+        """A family's weight the generic loader cannot place (gpt-oss's stacked experts):
+        copied in, returning the parameter it filled; None: not such a weight."""
+        return None
+
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, fusing q/k/v and gate/up as they arrive."""
         params = dict(self.named_parameters())
@@ -421,6 +443,10 @@ class LlamaForCausalLM(nn.Module):
         for hf_name, tensor in weights:
             name = self.checkpoint_name(hf_name)
             if name is None or "rotary_emb" in name:
+                continue
+            own = self.load_own_weight(name, tensor)
+            if own is not None:
+                loaded.add(own)
                 continue
             expert = _EXPERT_KEY.match(name)
             if expert is not None:
@@ -454,13 +480,15 @@ class LlamaForCausalLM(nn.Module):
                     param.narrow(0, offset[0], offset[1]).copy_(tensor)
                     loaded.add(f"{target}:{offset[0]}")
         expected = set()
+        stacked = set()  # routers and expert stacks: their parts are listed instead
         for index, layer in enumerate(self.layers):
             if isinstance(layer.mlp, SparseMoE):
                 expected.add(f"layers.{index}.mlp.gate")
                 expected.update(f"layers.{index}.mlp:{p}" for p in layer.mlp.expected_parts())
+                stacked.update(f"layers.{index}.mlp.{p}" for p in ("gate", "gate_up", "down"))
         for n in params:
-            if n.endswith((".mlp.gate", ".mlp.gate_up", ".mlp.down")):
-                continue  # a router or an expert stack: its parts are listed above
+            if n in stacked:
+                continue
             if "qkv_proj.weight" in n or "qkv_proj.bias" in n:
                 expected.update(f"{n}:{start}" for start, _ in qkv_offsets.values())
             elif "gate_up_proj" in n:

@@ -163,6 +163,92 @@ def test_gemma2_as_google_ships_it() -> None:
     )
 
 
+# openai/gpt-oss-20b's config.json (layer_types shortened to the 4 layers kept here).
+GPT_OSS_20B = {
+    "architectures": ["GptOssForCausalLM"],
+    "attention_bias": True,
+    "eos_token_id": 200002,
+    "experts_per_token": 4,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 2880,
+    "initial_context_length": 4096,
+    "intermediate_size": 2880,
+    "layer_types": ["sliding_attention", "full_attention"] * 2,
+    "max_position_embeddings": 131072,
+    "model_type": "gpt_oss",
+    "num_attention_heads": 64,
+    "num_experts_per_tok": 4,
+    "num_hidden_layers": 4,
+    "num_key_value_heads": 8,
+    "num_local_experts": 32,
+    "pad_token_id": 199999,
+    "quantization_config": {
+        "modules_to_not_convert": [
+            "model.layers.*.self_attn",
+            "model.layers.*.mlp.router",
+            "model.embed_tokens",
+            "lm_head",
+        ],
+        "quant_method": "mxfp4",
+    },
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "factor": 32.0,
+        "original_max_position_embeddings": 4096,
+        "rope_type": "yarn",
+        "truncate": False,
+    },
+    "rope_theta": 150000,
+    "sliding_window": 128,
+    "swiglu_limit": 7.0,
+    "tie_word_embeddings": False,
+    "vocab_size": 201088,
+}
+
+
+def test_gpt_oss_as_openai_ships_it() -> None:
+    """Every other layer slides over 128 tokens, YaRN stretches 4096 to 131072 without
+    truncating its band, all four attention projections have biases and each head a
+    sink, every layer routes to 4 of 32 experts, and the experts are MXFP4."""
+    config = ModelConfig.from_dict(GPT_OSS_20B)
+    assert config.layer_windows == (128, None, 128, None)
+    assert (config.rope.rope_type, config.rope.factor, config.rope.truncate) == (
+        "yarn",
+        32.0,
+        False,
+    )
+    assert config.rope.theta == 150000.0
+    assert config.rope.context_length(config.max_position_embeddings) == 131072
+    assert (config.qkv_bias, config.o_proj_bias, config.attention_sinks) == (True, True, True)
+    assert (config.num_experts, config.experts_per_token, config.moe_intermediate_size) == (
+        32,
+        4,
+        2880,
+    )
+    assert (config.swiglu_alpha, config.swiglu_limit) == (1.702, 7.0)
+    assert config.fp32_norm_weights and not config.tie_word_embeddings
+    assert config.weight_quantization == "mxfp4"
+    # transformers' defaults where a config leaves them out.
+    bare = {k: v for k, v in GPT_OSS_20B.items() if k not in ("layer_types", "sliding_window")}
+    assert ModelConfig.from_dict(bare).layer_windows == (128, None, 128, None)
+
+
+def test_an_attention_bias_puts_a_bias_on_the_output_projection_where_hf_does() -> None:
+    """Llama's `attention_bias` covers all four projections in transformers; Qwen2's,
+    Mistral's and Phi-3's output projections never have one."""
+    llama = ModelConfig.from_dict(
+        _hf_config(architectures=["LlamaForCausalLM"], attention_bias=True)
+    )
+    assert (llama.qkv_bias, llama.o_proj_bias) == (True, True)
+    qwen2 = ModelConfig.from_dict(_hf_config(architectures=["Qwen2ForCausalLM"]))
+    assert (qwen2.qkv_bias, qwen2.o_proj_bias) == (True, False)
+    plain = ModelConfig.from_dict(_hf_config(architectures=["LlamaForCausalLM"]))
+    assert (plain.qkv_bias, plain.o_proj_bias, plain.attention_sinks) == (False, False, False)
+
+
 def test_olmo_norms_across_heads_and_olmo3_slides_three_layers_in_four() -> None:
     olmo2 = ModelConfig.from_dict(_hf_config(architectures=["Olmo2ForCausalLM"]))
     assert olmo2.qk_norm and olmo2.qk_norm_across_heads and olmo2.fp32_norm_weights

@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
-from engine.fp8_checkpoint import WeightQuantization, dequantize, weight_quantization
+from engine.fp8_checkpoint import dequantize
 from engine.llm import LLM, greedy
+from engine.weight_quantization import WeightQuantization, weight_quantization
 
 BLOCK = [24, 24]  # the random models' 64- and 128-wide matrices end in partial tiles
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
@@ -54,8 +55,10 @@ def test_block_scales_cover_tiles_cut_short_at_the_edges() -> None:
     assert torch.equal(whole, (q.float() * 0.5).to(torch.bfloat16))
 
 
-def test_only_fp8_is_read_and_other_methods_are_refused_by_name() -> None:
+def test_fp8_and_mxfp4_are_read_and_other_methods_are_refused_by_name() -> None:
     assert weight_quantization({}) is None
+    mxfp4 = {"quantization_config": {"quant_method": "mxfp4"}}
+    assert weight_quantization(mxfp4) == WeightQuantization("mxfp4", None)
     plain = {"quant_method": "fp8"}
     assert weight_quantization({"quantization_config": plain}) == WeightQuantization("fp8", None)
     blocked = {"quantization_config": {**plain, "weight_block_size": [128, 128]}}

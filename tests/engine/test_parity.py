@@ -11,6 +11,7 @@ import pytest
 import torch
 import transformers
 
+from benchmarks.random_model import copy_tokenizer
 from engine.llm import LLM, greedy
 
 PROMPTS = [
@@ -134,6 +135,7 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "mixtral",
         "olmo2",
         "olmo3",
+        "gpt_oss",
     ],
 )
 def test_random_models_match_hf(family: str, make_random_model: Callable[[str], Path]) -> None:
@@ -381,3 +383,35 @@ def test_longrope_matches_hf_within_and_past_the_original_context(
     (result,) = past.generate([long_prompt], greedy(8, min_tokens=8))
     assert result.token_ids == hf_greedy(hf, long_prompt, 8)
     assert_prompt_logprobs_match(past, hf, long_prompt)
+
+
+def test_llama_with_attention_biases_matches_hf(bundled_model_dir: Path, tmp_path: Path) -> None:
+    """`attention_bias` puts a bias on all four of Llama's attention projections, the
+    output's included, as transformers builds them."""
+    config = transformers.LlamaConfig(
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.3,
+        attention_bias=True,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(8)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.5)
+    folder = tmp_path / "llama-biased"
+    model.save_pretrained(folder)
+    copy_tokenizer(bundled_model_dir, folder)
+    llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    assert llm.engine.runner.model.layers[0].self_attn.o_proj.bias is not None
+    prompt = torch.randint(3, 49152, (30,)).tolist()
+    assert llm.generate([prompt], greedy(12, min_tokens=12))[0].token_ids == hf_greedy(
+        model.eval(), prompt, 12
+    )
+    assert_prompt_logprobs_match(llm, model, prompt)

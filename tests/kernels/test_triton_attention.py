@@ -197,7 +197,8 @@ def replay_decodes(llm: LLM, max_num_seqs: int, max_model_len: int, block_size: 
 
 @pytest.mark.slow  # ~8 s each in Triton's interpreter
 @pytest.mark.parametrize(
-    "family", ["qwen3", "gemma2", "gemma3", "phi3", "olmo2", "qwen2_moe", "qwen3_moe"]
+    "family",
+    ["qwen3", "gemma2", "gemma3", "phi3", "olmo2", "qwen2_moe", "qwen3_moe", "gpt_oss"],
 )
 def test_model_variants_through_triton_match_torch(
     family: str, make_random_model: Callable[[str], Path], tmp_path: Path
@@ -210,7 +211,8 @@ def test_model_variants_through_triton_match_torch(
     each head (a strided view the rotary kernel turns in place), Qwen3-MoE routes
     through experts (Triton's grouped GEMMs, which need no host sync, so its decodes
     also run as a replayed graph would), Qwen2-MoE beside a gated shared expert: the
-    Triton path gives the torch path's tokens."""
+    Triton path gives the torch path's tokens. gpt-oss adds attention sinks in the
+    kernels and experts with biases and a clamped SwiGLU, also from graph buffers."""
     source = make_random_model(family)
     folder = tmp_path / f"{family}-windowed"
     folder.mkdir()
@@ -230,9 +232,11 @@ def test_model_variants_through_triton_match_torch(
         "olmo2": [None, None],
         "qwen2_moe": [None] * 2,
         "qwen3_moe": [None] * 2,
+        "gpt_oss": [8, None],
     }[family]
     outputs = {}
-    names = ("torch", "triton", "triton-graphs") if family == "qwen3_moe" else ("torch", "triton")
+    graphs = family in ("qwen3_moe", "gpt_oss")
+    names = ("torch", "triton", "triton-graphs") if graphs else ("torch", "triton")
     for name in names:
         llm = LLM(
             str(folder),

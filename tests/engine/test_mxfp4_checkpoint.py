@@ -1,0 +1,115 @@
+"""MXFP4 checkpoints (gpt-oss's release): expert matrices dequantized at load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+from engine.config import ModelConfig
+from engine.llm import LLM, greedy
+from engine.mxfp4_checkpoint import dequantize
+
+MXFP4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
+
+
+def _packed(
+    experts: int, rows: int, cols: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random blocks [E, rows, cols / 32, 16] and scales of 2^-6 ... 2^-3 (weights of
+    up to 0.75, like a trained model's)."""
+    blocks = torch.randint(
+        0, 256, (experts, rows, cols // 32, 16), dtype=torch.uint8, generator=gen
+    )
+    scales = torch.randint(121, 125, (experts, rows, cols // 32), dtype=torch.uint8, generator=gen)
+    return blocks, scales
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_is_transformers_bit_for_bit(dtype: torch.dtype) -> None:
+    """Every code (both nibbles of every byte) and scales far from 1 both ways."""
+    gen = torch.Generator().manual_seed(0)
+    # 480 bytes: all 256 values once (every pair of codes), then random ones.
+    blocks = (
+        torch.cat((torch.arange(256), torch.randint(0, 256, (224,), generator=gen)))
+        .to(torch.uint8)
+        .view(3, 5, 2, 16)
+    )
+    scales = torch.randint(100, 150, (3, 5, 2), dtype=torch.uint8, generator=gen)
+    got = dequantize(blocks, scales, dtype)
+    assert got.shape == (3, 5, 64) and got.dtype == dtype
+    assert torch.equal(
+        got.transpose(-1, -2), convert_moe_packed_tensors(blocks, scales, dtype=dtype)
+    )
+    with pytest.raises(ValueError, match="do not match their scales"):
+        dequantize(blocks, scales[..., :1], dtype)
+
+
+def _mxfp4_variant(source: Path, mxfp4: Path, reference: Path) -> None:
+    """`source` (a gpt-oss model) with random MXFP4 experts in `mxfp4`, as OpenAI's files
+    store them (`*_blocks`/`*_scales`, [E, out, in / 32, 16]), and the weights they
+    encode, as transformers dequantizes them, in the plain checkpoint of `reference`."""
+    gen = torch.Generator().manual_seed(3)
+    tensors = load_file(source / "model.safetensors")
+    stored: dict[str, torch.Tensor] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            experts, cols, rows = tensor.shape  # stored [E, in, out]
+            blocks, scales = _packed(experts, rows, cols, gen)
+            stored[name + "_blocks"], stored[name + "_scales"] = blocks, scales
+            plain[name] = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+            assert plain[name].shape == tensor.shape
+        else:
+            stored[name] = plain[name] = tensor
+    config = json.loads((source / "config.json").read_text())
+    for folder, weights in ((mxfp4, stored), (reference, plain)):
+        folder.mkdir()
+        for file in source.iterdir():
+            if file.name not in ("config.json", "model.safetensors"):
+                (folder / file.name).symlink_to(file)
+        save_file(weights, folder / "model.safetensors")
+    (mxfp4 / "config.json").write_text(json.dumps({**config, "quantization_config": MXFP4}))
+    (reference / "config.json").write_text(json.dumps(config))
+
+
+def test_an_mxfp4_checkpoint_serves_the_weights_it_encodes(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Token for token and logprob for logprob the model its dequantized experts make,
+    which HF parity (tests/engine/test_parity.py) covers from there."""
+    mxfp4, reference = tmp_path / "mxfp4", tmp_path / "reference"
+    _mxfp4_variant(make_random_model("gpt_oss"), mxfp4, reference)
+    assert ModelConfig.from_folder(mxfp4).weight_quantization == "mxfp4"
+    torch.manual_seed(5)
+    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
+    params = greedy(12, min_tokens=12, logprobs=3, prompt_logprobs=3)
+    results = []
+    for folder in (mxfp4, reference):
+        llm = LLM(str(folder), kv_cache_memory=64 << 20)
+        results.append(llm.generate(prompts, params))
+    for ours, theirs in zip(*results, strict=True):
+        assert ours.token_ids == theirs.token_ids
+        logprobs = ours.choices[0].logprobs
+        assert logprobs and logprobs == theirs.choices[0].logprobs
+        assert ours.prompt_logprobs == theirs.prompt_logprobs
+
+
+def test_mxfp4_blocks_without_scales_and_mxfp4_on_other_models_are_errors(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    mxfp4, reference = tmp_path / "mxfp4", tmp_path / "reference"
+    _mxfp4_variant(make_random_model("gpt_oss"), mxfp4, reference)
+    weights = load_file(mxfp4 / "model.safetensors")
+    del weights["model.layers.1.mlp.experts.down_proj_scales"]
+    save_file(weights, mxfp4 / "model.safetensors")
+    with pytest.raises(ValueError, match=r"down_proj_blocks' has no"):
+        LLM(str(mxfp4), kv_cache_memory=64 << 20)
+    llama = json.loads((make_random_model("llama") / "config.json").read_text())
+    with pytest.raises(ValueError, match="MXFP4 checkpoints are supported for gpt-oss only"):
+        ModelConfig.from_dict({**llama, "quantization_config": MXFP4})
