@@ -135,6 +135,8 @@ class ModelTokenizer:
     # Checks structured-output constraints against this vocabulary (built on first use).
     grammars: GrammarCompiler
     shape: PublishedShape | None = None
+    # The model writes OpenAI's harmony format (gpt-oss): api/harmony_parser.py reads it.
+    harmony: bool = False
     checked: float = field(default=0.0)
 
 
@@ -303,6 +305,7 @@ class ModelCatalog:
             },
             grammars=GrammarCompiler(tokenizer, tokenizer.vocab_size),
             shape=PublishedShape.of(config),
+            harmony=config.get("harmony") is True,
         )
 
     def _materialise(self, files: dict[str, str], digest: str) -> Path:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from fastapi import Request
@@ -23,12 +24,15 @@ from api.errors import ApiError
 from api.logprobs import chat_logprobs
 from api.mistral_tool_parser import mistral_call_id, with_mistral_ids
 from api.reasoning_parser import (
+    HARMONY,
     PROMPT_TAIL_TOKENS,
+    HarmonyThinkStream,
     ThinkStart,
     ThinkStream,
     reasoning_token_count,
     split_reasoning,
     think_start,
+    think_stream,
 )
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
@@ -85,14 +89,17 @@ async def start_chat(
     `truncation: "auto"`) where a prompt too long is otherwise a 400."""
     record, submitter, catalog = services.record, services.submitter, services.catalog
     body.check_supported()
-    if body.auto_tool_choice and services.settings.tool_call_parser is None:
-        raise refuse_auto(body.named_tool_choice)
     record.model = body.model
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
     live.require_runner("generate", services.record.endpoint)
+    # gpt-oss writes harmony messages: their parsers, whatever the flags say (vLLM's way).
+    harmony = (await catalog.tokenizer(live.queue_model)).harmony
+    tool_parser = "openai" if harmony else services.settings.tool_call_parser
+    if body.auto_tool_choice and tool_parser is None:
+        raise refuse_auto(body.named_tool_choice)
     await submitter.check_capacity(live.queue_model, record.lane)
-    if short_call_ids(services.settings.tool_call_parser):
+    if short_call_ids(tool_parser):
         # Mistral's templates refuse any other call id (vLLM trims them the same way).
         body = body.model_copy(update={"messages": with_mistral_ids(body.messages)})
     body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(
@@ -105,9 +112,9 @@ async def start_chat(
     if max_tokens is None and max_model_len is not None:
         max_tokens = max_model_len - len(prompt_ids)  # the rest of the context, as vLLM does
     top_n = body.top_logprobs or 0
-    parser = services.settings.tool_call_parser
-    if body.auto_tool_choice and keeps_special_tokens(parser):
-        # The parser reads a special token ([TOOL_CALLS]) the detokenizer would drop.
+    reasoning_parser = HARMONY if harmony else services.settings.reasoning_parser
+    if harmony or (body.auto_tool_choice and keeps_special_tokens(tool_parser)):
+        # The parser reads special tokens ([TOOL_CALLS], harmony's) the detokenizer drops.
         body = body.model_copy(update={"skip_special_tokens": False})
     sampling = build_sampling(
         body,
@@ -117,7 +124,6 @@ async def start_chat(
         vocab_size=tokenizer.vocab_size,
         param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
     )
-    reasoning_parser = services.settings.reasoning_parser
     start = ThinkStart.ANSWER
     if reasoning_parser is not None:
         # The model's own turn alone: a conversation's earlier think blocks (kept in a
@@ -160,6 +166,7 @@ async def start_chat(
         reader,
         reasoning_parser,
         think_start=start,
+        tool_parser=tool_parser,
     )
 
 
@@ -304,8 +311,11 @@ class ChatGeneration:
         reader: ReplyReader,
         reasoning_parser: str | None = None,
         think_start: ThinkStart = ThinkStart.INSIDE,
+        tool_parser: str | None = None,
     ) -> None:
         self.services = services
+        # Reads tool calls out of the text when the model chooses ("auto"); None: none.
+        self.tool_parser = tool_parser
         # Splits thinking from the answer (api/reasoning_parser.py); None: all is answer.
         self.reasoning_parser = reasoning_parser
         # Whether the output starts inside a think block (the prompt's end decides).
@@ -325,12 +335,12 @@ class ChatGeneration:
         (the route refused "auto" unless one is configured)."""
         if not self.body.auto_tool_choice:
             return None
-        return self.services.settings.tool_call_parser
+        return self.tool_parser
 
     @property
     def _wants_short_ids(self) -> bool:
         """Whether calls need Mistral's 9-character ids (its templates refuse others)."""
-        return short_call_ids(self.services.settings.tool_call_parser)
+        return short_call_ids(self.tool_parser)
 
     def _with_call_ids(self, message: ChatResponseMessage) -> ChatResponseMessage:
         if not message.tool_calls or not self._wants_short_ids:
@@ -341,7 +351,9 @@ class ChatGeneration:
         """Usage's reasoning_tokens over the choices' token ids; None without a parser."""
         if self.reasoning_parser is None:
             return None
-        decode = self.tokenizer.decode
+        # Harmony's count reads its markers, which are special tokens.
+        keep = self.think_start is ThinkStart.HARMONY
+        decode = partial(self.tokenizer.decode, skip_special_tokens=not keep)
         return sum(reasoning_token_count(decode, ids, self.think_start) for ids in outputs)
 
     def close(self) -> None:
@@ -446,7 +458,7 @@ class ChatGeneration:
         forced = body.forced_tool_call
         tool_streams: dict[int, ToolCallStream] = {}
         parsers: dict[int, ToolParserStream] = {}
-        thinking: dict[int, ThinkStream] = {}
+        thinking: dict[int, ThinkStream | HarmonyThinkStream] = {}
 
         token_ids: dict[int, list[int]] = {}  # each choice's, for the reasoning count
 
@@ -491,7 +503,7 @@ class ChatGeneration:
                     finish_reason = delta.finish_reason
                     text, reasoning = delta.text, ""
                     if self.reasoning_parser is not None:
-                        split = thinking.setdefault(delta.index, ThinkStream(self.think_start))
+                        split = thinking.setdefault(delta.index, think_stream(self.think_start))
                         reasoning, text = split.feed(text, finish_reason is not None)
                         token_ids.setdefault(delta.index, []).extend(delta.token_ids)
                         if not body.include_reasoning:

@@ -15,17 +15,30 @@ reasoning only when a `<think>` is open, in the prompt or at the output's
 start; otherwise it is all answer. vLLM decides that by whether `</think>`
 appears at all, which a stream cannot know until the end; deciding at the
 start gives the same split streamed and whole.
+
+"openai_gptoss": gpt-oss writes harmony messages (api/harmony_parser.py): its
+analysis channel is reasoning (with messages to tools the server does not run,
+such as its built-in browser), its final channel and commentary preambles are
+the answer. A message calling a function goes to the answer as harmony text,
+for the "openai" tool-call parser to read (api/openai_tool_parser.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
+from api.harmony_parser import (
+    CHANNEL,
+    MESSAGE,
+    HarmonyParser,
+    harmony_reasoning_tokens,
+)
 from api.tool_call_json import marker_prefix_len
 
-REASONING_PARSERS = ("deepseek_r1", "qwen3")
+REASONING_PARSERS = ("deepseek_r1", "qwen3", "openai_gptoss")
+HARMONY = "openai_gptoss"
 START = "<think>"
 END = "</think>"
 # How much of the prompt's end `think_start` reads when the model's own turn cannot be
@@ -39,10 +52,13 @@ class ThinkStart(Enum):
     INSIDE = "inside"  # inside a think block (an opening <think> in the output dropped)
     IF_OPENED = "if_opened"  # thinking only if the output opens with <think>
     ANSWER = "answer"  # the prompt closed the think block: all answer
+    HARMONY = "harmony"  # harmony messages: analysis first, if any, then the answer
 
 
 def think_start(parser: str, prompt_tail: str) -> ThinkStart:
     """How an output of `parser`'s model begins after a prompt ending in `prompt_tail`."""
+    if parser == HARMONY:
+        return ThinkStart.HARMONY
     start, end = prompt_tail.rfind(START), prompt_tail.rfind(END)
     if end > start >= 0:  # `<think></think>`: a template with thinking turned off
         return ThinkStart.ANSWER
@@ -89,9 +105,43 @@ class ThinkStream:
         return reasoning, buffer
 
 
+@dataclass
+class HarmonyThinkStream:
+    """openai_gptoss's split; the same `feed` as ThinkStream's."""
+
+    parser: HarmonyParser = field(default_factory=HarmonyParser)
+    thoughts: int = 0  # analysis messages so far (joined by newlines)
+    call: str = ""  # the open function call's body so far
+
+    def feed(self, text: str, final: bool) -> tuple[str, str]:
+        reasoning = answer = ""
+        for piece in self.parser.feed(text, final):
+            if piece.function is not None:
+                # Whole, as harmony, for the tool-call parser; one the output stopped
+                # inside is no call: its text alone.
+                self.call += piece.text
+                if piece.ended:
+                    header = f"{CHANNEL}{piece.channel} to={piece.recipient}{MESSAGE}"
+                    answer += header + self.call + piece.end if piece.end else self.call
+                    self.call = ""
+            elif piece.channel == "analysis" or piece.recipient is not None:
+                if piece.first and self.thoughts:
+                    reasoning += "\n"
+                self.thoughts += piece.first
+                reasoning += piece.text
+            else:
+                answer += piece.text
+        return reasoning, answer
+
+
+def think_stream(start: ThinkStart) -> ThinkStream | HarmonyThinkStream:
+    """The stream that splits an output starting as `start` says."""
+    return HarmonyThinkStream() if start is ThinkStart.HARMONY else ThinkStream(start)
+
+
 def split_reasoning(text: str, start: ThinkStart = ThinkStart.INSIDE) -> tuple[str | None, str]:
     """A whole output's (reasoning or None, answer)."""
-    reasoning, answer = ThinkStream(start).feed(text, final=True)
+    reasoning, answer = think_stream(start).feed(text, final=True)
     return reasoning or None, answer
 
 
@@ -103,6 +153,8 @@ def reasoning_token_count(
     answered at once. Read from the tokens, since a whole answer arrives as one piece."""
     if start is ThinkStart.ANSWER or not token_ids:
         return 0
+    if start is ThinkStart.HARMONY:  # `decode` keeps special tokens for harmony
+        return harmony_reasoning_tokens([decode([token]) for token in token_ids])
     text = decode(token_ids)
     if start is ThinkStart.IF_OPENED and not text.lstrip().startswith(START):
         return 0

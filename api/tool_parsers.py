@@ -11,7 +11,9 @@ its trained syntax, so each model family needs a parser (vLLM's
 - "pythonic" (`api/pythonic_tool_parser.py`): the whole answer as a Python list of
   calls (Llama 3.2, Llama 4, ToolACE);
 - "mistral" (`api/mistral_tool_parser.py`): calls after the `[TOOL_CALLS]` token
-  (Mistral 7B v0.3's JSON list, and v11+'s `name[ARGS]{...}`).
+  (Mistral 7B v0.3's JSON list, and v11+'s `name[ARGS]{...}`);
+- "openai" (`api/openai_tool_parser.py`): gpt-oss's harmony messages to
+  `functions.NAME`.
 
 Each is a stream (`feed(text, final) -> (delta fields, called)`); the whole
 answer is the same stream fed once, so both read a text the same way.
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 from api.hermes_tool_parser import HermesStream
 from api.llama3_tool_parser import Llama3JsonStream
 from api.mistral_tool_parser import MistralStream
+from api.openai_tool_parser import OpenAIToolStream
 from api.pythonic_tool_parser import PythonicStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
 
@@ -38,6 +41,7 @@ TOOL_CALL_PARSERS: dict[str, Callable[[], ToolParserStream]] = {
     "llama3_json": Llama3JsonStream,
     "pythonic": PythonicStream,
     "mistral": MistralStream,
+    "openai": OpenAIToolStream,
 }
 
 

@@ -136,20 +136,25 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=200 << 20, description="largest file accepted by POST /v1/files (streamed to disk)"
     )
-    tool_call_parser: Literal["hermes", "llama3_json", "pythonic", "mistral"] | None = Field(
-        default=None,
-        description='reads tool calls out of model text, enabling tool_choice "auto" '
-        "(hermes: <tool_call> JSON blocks, as Hermes and Qwen models write them; "
-        "llama3_json: the answer as JSON calls, as Llama 3.1-3.3 write them; "
-        "pythonic: the answer as a Python list of calls, as Llama 3.2 and 4 write them; "
-        "mistral: calls after the [TOOL_CALLS] token, as Mistral models write them)",
+    tool_call_parser: Literal["hermes", "llama3_json", "pythonic", "mistral", "openai"] | None = (
+        Field(
+            default=None,
+            description='reads tool calls out of model text, enabling tool_choice "auto" '
+            "(hermes: <tool_call> JSON blocks, as Hermes and Qwen models write them; "
+            "llama3_json: the answer as JSON calls, as Llama 3.1-3.3 write them; "
+            "pythonic: the answer as a Python list of calls, as Llama 3.2 and 4 write them; "
+            "mistral: calls after the [TOOL_CALLS] token, as Mistral models write them; "
+            "openai: harmony messages to functions.NAME, as gpt-oss writes them)",
+        )
     )
-    reasoning_parser: Literal["deepseek_r1", "qwen3"] | None = Field(
+    reasoning_parser: Literal["deepseek_r1", "qwen3", "openai_gptoss"] | None = Field(
         default=None,
         description="separates a reasoning model's thinking from its answer in chat "
         "(deepseek_r1: <think>...</think>, as DeepSeek-R1, its distills and QwQ write it, "
         "the output starting inside the block; qwen3: the same tags, thinking only when a "
-        "<think> is open in the prompt or at the output's start, as Qwen3 writes it); "
+        "<think> is open in the prompt or at the output's start, as Qwen3 writes it; "
+        "openai_gptoss: harmony's analysis channel, as gpt-oss writes it, which gpt-oss "
+        "models get without the flag); "
         "the thinking goes out as `reasoning` (and vLLM's older `reasoning_content`)",
     )
     enable_reasoning: bool = Field(

@@ -18,8 +18,9 @@ from llguidance.gbnf_to_lark import any_to_lark
 StructuredOutputKind = Literal["json", "regex", "choice", "grammar"]
 KINDS: tuple[str, ...] = get_args(StructuredOutputKind)
 # Where a reasoning model's output starts (api/reasoning_parser.py's ThinkStart):
-# inside a think block, or free to open one. The constraint applies after it.
-AfterThinking = Literal["inside", "if_opened"]
+# inside a think block, free to open one, or with harmony messages (gpt-oss). The
+# constraint applies after the thinking.
+AfterThinking = Literal["inside", "if_opened", "harmony"]
 AFTER_THINKING: tuple[str, ...] = get_args(AfterThinking)
 _BLANK = r"/[ \t\r\n]*/"
 # Models that think (Qwen3, DeepSeek-R1's distills, QwQ) have `<think>` and `</think>`
@@ -42,6 +43,13 @@ _THINKING_TEXT = {
 }
 # Compiles only for a tokenizer with both tags as tokens of their own.
 THINK_TOKENS_PROBE = "start: <think> </think>"
+# gpt-oss (api/harmony_parser.py): an analysis message, if any, then the answer as the
+# final channel's message. The markers are special tokens, which the thinking's text
+# cannot spell, so it ends exactly at <|end|>.
+_HARMONY = (
+    'start: (<|channel|> "analysis" <|message|> THOUGHT <|end|> <|start|> "assistant")? '
+    '<|channel|> "final" <|message|> @answer\nTHOUGHT: /(.|\\n)*/\n'
+)
 # "Any JSON object": OpenAI's json_object mode.
 ANY_JSON_OBJECT = '{"type": "object"}'
 MAX_SPEC_CHARS = 256_000
@@ -68,7 +76,9 @@ class StructuredOutput:
     disable_any_whitespace). `after_thinking` (a reasoning model's) lets the
     output think freely up to `</think>` and constrains only the answer after
     it, as vLLM does: "inside" when the output starts inside a think block,
-    "if_opened" when it may open one with `<think>` or answer at once.
+    "if_opened" when it may open one with `<think>` or answer at once,
+    "harmony" when it is gpt-oss's messages (thinking on the analysis channel,
+    the answer on the final one).
     """
 
     kind: StructuredOutputKind
@@ -141,6 +151,7 @@ class StructuredOutput:
         if self.after_thinking is None:
             return answer
         wrappers = _THINKING_TOKENS if think_tokens else _THINKING_TEXT
+        wrappers = {**wrappers, "harmony": _HARMONY}
         # llguidance's converters give Lark text, or JSON naming one grammar.
         (body,) = (
             json.loads(answer)["grammars"]

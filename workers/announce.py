@@ -48,6 +48,8 @@ def tokenizer_fields(engine: LLMEngine) -> dict[str, str]:
             "hidden_size": mc.hidden_size,
             "is_matryoshka": mc.is_matryoshka,
             "matryoshka_dimensions": list(mc.matryoshka_dimensions),
+            # Its output is harmony messages, which the API parses (api/harmony_parser.py).
+            "harmony": mc.writes_harmony,
         }
     )
     digest = hashlib.sha256()

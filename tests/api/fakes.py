@@ -87,6 +87,8 @@ class FakeWorker:
     # whose vectors may be cut to these `dimensions` (a matryoshka model; () : none).
     runner: str = "generate"
     matryoshka_dimensions: tuple[int, ...] = ()
+    # Publishes its model as writing harmony messages (gpt-oss's), as a real worker does.
+    harmony: bool = False
     received: list[GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     _thread: threading.Thread | None = None
@@ -101,6 +103,8 @@ class FakeWorker:
         self.set_script(SCRIPT_TEXT)
 
     def _shape(self) -> dict[str, Any]:
+        if self.harmony:
+            return {"harmony": True}
         if self.runner != "pooling":
             return {}
         return {
@@ -312,6 +316,8 @@ class FakeWorker:
         logprobs = sampling.get("logprobs")
         prompt_logprobs = sampling.get("prompt_logprobs")
         max_tokens = sampling.get("max_tokens") or 16
+        # As the engine's detokenizer: special tokens dropped unless the request keeps them.
+        skip = sampling.get("skip_special_tokens", True)
         per_choice = [self._tokens(request, c) for c in range(n)]
         steps = max(len(t) for t in per_choice)
         seq = 0
@@ -335,7 +341,7 @@ class FakeWorker:
                 choices.append(
                     ChoiceDelta(
                         index=index,
-                        text=self.tokenizer.decode([token]),
+                        text=self.tokenizer.decode([token], skip_special_tokens=skip),
                         token_ids=[token],
                         logprobs=[self._logprob(token, logprobs)] if logprobs is not None else None,
                         finish_reason=finish,
@@ -390,10 +396,11 @@ class FakeWorker:
         self, request: GenerateRequest, per_choice: list[list[int]], last: ReplyMessage
     ) -> None:
         logprobs = request.sampling.get("logprobs")
+        skip = request.sampling.get("skip_special_tokens", True)
         choices = [
             ChoiceDelta(
                 index=index,
-                text=self.tokenizer.decode(tokens),
+                text=self.tokenizer.decode(tokens, skip_special_tokens=skip),
                 token_ids=tokens,
                 logprobs=[self._logprob(t, logprobs) for t in tokens]
                 if logprobs is not None

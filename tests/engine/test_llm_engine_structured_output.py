@@ -243,3 +243,33 @@ def test_a_reasoning_model_thinks_freely_before_a_constrained_answer(llm: LLM) -
     assert whole >= 3  # most outputs ran free from end to end
     bound = llm.generate(prompts, greedy(12, ignore_eos=True, structured_output=schema))
     assert all(r.token_ids[:3] != f.token_ids[:3] for r, f in zip(bound, free, strict=True))
+
+
+def test_gpt_oss_answers_a_constraint_in_its_final_message(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """A random gpt-oss model under the harmony frame: the final channel's message (after
+    an analysis one, which <|end|>, biased up, cuts short if the model opens it) matches
+    the schema, and the harmony reasoning split reads it as the answer."""
+    from api.reasoning_parser import ThinkStart, split_reasoning
+
+    llm = LLM(str(make_random_model("gpt_oss")), kv_cache_memory=64 << 20)
+    tokenizer = llm.tokenizer
+    end = tokenizer.hf_tokenizer.convert_tokens_to_ids("<|end|>")
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    compact = StructuredOutput.json_schema(schema, compact_json=True)
+    harmony = dataclasses.replace(compact, after_thinking="harmony")
+    messages = [{"role": "user", "content": "A number?"}]
+    prompt = tokenizer.encode(tokenizer.render_chat(messages, add_generation_prompt=True))
+    params = greedy(
+        40, structured_output=harmony, logit_bias={end: 100.0}, skip_special_tokens=False
+    )
+    text = llm.generate([prompt], params)[0].text
+    assert text.startswith("<|channel|>")
+    _, answer = split_reasoning(text, ThinkStart.HARMONY)
+    assert isinstance(json.loads(answer)["n"], int), text

@@ -43,6 +43,21 @@ def thinking_compiler(
 THINK_TAGS = ("<think>", "</think>")
 
 
+@pytest.fixture(scope="module")
+def harmony_compiler(
+    bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> GrammarCompiler:
+    """gpt-oss's: harmony's markers as special tokens."""
+    from benchmarks.random_model import copy_tokenizer
+
+    from ..harmony_tokenizer import with_harmony_tokens
+
+    folder = copy_tokenizer(bundled_model_dir, tmp_path_factory.mktemp("harmony-tokenizer"))
+    with_harmony_tokens(folder)
+    tokenizer = Tokenizer.load(folder)
+    return GrammarCompiler(tokenizer, tokenizer.vocab_size)
+
+
 def accepts(compiler: GrammarCompiler, constraint: StructuredOutput, text: str) -> bool:
     """Whether `text`, tokenized as a model would emit it, is a complete match."""
     matcher = compiler.matcher(constraint)
@@ -134,6 +149,24 @@ def test_after_thinking_the_constraint_binds_the_answer_only(
     assert not accepts(compiler, opened, f"{thought}</think>{answer}")
     plain = StructuredOutput(kind, spec)  # type: ignore[arg-type]
     assert not accepts(compiler, plain, f"<think>{thought}</think>{answer}")
+
+
+@pytest.mark.parametrize("kind", list(ANSWERS))
+def test_in_harmony_the_constraint_binds_the_final_message(
+    harmony_compiler: GrammarCompiler, kind: str
+) -> None:
+    """gpt-oss thinks freely on its analysis channel, if at all; the answer is the final
+    channel's message, which must match (and nothing after it but the end)."""
+    spec, answer = ANSWERS[kind]
+    harmony = StructuredOutput(kind, spec, after_thinking="harmony")  # type: ignore[arg-type]
+    thought = '<|channel|>analysis<|message|>Hmm, {"a": "no"}? 7<|end|><|start|>assistant'
+    final = "<|channel|>final<|message|>"
+    assert accepts(harmony_compiler, harmony, f"{thought}{final}{answer}")
+    assert accepts(harmony_compiler, harmony, f"{final}{answer}")  # no thinking
+    assert not accepts(harmony_compiler, harmony, answer)  # the answer needs its header
+    assert not accepts(harmony_compiler, harmony, f"{thought}{final}{thought}")
+    commentary = "<|channel|>commentary<|message|>"
+    assert not accepts(harmony_compiler, harmony, f"{commentary}{answer}")
 
 
 def test_an_answer_may_begin_like_the_opening_tag_when_the_tags_are_tokens(
