@@ -119,15 +119,15 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
     (
         "--tool-call-parser",
         {
-            "choices": ["hermes", "llama3_json", "pythonic", "mistral"],
+            "choices": Settings.choices("tool_call_parser"),
             "help": 'read tool calls from model text: tool_choice "auto"',
         },
     ),
     (
         "--reasoning-parser",
         {
-            "choices": ["deepseek_r1", "qwen3"],
-            "help": "split a reasoning model's <think> text into `reasoning` in chat answers",
+            "choices": Settings.choices("reasoning_parser"),
+            "help": "split a reasoning model's thinking into `reasoning` in chat answers",
         },
     ),
 ]

@@ -11,7 +11,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -235,12 +235,22 @@ class Settings(BaseSettings):
         "before it is queued again (matters only if the broker lost its message)",
     )
 
+    @classmethod
+    def choices(cls, name: str) -> list[str]:
+        """The values a setting typed as a Literal (or an optional one) accepts: the CLI's
+        choices, from one list."""
+        annotation = cls.model_fields[name].annotation
+        literals = [a for a in get_args(annotation) if get_origin(a) is Literal]
+        return [value for literal in literals for value in get_args(literal)]
+
     @model_validator(mode="after")
     def _auto_tools_need_a_parser(self) -> Settings:
         if self.enable_reasoning and self.reasoning_parser is None:
-            raise ValueError("--enable-reasoning needs --reasoning-parser (deepseek_r1 or qwen3)")
+            names = ", ".join(self.choices("reasoning_parser"))
+            raise ValueError(f"--enable-reasoning needs --reasoning-parser ({names})")
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
-            raise ValueError("--enable-auto-tool-choice needs --tool-call-parser (hermes)")
+            names = ", ".join(self.choices("tool_call_parser"))
+            raise ValueError(f"--enable-auto-tool-choice needs --tool-call-parser ({names})")
         return self
 
     @field_validator("allow_runtime_lora_updating", mode="before")

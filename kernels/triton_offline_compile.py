@@ -26,6 +26,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,10 @@ class ModelShape:
     # A mixture of experts' MLPs: `experts` of width `intermediate`, `top_k` per token.
     experts: int = 0
     top_k: int = 0
+    # gpt-oss's: attention sinks, a sliding window, experts with biases and a clamped SwiGLU.
+    sinks: bool = False
+    window: int | None = None
+    gpt_oss_experts: bool = False
 
 
 SHAPES = (
@@ -61,8 +66,23 @@ SHAPES = (
     ModelShape("gemma2-9b", 16, 8, 256, 3584, 14336, gelu=True, softcap=50.0),
     ModelShape("qwen3-30b-a3b", 32, 4, 128, 2048, 768, experts=128, top_k=8),
     ModelShape("mixtral-8x7b", 32, 8, 128, 4096, 14336, experts=8, top_k=2),
+    ModelShape(
+        "gpt-oss-20b",
+        64,
+        8,
+        64,
+        2880,
+        2880,
+        experts=32,
+        top_k=4,
+        sinks=True,
+        window=128,
+        gpt_oss_experts=True,
+    ),
 )
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# fp16 compiles to the same tiles and registers as bf16 (same element size, no upcast on
+# a GPU): bf16 stands for both.
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -155,6 +175,7 @@ class _OfflineDriver:
 
 def _launch_all(start_case: Callable[[str], None]) -> None:
     """Launch every kernel the engine runs, over SHAPES and DTYPES, naming each case first."""
+    from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
     from kernels.triton_decode_attention import decode_attention, make_decode_batch
     from kernels.triton_experts import fused_experts
     from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
@@ -177,13 +198,15 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             k_cache, v_cache = t(blocks, block, kvh, d), t(blocks, block, kvh, d)
             start_case(case)
             store_kv(t(3, kvh, d), t(3, kvh, d), k_cache, v_cache, torch.zeros(3, dtype=torch.long))
+            sinks = torch.zeros(h) if shape.sinks else None
+            scores = {"softcap": shape.softcap, "window": shape.window, "sinks": sinks}
             for context in (100, 1000):  # one partition; several and the combine kernel
                 start_case(f"{case} ctx {context}")
                 batch = make_decode_batch(tables, [context, context], 512)
-                decode_attention(t(2, h, d), k_cache, v_cache, batch, 0.1, softcap=shape.softcap)
+                decode_attention(t(2, h, d), k_cache, v_cache, batch, 0.1, **scores)
             start_case(case)
             prefill = make_prefill_batch(tables, [200, 100], [500, 100])
-            prefill_attention(t(300, h, d), k_cache, v_cache, prefill, 0.1, softcap=shape.softcap)
+            prefill_attention(t(300, h, d), k_cache, v_cache, prefill, 0.1, **scores)
             rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5)
             start_case(f"{case} +residual")
             rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5, t(4, shape.hidden))
@@ -191,6 +214,10 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             cos_sin = t(4, 1, d // 2)
             apply_rotary(t(4, h + kvh, d), cos_sin, cos_sin)
             act_and_mul = gelu_tanh_and_mul if shape.gelu else silu_and_mul
+            biases: tuple[torch.Tensor, ...] = ()
+            if shape.gpt_oss_experts:
+                act_and_mul = partial(clamped_swiglu_and_mul, alpha=1.702, limit=7.0)
+                biases = (t(shape.experts, 2 * shape.intermediate), t(shape.experts, shape.hidden))
             act_and_mul(t(4, 2 * shape.intermediate))
             if shape.experts:
                 gate_up = t(shape.experts, 2 * shape.intermediate, shape.hidden)
@@ -201,7 +228,7 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                     # Routing weights in fp32 (Mixtral) and in the model's dtype (Qwen).
                     for weights in (torch.ones(tokens, shape.top_k), t(tokens, shape.top_k)):
                         x = t(tokens, shape.hidden)
-                        fused_experts(x, gate_up, down, weights, chosen, act_and_mul)
+                        fused_experts(x, gate_up, down, weights, chosen, act_and_mul, *biases)
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:
