@@ -222,6 +222,8 @@ def _chat_text(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:
         # Templates index `content`; an assistant turn of only tool calls has none (vLLM's "").
         message.setdefault("content", "")
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
+    if body.reasoning_effort is not None:
+        kwargs.setdefault("reasoning_effort", body.reasoning_effort)
     if body.continue_final_message:
         kwargs["continue_final_message"] = True
     # The model sees the tools even with tool_choice "none", as with vLLM and OpenAI.

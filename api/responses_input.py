@@ -229,6 +229,7 @@ def chat_request(
         "logprobs": logprobs,
         "top_logprobs": (body.top_logprobs or 0) if logprobs else None,
         "stream": body.stream,
+        "reasoning_effort": (body.reasoning or {}).get("effort"),
         **{name: getattr(body, name) for name in SAMPLING_EXTRAS},
     }
     try:

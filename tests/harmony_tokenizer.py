@@ -15,9 +15,11 @@ HARMONY_TOKENS = (
     "<|return|>",
     "<|call|>",
 )
-# Harmony's layout of a conversation, cut down: each message as a header and a body,
-# the model's turn opened at the end.
+# Harmony's layout of a conversation, cut down: a system message saying how hard to
+# reason (as gpt-oss's template writes `reasoning_effort`), each message as a header
+# and a body, the model's turn opened at the end.
 HARMONY_TEMPLATE = (
+    "<|start|>system<|message|>Reasoning: {{ reasoning_effort | default('medium') }}<|end|>"
     "{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|start|>assistant{% endif %}"
 )

@@ -110,3 +110,29 @@ def test_a_response_has_the_analysis_as_its_reasoning_item(
     assert thinking.type == "reasoning"
     assert [part.text for part in thinking.content or []] == [THOUGHT]
     assert message.type == "message" and response.output_text == ANSWER
+
+
+def test_reasoning_effort_reaches_the_chat_template(
+    gpt_oss: tuple[openai.OpenAI, FakeWorker],
+) -> None:
+    """OpenAI's `reasoning_effort` (the Responses API's `reasoning.effort`) is given to
+    the template, which gpt-oss's writes into its system message."""
+    client, worker = gpt_oss
+    worker.set_script(ANALYSIS + FINAL)
+
+    def prompt() -> str:
+        ids = worker.received[-1].prompt_token_ids
+        return worker.tokenizer.decode(ids, skip_special_tokens=False)
+
+    client.chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert "Reasoning: medium" in prompt()
+    client.chat.completions.create(model=MODEL, messages=MESSAGES, reasoning_effort="high")
+    assert "Reasoning: high" in prompt()
+    client.responses.create(model=MODEL, input="Weather?", reasoning={"effort": "low"})
+    assert "Reasoning: low" in prompt()
+    with pytest.raises(openai.BadRequestError, match="reasoning_effort"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            reasoning_effort="extreme",  # type: ignore[arg-type]
+        )
