@@ -67,6 +67,10 @@ from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
 from engine.tokenizer import Tokenizer
 
+# Where an assistant message may carry its thinking: our answers' and vLLM's fields, and
+# the name gpt-oss's chat template reads.
+THOUGHT_KEYS = ("reasoning", "reasoning_content", "thinking")
+
 
 @dataclass(frozen=True)
 class ChatServices:
@@ -221,6 +225,12 @@ def _chat_text(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:
     for message in messages:
         # Templates index `content`; an assistant turn of only tool calls has none (vLLM's "").
         message.setdefault("content", "")
+        # An earlier answer's thinking, under whichever name the client sent it back:
+        # templates read it as `reasoning_content` (Qwen3's) or `thinking` (gpt-oss's).
+        thought = next((message[k] for k in THOUGHT_KEYS if message.get(k)), None)
+        if message.get("role") == "assistant" and isinstance(thought, str):
+            for key in THOUGHT_KEYS:
+                message.setdefault(key, thought)
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if body.reasoning_effort is not None:
         kwargs.setdefault("reasoning_effort", body.reasoning_effort)

@@ -17,10 +17,14 @@ HARMONY_TOKENS = (
 )
 # Harmony's layout of a conversation, cut down: a system message saying how hard to
 # reason (as gpt-oss's template writes `reasoning_effort`), each message as a header
-# and a body, the model's turn opened at the end.
+# and a body (an assistant's `thinking` as an analysis message before it, as gpt-oss's
+# template writes a tool-calling turn's), the model's turn opened at the end.
 HARMONY_TEMPLATE = (
     "<|start|>system<|message|>Reasoning: {{ reasoning_effort | default('medium') }}<|end|>"
-    "{% for m in messages %}<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endfor %}"
+    "{% for m in messages %}"
+    "{% if m.thinking %}<|start|>assistant<|channel|>analysis<|message|>{{ m.thinking }}<|end|>"
+    "{% endif %}"
+    "<|start|>{{ m.role }}<|message|>{{ m.content }}<|end|>{% endfor %}"
     "{% if add_generation_prompt %}<|start|>assistant{% endif %}"
 )
 

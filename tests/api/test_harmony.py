@@ -136,3 +136,23 @@ def test_reasoning_effort_reaches_the_chat_template(
             messages=MESSAGES,
             reasoning_effort="extreme",  # type: ignore[arg-type]
         )
+
+
+def test_an_earlier_turns_reasoning_goes_back_as_its_thinking(
+    gpt_oss: tuple[openai.OpenAI, FakeWorker],
+) -> None:
+    """A tool loop sends the calling turn back with the `reasoning` the answer carried;
+    gpt-oss's template reads it as `thinking` (its analysis message)."""
+    client, worker = gpt_oss
+    worker.set_script(ANALYSIS + CALL)
+    first = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
+    turn = first.choices[0].message.model_dump(exclude_none=True)
+    assert turn["reasoning"] == THOUGHT and turn["tool_calls"]
+    call_id = turn["tool_calls"][0]["id"]
+    result = {"role": "tool", "tool_call_id": call_id, "content": "sunny"}
+    worker.set_script(FINAL)
+    client.chat.completions.create(model=MODEL, messages=[*MESSAGES, turn, result], tools=TOOLS)
+    prompt = worker.tokenizer.decode(
+        worker.received[-1].prompt_token_ids, skip_special_tokens=False
+    )
+    assert f"<|channel|>analysis<|message|>{THOUGHT}<|end|>" in prompt
