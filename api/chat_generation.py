@@ -10,7 +10,7 @@ once, and behaves the same on both paths.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -21,6 +21,7 @@ from api.admission import admit, refuse_early
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.collect import Output, collect, collect_all, finish
 from api.errors import ApiError
+from api.harmony_parser import BODY_ENDS
 from api.logprobs import chat_logprobs
 from api.mistral_tool_parser import mistral_call_id, with_mistral_ids
 from api.reasoning_parser import (
@@ -97,12 +98,12 @@ async def start_chat(
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
     live.require_runner("generate", services.record.endpoint)
+    await submitter.check_capacity(live.queue_model, record.lane)
     # gpt-oss writes harmony messages: their parsers, whatever the flags say (vLLM's way).
     harmony = (await catalog.tokenizer(live.queue_model)).harmony
     tool_parser = "openai" if harmony else services.settings.tool_call_parser
     if body.auto_tool_choice and tool_parser is None:
         raise refuse_auto(body.named_tool_choice)
-    await submitter.check_capacity(live.queue_model, record.lane)
     if short_call_ids(tool_parser):
         # Mistral's templates refuse any other call id (vLLM trims them the same way).
         body = body.model_copy(update={"messages": with_mistral_ids(body.messages)})
@@ -117,7 +118,7 @@ async def start_chat(
         max_tokens = max_model_len - len(prompt_ids)  # the rest of the context, as vLLM does
     top_n = body.top_logprobs or 0
     reasoning_parser = HARMONY if harmony else services.settings.reasoning_parser
-    if harmony or (body.auto_tool_choice and keeps_special_tokens(tool_parser)):
+    if reasoning_parser == HARMONY or (body.auto_tool_choice and keeps_special_tokens(tool_parser)):
         # The parser reads special tokens ([TOOL_CALLS], harmony's) the detokenizer drops.
         body = body.model_copy(update={"skip_special_tokens": False})
     sampling = build_sampling(
@@ -368,6 +369,19 @@ class ChatGeneration:
         decode = partial(self.tokenizer.decode, skip_special_tokens=not keep)
         return sum(reasoning_token_count(decode, ids, self.think_start) for ids in outputs)
 
+    def _harmony_end(
+        self, token_ids: Sequence[int], finish_reason: str | None, stop_reason: object
+    ) -> str:
+        """The marker that ended a harmony output (`<|call|>`, `<|return|>`), which the
+        engine leaves out of the text as it does every end-of-sequence token; ""
+        otherwise."""
+        if self.think_start is not ThinkStart.HARMONY or finish_reason != "stop":
+            return ""
+        if stop_reason is not None or not token_ids:
+            return ""  # a stop string or token the client set: not the model's marker
+        last = self.tokenizer.decode([token_ids[-1]], skip_special_tokens=False)
+        return last if last in BODY_ENDS else ""
+
     def close(self) -> None:
         """Stop listening; abort the generation on the workers if it did not finish."""
         finish(self.services.replies, [self.reader])
@@ -384,8 +398,10 @@ class ChatGeneration:
         for index in range(body.n):
             choice = output.choice(index)
             reasoning, text = None, choice.full_text
+            text += self._harmony_end(choice.token_ids, choice.finish_reason, choice.stop_reason)
             if self.reasoning_parser is not None:
-                reasoning, text = split_reasoning(text, self.think_start)
+                calls = self.auto_parser is not None
+                reasoning, text = split_reasoning(text, self.think_start, calls)
             message, finish_reason = chat_message(
                 text, choice.finish_reason, forced, self.auto_parser
             )
@@ -514,8 +530,13 @@ class ChatGeneration:
                     with_logprobs = body.logprobs and bool(delta.logprobs)
                     finish_reason = delta.finish_reason
                     text, reasoning = delta.text, ""
+                    if finish_reason is not None:
+                        text += self._harmony_end(delta.token_ids, finish_reason, delta.stop_reason)
                     if self.reasoning_parser is not None:
-                        split = thinking.setdefault(delta.index, think_stream(self.think_start))
+                        if delta.index not in thinking:
+                            calls = self.auto_parser is not None
+                            thinking[delta.index] = think_stream(self.think_start, calls)
+                        split = thinking[delta.index]
                         reasoning, text = split.feed(text, finish_reason is not None)
                         token_ids.setdefault(delta.index, []).extend(delta.token_ids)
                         if not body.include_reasoning:

@@ -14,9 +14,12 @@ messages, each a header, `<|message|>`, a body, and an end token:
 preamble for the user or, with a recipient (`to=functions.NAME`, which may
 also stand before the channel), a tool call whose body is its arguments. The
 markers are special tokens, so requests read this way keep special tokens
-when detokenizing. Streamed, a suffix that could begin a marker is held back,
-so no fragment of one reaches a body; an output that does not start with a
-marker (a model answering plainly) is read as one final message.
+when detokenizing (the engine leaves an end-of-sequence token's text out, so
+the caller restores `<|call|>` or `<|return|>` where one ended the output).
+Streamed, a suffix that could begin a marker is held back, so no fragment of
+one reaches a body; an output that does not start with a marker (a model
+answering plainly) is read as one final message, which the next header (a
+call after it) ends.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ END = "<|end|>"
 RETURN = "<|return|>"
 CALL = "<|call|>"
 BODY_ENDS = (END, RETURN, CALL)
+# What begins the next message's header: it ends a body the model left open (a plain
+# answer's, before a call the reasoning split passes on as harmony).
+BODY_BREAKS = (START, CHANNEL)
 MARKER_OPEN = "<|"
 _CHANNEL_NAME = re.compile(r"<\|channel\|>\s*([^\s<]+)")
 _RECIPIENT = re.compile(r"\bto=([^\s<]+)")
@@ -83,19 +89,24 @@ class HarmonyParser:
         return pieces
 
     def _header(self, buffer: str, final: bool, pieces: list[HarmonyPiece]) -> str:
-        if not buffer.startswith(MARKER_OPEN):
-            if not final and MARKER_OPEN.startswith(buffer):
+        stripped = buffer.lstrip()  # whitespace between messages is nobody's
+        if not stripped.startswith(MARKER_OPEN):
+            if not final and MARKER_OPEN.startswith(stripped):
                 self.pending = buffer
                 return ""
             # No header: a plain answer, read as one final message.
             self._open("final", None, pieces)
             return buffer
-        cut = buffer.find(MESSAGE)
+        cut = stripped.find(MESSAGE)
         if cut < 0:
-            # A header is short: hold it whole (an unfinished one at the end is dropped).
-            self.pending = "" if final else buffer
-            return ""
-        header = buffer[:cut]
+            if not final:  # a header is short: hold it whole
+                self.pending = buffer
+            elif not any(marker in stripped for marker in BODY_BREAKS):
+                # Never a header (no harmony marker in it): plain text after all.
+                self._open("final", None, pieces)
+                return buffer
+            return ""  # a header the output stopped inside: nothing of it is a body
+        header = stripped[:cut]
         channel = _CHANNEL_NAME.search(header)
         recipient = _RECIPIENT.search(header)
         self._open(
@@ -103,7 +114,7 @@ class HarmonyParser:
             recipient.group(1) if recipient else None,
             pieces,
         )
-        return buffer[cut + len(MESSAGE) :]
+        return stripped[cut + len(MESSAGE) :]
 
     def _open(self, channel: str, recipient: str | None, pieces: list[HarmonyPiece]) -> None:
         self.channel, self.recipient = channel, recipient
@@ -111,10 +122,11 @@ class HarmonyParser:
 
     def _body(self, buffer: str, final: bool, pieces: list[HarmonyPiece]) -> str:
         assert self.channel is not None
-        ends = [(buffer.find(marker), marker) for marker in BODY_ENDS]
+        markers = (*BODY_ENDS, *BODY_BREAKS)
+        ends = [(buffer.find(marker), marker) for marker in markers]
         found = [(at, marker) for at, marker in ends if at >= 0]
         if not found:
-            keep = 0 if final else max(marker_prefix_len(buffer, m) for m in BODY_ENDS)
+            keep = 0 if final else max(marker_prefix_len(buffer, m) for m in markers)
             self.pending = buffer[len(buffer) - keep :]
             text = buffer[: len(buffer) - keep]
             if text:
@@ -122,6 +134,10 @@ class HarmonyParser:
             return ""
         at, marker = min(found)
         body = buffer[:at]
+        if marker in BODY_BREAKS:  # left open: the next header starts here
+            pieces.append(HarmonyPiece(self.channel, self.recipient, body, ended=True))
+            self.channel = self.recipient = None
+            return buffer[at:]
         pieces.append(HarmonyPiece(self.channel, self.recipient, body, ended=True, end=marker))
         self.channel = self.recipient = None
         return buffer[at + len(marker) :]

@@ -107,8 +107,12 @@ class ThinkStream:
 
 @dataclass
 class HarmonyThinkStream:
-    """openai_gptoss's split; the same `feed` as ThinkStream's."""
+    """openai_gptoss's split; the same `feed` as ThinkStream's. With `calls` a tool-call
+    parser reads the answer: each whole call goes to it as harmony, and one the output
+    stopped inside as its text alone; without, calls (which nothing will run) are
+    thinking, so no marker reaches the client."""
 
+    calls: bool = True
     parser: HarmonyParser = field(default_factory=HarmonyParser)
     thoughts: int = 0  # analysis messages so far (joined by newlines)
     call: str = ""  # the open function call's body so far
@@ -116,9 +120,7 @@ class HarmonyThinkStream:
     def feed(self, text: str, final: bool) -> tuple[str, str]:
         reasoning = answer = ""
         for piece in self.parser.feed(text, final):
-            if piece.function is not None:
-                # Whole, as harmony, for the tool-call parser; one the output stopped
-                # inside is no call: its text alone.
+            if piece.function is not None and self.calls:
                 self.call += piece.text
                 if piece.ended:
                     header = f"{CHANNEL}{piece.channel} to={piece.recipient}{MESSAGE}"
@@ -134,14 +136,19 @@ class HarmonyThinkStream:
         return reasoning, answer
 
 
-def think_stream(start: ThinkStart) -> ThinkStream | HarmonyThinkStream:
-    """The stream that splits an output starting as `start` says."""
-    return HarmonyThinkStream() if start is ThinkStart.HARMONY else ThinkStream(start)
+def think_stream(start: ThinkStart, calls: bool = True) -> ThinkStream | HarmonyThinkStream:
+    """The stream that splits an output starting as `start` says (`calls`: harmony's,
+    for a tool-call parser that reads them)."""
+    if start is ThinkStart.HARMONY:
+        return HarmonyThinkStream(calls)
+    return ThinkStream(start)
 
 
-def split_reasoning(text: str, start: ThinkStart = ThinkStart.INSIDE) -> tuple[str | None, str]:
+def split_reasoning(
+    text: str, start: ThinkStart = ThinkStart.INSIDE, calls: bool = True
+) -> tuple[str | None, str]:
     """A whole output's (reasoning or None, answer)."""
-    reasoning, answer = think_stream(start).feed(text, final=True)
+    reasoning, answer = think_stream(start, calls).feed(text, final=True)
     return reasoning or None, answer
 
 

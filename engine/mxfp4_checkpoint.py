@@ -38,6 +38,8 @@ FP4_VALUES = (
     -6.0,
 )
 SCALE_BIAS = 127
+# Blocks of 32 values dequantized at once: ~8 MB of fp32 temporaries.
+CHUNK_BLOCKS = 1 << 16
 
 
 def is_scale(name: str) -> bool:
@@ -46,17 +48,24 @@ def is_scale(name: str) -> bool:
 
 def dequantize(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """blocks [..., rows, G, 16] uint8 and scales [..., rows, G] -> [..., rows, G * 32]
-    in `dtype`: each value times its block's power of two (exact in bf16 and fp32)."""
+    in `dtype`: each value times its block's power of two (exact in bf16 and fp32).
+    Rows are done a chunk at a time, so the temporaries stay small beside the output
+    (a 120B model's stacked experts are tens of GB)."""
     if blocks.dtype != torch.uint8 or blocks.shape[:-1] != scales.shape:
         raise ValueError(
             f"MXFP4 blocks {tuple(blocks.shape)} ({blocks.dtype}) do not match their scales "
             f"{tuple(scales.shape)}: expected uint8 blocks shaped like the scales plus 16 bytes"
         )
     table = torch.tensor(FP4_VALUES, dtype=torch.float32)
-    values = torch.stack((table[(blocks & 0x0F).long()], table[(blocks >> 4).long()]), dim=-1)
-    exponents = scales.to(torch.int32) - SCALE_BIAS
-    values = torch.ldexp(values.flatten(-2), exponents.unsqueeze(-1))
-    return values.flatten(-2).to(dtype)
+    flat_blocks = blocks.reshape(-1, blocks.shape[-1])
+    flat_scales = scales.reshape(-1, 1).to(torch.int32) - SCALE_BIAS
+    out = torch.empty(flat_blocks.shape[0], 2 * flat_blocks.shape[1], dtype=dtype)
+    for start in range(0, flat_blocks.shape[0], CHUNK_BLOCKS):
+        part = slice(start, start + CHUNK_BLOCKS)
+        packed = flat_blocks[part].to(torch.int32)
+        values = torch.stack((table[packed & 0x0F], table[packed >> 4]), dim=-1).flatten(-2)
+        out[part] = torch.ldexp(values, flat_scales[part])
+    return out.view(*scales.shape[:-1], -1)
 
 
 def dequantized_weights(

@@ -40,6 +40,8 @@ class PrefillSlice:
     count: int = 1
 
 
+# Most bytes of fp32 scores the explicit (soft-capped or sink) attention holds at once.
+EXPLICIT_SCORES_BYTES = 64 << 20
 # Decodes per gather-and-attend group: 16 × 200 tokens of fp32 K and V for 3 KV
 # heads is ~2.4 MB, within the L2+L3 a core sees; 16 and 32 were equally fast,
 # 4 paid too much per-call overhead, all 64 at once spilled to DRAM.
@@ -254,23 +256,32 @@ def attend(
     if grouped:
         group = q.shape[-3] // k.shape[-3]
         k, v = k.repeat_interleave(group, dim=-3), v.repeat_interleave(group, dim=-3)
-    # In place after the matmul: the [..., Q, K] fp32 scores are the big tensor here.
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2))
-    if softcap is None:
-        scores.mul_(scale)
-    else:
-        scores.mul_(scale / softcap).tanh_().mul_(softcap)
+    q_len, k_len = q.shape[-2], k.shape[-2]
     if causal:
-        q_len, k_len = scores.shape[-2:]
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(k_len - q_len)
-    if mask is not None:
-        scores.masked_fill_(~mask, float("-inf"))
-    if sinks is None:
-        probs = torch.softmax(scores, dim=-1)
-    else:
-        sink = sinks.float().expand(*scores.shape[:-1], 1)
-        probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
-    return torch.matmul(probs.to(v.dtype), v)
+    # The [..., Q, K] fp32 scores are the big tensor here: a few query rows at a time
+    # (a long prefill chunk over a long context would otherwise take gigabytes).
+    rows = max(1, EXPLICIT_SCORES_BYTES // (4 * k_len * max(1, q[..., :1, :1].numel())))
+    out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=q.device)
+    keys = k.float().transpose(-1, -2)
+    for start in range(0, q_len, rows):
+        part = slice(start, start + rows)
+        scores = torch.matmul(q[..., part, :].float(), keys)
+        if softcap is None:
+            scores.mul_(scale)
+        else:
+            scores.mul_(scale / softcap).tanh_().mul_(softcap)
+        if mask is not None:
+            seen = mask if mask.shape[-2] == 1 else mask[..., part, :]
+            scores.masked_fill_(~seen, float("-inf"))
+        if sinks is None:
+            probs = torch.softmax(scores, dim=-1)
+        else:
+            sink = sinks if sinks.shape[-2] == 1 else sinks[..., part, :]
+            sink = sink.float().expand(*scores.shape[:-1], 1)
+            probs = torch.softmax(torch.cat((scores, sink), dim=-1), dim=-1)[..., :-1]
+        out[..., part, :] = torch.matmul(probs.to(v.dtype), v)
+    return out
 
 
 def _gather_buffers(

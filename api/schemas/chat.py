@@ -50,8 +50,9 @@ class ChatCompletionRequest(SamplingRequest):
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     # OpenAI's: how hard a reasoning model thinks. Given to the chat template as
-    # `reasoning_effort` (gpt-oss's writes it into its system message).
-    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    # `reasoning_effort` (gpt-oss's writes it into its system message); the levels
+    # gpt-oss was trained with, as vLLM accepts them.
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     # vLLM extras

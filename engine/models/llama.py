@@ -10,6 +10,7 @@ model is built with, bound once per module, so the model never names a kernel.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable, Iterator
@@ -24,6 +25,8 @@ from engine.models.mlp import MLP
 from engine.models.moe import EXPERT_PARTS, SparseMoE
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import TORCH_OPS, FusedOps
+
+logger = logging.getLogger(__name__)
 
 # A mixture-of-experts layer's router or expert matrix (Qwen3-MoE's "mlp", Mixtral's
 # "block_sparse_moe").
@@ -496,6 +499,15 @@ class LlamaForCausalLM(nn.Module):
             else:
                 expected.add(n)
         missing = expected - loaded
+        unbiased = {name for name in missing if name.endswith("o_proj.bias")}
+        if unbiased:
+            # `attention_bias` ports of models whose output projection has none (some
+            # "llamafied" Qwen checkpoints): zeros, as transformers initialises them.
+            logger.warning("%d o_proj biases are not in the checkpoint: zeros", len(unbiased))
+            with torch.no_grad():
+                for name in unbiased:
+                    params[name].zero_()
+            missing -= unbiased
         if missing:
             raise ValueError(f"checkpoint is missing weights: {sorted(missing)[:5]}")
         if self.config.fp32_norm_weights:

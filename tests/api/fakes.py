@@ -113,6 +113,12 @@ class FakeWorker:
             "matryoshka_dimensions": list(self.matryoshka_dimensions),
         }
 
+    def _text(self, tokens: list[int], skip_special_tokens: bool) -> str:
+        """As the engine's detokenizer: special tokens dropped unless the request keeps
+        them, and an end-of-sequence token's text never in the output."""
+        kept = [t for t in tokens if t not in self.tokenizer.eos_token_ids]
+        return self.tokenizer.decode(kept, skip_special_tokens=skip_special_tokens)
+
     def set_script(self, text: str) -> None:
         """What the worker "generates" from now on (choice i starts i tokens in)."""
         self.script = self.tokenizer.encode(text, add_special_tokens=False)
@@ -316,7 +322,6 @@ class FakeWorker:
         logprobs = sampling.get("logprobs")
         prompt_logprobs = sampling.get("prompt_logprobs")
         max_tokens = sampling.get("max_tokens") or 16
-        # As the engine's detokenizer: special tokens dropped unless the request keeps them.
         skip = sampling.get("skip_special_tokens", True)
         per_choice = [self._tokens(request, c) for c in range(n)]
         steps = max(len(t) for t in per_choice)
@@ -341,7 +346,7 @@ class FakeWorker:
                 choices.append(
                     ChoiceDelta(
                         index=index,
-                        text=self.tokenizer.decode([token], skip_special_tokens=skip),
+                        text=self._text([token], skip),
                         token_ids=[token],
                         logprobs=[self._logprob(token, logprobs)] if logprobs is not None else None,
                         finish_reason=finish,
@@ -400,7 +405,7 @@ class FakeWorker:
         choices = [
             ChoiceDelta(
                 index=index,
-                text=self.tokenizer.decode(tokens, skip_special_tokens=skip),
+                text=self._text(tokens, skip),
                 token_ids=tokens,
                 logprobs=[self._logprob(t, logprobs) for t in tokens]
                 if logprobs is not None

@@ -80,6 +80,24 @@ def test_tools_are_called_without_a_parser_flag(gpt_oss: tuple[openai.OpenAI, Fa
     assert (whole.choices[0].message.model_extra or {})["reasoning"] == THOUGHT
 
 
+def test_a_preamble_is_content_and_no_marker_reaches_a_client_that_wants_no_calls(
+    gpt_oss: tuple[openai.OpenAI, FakeWorker],
+) -> None:
+    client, worker = gpt_oss
+    preamble = "<|start|>assistant<|channel|>commentary<|message|>Let me check.<|end|>"
+    worker.set_script(ANALYSIS + preamble + CALL)
+    whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
+    message = whole.choices[0].message
+    assert message.content == "Let me check." and len(message.tool_calls or []) == 1
+    # tool_choice "none": the model called anyway; nothing runs it, so it is thinking.
+    none = client.chat.completions.create(
+        model=MODEL, messages=MESSAGES, tools=TOOLS, tool_choice="none"
+    )
+    assert none.choices[0].message.content == "Let me check."
+    assert not none.choices[0].message.tool_calls
+    assert "<|" not in str(none.choices[0].message.model_dump())
+
+
 def test_a_constraint_binds_the_final_message(gpt_oss: tuple[openai.OpenAI, FakeWorker]) -> None:
     """A response format lets the model think on its analysis channel first; the worker
     is asked for the grammar that frames the answer as the final message."""

@@ -61,6 +61,22 @@ def cuts(text: str) -> list[list[str]]:
         (ANALYSIS + "<|start|>assistant<|chan", [("analysis", None, THOUGHT, "<|end|>")]),
         # A model answering plainly: one final message.
         (ANSWER, [("final", None, ANSWER, "")]),
+        # Whitespace between messages belongs to neither.
+        (
+            ANALYSIS + "\n" + FINAL,
+            [("analysis", None, THOUGHT, "<|end|>"), ("final", None, ANSWER, "<|return|>")],
+        ),
+        # A plain answer followed by a call (as the reasoning split passes them on): the
+        # call's header ends the answer.
+        (
+            "Let me check." + CALL.removeprefix("<|start|>assistant"),
+            [
+                ("final", None, "Let me check.", ""),
+                ("commentary", "functions.get_weather", '{"city": "Paris"}', "<|call|>"),
+            ],
+        ),
+        # Text starting like a marker that never becomes a header is plain text.
+        ("<|im_start|>hi", [("final", None, "<|im_start|>hi", "")]),
         # Text that merely looks like a marker's start is a body's text.
         (
             "<|channel|>final<|message|>a <| b <|en c<|return|>",
@@ -122,6 +138,32 @@ def test_the_analysis_channel_is_the_reasoning(text: str, reasoning: str, answer
     assert split_reasoning(text, ThinkStart.HARMONY) == (reasoning or None, answer)
     for pieces in cuts(text):
         assert split_streamed(text, pieces) == (reasoning, answer), pieces
+
+
+def test_a_preamble_and_a_call_reach_the_tool_parser_apart() -> None:
+    """Commentary before a call is content, the call a call, whole or streamed; without
+    a tool-call parser the call is thinking, so no marker reaches the client."""
+    from api.openai_tool_parser import OpenAIToolStream
+    from api.tool_parsers import parse_tool_calls
+
+    preamble = "<|start|>assistant<|channel|>commentary<|message|>Let me check.<|end|>"
+    text = ANALYSIS + preamble + CALL
+    reasoning, answer = split_reasoning(text, ThinkStart.HARMONY)
+    parsed = parse_tool_calls("openai", answer)
+    assert (reasoning, parsed.content) == (THOUGHT, "Let me check.")
+    assert [c["function"]["name"] for c in parsed.tool_calls] == ["get_weather"]
+    for pieces in (list(text), [text[:40], text[40:90], text[90:]]):
+        split, tools = think_stream(ThinkStart.HARMONY), OpenAIToolStream()
+        content, calls = "", []
+        for i, piece in enumerate(pieces):
+            final = i == len(pieces) - 1
+            fields, _ = tools.feed(split.feed(piece, final)[1], final)
+            content += fields.get("content", "")
+            calls += fields.get("tool_calls", [])
+        assert content == "Let me check." and len(calls) == 1
+    reasoning, answer = split_reasoning(text, ThinkStart.HARMONY, calls=False)
+    assert answer == "Let me check." and "<|" not in (reasoning or "")
+    assert reasoning == f'{THOUGHT}\n{{"city": "Paris"}}'
 
 
 def test_reasoning_tokens_are_those_before_the_first_message_off_analysis() -> None:

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
+from engine import mxfp4_checkpoint
 from engine.config import ModelConfig
 from engine.llm import LLM, greedy
 from engine.mxfp4_checkpoint import dequantize
@@ -30,9 +31,14 @@ def _packed(
     return blocks, scales
 
 
+@pytest.mark.parametrize("chunk", [1 << 16, 7])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_dequantize_is_transformers_bit_for_bit(dtype: torch.dtype) -> None:
-    """Every code (both nibbles of every byte) and scales far from 1 both ways."""
+def test_dequantize_is_transformers_bit_for_bit(
+    dtype: torch.dtype, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every code (both nibbles of every byte) and scales far from 1 both ways, in one
+    chunk of rows and in chunks of 7 blocks that cut rows."""
+    monkeypatch.setattr(mxfp4_checkpoint, "CHUNK_BLOCKS", chunk)
     gen = torch.Generator().manual_seed(0)
     # 480 bytes: all 256 values once (every pair of codes), then random ones.
     blocks = (

@@ -415,3 +415,14 @@ def test_llama_with_attention_biases_matches_hf(bundled_model_dir: Path, tmp_pat
         model.eval(), prompt, 12
     )
     assert_prompt_logprobs_match(llm, model, prompt)
+    # A port that sets attention_bias but ships no o_proj.bias (some "llamafied" Qwen
+    # checkpoints) loads with zeros there, as transformers initialises them.
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    for name in [n for n in weights if n.endswith("o_proj.bias")]:
+        del weights[name]
+        model.get_parameter(name).data.zero_()
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    assert_prompt_logprobs_match(llm, model, prompt)

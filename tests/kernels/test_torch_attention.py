@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kernels import torch_attention
 from kernels.attention import AttentionInputs
 from kernels.torch_attention import (
     DECODE_GROUP,
@@ -116,10 +117,16 @@ def test_softcapped_scores_match_dense(window: int | None, block_size: int) -> N
 
 @pytest.mark.parametrize("window", [None, 5])
 @pytest.mark.parametrize("block_size", [1, 16])
-def test_attention_sinks_match_dense(window: int | None, block_size: int) -> None:
+@pytest.mark.parametrize("budget", [None, 300])
+def test_attention_sinks_match_dense(
+    window: int | None, block_size: int, budget: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """gpt-oss's per-head sinks (which SDPA cannot apply), spread from "attend to almost
     nothing" to "a key among many", over decodes, fresh and prefixed prefills, on full
-    and sliding layers; query heads in GQA groups each keep their own sink."""
+    and sliding layers; query heads in GQA groups each keep their own sink. A `budget`
+    of a few hundred bytes makes the explicit steps take one query row at a time."""
+    if budget is not None:
+        monkeypatch.setattr(torch_attention, "EXPLICIT_SCORES_BYTES", budget)
     torch.manual_seed(block_size + 11)
     decodes = [(30, 1)] * 3 + [(int(n), 1) for n in torch.randint(0, 40, (DECODE_GROUP + 3,))]
     shapes = [*decodes, (0, 3), (0, 23), (0, 23), (13, 6), (2, 30)]

@@ -77,6 +77,8 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
         "hidden_size": engine.model_config.hidden_size,
         "is_matryoshka": False,
         "matryoshka_dimensions": [],
+        # Whether the API reads its output as harmony messages (gpt-oss's).
+        "harmony": False,
     }
     assert client.get(names.known_model(h.model)) == "1"
     beat = json.loads(client.get(names.worker(h.model, instance)))
