@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from api.tool_call_json import AFTER_CALLS, call_from_json, marker_prefix_len
+from api.tool_call_json import call_from_json, feed_fields, marker_prefix_len
 
 START = "<tool_call>"
 END = "</tool_call>"
@@ -61,16 +61,7 @@ class HermesStream:
         if final and self.in_block:
             self.in_block = False
             self._close_block(after if deltas else before, deltas, closed=False)
-        fields: dict[str, Any] = {}
-        for key, pieces in (("content", before), (AFTER_CALLS, after)):
-            joined = "".join(pieces)
-            if self.calls and not joined.strip():
-                joined = ""  # the whitespace around calls is not content
-            if joined:
-                fields[key] = joined
-        if deltas:
-            fields["tool_calls"] = deltas
-        return fields, self.calls > 0
+        return feed_fields(before, after, deltas, self.calls > 0), self.calls > 0
 
     def _close_block(
         self, content: list[str], deltas: list[dict[str, Any]], closed: bool = True

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.harmony_parser import HarmonyParser
-from api.tool_call_json import AFTER_CALLS
+from api.tool_call_json import feed_fields
 from api.tool_choice import tool_call
 
 
@@ -50,13 +50,4 @@ class OpenAIToolStream:
                 continue
             deltas.append({"index": self.calls, **tool_call(name, arguments or "{}")})
             self.calls += 1
-        fields: dict[str, Any] = {}
-        for key, pieces in (("content", before), (AFTER_CALLS, after)):
-            joined = "".join(pieces)
-            if self.calls and not joined.strip():
-                joined = ""  # the whitespace around calls is not content
-            if joined:
-                fields[key] = joined
-        if deltas:
-            fields["tool_calls"] = deltas
-        return fields, self.calls > 0
+        return feed_fields(before, after, deltas, self.calls > 0), self.calls > 0

@@ -25,6 +25,23 @@ class ParsedOutput:
     tool_calls: list[dict[str, Any]]
 
 
+def feed_fields(
+    before: list[str], after: list[str], deltas: list[dict[str, Any]], called: bool
+) -> dict[str, Any]:
+    """A feed's delta fields: its text before its first call (`content`), after one
+    (AFTER_CALLS) and its calls; once any call was made, whitespace alone is no content."""
+    fields: dict[str, Any] = {}
+    for key, pieces in (("content", before), (AFTER_CALLS, after)):
+        joined = "".join(pieces)
+        if called and not joined.strip():
+            joined = ""  # the whitespace around calls is not content
+        if joined:
+            fields[key] = joined
+    if deltas:
+        fields["tool_calls"] = deltas
+    return fields
+
+
 def marker_prefix_len(text: str, marker: str) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of `marker`: what a
     stream holds back, since the next text may complete the marker."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,8 +11,10 @@ from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
 from engine.fp8_checkpoint import dequantize
-from engine.llm import LLM, greedy
+from engine.llm import LLM
 from engine.weight_quantization import WeightQuantization, weight_quantization
+
+from .quantized_variants import assert_same_outputs, write_variants
 
 BLOCK = [24, 24]  # the random models' 64- and 128-wide matrices end in partial tiles
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
@@ -83,24 +84,13 @@ def _fp8_variant(source: Path, fp8: Path, reference: Path) -> None:
             plain[name] = dequantize(q, scale, torch.float32, (BLOCK[0], BLOCK[1]))
         else:
             stored[name] = plain[name] = tensor
-    config = json.loads((source / "config.json").read_text())
-    for folder, weights in ((fp8, stored), (reference, plain)):
-        folder.mkdir()
-        for file in source.iterdir():
-            if file.name not in ("config.json", "model.safetensors"):
-                (folder / file.name).symlink_to(file)
-        save_file(weights, folder / "model.safetensors")
-    quantized = {
-        **config,
-        "quantization_config": {
-            "quant_method": "fp8",
-            "activation_scheme": "dynamic",
-            "fmt": "e4m3",
-            "weight_block_size": BLOCK,
-        },
+    quantization = {
+        "quant_method": "fp8",
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "weight_block_size": BLOCK,
     }
-    (fp8 / "config.json").write_text(json.dumps(quantized))
-    (reference / "config.json").write_text(json.dumps(config))
+    write_variants(source, {fp8: (stored, quantization), reference: (plain, None)})
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
@@ -113,18 +103,7 @@ def test_an_fp8_checkpoint_serves_the_weights_it_encodes(
     _fp8_variant(make_random_model(family), fp8, reference)
     config = ModelConfig.from_folder(fp8)
     assert (config.weight_quantization, config.weight_block_size) == ("fp8", tuple(BLOCK))
-    torch.manual_seed(5)
-    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
-    params = greedy(12, min_tokens=12, logprobs=3, prompt_logprobs=3)
-    results = []
-    for folder in (fp8, reference):
-        llm = LLM(str(folder), kv_cache_memory=64 << 20)
-        results.append(llm.generate(prompts, params))
-    for ours, theirs in zip(*results, strict=True):
-        assert ours.token_ids == theirs.token_ids
-        logprobs = ours.choices[0].logprobs
-        assert logprobs and logprobs == theirs.choices[0].logprobs
-        assert ours.prompt_logprobs == theirs.prompt_logprobs
+    assert_same_outputs(fp8, reference)
 
 
 def test_an_fp8_matrix_without_its_scale_is_an_error(

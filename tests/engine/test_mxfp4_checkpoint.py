@@ -13,8 +13,10 @@ from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
 from engine import mxfp4_checkpoint
 from engine.config import ModelConfig
-from engine.llm import LLM, greedy
+from engine.llm import LLM
 from engine.mxfp4_checkpoint import dequantize
+
+from .quantized_variants import assert_same_outputs, write_variants
 
 MXFP4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
 
@@ -73,15 +75,7 @@ def _mxfp4_variant(source: Path, mxfp4: Path, reference: Path) -> None:
             assert plain[name].shape == tensor.shape
         else:
             stored[name] = plain[name] = tensor
-    config = json.loads((source / "config.json").read_text())
-    for folder, weights in ((mxfp4, stored), (reference, plain)):
-        folder.mkdir()
-        for file in source.iterdir():
-            if file.name not in ("config.json", "model.safetensors"):
-                (folder / file.name).symlink_to(file)
-        save_file(weights, folder / "model.safetensors")
-    (mxfp4 / "config.json").write_text(json.dumps({**config, "quantization_config": MXFP4}))
-    (reference / "config.json").write_text(json.dumps(config))
+    write_variants(source, {mxfp4: (stored, MXFP4), reference: (plain, None)})
 
 
 def test_an_mxfp4_checkpoint_serves_the_weights_it_encodes(
@@ -92,18 +86,7 @@ def test_an_mxfp4_checkpoint_serves_the_weights_it_encodes(
     mxfp4, reference = tmp_path / "mxfp4", tmp_path / "reference"
     _mxfp4_variant(make_random_model("gpt_oss"), mxfp4, reference)
     assert ModelConfig.from_folder(mxfp4).weight_quantization == "mxfp4"
-    torch.manual_seed(5)
-    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
-    params = greedy(12, min_tokens=12, logprobs=3, prompt_logprobs=3)
-    results = []
-    for folder in (mxfp4, reference):
-        llm = LLM(str(folder), kv_cache_memory=64 << 20)
-        results.append(llm.generate(prompts, params))
-    for ours, theirs in zip(*results, strict=True):
-        assert ours.token_ids == theirs.token_ids
-        logprobs = ours.choices[0].logprobs
-        assert logprobs and logprobs == theirs.choices[0].logprobs
-        assert ours.prompt_logprobs == theirs.prompt_logprobs
+    assert_same_outputs(mxfp4, reference)
 
 
 def test_mxfp4_blocks_without_scales_and_mxfp4_on_other_models_are_errors(
