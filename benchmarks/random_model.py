@@ -57,6 +57,8 @@ SHAPES: dict[str, ModelShape] = {
     "smollm2-1.7b": ModelShape(2048, 8192, 24, 32, 32, tie_word_embeddings=True),
     # Llama-3-8B's layers (GQA 32:8, head_dim 128) over SmolLM2's vocabulary.
     "llama3-8b": ModelShape(4096, 14336, 32, 32, 8, tie_word_embeddings=False),
+    # Two small layers: scripts/gpu-check.sh --smoke runs its stages on CPU with it.
+    "tiny": ModelShape(64, 128, 2, 4, 2, tie_word_embeddings=True),
 }
 
 

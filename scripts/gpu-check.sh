@@ -71,10 +71,11 @@ if ((smoke)); then
     device=cpu
     test_args=(-q -x -k "test_store_kv or test_rms_norm")
     kernel_sizes=(--batch 1 --context 16)
-    big_shape=smollm2-135m
+    big_shape=tiny
+    small_shape=tiny
     bf16_args=(--prompt-len 8 --output-len 4 --concurrency 1,2 --hf-batches 2)
     fp32_args=(--prompt-len 4 --output-len 3 --concurrency 1 --hf-batches 1)
-    eager_args=(--prompt-len 8 --output-len 4 --concurrency 2 --hf-batches 2)
+    eager_args=(--prompt-len 4 --output-len 2 --concurrency 1 --hf-batches 1)
     lora_args=(--prompt-len 8 --output-len 4 --concurrency 1,2)
     expert_tokens=(--tokens 1)
 else
@@ -82,6 +83,7 @@ else
     test_args=(-q -n 8)
     kernel_sizes=(--batch 1,32,128 --context 512,4096)
     big_shape=smollm2-1.7b
+    small_shape=smollm2-135m
     bf16_args=(--concurrency 1,64,256 --hf-batches 16,64,256 --max-num-seqs 256)
     fp32_args=(--output-len 64 --concurrency 1,16 --hf-batches 16)
     eager_args=(--concurrency 1,64,256 --hf-batches 256 --max-num-seqs 256)
@@ -109,7 +111,7 @@ stage engine-bf16 180 bash -c "
         ${bf16_args[*]} --json-out $out/engine-bf16.jsonl"
 
 stage engine-fp32 120 bash -c "
-    $PY -m benchmarks.random_model $models/small --shape smollm2-135m --tokenizer $tokenizer \
+    $PY -m benchmarks.random_model $models/small --shape $small_shape --tokenizer $tokenizer \
         --dtype fp32 --device $device &&
     $PY -m benchmarks.engine --model $models/small --device $device --dtype float32 \
         --attention-backend triton ${fp32_args[*]} --json-out $out/engine-fp32.jsonl"
