@@ -90,6 +90,9 @@ class HarmonyParser:
 
     def _header(self, buffer: str, final: bool, pieces: list[HarmonyPiece]) -> str:
         stripped = buffer.lstrip()  # whitespace between messages is nobody's
+        if not stripped:
+            self.pending = "" if final else buffer
+            return ""
         if not stripped.startswith(MARKER_OPEN):
             if not final and MARKER_OPEN.startswith(stripped):
                 self.pending = buffer

@@ -61,9 +61,9 @@ def cuts(text: str) -> list[list[str]]:
         (ANALYSIS + "<|start|>assistant<|chan", [("analysis", None, THOUGHT, "<|end|>")]),
         # A model answering plainly: one final message.
         (ANSWER, [("final", None, ANSWER, "")]),
-        # Whitespace between messages belongs to neither.
+        # Whitespace between messages (or after the last) belongs to none.
         (
-            ANALYSIS + "\n" + FINAL,
+            ANALYSIS + "\n" + FINAL + "\n",
             [("analysis", None, THOUGHT, "<|end|>"), ("final", None, ANSWER, "<|return|>")],
         ),
         # A plain answer followed by a call (as the reasoning split passes them on): the
