@@ -375,12 +375,17 @@ class ChatGeneration:
         """The marker that ended a harmony output (`<|call|>`, `<|return|>`), which the
         engine leaves out of the text as it does every end-of-sequence token; ""
         otherwise."""
-        if self.think_start is not ThinkStart.HARMONY or finish_reason != "stop":
+        if self.think_start is not ThinkStart.HARMONY or finish_reason != "stop" or not token_ids:
             return ""
-        if stop_reason is not None or not token_ids:
-            return ""  # a stop string or token the client set: not the model's marker
-        last = self.tokenizer.decode([token_ids[-1]], skip_special_tokens=False)
-        return last if last in BODY_ENDS else ""
+        last = token_ids[-1]
+        # Left out only where the token stopped the output: as end of sequence, or as a
+        # stop token the client named (a stop string's or a grammar's text is kept).
+        if not (
+            stop_reason == last or (stop_reason is None and last in self.tokenizer.eos_token_ids)
+        ):
+            return ""
+        text = self.tokenizer.decode([last], skip_special_tokens=False)
+        return text if text in BODY_ENDS else ""
 
     def close(self) -> None:
         """Stop listening; abort the generation on the workers if it did not finish."""

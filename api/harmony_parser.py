@@ -50,7 +50,8 @@ FUNCTIONS = "functions."
 class HarmonyPiece:
     """Some of one message's body, with what its header said. A message's first piece
     may be empty (its header just completed); `ended` marks its last, and `end` is the
-    marker that ended it ("" where the output stopped inside the message)."""
+    marker that ended it ("" where the output stopped inside the message, or the next
+    header began inside it: `interrupted`)."""
 
     channel: str
     recipient: str | None
@@ -58,6 +59,8 @@ class HarmonyPiece:
     first: bool = False
     ended: bool = False
     end: str = ""
+    # Ended by the next message's header, the model having left it open.
+    interrupted: bool = False
 
     @property
     def function(self) -> str | None:
@@ -99,7 +102,7 @@ class HarmonyParser:
                 return ""
             # No header: a plain answer, read as one final message.
             self._open("final", None, pieces)
-            return buffer
+            return stripped
         cut = stripped.find(MESSAGE)
         if cut < 0:
             if not final:  # a header is short: hold it whole
@@ -138,7 +141,8 @@ class HarmonyParser:
         at, marker = min(found)
         body = buffer[:at]
         if marker in BODY_BREAKS:  # left open: the next header starts here
-            pieces.append(HarmonyPiece(self.channel, self.recipient, body, ended=True))
+            piece = HarmonyPiece(self.channel, self.recipient, body, ended=True, interrupted=True)
+            pieces.append(piece)
             self.channel = self.recipient = None
             return buffer[at:]
         pieces.append(HarmonyPiece(self.channel, self.recipient, body, ended=True, end=marker))
@@ -152,7 +156,7 @@ def harmony_reasoning_tokens(pieces: list[str]) -> int:
     parser = HarmonyParser()
     message_start = 0
     for index, piece in enumerate(pieces):
-        if parser.channel is None and piece == START:
+        if piece == START:  # always a message's first token (it ends one left open)
             message_start = index
         for read in parser.feed(piece, final=False):
             if read.first and read.channel != "analysis":

@@ -45,6 +45,8 @@ class OpenAIToolStream:
             if not piece.ended:
                 continue
             arguments, self._arguments = self._arguments.strip(), ""
+            if piece.interrupted:  # left open for another message: not a call, nor content
+                continue
             if not piece.end:  # the output stopped inside the call: not a call
                 content.append(arguments)
                 continue

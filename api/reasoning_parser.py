@@ -110,7 +110,8 @@ class HarmonyThinkStream:
     """openai_gptoss's split; the same `feed` as ThinkStream's. With `calls` a tool-call
     parser reads the answer: each whole call goes to it as harmony, and one the output
     stopped inside as its text alone; without, calls (which nothing will run) are
-    thinking, so no marker reaches the client."""
+    thinking, so no marker reaches the client, as is a call the model left open to
+    write another message."""
 
     calls: bool = True
     parser: HarmonyParser = field(default_factory=HarmonyParser)
@@ -120,7 +121,7 @@ class HarmonyThinkStream:
     def feed(self, text: str, final: bool) -> tuple[str, str]:
         reasoning = answer = ""
         for piece in self.parser.feed(text, final):
-            if piece.function is not None and self.calls:
+            if piece.function is not None and self.calls and not piece.interrupted:
                 self.call += piece.text
                 if piece.ended:
                     header = f"{CHANNEL}{piece.channel} to={piece.recipient}{MESSAGE}"

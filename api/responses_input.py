@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from pydantic import ValidationError
 
 from api.errors import ApiError, not_supported, validation_error
-from api.schemas.chat import ChatCompletionRequest
+from api.schemas.chat import REASONING_EFFORTS, ChatCompletionRequest
 from api.schemas.responses import SAMPLING_EXTRAS, ResponsesRequest
 from conveyor.db.ids import new_id
 from engine.structured_output import StructuredOutput
@@ -204,6 +204,15 @@ def chat_tool_choice(tool_choice: str | dict[str, Any] | None) -> str | dict[str
     raise not_supported("tool_choice", f"tool_choice of type {kind!r}")
 
 
+def reasoning_effort(reasoning: dict[str, Any] | None) -> str | None:
+    """`reasoning.effort`, which the chat request carries as `reasoning_effort`."""
+    effort = (reasoning or {}).get("effort")
+    if effort is not None and effort not in REASONING_EFFORTS:
+        names = ", ".join(REASONING_EFFORTS)
+        raise ApiError(400, f"reasoning.effort must be one of {names}", param="reasoning.effort")
+    return effort
+
+
 def chat_request(
     body: ResponsesRequest, history: list[dict[str, Any]], items: list[dict[str, Any]]
 ) -> ResponsesChatRequest:
@@ -229,7 +238,7 @@ def chat_request(
         "logprobs": logprobs,
         "top_logprobs": (body.top_logprobs or 0) if logprobs else None,
         "stream": body.stream,
-        "reasoning_effort": (body.reasoning or {}).get("effort"),
+        "reasoning_effort": reasoning_effort(body.reasoning),
         **{name: getattr(body, name) for name in SAMPLING_EXTRAS},
     }
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -36,6 +36,11 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+# How hard a reasoning model thinks: the levels gpt-oss was trained with, as vLLM takes them.
+ReasoningEffort = Literal["low", "medium", "high"]
+REASONING_EFFORTS: tuple[str, ...] = get_args(ReasoningEffort)
+
+
 class ChatCompletionRequest(SamplingRequest):
     # The request field the prompt came from, as errors about the prompt name it.
     prompt_param: ClassVar[str] = "messages"
@@ -52,7 +57,7 @@ class ChatCompletionRequest(SamplingRequest):
     # OpenAI's: how hard a reasoning model thinks. Given to the chat template as
     # `reasoning_effort` (gpt-oss's writes it into its system message); the levels
     # gpt-oss was trained with, as vLLM accepts them.
-    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    reasoning_effort: ReasoningEffort | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     # vLLM extras

@@ -148,6 +148,9 @@ def test_reasoning_effort_reaches_the_chat_template(
     assert "Reasoning: high" in prompt()
     client.responses.create(model=MODEL, input="Weather?", reasoning={"effort": "low"})
     assert "Reasoning: low" in prompt()
+    with pytest.raises(openai.BadRequestError, match=r"reasoning\.effort") as refused:
+        client.responses.create(model=MODEL, input="Weather?", reasoning={"effort": "minimal"})
+    assert refused.value.param == "reasoning.effort"  # type: ignore[attr-defined]
     with pytest.raises(openai.BadRequestError, match="reasoning_effort"):
         client.chat.completions.create(
             model=MODEL,

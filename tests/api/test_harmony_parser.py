@@ -164,6 +164,11 @@ def test_a_preamble_and_a_call_reach_the_tool_parser_apart() -> None:
     reasoning, answer = split_reasoning(text, ThinkStart.HARMONY, calls=False)
     assert answer == "Let me check." and "<|" not in (reasoning or "")
     assert reasoning == f'{THOUGHT}\n{{"city": "Paris"}}'
+    # A call the model left open to write another message is no call: thinking.
+    open_call = CALL.removesuffix("<|call|>") + FINAL
+    reasoning, answer = split_reasoning(open_call, ThinkStart.HARMONY)
+    assert (reasoning, answer) == ('{"city": "Paris"}', ANSWER)
+    assert parse_tool_calls("openai", answer).tool_calls == []
 
 
 def test_reasoning_tokens_are_those_before_the_first_message_off_analysis() -> None:
@@ -173,3 +178,5 @@ def test_reasoning_tokens_are_those_before_the_first_message_off_analysis() -> N
     assert harmony_reasoning_tokens(thought) == len(thought)  # all thinking
     assert harmony_reasoning_tokens(answer[2:]) == 0  # answered at once
     assert harmony_reasoning_tokens(["Plain", " answer"]) == 0
+    # An analysis message the model left open: the next message's <|start|> ends it.
+    assert harmony_reasoning_tokens(thought[:-1] + answer) == len(thought) - 1
