@@ -99,16 +99,17 @@ async def start_chat(
     live = await catalog.resolve(body.model)
     live.require_runner("generate", services.record.endpoint)
     await submitter.check_capacity(live.queue_model, record.lane)
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
     # gpt-oss writes harmony messages: their parsers, whatever the flags say (vLLM's way).
-    harmony = (await catalog.tokenizer(live.queue_model)).harmony
+    harmony = model_tokenizer.harmony
     tool_parser = "openai" if harmony else services.settings.tool_call_parser
     if body.auto_tool_choice and tool_parser is None:
         raise refuse_auto(body.named_tool_choice)
     if short_call_ids(tool_parser):
         # Mistral's templates refuse any other call id (vLLM trims them the same way).
         body = body.model_copy(update={"messages": with_mistral_ids(body.messages)})
-    body, prompt_ids, model_tokenizer, max_model_len = await chat_prompt(
-        catalog, live, body, truncate
+    body, prompt_ids, max_model_len = await chat_prompt(
+        catalog, live, model_tokenizer, body, truncate
     )
     tokenizer = model_tokenizer.tokenizer
     requested, max_tokens_param = body.requested_max_tokens
@@ -176,12 +177,15 @@ async def start_chat(
 
 
 async def chat_prompt(
-    catalog: ModelCatalog, live: LiveModel, body: ChatCompletionRequest, truncate: bool
-) -> tuple[ChatCompletionRequest, list[int], ModelTokenizer, int | None]:
-    """The prompt's token ids (the request without the turns `truncate` dropped), the
-    model's tokenizer and its context length, for the model `live` (resolved by the
-    caller: unknown models are its 404)."""
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    catalog: ModelCatalog,
+    live: LiveModel,
+    model_tokenizer: ModelTokenizer,
+    body: ChatCompletionRequest,
+    truncate: bool,
+) -> tuple[ChatCompletionRequest, list[int], int | None]:
+    """The prompt's token ids (the request without the turns `truncate` dropped) and the
+    model's context length, for the model `live` (resolved by the caller: unknown models
+    are its 404) with its tokenizer."""
     tokenizer = model_tokenizer.tokenizer
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
     requested, _ = body.requested_max_tokens
@@ -191,7 +195,7 @@ async def chat_prompt(
         )
     else:
         prompt_ids = await catalog.in_thread(render_chat, tokenizer, body)
-    return body, prompt_ids, model_tokenizer, max_model_len
+    return body, prompt_ids, max_model_len
 
 
 def render_chat(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:

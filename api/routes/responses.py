@@ -208,7 +208,10 @@ async def count_input_tokens(
     chat = chat_request(body, history, items)
     chat.check_supported()
     live = await catalog.resolve(chat.model)
-    _, prompt_ids, _, _ = await chat_prompt(catalog, live, chat, body.truncation == "auto")
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    _, prompt_ids, _ = await chat_prompt(
+        catalog, live, model_tokenizer, chat, body.truncation == "auto"
+    )
     return {"object": "response.input_tokens", "input_tokens": len(prompt_ids)}
 
 
