@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -26,9 +27,22 @@ RmsNorm = Callable[
 ActAndMul = Callable[[torch.Tensor], torch.Tensor]
 # gate_up, alpha, limit -> the clamped SwiGLU's product (gpt-oss).
 ClampedSwigluAndMul = Callable[[torch.Tensor, float, float], torch.Tensor]
-# x, gate_up, down, routing weights, chosen experts, activation, then optional
-# gate_up and down biases (gpt-oss's) -> the layer's output.
-Experts = Callable[..., torch.Tensor]
+
+
+class Experts(Protocol):
+    """A mixture-of-experts layer's expert MLPs (kernels/experts.py's contract)."""
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        gate_up: torch.Tensor,
+        down: torch.Tensor,
+        weights: torch.Tensor,
+        chosen: torch.Tensor,
+        act_and_mul: ActAndMul,
+        gate_up_bias: torch.Tensor | None = None,
+        down_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
