@@ -7,6 +7,8 @@ import pytest
 from api.harmony_parser import HarmonyParser, harmony_reasoning_tokens
 from api.reasoning_parser import ThinkStart, split_reasoning, think_start, think_stream
 
+from .test_reasoning_parser import streamed
+
 THOUGHT = "The user asks for the weather. I should call get_weather."
 ANSWER = "It is sunny in Paris, 21 °C."
 ANALYSIS = f"<|channel|>analysis<|message|>{THOUGHT}<|end|>"
@@ -91,15 +93,6 @@ def test_messages_read_alike_however_the_text_arrives(
         assert bodies(pieces) == expected, pieces
 
 
-def split_streamed(text: str, pieces: list[str]) -> tuple[str, str]:
-    stream = think_stream(ThinkStart.HARMONY)
-    reasoning = answer = ""
-    for i, piece in enumerate(pieces):
-        r, a = stream.feed(piece, final=i == len(pieces) - 1)
-        reasoning, answer = reasoning + r, answer + a
-    return reasoning, answer
-
-
 @pytest.mark.parametrize(
     ("text", "reasoning", "answer"),
     [
@@ -137,7 +130,7 @@ def test_the_analysis_channel_is_the_reasoning(text: str, reasoning: str, answer
     assert think_start("openai_gptoss", "<|start|>assistant") is ThinkStart.HARMONY
     assert split_reasoning(text, ThinkStart.HARMONY) == (reasoning or None, answer)
     for pieces in cuts(text):
-        assert split_streamed(text, pieces) == (reasoning, answer), pieces
+        assert streamed(pieces, ThinkStart.HARMONY) == (reasoning, answer), pieces
 
 
 def test_a_preamble_and_a_call_reach_the_tool_parser_apart() -> None:

@@ -17,6 +17,7 @@ from api.reasoning_parser import (
     reasoning_token_count,
     split_reasoning,
     think_start,
+    think_stream,
 )
 from conveyor.cli import build_parser
 from conveyor.settings import Settings
@@ -29,7 +30,8 @@ ANSWER = "The capital of France is Paris."
 
 
 def streamed(pieces: list[str], start: ThinkStart = ThinkStart.INSIDE) -> tuple[str, str]:
-    stream = ThinkStream(start)
+    """(reasoning, answer) of `pieces` fed one by one to `start`'s split."""
+    stream = think_stream(start)
     reasoning = answer = ""
     for i, piece in enumerate(pieces):
         r, a = stream.feed(piece, final=i == len(pieces) - 1)
