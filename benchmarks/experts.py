@@ -7,14 +7,18 @@ token counts, from a decode step's few to a prefill's thousands:
 - triton: `fused_experts` (device-side sort and padding, two grouped-GEMM
   launches and the activation kernel; no host sync);
 - torch: `kernels.experts.experts`, one pair of matmuls per expert hit, with
-  one host sync to read the group sizes.
+  one host sync to read the group sizes;
+- triton_mxfp4 (with --mxfp4): `fused_experts` on the same weights kept in
+  MXFP4 (gpt-oss's release format, decoded tile by tile inside the GEMMs);
+  the other two then run on those weights dequantized to bf16.
 
 Reported per row: milliseconds, TFLOP/s over the work done (2 * tokens * k *
 3 * hidden * inter), and the expert weights' bandwidth (the bytes of every
-expert hit, read once: what bounds a decode step). GPU only: on CPU it
+expert hit, read once, in the format each reads: what bounds a decode step). GPU only: on CPU it
 refuses rather than print numbers that mean nothing.
 
     python -m benchmarks.experts --tokens 1,16,256,2048
+    python -m benchmarks.experts --experts 32 --top-k 4 --hidden 2880 --inter 2880 --mxfp4
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 from benchmarks.args import int_list
 from benchmarks.kernels import known_peak_gbs, median_ms
 from benchmarks.report import JsonLines, rounded
+from kernels.mxfp4 import VALUES_PER_SCALE, Mxfp4Weight, dequantize
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,18 +48,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--inter", type=int, default=768, help="each expert's MLP width")
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    p.add_argument(
+        "--mxfp4",
+        action="store_true",
+        help="also time the Triton GEMMs on MXFP4 weights (gpt-oss's format)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
     args = p.parse_args(argv)
     if not 1 <= args.top_k <= args.experts:
         p.error("--top-k must be between 1 and --experts")
+    if args.mxfp4 and (args.hidden % VALUES_PER_SCALE or args.inter % VALUES_PER_SCALE):
+        p.error(f"--mxfp4 needs --hidden and --inter in multiples of {VALUES_PER_SCALE}")
     return args
 
 
 def bench_layer(
     tokens: int, args: argparse.Namespace, device: torch.device, peak_gbs: float | None
 ) -> dict[str, Any]:
-    """One JSON row: both implementations on one random routing of `tokens` tokens."""
+    """One JSON row: each implementation on one random routing of `tokens` tokens."""
     from kernels.experts import experts
     from kernels.silu_and_mul import silu_and_mul as torch_silu_and_mul
     from kernels.triton_experts import fused_experts
@@ -64,8 +76,13 @@ def bench_layer(
     gen = torch.Generator(device=device).manual_seed(args.seed)
     e, h, i = args.experts, args.hidden, args.inter
     x = torch.randn(tokens, h, generator=gen, device=device, dtype=dtype)
-    gate_up = torch.randn(e, 2 * i, h, generator=gen, device=device, dtype=dtype) / h**0.5
-    down = torch.randn(e, h, i, generator=gen, device=device, dtype=dtype) / i**0.5
+    packed: tuple[Mxfp4Weight, Mxfp4Weight] | None = None
+    if args.mxfp4:
+        packed = (_random_mxfp4(e, 2 * i, h, gen), _random_mxfp4(e, h, i, gen))
+        gate_up, down = (dequantize(w.blocks, w.scales, dtype) for w in packed)
+    else:
+        gate_up = torch.randn(e, 2 * i, h, generator=gen, device=device, dtype=dtype) / h**0.5
+        down = torch.randn(e, h, i, generator=gen, device=device, dtype=dtype) / i**0.5
     logits = torch.randn(tokens, e, generator=gen, device=device)
     weights, chosen = torch.topk(logits.softmax(-1), args.top_k, dim=-1)
     weights = (weights / weights.sum(-1, keepdim=True)).to(dtype)
@@ -77,9 +94,15 @@ def bench_layer(
             lambda: experts(x, gate_up, down, weights, chosen, torch_silu_and_mul), False
         ),
     }
+    bytes_per_weight = {name: float(x.element_size()) for name in timings}
+    if packed is not None:
+        timings["triton_mxfp4"] = median_ms(
+            lambda: fused_experts(x, *packed, weights, chosen, silu_and_mul), False
+        )
+        # Half a byte a value and a byte of scale per 32 values.
+        bytes_per_weight["triton_mxfp4"] = 0.5 + 1 / VALUES_PER_SCALE
     hit = int(torch.unique(chosen).numel())
     flops = 2 * tokens * args.top_k * 3 * h * i
-    weight_bytes = hit * 3 * h * i * x.element_size()
     row: dict[str, Any] = {
         "bench": "experts",
         "tokens": tokens,
@@ -88,16 +111,32 @@ def bench_layer(
         "hidden": h,
         "inter": i,
         "dtype": args.dtype,
+        "mxfp4": args.mxfp4,
         "experts_hit": hit,
     }
     for name, ms in timings.items():
         row[f"{name}_ms"] = rounded(ms, 4)
         row[f"{name}_tflops"] = rounded(flops / ms / 1e9, 2)
-        gbs = weight_bytes / ms / 1e6
+        gbs = hit * 3 * h * i * bytes_per_weight[name] / ms / 1e6
         row[f"{name}_weight_gbs"] = rounded(gbs, 1)
         row[f"{name}_peak_frac"] = rounded(gbs / peak_gbs) if peak_gbs else None
     row["speedup_vs_torch"] = rounded(timings["torch"] / timings["triton"])
+    if packed is not None:
+        row["mxfp4_speedup_vs_bf16"] = rounded(timings["triton"] / timings["triton_mxfp4"])
     return row
+
+
+def _random_mxfp4(experts: int, rows: int, cols: int, gen: torch.Generator) -> Mxfp4Weight:
+    """Random codes under scales 2^-7 ... 2^-5 (weights of a trained model's size)."""
+    device = gen.device
+
+    def codes(low: int, high: int, *shape: int) -> torch.Tensor:
+        return torch.randint(low, high, shape, generator=gen, device=device, dtype=torch.uint8)
+
+    return Mxfp4Weight(
+        codes(0, 256, experts, rows, cols // 2),
+        codes(120, 123, experts, rows, cols // VALUES_PER_SCALE),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,7 @@ def load_model(
         scales = dict(tensors(fp8_checkpoint.is_scale))
         block = config.weight_block_size
         weights = fp8_checkpoint.dequantized_weights(weights, scales, dtype, block)
-    elif config.weight_quantization == "mxfp4":
+    elif config.weight_quantization == "mxfp4" and not mxfp4_checkpoint.keeps_mxfp4(config, ops):
         scales = dict(tensors(mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)
     model.load_weights(weights)

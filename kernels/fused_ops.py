@@ -17,6 +17,7 @@ from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.experts import experts
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.linear import TORCH_LINEAR, LinearMethod
+from kernels.mxfp4 import ExpertStack
 from kernels.rms_norm import rms_norm
 from kernels.rotary import apply_rotary
 from kernels.silu_and_mul import silu_and_mul
@@ -35,8 +36,8 @@ class Experts(Protocol):
     def __call__(
         self,
         x: torch.Tensor,
-        gate_up: torch.Tensor,
-        down: torch.Tensor,
+        gate_up: ExpertStack,
+        down: ExpertStack,
         weights: torch.Tensor,
         chosen: torch.Tensor,
         act_and_mul: ActAndMul,
@@ -52,7 +53,9 @@ class FusedOps:
     gelu_tanh_and_mul (Gemma's MLP): kernels/gelu_tanh_and_mul.py;
     clamped_swiglu_and_mul (gpt-oss's experts): kernels/clamped_swiglu_and_mul.py. experts: a
     mixture-of-experts layer's expert MLPs (kernels/experts.py); `experts_sync_free`
-    when they need no host sync (decodes may then replay CUDA graphs). linear: how
+    when they need no host sync (decodes may then replay CUDA graphs); `experts_mxfp4`
+    when they multiply MXFP4 weights without dequantizing them whole (an MXFP4
+    checkpoint's experts then stay MXFP4 in memory; kernels/mxfp4.py). linear: how
     the model's weights are laid out and multiplied (kernels/linear.py)."""
 
     name: str
@@ -63,6 +66,7 @@ class FusedOps:
     clamped_swiglu_and_mul: ClampedSwigluAndMul = clamped_swiglu_and_mul
     experts: Experts = experts
     experts_sync_free: bool = False
+    experts_mxfp4: bool = False
     linear: LinearMethod = TORCH_LINEAR
 
 

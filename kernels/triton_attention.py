@@ -41,6 +41,7 @@ TRITON_OPS = FusedOps(
     clamped_swiglu_and_mul=clamped_swiglu_and_mul,
     experts=fused_experts,
     experts_sync_free=True,
+    experts_mxfp4=True,
 )
 
 

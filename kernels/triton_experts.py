@@ -7,7 +7,8 @@ kernel then multiplies a row block by that expert's matrix, gathering its
 input rows through the sorted pair ids and scattering its output rows back to
 pair order: first x @ gate_up (rows are tokens), then the activation kernel,
 then h @ down scaled by the routing weight (rows are pairs), and the K slots
-of each token are summed. Grids are sized from shapes alone (the padding
+of each token are summed. The weights may be MXFP4 (gpt-oss's release),
+decoded tile by tile as the GEMM reads them. Grids are sized from shapes alone (the padding
 bound, not the real counts), so a decode step can be recorded in a CUDA
 graph. Reference: kernels/experts.py.
 """
@@ -21,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.mxfp4 import ExpertStack, Mxfp4Weight
+from kernels.triton_mxfp4 import mxfp4_pair
 from kernels.triton_support import dot_precision, upcast_dot
 
 
@@ -31,6 +34,7 @@ def grouped_gemm_kernel(
     c_ptr,
     weight_ptr,
     bias_ptr,
+    b_scales_ptr,
     sorted_pairs_ptr,
     block_experts_ptr,
     num_pairs,
@@ -39,11 +43,14 @@ def grouped_gemm_kernel(
     stride_am,
     stride_be,
     stride_bn,
+    stride_se,
+    stride_sn,
     stride_cm,
     stride_bias,
     A_ROW_DIVISOR: tl.constexpr,
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    B_MXFP4: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -52,7 +59,10 @@ def grouped_gemm_kernel(
 ):
     """C[pair] = (A[pair // A_ROW_DIVISOR] @ B[expert].T + bias[expert]) (times the
     pair's weight), for the BLOCK_M sorted pairs of this program's row block; padding
-    pairs are skipped."""
+    pairs are skipped. With B_MXFP4, B is MXFP4 (b_ptr: its bytes, b_scales_ptr: its
+    scales; kernels/mxfp4.py) and each tile is decoded as it is read: the low nibbles
+    hold the even columns of K and the high nibbles the odd ones, so A's even and odd
+    columns are multiplied by them in two dots."""
     block = tl.program_id(0)
     expert = tl.load(block_experts_ptr + block)
     if expert < 0:
@@ -66,18 +76,45 @@ def grouped_gemm_kernel(
     k = tl.arange(0, BLOCK_K)
     b_base = b_ptr + expert.to(tl.int64) * stride_be + cols[None, :].to(tl.int64) * stride_bn
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, k_size, BLOCK_K):
-        k_mask = (k0 + k) < k_size
-        a = tl.load(
-            a_ptr + a_rows[:, None] * stride_am + (k0 + k)[None, :],
-            mask=row_mask[:, None] & k_mask[None, :],
-            other=0.0,
+    if B_MXFP4:
+        half = tl.arange(0, BLOCK_K // 2)
+        s_base = (
+            b_scales_ptr + expert.to(tl.int64) * stride_se + cols[None, :].to(tl.int64) * stride_sn
         )
-        b = tl.load(b_base + (k0 + k)[:, None], mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-        if UPCAST:
-            a = a.to(tl.float32)
-            b = b.to(tl.float32)
-        acc += tl.dot(a, b, input_precision=PRECISION)
+        for k0 in range(0, k_size, BLOCK_K):
+            byte = k0 // 2 + half
+            byte_mask = byte < k_size // 2
+            b_mask = byte_mask[:, None] & col_mask[None, :]
+            packed = tl.load(b_base + byte[:, None], mask=b_mask, other=0)
+            scale = tl.load(s_base + (byte // 16)[:, None], mask=b_mask, other=0)
+            b_even, b_odd = mxfp4_pair(packed, scale)
+            a_even_ptr = a_ptr + a_rows[:, None] * stride_am + (2 * byte)[None, :]
+            a_mask = row_mask[:, None] & byte_mask[None, :]
+            a_even = tl.load(a_even_ptr, mask=a_mask, other=0.0)
+            a_odd = tl.load(a_even_ptr + 1, mask=a_mask, other=0.0)
+            if UPCAST:
+                a_even = a_even.to(tl.float32)
+                a_odd = a_odd.to(tl.float32)
+            else:
+                b_even = b_even.to(a_even.dtype)
+                b_odd = b_odd.to(a_odd.dtype)
+            acc += tl.dot(a_even, b_even, input_precision=PRECISION)
+            acc += tl.dot(a_odd, b_odd, input_precision=PRECISION)
+    else:
+        for k0 in range(0, k_size, BLOCK_K):
+            k_mask = (k0 + k) < k_size
+            a = tl.load(
+                a_ptr + a_rows[:, None] * stride_am + (k0 + k)[None, :],
+                mask=row_mask[:, None] & k_mask[None, :],
+                other=0.0,
+            )
+            b = tl.load(
+                b_base + (k0 + k)[:, None], mask=k_mask[:, None] & col_mask[None, :], other=0.0
+            )
+            if UPCAST:
+                a = a.to(tl.float32)
+                b = b.to(tl.float32)
+            acc += tl.dot(a, b, input_precision=PRECISION)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + expert * stride_bias + cols, mask=col_mask, other=0.0)
         acc += bias.to(tl.float32)[None, :]
@@ -127,18 +164,19 @@ class Tiles:
     depth: int
 
 
-def _tiles(pairs_per_expert: float, element_size: int) -> Tiles:
+def _tiles(pairs_per_expert: float, element_size: int, mxfp4: bool) -> Tiles:
     """Row blocks sized to the tokens an expert typically gets (a decode step gives each
-    a handful: wide blocks would be mostly padding); fp32 tiles halved for registers."""
+    a handful: wide blocks would be mostly padding); fp32 tiles halved for registers,
+    and their rows halved again where MXFP4 tiles are decoded beside them (sm_90 spilled)."""
     rows = 16 if pairs_per_expert <= 16 else 32 if pairs_per_expert <= 64 else 64
     if element_size > 2:
-        return Tiles(min(rows, 32), 32, 32)
+        return Tiles(min(rows, 16 if mxfp4 else 32), 32, 32)
     return Tiles(rows, 64, 64)
 
 
 def _grouped_gemm(
     a: torch.Tensor,
-    b: torch.Tensor,
+    b: ExpertStack,
     out: torch.Tensor,
     aligned: AlignedPairs,
     tiles: Tiles,
@@ -148,27 +186,32 @@ def _grouped_gemm(
 ) -> None:
     num_pairs = out.shape[0]
     n_size, k_size = b.shape[1], b.shape[2]
-    assert a.stride(-1) == 1 and b.stride(-1) == 1 and out.stride(-1) == 1
+    b_data, b_scales = (b.blocks, b.scales) if isinstance(b, Mxfp4Weight) else (b, None)
+    assert a.stride(-1) == 1 and b_data.stride(-1) == 1 and out.stride(-1) == 1
     grid = (aligned.block_experts.shape[0], triton.cdiv(n_size, tiles.cols))
     grouped_gemm_kernel[grid](
         a,
-        b,
+        b_data,
         out,
         out if weights is None else weights,
         out if bias is None else bias,
+        b_data if b_scales is None else b_scales,
         aligned.sorted_pairs,
         aligned.block_experts,
         num_pairs,
         n_size,
         k_size,
         a.stride(0),
-        b.stride(0),
-        b.stride(1),
+        b_data.stride(0),
+        b_data.stride(1),
+        0 if b_scales is None else b_scales.stride(0),
+        0 if b_scales is None else b_scales.stride(1),
         out.stride(0),
         0 if bias is None else bias.stride(0),
         A_ROW_DIVISOR=a_row_divisor,
         MUL_WEIGHT=weights is not None,
         HAS_BIAS=bias is not None,
+        B_MXFP4=b_scales is not None,
         BLOCK_M=tiles.rows,
         BLOCK_N=tiles.cols,
         BLOCK_K=tiles.depth,
@@ -179,8 +222,8 @@ def _grouped_gemm(
 
 def fused_experts(
     x: torch.Tensor,
-    gate_up: torch.Tensor,
-    down: torch.Tensor,
+    gate_up: ExpertStack,
+    down: ExpertStack,
     weights: torch.Tensor,
     chosen: torch.Tensor,
     act_and_mul: Callable[[torch.Tensor], torch.Tensor],
@@ -189,13 +232,15 @@ def fused_experts(
 ) -> torch.Tensor:
     """Same contract as kernels.experts.experts: x [T, H] -> [T, H]. The weighted
     outputs are kept in the weights' dtype (Mixtral: fp32) until the slots are summed;
-    biases (gpt-oss) are added in fp32 before the activation's and the weight's rounding."""
+    biases (gpt-oss) are added in fp32 before the activation's and the weight's rounding.
+    MXFP4 weights are decoded tile by tile inside the GEMMs, never whole."""
     num_tokens, top_k = chosen.shape
     num_experts = gate_up.shape[0]
     if num_tokens == 0:
         return torch.zeros_like(x)
     num_pairs = num_tokens * top_k
-    tiles = _tiles(num_pairs / num_experts, x.element_size())
+    mxfp4 = isinstance(gate_up, Mxfp4Weight) or isinstance(down, Mxfp4Weight)
+    tiles = _tiles(num_pairs / num_experts, x.element_size(), mxfp4)
     aligned = align_pairs(chosen, num_experts, tiles.rows)
     hidden = torch.empty(num_pairs, gate_up.shape[1], dtype=x.dtype, device=x.device)
     _grouped_gemm(x, gate_up, hidden, aligned, tiles, top_k, None, gate_up_bias)

@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from kernels.mxfp4 import ExpertStack, Mxfp4Weight
+
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
@@ -219,16 +221,25 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 act_and_mul = partial(clamped_swiglu_and_mul, alpha=1.702, limit=7.0)
                 biases = (t(shape.experts, 2 * shape.intermediate), t(shape.experts, shape.hidden))
             act_and_mul(t(4, 2 * shape.intermediate))
-            if shape.experts:
-                gate_up = t(shape.experts, 2 * shape.intermediate, shape.hidden)
-                down = t(shape.experts, shape.hidden, shape.intermediate)
-                for tokens in (2, 300):  # a decode step's row blocks, a prefill's
-                    start_case(f"{case} {tokens} tokens")
-                    chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % shape.experts
+            if not shape.experts:
+                continue
+            e, h, i = shape.experts, shape.hidden, shape.intermediate
+            stacks: dict[str, tuple[ExpertStack, ExpertStack]] = {"": (t(e, 2 * i, h), t(e, h, i))}
+            if shape.gpt_oss_experts:  # as released: MXFP4
+                stacks[" mxfp4"] = (_zero_mxfp4(e, 2 * i, h), _zero_mxfp4(e, h, i))
+            for tokens in (2, 300):  # a decode step's row blocks, a prefill's
+                chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % e
+                for stack_name, (gate_up, down) in stacks.items():
+                    start_case(f"{case} {tokens} tokens{stack_name}")
                     # Routing weights in fp32 (Mixtral) and in the model's dtype (Qwen).
                     for weights in (torch.ones(tokens, shape.top_k), t(tokens, shape.top_k)):
-                        x = t(tokens, shape.hidden)
+                        x = t(tokens, h)
                         fused_experts(x, gate_up, down, weights, chosen, act_and_mul, *biases)
+
+
+def _zero_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
+    blocks = torch.zeros(experts, rows, cols // 2, dtype=torch.uint8)
+    return Mxfp4Weight(blocks, torch.zeros(experts, rows, cols // 32, dtype=torch.uint8))
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:

@@ -19,6 +19,7 @@
 #   7. kernels-p256, kernels-p1024  stage 3's largest shapes with other partition sizes
 #   8. lora          adapters on the stage-4 model
 #   9. experts       MoE grouped GEMMs vs the torch loop, Qwen3-30B-A3B's layer shape
+#  10. experts-mxfp4 gpt-oss-20b's layer: the GEMMs on MXFP4 weights vs on bf16, vs torch
 # Stages run in order of importance, so a lease cut short loses the least.
 # Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
 # the GPU machines here have; nothing is installed or downloaded.
@@ -133,5 +134,7 @@ stage lora 90 "$PY" -m benchmarks.lora --model "$models/big" --device "$device" 
 
 # On CPU (smoke) it refuses with rc 2, as the kernel benchmark does.
 stage experts 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --json-out "$out/experts.jsonl"
+stage experts-mxfp4 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --experts 32 --top-k 4 \
+    --hidden 2880 --inter 2880 --mxfp4 --json-out "$out/experts.jsonl"
 
 echo "results in $out: $(ls "$out" | tr '\n' ' ')"

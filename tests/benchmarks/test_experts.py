@@ -24,3 +24,9 @@ def test_refuses_without_a_gpu(capsys: pytest.CaptureFixture[str]) -> None:
 def test_top_k_must_fit_the_experts() -> None:
     with pytest.raises(SystemExit):
         main(["--experts", "4", "--top-k", "8"])
+
+
+def test_mxfp4_needs_whole_scale_blocks(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--hidden", "2880", "--inter", "100", "--mxfp4"])
+    assert "multiples of 32" in capsys.readouterr().err

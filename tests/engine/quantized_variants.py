@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
 from engine.llm import LLM, greedy
+
+MXFP4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
 
 
 def write_variants(
@@ -45,3 +48,35 @@ def assert_same_outputs(quantized: Path, reference: Path) -> None:
         logprobs = ours.choices[0].logprobs
         assert logprobs and logprobs == theirs.choices[0].logprobs
         assert ours.prompt_logprobs == theirs.prompt_logprobs
+
+
+def write_mxfp4_variant(source: Path, mxfp4: Path, reference: Path) -> None:
+    """`source` (a gpt-oss model) with random MXFP4 experts in `mxfp4`, as OpenAI's files
+    store them (`*_blocks`/`*_scales`, [E, out, in / 32, 16]), and the weights they
+    encode, as transformers dequantizes them, in the plain checkpoint of `reference`."""
+    gen = torch.Generator().manual_seed(3)
+    tensors = load_file(source / "model.safetensors")
+    stored: dict[str, torch.Tensor] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            experts, cols, rows = tensor.shape  # stored [E, in, out]
+            blocks, scales = _random_mxfp4(experts, rows, cols, gen)
+            stored[name + "_blocks"], stored[name + "_scales"] = blocks, scales
+            plain[name] = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
+            assert plain[name].shape == tensor.shape
+        else:
+            stored[name] = plain[name] = tensor
+    write_variants(source, {mxfp4: (stored, MXFP4), reference: (plain, None)})
+
+
+def _random_mxfp4(
+    experts: int, rows: int, cols: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random blocks [E, rows, cols / 32, 16] and scales of 2^-6 ... 2^-3 (weights of
+    up to 0.75, like a trained model's)."""
+    blocks = torch.randint(
+        0, 256, (experts, rows, cols // 32, 16), dtype=torch.uint8, generator=gen
+    )
+    scales = torch.randint(121, 125, (experts, rows, cols // 32), dtype=torch.uint8, generator=gen)
+    return blocks, scales

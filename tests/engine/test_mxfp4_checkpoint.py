@@ -11,26 +11,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-from engine import mxfp4_checkpoint
 from engine.config import ModelConfig
 from engine.llm import LLM
 from engine.mxfp4_checkpoint import dequantize
+from kernels import mxfp4
 
-from .quantized_variants import assert_same_outputs, write_variants
-
-MXFP4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
-
-
-def _packed(
-    experts: int, rows: int, cols: int, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random blocks [E, rows, cols / 32, 16] and scales of 2^-6 ... 2^-3 (weights of
-    up to 0.75, like a trained model's)."""
-    blocks = torch.randint(
-        0, 256, (experts, rows, cols // 32, 16), dtype=torch.uint8, generator=gen
-    )
-    scales = torch.randint(121, 125, (experts, rows, cols // 32), dtype=torch.uint8, generator=gen)
-    return blocks, scales
+from .quantized_variants import MXFP4, assert_same_outputs, write_mxfp4_variant
 
 
 @pytest.mark.parametrize("chunk", [1 << 16, 7])
@@ -40,7 +26,7 @@ def test_dequantize_is_transformers_bit_for_bit(
 ) -> None:
     """Every code (both nibbles of every byte) and scales far from 1 both ways, in one
     chunk of rows and in chunks of 7 blocks that cut rows."""
-    monkeypatch.setattr(mxfp4_checkpoint, "CHUNK_BLOCKS", chunk)
+    monkeypatch.setattr(mxfp4, "CHUNK_BYTES", chunk * 16)
     gen = torch.Generator().manual_seed(0)
     # 480 bytes: all 256 values once (every pair of codes), then random ones.
     blocks = (
@@ -58,33 +44,13 @@ def test_dequantize_is_transformers_bit_for_bit(
         dequantize(blocks, scales[..., :1], dtype)
 
 
-def _mxfp4_variant(source: Path, mxfp4: Path, reference: Path) -> None:
-    """`source` (a gpt-oss model) with random MXFP4 experts in `mxfp4`, as OpenAI's files
-    store them (`*_blocks`/`*_scales`, [E, out, in / 32, 16]), and the weights they
-    encode, as transformers dequantizes them, in the plain checkpoint of `reference`."""
-    gen = torch.Generator().manual_seed(3)
-    tensors = load_file(source / "model.safetensors")
-    stored: dict[str, torch.Tensor] = {}
-    plain: dict[str, torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
-            experts, cols, rows = tensor.shape  # stored [E, in, out]
-            blocks, scales = _packed(experts, rows, cols, gen)
-            stored[name + "_blocks"], stored[name + "_scales"] = blocks, scales
-            plain[name] = convert_moe_packed_tensors(blocks, scales, dtype=torch.float32)
-            assert plain[name].shape == tensor.shape
-        else:
-            stored[name] = plain[name] = tensor
-    write_variants(source, {mxfp4: (stored, MXFP4), reference: (plain, None)})
-
-
 def test_an_mxfp4_checkpoint_serves_the_weights_it_encodes(
     make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """Token for token and logprob for logprob the model its dequantized experts make,
     which HF parity (tests/engine/test_parity.py) covers from there."""
     mxfp4, reference = tmp_path / "mxfp4", tmp_path / "reference"
-    _mxfp4_variant(make_random_model("gpt_oss"), mxfp4, reference)
+    write_mxfp4_variant(make_random_model("gpt_oss"), mxfp4, reference)
     assert ModelConfig.from_folder(mxfp4).weight_quantization == "mxfp4"
     assert_same_outputs(mxfp4, reference)
 
@@ -93,7 +59,7 @@ def test_mxfp4_blocks_without_scales_and_mxfp4_on_other_models_are_errors(
     make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     mxfp4, reference = tmp_path / "mxfp4", tmp_path / "reference"
-    _mxfp4_variant(make_random_model("gpt_oss"), mxfp4, reference)
+    write_mxfp4_variant(make_random_model("gpt_oss"), mxfp4, reference)
     weights = load_file(mxfp4 / "model.safetensors")
     del weights["model.layers.1.mlp.experts.down_proj_scales"]
     save_file(weights, mxfp4 / "model.safetensors")

@@ -52,6 +52,7 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
         "engine-bf16-eager": "rc=0",
         "lora": "rc=0",
         "experts": "rc=2",
+        "experts-mxfp4": "rc=2",
     }, log[-3000:]
     assert 'failures="0"' in (tmp_path / "kernel-tests.xml").read_text()
     summaries = {}
@@ -89,5 +90,6 @@ def test_stages_past_the_budget_are_skipped_not_started(
         "engine-bf16-eager",
         "lora",
         "experts",
+        "experts-mxfp4",
     ]
     assert all(" skipped: " in line for line in lines)
