@@ -20,7 +20,8 @@
 #   8. lora          adapters on the stage-4 model
 #   9. experts       MoE grouped GEMMs vs the torch loop, Qwen3-30B-A3B's layer shape
 #  10. experts-mxfp4 gpt-oss-20b's layer: the GEMMs on MXFP4 weights vs on bf16, vs torch
-# Stages run in order of importance, so a lease cut short loses the least.
+# Stages run in order of importance, so a lease cut short loses the least. Then
+# benchmarks/gpu_verdict.py prints each target of the kernels issue, met or missed.
 # Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
 # the GPU machines here have; nothing is installed or downloaded.
 set -uo pipefail
@@ -137,4 +138,7 @@ stage experts 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --json-out "$
 stage experts-mxfp4 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --experts 32 --top-k 4 \
     --hidden 2880 --inter 2880 --mxfp4 --json-out "$out/experts.jsonl"
 
+# The issue's targets, met or missed, from the files above (also OUTDIR/verdict.md).
+"$PY" -m benchmarks.gpu_verdict "$out" --device "$device"
+echo "verdict rc=$? (0 all targets met, 1 one missed, 3 one not measured)"
 echo "results in $out: $(ls "$out" | tr '\n' ' ')"

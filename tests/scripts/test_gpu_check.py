@@ -67,6 +67,11 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
     assert summaries["bf16"]["greedy_tokens_matching_hf"] >= 1
     lora = [json.loads(line) for line in (tmp_path / "lora.jsonl").read_text().splitlines()]
     assert [line["concurrency"] for line in lora] == [1, 2]
+    # The targets, read back: on CPU none is met, and none is missed.
+    verdict = (tmp_path / "verdict.md").read_text()
+    assert "verdict rc=3" in result.stdout and verdict in result.stdout
+    assert "| fp32 greedy tokens through the Triton kernels = HF's | not measured |" in verdict
+    assert "MISSED" not in verdict
 
 
 def test_refuses_without_a_tokenizer(tmp_path: Path) -> None:
