@@ -188,6 +188,7 @@ def _grouped_gemm(
     n_size, k_size = b.shape[1], b.shape[2]
     b_data, b_scales = (b.blocks, b.scales) if isinstance(b, Mxfp4Weight) else (b, None)
     assert a.stride(-1) == 1 and b_data.stride(-1) == 1 and out.stride(-1) == 1
+    assert b_scales is None or b_scales.stride(-1) == 1
     grid = (aligned.block_experts.shape[0], triton.cdiv(n_size, tiles.cols))
     grouped_gemm_kernel[grid](
         a,

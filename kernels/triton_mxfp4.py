@@ -28,7 +28,8 @@ def e2m1_to_float(code):
 @triton.jit
 def e8m0_to_float(scale):
     """e8m0 scales (uint8) -> 2^(s - 127) in fp32, from the exponent bits (s = 0: the
-    subnormal 2^-127)."""
+    subnormal 2^-127). 255, NaN in OCP's spec and in no checkpoint, comes out as inf, so
+    its zero codes give NaN where the reference's ldexp gives 0."""
     s = scale.to(tl.int32)
     bits = tl.where(s == 0, 0x400000, s << 23)
     return bits.to(tl.float32, bitcast=True)
