@@ -4,10 +4,11 @@ The format DeepSeek-V3 and Qwen3's `-FP8` releases use, as transformers'
 FineGrainedFP8 reads it: each quantized matrix is float8_e4m3fn beside a
 `weight_scale_inv` (one fp32 scale per `weight_block_size` tile, or one for
 the whole matrix), such that weight = fp8 value * scale. The engine
-dequantizes each matrix once as it loads, into the model's dtype: the model
-serves those releases with the numbers they were published with, at bf16's
-memory (it has no FP8 matmuls). Which method a checkpoint uses is read in
-engine/weight_quantization.py.
+dequantizes each matrix once as it loads, into the model's dtype, and the
+model serves those releases with the numbers they were published with, at
+bf16's memory; except where the backend multiplies FP8 itself (Triton), whose
+projections keep the checkpoint's bytes and scales (engine/fp8_linears.py).
+Which method a checkpoint uses is read in engine/weight_quantization.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import torch
+
+from kernels import fp8
 
 SCALE_SUFFIX = "_scale_inv"
 # Static activation scales (activation_scheme "static"): the engine computes in the
@@ -34,24 +37,14 @@ def dequantize(
 ) -> torch.Tensor:
     """fp8 [out, in] times its scales (one per `block` tile, the last tiles cut short, as
     transformers reads them; or one scalar), in fp32, rounded once to `dtype`."""
-    values = weight.to(torch.float32)
-    scale = scale.to(torch.float32)
-    if scale.numel() > 1:
-        if block is None or scale.dim() != 2 or weight.dim() != 2:
-            raise ValueError(
-                f"scales {tuple(scale.shape)} for a {tuple(weight.shape)} weight need a 2-d "
-                "weight and weight_block_size"
-            )
-        rows, cols = block
-        tiles = (-(-weight.shape[0] // rows), -(-weight.shape[1] // cols))
-        if tuple(scale.shape) != tiles:
-            raise ValueError(
-                f"a {tuple(weight.shape)} weight in {block} tiles has {tiles} scales, "
-                f"not {tuple(scale.shape)}"
-            )
-        scale = scale.repeat_interleave(rows, 0)[: weight.shape[0]]
-        scale = scale.repeat_interleave(cols, 1)[:, : weight.shape[1]]
-    return (values * scale).to(dtype)
+    if scale.numel() == 1:
+        return (weight.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+    if block is None or scale.dim() != 2 or weight.dim() != 2:
+        raise ValueError(
+            f"scales {tuple(scale.shape)} for a {tuple(weight.shape)} weight need a 2-d "
+            "weight and weight_block_size"
+        )
+    return fp8.dequantize(weight, scale, fp8.Fp8Block(*block), dtype)
 
 
 def dequantized_weights(
@@ -59,9 +52,12 @@ def dequantized_weights(
     scales: dict[str, torch.Tensor],
     dtype: torch.dtype,
     block: tuple[int, int] | None,
+    keep: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors with each FP8 matrix dequantized by its scale (`scales`:
-    every `*_scale_inv` of the checkpoint, by name) and the scales themselves left out."""
+    every `*_scale_inv` of the checkpoint, by name) and the scales themselves left out;
+    but the matrices named in `keep` (engine/fp8_linears.py) go through as their e4m3
+    bits (uint8), each followed by its scales."""
     for name, tensor in tensors:
         if is_scale(name) or name.endswith(IGNORED_SUFFIXES):
             continue
@@ -69,5 +65,9 @@ def dequantized_weights(
             scale = scales.get(name + SCALE_SUFFIX)
             if scale is None:
                 raise ValueError(f"FP8 weight {name!r} has no {name + SCALE_SUFFIX!r}")
+            if name in keep:
+                yield name, tensor.view(torch.uint8)
+                yield name + SCALE_SUFFIX, scale.to(torch.float32)
+                continue
             tensor = dequantize(tensor, scale, dtype, block)
         yield name, tensor

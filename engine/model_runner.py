@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from engine import fp8_checkpoint, mxfp4_checkpoint
+from engine import fp8_checkpoint, fp8_linears, mxfp4_checkpoint
 from engine.config import ModelConfig
 from engine.decode_graphs import DecodeGraphs
 from engine.grammar_mask import fill_bitmask
@@ -30,6 +30,7 @@ from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprob
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence as EngineSequence
 from kernels.attention import AttentionBackend, AttentionInputs
+from kernels.fp8 import Fp8Block
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
 logger = logging.getLogger(__name__)
@@ -61,10 +62,16 @@ def load_model(
     """Build the model on `device` with `ops` and stream the safetensors weights into it."""
     with torch.device("meta"):
         model = build_model(config, max_positions, ops, lm_head=lm_head).to(dtype)
+    files = checkpoint_files(folder)
+    kept_fp8: frozenset[str] = frozenset()
+    block = config.weight_block_size
+    if config.weight_quantization == "fp8" and block is not None and ops.fp8_linear is not None:
+        fp8_names = fp8_linears.fp8_tensor_names(files)
+        kept_fp8 = fp8_linears.keep_fp8_linears(model, fp8_names, Fp8Block(*block), ops.fp8_linear)
+        logger.info("FP8 kept for %d of %d FP8 matrices", len(kept_fp8), len(fp8_names))
     # Materialise without random init (the checkpoint overwrites every weight).
     model = model.to_empty(device=device)
     model.rebuild_buffers(device)
-    files = checkpoint_files(folder)
 
     def tensors(wanted: Callable[[str], bool] = lambda _: True):
         for file in files:
@@ -77,8 +84,7 @@ def load_model(
     # The scales first (small; a shard may hold a matrix whose scale is in another).
     if config.weight_quantization == "fp8":
         scales = dict(tensors(fp8_checkpoint.is_scale))
-        block = config.weight_block_size
-        weights = fp8_checkpoint.dequantized_weights(weights, scales, dtype, block)
+        weights = fp8_checkpoint.dequantized_weights(weights, scales, dtype, block, kept_fp8)
     elif config.weight_quantization == "mxfp4" and not mxfp4_checkpoint.keeps_mxfp4(config, ops):
         scales = dict(tensors(mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)

@@ -15,6 +15,7 @@ import torch
 
 from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.experts import experts
+from kernels.fp8 import Fp8Block
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.linear import TORCH_LINEAR, LinearMethod
 from kernels.mxfp4 import ExpertStack
@@ -28,6 +29,10 @@ RmsNorm = Callable[
 ActAndMul = Callable[[torch.Tensor], torch.Tensor]
 # gate_up, alpha, limit -> the clamped SwiGLU's product (gpt-oss).
 ClampedSwigluAndMul = Callable[[torch.Tensor, float, float], torch.Tensor]
+# x, e4m3 values (uint8), tile scales, tile, bias -> x @ W.T + bias (kernels/fp8.py's format).
+Fp8Linear = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, Fp8Block, torch.Tensor | None], torch.Tensor
+]
 
 
 class Experts(Protocol):
@@ -55,7 +60,9 @@ class FusedOps:
     mixture-of-experts layer's expert MLPs (kernels/experts.py); `experts_sync_free`
     when they need no host sync (decodes may then replay CUDA graphs); `experts_mxfp4`
     when they multiply MXFP4 weights without dequantizing them whole (an MXFP4
-    checkpoint's experts then stay MXFP4 in memory; kernels/mxfp4.py). linear: how
+    checkpoint's experts then stay MXFP4 in memory; kernels/mxfp4.py). fp8_linear: a
+    linear layer on block-scaled FP8 weights (kernels/fp8.py), where the backend has
+    one: an FP8 checkpoint's projections then stay FP8 in memory. linear: how
     the model's weights are laid out and multiplied (kernels/linear.py)."""
 
     name: str
@@ -67,6 +74,7 @@ class FusedOps:
     experts: Experts = experts
     experts_sync_free: bool = False
     experts_mxfp4: bool = False
+    fp8_linear: Fp8Linear | None = None
     linear: LinearMethod = TORCH_LINEAR
 
 

@@ -24,6 +24,7 @@ from kernels.triton_decode_attention import (
     make_decode_batch,
 )
 from kernels.triton_experts import fused_experts
+from kernels.triton_fp8_linear import fp8_linear
 from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.triton_prefill_attention import PrefillBatch, make_prefill_batch, prefill_attention
 from kernels.triton_rms_norm import rms_norm
@@ -42,6 +43,7 @@ TRITON_OPS = FusedOps(
     experts=fused_experts,
     experts_sync_free=True,
     experts_mxfp4=True,
+    fp8_linear=fp8_linear,
 )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from kernels.fp8 import Fp8Block
 from kernels.mxfp4 import ExpertStack, Mxfp4Weight
 
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
@@ -85,6 +86,7 @@ SHAPES = (
 # fp16 compiles to the same tiles and registers as bf16 (same element size, no upcast on
 # a GPU): bf16 stands for both.
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+FP8_TILES = Fp8Block(128, 128)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
     from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
     from kernels.triton_decode_attention import decode_attention, make_decode_batch
     from kernels.triton_experts import fused_experts
+    from kernels.triton_fp8_linear import FP8_GEMM_MAX_ROWS, dequantize_fp8, fp8_linear
     from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
     from kernels.triton_prefill_attention import make_prefill_batch, prefill_attention
     from kernels.triton_rms_norm import rms_norm
@@ -221,6 +224,17 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 act_and_mul = partial(clamped_swiglu_and_mul, alpha=1.702, limit=7.0)
                 biases = (t(shape.experts, 2 * shape.intermediate), t(shape.experts, shape.hidden))
             act_and_mul(t(4, 2 * shape.intermediate))
+            # An FP8 checkpoint's projections (128 x 128 tiles, as released): q/k/v and
+            # down, at a decode's rows and the GEMM's most; longer inputs dequantize.
+            qkv_rows = (h + 2 * kvh) * d
+            for rows_out, cols_in in ((qkv_rows, shape.hidden), (shape.hidden, shape.intermediate)):
+                values = t(rows_out, cols_in, dtype=torch.uint8)
+                scales = t(*FP8_TILES.scales_shape(rows_out, cols_in), dtype=torch.float32)
+                for rows in (2, FP8_GEMM_MAX_ROWS):
+                    start_case(f"{case} fp8 {rows} rows")
+                    fp8_linear(t(rows, cols_in), values, scales, FP8_TILES, t(rows_out))
+                dequantize_fp8(values, scales, FP8_TILES, dtype)
+            start_case(case)
             if not shape.experts:
                 continue
             e, h, i = shape.experts, shape.hidden, shape.intermediate

@@ -4,6 +4,11 @@ It loads like `nn.Linear` (a plain [out, in] `weight` parameter, optional
 `bias`), then `pack()` hands the weight to the ops' `LinearMethod`, which may
 reorder it into a backend's own layout (oneDNN's blocked layout on CPU). The
 packed form replaces the plain one, so packing costs no extra memory.
+
+An FP8 checkpoint's projection can instead stay FP8 (`keep_fp8`, before the
+weights are allocated): `weight` is then its e4m3 bits (uint8) beside
+`weight_scale_inv`, one fp32 scale per tile as the checkpoint names it, and
+the backend's FP8 matmul multiplies them (kernels/fp8.py).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import torch
 from torch import nn
 
 from engine.models.lora import LoRALayer
+from kernels.fp8 import Fp8Block
+from kernels.fused_ops import Fp8Linear
 from kernels.linear import LinearMethod
 
 
@@ -28,10 +35,23 @@ class Linear(nn.Module):
         self.packed = False
         # LoRA adapters' updates of this projection, when the engine serves any.
         self.lora: LoRALayer | None = None
+        # Set when the weight stays FP8: its tiles and the backend's FP8 matmul.
+        self.fp8_block: Fp8Block | None = None
+        self.fp8_linear: Fp8Linear | None = None
+
+    def keep_fp8(self, block: Fp8Block, fp8_linear: Fp8Linear) -> None:
+        """Hold the weight as FP8 (its checkpoint's bytes and tile scales); call before
+        the model's tensors are allocated (on the meta device)."""
+        device = self.weight.device
+        values = torch.empty(self.out_features, self.in_features, dtype=torch.uint8, device=device)
+        self.weight = nn.Parameter(values, requires_grad=False)
+        scales = torch.empty(block.scales_shape(self.out_features, self.in_features), device=device)
+        self.weight_scale_inv = nn.Parameter(scales, requires_grad=False)
+        self.fp8_block, self.fp8_linear = block, fp8_linear
 
     def pack(self) -> None:
         """Swap the loaded weight for the method's layout; call once, after loading."""
-        if self.packed:
+        if self.packed or self.fp8_block is not None:
             return
         plain = self.weight.detach()
         packed = self.method.pack(plain)
@@ -41,7 +61,10 @@ class Linear(nn.Module):
         self.packed = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.method.apply(x, self.weight, self.bias)
+        if self.fp8_linear is not None and self.fp8_block is not None:
+            out = self.fp8_linear(x, self.weight, self.weight_scale_inv, self.fp8_block, self.bias)
+        else:
+            out = self.method.apply(x, self.weight, self.bias)
         if self.lora is not None:
             self.lora.add_to(out, x)
         return out
@@ -49,5 +72,6 @@ class Linear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, method={self.method.name}, packed={self.packed}"
+            f"bias={self.bias is not None}, method={self.method.name}, packed={self.packed}, "
+            f"fp8={self.fp8_block}"
         )

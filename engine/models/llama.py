@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig, RopeConfig
+from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
 from engine.models.linear import Linear
 from engine.models.mlp import MLP
 from engine.models.moe import EXPERT_PARTS, SparseMoE
@@ -439,8 +440,8 @@ class LlamaForCausalLM(nn.Module):
 
         def mlp_offsets(fused: str) -> dict[str, tuple[int, int]]:
             """Gate and up rows in a fused gate_up_proj (a dense MLP's or, of another
-            width, a Qwen2-MoE shared expert's)."""
-            inter = params[fused].shape[0] // 2
+            width, a Qwen2-MoE shared expert's); an FP8 weight's scales count its rows."""
+            inter = params[fused.removesuffix(FP8_SCALE_SUFFIX)].shape[0] // 2
             return {"gate_proj": (0, inter), "up_proj": (inter, inter)}
 
         for hf_name, tensor in weights:
@@ -480,7 +481,11 @@ class LlamaForCausalLM(nn.Module):
                         parts = mlp_offsets(target)
                     loaded.update(f"{target}:{start}" for start, _ in (parts or {}).values())
                 else:
-                    param.narrow(0, offset[0], offset[1]).copy_(tensor)
+                    start, rows = offset
+                    if target.endswith(FP8_SCALE_SUFFIX):  # a row of scales per tile of rows
+                        tile = self.config.weight_block_size or (1, 1)
+                        start, rows = start // tile[0], -(-rows // tile[0])
+                    param.narrow(0, start, rows).copy_(tensor)
                     loaded.add(f"{target}:{offset[0]}")
         expected = set()
         stacked = set()  # routers and expert stacks: their parts are listed instead

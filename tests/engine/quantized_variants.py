@@ -10,8 +10,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
+from engine.fp8_checkpoint import dequantize
 from engine.llm import LLM, greedy
+from engine.outputs import RequestOutput
 
+FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 MXFP4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
 
 
@@ -50,6 +53,20 @@ def assert_same_outputs(quantized: Path, reference: Path) -> None:
         assert ours.prompt_logprobs == theirs.prompt_logprobs
 
 
+def assert_same_logprobs(ours: list[RequestOutput], theirs: list[RequestOutput]) -> None:
+    """The same greedy tokens, and logprobs (the sampled tokens', the top ones', the
+    prompts') equal to fp32's rounding: two backends' kernels on the same weights."""
+    for mine, other in zip(ours, theirs, strict=True):
+        assert mine.token_ids == other.token_ids
+        rows = []
+        for output in (mine, other):
+            generated, prompt = output.choices[0].logprobs, output.prompt_logprobs
+            assert generated and prompt
+            steps = generated + prompt[1:]
+            rows.append(torch.tensor([[t.logprob, *(lp for _, lp in t.top)] for t in steps]))
+        torch.testing.assert_close(rows[0], rows[1], atol=1e-4, rtol=1e-4)
+
+
 def write_mxfp4_variant(source: Path, mxfp4: Path, reference: Path) -> None:
     """`source` (a gpt-oss model) with random MXFP4 experts in `mxfp4`, as OpenAI's files
     store them (`*_blocks`/`*_scales`, [E, out, in / 32, 16]), and the weights they
@@ -80,3 +97,38 @@ def _random_mxfp4(
     )
     scales = torch.randint(121, 125, (experts, rows, cols // 32), dtype=torch.uint8, generator=gen)
     return blocks, scales
+
+
+def quantize_fp8(weight: torch.Tensor, block: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A matrix as such checkpoints store it: fp8 values and one fp32 scale per tile."""
+    rows, cols = block
+    out_dim, in_dim = weight.shape
+    tiles = torch.zeros(-(-out_dim // rows), -(-in_dim // cols))
+    for i in range(tiles.shape[0]):
+        for j in range(tiles.shape[1]):
+            tile = weight[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
+            tiles[i, j] = tile.abs().max().clamp(min=1e-12) / FP8_MAX
+    scale = tiles.repeat_interleave(rows, 0)[:out_dim].repeat_interleave(cols, 1)[:, :in_dim]
+    return (weight / scale).to(torch.float8_e4m3fn), tiles
+
+
+def write_fp8_variant(source: Path, fp8: Path, reference: Path, block: list[int]) -> None:
+    """`source` with every projection matrix in FP8 (lm_head and embeddings kept, as the
+    releases do) in `fp8`, and the weights that FP8 encodes, in fp32, in `reference`."""
+    tensors = load_file(source / "model.safetensors")
+    stored: dict[str, torch.Tensor] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.endswith("proj.weight") and tensor.dim() == 2:
+            q, scale = quantize_fp8(tensor.float(), block)
+            stored[name], stored[name + "_scale_inv"] = q, scale
+            plain[name] = dequantize(q, scale, torch.float32, (block[0], block[1]))
+        else:
+            stored[name] = plain[name] = tensor
+    quantization = {
+        "quant_method": "fp8",
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "weight_block_size": block,
+    }
+    write_variants(source, {fp8: (stored, quantization), reference: (plain, None)})

@@ -14,23 +14,9 @@ from engine.fp8_checkpoint import dequantize
 from engine.llm import LLM
 from engine.weight_quantization import WeightQuantization, weight_quantization
 
-from .quantized_variants import assert_same_outputs, write_variants
+from .quantized_variants import assert_same_outputs, quantize_fp8, write_fp8_variant
 
 BLOCK = [24, 24]  # the random models' 64- and 128-wide matrices end in partial tiles
-FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
-
-
-def quantize(weight: torch.Tensor, block: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A matrix as such checkpoints store it: fp8 values and one fp32 scale per tile."""
-    rows, cols = block
-    out_dim, in_dim = weight.shape
-    tiles = torch.zeros(-(-out_dim // rows), -(-in_dim // cols))
-    for i in range(tiles.shape[0]):
-        for j in range(tiles.shape[1]):
-            tile = weight[i * rows : (i + 1) * rows, j * cols : (j + 1) * cols]
-            tiles[i, j] = tile.abs().max().clamp(min=1e-12) / FP8_MAX
-    scale = tiles.repeat_interleave(rows, 0)[:out_dim].repeat_interleave(cols, 1)[:, :in_dim]
-    return (weight / scale).to(torch.float8_e4m3fn), tiles
 
 
 def test_block_scales_cover_tiles_cut_short_at_the_edges() -> None:
@@ -38,7 +24,7 @@ def test_block_scales_cover_tiles_cut_short_at_the_edges() -> None:
     4 + 4 + 1 (not three tiles of 3, which the scales' shape alone would suggest)."""
     torch.manual_seed(0)
     weight = torch.randn(9, 7)
-    q, scale = quantize(weight, [4, 4])
+    q, scale = quantize_fp8(weight, [4, 4])
     assert scale.shape == (3, 2)
     got = dequantize(q, scale, torch.float32, (4, 4))
     expected = torch.empty(9, 7)
@@ -71,28 +57,6 @@ def test_fp8_and_mxfp4_are_read_and_other_methods_are_refused_by_name() -> None:
         weight_quantization({"quantization_config": {"quant_method": "fp8", "fmt": "e5m2"}})
 
 
-def _fp8_variant(source: Path, fp8: Path, reference: Path) -> None:
-    """`source` with every projection matrix in FP8 (lm_head and embeddings kept, as the
-    releases do) in `fp8`, and the weights that FP8 encodes, in fp32, in `reference`."""
-    tensors = load_file(source / "model.safetensors")
-    stored: dict[str, torch.Tensor] = {}
-    plain: dict[str, torch.Tensor] = {}
-    for name, tensor in tensors.items():
-        if name.endswith("proj.weight") and tensor.dim() == 2:
-            q, scale = quantize(tensor.float(), BLOCK)
-            stored[name], stored[name + "_scale_inv"] = q, scale
-            plain[name] = dequantize(q, scale, torch.float32, (BLOCK[0], BLOCK[1]))
-        else:
-            stored[name] = plain[name] = tensor
-    quantization = {
-        "quant_method": "fp8",
-        "activation_scheme": "dynamic",
-        "fmt": "e4m3",
-        "weight_block_size": BLOCK,
-    }
-    write_variants(source, {fp8: (stored, quantization), reference: (plain, None)})
-
-
 @pytest.mark.parametrize("family", ["llama", "qwen3_moe"])
 def test_an_fp8_checkpoint_serves_the_weights_it_encodes(
     family: str, make_random_model: Callable[[str], Path], tmp_path: Path
@@ -100,7 +64,7 @@ def test_an_fp8_checkpoint_serves_the_weights_it_encodes(
     """Token for token and logprob for logprob the model its dequantized weights make
     (experts' matrices included), which HF parity covers from there."""
     fp8, reference = tmp_path / "fp8", tmp_path / "reference"
-    _fp8_variant(make_random_model(family), fp8, reference)
+    write_fp8_variant(make_random_model(family), fp8, reference, BLOCK)
     config = ModelConfig.from_folder(fp8)
     assert (config.weight_quantization, config.weight_block_size) == ("fp8", tuple(BLOCK))
     assert_same_outputs(fp8, reference)
@@ -110,7 +74,7 @@ def test_an_fp8_matrix_without_its_scale_is_an_error(
     make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     fp8, reference = tmp_path / "fp8", tmp_path / "reference"
-    _fp8_variant(make_random_model("llama"), fp8, reference)
+    write_fp8_variant(make_random_model("llama"), fp8, reference, BLOCK)
     weights = load_file(fp8 / "model.safetensors")
     del weights["model.layers.0.mlp.down_proj.weight_scale_inv"]
     save_file(weights, fp8 / "model.safetensors")

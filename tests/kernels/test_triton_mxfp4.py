@@ -21,7 +21,7 @@ from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.triton_experts import fused_experts
 from kernels.triton_mxfp4 import mxfp4_pair
 
-from ..engine.quantized_variants import write_mxfp4_variant
+from ..engine.quantized_variants import assert_same_logprobs, write_mxfp4_variant
 from .tolerances import DTYPES, assert_close
 
 
@@ -138,14 +138,4 @@ def test_an_mxfp4_checkpoint_keeps_its_experts_mxfp4_on_triton(
         ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3, 4, 5,")]
         params = greedy(5, ignore_eos=True, logprobs=2, prompt_logprobs=2)
         outputs[backend] = llm.generate(ids, params)
-    for ours, theirs in zip(outputs["triton"], outputs["torch"], strict=True):
-        assert ours.token_ids == theirs.token_ids
-        got, want = ours.choices[0].logprobs, theirs.choices[0].logprobs
-        assert got and want
-        got_prompt, want_prompt = ours.prompt_logprobs[1:], theirs.prompt_logprobs[1:]
-        torch.testing.assert_close(
-            torch.tensor([[t.logprob, *(lp for _, lp in t.top)] for t in got + got_prompt]),
-            torch.tensor([[t.logprob, *(lp for _, lp in t.top)] for t in want + want_prompt]),
-            atol=1e-4,
-            rtol=1e-4,
-        )
+    assert_same_logprobs(outputs["triton"], outputs["torch"])

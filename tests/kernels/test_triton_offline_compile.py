@@ -31,6 +31,8 @@ KERNELS = {
     "gelu_tanh_and_mul_kernel",
     "clamped_swiglu_and_mul_kernel",
     "grouped_gemm_kernel",
+    "fp8_linear_kernel",
+    "fp8_dequantize_kernel",
 }
 
 

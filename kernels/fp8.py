@@ -1,0 +1,45 @@
+"""Block-scaled FP8 weights: e4m3 values with one fp32 scale per tile of the matrix.
+
+The format of DeepSeek's and Qwen's `-FP8` releases (weight = value * scale,
+one scale per `block` = (rows, cols) tile, the last tiles cut short), and how
+the Triton backend keeps their linear layers in memory: a byte a weight
+instead of bf16's two, which halves what a decode step reads. The values are
+held as uint8 (their e4m3 bits), not torch's float8 dtype, so that casting a
+model to its dtype leaves them alone. `dequantize` is the reference the FP8
+matmul is tested against (kernels/triton_fp8_linear.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Fp8Block:
+    """The tile one scale covers: (rows, cols) of the [out, in] matrix."""
+
+    rows: int
+    cols: int
+
+    def scales_shape(self, out_features: int, in_features: int) -> tuple[int, int]:
+        return (-(-out_features // self.rows), -(-in_features // self.cols))
+
+
+def dequantize(
+    values: torch.Tensor, scales: torch.Tensor, block: Fp8Block, dtype: torch.dtype
+) -> torch.Tensor:
+    """values [out, in] (e4m3: uint8 bits or float8_e4m3fn) times their tiles' scales, in
+    fp32, rounded once to `dtype`."""
+    if values.dtype == torch.uint8:
+        values = values.view(torch.float8_e4m3fn)
+    if values.dim() != 2 or tuple(scales.shape) != block.scales_shape(*values.shape):
+        raise ValueError(
+            f"a {tuple(values.shape)} weight in {(block.rows, block.cols)} tiles has "
+            f"{block.scales_shape(*values.shape)} scales, not {tuple(scales.shape)}"
+        )
+    rows, cols = values.shape
+    scale = scales.to(torch.float32).repeat_interleave(block.rows, 0)[:rows]
+    scale = scale.repeat_interleave(block.cols, 1)[:, :cols]
+    return (values.to(torch.float32) * scale).to(dtype)

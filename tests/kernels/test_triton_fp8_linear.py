@@ -1,0 +1,147 @@
+"""The Triton FP8 linear layer against kernels/fp8.py's `dequantize` and `F.linear`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from engine.llm import LLM, greedy
+from kernels import triton_fp8_linear
+from kernels.fp8 import Fp8Block, dequantize
+from kernels.triton_fp8_linear import dequantize_fp8, e4m3_to_float, fp8_linear
+
+from ..engine.quantized_variants import assert_same_logprobs, write_fp8_variant
+from .tolerances import DTYPES, assert_close
+
+
+@triton.jit
+def _decode_kernel(code_ptr, out_ptr, BLOCK: tl.constexpr):
+    j = tl.arange(0, BLOCK)
+    tl.store(out_ptr + j, e4m3_to_float(tl.load(code_ptr + j).to(tl.int32)))
+
+
+def test_e4m3_decoding_is_torchs_for_every_code(device: torch.device) -> None:
+    """All 256 codes but the two NaNs: subnormals, both zeros, 448 at the top."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    got = torch.empty(256, device=device)
+    _decode_kernel[(1,)](codes.to(device), got, BLOCK=256)
+    expected = codes.view(torch.float8_e4m3fn).float()
+    finite = ~expected.isnan()
+    assert int(finite.sum()) == 254
+    assert torch.equal(got.cpu()[finite], expected[finite])
+    assert torch.equal(got.cpu()[finite].signbit(), expected[finite].signbit())
+
+
+def _random_fp8(
+    out_features: int, in_features: int, block: Fp8Block, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 values of ordinary magnitudes (|v| up to ~30) and scales of ~1/(10 sqrt(in))."""
+    values = (torch.randn(out_features, in_features, generator=gen) * 8).to(torch.float8_e4m3fn)
+    scales = torch.rand(*block.scales_shape(out_features, in_features), generator=gen)
+    return values.view(torch.uint8), (0.5 + scales) / (10 * in_features**0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "rows,out_features,in_features,block",
+    # One decode row; a few rows over tiles cut short at both edges; a prefill chunk
+    # through the GEMM's widest row blocks; 128 x 128 tiles, as the releases use.
+    [
+        (1, 96, 80, (32, 32)),
+        (5, 70, 100, (16, 24)),
+        (40, 64, 96, (64, 32)),
+        (3, 128, 256, (128, 128)),
+    ],
+)
+def test_fp8_linear_matches_the_dequantized_matrix(
+    device: torch.device,
+    dtype: torch.dtype,
+    rows: int,
+    out_features: int,
+    in_features: int,
+    block: tuple[int, int],
+) -> None:
+    gen = torch.Generator().manual_seed(rows + out_features)
+    tiles = Fp8Block(*block)
+    values, scales = _random_fp8(out_features, in_features, tiles, gen)
+    x = torch.randn(rows, in_features, generator=gen).to(device, dtype)
+    bias = torch.randn(out_features, generator=gen).to(device, dtype)
+    values, scales = values.to(device), scales.to(device)
+    plain = dequantize(values, scales, tiles, dtype)
+    copy = dequantize_fp8(values, scales, tiles, dtype)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        assert_close(copy, plain)  # the interpreter truncates fp32 -> bf16; a GPU rounds
+    else:
+        assert torch.equal(copy, plain)
+    for with_bias in (None, bias):
+        got = fp8_linear(x, values, scales, tiles, with_bias)
+        assert got.dtype == dtype and got.shape == (rows, out_features)
+        assert_close(got, F.linear(x, plain, with_bias))
+
+
+def test_long_inputs_take_the_dequantized_copy(
+    device: torch.device, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past FP8_GEMM_MAX_ROWS the matrix is dequantized once and multiplied by torch; the
+    batch's leading dimensions are kept either way."""
+    monkeypatch.setattr(triton_fp8_linear, "FP8_GEMM_MAX_ROWS", 4)
+    gen = torch.Generator().manual_seed(1)
+    tiles = Fp8Block(16, 16)
+    values, scales = (t.to(device) for t in _random_fp8(48, 32, tiles, gen))
+    plain = dequantize(values, scales, tiles, torch.float32)
+    for shape in ((2, 3, 32), (1, 2, 32)):  # 6 rows: the copy; 2: the GEMM
+        x = torch.randn(*shape, generator=gen).to(device)
+        got = fp8_linear(x, values, scales, tiles)
+        assert got.shape == (*shape[:-1], 48)
+        assert_close(got, F.linear(x, plain))
+    assert fp8_linear(x[:0], values, scales, tiles).shape == (0, 2, 48)
+
+
+@pytest.mark.slow  # ~10 s each in Triton's interpreter
+@pytest.mark.parametrize("block", [[16, 16], [24, 24]])
+def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
+    block: list[int], make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """On the Triton backend a block-scaled FP8 checkpoint's projections stay FP8 (bytes
+    and tile scales) and give the torch backend's greedy tokens on the dequantized
+    weights, and their logprobs and the prompts' to fp32's rounding. In 16-row tiles
+    every projection stays FP8; in 24-row tiles q/k/v (64, 32, 32 rows) and gate/up (128
+    each) have tiles across two parts, so those two are dequantized as they load."""
+    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    write_fp8_variant(make_random_model("llama"), fp8, reference, block)
+    outputs = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(
+            str(fp8),
+            attention_backend=backend,
+            dtype="float32",
+            block_size=8,
+            num_kv_blocks=32,
+            max_model_len=128,
+            max_num_batched_tokens=24,
+        )
+        layer = llm.engine.runner.model.layers[0]
+        kept = {
+            name
+            for name, linear in (
+                ("qkv", layer.self_attn.qkv_proj),
+                ("o", layer.self_attn.o_proj),
+                ("gate_up", layer.mlp.gate_up_proj),
+                ("down", layer.mlp.down_proj),
+            )
+            if linear.weight.dtype == torch.uint8
+        }
+        if backend == "torch":
+            assert not kept
+        else:
+            assert kept == ({"qkv", "o", "gate_up", "down"} if block[0] == 16 else {"o", "down"})
+        ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3, 4, 5,")]
+        params = greedy(5, ignore_eos=True, logprobs=2, prompt_logprobs=2)
+        outputs[backend] = llm.generate(ids, params)
+    assert_same_logprobs(outputs["triton"], outputs["torch"])
