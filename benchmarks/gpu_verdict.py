@@ -13,7 +13,7 @@ read off by hand:
   (engine-fp32.jsonl's summary);
 
 and, as figures without a target, the decode table, CUDA graphs against
-eager decoding, and the expert GEMMs (bf16 and MXFP4). Each target is met,
+eager decoding, the expert GEMMs (bf16 and MXFP4) and the FP8 linear layer. Each target is met,
 missed, or not measured (its stage failed, was skipped, or ran on CPU).
 
     python -m benchmarks.gpu_verdict OUTDIR [--device cpu]   # also OUTDIR/verdict.md
@@ -207,6 +207,23 @@ def verdict(out: Path, on_gpu: bool = True) -> tuple[list[Target], str]:
                 f"| {r['torch_ms']} ({r['torch_weight_gbs']}) | {mxfp4} "
                 f"| {r.get('mxfp4_speedup_vs_bf16', '-')} |"
             )
+    fp8 = read_lines(out / "fp8-linear.jsonl")
+    if fp8:
+        report += [
+            "",
+            "FP8 linear (us; weight GB/s):",
+            "",
+            "| out x in | rows | Triton FP8 GEMM | dequantize + cuBLAS | bf16 cuBLAS "
+            "| GEMM vs bf16 |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        report += [
+            f"| {r['out_features']}x{r['in_features']} | {r['rows']} "
+            f"| {r['fp8_gemm_us']} ({r['fp8_gemm_weight_gbs']}) "
+            f"| {r['fp8_dequant_us']} ({r['fp8_dequant_weight_gbs']}) "
+            f"| {r['bf16_us']} ({r['bf16_weight_gbs']}) | {r['gemm_vs_bf16']}x |"
+            for r in fp8
+        ]
     return targets, "\n".join(report) + "\n"
 
 

@@ -212,6 +212,7 @@ BENCHMARKS = {
     "serve": "benchmarks.serve",
     "kernels": "benchmarks.kernels",
     "experts": "benchmarks.experts",
+    "fp8-linear": "benchmarks.fp8_linear",
     "batch": "benchmarks.batch_interference",
     "structured": "benchmarks.structured_output",
     "speculative": "benchmarks.speculative",

@@ -20,6 +20,8 @@
 #   8. lora          adapters on the stage-4 model
 #   9. experts       MoE grouped GEMMs vs the torch loop, Qwen3-30B-A3B's layer shape
 #  10. experts-mxfp4 gpt-oss-20b's layer: the GEMMs on MXFP4 weights vs on bf16, vs torch
+#  11. fp8-linear    FP8 projections (Llama-3-8B's): the Triton GEMM vs dequantize + cuBLAS
+#                    vs bf16 cuBLAS, 1 to 1024 rows (where FP8_GEMM_MAX_ROWS belongs)
 # Stages run in order of importance, so a lease cut short loses the least. Then
 # benchmarks/gpu_verdict.py prints each target of the kernels issue, met or missed.
 # Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
@@ -80,6 +82,7 @@ if ((smoke)); then
     eager_args=(--prompt-len 4 --output-len 2 --concurrency 1 --hf-batches 1)
     lora_args=(--prompt-len 8 --output-len 4 --concurrency 1,2)
     expert_tokens=(--tokens 1)
+    fp8_rows=(--rows 1)
 else
     device=cuda
     test_args=(-q -n 8)
@@ -91,6 +94,7 @@ else
     eager_args=(--concurrency 1,64,256 --hf-batches 256 --max-num-seqs 256)
     lora_args=(--output-len 64 --concurrency 1,32,128)
     expert_tokens=(--tokens 1,16,256,2048)
+    fp8_rows=(--rows 1,16,64,256,1024)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; $PY -c 'import sys, torch, triton, transformers;
@@ -137,6 +141,7 @@ stage lora 90 "$PY" -m benchmarks.lora --model "$models/big" --device "$device" 
 stage experts 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --json-out "$out/experts.jsonl"
 stage experts-mxfp4 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --experts 32 --top-k 4 \
     --hidden 2880 --inter 2880 --mxfp4 --json-out "$out/experts.jsonl"
+stage fp8-linear 60 "$PY" -m benchmarks.fp8_linear "${fp8_rows[@]}" --json-out "$out/fp8-linear.jsonl"
 
 # The issue's targets, met or missed, from the files above (also OUTDIR/verdict.md).
 "$PY" -m benchmarks.gpu_verdict "$out" --device "$device"

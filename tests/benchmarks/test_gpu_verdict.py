@@ -73,6 +73,12 @@ def _gpu_run(out: Path, decode_gbs: float = 3400.0, vs_hf: float = 7.5) -> None:
         out / "engine-fp32.jsonl",
         _engine("cuda", {1: 80.0}, greedy_tokens_matching_hf=64, greedy_tokens_compared=64),
     )
+    fp8 = {"out_features": 6144, "in_features": 4096, "rows": 1, "fp8_gemm_us": 12.0}
+    fp8 |= {"fp8_gemm_weight_gbs": 2100.0, "fp8_dequant_us": 40.0, "fp8_dequant_weight_gbs": 3000.0}
+    _write(
+        out / "fp8-linear.jsonl",
+        [fp8 | {"bf16_us": 20.0, "bf16_weight_gbs": 2500.0, "gemm_vs_bf16": 1.67}],
+    )
     expert = {"experts": 32, "hidden": 2880, "inter": 2880, "top_k": 4, "tokens": 1}
     _write(
         out / "experts.jsonl",
@@ -97,6 +103,7 @@ def test_a_run_that_meets_every_target(tmp_path: Path, capsys: pytest.CaptureFix
     assert "7.5x at 256 concurrent vs HF batch 256" in report
     assert "64 of 64 tokens on cuda" in report
     assert "| 256 | 9000.0 | 6000.0 | 1.50x |" in report  # graphs vs eager
+    assert "| 6144x4096 | 1 | 12.0 (2100.0) | 40.0 (3000.0) | 20.0 (2500.0) | 1.67x |" in report
     assert "| 32x2880x2880 top-4 | 1 | 0.2 (2000.0) | 1.0 (400.0) | 0.08 (1300.0) | 2.5 |" in report
 
 

@@ -53,6 +53,7 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
         "lora": "rc=0",
         "experts": "rc=2",
         "experts-mxfp4": "rc=2",
+        "fp8-linear": "rc=2",
     }, log[-3000:]
     assert 'failures="0"' in (tmp_path / "kernel-tests.xml").read_text()
     summaries = {}
@@ -96,5 +97,6 @@ def test_stages_past_the_budget_are_skipped_not_started(
         "lora",
         "experts",
         "experts-mxfp4",
+        "fp8-linear",
     ]
     assert all(" skipped: " in line for line in lines)

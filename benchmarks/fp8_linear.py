@@ -1,0 +1,162 @@
+"""FP8 linear benchmark: the Triton FP8 GEMM against bf16 cuBLAS on the same weights.
+
+An FP8 checkpoint's projection (128 x 128 tiles, as released), timed at each
+row count from a decode step's few to a prefill chunk's thousand, three ways:
+
+- fp8_gemm: `kernels.triton_fp8_linear`'s GEMM, decoding e4m3 tiles as it
+  reads them (forced at every row count);
+- fp8_dequant: the matrix dequantized into a scratch copy, then cuBLAS (what
+  `fp8_linear` does past FP8_GEMM_MAX_ROWS);
+- bf16: cuBLAS on the dequantized matrix kept in bf16 (the torch path's
+  memory: what FP8 saves half of).
+
+Reported per row: microseconds, weight GB/s (the bytes each reads of the
+weights: what bounds a decode step) and TFLOP/s; where fp8_gemm stops beating
+fp8_dequant is where FP8_GEMM_MAX_ROWS belongs. GPU only: on CPU it refuses
+rather than print numbers that mean nothing.
+
+    python -m benchmarks.fp8_linear --rows 1,16,64,256,1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.args import int_list
+from benchmarks.kernels import known_peak_gbs, median_ms
+from benchmarks.report import JsonLines, rounded
+from kernels.fp8 import Fp8Block
+
+# Llama-3-8B's fused q/k/v, fused gate/up and down projections: (out, in).
+DEFAULT_SHAPES = ((6144, 4096), (28672, 4096), (4096, 14336))
+TILES = Fp8Block(128, 128)
+
+
+def _shape_list(text: str) -> list[tuple[int, int]]:
+    shapes = []
+    for item in text.split(","):
+        out_features, _, in_features = item.partition("x")
+        shapes.append((int(out_features), int(in_features)))
+    return shapes
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="conveyor bench fp8-linear",
+        description="FP8 linear layers: the Triton GEMM vs dequantize + cuBLAS vs bf16 (GPU only).",
+    )
+    p.add_argument("--rows", type=int_list, default=[1, 16, 64, 256, 1024], help="comma-separated")
+    p.add_argument(
+        "--shapes",
+        type=_shape_list,
+        default=list(DEFAULT_SHAPES),
+        help="comma-separated OUTxIN (default: Llama-3-8B's q/k/v, gate/up and down)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
+    return p.parse_args(argv)
+
+
+def bench_row(
+    rows: int, shape: tuple[int, int], device: torch.device, peak_gbs: float | None
+) -> dict[str, Any]:
+    """One JSON row: the three ways on one random matrix and input."""
+    from kernels import triton_fp8_linear
+    from kernels.fp8 import dequantize
+    from kernels.triton_fp8_linear import dequantize_fp8, fp8_linear
+
+    out_features, in_features = shape
+    gen = torch.Generator(device=device).manual_seed(rows + out_features)
+    values = torch.randn(out_features, in_features, generator=gen, device=device) * 8
+    values = values.to(torch.float8_e4m3fn).view(torch.uint8)
+    scales = torch.rand(*TILES.scales_shape(*shape), generator=gen, device=device) / 400
+    x = torch.randn(rows, in_features, generator=gen, device=device, dtype=torch.bfloat16)
+    plain = dequantize(values, scales, TILES, torch.bfloat16)
+
+    def gemm() -> None:
+        with _gemm_up_to(rows):
+            fp8_linear(x, values, scales, TILES)
+
+    timings = {
+        "fp8_gemm": median_ms(gemm, False),
+        "fp8_dequant": median_ms(
+            lambda: F.linear(x, dequantize_fp8(values, scales, TILES, torch.bfloat16)), False
+        ),
+        "bf16": median_ms(lambda: F.linear(x, plain), False),
+    }
+    with _gemm_up_to(rows):
+        error = (fp8_linear(x, values, scales, TILES).float() - F.linear(x, plain).float()).abs()
+    weights = out_features * in_features
+    # What each reads of the weights: e4m3 bytes and scales; the bf16 copy is written
+    # and read back; bf16's two bytes a weight.
+    fp8_bytes = weights + scales.numel() * 4
+    weight_bytes = {
+        "fp8_gemm": fp8_bytes,
+        "fp8_dequant": fp8_bytes + 4 * weights,
+        "bf16": 2 * weights,
+    }
+    row: dict[str, Any] = {
+        "bench": "fp8_linear",
+        "rows": rows,
+        "out_features": out_features,
+        "in_features": in_features,
+        "max_abs_err_vs_bf16": float(f"{float(error.max()):.3g}"),
+        "engine_gemm_max_rows": triton_fp8_linear.FP8_GEMM_MAX_ROWS,
+    }
+    flops = 2 * rows * weights
+    for name, ms in timings.items():
+        gbs = weight_bytes[name] / ms / 1e6
+        row[f"{name}_us"] = rounded(ms * 1e3, 2)
+        row[f"{name}_weight_gbs"] = rounded(gbs, 1)
+        row[f"{name}_peak_frac"] = rounded(gbs / peak_gbs) if peak_gbs else None
+        row[f"{name}_tflops"] = rounded(flops / ms / 1e9, 2)
+    row["gemm_vs_bf16"] = rounded(timings["bf16"] / timings["fp8_gemm"])
+    row["gemm_vs_dequant"] = rounded(timings["fp8_dequant"] / timings["fp8_gemm"])
+    return row
+
+
+@contextmanager
+def _gemm_up_to(rows: int) -> Iterator[None]:
+    """`fp8_linear` takes its GEMM path up to `rows` rows while inside."""
+    from kernels import triton_fp8_linear
+
+    limit = triton_fp8_linear.FP8_GEMM_MAX_ROWS
+    triton_fp8_linear.FP8_GEMM_MAX_ROWS = max(rows, limit)
+    try:
+        yield
+    finally:
+        triton_fp8_linear.FP8_GEMM_MAX_ROWS = limit
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    if not torch.cuda.is_available():
+        print(
+            "benchmarks.fp8_linear times GPU kernels and needs a CUDA GPU; none is visible "
+            "here, so nothing was measured",
+            file=sys.stderr,
+        )
+        return 2
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    emit = JsonLines(args.json_out)
+    with torch.inference_mode():
+        for shape in args.shapes:
+            for rows in args.rows:
+                row = bench_row(rows, shape, device, known_peak_gbs(name))
+                row["device"] = name
+                emit(row)
+            torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
