@@ -237,6 +237,8 @@ class ModelConfig:
     # scale per matrix).
     weight_quantization: str | None = None
     weight_block_size: tuple[int, int] | None = None
+    # What an FP8 weight's scale is named after it (engine/weight_quantization.py).
+    weight_scale_suffix: str = "_scale_inv"
 
     @property
     def writes_harmony(self) -> bool:
@@ -334,6 +336,7 @@ class ModelConfig:
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
             weight_quantization=quantization.method if quantization else None,
             weight_block_size=quantization.block_size if quantization else None,
+            weight_scale_suffix=quantization.scale_suffix if quantization else "_scale_inv",
             **_experts(hf, family, int(hf["num_hidden_layers"])),
         )
 

@@ -1,14 +1,18 @@
-"""Checkpoints whose weights are stored in FP8 (`quantization_config.quant_method: "fp8"`).
+"""Checkpoints whose weights are stored in FP8 (e4m3), with their scales beside them.
 
-The format DeepSeek-V3 and Qwen3's `-FP8` releases use, as transformers'
-FineGrainedFP8 reads it: each quantized matrix is float8_e4m3fn beside a
-`weight_scale_inv` (one fp32 scale per `weight_block_size` tile, or one for
-the whole matrix), such that weight = fp8 value * scale. The engine
-dequantizes each matrix once as it loads, into the model's dtype, and the
-model serves those releases with the numbers they were published with, at
-bf16's memory; except where the backend multiplies FP8 itself (Triton), whose
-projections keep the checkpoint's bytes and scales (engine/fp8_linears.py).
-Which method a checkpoint uses is read in engine/weight_quantization.py.
+The format DeepSeek-V3 and Qwen3's `-FP8` releases use (`quant_method:
+"fp8"`, as transformers' FineGrainedFP8 reads it): each quantized matrix is
+float8_e4m3fn beside a `weight_scale_inv` (one fp32 scale per
+`weight_block_size` tile, or one for the whole matrix), such that weight =
+fp8 value * scale; and compressed-tensors' FP8 (llm-compressor's releases),
+the same with the scale named `weight_scale` and one per output channel
+([out, 1]), per tile or per matrix. The engine dequantizes each matrix once
+as it loads, into the model's dtype, and the model serves those releases with
+the numbers they were published with, at bf16's memory; except where the
+backend multiplies FP8 itself (Triton), whose projections keep the
+checkpoint's bytes and scales (engine/fp8_linears.py), the scales then handed
+on under `weight_scale_inv` whatever the checkpoint called them. Which format
+a checkpoint uses is read in engine/weight_quantization.py.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ import torch
 
 from kernels import fp8
 
+# The name a kept weight's scales go by in the model, whichever format they came in.
 SCALE_SUFFIX = "_scale_inv"
-# Static activation scales (activation_scheme "static"): the engine computes in the
-# model's dtype, so they have nothing to scale.
-IGNORED_SUFFIXES = (".input_scale", ".activation_scale")
+# Static activation scales (activation_scheme "static") and FP8 KV-cache scales: the
+# engine computes, and caches keys and values, in the model's dtype.
+IGNORED_SUFFIXES = (".input_scale", ".activation_scale", ".k_scale", ".v_scale")
 
 
-def is_scale(name: str) -> bool:
-    return name.endswith(SCALE_SUFFIX)
+def is_scale(name: str, suffix: str = SCALE_SUFFIX) -> bool:
+    """A weight's scale in a checkpoint whose scales are named `<weight><suffix>`."""
+    return name.endswith(suffix) and not name.endswith(IGNORED_SUFFIXES)
 
 
 def dequantize(
@@ -36,13 +42,17 @@ def dequantize(
     block: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """fp8 [out, in] times its scales (one per `block` tile, the last tiles cut short, as
-    transformers reads them; or one scalar), in fp32, rounded once to `dtype`."""
+    transformers reads them; one per output channel, [out, 1]; or one scalar), in fp32,
+    rounded once to `dtype`."""
+    values = weight.to(torch.float32)
     if scale.numel() == 1:
-        return (weight.to(torch.float32) * scale.to(torch.float32)).to(dtype)
+        return (values * scale.to(torch.float32).reshape(())).to(dtype)
+    if block is None and weight.dim() == 2 and tuple(scale.shape) == (weight.shape[0], 1):
+        return (values * scale.to(torch.float32)).to(dtype)
     if block is None or scale.dim() != 2 or weight.dim() != 2:
         raise ValueError(
             f"scales {tuple(scale.shape)} for a {tuple(weight.shape)} weight need a 2-d "
-            "weight and weight_block_size"
+            "weight and weight_block_size (or one scale per output channel)"
         )
     return fp8.dequantize(weight, scale, fp8.Fp8Block(*block), dtype)
 
@@ -53,18 +63,19 @@ def dequantized_weights(
     dtype: torch.dtype,
     block: tuple[int, int] | None,
     keep: frozenset[str] = frozenset(),
+    suffix: str = SCALE_SUFFIX,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors with each FP8 matrix dequantized by its scale (`scales`:
-    every `*_scale_inv` of the checkpoint, by name) and the scales themselves left out;
-    but the matrices named in `keep` (engine/fp8_linears.py) go through as their e4m3
-    bits (uint8), each followed by its scales."""
+    every `<weight><suffix>` of the checkpoint, by name) and the scales themselves left
+    out; but the matrices named in `keep` (engine/fp8_linears.py) go through as their
+    e4m3 bits (uint8), each followed by its scales as `<weight>_scale_inv`."""
     for name, tensor in tensors:
-        if is_scale(name) or name.endswith(IGNORED_SUFFIXES):
+        if is_scale(name, suffix) or name.endswith(IGNORED_SUFFIXES):
             continue
         if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-            scale = scales.get(name + SCALE_SUFFIX)
+            scale = scales.get(name + suffix)
             if scale is None:
-                raise ValueError(f"FP8 weight {name!r} has no {name + SCALE_SUFFIX!r}")
+                raise ValueError(f"FP8 weight {name!r} has no {name + suffix!r}")
             if name in keep:
                 yield name, tensor.view(torch.uint8)
                 yield name + SCALE_SUFFIX, scale.to(torch.float32)

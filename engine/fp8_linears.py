@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from safetensors import safe_open
 from torch import nn
 
@@ -25,6 +26,9 @@ from kernels.fp8 import Fp8Block
 from kernels.fused_ops import Fp8Linear
 
 FP8_DTYPE = "F8_E4M3"
+# Linear layers the model multiplies outside their forward: the LM head's weight is read
+# by compute_logits (tied or not), so it is dequantized as it loads.
+NOT_CALLED = frozenset({"lm_head"})
 # A fused projection's checkpoint parts, in the order the fusion stacks their rows.
 FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
@@ -41,11 +45,16 @@ def fp8_tensor_names(files: Iterable[Path]) -> set[str]:
 
 
 def keep_fp8_linears(
-    model: nn.Module, fp8_names: set[str], block: Fp8Block, fp8_linear: Fp8Linear
+    model: nn.Module,
+    fp8_names: set[str],
+    block_size: tuple[int, int] | None,
+    fp8_linear: Fp8Linear,
 ) -> frozenset[str]:
     """Turn the model's linear layers whose checkpoint weights are all FP8 (and whose fused
     parts start on tile boundaries) into FP8 ones; returns those weights' checkpoint
-    names, which the loader then passes through undequantized with their scales."""
+    names, which the loader then passes through undequantized with their scales.
+    `block_size`: the checkpoint's tiles; None (a scale per matrix or per output
+    channel): a scale per row, each part's own spread over its rows."""
     ours: dict[str, str] = {}
     for hf_name in fp8_names:
         name = model.checkpoint_name(hf_name)  # type: ignore[operator]
@@ -53,8 +62,9 @@ def keep_fp8_linears(
             ours[name] = hf_name
     kept: set[str] = set()
     for qualified, module in model.named_modules():
-        if not isinstance(module, Linear):
+        if not isinstance(module, Linear) or qualified in NOT_CALLED:
             continue
+        block = Fp8Block(*block_size) if block_size else Fp8Block(1, module.in_features)
         if f"{qualified}.weight" in ours:  # stored as the model holds it
             module.keep_fp8(block, fp8_linear)
             kept.add(ours[f"{qualified}.weight"])
@@ -81,3 +91,15 @@ def _part_starts(model: nn.Module, prefix: str, fused: str, linear: Linear) -> l
         return [0, q, q + kv, q + 2 * kv]
     half = linear.out_features // 2
     return [0, half, 2 * half]
+
+
+def fp8_scratch_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+    """The largest dequantized copy an FP8 projection makes for inputs past the FP8
+    GEMM's rows (kernels/triton_fp8_linear.py): memory to keep free of the KV cache."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    sizes = [
+        module.out_features * module.in_features * itemsize
+        for module in model.modules()
+        if isinstance(module, Linear) and module.fp8_block is not None
+    ]
+    return max(sizes, default=0)

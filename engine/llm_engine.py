@@ -16,6 +16,7 @@ from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
 from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
+from engine.fp8_linears import fp8_scratch_bytes
 from engine.grammar_compiler import GrammarCompiler
 from engine.loader import ResolvedModel, resolve_model
 from engine.lora_manager import LoRAManager
@@ -131,7 +132,7 @@ class LLMEngine:
             lm_head=self.runner_kind == "generate",
         )
         self.loras = self._lora_manager(model)
-        self.num_kv_blocks = self._num_kv_blocks()
+        self.num_kv_blocks = self._num_kv_blocks(fp8_scratch_bytes(model, self.dtype))
         capacity = self.num_kv_blocks * config.block_size
         if capacity < self.max_model_len:
             raise ValueError(
@@ -312,7 +313,9 @@ class LLMEngine:
             raise ValueError(f"max_model_len {wanted} exceeds the model's context ({limit})")
         return wanted
 
-    def _num_kv_blocks(self) -> int:
+    def _num_kv_blocks(self, fp8_scratch: int = 0) -> int:
+        """`fp8_scratch`: the dequantized copy of the largest FP8 projection a long
+        prefill chunk makes (kernels/triton_fp8_linear.py), kept out of the cache."""
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         mc = self.model_config
@@ -325,7 +328,7 @@ class LLMEngine:
                 self.config.max_num_batched_tokens
                 * (mc.hidden_size * 8 + mc.intermediate_size * 4)
                 * itemsize
-            )
+            ) + fp8_scratch
             if self.runner_kind == "generate":  # an embedding engine computes no logits
                 # Logits and sampler work per sampled row: with drafts, 1 + k rows each.
                 activations += (

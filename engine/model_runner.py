@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -30,7 +31,6 @@ from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprob
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence as EngineSequence
 from kernels.attention import AttentionBackend, AttentionInputs
-from kernels.fp8 import Fp8Block
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
 logger = logging.getLogger(__name__)
@@ -65,9 +65,9 @@ def load_model(
     files = checkpoint_files(folder)
     kept_fp8: frozenset[str] = frozenset()
     block = config.weight_block_size
-    if config.weight_quantization == "fp8" and block is not None and ops.fp8_linear is not None:
+    if config.weight_quantization == "fp8" and ops.fp8_linear is not None:
         fp8_names = fp8_linears.fp8_tensor_names(files)
-        kept_fp8 = fp8_linears.keep_fp8_linears(model, fp8_names, Fp8Block(*block), ops.fp8_linear)
+        kept_fp8 = fp8_linears.keep_fp8_linears(model, fp8_names, block, ops.fp8_linear)
         logger.info("FP8 kept for %d of %d FP8 matrices", len(kept_fp8), len(fp8_names))
     # Materialise without random init (the checkpoint overwrites every weight).
     model = model.to_empty(device=device)
@@ -83,8 +83,11 @@ def load_model(
     weights = tensors()
     # The scales first (small; a shard may hold a matrix whose scale is in another).
     if config.weight_quantization == "fp8":
-        scales = dict(tensors(fp8_checkpoint.is_scale))
-        weights = fp8_checkpoint.dequantized_weights(weights, scales, dtype, block, kept_fp8)
+        suffix = config.weight_scale_suffix
+        scales = dict(tensors(partial(fp8_checkpoint.is_scale, suffix=suffix)))
+        weights = fp8_checkpoint.dequantized_weights(
+            weights, scales, dtype, block, kept_fp8, suffix
+        )
     elif config.weight_quantization == "mxfp4" and not mxfp4_checkpoint.keeps_mxfp4(config, ops):
         scales = dict(tensors(mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)

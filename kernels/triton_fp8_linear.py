@@ -7,9 +7,11 @@ the activations' dtype as the reference rounds the dequantized matrix; the
 product accumulates in fp32. That reads a byte a weight where bf16 reads two.
 Past it (long prefill chunks: bound by compute), the matrix is dequantized
 into a scratch copy once and multiplied by cuBLAS, whose GEMM is faster than
-an untuned Triton one; the copy costs a few percent of such a step. The row
-limit is a guess until measured on a GPU. Reference: kernels/fp8.py's
-`dequantize`, then `F.linear`.
+an untuned Triton one; by arithmetic the copy costs ~15% of a 2048-row
+product on an H200, more just past the limit (the engine keeps the largest
+copy's bytes out of the KV cache). The limit, and whether small batches need
+a split over K to fill the GPU, wait on `benchmarks/fp8_linear.py` on a GPU.
+Reference: kernels/fp8.py's `dequantize`, then `F.linear`.
 """
 
 from __future__ import annotations
@@ -76,7 +78,10 @@ def fp8_linear_kernel(
         a = tl.load(x_base + kk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         w_mask = k_mask[:, None] & col_mask[None, :]
         code = tl.load(w_base + kk[:, None], mask=w_mask, other=0).to(tl.int32)
-        scale = tl.load(s_base + (kk // SCALE_COLS)[:, None], mask=w_mask, other=0.0)
+        if SCALE_COLS % BLOCK_K == 0:  # the tile is within one column of scales
+            scale = tl.load(s_base + k0 // SCALE_COLS, mask=col_mask[None, :], other=0.0)
+        else:
+            scale = tl.load(s_base + (kk // SCALE_COLS)[:, None], mask=w_mask, other=0.0)
         b = e4m3_to_float(code) * scale
         if UPCAST:
             a = a.to(tl.float32)
@@ -126,6 +131,7 @@ def dequantize_fp8(
 ) -> torch.Tensor:
     """The whole matrix in `dtype` (kernels/fp8.py's `dequantize`, on the device)."""
     n_size, k_size = values.shape
+    assert values.dtype == torch.uint8, "e4m3 bits as uint8 (a float8 tensor would convert)"
     assert values.stride(-1) == 1 and scales.stride(-1) == 1
     out = torch.empty(n_size, k_size, dtype=dtype, device=values.device)
     grid = (triton.cdiv(n_size, 64), triton.cdiv(k_size, 64))
@@ -156,6 +162,7 @@ def fp8_linear(
     """x [..., in] @ (values [out, in] uint8 e4m3 * scales per `block` tile).T + bias ->
     [..., out] in x's dtype."""
     n_size, k_size = values.shape
+    assert values.dtype == torch.uint8, "e4m3 bits as uint8 (a float8 tensor would convert)"
     flat = x.reshape(-1, k_size)
     m_size = flat.shape[0]
     if m_size > FP8_GEMM_MAX_ROWS:

@@ -112,14 +112,18 @@ def quantize_fp8(weight: torch.Tensor, block: list[int]) -> tuple[torch.Tensor, 
     return (weight / scale).to(torch.float8_e4m3fn), tiles
 
 
-def write_fp8_variant(source: Path, fp8: Path, reference: Path, block: list[int]) -> None:
-    """`source` with every projection matrix in FP8 (lm_head and embeddings kept, as the
-    releases do) in `fp8`, and the weights that FP8 encodes, in fp32, in `reference`."""
+def write_fp8_variant(
+    source: Path, fp8: Path, reference: Path, block: list[int], lm_head: bool = False
+) -> None:
+    """`source` with every projection matrix in FP8 (lm_head, unless asked, and the
+    embeddings kept, as the releases do) in `fp8`, and the weights that FP8 encodes, in
+    fp32, in `reference`."""
     tensors = load_file(source / "model.safetensors")
     stored: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
+    quantized = ("proj.weight", "lm_head.weight") if lm_head else ("proj.weight",)
     for name, tensor in tensors.items():
-        if name.endswith("proj.weight") and tensor.dim() == 2:
+        if name.endswith(quantized) and tensor.dim() == 2:
             q, scale = quantize_fp8(tensor.float(), block)
             stored[name], stored[name + "_scale_inv"] = q, scale
             plain[name] = dequantize(q, scale, torch.float32, (block[0], block[1]))
@@ -132,3 +136,56 @@ def write_fp8_variant(source: Path, fp8: Path, reference: Path, block: list[int]
         "weight_block_size": block,
     }
     write_variants(source, {fp8: (stored, quantization), reference: (plain, None)})
+
+
+def compressed_tensors_fp8_config(strategy: str, dynamic: bool) -> dict[str, object]:
+    """llm-compressor's quantization_config for FP8 weights (`strategy`: "channel" or
+    "tensor"), its activations dynamic or with static scales, lm_head left out."""
+    fp8 = {"num_bits": 8, "type": "float", "symmetric": True, "group_size": None}
+    activations = {**fp8, "dynamic": dynamic, "strategy": "token" if dynamic else "tensor"}
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "float-quantized",
+        "quantization_status": "compressed",
+        "ignore": ["lm_head"],
+        "kv_cache_scheme": None,
+        "config_groups": {
+            "group_0": {
+                "targets": ["Linear"],
+                "weights": {**fp8, "dynamic": False, "strategy": strategy},
+                "input_activations": activations,
+                "output_activations": None,
+            }
+        },
+    }
+
+
+def write_compressed_tensors_variant(
+    source: Path, fp8: Path, reference: Path, strategy: str
+) -> None:
+    """`source`'s projections as llm-compressor writes FP8 (static activations): e4m3
+    weights with a bf16 `weight_scale` per output channel ([out, 1]) or per matrix,
+    an `input_scale` each, and KV-cache scales beside the attention; the weights they
+    encode, in fp32, in `reference`."""
+    tensors = load_file(source / "model.safetensors")
+    stored: dict[str, torch.Tensor] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        stored[name] = plain[name] = tensor
+        if name.endswith("proj.weight") and tensor.dim() == 2 and ".experts." not in name:
+            weight = tensor.float()
+            peak = weight.abs().amax(dim=1, keepdim=True)
+            if strategy == "tensor":
+                peak = peak.max().reshape(1)
+            scale = (peak.clamp(min=1e-12) / FP8_MAX).to(torch.bfloat16)
+            q = (weight / scale.float().reshape(-1, 1)).clamp(-FP8_MAX, FP8_MAX)
+            stored[name] = q.to(torch.float8_e4m3fn)
+            stored[name.removesuffix("weight") + "weight_scale"] = scale
+            stored[name.removesuffix("weight") + "input_scale"] = torch.ones(1)
+            plain[name] = stored[name].float() * scale.float().reshape(-1, 1)
+        if name.endswith("self_attn.o_proj.weight"):
+            attention = name.removesuffix("o_proj.weight")
+            stored[attention + "k_scale"] = torch.ones(())
+            stored[attention + "v_scale"] = torch.ones(())
+    config = compressed_tensors_fp8_config(strategy, dynamic=False)
+    write_variants(source, {fp8: (stored, config), reference: (plain, None)})

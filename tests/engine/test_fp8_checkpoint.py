@@ -14,7 +14,13 @@ from engine.fp8_checkpoint import dequantize
 from engine.llm import LLM
 from engine.weight_quantization import WeightQuantization, weight_quantization
 
-from .quantized_variants import assert_same_outputs, quantize_fp8, write_fp8_variant
+from .quantized_variants import (
+    assert_same_outputs,
+    compressed_tensors_fp8_config,
+    quantize_fp8,
+    write_compressed_tensors_variant,
+    write_fp8_variant,
+)
 
 BLOCK = [24, 24]  # the random models' 64- and 128-wide matrices end in partial tiles
 
@@ -50,7 +56,7 @@ def test_fp8_and_mxfp4_are_read_and_other_methods_are_refused_by_name() -> None:
     assert weight_quantization({"quantization_config": plain}) == WeightQuantization("fp8", None)
     blocked = {"quantization_config": {**plain, "weight_block_size": [128, 128]}}
     assert weight_quantization(blocked) == WeightQuantization("fp8", (128, 128))
-    for method in ("awq", "gptq", "bitsandbytes", "compressed-tensors"):
+    for method in ("awq", "gptq", "bitsandbytes"):
         with pytest.raises(ValueError, match=f"quantization method '{method}'"):
             weight_quantization({"quantization_config": {"quant_method": method}})
     with pytest.raises(ValueError, match="e5m2"):
@@ -80,3 +86,41 @@ def test_an_fp8_matrix_without_its_scale_is_an_error(
     save_file(weights, fp8 / "model.safetensors")
     with pytest.raises(ValueError, match=r"down_proj\.weight' has no"):
         LLM(str(fp8), kv_cache_memory=64 << 20)
+
+
+def test_compressed_tensors_fp8_schemes_are_read_and_integer_ones_refused() -> None:
+    """llm-compressor's FP8 (per channel, per tensor, per tile; any activation scheme,
+    the activations staying in the model's dtype) reads as FP8 with `weight_scale`s;
+    its integer schemes (W4A16, W8A8 int8) are refused by name."""
+    for strategy in ("channel", "tensor"):
+        config = compressed_tensors_fp8_config(strategy, dynamic=True)
+        assert weight_quantization({"quantization_config": config}) == WeightQuantization(
+            "fp8", None, "_scale"
+        )
+    block = compressed_tensors_fp8_config("block", dynamic=True)
+    block["config_groups"]["group_0"]["weights"]["block_structure"] = [128, 128]
+    assert weight_quantization({"quantization_config": block}) == WeightQuantization(
+        "fp8", (128, 128), "_scale"
+    )
+    w4a16 = compressed_tensors_fp8_config("group", dynamic=True)
+    w4a16["config_groups"]["group_0"]["weights"].update(type="int", num_bits=4)
+    with pytest.raises(ValueError, match=r"'group_0' \(int4 weights, strategy 'group'\)"):
+        weight_quantization({"quantization_config": w4a16})
+    mixed = compressed_tensors_fp8_config("channel", dynamic=True)
+    mixed["config_groups"]["group_1"] = block["config_groups"]["group_0"]
+    with pytest.raises(ValueError, match="one FP8 weight scheme"):
+        weight_quantization({"quantization_config": mixed})
+
+
+@pytest.mark.parametrize("strategy", ["channel", "tensor"])
+def test_a_compressed_tensors_fp8_checkpoint_serves_the_weights_it_encodes(
+    strategy: str, make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Scales per output channel or per matrix (bf16, as llm-compressor writes them),
+    static input scales and KV-cache scales left aside: the dequantized model's tokens
+    and logprobs."""
+    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    write_compressed_tensors_variant(make_random_model("llama"), fp8, reference, strategy)
+    config = ModelConfig.from_folder(fp8)
+    assert (config.weight_quantization, config.weight_scale_suffix) == ("fp8", "_scale")
+    assert_same_outputs(fp8, reference)

@@ -11,12 +11,17 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from engine.fp8_linears import fp8_scratch_bytes
 from engine.llm import LLM, greedy
 from kernels import triton_fp8_linear
 from kernels.fp8 import Fp8Block, dequantize
 from kernels.triton_fp8_linear import dequantize_fp8, e4m3_to_float, fp8_linear
 
-from ..engine.quantized_variants import assert_same_logprobs, write_fp8_variant
+from ..engine.quantized_variants import (
+    assert_same_logprobs,
+    write_compressed_tensors_variant,
+    write_fp8_variant,
+)
 from .tolerances import DTYPES, assert_close
 
 
@@ -104,17 +109,31 @@ def test_long_inputs_take_the_dequantized_copy(
 
 
 @pytest.mark.slow  # ~10 s each in Triton's interpreter
-@pytest.mark.parametrize("block", [[16, 16], [24, 24]])
+@pytest.mark.parametrize("scheme", ["tiles 16", "tiles 24", "channel", "tensor"])
 def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
-    block: list[int], make_random_model: Callable[[str], Path], tmp_path: Path
+    scheme: str,
+    make_random_model: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """On the Triton backend a block-scaled FP8 checkpoint's projections stay FP8 (bytes
-    and tile scales) and give the torch backend's greedy tokens on the dequantized
-    weights, and their logprobs and the prompts' to fp32's rounding. In 16-row tiles
-    every projection stays FP8; in 24-row tiles q/k/v (64, 32, 32 rows) and gate/up (128
-    each) have tiles across two parts, so those two are dequantized as they load."""
+    """On the Triton backend an FP8 checkpoint's projections stay FP8 (bytes and scales)
+    and give the torch backend's greedy tokens on the dequantized weights, and their
+    logprobs and the prompts' to fp32's rounding. In 16-row tiles every projection
+    stays FP8; in 24-row tiles q/k/v (64, 32, 32 rows) and gate/up (128 each) have tiles
+    across two parts, so those two are dequantized as they load. compressed-tensors'
+    scales per output channel or per matrix become a scale per row, a fused
+    projection's parts each spreading their own over their rows. An FP8 LM head is
+    dequantized (logits are not taken through a Linear's forward). Per channel, prompt
+    chunks past 4 rows take the dequantized copy, as long ones do past 256."""
     fp8, reference = tmp_path / "fp8", tmp_path / "reference"
-    write_fp8_variant(make_random_model("llama"), fp8, reference, block)
+    source = make_random_model("llama")
+    if scheme == "channel":
+        monkeypatch.setattr(triton_fp8_linear, "FP8_GEMM_MAX_ROWS", 4)
+    if scheme.startswith("tiles"):
+        # The LM head in FP8 too: read by compute_logits, so dequantized as it loads.
+        write_fp8_variant(source, fp8, reference, [int(scheme.split()[1])] * 2, lm_head=True)
+    else:
+        write_compressed_tensors_variant(source, fp8, reference, scheme)
     outputs = {}
     for backend in ("torch", "triton"):
         llm = LLM(
@@ -137,10 +156,16 @@ def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
             )
             if linear.weight.dtype == torch.uint8
         }
+        assert llm.engine.runner.model.logits_weight.dtype == torch.float32
         if backend == "torch":
             assert not kept
         else:
-            assert kept == ({"qkv", "o", "gate_up", "down"} if block[0] == 16 else {"o", "down"})
+            everything = {"qkv", "o", "gate_up", "down"}
+            assert kept == ({"o", "down"} if scheme == "tiles 24" else everything)
+        # The largest dequantized copy, kept out of the KV cache: gate/up's [256, 64]
+        # or, where only o and down stay FP8, down's [64, 128].
+        scratch = {"torch": 0, "triton": 64 * 128 * 4 if scheme == "tiles 24" else 256 * 64 * 4}
+        assert fp8_scratch_bytes(llm.engine.runner.model, torch.float32) == scratch[backend]
         ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3, 4, 5,")]
         params = greedy(5, ignore_eos=True, logprobs=2, prompt_logprobs=2)
         outputs[backend] = llm.generate(ids, params)
