@@ -59,12 +59,15 @@ class ModelShape:
     sinks: bool = False
     window: int | None = None
     gpt_oss_experts: bool = False
+    # Also compile the FP8 linear with a scale per row (compressed-tensors' FP8, whose
+    # releases are mostly Llama's): one shape stands for the rest (only a constant differs).
+    fp8_per_row: bool = False
 
 
 SHAPES = (
     ModelShape("smollm2-135m", 9, 3, 64, 576, 1536),
     ModelShape("smollm2-1.7b", 32, 32, 64, 2048, 8192),
-    ModelShape("llama3-8b", 32, 8, 128, 4096, 14336),
+    ModelShape("llama3-8b", 32, 8, 128, 4096, 14336, fp8_per_row=True),
     ModelShape("gemma3-1b", 4, 1, 256, 1152, 6912, gelu=True),
     ModelShape("gemma2-9b", 16, 8, 256, 3584, 14336, gelu=True, softcap=50.0),
     ModelShape("qwen3-30b-a3b", 32, 4, 128, 2048, 768, experts=128, top_k=8),
@@ -224,16 +227,19 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 act_and_mul = partial(clamped_swiglu_and_mul, alpha=1.702, limit=7.0)
                 biases = (t(shape.experts, 2 * shape.intermediate), t(shape.experts, shape.hidden))
             act_and_mul(t(4, 2 * shape.intermediate))
-            # An FP8 checkpoint's projections (128 x 128 tiles, as released): q/k/v and
-            # down, at a decode's rows and the GEMM's most; longer inputs dequantize.
+            # An FP8 checkpoint's projections (128 x 128 tiles, as released, and a scale
+            # per row, compressed-tensors'): q/k/v and down, at a decode's rows and the
+            # GEMM's most; longer inputs dequantize.
             qkv_rows = (h + 2 * kvh) * d
             for rows_out, cols_in in ((qkv_rows, shape.hidden), (shape.hidden, shape.intermediate)):
                 values = t(rows_out, cols_in, dtype=torch.uint8)
-                scales = t(*FP8_TILES.scales_shape(rows_out, cols_in), dtype=torch.float32)
-                for rows in (2, FP8_GEMM_MAX_ROWS):
-                    start_case(f"{case} fp8 {rows} rows")
-                    fp8_linear(t(rows, cols_in), values, scales, FP8_TILES, t(rows_out))
-                dequantize_fp8(values, scales, FP8_TILES, dtype)
+                per_row = (Fp8Block(1, cols_in),) if shape.fp8_per_row else ()
+                for tiles in (FP8_TILES, *per_row):
+                    scales = t(*tiles.scales_shape(rows_out, cols_in), dtype=torch.float32)
+                    for rows in (2, FP8_GEMM_MAX_ROWS):
+                        start_case(f"{case} fp8 {tiles.rows}x{tiles.cols} {rows} rows")
+                        fp8_linear(t(rows, cols_in), values, scales, tiles, t(rows_out))
+                    dequantize_fp8(values, scales, tiles, dtype)
             start_case(case)
             if not shape.experts:
                 continue
