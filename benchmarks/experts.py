@@ -24,7 +24,6 @@ refuses rather than print numbers that mean nothing.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,8 @@ from typing import Any
 import torch
 
 from benchmarks.args import int_list
-from benchmarks.kernels import known_peak_gbs, median_ms
-from benchmarks.report import JsonLines, rounded
+from benchmarks.kernels import median_ms, run_gpu_rows
+from benchmarks.report import rounded
 from kernels.mxfp4 import VALUES_PER_SCALE, Mxfp4Weight, dequantize
 
 
@@ -141,23 +140,11 @@ def _random_mxfp4(experts: int, rows: int, cols: int, gen: torch.Generator) -> M
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if not torch.cuda.is_available():
-        print(
-            "benchmarks.experts times GPU kernels and needs a CUDA GPU; none is visible "
-            "here, so nothing was measured",
-            file=sys.stderr,
-        )
-        return 2
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    emit = JsonLines(args.json_out)
-    with torch.inference_mode():
-        for tokens in args.tokens:
-            row = bench_layer(tokens, args, device, known_peak_gbs(name))
-            row["device"] = name
-            emit(row)
-            torch.cuda.empty_cache()
-    return 0
+    return run_gpu_rows(
+        "benchmarks.experts times GPU kernels",
+        args.json_out,
+        lambda device, peak: (bench_layer(tokens, args, device, peak) for tokens in args.tokens),
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ rather than print numbers that mean nothing.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.args import int_list
-from benchmarks.kernels import known_peak_gbs, median_ms
-from benchmarks.report import JsonLines, rounded
+from benchmarks.kernels import median_ms, run_gpu_rows
+from benchmarks.report import rounded
 from kernels.fp8 import Fp8Block
 
 # Llama-3-8B's fused q/k/v, fused gate/up and down projections: (out, in).
@@ -138,24 +137,13 @@ def _gemm_up_to(rows: int) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if not torch.cuda.is_available():
-        print(
-            "benchmarks.fp8_linear times GPU kernels and needs a CUDA GPU; none is visible "
-            "here, so nothing was measured",
-            file=sys.stderr,
-        )
-        return 2
-    device = torch.device("cuda")
-    name = torch.cuda.get_device_name(device)
-    emit = JsonLines(args.json_out)
-    with torch.inference_mode():
-        for shape in args.shapes:
-            for rows in args.rows:
-                row = bench_row(rows, shape, device, known_peak_gbs(name))
-                row["device"] = name
-                emit(row)
-            torch.cuda.empty_cache()
-    return 0
+    return run_gpu_rows(
+        "benchmarks.fp8_linear times GPU kernels",
+        args.json_out,
+        lambda device, peak: (
+            bench_row(rows, shape, device, peak) for shape in args.shapes for rows in args.rows
+        ),
+    )
 
 
 if __name__ == "__main__":

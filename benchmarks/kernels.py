@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,39 @@ def known_peak_gbs(device_name: str) -> float | None:
         if key in device_name:
             return gbs
     return None
+
+
+def cuda_or_refuse(what: str) -> torch.device | None:
+    """The GPU a GPU-only benchmark measures; None, having said so on stderr, where there
+    is none (numbers from a CPU would mean nothing). `what`: the benchmark and what it
+    measures, for the message."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    print(
+        f"{what} and needs a CUDA GPU; none is visible here, so nothing was measured",
+        file=sys.stderr,
+    )
+    return None
+
+
+def run_gpu_rows(
+    what: str,
+    json_out: Path | None,
+    rows: Callable[[torch.device, float | None], Iterator[dict[str, Any]]],
+) -> int:
+    """A GPU-only benchmark's main: `rows(device, peak GB/s)` measured and emitted one by
+    one, each naming the GPU; 2, measuring nothing, without one (see cuda_or_refuse)."""
+    device = cuda_or_refuse(what)
+    if device is None:
+        return 2
+    name = torch.cuda.get_device_name(device)
+    emit = JsonLines(json_out)
+    with torch.inference_mode():
+        for row in rows(device, known_peak_gbs(name)):
+            row["device"] = name
+            emit(row)
+            torch.cuda.empty_cache()
+    return 0
 
 
 def median_ms(fn: Callable[[], object], cuda_graph: bool) -> float:
@@ -197,12 +230,7 @@ def bench_decode(
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    if not torch.cuda.is_available():
-        print(
-            "benchmarks.kernels measures GPU memory bandwidth and needs a CUDA GPU; "
-            "none is visible here, so nothing was measured",
-            file=sys.stderr,
-        )
+    if cuda_or_refuse("benchmarks.kernels measures GPU memory bandwidth") is None:
         return 2
     from kernels.triton_support import triton_unavailable_reason
 

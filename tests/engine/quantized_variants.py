@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,6 @@ from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
 from engine.fp8_checkpoint import dequantize
 from engine.llm import LLM, greedy
-from engine.outputs import RequestOutput
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 MXFP4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
@@ -53,10 +53,27 @@ def assert_same_outputs(quantized: Path, reference: Path) -> None:
         assert ours.prompt_logprobs == theirs.prompt_logprobs
 
 
-def assert_same_logprobs(ours: list[RequestOutput], theirs: list[RequestOutput]) -> None:
-    """The same greedy tokens, and logprobs (the sampled tokens', the top ones', the
-    prompts') equal to fp32's rounding: two backends' kernels on the same weights."""
-    for mine, other in zip(ours, theirs, strict=True):
+def assert_backends_agree(folder: Path, check: Callable[[str, LLM], None]) -> None:
+    """The torch and the Triton backends (fp32, small steps) on one quantized checkpoint:
+    `check(backend, llm)` inspects each engine; then both must give the same greedy
+    tokens, and logprobs (the sampled tokens', the top ones', the prompts') equal to
+    fp32's rounding: two backends' kernels on the same weights."""
+    outputs = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(
+            str(folder),
+            attention_backend=backend,
+            dtype="float32",
+            block_size=8,
+            num_kv_blocks=32,
+            max_model_len=128,
+            max_num_batched_tokens=24,
+        )
+        check(backend, llm)
+        ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3, 4, 5,")]
+        params = greedy(5, ignore_eos=True, logprobs=2, prompt_logprobs=2)
+        outputs[backend] = llm.generate(ids, params)
+    for mine, other in zip(outputs["triton"], outputs["torch"], strict=True):
         assert mine.token_ids == other.token_ids
         rows = []
         for output in (mine, other):
