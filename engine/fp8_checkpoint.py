@@ -27,7 +27,28 @@ from kernels import fp8
 SCALE_SUFFIX = "_scale_inv"
 # Static activation scales (activation_scheme "static") and FP8 KV-cache scales: the
 # engine computes, and caches keys and values, in the model's dtype.
-IGNORED_SUFFIXES = (".input_scale", ".activation_scale", ".k_scale", ".v_scale")
+IGNORED_SUFFIXES = (
+    ".input_scale",
+    ".activation_scale",
+    ".act_scale",
+    ".output_scale",
+    ".k_scale",
+    ".v_scale",
+    ".kv_scale",
+)
+
+
+def scale_suffix(configured: str, names: Iterable[str]) -> str:
+    """The scale suffix a checkpoint uses: `configured`, or where that lists choices
+    (`"_scale_inv|_scale"`) the first that some weight's scale in `names` ends with."""
+    choices = configured.split("|")
+    if len(choices) == 1:
+        return configured
+    present = set(names)
+    for choice in choices:
+        if any(name.endswith(".weight" + choice) for name in present):
+            return choice
+    return choices[0]
 
 
 def is_scale(name: str, suffix: str = SCALE_SUFFIX) -> bool:
@@ -47,8 +68,9 @@ def dequantize(
     values = weight.to(torch.float32)
     if scale.numel() == 1:
         return (values * scale.to(torch.float32).reshape(())).to(dtype)
-    if block is None and weight.dim() == 2 and tuple(scale.shape) == (weight.shape[0], 1):
-        return (values * scale.to(torch.float32)).to(dtype)
+    if block is None and weight.dim() == 2 and scale.numel() == weight.shape[0]:
+        # One per output channel, [out, 1] as compressed-tensors writes it, or [out].
+        return (values * scale.to(torch.float32).reshape(-1, 1)).to(dtype)
     if block is None or scale.dim() != 2 or weight.dim() != 2:
         raise ValueError(
             f"scales {tuple(scale.shape)} for a {tuple(weight.shape)} weight need a 2-d "
@@ -78,6 +100,8 @@ def dequantized_weights(
                 raise ValueError(f"FP8 weight {name!r} has no {name + suffix!r}")
             if name in keep:
                 yield name, tensor.view(torch.uint8)
+                if block is None and scale.numel() == tensor.shape[0]:
+                    scale = scale.reshape(-1, 1)  # a scale per row, as the model holds it
                 yield name + SCALE_SUFFIX, scale.to(torch.float32)
                 continue
             tensor = dequantize(tensor, scale, dtype, block)

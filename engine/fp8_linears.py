@@ -22,7 +22,7 @@ from safetensors import safe_open
 from torch import nn
 
 from engine.models.linear import Linear
-from kernels.fp8 import Fp8Block
+from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block
 from kernels.fused_ops import Fp8Linear
 
 FP8_DTYPE = "F8_E4M3"
@@ -33,15 +33,15 @@ NOT_CALLED = frozenset({"lm_head"})
 FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
-def fp8_tensor_names(files: Iterable[Path]) -> set[str]:
-    """The checkpoint tensors stored as e4m3, from the files' headers."""
-    names: set[str] = set()
+def checkpoint_dtypes(files: Iterable[Path]) -> dict[str, str]:
+    """Every checkpoint tensor's safetensors dtype ("F8_E4M3", "BF16", ...), from the
+    files' headers, without reading the tensors."""
+    dtypes: dict[str, str] = {}
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                if handle.get_slice(name).get_dtype() == FP8_DTYPE:
-                    names.add(name)
-    return names
+                dtypes[name] = handle.get_slice(name).get_dtype()
+    return dtypes
 
 
 def keep_fp8_linears(
@@ -93,9 +93,12 @@ def _part_starts(model: nn.Module, prefix: str, fused: str, linear: Linear) -> l
     return [0, half, 2 * half]
 
 
-def fp8_scratch_bytes(model: nn.Module, dtype: torch.dtype) -> int:
+def fp8_scratch_bytes(model: nn.Module, dtype: torch.dtype, max_rows: int) -> int:
     """The largest dequantized copy an FP8 projection makes for inputs past the FP8
-    GEMM's rows (kernels/triton_fp8_linear.py): memory to keep free of the KV cache."""
+    GEMM's rows (kernels/triton_fp8_linear.py): memory to keep free of the KV cache,
+    where a step can have more than those rows (`max_rows`: a step's most)."""
+    if max_rows <= FP8_GEMM_MAX_ROWS:
+        return 0
     itemsize = torch.empty((), dtype=dtype).element_size()
     sizes = [
         module.out_features * module.in_features * itemsize

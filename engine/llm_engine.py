@@ -132,7 +132,9 @@ class LLMEngine:
             lm_head=self.runner_kind == "generate",
         )
         self.loras = self._lora_manager(model)
-        self.num_kv_blocks = self._num_kv_blocks(fp8_scratch_bytes(model, self.dtype))
+        # A step's most rows: a full prefill budget, or every sequence's decode rows.
+        max_rows = max(config.max_num_batched_tokens, config.max_num_seqs * self._rows_per_sequence)
+        self.num_kv_blocks = self._num_kv_blocks(fp8_scratch_bytes(model, self.dtype, max_rows))
         capacity = self.num_kv_blocks * config.block_size
         if capacity < self.max_model_len:
             raise ValueError(

@@ -65,10 +65,14 @@ def load_model(
     files = checkpoint_files(folder)
     kept_fp8: frozenset[str] = frozenset()
     block = config.weight_block_size
-    if config.weight_quantization == "fp8" and ops.fp8_linear is not None:
-        fp8_names = fp8_linears.fp8_tensor_names(files)
-        kept_fp8 = fp8_linears.keep_fp8_linears(model, fp8_names, block, ops.fp8_linear)
-        logger.info("FP8 kept for %d of %d FP8 matrices", len(kept_fp8), len(fp8_names))
+    suffix = config.weight_scale_suffix
+    if config.weight_quantization == "fp8":
+        dtypes = fp8_linears.checkpoint_dtypes(files)
+        suffix = fp8_checkpoint.scale_suffix(suffix, dtypes)
+        if ops.fp8_linear is not None:
+            fp8_names = {name for name, kind in dtypes.items() if kind == fp8_linears.FP8_DTYPE}
+            kept_fp8 = fp8_linears.keep_fp8_linears(model, fp8_names, block, ops.fp8_linear)
+            logger.info("FP8 kept for %d of %d FP8 matrices", len(kept_fp8), len(fp8_names))
     # Materialise without random init (the checkpoint overwrites every weight).
     model = model.to_empty(device=device)
     model.rebuild_buffers(device)
@@ -83,7 +87,6 @@ def load_model(
     weights = tensors()
     # The scales first (small; a shard may hold a matrix whose scale is in another).
     if config.weight_quantization == "fp8":
-        suffix = config.weight_scale_suffix
         scales = dict(tensors(partial(fp8_checkpoint.is_scale, suffix=suffix)))
         weights = fp8_checkpoint.dequantized_weights(
             weights, scales, dtype, block, kept_fp8, suffix

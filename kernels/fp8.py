@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+# Rows up to which the Triton FP8 linear multiplies the FP8 weights directly; longer
+# inputs take a dequantized copy (kernels/triton_fp8_linear.py).
+FP8_GEMM_MAX_ROWS = 256
+
 
 @dataclass(frozen=True)
 class Fp8Block:

@@ -21,10 +21,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.fp8 import Fp8Block
+from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block
 from kernels.triton_support import dot_precision, upcast_dot
-
-FP8_GEMM_MAX_ROWS = 256
 
 
 @triton.jit

@@ -178,12 +178,17 @@ def compressed_tensors_fp8_config(strategy: str, dynamic: bool) -> dict[str, obj
 
 
 def write_compressed_tensors_variant(
-    source: Path, fp8: Path, reference: Path, strategy: str
+    source: Path,
+    fp8: Path,
+    reference: Path,
+    strategy: str,
+    config: dict[str, object] | None = None,
 ) -> None:
     """`source`'s projections as llm-compressor writes FP8 (static activations): e4m3
     weights with a bf16 `weight_scale` per output channel ([out, 1]) or per matrix,
     an `input_scale` each, and KV-cache scales beside the attention; the weights they
-    encode, in fp32, in `reference`."""
+    encode, in fp32, in `reference`. `config`: another quantization_config for the same
+    tensors (AutoFP8's, whose per-matrix scales go by the same names)."""
     tensors = load_file(source / "model.safetensors")
     stored: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
@@ -204,5 +209,5 @@ def write_compressed_tensors_variant(
             attention = name.removesuffix("o_proj.weight")
             stored[attention + "k_scale"] = torch.ones(())
             stored[attention + "v_scale"] = torch.ones(())
-    config = compressed_tensors_fp8_config(strategy, dynamic=False)
+    config = config or compressed_tensors_fp8_config(strategy, dynamic=False)
     write_variants(source, {fp8: (stored, config), reference: (plain, None)})

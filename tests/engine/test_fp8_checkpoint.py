@@ -53,7 +53,11 @@ def test_fp8_and_mxfp4_are_read_and_other_methods_are_refused_by_name() -> None:
     mxfp4 = {"quantization_config": {"quant_method": "mxfp4"}}
     assert weight_quantization(mxfp4) == WeightQuantization("mxfp4", None)
     plain = {"quant_method": "fp8"}
-    assert weight_quantization({"quantization_config": plain}) == WeightQuantization("fp8", None)
+    # A scale per matrix: named weight_scale_inv or, as AutoFP8 and vLLM export it,
+    # weight_scale; the files say which.
+    assert weight_quantization({"quantization_config": plain}) == WeightQuantization(
+        "fp8", None, "_scale_inv|_scale"
+    )
     blocked = {"quantization_config": {**plain, "weight_block_size": [128, 128]}}
     assert weight_quantization(blocked) == WeightQuantization("fp8", (128, 128))
     for method in ("awq", "gptq", "bitsandbytes"):
@@ -124,3 +128,60 @@ def test_a_compressed_tensors_fp8_checkpoint_serves_the_weights_it_encodes(
     config = ModelConfig.from_folder(fp8)
     assert (config.weight_quantization, config.weight_scale_suffix) == ("fp8", "_scale")
     assert_same_outputs(fp8, reference)
+
+
+def test_compressed_tensors_configs_read_as_releases_write_them() -> None:
+    """Groups without weights (a KV-cache or activation scheme) change nothing; a config
+    with none at all is plain weights with scales to leave aside; older exports' key
+    and a vision-language model's text config are read too."""
+    config = compressed_tensors_fp8_config("channel", dynamic=True)
+    config["config_groups"]["group_1"] = {"targets": ["Attention"], "weights": None}
+    expected = WeightQuantization("fp8", None, "_scale")
+    assert weight_quantization({"quantization_config": config}) == expected
+    assert weight_quantization({"compression_config": config}) == expected
+    assert weight_quantization({"text_config": {"quantization_config": config}}) == expected
+    kv_only = {"quant_method": "compressed-tensors", "config_groups": {}, "kv_cache_scheme": {}}
+    assert weight_quantization({"quantization_config": kv_only}) == expected
+
+
+@pytest.mark.parametrize(
+    "change,refusal",
+    [
+        ({"sparsity_config": {"format": "sparse-24-bitmask"}}, "sparsity format"),
+        ({"transform_config": {"config_groups": {"u": {}}}}, "transforms"),
+        ({"weights": {"symmetric": False}}, "asymmetric"),
+        ({"config_groups": {"group_0": ["Linear"]}}, "is a preset"),
+    ],
+)
+def test_compressed_tensors_schemes_the_engine_cannot_serve_are_refused_by_name(
+    change: dict[str, object], refusal: str
+) -> None:
+    config = compressed_tensors_fp8_config("channel", dynamic=True)
+    weights = change.pop("weights", None)
+    if weights:
+        config["config_groups"]["group_0"]["weights"].update(weights)
+    config.update(change)
+    with pytest.raises(ValueError, match=refusal):
+        weight_quantization({"quantization_config": config})
+
+
+def test_an_autofp8_checkpoint_with_weight_scale_names_loads(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """quant_method "fp8" with a scale per matrix, named `weight_scale` as AutoFP8 and
+    vLLM export it (beside input and KV-cache scales), not `weight_scale_inv`."""
+    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    autofp8 = {"quant_method": "fp8", "activation_scheme": "static"}
+    write_compressed_tensors_variant(
+        make_random_model("llama"), fp8, reference, "tensor", config=autofp8
+    )
+    assert ModelConfig.from_folder(fp8).weight_scale_suffix == "_scale_inv|_scale"
+    assert_same_outputs(fp8, reference)
+
+
+def test_scales_per_output_channel_may_be_one_dimensional() -> None:
+    weight = torch.randn(5, 8).to(torch.float8_e4m3fn)
+    scale = torch.rand(5)
+    expected = (weight.float() * scale[:, None]).to(torch.bfloat16)
+    assert torch.equal(dequantize(weight, scale, torch.bfloat16), expected)
+    assert torch.equal(dequantize(weight, scale[:, None], torch.bfloat16), expected)

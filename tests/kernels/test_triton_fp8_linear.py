@@ -156,6 +156,8 @@ def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
         # The largest dequantized copy, kept out of the KV cache: gate/up's [256, 64]
         # or, where only o and down stay FP8, down's [64, 128].
         scratch = {"torch": 0, "triton": 64 * 128 * 4 if scheme == "tiles 24" else 256 * 64 * 4}
-        assert fp8_scratch_bytes(llm.engine.runner.model, torch.float32) == scratch[backend]
+        model = llm.engine.runner.model
+        assert fp8_scratch_bytes(model, torch.float32, 2048) == scratch[backend]
+        assert fp8_scratch_bytes(model, torch.float32, 256) == 0  # no step past the GEMM
 
     assert_backends_agree(fp8, check)
