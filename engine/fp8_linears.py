@@ -1,4 +1,4 @@
-"""Which of a model's linear layers keep a block-scaled FP8 checkpoint's weights as FP8.
+"""Which of a model's linear layers and expert stacks keep an FP8 checkpoint's weights.
 
 Where the backend multiplies FP8 itself (`FusedOps.fp8_linear`: Triton), an
 FP8 checkpoint's projections stay FP8 in memory, a byte a weight (half of
@@ -7,9 +7,11 @@ meta-device model, before its tensors are allocated, from which of the
 checkpoint's tensors are FP8 (the safetensors headers say so without reading
 the tensors). A projection the engine fuses (q/k/v, gate/up) stays FP8 when
 every part is FP8 and starts on a tile boundary, so that each part's scales
-are whole rows of the fused scales; anything else (experts' stacks, a part
-left in bf16, tiles that straddle two parts) is dequantized as it loads, as
-on the torch path.
+are whole rows of the fused scales; a mixture of experts' stacks stay FP8
+where the backend's experts op reads FP8 (`FusedOps.experts_fp8`) and every
+expert's matrices are FP8; anything else (a part left in bf16, tiles that
+straddle two parts, the LM head) is dequantized as it loads, as on the torch
+path.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from safetensors import safe_open
 from torch import nn
 
 from engine.models.linear import Linear
+from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
 from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block
 from kernels.fused_ops import Fp8Linear
 
@@ -80,6 +83,35 @@ def keep_fp8_linears(
             continue
         module.keep_fp8(block, fp8_linear)
         kept.update(ours[name] for name in names)
+    return frozenset(kept)
+
+
+def keep_fp8_experts(
+    model: nn.Module, fp8_names: set[str], block_size: tuple[int, int] | None
+) -> frozenset[str]:
+    """Turn the mixture-of-experts layers whose every expert matrix is FP8 in the
+    checkpoint (and whose up rows start on a tile boundary) into FP8 stacks; returns
+    those matrices' checkpoint names, as keep_fp8_linears does."""
+    by_layer: dict[int, dict[tuple[int, str], str]] = {}
+    for hf_name in fp8_names:
+        name = model.checkpoint_name(hf_name)  # type: ignore[operator]
+        key = EXPERT_KEY.match(name) if name is not None else None
+        if key is None or key["expert"] is None or key["part"] not in EXPERT_PARTS:
+            continue
+        part = (int(key["expert"]), EXPERT_PARTS[key["part"]])
+        by_layer.setdefault(int(key["layer"]), {})[part] = hf_name
+    kept: set[str] = set()
+    for index, layer in enumerate(model.layers):  # type: ignore[union-attr, arg-type]
+        moe = layer.mlp
+        if not isinstance(moe, SparseMoE):
+            continue
+        found = by_layer.get(index, {})
+        if len(found) != 3 * moe.gate.shape[0]:
+            continue
+        if block_size is not None and moe.inter % block_size[0]:
+            continue
+        moe.keep_fp8(block_size)
+        kept.update(found.values())
     return frozenset(kept)
 
 

@@ -69,9 +69,12 @@ def load_model(
     if config.weight_quantization == "fp8":
         dtypes = fp8_linears.checkpoint_dtypes(files)
         suffix = fp8_checkpoint.scale_suffix(suffix, dtypes)
+        fp8_names = {name for name, kind in dtypes.items() if kind == fp8_linears.FP8_DTYPE}
         if ops.fp8_linear is not None:
-            fp8_names = {name for name, kind in dtypes.items() if kind == fp8_linears.FP8_DTYPE}
             kept_fp8 = fp8_linears.keep_fp8_linears(model, fp8_names, block, ops.fp8_linear)
+        if ops.experts_fp8:
+            kept_fp8 |= fp8_linears.keep_fp8_experts(model, fp8_names, block)
+        if fp8_names:
             logger.info("FP8 kept for %d of %d FP8 matrices", len(kept_fp8), len(fp8_names))
     # Materialise without random init (the checkpoint overwrites every weight).
     model = model.to_empty(device=device)

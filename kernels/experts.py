@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels.mxfp4 import ExpertStack, Mxfp4Weight
+from kernels.expert_stack import ExpertStack, expert_matrix
 
 
 def experts(
@@ -31,7 +31,7 @@ def experts(
     chosen [T, K]: each token's experts and how much each counts. -> [T, H] in x's dtype.
     The weighted product is taken in the weights' dtype (Mixtral: fp32) and rounded once.
     Biases ([E, 2I] and [E, H], gpt-oss's) are added after each matmul, as transformers
-    adds them. MXFP4 stacks are dequantized one expert at a time, as each is run."""
+    adds them. Quantized stacks (MXFP4, FP8) are dequantized an expert at a time."""
     top_k = chosen.shape[1]
     out = torch.zeros_like(x)
     flat = chosen.flatten()
@@ -44,18 +44,12 @@ def experts(
         picks = order[start : start + count]
         start += count
         tokens, slot = picks // top_k, picks % top_k
-        h = F.linear(x[tokens], _matrix(gate_up, expert, x.dtype))
+        h = F.linear(x[tokens], expert_matrix(gate_up, expert, x.dtype))
         if gate_up_bias is not None:
             h = h + gate_up_bias[expert]
-        h = F.linear(act_and_mul(h), _matrix(down, expert, x.dtype))
+        h = F.linear(act_and_mul(h), expert_matrix(down, expert, x.dtype))
         if down_bias is not None:
             h = h + down_bias[expert]
         h = h * weights[tokens, slot, None]
         out.index_add_(0, tokens, h.to(x.dtype))
     return out
-
-
-def _matrix(stack: ExpertStack, expert: int, dtype: torch.dtype) -> torch.Tensor:
-    if isinstance(stack, Mxfp4Weight):
-        return stack.expert(expert, dtype)
-    return stack[expert]

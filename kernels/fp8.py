@@ -47,3 +47,31 @@ def dequantize(
     scale = scales.to(torch.float32).repeat_interleave(block.rows, 0)[:rows]
     scale = scale.repeat_interleave(block.cols, 1)[:, :cols]
     return (values.to(torch.float32) * scale).to(dtype)
+
+
+@dataclass(frozen=True)
+class Fp8Experts:
+    """A stack of expert matrices [E, N, K] in FP8: `values` their e4m3 bits (uint8),
+    `scales` [E, *block.scales_shape(N, K)] fp32, one per `block` tile of each."""
+
+    values: torch.Tensor
+    scales: torch.Tensor
+    block: Fp8Block
+
+    def __post_init__(self) -> None:
+        experts, rows, cols = self.values.shape
+        expected = (experts, *self.block.scales_shape(rows, cols))
+        if self.values.dtype != torch.uint8 or tuple(self.scales.shape) != expected:
+            raise ValueError(
+                f"FP8 experts {tuple(self.values.shape)} ({self.values.dtype}) in "
+                f"{(self.block.rows, self.block.cols)} tiles need uint8 values and "
+                f"{expected} scales, not {tuple(self.scales.shape)}"
+            )
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.values.shape
+
+    def expert(self, index: int, dtype: torch.dtype) -> torch.Tensor:
+        """One matrix, dequantized: [N, K] in `dtype`."""
+        return dequantize(self.values[index], self.scales[index], self.block, dtype)

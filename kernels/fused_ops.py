@@ -14,11 +14,11 @@ from typing import Protocol
 import torch
 
 from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul
+from kernels.expert_stack import ExpertStack
 from kernels.experts import experts
 from kernels.fp8 import Fp8Block
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.linear import TORCH_LINEAR, LinearMethod
-from kernels.mxfp4 import ExpertStack
 from kernels.rms_norm import rms_norm
 from kernels.rotary import apply_rotary
 from kernels.silu_and_mul import silu_and_mul
@@ -60,7 +60,8 @@ class FusedOps:
     mixture-of-experts layer's expert MLPs (kernels/experts.py); `experts_sync_free`
     when they need no host sync (decodes may then replay CUDA graphs); `experts_mxfp4`
     when they multiply MXFP4 weights without dequantizing them whole (an MXFP4
-    checkpoint's experts then stay MXFP4 in memory; kernels/mxfp4.py). fp8_linear: a
+    checkpoint's experts then stay MXFP4 in memory; kernels/mxfp4.py); `experts_fp8` the
+    same for block-scaled FP8 stacks (kernels/fp8.py's Fp8Experts). fp8_linear: a
     linear layer on block-scaled FP8 weights (kernels/fp8.py), where the backend has
     one: an FP8 checkpoint's projections then stay FP8 in memory. linear: how
     the model's weights are laid out and multiplied (kernels/linear.py)."""
@@ -74,6 +75,7 @@ class FusedOps:
     experts: Experts = experts
     experts_sync_free: bool = False
     experts_mxfp4: bool = False
+    experts_fp8: bool = False
     fp8_linear: Fp8Linear | None = None
     linear: LinearMethod = TORCH_LINEAR
 

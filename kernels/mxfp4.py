@@ -62,10 +62,6 @@ class Mxfp4Weight:
         return dequantize(self.blocks[index], self.scales[index], dtype)
 
 
-# A stack of expert matrices [E, N, K] as the experts ops take it: plain, or MXFP4.
-ExpertStack = torch.Tensor | Mxfp4Weight
-
-
 def check_packed(blocks: torch.Tensor, scales: torch.Tensor) -> None:
     if (
         blocks.dtype != torch.uint8

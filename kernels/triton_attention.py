@@ -43,6 +43,7 @@ TRITON_OPS = FusedOps(
     experts=fused_experts,
     experts_sync_free=True,
     experts_mxfp4=True,
+    experts_fp8=True,
     fp8_linear=fp8_linear,
 )
 

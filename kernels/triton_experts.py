@@ -7,8 +7,9 @@ kernel then multiplies a row block by that expert's matrix, gathering its
 input rows through the sorted pair ids and scattering its output rows back to
 pair order: first x @ gate_up (rows are tokens), then the activation kernel,
 then h @ down scaled by the routing weight (rows are pairs), and the K slots
-of each token are summed. The weights may be MXFP4 (gpt-oss's release),
-decoded tile by tile as the GEMM reads them. Grids are sized from shapes alone (the padding
+of each token are summed. The weights may be MXFP4 (gpt-oss's release) or
+block-scaled FP8 (the `-FP8` MoE releases), decoded tile by tile as the GEMM
+reads them. Grids are sized from shapes alone (the padding
 bound, not the real counts), so a decode step can be recorded in a CUDA
 graph. Reference: kernels/experts.py.
 """
@@ -22,7 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.mxfp4 import ExpertStack, Mxfp4Weight
+from kernels.expert_stack import ExpertStack
+from kernels.fp8 import Fp8Block, Fp8Experts
+from kernels.mxfp4 import Mxfp4Weight
+from kernels.triton_fp8_linear import e4m3_to_float
 from kernels.triton_mxfp4 import mxfp4_pair
 from kernels.triton_support import dot_precision, upcast_dot
 
@@ -51,6 +55,9 @@ def grouped_gemm_kernel(
     MUL_WEIGHT: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     B_MXFP4: tl.constexpr,
+    B_FP8: tl.constexpr,
+    SCALE_ROWS: tl.constexpr,
+    SCALE_COLS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -62,7 +69,9 @@ def grouped_gemm_kernel(
     pairs are skipped. With B_MXFP4, B is MXFP4 (b_ptr: its bytes, b_scales_ptr: its
     scales; kernels/mxfp4.py) and each tile is decoded as it is read: the low nibbles
     hold the even columns of K and the high nibbles the odd ones, so A's even and odd
-    columns are multiplied by them in two dots."""
+    columns are multiplied by them in two dots. With B_FP8, B is e4m3 bytes with a scale
+    per SCALE_ROWS x SCALE_COLS tile of each expert's matrix (kernels/fp8.py), decoded
+    as the FP8 linear layer decodes them."""
     block = tl.program_id(0)
     expert = tl.load(block_experts_ptr + block)
     if expert < 0:
@@ -101,6 +110,11 @@ def grouped_gemm_kernel(
             acc += tl.dot(a_even, b_even, input_precision=PRECISION)
             acc += tl.dot(a_odd, b_odd, input_precision=PRECISION)
     else:
+        s_base = (
+            b_scales_ptr
+            + expert.to(tl.int64) * stride_se
+            + (cols // SCALE_ROWS)[None, :].to(tl.int64) * stride_sn
+        )
         for k0 in range(0, k_size, BLOCK_K):
             k_mask = (k0 + k) < k_size
             a = tl.load(
@@ -108,9 +122,15 @@ def grouped_gemm_kernel(
                 mask=row_mask[:, None] & k_mask[None, :],
                 other=0.0,
             )
-            b = tl.load(
-                b_base + (k0 + k)[:, None], mask=k_mask[:, None] & col_mask[None, :], other=0.0
-            )
+            b_mask = k_mask[:, None] & col_mask[None, :]
+            if B_FP8:
+                code = tl.load(b_base + (k0 + k)[:, None], mask=b_mask, other=0).to(tl.int32)
+                scale = tl.load(s_base + ((k0 + k) // SCALE_COLS)[:, None], mask=b_mask, other=0.0)
+                b = e4m3_to_float(code) * scale
+                if not UPCAST:
+                    b = b.to(a.dtype)
+            else:
+                b = tl.load(b_base + (k0 + k)[:, None], mask=b_mask, other=0.0)
             if UPCAST:
                 a = a.to(tl.float32)
                 b = b.to(tl.float32)
@@ -164,13 +184,14 @@ class Tiles:
     depth: int
 
 
-def _tiles(pairs_per_expert: float, element_size: int, mxfp4: bool) -> Tiles:
+def _tiles(pairs_per_expert: float, element_size: int, decoded: bool) -> Tiles:
     """Row blocks sized to the tokens an expert typically gets (a decode step gives each
     a handful: wide blocks would be mostly padding); fp32 tiles halved for registers,
-    and their rows halved again where MXFP4 tiles are decoded beside them (sm_90 spilled)."""
+    and their rows halved again where quantized tiles are decoded beside them (MXFP4's
+    spilled on sm_90)."""
     rows = 16 if pairs_per_expert <= 16 else 32 if pairs_per_expert <= 64 else 64
     if element_size > 2:
-        return Tiles(min(rows, 16 if mxfp4 else 32), 32, 32)
+        return Tiles(min(rows, 16 if decoded else 32), 32, 32)
     return Tiles(rows, 64, 64)
 
 
@@ -186,7 +207,14 @@ def _grouped_gemm(
 ) -> None:
     num_pairs = out.shape[0]
     n_size, k_size = b.shape[1], b.shape[2]
-    b_data, b_scales = (b.blocks, b.scales) if isinstance(b, Mxfp4Weight) else (b, None)
+    b_scales: torch.Tensor | None = None
+    fp8_block = Fp8Block(1, 1)
+    if isinstance(b, Mxfp4Weight):
+        b_data, b_scales = b.blocks, b.scales
+    elif isinstance(b, Fp8Experts):
+        b_data, b_scales, fp8_block = b.values, b.scales, b.block
+    else:
+        b_data = b
     assert a.stride(-1) == 1 and b_data.stride(-1) == 1 and out.stride(-1) == 1
     assert b_scales is None or b_scales.stride(-1) == 1
     grid = (aligned.block_experts.shape[0], triton.cdiv(n_size, tiles.cols))
@@ -212,7 +240,10 @@ def _grouped_gemm(
         A_ROW_DIVISOR=a_row_divisor,
         MUL_WEIGHT=weights is not None,
         HAS_BIAS=bias is not None,
-        B_MXFP4=b_scales is not None,
+        B_MXFP4=isinstance(b, Mxfp4Weight),
+        B_FP8=isinstance(b, Fp8Experts),
+        SCALE_ROWS=fp8_block.rows,
+        SCALE_COLS=fp8_block.cols,
         BLOCK_M=tiles.rows,
         BLOCK_N=tiles.cols,
         BLOCK_K=tiles.depth,
@@ -240,8 +271,8 @@ def fused_experts(
     if num_tokens == 0:
         return torch.zeros_like(x)
     num_pairs = num_tokens * top_k
-    mxfp4 = isinstance(gate_up, Mxfp4Weight) or isinstance(down, Mxfp4Weight)
-    tiles = _tiles(num_pairs / num_experts, x.element_size(), mxfp4)
+    decoded = not isinstance(gate_up, torch.Tensor) or not isinstance(down, torch.Tensor)
+    tiles = _tiles(num_pairs / num_experts, x.element_size(), decoded)
     aligned = align_pairs(chosen, num_experts, tiles.rows)
     hidden = torch.empty(num_pairs, gate_up.shape[1], dtype=x.dtype, device=x.device)
     _grouped_gemm(x, gate_up, hidden, aligned, tiles, top_k, None, gate_up_bias)

@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 
-from kernels.fp8 import Fp8Block
-from kernels.mxfp4 import ExpertStack, Mxfp4Weight
+from kernels.expert_stack import ExpertStack
+from kernels.fp8 import Fp8Block, Fp8Experts
+from kernels.mxfp4 import Mxfp4Weight
 
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -247,6 +248,8 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             stacks: dict[str, tuple[ExpertStack, ExpertStack]] = {"": (t(e, 2 * i, h), t(e, h, i))}
             if shape.gpt_oss_experts:  # as released: MXFP4
                 stacks[" mxfp4"] = (_zero_mxfp4(e, 2 * i, h), _zero_mxfp4(e, h, i))
+            else:  # the -FP8 releases: 128 x 128 tiles
+                stacks[" fp8"] = (_zero_fp8(e, 2 * i, h), _zero_fp8(e, h, i))
             # A decode step's row blocks, a prefill's; MXFP4 also at 64-row blocks (gpt-oss's
             # 32 experts reach them only past ~500 tokens), its most registers.
             for tokens in (2, 300, 1000):
@@ -264,6 +267,11 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
 def _zero_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
     blocks = torch.zeros(experts, rows, cols // 2, dtype=torch.uint8)
     return Mxfp4Weight(blocks, torch.zeros(experts, rows, cols // 32, dtype=torch.uint8))
+
+
+def _zero_fp8(experts: int, rows: int, cols: int) -> Fp8Experts:
+    values = torch.zeros(experts, rows, cols, dtype=torch.uint8)
+    return Fp8Experts(values, torch.zeros(experts, *FP8_TILES.scales_shape(rows, cols)), FP8_TILES)
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:

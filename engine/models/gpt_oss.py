@@ -29,8 +29,9 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.models.llama import DecoderLayer, LlamaForCausalLM
 from engine.mxfp4_checkpoint import keeps_mxfp4
+from kernels.expert_stack import ExpertStack
 from kernels.fused_ops import FusedOps
-from kernels.mxfp4 import VALUES_PER_SCALE, ExpertStack, Mxfp4Weight
+from kernels.mxfp4 import VALUES_PER_SCALE, Mxfp4Weight
 
 _MOE_KEY = re.compile(
     r"^layers\.(?P<layer>\d+)\.mlp\."

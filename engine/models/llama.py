@@ -23,20 +23,15 @@ from engine.config import ModelConfig, RopeConfig
 from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
 from engine.models.linear import Linear
 from engine.models.mlp import MLP
-from engine.models.moe import EXPERT_PARTS, SparseMoE
+from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
 logger = logging.getLogger(__name__)
 
+
 # A mixture-of-experts layer's router or expert matrix (Qwen3-MoE's "mlp", Mixtral's
 # "block_sparse_moe").
-_EXPERT_KEY = re.compile(
-    r"^layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\."
-    r"(?:gate\.weight|experts\.(?P<expert>\d+)\.(?P<part>\w+)\.weight)$"
-)
-
-
 class RMSNorm(nn.Module):
     """RMSNorm computed in fp32, as HF does, with the residual add fused in."""
 
@@ -401,7 +396,8 @@ class LlamaForCausalLM(nn.Module):
         part = EXPERT_PARTS.get(key["part"])
         if part is None or int(key["expert"]) >= mlp.gate.shape[0]:
             raise ValueError(f"unexpected weight {hf_name!r} for {self.config.architecture}")
-        return f"layers.{index}.mlp:" + mlp.load_expert(int(key["expert"]), part, tensor)
+        scale = key["scale"] is not None
+        return f"layers.{index}.mlp:" + mlp.load_expert(int(key["expert"]), part, tensor, scale)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.logits_weight is None:
@@ -452,7 +448,7 @@ class LlamaForCausalLM(nn.Module):
             if own is not None:
                 loaded.add(own)
                 continue
-            expert = _EXPERT_KEY.match(name)
+            expert = EXPERT_KEY.match(name)
             if expert is not None:
                 loaded.add(self._load_expert_weight(expert, hf_name, tensor))
                 continue
@@ -493,7 +489,8 @@ class LlamaForCausalLM(nn.Module):
             if isinstance(layer.mlp, SparseMoE):
                 expected.add(f"layers.{index}.mlp.gate")
                 expected.update(f"layers.{index}.mlp:{p}" for p in layer.mlp.expected_parts())
-                stacked.update(f"layers.{index}.mlp.{p}" for p in ("gate", "gate_up", "down"))
+                stacks = ("gate", "gate_up", "down", "gate_up_scale_inv", "down_scale_inv")
+                stacked.update(f"layers.{index}.mlp.{p}" for p in stacks)
         for n in params:
             if n in stacked:
                 continue

@@ -11,19 +11,33 @@ experts' weights are stacked ([experts, 2 * inter, hidden] for gate/up,
 torch ops grouped by expert (kernels/experts.py, bit for bit transformers,
 one host sync per layer), or grouped GEMMs in Triton
 (kernels/triton_experts.py, no host sync, so decodes can replay CUDA graphs).
+An FP8 checkpoint's experts stay FP8 where the backend's experts op reads it
+(`keep_fp8`, engine/fp8_linears.py), their scales stacked beside them.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
 from engine.models.linear import Linear
 from engine.models.mlp import MLP, act_and_mul_for
+from kernels.expert_stack import ExpertStack
+from kernels.fp8 import Fp8Block, Fp8Experts
 from kernels.fused_ops import FusedOps
 
+# A router's or one expert's weight, as the model names checkpoint tensors (an expert's
+# FP8 scales too, under the name the model holds them by).
+EXPERT_KEY = re.compile(
+    r"^layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\."
+    r"(?:gate\.weight|experts\.(?P<expert>\d+)\.(?P<part>\w+)\.weight"
+    rf"(?P<scale>{re.escape(FP8_SCALE_SUFFIX)})?)$"
+)
 # Checkpoint names of an expert's three matrices: Qwen3-MoE's, then Mixtral's.
 EXPERT_PARTS = {
     "gate_proj": "gate",
@@ -52,6 +66,8 @@ class SparseMoE(nn.Module):
         self.gate = nn.Parameter(torch.empty(experts, hidden))
         self.gate_up = nn.Parameter(torch.empty(experts, 2 * self.inter, hidden))
         self.down = nn.Parameter(torch.empty(experts, hidden, self.inter))
+        # Set when the experts stay FP8 (keep_fp8): each stack's tiles.
+        self.fp8_blocks: tuple[Fp8Block, Fp8Block] | None = None
         self.shared_expert: MLP | None = None
         if config.shared_expert_intermediate_size:
             self.shared_expert = MLP(config, ops, config.shared_expert_intermediate_size)
@@ -64,22 +80,55 @@ class SparseMoE(nn.Module):
             weights = weights / weights.sum(dim=-1, keepdim=True)
         if not self.fp32_routing:
             weights = weights.to(x.dtype)
-        out = self.experts(x, self.gate_up, self.down, weights, chosen, self.act_and_mul)
+        out = self.experts(x, *self._stacks(), weights, chosen, self.act_and_mul)
         if self.shared_expert is not None:
             shared = torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
             out = out + shared
         return out
 
-    def load_expert(self, expert: int, part: str, tensor: torch.Tensor) -> str:
-        """Copy one expert matrix in; returns the key that marks it loaded."""
+    def _stacks(self) -> tuple[ExpertStack, ExpertStack]:
+        if self.fp8_blocks is None:
+            return self.gate_up, self.down
+        return (
+            Fp8Experts(self.gate_up, self.gate_up_scale_inv, self.fp8_blocks[0]),
+            Fp8Experts(self.down, self.down_scale_inv, self.fp8_blocks[1]),
+        )
+
+    def keep_fp8(self, block_size: tuple[int, int] | None) -> None:
+        """Hold the experts as FP8 (their checkpoint's e4m3 bytes and scales, per
+        `block_size` tile, or per row where None); call on the meta device, before the
+        model's tensors are allocated."""
+        stacks = {"gate_up": self.gate_up, "down": self.down}
+        blocks = []
+        for name, stack in stacks.items():
+            experts, rows, cols = stack.shape
+            block = Fp8Block(*block_size) if block_size else Fp8Block(1, cols)
+            values = torch.empty(experts, rows, cols, dtype=torch.uint8, device=stack.device)
+            scales = torch.empty(experts, *block.scales_shape(rows, cols), device=stack.device)
+            setattr(self, name, nn.Parameter(values, requires_grad=False))
+            setattr(self, f"{name}_scale_inv", nn.Parameter(scales, requires_grad=False))
+            blocks.append(block)
+        self.fp8_blocks = (blocks[0], blocks[1])
+
+    def load_expert(self, expert: int, part: str, tensor: torch.Tensor, scale: bool) -> str:
+        """Copy one expert matrix (or, `scale`, its FP8 scales) in; returns the key that
+        marks it loaded."""
+        target, rows = (self.gate_up, self.inter) if part != "down" else (self.down, 0)
+        if scale:
+            if self.fp8_blocks is None:
+                raise ValueError(f"FP8 scales for expert {expert}'s {part} of unkept experts")
+            target = self.gate_up_scale_inv if part != "down" else self.down_scale_inv
+            rows //= self.fp8_blocks[0].rows
         with torch.no_grad():
-            if part == "gate":
-                self.gate_up[expert, : self.inter].copy_(tensor)
-            elif part == "up":
-                self.gate_up[expert, self.inter :].copy_(tensor)
+            if part == "down":
+                target[expert].copy_(tensor)
             else:
-                self.down[expert].copy_(tensor)
-        return f"{expert}:{part}"
+                start = 0 if part == "gate" else rows
+                target[expert, start : start + rows].copy_(tensor)
+        return f"{expert}:{part}" + (":scale" if scale else "")
 
     def expected_parts(self) -> set[str]:
-        return {f"{e}:{p}" for e in range(self.gate.shape[0]) for p in ("gate", "up", "down")}
+        parts = {f"{e}:{p}" for e in range(self.gate.shape[0]) for p in ("gate", "up", "down")}
+        if self.fp8_blocks is not None:
+            parts |= {f"{part}:scale" for part in parts}
+        return parts

@@ -194,7 +194,7 @@ def write_compressed_tensors_variant(
     plain: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         stored[name] = plain[name] = tensor
-        if name.endswith("proj.weight") and tensor.dim() == 2 and ".experts." not in name:
+        if name.endswith("proj.weight") and tensor.dim() == 2:
             weight = tensor.float()
             peak = weight.abs().amax(dim=1, keepdim=True)
             if strategy == "tensor":

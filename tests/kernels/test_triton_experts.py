@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 
+from engine.llm import LLM
+from engine.models.moe import SparseMoE
 from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul as torch_clamped_swiglu
 from kernels.experts import experts as torch_experts
+from kernels.fp8 import Fp8Block, Fp8Experts
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul as torch_gelu_tanh_and_mul
 from kernels.silu_and_mul import silu_and_mul as torch_silu_and_mul
 from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
@@ -16,6 +21,11 @@ from kernels.triton_experts import align_pairs, fused_experts
 from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.triton_silu_and_mul import silu_and_mul
 
+from ..engine.quantized_variants import (
+    assert_backends_agree,
+    write_compressed_tensors_variant,
+    write_fp8_variant,
+)
 from .tolerances import DTYPES, assert_close
 
 HIDDEN, INTER = 48, 40  # neither a multiple of the 32/64-wide tiles
@@ -93,6 +103,73 @@ def test_fused_experts_with_biases_and_clamped_swiglu(
         assert_close(got, expected)
         without = torch_experts(x, params[0], params[1], weights, chosen, torch_act)
         assert not torch.allclose(without, expected, atol=0.1)  # the biases count
+
+
+def _fp8_stack(
+    experts: int, rows: int, cols: int, block: Fp8Block, gen: torch.Generator
+) -> Fp8Experts:
+    """Random e4m3 values (|v| up to ~30) and tile scales of ~1 / (10 sqrt(cols))."""
+    values = (torch.randn(experts, rows, cols, generator=gen) * 8).to(torch.float8_e4m3fn)
+    scales = torch.rand(experts, *block.scales_shape(rows, cols), generator=gen)
+    return Fp8Experts(values.view(torch.uint8), (0.5 + scales) / (10 * cols**0.5), block)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block", [(16, 16), (1, 0)])  # tiles cut short; a scale per row
+@pytest.mark.parametrize("tokens", [2, 45])
+def test_fused_experts_on_fp8_weights_match_torch(
+    device: torch.device, dtype: torch.dtype, block: tuple[int, int], tokens: int
+) -> None:
+    """The `-FP8` MoE releases' experts: the Triton GEMMs, decoding e4m3 tiles with their
+    scales as they read them, against the torch loop on the dequantized stacks, which
+    the torch loop on the FP8 stacks is exactly."""
+    gen = torch.Generator().manual_seed(tokens)
+    num_experts, top_k = 6, 2
+
+    def stack(rows: int, cols: int) -> Fp8Experts:
+        tiles = Fp8Block(block[0], block[1] or cols)
+        fp8 = _fp8_stack(num_experts, rows, cols, tiles, gen)
+        return Fp8Experts(fp8.values.to(device), fp8.scales.to(device), tiles)
+
+    gate_up, down = stack(2 * INTER, HIDDEN), stack(HIDDEN, INTER)
+    x = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype)
+    weights, chosen = _routing(tokens, num_experts, top_k, gen)
+    weights, chosen = weights.to(device), chosen.to(device)
+    plain = [torch.stack([s.expert(e, dtype) for e in range(num_experts)]) for s in (gate_up, down)]
+    expected = torch_experts(x, *plain, weights, chosen, torch_silu_and_mul)
+    on_fp8 = torch_experts(x, gate_up, down, weights, chosen, torch_silu_and_mul)
+    assert torch.equal(on_fp8, expected)
+    got = fused_experts(x, gate_up, down, weights, chosen, silu_and_mul)
+    assert_close(got, expected)
+
+
+@pytest.mark.slow  # ~10 s each in Triton's interpreter
+@pytest.mark.parametrize("scheme", ["tiles 16", "channel"])
+def test_an_fp8_moe_checkpoint_keeps_its_experts_fp8_on_triton(
+    scheme: str, make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A Qwen3-MoE FP8 checkpoint (its experts' matrices FP8 one by one, as released) on
+    the Triton backend: each layer's expert stacks stay e4m3 bytes with their scales
+    stacked beside them (16-row tiles, or compressed-tensors' scale per channel), and
+    the torch backend's greedy tokens and logprobs on the dequantized weights."""
+    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    source = make_random_model("qwen3_moe")
+    if scheme == "channel":
+        write_compressed_tensors_variant(source, fp8, reference, "channel")
+    else:
+        write_fp8_variant(source, fp8, reference, [16, 16])
+
+    def check(backend: str, llm: LLM) -> None:
+        sparse = [layer.mlp for layer in llm.engine.runner.model.layers]
+        sparse = [mlp for mlp in sparse if isinstance(mlp, SparseMoE)]
+        assert sparse
+        for moe in sparse:
+            kept = moe.fp8_blocks is not None
+            assert kept == (backend == "triton")
+            assert (moe.gate_up.dtype == torch.uint8) == kept
+            assert (moe.down.dtype == torch.uint8) == kept
+
+    assert_backends_agree(fp8, check)
 
 
 @pytest.mark.parametrize("block_m", [16, 64])
