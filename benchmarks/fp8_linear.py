@@ -6,7 +6,7 @@ row count from a decode step's few to a prefill chunk's thousand, three ways:
 - fp8_gemm: `kernels.triton_fp8_linear`'s GEMM, decoding e4m3 tiles as it
   reads them (forced at every row count);
 - fp8_dequant: the matrix dequantized into a scratch copy, then cuBLAS (what
-  `fp8_linear` does past FP8_GEMM_MAX_ROWS);
+  `fp8_linear` does past kernels/fp8.py's FP8_GEMM_MAX_ROWS);
 - bf16: cuBLAS on the dequantized matrix kept in bf16 (the torch path's
   memory: what FP8 saves half of).
 
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from benchmarks.args import int_list
 from benchmarks.kernels import median_ms, run_gpu_rows
 from benchmarks.report import rounded
+from kernels import fp8
 from kernels.fp8 import Fp8Block
 
 # Llama-3-8B's fused q/k/v, fused gate/up and down projections: (out, in).
@@ -68,7 +69,6 @@ def bench_row(
     rows: int, shape: tuple[int, int], device: torch.device, peak_gbs: float | None
 ) -> dict[str, Any]:
     """One JSON row: the three ways on one random matrix and input."""
-    from kernels import triton_fp8_linear
     from kernels.fp8 import dequantize
     from kernels.triton_fp8_linear import dequantize_fp8, fp8_linear
 
@@ -108,7 +108,7 @@ def bench_row(
         "out_features": out_features,
         "in_features": in_features,
         "max_abs_err_vs_bf16": float(f"{float(error.max()):.3g}"),
-        "engine_gemm_max_rows": triton_fp8_linear.FP8_GEMM_MAX_ROWS,
+        "engine_gemm_max_rows": fp8.FP8_GEMM_MAX_ROWS,
     }
     flops = 2 * rows * weights
     for name, ms in timings.items():
@@ -125,14 +125,12 @@ def bench_row(
 @contextmanager
 def _gemm_up_to(rows: int) -> Iterator[None]:
     """`fp8_linear` takes its GEMM path up to `rows` rows while inside."""
-    from kernels import triton_fp8_linear
-
-    limit = triton_fp8_linear.FP8_GEMM_MAX_ROWS
-    triton_fp8_linear.FP8_GEMM_MAX_ROWS = max(rows, limit)
+    limit = fp8.FP8_GEMM_MAX_ROWS
+    fp8.FP8_GEMM_MAX_ROWS = max(rows, limit)
     try:
         yield
     finally:
-        triton_fp8_linear.FP8_GEMM_MAX_ROWS = limit
+        fp8.FP8_GEMM_MAX_ROWS = limit
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def dequantize(
     values = weight.to(torch.float32)
     if scale.numel() == 1:
         return (values * scale.to(torch.float32).reshape(())).to(dtype)
-    if block is None and weight.dim() == 2 and scale.numel() == weight.shape[0]:
+    if block is None and weight.dim() == 2 and _per_channel(scale, weight.shape[0]):
         # One per output channel, [out, 1] as compressed-tensors writes it, or [out].
         return (values * scale.to(torch.float32).reshape(-1, 1)).to(dtype)
     if block is None or scale.dim() != 2 or weight.dim() != 2:
@@ -100,9 +100,14 @@ def dequantized_weights(
                 raise ValueError(f"FP8 weight {name!r} has no {name + suffix!r}")
             if name in keep:
                 yield name, tensor.view(torch.uint8)
-                if block is None and scale.numel() == tensor.shape[0]:
+                if block is None and _per_channel(scale, tensor.shape[0]):
                     scale = scale.reshape(-1, 1)  # a scale per row, as the model holds it
                 yield name + SCALE_SUFFIX, scale.to(torch.float32)
                 continue
             tensor = dequantize(tensor, scale, dtype, block)
         yield name, tensor
+
+
+def _per_channel(scale: torch.Tensor, out_features: int) -> bool:
+    """A scale per output channel: [out] or [out, 1] (not a grid of tiles' scales)."""
+    return scale.numel() == out_features and (scale.dim() == 1 or scale.shape[-1] == 1)

@@ -25,7 +25,8 @@ from torch import nn
 
 from engine.models.linear import Linear
 from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
-from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block
+from kernels import fp8
+from kernels.fp8 import Fp8Block
 from kernels.fused_ops import Fp8Linear
 
 FP8_DTYPE = "F8_E4M3"
@@ -129,7 +130,7 @@ def fp8_scratch_bytes(model: nn.Module, dtype: torch.dtype, max_rows: int) -> in
     """The largest dequantized copy an FP8 projection makes for inputs past the FP8
     GEMM's rows (kernels/triton_fp8_linear.py): memory to keep free of the KV cache,
     where a step can have more than those rows (`max_rows`: a step's most)."""
-    if max_rows <= FP8_GEMM_MAX_ROWS:
+    if max_rows <= fp8.FP8_GEMM_MAX_ROWS:
         return 0
     itemsize = torch.empty((), dtype=dtype).element_size()
     sizes = [

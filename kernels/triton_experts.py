@@ -125,7 +125,11 @@ def grouped_gemm_kernel(
             b_mask = k_mask[:, None] & col_mask[None, :]
             if B_FP8:
                 code = tl.load(b_base + (k0 + k)[:, None], mask=b_mask, other=0).to(tl.int32)
-                scale = tl.load(s_base + ((k0 + k) // SCALE_COLS)[:, None], mask=b_mask, other=0.0)
+                if SCALE_COLS % BLOCK_K == 0:  # the tile is within one column of scales
+                    scale = tl.load(s_base + k0 // SCALE_COLS, mask=col_mask[None, :], other=0.0)
+                else:
+                    scale_at = s_base + ((k0 + k) // SCALE_COLS)[:, None]
+                    scale = tl.load(scale_at, mask=b_mask, other=0.0)
                 b = e4m3_to_float(code) * scale
                 if not UPCAST:
                     b = b.to(a.dtype)

@@ -1,7 +1,7 @@
 """Triton linear layer on block-scaled FP8 weights (kernels/fp8.py): x @ W.T + bias.
 
-Up to FP8_GEMM_MAX_ROWS rows (decode steps, small prefill chunks: bound by
-reading the weights), one GEMM reads the weight's bytes and decodes each tile
+Up to kernels/fp8.py's FP8_GEMM_MAX_ROWS rows (decode steps, small prefill
+chunks: bound by reading the weights), one GEMM reads the weight's bytes and decodes each tile
 in registers, the e4m3 value from its bits times its tile's scale, rounded to
 the activations' dtype as the reference rounds the dequantized matrix; the
 product accumulates in fp32. That reads a byte a weight where bf16 reads two.
@@ -21,7 +21,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block
+from kernels import fp8
+from kernels.fp8 import Fp8Block
 from kernels.triton_support import dot_precision, upcast_dot
 
 
@@ -163,7 +164,7 @@ def fp8_linear(
     assert values.dtype == torch.uint8, "e4m3 bits as uint8 (a float8 tensor would convert)"
     flat = x.reshape(-1, k_size)
     m_size = flat.shape[0]
-    if m_size > FP8_GEMM_MAX_ROWS:
+    if m_size > fp8.FP8_GEMM_MAX_ROWS:
         return F.linear(x, dequantize_fp8(values, scales, block, x.dtype), bias)
     if flat.stride(-1) != 1:
         flat = flat.contiguous()

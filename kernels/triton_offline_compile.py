@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from kernels.expert_stack import ExpertStack
-from kernels.fp8 import Fp8Block, Fp8Experts
+from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block, Fp8Experts
 from kernels.mxfp4 import Mxfp4Weight
 
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
@@ -186,7 +186,7 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
     from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
     from kernels.triton_decode_attention import decode_attention, make_decode_batch
     from kernels.triton_experts import fused_experts
-    from kernels.triton_fp8_linear import FP8_GEMM_MAX_ROWS, dequantize_fp8, fp8_linear
+    from kernels.triton_fp8_linear import dequantize_fp8, fp8_linear
     from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
     from kernels.triton_prefill_attention import make_prefill_batch, prefill_attention
     from kernels.triton_rms_norm import rms_norm
@@ -248,15 +248,18 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             stacks: dict[str, tuple[ExpertStack, ExpertStack]] = {"": (t(e, 2 * i, h), t(e, h, i))}
             if shape.gpt_oss_experts:  # as released: MXFP4
                 stacks[" mxfp4"] = (_zero_mxfp4(e, 2 * i, h), _zero_mxfp4(e, h, i))
-            else:  # the -FP8 releases: 128 x 128 tiles
-                stacks[" fp8"] = (_zero_fp8(e, 2 * i, h), _zero_fp8(e, h, i))
+            else:  # the -FP8 releases: 128 x 128 tiles; compressed-tensors': a scale per row
+                stacks[" fp8"] = (_zero_fp8(e, 2 * i, h, FP8_TILES), _zero_fp8(e, h, i, FP8_TILES))
+                gate_up_rows, down_rows = Fp8Block(1, h), Fp8Block(1, i)
+                per_row = (_zero_fp8(e, 2 * i, h, gate_up_rows), _zero_fp8(e, h, i, down_rows))
+                stacks[" fp8 per row"] = per_row
             # A decode step's row blocks, a prefill's; MXFP4 also at 64-row blocks (gpt-oss's
             # 32 experts reach them only past ~500 tokens), its most registers.
             for tokens in (2, 300, 1000):
                 chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % e
                 for stack_name, (gate_up, down) in stacks.items():
-                    if tokens == 1000 and not stack_name:
-                        continue
+                    if (tokens == 1000 and not stack_name) or (tokens != 2 and "row" in stack_name):
+                        continue  # 64-row tiles for quantized stacks; per-row ones at decode
                     start_case(f"{case} {tokens} tokens{stack_name}")
                     # Routing weights in fp32 (Mixtral) and in the model's dtype (Qwen).
                     for weights in (torch.ones(tokens, shape.top_k), t(tokens, shape.top_k)):
@@ -269,9 +272,9 @@ def _zero_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
     return Mxfp4Weight(blocks, torch.zeros(experts, rows, cols // 32, dtype=torch.uint8))
 
 
-def _zero_fp8(experts: int, rows: int, cols: int) -> Fp8Experts:
+def _zero_fp8(experts: int, rows: int, cols: int, tiles: Fp8Block) -> Fp8Experts:
     values = torch.zeros(experts, rows, cols, dtype=torch.uint8)
-    return Fp8Experts(values, torch.zeros(experts, *FP8_TILES.scales_shape(rows, cols)), FP8_TILES)
+    return Fp8Experts(values, torch.zeros(experts, *tiles.scales_shape(rows, cols)), tiles)
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,9 +139,8 @@ def write_fp8_variant(
     tensors = load_file(source / "model.safetensors")
     stored: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
-    quantized = ("proj.weight", "lm_head.weight") if lm_head else ("proj.weight",)
     for name, tensor in tensors.items():
-        if name.endswith(quantized) and tensor.dim() == 2:
+        if _is_projection(name) or (lm_head and name == "lm_head.weight"):
             q, scale = quantize_fp8(tensor.float(), block)
             stored[name], stored[name + "_scale_inv"] = q, scale
             plain[name] = dequantize(q, scale, torch.float32, (block[0], block[1]))
@@ -194,7 +194,7 @@ def write_compressed_tensors_variant(
     plain: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():
         stored[name] = plain[name] = tensor
-        if name.endswith("proj.weight") and tensor.dim() == 2:
+        if _is_projection(name):
             weight = tensor.float()
             peak = weight.abs().amax(dim=1, keepdim=True)
             if strategy == "tensor":
@@ -211,3 +211,10 @@ def write_compressed_tensors_variant(
             stored[attention + "v_scale"] = torch.ones(())
     config = config or compressed_tensors_fp8_config(strategy, dynamic=False)
     write_variants(source, {fp8: (stored, config), reference: (plain, None)})
+
+
+def _is_projection(name: str) -> bool:
+    """A matrix the FP8 releases quantize: every projection, experts' too (Mixtral's
+    named w1/w2/w3)."""
+    mixtral_expert = re.search(r"\.experts\.\d+\.w[123]\.weight$", name)
+    return name.endswith("proj.weight") or mixtral_expert is not None

@@ -185,3 +185,6 @@ def test_scales_per_output_channel_may_be_one_dimensional() -> None:
     expected = (weight.float() * scale[:, None]).to(torch.bfloat16)
     assert torch.equal(dequantize(weight, scale, torch.bfloat16), expected)
     assert torch.equal(dequantize(weight, scale[:, None], torch.bfloat16), expected)
+    # Tiles' scales without weight_block_size are refused, however many they are.
+    with pytest.raises(ValueError, match="weight_block_size"):
+        dequantize(torch.randn(4, 8).to(torch.float8_e4m3fn), torch.ones(2, 2), torch.bfloat16)

@@ -144,20 +144,23 @@ def test_fused_experts_on_fp8_weights_match_torch(
 
 
 @pytest.mark.slow  # ~10 s each in Triton's interpreter
-@pytest.mark.parametrize("scheme", ["tiles 16", "channel"])
+@pytest.mark.parametrize(
+    "family,scheme", [("qwen3_moe", "tiles 16"), ("qwen3_moe", "channel"), ("mixtral", "tensor")]
+)
 def test_an_fp8_moe_checkpoint_keeps_its_experts_fp8_on_triton(
-    scheme: str, make_random_model: Callable[[str], Path], tmp_path: Path
+    family: str, scheme: str, make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    """A Qwen3-MoE FP8 checkpoint (its experts' matrices FP8 one by one, as released) on
-    the Triton backend: each layer's expert stacks stay e4m3 bytes with their scales
-    stacked beside them (16-row tiles, or compressed-tensors' scale per channel), and
-    the torch backend's greedy tokens and logprobs on the dequantized weights."""
+    """An MoE FP8 checkpoint (its experts' matrices FP8 one by one, as released) on the
+    Triton backend: each layer's expert stacks stay e4m3 bytes with their scales
+    stacked beside them (16-row tiles; compressed-tensors' scale per channel; Mixtral's
+    w1/w2/w3 with a scale per matrix, spread over its rows), and the torch backend's
+    greedy tokens and logprobs on the dequantized weights."""
     fp8, reference = tmp_path / "fp8", tmp_path / "reference"
-    source = make_random_model("qwen3_moe")
-    if scheme == "channel":
-        write_compressed_tensors_variant(source, fp8, reference, "channel")
-    else:
+    source = make_random_model(family)
+    if scheme == "tiles 16":
         write_fp8_variant(source, fp8, reference, [16, 16])
+    else:
+        write_compressed_tensors_variant(source, fp8, reference, scheme)
 
     def check(backend: str, llm: LLM) -> None:
         sparse = [layer.mlp for layer in llm.engine.runner.model.layers]

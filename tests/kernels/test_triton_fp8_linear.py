@@ -13,7 +13,7 @@ import triton.language as tl
 
 from engine.fp8_linears import fp8_scratch_bytes
 from engine.llm import LLM
-from kernels import triton_fp8_linear
+from kernels import fp8
 from kernels.fp8 import Fp8Block, dequantize
 from kernels.triton_fp8_linear import dequantize_fp8, e4m3_to_float, fp8_linear
 
@@ -95,7 +95,7 @@ def test_long_inputs_take_the_dequantized_copy(
 ) -> None:
     """Past FP8_GEMM_MAX_ROWS the matrix is dequantized once and multiplied by torch; the
     batch's leading dimensions are kept either way."""
-    monkeypatch.setattr(triton_fp8_linear, "FP8_GEMM_MAX_ROWS", 4)
+    monkeypatch.setattr(fp8, "FP8_GEMM_MAX_ROWS", 4)
     gen = torch.Generator().manual_seed(1)
     tiles = Fp8Block(16, 16)
     values, scales = (t.to(device) for t in _random_fp8(48, 32, tiles, gen))
@@ -125,15 +125,15 @@ def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
     projection's parts each spreading their own over their rows. An FP8 LM head is
     dequantized (logits are not taken through a Linear's forward). Per channel, prompt
     chunks past 4 rows take the dequantized copy, as long ones do past 256."""
-    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    folder, reference = tmp_path / "fp8", tmp_path / "reference"
     source = make_random_model("llama")
     if scheme == "channel":
-        monkeypatch.setattr(triton_fp8_linear, "FP8_GEMM_MAX_ROWS", 4)
+        monkeypatch.setattr(fp8, "FP8_GEMM_MAX_ROWS", 4)
     if scheme.startswith("tiles"):
         # The LM head in FP8 too: read by compute_logits, so dequantized as it loads.
-        write_fp8_variant(source, fp8, reference, [int(scheme.split()[1])] * 2, lm_head=True)
+        write_fp8_variant(source, folder, reference, [int(scheme.split()[1])] * 2, lm_head=True)
     else:
-        write_compressed_tensors_variant(source, fp8, reference, scheme)
+        write_compressed_tensors_variant(source, folder, reference, scheme)
 
     def check(backend: str, llm: LLM) -> None:
         layer = llm.engine.runner.model.layers[0]
@@ -158,6 +158,7 @@ def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
         scratch = {"torch": 0, "triton": 64 * 128 * 4 if scheme == "tiles 24" else 256 * 64 * 4}
         model = llm.engine.runner.model
         assert fp8_scratch_bytes(model, torch.float32, 2048) == scratch[backend]
-        assert fp8_scratch_bytes(model, torch.float32, 256) == 0  # no step past the GEMM
+        # No step past the GEMM's rows (4 here per channel, else 256): no copy to keep.
+        assert fp8_scratch_bytes(model, torch.float32, fp8.FP8_GEMM_MAX_ROWS) == 0
 
-    assert_backends_agree(fp8, check)
+    assert_backends_agree(folder, check)
