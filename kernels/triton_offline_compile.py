@@ -9,7 +9,7 @@ model shapes and dtypes the engine serves, with a stand-in driver that names
 a GPU architecture; a compile hook compiles each launch for that
 architecture, reads the cubin's resource use, and skips the launch itself.
 
-    python -m kernels.triton_offline_compile [--arch 80,90] [--json]
+    python -m kernels.triton_offline_compile [--arch 80,90] [--json] [--jobs N]
 
 Exits 1 when a kernel fails to compile, exceeds the architecture's shared
 memory, or spills. Must run without TRITON_INTERPRET (it compiles, not
@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -343,10 +346,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--arch", type=_arch_list, default=[80, 90], help="e.g. 80,90")
     parser.add_argument("--json", action="store_true", help="one JSON line per launch")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(len(os.sched_getaffinity(0)), 8),
+        help="architectures compiled at once, one process each (default: the CPUs)",
+    )
     args = parser.parse_args(argv)
     failed = 0
-    for arch in args.arch:
-        for launch in compile_all(arch):
+    # One process per architecture: ptxas and Triton's compiler use one core each, and
+    # each process holds its own stand-in driver.
+    jobs = max(1, min(args.jobs, len(args.arch)))
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        compiled = list(pool.map(compile_all, args.arch))
+    for arch, launches in zip(args.arch, compiled, strict=True):
+        for launch in launches:
             problems = launch.problems
             failed += bool(problems)
             if args.json:
