@@ -203,7 +203,9 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
         for dtype_name, dtype in DTYPES.items():
 
             def t(*size: int, dtype: torch.dtype = dtype) -> torch.Tensor:
-                return torch.zeros(size, dtype=dtype)
+                # Never written: a large empty tensor costs address space, not memory
+                # (Mixtral's fp32 experts are 5.6 GB, and architectures compile at once).
+                return torch.empty(size, dtype=dtype)
 
             case = f"{shape.name} {dtype_name}"
             h, kvh, d = shape.heads, shape.kv_heads, shape.head_dim
@@ -250,11 +252,12 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             e, h, i = shape.experts, shape.hidden, shape.intermediate
             stacks: dict[str, tuple[ExpertStack, ExpertStack]] = {"": (t(e, 2 * i, h), t(e, h, i))}
             if shape.gpt_oss_experts:  # as released: MXFP4
-                stacks[" mxfp4"] = (_zero_mxfp4(e, 2 * i, h), _zero_mxfp4(e, h, i))
+                stacks[" mxfp4"] = (_empty_mxfp4(e, 2 * i, h), _empty_mxfp4(e, h, i))
             else:  # the -FP8 releases: 128 x 128 tiles; compressed-tensors': a scale per row
-                stacks[" fp8"] = (_zero_fp8(e, 2 * i, h, FP8_TILES), _zero_fp8(e, h, i, FP8_TILES))
+                tiled = (_empty_fp8(e, 2 * i, h, FP8_TILES), _empty_fp8(e, h, i, FP8_TILES))
+                stacks[" fp8"] = tiled
                 gate_up_rows, down_rows = Fp8Block(1, h), Fp8Block(1, i)
-                per_row = (_zero_fp8(e, 2 * i, h, gate_up_rows), _zero_fp8(e, h, i, down_rows))
+                per_row = (_empty_fp8(e, 2 * i, h, gate_up_rows), _empty_fp8(e, h, i, down_rows))
                 stacks[" fp8 per row"] = per_row
             # A decode step's row blocks, a prefill's; MXFP4 also at 64-row blocks (gpt-oss's
             # 32 experts reach them only past ~500 tokens), its most registers.
@@ -270,14 +273,14 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                         fused_experts(x, gate_up, down, weights, chosen, act_and_mul, *biases)
 
 
-def _zero_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
-    blocks = torch.zeros(experts, rows, cols // 2, dtype=torch.uint8)
-    return Mxfp4Weight(blocks, torch.zeros(experts, rows, cols // 32, dtype=torch.uint8))
+def _empty_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
+    blocks = torch.empty(experts, rows, cols // 2, dtype=torch.uint8)
+    return Mxfp4Weight(blocks, torch.empty(experts, rows, cols // 32, dtype=torch.uint8))
 
 
-def _zero_fp8(experts: int, rows: int, cols: int, tiles: Fp8Block) -> Fp8Experts:
-    values = torch.zeros(experts, rows, cols, dtype=torch.uint8)
-    return Fp8Experts(values, torch.zeros(experts, *tiles.scales_shape(rows, cols)), tiles)
+def _empty_fp8(experts: int, rows: int, cols: int, tiles: Fp8Block) -> Fp8Experts:
+    values = torch.empty(experts, rows, cols, dtype=torch.uint8)
+    return Fp8Experts(values, torch.empty(experts, *tiles.scales_shape(rows, cols)), tiles)
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:
