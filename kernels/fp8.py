@@ -31,6 +31,16 @@ class Fp8Block:
         return (-(-out_features // self.rows), -(-in_features // self.cols))
 
 
+def empty_fp8(
+    shape: tuple[int, ...], block: Fp8Block, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised e4m3 bits (uint8, `shape`: [..., out, in]) and their fp32 tile scales
+    ([..., *block.scales_shape(out, in)]), for weights to be filled in."""
+    *leading, rows, cols = shape
+    values = torch.empty(shape, dtype=torch.uint8, device=device)
+    return values, torch.empty(*leading, *block.scales_shape(rows, cols), device=device)
+
+
 def dequantize(
     values: torch.Tensor, scales: torch.Tensor, block: Fp8Block, dtype: torch.dtype
 ) -> torch.Tensor:

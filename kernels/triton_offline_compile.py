@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from kernels.expert_stack import ExpertStack
-from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block, Fp8Experts
+from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block, Fp8Experts, empty_fp8
 from kernels.mxfp4 import Mxfp4Weight
 
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
@@ -279,8 +279,7 @@ def _empty_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
 
 
 def _empty_fp8(experts: int, rows: int, cols: int, tiles: Fp8Block) -> Fp8Experts:
-    values = torch.empty(experts, rows, cols, dtype=torch.uint8)
-    return Fp8Experts(values, torch.empty(experts, *tiles.scales_shape(rows, cols)), tiles)
+    return Fp8Experts(*empty_fp8((experts, rows, cols), tiles), tiles)
 
 
 def compile_all(arch: int) -> list[CompiledLaunch]:

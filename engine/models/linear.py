@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from engine.models.lora import LoRALayer
-from kernels.fp8 import Fp8Block
+from kernels.fp8 import Fp8Block, empty_fp8
 from kernels.fused_ops import Fp8Linear
 from kernels.linear import LinearMethod
 
@@ -42,10 +42,9 @@ class Linear(nn.Module):
     def keep_fp8(self, block: Fp8Block, fp8_linear: Fp8Linear) -> None:
         """Hold the weight as FP8 (its checkpoint's bytes and tile scales); call before
         the model's tensors are allocated (on the meta device)."""
-        device = self.weight.device
-        values = torch.empty(self.out_features, self.in_features, dtype=torch.uint8, device=device)
+        shape = (self.out_features, self.in_features)
+        values, scales = empty_fp8(shape, block, self.weight.device)
         self.weight = nn.Parameter(values, requires_grad=False)
-        scales = torch.empty(block.scales_shape(self.out_features, self.in_features), device=device)
         self.weight_scale_inv = nn.Parameter(scales, requires_grad=False)
         self.fp8_block, self.fp8_linear = block, fp8_linear
 

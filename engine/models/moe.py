@@ -28,7 +28,7 @@ from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
 from engine.models.linear import Linear
 from engine.models.mlp import MLP, act_and_mul_for
 from kernels.expert_stack import ExpertStack
-from kernels.fp8 import Fp8Block, Fp8Experts
+from kernels.fp8 import Fp8Block, Fp8Experts, empty_fp8
 from kernels.fused_ops import FusedOps
 
 # A router's or one expert's weight, as the model names checkpoint tensors (an expert's
@@ -103,8 +103,7 @@ class SparseMoE(nn.Module):
         for name, stack in stacks.items():
             experts, rows, cols = stack.shape
             block = Fp8Block(*block_size) if block_size else Fp8Block(1, cols)
-            values = torch.empty(experts, rows, cols, dtype=torch.uint8, device=stack.device)
-            scales = torch.empty(experts, *block.scales_shape(rows, cols), device=stack.device)
+            values, scales = empty_fp8((experts, rows, cols), block, stack.device)
             setattr(self, name, nn.Parameter(values, requires_grad=False))
             setattr(self, f"{name}_scale_inv", nn.Parameter(scales, requires_grad=False))
             blocks.append(block)
