@@ -27,6 +27,13 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
     ),
     ("--max-model-len", {"type": int}),
     ("--kv-cache-memory", {"type": int, "help": "KV cache bytes on CPU"}),
+    (
+        "--kv-cache-dtype",
+        {
+            "choices": ["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+            "help": "fp8: one byte per cached key and value (twice bf16's tokens)",
+        },
+    ),
     ("--gpu-memory-utilization", {"type": float}),
     ("--chat-template", {"help": "a Jinja template file or string"}),
     ("--attention-backend", {"choices": ["torch", "triton"]}),

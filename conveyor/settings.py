@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     kv_cache_memory: int = Field(default=1 << 30, description="KV cache bytes on CPU")
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
+        default="auto",
+        description="auto: the model's dtype; fp8 (e4m3) or fp8_e5m2: a byte per key and "
+        "value, twice a bf16 cache's tokens in the same memory",
+    )
     gpu_memory_utilization: float = 0.9
     chat_template: str | None = Field(default=None, description="file path or Jinja string")
     attention_backend: str | None = Field(default=None, description="torch or triton")
@@ -359,6 +364,7 @@ class Settings(BaseSettings):
             max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching,
             kv_cache_memory=self.kv_cache_memory,
+            kv_cache_dtype=self.kv_cache_dtype,
             gpu_memory_utilization=self.gpu_memory_utilization,
             chat_template=self.chat_template,
             attention_backend=self.attention_backend,

@@ -17,6 +17,7 @@ from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.speculative_config import SpeculativeConfig
 from engine.weight_quantization import weight_quantization
+from kernels.kv_cache_dtype import KV_CACHE_DTYPES
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -572,6 +573,9 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     kv_cache_memory: int = 1 << 30
+    # vLLM's --kv-cache-dtype: "auto" (the model's dtype), "fp8" (= "fp8_e4m3") or
+    # "fp8_e5m2": a byte per key and value (kernels/kv_cache_dtype.py).
+    kv_cache_dtype: str = "auto"
     gpu_memory_utilization: float = 0.9
     num_kv_blocks: int | None = None
     chat_template: str | None = None
@@ -612,6 +616,11 @@ class EngineConfig:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError("num_kv_blocks must be at least 1")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, "
+                f"got {self.kv_cache_dtype!r}"
+            )
         if self.runner not in RUNNERS:
             raise ValueError(f"runner must be one of {list(RUNNERS)}, got {self.runner!r}")
         PoolerConfig.parse(self.pooler_config)  # a bad one fails here, before any loading

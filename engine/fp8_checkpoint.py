@@ -21,12 +21,14 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from engine.kv_cache_scales import kv_scale_target
 from kernels import fp8
 
 # The name a kept weight's scales go by in the model, whichever format they came in.
 SCALE_SUFFIX = "_scale_inv"
-# Static activation scales (activation_scheme "static") and FP8 KV-cache scales: the
-# engine computes, and caches keys and values, in the model's dtype.
+# Static activation scales (activation_scheme "static"), which the engine leaves aside
+# (it computes in the model's dtype), and FP8 KV-cache scales, which pass on to the
+# model (engine/kv_cache_scales.py).
 IGNORED_SUFFIXES = (
     ".input_scale",
     ".activation_scale",
@@ -92,7 +94,9 @@ def dequantized_weights(
     out; but the matrices named in `keep` (engine/fp8_linears.py) go through as their
     e4m3 bits (uint8), each followed by its scales as `<weight>_scale_inv`."""
     for name, tensor in tensors:
-        if is_scale(name, suffix) or name.endswith(IGNORED_SUFFIXES):
+        if kv_scale_target(name) is None and (
+            is_scale(name, suffix) or name.endswith(IGNORED_SUFFIXES)
+        ):
             continue
         if tensor.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
             scale = scales.get(name + suffix)

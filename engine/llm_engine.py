@@ -21,6 +21,7 @@ from engine.grammar_compiler import GrammarCompiler
 from engine.loader import ResolvedModel, resolve_model
 from engine.lora_manager import LoRAManager
 from engine.model_runner import ModelRunner, StepResult, load_model
+from engine.models.llama import Attention
 from engine.ngram_proposer import NgramProposer
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.pooler import Pooler
@@ -32,6 +33,7 @@ from engine.scheduler import Scheduler
 from engine.sequence import Sequence
 from engine.tokenizer import Tokenizer
 from kernels.backend import select_attention_backend
+from kernels.kv_cache_dtype import FP8_MAX, UNIT_SCALES, is_fp8, resolve_kv_cache_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +118,7 @@ class LLMEngine:
                 "than the default float32 (whose greedy output matches HF's float32 exactly)"
             )
         self.max_model_len = self._max_model_len()
+        self.kv_cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype)
         # "generate" (text) or "pooling" (embeddings): what this engine serves.
         self.runner_kind = config.resolve_runner(self.model_config)
         self.pooler_config = self._pooler_config()
@@ -132,6 +135,8 @@ class LLMEngine:
             lm_head=self.runner_kind == "generate",
         )
         self.loras = self._lora_manager(model)
+        if is_fp8(self.kv_cache_dtype):
+            self._log_kv_scales(model)
         # A step's most rows: a full prefill budget, or every sequence's decode rows.
         max_rows = max(config.max_num_batched_tokens, config.max_num_seqs * self._rows_per_sequence)
         self.num_kv_blocks = self._num_kv_blocks(fp8_scratch_bytes(model, self.dtype, max_rows))
@@ -145,8 +150,8 @@ class LLMEngine:
         shape = (self.num_kv_blocks, config.block_size, mc.num_kv_heads, mc.head_dim)
         kv_caches = [
             (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device),
+                torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device),
             )
             for _ in range(mc.num_layers)
         ]
@@ -216,7 +221,7 @@ class LLMEngine:
         self._spec_draft_tokens = 0
         self._spec_accepted_tokens = 0
         logger.info(
-            "engine ready: %s (%s) on %s (%s), %d KV blocks of %d tokens (%d tokens), "
+            "engine ready: %s (%s) on %s (%s), %d KV blocks of %d tokens (%d tokens, %s), "
             "max_model_len %d, loaded in %.1f s",
             self.model_name,
             f"embeddings, {self.pooler_config.pooling_type.value} pooling"
@@ -227,6 +232,7 @@ class LLMEngine:
             self.num_kv_blocks,
             config.block_size,
             capacity,
+            str(self.kv_cache_dtype).removeprefix("torch."),
             self.max_model_len,
             time.perf_counter() - started,
         )
@@ -323,7 +329,7 @@ class LLMEngine:
         mc = self.model_config
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         per_block = 2 * mc.num_layers * self.config.block_size * mc.num_kv_heads * mc.head_dim
-        per_block *= itemsize
+        per_block *= torch.empty((), dtype=self.kv_cache_dtype).element_size()
         if self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             activations = (
@@ -348,6 +354,27 @@ class LLMEngine:
         if budget < per_block:
             raise ValueError("not enough memory left for even one KV block")
         return budget // per_block
+
+    def _log_kv_scales(self, model: torch.nn.Module) -> None:
+        """Say where an FP8 cache's scales come from: unit scales suit keys and values of
+        ordinary magnitudes, a calibrated checkpoint's keep outliers from saturating."""
+        scales = [m.kv_scales for m in model.modules() if isinstance(m, Attention)]
+        calibrated = sum(1 for s in scales if s != UNIT_SCALES)
+        name = str(self.kv_cache_dtype).removeprefix("torch.")
+        if calibrated:
+            logger.info(
+                "%s KV cache: the checkpoint's scales for %d of %d layers",
+                name,
+                calibrated,
+                len(scales),
+            )
+        else:
+            logger.info(
+                "%s KV cache with scale 1.0 (the checkpoint has no k_scale/v_scale): keys "
+                "and values past %g saturate",
+                name,
+                FP8_MAX[self.kv_cache_dtype],
+            )
 
     def _runtime_lora_reserve(self, itemsize: int) -> int:
         """GPU bytes kept out of the KV cache for adapters loaded while serving: room for

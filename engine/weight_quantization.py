@@ -116,6 +116,7 @@ def _compressed_tensors(quantization: dict[str, Any]) -> WeightQuantization:
             "compressed-tensors checkpoints need one FP8 weight scheme for all layers, "
             f"got {len(schemes)}"
         )
-    # No weight scheme at all (KV-cache scales only): plain weights, the scales left aside.
+    # No weight scheme at all (KV-cache scales only): plain weights, the KV-cache scales
+    # passed on to the layers (engine/kv_cache_scales.py).
     block_size = next(iter(schemes), None)
     return WeightQuantization("fp8", block_size, COMPRESSED_TENSORS_SCALE_SUFFIX)  # type: ignore[arg-type]

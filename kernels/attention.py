@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import torch
 
 from kernels.fused_ops import FusedOps
+from kernels.kv_cache_dtype import UNIT_SCALES, KvScales
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class AttentionBackend(Protocol):
         window: int | None = None,
         softcap: float | None = None,
         sinks: torch.Tensor | None = None,
+        kv_scales: KvScales = UNIT_SCALES,
     ) -> torch.Tensor:
         """Store `key`/`value` ([T, kv_heads, D]) and attend `query` ([T, heads, D]).
 
@@ -86,5 +88,7 @@ class AttentionBackend(Protocol):
         (Gemma 2's): each scaled score s becomes softcap * tanh(s / softcap) before
         the softmax. `sinks` ([heads] fp32, gpt-oss's): each head's learned logit joins
         its softmax as a key with no value, so a head may attend to nothing.
+        Caches of an FP8 dtype hold codes of key / `kv_scales.k` and value /
+        `kv_scales.v` (kernels/kv_cache_dtype.py), the layer's scales.
         """
         ...

@@ -10,7 +10,10 @@ and any cached prefix. Gather indices and masks are built once per step in
 `prepare` and reused by every layer. A sliding-window layer uses a variant of
 the step's metadata built on its first call (decodes gather only the window's
 keys; prefill masks also hide keys older than the window) and reused by the
-step's other layers with that window.
+step's other layers with that window. An FP8 cache (kernels/kv_cache_dtype.py)
+is gathered as bytes and dequantized after the gather; a chunk attended
+without the cache attends its keys and values as the cache would give them
+back, so no path sees more precision than another.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 from kernels.attention import AttentionInputs
 from kernels.fused_ops import TORCH_OPS, FusedOps
+from kernels.kv_cache_dtype import UNIT_SCALES, KvScales, dequantize_kv, is_fp8, quantize_kv
 from kernels.linear import TORCH_LINEAR, linear_method_for
 
 
@@ -187,12 +191,22 @@ class TorchAttentionBackend:
         window: int | None = None,
         softcap: float | None = None,
         sinks: torch.Tensor | None = None,
+        kv_scales: KvScales = UNIT_SCALES,
     ) -> torch.Tensor:
-        store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
+        store_kv(key, value, key_cache, value_cache, metadata.slot_mapping, kv_scales)
         metadata = self._for_window(metadata, window)
         num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
         flat_k = key_cache.view(-1, num_kv_heads, head_dim)
         flat_v = value_cache.view(-1, num_kv_heads, head_dim)
+        fp8 = is_fp8(key_cache.dtype)
+        if fp8:
+            # What the cache gives back, for chunks attended without reading it.
+            key = dequantize_kv(
+                quantize_kv(key, key_cache.dtype, kv_scales.k), key.dtype, kv_scales.k
+            )
+            value = dequantize_kv(
+                quantize_kv(value, key_cache.dtype, kv_scales.v), value.dtype, kv_scales.v
+            )
         out = torch.empty_like(query)
         if metadata.decodes:
             k_buf, v_buf = _gather_buffers(metadata, flat_k)
@@ -205,6 +219,8 @@ class TorchAttentionBackend:
                 n, length = g.end - g.start, g.length
                 k = torch.index_select(flat_k, 0, g.slots, out=k_buf[: n * length])
                 v = torch.index_select(flat_v, 0, g.slots, out=v_buf[: n * length])
+                k = dequantize_kv(k, query.dtype, kv_scales.k)
+                v = dequantize_kv(v, query.dtype, kv_scales.v)
                 k = k.view(n, length, num_kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
                 v = v.view(n, length, num_kv_heads, head_dim).transpose(1, 2)
                 q = query[g.start : g.end].view(n, num_kv_heads, group, head_dim)
@@ -224,8 +240,8 @@ class TorchAttentionBackend:
                 out[rows] = o.transpose(1, 2).reshape(p.end - p.start, *query.shape[1:])
             else:
                 q = query[rows].transpose(0, 1)  # [H, Q, D]
-                k = flat_k[p.kv_slots].transpose(0, 1)
-                v = flat_v[p.kv_slots].transpose(0, 1)
+                k = dequantize_kv(flat_k[p.kv_slots], query.dtype, kv_scales.k).transpose(0, 1)
+                v = dequantize_kv(flat_v[p.kv_slots], query.dtype, kv_scales.v).transpose(0, 1)
                 o = attend(q, k, v, scale, softcap, head_sinks, mask=p.mask)
                 out[rows] = o.transpose(0, 1)
         return out
@@ -307,8 +323,13 @@ def store_kv(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    scales: KvScales = UNIT_SCALES,
 ) -> None:
-    """Write each new token's K and V at its slot in the paged cache (torch reference)."""
+    """Write each new token's K and V at its slot in the paged cache (torch reference);
+    into an FP8 cache as their codes under the layer's `scales`."""
     num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
-    key_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, key)
-    value_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, value)
+    for cache, new, scale in ((key_cache, key, scales.k), (value_cache, value, scales.v)):
+        stored = quantize_kv(new, cache.dtype, scale)
+        if is_fp8(cache.dtype):  # index_copy_ has no float8 kernels: copy the bytes
+            cache, stored = cache.view(torch.uint8), stored.view(torch.uint8)
+        cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slot_mapping, stored)

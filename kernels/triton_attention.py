@@ -16,6 +16,7 @@ import torch
 
 from kernels.attention import AttentionInputs, block_table_tensor
 from kernels.fused_ops import FusedOps
+from kernels.kv_cache_dtype import UNIT_SCALES, KvScales
 from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.triton_decode_attention import (
     PARTITION_SIZE,
@@ -127,8 +128,9 @@ class TritonAttentionBackend:
         window: int | None = None,
         softcap: float | None = None,
         sinks: torch.Tensor | None = None,
+        kv_scales: KvScales = UNIT_SCALES,
     ) -> torch.Tensor:
-        store_kv(key, value, key_cache, value_cache, metadata.slot_mapping)
+        store_kv(key, value, key_cache, value_cache, metadata.slot_mapping, kv_scales)
         out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         nd = metadata.num_decodes
         if metadata.decode is not None:
@@ -142,6 +144,7 @@ class TritonAttentionBackend:
                 window,
                 softcap,
                 sinks,
+                kv_scales,
             )
         if metadata.prefill is not None:
             prefill_attention(
@@ -154,5 +157,6 @@ class TritonAttentionBackend:
                 window=window,
                 softcap=softcap,
                 sinks=sinks,
+                kv_scales=kv_scales,
             )
         return out

@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.kv_cache_dtype import UNIT_SCALES, KvScales
 from kernels.triton_attention_scores import LOG2E, scaled_scores, score_scales
-from kernels.triton_paged_kv import load_kv_tile
+from kernels.triton_paged_kv import kernel_caches, load_kv_tile
 from kernels.triton_support import dot_precision, upcast_dot
 
 PARTITION_SIZE = 512
@@ -37,6 +38,8 @@ def decode_partition_kernel(
     sinks_ptr,
     score_pre,
     score_post,
+    k_scale,
+    v_scale,
     stride_qt,
     stride_qh,
     stride_cb,
@@ -61,6 +64,7 @@ def decode_partition_kernel(
     PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,
     SINKS: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -118,7 +122,11 @@ def decode_partition_kernel(
             stride_cb,
             stride_cs,
             stride_ch,
+            k_scale,
+            v_scale,
             CACHE_BLOCK,
+            FP8,
+            q_ptr.dtype.element_ty,
         )
         if UPCAST:
             k = k.to(tl.float32)
@@ -230,13 +238,16 @@ def make_decode_batch(
     return DecodeBatch(block_tables, lens, num_partitions, partition_size)
 
 
-def _keys_per_tile(element_size: int, head_dim: int) -> int:
+def _keys_per_tile(element_size: int, head_dim: int, fp8_cache: bool = False) -> int:
     """64 keys per tile in 16-bit dtypes. fp32 spilled registers with more than 16 past
     head_dim 64 (on sm_90: 64 keys or 4 warps at head_dim 128, 32 keys with 8 query
     heads per KV head, and at Gemma's 256), checked by python -m
-    kernels.triton_offline_compile; with 8 warps (below), 16."""
+    kernels.triton_offline_compile; with 8 warps (below), 16. Decoding an FP8 cache
+    takes registers of its own: past head_dim 64, 64 keys spilled on sm_90 (Llama-3-8B,
+    Gemma), and so did 32 with 8 query heads per KV head (Qwen3-30B-A3B); 16 did not
+    for any shape (at most 155 registers)."""
     if element_size <= 2:
-        return 64
+        return 16 if fp8_cache and head_dim > 64 else 64
     return 16 if head_dim > 64 else 32
 
 
@@ -250,6 +261,7 @@ def decode_attention(
     window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    kv_scales: KvScales = UNIT_SCALES,
 ) -> torch.Tensor:
     """query [B, heads, D] (one token per sequence) -> out [B, heads, D]; with `window`
     each query sees only its sequence's last `window` keys, with `softcap` scores are
@@ -264,6 +276,7 @@ def decode_attention(
         return out
     assert query.stride(-1) == 1 and out.stride(-1) == 1
     assert key_cache.stride() == value_cache.stride() and key_cache.stride(-1) == 1
+    key_cache, value_cache, fp8 = kernel_caches(key_cache, value_cache)
     parts = batch.num_partitions
     split = parts > 1
     if split:
@@ -288,6 +301,8 @@ def decode_attention(
         lse,
         target if sinks is None else sinks,
         *scales,
+        kv_scales.k,
+        kv_scales.v,
         query.stride(0),
         query.stride(1),
         key_cache.stride(0),
@@ -304,13 +319,17 @@ def decode_attention(
         CACHE_BLOCK=key_cache.shape[1],
         PARTITION=batch.partition_size,
         BLOCK_G=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=min(_keys_per_tile(query.element_size(), head_dim), batch.partition_size),
+        BLOCK_N=min(
+            _keys_per_tile(query.element_size(), head_dim, fp8_cache=fp8 != 0),
+            batch.partition_size,
+        ),
         BLOCK_D=block_d,
         SPLIT=split,
         UPCAST=upcast_dot(decode_partition_kernel, query.dtype),
         PRECISION=dot_precision(query.dtype),
         SOFTCAP=softcap is not None,
         SINKS=sinks is not None,
+        FP8=fp8,
         num_warps=8 if head_dim > 64 and query.element_size() > 2 else 4,
     )
     if split:

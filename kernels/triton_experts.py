@@ -26,7 +26,7 @@ import triton.language as tl
 from kernels.expert_stack import ExpertStack
 from kernels.fp8 import Fp8Block, Fp8Experts
 from kernels.mxfp4 import Mxfp4Weight
-from kernels.triton_fp8_linear import e4m3_to_float
+from kernels.triton_fp8 import e4m3_to_float
 from kernels.triton_mxfp4 import mxfp4_pair
 from kernels.triton_support import dot_precision, upcast_dot
 

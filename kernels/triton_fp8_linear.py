@@ -23,19 +23,8 @@ import triton.language as tl
 
 from kernels import fp8
 from kernels.fp8 import Fp8Block
+from kernels.triton_fp8 import e4m3_to_float
 from kernels.triton_support import dot_precision, upcast_dot
-
-
-@triton.jit
-def e4m3_to_float(code):
-    """e4m3fn codes (int32, 0..255) -> their fp32 values, from the bits: exponent bias 7,
-    three mantissa bits, subnormals m * 2^-9 (its NaN codes are in no checkpoint)."""
-    exponent = (code >> 3) & 15
-    mantissa = code & 7
-    normal = (((exponent + 120) << 23) | (mantissa << 20)).to(tl.float32, bitcast=True)
-    subnormal = mantissa.to(tl.float32) * 0.001953125
-    magnitude = tl.where(exponent == 0, subnormal, normal)
-    return tl.where(code >= 128, -magnitude, magnitude)
 
 
 @triton.jit

@@ -37,6 +37,7 @@ import torch
 
 from kernels.expert_stack import ExpertStack
 from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block, Fp8Experts, empty_fp8
+from kernels.kv_cache_dtype import KvScales
 from kernels.mxfp4 import Mxfp4Weight
 
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
@@ -221,6 +222,18 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             start_case(case)
             prefill = make_prefill_batch(tables, [200, 100], [500, 100])
             prefill_attention(t(300, h, d), k_cache, v_cache, prefill, 0.1, **scores)
+            if dtype == torch.bfloat16:  # an FP8 KV cache (--kv-cache-dtype), GPUs' dtype
+                for fp8_name, fp8 in (("e4m3", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)):
+                    start_case(f"{case} kv {fp8_name}")
+                    caches = (
+                        t(blocks, block, kvh, d, dtype=fp8),
+                        t(blocks, block, kvh, d, dtype=fp8),
+                    )
+                    slots = torch.zeros(3, dtype=torch.long)
+                    store_kv(t(3, kvh, d), t(3, kvh, d), *caches, slots, KvScales(0.5, 0.25))
+                    batch = make_decode_batch(tables, [1000, 1000], 512)
+                    decode_attention(t(2, h, d), *caches, batch, 0.1, **scores)
+                    prefill_attention(t(300, h, d), *caches, prefill, 0.1, **scores)
             rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5)
             start_case(f"{case} +residual")
             rms_norm(t(4, shape.hidden), t(shape.hidden), 1e-5, t(4, shape.hidden))

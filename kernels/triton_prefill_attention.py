@@ -18,8 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.kv_cache_dtype import UNIT_SCALES, KvScales, is_fp8
 from kernels.triton_attention_scores import LOG2E, scaled_scores, score_scales
-from kernels.triton_paged_kv import load_kv_tile
+from kernels.triton_paged_kv import kernel_caches, load_kv_tile
 from kernels.triton_support import dot_precision, upcast_dot
 
 
@@ -35,6 +36,8 @@ def prefill_attention_kernel(
     sinks_ptr,
     score_pre,
     score_post,
+    k_scale,
+    v_scale,
     stride_qt,
     stride_qh,
     stride_cb,
@@ -54,6 +57,7 @@ def prefill_attention_kernel(
     PRECISION: tl.constexpr,
     SOFTCAP: tl.constexpr,
     SINKS: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     tile = tl.program_id(1)
@@ -106,7 +110,11 @@ def prefill_attention_kernel(
             stride_cb,
             stride_cs,
             stride_ch,
+            k_scale,
+            v_scale,
             CACHE_BLOCK,
+            FP8,
+            q_ptr.dtype.element_ty,
         )
         if UPCAST:
             k = k.to(tl.float32)
@@ -172,14 +180,17 @@ class Tiles:
     warps: int
 
 
-def _tiles(element_size: int, head_dim: int) -> Tiles:
+def _tiles(element_size: int, head_dim: int, fp8_cache: bool = False) -> Tiles:
     """The largest tiles that compile without spilling registers on sm_80 and sm_90
     (python -m kernels.triton_offline_compile): 64 x 64 in 16-bit dtypes, 64 x 32 past
     head_dim 64, with 8 warps past 128 (Gemma's 256); fp32 (twice the bytes, exact
     "ieee" dots without tensor cores) 32 x 32, 8 warps past head_dim 64, 32 x 16 past 128.
+    Decoding an FP8 cache's tiles takes registers of its own: past head_dim 64, 64 x 32
+    spilled on sm_80 (and at 256 on sm_90) and 32 x 32 did not, so rows halve there.
     """
     if element_size <= 2:
-        return Tiles(64, 64 if head_dim <= 64 else 32, 4 if head_dim <= 128 else 8)
+        rows = 32 if fp8_cache and head_dim > 64 else 64
+        return Tiles(rows, 64 if head_dim <= 64 else 32, 4 if head_dim <= 128 else 8)
     return Tiles(32, 32 if head_dim <= 128 else 16, 4 if head_dim <= 64 else 8)
 
 
@@ -195,13 +206,14 @@ def prefill_attention(
     window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    kv_scales: KvScales = UNIT_SCALES,
 ) -> torch.Tensor:
     """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored.
     With `window` a query at position p sees only keys p - window + 1 ... p; with
     `softcap` scores are squashed to softcap * tanh(score / softcap) (Gemma 2); `sinks`
     ([heads] fp32, gpt-oss) add each head's logit to its softmax's denominator."""
     num_tokens, num_heads, head_dim = query.shape
-    tiles = _tiles(query.element_size(), head_dim)
+    tiles = _tiles(query.element_size(), head_dim, fp8_cache=is_fp8(key_cache.dtype))
     block_m, block_n = block_m or tiles.rows, block_n or tiles.keys
     num_kv_heads = key_cache.shape[2]
     if out is None:
@@ -211,6 +223,7 @@ def prefill_attention(
         return out
     assert query.stride(-1) == 1 and out.stride(-1) == 1
     assert key_cache.stride() == value_cache.stride() and key_cache.stride(-1) == 1
+    key_cache, value_cache, fp8 = kernel_caches(key_cache, value_cache)
     grid = (num_seqs, triton.cdiv(batch.max_query_len, block_m), num_heads)
     scales = score_scales(scale, softcap)
     prefill_attention_kernel[grid](
@@ -223,6 +236,8 @@ def prefill_attention(
         out,
         out if sinks is None else sinks,
         *scales,
+        kv_scales.k,
+        kv_scales.v,
         query.stride(0),
         query.stride(1),
         key_cache.stride(0),
@@ -242,6 +257,7 @@ def prefill_attention(
         PRECISION=dot_precision(query.dtype),
         SOFTCAP=softcap is not None,
         SINKS=sinks is not None,
+        FP8=fp8,
         num_warps=tiles.warps,
     )
     return out

@@ -21,11 +21,13 @@ from torch import nn
 
 from engine.config import ModelConfig, RopeConfig
 from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
+from engine.kv_cache_scales import kv_scale_target, with_scale
 from engine.models.linear import Linear
 from engine.models.mlp import MLP
 from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import TORCH_OPS, FusedOps
+from kernels.kv_cache_dtype import UNIT_SCALES
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,9 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(q_width, config.rms_norm_eps, ops)
             self.k_norm = RMSNorm(kv_width, config.rms_norm_eps, ops)
         self.qk_norm = config.qk_norm
+        # An FP8 KV cache's scales for this layer (kernels/kv_cache_dtype.py): the
+        # checkpoint's calibrated ones where the loader finds them.
+        self.kv_scales = UNIT_SCALES
 
     def forward(
         self,
@@ -224,6 +229,7 @@ class Attention(nn.Module):
             self.window,
             self.softcap,
             self.sinks,
+            self.kv_scales,
         )
         return self.o_proj(out.reshape(-1, self.q_size))
 
@@ -443,6 +449,11 @@ class LlamaForCausalLM(nn.Module):
         for hf_name, tensor in weights:
             name = self.checkpoint_name(hf_name)
             if name is None or "rotary_emb" in name:
+                continue
+            kv_scale = kv_scale_target(name)
+            if kv_scale is not None:
+                attention = self.layers[kv_scale[0]].self_attn
+                attention.kv_scales = with_scale(attention.kv_scales, kv_scale[1], tensor)
                 continue
             own = self.load_own_weight(name, tensor)
             if own is not None:

@@ -31,6 +31,22 @@ def test_enforce_eager_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings_from_args(parser.parse_args(["serve"])).engine_config().enforce_eager is True
 
 
+def test_kv_cache_dtype_reaches_the_worker_and_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    assert (
+        settings_from_args(parser.parse_args(["worker"])).engine_config().kv_cache_dtype == "auto"
+    )
+    settings = settings_from_args(parser.parse_args(["serve", "--kv-cache-dtype", "fp8"]))
+    assert settings.engine_config().kv_cache_dtype == "fp8"
+    assert settings_env(settings)["CONVEYOR_KV_CACHE_DTYPE"] == "fp8"
+    monkeypatch.setenv("CONVEYOR_KV_CACHE_DTYPE", "fp8_e5m2")
+    assert Settings().engine_config().kv_cache_dtype == "fp8_e5m2"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--kv-cache-dtype", "int8"])
+    with pytest.raises(ValidationError, match="kv_cache_dtype"):
+        Settings(kv_cache_dtype="fp4")
+
+
 def test_speculative_config_reaches_the_engine_and_a_bad_one_stops_start_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -218,3 +218,32 @@ def _is_projection(name: str) -> bool:
     named w1/w2/w3)."""
     mixtral_expert = re.search(r"\.experts\.\d+\.w[123]\.weight$", name)
     return name.endswith("proj.weight") or mixtral_expert is not None
+
+
+def kv_cache_scheme_config() -> dict[str, object]:
+    """llm-compressor's quantization_config for an FP8 KV cache alone (weights as they are)."""
+    return {
+        "quant_method": "compressed-tensors",
+        "format": "dense",
+        "quantization_status": "compressed",
+        "config_groups": {},
+        "kv_cache_scheme": {
+            "num_bits": 8,
+            "type": "float",
+            "symmetric": True,
+            "dynamic": False,
+            "strategy": "tensor",
+        },
+    }
+
+
+def write_kv_cache_scales_variant(
+    source: Path, out: Path, scales: dict[int, tuple[float, float]]
+) -> None:
+    """`source` with calibrated KV-cache scales, as llm-compressor saves them: per layer
+    index, (k_scale, v_scale) beside the attention."""
+    stored = dict(load_file(source / "model.safetensors"))
+    for layer, (k, v) in scales.items():
+        stored[f"model.layers.{layer}.self_attn.k_scale"] = torch.tensor(k)
+        stored[f"model.layers.{layer}.self_attn.v_scale"] = torch.tensor(v)
+    write_variants(source, {out: (stored, kv_cache_scheme_config())})

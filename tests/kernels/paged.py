@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from kernels.attention import AttentionInputs
-from kernels.torch_attention import TorchAttentionBackend, slots_for
+from kernels.kv_cache_dtype import UNIT_SCALES, KvScales, quantize_kv
+from kernels.torch_attention import TorchAttentionBackend, slots_for, store_kv
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def torch_reference(
     window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    kv_scales: KvScales = UNIT_SCALES,
 ) -> torch.Tensor:
     """The torch backend's answer for the batch: what every attention kernel must give."""
     backend = TorchAttentionBackend(device)
@@ -117,14 +119,25 @@ def torch_reference(
         window,
         softcap,
         sinks,
+        kv_scales,
     )
 
 
-def stored_caches(batch: PagedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+def stored_caches(
+    batch: PagedBatch, kv_scales: KvScales = UNIT_SCALES
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Copies of the caches with the new tokens' K/V written by torch, so that a test of
     an attention kernel tests only that kernel, not store_kv."""
     k_cache, v_cache = batch.key_cache.clone(), batch.value_cache.clone()
-    flat = (-1, *k_cache.shape[2:])
-    k_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.key)
-    v_cache.view(flat).index_copy_(0, batch.inputs.slot_mapping, batch.value)
+    store_kv(batch.key, batch.value, k_cache, v_cache, batch.inputs.slot_mapping, kv_scales)
     return k_cache, v_cache
+
+
+def with_fp8_caches(batch: PagedBatch, fmt: torch.dtype, kv_scales: KvScales) -> PagedBatch:
+    """The batch over FP8 caches (kernels/kv_cache_dtype.py) holding its caches' values
+    quantized under `kv_scales`."""
+    return replace(
+        batch,
+        key_cache=quantize_kv(batch.key_cache, fmt, kv_scales.k),
+        value_cache=quantize_kv(batch.value_cache, fmt, kv_scales.v),
+    )

@@ -60,6 +60,9 @@ def test_every_launch_compiles_for_ampere_and_hopper_without_spills() -> None:
     assert all(launch["registers"] > 0 for launch in launches)
     # gpt-oss's experts as released: the GEMMs that decode MXFP4 tiles.
     assert any(launch["case"].endswith("mxfp4") for launch in launches)
+    # Attention over an FP8 KV cache: codes encoded and decoded in registers.
+    fp8_cache = {launch["kernel"] for launch in launches if " kv e4m3" in launch["case"]}
+    assert {"store_kv_kernel", "decode_partition_kernel", "prefill_attention_kernel"} <= fp8_cache
 
 
 def test_problems_name_what_is_wrong() -> None:

@@ -1,0 +1,46 @@
+"""--kv-cache-dtype's names, and the FP8 reference: saturated codes, read back in fp32."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.config import EngineConfig
+from kernels.kv_cache_dtype import dequantize_kv, quantize_kv, resolve_kv_cache_dtype
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        (None, torch.bfloat16),
+        ("auto", torch.bfloat16),
+        ("fp8", torch.float8_e4m3fn),
+        ("fp8_e4m3", torch.float8_e4m3fn),
+        ("fp8_e5m2", torch.float8_e5m2),
+    ],
+)
+def test_vllms_names(name: str | None, expected: torch.dtype) -> None:
+    assert resolve_kv_cache_dtype(name, torch.bfloat16) == expected
+
+
+def test_unknown_names_are_refused_before_any_loading() -> None:
+    with pytest.raises(ValueError, match="unsupported 'int8'"):
+        resolve_kv_cache_dtype("int8", torch.float32)
+    with pytest.raises(ValueError, match="kv_cache_dtype must be one of"):
+        EngineConfig(kv_cache_dtype="fp8_e4m3fn")
+
+
+@pytest.mark.parametrize("fmt,limit", [(torch.float8_e4m3fn, 448.0), (torch.float8_e5m2, 57344.0)])
+def test_values_past_the_format_saturate_and_scales_divide(fmt: torch.dtype, limit: float) -> None:
+    values = torch.tensor([1.0, -3.0, 1e6, -1e6, float("inf")], dtype=torch.bfloat16)
+    codes = quantize_kv(values, fmt, 0.5)
+    assert codes.dtype == fmt
+    back = dequantize_kv(codes, torch.bfloat16, 0.5)
+    assert back.dtype == torch.bfloat16
+    assert back.tolist() == [1.0, -3.0, limit * 0.5, -limit * 0.5, limit * 0.5]
+
+
+def test_a_full_precision_cache_stores_values_as_they_are() -> None:
+    values = torch.randn(4, 3)
+    assert quantize_kv(values, torch.float32, 0.5) is values
+    assert dequantize_kv(values, torch.bfloat16, 0.5) is values
