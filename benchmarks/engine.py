@@ -68,6 +68,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-prefix-caching", action="store_true", help="disable the engine's prefix cache"
     )
     p.add_argument("--enforce-eager", action="store_true", help="no decode CUDA graphs (GPU only)")
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+        default="auto",
+        help="engine knob: fp8 caches a byte per key and value",
+    )
     p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
     args = p.parse_args(argv)
     if args.prompt_len < 1 or args.output_len < 1:
@@ -275,6 +281,7 @@ def run_conveyor(
         "device": args.device,
         "dtype": args.dtype,
         "attention_backend": args.attention_backend,
+        "kv_cache_dtype": args.kv_cache_dtype,
     }
     if args.max_num_seqs is not None:
         knobs["max_num_seqs"] = args.max_num_seqs

@@ -79,8 +79,13 @@ def kernel_tests_target(out: Path) -> Target:
 
 def decode_target(rows: list[dict[str, Any]]) -> Target:
     name = f"decode attention >= {DECODE_TARGET_PEAK_FRAC:.0%} of peak HBM at 128 x 4096"
+    # Over a cache in the model's dtype, as the issue sets it (an FP8 cache's rows differ).
     at_target = [
-        r for r in rows if (r.get("batch"), r.get("context")) == (128, 4096) and r.get("triton_gbs")
+        r
+        for r in rows
+        if (r.get("batch"), r.get("context")) == (128, 4096)
+        and r.get("triton_gbs")
+        and not str(r.get("kv_cache_dtype", "")).startswith("float8")
     ]
     if not at_target:
         return Target(name, NOT_MEASURED, "no decode row at batch 128 x context 4096")
@@ -168,12 +173,14 @@ def verdict(out: Path, on_gpu: bool = True) -> tuple[list[Target], str]:
             "",
             "Decode attention (Triton vs SDPA on gathered KV):",
             "",
-            "| batch | context | partitions | Triton GB/s | of peak | SDPA GB/s | vs SDPA |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
+            "| batch | context | KV cache | partitions | Triton GB/s | of peak | SDPA GB/s "
+            "| vs SDPA |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         report += [
-            f"| {r['batch']} | {r['context']} | {r.get('partitions')} | {r['triton_gbs']} "
-            f"| {r.get('triton_peak_frac')} | {r.get('sdpa_gbs')} | {r.get('speedup_vs_sdpa')}x |"
+            f"| {r['batch']} | {r['context']} | {r.get('kv_cache_dtype', r.get('dtype'))} "
+            f"| {r.get('partitions')} | {r['triton_gbs']} | {r.get('triton_peak_frac')} "
+            f"| {r.get('sdpa_gbs')} | {r.get('speedup_vs_sdpa')}x |"
             for r in kernels
         ]
     ratios = graphs_vs_eager(engine_bf16, read_lines(out / "engine-bf16-eager.jsonl"))

@@ -12,7 +12,11 @@ that matters is achieved GB/s and its fraction of the card's peak. For each
 - gather_sdpa: the torch backend's path on a GPU, the gather plus that SDPA.
 
 Bandwidth counts the bytes attention must touch (K, V, queries, outputs,
-block tables), whatever each implementation moves besides. Peak comes from
+block tables), whatever each implementation moves besides. With
+`--kv-cache-dtype fp8` the Triton kernel reads an FP8 cache (a byte per
+value, so half the bytes at bf16) and the SDPA rows read the same values
+dequantized in the model's dtype, as they would serve without FP8: each
+row's GB/s counts its own bytes, and the speedups are the time saved. Peak comes from
 `--peak-gbs` or a table of known GPUs. GPU only: on CPU it refuses rather
 than print numbers that mean nothing.
 
@@ -69,6 +73,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16, help="KV cache block size")
     p.add_argument("--dtype", choices=sorted(_DTYPES), default="bf16")
     p.add_argument("--partition-size", type=int, default=None, help="split-K partition tokens")
+    p.add_argument(
+        "--kv-cache-dtype",
+        choices=["auto", "fp8", "fp8_e5m2"],
+        default="auto",
+        help="the cache the Triton kernel reads (fp8: a byte per key and value)",
+    )
     p.add_argument("--peak-gbs", type=float, default=None, help="the GPU's peak GB/s")
     p.add_argument("--cuda-graph", action="store_true", help="time CUDA-graph replays")
     p.add_argument("--seed", type=int, default=0)
@@ -140,6 +150,12 @@ def bench_decode(
     peak_gbs: float | None,
 ) -> dict[str, Any]:
     """One JSON row: the three implementations timed on one paged cache."""
+    from kernels.kv_cache_dtype import (
+        dequantize_kv,
+        is_fp8,
+        quantize_kv,
+        resolve_kv_cache_dtype,
+    )
     from kernels.triton_decode_attention import (
         PARTITION_SIZE,
         decode_attention,
@@ -154,6 +170,12 @@ def bench_decode(
     cache_shape = (num_blocks, bs, kv_heads, dim)
     k_cache = torch.randn(cache_shape, generator=gen, device=device, dtype=dtype)
     v_cache = torch.randn(cache_shape, generator=gen, device=device, dtype=dtype)
+    kv_dtype = resolve_kv_cache_dtype(args.kv_cache_dtype, dtype)
+    triton_k, triton_v = k_cache, v_cache
+    if is_fp8(kv_dtype):
+        # Triton reads the codes; the baselines the values they stand for.
+        triton_k, triton_v = (quantize_kv(c, kv_dtype, 1.0) for c in (k_cache, v_cache))
+        k_cache, v_cache = (dequantize_kv(c, dtype, 1.0) for c in (triton_k, triton_v))
     # Scattered blocks, as a long-running server's free list hands them out.
     order = torch.randperm(num_blocks, generator=gen, device=device)
     tables = order.view(batch, blocks_per_seq).to(torch.int32)
@@ -164,7 +186,7 @@ def bench_decode(
     out = torch.empty_like(query)
 
     def triton_decode() -> None:
-        decode_attention(query, k_cache, v_cache, decode, scale, out)
+        decode_attention(query, triton_k, triton_v, decode, scale, out)
 
     # The torch backend's formulation: gather by slot, then one SDPA in which the
     # query heads sharing a KV head act as that head's query positions.
@@ -195,11 +217,19 @@ def bench_decode(
     max_abs_err = float((out.float() - expected.float()).abs().max())
 
     itemsize = torch.empty((), dtype=dtype).element_size()
-    useful_bytes = (
-        2 * batch * context * kv_heads * dim * itemsize  # K and V
-        + 2 * batch * heads * dim * itemsize  # queries in, outputs out
-        + tables.numel() * tables.element_size()
-    )
+
+    def useful_bytes(kv_itemsize: int) -> int:
+        return (
+            2 * batch * context * kv_heads * dim * kv_itemsize  # K and V
+            + 2 * batch * heads * dim * itemsize  # queries in, outputs out
+            + tables.numel() * tables.element_size()
+        )
+
+    bytes_read = {
+        "triton": useful_bytes(triton_k.element_size()),
+        "sdpa": useful_bytes(itemsize),
+        "gather_sdpa": useful_bytes(itemsize),
+    }
     row: dict[str, Any] = {
         "bench": "kernels",
         "kernel": "decode_attention",
@@ -210,15 +240,16 @@ def bench_decode(
         "head_dim": dim,
         "block_size": bs,
         "dtype": args.dtype,
+        "kv_cache_dtype": str(kv_dtype).removeprefix("torch."),
         "partitions": decode.num_partitions,
-        "useful_mb": rounded(useful_bytes / 1e6),
+        "useful_mb": rounded(bytes_read["triton"] / 1e6),
         "max_abs_err_vs_sdpa": float(f"{max_abs_err:.3g}"),
     }
     timings = {}
     for name, fn in (("triton", triton_decode), ("sdpa", sdpa), ("gather_sdpa", gather_sdpa)):
         ms = time_ms(fn)
         timings[name] = ms
-        gbs = useful_bytes / (ms * 1e-3) / 1e9
+        gbs = bytes_read[name] / (ms * 1e-3) / 1e9
         row[f"{name}_us"] = rounded(ms * 1e3, 2)
         row[f"{name}_gbs"] = rounded(gbs, 1)
         row[f"{name}_peak_frac"] = rounded(gbs / peak_gbs) if peak_gbs else None

@@ -130,6 +130,9 @@ if ((!smoke)); then
         stage "kernels-p$partition" 45 "$PY" -m benchmarks.kernels --batch 1,128 --context 4096 \
             --partition-size "$partition" --json-out "$out/kernels.jsonl"
     done
+    # Decode attention over an FP8 KV cache (--kv-cache-dtype fp8): half the bytes.
+    stage kernels-fp8kv 45 "$PY" -m benchmarks.kernels --batch 1,32,128 --context 4096 \
+        --kv-cache-dtype fp8 --json-out "$out/kernels.jsonl"
 fi
 
 # LoRA adapters: steps with adapter rows run eagerly (no decode graphs).
