@@ -75,7 +75,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--partition-size", type=int, default=None, help="split-K partition tokens")
     p.add_argument(
         "--kv-cache-dtype",
-        choices=["auto", "fp8", "fp8_e5m2"],
+        choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
         default="auto",
         help="the cache the Triton kernel reads (fp8: a byte per key and value)",
     )

@@ -225,6 +225,7 @@ BENCHMARKS = {
     "speculative": "benchmarks.speculative",
     "lora": "benchmarks.lora",
     "embed": "benchmarks.embeddings",
+    "kv-cache": "benchmarks.kv_cache",
 }
 
 

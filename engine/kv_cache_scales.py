@@ -2,7 +2,8 @@
 
 llm-compressor's `kv_cache_scheme` saves one scale for a layer's keys and one
 for its values (`self_attn.k_scale`, `self_attn.v_scale`; older exports
-`k_proj.output_scale`, `v_proj.output_scale`, or one `kv_scale` for both),
+`k_proj.output_scale`, `v_proj.output_scale`, or one `kv_scale` for both;
+ModelOpt's `k_proj.k_scale`, `v_proj.v_scale`; vLLM's own `attn.k_scale`),
 such that a cached key is code(key / k_scale). With --kv-cache-dtype fp8 the
 engine caches with them (kernels/kv_cache_dtype.py); with a full-precision
 cache they are loaded and unused. A scale per head (the `attn_head` strategy)
@@ -18,7 +19,10 @@ import torch
 
 from kernels.kv_cache_dtype import KvScales
 
-_NAME = re.compile(r"layers\.(\d+)\.self_attn\.(?:(k|v|kv)_scale|(k|v)_proj\.output_scale)$")
+_NAME = re.compile(
+    r"layers\.(\d+)\.self_attn\."
+    r"(?:(?:attn\.)?(k|v|kv)_scale|(k|v)_proj\.(?:output|\3)_scale)$"
+)
 
 
 def kv_scale_target(name: str) -> tuple[int, str] | None:

@@ -69,12 +69,14 @@ def fp8_format_code(dtype: torch.dtype) -> int:
 
 
 def quantize_kv(values: torch.Tensor, cache_dtype: torch.dtype, scale: float) -> torch.Tensor:
-    """`values` as stored in a cache of `cache_dtype`: code(values / scale) for FP8
-    (computed in fp32, saturated), else the values themselves."""
+    """`values` as stored in a cache of `cache_dtype`: code(values / scale) for FP8,
+    saturated, else the values themselves. The division is a product with 1 / scale
+    rounded to fp32, as the kernels compute it: one correctly rounded fp32 multiply on
+    every device (a GPU's fp32 division is not correctly rounded)."""
     if not is_fp8(cache_dtype):
         return values
     limit = FP8_MAX[cache_dtype]
-    return (values.float() / scale).clamp_(-limit, limit).to(cache_dtype)
+    return (values.float() * (1.0 / scale)).clamp_(-limit, limit).to(cache_dtype)
 
 
 def dequantize_kv(stored: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:

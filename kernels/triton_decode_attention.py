@@ -245,7 +245,7 @@ def _keys_per_tile(element_size: int, head_dim: int, fp8_cache: bool = False) ->
     kernels.triton_offline_compile; with 8 warps (below), 16. Decoding an FP8 cache
     takes registers of its own: past head_dim 64, 64 keys spilled on sm_90 (Llama-3-8B,
     Gemma), and so did 32 with 8 query heads per KV head (Qwen3-30B-A3B); 16 did not
-    for any shape (at most 155 registers)."""
+    for any shape (at most 164 registers)."""
     if element_size <= 2:
         return 16 if fp8_cache and head_dim > 64 else 64
     return 16 if head_dim > 64 else 32

@@ -2,11 +2,13 @@
 
 Codes travel as integers (uint8 in memory), never as Triton's fp8 types, which
 sm_80 cannot convert: so one kernel serves every GPU and the interpreter.
-Decoding is exact for every finite code. Encoding rounds to nearest even and
-saturates at the format's largest finite value, as torch's conversion of a
-clamped value does (kernels/kv_cache_dtype.py's `quantize_kv`, the reference).
-Neither handles NaN: no checkpoint or clamped activation holds one.
-`FORMAT` is kernels/kv_cache_dtype.py's code: 1 e4m3fn, 2 e5m2.
+Decoding is exact for every finite code, and with `SPECIALS` gives NaN and inf
+for their codes (a KV cache's: a NaN key stays NaN, as in torch; weights'
+decoders leave that check out, no checkpoint holding them). Encoding rounds
+to nearest even, saturates at the format's largest finite value and keeps
+NaN, as torch's conversion of a clamped value does (kernels/kv_cache_dtype.py's
+`quantize_kv`, the reference). `FORMAT` is kernels/kv_cache_dtype.py's code:
+1 e4m3fn, 2 e5m2.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import triton.language as tl
 
 
 @triton.jit
-def fp8_to_float(code, FORMAT: tl.constexpr):
-    """FP8 codes (int32, 0..255) -> their fp32 values."""
+def fp8_to_float(code, FORMAT: tl.constexpr, SPECIALS: tl.constexpr = False):
+    """FP8 codes (int32, 0..255) -> their fp32 values (NaN and inf codes too with
+    `SPECIALS`)."""
     MBITS: tl.constexpr = 3 if FORMAT == 1 else 2
     BIAS: tl.constexpr = 7 if FORMAT == 1 else 15
     exponent = (code >> MBITS) & ((1 << (7 - MBITS)) - 1)
@@ -28,6 +31,12 @@ def fp8_to_float(code, FORMAT: tl.constexpr):
     # Subnormals: m * 2^(1 - bias - mantissa bits).
     subnormal = mantissa.to(tl.float32) * (2.0 ** (1 - BIAS - MBITS))
     magnitude = tl.where(exponent == 0, subnormal, normal)
+    if SPECIALS:
+        if FORMAT == 1:  # e4m3fn: no infinities, NaN where every other bit is set
+            magnitude = tl.where((code & 0x7F) == 0x7F, float("nan"), magnitude)
+        else:  # e5m2: IEEE-like, the top exponent is inf (mantissa 0) or NaN
+            special = tl.where(mantissa == 0, float("inf"), float("nan"))
+            magnitude = tl.where(exponent == 31, special, magnitude)
     return tl.where(code >= 128, -magnitude, magnitude)
 
 
@@ -63,4 +72,5 @@ def float_to_fp8(x, FORMAT: tl.constexpr):
     round_up = (fraction > 0.5) | ((fraction == 0.5) & ((whole & 1) == 1))
     subnormal = whole + round_up.to(tl.int32)
     code = tl.where(magnitude < 2.0 ** (1 - BIAS), subnormal, normal)
+    code = tl.where(x != x, 0x7F, code)  # NaN, as torch encodes it (sign kept below)
     return tl.where(negative, code | 128, code)

@@ -63,8 +63,8 @@ def load_kv_tile(
     if FP8:
         k = tl.load(k_cache_ptr + offsets, mask=kv_mask, other=0).to(tl.int32)
         v = tl.load(v_cache_ptr + offsets, mask=kv_mask, other=0).to(tl.int32)
-        k = (fp8_to_float(k, FP8) * k_scale).to(OUT_TYPE)
-        v = (fp8_to_float(v, FP8) * v_scale).to(OUT_TYPE)
+        k = (fp8_to_float(k, FP8, True) * k_scale).to(OUT_TYPE)
+        v = (fp8_to_float(v, FP8, True) * v_scale).to(OUT_TYPE)
     else:
         k = tl.load(k_cache_ptr + offsets, mask=kv_mask, other=0.0)
         v = tl.load(v_cache_ptr + offsets, mask=kv_mask, other=0.0)

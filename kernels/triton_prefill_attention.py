@@ -186,11 +186,13 @@ def _tiles(element_size: int, head_dim: int, fp8_cache: bool = False) -> Tiles:
     head_dim 64, with 8 warps past 128 (Gemma's 256); fp32 (twice the bytes, exact
     "ieee" dots without tensor cores) 32 x 32, 8 warps past head_dim 64, 32 x 16 past 128.
     Decoding an FP8 cache's tiles takes registers of its own: past head_dim 64, 64 x 32
-    spilled on sm_80 (and at 256 on sm_90) and 32 x 32 did not, so rows halve there.
+    and 32 x 32 spilled on sm_80 (e4m3 at head_dim 128) and 32 x 16 did not (at most 233
+    registers), so FP8 caches take 32 x 16 there.
     """
     if element_size <= 2:
-        rows = 32 if fp8_cache and head_dim > 64 else 64
-        return Tiles(rows, 64 if head_dim <= 64 else 32, 4 if head_dim <= 128 else 8)
+        if fp8_cache and head_dim > 64:
+            return Tiles(32, 16, 4 if head_dim <= 128 else 8)
+        return Tiles(64, 64 if head_dim <= 64 else 32, 4 if head_dim <= 128 else 8)
     return Tiles(32, 32 if head_dim <= 128 else 16, 4 if head_dim <= 64 else 8)
 
 

@@ -3,7 +3,7 @@
 One program per token copies all of its KV heads, for keys and values, so a
 step costs one launch per layer however the batch is mixed. A negative slot
 is skipped (a padding row). Into an FP8 cache (kernels/kv_cache_dtype.py) each
-value is divided by its layer's scale and encoded on the way. Reference:
+value is multiplied by its layer's 1 / scale and encoded on the way. Reference:
 `kernels.torch_attention.store_kv`.
 """
 
@@ -25,8 +25,8 @@ def store_kv_kernel(
     key_cache_ptr,
     value_cache_ptr,
     slot_mapping_ptr,
-    k_scale,
-    v_scale,
+    k_inverse,
+    v_inverse,
     stride_kt,
     stride_kh,
     stride_vt,
@@ -57,8 +57,8 @@ def store_kv_kernel(
     k = tl.load(key_ptr + token * stride_kt + heads * stride_kh + dims, mask=mask)
     v = tl.load(value_ptr + token * stride_vt + heads * stride_vh + dims, mask=mask)
     if FP8:
-        k = float_to_fp8(k.to(tl.float32) / k_scale, FP8).to(tl.uint8)
-        v = float_to_fp8(v.to(tl.float32) / v_scale, FP8).to(tl.uint8)
+        k = float_to_fp8(k.to(tl.float32) * k_inverse, FP8).to(tl.uint8)
+        v = float_to_fp8(v.to(tl.float32) * v_inverse, FP8).to(tl.uint8)
     tl.store(key_cache_ptr + cache_offsets, k, mask=mask)
     tl.store(value_cache_ptr + cache_offsets, v, mask=mask)
 
@@ -85,8 +85,8 @@ def store_kv(
         key_cache,
         value_cache,
         slot_mapping,
-        scales.k,
-        scales.v,
+        1.0 / scales.k,  # a multiply, as the reference (kernels/kv_cache_dtype.py)
+        1.0 / scales.v,
         key.stride(0),
         key.stride(1),
         value.stride(0),

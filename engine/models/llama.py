@@ -452,8 +452,14 @@ class LlamaForCausalLM(nn.Module):
                 continue
             kv_scale = kv_scale_target(name)
             if kv_scale is not None:
-                attention = self.layers[kv_scale[0]].self_attn
-                attention.kv_scales = with_scale(attention.kv_scales, kv_scale[1], tensor)
+                layer, which = kv_scale
+                if layer >= len(self.layers):
+                    raise ValueError(f"unexpected weight {hf_name!r}: no layer {layer}")
+                attention = self.layers[layer].self_attn
+                try:
+                    attention.kv_scales = with_scale(attention.kv_scales, which, tensor)
+                except ValueError as exc:
+                    raise ValueError(f"{hf_name!r}: {exc}") from None
                 continue
             own = self.load_own_weight(name, tensor)
             if own is not None:

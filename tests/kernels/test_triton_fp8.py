@@ -17,13 +17,15 @@ BLOCK = 4096
 
 
 @triton.jit
-def _decode_kernel(code_ptr, out_ptr, FORMAT: tl.constexpr, E4M3_HELPER: tl.constexpr):
+def _decode_kernel(
+    code_ptr, out_ptr, FORMAT: tl.constexpr, E4M3_HELPER: tl.constexpr, SPECIALS: tl.constexpr
+):
     j = tl.arange(0, 256)
     code = tl.load(code_ptr + j).to(tl.int32)
     if E4M3_HELPER:
         tl.store(out_ptr + j, e4m3_to_float(code))
     else:
-        tl.store(out_ptr + j, fp8_to_float(code, FORMAT))
+        tl.store(out_ptr + j, fp8_to_float(code, FORMAT, SPECIALS))
 
 
 @triton.jit
@@ -45,7 +47,7 @@ def test_decoding_is_torchs_for_every_finite_code(
     codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
     got = torch.empty(256, device=device)
     _decode_kernel[(1,)](
-        codes.to(device), got, FORMAT=fp8_format_code(fmt), E4M3_HELPER=e4m3_helper
+        codes.to(device), got, FORMAT=fp8_format_code(fmt), E4M3_HELPER=e4m3_helper, SPECIALS=False
     )
     expected = codes.view(fmt).float()
     finite = expected.isfinite()
@@ -83,3 +85,21 @@ def test_encoding_is_torchs_on_saturated_values(fmt: torch.dtype, device: torch.
     expected = quantize_kv(x, fmt, 1.0).view(torch.uint8)
     wrong = (got.cpu() != expected).nonzero().flatten()
     assert wrong.numel() == 0, f"{wrong.numel()} differ, e.g. {x[wrong[:4]].tolist()}"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_kv_caches_decoding_gives_nan_and_inf_codes_as_torch(
+    fmt: torch.dtype, device: torch.device
+) -> None:
+    """A NaN key stays NaN through an FP8 cache, as in the torch reference."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    got = torch.empty(256, device=device)
+    _decode_kernel[(1,)](
+        codes.to(device), got, FORMAT=fp8_format_code(fmt), E4M3_HELPER=False, SPECIALS=True
+    )
+    expected = codes.view(fmt).float()
+    torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=0, equal_nan=True)
+    x = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])
+    encoded = torch.empty(4, dtype=torch.uint8, device=device)
+    _encode_kernel[(1,)](x.to(device), encoded, 4, FORMAT=fp8_format_code(fmt), BLOCK=16)
+    assert encoded.cpu().tolist() == quantize_kv(x, fmt, 1.0).view(torch.uint8).tolist()
