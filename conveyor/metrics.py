@@ -46,6 +46,17 @@ E2E_REQUEST_LATENCY = "vllm:e2e_request_latency_seconds"
 REQUEST_QUEUE_TIME = "vllm:request_queue_time_seconds"
 LORA_REQUESTS_INFO = "vllm:lora_requests_info"
 LORA_INFO_LABELS = ("max_lora", "waiting_lora_adapters", "running_lora_adapters")
+# vLLM's info gauge of the KV cache's configuration (value 1), for dashboards that read the
+# block count and cache dtype from it; the labels are those of vLLM's CacheConfig it uses.
+CACHE_CONFIG_INFO = "vllm:cache_config_info"
+CACHE_INFO_LABELS = (
+    "block_size",
+    "cache_dtype",
+    "enable_prefix_caching",
+    "gpu_memory_utilization",
+    "num_gpu_blocks",
+    "num_cpu_blocks",
+)
 
 FINISH_REASONS = ("stop", "length", "abort")
 
@@ -119,9 +130,13 @@ class _Histogram:
 class WorkerMetrics:
     """One worker's metrics; every method is safe to call from any thread."""
 
-    def __init__(self, model_name: str, worker: str) -> None:
+    def __init__(
+        self, model_name: str, worker: str, cache_info: dict[str, str] | None = None
+    ) -> None:
         self.model_name = model_name
         self.worker = worker
+        # CACHE_INFO_LABELS' values for this worker's engine (fixed for its life).
+        self.cache_info = dict(cache_info) if cache_info is not None else None
         self._lock = threading.Lock()
         self._gauges = dict.fromkeys(GAUGES, 0.0)
         self._counters = dict.fromkeys(COUNTERS, 0.0)
@@ -197,6 +212,7 @@ class WorkerMetrics:
                     for name, h in self._histograms.items()
                 },
                 "lora_info": dict(self._lora_info) if self._lora_info is not None else None,
+                "cache_info": self.cache_info,
             }
 
 
@@ -249,6 +265,17 @@ class WorkerMetricsCollector(Collector):
                 values = [str(info.get(label, "")) for label in LORA_INFO_LABELS]
                 lora_info.add_metric([*_labels(snap), *values], float(info.get("time", 0.0)))
         yield lora_info
+        cache_info = GaugeMetricFamily(
+            CACHE_CONFIG_INFO,
+            "Information of the LLMEngine CacheConfig",
+            labels=[*LABELS, *CACHE_INFO_LABELS],
+        )
+        for snap in self.snapshots:
+            info = snap.get("cache_info")
+            if isinstance(info, dict):
+                values = [str(info.get(label, "")) for label in CACHE_INFO_LABELS]
+                cache_info.add_metric([*_labels(snap), *values], 1.0)
+        yield cache_info
         for name, spec in HISTOGRAMS.items():
             family = HistogramMetricFamily(name, spec.doc, labels=LABELS)
             for snap in self.snapshots:

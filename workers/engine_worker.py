@@ -69,7 +69,7 @@ class EngineWorker:
         # XREADGROUP and the subscription each hold their own connection from it.
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
         self.inflight = Inflight(self.capacity)
-        self.metrics = WorkerMetrics(self.model, instance)
+        self.metrics = WorkerMetrics(self.model, instance, cache_config_info(engine))
         work: queue.Queue[Ticket] = queue.Queue()
         self.publisher = Publisher(
             self.client,
@@ -231,6 +231,20 @@ def worker_engine_config(settings: Settings) -> EngineConfig:
     lane's prefill (`--batch-prefill-tokens`) and never an interactive prompt.
     """
     return dataclasses.replace(settings.engine_config(), background_priority=BATCH_PRIORITY_FLOOR)
+
+
+def cache_config_info(engine: LLMEngine) -> dict[str, str]:
+    """The labels of vLLM's `vllm:cache_config_info` for this engine (conveyor/metrics.py):
+    its KV blocks count as vLLM's GPU blocks on any device; there is no CPU swap space."""
+    config = engine.config
+    return {
+        "block_size": str(config.block_size),
+        "cache_dtype": config.kv_cache_dtype,
+        "enable_prefix_caching": str(config.enable_prefix_caching),
+        "gpu_memory_utilization": str(config.gpu_memory_utilization),
+        "num_gpu_blocks": str(engine.num_kv_blocks),
+        "num_cpu_blocks": "None",
+    }
 
 
 def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:

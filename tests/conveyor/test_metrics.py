@@ -122,3 +122,25 @@ def test_lora_engines_report_vllms_lora_requests_info() -> None:
         "running_lora_adapters": "sql",
     }
     assert sample.value == snapshots[0]["lora_info"]["time"] > 0
+
+
+def test_the_cache_configuration_is_vllms_info_gauge() -> None:
+    """One sample per worker, value 1, the configuration in labels; snapshots from before
+    it existed render without one."""
+    info = {
+        "block_size": "16",
+        "cache_dtype": "fp8",
+        "enable_prefix_caching": "True",
+        "gpu_memory_utilization": "0.9",
+        "num_gpu_blocks": "4096",
+        "num_cpu_blocks": "None",
+    }
+    fp8, old = WorkerMetrics("llama", "w1", info), WorkerMetrics("llama", "w2")
+    snapshots = [json.loads(json.dumps(w.snapshot())) for w in (fp8, old)]
+    del snapshots[1]["cache_info"]
+    families = {
+        f.name: f for f in text_string_to_metric_families(render_worker_metrics(snapshots).decode())
+    }
+    (sample,) = families[m.CACHE_CONFIG_INFO].samples
+    assert sample.labels == {"model_name": "llama", "worker": "w1", **info}
+    assert sample.value == 1.0

@@ -128,6 +128,11 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
     assert f"vllm:e2e_request_latency_seconds_count{{{labels}}} 2.0" in text
     assert f"vllm:request_queue_time_seconds_count{{{labels}}} 2.0" in text
     assert f"vllm:inter_token_latency_seconds_count{{{labels}}} 10.0" in text
+    # The cache's configuration, as vLLM's info gauge: its block count and dtype.
+    info = snapshot()["cache_info"]
+    assert info["num_gpu_blocks"] == str(h.worker.engine.num_kv_blocks)
+    assert info["cache_dtype"] == "auto" and info["block_size"] == "16"
+    assert 'vllm:cache_config_info{block_size="16",cache_dtype="auto",' in text
 
     h.shutdown()
     assert h.exit_code == 0
