@@ -178,37 +178,43 @@ def test_engine_greedy_output_matches_torch_backend(
     assert outputs["triton-graphs"] == outputs["torch"]
 
 
-@pytest.mark.slow  # ~10 s: two small engines, one in Triton's interpreter
+@pytest.mark.slow  # ~12 s: three small engines, two in Triton's interpreter
 def test_fp8_kv_cache_engine_matches_torch_backend(
     make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
     """An FP8 KV cache with a checkpoint's calibrated scales, one layer's keys scaled so
     far down that some saturate: Triton writes and reads the torch backend's codes, so
-    the greedy tokens and their logprobs agree."""
+    the greedy tokens and their logprobs agree, decodes run from graph buffers too."""
     folder = tmp_path / "calibrated"
     write_kv_cache_scales_variant(make_random_model("llama"), folder, {0: (2**-6, 2**-5)})
     prompts = [[5, 17, 300, 9, 44, 1000, 7, 61, 2048, 3, 11], [400, 12, 9, 33]]
     outputs = {}
-    for backend in ("torch", "triton"):
+    for backend in ("torch", "triton", "triton-graphs"):
         llm = LLM(
             str(folder),
-            attention_backend=backend,
+            attention_backend=backend.removesuffix("-graphs"),
             kv_cache_dtype="fp8",
             block_size=8,
             num_kv_blocks=32,
             max_model_len=128,
             max_num_batched_tokens=6,  # chunked prefill, mixed with decodes
+            max_num_seqs=2,
         )
+        if backend == "triton-graphs":
+            replay_decodes(llm, max_num_seqs=2, max_model_len=128, block_size=8)
         results = llm.generate(prompts, greedy(5, ignore_eos=True, logprobs=1))
+        if llm.engine.runner.decode_graphs is not None:
+            assert llm.engine.runner.decode_graphs.steps_by_key  # decodes ran from buffers
         outputs[backend] = [
             (r.token_ids, torch.tensor([lp.logprob for lp in r.choices[0].logprobs]))
             for r in results
         ]
-    for (tokens, logprobs), (ref_tokens, ref_logprobs) in zip(
-        outputs["triton"], outputs["torch"], strict=True
-    ):
-        assert tokens == ref_tokens
-        torch.testing.assert_close(logprobs, ref_logprobs, atol=1e-4, rtol=0)
+    for backend in ("triton", "triton-graphs"):
+        for (tokens, logprobs), (ref_tokens, ref_logprobs) in zip(
+            outputs[backend], outputs["torch"], strict=True
+        ):
+            assert tokens == ref_tokens
+            torch.testing.assert_close(logprobs, ref_logprobs, atol=1e-4, rtol=0)
 
 
 def replay_decodes(llm: LLM, max_num_seqs: int, max_model_len: int, block_size: int) -> None:
