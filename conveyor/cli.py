@@ -34,6 +34,13 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
             "help": "fp8: one byte per cached key and value (twice bf16's tokens)",
         },
     ),
+    (
+        "--quantization",
+        {
+            "choices": ["fp8", "mxfp4", "compressed-tensors"],
+            "help": "fp8: quantize a full-precision checkpoint to FP8 as it loads",
+        },
+    ),
     ("--gpu-memory-utilization", {"type": float}),
     ("--chat-template", {"help": "a Jinja template file or string"}),
     ("--attention-backend", {"choices": ["torch", "triton"]}),

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="auto: the model's dtype; fp8 (e4m3) or fp8_e5m2: a byte per key and "
         "value, twice a bf16 cache's tokens in the same memory",
     )
+    quantization: Literal["fp8", "mxfp4", "compressed-tensors"] | None = Field(
+        default=None,
+        description="fp8: quantize a full-precision checkpoint's projections to FP8 as it "
+        "loads (half of bf16's weight memory on a GPU); a quantized checkpoint's own "
+        "method changes nothing",
+    )
     gpu_memory_utilization: float = 0.9
     chat_template: str | None = Field(default=None, description="file path or Jinja string")
     attention_backend: str | None = Field(default=None, description="torch or triton")
@@ -365,6 +371,7 @@ class Settings(BaseSettings):
             enable_prefix_caching=self.enable_prefix_caching,
             kv_cache_memory=self.kv_cache_memory,
             kv_cache_dtype=self.kv_cache_dtype,
+            quantization=self.quantization,
             gpu_memory_utilization=self.gpu_memory_utilization,
             chat_template=self.chat_template,
             attention_backend=self.attention_backend,

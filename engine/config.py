@@ -19,6 +19,9 @@ from engine.speculative_config import SpeculativeConfig
 from engine.weight_quantization import weight_quantization
 from kernels.kv_cache_dtype import KV_CACHE_DTYPES
 
+# vLLM's --quantization values served (engine/online_fp8.py applies them).
+QUANTIZATION_METHODS = ("fp8", "mxfp4", "compressed-tensors")
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
@@ -576,6 +579,9 @@ class EngineConfig:
     # vLLM's --kv-cache-dtype: "auto" (the model's dtype), "fp8" (= "fp8_e4m3") or
     # "fp8_e5m2": a byte per key and value (kernels/kv_cache_dtype.py).
     kv_cache_dtype: str = "auto"
+    # vLLM's --quantization: "fp8" quantizes a full-precision checkpoint's projections as
+    # it loads (engine/online_fp8.py); a quantized checkpoint's own method changes nothing.
+    quantization: str | None = None
     gpu_memory_utilization: float = 0.9
     num_kv_blocks: int | None = None
     chat_template: str | None = None
@@ -620,6 +626,11 @@ class EngineConfig:
             raise ValueError(
                 f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, "
                 f"got {self.kv_cache_dtype!r}"
+            )
+        if self.quantization is not None and self.quantization not in QUANTIZATION_METHODS:
+            raise ValueError(
+                f"quantization must be one of {list(QUANTIZATION_METHODS)}, "
+                f"got {self.quantization!r}"
             )
         if self.runner not in RUNNERS:
             raise ValueError(f"runner must be one of {list(RUNNERS)}, got {self.runner!r}")

@@ -23,6 +23,7 @@ from engine.lora_manager import LoRAManager
 from engine.model_runner import ModelRunner, StepResult, load_model
 from engine.models.llama import Attention
 from engine.ngram_proposer import NgramProposer
+from engine.online_fp8 import wants_online_fp8
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.pooler import Pooler
 from engine.pooler_config import PoolerConfig
@@ -125,6 +126,7 @@ class LLMEngine:
         started = time.perf_counter()
         # Chosen before the model is built: the backend also supplies its fused ops.
         backend = select_attention_backend(self.device, config.attention_backend)
+        online_fp8 = wants_online_fp8(config.quantization, self.model_config.weight_quantization)
         model = load_model(
             self.resolved.path,
             self.model_config,
@@ -133,6 +135,7 @@ class LLMEngine:
             self.device,
             backend.ops,
             lm_head=self.runner_kind == "generate",
+            online_fp8=online_fp8,
         )
         self.loras = self._lora_manager(model)
         if is_fp8(self.kv_cache_dtype):

@@ -26,6 +26,7 @@ from engine.decode_graphs import DecodeGraphs
 from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
 from engine.models.lora import LoRAContext
+from engine.online_fp8 import quantize_to_fp8
 from engine.pooler import Pooler
 from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
@@ -58,12 +59,15 @@ def load_model(
     device: torch.device,
     ops: FusedOps = TORCH_OPS,
     lm_head: bool = True,
+    online_fp8: bool = False,
 ) -> torch.nn.Module:
-    """Build the model on `device` with `ops` and stream the safetensors weights into it."""
+    """Build the model on `device` with `ops` and stream the safetensors weights into it;
+    `online_fp8`: then quantize its projections to FP8 (engine/online_fp8.py)."""
     with torch.device("meta"):
         model = build_model(config, max_positions, ops, lm_head=lm_head).to(dtype)
     files = checkpoint_files(folder)
     kept_fp8: frozenset[str] = frozenset()
+    fp8_names: set[str] = set()
     block = config.weight_block_size
     suffix = config.weight_scale_suffix
     if config.weight_quantization == "fp8":
@@ -98,6 +102,8 @@ def load_model(
         scales = dict(tensors(mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)
     model.load_weights(weights)
+    if online_fp8 and not fp8_names:  # a checkpoint's own FP8 weights are served as they are
+        quantize_to_fp8(model, ops)
     model.pack_weights()
     return model.eval()
 

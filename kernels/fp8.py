@@ -18,6 +18,8 @@ import torch
 # Rows up to which the Triton FP8 linear multiplies the FP8 weights directly; longer
 # inputs take a dequantized copy (kernels/triton_fp8_linear.py).
 FP8_GEMM_MAX_ROWS = 256
+# e4m3fn's largest finite value.
+E4M3_MAX = 448.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,18 @@ def empty_fp8(
     *leading, rows, cols = shape
     values = torch.empty(shape, dtype=torch.uint8, device=device)
     return values, torch.empty(*leading, *block.scales_shape(rows, cols), device=device)
+
+
+def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights [..., out, in] as e4m3 bits (uint8) and one fp32 scale per row ([..., out,
+    1]): each row's largest magnitude becomes 448, e4m3's largest value (an all-zero row
+    keeps a tiny scale and zero codes). What --quantization fp8 makes of a full-precision
+    checkpoint; a scale per row (vLLM's online FP8 takes one per matrix) keeps rows of
+    small weights beside rows of large ones from losing their precision."""
+    values = weight.float()
+    scales = values.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / E4M3_MAX
+    codes = (values / scales).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return codes.view(torch.uint8), scales
 
 
 def dequantize(

@@ -47,6 +47,16 @@ def test_kv_cache_dtype_reaches_the_worker_and_the_engine(monkeypatch: pytest.Mo
         Settings(kv_cache_dtype="fp4")
 
 
+def test_quantization_reaches_the_worker_and_the_engine() -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["worker"])).engine_config().quantization is None
+    settings = settings_from_args(parser.parse_args(["serve", "--quantization", "fp8"]))
+    assert settings.engine_config().quantization == "fp8"
+    assert settings_env(settings)["CONVEYOR_QUANTIZATION"] == "fp8"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--quantization", "awq"])
+
+
 def test_speculative_config_reaches_the_engine_and_a_bad_one_stops_start_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

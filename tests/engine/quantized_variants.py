@@ -14,6 +14,8 @@ from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
 from engine.fp8_checkpoint import dequantize
 from engine.llm import LLM, greedy
+from kernels import fp8
+from kernels.fp8 import Fp8Block, quantize_rows
 
 FP8_MAX = 448.0  # float8_e4m3fn's largest finite value
 MXFP4 = {"quant_method": "mxfp4", "modules_to_not_convert": ["model.layers.*.self_attn"]}
@@ -38,14 +40,15 @@ def write_variants(
         (folder / "config.json").write_text(json.dumps(written))
 
 
-def assert_same_outputs(quantized: Path, reference: Path) -> None:
-    """Token for token and logprob for logprob (prompts' too), the two folders' models."""
+def assert_same_outputs(quantized: Path, reference: Path, **quantized_args: Any) -> None:
+    """Token for token and logprob for logprob (prompts' too), the two folders' models;
+    `quantized_args`: engine arguments for the first."""
     torch.manual_seed(5)
     prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
     params = greedy(12, min_tokens=12, logprobs=3, prompt_logprobs=3)
     results = []
-    for folder in (quantized, reference):
-        llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    for folder, args in ((quantized, quantized_args), (reference, {})):
+        llm = LLM(str(folder), kv_cache_memory=64 << 20, **args)
         results.append(llm.generate(prompts, params))
     for ours, theirs in zip(*results, strict=True):
         assert ours.token_ids == theirs.token_ids
@@ -54,7 +57,9 @@ def assert_same_outputs(quantized: Path, reference: Path) -> None:
         assert ours.prompt_logprobs == theirs.prompt_logprobs
 
 
-def assert_backends_agree(folder: Path, check: Callable[[str, LLM], None]) -> None:
+def assert_backends_agree(
+    folder: Path, check: Callable[[str, LLM], None], **engine_args: Any
+) -> None:
     """The torch and the Triton backends (fp32, small steps) on one quantized checkpoint:
     `check(backend, llm)` inspects each engine; then both must give the same greedy
     tokens, and logprobs (the sampled tokens', the top ones', the prompts') equal to
@@ -69,6 +74,7 @@ def assert_backends_agree(folder: Path, check: Callable[[str, LLM], None]) -> No
             num_kv_blocks=32,
             max_model_len=128,
             max_num_batched_tokens=24,
+            **engine_args,
         )
         check(backend, llm)
         ids = [llm.tokenizer.encode(p) for p in ("The capital of France is", "1, 2, 3, 4, 5,")]
@@ -247,3 +253,16 @@ def write_kv_cache_scales_variant(
         stored[f"model.layers.{layer}.self_attn.k_scale"] = torch.tensor(k)
         stored[f"model.layers.{layer}.self_attn.v_scale"] = torch.tensor(v)
     write_variants(source, {out: (stored, kv_cache_scheme_config())})
+
+
+def write_fp8_rounded_variant(source: Path, out: Path) -> None:
+    """`source` with every projection (experts' too) replaced by what --quantization fp8
+    makes of it, dequantized: e4m3 with a scale per row (kernels/fp8.py), back in the
+    checkpoint's dtype. A plain checkpoint holding the online-quantized model's numbers."""
+    stored = {}
+    for name, tensor in load_file(source / "model.safetensors").items():
+        if _is_projection(name) and "lm_head" not in name:
+            codes, scales = quantize_rows(tensor)
+            tensor = fp8.dequantize(codes, scales, Fp8Block(1, tensor.shape[1]), tensor.dtype)
+        stored[name] = tensor
+    write_variants(source, {out: (stored, None)})

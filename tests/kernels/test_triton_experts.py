@@ -174,6 +174,31 @@ def test_an_fp8_moe_checkpoint_keeps_its_experts_fp8_on_triton(
     assert_backends_agree(fp8, check)
 
 
+@pytest.mark.slow  # ~8 s in Triton's interpreter
+def test_quantization_fp8_keeps_projections_and_experts_fp8_on_triton(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """--quantization fp8 on a full-precision MoE checkpoint: on Triton every projection
+    but the LM head and every expert stack are e4m3 bytes with a scale per row, and the
+    torch backend (which dequantizes them again) gives the same tokens and logprobs."""
+
+    def check(backend: str, llm: LLM) -> None:
+        model = llm.engine.runner.model
+        kept = backend == "triton"
+        for layer in model.layers:
+            assert (layer.self_attn.qkv_proj.weight.dtype == torch.uint8) == kept
+            assert (layer.self_attn.o_proj.fp8_block is not None) == kept
+            if isinstance(layer.mlp, SparseMoE):
+                assert (layer.mlp.gate_up.dtype == torch.uint8) == kept
+                assert (layer.mlp.fp8_blocks is not None) == kept
+            else:  # a dense layer between the sparse ones
+                assert (layer.mlp.down_proj.fp8_block is not None) == kept
+        assert any(isinstance(layer.mlp, SparseMoE) for layer in model.layers)
+        assert model.lm_head.fp8_block is None
+
+    assert_backends_agree(make_random_model("qwen3_moe"), check, quantization="fp8")
+
+
 @pytest.mark.parametrize("block_m", [16, 64])
 def test_aligned_pairs_cover_each_pair_once_in_its_experts_blocks(block_m: int) -> None:
     gen = torch.Generator().manual_seed(block_m)
