@@ -14,7 +14,8 @@ from collections.abc import Callable
 from conveyor.operator_cli import add_operator_commands
 from conveyor.settings import Settings
 
-_ENGINE_FLAGS: list[tuple[str, dict]] = [
+# Each flag's names (a long name, or a tuple of it and vLLM's short alias) and options.
+_ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--served-model-name", {}),
     ("--device", {}),
     ("--dtype", {}),
@@ -35,7 +36,7 @@ _ENGINE_FLAGS: list[tuple[str, dict]] = [
         },
     ),
     (
-        "--quantization",
+        ("--quantization", "-q"),
         {
             "choices": ["fp8", "mxfp4", "compressed-tensors"],
             "help": "fp8: quantize a full-precision checkpoint to FP8 as it loads",
@@ -92,8 +93,9 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model", nargs="?", help="HF folder, .gguf file or hub id (default: bundled)"
     )
-    for flag, kwargs in _ENGINE_FLAGS:
-        parser.add_argument(flag, default=None, **kwargs)
+    for flags, kwargs in _ENGINE_FLAGS:
+        names = (flags,) if isinstance(flags, str) else flags
+        parser.add_argument(*names, default=None, **kwargs)
     parser.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,

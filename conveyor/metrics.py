@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,29 +253,22 @@ class WorkerMetricsCollector(Collector):
             for reason in FINISH_REASONS:
                 success.add_metric([*_labels(snap), reason], float(counts.get(reason, 0)))
         yield success
-        # vLLM's info gauge: the adapters in labels, the value when they were sampled.
-        lora_info = GaugeMetricFamily(
+        # vLLM's info gauges: the adapters in labels, the value when they were sampled;
+        # the cache's configuration in labels, the value 1.
+        yield self._info_gauge(
             LORA_REQUESTS_INFO,
             "Running stats on lora requests.",
-            labels=[*LABELS, *LORA_INFO_LABELS],
+            "lora_info",
+            LORA_INFO_LABELS,
+            lambda info: float(info.get("time", 0.0)),
         )
-        for snap in self.snapshots:
-            info = snap.get("lora_info")
-            if isinstance(info, dict):
-                values = [str(info.get(label, "")) for label in LORA_INFO_LABELS]
-                lora_info.add_metric([*_labels(snap), *values], float(info.get("time", 0.0)))
-        yield lora_info
-        cache_info = GaugeMetricFamily(
+        yield self._info_gauge(
             CACHE_CONFIG_INFO,
             "Information of the LLMEngine CacheConfig",
-            labels=[*LABELS, *CACHE_INFO_LABELS],
+            "cache_info",
+            CACHE_INFO_LABELS,
+            lambda _: 1.0,
         )
-        for snap in self.snapshots:
-            info = snap.get("cache_info")
-            if isinstance(info, dict):
-                values = [str(info.get(label, "")) for label in CACHE_INFO_LABELS]
-                cache_info.add_metric([*_labels(snap), *values], 1.0)
-        yield cache_info
         for name, spec in HISTOGRAMS.items():
             family = HistogramMetricFamily(name, spec.doc, labels=LABELS)
             for snap in self.snapshots:
@@ -285,6 +278,23 @@ class WorkerMetricsCollector(Collector):
                         _labels(snap), _cumulative(data["bounds"], data["counts"]), data["sum"]
                     )
             yield family
+
+    def _info_gauge(
+        self,
+        name: str,
+        doc: str,
+        key: str,
+        labels: tuple[str, ...],
+        value: Callable[[dict[str, Any]], float],
+    ) -> GaugeMetricFamily:
+        """One sample per snapshot holding a `key` dict: its `labels` as labels."""
+        family = GaugeMetricFamily(name, doc, labels=[*LABELS, *labels])
+        for snap in self.snapshots:
+            info = snap.get(key)
+            if isinstance(info, dict):
+                values = [str(info.get(label, "")) for label in labels]
+                family.add_metric([*_labels(snap), *values], value(info))
+        return family
 
 
 def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[str, float]]:

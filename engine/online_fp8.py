@@ -7,9 +7,11 @@ are: on the Triton backend as bytes its FP8 GEMMs read (half of bf16's weight
 memory, a byte a weight read per decode step instead of two), on the torch
 backend dequantized again into the model's dtype (the same numbers, bf16's
 memory: that backend has no FP8 matmul), so both backends compute the same
-model. Layers are converted one at a time, so loading peaks at the
-full-precision model plus one layer's codes. The weights are W8A16: the
-activations stay in the model's dtype.
+model. Layers are converted one at a time and each a few rows at a time, so
+loading peaks at the full-precision model plus one layer's codes and 64 MB of
+fp32 work. Layers vLLM leaves in full precision stay so: the LM head (read by
+the logits, not called) and Qwen2-MoE's one-output shared-expert gate. The
+weights are W8A16: the activations stay in the model's dtype.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from kernels.fp8 import Fp8Block
 from kernels.fused_ops import FusedOps
 
 logger = logging.getLogger(__name__)
+
+# Linear layers left in full precision, by the last part of their name.
+KEPT_FULL = frozenset({*NOT_CALLED, "shared_expert_gate"})
 
 
 def wants_online_fp8(requested: str | None, checkpoint: str | None) -> bool:
@@ -63,7 +68,8 @@ def quantize_to_fp8(model: nn.Module, ops: FusedOps) -> None:
     before = _weight_bytes(model)
     layers = experts = 0
     for name, module in model.named_modules():
-        if isinstance(module, Linear) and name not in NOT_CALLED and module.fp8_block is None:
+        kept_full = name.rpartition(".")[2] in KEPT_FULL
+        if isinstance(module, Linear) and not kept_full and module.fp8_block is None:
             _quantize_linear(module, ops)
             layers += 1
         elif isinstance(module, SparseMoE) and module.fp8_blocks is None:
@@ -88,7 +94,7 @@ def _quantize_linear(module: Linear, ops: FusedOps) -> None:
     block = Fp8Block(1, module.in_features)
     if ops.fp8_linear is None:
         with torch.no_grad():
-            weight.copy_(fp8.dequantize(codes, scales, block, weight.dtype))
+            _dequantize_into(weight, codes, scales)
         return
     module.keep_fp8(block, ops.fp8_linear)
     with torch.no_grad():
@@ -109,8 +115,18 @@ def _quantize_experts(module: SparseMoE, ops: FusedOps) -> None:
                     getattr(module, name)[expert].copy_(codes)
                     getattr(module, f"{name}_scale_inv")[expert].copy_(scales)
                 else:
-                    block = Fp8Block(1, stack.shape[2])
-                    stack[expert].copy_(fp8.dequantize(codes, scales, block, stack.dtype))
+                    _dequantize_into(stack[expert], codes, scales)
+
+
+def _dequantize_into(weight: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> None:
+    """weight[:] = codes * scales (kernels/fp8.py's `dequantize`, per row), a few rows at
+    a time as they were quantized."""
+    rows, cols = weight.shape
+    step = max(1, fp8.QUANTIZE_CHUNK // max(cols, 1))
+    for start in range(0, rows, step):
+        part = slice(start, start + step)
+        block = Fp8Block(1, cols)
+        weight[part] = fp8.dequantize(codes[part], scales[part], block, weight.dtype)
 
 
 def _weight_bytes(model: nn.Module) -> int:

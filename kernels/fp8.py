@@ -20,6 +20,8 @@ import torch
 FP8_GEMM_MAX_ROWS = 256
 # e4m3fn's largest finite value.
 E4M3_MAX = 448.0
+# Most values quantize_rows converts in fp32 at once (16M: 64 MB).
+QUANTIZE_CHUNK = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,25 @@ def empty_fp8(
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights [..., out, in] as e4m3 bits (uint8) and one fp32 scale per row ([..., out,
-    1]): each row's largest magnitude becomes 448, e4m3's largest value (an all-zero row
-    keeps a tiny scale and zero codes). What --quantization fp8 makes of a full-precision
+    """Weights [out, in] as e4m3 bits (uint8) and one fp32 scale per row ([out, 1]): each
+    row's largest magnitude becomes 448, e4m3's largest value (an all-zero row keeps a
+    tiny scale and zero codes). What --quantization fp8 makes of a full-precision
     checkpoint; a scale per row (vLLM's online FP8 takes one per matrix) keeps rows of
-    small weights beside rows of large ones from losing their precision."""
-    values = weight.float()
-    scales = values.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / E4M3_MAX
-    codes = (values / scales).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-    return codes.view(torch.uint8), scales
+    small weights beside rows of large ones from losing their precision. A few rows at a
+    time: the fp32 work stays under QUANTIZE_CHUNK values, not three copies of a whole
+    (possibly gigabyte) matrix."""
+    rows, cols = weight.shape
+    codes = torch.empty(rows, cols, dtype=torch.uint8, device=weight.device)
+    scales = torch.empty(rows, 1, dtype=torch.float32, device=weight.device)
+    step = max(1, QUANTIZE_CHUNK // max(cols, 1))
+    for start in range(0, rows, step):
+        values = weight[start : start + step].float()
+        scale = values.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / E4M3_MAX
+        # Not in place: for fp32 weights `values` is the weight itself.
+        chunk = (values / scale).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+        codes[start : start + step] = chunk.view(torch.uint8)
+        scales[start : start + step] = scale
+    return codes, scales
 
 
 def dequantize(

@@ -273,7 +273,8 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             stacks: dict[str, tuple[ExpertStack, ExpertStack]] = {"": (t(e, 2 * i, h), t(e, h, i))}
             if shape.gpt_oss_experts:  # as released: MXFP4
                 stacks[" mxfp4"] = (_empty_mxfp4(e, 2 * i, h), _empty_mxfp4(e, h, i))
-            else:  # the -FP8 releases: 128 x 128 tiles; compressed-tensors': a scale per row
+            else:  # the -FP8 releases: 128 x 128 tiles; compressed-tensors' and
+                # --quantization fp8's: a scale per row, at a decode's and a prefill's size
                 tiled = (_empty_fp8(e, 2 * i, h, FP8_TILES), _empty_fp8(e, h, i, FP8_TILES))
                 stacks[" fp8"] = tiled
                 gate_up_rows, down_rows = Fp8Block(1, h), Fp8Block(1, i)
@@ -284,8 +285,8 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             for tokens in (2, 300, 1000):
                 chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % e
                 for stack_name, (gate_up, down) in stacks.items():
-                    if (tokens == 1000 and not stack_name) or (tokens != 2 and "row" in stack_name):
-                        continue  # 64-row tiles for quantized stacks; per-row ones at decode
+                    if tokens == 1000 and (not stack_name or "row" in stack_name):
+                        continue  # 64-row tiles for tiled quantized stacks
                     start_case(f"{case} {tokens} tokens{stack_name}")
                     # Routing weights in fp32 (Mixtral) and in the model's dtype (Qwen).
                     for weights in (torch.ones(tokens, shape.top_k), t(tokens, shape.top_k)):

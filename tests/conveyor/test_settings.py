@@ -53,6 +53,8 @@ def test_quantization_reaches_the_worker_and_the_engine() -> None:
     settings = settings_from_args(parser.parse_args(["serve", "--quantization", "fp8"]))
     assert settings.engine_config().quantization == "fp8"
     assert settings_env(settings)["CONVEYOR_QUANTIZATION"] == "fp8"
+    short = settings_from_args(parser.parse_args(["worker", "-q", "fp8"]))  # vLLM's alias
+    assert short.engine_config().quantization == "fp8"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--quantization", "awq"])
 
