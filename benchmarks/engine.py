@@ -69,6 +69,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--enforce-eager", action="store_true", help="no decode CUDA graphs (GPU only)")
     p.add_argument(
+        "--quantization",
+        choices=["fp8"],
+        default=None,
+        help="engine knob: quantize the weights to FP8 as they load",
+    )
+    p.add_argument(
         "--kv-cache-dtype",
         choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
         default="auto",
@@ -282,6 +288,7 @@ def run_conveyor(
         "dtype": args.dtype,
         "attention_backend": args.attention_backend,
         "kv_cache_dtype": args.kv_cache_dtype,
+        "quantization": args.quantization,
     }
     if args.max_num_seqs is not None:
         knobs["max_num_seqs"] = args.max_num_seqs

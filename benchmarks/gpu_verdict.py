@@ -128,12 +128,13 @@ def parity_target(lines: list[dict[str, Any]]) -> Target:
     return Target(name, MET if matching == compared else MISSED, detail)
 
 
-def graphs_vs_eager(graphs: list[dict[str, Any]], eager: list[dict[str, Any]]) -> list[str]:
-    """Per concurrency: tokens/s with decode graphs, without, and the ratio."""
-    eager_by = {r["concurrency"]: r for r in eager if r.get("system") == "conveyor"}
+def engine_ratio_rows(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[str]:
+    """Per concurrency both engine runs measured: their tokens/s and first / second (decode
+    graphs vs eager; --quantization fp8 vs bf16 weights)."""
+    second_by = {r["concurrency"]: r for r in second if r.get("system") == "conveyor"}
     lines = []
-    for row in graphs:
-        other = eager_by.get(row.get("concurrency"))
+    for row in first:
+        other = second_by.get(row.get("concurrency"))
         if row.get("system") != "conveyor" or other is None:
             continue
         ratio = row["output_tok_s"] / other["output_tok_s"]
@@ -183,7 +184,7 @@ def verdict(out: Path, on_gpu: bool = True) -> tuple[list[Target], str]:
             f"| {r.get('sdpa_gbs')} | {r.get('speedup_vs_sdpa')}x |"
             for r in kernels
         ]
-    ratios = graphs_vs_eager(engine_bf16, read_lines(out / "engine-bf16-eager.jsonl"))
+    ratios = engine_ratio_rows(engine_bf16, read_lines(out / "engine-bf16-eager.jsonl"))
     if ratios:
         report += [
             "",
@@ -192,6 +193,16 @@ def verdict(out: Path, on_gpu: bool = True) -> tuple[list[Target], str]:
             "| concurrency | graphs | eager | ratio |",
             "| --- | --- | --- | --- |",
             *ratios,
+        ]
+    fp8_ratios = engine_ratio_rows(read_lines(out / "engine-fp8.jsonl"), engine_bf16)
+    if fp8_ratios:
+        report += [
+            "",
+            "--quantization fp8 vs bf16 weights (engine with graphs, output tokens/s):",
+            "",
+            "| concurrency | fp8 | bf16 | ratio |",
+            "| --- | --- | --- | --- |",
+            *fp8_ratios,
         ]
     experts = read_lines(out / "experts.jsonl")
     if experts:

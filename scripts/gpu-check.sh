@@ -23,6 +23,7 @@
 #  11. fp8-linear    FP8 projections (Llama-3-8B's): the Triton GEMM vs dequantize + cuBLAS
 #                    vs bf16 cuBLAS, 1 to 1024 rows (where FP8_GEMM_MAX_ROWS belongs)
 #  12. kernels-fp8kv stage 3 at context 4096 over an FP8 KV cache (--kv-cache-dtype fp8)
+#  13. engine-fp8    stage 4's engine with --quantization fp8 (Triton FP8 GEMMs in place)
 # Stages run in order of importance, so a lease cut short loses the least. Then
 # benchmarks/gpu_verdict.py prints each target of the kernels issue, met or missed.
 # Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
@@ -148,6 +149,10 @@ if ((!smoke)); then
     # Decode attention over an FP8 KV cache (--kv-cache-dtype fp8): half the bytes read.
     stage kernels-fp8kv 45 "$PY" -m benchmarks.kernels --batch 1,32,128 --context 4096 \
         --kv-cache-dtype fp8 --json-out "$out/kernels.jsonl"
+    # The stage-4 engine with its projections quantized to FP8 as they load.
+    stage engine-fp8 120 "$PY" -m benchmarks.engine --model "$models/big" --device cuda \
+        --dtype bfloat16 --quantization fp8 --concurrency 1,64,256 --max-num-seqs 256 \
+        --skip-hf --json-out "$out/engine-fp8.jsonl"
 fi
 
 # The issue's targets, met or missed, from the files above (also OUTDIR/verdict.md).

@@ -74,6 +74,7 @@ def _gpu_run(out: Path, decode_gbs: float = 3400.0, vs_hf: float = 7.5) -> None:
         ),
     )
     _write(out / "engine-bf16-eager.jsonl", _engine("cuda", {1: 50.0, 256: 6000.0}))
+    _write(out / "engine-fp8.jsonl", _engine("cuda", {1: 210.0, 256: 10800.0}))
     _write(
         out / "engine-fp32.jsonl",
         _engine("cuda", {1: 80.0}, greedy_tokens_matching_hf=64, greedy_tokens_compared=64),
@@ -109,6 +110,7 @@ def test_a_run_that_meets_every_target(tmp_path: Path, capsys: pytest.CaptureFix
     assert "7.5x at 256 concurrent vs HF batch 256" in report
     assert "64 of 64 tokens on cuda" in report
     assert "| 256 | 9000.0 | 6000.0 | 1.50x |" in report  # graphs vs eager
+    assert "| 256 | 10800.0 | 9000.0 | 1.20x |" in report  # --quantization fp8 vs bf16
     assert "| 6144x4096 | 1 | 12.0 (2100.0) | 40.0 (3000.0) | 20.0 (2500.0) | 1.67x |" in report
     assert "| 32x2880x2880 top-4 | 1 | 0.2 (2000.0) | 1.0 (400.0) | 0.08 (1300.0) | 2.5 |" in report
 
