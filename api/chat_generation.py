@@ -94,6 +94,7 @@ async def start_chat(
     `truncation: "auto"`) where a prompt too long is otherwise a 400."""
     record, submitter, catalog = services.record, services.submitter, services.catalog
     body.check_supported()
+    body.model = body.model or await catalog.default_model()
     record.model = body.model
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)

@@ -81,9 +81,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ApiError(400, message, param=param, code=code)
 
 
-def not_supported(param: str, what: str) -> ApiError:
-    """Features we do not implement are refused loudly, never silently ignored."""
-    return ApiError(400, f"{what} is not supported yet", param=param, code="not_supported")
+def not_supported(param: str, what: str, hint: str = "") -> ApiError:
+    """Features we do not implement are refused loudly, never silently ignored; `hint`
+    (a sentence) says what to do instead."""
+    message = f"{what} is not supported yet" + (f"; {hint}" if hint else "")
+    return ApiError(400, message, param=param, code="not_supported")
 
 
 # Pydantic puts the union member or validator it tried into `loc` ("str", "list[int]",

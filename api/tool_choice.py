@@ -67,9 +67,9 @@ def refuse_auto(named_form: str = CHAT_NAMED_TOOL_CHOICE) -> ApiError:
     """`named_form`: how the client's API spells a named tool_choice, for the hint."""
     return not_supported(
         "tool_choice",
-        '"auto" tool choice (the model deciding whether to call a tool) without '
-        f'--tool-call-parser; force a call with tool_choice "required" or {named_form}, '
-        'or send tool_choice "none"',
+        '"auto" tool choice (the model deciding whether to call a tool) without --tool-call-parser',
+        f'start the server with --tool-call-parser, force a call with tool_choice "required" '
+        f'or {named_form}, or send tool_choice "none"',
     )
 
 

@@ -15,7 +15,7 @@ MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LENGTH = 256
 MAX_LOGIT_BIAS_ENTRIES = 1024
-MAX_N = 16
+MAX_N = 128  # OpenAI's limit; siblings past max_num_seqs wait their turn
 
 
 class SamplingParamError(ValueError):

@@ -68,6 +68,7 @@ async def create_completion(
     settings: SettingsDep,
 ) -> Response:
     body.check_supported()
+    body.model = body.model or await catalog.default_model()
     record.model = body.model
     refuse_early(request, record)
     raw_prompts = body.prompts()

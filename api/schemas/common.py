@@ -35,7 +35,8 @@ class SamplingRequest(StructuredOutputFields):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    # Optional, as in vLLM: left out, the one model served (catalog.default_model).
+    model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 
-from .conftest import MODEL
+from .conftest import MODEL, Stack, worker_on
 from .fakes import FakeWorker
 from .test_chat import stream_chunks
 
@@ -130,3 +132,26 @@ def test_stream_echo_logprobs(client: httpx.Client, worker: FakeWorker) -> None:
     assert text == prompt + " one two"
     offsets = [o for c in chunks for o in c["choices"][0]["logprobs"]["text_offset"]]
     assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+
+
+def test_the_model_may_be_left_out_while_one_model_is_served(
+    client: httpx.Client, stack: Stack, worker: FakeWorker
+) -> None:
+    """As in vLLM, a request without `model` goes to the one model served; with two
+    served it must say which."""
+    for path, body in (
+        ("/v1/completions", {"prompt": "Count:", "max_tokens": 2}),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ):
+        response = client.post(path, json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == MODEL
+    with worker_on(stack, "other-model"):
+        deadline = time.monotonic() + 10
+        while {c["id"] for c in client.get("/v1/models").json()["data"]} != {MODEL, "other-model"}:
+            assert time.monotonic() < deadline, "the second worker never showed up"
+            time.sleep(0.1)
+        response = client.post("/v1/completions", json={"prompt": "Count:"})
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error["param"] == "model" and "exactly one model" in error["message"]

@@ -45,7 +45,7 @@ def error_of(response: httpx.Response, status: int) -> dict:
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
         ({"seed": 2**70}, "seed"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
-        ({"model": None}, "model"),
+        ({"model": 5}, "model"),
     ],
 )
 def test_chat_validation_is_400_naming_param(client: httpx.Client, patch: dict, param: str) -> None:

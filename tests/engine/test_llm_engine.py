@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,17 @@ def test_n_greedy_choices_share_the_prompt(bundled_llm: LLM, reference: dict) ->
     for choice in result.choices:
         assert choice.token_ids == reference[tuple(prompt)]
         assert choice.finish_reason == "length"
+
+
+def test_more_choices_than_sequences_run_at_once_take_turns(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """n past max_num_seqs (OpenAI allows 128): the siblings wait their turn, all finish."""
+    llm = LLM(str(make_random_model("llama")), max_num_seqs=3, num_kv_blocks=64)
+    result = llm.generate([[5, 17, 300, 9]], SamplingParams(n=20, max_tokens=3, seed=1))[0]
+    assert [c.index for c in result.choices] == list(range(20))
+    assert all(len(c.token_ids) == 3 for c in result.choices)
+    assert llm.engine.block_manager.num_free_blocks == 64
 
 
 def test_seeded_sampling_is_reproducible_in_any_batch(bundled_llm: LLM) -> None:
