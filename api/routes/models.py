@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 
 from api.catalog import LiveModel
 from api.deps import Authenticated, CatalogDep
-from api.schemas.models import ModelCard, ModelList
+from api.schemas.models import ModelCard, ModelList, ModelPermission
 
 router = APIRouter(dependencies=[Authenticated])
 
@@ -20,6 +20,7 @@ def _card(model: LiveModel, created: int) -> ModelCard:
         root=model.root,
         parent=model.parent,
         max_model_len=model.max_model_len,
+        permission=[ModelPermission.of(model.name, created)],
     )
 
 

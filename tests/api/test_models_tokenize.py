@@ -19,6 +19,9 @@ def test_models_list_and_retrieve(client: httpx.Client) -> None:
     assert card["owned_by"] == "conveyor"
     assert card["max_model_len"] == MAX_MODEL_LEN
     assert isinstance(card["created"], int)
+    (permission,) = card["permission"]  # vLLM's entry, which older clients read
+    assert permission["object"] == "model_permission" and permission["allow_sampling"]
+    assert permission["id"].startswith("modelperm-")
     assert client.get(f"/v1/models/{MODEL}").json() == card
 
 
