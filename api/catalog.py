@@ -247,7 +247,8 @@ class ModelCatalog:
         )
 
     async def default_model(self) -> str:
-        """The model to use when a request names none (vLLM's tokenize endpoints allow it)."""
+        """The model to use when a request names none (vLLM allows it: chat, completions,
+        tokenize): the one base model served, else a 400."""
         bases = [m.name for m in (await self.live_models()).values() if m.parent is None]
         if len(bases) == 1:  # its LoRA adapters share its tokenizer
             return bases[0]

@@ -27,6 +27,7 @@ from benchmarks.args import int_list
 from benchmarks.engine import matching_prefix
 from benchmarks.report import JsonLines, rounded
 from engine.llm import LLM, greedy
+from kernels.kv_cache_dtype import resolve_kv_cache_dtype
 
 QUESTIONS = [
     "What is the capital of France, and what is it known for?",
@@ -73,7 +74,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--gpu-memory-utilization",
         type=float,
         default=0.25,
-        help="each engine's share of the GPU (they share one card)",
+        help="the auto engine's share of the GPU; the others get its cache's bytes",
     )
     p.add_argument(
         "--max-model-len", type=int, default=2048, help="each engine's (the cache must hold it)"
@@ -91,19 +92,25 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    engines = {
-        name: LLM(
-            args.model,
-            device=args.device,
-            dtype=args.dtype,
-            kv_cache_dtype=name,
-            kv_cache_memory=args.kv_cache_memory,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            max_model_len=args.max_model_len,
-        )
-        for name in args.kv_cache_dtypes
+    knobs: dict[str, Any] = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
     }
-    reference = engines["auto"]
+    reference = LLM(
+        args.model,
+        kv_cache_memory=args.kv_cache_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        **knobs,
+    )
+    # The others get the bytes auto's cache took (on a GPU a later engine's budget would
+    # also count the earlier engines' caches): as many blocks as fit them.
+    auto_bytes = reference.engine.dtype.itemsize
+    engines = {"auto": reference}
+    for name in args.kv_cache_dtypes[1:]:
+        itemsize = resolve_kv_cache_dtype(name, reference.engine.dtype).itemsize
+        blocks = reference.engine.num_kv_blocks * auto_bytes // itemsize
+        engines[name] = LLM(args.model, kv_cache_dtype=name, num_kv_blocks=blocks, **knobs)
     params = greedy(args.output_len, ignore_eos=True)
     for llm in engines.values():  # warm-up
         llm.generate(prompts(llm, 2), greedy(4))

@@ -31,14 +31,14 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     (
         "--kv-cache-dtype",
         {
-            "choices": ["auto", "fp8", "fp8_e4m3", "fp8_e5m2"],
+            "choices": Settings.choices("kv_cache_dtype"),
             "help": "fp8: one byte per cached key and value (twice bf16's tokens)",
         },
     ),
     (
         ("--quantization", "-q"),
         {
-            "choices": ["fp8", "mxfp4", "compressed-tensors"],
+            "choices": Settings.choices("quantization"),
             "help": "fp8: quantize a full-precision checkpoint to FP8 as it loads",
         },
     ),

@@ -251,6 +251,8 @@ class Settings(BaseSettings):
         """The values a setting typed as a Literal (or an optional one) accepts: the CLI's
         choices, from one list."""
         annotation = cls.model_fields[name].annotation
+        if get_origin(annotation) is Literal:
+            return list(get_args(annotation))
         literals = [a for a in get_args(annotation) if get_origin(a) is Literal]
         return [value for literal in literals for value in get_args(literal)]
 

@@ -196,9 +196,17 @@ class TorchAttentionBackend:
         store_kv(key, value, key_cache, value_cache, metadata.slot_mapping, kv_scales)
         metadata = self._for_window(metadata, window)
         num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
-        flat_k = key_cache.view(-1, num_kv_heads, head_dim)
-        flat_v = value_cache.view(-1, num_kv_heads, head_dim)
-        fp8 = is_fp8(key_cache.dtype)
+        cache_dtype = key_cache.dtype
+        fp8 = is_fp8(cache_dtype)
+        # An FP8 cache is gathered as its bytes (not every device has float8 gathers).
+        raw = torch.uint8 if fp8 else cache_dtype
+        flat_k = key_cache.view(raw).view(-1, num_kv_heads, head_dim)
+        flat_v = value_cache.view(raw).view(-1, num_kv_heads, head_dim)
+
+        def read(gathered: torch.Tensor, scale: float) -> torch.Tensor:
+            """Gathered cache contents in the queries' dtype."""
+            return dequantize_kv(gathered.view(cache_dtype), query.dtype, scale)
+
         if fp8:
             # What the cache gives back, for chunks attended without reading it.
             key = dequantize_kv(
@@ -219,8 +227,7 @@ class TorchAttentionBackend:
                 n, length = g.end - g.start, g.length
                 k = torch.index_select(flat_k, 0, g.slots, out=k_buf[: n * length])
                 v = torch.index_select(flat_v, 0, g.slots, out=v_buf[: n * length])
-                k = dequantize_kv(k, query.dtype, kv_scales.k)
-                v = dequantize_kv(v, query.dtype, kv_scales.v)
+                k, v = read(k, kv_scales.k), read(v, kv_scales.v)
                 k = k.view(n, length, num_kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
                 v = v.view(n, length, num_kv_heads, head_dim).transpose(1, 2)
                 q = query[g.start : g.end].view(n, num_kv_heads, group, head_dim)
@@ -240,8 +247,8 @@ class TorchAttentionBackend:
                 out[rows] = o.transpose(1, 2).reshape(p.end - p.start, *query.shape[1:])
             else:
                 q = query[rows].transpose(0, 1)  # [H, Q, D]
-                k = dequantize_kv(flat_k[p.kv_slots], query.dtype, kv_scales.k).transpose(0, 1)
-                v = dequantize_kv(flat_v[p.kv_slots], query.dtype, kv_scales.v).transpose(0, 1)
+                k = read(flat_k[p.kv_slots], kv_scales.k).transpose(0, 1)
+                v = read(flat_v[p.kv_slots], kv_scales.v).transpose(0, 1)
                 o = attend(q, k, v, scale, softcap, head_sinks, mask=p.mask)
                 out[rows] = o.transpose(0, 1)
         return out

@@ -40,8 +40,9 @@ class Linear(nn.Module):
         self.fp8_linear: Fp8Linear | None = None
 
     def keep_fp8(self, block: Fp8Block, fp8_linear: Fp8Linear) -> None:
-        """Hold the weight as FP8 (its checkpoint's bytes and tile scales); call before
-        the model's tensors are allocated (on the meta device)."""
+        """Hold the weight as FP8 (bytes and tile scales, allocated empty): on the meta
+        device for a checkpoint's FP8 weights to load into, or after loading for
+        --quantization fp8 to fill (engine/online_fp8.py)."""
         shape = (self.out_features, self.in_features)
         values, scales = empty_fp8(shape, block, self.weight.device)
         self.weight = nn.Parameter(values, requires_grad=False)

@@ -95,9 +95,9 @@ class SparseMoE(nn.Module):
         )
 
     def keep_fp8(self, block_size: tuple[int, int] | None) -> None:
-        """Hold the experts as FP8 (their checkpoint's e4m3 bytes and scales, per
-        `block_size` tile, or per row where None); call on the meta device, before the
-        model's tensors are allocated."""
+        """Hold the experts as FP8 (e4m3 bytes and scales, per `block_size` tile, or per
+        row where None, allocated empty): on the meta device for a checkpoint's FP8
+        experts to load into, or after loading for --quantization fp8 to fill."""
         stacks = {"gate_up": self.gate_up, "down": self.down}
         blocks = []
         for name, stack in stacks.items():
