@@ -83,4 +83,20 @@ def dequantize_kv(stored: torch.Tensor, dtype: torch.dtype, scale: float) -> tor
     """Cache contents back in the model's `dtype`: code * scale, rounded once from fp32."""
     if not is_fp8(stored.dtype):
         return stored
-    return (stored.float() * scale).to(dtype)
+    values = e4m3_to_float(stored) if stored.dtype == torch.float8_e4m3fn else stored.float()
+    if scale != 1.0:
+        values.mul_(scale)
+    return values.to(dtype)
+
+
+def e4m3_to_float(stored: torch.Tensor) -> torch.Tensor:
+    """float8_e4m3fn values as fp32, exactly `.float()`'s (NaN included), ~2x faster on a
+    CPU, where torch converts e4m3 one value at a time: sign-extended to int16, a code's
+    low seven bits moved into a half's exponent and mantissa fields are the value / 256
+    (subnormals included); only NaN codes come out as 480, past e4m3's largest 448."""
+    bits = stored.view(torch.int8).to(torch.int16)
+    half = ((bits << 7) & 0x3F80) | (bits & -32768)
+    values = half.view(torch.float16).float().mul_(256.0)
+    if values.numel() and float(values.abs().max()) > FP8_MAX[torch.float8_e4m3fn]:
+        values.masked_fill_(values.abs() == 480.0, float("nan"))
+    return values

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from engine.config import EngineConfig
-from kernels.kv_cache_dtype import dequantize_kv, quantize_kv, resolve_kv_cache_dtype
+from kernels.kv_cache_dtype import (
+    dequantize_kv,
+    e4m3_to_float,
+    quantize_kv,
+    resolve_kv_cache_dtype,
+)
 
 
 @pytest.mark.parametrize(
@@ -44,3 +49,16 @@ def test_a_full_precision_cache_stores_values_as_they_are() -> None:
     values = torch.randn(4, 3)
     assert quantize_kv(values, torch.float32, 0.5) is values
     assert dequantize_kv(values, torch.bfloat16, 0.5) is values
+
+
+def test_e4m3_decoding_on_cpu_is_torchs_for_every_code() -> None:
+    """The fast CPU decoder: every code (NaN, signed zeros, subnormals) as `.float()`."""
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(torch.float8_e4m3fn)
+    expected = codes.float()
+    got = e4m3_to_float(codes)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+    finite = ~expected.isnan()
+    assert torch.equal(got[finite].signbit(), expected[finite].signbit())
+    stored = (torch.randn(3, 5, 7) * 40).to(torch.float8_e4m3fn)  # no NaN: none to mark
+    assert torch.equal(e4m3_to_float(stored), stored.float())
+    assert e4m3_to_float(codes[:0]).shape == (0,)
