@@ -91,12 +91,11 @@ def quantize_to_fp8(model: nn.Module, ops: FusedOps) -> None:
 def _quantize_linear(module: Linear, ops: FusedOps) -> None:
     weight = module.weight.detach()
     codes, scales = fp8.quantize_rows(weight)
-    block = Fp8Block(1, module.in_features)
     if ops.fp8_linear is None:
         with torch.no_grad():
             _dequantize_into(weight, codes, scales)
         return
-    module.keep_fp8(block, ops.fp8_linear)
+    module.keep_fp8(Fp8Block(1, module.in_features), ops.fp8_linear)
     with torch.no_grad():
         module.weight.copy_(codes)
         module.weight_scale_inv.copy_(scales)
@@ -122,10 +121,8 @@ def _dequantize_into(weight: torch.Tensor, codes: torch.Tensor, scales: torch.Te
     """weight[:] = codes * scales (kernels/fp8.py's `dequantize`, per row), a few rows at
     a time as they were quantized."""
     rows, cols = weight.shape
-    step = max(1, fp8.QUANTIZE_CHUNK // max(cols, 1))
-    for start in range(0, rows, step):
-        part = slice(start, start + step)
-        block = Fp8Block(1, cols)
+    block = Fp8Block(1, cols)
+    for part in fp8.row_chunks(rows, cols):
         weight[part] = fp8.dequantize(codes[part], scales[part], block, weight.dtype)
 
 

@@ -11,6 +11,7 @@ matmul is tested against (kernels/triton_fp8_linear.py).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -56,15 +57,21 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, cols = weight.shape
     codes = torch.empty(rows, cols, dtype=torch.uint8, device=weight.device)
     scales = torch.empty(rows, 1, dtype=torch.float32, device=weight.device)
-    step = max(1, QUANTIZE_CHUNK // max(cols, 1))
-    for start in range(0, rows, step):
-        values = weight[start : start + step].float()
+    for part in row_chunks(rows, cols):
+        values = weight[part].float()
         scale = values.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / E4M3_MAX
         # Not in place: for fp32 weights `values` is the weight itself.
         chunk = (values / scale).clamp_(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
-        codes[start : start + step] = chunk.view(torch.uint8)
-        scales[start : start + step] = scale
+        codes[part] = chunk.view(torch.uint8)
+        scales[part] = scale
     return codes, scales
+
+
+def row_chunks(rows: int, cols: int) -> Iterator[slice]:
+    """Slices of a [rows, cols] matrix's rows holding at most QUANTIZE_CHUNK values each."""
+    step = max(1, QUANTIZE_CHUNK // max(cols, 1))
+    for start in range(0, rows, step):
+        yield slice(start, start + step)
 
 
 def dequantize(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.fp8 import E4M3_MAX
+
 # vLLM's --kv-cache-dtype values; None: the model's dtype.
 KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {
     "auto": None,
@@ -28,7 +30,7 @@ KV_CACHE_DTYPES: dict[str, torch.dtype | None] = {
     "fp8_e5m2": torch.float8_e5m2,
 }
 # The largest finite magnitude of each format: values past it saturate to it.
-FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+FP8_MAX = {torch.float8_e4m3fn: E4M3_MAX, torch.float8_e5m2: 57344.0}
 # How Triton kernels name the formats (a constexpr): 0 is no FP8 at all.
 FP8_FORMAT_CODES = {torch.float8_e4m3fn: 1, torch.float8_e5m2: 2}
 
