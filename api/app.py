@@ -20,6 +20,7 @@ from functools import partial
 import anyio.to_thread
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api.auth import Authenticator
 from api.background_responses import BackgroundResponses
@@ -50,6 +51,7 @@ from api.routes import (
     score,
     tokenize,
 )
+from api.routes.ops import __version__
 from api.usage_middleware import UsageMiddleware
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
@@ -119,12 +121,14 @@ def create_app(settings: Settings) -> FastAPI:
             await redis.aclose()
             database.close()
 
+    docs = not settings.disable_fastapi_docs  # vLLM's /docs, /redoc and /openapi.json
     app = FastAPI(
         title="conveyor",
+        version=__version__,
         lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.started = int(time.time())
@@ -150,11 +154,21 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:
         app.include_router(lora_adapters.router)
-    # Outermost last: the body limit runs first, then usage wraps the routes.
+    # Outermost last: CORS answers browsers' preflights first, then the body limit runs,
+    # then usage wraps the routes.
     app.add_middleware(UsageMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         max_upload_bytes=settings.max_upload_bytes,
+    )
+    # vLLM's --allowed-origins / -methods / -headers and --allow-credentials (all "*" by
+    # default, as there), so browser apps can call the API.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.allowed_origins,
+        allow_methods=settings.allowed_methods,
+        allow_headers=settings.allowed_headers,
+        allow_credentials=settings.allow_credentials,
     )
     return app

@@ -29,15 +29,15 @@ from redis.asyncio import Redis
 
 from api.errors import ApiError
 from conveyor.bus import TOKENIZER_DIGEST_FIELD, BusNames
+from engine.generation_defaults import GENERATION_DEFAULT_KEYS
 from engine.grammar_compiler import GrammarCompiler
+from engine.sampling_params import DEFAULT_MAX_LOGPROBS
 from engine.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# Sampling defaults a model's generation_config.json may set (vLLM's `--generation-config auto`).
-_GENERATION_DEFAULT_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 _SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
@@ -134,6 +134,8 @@ class ModelTokenizer:
     generation_defaults: dict[str, Any]
     # Checks structured-output constraints against this vocabulary (built on first use).
     grammars: GrammarCompiler
+    # The workers' --max-logprobs (-1: the vocabulary).
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS
     shape: PublishedShape | None = None
     # The model writes OpenAI's harmony format (gpt-oss): api/harmony_parser.py reads it.
     harmony: bool = False
@@ -301,9 +303,8 @@ class ModelCatalog:
             tokenizer=tokenizer,
             digest=digest,
             max_model_len=max_len if isinstance(max_len, int) else None,
-            generation_defaults={
-                k: generation[k] for k in _GENERATION_DEFAULT_KEYS if k in generation
-            },
+            generation_defaults=_request_defaults(generation),
+            max_logprobs=_int_or(config.get("max_logprobs"), DEFAULT_MAX_LOGPROBS),
             grammars=GrammarCompiler(tokenizer, tokenizer.vocab_size),
             shape=PublishedShape.of(config),
             harmony=config.get("harmony") is True,
@@ -355,3 +356,16 @@ def _json_object(raw: str | bytes | None) -> dict[str, Any] | None:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def _request_defaults(generation: dict[str, Any]) -> dict[str, Any]:
+    """The published sampling defaults (engine/generation_defaults.py) under the names of
+    the request fields they stand in for: `max_new_tokens` caps `max_tokens`."""
+    defaults = {k: generation[k] for k in GENERATION_DEFAULT_KEYS if k in generation}
+    if "max_new_tokens" in defaults:
+        defaults["max_tokens"] = defaults.pop("max_new_tokens")
+    return defaults
+
+
+def _int_or(value: Any, fallback: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else fallback

@@ -129,6 +129,7 @@ async def start_chat(
         logprobs=top_n if body.logprobs else None,
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
+        max_logprobs=model_tokenizer.max_logprobs,
         param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
     )
     start = ThinkStart.ANSWER

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,9 @@ from api.schemas.structured_output import refused_as
 from conveyor.bus import INTERACTIVE_LANE, REQUEST_FIELD, BusNames
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
-from engine.sampling_params import SamplingParamError, SamplingParams
+from engine.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParamError, SamplingParams
+
+logger = logging.getLogger(__name__)
 
 # The `sampling` of an embedding request: a worker of an older release, which knows no
 # `pooling` field, refuses this name (400) instead of generating text for it.
@@ -64,6 +67,7 @@ def build_sampling(
     prompt_logprobs: int | None = None,
     defaults: Mapping[str, Any] | None = None,
     vocab_size: int | None = None,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
     param_names: Mapping[str, str] | None = None,
 ) -> SamplingParams:
     """Validate through SamplingParams; a bad value becomes a 400 naming the client's param.
@@ -73,6 +77,9 @@ def build_sampling(
     """
     defaults = defaults or {}
     param_names = param_names or {}
+    cap = defaults.get("max_tokens")  # a served max_new_tokens caps every request, as in vLLM
+    if cap is not None and (max_tokens is None or max_tokens > cap):
+        max_tokens = int(cap)
 
     def pick(name: str, fallback: Any) -> Any:
         value = getattr(request, name)
@@ -116,7 +123,7 @@ def build_sampling(
             structured_output=constraint,
         )
         if vocab_size is not None:
-            params.validate_against_vocab(vocab_size)
+            params.validate_against_vocab(vocab_size, max_logprobs)
     except SamplingParamError as exc:
         param = param_names.get(exc.param, exc.param)
         detail = str(exc).split(": ", 1)[-1]
@@ -251,4 +258,27 @@ class RequestSubmitter:
             reader.close()
             raise
         self.router.queued(submission.request_id, stream, entry_id)
+        if self.settings.enable_log_requests:
+            _log_request(submission, self.settings.max_log_len)
         return reader
+
+
+def _log_request(submission: Submission, max_log_len: int | None) -> None:
+    """vLLM's --enable-log-requests line: what was queued, its prompt ids cut to
+    --max-log-len."""
+    ids = submission.prompt_token_ids
+    shown = ids if max_log_len is None else ids[:max_log_len]
+    more = f" ... ({len(ids) - len(shown)} more)" if len(shown) < len(ids) else ""
+    logger.info(
+        "Received request %s: model %s%s, lane %s, priority %d, params %s, "
+        "prompt_token_ids (%d): %s%s",
+        submission.request_id,
+        submission.model,
+        f" (LoRA {submission.lora})" if submission.lora else "",
+        submission.lane,
+        submission.priority,
+        submission.sampling if submission.sampling is not None else submission.pooling,
+        len(ids),
+        shown,
+        more,
+    )

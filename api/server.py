@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from types import FrameType
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from api.app import create_app
 from api.streaming import SHUTDOWN_GRACE_SECONDS
@@ -28,20 +30,30 @@ class _Server(uvicorn.Server):
             captured.clear()
 
 
+def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How the API is served: vLLM's --root-path, --ssl-* and --uvicorn-log-level."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,  # keep the CLI's logging setup
+        "log_level": settings.uvicorn_log_level,
+        "root_path": settings.root_path,
+        "ssl_keyfile": settings.ssl_keyfile,
+        "ssl_certfile": settings.ssl_certfile,
+        "ssl_ca_certs": settings.ssl_ca_certs,
+        "ssl_cert_reqs": settings.ssl_cert_reqs,
+        "timeout_graceful_shutdown": int(SHUTDOWN_GRACE_SECONDS) + 5,
+        "lifespan": "on",
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
+
+
 def run_api(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish."""
     if not settings.redis_url:
         logger.error("the API needs --redis-url (CONVEYOR_REDIS_URL); `conveyor serve` embeds one")
         return 2
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # keep the CLI's logging setup
-        timeout_graceful_shutdown=int(SHUTDOWN_GRACE_SECONDS) + 5,
-        lifespan="on",
-    )
-    server = _Server(config)
+    server = _Server(uvicorn_config(create_app(settings), settings))
     server.run()
     # uvicorn reports a failed startup (e.g. Redis unreachable) by exiting the loop early.
     return 0 if server.started else 1

@@ -12,13 +12,13 @@ WORKER_GROUP = "workers"
 # The single field of a request stream entry; its value is GenerateRequest.encode().
 REQUEST_FIELD = "data"
 # What workers publish under `tokenizer(model)` so API processes need no model files:
-# these files when the model has them, plus `config.json` and a digest of it all.
+# these files when the model has them, plus `config.json`, `generation_config.json` (the
+# served sampling defaults) and a digest of it all.
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
-    "generation_config.json",
 )
 TOKENIZER_DIGEST_FIELD = "digest"
 

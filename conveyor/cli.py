@@ -7,10 +7,14 @@ Flags use vLLM's names; each has a `CONVEYOR_*` env var twin through
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
+from conveyor.config_file import CONFIG_FLAG, ConfigFileError, apply_config_file, config_path
 from conveyor.operator_cli import add_operator_commands
 from conveyor.settings import Settings
 
@@ -79,6 +83,37 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ),
     ("--override-pooler-config", {"help": "vLLM's older name of --pooler-config"}),
     (
+        "--max-logprobs",
+        {"type": int, "help": "the most logprobs a request may ask for (20; -1: the vocabulary)"},
+    ),
+    (
+        "--generation-config",
+        {
+            "help": "sampling defaults: auto (the model's generation_config.json), vllm "
+            "(none) or a folder holding one"
+        },
+    ),
+    (
+        "--override-generation-config",
+        {"help": 'JSON over those defaults: {"temperature": 0.5, "max_new_tokens": 512}'},
+    ),
+    (
+        "--num-gpu-blocks-override",
+        {"type": int, "help": "KV cache blocks to allocate, whatever the memory says"},
+    ),
+    (
+        ("--tensor-parallel-size", "-tp"),
+        {"type": int, "help": "1 only: a worker runs its model on one device"},
+    ),
+    (
+        ("--pipeline-parallel-size", "-pp"),
+        {"type": int, "help": "1 only: a worker runs its model on one device"},
+    ),
+    (
+        ("--data-parallel-size", "-dp"),
+        {"type": int, "help": "engine workers `conveyor serve` starts, GPU i for worker i"},
+    ),
+    (
         "--max-loras",
         {"type": int, "help": "vLLM's flag, accepted for compatibility (all adapters batch)"},
     ),
@@ -89,7 +124,54 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
 ]
 
 
+# vLLM flags that ask for what conveyor always does, or for nothing it needs: accepted
+# so a `vllm serve` command line runs unchanged, and said to change nothing.
+_NO_OP_FLAGS: list[tuple[str, dict]] = [
+    ("--trust-remote-code", {"help": "conveyor runs no code from checkpoints"}),
+    ("--disable-log-requests", {"help": "requests are logged only with --enable-log-requests"}),
+    ("--enable-chunked-prefill", {"help": "prompts are always prefilled in chunks"}),
+    ("--enable-prompt-tokens-details", {"help": "usage always has cached_tokens"}),
+    (
+        "--swap-space",
+        {"type": float, "help": "a preempted request is recomputed, never swapped (vLLM V1)"},
+    ),
+    ("--max-seq-len-to-capture", {"type": int, "help": "decode graphs cover every length"}),
+    (
+        "--distributed-executor-backend",
+        {"choices": ["mp", "ray", "uni", "external_launcher"], "help": "one device per worker"},
+    ),
+    (
+        "--guided-decoding-backend",
+        {"metavar": "BACKEND", "help": "conveyor compiles grammars itself"},
+    ),
+]
+
+
+def _add_no_op_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("vLLM flags accepted for compatibility (no effect)")
+    for flag, kwargs in _NO_OP_FLAGS:
+        takes_value = bool({"type", "choices", "metavar"} & set(kwargs))
+        name = flag[2:].replace("-", "_")
+        options = (
+            {"metavar": name.upper(), **kwargs}
+            if takes_value
+            else {"action": "store_true", **kwargs}
+        )
+        group.add_argument(flag, default=None, dest=f"no_op_{name}", **options)
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    if not any(CONFIG_FLAG in action.option_strings for action in parser._actions):
+        parser.add_argument(
+            CONFIG_FLAG,
+            default=None,
+            metavar="FILE",
+            help="a YAML file of these options (max-num-seqs: 64); flags given here win",
+        )
+
+
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    _add_config_flag(parser)
     parser.add_argument(
         "model", nargs="?", help="HF folder, .gguf file or hub id (default: bundled)"
     )
@@ -149,9 +231,49 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
 ]
 
 
+def _json_or_comma_list(text: str) -> list[str]:
+    """vLLM takes `--allowed-origins '["https://a.example"]'`; a,b works too."""
+    if text.lstrip().startswith("["):
+        value = json.loads(text)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise argparse.ArgumentTypeError(f"expected a JSON list of strings, got {text!r}")
+        return value
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+_HTTP_FLAGS: list[tuple[str, dict]] = [
+    ("--allowed-origins", {"type": _json_or_comma_list, "help": 'CORS origins (["*"])'}),
+    ("--allowed-methods", {"type": _json_or_comma_list, "help": 'CORS methods (["*"])'}),
+    ("--allowed-headers", {"type": _json_or_comma_list, "help": 'CORS headers (["*"])'}),
+    ("--root-path", {"help": "the path prefix a reverse proxy serves the API under"}),
+    ("--ssl-keyfile", {}),
+    ("--ssl-certfile", {"help": "serve HTTPS with this certificate (and --ssl-keyfile)"}),
+    ("--ssl-ca-certs", {}),
+    (
+        "--ssl-cert-reqs",
+        {"type": int, "help": "client certificates: 0 none, 1 optional, 2 required"},
+    ),
+    ("--uvicorn-log-level", {"choices": Settings.choices("uvicorn_log_level")}),
+    ("--max-log-len", {"type": int, "help": "prompt token ids per logged request (all)"}),
+]
+
+
 def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
-    for flag, kwargs in _SERVING_FLAGS:
+    _add_config_flag(parser)
+    for flag, kwargs in _SERVING_FLAGS + _HTTP_FLAGS:
         parser.add_argument(flag, default=None, **kwargs)
+    parser.add_argument(
+        "--enable-log-requests",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="log each request the API queues: model, sampling params, prompt token ids",
+    )
+    for flag, help_text in (
+        ("--allow-credentials", "CORS: allow credentials"),
+        ("--disable-fastapi-docs", "no /docs, /redoc or /openapi.json"),
+        ("--disable-log-stats", "no periodic throughput / queue / KV cache log lines"),
+    ):
+        parser.add_argument(flag, action="store_true", default=None, help=help_text)
     parser.add_argument(
         "--log-prompts",
         action=argparse.BooleanOptionalAction,
@@ -190,6 +312,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if older is not None:
         given.setdefault("pooler_config", older)
     return Settings(**given)
+
+
+def _report_bad_settings(exc: ValidationError) -> int:
+    """One line per problem, named by its flag, as argparse reports its own; no traceback."""
+    for error in exc.errors():
+        where = "".join(f"--{part}: ".replace("_", "-") for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        print(f"conveyor: error: {where}{message}", file=sys.stderr)
+    return 2
 
 
 def _chat(args: argparse.Namespace) -> int:
@@ -259,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_flags(serve)
     _add_serving_flags(serve)
+    _add_no_op_flags(serve)
     serve.set_defaults(func=_serve)
 
     api = sub.add_parser("api", help="the OpenAI-compatible HTTP front end only")
@@ -271,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="one engine worker consuming a model's request stream")
     _add_engine_flags(worker)
     _add_serving_flags(worker)
+    _add_no_op_flags(worker)
     worker.set_defaults(func=_worker)
 
     batch_worker = sub.add_parser(
@@ -301,13 +434,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> argparse.ArgumentParser | None:
+    """The sub-command's parser that `argv` names, if any."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            for token in argv:
+                if token in action.choices:
+                    return action.choices[token]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        path = config_path(argv)
+        command = _command_parser(parser, argv) if path is not None else None
+        if path is not None and command is not None:
+            apply_config_file(command, path)
+    except ConfigFileError as exc:
+        parser.error(str(exc))
+    args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except ValidationError as exc:
+        if exc.title != Settings.__name__:
+            raise
+        return _report_bad_settings(exc)
 
 
 if __name__ == "__main__":

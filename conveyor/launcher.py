@@ -2,14 +2,15 @@
 
 The supervisor brings the SQLite schema up to date (a PostgreSQL one must
 already be), starts an embedded redis-server (unless `--redis-url` points at
-one), then one engine worker, the API and a batch worker (Celery) as child
-processes, each the same `conveyor` CLI as in a production deployment,
-configured through `CONVEYOR_*` env vars derived from this process's
-settings. Ctrl-C / SIGTERM drains: the batch worker hands its batches back,
-the API stops accepting and finishes in-flight requests, then the worker,
-then Redis. A child that crashes is restarted (a worker's unfinished requests are
-reclaimed from Redis by the janitor); one that keeps crashing stops the whole
-tree. Nothing is ever left behind.
+one), then the engine workers (one, or `--data-parallel-size` of them, a GPU
+each), the API and a batch worker (Celery) as child processes, each the same
+`conveyor` CLI as in a production deployment, configured through `CONVEYOR_*`
+env vars derived from this process's settings. Ctrl-C / SIGTERM drains: the
+batch worker hands its batches back, the API stops accepting and finishes
+in-flight requests, then the workers, then Redis. A child that crashes is
+restarted (a worker's unfinished requests are reclaimed from Redis by the
+janitor); one that keeps crashing stops the whole tree. Nothing is ever left
+behind.
 """
 
 from __future__ import annotations
@@ -58,6 +59,23 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def worker_device_env(settings: Settings, rank: int) -> dict[str, str]:
+    """With --data-parallel-size N, worker `rank` sees only GPU `rank` (of those in
+    CUDA_VISIBLE_DEVICES, if set), vLLM's data-parallel placement; on CPU, nothing."""
+    if settings.data_parallel_size == 1 or (settings.device or "").startswith("cpu"):
+        return {}
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
+    visible = [d for d in visible if d]
+    if not visible:
+        return {"CUDA_VISIBLE_DEVICES": str(rank)}
+    if len(visible) < settings.data_parallel_size:
+        raise ValueError(
+            f"--data-parallel-size {settings.data_parallel_size} needs as many GPUs, but "
+            f"CUDA_VISIBLE_DEVICES lists {len(visible)}"
+        )
+    return {"CUDA_VISIBLE_DEVICES": visible[rank]}
+
+
 @dataclass
 class Supervisor:
     settings: Settings
@@ -87,11 +105,13 @@ class Supervisor:
             if self.settings.resolved_service_key is None:
                 # The batch worker's key to the API, made up for this process tree.
                 env["CONVEYOR_SERVICE_KEY"] = secrets.token_urlsafe(32)
-            self._spawn("worker", ["worker"], env)
+            for rank, name in enumerate(self.worker_names):
+                self._spawn(name, ["worker"], {**env, **worker_device_env(self.settings, rank)})
             self._spawn("api", ["api"], env)
             self._spawn("batch-worker", ["batch-worker"], env)
             logger.info(
-                "conveyor serve: API on http://%s:%d, redis %s, database %s",
+                "conveyor serve: API on %s://%s:%d, redis %s, database %s",
+                self.settings.api_scheme,
                 self.settings.host,
                 self.settings.port,
                 redis_url,
@@ -100,6 +120,11 @@ class Supervisor:
             return self._watch()
         finally:
             self._shutdown()
+
+    @property
+    def worker_names(self) -> list[str]:
+        size = self.settings.data_parallel_size
+        return ["worker"] if size == 1 else [f"worker-{rank}" for rank in range(size)]
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         command = [sys.executable, "-m", "conveyor.cli", *args]
@@ -133,20 +158,32 @@ class Supervisor:
     def _shutdown(self) -> None:
         # The batch worker first (it stops feeding lines and hands its batches back), then
         # the API (stop accepting, finish in-flight), then the engine worker, then Redis.
-        for name in ("batch-worker", "api", "worker"):
-            child = self.children.get(name)
-            if child is None or child.poll() is not None:
-                continue
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=_DRAIN_SECONDS)
-            except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop in %.0f s; killing it", name, _DRAIN_SECONDS)
-                child.kill()
-                child.wait()
+        # Engine workers drain side by side.
+        for names in (["batch-worker"], ["api"], self.worker_names):
+            running = {
+                name: child
+                for name in names
+                if (child := self.children.get(name)) is not None and child.poll() is None
+            }
+            for child in running.values():
+                child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + _DRAIN_SECONDS
+            for name, child in running.items():
+                try:
+                    child.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    logger.warning("%s did not stop in %.0f s; killing it", name, _DRAIN_SECONDS)
+                    child.kill()
+                    child.wait()
         if self.redis is not None:
             self.redis.stop()
 
 
 def run_serve(settings: Settings) -> int:
+    try:  # before anything starts: every worker must have a GPU to go to
+        for rank in range(settings.data_parallel_size):
+            worker_device_env(settings, rank)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
     return Supervisor(settings).run()

@@ -185,6 +185,11 @@ class WorkerMetrics:
             self._counters[PROMPT_TOKENS] += prompt
             self._counters[GENERATION_TOKENS] += generation
 
+    def token_counts(self) -> tuple[float, float]:
+        """(prompt, generation) tokens processed so far."""
+        with self._lock:
+            return self._counters[PROMPT_TOKENS], self._counters[GENERATION_TOKENS]
+
     def request_finished(self, reason: str | None) -> None:
         """Count a finished request; unknown reasons count as 'stop' (the label set is fixed)."""
         key = reason if reason in FINISH_REASONS else "stop"

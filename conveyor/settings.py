@@ -17,8 +17,10 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
+from engine.generation_defaults import parse_overrides
 from engine.lora_config import DEFAULT_MAX_LORA_RANK, LoRAConfig
 from engine.pooler_config import PoolerConfig
+from engine.sampling_params import DEFAULT_MAX_LOGPROBS
 from engine.speculative_config import SpeculativeConfig
 
 if TYPE_CHECKING:
@@ -70,6 +72,31 @@ class Settings(BaseSettings):
         default=False, description="never replay decode steps from CUDA graphs (GPU only)"
     )
     seed: int = 0
+    max_logprobs: int = Field(
+        default=DEFAULT_MAX_LOGPROBS,
+        ge=-1,
+        description="the most `logprobs` / `top_logprobs` a request may ask for (-1: the "
+        "vocabulary)",
+    )
+    generation_config: str = Field(
+        default="auto",
+        description="sampling defaults: auto: the model's generation_config.json; vllm: "
+        "none (OpenAI's); a folder: its generation_config.json",
+    )
+    override_generation_config: str | None = Field(
+        default=None,
+        description='JSON over those defaults, e.g. {"temperature": 0.5, "max_new_tokens": 512}',
+    )
+    num_gpu_blocks_override: int | None = Field(
+        default=None, ge=1, description="KV cache blocks to allocate, whatever the memory says"
+    )
+    # vLLM's parallelism flags: one worker is one device, so only 1 is meaningful; more
+    # data parallelism is more workers (see `data_parallel_size`).
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    pipeline_parallel_size: int = Field(default=1, ge=1)
+    data_parallel_size: int = Field(
+        default=1, ge=1, description="`conveyor serve` starts this many engine workers"
+    )
     speculative_config: str | None = Field(
         default=None,
         description='vLLM\'s JSON, e.g. {"method": "ngram", "num_speculative_tokens": 4}',
@@ -196,6 +223,36 @@ class Settings(BaseSettings):
         description="enables the /v1/organization admin API and requires a key on /v1",
     )
     log_prompts: bool = Field(default=False, description="store prompt text in request_logs")
+    enable_log_requests: bool = Field(
+        default=False, description="log each request the API queues: model, params, prompt ids"
+    )
+    max_log_len: int | None = Field(
+        default=None, ge=0, description="prompt token ids shown per logged request (all)"
+    )
+    disable_log_stats: bool = Field(
+        default=False, description="no periodic throughput / queue / KV cache log lines"
+    )
+    log_stats_interval: float = Field(
+        default=10.0, gt=0, description="seconds between a busy worker's stats log lines"
+    )
+    # --- HTTP front end (vLLM's names) --------------------------------------------------
+    allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
+    allowed_methods: list[str] = Field(default_factory=lambda: ["*"])
+    allowed_headers: list[str] = Field(default_factory=lambda: ["*"])
+    allow_credentials: bool = False
+    root_path: str = Field(
+        default="", description="the path prefix a reverse proxy serves the API under"
+    )
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: int = Field(
+        default=0, ge=0, le=2, description="client certificates: 0 none, 1 optional, 2 required"
+    )
+    uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    disable_fastapi_docs: bool = Field(
+        default=False, description="no /docs, /redoc or /openapi.json"
+    )
     log_flush_interval: float = Field(
         default=1.0, description="seconds between request-log flushes: the most a crash loses"
     )
@@ -321,6 +378,31 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("override_generation_config")
+    @classmethod
+    def _overrides_parse(cls, value: str | None) -> str | None:
+        parse_overrides(value)  # its GenerationConfigError is a ValueError
+        return value
+
+    @model_validator(mode="after")
+    def _one_device_per_worker(self) -> Settings:
+        for flag, size in (
+            ("--tensor-parallel-size", self.tensor_parallel_size),
+            ("--pipeline-parallel-size", self.pipeline_parallel_size),
+        ):
+            if size > 1:
+                raise ValueError(
+                    f"{flag} {size}: a conveyor worker runs a model on one device; serve a "
+                    "model too big for one with --quantization fp8 or a quantized checkpoint, "
+                    "and scale out with --data-parallel-size (more workers, one device each)"
+                )
+        if self.data_parallel_size > 1 and ":" in (self.device or ""):
+            raise ValueError(
+                f"--device {self.device} pins one GPU, but --data-parallel-size "
+                f"{self.data_parallel_size} gives worker i GPU i: pass --device cuda"
+            )
+        return self
+
     @field_validator("speculative_config")
     @classmethod
     def _speculative_config_parses(cls, value: str | None) -> str | None:
@@ -343,7 +425,20 @@ class Settings(BaseSettings):
     @property
     def resolved_batch_api_url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return (self.batch_api_url or f"http://{host}:{self.port}").rstrip("/")
+        return (self.batch_api_url or f"{self.api_scheme}://{host}:{self.port}").rstrip("/")
+
+    @property
+    def api_scheme(self) -> str:
+        return "https" if self.ssl_certfile else "http"
+
+    @property
+    def batch_api_verify(self) -> bool | str:
+        """How batch workers check the API's certificate: against --ssl-ca-certs (or the
+        system's CAs) for a --batch-api-url; not at all for this host's own API over
+        loopback, whose certificate names the public host, not 127.0.0.1."""
+        if self.batch_api_url is None:
+            return False
+        return self.ssl_ca_certs or True
 
     @property
     def requires_key(self) -> bool:
@@ -380,6 +475,8 @@ class Settings(BaseSettings):
             enforce_eager=self.enforce_eager,
             data_dir=self.data_dir,
             seed=self.seed,
+            max_logprobs=self.max_logprobs,
+            num_kv_blocks=self.num_gpu_blocks_override,
             speculative_config=(
                 SpeculativeConfig.parse(self.speculative_config)
                 if self.speculative_config

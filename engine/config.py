@@ -15,6 +15,7 @@ import torch
 
 from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
+from engine.sampling_params import DEFAULT_MAX_LOGPROBS
 from engine.speculative_config import SpeculativeConfig
 from engine.weight_quantization import weight_quantization
 from kernels.kv_cache_dtype import KV_CACHE_DTYPES
@@ -590,6 +591,8 @@ class EngineConfig:
     enforce_eager: bool = False
     data_dir: Path = field(default_factory=lambda: Path("~/.cache/conveyor").expanduser())
     seed: int = 0
+    # vLLM's --max-logprobs: the most logprobs a request may ask for (-1: the vocabulary).
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS
     # vLLM's --speculative-config (a SpeculativeConfig, its dict or JSON); None: off.
     speculative_config: SpeculativeConfig | None = None
     # vLLM's --lora-modules (every adapter loaded at start-up); None: no adapters.
@@ -620,6 +623,8 @@ class EngineConfig:
             )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.max_logprobs < -1:
+            raise ValueError(f"max_logprobs must be -1 or more, got {self.max_logprobs}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError("num_kv_blocks must be at least 1")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:

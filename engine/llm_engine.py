@@ -433,7 +433,7 @@ class LLMEngine:
                 f"prompt: {len(prompt_token_ids)} tokens leave no room to generate within "
                 f"this model's maximum context length of {self.max_model_len} tokens"
             )
-        params.validate_against_vocab(vocab)
+        params.validate_against_vocab(vocab, self.config.max_logprobs)
         self.prepare(params)
         arrival = arrival_time if arrival_time is not None else time.time()
         seqs = [

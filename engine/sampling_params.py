@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from engine.structured_output import StructuredOutput
 
-MAX_LOGPROBS = 20
+# vLLM's --max-logprobs default: the most logprobs a request may ask for (-1: the vocabulary).
+DEFAULT_MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LENGTH = 256
 MAX_LOGIT_BIAS_ENTRIES = 1024
@@ -126,8 +127,8 @@ class SamplingParams:
                     fail("logit_bias", f"values must be between -100 and 100, got {bias}")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
-            if value is not None and not 0 <= value <= MAX_LOGPROBS:
-                fail(name, f"must be between 0 and {MAX_LOGPROBS}, got {value}")
+            if value is not None and value < 0:
+                fail(name, f"must be non-negative, got {value}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**63:
             fail("seed", "must fit in a signed 64-bit integer")
         if self.structured_output is not None and not isinstance(
@@ -135,8 +136,18 @@ class SamplingParams:
         ):
             fail("structured_output", "must be a StructuredOutput")
 
-    def validate_against_vocab(self, vocab_size: int) -> None:
-        """Token ids can only be checked once the model is known."""
+    def validate_against_vocab(
+        self, vocab_size: int, max_logprobs: int = DEFAULT_MAX_LOGPROBS
+    ) -> None:
+        """Token ids and the logprobs asked for can only be checked once the model (and the
+        server's --max-logprobs) is known."""
+        limit = vocab_size if max_logprobs < 0 else min(max_logprobs, vocab_size)
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and value > limit:
+                raise SamplingParamError(
+                    name, f"must be at most {limit} (the server's --max-logprobs), got {value}"
+                )
         for token in self.logit_bias or {}:
             if token >= vocab_size:
                 raise SamplingParamError(

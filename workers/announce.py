@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import redis
 
 from conveyor.bus import LANES, TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
+from engine.generation_defaults import GENERATION_CONFIG_FILE
 from engine.llm_engine import LLMEngine
 
 
@@ -27,14 +29,20 @@ def ensure_group(client: redis.Redis, stream: str) -> None:
             raise
 
 
-def tokenizer_fields(engine: LLMEngine) -> dict[str, str]:
-    """The hash published for API processes: file name -> contents, plus `digest`."""
+def tokenizer_fields(
+    engine: LLMEngine, sampling_defaults: Mapping[str, int | float]
+) -> dict[str, str]:
+    """The hash published for API processes: file name -> contents, plus `digest`.
+
+    `generation_config.json` carries the sampling defaults this worker serves
+    (engine/generation_defaults.py), not the model's file as it is."""
     folder = Path(engine.resolved.path)
     fields: dict[str, str] = {}
     for name in TOKENIZER_FILES:
         path = folder / name
         if path.is_file():
             fields[name] = path.read_text(encoding="utf-8")
+    fields[GENERATION_CONFIG_FILE] = json.dumps(dict(sampling_defaults), sort_keys=True)
     # A --chat-template override lives only in this process; API processes need it too.
     template = engine.tokenizer.hf_tokenizer.chat_template
     if engine.config.chat_template is not None and isinstance(template, str):
@@ -44,6 +52,8 @@ def tokenizer_fields(engine: LLMEngine) -> dict[str, str]:
         {
             "eos_token_id": sorted(engine.eos_token_ids),
             "max_model_len": engine.max_model_len,
+            # The server's --max-logprobs, which the API enforces before queueing.
+            "max_logprobs": engine.config.max_logprobs,
             # Which embedding `dimensions` the API may accept (engine/pooling_params.py).
             "hidden_size": mc.hidden_size,
             "is_matryoshka": mc.is_matryoshka,
@@ -65,12 +75,18 @@ def tokenizer_fields(engine: LLMEngine) -> dict[str, str]:
 class Announcer:
     """Announces once at start, and again if Redis lost it all (restart, flush: NOGROUP)."""
 
-    def __init__(self, client: redis.Redis, names: BusNames, engine: LLMEngine) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: BusNames,
+        engine: LLMEngine,
+        sampling_defaults: Mapping[str, int | float],
+    ) -> None:
         self.client = client
         self.names = names
         self.model = engine.model_name
         self.loras = tuple(engine.lora_paths)
-        self.fields = tokenizer_fields(engine)  # read from disk once
+        self.fields = tokenizer_fields(engine, sampling_defaults)  # read from disk once
 
     def announce(self) -> None:
         names, model = self.names, self.model

@@ -21,6 +21,7 @@ from engine.llm_engine import LLMEngine
 from workers.inflight import Inflight, Ticket
 from workers.intake import bad_request, engine_priority, lora_not_served
 from workers.publisher import Aborted, Failed, Publisher, Released, StepOutputs
+from workers.stats_logger import StatsLogger
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,10 @@ class EngineLoop:
         publisher: Publisher,
         metrics: WorkerMetrics,
         work: queue.Queue[Ticket],
+        stats_log: StatsLogger | None = None,
     ) -> None:
         self.engine = engine
+        self.stats_log = stats_log
         self.inflight = inflight
         self.publisher = publisher
         self.metrics = metrics
@@ -79,7 +82,7 @@ class EngineLoop:
                     changed = True
                 except queue.Empty:
                     pass
-            if changed:
+            if changed or (self.stats_log is not None and self.stats_log.due()):
                 self._sample_stats()
             if intake_closed.is_set():
                 if drain_deadline is None:
@@ -222,6 +225,8 @@ class EngineLoop:
 
     def _sample_stats(self) -> None:
         s = self.engine.stats()
+        if self.stats_log is not None:
+            self.stats_log.observe(s)
         self.metrics.set_engine_state(
             s.num_running,
             s.num_waiting,

@@ -17,12 +17,14 @@ flushes, and the heartbeat key is deleted.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
@@ -30,6 +32,7 @@ from conveyor.bus import LANES, BusNames
 from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
 from engine.config import EngineConfig
+from engine.generation_defaults import GenerationConfigError, generation_defaults, parse_overrides
 from engine.llm_engine import LLMEngine
 from workers.aborts import AbortListener
 from workers.announce import Announcer
@@ -40,6 +43,7 @@ from workers.intake import BATCH_PRIORITY_FLOOR, Intake
 from workers.janitor import Janitor
 from workers.lora_sync import LoRASync
 from workers.publisher import Publisher
+from workers.stats_logger import StatsLogger
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +84,15 @@ class EngineWorker:
             self.metrics,
             settings.result_ttl,
         )
-        self.loop = EngineLoop(engine, self.inflight, self.publisher, self.metrics, work)
-        self.announcer = Announcer(self.client, names, engine)
+        stats_log = (
+            None
+            if settings.disable_log_stats
+            else StatsLogger(instance, self.metrics.token_counts, settings.log_stats_interval)
+        )
+        self.loop = EngineLoop(engine, self.inflight, self.publisher, self.metrics, work, stats_log)
+        self.announcer = Announcer(
+            self.client, names, engine, served_sampling_defaults(engine, settings)
+        )
         self.intake = Intake(
             self.client,
             names,
@@ -233,6 +244,25 @@ def worker_engine_config(settings: Settings) -> EngineConfig:
     return dataclasses.replace(settings.engine_config(), background_priority=BATCH_PRIORITY_FLOOR)
 
 
+def served_sampling_defaults(engine: LLMEngine, settings: Settings) -> dict[str, int | float]:
+    """--generation-config's defaults over --override-generation-config, logged as vLLM
+    does: a model's recommended sampling changes answers, so operators should know."""
+    defaults = generation_defaults(
+        Path(engine.resolved.path),
+        settings.generation_config,
+        parse_overrides(settings.override_generation_config),
+    )
+    if defaults:
+        logger.info(
+            "sampling defaults for requests that leave them unset: %s (from --generation-config "
+            "%s%s; --generation-config vllm for none)",
+            json.dumps(defaults, sort_keys=True),
+            settings.generation_config,
+            " and --override-generation-config" if settings.override_generation_config else "",
+        )
+    return defaults
+
+
 def cache_config_info(engine: LLMEngine) -> dict[str, str]:
     """The labels of vLLM's `vllm:cache_config_info` for this engine (conveyor/metrics.py):
     its KV blocks count as vLLM's GPU blocks on any device; there is no CPU swap space."""
@@ -255,6 +285,12 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     if not settings.redis_url:
         logger.error("a worker needs a Redis to serve from: pass --redis-url")
         return 2
+    if settings.generation_config not in ("auto", "vllm"):
+        try:  # a folder without the file stops start-up before the model loads
+            generation_defaults(Path(), settings.generation_config, {})
+        except GenerationConfigError as exc:
+            logger.error("%s", exc)
+            return 2
     engine = LLMEngine(worker_engine_config(settings))
     names = BusNames(prefix=settings.redis_prefix)
     instance = settings.resolved_instance_id("worker")

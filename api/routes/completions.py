@@ -94,6 +94,7 @@ async def create_completion(
         prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None,
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
+        max_logprobs=model_tokenizer.max_logprobs,
     )
     await check_structured_output(body, sampling, model_tokenizer)
     base_id = f"cmpl-{uuid.uuid4().hex}"

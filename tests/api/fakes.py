@@ -27,6 +27,7 @@ import uvicorn
 from redis.exceptions import RedisError, ResponseError
 
 from api.app import create_app
+from api.server import uvicorn_config
 from conveyor.bus import LANES, TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
 from conveyor.embedded_redis import free_port
 from conveyor.protocol import (
@@ -46,14 +47,20 @@ CACHED_TOKENS = 3
 
 
 def tokenizer_hash(
-    model_dir: Path, max_model_len: int, eos_token_id: int = 2, **config: Any
+    model_dir: Path,
+    max_model_len: int,
+    eos_token_id: int | list[int] = 2,
+    generation: dict[str, Any] | None = None,
+    **config: Any,
 ) -> dict[str, str]:
-    """What a worker publishes under `names.tokenizer(model)` (`config`: more config.json)."""
+    """What a worker publishes under `names.tokenizer(model)` (`generation`: its served
+    sampling defaults; `config`: more config.json)."""
     fields = {
         name: (model_dir / name).read_text(encoding="utf-8")
         for name in TOKENIZER_FILES
         if (model_dir / name).is_file()
     }
+    fields["generation_config.json"] = json.dumps(generation or {})
     fields["config.json"] = json.dumps(
         {"eos_token_id": eos_token_id, "max_model_len": max_model_len, **config}
     )
@@ -89,6 +96,9 @@ class FakeWorker:
     matryoshka_dimensions: tuple[int, ...] = ()
     # Publishes its model as writing harmony messages (gpt-oss's), as a real worker does.
     harmony: bool = False
+    # Its served sampling defaults (--generation-config) and more of its config.json.
+    generation: dict[str, Any] = field(default_factory=dict)
+    published_config: dict[str, Any] = field(default_factory=dict)
     received: list[GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
     _thread: threading.Thread | None = None
@@ -148,7 +158,15 @@ class FakeWorker:
         self.redis = aioredis.from_url(self.redis_url, decode_responses=True)
         await self.redis.hset(
             self.names.tokenizer(self.model),
-            mapping=tokenizer_hash(self.model_dir, self.max_model_len, **self._shape()),
+            mapping=tokenizer_hash(
+                self.model_dir,
+                self.max_model_len,
+                # As a real worker: every EOS id its model's configs declare.
+                eos_token_id=sorted(self.tokenizer.eos_token_ids),
+                generation=self.generation,
+                **self._shape(),
+                **self.published_config,
+            ),
         )
         await self.redis.set(self.names.known_model(self.model), "1")
         for adapter in self.loras:
@@ -451,8 +469,8 @@ class LiveServer:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings)
-        config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        config = uvicorn_config(
+            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)

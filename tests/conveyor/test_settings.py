@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from pydantic import ValidationError
 
@@ -176,3 +178,86 @@ def test_runner_flags_reach_the_worker_of_conveyor_serve(monkeypatch: pytest.Mon
         settings_from_args(parser.parse_args(["worker", "--runner", "generate", "--task", "embed"]))
     with pytest.raises(ValueError, match="not one of"):
         settings_from_args(parser.parse_args(["worker", "--pooler-config", '{"pooling_type": 1}']))
+
+
+def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flags vLLM users pass that ask for what conveyor always does are accepted, and change
+    nothing; the ones conveyor implements reach the engine and the API."""
+    parser = build_parser()
+    argv = [
+        "serve",
+        "model-dir",
+        "--trust-remote-code",
+        "-tp",
+        "1",
+        "--pipeline-parallel-size",
+        "1",
+        "--disable-log-requests",
+        "--enable-chunked-prefill",
+        "--enable-prompt-tokens-details",
+        "--swap-space",
+        "4",
+        "--max-seq-len-to-capture",
+        "8192",
+        "--distributed-executor-backend",
+        "mp",
+        "--guided-decoding-backend",
+        "xgrammar",
+        "--max-logprobs",
+        "5",
+        "--num-gpu-blocks-override",
+        "64",
+        "--generation-config",
+        "vllm",
+        "--override-generation-config",
+        '{"temperature": 0.5, "max_new_tokens": 256}',
+        "--allowed-origins",
+        '["https://chat.example"]',
+        "--allowed-methods",
+        "GET,POST",
+        "--allow-credentials",
+        "--root-path",
+        "/llm",
+        "--uvicorn-log-level",
+        "warning",
+        "--disable-fastapi-docs",
+        "--disable-log-stats",
+        "--enable-log-requests",
+        "--max-log-len",
+        "100",
+    ]
+    settings = settings_from_args(parser.parse_args(argv))
+    plain = settings_from_args(parser.parse_args(["serve", "model-dir"])).engine_config()
+    engine = settings.engine_config()
+    assert dataclasses.replace(engine, max_logprobs=20, num_kv_blocks=None) == plain
+    assert (engine.max_logprobs, engine.num_kv_blocks) == (5, 64)
+    assert settings.allowed_origins == ["https://chat.example"]
+    assert settings.allowed_methods == ["GET", "POST"]
+    assert settings.allow_credentials and settings.disable_fastapi_docs
+    assert (settings.root_path, settings.uvicorn_log_level) == ("/llm", "warning")
+    assert settings.enable_log_requests and settings.max_log_len == 100
+    for key, value in settings_env(settings).items():  # what the children of `serve` read
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
+
+
+def test_what_conveyor_cannot_do_stops_start_up_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    with pytest.raises(ValueError, match="one device"):
+        settings_from_args(parser.parse_args(["serve", "-tp", "2"]))
+    with pytest.raises(ValueError, match="one device"):
+        settings_from_args(parser.parse_args(["worker", "--pipeline-parallel-size", "2"]))
+    with pytest.raises(ValueError, match="pins one GPU"):
+        settings_from_args(parser.parse_args(["serve", "-dp", "2", "--device", "cuda:1"]))
+    with pytest.raises(ValueError, match="it takes temperature"):
+        Settings(override_generation_config='{"temp": 0.5}')
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--distributed-executor-backend", "threads"])
+    # The CLI says so in one line per problem, not a traceback.
+    from conveyor.cli import main
+
+    assert main(["serve", "--max-logprobs", "-2", "-tp", "3"]) == 2
+    printed = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("conveyor: error: --max-logprobs: ") for line in printed)

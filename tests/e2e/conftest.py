@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,13 +34,18 @@ class Server:
         return f"{self.base_url}/v1"
 
 
-def wait_healthy(base_url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_healthy(
+    base_url: str,
+    process: subprocess.Popen[bytes],
+    timeout: float,
+    verify: bool | ssl.SSLContext = True,
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode} during startup")
         try:
-            if httpx.get(f"{base_url}/health", timeout=2.0).status_code == 200:
+            if httpx.get(f"{base_url}/health", timeout=2.0, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -80,22 +86,25 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
 
 @contextmanager
 def serving(
-    bundled_model_dir: Path, **extra_env: str
+    bundled_model_dir: Path,
+    *flags: str,
+    scheme: str = "http",
+    verify: bool | ssl.SSLContext = True,
+    **extra_env: str,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A whole `conveyor serve` tree on its own embedded Redis; (base_url, process).
+    """A whole `conveyor serve` tree (with these extra command-line `flags`) on its own
+    embedded Redis; (base_url, process). `verify`: how to trust its HTTPS certificate.
 
     It must stop cleanly (exit 0) when the test is done.
     """
     port = free_port()
     env = server_env(bundled_model_dir, "", **extra_env)
     del env["CONVEYOR_REDIS_URL"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port)]
+    process = subprocess.Popen([*command, "--host", "127.0.0.1", *flags], env=env)
+    base_url = f"{scheme}://127.0.0.1:{port}"
     try:
-        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+        wait_healthy(base_url, process, STARTUP_TIMEOUT, verify)
         yield base_url, process
     finally:
         assert stop(process) == 0

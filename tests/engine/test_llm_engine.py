@@ -140,6 +140,25 @@ def test_more_choices_than_sequences_run_at_once_take_turns(
     assert llm.engine.block_manager.num_free_blocks == 64
 
 
+def test_max_logprobs_bounds_what_a_request_may_ask_for(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """vLLM's --max-logprobs (20 by default; -1: the whole vocabulary)."""
+    folder = str(make_random_model("llama"))
+    llm = LLM(folder, max_logprobs=2, num_kv_blocks=64)
+    out = llm.generate([[5, 17, 300]], SamplingParams(max_tokens=2, logprobs=2))[0]
+    assert all(len(step.top) == 2 for step in out.choices[0].logprobs)
+    for name in ("logprobs", "prompt_logprobs"):
+        with pytest.raises(ValueError, match="at most 2"):
+            llm.engine.add_request("too-many", [5, 17], SamplingParams(**{name: 3}))
+    assert not llm.engine.has_unfinished()
+    vocab = LLM(folder, max_logprobs=-1, num_kv_blocks=64)
+    wide = vocab.generate([[5, 17]], SamplingParams(max_tokens=1, logprobs=100))[0]
+    assert len(wide.choices[0].logprobs[0].top) == 100
+    with pytest.raises(ValueError, match="at most 49152"):
+        vocab.engine.add_request("past-vocab", [5], SamplingParams(logprobs=49153))
+
+
 def test_seeded_sampling_is_reproducible_in_any_batch(bundled_llm: LLM) -> None:
     p0, *rest = _prompts(bundled_llm, 6)
     seeded = SamplingParams(temperature=0.9, top_p=0.95, seed=1234, max_tokens=16)

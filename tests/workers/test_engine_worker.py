@@ -79,7 +79,11 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
         "matryoshka_dimensions": [],
         # Whether the API reads its output as harmony messages (gpt-oss's).
         "harmony": False,
+        # The most logprobs the API lets a request ask for (--max-logprobs).
+        "max_logprobs": 20,
     }
+    # The sampling defaults served: this model's folder has no generation_config.json.
+    assert json.loads(tok["generation_config.json"]) == {}
     assert client.get(names.known_model(h.model)) == "1"
     beat = json.loads(client.get(names.worker(h.model, instance)))
     assert beat["capacity"] == 2 and beat["instance"] == instance and beat["max_model_len"] == 1024
@@ -300,6 +304,17 @@ def test_several_choices_and_prompt_logprobs(
     lps = stored.prompt_logprobs
     assert lps is not None and len(lps) == len(prompt) and lps[0] is None
     assert [lp.token_id for lp in lps[1:] if lp is not None] == prompt[1:]
+
+
+def test_worker_publishes_the_sampling_defaults_it_serves(
+    make_worker: Any, client: redis.Redis
+) -> None:
+    h: Harness = make_worker(
+        generation_config="vllm",
+        override_generation_config='{"temperature": 0.3, "max_new_tokens": 8}',
+    )
+    published = client.hget(h.names.tokenizer(h.model), "generation_config.json")
+    assert json.loads(published or "") == {"temperature": 0.3, "max_new_tokens": 8}
 
 
 def test_worker_reannounces_after_redis_lost_its_stream(

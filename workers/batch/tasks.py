@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 
 import httpx
@@ -38,7 +39,10 @@ async def run_batch_once(
     limits = httpx.Limits(max_connections=settings.batch_max_inflight + 4)
     try:
         async with httpx.AsyncClient(
-            base_url=settings.resolved_batch_api_url, timeout=timeout, limits=limits
+            base_url=settings.resolved_batch_api_url,
+            timeout=timeout,
+            limits=limits,
+            verify=_tls_verify(settings.batch_api_verify),
         ) as client:
             runner = BatchRunner(
                 settings,
@@ -52,3 +56,8 @@ async def run_batch_once(
     finally:
         await redis.aclose()
         database.close()
+
+
+def _tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
+    """httpx takes a CA bundle as an SSL context."""
+    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify

@@ -1,0 +1,40 @@
+"""vLLM's --enable-log-requests and --max-log-len: a line per queued request, off by default."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from .conftest import Stack
+
+LOGGER = "api.request_submitter"
+
+
+def test_each_queued_request_is_logged_when_asked(
+    make_stack: Callable[..., Stack], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    stack = make_stack(enable_log_requests=True, max_log_len=2)
+    prompt = [11, 12, 13, 14, 15]
+    with stack.client() as client:
+        body = {"model": "fake-model", "prompt": prompt, "max_tokens": 3, "seed": 7}
+        response = client.post("/v1/completions", json=body)
+    assert response.status_code == 200, response.text
+    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert len(lines) == 1
+    line = lines[0]
+    assert line.startswith(f"Received request {response.json()['id']}: model fake-model, ")
+    assert "max_tokens=3" in line and "seed=7" in line
+    assert line.endswith("prompt_token_ids (5): [11, 12] ... (3 more)")
+
+
+def test_requests_are_not_logged_by_default(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    body = {"model": "fake-model", "prompt": "Hi", "max_tokens": 3}
+    assert client.post("/v1/completions", json=body).status_code == 200
+    assert not [r for r in caplog.records if r.name == LOGGER]

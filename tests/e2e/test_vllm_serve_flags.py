@@ -1,0 +1,155 @@
+"""A `vllm serve` command line, run by `conveyor serve` as it is: HTTPS, two data-parallel
+engine workers, served sampling defaults, CORS, and batches whose worker reaches the API
+over that HTTPS; called with the official `openai` SDK trusting the server's certificate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .conftest import serving
+
+MODEL = "smollm2"
+ORIGIN = "https://chat.example"
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the system's openssl."""
+    openssl = shutil.which("openssl")
+    assert openssl, "these tests need the openssl command (Debian: apt-get install openssl)"
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    names = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run([openssl, *request, *names, *files], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_server(
+    bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, ssl.SSLContext]]:
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = _self_signed(folder)
+    trust = ssl.create_default_context(cafile=str(cert))
+    flags = [
+        "--ssl-certfile",
+        str(cert),
+        "--ssl-keyfile",
+        str(key),
+        "-dp",
+        "2",
+        "--override-generation-config",
+        '{"max_new_tokens": 6, "temperature": 0}',
+        "--allowed-origins",
+        json.dumps([ORIGIN]),
+        "--max-logprobs",
+        "3",
+        "--uvicorn-log-level",
+        "warning",
+        # vLLM flags that change nothing here, as a copied command line would carry them.
+        "--trust-remote-code",
+        "-tp",
+        "1",
+        "--disable-log-requests",
+    ]
+    with serving(
+        bundled_model_dir,
+        *flags,
+        scheme="https",
+        verify=trust,
+        CONVEYOR_DATA_DIR=str(folder / "data"),
+        CONVEYOR_BATCH_SWEEP_INTERVAL="1",
+    ) as (base_url, _process):
+        yield base_url, trust
+
+
+@pytest.fixture()
+def sdk(tls_server: tuple[str, ssl.SSLContext]) -> Iterator[openai.OpenAI]:
+    base_url, trust = tls_server
+    with httpx.Client(verify=trust) as http:
+        yield openai.OpenAI(
+            base_url=f"{base_url}/v1", api_key="unused", max_retries=0, http_client=http
+        )
+
+
+def test_https_only_and_two_workers_serve_one_model(
+    tls_server: tuple[str, ssl.SSLContext],
+) -> None:
+    base_url, trust = tls_server
+    with pytest.raises(httpx.HTTPError):  # plain HTTP is not spoken on the TLS port
+        httpx.get(base_url.replace("https://", "http://") + "/health", timeout=5)
+    metrics = httpx.get(f"{base_url}/metrics", verify=trust).text
+    workers = {
+        line.split('worker="', 1)[1].split('"', 1)[0]
+        for line in metrics.splitlines()
+        if line.startswith("vllm:num_requests_running{")
+    }
+    assert len(workers) == 2, metrics  # --data-parallel-size 2
+
+
+def test_served_defaults_and_limits_apply_to_sdk_calls(sdk: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+    first = sdk.chat.completions.create(model=MODEL, messages=messages)  # type: ignore[arg-type]
+    assert first.usage is not None and first.usage.completion_tokens == 6
+    assert first.choices[0].finish_reason == "length"
+    again = sdk.chat.completions.create(model=MODEL, messages=messages, max_tokens=50)  # type: ignore[arg-type]
+    assert again.choices[0].message.content == first.choices[0].message.content  # temperature 0
+    streamed = sdk.chat.completions.create(model=MODEL, messages=messages, stream=True)  # type: ignore[arg-type]
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
+    assert text == first.choices[0].message.content
+    with pytest.raises(openai.BadRequestError, match="--max-logprobs"):
+        sdk.completions.create(model=MODEL, prompt="Hi", logprobs=4)
+
+
+def test_browsers_of_the_allowed_origin_only(tls_server: tuple[str, ssl.SSLContext]) -> None:
+    base_url, trust = tls_server
+    preflight = {"Access-Control-Request-Method": "POST", "Origin": ORIGIN}
+    with httpx.Client(base_url=base_url, verify=trust) as client:
+        allowed = client.options("/v1/chat/completions", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == ORIGIN
+        other = client.options(
+            "/v1/chat/completions", headers={**preflight, "Origin": "https://else.example"}
+        )
+        assert other.status_code == 400
+
+
+def test_a_batch_runs_through_the_https_api(sdk: openai.OpenAI) -> None:
+    """The batch worker sends its lines to this host's API over HTTPS (loopback)."""
+    lines = [
+        {
+            "custom_id": f"line-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": f"Count to {i}"}]},
+        }
+        for i in range(3)
+    ]
+    raw = "\n".join(map(json.dumps, lines)).encode()
+    uploaded = sdk.files.create(file=("input.jsonl", raw), purpose="batch")
+    batch = sdk.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    deadline = time.monotonic() + 180
+    while batch.status not in ("completed", "failed", "cancelled", "expired"):
+        assert time.monotonic() < deadline, batch
+        time.sleep(0.3)
+        batch = sdk.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.output_file_id is not None
+    results = [
+        json.loads(line) for line in sdk.files.content(batch.output_file_id).text.splitlines()
+    ]
+    assert sorted(r["custom_id"] for r in results) == ["line-0", "line-1", "line-2"]
+    for result in results:
+        assert result["response"]["status_code"] == 200
+        assert result["response"]["body"]["usage"]["completion_tokens"] <= 6
