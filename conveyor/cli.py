@@ -20,6 +20,9 @@ from conveyor.settings import Settings
 
 # Each flag's names (a long name, or a tuple of it and vLLM's short alias) and options.
 _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
+    ("--tokenizer", {"help": "a folder or hub id whose tokenizer replaces the model's"}),
+    ("--revision", {"help": "a hub model's branch, tag or commit"}),
+    ("--download-dir", {"help": "where hub models are downloaded (default: <data dir>/hub)"}),
     ("--served-model-name", {}),
     ("--device", {}),
     ("--dtype", {}),

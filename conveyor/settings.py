@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         description="converted-model cache, SQLite database, uploaded and result files",
     )
     model: str | None = Field(default=None, description="HF folder, .gguf file or hub id")
+    tokenizer: str | None = Field(
+        default=None, description="a folder or hub id whose tokenizer replaces the model's"
+    )
+    revision: str | None = Field(default=None, description="a hub model's branch, tag or commit")
+    download_dir: Path | None = Field(
+        default=None, description="where hub models are downloaded (default: <data_dir>/hub)"
+    )
     served_model_name: str | None = None
     device: str | None = Field(default=None, description="cpu or cuda; default: cuda if present")
     dtype: str | None = Field(default=None, description="float32, bfloat16 or float16")
@@ -457,6 +464,9 @@ class Settings(BaseSettings):
 
         return EngineConfig(
             model=self.model,
+            tokenizer=self.tokenizer,
+            revision=self.revision,
+            download_dir=self.download_dir.expanduser() if self.download_dir else None,
             served_model_name=self.served_model_name,
             device=self.device,
             dtype=self.dtype,

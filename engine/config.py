@@ -563,6 +563,11 @@ class EngineConfig:
     """Limits and switches for one engine, named like vLLM's flags."""
 
     model: str | None = None
+    # vLLM's --tokenizer (a folder or hub id whose tokenizer replaces the model's),
+    # --revision (a hub model's branch, tag or commit) and --download-dir (hub files).
+    tokenizer: str | None = None
+    revision: str | None = None
+    download_dir: Path | None = None
     served_model_name: str | None = None
     device: str | None = None
     dtype: str | None = None

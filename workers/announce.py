@@ -36,7 +36,7 @@ def tokenizer_fields(
 
     `generation_config.json` carries the sampling defaults this worker serves
     (engine/generation_defaults.py), not the model's file as it is."""
-    folder = Path(engine.resolved.path)
+    folder = Path(engine.resolved.tokenizer_dir)
     fields: dict[str, str] = {}
     for name in TOKENIZER_FILES:
         path = folder / name

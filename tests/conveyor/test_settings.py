@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -225,11 +226,20 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "--enable-log-requests",
         "--max-log-len",
         "100",
+        "--tokenizer",
+        "org/tokenizer",
+        "--revision",
+        "v2",
+        "--download-dir",
+        "/models/hub",
     ]
     settings = settings_from_args(parser.parse_args(argv))
     plain = settings_from_args(parser.parse_args(["serve", "model-dir"])).engine_config()
     engine = settings.engine_config()
-    assert dataclasses.replace(engine, max_logprobs=20, num_kv_blocks=None) == plain
+    assert (engine.tokenizer, engine.revision) == ("org/tokenizer", "v2")
+    assert engine.download_dir == Path("/models/hub")
+    unchanged = dict(max_logprobs=20, num_kv_blocks=None, tokenizer=None, revision=None)
+    assert dataclasses.replace(engine, download_dir=None, **unchanged) == plain
     assert (engine.max_logprobs, engine.num_kv_blocks) == (5, 64)
     assert settings.allowed_origins == ["https://chat.example"]
     assert settings.allowed_methods == ["GET", "POST"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,6 +158,32 @@ def test_max_logprobs_bounds_what_a_request_may_ask_for(
     assert len(wide.choices[0].logprobs[0].top) == 100
     with pytest.raises(ValueError, match="at most 49152"):
         vocab.engine.add_request("past-vocab", [5], SamplingParams(logprobs=49153))
+
+
+def test_the_tokenizer_may_come_from_another_folder(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """vLLM's --tokenizer: weights from one folder, the tokenizer from another (a GGUF's
+    or a repo's own); workers publish that tokenizer to API processes."""
+    from workers.announce import tokenizer_fields
+
+    source = make_random_model("llama")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for file in source.iterdir():
+        if not file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy(file, weights / file.name)
+    with pytest.raises(ValueError, match="cannot load the tokenizer"):
+        LLM(str(weights), num_kv_blocks=64)
+    split = LLM(str(weights), tokenizer=str(source), num_kv_blocks=64)
+    whole = LLM(str(source), num_kv_blocks=64)
+    prompt = whole.tokenizer.encode("The capital of France is")
+    assert split.tokenizer.encode("The capital of France is") == prompt
+    assert (
+        split.generate([prompt], greedy(8))[0].text == whole.generate([prompt], greedy(8))[0].text
+    )
+    published = tokenizer_fields(split.engine, {})
+    assert published["tokenizer.json"] == (source / "tokenizer.json").read_text()
 
 
 def test_seeded_sampling_is_reproducible_in_any_batch(bundled_llm: LLM) -> None:

@@ -80,3 +80,62 @@ def test_only_the_transformers_format_weights_are_read(tmp_path: Path) -> None:
     assert [f.name for f in checkpoint_files(tmp_path)] == ["model-00002-of-00002.safetensors"]
     with pytest.raises(FileNotFoundError, match=r"no \.safetensors"):
         checkpoint_files(tmp_path / "missing")
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub is never asked (there may be a network): the cache alone answers."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def _hub_cache(hub: Path, repo: str, revisions: dict[str, dict[str, str]]) -> None:
+    """A Hugging Face cache as `snapshot_download` leaves it: refs -> commit -> files."""
+    root = hub / f"models--{repo.replace('/', '--')}"
+    for i, (ref, files) in enumerate(revisions.items()):
+        commit = f"{i + 1:040x}"
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / ref).write_text(commit)
+        snapshot = root / "snapshots" / commit
+        snapshot.mkdir(parents=True)
+        for name, text in files.items():
+            (snapshot / name).write_text(text)
+
+
+def test_a_hub_model_comes_from_download_dir_at_its_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's --download-dir and --revision (offline here: the files are in the cache)."""
+    _offline(monkeypatch)
+    hub = tmp_path / "hub"
+    _hub_cache(
+        hub,
+        "acme/tiny",
+        {"main": {"config.json": '{"v": 1}'}, "v2": {"config.json": '{"v": 2}'}},
+    )
+    latest = resolve_model("acme/tiny", tmp_path / "data", download_dir=hub)
+    assert json.loads((latest.path / "config.json").read_text()) == {"v": 1}
+    pinned = resolve_model("acme/tiny", tmp_path / "data", download_dir=hub, revision="v2")
+    assert json.loads((pinned.path / "config.json").read_text()) == {"v": 2}
+    assert (pinned.name, pinned.source) == ("acme/tiny", "hub:acme/tiny@v2")
+
+
+def test_tokenizer_comes_from_another_folder_or_repo(
+    bundled_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights = tmp_path / "weights-only"
+    weights.mkdir()
+    shutil.copy(bundled_model_dir / "config.json", weights / "config.json")
+    resolved = resolve_model(str(weights), tmp_path, tokenizer=str(bundled_model_dir))
+    assert resolved.path == weights.resolve()
+    assert resolved.tokenizer_dir == bundled_model_dir.resolve()
+    assert resolve_model(str(weights), tmp_path).tokenizer_dir == weights.resolve()
+    with pytest.raises(FileNotFoundError, match=r"no tokenizer\.json or tokenizer_config\.json"):
+        resolve_model(str(weights), tmp_path, tokenizer=str(weights))
+    _offline(monkeypatch)
+    hub = tmp_path / "hub"
+    tokenizer_json = (bundled_model_dir / "tokenizer.json").read_text()
+    _hub_cache(hub, "acme/tok", {"main": {"tokenizer.json": tokenizer_json}})
+    from_hub = resolve_model(str(weights), tmp_path, tokenizer="acme/tok", download_dir=hub)
+    assert (from_hub.tokenizer_dir / "tokenizer.json").read_text() == tokenizer_json
