@@ -161,6 +161,9 @@ class ModelCatalog:
         self._min_refresh_interval = min_refresh_interval
         self._revalidate_interval = revalidate_interval
         self._live: dict[str, LiveModel] = {}
+        # More names of live models (vLLM's --served-model-name A B): alias -> model, or
+        # None for a name several models claim.
+        self._aliases: dict[str, str | None] = {}
         self._scanned_at = float("-inf")
         self._scan_lock = asyncio.Lock()
         self._tokenizers: dict[str, ModelTokenizer] = {}
@@ -191,8 +194,15 @@ class ModelCatalog:
             if time.monotonic() - self._scanned_at <= max_age:
                 return self._live  # another request refreshed while we waited
             self._live = await self._scan()
+            self._aliases = served_aliases(self._live)
             self._scanned_at = time.monotonic()
             return self._live
+
+    async def aliases(self, max_age: float | None = None) -> dict[str, str]:
+        """The other names live models answer to (alias -> model), as fresh as
+        `live_models`."""
+        await self.live_models(max_age)
+        return {alias: model for alias, model in self._aliases.items() if model is not None}
 
     async def _scan(self) -> dict[str, LiveModel]:
         keys = [k async for k in self._redis.scan_iter(match=self._names.worker_pattern, count=500)]
@@ -230,13 +240,30 @@ class ModelCatalog:
         }
 
     async def resolve(self, model: str) -> LiveModel:
-        """The live model, or 404 (never served) / 503 (known, but no worker now)."""
+        """The live model (an alias resolves to the model it names), or 404 (never served)
+        / 503 (known, but no worker now)."""
         live = await self.live_models()
-        if model not in live:
+        if model not in live and model not in self._aliases:
             live = await self.live_models(max_age=self._min_refresh_interval)
         if model in live:
             return live[model]
-        known = self._names.known_model(model), self._names.known_adapter(model)
+        if model in self._aliases:
+            target = self._aliases[model]
+            if target is None:
+                raise ApiError(
+                    404,
+                    f"The model name `{model}` is served by several models, so it names "
+                    "none of them; use a model's own name",
+                    param="model",
+                    code="model_not_found",
+                )
+            if target in live:
+                return live[target]
+        known = (
+            self._names.known_model(model),
+            self._names.known_adapter(model),
+            self._names.known_alias(model),
+        )
         if await self._redis.exists(*known):
             raise ApiError(
                 503,
@@ -322,6 +349,34 @@ class ModelCatalog:
                 (staging / name).write_text(content, encoding="utf-8")
         os.replace(staging, folder)
         return folder
+
+
+def served_aliases(live: dict[str, LiveModel]) -> dict[str, str | None]:
+    """Aliases every worker of a base model announces (alias -> model); one that is also
+    a model's or adapter's name, or that two models claim, names no model (None)."""
+    claims: dict[str, list[str]] = {}
+    for model in live.values():
+        if model.parent is not None:
+            continue
+        common: set[str] | None = None
+        for beat in model.workers:
+            announced = beat.get("aliases")
+            names = (
+                {a for a in announced if isinstance(a, str)}
+                if isinstance(announced, list)
+                else set()
+            )
+            common = names if common is None else common & names
+        for alias in common or ():
+            claims.setdefault(alias, []).append(model.name)
+    aliases: dict[str, str | None] = {}
+    for alias, models in sorted(claims.items()):
+        if alias in live:
+            continue  # the model (or adapter) of that name keeps it
+        if len(models) > 1:
+            logger.warning("served model name %r is claimed by %s: not offered", alias, models)
+        aliases[alias] = models[0] if len(models) == 1 else None
+    return aliases
 
 
 def served_adapters(workers: tuple[dict[str, Any], ...]) -> dict[str, str]:

@@ -101,6 +101,11 @@ class BusNames:
         """Set once a worker has served `model`: tells 'unknown' (404) from 'no worker' (503)."""
         return f"{self.prefix}:model:{model}"
 
+    def known_alias(self, name: str) -> str:
+        """Set once a worker has served its model under the other name `name` (vLLM's
+        --served-model-name A B): 404 vs 503 again, apart from models as adapters are."""
+        return f"{self.prefix}:alias:{name}"
+
     def known_adapter(self, name: str) -> str:
         """Set once a worker has served LoRA adapter `name` (404 vs 503, as for models). Kept
         apart from `known_model`: /health waits for models, never for adapters."""

@@ -7,23 +7,26 @@ Flags use vLLM's names; each has a `CONVEYOR_*` env var twin through
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from conveyor.config_file import CONFIG_FLAG, ConfigFileError, apply_config_file, config_path
 from conveyor.operator_cli import add_operator_commands
-from conveyor.settings import Settings
+from conveyor.settings import Settings, json_or_comma_list
 
 # Each flag's names (a long name, or a tuple of it and vLLM's short alias) and options.
 _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--tokenizer", {"help": "a folder or hub id whose tokenizer replaces the model's"}),
     ("--revision", {"help": "a hub model's branch, tag or commit"}),
     ("--download-dir", {"help": "where hub models are downloaded (default: <data dir>/hub)"}),
-    ("--served-model-name", {}),
+    (
+        "--served-model-name",
+        {"nargs": "+", "help": "the model's name in the API; more names answer too"},
+    ),
     ("--device", {}),
     ("--dtype", {}),
     ("--block-size", {"type": int}),
@@ -234,20 +237,10 @@ _SERVING_FLAGS: list[tuple[str, dict]] = [
 ]
 
 
-def _json_or_comma_list(text: str) -> list[str]:
-    """vLLM takes `--allowed-origins '["https://a.example"]'`; a,b works too."""
-    if text.lstrip().startswith("["):
-        value = json.loads(text)
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise argparse.ArgumentTypeError(f"expected a JSON list of strings, got {text!r}")
-        return value
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 _HTTP_FLAGS: list[tuple[str, dict]] = [
-    ("--allowed-origins", {"type": _json_or_comma_list, "help": 'CORS origins (["*"])'}),
-    ("--allowed-methods", {"type": _json_or_comma_list, "help": 'CORS methods (["*"])'}),
-    ("--allowed-headers", {"type": _json_or_comma_list, "help": 'CORS headers (["*"])'}),
+    ("--allowed-origins", {"type": json_or_comma_list, "help": 'CORS origins (["*"])'}),
+    ("--allowed-methods", {"type": json_or_comma_list, "help": 'CORS methods (["*"])'}),
+    ("--allowed-headers", {"type": json_or_comma_list, "help": 'CORS headers (["*"])'}),
     ("--root-path", {"help": "the path prefix a reverse proxy serves the API under"}),
     ("--ssl-keyfile", {}),
     ("--ssl-certfile", {"help": "serve HTTPS with this certificate (and --ssl-keyfile)"}),
@@ -311,18 +304,27 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for key, value in vars(args).items()
         if value is not None and key in Settings.model_fields
     }
+    names = getattr(args, "served_model_name", None)
+    if isinstance(names, list):  # vLLM's --served-model-name A B: A, and B as another name
+        given["served_model_name"] = names[0]
+        if len(names) > 1:
+            given["served_model_aliases"] = names[1:]
     older = getattr(args, "override_pooler_config", None)
     if older is not None:
         given.setdefault("pooler_config", older)
     return Settings(**given)
 
 
-def _report_bad_settings(exc: ValidationError) -> int:
+def _report_bad_settings(exc: ValidationError | SettingsError) -> int:
     """One line per problem, named by its flag, as argparse reports its own; no traceback."""
+    if isinstance(exc, SettingsError):  # an env var pydantic-settings could not decode
+        print(f"conveyor: error: {exc}", file=sys.stderr)
+        return 2
     for error in exc.errors():
-        where = "".join(f"--{part}: ".replace("_", "-") for part in error["loc"])
+        first, *rest = error["loc"] or ("",)
+        where = f"--{str(first).replace('_', '-')}{''.join(f'[{p}]' for p in rest)}: "
         message = str(error["msg"]).removeprefix("Value error, ")
-        print(f"conveyor: error: {where}{message}", file=sys.stderr)
+        print(f"conveyor: error: {where if first else ''}{message}", file=sys.stderr)
     return 2
 
 
@@ -383,34 +385,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    chat = sub.add_parser("chat", help="interactive chat with the engine in this terminal")
+    # No abbreviated flags where --config is read: `--conf FILE` must not slip past it.
+    chat = sub.add_parser(
+        "chat", allow_abbrev=False, help="interactive chat with the engine in this terminal"
+    )
     _add_engine_flags(chat)
     chat.add_argument("--max-tokens", type=int, default=256)
     chat.set_defaults(func=_chat)
 
     serve = sub.add_parser(
-        "serve", help="everything in one process tree: embedded Redis, a worker, the API"
+        "serve",
+        allow_abbrev=False,
+        help="everything in one process tree: embedded Redis, a worker, the API",
     )
     _add_engine_flags(serve)
     _add_serving_flags(serve)
     _add_no_op_flags(serve)
     serve.set_defaults(func=_serve)
 
-    api = sub.add_parser("api", help="the OpenAI-compatible HTTP front end only")
+    api = sub.add_parser(
+        "api", allow_abbrev=False, help="the OpenAI-compatible HTTP front end only"
+    )
     _add_serving_flags(api)
-    api.add_argument("--served-model-name", default=None)
+    api.add_argument("--served-model-name", nargs="+", default=None)
     api.add_argument("--chat-template", default=None)
     api.add_argument("--data-dir", default=None, help="holds the default SQLite database")
     api.set_defaults(func=_api)
 
-    worker = sub.add_parser("worker", help="one engine worker consuming a model's request stream")
+    worker = sub.add_parser(
+        "worker", allow_abbrev=False, help="one engine worker consuming a model's request stream"
+    )
     _add_engine_flags(worker)
     _add_serving_flags(worker)
     _add_no_op_flags(worker)
     worker.set_defaults(func=_worker)
 
     batch_worker = sub.add_parser(
-        "batch-worker", help="a Celery worker that runs batch jobs through the API"
+        "batch-worker",
+        allow_abbrev=False,
+        help="a Celery worker that runs batch jobs through the API",
     )
     _add_serving_flags(batch_worker)
     batch_worker.add_argument("--data-dir", default=None, help="where uploaded files are stored")
@@ -449,8 +462,9 @@ def _command_parser(
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """The arguments, `--config FILE`'s values under the command line's (SystemExit on a
+    bad one, as argparse does); the image's healthcheck reads command lines this way too."""
     parser = build_parser()
     try:
         path = config_path(argv)
@@ -459,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
             apply_config_file(command, path)
     except ConfigFileError as exc:
         parser.error(str(exc))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_command_line(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -469,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         if exc.title != Settings.__name__:
             raise
+        return _report_bad_settings(exc)
+    except SettingsError as exc:
         return _report_bad_settings(exc)
 
 

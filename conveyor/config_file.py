@@ -42,7 +42,11 @@ def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
         if not action.option_strings:
             found[action.dest] = action  # the positional `model`
         for option in action.option_strings:
-            if option.startswith("--"):
+            # `--no-x` is `x: false` in a file (it would mean the opposite of its value).
+            negative = isinstance(action, argparse.BooleanOptionalAction) and option.startswith(
+                "--no-"
+            )
+            if option.startswith("--") and not negative:
                 found[option[2:]] = action
     return found
 
@@ -72,7 +76,9 @@ def _convert(key: str, action: argparse.Action, value: Any, source: str) -> Any:
         return value
     if action.nargs in ("+", "*"):
         return [checked(item) for item in (value if isinstance(value, list) else [value])]
-    if isinstance(value, list) and action.type is not None:
+    if isinstance(value, list):
+        if action.type is None:  # a flag of one value; JSON flags take objects
+            raise ConfigFileError(f"{source}: {key}: takes one value, got a list")
         return checked(json.dumps(value))  # --allowed-origins takes a JSON list
     return checked(value)
 
@@ -95,5 +101,7 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
         action = actions.get(key) or actions.get(str(raw_key))
         if action is None or key in ("help", "config"):
             raise ConfigFileError(f"{source}: unknown option {raw_key!r}")
+        if value is None:
+            continue  # `key:` or `key: null` leaves the default
         defaults[action.dest] = _convert(key, action, value, source)
     parser.set_defaults(**defaults)

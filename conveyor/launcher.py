@@ -59,26 +59,38 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def worker_device_env(settings: Settings, rank: int) -> dict[str, str]:
-    """With --data-parallel-size N, worker `rank` sees only GPU `rank` (of those in
-    CUDA_VISIBLE_DEVICES, if set), vLLM's data-parallel placement; on CPU, nothing."""
+def visible_gpus(settings: Settings) -> int:
+    """How many GPUs `--data-parallel-size` may spread workers over (0: none, or not asked)."""
     if settings.data_parallel_size == 1 or (settings.device or "").startswith("cpu"):
+        return 0
+    import torch  # only here: the supervisor otherwise never loads it
+
+    return torch.cuda.device_count()  # honours CUDA_VISIBLE_DEVICES
+
+
+def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str]:
+    """With --data-parallel-size N, worker `rank` sees only GPU `rank` (of those in
+    CUDA_VISIBLE_DEVICES, if set), vLLM's data-parallel placement, and must use it; with
+    no GPU at all (or --device cpu) the workers share the CPU."""
+    size = settings.data_parallel_size
+    if size == 1 or (settings.device or "").startswith("cpu"):
         return {}
-    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")]
-    visible = [d for d in visible if d]
-    if not visible:
-        return {"CUDA_VISIBLE_DEVICES": str(rank)}
-    if len(visible) < settings.data_parallel_size:
-        raise ValueError(
-            f"--data-parallel-size {settings.data_parallel_size} needs as many GPUs, but "
-            f"CUDA_VISIBLE_DEVICES lists {len(visible)}"
-        )
-    return {"CUDA_VISIBLE_DEVICES": visible[rank]}
+    if gpus == 0:
+        if settings.device:
+            raise ValueError(f"--device {settings.device}: no GPU is visible here")
+        return {}
+    if gpus < size:
+        raise ValueError(f"--data-parallel-size {size} needs as many GPUs; {gpus} are visible")
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    ids = [d.strip() for d in listed.split(",") if d.strip()] or [str(i) for i in range(gpus)]
+    return {"CUDA_VISIBLE_DEVICES": ids[rank], "CONVEYOR_DEVICE": "cuda"}
 
 
 @dataclass
 class Supervisor:
     settings: Settings
+    # GPUs the data-parallel workers go to (visible_gpus); 0: they share the CPU.
+    gpus: int = 0
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     restarts: dict[str, list[float]] = field(default_factory=dict)
@@ -106,7 +118,8 @@ class Supervisor:
                 # The batch worker's key to the API, made up for this process tree.
                 env["CONVEYOR_SERVICE_KEY"] = secrets.token_urlsafe(32)
             for rank, name in enumerate(self.worker_names):
-                self._spawn(name, ["worker"], {**env, **worker_device_env(self.settings, rank)})
+                placement = worker_device_env(self.settings, rank, self.gpus)
+                self._spawn(name, ["worker"], {**env, **placement})
             self._spawn("api", ["api"], env)
             self._spawn("batch-worker", ["batch-worker"], env)
             logger.info(
@@ -180,10 +193,18 @@ class Supervisor:
 
 
 def run_serve(settings: Settings) -> int:
+    gpus = visible_gpus(settings)
     try:  # before anything starts: every worker must have a GPU to go to
         for rank in range(settings.data_parallel_size):
-            worker_device_env(settings, rank)
+            worker_device_env(settings, rank, gpus)
     except ValueError as exc:
         logger.error("%s", exc)
         return 2
-    return Supervisor(settings).run()
+    if settings.data_parallel_size > 1 and gpus == 0:
+        logger.info("%d engine workers share the CPU", settings.data_parallel_size)
+    if settings.ssl_cert_reqs == 2 and settings.batch_api_url is None:
+        logger.warning(
+            "--ssl-cert-reqs 2 asks every client for a certificate, and the batch worker "
+            "has none: batch jobs cannot reach the API"
+        )
+    return Supervisor(settings, gpus).run()

@@ -7,14 +7,15 @@ frozen config objects to the parts it starts.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
 from engine.generation_defaults import parse_overrides
@@ -25,6 +26,16 @@ from engine.speculative_config import SpeculativeConfig
 
 if TYPE_CHECKING:
     from engine.config import EngineConfig
+
+
+def json_or_comma_list(text: str) -> list[str]:
+    """vLLM's `--allowed-origins '["https://a.example"]'` (a JSON list), or `a,b`."""
+    if not text.lstrip().startswith("["):
+        return [part.strip() for part in text.split(",") if part.strip()]
+    value = json.loads(text)  # a bad one is a ValueError, which names the setting
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a JSON list of strings, got {text!r}")
+    return value
 
 
 class Settings(BaseSettings):
@@ -47,6 +58,11 @@ class Settings(BaseSettings):
         default=None, description="where hub models are downloaded (default: <data_dir>/hub)"
     )
     served_model_name: str | None = None
+    served_model_aliases: list[str] = Field(
+        default_factory=list,
+        description="more names the model answers to (vLLM's --served-model-name A B C: "
+        "A is the name above, B and C are these)",
+    )
     device: str | None = Field(default=None, description="cpu or cuda; default: cuda if present")
     dtype: str | None = Field(default=None, description="float32, bfloat16 or float16")
     block_size: int = 16
@@ -243,9 +259,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="seconds between a busy worker's stats log lines"
     )
     # --- HTTP front end (vLLM's names) --------------------------------------------------
-    allowed_origins: list[str] = Field(default_factory=lambda: ["*"])
-    allowed_methods: list[str] = Field(default_factory=lambda: ["*"])
-    allowed_headers: list[str] = Field(default_factory=lambda: ["*"])
+    # A JSON list (vLLM's form) or `a,b`, on the command line and in env vars alike.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    allowed_methods: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    allowed_headers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
     allow_credentials: bool = False
     root_path: str = Field(
         default="", description="the path prefix a reverse proxy serves the API under"
@@ -256,7 +273,9 @@ class Settings(BaseSettings):
     ssl_cert_reqs: int = Field(
         default=0, ge=0, le=2, description="client certificates: 0 none, 1 optional, 2 required"
     )
-    uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] | None = (
+        Field(default=None, description="uvicorn's loggers (access lines); default: --log-level")
+    )
     disable_fastapi_docs: bool = Field(
         default=False, description="no /docs, /redoc or /openapi.json"
     )
@@ -385,6 +404,11 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
+    @field_validator("allowed_origins", "allowed_methods", "allowed_headers", mode="before")
+    @classmethod
+    def _json_or_comma_list(cls, value: object) -> object:
+        return json_or_comma_list(value) if isinstance(value, str) else value
+
     @field_validator("override_generation_config")
     @classmethod
     def _overrides_parse(cls, value: str | None) -> str | None:
@@ -439,13 +463,11 @@ class Settings(BaseSettings):
         return "https" if self.ssl_certfile else "http"
 
     @property
-    def batch_api_verify(self) -> bool | str:
-        """How batch workers check the API's certificate: against --ssl-ca-certs (or the
-        system's CAs) for a --batch-api-url; not at all for this host's own API over
-        loopback, whose certificate names the public host, not 127.0.0.1."""
-        if self.batch_api_url is None:
-            return False
-        return self.ssl_ca_certs or True
+    def batch_api_verify(self) -> bool:
+        """Whether batch workers check the API's certificate: against the system's CAs for
+        a --batch-api-url; not for this host's own API over loopback, whose certificate
+        names the public host, not 127.0.0.1."""
+        return self.batch_api_url is not None
 
     @property
     def requires_key(self) -> bool:

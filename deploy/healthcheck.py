@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import io
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -65,11 +66,11 @@ def processes(proc: Path) -> Iterator[tuple[int, list[str], dict[str, str]]]:
 
 
 def describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None:
-    from conveyor.cli import build_parser, settings_from_args
+    from conveyor.cli import parse_command_line, settings_from_args
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            parsed = build_parser().parse_args(args)
+            parsed = parse_command_line(args)  # --config FILE's port and host included
     except SystemExit:
         return None  # not a conveyor command line after all
     if parsed.command not in HTTP_ROLES:
@@ -85,7 +86,7 @@ def describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None
     host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
     if ":" in host:
         host = f"[{host}]"
-    return Found(pid, parsed.command, f"http://{host}:{settings.port}/health")
+    return Found(pid, parsed.command, f"{settings.api_scheme}://{host}:{settings.port}/health")
 
 
 def find(proc: Path) -> list[Found]:
@@ -100,7 +101,14 @@ def find(proc: Path) -> list[Found]:
 def probe(url: str, timeout: float) -> str | None:
     """None when the endpoint answers 200, else why not."""
     # No proxy: an HTTP(S)_PROXY in the container's environment must not see 127.0.0.1.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    # Over --ssl-certfile's HTTPS, no certificate check: it names the public host, and
+    # this is loopback.
+    unchecked = ssl.create_default_context()
+    unchecked.check_hostname = False
+    unchecked.verify_mode = ssl.CERT_NONE
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=unchecked)
+    )
     try:
         with opener.open(url, timeout=timeout) as response:
             return None if response.status == 200 else f"{url} answered {response.status}"

@@ -24,6 +24,14 @@ GENERATION_DEFAULT_KEYS = (
     "max_new_tokens",
 )
 _INTEGER_KEYS = ("top_k", "max_new_tokens")
+# transformers' GenerationConfig defaults: vLLM reads a model's file as its difference from
+# these (`to_diff_dict`), so a file restating one (top_k 50, often) changes nothing there.
+_HF_DEFAULTS: dict[str, int | float] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 50,
+    "repetition_penalty": 1.0,
+}
 GENERATION_CONFIG_FILE = "generation_config.json"
 
 
@@ -64,7 +72,8 @@ def parse_overrides(text: str | None) -> dict[str, int | float]:
 
 
 def _from_file(path: Path) -> dict[str, int | float]:
-    """The sampling knobs of one generation_config.json; others (eos ids, do_sample) skipped."""
+    """The sampling knobs of one generation_config.json that differ from transformers'
+    defaults; others (eos ids, do_sample) skipped."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -74,7 +83,7 @@ def _from_file(path: Path) -> dict[str, int | float]:
     found: dict[str, int | float] = {}
     for key in GENERATION_DEFAULT_KEYS:
         value = data.get(key)
-        if value is not None:
+        if value is not None and value != _HF_DEFAULTS.get(key):
             found[key] = _number(key, value, str(path))
     return found
 

@@ -81,10 +81,12 @@ class Announcer:
         names: BusNames,
         engine: LLMEngine,
         sampling_defaults: Mapping[str, int | float],
+        aliases: tuple[str, ...] = (),
     ) -> None:
         self.client = client
         self.names = names
         self.model = engine.model_name
+        self.aliases = aliases
         self.loras = tuple(engine.lora_paths)
         self.fields = tokenizer_fields(engine, sampling_defaults)  # read from disk once
 
@@ -97,6 +99,8 @@ class Announcer:
         pipe.delete(key)
         pipe.hset(key, mapping=self.fields)
         pipe.set(names.known_model(model), "1")
+        for alias in self.aliases:  # 503 (not 404) for another name while workers restart
+            pipe.set(names.known_alias(alias), model)
         for adapter in self.loras:  # 503 (not 404) for an adapter while workers restart
             pipe.set(names.known_adapter(adapter), model)
         pipe.execute()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -90,8 +91,9 @@ class EngineWorker:
             else StatsLogger(instance, self.metrics.token_counts, settings.log_stats_interval)
         )
         self.loop = EngineLoop(engine, self.inflight, self.publisher, self.metrics, work, stats_log)
+        aliases = tuple(settings.served_model_aliases)
         self.announcer = Announcer(
-            self.client, names, engine, served_sampling_defaults(engine, settings)
+            self.client, names, engine, served_sampling_defaults(engine, settings), aliases
         )
         self.intake = Intake(
             self.client,
@@ -125,6 +127,7 @@ class EngineWorker:
             max_model_len=engine.max_model_len,
             started_at=time.time(),
             runner=engine.runner_kind,
+            aliases=aliases,
         )
         self.heartbeat = Heartbeat(
             self.client,
@@ -285,6 +288,12 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     if not settings.redis_url:
         logger.error("a worker needs a Redis to serve from: pass --redis-url")
         return 2
+    if settings.data_parallel_size > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        logger.warning(
+            "--data-parallel-size %d is for `conveyor serve`; this is one worker: start one "
+            "`conveyor worker` per GPU to scale out",
+            settings.data_parallel_size,
+        )
     if settings.generation_config not in ("auto", "vllm"):
         try:  # a folder without the file stops start-up before the model loads
             generation_defaults(Path(), settings.generation_config, {})

@@ -41,6 +41,8 @@ class WorkerFacts:
     # "generate" (text) or "pooling" (embeddings): which endpoints the model serves.
     runner: str = "generate"
     pid: int = field(default_factory=os.getpid)
+    # Other names the model answers to (vLLM's --served-model-name A B: B here).
+    aliases: tuple[str, ...] = ()
 
 
 class Heartbeat:
@@ -72,6 +74,7 @@ class Heartbeat:
         f = self.facts
         return {
             "model": f.model,
+            "aliases": list(f.aliases),
             "instance": f.instance,
             "capacity": f.capacity,
             "running": running,

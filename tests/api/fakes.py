@@ -96,6 +96,8 @@ class FakeWorker:
     matryoshka_dimensions: tuple[int, ...] = ()
     # Publishes its model as writing harmony messages (gpt-oss's), as a real worker does.
     harmony: bool = False
+    # Other names it serves the model under (--served-model-name A B).
+    aliases: tuple[str, ...] = ()
     # Its served sampling defaults (--generation-config) and more of its config.json.
     generation: dict[str, Any] = field(default_factory=dict)
     published_config: dict[str, Any] = field(default_factory=dict)
@@ -169,6 +171,8 @@ class FakeWorker:
             ),
         )
         await self.redis.set(self.names.known_model(self.model), "1")
+        for alias in self.aliases:
+            await self.redis.set(self.names.known_alias(alias), self.model)
         for adapter in self.loras:
             await self.redis.set(self.names.known_adapter(adapter), self.model)
         streams = [self.names.requests(self.model, lane) for lane in LANES]
@@ -226,6 +230,7 @@ class FakeWorker:
             "runner": self.runner,
             "loras": loras,
             "lora_gens": lora_gens,
+            "aliases": list(self.aliases),
         }
         await self.redis.set(self.names.worker(self.model, self.instance), json.dumps(beat), ex=3)
 

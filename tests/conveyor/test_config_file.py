@@ -56,6 +56,7 @@ def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
     assert settings.enable_prefix_caching is False  # from the file still
     assert _settings(tmp_path, CONFIG, "--enable-prefix-caching").enable_prefix_caching is True
     assert _settings(tmp_path, "").port == Settings().port  # an empty file changes nothing
+    assert _settings(tmp_path, "max-model-len:\nseed: null").max_model_len is None
 
 
 @pytest.mark.parametrize(
@@ -67,6 +68,8 @@ def test_the_command_line_wins_over_the_file(tmp_path: Path) -> None:
         ("enforce-eager: yes please", "expected true or false"),
         ("- a\n- b", "expected a mapping"),
         ("port: [1\n", "while parsing"),
+        ("chat-template: [a, b]", "takes one value, got a list"),
+        ("no-enable-prefix-caching: true", "unknown option 'no-enable-prefix-caching'"),
     ],
 )
 def test_a_bad_file_is_refused_naming_the_key(tmp_path: Path, text: str, message: str) -> None:

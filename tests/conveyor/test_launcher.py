@@ -4,35 +4,39 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.launcher import Supervisor, run_serve, worker_device_env
+from conveyor.launcher import Supervisor, run_serve, visible_gpus, worker_device_env
 from conveyor.settings import Settings
 
 
 def test_one_worker_keeps_the_environment_as_it_is() -> None:
-    assert worker_device_env(Settings(), 0) == {}
+    assert worker_device_env(Settings(), 0, gpus=8) == {}
     assert Supervisor(Settings()).worker_names == ["worker"]
+    assert visible_gpus(Settings()) == 0  # not even asked
 
 
-def test_worker_i_sees_gpu_i(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_i_sees_gpu_i_and_must_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     settings = Settings(data_parallel_size=3)
     assert Supervisor(settings).worker_names == ["worker-0", "worker-1", "worker-2"]
-    assert [worker_device_env(settings, r) for r in range(3)] == [
-        {"CUDA_VISIBLE_DEVICES": str(r)} for r in range(3)
+    assert [worker_device_env(settings, r, gpus=4) for r in range(3)] == [
+        {"CUDA_VISIBLE_DEVICES": str(r), "CONVEYOR_DEVICE": "cuda"} for r in range(3)
     ]
     # Of the GPUs the operator made visible, in their order.
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6,7")
-    assert [worker_device_env(settings, r)["CUDA_VISIBLE_DEVICES"] for r in range(3)] == [
-        "4",
-        "6",
-        "7",
-    ]
-    # On CPU every worker shares the cores; nothing to pin.
-    assert worker_device_env(Settings(data_parallel_size=2, device="cpu"), 1) == {}
+    placed = [worker_device_env(settings, r, gpus=3)["CUDA_VISIBLE_DEVICES"] for r in range(3)]
+    assert placed == ["4", "6", "7"]
 
 
-def test_more_workers_than_visible_gpus_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    with pytest.raises(ValueError, match="lists 2"):
-        worker_device_env(Settings(data_parallel_size=3), 2)
+def test_without_gpus_the_workers_share_the_cpu() -> None:
+    assert worker_device_env(Settings(data_parallel_size=2), 1, gpus=0) == {}
+    assert worker_device_env(Settings(data_parallel_size=2, device="cpu"), 1, gpus=2) == {}
+    assert visible_gpus(Settings(data_parallel_size=2, device="cpu")) == 0
+    with pytest.raises(ValueError, match="no GPU is visible"):
+        worker_device_env(Settings(data_parallel_size=2, device="cuda"), 0, gpus=0)
+
+
+def test_more_workers_than_gpus_stops_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="2 are visible"):
+        worker_device_env(Settings(data_parallel_size=3), 2, gpus=2)
+    monkeypatch.setattr("conveyor.launcher.visible_gpus", lambda settings: 2)
     assert run_serve(Settings(data_parallel_size=3)) == 2  # before anything starts

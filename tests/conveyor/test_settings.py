@@ -226,6 +226,10 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "--enable-log-requests",
         "--max-log-len",
         "100",
+        "--served-model-name",
+        "qwen3",
+        "gpt-4o-mini",
+        "assistant",
         "--tokenizer",
         "org/tokenizer",
         "--revision",
@@ -237,8 +241,12 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     plain = settings_from_args(parser.parse_args(["serve", "model-dir"])).engine_config()
     engine = settings.engine_config()
     assert (engine.tokenizer, engine.revision) == ("org/tokenizer", "v2")
+    assert engine.served_model_name == "qwen3"
+    assert settings.served_model_aliases == ["gpt-4o-mini", "assistant"]
     assert engine.download_dir == Path("/models/hub")
-    unchanged = dict(max_logprobs=20, num_kv_blocks=None, tokenizer=None, revision=None)
+    unchanged = dict(
+        max_logprobs=20, num_kv_blocks=None, tokenizer=None, revision=None, served_model_name=None
+    )
     assert dataclasses.replace(engine, download_dir=None, **unchanged) == plain
     assert (engine.max_logprobs, engine.num_kv_blocks) == (5, 64)
     assert settings.allowed_origins == ["https://chat.example"]

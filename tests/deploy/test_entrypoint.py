@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ import pytest
 
 from conveyor.embedded_redis import free_port
 
+from ..self_signed import self_signed_certificate
 from .conftest import ENTRYPOINT, HEALTHCHECK
 
 REPORTER = """#!/bin/sh
@@ -155,9 +157,9 @@ def healthcheck() -> Iterator[ModuleType]:
 
 
 class HealthServer:
-    """A /health endpoint whose answer the test sets."""
+    """A /health endpoint whose answer the test sets (over HTTPS with `tls`: cert, key)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.status = 200
         self.requests: list[str] = []
         server = self
@@ -175,6 +177,10 @@ class HealthServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
@@ -238,6 +244,38 @@ def test_flags_win_over_env_as_in_conveyor(
     argv = [*MODULE, "--log-level", "INFO", "serve", "--port", str(health_server.port)]
     proc = fake_proc(tmp_path / "proc", {1: (argv, {"CONVEYOR_PORT": "1"})})
     assert check(healthcheck, proc, capsys) == (0, "healthy: serve")
+
+
+def test_the_port_of_a_config_file_is_probed(
+    healthcheck: ModuleType,
+    health_server: HealthServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = tmp_path / "conveyor.yaml"
+    config.write_text(f"port: {health_server.port}\nhost: 0.0.0.0\n")
+    proc = fake_proc(tmp_path / "proc", {1: ([*SCRIPT, "api", "--config", str(config)], {})})
+    assert check(healthcheck, proc, capsys) == (0, "healthy: api")
+    assert health_server.requests == ["/health"]
+
+
+def test_an_https_api_is_probed_over_tls(
+    healthcheck: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--ssl-certfile: the probe speaks HTTPS to loopback (the certificate names the
+    public host, so it is not checked)."""
+    cert, key = self_signed_certificate(tmp_path)
+    server = HealthServer(tls=(cert, key))
+    try:
+        env = {"CONVEYOR_SSL_CERTFILE": str(cert), "CONVEYOR_SSL_KEYFILE": str(key)}
+        proc = fake_proc(
+            tmp_path / "proc", {1: ([*SCRIPT, "serve", "--port", str(server.port)], env)}
+        )
+        assert check(healthcheck, proc, capsys) == (0, "healthy: serve")
+        assert server.requests == ["/health"]
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
 
 
 def test_api_is_unhealthy_when_health_fails(

@@ -5,9 +5,7 @@ over that HTTPS; called with the official `openai` SDK trusting the server's cer
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,22 +14,11 @@ import httpx
 import openai
 import pytest
 
+from ..self_signed import self_signed_certificate
 from .conftest import serving
 
 MODEL = "smollm2"
 ORIGIN = "https://chat.example"
-
-
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made by the system's openssl."""
-    openssl = shutil.which("openssl")
-    assert openssl, "these tests need the openssl command (Debian: apt-get install openssl)"
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
-    names = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
-    files = ["-keyout", str(key), "-out", str(cert)]
-    subprocess.run([openssl, *request, *names, *files], check=True, capture_output=True)
-    return cert, key
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +26,7 @@ def tls_server(
     bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, ssl.SSLContext]]:
     folder = tmp_path_factory.mktemp("tls")
-    cert, key = _self_signed(folder)
+    cert, key = self_signed_certificate(folder)
     trust = ssl.create_default_context(cafile=str(cert))
     flags = [
         "--ssl-certfile",
@@ -88,12 +75,17 @@ def test_https_only_and_two_workers_serve_one_model(
     base_url, trust = tls_server
     with pytest.raises(httpx.HTTPError):  # plain HTTP is not spoken on the TLS port
         httpx.get(base_url.replace("https://", "http://") + "/health", timeout=5)
-    metrics = httpx.get(f"{base_url}/metrics", verify=trust).text
-    workers = {
-        line.split('worker="', 1)[1].split('"', 1)[0]
-        for line in metrics.splitlines()
-        if line.startswith("vllm:num_requests_running{")
-    }
+    deadline = time.monotonic() + 120  # /health is ready with the first worker live
+    while True:
+        metrics = httpx.get(f"{base_url}/metrics", verify=trust).text
+        workers = {
+            line.split('worker="', 1)[1].split('"', 1)[0]
+            for line in metrics.splitlines()
+            if line.startswith("vllm:num_requests_running{")
+        }
+        if len(workers) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(workers) == 2, metrics  # --data-parallel-size 2
 
 

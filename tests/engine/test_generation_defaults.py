@@ -37,6 +37,15 @@ def test_auto_serves_the_models_sampling_knobs_only(tmp_path: Path) -> None:
     assert generation_defaults(tmp_path, "auto", {}) == {}  # a model without the file
 
 
+def test_a_file_restating_transformers_defaults_changes_nothing(tmp_path: Path) -> None:
+    """As vLLM reads it (the file's difference from GenerationConfig()): a restated
+    top_k of 50 is not a default to serve, while other values are."""
+    restating = {"top_k": 50, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0}
+    model = _folder(tmp_path, "model", {**restating, "min_p": 0.05})
+    assert generation_defaults(model, "auto", {}) == {"min_p": 0.05}
+    assert generation_defaults(model, "auto", {"top_k": 50}) == {"min_p": 0.05, "top_k": 50}
+
+
 def test_vllm_serves_none_and_a_folder_serves_its_file(tmp_path: Path) -> None:
     model = _folder(tmp_path, "model", QWEN3)
     assert generation_defaults(model, "vllm", {}) == {}

@@ -306,6 +306,15 @@ def test_several_choices_and_prompt_logprobs(
     assert [lp.token_id for lp in lps[1:] if lp is not None] == prompt[1:]
 
 
+def test_worker_announces_the_other_names_it_serves(make_worker: Any, client: redis.Redis) -> None:
+    """vLLM's --served-model-name A B: B in the heartbeat (the API routes it to A) and
+    remembered, so a request for it while no worker lives is a 503, not a 404."""
+    h: Harness = make_worker(served_model_aliases=["gpt-4o-mini"])
+    beat = json.loads(client.get(h.names.worker(h.model, h.worker.instance)) or "{}")
+    assert beat["model"] == h.model and beat["aliases"] == ["gpt-4o-mini"]
+    assert client.get(h.names.known_alias("gpt-4o-mini")) == h.model
+
+
 def test_worker_publishes_the_sampling_defaults_it_serves(
     make_worker: Any, client: redis.Redis
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import threading
 
 import httpx
@@ -42,7 +41,7 @@ async def run_batch_once(
             base_url=settings.resolved_batch_api_url,
             timeout=timeout,
             limits=limits,
-            verify=_tls_verify(settings.batch_api_verify),
+            verify=settings.batch_api_verify,
         ) as client:
             runner = BatchRunner(
                 settings,
@@ -56,8 +55,3 @@ async def run_batch_once(
     finally:
         await redis.aclose()
         database.close()
-
-
-def _tls_verify(verify: bool | str) -> bool | ssl.SSLContext:
-    """httpx takes a CA bundle as an SSL context."""
-    return ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify

@@ -1,0 +1,57 @@
+"""vLLM's --served-model-name A B: the model answers to every name, each with its card."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .conftest import Stack, worker_on
+
+MODEL = "smol"
+
+
+def test_every_name_reaches_the_model_and_is_echoed(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(with_worker=False)
+    with (
+        worker_on(stack, MODEL, aliases=("gpt-4o-mini", "assistant")) as worker,
+        stack.client() as client,
+    ):
+        listed = client.get("/v1/models").json()["data"]
+        assert sorted(card["id"] for card in listed) == ["assistant", "gpt-4o-mini", MODEL]
+        card = client.get("/v1/models/gpt-4o-mini").json()
+        assert (card["id"], card["root"], card["parent"]) == ("gpt-4o-mini", MODEL, None)
+        for name in ("gpt-4o-mini", MODEL):
+            body = {"model": name, "messages": [{"role": "user", "content": "Hi"}]}
+            answer = client.post("/v1/chat/completions", json=body)
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model"] == name  # as asked, as vLLM answers
+            assert worker.received[-1].model == MODEL  # one queue, one model
+        # Still one model served: a request may leave `model` out.
+        plain = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
+        assert plain.status_code == 200, plain.text
+        assert client.get("/v1/models/gpt-5").status_code == 404
+    # Its worker gone (its heartbeat expires), the other name is known: 503, not 404.
+    with stack.client() as client:
+        deadline = time.monotonic() + 10
+        while client.get("/v1/models").json()["data"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        gone = client.post(
+            "/v1/completions", json={"model": "gpt-4o-mini", "prompt": "Hi", "max_tokens": 2}
+        )
+        assert gone.status_code == 503, gone.text
+        assert client.get("/v1/models/never-served").status_code == 404
+
+
+def test_a_name_two_models_claim_answers_for_neither(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(with_worker=False)
+    with (
+        worker_on(stack, "one", aliases=("shared", "first")),
+        worker_on(stack, "two", aliases=("shared",), instance="worker-2"),
+        stack.client() as client,
+    ):
+        ids = sorted(card["id"] for card in client.get("/v1/models").json()["data"])
+        assert ids == ["first", "one", "two"]
+        body = {"model": "shared", "prompt": "Hi", "max_tokens": 2}
+        refused = client.post("/v1/completions", json=body)
+        assert refused.status_code == 404
+        assert "served by several models" in refused.json()["error"]["message"]
