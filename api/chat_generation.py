@@ -95,6 +95,7 @@ async def start_chat(
     record, submitter, catalog = services.record, services.submitter, services.catalog
     body.check_supported()
     body.model = body.model or await catalog.default_model()
+    body.apply_server_defaults(services.settings)
     record.model = body.model
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
@@ -346,6 +347,7 @@ class ChatGeneration:
         self.prompt_tokens = prompt_tokens
         self.reader = reader
         self.top_n = body.top_logprobs or 0
+        self.tokens_as_ids = bool(body.return_tokens_as_token_ids)
         self.created = int(time.time())
 
     @property
@@ -428,7 +430,9 @@ class ChatGeneration:
                     message=message,
                     logprobs=(
                         ChatLogprobs(
-                            content=chat_logprobs(self.tokenizer, choice.logprobs, self.top_n)
+                            content=chat_logprobs(
+                                self.tokenizer, choice.logprobs, self.top_n, self.tokens_as_ids
+                            )
                         )
                         if body.logprobs
                         else None
@@ -596,7 +600,9 @@ class ChatGeneration:
                         message = DeltaMessage(content=answer, **thought)
                     logprobs = (
                         ChatLogprobs(
-                            content=chat_logprobs(self.tokenizer, delta.logprobs or [], self.top_n)
+                            content=chat_logprobs(
+                                self.tokenizer, delta.logprobs or [], self.top_n, self.tokens_as_ids
+                            )
                         )
                         if body.logprobs
                         else None

@@ -26,20 +26,26 @@ def clamp(logprob: float) -> float:
     return max(float(logprob), _FLOOR)
 
 
+def token_label(tokenizer: Tokenizer, token_id: int, as_ids: bool) -> str:
+    """A token as logprobs name it: its text, or vLLM's `token_id:N` when the request
+    (or --return-tokens-as-token-ids) asks for ids, which survive any detokenizing."""
+    return f"token_id:{token_id}" if as_ids else tokenizer.token_bytes_repr(token_id)
+
+
 def chat_logprobs(
-    tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob], top_n: int
+    tokenizer: Tokenizer, logprobs: Sequence[TokenLogprob], top_n: int, as_ids: bool = False
 ) -> list[ChatTokenLogprob]:
     """Chat shape: one entry per generated token, with `top_n` alternatives and raw bytes."""
     out = []
     for lp in logprobs:
         out.append(
             ChatTokenLogprob(
-                token=tokenizer.token_bytes_repr(lp.token_id),
+                token=token_label(tokenizer, lp.token_id, as_ids),
                 logprob=clamp(lp.logprob),
                 bytes=list(tokenizer.token_bytes(lp.token_id)),
                 top_logprobs=[
                     TopLogprob(
-                        token=tokenizer.token_bytes_repr(int(token_id)),
+                        token=token_label(tokenizer, int(token_id), as_ids),
                         logprob=clamp(value),
                         bytes=list(tokenizer.token_bytes(int(token_id))),
                     )
@@ -53,9 +59,10 @@ def chat_logprobs(
 class CompletionLogprobBuilder:
     """Completions shape, built incrementally so a stream's `text_offset` keeps counting."""
 
-    def __init__(self, tokenizer: Tokenizer, top_n: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, top_n: int, as_ids: bool = False) -> None:
         self.tokenizer = tokenizer
         self.top_n = top_n
+        self.as_ids = as_ids
         self.offset = 0
 
     def build(
@@ -67,11 +74,11 @@ class CompletionLogprobBuilder:
         """`logprobs[i]` None (a prompt's first token) gives null logprob and null alternatives."""
         out = into if into is not None else CompletionLogprobs()
         for index, token_id in enumerate(token_ids):
-            token = self.tokenizer.token_bytes_repr(token_id)
+            token = token_label(self.tokenizer, token_id, self.as_ids)
             lp = logprobs[index] if index < len(logprobs) else None
             out.tokens.append(token)
             out.text_offset.append(self.offset)
-            self.offset += len(token)
+            self.offset += len(self.tokenizer.token_bytes_repr(token_id))  # offsets in text
             if lp is None:
                 out.token_logprobs.append(None)
                 out.top_logprobs.append(None)
@@ -80,6 +87,6 @@ class CompletionLogprobBuilder:
             # vLLM's dict holds the chosen token plus the top alternatives.
             top = {token: clamp(lp.logprob)}
             for alt_id, value in list(lp.top)[: self.top_n]:
-                top.setdefault(self.tokenizer.token_bytes_repr(int(alt_id)), clamp(value))
+                top.setdefault(token_label(self.tokenizer, int(alt_id), self.as_ids), clamp(value))
             out.top_logprobs.append(top)
         return out

@@ -265,6 +265,8 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         help="log each request the API queues: model, sampling params, prompt token ids",
     )
     for flag, help_text in (
+        ("--return-tokens-as-token-ids", "logprobs name tokens token_id:N (vLLM's form)"),
+        ("--enable-force-include-usage", "every stream ends with usage, asked for or not"),
         ("--allow-credentials", "CORS: allow credentials"),
         ("--disable-fastapi-docs", "no /docs, /redoc or /openapi.json"),
         ("--disable-log-stats", "no periodic throughput / queue / KV cache log lines"),

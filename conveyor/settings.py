@@ -246,6 +246,12 @@ class Settings(BaseSettings):
         description="enables the /v1/organization admin API and requires a key on /v1",
     )
     log_prompts: bool = Field(default=False, description="store prompt text in request_logs")
+    return_tokens_as_token_ids: bool = Field(
+        default=False, description="logprobs name tokens `token_id:N` unless a request says"
+    )
+    enable_force_include_usage: bool = Field(
+        default=False, description="every stream ends with a usage chunk, asked for or not"
+    )
     enable_log_requests: bool = Field(
         default=False, description="log each request the API queues: model, params, prompt ids"
     )

@@ -69,6 +69,7 @@ async def create_completion(
 ) -> Response:
     body.check_supported()
     body.model = body.model or await catalog.default_model()
+    body.apply_server_defaults(settings)
     record.model = body.model
     refuse_early(request, record)
     raw_prompts = body.prompts()
@@ -190,7 +191,9 @@ class _CompletionView:
     def _builder(self) -> CompletionLogprobBuilder | None:
         if self.body.logprobs is None:
             return None
-        return CompletionLogprobBuilder(self.tokenizer, self.body.logprobs)
+        return CompletionLogprobBuilder(
+            self.tokenizer, self.body.logprobs, bool(self.body.return_tokens_as_token_ids)
+        )
 
     def _echo_logprobs(
         self,

@@ -8,12 +8,15 @@ are refused with a 400 rather than silently dropped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from api.errors import ApiError, not_supported
 from api.schemas.structured_output import StructuredOutputFields
+
+if TYPE_CHECKING:
+    from conveyor.settings import Settings
 
 # vLLM request fields we do not implement; any non-empty value is refused.
 _REFUSED_EXTRAS: dict[str, str] = {
@@ -58,6 +61,9 @@ class SamplingRequest(StructuredOutputFields):
     stop_token_ids: list[int] | None = None
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
+    # vLLM's: logprobs name tokens `token_id:N` (None: the server's
+    # --return-tokens-as-token-ids).
+    return_tokens_as_token_ids: bool | None = None
     priority: int = 0
     # refused vLLM extras (see _REFUSED_EXTRAS)
     logits_processors: Any = None
@@ -75,6 +81,15 @@ class SamplingRequest(StructuredOutputFields):
             raise ApiError(
                 400, "stream_options is only allowed when stream is true", param="stream_options"
             )
+
+    def apply_server_defaults(self, settings: Settings) -> None:
+        """vLLM's --return-tokens-as-token-ids (where the request does not say) and
+        --enable-force-include-usage (every stream ends with usage)."""
+        if self.return_tokens_as_token_ids is None:
+            self.return_tokens_as_token_ids = settings.return_tokens_as_token_ids
+        if settings.enable_force_include_usage and self.stream:
+            options = self.stream_options or StreamOptions()
+            self.stream_options = options.model_copy(update={"include_usage": True})
 
     @property
     def include_usage(self) -> bool:

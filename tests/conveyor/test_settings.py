@@ -223,6 +223,8 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "warning",
         "--disable-fastapi-docs",
         "--disable-log-stats",
+        "--return-tokens-as-token-ids",
+        "--enable-force-include-usage",
         "--enable-log-requests",
         "--max-log-len",
         "100",
@@ -254,6 +256,7 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     assert settings.allow_credentials and settings.disable_fastapi_docs
     assert (settings.root_path, settings.uvicorn_log_level) == ("/llm", "warning")
     assert settings.enable_log_requests and settings.max_log_len == 100
+    assert settings.return_tokens_as_token_ids and settings.enable_force_include_usage
     for key, value in settings_env(settings).items():  # what the children of `serve` read
         monkeypatch.setenv(key, value)
     assert Settings() == settings
