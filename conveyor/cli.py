@@ -251,6 +251,13 @@ _HTTP_FLAGS: list[tuple[str, dict]] = [
     ),
     ("--uvicorn-log-level", {"choices": Settings.choices("uvicorn_log_level")}),
     ("--max-log-len", {"type": int, "help": "prompt token ids per logged request (all)"}),
+    (
+        "--scheduling-policy",
+        {
+            "choices": Settings.choices("scheduling_policy"),
+            "help": "priority (default here): requests' `priority` counts; fcfs: refused",
+        },
+    ),
 ]
 
 

@@ -249,6 +249,11 @@ class Settings(BaseSettings):
     return_tokens_as_token_ids: bool = Field(
         default=False, description="logprobs name tokens `token_id:N` unless a request says"
     )
+    scheduling_policy: Literal["priority", "fcfs"] = Field(
+        default="priority",
+        description="priority: requests' `priority` orders admission and preemption; fcfs: "
+        "arrival order only, and a request naming another priority is a 400 (vLLM's default)",
+    )
     enable_force_include_usage: bool = Field(
         default=False, description="every stream ends with a usage chunk, asked for or not"
     )

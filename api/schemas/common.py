@@ -83,10 +83,18 @@ class SamplingRequest(StructuredOutputFields):
             )
 
     def apply_server_defaults(self, settings: Settings) -> None:
-        """vLLM's --return-tokens-as-token-ids (where the request does not say) and
-        --enable-force-include-usage (every stream ends with usage)."""
+        """vLLM's --return-tokens-as-token-ids (where the request does not say),
+        --scheduling-policy fcfs (no `priority` but 0) and --enable-force-include-usage
+        (every stream ends with usage)."""
         if self.return_tokens_as_token_ids is None:
             self.return_tokens_as_token_ids = settings.return_tokens_as_token_ids
+        if settings.scheduling_policy == "fcfs" and self.priority != 0:
+            raise ApiError(
+                400,
+                f"priority {self.priority}: priority scheduling is not enabled on this server "
+                "(--scheduling-policy priority)",
+                param="priority",
+            )
         if settings.enable_force_include_usage and self.stream:
             options = self.stream_options or StreamOptions()
             self.stream_options = options.model_copy(update={"include_usage": True})

@@ -1,5 +1,5 @@
-"""vLLM's `return_tokens_as_token_ids` (request field and server flag) and
---enable-force-include-usage."""
+"""vLLM's `return_tokens_as_token_ids` (request field and server flag),
+--enable-force-include-usage and --scheduling-policy."""
 
 from __future__ import annotations
 
@@ -65,3 +65,18 @@ def test_server_flags_set_both_for_every_request(make_stack: Callable[..., Stack
         body = {**body, "return_tokens_as_token_ids": False}
         answer = client.post("/v1/completions", json=body).json()
         assert not answer["choices"][0]["logprobs"]["tokens"][0].startswith("token_id:")
+
+
+def test_fcfs_scheduling_refuses_priorities_as_vllm_does(
+    client: httpx.Client, make_stack: Callable[..., Stack]
+) -> None:
+    body = {"model": "fake-model", "prompt": "Hi", "max_tokens": 2, "priority": -5}
+    assert client.post("/v1/completions", json=body).status_code == 200  # priority: default
+    stack = make_stack(scheduling_policy="fcfs")
+    with stack.client() as fcfs:
+        refused = fcfs.post("/v1/completions", json=body)
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "priority"
+        chat = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+        assert fcfs.post("/v1/chat/completions", json={**chat, "priority": 3}).status_code == 400
+        assert fcfs.post("/v1/completions", json={**body, "priority": 0}).status_code == 200
