@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.streaming import SHUTDOWN_GRACE_SECONDS
+from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "port": settings.port,
         "log_config": None,  # keep the CLI's logging setup
         "log_level": settings.uvicorn_log_level,
+        "access_log": not settings.disable_uvicorn_access_log,
         "root_path": settings.root_path,
         "ssl_keyfile": settings.ssl_keyfile,
         "ssl_certfile": settings.ssl_certfile,
@@ -52,7 +55,14 @@ def run_api(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, then drain: stop accepting, let in-flight requests finish."""
     if not settings.redis_url:
         logger.error("the API needs --redis-url (CONVEYOR_REDIS_URL); `conveyor serve` embeds one")
-        return 2
+        return CONFIGURATION_ERROR
+    for flag, path in (
+        ("--ssl-certfile", settings.ssl_certfile),
+        ("--ssl-keyfile", settings.ssl_keyfile),
+    ):
+        if path is not None and not Path(path).expanduser().is_file():
+            logger.error("%s %s: no such file", flag, path)
+            return CONFIGURATION_ERROR
     server = _Server(uvicorn_config(create_app(settings), settings))
     server.run()
     # uvicorn reports a failed startup (e.g. Redis unreachable) by exiting the loop early.

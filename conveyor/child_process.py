@@ -15,6 +15,9 @@ import sys
 from collections.abc import Callable
 
 _PR_SET_PDEATHSIG = 1
+# A child's exit status for "configured so that it cannot run" (argparse's usage error):
+# `conveyor serve` stops at it, where any other exit is retried.
+CONFIGURATION_ERROR = 2
 
 
 def _die_with_parent() -> Callable[[], None] | None:

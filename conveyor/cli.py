@@ -22,6 +22,7 @@ from conveyor.settings import Settings, json_or_comma_list
 _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--tokenizer", {"help": "a folder or hub id whose tokenizer replaces the model's"}),
     ("--revision", {"help": "a hub model's branch, tag or commit"}),
+    ("--tokenizer-revision", {"help": "--tokenizer's branch, tag or commit (a hub id)"}),
     ("--download-dir", {"help": "where hub models are downloaded (default: <data dir>/hub)"}),
     (
         "--served-model-name",
@@ -150,6 +151,21 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
         "--guided-decoding-backend",
         {"metavar": "BACKEND", "help": "conveyor compiles grammars itself"},
     ),
+    (
+        "--load-format",
+        {"choices": ["auto", "safetensors", "gguf"], "help": "read from the files themselves"},
+    ),
+    ("--tokenizer-mode", {"choices": ["auto", "hf"], "help": "always the fast HF tokenizer"}),
+    (
+        "--chat-template-content-format",
+        {"choices": ["auto", "string"], "help": "text parts are joined into one string"},
+    ),
+    ("--disable-custom-all-reduce", {"help": "one device per worker: nothing to reduce"}),
+    ("--async-scheduling", {"help": "the engine loop never waits on the API or Redis"}),
+    (
+        "--compilation-config",
+        {"metavar": "JSON", "help": "decode steps replay CUDA graphs unless --enforce-eager"},
+    ),
 ]
 
 
@@ -164,6 +180,13 @@ def _add_no_op_flags(parser: argparse.ArgumentParser) -> None:
             else {"action": "store_true", **kwargs}
         )
         group.add_argument(flag, default=None, dest=f"no_op_{name}", **options)
+    group.add_argument(
+        "-O",
+        default=None,
+        dest="no_op_optimization_level",
+        metavar="LEVEL",
+        help="vLLM's compilation level: decode steps replay CUDA graphs unless --enforce-eager",
+    )
 
 
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
@@ -180,6 +203,13 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flag(parser)
     parser.add_argument(
         "model", nargs="?", help="HF folder, .gguf file or hub id (default: bundled)"
+    )
+    parser.add_argument(
+        "--model",
+        dest="model_flag",
+        default=None,
+        metavar="MODEL",
+        help="the model, as vLLM's api_server takes it (the positional one wins)",
     )
     for flags, kwargs in _ENGINE_FLAGS:
         names = (flags,) if isinstance(flags, str) else flags
@@ -276,6 +306,7 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         ("--enable-force-include-usage", "every stream ends with usage, asked for or not"),
         ("--allow-credentials", "CORS: allow credentials"),
         ("--disable-fastapi-docs", "no /docs, /redoc or /openapi.json"),
+        ("--disable-uvicorn-access-log", "no log line per HTTP request"),
         ("--disable-log-stats", "no periodic throughput / queue / KV cache log lines"),
     ):
         parser.add_argument(flag, action="store_true", default=None, help=help_text)
@@ -313,6 +344,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         for key, value in vars(args).items()
         if value is not None and key in Settings.model_fields
     }
+    if given.get("model") is None and getattr(args, "model_flag", None) is not None:
+        given["model"] = args.model_flag
     names = getattr(args, "served_model_name", None)
     if isinstance(names, list):  # vLLM's --served-model-name A B: A, and B as another name
         given["served_model_name"] = names[0]

@@ -24,14 +24,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from conveyor.child_process import spawn
+from conveyor.child_process import CONFIGURATION_ERROR, spawn
 from conveyor.db.migrate import prepare_schema
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.settings import Settings
+from engine.generation_defaults import generation_defaults
+from engine.loader import check_local_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,22 @@ def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str
     listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ids = [d.strip() for d in listed.split(",") if d.strip()] or [str(i) for i in range(gpus)]
     return {"CUDA_VISIBLE_DEVICES": ids[rank], "CONVEYOR_DEVICE": "cuda"}
+
+
+def check_local_files(settings: Settings) -> None:
+    """Files the flags name on this machine: missing ones stop start-up here, in a line,
+    rather than in a worker after the API is up."""
+    if settings.tokenizer is not None:
+        check_local_tokenizer(settings.tokenizer)
+    if settings.generation_config not in ("auto", "vllm"):
+        generation_defaults(Path(), settings.generation_config, {})
+    for flag, path in (
+        ("--ssl-certfile", settings.ssl_certfile),
+        ("--ssl-keyfile", settings.ssl_keyfile),
+        ("--ssl-ca-certs", settings.ssl_ca_certs),
+    ):
+        if path is not None and not Path(path).expanduser().is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file")
 
 
 @dataclass
@@ -150,6 +169,10 @@ class Supervisor:
                 code = child.poll()
                 if code is None or self.stopping:
                     continue
+                if code == CONFIGURATION_ERROR:
+                    # What it was told cannot work; a restart would be told the same.
+                    logger.error("%s cannot start as configured; stopping everything", name)
+                    return code
                 now = time.monotonic()
                 recent = [t for t in self.restarts.get(name, []) if now - t < _RESTART_WINDOW]
                 if len(recent) >= _MAX_RESTARTS:
@@ -194,12 +217,13 @@ class Supervisor:
 
 def run_serve(settings: Settings) -> int:
     gpus = visible_gpus(settings)
-    try:  # before anything starts: every worker must have a GPU to go to
+    try:  # before anything starts: what the children would only find out later
         for rank in range(settings.data_parallel_size):
             worker_device_env(settings, rank, gpus)
-    except ValueError as exc:
+        check_local_files(settings)
+    except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
-        return 2
+        return CONFIGURATION_ERROR
     if settings.data_parallel_size > 1 and gpus == 0:
         logger.info("%d engine workers share the CPU", settings.data_parallel_size)
     if settings.ssl_cert_reqs == 2 and settings.batch_api_url is None:

@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         default=None, description="a folder or hub id whose tokenizer replaces the model's"
     )
     revision: str | None = Field(default=None, description="a hub model's branch, tag or commit")
+    tokenizer_revision: str | None = Field(
+        default=None, description="--tokenizer's branch, tag or commit, for a hub id"
+    )
     download_dir: Path | None = Field(
         default=None, description="where hub models are downloaded (default: <data_dir>/hub)"
     )
@@ -287,6 +290,9 @@ class Settings(BaseSettings):
     uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] | None = (
         Field(default=None, description="uvicorn's loggers (access lines); default: --log-level")
     )
+    disable_uvicorn_access_log: bool = Field(
+        default=False, description="no log line per HTTP request from uvicorn"
+    )
     disable_fastapi_docs: bool = Field(
         default=False, description="no /docs, /redoc or /openapi.json"
     )
@@ -427,6 +433,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _tls_needs_both_files(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+        return self
+
+    @model_validator(mode="after")
     def _one_device_per_worker(self) -> Settings:
         for flag, size in (
             ("--tensor-parallel-size", self.tensor_parallel_size),
@@ -499,6 +511,7 @@ class Settings(BaseSettings):
             model=self.model,
             tokenizer=self.tokenizer,
             revision=self.revision,
+            tokenizer_revision=self.tokenizer_revision,
             download_dir=self.download_dir.expanduser() if self.download_dir else None,
             served_model_name=self.served_model_name,
             device=self.device,

@@ -567,6 +567,7 @@ class EngineConfig:
     # --revision (a hub model's branch, tag or commit) and --download-dir (hub files).
     tokenizer: str | None = None
     revision: str | None = None
+    tokenizer_revision: str | None = None
     download_dir: Path | None = None
     served_model_name: str | None = None
     device: str | None = None

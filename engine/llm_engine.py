@@ -112,6 +112,7 @@ class LLMEngine:
             config.data_dir,
             tokenizer=config.tokenizer,
             revision=config.revision,
+            tokenizer_revision=config.tokenizer_revision,
             download_dir=config.download_dir,
         )
         self.model_name = config.served_model_name or self.resolved.name

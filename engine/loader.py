@@ -71,19 +71,22 @@ def resolve_model(
     *,
     tokenizer: str | None = None,
     revision: str | None = None,
+    tokenizer_revision: str | None = None,
     download_dir: Path | None = None,
 ) -> ResolvedModel:
     """Map a CLI model argument to a local folder, converting or downloading if needed.
 
-    vLLM's `--tokenizer` names another folder (or hub id) to take the tokenizer from,
-    as GGUF users often do; `--revision` picks a hub model's branch, tag or commit and
-    `--download-dir` where hub files go (default: under the data dir).
+    vLLM's `--tokenizer` names another folder (or hub id, at `--tokenizer-revision`) to
+    take the tokenizer from, as GGUF users often do; `--revision` picks a hub model's
+    branch, tag or commit and `--download-dir` where hub files go (default: under the
+    data dir).
     """
     hub = download_dir or cache_dir / "hub"
     resolved = _resolve_weights(model, cache_dir, revision, hub)
     if tokenizer is None:
         return resolved
-    return dataclasses.replace(resolved, tokenizer_path=_resolve_tokenizer(tokenizer, hub))
+    folder = _resolve_tokenizer(tokenizer, hub, tokenizer_revision)
+    return dataclasses.replace(resolved, tokenizer_path=folder)
 
 
 def _resolve_weights(
@@ -105,7 +108,9 @@ def _resolve_weights(
     return ResolvedModel(_download(model, hub, revision, _MODEL_FILES), model, source)
 
 
-def _resolve_tokenizer(tokenizer: str, hub: Path) -> Path:
+def check_local_tokenizer(tokenizer: str) -> Path | None:
+    """--tokenizer's folder when it names one (None: a hub id); FileNotFoundError for a
+    path that is not a folder of tokenizer files."""
     candidate = Path(tokenizer).expanduser()
     if candidate.is_dir():
         if not any((candidate / name).is_file() for name in _TOKENIZER_FILES):
@@ -115,7 +120,12 @@ def _resolve_tokenizer(tokenizer: str, hub: Path) -> Path:
         return candidate.resolve()
     if candidate.exists() or tokenizer.startswith((".", "/", "~")):
         raise FileNotFoundError(f"--tokenizer {tokenizer}: not a folder of tokenizer files")
-    return _download(tokenizer, hub, None, _TOKENIZER_DOWNLOAD)
+    return None
+
+
+def _resolve_tokenizer(tokenizer: str, hub: Path, revision: str | None) -> Path:
+    folder = check_local_tokenizer(tokenizer)
+    return folder or _download(tokenizer, hub, revision, _TOKENIZER_DOWNLOAD)
 
 
 def file_digest(path: Path) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 import redis
 
 from conveyor.bus import LANES, BusNames
+from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
 from engine.config import EngineConfig
@@ -287,7 +288,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     """
     if not settings.redis_url:
         logger.error("a worker needs a Redis to serve from: pass --redis-url")
-        return 2
+        return CONFIGURATION_ERROR
     if settings.data_parallel_size > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
         logger.warning(
             "--data-parallel-size %d is for `conveyor serve`; this is one worker: start one "
@@ -299,8 +300,12 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
             generation_defaults(Path(), settings.generation_config, {})
         except GenerationConfigError as exc:
             logger.error("%s", exc)
-            return 2
-    engine = LLMEngine(worker_engine_config(settings))
+            return CONFIGURATION_ERROR
+    try:
+        engine = LLMEngine(worker_engine_config(settings))
+    except (FileNotFoundError, ValueError) as exc:  # a model, tokenizer or limit that cannot be
+        logger.error("cannot start the engine: %s", exc)
+        return CONFIGURATION_ERROR
     names = BusNames(prefix=settings.redis_prefix)
     instance = settings.resolved_instance_id("worker")
     if stop is None:

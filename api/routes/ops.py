@@ -1,4 +1,5 @@
-"""GET /health, /version and /metrics: public (no API key), for load balancers and Prometheus."""
+"""GET /health (and /ping), /version and /metrics: public (no API key), for load
+balancers and Prometheus."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 
 @router.get("/health", response_model=None)
+@router.get("/ping", response_model=None)  # vLLM's (SageMaker's) name for it
+@router.post("/ping", response_model=None)
 async def health(settings: SettingsDep, redis: RedisDep, catalog: CatalogDep) -> Response:
     """200 only when Redis answers and every served model has a live worker."""
     try:

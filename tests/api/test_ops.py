@@ -21,6 +21,13 @@ def test_health_ok_with_a_live_worker(client: httpx.Client) -> None:
     response = client.get("/health")
     assert response.status_code == 200
     assert response.json() == {"status": "ok"}
+    # vLLM's /ping (SageMaker's health path), GET or POST, answers the same.
+    assert client.get("/ping").json() == client.post("/ping").json() == {"status": "ok"}
+
+
+def test_ping_is_health_when_unhealthy_too(make_stack: Callable[..., Stack]) -> None:
+    with make_stack(with_worker=False).client() as http:
+        assert http.get("/ping").status_code == http.post("/ping").status_code == 503
 
 
 def test_health_503_without_workers(make_stack: Callable[..., Stack]) -> None:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from conveyor.launcher import Supervisor, run_serve, visible_gpus, worker_device_env
+from conveyor.launcher import (
+    Supervisor,
+    check_local_files,
+    run_serve,
+    visible_gpus,
+    worker_device_env,
+)
 from conveyor.settings import Settings
 
 
@@ -40,3 +48,30 @@ def test_more_workers_than_gpus_stops_start_up(monkeypatch: pytest.MonkeyPatch) 
         worker_device_env(Settings(data_parallel_size=3), 2, gpus=2)
     monkeypatch.setattr("conveyor.launcher.visible_gpus", lambda settings: 2)
     assert run_serve(Settings(data_parallel_size=3)) == 2  # before anything starts
+
+
+def test_files_the_flags_name_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    """A missing tokenizer folder, generation config or certificate is one line at
+    start-up, not a worker restarting until the supervisor gives up."""
+    with pytest.raises(FileNotFoundError, match="--tokenizer /nonexistent"):
+        check_local_files(Settings(tokenizer="/nonexistent"))
+    check_local_files(Settings(tokenizer="org/tokenizer"))  # a hub id: the worker fetches it
+    with pytest.raises(ValueError, match=r"no generation_config\.json"):
+        check_local_files(Settings(generation_config=str(tmp_path)))
+    missing = str(tmp_path / "cert.pem")
+    with pytest.raises(FileNotFoundError, match="--ssl-certfile"):
+        check_local_files(Settings(ssl_certfile=missing, ssl_keyfile=missing))
+    assert run_serve(Settings(tokenizer="/nonexistent")) == 2  # before Redis or any child
+
+
+def test_a_child_that_cannot_run_as_configured_stops_the_tree() -> None:
+    """Exit status 2 (a configuration error) is not retried."""
+    import subprocess
+    import sys
+
+    supervisor = Supervisor(Settings())
+    command = [sys.executable, "-c", "raise SystemExit(2)"]
+    supervisor.commands["worker"] = (command, {})
+    supervisor.children["worker"] = subprocess.Popen(command)
+    assert supervisor._watch() == 2
+    assert supervisor.restarts == {}

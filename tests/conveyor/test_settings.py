@@ -204,6 +204,20 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "mp",
         "--guided-decoding-backend",
         "xgrammar",
+        "--load-format",
+        "safetensors",
+        "--tokenizer-mode",
+        "auto",
+        "--chat-template-content-format",
+        "string",
+        "--disable-custom-all-reduce",
+        "--async-scheduling",
+        "--compilation-config",
+        '{"level": 3}',
+        "-O3",
+        "--disable-uvicorn-access-log",
+        "--tokenizer-revision",
+        "v1",
         "--max-logprobs",
         "5",
         "--num-gpu-blocks-override",
@@ -243,11 +257,17 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     plain = settings_from_args(parser.parse_args(["serve", "model-dir"])).engine_config()
     engine = settings.engine_config()
     assert (engine.tokenizer, engine.revision) == ("org/tokenizer", "v2")
+    assert engine.tokenizer_revision == "v1" and settings.disable_uvicorn_access_log
     assert engine.served_model_name == "qwen3"
     assert settings.served_model_aliases == ["gpt-4o-mini", "assistant"]
     assert engine.download_dir == Path("/models/hub")
     unchanged = dict(
-        max_logprobs=20, num_kv_blocks=None, tokenizer=None, revision=None, served_model_name=None
+        max_logprobs=20,
+        num_kv_blocks=None,
+        tokenizer=None,
+        revision=None,
+        tokenizer_revision=None,
+        served_model_name=None,
     )
     assert dataclasses.replace(engine, download_dir=None, **unchanged) == plain
     assert (engine.max_logprobs, engine.num_kv_blocks) == (5, 64)
@@ -272,6 +292,8 @@ def test_what_conveyor_cannot_do_stops_start_up_naming_the_flag(
         settings_from_args(parser.parse_args(["worker", "--pipeline-parallel-size", "2"]))
     with pytest.raises(ValueError, match="pins one GPU"):
         settings_from_args(parser.parse_args(["serve", "-dp", "2", "--device", "cuda:1"]))
+    with pytest.raises(ValueError, match="needs both --ssl-certfile and --ssl-keyfile"):
+        Settings(ssl_keyfile="key.pem")
     with pytest.raises(ValueError, match="it takes temperature"):
         Settings(override_generation_config='{"temp": 0.5}')
     with pytest.raises(SystemExit):
@@ -282,3 +304,14 @@ def test_what_conveyor_cannot_do_stops_start_up_naming_the_flag(
     assert main(["serve", "--max-logprobs", "-2", "-tp", "3"]) == 2
     printed = capsys.readouterr().err.splitlines()
     assert any(line.startswith("conveyor: error: --max-logprobs: ") for line in printed)
+
+
+def test_the_model_may_come_as_vllm_api_servers_model_flag() -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["serve", "--model", "/m"])).model == "/m"
+    both = parser.parse_args(["serve", "/positional", "--model", "/flag"])
+    assert settings_from_args(both).model == "/positional"
+    with pytest.raises(SystemExit):  # what conveyor cannot read is not accepted silently
+        parser.parse_args(["serve", "--load-format", "dummy"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--chat-template-content-format", "openai"])

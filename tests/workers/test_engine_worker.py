@@ -388,3 +388,9 @@ def test_structured_output_crosses_the_wire_and_bad_constraints_are_refused_befo
     assert "unclosed character class" in (replies[bad.id][0].error.message or "")
     assert admitted == [good.id]
     assert h.pending() == 0
+
+
+def test_an_engine_that_cannot_start_as_configured_exits_2(redis_url: str) -> None:
+    """Exit status 2: `conveyor serve` stops instead of restarting the worker in vain."""
+    settings = Settings(redis_url=redis_url, model="/nonexistent/model")
+    assert run_worker(settings, stop=threading.Event()) == 2
