@@ -371,8 +371,9 @@ def served_aliases(live: dict[str, LiveModel]) -> dict[str, str | None]:
             claims.setdefault(alias, []).append(model.name)
     aliases: dict[str, str | None] = {}
     for alias, models in sorted(claims.items()):
-        if alias in live:
-            continue  # the model (or adapter) of that name keeps it
+        if alias in live:  # the model (or adapter) of that name keeps it
+            logger.warning("served model name %r of %s is another model's name", alias, models)
+            continue
         if len(models) > 1:
             logger.warning("served model name %r is claimed by %s: not offered", alias, models)
         aliases[alias] = models[0] if len(models) == 1 else None

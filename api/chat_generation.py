@@ -99,6 +99,7 @@ async def start_chat(
     record.model = body.model
     refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
+    record.model = live.name  # usage under the model's own name, asked by any
     live.require_runner("generate", services.record.endpoint)
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)

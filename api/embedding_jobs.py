@@ -25,6 +25,7 @@ from api.errors import ApiError
 from api.reply_router import ReplyReader, ReplyRouter
 from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter, Submission
+from api.schemas.common import check_priority
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParamError
 from engine.tokenizer import Tokenizer
@@ -51,6 +52,7 @@ async def embedding_model(
     record.model = model
     refuse_early(request, record)
     live = await catalog.resolve(model)
+    record.model = live.name  # usage under the model's own name, asked by any
     live.require_runner("pooling", endpoint)
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
@@ -146,6 +148,7 @@ async def embed(
 ) -> list[Output]:
     """Every prompt's output (its vector in `embedding`), in order; raises ClientGone if the
     client leaves first. Records the request's id and tokens and admits it first."""
+    check_priority(priority, request.app.state.settings)
     if model.max_model_len is not None:
         for ids in prompts:
             check_input_length(len(ids), model.max_model_len, param)

@@ -306,10 +306,19 @@ def _covering(logprobs: list[dict[str, Any]], text: str) -> list[dict[str, Any]]
         return []
     spelled = 0
     for index in range(len(logprobs) - 1, -1, -1):
-        spelled += len(logprobs[index].get("token", ""))
+        spelled += len(_token_text(logprobs[index]))
         if spelled >= len(text):
             return logprobs[index:]
     return logprobs
+
+
+def _token_text(logprob: dict[str, Any]) -> str:
+    """The text a logprob's token spells: from its bytes, since its `token` may be
+    `token_id:N` (return_tokens_as_token_ids)."""
+    raw = logprob.get("bytes")
+    if isinstance(raw, list):
+        return bytes(raw).decode("utf-8", errors="replace")
+    return str(logprob.get("token", ""))
 
 
 def error_event(sequence_number: int, body: dict[str, Any]) -> Event:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -348,6 +349,12 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         given["model"] = args.model_flag
     names = getattr(args, "served_model_name", None)
     if isinstance(names, list):  # vLLM's --served-model-name A B: A, and B as another name
+        last = names[-1]
+        if given.get("model") is None and len(names) > 1 and _names_a_model(last):
+            raise CommandLineError(
+                f"--served-model-name took {last!r} as one of its names, so no model was "
+                "given: put the model first (`conveyor serve MODEL --served-model-name ...`)"
+            )
         given["served_model_name"] = names[0]
         if len(names) > 1:
             given["served_model_aliases"] = names[1:]
@@ -355,6 +362,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     if older is not None:
         given.setdefault("pooler_config", older)
     return Settings(**given)
+
+
+class CommandLineError(ValueError):
+    """Flags that parse but cannot mean what was meant; said in one line."""
+
+
+def _names_a_model(text: str) -> bool:
+    """A model file or folder on this machine (not a name anyone would serve under)."""
+    return text.endswith(".gguf") or Path(text).expanduser().exists()
 
 
 def _report_bad_settings(exc: ValidationError | SettingsError) -> int:
@@ -532,6 +548,9 @@ def main(argv: list[str] | None = None) -> int:
         return _report_bad_settings(exc)
     except SettingsError as exc:
         return _report_bad_settings(exc)
+    except CommandLineError as exc:
+        print(f"conveyor: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

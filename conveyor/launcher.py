@@ -81,7 +81,7 @@ def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str
     if gpus == 0:
         if settings.device:
             raise ValueError(f"--device {settings.device}: no GPU is visible here")
-        return {}
+        return {"CONVEYOR_DEVICE": "cpu"}
     if gpus < size:
         raise ValueError(f"--data-parallel-size {size} needs as many GPUs; {gpus} are visible")
     listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")

@@ -433,10 +433,16 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _tls_needs_both_files(self) -> Settings:
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            raise ValueError("HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    def _a_key_needs_its_certificate(self) -> Settings:
+        # A certfile alone may hold the key too (uvicorn loads it so); a key alone cannot work.
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("--ssl-keyfile needs --ssl-certfile (HTTPS)")
         return self
+
+    @field_validator("ssl_keyfile", "ssl_certfile", "ssl_ca_certs")
+    @classmethod
+    def _expand_home(cls, value: str | None) -> str | None:
+        return str(Path(value).expanduser()) if value else value
 
     @model_validator(mode="after")
     def _one_device_per_worker(self) -> Settings:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from engine.configuration_error import ConfigurationError
 from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS
@@ -118,7 +119,7 @@ class RopeConfig:
         if rope_type == "su":  # LongRoPE's first name
             rope_type = "longrope"
         if rope_type not in ("default", "llama3", "linear", "yarn", "longrope"):
-            raise ValueError(f"unsupported rope scaling type {rope_type!r}")
+            raise ConfigurationError(f"unsupported rope scaling type {rope_type!r}")
         # As in transformers: a top-level original context (Phi-3's) first, and YaRN's
         # and LongRoPE's default to the configured one.
         original = (
@@ -269,7 +270,7 @@ class ModelConfig:
             model_type = hf.get("model_type")
             arch = next((a for a, t in SUPPORTED_ARCHITECTURES.items() if t == model_type), None)
         if arch is None:
-            raise ValueError(
+            raise ConfigurationError(
                 f"unsupported model architecture {architectures or hf.get('model_type')!r}; "
                 f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
@@ -288,10 +289,10 @@ class ModelConfig:
         )
         gemma = family in GEMMA_TYPES
         if hf.get("use_bidirectional_attention"):
-            raise ValueError("bidirectional attention (EmbeddingGemma) is not supported")
+            raise ConfigurationError("bidirectional attention (EmbeddingGemma) is not supported")
         activation = str(hf.get("hidden_activation") or hf.get("hidden_act") or "silu")
         if activation not in ("silu", *GELU_TANH):
-            raise ValueError(f"unsupported MLP activation {activation!r}")
+            raise ConfigurationError(f"unsupported MLP activation {activation!r}")
         return cls(
             architecture=arch,
             vocab_size=int(hf["vocab_size"]),
@@ -396,7 +397,7 @@ def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     text = dict(hf.get("text_config") or hf)
     if "text_config" in hf:
         if model_type == "mistral3" and text.get("model_type", "mistral") != "mistral":
-            raise ValueError(
+            raise ConfigurationError(
                 f"Mistral3ForConditionalGeneration with a {text['model_type']!r} text model "
                 "is not supported (only Mistral's: Mistral Small 3.1/3.2)"
             )
@@ -546,7 +547,9 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
     try:
         return _DTYPES[name]
     except KeyError:
-        raise ValueError(f"dtype: unsupported {name!r}; use one of {sorted(_DTYPES)}") from None
+        raise ConfigurationError(
+            f"dtype: unsupported {name!r}; use one of {sorted(_DTYPES)}"
+        ) from None
 
 
 def cpu_bf16_is_native() -> bool:

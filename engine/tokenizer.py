@@ -20,6 +20,8 @@ from tokenizers import decoders
 from transformers import PreTrainedTokenizerFast
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
+from engine.configuration_error import ConfigurationError
+
 # Characters that mark a --chat-template value as a literal template, not a path (vLLM's rule).
 _JINJA_CHARS = "{}\n"
 # apply_chat_template parameters that template kwargs (user-supplied chat_template_kwargs)
@@ -70,14 +72,14 @@ class Tokenizer:
         try:
             hf = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
+            raise ConfigurationError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
         if chat_template is not None:
             hf.chat_template = _resolve_chat_template(chat_template)
         for template in _templates(hf.chat_template):
             try:
                 _compile_jinja_template(template)
             except jinja2.TemplateError as exc:
-                raise ValueError(f"invalid chat template: {exc}") from exc
+                raise ConfigurationError(f"invalid chat template: {exc}") from exc
         eos = set(_config_eos_ids(model_dir))
         if hf.eos_token_id is not None:
             eos.add(hf.eos_token_id)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import queue
 import signal
 import threading
@@ -34,6 +33,7 @@ from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
 from engine.config import EngineConfig
+from engine.configuration_error import ConfigurationError
 from engine.generation_defaults import GenerationConfigError, generation_defaults, parse_overrides
 from engine.llm_engine import LLMEngine
 from workers.aborts import AbortListener
@@ -289,7 +289,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     if not settings.redis_url:
         logger.error("a worker needs a Redis to serve from: pass --redis-url")
         return CONFIGURATION_ERROR
-    if settings.data_parallel_size > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
+    if settings.data_parallel_size > 1 and not settings.device:  # serve gives each a device
         logger.warning(
             "--data-parallel-size %d is for `conveyor serve`; this is one worker: start one "
             "`conveyor worker` per GPU to scale out",
@@ -302,8 +302,13 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
             logger.error("%s", exc)
             return CONFIGURATION_ERROR
     try:
-        engine = LLMEngine(worker_engine_config(settings))
-    except (FileNotFoundError, ValueError) as exc:  # a model, tokenizer or limit that cannot be
+        config = worker_engine_config(settings)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return CONFIGURATION_ERROR
+    try:
+        engine = LLMEngine(config)
+    except ConfigurationError as exc:  # a model, tokenizer or template that cannot work
         logger.error("cannot start the engine: %s", exc)
         return CONFIGURATION_ERROR
     names = BusNames(prefix=settings.redis_prefix)

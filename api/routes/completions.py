@@ -74,6 +74,7 @@ async def create_completion(
     refuse_early(request, record)
     raw_prompts = body.prompts()
     live = await catalog.resolve(body.model)
+    record.model = live.name  # usage under the model's own name, asked by any
     live.require_runner("generate", "/v1/completions")
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)

@@ -71,9 +71,10 @@ async def load_lora_adapter(
 ) -> PlainTextResponse:
     name, path = body.lora_name, body.lora_path
     live = await catalog.live_models(max_age=0)
-    base = _base_model(live, body.model)
+    aliases = await catalog.aliases()
+    base = _base_model(live, aliases.get(body.model or "", body.model))
     other = live.get(name)
-    if name == base or (other is not None and other.parent is None):
+    if name == base or (other is not None and other.parent is None) or name in aliases:
         raise ApiError(400, f"`{name}` is the name of a served model", param="lora_name")
     key = names.runtime_loras(base)
     ours = RuntimeLoRA(path, uuid.uuid4().hex)
@@ -147,7 +148,8 @@ async def unload_lora_adapter(
     live = await catalog.live_models(max_age=0)
     bases = [m for m in live.values() if m.parent is None]
     if body.model is not None:
-        bases = [live[_base_model(live, body.model)]]
+        aliases = await catalog.aliases()
+        bases = [live[_base_model(live, aliases.get(body.model, body.model))]]
     owner = None
     for base in bases:
         if await redis.hexists(names.runtime_loras(base.name), name):

@@ -28,6 +28,17 @@ _REFUSED_EXTRAS: dict[str, str] = {
 }
 
 
+def check_priority(priority: int, settings: Settings) -> None:
+    """vLLM's --scheduling-policy fcfs: a request naming a priority other than 0 is a 400."""
+    if settings.scheduling_policy == "fcfs" and priority != 0:
+        raise ApiError(
+            400,
+            f"priority {priority}: priority scheduling is not enabled on this server "
+            "(--scheduling-policy priority)",
+            param="priority",
+        )
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
     continuous_usage_stats: bool = False
@@ -88,13 +99,7 @@ class SamplingRequest(StructuredOutputFields):
         (every stream ends with usage)."""
         if self.return_tokens_as_token_ids is None:
             self.return_tokens_as_token_ids = settings.return_tokens_as_token_ids
-        if settings.scheduling_policy == "fcfs" and self.priority != 0:
-            raise ApiError(
-                400,
-                f"priority {self.priority}: priority scheduling is not enabled on this server "
-                "(--scheduling-policy priority)",
-                param="priority",
-            )
+        check_priority(self.priority, settings)
         if settings.enable_force_include_usage and self.stream:
             options = self.stream_options or StreamOptions()
             self.stream_options = options.model_copy(update={"include_usage": True})

@@ -17,11 +17,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import select
 
 from conveyor.bus import BusNames
+from conveyor.db.database import Database
+from conveyor.db.request_log import RequestLog
 from conveyor.settings import Settings
 
-from .fakes import SCRIPT_TEXT, FakeWorker, LiveServer
+from .fakes import SCRIPT_TEXT, FakeWorker, LiveServer, wait_for
 
 MODEL = "fake-model"
 MAX_MODEL_LEN = 256
@@ -149,3 +152,22 @@ def hermes_sdk(make_stack: Callable[..., Stack]) -> Iterator[tuple[openai.OpenAI
     stack = make_stack(tool_call_parser="hermes")
     with sdk_client(stack) as client:
         yield client, stack
+
+
+def log_row(stack: Stack, request_id: str) -> RequestLog:
+    """The request's log row, once the buffer has written it."""
+    database = Database(stack.server.settings.resolved_database_url)
+    try:
+
+        def read() -> RequestLog | None:
+            with database.session() as session:
+                return session.scalars(
+                    select(RequestLog).where(RequestLog.request_id == request_id)
+                ).one_or_none()
+
+        wait_for(read, timeout=10)
+        row = read()
+        assert row is not None
+        return row
+    finally:
+        database.close()

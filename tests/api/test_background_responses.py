@@ -23,7 +23,7 @@ from conveyor.db.response_store import save_response
 from conveyor.db.stored_response import StoredResponse
 
 from ..async_redis import run_with_redis
-from .conftest import MODEL, Stack, running_stack, sdk_client
+from .conftest import MODEL, Stack, log_row, running_stack, sdk_client
 from .fakes import SCRIPT_TEXT, FakeWorker, wait_for
 
 DONE = ("completed", "incomplete", "failed", "cancelled")
@@ -70,25 +70,6 @@ def test_a_background_response_is_queued_at_once_and_polled_to_the_same_answer(
         assert row is not None
         assert (row.status_code, row.endpoint) == (200, "/v1/responses")
         assert row.completion_tokens == done.usage.output_tokens
-    finally:
-        database.close()
-
-
-def log_row(stack: Stack, request_id: str) -> RequestLog:
-    """The request's log row, once the buffer has written it."""
-    database = Database(stack.server.settings.resolved_database_url)
-    try:
-
-        def read() -> RequestLog | None:
-            with database.session() as session:
-                return session.scalars(
-                    select(RequestLog).where(RequestLog.request_id == request_id)
-                ).one_or_none()
-
-        wait_for(read, timeout=10)
-        row = read()
-        assert row is not None
-        return row
     finally:
         database.close()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .conftest import Stack, worker_on
+from .conftest import Stack, log_row, worker_on
 
 MODEL = "smol"
 
@@ -26,6 +26,8 @@ def test_every_name_reaches_the_model_and_is_echoed(make_stack: Callable[..., St
             assert answer.status_code == 200, answer.text
             assert answer.json()["model"] == name  # as asked, as vLLM answers
             assert worker.received[-1].model == MODEL  # one queue, one model
+            # Usage is the model's, whichever name asked: one model, one line on the bill.
+            assert log_row(stack, answer.json()["id"]).model == MODEL
         # Still one model served: a request may leave `model` out.
         plain = client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2})
         assert plain.status_code == 200, plain.text
@@ -55,3 +57,12 @@ def test_a_name_two_models_claim_answers_for_neither(make_stack: Callable[..., S
         refused = client.post("/v1/completions", json=body)
         assert refused.status_code == 404
         assert "served by several models" in refused.json()["error"]["message"]
+
+
+def test_an_adapter_may_not_take_a_served_name(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(with_worker=False, allow_runtime_lora_updating=True)
+    with worker_on(stack, MODEL, aliases=("assistant",)), stack.client() as client:
+        body = {"lora_name": "assistant", "lora_path": "/adapters/a"}
+        refused = client.post("/v1/load_lora_adapter", json=body)
+        assert refused.status_code == 400
+        assert "name of a served model" in refused.json()["error"]["message"]

@@ -450,3 +450,16 @@ def test_input_tokens_counts_what_the_model_would_read(
     fitted = sdk.responses.input_tokens.count(model=MODEL, input=long, truncation="auto")
     whole = sdk.responses.input_tokens.count(model=MODEL, input=long)
     assert fitted.input_tokens < MAX_MODEL_LEN < whole.input_tokens
+
+
+def test_an_answers_logprobs_are_found_by_their_text_under_token_ids() -> None:
+    """A delta's answer takes the last logprobs whose tokens spell it; tokens named
+    `token_id:N` (return_tokens_as_token_ids) are measured by their bytes."""
+    from api.responses_stream import _covering
+
+    def entry(text: str, token_id: int) -> dict:
+        return {"token": f"token_id:{token_id}", "bytes": list(text.encode()), "logprob": -1.0}
+
+    thinking = [entry(" hmm", 1), entry(" ok", 2)]
+    answer = [entry(" Paris", 3), entry(".", 4)]
+    assert _covering(thinking + answer, " Paris.") == answer

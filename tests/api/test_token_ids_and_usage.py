@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import httpx
 
-from .conftest import Stack
+from .conftest import Stack, worker_on
 from .fakes import FakeWorker
 
 
@@ -80,3 +80,8 @@ def test_fcfs_scheduling_refuses_priorities_as_vllm_does(
         chat = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
         assert fcfs.post("/v1/chat/completions", json={**chat, "priority": 3}).status_code == 400
         assert fcfs.post("/v1/completions", json={**body, "priority": 0}).status_code == 200
+    with worker_on(stack, "embedder", runner="pooling"), stack.client() as fcfs:
+        embed = {"model": "embedder", "input": "Hi"}
+        assert fcfs.post("/v1/embeddings", json=embed).status_code == 200
+        refused = fcfs.post("/v1/embeddings", json={**embed, "priority": 2})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "priority"

@@ -36,7 +36,9 @@ def test_worker_i_sees_gpu_i_and_must_use_it(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_without_gpus_the_workers_share_the_cpu() -> None:
-    assert worker_device_env(Settings(data_parallel_size=2), 1, gpus=0) == {}
+    assert worker_device_env(Settings(data_parallel_size=2), 1, gpus=0) == {
+        "CONVEYOR_DEVICE": "cpu"
+    }
     assert worker_device_env(Settings(data_parallel_size=2, device="cpu"), 1, gpus=2) == {}
     assert visible_gpus(Settings(data_parallel_size=2, device="cpu")) == 0
     with pytest.raises(ValueError, match="no GPU is visible"):

@@ -292,8 +292,9 @@ def test_what_conveyor_cannot_do_stops_start_up_naming_the_flag(
         settings_from_args(parser.parse_args(["worker", "--pipeline-parallel-size", "2"]))
     with pytest.raises(ValueError, match="pins one GPU"):
         settings_from_args(parser.parse_args(["serve", "-dp", "2", "--device", "cuda:1"]))
-    with pytest.raises(ValueError, match="needs both --ssl-certfile and --ssl-keyfile"):
+    with pytest.raises(ValueError, match="--ssl-keyfile needs --ssl-certfile"):
         Settings(ssl_keyfile="key.pem")
+    assert Settings(ssl_certfile="~/both.pem").ssl_certfile == str(Path.home() / "both.pem")
     with pytest.raises(ValueError, match="it takes temperature"):
         Settings(override_generation_config='{"temp": 0.5}')
     with pytest.raises(SystemExit):
@@ -315,3 +316,16 @@ def test_the_model_may_come_as_vllm_api_servers_model_flag() -> None:
         parser.parse_args(["serve", "--load-format", "dummy"])
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--chat-template-content-format", "openai"])
+
+
+def test_a_model_swallowed_by_served_model_name_is_refused(tmp_path: Path) -> None:
+    """`--served-model-name a /models/x` with no model before it: the folder became a
+    name; serving the bundled model under it instead would hide the mistake."""
+    from conveyor.cli import CommandLineError
+
+    parser = build_parser()
+    swallowed = parser.parse_args(["worker", "--served-model-name", "qwen", str(tmp_path)])
+    with pytest.raises(CommandLineError, match="put the model first"):
+        settings_from_args(swallowed)
+    fine = parser.parse_args(["worker", str(tmp_path), "--served-model-name", "qwen", "q"])
+    assert settings_from_args(fine).served_model_aliases == ["q"]
