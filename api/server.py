@@ -63,7 +63,9 @@ def run_api(settings: Settings) -> int:
         if path is not None and not Path(path).expanduser().is_file():
             logger.error("%s %s: no such file", flag, path)
             return CONFIGURATION_ERROR
-    server = _Server(uvicorn_config(create_app(settings), settings))
+    # One of --api-server-count's processes: serve on the socket `conveyor serve` opened.
+    shared = {"fd": settings.api_socket_fd} if settings.api_socket_fd is not None else {}
+    server = _Server(uvicorn_config(create_app(settings), settings, **shared))
     server.run()
     # uvicorn reports a failed startup (e.g. Redis unreachable) by exiting the loop early.
     return 0 if server.started else 1

@@ -234,9 +234,13 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-_SERVING_FLAGS: list[tuple[str, dict]] = [
+_SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--host", {}),
     ("--port", {"type": int}),
+    (
+        ("--api-server-count", "-asc"),
+        {"type": int, "help": "API processes `conveyor serve` starts on its one port"},
+    ),
     ("--api-key", {"help": "require this bearer key on every API path but health/metrics"}),
     ("--redis-url", {"help": "external Redis; default: an embedded redis-server"}),
     ("--redis-prefix", {}),
@@ -294,8 +298,9 @@ _HTTP_FLAGS: list[tuple[str, dict]] = [
 
 def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flag(parser)
-    for flag, kwargs in _SERVING_FLAGS + _HTTP_FLAGS:
-        parser.add_argument(flag, default=None, **kwargs)
+    for flags, kwargs in _SERVING_FLAGS + _HTTP_FLAGS:
+        names = (flags,) if isinstance(flags, str) else flags
+        parser.add_argument(*names, default=None, **kwargs)
     parser.add_argument(
         "--enable-log-requests",
         action=argparse.BooleanOptionalAction,

@@ -20,6 +20,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +90,15 @@ def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str
     return {"CUDA_VISIBLE_DEVICES": ids[rank], "CONVEYOR_DEVICE": "cuda"}
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """One socket for all API processes (--api-server-count): the kernel hands each
+    connection to whichever of them accepts first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = socket.create_server((host, port), family=family, backlog=2048)
+    server.set_inheritable(True)
+    return server
+
+
 def check_local_files(settings: Settings) -> None:
     """Files the flags name on this machine: missing ones stop start-up here, in a line,
     rather than in a worker after the API is up."""
@@ -114,6 +124,8 @@ class Supervisor:
     commands: dict[str, tuple[list[str], dict[str, str]]] = field(default_factory=dict)
     restarts: dict[str, list[float]] = field(default_factory=dict)
     redis: EmbeddedRedis | None = None
+    # With --api-server-count N > 1: the listening socket the N API processes share.
+    api_socket: socket.socket | None = None
     stopping: bool = False
 
     def run(self) -> int:
@@ -139,7 +151,16 @@ class Supervisor:
             for rank, name in enumerate(self.worker_names):
                 placement = worker_device_env(self.settings, rank, self.gpus)
                 self._spawn(name, ["worker"], {**env, **placement})
-            self._spawn("api", ["api"], env)
+            api_env = env
+            if len(self.api_names) > 1:
+                try:
+                    self.api_socket = listening_socket(self.settings.host, self.settings.port)
+                except OSError as exc:
+                    logger.error("cannot listen on port %d: %s", self.settings.port, exc)
+                    return CONFIGURATION_ERROR
+                api_env = {**env, "CONVEYOR_API_SOCKET_FD": str(self.api_socket.fileno())}
+            for name in self.api_names:
+                self._spawn(name, ["api"], api_env)
             self._spawn("batch-worker", ["batch-worker"], env)
             logger.info(
                 "conveyor serve: API on %s://%s:%d, redis %s, database %s",
@@ -158,10 +179,19 @@ class Supervisor:
         size = self.settings.data_parallel_size
         return ["worker"] if size == 1 else [f"worker-{rank}" for rank in range(size)]
 
+    @property
+    def api_names(self) -> list[str]:
+        count = self.settings.api_server_count
+        return ["api"] if count == 1 else [f"api-{i}" for i in range(count)]
+
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         command = [sys.executable, "-m", "conveyor.cli", *args]
         self.commands[name] = (command, env)
-        self.children[name] = spawn(command, env=env)
+        self.children[name] = self._start(name, command, env)
+
+    def _start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        shared = self.api_socket is not None and name in self.api_names
+        return spawn(command, env=env, pass_fds=(self.api_socket.fileno(),) if shared else ())
 
     def _watch(self) -> int:
         while not self.stopping:
@@ -181,7 +211,7 @@ class Supervisor:
                 logger.error("%s exited with code %s; restarting it", name, code)
                 self.restarts[name] = [*recent, now]
                 command, env = self.commands[name]
-                self.children[name] = spawn(command, env=env)
+                self.children[name] = self._start(name, command, env)
             time.sleep(0.2)
         return 0
 
@@ -195,7 +225,7 @@ class Supervisor:
         # The batch worker first (it stops feeding lines and hands its batches back), then
         # the API (stop accepting, finish in-flight), then the engine worker, then Redis.
         # Engine workers drain side by side.
-        for names in (["batch-worker"], ["api"], self.worker_names):
+        for names in (["batch-worker"], self.api_names, self.worker_names):
             running = {
                 name: child
                 for name in names
@@ -211,6 +241,8 @@ class Supervisor:
                     logger.warning("%s did not stop in %.0f s; killing it", name, _DRAIN_SECONDS)
                     child.kill()
                     child.wait()
+        if self.api_socket is not None:
+            self.api_socket.close()
         if self.redis is not None:
             self.redis.stop()
 

@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = 8000
+    api_server_count: int = Field(
+        default=1, ge=1, description="API processes `conveyor serve` starts on its one port"
+    )
+    # Set by `conveyor serve` for those processes: the listening socket they share.
+    api_socket_fd: int | None = None
     api_key: SecretStr | None = Field(
         default=None, description="require `Authorization: Bearer <key>` on /v1 and /tokenize"
     )

@@ -216,6 +216,8 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         '{"level": 3}',
         "-O3",
         "--disable-uvicorn-access-log",
+        "-asc",
+        "2",
         "--tokenizer-revision",
         "v1",
         "--max-logprobs",
@@ -258,6 +260,7 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     engine = settings.engine_config()
     assert (engine.tokenizer, engine.revision) == ("org/tokenizer", "v2")
     assert engine.tokenizer_revision == "v1" and settings.disable_uvicorn_access_log
+    assert settings.api_server_count == 2
     assert engine.served_model_name == "qwen3"
     assert settings.served_model_aliases == ["gpt-4o-mini", "assistant"]
     assert engine.download_dir == Path("/models/hub")
