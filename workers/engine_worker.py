@@ -92,7 +92,7 @@ class EngineWorker:
             else StatsLogger(instance, self.metrics.token_counts, settings.log_stats_interval)
         )
         self.loop = EngineLoop(engine, self.inflight, self.publisher, self.metrics, work, stats_log)
-        aliases = tuple(settings.served_model_aliases)
+        aliases = served_aliases(settings, engine.model_name)
         self.announcer = Announcer(
             self.client, names, engine, served_sampling_defaults(engine, settings), aliases
         )
@@ -246,6 +246,16 @@ def worker_engine_config(settings: Settings) -> EngineConfig:
     lane's prefill (`--batch-prefill-tokens`) and never an interactive prompt.
     """
     return dataclasses.replace(settings.engine_config(), background_priority=BATCH_PRIORITY_FLOOR)
+
+
+def served_aliases(settings: Settings, model_name: str) -> tuple[str, ...]:
+    """The model's other names: --served-model-name's after the first; without that flag,
+    the model as given (`/models/qwen` for a model served as `qwen`), which is the name
+    vLLM would serve it under, so clients written against vLLM still find it."""
+    if settings.served_model_name is not None:
+        return tuple(settings.served_model_aliases)
+    given = settings.model
+    return (given,) if given and given != model_name else ()
 
 
 def served_sampling_defaults(engine: LLMEngine, settings: Settings) -> dict[str, int | float]:
