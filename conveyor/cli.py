@@ -163,6 +163,7 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
     ),
     ("--disable-custom-all-reduce", {"help": "one device per worker: nothing to reduce"}),
     ("--async-scheduling", {"help": "the engine loop never waits on the API or Redis"}),
+    ("--enable-server-load-tracking", {"help": "GET /load always answers"}),
     (
         "--compilation-config",
         {"metavar": "JSON", "help": "decode steps replay CUDA graphs unless --enforce-eager"},

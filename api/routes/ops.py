@@ -1,4 +1,4 @@
-"""GET /health (and /ping), /version and /metrics: public (no API key), for load
+"""GET /health (and /ping), /version, /load and /metrics: public (no API key), for load
 balancers and Prometheus."""
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ def _unhealthy(message: str) -> Response:
 @router.get("/version")
 async def get_version() -> dict[str, str]:
     return {"version": __version__}
+
+
+@router.get("/load")
+async def get_load(replies: RouterDep) -> dict[str, int]:
+    """vLLM's load endpoint (--enable-server-load-tracking, always on here): the
+    generations this API process is waiting on, for a load balancer choosing replicas."""
+    return {"server_load": replies.in_flight}
 
 
 @router.get("/metrics", response_model=None)

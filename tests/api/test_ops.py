@@ -15,6 +15,7 @@ import redis
 from conveyor.embedded_redis import EmbeddedRedis
 
 from .conftest import MODEL, Stack, running_stack
+from .fakes import FakeWorker, wait_for
 
 
 def test_health_ok_with_a_live_worker(client: httpx.Client) -> None:
@@ -23,6 +24,18 @@ def test_health_ok_with_a_live_worker(client: httpx.Client) -> None:
     assert response.json() == {"status": "ok"}
     # vLLM's /ping (SageMaker's health path), GET or POST, answers the same.
     assert client.get("/ping").json() == client.post("/ping").json() == {"status": "ok"}
+
+
+def test_load_counts_the_generations_in_flight(client: httpx.Client, worker: FakeWorker) -> None:
+    """vLLM's GET /load: what this API process is waiting on, for load balancers."""
+    assert client.get("/load").json() == {"server_load": 0}
+    worker.behaviour = "slow"  # a token every 50 ms, until aborted
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 200, "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        lines = response.iter_lines()  # held: a dropped iterator would close the stream
+        assert next(lines).startswith("data: ")
+        assert client.get("/load").json() == {"server_load": 1}
+    wait_for(lambda: client.get("/load").json() == {"server_load": 0})
 
 
 def test_ping_is_health_when_unhealthy_too(make_stack: Callable[..., Stack]) -> None:
