@@ -252,7 +252,7 @@ def served_aliases(settings: Settings, model_name: str) -> tuple[str, ...]:
     """The model's other names: --served-model-name's after the first; without that flag,
     the model as given (`/models/qwen` for a model served as `qwen`), which is the name
     vLLM would serve it under, so clients written against vLLM still find it."""
-    if settings.served_model_name is not None:
+    if settings.served_model_name is not None or settings.served_model_aliases:
         return tuple(settings.served_model_aliases)
     given = settings.model
     return (given,) if given and given != model_name else ()

@@ -325,6 +325,7 @@ def test_a_model_also_answers_to_the_name_vllm_would_give_it() -> None:
     assert served_aliases(Settings(), "SmolLM2-135M-Instruct") == ()
     named = Settings(model="/models/qwen", served_model_name="q", served_model_aliases=["a"])
     assert served_aliases(named, "q") == ("a",)
+    assert served_aliases(Settings(model="/m", served_model_aliases=["b"]), "m") == ("b",)
 
 
 def test_worker_publishes_the_sampling_defaults_it_serves(
