@@ -358,16 +358,7 @@ def served_aliases(live: dict[str, LiveModel]) -> dict[str, str | None]:
     for model in live.values():
         if model.parent is not None:
             continue
-        common: set[str] | None = None
-        for beat in model.workers:
-            announced = beat.get("aliases")
-            names = (
-                {a for a in announced if isinstance(a, str)}
-                if isinstance(announced, list)
-                else set()
-            )
-            common = names if common is None else common & names
-        for alias in common or ():
+        for alias in _announced_by_all(model.workers, "aliases"):
             claims.setdefault(alias, []).append(model.name)
     aliases: dict[str, str | None] = {}
     for alias, models in sorted(claims.items()):
@@ -384,12 +375,21 @@ def served_adapters(workers: tuple[dict[str, Any], ...]) -> dict[str, str]:
     """LoRA adapters every worker of a model announces (name -> path): a request for one
     may be taken by any worker of the model, so one that some lack, or load from
     different folders, is not offered."""
+    return dict(sorted(_announced_by_all(workers, "loras").items()))
+
+
+def _announced_by_all(workers: tuple[dict[str, Any], ...], field: str) -> dict[str, str]:
+    """What every worker's heartbeat lists under `field`, alike in all: a name -> value
+    mapping (adapters' paths), or a list of names (each its own value). Any worker may
+    take a request, so what one lacks is offered by none."""
     common: dict[str, str] | None = None
     for beat in workers:
-        loras = beat.get("loras")
+        listed = beat.get(field)
+        if isinstance(listed, list):
+            listed = {name: name for name in listed if isinstance(name, str)}
         announced = (
-            {k: v for k, v in loras.items() if isinstance(k, str) and isinstance(v, str)}
-            if isinstance(loras, dict)
+            {k: v for k, v in listed.items() if isinstance(k, str) and isinstance(v, str)}
+            if isinstance(listed, dict)
             else {}
         )
         common = (
@@ -397,7 +397,7 @@ def served_adapters(workers: tuple[dict[str, Any], ...]) -> dict[str, str]:
             if common is None
             else {k: v for k, v in common.items() if announced.get(k) == v}
         )
-    return dict(sorted((common or {}).items()))
+    return common or {}
 
 
 def _json_object(raw: str | bytes | None) -> dict[str, Any] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -56,13 +55,11 @@ def run_api(settings: Settings) -> int:
     if not settings.redis_url:
         logger.error("the API needs --redis-url (CONVEYOR_REDIS_URL); `conveyor serve` embeds one")
         return CONFIGURATION_ERROR
-    for flag, path in (
-        ("--ssl-certfile", settings.ssl_certfile),
-        ("--ssl-keyfile", settings.ssl_keyfile),
-    ):
-        if path is not None and not Path(path).expanduser().is_file():
-            logger.error("%s %s: no such file", flag, path)
-            return CONFIGURATION_ERROR
+    try:
+        settings.check_tls_files()
+    except FileNotFoundError as exc:
+        logger.error("%s", exc)
+        return CONFIGURATION_ERROR
     # One of --api-server-count's processes: serve on the socket `conveyor serve` opened.
     shared = {"fd": settings.api_socket_fd} if settings.api_socket_fd is not None else {}
     server = _Server(uvicorn_config(create_app(settings), settings, **shared))

@@ -191,6 +191,15 @@ def _add_no_op_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_flags(
+    parser: argparse.ArgumentParser, table: list[tuple[str | tuple[str, ...], dict]]
+) -> None:
+    """A table's flags, each unset (None) unless given, so env vars and defaults show."""
+    for flags, kwargs in table:
+        names = (flags,) if isinstance(flags, str) else flags
+        parser.add_argument(*names, default=None, **kwargs)
+
+
 def _add_config_flag(parser: argparse.ArgumentParser) -> None:
     if not any(CONFIG_FLAG in action.option_strings for action in parser._actions):
         parser.add_argument(
@@ -213,9 +222,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
         metavar="MODEL",
         help="the model, as vLLM's api_server takes it (the positional one wins)",
     )
-    for flags, kwargs in _ENGINE_FLAGS:
-        names = (flags,) if isinstance(flags, str) else flags
-        parser.add_argument(*names, default=None, **kwargs)
+    _add_flags(parser, _ENGINE_FLAGS)
     parser.add_argument(
         "--enable-prefix-caching",
         action=argparse.BooleanOptionalAction,
@@ -273,7 +280,7 @@ _SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
 ]
 
 
-_HTTP_FLAGS: list[tuple[str, dict]] = [
+_HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--allowed-origins", {"type": json_or_comma_list, "help": 'CORS origins (["*"])'}),
     ("--allowed-methods", {"type": json_or_comma_list, "help": 'CORS methods (["*"])'}),
     ("--allowed-headers", {"type": json_or_comma_list, "help": 'CORS headers (["*"])'}),
@@ -299,9 +306,7 @@ _HTTP_FLAGS: list[tuple[str, dict]] = [
 
 def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flag(parser)
-    for flags, kwargs in _SERVING_FLAGS + _HTTP_FLAGS:
-        names = (flags,) if isinstance(flags, str) else flags
-        parser.add_argument(*names, default=None, **kwargs)
+    _add_flags(parser, _SERVING_FLAGS + _HTTP_FLAGS)
     parser.add_argument(
         "--enable-log-requests",
         action=argparse.BooleanOptionalAction,
@@ -379,11 +384,8 @@ def _names_a_model(text: str) -> bool:
     return text.endswith(".gguf") or Path(text).expanduser().exists()
 
 
-def _report_bad_settings(exc: ValidationError | SettingsError) -> int:
+def _report_bad_settings(exc: ValidationError) -> int:
     """One line per problem, named by its flag, as argparse reports its own; no traceback."""
-    if isinstance(exc, SettingsError):  # an env var pydantic-settings could not decode
-        print(f"conveyor: error: {exc}", file=sys.stderr)
-        return 2
     for error in exc.errors():
         first, *rest = error["loc"] or ("",)
         where = f"--{str(first).replace('_', '-')}{''.join(f'[{p}]' for p in rest)}: "
@@ -552,9 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.title != Settings.__name__:
             raise
         return _report_bad_settings(exc)
-    except SettingsError as exc:
-        return _report_bad_settings(exc)
-    except CommandLineError as exc:
+    except (SettingsError, CommandLineError) as exc:  # an env var that does not decode, ...
         print(f"conveyor: error: {exc}", file=sys.stderr)
         return 2
 

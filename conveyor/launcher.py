@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
@@ -34,7 +33,7 @@ from conveyor.child_process import CONFIGURATION_ERROR, spawn
 from conveyor.db.migrate import prepare_schema
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.settings import Settings
-from engine.generation_defaults import generation_defaults
+from engine.generation_defaults import check_source
 from engine.loader import check_local_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -63,9 +62,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _spreads_over_gpus(settings: Settings) -> bool:
+    """Whether --data-parallel-size asks for a GPU per worker (not one worker, not CPU)."""
+    return settings.data_parallel_size > 1 and not (settings.device or "").startswith("cpu")
+
+
 def visible_gpus(settings: Settings) -> int:
     """How many GPUs `--data-parallel-size` may spread workers over (0: none, or not asked)."""
-    if settings.data_parallel_size == 1 or (settings.device or "").startswith("cpu"):
+    if not _spreads_over_gpus(settings):
         return 0
     import torch  # only here: the supervisor otherwise never loads it
 
@@ -77,7 +81,7 @@ def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str
     CUDA_VISIBLE_DEVICES, if set), vLLM's data-parallel placement, and must use it; with
     no GPU at all (or --device cpu) the workers share the CPU."""
     size = settings.data_parallel_size
-    if size == 1 or (settings.device or "").startswith("cpu"):
+    if not _spreads_over_gpus(settings):
         return {}
     if gpus == 0:
         if settings.device:
@@ -88,6 +92,11 @@ def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str
     listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     ids = [d.strip() for d in listed.split(",") if d.strip()] or [str(i) for i in range(gpus)]
     return {"CUDA_VISIBLE_DEVICES": ids[rank], "CONVEYOR_DEVICE": "cuda"}
+
+
+def _numbered(role: str, count: int) -> list[str]:
+    """Children's names: the role alone for one, `role-i` for each of several."""
+    return [role] if count == 1 else [f"{role}-{i}" for i in range(count)]
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -104,15 +113,8 @@ def check_local_files(settings: Settings) -> None:
     rather than in a worker after the API is up."""
     if settings.tokenizer is not None:
         check_local_tokenizer(settings.tokenizer)
-    if settings.generation_config not in ("auto", "vllm"):
-        generation_defaults(Path(), settings.generation_config, {})
-    for flag, path in (
-        ("--ssl-certfile", settings.ssl_certfile),
-        ("--ssl-keyfile", settings.ssl_keyfile),
-        ("--ssl-ca-certs", settings.ssl_ca_certs),
-    ):
-        if path is not None and not Path(path).expanduser().is_file():
-            raise FileNotFoundError(f"{flag} {path}: no such file")
+    check_source(settings.generation_config)
+    settings.check_tls_files()
 
 
 @dataclass
@@ -176,13 +178,11 @@ class Supervisor:
 
     @property
     def worker_names(self) -> list[str]:
-        size = self.settings.data_parallel_size
-        return ["worker"] if size == 1 else [f"worker-{rank}" for rank in range(size)]
+        return _numbered("worker", self.settings.data_parallel_size)
 
     @property
     def api_names(self) -> list[str]:
-        count = self.settings.api_server_count
-        return ["api"] if count == 1 else [f"api-{i}" for i in range(count)]
+        return _numbered("api", self.settings.api_server_count)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         command = [sys.executable, "-m", "conveyor.cli", *args]

@@ -421,10 +421,10 @@ class Settings(BaseSettings):
             max_loaded=self.max_cpu_loras,
         )
 
-    @field_validator("data_dir")
+    @field_validator("data_dir", "download_dir")
     @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
+    def _expand(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
 
     @field_validator("allowed_origins", "allowed_methods", "allowed_headers", mode="before")
     @classmethod
@@ -492,6 +492,17 @@ class Settings(BaseSettings):
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
         return (self.batch_api_url or f"{self.api_scheme}://{host}:{self.port}").rstrip("/")
 
+    def check_tls_files(self) -> None:
+        """FileNotFoundError naming the flag of a certificate or key file that is not there:
+        one line at start-up, not uvicorn failing in a child."""
+        for flag, path in (
+            ("--ssl-certfile", self.ssl_certfile),
+            ("--ssl-keyfile", self.ssl_keyfile),
+            ("--ssl-ca-certs", self.ssl_ca_certs),
+        ):
+            if path is not None and not Path(path).is_file():  # `~` expanded on reading
+                raise FileNotFoundError(f"{flag} {path}: no such file")
+
     @property
     def api_scheme(self) -> str:
         return "https" if self.ssl_certfile else "http"
@@ -523,7 +534,7 @@ class Settings(BaseSettings):
             tokenizer=self.tokenizer,
             revision=self.revision,
             tokenizer_revision=self.tokenizer_revision,
-            download_dir=self.download_dir.expanduser() if self.download_dir else None,
+            download_dir=self.download_dir,
             served_model_name=self.served_model_name,
             device=self.device,
             dtype=self.dtype,

@@ -90,20 +90,28 @@ def _from_file(path: Path) -> dict[str, int | float]:
     return found
 
 
+def check_source(mode: str) -> None:
+    """--generation-config FOLDER must hold the file (auto and vllm name no folder):
+    checked before a model loads, and again when the defaults are read."""
+    if mode in ("auto", "vllm"):
+        return
+    if not (Path(mode).expanduser() / GENERATION_CONFIG_FILE).is_file():
+        raise GenerationConfigError(
+            f"--generation-config {mode}: no {GENERATION_CONFIG_FILE} in that folder "
+            "(use auto, vllm or a folder holding one)"
+        )
+
+
 def generation_defaults(
     model_dir: Path, mode: str, overrides: dict[str, int | float]
 ) -> dict[str, int | float]:
     """The defaults to serve: from the model (`auto`), none (`vllm`) or a folder's file,
     then the overrides."""
+    check_source(mode)
     if mode == "vllm":
         found: dict[str, int | float] = {}
     else:
         folder = model_dir if mode == "auto" else Path(mode).expanduser()
         path = folder / GENERATION_CONFIG_FILE
-        if mode != "auto" and not path.is_file():
-            raise GenerationConfigError(
-                f"--generation-config {mode}: no {GENERATION_CONFIG_FILE} in that folder "
-                "(use auto, vllm or a folder holding one)"
-            )
         found = _from_file(path) if path.is_file() else {}
     return {**found, **overrides}

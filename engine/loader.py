@@ -104,7 +104,7 @@ def _resolve_weights(
         if not (candidate / "config.json").is_file():
             raise MissingFileError(f"{candidate} has no config.json: not a HF model folder")
         return ResolvedModel(candidate.resolve(), candidate.name, str(candidate))
-    if candidate.exists() or model.startswith((".", "/", "~")):
+    if _names_a_path(model):
         raise MissingFileError(f"{model}: not a model folder or a .gguf file")
     source = f"hub:{model}" + (f"@{revision}" if revision else "")
     return ResolvedModel(_download(model, hub, revision, _MODEL_FILES), model, source)
@@ -120,9 +120,14 @@ def check_local_tokenizer(tokenizer: str) -> Path | None:
                 f"--tokenizer {tokenizer}: no tokenizer.json or tokenizer_config.json there"
             )
         return candidate.resolve()
-    if candidate.exists() or tokenizer.startswith((".", "/", "~")):
+    if _names_a_path(tokenizer):
         raise MissingFileError(f"--tokenizer {tokenizer}: not a folder of tokenizer files")
     return None
+
+
+def _names_a_path(text: str) -> bool:
+    """Something on this machine, or written as a path: not a hub id to download."""
+    return Path(text).expanduser().exists() or text.startswith((".", "/", "~"))
 
 
 def _resolve_tokenizer(tokenizer: str, hub: Path, revision: str | None) -> Path:

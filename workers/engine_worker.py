@@ -34,7 +34,12 @@ from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
 from engine.config import EngineConfig
 from engine.configuration_error import ConfigurationError
-from engine.generation_defaults import GenerationConfigError, generation_defaults, parse_overrides
+from engine.generation_defaults import (
+    GenerationConfigError,
+    check_source,
+    generation_defaults,
+    parse_overrides,
+)
 from engine.llm_engine import LLMEngine
 from workers.aborts import AbortListener
 from workers.announce import Announcer
@@ -305,12 +310,11 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
             "`conveyor worker` per GPU to scale out",
             settings.data_parallel_size,
         )
-    if settings.generation_config not in ("auto", "vllm"):
-        try:  # a folder without the file stops start-up before the model loads
-            generation_defaults(Path(), settings.generation_config, {})
-        except GenerationConfigError as exc:
-            logger.error("%s", exc)
-            return CONFIGURATION_ERROR
+    try:  # a folder without the file stops start-up before the model loads
+        check_source(settings.generation_config)
+    except GenerationConfigError as exc:
+        logger.error("%s", exc)
+        return CONFIGURATION_ERROR
     try:
         config = worker_engine_config(settings)
     except ValueError as exc:

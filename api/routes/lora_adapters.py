@@ -72,7 +72,7 @@ async def load_lora_adapter(
     name, path = body.lora_name, body.lora_path
     live = await catalog.live_models(max_age=0)
     aliases = await catalog.aliases()
-    base = _base_model(live, aliases.get(body.model or "", body.model))
+    base = _base_model(live, aliases, body.model)
     other = live.get(name)
     if name == base or (other is not None and other.parent is None) or name in aliases:
         raise ApiError(400, f"`{name}` is the name of a served model", param="lora_name")
@@ -149,7 +149,7 @@ async def unload_lora_adapter(
     bases = [m for m in live.values() if m.parent is None]
     if body.model is not None:
         aliases = await catalog.aliases()
-        bases = [live[_base_model(live, aliases.get(body.model, body.model))]]
+        bases = [live[_base_model(live, aliases, body.model)]]
     owner = None
     for base in bases:
         if await redis.hexists(names.runtime_loras(base.name), name):
@@ -185,9 +185,11 @@ def _loaded_at_start_up(name: str, action: str) -> ApiError:
     )
 
 
-def _base_model(live: dict[str, LiveModel], model: str | None) -> str:
-    """The served model an adapter belongs to: the one named, or the only one."""
+def _base_model(live: dict[str, LiveModel], aliases: dict[str, str], model: str | None) -> str:
+    """The served model an adapter belongs to: the one named (by any of its names), or
+    the only one."""
     if model is not None:
+        model = aliases.get(model, model)
         found = live.get(model)
         if found is None or found.parent is not None:
             raise ApiError(
