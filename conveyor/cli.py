@@ -30,6 +30,10 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"nargs": "+", "help": "the model's name in the API; more names answer too"},
     ),
     ("--device", {}),
+    (
+        "--cpu-threads",
+        {"type": int, "help": "threads an engine computes with on CPU (default: one per core)"},
+    ),
     ("--dtype", {}),
     ("--block-size", {"type": int}),
     ("--max-num-seqs", {"type": int}),

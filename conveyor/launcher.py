@@ -79,19 +79,28 @@ def visible_gpus(settings: Settings) -> int:
 def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str]:
     """With --data-parallel-size N, worker `rank` sees only GPU `rank` (of those in
     CUDA_VISIBLE_DEVICES, if set), vLLM's data-parallel placement, and must use it; with
-    no GPU at all (or --device cpu) the workers share the CPU."""
+    no GPU at all (or --device cpu) the workers share the CPU, each with its part of it."""
     size = settings.data_parallel_size
-    if not _spreads_over_gpus(settings):
+    if size == 1:
         return {}
-    if gpus == 0:
-        if settings.device:
-            raise ValueError(f"--device {settings.device}: no GPU is visible here")
-        return {"CONVEYOR_DEVICE": "cpu"}
-    if gpus < size:
-        raise ValueError(f"--data-parallel-size {size} needs as many GPUs; {gpus} are visible")
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    ids = [d.strip() for d in listed.split(",") if d.strip()] or [str(i) for i in range(gpus)]
-    return {"CUDA_VISIBLE_DEVICES": ids[rank], "CONVEYOR_DEVICE": "cuda"}
+    if _spreads_over_gpus(settings) and gpus > 0:
+        if gpus < size:
+            raise ValueError(f"--data-parallel-size {size} needs as many GPUs; {gpus} are visible")
+        listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        ids = [d.strip() for d in listed.split(",") if d.strip()] or [str(i) for i in range(gpus)]
+        return {"CUDA_VISIBLE_DEVICES": ids[rank], "CONVEYOR_DEVICE": "cuda"}
+    if settings.device and not settings.device.startswith("cpu"):
+        raise ValueError(f"--device {settings.device}: no GPU is visible here")
+    env = {"CONVEYOR_DEVICE": "cpu"}
+    if settings.cpu_threads is None:
+        env["CONVEYOR_CPU_THREADS"] = str(cpu_threads_each(size))
+    return env
+
+
+def cpu_threads_each(workers: int) -> int:
+    """Each of `workers` engines' share of the CPUs this process may run on: torch's
+    default, a thread per core in every worker, would put N threads on each core."""
+    return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
 def _numbered(role: str, count: int) -> list[str]:
@@ -257,7 +266,13 @@ def run_serve(settings: Settings) -> int:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
     if settings.data_parallel_size > 1 and gpus == 0:
-        logger.info("%d engine workers share the CPU", settings.data_parallel_size)
+        size = settings.data_parallel_size
+        logger.info(
+            "%d engine workers share the CPU, each computing with threads: %d%s",
+            size,
+            settings.cpu_threads or cpu_threads_each(size),
+            "" if settings.cpu_threads else " (--cpu-threads to choose)",
+        )
     if settings.ssl_cert_reqs == 2 and settings.batch_api_url is None:
         logger.warning(
             "--ssl-cert-reqs 2 asks every client for a certificate, and the batch worker "

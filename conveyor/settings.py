@@ -67,6 +67,12 @@ class Settings(BaseSettings):
         "A is the name above, B and C are these)",
     )
     device: str | None = Field(default=None, description="cpu or cuda; default: cuda if present")
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="threads an engine computes with on CPU; default: one per core, "
+        "divided among the workers `conveyor serve -dp N` starts on one CPU",
+    )
     dtype: str | None = Field(default=None, description="float32, bfloat16 or float16")
     block_size: int = 16
     max_num_seqs: int = 128
@@ -537,6 +543,7 @@ class Settings(BaseSettings):
             download_dir=self.download_dir,
             served_model_name=self.served_model_name,
             device=self.device,
+            cpu_threads=self.cpu_threads,
             dtype=self.dtype,
             block_size=self.block_size,
             max_num_seqs=self.max_num_seqs,

@@ -119,6 +119,9 @@ class LLMEngine:
         self.model_config = ModelConfig.from_folder(self.resolved.path)
         self.tokenizer = Tokenizer.load(self.resolved.tokenizer_dir, config.chat_template)
         self.device = config.torch_device()
+        if self.device.type == "cpu" and config.cpu_threads is not None:
+            torch.set_num_threads(config.cpu_threads)  # process-wide: the engine is its work
+            logger.info("CPU threads: %d (--cpu-threads)", config.cpu_threads)
         self.dtype = resolve_dtype(config.dtype, self.device)
         if config.dtype in (None, "auto") and self.device.type == "cpu" and cpu_bf16_is_native():
             logger.info(

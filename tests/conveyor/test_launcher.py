@@ -9,7 +9,9 @@ import pytest
 from conveyor.launcher import (
     Supervisor,
     check_local_files,
+    cpu_threads_each,
     run_serve,
+    settings_env,
     visible_gpus,
     worker_device_env,
 )
@@ -35,11 +37,23 @@ def test_worker_i_sees_gpu_i_and_must_use_it(monkeypatch: pytest.MonkeyPatch) ->
     assert placed == ["4", "6", "7"]
 
 
-def test_without_gpus_the_workers_share_the_cpu() -> None:
+def test_without_gpus_the_workers_share_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each gets its part of the CPUs: a thread per core in every worker oversubscribes
+    each core (two workers on two cores ran bursts 2-4x slower)."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     assert worker_device_env(Settings(data_parallel_size=2), 1, gpus=0) == {
-        "CONVEYOR_DEVICE": "cpu"
+        "CONVEYOR_DEVICE": "cpu",
+        "CONVEYOR_CPU_THREADS": "4",
     }
-    assert worker_device_env(Settings(data_parallel_size=2, device="cpu"), 1, gpus=2) == {}
+    assert worker_device_env(Settings(data_parallel_size=3, device="cpu"), 1, gpus=2) == {
+        "CONVEYOR_DEVICE": "cpu",
+        "CONVEYOR_CPU_THREADS": "2",
+    }
+    assert cpu_threads_each(16) == 1  # never none
+    # The operator's count, passed on with the other settings, is left alone.
+    chosen = Settings(data_parallel_size=2, cpu_threads=3)
+    assert worker_device_env(chosen, 0, gpus=0) == {"CONVEYOR_DEVICE": "cpu"}
+    assert settings_env(chosen)["CONVEYOR_CPU_THREADS"] == "3"
     assert visible_gpus(Settings(data_parallel_size=2, device="cpu")) == 0
     with pytest.raises(ValueError, match="no GPU is visible"):
         worker_device_env(Settings(data_parallel_size=2, device="cuda"), 0, gpus=0)

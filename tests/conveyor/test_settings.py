@@ -34,6 +34,16 @@ def test_enforce_eager_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings_from_args(parser.parse_args(["serve"])).engine_config().enforce_eager is True
 
 
+def test_cpu_threads_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["worker"])).engine_config().cpu_threads is None
+    settings = settings_from_args(parser.parse_args(["serve", "--cpu-threads", "3"]))
+    assert settings.engine_config().cpu_threads == 3
+    monkeypatch.setenv("CONVEYOR_CPU_THREADS", "0")
+    with pytest.raises(ValidationError, match="cpu_threads"):
+        Settings()
+
+
 def test_kv_cache_dtype_reaches_the_worker_and_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     parser = build_parser()
     assert (

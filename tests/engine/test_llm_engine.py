@@ -293,3 +293,22 @@ def test_invalid_requests_raise_value_error(bundled_llm: LLM) -> None:
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=-1)
     assert not engine.has_unfinished()
+
+
+def test_cpu_threads_sets_how_many_threads_torch_computes_with(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """Engines sharing one CPU (`conveyor serve -dp N`) each take their part of it."""
+    import torch
+
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+
+    before = torch.get_num_threads()
+    try:
+        LLMEngine(EngineConfig(model=str(make_random_model("llama")), cpu_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
+        EngineConfig(cpu_threads=0)
