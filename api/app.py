@@ -28,6 +28,7 @@ from api.batch_dispatch import BatchDispatcher
 from api.body_limit import BodyLimitMiddleware
 from api.catalog import ModelCatalog
 from api.errors import install_error_handlers
+from api.invocations import InvocationsMiddleware
 from api.key_cache import KeyCache
 from api.rate_limiter import RateLimiter
 from api.refusal_memo import RefusalMemo
@@ -41,6 +42,7 @@ from api.routes import (
     completions,
     embeddings,
     files,
+    invocations,
     lora_adapters,
     models,
     ops,
@@ -150,13 +152,15 @@ def create_app(settings: Settings) -> FastAPI:
         organization_usage,
         files,
         batches,
+        invocations,
     ):
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:
         app.include_router(lora_adapters.router)
     # Outermost last: CORS answers browsers' preflights first, then the body limit runs,
-    # then usage wraps the routes.
+    # then /invocations finds its route, then usage wraps the routes.
     app.add_middleware(UsageMiddleware)
+    app.add_middleware(InvocationsMiddleware)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

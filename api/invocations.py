@@ -1,0 +1,94 @@
+"""POST /invocations: SageMaker's one inference path, routed by what the body holds.
+
+vLLM serves it for SageMaker endpoints, which send every request to that one path: a
+body with `messages` is a chat completion, `prompt` a completion, `input` embeddings,
+`query` with `documents` a rerank, `text_1` with `text_2` a score. A pure ASGI
+middleware (inside the body limit, which has already read the body, and outside the
+usage middleware) rewrites the path and hands the body on, so the chosen route runs
+exactly as if called by its own path: keys, rate limits, usage rows, streaming. A body
+it cannot route reaches the `/invocations` route itself (api/routes/invocations.py),
+which checks the key first, as every route does, and then says what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import ApiError
+
+INVOCATIONS_PATH = "/invocations"
+
+# In vLLM's order of precedence: the first whose fields the body has is the route.
+ROUTES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("messages",), "/v1/chat/completions"),
+    (("prompt",), "/v1/completions"),
+    (("input",), "/v1/embeddings"),
+    (("query", "documents"), "/v1/rerank"),
+    (("text_1", "text_2"), "/v1/score"),
+)
+
+
+def route_for(raw: bytes) -> str | None:
+    """The path whose request this body is; None when it is none (or not JSON)."""
+    try:
+        body = json.loads(raw)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError alike
+        return None
+    if not isinstance(body, dict):
+        return None
+    for fields, path in ROUTES:
+        if all(name in body for name in fields):
+            return path
+    return None
+
+
+def unroutable(raw: bytes) -> ApiError:
+    """The 400 for a body `route_for` found no route for, saying why."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return ApiError(400, f"the request body is not valid JSON: {exc}")
+    if not isinstance(body, dict):
+        return ApiError(400, "the request body must be a JSON object")
+    expected = "; ".join(f"{' and '.join(fields)} ({path})" for fields, path in ROUTES)
+    return ApiError(
+        400, f"cannot tell which request this is: a body for /invocations has {expected}"
+    )
+
+
+class InvocationsMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] != INVOCATIONS_PATH
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        raw = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        path = route_for(raw)
+        if path is not None:
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, replay, send)
