@@ -350,6 +350,13 @@ class ChatGeneration:
         self.top_n = body.top_logprobs or 0
         self.tokens_as_ids = bool(body.return_tokens_as_token_ids)
         self.created = int(time.time())
+        # vLLM's: the answer is the model's turn (--response-role) when the request added
+        # the generation prompt; otherwise it continues the last message, in its role.
+        self.role = (
+            services.settings.response_role
+            if body.add_generation_prompt
+            else body.messages[-1].role
+        )
 
     @property
     def auto_parser(self) -> str | None:
@@ -419,7 +426,7 @@ class ChatGeneration:
             message, finish_reason = chat_message(
                 text, choice.finish_reason, forced, self.auto_parser
             )
-            message = self._with_call_ids(message)
+            message = self._with_call_ids(message).model_copy(update={"role": self.role})
             if reasoning is not None and body.include_reasoning:
                 update: dict[str, Any] = {"reasoning_content": reasoning, "reasoning": reasoning}
                 if not message.content:
@@ -516,11 +523,7 @@ class ChatGeneration:
         try:
             for index in range(body.n):
                 yield self._chunk(
-                    [
-                        ChatChunkChoice(
-                            index=index, delta=DeltaMessage(role="assistant", content="")
-                        )
-                    ],
+                    [ChatChunkChoice(index=index, delta=DeltaMessage(role=self.role, content=""))],
                     running_usage(),
                 )
             async for item in items:

@@ -298,6 +298,7 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ),
     ("--uvicorn-log-level", {"choices": Settings.choices("uvicorn_log_level")}),
     ("--max-log-len", {"type": int, "help": "prompt token ids per logged request (all)"}),
+    ("--response-role", {"help": "the role of chat answers' messages (assistant)"}),
     (
         "--scheduling-policy",
         {

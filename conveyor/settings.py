@@ -268,6 +268,12 @@ class Settings(BaseSettings):
         description="priority: requests' `priority` orders admission and preemption; fcfs: "
         "arrival order only, and a request naming another priority is a 400 (vLLM's default)",
     )
+    response_role: str = Field(
+        default="assistant",
+        min_length=1,
+        description="the role of a chat answer's message (when the request adds the "
+        "generation prompt; otherwise the last message's role, as in vLLM)",
+    )
     enable_force_include_usage: bool = Field(
         default=False, description="every stream ends with a usage chunk, asked for or not"
     )

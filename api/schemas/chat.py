@@ -137,7 +137,8 @@ class ChatLogprobs(BaseModel):
 
 
 class ChatResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
+    # --response-role's, or the last message's when the request added no generation prompt.
+    role: str = "assistant"
     content: str | None = None
     tool_calls: list[dict[str, Any]] = Field(default_factory=list)
     # A reasoning model's thinking (--reasoning-parser): vLLM's field, under its newer
@@ -175,7 +176,7 @@ class ChatCompletionResponse(BaseModel):
 class DeltaMessage(BaseModel):
     """A chunk's delta carries only what changed: `{}` on the last chunk."""
 
-    role: Literal["assistant"] | None = None
+    role: str | None = None
     content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     reasoning: str | None = None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 import httpx
 
-from .conftest import MAX_MODEL_LEN, MODEL
+from .conftest import MAX_MODEL_LEN, MODEL, Stack
 from .fakes import CACHED_TOKENS, FakeWorker
 
 MESSAGES = [{"role": "user", "content": "Count to ten."}]
@@ -197,3 +198,20 @@ def test_continue_final_message(client: httpx.Client, worker: FakeWorker) -> Non
         worker.received[-1].prompt_token_ids, skip_special_tokens=False
     )
     assert prompt.endswith("Sure: one,")
+
+
+def test_response_role_names_the_answers_role(make_stack: Callable[..., Stack]) -> None:
+    """vLLM's --response-role: the answer's role when the request adds the generation
+    prompt; without it the answer continues the last message, in that message's role."""
+    stack = make_stack(response_role="bot")
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+    with stack.client() as client:
+        answer = client.post("/v1/chat/completions", json=body).json()
+        assert answer["choices"][0]["message"]["role"] == "bot"
+        chunks, _ = stream_chunks(client, "/v1/chat/completions", {**body, "stream": True})
+        assert chunks[0]["choices"][0]["delta"]["role"] == "bot"
+        unprompted = {**body, "add_generation_prompt": False}
+        answer = client.post("/v1/chat/completions", json=unprompted).json()
+        assert answer["choices"][0]["message"]["role"] == "user"
+        chunks, _ = stream_chunks(client, "/v1/chat/completions", {**unprompted, "stream": True})
+        assert chunks[0]["choices"][0]["delta"]["role"] == "user"

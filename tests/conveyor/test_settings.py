@@ -254,6 +254,8 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "--enable-log-requests",
         "--max-log-len",
         "100",
+        "--response-role",
+        "bot",
         "--served-model-name",
         "qwen3",
         "gpt-4o-mini",
@@ -270,7 +272,7 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     engine = settings.engine_config()
     assert (engine.tokenizer, engine.revision) == ("org/tokenizer", "v2")
     assert engine.tokenizer_revision == "v1" and settings.disable_uvicorn_access_log
-    assert settings.api_server_count == 2
+    assert settings.api_server_count == 2 and settings.response_role == "bot"
     assert engine.served_model_name == "qwen3"
     assert settings.served_model_aliases == ["gpt-4o-mini", "assistant"]
     assert engine.download_dir == Path("/models/hub")
