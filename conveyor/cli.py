@@ -110,6 +110,10 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"help": 'JSON over those defaults: {"temperature": 0.5, "max_new_tokens": 512}'},
     ),
     (
+        "--hf-overrides",
+        {"help": 'JSON over config.json: {"rope_scaling": {"rope_type": "yarn", ...}}'},
+    ),
+    (
         "--num-gpu-blocks-override",
         {"type": int, "help": "KV cache blocks to allocate, whatever the memory says"},
     ),

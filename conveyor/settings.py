@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
 from engine.generation_defaults import parse_overrides
+from engine.hf_overrides import parse_hf_overrides
 from engine.lora_config import DEFAULT_MAX_LORA_RANK, LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS
@@ -118,6 +119,11 @@ class Settings(BaseSettings):
     override_generation_config: str | None = Field(
         default=None,
         description='JSON over those defaults, e.g. {"temperature": 0.5, "max_new_tokens": 512}',
+    )
+    hf_overrides: str | None = Field(
+        default=None,
+        description='JSON over the checkpoint\'s config.json, e.g. {"rope_scaling": '
+        '{"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}',
     )
     num_gpu_blocks_override: int | None = Field(
         default=None, ge=1, description="KV cache blocks to allocate, whatever the memory says"
@@ -443,6 +449,12 @@ class Settings(BaseSettings):
     def _json_or_comma_list(cls, value: object) -> object:
         return json_or_comma_list(value) if isinstance(value, str) else value
 
+    @field_validator("hf_overrides")
+    @classmethod
+    def _hf_overrides_parse(cls, value: str | None) -> str | None:
+        parse_hf_overrides(value)
+        return value
+
     @field_validator("override_generation_config")
     @classmethod
     def _overrides_parse(cls, value: str | None) -> str | None:
@@ -576,4 +588,5 @@ class Settings(BaseSettings):
             lora_config=self.lora_config(),
             runner=self.resolved_runner,
             pooler_config=self.pooler_config,
+            hf_overrides=self.hf_overrides,
         )

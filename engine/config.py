@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from engine.configuration_error import ConfigurationError
+from engine.hf_overrides import apply_hf_overrides, parse_hf_overrides
 from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS
@@ -347,8 +348,10 @@ class ModelConfig:
         )
 
     @classmethod
-    def from_folder(cls, folder: Path) -> ModelConfig:
-        return cls.from_dict(json.loads((folder / "config.json").read_text()))
+    def from_folder(cls, folder: Path, overrides: dict[str, Any] | None = None) -> ModelConfig:
+        """`overrides`: vLLM's --hf-overrides, laid over the folder's config.json."""
+        hf = json.loads((folder / "config.json").read_text())
+        return cls.from_dict(apply_hf_overrides(hf, overrides or {}))
 
 
 def _sliding_window(hf: dict[str, Any], family: str) -> int | None:
@@ -616,6 +619,9 @@ class EngineConfig:
     # vLLM's --pooler-config (JSON, dict or PoolerConfig): overrides the model's own
     # pooling key by key (engine/pooler_config.py); pooling runner only.
     pooler_config: PoolerConfig | dict[str, Any] | str | None = None
+    # vLLM's --hf-overrides (JSON or dict): laid over the checkpoint's config.json
+    # (engine/hf_overrides.py), e.g. YaRN rope scaling for a longer context.
+    hf_overrides: dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         if self.speculative_config is not None:
@@ -655,6 +661,7 @@ class EngineConfig:
         if self.runner not in RUNNERS:
             raise ValueError(f"runner must be one of {list(RUNNERS)}, got {self.runner!r}")
         PoolerConfig.parse(self.pooler_config)  # a bad one fails here, before any loading
+        object.__setattr__(self, "hf_overrides", parse_hf_overrides(self.hf_overrides) or None)
 
     def resolve_runner(self, model: ModelConfig) -> str:
         """The runner this engine uses for `model`: "generate" or "pooling"."""

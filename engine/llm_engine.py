@@ -18,6 +18,7 @@ from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
 from engine.fp8_linears import fp8_scratch_bytes
 from engine.grammar_compiler import GrammarCompiler
+from engine.hf_overrides import parse_hf_overrides
 from engine.loader import ResolvedModel, resolve_model
 from engine.lora_manager import LoRAManager
 from engine.model_runner import ModelRunner, StepResult, load_model
@@ -116,7 +117,9 @@ class LLMEngine:
             download_dir=config.download_dir,
         )
         self.model_name = config.served_model_name or self.resolved.name
-        self.model_config = ModelConfig.from_folder(self.resolved.path)
+        self.model_config = ModelConfig.from_folder(
+            self.resolved.path, parse_hf_overrides(config.hf_overrides)
+        )
         self.tokenizer = Tokenizer.load(self.resolved.tokenizer_dir, config.chat_template)
         self.device = config.torch_device()
         if self.device.type == "cpu" and config.cpu_threads is not None:

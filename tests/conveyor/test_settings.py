@@ -234,6 +234,8 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "5",
         "--num-gpu-blocks-override",
         "64",
+        "--hf-overrides",
+        '{"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}',
         "--generation-config",
         "vllm",
         "--override-generation-config",
@@ -276,7 +278,9 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     assert engine.served_model_name == "qwen3"
     assert settings.served_model_aliases == ["gpt-4o-mini", "assistant"]
     assert engine.download_dir == Path("/models/hub")
+    assert engine.hf_overrides == {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
     unchanged = dict(
+        hf_overrides=None,
         max_logprobs=20,
         num_kv_blocks=None,
         tokenizer=None,

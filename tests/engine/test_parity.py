@@ -195,6 +195,31 @@ def test_yarn_scaled_rope_matches_hf(
     assert_prompt_logprobs_match(llm, hf, prompt)
 
 
+def test_hf_overrides_serve_the_model_as_hf_reads_the_edited_config(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """--hf-overrides '{"rope_scaling": ...}' (Qwen's way to a longer context) on the
+    unchanged files generates what HF generates from a config.json edited the same way."""
+    source = make_random_model("qwen3")
+    yarn = {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 32}
+
+    def with_yarn(config: dict[str, Any]) -> None:
+        theta = (config.get("rope_parameters") or {}).get("rope_theta", 1000000.0)
+        config["rope_parameters"] = {**yarn, "rope_theta": theta}
+        config.pop("rope_scaling", None)
+
+    config_variant(source, tmp_path / "edited", with_yarn)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / "edited", dtype=torch.float32
+    ).eval()
+    llm = LLM(str(source), kv_cache_memory=64 << 20, hf_overrides={"rope_scaling": yarn})
+    assert llm.engine.max_model_len == 32 * 32  # the stretched context, past the file's 512
+    torch.manual_seed(2)
+    prompt = torch.randint(3, 49152, (90,)).tolist()
+    (result,) = llm.generate([prompt], greedy(16, min_tokens=16))
+    assert result.token_ids == hf_greedy(hf, prompt, 16)
+
+
 @pytest.mark.parametrize(
     ("family", "window_config"),
     [
