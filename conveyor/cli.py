@@ -267,6 +267,7 @@ _SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--admin-key", {"help": "enable the /v1/organization admin API with this bearer key"}),
     ("--service-key", {"help": "batch workers' key to the API (default: the admin key)"}),
     ("--max-upload-bytes", {"type": int, "help": "largest file accepted by /v1/files"}),
+    ("--max-body-bytes", {"type": int, "help": "largest request body but uploads (4 MB)"}),
     (
         "--response-retention-days",
         {"type": float, "help": "days stored /v1/responses objects are kept (0: forever)"},
@@ -301,6 +302,10 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"type": int, "help": "client certificates: 0 none, 1 optional, 2 required"},
     ),
     ("--uvicorn-log-level", {"choices": Settings.choices("uvicorn_log_level")}),
+    (
+        "--log-flush-interval",
+        {"type": float, "help": "seconds between request-log writes to SQL (1)"},
+    ),
     ("--max-log-len", {"type": int, "help": "prompt token ids per logged request (all)"}),
     ("--response-role", {"help": "the role of chat answers' messages (assistant)"}),
     (
@@ -310,6 +315,15 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
             "help": "priority (default here): requests' `priority` counts; fcfs: refused",
         },
     ),
+]
+
+
+# The batch worker's: on `conveyor batch-worker`, and on `conveyor serve` for the one it starts.
+_BATCH_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
+    ("--batch-api-url", {"help": "the API that runs the lines (default: this host's)"}),
+    ("--batch-worker-concurrency", {"type": int, "help": "batches run at once"}),
+    ("--batch-max-inflight", {"type": int, "help": "lines of one batch in flight"}),
+    ("--batch-max-lines", {"type": int, "help": "the most lines a batch may have (50,000)"}),
 ]
 
 
@@ -475,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_engine_flags(serve)
     _add_serving_flags(serve)
+    _add_flags(serve, _BATCH_FLAGS)  # for its batch worker
     _add_no_op_flags(serve)
     serve.set_defaults(func=_serve)
 
@@ -502,15 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_serving_flags(batch_worker)
     batch_worker.add_argument("--data-dir", default=None, help="where uploaded files are stored")
-    batch_worker.add_argument(
-        "--batch-api-url", default=None, help="the API that runs the lines (default: this host's)"
-    )
-    batch_worker.add_argument(
-        "--batch-worker-concurrency", type=int, default=None, help="batches run at once"
-    )
-    batch_worker.add_argument(
-        "--batch-max-inflight", type=int, default=None, help="lines of one batch in flight"
-    )
+    _add_flags(batch_worker, _BATCH_FLAGS)
     batch_worker.set_defaults(func=_batch_worker)
 
     add_operator_commands(sub, settings_from_args)

@@ -32,10 +32,14 @@ router = APIRouter(
 )
 
 
-def key_or_404(session: Session, project_id: str, key_id: str) -> ApiKey:
+def key_or_404(
+    session: Session, project_id: str, key_id: str, include_revoked: bool = False
+) -> ApiKey:
+    """The project's key; a deleted (revoked) one is gone, as OpenAI answers, unless asked
+    for as the list's `include_revoked` asks (its usage history stays readable)."""
     project_or_404(session, project_id)
     key = get_key(session, key_id, project_id=project_id)
-    if key is None:
+    if key is None or (key.revoked_at is not None and not include_revoked):
         raise ApiError(404, f"No API key found with id '{key_id}'", param="key_id")
     return key
 
@@ -82,8 +86,12 @@ async def list_(
 
 
 @router.get("/{key_id}")
-async def retrieve(project_id: str, key_id: str, database: DatabaseDep) -> dict[str, Any]:
-    return await in_session(database, lambda s: api_key_object(key_or_404(s, project_id, key_id)))
+async def retrieve(
+    project_id: str, key_id: str, database: DatabaseDep, include_revoked: bool = False
+) -> dict[str, Any]:
+    return await in_session(
+        database, lambda s: api_key_object(key_or_404(s, project_id, key_id, include_revoked))
+    )
 
 
 @router.post("/{key_id}")
@@ -114,10 +122,7 @@ async def delete(
     project_id: str, key_id: str, database: DatabaseDep, keys: KeyCacheDep
 ) -> dict[str, Any]:
     def work(session: Session) -> None:
-        key = key_or_404(session, project_id, key_id)
-        if key.revoked_at is not None:  # deleted already: gone, as OpenAI answers
-            raise ApiError(404, f"No API key found with id '{key_id}'", param="key_id")
-        revoke_key(session, key)
+        revoke_key(session, key_or_404(session, project_id, key_id))
 
     await in_session(database, work)
     keys.forget_key(key_id)

@@ -233,6 +233,13 @@ def test_revoked_key_gets_401_on_every_replica(tenancy: Stack, admin: httpx.Clie
                 "deleted": True,
             }
             revoked_at = time.monotonic()
+            # Gone for the admin API too, as OpenAI answers, but for its history.
+            path = f"/v1/organization/projects/{project['id']}/api_keys/{key['id']}"
+            assert admin.get(path).status_code == 404
+            assert admin.post(path, json={"rpm": 5}).status_code == 404
+            assert admin.delete(path).status_code == 404
+            history = admin.get(path, params={"include_revoked": "true"}).json()
+            assert history["id"] == key["id"] and history["revoked_at"]
             with pytest.raises(openai.AuthenticationError):
                 one.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
 

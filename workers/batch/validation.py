@@ -145,6 +145,15 @@ def validate_lines(raw_lines: Iterable[bytes], *, endpoint: str, max_lines: int)
         if body.get("stream"):
             fail("invalid_value", "streaming is not available in a batch", number, "body.stream")
             continue
+        if body.get("background"):  # its answer would be a queued stub, the text elsewhere
+            fail(
+                "invalid_value",
+                "background responses are not available in a batch: the line's answer is "
+                "its output line",
+                number,
+                "body.background",
+            )
+            continue
         lines.append(BatchLine(number, custom_id, url, body))
     if count == 0:
         errors.append(LineError("empty_file", "the input file has no requests"))

@@ -101,8 +101,9 @@ def test_get_is_scoped_to_the_project(db: Database) -> None:
 
 def test_list_is_newest_first_per_project_with_cursor(db: Database) -> None:
     ids = [new_batch(db, "proj_a", created_at=1000 + i) for i in range(5)]
-    # Same second: the id breaks the tie, so paging never skips or repeats one.
-    twins = sorted(new_batch(db, "proj_a", created_at=2000) for _ in range(2))
+    # Same second: the id breaks the tie, so paging never skips or repeats one, and ids
+    # begin with their time, so the later one lists first (conveyor/db/ids.py).
+    twins = [new_batch(db, "proj_a", created_at=2000) for _ in range(2)]
     new_batch(db, "proj_b")
     unowned = new_batch(db, None)
     expected = [*reversed(twins), *reversed(ids)]

@@ -156,6 +156,20 @@ def test_one_model_per_file() -> None:
     assert result.model == "m1"
 
 
+def test_background_responses_are_refused() -> None:
+    """A background line would answer with a queued stub and generate where the batch
+    never reads it."""
+    body = {"model": "m", "input": "hi", "background": True}
+    item = request(url="/v1/responses", body=body)
+    assert only_error(check(item, endpoint="/v1/responses")) == (
+        "invalid_value",
+        1,
+        "body.background",
+    )
+    foreground = request(url="/v1/responses", body={**body, "background": False})
+    assert check(foreground, endpoint="/v1/responses").errors == []
+
+
 def test_streaming_is_refused() -> None:
     item = request(body={"model": "m", "messages": [], "stream": True})
     assert only_error(check(item)) == ("invalid_value", 1, "body.stream")

@@ -1,0 +1,71 @@
+"""Every flag the README and docs/architecture.md name is one some conveyor command (or
+benchmark) takes: a user copying one from the docs must not meet "unrecognized arguments"."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from conveyor.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Other programs' flags the docs show in their commands (docker, kubectl, helm, pip,
+# systemctl, useradd), and vLLM's the docs say conveyor does not have.
+OTHER_TOOLS = frozenset(
+    {
+        "--calculate-kv-scales",
+        "--strict",
+        "--build",
+        "--from-literal",
+        "--gpus",
+        "--home-dir",
+        "--index-url",
+        "--no-deps",
+        "--now",
+        "--rm",
+        "--scale",
+        "--set",
+        "--shell",
+        "--system",
+    }
+)
+
+
+def _conveyor_flags() -> set[str]:
+    known: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            known.update(action.option_strings)
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    walk(command)
+
+    walk(build_parser())
+    # `conveyor bench X --flag`, and the scripts' and tools' own flags.
+    sources = [*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "kernels").glob("*.py")]
+    for source in [*sources, *(ROOT / "scripts").glob("*.sh")]:
+        known.update(re.findall(r"""["'(|](--[a-z0-9-]+)""", source.read_text()))
+    return known
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/architecture.md"])
+def test_documented_flags_exist(doc: str) -> None:
+    text = (ROOT / doc).read_text()
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]+", text))
+    assert sorted(named - _conveyor_flags() - OTHER_TOOLS) == []
+
+
+def test_serve_takes_its_children_s_flags() -> None:
+    """`conveyor serve` runs the API and a batch worker, so their flags are its own too."""
+    parser = build_parser()
+    serve = parser.parse_args(
+        ["serve", "--batch-max-inflight", "2", "--batch-worker-concurrency", "3"]
+        + ["--log-flush-interval", "0.5", "--batch-api-url", "http://api:8000"]
+    )
+    assert (serve.batch_max_inflight, serve.batch_worker_concurrency) == (2, 3)
+    assert (serve.log_flush_interval, serve.batch_api_url) == (0.5, "http://api:8000")
