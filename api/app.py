@@ -35,7 +35,7 @@ from api.refusal_memo import RefusalMemo
 from api.reply_router import ReplyRouter
 from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
-from api.response_retention import ResponseRetention
+from api.retention import Retention
 from api.routes import (
     batches,
     chat,
@@ -88,8 +88,9 @@ def create_app(settings: Settings) -> FastAPI:
         background = BackgroundResponses(
             redis, names, database, settings.request_timeout, settings.drain_timeout
         )
-        retention = ResponseRetention(
-            database, settings.response_retention_days, settings.response_purge_interval
+        file_storage = LocalFileStorage(settings.data_dir / "files")
+        retention = Retention(
+            database, file_storage, settings.response_retention_days, settings.purge_interval
         )
         try:
             await replies.start()
@@ -97,7 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
             retention.start()
             app.state.database = database
             app.state.key_cache = key_cache
-            app.state.file_storage = LocalFileStorage(settings.data_dir / "files")
+            app.state.file_storage = file_storage
             app.state.authenticator = Authenticator(settings, key_cache)
             app.state.rate_limiter = RateLimiter(redis, names)
             app.state.refusal_memo = RefusalMemo()

@@ -333,8 +333,11 @@ class Settings(BaseSettings):
         ge=0,
         description="days a stored Responses API object is kept, as OpenAI keeps them (0: forever)",
     )
-    response_purge_interval: float = Field(
-        default=3600.0, gt=0, description="seconds between purges of expired stored responses"
+    purge_interval: float = Field(
+        default=3600.0,
+        gt=0,
+        description="seconds between purges of expired stored responses and files (their "
+        "rows; an expired file is gone to every call at once)",
     )
 
     # --- batches -----------------------------------------------------------------------

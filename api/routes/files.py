@@ -6,6 +6,9 @@ written straight to storage (a temporary name, renamed when complete), so a
 200 MB upload holds a megabyte of memory, not 200; the body limit lets this
 one path through unbuffered and counts its bytes instead. The row is written
 only after the bytes are in place, so a listed file can always be read.
+An upload's `expires_after` gives the file a lifetime: once past it, the file
+is gone to every call, and the API's purge (api/retention.py) deletes its row
+and then its bytes.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
 from api.deps import Authenticated, DatabaseDep, FileStorageDep, PrincipalDep, SettingsDep
-from api.errors import ApiError, bad_request, not_supported
+from api.errors import ApiError, bad_request
 from api.schemas.files import (
     LIST_LIMIT_DEFAULT,
     LIST_LIMIT_MAX,
+    check_expires_after_field,
     check_upload_purpose,
+    expires_after_of,
     file_deleted_object,
     file_object,
 )
@@ -203,7 +208,7 @@ def check_upload_field(name: str, value: str) -> None:
     if name == "purpose":
         check_upload_purpose(value)
     elif name.startswith("expires_after"):
-        raise not_supported("expires_after", "expires_after (files are kept until deleted)")
+        check_expires_after_field(name, value)
 
 
 @router.post("")
@@ -246,10 +251,12 @@ async def upload(
             size,
             storage_key=file_id,
             file_id=file_id,
+            expires_after=expires_after,
         )
         return file_object(stored)
 
     try:
+        expires_after = expires_after_of(form.fields)  # both halves, seen only by now
         return await in_session(database, record)
     except BaseException:
         with anyio.CancelScope(shield=True):

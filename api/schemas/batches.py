@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.schemas.files import ExpiresAfter
+
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 METADATA_MAX_PAIRS = 16
 METADATA_KEY_MAX = 64
@@ -19,6 +21,8 @@ class BatchCreate(BaseModel):
     endpoint: Literal["/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings"]
     completion_window: Literal["24h"]
     metadata: dict[str, str] | None = None
+    # The lifetime of the output and error files the batch writes (None: until deleted).
+    output_expires_after: ExpiresAfter | None = None
 
     @field_validator("metadata")
     @classmethod

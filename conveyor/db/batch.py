@@ -40,3 +40,5 @@ class Batch(Base):
     expired_at: Mapped[int | None] = mapped_column(Timestamp, default=None)
     cancelling_at: Mapped[int | None] = mapped_column(Timestamp, default=None)
     cancelled_at: Mapped[int | None] = mapped_column(Timestamp, default=None)
+    # Seconds the output and error files live after they are written (None: until deleted).
+    output_expires_after: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -43,6 +43,7 @@ def create_batch(
     endpoint: str,
     completion_window: str,
     metadata: dict[str, str] | None,
+    output_expires_after: int | None = None,
 ) -> Batch:
     created = now()
     batch = Batch(
@@ -54,6 +55,7 @@ def create_batch(
         completion_window=completion_window,
         status="validating",
         metadata_=metadata,
+        output_expires_after=output_expires_after,
         created_at=created,
         expires_at=created + COMPLETION_WINDOWS[completion_window],
         total=0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.orm import Session
 
 from conveyor.db.base import now
@@ -38,8 +38,10 @@ def create_file(
     storage_key: str,
     *,
     file_id: str | None = None,
-    expires_at: int | None = None,
+    expires_after: int | None = None,
 ) -> StoredFile:
+    """`expires_after`: seconds the file lives after it is made (None: until deleted)."""
+    created = now()
     stored = StoredFile(
         id=file_id or new_file_id(),
         project_id=project_id,
@@ -48,8 +50,8 @@ def create_file(
         bytes=bytes,
         status="processed",
         storage_key=storage_key,
-        created_at=now(),
-        expires_at=expires_at,
+        created_at=created,
+        expires_at=None if expires_after is None else created + expires_after,
     )
     session.add(stored)
     session.flush()
@@ -59,9 +61,18 @@ def create_file(
 def get_file(session: Session, file_id: str, project_id: str | None) -> StoredFile | None:
     """The file if it belongs to `project_id` (None: to no project); otherwise None."""
     stored = session.get(StoredFile, file_id)
-    if stored is None or stored.project_id != project_id:
+    if stored is None or stored.project_id != project_id or _expired(stored):
         return None
     return stored
+
+
+def _expired(stored: StoredFile) -> bool:
+    """Past its `expires_at`: gone to every caller, before the purge deletes it."""
+    return stored.expires_at is not None and stored.expires_at <= now()
+
+
+def _live() -> ColumnElement[bool]:
+    return or_(StoredFile.expires_at.is_(None), StoredFile.expires_at > now())
 
 
 def list_files(
@@ -75,7 +86,8 @@ def list_files(
 ) -> Page[StoredFile]:
     """Newest first by default, as OpenAI lists files; raises UnknownCursor for a bad `after`."""
     scope = select(StoredFile).where(owned_by(StoredFile.project_id, project_id))
-    query = scope if purpose is None else scope.where(StoredFile.purpose == purpose)
+    live = scope.where(_live())
+    query = live if purpose is None else live.where(StoredFile.purpose == purpose)
     return paginate(
         session,
         query,
@@ -93,3 +105,14 @@ def delete_file(session: Session, stored: StoredFile) -> str:
     session.delete(stored)
     session.flush()
     return stored.storage_key
+
+
+def purge_expired_files(session: Session, *, limit: int = 1000) -> list[str]:
+    """Drop up to `limit` files past their `expires_at`; returns their storage keys, for
+    the caller to delete the bytes of once this is committed. Bounded, so one purge never
+    holds a long transaction over a big backlog."""
+    expired = select(StoredFile.id, StoredFile.storage_key).where(StoredFile.expires_at <= now())
+    rows = list(session.execute(expired.limit(limit)))
+    if rows:
+        session.execute(delete(StoredFile).where(StoredFile.id.in_([row.id for row in rows])))
+    return [row.storage_key for row in rows]

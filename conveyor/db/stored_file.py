@@ -20,4 +20,5 @@ class StoredFile(Base):
     status: Mapped[str] = mapped_column(String(16), default="processed")
     storage_key: Mapped[str] = mapped_column(String(512))
     created_at: Mapped[int] = mapped_column(Timestamp, default=now, index=True)
-    expires_at: Mapped[int | None] = mapped_column(Timestamp, default=None)
+    # Past it the file is gone to every call, and the purge deletes it (api/retention.py).
+    expires_at: Mapped[int | None] = mapped_column(Timestamp, default=None, index=True)

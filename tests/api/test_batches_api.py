@@ -108,6 +108,14 @@ def test_another_projects_batch_is_404(tenants: tuple[Stack, openai.OpenAI, open
         ({"endpoint": "/v1/moderations"}, "endpoint"),
         ({"completion_window": "1h"}, "completion_window"),
         ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+        (
+            {"output_expires_after": {"anchor": "created_at", "seconds": 60}},
+            "output_expires_after.seconds",
+        ),
+        (
+            {"output_expires_after": {"anchor": "completed_at", "seconds": 3600}},
+            "output_expires_after.anchor",
+        ),
     ],
 )
 def test_bad_requests_are_400_naming_the_param(

@@ -3,7 +3,9 @@ where the SDK cannot misbehave): uploads, listing, content, deletion, limits, te
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+
+from api.retention import Retention
+from conveyor.db.database import Database
+from conveyor.db.stored_file import StoredFile
+from conveyor.file_storage import LocalFileStorage
 
 from .conftest import Stack, running_stack
 from .test_errors import error_of
@@ -206,8 +213,11 @@ def test_malformed_uploads_are_400(files_stack: Stack, http: httpx.Client) -> No
         data={"purpose": "batch", "expires_after[anchor]": "created_at"},
         files={"file": ("a.jsonl", JSONL)},
     )
-    error = error_of(expiring, 400)
-    assert (error["param"], error["code"]) == ("expires_after", "not_supported")
+    error = error_of(expiring, 400)  # read after the file was stored: its bytes go again
+    assert (error["param"], error["message"]) == (
+        "expires_after",
+        "expires_after needs both anchor and seconds",
+    )
     assert stored(files_stack) == before
     assert set(_list(http)) == before_ids
 
@@ -298,3 +308,69 @@ def test_files_belong_to_their_project(tenancy: Stack) -> None:
     # The admin key is not a project key: it cannot reach /v1/files.
     with tenancy.client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
         error_of(admin.get("/v1/files"), 401)
+
+
+def expire_now(stack: Stack, file_id: str) -> None:
+    """Move a file's expiry into the past (the shortest real lifetime is an hour)."""
+    database = Database(stack.server.settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            row = session.get(StoredFile, file_id)
+            assert row is not None
+            row.expires_at = int(time.time()) - 1
+    finally:
+        database.close()
+
+
+def test_expires_after_gives_a_file_a_lifetime(
+    files_stack: Stack, client: openai.OpenAI, http: httpx.Client
+) -> None:
+    """OpenAI's `expires_after` (an hour to 30 days after it is made): past it the file is
+    gone to every call, and the purge deletes its row and bytes."""
+    lasting = client.files.create(file=("keep.jsonl", JSONL), purpose="batch")
+    assert lasting.expires_at is None  # kept until deleted
+    brief = client.files.create(
+        file=("brief.jsonl", JSONL),
+        purpose="batch",
+        expires_after={"anchor": "created_at", "seconds": 3600},
+    )
+    assert brief.expires_at == brief.created_at + 3600
+    assert client.files.retrieve(brief.id).expires_at == brief.expires_at
+    expire_now(files_stack, brief.id)
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(brief.id)
+    assert http.get(f"/v1/files/{brief.id}/content").status_code == 404
+    assert brief.id not in all_ids(client) and lasting.id in all_ids(client)
+    assert brief.id in stored(files_stack)  # until the purge runs
+    retention = Retention(
+        Database(files_stack.server.settings.resolved_database_url),
+        LocalFileStorage(files_stack.server.settings.data_dir / "files"),
+        retention_days=0,
+        interval=60,
+    )
+    try:
+        assert asyncio.run(retention.purge_files_once()) == 1
+    finally:
+        retention.database.close()
+    assert brief.id not in stored(files_stack) and lasting.id in stored(files_stack)
+    client.files.delete(lasting.id)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "60"}, "seconds"),
+        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "2592001"}, "seconds"),
+        ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "1h"}, "seconds"),
+        ({"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"}, "anchor"),
+    ],
+)
+def test_a_lifetime_out_of_bounds_is_400(
+    files_stack: Stack, http: httpx.Client, fields: dict[str, str], param: str
+) -> None:
+    before = stored(files_stack)
+    response = http.post(
+        "/v1/files", data={"purpose": "batch", **fields}, files={"file": ("a.jsonl", JSONL)}
+    )
+    assert error_of(response, 400)["param"] == f"expires_after.{param}"
+    assert stored(files_stack) == before

@@ -63,9 +63,8 @@ def test_documented_flags_exist(doc: str) -> None:
 def test_serve_takes_its_children_s_flags() -> None:
     """`conveyor serve` runs the API and a batch worker, so their flags are its own too."""
     parser = build_parser()
-    serve = parser.parse_args(
-        ["serve", "--batch-max-inflight", "2", "--batch-worker-concurrency", "3"]
-        + ["--log-flush-interval", "0.5", "--batch-api-url", "http://api:8000"]
-    )
+    flags = ["--batch-max-inflight", "2", "--batch-worker-concurrency", "3"]
+    flags += ["--log-flush-interval", "0.5", "--batch-api-url", "http://api:8000"]
+    serve = parser.parse_args(["serve", *flags])
     assert (serve.batch_max_inflight, serve.batch_worker_concurrency) == (2, 3)
     assert (serve.log_flush_interval, serve.batch_api_url) == (0.5, "http://api:8000")

@@ -61,6 +61,7 @@ class BatchSnapshot:
     input_file_id: str
     endpoint: str
     expires_at: int | None
+    output_expires_after: int | None = None
 
     @classmethod
     def of(cls, batch: Batch) -> BatchSnapshot:
@@ -72,6 +73,7 @@ class BatchSnapshot:
             batch.input_file_id,
             batch.endpoint,
             batch.expires_at,
+            batch.output_expires_after,
         )
 
 
@@ -307,6 +309,7 @@ class BatchRunner:
                     size,
                     key,
                     file_id=key,
+                    expires_after=batch.output_expires_after,
                 )
             batch_store.drop_results(session, batch.id)
             return True

@@ -83,7 +83,12 @@ class Env:
         return file_id
 
     def batch(
-        self, lines: list[Any], *, endpoint: str = CHAT, project_id: str | None = PROJECT
+        self,
+        lines: list[Any],
+        *,
+        endpoint: str = CHAT,
+        project_id: str | None = PROJECT,
+        output_expires_after: int | None = None,
     ) -> str:
         file_id = self.input_file(lines, project_id)
         with self.db.session() as session:
@@ -95,6 +100,7 @@ class Env:
                 endpoint=endpoint,
                 completion_window="24h",
                 metadata=None,
+                output_expires_after=output_expires_after,
             ).id
 
     def runner(
@@ -303,6 +309,20 @@ def test_completions_endpoint(env: Env) -> None:
     rows = env.rows(batch.output_file_id)
     assert [r["response"]["body"]["object"] for r in rows] == ["text_completion"] * 2
     assert all(r["response"]["body"]["choices"][0]["text"] for r in rows)
+
+
+def test_output_expires_after_gives_the_files_it_writes_a_lifetime(env: Env) -> None:
+    """OpenAI's `output_expires_after`: the output and error files go that long after they
+    are written; without it they stay until deleted."""
+    batch_id = env.batch([line(1), line(2, temperature=-1)], output_expires_after=7200)
+    env.run(batch_id)
+    batch = env.get(batch_id)
+    with env.db.session() as session:
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            written = get_file(session, file_id or "", PROJECT)
+            assert written is not None and written.expires_at == written.created_at + 7200
+        kept = get_file(session, batch.input_file_id, PROJECT)
+        assert kept is not None and kept.expires_at is None
 
 
 def test_batch_without_a_project(env: Env) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from api.response_retention import DAY_SECONDS, ResponseRetention
+from api.retention import DAY_SECONDS, Retention
 from conveyor.db import response_store
 from conveyor.db.database import Database
 from conveyor.db.ids import new_id
@@ -33,7 +33,7 @@ def test_the_loop_purges_what_expired_and_keeps_the_rest(migrated_database_url: 
         young = store(db, 29 * DAY_SECONDS)
 
         async def main() -> None:
-            retention = ResponseRetention(db, retention_days=30, interval=0.05)
+            retention = Retention(db, None, retention_days=30, interval=0.05)
             retention.start()
             deadline = time.monotonic() + 5
             while any(kept(db, i) for i in old) and time.monotonic() < deadline:
@@ -45,7 +45,7 @@ def test_the_loop_purges_what_expired_and_keeps_the_rest(migrated_database_url: 
 
         polled = store(db, 60, expires_in=-1)
         polling = store(db, 60, expires_in=600)
-        forever = ResponseRetention(db, retention_days=0, interval=0.05)
+        forever = Retention(db, None, retention_days=0, interval=0.05)
         assert asyncio.run(forever.purge_once()) == 1
         assert kept(db, young) and kept(db, polling) and not kept(db, polled)
     finally:
