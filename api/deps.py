@@ -8,6 +8,7 @@ reach a protected handler without it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -70,6 +71,10 @@ async def authenticate(request: Request) -> None:
     if record is not None:
         record.principal = principal
         record.batch_id = principal.batch_id
+    elif principal.api_key_id is not None and principal.batch_id is None:
+        # Not an inference request, so no log row will say the key was used: say it here
+        # (files, batches, models, tokenize), so its last_used_at means any use.
+        request.app.state.log_buffer.touch(principal.api_key_id, int(time.time()))
 
 
 def require_admin(request: Request) -> None:

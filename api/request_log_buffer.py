@@ -5,7 +5,9 @@ every `flush_interval` seconds in one transaction (in a thread, so a slow
 database never blocks the event loop, let alone a request). A crash loses at
 most the last `flush_interval` of logs; a clean stop (SIGTERM) flushes all.
 While the database is down, rows are kept up to `max_rows`, oldest dropped
-first (and counted), so memory stays bounded.
+first (and counted), so memory stays bounded. Uses of keys by requests
+that leave no log row (files, batches) are gathered too, a time per key, so
+the same write stamps every key's `last_used_at`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import anyio.to_thread
 
 logger = logging.getLogger(__name__)
 
-Writer = Callable[[Sequence[Mapping[str, Any]]], None]
+# (rows, {key id: when it was last used by a request without a row}).
+Writer = Callable[[Sequence[Mapping[str, Any]], Mapping[str, int]], None]
 
 
 class RequestLogBuffer:
@@ -29,6 +32,7 @@ class RequestLogBuffer:
         self.flush_interval = flush_interval
         self.max_rows = max_rows
         self._rows: deque[Mapping[str, Any]] = deque()
+        self._used: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.dropped = 0
@@ -39,6 +43,10 @@ class RequestLogBuffer:
         while len(self._rows) > self.max_rows:
             self._rows.popleft()
             self.dropped += 1
+
+    def touch(self, key_id: str, at: int) -> None:
+        """`key_id` was used at `at` by a request that logs no row."""
+        self._used[key_id] = max(at, self._used.get(key_id, at))
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -66,14 +74,21 @@ class RequestLogBuffer:
 
     async def flush(self) -> None:
         async with self._lock:
-            if not self._rows:
+            if not self._rows and not self._used:
                 return
-            rows = list(self._rows)
+            rows, used = list(self._rows), self._used
             self._rows.clear()
+            self._used = {}
             try:
-                await anyio.to_thread.run_sync(self._write, rows)
+                await anyio.to_thread.run_sync(self._write, rows, used)
             except Exception:
-                logger.exception("request logs: writing %d rows failed; will retry", len(rows))
+                logger.exception(
+                    "request logs: writing %d rows (%d keys' uses) failed; will retry",
+                    len(rows),
+                    len(used),
+                )
+                for key_id, at in used.items():
+                    self.touch(key_id, at)
                 # Put them back in front of anything that arrived meanwhile, still bounded.
                 self._rows.extendleft(reversed(rows))
                 while len(self._rows) > self.max_rows:

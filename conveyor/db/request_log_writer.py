@@ -36,23 +36,28 @@ def _storable(row: Mapping[str, Any]) -> dict[str, Any]:
     return stored
 
 
-def write_request_logs(database: Database, rows: Sequence[Mapping[str, Any]]) -> None:
+def write_request_logs(
+    database: Database,
+    rows: Sequence[Mapping[str, Any]],
+    used: Mapping[str, int] | None = None,
+) -> None:
     """Write the rows; a row the database refuses is dropped (logged), never retried forever.
 
     An unreachable database raises, so the buffer keeps the rows and tries again;
     a refused row (bad data, a schema out of step) would fail every retry of its
     batch, so the batch is written row by row and only the refused rows are lost.
     """
-    if not rows:
+    used = used or {}
+    if not rows and not used:
         return
     try:
-        _write(database, rows)
+        _write(database, rows, used)
     except (OperationalError, InterfaceError):
         raise
     except DBAPIError:
         for row in rows:
             try:
-                _write(database, [row])
+                _write(database, [row], used)
             except (OperationalError, InterfaceError):
                 raise
             except DBAPIError as exc:
@@ -63,15 +68,17 @@ def write_request_logs(database: Database, rows: Sequence[Mapping[str, Any]]) ->
                 )
 
 
-def _write(database: Database, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One executemany for the rows, one UPDATE per distinct key (not per request)."""
-    last_used: dict[str, int] = {}
+def _write(database: Database, rows: Sequence[Mapping[str, Any]], used: Mapping[str, int]) -> None:
+    """One executemany for the rows, one UPDATE per distinct key (not per request); `used`
+    stamps keys whose requests left no row."""
+    last_used: dict[str, int] = dict(used)
     for row in rows:
         key_id = row.get("api_key_id")
         if key_id:
             last_used[key_id] = max(last_used.get(key_id, 0), int(row["created_at"]))
     with database.session() as session:
-        session.execute(insert(RequestLog), [_storable(row) for row in rows])
+        if rows:
+            session.execute(insert(RequestLog), [_storable(row) for row in rows])
         for key_id, used_at in sorted(last_used.items()):
             session.execute(
                 update(ApiKey)

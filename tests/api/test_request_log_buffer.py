@@ -27,13 +27,14 @@ class FakeWriter:
 
     def __init__(self, *, fail: int = 0, gated: bool = False) -> None:
         self.batches: list[list[dict[str, Any]]] = []
+        self.used: list[dict[str, int]] = []
         self.calls = 0
         self.fail = fail
         self.entered = threading.Event()
         self.gate = threading.Event() if gated else None
         self.released_by_test: list[bool] = []
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def __call__(self, rows: Sequence[Mapping[str, Any]], used: Mapping[str, int]) -> None:
         self.calls += 1
         self.entered.set()
         if self.gate is not None:
@@ -43,6 +44,7 @@ class FakeWriter:
             self.fail -= 1
             raise ConnectionError("database unreachable")
         self.batches.append([dict(row) for row in rows])
+        self.used.append(dict(used))
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -125,6 +127,27 @@ def test_failed_write_keeps_rows_and_retries_them_first(caplog: pytest.LogCaptur
         await buffer.flush()
         assert writer.batches == [rows(1, 2, 3)]
         assert buffer.written == 3 and buffer.dropped == 0
+
+    run(main)
+
+
+def test_key_uses_without_rows_are_written_and_kept_through_a_failure() -> None:
+    """A files or batches call logs no row: its key's use is written with the next flush,
+    the latest per key, and survives a failed write like the rows."""
+    writer = FakeWriter(fail=1)
+
+    async def main() -> None:
+        buffer = RequestLogBuffer(writer, flush_interval=HOUR, max_rows=100)
+        buffer.touch("key_a", 10)
+        buffer.touch("key_a", 7)
+        buffer.touch("key_b", 3)
+        await buffer.flush()  # fails
+        assert writer.used == []
+        buffer.touch("key_a", 12)
+        await buffer.flush()
+        assert writer.used == [{"key_a": 12, "key_b": 3}] and writer.batches == [[]]
+        await buffer.flush()  # nothing new: no write
+        assert writer.calls == 2
 
     run(main)
 

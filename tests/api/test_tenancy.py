@@ -214,6 +214,19 @@ def test_keys_are_listed_without_secrets(tenancy: Stack, admin: httpx.Client) ->
     assert body["data"][0]["redacted_value"].startswith("sk-proj-")
 
 
+def test_any_use_of_a_key_stamps_its_last_used_at(tenancy: Stack, admin: httpx.Client) -> None:
+    """A key used only for files (no inference, so no log row) was used all the same."""
+    project = new_project(admin, "acme")
+    key = new_key(admin, project["id"])
+    path = f"/v1/organization/projects/{project['id']}/api_keys/{key['id']}"
+    assert admin.get(path).json()["last_used_at"] is None
+    before = int(time.time())
+    with sdk(tenancy, key["value"]) as client:
+        client.files.list()
+    used = wait_for(lambda: admin.get(path).json()["last_used_at"], timeout=5)
+    assert before <= used <= time.time()
+
+
 def test_revoked_key_gets_401_on_every_replica(tenancy: Stack, admin: httpx.Client) -> None:
     project = new_project(admin, "acme")
     key = new_key(admin, project["id"])

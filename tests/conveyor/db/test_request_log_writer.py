@@ -114,6 +114,17 @@ def test_last_used_at_never_moves_backwards(db: Database, keys: tuple[str, str, 
     assert len(stored(db)) == 6
 
 
+def test_uses_without_a_row_stamp_their_keys(db: Database, keys: tuple[str, str, str]) -> None:
+    """Files and batches calls log no row; their keys' uses still move last_used_at,
+    forward only, with or without rows in the same write."""
+    project_id, key, other = keys
+    write_request_logs(db, [], {key: T0 + 5})
+    assert last_used(db) == {key: T0 + 5, other: None}
+    write_request_logs(db, [log_row(T0 + 3, other, project_id)], {key: T0 + 2, other: T0 + 9})
+    assert last_used(db) == {key: T0 + 5, other: T0 + 9}
+    assert len(stored(db)) == 1
+
+
 def test_client_chosen_text_cannot_poison_a_batch(db: Database) -> None:
     """A model name too long for its column, or holding NUL, is what a 404'd request logs.
 
