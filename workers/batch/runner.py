@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
 from redis.asyncio import Redis
@@ -147,6 +148,11 @@ class BatchRunner:
             # Also when resuming: the input file was deleted (or replaced) since it was checked.
             await self._fail(batch, validated.errors)
             return
+        if batch.status == "validating" and (
+            missing := await self._unknown_model(batch, validated)
+        ):
+            await self._fail(batch, [missing])
+            return
         if batch.status == "validating":
             started = await self._sql(
                 lambda s: batch_store.transition(
@@ -168,6 +174,34 @@ class BatchRunner:
             outcome = await self._run_lines(batch, validated.lines, lost)
         if outcome in ("completed", "cancelled", "expired"):
             await self._finalize(batch, outcome, validated.lines)
+
+    def _context(self, batch: BatchSnapshot) -> LineContext:
+        key = self.settings.resolved_service_key
+        return LineContext(
+            batch_id=batch.id,
+            project_id=batch.project_id,
+            api_key_id=batch.api_key_id,
+            service_key=key.get_secret_value() if key else None,
+            attempts=self.settings.batch_line_attempts,
+        )
+
+    async def _unknown_model(self, batch: BatchSnapshot, validated: Validated) -> LineError | None:
+        """The batch's model, if the API says no such model is served (404), as OpenAI
+        fails such a batch at validation rather than answering every line with a 404.
+        An API that cannot say (down, no live worker yet) leaves it to the lines."""
+        model = validated.model
+        if model is None or not validated.lines:
+            return None
+        try:
+            response = await self.client.get(
+                f"/v1/models/{quote(model, safe='/')}", headers=self._context(batch).headers()
+            )
+        except httpx.TransportError:
+            return None
+        if response.status_code != 404:
+            return None
+        message = f"The model `{model}` does not exist or you do not have access to it."
+        return LineError("model_not_found", message, validated.lines[0].line, "body.model")
 
     def _validate(self, batch: BatchSnapshot) -> Validated:
         def no_file() -> Validated:
@@ -211,14 +245,7 @@ class BatchRunner:
     ) -> Outcome:
         done = await self._sql(lambda s: batch_store.recorded_custom_ids(s, batch.id))
         pending: Iterator[BatchLine] = iter([line for line in lines if line.custom_id not in done])
-        key = self.settings.resolved_service_key
-        context = LineContext(
-            batch_id=batch.id,
-            project_id=batch.project_id,
-            api_key_id=batch.api_key_id,
-            service_key=key.get_secret_value() if key else None,
-            attempts=self.settings.batch_line_attempts,
-        )
+        context = self._context(batch)
 
         async def feed() -> None:
             for line in pending:

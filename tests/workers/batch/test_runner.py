@@ -731,6 +731,19 @@ def test_a_batch_waiting_for_a_worker_is_queued_once_and_its_runner_clears_the_m
     assert env.get(batch_id).status == "completed"
 
 
+def test_a_model_the_api_does_not_serve_fails_validation(env: Env) -> None:
+    """As OpenAI fails it, rather than running every line into a 404."""
+    batch_id = env.batch([line(1, model="no-such-model"), line(2, model="no-such-model")])
+    env.run(batch_id)
+    batch = env.get(batch_id)
+    assert batch.status == "failed" and batch.output_file_id is None
+    assert batch.errors is not None
+    (error,) = batch.errors["data"]
+    assert (error["code"], error["line"], error["param"]) == ("model_not_found", 1, "body.model")
+    assert "no-such-model" in error["message"]
+    assert env.worker.received == []
+
+
 def test_values_the_database_cannot_hold_fail_validation(env: Env) -> None:
     """A custom_id or model longer than its column, or with a NUL, made PostgreSQL refuse the
     worker's INSERT on every run: the batch stayed active and was re-queued forever."""
