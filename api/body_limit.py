@@ -29,14 +29,11 @@ UPLOAD_ENVELOPE_BYTES = 64 << 10
 
 
 class BodyTooLarge(ApiError):
-    """Raised from a streamed body's `receive()`; the error handlers answer the 413."""
+    """Raised from a streamed upload's `receive()`; the error handlers answer the 413, in
+    the words the upload route uses for a file over the limit, however it was found."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(
-            413,
-            message,
-            code="request_too_large",
-        )
+        super().__init__(413, message, param="file", code="file_too_large")
 
 
 class BodyLimitMiddleware:
@@ -90,7 +87,7 @@ class BodyLimitMiddleware:
         message = f"the upload is larger than the limit of {self.max_upload_bytes} bytes"
         declared = _content_length(scope)
         if declared is not None and declared > limit:
-            await _send_too_large(send, message)
+            await _send_error(send, BodyTooLarge(message))
             return
         size = 0
         started = False
@@ -122,7 +119,7 @@ class BodyLimitMiddleware:
             # Normally answered by the error handlers; this is for an app that let it escape.
             if started:
                 raise
-            await _send_too_large(send, message)
+            await _send_error(send, BodyTooLarge(message))
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -136,12 +133,15 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _send_too_large(send: Send, message: str) -> None:
-    error = ApiError(413, message, code="request_too_large")
+    await _send_error(send, ApiError(413, message, code="request_too_large"))
+
+
+async def _send_error(send: Send, error: ApiError) -> None:
     body = json.dumps(error.body()).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": error.status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

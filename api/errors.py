@@ -120,6 +120,8 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
         return bad_request("the request body must be a JSON object")
     param = param_from_loc(loc)
     message = str(first.get("msg", "invalid value"))
+    if first.get("type") == "value_error":  # our validators' own words, without pydantic's tag
+        message = message.removeprefix("Value error, ")
     if param:
         message = f"{param}: {message}"
     if len(errors) > 1:

@@ -8,6 +8,8 @@ import httpx
 import pytest
 import redis
 
+from api.errors import validation_error
+
 from .conftest import MAX_MODEL_LEN, MODEL, Stack
 from .fakes import FakeWorker
 
@@ -84,6 +86,26 @@ def test_malformed_bodies_are_400(client: httpx.Client) -> None:
             "/v1/chat/completions", content=content, headers={"content-type": "application/json"}
         )
         error_of(response, 400)
+
+
+def test_our_validators_speak_without_pydantics_tag() -> None:
+    """A validator's ValueError reads as written, not as "Value error, ..."."""
+    from pydantic import ValidationError
+
+    from api.schemas.batches import BatchCreate
+
+    with pytest.raises(ValidationError) as caught:
+        BatchCreate.model_validate(
+            {
+                "input_file_id": "file-x",
+                "endpoint": "/v1/completions",
+                "completion_window": "24h",
+                "metadata": {f"k{i}": "v" for i in range(17)},
+            }
+        )
+    error = validation_error(caught.value.errors())
+    assert error.message == "metadata: at most 16 key-value pairs"
+    assert error.param == "metadata"
 
 
 @pytest.mark.parametrize(
