@@ -32,10 +32,13 @@ class _Server(uvicorn.Server):
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """How the API is served: vLLM's --root-path, --ssl-* and --uvicorn-log-level."""
+    """How the API is served: vLLM's --uds (instead of --host and --port), --root-path,
+    --ssl-* and --uvicorn-log-level."""
+    address: dict[str, Any] = (
+        {"uds": settings.uds} if settings.uds else {"host": settings.host, "port": settings.port}
+    )
     options: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
+        **address,
         "log_config": None,  # keep the CLI's logging setup
         "log_level": settings.uvicorn_log_level,
         "access_log": not settings.disable_uvicorn_access_log,

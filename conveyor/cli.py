@@ -253,6 +253,7 @@ def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
 _SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--host", {}),
     ("--port", {"type": int}),
+    ("--uds", {"help": "serve the API on this Unix domain socket (--host/--port unused)"}),
     (
         ("--api-server-count", "-asc"),
         {"type": int, "help": "API processes `conveyor serve` starts on its one port"},

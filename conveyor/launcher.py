@@ -21,6 +21,7 @@ import os
 import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -108,11 +109,21 @@ def _numbered(role: str, count: int) -> list[str]:
     return [role] if count == 1 else [f"{role}-{i}" for i in range(count)]
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+def listening_socket(settings: Settings) -> socket.socket:
     """One socket for all API processes (--api-server-count): the kernel hands each
-    connection to whichever of them accepts first."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = socket.create_server((host, port), family=family, backlog=2048)
+    connection to whichever of them accepts first. A --uds path replaces a stale socket
+    file left by an earlier run, as uvicorn does."""
+    if settings.uds:
+        path = settings.uds
+        if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        server.listen(2048)
+    else:
+        host = settings.host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server = socket.create_server((host, settings.port), family=family, backlog=2048)
     server.set_inheritable(True)
     return server
 
@@ -165,19 +176,17 @@ class Supervisor:
             api_env = env
             if len(self.api_names) > 1:
                 try:
-                    self.api_socket = listening_socket(self.settings.host, self.settings.port)
+                    self.api_socket = listening_socket(self.settings)
                 except OSError as exc:
-                    logger.error("cannot listen on port %d: %s", self.settings.port, exc)
+                    logger.error("cannot listen (%s): %s", self.settings.api_address, exc)
                     return CONFIGURATION_ERROR
                 api_env = {**env, "CONVEYOR_API_SOCKET_FD": str(self.api_socket.fileno())}
             for name in self.api_names:
                 self._spawn(name, ["api"], api_env)
             self._spawn("batch-worker", ["batch-worker"], env)
             logger.info(
-                "conveyor serve: API on %s://%s:%d, redis %s, database %s",
-                self.settings.api_scheme,
-                self.settings.host,
-                self.settings.port,
+                "conveyor serve: API %s, redis %s, database %s",
+                self.settings.api_address,
                 redis_url,
                 make_url(database_url).render_as_string(hide_password=True),
             )

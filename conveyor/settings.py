@@ -193,6 +193,10 @@ class Settings(BaseSettings):
     # --- serving -------------------------------------------------------------------
     host: str = "0.0.0.0"
     port: int = 8000
+    uds: str | None = Field(
+        default=None,
+        description="serve the API on this Unix domain socket instead of --host and --port",
+    )
     api_server_count: int = Field(
         default=1, ge=1, description="API processes `conveyor serve` starts on its one port"
     )
@@ -442,6 +446,11 @@ class Settings(BaseSettings):
             max_loaded=self.max_cpu_loras,
         )
 
+    @field_validator("uds")
+    @classmethod
+    def _uds_expanded(cls, value: str | None) -> str | None:
+        return None if not value else os.path.expanduser(value)
+
     @field_validator("data_dir", "download_dir")
     @classmethod
     def _expand(cls, value: Path | None) -> Path | None:
@@ -516,8 +525,24 @@ class Settings(BaseSettings):
 
     @property
     def resolved_batch_api_url(self) -> str:
+        if self.batch_api_url:
+            return self.batch_api_url.rstrip("/")
+        if self.uds:  # the socket is the address: any host name will do
+            return f"{self.api_scheme}://localhost"
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return (self.batch_api_url or f"{self.api_scheme}://{host}:{self.port}").rstrip("/")
+        return f"{self.api_scheme}://{host}:{self.port}"
+
+    @property
+    def batch_api_uds(self) -> str | None:
+        """The Unix socket batch workers reach this host's API through (--uds), if any."""
+        return self.uds if self.batch_api_url is None else None
+
+    @property
+    def api_address(self) -> str:
+        """Where the API listens, for log lines."""
+        if self.uds:
+            return f"on unix:{self.uds} ({self.api_scheme})"
+        return f"on {self.api_scheme}://{self.host}:{self.port}"
 
     def check_tls_files(self) -> None:
         """FileNotFoundError naming the flag of a certificate or key file that is not there:

@@ -6,8 +6,9 @@ container and asks each what it is. `api` and `serve` must answer 200 on
 /health (Redis answers and every served model has a live worker); `worker` and
 `batch-worker` listen on no port and are healthy while they run (a worker's
 liveness is its heartbeat in Redis, which the API's /health reports). Host and
-port are worked out as the process itself worked them out: its argv parsed by
-conveyor's own CLI parser, over its own CONVEYOR_* environment.
+port (or the --uds socket) are worked out as the process itself worked them
+out: its argv parsed by conveyor's own CLI parser, over its own CONVEYOR_*
+environment.
 
 Exit status 0 healthy, 1 unhealthy (what Docker expects); one line says why.
 """
@@ -16,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import io
 import os
+import socket
 import ssl
 import sys
 import urllib.error
@@ -34,6 +37,8 @@ class Found:
     pid: int
     role: str
     health_url: str | None
+    # The Unix socket the API listens on (--uds), which health_url's host stands for.
+    uds: str | None = None
 
 
 def conveyor_args(cmdline: list[str]) -> list[str] | None:
@@ -83,6 +88,8 @@ def describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    if settings.uds:
+        return Found(pid, parsed.command, f"{settings.api_scheme}://localhost/health", settings.uds)
     host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
     if ":" in host:
         host = f"[{host}]"
@@ -98,14 +105,53 @@ def find(proc: Path) -> list[Found]:
     return found
 
 
-def probe(url: str, timeout: float) -> str | None:
-    """None when the endpoint answers 200, else why not."""
-    # No proxy: an HTTP(S)_PROXY in the container's environment must not see 127.0.0.1.
-    # Over --ssl-certfile's HTTPS, no certificate check: it names the public host, and
-    # this is loopback.
+def _unchecked_tls() -> ssl.SSLContext:
+    """Over --ssl-certfile's HTTPS, no certificate check: it names the public host, and
+    this is loopback."""
     unchecked = ssl.create_default_context()
     unchecked.check_hostname = False
     unchecked.verify_mode = ssl.CERT_NONE
+    return unchecked
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """HTTP(S) to an API listening on a Unix socket (--uds)."""
+
+    def __init__(self, path: str, timeout: float, tls: bool) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path_ = path
+        self.tls = tls
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.path_)
+        self.sock = (
+            _unchecked_tls().wrap_socket(sock, server_hostname="localhost") if self.tls else sock
+        )
+
+
+def probe_unix(url: str, path: str, timeout: float) -> str | None:
+    """None when /health on the socket at `path` answers 200, else why not."""
+    where = f"unix:{path}"
+    connection = _UnixConnection(path, timeout, tls=url.startswith("https:"))
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        if response.status == 200:
+            return None
+        detail = response.read(300).decode("utf-8", "replace")
+        return f"{where} answered {response.status}: {detail}"
+    except OSError as exc:
+        return f"{where}: {exc}"
+    finally:
+        connection.close()
+
+
+def probe(url: str, timeout: float) -> str | None:
+    """None when the endpoint answers 200, else why not."""
+    # No proxy: an HTTP(S)_PROXY in the container's environment must not see 127.0.0.1.
+    unchecked = _unchecked_tls()
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=unchecked)
     )
@@ -129,8 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         print("unhealthy: no conveyor process is running")
         return 1
     roles = ", ".join(sorted({item.role for item in found}))
-    for url in sorted({item.health_url for item in found if item.health_url}):
-        problem = probe(url, options.timeout)
+    targets = {(item.health_url, item.uds) for item in found if item.health_url}
+    for url, uds in sorted(targets, key=str):
+        problem = (
+            probe(url, options.timeout) if uds is None else probe_unix(url, uds, options.timeout)
+        )
         if problem is not None:
             print(f"unhealthy: {problem}")
             return 1

@@ -43,6 +43,8 @@ class Stack:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("timeout", 10)
+        if self.server.settings.uds:
+            kwargs.setdefault("transport", httpx.HTTPTransport(uds=self.server.settings.uds))
         return httpx.Client(base_url=self.url, **kwargs)
 
 

@@ -474,15 +474,15 @@ class LiveServer:
         self.settings = settings
         self.port = free_port()
         self.app = create_app(settings)
-        config = uvicorn_config(
-            self.app, settings, host="127.0.0.1", port=self.port, log_level="warning"
-        )
+        # On its --uds socket if it has one, else on loopback at a free port.
+        address = {} if settings.uds else {"host": "127.0.0.1", "port": self.port}
+        config = uvicorn_config(self.app, settings, log_level="warning", **address)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn", daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return "http://localhost" if self.settings.uds else f"http://127.0.0.1:{self.port}"
 
     def start(self) -> LiveServer:
         self.thread.start()

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import httpx
+import pytest
 
-from .conftest import Stack
+from .conftest import MODEL, Stack
 
 PREFLIGHT = {
     "Origin": "https://chat.example",
@@ -68,3 +69,19 @@ def test_root_path_serves_behind_a_prefixing_proxy(make_stack: Callable[..., Sta
     with stack.client() as client:
         assert client.get("/v1/models").status_code == 200
         assert "/llm/openapi.json" in client.get("/docs").text
+
+
+def test_uds_serves_the_api_on_a_unix_socket(
+    make_stack: Callable[..., Stack], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """vLLM's --uds: the API on a Unix domain socket instead of a TCP port, for a proxy or
+    sidecar on the same host."""
+    path = tmp_path_factory.mktemp("uds") / "api.sock"
+    stack = make_stack(uds=str(path))
+    assert path.is_socket()
+    with stack.client() as client:
+        assert client.get("/v1/models").json()["data"][0]["id"] == MODEL
+        answer = client.post(
+            "/v1/completions", json={"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+        )
+        assert answer.status_code == 200, answer.text

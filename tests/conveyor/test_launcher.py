@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from conveyor.launcher import (
     Supervisor,
     check_local_files,
     cpu_threads_each,
+    listening_socket,
     run_serve,
     settings_env,
     visible_gpus,
@@ -91,3 +93,28 @@ def test_a_child_that_cannot_run_as_configured_stops_the_tree() -> None:
     supervisor.children["worker"] = subprocess.Popen(command)
     assert supervisor._watch() == 2
     assert supervisor.restarts == {}
+
+
+def test_a_unix_socket_for_api_processes_that_share_it(tmp_path: Path) -> None:
+    """--uds with --api-server-count: the supervisor binds the socket (replacing one an
+    earlier run left behind) and the batch worker reaches the API through it."""
+    path = tmp_path / "api.sock"
+    settings = Settings(uds=str(path), api_server_count=2)
+    for _ in range(2):  # the second time over the first one's leftover file
+        server = listening_socket(settings)
+        try:
+            assert server.family == socket.AF_UNIX and path.is_socket()
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(str(path))
+        finally:
+            server.close()
+    assert (settings.resolved_batch_api_url, settings.batch_api_uds) == (
+        "http://localhost",
+        str(path),
+    )
+    elsewhere = Settings(uds=str(path), batch_api_url="https://api.example/")
+    assert (elsewhere.resolved_batch_api_url, elsewhere.batch_api_uds) == (
+        "https://api.example",
+        None,
+    )
+    assert Settings(uds="~/api.sock").uds == str(Path("~/api.sock").expanduser())

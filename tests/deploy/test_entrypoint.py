@@ -18,7 +18,9 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from socketserver import ThreadingMixIn, UnixStreamServer
 from types import ModuleType
+from typing import Protocol
 
 import pytest
 
@@ -156,27 +158,36 @@ def healthcheck() -> Iterator[ModuleType]:
         del sys.modules[spec.name]
 
 
+class HealthAnswers(Protocol):
+    status: int
+    requests: list[str]
+
+
+def health_handler(server: HealthAnswers) -> type[BaseHTTPRequestHandler]:
+    """Answers GET with `server.status`, noting each path in `server.requests`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            server.requests.append(self.path)
+            body = b'{"status": "ok"}' if server.status == 200 else b'{"error": "no worker"}'
+            self.send_response(server.status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    return Handler
+
+
 class HealthServer:
     """A /health endpoint whose answer the test sets (over HTTPS with `tls`: cert, key)."""
 
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self.status = 200
         self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                server.requests.append(self.path)
-                body = b'{"status": "ok"}' if server.status == 200 else b'{"error": "no worker"}'
-                self.send_response(server.status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), health_handler(self))
         if tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(*tls)
@@ -276,6 +287,37 @@ def test_an_https_api_is_probed_over_tls(
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+class UnixHealthServer(ThreadingMixIn, UnixStreamServer):
+    """/health on a Unix socket (--uds), answering `status`."""
+
+    daemon_threads = True
+
+    def __init__(self, path: Path, status: int = 200) -> None:
+        self.status = status
+        self.requests: list[str] = []
+        super().__init__(str(path), health_handler(self))
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+def test_an_api_on_a_unix_socket_is_probed_there(
+    healthcheck: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "api.sock"
+    server = UnixHealthServer(path)
+    try:
+        proc = fake_proc(tmp_path / "proc", {1: ([*SCRIPT, "serve", "--uds", str(path)], {})})
+        assert check(healthcheck, proc, capsys) == (0, "healthy: serve")
+        assert server.requests == ["/health"]
+        server.status = 503
+        code, message = check(healthcheck, proc, capsys)
+        assert code == 1 and f"unix:{path} answered 503" in message
+    finally:
+        server.shutdown()
+        server.server_close()
+    code, message = check(healthcheck, proc, capsys)  # nothing listens there now
+    assert code == 1 and message.startswith(f"unhealthy: unix:{path}")
 
 
 def test_api_is_unhealthy_when_health_fails(

@@ -39,17 +39,21 @@ def wait_healthy(
     process: subprocess.Popen[bytes],
     timeout: float,
     verify: bool | ssl.SSLContext = True,
+    uds: Path | None = None,
 ) -> None:
+    """`uds`: the server listens on this Unix socket (--uds), not on base_url's port."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} during startup")
-        try:
-            if httpx.get(f"{base_url}/health", timeout=2.0, verify=verify).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
+    transport = httpx.HTTPTransport(uds=str(uds), verify=verify) if uds else None
+    with httpx.Client(verify=verify, transport=transport, timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode} during startup")
+            try:
+                if client.get(f"{base_url}/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
     raise TimeoutError(f"{base_url} not healthy after {timeout:.0f} s")
 
 
@@ -90,10 +94,12 @@ def serving(
     *flags: str,
     scheme: str = "http",
     verify: bool | ssl.SSLContext = True,
+    uds: Path | None = None,
     **extra_env: str,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A whole `conveyor serve` tree (with these extra command-line `flags`) on its own
-    embedded Redis; (base_url, process). `verify`: how to trust its HTTPS certificate.
+    embedded Redis; (base_url, process). `verify`: how to trust its HTTPS certificate;
+    `uds`: serve on this Unix socket (--uds), which base_url's host then stands for.
 
     It must stop cleanly (exit 0) when the test is done.
     """
@@ -101,10 +107,12 @@ def serving(
     env = server_env(bundled_model_dir, "", **extra_env)
     del env["CONVEYOR_REDIS_URL"]
     command = [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port)]
+    if uds is not None:
+        flags = (*flags, "--uds", str(uds))
     process = subprocess.Popen([*command, "--host", "127.0.0.1", *flags], env=env)
-    base_url = f"{scheme}://127.0.0.1:{port}"
+    base_url = f"{scheme}://localhost" if uds else f"{scheme}://127.0.0.1:{port}"
     try:
-        wait_healthy(base_url, process, STARTUP_TIMEOUT, verify)
+        wait_healthy(base_url, process, STARTUP_TIMEOUT, verify, uds)
         yield base_url, process
     finally:
         assert stop(process) == 0

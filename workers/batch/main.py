@@ -39,7 +39,9 @@ def run_batch_worker(settings: Settings, log_level: str = "INFO") -> int:
     logger.info(
         "batch worker: %d batch(es) at a time, lines sent to %s",
         settings.batch_worker_concurrency,
-        settings.resolved_batch_api_url,
+        f"unix:{settings.batch_api_uds}"
+        if settings.batch_api_uds
+        else settings.resolved_batch_api_url,
     )
     app.worker_main(
         [

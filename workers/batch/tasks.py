@@ -36,12 +36,13 @@ async def run_batch_once(
     redis = aioredis.from_url(settings.redis_url or "", decode_responses=True)
     timeout = httpx.Timeout(settings.request_timeout + 30, connect=10)
     limits = httpx.Limits(max_connections=settings.batch_max_inflight + 4)
+    # Over this host's --uds socket, or TCP; verify and limits belong to the transport.
+    transport = httpx.AsyncHTTPTransport(
+        uds=settings.batch_api_uds, verify=settings.batch_api_verify, limits=limits
+    )
     try:
         async with httpx.AsyncClient(
-            base_url=settings.resolved_batch_api_url,
-            timeout=timeout,
-            limits=limits,
-            verify=settings.batch_api_verify,
+            base_url=settings.resolved_batch_api_url, timeout=timeout, transport=transport
         ) as client:
             runner = BatchRunner(
                 settings,
