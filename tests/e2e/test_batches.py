@@ -10,17 +10,17 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import openai
 import pytest
 
+from .batch_calls import DONE, jsonl, submit, wait_until
 from .conftest import serving
 
 MODEL = "smollm2"
 MAX_INFLIGHT = 4
 MAX_LINES = 300
-DONE = ("completed", "failed", "cancelled", "expired")
 
 
 class BatchServer:
@@ -61,34 +61,6 @@ def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
             **body,
         },
     }
-
-
-def submit(
-    client: openai.OpenAI,
-    lines: list[dict[str, Any]] | bytes,
-    endpoint: Literal["/v1/chat/completions", "/v1/responses"] = "/v1/chat/completions",
-) -> Any:
-    raw = lines if isinstance(lines, bytes) else "\n".join(map(json.dumps, lines)).encode()
-    uploaded = client.files.create(file=("input.jsonl", raw), purpose="batch")
-    return client.batches.create(
-        input_file_id=uploaded.id, endpoint=endpoint, completion_window="24h"
-    )
-
-
-def wait_until(client: openai.OpenAI, batch_id: str, done: Callable[[Any], bool]) -> Any:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        batch = client.batches.retrieve(batch_id)
-        if done(batch):
-            return batch
-        time.sleep(0.2)
-    raise AssertionError(f"batch {batch_id} stuck: {client.batches.retrieve(batch_id)}")
-
-
-def jsonl(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
-    if file_id is None:
-        return []
-    return [json.loads(line) for line in client.files.content(file_id).text.splitlines()]
 
 
 def test_upload_create_poll_download(batch_server: BatchServer) -> None:

@@ -4,7 +4,6 @@ embedding tokens show up in the embeddings usage report."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from engine.llm import LLM
 
+from .batch_calls import jsonl, submit, wait_until
 from .conftest import serving
 
 MODEL = "smollm2"
@@ -93,26 +93,10 @@ def test_direct_and_batched_embeddings_are_the_engines_and_are_billed(
         }
         for i, text in enumerate(TEXTS)
     ]
-    upload = client.files.create(
-        file=("docs.jsonl", "\n".join(json.dumps(line) for line in lines).encode()),
-        purpose="batch",
-    )
-    batch = client.batches.create(
-        input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
-    )
-    deadline = time.monotonic() + 120
-    while batch.status not in ("completed", "failed", "cancelled", "expired"):
-        assert time.monotonic() < deadline, f"batch still {batch.status}"
-        time.sleep(0.5)
-        batch = client.batches.retrieve(batch.id)
+    batch = wait_until(client, submit(client, lines, "/v1/embeddings").id)
     assert batch.status == "completed", batch
     assert batch.request_counts is not None and batch.request_counts.completed == len(TEXTS)
-    assert batch.output_file_id is not None
-    output = [
-        json.loads(line)
-        for line in client.files.content(batch.output_file_id).text.split("\n")
-        if line
-    ]
+    output = jsonl(client, batch.output_file_id)
     by_id = {row["custom_id"]: row["response"] for row in output}
     batch_tokens = 0
     for i, want in enumerate(expected):

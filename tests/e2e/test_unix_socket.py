@@ -4,8 +4,6 @@ sends its lines through it too."""
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from .batch_calls import jsonl, submit, wait_until
 from .conftest import serving
 
 MODEL = "smollm2"
@@ -74,18 +73,8 @@ def test_a_batch_runs_through_the_socket(sdk: openai.OpenAI) -> None:
         }
         for i in range(2)
     ]
-    raw = "\n".join(map(json.dumps, lines)).encode()
-    uploaded = sdk.files.create(file=("input.jsonl", raw), purpose="batch")
-    batch = sdk.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h"
-    )
-    deadline = time.monotonic() + 120
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.5)
-        batch = sdk.batches.retrieve(batch.id)
+    batch = wait_until(sdk, submit(sdk, lines, "/v1/completions").id)
     assert batch.status == "completed", batch.errors
-    assert batch.output_file_id is not None
-    output = [json.loads(x) for x in sdk.files.content(batch.output_file_id).text.splitlines()]
+    output = jsonl(sdk, batch.output_file_id)
     assert sorted(row["custom_id"] for row in output) == ["line-0", "line-1"]
     assert all(row["response"]["status_code"] == 200 for row in output)

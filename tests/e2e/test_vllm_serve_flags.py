@@ -18,6 +18,7 @@ import openai
 import pytest
 
 from ..self_signed import self_signed_certificate
+from .batch_calls import jsonl, submit, wait_until
 from .conftest import serving
 
 MODEL = "smollm2"
@@ -140,21 +141,9 @@ def test_a_batch_runs_through_the_https_api(sdk: openai.OpenAI) -> None:
         }
         for i in range(3)
     ]
-    raw = "\n".join(map(json.dumps, lines)).encode()
-    uploaded = sdk.files.create(file=("input.jsonl", raw), purpose="batch")
-    batch = sdk.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
-    )
-    deadline = time.monotonic() + 180
-    while batch.status not in ("completed", "failed", "cancelled", "expired"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.3)
-        batch = sdk.batches.retrieve(batch.id)
+    batch = wait_until(sdk, submit(sdk, lines).id)
     assert batch.status == "completed", batch
-    assert batch.output_file_id is not None
-    results = [
-        json.loads(line) for line in sdk.files.content(batch.output_file_id).text.splitlines()
-    ]
+    results = jsonl(sdk, batch.output_file_id)
     assert sorted(r["custom_id"] for r in results) == ["line-0", "line-1", "line-2"]
     for result in results:
         assert result["response"]["status_code"] == 200
