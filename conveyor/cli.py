@@ -172,6 +172,15 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
     ("--disable-custom-all-reduce", {"help": "one device per worker: nothing to reduce"}),
     ("--async-scheduling", {"help": "the engine loop never waits on the API or Redis"}),
     ("--enable-server-load-tracking", {"help": "GET /load always answers"}),
+    ("--enable-expert-parallel", {"help": "a MoE model's experts are all on its one device"}),
+    (
+        "--disable-frontend-multiprocessing",
+        {"help": "the API is its own process, talking to workers over Redis"},
+    ),
+    (
+        "--preemption-mode",
+        {"choices": ["recompute"], "help": "a preempted request is recomputed"},
+    ),
     (
         "--compilation-config",
         {"metavar": "JSON", "help": "decode steps replay CUDA graphs unless --enforce-eager"},
