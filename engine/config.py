@@ -668,7 +668,7 @@ class EngineConfig:
         if self.runner == "auto":
             return "generate" if model.has_lm_head else "pooling"
         if self.runner == "generate" and not model.has_lm_head:
-            raise ValueError(
+            raise ConfigurationError(
                 f"{model.architecture} has no LM head, so it cannot generate text: "
                 "serve it with --runner pooling (embeddings)"
             )

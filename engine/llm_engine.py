@@ -14,6 +14,7 @@ import torch
 
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
+from engine.configuration_error import ConfigurationError
 from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
 from engine.fp8_linears import fp8_scratch_bytes
@@ -158,7 +159,9 @@ class LLMEngine:
         self.num_kv_blocks = self._num_kv_blocks(fp8_scratch_bytes(model, self.dtype, max_rows))
         capacity = self.num_kv_blocks * config.block_size
         if capacity < self.max_model_len:
-            raise ValueError(
+            # On a GPU the memory may be another process's for now: worth another try.
+            retry = self.device.type == "cuda" and config.num_kv_blocks is None
+            raise (ValueError if retry else ConfigurationError)(
                 f"the KV cache holds {capacity} tokens, fewer than max_model_len "
                 f"{self.max_model_len}: raise the KV cache memory or lower max_model_len"
             )
@@ -260,15 +263,17 @@ class LLMEngine:
         config = self.config
         if self.runner_kind != "pooling":
             if config.pooler_config is not None:
-                raise ValueError("pooler_config applies to the pooling runner (--runner pooling)")
+                raise ConfigurationError(
+                    "pooler_config applies to the pooling runner (--runner pooling)"
+                )
             return None
         if config.speculative_config is not None:
-            raise ValueError("speculative decoding has nothing to draft for embeddings")
+            raise ConfigurationError("speculative decoding has nothing to draft for embeddings")
         pooler = PoolerConfig.resolve(self.resolved.path, config.pooler_config)
         try:
             check_dimensions(pooler.dimensions, self.model_config)
         except ValueError as exc:
-            raise ValueError(f"pooler_config: {exc}") from None
+            raise ConfigurationError(f"pooler_config: {exc}") from None
         return pooler
 
     def _lora_manager(self, model: torch.nn.Module) -> LoRAManager | None:
@@ -334,7 +339,9 @@ class LLMEngine:
         limit = mc.rope.context_length(mc.max_position_embeddings)
         wanted = self.config.max_model_len or limit
         if wanted > limit:
-            raise ValueError(f"max_model_len {wanted} exceeds the model's context ({limit})")
+            raise ConfigurationError(
+                f"max_model_len {wanted} exceeds the model's context ({limit})"
+            )
         return wanted
 
     def _num_kv_blocks(self, fp8_scratch: int = 0) -> int:

@@ -407,3 +407,10 @@ def test_an_engine_that_cannot_start_as_configured_exits_2(redis_url: str) -> No
     """Exit status 2: `conveyor serve` stops instead of restarting the worker in vain."""
     settings = Settings(redis_url=redis_url, model="/nonexistent/model")
     assert run_worker(settings, stop=threading.Event()) == 2
+    # Settings only the model can refuse: a context longer than it has, or a KV cache on
+    # CPU too small for one sequence of it (the bundled model: 8192 tokens).
+    for refused in (
+        {"max_model_len": 100_000},
+        {"max_model_len": 4096, "num_gpu_blocks_override": 4, "device": "cpu"},
+    ):
+        assert run_worker(Settings(redis_url=redis_url, **refused), stop=threading.Event()) == 2
