@@ -90,6 +90,7 @@ async def create_response(
     principal: PrincipalDep,
 ) -> Response:
     body.check_supported()
+    body.model = body.model or await catalog.default_model()
     items = normalize_input(body.input)
     history = await _history(body, database, principal.project_id, settings.request_timeout)
     response_id = new_response_id()
@@ -203,6 +204,7 @@ async def count_input_tokens(
     """How many tokens the model would read for this request (after `truncation: "auto"`),
     counted with its chat template and tokenizer; nothing is generated or billed."""
     body.check_supported()
+    body.model = body.model or await catalog.default_model()
     items = normalize_input(body.input)
     history = await _history(body, database, principal.project_id, settings.request_timeout)
     chat = chat_request(body, history, items)

@@ -76,7 +76,8 @@ class TextConfig(BaseModel):
 class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    # Left out: the one base model served (the route fills it in), as in vLLM.
+    model: str | None = None
     input: str | list[dict[str, Any]] = ""
     instructions: str | None = None
     max_output_tokens: int | None = None

@@ -452,6 +452,16 @@ def test_input_tokens_counts_what_the_model_would_read(
     assert fitted.input_tokens < MAX_MODEL_LEN < whole.input_tokens
 
 
+def test_model_may_be_left_out_while_one_model_is_served(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    """As in vLLM, and as chat and completions allow: the one base model answers."""
+    created = sdk.responses.create(input="Count me.", max_output_tokens=2)  # type: ignore[call-overload]
+    assert created.model == MODEL and created.status == "incomplete"
+    counted = sdk.responses.input_tokens.count(input="Count me.")
+    assert counted.input_tokens == (created.usage.input_tokens if created.usage else None)
+
+
 def test_an_answers_logprobs_are_found_by_their_text_under_token_ids() -> None:
     """A delta's answer takes the last logprobs whose tokens spell it; tokens named
     `token_id:N` (return_tokens_as_token_ids) are measured by their bytes."""
