@@ -66,7 +66,7 @@ from api.tool_parsers import (
 )
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
-from engine.tokenizer import Tokenizer
+from engine.tokenizer import Tokenizer, flatten_content
 
 # Where an assistant message may carry its thinking: our answers' and vLLM's fields, and
 # the name gpt-oss's chat template reads.
@@ -352,10 +352,12 @@ class ChatGeneration:
         self.created = int(time.time())
         # vLLM's: the answer is the model's turn (--response-role) when the request added
         # the generation prompt; otherwise it continues the last message, in its role.
-        self.role = (
-            services.settings.response_role
-            if body.add_generation_prompt
-            else body.messages[-1].role
+        last = body.messages[-1]
+        self.role = services.settings.response_role if body.add_generation_prompt else last.role
+        # vLLM's `echo`: the last message's text leads the answer when it is in its role.
+        echoed = body.echo and last.role == self.role
+        self.echoed = (
+            (flatten_content(last.content, len(body.messages) - 1) or "") if echoed else ""
         )
 
     @property
@@ -427,6 +429,8 @@ class ChatGeneration:
                 text, choice.finish_reason, forced, self.auto_parser
             )
             message = self._with_call_ids(message).model_copy(update={"role": self.role})
+            if self.echoed:
+                message.content = self.echoed + (message.content or "")
             if reasoning is not None and body.include_reasoning:
                 update: dict[str, Any] = {"reasoning_content": reasoning, "reasoning": reasoning}
                 if not message.content:
@@ -526,6 +530,9 @@ class ChatGeneration:
                     [ChatChunkChoice(index=index, delta=DeltaMessage(role=self.role, content=""))],
                     running_usage(),
                 )
+                if self.echoed:
+                    echo = DeltaMessage(content=self.echoed)
+                    yield self._chunk([ChatChunkChoice(index=index, delta=echo)], running_usage())
             async for item in items:
                 if isinstance(item, Restart):
                     completion_tokens = 0  # nothing but role chunks went out

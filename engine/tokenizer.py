@@ -219,14 +219,15 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         if not isinstance(role, str):
             raise ValueError(f"messages[{index}].role must be a string")
         converted = dict(message)
-        converted["content"] = _flatten_content(message.get("content"), index)
+        converted["content"] = flatten_content(message.get("content"), index)
         if message.get("tool_calls"):
             converted["tool_calls"] = [_parse_tool_call(call) for call in message["tool_calls"]]
         out.append(converted)
     return out
 
 
-def _flatten_content(content: Any, index: int) -> str | None:
+def flatten_content(content: Any, index: int) -> str | None:
+    """A message's content as the one string a template reads (`index`: for errors)."""
     if content is None or isinstance(content, str):
         return content
     if not isinstance(content, Sequence):

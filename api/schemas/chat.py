@@ -66,6 +66,8 @@ class ChatCompletionRequest(SamplingRequest):
     add_special_tokens: bool = False
     chat_template: str | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's: the answer starts with the last message's text when it is in the answer's
+    # role (a continued final message), as if the model had written it all.
     echo: bool = False
     # With --reasoning-parser: false leaves the thinking out of the answer (vLLM's extra).
     include_reasoning: bool = True
@@ -77,8 +79,6 @@ class ChatCompletionRequest(SamplingRequest):
             raise not_supported("functions", "function calling")
         if self.chat_template is not None:
             raise not_supported("chat_template", "a per-request chat template")
-        if self.echo:
-            raise not_supported("echo", "echo on chat completions")
         if self.top_logprobs is not None and not self.logprobs:
             raise ApiError(400, "top_logprobs requires logprobs to be true", param="top_logprobs")
         if self.continue_final_message and self.add_generation_prompt:

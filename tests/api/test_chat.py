@@ -215,3 +215,31 @@ def test_response_role_names_the_answers_role(make_stack: Callable[..., Stack]) 
         assert answer["choices"][0]["message"]["role"] == "user"
         chunks, _ = stream_chunks(client, "/v1/chat/completions", {**unprompted, "stream": True})
         assert chunks[0]["choices"][0]["delta"]["role"] == "user"
+
+
+def test_echo_leads_with_the_continued_final_message(client: httpx.Client) -> None:
+    """vLLM's chat `echo`: a continued final message in the answer's role comes back at the
+    start of the answer, streamed as a chunk of its own; another role's is not echoed."""
+    prefix = "The numbers are: one,"
+    messages = [*MESSAGES, {"role": "assistant", "content": prefix}]
+    body = {
+        "model": MODEL,
+        "messages": messages,
+        "max_tokens": 3,
+        "temperature": 0,
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+    }
+    plain = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]
+    echoed = client.post("/v1/chat/completions", json={**body, "echo": True}).json()
+    assert echoed["choices"][0]["message"]["content"] == prefix + plain["content"]
+    chunks, _ = stream_chunks(
+        client, "/v1/chat/completions", {**body, "echo": True, "stream": True}
+    )
+    deltas = [c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]]
+    assert deltas[1] == prefix and "".join(deltas) == prefix + plain["content"]
+    # The answer's role (assistant) is not the last message's (user): nothing to echo.
+    asked = {"model": MODEL, "messages": MESSAGES, "max_tokens": 3, "temperature": 0}
+    unechoed = client.post("/v1/chat/completions", json={**asked, "echo": True}).json()
+    again = client.post("/v1/chat/completions", json=asked).json()
+    assert unechoed["choices"][0]["message"] == again["choices"][0]["message"]
