@@ -67,5 +67,7 @@ def parse_tool_calls(name: str, text: str) -> ParsedOutput:
     if not called:
         return ParsedOutput(text, [])
     calls = [{k: v for k, v in d.items() if k != "index"} for d in fields["tool_calls"]]
-    content = (fields.get("content", "") + fields.get(AFTER_CALLS, "")).strip()
-    return ParsedOutput(content or None, calls)
+    # As the stream sends it (and vLLM's parsers give it): the text as written, but
+    # whitespace alone around calls is no content.
+    content = fields.get("content", "") + fields.get(AFTER_CALLS, "")
+    return ParsedOutput(content if content.strip() else None, calls)
