@@ -17,7 +17,18 @@ from pydantic_settings import SettingsError
 
 from conveyor.config_file import CONFIG_FLAG, ConfigFileError, apply_config_file, config_path
 from conveyor.operator_cli import add_operator_commands
-from conveyor.settings import Settings, json_or_comma_list
+from conveyor.settings import Settings, human_readable_int, json_or_comma_list
+
+
+def _token_count(text: str) -> int:
+    """argparse's type for vLLM's human-readable token counts, saying what it takes."""
+    try:
+        return human_readable_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a token count (32768, 32k = 32,000 or 32K = 32,768)"
+        ) from None
+
 
 # Each flag's names (a long name, or a tuple of it and vLLM's short alias) and options.
 _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
@@ -37,12 +48,15 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--dtype", {}),
     ("--block-size", {"type": int}),
     ("--max-num-seqs", {"type": int}),
-    ("--max-num-batched-tokens", {"type": int}),
+    ("--max-num-batched-tokens", {"type": _token_count, "metavar": "N"}),
     (
         "--batch-prefill-tokens",
         {"type": int, "help": "prompt tokens batch lines may prefill per engine step"},
     ),
-    ("--max-model-len", {"type": int}),
+    (
+        "--max-model-len",
+        {"type": _token_count, "metavar": "N", "help": "tokens (32k, 32K, 32768)"},
+    ),
     ("--kv-cache-memory", {"type": int, "help": "KV cache bytes on CPU"}),
     (
         "--kv-cache-dtype",

@@ -39,6 +39,22 @@ def json_or_comma_list(text: str) -> list[str]:
     return value
 
 
+_DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def human_readable_int(text: str) -> int:
+    """vLLM's token counts: `32k` is 32,000 and `25.6k` 25,600; `32K` is 32,768 (binary
+    suffixes take whole numbers); a plain number is itself."""
+    value = text.strip()
+    suffix = value[-1:]
+    if suffix in _DECIMAL:
+        return int(float(value[:-1]) * _DECIMAL[suffix])
+    if suffix in _BINARY:
+        return int(value[:-1]) * _BINARY[suffix]
+    return int(value)
+
+
 class Settings(BaseSettings):
     """Process-wide settings; every field maps to `CONVEYOR_<NAME>`."""
 
@@ -445,6 +461,11 @@ class Settings(BaseSettings):
             runtime_updates=self.allow_runtime_lora_updating,
             max_loaded=self.max_cpu_loras,
         )
+
+    @field_validator("max_model_len", "max_num_batched_tokens", mode="before")
+    @classmethod
+    def _human_readable(cls, value: object) -> object:
+        return human_readable_int(value) if isinstance(value, str) else value
 
     @field_validator("uds")
     @classmethod

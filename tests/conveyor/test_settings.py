@@ -352,3 +352,19 @@ def test_a_model_swallowed_by_served_model_name_is_refused(tmp_path: Path) -> No
         settings_from_args(swallowed)
     fine = parser.parse_args(["worker", str(tmp_path), "--served-model-name", "qwen", "q"])
     assert settings_from_args(fine).served_model_aliases == ["q"]
+
+
+def test_token_counts_read_as_vllm_writes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's human-readable --max-model-len: 32k is 32,000, 32K is 32,768."""
+    parser = build_parser()
+    flags = ["serve", "--max-model-len", "32K", "--max-num-batched-tokens", "2.5k"]
+    settings = settings_from_args(parser.parse_args(flags))
+    assert (settings.max_model_len, settings.max_num_batched_tokens) == (32_768, 2_500)
+    assert (
+        settings_from_args(parser.parse_args(["serve", "--max-model-len", "4096"])).max_model_len
+        == 4096
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--max-model-len", "1.5K"])  # binary suffixes: whole numbers
+    monkeypatch.setenv("CONVEYOR_MAX_MODEL_LEN", "16k")
+    assert Settings().max_model_len == 16_000
