@@ -44,6 +44,15 @@ TIME_TO_FIRST_TOKEN = "vllm:time_to_first_token_seconds"
 INTER_TOKEN_LATENCY = "vllm:inter_token_latency_seconds"
 E2E_REQUEST_LATENCY = "vllm:e2e_request_latency_seconds"
 REQUEST_QUEUE_TIME = "vllm:request_queue_time_seconds"
+REQUEST_PREFILL_TIME = "vllm:request_prefill_time_seconds"
+REQUEST_DECODE_TIME = "vllm:request_decode_time_seconds"
+REQUEST_INFERENCE_TIME = "vllm:request_inference_time_seconds"
+REQUEST_PROMPT_TOKENS = "vllm:request_prompt_tokens"
+REQUEST_GENERATION_TOKENS = "vllm:request_generation_tokens"
+REQUEST_PARAMS_N = "vllm:request_params_n"
+REQUEST_PARAMS_MAX_TOKENS = "vllm:request_params_max_tokens"
+PREFIX_CACHE_QUERIES = "vllm:prefix_cache_queries_total"
+PREFIX_CACHE_HITS = "vllm:prefix_cache_hits_total"
 LORA_REQUESTS_INFO = "vllm:lora_requests_info"
 LORA_INFO_LABELS = ("max_lora", "waiting_lora_adapters", "running_lora_adapters")
 # vLLM's info gauge of the KV cache's configuration (value 1), for dashboards that read the
@@ -71,6 +80,8 @@ COUNTERS: dict[str, str] = {
     NUM_PREEMPTIONS: "Cumulative number of preemption from the engine.",
     SPEC_DRAFT_TOKENS: "Number of speculative draft tokens verified.",
     SPEC_ACCEPTED_TOKENS: "Number of speculative draft tokens accepted.",
+    PREFIX_CACHE_QUERIES: "Prefix cache queries, in terms of number of queried tokens.",
+    PREFIX_CACHE_HITS: "Prefix cache hits, in terms of number of cached tokens.",
 }
 SUCCESS_DOC = "Count of successfully processed requests."
 
@@ -108,7 +119,35 @@ HISTOGRAMS: dict[str, HistogramSpec] = {
     REQUEST_QUEUE_TIME: HistogramSpec(
         "Histogram of time spent in WAITING phase for request.", _REQUEST_LATENCY_BUCKETS
     ),
+    REQUEST_PREFILL_TIME: HistogramSpec(
+        "Histogram of time spent in PREFILL phase for request.", _REQUEST_LATENCY_BUCKETS
+    ),
+    REQUEST_DECODE_TIME: HistogramSpec(
+        "Histogram of time spent in DECODE phase for request.", _REQUEST_LATENCY_BUCKETS
+    ),
+    REQUEST_INFERENCE_TIME: HistogramSpec(
+        "Histogram of time spent in RUNNING phase for request.", _REQUEST_LATENCY_BUCKETS
+    ),
+    REQUEST_PARAMS_N: HistogramSpec("Histogram of the n request parameter.", (1, 2, 5, 10, 20)),
 }
+# Token-count histograms: vLLM's 1-2-5 buckets up to the worker's max_model_len.
+TOKEN_HISTOGRAMS: dict[str, str] = {
+    REQUEST_PROMPT_TOKENS: "Number of prefill tokens processed.",
+    REQUEST_GENERATION_TOKENS: "Number of generation tokens processed.",
+    REQUEST_PARAMS_MAX_TOKENS: "Histogram of the max_tokens request parameter.",
+}
+
+
+def one_two_five_buckets(largest: int) -> tuple[float, ...]:
+    """1, 2, 5, 10, 20, 50, ... up to `largest` (vLLM's build_1_2_5_buckets)."""
+    bounds: list[float] = []
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * scale > largest:
+                return tuple(bounds)
+            bounds.append(float(step * scale))
+        scale *= 10
 
 
 class _Histogram:
@@ -131,7 +170,11 @@ class WorkerMetrics:
     """One worker's metrics; every method is safe to call from any thread."""
 
     def __init__(
-        self, model_name: str, worker: str, cache_info: dict[str, str] | None = None
+        self,
+        model_name: str,
+        worker: str,
+        cache_info: dict[str, str] | None = None,
+        max_model_len: int = 8192,
     ) -> None:
         self.model_name = model_name
         self.worker = worker
@@ -142,6 +185,8 @@ class WorkerMetrics:
         self._counters = dict.fromkeys(COUNTERS, 0.0)
         self._success = dict.fromkeys(FINISH_REASONS, 0)
         self._histograms = {name: _Histogram(spec.buckets) for name, spec in HISTOGRAMS.items()}
+        token_buckets = one_two_five_buckets(max_model_len)
+        self._histograms.update({name: _Histogram(token_buckets) for name in TOKEN_HISTOGRAMS})
         # vLLM's lora_requests_info labels and when they were set (LoRA engines only).
         self._lora_info: dict[str, Any] | None = None
 
@@ -196,8 +241,15 @@ class WorkerMetrics:
         with self._lock:
             self._success[key] += 1
 
+    def add_prefix_cache(self, queried: int, hit: int) -> None:
+        """A prompt's tokens looked up in the prefix cache, and how many were there."""
+        with self._lock:
+            self._counters[PREFIX_CACHE_QUERIES] += queried
+            self._counters[PREFIX_CACHE_HITS] += hit
+
     def observe(self, name: str, seconds: float) -> None:
-        """Record one latency sample in the histogram `name` (one of HISTOGRAMS)."""
+        """Record one sample (seconds, or a count) in the histogram `name` (one of
+        HISTOGRAMS or TOKEN_HISTOGRAMS)."""
         with self._lock:
             self._histograms[name].observe(max(0.0, seconds))
 
@@ -274,8 +326,9 @@ class WorkerMetricsCollector(Collector):
             CACHE_INFO_LABELS,
             lambda _: 1.0,
         )
-        for name, spec in HISTOGRAMS.items():
-            family = HistogramMetricFamily(name, spec.doc, labels=LABELS)
+        docs = {**{name: spec.doc for name, spec in HISTOGRAMS.items()}, **TOKEN_HISTOGRAMS}
+        for name, doc in docs.items():
+            family = HistogramMetricFamily(name, doc, labels=LABELS)
             for snap in self.snapshots:
                 data = snap.get("histograms", {}).get(name)
                 if data:

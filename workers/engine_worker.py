@@ -80,7 +80,9 @@ class EngineWorker:
         # XREADGROUP and the subscription each hold their own connection from it.
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
         self.inflight = Inflight(self.capacity)
-        self.metrics = WorkerMetrics(self.model, instance, cache_config_info(engine))
+        self.metrics = WorkerMetrics(
+            self.model, instance, cache_config_info(engine), max_model_len=engine.max_model_len
+        )
         work: queue.Queue[Ticket] = queue.Queue()
         self.publisher = Publisher(
             self.client,

@@ -24,6 +24,7 @@ from conveyor.bus import LANES, WORKER_GROUP, BusNames
 from conveyor.metrics import WorkerMetrics
 from conveyor.protocol import ErrorInfo
 from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
 from workers.inflight import Inflight, Ticket
 from workers.replies import ReplyBuilder
 
@@ -210,6 +211,24 @@ class Publisher:
         pipe.xack(stream, WORKER_GROUP, ticket.stream_id)
         pipe.xdel(stream, ticket.stream_id)
 
+    def _observe_finished(self, builder: ReplyBuilder, out: RequestOutput, finished: float) -> None:
+        """vLLM's per-request histograms of a finished request: its phases and its sizes."""
+        metrics, times = self.metrics, out.times
+        if times.scheduled is not None:
+            metrics.observe(m.REQUEST_INFERENCE_TIME, finished - times.scheduled)
+            if times.first_token is not None:
+                metrics.observe(m.REQUEST_PREFILL_TIME, times.first_token - times.scheduled)
+        if times.first_token is not None:
+            metrics.observe(m.REQUEST_DECODE_TIME, finished - times.first_token)
+        metrics.observe(m.REQUEST_PROMPT_TOKENS, out.num_prompt_tokens)
+        generated = sum(c.num_output_tokens for c in builder.choices.values())
+        metrics.observe(m.REQUEST_GENERATION_TOKENS, generated)
+        params = builder.ticket.params
+        if isinstance(params, SamplingParams):  # not an embedding
+            metrics.observe(m.REQUEST_PARAMS_N, params.n)
+            if params.max_tokens is not None:
+                metrics.observe(m.REQUEST_PARAMS_MAX_TOKENS, params.max_tokens)
+
     def _observe(self, builder: ReplyBuilder, out: RequestOutput, now: float) -> None:
         """vLLM's per-request metrics, from the engine's time marks (epoch seconds)."""
         new_tokens = sum(len(o.token_ids) for o in out.outputs)
@@ -217,6 +236,7 @@ class Publisher:
         times = out.times
         if builder.last_token_time is None:
             metrics.add_tokens(prompt=out.num_prompt_tokens, generation=new_tokens)
+            metrics.add_prefix_cache(out.num_prompt_tokens, out.num_cached_tokens)
             if times.scheduled is not None:
                 metrics.observe(m.REQUEST_QUEUE_TIME, times.scheduled - times.arrival)
             if times.first_token is not None:
@@ -230,6 +250,7 @@ class Publisher:
         if out.finished:
             finished = times.finished if times.finished is not None else now
             metrics.observe(m.E2E_REQUEST_LATENCY, finished - times.arrival)
+            self._observe_finished(builder, out, finished)
             reasons = {c.finish_reason for c in builder.choices.values()}
             # n > 1: one label per request; a choice cut by length makes it 'length'.
             metrics.request_finished("length" if "length" in reasons else "stop")

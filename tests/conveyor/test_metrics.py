@@ -144,3 +144,10 @@ def test_the_cache_configuration_is_vllms_info_gauge() -> None:
     (sample,) = families[m.CACHE_CONFIG_INFO].samples
     assert sample.labels == {"model_name": "llama", "worker": "w1", **info}
     assert sample.value == 1.0
+
+
+def test_token_histograms_take_vllms_one_two_five_buckets() -> None:
+    assert m.one_two_five_buckets(1024) == (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+    assert m.one_two_five_buckets(1) == (1,)
+    snap = WorkerMetrics("smol", "w", max_model_len=8192).snapshot()["histograms"]
+    assert snap[m.REQUEST_PROMPT_TOKENS]["bounds"][-1] == 5000

@@ -132,6 +132,18 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
     assert f"vllm:e2e_request_latency_seconds_count{{{labels}}} 2.0" in text
     assert f"vllm:request_queue_time_seconds_count{{{labels}}} 2.0" in text
     assert f"vllm:inter_token_latency_seconds_count{{{labels}}} 10.0" in text
+    # Per request: its phases, its sizes and its parameters, as vLLM's dashboards read.
+    for phase in ("prefill", "decode", "inference"):
+        assert f"vllm:request_{phase}_time_seconds_count{{{labels}}} 2.0" in text
+    assert f"vllm:request_prompt_tokens_sum{{{labels}}} {2.0 * len(prompt)}" in text
+    assert f"vllm:request_generation_tokens_sum{{{labels}}} 12.0" in text
+    assert f'vllm:request_generation_tokens_bucket{{le="5.0",{labels}}} 0.0' in text
+    assert f'vllm:request_generation_tokens_bucket{{le="10.0",{labels}}} 2.0' in text
+    assert f'vllm:request_params_n_bucket{{le="1.0",{labels}}} 2.0' in text
+    assert f"vllm:request_params_max_tokens_sum{{{labels}}} 12.0" in text
+    counters = snapshot()["counters"]
+    assert counters["vllm:prefix_cache_queries_total"] == 2 * len(prompt)
+    assert 0 <= counters["vllm:prefix_cache_hits_total"] <= len(prompt)
     # The cache's configuration, as vLLM's info gauge: its block count and dtype.
     info = snapshot()["cache_info"]
     assert info["num_gpu_blocks"] == str(h.worker.engine.num_kv_blocks)
