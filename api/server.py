@@ -59,7 +59,7 @@ def run_api(settings: Settings) -> int:
         logger.error("the API needs --redis-url (CONVEYOR_REDIS_URL); `conveyor serve` embeds one")
         return CONFIGURATION_ERROR
     try:
-        settings.check_tls_files()
+        settings.check_listen_files()
     except FileNotFoundError as exc:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR

@@ -134,7 +134,7 @@ def check_local_files(settings: Settings) -> None:
     if settings.tokenizer is not None:
         check_local_tokenizer(settings.tokenizer)
     check_source(settings.generation_config)
-    settings.check_tls_files()
+    settings.check_listen_files()
 
 
 @dataclass

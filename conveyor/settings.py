@@ -39,6 +39,9 @@ def json_or_comma_list(text: str) -> list[str]:
     return value
 
 
+# sockaddr_un's sun_path on Linux: a socket's path and its NUL fit in 108 bytes.
+_UNIX_PATH_MAX = 108
+
 _DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -470,7 +473,12 @@ class Settings(BaseSettings):
     @field_validator("uds")
     @classmethod
     def _uds_expanded(cls, value: str | None) -> str | None:
-        return None if not value else os.path.expanduser(value)
+        if not value:
+            return None
+        path = os.path.expanduser(value)
+        if len(os.fsencode(path)) >= _UNIX_PATH_MAX:  # the kernel's sun_path, NUL included
+            raise ValueError(f"a Unix socket path is under {_UNIX_PATH_MAX} bytes: {path}")
+        return path
 
     @field_validator("data_dir", "download_dir")
     @classmethod
@@ -565,9 +573,10 @@ class Settings(BaseSettings):
             return f"on unix:{self.uds} ({self.api_scheme})"
         return f"on {self.api_scheme}://{self.host}:{self.port}"
 
-    def check_tls_files(self) -> None:
-        """FileNotFoundError naming the flag of a certificate or key file that is not there:
-        one line at start-up, not uvicorn failing in a child."""
+    def check_listen_files(self) -> None:
+        """FileNotFoundError naming the flag of a file the API needs to listen that is not
+        there (a certificate, a key, the --uds socket's folder): one line at start-up, not
+        uvicorn failing in a child that is then restarted in vain."""
         for flag, path in (
             ("--ssl-certfile", self.ssl_certfile),
             ("--ssl-keyfile", self.ssl_keyfile),
@@ -575,6 +584,8 @@ class Settings(BaseSettings):
         ):
             if path is not None and not Path(path).is_file():  # `~` expanded on reading
                 raise FileNotFoundError(f"{flag} {path}: no such file")
+        if self.uds is not None and not Path(self.uds).parent.is_dir():
+            raise FileNotFoundError(f"--uds {self.uds}: its folder does not exist")
 
     @property
     def api_scheme(self) -> str:

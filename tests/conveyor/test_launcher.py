@@ -118,3 +118,11 @@ def test_a_unix_socket_for_api_processes_that_share_it(tmp_path: Path) -> None:
         None,
     )
     assert Settings(uds="~/api.sock").uds == str(Path("~/api.sock").expanduser())
+
+
+def test_a_socket_path_that_cannot_work_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"--uds .*its folder does not exist"):
+        check_local_files(Settings(uds=str(tmp_path / "missing" / "api.sock")))
+    with pytest.raises(ValueError, match="under 108 bytes"):
+        Settings(uds="/tmp/" + "s" * 120)
+    check_local_files(Settings(uds=str(tmp_path / "api.sock")))
