@@ -579,7 +579,7 @@ class EngineConfig:
     device: str | None = None
     # Threads torch computes with on a CPU device (None: torch's default, one per core).
     # Several engines sharing one CPU must split it: more threads than cores in all
-    # makes every step wait on descheduled threads (2-4x slower measured).
+    # makes every step wait on descheduled threads (5x slower measured on 2 cores).
     cpu_threads: int | None = None
     dtype: str | None = None
     block_size: int = 16
