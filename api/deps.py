@@ -23,6 +23,7 @@ from api.key_cache import KeyCache
 from api.reply_router import ReplyRouter
 from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter
+from api.route_path import route_path
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
 from conveyor.file_storage import FileStorage
@@ -89,7 +90,7 @@ def get_record(request: Request) -> RequestRecord:
     """The usage middleware opens one per inference request; elsewhere a throwaway one."""
     record = getattr(request.state, "record", None)
     if record is None:
-        record = RequestRecord(endpoint=request.url.path, principal=get_principal(request))
+        record = RequestRecord(endpoint=route_path(request.scope), principal=get_principal(request))
         request.state.record = record
     return record
 

@@ -17,6 +17,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
+from api.route_path import route_path, with_route_path
 
 INVOCATIONS_PATH = "/invocations"
 
@@ -66,7 +67,7 @@ class InvocationsMiddleware:
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
-            or scope["path"] != INVOCATIONS_PATH
+            or route_path(scope) != INVOCATIONS_PATH
         ):
             await self.app(scope, receive, send)
             return
@@ -90,5 +91,5 @@ class InvocationsMiddleware:
 
         path = route_for(raw)
         if path is not None:
-            scope = {**scope, "path": path, "raw_path": path.encode()}
+            scope = with_route_path(scope, path)
         await self.app(scope, replay, send)

@@ -16,6 +16,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.request_record import RequestRecord
+from api.route_path import route_path
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +43,11 @@ class UsageMiddleware:
         if (
             scope["type"] != "http"
             or scope["method"] != "POST"
-            or scope["path"] not in INFERENCE_PATHS
+            or route_path(scope) not in INFERENCE_PATHS
         ):
             await self.app(scope, receive, send)
             return
-        record = RequestRecord(endpoint=scope["path"])
+        record = RequestRecord(endpoint=route_path(scope))
         scope.setdefault("state", {})["record"] = record
 
         async def send_with_headers(message: Message) -> None:

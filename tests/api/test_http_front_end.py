@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from .conftest import MODEL, Stack
+from .conftest import MODEL, Stack, log_row
 
 PREFLIGHT = {
     "Origin": "https://chat.example",
@@ -65,10 +65,23 @@ def test_openapi_docs_are_served_unless_disabled(
 def test_root_path_serves_behind_a_prefixing_proxy(make_stack: Callable[..., Stack]) -> None:
     """The proxy serves the API under /llm and strips the prefix; the docs point browsers
     at the prefixed schema."""
-    stack = make_stack(root_path="/llm")
+    stack = make_stack(root_path="/llm", max_body_bytes=1000)
     with stack.client() as client:
         assert client.get("/v1/models").status_code == 200
         assert "/llm/openapi.json" in client.get("/docs").text
+        # Middleware that picks requests by path sees them without the prefix too: the
+        # request log (usage), /invocations' routing, uploads past the JSON body limit.
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+        invoked = client.post("/invocations", json=body)
+        assert invoked.status_code == 200, invoked.text
+        row = log_row(stack, invoked.json()["id"])
+        assert (row.endpoint, row.status_code) == ("/v1/completions", 200)
+        upload = client.post(
+            "/v1/files",
+            data={"purpose": "user_data"},
+            files={"file": ("big.txt", b"x" * 5000)},
+        )
+        assert upload.status_code == 200, upload.text
 
 
 def test_uds_serves_the_api_on_a_unix_socket(
