@@ -194,7 +194,10 @@ class BatchRunner:
             return None
         try:
             response = await self.client.get(
-                f"/v1/models/{quote(model, safe='/')}", headers=self._context(batch).headers()
+                # Every character quoted: `.` and `..` segments would be resolved away, and
+                # the route's path parameter decodes `%2F` back into the name.
+                f"/v1/models/{quote(model, safe='')}",
+                headers=self._context(batch).headers(),
             )
         except httpx.TransportError:
             return None

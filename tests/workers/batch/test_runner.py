@@ -38,7 +38,7 @@ from workers.batch import runner as runner_module
 from workers.batch.runner import BatchRunner
 from workers.batch.sweeper import BatchSweeper
 
-from ...api.conftest import MODEL, Stack, new_prefix, running_stack
+from ...api.conftest import MODEL, Stack, new_prefix, running_stack, worker_on
 from ...api.fakes import FakeWorker, wait_for
 from ...postgres_server import PostgresServer
 
@@ -742,6 +742,20 @@ def test_a_model_the_api_does_not_serve_fails_validation(env: Env) -> None:
     assert (error["code"], error["line"], error["param"]) == ("model_not_found", 1, "body.model")
     assert "no-such-model" in error["message"]
     assert env.worker.received == []
+
+
+def test_the_model_check_asks_for_the_name_as_it_is(env: Env) -> None:
+    """A name with `.` segments (the path a model was served from, vLLM's name for it)
+    reaches the API whole, not resolved into another path."""
+    with worker_on(env.stack, "aliased", aliases=("./models/fake",), instance="alias-worker"):
+        served = env.batch([line(1, model="./models/fake")])
+        env.run(served)
+        assert env.get(served).status == "completed", env.get(served).errors
+    elsewhere = env.batch([line(1, model="../../health")])
+    env.run(elsewhere)
+    batch = env.get(elsewhere)
+    assert batch.status == "failed" and batch.errors is not None
+    assert batch.errors["data"][0]["code"] == "model_not_found"
 
 
 def test_values_the_database_cannot_hold_fail_validation(env: Env) -> None:
