@@ -15,6 +15,8 @@ from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.orm import Session
 
 from conveyor.db.base import now
+from conveyor.db.batch import Batch
+from conveyor.db.batch_store import ACTIVE
 from conveyor.db.ids import new_id
 from conveyor.db.pagination import Page, paginate
 from conveyor.db.scoping import owned_by
@@ -58,10 +60,16 @@ def create_file(
     return stored
 
 
-def get_file(session: Session, file_id: str, project_id: str | None) -> StoredFile | None:
-    """The file if it belongs to `project_id` (None: to no project); otherwise None."""
+def get_file(
+    session: Session, file_id: str, project_id: str | None, *, expired_too: bool = False
+) -> StoredFile | None:
+    """The file if it belongs to `project_id` (None: to no project) and has not expired;
+    otherwise None. `expired_too`: also one past its expiry that the purge has left (the
+    input of a batch under way, resumed after its input's lifetime ended)."""
     stored = session.get(StoredFile, file_id)
-    if stored is None or stored.project_id != project_id or _expired(stored):
+    if stored is None or stored.project_id != project_id:
+        return None
+    if _expired(stored) and not expired_too:
         return None
     return stored
 
@@ -111,7 +119,12 @@ def purge_expired_files(session: Session, *, limit: int = 1000) -> list[str]:
     """Drop up to `limit` files past their `expires_at`; returns their storage keys, for
     the caller to delete the bytes of once this is committed. Bounded, so one purge never
     holds a long transaction over a big backlog."""
-    expired = select(StoredFile.id, StoredFile.storage_key).where(StoredFile.expires_at <= now())
+    # A batch under way may read its input again (it resumes from the file after a
+    # restart): that file goes once the batch has ended.
+    in_use = select(Batch.input_file_id).where(Batch.status.in_(ACTIVE))
+    expired = select(StoredFile.id, StoredFile.storage_key).where(
+        StoredFile.expires_at <= now(), StoredFile.id.not_in(in_use)
+    )
     rows = list(session.execute(expired.limit(limit)))
     if rows:
         session.execute(delete(StoredFile).where(StoredFile.id.in_([row.id for row in rows])))

@@ -214,7 +214,10 @@ class BatchRunner:
             )
 
         with self.database.session() as session:
-            stored = get_file(session, batch.input_file_id, batch.project_id)
+            # A batch under way reads its input again even past the input's lifetime (the
+            # purge keeps it until the batch ends); a new one may not start on it.
+            resumed = batch.status != "validating"
+            stored = get_file(session, batch.input_file_id, batch.project_id, expired_too=resumed)
             key = stored.storage_key if stored is not None else None
         if key is None:
             return no_file()

@@ -28,7 +28,7 @@ from conveyor.db import batch_store, migrate
 from conveyor.db.batch import Batch
 from conveyor.db.batch_store import LineResult
 from conveyor.db.database import Database
-from conveyor.db.file_store import create_file, get_file, new_file_id
+from conveyor.db.file_store import create_file, get_file, new_file_id, purge_expired_files
 from conveyor.db.request_log import RequestLog
 from conveyor.db.stored_file import StoredFile
 from conveyor.file_storage import LocalFileStorage
@@ -545,6 +545,37 @@ def test_resume_skips_recorded_lines(env: Env) -> None:
     assert output[1] == {"id": "batch_req_old2", "custom_id": "req-2", "resumed": True}
     assert [r["custom_id"] for r in env.rows(batch.error_file_id)] == ["req-4"]
     assert batch.usage is not None and batch.usage["input_tokens"] >= 200
+
+
+def test_a_batch_resumed_after_its_inputs_lifetime_still_reads_it(env: Env) -> None:
+    """The input's `expires_after` ends mid-run (an hour, in a 24-hour window) and the
+    worker restarts: the batch resumes from the file, which the purge keeps until the
+    batch has ended; a new batch may not start on it."""
+    batch_id = env.batch([line(i) for i in range(1, 4)])
+    input_id = env.get(batch_id).input_file_id
+    with env.db.session() as session:
+        assert batch_store.transition(
+            session, batch_id, from_=("validating",), to="in_progress", total=3, model=MODEL
+        )
+        result = LineResult(1, "req-1", True, {"custom_id": "req-1"}, prompt_tokens=1)
+        batch_store.record_result(session, batch_id, result)
+        stored = session.get(StoredFile, input_id)
+        assert stored is not None
+        stored.expires_at = int(time.time()) - 1
+    with env.db.session() as session:
+        assert purge_expired_files(session) == []  # in use
+        assert get_file(session, input_id, PROJECT) is None  # gone to everyone else
+    late = env.batch([line(1)])
+    with env.db.session() as session:
+        session.get(Batch, late).input_file_id = input_id  # type: ignore[union-attr]
+    env.run(late)
+    assert env.get(late).status == "failed"
+    env.run(batch_id)
+    batch = env.get(batch_id)
+    assert batch.status == "completed" and (batch.completed, batch.failed) == (3, 0)
+    assert sorted(env.sent()) == [2, 3]
+    with env.db.session() as session:  # the batch has ended: the file goes
+        assert len(purge_expired_files(session)) == 1
 
 
 def test_a_second_runner_steps_aside_while_the_lease_is_held(env: Env) -> None:
