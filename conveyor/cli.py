@@ -24,10 +24,8 @@ def _token_count(text: str) -> int:
     """argparse's type for vLLM's human-readable token counts, saying what it takes."""
     try:
         return human_readable_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a token count (32768, 32k = 32,000 or 32K = 32,768)"
-        ) from None
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 # Each flag's names (a long name, or a tuple of it and vLLM's short alias) and options.

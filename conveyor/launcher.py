@@ -101,7 +101,10 @@ def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str
 def cpu_threads_each(workers: int) -> int:
     """Each of `workers` engines' share of the CPUs this process may run on: torch's
     default, a thread per core in every worker, would put N threads on each core."""
-    return max(1, len(os.sched_getaffinity(0)) // workers)
+    usable = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    )  # the CPUs this process may run on (Linux); elsewhere all of them
+    return max(1, (usable or 1) // workers)
 
 
 def _numbered(role: str, count: int) -> list[str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
@@ -44,17 +46,23 @@ _UNIX_PATH_MAX = 108
 
 _DECIMAL = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 _BINARY = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?)([kmgtKMGT]?)")
 
 
 def human_readable_int(text: str) -> int:
     """vLLM's token counts: `32k` is 32,000 and `25.6k` 25,600; `32K` is 32,768 (binary
-    suffixes take whole numbers); a plain number is itself."""
-    value = text.strip()
-    suffix = value[-1:]
-    if suffix in _DECIMAL:
-        return int(float(value[:-1]) * _DECIMAL[suffix])
+    suffixes take whole numbers); a plain number is itself. A ValueError otherwise."""
+    match = _HUMAN_INT.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a count (32768, 32k or 32K)")
+    number, suffix = match.groups()
     if suffix in _BINARY:
-        return int(value[:-1]) * _BINARY[suffix]
+        if "." in number:
+            raise ValueError(f"{text!r}: binary suffixes (K, M, G, T) take whole numbers")
+        return int(number) * _BINARY[suffix]
+    value = Decimal(number) * _DECIMAL.get(suffix, 1)  # exact: 2.01k is 2010
+    if value != value.to_integral_value():
+        raise ValueError(f"{text!r} is not a whole number")
     return int(value)
 
 

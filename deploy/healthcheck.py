@@ -55,8 +55,9 @@ def _read_nul_list(path: Path) -> list[str]:
     return [os.fsdecode(part) for part in path.read_bytes().split(b"\0") if part]
 
 
-def processes(proc: Path) -> Iterator[tuple[int, list[str], dict[str, str]]]:
-    """(pid, argv, environ) of every process we may read; others' are skipped."""
+def processes(proc: Path) -> Iterator[tuple[int, list[str], dict[str, str], Path | None]]:
+    """(pid, argv, environ, working directory) of every process we may read; others' are
+    skipped (and a working directory we may not read is None)."""
     for entry in proc.iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
@@ -67,10 +68,20 @@ def processes(proc: Path) -> Iterator[tuple[int, list[str], dict[str, str]]]:
             )
         except OSError:  # exited meanwhile, or another user's
             continue
-        yield int(entry.name), cmdline, environ
+        cwd = entry / "cwd"
+        yield int(entry.name), cmdline, environ, cwd.resolve() if cwd.is_dir() else None
 
 
-def describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None:
+def describe(
+    pid: int, args: list[str], environ: dict[str, str], cwd: Path | None = None
+) -> Found | None:
+    """What the process is and where its /health answers. Relative paths on its command
+    line (--config, --uds) are read from its own working directory, `cwd`, as it read them."""
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        return _describe(pid, args, environ)
+
+
+def _describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None:
     from conveyor.cli import parse_command_line, settings_from_args
 
     try:
@@ -89,7 +100,8 @@ def describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None
         os.environ.clear()
         os.environ.update(saved)
     if settings.uds:
-        return Found(pid, parsed.command, f"{settings.api_scheme}://localhost/health", settings.uds)
+        url = f"{settings.api_scheme}://localhost/health"
+        return Found(pid, parsed.command, url, os.path.abspath(settings.uds))
     host = "127.0.0.1" if settings.host in ("", "0.0.0.0", "::") else settings.host
     if ":" in host:
         host = f"[{host}]"
@@ -98,9 +110,9 @@ def describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | None
 
 def find(proc: Path) -> list[Found]:
     found = []
-    for pid, cmdline, environ in processes(proc):
+    for pid, cmdline, environ, cwd in processes(proc):
         args = conveyor_args(cmdline)
-        if args is not None and (item := describe(pid, args, environ)) is not None:
+        if args is not None and (item := describe(pid, args, environ, cwd)) is not None:
             found.append(item)
     return found
 

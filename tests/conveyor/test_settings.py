@@ -364,7 +364,10 @@ def test_token_counts_read_as_vllm_writes_them(monkeypatch: pytest.MonkeyPatch) 
         settings_from_args(parser.parse_args(["serve", "--max-model-len", "4096"])).max_model_len
         == 4096
     )
-    with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--max-model-len", "1.5K"])  # binary suffixes: whole numbers
+    for bad in ("1.5K", "infk", "-4k", "1.0005k", "4 k"):  # binary suffixes: whole numbers
+        with pytest.raises(SystemExit):
+            parser.parse_args(["serve", "--max-model-len", bad])
+    exact = settings_from_args(parser.parse_args(["serve", "--max-model-len", "2.01k"]))
+    assert exact.max_model_len == 2010  # not float's 2009
     monkeypatch.setenv("CONVEYOR_MAX_MODEL_LEN", "16k")
     assert Settings().max_model_len == 16_000

@@ -204,11 +204,18 @@ def health_server() -> Iterator[HealthServer]:
     server.httpd.server_close()
 
 
-def fake_proc(root: Path, processes: dict[int, tuple[list[str], dict[str, str]]]) -> Path:
+def fake_proc(
+    root: Path,
+    processes: dict[int, tuple[list[str], dict[str, str]]],
+    cwds: dict[int, Path] | None = None,
+) -> Path:
+    """A procfs of these processes (argv, env), each in its `cwds` folder if given."""
     (root / "self").mkdir(parents=True)  # not a pid: skipped
     for pid, (argv, env) in processes.items():
         entry = root / str(pid)
         entry.mkdir()
+        if cwds and pid in cwds:
+            (entry / "cwd").symlink_to(cwds[pid])
         (entry / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
         (entry / "environ").write_bytes(b"".join(f"{k}={v}\0".encode() for k, v in env.items()))
     (root / "999").mkdir()  # a process that exited while we looked: no files
@@ -318,6 +325,34 @@ def test_an_api_on_a_unix_socket_is_probed_there(
         server.server_close()
     code, message = check(healthcheck, proc, capsys)  # nothing listens there now
     assert code == 1 and message.startswith(f"unhealthy: unix:{path}")
+
+
+def test_relative_paths_are_the_processs_own(
+    healthcheck: ModuleType,
+    health_server: HealthServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--config conveyor.yaml` and `--uds api.sock` name files in the process's working
+    directory, not the healthcheck's."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "conveyor.yaml").write_text(f"port: {health_server.port}\n")
+    server = UnixHealthServer(home / "api.sock")
+    try:
+        proc = fake_proc(
+            tmp_path / "proc",
+            {
+                1: ([*SCRIPT, "api", "--config", "conveyor.yaml"], {}),
+                2: ([*SCRIPT, "serve", "--uds", "api.sock"], {}),
+            },
+            cwds={1: home, 2: home},
+        )
+        assert check(healthcheck, proc, capsys) == (0, "healthy: api, serve")
+        assert health_server.requests == ["/health"] and server.requests == ["/health"]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_api_is_unhealthy_when_health_fails(
