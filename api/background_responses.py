@@ -137,7 +137,11 @@ class BackgroundResponses:
         try:
             await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
         except Cancelled:
-            record.status_code = 499  # as a client that left: nothing billed
+            # As a client that left: nothing billed, unless the run streamed output into
+            # its event log, where the client could read it (a streamed chat a client
+            # leaves is billed for what it was sent, too).
+            delivered = run.streamed and record.completion_tokens > 0
+            record.status_code = 200 if delivered else 499
         except ApiError as exc:
             record.status_code = exc.status
             # OpenAI's error codes for a response; the worker's own code stays readable.
