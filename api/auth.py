@@ -78,8 +78,10 @@ class Authenticator:
                 raise _unauthorized("Missing API key: send `Authorization: Bearer <key>`")
             return ANONYMOUS
         digest = _digest(token)
-        # Before the static key: an operator may use one secret for both, and a batch line
-        # must still be billed to its project and queued in the batch lane.
+        # Before the static key: an operator may use one secret for --api-key and
+        # --admin-key (the default service key), and a batch line must still be billed to
+        # its project and queued in the batch lane. A service key shared with the static
+        # key alone is refused by Settings: any client could then act for any project.
         if (
             self._service is not None
             and request.headers.get(BATCH_HEADER)

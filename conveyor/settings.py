@@ -511,6 +511,24 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _the_service_key_is_no_tenants_key(self) -> Settings:
+        """The service key lets batch workers name the project a line is billed to: the
+        static --api-key, which any client may hold, must not also be it (unless both are
+        the admin key, whose holder may do all of that anyway)."""
+        service, static = self.resolved_service_key, self.api_key
+        if service is None or static is None:
+            return self
+        secret = service.get_secret_value()
+        admin = self.admin_key.get_secret_value() if self.admin_key else None
+        if secret == static.get_secret_value() and secret != admin:
+            raise ValueError(
+                "--service-key equals --api-key: every holder of the API key could act for "
+                "any project (batch lines are billed to the project they name); give the "
+                "batch workers a key of their own"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _a_key_needs_its_certificate(self) -> Settings:
         # A certfile alone may hold the key too (uvicorn loads it so); a key alone cannot work.
         if self.ssl_keyfile is not None and self.ssl_certfile is None:

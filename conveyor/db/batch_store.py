@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -108,9 +108,17 @@ def cancel_project_batches(session: Session, project_id: str) -> list[str]:
     were cancelled (the worker stops queued lines; answered lines keep their results).
     Returns the ids that moved.
     """
-    ids = session.scalars(
-        select(Batch.id).where(Batch.project_id == project_id, Batch.status.in_(CANCELLABLE))
-    )
+    return _cancel_where(session, Batch.project_id == project_id)
+
+
+def cancel_key_batches(session: Session, api_key_id: str) -> list[str]:
+    """The same for the batches a revoked key created: they would otherwise run on for up
+    to their 24 hours, billed to the project, whoever had the key."""
+    return _cancel_where(session, Batch.api_key_id == api_key_id)
+
+
+def _cancel_where(session: Session, owned: ColumnElement[bool]) -> list[str]:
+    ids = session.scalars(select(Batch.id).where(owned, Batch.status.in_(CANCELLABLE)))
     return [i for i in list(ids) if transition(session, i, from_=CANCELLABLE, to="cancelling")]
 
 

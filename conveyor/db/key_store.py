@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from conveyor.db.api_key import ApiKey
 from conveyor.db.base import now
+from conveyor.db.batch_store import cancel_key_batches
 from conveyor.db.ids import new_id
 from conveyor.db.pagination import Page, paginate
 from conveyor.db.project import Project
@@ -94,8 +95,11 @@ def list_keys(
 
 
 def revoke_key(session: Session, key: ApiKey) -> ApiKey:
+    """The key stops working (every API replica within the key cache's TTL), and the
+    batches it created stop as if cancelled (answered lines keep their results)."""
     if key.revoked_at is None:
         key.revoked_at = now()
+    cancel_key_batches(session, key.id)
     return key
 
 

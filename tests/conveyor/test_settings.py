@@ -371,3 +371,14 @@ def test_token_counts_read_as_vllm_writes_them(monkeypatch: pytest.MonkeyPatch) 
     assert exact.max_model_len == 2010  # not float's 2009
     monkeypatch.setenv("CONVEYOR_MAX_MODEL_LEN", "16k")
     assert Settings().max_model_len == 16_000
+
+
+def test_the_static_key_may_not_be_the_service_key() -> None:
+    """The service key names the project a batch line is billed to: a static --api-key
+    that any client holds must not be it, unless both are the admin key."""
+    with pytest.raises(ValidationError, match="--service-key equals --api-key"):
+        Settings(api_key="shared", service_key="shared", admin_key="admin")
+    with pytest.raises(ValidationError, match="--service-key equals --api-key"):
+        Settings(api_key="shared", service_key="shared")
+    Settings(api_key="one", admin_key="one")  # one secret for everything: the admin's
+    Settings(api_key="static", admin_key="admin")  # the admin key serves the batch workers

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import text
 
+from conveyor.db import batch_store
 from conveyor.db.database import Database
 from conveyor.db.key_store import (
     SECRET_PREFIX,
@@ -90,6 +91,42 @@ def test_grant_for_digest(db: Database) -> None:
         "orphaned": KeyGrant(orphaned.key.id, archived.id, rpm=None, tpm=7, active=False),
     }
     assert unknown is None and by_secret is None
+
+
+def test_revoking_a_key_cancels_the_batches_it_created(db: Database) -> None:
+    """A leaked key's batches must not run on, billed to the project, after it is revoked;
+    another key's batches and finished ones are left alone."""
+    project = _project(db, "acme")
+    with db.session() as session:
+        leaked = create_key(session, project, "leaked", rpm=None, tpm=None).key.id
+        other = create_key(session, project, "other", rpm=None, tpm=None).key.id
+
+    def batch(key_id: str, status: str) -> str:
+        with db.session() as session:
+            made = batch_store.create_batch(
+                session,
+                project_id=project.id,
+                api_key_id=key_id,
+                input_file_id="file-in",
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata=None,
+            )
+            made.status = status
+            return made.id
+
+    running, queued, done = (batch(leaked, s) for s in ("in_progress", "validating", "completed"))
+    others = batch(other, "in_progress")
+    with db.session() as session:
+        revoke_key(session, get_key(session, leaked))
+    with db.session() as session:
+        statuses = {i: batch_store.status_of(session, i) for i in (running, queued, done, others)}
+    assert statuses == {
+        running: "cancelling",
+        queued: "cancelling",
+        done: "completed",
+        others: "in_progress",
+    }
 
 
 def test_revoke_is_idempotent_and_hides_the_key(db: Database) -> None:
