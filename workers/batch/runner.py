@@ -129,6 +129,16 @@ class BatchRunner:
         batch = await self._sql(lambda s: _snapshot(s, batch_id))
         if batch is None or batch.status in batch_store.TERMINAL:
             return
+        if batch.project_id is not None and self.settings.resolved_service_key is None:
+            # Without the key the API would take its lines as anonymous: unbilled, and
+            # in the interactive lane. Left for a worker configured with one.
+            logger.error(
+                "batch %s belongs to project %s, but this batch worker has no --service-key "
+                "(or --admin-key) to bill its lines to it: not running it",
+                batch_id,
+                batch.project_id,
+            )
+            return
         if batch.status == "validating" and _expired(batch):
             await self._sql(
                 lambda s: batch_store.transition(s, batch_id, from_=("validating",), to="expired")

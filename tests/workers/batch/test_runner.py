@@ -789,6 +789,15 @@ def test_the_model_check_asks_for_the_name_as_it_is(env: Env) -> None:
     assert batch.errors["data"][0]["code"] == "model_not_found"
 
 
+def test_a_worker_without_a_service_key_leaves_a_projects_batch_alone(env: Env) -> None:
+    """Its lines would reach the API as anonymous requests: unbilled, interactive."""
+    batch_id = env.batch([line(1)])
+    env.run(batch_id, service_key=None, admin_key=None)
+    assert env.get(batch_id).status == "validating" and env.worker.received == []
+    env.run(batch_id)  # a worker with the key runs it
+    assert env.get(batch_id).status == "completed"
+
+
 def test_values_the_database_cannot_hold_fail_validation(env: Env) -> None:
     """A custom_id or model longer than its column, or with a NUL, made PostgreSQL refuse the
     worker's INSERT on every run: the batch stayed active and was re-queued forever."""
