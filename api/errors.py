@@ -84,7 +84,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 def not_supported(param: str, what: str, hint: str = "") -> ApiError:
     """Features we do not implement are refused loudly, never silently ignored; `hint`
     (a sentence) says what to do instead."""
-    message = f"{what} is not supported yet" + (f"; {hint}" if hint else "")
+    message = f"not supported yet: {what}" + (f"; {hint}" if hint else "")
     return ApiError(400, message, param=param, code="not_supported")
 
 

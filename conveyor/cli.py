@@ -241,6 +241,7 @@ def _add_config_flag(parser: argparse.ArgumentParser) -> None:
 
 def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flag(parser)
+    _add_log_level_flag(parser)
     parser.add_argument(
         "model", nargs="?", help="HF folder, .gguf file or hub id (default: bundled)"
     )
@@ -283,6 +284,10 @@ _SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--redis-url", {"help": "external Redis; default: an embedded redis-server"}),
     ("--redis-prefix", {}),
     ("--max-queued-requests", {"type": int}),
+    (
+        "--drain-timeout",
+        {"type": float, "help": "seconds a stopping process lets in-flight work finish (30)"},
+    ),
     ("--request-timeout", {"type": float}),
     ("--instance-id", {}),
     ("--database-url", {"help": "SQLAlchemy URL; default: SQLite under the data dir"}),
@@ -349,8 +354,26 @@ _BATCH_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
 ]
 
 
+_LOG_LEVEL_HELP = "debug, info (default), warning or error; before or after the command"
+LOG_LEVELS = Settings.choices("log_level")
+
+
+def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
+    """`conveyor serve --log-level debug` as well as `conveyor --log-level debug serve`:
+    unset here unless given, so the top-level flag's value stands."""
+    if not any("--log-level" in action.option_strings for action in parser._actions):
+        parser.add_argument(
+            "--log-level",
+            default=argparse.SUPPRESS,
+            type=str.upper,
+            choices=LOG_LEVELS,
+            help=_LOG_LEVEL_HELP,
+        )
+
+
 def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
     _add_config_flag(parser)
+    _add_log_level_flag(parser)
     _add_flags(parser, _SERVING_FLAGS + _HTTP_FLAGS)
     parser.add_argument(
         "--enable-log-requests",
@@ -466,7 +489,8 @@ def _worker(args: argparse.Namespace) -> int:
 def _batch_worker(args: argparse.Namespace) -> int:
     from workers.batch.main import run_batch_worker
 
-    return run_batch_worker(settings_from_args(args), log_level=args.log_level.upper())
+    settings = settings_from_args(args)
+    return run_batch_worker(settings, log_level=settings.log_level)
 
 
 # `conveyor bench TARGET`: the module whose main() runs it (imported only when run).
@@ -493,7 +517,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument(
+        "--log-level", default=None, type=str.upper, choices=LOG_LEVELS, help=_LOG_LEVEL_HELP
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     # No abbreviated flags where --config is read: `--conf FILE` must not slip past it.
@@ -580,10 +606,21 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _log_level(args: argparse.Namespace) -> str:
+    """The command line's --log-level, else CONVEYOR_LOG_LEVEL (how `conveyor serve` tells
+    its children), else INFO. Bad settings are reported later, by the command itself."""
+    if args.log_level:
+        return str(args.log_level).upper()
+    try:
+        return Settings().log_level
+    except (ValidationError, SettingsError):
+        return "INFO"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_command_line(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=_log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -69,9 +69,11 @@ def add_operator_commands(
 
     projects = sub.add_parser("projects", help="tenants: `conveyor projects create|list|archive`")
     projects_sub = projects.add_subparsers(dest="projects_command", required=True)
-    create = projects_sub.add_parser("create")
+    create = projects_sub.add_parser("create", help="a new project (a tenant) of this name")
     create.add_argument("name")
-    listing = projects_sub.add_parser("list")
+    listing = projects_sub.add_parser(
+        "list", help="the projects (--include-archived: archived ones too)"
+    )
     listing.add_argument("--include-archived", action="store_true")
     archive = projects_sub.add_parser("archive", help="its keys stop working; logs are kept")
     archive.add_argument("project", help="id or name")
@@ -90,7 +92,9 @@ def add_operator_commands(
     make.add_argument("--name", default="")
     make.add_argument("--rpm", type=int, default=None, help="requests per minute")
     make.add_argument("--tpm", type=int, default=None, help="tokens per minute")
-    show = keys_sub.add_parser("list")
+    show = keys_sub.add_parser(
+        "list", help="keys with their limits, never their secrets (--include-revoked)"
+    )
     show.add_argument("--project", default=None, help="project id or name (default: all)")
     show.add_argument("--include-revoked", action="store_true")
     revoke = keys_sub.add_parser("revoke", help="refused by every API replica within a second")

@@ -341,6 +341,10 @@ class Settings(BaseSettings):
     ssl_cert_reqs: int = Field(
         default=0, ge=0, le=2, description="client certificates: 0 none, 1 optional, 2 required"
     )
+    log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
+        default="INFO",
+        description="what conveyor logs; `conveyor serve`'s children log at it too",
+    )
     uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] | None = (
         Field(default=None, description="uvicorn's loggers (access lines); default: --log-level")
     )
@@ -477,6 +481,11 @@ class Settings(BaseSettings):
     @classmethod
     def _human_readable(cls, value: object) -> object:
         return human_readable_int(value) if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level_upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("uds")
     @classmethod

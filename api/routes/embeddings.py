@@ -60,6 +60,7 @@ async def create_embedding(
     settings: SettingsDep,
 ) -> Response:
     body.check_supported()
+    body.model = body.model or await catalog.default_model()
     items = body.inputs() if body.messages is None else []
     model = await embedding_model(request, catalog, submitter, record, body.model, "/v1/embeddings")
     pooling = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)

@@ -60,6 +60,7 @@ async def score(
     record: RecordDep,
 ) -> Response:
     pairs = body.pairs()
+    body.model = body.model or await catalog.default_model()
     try:
         vectors = await _unit_vectors(
             request,
@@ -99,6 +100,7 @@ async def rerank(
     record: RecordDep,
 ) -> Response:
     documents = body.texts()
+    body.model = body.model or await catalog.default_model()
     try:
         vectors = await _unit_vectors(
             request,

@@ -19,7 +19,8 @@ MAX_INPUTS = 2048
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    # Left out: the one base model served (the route fills it in), as in vLLM.
+    model: str | None = None
     # OpenAI's inputs; or vLLM's chat form, `messages` (one conversation, one vector).
     input: EmbeddingInput | None = None
     messages: list[ChatMessage] | None = Field(default=None, min_length=1)

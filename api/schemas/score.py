@@ -13,7 +13,8 @@ from api.schemas.embeddings import MAX_INPUTS
 class ScoreRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    # Left out: the one base model served (the route fills it in), as in vLLM.
+    model: str | None = None
     # One text against each of text_2, or the two lists pair by pair.
     text_1: str | list[str]
     text_2: str | list[str]
@@ -63,7 +64,8 @@ class ScoreResponse(BaseModel):
 class RerankRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str
+    # Left out: the one base model served (the route fills it in), as in vLLM.
+    model: str | None = None
     query: str
     # Texts, or Cohere's {"text": ...} objects.
     documents: list[str | dict[str, Any]]

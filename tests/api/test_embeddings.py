@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -224,3 +224,25 @@ def test_workers_of_both_kinds_for_one_model_answer_503_until_they_agree(
             return reply.status_code == 503 and "changing" in reply.json()["error"]["message"]
 
         wait_for(mixed)
+
+
+def test_model_may_be_left_out_while_one_model_is_served(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """As in vLLM, and as chat and completions allow: embeddings, scores, reranks and
+    /invocations without `model` go to the one model served."""
+    stack = make_stack(with_worker=False)
+    with (
+        worker_on(stack, EMBEDDER, instance="only-embedder", runner="pooling"),
+        stack.client() as client,
+    ):
+        wait_for(lambda: client.get("/v1/models").json()["data"])
+        embedded = client.post("/v1/embeddings", json={"input": ["a", "b"]})
+        assert embedded.status_code == 200, embedded.text
+        assert embedded.json()["model"] == EMBEDDER
+        scored = client.post("/score", json={"text_1": "a", "text_2": "b"})
+        assert scored.status_code == 200 and scored.json()["model"] == EMBEDDER
+        ranked = client.post("/rerank", json={"query": "a", "documents": ["b", "c"]})
+        assert ranked.status_code == 200 and ranked.json()["model"] == EMBEDDER
+        invoked = client.post("/invocations", json={"input": "a"})
+        assert invoked.status_code == 200, invoked.text

@@ -382,3 +382,21 @@ def test_the_static_key_may_not_be_the_service_key() -> None:
         Settings(api_key="shared", service_key="shared")
     Settings(api_key="one", admin_key="one")  # one secret for everything: the admin's
     Settings(api_key="static", admin_key="admin")  # the admin key serves the batch workers
+
+
+def test_log_level_before_or_after_the_command_reaches_the_children() -> None:
+    """`conveyor serve --log-level debug` as vLLM users write flags, or before the command;
+    `conveyor serve` passes it on, so its worker, API and batch worker log at it too."""
+    parser = build_parser()
+    for argv in (["--log-level", "warning", "serve"], ["serve", "--log-level", "WARNING"]):
+        settings = settings_from_args(parser.parse_args(argv))
+        assert settings.log_level == "WARNING"
+        assert settings_env(settings)["CONVEYOR_LOG_LEVEL"] == "WARNING"
+    assert settings_from_args(parser.parse_args(["serve"])).log_level == "INFO"
+    assert "CONVEYOR_LOG_LEVEL" not in settings_env(
+        settings_from_args(parser.parse_args(["serve"]))
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--log-level", "loud"])
+    drained = settings_from_args(parser.parse_args(["worker", "--drain-timeout", "5"]))
+    assert drained.drain_timeout == 5.0
