@@ -28,6 +28,8 @@ from conveyor.db.pagination import UnknownCursor
 from conveyor.db.project import Project
 from conveyor.db.project_store import archive_project, create_project, get_project
 
+from .batch_rows import batch_in
+
 T0 = 1_767_225_600  # 2026-01-01 UTC
 
 
@@ -102,18 +104,7 @@ def test_revoking_a_key_cancels_the_batches_it_created(db: Database) -> None:
         other = create_key(session, project, "other", rpm=None, tpm=None).key.id
 
     def batch(key_id: str, status: str) -> str:
-        with db.session() as session:
-            made = batch_store.create_batch(
-                session,
-                project_id=project.id,
-                api_key_id=key_id,
-                input_file_id="file-in",
-                endpoint="/v1/chat/completions",
-                completion_window="24h",
-                metadata=None,
-            )
-            made.status = status
-            return made.id
+        return batch_in(db, project.id, key_id, status)
 
     running, queued, done = (batch(leaked, s) for s in ("in_progress", "validating", "completed"))
     others = batch(other, "in_progress")

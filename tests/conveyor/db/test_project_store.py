@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from conveyor.db import batch_store
 from conveyor.db.batch import Batch
 from conveyor.db.database import Database
 from conveyor.db.pagination import UnknownCursor
@@ -27,6 +26,8 @@ from conveyor.db.project_store import (
     list_projects,
     rename_project,
 )
+
+from .batch_rows import batch_in
 
 T0 = 1_767_225_600  # 2026-01-01 UTC
 
@@ -154,18 +155,7 @@ def test_archiving_cancels_the_projects_running_batches(db: Database) -> None:
     ids = _make(db, [("a", T0), ("b", T0 + 1)])
 
     def batch(project_id: str, status: str) -> str:
-        with db.session() as session:
-            made = batch_store.create_batch(
-                session,
-                project_id=project_id,
-                api_key_id="key_x",
-                input_file_id="file-in",
-                endpoint="/v1/chat/completions",
-                completion_window="24h",
-                metadata=None,
-            )
-            made.status = status
-            return made.id
+        return batch_in(db, project_id, "key_x", status)
 
     mine = {
         status: batch(ids["a"], status) for status in ("validating", "in_progress", "completed")
