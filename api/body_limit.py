@@ -71,16 +71,7 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(b"".join(chunks), receive), send)
 
     async def _pass_through(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Hand the body on chunk by chunk, counting; over the limit, `receive()` raises."""
@@ -121,6 +112,21 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await _send_error(send, BodyTooLarge(message))
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the app `body`, already read, as one message; later calls
+    (disconnect detection) go to the server's own `receive`."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _content_length(scope: Scope) -> int | None:

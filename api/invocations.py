@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.body_limit import replaying
 from api.errors import ApiError
 from api.route_path import route_path, with_route_path
 
@@ -80,16 +81,7 @@ class InvocationsMiddleware:
             if not message.get("more_body", False):
                 break
         raw = b"".join(chunks)
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
-
         path = route_for(raw)
         if path is not None:
             scope = with_route_path(scope, path)
-        await self.app(scope, replay, send)
+        await self.app(scope, replaying(raw, receive), send)
