@@ -19,7 +19,7 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ApiError
-from api.route_path import route_path
+from api.route_path import posted_to
 
 # Upload routes: their bodies are streamed, never buffered here.
 STREAMED_PATHS = frozenset({"/v1/files"})
@@ -49,7 +49,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        if scope["method"] == "POST" and route_path(scope) in STREAMED_PATHS:
+        if posted_to(scope, STREAMED_PATHS):
             await self._pass_through(scope, receive, send)
             return
         too_large = f"the request body is larger than {self.max_bytes} bytes"

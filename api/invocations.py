@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.body_limit import replaying
 from api.errors import ApiError
-from api.route_path import route_path, with_route_path
+from api.route_path import posted_to, with_route_path
 
 INVOCATIONS_PATH = "/invocations"
 
@@ -65,11 +65,7 @@ class InvocationsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or route_path(scope) != INVOCATIONS_PATH
-        ):
+        if not posted_to(scope, (INVOCATIONS_PATH,)):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

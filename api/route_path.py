@@ -8,6 +8,8 @@ it (request logs, the upload limit, /invocations' routing).
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from starlette.types import Scope
 
 
@@ -24,3 +26,8 @@ def with_route_path(scope: Scope, path: str) -> Scope:
     """`scope` for the route at `path` instead, under the same root path."""
     full = scope.get("root_path", "") + path
     return {**scope, "path": full, "raw_path": full.encode()}
+
+
+def posted_to(scope: Scope, paths: Collection[str]) -> bool:
+    """Whether `scope` is an HTTP POST to one of `paths` (as routes see them)."""
+    return scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) in paths

@@ -16,7 +16,7 @@ import logging
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.request_record import RequestRecord
-from api.route_path import route_path
+from api.route_path import posted_to, route_path
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +40,7 @@ class UsageMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope["method"] != "POST"
-            or route_path(scope) not in INFERENCE_PATHS
-        ):
+        if not posted_to(scope, INFERENCE_PATHS):
             await self.app(scope, receive, send)
             return
         record = RequestRecord(endpoint=route_path(scope))
