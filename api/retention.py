@@ -16,14 +16,13 @@ import contextlib
 import logging
 import time
 
-import anyio.to_thread
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.sql import in_session
 from conveyor.db.database import Database
 from conveyor.db.file_store import purge_expired_files
 from conveyor.db.response_store import purge_responses
-from conveyor.file_storage import FileStorage
+from conveyor.file_storage import FileStorage, delete_unlisted_async
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +71,7 @@ class Retention:
         total = 0
         while keys := await in_session(self.database, purge_expired_files):
             for key in keys:
-                try:
-                    await anyio.to_thread.run_sync(self.storage.delete, key)
-                except OSError:
-                    logger.exception("expired file's bytes (key %s) could not be deleted", key)
+                await delete_unlisted_async(self.storage, key)
             total += len(keys)
         return total
 

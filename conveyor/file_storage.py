@@ -10,6 +10,7 @@ can leave the storage root. `LocalFileStorage` keeps files under
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -23,6 +24,8 @@ import anyio.to_thread
 # One or more `/`-separated segments of safe characters, none starting with a dot: so no
 # `..`, no absolute path, no hidden name (temporary files start with a dot).
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}){0,3}")
+
+logger = logging.getLogger(__name__)
 
 # Thread hops are batched to about this many bytes, so a big upload costs few of them.
 ASYNC_WRITE_BYTES = 1 << 20
@@ -223,6 +226,18 @@ async def save_async(
 async def open_async(storage: FileStorage, key: str) -> BinaryIO:
     """Open before answering, so a missing file is an error status, not a cut-off body."""
     return await anyio.to_thread.run_sync(storage.open, key)
+
+
+async def delete_unlisted_async(storage: FileStorage, key: str) -> None:
+    """Delete the bytes of a file whose row is already gone, logging instead of failing.
+
+    The row goes first (committed), so nothing lists a file whose bytes are missing; if the
+    bytes then can't be deleted, the caller's work is still done and the leftover is logged.
+    """
+    try:
+        await anyio.to_thread.run_sync(storage.delete, key)
+    except OSError:
+        logger.exception("a deleted file's bytes (key %s) could not be deleted", key)
 
 
 async def read_async(file: BinaryIO, chunk_size: int = READ_CHUNK_BYTES) -> AsyncIterator[bytes]:

@@ -50,7 +50,13 @@ from conveyor.db.file_store import (
 )
 from conveyor.db.pagination import UnknownCursor
 from conveyor.db.stored_file import StoredFile
-from conveyor.file_storage import FileTooLarge, open_async, read_async, save_async
+from conveyor.file_storage import (
+    FileTooLarge,
+    delete_unlisted_async,
+    open_async,
+    read_async,
+    save_async,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -323,9 +329,5 @@ async def delete(
     key = await in_session(
         database, lambda s: delete_file(s, file_or_404(s, file_id, principal.project_id))
     )
-    # The row is gone (committed) first, so nothing can list a file whose bytes are missing.
-    try:
-        await anyio.to_thread.run_sync(storage.delete, key)
-    except OSError:
-        logger.exception("file %s deleted, but its bytes (key %s) could not be", file_id, key)
+    await delete_unlisted_async(storage, key)
     return file_deleted_object(file_id)

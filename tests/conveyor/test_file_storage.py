@@ -13,6 +13,7 @@ from conveyor.file_storage import (
     FileTooLarge,
     InvalidKey,
     LocalFileStorage,
+    delete_unlisted_async,
     open_async,
     read_async,
     save_async,
@@ -163,3 +164,18 @@ def test_async_save_discards_on_failure(storage: LocalFileStorage) -> None:
     with pytest.raises(FileTooLarge):
         asyncio.run(save_async(storage, "file-b", too_big(), max_bytes=4500))
     assert names(storage) == []
+
+
+def test_unlisted_bytes_are_deleted_and_a_failure_is_only_logged(
+    storage: LocalFileStorage, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage.save_bytes_iter("file-gone", [b"x"])
+    asyncio.run(delete_unlisted_async(storage, "file-gone"))
+    assert not storage.exists("file-gone")
+
+    def broken(key: str) -> bool:
+        raise PermissionError(f"read-only: {key}")
+
+    monkeypatch.setattr(storage, "delete", broken)
+    asyncio.run(delete_unlisted_async(storage, "file-stuck"))  # does not raise
+    assert "file-stuck" in caplog.text
