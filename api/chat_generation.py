@@ -542,6 +542,8 @@ class ChatGeneration:
                     thinking.clear()
                     token_ids.clear()
                     continue
+                if item.cached_tokens is not None:
+                    cached_tokens = item.cached_tokens
                 if item.usage is not None:
                     cached_tokens = item.usage.cached_tokens
                     if item.finished:

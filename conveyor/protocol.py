@@ -117,6 +117,10 @@ class ReplyMessage:
     # An embedding request's vector: little-endian float32, base64 (OpenAI's
     # encoding_format "base64" as it is, and a third of the JSON floats' size).
     embedding: str | None = None
+    # Prompt tokens served from the prefix cache, on a streamed request's first message
+    # (the final one has them in `usage`): a stream the client leaves early is still
+    # billed its cached share.
+    cached_tokens: int | None = None
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> str:

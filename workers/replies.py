@@ -109,6 +109,7 @@ class ReplyBuilder:
             # Timing marks only where the API needs them: first message (queue time,
             # TTFT) and last (e2e); token messages stay small.
             times=self.times if first or out.finished else None,
+            cached_tokens=out.num_cached_tokens if first else None,
         )
 
     def result(self) -> ReplyMessage:

@@ -288,10 +288,13 @@ class _CompletionView:
                     continue
                 if item.prompt_logprobs is not None:
                     state.prompt_logprobs = item.prompt_logprobs
+                if item.cached_tokens is not None:
+                    cached_tokens[p] = item.cached_tokens
                 if item.usage is not None:
                     cached_tokens[p] = item.usage.cached_tokens
                     if item.finished:
                         final_tokens[p] = item.usage.completion_tokens
+                self.record.cached_tokens = sum(cached_tokens)
                 messages = [item]
                 if state.echo_pending:
                     waiting = wants_prompt_logprobs and state.prompt_logprobs is None

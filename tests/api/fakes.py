@@ -397,6 +397,7 @@ class FakeWorker:
                 times=times if step == 0 or last else None,
                 worker=self.instance,
                 attempt=attempt,
+                cached_tokens=CACHED_TOKENS if step == 0 else None,
             )
             if last:
                 await self._store_result(request, per_choice, message)

@@ -17,7 +17,7 @@ from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
 
 from .conftest import MODEL, Stack
-from .fakes import LiveServer, wait_for
+from .fakes import CACHED_TOKENS, LiveServer, wait_for
 
 ADMIN_KEY = "admin-test-key"
 MESSAGES = [{"role": "user", "content": "Count."}]
@@ -176,16 +176,28 @@ def test_responses_belong_to_their_project_and_are_billed(
     assert sum(r["output_tokens"] for r in results) == 5
 
 
-def test_aborted_stream_bills_the_tokens_it_received(tenancy: Stack, admin: httpx.Client) -> None:
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_aborted_stream_bills_the_tokens_it_received(
+    tenancy: Stack, admin: httpx.Client, endpoint: str
+) -> None:
     key = new_key(admin, new_project(admin, "acme")["id"])
     tenancy.worker.behaviour = "slow"
     received = 0
     with sdk(tenancy, key["value"]) as client:
-        stream = client.chat.completions.create(
-            model=MODEL, messages=MESSAGES, max_tokens=200, stream=True
-        )
+        if endpoint == "chat":
+            stream = client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=200, stream=True
+            )
+        else:
+            stream = client.completions.create(
+                model=MODEL, prompt="Once upon", max_tokens=200, stream=True
+            )
         for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
+            if not chunk.choices:
+                continue
+            choice = chunk.choices[0]
+            text = choice.delta.content if endpoint == "chat" else choice.text  # type: ignore[union-attr]
+            if text:
                 received += 1
             if received == 5:
                 break
@@ -194,6 +206,8 @@ def test_aborted_stream_bills_the_tokens_it_received(tenancy: Stack, admin: http
     # The API may have forwarded a token or two the client had not read yet.
     assert 5 <= row.completion_tokens < 200
     assert row.status_code == 200
+    # The prefix cache's share was known from the first token on, so it is billed too.
+    assert row.cached_tokens == CACHED_TOKENS
     wait_for(lambda: tenancy.worker.aborted)
 
 

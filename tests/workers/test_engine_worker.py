@@ -103,6 +103,10 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (len(prompt), 6)
     assert final.choices[-1].finish_reason == "length"
     assert final.times is not None and final.times["finished"] is not None
+    # The prefix cache's share comes with the first token, so a stream the client leaves
+    # early still knows it; later messages leave it out.
+    assert msgs[0].cached_tokens == final.usage.cached_tokens
+    assert all(m.cached_tokens is None for m in msgs[1:])
     logprobs = [lp for m in msgs for c in m.choices for lp in c.logprobs or []]
     assert [lp.token_id for lp in logprobs] == want_tokens
     assert all(len(lp.top) == 2 for lp in logprobs)
