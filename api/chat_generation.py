@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Request
 
 from api.admission import admit, refuse_early
+from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.collect import Output, collect, collect_all, finish
 from api.errors import ApiError
@@ -164,6 +165,9 @@ async def start_chat(
             stream=body.stream,
             lane=record.lane,
             lora=live.lora,
+            cache_salt=cache_salt(
+                record.principal, body.cache_salt, services.settings.prefix_cache_scope
+            ),
         )
     )
     record.readers.append(reader)

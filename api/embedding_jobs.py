@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from api.admission import admit, refuse_early
+from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.collect import Output, collect_all
 from api.errors import ApiError
@@ -158,6 +159,8 @@ async def embed(
     record.completion_tokens = 0
     await admit(request, record, tokens=record.prompt_tokens)
     readers: list[ReplyReader] = []
+    scope = request.app.state.settings.prefix_cache_scope
+    salt = cache_salt(record.principal, None, scope)
     try:
         await submitter.submit_all(
             [
@@ -171,6 +174,7 @@ async def embed(
                     stream=False,
                     lane=record.lane,
                     lora=model.live.lora,
+                    cache_salt=salt,
                 )
                 for index, ids in enumerate(prompts)
             ],

@@ -57,6 +57,8 @@ class Submission:
     lora: str | None = None
     # An embedding of the prompt: the wire form of engine/pooling_params.py.
     pooling: dict[str, Any] | None = None
+    # Requests share cached prompt blocks only under equal salts (api/cache_salt.py).
+    cache_salt: str | None = None
 
 
 def build_sampling(
@@ -251,6 +253,7 @@ class RequestSubmitter:
             lane=submission.lane,
             lora=submission.lora,
             pooling=submission.pooling,
+            cache_salt=submission.cache_salt,
         )
         try:
             entry_id = await self.redis.xadd(stream, {REQUEST_FIELD: message.encode()})

@@ -336,6 +336,14 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--max-log-len", {"type": int, "help": "prompt token ids per logged request (all)"}),
     ("--response-role", {"help": "the role of chat answers' messages (assistant)"}),
     (
+        "--prefix-cache-scope",
+        {
+            "choices": Settings.choices("prefix_cache_scope"),
+            "help": "project (default): cached prompt blocks are shared within a project "
+            "only; global: across projects",
+        },
+    ),
+    (
         "--scheduling-policy",
         {
             "choices": Settings.choices("scheduling_policy"),

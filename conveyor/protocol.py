@@ -51,6 +51,9 @@ class GenerateRequest:
     # An embedding of the prompt instead of a generation: the pooling parameters
     # (engine/pooling_params.py, e.g. {"dimensions": 256}); `sampling` is then ignored.
     pooling: dict[str, Any] | None = None
+    # Prefix-cache blocks are shared only between requests with the same salt (the API's
+    # `api/cache_salt.py`: the caller's project and the request's own `cache_salt`).
+    cache_salt: str | None = None
     version: int = PROTOCOL_VERSION
 
     def encode(self) -> str:

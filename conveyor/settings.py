@@ -300,6 +300,12 @@ class Settings(BaseSettings):
     return_tokens_as_token_ids: bool = Field(
         default=False, description="logprobs name tokens `token_id:N` unless a request says"
     )
+    prefix_cache_scope: Literal["project", "global"] = Field(
+        default="project",
+        description="project: requests share cached prompt blocks only within their "
+        "project, so no tenant can detect another's prompts through cached_tokens or "
+        "timing; global: across projects too (one tenant's traffic warms the others')",
+    )
     scheduling_policy: Literal["priority", "fcfs"] = Field(
         default="priority",
         description="priority: requests' `priority` orders admission and preemption; fcfs: "

@@ -424,10 +424,15 @@ class LLMEngine:
         priority: int = 0,
         arrival_time: float | None = None,
         lora: str | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         """Queue a request, for the base model or the LoRA adapter named `lora`: a
         generation (SamplingParams) or, on the pooling runner, an embedding of the
-        prompt (PoolingParams); raises ValueError for input the engine cannot serve."""
+        prompt (PoolingParams); raises ValueError for input the engine cannot serve.
+
+        Requests share prefix-cache blocks only under the same `cache_salt` (vLLM's
+        field; the API salts every tenant's requests with its project), so one tenant
+        can neither read nor detect another's cached prompts."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         if lora is not None:
@@ -441,7 +446,9 @@ class LLMEngine:
             raise ValueError(f"prompt: token ids must be in [0, {vocab})")
         if isinstance(params, PoolingParams):
             prompt = list(prompt_token_ids)
-            self._add_embedding(request_id, prompt, params, priority, arrival_time, lora)
+            self._add_embedding(
+                request_id, prompt, params, priority, arrival_time, lora, cache_salt
+            )
             return
         if self.runner_kind != "generate":
             raise ValueError(
@@ -458,7 +465,7 @@ class LLMEngine:
         arrival = arrival_time if arrival_time is not None else time.time()
         seqs = [
             self._new_sequence(
-                request_id, i, list(prompt_token_ids), params, priority, arrival, lora
+                request_id, i, list(prompt_token_ids), params, priority, arrival, lora, cache_salt
             )
             for i in range(params.n)
         ]
@@ -475,6 +482,7 @@ class LLMEngine:
         priority: int,
         arrival_time: float | None,
         lora: str | None,
+        cache_salt: str | None,
     ) -> None:
         if self.pooler_config is None:
             raise ValueError(
@@ -488,7 +496,9 @@ class LLMEngine:
             )
         params.validate_against(self.model_config)
         arrival = arrival_time if arrival_time is not None else time.time()
-        seq = self._new_sequence(request_id, 0, prompt, _NO_SAMPLING, priority, arrival, lora)
+        seq = self._new_sequence(
+            request_id, 0, prompt, _NO_SAMPLING, priority, arrival, lora, cache_salt
+        )
         seq.pooling = params
         seq.pools_every_row = self.pooler_config.pools_every_row
         self._requests[request_id] = _Request(request_id, [seq])
@@ -516,6 +526,7 @@ class LLMEngine:
         priority: int,
         arrival: float,
         lora: str | None = None,
+        cache_salt: str | None = None,
     ) -> Sequence:
         generator = None
         if params.seed is not None:
@@ -540,8 +551,16 @@ class LLMEngine:
             generator=generator,
             grammar=self.grammars.matcher(constraint) if constraint is not None else None,
             lora_slot=None if lora is None else self.loras.slot(lora),
-            cache_root=None if lora is None else self.loras.cache_root(lora),
+            cache_root=self._cache_root(lora, cache_salt),
         )
+
+    def _cache_root(self, lora: str | None, cache_salt: str | None) -> int | None:
+        """What a sequence's first block hash chains from: equal prompts share blocks only
+        under the same adapter (its weights make other KV) and the same salt."""
+        root = None if lora is None else self.loras.cache_root(lora)
+        if cache_salt is None:
+            return root
+        return hash(("cache_salt", cache_salt, root))
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; False if it was unknown or done."""

@@ -139,6 +139,7 @@ class EngineLoop:
                 priority=engine_priority(request.priority, ticket.lane),
                 arrival_time=request.arrival or ticket.received,
                 lora=request.lora,
+                cache_salt=request.cache_salt,
             )
         except ValueError as exc:
             self.publisher.put(Failed(ticket, bad_request(exc)))

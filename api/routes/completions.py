@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from api.admission import admit, refuse_early
+from api.cache_salt import cache_salt
 from api.collect import ClientGone, Output, collect_all, finish
 from api.deps import (
     Authenticated,
@@ -108,6 +109,7 @@ async def create_completion(
     completion_budget = 0 if scoring else body.n * max_tokens
     await admit(request, record, tokens=record.prompt_tokens + len(prompts) * completion_budget)
     readers: list[ReplyReader] = []
+    salt = cache_salt(record.principal, body.cache_salt, settings.prefix_cache_scope)
     try:
         await submitter.submit_all(
             [
@@ -120,6 +122,7 @@ async def create_completion(
                     stream=body.stream,
                     lane=record.lane,
                     lora=live.lora,
+                    cache_salt=salt,
                 )
                 for request_id, prompt in zip(ids, prompts, strict=True)
             ],

@@ -76,6 +76,9 @@ class SamplingRequest(StructuredOutputFields):
     # --return-tokens-as-token-ids).
     return_tokens_as_token_ids: bool | None = None
     priority: int = 0
+    # vLLM's: only requests with the same salt (in the same project) share cached prompt
+    # blocks (api/cache_salt.py).
+    cache_salt: str | None = Field(default=None, min_length=1)
     # refused vLLM extras (see _REFUSED_EXTRAS)
     logits_processors: Any = None
     bad_words: Any = None

@@ -36,6 +36,7 @@ SAMPLING_EXTRAS = (
     "include_stop_str_in_output",
     "skip_special_tokens",
     "priority",
+    "cache_salt",
 )
 
 
@@ -121,6 +122,7 @@ class ResponsesRequest(BaseModel):
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     priority: int = 0
+    cache_salt: str | None = Field(default=None, min_length=1)
 
     @field_validator("metadata")
     @classmethod

@@ -86,6 +86,19 @@ def test_queued_request_carries_template_ids_and_sampling(
     assert sampling["temperature"] == 0 and sampling["top_k"] == 5 and sampling["seed"] == 7
     assert sampling["stop"] == ["ten"]
     assert sampling["logit_bias"] == {"42": 5.0}  # JSON keys; the worker converts back
+    assert request.cache_salt is None  # no project, no salt: the shared prefix cache
+
+
+def test_cache_salt_reaches_the_worker_and_must_not_be_empty(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 1}
+    response = client.post("/v1/chat/completions", json={**body, "cache_salt": "tenant-7"})
+    assert response.status_code == 200, response.text
+    assert worker.received[-1].cache_salt == '[null,"tenant-7"]'
+    refused = client.post("/v1/chat/completions", json={**body, "cache_salt": ""})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "cache_salt"
 
 
 def test_n_choices(client: httpx.Client, worker: FakeWorker) -> None:

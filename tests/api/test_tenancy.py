@@ -211,6 +211,28 @@ def test_aborted_stream_bills_the_tokens_it_received(
     wait_for(lambda: tenancy.worker.aborted)
 
 
+def test_each_project_has_its_own_prefix_cache(tenancy: Stack, admin: httpx.Client) -> None:
+    """Salted by project, so no tenant reads or detects another's cached prompts; a
+    request's own cache_salt narrows sharing within its project."""
+    acme, globex = new_project(admin, "acme"), new_project(admin, "globex")
+    keys = [new_key(admin, acme["id"]), new_key(admin, acme["id"]), new_key(admin, globex["id"])]
+    for key in keys:
+        with sdk(tenancy, key["value"]) as client:
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+            client.completions.create(model=MODEL, prompt="Hi", max_tokens=1)
+            client.responses.create(model=MODEL, input="Hi", max_output_tokens=1)
+    with sdk(tenancy, keys[0]["value"]) as client:
+        client.chat.completions.create(
+            model=MODEL, messages=MESSAGES, max_tokens=1, extra_body={"cache_salt": "s1"}
+        )
+    salts = [r.cache_salt for r in tenancy.worker.received]
+    assert len(salts) == 10 and None not in salts
+    # Both acme keys share one salt across endpoints; globex has another; `s1` a third.
+    assert len(set(salts[:6])) == 1
+    assert len({salts[0], salts[6], salts[9]}) == 3
+    assert set(salts[6:9]) == {salts[6]}
+
+
 def test_keys_are_listed_without_secrets(tenancy: Stack, admin: httpx.Client) -> None:
     project = new_project(admin, "acme")
     secrets_ = [new_key(admin, project["id"])["value"] for _ in range(3)]

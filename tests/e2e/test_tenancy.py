@@ -80,3 +80,32 @@ def test_project_key_usage_is_exact_and_revocation_is_immediate(tenant_server: s
     admin.delete(f"/v1/organization/projects/{project['id']}/api_keys/{key['id']}")
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+def test_one_projects_cached_prompt_is_not_anothers(tenant_server: str) -> None:
+    """The engine's prefix cache is salted per project: the same prompt from another
+    project is computed anew and reports no cached tokens."""
+    admin = httpx.Client(
+        base_url=tenant_server, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=30
+    )
+
+    def client_of(name: str) -> openai.OpenAI:
+        project = admin.post("/v1/organization/projects", json={"name": name}).json()
+        key = admin.post(
+            f"/v1/organization/projects/{project['id']}/api_keys", json={"name": "ci"}
+        ).json()
+        return openai.OpenAI(base_url=f"{tenant_server}/v1", api_key=key["value"], max_retries=0)
+
+    prompt = "Write one line about the sea. " * 6  # several full KV blocks
+
+    def cached(client: openai.OpenAI) -> int:
+        usage = client.completions.create(
+            model="smollm2", prompt=prompt, max_tokens=1, temperature=0
+        ).usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        return usage.prompt_tokens_details.cached_tokens or 0
+
+    owner, other = client_of("sea-owner"), client_of("sea-other")
+    assert cached(owner) == 0
+    assert cached(owner) > 0  # its own blocks are found
+    assert cached(other) == 0
