@@ -52,10 +52,11 @@ async def embeddings(
     start_time: Annotated[int, Query(ge=0)],
     end_time: Annotated[int | None, Query(ge=0)] = None,
     bucket_width: str = "1d",
+    batch: bool | None = None,
     limit: int | None = None,
     page: str | None = None,
 ) -> dict[str, Any]:
-    query = _query(request, start_time, end_time, bucket_width, limit, page)
+    query = _query(request, start_time, end_time, bucket_width, limit, page, batch=batch)
     return await _report(database, query, EMBEDDINGS)
 
 

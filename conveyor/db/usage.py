@@ -60,7 +60,9 @@ COMPLETIONS = UsageReport(
 EMBEDDINGS = UsageReport(
     # Scoring and reranking embed too (api/routes/score.py): their tokens are embedding work.
     endpoints=("/v1/embeddings", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"),
-    group_by_fields=("project_id", "api_key_id", "model"),
+    # `batch` is ours (OpenAI's embeddings report lacks it): batches embed too, and an
+    # operator pricing batch work apart must tell it apart here as well.
+    group_by_fields=("project_id", "api_key_id", "model", "batch"),
     result_object="organization.usage.embeddings.result",
     generates=False,
 )
@@ -276,7 +278,7 @@ def _aggregate(
             "api_key_id": values.get("api_key_id"),
             "model": values.get("model"),
         }
-        if report.generates:
+        if report.generates or "batch" in group_by:
             result["batch"] = values.get("batch")
         results.setdefault(int(index), []).append(result)
     for bucket_results in results.values():

@@ -271,11 +271,33 @@ def test_embeddings_report_counts_embedding_requests_in_openai_shape(db: Databas
         for model, tokens in (("e2", 20), ("m1", 10))
     ]
     assert [(r["model"], r["input_tokens"]) for r in second] == [("m1", 80)]
-    with db.session() as session, pytest.raises(UsageQueryError) as refused:
-        usage_report(
-            session, UsageQuery(start_time=T0, group_by=("batch",)), EMBEDDINGS, now=T0 + 10
-        )
-    assert refused.value.param == "group_by"
+
+
+def test_embeddings_by_batches_apart_from_direct_requests(db: Database) -> None:
+    """Batches embed too; an operator pricing batch work apart reads it apart here."""
+    insert(
+        db,
+        Row(T0 + 1, 10, 0, endpoint="/v1/embeddings"),
+        Row(T0 + 2, 20, 0, endpoint="/v1/rerank"),
+        Row(T0 + 3, 40, 0, endpoint="/v1/embeddings", batch_id="batch_1"),
+        Row(T0 + 4, 80, 0, endpoint="/v1/embeddings", batch_id="batch_2"),
+    )
+
+    def results(**fields: object) -> list[dict[str, object]]:
+        query = UsageQuery(start_time=T0, end_time=T0 + DAY, **fields)  # type: ignore[arg-type]
+        with db.session() as session:
+            (bucket,) = usage_report(session, query, EMBEDDINGS)["data"]
+        return bucket["results"]
+
+    grouped = results(group_by=("batch",))
+    assert [(r["batch"], r["input_tokens"], r["num_model_requests"]) for r in grouped] == [
+        (False, 30, 2),
+        (True, 120, 2),
+    ]
+    assert [r["input_tokens"] for r in results(batch=True)] == [120]
+    assert [r["input_tokens"] for r in results(batch=False)] == [30]
+    # Not grouped by batch: the result keeps OpenAI's embeddings shape, no `batch` field.
+    assert "batch" not in results()[0]
 
 
 @pytest.mark.parametrize(
