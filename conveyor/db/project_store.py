@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from conveyor.db.api_key import ApiKey
 from conveyor.db.base import now
 from conveyor.db.batch_store import cancel_project_batches
 from conveyor.db.ids import new_id
@@ -69,10 +70,16 @@ def rename_project(session: Session, project: Project, name: str) -> Project:
 
 
 def archive_project(session: Session, project: Project) -> Project:
-    """Archived projects keep their logs and objects; their keys stop working and their
-    running batches are cancelled (work nobody can fetch or be billed for any more)."""
+    """Archived projects keep their logs and objects; their keys are revoked (so key lists
+    and audits show them as such) and their running batches are cancelled (work nobody
+    can fetch or be billed for any more)."""
     if project.status != "archived":
         project.status = "archived"
         project.archived_at = now()
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.project_id == project.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=project.archived_at)
+    )
     cancel_project_batches(session, project.id)
     return project

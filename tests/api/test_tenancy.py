@@ -442,6 +442,12 @@ def test_archiving_a_project_stops_its_keys(tenancy: Stack, admin: httpx.Client)
     assert project["id"] in [p["id"] for p in everything.json()["data"]]
     refused = admin.post(f"/v1/organization/projects/{project['id']}/api_keys", json={})
     assert refused.status_code == 400
+    # Its keys read as revoked (at the archive time), so a list of live keys is true.
+    keys_path = f"/v1/organization/projects/{project['id']}/api_keys"
+    assert admin.get(keys_path).json()["data"] == []
+    (listed_key,) = admin.get(keys_path, params={"include_revoked": "true"}).json()["data"]
+    assert listed_key["id"] == key["id"]
+    assert listed_key["revoked_at"] == archived["archived_at"]
 
 
 def test_changing_a_keys_limits_takes_effect_at_once(tenancy: Stack, admin: httpx.Client) -> None:

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from conveyor.db.api_key import ApiKey
 from conveyor.db.batch import Batch
 from conveyor.db.database import Database
+from conveyor.db.key_store import create_key, revoke_key
 from conveyor.db.pagination import UnknownCursor
 from conveyor.db.project import Project
 from conveyor.db.project_store import (
@@ -146,6 +148,26 @@ def test_archive_is_idempotent(db: Database) -> None:
     with db.session() as session:
         again = archive_project(session, get_project(session, ids["a"]))
     assert again.status == "archived" and again.archived_at == T0 + 5
+
+
+def test_archiving_revokes_the_projects_live_keys(db: Database) -> None:
+    """At the archive time; a key revoked before keeps its own time, other projects'
+    keys are untouched."""
+    ids = _make(db, [("a", T0), ("b", T0 + 1)])
+
+    def key(project_id: str) -> str:
+        project = get_project(session, project_id)
+        return create_key(session, project, "k", rpm=None, tpm=None).key.id
+
+    with db.session() as session:
+        live, earlier, theirs = key(ids["a"]), key(ids["a"]), key(ids["b"])
+        revoke_key(session, session.get(ApiKey, earlier)).revoked_at = T0 + 2
+    with db.session() as session:
+        archive_project(session, get_project(session, ids["a"]))
+    with db.session() as session:
+        project = get_project(session, ids["a"])
+        revoked = {k: session.get(ApiKey, k).revoked_at for k in (live, earlier, theirs)}
+    assert revoked == {live: project.archived_at, earlier: T0 + 2, theirs: None}
 
 
 def test_archiving_cancels_the_projects_running_batches(db: Database) -> None:
