@@ -1,4 +1,4 @@
-"""`conveyor db|projects|keys`: schema and tenant administration without HTTP.
+"""`conveyor db|projects|keys|usage`: schema and tenant administration without HTTP.
 
 Each command talks to the database directly (the same queries as the admin
 API) and prints OpenAI-shaped JSON, so scripts can pipe it to `jq`. A key's
@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -27,7 +28,16 @@ from conveyor.db.project_store import (
     find_project,
     list_projects,
 )
+from conveyor.db.usage import (
+    BUCKET_LIMITS,
+    BUCKET_SECONDS,
+    COMPLETIONS,
+    EMBEDDINGS,
+    UsageQuery,
+    UsageQueryError,
+)
 from conveyor.settings import Settings
+from conveyor.usage_export import rows_as_csv, usage_rows
 
 _ALL = 1_000_000  # the CLI lists everything; pagination is for HTTP clients
 
@@ -50,7 +60,9 @@ def add_operator_commands(
             except (OperatorError, migrate.SchemaOutOfDate) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
-            if result is not None:
+            if isinstance(result, str):
+                sys.stdout.write(result)
+            elif result is not None:
                 print(json.dumps(result, indent=2))
             return 0
 
@@ -102,6 +114,42 @@ def add_operator_commands(
     for parser, run in ((make, _keys_create), (show, _keys_list), (revoke, _keys_revoke)):
         database_flags(parser)
         parser.set_defaults(func=handler(run))
+
+    usage = sub.add_parser(
+        "usage", help="billed tokens per bucket and group: `conveyor usage completions|embeddings`"
+    )
+    usage_sub = usage.add_subparsers(dest="usage_command", required=True)
+    for name, report in (("completions", COMPLETIONS), ("embeddings", EMBEDDINGS)):
+        parser = usage_sub.add_parser(
+            name, help=f"the {name} usage report's rows, every page, as JSON or CSV"
+        )
+        parser.add_argument(
+            "--start", required=True, help="unix seconds or an ISO date/time (UTC unless given)"
+        )
+        parser.add_argument("--end", default=None, help="exclusive; default: now")
+        parser.add_argument("--bucket-width", choices=tuple(BUCKET_SECONDS), default="1d")
+        parser.add_argument(
+            "--group-by",
+            default="",
+            help=f"comma-separated: {', '.join(report.group_by_fields)}",
+        )
+        parser.add_argument(
+            "--project", action="append", default=[], help="id or name (repeatable)"
+        )
+        parser.add_argument("--key", action="append", default=[], help="API key id (repeatable)")
+        # dest: `model` would be read as the settings' served model
+        parser.add_argument(
+            "--model", dest="models", action="append", default=[], help="(repeatable)"
+        )
+        parser.add_argument(
+            "--batch",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="only batch lines (--batch) or only direct requests (--no-batch)",
+        )
+        parser.add_argument("--format", choices=("json", "csv"), default="json")
+        database_flags(parser)
+        parser.set_defaults(func=handler(_usage), usage_report=report)
 
 
 def _in_session(url: str, work: Callable[[Session], Any]) -> Any:
@@ -199,3 +247,41 @@ def _keys_revoke(args: argparse.Namespace, url: str) -> dict[str, Any]:
         return api_key_object(revoke_key(session, key))
 
     return _in_session(url, work)
+
+
+def _usage(args: argparse.Namespace, url: str) -> list[dict[str, Any]] | str:
+    def work(session: Session) -> list[dict[str, Any]]:
+        width = args.bucket_width
+        query = UsageQuery(
+            start_time=_unix_time(args.start, "--start"),
+            end_time=None if args.end is None else _unix_time(args.end, "--end"),
+            bucket_width=width,
+            group_by=tuple(f.strip() for f in args.group_by.split(",") if f.strip()),
+            project_ids=tuple(_project(session, p).id for p in args.project),
+            api_key_ids=tuple(args.key),
+            models=tuple(args.models),
+            batch=args.batch,
+            limit=BUCKET_LIMITS[width][1],
+        )
+        try:
+            return usage_rows(session, query, args.usage_report)
+        except UsageQueryError as exc:
+            raise OperatorError(exc.message) from None
+
+    rows: list[dict[str, Any]] = _in_session(url, work)
+    return rows_as_csv(rows) if args.format == "csv" else rows
+
+
+def _unix_time(text: str, flag: str) -> int:
+    """Unix seconds, or an ISO 8601 date or date-time (UTC when it names no zone)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise OperatorError(
+            f"{flag} must be unix seconds or an ISO date/time such as 2026-12-01, got {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())

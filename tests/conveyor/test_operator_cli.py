@@ -15,6 +15,7 @@ from conveyor.cli import main
 from conveyor.db import migrate
 from conveyor.db.database import Database
 from conveyor.db.key_store import grant_for_digest, secret_digest
+from conveyor.db.request_log import RequestLog
 
 
 class Cli:
@@ -30,6 +31,13 @@ class Cli:
         self.err = captured.err
         assert code == 0, captured.err
         return json.loads(captured.out)
+
+    def text(self, *argv: str) -> str:
+        """Run a command that must succeed; its stdout as it is."""
+        code = main([*argv, "--database-url", self.url])
+        captured = self.capsys.readouterr()
+        assert code == 0, captured.err
+        return captured.out
 
     def fails(self, *argv: str) -> str:
         """Run a command that must be refused; its stderr."""
@@ -128,3 +136,95 @@ def test_keys_errors(upgraded: Cli) -> None:
     cli("projects", "archive", "acme")
     assert "archived" in cli.fails("keys", "create", "--project", "acme")
     assert cli("keys", "list", "--include-revoked") == []
+
+
+def _log(url: str, *rows: dict[str, Any]) -> None:
+    database = Database(url)
+    try:
+        with database.session() as session:
+            session.add_all(
+                RequestLog(request_id=f"req-{i}", **{"status_code": 200, **row})
+                for i, row in enumerate(rows)
+            )
+    finally:
+        database.close()
+
+
+def test_usage_rows_for_billing_as_json_and_csv(upgraded: Cli) -> None:
+    """Every bucket of the report, one row per bucket and group, project names beside ids;
+    failed requests, other reports' endpoints and other times are left out."""
+    cli = upgraded
+    acme, globex = cli("projects", "create", "acme"), cli("projects", "create", "globex")
+    day = 1_764_547_200  # 2025-12-01T00:00:00Z
+    chat = {"endpoint": "/v1/chat/completions", "model": "m1", "api_key_id": "key_a"}
+    _log(
+        cli.url,
+        {
+            **chat,
+            "project_id": acme["id"],
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "cached_tokens": 4,
+            "created_at": day + 60,
+        },
+        {
+            **chat,
+            "project_id": acme["id"],
+            "prompt_tokens": 7,
+            "completion_tokens": 3,
+            "batch_id": "batch_1",
+            "created_at": day + 86_400 + 5,
+        },
+        {
+            **chat,
+            "project_id": globex["id"],
+            "prompt_tokens": 2,
+            "completion_tokens": 1,
+            "created_at": day + 120,
+        },
+        {
+            **chat,
+            "project_id": acme["id"],
+            "prompt_tokens": 99,
+            "created_at": day + 9,
+            "status_code": 500,
+        },
+        {
+            "endpoint": "/v1/embeddings",
+            "project_id": acme["id"],
+            "prompt_tokens": 50,
+            "created_at": day + 30,
+        },
+        {**chat, "project_id": acme["id"], "prompt_tokens": 1000, "created_at": day + 3 * 86_400},
+    )
+    window = ("--start", "2025-12-01", "--end", str(day + 2 * 86_400))
+    rows = cli("usage", "completions", *window, "--group-by", "project_id")
+    assert [
+        (r["start"], r["project_name"], r["input_tokens"], r["output_tokens"]) for r in rows
+    ] == [
+        ("2025-12-01T00:00:00Z", "acme", 10, 5),
+        ("2025-12-01T00:00:00Z", "globex", 2, 1),
+        ("2025-12-02T00:00:00Z", "acme", 7, 3),
+    ]
+    assert rows[0]["input_cached_tokens"] == 4 and rows[0]["num_model_requests"] == 1
+    assert "model" not in rows[0]  # not grouped by it: not a column
+
+    batch_only = cli("usage", "completions", *window, "--batch", "--project", "acme")
+    assert [(r["input_tokens"], r["start_time"]) for r in batch_only] == [(7, day + 86_400)]
+    (embedded,) = cli("usage", "embeddings", *window)
+    assert embedded["input_tokens"] == 50 and "output_tokens" not in embedded
+
+    csv_text = cli.text(
+        "usage", "completions", *window, "--group-by", "project_id,batch", "--format", "csv"
+    )
+    header, *lines = csv_text.splitlines()
+    assert header == (
+        "start_time,end_time,start,end,project_id,project_name,batch,input_tokens,"
+        "input_cached_tokens,output_tokens,num_model_requests"
+    )
+    assert lines[0].split(",")[5:] == ["acme", "False", "10", "4", "5", "1"]
+    assert len(lines) == 3
+
+    assert "cannot group by" in cli.fails("usage", "embeddings", *window, "--group-by", "user")
+    assert "ISO date" in cli.fails("usage", "completions", "--start", "yesterday")
+    assert "no project" in cli.fails("usage", "completions", *window, "--project", "initech")
