@@ -166,6 +166,7 @@ def test_the_chat_request_carries_every_setting() -> None:
             "top_p": 0.9,
             "top_k": 3,
             "seed": 11,
+            "cache_salt": "tenant-7",
             "text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}},
             "include": ["message.output_text.logprobs"],
             "stream": True,
@@ -177,6 +178,7 @@ def test_the_chat_request_carries_every_setting() -> None:
     assert [m.content for m in chat.messages] == ["Be kind.", "Before", "Hi"]
     assert (chat.max_completion_tokens, chat.temperature, chat.top_p) == (7, 0.5, 0.9)
     assert (chat.top_k, chat.seed, chat.logprobs, chat.top_logprobs) == (3, 11, True, 0)
+    assert chat.cache_salt == "tenant-7"
     constraint, param = chat.structured_output()
     assert constraint is not None and constraint.kind == "json" and param == "text.format"
     assert chat.requested_max_tokens == (7, "max_output_tokens")
