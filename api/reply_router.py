@@ -15,6 +15,12 @@ a `ReplyReader` checks what arrives:
 - A reply that never comes ends with a timeout at the request's deadline, and
   a long silence (or a reconnect of the subscription) makes the reader look
   for a stored result, so a lost final message cannot hang a request.
+- A silence also makes the reader ask whether anything can still answer
+  (`ReplyRouter.lost`): a request whose queue entry is gone without a result
+  (Redis restarted empty) ends at once, and so does a stream that already sent
+  tokens when its worker's heartbeat has expired (it could only be restarted,
+  which a stream refuses). Without Redis for `REDIS_LOSS_GRACE` seconds, a
+  request ends with a 503 instead of waiting for its deadline.
 """
 
 from __future__ import annotations
@@ -38,6 +44,13 @@ from conveyor.protocol import ErrorInfo, ReplyMessage
 logger = logging.getLogger(__name__)
 
 FIRST_SEQ = 0  # the `seq` of a request's first message in every attempt
+# How long a request waits for an unreachable Redis before it ends with a 503: as long
+# as a worker keeps its replies for a Redis that comes back (workers/publisher.py).
+REDIS_LOSS_GRACE = 30.0
+# How long a stream that already sent tokens waits for its worker's heartbeat to come
+# back (a paused process) before it ends: only a restart elsewhere, which a stream
+# refuses, could finish it otherwise. A non-streamed request waits for that restart.
+WORKER_LOSS_GRACE = 10.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,7 @@ class _Signal:
 _RESYNC = _Signal("resync")  # the subscription reconnected: messages may have been lost
 _CLOSED = _Signal("closed")  # the router stopped
 _SILENCE = _Signal("silence")  # nothing arrived for a while
+_WORKER_GONE = _Signal("worker gone")  # the answering worker's heartbeat expired
 
 _QueueItem = ReplyMessage | _Signal
 
@@ -86,6 +100,8 @@ class ReplyRouter:
         self.result_poll = result_poll
         self._queues: dict[str, asyncio.Queue[_QueueItem]] = {}
         self._entries: dict[str, tuple[str, str]] = {}  # request id -> (stream, entry id)
+        # Where each in-flight request was queued, kept until it ends: (model, stream, id).
+        self._placed: dict[str, tuple[str, str, str]] = {}
         self._pubsub = redis.pubsub()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -166,10 +182,45 @@ class ReplyRouter:
 
     def _close(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
+        self._placed.pop(request_id, None)
 
-    def queued(self, request_id: str, stream: str, entry_id: str) -> None:
-        """Remember where a request waits, so an abort can pull it out of the queue."""
+    def queued(self, request_id: str, stream: str, entry_id: str, model: str = "") -> None:
+        """Remember where a request waits, so an abort can pull it out of the queue and a
+        silent request can be checked (`lost`)."""
         self._entries[request_id] = (stream, entry_id)
+        if request_id in self._queues:
+            self._placed[request_id] = (model, stream, entry_id)
+
+    def close_in_flight(self) -> None:
+        """End every in-flight request with a 503 `shutting_down` (the drain is over)."""
+        self._broadcast(_CLOSED)
+
+    async def lost(self, reader: ReplyReader) -> ApiError | _Signal | None:
+        """Why nothing will answer `reader`'s request any more; `_WORKER_GONE` when the
+        worker that was answering has no heartbeat (it may be stopped, not dead); None
+        while all is well. Raises RedisError when Redis cannot be asked."""
+        placed = self._placed.get(reader.request_id)
+        if placed is None:
+            return None
+        model, stream, entry_id = placed
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+            pipe.exists(self.names.result(reader.request_id))
+            if reader.worker:
+                pipe.exists(self.names.worker(model, reader.worker))
+            found = await asyncio.shield(pipe.execute())
+        queued, has_result = bool(found[0]), bool(found[1])
+        if not queued and not has_result:
+            # A worker acks and deletes the entry only with the result stored, in one
+            # round: neither is left, so Redis lost the request (restarted empty).
+            return ApiError(
+                503,
+                "the request was lost by the queue (Redis restarted); retry the request",
+                code="request_lost",
+            )
+        if queued and reader.worker and not found[2]:
+            return _WORKER_GONE
+        return None
 
     @property
     def in_flight(self) -> int:
@@ -232,6 +283,13 @@ class ReplyReader:
         # Set by the first reply of any kind: a worker is generating this request (a
         # background response then reads `in_progress` instead of `queued`).
         self.started = asyncio.Event()
+        # The instance of the worker whose replies are being read ("" before the first).
+        self.worker = ""
+        # Since when Redis could not be asked whether the request is alive, and since when
+        # the answering worker has had no heartbeat (monotonic).
+        self._unreachable_since: float | None = None
+        self._worker_gone_since: float | None = None
+        self._checked_at = time.monotonic()  # the first check waits a silence_check
 
     def close(self) -> bool:
         """Stop receiving; True only for the call that actually closed it."""
@@ -256,6 +314,7 @@ class ReplyReader:
             if isinstance(item, _Signal):
                 stored = await self._stored_result()
                 if stored is None:
+                    await self._check_alive()
                     continue
                 if self.streaming and self.sent_output:
                     raise self._lost()
@@ -270,12 +329,7 @@ class ReplyReader:
                 continue  # a late message from a worker presumed dead
             if message.attempt > self.attempt:
                 if self.streaming and self.sent_output:
-                    raise ApiError(
-                        503,
-                        "the worker serving this stream failed and the request was restarted "
-                        "elsewhere; retry the request",
-                        code="worker_restarted",
-                    )
+                    raise _worker_restarted()
                 self.attempt = message.attempt
                 self.expected_seq = FIRST_SEQ
                 yield Restart(f"attempt {message.attempt}")
@@ -289,6 +343,7 @@ class ReplyReader:
                 yield self._finish(stored)
                 return
             self.expected_seq += 1
+            self.worker = message.worker
             self.started.set()
             if message.error is not None:
                 raise worker_error(message.error)
@@ -308,6 +363,43 @@ class ReplyReader:
             raise worker_error(message.error)
         self.finished = True
         return message
+
+    async def _check_alive(self) -> None:
+        """After a silence or a reconnect (at most every `silence_check` seconds): end the
+        request now if nothing can answer it any more."""
+        now = time.monotonic()
+        if now - self._checked_at < self.router.silence_check:
+            return
+        self._checked_at = now
+        try:
+            async with asyncio.timeout(self.router.silence_check):
+                lost = await self.router.lost(self)
+        except (RedisError, TimeoutError) as exc:
+            if self._unreachable_since is None:
+                self._unreachable_since = now
+            elif now - self._unreachable_since >= REDIS_LOSS_GRACE:
+                raise ApiError(
+                    503,
+                    f"the request queue (Redis) has been unreachable for "
+                    f"{now - self._unreachable_since:.0f} s ({exc or 'no answer'}); retry "
+                    "the request",
+                    code="queue_unavailable",
+                ) from None
+            return
+        self._unreachable_since = None
+        if isinstance(lost, ApiError):
+            raise lost
+        if lost is not _WORKER_GONE:
+            self._worker_gone_since = None
+            return
+        if self._worker_gone_since is None:
+            self._worker_gone_since = now
+        elif (
+            self.streaming
+            and self.sent_output
+            and now - self._worker_gone_since >= WORKER_LOSS_GRACE
+        ):
+            raise _worker_restarted()
 
     def _lost(self) -> ApiError:
         return ApiError(
@@ -370,3 +462,12 @@ class ReplyReader:
                 raise ApiError(503, "the server is shutting down", code="shutting_down")
             if isinstance(item, ReplyMessage) and item.error is not None:
                 raise worker_error(item.error)
+
+
+def _worker_restarted() -> ApiError:
+    return ApiError(
+        503,
+        "the worker serving this stream failed and the request was restarted elsewhere; "
+        "retry the request",
+        code="worker_restarted",
+    )

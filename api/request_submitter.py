@@ -260,7 +260,7 @@ class RequestSubmitter:
         except BaseException:
             reader.close()
             raise
-        self.router.queued(submission.request_id, stream, entry_id)
+        self.router.queued(submission.request_id, stream, entry_id, submission.model)
         if self.settings.enable_log_requests:
             _log_request(submission, self.settings.max_log_len)
         return reader

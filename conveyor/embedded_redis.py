@@ -86,6 +86,16 @@ class EmbeddedRedis:
         except OSError:
             return False
 
+    @property
+    def exit_code(self) -> int | None:
+        """The server's exit status once it has died on its own; None while it runs."""
+        return None if self.process is None else self.process.poll()
+
+    def restart(self) -> EmbeddedRedis:
+        """A fresh, empty server on the same port, so every client's reconnect finds it."""
+        self.stop()
+        return self.start()
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()

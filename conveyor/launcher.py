@@ -39,7 +39,9 @@ from engine.loader import check_local_tokenizer
 
 logger = logging.getLogger(__name__)
 
-_DRAIN_SECONDS = 30.0
+# A stopping child gets --drain-timeout to finish its work plus this long to close down
+# (the API ends what is still open with an error once the drain is over) before a kill.
+_STOP_MARGIN_SECONDS = 10.0
 _MAX_RESTARTS = 5
 _RESTART_WINDOW = 60.0
 
@@ -216,6 +218,17 @@ class Supervisor:
 
     def _watch(self) -> int:
         while not self.stopping:
+            if self.redis is not None and (code := self.redis.exit_code) is not None:
+                if not self._may_restart("redis-server", code):
+                    return code or 1
+                # Empty again: the API ends the requests it held with an error, and the
+                # workers announce themselves again (their streams and groups are gone).
+                logger.error(
+                    "embedded redis-server exited with code %s; restarting it (requests in "
+                    "flight are lost and end with an error)",
+                    code,
+                )
+                self.redis.restart()
             for name, child in list(self.children.items()):
                 code = child.poll()
                 if code is None or self.stopping:
@@ -224,17 +237,23 @@ class Supervisor:
                     # What it was told cannot work; a restart would be told the same.
                     logger.error("%s cannot start as configured; stopping everything", name)
                     return code
-                now = time.monotonic()
-                recent = [t for t in self.restarts.get(name, []) if now - t < _RESTART_WINDOW]
-                if len(recent) >= _MAX_RESTARTS:
-                    logger.error("%s keeps exiting (code %s); stopping everything", name, code)
+                if not self._may_restart(name, code):
                     return code or 1
                 logger.error("%s exited with code %s; restarting it", name, code)
-                self.restarts[name] = [*recent, now]
                 command, env = self.commands[name]
                 self.children[name] = self._start(name, command, env)
             time.sleep(0.2)
         return 0
+
+    def _may_restart(self, name: str, code: int) -> bool:
+        """Count a restart of `name`; False (and logged) when it keeps exiting."""
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(name, []) if now - t < _RESTART_WINDOW]
+        if len(recent) >= _MAX_RESTARTS:
+            logger.error("%s keeps exiting (code %s); stopping everything", name, code)
+            return False
+        self.restarts[name] = [*recent, now]
+        return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stopping:
@@ -254,12 +273,13 @@ class Supervisor:
             }
             for child in running.values():
                 child.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + _DRAIN_SECONDS
+            allowed = self.settings.drain_timeout + _STOP_MARGIN_SECONDS
+            deadline = time.monotonic() + allowed
             for name, child in running.items():
                 try:
                     child.wait(timeout=max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    logger.warning("%s did not stop in %.0f s; killing it", name, _DRAIN_SECONDS)
+                    logger.warning("%s did not stop in %.0f s; killing it", name, allowed)
                     child.kill()
                     child.wait()
         if self.api_socket is not None:

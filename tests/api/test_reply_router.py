@@ -13,6 +13,7 @@ from api.collect import collect
 from api.errors import ApiError
 from api.reply_router import FIRST_SEQ, ReplyRouter, Restart
 from conveyor.bus import BusNames
+from conveyor.embedded_redis import free_port
 from conveyor.protocol import ChoiceDelta, ErrorInfo, ReplyMessage, Usage
 
 
@@ -203,3 +204,122 @@ def test_abort_pulls_a_still_queued_request_out_of_the_stream(redis_url: str) ->
         return len(left), int(left == [answered])
 
     assert asyncio.run(run()) == (1, 1)
+
+
+async def _until_done(reader: object) -> ApiError | None:
+    """Read to the end; the ApiError that ended the request, or None if it finished."""
+    try:
+        async for _ in reader:  # type: ignore[attr-defined]
+            pass
+    except ApiError as exc:
+        return exc
+    return None
+
+
+def test_a_request_redis_forgot_ends_at_once(redis_url: str) -> None:
+    """Redis restarted empty: the queue entry and any result are gone, so nothing can
+    answer; the request ends now, not at its deadline."""
+
+    async def run() -> tuple[ApiError | None, float]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-forgotten")
+        replies = ReplyRouter(store, names, "api-unit", silence_check=0.1)
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 30, streaming=False)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        await store.delete(stream)
+        started = time.monotonic()
+        error = await _until_done(reader)
+        await store.aclose()
+        return error, time.monotonic() - started
+
+    error, took = asyncio.run(run())
+    assert error is not None and (error.status, error.code) == (503, "request_lost")
+    assert took < 5
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_a_stream_whose_worker_died_ends_after_the_grace(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, streaming: bool
+) -> None:
+    """A stream that sent tokens cannot be restarted elsewhere, so once its worker's
+    heartbeat has been gone for the grace it ends; a non-streamed request waits for the
+    restart (here: until its deadline)."""
+    monkeypatch.setattr("api.reply_router.WORKER_LOSS_GRACE", 0.3)
+
+    async def run() -> ApiError | None:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames(f"unit-dead-worker-{streaming}")
+        replies = ReplyRouter(store, names, "api-unit", silence_check=0.1)
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 2, streaming=streaming)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        first = ReplyMessage(
+            id="r1",
+            seq=FIRST_SEQ,
+            choices=[ChoiceDelta(index=0, text="a", token_ids=[1])],
+            worker="w1",
+        )
+        replies._route(first.encode())  # w1 has no heartbeat key: it is gone
+        error = await _until_done(reader)
+        await store.aclose()
+        return error
+
+    error = asyncio.run(run())
+    assert error is not None
+    if streaming:
+        assert (error.status, error.code) == (503, "worker_restarted")
+    else:
+        assert (error.status, error.code) == (504, "timeout")
+
+
+def test_a_live_workers_silent_stream_waits(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with a heartbeat is only slow (a long prefill): its stream is left alone."""
+    monkeypatch.setattr("api.reply_router.WORKER_LOSS_GRACE", 0.1)
+
+    async def run() -> ApiError | None:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-live-worker")
+        replies = ReplyRouter(store, names, "api-unit", silence_check=0.1)
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 1.5, streaming=True)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        await store.set(names.worker("m", "w1"), "{}", px=10_000)
+        first = ReplyMessage(
+            id="r1",
+            seq=FIRST_SEQ,
+            choices=[ChoiceDelta(index=0, text="a", token_ids=[1])],
+            worker="w1",
+        )
+        replies._route(first.encode())
+        error = await _until_done(reader)
+        await store.aclose()
+        return error
+
+    error = asyncio.run(run())
+    assert error is not None and error.code == "timeout"
+
+
+def test_an_unreachable_redis_ends_requests_after_the_grace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("api.reply_router.REDIS_LOSS_GRACE", 0.3)
+
+    async def run() -> tuple[ApiError | None, float]:
+        nowhere = aioredis.from_url(
+            f"redis://127.0.0.1:{free_port()}/0", decode_responses=True, socket_connect_timeout=1
+        )
+        names = BusNames("unit-unreachable")
+        replies = ReplyRouter(nowhere, names, "api-unit", silence_check=0.1)
+        reader = replies.open("r1", time.time() + 30, streaming=True)
+        replies.queued("r1", names.requests("m"), "1-0", "m")
+        started = time.monotonic()
+        error = await _until_done(reader)
+        await nowhere.aclose()
+        return error, time.monotonic() - started
+
+    error, took = asyncio.run(run())
+    assert error is not None and (error.status, error.code) == (503, "queue_unavailable")
+    assert took < 5
