@@ -54,6 +54,7 @@ from api.routes import (
     tokenize,
 )
 from api.routes.ops import __version__
+from api.shutdown_drain import ShutdownDrain
 from api.usage_middleware import UsageMiddleware
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
@@ -114,6 +115,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.catalog = catalog
             app.state.submitter = RequestSubmitter(redis, names, replies, settings)
             app.state.background_responses = background
+            app.state.drain.bind(asyncio.get_running_loop(), replies.close_in_flight)
             logger.info("API instance %s listening for replies on %s", instance, replies.channel)
             yield
         finally:
@@ -139,6 +141,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.started = int(time.time())
+    # Started by the server's signal handler (api/server.py), before the lifespan ends.
+    app.state.drain = ShutdownDrain(settings.drain_timeout)
     # The usage middleware's rate-limit settlements in flight (awaited at shutdown).
     app.state.settling = set()
     app.state.batch_dispatcher = BatchDispatcher(settings)

@@ -210,9 +210,13 @@ class ReplyRouter:
                 pipe.exists(self.names.worker(model, reader.worker))
             found = await asyncio.shield(pipe.execute())
         queued, has_result = bool(found[0]), bool(found[1])
-        if not queued and not has_result:
+        answering = bool(reader.worker) and (
+            time.monotonic() - reader.last_message_at < self.silence_check
+        )
+        if not queued and not has_result and not answering:
             # A worker acks and deletes the entry only with the result stored, in one
-            # round: neither is left, so Redis lost the request (restarted empty).
+            # round: neither is left, so Redis lost the request (restarted empty). Unless
+            # its worker is still sending: it will store the result when it is done.
             return ApiError(
                 503,
                 "the request was lost by the queue (Redis restarted); retry the request",
@@ -283,8 +287,10 @@ class ReplyReader:
         # Set by the first reply of any kind: a worker is generating this request (a
         # background response then reads `in_progress` instead of `queued`).
         self.started = asyncio.Event()
-        # The instance of the worker whose replies are being read ("" before the first).
+        # The instance of the worker whose replies are being read ("" before the first),
+        # and when its last message arrived (monotonic).
         self.worker = ""
+        self.last_message_at = 0.0
         # Since when Redis could not be asked whether the request is alive, and since when
         # the answering worker has had no heartbeat (monotonic).
         self._unreachable_since: float | None = None
@@ -325,6 +331,7 @@ class ReplyReader:
                 yield self._finish(stored)
                 return
             message = item
+            self.last_message_at = time.monotonic()
             if message.attempt < self.attempt:
                 continue  # a late message from a worker presumed dead
             if message.attempt > self.attempt:
@@ -457,10 +464,15 @@ class ReplyReader:
                     item = await self.queue.get()
             except TimeoutError:
                 interval = min(interval * 2, 1.0)
+                await self._check_alive()
                 continue
             if item is _CLOSED:
                 raise ApiError(503, "the server is shutting down", code="shutting_down")
-            if isinstance(item, ReplyMessage) and item.error is not None:
+            if not isinstance(item, ReplyMessage):
+                await self._check_alive()
+                continue
+            self.last_message_at = time.monotonic()
+            if item.error is not None:
                 raise worker_error(item.error)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from types import FrameType
 from typing import Any
 
@@ -10,7 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.streaming import SHUTDOWN_GRACE_SECONDS
+from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
 from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.settings import Settings
 
@@ -29,6 +30,9 @@ class _Server(uvicorn.Server):
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
+        drain = getattr(getattr(self.config.app, "state", None), "drain", None)
+        if isinstance(drain, ShutdownDrain):
+            drain.begin()
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -47,7 +51,8 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         "ssl_certfile": settings.ssl_certfile,
         "ssl_ca_certs": settings.ssl_ca_certs,
         "ssl_cert_reqs": settings.ssl_cert_reqs,
-        "timeout_graceful_shutdown": int(SHUTDOWN_GRACE_SECONDS) + 5,
+        # The drain (api/shutdown_drain.py) answers what is left before this cuts it.
+        "timeout_graceful_shutdown": math.ceil(settings.drain_timeout) + CLOSE_MARGIN_SECONDS,
         "lifespan": "on",
     }
     return uvicorn.Config(app, **{**options, **overrides})

@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DONE = "[DONE]"
-# On SIGTERM, let in-flight streams finish for this long before sse-starlette cuts them.
-SHUTDOWN_GRACE_SECONDS = 25.0
+# On SIGTERM, sse-starlette would cut streams after its grace period; the API's own drain
+# (api/shutdown_drain.py) ends them with an error event first, and uvicorn's limit bounds
+# the whole shutdown, so this grace only has to outlast both.
+SHUTDOWN_GRACE_SECONDS = 24 * 3600.0
 
 
 class ChatFraming:

@@ -285,7 +285,10 @@ class Settings(BaseSettings):
     )
     max_deliveries: int = 3
     drain_timeout: float = Field(
-        default=30.0, description="seconds a stopping worker keeps finishing in-flight requests"
+        default=30.0,
+        ge=0,
+        description="seconds a stopping API or worker keeps finishing in-flight requests "
+        "(the API then answers what is left with a 503 shutting_down)",
     )
 
     # --- tenancy ---------------------------------------------------------------------

@@ -3,6 +3,7 @@ no process behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -48,13 +49,21 @@ def _alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
+DRAIN = 10  # --drain-timeout: long enough for the short request, not for the long ones
+
+
 def test_sigterm_drains_in_flight_and_stops_every_child(bundled_model_dir: Path) -> None:
+    """SIGTERM: what can finish within --drain-timeout finishes; what cannot ends with an
+    OpenAI-shaped 503 (a stream: an error event and [DONE]), never a cut connection."""
     port = free_port()
     # Request logs are flushed only at shutdown here, so every row proves the SIGTERM flush.
     env = server_env(bundled_model_dir, "", CONVEYOR_LOG_FLUSH_INTERVAL="3600")
     del env["CONVEYOR_REDIS_URL"]  # the embedded redis-server this time
     process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        [
+            *(sys.executable, "-m", "conveyor.cli", "serve"),
+            *("--port", str(port), "--host", "127.0.0.1", "--drain-timeout", str(DRAIN)),
+        ],
         env=env,
     )
     base_url = f"http://127.0.0.1:{port}"
@@ -67,26 +76,39 @@ def test_sigterm_drains_in_flight_and_stops_every_child(bundled_model_dir: Path)
     assert len(descendants) >= 3  # redis-server, worker, api
 
     result: dict = {}
+    story = {"model": "smollm2", "prompt": "Tell me a story.", "ignore_eos": True}
 
-    def call() -> None:
-        body = {
-            "model": "smollm2",
-            "prompt": "Tell me a story.",
-            "max_tokens": 60,
-            "ignore_eos": True,
-            "temperature": 0,
-        }
-        result["response"] = httpx.post(f"{base_url}/v1/completions", json=body, timeout=120)
+    def short() -> None:
+        body = {**story, "max_tokens": 40, "temperature": 0}
+        result["short"] = httpx.post(f"{base_url}/v1/completions", json=body, timeout=120)
 
-    thread = threading.Thread(target=call)
-    thread.start()
+    def long() -> None:  # far more than the drain leaves time for
+        body = {**story, "max_tokens": 1500}
+        result["long"] = httpx.post(f"{base_url}/v1/completions", json=body, timeout=120)
+
+    def long_stream() -> None:
+        body = {**story, "max_tokens": 1500, "stream": True}
+        with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=120) as r:
+            result["stream"] = [line for line in r.iter_lines() if line.startswith("data: ")]
+
+    threads = [threading.Thread(target=call) for call in (short, long, long_stream)]
+    for thread in threads:
+        thread.start()
     time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
-    thread.join(timeout=120)
+    signalled = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=120)
     assert process.wait(timeout=90) == 0
-    response = result["response"]
+    assert time.monotonic() - signalled < DRAIN + 20
+    response = result["short"]
     assert response.status_code == 200, response.text
-    assert response.json()["usage"]["completion_tokens"] == 60
+    assert response.json()["usage"]["completion_tokens"] == 40
+    assert result["long"].status_code == 503
+    assert result["long"].json()["error"]["code"] == "shutting_down"
+    *tokens, error, done = result["stream"]
+    assert len(tokens) > 1 and done == "data: [DONE]"
+    assert json.loads(error.removeprefix("data: "))["error"]["code"] == "shutting_down"
     deadline = time.monotonic() + 10
     while any(_alive(p) for p in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -97,4 +119,74 @@ def test_sigterm_drains_in_flight_and_stops_every_child(bundled_model_dir: Path)
     with database.session() as session:
         rows = list(session.scalars(select(RequestLog).order_by(RequestLog.id)))
     database.close()
-    assert [(r.status_code, r.completion_tokens) for r in rows] == [(200, 3)] * 3 + [(200, 60)]
+    logged = sorted((r.status_code, r.completion_tokens > 40) for r in rows)
+    # The warm-ups, the short request, the stream (billed what it sent), the 503.
+    assert logged == [(200, False)] * 4 + [(200, True), (503, False)]
+
+
+def test_a_dead_embedded_redis_is_restarted_and_its_requests_end(bundled_model_dir: Path) -> None:
+    """kill -9 of the embedded redis-server: the supervisor starts a new one, serving
+    resumes, and every request in flight ends soon (not at its deadline): a stream with an
+    error (its tokens sent meanwhile are lost), a non-streamed request whole (its worker
+    stores the result in the new Redis)."""
+    port = free_port()
+    env = server_env(bundled_model_dir, "")
+    del env["CONVEYOR_REDIS_URL"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+        body = {"model": "smollm2", "prompt": "Tell me a story.", "max_tokens": 1500}
+        assert httpx.post(f"{base_url}/v1/completions", json={**body, "max_tokens": 2}).is_success
+
+        def redis_servers() -> list[int]:
+            return [
+                pid
+                for pid in _children(process.pid)
+                if b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+
+        (first,) = redis_servers()
+        result: dict = {}
+
+        def whole() -> None:
+            short = {**body, "max_tokens": 120, "ignore_eos": True, "temperature": 0}
+            result["whole"] = httpx.post(f"{base_url}/v1/completions", json=short, timeout=300)
+
+        def stream() -> None:
+            streamed = {**body, "max_tokens": 300, "ignore_eos": True, "stream": True}
+            with httpx.stream(
+                "POST", f"{base_url}/v1/completions", json=streamed, timeout=300
+            ) as r:
+                result["stream"] = [line for line in r.iter_lines() if line.startswith("data: ")]
+
+        threads = [threading.Thread(target=call) for call in (whole, stream)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.5)
+        os.kill(first, signal.SIGKILL)
+        killed = time.monotonic()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert time.monotonic() - killed < 30  # the request timeout would be 600 s
+        assert result["whole"].status_code == 200, result["whole"].text
+        assert result["whole"].json()["usage"]["completion_tokens"] == 120
+        *_, last, done = result["stream"]
+        assert done == "data: [DONE]"
+        last_event = json.loads(last.removeprefix("data: "))
+        if "error" in last_event:  # messages published while Redis was away were lost
+            assert last_event["error"]["code"] in ("reply_lost", "request_lost")
+        else:  # the worker's held messages reached the new Redis in time: nothing lost
+            assert last_event["choices"][0]["finish_reason"] == "length"
+
+        wait_healthy(base_url, process, 60)
+        (second,) = redis_servers()
+        assert second != first
+        again = httpx.post(f"{base_url}/v1/completions", json={**body, "max_tokens": 3}, timeout=60)
+        assert again.status_code == 200, again.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=90) == 0

@@ -1,0 +1,26 @@
+"""ShutdownDrain: the clock starts at the signal, runs once, and then ends what is left."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from api.shutdown_drain import ShutdownDrain
+
+
+def test_the_drain_ends_in_flight_requests_once_its_time_is_up() -> None:
+    async def run() -> list[float]:
+        ended: list[float] = []
+        drain = ShutdownDrain(0.2)
+        drain.begin()  # before the app is serving: nothing to end yet, nothing armed
+        drain.bind(asyncio.get_running_loop(), lambda: ended.append(time.monotonic()))
+        started = time.monotonic()
+        drain.begin()
+        drain.begin()  # a second signal does not start another clock
+        await asyncio.sleep(0.1)
+        assert ended == []  # in-flight requests still have time
+        await asyncio.sleep(0.4)
+        return [t - started for t in ended]
+
+    (after,) = asyncio.run(run())
+    assert 0.2 <= after < 0.45
