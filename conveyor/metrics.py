@@ -281,16 +281,20 @@ class WorkerMetricsCollector(Collector):
     """Yields every worker snapshot as vLLM metric families (one sample per worker).
 
     Public so the API can register it next to its own queue metrics in one registry.
-    Snapshots from other releases may lack a metric; missing ones are skipped.
+    Snapshots from other releases may lack a metric; missing ones are skipped. A
+    snapshot marked `"live": false` (its worker's heartbeat is gone) keeps its final
+    counters and histograms for a while, but no gauges: a dead worker runs nothing, so
+    sums of running requests or cache usage must not count it.
     """
 
     def __init__(self, snapshots: Iterable[dict[str, Any]]) -> None:
         self.snapshots = list(snapshots)
+        self.live = [snap for snap in self.snapshots if snap.get("live", True)]
 
     def collect(self) -> Iterator[Metric]:
         for name, doc in GAUGES.items():
             gauge = GaugeMetricFamily(name, doc, labels=LABELS)
-            for snap in self.snapshots:
+            for snap in self.live:
                 value = snap.get("gauges", {}).get(name)
                 if value is not None:
                     gauge.add_metric(_labels(snap), float(value))
@@ -347,7 +351,7 @@ class WorkerMetricsCollector(Collector):
     ) -> GaugeMetricFamily:
         """One sample per snapshot holding a `key` dict: its `labels` as labels."""
         family = GaugeMetricFamily(name, doc, labels=[*LABELS, *labels])
-        for snap in self.snapshots:
+        for snap in self.live:
             info = snap.get(key)
             if isinstance(info, dict):
                 values = [str(info.get(label, "")) for label in labels]

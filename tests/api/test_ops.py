@@ -147,11 +147,19 @@ def test_run_api_needs_a_redis_url() -> None:
 def test_metrics_with_the_real_worker_renderer(client: httpx.Client, stack: Stack) -> None:
     from conveyor.metrics import WorkerMetrics
 
-    metrics = WorkerMetrics(MODEL, "real-1")
-    metrics.set_engine_state(running=4, waiting=1, kv_cache_usage=0.25, num_preemptions=0)
     store = redis.Redis.from_url(stack.redis_url)
-    store.set(stack.names.worker_metrics("real-1"), json.dumps(metrics.snapshot()), ex=30)
+    # A live worker (its heartbeat as the fake worker's), and one whose heartbeat is gone.
+    beat = store.get(stack.names.worker(MODEL, stack.worker.instance))
+    assert beat is not None
+    store.set(stack.names.worker(MODEL, "real-1"), beat, ex=30)
+    for instance, running in (("real-1", 4), ("gone-1", 7)):
+        metrics = WorkerMetrics(MODEL, instance)
+        metrics.set_engine_state(running=running, waiting=1, kv_cache_usage=0.25, num_preemptions=0)
+        store.set(stack.names.worker_metrics(instance), json.dumps(metrics.snapshot()), ex=30)
     text = client.get("/metrics").text
     running = [line for line in text.splitlines() if line.startswith("vllm:num_requests_running")]
-    assert any(line.endswith(" 4.0") for line in running), running
+    assert any('worker="real-1"' in line and line.endswith(" 4.0") for line in running), running
+    # The dead worker's final counters stay for a last scrape; it runs nothing any more.
+    assert not any('worker="gone-1"' in line for line in running), running
+    assert f'vllm:num_preemptions_total{{model_name="{MODEL}",worker="gone-1"}}' in text
     assert f'conveyor:queue_length{{lane="interactive",model="{MODEL}"}}' in text
