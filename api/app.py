@@ -75,10 +75,12 @@ def create_app(settings: Settings) -> FastAPI:
             raise RuntimeError("the API needs --redis-url (CONVEYOR_REDIS_URL)")
         database = Database(settings.resolved_database_url)
         await anyio.to_thread.run_sync(prepare_schema, database.url)
-        # A connect that cannot succeed fails in seconds, not at the OS's timeout: a
-        # request waiting on Redis must reach its own error (api/reply_router.py).
+        # A connect or a read that cannot succeed fails in seconds, not at the OS's TCP
+        # timeouts: a request waiting on Redis must reach its own error
+        # (api/reply_router.py). The API sends no blocking commands; pub/sub reads pass
+        # their own timeout.
         redis = aioredis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=5
+            settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10
         )
         names = BusNames(settings.redis_prefix)
         instance = settings.resolved_instance_id("api")

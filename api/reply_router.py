@@ -16,9 +16,10 @@ a `ReplyReader` checks what arrives:
   a long silence (or a reconnect of the subscription) makes the reader look
   for a stored result, so a lost final message cannot hang a request.
 - A silence also makes the reader ask whether anything can still answer
-  (`ReplyRouter.lost`): a request whose queue entry is gone without a result
-  (Redis restarted empty) ends at once, and so does a stream that already sent
-  tokens when its worker's heartbeat has expired (it could only be restarted,
+  (`ReplyRouter.lost`): a request whose queue entry and result are gone while
+  no live worker holds it (Redis restarted empty) ends at the second such
+  check, and a stream that already sent tokens ends once its worker's
+  heartbeat has been gone `WORKER_LOSS_GRACE` (it could only be restarted,
   which a stream refuses). Without Redis for `REDIS_LOSS_GRACE` seconds, a
   request ends with a 503 instead of waiting for its deadline.
 """
@@ -197,34 +198,42 @@ class ReplyRouter:
 
     async def lost(self, reader: ReplyReader) -> ApiError | _Signal | None:
         """Why nothing will answer `reader`'s request any more; `_WORKER_GONE` when the
-        worker that was answering has no heartbeat (it may be stopped, not dead); None
-        while all is well. Raises RedisError when Redis cannot be asked."""
+        worker that holds it has no heartbeat (it may be stopped, not dead); None while
+        all is well. Raises RedisError when Redis cannot be asked."""
         placed = self._placed.get(reader.request_id)
         if placed is None:
             return None
         model, stream, entry_id = placed
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(stream, entry_id, entry_id, count=1)
-            pipe.exists(self.names.result(reader.request_id))
-            if reader.worker:
-                pipe.exists(self.names.worker(model, reader.worker))
-            found = await asyncio.shield(pipe.execute())
-        queued, has_result = bool(found[0]), bool(found[1])
-        answering = bool(reader.worker) and (
-            time.monotonic() - reader.last_message_at < self.silence_check
+        heartbeat = self.names.worker(model, reader.worker) if reader.worker else None
+        # Shielded as a whole: a cancelled probe must not hand back a connection that is
+        # still reading the pipeline's replies.
+        queued, has_result, worker_alive = await asyncio.shield(
+            self._probe(stream, entry_id, self.names.result(reader.request_id), heartbeat)
         )
-        if not queued and not has_result and not answering:
+        if not queued and not has_result and not worker_alive:
             # A worker acks and deletes the entry only with the result stored, in one
-            # round: neither is left, so Redis lost the request (restarted empty). Unless
-            # its worker is still sending: it will store the result when it is done.
+            # round: neither is left and no live worker holds it (its first message says
+            # which does), so Redis lost the request (restarted empty).
             return ApiError(
                 503,
                 "the request was lost by the queue (Redis restarted); retry the request",
                 code="request_lost",
             )
-        if queued and reader.worker and not found[2]:
+        if queued and heartbeat is not None and not worker_alive:
             return _WORKER_GONE
         return None
+
+    async def _probe(
+        self, stream: str, entry_id: str, result: str, heartbeat: str | None
+    ) -> tuple[bool, bool, bool]:
+        """Whether the request's stream entry, its result and its worker's heartbeat exist."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(stream, entry_id, entry_id, count=1)
+            pipe.exists(result)
+            if heartbeat is not None:
+                pipe.exists(heartbeat)
+            found = await pipe.execute()
+        return bool(found[0]), bool(found[1]), heartbeat is not None and bool(found[2])
 
     @property
     def in_flight(self) -> int:
@@ -287,15 +296,15 @@ class ReplyReader:
         # Set by the first reply of any kind: a worker is generating this request (a
         # background response then reads `in_progress` instead of `queued`).
         self.started = asyncio.Event()
-        # The instance of the worker whose replies are being read ("" before the first),
-        # and when its last message arrived (monotonic).
+        # The instance of the worker whose replies are being read ("" before the first;
+        # a non-streamed request's worker sends a first message too when it starts).
         self.worker = ""
-        self.last_message_at = 0.0
         # Since when Redis could not be asked whether the request is alive, and since when
         # the answering worker has had no heartbeat (monotonic).
         self._unreachable_since: float | None = None
         self._worker_gone_since: float | None = None
         self._checked_at = time.monotonic()  # the first check waits a silence_check
+        self._lost_seen = False  # the last check found the request lost
 
     def close(self) -> bool:
         """Stop receiving; True only for the call that actually closed it."""
@@ -331,7 +340,6 @@ class ReplyReader:
                 yield self._finish(stored)
                 return
             message = item
-            self.last_message_at = time.monotonic()
             if message.attempt < self.attempt:
                 continue  # a late message from a worker presumed dead
             if message.attempt > self.attempt:
@@ -395,7 +403,13 @@ class ReplyReader:
             return
         self._unreachable_since = None
         if isinstance(lost, ApiError):
-            raise lost
+            # Only when two checks in a row say so: just after a Redis restart a live
+            # worker's heartbeat may not be written again yet.
+            if self._lost_seen:
+                raise lost
+            self._lost_seen = True
+            return
+        self._lost_seen = False
         if lost is not _WORKER_GONE:
             self._worker_gone_since = None
             return
@@ -471,7 +485,6 @@ class ReplyReader:
             if not isinstance(item, ReplyMessage):
                 await self._check_alive()
                 continue
-            self.last_message_at = time.monotonic()
             if item.error is not None:
                 raise worker_error(item.error)
 

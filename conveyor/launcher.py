@@ -218,17 +218,9 @@ class Supervisor:
 
     def _watch(self) -> int:
         while not self.stopping:
-            if self.redis is not None and (code := self.redis.exit_code) is not None:
-                if not self._may_restart("redis-server", code):
-                    return code or 1
-                # Empty again: the API ends the requests it held with an error, and the
-                # workers announce themselves again (their streams and groups are gone).
-                logger.error(
-                    "embedded redis-server exited with code %s; restarting it (requests in "
-                    "flight are lost and end with an error)",
-                    code,
-                )
-                self.redis.restart()
+            redis_exit = self.redis.exit_code if self.redis is not None else None
+            if redis_exit is not None and not self._restart_redis(redis_exit):
+                return redis_exit or 1
             for name, child in list(self.children.items()):
                 code = child.poll()
                 if code is None or self.stopping:
@@ -244,6 +236,25 @@ class Supervisor:
                 self.children[name] = self._start(name, command, env)
             time.sleep(0.2)
         return 0
+
+    def _restart_redis(self, code: int) -> bool:
+        """A new, empty embedded redis-server on the same port; False when it keeps
+        failing. The API ends the requests Redis lost with an error; the workers announce
+        themselves again (their streams and groups are gone)."""
+        assert self.redis is not None
+        logger.error(
+            "embedded redis-server exited with code %s; restarting it (requests it held "
+            "that no worker is running end with an error)",
+            code,
+        )
+        while self._may_restart("redis-server", code):
+            try:
+                self.redis.restart()
+                return True
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                logger.error("embedded redis-server did not start again: %s", exc)
+                time.sleep(0.5)
+        return False
 
     def _may_restart(self, name: str, code: int) -> bool:
         """Count a restart of `name`; False (and logged) when it keeps exiting."""

@@ -21,9 +21,13 @@ from engine.llm_engine import LLMEngine
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
-    """Create the stream and its consumer group unless another worker already did."""
+    """Create the stream and its consumer group unless another worker already did.
+
+    The group starts at the stream's beginning: every entry still in a stream is unserved
+    (a served one is acked and deleted), e.g. one an API queued after a Redis restart
+    before any worker had made the group again."""
     try:
-        client.xgroup_create(stream, WORKER_GROUP, id="$", mkstream=True)
+        client.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise

@@ -63,9 +63,11 @@ class ReplyBuilder:
     def absorb(self, out: RequestOutput) -> ReplyMessage | None:
         """Fold one step's output into the result; returns its delta message when streaming.
 
-        A non-streaming request gets no token messages: its one message is `result()`
-        (seq 0), which an API that accumulates deltas and one that reads the stored
-        result both read correctly.
+        A non-streaming request gets no token messages: a first one without text when
+        it starts (seq 0: the API learns which worker holds it, so it can tell a busy
+        worker from a lost request, see api/reply_router.py) unless it finishes in its
+        first step, then `result()`, which an API that accumulates deltas and one that
+        reads the stored result both read correctly.
         """
         deltas: list[ChoiceDelta] = []
         for o in out.outputs:
@@ -99,6 +101,8 @@ class ReplyBuilder:
                 cached_tokens=out.num_cached_tokens,
             )
         if not self.streaming:
+            if first and not out.finished:
+                return self._next(times=self.times, cached_tokens=out.num_cached_tokens)
             return None
         return self._next(
             choices=deltas,
@@ -118,9 +122,12 @@ class ReplyBuilder:
             ChoiceDelta(c.index, c.text, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason)
             for c in sorted(self.choices.values(), key=lambda c: c.index)
         ]
+        # The final message's seq: a stream's last delta already took one; otherwise
+        # this is the message after the start message, if one went out.
+        seq = max(self.seq - 1, 0) if self.streaming else self.seq
         return ReplyMessage(
             id=self.ticket.request_id,
-            seq=max(self.seq - 1, 0),  # the final message's seq
+            seq=seq,
             worker=self.worker,
             attempt=self.ticket.attempt,
             choices=choices,

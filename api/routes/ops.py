@@ -78,9 +78,10 @@ async def metrics(
     """Workers' engine metrics (their snapshots in Redis) plus this deployment's queues."""
     snapshots = await _worker_snapshots(redis, names.worker_metrics_pattern)
     # A snapshot outlives its worker (final counts for a last scrape); say which are live.
-    live = {key.rsplit(":", 1)[1] async for key in redis.scan_iter(match=names.worker_pattern)}
+    live = {key async for key in redis.scan_iter(match=names.worker_pattern)}
     for snap in snapshots:
-        snap["live"] = snap.get("worker") in live
+        beat = names.worker(str(snap.get("model_name", "")), str(snap.get("worker", "")))
+        snap["live"] = beat in live
     bases = {name for name, m in (await catalog.live_models()).items() if m.parent is None}
     models = bases | await catalog.known_models()  # adapters share their base's queues
     stats = {model: await lane_stats(redis, names, model) for model in sorted(models)}

@@ -323,3 +323,35 @@ def test_an_unreachable_redis_ends_requests_after_the_grace(
     error, took = asyncio.run(run())
     assert error is not None and (error.status, error.code) == (503, "queue_unavailable")
     assert took < 5
+
+
+def test_a_request_a_live_worker_still_runs_is_not_lost(redis_url: str) -> None:
+    """Redis restarted empty while a worker generates a non-streamed answer: its first
+    message named the worker, whose heartbeat is back, so the reader waits for the
+    result the worker stores when it is done."""
+
+    async def run() -> tuple[str, float]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-held")
+        replies = ReplyRouter(store, names, "api-unit", silence_check=0.1)
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 30, streaming=False)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        replies._route(ReplyMessage(id="r1", seq=FIRST_SEQ, worker="w1").encode())
+        await store.delete(stream)  # Redis forgot the entry...
+        await store.set(names.worker("m", "w1"), "{}", px=10_000)  # ...w1 is alive
+
+        async def finish_later() -> None:
+            await asyncio.sleep(1.0)  # ten checks' worth
+            done = message(FIRST_SEQ + 1, "whole", finished=True)
+            await store.set(names.result("r1"), done.encode())
+
+        started = time.monotonic()
+        task = asyncio.create_task(finish_later())
+        output = await collect(reader)
+        await task
+        await store.aclose()
+        return output.choice(0).full_text, time.monotonic() - started
+
+    text, took = asyncio.run(run())
+    assert text == "whole" and took >= 1.0

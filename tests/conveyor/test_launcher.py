@@ -126,3 +126,43 @@ def test_a_socket_path_that_cannot_work_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="under 108 bytes"):
         Settings(uds="/tmp/" + "s" * 120)
     check_local_files(Settings(uds=str(tmp_path / "api.sock")))
+
+
+class _DyingRedis:
+    """An embedded redis-server that has died, and restarts as `starts` says."""
+
+    def __init__(self, supervisor: Supervisor, starts: list[bool]) -> None:
+        self.supervisor = supervisor
+        self.starts = starts
+        self.dead = True
+        self.restarts = 0
+
+    @property
+    def exit_code(self) -> int | None:
+        return 9 if self.dead else None
+
+    def restart(self) -> _DyingRedis:
+        self.restarts += 1
+        if not self.starts.pop(0):
+            raise RuntimeError("embedded redis-server exited at start: port in use")
+        self.dead = False
+        self.supervisor.stopping = True  # enough: end the watch loop
+        return self
+
+
+def test_a_dead_embedded_redis_is_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("conveyor.launcher.time.sleep", lambda _: None)
+    supervisor = Supervisor(Settings())
+    redis = _DyingRedis(supervisor, [False, True])  # the first try fails, the next works
+    supervisor.redis = redis  # type: ignore[assignment]
+    assert supervisor._watch() == 0
+    assert redis.restarts == 2 and not redis.dead
+
+
+def test_a_redis_that_cannot_start_again_stops_the_tree(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("conveyor.launcher.time.sleep", lambda _: None)
+    supervisor = Supervisor(Settings())
+    redis = _DyingRedis(supervisor, [False] * 10)
+    supervisor.redis = redis  # type: ignore[assignment]
+    assert supervisor._watch() == 9
+    assert redis.restarts == 5  # the restart budget, then everything stops

@@ -119,9 +119,13 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
     assert 0 < client.pttl(names.result(streamed.id)) <= 60_000
     assert h.pending() == 0 and client.xlen(h.stream) == 0
 
-    # Not streaming: one message, seq 0, the whole result.
-    (only,) = replies[quiet.id]
-    assert only.seq == 0 and only.finished and joined([only]) == (want_text, want_tokens)
+    # Not streaming: a start message naming the worker (no text), then the whole result.
+    started, whole = replies[quiet.id]
+    assert (started.seq, started.finished, started.choices) == (0, False, [])
+    assert started.worker == instance and started.times is not None
+    assert started.cached_tokens is not None
+    assert whole.seq == 1 and whole.finished and joined([whole]) == (want_text, want_tokens)
+    assert ReplyMessage.decode(client.get(names.result(quiet.id))).seq == 1
 
     # Metrics reach Redis with the heartbeat and render under vLLM's names.
     def snapshot() -> dict[str, Any]:

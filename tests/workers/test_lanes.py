@@ -270,3 +270,15 @@ def test_undecodable_batch_entry_is_dead_lettered_from_its_own_stream(
     assert entry[1]["lane"] == BATCH_LANE and "undecodable" in entry[1]["reason"]
     wait_for(lambda: client.xlen(stream) == 0)
     assert int(client.xpending(stream, WORKER_GROUP)["pending"]) == 0
+
+
+def test_a_group_made_again_serves_what_was_queued_before_it(client: redis.Redis) -> None:
+    """After a Redis restart an API may queue before any worker makes the group again;
+    those entries are unserved, so the new group must deliver them."""
+    names = BusNames(f"t{uuid.uuid4().hex[:10]}")
+    stream = names.requests("m", INTERACTIVE_LANE)
+    client.xadd(stream, {REQUEST_FIELD: "early"})  # XADD makes the stream, not the group
+    ensure_group(client, stream)
+    ensure_group(client, stream)  # a second worker: no error, no second group
+    got = _intake(client, names).read(5)
+    assert [f[REQUEST_FIELD] for _, _, f in got] == ["early"]
