@@ -160,7 +160,7 @@ def test_a_dead_embedded_redis_is_restarted_and_its_requests_end(bundled_model_d
             result["whole"] = httpx.post(f"{base_url}/v1/completions", json=short, timeout=300)
 
         def stream() -> None:
-            streamed = {**body, "max_tokens": 300, "ignore_eos": True, "stream": True}
+            streamed = {**body, "max_tokens": 150, "ignore_eos": True, "stream": True}
             with httpx.stream(
                 "POST", f"{base_url}/v1/completions", json=streamed, timeout=300
             ) as r:
