@@ -19,7 +19,7 @@ from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
 from conveyor.embedded_redis import free_port
 
-from .conftest import STARTUP_TIMEOUT, server_env, wait_healthy
+from .conftest import STARTUP_TIMEOUT, server_env, serving, wait_healthy
 
 
 def _children(pid: int) -> set[int]:
@@ -129,18 +129,8 @@ def test_a_dead_embedded_redis_is_restarted_and_its_requests_end(bundled_model_d
     resumes, and every request in flight ends soon (not at its deadline): a stream with an
     error (its tokens sent meanwhile are lost), a non-streamed request whole (its worker
     stores the result in the new Redis)."""
-    port = free_port()
-    env = server_env(bundled_model_dir, "")
-    del env["CONVEYOR_REDIS_URL"]
     # A request that waited for its deadline would end with a 504 `timeout` at 300 s.
-    env["CONVEYOR_REQUEST_TIMEOUT"] = "300"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "conveyor.cli", "serve", "--port", str(port), "--host", "127.0.0.1"],
-        env=env,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+    with serving(bundled_model_dir, CONVEYOR_REQUEST_TIMEOUT="300") as (base_url, process):
         body = {"model": "smollm2", "prompt": "Tell me a story.", "max_tokens": 1500}
         assert httpx.post(f"{base_url}/v1/completions", json={**body, "max_tokens": 2}).is_success
 
@@ -190,6 +180,3 @@ def test_a_dead_embedded_redis_is_restarted_and_its_requests_end(bundled_model_d
         assert second != first
         again = httpx.post(f"{base_url}/v1/completions", json={**body, "max_tokens": 3}, timeout=60)
         assert again.status_code == 200, again.text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=90) == 0
