@@ -21,6 +21,7 @@ import anyio.to_thread
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.auth import Authenticator
 from api.background_responses import BackgroundResponses
@@ -78,9 +79,15 @@ def create_app(settings: Settings) -> FastAPI:
         # A connect or a read that cannot succeed fails in seconds, not at the OS's TCP
         # timeouts: a request waiting on Redis must reach its own error
         # (api/reply_router.py). The API sends no blocking commands; pub/sub reads pass
-        # their own timeout.
+        # their own timeout. A pooled connection to a Redis that has since restarted
+        # fails once on its next use: that command is retried on a new connection
+        # (redis-py retries nothing by default).
         redis = aioredis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=5, socket_timeout=10
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            retry_on_error=[RedisConnectionError],
         )
         names = BusNames(settings.redis_prefix)
         instance = settings.resolved_instance_id("api")

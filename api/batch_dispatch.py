@@ -31,5 +31,8 @@ class BatchDispatcher:
         if self._app is None:
             self._app = celery_app(self.settings)
         if self._redis is None:
-            self._redis = redis.Redis.from_url(self.settings.redis_url or "")
+            # Retried once on a new connection after a Redis restart (as the API's client).
+            self._redis = redis.Redis.from_url(
+                self.settings.redis_url or "", retry_on_error=[redis.ConnectionError]
+            )
         queue_batch(self._app, self._redis, self.settings, batch_id)
