@@ -336,6 +336,13 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--max-log-len", {"type": int, "help": "prompt token ids per logged request (all)"}),
     ("--response-role", {"help": "the role of chat answers' messages (assistant)"}),
     (
+        "--default-chat-template-kwargs",
+        {
+            "metavar": "JSON",
+            "help": 'chat template kwargs under every request\'s: {"enable_thinking": false}',
+        },
+    ),
+    (
         "--prefix-cache-scope",
         {
             "choices": Settings.choices("prefix_cache_scope"),
@@ -391,6 +398,10 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
     )
     for flag, help_text in (
         ("--return-tokens-as-token-ids", "logprobs name tokens token_id:N (vLLM's form)"),
+        (
+            "--exclude-tools-when-tool-choice-none",
+            'tool_choice "none" leaves the tools out of the prompt',
+        ),
         ("--enable-force-include-usage", "every stream ends with usage, asked for or not"),
         ("--allow-credentials", "CORS: allow credentials"),
         ("--disable-fastapi-docs", "no /docs, /redoc or /openapi.json"),

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
@@ -20,6 +21,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
+from engine.chat_template_kwargs import parse_default_template_kwargs
 from engine.generation_defaults import parse_overrides
 from engine.hf_overrides import parse_hf_overrides
 from engine.lora_config import DEFAULT_MAX_LORA_RANK, LoRAConfig
@@ -323,6 +325,17 @@ class Settings(BaseSettings):
     enable_force_include_usage: bool = Field(
         default=False, description="every stream ends with a usage chunk, asked for or not"
     )
+    default_chat_template_kwargs: dict[str, Any] | None = Field(
+        default=None,
+        description="JSON object every chat template is given, under a request's own "
+        'chat_template_kwargs (the request wins key by key), e.g. {"enable_thinking": '
+        "false} to turn Qwen3's thinking off unless a request turns it on",
+    )
+    exclude_tools_when_tool_choice_none: bool = Field(
+        default=False,
+        description='leave the tools out of the prompt of a request with tool_choice "none" '
+        "(by default the model sees them, as at OpenAI)",
+    )
     enable_log_requests: bool = Field(
         default=False, description="log each request the API queues: model, params, prompt ids"
     )
@@ -515,6 +528,13 @@ class Settings(BaseSettings):
     @classmethod
     def _json_or_comma_list(cls, value: object) -> object:
         return json_or_comma_list(value) if isinstance(value, str) else value
+
+    @field_validator("default_chat_template_kwargs", mode="before")
+    @classmethod
+    def _template_kwargs_parse(cls, value: object) -> object:
+        if value is None or isinstance(value, str | Mapping):
+            return parse_default_template_kwargs(value) or None
+        return value
 
     @field_validator("hf_overrides")
     @classmethod

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.configuration_error import ConfigurationError
+from engine.json_flag import json_object_flag
 
 # The knobs vLLM reads from a generation config (any other key there is not sampling's).
 GENERATION_DEFAULT_KEYS = (
@@ -56,15 +57,8 @@ def _number(key: str, value: Any, source: str) -> int | float:
 def parse_overrides(text: str | None) -> dict[str, int | float]:
     """--override-generation-config's JSON object; unknown keys are refused (typos would
     otherwise change nothing, silently)."""
-    if not text:
-        return {}
     source = "--override-generation-config"
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GenerationConfigError(f"{source} is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise GenerationConfigError(f"{source} must be a JSON object, got {text!r}")
+    data = json_object_flag(text, source, GenerationConfigError)
     unknown = sorted(set(data) - set(GENERATION_DEFAULT_KEYS))
     if unknown:
         raise GenerationConfigError(

@@ -9,21 +9,14 @@ file's, except a sub-config (`text_config`, ...), which is overridden key by key
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from engine.json_flag import json_object_flag
 
 
 def parse_hf_overrides(value: str | dict[str, Any] | None) -> dict[str, Any]:
     """The overrides as a dict; a ValueError naming the flag when they are not a JSON object."""
-    if value is None or value == "":
-        return {}
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--hf-overrides is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--hf-overrides must be a JSON object, got {value!r}")
+    value = json_object_flag(value, "--hf-overrides")
     scaling = value.get("rope_scaling")
     if scaling is not None and not isinstance(scaling, dict):
         raise ValueError(f"--hf-overrides: rope_scaling must be an object or null, got {scaling!r}")

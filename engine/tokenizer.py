@@ -20,29 +20,11 @@ from tokenizers import decoders
 from transformers import PreTrainedTokenizerFast
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
+from engine.chat_template_kwargs import reserved_in
 from engine.configuration_error import ConfigurationError
 
 # Characters that mark a --chat-template value as a literal template, not a path (vLLM's rule).
 _JINJA_CHARS = "{}\n"
-# apply_chat_template parameters that template kwargs (user-supplied chat_template_kwargs)
-# must not override: they would change what we render or how, not what the template sees.
-_RESERVED_TEMPLATE_KWARGS = frozenset(
-    {
-        "conversation",
-        "tools",
-        "chat_template",
-        "add_generation_prompt",
-        "tokenize",
-        "sanitize_control_tokens",
-        "padding",
-        "truncation",
-        "max_length",
-        "return_tensors",
-        "return_dict",
-        "return_assistant_tokens_mask",
-        "tokenizer_kwargs",
-    }
-)
 _BYTE_FALLBACK_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _METASPACE = "\u2581"  # SentencePiece's visible space
 
@@ -151,9 +133,9 @@ class Tokenizer:
                 "or use the completions endpoint"
             )
         conversation = normalize_messages(messages)
-        reserved = _RESERVED_TEMPLATE_KWARGS.intersection(template_kwargs)
+        reserved = reserved_in(template_kwargs)
         if reserved:
-            raise ValueError(f"chat template kwargs may not set {sorted(reserved)}")
+            raise ValueError(f"chat template kwargs may not set {reserved}")
         try:
             rendered = self._hf.apply_chat_template(
                 conversation,

@@ -41,6 +41,7 @@ from api.schemas.embeddings import (
     EmbeddingResponse,
     EmbeddingUsage,
 )
+from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
 from engine.tokenizer import Tokenizer
 
@@ -62,6 +63,9 @@ async def create_embedding(
     body.check_supported()
     body.model = body.model or await catalog.default_model()
     items = body.inputs() if body.messages is None else []
+    body.chat_template_kwargs = with_defaults(
+        settings.default_chat_template_kwargs, body.chat_template_kwargs
+    )
     model = await embedding_model(request, catalog, submitter, record, body.model, "/v1/embeddings")
     pooling = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
     check_pooling(pooling, model)

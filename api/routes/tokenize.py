@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
 
 from api.chat_tokens import chat_token_ids
-from api.deps import Authenticated, CatalogDep, json_body
+from api.deps import Authenticated, CatalogDep, SettingsDep, json_body
 from api.errors import bad_request, validation_error
 from api.request_submitter import check_prompt_ids
 from api.schemas.tokenize import (
@@ -19,6 +19,7 @@ from api.schemas.tokenize import (
     TokenizeCompletionRequest,
     TokenizeResponse,
 )
+from engine.chat_template_kwargs import with_defaults
 from engine.tokenizer import Tokenizer
 
 router = APIRouter(dependencies=[Authenticated])
@@ -58,8 +59,14 @@ def _tokenize(tokenizer: Tokenizer, body: TokenizeRequest) -> list[int]:
 
 @router.post("/tokenize")
 async def tokenize(
-    body: Annotated[TokenizeRequest, Depends(_tokenize_body)], catalog: CatalogDep
+    body: Annotated[TokenizeRequest, Depends(_tokenize_body)],
+    catalog: CatalogDep,
+    settings: SettingsDep,
 ) -> TokenizeResponse:
+    if isinstance(body, TokenizeChatRequest):  # counted as the chat request would render
+        body.chat_template_kwargs = with_defaults(
+            settings.default_chat_template_kwargs, body.chat_template_kwargs
+        )
     model = body.model or await catalog.default_model()
     live = await catalog.resolve(model)
     model_tokenizer = await catalog.tokenizer(live.queue_model)

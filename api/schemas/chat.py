@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -21,7 +21,11 @@ from api.tool_choice import (
     forced_tool_call,
     wants_auto,
 )
+from engine.chat_template_kwargs import with_defaults
 from engine.structured_output import StructuredOutput
+
+if TYPE_CHECKING:
+    from conveyor.settings import Settings
 
 
 class ChatMessage(BaseModel):
@@ -87,6 +91,17 @@ class ChatCompletionRequest(SamplingRequest):
                 "continue_final_message and add_generation_prompt cannot both be true",
                 param="continue_final_message",
             )
+
+    def apply_server_defaults(self, settings: Settings) -> None:
+        """Also vLLM's --default-chat-template-kwargs (under the request's own) and
+        --exclude-tools-when-tool-choice-none (the prompt shows no tools the model may
+        not call)."""
+        super().apply_server_defaults(settings)
+        self.chat_template_kwargs = with_defaults(
+            settings.default_chat_template_kwargs, self.chat_template_kwargs
+        )
+        if settings.exclude_tools_when_tool_choice_none and self.tool_choice == "none":
+            self.tools = None
 
     @property
     def auto_tool_choice(self) -> bool:

@@ -272,6 +272,9 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "v2",
         "--download-dir",
         "/models/hub",
+        "--default-chat-template-kwargs",
+        '{"enable_thinking": false}',
+        "--exclude-tools-when-tool-choice-none",
     ]
     settings = settings_from_args(parser.parse_args(argv))
     plain = settings_from_args(parser.parse_args(["serve", "model-dir"])).engine_config()
@@ -300,6 +303,8 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     assert (settings.root_path, settings.uvicorn_log_level) == ("/llm", "warning")
     assert settings.enable_log_requests and settings.max_log_len == 100
     assert settings.return_tokens_as_token_ids and settings.enable_force_include_usage
+    assert settings.default_chat_template_kwargs == {"enable_thinking": False}
+    assert settings.exclude_tools_when_tool_choice_none
     for key, value in settings_env(settings).items():  # what the children of `serve` read
         monkeypatch.setenv(key, value)
     assert Settings() == settings
