@@ -34,6 +34,7 @@ from api.key_cache import KeyCache
 from api.rate_limiter import RateLimiter
 from api.refusal_memo import RefusalMemo
 from api.reply_router import ReplyRouter
+from api.request_id_header import HEADER, RequestIdMiddleware
 from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
 from api.retention import Retention
@@ -192,5 +193,8 @@ def create_app(settings: Settings) -> FastAPI:
         allow_methods=settings.allowed_methods,
         allow_headers=settings.allowed_headers,
         allow_credentials=settings.allow_credentials,
+        expose_headers=[HEADER],  # browser apps may read it, to quote in a report
     )
+    # Outermost: every answer names its request, a preflight's and a 413's included.
+    app.add_middleware(RequestIdMiddleware)
     return app

@@ -18,6 +18,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.request_id_header import HEADER, request_id_of
+
 logger = logging.getLogger(__name__)
 
 _TYPES = {
@@ -150,8 +152,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return redis_unavailable(exc).response()
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return ApiError(500, "internal server error", code="internal_error").response()
+        # Answered outside every middleware (Starlette's ServerErrorMiddleware), so the
+        # request id goes on here.
+        request_id = request_id_of(request.scope)
+        logger.exception(
+            "unhandled error on %s %s (x-request-id %s)",
+            request.method,
+            request.url.path,
+            request_id,
+        )
+        headers = {HEADER: request_id} if request_id else None
+        return ApiError(
+            500, "internal server error", code="internal_error", headers=headers
+        ).response()
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

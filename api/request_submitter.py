@@ -26,6 +26,7 @@ from api.collect import finish
 from api.errors import ApiError
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
+from api.request_id_header import current_request_id
 from api.schemas.common import SamplingRequest
 from api.schemas.structured_output import refused_as
 from conveyor.bus import INTERACTIVE_LANE, REQUEST_FIELD, BusNames
@@ -273,9 +274,10 @@ def _log_request(submission: Submission, max_log_len: int | None) -> None:
     shown = ids if max_log_len is None else ids[:max_log_len]
     more = f" ... ({len(ids) - len(shown)} more)" if len(shown) < len(ids) else ""
     logger.info(
-        "Received request %s: model %s%s, lane %s, priority %d, params %s, "
-        "prompt_token_ids (%d): %s%s",
+        "Received request %s (x-request-id %s): model %s%s, lane %s, priority %d, "
+        "params %s, prompt_token_ids (%d): %s%s",
         submission.request_id,
+        current_request_id(),
         submission.model,
         f" (LoRA {submission.lora})" if submission.lora else "",
         submission.lane,

@@ -184,6 +184,10 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
     ("--disable-custom-all-reduce", {"help": "one device per worker: nothing to reduce"}),
     ("--async-scheduling", {"help": "the engine loop never waits on the API or Redis"}),
     ("--enable-server-load-tracking", {"help": "GET /load always answers"}),
+    (
+        "--enable-request-id-headers",
+        {"help": "every response carries x-request-id (the caller's X-Request-Id, or new)"},
+    ),
     ("--enable-expert-parallel", {"help": "a MoE model's experts are all on its one device"}),
     (
         "--disable-frontend-multiprocessing",

@@ -21,12 +21,16 @@ def test_each_queued_request_is_logged_when_asked(
     prompt = [11, 12, 13, 14, 15]
     with stack.client() as client:
         body = {"model": "fake-model", "prompt": prompt, "max_tokens": 3, "seed": 7}
-        response = client.post("/v1/completions", json=body)
+        response = client.post("/v1/completions", json=body, headers={"X-Request-Id": "trace-7"})
     assert response.status_code == 200, response.text
     lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert len(lines) == 1
     line = lines[0]
-    assert line.startswith(f"Received request {response.json()['id']}: model fake-model, ")
+    # The caller's own id, so its trace finds this line.
+    expected = (
+        f"Received request {response.json()['id']} (x-request-id trace-7): model fake-model, "
+    )
+    assert line.startswith(expected)
     assert "max_tokens=3" in line and "seed=7" in line
     assert line.endswith("prompt_token_ids (5): [11, 12] ... (3 more)")
 

@@ -275,6 +275,7 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         "--default-chat-template-kwargs",
         '{"enable_thinking": false}',
         "--exclude-tools-when-tool-choice-none",
+        "--enable-request-id-headers",
     ]
     settings = settings_from_args(parser.parse_args(argv))
     plain = settings_from_args(parser.parse_args(["serve", "model-dir"])).engine_config()

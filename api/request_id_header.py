@@ -1,0 +1,69 @@
+"""Every response carries `x-request-id`, as OpenAI's do: the SDK shows it as a result's
+`_request_id` and an error's `request_id`, which users quote when they report a problem.
+
+It is the client's own `X-Request-Id` when it sent a usable one (vLLM's
+--enable-request-id-headers), so a caller's trace id reaches our logs; otherwise a new
+`req_...`. Log lines about the request (an unhandled error, --enable-log-requests) name
+it, so a report can be matched to the server's logs.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextvars import ContextVar
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+HEADER = "x-request-id"
+_HEADER_BYTES = HEADER.encode()
+# Printable ASCII without spaces, bounded: safe to echo in a header and to log.
+_USABLE = re.compile(r"[\x21-\x7e]{1,200}")
+
+_current: ContextVar[str | None] = ContextVar("http_request_id", default=None)
+
+
+def current_request_id() -> str | None:
+    """The id of the HTTP request this code runs for (None outside one)."""
+    return _current.get()
+
+
+def request_id_of(scope: Scope) -> str | None:
+    """The id the middleware gave this request (kept in its scope's state, which error
+    handlers outside the middleware still see)."""
+    return scope.get("state", {}).get("request_id")
+
+
+def _given(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == _HEADER_BYTES:
+            text = value.decode("latin-1")
+            return text if _USABLE.fullmatch(text) else None
+    return None
+
+
+class RequestIdMiddleware:
+    """Names each HTTP request and stamps the name on its response's headers."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _given(scope) or f"req_{uuid.uuid4().hex}"
+        scope.setdefault("state", {})["request_id"] = request_id
+        stamp = (_HEADER_BYTES, request_id.encode())
+
+        async def send_stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != _HEADER_BYTES]
+                message = {**message, "headers": [*headers, stamp]}
+            await send(message)
+
+        token = _current.set(request_id)
+        try:
+            await self.app(scope, receive, send_stamped)
+        finally:
+            _current.reset(token)

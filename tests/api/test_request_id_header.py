@@ -1,0 +1,101 @@
+"""Every response names its request in `x-request-id` (OpenAI's header; the client's own
+X-Request-Id when usable, vLLM's --enable-request-id-headers), and the SDK shows it."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.errors import install_error_handlers
+from api.request_id_header import RequestIdMiddleware, current_request_id
+
+from .conftest import MODEL
+from .fakes import FakeWorker
+
+MESSAGES = [{"role": "user", "content": "Hi"}]
+
+
+def generated(response: httpx.Response) -> str:
+    value = response.headers["x-request-id"]
+    assert value.startswith("req_") and len(value) == len("req_") + 32
+    return value
+
+
+def test_every_answer_is_named_and_names_differ(client: httpx.Client) -> None:
+    chat = {"model": MODEL, "messages": MESSAGES, "max_tokens": 2}
+    answers = [
+        client.post("/v1/chat/completions", json=chat),
+        client.post("/v1/chat/completions", json={**chat, "stream": True}),
+        client.get("/v1/models"),
+        client.get("/health"),
+        client.get("/v1/no-such-path"),  # 404
+        client.post("/v1/chat/completions", json={"model": MODEL}),  # 400
+        client.post("/v1/chat/completions", content=b"x" * (5 << 20)),  # 413, before routing
+        client.options(  # a CORS preflight
+            "/v1/chat/completions",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"},
+        ),
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 404, 400, 413, 200]
+    ids = [generated(a) for a in answers]
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_browser_may_read_it(client: httpx.Client) -> None:
+    response = client.get("/v1/models", headers={"Origin": "https://app.example"})
+    exposed = response.headers["access-control-expose-headers"].lower()
+    assert "x-request-id" in exposed
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed"),
+    [("trace-0af7651916cd43dd", True), ("has space", False), ("x" * 201, False), ("", False)],
+)
+def test_the_callers_own_id_is_echoed_when_usable(
+    client: httpx.Client, sent: str, echoed: bool
+) -> None:
+    response = client.get("/v1/models", headers={"X-Request-Id": sent})
+    if echoed:
+        assert response.headers["x-request-id"] == sent
+    else:
+        generated(response)
+
+
+def test_the_sdk_shows_it_on_results_and_errors(sdk: openai.OpenAI, worker: FakeWorker) -> None:
+    completion = sdk.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)  # type: ignore[arg-type]
+    assert completion._request_id is not None and completion._request_id.startswith("req_")
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.models.retrieve("no-such-model")
+    assert missing.value.request_id is not None and missing.value.request_id.startswith("req_")
+    mine = sdk.with_options(default_headers={"X-Request-Id": "my-trace"})
+    assert mine.models.with_raw_response.list().request_id == "my-trace"
+
+
+def test_an_unhandled_error_is_answered_and_logged_with_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug's 500 is sent from outside every middleware; it still names its request, and
+    the traceback in the log says which request it was."""
+    app = FastAPI()
+    install_error_handlers(app)
+    seen: list[str | None] = []
+
+    @app.get("/boom")
+    async def boom() -> None:
+        seen.append(current_request_id())
+        raise RuntimeError("a bug")
+
+    app.add_middleware(RequestIdMiddleware)
+    caplog.set_level(logging.ERROR, logger="api.errors")
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        response = test_client.get("/boom", headers={"X-Request-Id": "report-42"})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert response.headers["x-request-id"] == "report-42" and seen == ["report-42"]
+    (record,) = [r for r in caplog.records if r.name == "api.errors"]
+    assert "x-request-id report-42" in record.getMessage() and record.exc_info
