@@ -28,6 +28,7 @@ from api.background_responses import BackgroundResponses
 from api.batch_dispatch import BatchDispatcher
 from api.body_limit import BodyLimitMiddleware
 from api.catalog import ModelCatalog
+from api.custom_middleware import add_custom_middleware
 from api.errors import install_error_handlers
 from api.invocations import InvocationsMiddleware
 from api.key_cache import KeyCache
@@ -195,6 +196,8 @@ def create_app(settings: Settings) -> FastAPI:
         allow_credentials=settings.allow_credentials,
         expose_headers=[HEADER],  # browser apps may read it, to quote in a report
     )
+    # The operator's own (--middleware), around all of conveyor's but the request id.
+    add_custom_middleware(app, settings.middleware)
     # Outermost: every answer names its request, a preflight's and a 413's included.
     app.add_middleware(RequestIdMiddleware)
     return app

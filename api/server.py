@@ -11,6 +11,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.custom_middleware import MiddlewareError
 from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
 from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.settings import Settings
@@ -70,7 +71,12 @@ def run_api(settings: Settings) -> int:
         return CONFIGURATION_ERROR
     # One of --api-server-count's processes: serve on the socket `conveyor serve` opened.
     shared = {"fd": settings.api_socket_fd} if settings.api_socket_fd is not None else {}
-    server = _Server(uvicorn_config(create_app(settings), settings, **shared))
+    try:
+        app = create_app(settings)
+    except MiddlewareError as exc:
+        logger.error("%s", exc)
+        return CONFIGURATION_ERROR
+    server = _Server(uvicorn_config(app, settings, **shared))
     server.run()
     # uvicorn reports a failed startup (e.g. Redis unreachable) by exiting the loop early.
     return 0 if server.started else 1

@@ -325,6 +325,15 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--allowed-methods", {"type": json_or_comma_list, "help": 'CORS methods (["*"])'}),
     ("--allowed-headers", {"type": json_or_comma_list, "help": 'CORS headers (["*"])'}),
     ("--root-path", {"help": "the path prefix a reverse proxy serves the API under"}),
+    (
+        "--middleware",
+        {
+            "action": "append",
+            "metavar": "IMPORT_PATH",
+            "help": "an ASGI middleware class or async (request, call_next) function to add "
+            "to the API (repeatable)",
+        },
+    ),
     ("--ssl-keyfile", {}),
     ("--ssl-certfile", {"help": "serve HTTPS with this certificate (and --ssl-keyfile)"}),
     ("--ssl-ca-certs", {}),

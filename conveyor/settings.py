@@ -331,6 +331,11 @@ class Settings(BaseSettings):
         'chat_template_kwargs (the request wins key by key), e.g. {"enable_thinking": '
         "false} to turn Qwen3's thinking off unless a request turns it on",
     )
+    middleware: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="import paths of ASGI middleware classes or async (request, call_next) "
+        "functions to add to the API, as vLLM's --middleware (a JSON list or a,b)",
+    )
     exclude_tools_when_tool_choice_none: bool = Field(
         default=False,
         description='leave the tools out of the prompt of a request with tool_choice "none" '
@@ -524,7 +529,9 @@ class Settings(BaseSettings):
     def _expand(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("allowed_origins", "allowed_methods", "allowed_headers", mode="before")
+    @field_validator(
+        "allowed_origins", "allowed_methods", "allowed_headers", "middleware", mode="before"
+    )
     @classmethod
     def _json_or_comma_list(cls, value: object) -> object:
         return json_or_comma_list(value) if isinstance(value, str) else value
