@@ -7,7 +7,6 @@ Flags use vLLM's names; each has a `CONVEYOR_*` env var twin through
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from conveyor.config_file import CONFIG_FLAG, ConfigFileError, apply_config_file, config_path
+from conveyor.log_config import LogConfigError, configure_logging
 from conveyor.operator_cli import add_operator_commands
 from conveyor.settings import Settings, human_readable_int, json_or_comma_list
 
@@ -382,13 +382,15 @@ _BATCH_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
 ]
 
 
+_LOG_CONFIG_HELP = "a logging.config.dictConfig JSON file for every process (not --log-level)"
 _LOG_LEVEL_HELP = "debug, info (default), warning or error; before or after the command"
 LOG_LEVELS = Settings.choices("log_level")
 
 
 def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
-    """`conveyor serve --log-level debug` as well as `conveyor --log-level debug serve`:
-    unset here unless given, so the top-level flag's value stands."""
+    """`conveyor serve --log-level debug` as well as `conveyor --log-level debug serve`
+    (and --log-config-file): unset here unless given, so the top-level flag's value
+    stands."""
     if not any("--log-level" in action.option_strings for action in parser._actions):
         parser.add_argument(
             "--log-level",
@@ -396,6 +398,13 @@ def _add_log_level_flag(parser: argparse.ArgumentParser) -> None:
             type=str.upper,
             choices=LOG_LEVELS,
             help=_LOG_LEVEL_HELP,
+        )
+        parser.add_argument(
+            "--log-config-file",
+            default=argparse.SUPPRESS,
+            type=Path,
+            metavar="JSON",
+            help=_LOG_CONFIG_HELP,
         )
 
 
@@ -552,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default=None, type=str.upper, choices=LOG_LEVELS, help=_LOG_LEVEL_HELP
     )
+    parser.add_argument(
+        "--log-config-file", default=None, type=Path, metavar="JSON", help=_LOG_CONFIG_HELP
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     # No abbreviated flags where --config is read: `--conf FILE` must not slip past it.
@@ -638,22 +650,26 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _log_level(args: argparse.Namespace) -> str:
-    """The command line's --log-level, else CONVEYOR_LOG_LEVEL (how `conveyor serve` tells
-    its children), else INFO. Bad settings are reported later, by the command itself."""
-    if args.log_level:
-        return str(args.log_level).upper()
+def _logging_setup(args: argparse.Namespace) -> tuple[str, Path | None]:
+    """The command line's --log-level and --log-config-file, else CONVEYOR_LOG_LEVEL and
+    CONVEYOR_LOG_CONFIG_FILE (how `conveyor serve` tells its children), else INFO and
+    none. Bad settings are reported later, by the command itself."""
     try:
-        return Settings().log_level
+        settings: Settings | None = Settings()
     except (ValidationError, SettingsError):
-        return "INFO"
+        settings = None
+    level = args.log_level or (settings.log_level if settings else "INFO")
+    config_file = args.log_config_file or (settings.log_config_file if settings else None)
+    return str(level).upper(), config_file
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_command_line(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(
-        level=_log_level(args), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logging(*_logging_setup(args))
+    except LogConfigError as exc:
+        print(f"conveyor: error: {exc}", file=sys.stderr)
+        return 2
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -372,6 +372,11 @@ class Settings(BaseSettings):
         default="INFO",
         description="what conveyor logs; `conveyor serve`'s children log at it too",
     )
+    log_config_file: Path | None = Field(
+        default=None,
+        description="a logging.config.dictConfig JSON file that sets up every conveyor "
+        "process's logging (uvicorn's loggers included) instead of --log-level's lines",
+    )
     uvicorn_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] | None = (
         Field(default=None, description="uvicorn's loggers (access lines); default: --log-level")
     )

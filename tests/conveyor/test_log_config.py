@@ -1,0 +1,93 @@
+"""--log-config-file: a dictConfig JSON file sets up a process's logging (and reaches
+`conveyor serve`'s children); one that cannot stops the command in one line."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.cli import main
+from conveyor.launcher import settings_env
+from conveyor.log_config import LogConfigError, configure_logging
+from conveyor.settings import Settings
+
+
+@pytest.fixture()
+def restored_logging() -> Iterator[None]:
+    """dictConfig changes the process's root logger: put it back after the test."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            handler.close()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def json_lines_config(path: Path) -> dict[str, object]:
+    return {
+        "formatters": {"json": {"format": '{"level": "%(levelname)s", "msg": "%(message)s"}'}},
+        "handlers": {
+            "file": {"class": "logging.FileHandler", "filename": str(path), "formatter": "json"}
+        },
+        "root": {"level": "WARNING", "handlers": ["file"]},
+    }
+
+
+def test_the_file_shapes_the_logs_and_keeps_module_loggers(
+    tmp_path: Path, restored_logging: None
+) -> None:
+    existing = logging.getLogger("api.reply_router")  # made at import, before the config
+    out = tmp_path / "conveyor.jsonl"
+    config = tmp_path / "logging.json"
+    config.write_text(json.dumps(json_lines_config(out)))
+    configure_logging("DEBUG", config)
+    existing.warning("kept")
+    logging.getLogger("conveyor.x").info("below the file's level")
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines == [{"level": "WARNING", "msg": "kept"}]
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        (None, "cannot read it"),
+        ("{not json", "not JSON"),
+        ("[1]", "expected a dictConfig object"),
+        ('{"handlers": {"h": {"class": "no.such.Handler"}}}', "no.such"),
+    ],
+)
+def test_one_that_cannot_configure_is_refused(
+    tmp_path: Path, restored_logging: None, content: str | None, says: str
+) -> None:
+    config = tmp_path / "logging.json"
+    if content is not None:
+        config.write_text(content)
+    with pytest.raises(LogConfigError, match=f"^--log-config-file {config}: .*{says}"):
+        configure_logging("INFO", config)
+
+
+def test_the_command_stops_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_logging: None
+) -> None:
+    missing = tmp_path / "nope.json"
+    assert main(["api", "--log-config-file", str(missing)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"conveyor: error: --log-config-file {missing}: cannot read it: No such file or directory"
+    ]
+
+
+def test_serve_hands_the_file_to_its_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(log_config_file=Path("/etc/conveyor/logging.json"))
+    env = settings_env(settings)
+    assert env["CONVEYOR_LOG_CONFIG_FILE"] == "/etc/conveyor/logging.json"
+    monkeypatch.setenv("CONVEYOR_LOG_CONFIG_FILE", env["CONVEYOR_LOG_CONFIG_FILE"])
+    assert Settings().log_config_file == Path("/etc/conveyor/logging.json")
