@@ -31,6 +31,11 @@ class ShutdownDrain:
         """Once serving (the lifespan): `end` ends every request still in flight."""
         self._loop, self._end = loop, end
 
+    @property
+    def begun(self) -> bool:
+        """The server was told to stop (readiness fails from then on)."""
+        return self._begun
+
     def begin(self) -> None:
         """The server was told to stop: start the clock. Safe from a signal handler."""
         if self._begun or self._loop is None or self._loop.is_closed():

@@ -30,6 +30,12 @@ BATCH_LANE = "batch"
 LANES = (INTERACTIVE_LANE, BATCH_LANE)
 
 
+# How long a model, alias or adapter name is remembered after a worker last served it
+# (each heartbeat renews it): long enough for any worker restart (a 503 meanwhile, not a
+# 404), short enough that a retired or renamed model stops holding /health at 503.
+KNOWN_NAME_TTL_SECONDS = 3600
+
+
 @dataclass(frozen=True)
 class BusNames:
     """Every Redis key, stream and channel conveyor uses."""

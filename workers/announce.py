@@ -15,7 +15,14 @@ from pathlib import Path
 
 import redis
 
-from conveyor.bus import LANES, TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
+from conveyor.bus import (
+    KNOWN_NAME_TTL_SECONDS,
+    LANES,
+    TOKENIZER_DIGEST_FIELD,
+    TOKENIZER_FILES,
+    WORKER_GROUP,
+    BusNames,
+)
 from engine.generation_defaults import GENERATION_CONFIG_FILE
 from engine.llm_engine import LLMEngine
 
@@ -102,9 +109,10 @@ class Announcer:
         pipe = self.client.pipeline(transaction=True)  # readers never see a half-written hash
         pipe.delete(key)
         pipe.hset(key, mapping=self.fields)
-        pipe.set(names.known_model(model), "1")
+        ttl = KNOWN_NAME_TTL_SECONDS  # renewed by each heartbeat (workers/heartbeat.py)
+        pipe.set(names.known_model(model), "1", ex=ttl)
         for alias in self.aliases:  # 503 (not 404) for another name while workers restart
-            pipe.set(names.known_alias(alias), model)
+            pipe.set(names.known_alias(alias), model, ex=ttl)
         for adapter in self.loras:  # 503 (not 404) for an adapter while workers restart
-            pipe.set(names.known_adapter(adapter), model)
+            pipe.set(names.known_adapter(adapter), model, ex=ttl)
         pipe.execute()

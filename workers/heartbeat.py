@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from conveyor.bus import BusNames
+from conveyor.bus import KNOWN_NAME_TTL_SECONDS, BusNames
 from conveyor.metrics import WorkerMetrics
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Heartbeat:
         # Each runtime adapter's load generation: how the API knows its call took effect.
         self.lora_gens = lora_gens
         self.ttl_ms = max(1, int(ttl * 1000))
+        self.names = names
         self.key = names.worker(facts.model, facts.instance)
         self.metrics_key = names.worker_metrics(facts.instance)
 
@@ -90,10 +91,23 @@ class Heartbeat:
         }
 
     def beat(self) -> None:
+        payload = self.payload()
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.key, json.dumps(self.payload()), px=self.ttl_ms)
+        pipe.set(self.key, json.dumps(payload), px=self.ttl_ms)
         self._write_metrics(pipe)
+        self._renew_known_names(pipe, payload["loras"])
         pipe.execute()
+
+    def _renew_known_names(self, pipe: redis.client.Pipeline, loras: object) -> None:
+        """Keep this worker's model, aliases and adapters known (404 vs 503) while it
+        serves them. Only renewed, never made (xx): the announce makes them, and an
+        adapter unloaded meanwhile stays forgotten."""
+        model, ttl = self.facts.model, KNOWN_NAME_TTL_SECONDS
+        pipe.set(self.names.known_model(model), "1", ex=ttl, xx=True)
+        for alias in self.facts.aliases:
+            pipe.set(self.names.known_alias(alias), model, ex=ttl, xx=True)
+        for adapter in loras if isinstance(loras, dict) else ():
+            pipe.set(self.names.known_adapter(adapter), model, ex=ttl, xx=True)
 
     def run(self, stopping: threading.Event) -> None:
         next_beat = time.monotonic() + self.interval

@@ -30,6 +30,7 @@ from api.catalog import LiveModel
 from api.deps import CatalogDep, NamesDep, RedisDep, json_body
 from api.errors import ApiError
 from api.schemas.lora_adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from conveyor.bus import KNOWN_NAME_TTL_SECONDS
 from conveyor.runtime_lora import RuntimeLoRA
 
 # Workers take up to a heartbeat to see a change and another to announce it; reading a
@@ -104,7 +105,7 @@ async def load_lora_adapter(
                 code="lora_adapter_exists",
             )
     # 503 (not 404) for it from now on while workers restart.
-    await redis.set(names.known_adapter(name), base)
+    await redis.set(names.known_adapter(name), base, ex=KNOWN_NAME_TTL_SECONDS)
     deadline = time.monotonic() + UPDATE_TIMEOUT
     while True:
         current = RuntimeLoRA.decode(await redis.hget(key, name))

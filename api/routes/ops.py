@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -52,6 +52,21 @@ async def health(settings: SettingsDep, redis: RedisDep, catalog: CatalogDep) ->
     missing = sorted(expected - set(live))
     if missing:
         return _unhealthy(f"no live worker for {', '.join(missing)}")
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz", response_model=None)
+async def ready(request: Request, redis: RedisDep) -> Response:
+    """This API process can take requests (a Kubernetes readiness probe): it is not
+    draining and its Redis answers. Unlike /health it does not wait for workers: with no
+    worker a request still gets the API's own 503 `no_worker`, and the admin, files and
+    batch routes go on working, where an unready pod would get the proxy's bare 503."""
+    if request.app.state.drain.begun:
+        return _unhealthy("shutting down")
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        return _unhealthy(f"Redis does not answer: {exc}")
     return JSONResponse({"status": "ok"})
 
 

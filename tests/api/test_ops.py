@@ -50,6 +50,23 @@ def test_health_503_without_workers(make_stack: Callable[..., Stack]) -> None:
     assert "no model" in response.json()["error"]["message"]
 
 
+def test_readyz_needs_no_worker_and_fails_once_draining(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Kubernetes' readiness: the pod can take requests without any worker (they get the
+    API's own 503 no_worker); a stopping pod is not ready."""
+    stack = make_stack(with_worker=False)
+    with stack.client() as http:
+        assert http.get("/health").status_code == 503
+        assert http.get("/readyz").json() == {"status": "ok"}
+        completion = http.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
+        assert completion.status_code in (404, 503)  # never a proxy's bare page
+        stack.server.app.state.drain.begin()
+        draining = http.get("/readyz")
+    assert draining.status_code == 503
+    assert draining.json()["error"]["message"] == "shutting down"
+
+
 def test_health_503_when_a_served_model_has_no_worker(
     make_stack: Callable[..., Stack],
 ) -> None:
@@ -72,7 +89,9 @@ def test_health_503_when_redis_is_gone(bundled_model_dir: Any) -> None:
     with EmbeddedRedis() as store, running_stack(store.url, bundled_model_dir) as stack:
         with stack.client() as http:
             assert http.get("/health").status_code == 200
+            assert http.get("/readyz").status_code == 200
             store.stop()
+            assert http.get("/readyz").status_code == 503
             response = http.get("/health")
             generate = http.post("/v1/completions", json={"model": MODEL, "prompt": "x"})
         assert response.status_code == 503

@@ -166,7 +166,8 @@ def test_migration_job_is_a_pre_install_and_pre_upgrade_hook(
 def test_api_probes_and_settings(manifests: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = manifests
     (api,) = containers(by_kind(docs, "Deployment")[f"{RELEASE}-conveyor-api"])
-    assert api["readinessProbe"]["httpGet"]["path"] == "/health"
+    # Readiness is the pod's own (Redis, not draining), not every model's workers.
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
     # Liveness must not depend on workers or Redis (see values.yaml).
     assert api["livenessProbe"]["httpGet"]["path"] == "/version"
     assert {"configMapRef": {"name": f"{RELEASE}-conveyor"}} in api["envFrom"]

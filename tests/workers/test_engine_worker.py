@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import redis
 
+from conveyor.bus import KNOWN_NAME_TTL_SECONDS, BusNames
 from conveyor.bus import TOKENIZER_DIGEST_FIELD as DIGEST_FIELD
-from conveyor.bus import BusNames
 from conveyor.metrics import render_worker_metrics
 from conveyor.protocol import ReplyMessage
 from conveyor.settings import Settings
@@ -333,6 +333,25 @@ def test_worker_announces_the_other_names_it_serves(make_worker: Any, client: re
     beat = json.loads(client.get(h.names.worker(h.model, h.worker.instance)) or "{}")
     assert beat["model"] == h.model and beat["aliases"] == ["gpt-4o-mini"]
     assert client.get(h.names.known_alias("gpt-4o-mini")) == h.model
+
+
+def test_known_names_are_forgotten_an_hour_after_the_last_beat(
+    make_worker: Any, client: redis.Redis
+) -> None:
+    """A retired or renamed model must not hold /health at 503 for ever: its name lives
+    KNOWN_NAME_TTL_SECONDS past its workers' last heartbeat, which renews it."""
+    h: Harness = make_worker(served_model_aliases=["gpt-4o-mini"])
+    keys = (h.names.known_model(h.model), h.names.known_alias("gpt-4o-mini"))
+    for key in keys:
+        client.expire(key, 5)  # as if the hour had nearly passed
+    wait_for(lambda: all(client.ttl(key) > 5 for key in keys))
+    assert all(
+        KNOWN_NAME_TTL_SECONDS - 5 <= client.ttl(key) <= KNOWN_NAME_TTL_SECONDS for key in keys
+    )
+    # Renewed only: a name deleted (an adapter unloaded) is not made again by a beat.
+    client.delete(keys[1])
+    time.sleep(3 * 0.2)  # three heartbeat intervals
+    assert client.get(keys[1]) is None and client.ttl(keys[0]) > 5
 
 
 def test_a_model_also_answers_to_the_name_vllm_would_give_it() -> None:
