@@ -5,7 +5,10 @@ One image runs every role, so the check finds the conveyor processes in the
 container and asks each what it is. `api` and `serve` must answer 200 on
 /health (Redis answers and every served model has a live worker); `worker` and
 `batch-worker` listen on no port and are healthy while they run (a worker's
-liveness is its heartbeat in Redis, which the API's /health reports). Host and
+liveness is its heartbeat in Redis, which the API's /health reports). With
+`--ready` (Kubernetes' worker probes) a worker must also have beaten lately: its
+heartbeat thread touches a beat file (conveyor/beat_file.py) once the model is
+loaded and announced, and on every beat after. Host and
 port (or the --uds socket) are worked out as the process itself worked them
 out: its argv parsed by conveyor's own CLI parser, over its own CONVEYOR_*
 environment.
@@ -23,6 +26,7 @@ import os
 import socket
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,6 +43,9 @@ class Found:
     health_url: str | None
     # The Unix socket the API listens on (--uds), which health_url's host stands for.
     uds: str | None = None
+    # A worker's beat file, and how old its last beat may be (--ready).
+    beat: Path | None = None
+    beat_max_age: float = 0.0
 
 
 def conveyor_args(cmdline: list[str]) -> list[str] | None:
@@ -89,7 +96,7 @@ def _describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | Non
             parsed = parse_command_line(args)  # --config FILE's port and host included
     except SystemExit:
         return None  # not a conveyor command line after all
-    if parsed.command not in HTTP_ROLES:
+    if parsed.command not in (*HTTP_ROLES, "worker"):
         return Found(pid, parsed.command, None)
     saved = dict(os.environ)
     os.environ.clear()
@@ -99,6 +106,12 @@ def _describe(pid: int, args: list[str], environ: dict[str, str]) -> Found | Non
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    if parsed.command == "worker":
+        from conveyor.beat_file import beat_file
+
+        # Three missed beats, and never under 10 s: a busy host delays a thread.
+        age = max(3 * settings.heartbeat_interval, 10.0)
+        return Found(pid, "worker", None, beat=beat_file(pid, environ), beat_max_age=age)
     if settings.uds:
         url = f"{settings.api_scheme}://localhost/health"
         return Found(pid, parsed.command, url, os.path.abspath(settings.uds))
@@ -177,15 +190,39 @@ def probe(url: str, timeout: float) -> str | None:
         return f"{url}: {exc}"
 
 
+def beat_problem(item: Found, now: float) -> str | None:
+    """None when a worker has beaten within its limit, else why not."""
+    if item.beat is None:
+        return None
+    try:
+        age = now - item.beat.stat().st_mtime
+    except OSError:
+        return f"worker {item.pid} has not beaten yet (loading its model?)"
+    if age > item.beat_max_age:
+        return f"worker {item.pid} last beat {age:.0f} s ago"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--proc", type=Path, default=Path("/proc"), help="procfs to look in")
     parser.add_argument("--timeout", type=float, default=4.0, help="seconds per HTTP probe")
+    parser.add_argument(
+        "--ready",
+        action="store_true",
+        help="workers must have loaded their model and beaten lately (Kubernetes' probes)",
+    )
     options = parser.parse_args(argv)
     found = find(options.proc)
     if not found:
         print("unhealthy: no conveyor process is running")
         return 1
+    if options.ready:
+        now = time.time()
+        for item in found:
+            if (problem := beat_problem(item, now)) is not None:
+                print(f"unhealthy: {problem}")
+                return 1
     roles = ", ".join(sorted({item.role for item in found}))
     targets = {(item.health_url, item.uds) for item in found if item.health_url}
     for url, uds in sorted(targets, key=str):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from conveyor.beat_file import beat_file, remove, touch
 from conveyor.bus import KNOWN_NAME_TTL_SECONDS, BusNames
 from conveyor.metrics import WorkerMetrics
 
@@ -67,6 +68,8 @@ class Heartbeat:
         self.lora_gens = lora_gens
         self.ttl_ms = max(1, int(ttl * 1000))
         self.names = names
+        # For the image's readiness/liveness probe (conveyor/beat_file.py).
+        self.beat_file = beat_file(facts.pid)
         self.key = names.worker(facts.model, facts.instance)
         self.metrics_key = names.worker_metrics(facts.instance)
 
@@ -110,9 +113,11 @@ class Heartbeat:
             pipe.set(self.names.known_adapter(adapter), model, ex=ttl, xx=True)
 
     def run(self, stopping: threading.Event) -> None:
+        touch(self.beat_file)  # the model is loaded and announced: ready
         next_beat = time.monotonic() + self.interval
         while not stopping.wait(max(0.0, next_beat - time.monotonic())):
             next_beat += self.interval
+            touch(self.beat_file)  # whether or not Redis takes the beat
             try:
                 self.beat()
             except redis.RedisError as exc:
@@ -121,6 +126,7 @@ class Heartbeat:
 
     def clear(self) -> None:
         """Clean exit: stop being listed at once, leave the final metrics behind."""
+        remove(self.beat_file)
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.delete(self.key)

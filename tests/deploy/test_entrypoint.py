@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -396,3 +397,29 @@ def test_no_conveyor_process_is_unhealthy(
         {1: SLEEP, 2: (["ls", "/var/lib/conveyor"], {}), 3: ([*SCRIPT, "no-such-role"], {})},
     )
     assert check(healthcheck, proc, capsys) == (1, "unhealthy: no conveyor process is running")
+
+
+def test_ready_needs_a_worker_that_has_beaten_lately(
+    healthcheck: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Kubernetes' worker probes (`--ready`): a worker still loading its model, or whose
+    beat stopped, is not ready; one that beat lately is. Its beat file is found from its
+    own environment (TMPDIR), as the worker placed it."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"TMPDIR": str(tmp), "CONVEYOR_HEARTBEAT_INTERVAL": "1"}
+    proc = fake_proc(tmp_path / "proc", {7: ([*SCRIPT, "worker"], env)})
+
+    def ready() -> tuple:
+        code = healthcheck.main(["--proc", str(proc), "--ready"])
+        return code, capsys.readouterr().out.strip()
+
+    assert check(healthcheck, proc, capsys) == (0, "healthy: worker")  # running is enough
+    assert ready() == (1, "unhealthy: worker 7 has not beaten yet (loading its model?)")
+    beat = tmp / "conveyor-worker-7.beat"
+    beat.touch()
+    assert ready() == (0, "healthy: worker")
+    stale = time.time() - 300
+    os.utime(beat, (stale, stale))
+    code, line = ready()
+    assert code == 1 and line.startswith("unhealthy: worker 7 last beat 30")

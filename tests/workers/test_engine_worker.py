@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from conveyor.beat_file import beat_file
 from conveyor.bus import KNOWN_NAME_TTL_SECONDS, BusNames
 from conveyor.bus import TOKENIZER_DIGEST_FIELD as DIGEST_FIELD
 from conveyor.metrics import render_worker_metrics
@@ -333,6 +335,16 @@ def test_worker_announces_the_other_names_it_serves(make_worker: Any, client: re
     beat = json.loads(client.get(h.names.worker(h.model, h.worker.instance)) or "{}")
     assert beat["model"] == h.model and beat["aliases"] == ["gpt-4o-mini"]
     assert client.get(h.names.known_alias("gpt-4o-mini")) == h.model
+
+
+def test_a_worker_beats_into_its_beat_file(make_worker: Any) -> None:
+    """What the image's `conveyor-healthcheck --ready` reads: touched from the first beat
+    (the model is loaded by then) and on every beat after."""
+    make_worker()
+    path = beat_file(os.getpid())
+    wait_for(path.exists)
+    first = path.stat().st_mtime
+    wait_for(lambda: path.stat().st_mtime > first)
 
 
 def test_known_names_are_forgotten_an_hour_after_the_last_beat(
