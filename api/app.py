@@ -131,7 +131,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             # First: a stopped run marks its response failed and logs its request.
-            await background.stop()
+            await background.stop(app.state.drain.remaining())
             if app.state.settling:  # rate-limit settlements still on their way to Redis
                 await asyncio.wait(set(app.state.settling), timeout=5.0)
             await retention.stop()

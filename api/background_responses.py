@@ -121,11 +121,13 @@ class BackgroundResponses:
             local.set()
         await self.redis.set(self.names.response_cancel(response_id), "1", ex=self.cancel_ttl)
 
-    async def stop(self) -> None:
-        """At shutdown: let runs finish for up to the drain timeout, then end the rest
-        (each marks its response failed)."""
-        if self.tasks:
-            await asyncio.wait(set(self.tasks.values()), timeout=self.drain_timeout)
+    async def stop(self, timeout: float | None = None) -> None:
+        """At shutdown: let runs finish for up to `timeout` (the drain timeout unless
+        given: what is left of the server's drain), then end the rest (each marks its
+        response failed)."""
+        wait = self.drain_timeout if timeout is None else timeout
+        if self.tasks and wait > 0:
+            await asyncio.wait(set(self.tasks.values()), timeout=wait)
         tasks = list(self.tasks.values())
         for task in tasks:
             task.cancel()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class ShutdownDrain:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._end: Callable[[], None] | None = None
         self._begun = False
+        self._began_at: float | None = None  # time.monotonic() of begin()
 
     def bind(self, loop: asyncio.AbstractEventLoop, end: Callable[[], None]) -> None:
         """Once serving (the lifespan): `end` ends every request still in flight."""
@@ -36,11 +38,20 @@ class ShutdownDrain:
         """The server was told to stop (readiness fails from then on)."""
         return self._begun
 
+    def remaining(self) -> float:
+        """Seconds of the drain left: all of it before it began, 0 once it is over. What
+        shutdown steps after uvicorn's (background responses) may still wait, so the
+        whole stop fits the drain, not a drain and then another."""
+        if self._began_at is None:
+            return self.seconds
+        return max(0.0, self.seconds - (time.monotonic() - self._began_at))
+
     def begin(self) -> None:
         """The server was told to stop: start the clock. Safe from a signal handler."""
         if self._begun or self._loop is None or self._loop.is_closed():
             return
         self._begun = True
+        self._began_at = time.monotonic()
         self._loop.call_soon_threadsafe(self._loop.call_later, self.seconds, self._over)
 
     def _over(self) -> None:

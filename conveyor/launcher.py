@@ -40,8 +40,10 @@ from engine.loader import check_local_tokenizer
 logger = logging.getLogger(__name__)
 
 # A stopping child gets --drain-timeout to finish its work plus this long to close down
-# (the API ends what is still open with an error once the drain is over) before a kill.
-_STOP_MARGIN_SECONDS = 10.0
+# before a kill: the API ends what is still open with an error once the drain is over
+# (5 s for those to go out), then settles rate limits (up to 5 s) and flushes its
+# request logs, the billing rows, which a kill would lose.
+_STOP_MARGIN_SECONDS = 15.0
 _MAX_RESTARTS = 5
 _RESTART_WINDOW = 60.0
 

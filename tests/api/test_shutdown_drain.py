@@ -24,3 +24,23 @@ def test_the_drain_ends_in_flight_requests_once_its_time_is_up() -> None:
 
     (after,) = asyncio.run(run())
     assert 0.2 <= after < 0.45
+
+
+def test_what_is_left_of_the_drain_bounds_later_shutdown_steps() -> None:
+    """Background responses wait only for what is left of the drain after uvicorn's own
+    wait, so the whole stop fits the drain (and the orchestrator's grace period)."""
+
+    async def run() -> tuple[float, float, float, bool, bool]:
+        drain = ShutdownDrain(0.3)
+        drain.bind(asyncio.get_running_loop(), lambda: None)
+        before = drain.remaining()
+        not_begun = drain.begun
+        drain.begin()
+        await asyncio.sleep(0.1)
+        during = drain.remaining()
+        await asyncio.sleep(0.3)
+        return before, during, drain.remaining(), not_begun, drain.begun
+
+    before, during, after, not_begun, begun = asyncio.run(run())
+    assert before == 0.3 and not not_begun
+    assert 0.0 < during < 0.25 and after == 0.0 and begun
