@@ -13,9 +13,12 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 
 import migrations
 from conveyor.db.database import create_db_engine, is_sqlite, normalize_url
+
+logger = logging.getLogger(__name__)
 
 
 def alembic_config(url: str) -> Config:
@@ -56,13 +59,41 @@ class SchemaOutOfDate(RuntimeError):
     """The database is not at the migrations' head: an operator must run `conveyor db upgrade`."""
 
 
-def require_head(url: str) -> None:
-    current, head = current_revision(url), head_revision()
-    if current != head:
-        raise SchemaOutOfDate(
-            f"database schema is at {current or 'nothing'}, conveyor needs {head}: "
-            "run `conveyor db upgrade`"
+def is_newer_than_this_release(revision: str | None) -> bool:
+    """A revision these migrations do not know: a later release's, after a rollback."""
+    if revision is None:
+        return False
+    try:
+        return (
+            ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is None
         )
+    except CommandError:
+        return True
+
+
+def _warn_newer(current: str, head: str | None) -> None:
+    logger.warning(
+        "database schema is at %s, a later release's (this one's is %s): running on it, "
+        "as after a rollback; migrations only add, so this release's tables are all there",
+        current,
+        head,
+    )
+
+
+def require_head(url: str) -> None:
+    """The schema is this release's, or a later release's (a rollback: migrations only
+    add tables, columns and indexes, so an older release runs on a newer schema); an
+    older one stops start-up until `conveyor db upgrade` has run."""
+    current, head = current_revision(url), head_revision()
+    if current == head:
+        return
+    if current is not None and is_newer_than_this_release(current):
+        _warn_newer(current, head)
+        return
+    raise SchemaOutOfDate(
+        f"database schema is at {current or 'nothing'}, conveyor needs {head}: "
+        "run `conveyor db upgrade`"
+    )
 
 
 def prepare_schema(url: str) -> None:
@@ -72,6 +103,10 @@ def prepare_schema(url: str) -> None:
     the operator (or the deploy's migrate job) runs `conveyor db upgrade`.
     """
     if is_sqlite(url):
+        current = current_revision(url)
+        if current is not None and is_newer_than_this_release(current):
+            _warn_newer(current, head_revision())  # Alembic could not upgrade from it
+            return
         upgrade(url)
     else:
         require_head(url)
