@@ -35,7 +35,7 @@ load_secret_files
 [ "$#" -gt 0 ] || set -- serve
 
 case "$1" in
-    api | worker | batch-worker | serve | db | projects | keys | chat | bench | --log-level*)
+    api | worker | batch-worker | serve | db | projects | keys | usage | chat | bench | --log-level* | --log-config-file*)
         exec conveyor "$@"
         ;;
     -*)

@@ -675,4 +675,25 @@ class EngineConfig:
         return self.runner
 
     def torch_device(self) -> torch.device:
-        return torch.device(self.device) if self.device else default_device()
+        """--device as torch names it; a CUDA device this machine cannot use is a
+        ConfigurationError (one line, no restarts), not a traceback from deep in torch."""
+        if not self.device:
+            return default_device()
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ConfigurationError(f"--device {self.device!r}: {exc}") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                why = (
+                    f"this torch ({torch.__version__}) is built without CUDA: install a CUDA "
+                    "build on GPU hosts"
+                    if torch.version.cuda is None
+                    else "no GPU is visible (CUDA_VISIBLE_DEVICES, the driver)"
+                )
+                raise ConfigurationError(f"--device {self.device}: {why}")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ConfigurationError(
+                    f"--device {self.device}: only {torch.cuda.device_count()} GPU(s) visible"
+                )
+        return device

@@ -8,6 +8,7 @@ processes a container could hold) and probes a real HTTP server.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -99,6 +100,23 @@ def test_roles_dispatch(fake_bin: Path, args: tuple[str, ...], name: str, argv: 
     assert (report["name"], report["argv"]) == (name, argv)
     # exec all the way: conveyor is the process the container started (it gets SIGTERM).
     assert report["pid"] == result.pid  # type: ignore[attr-defined]
+
+
+def test_every_conveyor_command_is_dispatched(fake_bin: Path) -> None:
+    """`docker compose run --rm migrate usage completions` and the like: each of the CLI's
+    commands (and its top-level flags first) reaches conveyor, not the shell."""
+    from conveyor.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = [
+        action.choices
+        for action in parser._subparsers._group_actions  # type: ignore[union-attr]
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    for command in commands:
+        assert reported(run_entrypoint(fake_bin, command))["argv"] == [command], command
+    leading = ["--log-config-file", "/etc/c.json", "api"]
+    assert reported(run_entrypoint(fake_bin, *leading))["argv"] == leading
 
 
 def test_other_commands_run_as_given(fake_bin: Path) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import ModelConfig, cpu_bf16_is_native, resolve_dtype
+from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
+from engine.configuration_error import ConfigurationError
 from engine.llm import LLM
 
 HINT = "--dtype bfloat16 runs about 1.5x faster"
@@ -440,3 +441,14 @@ def test_qwen2_moe_reads_with_transformers_defaults() -> None:
     assert ModelConfig.from_dict(windowed).layer_windows == (32, None, None, None)
     unbiased = _hf_config(architectures=["Qwen2MoeForCausalLM"], qkv_bias=False)
     assert not ModelConfig.from_dict(unbiased).qkv_bias
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
+def test_a_cuda_device_this_machine_cannot_use_is_a_configuration_error() -> None:
+    """A GPU unit on a host with the CPU wheel must stop in one line (exit 2, no restart
+    loop), not with torch's traceback, and never fall back to the CPU."""
+    with pytest.raises(ConfigurationError, match=r"^--device cuda: .*(without CUDA|no GPU)"):
+        EngineConfig(device="cuda").torch_device()
+    with pytest.raises(ConfigurationError, match="--device 'gpu0'"):
+        EngineConfig(device="gpu0").torch_device()
+    assert EngineConfig(device="cpu").torch_device() == torch.device("cpu")
