@@ -283,6 +283,48 @@ def test_the_model_cache_can_be_sized_and_forced() -> None:
         kubernetes_validate.validate(worker, version, strict=True)
 
 
+def test_extra_workers_serve_more_models_from_one_release() -> None:
+    """One API for several models: each extraWorkers entry is a worker Deployment of its
+    own (its keys over `worker`'s), with a selector and a PDB no other Deployment shares."""
+    values = {
+        "worker": {"resources": {"limits": {"memory": "8Gi"}}, "replicaCount": 2},
+        "extraWorkers": [
+            {"name": "embed", "model": "/models/bge", "runner": "pooling"},
+            {"name": "qwen", "model": "/models/qwen.gguf", "replicaCount": 3},
+        ],
+    }
+    docs = render(values)
+    deployments = by_kind(docs, "Deployment")
+    workers = {
+        name: d for name, d in deployments.items() if "-worker" in name and "batch" not in name
+    }
+    assert set(workers) == {
+        f"{RELEASE}-conveyor-worker",
+        f"{RELEASE}-conveyor-worker-embed",
+        f"{RELEASE}-conveyor-worker-qwen",
+    }
+    embed = workers[f"{RELEASE}-conveyor-worker-embed"]
+    (container,) = containers(embed)
+    assert container["args"][:4] == ["worker", "/models/bge", "--runner", "pooling"]
+    assert container["resources"]["limits"]["memory"] == "8Gi"  # worker's, inherited
+    assert embed["spec"]["replicas"] == 2
+    assert workers[f"{RELEASE}-conveyor-worker-qwen"]["spec"]["replicas"] == 3
+    selectors = [
+        json.dumps(d["spec"]["selector"]["matchLabels"], sort_keys=True)
+        for d in deployments.values()
+    ]
+    assert len(set(selectors)) == len(selectors)
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    for name, deployment in workers.items():
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        budget = budgets[name]["spec"]["selector"]["matchLabels"]
+        assert budget.items() <= labels.items()
+        for version in KUBE_VERSIONS:
+            kubernetes_validate.validate(deployment, version, strict=True)
+    with pytest.raises(HelmValuesError):
+        Chart.load(CHART).validate_schema({"extraWorkers": [{"name": "Not_DNS"}]})
+
+
 def test_lora_modules_become_the_workers_flag() -> None:
     adapters = [{"name": "sql", "path": "/adapters/sql"}, {"name": "poet", "path": "/a/poet"}]
     docs = render({"worker": {"loraModules": adapters}})

@@ -109,3 +109,15 @@ securityContext:
   emptyDir: {}
 {{- end }}
 {{- end }}
+
+{{/* Every engine worker Deployment: `worker`, then each `extraWorkers` entry laid over
+it (its own model, resources, replicas...). YAML {workers: [{component, spec}]}, for
+templates to range over; component "worker-NAME" keeps each one's selector its own. */}}
+{{- define "conveyor.workers" -}}
+{{- $workers := list (dict "component" "worker" "spec" .Values.worker) }}
+{{- range .Values.extraWorkers }}
+{{- $spec := mergeOverwrite (deepCopy $.Values.worker) (omit . "name") }}
+{{- $workers = append $workers (dict "component" (printf "worker-%s" .name) "spec" $spec) }}
+{{- end }}
+{{- toYaml (dict "workers" $workers) }}
+{{- end }}
