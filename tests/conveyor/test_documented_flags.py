@@ -28,6 +28,8 @@ OTHER_TOOLS = frozenset(
         "--now",
         "--rm",
         "--scale",
+        "--stop-timeout",  # docker run
+        "--ready",  # conveyor-healthcheck (deploy/healthcheck.py)
         "--set",
         "--shell",
         "--system",
