@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from api.catalog import ModelTokenizer
 from api.collect import finish
 from api.errors import ApiError
+from api.queue_admission import QueueAdmission, overloaded
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
 from api.request_id_header import current_request_id
@@ -203,20 +204,15 @@ class RequestSubmitter:
         self.names = names
         self.router = router
         self.settings = settings
+        self.admission = QueueAdmission(redis, settings.max_queued_requests)
 
     async def check_capacity(self, model: str, lane: str = INTERACTIVE_LANE) -> None:
         """503 + Retry-After while the lane's stream holds too many undelivered requests."""
         self.names.requests(model, lane)  # an unknown lane is a bug: fail before any work
         stats = await queue_stats(self.redis, self.names, model, lanes=(lane,))
-        if stats.undelivered > self.settings.max_queued_requests:
-            which = "" if lane == INTERACTIVE_LANE else f"{lane} "
-            raise ApiError(
-                503,
-                f"The model `{model}` is overloaded ({stats.undelivered} {which}requests "
-                "waiting); retry later",
-                code="overloaded",
-                headers={"Retry-After": "1"},
-            )
+        # Cheap, before tokenizing; the queueing itself decides (api/queue_admission.py).
+        if stats.undelivered >= self.settings.max_queued_requests:
+            raise overloaded(model, lane, stats.undelivered)
 
     async def submit_all(
         self, submissions: Sequence[Submission], readers: list[ReplyReader]
@@ -257,7 +253,13 @@ class RequestSubmitter:
             cache_salt=submission.cache_salt,
         )
         try:
-            entry_id = await self.redis.xadd(stream, {REQUEST_FIELD: message.encode()})
+            entry_id = await self.admission.queue(
+                stream,
+                REQUEST_FIELD,
+                message.encode(),
+                model=submission.model,
+                lane=submission.lane,
+            )
         except BaseException:
             reader.close()
             raise

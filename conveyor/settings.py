@@ -242,7 +242,10 @@ class Settings(BaseSettings):
         default=None, description="this process's name on the bus; default host-pid-random"
     )
     max_queued_requests: int = Field(
-        default=1024, description="requests waiting in a model's stream before 503"
+        default=1024,
+        ge=1,
+        description="the most requests that may wait in a model's lane for a worker; more "
+        "get a 503 overloaded at once (checked as each is queued, so bursts too)",
     )
     request_timeout: float = Field(default=600.0, description="seconds before a request expires")
     result_ttl: float = Field(default=600.0, description="seconds a final result stays readable")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -241,6 +243,34 @@ def test_overload_is_503_with_retry_after(small_stack: Stack) -> None:
     assert f"conveyor:queue_pending{lane} 0.0" in metrics
     assert f'conveyor:queue_length{{lane="batch",model="{MODEL}"}} 0.0' in metrics
     assert f'conveyor:dead_letters{{model="{MODEL}"}} 0.0' in metrics
+
+
+def test_a_burst_cannot_slip_past_the_queue_limit(small_stack: Stack) -> None:
+    """20 requests at the same instant, no worker taking any, 2 may wait: 2 are queued
+    (and time out), 18 get an immediate 503. Before, every request of a burst saw an
+    empty queue at its check and all 20 were queued."""
+    small_stack.worker.behaviour = "paused"
+    assert small_stack.worker.paused.wait(5)
+    store = redis.Redis.from_url(small_stack.redis_url)
+    stream = small_stack.names.requests(MODEL)
+    start = threading.Barrier(20)
+    statuses: list[int] = []
+    most_queued = 0
+
+    def post() -> None:
+        with small_stack.client() as http:
+            start.wait()
+            body = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
+            statuses.append(http.post("/v1/completions", json=body).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        most_queued = max(most_queued, store.xlen(stream))
+        time.sleep(0.01)
+    assert sorted(statuses) == [503] * 18 + [504] * 2
+    assert most_queued <= 2
 
 
 def test_reply_that_never_comes_times_out(small_stack: Stack) -> None:

@@ -58,9 +58,17 @@ def test_capacity_is_per_lane_and_submissions_join_their_lane(redis_url: str) ->
             with pytest.raises(ValueError, match="lane"):
                 await submitter.check_capacity("m", "bulk")
 
+            # Queueing itself refuses too (a burst cannot slip past the check), and
+            # leaves nothing behind.
+            with pytest.raises(ApiError) as refused:
+                await submitter.submit(_submission("batch-0", BATCH_LANE))
+            assert refused.value.status == 503 and "3 batch requests waiting" in str(refused.value)
+            assert await store.xlen(batch) == 3 and router.in_flight == 0
+            await store.xtrim(batch, maxlen=1, approximate=False)  # two taken: room for one
+
             await submitter.submit(_submission("inter-1", INTERACTIVE_LANE))
             await submitter.submit(_submission("batch-1", BATCH_LANE))
-            assert await store.xlen(interactive) == 1 and await store.xlen(batch) == 4
+            assert await store.xlen(interactive) == 1 and await store.xlen(batch) == 2
             ((_, fields),) = await store.xrange(interactive)
             assert GenerateRequest.decode(fields[REQUEST_FIELD]).lane == INTERACTIVE_LANE
             *_, (_, fields) = await store.xrange(batch)
@@ -69,10 +77,8 @@ def test_capacity_is_per_lane_and_submissions_join_their_lane(redis_url: str) ->
 
             # Abort while still queued: the entry leaves the batch stream it was XADDed to.
             await router.abort(["batch-1"])
-            assert await store.xlen(batch) == 3
-            assert [f[REQUEST_FIELD] for _, f in await store.xrange(batch)] == [
-                f"queued-{i}" for i in range(3)
-            ]
+            assert await store.xlen(batch) == 1
+            assert [f[REQUEST_FIELD] for _, f in await store.xrange(batch)] == ["queued-2"]
             assert await store.xlen(interactive) == 1
             await router.abort(["inter-1"])
             assert await store.xlen(interactive) == 0
