@@ -18,10 +18,8 @@ from contextlib import asynccontextmanager
 from functools import partial
 
 import anyio.to_thread
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.auth import Authenticator
 from api.background_responses import BackgroundResponses
@@ -33,6 +31,7 @@ from api.errors import install_error_handlers
 from api.invocations import InvocationsMiddleware
 from api.key_cache import KeyCache
 from api.rate_limiter import RateLimiter
+from api.redis_client import api_redis
 from api.refusal_memo import RefusalMemo
 from api.reply_router import ReplyRouter
 from api.request_id_header import HEADER, RequestIdMiddleware
@@ -78,19 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise RuntimeError("the API needs --redis-url (CONVEYOR_REDIS_URL)")
         database = Database(settings.resolved_database_url)
         await anyio.to_thread.run_sync(prepare_schema, database.url)
-        # A connect or a read that cannot succeed fails in seconds, not at the OS's TCP
-        # timeouts: a request waiting on Redis must reach its own error
-        # (api/reply_router.py). The API sends no blocking commands; pub/sub reads pass
-        # their own timeout. A pooled connection to a Redis that has since restarted
-        # fails once on its next use: that command is retried on a new connection
-        # (redis-py retries nothing by default).
-        redis = aioredis.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=5,
-            socket_timeout=10,
-            retry_on_error=[RedisConnectionError],
-        )
+        redis = api_redis(settings.redis_url)
         names = BusNames(settings.redis_prefix)
         instance = settings.resolved_instance_id("api")
         replies = ReplyRouter(redis, names, instance)
