@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ from prometheus_client.utils import floatToGoString
 
 SNAPSHOT_VERSION = 1
 LABELS = ("model_name", "worker")
+# The `worker` label of the requests waiting in Redis for any worker of a model.
+QUEUE_WORKER_LABEL = "queue"
 
 NUM_REQUESTS_RUNNING = "vllm:num_requests_running"
 NUM_REQUESTS_WAITING = "vllm:num_requests_waiting"
@@ -287,9 +289,13 @@ class WorkerMetricsCollector(Collector):
     sums of running requests or cache usage must not count it.
     """
 
-    def __init__(self, snapshots: Iterable[dict[str, Any]]) -> None:
+    def __init__(
+        self, snapshots: Iterable[dict[str, Any]], queued: Mapping[str, int] | None = None
+    ) -> None:
         self.snapshots = list(snapshots)
         self.live = [snap for snap in self.snapshots if snap.get("live", True)]
+        # Per model: requests still in its Redis streams, which no worker has taken.
+        self.queued = dict(queued or {})
 
     def collect(self) -> Iterator[Metric]:
         for name, doc in GAUGES.items():
@@ -298,6 +304,12 @@ class WorkerMetricsCollector(Collector):
                 value = snap.get("gauges", {}).get(name)
                 if value is not None:
                     gauge.add_metric(_labels(snap), float(value))
+            if name == NUM_REQUESTS_WAITING:
+                # vLLM counts every accepted request not yet running; here some wait in
+                # Redis before any engine sees them: one more series per model
+                # (worker="queue"), so sum by model_name is the whole wait, as vLLM's.
+                for model, count in sorted(self.queued.items()):
+                    gauge.add_metric([model, QUEUE_WORKER_LABEL], float(count))
             yield gauge
         for name, doc in COUNTERS.items():
             counter = CounterMetricFamily(name, doc, labels=LABELS)
@@ -368,8 +380,11 @@ def _cumulative(bounds: Sequence[float], counts: Sequence[int]) -> list[tuple[st
     return buckets
 
 
-def render_worker_metrics(snapshots: list[dict[str, Any]]) -> bytes:
-    """Prometheus text exposition of worker snapshots (what the API's /metrics serves)."""
+def render_worker_metrics(
+    snapshots: list[dict[str, Any]], queued: Mapping[str, int] | None = None
+) -> bytes:
+    """Prometheus text exposition of worker snapshots (what the API's /metrics serves),
+    with each model's `queued` requests counted as waiting."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(WorkerMetricsCollector(snapshots))
+    registry.register(WorkerMetricsCollector(snapshots, queued))
     return generate_latest(registry)

@@ -100,9 +100,10 @@ async def metrics(
     bases = {name for name, m in (await catalog.live_models()).items() if m.parent is None}
     models = bases | await catalog.known_models()  # adapters share their base's queues
     stats = {model: await lane_stats(redis, names, model) for model in sorted(models)}
+    queued = {model: sum(s.undelivered for s in lanes.values()) for model, lanes in stats.items()}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_QueueCollector(stats, replies.in_flight))
-    body = _render_workers(snapshots) + generate_latest(registry)
+    body = _render_workers(snapshots, queued) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
@@ -121,15 +122,16 @@ async def _worker_snapshots(redis: Any, pattern: str) -> list[dict[str, Any]]:
     return snapshots
 
 
-def _render_workers(snapshots: list[dict[str, Any]]) -> bytes:
-    """conveyor.metrics renders the workers' part; without it /metrics still serves ours."""
+def _render_workers(snapshots: list[dict[str, Any]], queued: dict[str, int]) -> bytes:
+    """conveyor.metrics renders the workers' part (the models' queues counted as waiting,
+    as vLLM counts them); without it /metrics still serves ours."""
     try:
         from conveyor.metrics import render_worker_metrics
     except ImportError:
         return b""
-    render: Callable[[list[dict[str, Any]]], bytes] = render_worker_metrics
+    render: Callable[[list[dict[str, Any]], dict[str, int]], bytes] = render_worker_metrics
     try:
-        return render(snapshots)
+        return render(snapshots, queued)
     except Exception:
         logger.exception("rendering worker metrics failed")
         return b""

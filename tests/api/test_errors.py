@@ -240,6 +240,8 @@ def test_overload_is_503_with_retry_after(small_stack: Stack) -> None:
     lane = f'{{lane="interactive",model="{MODEL}"}}'
     assert f"conveyor:queue_length{lane} 3.0" in metrics
     assert f"conveyor:queue_undelivered{lane} 3.0" in metrics
+    # vLLM's gauge counts them too (worker="queue"), so its dashboards see the overload.
+    assert f'vllm:num_requests_waiting{{model_name="{MODEL}",worker="queue"}} 3.0' in metrics
     assert f"conveyor:queue_pending{lane} 0.0" in metrics
     assert f'conveyor:queue_length{{lane="batch",model="{MODEL}"}} 0.0' in metrics
     assert f'conveyor:dead_letters{{model="{MODEL}"}} 0.0' in metrics

@@ -112,7 +112,8 @@ def fake_metrics_module(monkeypatch: pytest.MonkeyPatch) -> list[list[dict]]:
     """Stand in for conveyor.metrics (written elsewhere), recording what it is given."""
     calls: list[list[dict]] = []
 
-    def render_worker_metrics(snapshots: list[dict]) -> bytes:
+    def render_worker_metrics(snapshots: list[dict], queued: dict[str, int]) -> bytes:
+        assert queued[MODEL] == 0  # each model's undelivered requests, counted as waiting
         calls.append(snapshots)
         return f"vllm:num_requests_running {sum(s['running'] for s in snapshots)}\n".encode()
 
@@ -146,7 +147,7 @@ def test_metrics_survive_a_broken_worker_renderer(
 ) -> None:
     module = types.ModuleType("conveyor.metrics")
 
-    def broken(snapshots: list[dict]) -> bytes:
+    def broken(snapshots: list[dict], queued: dict[str, int]) -> bytes:
         raise RuntimeError("boom")
 
     module.render_worker_metrics = broken  # type: ignore[attr-defined]

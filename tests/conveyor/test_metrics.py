@@ -85,6 +85,19 @@ def test_render_tolerates_nothing_and_partial_snapshots() -> None:
     assert ("vllm:num_requests_running", labels("old")) not in got
 
 
+def test_requests_queued_in_redis_count_as_waiting() -> None:
+    """vLLM's num_requests_waiting counts every accepted request not yet running; here
+    some wait in Redis before any engine sees them: a series per model (worker="queue")
+    beside the engines', so `sum by (model_name)` is the whole wait."""
+    worker = WorkerMetrics("smol", "w1")
+    worker.set_engine_state(running=4, waiting=2, kv_cache_usage=0.5, num_preemptions=0)
+    got = samples(render_worker_metrics([worker.snapshot()], {"smol": 7, "other": 0}))
+    waiting = "vllm:num_requests_waiting"
+    assert (got[(waiting, labels("w1"))], got[(waiting, labels("queue"))]) == (2, 7)
+    assert got[(waiting, (("model_name", "other"), ("worker", "queue")))] == 0
+    assert ("vllm:num_requests_running", labels("queue")) not in got
+
+
 def test_counting_from_many_threads_loses_nothing() -> None:
     metrics = WorkerMetrics("smol", "w")
 
