@@ -4,7 +4,8 @@ One `Sampler` call covers every sequence that samples this step. Each
 processing stage is a single batched tensor op over just the rows that need
 it and is skipped when none do, because this runs every engine step over a
 ~49k vocabulary. Random rows are sampled by inverse CDF from one uniform
-number per row; a seeded row draws its number only from its own generator, so
+number per row. A seeded row instead races exponential noise from its own
+generator (vLLM's method), which no batch's rounding of the logits can sway, so
 a seeded request samples the same tokens whatever it is batched with.
 """
 
@@ -365,7 +366,7 @@ def _draw(
     (1 - p(d)) * p(x) / (1 - p(d))), while a likely draft is usually kept.
     """
     device = weights.device
-    tokens = _inverse_cdf(weights, _uniforms(generators, device))
+    tokens = _sample(weights, generators)
     rows = [i for i, d in enumerate(drafts or ()) if d is not None]
     if not rows:
         return tokens
@@ -379,10 +380,47 @@ def _draw(
     rejected = (~accept).nonzero().squeeze(1)
     if len(rejected):
         rest = rest[rejected].scatter_(1, draft[rejected][:, None], 0.0)
-        redraw = _uniforms([generators[rows[int(r)]] for r in rejected], device)
-        chosen[rejected] = _inverse_cdf(rest, redraw)
+        chosen[rejected] = _sample(rest, [generators[rows[int(r)]] for r in rejected])
     tokens[idx] = chosen
     return tokens
+
+
+def _sample(weights: torch.Tensor, generators: Sequence[torch.Generator | None]) -> torch.Tensor:
+    """One token per row: unseeded rows by inverse CDF (one shared draw), seeded rows by
+    an exponential race on their own generators."""
+    device = weights.device
+    seeded = [i for i, g in enumerate(generators) if g is not None]
+    if not seeded:
+        return _inverse_cdf(weights, _uniforms(generators, device))
+    tokens = torch.empty(weights.shape[0], dtype=torch.long, device=device)
+    tokens[torch.tensor(seeded, device=device)] = _exponential_race(weights, seeded, generators)
+    unseeded = [i for i, g in enumerate(generators) if g is None]
+    if unseeded:
+        idx = torch.tensor(unseeded, device=device)
+        tokens[idx] = _inverse_cdf(weights[idx], _uniforms([None] * len(unseeded), device))
+    return tokens
+
+
+def _exponential_race(
+    weights: torch.Tensor, rows: Sequence[int], generators: Sequence[torch.Generator | None]
+) -> torch.Tensor:
+    """A token for each seeded row: argmax of w / q, q ~ Exp(1) per token from the row's
+    own generator (as vLLM samples), which picks token x with probability p(x).
+
+    Why not the inverse CDF here: a seed promises the same tokens whatever the batch,
+    but batched matmuls round logits differently by ~1e-5 from one batch shape to the
+    next, and the CDF's boundaries between unlikely tokens are that close together: a
+    row landing among them picked another token in 4 of 18 batched runs (a user's
+    test, temperature 1). Here a flip needs two tokens' w / q within rounding of each
+    other, which almost never happens. The row draws a vocabulary's worth of numbers
+    per step, a count that depends on the row alone.
+    """
+    device = weights.device
+    noise = torch.empty((len(rows), weights.shape[1]), dtype=torch.float32, device=device)
+    for k, row in enumerate(rows):
+        noise[k].exponential_(generator=generators[row])
+    race = weights[torch.tensor(list(rows), device=device)].float().div_(noise)
+    return race.argmax(dim=-1)
 
 
 def _uniforms(generators: Sequence[torch.Generator | None], device: torch.device) -> torch.Tensor:
