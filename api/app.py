@@ -54,6 +54,7 @@ from api.routes import (
     responses,
     score,
     tokenize,
+    tokenizer_info,
 )
 from api.routes.ops import __version__
 from api.shutdown_drain import ShutdownDrain
@@ -164,6 +165,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:
         app.include_router(lora_adapters.router)
+    if settings.enable_tokenizer_info_endpoint:
+        app.include_router(tokenizer_info.router)
     # Outermost last: CORS answers browsers' preflights first, then the body limit runs,
     # then /invocations finds its route, then usage wraps the routes.
     app.add_middleware(UsageMiddleware)

@@ -424,6 +424,10 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
             "--exclude-tools-when-tool-choice-none",
             'tool_choice "none" leaves the tools out of the prompt',
         ),
+        (
+            "--enable-tokenizer-info-endpoint",
+            "GET /tokenizer_info: a model's tokenizer_config.json and chat template",
+        ),
         ("--enable-force-include-usage", "every stream ends with usage, asked for or not"),
         ("--allow-credentials", "CORS: allow credentials"),
         ("--disable-fastapi-docs", "no /docs, /redoc or /openapi.json"),

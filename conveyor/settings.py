@@ -339,6 +339,11 @@ class Settings(BaseSettings):
         description="import paths of ASGI middleware classes or async (request, call_next) "
         "functions to add to the API, as vLLM's --middleware (a JSON list or a,b)",
     )
+    enable_tokenizer_info_endpoint: bool = Field(
+        default=False,
+        description="serve GET /tokenizer_info: a model's tokenizer_config.json and chat "
+        "template (off by default: it shows the template)",
+    )
     exclude_tools_when_tool_choice_none: bool = Field(
         default=False,
         description='leave the tools out of the prompt of a request with tool_choice "none" '

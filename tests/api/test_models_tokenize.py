@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
-from .conftest import MAX_MODEL_LEN, MODEL
+from .conftest import MAX_MODEL_LEN, MODEL, Stack
 from .fakes import FakeWorker
 
 
@@ -54,3 +56,19 @@ def test_detokenize_round_trip(client: httpx.Client, worker: FakeWorker) -> None
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
     assert client.post("/tokenize", json={"model": "nope", "prompt": "x"}).status_code == 404
     assert client.post("/tokenize", json={"model": MODEL}).status_code == 400
+
+
+def test_tokenizer_info_is_served_only_when_asked(make_stack: Callable[..., Stack]) -> None:
+    """vLLM's --enable-tokenizer-info-endpoint: the published tokenizer_config.json with
+    the chat template the API renders with (--chat-template's, when given); a 404
+    without the flag, since it shows the template."""
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}{% endfor %}"
+    stack = make_stack(enable_tokenizer_info_endpoint=True, chat_template=template)
+    with stack.client() as http:
+        info = http.get("/tokenizer_info").json()
+        assert info == http.get("/tokenizer_info", params={"model": MODEL}).json()
+        assert http.get("/tokenizer_info", params={"model": "nope"}).status_code == 404
+    assert info["chat_template"] == template
+    assert info["tokenizer_class"] and info["eos_token"] == "<|im_end|>"
+    with make_stack().client() as http:
+        assert http.get("/tokenizer_info").status_code == 404
