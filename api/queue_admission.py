@@ -6,6 +6,9 @@ request is queued only after tokenizing; a burst of 60 at once all saw an empty 
 and all got in (then timed out waiting, where a fast 503 was due). The early check
 still refuses cheaply before any tokenizing; this one decides.
 
+All of one request's entries go in one call, so a request is never half queued, and a
+lane with room admits a request whole (see is_full).
+
 "Waiting" is the worker group's `lag` where Redis reports it (>= 7), else the stream
 length minus what was delivered and not yet acknowledged (api/queue_stats.py says why
 that is exact).
@@ -13,13 +16,16 @@ that is exact).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from redis.asyncio import Redis
 
 from api.errors import ApiError
 from conveyor.bus import INTERACTIVE_LANE, WORKER_GROUP
 
-# KEYS[1] the lane's stream; ARGV: the worker group, the most that may wait, the field
-# and the request. Returns {1, entry id} when queued, {0, how many wait} when refused.
+# KEYS[1] the lane's stream; ARGV: the worker group, the most that may wait, the field,
+# then the request's entries. Returns {1, {entry ids}} when queued, {0, how many wait}
+# when refused. The rule is is_full's, below.
 _ADMIT = """
 local waiting = redis.call('XLEN', KEYS[1])
 local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
@@ -36,11 +42,24 @@ if ok then
     end
   end
 end
-if waiting >= tonumber(ARGV[2]) then
+local adding = #ARGV - 3
+if waiting > 0 and waiting + adding > tonumber(ARGV[2]) then
   return {0, waiting}
 end
-return {1, redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])}
+local ids = {}
+for i = 4, #ARGV do
+  ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[i])
+end
+return {1, ids}
 """
+
+
+def is_full(waiting: int, adding: int, max_waiting: int) -> bool:
+    """Whether a lane where `waiting` requests wait refuses `adding` more. All of one
+    request's entries (its prompts, choices, inputs) are admitted together, and an empty
+    lane admits any request: one larger than the limit waits alone rather than being
+    refused for ever (Retry-After would only bring it back)."""
+    return waiting > 0 and waiting + adding > max_waiting
 
 
 def overloaded(model: str, lane: str, waiting: int) -> ApiError:
@@ -55,7 +74,7 @@ def overloaded(model: str, lane: str, waiting: int) -> ApiError:
 
 
 class QueueAdmission:
-    """Queues a request unless its lane is full (one script, registered once)."""
+    """Queues a request's entries unless its lane is full (one script, registered once)."""
 
     def __init__(self, redis: Redis, max_waiting: int) -> None:
         self.max_waiting = max_waiting
@@ -63,12 +82,18 @@ class QueueAdmission:
         self._script = redis.register_script(_ADMIT)
 
     async def queue(
-        self, stream: str, field: str, payload: str | bytes, *, model: str, lane: str
-    ) -> str:
-        """The entry id; a 503 `overloaded` when --max-queued-requests already wait."""
+        self,
+        stream: str,
+        field: str,
+        payloads: Sequence[str | bytes],
+        *,
+        model: str,
+        lane: str,
+    ) -> list[str]:
+        """Their entry ids, all or none; a 503 `overloaded` when the lane is full."""
         queued, value = await self._script(
-            keys=[stream], args=[WORKER_GROUP, self.max_waiting, field, payload]
+            keys=[stream], args=[WORKER_GROUP, self.max_waiting, field, *payloads]
         )
         if not int(queued):
             raise overloaded(model, lane, int(value))
-        return value.decode() if isinstance(value, bytes) else str(value)
+        return [v.decode() if isinstance(v, bytes) else str(v) for v in value]

@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from api.catalog import ModelTokenizer
 from api.collect import finish
 from api.errors import ApiError
-from api.queue_admission import QueueAdmission, overloaded
+from api.queue_admission import QueueAdmission, is_full, overloaded
 from api.queue_stats import queue_stats
 from api.reply_router import ReplyReader, ReplyRouter
 from api.request_id_header import current_request_id
@@ -211,29 +211,62 @@ class RequestSubmitter:
         self.names.requests(model, lane)  # an unknown lane is a bug: fail before any work
         stats = await queue_stats(self.redis, self.names, model, lanes=(lane,))
         # Cheap, before tokenizing; the queueing itself decides (api/queue_admission.py).
-        if stats.undelivered >= self.settings.max_queued_requests:
+        if is_full(stats.undelivered, 1, self.settings.max_queued_requests):
             raise overloaded(model, lane, stats.undelivered)
 
     async def submit_all(
         self, submissions: Sequence[Submission], readers: list[ReplyReader]
     ) -> None:
-        """Queue each submission, appending its reader to `readers` (a request's record
-        keeps them); if one cannot be queued, those queued already are aborted."""
-        started = len(readers)
-        try:
-            for submission in submissions:
-                readers.append(await self.submit(submission))
-        except BaseException:
-            finish(self.router, readers[started:])
-            raise
+        """Queue all of a request's submissions together (admitted or refused as one),
+        appending their readers to `readers` (a request's record keeps them)."""
+        readers.extend(await self._queue(submissions))
 
     async def submit(self, submission: Submission) -> ReplyReader:
         """Register for replies first (none may be missed), then queue the request."""
-        stream = self.names.requests(submission.model, submission.lane)
+        (reader,) = await self._queue([submission])
+        return reader
+
+    async def _queue(self, submissions: Sequence[Submission]) -> list[ReplyReader]:
+        """Readers open before any entry is queued; the entries of each lane's stream (one,
+        in practice) go in one admission; if any cannot, none stays queued."""
         now = time.time()
         deadline = now + self.settings.request_timeout
-        reader = self.router.open(submission.request_id, deadline, streaming=submission.stream)
-        message = GenerateRequest(
+        by_stream: dict[str, list[tuple[Submission, ReplyReader, str]]] = {}
+        opened: list[ReplyReader] = []
+        queued: list[ReplyReader] = []
+        try:
+            for submission in submissions:
+                stream = self.names.requests(submission.model, submission.lane)
+                reader = self.router.open(
+                    submission.request_id, deadline, streaming=submission.stream
+                )
+                opened.append(reader)
+                message = self._message(submission, now, deadline)
+                by_stream.setdefault(stream, []).append((submission, reader, message))
+            for stream, entries in by_stream.items():
+                first = entries[0][0]
+                ids = await self.admission.queue(
+                    stream,
+                    REQUEST_FIELD,
+                    [message for _, _, message in entries],
+                    model=first.model,
+                    lane=first.lane,
+                )
+                for (submission, reader, _), entry_id in zip(entries, ids, strict=True):
+                    self.router.queued(submission.request_id, stream, entry_id, submission.model)
+                    queued.append(reader)
+                    if self.settings.enable_log_requests:
+                        _log_request(submission, self.settings.max_log_len)
+        except BaseException:
+            finish(self.router, queued)  # aborts what reached a stream
+            for reader in opened:
+                if reader not in queued:
+                    reader.close()
+            raise
+        return opened
+
+    def _message(self, submission: Submission, now: float, deadline: float) -> str:
+        return GenerateRequest(
             id=submission.request_id,
             reply_to=self.router.instance,
             model=submission.model,
@@ -251,22 +284,7 @@ class RequestSubmitter:
             lora=submission.lora,
             pooling=submission.pooling,
             cache_salt=submission.cache_salt,
-        )
-        try:
-            entry_id = await self.admission.queue(
-                stream,
-                REQUEST_FIELD,
-                message.encode(),
-                model=submission.model,
-                lane=submission.lane,
-            )
-        except BaseException:
-            reader.close()
-            raise
-        self.router.queued(submission.request_id, stream, entry_id, submission.model)
-        if self.settings.enable_log_requests:
-            _log_request(submission, self.settings.max_log_len)
-        return reader
+        ).encode()
 
 
 def _log_request(submission: Submission, max_log_len: int | None) -> None:

@@ -243,9 +243,11 @@ class Settings(BaseSettings):
     )
     max_queued_requests: int = Field(
         default=1024,
-        ge=1,
+        ge=0,
         description="the most requests that may wait in a model's lane for a worker; more "
-        "get a 503 overloaded at once (checked as each is queued, so bursts too)",
+        "get a 503 overloaded at once (checked as each is queued, so bursts too; a "
+        "request's prompts and choices are admitted together, and an empty lane admits "
+        "any request)",
     )
     request_timeout: float = Field(default=600.0, description="seconds before a request expires")
     result_ttl: float = Field(default=600.0, description="seconds a final result stays readable")
