@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import queue
 import signal
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import redis
 
+from conveyor.beat_file import beat_file, remove
 from conveyor.bus import LANES, BusNames
 from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.metrics import WorkerMetrics
@@ -44,7 +46,7 @@ from engine.llm_engine import LLMEngine
 from workers.aborts import AbortListener
 from workers.announce import Announcer
 from workers.engine_loop import EngineLoop
-from workers.heartbeat import Heartbeat, WorkerFacts
+from workers.heartbeat import Heartbeat, WorkerFacts, heartbeat_client
 from workers.inflight import Inflight, Ticket
 from workers.intake import BATCH_PRIORITY_FLOOR, Intake
 from workers.janitor import Janitor
@@ -79,6 +81,7 @@ class EngineWorker:
         # One pool for all threads (redis-py clients are thread-safe); the blocking
         # XREADGROUP and the subscription each hold their own connection from it.
         self.client = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.beat_client = heartbeat_client(redis_url)
         self.inflight = Inflight(self.capacity)
         self.metrics = WorkerMetrics(
             self.model, instance, cache_config_info(engine), max_model_len=engine.max_model_len
@@ -138,7 +141,7 @@ class EngineWorker:
             aliases=aliases,
         )
         self.heartbeat = Heartbeat(
-            self.client,
+            self.beat_client,
             names,
             facts,
             self.metrics,
@@ -223,6 +226,7 @@ class EngineWorker:
         if syncing is not None:
             syncing.join(_JOIN_TIMEOUT)
         self.heartbeat.clear()
+        self.beat_client.close()
         self.client.close()
         logger.info("worker %s stopped", self.instance)
         return 1 if self._failed else 0
@@ -312,6 +316,9 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
             "`conveyor worker` per GPU to scale out",
             settings.data_parallel_size,
         )
+    # A beat file left by this container's previous run (same pid, a kept /tmp, a kill
+    # that skipped the clean exit) must not pass the probes while the model loads.
+    remove(beat_file(os.getpid()))
     try:  # a folder without the file stops start-up before the model loads
         check_source(settings.generation_config)
     except GenerationConfigError as exc:

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from conveyor.beat_file import beat_file, remove, touch
 from conveyor.bus import KNOWN_NAME_TTL_SECONDS, BusNames
@@ -44,6 +46,23 @@ class WorkerFacts:
     pid: int = field(default_factory=os.getpid)
     # Other names the model answers to (vLLM's --served-model-name A B: B here).
     aliases: tuple[str, ...] = ()
+
+
+# Seconds a beat waits on Redis before it is given up (the next beat tries again).
+BEAT_REDIS_TIMEOUT = 2.0
+
+
+def heartbeat_client(redis_url: str) -> redis.Redis:
+    """The heartbeat's own client, quick to give up and never retrying within a beat: a
+    Redis that stops answering (a partition) must not hold the beat loop, which also
+    touches the probes' beat file, for longer than a beat or two."""
+    return redis.Redis.from_url(
+        redis_url,
+        decode_responses=True,
+        socket_connect_timeout=BEAT_REDIS_TIMEOUT,
+        socket_timeout=BEAT_REDIS_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 class Heartbeat:

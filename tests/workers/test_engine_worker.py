@@ -456,8 +456,13 @@ def test_structured_output_crosses_the_wire_and_bad_constraints_are_refused_befo
 
 def test_an_engine_that_cannot_start_as_configured_exits_2(redis_url: str) -> None:
     """Exit status 2: `conveyor serve` stops instead of restarting the worker in vain."""
+    # A beat file from this container's previous run (same pid, a kept /tmp) goes at
+    # start: it must not pass the probes while the model loads, or here never loads.
+    stale = beat_file(os.getpid())
+    stale.touch()
     settings = Settings(redis_url=redis_url, model="/nonexistent/model")
     assert run_worker(settings, stop=threading.Event()) == 2
+    assert not stale.exists()
     # Settings only the model can refuse: a context longer than it has, or a KV cache on
     # CPU too small for one sequence of it (the bundled model: 8192 tokens).
     for refused in (
