@@ -30,6 +30,13 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
+    """To `revision`; on a schema a later release migrated (a rollback), nothing to do but
+    say so: the compose `migrate` service and the chart's pre-upgrade Job run this before
+    the API, which would otherwise never start after a rollback."""
+    current = current_revision(url)
+    if current is not None and is_newer_than_this_release(current):
+        _warn_newer(current, head_revision())
+        return
     command.upgrade(alembic_config(url), revision)
 
 
@@ -103,10 +110,6 @@ def prepare_schema(url: str) -> None:
     the operator (or the deploy's migrate job) runs `conveyor db upgrade`.
     """
     if is_sqlite(url):
-        current = current_revision(url)
-        if current is not None and is_newer_than_this_release(current):
-            _warn_newer(current, head_revision())  # Alembic could not upgrade from it
-            return
         upgrade(url)
     else:
         require_head(url)
