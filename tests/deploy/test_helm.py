@@ -325,6 +325,23 @@ def test_extra_workers_serve_more_models_from_one_release() -> None:
         Chart.load(CHART).validate_schema({"extraWorkers": [{"name": "Not_DNS"}]})
 
 
+
+def test_an_extra_worker_replaces_keys_whole_and_refuses_unknown_ones() -> None:
+    """A CPU embedding worker beside GPU workers must not inherit their GPU limit (a deep
+    merge gave it one), and a mistyped key must fail, not vanish."""
+    gpu = {"limits": {"nvidia.com/gpu": 1, "memory": "24Gi"}, "requests": {"cpu": "4"}}
+    cpu = {"limits": {"memory": "4Gi"}}
+    values = {
+        "worker": {"resources": gpu},
+        "extraWorkers": [{"name": "embed", "model": "/m/bge", "resources": cpu}],
+    }
+    worker = by_kind(render(values), "Deployment")[f"{RELEASE}-conveyor-worker-embed"]
+    (container,) = containers(worker)
+    assert container["resources"] == cpu
+    with pytest.raises(Exception, match="unknown key"):
+        render({"extraWorkers": [{"name": "embed", "replicas": 2}]})
+
+
 def test_lora_modules_become_the_workers_flag() -> None:
     adapters = [{"name": "sql", "path": "/adapters/sql"}, {"name": "poet", "path": "/a/poet"}]
     docs = render({"worker": {"loraModules": adapters}})

@@ -110,13 +110,22 @@ securityContext:
 {{- end }}
 {{- end }}
 
-{{/* Every engine worker Deployment: `worker`, then each `extraWorkers` entry laid over
-it (its own model, resources, replicas...). YAML {workers: [{component, spec}]}, for
-templates to range over; component "worker-NAME" keeps each one's selector its own. */}}
+{{/* Every engine worker Deployment: `worker`, then each `extraWorkers` entry over it.
+An entry's key replaces `worker`'s whole (resources, nodeSelector...: a CPU embedding
+worker must not inherit a GPU limit), and a key `worker` lacks is refused, so a typo
+cannot pass silently. YAML {workers: [{component, spec}]}, for templates to range over;
+component "worker-NAME" keeps each one's selector its own. */}}
 {{- define "conveyor.workers" -}}
 {{- $workers := list (dict "component" "worker" "spec" .Values.worker) }}
 {{- range .Values.extraWorkers }}
-{{- $spec := mergeOverwrite (deepCopy $.Values.worker) (omit . "name") }}
+{{- $spec := deepCopy $.Values.worker }}
+{{- $entry := . }}
+{{- range $key, $value := omit $entry "name" }}
+{{- if not (hasKey $.Values.worker $key) }}
+{{- fail (printf "extraWorkers %s: unknown key %q (the keys are worker's)" $entry.name $key) }}
+{{- end }}
+{{- $_ := set $spec $key $value }}
+{{- end }}
 {{- $workers = append $workers (dict "component" (printf "worker-%s" .name) "spec" $spec) }}
 {{- end }}
 {{- toYaml (dict "workers" $workers) }}
