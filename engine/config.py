@@ -555,6 +555,11 @@ def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype:
         ) from None
 
 
+class DeviceUnavailable(RuntimeError):
+    """The GPU asked for is not visible now; unlike a configuration error, a restart
+    (the driver loaded, the GPU back) may mend it."""
+
+
 def cpu_bf16_is_native() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX tiles)."""
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
@@ -675,8 +680,9 @@ class EngineConfig:
         return self.runner
 
     def torch_device(self) -> torch.device:
-        """--device as torch names it; a CUDA device this machine cannot use is a
-        ConfigurationError (one line, no restarts), not a traceback from deep in torch."""
+        """--device as torch names it. A torch built without CUDA asked for CUDA is a
+        ConfigurationError (one line, exit 2, no restarts), never a traceback from deep in
+        torch; a GPU not visible now is DeviceUnavailable, which restarts may outlive."""
         if not self.device:
             return default_device()
         try:
@@ -684,16 +690,17 @@ class EngineConfig:
         except RuntimeError as exc:
             raise ConfigurationError(f"--device {self.device!r}: {exc}") from None
         if device.type == "cuda":
-            if not torch.cuda.is_available():
-                why = (
-                    f"this torch ({torch.__version__}) is built without CUDA: install a CUDA "
-                    "build on GPU hosts"
-                    if torch.version.cuda is None
-                    else "no GPU is visible (CUDA_VISIBLE_DEVICES, the driver)"
-                )
-                raise ConfigurationError(f"--device {self.device}: {why}")
-            if device.index is not None and device.index >= torch.cuda.device_count():
+            if torch.version.cuda is None:  # no restart can mend this
                 raise ConfigurationError(
-                    f"--device {self.device}: only {torch.cuda.device_count()} GPU(s) visible"
+                    f"--device {self.device}: this torch ({torch.__version__}) is built "
+                    "without CUDA: install a CUDA build on GPU hosts"
+                )
+            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if visible == 0 or (device.index is not None and device.index >= visible):
+                # Often passing (a driver still loading at boot, a GPU lost to an Xid
+                # error): a plain failure, which a supervisor restarts.
+                raise DeviceUnavailable(
+                    f"--device {self.device}: {visible} GPU(s) visible "
+                    "(CUDA_VISIBLE_DEVICES, the driver)"
                 )
         return device

@@ -34,7 +34,7 @@ from conveyor.bus import LANES, BusNames
 from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
-from engine.config import EngineConfig
+from engine.config import DeviceUnavailable, EngineConfig
 from engine.configuration_error import ConfigurationError
 from engine.generation_defaults import (
     GenerationConfigError,
@@ -334,6 +334,9 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     except ConfigurationError as exc:  # a model, tokenizer or template that cannot work
         logger.error("cannot start the engine: %s", exc)
         return CONFIGURATION_ERROR
+    except DeviceUnavailable as exc:  # perhaps for now: exit 1, which supervisors restart
+        logger.error("cannot start the engine: %s", exc)
+        return 1
     names = BusNames(prefix=settings.redis_prefix)
     instance = settings.resolved_instance_id("worker")
     if stop is None:

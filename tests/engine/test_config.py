@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
+from engine.config import (
+    DeviceUnavailable,
+    EngineConfig,
+    ModelConfig,
+    cpu_bf16_is_native,
+    resolve_dtype,
+)
 from engine.configuration_error import ConfigurationError
 from engine.llm import LLM
 
@@ -443,12 +449,18 @@ def test_qwen2_moe_reads_with_transformers_defaults() -> None:
     assert not ModelConfig.from_dict(unbiased).qkv_bias
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a machine without CUDA")
-def test_a_cuda_device_this_machine_cannot_use_is_a_configuration_error() -> None:
-    """A GPU unit on a host with the CPU wheel must stop in one line (exit 2, no restart
-    loop), not with torch's traceback, and never fall back to the CPU."""
-    with pytest.raises(ConfigurationError, match=r"^--device cuda: .*(without CUDA|no GPU)"):
+def test_a_cuda_device_this_machine_cannot_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU unit on a host with the CPU wheel stops in one line (a ConfigurationError:
+    exit 2, no restart loop), never a traceback or a silent fall back to the CPU. A CUDA
+    build that sees no GPU now (a driver loading at boot) is DeviceUnavailable: exit 1,
+    which supervisors restart."""
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(ConfigurationError, match=r"^--device cuda: .*built without CUDA"):
         EngineConfig(device="cuda").torch_device()
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailable, match=r"^--device cuda:1: 0 GPU\(s\) visible"):
+        EngineConfig(device="cuda:1").torch_device()
     with pytest.raises(ConfigurationError, match="--device 'gpu0'"):
         EngineConfig(device="gpu0").torch_device()
     assert EngineConfig(device="cpu").torch_device() == torch.device("cpu")
