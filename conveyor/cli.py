@@ -48,6 +48,15 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--max-num-seqs", {"type": int}),
     ("--max-num-batched-tokens", {"type": _token_count, "metavar": "N"}),
     (
+        "--long-prefill-token-threshold",
+        {
+            "type": _token_count,
+            "metavar": "N",
+            "help": "the most prompt tokens one request prefills per step (0: off), so "
+            "short prompts are not stuck behind long ones",
+        },
+    ),
+    (
         "--batch-prefill-tokens",
         {"type": int, "help": "prompt tokens batch lines may prefill per engine step"},
     ),

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     block_size: int = 16
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
+    long_prefill_token_threshold: int = Field(
+        default=0,
+        ge=0,
+        description="the most prompt tokens one request prefills per engine step (0: off), "
+        "so a short prompt behind long ones starts at once (vLLM's flag)",
+    )
     batch_prefill_tokens: int = Field(
         default=256,
         ge=1,
@@ -519,7 +525,9 @@ class Settings(BaseSettings):
             max_loaded=self.max_cpu_loras,
         )
 
-    @field_validator("max_model_len", "max_num_batched_tokens", mode="before")
+    @field_validator(
+        "max_model_len", "max_num_batched_tokens", "long_prefill_token_threshold", mode="before"
+    )
     @classmethod
     def _human_readable(cls, value: object) -> object:
         return human_readable_int(value) if isinstance(value, str) else value
@@ -712,6 +720,7 @@ class Settings(BaseSettings):
             block_size=self.block_size,
             max_num_seqs=self.max_num_seqs,
             max_num_batched_tokens=self.max_num_batched_tokens,
+            long_prefill_token_threshold=self.long_prefill_token_threshold,
             background_prefill_tokens=self.batch_prefill_tokens,
             max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching,

@@ -595,6 +595,10 @@ class EngineConfig:
     # how long a step, and so an interactive request arriving during it, can take.
     background_priority: int | None = None
     background_prefill_tokens: int = 256
+    # vLLM's --long-prefill-token-threshold: the most prompt tokens one sequence prefills
+    # per step (0: as many as the budget allows), so short prompts are not stuck behind
+    # long ones (engine/scheduler.py).
+    long_prefill_token_threshold: int = 0
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     kv_cache_memory: int = 1 << 30
@@ -639,6 +643,11 @@ class EngineConfig:
         if self.max_num_batched_tokens < 1:
             raise ValueError(
                 f"max_num_batched_tokens must be at least 1, got {self.max_num_batched_tokens}"
+            )
+        if self.long_prefill_token_threshold < 0:
+            raise ValueError(
+                "long_prefill_token_threshold must be 0 (off) or more, "
+                f"got {self.long_prefill_token_threshold}"
             )
         if self.background_prefill_tokens < 1:
             raise ValueError(

@@ -191,6 +191,7 @@ class LLMEngine:
             config.max_num_batched_tokens,
             background_priority=config.background_priority,
             background_prefill_tokens=config.background_prefill_tokens,
+            long_prefill_token_threshold=config.long_prefill_token_threshold,
         )
         decode_graphs = None
         if (

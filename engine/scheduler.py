@@ -17,6 +17,11 @@ more of them. The cap holds even when no interactive request is present, since
 the next one may arrive mid-step; the background prompts cost the same compute,
 spread over more (shorter) steps. Background decodes are never held back.
 
+With `long_prefill_token_threshold` (vLLM's --long-prefill-token-threshold) no
+sequence prefills more than that many tokens in a step, so the budget a long
+prompt would take alone is left to others: a short prompt arriving behind three
+long ones starts at the next step instead of after all three.
+
 A decoding sequence with speculative drafts (engine/ngram_proposer.py) is
 scheduled for 1 + drafts tokens. Drafts only use what is spare: the budget
 left after one token for every decode still to come, and free blocks (they
@@ -71,6 +76,9 @@ class Scheduler:
     max_num_batched_tokens: int
     background_priority: int | None = None
     background_prefill_tokens: int = 256
+    # vLLM's --long-prefill-token-threshold: no sequence prefills more than this per step
+    # (0: off), so long prompts share steps and a short one admitted behind them starts.
+    long_prefill_token_threshold: int = 0
     running: list[Sequence] = field(default_factory=list)
     waiting: list[tuple[tuple[int, float, int], Sequence]] = field(default_factory=list)
     stats: SchedulerStats = field(default_factory=SchedulerStats)
@@ -145,6 +153,8 @@ class Scheduler:
             if not prefill:
                 decodes_left -= 1
             num_tokens = min(seq.num_uncomputed_tokens, budget)
+            if prefill:
+                num_tokens = self._long_prefill_cap(num_tokens)
             capped = prefill and self.is_background(seq)
             if capped:
                 # Running prefills are in priority order: foreground ones came first.
@@ -187,6 +197,10 @@ class Scheduler:
                 result = [s for s in result if s.seq not in background_chunks]
         return SchedulerOutput(result, preempted)
 
+    def _long_prefill_cap(self, num_tokens: int) -> int:
+        threshold = self.long_prefill_token_threshold
+        return min(num_tokens, threshold) if threshold > 0 else num_tokens
+
     def _fit_drafts(self, seq: Sequence, budget: int) -> tuple[int, ...]:
         """The sequence's drafts cut to `budget` tokens and to the free blocks, allocated.
         Speculation is a bonus: it never preempts anyone and never takes a decode's token."""
@@ -217,7 +231,7 @@ class Scheduler:
             forked = bool(seq.block_table)
             hits = [] if forked or seq.needs_every_prompt_row else bm.find_cached_prefix(seq)
             computed = seq.num_computed_tokens if forked else len(hits) * bm.block_size
-            num_tokens = min(seq.num_tokens - computed, budget)
+            num_tokens = self._long_prefill_cap(min(seq.num_tokens - computed, budget))
             if background:
                 num_tokens = min(num_tokens, background_left)
             target = computed + num_tokens

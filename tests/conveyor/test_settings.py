@@ -276,6 +276,8 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
         '{"enable_thinking": false}',
         "--exclude-tools-when-tool-choice-none",
         "--enable-request-id-headers",
+        "--long-prefill-token-threshold",
+        "1k",
     ]
     settings = settings_from_args(parser.parse_args(argv))
     plain = settings_from_args(parser.parse_args(["serve", "model-dir"])).engine_config()
@@ -288,6 +290,7 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     assert engine.download_dir == Path("/models/hub")
     assert engine.hf_overrides == {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
     unchanged = dict(
+        long_prefill_token_threshold=0,
         hf_overrides=None,
         max_logprobs=20,
         num_kv_blocks=None,
@@ -306,6 +309,7 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     assert settings.return_tokens_as_token_ids and settings.enable_force_include_usage
     assert settings.default_chat_template_kwargs == {"enable_thinking": False}
     assert settings.exclude_tools_when_tool_choice_none
+    assert engine.long_prefill_token_threshold == 1000
     for key, value in settings_env(settings).items():  # what the children of `serve` read
         monkeypatch.setenv(key, value)
     assert Settings() == settings

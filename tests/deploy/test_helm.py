@@ -325,7 +325,6 @@ def test_extra_workers_serve_more_models_from_one_release() -> None:
         Chart.load(CHART).validate_schema({"extraWorkers": [{"name": "Not_DNS"}]})
 
 
-
 def test_an_extra_worker_replaces_keys_whole_and_refuses_unknown_ones() -> None:
     """A CPU embedding worker beside GPU workers must not inherit their GPU limit (a deep
     merge gave it one), and a mistyped key must fail, not vanish."""

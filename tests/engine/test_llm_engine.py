@@ -63,6 +63,27 @@ def test_chunked_prefill_on_a_tiny_budget(bundled_model_dir: Path, reference: di
     assert any(s > 1 for s in sizes)
 
 
+def test_the_long_prefill_threshold_keeps_outputs(bundled_model_dir: Path, reference: dict) -> None:
+    """--long-prefill-token-threshold: every prompt prefills at most 5 tokens a step,
+    several at once, and greedy output is unchanged."""
+    llm = LLM(
+        str(bundled_model_dir),
+        long_prefill_token_threshold=5,
+        kv_cache_memory=256 << 20,
+        max_model_len=1024,
+    )
+    chunks: list[int] = []
+    execute = llm.engine.runner.execute
+
+    def spy(scheduled: list[ScheduledSequence]):
+        chunks.extend(s.num_tokens for s in scheduled if s.seq.num_uncomputed_tokens > 1)
+        return execute(scheduled)
+
+    llm.engine.runner.execute = spy  # type: ignore[method-assign]
+    _assert_same(llm, reference, _prompts(llm, 6))
+    assert chunks and max(chunks) <= 5
+
+
 def test_prefix_cache_hit_computes_only_the_tail(bundled_model_dir: Path, reference: dict) -> None:
     llm = LLM(str(bundled_model_dir), kv_cache_memory=256 << 20, max_model_len=1024)
     shared = [t for p in _prompts(llm, 4) for t in p]

@@ -46,6 +46,7 @@ def make_scheduler(
     enable_prefix_caching: bool = True,
     background_priority: int | None = None,
     background_prefill_tokens: int = 256,
+    long_prefill_token_threshold: int = 0,
 ) -> Scheduler:
     bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
     return Scheduler(
@@ -54,6 +55,7 @@ def make_scheduler(
         max_num_batched_tokens,
         background_priority=background_priority,
         background_prefill_tokens=background_prefill_tokens,
+        long_prefill_token_threshold=long_prefill_token_threshold,
     )
 
 
@@ -142,6 +144,34 @@ def test_chunked_prefill_splits_a_long_prompt() -> None:
     assert chunks(engine, seq)[4:] == [1, 1]
     assert seq.is_finished and seq.num_output_tokens == 3
     assert_all_blocks_free(sched.block_manager)
+
+
+def test_a_short_prompt_behind_long_ones_starts_at_once_with_the_threshold() -> None:
+    """vLLM's --long-prefill-token-threshold: no sequence prefills more than it per step,
+    so long prompts share the budget and leave room; a short prompt arriving behind three
+    of them starts in the next step, where without the threshold it waits for all three."""
+
+    def first_step_of(short_after: int, threshold: int) -> int:
+        sched = make_scheduler(
+            num_blocks=256, max_num_batched_tokens=64, long_prefill_token_threshold=threshold
+        )
+        engine = SimEngine(sched)
+        longs = [make_seq(300, arrival=float(i)) for i in range(3)]
+        for seq in longs:
+            sched.add(seq)
+        for _ in range(short_after):
+            engine.step()
+        short = make_seq(10, arrival=10.0)
+        sched.add(short)
+        engine.run()
+        assert all(seq.is_finished for seq in [*longs, short])
+        assert_all_blocks_free(sched.block_manager)
+        if threshold:
+            assert all(max(chunks(engine, seq)) <= threshold for seq in longs)
+        return next(i for i, n in enumerate(chunks(engine, short)) if n)
+
+    assert first_step_of(1, threshold=16) == 1  # the step after it arrived
+    assert first_step_of(1, threshold=0) >= 4  # until the first long prompt is in
 
 
 def test_samples_only_on_the_last_chunk() -> None:
