@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -205,6 +206,7 @@ class RequestSubmitter:
         self.router = router
         self.settings = settings
         self.admission = QueueAdmission(redis, settings.max_queued_requests)
+        self._admissions: set[asyncio.Task[list[str]]] = set()
 
     async def check_capacity(self, model: str, lane: str = INTERACTIVE_LANE) -> None:
         """503 + Retry-After while the lane's stream holds too many undelivered requests."""
@@ -245,13 +247,25 @@ class RequestSubmitter:
                 by_stream.setdefault(stream, []).append((submission, reader, message))
             for stream, entries in by_stream.items():
                 first = entries[0][0]
-                ids = await self.admission.queue(
-                    stream,
-                    REQUEST_FIELD,
-                    [message for _, _, message in entries],
-                    model=first.model,
-                    lane=first.lane,
+                admission = asyncio.get_running_loop().create_task(
+                    self.admission.queue(
+                        stream,
+                        REQUEST_FIELD,
+                        [message for _, _, message in entries],
+                        model=first.model,
+                        lane=first.lane,
+                    )
                 )
+                self._admissions.add(admission)  # held until done, cancelled caller or not
+                admission.add_done_callback(self._admissions.discard)
+                try:
+                    ids = await asyncio.shield(admission)
+                except asyncio.CancelledError:
+                    # The script may run (or have run) all the same: once it answers,
+                    # pull whatever it queued back out, or workers would generate for
+                    # a client that has gone.
+                    admission.add_done_callback(partial(self._withdraw, stream, entries))
+                    raise
                 for (submission, reader, _), entry_id in zip(entries, ids, strict=True):
                     self.router.queued(submission.request_id, stream, entry_id, submission.model)
                     queued.append(reader)
@@ -264,6 +278,19 @@ class RequestSubmitter:
                     reader.close()
             raise
         return opened
+
+    def _withdraw(
+        self,
+        stream: str,
+        entries: list[tuple[Submission, ReplyReader, str]],
+        admission: asyncio.Future[list[str]],
+    ) -> None:
+        """An admission whose request was cancelled meanwhile: abort what it queued."""
+        if admission.cancelled() or admission.exception() is not None:
+            return
+        for (submission, _, _), entry_id in zip(entries, admission.result(), strict=True):
+            self.router.queued(submission.request_id, stream, entry_id, submission.model)
+        self.router.abort_soon(submission.request_id for submission, _, _ in entries)
 
     def _message(self, submission: Submission, now: float, deadline: float) -> str:
         return GenerateRequest(

@@ -699,17 +699,18 @@ class EngineConfig:
         except RuntimeError as exc:
             raise ConfigurationError(f"--device {self.device!r}: {exc}") from None
         if device.type == "cuda":
-            if torch.version.cuda is None:  # no restart can mend this
-                raise ConfigurationError(
+            if torch.version.cuda is None and torch.version.hip is None:
+                raise ConfigurationError(  # no restart can mend this
                     f"--device {self.device}: this torch ({torch.__version__}) is built "
                     "without CUDA: install a CUDA build on GPU hosts"
                 )
-            visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if visible == 0 or (device.index is not None and device.index >= visible):
+            if not torch.cuda.is_available():
                 # Often passing (a driver still loading at boot, a GPU lost to an Xid
                 # error): a plain failure, which a supervisor restarts.
                 raise DeviceUnavailable(
-                    f"--device {self.device}: {visible} GPU(s) visible "
-                    "(CUDA_VISIBLE_DEVICES, the driver)"
+                    f"--device {self.device}: no GPU visible (CUDA_VISIBLE_DEVICES, the driver)"
                 )
+            visible = torch.cuda.device_count()
+            if device.index is not None and device.index >= visible:
+                raise ConfigurationError(f"--device {self.device}: only {visible} GPU(s) visible")
         return device

@@ -419,6 +419,9 @@ def _exponential_race(
     noise = torch.empty((len(rows), weights.shape[1]), dtype=torch.float32, device=device)
     for k, row in enumerate(rows):
         noise[k].exponential_(generator=generators[row])
+    # A draw of exactly 0 (possible on CPU) would make a masked token's 0 / 0 a NaN,
+    # which argmax picks: never below the smallest positive float.
+    noise.clamp_min_(torch.finfo(torch.float32).tiny)
     race = weights[torch.tensor(list(rows), device=device)].float().div_(noise)
     return race.argmax(dim=-1)
 

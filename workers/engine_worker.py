@@ -173,7 +173,7 @@ class EngineWorker:
             # Serve the runtime adapters before announcing: an adapter is offered only
             # while every worker of the model announces it.
             self.lora_sync.converge_now()
-        self.heartbeat.beat()  # listed (and alive to other janitors) before taking work
+        self._first_beat(stop)  # listed (and alive to other janitors) before taking work
         logger.info(
             "worker %s serving %s from streams %s, capacity %d",
             self.instance,
@@ -230,6 +230,19 @@ class EngineWorker:
         self.client.close()
         logger.info("worker %s stopped", self.instance)
         return 1 if self._failed else 0
+
+    def _first_beat(self, stop: threading.Event) -> None:
+        """Beat once before taking work, trying again while Redis hiccups: the heartbeat's
+        client gives up fast and never retries, and a worker that has loaded its model
+        must not exit (and load it all again) over one slow reply."""
+        while True:
+            try:
+                self.heartbeat.beat()
+                return
+            except redis.RedisError as exc:
+                logger.warning("first heartbeat failed (%s); trying again", exc)
+                if stop.wait(1.0):
+                    return
 
     def _start(
         self, name: str, target: Callable[[], None], stop: threading.Event

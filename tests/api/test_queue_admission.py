@@ -81,3 +81,42 @@ def test_a_requests_entries_are_admitted_or_refused_together(redis_url: str) -> 
             await store.aclose()
 
     asyncio.run(run())
+
+
+def test_a_request_cancelled_while_being_admitted_leaves_nothing_queued(redis_url: str) -> None:
+    """The client goes while the admission script is on its way: whatever it queued is
+    pulled back out once it answers, so no worker generates for nobody."""
+    names = BusNames(f"admit-{uuid.uuid4().hex[:8]}")
+    stream = names.requests("m")
+
+    async def run() -> tuple[int, int]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        router = ReplyRouter(store, names, "api-unit")
+        settings = Settings(redis_url=redis_url, redis_prefix=names.prefix)
+        submitter = RequestSubmitter(store, names, router, settings)
+        queue = submitter.admission.queue
+
+        async def slow_queue(*args: object, **kwargs: object) -> list[str]:
+            await asyncio.sleep(0.2)  # the script's reply still on its way
+            return await queue(*args, **kwargs)  # type: ignore[arg-type]
+
+        submitter.admission.queue = slow_queue  # type: ignore[method-assign]
+        try:
+            call = asyncio.ensure_future(
+                submitter.submit_all([submission(f"gone-{i}") for i in range(3)], [])
+            )
+            await asyncio.sleep(0.05)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            while submitter._admissions:  # the script answers after the client left
+                await asyncio.sleep(0.02)
+            for _ in range(100):  # then the late abort pulls the entries out
+                if await store.xlen(stream) == 0 and router.in_flight == 0:
+                    break
+                await asyncio.sleep(0.02)
+            return await store.xlen(stream), router.in_flight
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(run()) == (0, 0)

@@ -339,6 +339,24 @@ def test_an_extra_worker_replaces_keys_whole_and_refuses_unknown_ones() -> None:
     assert container["resources"] == cpu
     with pytest.raises(Exception, match="unknown key"):
         render({"extraWorkers": [{"name": "embed", "replicas": 2}]})
+    # Other maps merge key by key: a longer start-up keeps the probe's command, and a
+    # wider disruption budget keeps the budget on.
+    values = {
+        "extraWorkers": [
+            {
+                "name": "big",
+                "startupProbe": {"failureThreshold": 360},
+                "podDisruptionBudget": {"maxUnavailable": 2},
+            }
+        ]
+    }
+    docs = render(values)
+    big = by_kind(docs, "Deployment")[f"{RELEASE}-conveyor-worker-big"]
+    (container,) = containers(big)
+    assert container["startupProbe"]["failureThreshold"] == 360
+    assert container["startupProbe"]["exec"]["command"] == ["conveyor-healthcheck", "--ready"]
+    budget = by_kind(docs, "PodDisruptionBudget")[f"{RELEASE}-conveyor-worker-big"]
+    assert budget["spec"]["maxUnavailable"] == 2
 
 
 def test_lora_modules_become_the_workers_flag() -> None:

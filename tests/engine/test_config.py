@@ -459,8 +459,13 @@ def test_a_cuda_device_this_machine_cannot_use(monkeypatch: pytest.MonkeyPatch) 
         EngineConfig(device="cuda").torch_device()
     monkeypatch.setattr(torch.version, "cuda", "12.8")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(DeviceUnavailable, match=r"^--device cuda:1: 0 GPU\(s\) visible"):
+    with pytest.raises(DeviceUnavailable, match=r"^--device cuda:1: no GPU visible"):
         EngineConfig(device="cuda:1").torch_device()
+    # A GPU index the host does not have will not appear by restarting: exit 2.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigurationError, match=r"^--device cuda:3: only 1 GPU"):
+        EngineConfig(device="cuda:3").torch_device()
     with pytest.raises(ConfigurationError, match="--device 'gpu0'"):
         EngineConfig(device="gpu0").torch_device()
     assert EngineConfig(device="cpu").torch_device() == torch.device("cpu")

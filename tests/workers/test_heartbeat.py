@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from conveyor.beat_file import beat_file
 from conveyor.bus import BusNames
@@ -51,3 +52,27 @@ def test_the_beat_file_goes_on_while_redis_hangs(monkeypatch: pytest.MonkeyPatch
 def test_a_workers_heartbeat_uses_that_client(make_worker: Any) -> None:
     kwargs = make_worker().worker.beat_client.connection_pool.connection_kwargs
     assert kwargs["socket_timeout"] == kwargs["socket_connect_timeout"] == BEAT_REDIS_TIMEOUT
+
+
+def test_a_worker_outlives_a_failed_first_beat(
+    make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slow Redis reply right after start-up must not end a worker that has loaded
+    its model: the first beat is tried again."""
+    harness = make_worker(start=False)
+    beat = harness.worker.heartbeat.beat
+    failures = iter([redis.TimeoutError("slow"), redis.ConnectionError("reset")])
+
+    def flaky() -> None:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        beat()
+
+    monkeypatch.setattr(harness.worker.heartbeat, "beat", flaky)
+    harness.start()
+    key = harness.names.worker(harness.worker.model, harness.worker.instance)
+    deadline = time.monotonic() + 10
+    while not harness.client.exists(key):
+        assert time.monotonic() < deadline, "the worker never beat"
+        time.sleep(0.05)

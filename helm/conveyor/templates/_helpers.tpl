@@ -111,12 +111,15 @@ securityContext:
 {{- end }}
 
 {{/* Every engine worker Deployment: `worker`, then each `extraWorkers` entry over it.
-An entry's key replaces `worker`'s whole (resources, nodeSelector...: a CPU embedding
-worker must not inherit a GPU limit), and a key `worker` lacks is refused, so a typo
-cannot pass silently. YAML {workers: [{component, spec}]}, for templates to range over;
-component "worker-NAME" keeps each one's selector its own. */}}
+An entry's maps merge into `worker`'s key by key (startupProbe: {failureThreshold: 360}
+keeps the probe's command), except where the machine differs: resources, nodeSelector,
+affinity, podAnnotations and poolerConfig are replaced whole (a CPU embedding worker
+must not inherit a GPU limit); lists are always replaced. A key `worker` lacks is
+refused, so a typo cannot pass silently. YAML {workers: [{component, spec}]}, for
+templates to range over; component "worker-NAME" keeps each one's selector its own. */}}
 {{- define "conveyor.workers" -}}
 {{- $workers := list (dict "component" "worker" "spec" .Values.worker) }}
+{{- $wholes := list "resources" "nodeSelector" "affinity" "podAnnotations" "poolerConfig" }}
 {{- range .Values.extraWorkers }}
 {{- $spec := deepCopy $.Values.worker }}
 {{- $entry := . }}
@@ -124,7 +127,12 @@ component "worker-NAME" keeps each one's selector its own. */}}
 {{- if not (hasKey $.Values.worker $key) }}
 {{- fail (printf "extraWorkers %s: unknown key %q (the keys are worker's)" $entry.name $key) }}
 {{- end }}
+{{- $base := index $spec $key }}
+{{- if and (kindIs "map" $value) (kindIs "map" $base) (not (has $key $wholes)) }}
+{{- $_ := set $spec $key (mergeOverwrite $base $value) }}
+{{- else }}
 {{- $_ := set $spec $key $value }}
+{{- end }}
 {{- end }}
 {{- $workers = append $workers (dict "component" (printf "worker-%s" .name) "spec" $spec) }}
 {{- end }}
