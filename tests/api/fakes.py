@@ -27,8 +27,16 @@ import uvicorn
 from redis.exceptions import RedisError, ResponseError
 
 from api.app import create_app
+from api.request_submitter import Submission
 from api.server import uvicorn_config
-from conveyor.bus import LANES, TOKENIZER_DIGEST_FIELD, TOKENIZER_FILES, WORKER_GROUP, BusNames
+from conveyor.bus import (
+    INTERACTIVE_LANE,
+    LANES,
+    TOKENIZER_DIGEST_FIELD,
+    TOKENIZER_FILES,
+    WORKER_GROUP,
+    BusNames,
+)
 from conveyor.embedded_redis import free_port
 from conveyor.protocol import (
     ChoiceDelta,
@@ -40,6 +48,7 @@ from conveyor.protocol import (
 )
 from conveyor.runtime_lora import RuntimeLoRA
 from conveyor.settings import Settings
+from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 
 SCRIPT_TEXT = " one two three four five six seven eight nine ten"
@@ -508,3 +517,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
             return value
         time.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+def submission(request_id: str, lane: str = INTERACTIVE_LANE, *, stream: bool = True) -> Submission:
+    """A small generation for model "m", as routes hand them to the RequestSubmitter."""
+    return Submission(
+        request_id=request_id,
+        model="m",
+        prompt_token_ids=[1, 2, 3],
+        sampling=SamplingParams(max_tokens=4),
+        priority=0,
+        stream=stream,
+        lane=lane,
+    )

@@ -15,26 +15,13 @@ import redis.asyncio as aioredis
 
 from api.errors import ApiError
 from api.reply_router import ReplyRouter
-from api.request_submitter import RequestSubmitter, Submission
+from api.request_submitter import RequestSubmitter
 from conveyor.bus import BATCH_LANE, INTERACTIVE_LANE, REQUEST_FIELD, BusNames
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
-from engine.sampling_params import SamplingParams
 
 from .conftest import MODEL, Stack
-from .fakes import wait_for
-
-
-def _submission(request_id: str, lane: str) -> Submission:
-    return Submission(
-        request_id=request_id,
-        model="m",
-        prompt_token_ids=[1, 2, 3],
-        sampling=SamplingParams(max_tokens=4),
-        priority=0,
-        stream=True,
-        lane=lane,
-    )
+from .fakes import submission, wait_for
 
 
 def test_capacity_is_per_lane_and_submissions_join_their_lane(redis_url: str) -> None:
@@ -61,13 +48,13 @@ def test_capacity_is_per_lane_and_submissions_join_their_lane(redis_url: str) ->
             # Queueing itself refuses too (a burst cannot slip past the check), and
             # leaves nothing behind.
             with pytest.raises(ApiError) as refused:
-                await submitter.submit(_submission("batch-0", BATCH_LANE))
+                await submitter.submit(submission("batch-0", BATCH_LANE))
             assert refused.value.status == 503 and "3 batch requests waiting" in str(refused.value)
             assert await store.xlen(batch) == 3 and router.in_flight == 0
             await store.xtrim(batch, maxlen=1, approximate=False)  # two taken: room for one
 
-            await submitter.submit(_submission("inter-1", INTERACTIVE_LANE))
-            await submitter.submit(_submission("batch-1", BATCH_LANE))
+            await submitter.submit(submission("inter-1", INTERACTIVE_LANE))
+            await submitter.submit(submission("batch-1", BATCH_LANE))
             assert await store.xlen(interactive) == 1 and await store.xlen(batch) == 2
             ((_, fields),) = await store.xrange(interactive)
             assert GenerateRequest.decode(fields[REQUEST_FIELD]).lane == INTERACTIVE_LANE

@@ -12,22 +12,11 @@ import redis.asyncio as aioredis
 from api.errors import ApiError
 from api.queue_admission import is_full
 from api.reply_router import ReplyRouter
-from api.request_submitter import RequestSubmitter, Submission
-from conveyor.bus import INTERACTIVE_LANE, REQUEST_FIELD, BusNames
+from api.request_submitter import RequestSubmitter
+from conveyor.bus import REQUEST_FIELD, BusNames
 from conveyor.settings import Settings
-from engine.sampling_params import SamplingParams
 
-
-def submission(request_id: str) -> Submission:
-    return Submission(
-        request_id=request_id,
-        model="m",
-        prompt_token_ids=[1, 2, 3],
-        sampling=SamplingParams(max_tokens=4),
-        priority=0,
-        stream=False,
-        lane=INTERACTIVE_LANE,
-    )
+from .fakes import submission
 
 
 @pytest.mark.parametrize(
