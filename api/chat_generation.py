@@ -25,6 +25,7 @@ from api.errors import ApiError
 from api.harmony_parser import BODY_ENDS
 from api.logprobs import chat_logprobs
 from api.mistral_tool_parser import mistral_call_id, with_mistral_ids
+from api.prompt_logprobs import prompt_logprobs_answer
 from api.reasoning_parser import (
     HARMONY,
     PROMPT_TAIL_TOKENS,
@@ -130,6 +131,7 @@ async def start_chat(
         body,
         max_tokens=max_tokens,
         logprobs=top_n if body.logprobs else None,
+        prompt_logprobs=body.prompt_logprobs,
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
         max_logprobs=model_tokenizer.max_logprobs,
@@ -176,7 +178,7 @@ async def start_chat(
         request_id,
         body,
         tokenizer,
-        len(prompt_ids),
+        prompt_ids,
         reader,
         reasoning_parser,
         think_start=start,
@@ -332,7 +334,7 @@ class ChatGeneration:
         request_id: str,
         body: ChatCompletionRequest,
         tokenizer: Tokenizer,
-        prompt_tokens: int,
+        prompt_token_ids: list[int],
         reader: ReplyReader,
         reasoning_parser: str | None = None,
         think_start: ThinkStart = ThinkStart.INSIDE,
@@ -349,7 +351,8 @@ class ChatGeneration:
         self.request_id = request_id
         self.body = body
         self.tokenizer = tokenizer
-        self.prompt_tokens = prompt_tokens
+        self.prompt_token_ids = prompt_token_ids
+        self.prompt_tokens = len(prompt_token_ids)
         self.reader = reader
         self.top_n = body.top_logprobs or 0
         self.tokens_as_ids = bool(body.return_tokens_as_token_ids)
@@ -455,7 +458,17 @@ class ChatGeneration:
                     ),
                     finish_reason=finish_reason,
                     stop_reason=choice.stop_reason,
+                    token_ids=list(choice.token_ids) if body.return_token_ids else None,
                 )
+            )
+        prompt_logprobs = None
+        if body.prompt_logprobs is not None:
+            prompt_logprobs = prompt_logprobs_answer(
+                self.tokenizer,
+                output.prompt_logprobs,
+                self.prompt_tokens,
+                _top_n(body.prompt_logprobs, self.tokenizer),
+                self.tokens_as_ids,
             )
         return ChatCompletionResponse(
             id=self.request_id,
@@ -468,10 +481,15 @@ class ChatGeneration:
                 output.cached_tokens(),
                 self._reasoning_tokens(c.token_ids for c in output.choices.values()),
             ),
+            prompt_token_ids=self.prompt_token_ids if body.return_token_ids else None,
+            prompt_logprobs=prompt_logprobs,
         )
 
     def _chunk(
-        self, choices: list[ChatChunkChoice], usage: UsageInfo | None = None
+        self,
+        choices: list[ChatChunkChoice],
+        usage: UsageInfo | None = None,
+        prompt_token_ids: list[int] | None = None,
     ) -> ChatCompletionChunk:
         return ChatCompletionChunk(
             id=self.request_id,
@@ -479,6 +497,7 @@ class ChatGeneration:
             model=self.body.model,
             choices=choices,
             usage=usage,
+            prompt_token_ids=prompt_token_ids,
         )
 
     async def chunks(self, *, final_usage: bool = False) -> AsyncIterator[ChatCompletionChunk]:
@@ -533,6 +552,8 @@ class ChatGeneration:
                 yield self._chunk(
                     [ChatChunkChoice(index=index, delta=DeltaMessage(role=self.role, content=""))],
                     running_usage(),
+                    # vLLM's return_token_ids: the prompt's ids lead the stream, once.
+                    self.prompt_token_ids if body.return_token_ids and index == 0 else None,
                 )
                 if self.echoed:
                     echo = DeltaMessage(content=self.echoed)
@@ -559,7 +580,11 @@ class ChatGeneration:
                     self.record.cached_tokens = cached_tokens
                     if delta.finish_reason is not None and delta.index == 0:
                         self.record.finish_reason = delta.finish_reason
-                    with_logprobs = body.logprobs and bool(delta.logprobs)
+                    # A delta with logprobs or token ids to report is a chunk even when
+                    # its text is held back (a parser's, or half a character).
+                    reportable = (body.logprobs and bool(delta.logprobs)) or (
+                        bool(body.return_token_ids) and bool(delta.token_ids)
+                    )
                     finish_reason = delta.finish_reason
                     text, reasoning = delta.text, ""
                     if finish_reason is not None:
@@ -590,7 +615,7 @@ class ChatGeneration:
                         fields |= thought
                         if fields.get("tool_calls") and self._wants_short_ids:
                             fields["tool_calls"] = _mistral_ids(fields["tool_calls"])
-                        if not fields and finish_reason is None and not with_logprobs:
+                        if not fields and finish_reason is None and not reportable:
                             continue
                         after_calls = fields.pop(AFTER_CALLS, None)
                         message = DeltaMessage(**fields)
@@ -608,7 +633,7 @@ class ChatGeneration:
                             not text
                             and not reasoning
                             and delta.finish_reason is None
-                            and not with_logprobs
+                            and not reportable
                         ):
                             continue
                         answer = text if text or finish_reason is None else None
@@ -632,6 +657,7 @@ class ChatGeneration:
                                 logprobs=logprobs,
                                 finish_reason=finish_reason,
                                 stop_reason=delta.stop_reason,
+                                token_ids=list(delta.token_ids) if body.return_token_ids else None,
                             )
                         ],
                         running_usage(),
@@ -646,6 +672,11 @@ class ChatGeneration:
                 yield self._chunk([], usage(total))
         finally:
             self.close()
+
+
+def _top_n(prompt_logprobs: int, tokenizer: Tokenizer) -> int:
+    """How many alternatives a prompt position lists: vLLM's -1 is every token."""
+    return tokenizer.vocab_size if prompt_logprobs == -1 else prompt_logprobs
 
 
 def _mistral_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

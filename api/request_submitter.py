@@ -92,6 +92,8 @@ def build_sampling(
             return value
         return defaults.get(name, fallback)
 
+    if prompt_logprobs == -1 and vocab_size is not None:
+        prompt_logprobs = vocab_size  # vLLM's -1: every token
     constraint, constraint_param = request.structured_output()
     param_names = {"structured_output": constraint_param, **param_names}
     logit_bias: dict[int, float] | None = None
@@ -126,6 +128,8 @@ def build_sampling(
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
             structured_output=constraint,
+            allowed_token_ids=request.allowed_token_ids,
+            bad_words=tuple(request.bad_words or ()),
         )
         if vocab_size is not None:
             params.validate_against_vocab(vocab_size, max_logprobs)

@@ -120,6 +120,14 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"type": int, "help": "the most logprobs a request may ask for (20; -1: the vocabulary)"},
     ),
     (
+        "--logprobs-mode",
+        {
+            "choices": Settings.choices("logprobs_mode"),
+            "help": "raw_logprobs (the model's), processed_logprobs (what was sampled from, "
+            "after penalties, masks, temperature, top-k/top-p), or either as logits",
+        },
+    ),
+    (
         "--generation-config",
         {
             "help": "sampling defaults: auto (the model's generation_config.json), vllm "

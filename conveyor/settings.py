@@ -146,6 +146,14 @@ class Settings(BaseSettings):
         description="the most `logprobs` / `top_logprobs` a request may ask for (-1: the "
         "vocabulary)",
     )
+    logprobs_mode: Literal[
+        "raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"
+    ] = Field(
+        default="raw_logprobs",
+        description="what logprobs report: the model's own distribution (raw) or the one "
+        "sampled from, after penalties, masks, temperature, top-k/top-p (processed); "
+        "_logits: logits instead of logprobs",
+    )
     generation_config: str = Field(
         default="auto",
         description="sampling defaults: auto: the model's generation_config.json; vllm: "
@@ -734,6 +742,7 @@ class Settings(BaseSettings):
             data_dir=self.data_dir,
             seed=self.seed,
             max_logprobs=self.max_logprobs,
+            logprobs_mode=self.logprobs_mode,
             num_kv_blocks=self.num_gpu_blocks_override,
             speculative_config=(
                 SpeculativeConfig.parse(self.speculative_config)

@@ -17,7 +17,7 @@ from engine.configuration_error import ConfigurationError
 from engine.hf_overrides import apply_hf_overrides, parse_hf_overrides
 from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
-from engine.sampling_params import DEFAULT_MAX_LOGPROBS
+from engine.sampling_params import DEFAULT_MAX_LOGPROBS, LOGPROBS_MODES
 from engine.speculative_config import SpeculativeConfig
 from engine.weight_quantization import weight_quantization
 from kernels.kv_cache_dtype import KV_CACHE_DTYPES
@@ -618,6 +618,9 @@ class EngineConfig:
     seed: int = 0
     # vLLM's --max-logprobs: the most logprobs a request may ask for (-1: the vocabulary).
     max_logprobs: int = DEFAULT_MAX_LOGPROBS
+    # vLLM's --logprobs-mode (engine/sampling_params.py LOGPROBS_MODES): raw or processed
+    # logprobs, or logits.
+    logprobs_mode: str = "raw_logprobs"
     # vLLM's --speculative-config (a SpeculativeConfig, its dict or JSON); None: off.
     speculative_config: SpeculativeConfig | None = None
     # vLLM's --lora-modules (every adapter loaded at start-up); None: no adapters.
@@ -658,6 +661,10 @@ class EngineConfig:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.max_logprobs < -1:
             raise ValueError(f"max_logprobs must be -1 or more, got {self.max_logprobs}")
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(
+                f"logprobs_mode must be one of {list(LOGPROBS_MODES)}, got {self.logprobs_mode!r}"
+            )
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:

@@ -6,12 +6,14 @@ HTTP; a worker drives `step()` in a loop and ships the `RequestOutput`s.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from engine.bad_words import bad_words_token_ids
 from engine.block_manager import BlockManager
 from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
 from engine.configuration_error import ConfigurationError
@@ -232,6 +234,7 @@ class LLMEngine:
             lora_context=self.loras.context if self.loras is not None else None,
             pooler=Pooler(self.pooler_config) if self.pooler_config is not None else None,
             every_layer_window=self.block_manager.window,
+            logprobs_mode=config.logprobs_mode,
         )
         spec = config.speculative_config
         self.proposer = (
@@ -463,6 +466,9 @@ class LLMEngine:
             )
         params.validate_against_vocab(vocab, self.config.max_logprobs)
         self.prepare(params)
+        if params.bad_words and params.bad_words_token_ids is None:
+            ids = bad_words_token_ids(self.tokenizer, params.bad_words)
+            params = dataclasses.replace(params, bad_words_token_ids=ids)
         arrival = arrival_time if arrival_time is not None else time.time()
         seqs = [
             self._new_sequence(

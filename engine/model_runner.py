@@ -28,7 +28,7 @@ from engine.models import build_model
 from engine.models.lora import LoRAContext
 from engine.online_fp8 import quantize_to_fp8
 from engine.pooler import Pooler
-from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprobs
+from engine.sampler import Sampler, SamplingBatch, TokenLogprobs
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence as EngineSequence
 from kernels.attention import AttentionBackend, AttentionInputs
@@ -139,6 +139,7 @@ class ModelRunner:
         lora_context: LoRAContext | None = None,
         pooler: Pooler | None = None,
         every_layer_window: int | None = None,
+        logprobs_mode: str = "raw_logprobs",
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -146,7 +147,7 @@ class ModelRunner:
         self.block_size = block_size
         self.eos_token_ids = eos_token_ids
         self.device = device
-        self.sampler = Sampler()
+        self.sampler = Sampler(logprobs_mode)
         # Decode-only steps replay recorded CUDA graphs when the engine recorded them.
         self.decode_graphs = decode_graphs
         # Token ids a structured-output bitmask covers (the grammar compiler's vocabulary).
@@ -289,7 +290,7 @@ class ModelRunner:
                 prompt_lps[seq.seq_id] = []
                 continue
             logits = self.model.compute_logits(hidden[row : row + (last - first)])
-            prompt_lps[seq.seq_id] = prompt_logprobs(
+            prompt_lps[seq.seq_id] = self.sampler.prompt_logprobs(
                 logits, seq.prompt_token_ids[first + 1 : last + 1], seq.params.prompt_logprobs or 0
             )
         tokens: list[list[int]] = []

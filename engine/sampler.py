@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.bad_words import banned_tokens
 from engine.grammar_mask import apply_bitmask_
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import LOGPROBS_MODES, SamplingParams
 
 _NEG_INF = float("-inf")
 # Prompt logprobs can cover thousands of positions; log_softmax over a
@@ -33,11 +34,12 @@ _CDF_BLOCK = 256
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """Logprob of the chosen token plus the top alternatives, from the model's raw distribution."""
+    """Logprob of the chosen token plus the top alternatives, in the sampler's
+    --logprobs-mode (by default the model's raw distribution)."""
 
     token_id: int
     logprob: float
-    rank: int  # 1-based rank of token_id in the raw distribution (1 = most likely)
+    rank: int  # 1-based rank of token_id among the reported values (1 = most likely)
     top: tuple[tuple[int, float], ...]  # (token_id, logprob), logprob descending; len = k
 
 
@@ -71,13 +73,23 @@ class SamplerOutput:
 class Sampler:
     """A class so the model runner can hold one and tests can swap it.
 
-    Its only state is a scratch buffer for the random rows' [rows, vocab] work
-    tensor, kept between steps: a fresh one would be this large every step,
-    and on CPU big allocations come back from the OS as new pages to fault in.
+    Its state is the --logprobs-mode and a scratch buffer for the random rows'
+    [rows, vocab] work tensor, kept between steps: a fresh one would be this
+    large every step, and on CPU big allocations come back from the OS as new
+    pages to fault in.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, logprobs_mode: str = "raw_logprobs") -> None:
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(
+                f"logprobs_mode must be one of {list(LOGPROBS_MODES)}, got {logprobs_mode!r}"
+            )
+        self.logprobs_mode = logprobs_mode
         self._scratch: torch.Tensor | None = None
+
+    @property
+    def reports_logits(self) -> bool:
+        return self.logprobs_mode.endswith("_logits")
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
         params = batch.params
@@ -86,11 +98,19 @@ class Sampler:
             raise ValueError(f"SamplingBatch rows do not match {n} logits rows")
         logits = logits.float()  # no copy when already float32; never modified below
         processed = process_logits(logits, batch)
+        lp_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        reported: torch.Tensor | None = None  # processed values of lp_rows, when reported
+        if lp_rows and self.logprobs_mode.startswith("processed"):
+            # A copy: the weights below may be computed in `processed` itself.
+            reported = processed[torch.tensor(lp_rows, device=logits.device)]
 
         greedy = [i for i, p in enumerate(params) if p.greedy]
+        rand: list[int] = []
+        weights: torch.Tensor | None = None  # rows: `rand`, in order
         if len(greedy) == n:
             tokens = _greedy(processed)
         elif not greedy:
+            rand = list(range(n))
             # processed is a private copy, to work in, unless no row needed processing.
             out = processed if processed is not logits else self._work(processed, n)
             weights = _sampling_weights(processed, params, out=out)
@@ -111,9 +131,29 @@ class Sampler:
             )
 
         token_ids: list[int] = tokens.tolist()
-        return SamplerOutput(
-            token_ids=token_ids, logprobs=_sample_logprobs(logits, token_ids, params)
-        )
+        if reported is not None and weights is not None:
+            _as_sampled(reported, lp_rows, params, rand, weights)
+        values = reported
+        if values is None and lp_rows:
+            values = _take(logits, _row_index(lp_rows, n, logits.device))
+        result: list[TokenLogprobs | None] = [None] * n
+        if values is not None:
+            computed = _token_logprobs(
+                values,
+                [token_ids[i] for i in lp_rows],
+                [params[i].logprobs or 0 for i in lp_rows],
+                normalize=not self.reports_logits,
+            )
+            for i, lp in zip(lp_rows, computed, strict=True):
+                result[i] = lp
+        return SamplerOutput(token_ids=token_ids, logprobs=result)
+
+    def prompt_logprobs(
+        self, logits: torch.Tensor, next_token_ids: Sequence[int], k: int
+    ) -> list[TokenLogprobs]:
+        """`prompt_logprobs` in this sampler's mode: no processing applies to a prompt, so
+        raw and processed agree; the `_logits` modes report logits."""
+        return prompt_logprobs(logits, next_token_ids, k, normalize=not self.reports_logits)
 
     def _work(self, like: torch.Tensor, rows: int) -> torch.Tensor:
         """An uninitialised [rows, vocab] view of the scratch buffer, grown as needed."""
@@ -129,33 +169,65 @@ class Sampler:
         return scratch[:size].view(rows, like.shape[1])
 
 
+def _as_sampled(
+    reported: torch.Tensor,
+    lp_rows: Sequence[int],
+    params: Sequence[SamplingParams],
+    rand: Sequence[int],
+    weights: torch.Tensor,
+) -> None:
+    """Turn the sampled rows of `reported` (processed logits of `lp_rows`) into what was
+    sampled from, in place: divided by the temperature, and -inf where top-k, top-p
+    or min-p left the token no weight (as where its weight underflowed to 0, over
+    ~103 nats below the row's top token). Greedy rows stay as they are."""
+    position = {row: k for k, row in enumerate(rand)}
+    pairs = [(k, position[row]) for k, row in enumerate(lp_rows) if row in position]
+    if not pairs:
+        return
+    device = reported.device
+    mine = torch.tensor([k for k, _ in pairs], device=device)
+    theirs = torch.tensor([w for _, w in pairs], device=device)
+    temps = torch.tensor(
+        [params[lp_rows[k]].temperature for k, _ in pairs], dtype=reported.dtype, device=device
+    )
+    scaled = reported[mine].div_(temps[:, None])
+    reported[mine] = scaled.masked_fill_(weights[theirs] == 0, _NEG_INF)
+
+
 def _greedy(logits: torch.Tensor) -> torch.Tensor:
     """Row-wise argmax, lowest id on ties; `max(dim)` is ~2.5x faster than `argmax` on CPU."""
     return logits.max(dim=-1).indices
 
 
 def prompt_logprobs(
-    logits: torch.Tensor, next_token_ids: Sequence[int], k: int
+    logits: torch.Tensor, next_token_ids: Sequence[int], k: int, *, normalize: bool = True
 ) -> list[TokenLogprobs]:
-    """logits[i] predicts next_token_ids[i]; returns one TokenLogprobs per row (raw log_softmax)."""
+    """logits[i] predicts next_token_ids[i]; returns one TokenLogprobs per row (raw
+    log_softmax, or the logits themselves without `normalize`)."""
     if logits.shape[0] != len(next_token_ids):
         raise ValueError(f"{logits.shape[0]} logits rows for {len(next_token_ids)} tokens")
     out: list[TokenLogprobs] = []
     for start in range(0, len(next_token_ids), _PROMPT_LOGPROBS_CHUNK):
         stop = start + _PROMPT_LOGPROBS_CHUNK
         tokens = next_token_ids[start:stop]
-        out.extend(_token_logprobs(logits[start:stop], tokens, [k] * len(tokens)))
+        out.extend(
+            _token_logprobs(logits[start:stop], tokens, [k] * len(tokens), normalize=normalize)
+        )
     return out
 
 
 def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Apply structured-output masks, logit_bias, min_tokens masking and penalties.
+    """Apply structured-output masks, logit_bias, token masks and penalties.
 
     Returns `logits` itself when no row needs any of them (the common case),
-    otherwise a modified copy; the caller's tensor is never written. A row
-    under a constraint gets no min_tokens masking: its grammar decides where
-    the output may end, and masking the EOS it alone allows would leave
-    nothing to sample.
+    otherwise a modified copy; the caller's tensor is never written. Token
+    masks are min_tokens' (EOS and stop ids), allowed_token_ids' and
+    bad_words'. A row under a constraint gets no min_tokens masking: its
+    grammar decides where the output may end, and masking the EOS it alone
+    allows would leave nothing to sample. Likewise a row whose token masks
+    would leave it nothing (allowed_token_ids outside the grammar, say) keeps
+    its grammar, bias and penalties but not the masks: sampling from no token
+    at all is not an option.
     """
     grammar = set(batch.grammar_rows)
     bias_rows: list[int] = []
@@ -163,21 +235,28 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     bias_values: list[float] = []
     mask_rows: list[int] = []
     mask_tokens: list[int] = []
+    allowed_rows: list[int] = []
     penalty_rows: list[int] = []
     for i, p in enumerate(batch.params):
         if p.logit_bias:
             bias_rows.extend([i] * len(p.logit_bias))
             bias_tokens.extend(p.logit_bias.keys())
             bias_values.extend(p.logit_bias.values())
+        banned: set[int] = set()
         if len(batch.output_token_ids[i]) < p.min_tokens and i not in grammar:
-            stops = set(p.stop_token_ids)
+            banned |= set(p.stop_token_ids)
             if not p.ignore_eos:
-                stops |= batch.eos_token_ids
-            mask_rows.extend([i] * len(stops))
-            mask_tokens.extend(stops)
+                banned |= batch.eos_token_ids
+        if p.bad_words_token_ids:
+            banned |= banned_tokens(p.bad_words_token_ids, batch.output_token_ids[i])
+        if banned:
+            mask_rows.extend([i] * len(banned))
+            mask_tokens.extend(banned)
+        if p.allowed_token_ids is not None:
+            allowed_rows.append(i)
         if p.needs_penalties:
             penalty_rows.append(i)
-    if not (bias_rows or mask_rows or penalty_rows or grammar):
+    if not (bias_rows or mask_rows or allowed_rows or penalty_rows or grammar):
         return logits
 
     out = logits.clone()
@@ -193,13 +272,40 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
             torch.tensor(bias_values, dtype=out.dtype, device=device),
             accumulate=True,
         )
+    if mask_rows or allowed_rows:
+        _mask_tokens(out, batch.params, mask_rows, mask_tokens, allowed_rows)
+    if penalty_rows:
+        _apply_penalties(out, penalty_rows, batch)
+    return out
+
+
+def _mask_tokens(
+    out: torch.Tensor,
+    params: Sequence[SamplingParams],
+    mask_rows: list[int],
+    mask_tokens: list[int],
+    allowed_rows: list[int],
+) -> None:
+    """Set the banned tokens and those outside allowed_token_ids to -inf, in place,
+    except in a row the masks would leave with no token at all."""
+    device = out.device
+    rows = sorted(set(mask_rows) | set(allowed_rows))
+    idx = torch.tensor(rows, device=device)
+    before = out[idx]  # a copy, for rows the masks would empty
+    if allowed_rows:
+        keep = torch.zeros(len(allowed_rows), out.shape[1], dtype=torch.bool, device=device)
+        for k, r in enumerate(allowed_rows):
+            ids = params[r].allowed_token_ids or ()
+            keep[k, torch.tensor(ids, dtype=torch.long, device=device)] = True
+        allowed_idx = torch.tensor(allowed_rows, device=device)
+        out[allowed_idx] = out[allowed_idx].masked_fill_(~keep, _NEG_INF)
     if mask_rows:
         out[torch.tensor(mask_rows, device=device), torch.tensor(mask_tokens, device=device)] = (
             _NEG_INF
         )
-    if penalty_rows:
-        _apply_penalties(out, penalty_rows, batch)
-    return out
+    emptied = (out[idx].amax(dim=-1) == _NEG_INF).nonzero().squeeze(1)
+    if len(emptied):
+        out[idx[emptied]] = before[emptied]
 
 
 def sampling_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
@@ -489,32 +595,14 @@ def _nonzero_fallback(weights: torch.Tensor, tokens: torch.Tensor) -> torch.Tens
     return tokens
 
 
-def _sample_logprobs(
-    logits: torch.Tensor, token_ids: list[int], params: Sequence[SamplingParams]
-) -> list[TokenLogprobs | None]:
-    """Raw-distribution logprobs for just the rows that asked."""
-    rows = [i for i, p in enumerate(params) if p.logprobs is not None]
-    result: list[TokenLogprobs | None] = [None] * len(params)
-    if not rows:
-        return result
-    idx = _row_index(rows, logits.shape[0], logits.device)
-    computed = _token_logprobs(
-        _take(logits, idx),
-        [token_ids[i] for i in rows],
-        [params[i].logprobs or 0 for i in rows],
-    )
-    for i, lp in zip(rows, computed, strict=True):
-        result[i] = lp
-    return result
-
-
 def _token_logprobs(
-    logits: torch.Tensor, token_ids: Sequence[int], ks: Sequence[int]
+    logits: torch.Tensor, token_ids: Sequence[int], ks: Sequence[int], *, normalize: bool = True
 ) -> list[TokenLogprobs]:
-    """log_softmax once, then the chosen token's logprob and rank and a shared top-k."""
+    """log_softmax once (unless the logits themselves are reported), then the chosen
+    token's value and rank and a shared top-k."""
     if not token_ids:
         return []
-    lp = torch.log_softmax(logits.float(), dim=-1)
+    lp = torch.log_softmax(logits.float(), dim=-1) if normalize else logits.float()
     tokens = torch.as_tensor(token_ids, dtype=torch.long, device=lp.device)[:, None]
     chosen = lp.gather(1, tokens)
     ranks = ((lp > chosen).sum(dim=-1) + 1).tolist()

@@ -16,6 +16,13 @@ DEFAULT_MAX_LOGPROBS = 20
 MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_LENGTH = 256
 MAX_LOGIT_BIAS_ENTRIES = 1024
+MAX_BAD_WORDS = 1024
+MAX_BAD_WORD_LENGTH = 256
+# vLLM's --logprobs-mode: what logprobs report. "raw": the model's own distribution;
+# "processed": after logit_bias, penalties, token masks and, for sampled rows,
+# temperature, top-k, top-p and min-p (a token they exclude: -inf). "_logits" modes
+# report the values before the softmax instead of logprobs.
+LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
 MAX_N = 128  # OpenAI's limit; siblings past max_num_seqs wait their turn
 
 
@@ -56,6 +63,12 @@ class SamplingParams:
     prompt_logprobs: int | None = None
     # The output must match this (a JSON schema, regex, choice or grammar); None: free text.
     structured_output: StructuredOutput | None = None
+    # vLLM's: only these token ids may be sampled (None: any).
+    allowed_token_ids: tuple[int, ...] | None = None
+    # vLLM's: words the output must not contain (engine/bad_words.py). The engine
+    # tokenizes them into bad_words_token_ids when it queues the request.
+    bad_words: tuple[str, ...] = ()
+    bad_words_token_ids: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         # Accept lists/strings from callers but store immutable tuples.
@@ -65,6 +78,16 @@ class SamplingParams:
             object.__setattr__(self, "stop", tuple(self.stop))
         if not isinstance(self.stop_token_ids, tuple):
             object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+        if self.allowed_token_ids is not None and not isinstance(self.allowed_token_ids, tuple):
+            object.__setattr__(self, "allowed_token_ids", tuple(self.allowed_token_ids))
+        if isinstance(self.bad_words, str):
+            object.__setattr__(self, "bad_words", (self.bad_words,))
+        elif not isinstance(self.bad_words, tuple):
+            object.__setattr__(self, "bad_words", tuple(self.bad_words))
+        if self.bad_words_token_ids is not None:
+            object.__setattr__(
+                self, "bad_words_token_ids", tuple(tuple(ids) for ids in self.bad_words_token_ids)
+            )
         self._validate()
 
     @property
@@ -125,6 +148,23 @@ class SamplingParams:
                     fail("logit_bias", f"keys must be token ids, got {token!r}")
                 if not -100.0 <= bias <= 100.0:
                     fail("logit_bias", f"values must be between -100 and 100, got {bias}")
+        if self.allowed_token_ids is not None:
+            if not self.allowed_token_ids:
+                fail("allowed_token_ids", "must name at least one token id")
+            if any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids):
+                fail("allowed_token_ids", "must be non-negative integers")
+        if len(self.bad_words) > MAX_BAD_WORDS:
+            fail("bad_words", f"at most {MAX_BAD_WORDS} words, got {len(self.bad_words)}")
+        for word in self.bad_words:
+            if not isinstance(word, str) or not word.strip():
+                fail("bad_words", "must be non-empty strings")
+            if len(word) > MAX_BAD_WORD_LENGTH:
+                fail("bad_words", f"words must be at most {MAX_BAD_WORD_LENGTH} characters")
+        if self.bad_words_token_ids is not None and any(
+            not ids or any(not isinstance(t, int) or t < 0 for t in ids)
+            for ids in self.bad_words_token_ids
+        ):
+            fail("bad_words", "token sequences must be non-empty lists of token ids")
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             if value is not None and value < 0:
@@ -153,8 +193,9 @@ class SamplingParams:
                 raise SamplingParamError(
                     "logit_bias", f"token id {token} is outside the vocabulary ({vocab_size})"
                 )
-        for token in self.stop_token_ids:
-            if token >= vocab_size:
-                raise SamplingParamError(
-                    "stop_token_ids", f"token id {token} is outside the vocabulary ({vocab_size})"
-                )
+        for name in ("stop_token_ids", "allowed_token_ids"):
+            for token in getattr(self, name) or ():
+                if token >= vocab_size:
+                    raise SamplingParamError(
+                        name, f"token id {token} is outside the vocabulary ({vocab_size})"
+                    )

@@ -25,6 +25,7 @@ from api.deps import (
     json_body,
 )
 from api.logprobs import CompletionLogprobBuilder
+from api.prompt_logprobs import prompt_logprobs_answer
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import (
@@ -34,7 +35,7 @@ from api.request_submitter import (
     check_prompt_ids,
     check_structured_output,
 )
-from api.schemas.common import UsageInfo
+from api.schemas.common import PromptLogprob, UsageInfo
 from api.schemas.completions import (
     DEFAULT_MAX_TOKENS,
     CompletionChoice,
@@ -94,7 +95,7 @@ async def create_completion(
         body,
         max_tokens=max_tokens,
         logprobs=body.logprobs,
-        prompt_logprobs=body.logprobs if body.echo and body.logprobs is not None else None,
+        prompt_logprobs=_engine_prompt_logprobs(body, tokenizer.vocab_size),
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
         max_logprobs=model_tokenizer.max_logprobs,
@@ -145,6 +146,15 @@ async def create_completion(
         record.cached_tokens = sum(output.cached_tokens() for output in outputs)
     record.finish_reason = response.choices[0].finish_reason if response.choices else None
     return JSONResponse(response.model_dump(mode="json"))
+
+
+def _engine_prompt_logprobs(body: CompletionRequest, vocab_size: int) -> int | None:
+    """How many alternatives the engine reports per prompt token: what `echo` with
+    `logprobs` shows, or vLLM's `prompt_logprobs` (-1: the vocabulary), the larger."""
+    wanted = [body.logprobs] if body.echo and body.logprobs is not None else []
+    if body.prompt_logprobs is not None:
+        wanted.append(vocab_size if body.prompt_logprobs == -1 else body.prompt_logprobs)
+    return max(wanted, default=None)
 
 
 def _tokenize(
@@ -210,6 +220,21 @@ class _CompletionView:
         lps = prompt_logprobs or [None] * len(prompt.token_ids)
         return builder.build(prompt.token_ids, lps)
 
+    def _prompt_logprobs(
+        self, prompt: _Prompt, logprobs: list[TokenLogprob | None] | None
+    ) -> list[dict[str, PromptLogprob] | None] | None:
+        """vLLM's prompt_logprobs of one prompt, when the request asked for them."""
+        wanted = self.body.prompt_logprobs
+        if wanted is None:
+            return None
+        return prompt_logprobs_answer(
+            self.tokenizer,
+            logprobs,
+            len(prompt.token_ids),
+            self.tokenizer.vocab_size if wanted == -1 else wanted,
+            bool(self.body.return_tokens_as_token_ids),
+        )
+
     def response(self, outputs: list[Output]) -> CompletionResponse:
         body = self.body
         choices = []
@@ -231,6 +256,7 @@ class _CompletionView:
                     text += choice.full_text
                     if builder is not None:
                         logprobs = builder.build(choice.token_ids, choice.logprobs, into=logprobs)
+                generated = [] if self.scoring else list(choice.token_ids)
                 choices.append(
                     CompletionChoice(
                         index=p * body.n + c,
@@ -238,6 +264,9 @@ class _CompletionView:
                         logprobs=logprobs,
                         finish_reason="length" if self.scoring else choice.finish_reason,
                         stop_reason=None if self.scoring else choice.stop_reason,
+                        prompt_token_ids=prompt.token_ids if body.return_token_ids else None,
+                        token_ids=generated if body.return_token_ids else None,
+                        prompt_logprobs=self._prompt_logprobs(prompt, output.prompt_logprobs),
                     )
                 )
         return CompletionResponse(
@@ -281,6 +310,15 @@ class _CompletionView:
                 builders[index] = self._builder()
             return builders[index]
 
+        prompt_ids_sent: set[int] = set()
+
+        def prompt_ids(index: int) -> list[int] | None:
+            """vLLM's return_token_ids: the prompt's ids in each choice's first chunk."""
+            if not body.return_token_ids or index in prompt_ids_sent:
+                return None
+            prompt_ids_sent.add(index)
+            return self.prompts[index // n].token_ids
+
         try:
             async for p, item in merge([r.__aiter__() for r in readers]):
                 state = states[p]
@@ -312,7 +350,15 @@ class _CompletionView:
                             builder(index), prompt, state.prompt_logprobs
                         )
                         yield self._chunk(
-                            [CompletionChoice(index=index, text=prompt.text, logprobs=logprobs)],
+                            [
+                                CompletionChoice(
+                                    index=index,
+                                    text=prompt.text,
+                                    logprobs=logprobs,
+                                    prompt_token_ids=prompt_ids(index),
+                                    token_ids=[] if body.return_token_ids else None,
+                                )
+                            ],
                             usage_now(),
                         )
                     messages = [*state.held, item]
@@ -331,7 +377,10 @@ class _CompletionView:
                             if delta.finish_reason is not None and index == 0:
                                 self.record.finish_reason = delta.finish_reason
                             b = builder(index)
-                            has_tokens = b is not None and bool(delta.token_ids)
+                            # Tokens to report make a chunk even without text (half a
+                            # character, say).
+                            reported = b is not None or bool(body.return_token_ids)
+                            has_tokens = reported and bool(delta.token_ids)
                             if not delta.text and delta.finish_reason is None and not has_tokens:
                                 continue
                             choice = CompletionChoice(
@@ -344,6 +393,8 @@ class _CompletionView:
                                 ),
                                 finish_reason=delta.finish_reason,
                                 stop_reason=delta.stop_reason,
+                                prompt_token_ids=prompt_ids(index),
+                                token_ids=list(delta.token_ids) if body.return_token_ids else None,
                             )
                         yield self._chunk([choice], usage_now())
             total = 0

@@ -14,7 +14,13 @@ from pydantic import (
 )
 
 from api.errors import ApiError, not_supported
-from api.schemas.common import ChunkBase, SamplingRequest, UsageInfo
+from api.schemas.common import (
+    ChunkBase,
+    PromptLogprob,
+    SamplingRequest,
+    UsageInfo,
+    omitted_when_none,
+)
 from api.tool_choice import (
     CHAT_NAMED_TOOL_CHOICE,
     ForcedToolCall,
@@ -176,6 +182,8 @@ class ChatChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # vLLM's return_token_ids: the choice's tokens, its end-of-sequence token included.
+    token_ids: list[int] | None = omitted_when_none()
 
 
 class ChatCompletionResponse(BaseModel):
@@ -186,6 +194,9 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    # vLLM's return_token_ids and prompt_logprobs (absent unless asked for).
+    prompt_token_ids: list[int] | None = omitted_when_none()
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = omitted_when_none()
 
 
 class DeltaMessage(BaseModel):
@@ -208,6 +219,8 @@ class ChatChunkChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # vLLM's return_token_ids: the tokens this chunk adds.
+    token_ids: list[int] | None = omitted_when_none()
 
 
 class ChatCompletionChunk(ChunkBase):
@@ -217,3 +230,5 @@ class ChatCompletionChunk(ChunkBase):
     model: str
     choices: list[ChatChunkChoice]
     system_fingerprint: str | None = None
+    # vLLM's return_token_ids: the prompt's, in a stream's first chunk only.
+    prompt_token_ids: list[int] | None = omitted_when_none()

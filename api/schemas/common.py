@@ -21,10 +21,7 @@ if TYPE_CHECKING:
 # vLLM request fields we do not implement; any non-empty value is refused.
 _REFUSED_EXTRAS: dict[str, str] = {
     "logits_processors": "custom logits processors",
-    "bad_words": "bad_words",
     "use_beam_search": "beam search",
-    "prompt_logprobs": "prompt_logprobs (use echo with logprobs on /v1/completions)",
-    "allowed_token_ids": "allowed_token_ids",
 }
 
 
@@ -79,12 +76,19 @@ class SamplingRequest(StructuredOutputFields):
     # vLLM's: only requests with the same salt (in the same project) share cached prompt
     # blocks (api/cache_salt.py).
     cache_salt: str | None = Field(default=None, min_length=1)
+    # vLLM's: only these token ids may be sampled.
+    allowed_token_ids: list[int] | None = None
+    # vLLM's: words the answer must not contain (engine/bad_words.py).
+    bad_words: list[str] | None = None
+    # vLLM's: each prompt token's logprob, rank and this many alternatives (-1: the
+    # vocabulary), in vLLM's shape (api/prompt_logprobs.py); not when streaming.
+    prompt_logprobs: int | None = None
+    # vLLM's: the answer also carries the prompt's token ids and each choice's (a stream:
+    # the prompt's in its first chunk, each chunk its own new ones).
+    return_token_ids: bool | None = None
     # refused vLLM extras (see _REFUSED_EXTRAS)
     logits_processors: Any = None
-    bad_words: Any = None
     use_beam_search: Any = None
-    prompt_logprobs: Any = None
-    allowed_token_ids: Any = None
 
     def check_supported(self) -> None:
         """Refuse what we cannot honour; a silently ignored constraint gives wrong output."""
@@ -95,6 +99,20 @@ class SamplingRequest(StructuredOutputFields):
             raise ApiError(
                 400, "stream_options is only allowed when stream is true", param="stream_options"
             )
+        if self.prompt_logprobs is not None:
+            if self.prompt_logprobs < -1:
+                raise ApiError(
+                    400,
+                    f"prompt_logprobs must be -1 (the vocabulary) or more, got "
+                    f"{self.prompt_logprobs}",
+                    param="prompt_logprobs",
+                )
+            if self.stream:
+                raise ApiError(
+                    400,
+                    "prompt_logprobs are not available when stream is true",
+                    param="prompt_logprobs",
+                )
 
     def apply_server_defaults(self, settings: Settings) -> None:
         """vLLM's --return-tokens-as-token-ids (where the request does not say),
@@ -114,6 +132,21 @@ class SamplingRequest(StructuredOutputFields):
     @property
     def continuous_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+
+
+def omitted_when_none() -> Any:
+    """A field that defaults to None and is left out of the JSON while None: vLLM's
+    extras (token ids, prompt logprobs) appear only in answers that asked for them."""
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
+class PromptLogprob(BaseModel):
+    """One entry of vLLM's `prompt_logprobs`: a token's logprob, its rank among the
+    position's candidates (1: the most likely) and its text."""
+
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
 
 
 class PromptTokensDetails(BaseModel):

@@ -7,7 +7,13 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from api.errors import ApiError, not_supported
-from api.schemas.common import ChunkBase, SamplingRequest, UsageInfo
+from api.schemas.common import (
+    ChunkBase,
+    PromptLogprob,
+    SamplingRequest,
+    UsageInfo,
+    omitted_when_none,
+)
 
 # One prompt, several prompts, one token-id prompt, or several token-id prompts.
 Prompt = str | list[str] | list[int] | list[list[int]]
@@ -67,6 +73,11 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    # vLLM's return_token_ids (a stream: the prompt's in each choice's first chunk, each
+    # chunk's new tokens) and prompt_logprobs; absent unless asked for.
+    prompt_token_ids: list[int] | None = omitted_when_none()
+    token_ids: list[int] | None = omitted_when_none()
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = omitted_when_none()
 
 
 class CompletionResponse(BaseModel):

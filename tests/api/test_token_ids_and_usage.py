@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 
 import httpx
+import openai
 
 from .conftest import Stack, worker_on
 from .fakes import FakeWorker
@@ -85,3 +86,125 @@ def test_fcfs_scheduling_refuses_priorities_as_vllm_does(
         assert fcfs.post("/v1/embeddings", json=embed).status_code == 200
         refused = fcfs.post("/v1/embeddings", json={**embed, "priority": 2})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "priority"
+
+
+# --- vLLM's return_token_ids ---------------------------------------------------------------
+
+
+def test_return_token_ids_on_completions(client: httpx.Client, worker: FakeWorker) -> None:
+    body = {"model": "fake-model", "prompt": "Count:", "max_tokens": 3, "n": 2}
+    plain = client.post("/v1/completions", json=body).json()["choices"][0]
+    assert "prompt_token_ids" not in plain and "token_ids" not in plain
+    answer = client.post("/v1/completions", json={**body, "return_token_ids": True}).json()
+    prompt = worker.received[-1].prompt_token_ids
+    for index, choice in enumerate(answer["choices"]):
+        assert choice["prompt_token_ids"] == prompt
+        assert choice["token_ids"] == worker._tokens(worker.received[-1], index)
+    chunks = _stream_lines(client, "/v1/completions", {**body, "return_token_ids": True})
+    for index in (0, 1):
+        mine = [c["choices"][0] for c in chunks if c["choices"][0]["index"] == index]
+        assert mine[0]["prompt_token_ids"] == prompt
+        assert all("prompt_token_ids" not in c for c in mine[1:])
+        streamed = [t for c in mine for t in c["token_ids"]]
+        assert streamed == worker._tokens(worker.received[-1], index)
+    echoed = _stream_lines(
+        client, "/v1/completions", {**body, "n": 1, "echo": True, "return_token_ids": True}
+    )
+    assert echoed[0]["choices"][0]["text"] == "Count:"
+    assert echoed[0]["choices"][0]["prompt_token_ids"] == prompt
+    assert [t for c in echoed for t in c["choices"][0]["token_ids"]] == worker.script[:3]
+
+
+def test_return_token_ids_on_chat_through_the_sdk(sdk: openai.OpenAI, worker: FakeWorker) -> None:
+    """vLLM's shape, as RL trainers read it: the prompt's ids at the top (a stream's first
+    chunk only), each choice's (each chunk's new) ids beside its text."""
+    messages = [{"role": "user", "content": "Count"}]
+    extra = {"return_token_ids": True}
+    answer = sdk.chat.completions.create(
+        model="fake-model", messages=messages, max_tokens=3, extra_body=extra
+    )
+    prompt = worker.received[-1].prompt_token_ids
+    assert answer.prompt_token_ids == prompt  # type: ignore[attr-defined]
+    assert answer.choices[0].token_ids == worker.script[:3]  # type: ignore[attr-defined]
+    plain = sdk.chat.completions.create(model="fake-model", messages=messages, max_tokens=3)
+    assert "prompt_token_ids" not in plain.model_dump()
+    assert "token_ids" not in plain.choices[0].model_dump()
+    stream = sdk.chat.completions.create(
+        model="fake-model", messages=messages, max_tokens=3, stream=True, extra_body=extra
+    )
+    chunks = list(stream)
+    assert chunks[0].prompt_token_ids == prompt  # type: ignore[attr-defined]
+    assert all("prompt_token_ids" not in c.model_dump() for c in chunks[1:])
+    streamed = [t for c in chunks for t in (c.choices[0].model_dump().get("token_ids") or [])]
+    assert streamed == worker.script[:3]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == " one two three"
+
+
+# --- vLLM's prompt_logprobs ----------------------------------------------------------------
+
+
+def test_prompt_logprobs_in_vllms_shape(client: httpx.Client, worker: FakeWorker) -> None:
+    body = {"model": "fake-model", "prompt": "The capital of France", "max_tokens": 1}
+    answer = client.post("/v1/completions", json={**body, "prompt_logprobs": 2}).json()
+    prompt = worker.received[-1].prompt_token_ids
+    assert worker.received[-1].sampling["prompt_logprobs"] == 2
+    entries = answer["choices"][0]["prompt_logprobs"]
+    assert len(entries) == len(prompt) and entries[0] is None
+    first_alt = str(worker.script[0])
+    for token, entry in zip(prompt[1:], entries[1:], strict=True):
+        assert entry[str(token)]["logprob"] == -0.5 and entry[str(token)]["rank"] == 1
+        assert entry[str(token)]["decoded_token"] == worker.tokenizer.token_bytes_repr(token)
+        if str(token) != first_alt:
+            assert entry[first_alt] == {
+                "logprob": -1.5,
+                "rank": 2,
+                "decoded_token": worker.tokenizer.token_bytes_repr(worker.script[0]),
+            }
+    assert "prompt_logprobs" not in client.post("/v1/completions", json=body).json()["choices"][0]
+    # echo's logprobs and prompt_logprobs share one request for the larger count.
+    both = {**body, "echo": True, "logprobs": 1, "prompt_logprobs": 2}
+    answer = client.post("/v1/completions", json=both).json()["choices"][0]
+    assert worker.received[-1].sampling["prompt_logprobs"] == 2
+    assert all(len(top) == 1 for top in answer["logprobs"]["top_logprobs"][1 : len(prompt)])
+    assert len(answer["prompt_logprobs"][1]) == 2
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+    chat_answer = client.post("/v1/chat/completions", json={**chat, "prompt_logprobs": 0}).json()
+    prompt = worker.received[-1].prompt_token_ids
+    assert len(chat_answer["prompt_logprobs"]) == len(prompt)
+    assert [list(e) for e in chat_answer["prompt_logprobs"][1:]] == [[str(t)] for t in prompt[1:]]
+
+
+def test_prompt_logprobs_refusals(client: httpx.Client) -> None:
+    body = {"model": "fake-model", "prompt": "Hi", "max_tokens": 1}
+    for extra, message in (
+        ({"prompt_logprobs": 1, "stream": True}, "not available when stream"),
+        ({"prompt_logprobs": -2}, "-1 (the vocabulary) or more"),
+        ({"prompt_logprobs": -1}, "at most 20"),  # every token, past --max-logprobs
+        ({"prompt_logprobs": 21}, "at most 20"),
+    ):
+        refused = client.post("/v1/completions", json={**body, **extra})
+        assert refused.status_code == 400, extra
+        assert refused.json()["error"]["param"] == "prompt_logprobs"
+        assert message in refused.json()["error"]["message"]
+
+
+# --- vLLM's bad_words and allowed_token_ids ------------------------------------------------
+
+
+def test_bad_words_and_allowed_token_ids_reach_the_worker(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    chat = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
+    extras = {"bad_words": ["Paris", " London"], "allowed_token_ids": [5, 17]}
+    assert client.post("/v1/chat/completions", json={**chat, **extras}).status_code == 200
+    sampling = worker.received[-1].sampling
+    assert sampling["bad_words"] == ["Paris", " London"]
+    assert sampling["allowed_token_ids"] == [5, 17]
+    for extra, param in (
+        ({"allowed_token_ids": [10**7]}, "allowed_token_ids"),
+        ({"allowed_token_ids": []}, "allowed_token_ids"),
+        ({"bad_words": ["  "]}, "bad_words"),
+    ):
+        refused = client.post("/v1/chat/completions", json={**chat, **extra})
+        assert refused.status_code == 400, extra
+        assert refused.json()["error"]["param"] == param

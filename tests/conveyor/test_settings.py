@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from conveyor.cli import build_parser, settings_from_args
 from conveyor.launcher import settings_env
 from conveyor.settings import Settings
+from engine.sampling_params import LOGPROBS_MODES
 from engine.speculative_config import SpeculativeConfig
 
 
@@ -58,6 +59,21 @@ def test_kv_cache_dtype_reaches_the_worker_and_the_engine(monkeypatch: pytest.Mo
         parser.parse_args(["serve", "--kv-cache-dtype", "int8"])
     with pytest.raises(ValidationError, match="kv_cache_dtype"):
         Settings(kv_cache_dtype="fp4")
+
+
+def test_logprobs_mode_reaches_the_worker_and_the_engine() -> None:
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["worker"])).engine_config().logprobs_mode == (
+        "raw_logprobs"
+    )
+    settings = settings_from_args(
+        parser.parse_args(["serve", "--logprobs-mode", "processed_logprobs"])
+    )
+    assert settings.engine_config().logprobs_mode == "processed_logprobs"
+    assert settings_env(settings)["CONVEYOR_LOGPROBS_MODE"] == "processed_logprobs"
+    assert tuple(Settings.choices("logprobs_mode")) == LOGPROBS_MODES  # one list of modes
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--logprobs-mode", "final_logprobs"])
 
 
 def test_quantization_reaches_the_worker_and_the_engine() -> None:

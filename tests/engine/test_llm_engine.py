@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +242,49 @@ def test_stop_conditions(bundled_llm: LLM) -> None:
     assert late.text.startswith(" 5, 6, 7,") and len(late.token_ids) >= 10
     length = bundled_llm.generate([prompt], greedy(3))[0]
     assert length.choices[0].finish_reason == "length" and len(length.token_ids) == 3
+
+
+def test_bad_words_and_allowed_token_ids(bundled_llm: LLM) -> None:
+    """vLLM's bad_words keep a word out (in either spelling), allowed_token_ids keep every
+    token in the set, through the engine's own tokenizing of the words."""
+    tokenizer = bundled_llm.tokenizer
+    prompt = tokenizer.encode("1, 2, 3, 4,")
+    free = bundled_llm.generate([prompt], greedy(12))[0]
+    assert free.text.startswith(" 5, 6, 7")
+    banned = bundled_llm.generate([prompt], greedy(12, bad_words=("6",)))[0]
+    spellings = {tuple(tokenizer.encode(w, add_special_tokens=False)) for w in ("6", " 6")}
+    assert banned.text.startswith(" 5,") and " 6" not in banned.text
+    for ids in spellings:
+        window = len(ids)
+        assert all(
+            tuple(banned.token_ids[i : i + window]) != ids
+            for i in range(len(banned.token_ids) - window + 1)
+        )
+    allowed = {tokenizer.encode(w, add_special_tokens=False)[-1] for w in (" 9", ",", " 8")}
+    kept = bundled_llm.generate([prompt], greedy(12, allowed_token_ids=tuple(allowed)))[0]
+    assert len(kept.token_ids) == 12 and set(kept.token_ids) <= allowed
+    with pytest.raises(ValueError, match="allowed_token_ids: token id 49152 is outside"):
+        bundled_llm.engine.add_request("x", prompt, greedy(2, allowed_token_ids=(49152,)))
+
+
+def test_processed_logprobs_through_the_engine(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """--logprobs-mode processed_logprobs: a top-k 3 request's reported distribution
+    is the one it sampled from: three tokens that sum to 1, the rest -inf."""
+    folder = str(make_random_model("llama"))
+    llm = LLM(folder, logprobs_mode="processed_logprobs", num_kv_blocks=64)
+    params = SamplingParams(temperature=0.7, top_k=3, logprobs=5, max_tokens=6, seed=4)
+    steps = llm.generate([[5, 17, 300]], params)[0].choices[0].logprobs
+    assert len(steps) == 6
+    for step in steps:
+        finite = [v for _, v in step.top if v != float("-inf")]
+        assert len(finite) == 3
+        assert sum(math.exp(v) for v in finite) == pytest.approx(1.0, abs=1e-4)
+        assert step.rank <= 3
+    raw = LLM(folder, num_kv_blocks=64).generate([[5, 17, 300]], params)[0]
+    assert raw.token_ids == llm.generate([[5, 17, 300]], params)[0].token_ids
+    assert all(v != float("-inf") for s in raw.choices[0].logprobs for _, v in s.top)
 
 
 def test_priority_orders_admission(bundled_model_dir: Path) -> None:

@@ -234,6 +234,52 @@ def test_min_tokens_masks_eos_and_stop_ids_until_reached() -> None:
     assert Sampler()(logits, batch).token_ids == [6, 0, 0]
 
 
+def test_allowed_token_ids_leave_only_those_tokens() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(3, 1)
+    params = [
+        SamplingParams(temperature=0.0, allowed_token_ids=(2, 4)),
+        SamplingParams(temperature=1.0, allowed_token_ids=(5,)),
+        SamplingParams(temperature=0.0),
+    ]
+    batch = make_batch(params, generators=[None, seeded(1), None])
+    processed = process_logits(logits, batch)
+    assert {i for i in range(6) if processed[0, i] != NEG_INF} == {2, 4}
+    assert {i for i in range(6) if processed[1, i] != NEG_INF} == {5}
+    assert torch.equal(processed[2], logits[2])
+    assert Sampler()(logits, batch).token_ids == [2, 5, 0]
+
+
+def test_bad_words_ban_the_token_that_would_complete_a_word() -> None:
+    logits = torch.tensor([[5.0, 4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(3, 1)
+    words = ((0,), (3, 1))  # a one-token word, and a word of two tokens
+    params = [SamplingParams(temperature=0.0, bad_words_token_ids=words)] * 3
+    batch = make_batch(params, outputs=[[], [2, 3], [3, 2]])
+    processed = process_logits(logits, batch)
+    assert {i for i in range(6) if processed[0, i] == NEG_INF} == {0}
+    assert {i for i in range(6) if processed[1, i] == NEG_INF} == {0, 1}
+    assert {i for i in range(6) if processed[2, i] == NEG_INF} == {0}
+    assert Sampler()(logits, batch).token_ids == [1, 2, 1]
+
+
+def test_masks_that_would_leave_no_token_are_not_applied() -> None:
+    """allowed_token_ids = {EOS} before min_tokens, or a bad word that is the only token
+    allowed: sampling from nothing is impossible, so such a row keeps its logits (and its
+    logit_bias), while other rows of the batch are masked as usual."""
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).repeat(3, 1)
+    params = [
+        SamplingParams(temperature=1.0, allowed_token_ids=(0,), min_tokens=2, logit_bias={2: 1.0}),
+        SamplingParams(temperature=0.0, allowed_token_ids=(1,), bad_words_token_ids=((1,),)),
+        SamplingParams(temperature=0.0, allowed_token_ids=(1, 2)),
+    ]
+    batch = make_batch(params, generators=[seeded(2), None, None], eos=frozenset({0}))
+    processed = process_logits(logits, batch)
+    torch.testing.assert_close(processed[0], torch.tensor([1.0, 2.0, 4.0, 4.0]))
+    assert torch.equal(processed[1], logits[1])
+    assert {i for i in range(4) if processed[2, i] != NEG_INF} == {1, 2}
+    out = Sampler()(logits, batch)
+    assert out.token_ids[1:] == [3, 2]
+
+
 # --- seeding -----------------------------------------------------------------------------------
 
 VOCAB = 1000
@@ -323,6 +369,80 @@ def test_sample_logprobs_are_raw_with_rank_and_top() -> None:
     assert out.logprobs[0] is not None and out.logprobs[0].rank == 1
     assert out.logprobs[2] is not None and out.logprobs[2].rank == 30
     assert out.logprobs[2].top == ()
+
+
+def test_raw_logits_mode_reports_the_logits() -> None:
+    logits = torch.randn(2, 30, generator=seeded(6)) * 2.0
+    params = [
+        SamplingParams(temperature=0.0, logprobs=4, logit_bias={7: 50.0}),
+        SamplingParams(temperature=0.8, logprobs=2, seed=3),
+    ]
+    out = Sampler("raw_logits")(logits, make_batch(params, generators=[None, seeded(3)]))
+    for row, lp in enumerate(out.logprobs):
+        assert lp is not None
+        token = out.token_ids[row]
+        assert lp.logprob == pytest.approx(logits[row, token].item())
+        order = torch.argsort(logits[row], descending=True).tolist()
+        assert [t for t, _ in lp.top] == order[: params[row].logprobs or 0]
+        assert lp.rank == order.index(token) + 1
+    assert out.token_ids[0] == 7
+
+
+def test_processed_modes_report_what_was_sampled_from() -> None:
+    """Greedy rows: after bias, penalties and masks. Sampled rows: then divided by the
+    temperature, with what top-k, top-p and min-p removed at -inf; a mixed batch and an
+    all-sampled one (where the weights are computed in place) agree."""
+    logits = torch.randn(3, 40, generator=seeded(7)) * 2.0
+    greedy_row = SamplingParams(temperature=0.0, logprobs=3, logit_bias={5: 3.0})
+    top_k = SamplingParams(temperature=0.5, top_k=4, logprobs=6, seed=1, frequency_penalty=1.0)
+    top_p = SamplingParams(temperature=1.3, top_p=0.6, logprobs=2, seed=2)
+    outputs = [[], [9, 9], []]
+    expected = [logits[0].clone(), logits[1].clone(), logits[2].clone() / 1.3]
+    expected[0][5] += 3.0
+    expected[1][9] -= 2.0
+    expected[1] /= 0.5
+    expected[1][expected[1] < expected[1].topk(4).values[-1]] = NEG_INF
+    probs = torch.softmax(expected[2], -1)
+    order = torch.argsort(probs, descending=True)
+    before = torch.cumsum(probs[order], 0) - probs[order]
+    expected[2][order[before >= 0.6]] = NEG_INF
+
+    def check(out_lps: list, tokens: list[int], rows: list[int], logits_mode: bool) -> None:
+        for lp, token, row in zip(out_lps, tokens, rows, strict=True):
+            want = expected[row] if logits_mode else torch.log_softmax(expected[row], -1)
+            assert lp.logprob == pytest.approx(want[token].item(), abs=1e-5)
+            k = len(lp.top)
+            assert [v for _, v in lp.top] == pytest.approx(want.topk(k).values.tolist(), abs=1e-5)
+
+    for mode in ("processed_logprobs", "processed_logits"):
+        logits_mode = mode.endswith("logits")
+        mixed = Sampler(mode)(
+            logits,
+            make_batch(
+                [greedy_row, top_k, top_p], outputs=outputs, generators=[None, seeded(1), seeded(2)]
+            ),
+        )
+        check(mixed.logprobs, mixed.token_ids, [0, 1, 2], logits_mode)
+        assert mixed.logprobs[1] is not None
+        assert sum(v == NEG_INF for _, v in mixed.logprobs[1].top) == 2  # 6 asked, 4 kept
+        sampled = Sampler(mode)(
+            logits[1:],
+            make_batch([top_k, top_p], outputs=outputs[1:], generators=[seeded(1), seeded(2)]),
+        )
+        check(sampled.logprobs, sampled.token_ids, [1, 2], logits_mode)
+        assert sampled.token_ids == mixed.token_ids[1:]
+
+
+def test_logits_modes_report_prompt_logits() -> None:
+    logits = torch.randn(5, 20, generator=seeded(8))
+    tokens = [3, 1, 4, 1, 5]
+    as_logits = Sampler("raw_logits").prompt_logprobs(logits, tokens, k=2)
+    assert [lp.logprob for lp in as_logits] == pytest.approx(
+        [logits[i, t].item() for i, t in enumerate(tokens)]
+    )
+    assert Sampler("processed_logprobs").prompt_logprobs(logits, tokens, 2) == prompt_logprobs(
+        logits, tokens, 2
+    )
 
 
 def test_prompt_logprobs(monkeypatch: pytest.MonkeyPatch) -> None:

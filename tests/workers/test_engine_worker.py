@@ -328,6 +328,24 @@ def test_several_choices_and_prompt_logprobs(
     assert [lp.token_id for lp in lps[1:] if lp is not None] == prompt[1:]
 
 
+def test_bad_words_arrive_as_words_and_the_engine_spells_them(
+    engine: LLMEngine, make_worker: Any
+) -> None:
+    """The API sends vLLM's bad_words as written; the worker's engine tokenizes them, so
+    the greedy answer that had the word no longer does."""
+    h: Harness = make_worker()
+    prompt = engine.tokenizer.encode("1, 2, 3, 4,")
+    free = h.request(prompt, max_tokens=6, temperature=0.0)
+    banned = h.request(prompt, max_tokens=6, temperature=0.0, bad_words=["6"])
+    msgs = h.collect([h.send(free), h.send(banned)])
+
+    def text(request_id: str) -> str:
+        return "".join(c.text for m in msgs[request_id] for c in m.choices)
+
+    assert " 6" in text(free.id)
+    assert text(banned.id).startswith(" 5,") and "6" not in text(banned.id)
+
+
 def test_worker_announces_the_other_names_it_serves(make_worker: Any, client: redis.Redis) -> None:
     """vLLM's --served-model-name A B: B in the heartbeat (the API routes it to A) and
     remembered, so a request for it while no worker lives is a 503, not a 404."""
