@@ -131,7 +131,7 @@ async def start_chat(
         body,
         max_tokens=max_tokens,
         logprobs=top_n if body.logprobs else None,
-        prompt_logprobs=body.prompt_logprobs,
+        prompt_logprobs=body.answered_prompt_logprobs,
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
         max_logprobs=model_tokenizer.max_logprobs,
@@ -462,13 +462,12 @@ class ChatGeneration:
                 )
             )
         prompt_logprobs = None
-        if body.prompt_logprobs is not None:
+        if body.answered_prompt_logprobs is not None:
             prompt_logprobs = prompt_logprobs_answer(
                 self.tokenizer,
                 output.prompt_logprobs,
                 self.prompt_tokens,
-                _top_n(body.prompt_logprobs, self.tokenizer),
-                self.tokens_as_ids,
+                _top_n(body.answered_prompt_logprobs, self.tokenizer),
             )
         return ChatCompletionResponse(
             id=self.request_id,

@@ -18,10 +18,10 @@ def prompt_logprobs_answer(
     logprobs: Sequence[TokenLogprob | None] | None,
     prompt_length: int,
     top_n: int,
-    as_ids: bool = False,
 ) -> list[dict[str, PromptLogprob] | None]:
     """One entry per prompt token: the token itself, then up to `top_n` alternatives
-    (rank 1 first); a token among them appears once, under its own rank."""
+    (rank 1 first); a token among them appears once, under its own rank. Tokens are
+    named by their text, whatever return_tokens_as_token_ids says (the keys are ids)."""
     logprobs = logprobs or []
     answer: list[dict[str, PromptLogprob] | None] = []
     for position in range(prompt_length):
@@ -33,7 +33,7 @@ def prompt_logprobs_answer(
             str(lp.token_id): PromptLogprob(
                 logprob=clamp(lp.logprob),
                 rank=lp.rank,
-                decoded_token=token_label(tokenizer, lp.token_id, as_ids),
+                decoded_token=token_label(tokenizer, lp.token_id, as_ids=False),
             )
         }
         for rank, (token_id, value) in enumerate(list(lp.top)[:top_n], start=1):
@@ -42,7 +42,7 @@ def prompt_logprobs_answer(
                 PromptLogprob(
                     logprob=clamp(value),
                     rank=rank,
-                    decoded_token=token_label(tokenizer, int(token_id), as_ids),
+                    decoded_token=token_label(tokenizer, int(token_id), as_ids=False),
                 ),
             )
         answer.append(entry)

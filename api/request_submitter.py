@@ -12,7 +12,6 @@ wait, interactive requests are neither refused nor queued behind them.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -303,9 +302,7 @@ class RequestSubmitter:
             model=submission.model,
             prompt_token_ids=submission.prompt_token_ids,
             sampling=(
-                dataclasses.asdict(submission.sampling)
-                if submission.sampling is not None
-                else EMBEDDING_MARKER
+                submission.sampling.wire() if submission.sampling is not None else EMBEDDING_MARKER
             ),
             priority=submission.priority,
             deadline=deadline,

@@ -28,7 +28,7 @@ from engine.models import build_model
 from engine.models.lora import LoRAContext
 from engine.online_fp8 import quantize_to_fp8
 from engine.pooler import Pooler
-from engine.sampler import Sampler, SamplingBatch, TokenLogprobs
+from engine.sampler import Sampler, SamplingBatch, TokenLogprobs, prompt_logprobs
 from engine.scheduler import ScheduledSequence
 from engine.sequence import Sequence as EngineSequence
 from kernels.attention import AttentionBackend, AttentionInputs
@@ -290,7 +290,7 @@ class ModelRunner:
                 prompt_lps[seq.seq_id] = []
                 continue
             logits = self.model.compute_logits(hidden[row : row + (last - first)])
-            prompt_lps[seq.seq_id] = self.sampler.prompt_logprobs(
+            prompt_lps[seq.seq_id] = prompt_logprobs(
                 logits, seq.prompt_token_ids[first + 1 : last + 1], seq.params.prompt_logprobs or 0
             )
         tokens: list[list[int]] = []
@@ -320,8 +320,8 @@ class ModelRunner:
                 ended.append((seq, vector))
         if not ended:
             return {}
-        # One device-to-host copy for the step's vectors.
-        vectors = torch.stack([v for _, v in ended]).cpu()
+        # One device-to-host copy for the step's vectors (the pooler makes it).
+        vectors = torch.stack([v for _, v in ended])
         params = [seq.pooling for seq, _ in ended]
         finished = self.pooler.finish(vectors, params)  # type: ignore[arg-type]
         return {seq.seq_id: v for (seq, _), v in zip(ended, finished, strict=True)}

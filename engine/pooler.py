@@ -10,6 +10,8 @@ a prefix-cache hit would skip, so their sequences never take cached blocks
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -19,8 +21,14 @@ from engine.sequence import Sequence
 
 
 class Pooler:
-    def __init__(self, config: PoolerConfig) -> None:
+    """`head`: a sequence classifier's (hidden states -> logits); its pooled vectors are
+    then the labels' probabilities (or logits), not embeddings."""
+
+    def __init__(
+        self, config: PoolerConfig, head: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
         self.config = config
+        self.head = head
 
     def absorb(self, seq: Sequence, rows: torch.Tensor, start: int) -> torch.Tensor | None:
         """Take the hidden states of prompt positions [start, start + len(rows)); return the
@@ -41,10 +49,14 @@ class Pooler:
         return vector
 
     def finish(self, vectors: torch.Tensor, params: list[PoolingParams]) -> list[torch.Tensor]:
-        """Each raw vector (a row of `vectors`) cut to its `dimensions`, then normalised as
-        asked (matryoshka models are trained so: truncate first, normalise after)."""
+        """Each raw vector (a row of `vectors`, on the model's device) as the request asked,
+        on the CPU: a classifier's label probabilities (softmax over its labels, a sigmoid
+        for one) or logits; an embedding cut to its `dimensions`, then normalised
+        (matryoshka models are trained so: truncate first, normalise after)."""
+        if self.head is not None:
+            return self._classify(vectors, params)
         out = []
-        for vector, p in zip(vectors, params, strict=True):
+        for vector, p in zip(vectors.cpu(), params, strict=True):
             dims = p.dimensions if p.dimensions is not None else self.config.dimensions
             if dims is not None:
                 vector = vector[:dims]
@@ -52,4 +64,17 @@ class Pooler:
             if normalize:
                 vector = F.normalize(vector, dim=-1)
             out.append(vector)
+        return out
+
+    def _classify(self, vectors: torch.Tensor, params: list[PoolingParams]) -> list[torch.Tensor]:
+        assert self.head is not None
+        logits = self.head(vectors).float().cpu()  # one device-to-host copy for the step
+        out = []
+        for row, p in zip(logits, params, strict=True):
+            if p.activation is False:
+                out.append(row)
+            elif row.shape[0] == 1:
+                out.append(torch.sigmoid(row))
+            else:
+                out.append(torch.softmax(row, dim=-1))
         return out

@@ -105,12 +105,9 @@ class Sampler:
             reported = processed[torch.tensor(lp_rows, device=logits.device)]
 
         greedy = [i for i, p in enumerate(params) if p.greedy]
-        rand: list[int] = []
-        weights: torch.Tensor | None = None  # rows: `rand`, in order
         if len(greedy) == n:
             tokens = _greedy(processed)
         elif not greedy:
-            rand = list(range(n))
             # processed is a private copy, to work in, unless no row needed processing.
             out = processed if processed is not logits else self._work(processed, n)
             weights = _sampling_weights(processed, params, out=out)
@@ -131,8 +128,8 @@ class Sampler:
             )
 
         token_ids: list[int] = tokens.tolist()
-        if reported is not None and weights is not None:
-            _as_sampled(reported, lp_rows, params, rand, weights)
+        if reported is not None and len(greedy) < n:
+            _as_sampled(reported, lp_rows, params)
         values = reported
         if values is None and lp_rows:
             values = _take(logits, _row_index(lp_rows, n, logits.device))
@@ -147,13 +144,6 @@ class Sampler:
             for i, lp in zip(lp_rows, computed, strict=True):
                 result[i] = lp
         return SamplerOutput(token_ids=token_ids, logprobs=result)
-
-    def prompt_logprobs(
-        self, logits: torch.Tensor, next_token_ids: Sequence[int], k: int
-    ) -> list[TokenLogprobs]:
-        """`prompt_logprobs` in this sampler's mode: no processing applies to a prompt, so
-        raw and processed agree; the `_logits` modes report logits."""
-        return prompt_logprobs(logits, next_token_ids, k, normalize=not self.reports_logits)
 
     def _work(self, like: torch.Tensor, rows: int) -> torch.Tensor:
         """An uninitialised [rows, vocab] view of the scratch buffer, grown as needed."""
@@ -170,28 +160,25 @@ class Sampler:
 
 
 def _as_sampled(
-    reported: torch.Tensor,
-    lp_rows: Sequence[int],
-    params: Sequence[SamplingParams],
-    rand: Sequence[int],
-    weights: torch.Tensor,
+    reported: torch.Tensor, lp_rows: Sequence[int], params: Sequence[SamplingParams]
 ) -> None:
     """Turn the sampled rows of `reported` (processed logits of `lp_rows`) into what was
-    sampled from, in place: divided by the temperature, and -inf where top-k, top-p
-    or min-p left the token no weight (as where its weight underflowed to 0, over
-    ~103 nats below the row's top token). Greedy rows stay as they are."""
-    position = {row: k for k, row in enumerate(rand)}
-    pairs = [(k, position[row]) for k, row in enumerate(lp_rows) if row in position]
-    if not pairs:
+    sampled from, in place: divided by the temperature, and -inf where top-k, top-p or
+    min-p removed the token. The masks come from the same weights computed again in
+    float64, where no token this side of ~745 nats below the top one underflows to a
+    zero weight (float32's would from ~104: a tempered row's whole tail). Greedy rows
+    stay as they are."""
+    mine = [k for k, row in enumerate(lp_rows) if not params[row].greedy]
+    if not mine:
         return
     device = reported.device
-    mine = torch.tensor([k for k, _ in pairs], device=device)
-    theirs = torch.tensor([w for _, w in pairs], device=device)
-    temps = torch.tensor(
-        [params[lp_rows[k]].temperature for k, _ in pairs], dtype=reported.dtype, device=device
-    )
-    scaled = reported[mine].div_(temps[:, None])
-    reported[mine] = scaled.masked_fill_(weights[theirs] == 0, _NEG_INF)
+    idx = torch.tensor(mine, device=device)
+    rows = [params[lp_rows[k]] for k in mine]
+    processed = reported[idx]
+    weights = _sampling_weights(processed.double(), rows)
+    temps = torch.tensor([p.temperature for p in rows], dtype=processed.dtype, device=device)
+    scaled = processed.div_(temps[:, None])
+    reported[idx] = scaled.masked_fill_(weights == 0, _NEG_INF)
 
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:
@@ -200,19 +187,17 @@ def _greedy(logits: torch.Tensor) -> torch.Tensor:
 
 
 def prompt_logprobs(
-    logits: torch.Tensor, next_token_ids: Sequence[int], k: int, *, normalize: bool = True
+    logits: torch.Tensor, next_token_ids: Sequence[int], k: int
 ) -> list[TokenLogprobs]:
     """logits[i] predicts next_token_ids[i]; returns one TokenLogprobs per row (raw
-    log_softmax, or the logits themselves without `normalize`)."""
+    log_softmax, whatever --logprobs-mode says, as vLLM computes them)."""
     if logits.shape[0] != len(next_token_ids):
         raise ValueError(f"{logits.shape[0]} logits rows for {len(next_token_ids)} tokens")
     out: list[TokenLogprobs] = []
     for start in range(0, len(next_token_ids), _PROMPT_LOGPROBS_CHUNK):
         stop = start + _PROMPT_LOGPROBS_CHUNK
         tokens = next_token_ids[start:stop]
-        out.extend(
-            _token_logprobs(logits[start:stop], tokens, [k] * len(tokens), normalize=normalize)
-        )
+        out.extend(_token_logprobs(logits[start:stop], tokens, [k] * len(tokens)))
     return out
 
 
@@ -236,24 +221,27 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     mask_rows: list[int] = []
     mask_tokens: list[int] = []
     allowed_rows: list[int] = []
+    emptiable: list[int] = []  # rows whose masks are the request's own choice of tokens
     penalty_rows: list[int] = []
     for i, p in enumerate(batch.params):
         if p.logit_bias:
             bias_rows.extend([i] * len(p.logit_bias))
             bias_tokens.extend(p.logit_bias.keys())
             bias_values.extend(p.logit_bias.values())
-        banned: set[int] = set()
         if len(batch.output_token_ids[i]) < p.min_tokens and i not in grammar:
-            banned |= set(p.stop_token_ids)
+            stops = set(p.stop_token_ids)
             if not p.ignore_eos:
-                banned |= batch.eos_token_ids
+                stops |= batch.eos_token_ids
+            mask_rows.extend([i] * len(stops))
+            mask_tokens.extend(stops)
         if p.bad_words_token_ids:
-            banned |= banned_tokens(p.bad_words_token_ids, batch.output_token_ids[i])
-        if banned:
+            banned = banned_tokens(p.bad_words_token_ids, batch.output_token_ids[i])
             mask_rows.extend([i] * len(banned))
             mask_tokens.extend(banned)
+            emptiable.append(i)
         if p.allowed_token_ids is not None:
             allowed_rows.append(i)
+            emptiable.append(i)
         if p.needs_penalties:
             penalty_rows.append(i)
     if not (bias_rows or mask_rows or allowed_rows or penalty_rows or grammar):
@@ -273,7 +261,7 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
             accumulate=True,
         )
     if mask_rows or allowed_rows:
-        _mask_tokens(out, batch.params, mask_rows, mask_tokens, allowed_rows)
+        _mask_tokens(out, batch.params, mask_rows, mask_tokens, allowed_rows, emptiable)
     if penalty_rows:
         _apply_penalties(out, penalty_rows, batch)
     return out
@@ -285,27 +273,29 @@ def _mask_tokens(
     mask_rows: list[int],
     mask_tokens: list[int],
     allowed_rows: list[int],
+    emptiable: list[int],
 ) -> None:
-    """Set the banned tokens and those outside allowed_token_ids to -inf, in place,
-    except in a row the masks would leave with no token at all."""
+    """Set the masked tokens and those outside allowed_token_ids to -inf, in place,
+    except in an `emptiable` row (allowed ids, bad words) the masks would leave with no
+    token at all; min_tokens' masks alone (EOS and stop ids) never empty a row."""
     device = out.device
-    rows = sorted(set(mask_rows) | set(allowed_rows))
-    idx = torch.tensor(rows, device=device)
-    before = out[idx]  # a copy, for rows the masks would empty
+    rows = sorted(set(emptiable))
+    idx = torch.tensor(rows, device=device) if rows else None
+    before = out[idx] if idx is not None else None  # a copy, for rows the masks would empty
     if allowed_rows:
-        keep = torch.zeros(len(allowed_rows), out.shape[1], dtype=torch.bool, device=device)
-        for k, r in enumerate(allowed_rows):
-            ids = params[r].allowed_token_ids or ()
-            keep[k, torch.tensor(ids, dtype=torch.long, device=device)] = True
+        keep = torch.zeros(len(allowed_rows), out.shape[1], dtype=torch.bool)
+        which = [k for k, r in enumerate(allowed_rows) for _ in params[r].allowed_token_ids or ()]
+        ids = [t for r in allowed_rows for t in params[r].allowed_token_ids or ()]
+        keep[which, ids] = True
         allowed_idx = torch.tensor(allowed_rows, device=device)
-        out[allowed_idx] = out[allowed_idx].masked_fill_(~keep, _NEG_INF)
+        out[allowed_idx] = out[allowed_idx].masked_fill_(~keep.to(device), _NEG_INF)
     if mask_rows:
         out[torch.tensor(mask_rows, device=device), torch.tensor(mask_tokens, device=device)] = (
             _NEG_INF
         )
-    emptied = (out[idx].amax(dim=-1) == _NEG_INF).nonzero().squeeze(1)
-    if len(emptied):
-        out[idx[emptied]] = before[emptied]
+    if idx is not None and before is not None:
+        emptied = out[idx].amax(dim=-1) == _NEG_INF
+        out[idx] = torch.where(emptied[:, None], before, out[idx])
 
 
 def sampling_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:

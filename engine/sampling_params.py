@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from engine.structured_output import StructuredOutput
+from engine.wire_form import wire_form
 
 # vLLM's --max-logprobs default: the most logprobs a request may ask for (-1: the vocabulary).
 DEFAULT_MAX_LOGPROBS = 20
@@ -69,6 +70,15 @@ class SamplingParams:
     # tokenizes them into bad_words_token_ids when it queues the request.
     bad_words: tuple[str, ...] = ()
     bad_words_token_ids: tuple[tuple[int, ...], ...] | None = None
+
+    # Fields newer than the wire protocol's first release: sent only when set (see
+    # engine/wire_form.py); the token ids of bad_words are the engine's own work.
+    ADDED_FIELDS = ("allowed_token_ids", "bad_words")
+    DERIVED_FIELDS = ("bad_words_token_ids",)
+
+    def wire(self) -> dict[str, object]:
+        """What the API queues for workers (engine/wire_form.py)."""
+        return wire_form(self, self.ADDED_FIELDS, self.DERIVED_FIELDS)
 
     def __post_init__(self) -> None:
         # Accept lists/strings from callers but store immutable tuples.
@@ -199,3 +209,9 @@ class SamplingParams:
                     raise SamplingParamError(
                         name, f"token id {token} is outside the vocabulary ({vocab_size})"
                     )
+        for ids in self.bad_words_token_ids or ():
+            if any(token >= vocab_size for token in ids):
+                raise SamplingParamError(
+                    "bad_words",
+                    f"token ids {list(ids)} are not all in the vocabulary ({vocab_size})",
+                )

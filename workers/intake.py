@@ -47,7 +47,10 @@ BATCH_PRIORITY_OFFSET = 10_000_000
 assert BATCH_PRIORITY_OFFSET > 2 * PRIORITY_LIMIT
 # The lowest engine priority a batch request can have: the engine's background threshold.
 BATCH_PRIORITY_FLOOR = BATCH_PRIORITY_OFFSET - PRIORITY_LIMIT
-_SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams))
+# Fields the engine derives itself are not taken from the wire.
+_SAMPLING_FIELDS = frozenset(f.name for f in dataclasses.fields(SamplingParams)) - set(
+    SamplingParams.DERIVED_FIELDS
+)
 
 
 def sampling_params_from_wire(sampling: dict[str, Any]) -> SamplingParams:

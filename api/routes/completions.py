@@ -152,8 +152,9 @@ def _engine_prompt_logprobs(body: CompletionRequest, vocab_size: int) -> int | N
     """How many alternatives the engine reports per prompt token: what `echo` with
     `logprobs` shows, or vLLM's `prompt_logprobs` (-1: the vocabulary), the larger."""
     wanted = [body.logprobs] if body.echo and body.logprobs is not None else []
-    if body.prompt_logprobs is not None:
-        wanted.append(vocab_size if body.prompt_logprobs == -1 else body.prompt_logprobs)
+    asked = body.answered_prompt_logprobs
+    if asked is not None:
+        wanted.append(vocab_size if asked == -1 else asked)
     return max(wanted, default=None)
 
 
@@ -224,7 +225,7 @@ class _CompletionView:
         self, prompt: _Prompt, logprobs: list[TokenLogprob | None] | None
     ) -> list[dict[str, PromptLogprob] | None] | None:
         """vLLM's prompt_logprobs of one prompt, when the request asked for them."""
-        wanted = self.body.prompt_logprobs
+        wanted = self.body.answered_prompt_logprobs
         if wanted is None:
             return None
         return prompt_logprobs_answer(
@@ -232,7 +233,6 @@ class _CompletionView:
             logprobs,
             len(prompt.token_ids),
             self.tokenizer.vocab_size if wanted == -1 else wanted,
-            bool(self.body.return_tokens_as_token_ids),
         )
 
     def response(self, outputs: list[Output]) -> CompletionResponse:
@@ -243,6 +243,8 @@ class _CompletionView:
             if not self.scoring:
                 completion_tokens += output.completion_tokens()
             cached_tokens += output.cached_tokens()
+            # One answer per prompt, shared by its n choices (it may be vocabulary-wide).
+            prompt_logprobs = self._prompt_logprobs(prompt, output.prompt_logprobs)
             for c in range(body.n):
                 choice = output.choice(c)
                 builder = self._builder()
@@ -266,7 +268,7 @@ class _CompletionView:
                         stop_reason=None if self.scoring else choice.stop_reason,
                         prompt_token_ids=prompt.token_ids if body.return_token_ids else None,
                         token_ids=generated if body.return_token_ids else None,
-                        prompt_logprobs=self._prompt_logprobs(prompt, output.prompt_logprobs),
+                        prompt_logprobs=prompt_logprobs,
                     )
                 )
         return CompletionResponse(

@@ -83,6 +83,12 @@ class SamplingRequest(StructuredOutputFields):
     # vLLM's: each prompt token's logprob, rank and this many alternatives (-1: the
     # vocabulary), in vLLM's shape (api/prompt_logprobs.py); not when streaming.
     prompt_logprobs: int | None = None
+
+    @property
+    def answered_prompt_logprobs(self) -> int | None:
+        """The prompt_logprobs the answer carries: none in a stream (only 0 gets there)."""
+        return None if self.stream else self.prompt_logprobs
+
     # vLLM's: the answer also carries the prompt's token ids and each choice's (a stream:
     # the prompt's in its first chunk, each chunk its own new ones).
     return_token_ids: bool | None = None
@@ -107,7 +113,8 @@ class SamplingRequest(StructuredOutputFields):
                     f"{self.prompt_logprobs}",
                     param="prompt_logprobs",
                 )
-            if self.stream:
+            if self.stream and self.prompt_logprobs != 0:
+                # vLLM's rule: 0 (the prompt token alone) is accepted, and gives nothing.
                 raise ApiError(
                     400,
                     "prompt_logprobs are not available when stream is true",

@@ -167,6 +167,10 @@ def test_prompt_logprobs_in_vllms_shape(client: httpx.Client, worker: FakeWorker
     assert worker.received[-1].sampling["prompt_logprobs"] == 2
     assert all(len(top) == 1 for top in answer["logprobs"]["top_logprobs"][1 : len(prompt)])
     assert len(answer["prompt_logprobs"][1]) == 2
+    # Entries name tokens by their text even where logprobs name them by id.
+    as_ids = {**body, "prompt_logprobs": 1, "return_tokens_as_token_ids": True}
+    entry = client.post("/v1/completions", json=as_ids).json()["choices"][0]["prompt_logprobs"][1]
+    assert not any(e["decoded_token"].startswith("token_id:") for e in entry.values())
     chat = {"model": "fake-model", "messages": [{"role": "user", "content": "Hi"}]}
     chat_answer = client.post("/v1/chat/completions", json={**chat, "prompt_logprobs": 0}).json()
     prompt = worker.received[-1].prompt_token_ids
@@ -186,6 +190,9 @@ def test_prompt_logprobs_refusals(client: httpx.Client) -> None:
         assert refused.status_code == 400, extra
         assert refused.json()["error"]["param"] == "prompt_logprobs"
         assert message in refused.json()["error"]["message"]
+    # vLLM takes 0 in a stream (the prompt token alone), and a stream carries none.
+    streamed = client.post("/v1/completions", json={**body, "prompt_logprobs": 0, "stream": True})
+    assert streamed.status_code == 200 and "prompt_logprobs" not in streamed.text
 
 
 # --- vLLM's bad_words and allowed_token_ids ------------------------------------------------

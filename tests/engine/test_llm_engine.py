@@ -282,9 +282,19 @@ def test_processed_logprobs_through_the_engine(
         assert len(finite) == 3
         assert sum(math.exp(v) for v in finite) == pytest.approx(1.0, abs=1e-4)
         assert step.rank <= 3
-    raw = LLM(folder, num_kv_blocks=64).generate([[5, 17, 300]], params)[0]
+    raw_llm = LLM(folder, num_kv_blocks=64)
+    raw = raw_llm.generate([[5, 17, 300]], params)[0]
     assert raw.token_ids == llm.generate([[5, 17, 300]], params)[0].token_ids
     assert all(v != float("-inf") for s in raw.choices[0].logprobs for _, v in s.top)
+    # Prompt logprobs are logprobs in every mode, as vLLM computes them.
+    scored = SamplingParams(max_tokens=1, prompt_logprobs=2)
+    logits_llm = LLM(folder, logprobs_mode="raw_logits", num_kv_blocks=64)
+    as_logits = logits_llm.generate([[5, 17, 300, 9]], scored)[0].prompt_logprobs
+    as_logprobs = raw_llm.generate([[5, 17, 300, 9]], scored)[0].prompt_logprobs
+    assert as_logits is not None and as_logprobs is not None
+    for mine, theirs in zip(as_logits[1:], as_logprobs[1:], strict=True):
+        assert mine is not None and theirs is not None
+        assert mine.logprob == pytest.approx(theirs.logprob, abs=1e-5) and mine.logprob < 0
 
 
 def test_priority_orders_admission(bundled_model_dir: Path) -> None:

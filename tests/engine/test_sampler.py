@@ -433,16 +433,30 @@ def test_processed_modes_report_what_was_sampled_from() -> None:
         assert sampled.token_ids == mixed.token_ids[1:]
 
 
-def test_logits_modes_report_prompt_logits() -> None:
-    logits = torch.randn(5, 20, generator=seeded(8))
-    tokens = [3, 1, 4, 1, 5]
-    as_logits = Sampler("raw_logits").prompt_logprobs(logits, tokens, k=2)
-    assert [lp.logprob for lp in as_logits] == pytest.approx(
-        [logits[i, t].item() for i, t in enumerate(tokens)]
+def test_processed_modes_keep_a_cold_rows_tail_finite() -> None:
+    """At temperature 0.1 most of a vocabulary's weights underflow float32's exp, yet
+    nothing removed them: they are reported as the tiny logprobs they are, not -inf."""
+    logits = torch.randn(1, 200, generator=seeded(9)) * 4.0
+    params = [SamplingParams(temperature=0.1, logprobs=200, seed=1)]
+    out = Sampler("processed_logprobs")(logits, make_batch(params, generators=[seeded(1)]))
+    lp = out.logprobs[0]
+    assert lp is not None
+    expected = torch.log_softmax(logits[0].double() / 0.1, -1)
+    assert expected.min() < -150  # far past float32's exp underflow
+    assert [v for _, v in lp.top] == pytest.approx(
+        expected.sort(descending=True).values.tolist(), rel=1e-4
     )
-    assert Sampler("processed_logprobs").prompt_logprobs(logits, tokens, 2) == prompt_logprobs(
-        logits, tokens, 2
-    )
+
+
+def test_masks_in_an_all_sampled_batch_leave_no_row_empty() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).repeat(2, 1)
+    params = [
+        SamplingParams(temperature=1.0, allowed_token_ids=(1,), bad_words_token_ids=((1,),)),
+        SamplingParams(temperature=1.0, allowed_token_ids=(0, 1)),
+    ]
+    out = Sampler()(logits, make_batch(params, generators=[seeded(1), seeded(2)]))
+    assert out.token_ids[1] in (0, 1)
+    assert 0 <= out.token_ids[0] < 4  # sampled from the untouched row, not from nothing
 
 
 def test_prompt_logprobs(monkeypatch: pytest.MonkeyPatch) -> None:
