@@ -41,6 +41,7 @@ from api.retention import Retention
 from api.routes import (
     batches,
     chat,
+    classify,
     completions,
     embeddings,
     files,
@@ -150,6 +151,7 @@ def create_app(settings: Settings) -> FastAPI:
         chat,
         completions,
         embeddings,
+        classify,
         score,
         responses,
         models,

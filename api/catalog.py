@@ -114,6 +114,8 @@ class PublishedShape:
     hidden_size: int
     is_matryoshka: bool
     matryoshka_dimensions: tuple[int, ...]
+    # A sequence classifier's label names (its outputs, in order); () for other models.
+    labels: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> PublishedShape | None:
@@ -121,7 +123,13 @@ class PublishedShape:
         size, dims = config.get("hidden_size"), config.get("matryoshka_dimensions") or []
         if not isinstance(size, int) or not isinstance(dims, list):
             return None
-        return cls(size, bool(config.get("is_matryoshka")), tuple(int(d) for d in dims))
+        labels = config.get("labels") or []
+        return cls(
+            size,
+            bool(config.get("is_matryoshka")),
+            tuple(int(d) for d in dims),
+            tuple(str(label) for label in labels) if isinstance(labels, list) else (),
+        )
 
 
 @dataclass

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import array
 import base64
-import dataclasses
 import sys
 import uuid
 from collections.abc import Sequence
@@ -21,12 +20,14 @@ from fastapi import Request
 from api.admission import admit, refuse_early
 from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
+from api.chat_tokens import chat_token_ids
 from api.collect import Output, collect_all
 from api.errors import ApiError
 from api.reply_router import ReplyReader, ReplyRouter
 from api.request_record import RequestRecord
-from api.request_submitter import RequestSubmitter, Submission
+from api.request_submitter import RequestSubmitter, Submission, check_prompt_ids
 from api.schemas.common import check_priority
+from api.schemas.embeddings import EmbeddingRequest
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParamError
 from engine.tokenizer import Tokenizer
@@ -59,6 +60,27 @@ async def embedding_model(
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     return EmbeddingModel(
         live, model_tokenizer, live.max_model_len or model_tokenizer.max_model_len
+    )
+
+
+def require_task(model: EmbeddingModel, task: str, endpoint: str) -> None:
+    """A 400 naming the right endpoints when a pooling model does the other task: a
+    classifier (published labels) classifies, an embedding model embeds. Workers of
+    older releases publish no shape: they are taken to embed."""
+    shape = model.tokenizer.shape
+    classifier = shape is not None and bool(shape.labels)
+    if (task == "classify") == classifier:
+        return
+    what = (
+        "a classifier: it serves /classify (and /score and /rerank when it has one label)"
+        if classifier
+        else "an embedding model: it serves /v1/embeddings, /score and /rerank"
+    )
+    raise ApiError(
+        400,
+        f"The model `{model.live.name}` is {what}; {endpoint} is not supported for it",
+        param="model",
+        code="model_not_supported",
     )
 
 
@@ -169,7 +191,7 @@ async def embed(
                     model=model.live.queue_model,
                     prompt_token_ids=ids,
                     sampling=None,
-                    pooling=dataclasses.asdict(pooling),
+                    pooling=pooling.wire(),
                     priority=priority,
                     stream=False,
                     lane=record.lane,
@@ -199,3 +221,33 @@ def vector(output: Output) -> list[float]:
     if sys.byteorder != "little":
         values.byteswap()
     return values.tolist()
+
+
+def input_prompts(
+    tokenizer: Tokenizer,
+    items: Sequence[str | list[int]],
+    body: EmbeddingRequest,
+    max_model_len: int | None,
+) -> list[list[int]]:
+    """An embeddings-shaped request's prompts (its `messages` through the chat template,
+    or each `input`), each cut to `truncate_prompt_tokens`."""
+    keep = tokens_to_keep(body.truncate_prompt_tokens, max_model_len)
+    prompts = []
+    if body.messages is not None:
+        chat = chat_token_ids(
+            tokenizer,
+            body.messages,
+            add_generation_prompt=body.add_generation_prompt,
+            continue_final_message=body.continue_final_message,
+            add_special_tokens=bool(body.add_special_tokens),
+            chat_template_kwargs=body.chat_template_kwargs,
+        )
+        prompts.append(chat[-keep:] if keep is not None else chat)
+    special = True if body.add_special_tokens is None else body.add_special_tokens
+    for item in items:
+        if isinstance(item, str):
+            prompts.append(truncated_text_ids(tokenizer, item, special, keep))
+        else:
+            check_prompt_ids(item, tokenizer.vocab_size, param="input")
+            prompts.append(list(item)[-keep:] if keep is not None else list(item))
+    return prompts

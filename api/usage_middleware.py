@@ -26,6 +26,8 @@ INFERENCE_PATHS = frozenset(
         "/v1/completions",
         "/v1/responses",
         "/v1/embeddings",
+        "/classify",
+        "/v1/classify",
         "/score",
         "/v1/score",
         "/rerank",

@@ -57,6 +57,13 @@ SUPPORTED_ARCHITECTURES = {
     "MistralModel": "mistral",
     "Qwen2Model": "qwen2",
     "Qwen3Model": "qwen3",
+    # The same networks with a classifier head (`score`) on the last token: sequence
+    # classifiers, cross-encoder rerankers and reward models, served by the pooling
+    # runner (/classify, and /score and /rerank for one-label models).
+    "LlamaForSequenceClassification": "llama",
+    "MistralForSequenceClassification": "mistral",
+    "Qwen2ForSequenceClassification": "qwen2",
+    "Qwen3ForSequenceClassification": "qwen3",
 }
 
 RUNNERS = ("auto", "generate", "pooling")
@@ -196,6 +203,9 @@ class ModelConfig:
     # Embedding models trained so that a prefix of their vector is an embedding too.
     is_matryoshka: bool = False
     matryoshka_dimensions: tuple[int, ...] = ()
+    # A sequence classifier's label names, in the order of its head's outputs (id2label);
+    # () for every other model.
+    labels: tuple[str, ...] = ()
     # Gemma's differences from Llama, each off by default:
     # the MLP's activation ("silu" or "gelu_tanh");
     hidden_activation: str = "silu"
@@ -251,6 +261,15 @@ class ModelConfig:
     def writes_harmony(self) -> bool:
         """Whether the model answers in OpenAI's harmony format (gpt-oss)."""
         return self.architecture == "GptOssForCausalLM"
+
+    @property
+    def is_classifier(self) -> bool:
+        """Whether the checkpoint scores prompts with a classifier head instead."""
+        return self.architecture.endswith("ForSequenceClassification")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
 
     @property
     def has_lm_head(self) -> bool:
@@ -320,6 +339,7 @@ class ModelConfig:
             layer_windows=_layer_windows(hf, family, int(hf["num_hidden_layers"])),
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
+            labels=_labels(hf) if arch.endswith("ForSequenceClassification") else (),
             hidden_activation="silu" if activation == "silu" else "gelu_tanh",
             embed_scale=(
                 float(hidden**0.5) if gemma else float(hf.get("embedding_multiplier") or 1.0)
@@ -352,6 +372,19 @@ class ModelConfig:
         """`overrides`: vLLM's --hf-overrides, laid over the folder's config.json."""
         hf = json.loads((folder / "config.json").read_text())
         return cls.from_dict(apply_hf_overrides(hf, overrides or {}))
+
+
+def _labels(hf: dict[str, Any]) -> tuple[str, ...]:
+    """A classifier's label names by output index, as transformers reads them: id2label,
+    else `num_labels` of LABEL_i (two when neither is saved)."""
+    id2label = hf.get("id2label")
+    if isinstance(id2label, dict) and id2label:
+        by_index = {int(k): str(v) for k, v in id2label.items()}
+        if sorted(by_index) != list(range(len(by_index))):
+            raise ConfigurationError(f"id2label must number 0..n-1, got {sorted(by_index)}")
+        return tuple(by_index[i] for i in range(len(by_index)))
+    count = int(hf.get("num_labels") or 2)
+    return tuple(f"LABEL_{i}" for i in range(count))
 
 
 def _sliding_window(hf: dict[str, Any], family: str) -> int | None:

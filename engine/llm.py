@@ -128,7 +128,9 @@ class LLM:
         lora: str | Sequence[str | None] | None = None,
     ) -> list[EmbeddingResult]:
         """Embed every prompt (the pooling runner: `LLM(model, runner="pooling")`), batched
-        by the engine; results in input order."""
+        by the engine; results in input order. A sequence classifier's `embedding` is
+        its labels' probabilities (`PoolingParams(activation=False)`: its logits), in
+        the order of `engine.model_config.labels`."""
         token_lists = self._token_lists(prompts)
         param_list = _per_prompt(params or PoolingParams(), PoolingParams, len(token_lists))
         results = self._run(

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache, partial
 
 import torch
 
@@ -178,6 +179,8 @@ class LLMEngine:
         ]
         self.eos_token_ids = frozenset(mc.eos_token_ids) | self.tokenizer.eos_token_ids
         self.grammars = GrammarCompiler(self.tokenizer, mc.vocab_size, self.eos_token_ids)
+        # bad_words' token spellings, shared by requests that name the same words.
+        self._bad_words_ids = lru_cache(maxsize=1024)(partial(bad_words_token_ids, self.tokenizer))
         # Where every layer slides, blocks behind the widest window are given back.
         windows = [w for w in mc.layer_windows if w is not None]
         all_slide = bool(windows) and len(windows) == len(mc.layer_windows)
@@ -232,7 +235,7 @@ class LLMEngine:
             decode_graphs,
             grammar_vocab_size=self.grammars.vocab_size,
             lora_context=self.loras.context if self.loras is not None else None,
-            pooler=Pooler(self.pooler_config) if self.pooler_config is not None else None,
+            pooler=self._pooler(model),
             every_layer_window=self.block_manager.window,
             logprobs_mode=config.logprobs_mode,
         )
@@ -247,9 +250,7 @@ class LLMEngine:
             "engine ready: %s (%s) on %s (%s), %d KV blocks of %d tokens (%d tokens, %s), "
             "max_model_len %d, loaded in %.1f s",
             self.model_name,
-            f"embeddings, {self.pooler_config.pooling_type.value} pooling"
-            if self.pooler_config is not None
-            else "text generation",
+            self._serves(),
             self.device,
             str(self.dtype).removeprefix("torch."),
             self.num_kv_blocks,
@@ -261,6 +262,23 @@ class LLMEngine:
         )
 
     # --- setup ------------------------------------------------------------------------
+
+    def _pooler(self, model: torch.nn.Module) -> Pooler | None:
+        """The pooling runner's: embeddings, or a classifier's scores through its head."""
+        if self.pooler_config is None:
+            return None
+        head = model.classify if self.model_config.is_classifier else None
+        return Pooler(self.pooler_config, head=head)  # type: ignore[arg-type]
+
+    def _serves(self) -> str:
+        """What the start-up line says this engine does."""
+        if self.pooler_config is None:
+            return "text generation"
+        pooling = self.pooler_config.pooling_type.value
+        labels = self.model_config.num_labels
+        if labels:
+            return f"classification into {labels} label(s), {pooling} pooling"
+        return f"embeddings, {pooling} pooling"
 
     def _pooler_config(self) -> PoolerConfig | None:
         """How prompts become embeddings (pooling runner), else None."""
@@ -464,11 +482,11 @@ class LLMEngine:
                 f"prompt: {len(prompt_token_ids)} tokens leave no room to generate within "
                 f"this model's maximum context length of {self.max_model_len} tokens"
             )
-        params.validate_against_vocab(vocab, self.config.max_logprobs)
         self.prepare(params)
         if params.bad_words and params.bad_words_token_ids is None:
-            ids = bad_words_token_ids(self.tokenizer, params.bad_words)
+            ids = self._bad_words_ids(params.bad_words)
             params = dataclasses.replace(params, bad_words_token_ids=ids)
+        params.validate_against_vocab(vocab, self.config.max_logprobs)
         arrival = arrival_time if arrival_time is not None else time.time()
         seqs = [
             self._new_sequence(
@@ -512,11 +530,14 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def prepare(self, params: SamplingParams) -> None:
-        """Compile the request's structured-output constraint (cached); thread-safe.
+        """Compile the request's structured-output constraint and tokenize its bad_words
+        (both cached); thread-safe.
 
         The worker's intake thread calls this first, so a big schema compiles off the
         engine thread and `add_request` finds it cached. Raises SamplingParamError.
         """
+        if params.bad_words:
+            self._bad_words_ids(params.bad_words)
         if params.structured_output is None:
             return
         try:

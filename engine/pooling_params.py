@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.sampling_params import SamplingParamError
+from engine.wire_form import wire_form
 
 
 class EmbeddingShape(Protocol):
@@ -26,6 +27,9 @@ class EmbeddingShape(Protocol):
     @property
     def matryoshka_dimensions(self) -> tuple[int, ...]: ...
 
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
 
 @dataclass(frozen=True)
 class PoolingParams:
@@ -34,6 +38,16 @@ class PoolingParams:
     dimensions: int | None = None
     # L2-normalise the vector; None: as the model's pooler config says.
     normalize: bool | None = None
+    # A classifier's probabilities (softmax; sigmoid for one label) rather than its raw
+    # logits (vLLM's `activation`); None: probabilities.
+    activation: bool | None = None
+
+    # Newer than the wire protocol's first release: sent only when set (wire_form.py).
+    ADDED_FIELDS = ("activation",)
+
+    def wire(self) -> dict[str, object]:
+        """What the API queues for workers (engine/wire_form.py)."""
+        return wire_form(self, self.ADDED_FIELDS)
 
     def __post_init__(self) -> None:
         dims = self.dimensions
@@ -43,10 +57,17 @@ class PoolingParams:
             raise SamplingParamError("dimensions", "must be at least 1")
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise SamplingParamError("normalize", "must be true or false")
+        if self.activation is not None and not isinstance(self.activation, bool):
+            raise SamplingParamError("activation", "must be true or false")
 
     def validate_against(self, model: EmbeddingShape) -> None:
         """Refuse a `dimensions` the model was not trained to cut to (vLLM's rule): the
-        first values of another model's vector are not a smaller embedding."""
+        first values of another model's vector are not a smaller embedding. A classifier's
+        output is a score per label, which no `dimensions` cuts."""
+        if model.labels and self.dimensions is not None:
+            raise SamplingParamError(
+                "dimensions", "this model is a classifier: its output is one score per label"
+            )
         check_dimensions(self.dimensions, model)
 
 

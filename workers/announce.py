@@ -69,6 +69,8 @@ def tokenizer_fields(
             "hidden_size": mc.hidden_size,
             "is_matryoshka": mc.is_matryoshka,
             "matryoshka_dimensions": list(mc.matryoshka_dimensions),
+            # A classifier's labels: /classify names them, /score needs exactly one.
+            "labels": list(mc.labels),
             # Its output is harmony messages, which the API parses (api/harmony_parser.py).
             "harmony": mc.writes_harmony,
         }

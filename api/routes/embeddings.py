@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.chat_tokens import chat_token_ids
 from api.collect import ClientGone
 from api.deps import (
     Authenticated,
@@ -30,11 +28,10 @@ from api.embedding_jobs import (
     embed,
     embedding_model,
     encoded,
-    tokens_to_keep,
-    truncated_text_ids,
+    input_prompts,
+    require_task,
     vector,
 )
-from api.request_submitter import check_prompt_ids
 from api.schemas.embeddings import (
     EmbeddingData,
     EmbeddingRequest,
@@ -43,7 +40,6 @@ from api.schemas.embeddings import (
 )
 from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
-from engine.tokenizer import Tokenizer
 
 router = APIRouter(dependencies=[Authenticated])
 
@@ -69,8 +65,9 @@ async def create_embedding(
     model = await embedding_model(request, catalog, submitter, record, body.model, "/v1/embeddings")
     pooling = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
     check_pooling(pooling, model)
+    require_task(model, "embed", "/v1/embeddings")
     prompts = await catalog.in_thread(
-        _tokenize, model.tokenizer.tokenizer, items, body, model.max_model_len
+        input_prompts, model.tokenizer.tokenizer, items, body, model.max_model_len
     )
     if settings.log_prompts:
         logged = items or [m.model_dump(exclude_none=True) for m in body.messages or ()]
@@ -95,31 +92,3 @@ async def create_embedding(
         usage=EmbeddingUsage(prompt_tokens=record.prompt_tokens, total_tokens=record.prompt_tokens),
     )
     return JSONResponse(response.model_dump(mode="json"))
-
-
-def _tokenize(
-    tokenizer: Tokenizer,
-    items: Sequence[str | list[int]],
-    body: EmbeddingRequest,
-    max_model_len: int | None,
-) -> list[list[int]]:
-    keep = tokens_to_keep(body.truncate_prompt_tokens, max_model_len)
-    prompts = []
-    if body.messages is not None:
-        chat = chat_token_ids(
-            tokenizer,
-            body.messages,
-            add_generation_prompt=body.add_generation_prompt,
-            continue_final_message=body.continue_final_message,
-            add_special_tokens=bool(body.add_special_tokens),
-            chat_template_kwargs=body.chat_template_kwargs,
-        )
-        prompts.append(chat[-keep:] if keep is not None else chat)
-    special = True if body.add_special_tokens is None else body.add_special_tokens
-    for item in items:
-        if isinstance(item, str):
-            prompts.append(truncated_text_ids(tokenizer, item, special, keep))
-        else:
-            check_prompt_ids(item, tokenizer.vocab_size, param="input")
-            prompts.append(list(item)[-keep:] if keep is not None else list(item))
-    return prompts

@@ -1,9 +1,12 @@
-"""vLLM's `/score` and `/rerank` (Jina's and Cohere's shape) for embedding models.
+"""vLLM's `/score` and `/rerank` (Jina's and Cohere's shape).
 
-Each distinct text is embedded once (api/embedding_jobs.py), normalised, and a
-pair's score is the cosine similarity of its two vectors: what vLLM computes
-with a model that embeds rather than scores pairs. Cross-encoder rerankers
-(BERT-family classifiers) are not served here.
+With an embedding model each distinct text is embedded once (api/embedding_jobs.py),
+normalised, and a pair's score is the cosine similarity of its two vectors. With a
+cross-encoder (a sequence classifier with one label, e.g. a reranker saved as
+`Qwen3ForSequenceClassification`) each pair is one prompt, the two texts joined as
+the tokenizer joins a text pair, and its score is the classifier's probability
+(the sigmoid of its logit), as vLLM scores with such models. BERT-family
+(encoder-only) cross-encoders are not served.
 """
 
 from __future__ import annotations
@@ -25,7 +28,15 @@ from api.deps import (
     SubmitterDep,
     json_body,
 )
-from api.embedding_jobs import embed, embedding_model, tokens_to_keep, truncated_text_ids, vector
+from api.embedding_jobs import (
+    EmbeddingModel,
+    embed,
+    embedding_model,
+    tokens_to_keep,
+    truncated_text_ids,
+    vector,
+)
+from api.errors import ApiError
 from api.reply_router import ReplyRouter
 from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter
@@ -61,15 +72,16 @@ async def score(
 ) -> Response:
     pairs = body.pairs()
     body.model = body.model or await catalog.default_model()
+    model = await embedding_model(request, catalog, submitter, record, body.model, "/score")
     try:
-        vectors = await _unit_vectors(
+        scores = await _pair_scores(
             request,
             catalog,
             submitter,
             replies,
             record,
-            body.model,
-            [text for pair in pairs for text in pair],
+            model,
+            pairs,
             body.truncate_prompt_tokens,
             body.priority,
             "score",
@@ -80,9 +92,7 @@ async def score(
         id=record.request_id or "",
         created=int(time.time()),
         model=body.model,
-        data=[
-            ScoreData(index=i, score=_dot(vectors[a], vectors[b])) for i, (a, b) in enumerate(pairs)
-        ],
+        data=[ScoreData(index=i, score=score) for i, score in enumerate(scores)],
         usage=ScoreUsage(prompt_tokens=record.prompt_tokens, total_tokens=record.prompt_tokens),
     )
     return JSONResponse(response.model_dump(mode="json"))
@@ -101,29 +111,29 @@ async def rerank(
 ) -> Response:
     documents = body.texts()
     body.model = body.model or await catalog.default_model()
+    model = await embedding_model(request, catalog, submitter, record, body.model, "/rerank")
     try:
-        vectors = await _unit_vectors(
+        scores = await _pair_scores(
             request,
             catalog,
             submitter,
             replies,
             record,
-            body.model,
-            [body.query, *documents],
+            model,
+            [(body.query, text) for text in documents],
             body.truncate_prompt_tokens,
             body.priority,
             "rerank",
         )
     except ClientGone:
         return Response(status_code=499)
-    query = vectors[body.query]
     results = [
         RerankResult(
             index=i,
             document=RerankDocument(text=text) if body.return_documents else None,
-            relevance_score=_dot(query, vectors[text]),
+            relevance_score=score,
         )
-        for i, text in enumerate(documents)
+        for i, (text, score) in enumerate(zip(documents, scores, strict=True))
     ]
     results.sort(key=lambda result: -result.relevance_score)
     if body.top_n:
@@ -137,23 +147,49 @@ async def rerank(
     return JSONResponse(response.model_dump(mode="json", exclude_none=True))
 
 
-async def _unit_vectors(
+async def _pair_scores(
     request: Request,
     catalog: ModelCatalog,
     submitter: RequestSubmitter,
     replies: ReplyRouter,
     record: RequestRecord,
-    model_name: str,
-    texts: Sequence[str],
+    model: EmbeddingModel,
+    pairs: Sequence[tuple[str, str]],
     truncate_prompt_tokens: int | None,
     priority: int,
     kind: str,
-) -> dict[str, list[float]]:
-    """Each distinct text's L2-normalised vector (embedded once however often it occurs)."""
-    model = await embedding_model(request, catalog, submitter, record, model_name, f"/{kind}")
-    unique = list(dict.fromkeys(texts))
+) -> list[float]:
+    """Each pair's score: a cross-encoder's probability, or its texts' cosine."""
+    shape = model.tokenizer.shape
+    labels = shape.labels if shape is not None else ()
+    param = "text_2" if kind == "score" else "documents"
     keep = tokens_to_keep(truncate_prompt_tokens, model.max_model_len)
-    prompts = await catalog.in_thread(_tokenize, model.tokenizer.tokenizer, unique, keep)
+    if not labels:
+        unique = list(dict.fromkeys(text for pair in pairs for text in pair))
+        prompts = await catalog.in_thread(_tokenize, model.tokenizer.tokenizer, unique, keep)
+        outputs = await embed(
+            request,
+            submitter,
+            replies,
+            record,
+            model,
+            prompts,
+            PoolingParams(normalize=True),  # unit vectors: a dot product is the cosine
+            priority=priority,
+            id_prefix=kind,
+            param=param,
+        )
+        vectors = {text: vector(output) for text, output in zip(unique, outputs, strict=True)}
+        return [_dot(vectors[a], vectors[b]) for a, b in pairs]
+    if len(labels) != 1:
+        raise ApiError(
+            400,
+            f"The model `{model.live.name}` classifies into {len(labels)} labels; /{kind} "
+            "needs a cross-encoder (one label): use /classify",
+            param="model",
+            code="model_not_supported",
+        )
+    prompts = await catalog.in_thread(_tokenize_pairs, model.tokenizer.tokenizer, pairs, keep)
     outputs = await embed(
         request,
         submitter,
@@ -161,12 +197,39 @@ async def _unit_vectors(
         record,
         model,
         prompts,
-        PoolingParams(normalize=True),  # unit vectors: a dot product is the cosine
+        PoolingParams(),  # the label's probability
         priority=priority,
         id_prefix=kind,
-        param="text_2" if kind == "score" else "documents",
+        param=param,
     )
-    return {text: vector(output) for text, output in zip(unique, outputs, strict=True)}
+    return [vector(output)[0] for output in outputs]
+
+
+def _tokenize_pairs(
+    tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], keep: int | None
+) -> list[list[int]]:
+    """Each pair as the tokenizer encodes a text pair (its own special tokens between and
+    around), cutting the second text's end to fit `keep` tokens, as cross-encoders read
+    a query and a document."""
+    hf = tokenizer.hf_tokenizer
+    out = []
+    for first, second in pairs:
+        if keep is None:
+            ids = hf(first, second)["input_ids"]
+        else:
+            try:
+                ids = hf(first, second, truncation="only_second", max_length=keep)["input_ids"]
+            except Exception:  # the first text alone past `keep`: transformers refuses
+                ids = None
+            if ids is None or len(ids) > keep:
+                raise ApiError(
+                    400,
+                    f"truncate_prompt_tokens ({keep}) leaves no room for the second text "
+                    "after the first",
+                    param="truncate_prompt_tokens",
+                )
+        out.append(list(ids))
+    return out
 
 
 def _tokenize(tokenizer: Tokenizer, texts: list[str], keep: int | None) -> list[list[int]]:

@@ -40,6 +40,11 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "MistralModel": LlamaForCausalLM,
     "Qwen2Model": LlamaForCausalLM,
     "Qwen3Model": LlamaForCausalLM,
+    # The base network plus `score`, the classifier head (LlamaForCausalLM.classify).
+    "LlamaForSequenceClassification": LlamaForCausalLM,
+    "MistralForSequenceClassification": LlamaForCausalLM,
+    "Qwen2ForSequenceClassification": LlamaForCausalLM,
+    "Qwen3ForSequenceClassification": LlamaForCausalLM,
 }
 
 

@@ -311,6 +311,9 @@ class LlamaForCausalLM(nn.Module):
         self.linear = ops.linear
         if lm_head and not config.tie_word_embeddings:
             self.lm_head = Linear(config.hidden_size, config.vocab_size, False, ops.linear)
+        if config.is_classifier:
+            # A sequence classifier's head (transformers' `score`), read once per prompt.
+            self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         # The weight logits read: the lm_head's, or (tied) the embedding table
         # in the linear method's layout, set by `pack_weights`.
         self.logits_weight: torch.Tensor | None = None
@@ -417,6 +420,10 @@ class LlamaForCausalLM(nn.Module):
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """A classifier's logits (float32) for pooled last-token hidden states."""
+        return self.score(pooled.to(self.score.weight.dtype)).float()
 
     def checkpoint_name(self, hf_name: str) -> str | None:
         """A checkpoint tensor's name in this model (None: not this model's tensor)."""

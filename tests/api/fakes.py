@@ -103,6 +103,9 @@ class FakeWorker:
     # whose vectors may be cut to these `dimensions` (a matryoshka model; () : none).
     runner: str = "generate"
     matryoshka_dimensions: tuple[int, ...] = ()
+    # A pooling worker of a sequence classifier: these labels are published and each
+    # prompt gets fake_label_probs.
+    labels: tuple[str, ...] = ()
     # Publishes its model as writing harmony messages (gpt-oss's), as a real worker does.
     harmony: bool = False
     # Other names it serves the model under (--served-model-name A B).
@@ -132,6 +135,7 @@ class FakeWorker:
             "hidden_size": len(fake_embedding_values([1], None)),
             "is_matryoshka": bool(self.matryoshka_dimensions),
             "matryoshka_dimensions": list(self.matryoshka_dimensions),
+            "labels": list(self.labels),
         }
 
     def _text(self, tokens: list[int], skip_special_tokens: bool) -> str:
@@ -424,7 +428,11 @@ class FakeWorker:
             seq=0,
             finished=True,
             usage=Usage(prompt_tokens=len(request.prompt_token_ids), completion_tokens=0),
-            embedding=fake_embedding(request.prompt_token_ids, request.pooling),
+            embedding=(
+                _packed(fake_label_probs(request.prompt_token_ids, len(self.labels)))
+                if self.labels
+                else fake_embedding(request.prompt_token_ids, request.pooling)
+            ),
             worker=self.instance,
         )
         await self.redis.set(self.names.result(request.id), message.encode(), ex=60)
@@ -473,7 +481,21 @@ def fake_embedding_values(prompt: list[int], pooling: dict[str, Any] | None) -> 
 
 
 def fake_embedding(prompt: list[int], pooling: dict[str, Any] | None) -> str:
-    values = fake_embedding_values(prompt, pooling)
+    return _packed(fake_embedding_values(prompt, pooling))
+
+
+def fake_label_probs(prompt: list[int], labels: int) -> list[float]:
+    """What the fake classifier answers: a distribution over its labels that favours
+    label len(prompt) % labels, so tests can tell inputs apart (one label: a score that
+    falls with the prompt's length)."""
+    if labels == 1:
+        return [1.0 / len(prompt)]
+    favoured = len(prompt) % labels
+    rest = 0.4 / (labels - 1)
+    return [0.6 if i == favoured else rest for i in range(labels)]
+
+
+def _packed(values: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
 
 

@@ -1,0 +1,56 @@
+"""vLLM's `/classify`: a sequence classifier's label probabilities per input."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from api.errors import ApiError
+from api.schemas.embeddings import EmbeddingRequest
+
+
+class ClassificationRequest(EmbeddingRequest):
+    """Inputs as /v1/embeddings takes them (texts, token ids, or a conversation)."""
+
+    # vLLM's: probabilities (softmax over the labels; a sigmoid for one) or, false, the
+    # head's raw logits. `use_activation` is its newer name.
+    activation: bool | None = None
+    use_activation: bool | None = None
+
+    def check_supported(self) -> None:
+        super().check_supported()
+        for name in ("dimensions", "normalize"):
+            if getattr(self, name) is not None:
+                raise ApiError(
+                    400, f"{name} applies to embeddings, not to classification", param=name
+                )
+
+    @property
+    def wants_activation(self) -> bool:
+        chosen = self.use_activation if self.use_activation is not None else self.activation
+        return chosen is not False
+
+
+class ClassificationData(BaseModel):
+    index: int
+    # The most likely label's name (the model's id2label).
+    label: str
+    probs: list[float]
+    num_classes: int
+
+
+class ClassificationUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+    prompt_tokens_details: None = None
+
+
+class ClassificationResponse(BaseModel):
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ClassificationData]
+    usage: ClassificationUsage

@@ -1,0 +1,113 @@
+"""vLLM's /classify, and /score and /rerank with a cross-encoder, against scripted
+workers of a classifier: labels named from what workers publish, texts paired as the
+tokenizer pairs them, and each pooling model kept to the endpoints of its task."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from .conftest import Stack, worker_on
+from .fakes import FakeWorker, fake_label_probs
+
+SENTIMENT = "fake-sentiment"
+RERANKER = "fake-reranker"
+EMBEDDER = "fake-embedder"
+LABELS = ("negative", "neutral", "positive")
+
+
+@pytest.fixture(scope="module")
+def pooling_workers(stack: Stack) -> Iterator[tuple[FakeWorker, FakeWorker, FakeWorker]]:
+    with (
+        worker_on(stack, SENTIMENT, instance="cls-1", runner="pooling", labels=LABELS) as a,
+        worker_on(stack, RERANKER, instance="rr-1", runner="pooling", labels=("relevant",)) as b,
+        worker_on(stack, EMBEDDER, instance="emb-1", runner="pooling") as c,
+    ):
+        yield a, b, c
+
+
+def test_classify_names_the_most_likely_label(
+    client: httpx.Client, pooling_workers: tuple[FakeWorker, FakeWorker, FakeWorker]
+) -> None:
+    sentiment = pooling_workers[0]
+    texts = ["I loved it", "Terrible, never again.", "ok"]
+    for path in ("/classify", "/v1/classify"):
+        reply = client.post(path, json={"model": SENTIMENT, "input": texts})
+        assert reply.status_code == 200, reply.text
+        body = reply.json()
+        assert body["object"] == "list" and body["id"].startswith("classify-")
+        prompts = [sentiment.tokenizer.encode(t) for t in texts]
+        for index, (data, ids) in enumerate(zip(body["data"], prompts, strict=True)):
+            probs = fake_label_probs(ids, 3)
+            assert data["index"] == index and data["num_classes"] == 3
+            assert data["probs"] == pytest.approx(probs)
+            assert data["label"] == LABELS[probs.index(max(probs))]
+        assert body["usage"] == {
+            "prompt_tokens": sum(len(ids) for ids in prompts),
+            "total_tokens": sum(len(ids) for ids in prompts),
+            "completion_tokens": 0,
+            "prompt_tokens_details": None,
+        }
+    raw = client.post("/classify", json={"model": SENTIMENT, "input": "hi", "activation": False})
+    assert raw.status_code == 200
+    assert sentiment.received[-1].pooling == {
+        "dimensions": None,
+        "normalize": None,
+        "activation": False,
+    }
+    refused = client.post("/classify", json={"model": SENTIMENT, "input": "x", "dimensions": 2})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "dimensions"
+
+
+def test_each_pooling_model_keeps_to_its_task(
+    client: httpx.Client, pooling_workers: tuple[FakeWorker, FakeWorker, FakeWorker]
+) -> None:
+    for path, model in (
+        ("/classify", EMBEDDER),
+        ("/v1/embeddings", SENTIMENT),
+        ("/score", SENTIMENT),  # three labels: not a cross-encoder
+    ):
+        body = {"model": model, "input": "x", "text_1": "a", "text_2": "b"}
+        refused = client.post(path, json=body)
+        assert refused.status_code == 400, (path, refused.text)
+        error = refused.json()["error"]
+        assert error["param"] == "model" and error["code"] == "model_not_supported"
+    generator = client.post("/classify", json={"model": "fake-model", "input": "x"})
+    assert generator.status_code == 400
+
+
+def test_a_cross_encoder_scores_each_pair_as_one_prompt(
+    client: httpx.Client, pooling_workers: tuple[FakeWorker, FakeWorker, FakeWorker]
+) -> None:
+    reranker = pooling_workers[1]
+    hf = reranker.tokenizer.hf_tokenizer
+    docs = ["Paris is the capital of France.", "Bananas are yellow.", "France"]
+    reranker.received.clear()
+    reply = client.post("/score", json={"model": RERANKER, "text_1": "capital", "text_2": docs})
+    assert reply.status_code == 200, reply.text
+    pairs = [hf("capital", doc)["input_ids"] for doc in docs]
+    assert [r.prompt_token_ids for r in reranker.received] == pairs
+    assert [d["score"] for d in reply.json()["data"]] == pytest.approx(
+        [fake_label_probs(ids, 1)[0] for ids in pairs]
+    )
+    ranked = client.post(
+        "/rerank", json={"model": RERANKER, "query": "capital", "documents": docs, "top_n": 2}
+    ).json()
+    assert [r["index"] for r in ranked["results"]] == [2, 1]  # shortest pair scores highest
+    cut = client.post(
+        "/score",
+        json={
+            "model": RERANKER,
+            "text_1": "capital",
+            "text_2": docs[0],
+            "truncate_prompt_tokens": 3,
+        },
+    )
+    assert cut.status_code == 200
+    assert reranker.received[-1].prompt_token_ids == pairs[0][:3]
+    no_room = {"model": RERANKER, "text_1": "a b c d e", "text_2": "f", "truncate_prompt_tokens": 2}
+    refused = client.post("/score", json=no_room)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "truncate_prompt_tokens"
