@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from engine.classifier_tokens import TokenHead, token_head
 from engine.configuration_error import ConfigurationError
 from engine.hf_overrides import apply_hf_overrides, parse_hf_overrides
 from engine.lora_config import LoRAConfig
@@ -206,6 +207,10 @@ class ModelConfig:
     # A sequence classifier's label names, in the order of its head's outputs (id2label);
     # () for every other model.
     labels: tuple[str, ...] = ()
+    # vLLM's classifier_from_token (engine/classifier_tokens.py): the head is made of
+    # these tokens' LM-head rows (their ids: the engine's, from its tokenizer).
+    classifier_head: TokenHead | None = None
+    classifier_token_ids: tuple[int, ...] = ()
     # Gemma's differences from Llama, each off by default:
     # the MLP's activation ("silu" or "gelu_tanh");
     hidden_activation: str = "silu"
@@ -340,6 +345,9 @@ class ModelConfig:
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
             labels=_labels(hf) if arch.endswith("ForSequenceClassification") else (),
+            classifier_head=(
+                _token_head(hf) if arch.endswith("ForSequenceClassification") else None
+            ),
             hidden_activation="silu" if activation == "silu" else "gelu_tanh",
             embed_scale=(
                 float(hidden**0.5) if gemma else float(hf.get("embedding_multiplier") or 1.0)
@@ -374,9 +382,20 @@ class ModelConfig:
         return cls.from_dict(apply_hf_overrides(hf, overrides or {}))
 
 
+def _token_head(hf: dict[str, Any]) -> TokenHead | None:
+    try:
+        return token_head(hf)
+    except ValueError as exc:
+        raise ConfigurationError(f"classifier_from_token: {exc}") from None
+
+
 def _labels(hf: dict[str, Any]) -> tuple[str, ...]:
     """A classifier's label names by output index, as transformers reads them: id2label,
-    else `num_labels` of LABEL_i (two when neither is saved)."""
+    else `num_labels` of LABEL_i (two when neither is saved); a head made of tokens'
+    rows has its own (engine/classifier_tokens.py)."""
+    head = _token_head(hf)
+    if head is not None:
+        return head.labels
     id2label = hf.get("id2label")
     if isinstance(id2label, dict) and id2label:
         by_index = {int(k): str(v) for k, v in id2label.items()}

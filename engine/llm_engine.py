@@ -125,6 +125,7 @@ class LLMEngine:
             self.resolved.path, parse_hf_overrides(config.hf_overrides)
         )
         self.tokenizer = Tokenizer.load(self.resolved.tokenizer_dir, config.chat_template)
+        self.model_config = self._with_head_token_ids(self.model_config)
         self.device = config.torch_device()
         if self.device.type == "cpu" and config.cpu_threads is not None:
             torch.set_num_threads(config.cpu_threads)  # process-wide: the engine is its work
@@ -262,6 +263,21 @@ class LLMEngine:
         )
 
     # --- setup ------------------------------------------------------------------------
+
+    def _with_head_token_ids(self, model_config: ModelConfig) -> ModelConfig:
+        """A classifier whose head is made of tokens' LM-head rows, with those tokens' ids
+        in this tokenizer (engine/classifier_tokens.py)."""
+        head = model_config.classifier_head
+        if head is None:
+            return model_config
+        vocab = self.tokenizer.hf_tokenizer.get_vocab()
+        unknown = [token for token in head.tokens if token not in vocab]
+        if unknown:
+            raise ConfigurationError(
+                f"classifier_from_token: {unknown} are not tokens of this model's vocabulary"
+            )
+        ids = tuple(vocab[token] for token in head.tokens)
+        return dataclasses.replace(model_config, classifier_token_ids=ids)
 
     def _pooler(self, model: torch.nn.Module) -> Pooler | None:
         """The pooling runner's: embeddings, or a classifier's scores through its head."""

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.classifier_tokens import head_weight
 from engine.config import ModelConfig, RopeConfig
 from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
 from engine.kv_cache_scales import kv_scale_target, with_scale
@@ -421,6 +422,13 @@ class LlamaForCausalLM(nn.Module):
             logits = torch.tanh(logits / cap) * cap
         return logits
 
+    @property
+    def _head_rows_source(self) -> str | None:
+        """The checkpoint tensor a classifier_from_token head is cut from (None: none)."""
+        if not self.config.classifier_token_ids:
+            return None
+        return "embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
+
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """A classifier's logits (float32) for pooled last-token hidden states."""
         return self.score(pooled.to(self.score.weight.dtype)).float()
@@ -476,6 +484,18 @@ class LlamaForCausalLM(nn.Module):
             if expert is not None:
                 loaded.add(self._load_expert_weight(expert, hf_name, tensor))
                 continue
+            if name == self._head_rows_source:
+                # vLLM's classifier_from_token: the head is these tokens' rows.
+                assert self.config.classifier_head is not None
+                with torch.no_grad():
+                    self.score.weight.copy_(
+                        head_weight(
+                            tensor,
+                            self.config.classifier_token_ids,
+                            self.config.classifier_head.two_way,
+                        )
+                    )
+                loaded.add("score.weight")
             if name == "lm_head.weight" and (
                 self.config.tie_word_embeddings or not self.has_lm_head
             ):

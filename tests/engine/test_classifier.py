@@ -5,12 +5,14 @@ chunked or not, and the labels are the checkpoint's id2label."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
 
+from engine.configuration_error import ConfigurationError
 from engine.llm import LLM
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParamError
@@ -85,3 +87,43 @@ def test_the_workers_publish_the_labels(tmp_path: Path, bundled_model_dir: Path)
     llm = LLM(str(folder), num_kv_blocks=64)
     published = json.loads(tokenizer_fields(llm.engine, {})["config.json"])
     assert published["labels"] == ["spam", "ham"]
+
+
+def test_a_chat_model_reranks_through_its_yes_and_no_rows(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """vLLM's way to serve Qwen3-Reranker: the causal LM under classifier_from_token. The
+    score is the model's own P("yes") against P("no") at the prompt's end."""
+    folder = make_random_model("qwen3")  # tied embeddings, as Qwen3-Reranker-0.6B
+    overrides = {
+        "architectures": ["Qwen3ForSequenceClassification"],
+        "classifier_from_token": ["no", "yes"],
+        "is_original_qwen3_reranker": True,
+    }
+    llm = LLM(str(folder), hf_overrides=overrides, num_kv_blocks=64)
+    assert llm.engine.model_config.labels == ("LABEL_0",)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    no, yes = llm.tokenizer.hf_tokenizer.convert_tokens_to_ids(["no", "yes"])
+    prompts = [llm.tokenizer.encode(p) for p in PROMPTS]
+    for ids, result in zip(prompts, llm.embed(prompts), strict=True):
+        with torch.no_grad():
+            last = hf(torch.tensor([ids])).logits[0, -1]
+        expected = torch.softmax(last[[no, yes]], -1)[1]
+        assert result.embedding is not None
+        torch.testing.assert_close(result.embedding, expected.reshape(1), atol=ATOL, rtol=0)
+    rows = LLM(
+        str(folder),
+        hf_overrides={
+            **overrides,
+            "method": "no_post_processing",
+            "is_original_qwen3_reranker": False,
+        },
+        num_kv_blocks=64,
+    )
+    assert rows.engine.model_config.labels == ("no", "yes")
+    logits = rows.embed(prompts[:1], PoolingParams(activation=False))[0].embedding
+    with torch.no_grad():
+        last = hf(torch.tensor([prompts[0]])).logits[0, -1]
+    torch.testing.assert_close(logits, last[[no, yes]], atol=ATOL, rtol=0)
+    with pytest.raises(ConfigurationError, match="not tokens of this model"):
+        LLM(str(folder), hf_overrides={**overrides, "classifier_from_token": ["no", "zzqx"]})
