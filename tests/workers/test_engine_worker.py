@@ -83,6 +83,8 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
         "harmony": False,
         # The most logprobs the API lets a request ask for (--max-logprobs).
         "max_logprobs": 20,
+        # A classifier's label names (/classify); none for this text model.
+        "labels": [],
     }
     # The sampling defaults served: this model's folder has no generation_config.json.
     assert json.loads(tok["generation_config.json"]) == {}
