@@ -89,7 +89,7 @@ class LiveModel:
                 headers={"Retry-After": "5"},
             )
         what = (
-            "an embedding model: it serves /v1/embeddings only"
+            "a pooling model: it serves /v1/embeddings (or /classify), /score and /rerank"
             if served == "pooling"
             else "a text generation model: start it with --runner pooling for embeddings"
         )
@@ -116,6 +116,9 @@ class PublishedShape:
     matryoshka_dimensions: tuple[int, ...]
     # A sequence classifier's label names (its outputs, in order); () for other models.
     labels: tuple[str, ...] = ()
+    # A cross-encoder that reads a pair as its texts joined (classifier_from_token), not
+    # as the tokenizer's text-pair encoding.
+    concat_pairs: bool = False
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> PublishedShape | None:
@@ -129,6 +132,7 @@ class PublishedShape:
             bool(config.get("is_matryoshka")),
             tuple(int(d) for d in dims),
             tuple(str(label) for label in labels) if isinstance(labels, list) else (),
+            bool(config.get("concat_pairs")),
         )
 
 

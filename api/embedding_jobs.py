@@ -63,12 +63,17 @@ async def embedding_model(
     )
 
 
+def is_classifier(model: EmbeddingModel) -> bool:
+    """Whether the model's workers publish labels (a sequence classifier's)."""
+    shape = model.tokenizer.shape
+    return shape is not None and bool(shape.labels)
+
+
 def require_task(model: EmbeddingModel, task: str, endpoint: str) -> None:
     """A 400 naming the right endpoints when a pooling model does the other task: a
     classifier (published labels) classifies, an embedding model embeds. Workers of
     older releases publish no shape: they are taken to embed."""
-    shape = model.tokenizer.shape
-    classifier = shape is not None and bool(shape.labels)
+    classifier = is_classifier(model)
     if (task == "classify") == classifier:
         return
     what = (

@@ -2,7 +2,8 @@
 
 vLLM serves it for SageMaker endpoints, which send every request to that one path: a
 body with `messages` is a chat completion, `prompt` a completion, `input` embeddings,
-`query` with `documents` a rerank, `text_1` with `text_2` a score. A pure ASGI
+`query` with `documents` a rerank, `text_1` with `text_2` a score (and `input` for a
+classifier, as in vLLM, a classification: the embeddings route hands it on). A pure ASGI
 middleware (inside the body limit, which has already read the body, and outside the
 usage middleware) rewrites the path and hands the body on, so the chosen route runs
 exactly as if called by its own path: keys, rate limits, usage rows, streaming. A body
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.body_limit import replaying
@@ -21,6 +23,7 @@ from api.errors import ApiError
 from api.route_path import posted_to, with_route_path
 
 INVOCATIONS_PATH = "/invocations"
+INVOKED = "invocations"
 
 # In vLLM's order of precedence: the first whose fields the body has is the route.
 ROUTES: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -80,4 +83,12 @@ class InvocationsMiddleware:
         path = route_for(raw)
         if path is not None:
             scope = with_route_path(scope, path)
+            # The embeddings route answers an `input` for a classifier as /classify does
+            # (vLLM routes by the model's task there); it reads this to know.
+            scope.setdefault("state", {})[INVOKED] = True
         await self.app(scope, replaying(raw, receive), send)
+
+
+def invoked(request: Request) -> bool:
+    """Whether the request came in as /invocations (and was routed by its body)."""
+    return bool(getattr(request.state, INVOKED, False))

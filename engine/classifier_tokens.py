@@ -9,7 +9,7 @@ which answers "yes" or "no") scores pairs on /score and /rerank without conversi
 With two tokens (false, true) and vLLM's default method `from_2_way_softmax`, the
 head is one row, true's minus false's: its sigmoid is the softmax of the two logits'
 "true" share, the model's P(yes | yes or no). With `method: no_post_processing`, or
-another number of tokens, each token's row is a label of its own, named by the token.
+another number of tokens, each token's row is a label of its own (LABEL_i, in order).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ class TokenHead:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return ("LABEL_0",) if self.two_way else self.tokens
+        """transformers' default names, as vLLM answers them: LABEL_0 (one label for a
+        two-way head), else one LABEL_i per token."""
+        count = 1 if self.two_way else len(self.tokens)
+        return tuple(f"LABEL_{i}" for i in range(count))
 
 
 def token_head(hf: dict[str, Any]) -> TokenHead | None:

@@ -345,9 +345,7 @@ class ModelConfig:
             is_matryoshka=bool(hf.get("is_matryoshka") or hf.get("matryoshka_dimensions")),
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
             labels=_labels(hf) if arch.endswith("ForSequenceClassification") else (),
-            classifier_head=(
-                _token_head(hf) if arch.endswith("ForSequenceClassification") else None
-            ),
+            classifier_head=_classifier_head(hf, arch),
             hidden_activation="silu" if activation == "silu" else "gelu_tanh",
             embed_scale=(
                 float(hidden**0.5) if gemma else float(hf.get("embedding_multiplier") or 1.0)
@@ -380,6 +378,19 @@ class ModelConfig:
         """`overrides`: vLLM's --hf-overrides, laid over the folder's config.json."""
         hf = json.loads((folder / "config.json").read_text())
         return cls.from_dict(apply_hf_overrides(hf, overrides or {}))
+
+
+def _classifier_head(hf: dict[str, Any], arch: str) -> TokenHead | None:
+    """vLLM's classifier_from_token head; on any other architecture, an error rather than
+    an embedding model that silently ignores it."""
+    head = _token_head(hf)
+    if head is not None and not arch.endswith("ForSequenceClassification"):
+        raise ConfigurationError(
+            f"classifier_from_token applies to a *ForSequenceClassification architecture, "
+            f'not {arch}: add "architectures": ["{arch.split("For")[0].removesuffix("Model")}'
+            'ForSequenceClassification"] to --hf-overrides'
+        )
+    return head
 
 
 def _token_head(hf: dict[str, Any]) -> TokenHead | None:

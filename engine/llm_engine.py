@@ -308,6 +308,11 @@ class LLMEngine:
         if config.speculative_config is not None:
             raise ConfigurationError("speculative decoding has nothing to draft for embeddings")
         pooler = PoolerConfig.resolve(self.resolved.path, config.pooler_config)
+        if pooler.use_activation is not None and not self.model_config.is_classifier:
+            raise ConfigurationError(
+                "pooler_config: use_activation applies to classification models; "
+                f"{self.model_name} is an embedding model"
+            )
         try:
             check_dimensions(pooler.dimensions, self.model_config)
         except ValueError as exc:

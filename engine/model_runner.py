@@ -65,6 +65,10 @@ def load_model(
     `online_fp8`: then quantize its projections to FP8 (engine/online_fp8.py)."""
     with torch.device("meta"):
         model = build_model(config, max_positions, ops, lm_head=lm_head).to(dtype)
+        if config.is_classifier:
+            # A classifier's head stays float32, as vLLM keeps it: in bf16, scores in
+            # [2, 4) fall on a 1/64 grid and a reranker's close documents would tie.
+            model.score.float()
     files = checkpoint_files(folder)
     kept_fp8: frozenset[str] = frozenset()
     fp8_names: set[str] = set()

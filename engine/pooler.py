@@ -71,7 +71,8 @@ class Pooler:
         logits = self.head(vectors).float().cpu()  # one device-to-host copy for the step
         out = []
         for row, p in zip(logits, params, strict=True):
-            if p.activation is False:
+            activation = p.activation if p.activation is not None else self.config.use_activation
+            if activation is False:
                 out.append(row)
             elif row.shape[0] == 1:
                 out.append(torch.sigmoid(row))

@@ -39,9 +39,6 @@ _SENTENCE_TRANSFORMERS_MODES = {
 # vLLM's pooler-config keys that mean nothing for embeddings here, with why.
 _REFUSED_KEYS = {
     "max_embed_len": "inputs longer than the model's context are not embedded in pieces",
-    "softmax": "it applies to classification models, which are not served",
-    "activation": "it applies to classification models, which are not served",
-    "use_activation": "it applies to classification models, which are not served",
     "step_tag_id": "it applies to reward models, which are not served",
     "returned_token_ids": "it applies to reward models, which are not served",
 }
@@ -56,6 +53,10 @@ class PoolerConfig:
     # vLLM's switch for chunked prefill of embedding prompts: always on here, so any
     # value is accepted (a copied vLLM command line keeps working).
     enable_chunked_processing: bool | None = None
+    # A classifier's default for requests that do not say: probabilities (softmax; a
+    # sigmoid for one label) or logits. vLLM's key; `activation` and `softmax` are its
+    # older names. None: probabilities. Embedding models refuse it (llm_engine.py).
+    use_activation: bool | None = None
 
     @property
     def pools_every_row(self) -> bool:
@@ -76,6 +77,11 @@ class PoolerConfig:
                 raise PoolerConfigError(f"pooler_config: not valid JSON: {exc}") from None
         if not isinstance(value, dict):
             raise PoolerConfigError("pooler_config: must be a JSON object")
+        value = dict(value)
+        for older in ("activation", "softmax"):  # vLLM's older names; softmax wins, as there
+            if value.get(older) is not None:
+                value["use_activation"] = value[older]
+            value.pop(older, None)
         known = {f.name for f in fields(cls)}
         refused = sorted(set(value) & set(_REFUSED_KEYS))
         if refused:
@@ -106,6 +112,10 @@ class PoolerConfig:
             if not isinstance(dims, int) or isinstance(dims, bool) or dims < 1:
                 raise PoolerConfigError("pooler_config: dimensions must be a positive integer")
             parsed["dimensions"] = dims
+        if value.get("use_activation") is not None:
+            if not isinstance(value["use_activation"], bool):
+                raise PoolerConfigError("pooler_config: use_activation must be true or false")
+            parsed["use_activation"] = value["use_activation"]
         return parsed
 
     @classmethod

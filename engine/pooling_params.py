@@ -39,11 +39,14 @@ class PoolingParams:
     # L2-normalise the vector; None: as the model's pooler config says.
     normalize: bool | None = None
     # A classifier's probabilities (softmax; sigmoid for one label) rather than its raw
-    # logits (vLLM's `activation`); None: probabilities.
+    # logits (vLLM's `activation`); None: as the model's pooler config says.
     activation: bool | None = None
+    # "classify" when the API asks a classifier (its worker refuses anything else: an
+    # API of the release before would ask it for embeddings); None otherwise.
+    task: str | None = None
 
     # Newer than the wire protocol's first release: sent only when set (wire_form.py).
-    ADDED_FIELDS = ("activation",)
+    ADDED_FIELDS = ("activation", "task")
 
     def wire(self) -> dict[str, object]:
         """What the API queues for workers (engine/wire_form.py)."""
@@ -59,6 +62,8 @@ class PoolingParams:
             raise SamplingParamError("normalize", "must be true or false")
         if self.activation is not None and not isinstance(self.activation, bool):
             raise SamplingParamError("activation", "must be true or false")
+        if self.task not in (None, "classify"):
+            raise SamplingParamError("task", f"must be classify, got {self.task!r}")
 
     def validate_against(self, model: EmbeddingShape) -> None:
         """Refuse a `dimensions` the model was not trained to cut to (vLLM's rule): the

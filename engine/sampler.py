@@ -129,7 +129,7 @@ class Sampler:
 
         token_ids: list[int] = tokens.tolist()
         if reported is not None and len(greedy) < n:
-            _as_sampled(reported, lp_rows, params)
+            _as_sampled(reported, lp_rows, params, token_ids)
         values = reported
         if values is None and lp_rows:
             values = _take(logits, _row_index(lp_rows, n, logits.device))
@@ -160,7 +160,10 @@ class Sampler:
 
 
 def _as_sampled(
-    reported: torch.Tensor, lp_rows: Sequence[int], params: Sequence[SamplingParams]
+    reported: torch.Tensor,
+    lp_rows: Sequence[int],
+    params: Sequence[SamplingParams],
+    token_ids: Sequence[int],
 ) -> None:
     """Turn the sampled rows of `reported` (processed logits of `lp_rows`) into what was
     sampled from, in place: divided by the temperature, and -inf where top-k, top-p or
@@ -178,7 +181,12 @@ def _as_sampled(
     weights = _sampling_weights(processed.double(), rows)
     temps = torch.tensor([p.temperature for p in rows], dtype=processed.dtype, device=device)
     scaled = processed.div_(temps[:, None])
-    reported[idx] = scaled.masked_fill_(weights == 0, _NEG_INF)
+    removed = weights == 0
+    # float64's cut at top-p's or min-p's edge may differ from float32's by a token;
+    # the token the row did sample was never removed.
+    chosen = torch.tensor([token_ids[lp_rows[k]] for k in mine], device=device)
+    removed[torch.arange(len(mine), device=device), chosen] = False
+    reported[idx] = scaled.masked_fill_(removed, _NEG_INF)
 
 
 def _greedy(logits: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,9 @@ def tokenizer_fields(
             "matryoshka_dimensions": list(mc.matryoshka_dimensions),
             # A classifier's labels: /classify names them, /score needs exactly one.
             "labels": list(mc.labels),
+            # How /score joins a pair for it: a classifier_from_token model (a chat model
+            # such as Qwen3-Reranker) reads the two texts as one, as in vLLM.
+            "concat_pairs": mc.classifier_head is not None,
             # Its output is harmony messages, which the API parses (api/harmony_parser.py).
             "harmony": mc.writes_harmony,
         }

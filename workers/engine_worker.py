@@ -117,6 +117,7 @@ class EngineWorker:
             on_lost_group=self.announcer.announce,
             prepare=engine.prepare,
             served_loras=lambda: engine.lora_names,
+            classifier=engine.model_config.is_classifier,
         )
         self.janitor = Janitor(
             self.client,

@@ -143,6 +143,7 @@ class Intake:
         on_lost_group: Callable[[], None],
         prepare: Callable[[SamplingParams], None] | None = None,
         served_loras: Callable[[], Collection[str]] = tuple,
+        classifier: bool = False,
     ) -> None:
         self.client = client
         self.names = names
@@ -159,6 +160,8 @@ class Intake:
         self.prepare = prepare
         # The LoRA adapters this worker's engine serves now (they change at run time).
         self.served_loras = served_loras
+        # A sequence classifier's worker takes only requests that know it is one.
+        self.classifier = classifier
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -264,6 +267,15 @@ class Intake:
                 _check_priority(request.priority)
                 if request.pooling is not None:
                     params = pooling_params_from_wire(request.pooling)
+                    if self.classifier and params.task != "classify":
+                        # An API of the release before knows no classifiers and would
+                        # read the labels' probabilities as an embedding.
+                        raise SamplingParamError(
+                            "model",
+                            "this model is a classifier: it answers /classify, and /score "
+                            "and /rerank with one label; an API that asks it for embeddings "
+                            "is of an older release",
+                        )
                 else:
                     params = sampling_params_from_wire(request.sampling)
             except SamplingParamError as exc:

@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
+from api.catalog import ModelCatalog
 from api.collect import ClientGone
 from api.deps import (
     Authenticated,
@@ -23,13 +24,24 @@ from api.deps import (
     SubmitterDep,
     json_body,
 )
-from api.embedding_jobs import embed, embedding_model, input_prompts, require_task, vector
+from api.embedding_jobs import (
+    EmbeddingModel,
+    embed,
+    embedding_model,
+    input_prompts,
+    require_task,
+    vector,
+)
+from api.reply_router import ReplyRouter
+from api.request_record import RequestRecord
+from api.request_submitter import RequestSubmitter
 from api.schemas.classify import (
     ClassificationData,
     ClassificationRequest,
     ClassificationResponse,
     ClassificationUsage,
 )
+from conveyor.settings import Settings
 from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
 
@@ -51,12 +63,27 @@ async def classify(
 ) -> Response:
     body.check_supported()
     body.model = body.model or await catalog.default_model()
+    model = await embedding_model(request, catalog, submitter, record, body.model, "/classify")
+    require_task(model, "classify", "/classify")
+    return await classification(request, body, model, catalog, submitter, replies, record, settings)
+
+
+async def classification(
+    request: Request,
+    body: ClassificationRequest,
+    model: EmbeddingModel,
+    catalog: ModelCatalog,
+    submitter: RequestSubmitter,
+    replies: ReplyRouter,
+    record: RequestRecord,
+    settings: Settings,
+) -> Response:
+    """`body`'s inputs through `model`, a classifier, as /classify answers them (also an
+    /invocations body with `input` for a classifier: api/routes/embeddings.py)."""
     items = body.inputs() if body.messages is None else []
     body.chat_template_kwargs = with_defaults(
         settings.default_chat_template_kwargs, body.chat_template_kwargs
     )
-    model = await embedding_model(request, catalog, submitter, record, body.model, "/classify")
-    require_task(model, "classify", "/classify")
     prompts = await catalog.in_thread(
         input_prompts, model.tokenizer.tokenizer, items, body, model.max_model_len
     )
@@ -71,7 +98,7 @@ async def classify(
             record,
             model,
             prompts,
-            PoolingParams(activation=body.wants_activation),
+            PoolingParams(activation=body.wants_activation, task="classify"),
             priority=body.priority,
             id_prefix="classify",
         )

@@ -29,9 +29,13 @@ from api.embedding_jobs import (
     embedding_model,
     encoded,
     input_prompts,
+    is_classifier,
     require_task,
     vector,
 )
+from api.invocations import invoked
+from api.routes import classify
+from api.schemas.classify import ClassificationRequest
 from api.schemas.embeddings import (
     EmbeddingData,
     EmbeddingRequest,
@@ -63,6 +67,15 @@ async def create_embedding(
         settings.default_chat_template_kwargs, body.chat_template_kwargs
     )
     model = await embedding_model(request, catalog, submitter, record, body.model, "/v1/embeddings")
+    if invoked(request) and is_classifier(model):
+        # SageMaker's one path: an `input` for a classifier is a classification (vLLM's).
+        record.endpoint = "/classify"
+        as_classification = ClassificationRequest.model_validate(await request.json())
+        as_classification.model = body.model
+        as_classification.check_supported()
+        return await classify.classification(
+            request, as_classification, model, catalog, submitter, replies, record, settings
+        )
     pooling = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
     check_pooling(pooling, model)
     require_task(model, "embed", "/v1/embeddings")

@@ -189,7 +189,9 @@ async def _pair_scores(
             param="model",
             code="model_not_supported",
         )
-    prompts = await catalog.in_thread(_tokenize_pairs, model.tokenizer.tokenizer, pairs, keep)
+    assert shape is not None
+    tokenize = _joined_pairs if shape.concat_pairs else _tokenize_pairs
+    prompts = await catalog.in_thread(tokenize, model.tokenizer.tokenizer, pairs, keep)
     outputs = await embed(
         request,
         submitter,
@@ -197,7 +199,7 @@ async def _pair_scores(
         record,
         model,
         prompts,
-        PoolingParams(),  # the label's probability
+        PoolingParams(activation=True, task="classify"),  # the label's probability
         priority=priority,
         id_prefix=kind,
         param=param,
@@ -209,8 +211,8 @@ def _tokenize_pairs(
     tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], keep: int | None
 ) -> list[list[int]]:
     """Each pair as the tokenizer encodes a text pair (its own special tokens between and
-    around), cutting the second text's end to fit `keep` tokens, as cross-encoders read
-    a query and a document."""
+    around), as vLLM encodes them for a cross-encoder; `keep` cuts the longer text first
+    (transformers' longest_first, vLLM's truncation)."""
     hf = tokenizer.hf_tokenizer
     out = []
     for first, second in pairs:
@@ -218,18 +220,26 @@ def _tokenize_pairs(
             ids = hf(first, second)["input_ids"]
         else:
             try:
-                ids = hf(first, second, truncation="only_second", max_length=keep)["input_ids"]
-            except Exception:  # the first text alone past `keep`: transformers refuses
+                ids = hf(first, second, truncation=True, max_length=keep)["input_ids"]
+            except Exception:  # fewer tokens than the special ones alone
                 ids = None
             if ids is None or len(ids) > keep:
                 raise ApiError(
                     400,
-                    f"truncate_prompt_tokens ({keep}) leaves no room for the second text "
-                    "after the first",
+                    f"truncate_prompt_tokens ({keep}) leaves no room for the two texts",
                     param="truncate_prompt_tokens",
                 )
         out.append(list(ids))
     return out
+
+
+def _joined_pairs(
+    tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], keep: int | None
+) -> list[list[int]]:
+    """Each pair as one text, the second right after the first, as vLLM reads pairs for
+    a classifier_from_token model (Qwen3-Reranker: its template's start goes in the
+    first text, its end in the second); `keep` keeps the last tokens, as for inputs."""
+    return [truncated_text_ids(tokenizer, first + second, True, keep) for first, second in pairs]
 
 
 def _tokenize(tokenizer: Tokenizer, texts: list[str], keep: int | None) -> list[list[int]]:

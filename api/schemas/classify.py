@@ -14,7 +14,9 @@ class ClassificationRequest(EmbeddingRequest):
     """Inputs as /v1/embeddings takes them (texts, token ids, or a conversation)."""
 
     # vLLM's: probabilities (softmax over the labels; a sigmoid for one) or, false, the
-    # head's raw logits. `use_activation` is its newer name.
+    # head's raw logits; None: the server's --pooler-config. `use_activation` is its
+    # newest name; as in vLLM, `softmax` wins over `activation`, which wins over it.
+    softmax: bool | None = None
     activation: bool | None = None
     use_activation: bool | None = None
 
@@ -27,9 +29,11 @@ class ClassificationRequest(EmbeddingRequest):
                 )
 
     @property
-    def wants_activation(self) -> bool:
-        chosen = self.use_activation if self.use_activation is not None else self.activation
-        return chosen is not False
+    def wants_activation(self) -> bool | None:
+        for chosen in (self.softmax, self.activation, self.use_activation):
+            if chosen is not None:
+                return chosen
+        return None
 
 
 class ClassificationData(BaseModel):

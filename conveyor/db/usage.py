@@ -58,8 +58,18 @@ COMPLETIONS = UsageReport(
     generates=True,
 )
 EMBEDDINGS = UsageReport(
-    # Scoring and reranking embed too (api/routes/score.py): their tokens are embedding work.
-    endpoints=("/v1/embeddings", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"),
+    # Scoring, reranking and classifying run pooling models too (api/routes/score.py,
+    # classify.py): their tokens are embedding work, as OpenAI has no report for them.
+    endpoints=(
+        "/v1/embeddings",
+        "/classify",
+        "/v1/classify",
+        "/score",
+        "/v1/score",
+        "/rerank",
+        "/v1/rerank",
+        "/v2/rerank",
+    ),
     # `batch` is ours (OpenAI's embeddings report lacks it): batches embed too, and an
     # operator pricing batch work apart must tell it apart here as well.
     group_by_fields=("project_id", "api_key_id", "model", "batch"),

@@ -430,8 +430,9 @@ class LlamaForCausalLM(nn.Module):
         return "embed_tokens.weight" if self.config.tie_word_embeddings else "lm_head.weight"
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
-        """A classifier's logits (float32) for pooled last-token hidden states."""
-        return self.score(pooled.to(self.score.weight.dtype)).float()
+        """A classifier's logits for pooled hidden states, in float32 (the head's own
+        dtype: load_model keeps it so)."""
+        return torch.nn.functional.linear(pooled.float(), self.score.weight.float())
 
     def checkpoint_name(self, hf_name: str) -> str | None:
         """A checkpoint tensor's name in this model (None: not this model's tensor)."""

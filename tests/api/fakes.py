@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import struct
 import threading
 import time
@@ -106,6 +107,8 @@ class FakeWorker:
     # A pooling worker of a sequence classifier: these labels are published and each
     # prompt gets fake_label_probs.
     labels: tuple[str, ...] = ()
+    # A classifier_from_token cross-encoder's (texts of a pair joined, not pair-encoded).
+    concat_pairs: bool = False
     # Publishes its model as writing harmony messages (gpt-oss's), as a real worker does.
     harmony: bool = False
     # Other names it serves the model under (--served-model-name A B).
@@ -136,6 +139,7 @@ class FakeWorker:
             "is_matryoshka": bool(self.matryoshka_dimensions),
             "matryoshka_dimensions": list(self.matryoshka_dimensions),
             "labels": list(self.labels),
+            "concat_pairs": self.concat_pairs,
         }
 
     def _text(self, tokens: list[int], skip_special_tokens: bool) -> str:
@@ -429,7 +433,7 @@ class FakeWorker:
             finished=True,
             usage=Usage(prompt_tokens=len(request.prompt_token_ids), completion_tokens=0),
             embedding=(
-                _packed(fake_label_probs(request.prompt_token_ids, len(self.labels)))
+                _packed(fake_label_scores(request.prompt_token_ids, self.labels, request.pooling))
                 if self.labels
                 else fake_embedding(request.prompt_token_ids, request.pooling)
             ),
@@ -493,6 +497,16 @@ def fake_label_probs(prompt: list[int], labels: int) -> list[float]:
     favoured = len(prompt) % labels
     rest = 0.4 / (labels - 1)
     return [0.6 if i == favoured else rest for i in range(labels)]
+
+
+def fake_label_scores(
+    prompt: list[int], labels: tuple[str, ...], pooling: dict[str, Any] | None
+) -> list[float]:
+    """fake_label_probs, or with `activation` false their logs (the "logits")."""
+    probs = fake_label_probs(prompt, len(labels))
+    if (pooling or {}).get("activation") is False:
+        return [math.log(p) for p in probs]
+    return probs
 
 
 def _packed(values: list[float]) -> str:

@@ -4,6 +4,7 @@ tokenizer pairs them, and each pooling model kept to the endpoints of its task."
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import httpx
@@ -56,7 +57,20 @@ def test_classify_names_the_most_likely_label(
         "dimensions": None,
         "normalize": None,
         "activation": False,
+        "task": "classify",
     }
+    ids = sentiment.tokenizer.encode("hi")
+    logits = [math.log(p) for p in fake_label_probs(ids, 3)]
+    assert raw.json()["data"][0]["probs"] == pytest.approx(logits)
+    # vLLM's names, in its order: softmax, then activation, then use_activation.
+    for flags, sent in (
+        ({"softmax": False, "activation": True}, False),
+        ({"activation": False, "use_activation": True}, False),
+        ({"use_activation": False}, False),
+        ({}, None),
+    ):
+        client.post("/classify", json={"model": SENTIMENT, "input": "hi", **flags})
+        assert sentiment.received[-1].pooling.get("activation") is sent, flags
     refused = client.post("/classify", json={"model": SENTIMENT, "input": "x", "dimensions": 2})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "dimensions"
 
@@ -107,7 +121,43 @@ def test_a_cross_encoder_scores_each_pair_as_one_prompt(
     )
     assert cut.status_code == 200
     assert reranker.received[-1].prompt_token_ids == pairs[0][:3]
-    no_room = {"model": RERANKER, "text_1": "a b c d e", "text_2": "f", "truncate_prompt_tokens": 2}
-    refused = client.post("/score", json=no_room)
-    assert refused.status_code == 400
-    assert refused.json()["error"]["param"] == "truncate_prompt_tokens"
+    # The longer text is cut first (vLLM's truncation): the short one survives whole.
+    long_query = {
+        "model": RERANKER,
+        "text_1": "a b c d e",
+        "text_2": "f",
+        "truncate_prompt_tokens": 2,
+    }
+    assert client.post("/score", json=long_query).status_code == 200
+    f = hf("f", add_special_tokens=False)["input_ids"]
+    assert reranker.received[-1].prompt_token_ids == hf("a")["input_ids"] + f
+
+
+def test_invocations_classifies_an_input_for_a_classifier(
+    client: httpx.Client, pooling_workers: tuple[FakeWorker, FakeWorker, FakeWorker]
+) -> None:
+    """SageMaker's one path: an `input` body is a classification for a classifier and an
+    embedding for an embedding model, as vLLM routes it."""
+    body = {"input": ["I loved it", "ok"], "use_activation": False}
+    classified = client.post("/invocations", json={"model": SENTIMENT, **body})
+    assert classified.status_code == 200, classified.text
+    data = classified.json()["data"]
+    assert [d["num_classes"] for d in data] == [3, 3] and all("label" in d for d in data)
+    assert pooling_workers[0].received[-1].pooling["activation"] is False
+    embedded = client.post("/invocations", json={"model": EMBEDDER, "input": "ok"})
+    assert embedded.status_code == 200 and "embedding" in embedded.json()["data"][0]
+
+
+def test_a_reranker_made_from_a_chat_model_reads_a_pair_as_one_text(
+    client: httpx.Client, stack: Stack
+) -> None:
+    """vLLM reads /score's pairs for a classifier_from_token model (Qwen3-Reranker) as the
+    two texts joined: the first holds its template's start, the second its end."""
+    with worker_on(
+        stack, "fake-qwen3-reranker", instance="qr-1", runner="pooling", labels=("LABEL_0",),
+        concat_pairs=True,
+    ) as reranker:  # fmt: skip
+        body = {"model": "fake-qwen3-reranker", "text_1": "<Query>: a", "text_2": "<Doc>: bank"}
+        assert client.post("/score", json=body).status_code == 200
+        expected = reranker.tokenizer.encode("<Query>: a<Doc>: bank")
+        assert reranker.received[-1].prompt_token_ids == expected

@@ -120,10 +120,59 @@ def test_a_chat_model_reranks_through_its_yes_and_no_rows(
         },
         num_kv_blocks=64,
     )
-    assert rows.engine.model_config.labels == ("no", "yes")
+    assert rows.engine.model_config.labels == ("LABEL_0", "LABEL_1")
     logits = rows.embed(prompts[:1], PoolingParams(activation=False))[0].embedding
     with torch.no_grad():
         last = hf(torch.tensor([prompts[0]])).logits[0, -1]
     torch.testing.assert_close(logits, last[[no, yes]], atol=ATOL, rtol=0)
     with pytest.raises(ConfigurationError, match="not tokens of this model"):
         LLM(str(folder), hf_overrides={**overrides, "classifier_from_token": ["no", "zzqx"]})
+    # Without the architecture the flag would be ignored: refused instead.
+    with pytest.raises(ConfigurationError, match="ForSequenceClassification"):
+        LLM(str(folder), hf_overrides={"classifier_from_token": ["no", "yes"]})
+
+
+def test_an_untied_lm_heads_rows_and_a_bf16_body_keep_a_float32_head(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """The yes/no rows come from lm_head.weight when it is not tied. In bfloat16 the
+    head stays float32 (vLLM's head_dtype): close scores must not round to ties."""
+    folder = make_random_model("llama")  # untied
+    overrides = {
+        "architectures": ["LlamaForSequenceClassification"],
+        "classifier_from_token": ["no", "yes"],
+    }
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = [5, 17, 300, 9, 41]
+    no, yes = 4607, 10407
+    with torch.no_grad():
+        last = hf(torch.tensor([ids])).logits[0, -1]
+    expected = torch.softmax(last[[no, yes]], -1)[1]
+    f32 = LLM(str(folder), hf_overrides=overrides, num_kv_blocks=64)
+    result = f32.embed([ids])[0].embedding
+    assert result is not None
+    torch.testing.assert_close(result, expected.reshape(1), atol=ATOL, rtol=0)
+    bf16 = LLM(str(folder), hf_overrides=overrides, dtype="bfloat16", num_kv_blocks=64)
+    assert bf16.engine.runner.model.score.weight.dtype == torch.float32
+    logits = bf16.embed([ids], PoolingParams(activation=False))[0].embedding
+    assert logits is not None and logits.dtype == torch.float32
+    exact = (last[yes] - last[no]).reshape(1)
+    torch.testing.assert_close(logits, exact, atol=0.1, rtol=0.02)  # the bf16 body's error
+
+
+def test_the_pooler_config_sets_a_classifiers_default_activation(
+    tmp_path: Path, bundled_model_dir: Path, make_random_model: Callable[[str], Path]
+) -> None:
+    folder, hf = _classifier(tmp_path, bundled_model_dir, "llama", ["a", "b"])
+    ids = [5, 17, 300]
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids])).logits[0]
+    for key in ("use_activation", "activation", "softmax"):
+        llm = LLM(str(folder), pooler_config={key: False}, num_kv_blocks=64)
+        logits = llm.embed([ids])[0].embedding
+        assert logits is not None
+        torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
+        asked = llm.embed([ids], PoolingParams(activation=True))[0].embedding
+        torch.testing.assert_close(asked, torch.softmax(expected, -1), atol=ATOL, rtol=0)
+    with pytest.raises(ConfigurationError, match="use_activation applies to classification"):
+        LLM(str(make_random_model("llama")), runner="pooling", pooler_config={"softmax": True})

@@ -288,8 +288,10 @@ def test_pooler_config_flag_is_checked() -> None:
     assert PoolerConfig.parse('{"pooling_type": "mean"}') == {"pooling_type": PoolingType.MEAN}
     with pytest.raises(PoolerConfigError, match="not one of"):
         PoolerConfig.parse({"pooling_type": "MAX"})
-    with pytest.raises(PoolerConfigError, match="'softmax' is not supported: it applies to"):
-        PoolerConfig.parse({"softmax": True})
+    # A classifier's default activation, under vLLM's three names (softmax wins).
+    assert PoolerConfig.parse({"softmax": False, "activation": True}) == {"use_activation": False}
+    with pytest.raises(PoolerConfigError, match="use_activation must be true or false"):
+        PoolerConfig.parse({"use_activation": "no"})
     with pytest.raises(PoolerConfigError, match="'max_embed_len' is not supported"):
         PoolerConfig.parse({"max_embed_len": 8192})
     with pytest.raises(PoolerConfigError, match="'pooling_kind' is not supported"):

@@ -53,3 +53,34 @@ def test_an_entry_is_held_while_prepared_and_delivered_twice_it_runs_once() -> N
     assert isinstance(failed, Failed) and failed.error.param == "id"
     assert "already being served" in failed.error.message
     assert len(inflight) == 1
+
+
+def test_a_classifiers_worker_takes_only_classifications() -> None:
+    """An API of the release before knows no classifiers: its embedding requests reach a
+    classifier's worker without `task`, and must not come back as vectors of labels'
+    probabilities."""
+    inflight = Inflight(3)
+    publisher = _Publisher()
+    work: queue.Queue[Any] = queue.Queue()
+    intake = Intake(
+        None,  # type: ignore[arg-type]
+        BusNames("t-intake"),
+        "m",
+        "w1",
+        inflight,
+        publisher,  # type: ignore[arg-type]
+        work,
+        lambda: None,
+        classifier=True,
+    )
+    assert inflight.reserve(3) == 3
+    for entry, pooling in (("1-0", {"dimensions": None}), ("2-0", {"task": "classify"})):
+        request = GenerateRequest(
+            id=entry, reply_to="api", model="m", prompt_token_ids=[1, 2], sampling={},
+            pooling=pooling,
+        )  # fmt: skip
+        intake.accept(entry, {REQUEST_FIELD: request.encode()}, attempt=1)
+    (failed,) = publisher.events
+    assert isinstance(failed, Failed) and failed.ticket.request.id == "1-0"
+    assert failed.error.status == 400 and "classifier" in failed.error.message
+    assert work.qsize() == 1
