@@ -1,9 +1,12 @@
-"""Embedding throughput: our pooling runner against HF transformers on the same weights.
+"""Embedding (or classification) throughput: our pooling runner against HF transformers
+on the same weights.
 
 HF runs the base model (`AutoModel`) over static batches of `--hf-batch`
 prompts of equal length (no padding: its best case) and pools the last token;
 our engine gets all prompts at once (`LLM.embed`), batching them as its token
-budget allows. Both run in one process, alternating rounds so machine noise
+budget allows. A sequence classifier (`*ForSequenceClassification`) is compared
+with HF's `AutoModelForSequenceClassification` on its labels' probabilities
+instead. Both run in one process, alternating rounds so machine noise
 hits them alike; each line reports prompt tokens/s for both, their ratio, and
 the largest difference between the two sides' vectors.
 
@@ -29,6 +32,14 @@ from engine.config import resolve_dtype
 from engine.llm import LLM
 from engine.loader import resolve_model
 
+# HF's classifier classes the bench compares probabilities with (Llama, Qwen, ...).
+_CLASSIFIERS = (
+    transformers.LlamaForSequenceClassification,
+    transformers.MistralForSequenceClassification,
+    transformers.Qwen2ForSequenceClassification,
+    transformers.Qwen3ForSequenceClassification,
+)
+
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="conveyor bench embed", description=__doc__)
@@ -47,14 +58,30 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def hf_embed(
     model: transformers.PreTrainedModel, prompts: list[list[int]], batch: int, device: torch.device
 ) -> torch.Tensor:
-    """LAST-token pooled, normalised vectors from HF, `batch` equal-length prompts a call."""
+    """LAST-token pooled, normalised vectors from HF (a classifier's label probabilities),
+    `batch` equal-length prompts a call."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch):
             ids = torch.tensor(prompts[start : start + batch], device=device)
+            if isinstance(model, _CLASSIFIERS):
+                logits = model(ids).logits.float()
+                probs = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
+                out.append(probs.cpu())
+                continue
             hidden = model(ids).last_hidden_state[:, -1]
             out.append(F.normalize(hidden.float(), dim=-1).cpu())
     return torch.cat(out)
+
+
+def _hf_model(folder: Path, classifier: bool, dtype: torch.dtype) -> transformers.PreTrainedModel:
+    kind = transformers.AutoModelForSequenceClassification if classifier else transformers.AutoModel
+    model = kind.from_pretrained(folder, dtype=dtype)
+    if classifier and model.config.pad_token_id is None:
+        # HF's classifiers refuse batches without a pad id to find each row's last token
+        # by; these batches are unpadded, so any id the prompts do not use will do.
+        model.config.pad_token_id = model.config.vocab_size - 1
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         enable_prefix_caching=False,
     )
     device, dtype = llm.engine.device, llm.engine.dtype
-    hf = transformers.AutoModel.from_pretrained(folder, dtype=resolve_dtype(args.dtype, device))
-    hf = hf.to(device).eval()
+    classifier = llm.engine.model_config.is_classifier
+    hf = _hf_model(folder, classifier, resolve_dtype(args.dtype, device)).to(device).eval()
     llm.embed(make_prompts(llm.tokenizer, 2, 8))  # warm both sides up
     hf_embed(hf, make_prompts(llm.tokenizer, 2, 8), args.hf_batch, device)
     for prompt_len in (int(v) for v in args.prompt_len.split(",")):
@@ -90,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         rate = {side: tokens / statistics.fmean(s) for side, s in seconds.items()}
         assert ours is not None and theirs is not None
         line: dict[str, Any] = {
-            "bench": "embed",
+            "bench": "classify" if classifier else "embed",
             "prompt_len": prompt_len,
             "num_prompts": args.num_prompts,
             "hf_batch": args.hf_batch,

@@ -70,8 +70,10 @@ def build_random_model(
     init_std: float = 0.3,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    num_labels: int = 0,
 ) -> Path:
-    """Write a HF Llama folder (config, safetensors, tokenizer) with random weights."""
+    """Write a HF Llama folder (config, safetensors, tokenizer) with random weights; with
+    `num_labels`, a sequence classifier of that many labels instead of a causal LM."""
     import transformers
 
     if not (tokenizer_dir / TOKENIZER_FILES[0]).is_file():  # before minutes of init
@@ -82,11 +84,15 @@ def build_random_model(
         bos_token_id=1,
         eos_token_id=2,
         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+        **({"num_labels": num_labels} if num_labels else {}),
     )
     torch.manual_seed(seed)
+    kind = (
+        transformers.LlamaForSequenceClassification if num_labels else transformers.LlamaForCausalLM
+    )
     # Initialised on `device` (a GPU makes an 8B init take seconds, not minutes).
     with torch.device(device):
-        model = transformers.LlamaForCausalLM(config)
+        model = kind(config)
     model.to(dtype).save_pretrained(folder)
     return copy_tokenizer(tokenizer_dir, folder)
 
@@ -106,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--init-std", type=float, default=0.3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--num-labels", type=int, default=0, help="a sequence classifier's labels")
     args = p.parse_args(argv)
     build_random_model(
         args.out,
@@ -115,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         init_std=args.init_std,
         seed=args.seed,
         device=args.device,
+        num_labels=args.num_labels,
     )
     print(args.out)
     return 0

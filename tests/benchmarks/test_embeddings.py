@@ -33,3 +33,18 @@ def test_bench_reports_both_sides_and_their_vectors_agree(tiny_model: Path, tmp_
         assert line["ours_over_hf"] == pytest.approx(ratio, rel=0.01)
         # The same vectors on both sides: the bench measures equal work.
         assert line["max_abs_diff"] < 1e-5
+
+
+def test_bench_compares_a_classifiers_probabilities(
+    tmp_path: Path, bundled_model_dir: Path
+) -> None:
+    folder = build_random_model(
+        tmp_path / "classifier", TINY, bundled_model_dir, dtype=torch.float32, num_labels=3
+    )
+    out = tmp_path / "classify.jsonl"
+    argv = ["--model", str(folder), "--device", "cpu", "--dtype", "float32"]
+    argv += ["--prompt-len", "8", "--num-prompts", "4", "--hf-batch", "2", "--rounds", "1"]
+    assert main([*argv, "--json-out", str(out)]) == 0
+    (line,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert line["bench"] == "classify" and line["ours_tok_s"] > 0 and line["hf_tok_s"] > 0
+    assert line["max_abs_diff"] < 1e-5
