@@ -85,6 +85,8 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
         "max_logprobs": 20,
         # A classifier's label names (/classify); none for this text model.
         "labels": [],
+        # Whether /score joins a pair's texts for it (classifier_from_token models).
+        "concat_pairs": False,
     }
     # The sampling defaults served: this model's folder has no generation_config.json.
     assert json.loads(tok["generation_config.json"]) == {}
