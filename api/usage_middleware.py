@@ -17,24 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.request_record import RequestRecord
 from api.route_path import posted_to, route_path
+from conveyor.db.usage import COMPLETIONS, EMBEDDINGS
 
 logger = logging.getLogger(__name__)
 
-INFERENCE_PATHS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/completions",
-        "/v1/responses",
-        "/v1/embeddings",
-        "/classify",
-        "/v1/classify",
-        "/score",
-        "/v1/score",
-        "/rerank",
-        "/v1/rerank",
-        "/v2/rerank",
-    }
-)
+# Every path whose requests are billed: the usage reports' own lists.
+INFERENCE_PATHS = frozenset(COMPLETIONS.endpoints) | frozenset(EMBEDDINGS.endpoints)
 
 
 class UsageMiddleware:

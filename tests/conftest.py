@@ -14,6 +14,20 @@ from engine.loader import resolve_model
 from .harmony_tokenizer import HARMONY_TOKENS, with_harmony_tokens
 from .postgres_server import PostgresServer, PostgresUnavailable
 
+# The tiny random models' shared config (transformers' keys; families add their own).
+TINY_CONFIG = dict(
+    vocab_size=49152,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    initializer_range=0.3,
+    eos_token_id=2,
+    bos_token_id=1,
+)
+
 
 def _model_cache_dir() -> Path:
     # The converted bundled model is ~0.5 GB and takes ~15 s to build, so tests
@@ -51,18 +65,7 @@ def make_random_model(
 
     def build(family: str) -> Path:
         folder = tmp_path_factory.mktemp(f"random-{family}")
-        common = dict(
-            vocab_size=49152,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            initializer_range=0.3,
-            eos_token_id=2,
-            bos_token_id=1,
-        )
+        common = dict(TINY_CONFIG)
         if family == "llama":
             config = transformers.LlamaConfig(
                 **common,

@@ -17,20 +17,8 @@ from engine.llm import LLM
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParamError
 
+from ..conftest import TINY_CONFIG
 from .test_pooling import ATOL, PROMPTS
-
-COMMON = dict(
-    vocab_size=49152,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    initializer_range=0.3,
-    eos_token_id=2,
-    bos_token_id=1,
-)
 
 
 def _classifier(
@@ -41,10 +29,10 @@ def _classifier(
     extra = dict(num_labels=len(labels), id2label=names, label2id={v: k for k, v in names.items()})
     if family == "llama":
         model = transformers.LlamaForSequenceClassification(
-            transformers.LlamaConfig(**COMMON, **extra)
+            transformers.LlamaConfig(**TINY_CONFIG, **extra)
         )
     else:
-        config = transformers.Qwen3Config(**COMMON, **extra, head_dim=16)
+        config = transformers.Qwen3Config(**TINY_CONFIG, **extra, head_dim=16)
         model = transformers.Qwen3ForSequenceClassification(config)
     folder = tmp_path / family
     model.eval().save_pretrained(folder)

@@ -22,12 +22,10 @@ class _Publisher:
         self.events.append(event)
 
 
-def test_an_entry_is_held_while_prepared_and_delivered_twice_it_runs_once() -> None:
-    inflight = Inflight(3)
-    publisher = _Publisher()
-    work: queue.Queue[Any] = queue.Queue()
-    held_while_preparing: list[bool] = []
-    intake = Intake(
+def _intake(
+    inflight: Inflight, publisher: _Publisher, work: queue.Queue[Any], **options: Any
+) -> Intake:
+    return Intake(
         None,  # type: ignore[arg-type]  # accept() never touches Redis
         BusNames("t-intake"),
         "m",
@@ -36,6 +34,19 @@ def test_an_entry_is_held_while_prepared_and_delivered_twice_it_runs_once() -> N
         publisher,  # type: ignore[arg-type]
         work,
         lambda: None,
+        **options,
+    )
+
+
+def test_an_entry_is_held_while_prepared_and_delivered_twice_it_runs_once() -> None:
+    inflight = Inflight(3)
+    publisher = _Publisher()
+    work: queue.Queue[Any] = queue.Queue()
+    held_while_preparing: list[bool] = []
+    intake = _intake(
+        inflight,
+        publisher,
+        work,
         prepare=lambda _: held_while_preparing.append(inflight.holds_stream_id("1-0")),
     )
     request = GenerateRequest(
@@ -62,17 +73,7 @@ def test_a_classifiers_worker_takes_only_classifications() -> None:
     inflight = Inflight(3)
     publisher = _Publisher()
     work: queue.Queue[Any] = queue.Queue()
-    intake = Intake(
-        None,  # type: ignore[arg-type]
-        BusNames("t-intake"),
-        "m",
-        "w1",
-        inflight,
-        publisher,  # type: ignore[arg-type]
-        work,
-        lambda: None,
-        classifier=True,
-    )
+    intake = _intake(inflight, publisher, work, classifier=True)
     assert inflight.reserve(3) == 3
     for entry, pooling in (("1-0", {"dimensions": None}), ("2-0", {"task": "classify"})):
         request = GenerateRequest(
