@@ -89,7 +89,8 @@ class LiveModel:
                 headers={"Retry-After": "5"},
             )
         what = (
-            "a pooling model: it serves /v1/embeddings (or /classify), /score and /rerank"
+            "a pooling model: it embeds or classifies prompts (/v1/embeddings or /classify, "
+            "/score, /rerank) and generates no text"
             if served == "pooling"
             else "a text generation model: start it with --runner pooling for embeddings"
         )

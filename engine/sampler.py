@@ -283,13 +283,18 @@ def _mask_tokens(
     allowed_rows: list[int],
     emptiable: list[int],
 ) -> None:
-    """Set the masked tokens and those outside allowed_token_ids to -inf, in place,
-    except in an `emptiable` row (allowed ids, bad words) the masks would leave with no
-    token at all; min_tokens' masks alone (EOS and stop ids) never empty a row."""
+    """Set the masked tokens and those outside allowed_token_ids to -inf, in place.
+
+    An `emptiable` row (allowed ids, bad words) the masks would leave with no token at
+    all keeps allowed_token_ids' mask without the others (bad words, min_tokens' EOS):
+    allowed_token_ids = {x} with x a bad word samples x, never a token outside the set.
+    A row whose allowed ids its grammar forbids cannot be (SamplingParams refuses the
+    pair); one whose grammar allows only a bad word keeps its grammar. min_tokens' masks
+    alone (EOS and stop ids) never empty a row.
+    """
     device = out.device
     rows = sorted(set(emptiable))
     idx = torch.tensor(rows, device=device) if rows else None
-    before = out[idx] if idx is not None else None  # a copy, for rows the masks would empty
     if allowed_rows:
         keep = torch.zeros(len(allowed_rows), out.shape[1], dtype=torch.bool)
         which = [k for k, r in enumerate(allowed_rows) for _ in params[r].allowed_token_ids or ()]
@@ -297,13 +302,14 @@ def _mask_tokens(
         keep[which, ids] = True
         allowed_idx = torch.tensor(allowed_rows, device=device)
         out[allowed_idx] = out[allowed_idx].masked_fill_(~keep.to(device), _NEG_INF)
+    allowed_only = out[idx] if idx is not None else None  # a copy, before the other masks
     if mask_rows:
         out[torch.tensor(mask_rows, device=device), torch.tensor(mask_tokens, device=device)] = (
             _NEG_INF
         )
-    if idx is not None and before is not None:
+    if idx is not None and allowed_only is not None:
         emptied = out[idx].amax(dim=-1) == _NEG_INF
-        out[idx] = torch.where(emptied[:, None], before, out[idx])
+        out[idx] = torch.where(emptied[:, None], allowed_only, out[idx])
 
 
 def sampling_probs(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:

@@ -161,6 +161,15 @@ class SamplingParams:
         if self.allowed_token_ids is not None:
             if not self.allowed_token_ids:
                 fail("allowed_token_ids", "must name at least one token id")
+            if self.structured_output is not None:
+                # Their tokens rarely meet: the first token the constraint needs ('{' of
+                # a JSON object) is seldom allowed, and no choice of either would hold.
+                fail(
+                    "allowed_token_ids",
+                    "cannot be combined with a structured-output constraint (response_format, "
+                    "guided_*, structured_outputs or a forced tool call), which decides itself "
+                    "which tokens may come next",
+                )
             if any(not isinstance(t, int) or t < 0 for t in self.allowed_token_ids):
                 fail("allowed_token_ids", "must be non-negative integers")
         if len(self.bad_words) > MAX_BAD_WORDS:

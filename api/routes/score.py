@@ -85,6 +85,7 @@ async def score(
             body.truncate_prompt_tokens,
             body.priority,
             "score",
+            body.wants_activation,
         )
     except ClientGone:
         return Response(status_code=499)
@@ -124,6 +125,7 @@ async def rerank(
             body.truncate_prompt_tokens,
             body.priority,
             "rerank",
+            body.wants_activation,
         )
     except ClientGone:
         return Response(status_code=499)
@@ -158,8 +160,10 @@ async def _pair_scores(
     truncate_prompt_tokens: int | None,
     priority: int,
     kind: str,
+    activation: bool | None = None,
 ) -> list[float]:
-    """Each pair's score: a cross-encoder's probability, or its texts' cosine."""
+    """Each pair's score: a cross-encoder's probability (its logit with `activation`
+    false), or its texts' cosine."""
     shape = model.tokenizer.shape
     labels = shape.labels if shape is not None else ()
     param = "text_2" if kind == "score" else "documents"
@@ -199,7 +203,7 @@ async def _pair_scores(
         record,
         model,
         prompts,
-        PoolingParams(activation=True, task="classify"),  # the label's probability
+        PoolingParams(activation=activation, task="classify"),
         priority=priority,
         id_prefix=kind,
         param=param,

@@ -10,15 +10,26 @@ from api.errors import ApiError
 from api.schemas.embeddings import EmbeddingRequest
 
 
-class ClassificationRequest(EmbeddingRequest):
-    """Inputs as /v1/embeddings takes them (texts, token ids, or a conversation)."""
+class ActivationFields(BaseModel):
+    """vLLM's switch between a classifier's probabilities (softmax over the labels; a
+    sigmoid for one) and its raw logits; None: the server's --pooler-config.
+    `use_activation` is its newest name; as in vLLM, `softmax` wins over `activation`,
+    which wins over it."""
 
-    # vLLM's: probabilities (softmax over the labels; a sigmoid for one) or, false, the
-    # head's raw logits; None: the server's --pooler-config. `use_activation` is its
-    # newest name; as in vLLM, `softmax` wins over `activation`, which wins over it.
     softmax: bool | None = None
     activation: bool | None = None
     use_activation: bool | None = None
+
+    @property
+    def wants_activation(self) -> bool | None:
+        for chosen in (self.softmax, self.activation, self.use_activation):
+            if chosen is not None:
+                return chosen
+        return None
+
+
+class ClassificationRequest(ActivationFields, EmbeddingRequest):
+    """Inputs as /v1/embeddings takes them (texts, token ids, or a conversation)."""
 
     def check_supported(self) -> None:
         super().check_supported()
@@ -27,13 +38,6 @@ class ClassificationRequest(EmbeddingRequest):
                 raise ApiError(
                     400, f"{name} applies to embeddings, not to classification", param=name
                 )
-
-    @property
-    def wants_activation(self) -> bool | None:
-        for chosen in (self.softmax, self.activation, self.use_activation):
-            if chosen is not None:
-                return chosen
-        return None
 
 
 class ClassificationData(BaseModel):

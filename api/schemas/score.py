@@ -7,10 +7,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from api.errors import ApiError
+from api.schemas.classify import ActivationFields
 from api.schemas.embeddings import MAX_INPUTS
 
 
-class ScoreRequest(BaseModel):
+class ScoreRequest(ActivationFields):
+    """With a cross-encoder the activation fields choose probability or logit; an
+    embedding model's cosine takes none."""
+
     model_config = ConfigDict(extra="ignore")
 
     # Left out: the one base model served (the route fills it in), as in vLLM.
@@ -61,7 +65,7 @@ class ScoreResponse(BaseModel):
     usage: ScoreUsage
 
 
-class RerankRequest(BaseModel):
+class RerankRequest(ActivationFields):
     model_config = ConfigDict(extra="ignore")
 
     # Left out: the one base model served (the route fills it in), as in vLLM.

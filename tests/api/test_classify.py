@@ -110,6 +110,12 @@ def test_a_cross_encoder_scores_each_pair_as_one_prompt(
         "/rerank", json={"model": RERANKER, "query": "capital", "documents": docs, "top_n": 2}
     ).json()
     assert [r["index"] for r in ranked["results"]] == [2, 1]  # shortest pair scores highest
+    # vLLM's use_activation: the logit instead of the probability.
+    body = {"model": RERANKER, "text_1": "capital", "text_2": docs[:1], "use_activation": False}
+    logit = client.post("/score", json=body).json()["data"][0]["score"]
+    assert logit == pytest.approx(math.log(fake_label_probs(pairs[0], 1)[0]))
+    refused = client.post("/score", json={**body, "use_activation": "x"})
+    assert refused.status_code == 400
     cut = client.post(
         "/score",
         json={

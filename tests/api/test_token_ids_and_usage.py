@@ -207,7 +207,9 @@ def test_bad_words_and_allowed_token_ids_reach_the_worker(
     sampling = worker.received[-1].sampling
     assert sampling["bad_words"] == ["Paris", " London"]
     assert sampling["allowed_token_ids"] == [5, 17]
+    json_object = {"response_format": {"type": "json_object"}}
     for extra, param in (
+        ({"allowed_token_ids": [5], **json_object}, "allowed_token_ids"),
         ({"allowed_token_ids": [10**7]}, "allowed_token_ids"),
         ({"allowed_token_ids": []}, "allowed_token_ids"),
         ({"bad_words": ["  "]}, "bad_words"),

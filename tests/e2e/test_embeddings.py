@@ -81,7 +81,7 @@ def test_direct_and_batched_embeddings_are_the_engines_and_are_billed(
             torch.testing.assert_close(torch.tensor(data.embedding), want, atol=ATOL, rtol=0)
     direct_tokens = 2 * result.usage.prompt_tokens
 
-    with pytest.raises(openai.BadRequestError, match="it serves /v1/embeddings"):
+    with pytest.raises(openai.BadRequestError, match="embeds or classifies prompts"):
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
     lines = [

@@ -20,7 +20,8 @@ from engine.sampler import (
     prompt_logprobs,
     sampling_probs,
 )
-from engine.sampling_params import SamplingParams
+from engine.sampling_params import SamplingParamError, SamplingParams
+from engine.structured_output import StructuredOutput
 
 NEG_INF = float("-inf")
 
@@ -261,10 +262,10 @@ def test_bad_words_ban_the_token_that_would_complete_a_word() -> None:
     assert Sampler()(logits, batch).token_ids == [1, 2, 1]
 
 
-def test_masks_that_would_leave_no_token_are_not_applied() -> None:
-    """allowed_token_ids = {EOS} before min_tokens, or a bad word that is the only token
-    allowed: sampling from nothing is impossible, so such a row keeps its logits (and its
-    logit_bias), while other rows of the batch are masked as usual."""
+def test_masks_that_would_leave_no_token_keep_allowed_token_ids_alone() -> None:
+    """allowed_token_ids = {EOS} before min_tokens, or = {a bad word}: sampling from no
+    token is impossible, so such a row keeps allowed_token_ids' mask (and its
+    logit_bias) without the others; other rows of the batch are masked as usual."""
     logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).repeat(3, 1)
     params = [
         SamplingParams(temperature=1.0, allowed_token_ids=(0,), min_tokens=2, logit_bias={2: 1.0}),
@@ -273,11 +274,26 @@ def test_masks_that_would_leave_no_token_are_not_applied() -> None:
     ]
     batch = make_batch(params, generators=[seeded(2), None, None], eos=frozenset({0}))
     processed = process_logits(logits, batch)
-    torch.testing.assert_close(processed[0], torch.tensor([1.0, 2.0, 4.0, 4.0]))
-    assert torch.equal(processed[1], logits[1])
+    torch.testing.assert_close(processed[0], torch.tensor([1.0, NEG_INF, NEG_INF, NEG_INF]))
+    torch.testing.assert_close(processed[1], torch.tensor([NEG_INF, 2.0, NEG_INF, NEG_INF]))
     assert {i for i in range(4) if processed[2, i] != NEG_INF} == {1, 2}
-    out = Sampler()(logits, batch)
-    assert out.token_ids[1:] == [3, 2]
+    assert Sampler()(logits, batch).token_ids == [0, 1, 2]
+
+
+def test_a_bad_word_the_grammar_alone_allows_keeps_the_grammar() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    params = [SamplingParams(temperature=0.0, bad_words_token_ids=((1,),))]
+    batch = make_batch(params)
+    batch.grammar_rows = [0]
+    batch.grammar_bitmask = torch.tensor([[0b0010]], dtype=torch.int32)  # token 1 only
+    assert Sampler()(logits, batch).token_ids == [1]
+
+
+def test_allowed_token_ids_and_a_structured_output_are_refused_together() -> None:
+    with pytest.raises(SamplingParamError, match="allowed_token_ids: cannot be combined"):
+        SamplingParams(
+            allowed_token_ids=(1,), structured_output=StructuredOutput(kind="regex", spec="a")
+        )
 
 
 # --- seeding -----------------------------------------------------------------------------------
@@ -456,7 +472,7 @@ def test_masks_in_an_all_sampled_batch_leave_no_row_empty() -> None:
     ]
     out = Sampler()(logits, make_batch(params, generators=[seeded(1), seeded(2)]))
     assert out.token_ids[1] in (0, 1)
-    assert 0 <= out.token_ids[0] < 4  # sampled from the untouched row, not from nothing
+    assert out.token_ids[0] == 1  # the one allowed token, though a bad word
 
 
 def test_prompt_logprobs(monkeypatch: pytest.MonkeyPatch) -> None:
