@@ -82,6 +82,17 @@ class EmbeddingResult:
             self.embedding = out.embedding
 
 
+@dataclass(frozen=True)
+class ClassificationResult:
+    """One prompt's label probabilities (logits with `activation=False`), in the order
+    of the model's labels, and the most likely label's name (as /classify answers)."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    probs: list[float]
+    label: str
+
+
 def _per_prompt(params: Any, kind: type, count: int) -> list[Any]:
     """One parameter object per prompt: the one given for all, or the caller's list."""
     listed = [params] * count if isinstance(params, kind) else list(params)
@@ -141,6 +152,32 @@ class LLM:
             lambda rid, tokens, p: EmbeddingResult(rid, tokens),
         )
         return results  # type: ignore[return-value]
+
+    def classify(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: PoolingParams | Sequence[PoolingParams] | None = None,
+        lora: str | Sequence[str | None] | None = None,
+    ) -> list[ClassificationResult]:
+        """Classify every prompt with a sequence classifier (vLLM's `LLM.classify`);
+        results in input order."""
+        labels = self.engine.model_config.labels
+        if not labels:
+            raise ValueError(
+                f"{self.engine.model_name} is not a sequence classifier "
+                "(*ForSequenceClassification): use embed"
+            )
+        out = []
+        for result in self.embed(prompts, params, lora):
+            assert result.embedding is not None
+            probs = result.embedding.tolist()
+            best = max(range(len(probs)), key=probs.__getitem__)
+            out.append(
+                ClassificationResult(
+                    result.request_id, result.prompt_token_ids, probs, labels[best]
+                )
+            )
+        return out
 
     def _token_lists(self, prompts: Prompt | Sequence[Prompt]) -> list[list[int]]:
         if isinstance(prompts, str) or (

@@ -64,6 +64,10 @@ def test_logits_and_probabilities_match_hf(
         torch.testing.assert_close(our_probs, activated, atol=ATOL, rtol=0)
     with pytest.raises(SamplingParamError, match="classifier"):
         llm.embed(prompts[:1], PoolingParams(dimensions=2))
+    # vLLM's LLM.classify: the probabilities and the most likely label's name.
+    for result, our_probs in zip(llm.classify(prompts), probs, strict=True):
+        assert result.probs == pytest.approx(our_probs.tolist())
+        assert result.label == labels[int(our_probs.argmax())]
 
 
 def test_the_workers_publish_the_labels(tmp_path: Path, bundled_model_dir: Path) -> None:

@@ -72,6 +72,8 @@ def embed_all(llm: LLM, prompts: list[list[int]], **params: object) -> list[torc
 
 def test_last_token_pooling_matches_hf_in_one_batch(llama_dir: Path, hf_llama) -> None:
     llm = LLM(str(llama_dir), runner="pooling")
+    with pytest.raises(ValueError, match="not a sequence classifier"):
+        llm.classify(["x"])
     prompts = [llm.tokenizer.encode(p) for p in PROMPTS]
     for ids, ours in zip(prompts, embed_all(llm, prompts), strict=True):
         expected = hf_embedding(hf_llama, ids)
