@@ -217,10 +217,8 @@ def process_logits(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     masks are min_tokens' (EOS and stop ids), allowed_token_ids' and
     bad_words'. A row under a constraint gets no min_tokens masking: its
     grammar decides where the output may end, and masking the EOS it alone
-    allows would leave nothing to sample. Likewise a row whose token masks
-    would leave it nothing (allowed_token_ids outside the grammar, say) keeps
-    its grammar, bias and penalties but not the masks: sampling from no token
-    at all is not an option.
+    allows would leave nothing to sample. A row the other masks would leave
+    with no token at all is handled in `_mask_tokens`.
     """
     grammar = set(batch.grammar_rows)
     bias_rows: list[int] = []
@@ -307,7 +305,7 @@ def _mask_tokens(
         out[torch.tensor(mask_rows, device=device), torch.tensor(mask_tokens, device=device)] = (
             _NEG_INF
         )
-    if idx is not None and allowed_only is not None:
+    if idx is not None:
         emptied = out[idx].amax(dim=-1) == _NEG_INF
         out[idx] = torch.where(emptied[:, None], allowed_only, out[idx])
 

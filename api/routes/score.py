@@ -166,36 +166,24 @@ async def _pair_scores(
     false), or its texts' cosine."""
     shape = model.tokenizer.shape
     labels = shape.labels if shape is not None else ()
-    param = "text_2" if kind == "score" else "documents"
     keep = tokens_to_keep(truncate_prompt_tokens, model.max_model_len)
-    if not labels:
+    if labels:
+        if len(labels) != 1:
+            raise ApiError(
+                400,
+                f"The model `{model.live.name}` classifies into {len(labels)} labels; /{kind} "
+                "needs a cross-encoder (one label): use /classify",
+                param="model",
+                code="model_not_supported",
+            )
+        assert shape is not None
+        tokenize = _joined_pairs if shape.concat_pairs else _tokenize_pairs
+        prompts = await catalog.in_thread(tokenize, model.tokenizer.tokenizer, pairs, keep)
+        pooling = PoolingParams(activation=activation, task="classify")
+    else:
         unique = list(dict.fromkeys(text for pair in pairs for text in pair))
         prompts = await catalog.in_thread(_tokenize, model.tokenizer.tokenizer, unique, keep)
-        outputs = await embed(
-            request,
-            submitter,
-            replies,
-            record,
-            model,
-            prompts,
-            PoolingParams(normalize=True),  # unit vectors: a dot product is the cosine
-            priority=priority,
-            id_prefix=kind,
-            param=param,
-        )
-        vectors = {text: vector(output) for text, output in zip(unique, outputs, strict=True)}
-        return [_dot(vectors[a], vectors[b]) for a, b in pairs]
-    if len(labels) != 1:
-        raise ApiError(
-            400,
-            f"The model `{model.live.name}` classifies into {len(labels)} labels; /{kind} "
-            "needs a cross-encoder (one label): use /classify",
-            param="model",
-            code="model_not_supported",
-        )
-    assert shape is not None
-    tokenize = _joined_pairs if shape.concat_pairs else _tokenize_pairs
-    prompts = await catalog.in_thread(tokenize, model.tokenizer.tokenizer, pairs, keep)
+        pooling = PoolingParams(normalize=True)  # unit vectors: a dot product is the cosine
     outputs = await embed(
         request,
         submitter,
@@ -203,12 +191,15 @@ async def _pair_scores(
         record,
         model,
         prompts,
-        PoolingParams(activation=activation, task="classify"),
+        pooling,
         priority=priority,
         id_prefix=kind,
-        param=param,
+        param="text_2" if kind == "score" else "documents",
     )
-    return [vector(output)[0] for output in outputs]
+    if labels:
+        return [vector(output)[0] for output in outputs]
+    vectors = {text: vector(output) for text, output in zip(unique, outputs, strict=True)}
+    return [_dot(vectors[a], vectors[b]) for a, b in pairs]
 
 
 def _tokenize_pairs(
