@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import base64
+import json
 import sys
 import uuid
 from collections.abc import Sequence
@@ -255,4 +256,23 @@ def input_prompts(
         else:
             check_prompt_ids(item, tokenizer.vocab_size, param="input")
             prompts.append(list(item)[-keep:] if keep is not None else list(item))
+    return prompts
+
+
+async def request_prompts(
+    catalog: ModelCatalog,
+    model: EmbeddingModel,
+    body: EmbeddingRequest,
+    items: Sequence[str | list[int]],
+    log_prompts: bool,
+    record: RequestRecord,
+) -> list[list[int]]:
+    """`input_prompts` off the event loop (on the catalog's tokenizing thread), with the
+    inputs logged when the server logs prompts."""
+    prompts = await catalog.in_thread(
+        input_prompts, model.tokenizer.tokenizer, items, body, model.max_model_len
+    )
+    if log_prompts:
+        logged = items or [m.model_dump(exclude_none=True) for m in body.messages or ()]
+        record.prompt_text = json.dumps(logged, ensure_ascii=False)
     return prompts

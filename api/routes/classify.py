@@ -6,7 +6,6 @@ probabilities (engine/pooler.py); the labels are what they publish.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
@@ -28,7 +27,7 @@ from api.embedding_jobs import (
     EmbeddingModel,
     embed,
     embedding_model,
-    input_prompts,
+    request_prompts,
     require_task,
     vector,
 )
@@ -84,12 +83,7 @@ async def classification(
     body.chat_template_kwargs = with_defaults(
         settings.default_chat_template_kwargs, body.chat_template_kwargs
     )
-    prompts = await catalog.in_thread(
-        input_prompts, model.tokenizer.tokenizer, items, body, model.max_model_len
-    )
-    if settings.log_prompts:
-        logged = items or [m.model_dump(exclude_none=True) for m in body.messages or ()]
-        record.prompt_text = json.dumps(logged, ensure_ascii=False)
+    prompts = await request_prompts(catalog, model, body, items, settings.log_prompts, record)
     try:
         outputs = await embed(
             request,

@@ -6,7 +6,6 @@ default); "float" decodes it to a list.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated
 
@@ -28,8 +27,8 @@ from api.embedding_jobs import (
     embed,
     embedding_model,
     encoded,
-    input_prompts,
     is_classifier,
+    request_prompts,
     require_task,
     vector,
 )
@@ -79,12 +78,7 @@ async def create_embedding(
     pooling = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
     check_pooling(pooling, model)
     require_task(model, "embed", "/v1/embeddings")
-    prompts = await catalog.in_thread(
-        input_prompts, model.tokenizer.tokenizer, items, body, model.max_model_len
-    )
-    if settings.log_prompts:
-        logged = items or [m.model_dump(exclude_none=True) for m in body.messages or ()]
-        record.prompt_text = json.dumps(logged, ensure_ascii=False)
+    prompts = await request_prompts(catalog, model, body, items, settings.log_prompts, record)
     try:
         outputs = await embed(
             request, submitter, replies, record, model, prompts, pooling, priority=body.priority
