@@ -37,6 +37,10 @@ class AttentionInputs:
     # The window every layer attends within, where all of them slide (their blocks behind
     # it may be given back): a backend need not prepare for whole-context attention.
     every_layer_window: int | None = None
+    # False for an encoder (BERT): each query sees its whole sequence, not only the keys
+    # before it. Its prompts come whole (no cached prefix, no chunks), so a prompt of one
+    # token, laid out as a decode, sees the same keys either way.
+    causal: bool = True
 
     @property
     def num_tokens(self) -> int:

@@ -6,7 +6,8 @@ context at once writes and re-reads tens of MB per layer through DRAM, while a
 group's gathered K/V (~2 MB) is still in cache when attention reads it. That
 cut the decode attention time by a quarter at 64 sequences × 200 tokens.
 Prefill chunks run one sequence at a time, causally over their own new tokens
-and any cached prefix. Gather indices and masks are built once per step in
+and any cached prefix (an encoder's prompts, `AttentionInputs.causal` False,
+see every key of their sequence). Gather indices and masks are built once per step in
 `prepare` and reused by every layer. A sliding-window layer uses a variant of
 the step's metadata built on its first call (decodes gather only the window's
 keys; prefill masks also hide keys older than the window) and reused by the
@@ -73,6 +74,8 @@ class TorchAttentionMetadata:
     # allocations per layer cost page faults and evict the cache.
     gather_buffers: dict[tuple[torch.dtype, int, int], tuple[torch.Tensor, torch.Tensor]]
     inputs: AttentionInputs | None = None
+    # False (an encoder's step): prefill queries see every key of their sequence.
+    causal: bool = True
     # This step's metadata for each sliding window seen so far.
     windowed: dict[int, TorchAttentionMetadata] = field(default_factory=dict)
 
@@ -129,13 +132,17 @@ class TorchAttentionBackend:
                 query_pos = torch.arange(ctx - q_len, ctx)[:, None]
                 key_pos = torch.arange(lo, ctx)[None, :]
                 mask = key_pos <= query_pos
+                if not inputs.causal:
+                    mask = torch.ones_like(mask)
                 if window is not None:
                     mask &= key_pos > query_pos - window
                 prefills.append(
                     PrefillSlice(start, end, kv_slots.to(self.device), mask.to(self.device))
                 )
             start = end
-        return TorchAttentionMetadata(inputs.slot_mapping, nd, decodes, tuple(prefills), {}, inputs)
+        return TorchAttentionMetadata(
+            inputs.slot_mapping, nd, decodes, tuple(prefills), {}, inputs, inputs.causal
+        )
 
     def _decode_group(
         self, inputs: AttentionInputs, start: int, end: int, window: int | None
@@ -237,13 +244,14 @@ class TorchAttentionBackend:
         for p in metadata.prefills:
             rows = slice(p.start, p.end)
             if p.kv_slots is None:
-                # [count, heads, q_len, D]: equal-length chunks batched, causal.
+                # [count, heads, q_len, D]: equal-length chunks batched (causal but for an
+                # encoder's).
                 q_len = (p.end - p.start) // p.count
                 q, k, v = (
                     t[rows].view(p.count, q_len, *t.shape[1:]).transpose(1, 2)
                     for t in (query, key, value)
                 )
-                o = attend(q, k, v, scale, softcap, head_sinks, causal=True)
+                o = attend(q, k, v, scale, softcap, head_sinks, causal=metadata.causal)
                 out[rows] = o.transpose(1, 2).reshape(p.end - p.start, *query.shape[1:])
             else:
                 # [1, H, Q, D]: with a batch dimension SDPA takes its fused CPU kernel for

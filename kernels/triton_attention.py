@@ -80,7 +80,7 @@ class TritonAttentionBackend:
             decode = make_decode_batch(tables[:nd], inputs.context_lens[:nd], self.partition_size)
         if nd < len(inputs.query_lens):
             prefill = make_prefill_batch(
-                tables[nd:], inputs.query_lens[nd:], inputs.context_lens[nd:]
+                tables[nd:], inputs.query_lens[nd:], inputs.context_lens[nd:], inputs.causal
             )
         return TritonAttentionMetadata(inputs.slot_mapping, nd, decode, prefill)
 

@@ -72,10 +72,13 @@ class ModelShape:
     # soft-cap or not, and up to 16 query heads per KV head: SmolLM2-1.7B's are
     # SmolLM2-135M's), to keep the test in CI's budget.
     fp32: bool = True
+    # Also compile the prefill kernel not causal (encoders': BERT, RoBERTa, XLM-R). One
+    # shape with their head size (64) stands for them: only the mask differs.
+    non_causal: bool = False
 
 
 SHAPES = (
-    ModelShape("smollm2-135m", 9, 3, 64, 576, 1536),
+    ModelShape("smollm2-135m", 9, 3, 64, 576, 1536, non_causal=True),
     ModelShape("smollm2-1.7b", 32, 32, 64, 2048, 8192, fp32=False),
     ModelShape("llama3-8b", 32, 8, 128, 4096, 14336, fp8_per_row=True),
     ModelShape("gemma3-1b", 4, 1, 256, 1152, 6912, gelu=True),
@@ -229,6 +232,11 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
             start_case(case)
             prefill = make_prefill_batch(tables, [200, 100], [500, 100])
             prefill_attention(t(300, h, d), k_cache, v_cache, prefill, 0.1, **scores)
+            if shape.non_causal:
+                start_case(f"{case} encoder")
+                whole = make_prefill_batch(tables, [200, 100], [200, 100], causal=False)
+                prefill_attention(t(300, h, d), k_cache, v_cache, whole, 0.1, **scores)
+                start_case(case)
             if dtype == torch.bfloat16:  # an FP8 KV cache (--kv-cache-dtype), GPUs' dtype
                 for fp8_name, fp8 in (("e4m3", torch.float8_e4m3fn), ("e5m2", torch.float8_e5m2)):
                     start_case(f"{case} kv {fp8_name}")

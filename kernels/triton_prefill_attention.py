@@ -4,7 +4,8 @@ The batch is flattened: sequence i owns query rows
 `query_start[i]:query_start[i + 1]`, the last `q_len` positions of its
 `context_len` tokens. store_kv has already written the chunk's own K/V into
 the cache, so every key (cached prefix and new tokens alike) is read through
-the block table, and causality is one comparison of absolute positions. One
+the block table, and causality is one comparison of absolute positions (an
+encoder's step, `causal` False, sees its whole prompt: no comparison). One
 program per (sequence, tile of BLOCK_M query rows, query head); tiles past a
 sequence's length exit at once. Reference: the prefill path of
 `kernels.torch_attention.TorchAttentionBackend`.
@@ -58,6 +59,7 @@ def prefill_attention_kernel(
     SOFTCAP: tl.constexpr,
     SINKS: tl.constexpr,
     FP8: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
     seq = tl.program_id(0)
     tile = tl.program_id(1)
@@ -89,7 +91,7 @@ def prefill_attention_kernel(
         l_i = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Keys past the tile's last query position are masked for every row: skip them.
-    kv_end = tl.minimum(context_len, prefix + m0 + BLOCK_M)
+    kv_end = tl.minimum(context_len, prefix + m0 + BLOCK_M) if CAUSAL else context_len
     # A sliding window (window > 0): keys before the tile's first row's window are
     # masked for every row: skip them too.
     kv_start = tl.maximum(prefix + m0 - window + 1, 0) if window > 0 else 0
@@ -121,7 +123,10 @@ def prefill_attention_kernel(
         dots = tl.dot(q, tl.trans(k), input_precision=PRECISION)
         s = scaled_scores(dots, score_pre, score_post, SOFTCAP)
         # A row's own key is always visible, so no row is ever fully masked.
-        visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
+        if CAUSAL:
+            visible = valid[None, :] & (pos[None, :] <= q_pos[:, None])
+        else:
+            visible = valid[None, :] & row_mask[:, None]
         if window > 0:
             visible = visible & (pos[None, :] > q_pos[:, None] - window)
         s = tl.where(visible, s, float("-inf"))
@@ -156,10 +161,15 @@ class PrefillBatch:
     query_start: torch.Tensor  # [S + 1] int32, rows relative to the query tensor passed in
     context_lens: torch.Tensor  # [S] int32
     max_query_len: int
+    # False (an encoder's step): every query sees every key of its sequence.
+    causal: bool = True
 
 
 def make_prefill_batch(
-    block_tables: torch.Tensor, query_lens: list[int], context_lens: list[int]
+    block_tables: torch.Tensor,
+    query_lens: list[int],
+    context_lens: list[int],
+    causal: bool = True,
 ) -> PrefillBatch:
     device = block_tables.device
     starts = [0]
@@ -170,6 +180,7 @@ def make_prefill_batch(
         torch.tensor(starts, dtype=torch.int32).to(device),
         torch.tensor(context_lens, dtype=torch.int32).to(device),
         max(query_lens, default=0),
+        causal,
     )
 
 
@@ -213,7 +224,8 @@ def prefill_attention(
     """query [T, heads, D] (all chunks' rows) -> out [T, heads, D]; K/V already stored.
     With `window` a query at position p sees only keys p - window + 1 ... p; with
     `softcap` scores are squashed to softcap * tanh(score / softcap) (Gemma 2); `sinks`
-    ([heads] fp32, gpt-oss) add each head's logit to its softmax's denominator."""
+    ([heads] fp32, gpt-oss) add each head's logit to its softmax's denominator. A batch
+    that is not `causal` (an encoder's) attends every key of its sequences."""
     num_tokens, num_heads, head_dim = query.shape
     tiles = _tiles(query.element_size(), head_dim, fp8_cache=is_fp8(key_cache.dtype))
     block_m, block_n = block_m or tiles.rows, block_n or tiles.keys
@@ -260,6 +272,7 @@ def prefill_attention(
         SOFTCAP=softcap is not None,
         SINKS=sinks is not None,
         FP8=fp8,
+        CAUSAL=batch.causal,
         num_warps=tiles.warps,
     )
     return out

@@ -23,8 +23,10 @@ def dense_attention(
     window: int | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    causal: bool = True,
 ) -> torch.Tensor:
-    """q [Q, H, D] are the last Q positions of a context k/v [C, KVH, D]; with `window`
+    """q [Q, H, D] are the last Q positions of a context k/v [C, KVH, D] (not `causal`:
+    each sees every position, as an encoder's do); with `window`
     a query sees only its last `window` positions (HF's sliding-window mask); with
     `softcap` scores become softcap * tanh(score / softcap) (Gemma 2's); `sinks` [H]
     add exp(sink) to each head's softmax denominator (gpt-oss's)."""
@@ -37,7 +39,7 @@ def dense_attention(
     offset = k.shape[0] - q.shape[0]
     key_pos = torch.arange(k.shape[0])[None, :]
     query_pos = (torch.arange(q.shape[0]) + offset)[:, None]
-    visible = key_pos <= query_pos
+    visible = key_pos <= query_pos if causal else torch.ones_like(key_pos <= query_pos)
     if window is not None:
         visible &= key_pos > query_pos - window
     scores = scores.masked_fill(~visible, float("-inf"))
@@ -56,6 +58,17 @@ def test_mixed_batch_matches_dense(block_size: int, heads: int, kv_heads: int) -
     # including equal-length fresh prefills that the backend batches together.
     shapes = [(9, 1), (0, 1), (30, 1), (0, 7), (0, 7), (0, 5), (13, 6), (16, 1 + block_size)]
     check_against_dense(shapes, block_size, heads, kv_heads, num_blocks=128)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2)])
+def test_an_encoder_step_attends_both_ways(block_size: int, heads: int, kv_heads: int) -> None:
+    """`causal` False (BERT's): each query sees every key of its sequence, later ones
+    too: whole prompts (a one-token one laid out as a decode, equal lengths batched)
+    and, through the masked path, a chunk after a prefix."""
+    torch.manual_seed(block_size * 10 + heads)
+    shapes = [(0, 1), (0, 7), (0, 7), (0, 5), (0, 1 + block_size), (13, 6)]
+    check_against_dense(shapes, block_size, heads, kv_heads, num_blocks=128, causal=False)
 
 
 @pytest.mark.parametrize("block_size", [1, 16])
@@ -146,6 +159,7 @@ def check_against_dense(
     softcap: float | None = None,
     every_layer: bool = False,
     sinks: torch.Tensor | None = None,
+    causal: bool = True,
 ) -> TorchAttentionMetadata:
     """Runs the backend on `shapes` against dense attention; returns the step's metadata.
     `every_layer`: the step says every layer slides in `window`."""
@@ -182,6 +196,7 @@ def check_against_dense(
             num_decodes=len(decodes),
             block_size=block_size,
             every_layer_window=window if every_layer else None,
+            causal=causal,
         )
     )
     scale = dim**-0.5
@@ -191,7 +206,7 @@ def check_against_dense(
     )
     expected = torch.cat(
         [
-            dense_attention(q, k, v, scale, window, softcap, sinks)
+            dense_attention(q, k, v, scale, window, softcap, sinks, causal)
             for q, (k, v) in zip(queries, contexts, strict=True)
         ]
     )

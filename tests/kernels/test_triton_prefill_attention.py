@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def _triton(
     k_cache, v_cache = stored_caches(batch)
     inputs = batch.inputs
     tables = block_table(inputs, device)
-    prefill = make_prefill_batch(tables, inputs.query_lens, inputs.context_lens)
+    prefill = make_prefill_batch(tables, inputs.query_lens, inputs.context_lens, inputs.causal)
     return prefill_attention(
         batch.query,
         k_cache,
@@ -64,6 +66,31 @@ def test_chunked_prefill_matches_torch(
         seed=block_size + heads * 10 + kv_heads,
         all_prefill=True,
     )
+    scale = HEAD_DIM**-0.5
+    expected = _reference(batch, device, scale)
+    assert_close(_triton(batch, device, scale, block_m=16, block_n=16), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("block_size", [8, 32])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2)])
+def test_encoder_prompts_match_torch(
+    device: torch.device, dtype: torch.dtype, block_size: int, heads: int, kv_heads: int
+) -> None:
+    """Not causal (an encoder's step): whole prompts of lengths off the block size and
+    past a query tile, where every row sees every key, later tiles' too."""
+    batch = make_paged_batch(
+        [(0, 13), (0, 2), (0, 40), (0, 9)],
+        block_size=block_size,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=HEAD_DIM,
+        dtype=dtype,
+        device=device,
+        seed=block_size + heads,
+        all_prefill=True,
+    )
+    batch = replace(batch, inputs=replace(batch.inputs, causal=False))
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale)
     assert_close(_triton(batch, device, scale, block_m=16, block_n=16), expected)
