@@ -65,6 +65,26 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForSequenceClassification": "mistral",
     "Qwen2ForSequenceClassification": "qwen2",
     "Qwen3ForSequenceClassification": "qwen3",
+    # Encoders (bidirectional attention, learned positions, post-norm LayerNorm layers:
+    # engine/models/bert.py), served by the pooling runner only: sentence-transformers
+    # embedding models (bge, e5, MiniLM, bge-m3, ...) and cross-encoder rerankers
+    # (ms-marco MiniLM, bge-reranker).
+    "BertModel": "bert",
+    "RobertaModel": "roberta",
+    "XLMRobertaModel": "xlm-roberta",
+    "BertForSequenceClassification": "bert",
+    "RobertaForSequenceClassification": "roberta",
+    "XLMRobertaForSequenceClassification": "xlm-roberta",
+}
+
+# Families whose attention is bidirectional (engine/models/bert.py).
+ENCODER_TYPES = ("bert", "roberta", "xlm-roberta")
+# Their MLP activations, by transformers' names: the exact GELU, or its tanh form.
+ENCODER_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "gelu_tanh": "gelu_tanh",
 }
 
 RUNNERS = ("auto", "generate", "pooling")
@@ -261,6 +281,15 @@ class ModelConfig:
     weight_block_size: tuple[int, int] | None = None
     # What an FP8 weight's scale is named after it (engine/weight_quantization.py).
     weight_scale_suffix: str = "_scale_inv"
+    # Encoders (BERT, RoBERTa, XLM-R): every query sees the whole prompt. Their
+    # LayerNorms' epsilon, how many token types their embeddings add (BERT's second
+    # text of a pair is type 1; 0: none), and where their learned positions start
+    # (RoBERTa's: after the padding index, so max_position_embeddings above is what
+    # is left of the table).
+    is_encoder: bool = False
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 0
+    position_offset: int = 0
 
     @property
     def writes_harmony(self) -> bool:
@@ -316,8 +345,18 @@ class ModelConfig:
         if hf.get("use_bidirectional_attention"):
             raise ConfigurationError("bidirectional attention (EmbeddingGemma) is not supported")
         activation = str(hf.get("hidden_activation") or hf.get("hidden_act") or "silu")
-        if activation not in ("silu", *GELU_TANH):
+        encoder = family in ENCODER_TYPES
+        if encoder:
+            hidden_activation = _encoder_activation(hf, activation)
+            qkv_bias = attention_bias = True
+        elif activation in ("silu", *GELU_TANH):
+            hidden_activation = "silu" if activation == "silu" else "gelu_tanh"
+        else:
             raise ConfigurationError(f"unsupported MLP activation {activation!r}")
+        position_offset = 0
+        if family in ("roberta", "xlm-roberta"):
+            # Their positions start after the padding index (transformers' padding_idx + 1).
+            position_offset = int(hf.get("pad_token_id", 1)) + 1
         return cls(
             architecture=arch,
             vocab_size=int(hf["vocab_size"]),
@@ -328,7 +367,9 @@ class ModelConfig:
             num_kv_heads=int(hf.get("num_key_value_heads") or num_heads),
             head_dim=int(hf.get("head_dim") or hidden // num_heads),
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
+            max_position_embeddings=(
+                int(hf.get("max_position_embeddings", 4096)) - position_offset
+            ),
             # transformers' default where a config leaves it out (SmolLM3 ties).
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "smollm3")),
             qkv_bias=qkv_bias,
@@ -346,7 +387,7 @@ class ModelConfig:
             matryoshka_dimensions=tuple(int(d) for d in hf.get("matryoshka_dimensions") or ()),
             labels=_labels(hf) if arch.endswith("ForSequenceClassification") else (),
             classifier_head=_classifier_head(hf, arch),
-            hidden_activation="silu" if activation == "silu" else "gelu_tanh",
+            hidden_activation=hidden_activation,
             embed_scale=(
                 float(hidden**0.5) if gemma else float(hf.get("embedding_multiplier") or 1.0)
             ),
@@ -371,6 +412,10 @@ class ModelConfig:
             weight_block_size=quantization.block_size if quantization else None,
             weight_scale_suffix=quantization.scale_suffix if quantization else "_scale_inv",
             **_experts(hf, family, int(hf["num_hidden_layers"])),
+            is_encoder=encoder,
+            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+            type_vocab_size=int(hf.get("type_vocab_size", 2 if family == "bert" else 0)),
+            position_offset=position_offset,
         )
 
     @classmethod
@@ -378,6 +423,20 @@ class ModelConfig:
         """`overrides`: vLLM's --hf-overrides, laid over the folder's config.json."""
         hf = json.loads((folder / "config.json").read_text())
         return cls.from_dict(apply_hf_overrides(hf, overrides or {}))
+
+
+def _encoder_activation(hf: dict[str, Any], activation: str) -> str:
+    """An encoder's MLP activation ("gelu" exact, or "gelu_tanh"), from transformers'
+    names; its attention must be the absolute-position kind."""
+    kind = hf.get("position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise ConfigurationError(f"position_embedding_type {kind!r} is not supported (absolute)")
+    if activation not in ENCODER_ACTIVATIONS:
+        raise ConfigurationError(
+            f"unsupported MLP activation {activation!r} for an encoder; supported: "
+            f"{', '.join(ENCODER_ACTIVATIONS)}"
+        )
+    return ENCODER_ACTIVATIONS[activation]
 
 
 def _classifier_head(hf: dict[str, Any], arch: str) -> TokenHead | None:

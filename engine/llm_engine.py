@@ -31,7 +31,7 @@ from engine.ngram_proposer import NgramProposer
 from engine.online_fp8 import wants_online_fp8
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
 from engine.pooler import Pooler
-from engine.pooler_config import PoolerConfig
+from engine.pooler_config import PoolerConfig, PoolingType
 from engine.pooling_params import PoolingParams, check_dimensions
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParamError, SamplingParams
@@ -137,6 +137,8 @@ class LLMEngine:
                 "than the default float32 (whose greedy output matches HF's float32 exactly)"
             )
         self.max_model_len = self._max_model_len()
+        if self.model_config.is_encoder:
+            config = self.config = self._encoder_config(config)
         self.kv_cache_dtype = resolve_kv_cache_dtype(config.kv_cache_dtype, self.dtype)
         # "generate" (text) or "pooling" (embeddings): what this engine serves.
         self.runner_kind = config.resolve_runner(self.model_config)
@@ -185,10 +187,12 @@ class LLMEngine:
         # Where every layer slides, blocks behind the widest window are given back.
         windows = [w for w in mc.layer_windows if w is not None]
         all_slide = bool(windows) and len(windows) == len(mc.layer_windows)
+        encoder = mc.is_encoder
         self.block_manager = BlockManager(
             self.num_kv_blocks,
             config.block_size,
-            config.enable_prefix_caching,
+            # An encoder's keys depend on the tokens after them too: no block is reusable.
+            config.enable_prefix_caching and not encoder,
             window=max(windows) if all_slide else None,
         )
         self.scheduler = Scheduler(
@@ -198,6 +202,7 @@ class LLMEngine:
             background_priority=config.background_priority,
             background_prefill_tokens=config.background_prefill_tokens,
             long_prefill_token_threshold=config.long_prefill_token_threshold,
+            whole_prompts=encoder,
         )
         decode_graphs = None
         if (
@@ -239,6 +244,7 @@ class LLMEngine:
             pooler=self._pooler(model),
             every_layer_window=self.block_manager.window,
             logprobs_mode=config.logprobs_mode,
+            causal=not mc.is_encoder,
         )
         spec = config.speculative_config
         self.proposer = (
@@ -263,6 +269,23 @@ class LLMEngine:
         )
 
     # --- setup ------------------------------------------------------------------------
+
+    def _encoder_config(self, config: EngineConfig) -> EngineConfig:
+        """An encoder's limits: its prompts are computed whole in one step (each token
+        attends the ones after it), so a step's budget holds the longest prompt."""
+        if config.lora_config is not None:
+            raise ConfigurationError(
+                f"LoRA adapters are not supported for encoders ({self.model_config.architecture})"
+            )
+        if config.max_num_batched_tokens >= self.max_model_len:
+            return config
+        logger.info(
+            "max_num_batched_tokens raised from %d to max_model_len %d: an encoder computes "
+            "each prompt whole, in one step",
+            config.max_num_batched_tokens,
+            self.max_model_len,
+        )
+        return dataclasses.replace(config, max_num_batched_tokens=self.max_model_len)
 
     def _with_head_token_ids(self, model_config: ModelConfig) -> ModelConfig:
         """A classifier whose head is made of tokens' LM-head rows, with those tokens' ids
@@ -307,7 +330,10 @@ class LLMEngine:
             return None
         if config.speculative_config is not None:
             raise ConfigurationError("speculative decoding has nothing to draft for embeddings")
-        pooler = PoolerConfig.resolve(self.resolved.path, config.pooler_config)
+        # An encoder's vector is its first ([CLS]) token's unless its files say otherwise,
+        # as vLLM pools BERT-family models; a decoder's its last token's.
+        default = PoolingType.CLS if self.model_config.is_encoder else PoolingType.LAST
+        pooler = PoolerConfig.resolve(self.resolved.path, config.pooler_config, default)
         if pooler.use_activation is not None and not self.model_config.is_classifier:
             raise ConfigurationError(
                 "pooler_config: use_activation applies to classification models; "
@@ -541,12 +567,14 @@ class LLMEngine:
                 f"of {self.max_model_len} tokens"
             )
         params.validate_against(self.model_config)
+        params.check_prompt(len(prompt))
         arrival = arrival_time if arrival_time is not None else time.time()
         seq = self._new_sequence(
             request_id, 0, prompt, _NO_SAMPLING, priority, arrival, lora, cache_salt
         )
         seq.pooling = params
-        seq.pools_every_row = self.pooler_config.pools_every_row
+        # An encoder's prompt is computed whole: no cached blocks, whatever the pooling.
+        seq.pools_every_row = self.pooler_config.pools_every_row or self.model_config.is_encoder
         self._requests[request_id] = _Request(request_id, [seq])
         self.scheduler.add(seq)
 

@@ -144,6 +144,7 @@ class ModelRunner:
         pooler: Pooler | None = None,
         every_layer_window: int | None = None,
         logprobs_mode: str = "raw_logprobs",
+        causal: bool = True,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
@@ -162,6 +163,10 @@ class ModelRunner:
         self.pooler = pooler
         # Every layer's window where all slide (their blocks behind it are given back).
         self.every_layer_window = every_layer_window
+        # False for an encoder: each token attends its whole prompt.
+        self.causal = causal
+        # An encoder with token types is given each token's (BERT's pairs).
+        self.token_types = bool(getattr(model, "uses_token_types", False))
 
     @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
@@ -229,14 +234,19 @@ class ModelRunner:
                 num_decodes=sum(1 for s in ordered if s.num_tokens == 1),
                 block_size=bs,
                 every_layer_window=self.every_layer_window,
+                causal=self.causal,
             )
             metadata = self.backend.prepare(inputs)
+            extra = {}
+            if self.token_types:
+                extra["token_type_ids"] = _token_types(ordered, device)
             hidden = self.model(
                 torch.tensor(input_ids, dtype=torch.long).to(device, non_blocking=True),
                 torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True),
                 self.kv_caches,
                 self.backend,
                 metadata,
+                **extra,
             )
         sampler_output = None
         # A constrained sequence never has drafts: its one row is its first.
@@ -329,6 +339,21 @@ class ModelRunner:
         params = [seq.pooling for seq, _ in ended]
         finished = self.pooler.finish(vectors, params)  # type: ignore[arg-type]
         return {seq.seq_id: v for (seq, _), v in zip(ended, finished, strict=True)}
+
+
+def _token_types(ordered: list[ScheduledSequence], device: torch.device) -> torch.Tensor:
+    """Each row's token type: 1 from a pair's second text on (PoolingParams.segment_start),
+    else 0."""
+    types: list[int] = []
+    for item in ordered:
+        seq = item.seq
+        start = seq.num_computed_tokens
+        second = seq.pooling.segment_start if seq.pooling is not None else None
+        if second is None:
+            types.extend([0] * item.num_tokens)
+        else:
+            types.extend(int(p >= second) for p in range(start, start + item.num_tokens))
+    return torch.tensor(types, dtype=torch.long).to(device, non_blocking=True)
 
 
 def _lora_order(slot: int | None) -> int:

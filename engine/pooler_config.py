@@ -6,7 +6,8 @@ whether the vector is L2-normalised. A sentence-transformers folder states
 its own pooling in `modules.json` + `1_Pooling/config.json` (and whether a
 `Normalize` module follows); those are the model's defaults, and flags
 override them key by key, as in vLLM. Without either, a decoder model pools
-its LAST token, normalised: what e5-mistral and gte-Qwen2 do.
+its LAST token, normalised: what e5-mistral and gte-Qwen2 do; an encoder (BERT)
+its first, CLS, as vLLM pools them.
 """
 
 from __future__ import annotations
@@ -120,10 +121,15 @@ class PoolerConfig:
 
     @classmethod
     def resolve(
-        cls, folder: Path, flag: PoolerConfig | dict[str, Any] | str | None
+        cls,
+        folder: Path,
+        flag: PoolerConfig | dict[str, Any] | str | None,
+        default: PoolingType = PoolingType.LAST,
     ) -> PoolerConfig:
-        """The model folder's own pooling (sentence-transformers), overridden by the flag."""
-        return cls(**{**sentence_transformers_pooling(folder), **cls.parse(flag)})
+        """The model folder's own pooling (sentence-transformers), overridden by the flag;
+        `default`: the pooling where neither says (an encoder's is CLS)."""
+        found = {"pooling_type": default, **sentence_transformers_pooling(folder)}
+        return cls(**{**found, **cls.parse(flag)})
 
 
 def sentence_transformers_pooling(folder: Path) -> dict[str, Any]:

@@ -30,6 +30,9 @@ class EmbeddingShape(Protocol):
     @property
     def labels(self) -> tuple[str, ...]: ...
 
+    @property
+    def type_vocab_size(self) -> int: ...
+
 
 @dataclass(frozen=True)
 class PoolingParams:
@@ -44,9 +47,12 @@ class PoolingParams:
     # "classify" when the API asks a classifier (its worker refuses anything else: an
     # API of the release before would ask it for embeddings); None otherwise.
     task: str | None = None
+    # Where a text pair's second text starts in the prompt (BERT's token type 1 from
+    # there on, as its tokenizer marks a cross-encoder's pair); None: one text.
+    segment_start: int | None = None
 
     # Newer than the wire protocol's first release: sent only when set (wire_form.py).
-    ADDED_FIELDS = ("activation", "task")
+    ADDED_FIELDS = ("activation", "task", "segment_start")
 
     def wire(self) -> dict[str, object]:
         """What the API queues for workers (engine/wire_form.py)."""
@@ -64,6 +70,11 @@ class PoolingParams:
             raise SamplingParamError("activation", "must be true or false")
         if self.task not in (None, "classify"):
             raise SamplingParamError("task", f"must be classify, got {self.task!r}")
+        start = self.segment_start
+        if start is not None and (not isinstance(start, int) or isinstance(start, bool)):
+            raise SamplingParamError("segment_start", "must be an integer")
+        if start is not None and start < 1:
+            raise SamplingParamError("segment_start", "must be at least 1")
 
     def validate_against(self, model: EmbeddingShape) -> None:
         """Refuse a `dimensions` the model was not trained to cut to (vLLM's rule): the
@@ -74,6 +85,18 @@ class PoolingParams:
                 "dimensions", "this model is a classifier: its output is one score per label"
             )
         check_dimensions(self.dimensions, model)
+        if self.segment_start is not None and model.type_vocab_size < 2:
+            raise SamplingParamError(
+                "segment_start", "this model does not tell a pair's two texts apart"
+            )
+
+    def check_prompt(self, prompt_length: int) -> None:
+        """A pair's second text starts inside the prompt."""
+        if self.segment_start is not None and self.segment_start >= prompt_length:
+            raise SamplingParamError(
+                "segment_start",
+                f"{self.segment_start} is past the prompt's {prompt_length} tokens",
+            )
 
 
 def check_dimensions(dims: int | None, model: EmbeddingShape) -> None:

@@ -26,6 +26,10 @@ A decoding sequence with speculative drafts (engine/ngram_proposer.py) is
 scheduled for 1 + drafts tokens. Drafts only use what is spare: the budget
 left after one token for every decode still to come, and free blocks (they
 never preempt), so speculation can slow no other sequence's progress.
+
+An encoder's prompts (`whole_prompts`) are never chunked: each token attends
+the ones after it, so a prompt is admitted whole or waits for a later step
+(the engine makes the budget hold the longest one).
 """
 
 from __future__ import annotations
@@ -79,6 +83,9 @@ class Scheduler:
     # vLLM's --long-prefill-token-threshold: no sequence prefills more than this per step
     # (0: off), so long prompts share steps and a short one admitted behind them starts.
     long_prefill_token_threshold: int = 0
+    # An encoder's: each prompt is computed whole in one step (its tokens attend the
+    # ones after them), never chunked; the budget must hold the longest prompt.
+    whole_prompts: bool = False
     running: list[Sequence] = field(default_factory=list)
     waiting: list[tuple[tuple[int, float, int], Sequence]] = field(default_factory=list)
     stats: SchedulerStats = field(default_factory=SchedulerStats)
@@ -226,14 +233,24 @@ class Scheduler:
             if seq is None:
                 break
             background = self.is_background(seq)
-            if background and (background_left == 0 or admitted_foreground):
+            if background and (background_left <= 0 or admitted_foreground):
                 break  # the heap is in priority order: only background work is left
             forked = bool(seq.block_table)
             hits = [] if forked or seq.needs_every_prompt_row else bm.find_cached_prefix(seq)
             computed = seq.num_computed_tokens if forked else len(hits) * bm.block_size
-            num_tokens = self._long_prefill_cap(min(seq.num_tokens - computed, budget))
-            if background:
-                num_tokens = min(num_tokens, background_left)
+            remaining = seq.num_tokens - computed
+            if self.whole_prompts:
+                # Whole or not at all (no long-prefill cap); a background prompt longer
+                # than the background cap goes in a step that runs nothing else, so it
+                # cannot wait forever.
+                capped = background and remaining > background_left and bool(scheduled)
+                if remaining > budget or capped:
+                    break
+                num_tokens = remaining
+            else:
+                num_tokens = self._long_prefill_cap(min(remaining, budget))
+                if background:
+                    num_tokens = min(num_tokens, background_left)
             target = computed + num_tokens
             need = (
                 bm.blocks_needed(seq, target)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.bert import BertModel
 from engine.models.gemma import Gemma2ForCausalLM
 from engine.models.gpt_oss import GptOssForCausalLM
 from engine.models.llama import LlamaForCausalLM
@@ -45,6 +46,13 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "MistralForSequenceClassification": LlamaForCausalLM,
     "Qwen2ForSequenceClassification": LlamaForCausalLM,
     "Qwen3ForSequenceClassification": LlamaForCausalLM,
+    # Encoders (bidirectional): embeddings, and cross-encoders with their head.
+    "BertModel": BertModel,
+    "RobertaModel": BertModel,
+    "XLMRobertaModel": BertModel,
+    "BertForSequenceClassification": BertModel,
+    "RobertaForSequenceClassification": BertModel,
+    "XLMRobertaForSequenceClassification": BertModel,
 }
 
 

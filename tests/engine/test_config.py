@@ -337,6 +337,66 @@ def test_what_the_engine_cannot_compute_is_refused(extra: dict[str, object], mes
         ModelConfig.from_dict(_hf_config(architectures=["Gemma3ForCausalLM"], **extra))
 
 
+def _encoder_config(**extra: object) -> dict[str, object]:
+    """An encoder's config.json as BERT-family checkpoints ship it (sizes shrunk)."""
+    return {
+        "vocab_size": 250002,
+        "hidden_size": 64,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-05,
+        "position_embedding_type": "absolute",
+        **extra,
+    }
+
+
+def test_encoders_read_their_positions_and_token_types() -> None:
+    """XLM-R (bge-m3, bge-reranker): positions start past the padding index (1), so a
+    514-row table serves 512 tokens; one token type. BERT: positions from 0, two types."""
+    xlmr = ModelConfig.from_dict(
+        _encoder_config(
+            architectures=["XLMRobertaForSequenceClassification"],
+            max_position_embeddings=514,
+            pad_token_id=1,
+            type_vocab_size=1,
+            id2label={"0": "LABEL_0"},
+        )
+    )
+    assert xlmr.is_encoder and xlmr.is_classifier and xlmr.labels == ("LABEL_0",)
+    assert (xlmr.max_position_embeddings, xlmr.position_offset) == (512, 2)
+    assert (xlmr.type_vocab_size, xlmr.layer_norm_eps, xlmr.hidden_activation) == (
+        1,
+        1e-05,
+        "gelu",
+    )
+    assert not xlmr.has_lm_head
+    bert = ModelConfig.from_dict(
+        _encoder_config(model_type="bert", max_position_embeddings=512, hidden_act="gelu_new")
+    )
+    assert bert.architecture == "BertModel" and bert.is_encoder and not bert.is_classifier
+    assert (bert.max_position_embeddings, bert.position_offset, bert.type_vocab_size) == (
+        512,
+        0,
+        2,
+    )
+    assert bert.hidden_activation == "gelu_tanh"
+    assert not ModelConfig.from_dict(_hf_config(architectures=["LlamaModel"])).is_encoder
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"position_embedding_type": "relative_key"}, "relative_key"),
+        ({"hidden_act": "silu"}, "activation 'silu' for an encoder"),
+    ],
+)
+def test_what_an_encoder_cannot_compute_is_refused(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        ModelConfig.from_dict(_encoder_config(architectures=["BertModel"], **extra))
+
+
 def test_smollm3_leaves_every_fourth_layer_without_positions() -> None:
     config = ModelConfig.from_dict(
         _hf_config(architectures=["SmolLM3ForCausalLM"], num_hidden_layers=8)

@@ -47,6 +47,7 @@ def make_scheduler(
     background_priority: int | None = None,
     background_prefill_tokens: int = 256,
     long_prefill_token_threshold: int = 0,
+    whole_prompts: bool = False,
 ) -> Scheduler:
     bm = BlockManager(num_blocks, block_size, enable_prefix_caching)
     return Scheduler(
@@ -56,6 +57,7 @@ def make_scheduler(
         background_priority=background_priority,
         background_prefill_tokens=background_prefill_tokens,
         long_prefill_token_threshold=long_prefill_token_threshold,
+        whole_prompts=whole_prompts,
     )
 
 
@@ -700,3 +702,39 @@ def test_drafts_use_only_the_budget_other_decodes_leave() -> None:
         (seqs[2], 1, ()),
     ]
     assert all(s.samples for s in plan.scheduled)
+
+
+def test_an_encoders_prompts_go_whole_or_wait() -> None:
+    """whole_prompts (an encoder's): a prompt that does not fit the budget left waits for
+    the next step, uncut, and so do those behind it; the long-prefill cap never cuts one."""
+    sched = make_scheduler(
+        max_num_batched_tokens=100, whole_prompts=True, long_prefill_token_threshold=16
+    )
+    first, second, third = make_seq(60), make_seq(50, arrival=1.0), make_seq(10, arrival=2.0)
+    for seq in (first, second, third):
+        sched.add(seq)
+    step = sched.schedule(now=0.0).scheduled
+    assert [(s.seq, s.num_tokens) for s in step] == [(first, 60)]
+    sched.finish(first, "stop")
+    step = sched.schedule(now=1.0).scheduled
+    assert [(s.seq, s.num_tokens) for s in step] == [(second, 50), (third, 10)]
+
+
+def test_a_long_background_prompt_of_an_encoder_goes_alone() -> None:
+    """Longer than the background prefill cap: it cannot be cut, so it waits for a step
+    with nothing else in it rather than forever."""
+    sched = make_scheduler(
+        max_num_batched_tokens=200,
+        whole_prompts=True,
+        background_priority=5,
+        background_prefill_tokens=32,
+    )
+    short = make_seq(20, priority=5)
+    long = make_seq(100, priority=5, arrival=1.0)
+    sched.add(short)
+    sched.add(long)
+    step = sched.schedule(now=0.0).scheduled
+    assert [(s.seq, s.num_tokens) for s in step] == [(short, 20)]
+    sched.finish(short, "stop")
+    step = sched.schedule(now=1.0).scheduled
+    assert [(s.seq, s.num_tokens) for s in step] == [(long, 100)]

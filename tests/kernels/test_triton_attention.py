@@ -19,11 +19,13 @@ import torch
 
 from engine.decode_graphs import DecodeGraphs
 from engine.llm import LLM, greedy
+from engine.pooling_params import PoolingParams
 from kernels.backend import select_attention_backend
 from kernels.linear import linear_method_for, onednn_linear_available
 from kernels.torch_attention import TorchAttentionBackend
 from kernels.triton_attention import TritonAttentionBackend
 
+from ..encoder_models import make_encoder
 from ..engine.quantized_variants import write_kv_cache_scales_variant
 from .paged import make_paged_batch
 from .tolerances import DTYPES, assert_close
@@ -302,3 +304,24 @@ def test_model_variants_through_triton_match_torch(
         if name == "triton-graphs":
             assert llm.engine.runner.decode_graphs.steps_by_key  # decodes replayed
     assert all(tokens == outputs["torch"] for tokens in outputs.values())
+
+
+@pytest.mark.slow  # ~8 s: a small encoder, once in Triton's interpreter
+def test_an_encoder_through_triton_matches_torch(tmp_path: Path) -> None:
+    """BERT's step is not causal: the prefill kernel lets every row see its whole prompt
+    (prompts of several lengths in one step, one shorter than a block). A cross-encoder's
+    logits (pairs with their token types, and one text) agree with the torch backend."""
+    make_encoder(tmp_path, "BertForSequenceClassification", num_labels=1)
+    results = []
+    for name in ("torch", "triton"):
+        llm = LLM(str(tmp_path), attention_backend=name, dtype="float32", block_size=8)
+        tokenizer = llm.tokenizer.hf_tokenizer
+        encoded = [
+            tokenizer(a, b, return_token_type_ids=True)
+            for a, b in (("the capital of france", "paris"), ("a", "city of people"))
+        ]
+        prompts = [e["input_ids"] for e in encoded] + [[2, 5, 3]]
+        params = [PoolingParams(segment_start=e["token_type_ids"].index(1)) for e in encoded]
+        results.append([r.embedding for r in llm.embed(prompts, [*params, PoolingParams()])])
+    for ours, theirs in zip(*results, strict=True):
+        assert_close(theirs, ours)
