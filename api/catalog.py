@@ -120,6 +120,8 @@ class PublishedShape:
     # A cross-encoder that reads a pair as its texts joined (classifier_from_token), not
     # as the tokenizer's text-pair encoding.
     concat_pairs: bool = False
+    # An encoder's token types: two or more, and a pair's second text is marked as such.
+    type_vocab_size: int = 0
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> PublishedShape | None:
@@ -134,6 +136,7 @@ class PublishedShape:
             tuple(int(d) for d in dims),
             tuple(str(label) for label in labels) if isinstance(labels, list) else (),
             bool(config.get("concat_pairs")),
+            int(config.get("type_vocab_size") or 0),
         )
 
 

@@ -169,15 +169,17 @@ async def embed(
     record: RequestRecord,
     model: EmbeddingModel,
     prompts: Sequence[list[int]],
-    pooling: PoolingParams,
+    pooling: PoolingParams | Sequence[PoolingParams],
     *,
     priority: int = 0,
     id_prefix: str = "embd",
     param: str = "input",
 ) -> list[Output]:
     """Every prompt's output (its vector in `embedding`), in order; raises ClientGone if the
-    client leaves first. Records the request's id and tokens and admits it first."""
+    client leaves first. Records the request's id and tokens and admits it first.
+    `pooling`: for every prompt, or one per prompt."""
     check_priority(priority, request.app.state.settings)
+    poolings = [pooling] * len(prompts) if isinstance(pooling, PoolingParams) else pooling
     if model.max_model_len is not None:
         for ids in prompts:
             check_input_length(len(ids), model.max_model_len, param)
@@ -197,14 +199,14 @@ async def embed(
                     model=model.live.queue_model,
                     prompt_token_ids=ids,
                     sampling=None,
-                    pooling=pooling.wire(),
+                    pooling=params.wire(),
                     priority=priority,
                     stream=False,
                     lane=record.lane,
                     lora=model.live.lora,
                     cache_salt=salt,
                 )
-                for index, ids in enumerate(prompts)
+                for index, (ids, params) in enumerate(zip(prompts, poolings, strict=True))
             ],
             readers,
         )

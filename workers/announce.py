@@ -74,6 +74,9 @@ def tokenizer_fields(
             # How /score joins a pair for it: a classifier_from_token model (a chat model
             # such as Qwen3-Reranker) reads the two texts as one, as in vLLM.
             "concat_pairs": mc.classifier_head is not None,
+            # Whether a pair's second text is marked (BERT's token type 1): the API then
+            # says where it starts (PoolingParams.segment_start).
+            "type_vocab_size": mc.type_vocab_size,
             # Its output is harmony messages, which the API parses (api/harmony_parser.py).
             "harmony": mc.writes_harmony,
         }

@@ -2,17 +2,19 @@
 
 With an embedding model each distinct text is embedded once (api/embedding_jobs.py),
 normalised, and a pair's score is the cosine similarity of its two vectors. With a
-cross-encoder (a sequence classifier with one label, e.g. a reranker saved as
-`Qwen3ForSequenceClassification`) each pair is one prompt, the two texts joined as
-the tokenizer joins a text pair, and its score is the classifier's probability
-(the sigmoid of its logit), as vLLM scores with such models. BERT-family
-(encoder-only) cross-encoders are not served.
+cross-encoder (a sequence classifier with one label: a BERT or XLM-R reranker such
+as ms-marco MiniLM or bge-reranker, or one saved as `Qwen3ForSequenceClassification`)
+each pair is one prompt, the two texts joined as the tokenizer joins a text pair
+(BERT's second text marked by its token type, which the worker is told), and its
+score is the classifier's probability (the sigmoid of its logit), as vLLM scores
+with such models.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -177,13 +179,25 @@ async def _pair_scores(
                 code="model_not_supported",
             )
         assert shape is not None
-        tokenize = _joined_pairs if shape.concat_pairs else _tokenize_pairs
-        prompts = await catalog.in_thread(tokenize, model.tokenizer.tokenizer, pairs, keep)
         pooling = PoolingParams(activation=activation, task="classify")
+        if shape.concat_pairs:
+            prompts = await catalog.in_thread(_joined_pairs, model.tokenizer.tokenizer, pairs, keep)
+            poolings: PoolingParams | list[PoolingParams] = pooling
+        else:
+            encoded = await catalog.in_thread(
+                _tokenize_pairs, model.tokenizer.tokenizer, pairs, keep
+            )
+            prompts = [ids for ids, _ in encoded]
+            # BERT marks the second text (token type 1): its worker is told where it starts.
+            typed = shape.type_vocab_size >= 2
+            poolings = [
+                replace(pooling, segment_start=start if typed else None) for _, start in encoded
+            ]
     else:
         unique = list(dict.fromkeys(text for pair in pairs for text in pair))
         prompts = await catalog.in_thread(_tokenize, model.tokenizer.tokenizer, unique, keep)
-        pooling = PoolingParams(normalize=True)  # unit vectors: a dot product is the cosine
+        # Unit vectors: a dot product is the cosine.
+        poolings = PoolingParams(normalize=True)
     outputs = await embed(
         request,
         submitter,
@@ -191,7 +205,7 @@ async def _pair_scores(
         record,
         model,
         prompts,
-        pooling,
+        poolings,
         priority=priority,
         id_prefix=kind,
         param="text_2" if kind == "score" else "documents",
@@ -204,27 +218,31 @@ async def _pair_scores(
 
 def _tokenize_pairs(
     tokenizer: Tokenizer, pairs: Sequence[tuple[str, str]], keep: int | None
-) -> list[list[int]]:
+) -> list[tuple[list[int], int | None]]:
     """Each pair as the tokenizer encodes a text pair (its own special tokens between and
-    around), as vLLM encodes them for a cross-encoder; `keep` cuts the longer text first
+    around), as vLLM encodes them for a cross-encoder, with where its token types say the
+    second text starts (None: they do not); `keep` cuts the longer text first
     (transformers' longest_first, vLLM's truncation)."""
     hf = tokenizer.hf_tokenizer
     out = []
     for first, second in pairs:
         if keep is None:
-            ids = hf(first, second)["input_ids"]
+            encoded = hf(first, second, return_token_type_ids=True)
         else:
             try:
-                ids = hf(first, second, truncation=True, max_length=keep)["input_ids"]
+                encoded = hf(
+                    first, second, truncation=True, max_length=keep, return_token_type_ids=True
+                )
             except Exception:  # fewer tokens than the special ones alone
-                ids = None
-            if ids is None or len(ids) > keep:
+                encoded = None
+            if encoded is None or len(encoded["input_ids"]) > keep:
                 raise ApiError(
                     400,
                     f"truncate_prompt_tokens ({keep}) leaves no room for the two texts",
                     param="truncate_prompt_tokens",
                 )
-        out.append(list(ids))
+        types = list(encoded.get("token_type_ids") or ())
+        out.append((list(encoded["input_ids"]), types.index(1) if 1 in types else None))
     return out
 
 

@@ -91,10 +91,14 @@ def running_stack(
 
 
 @contextmanager
-def worker_on(stack: Stack, model: str = MODEL, **fields: Any) -> Iterator[FakeWorker]:
+def worker_on(
+    stack: Stack, model: str = MODEL, model_dir: Path | None = None, **fields: Any
+) -> Iterator[FakeWorker]:
     """Another scripted worker on `stack`'s bus (of `model`, with `fields` such as its
-    instance and LoRA adapters), stopped on leaving."""
-    worker = FakeWorker(stack.redis_url, stack.names, model, stack.worker.model_dir, **fields)
+    instance and LoRA adapters; `model_dir`: its tokenizer's, else the stack's), stopped
+    on leaving."""
+    folder = model_dir or stack.worker.model_dir
+    worker = FakeWorker(stack.redis_url, stack.names, model, folder, **fields)
     worker.start()
     try:
         yield worker

@@ -109,6 +109,8 @@ class FakeWorker:
     labels: tuple[str, ...] = ()
     # A classifier_from_token cross-encoder's (texts of a pair joined, not pair-encoded).
     concat_pairs: bool = False
+    # An encoder's token types (BERT's 2: a pair's second text is marked).
+    type_vocab_size: int = 0
     # Publishes its model as writing harmony messages (gpt-oss's), as a real worker does.
     harmony: bool = False
     # Other names it serves the model under (--served-model-name A B).
@@ -140,6 +142,7 @@ class FakeWorker:
             "matryoshka_dimensions": list(self.matryoshka_dimensions),
             "labels": list(self.labels),
             "concat_pairs": self.concat_pairs,
+            "type_vocab_size": self.type_vocab_size,
         }
 
     def _text(self, tokens: list[int], skip_special_tokens: bool) -> str:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
+from ..encoder_models import write_tokenizer
 from .conftest import Stack, worker_on
 from .fakes import FakeWorker, fake_label_probs
 
@@ -167,3 +169,27 @@ def test_a_reranker_made_from_a_chat_model_reads_a_pair_as_one_text(
         assert client.post("/score", json=body).status_code == 200
         expected = reranker.tokenizer.encode("<Query>: a<Doc>: bank")
         assert reranker.received[-1].prompt_token_ids == expected
+
+
+@pytest.mark.parametrize(("type_vocab_size", "marked"), [(2, True), (1, False)])
+def test_a_bert_cross_encoder_is_told_where_the_second_text_starts(
+    client: httpx.Client, stack: Stack, tmp_path: Path, type_vocab_size: int, marked: bool
+) -> None:
+    """A BERT reranker (ms-marco MiniLM) reads a pair's second text as token type 1: the
+    worker gets where it starts. An XLM-R one (bge-reranker) has one token type: not."""
+    folder = tmp_path / "bert-tokenizer"
+    hf = write_tokenizer(folder)
+    model = f"fake-reranker-{type_vocab_size}-types"
+    with worker_on(
+        stack, model, model_dir=folder, instance="br-1", runner="pooling", labels=("LABEL_0",),
+        type_vocab_size=type_vocab_size,
+    ) as reranker:  # fmt: skip
+        docs = ["paris is the capital of france", "rain"]
+        body = {"model": model, "query": "capital of france", "documents": docs}
+        reply = client.post("/rerank", json=body)
+        assert reply.status_code == 200, reply.text
+        for received, doc in zip(reranker.received, docs, strict=True):
+            encoded = hf("capital of france", doc, return_token_type_ids=True)
+            assert received.prompt_token_ids == encoded["input_ids"]
+            start = encoded["token_type_ids"].index(1)
+            assert received.pooling.get("segment_start") == (start if marked else None)

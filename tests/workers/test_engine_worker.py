@@ -87,6 +87,8 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
         "labels": [],
         # Whether /score joins a pair's texts for it (classifier_from_token models).
         "concat_pairs": False,
+        # An encoder's token types (BERT's 2: /score marks a pair's second text); none.
+        "type_vocab_size": 0,
     }
     # The sampling defaults served: this model's folder has no generation_config.json.
     assert json.loads(tok["generation_config.json"]) == {}
