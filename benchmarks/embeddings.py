@@ -2,7 +2,9 @@
 on the same weights.
 
 HF runs the base model (`AutoModel`) over static batches of `--hf-batch`
-prompts of equal length (no padding: its best case) and pools the last token;
+prompts of equal length (no padding: its best case) and pools as the engine does
+(the last token for a decoder, the first for an encoder, unless the model's
+sentence-transformers files say otherwise);
 our engine gets all prompts at once (`LLM.embed`), batching them as its token
 budget allows. A sequence classifier (`*ForSequenceClassification`) is compared
 with HF's `AutoModelForSequenceClassification` on its labels' probabilities
@@ -31,6 +33,7 @@ from benchmarks.report import JsonLines
 from engine.config import resolve_dtype
 from engine.llm import LLM
 from engine.loader import resolve_model
+from engine.pooler_config import PoolingType
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,10 +51,14 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def hf_embed(
-    model: transformers.PreTrainedModel, prompts: list[list[int]], batch: int, device: torch.device
+    model: transformers.PreTrainedModel,
+    prompts: list[list[int]],
+    batch: int,
+    device: torch.device,
+    pooling: PoolingType = PoolingType.LAST,
 ) -> torch.Tensor:
-    """LAST-token pooled, normalised vectors from HF (a classifier's label probabilities),
-    `batch` equal-length prompts a call."""
+    """Pooled (our engine's way: LAST, CLS or MEAN), normalised vectors from HF (a
+    classifier's label probabilities), `batch` equal-length prompts a call."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(prompts), batch):
@@ -63,8 +70,13 @@ def hf_embed(
                 probs = logits.sigmoid() if logits.shape[-1] == 1 else logits.softmax(-1)
                 out.append(probs.cpu())
                 continue
-            hidden = model(ids).last_hidden_state[:, -1]
-            out.append(F.normalize(hidden.float(), dim=-1).cpu())
+            hidden = model(ids).last_hidden_state
+            pooled = {
+                PoolingType.LAST: lambda h: h[:, -1],
+                PoolingType.CLS: lambda h: h[:, 0],
+                PoolingType.MEAN: lambda h: h.mean(dim=1),
+            }[pooling](hidden)
+            out.append(F.normalize(pooled.float(), dim=-1).cpu())
     return torch.cat(out)
 
 
@@ -93,9 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     device, dtype = llm.engine.device, llm.engine.dtype
     classifier = llm.engine.model_config.is_classifier
+    assert llm.engine.pooler_config is not None
+    pooling = llm.engine.pooler_config.pooling_type
     hf = _hf_model(folder, classifier, resolve_dtype(args.dtype, device)).to(device).eval()
     llm.embed(make_prompts(llm.tokenizer, 2, 8))  # warm both sides up
-    hf_embed(hf, make_prompts(llm.tokenizer, 2, 8), args.hf_batch, device)
+    hf_embed(hf, make_prompts(llm.tokenizer, 2, 8), args.hf_batch, device, pooling)
     for prompt_len in (int(v) for v in args.prompt_len.split(",")):
         prompts = make_prompts(llm.tokenizer, args.num_prompts, prompt_len)
         seconds: dict[str, list[float]] = {"ours": [], "hf": []}
@@ -105,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             ours = torch.stack([r.embedding for r in llm.embed(prompts)])  # type: ignore[misc]
             seconds["ours"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            theirs = hf_embed(hf, prompts, args.hf_batch, device)
+            theirs = hf_embed(hf, prompts, args.hf_batch, device, pooling)
             seconds["hf"].append(time.perf_counter() - start)
         tokens = args.num_prompts * prompt_len
         rate = {side: tokens / statistics.fmean(s) for side, s in seconds.items()}
