@@ -81,7 +81,7 @@ if ((smoke)); then
     small_shape=tiny
     bf16_args=(--prompt-len 8 --output-len 4 --concurrency 1,2 --hf-batches 2)
     fp32_args=(--prompt-len 4 --output-len 3 --concurrency 1 --hf-batches 1)
-    eager_args=(--prompt-len 4 --output-len 2 --concurrency 1 --hf-batches 1)
+    eager_args=(--prompt-len 4 --output-len 2 --concurrency 1 --skip-hf)
     lora_args=(--prompt-len 8 --output-len 4 --concurrency 1,2)
     expert_tokens=(--tokens 1)
     fp8_rows=(--rows 1)
@@ -93,7 +93,7 @@ else
     small_shape=smollm2-135m
     bf16_args=(--concurrency 1,64,256 --hf-batches 16,64,256 --max-num-seqs 256)
     fp32_args=(--output-len 64 --concurrency 1,16 --hf-batches 16)
-    eager_args=(--concurrency 1,64,256 --hf-batches 256 --max-num-seqs 256)
+    eager_args=(--concurrency 1,64,256 --max-num-seqs 256 --skip-hf)
     lora_args=(--output-len 64 --concurrency 1,32,128)
     expert_tokens=(--tokens 1,16,256,2048)
     fp8_rows=(--rows 1,16,64,256,1024)
@@ -124,6 +124,7 @@ stage engine-fp32 120 bash -c "
     $PY -m benchmarks.engine --model $models/small --device $device --dtype float32 \
         --attention-backend triton ${fp32_args[*]} --json-out $out/engine-fp32.jsonl"
 
+# Eager against graphs: our two runs compared (HF ran in the bf16 stage already).
 stage engine-bf16-eager 150 "$PY" -m benchmarks.engine --model "$models/big" --device "$device" \
     --dtype bfloat16 --enforce-eager "${eager_args[@]}" --json-out "$out/engine-bf16-eager.jsonl"
 
