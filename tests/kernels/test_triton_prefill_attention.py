@@ -21,6 +21,29 @@ HEAD_DIM = 32
 SHAPES = [(0, 13), (1, 9), (37, 20), (16, 2), (5, 1), (0, 40)]
 
 
+def _chunks(
+    shapes: list[tuple[int, int]],
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    block_size: int = 8,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> PagedBatch:
+    """`shapes` (cached prefix, new tokens) as prefill chunks, in that order."""
+    return make_paged_batch(
+        shapes,
+        block_size=block_size,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=HEAD_DIM,
+        dtype=dtype,
+        device=device,
+        seed=seed,
+        all_prefill=True,
+    )
+
+
 def _triton(
     batch: PagedBatch,
     device: torch.device,
@@ -55,17 +78,8 @@ def _triton(
 def test_chunked_prefill_matches_torch(
     device: torch.device, dtype: torch.dtype, block_size: int, heads: int, kv_heads: int
 ) -> None:
-    batch = make_paged_batch(
-        SHAPES,
-        block_size=block_size,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=HEAD_DIM,
-        dtype=dtype,
-        device=device,
-        seed=block_size + heads * 10 + kv_heads,
-        all_prefill=True,
-    )
+    seed = block_size + heads * 10 + kv_heads
+    batch = _chunks(SHAPES, dtype, device, seed, block_size, heads, kv_heads)
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale)
     assert_close(_triton(batch, device, scale, block_m=16, block_n=16), expected)
@@ -79,17 +93,8 @@ def test_encoder_prompts_match_torch(
 ) -> None:
     """Not causal (an encoder's step): whole prompts of lengths off the block size and
     past a query tile, where every row sees every key, later tiles' too."""
-    batch = make_paged_batch(
-        [(0, 13), (0, 2), (0, 40), (0, 9)],
-        block_size=block_size,
-        heads=heads,
-        kv_heads=kv_heads,
-        head_dim=HEAD_DIM,
-        dtype=dtype,
-        device=device,
-        seed=block_size + heads,
-        all_prefill=True,
-    )
+    shapes = [(0, 13), (0, 2), (0, 40), (0, 9)]
+    batch = _chunks(shapes, dtype, device, block_size + heads, block_size, heads, kv_heads)
     batch = replace(batch, inputs=replace(batch.inputs, causal=False))
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale)
@@ -98,17 +103,7 @@ def test_encoder_prompts_match_torch(
 
 def _gqa_chunks(dtype: torch.dtype, device: torch.device, seed: int) -> PagedBatch:
     """SHAPES' chunks in blocks of 8; 4 query heads over 2 KV heads."""
-    return make_paged_batch(
-        SHAPES,
-        block_size=8,
-        heads=4,
-        kv_heads=2,
-        head_dim=HEAD_DIM,
-        dtype=dtype,
-        device=device,
-        seed=seed,
-        all_prefill=True,
-    )
+    return _chunks(SHAPES, dtype, device, seed)
 
 
 @pytest.mark.parametrize("window", [1, 6, 25])
@@ -157,17 +152,7 @@ def test_attention_sinks_prefill_match_torch(
 @pytest.mark.parametrize("block_m,block_n", [(16, 32), (32, 16), (64, 64)])
 def test_tile_sizes_agree(device: torch.device, block_m: int, block_n: int) -> None:
     """The causal skip of key tiles must not depend on how query and key tiles line up."""
-    batch = make_paged_batch(
-        SHAPES,
-        block_size=16,
-        heads=4,
-        kv_heads=2,
-        head_dim=HEAD_DIM,
-        dtype=torch.float32,
-        device=device,
-        seed=block_m + block_n,
-        all_prefill=True,
-    )
+    batch = _chunks(SHAPES, torch.float32, device, block_m + block_n, block_size=16)
     scale = HEAD_DIM**-0.5
     expected = _reference(batch, device, scale)
     assert_close(_triton(batch, device, scale, block_m=block_m, block_n=block_n), expected)
