@@ -14,7 +14,7 @@ import json
 import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
@@ -180,6 +180,7 @@ async def embed(
     `pooling`: for every prompt, or one per prompt."""
     check_priority(priority, request.app.state.settings)
     poolings = [pooling] * len(prompts) if isinstance(pooling, PoolingParams) else pooling
+    poolings = _with_segments(model, prompts, poolings)
     if model.max_model_len is not None:
         for ids in prompts:
             check_input_length(len(ids), model.max_model_len, param)
@@ -215,6 +216,23 @@ async def embed(
     outputs = await collect_all(request, replies, readers)
     record.finish_reason = "stop"
     return outputs
+
+
+def _with_segments(
+    model: EmbeddingModel, prompts: Sequence[list[int]], poolings: Sequence[PoolingParams]
+) -> list[PoolingParams]:
+    """A classifier that reads token types (BERT's cross-encoders) is told where every
+    prompt's second text starts; one text's starts at its end. Its workers refuse a request
+    without it (an API of the release before would send a pair as one text)."""
+    shape = model.tokenizer.shape
+    if shape is None or shape.type_vocab_size < 2:
+        return list(poolings)
+    return [
+        replace(params, segment_start=len(ids))
+        if params.task == "classify" and params.segment_start is None
+        else params
+        for ids, params in zip(prompts, poolings, strict=True)
+    ]
 
 
 def encoded(output: Output) -> str:

@@ -346,6 +346,11 @@ class ModelConfig:
             raise ConfigurationError("bidirectional attention (EmbeddingGemma) is not supported")
         activation = str(hf.get("hidden_activation") or hf.get("hidden_act") or "silu")
         encoder = family in ENCODER_TYPES
+        if encoder and hf.get("is_decoder"):
+            # A BERT decoder (BertLMHeadModel) attends causally: not what we run it as.
+            raise ConfigurationError(
+                f"{arch} configured as a decoder (is_decoder) is not supported"
+            )
         if encoder:
             hidden_activation = _encoder_activation(hf, activation)
             qkv_bias = attention_bias = True
@@ -356,7 +361,8 @@ class ModelConfig:
         position_offset = 0
         if family in ("roberta", "xlm-roberta"):
             # Their positions start after the padding index (transformers' padding_idx + 1).
-            position_offset = int(hf.get("pad_token_id", 1)) + 1
+            pad = hf.get("pad_token_id")
+            position_offset = (1 if pad is None else int(pad)) + 1
         return cls(
             architecture=arch,
             vocab_size=int(hf["vocab_size"]),

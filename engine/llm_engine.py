@@ -36,6 +36,8 @@ from engine.pooling_params import PoolingParams, check_dimensions
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParamError, SamplingParams
 from engine.scheduler import Scheduler
+from engine.sentence_bert_config import FILE_NAME as SENTENCE_BERT_CONFIG
+from engine.sentence_bert_config import max_seq_length
 from engine.sequence import Sequence
 from engine.tokenizer import Tokenizer
 from kernels.backend import select_attention_backend
@@ -334,6 +336,13 @@ class LLMEngine:
         # as vLLM pools BERT-family models; a decoder's its last token's.
         default = PoolingType.CLS if self.model_config.is_encoder else PoolingType.LAST
         pooler = PoolerConfig.resolve(self.resolved.path, config.pooler_config, default)
+        mc = self.model_config
+        if mc.is_encoder and mc.is_classifier and pooler.pooling_type != PoolingType.CLS:
+            # Its head was trained on the first token's state: another pooling scores junk.
+            raise ConfigurationError(
+                f"pooler_config: {mc.architecture}'s classifier head reads the first token "
+                f"(CLS pooling), not {pooler.pooling_type.value}"
+            )
         if pooler.use_activation is not None and not self.model_config.is_classifier:
             raise ConfigurationError(
                 "pooler_config: use_activation applies to classification models; "
@@ -406,11 +415,13 @@ class LLMEngine:
     def _max_model_len(self) -> int:
         mc = self.model_config
         limit = mc.rope.context_length(mc.max_position_embeddings)
+        source = "the model's context"
+        trained = max_seq_length(self.resolved.path)
+        if trained is not None and trained < limit:
+            limit, source = trained, f"the max_seq_length of its {SENTENCE_BERT_CONFIG}"
         wanted = self.config.max_model_len or limit
         if wanted > limit:
-            raise ConfigurationError(
-                f"max_model_len {wanted} exceeds the model's context ({limit})"
-            )
+            raise ConfigurationError(f"max_model_len {wanted} exceeds {source} ({limit})")
         return wanted
 
     def _num_kv_blocks(self, fp8_scratch: int = 0) -> int:

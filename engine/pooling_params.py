@@ -48,7 +48,10 @@ class PoolingParams:
     # API of the release before would ask it for embeddings); None otherwise.
     task: str | None = None
     # Where a text pair's second text starts in the prompt (BERT's token type 1 from
-    # there on, as its tokenizer marks a cross-encoder's pair); None: one text.
+    # there on, as its tokenizer marks a cross-encoder's pair); the prompt's length: one
+    # text. The API always sends it to a classifier that reads token types (its worker
+    # refuses a request without it: an API of the release before would not mark pairs);
+    # None elsewhere, and in-process for one text.
     segment_start: int | None = None
 
     # Newer than the wire protocol's first release: sent only when set (wire_form.py).
@@ -91,8 +94,8 @@ class PoolingParams:
             )
 
     def check_prompt(self, prompt_length: int) -> None:
-        """A pair's second text starts inside the prompt."""
-        if self.segment_start is not None and self.segment_start >= prompt_length:
+        """A pair's second text starts inside the prompt (or at its end: no second text)."""
+        if self.segment_start is not None and self.segment_start > prompt_length:
             raise SamplingParamError(
                 "segment_start",
                 f"{self.segment_start} is past the prompt's {prompt_length} tokens",

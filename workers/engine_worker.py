@@ -118,6 +118,8 @@ class EngineWorker:
             prepare=engine.prepare,
             served_loras=lambda: engine.lora_names,
             classifier=engine.model_config.is_classifier,
+            reads_token_types=engine.model_config.is_classifier
+            and engine.model_config.type_vocab_size >= 2,
         )
         self.janitor = Janitor(
             self.client,

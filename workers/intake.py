@@ -144,6 +144,7 @@ class Intake:
         prepare: Callable[[SamplingParams], None] | None = None,
         served_loras: Callable[[], Collection[str]] = tuple,
         classifier: bool = False,
+        reads_token_types: bool = False,
     ) -> None:
         self.client = client
         self.names = names
@@ -162,6 +163,9 @@ class Intake:
         self.served_loras = served_loras
         # A sequence classifier's worker takes only requests that know it is one.
         self.classifier = classifier
+        # A classifier that reads token types (BERT's cross-encoders) takes only requests
+        # that say where a pair's second text starts.
+        self.reads_token_types = reads_token_types
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
@@ -275,6 +279,16 @@ class Intake:
                             "this model is a classifier: it answers /classify, and /score "
                             "and /rerank with one label; an API that asks it for embeddings "
                             "is of an older release",
+                        )
+                    if self.reads_token_types and params.segment_start is None:
+                        # An API of the release before sends a pair as one text (every
+                        # token type 0): a score, but not the one this model was trained
+                        # to give.
+                        raise SamplingParamError(
+                            "segment_start",
+                            "this classifier reads a pair's token types and the request "
+                            "does not say where its second text starts: an API that "
+                            "leaves them out is of an older release",
                         )
                 else:
                     params = sampling_params_from_wire(request.sampling)

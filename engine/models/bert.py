@@ -183,9 +183,16 @@ class BertModel(nn.Module):
             return None  # buffers some checkpoints saved
         if name.startswith(("lm_head.", "cls.")):
             return None  # a masked-LM head, saved with some encoders
-        if name.startswith("pooler.") and not self.config.is_classifier:
+        if name.startswith("pooler.") and not (self.config.is_classifier and self._bert_head):
+            # Only BERT's classifier uses its pooler; RoBERTa's head has its own dense
+            # layer, and some of its checkpoints (roberta-large-mnli) keep an unused pooler.
             return None
         return name
+
+    @property
+    def _bert_head(self) -> bool:
+        """Whether the classifier head is BERT's (pooler + classifier), not RoBERTa's."""
+        return self.config.architecture.startswith("Bert")
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy transformers-named tensors in, fusing query/key/value as they arrive."""
@@ -199,13 +206,17 @@ class BertModel(nn.Module):
             target, rows = self._target(name)
             if target not in params:
                 raise ValueError(f"unexpected weight {hf_name!r} for {self.config.architecture}")
+            part = target if rows is None else f"{target}:{rows}"
+            if part in loaded:
+                # Two checkpoint names for one parameter: loading both would keep whichever
+                # came last, a silently wrong model.
+                raise ValueError(f"weight {hf_name!r} fills {target}, which was already loaded")
             with torch.no_grad():
                 if rows is None:
                     params[target].copy_(tensor)
-                    loaded.add(target)
                 else:
                     params[target].narrow(0, rows * hidden, hidden).copy_(tensor)
-                    loaded.add(f"{target}:{rows}")
+            loaded.add(part)
         expected = {
             f"{n}:{part}" if "attn_qkv" in n else n
             for n in params

@@ -176,7 +176,8 @@ def test_a_bert_cross_encoder_is_told_where_the_second_text_starts(
     client: httpx.Client, stack: Stack, tmp_path: Path, type_vocab_size: int, marked: bool
 ) -> None:
     """A BERT reranker (ms-marco MiniLM) reads a pair's second text as token type 1: the
-    worker gets where it starts. An XLM-R one (bge-reranker) has one token type: not."""
+    worker gets where it starts (for one text, its end). An XLM-R one (bge-reranker) has
+    one token type: not."""
     folder = tmp_path / "bert-tokenizer"
     hf = write_tokenizer(folder)
     model = f"fake-reranker-{type_vocab_size}-types"
@@ -193,3 +194,10 @@ def test_a_bert_cross_encoder_is_told_where_the_second_text_starts(
             assert received.prompt_token_ids == encoded["input_ids"]
             start = encoded["token_type_ids"].index(1)
             assert received.pooling.get("segment_start") == (start if marked else None)
+        # One text: its "second" starts at its end (every token type 0), still marked so
+        # the worker knows this API sends token types.
+        reply = client.post("/classify", json={"model": model, "input": "rain"})
+        assert reply.status_code == 200, reply.text
+        single = reranker.received[-1]
+        expected = len(single.prompt_token_ids) if marked else None
+        assert single.pooling.get("segment_start") == expected

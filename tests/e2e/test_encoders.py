@@ -62,6 +62,12 @@ def test_rerank_scores_are_the_engines_pair_scores(
         scored = client.post("/score", json={"text_1": QUERY, "text_2": DOCS[0]})
         assert scored.status_code == 200, scored.text
         assert scored.json()["data"][0]["score"] == pytest.approx(expected[0], abs=1e-5)
+        # One text through /classify: marked as one segment, scored as the engine does.
+        (alone,) = llm.embed([tokenizer("paris")["input_ids"]])
+        classified = client.post("/classify", json={"input": "paris"})
+        assert classified.status_code == 200, classified.text
+        probs = classified.json()["data"][0]["probs"]
+        assert probs == pytest.approx(alone.embedding.tolist(), abs=1e-5)
         # A cross-encoder is no embedding model: a 400 naming what it serves.
         refused = client.post("/v1/embeddings", json={"input": "paris"})
         assert refused.status_code == 400 and "/classify" in refused.json()["error"]["message"]

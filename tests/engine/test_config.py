@@ -382,6 +382,11 @@ def test_encoders_read_their_positions_and_token_types() -> None:
         2,
     )
     assert bert.hidden_activation == "gelu_tanh"
+    # A RoBERTa config with pad_token_id null: transformers' padding index, 1.
+    roberta = ModelConfig.from_dict(
+        _encoder_config(model_type="roberta", max_position_embeddings=514, pad_token_id=None)
+    )
+    assert (roberta.max_position_embeddings, roberta.position_offset) == (512, 2)
     assert not ModelConfig.from_dict(_hf_config(architectures=["LlamaModel"])).is_encoder
 
 
@@ -390,6 +395,7 @@ def test_encoders_read_their_positions_and_token_types() -> None:
     [
         ({"position_embedding_type": "relative_key"}, "relative_key"),
         ({"hidden_act": "silu"}, "activation 'silu' for an encoder"),
+        ({"is_decoder": True}, "is_decoder"),
     ],
 )
 def test_what_an_encoder_cannot_compute_is_refused(extra: dict[str, object], message: str) -> None:

@@ -85,3 +85,24 @@ def test_a_classifiers_worker_takes_only_classifications() -> None:
     assert isinstance(failed, Failed) and failed.ticket.request.id == "1-0"
     assert failed.error.status == 400 and "classifier" in failed.error.message
     assert work.qsize() == 1
+
+
+def test_a_bert_cross_encoders_worker_takes_only_marked_pairs() -> None:
+    """An API of the release before sends a pair to BERT without its token types: a
+    plausible but wrong score, so the worker refuses it rather than answer."""
+    inflight = Inflight(3)
+    publisher = _Publisher()
+    work: queue.Queue[Any] = queue.Queue()
+    intake = _intake(inflight, publisher, work, classifier=True, reads_token_types=True)
+    assert inflight.reserve(3) == 3
+    unmarked = {"task": "classify"}
+    for entry, pooling in (("1-0", unmarked), ("2-0", {**unmarked, "segment_start": 2})):
+        request = GenerateRequest(
+            id=entry, reply_to="api", model="m", prompt_token_ids=[1, 2], sampling={},
+            pooling=pooling,
+        )  # fmt: skip
+        intake.accept(entry, {REQUEST_FIELD: request.encode()}, attempt=1)
+    (failed,) = publisher.events
+    assert isinstance(failed, Failed) and failed.ticket.request.id == "1-0"
+    assert failed.error.param == "segment_start" and "older release" in failed.error.message
+    assert work.qsize() == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 import transformers
@@ -73,6 +74,26 @@ def test_sentence_transformers_mean_pooling(tmp_path: Path) -> None:
     for ids, result in zip(prompts, llm.embed(prompts), strict=True):
         expected = F.normalize(_hf_hidden(hf, ids).mean(dim=0), dim=-1)
         torch.testing.assert_close(result.embedding, expected, atol=ATOL, rtol=0)
+
+
+def test_sentence_transformers_max_seq_length_is_the_context(tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 learned 256 of its 512 positions: vLLM's context is 256, and a
+    longer max_model_len is refused."""
+    make_encoder(tmp_path, "BertModel", pooling="mean")
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 16}')
+    llm = LLM(str(tmp_path), num_kv_blocks=64)
+    assert llm.engine.max_model_len == 16
+    with pytest.raises(ValueError, match="maximum context length of 16"):
+        llm.embed([list(range(5, 22))])
+    assert LLM(str(tmp_path), num_kv_blocks=64, max_model_len=8).engine.max_model_len == 8
+    with pytest.raises(ConfigurationError, match="max_seq_length of its sentence_bert"):
+        LLM(str(tmp_path), num_kv_blocks=64, max_model_len=32)
+
+
+def test_a_cross_encoder_pools_its_first_token_only(tmp_path: Path) -> None:
+    make_encoder(tmp_path, "BertForSequenceClassification", num_labels=1)
+    with pytest.raises(ConfigurationError, match="first token"):
+        LLM(str(tmp_path), num_kv_blocks=64, pooler_config={"pooling_type": "MEAN"})
 
 
 def test_a_prompt_never_reuses_cached_blocks(tmp_path: Path) -> None:
@@ -141,10 +162,49 @@ def test_segment_start_is_checked(tmp_path: Path) -> None:
     make_encoder(tmp_path / "xlmr", "XLMRobertaForSequenceClassification", num_labels=1)
     bert = LLM(str(tmp_path / "bert"), num_kv_blocks=64)
     with pytest.raises(SamplingParamError, match="past the prompt"):
-        bert.embed([[2, 5, 3]], PoolingParams(segment_start=3))
+        bert.embed([[2, 5, 3]], PoolingParams(segment_start=4))
+    # At the prompt's end: one text, every token type 0 (how the API sends a single text).
+    (at_end,) = bert.embed([[2, 5, 3]], PoolingParams(segment_start=3))
+    (untyped,) = bert.embed([[2, 5, 3]])
+    torch.testing.assert_close(at_end.embedding, untyped.embedding, atol=0, rtol=0)
     xlmr = LLM(str(tmp_path / "xlmr"), num_kv_blocks=64)
     with pytest.raises(SamplingParamError, match="does not tell"):
         xlmr.embed([[2, 5, 3, 6, 3]], PoolingParams(segment_start=3))
+
+
+def _add_tensors(folder: Path, extra: dict[str, torch.Tensor]) -> None:
+    """Save `extra` into the folder's checkpoint, as some published checkpoints carry them."""
+    path = folder / "model.safetensors"
+    tensors = {**safetensors.torch.load_file(path), **extra}
+    safetensors.torch.save_file(tensors, path, metadata={"format": "pt"})
+
+
+def test_a_roberta_classifier_ignores_a_saved_pooler(tmp_path: Path) -> None:
+    """roberta-large-mnli keeps RoBERTa's unused pooler next to its head's own dense
+    layer: the head must be the dense layer's (as transformers loads it)."""
+    hf = make_encoder(tmp_path, "XLMRobertaForSequenceClassification", num_labels=3)
+    hidden = hf.config.hidden_size
+    _add_tensors(
+        tmp_path,
+        {
+            "roberta.pooler.dense.weight": torch.randn(hidden, hidden),
+            "roberta.pooler.dense.bias": torch.randn(hidden),
+        },
+    )
+    llm = LLM(str(tmp_path), num_kv_blocks=64)
+    ids = llm.tokenizer.hf_tokenizer(TEXTS[0])["input_ids"]
+    (result,) = llm.embed([ids], PoolingParams(activation=False))
+    with torch.no_grad():
+        expected = hf(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(result.embedding, expected, atol=ATOL, rtol=0)
+
+
+def test_two_names_for_one_weight_are_refused(tmp_path: Path) -> None:
+    hf = make_encoder(tmp_path, "BertModel")
+    table = hf.embeddings.word_embeddings.weight.detach()
+    _add_tensors(tmp_path, {"bert.embeddings.word_embeddings.weight": torch.zeros_like(table)})
+    with pytest.raises(ValueError, match="already loaded"):
+        LLM(str(tmp_path), num_kv_blocks=64)
 
 
 def test_an_encoder_cannot_generate_or_take_adapters(tmp_path: Path) -> None:
