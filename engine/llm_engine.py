@@ -23,6 +23,7 @@ from engine.detokenizer import IncrementalDetokenizer
 from engine.fp8_linears import fp8_scratch_bytes
 from engine.grammar_compiler import GrammarCompiler
 from engine.hf_overrides import parse_hf_overrides
+from engine.kv_cache_memory import zeroed_kv_tensor
 from engine.loader import ResolvedModel, resolve_model
 from engine.lora_manager import LoRAManager
 from engine.model_runner import ModelRunner, StepResult, load_model
@@ -177,8 +178,8 @@ class LLMEngine:
         shape = (self.num_kv_blocks, config.block_size, mc.num_kv_heads, mc.head_dim)
         kv_caches = [
             (
-                torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device),
-                torch.zeros(shape, dtype=self.kv_cache_dtype, device=self.device),
+                zeroed_kv_tensor(shape, self.kv_cache_dtype, self.device),
+                zeroed_kv_tensor(shape, self.kv_cache_dtype, self.device),
             )
             for _ in range(mc.num_layers)
         ]
