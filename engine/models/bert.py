@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.config import ModelConfig
+from engine.models.embedding import embedding
 from engine.models.linear import Linear
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import TORCH_OPS, FusedOps
@@ -56,11 +57,11 @@ class EncoderEmbeddings(nn.Module):
         super().__init__()
         hidden = config.hidden_size
         self.position_offset = config.position_offset
-        self.word_embeddings = nn.Embedding(config.vocab_size, hidden)
+        self.word_embeddings = embedding(config.vocab_size, hidden)
         table = config.max_position_embeddings + config.position_offset
-        self.position_embeddings = nn.Embedding(table, hidden)
+        self.position_embeddings = embedding(table, hidden)
         self.token_type_embeddings = (
-            nn.Embedding(config.type_vocab_size, hidden) if config.type_vocab_size else None
+            embedding(config.type_vocab_size, hidden) if config.type_vocab_size else None
         )
         self.norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
 

@@ -23,6 +23,7 @@ from engine.classifier_tokens import head_weight
 from engine.config import ModelConfig, RopeConfig
 from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
 from engine.kv_cache_scales import kv_scale_target, with_scale
+from engine.models.embedding import embedding
 from engine.models.linear import Linear
 from engine.models.mlp import MLP
 from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
@@ -132,6 +133,12 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, rope: RopeConfig, head_dim: int, max_positions: int) -> None:
         super().__init__()
+        if torch.empty(0).is_meta:
+            # The loader's skeleton: shapes only (rebuild_buffers computes the tables;
+            # arithmetic on meta tensors would import torch._dynamo, ~2 s, for nothing).
+            self.register_buffer("cos", torch.empty(max_positions, head_dim // 2), False)
+            self.register_buffer("sin", torch.empty(max_positions, head_dim // 2), False)
+            return
         inv_freq = rope_inv_freq(rope, head_dim, max_positions)
         positions = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(positions, inv_freq)
@@ -298,7 +305,7 @@ class LlamaForCausalLM(nn.Module):
         # lm_head weights are skipped, and a tied one's packed copy is never made.
         self.has_lm_head = lm_head
         self.max_positions = max_positions
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.embed_tokens = embedding(config.vocab_size, config.hidden_size)
         windows = config.layer_windows or (None,) * config.num_layers
         rotations = config.rope_layers or (True,) * config.num_layers
         sparse = config.moe_layers or (config.num_experts > 0,) * config.num_layers
