@@ -14,6 +14,7 @@ from api.app import create_app
 from api.custom_middleware import MiddlewareError
 from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
 from conveyor.child_process import CONFIGURATION_ERROR
+from conveyor.gc_freeze import frozen_while_serving
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ def run_api(settings: Settings) -> int:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
     server = _Server(uvicorn_config(app, settings, **shared))
-    server.run()
+    with frozen_while_serving():
+        server.run()
     # uvicorn reports a failed startup (e.g. Redis unreachable) by exiting the loop early.
     return 0 if server.started else 1

@@ -32,6 +32,7 @@ import redis
 from conveyor.beat_file import beat_file, remove
 from conveyor.bus import LANES, BusNames
 from conveyor.child_process import CONFIGURATION_ERROR
+from conveyor.gc_freeze import frozen_while_serving
 from conveyor.metrics import WorkerMetrics
 from conveyor.settings import Settings
 from engine.config import DeviceUnavailable, EngineConfig
@@ -361,7 +362,8 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     worker = EngineWorker(
         engine, settings.redis_url, names, instance, settings, drain_timeout=settings.drain_timeout
     )
-    return worker.run(stop)
+    with frozen_while_serving():
+        return worker.run(stop)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

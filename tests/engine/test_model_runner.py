@@ -10,7 +10,8 @@ from pathlib import Path
 from tests.encoder_models import make_encoder
 
 # In a fresh process, as a worker starts: load each folder and say whether any step
-# imported torch._dynamo (meta-tensor arithmetic does, ~2 s of a worker's startup).
+# imported torch._dynamo or sympy (torch's Python references for meta tensors do:
+# ~2.5 s of a worker's startup, for values nobody reads).
 _LOAD_AND_REPORT = """
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from engine.config import ModelConfig
 from engine.model_runner import load_model
 for folder in map(Path, sys.argv[1:]):
     load_model(folder, ModelConfig.from_folder(folder, {}), 256, torch.float32, torch.device("cpu"))
-    print(folder.name, "torch._dynamo" in sys.modules)
+    print(folder.name, "torch._dynamo" in sys.modules or "sympy" in sys.modules)
 """
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutting_down
 
 from conveyor.batch_queue import celery_app, queue_name
+from conveyor.gc_freeze import freeze_startup_objects, thaw_startup_objects
 from conveyor.settings import Settings
 from workers.batch.sweeper import BatchSweeper
 from workers.batch.tasks import register_tasks
@@ -23,9 +24,11 @@ def run_batch_worker(settings: Settings, log_level: str = "INFO") -> int:
     sweeper = BatchSweeper(settings, app)
 
     def start_sweeper(**_: Any) -> None:
+        freeze_startup_objects()
         sweeper.start()
 
     def stop(**_: Any) -> None:
+        thaw_startup_objects()
         sweeper.stop()
         stopping.set()
 
