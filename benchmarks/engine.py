@@ -60,6 +60,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated HF generate batch sizes (batch 1 is always run)",
     )
     p.add_argument("--skip-hf", action="store_true", help="do not run HF generate")
+    p.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=1.0,
+        help="how long each machine-ceiling probe (GEMM, memory bandwidth) keeps timing reps",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--max-num-seqs", type=int, default=None, help="engine knob")
@@ -331,12 +337,16 @@ def summarize(
     concurrencies: list[int],
     device: torch.device,
     dtype: torch.dtype,
+    probe_seconds: float = 1.0,
 ) -> dict[str, Any]:
     """Machine ceilings (measured now) and the ratios that make a run comparable."""
-    probe_device = device if device.type == "cuda" else torch.device("cpu")
-    gemm_decode = gemm_gflops("decode", dims=dims, device=probe_device, dtype=dtype)
-    gemm_square = gemm_gflops("square", device=probe_device, dtype=dtype)
-    bandwidth = memory_bandwidth_gbs(device=probe_device)
+    probe = {
+        "device": device if device.type == "cuda" else torch.device("cpu"),
+        "budget_s": probe_seconds,
+    }
+    gemm_decode = gemm_gflops("decode", dims=dims, dtype=dtype, **probe)
+    gemm_square = gemm_gflops("square", dtype=dtype, **probe)
+    bandwidth = memory_bandwidth_gbs(**probe)
     params = dims.params_per_token()
     itemsize = torch.empty((), dtype=dtype).element_size()
     bw_bound = bandwidth * 1e9 / (params * itemsize)
@@ -403,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = sorted({1, *args.hf_batches})
         hf_tokens = run_hf(resolved.path, tokenizer, batches, args, device, dtype, emit)
     ours = run_conveyor(tokenizer, args.concurrency, args, emit)
-    summary = summarize(emit.lines, dims, args.concurrency, device, dtype)
+    summary = summarize(emit.lines, dims, args.concurrency, device, dtype, args.probe_seconds)
     if hf_tokens is not None:
         # Tokens until the first disagreement with HF on the same prompt. In fp32 all of
         # them should agree; in bf16/fp16 an early divergence can be rounding, not a bug.

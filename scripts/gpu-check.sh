@@ -79,9 +79,9 @@ if ((smoke)); then
     kernel_sizes=(--batch 1 --context 16)
     big_shape=tiny
     small_shape=tiny
-    bf16_args=(--prompt-len 8 --output-len 4 --concurrency 1,2 --hf-batches 2)
-    fp32_args=(--prompt-len 4 --output-len 3 --concurrency 1 --hf-batches 1)
-    eager_args=(--prompt-len 4 --output-len 2 --concurrency 1 --skip-hf)
+    bf16_args=(--prompt-len 8 --output-len 4 --concurrency 1,2 --hf-batches 2 --probe-seconds 0)
+    fp32_args=(--prompt-len 4 --output-len 3 --concurrency 1 --hf-batches 1 --probe-seconds 0)
+    eager_args=(--prompt-len 4 --output-len 2 --concurrency 1 --skip-hf --probe-seconds 0)
     lora_args=(--prompt-len 8 --output-len 4 --concurrency 1,2)
     expert_tokens=(--tokens 1)
     fp8_rows=(--rows 1)

@@ -32,7 +32,7 @@ def test_bench_on_a_model_folder(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "engine.jsonl"
     argv = ["--model", str(tiny_model), "--device", "cpu", "--dtype", "float32"]
     argv += ["--prompt-len", "16", "--output-len", "8", "--concurrency", "1,3"]
-    argv += ["--hf-batches", "2", "--json-out", str(out)]
+    argv += ["--hf-batches", "2", "--probe-seconds", "0", "--json-out", str(out)]
     assert main(argv) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     hf = sorted(r["batch"] for r in lines if r["system"] == "hf")
@@ -46,3 +46,5 @@ def test_bench_on_a_model_folder(tiny_model: Path, tmp_path: Path) -> None:
     assert summary["greedy_tokens_compared"] == 8
     assert summary["greedy_tokens_matching_hf"] == 8
     assert summary["single_stream_vs_hf"] > 0 and summary["aggregate3_vs_hf_best"] > 0
+    # The probes ran their minimum (a warm-up and three timed reps) and measured something.
+    assert summary["gemm_gflops_decode_shape"] > 0 and summary["mem_bw_gbs"] > 0
