@@ -36,7 +36,7 @@ KERNELS = {
 }
 
 
-@pytest.mark.slow  # ~50 s on a cold Triton cache: ~1060 compiles through ptxas, 2 processes
+@pytest.mark.slow  # ~80 s on a cold Triton cache: 2 x 240 compiles through ptxas, 2 processes
 @pytest.mark.skipif(
     torch.cuda.is_available(), reason="with a GPU the other kernel tests compile and run them"
 )
