@@ -5,7 +5,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Extra pytest flags for `make test`; CI passes --require-postgres.
+# Extra pytest flags for `make test`; CI passes --require-postgres --require-redis7.
 PYTEST_ARGS ?=
 # Where torch comes from: unset, pip's own configuration (this project's machines hold a
 # local CPU wheel); on plain PyPI set TORCH_INDEX=https://download.pytorch.org/whl/cpu, or
@@ -36,7 +36,7 @@ chat: install
 # The PostgreSQL server binaries the SQL tests start (apt, as root; a no-op otherwise):
 # for the tests only, so `make serve` never installs system packages.
 system-packages:
-	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL tests will skip" >&2
+	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL and Redis 7 tests will skip" >&2
 
 test: install system-packages
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -9,9 +9,8 @@ still refuses cheaply before any tokenizing; this one decides.
 All of one request's entries go in one call, so a request is never half queued, and a
 lane with room admits a request whole (see is_full).
 
-"Waiting" is the worker group's `lag` where Redis reports it (>= 7), else the stream
-length minus what was delivered and not yet acknowledged (api/queue_stats.py says why
-that is exact).
+"Waiting" is the stream length minus what was delivered and not yet acknowledged
+(api/queue_stats.py says why that is exact, and why not Redis 7's `lag`).
 """
 
 from __future__ import annotations
@@ -34,11 +33,7 @@ if ok then
     local fields = {}
     for i = 1, #group, 2 do fields[group[i]] = group[i + 1] end
     if fields['name'] == ARGV[1] then
-      if type(fields['lag']) == 'number' then
-        waiting = fields['lag']
-      else
-        waiting = waiting - (tonumber(fields['pending']) or 0)
-      end
+      waiting = waiting - (tonumber(fields['pending']) or 0)
     end
   end
 end

@@ -4,10 +4,13 @@ Each lane (interactive, batch) is its own stream: the overload check looks at
 the request's lane only, so a full batch lane never refuses interactive work;
 /metrics reports each lane apart (`lane_stats`).
 
-"Undelivered" is what no worker has taken yet. Redis >= 7 reports it exactly as
-the consumer group's `lag`; older servers (the embedded 6.2) do not, so there it
-is the stream length minus the entries delivered but not yet acknowledged,
-which is exact as long as workers delete the entries they acknowledge.
+"Undelivered" is what no worker has taken yet: the stream length minus the
+entries delivered but not yet acknowledged, exact because every acknowledged
+entry is deleted with it and a cancelled one is deleted outright. Redis 7's
+consumer-group `lag` is not used: a request cancelled before any worker took it
+(an XDEL ahead of the group) leaves it nil, and once the group reads past the
+gap 7.0-7.2 count the deleted entry as undelivered for ever (redis/redis#13337),
+which would hold a lane "full" after enough cancels.
 """
 
 from __future__ import annotations
@@ -67,9 +70,7 @@ def _stream_stats(length: Any, groups: Any, dead: int) -> QueueStats:
     if group is None:  # no worker has ever read this stream: nothing was delivered
         return QueueStats(length, 0, length, dead)
     pending = int(group.get("pending") or 0)
-    lag = group.get("lag")
-    undelivered = int(lag) if lag is not None else max(0, length - pending)
-    return QueueStats(length, pending, undelivered, dead)
+    return QueueStats(length, pending, max(0, length - pending), dead)
 
 
 def _worker_group(groups: Any) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from engine.loader import resolve_model
 
 from .harmony_tokenizer import HARMONY_TOKENS, with_harmony_tokens
 from .postgres_server import PostgresServer, PostgresUnavailable
+from .system_redis import Redis7Unavailable, find_redis7
 
 # The tiny random models' shared config (transformers' keys; families add their own).
 TINY_CONFIG = dict(
@@ -50,6 +51,27 @@ def redis_url() -> Iterator[str]:
 
     with EmbeddedRedis() as server:
         yield server.url
+
+
+@pytest.fixture(scope="session")
+def redis7_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A redis-server 7.x from the system, for the paths only newer servers take."""
+    from conveyor.embedded_redis import EmbeddedRedis
+
+    try:
+        binary = find_redis7()
+    except Redis7Unavailable as exc:
+        if request.config.getoption("--require-redis7"):
+            pytest.fail(f"--require-redis7: {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    with EmbeddedRedis(binary=binary) as server:
+        yield server.url
+
+
+@pytest.fixture(params=["redis-6.2", "redis-7"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """The embedded 6.2 (what `conveyor serve` runs) and a 7.x (what deployments run)."""
+    return request.getfixturevalue("redis_url" if request.param == "redis-6.2" else "redis7_url")
 
 
 @pytest.fixture(scope="session")
@@ -295,6 +317,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="fail (instead of skip) the PostgreSQL tests when no PostgreSQL server binaries "
         "are installed; CI passes it so those tests can never silently vanish",
+    )
+    parser.addoption(
+        "--require-redis7",
+        action="store_true",
+        default=False,
+        help="fail (instead of skip) the tests against Redis 7 when no redis-server >= 7 is "
+        "installed; CI passes it",
     )
 
 
