@@ -16,6 +16,7 @@ dropped, which closes their HTTP requests, which aborts them in the engine.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -306,7 +307,11 @@ class BatchRunner:
         finally:
             for task in feeders:
                 task.cancel()
-            await asyncio.gather(all_fed, return_exceptions=True)
+            # Every feeder, not `all_fed`: a gather resolves as soon as one child is cancelled,
+            # while the others may still be inside their shielded result writes, which would
+            # then land after the files are written (counted, billed, in no file).
+            await asyncio.gather(*feeders, return_exceptions=True)
+            await asyncio.gather(all_fed, return_exceptions=True)  # retrieved, never logged
         return outcome
 
     async def _finalize(
@@ -322,14 +327,19 @@ class BatchRunner:
                 outcome = "cancelled"
         if outcome == "expired":
             await self._record_expired(batch, lines)
-        output_key, output_bytes = await asyncio.to_thread(self._write_file, batch, True)
-        error_key, error_bytes = await asyncio.to_thread(self._write_file, batch, False)
+        output_key, output_bytes, succeeded = await asyncio.to_thread(self._write_file, batch, True)
+        error_key, error_bytes, failed = await asyncio.to_thread(self._write_file, batch, False)
         origin = {"completed": ("finalizing",), "cancelled": ("cancelling",)}.get(
             outcome, ("in_progress", "cancelling")
         )
 
         def finish(session: Session) -> bool:
-            values: dict[str, Any] = {"usage": batch_store.usage_totals(session, batch.id)}
+            # The counts are the files' lines, so request_counts always match what was written.
+            values: dict[str, Any] = {
+                "usage": batch_store.usage_totals(session, batch.id),
+                "completed": succeeded,
+                "failed": failed,
+            }
             files = [
                 (column, key, size, suffix)
                 for column, key, size, suffix in (
@@ -388,22 +398,25 @@ class BatchRunner:
 
         await self._sql(work)
 
-    def _write_file(self, batch: BatchSnapshot, succeeded: bool) -> tuple[str | None, int]:
-        """Stream the recorded lines into a new storage object; (None, 0) when there are none."""
+    def _write_file(self, batch: BatchSnapshot, succeeded: bool) -> tuple[str | None, int, int]:
+        """Stream the recorded lines into a new storage object: (key, bytes, lines), with
+        no key when there are no lines."""
         key = new_file_id()
+        written = 0
         with self.database.session() as session:
             rows = batch_store.iter_results(session, batch.id, succeeded=succeeded)
             first = next(rows, None)
             if first is None:
-                return None, 0
+                return None, 0, 0
 
             def chunks() -> Iterator[bytes]:
-                yield first.encode() + b"\n"
-                for row in rows:
+                nonlocal written
+                for row in itertools.chain((first,), rows):
+                    written += 1
                     yield row.encode() + b"\n"
 
             size = self.storage.save_bytes_iter(key, chunks())
-        return key, size
+        return key, size, written
 
 
 def _snapshot(session: Session, batch_id: str) -> BatchSnapshot | None:
