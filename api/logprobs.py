@@ -8,6 +8,7 @@ half a UTF-8 character shows as `bytes:\\xe4` instead of U+FFFD.
 
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Sequence
 
@@ -63,6 +64,10 @@ class CompletionLogprobBuilder:
         self.tokenizer = tokenizer
         self.top_n = top_n
         self.as_ids = as_ids
+        # `text_offset` counts characters of the text, not of the token labels: a token
+        # that is half a character adds nothing until the token that completes it, so
+        # both point at where that character starts.
+        self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.offset = 0
 
     def build(
@@ -78,7 +83,7 @@ class CompletionLogprobBuilder:
             lp = logprobs[index] if index < len(logprobs) else None
             out.tokens.append(token)
             out.text_offset.append(self.offset)
-            self.offset += len(self.tokenizer.token_bytes_repr(token_id))  # offsets in text
+            self.offset += len(self._text.decode(self.tokenizer.token_bytes(token_id)))
             if lp is None:
                 out.token_logprobs.append(None)
                 out.top_logprobs.append(None)
