@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from redis.exceptions import RedisError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.request_id_header import HEADER, request_id_of
@@ -151,6 +152,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_redis(_: Request, exc: Exception) -> JSONResponse:
         return redis_unavailable(exc).response()
 
+    async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
+        # PostgreSQL refuses a NUL anywhere in text, even in a lookup: such an id, cursor or
+        # filter names nothing (SQLite finds no row), so it is the client's mistake.
+        if "NUL" in str(getattr(exc, "orig", exc)):
+            return bad_request("the request contains a NUL (\\u0000) character").response()
+        return await on_bug(request, exc)
+
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         # Answered outside every middleware (Starlette's ServerErrorMiddleware), so the
         # request id goes on here.
@@ -171,4 +179,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(RedisError, on_redis)
+    app.add_exception_handler(DataError, on_data_error)
     app.add_exception_handler(Exception, on_bug)

@@ -36,6 +36,7 @@ from conveyor.db.usage import (
     UsageQuery,
     UsageQueryError,
 )
+from conveyor.display_names import key_name, project_name
 from conveyor.settings import Settings
 from conveyor.usage_export import rows_as_csv, usage_rows
 
@@ -186,7 +187,11 @@ def _db_current(_: argparse.Namespace, url: str) -> dict[str, Any]:
 def _projects_create(args: argparse.Namespace, url: str) -> dict[str, Any]:
     def work(session: Session) -> dict[str, Any]:
         try:
-            return project_object(create_project(session, args.name))
+            name = project_name(args.name)
+        except ValueError as exc:
+            raise OperatorError(f"project name {args.name!r} {exc}") from None
+        try:
+            return project_object(create_project(session, name))
         except ProjectNameTaken as exc:
             raise OperatorError(str(exc)) from None
 
@@ -216,7 +221,11 @@ def _keys_create(args: argparse.Namespace, url: str) -> dict[str, Any]:
             value = getattr(args, flag)
             if value is not None and not 1 <= value < 2**31:
                 raise OperatorError(f"--{flag} must be between 1 and {2**31 - 1}")
-        minted = create_key(session, project, args.name, rpm=args.rpm, tpm=args.tpm)
+        try:
+            name = key_name(args.name)
+        except ValueError as exc:
+            raise OperatorError(f"key name {args.name!r} {exc}") from None
+        minted = create_key(session, project, name, rpm=args.rpm, tpm=args.tpm)
         return api_key_object(minted.key, secret=minted.secret)
 
     result = _in_session(url, work)

@@ -6,12 +6,13 @@ the secret `value` appears only in the answer to the create call.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt
 
 from conveyor.db.openai_objects import api_key_object, project_object
 from conveyor.db.pagination import Page
+from conveyor.display_names import key_name, project_name
 
 __all__ = ["api_key_object", "project_object"]
 
@@ -20,30 +21,36 @@ LIST_LIMIT_MAX = 100
 MAX_LIMIT = 2**31 - 1  # the rpm/tpm columns are 32-bit on PostgreSQL
 
 
+KeyName = Annotated[str, Field(max_length=200), AfterValidator(key_name)]
+ProjectName = Annotated[str, Field(max_length=200), AfterValidator(project_name)]
+# Strict: `true` or "10" as a limit is a client's mistake, not 1 or 10 requests a minute.
+Limit = Annotated[StrictInt, Field(ge=1, le=MAX_LIMIT)]
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class ProjectCreate(_Body):
-    name: str = Field(min_length=1, max_length=200)
+    name: ProjectName
 
 
 class ProjectUpdate(_Body):
-    name: str = Field(min_length=1, max_length=200)
+    name: ProjectName
 
 
 class ApiKeyCreate(_Body):
-    name: str = Field(default="", max_length=200)
-    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="requests per minute")
-    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT, description="tokens per minute")
+    name: KeyName = ""
+    rpm: Limit | None = Field(default=None, description="requests per minute")
+    tpm: Limit | None = Field(default=None, description="tokens per minute")
 
 
 class ApiKeyUpdate(_Body):
     """Change a key's name or limits; an explicit null removes a limit."""
 
-    name: str | None = Field(default=None, max_length=200)
-    rpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
-    tpm: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    name: KeyName | None = None
+    rpm: Limit | None = None
+    tpm: Limit | None = None
 
 
 def list_object(page: Page[Any], render: Any) -> dict[str, Any]:

@@ -481,6 +481,49 @@ def test_admin_api_validation_is_openai_shaped(tenancy: Stack, admin: httpx.Clie
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "start_time"
 
 
+def test_admin_names_and_limits_are_checked_not_coerced(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    projects = "/v1/organization/projects"
+    assert new_project(admin, "  acme ")["name"] == "acme"
+    assert admin.post(projects, json={"name": "acme"}).status_code == 400  # the same name
+    for name in ("   ", "a\nb", "a\u0000b"):
+        refused = admin.post(projects, json={"name": name})
+        assert refused.status_code == 400, (name, refused.text)
+        assert refused.json()["error"]["param"] == "name"
+    project = new_project(admin, "globex")
+    keys = f"{projects}/{project['id']}/api_keys"
+    for limits in ({"rpm": True}, {"rpm": "10"}, {"tpm": 1.5}, {"name": "k\u0000"}):
+        refused = admin.post(keys, json=limits)
+        assert refused.status_code == 400, (limits, refused.text)
+        assert refused.json()["error"]["param"] == next(iter(limits))
+
+
+def test_a_nul_in_an_id_or_filter_is_a_client_error_on_every_backend(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    """PostgreSQL cannot hold a NUL in text, not even to compare with: an id or cursor with
+    one was a 500 there (and a 404 on SQLite)."""
+    key = new_key(admin, new_project(admin, "acme")["id"])
+    with tenancy.client(headers={"Authorization": f"Bearer {key['value']}"}) as http:
+        answers = [
+            http.get("/v1/files/file-%00"),
+            http.get("/v1/files", params={"after": "file-\x00"}),
+            http.get("/v1/batches/batch_%00"),
+            http.get("/v1/responses/resp_%00"),
+        ]
+    answers.append(admin.get("/v1/organization/projects/proj_%00"))
+    for answer in answers:
+        assert answer.status_code in (400, 404), (answer.request.url, answer.text)
+        assert answer.json()["error"]["type"] == "invalid_request_error"
+    params = {"start_time": int(time.time()) - 60, "project_ids": "p\x00"}
+    usage = admin.get("/v1/organization/usage/completions", params=params)
+    # No project has that id: nothing to report (SQLite), or a 400 (PostgreSQL).
+    assert usage.status_code in (200, 400), usage.text
+    if usage.status_code == 200:
+        assert [r for b in usage.json()["data"] for r in b["results"]] == []
+
+
 def test_admin_api_is_off_without_an_admin_key(stack: Stack) -> None:
     with stack.client() as http:
         response = http.get("/v1/organization/projects")

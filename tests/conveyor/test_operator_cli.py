@@ -90,6 +90,9 @@ def test_projects_create_list_archive(upgraded: Cli) -> None:
     assert {p["id"] for p in everything} == {acme["id"], globex["id"]}
     assert cli("projects", "archive", globex["id"])["status"] == "archived"  # by id
     assert "no project" in cli.fails("projects", "archive", "initech")
+    assert cli("projects", "create", " initech ")["name"] == "initech"  # as the admin API
+    assert "empty" in cli.fails("projects", "create", "  ")
+    assert "control characters" in cli.fails("projects", "create", "a\x00b")
 
 
 def test_keys_create_list_revoke(upgraded: Cli) -> None:
@@ -133,6 +136,9 @@ def test_keys_errors(upgraded: Cli) -> None:
         "keys", "create", "--project", "acme", "--rpm", "0"
     )
     assert "no API key" in cli.fails("keys", "revoke", "key_missing")
+    assert "control characters" in cli.fails(
+        "keys", "create", "--project", "acme", "--name", "ci\nrunner"
+    )
     cli("projects", "archive", "acme")
     assert "archived" in cli.fails("keys", "create", "--project", "acme")
     assert cli("keys", "list", "--include-revoked") == []
