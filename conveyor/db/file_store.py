@@ -105,6 +105,7 @@ def list_files(
         limit=limit,
         descending=order == "desc",
         cursor_scope=scope,
+        id_prefix=FILE_ID_PREFIX,
     )
 
 

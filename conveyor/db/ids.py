@@ -9,10 +9,12 @@ in one second in the order they were made (batches created in a loop, then
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
 
+_ID_TAIL = re.compile(r"([0-9a-f]{12})[0-9a-f]{12}")
 _lock = threading.Lock()
 _last_ms = 0
 
@@ -25,3 +27,12 @@ def new_id(prefix: str) -> str:
         _last_ms = max(_last_ms + 1, time.time_ns() // 1_000_000)
         stamp = _last_ms
     return f"{prefix}{stamp:012x}{secrets.token_hex(6)}"
+
+
+def created_second(object_id: str, prefix: str) -> int | None:
+    """The unix second `new_id(prefix)` made this id in, read from the id itself (so
+    even for an object since deleted); None if it is not such an id."""
+    if not object_id.startswith(prefix):
+        return None
+    found = _ID_TAIL.fullmatch(object_id[len(prefix) :])
+    return int(found.group(1), 16) // 1000 if found else None

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, tuple_
+from sqlalchemy import Select, select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from conveyor.db.ids import created_second
 
 T = TypeVar("T")
 
@@ -31,6 +33,7 @@ def paginate(
     limit: int,
     descending: bool = False,
     cursor_scope: Select[Any] | None = None,
+    id_prefix: str | None = None,
 ) -> Page[Any]:
     """Order by (created_at, id) and continue strictly after the cursor's row.
 
@@ -38,6 +41,10 @@ def paginate(
     owner scope without its filters, so that a row which left the filtered
     list between two pages (a key revoked, a project archived while a client
     pages through and acts on each item) still marks the place to continue.
+    With `id_prefix` (lists whose objects are deleted for good), the id of an
+    object that no longer exists marks its place by the time in the id: the
+    SDK's `for f in client.files.list(): client.files.delete(f.id)` asks for
+    the next page after a file it has just deleted.
     """
     if after is not None:
         scope = query if cursor_scope is None else cursor_scope
@@ -45,9 +52,20 @@ def paginate(
             scope.with_only_columns(created_at, id_column).where(id_column == after)
         ).first()
         if anchor is None:
-            raise UnknownCursor(after)
+            anchor = _deleted_anchor(session, id_column, after, id_prefix)
         key = tuple_(created_at, id_column)
         query = query.where(key < tuple_(*anchor) if descending else key > tuple_(*anchor))
     order = (created_at.desc(), id_column.desc()) if descending else (created_at, id_column)
     rows = list(session.scalars(query.order_by(*order).limit(limit + 1)))
     return Page(items=rows[:limit], has_more=len(rows) > limit)
+
+
+def _deleted_anchor(
+    session: Session, id_column: InstrumentedAttribute[str], after: str, prefix: str | None
+) -> tuple[int, str]:
+    """(created_at, id) of a deleted object, from its id; an id that exists outside the
+    list's scope (another project's) or was never made by `new_id` is no cursor."""
+    second = created_second(after, prefix) if prefix is not None else None
+    if second is None or session.scalar(select(id_column).where(id_column == after)):
+        raise UnknownCursor(after)
+    return second, after

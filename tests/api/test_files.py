@@ -248,6 +248,22 @@ def test_pagination_after_limit_order_and_purpose(client: openai.OpenAI) -> None
     assert [f.id for f in page.data] == [f for f in after_extra if f in batch_only]
 
 
+def test_deleting_each_file_while_paging_reaches_them_all(client: openai.OpenAI) -> None:
+    """The SDK asks for the next page `after` the last file of the one before, which the
+    loop has just deleted: its id still marks the place."""
+    made = {client.files.create(file=(f"{i}.txt", b"x"), purpose="user_data").id for i in range(5)}
+    deleted = []
+    for listed in client.files.list(limit=2):  # newest first: this test's files lead
+        if listed.id in made:
+            assert client.files.delete(listed.id).deleted
+            deleted.append(listed.id)
+        if len(deleted) == len(made):
+            break
+    assert sorted(deleted, reverse=True) == deleted and set(deleted) == made
+    gone = next(iter(made))
+    assert all(f.id not in made for f in client.files.list(after=gone))
+
+
 @pytest.mark.parametrize(
     ("params", "param"),
     [

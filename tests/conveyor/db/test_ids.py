@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from conveyor.db.ids import new_id
+from conveyor.db.ids import created_second, new_id
 
 
 def test_ids_are_unguessable_and_in_creation_order() -> None:
@@ -18,3 +18,12 @@ def test_ids_are_unguessable_and_in_creation_order() -> None:
     stamp = int(new_id("file-")[5:17], 16)
     assert abs(stamp - time.time() * 1000) < 5_000
     assert len({i[-12:] for i in ids}) == len(ids)  # the random half differs too
+
+
+def test_an_id_tells_the_second_it_was_made_in() -> None:
+    before = int(time.time())
+    made = new_id("file-")
+    assert before <= (created_second(made, "file-") or 0) <= int(time.time()) + 5
+    assert created_second(made, "batch_") is None  # another kind of object
+    assert created_second("file-nope", "file-") is None
+    assert created_second(made + "0", "file-") is None
