@@ -46,6 +46,7 @@ from api.request_submitter import (
     check_length,
     check_structured_output,
 )
+from api.required_calls_reader import RequiredCallsReader
 from api.schemas.chat import (
     ChatChoice,
     ChatChunkChoice,
@@ -58,7 +59,8 @@ from api.schemas.chat import (
 )
 from api.schemas.common import UsageInfo
 from api.tool_call_json import AFTER_CALLS
-from api.tool_choice import ForcedToolCall, ToolCallStream, refuse_auto
+from api.tool_call_stream import ToolCallStream
+from api.tool_choice import ForcedToolCall, refuse_auto
 from api.tool_parsers import (
     ToolParserStream,
     keeps_special_tokens,
@@ -318,8 +320,10 @@ def chat_message(
     if forced is None:
         return ChatResponseMessage(content=text), finish_reason
     calls = forced.calls(text)
-    if calls is None:  # "required" output cut short by max_tokens: not JSON, give the text
-        return ChatResponseMessage(content=text), finish_reason
+    if calls is None:  # "required" output cut short by max_tokens: the calls it got to
+        reader = RequiredCallsReader()
+        reader.feed(text)
+        return ChatResponseMessage(content=None, tool_calls=reader.tool_calls()), finish_reason
     if finish_reason == "stop":
         finish_reason = forced.finish_reason
     return ChatResponseMessage(content=None, tool_calls=calls), finish_reason

@@ -270,3 +270,86 @@ def test_tools_defining_one_name_differently_cannot_share_a_required_choice(
     error = error_of(client.post("/v1/chat/completions", json=body), 400)
     assert error["param"] == "tools" and "$defs/Place" in error["message"]
     assert worker.received == []
+
+
+REQUIRED_ANSWER = [
+    {"name": "get_weather", "parameters": {"city": "Paris, the one in France"}},
+    {"name": "get_time", "parameters": {}},
+]
+
+
+def test_required_calls_stream_one_by_one_as_they_are_written(
+    sdk: openai.OpenAI, worker: FakeWorker
+) -> None:
+    """Each call goes out once its name is complete, its arguments piece by piece, as
+    OpenAI streams them (not all at once when the array closes)."""
+    worker.set_script(json.dumps(REQUIRED_ANSWER))
+    chunks = list(
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,  # type: ignore[arg-type]
+            tools=[WEATHER, CLOCK],  # type: ignore[list-item]
+            tool_choice="required",
+            max_tokens=200,
+            stream=True,
+        )
+    )
+    carrying = [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert len(carrying) > 3
+    assert carrying[0].choices[0].finish_reason is None
+    calls: list[dict[str, Any]] = []
+    for chunk in carrying:
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            if delta.id is not None:
+                assert delta.index == len(calls) and delta.function is not None
+                calls.append({"name": delta.function.name, "arguments": ""})
+            assert delta.function is not None
+            calls[delta.index]["arguments"] += delta.function.arguments or ""
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls] == [
+        (c["name"], c["parameters"]) for c in REQUIRED_ANSWER
+    ]
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    assert all(not c.choices or not c.choices[0].delta.content for c in chunks)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_required_calls_cut_by_max_tokens_keep_what_was_written(
+    sdk: openai.OpenAI, worker: FakeWorker, stream: bool
+) -> None:
+    """The cut lands in the second call: the first is whole, the second keeps its name and
+    the arguments written so far (as a named call cut short does), and none is text."""
+    text = json.dumps(REQUIRED_ANSWER[::-1])  # get_time first, then get_weather's arguments
+    worker.set_script(text)
+    ids = worker.tokenizer.encode(text, add_special_tokens=False)
+    cut = next(n for n in range(len(ids)) if "Paris" in worker.tokenizer.decode(ids[:n]))
+    options: dict[str, Any] = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "tools": [WEATHER, CLOCK],
+        "tool_choice": "required",
+        "max_tokens": cut,
+    }
+    if stream:
+        chunks = list(sdk.chat.completions.create(**options, stream=True))
+        finish = chunks[-1].choices[0].finish_reason
+        calls: list[dict[str, str]] = []
+        for chunk in chunks:
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                assert delta.function is not None
+                if delta.id is not None:
+                    calls.append({"name": delta.function.name or "", "arguments": ""})
+                calls[delta.index]["arguments"] += delta.function.arguments or ""
+        content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        choice = sdk.chat.completions.create(**options).choices[0]
+        finish, content = choice.finish_reason, choice.message.content or ""
+        calls = [
+            {"name": c.function.name, "arguments": c.function.arguments}
+            for c in choice.message.tool_calls or []
+            if c.type == "function"
+        ]
+    assert finish == "length" and content == ""
+    assert [c["name"] for c in calls] == ["get_time", "get_weather"]
+    assert json.loads(calls[0]["arguments"]) == {}
+    assert calls[1]["arguments"].startswith('{"city": "Paris')
+    assert calls[1]["arguments"] in text
