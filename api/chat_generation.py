@@ -20,6 +20,7 @@ from fastapi import Request
 from api.admission import admit, refuse_early
 from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
+from api.chat_tokens import template_messages
 from api.collect import Output, collect, collect_all, finish
 from api.errors import ApiError
 from api.harmony_parser import BODY_ENDS
@@ -71,10 +72,6 @@ from api.tool_parsers import (
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
 from engine.tokenizer import Tokenizer, flatten_content
-
-# Where an assistant message may carry its thinking: our answers' and vLLM's fields, and
-# the name gpt-oss's chat template reads.
-THOUGHT_KEYS = ("reasoning", "reasoning_content", "thinking")
 
 
 @dataclass(frozen=True)
@@ -238,16 +235,7 @@ def generation_prompt(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str 
 
 
 def _chat_text(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:
-    messages = [m.model_dump(exclude_none=True) for m in body.messages]
-    for message in messages:
-        # Templates index `content`; an assistant turn of only tool calls has none (vLLM's "").
-        message.setdefault("content", "")
-        # An earlier answer's thinking, under whichever name the client sent it back:
-        # templates read it as `reasoning_content` (Qwen3's) or `thinking` (gpt-oss's).
-        thought = next((message[k] for k in THOUGHT_KEYS if message.get(k)), None)
-        if message.get("role") == "assistant" and isinstance(thought, str):
-            for key in THOUGHT_KEYS:
-                message.setdefault(key, thought)
+    messages = template_messages(body.messages)
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if body.reasoning_effort is not None:
         kwargs.setdefault("reasoning_effort", body.reasoning_effort)

@@ -10,6 +10,26 @@ from api.errors import ApiError
 from api.schemas.chat import ChatMessage
 from engine.tokenizer import Tokenizer
 
+# Where an assistant message may carry its thinking: our answers' and vLLM's fields, and
+# the name gpt-oss's chat template reads.
+THOUGHT_KEYS = ("reasoning", "reasoning_content", "thinking")
+
+
+def template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as chat templates read them, the same for every endpoint that renders them
+    (a /tokenize count is the chat request's): `content` always present, since templates
+    index it and an assistant turn of only tool calls (or a null content) has none
+    (vLLM's ""); thinking under each name templates read it by, `reasoning_content`
+    (Qwen3's) or `thinking` (gpt-oss's)."""
+    out = [m.model_dump(exclude_none=True) for m in messages]
+    for message in out:
+        message.setdefault("content", "")
+        thought = next((message[k] for k in THOUGHT_KEYS if message.get(k)), None)
+        if message.get("role") == "assistant" and isinstance(thought, str):
+            for key in THOUGHT_KEYS:
+                message.setdefault(key, thought)
+    return out
+
 
 def chat_token_ids(
     tokenizer: Tokenizer,
@@ -28,7 +48,7 @@ def chat_token_ids(
         kwargs["continue_final_message"] = True
     try:
         text = tokenizer.render_chat(
-            [m.model_dump(exclude_none=True) for m in messages],
+            template_messages(messages),
             add_generation_prompt=add_generation_prompt,
             tools=tools,
             **kwargs,

@@ -24,6 +24,7 @@ from api.deps import (
     SubmitterDep,
     json_body,
 )
+from api.errors import ApiError
 from api.logprobs import CompletionLogprobBuilder
 from api.prompt_logprobs import prompt_logprobs_answer
 from api.reply_router import ReplyReader, ReplyRouter, Restart
@@ -165,6 +166,8 @@ def _tokenize(
     for raw in raw_prompts:
         if isinstance(raw, str):
             ids = tokenizer.encode(raw, add_special_tokens=body.add_special_tokens)
+            if not ids:  # "" without a BOS: refused here, before a stream opens with a 200
+                raise ApiError(400, "prompt must contain at least one token", param="prompt")
             prompts.append(_Prompt(ids, raw))
         else:
             check_prompt_ids(raw, tokenizer.vocab_size)

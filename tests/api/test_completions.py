@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from .conftest import MODEL, Stack, worker_on
 from .fakes import FakeWorker
@@ -155,3 +156,14 @@ def test_the_model_may_be_left_out_while_one_model_is_served(
         assert response.status_code == 400
         error = response.json()["error"]
         assert error["param"] == "model" and "exactly one model" in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_empty_text_prompt_is_a_400_before_any_stream_opens(
+    client: httpx.Client, worker: FakeWorker, stream: bool
+) -> None:
+    body = {"model": MODEL, "prompt": "", "max_tokens": 4, "stream": stream}
+    response = client.post("/v1/completions", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "prompt"
+    assert worker.received == []

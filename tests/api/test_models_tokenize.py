@@ -47,6 +47,25 @@ def test_tokenize_messages_uses_the_chat_template(client: httpx.Client, worker: 
     assert body["token_strs"] is None
 
 
+def test_tokenize_counts_messages_as_the_chat_request_renders_them(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    """A null content and a turn of only tool calls render (as ""), as chat renders them."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    messages = [
+        {"role": "user", "content": None},
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    counted = client.post("/tokenize", json={"messages": messages})
+    assert counted.status_code == 200, counted.text
+    answer = client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": messages, "max_tokens": 1}
+    )
+    assert answer.status_code == 200, answer.text
+    assert counted.json()["tokens"] == worker.received[-1].prompt_token_ids
+
+
 def test_detokenize_round_trip(client: httpx.Client, worker: FakeWorker) -> None:
     ids = worker.tokenizer.encode("Hello world")
     response = client.post("/detokenize", json={"model": MODEL, "tokens": ids})
