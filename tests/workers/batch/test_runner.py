@@ -858,43 +858,15 @@ def test_a_runner_beaten_to_the_finish_leaves_no_file_behind(env: Env) -> None:
     assert racing.saved and names.isdisjoint(racing.saved), "a written result file was kept"
 
 
+@pytest.mark.parametrize("inflight", [1, 2])
 def test_a_result_being_recorded_when_the_cancel_lands_is_not_lost(
-    env: Env, monkeypatch: pytest.MonkeyPatch
+    env: Env, monkeypatch: pytest.MonkeyPatch, inflight: int
 ) -> None:
-    """The cancel arrives while a finished line's result is being written (a slow database):
-    that write must be part of the batch's files, not land after they are written, which
-    left a count with no line in any file and a checkpoint row nobody deletes."""
-    real_record = batch_store.record_result
-    recording = threading.Event()
-
-    def slow_record(session: Any, batch_id: str, result: LineResult) -> bool:
-        recording.set()
-        time.sleep(1.5)  # the runner sees a cancel within 0.5 s
-        return real_record(session, batch_id, result)
-
-    monkeypatch.setattr(batch_store, "record_result", slow_record)
-    batch_id = env.batch([line(1), line(2)])
-    background = env.start(batch_id, batch_max_inflight=1)
-    assert recording.wait(10)
-    with env.db.session() as session:
-        batch = session.get(Batch, batch_id)
-        assert batch is not None
-        batch_store.request_cancel(session, batch)
-    background.join()
-
-    batch = env.get(batch_id)
-    assert batch.status == "cancelled"
-    output = env.rows(batch.output_file_id)
-    assert (batch.completed, [r["custom_id"] for r in output]) == (1, ["req-1"])
-    assert env.recorded(batch_id) == set()
-
-
-def test_a_cancel_waits_for_every_feeders_write_not_just_the_first_to_stop(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two lines in flight when the cancel lands: line 1's result is being written (slowly),
-    line 2 is still generating. Line 2's feeder stops at once; the files must still wait for
-    line 1's write, or its result is counted and billed but in no file."""
+    """The cancel arrives while line 1's result is being written (a slow database): that
+    write must be part of the batch's files, not land after they are written, which left
+    a count (and usage) with no line in any file and a checkpoint row nobody deletes.
+    With two in flight, line 2 is still generating: its feeder stops at once, and the
+    files must still wait for line 1's write."""
     real_record = batch_store.record_result
     recording = threading.Event()
 
@@ -906,7 +878,7 @@ def test_a_cancel_waits_for_every_feeders_write_not_just_the_first_to_stop(
     monkeypatch.setattr(batch_store, "record_result", slow_record)
     env.worker.behaviour = "slow"  # 50 ms a token: line 2 takes 10 s
     batch_id = env.batch([line(1), line(2, max_tokens=200), line(3)])
-    background = env.start(batch_id, batch_max_inflight=2)
+    background = env.start(batch_id, batch_max_inflight=inflight)
     assert recording.wait(10)
     with env.db.session() as session:
         batch = session.get(Batch, batch_id)
