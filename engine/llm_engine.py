@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
@@ -254,6 +255,9 @@ class LLMEngine:
             NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max) if spec else None
         )
         self._requests: dict[str, _Request] = {}
+        # Called between scheduling and the forward pass: a server's gauges can show a
+        # request as running during its first step, which for a long prefill is seconds.
+        self.on_scheduled: Callable[[], None] | None = None
         self._spec_draft_tokens = 0
         self._spec_accepted_tokens = 0
         logger.info(
@@ -703,6 +707,8 @@ class LLMEngine:
         plan = self.scheduler.schedule(now)
         if not plan.scheduled:
             return []
+        if self.on_scheduled is not None:
+            self.on_scheduled()
         result = self.runner.execute(plan.scheduled)
         outputs = self._postprocess(plan.scheduled, result)
         if self.loras is not None and self.loras.retiring:

@@ -54,6 +54,7 @@ class EngineLoop:
         # Aborts that arrived before their request reached the engine (or after it
         # finished there but before the publisher acked it).
         self._early_aborts: set[str] = set()
+        self._sampled_counts = (0, 0)  # (running, waiting) at the last sample
 
     def abort(self, request_id: str) -> None:
         """Thread-safe: ask the loop to drop a request (the abort listener calls this)."""
@@ -66,6 +67,13 @@ class EngineLoop:
 
     def run(self, intake_closed: threading.Event, drain_timeout: float) -> None:
         """Serve until intake is closed and everything admitted has finished (or the grace ends)."""
+        self.engine.on_scheduled = self._sample_if_moved
+        try:
+            self._serve(intake_closed, drain_timeout)
+        finally:
+            self.engine.on_scheduled = None
+
+    def _serve(self, intake_closed: threading.Event, drain_timeout: float) -> None:
         drain_deadline: float | None = None
         while True:
             changed = self._run_tasks()
@@ -224,8 +232,17 @@ class EngineLoop:
                 len(left),
             )
 
+    def _sample_if_moved(self) -> None:
+        """Before the forward pass: a request the scheduler just took from the queue counts
+        as running for the whole step, as vLLM counts it once scheduled (after the step is
+        too late for a prefill that takes seconds)."""
+        scheduler = self.engine.scheduler
+        if (scheduler.num_running, scheduler.num_waiting) != self._sampled_counts:
+            self._sample_stats()
+
     def _sample_stats(self) -> None:
         s = self.engine.stats()
+        self._sampled_counts = (s.num_running, s.num_waiting)
         if self.stats_log is not None:
             self.stats_log.observe(s)
         self.metrics.set_engine_state(

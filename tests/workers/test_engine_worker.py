@@ -299,6 +299,35 @@ def test_failed_step_fails_requests_and_worker_keeps_serving(
     assert h.pending() == 0
 
 
+def test_a_request_counts_as_running_during_its_first_step(
+    engine: LLMEngine, make_worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long prompt's prefill is one step of seconds: while it runs, the gauges show the
+    request running (vLLM counts it once scheduled), not still waiting."""
+    real_execute = engine.runner.execute
+    inside, release = threading.Event(), threading.Event()
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        if not inside.is_set():
+            inside.set()
+            release.wait(10)
+        return real_execute(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "execute", held)
+    h: Harness = make_worker()
+    request = h.request(engine.tokenizer.encode(PROMPT))
+    h.send(request)
+    try:
+        assert inside.wait(10)
+        during = h.worker.metrics.engine_state()[:2]
+    finally:
+        release.set()
+    messages = h.collect([request.id])[request.id]
+    assert messages[-1].error is None
+    assert during == (1, 0)
+    wait_for(lambda: h.worker.metrics.engine_state()[:2] == (0, 0))
+
+
 def test_stop_drains_in_flight_requests(engine: LLMEngine, make_worker: Any) -> None:
     h: Harness = make_worker()
     request = h.request(engine.tokenizer.encode(PROMPT), max_tokens=12, ignore_eos=True)
