@@ -21,6 +21,7 @@ from api.schemas.common import (
     UsageInfo,
     omitted_when_none,
 )
+from api.schemas.request_metadata import Metadata, ServiceTier
 from api.tool_choice import (
     CHAT_NAMED_TOOL_CHOICE,
     ForcedToolCall,
@@ -68,6 +69,14 @@ class ChatCompletionRequest(SamplingRequest):
     # `reasoning_effort` (gpt-oss's writes it into its system message); the levels
     # gpt-oss was trained with, as vLLM accepts them.
     reasoning_effort: ReasoningEffort | None = None
+    # OpenAI's, checked as OpenAI checks them: nothing is kept for later retrieval
+    # (`store`, as with vLLM) and every request runs in the one tier there is.
+    store: bool | None = None
+    metadata: Metadata = None
+    service_tier: ServiceTier | None = None
+    # Audio output is refused rather than answered with text alone.
+    modalities: list[Literal["text", "audio"]] | None = None
+    audio: dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     # vLLM extras
@@ -87,6 +96,10 @@ class ChatCompletionRequest(SamplingRequest):
         _ = self.forced_tool_call  # tools and tool_choice are well formed
         if self.functions or self.function_call not in (None, "none"):
             raise not_supported("functions", "function calling")
+        if self.audio is not None:
+            raise not_supported("audio", "audio output (the models served here write text)")
+        if "audio" in (self.modalities or []):
+            raise not_supported("modalities", "audio output (the models served here write text)")
         if self.chat_template is not None:
             raise not_supported("chat_template", "a per-request chat template")
         if self.top_logprobs is not None and not self.logprobs:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError, not_supported
-from api.schemas.batches import metadata_bounds
+from api.schemas.request_metadata import PROCESSED_SERVICE_TIER, Metadata, ServiceTier
 
 # `include` values; the others ask for data of hosted tools or reasoning models we do not run.
 INCLUDE_LOGPROBS = "message.output_text.logprobs"
@@ -92,13 +92,13 @@ class ResponsesRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
     store: bool = True
     previous_response_id: str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Metadata = None
     user: str | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=TOP_LOGPROBS_MAX)
     include: list[str] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     reasoning: dict[str, Any] | None = None
-    service_tier: str | None = None
+    service_tier: ServiceTier | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     # Run after the call returns; poll GET /v1/responses/{id} (api/background_responses.py).
@@ -123,11 +123,6 @@ class ResponsesRequest(BaseModel):
     skip_special_tokens: bool = True
     priority: int = 0
     cache_salt: str | None = Field(default=None, min_length=1)
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_bounds(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        return metadata_bounds(value)
 
     def check_supported(self) -> None:
         if self.conversation is not None:
@@ -161,7 +156,7 @@ class ResponsesRequest(BaseModel):
             "parallel_tool_calls": self.parallel_tool_calls is not False,
             "previous_response_id": self.previous_response_id,
             "reasoning": self.reasoning,
-            "service_tier": self.service_tier or "default",
+            "service_tier": PROCESSED_SERVICE_TIER,
             "store": self.store,
             "temperature": self.temperature if self.temperature is not None else 1.0,
             "text": (self.text or TextConfig()).model_dump(

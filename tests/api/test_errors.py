@@ -50,6 +50,12 @@ def error_of(response: httpx.Response, status: int) -> dict:
         ({"seed": 2**70}, "seed"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"model": 5}, "model"),
+        ({"service_tier": "bogus"}, "service_tier"),
+        ({"metadata": "x"}, "metadata"),
+        ({"metadata": {"a": 1}}, "metadata.a"),
+        ({"metadata": {"k": "v" * 513}}, "metadata"),
+        ({"store": "maybe"}, "store"),
+        ({"modalities": ["video"]}, "modalities[0]"),
     ],
 )
 def test_chat_validation_is_400_naming_param(client: httpx.Client, patch: dict, param: str) -> None:
@@ -121,6 +127,8 @@ def test_our_validators_speak_without_pydantics_tag() -> None:
         ({"response_format": {"type": "structural_tag"}}, "response_format"),
         ({"structured_outputs": {"structural_tag": {"x": 1}}}, "structured_outputs.structural_tag"),
         ({"functions": [{"name": "f"}]}, "functions"),
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "mp3"}}, "audio"),
     ],
 )
 def test_unsupported_features_are_refused(client: httpx.Client, patch: dict, param: str) -> None:

@@ -50,6 +50,12 @@ def test_text_input_gives_one_message_with_the_generated_text(
     assert "Say something." in prompt_text(worker)
 
 
+def test_the_tier_reported_is_the_one_the_request_ran_in(sdk: openai.OpenAI) -> None:
+    """OpenAI reports the tier used, which may differ from the one asked for; there is one."""
+    response = sdk.responses.create(model=MODEL, input="Hi", service_tier="priority")
+    assert response.service_tier == "default"
+
+
 def test_the_stream_ends_with_the_object_the_whole_answer_is(sdk: openai.OpenAI) -> None:
     whole = sdk.responses.create(model=MODEL, input="Hi", instructions="Be brief.")
     events = stream_events(sdk, input="Hi", instructions="Be brief.")
@@ -356,6 +362,7 @@ def part_logprobs(response: Any) -> Any:
         ({"max_output_tokens": 0}, "max_output_tokens"),
         ({"temperature": -1}, "temperature"),
         ({"metadata": {str(i): "v" for i in range(17)}}, "metadata"),
+        ({"service_tier": "bogus"}, "service_tier"),
         ({"stream_options": {"include_obfuscation": False}}, "stream_options"),
     ],
 )
