@@ -26,6 +26,11 @@ from workers.stats_logger import StatsLogger
 logger = logging.getLogger(__name__)
 
 _IDLE_WAIT = 0.05
+# How often the loop looks for requests past their deadline, and how far past it one
+# may run: the API ends its client's wait at the deadline and aborts; this catches the
+# requests whose API died first, without cutting a live one short on a clock skew.
+_DEADLINE_CHECK_EVERY = 0.5
+_DEADLINE_GRACE = 1.0
 
 
 class EngineBroken(RuntimeError):
@@ -55,6 +60,7 @@ class EngineLoop:
         # finished there but before the publisher acked it).
         self._early_aborts: set[str] = set()
         self._sampled_counts = (0, 0)  # (running, waiting) at the last sample
+        self._deadlines_checked_at = 0.0  # monotonic
 
     def abort(self, request_id: str) -> None:
         """Thread-safe: ask the loop to drop a request (the abort listener calls this)."""
@@ -79,6 +85,7 @@ class EngineLoop:
             changed = self._run_tasks()
             changed |= self._admit_queued()
             changed |= self._apply_aborts()
+            changed |= self._expire_overdue()
             if self.engine.has_unfinished():
                 self._step()
                 changed = True
@@ -177,6 +184,25 @@ class EngineLoop:
             self._early_aborts = {r for r in self._early_aborts if self.inflight.get(r)}
         return aborted
 
+    def _expire_overdue(self) -> bool:
+        """End requests past their deadline: no generation outlives it, even when the API
+        that would have aborted it is gone (killed, or cut off from Redis)."""
+        now = time.monotonic()
+        if now - self._deadlines_checked_at < _DEADLINE_CHECK_EVERY:
+            return False
+        self._deadlines_checked_at = now
+        cutoff = time.time() - _DEADLINE_GRACE
+        overdue = [
+            ticket
+            for ticket in self._running.values()
+            if ticket.request.deadline is not None and ticket.request.deadline < cutoff
+        ]
+        for ticket in overdue:
+            del self._running[ticket.request_id]
+            self.engine.abort(ticket.request_id)
+            self.publisher.put(Failed(ticket, _past_deadline(ticket.request.deadline)))
+        return bool(overdue)
+
     # --- the step ---------------------------------------------------------------------
 
     def _step(self) -> None:
@@ -258,6 +284,18 @@ class EngineLoop:
                 else None
             ),
         )
+
+
+def _past_deadline(deadline: float) -> ErrorInfo:
+    return ErrorInfo(
+        message=(
+            f"the request ran {time.time() - deadline:.1f} s past its deadline "
+            "(--request-timeout) and was stopped"
+        ),
+        type="timeout",
+        code="timeout",
+        status=504,
+    )
 
 
 def _internal_error() -> ErrorInfo:

@@ -185,6 +185,27 @@ def test_abort_frees_the_request(engine: LLMEngine, make_worker: Any, client: re
     wait_for(lambda: h.worker.metrics.snapshot()["request_success"]["abort"] == 1)
 
 
+def test_a_request_whose_api_is_gone_stops_at_its_deadline(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    """No abort ever comes (its API was killed): the worker ends it at the deadline itself."""
+    h: Harness = make_worker()
+    request = h.request(
+        engine.tokenizer.encode(PROMPT),
+        deadline=time.time() + 1.5,
+        max_tokens=100_000,
+        ignore_eos=True,
+    )
+    h.send(request)
+    (*tokens, last) = h.collect([request.id], timeout=15.0)[request.id]
+    assert any(m.choices for m in tokens)  # it was generating when the deadline passed
+    assert last.error is not None
+    assert (last.error.status, last.error.code) == (504, "timeout")
+    assert "past its deadline" in last.error.message
+    wait_for(lambda: engine.num_requests == 0, timeout=2.0)
+    wait_for(lambda: h.pending() == 0, timeout=2.0)
+
+
 def test_invalid_and_expired_requests_get_errors_and_are_acked(
     engine: LLMEngine, make_worker: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
