@@ -100,7 +100,9 @@ class ReplyRouter:
         self.silence_check = silence_check
         self.result_poll = result_poll
         self._queues: dict[str, asyncio.Queue[_QueueItem]] = {}
-        self._entries: dict[str, tuple[str, str]] = {}  # request id -> (stream, entry id)
+        # Request id -> (stream, entry id) until the request ends: a worker that finishes
+        # it deletes the entry itself; an abort deletes it here.
+        self._entries: dict[str, tuple[str, str]] = {}
         # Where each in-flight request was queued, kept until it ends: (model, stream, id).
         self._placed: dict[str, tuple[str, str, str]] = {}
         self._pubsub = redis.pubsub()
@@ -162,8 +164,9 @@ class ReplyRouter:
         except (ValueError, TypeError, KeyError) as exc:
             logger.warning("dropping an undecodable reply: %s", exc)
             return
-        # A worker has it now: the worker acks and deletes the stream entry itself.
-        self._entries.pop(message.id, None)
+        if message.finished:
+            # The worker acked and deleted the stream entry with this message.
+            self._entries.pop(message.id, None)
         queue = self._queues.get(message.id)
         if queue is not None:
             queue.put_nowait(message)
@@ -246,9 +249,10 @@ class ReplyRouter:
                 pipe.publish(self.names.abort, request_id)
                 entry = self._entries.pop(request_id, None)
                 if entry is not None:
-                    # Still queued (no worker has answered): delete it so no worker
-                    # generates for a client that is gone. A worker that already took
-                    # it gets the abort above; a reclaimed deleted entry is just acked.
+                    # Deleted so no worker generates for a client that is gone: one still
+                    # queued is never read, and one whose worker missed the abort above
+                    # (pub/sub: a dead or hung worker) is only acked by the janitor that
+                    # reclaims it, not run again.
                     pipe.xdel(*entry)
             await pipe.execute()
 
@@ -374,6 +378,8 @@ class ReplyReader:
             yield message
 
     def _finish(self, message: ReplyMessage) -> ReplyMessage:
+        # Also when the answer came from the stored result: its worker deleted the entry.
+        self.router._entries.pop(self.request_id, None)
         if message.error is not None:
             raise worker_error(message.error)
         self.finished = True

@@ -88,7 +88,8 @@ class FakeWorker:
     behaviours: "normal"; "gap" (drops seq 1, writes the result); "restart" (attempt 1
     sends two tokens, attempt 2 starts over); "silent" (never answers); "error"
     (a worker error); "slow" (a token every 50 ms, until aborted); "paused" (heartbeat
-    only, never reads the stream).
+    only, never reads the stream); "stalled" (two tokens, then nothing: never finishes,
+    acks or hears an abort, as a worker hung mid-request).
     """
 
     redis_url: str
@@ -120,6 +121,8 @@ class FakeWorker:
     published_config: dict[str, Any] = field(default_factory=dict)
     received: list[GenerateRequest] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
+    # Where each request it read was: request id -> (stream, entry id).
+    entries: dict[str, tuple[str, str]] = field(default_factory=dict)
     _thread: threading.Thread | None = None
     _loop: asyncio.AbstractEventLoop | None = None
     _stop: asyncio.Event | None = None
@@ -299,6 +302,7 @@ class FakeWorker:
                 for entry_id, data in messages:
                     request = GenerateRequest.decode(data["data"])
                     self.received.append(request)
+                    self.entries[request.id] = (stream, entry_id)
                     task = asyncio.create_task(self._serve_request(stream, entry_id, request))
                     self._requests.add(task)
                     task.add_done_callback(self._requests.discard)
@@ -326,6 +330,10 @@ class FakeWorker:
                     await asyncio.sleep(30)  # until the test is over or the client leaves
                 await self._embed(request)
                 return
+            if behaviour == "stalled":
+                await asyncio.sleep(0.2)  # the API has noted where the request is queued
+                await self._generate(request, stop_after=2, ignore_aborts=True)
+                return
             if behaviour == "restart":
                 await self._generate(request, attempt=1, stop_after=2)
                 await asyncio.sleep(0.1)
@@ -337,8 +345,9 @@ class FakeWorker:
                 delay=0.05 if behaviour == "slow" else 0.0,
             )
         finally:
-            await self.redis.xack(stream, WORKER_GROUP, entry_id)
-            await self.redis.xdel(stream, entry_id)
+            if behaviour != "stalled":
+                await self.redis.xack(stream, WORKER_GROUP, entry_id)
+                await self.redis.xdel(stream, entry_id)
 
     def _tokens(self, request: GenerateRequest, choice: int) -> list[int]:
         max_tokens = request.sampling.get("max_tokens") or 16
@@ -359,6 +368,7 @@ class FakeWorker:
         stop_after: int | None = None,
         drop: set[int] | None = None,
         delay: float = 0.0,
+        ignore_aborts: bool = False,
     ) -> None:
         sampling = request.sampling
         n = sampling.get("n", 1)
@@ -373,7 +383,7 @@ class FakeWorker:
         arrival = time.time()
         times = {"arrival": arrival, "scheduled": arrival + 0.001, "first_token": arrival + 0.002}
         for step in range(steps):
-            if request.id in self.aborted or not self._running():
+            if (request.id in self.aborted and not ignore_aborts) or not self._running():
                 return
             if stop_after is not None and step >= stop_after:
                 return  # this attempt's worker "dies" here

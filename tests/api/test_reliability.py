@@ -6,6 +6,7 @@ import json
 import threading
 
 import httpx
+import redis
 
 from .conftest import MODEL, Stack
 from .fakes import FakeWorker, wait_for
@@ -82,6 +83,25 @@ def test_stream_disconnect_publishes_abort(stack: Stack, worker: FakeWorker) -> 
         request_id = json.loads(first[len("data: ") :])["id"]
     # leaving the block closed the connection mid-stream
     wait_for(lambda: request_id in worker.aborted)
+
+
+def test_an_abandoned_request_leaves_the_queue_even_if_its_worker_missed_the_abort(
+    stack: Stack, worker: FakeWorker
+) -> None:
+    """Aborts are pub/sub: a worker that is hung or dead misses them. The request's stream
+    entry goes too, so a janitor reclaiming the dead worker's entries has nothing to rerun."""
+    worker.behaviour = "stalled"
+    body = {"model": MODEL, "prompt": "Story:", "max_tokens": 50, "stream": True}
+    with (
+        httpx.Client(base_url=stack.url, timeout=10) as http,
+        http.stream("POST", "/v1/completions", json=body) as response,
+    ):
+        lines = response.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        request_id = json.loads(first[len("data: ") :])["id"]
+    stream, entry_id = worker.entries[request_id]
+    with redis.Redis.from_url(worker.redis_url) as client:
+        wait_for(lambda: not client.xrange(stream, entry_id, entry_id))
 
 
 def test_non_stream_disconnect_publishes_abort(stack: Stack, worker: FakeWorker) -> None:

@@ -182,28 +182,30 @@ def test_stream_that_sent_text_still_reports_a_loss_on_silence(redis_url: str) -
     asyncio.run(run())
 
 
-def test_abort_pulls_a_still_queued_request_out_of_the_stream(redis_url: str) -> None:
-    """A client that leaves while queued must not cost a worker its generation later."""
+def test_abort_deletes_the_stream_entry_until_a_worker_finished_it(redis_url: str) -> None:
+    """A client that leaves while queued must not cost a worker its generation later, nor
+    one whose worker took it and died, missing the abort (the janitor would rerun it).
+    An entry whose worker sent its final message is the worker's to delete."""
 
-    async def run() -> tuple[int, int]:
+    async def run() -> list[str]:
         store = aioredis.from_url(redis_url, decode_responses=True)
         names = BusNames("unit-abort-queued")
         replies = ReplyRouter(store, names, "api-unit")
         stream = names.requests("m")
-        waiting = await store.xadd(stream, {"data": "waiting"})
-        answered = await store.xadd(stream, {"data": "answered"})
-        replies.open("waiting", time.time() + 5, streaming=True)
-        replies.open("answered", time.time() + 5, streaming=True)
-        replies.queued("waiting", stream, waiting)
-        replies.queued("answered", stream, answered)
-        # A worker answered this one: it now owns the entry, the API must not touch it.
-        replies._route(ReplyMessage(id="answered", seq=FIRST_SEQ).encode())
-        await replies.abort(["waiting", "answered"])
+        ids = {}
+        for name in ("waiting", "taken", "finished"):
+            ids[name] = await store.xadd(stream, {"data": name})
+            replies.open(name, time.time() + 5, streaming=True)
+            replies.queued(name, stream, ids[name])
+        replies._route(ReplyMessage(id="taken", seq=FIRST_SEQ).encode())
+        replies._route(ReplyMessage(id="finished", seq=FIRST_SEQ, finished=True).encode())
+        # (a real worker would have deleted "finished" itself; kept to see who deletes it)
+        await replies.abort(["waiting", "taken", "finished"])
         left = [entry_id for entry_id, _ in await store.xrange(stream)]
         await store.aclose()
-        return len(left), int(left == [answered])
+        return ["finished" if entry_id == ids["finished"] else entry_id for entry_id in left]
 
-    assert asyncio.run(run()) == (1, 1)
+    assert asyncio.run(run()) == ["finished"]
 
 
 async def _until_done(reader: object) -> ApiError | None:
