@@ -15,6 +15,7 @@ from api.custom_middleware import MiddlewareError
 from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
 from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.gc_freeze import frozen_while_serving
+from conveyor.redis_wait import redacted, wait_for_redis
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -72,11 +73,21 @@ def run_api(settings: Settings) -> int:
         return CONFIGURATION_ERROR
     # One of --api-server-count's processes: serve on the socket `conveyor serve` opened.
     shared = {"fd": settings.api_socket_fd} if settings.api_socket_fd is not None else {}
+    if not shared and settings.api_server_count > 1:
+        logger.warning(
+            "--api-server-count %d is for `conveyor serve`; `conveyor api` is one process "
+            "(run more of them, e.g. replicas behind a load balancer)",
+            settings.api_server_count,
+        )
     try:
         app = create_app(settings)
     except MiddlewareError as exc:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
+    unreachable = wait_for_redis(settings.redis_url)
+    if unreachable is not None:
+        logger.error("cannot reach Redis at %s: %s", redacted(settings.redis_url), unreachable)
+        return 1
     server = _Server(uvicorn_config(app, settings, **shared))
     with frozen_while_serving():
         server.run()

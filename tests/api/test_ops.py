@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import types
 from collections.abc import Callable
@@ -162,6 +163,22 @@ def test_run_api_needs_a_redis_url() -> None:
     from conveyor.settings import Settings
 
     assert run_api(Settings(redis_url=None)) == 2
+
+
+def test_run_api_waits_for_redis_then_exits_1_saying_why_and_ignores_a_server_count(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from api.server import run_api
+    from conveyor import redis_wait
+    from conveyor.settings import Settings
+
+    monkeypatch.setattr(redis_wait, "REDIS_STARTUP_WAIT", 0.3)
+    settings = Settings(redis_url="redis://:pw@127.0.0.1:1/0", api_server_count=2)
+    with caplog.at_level(logging.WARNING, logger="api.server"):
+        assert run_api(settings) == 1
+    ignored, unreachable = [r.getMessage() for r in caplog.records if r.name == "api.server"]
+    assert ignored.startswith("--api-server-count 2 is for `conveyor serve`")
+    assert unreachable.startswith("cannot reach Redis at redis://:***@127.0.0.1:1/0: ")
 
 
 def test_metrics_with_the_real_worker_renderer(client: httpx.Client, stack: Stack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -278,6 +279,25 @@ def test_janitor_reclaims_a_dead_consumers_request(
         wait_for(lambda: "dead" not in consumers())
 
 
+def test_janitor_does_not_rerun_a_request_its_api_deleted(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API deletes an abandoned request's entry (its dead worker missed the abort):
+    the janitor clears it from the dead consumer's pending list without running it."""
+    admitted = admitted_ids(engine, monkeypatch)
+    h: Harness = make_worker(start=False)
+    request = h.request(engine.tokenizer.encode(PROMPT))
+    _strand(h, client, "dead", request)
+    ((entry_id, _),) = client.xrange(h.stream)
+    client.xdel(h.stream, entry_id)
+    h.start()
+    wait_for(lambda: h.pending() == 0)
+    for _ in range(5):  # a few more sweeps; any reply would be read here
+        h.poll(0.1)
+    assert request.id not in admitted
+    assert request.id not in h.messages
+
+
 def test_too_many_deliveries_go_to_dead_letters(
     engine: LLMEngine, make_worker: Any, client: redis.Redis
 ) -> None:
@@ -544,3 +564,17 @@ def test_an_engine_that_cannot_start_as_configured_exits_2(redis_url: str) -> No
         {"max_model_len": 4096, "num_gpu_blocks_override": 4, "device": "cpu"},
     ):
         assert run_worker(Settings(redis_url=redis_url, **refused), stop=threading.Event()) == 2
+
+
+def test_a_worker_without_redis_exits_1_before_loading_weights(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conveyor import redis_wait
+    from workers import engine_worker
+
+    monkeypatch.setattr(redis_wait, "REDIS_STARTUP_WAIT", 0.3)
+    monkeypatch.setattr(engine_worker, "LLMEngine", None)  # calling it would fail loudly
+    with caplog.at_level(logging.ERROR, logger="workers.engine_worker"):
+        assert run_worker(Settings(redis_url="redis://127.0.0.1:1/0"), stop=threading.Event()) == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "workers.engine_worker"]
+    assert line.startswith("cannot reach Redis at redis://127.0.0.1:1/0: ")

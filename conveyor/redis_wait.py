@@ -1,0 +1,52 @@
+"""Start-up waits for Redis: a process started before its Redis (compose, a pod
+restarted ahead of it) waits a while, saying so, rather than dying with a
+traceback; one that still cannot reach it exits 1 with one line that says why."""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+logger = logging.getLogger(__name__)
+
+REDIS_STARTUP_WAIT = 30.0
+_RETRY_EVERY = 1.0
+
+
+def redacted(url: str) -> str:
+    """The URL for a log line: any password replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port is not None else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+
+
+def wait_for_redis(url: str, timeout: float | None = None) -> str | None:
+    """None once Redis answers a PING; else, after `timeout` seconds (default
+    REDIS_STARTUP_WAIT), the last error."""
+    timeout = REDIS_STARTUP_WAIT if timeout is None else timeout
+    give_up = time.monotonic() + timeout
+    warned = False
+    while True:
+        try:
+            with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5) as client:
+                client.ping()
+            if warned:
+                logger.info("Redis at %s answers", redacted(url))
+            return None
+        except redis.RedisError as exc:
+            error = str(exc) or type(exc).__name__
+        if time.monotonic() >= give_up:
+            return error
+        if not warned:
+            logger.warning(
+                "waiting up to %.0f s for Redis at %s (%s)", timeout, redacted(url), error
+            )
+            warned = True
+        time.sleep(min(_RETRY_EVERY, max(0.0, give_up - time.monotonic())))
