@@ -268,6 +268,9 @@ class ReplyRouter:
     async def _abort_logged(self, request_ids: list[str]) -> None:
         try:
             await self.abort(request_ids)
+        except RedisError as exc:
+            # Redis is away: the workers' deadline check ends these requests instead.
+            logger.warning("could not publish abort for %s (%s)", request_ids, exc)
         except Exception:
             logger.exception("could not publish abort for %s", request_ids)
 
