@@ -62,12 +62,23 @@ class Aborted:
 
 @dataclass(frozen=True)
 class Released:
-    """Given up at shutdown without an ACK, so another worker's janitor reclaims it."""
+    """Given up at shutdown without an ACK, so another worker's janitor reclaims it (a
+    stream that already sent tokens fails instead: its client cannot take a rerun)."""
 
     ticket: Ticket
 
 
 Event = StepOutputs | Failed | Aborted | Released
+
+# A released stream that had sent tokens ends with this (others are rerun elsewhere).
+_STOPPED_MID_STREAM = ErrorInfo(
+    message=(
+        "the worker serving this stream stopped before it finished (its drain timeout ran "
+        "out); retry the request"
+    ),
+    code="worker_stopped",
+    status=503,
+)
 
 
 class Publisher:
@@ -137,6 +148,11 @@ class Publisher:
                 self.metrics.request_finished("abort")
                 self._ack(pipe, event.ticket)
                 done.append(event.ticket)
+            elif self._streamed_output(event.ticket):
+                # Its client already read tokens, which no rerun elsewhere can continue:
+                # tell it now rather than leave it to notice the missing heartbeat.
+                self._failed(pipe, Failed(event.ticket, _STOPPED_MID_STREAM))
+                done.append(event.ticket)
             else:
                 self._builders.pop(event.ticket.request_id, None)
                 done.append(event.ticket)
@@ -144,6 +160,15 @@ class Publisher:
             self._execute(pipe)
         for ticket in done:
             self.inflight.remove(ticket)
+
+    def _streamed_output(self, ticket: Ticket) -> bool:
+        builder = self._builders.get(ticket.request_id)
+        return (
+            builder is not None
+            and builder.ticket is ticket
+            and builder.streaming
+            and any(c.text or c.token_ids for c in builder.choices.values())
+        )
 
     def _execute(self, pipe: redis.client.Pipeline) -> None:
         """Run the round trip, retrying for a while if Redis is away."""

@@ -381,6 +381,29 @@ def test_stop_drains_in_flight_requests(engine: LLMEngine, make_worker: Any) -> 
     assert h.exit_code == 0 and h.pending() == 0
 
 
+def test_drain_timeout_releases_what_is_left_and_fails_streams_already_read(
+    engine: LLMEngine, make_worker: Any
+) -> None:
+    """A request that can still start over elsewhere stays pending for another worker; a
+    stream whose client read tokens gets its error now instead of ~20 s later."""
+    h: Harness = make_worker()
+    h.worker.drain_timeout = 0.3
+    prompt = engine.tokenizer.encode(PROMPT)
+    streamed = h.request(prompt, max_tokens=100_000, ignore_eos=True)
+    whole = h.request(prompt, stream=False, max_tokens=100_000, ignore_eos=True)
+    h.send(streamed)
+    h.send(whole)
+    wait_for(lambda: h.poll(0.05) or len(h.messages.get(streamed.id, [])) > 1)
+    h.stop.set()
+    last = h.collect([streamed.id])[streamed.id][-1]
+    assert last.error is not None
+    assert (last.error.status, last.error.code) == (503, "worker_stopped")
+    h.shutdown()
+    assert h.exit_code == 0
+    assert not h.finished(whole.id)
+    assert h.pending() == 1  # `whole`, for the next worker's janitor
+
+
 def test_several_choices_and_prompt_logprobs(
     engine: LLMEngine, make_worker: Any, client: redis.Redis
 ) -> None:
