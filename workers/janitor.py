@@ -185,6 +185,7 @@ class Janitor:
                 "(each stopped while serving it); it was not retried again"
             ),
             type="server_error",
+            code="worker_failed",
             status=500,
         )
         self.publisher.put(Failed(ticket, error))

@@ -308,6 +308,7 @@ def test_too_many_deliveries_go_to_dead_letters(
     (message,) = h.collect([request.id])[request.id]
     assert message.error is not None and message.attempt == 2
     assert (message.error.status, message.error.type) == (500, "server_error")
+    assert message.error.code == "worker_failed"
     assert "failed on 1 worker" in message.error.message
     (entry,) = client.xrange(h.names.dead_letters(h.model))
     assert entry[1][REQUEST_FIELD] == request.encode()
