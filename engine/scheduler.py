@@ -5,8 +5,9 @@ Each step has a token budget (`max_num_batched_tokens`) and a sequence cap
 so generation never stalls behind a long prompt; waiting sequences are then
 admitted in priority order (lower value first, then arrival) with their
 prompts cut into chunks that fit the remaining budget. When KV blocks run
-out, the lowest-priority, newest running sequence is preempted: its blocks
-are freed and it is recomputed later (its prefix may still be cached).
+out, waiting forked siblings (n > 1) give back the blocks they hold, then the
+lowest-priority, newest running sequence is preempted: its blocks are freed
+and it is recomputed later (its prefix may still be cached).
 
 Background work (priority at or above `background_priority`: the worker marks
 batch lines so) prefills at most `background_prefill_tokens` per step, and none
@@ -173,6 +174,10 @@ class Scheduler:
             while not self.block_manager.can_allocate(
                 self.block_manager.blocks_needed(seq, target)
             ):
+                # Forked siblings waiting to start hold blocks too; they let go first, or a
+                # running sequence could preempt itself every step for want of them.
+                if self._release_waiting_blocks(keep=None):
+                    continue
                 # The victim may already be scheduled this step (decodes go first):
                 # un-schedule it so a higher-priority sequence is never the one starved.
                 victim = max(self.running, key=Sequence.sort_key)
@@ -286,7 +291,7 @@ class Scheduler:
                 admitted_foreground = True
         return admitted_foreground
 
-    def _release_waiting_blocks(self, keep: Sequence) -> bool:
+    def _release_waiting_blocks(self, keep: Sequence | None) -> bool:
         """Free the blocks of waiting sequences other than `keep`; True if any were freed."""
         freed = False
         for _, seq in self.waiting:

@@ -533,6 +533,33 @@ def test_waiting_fork_cannot_deadlock_the_queue() -> None:
     engine.run(max_steps=100)
 
 
+def test_waiting_forks_let_go_before_a_running_sequence_preempts_itself() -> None:
+    """A running sequence short of blocks while a waiting fork held some preempted itself
+    every step, for ever (seen as a worker stuck at 100% KV with one request running)."""
+    sched = make_scheduler(
+        num_blocks=5,
+        block_size=1,
+        max_num_seqs=1,
+        max_num_batched_tokens=1,
+        enable_prefix_caching=False,  # with it, each retry found its own blocks cached
+    )
+    engine = SimEngine(sched)
+    parent = make_seq(3, priority=1, max_tokens=2)
+    sched.add(parent)
+    engine.step()
+    urgent = make_seq(4, priority=0, arrival=1.0, max_tokens=1)
+    sched.add(urgent)
+    while parent.num_computed_tokens < parent.num_prompt_tokens:
+        engine.step()
+    child = make_seq(3, priority=1, max_tokens=2)
+    child.num_computed_tokens = sched.block_manager.fork(parent, child, 2)
+    sched.add(child)
+    engine.run(max_steps=100)
+    assert urgent.num_output_tokens == 1 and child.num_output_tokens == 2
+    assert sched.stats.num_preemptions <= 2
+    assert_all_blocks_free(sched.block_manager)
+
+
 # --- liveness property -----------------------------------------------------------------
 
 
@@ -545,8 +572,9 @@ class Workload:
     enable_prefix_caching: bool
     # Priority 2 is background work with this per-step prefill cap (None: no background).
     background_prefill_tokens: int | None
-    # (arrival step, priority, prompt, max output tokens)
-    requests: list[tuple[int, int, list[int], int]]
+    # (arrival step, priority, prompt, max output tokens, choices n): the n-1 others fork
+    # the first's prompt blocks once it is computed, as LLMEngine._fork does.
+    requests: list[tuple[int, int, list[int], int, int]]
 
 
 @st.composite
@@ -563,9 +591,10 @@ def workloads(draw: st.DrawFn) -> Workload:
                 draw(st.integers(0, 2)),
                 base[:shared] + tail,
                 draw(st.integers(1, 8)),
+                draw(st.sampled_from([1, 1, 2, 3])),
             )
         )
-    longest = max(len(prompt) + out for _, _, prompt, out in requests)
+    longest = max(len(prompt) + out for _, _, prompt, out, _ in requests)
     min_blocks = -(-longest // block_size)
     return Workload(
         block_size=block_size,
@@ -588,7 +617,8 @@ def check_block_accounting(sched: Scheduler, seqs: list[Sequence]) -> None:
 @settings(max_examples=800, deadline=None)
 @given(workloads())
 def test_every_sequence_finishes_without_leaking_blocks(w: Workload) -> None:
-    """With a cache that fits the longest sequence, the scheduler never stalls or leaks."""
+    """With a cache that fits the longest sequence, the scheduler never stalls or leaks,
+    forked siblings (n > 1) included."""
     sched = make_scheduler(
         w.num_blocks,
         w.block_size,
@@ -601,14 +631,20 @@ def test_every_sequence_finishes_without_leaking_blocks(w: Workload) -> None:
     engine = SimEngine(sched)
     pending = sorted(w.requests, key=lambda r: r[0])
     seqs: list[Sequence] = []
-    total = sum(len(p) + out for _, _, p, out in w.requests)
+    unforked: dict[Sequence, list[Sequence]] = {}
+    total = sum((len(p) + out) * n for _, _, p, out, n in w.requests)
     max_steps = 10 + max(r[0] for r in w.requests) + 4 * total * len(w.requests)
     for step in range(max_steps):
         while pending and pending[0][0] <= step:
-            _, priority, prompt, out = pending.pop(0)
+            _, priority, prompt, out, n = pending.pop(0)
             seq = make_seq(prompt, priority=priority, arrival=float(step), max_tokens=out)
             seqs.append(seq)
             sched.add(seq)
+            if n > 1:
+                unforked[seq] = [
+                    make_seq(prompt, priority=priority, arrival=float(step), max_tokens=out)
+                    for _ in range(n - 1)
+                ]
         if not pending and not sched.has_unfinished():
             break
         had_work = sched.has_unfinished()
@@ -635,13 +671,19 @@ def test_every_sequence_finishes_without_leaking_blocks(w: Workload) -> None:
         waiting = [s for s in seqs if s.status is SequenceStatus.WAITING]
         assert sched.num_waiting == len(waiting)
         check_block_accounting(sched, seqs)
+        for parent in [p for p in unforked if p.num_computed_tokens >= p.num_prompt_tokens]:
+            for child in unforked.pop(parent):
+                child.num_computed_tokens = sched.block_manager.fork(
+                    parent, child, child.num_prompt_tokens - 1
+                )
+                seqs.append(child)
+                sched.add(child)
     else:
         raise AssertionError(f"unfinished after {max_steps} steps")
 
     assert all(s.is_finished and s.finish_reason == "length" for s in seqs)
-    assert [s.num_output_tokens for s in seqs] == [
-        out for _, _, _, out in sorted(w.requests, key=lambda r: r[0])
-    ]
+    assert len(seqs) == sum(n for *_, n in w.requests)
+    assert all(s.num_output_tokens == s.params.max_tokens for s in seqs)
     assert sum(s.num_preemptions for s in seqs) == sched.stats.num_preemptions
     assert_all_blocks_free(sched.block_manager)
     assert sched.num_running == 0 and sched.num_waiting == 0
