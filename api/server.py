@@ -15,7 +15,7 @@ from api.custom_middleware import MiddlewareError
 from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
 from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.gc_freeze import frozen_while_serving
-from conveyor.redis_wait import redacted, wait_for_redis
+from conveyor.redis_wait import redis_answers_at_start
 from conveyor.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,7 @@ def run_api(settings: Settings) -> int:
     except MiddlewareError as exc:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
-    unreachable = wait_for_redis(settings.redis_url)
-    if unreachable is not None:
-        logger.error("cannot reach Redis at %s: %s", redacted(settings.redis_url), unreachable)
+    if not redis_answers_at_start(settings.redis_url):
         return 1
     server = _Server(uvicorn_config(app, settings, **shared))
     with frozen_while_serving():

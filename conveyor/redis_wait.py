@@ -50,3 +50,11 @@ def wait_for_redis(url: str, timeout: float | None = None) -> str | None:
             )
             warned = True
         time.sleep(min(_RETRY_EVERY, max(0.0, give_up - time.monotonic())))
+
+
+def redis_answers_at_start(url: str) -> bool:
+    """`wait_for_redis`, logging the one line a process exits with when it gives up."""
+    unreachable = wait_for_redis(url)
+    if unreachable is not None:
+        logger.error("cannot reach Redis at %s: %s", redacted(url), unreachable)
+    return unreachable is None

@@ -34,7 +34,7 @@ from conveyor.bus import LANES, BusNames
 from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.gc_freeze import frozen_while_serving
 from conveyor.metrics import WorkerMetrics
-from conveyor.redis_wait import redacted, wait_for_redis
+from conveyor.redis_wait import redis_answers_at_start
 from conveyor.settings import Settings
 from engine.config import DeviceUnavailable, EngineConfig
 from engine.configuration_error import ConfigurationError
@@ -347,9 +347,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     except ValueError as exc:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
-    unreachable = wait_for_redis(settings.redis_url)  # before minutes of loading weights
-    if unreachable is not None:
-        logger.error("cannot reach Redis at %s: %s", redacted(settings.redis_url), unreachable)
+    if not redis_answers_at_start(settings.redis_url):  # before minutes of loading weights
         return 1
     try:
         engine = LLMEngine(config)
