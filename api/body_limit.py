@@ -7,9 +7,13 @@ they are read here (up to `max_bytes`) and replayed to the app as one message;
 later `receive()` calls (disconnect detection) go to the server untouched.
 File uploads (`POST /v1/files`, up to `max_upload_bytes`) are too big to hold
 in memory: they pass through as they arrive, counted, and the route streams
-them to storage; past the limit, the next `receive()` raises a 413. An answer
-given before such a body is all read closes the connection, so a rejected
-upload is not read to the end only to be thrown away.
+them to storage; past the limit, the next `receive()` raises a 413.
+
+A body refused before it is all read is still read to its end and dropped
+(up to `DRAIN_BYTES`) before the answer: closing a connection the client is
+still writing to resets it, and a client that reads only after writing
+(async httpx, so AsyncOpenAI and the batch worker) then sees a connection
+error instead of the 413. Bodies past `DRAIN_BYTES` are cut off unread.
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ STREAMED_PATHS = frozenset({"/v1/files"})
 # The multipart envelope around an uploaded file (boundaries, part headers, the `purpose`
 # field); the route holds the file itself to `max_upload_bytes` exactly.
 UPLOAD_ENVELOPE_BYTES = 64 << 10
+
+# How much of a refused body is read and dropped so its client gets the answer; beyond
+# this, the connection is closed without reading on.
+DRAIN_BYTES = 64 << 20
 
 
 class BodyTooLarge(ApiError):
@@ -55,6 +63,8 @@ class BodyLimitMiddleware:
         too_large = f"the request body is larger than {self.max_bytes} bytes"
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
+            if declared <= DRAIN_BYTES:
+                await drain(receive, 0)
             await _send_too_large(send, too_large)
             return
         chunks: list[bytes] = []
@@ -66,6 +76,8 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
+                if message.get("more_body", False):
+                    await drain(receive, size)
                 await _send_too_large(send, too_large)
                 return
             chunks.append(chunk)
@@ -79,6 +91,8 @@ class BodyLimitMiddleware:
         message = f"the upload is larger than the limit of {self.max_upload_bytes} bytes"
         declared = _content_length(scope)
         if declared is not None and declared > limit:
+            if declared <= DRAIN_BYTES:
+                await drain(receive, 0)
             await _send_error(send, BodyTooLarge(message))
             return
         size = 0
@@ -90,9 +104,9 @@ class BodyLimitMiddleware:
             received = await receive()
             if received["type"] == "http.request":
                 size += len(received.get("body", b""))
+                body_done = not received.get("more_body", False)
                 if size > limit:
                     raise BodyTooLarge(message)
-                body_done = not received.get("more_body", False)
             return received
 
         async def watch(reply: Message) -> None:
@@ -100,7 +114,8 @@ class BodyLimitMiddleware:
             if reply["type"] == "http.response.start":
                 started = True
                 if not body_done:
-                    # Answered early (401, 400, 413): close rather than read the rest to discard it.
+                    # Answered early (401, 400, 413): drop the rest of the body, then close.
+                    await drain(receive, size)
                     headers = [h for h in reply.get("headers", []) if h[0].lower() != b"connection"]
                     reply = {**reply, "headers": [*headers, (b"connection", b"close")]}
             await send(reply)
@@ -112,6 +127,17 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await _send_error(send, BodyTooLarge(message))
+
+
+async def drain(receive: Receive, already: int) -> None:
+    """Read and drop the rest of a refused body, `already` bytes of it being read, until it
+    ends, the client leaves, or `DRAIN_BYTES` in all have come."""
+    size = already
+    while size <= DRAIN_BYTES:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        size += len(message.get("body", b""))
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 import pytest
@@ -230,6 +231,32 @@ def test_body_too_large_is_413(small_stack: Stack) -> None:
             "/v1/completions", content=chunked(), headers={"content-type": "application/json"}
         )
         error_of(response, 413)
+
+
+def test_async_clients_read_the_413_of_a_body_they_are_still_sending(small_stack: Stack) -> None:
+    """An answer sent while the client is still writing, then a close, resets the connection:
+    async httpx (AsyncOpenAI, the batch worker) saw a ReadError instead of the 413."""
+    big = {"model": MODEL, "prompt": "x" * 3_000_000}
+
+    async def post_big() -> list[int]:
+        statuses = []
+        async with httpx.AsyncClient(base_url=small_stack.url, timeout=10) as http:
+            for _ in range(3):
+                statuses.append((await http.post("/v1/completions", json=big)).status_code)
+
+            async def chunked() -> AsyncIterator[bytes]:
+                yield b'{"model": "fake-model", "prompt": "'
+                for _ in range(100):
+                    yield b"x" * 30_000
+                yield b'"}'
+
+            response = await http.post(
+                "/v1/completions", content=chunked(), headers={"content-type": "application/json"}
+            )
+            statuses.append(response.status_code)
+        return statuses
+
+    assert asyncio.run(post_big()) == [413] * 4
 
 
 def test_overload_is_503_with_retry_after(small_stack: Stack) -> None:
