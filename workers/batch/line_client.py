@@ -5,7 +5,8 @@ validation, chat template, response body and request log as an interactive
 request; the service key and the batch headers make the API bill the
 batch's project and queue the line in the model's batch lane. Overload
 and an unreachable API are waited out; anything else is the line's answer,
-good or bad.
+good or bad. A connection the API breaks while answering this line, again
+and again, is an answer too: waiting would hold the batch for ever.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import httpx
 
 from conveyor.db.batch_store import LineResult
+from workers.batch.log_throttle import LogThrottle
 from workers.batch.validation import BatchLine
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,14 @@ WAIT_STATUSES = frozenset({429, 503})
 # answer: every line would fail the same way. Wait (loudly) for the operator instead.
 MISCONFIGURED_STATUSES = frozenset({401, 403})
 BACKOFF_SECONDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# Connections made and then broken while the line was sent or answered: once is an API
+# restart; this many times in a row is the line (say, a body the API cuts off unread).
+MAX_BROKEN_CONNECTIONS = 3
+# Not connecting at all is the API being down (or the wrong --batch-api-url): wait for it.
+NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# Waiting lines say why at most this often, for the whole process.
+WAITING_LOG_SECONDS = 30.0
+waiting_log = LogThrottle(WAITING_LOG_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -58,19 +68,41 @@ async def run_line(client: httpx.AsyncClient, context: LineContext, line: BatchL
     line_id = f"batch_req_{secrets.token_hex(12)}"
     timeouts = 0
     waits = 0
+    broken = 0
     while True:
         try:
             response = await client.post(line.url, json=line.body, headers=context.headers())
+        except NOT_CONNECTED as exc:
+            if waiting_log.ready("unreachable"):
+                logger.warning(
+                    "batch %s: cannot reach the API at %s (%s); lines wait for it (is "
+                    "--batch-api-url right?)",
+                    context.batch_id,
+                    client.base_url,
+                    _describe(exc),
+                )
+            response = None
         except httpx.TransportError as exc:
-            logger.debug("batch %s line %d: API unreachable: %r", context.batch_id, line.line, exc)
+            broken += 1
+            logger.info(
+                "batch %s line %d: the API broke the connection (%s), %d of %d",
+                context.batch_id,
+                line.line,
+                _describe(exc),
+                broken,
+                MAX_BROKEN_CONNECTIONS,
+            )
+            if broken >= MAX_BROKEN_CONNECTIONS:
+                return _broken_result(line, line_id, exc)
             response = None
         if response is not None:
+            broken = 0
             if response.status_code == 504:
                 timeouts += 1
                 if timeouts >= context.attempts:
                     return _result(line, line_id, response)
             elif response.status_code in MISCONFIGURED_STATUSES:
-                if waits % 10 == 0:
+                if waiting_log.ready("refused"):
                     logger.error(
                         "batch %s: the API refuses this batch worker's key (HTTP %d); set the "
                         "same --service-key (or --admin-key) on the API and the batch workers",
@@ -81,6 +113,30 @@ async def run_line(client: httpx.AsyncClient, context: LineContext, line: BatchL
                 return _result(line, line_id, response)
         await asyncio.sleep(BACKOFF_SECONDS[min(waits, len(BACKOFF_SECONDS) - 1)])
         waits += 1
+
+
+def _describe(exc: httpx.TransportError) -> str:
+    """httpx's transport errors often have an empty message; the class name still says it."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _broken_result(line: BatchLine, line_id: str, exc: httpx.TransportError) -> LineResult:
+    message = (
+        f"the API closed the connection {MAX_BROKEN_CONNECTIONS} times while this line was "
+        f"sent or answered ({_describe(exc)}); a body over the API's --max-body-bytes that it "
+        "cannot read to the end does this"
+    )
+    return LineResult(
+        line=line.line,
+        custom_id=line.custom_id,
+        succeeded=False,
+        payload={
+            "id": line_id,
+            "custom_id": line.custom_id,
+            "response": None,
+            "error": {"code": "connection_closed", "message": message},
+        },
+    )
 
 
 def _token_counts(usage: dict[str, Any]) -> tuple[int, int, int]:
