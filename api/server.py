@@ -14,6 +14,7 @@ from api.app import create_app
 from api.custom_middleware import MiddlewareError
 from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
 from conveyor.child_process import CONFIGURATION_ERROR
+from conveyor.db.database_errors import schema_ready_at_start
 from conveyor.gc_freeze import frozen_while_serving
 from conveyor.redis_wait import redis_answers_at_start
 from conveyor.settings import Settings
@@ -85,6 +86,9 @@ def run_api(settings: Settings) -> int:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
     if not redis_answers_at_start(settings.redis_url):
+        return 1
+    # Checked again by the app's lifespan, where a problem is uvicorn's traceback.
+    if not schema_ready_at_start(settings.resolved_database_url):
         return 1
     server = _Server(uvicorn_config(app, settings, **shared))
     with frozen_while_serving():

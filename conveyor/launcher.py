@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from conveyor.child_process import CONFIGURATION_ERROR, spawn
-from conveyor.db.migrate import prepare_schema
+from conveyor.db.database_errors import schema_ready_at_start
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.settings import Settings
 from engine.generation_defaults import check_source
@@ -167,7 +167,8 @@ class Supervisor:
                 redis_url = self.redis.url
             database_url = self.settings.resolved_database_url
             # Before any child: on SQLite this makes or upgrades the schema (see prepare_schema).
-            prepare_schema(database_url)
+            if not schema_ready_at_start(database_url):
+                return CONFIGURATION_ERROR
             env = {
                 **os.environ,
                 **settings_env(self.settings),

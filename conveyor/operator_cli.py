@@ -14,10 +14,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from conveyor.db import migrate
-from conveyor.db.database import Database
+from conveyor.db.database import Database, DatabaseUrlError
+from conveyor.db.database_errors import DATABASE_ERRORS, one_line, shown
 from conveyor.db.key_store import create_key, get_key, list_keys, revoke_key
 from conveyor.db.openai_objects import api_key_object, project_object
 from conveyor.db.project import Project
@@ -56,10 +58,17 @@ def add_operator_commands(
 
     def handler(run: Callable[[argparse.Namespace, str], Any]) -> Callable[..., int]:
         def wrapped(args: argparse.Namespace) -> int:
+            url = settings_from_args(args).resolved_database_url
             try:
-                result = run(args, settings_from_args(args).resolved_database_url)
-            except (OperatorError, migrate.SchemaOutOfDate) as exc:
+                result = run(args, url)
+            except OperatorError as exc:
                 print(f"error: {exc}", file=sys.stderr)
+                return 1
+            except (DatabaseUrlError, OperationalError, InterfaceError) as exc:
+                print(f"error: database {shown(url)}: {one_line(exc)}", file=sys.stderr)
+                return 1
+            except DATABASE_ERRORS as exc:  # schema out of date, no such revision
+                print(f"error: {one_line(exc)}", file=sys.stderr)
                 return 1
             if isinstance(result, str):
                 sys.stdout.write(result)

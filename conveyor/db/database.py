@@ -16,9 +16,14 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class DatabaseUrlError(ValueError):
+    """A database URL conveyor cannot use: not a URL, or for a database it has no driver for."""
 
 
 def default_database_url(data_dir: Path) -> str:
@@ -27,7 +32,12 @@ def default_database_url(data_dir: Path) -> str:
 
 def normalize_url(url: str) -> str:
     """`postgresql://` and `postgres://` mean psycopg 3, the driver we ship."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUrlError(
+            "not a database URL (sqlite:///PATH or postgresql://USER:PASSWORD@HOST/NAME)"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed.render_as_string(hide_password=False)
@@ -55,9 +65,15 @@ def create_db_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
-    )
+    try:
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+        )
+    except (ModuleNotFoundError, NoSuchModuleError) as exc:
+        raise DatabaseUrlError(
+            f"no driver for {make_url(url).drivername} databases ({exc}); conveyor runs on "
+            "SQLite and PostgreSQL"
+        ) from None
 
 
 class Database:

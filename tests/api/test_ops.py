@@ -183,6 +183,24 @@ def test_run_api_waits_for_redis_then_exits_1_saying_why_and_ignores_a_server_co
     assert errors[0].startswith("cannot reach Redis at redis://:***@127.0.0.1:1/0: ")
 
 
+def test_run_api_with_a_database_it_cannot_use_exits_1_in_one_line(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong database URL (here: nothing listening) was uvicorn's "Application startup
+    failed" after a 200-line traceback."""
+    from api.server import run_api
+    from conveyor.settings import Settings
+
+    url = "postgresql://conveyor:s3cretpw@127.0.0.1:1/conveyor"
+    settings = Settings(redis_url=stack.redis_url, database_url=url, port=0)
+    with caplog.at_level(logging.ERROR):
+        assert run_api(settings) == 1
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.exc_info is None and "s3cretpw" not in error.getMessage()
+    assert error.getMessage().startswith("database postgresql://conveyor:***@127.0.0.1:1/")
+    assert "Connection refused" in error.getMessage()
+
+
 def test_metrics_with_the_real_worker_renderer(client: httpx.Client, stack: Stack) -> None:
     from conveyor.metrics import WorkerMetrics
 

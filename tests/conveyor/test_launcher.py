@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 
 import pytest
 
+from conveyor.child_process import CONFIGURATION_ERROR
 from conveyor.launcher import (
     Supervisor,
     check_local_files,
@@ -166,3 +168,16 @@ def test_a_redis_that_cannot_start_again_stops_the_tree(monkeypatch: pytest.Monk
     supervisor.redis = redis  # type: ignore[assignment]
     assert supervisor._watch() == 9
     assert redis.restarts == 5  # the restart budget, then everything stops
+
+
+def test_a_database_that_cannot_be_used_stops_start_up_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Before any child starts; it was a traceback from `prepare_schema`."""
+    url = "postgresql://conveyor:s3cretpw@127.0.0.1:1/conveyor"
+    supervisor = Supervisor(Settings(redis_url="redis://127.0.0.1:1/0", database_url=url))
+    with caplog.at_level(logging.ERROR):
+        assert supervisor.run() == CONFIGURATION_ERROR
+    assert supervisor.children == {}
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.startswith("database postgresql://conveyor:***@127.0.0.1:1/conveyor: ")

@@ -17,6 +17,8 @@ from conveyor.db.database import Database
 from conveyor.db.key_store import grant_for_digest, secret_digest
 from conveyor.db.request_log import RequestLog
 
+from ..postgres_server import PostgresServer
+
 
 class Cli:
     def __init__(self, url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -142,6 +144,35 @@ def test_keys_errors(upgraded: Cli) -> None:
     cli("projects", "archive", "acme")
     assert "archived" in cli.fails("keys", "create", "--project", "acme")
     assert cli("keys", "list", "--include-revoked") == []
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("notaurl", "not a database URL"),
+        ("mysql://conveyor@localhost/conveyor", "no driver for mysql databases"),
+        ("postgresql://conveyor:s3cretpw@127.0.0.1:1/conveyor", "Connection refused"),
+    ],
+)
+def test_a_database_that_cannot_be_used_is_one_line(
+    url: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """These were 100-line SQLAlchemy tracebacks whose last line was the only useful one."""
+    for command in (("db", "current"), ("db", "upgrade"), ("projects", "list")):
+        error = Cli(url, capsys).fails(*command)
+        assert words in error and error.count("\n") == 1 and "s3cretpw" not in error
+
+
+def test_a_missing_postgres_database_is_one_line(
+    postgres_server: PostgresServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    error = Cli(postgres_server.url("no_such_db"), capsys).fails("keys", "list")
+    assert 'database "no_such_db" does not exist' in error and error.count("\n") == 1
+
+
+def test_an_unknown_revision_is_one_line(cli: Cli) -> None:
+    assert "Can't locate revision identified by 'bogus'" in cli.fails("db", "upgrade", "bogus")
+    assert "Can't locate revision identified by 'bogus'" in cli.fails("db", "downgrade", "bogus")
 
 
 def _log(url: str, *rows: dict[str, Any]) -> None:

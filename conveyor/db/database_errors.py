@@ -1,0 +1,51 @@
+"""Database mistakes an operator makes (a wrong password, a database that is not
+there, a URL with no driver, a schema not yet migrated, a revision that does not
+exist) said in one line, not a hundred lines of SQLAlchemy and Alembic traceback
+whose last line was the only useful one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from alembic.util.exc import CommandError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+
+from conveyor.db.database import DatabaseUrlError
+from conveyor.db.migrate import SchemaOutOfDate, prepare_schema
+
+logger = logging.getLogger(__name__)
+
+# What an operator can fix; anything else is a bug and keeps its traceback.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    DatabaseUrlError,
+    OperationalError,
+    InterfaceError,
+    SchemaOutOfDate,
+    CommandError,
+)
+
+
+def one_line(exc: BaseException) -> str:
+    """The driver's own words (not SQLAlchemy's wrapper with its link), on one line."""
+    text = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
+    return "; ".join(" ".join(part.split()) for part in text.splitlines() if part.strip())
+
+
+def shown(url: str) -> str:
+    """The URL for a message, password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(an unparseable URL)"
+
+
+def schema_ready_at_start(url: str) -> bool:
+    """`prepare_schema`, with a problem logged as one line (False) instead of raised."""
+    try:
+        prepare_schema(url)
+    except DATABASE_ERRORS as exc:
+        logger.error("database %s: %s", shown(url), one_line(exc))
+        return False
+    return True
