@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 
 from engine.config import ModelConfig
+from engine.configuration_error import ConfigurationError
 
 # Each projection and the block that holds it (PEFT's module names say both).
 PROJECTION_BLOCKS = {
@@ -94,8 +95,9 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 
 
-class LoRAAdapterError(ValueError):
-    """The adapter cannot be served as it is; the message says why."""
+class LoRAAdapterError(ConfigurationError):
+    """The adapter cannot be served as it is; the message says why. At start-up (a
+    --lora-modules adapter) it stops the worker for good: restarting reads the same files."""
 
 
 @dataclass(frozen=True)

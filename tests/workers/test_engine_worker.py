@@ -583,9 +583,11 @@ def test_an_engine_that_cannot_start_as_configured_exits_2(redis_url: str) -> No
     assert not stale.exists()
     # Settings only the model can refuse: a context longer than it has, or a KV cache on
     # CPU too small for one sequence of it (the bundled model: 8192 tokens).
+    # A --lora-modules adapter it cannot serve: that was exit 1, restarted six times.
     for refused in (
         {"max_model_len": 100_000},
         {"max_model_len": 4096, "num_gpu_blocks_override": 4, "device": "cpu"},
+        {"max_model_len": 256, "lora_modules": ["sql=/nonexistent/adapter"]},
     ):
         assert run_worker(Settings(redis_url=redis_url, **refused), stop=threading.Event()) == 2
 
