@@ -133,6 +133,11 @@ async def load_lora_adapter(
             _field(w, "lora_gens").get(name) == ours.gen for w in workers.workers
         ):
             await redis.hdel(names.lora_errors(base), name)  # an older load's, if any
+            if ours is previous:  # said so: files rewritten since are not read again
+                return PlainTextResponse(
+                    f"Success: LoRA adapter '{name}' is already loaded from {path}; "
+                    "pass load_inplace: true to read its files again."
+                )
             return PlainTextResponse(f"Success: LoRA adapter '{name}' added successfully.")
         _check_time(deadline, base, f"load the LoRA adapter '{name}'")
         await asyncio.sleep(_POLL)

@@ -151,3 +151,5 @@ def test_a_failed_reload_keeps_the_old_adapter_serving(runtime_stack) -> None:
         # Loading what is already asked for (a retry after a timeout) waits for it.
         again = http.post(LOAD, json={"lora_name": "poet", "lora_path": "/adapters/poet"})
         assert again.status_code == 200, again.text
+        # ... and says it read nothing (it said "added successfully", files not re-read).
+        assert "already loaded from /adapters/poet; pass load_inplace: true" in again.text
