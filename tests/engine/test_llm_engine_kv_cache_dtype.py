@@ -1,6 +1,8 @@
-"""An FP8 KV cache (--kv-cache-dtype): more tokens in the same memory, and batching,
-chunked prefill, prefix caching and preemption still leave greedy output unchanged
-(attention reads every key back from its code, however the step was cut)."""
+"""An FP8 KV cache (--kv-cache-dtype): more tokens in the same memory, and attention
+reads every key back from its code, however the step was cut. On a tiny random model
+(no near-ties) batching, chunked prefill, prefix caching and preemption then leave
+greedy output unchanged; on a real model a key computed a few ulps apart in another
+batch shape can round to the neighbouring code (docs/architecture.md)."""
 
 from __future__ import annotations
 
