@@ -18,6 +18,7 @@ from conveyor.config_file import CONFIG_FLAG, ConfigFileError, apply_config_file
 from conveyor.log_config import LogConfigError, configure_logging
 from conveyor.operator_cli import add_operator_commands
 from conveyor.settings import Settings, human_readable_int, json_or_comma_list
+from engine.configuration_error import ConfigurationError
 
 
 def _token_count(text: str) -> int:
@@ -26,6 +27,17 @@ def _token_count(text: str) -> int:
         return human_readable_int(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    """argparse's type for a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 # Each flag's names (a long name, or a tuple of it and vLLM's short alias) and options.
@@ -592,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", allow_abbrev=False, help="interactive chat with the engine in this terminal"
     )
     _add_engine_flags(chat)
-    chat.add_argument("--max-tokens", type=int, default=256)
+    chat.add_argument("--max-tokens", type=_positive_int, default=256)
     chat.set_defaults(func=_chat)
 
     serve = sub.add_parser(
@@ -699,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return _report_bad_settings(exc)
     except (SettingsError, CommandLineError) as exc:  # an env var that does not decode, ...
+        print(f"conveyor: error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigurationError as exc:  # `chat` or `bench` given a model that cannot work
         print(f"conveyor: error: {exc}", file=sys.stderr)
         return 2
 

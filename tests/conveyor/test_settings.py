@@ -426,3 +426,19 @@ def test_log_level_before_or_after_the_command_reaches_the_children() -> None:
         parser.parse_args(["serve", "--log-level", "loud"])
     drained = settings_from_args(parser.parse_args(["worker", "--drain-timeout", "5"]))
     assert drained.drain_timeout == 5.0
+
+
+def test_chat_and_bench_refuse_what_cannot_work_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """These were tracebacks (MissingFileError, SamplingParamError) after loading."""
+    from conveyor.cli import main
+
+    missing = str(tmp_path / "no-model")
+    for argv in (["chat", "--model", missing], ["bench", "engine", "--model", missing]):
+        assert main(argv) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line == f"conveyor: error: {missing}: not a model folder or a .gguf file"
+    with pytest.raises(SystemExit):
+        main(["chat", "--max-tokens", "0"])
+    assert "--max-tokens: must be at least 1, got 0" in capsys.readouterr().err
