@@ -97,6 +97,12 @@ class Authenticator:
             limits = RateLimits(rpm=grant.rpm, tpm=grant.tpm)
             return Principal(grant.project_id, grant.key_id, limits)
         if self.requires_key:
+            if self._admin is not None and hmac.compare_digest(digest, self._admin):
+                # Usage is billed to a project, and the admin key has none.
+                raise _unauthorized(
+                    "The admin key is for the admin API (/v1/organization/...) only: "
+                    "call this with a project's API key (`conveyor keys create`)"
+                )
             raise _unauthorized("Incorrect API key provided")
         return ANONYMOUS
 

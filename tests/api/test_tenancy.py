@@ -421,10 +421,13 @@ def test_keys_are_required_and_the_admin_key_is_not_an_inference_key(
         assert anonymous.get("/v1/organization/projects").status_code == 401
         wrong = {"Authorization": f"Bearer {key['value']}"}
         assert anonymous.get("/v1/organization/projects", headers=wrong).status_code == 401
-    with sdk(tenancy, ADMIN_KEY) as client, pytest.raises(openai.AuthenticationError):
-        client.models.list()
-    with sdk(tenancy, "sk-proj-made-up") as client, pytest.raises(openai.AuthenticationError):
-        client.models.list()
+    for secret, said in (
+        (ADMIN_KEY, "The admin key is for the admin API"),  # it said "Incorrect API key"
+        ("sk-proj-made-up", "Incorrect API key provided"),
+    ):
+        with sdk(tenancy, secret) as client, pytest.raises(openai.AuthenticationError) as refused:
+            client.models.list()
+        assert said in refused.value.message
 
 
 def test_archiving_a_project_stops_its_keys(tenancy: Stack, admin: httpx.Client) -> None:
