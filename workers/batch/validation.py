@@ -71,8 +71,11 @@ def validate_lines(raw_lines: Iterable[bytes], *, endpoint: str, max_lines: int)
             break
         try:
             item = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            fail("invalid_json_line", f"line {number} is not valid JSON: {exc}", number)
+        except UnicodeDecodeError:
+            fail("invalid_json_line", f"line {number} is not UTF-8 text", number)
+            continue
+        except json.JSONDecodeError as exc:
+            fail("invalid_json_line", f"line {number} is not valid JSON: {_where(exc)}", number)
             continue
         if not isinstance(item, dict):
             fail("invalid_json_line", f"line {number} must be a JSON object", number)
@@ -158,3 +161,11 @@ def validate_lines(raw_lines: Iterable[bytes], *, endpoint: str, max_lines: int)
     if count == 0:
         errors.append(LineError("empty_file", "the input file has no requests"))
     return Validated(lines=lines if not errors else [], model=model, errors=errors)
+
+
+def _where(exc: json.JSONDecodeError) -> str:
+    """The parser's complaint placed in the file's line; its own "line 2 column 1" counts
+    lines within this one (the newline that ends it is a second one)."""
+    if exc.pos >= len(exc.doc.rstrip()):
+        return f"{exc.msg} at the end of the line"
+    return f"{exc.msg} at character {exc.pos + 1}"

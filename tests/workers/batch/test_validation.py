@@ -80,9 +80,21 @@ def test_not_json() -> None:
     assert (code, line, param) == ("invalid_json_line", 2, None)
 
 
+def test_not_json_is_placed_within_its_line() -> None:
+    """json's own "line 2 column 1" counted the line's newline as a second line."""
+    lines = [b'{"custom_id": "a"\n', b'{"custom_id": "b", x}\n']
+    result = validate_lines(lines, endpoint=CHAT, max_lines=10)
+    assert [e.message for e in result.errors] == [
+        "line 1 is not valid JSON: Expecting ',' delimiter at the end of the line",
+        "line 2 is not valid JSON: Expecting property name enclosed in double quotes at "
+        "character 20",
+    ]
+
+
 def test_invalid_utf8_is_not_json() -> None:
     result = validate_lines([b'{"custom_id": "\xff\xfe"}\n'], endpoint=CHAT, max_lines=10)
     assert only_error(result) == ("invalid_json_line", 1, None)
+    assert result.errors[0].message == "line 1 is not UTF-8 text"
 
 
 def test_json_that_is_not_an_object() -> None:
