@@ -57,6 +57,7 @@ from benchmarks.serve_targets import (
     TargetError,
     start_conveyor,
 )
+from conveyor.cli import positive_int
 
 BENCH = "batch"
 ENDPOINT = "/v1/chat/completions"
@@ -418,16 +419,6 @@ def _measure(
 # --- CLI ---------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="conveyor bench batch",
@@ -440,20 +431,20 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model to request (default: first of /models)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="bearer key")
     p.add_argument(
-        "--num-requests", type=_positive_int, default=20, help="interactive requests per phase"
+        "--num-requests", type=positive_int, default=20, help="interactive requests per phase"
     )
     p.add_argument(
-        "--concurrency", type=_positive_int, default=1, help="interactive requests in flight"
+        "--concurrency", type=positive_int, default=1, help="interactive requests in flight"
     )
     p.add_argument(
-        "--max-tokens", type=_positive_int, default=32, help="tokens per interactive request"
+        "--max-tokens", type=positive_int, default=32, help="tokens per interactive request"
     )
     p.add_argument(
-        "--prompt-words", type=_positive_int, default=24, help="words per prompt (short prose)"
+        "--prompt-words", type=positive_int, default=24, help="words per prompt (short prose)"
     )
-    p.add_argument("--batch-lines", type=_positive_int, default=500, help="lines in the batch")
+    p.add_argument("--batch-lines", type=positive_int, default=500, help="lines in the batch")
     p.add_argument(
-        "--batch-max-tokens", type=_positive_int, default=32, help="tokens per batch line"
+        "--batch-max-tokens", type=positive_int, default=32, help="tokens per batch line"
     )
     p.add_argument(
         "--min-batch-lines",
@@ -477,7 +468,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--dtype", default=None, help="started server: default float32 on CPU, else bf16"
     )
     p.add_argument(
-        "--threads", type=_positive_int, default=None, help="started server: torch/OpenMP threads"
+        "--threads", type=positive_int, default=None, help="started server: torch/OpenMP threads"
     )
     p.add_argument(
         "--startup-timeout",

@@ -29,7 +29,7 @@ def _token_count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     """argparse's type for a count that must be at least 1."""
     try:
         value = int(text)
@@ -604,7 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         "chat", allow_abbrev=False, help="interactive chat with the engine in this terminal"
     )
     _add_engine_flags(chat)
-    chat.add_argument("--max-tokens", type=_positive_int, default=256)
+    chat.add_argument("--max-tokens", type=positive_int, default=256)
     chat.set_defaults(func=_chat)
 
     serve = sub.add_parser(

@@ -126,6 +126,13 @@ def _broken_result(line: BatchLine, line_id: str, exc: httpx.TransportError) -> 
         f"sent or answered ({_describe(exc)}); a body over the API's --max-body-bytes that it "
         "cannot read to the end does this"
     )
+    return _failed(line, line_id, None, "connection_closed", message)
+
+
+def _failed(
+    line: BatchLine, line_id: str, answer: dict[str, Any] | None, code: str, message: str
+) -> LineResult:
+    """A line for the error file: the API's answer, if it gave one, and why it failed."""
     return LineResult(
         line=line.line,
         custom_id=line.custom_id,
@@ -133,8 +140,8 @@ def _broken_result(line: BatchLine, line_id: str, exc: httpx.TransportError) -> 
         payload={
             "id": line_id,
             "custom_id": line.custom_id,
-            "response": None,
-            "error": {"code": "connection_closed", "message": message},
+            "response": answer,
+            "error": {"code": code, "message": message},
         },
     )
 
@@ -174,17 +181,10 @@ def _result(line: BatchLine, line_id: str, response: httpx.Response) -> LineResu
         )
     error = body.get("error") if isinstance(body, dict) else None
     error = error if isinstance(error, dict) else {}
-    return LineResult(
-        line=line.line,
-        custom_id=line.custom_id,
-        succeeded=False,
-        payload={
-            "id": line_id,
-            "custom_id": line.custom_id,
-            "response": answer,
-            "error": {
-                "code": error.get("code") or error.get("type") or f"http_{response.status_code}",
-                "message": error.get("message") or f"HTTP {response.status_code}",
-            },
-        },
+    return _failed(
+        line,
+        line_id,
+        answer,
+        error.get("code") or error.get("type") or f"http_{response.status_code}",
+        error.get("message") or f"HTTP {response.status_code}",
     )
