@@ -374,6 +374,11 @@ def _apply_penalties(out: torch.Tensor, rows: list[int], batch: SamplingBatch) -
         seen = (counts > 0) | (_token_counts(prompts, vocab, device) > 0)
         rep = torch.tensor([p.repetition_penalty for p in params], device=device)[:, None]
         x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
+        # A tiny penalty (1e-30; 1e-300 is 0 in float32) takes a positive logit past
+        # float32's range: +inf, and inf - inf is NaN in the softmax, top-p cut nothing and
+        # failed the whole step. The largest float keeps the limit's meaning: those
+        # tokens share the row.
+        x = x.nan_to_num(nan=_NEG_INF, posinf=torch.finfo(x.dtype).max)
 
     if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params):
         freq = torch.tensor([p.frequency_penalty for p in params], device=device)[:, None]

@@ -25,6 +25,10 @@ MAX_BAD_WORD_LENGTH = 256
 # report the values before the softmax instead of logprobs.
 LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
 MAX_N = 128  # OpenAI's limit; siblings past max_num_seqs wait their turn
+# Temperatures below this are greedy (vLLM's _SAMPLING_EPS): dividing float32 logits by
+# 1e-38 overflows them to inf (and 1e-300 is 0 in float32), and sampling at 1e-5 picks
+# the top token anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 class SamplingParamError(ValueError):
@@ -39,8 +43,8 @@ class SamplingParamError(ValueError):
 class SamplingParams:
     """What to sample and when to stop, in vLLM's vocabulary.
 
-    temperature == 0 means greedy. top_k <= 0 disables top-k. max_tokens None
-    means "until the context is full".
+    temperature 0 (or below GREEDY_BELOW_TEMPERATURE) means greedy. top_k <= 0 disables
+    top-k. max_tokens None means "until the context is full".
     """
 
     n: int = 1
@@ -102,7 +106,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     @property
     def needs_penalties(self) -> bool:

@@ -176,6 +176,28 @@ def test_greedy_batch_matches_argmax_and_leaves_input_alone() -> None:
     assert torch.equal(logits, before)
 
 
+def test_extreme_but_valid_values_neither_fail_the_step_nor_garble_output() -> None:
+    """temperature 1e-300 (0 in float32) and repetition_penalty 1e-300 made inf/NaN
+    logits: top-p then raised (the whole step, every client's request, got a 500) and
+    without top-p a random token came out. Such a temperature is greedy (as in vLLM);
+    such a penalty lets the seen positive tokens share the row."""
+    logits = torch.randn(4, 300, generator=seeded(1))
+    logits[:, 7] = 6.0  # the argmax
+    logits[:, 11] = 0.5  # seen in the prompt: the huge penalty's winner
+    logits[:, 5] = -1.0  # seen too, but negative: multiplied towards 0
+    rows = [
+        SamplingParams(temperature=1e-300, top_p=0.5),
+        SamplingParams(temperature=1e-38, seed=3),
+        SamplingParams(temperature=1.0, top_p=0.9, repetition_penalty=1e-300),
+        SamplingParams(temperature=0.0, repetition_penalty=1e-300),
+    ]
+    prompts = [[], [], [11, 5], [5, 11]]
+    for _ in range(5):
+        out = Sampler()(logits, make_batch(rows, prompts=prompts, generators=[seeded(2)] * 4))
+        assert out.token_ids == [7, 7, 11, 11]
+    assert all(p.greedy for p in rows[:2]) and not SamplingParams(temperature=1e-5).greedy
+
+
 # --- penalties, logit_bias, min_tokens ---------------------------------------------------------
 
 
