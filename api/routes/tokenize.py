@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from api.chat_tokens import chat_token_ids
 from api.deps import Authenticated, CatalogDep, SettingsDep, json_body
@@ -31,7 +31,9 @@ async def _tokenize_body(request: Request) -> TokenizeRequest:
     """vLLM tells the two forms apart by `messages`; so do we, for a precise 400."""
     raw = await request.body()
     try:
-        data = json.loads(raw or b"null")
+        # pydantic's parser, as every other route's: json.loads let a lone surrogate
+        # ("\ud800") through to the tokenizer, a 500.
+        data = from_json(raw or b"null")
     except ValueError as exc:
         raise bad_request(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -40,6 +40,19 @@ def test_tokenize_prompt(client: httpx.Client, worker: FakeWorker) -> None:
     assert body["token_strs"] == worker.tokenizer.convert_ids_to_tokens(expected)
 
 
+def test_tokenize_refuses_a_lone_surrogate_as_every_route_does(client: httpx.Client) -> None:
+    """json.loads let "\\ud800" through to the tokenizer: a 500."""
+    for body in (
+        b'{"model": "%s", "prompt": "\\ud800"}' % MODEL.encode(),
+        b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800"}]}' % MODEL.encode(),
+    ):
+        response = client.post(
+            "/tokenize", content=body, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 400, response.text
+        assert "not valid JSON" in response.json()["error"]["message"]
+
+
 def test_tokenize_messages_uses_the_chat_template(client: httpx.Client, worker: FakeWorker) -> None:
     messages = [{"role": "user", "content": "Hi!"}]
     body = client.post("/tokenize", json={"messages": messages}).json()  # one model: no name

@@ -91,6 +91,25 @@ def test_not_json_is_placed_within_its_line() -> None:
     ]
 
 
+def test_nan_infinity_and_out_of_range_numbers_are_not_json() -> None:
+    """json.loads took them; the line could then not be sent on, and the batch was
+    re-run for ever, its good lines never answered."""
+    bodies = ['{"temperature": NaN}', '{"top_p": -Infinity}', '{"temperature": 1e400}']
+    lines = [
+        f'{{"custom_id": "c{i}", "method": "POST", "url": "{CHAT}", "body": {body}}}'.encode()
+        for i, body in enumerate(bodies)
+    ]
+    result = validate_lines(lines, endpoint=CHAT, max_lines=10)
+    assert [(e.code, e.line) for e in result.errors] == [
+        ("invalid_json_line", n) for n in (1, 2, 3)
+    ]
+    assert [e.message for e in result.errors] == [
+        "line 1 is not valid JSON: NaN is not a JSON value",
+        "line 2 is not valid JSON: -Infinity is not a JSON value",
+        "line 3 is not valid JSON: 1e400 is out of a float's range",
+    ]
+
+
 def test_invalid_utf8_is_not_json() -> None:
     result = validate_lines([b'{"custom_id": "\xff\xfe"}\n'], endpoint=CHAT, max_lines=10)
     assert only_error(result) == ("invalid_json_line", 1, None)
