@@ -226,7 +226,13 @@ class ModelCatalog:
         if keys:
             for raw in await self._redis.mget(keys):
                 beat = _json_object(raw)
-                if beat is not None and isinstance(beat.get("model"), str):
+                # A draining worker reads no more requests: with no other, a request
+                # queued for it would wait for a worker that may never come; a 503 says so.
+                if (
+                    beat is not None
+                    and isinstance(beat.get("model"), str)
+                    and beat.get("draining") is not True
+                ):
                     workers.setdefault(beat["model"], []).append(beat)
         live = {name: LiveModel(name, tuple(beats)) for name, beats in sorted(workers.items())}
         adapters: dict[str, list[LiveModel]] = {}

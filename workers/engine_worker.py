@@ -207,6 +207,7 @@ class EngineWorker:
         def conduct_drain() -> None:
             stop.wait()
             logger.info("worker %s draining %d requests", self.instance, len(self.inflight))
+            self.heartbeat.start_draining()
             stopping.set()
             intake.join()
             janitor.join()

@@ -91,6 +91,10 @@ class Heartbeat:
         self.beat_file = beat_file(facts.pid)
         self.key = names.worker(facts.model, facts.instance)
         self.metrics_key = names.worker_metrics(facts.instance)
+        # Set when the worker stops taking work: API processes then stop routing to it
+        # (503 when no other worker is left), while other workers' janitors, which look
+        # only at the key, still see it alive and leave its requests alone.
+        self.draining = False
 
     def payload(self) -> dict[str, object]:
         running, waiting, kv_usage = self.metrics.engine_state()
@@ -110,6 +114,7 @@ class Heartbeat:
             "pid": f.pid,
             "loras": self.loras(),
             "lora_gens": self.lora_gens(),
+            "draining": self.draining,
         }
 
     def beat(self) -> None:
@@ -119,6 +124,14 @@ class Heartbeat:
         self._write_metrics(pipe)
         self._renew_known_names(pipe, payload["loras"])
         pipe.execute()
+
+    def start_draining(self) -> None:
+        """Say at once, not at the next beat, that this worker takes no more work."""
+        self.draining = True
+        try:
+            self.beat()
+        except redis.RedisError as exc:
+            logger.warning("could not announce the drain (%s)", exc)
 
     def _renew_known_names(self, pipe: redis.client.Pipeline, loras: object) -> None:
         """Keep this worker's model, aliases and adapters known (404 vs 503) while it

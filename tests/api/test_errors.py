@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -170,6 +171,25 @@ def test_known_model_without_worker_is_503(client: httpx.Client, stack: Stack) -
     error = error_of(response, 503)
     assert error["code"] == "no_worker"
     assert response.headers["retry-after"]
+
+
+def test_a_model_whose_only_worker_drains_is_503_not_queued(
+    client: httpx.Client, stack: Stack
+) -> None:
+    """Requests queued for a draining worker waited for one that might never come (QA:
+    475 s, until the worker was started again); its heartbeat now says it drains."""
+    store = redis.Redis.from_url(stack.redis_url)
+    store.set(stack.names.known_model("leaving"), "1")
+    beat = {"model": "leaving", "instance": "w-leaving", "capacity": 8, "draining": True}
+    store.set(stack.names.worker("leaving", "w-leaving"), json.dumps(beat), ex=30)
+    time.sleep(1.2)  # the catalog's scan interval
+    response = client.post("/v1/completions", json={"model": "leaving", "prompt": "hi"})
+    assert error_of(response, 503)["code"] == "no_worker"
+    assert "leaving" not in {m["id"] for m in client.get("/v1/models").json()["data"]}
+    store.set(stack.names.worker("leaving", "w-leaving"), json.dumps({**beat, "draining": False}))
+    time.sleep(1.2)
+    assert "leaving" in {m["id"] for m in client.get("/v1/models").json()["data"]}
+    store.delete(stack.names.worker("leaving", "w-leaving"))
 
 
 def test_unknown_route_is_openai_shaped_404(client: httpx.Client) -> None:

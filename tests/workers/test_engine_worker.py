@@ -382,6 +382,26 @@ def test_stop_drains_in_flight_requests(engine: LLMEngine, make_worker: Any) -> 
     assert h.exit_code == 0 and h.pending() == 0
 
 
+def test_a_draining_worker_says_so_at_once_in_its_heartbeat(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    """So API processes stop queueing requests for it (503 when it was the last)."""
+    h: Harness = make_worker()
+    h.worker.drain_timeout = 1.0
+    key = h.worker.heartbeat.key
+    request = h.request(engine.tokenizer.encode(PROMPT), max_tokens=100_000, ignore_eos=True)
+    h.send(request)
+    wait_for(lambda: h.poll(0.05) or len(h.messages.get(request.id, [])) > 1)
+    assert json.loads(client.get(key))["draining"] is False
+    h.stop.set()
+    # Before the drain's end (its request still running), not at the next beat.
+    wait_for(lambda: json.loads(client.get(key) or "{}").get("draining") is True, timeout=0.5)
+    assert not h.finished(request.id)
+    h.collect([request.id])
+    h.shutdown()
+    assert not client.exists(key)
+
+
 def test_drain_timeout_releases_what_is_left_and_fails_streams_already_read(
     engine: LLMEngine, make_worker: Any
 ) -> None:
