@@ -69,7 +69,7 @@ def run_api(settings: Settings) -> int:
         return CONFIGURATION_ERROR
     try:
         settings.check_listen_files()
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
     # One of --api-server-count's processes: serve on the socket `conveyor serve` opened.

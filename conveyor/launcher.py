@@ -126,6 +126,7 @@ def listening_socket(settings: Settings) -> socket.socket:
             os.unlink(path)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         server.bind(path)
+        os.chmod(path, 0o666)  # as uvicorn leaves its own: a proxy as another user connects
         server.listen(2048)
     else:
         host = settings.host
@@ -270,12 +271,23 @@ class Supervisor:
         return True
 
     def _on_signal(self, signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
         if self.stopping:
+            # A second Ctrl-C: the children run in their own process groups, so only we
+            # can pass it on; what uvicorn and the workers promise ("again to exit at once").
+            logger.warning("received %s again: stopping everything at once", name)
+            for child in self.children.values():
+                if child.poll() is None:
+                    child.kill()
             return
-        logger.info("received %s: draining", signal.Signals(signum).name)
+        logger.info("received %s: draining (again to stop at once)", name)
         self.stopping = True
 
     def _shutdown(self) -> None:
+        # Our copy of the shared listening socket goes first: while we held it, the kernel
+        # kept accepting connections that no draining API process would ever answer.
+        if self.api_socket is not None:
+            self.api_socket.close()
         # The batch worker first (it stops feeding lines and hands its batches back), then
         # the API (stop accepting, finish in-flight), then the engine worker, then Redis.
         # Engine workers drain side by side.
@@ -296,8 +308,6 @@ class Supervisor:
                     logger.warning("%s did not stop in %.0f s; killing it", name, allowed)
                     child.kill()
                     child.wait()
-        if self.api_socket is not None:
-            self.api_socket.close()
         if self.redis is not None:
             self.redis.stop()
 

@@ -688,6 +688,27 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"{flag} {path}: no such file")
         if self.uds is not None and not Path(self.uds).parent.is_dir():
             raise FileNotFoundError(f"--uds {self.uds}: its folder does not exist")
+        if self.ssl_certfile is not None:
+            self._check_certificate(self.ssl_certfile, self.ssl_keyfile)
+
+    @staticmethod
+    def _check_certificate(certfile: str, keyfile: str | None) -> None:
+        """ValueError when the certificate and key do not load as a pair (a key that does
+        not match, a certificate given as the key, an encrypted key): uvicorn's SSLError
+        in every API process, each restarted in vain, said here in one line."""
+        import ssl
+
+        def no_password() -> bytes:
+            raise ValueError("the key is encrypted, and conveyor takes no key password")
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(certfile, keyfile, password=no_password)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(
+                f"--ssl-certfile {certfile} / --ssl-keyfile {keyfile or certfile}: "
+                f"cannot serve TLS with them ({exc})"
+            ) from None
 
     @property
     def api_scheme(self) -> str:

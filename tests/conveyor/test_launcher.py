@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from conveyor.launcher import (
     worker_device_env,
 )
 from conveyor.settings import Settings
+
+from ..self_signed import self_signed_certificate
 
 
 def test_one_worker_keeps_the_environment_as_it_is() -> None:
@@ -106,6 +111,7 @@ def test_a_unix_socket_for_api_processes_that_share_it(tmp_path: Path) -> None:
         server = listening_socket(settings)
         try:
             assert server.family == socket.AF_UNIX and path.is_socket()
+            assert path.stat().st_mode & 0o777 == 0o666  # was the umask's 0755
             with socket.socket(socket.AF_UNIX) as client:
                 client.connect(str(path))
         finally:
@@ -181,3 +187,29 @@ def test_a_database_that_cannot_be_used_stops_start_up_in_one_line(
     assert supervisor.children == {}
     (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert error.startswith("database postgresql://conveyor:***@127.0.0.1:1/conveyor: ")
+
+
+def test_a_certificate_and_key_that_do_not_pair_stop_start_up_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """They were uvicorn's SSLError in every API process, each restarted in vain."""
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    cert, key = self_signed_certificate(tmp_path / "one")
+    _, other_key = self_signed_certificate(tmp_path / "two")
+    check_local_files(Settings(ssl_certfile=str(cert), ssl_keyfile=str(key)))
+    for certfile, keyfile in ((cert, other_key), (cert, cert)):
+        with pytest.raises(ValueError, match=r"--ssl-certfile .*: cannot serve TLS with them"):
+            check_local_files(Settings(ssl_certfile=str(certfile), ssl_keyfile=str(keyfile)))
+    assert run_serve(Settings(ssl_certfile=str(cert), ssl_keyfile=str(other_key))) == 2
+
+
+def test_a_second_signal_stops_the_children_at_once() -> None:
+    """Ctrl-C again: the children run in their own process groups and only hear us."""
+    supervisor = Supervisor(Settings())
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    supervisor.children["worker"] = child
+    supervisor._on_signal(signal.SIGINT, None)
+    assert supervisor.stopping and child.poll() is None  # the first one drains
+    supervisor._on_signal(signal.SIGINT, None)
+    assert child.wait(timeout=10) == -signal.SIGKILL
