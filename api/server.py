@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 from types import FrameType
 from typing import Any
 
@@ -73,7 +74,7 @@ def run_api(settings: Settings) -> int:
         logger.error("%s", exc)
         return CONFIGURATION_ERROR
     # One of --api-server-count's processes: serve on the socket `conveyor serve` opened.
-    shared = {"fd": settings.api_socket_fd} if settings.api_socket_fd is not None else {}
+    shared = settings.api_socket_fd is not None
     if not shared and settings.api_server_count > 1:
         logger.warning(
             "--api-server-count %d is for `conveyor serve`; `conveyor api` is one process "
@@ -90,8 +91,12 @@ def run_api(settings: Settings) -> int:
     # Checked again by the app's lifespan, where a problem is uvicorn's traceback.
     if not schema_ready_at_start(settings.resolved_database_url):
         return 1
-    server = _Server(uvicorn_config(app, settings, **shared))
+    server = _Server(uvicorn_config(app, settings))
+    # The socket over the inherited descriptor itself: uvicorn's `fd=` serves a duplicate
+    # and leaves the inherited one open until the process exits, so a draining API kept
+    # accepting connections it would never answer.
+    sockets = [socket.socket(fileno=settings.api_socket_fd)] if shared else None
     with frozen_while_serving():
-        server.run()
+        server.run(sockets=sockets)
     # uvicorn reports a failed startup (e.g. Redis unreachable) by exiting the loop early.
     return 0 if server.started else 1
