@@ -378,7 +378,7 @@ def _apply_penalties(out: torch.Tensor, rows: list[int], batch: SamplingBatch) -
         # float32's range: +inf, and inf - inf is NaN in the softmax, top-p cut nothing and
         # failed the whole step. The largest float keeps the limit's meaning: those
         # tokens share the row.
-        x = x.nan_to_num(nan=_NEG_INF, posinf=torch.finfo(x.dtype).max)
+        x = x.nan_to_num(nan=_NEG_INF, posinf=torch.finfo(x.dtype).max, neginf=_NEG_INF)
 
     if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params):
         freq = torch.tensor([p.frequency_penalty for p in params], device=device)[:, None]
