@@ -14,12 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from conveyor.db import migrate
-from conveyor.db.database import Database, DatabaseUrlError
-from conveyor.db.database_errors import DATABASE_ERRORS, one_line, shown
+from conveyor.db.database import Database
+from conveyor.db.database_errors import DATABASE_ERRORS, describe
 from conveyor.db.key_store import create_key, get_key, list_keys, revoke_key
 from conveyor.db.openai_objects import api_key_object, project_object
 from conveyor.db.project import Project
@@ -64,11 +63,8 @@ def add_operator_commands(
             except OperatorError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
-            except (DatabaseUrlError, OperationalError, InterfaceError) as exc:
-                print(f"error: database {shown(url)}: {one_line(exc)}", file=sys.stderr)
-                return 1
-            except DATABASE_ERRORS as exc:  # schema out of date, no such revision
-                print(f"error: {one_line(exc)}", file=sys.stderr)
+            except DATABASE_ERRORS as exc:
+                print(f"error: {describe(url, exc)}", file=sys.stderr)
                 return 1
             if isinstance(result, str):
                 sys.stdout.write(result)

@@ -61,7 +61,15 @@ def create_db_engine(url: str) -> Engine:
     if is_sqlite(url):
         database = make_url(url).database
         if database and database != ":memory:":
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise DatabaseUrlError(f"{folder} is a file, not a folder") from None
+            except OSError as exc:
+                raise DatabaseUrlError(
+                    f"cannot create the folder {folder}: {exc.strerror}"
+                ) from None
         engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

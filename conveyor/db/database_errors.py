@@ -41,11 +41,19 @@ def shown(url: str) -> str:
         return "(an unparseable URL)"
 
 
+def describe(url: str, exc: BaseException) -> str:
+    """One line for a `DATABASE_ERRORS` error: a connection or URL problem names the
+    database (password hidden); a schema or revision problem says which on its own."""
+    if isinstance(exc, (DatabaseUrlError, OperationalError, InterfaceError)):
+        return f"database {shown(url)}: {one_line(exc)}"
+    return one_line(exc)
+
+
 def schema_ready_at_start(url: str) -> bool:
     """`prepare_schema`, with a problem logged as one line (False) instead of raised."""
     try:
         prepare_schema(url)
     except DATABASE_ERRORS as exc:
-        logger.error("database %s: %s", shown(url), one_line(exc))
+        logger.error("%s", describe(url, exc))
         return False
     return True
