@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from api.app import create_app
 from api.custom_middleware import MiddlewareError
 from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
-from conveyor.child_process import CONFIGURATION_ERROR
+from conveyor.child_process import CONFIGURATION_ERROR, supervisor_gone
 from conveyor.db.database_errors import schema_ready_at_start
 from conveyor.gc_freeze import frozen_while_serving
 from conveyor.redis_wait import redis_answers_at_start
@@ -30,6 +30,8 @@ class _Server(uvicorn.Server):
     "killed by SIGTERM" and `run_api` would never return its status.
     """
 
+    supervisor_pid: int | None = None
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         captured = getattr(self, "_captured_signals", None)
@@ -37,7 +39,10 @@ class _Server(uvicorn.Server):
             captured.clear()
         drain = getattr(getattr(self.config.app, "state", None), "drain", None)
         if isinstance(drain, ShutdownDrain):
-            drain.begin()
+            orphaned = supervisor_gone(self.supervisor_pid)
+            if orphaned:
+                logger.warning("`conveyor serve` is gone: ending what is in flight, no drain")
+            drain.begin(at_once=orphaned)
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -92,6 +97,7 @@ def run_api(settings: Settings) -> int:
     if not schema_ready_at_start(settings.resolved_database_url):
         return 1
     server = _Server(uvicorn_config(app, settings))
+    server.supervisor_pid = settings.supervisor_pid
     # The socket over the inherited descriptor itself: uvicorn's `fd=` serves a duplicate
     # and leaves the inherited one open until the process exits, so a draining API kept
     # accepting connections it would never answer.

@@ -46,15 +46,19 @@ class ShutdownDrain:
             return self.seconds
         return max(0.0, self.seconds - (time.monotonic() - self._began_at))
 
-    def begin(self) -> None:
-        """The server was told to stop: start the clock. Safe from a signal handler."""
+    def begin(self, at_once: bool = False) -> None:
+        """The server was told to stop: start the clock (`at_once`: no drain, end what is in
+        flight now). Safe from a signal handler."""
         if self._begun or self._loop is None or self._loop.is_closed():
             return
+        if at_once:
+            self.seconds = 0.0
         self._begun = True
         self._began_at = time.monotonic()
         self._loop.call_soon_threadsafe(self._loop.call_later, self.seconds, self._over)
 
     def _over(self) -> None:
         if self._end is not None:
-            logger.info("drain of %.0f s over: ending requests still in flight", self.seconds)
+            if self.seconds:
+                logger.info("drain of %.0f s over: ending requests still in flight", self.seconds)
             self._end()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,15 @@ def _die_with_parent() -> Callable[[], None] | None:
         libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
     return set_pdeathsig
+
+
+def supervisor_gone(supervisor_pid: int | None) -> bool:
+    """This process was started by `conveyor serve` (pid `supervisor_pid`), which is gone.
+
+    Then the embedded Redis and the other children are going too, so a drain could
+    deliver nothing: in-flight work should end at once, not in `--drain-timeout`.
+    """
+    return supervisor_pid is not None and os.getppid() != supervisor_pid
 
 
 def spawn(command: list[str], **kwargs: object) -> subprocess.Popen[bytes]:

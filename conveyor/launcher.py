@@ -218,6 +218,7 @@ class Supervisor:
 
     def _start(self, name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         shared = self.api_socket is not None and name in self.api_names
+        env = {**env, "CONVEYOR_SUPERVISOR_PID": str(os.getpid())}
         return spawn(command, env=env, pass_fds=(self.api_socket.fileno(),) if shared else ())
 
     def _watch(self) -> int:

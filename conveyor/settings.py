@@ -245,6 +245,9 @@ class Settings(BaseSettings):
     )
     # Set by `conveyor serve` for those processes: the listening socket they share.
     api_socket_fd: int | None = None
+    # Set by `conveyor serve` for its children: its pid, so a child whose supervisor died
+    # (SIGKILL; the kernel sends PR_SET_PDEATHSIG's SIGTERM) stops without a drain.
+    supervisor_pid: int | None = None
     api_key: SecretStr | None = Field(
         default=None, description="require `Authorization: Bearer <key>` on /v1 and /tokenize"
     )

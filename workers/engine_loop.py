@@ -71,15 +71,16 @@ class EngineLoop:
         handle its own errors)."""
         self.tasks.put(task)
 
-    def run(self, intake_closed: threading.Event, drain_timeout: float) -> None:
-        """Serve until intake is closed and everything admitted has finished (or the grace ends)."""
+    def run(self, intake_closed: threading.Event, drain_seconds: Callable[[], float]) -> None:
+        """Serve until intake is closed and everything admitted has finished (or the grace,
+        `drain_seconds()` read when intake closes, ends)."""
         self.engine.on_scheduled = self._sample_if_moved
         try:
-            self._serve(intake_closed, drain_timeout)
+            self._serve(intake_closed, drain_seconds)
         finally:
             self.engine.on_scheduled = None
 
-    def _serve(self, intake_closed: threading.Event, drain_timeout: float) -> None:
+    def _serve(self, intake_closed: threading.Event, drain_seconds: Callable[[], float]) -> None:
         drain_deadline: float | None = None
         while True:
             changed = self._run_tasks()
@@ -101,7 +102,7 @@ class EngineLoop:
                 self._sample_stats()
             if intake_closed.is_set():
                 if drain_deadline is None:
-                    drain_deadline = time.monotonic() + drain_timeout
+                    drain_deadline = time.monotonic() + drain_seconds()
                 elif time.monotonic() > drain_deadline:
                     self._release_all()
                     break

@@ -31,7 +31,7 @@ import redis
 
 from conveyor.beat_file import beat_file, remove
 from conveyor.bus import LANES, BusNames
-from conveyor.child_process import CONFIGURATION_ERROR
+from conveyor.child_process import CONFIGURATION_ERROR, supervisor_gone
 from conveyor.gc_freeze import frozen_while_serving
 from conveyor.metrics import WorkerMetrics
 from conveyor.redis_wait import redis_answers_at_start
@@ -218,7 +218,7 @@ class EngineWorker:
         # secondary thread pay a large per-op cost in OpenMP's thread team (measured
         # here: a 64x576 add takes ~70 us off the main thread, ~4 us on it).
         try:
-            self.loop.run(intake_closed, self.drain_timeout)
+            self.loop.run(intake_closed, self._drain_seconds)
         except BaseException:
             logger.exception("the engine loop died; stopping the worker")
             self._failed = True
@@ -236,6 +236,15 @@ class EngineWorker:
         self.client.close()
         logger.info("worker %s stopped", self.instance)
         return 1 if self._failed else 0
+
+    def _drain_seconds(self) -> float:
+        """Read when the drain starts. An orphan of `conveyor serve` has no one left to
+        deliver to (its Redis and API die with the supervisor): it stops at once."""
+        if supervisor_gone(self.settings.supervisor_pid):
+            logger.warning("`conveyor serve` is gone: stopping without a drain")
+            self.publisher.retry_for = 0.0
+            return 0.0
+        return self.drain_timeout
 
     def _first_beat(self, stop: threading.Event) -> None:
         """Beat once before taking work, trying again while Redis hiccups: the heartbeat's

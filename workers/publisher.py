@@ -103,6 +103,7 @@ class Publisher:
         self.result_ttl_ms = max(1, int(result_ttl * 1000))
         self.events: queue.Queue[Event | None] = queue.Queue()
         self._builders: dict[str, ReplyBuilder] = {}
+        self.retry_for = _RETRY_FOR  # 0 once no Redis is coming back (the supervisor died)
 
     def put(self, event: Event) -> None:
         self.events.put(event)
@@ -172,13 +173,13 @@ class Publisher:
 
     def _execute(self, pipe: redis.client.Pipeline) -> None:
         """Run the round trip, retrying for a while if Redis is away."""
-        give_up = time.monotonic() + _RETRY_FOR
+        started = time.monotonic()
         while True:
             try:
                 pipe.execute()
                 return
             except redis.RedisError as exc:
-                if time.monotonic() > give_up:
+                if time.monotonic() - started >= self.retry_for:  # read each time: it may drop
                     logger.error("dropping %d reply commands: no Redis (%s)", len(pipe), exc)
                     return
                 # A retry may repeat a PUBLISH; the API drops duplicates by seq.

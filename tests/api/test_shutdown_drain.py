@@ -26,6 +26,23 @@ def test_the_drain_ends_in_flight_requests_once_its_time_is_up() -> None:
     assert 0.2 <= after < 0.45
 
 
+def test_a_drain_begun_at_once_ends_in_flight_requests_now() -> None:
+    """For an API whose `conveyor serve` was SIGKILLed: no Redis or worker is left to
+    finish anything, so its clients get the 503 now rather than in --drain-timeout."""
+
+    async def run() -> tuple[list[float], float]:
+        ended: list[float] = []
+        drain = ShutdownDrain(30.0)
+        drain.bind(asyncio.get_running_loop(), lambda: ended.append(time.monotonic()))
+        started = time.monotonic()
+        drain.begin(at_once=True)
+        await asyncio.sleep(0.1)
+        return [t - started for t in ended], drain.remaining()
+
+    (after,), remaining = asyncio.run(run())
+    assert after < 0.1 and remaining == 0.0
+
+
 def test_what_is_left_of_the_drain_bounds_later_shutdown_steps() -> None:
     """Background responses wait only for what is left of the drain after uvicorn's own
     wait, so the whole stop fits the drain (and the orchestrator's grace period)."""

@@ -196,3 +196,53 @@ def test_a_dead_embedded_redis_is_restarted_and_its_requests_end(bundled_model_d
         again = burst()
         assert [r.status_code for r in again] == [200] * 8, [r.text for r in again]
         wait_healthy(base_url, process, 60)
+
+
+def test_a_sigkilled_supervisor_takes_every_child_with_it_at_once(
+    bundled_model_dir: Path,
+) -> None:
+    """kill -9 of `conveyor serve`: the kernel SIGTERMs each child (PR_SET_PDEATHSIG). Its
+    Redis dies with it, so a drain could deliver nothing: the API ends its streams with
+    503 `shutting_down` and every child exits within seconds, not after --drain-timeout
+    (30 s; before: 30-50 s of a worker generating into a dead Redis, the port still held)."""
+    port = free_port()
+    env = server_env(bundled_model_dir, "")
+    del env["CONVEYOR_REDIS_URL"]  # the embedded redis-server, which dies with serve
+    process = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "conveyor.cli", "serve"),
+            *("--port", str(port), "--host", "127.0.0.1", "--drain-timeout", "30"),
+        ],
+        env=env,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base_url, process, STARTUP_TIMEOUT)
+        warmup = {"model": "smollm2", "prompt": "Hi", "max_tokens": 3}
+        assert httpx.post(f"{base_url}/v1/completions", json=warmup, timeout=60).is_success
+        descendants = _children(process.pid)
+        assert len(descendants) >= 3  # redis-server, worker, api
+        result: dict = {}
+
+        def long_stream() -> None:
+            body = {**warmup, "max_tokens": 1500, "ignore_eos": True, "stream": True}
+            with httpx.stream("POST", f"{base_url}/v1/completions", json=body, timeout=120) as r:
+                result["stream"] = [line for line in r.iter_lines() if line.startswith("data: ")]
+
+        thread = threading.Thread(target=long_stream)
+        thread.start()
+        time.sleep(1.5)
+        process.kill()
+        killed = time.monotonic()
+        thread.join(timeout=60)
+        *tokens, error, done = result["stream"]
+        assert len(tokens) > 1 and done == "data: [DONE]"
+        assert json.loads(error.removeprefix("data: "))["error"]["code"] == "shutting_down"
+        while any(_alive(p) for p in descendants) and time.monotonic() - killed < 20:
+            time.sleep(0.1)
+        assert not [p for p in descendants if _alive(p)]
+        assert time.monotonic() - killed < 15
+    finally:
+        process.kill()
+        for pid in _children(process.pid):
+            os.kill(pid, signal.SIGKILL)

@@ -425,6 +425,23 @@ def test_drain_timeout_releases_what_is_left_and_fails_streams_already_read(
     assert h.pending() == 1  # `whole`, for the next worker's janitor
 
 
+def test_an_orphan_of_serve_stops_without_a_drain(engine: LLMEngine, make_worker: Any) -> None:
+    """Its supervisor SIGKILLed, the worker gets the kernel's SIGTERM; Redis and the API
+    are going too, so a drain would deliver nothing: it releases what it holds at once."""
+    h: Harness = make_worker(supervisor_pid=os.getpid())  # not this worker's parent
+    h.worker.drain_timeout = 60.0
+    request = h.request(engine.tokenizer.encode(PROMPT), max_tokens=100_000, ignore_eos=True)
+    h.send(request)
+    wait_for(lambda: h.poll(0.05) or len(h.messages.get(request.id, [])) > 1)
+    h.stop.set()
+    stopped = time.monotonic()
+    last = h.collect([request.id])[request.id][-1]
+    assert last.error is not None and last.error.code == "worker_stopped"
+    h.shutdown()
+    assert time.monotonic() - stopped < 10
+    assert h.exit_code == 0
+
+
 def test_several_choices_and_prompt_logprobs(
     engine: LLMEngine, make_worker: Any, client: redis.Redis
 ) -> None:
