@@ -303,6 +303,13 @@ class ModelCatalog:
         bases = [m.name for m in (await self.live_models()).values() if m.parent is None]
         if len(bases) == 1:  # its LoRA adapters share its tokenizer
             return bases[0]
+        if not bases and await self.known_models():  # loading, or its workers restarting
+            raise ApiError(
+                503,
+                "No model has a live worker right now; try again shortly",
+                code="no_worker",
+                headers={"Retry-After": "5"},
+            )
         raise ApiError(400, "model is required when not exactly one model is served", param="model")
 
     # --- tokenizers ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from conveyor.child_process import CONFIGURATION_ERROR, spawn
 from conveyor.db.database_errors import schema_ready_at_start
 from conveyor.embedded_redis import EmbeddedRedis
+from conveyor.served_names import mark_expected_known
 from conveyor.settings import Settings
 from engine.generation_defaults import check_source
 from engine.loader import check_local_tokenizer
@@ -166,6 +167,8 @@ class Supervisor:
             if redis_url is None:
                 self.redis = EmbeddedRedis().start()
                 redis_url = self.redis.url
+            # Before the API starts: requests for the models get 503 while they load, not 404.
+            mark_expected_known(self.settings, redis_url)
             database_url = self.settings.resolved_database_url
             # Before any child: on SQLite this makes or upgrades the schema (see prepare_schema).
             if not schema_ready_at_start(database_url):

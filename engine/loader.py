@@ -91,23 +91,37 @@ def resolve_model(
     return dataclasses.replace(resolved, tokenizer_path=folder)
 
 
+def served_name(model: str | None) -> str:
+    """The name a model argument is served under (without --served-model-name), known
+    without reading, converting or downloading anything."""
+    if model is None or model == "" or model == BUNDLED_MODEL_NAME:
+        return BUNDLED_MODEL_NAME
+    candidate = Path(model).expanduser()
+    if candidate.is_file() and candidate.suffix == ".gguf":
+        return candidate.stem
+    if candidate.is_dir():
+        return candidate.name
+    return model
+
+
 def _resolve_weights(
     model: str | None, cache_dir: Path, revision: str | None, hub: Path
 ) -> ResolvedModel:
+    name = served_name(model)
     if model is None or model == "" or model == BUNDLED_MODEL_NAME:
         gguf = bundled_gguf_path()
-        return ResolvedModel(convert_gguf(gguf, cache_dir), BUNDLED_MODEL_NAME, str(gguf))
+        return ResolvedModel(convert_gguf(gguf, cache_dir), name, str(gguf))
     candidate = Path(model).expanduser()
     if candidate.is_file() and candidate.suffix == ".gguf":
-        return ResolvedModel(convert_gguf(candidate, cache_dir), candidate.stem, str(candidate))
+        return ResolvedModel(convert_gguf(candidate, cache_dir), name, str(candidate))
     if candidate.is_dir():
         if not (candidate / "config.json").is_file():
             raise MissingFileError(f"{candidate} has no config.json: not a HF model folder")
-        return ResolvedModel(candidate.resolve(), candidate.name, str(candidate))
+        return ResolvedModel(candidate.resolve(), name, str(candidate))
     if _names_a_path(model):
         raise MissingFileError(f"{model}: not a model folder or a .gguf file")
     source = f"hub:{model}" + (f"@{revision}" if revision else "")
-    return ResolvedModel(_download(model, hub, revision, _MODEL_FILES), model, source)
+    return ResolvedModel(_download(model, hub, revision, _MODEL_FILES), name, source)
 
 
 def check_local_tokenizer(tokenizer: str) -> Path | None:

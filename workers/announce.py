@@ -16,13 +16,13 @@ from pathlib import Path
 import redis
 
 from conveyor.bus import (
-    KNOWN_NAME_TTL_SECONDS,
     LANES,
     TOKENIZER_DIGEST_FIELD,
     TOKENIZER_FILES,
     WORKER_GROUP,
     BusNames,
 )
+from conveyor.served_names import ServedNames
 from engine.generation_defaults import GENERATION_CONFIG_FILE
 from engine.llm_engine import LLMEngine
 
@@ -105,8 +105,7 @@ class Announcer:
         self.client = client
         self.names = names
         self.model = engine.model_name
-        self.aliases = aliases
-        self.loras = tuple(engine.lora_paths)
+        self.served = ServedNames(engine.model_name, aliases, tuple(engine.lora_paths))
         self.fields = tokenizer_fields(engine, sampling_defaults)  # read from disk once
 
     def announce(self) -> None:
@@ -117,10 +116,7 @@ class Announcer:
         pipe = self.client.pipeline(transaction=True)  # readers never see a half-written hash
         pipe.delete(key)
         pipe.hset(key, mapping=self.fields)
-        ttl = KNOWN_NAME_TTL_SECONDS  # renewed by each heartbeat (workers/heartbeat.py)
-        pipe.set(names.known_model(model), "1", ex=ttl)
-        for alias in self.aliases:  # 503 (not 404) for another name while workers restart
-            pipe.set(names.known_alias(alias), model, ex=ttl)
-        for adapter in self.loras:  # 503 (not 404) for an adapter while workers restart
-            pipe.set(names.known_adapter(adapter), model, ex=ttl)
+        # 503 (not 404) for the model, its other names and adapters while workers restart;
+        # renewed by each heartbeat (workers/heartbeat.py).
+        self.served.mark_known(pipe, names)
         pipe.execute()

@@ -35,6 +35,7 @@ from conveyor.child_process import CONFIGURATION_ERROR, supervisor_gone
 from conveyor.gc_freeze import frozen_while_serving
 from conveyor.metrics import WorkerMetrics
 from conveyor.redis_wait import redis_answers_at_start
+from conveyor.served_names import mark_expected_known, served_aliases
 from conveyor.settings import Settings
 from engine.config import DeviceUnavailable, EngineConfig
 from engine.configuration_error import ConfigurationError
@@ -287,16 +288,6 @@ def worker_engine_config(settings: Settings) -> EngineConfig:
     return dataclasses.replace(settings.engine_config(), background_priority=BATCH_PRIORITY_FLOOR)
 
 
-def served_aliases(settings: Settings, model_name: str) -> tuple[str, ...]:
-    """The model's other names: --served-model-name's after the first; without that flag,
-    the model as given (`/models/qwen` for a model served as `qwen`), which is the name
-    vLLM would serve it under, so clients written against vLLM still find it."""
-    if settings.served_model_name is not None or settings.served_model_aliases:
-        return tuple(settings.served_model_aliases)
-    given = settings.model
-    return (given,) if given and given != model_name else ()
-
-
 def served_sampling_defaults(engine: LLMEngine, settings: Settings) -> dict[str, int | float]:
     """--generation-config's defaults over --override-generation-config, logged as vLLM
     does: a model's recommended sampling changes answers, so operators should know."""
@@ -359,6 +350,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
         return CONFIGURATION_ERROR
     if not redis_answers_at_start(settings.redis_url):  # before minutes of loading weights
         return 1
+    mark_expected_known(settings, settings.redis_url)
     try:
         engine = LLMEngine(config)
     except ConfigurationError as exc:  # a model, tokenizer or template that cannot work

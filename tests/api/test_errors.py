@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from api.errors import validation_error
+from conveyor.served_names import mark_expected_known
 
 from .conftest import MAX_MODEL_LEN, MODEL, Stack
 from .fakes import FakeWorker
@@ -171,6 +172,25 @@ def test_known_model_without_worker_is_503(client: httpx.Client, stack: Stack) -
     error = error_of(response, 503)
     assert error["code"] == "no_worker"
     assert response.headers["retry-after"]
+
+
+def test_a_model_still_loading_is_503_with_or_without_its_name(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Before a worker's first announce (its model loading): the names it will serve are
+    marked known at its start, so a request is a 503 to retry, not a 404 saying the model
+    does not exist (nor, naming no model, a 400)."""
+    stack = make_stack(with_worker=False)
+    settings = stack.server.settings
+    with stack.client() as http:
+        assert error_of(http.post("/v1/completions", json={"prompt": "hi"}), 400)
+        body = {"model": "SmolLM2-135M-Instruct", "prompt": "hi"}
+        assert error_of(http.post("/v1/completions", json=body), 404)
+        mark_expected_known(settings, stack.redis_url)
+        for sent in (body, {"prompt": "hi"}):
+            response = http.post("/v1/completions", json=sent)
+            assert error_of(response, 503)["code"] == "no_worker"
+            assert response.headers["retry-after"] == "5"
 
 
 def test_a_model_whose_only_worker_drains_is_503_not_queued(

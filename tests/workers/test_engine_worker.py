@@ -521,19 +521,6 @@ def test_known_names_are_forgotten_an_hour_after_the_last_beat(
     assert client.get(keys[1]) is None and client.ttl(keys[0]) > 5
 
 
-def test_a_model_also_answers_to_the_name_vllm_would_give_it() -> None:
-    """Without --served-model-name, vLLM serves `/models/qwen` as "/models/qwen"; here it
-    is "qwen", and the path is another name for it."""
-    from workers.engine_worker import served_aliases
-
-    assert served_aliases(Settings(model="/models/qwen"), "qwen") == ("/models/qwen",)
-    assert served_aliases(Settings(model="org/qwen"), "org/qwen") == ()
-    assert served_aliases(Settings(), "SmolLM2-135M-Instruct") == ()
-    named = Settings(model="/models/qwen", served_model_name="q", served_model_aliases=["a"])
-    assert served_aliases(named, "q") == ("a",)
-    assert served_aliases(Settings(model="/m", served_model_aliases=["b"]), "m") == ("b",)
-
-
 def test_worker_publishes_the_sampling_defaults_it_serves(
     make_worker: Any, client: redis.Redis
 ) -> None:
