@@ -182,17 +182,18 @@ class Supervisor:
             if self.settings.resolved_service_key is None:
                 # The batch worker's key to the API, made up for this process tree.
                 env["CONVEYOR_SERVICE_KEY"] = secrets.token_urlsafe(32)
+            # The supervisor listens, before any model loads: a port in use is one line
+            # (not an API restarted until it gives up), and an API process restarted
+            # after a crash takes over the same socket, its backlog kept.
+            try:
+                self.api_socket = listening_socket(self.settings)
+            except OSError as exc:
+                logger.error("cannot listen %s: %s", self.settings.api_address, exc)
+                return CONFIGURATION_ERROR
+            api_env = {**env, "CONVEYOR_API_SOCKET_FD": str(self.api_socket.fileno())}
             for rank, name in enumerate(self.worker_names):
                 placement = worker_device_env(self.settings, rank, self.gpus)
                 self._spawn(name, ["worker"], {**env, **placement})
-            api_env = env
-            if len(self.api_names) > 1:
-                try:
-                    self.api_socket = listening_socket(self.settings)
-                except OSError as exc:
-                    logger.error("cannot listen (%s): %s", self.settings.api_address, exc)
-                    return CONFIGURATION_ERROR
-                api_env = {**env, "CONVEYOR_API_SOCKET_FD": str(self.api_socket.fileno())}
             for name in self.api_names:
                 self._spawn(name, ["api"], api_env)
             self._spawn("batch-worker", ["batch-worker"], env)

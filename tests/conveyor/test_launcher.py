@@ -189,6 +189,28 @@ def test_a_database_that_cannot_be_used_stops_start_up_in_one_line(
     assert error.startswith("database postgresql://conveyor:***@127.0.0.1:1/conveyor: ")
 
 
+def test_a_port_in_use_stops_start_up_before_any_child(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With one API process too: it bound the port itself, so a port in use was an API
+    restarted five times, then exit 3, after the model had loaded for nothing."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        settings = Settings(
+            host="127.0.0.1",
+            port=port,
+            redis_url="redis://127.0.0.1:1/0",
+            database_url=f"sqlite:///{tmp_path}/conveyor.db",
+        )
+        supervisor = Supervisor(settings)
+        with caplog.at_level(logging.ERROR):
+            assert supervisor.run() == CONFIGURATION_ERROR
+    assert supervisor.children == {}
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.startswith(f"cannot listen on http://127.0.0.1:{port}: ")
+    assert "Address already in use" in error
+
+
 def test_a_certificate_and_key_that_do_not_pair_stop_start_up_in_one_line(
     tmp_path: Path,
 ) -> None:
