@@ -170,8 +170,24 @@ def _functions(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
                 f"{where}.function.parameters must be a JSON schema object",
                 param=f"{where}.function.parameters",
             )
-        functions[function["name"]] = parameters
+        functions[function["name"]] = _object_schema(parameters, f"{where}.function.parameters")
     return functions
+
+
+def _object_schema(parameters: dict[str, Any], where: str) -> dict[str, Any]:
+    """Arguments are a JSON object, as at OpenAI: `{}` (a function without arguments, as
+    many tool libraries write it) says nothing, so generating under it gave a string or a
+    list that clients' `json.loads(arguments)` then `fn(**args)` failed on."""
+    kind = parameters.get("type")
+    if kind is None:
+        return {"type": "object", **parameters}
+    if kind != "object":
+        raise ApiError(
+            400,
+            f"{where} must be a JSON schema of type 'object', got type {json.dumps(kind)}",
+            param=where,
+        )
+    return parameters
 
 
 def _named(tool_choice: str | dict[str, Any]) -> str:
