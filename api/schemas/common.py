@@ -138,7 +138,10 @@ class SamplingRequest(StructuredOutputFields):
 
     @property
     def continuous_usage(self) -> bool:
-        return bool(self.stream_options and self.stream_options.continuous_usage_stats)
+        """vLLM's: per-chunk usage is a refinement of include_usage, never on without it."""
+        return self.include_usage and bool(
+            self.stream_options and self.stream_options.continuous_usage_stats
+        )
 
 
 def omitted_when_none() -> Any:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import httpx
+import pytest
 
 from .conftest import MAX_MODEL_LEN, MODEL, Stack
 from .fakes import CACHED_TOKENS, FakeWorker
@@ -192,6 +193,16 @@ def test_stream_continuous_usage_and_logprobs(client: httpx.Client, worker: Fake
         choice = c["choices"][0]
         by_index[choice["index"]] = by_index.get(choice["index"], "") + choice["delta"]["content"]
     assert by_index == {0: " one two", 1: " two three"}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_continuous_usage_needs_include_usage(client: httpx.Client, path: str) -> None:
+    """vLLM sends per-chunk usage only with include_usage too; it came on its own here."""
+    prompt = {"messages": MESSAGES} if path.endswith("chat/completions") else {"prompt": "Hi"}
+    body = {"model": MODEL, **prompt, "max_tokens": 2, "stream": True}
+    options = {"include_usage": False, "continuous_usage_stats": True}
+    chunks, _ = stream_chunks(client, path, {**body, "stream_options": options})
+    assert chunks and not any(c.get("usage") for c in chunks)
 
 
 def test_continue_final_message(client: httpx.Client, worker: FakeWorker) -> None:
