@@ -21,7 +21,7 @@ from api.schemas.common import (
     UsageInfo,
     omitted_when_none,
 )
-from api.schemas.request_metadata import Metadata, ServiceTier
+from api.schemas.request_metadata import PROCESSED_SERVICE_TIER, Metadata, ServiceTier
 from api.tool_choice import (
     CHAT_NAMED_TOOL_CHOICE,
     ForcedToolCall,
@@ -207,6 +207,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: UsageInfo
     system_fingerprint: str | None = None
+    service_tier: str = PROCESSED_SERVICE_TIER  # OpenAI reports the tier that served it
     # vLLM's return_token_ids and prompt_logprobs (absent unless asked for).
     prompt_token_ids: list[int] | None = omitted_when_none()
     prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = omitted_when_none()
@@ -243,5 +244,6 @@ class ChatCompletionChunk(ChunkBase):
     model: str
     choices: list[ChatChunkChoice]
     system_fingerprint: str | None = None
+    service_tier: str = PROCESSED_SERVICE_TIER
     # vLLM's return_token_ids: the prompt's, in a stream's first chunk only.
     prompt_token_ids: list[int] | None = omitted_when_none()

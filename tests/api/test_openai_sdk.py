@@ -19,6 +19,7 @@ def test_chat(sdk: openai.OpenAI) -> None:
     assert out.usage is not None and out.usage.completion_tokens == 6
     assert out.usage.prompt_tokens_details is not None
     assert out.usage.prompt_tokens_details.cached_tokens == 3
+    assert out.service_tier == "default"  # OpenAI's field, as the README says
 
 
 def test_chat_stream_with_usage(sdk: openai.OpenAI) -> None:
@@ -43,6 +44,7 @@ def test_chat_stream_with_usage(sdk: openai.OpenAI) -> None:
         for lp in c.choices[0].logprobs.content or []
     ]
     assert tokens == [" one", " two", " three"]
+    assert {c.service_tier for c in chunks} == {"default"}
 
 
 def test_completions_echo_logprobs(sdk: openai.OpenAI) -> None:

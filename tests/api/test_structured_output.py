@@ -170,6 +170,22 @@ def test_whitespace_options_travel_with_the_json_constraint(
                 ],
                 "tool_choice": "required",
             },
+            "tools[0].function.parameters",
+            "of type 'object', got type 5",
+        ),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {"type": "object", "properties": {"a": {"type": 5}}},
+                        },
+                    }
+                ],
+                "tool_choice": "required",
+            },
             "tools",
             "invalid JSON schema",
         ),
