@@ -61,7 +61,7 @@ from api.schemas.chat import (
 from api.schemas.common import UsageInfo
 from api.tool_call_json import AFTER_CALLS
 from api.tool_call_stream import ToolCallStream
-from api.tool_choice import ForcedToolCall, refuse_auto
+from api.tool_choice import ForcedToolCall, refuse_auto, tool_call
 from api.tool_parsers import (
     ToolParserStream,
     keeps_special_tokens,
@@ -307,12 +307,13 @@ def chat_message(
         return ChatResponseMessage(content=parsed.content, tool_calls=parsed.tool_calls), finish
     if forced is None:
         return ChatResponseMessage(content=text), finish_reason
-    calls = forced.calls(text)
-    if calls is None:  # "required" output cut short by max_tokens: the calls it got to
+    if forced.mode == "named":
+        calls = [tool_call(forced.function_name or "", text)]
+    else:  # a cut array keeps the calls it got to, the last with its partial arguments
         reader = RequiredCallsReader()
         reader.feed(text)
-        return ChatResponseMessage(content=None, tool_calls=reader.tool_calls()), finish_reason
-    if finish_reason == "stop":
+        calls = reader.tool_calls()
+    if finish_reason == "stop" and forced.complete(text):
         finish_reason = forced.finish_reason
     return ChatResponseMessage(content=None, tool_calls=calls), finish_reason
 

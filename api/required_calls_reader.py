@@ -6,7 +6,8 @@ OpenAI does, the call's id and name once the name is complete, then its
 arguments (the raw text of `parameters`) piece by piece, instead of holding
 everything back until the array closes. It also recovers what a `max_tokens`
 cut leaves: the calls already complete, and the last one with the arguments
-written so far, as a named call cut short keeps its partial arguments.
+written so far, as a named call cut short keeps its partial arguments. A whole
+answer reads its calls here too, so its arguments are the streamed text exactly.
 """
 
 from __future__ import annotations
@@ -51,15 +52,14 @@ class RequiredCallsReader:
         return self._deltas()
 
     def tool_calls(self) -> list[dict[str, Any]]:
-        """Every named call so far, as `tool_calls` entries: complete ones with compact
-        arguments, an unfinished last one with the arguments written before the cut."""
+        """Every named call so far, as `tool_calls` entries, each with its arguments as the
+        model wrote them (what a stream of the same text sends, so the two agree to the
+        character), an unfinished last one with those written before the cut."""
         out = []
         for call in self.calls:
             if call.name is None:
                 continue
-            arguments = call.arguments
-            if call.complete:
-                arguments = json.dumps(json.loads(arguments or "{}"), ensure_ascii=False)
+            arguments = call.arguments or ("{}" if call.complete else "")
             out.append(
                 {**self._identity(call), "function": {"name": call.name, "arguments": arguments}}
             )

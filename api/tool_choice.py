@@ -31,23 +31,19 @@ class ForcedToolCall:
     constraint: StructuredOutput
     function_name: str | None = None  # the named mode's function
 
-    def calls(self, text: str) -> list[dict[str, Any]] | None:
-        """The OpenAI `tool_calls` of a generated `text`; None if it is not complete JSON
-        (max_tokens cut it), for "required" (a named call's arguments are kept as they are)."""
+    def complete(self, text: str) -> bool:
+        """Whether `text` is the whole answer: always for a named call (its arguments are
+        kept as they are, also when cut short); for "required" only a complete array of
+        calls, not one max_tokens cut."""
         if self.mode == "named":
-            return [tool_call(self.function_name or "", text)]
+            return True
         try:
             items = json.loads(text)
         except (ValueError, RecursionError):  # cut short, or past json's own limits
-            return None
-        if not isinstance(items, list) or not all(
+            return False
+        return isinstance(items, list) and all(
             isinstance(i, dict) and isinstance(i.get("name"), str) for i in items
-        ):
-            return None
-        return [
-            tool_call(item["name"], json.dumps(item.get("parameters", {}), ensure_ascii=False))
-            for item in items
-        ]
+        )
 
     @property
     def finish_reason(self) -> str:

@@ -298,18 +298,17 @@ def test_required_calls_stream_one_by_one_as_they_are_written(
     sdk: openai.OpenAI, worker: FakeWorker
 ) -> None:
     """Each call goes out once its name is complete, its arguments piece by piece, as
-    OpenAI streams them (not all at once when the array closes)."""
-    worker.set_script(json.dumps(REQUIRED_ANSWER))
-    chunks = list(
-        sdk.chat.completions.create(
-            model=MODEL,
-            messages=MESSAGES,  # type: ignore[arg-type]
-            tools=[WEATHER, CLOCK],  # type: ignore[list-item]
-            tool_choice="required",
-            max_tokens=200,
-            stream=True,
-        )
-    )
+    OpenAI streams them (not all at once when the array closes); the whole answer to the
+    same text has the same arguments, character for character, whitespace included."""
+    worker.set_script(json.dumps(REQUIRED_ANSWER, indent=2))
+    options: dict[str, Any] = {
+        "model": MODEL,
+        "messages": MESSAGES,
+        "tools": [WEATHER, CLOCK],
+        "tool_choice": "required",
+        "max_tokens": 200,
+    }
+    chunks = list(sdk.chat.completions.create(**options, stream=True))
     carrying = [c for c in chunks if c.choices and c.choices[0].delta.tool_calls]
     assert len(carrying) > 3
     assert carrying[0].choices[0].finish_reason is None
@@ -326,6 +325,11 @@ def test_required_calls_stream_one_by_one_as_they_are_written(
     ]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     assert all(not c.choices or not c.choices[0].delta.content for c in chunks)
+    whole = sdk.chat.completions.create(**options).choices[0]
+    assert [(c.function.name, c.function.arguments) for c in whole.message.tool_calls or []] == [
+        (c["name"], c["arguments"]) for c in calls
+    ]
+    assert whole.finish_reason == "tool_calls"
 
 
 @pytest.mark.parametrize("stream", [False, True])
