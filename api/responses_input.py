@@ -146,7 +146,7 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for item in items:
         kind = item["type"]
         if kind == "message":
-            role = "system" if item["role"] == "developer" else item["role"]
+            role = item["role"]  # developer too: the tokenizer knows what its template reads
             text = "\n".join(
                 part["refusal"] if part["type"] == "refusal" else part["text"]
                 for part in item["content"]

@@ -132,7 +132,7 @@ class Tokenizer:
                 "this model has no chat template; pass one with --chat-template "
                 "or use the completions endpoint"
             )
-        conversation = normalize_messages(messages)
+        conversation = normalize_messages(messages, developer_as_system=not self._knows_developer)
         reserved = reserved_in(template_kwargs)
         if reserved:
             raise ValueError(f"chat template kwargs may not set {reserved}")
@@ -167,6 +167,13 @@ class Tokenizer:
         return self.encode(text, add_special_tokens=False)
 
     @cached_property
+    def _knows_developer(self) -> bool:
+        """Whether the chat template renders OpenAI's `developer` role itself (gpt-oss's
+        does); most predate it and would write it as an unknown role beside their default
+        system prompt, so for them it is the system message OpenAI says it replaces."""
+        return any("developer" in template for template in _templates(self._hf.chat_template))
+
+    @cached_property
     def _vocab_style(self) -> str:
         """How vocabulary strings encode text: 'byte_level' (GPT-2), 'metaspace' (SentencePiece)."""
         backend = self._hf.backend_tokenizer
@@ -181,13 +188,16 @@ class Tokenizer:
         return "other"
 
 
-def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def normalize_messages(
+    messages: Sequence[Mapping[str, Any]], *, developer_as_system: bool = False
+) -> list[dict[str, Any]]:
     """Turn OpenAI chat messages into what HF chat templates expect.
 
     Templates concatenate `content` as a string, so text parts are joined with
     newlines (as vLLM does); other part types cannot be rendered by a text model.
     Tool-call arguments arrive as JSON strings but templates `tojson` them, so
-    they are parsed back into objects.
+    they are parsed back into objects. `developer_as_system`: for a template that
+    does not know OpenAI's `developer` role.
     """
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
         raise ValueError("messages must be a list of message objects")
@@ -201,6 +211,8 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
         if not isinstance(role, str):
             raise ValueError(f"messages[{index}].role must be a string")
         converted = dict(message)
+        if developer_as_system and role == "developer":
+            converted["role"] = "system"
         converted["content"] = flatten_content(message.get("content"), index)
         if message.get("tool_calls"):
             converted["tool_calls"] = [_parse_tool_call(call) for call in message["tool_calls"]]

@@ -39,7 +39,7 @@ def test_given_ids_are_kept_and_missing_ones_made() -> None:
     assert items[1]["content"] == [{"type": "output_text", "text": "b", "annotations": []}]
 
 
-def test_developer_is_system_and_text_parts_are_joined() -> None:
+def test_developer_stays_for_the_template_and_text_parts_are_joined() -> None:
     assert messages_of(
         [
             {"role": "developer", "content": "Rules."},
@@ -53,7 +53,7 @@ def test_developer_is_system_and_text_parts_are_joined() -> None:
             {"role": "assistant", "content": [{"type": "refusal", "refusal": "No."}]},
         ]
     ) == [
-        {"role": "system", "content": "Rules."},
+        {"role": "developer", "content": "Rules."},
         {"role": "user", "content": "line one\nline two"},
         {"role": "assistant", "content": "No."},
     ]

@@ -88,6 +88,22 @@ def test_chat_template_renders_chatml(tok: Tokenizer) -> None:
     assert ids.count(1) == 3
 
 
+def test_developer_is_the_system_message_for_a_template_that_predates_it(
+    tok: Tokenizer, bundled_model_dir: Path
+) -> None:
+    """SmolLM2's template knows no `developer`: written as-is it kept the default system
+    prompt beside an unknown role; as OpenAI says, it takes the system message's place."""
+    developer = [{"role": "developer", "content": "Be terse."}, *HI]
+    assert tok.render_chat(developer) == tok.render_chat(
+        [{"role": "system", "content": "Be terse."}, *HI]
+    )
+    assert SYSTEM not in tok.render_chat(developer)
+    knows = "{% for m in messages %}[{{ m.role }}]{% endfor %}{# developer #}"
+    assert Tokenizer.load(bundled_model_dir, chat_template=knows).render_chat(developer) == (
+        "[developer][user]"
+    )
+
+
 def test_content_parts_are_flattened(tok: Tokenizer) -> None:
     parts = [{"type": "text", "text": "first"}, {"type": "text", "text": "second"}]
     assert tok.render_chat([{"role": "user", "content": parts}]) == tok.render_chat(
