@@ -77,7 +77,7 @@ def test_every_prefix_keeps_the_calls_it_holds(text: str) -> None:
         reader.feed(text[:cut])
         calls = reader.tool_calls()
         assert len(calls) <= len(whole)
-        for call, (name, parameters) in zip(calls, whole, strict=False):
+        for call, (name, _parameters) in zip(calls, whole, strict=False):
             assert call["function"]["name"] == name
             # As the model wrote them, so far.
             assert call["function"]["arguments"] in text[:cut]
