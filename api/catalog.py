@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 
 from api.errors import ApiError
+from api.quiet_futures import retrieve_error
 from conveyor.bus import TOKENIZER_DIGEST_FIELD, BusNames
 from engine.generation_defaults import GENERATION_DEFAULT_KEYS
 from engine.grammar_compiler import GrammarCompiler
@@ -181,7 +182,10 @@ class ModelCatalog:
         # None for a name several models claim.
         self._aliases: dict[str, str | None] = {}
         self._scanned_at = float("-inf")
-        self._scan_lock = asyncio.Lock()
+        # The heartbeat scan under way: requests that need one meanwhile share it, its
+        # answer or its error (a hung Redis failed each waiter's scan in turn: one more
+        # read timeout per request queued behind it).
+        self._scanning: asyncio.Future[dict[str, LiveModel]] | None = None
         self._tokenizers: dict[str, ModelTokenizer] = {}
         self._by_digest: dict[str, Tokenizer] = {}
         self._tokenizer_locks: dict[str, asyncio.Lock] = {}
@@ -206,13 +210,20 @@ class ModelCatalog:
         max_age = self._refresh_interval if max_age is None else max_age
         if time.monotonic() - self._scanned_at <= max_age:
             return self._live
-        async with self._scan_lock:
-            if time.monotonic() - self._scanned_at <= max_age:
-                return self._live  # another request refreshed while we waited
+        if self._scanning is None:
+            self._scanning = asyncio.ensure_future(self._refresh())
+            self._scanning.add_done_callback(retrieve_error)
+        # Shielded: a caller that goes away does not cancel the others' scan.
+        return await asyncio.shield(self._scanning)
+
+    async def _refresh(self) -> dict[str, LiveModel]:
+        try:
             self._live = await self._scan()
             self._aliases = served_aliases(self._live)
             self._scanned_at = time.monotonic()
             return self._live
+        finally:
+            self._scanning = None
 
     async def aliases(self, max_age: float | None = None) -> dict[str, str]:
         """The other names live models answer to (alias -> model), as fresh as

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from starlette.requests import Request
 
+from api.quiet_futures import retrieve_error
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from conveyor.protocol import ReplyMessage, TokenLogprob, Usage
 
@@ -122,7 +123,7 @@ async def unless(
     task = asyncio.ensure_future(work)
     # Cancelled for a departed client, 3.11's gather ends with a CancelledError set as its
     # exception, which asyncio logs as an unretrieved ERROR when the future is collected.
-    task.add_done_callback(_retrieve_exception)
+    task.add_done_callback(retrieve_error)
     watcher = asyncio.ensure_future(stop)
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -135,11 +136,6 @@ async def unless(
             future.cancel()
         # Bounded: a task that swallowed its cancellation must not hold the response.
         await asyncio.wait({task, watcher}, timeout=1.0)
-
-
-def _retrieve_exception(future: asyncio.Future[object]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def finish(router: ReplyRouter, readers: Sequence[ReplyReader]) -> None:

@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import anyio.to_thread
 
+from api.quiet_futures import retrieve_error
 from conveyor.db.database import Database
 from conveyor.db.key_store import KeyGrant, grant_for_digest
 
@@ -42,8 +43,7 @@ class KeyCache:
         if task is None:
             task = asyncio.create_task(self._load(digest))
             self._loading[digest] = task
-            # Retrieved here too, so an error nobody awaited any more is not reported as lost.
-            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+            task.add_done_callback(retrieve_error)
         # Shielded: a caller that goes away must not cancel the fetch the others wait for.
         return await asyncio.shield(task)
 

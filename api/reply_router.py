@@ -30,8 +30,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -39,6 +40,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.errors import ApiError
+from api.quiet_futures import retrieve_error
 from conveyor.bus import BusNames
 from conveyor.protocol import ErrorInfo, ReplyMessage
 
@@ -75,6 +77,11 @@ _SILENCE = _Signal("silence")  # nothing arrived for a while
 _WORKER_GONE = _Signal("worker gone")  # the answering worker's heartbeat expired
 
 _QueueItem = ReplyMessage | _Signal
+T = TypeVar("T")
+
+
+class _Unreachable(Exception):
+    """Redis gave no answer in time (not yet for REDIS_LOSS_GRACE)."""
 
 
 def worker_error(info: ErrorInfo) -> ApiError:
@@ -210,9 +217,13 @@ class ReplyRouter:
         heartbeat = self.names.worker(model, reader.worker) if reader.worker else None
         # Shielded as a whole: a cancelled probe must not hand back a connection that is
         # still reading the pipeline's replies.
-        queued, has_result, worker_alive = await asyncio.shield(
+        probe = asyncio.ensure_future(
             self._probe(stream, entry_id, self.names.result(reader.request_id), heartbeat)
         )
+        # A probe that outlives its cancelled caller (a hung Redis) fails on its own later:
+        # its error was the caller's to see, and is not "never retrieved".
+        probe.add_done_callback(retrieve_error)
+        queued, has_result, worker_alive = await asyncio.shield(probe)
         if not queued and not has_result and not worker_alive:
             # A worker acks and deletes the entry only with the result stored, in one
             # round: neither is left and no live worker holds it (its first message says
@@ -334,7 +345,10 @@ class ReplyReader:
             if item is _CLOSED:
                 raise ApiError(503, "the server is shutting down", code="shutting_down")
             if isinstance(item, _Signal):
-                stored = await self._stored_result()
+                try:
+                    stored = await self._stored_result()
+                except _Unreachable:
+                    continue  # nothing else could be asked either; the grace bounds this
                 if stored is None:
                     await self._check_alive()
                     continue
@@ -396,21 +410,9 @@ class ReplyReader:
             return
         self._checked_at = now
         try:
-            async with asyncio.timeout(self.router.silence_check):
-                lost = await self.router.lost(self)
-        except (RedisError, TimeoutError) as exc:
-            if self._unreachable_since is None:
-                self._unreachable_since = now
-            elif now - self._unreachable_since >= REDIS_LOSS_GRACE:
-                raise ApiError(
-                    503,
-                    f"the request queue (Redis) has been unreachable for "
-                    f"{now - self._unreachable_since:.0f} s ({exc or 'no answer'}); retry "
-                    "the request",
-                    code="queue_unavailable",
-                ) from None
+            lost = await self._ask_redis(self.router.lost(self))
+        except _Unreachable:
             return
-        self._unreachable_since = None
         if isinstance(lost, ApiError):
             # Only when two checks in a row say so: just after a Redis restart a live
             # worker's heartbeat may not be written again yet.
@@ -454,16 +456,42 @@ class ReplyReader:
                 raise self._timeout() from None
             return _SILENCE
 
-    async def _stored_result(self) -> ReplyMessage | None:
-        # Shielded: redis-py 8 sends through asyncio.wait_for, which on Python 3.11 can
-        # swallow a cancellation (a departed client's) that lands mid-command.
-        key = self.router.names.result(self.request_id)
+    async def _ask_redis(self, call: Awaitable[T]) -> T:
+        """`call`'s answer within a `silence_check`; raises _Unreachable when Redis gives
+        none, and the request's 503 once it has given none for REDIS_LOSS_GRACE.
+
+        Bounded so that a hung Redis (its read timeout is longer) costs the request no more
+        than an unreachable one; shielded because redis-py 8 sends through
+        asyncio.wait_for, which on Python 3.11 can swallow a cancellation (a departed
+        client's) that lands mid-command, and a pipeline must not hand back a connection
+        still reading its replies."""
+        asked_at = time.monotonic()
+        task = asyncio.ensure_future(call)
+        task.add_done_callback(retrieve_error)  # a hung one fails after we stopped waiting
         try:
-            raw = await asyncio.shield(self.router.redis.get(key))
-        except RedisError as exc:
-            # Redis is briefly away: keep waiting; the deadline still bounds the request.
-            logger.debug("result lookup for %s failed: %s", self.request_id, exc)
-            return None
+            async with asyncio.timeout(self.router.silence_check):
+                answer = await asyncio.shield(task)
+        except (RedisError, TimeoutError) as exc:
+            if self._unreachable_since is None:
+                self._unreachable_since = asked_at
+            elif asked_at - self._unreachable_since >= REDIS_LOSS_GRACE:
+                raise ApiError(
+                    503,
+                    f"the request queue (Redis) has been unreachable for "
+                    f"{asked_at - self._unreachable_since:.0f} s ({_cause(exc)}); retry "
+                    "the request",
+                    code="queue_unavailable",
+                ) from None
+            logger.debug("Redis did not answer for %s: %s", self.request_id, _cause(exc))
+            raise _Unreachable from exc
+        self._unreachable_since = None
+        return answer
+
+    async def _stored_result(self) -> ReplyMessage | None:
+        """The worker's stored result; raises _Unreachable (see _ask_redis)."""
+        raw = await self._ask_redis(
+            self.router.redis.get(self.router.names.result(self.request_id))
+        )
         if raw is None:
             return None
         try:
@@ -476,9 +504,10 @@ class ReplyReader:
         """Wait for the stored result; meanwhile an error reply still ends the request."""
         interval = self.router.result_poll
         while True:
-            stored = await self._stored_result()
-            if stored is not None:
-                return stored
+            with contextlib.suppress(_Unreachable):  # waited out; the grace bounds it
+                stored = await self._stored_result()
+                if stored is not None:
+                    return stored
             remaining = self.deadline - time.time()
             if remaining <= 0:
                 raise self._timeout()
@@ -505,3 +534,10 @@ def _worker_restarted() -> ApiError:
         "retry the request",
         code="worker_restarted",
     )
+
+
+def _cause(exc: BaseException) -> str:
+    """What went wrong, also for exceptions without a message (a bare TimeoutError)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer"
+    return str(exc) or type(exc).__name__

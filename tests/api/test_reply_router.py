@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import time
 
 import pytest
@@ -13,7 +15,7 @@ from api.collect import collect
 from api.errors import ApiError
 from api.reply_router import FIRST_SEQ, ReplyRouter, Restart
 from conveyor.bus import BusNames
-from conveyor.embedded_redis import free_port
+from conveyor.embedded_redis import EmbeddedRedis, free_port
 from conveyor.protocol import ChoiceDelta, ErrorInfo, ReplyMessage, Usage
 
 
@@ -325,6 +327,37 @@ def test_an_unreachable_redis_ends_requests_after_the_grace(
     error, took = asyncio.run(run())
     assert error is not None and (error.status, error.code) == (503, "queue_unavailable")
     assert took < 5
+
+
+def test_a_hung_redis_ends_requests_after_the_grace_not_its_read_timeouts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stopped redis-server takes connections and never answers: each lookup the reader
+    makes waits at most a silence_check, not the client's (far longer) read timeout, and
+    the 503 says why (a bare timeout's message was empty)."""
+    monkeypatch.setattr("api.reply_router.REDIS_LOSS_GRACE", 1.0)
+
+    async def run(server: EmbeddedRedis) -> tuple[ApiError | None, float]:
+        assert server.process is not None
+        hung = aioredis.from_url(server.url, decode_responses=True, socket_timeout=60)
+        names = BusNames("unit-hung")
+        replies = ReplyRouter(hung, names, "api-unit", silence_check=0.2)
+        reader = replies.open("r1", time.time() + 120, streaming=False)
+        replies.queued("r1", names.requests("m"), await hung.xadd(names.requests("m"), {"d": "x"}))
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            error = await _until_done(reader)
+            return error, time.monotonic() - started
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+            await hung.aclose()
+
+    with EmbeddedRedis() as server:
+        error, took = asyncio.run(run(server))
+    assert error is not None and (error.status, error.code) == (503, "queue_unavailable")
+    assert "()" not in error.message and "no answer" in error.message
+    assert took < 10
 
 
 def test_a_request_a_live_worker_still_runs_is_not_lost(redis_url: str) -> None:

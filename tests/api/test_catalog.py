@@ -1,0 +1,79 @@
+"""The model catalog's heartbeat scan: requests that need one at once share it, its
+answer and its failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from api.catalog import ModelCatalog
+from conveyor.bus import BusNames
+from conveyor.embedded_redis import EmbeddedRedis
+
+
+def test_concurrent_requests_share_one_scan(redis_url: str) -> None:
+    async def run() -> list[list[str]]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-catalog-shared")
+        await store.set(names.worker("m", "w1"), json.dumps({"model": "m"}), px=10_000)
+        catalog = ModelCatalog(store, names)
+        try:
+            found = await asyncio.gather(*(catalog.live_models(max_age=0) for _ in range(5)))
+            return [sorted(live) for live in found]
+        finally:
+            catalog.close()
+            await store.aclose()
+
+    assert asyncio.run(run()) == [["m"]] * 5
+
+
+def test_a_hung_redis_fails_every_waiting_request_in_one_read_timeout() -> None:
+    """Five requests that need a scan while Redis hangs fail together, after one read
+    timeout; each used to wait for the one before it to fail first, one timeout more."""
+    read_timeout = 1.0
+
+    async def run(server: EmbeddedRedis) -> tuple[list[object], float]:
+        assert server.process is not None
+        store = aioredis.from_url(server.url, decode_responses=True, socket_timeout=read_timeout)
+        catalog = ModelCatalog(store, BusNames("unit-catalog-hung"))
+        await store.ping()
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            outcomes = await asyncio.gather(
+                *(catalog.live_models(max_age=0) for _ in range(5)), return_exceptions=True
+            )
+            return outcomes, time.monotonic() - started
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+            catalog.close()
+            await store.aclose()
+
+    with EmbeddedRedis() as server:
+        outcomes, took = asyncio.run(run(server))
+    assert all(isinstance(o, RedisTimeoutError) for o in outcomes)
+    assert took < read_timeout * 2.5
+
+
+@pytest.mark.parametrize("max_age", [0.0, 60.0])
+def test_a_fresh_scan_is_reused_within_max_age(redis_url: str, max_age: float) -> None:
+    async def run() -> list[str]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames(f"unit-catalog-age-{max_age}")
+        catalog = ModelCatalog(store, names)
+        try:
+            await catalog.live_models(max_age=0)  # empty
+            await store.set(names.worker("m", "w1"), json.dumps({"model": "m"}), px=10_000)
+            return sorted(await catalog.live_models(max_age=max_age))
+        finally:
+            catalog.close()
+            await store.aclose()
+
+    assert asyncio.run(run()) == ([] if max_age else ["m"])
