@@ -6,9 +6,9 @@ a request waiting on Redis must reach its own error (api/reply_router.py). The A
 no blocking commands; pub/sub reads pass their own timeout. A pooled connection to a
 Redis that has since restarted fails once on its next use: that command is retried on a
 new connection, at once; a timeout is not retried (redis-py's default retry, timeouts
-too, with backoff, made a hung Redis cost each command two read timeouts). A burst of requests waits its turn
-for a connection, where redis-py's default pool (100, then an error) answered those past
-the 100th with a 503 "Redis unavailable" from a healthy Redis.
+too, with backoff, made a hung Redis cost each command two read timeouts). A burst of
+requests waits its turn for a connection, where redis-py's default pool (100, then an
+error) answered those past the 100th with a 503 "Redis unavailable" from a healthy Redis.
 """
 
 from __future__ import annotations
