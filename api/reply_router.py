@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.errors import ApiError
 from api.quiet_futures import retrieve_error
-from conveyor.bus import BusNames
+from conveyor.bus import WORKER_GROUP, BusNames
 from conveyor.protocol import ErrorInfo, ReplyMessage
 
 logger = logging.getLogger(__name__)
@@ -261,10 +261,13 @@ class ReplyRouter:
                 entry = self._entries.pop(request_id, None)
                 if entry is not None:
                     # Deleted so no worker generates for a client that is gone: one still
-                    # queued is never read, and one whose worker missed the abort above
-                    # (pub/sub: a dead or hung worker) is only acked by the janitor that
-                    # reclaims it, not run again.
-                    pipe.xdel(*entry)
+                    # queued is never read. Acked too, so one whose worker missed the
+                    # abort above (pub/sub: a dead or hung worker) leaves that worker's
+                    # pending list now: no janitor reclaims it to run it again, and the
+                    # queue's `pending` count (/metrics, overload checks) holds no ghost.
+                    stream, entry_id = entry
+                    pipe.xack(stream, WORKER_GROUP, entry_id)
+                    pipe.xdel(stream, entry_id)
             await pipe.execute()
 
     def abort_soon(self, request_ids: Iterable[str]) -> None:
@@ -431,7 +434,7 @@ class ReplyReader:
             and self.sent_output
             and now - self._worker_gone_since >= WORKER_LOSS_GRACE
         ):
-            raise _worker_restarted()
+            raise _worker_restarted(restarted=False)
 
     def _lost(self) -> ApiError:
         return ApiError(
@@ -527,11 +530,17 @@ class ReplyReader:
                 raise worker_error(item.error)
 
 
-def _worker_restarted() -> ApiError:
+def _worker_restarted(*, restarted: bool = True) -> ApiError:
+    """A stream cannot take back what it sent: `restarted`, another worker began the
+    request again; else its worker stopped answering (no other may exist yet)."""
+    happened = (
+        "the request was restarted on another worker"
+        if restarted
+        else f"its worker has sent no heartbeat for {WORKER_LOSS_GRACE:.0f} s"
+    )
     return ApiError(
         503,
-        "the worker serving this stream failed and the request was restarted elsewhere; "
-        "retry the request",
+        f"this stream cannot go on: {happened}; retry the request",
         code="worker_restarted",
     )
 

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from api.deps import CatalogDep, NamesDep, RedisDep, RouterDep, SettingsDep
 from api.errors import ApiError
 from api.queue_stats import QueueStats, lane_stats
+from conveyor.bus import BusNames
 
 logger = logging.getLogger(__name__)
 
@@ -99,12 +100,22 @@ async def metrics(
         snap["live"] = beat in live
     bases = {name for name, m in (await catalog.live_models()).items() if m.parent is None}
     models = bases | await catalog.known_models()  # adapters share their base's queues
-    stats = {model: await lane_stats(redis, names, model) for model in sorted(models)}
-    queued = {model: sum(s.undelivered for s in lanes.values()) for model, lanes in stats.items()}
+    stats = {
+        model: await lane_stats(redis, names, model, live_workers=_instances(live, names, model))
+        for model in sorted(models)
+    }
+    # Waiting, as vLLM counts it: not taken yet, or taken by a worker that is gone since.
+    queued = {model: sum(s.waiting for s in lanes.values()) for model, lanes in stats.items()}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_QueueCollector(stats, replies.in_flight))
     body = _render_workers(snapshots, queued) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _instances(heartbeats: set[str], names: BusNames, model: str) -> set[str]:
+    """The ids of `model`'s workers among these heartbeat keys."""
+    prefix = names.worker(model, "")
+    return {key[len(prefix) :] for key in heartbeats if key.startswith(prefix)}
 
 
 async def _worker_snapshots(redis: Any, pattern: str) -> list[dict[str, Any]]:
@@ -162,6 +173,11 @@ class _QueueCollector(Collector):
             "undelivered": GaugeMetricFamily(
                 "conveyor:queue_undelivered",
                 "Requests no worker has taken yet",
+                labels=lanes,
+            ),
+            "orphaned": GaugeMetricFamily(
+                "conveyor:queue_orphaned",
+                "Requests pending on a worker without a heartbeat, waiting to be reclaimed",
                 labels=lanes,
             ),
         }

@@ -220,3 +220,28 @@ def test_metrics_with_the_real_worker_renderer(client: httpx.Client, stack: Stac
     assert not any('worker="gone-1"' in line for line in running), running
     assert f'vllm:num_preemptions_total{{model_name="{MODEL}",worker="gone-1"}}' in text
     assert f'conveyor:queue_length{{lane="interactive",model="{MODEL}"}}' in text
+
+
+def test_requests_a_dead_worker_took_count_as_waiting(client: httpx.Client, stack: Stack) -> None:
+    """Entries delivered to a worker without a heartbeat wait for a janitor as much as
+    undelivered ones: vllm:num_requests_waiting (what autoscalers read) counts them, and
+    conveyor:queue_orphaned says how many; a live worker's are running, not waiting."""
+    from conveyor.bus import WORKER_GROUP
+
+    names = stack.names
+    model = "orphans-model"  # no fake worker reads its queue
+    store = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    store.set(names.known_model(model), "1")
+    store.set(names.worker(model, "w-live"), json.dumps({"model": model}), ex=30)
+    stream = names.requests(model)
+    store.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+    for _ in range(4):
+        store.xadd(stream, {"data": "x"})
+    store.xreadgroup(WORKER_GROUP, "w-gone", {stream: ">"}, count=2)
+    store.xreadgroup(WORKER_GROUP, "w-live", {stream: ">"}, count=1)
+    text = client.get("/metrics").text
+    lane = f'{{lane="interactive",model="{model}"}}'
+    assert f"conveyor:queue_pending{lane} 3.0" in text
+    assert f"conveyor:queue_undelivered{lane} 1.0" in text
+    assert f"conveyor:queue_orphaned{lane} 2.0" in text
+    assert f'vllm:num_requests_waiting{{model_name="{model}",worker="queue"}} 3.0' in text

@@ -61,7 +61,9 @@ def test_restart_stream_after_tokens_is_an_error(client: httpx.Client, worker: F
     worker.behaviour = "restart"
     events = stream_events(client, {"model": MODEL, "messages": MESSAGES, "max_tokens": 4})
     assert events[-1] == "[DONE]"
-    assert json.loads(events[-2])["error"]["code"] == "worker_restarted"
+    error = json.loads(events[-2])["error"]
+    assert error["code"] == "worker_restarted"
+    assert "restarted on another worker" in error["message"]
     text = "".join(
         c["choices"][0]["delta"].get("content", "")
         for c in map(json.loads, events[:-2])

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from api.collect import collect
 from api.errors import ApiError
 from api.reply_router import FIRST_SEQ, ReplyRouter, Restart
-from conveyor.bus import BusNames
+from conveyor.bus import WORKER_GROUP, BusNames
 from conveyor.embedded_redis import EmbeddedRedis, free_port
 from conveyor.protocol import ChoiceDelta, ErrorInfo, ReplyMessage, Usage
 
@@ -189,25 +189,32 @@ def test_abort_deletes_the_stream_entry_until_a_worker_finished_it(redis_url: st
     one whose worker took it and died, missing the abort (the janitor would rerun it).
     An entry whose worker sent its final message is the worker's to delete."""
 
-    async def run() -> list[str]:
+    async def run() -> tuple[list[str], int]:
         store = aioredis.from_url(redis_url, decode_responses=True)
         names = BusNames("unit-abort-queued")
         replies = ReplyRouter(store, names, "api-unit")
         stream = names.requests("m")
+        await store.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
         ids = {}
-        for name in ("waiting", "taken", "finished"):
+        for name in ("taken", "finished", "waiting"):
             ids[name] = await store.xadd(stream, {"data": name})
             replies.open(name, time.time() + 5, streaming=True)
             replies.queued(name, stream, ids[name])
+            if name == "finished":  # both went to a worker that then died (acking nothing)
+                await store.xreadgroup(WORKER_GROUP, "w-dead", {stream: ">"})
         replies._route(ReplyMessage(id="taken", seq=FIRST_SEQ).encode())
         replies._route(ReplyMessage(id="finished", seq=FIRST_SEQ, finished=True).encode())
         # (a real worker would have deleted "finished" itself; kept to see who deletes it)
         await replies.abort(["waiting", "taken", "finished"])
         left = [entry_id for entry_id, _ in await store.xrange(stream)]
+        pending = (await store.xpending(stream, WORKER_GROUP))["pending"]
         await store.aclose()
-        return ["finished" if entry_id == ids["finished"] else entry_id for entry_id in left]
+        named = {entry_id: name for name, entry_id in ids.items()}
+        return [named[entry_id] for entry_id in left], pending
 
-    assert asyncio.run(run()) == ["finished"]
+    # The dead worker's "taken" left its pending list with the entry: no janitor reruns
+    # it, and the queue's pending count holds no ghost; "finished" is its worker's.
+    assert asyncio.run(run()) == (["finished"], 1)
 
 
 async def _until_done(reader: object) -> ApiError | None:
@@ -273,6 +280,7 @@ def test_a_stream_whose_worker_died_ends_after_the_grace(
     assert error is not None
     if streaming:
         assert (error.status, error.code) == (503, "worker_restarted")
+        assert "no heartbeat" in error.message and "another worker" not in error.message
     else:
         assert (error.status, error.code) == (504, "timeout")
 
