@@ -346,7 +346,7 @@ class ReplyReader:
         while True:
             item = await self._next()
             if item is _CLOSED:
-                raise ApiError(503, "the server is shutting down", code="shutting_down")
+                raise _shutting_down()
             if isinstance(item, _Signal):
                 try:
                     stored = await self._stored_result()
@@ -484,6 +484,7 @@ class ReplyReader:
                     f"{asked_at - self._unreachable_since:.0f} s ({_cause(exc)}); retry "
                     "the request",
                     code="queue_unavailable",
+                    headers={"Retry-After": "5"},
                 ) from None
             logger.debug("Redis did not answer for %s: %s", self.request_id, _cause(exc))
             raise _Unreachable from exc
@@ -522,12 +523,20 @@ class ReplyReader:
                 await self._check_alive()
                 continue
             if item is _CLOSED:
-                raise ApiError(503, "the server is shutting down", code="shutting_down")
+                raise _shutting_down()
             if not isinstance(item, ReplyMessage):
                 await self._check_alive()
                 continue
             if item.error is not None:
                 raise worker_error(item.error)
+
+
+def _shutting_down() -> ApiError:
+    """The drain ended before the answer: another replica, or this one restarted, can
+    take the request again (a non-streamed one: its client sees the header)."""
+    return ApiError(
+        503, "the server is shutting down", code="shutting_down", headers={"Retry-After": "1"}
+    )
 
 
 def _worker_restarted(*, restarted: bool = True) -> ApiError:

@@ -364,6 +364,7 @@ def test_a_hung_redis_ends_requests_after_the_grace_not_its_read_timeouts(
     with EmbeddedRedis() as server:
         error, took = asyncio.run(run(server))
     assert error is not None and (error.status, error.code) == (503, "queue_unavailable")
+    assert error.headers == {"Retry-After": "5"}
     assert "()" not in error.message and "no answer" in error.message
     assert took < 10
 

@@ -107,6 +107,7 @@ def test_sigterm_drains_in_flight_and_stops_every_child(bundled_model_dir: Path)
     assert response.json()["usage"]["completion_tokens"] == 40
     assert result["long"].status_code == 503
     assert result["long"].json()["error"]["code"] == "shutting_down"
+    assert result["long"].headers["retry-after"] == "1"  # another replica, or a restart
     *tokens, error, done = result["stream"]
     assert len(tokens) > 1 and done == "data: [DONE]"
     assert json.loads(error.removeprefix("data: "))["error"]["code"] == "shutting_down"
