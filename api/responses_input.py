@@ -139,7 +139,8 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
     Function calls join the assistant message before them (its `tool_calls`), as
     chat templates expect one assistant turn with its text and its calls; a
-    call's output is a `tool` message that also carries the function's name.
+    call's output is a `tool` message that also carries the function's name, and an
+    output for a call neither the history nor the input holds is a 400, as at OpenAI.
     """
     messages: list[dict[str, Any]] = []
     names: dict[str, str] = {}
@@ -165,10 +166,21 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif kind == "function_call_output":
-            message = {"role": "tool", "tool_call_id": item["call_id"], "content": item["output"]}
-            if item["call_id"] in names:
-                message["name"] = names[item["call_id"]]
-            messages.append(message)
+            call_id = item["call_id"]
+            if call_id not in names:  # OpenAI's 400: the model would answer a call it never made
+                raise ApiError(
+                    400,
+                    f"No tool call found for function call output with call_id {call_id}.",
+                    param="input",
+                )
+            messages.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call_id,
+                    "content": item["output"],
+                    "name": names[call_id],
+                }
+            )
     return messages
 
 

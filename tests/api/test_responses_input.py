@@ -73,7 +73,7 @@ def test_calls_join_the_assistant_turn_and_outputs_name_their_function() -> None
                 "output": [{"type": "input_text", "text": "noon"}],
             },
             {"type": "function_call", "call_id": "c3", "name": "weather", "arguments": "{}"},
-            {"type": "function_call_output", "call_id": "unknown", "output": "?"},
+            {"type": "function_call_output", "call_id": "c3", "output": "?"},
         ]
     )
     assert [m["role"] for m in messages] == [
@@ -100,7 +100,21 @@ def test_calls_join_the_assistant_turn_and_outputs_name_their_function() -> None
             {"id": "c3", "type": "function", "function": {"name": "weather", "arguments": "{}"}}
         ],
     }
-    assert "name" not in messages[5]
+    assert messages[5]["name"] == "weather"
+
+
+def test_an_output_for_a_call_never_made_is_openais_400() -> None:
+    """A call_id neither the history nor the input holds: the model would answer a call
+    it never made, so OpenAI refuses it, and so do we."""
+    with pytest.raises(ApiError) as refused:
+        messages_of(
+            [
+                {"role": "user", "content": "Weather?"},
+                {"type": "function_call_output", "call_id": "call_typo", "output": "sunny"},
+            ]
+        )
+    assert (refused.value.status, refused.value.param) == (400, "input")
+    assert "call_id call_typo" in refused.value.message
 
 
 def test_reasoning_items_are_kept_but_not_read() -> None:
