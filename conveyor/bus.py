@@ -134,6 +134,10 @@ class BusNames:
         """Set while the batch's task waits for a worker (see `batch_queue.queue_batch`)."""
         return f"{self.prefix}:batch:{batch_id}:queued"
 
+    def batch_failures(self, batch_id: str) -> str:
+        """Runs of the batch in a row that ended in an unexpected error (for back-off)."""
+        return f"{self.prefix}:batch:{batch_id}:failures"
+
     def rate_limit(self, key_id: str, part: str) -> str:
         """One of an API key's sliding-window structures: "admitted", "tokens" or "total".
 

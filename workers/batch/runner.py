@@ -49,6 +49,8 @@ T = TypeVar("T")
 # Neither finalizes: the batch stays active and is resumed from its checkpoint.
 Outcome = Literal["completed", "cancelled", "expired", "lost", "interrupted"]
 WATCH_SECONDS = 0.5
+# How long a batch's count of failed runs in a row is kept after its last failure.
+FAILURES_MEMORY_SECONDS = 24 * 3600
 EXPIRED_MESSAGE = "This request could not be executed before the completion window expired."
 
 
@@ -122,8 +124,32 @@ class BatchRunner:
         try:
             async with lease.kept() as lost:
                 await self._run_leased(batch_id, lost)
+        except Exception:
+            # A bug or a fault that outlasts one run (a full disk, a broken row): the
+            # sweeper would queue it again at its next look, every few seconds, for ever.
+            delay = await self._back_off(batch_id)
+            logger.exception(
+                "batch %s: the run failed; its recorded lines are kept and it is tried "
+                "again in %.0f s",
+                batch_id,
+                delay,
+            )
+        else:
+            await self.redis.delete(self.names.batch_failures(batch_id))
         finally:
             await lease.release()
+
+    async def _back_off(self, batch_id: str) -> float:
+        """Hold the batch from the sweeper for a delay that doubles with each failed run in
+        a row (from the sweep interval up to `batch_requeue_after`); the seconds."""
+        failures_key = self.names.batch_failures(batch_id)
+        failures = int(await self.redis.incr(failures_key))
+        await self.redis.expire(failures_key, FAILURES_MEMORY_SECONDS)
+        base = max(self.settings.batch_sweep_interval, 1.0)
+        delay = min(base * 2 ** min(failures - 1, 20), self.settings.batch_requeue_after)
+        # The "queued" mark is what the sweeper leaves alone until it expires.
+        await self.redis.set(self.names.batch_queued(batch_id), "back-off", px=int(delay * 1000))
+        return delay
 
     async def _run_leased(self, batch_id: str, lost: asyncio.Event) -> None:
         """`lost` is set when another worker took the batch over: stop without finishing it."""

@@ -895,3 +895,34 @@ def test_a_result_being_recorded_when_the_cancel_lands_is_not_lost(
     assert batch.usage is not None and batch.usage["output_tokens"] == billed["completion_tokens"]
     assert batch.usage["input_tokens"] == billed["prompt_tokens"]
     assert env.recorded(batch_id) == set()
+
+
+def test_a_run_that_fails_unexpectedly_backs_off_and_keeps_its_lines(env: Env) -> None:
+    """A run that raises (a bug, a full disk) keeps what it recorded and holds the batch
+    from the sweeper for a delay that doubles with each failure in a row (it was queued
+    again at every sweep, for ever); the next good run finishes it and forgets them."""
+    batch_id = env.batch([line(1), line(2)])
+    names = env.stack.names
+    attempts: list[int] = []
+
+    def break_finalizing(runner: BatchRunner) -> None:
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            attempts.append(1)
+            raise OSError(28, "No space left on device")
+
+        runner._finalize = broken  # type: ignore[method-assign]
+
+    with redis.Redis.from_url(env.settings.redis_url or "", decode_responses=True) as client:
+        held = []
+        for _ in range(2):
+            env.run(batch_id, configure=break_finalizing, batch_sweep_interval=2.0)
+            held.append(client.pttl(names.batch_queued(batch_id)))
+            assert not client.exists(names.batch_lease(batch_id))  # released all the same
+        assert 1_500 < held[0] <= 2_000 and 3_500 < held[1] <= 4_000, held
+        assert client.get(names.batch_failures(batch_id)) == "2"
+        assert env.get(batch_id).status == "in_progress"  # its lines stay recorded
+        assert len(env.worker.received) == 2  # and did not run again
+        env.run(batch_id)
+        assert not client.exists(names.batch_failures(batch_id))
+    assert len(attempts) == 2 and env.get(batch_id).status == "completed"
+    assert len(env.worker.received) == 2
