@@ -53,6 +53,7 @@ REQUEST_PROMPT_TOKENS = "vllm:request_prompt_tokens"
 REQUEST_GENERATION_TOKENS = "vllm:request_generation_tokens"
 REQUEST_PARAMS_N = "vllm:request_params_n"
 REQUEST_PARAMS_MAX_TOKENS = "vllm:request_params_max_tokens"
+ITERATION_TOKENS = "vllm:iteration_tokens_total"
 PREFIX_CACHE_QUERIES = "vllm:prefix_cache_queries_total"
 PREFIX_CACHE_HITS = "vllm:prefix_cache_hits_total"
 LORA_REQUESTS_INFO = "vllm:lora_requests_info"
@@ -131,6 +132,12 @@ HISTOGRAMS: dict[str, HistogramSpec] = {
         "Histogram of time spent in RUNNING phase for request.", _REQUEST_LATENCY_BUCKETS
     ),
     REQUEST_PARAMS_N: HistogramSpec("Histogram of the n request parameter.", (1, 2, 5, 10, 20)),
+    # Tokens one forward pass computed (prefill chunks and decodes together): how full
+    # the steps are, what vLLM's dashboards plot as the batch size.
+    ITERATION_TOKENS: HistogramSpec(
+        "Histogram of number of tokens per engine_step.",
+        (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384),
+    ),
 }
 # Token-count histograms: vLLM's 1-2-5 buckets up to the worker's max_model_len.
 TOKEN_HISTOGRAMS: dict[str, str] = {

@@ -258,6 +258,7 @@ class LLMEngine:
         # Called between scheduling and the forward pass: a server's gauges can show a
         # request as running during its first step, which for a long prefill is seconds.
         self.on_scheduled: Callable[[], None] | None = None
+        self.last_step_tokens = 0  # tokens the last step computed, for metrics
         self._spec_draft_tokens = 0
         self._spec_accepted_tokens = 0
         logger.info(
@@ -705,6 +706,8 @@ class LLMEngine:
         if self.proposer is not None:
             self._propose_drafts()
         plan = self.scheduler.schedule(now)
+        # What this forward pass computes (vllm:iteration_tokens_total); 0 when none ran.
+        self.last_step_tokens = sum(item.num_tokens for item in plan.scheduled)
         if not plan.scheduled:
             return []
         if self.on_scheduled is not None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from conveyor.metrics import WorkerMetrics
+from conveyor.metrics import ITERATION_TOKENS, WorkerMetrics
 from conveyor.protocol import ErrorInfo
 from engine.llm_engine import LLMEngine
 from workers.inflight import Inflight, Ticket
@@ -215,6 +215,8 @@ class EngineLoop:
             )
             self._fail_all()
             return
+        if self.engine.last_step_tokens:
+            self.metrics.observe(ITERATION_TOKENS, self.engine.last_step_tokens)
         if not outputs:
             return
         now = time.time()

@@ -161,6 +161,13 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
     counters = snapshot()["counters"]
     assert counters["vllm:prefix_cache_queries_total"] == 2 * len(prompt)
     assert 0 <= counters["vllm:prefix_cache_hits_total"] <= len(prompt)
+    # Every step's computed tokens: both prompts (less what the prefix cache held) and
+    # the 5 decodes after each first token.
+    steps = snapshot()["histograms"]["vllm:iteration_tokens_total"]
+    hits = counters["vllm:prefix_cache_hits_total"]
+    assert steps["sum"] == 2 * len(prompt) - hits + 2 * 5
+    assert 2 <= sum(steps["counts"]) <= 12
+    assert f"vllm:iteration_tokens_total_count{{{labels}}}" in text
     # The cache's configuration, as vLLM's info gauge: its block count and dtype.
     info = snapshot()["cache_info"]
     assert info["num_gpu_blocks"] == str(h.worker.engine.num_kv_blocks)
