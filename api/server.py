@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from api.custom_middleware import MiddlewareError
+from api.header_timeout import with_header_timeout
 from api.shutdown_drain import CLOSE_MARGIN_SECONDS, ShutdownDrain
 from conveyor.child_process import CONFIGURATION_ERROR, supervisor_gone
 from conveyor.db.database_errors import schema_ready_at_start
@@ -64,6 +65,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
         # The drain (api/shutdown_drain.py) answers what is left before this cuts it.
         "timeout_graceful_shutdown": math.ceil(settings.drain_timeout) + CLOSE_MARGIN_SECONDS,
         "lifespan": "on",
+        "http": with_header_timeout(settings.http_header_timeout),
     }
     return uvicorn.Config(app, **{**options, **overrides})
 

@@ -372,6 +372,10 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ),
     ("--uvicorn-log-level", {"choices": Settings.choices("uvicorn_log_level")}),
     (
+        "--http-header-timeout",
+        {"type": float, "help": "seconds a client may take to send a request's headers (30)"},
+    ),
+    (
         "--log-flush-interval",
         {"type": float, "help": "seconds between request-log writes to SQL (1)"},
     ),

@@ -410,6 +410,12 @@ class Settings(BaseSettings):
     disable_uvicorn_access_log: bool = Field(
         default=False, description="no log line per HTTP request from uvicorn"
     )
+    http_header_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="seconds a connection may take to send a request's headers before it "
+        "is closed (a silent or slowloris client holds a socket until then)",
+    )
     disable_fastapi_docs: bool = Field(
         default=False, description="no /docs, /redoc or /openapi.json"
     )
