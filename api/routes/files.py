@@ -329,5 +329,6 @@ async def delete(
     key = await in_session(
         database, lambda s: delete_file(s, file_or_404(s, file_id, principal.project_id))
     )
-    await delete_unlisted_async(storage, key)
+    if key is not None:  # None: a batch under way still reads it; the purge deletes it later
+        await delete_unlisted_async(storage, key)
     return file_deleted_object(file_id)

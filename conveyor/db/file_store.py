@@ -109,8 +109,21 @@ def list_files(
     )
 
 
-def delete_file(session: Session, stored: StoredFile) -> str:
-    """Drop the row; returns its storage key so the caller deletes the bytes after commit."""
+def delete_file(session: Session, stored: StoredFile) -> str | None:
+    """Drop the row; returns its storage key so the caller deletes the bytes after commit.
+
+    The input of a batch under way is only hidden (it expires now: gone to every caller,
+    as if deleted) and None is returned: the batch reads it again when it resumes after
+    a restart, and deleting the input right after creating the batch is a common
+    clean-up, which failed the batch and dropped the lines it had finished. The purge
+    deletes it once the batch has ended, as it does an input whose lifetime ran out."""
+    in_use = session.scalar(
+        select(Batch.id).where(Batch.input_file_id == stored.id, Batch.status.in_(ACTIVE)).limit(1)
+    )
+    if in_use is not None:
+        stored.expires_at = min(stored.expires_at or now(), now())
+        session.flush()
+        return None
     session.delete(stored)
     session.flush()
     return stored.storage_key

@@ -162,7 +162,8 @@ def test_a_bad_line_fails_alone(batch_server: BatchServer) -> None:
     (error,) = jsonl(client, batch.error_file_id)
     assert error["custom_id"] == "bad"
     assert error["response"]["status_code"] == 400
-    assert "temperature" in error["error"]["message"]
+    assert "temperature" in error["response"]["body"]["error"]["message"]
+    assert error["error"] is None  # an HTTP answer's error is its body's, as at OpenAI
     assert len(jsonl(client, batch.output_file_id)) == 4
 
 

@@ -126,13 +126,12 @@ def _broken_result(line: BatchLine, line_id: str, exc: httpx.TransportError) -> 
         f"sent or answered ({_describe(exc)}); a body over the API's --max-body-bytes that it "
         "cannot read to the end does this"
     )
-    return _failed(line, line_id, None, "connection_closed", message)
+    return _failed(line, line_id, "connection_closed", message)
 
 
-def _failed(
-    line: BatchLine, line_id: str, answer: dict[str, Any] | None, code: str, message: str
-) -> LineResult:
-    """A line for the error file: the API's answer, if it gave one, and why it failed."""
+def _failed(line: BatchLine, line_id: str, code: str, message: str) -> LineResult:
+    """A line for the error file that got no HTTP answer: `error` says why, as OpenAI's
+    output lines do for "a non-HTTP error"."""
     return LineResult(
         line=line.line,
         custom_id=line.custom_id,
@@ -140,7 +139,7 @@ def _failed(
         payload={
             "id": line_id,
             "custom_id": line.custom_id,
-            "response": answer,
+            "response": None,
             "error": {"code": code, "message": message},
         },
     )
@@ -168,23 +167,20 @@ def _result(line: BatchLine, line_id: str, response: httpx.Response) -> LineResu
         "request_id": request_id or response.headers.get("x-request-id") or line_id,
         "body": body,
     }
-    if response.status_code == 200:
-        prompt_tokens, completion_tokens, cached_tokens = _token_counts(body.get("usage") or {})
+    # An HTTP answer, success or not, is the line's `response`; `error` stays null, as in
+    # OpenAI's output lines (the API's error is in the body). Only a 200 is an output line.
+    payload = {"id": line_id, "custom_id": line.custom_id, "response": answer, "error": None}
+    if response.status_code != 200:
         return LineResult(
-            line=line.line,
-            custom_id=line.custom_id,
-            succeeded=True,
-            payload={"id": line_id, "custom_id": line.custom_id, "response": answer, "error": None},
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            cached_tokens=cached_tokens,
+            line=line.line, custom_id=line.custom_id, succeeded=False, payload=payload
         )
-    error = body.get("error") if isinstance(body, dict) else None
-    error = error if isinstance(error, dict) else {}
-    return _failed(
-        line,
-        line_id,
-        answer,
-        error.get("code") or error.get("type") or f"http_{response.status_code}",
-        error.get("message") or f"HTTP {response.status_code}",
+    prompt_tokens, completion_tokens, cached_tokens = _token_counts(body.get("usage") or {})
+    return LineResult(
+        line=line.line,
+        custom_id=line.custom_id,
+        succeeded=True,
+        payload=payload,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cached_tokens=cached_tokens,
     )

@@ -251,10 +251,10 @@ class BatchRunner:
             )
 
         with self.database.session() as session:
-            # A batch under way reads its input again even past the input's lifetime (the
-            # purge keeps it until the batch ends); a new one may not start on it.
-            resumed = batch.status != "validating"
-            stored = get_file(session, batch.input_file_id, batch.project_id, expired_too=resumed)
+            # A batch reads its input even once the input's lifetime ended or it was deleted
+            # (the purge keeps it until the batch ends): it was there when the batch was
+            # created, and the batch may have waited in the queue, or resume after a restart.
+            stored = get_file(session, batch.input_file_id, batch.project_id, expired_too=True)
             key = stored.storage_key if stored is not None else None
         if key is None:
             return no_file()

@@ -63,7 +63,8 @@ def test_a_client_error_is_the_lines_answer(monkeypatch: pytest.MonkeyPatch) -> 
     result, seen = run([400, 200], monkeypatch)
     assert seen == [400]
     payload = result.payload  # type: ignore[attr-defined]
-    assert payload["response"]["status_code"] == 400 and payload["error"]["code"] == "x"
+    assert payload["response"]["status_code"] == 400 and payload["error"] is None
+    assert payload["response"]["body"]["error"]["code"] == "x"
 
 
 def test_an_unreachable_api_is_waited_out_and_said_once(

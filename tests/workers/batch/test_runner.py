@@ -28,7 +28,13 @@ from conveyor.db import batch_store, migrate
 from conveyor.db.batch import Batch
 from conveyor.db.batch_store import LineResult
 from conveyor.db.database import Database
-from conveyor.db.file_store import create_file, get_file, new_file_id, purge_expired_files
+from conveyor.db.file_store import (
+    create_file,
+    delete_file,
+    get_file,
+    new_file_id,
+    purge_expired_files,
+)
 from conveyor.db.request_log import RequestLog
 from conveyor.db.stored_file import StoredFile
 from conveyor.file_storage import LocalFileStorage
@@ -347,8 +353,8 @@ def test_a_line_the_api_rejects_goes_to_the_error_file(env: Env) -> None:
     assert bad["custom_id"] == "req-2"
     assert bad["response"]["status_code"] == 400
     assert bad["response"]["body"]["error"]["param"] == "temperature"
-    assert bad["error"]["code"] and bad["error"]["message"]
-    assert bad["error"]["message"] == bad["response"]["body"]["error"]["message"]
+    # An HTTP answer: its error is in the body, and `error` is null, as in OpenAI's lines.
+    assert bad["response"]["body"]["error"]["message"] and bad["error"] is None
     assert sorted(env.sent()) == [1, 3]
 
 
@@ -550,7 +556,8 @@ def test_resume_skips_recorded_lines(env: Env) -> None:
 def test_a_batch_resumed_after_its_inputs_lifetime_still_reads_it(env: Env) -> None:
     """The input's `expires_after` ends mid-run (an hour, in a 24-hour window) and the
     worker restarts: the batch resumes from the file, which the purge keeps until the
-    batch has ended; a new batch may not start on it."""
+    batch has ended; so does a batch that waited in the queue past it (the API let it be
+    created while the file was there)."""
     batch_id = env.batch([line(i) for i in range(1, 4)])
     input_id = env.get(batch_id).input_file_id
     with env.db.session() as session:
@@ -569,13 +576,46 @@ def test_a_batch_resumed_after_its_inputs_lifetime_still_reads_it(env: Env) -> N
     with env.db.session() as session:
         session.get(Batch, late).input_file_id = input_id  # type: ignore[union-attr]
     env.run(late)
-    assert env.get(late).status == "failed"
+    assert env.get(late).status == "completed"
+    env.run(batch_id)
+    batch = env.get(batch_id)
+    assert batch.status == "completed" and (batch.completed, batch.failed) == (3, 0)
+    assert sorted(env.sent()) == [1, 2, 2, 3, 3]  # the late one: all three; the first: 2, 3
+    with env.db.session() as session:  # the batches have ended: the file goes
+        assert len(purge_expired_files(session)) == 1
+
+
+def test_deleting_the_input_of_a_batch_under_way_hides_it_until_the_batch_ends(
+    env: Env,
+) -> None:
+    """Deleting the input right after creating the batch is a common clean-up: the file is
+    gone to every caller, but the batch still runs from it (also resumed after a restart,
+    its finished lines kept); its bytes go with the purge once the batch has ended."""
+    batch_id = env.batch([line(i) for i in range(1, 4)])
+    input_id = env.get(batch_id).input_file_id
+    with env.db.session() as session:
+        assert batch_store.transition(
+            session, batch_id, from_=("validating",), to="in_progress", total=3, model=MODEL
+        )
+        batch_store.record_result(
+            session, batch_id, LineResult(1, "req-1", True, {"custom_id": "req-1"})
+        )
+        stored = session.get(StoredFile, input_id)
+        assert stored is not None
+        assert delete_file(session, stored) is None  # hidden, its bytes kept
+    with env.db.session() as session:
+        assert get_file(session, input_id, PROJECT) is None
+        assert purge_expired_files(session) == []  # in use
     env.run(batch_id)
     batch = env.get(batch_id)
     assert batch.status == "completed" and (batch.completed, batch.failed) == (3, 0)
     assert sorted(env.sent()) == [2, 3]
-    with env.db.session() as session:  # the batch has ended: the file goes
-        assert len(purge_expired_files(session)) == 1
+    with env.db.session() as session:
+        (key,) = purge_expired_files(session)
+    assert env.storage.exists(key)  # the caller deletes the bytes after the commit
+    with env.db.session() as session:  # a file no batch uses is deleted outright
+        other = session.get(StoredFile, env.input_file([line(9)]))
+        assert other is not None and delete_file(session, other) == other.storage_key
 
 
 def test_a_second_runner_steps_aside_while_the_lease_is_held(env: Env) -> None:
