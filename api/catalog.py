@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from api.errors import ApiError
 from api.quiet_futures import retrieve_error
-from conveyor.bus import TOKENIZER_DIGEST_FIELD, BusNames
+from conveyor.bus import KNOWN_NAME_TTL_SECONDS, TOKENIZER_DIGEST_FIELD, BusNames
 from engine.generation_defaults import GENERATION_DEFAULT_KEYS
 from engine.grammar_compiler import GrammarCompiler
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS
@@ -186,6 +186,11 @@ class ModelCatalog:
         # answer or its error (a hung Redis failed each waiter's scan in turn: one more
         # read timeout per request queued behind it).
         self._scanning: asyncio.Future[dict[str, LiveModel]] | None = None
+        # Base model names (and their aliases) this process saw live, and when last: a
+        # Redis that restarted empty loses the `known_*` keys until the workers announce
+        # again, and a request in that gap is told to retry (503), not that the model
+        # does not exist (404). Forgotten as the keys are, KNOWN_NAME_TTL_SECONDS on.
+        self._seen: dict[str, float] = {}
         self._tokenizers: dict[str, ModelTokenizer] = {}
         self._by_digest: dict[str, Tokenizer] = {}
         self._tokenizer_locks: dict[str, asyncio.Lock] = {}
@@ -220,6 +225,10 @@ class ModelCatalog:
         try:
             self._live = await self._scan()
             self._aliases = served_aliases(self._live)
+            # Base models and their aliases only: an unloaded LoRA adapter is gone (404).
+            bases = {name for name, model in self._live.items() if model.parent is None}
+            aliases = {alias for alias, target in self._aliases.items() if target in bases}
+            self._seen.update(dict.fromkeys(bases | aliases, time.monotonic()))
             self._scanned_at = time.monotonic()
             return self._live
         finally:
@@ -297,7 +306,7 @@ class ModelCatalog:
             self._names.known_adapter(model),
             self._names.known_alias(model),
         )
-        if await self._redis.exists(*known):
+        if self._seen_lately(model) or await self._redis.exists(*known):
             raise ApiError(
                 503,
                 f"The model `{model}` has no live worker right now; try again shortly",
@@ -308,13 +317,18 @@ class ModelCatalog:
             404, f"The model `{model}` does not exist", param="model", code="model_not_found"
         )
 
+    def _seen_lately(self, name: str) -> bool:
+        seen = self._seen.get(name)
+        return seen is not None and time.monotonic() - seen < KNOWN_NAME_TTL_SECONDS
+
     async def default_model(self) -> str:
         """The model to use when a request names none (vLLM allows it: chat, completions,
         tokenize): the one base model served, else a 400."""
         bases = [m.name for m in (await self.live_models()).values() if m.parent is None]
         if len(bases) == 1:  # its LoRA adapters share its tokenizer
             return bases[0]
-        if not bases and await self.known_models():  # loading, or its workers restarting
+        # Loading, its workers restarting, or Redis restarted empty.
+        if not bases and (any(map(self._seen_lately, self._seen)) or await self.known_models()):
             raise ApiError(
                 503,
                 "No model has a live worker right now; try again shortly",

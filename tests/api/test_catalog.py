@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.catalog import ModelCatalog
-from conveyor.bus import BusNames
+from conveyor.bus import KNOWN_NAME_TTL_SECONDS, BusNames
 from conveyor.embedded_redis import EmbeddedRedis
 
 
@@ -77,3 +77,46 @@ def test_a_fresh_scan_is_reused_within_max_age(redis_url: str, max_age: float) -
             await store.aclose()
 
     assert asyncio.run(run()) == ([] if max_age else ["m"])
+
+
+def test_a_model_seen_live_is_503_not_404_after_redis_forgot_it(redis_url: str) -> None:
+    """A Redis restarted empty has lost the `known_*` keys until the workers announce
+    again: a request in that gap is told to retry, not that the model does not exist."""
+    from api.errors import ApiError
+
+    async def run() -> list[tuple[int, str | None]]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-catalog-forgot")
+        catalog = ModelCatalog(store, names, refresh_interval=0, min_refresh_interval=0)
+        beat = names.worker("m", "w1")
+        try:
+            await store.set(beat, json.dumps({"model": "m"}), px=10_000)
+            assert (await catalog.resolve("m")).name == "m"
+            await store.delete(beat)  # as a restarted Redis: no heartbeat, no known key
+            codes = []
+            for name in ("m", "never-served"):
+                try:
+                    await catalog.resolve(name)
+                except ApiError as error:
+                    codes.append((error.status, error.code))
+            try:
+                await catalog.default_model()
+            except ApiError as error:
+                codes.append((error.status, error.code))
+            # Remembered as long as Redis keeps a known name: an hour on, it is a 404.
+            catalog._seen = {n: t - KNOWN_NAME_TTL_SECONDS for n, t in catalog._seen.items()}
+            try:
+                await catalog.resolve("m")
+            except ApiError as error:
+                codes.append((error.status, error.code))
+            return codes
+        finally:
+            catalog.close()
+            await store.aclose()
+
+    assert asyncio.run(run()) == [
+        (503, "no_worker"),
+        (404, "model_not_found"),
+        (503, "no_worker"),
+        (404, "model_not_found"),
+    ]
