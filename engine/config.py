@@ -693,6 +693,17 @@ def cpu_bf16_is_native() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
+def cpu_multiplies_slowly(dtype: torch.dtype) -> bool:
+    """Whether this CPU lacks native matmuls for a 16-bit `dtype`: without AVX512-BF16
+    or AMX, torch emulates bf16 (and fp16 without AVX512-FP16) at about 1 GFLOP/s on
+    two cores, some hundred times slower than float32."""
+    if dtype == torch.bfloat16:
+        return not cpu_bf16_is_native()
+    if dtype == torch.float16:
+        return not torch.ops.mkldnn._is_mkldnn_fp16_supported()
+    return False
+
+
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

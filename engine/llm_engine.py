@@ -17,7 +17,13 @@ import torch
 
 from engine.bad_words import bad_words_token_ids
 from engine.block_manager import BlockManager
-from engine.config import EngineConfig, ModelConfig, cpu_bf16_is_native, resolve_dtype
+from engine.config import (
+    EngineConfig,
+    ModelConfig,
+    cpu_bf16_is_native,
+    cpu_multiplies_slowly,
+    resolve_dtype,
+)
 from engine.configuration_error import ConfigurationError
 from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
@@ -139,6 +145,12 @@ class LLMEngine:
             logger.info(
                 "this CPU multiplies bf16 natively: --dtype bfloat16 runs about 1.5x faster "
                 "than the default float32 (whose greedy output matches HF's float32 exactly)"
+            )
+        if self.device.type == "cpu" and cpu_multiplies_slowly(self.dtype):
+            logger.warning(
+                "this CPU has no native %s matmuls (no AVX512-BF16/FP16 or AMX): torch "
+                "emulates them, far slower than float32; drop --dtype to run float32",
+                str(self.dtype).removeprefix("torch."),
             )
         self.max_model_len = self._max_model_len()
         if self.model_config.is_encoder:

@@ -14,6 +14,7 @@ from engine.config import (
     EngineConfig,
     ModelConfig,
     cpu_bf16_is_native,
+    cpu_multiplies_slowly,
     resolve_dtype,
 )
 from engine.configuration_error import ConfigurationError
@@ -40,6 +41,14 @@ def test_bf16_hint_only_for_the_default_on_a_cpu_with_native_bf16(
         LLM(str(make_random_model("llama")), dtype=dtype, num_kv_blocks=8, max_model_len=64)
     hinted = HINT in caplog.text
     assert hinted == (dtype is None and cpu_bf16_is_native())
+    # Asking for bf16 where the CPU only emulates it is warned about, never the default.
+    warned = "this CPU has no native bfloat16 matmuls" in caplog.text
+    assert warned == (dtype == "bfloat16" and not cpu_bf16_is_native())
+
+
+def test_only_16_bit_dtypes_can_be_slow_on_a_cpu() -> None:
+    assert not cpu_multiplies_slowly(torch.float32)
+    assert cpu_multiplies_slowly(torch.bfloat16) is not cpu_bf16_is_native()
 
 
 def _hf_config(**extra: object) -> dict[str, object]:
