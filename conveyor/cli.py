@@ -203,7 +203,10 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
     ),
     (
         "--load-format",
-        {"choices": ["auto", "safetensors", "gguf"], "help": "read from the files themselves"},
+        {
+            "choices": ["auto", "safetensors", "pt", "gguf"],
+            "help": "read from the files themselves",
+        },
     ),
     ("--tokenizer-mode", {"choices": ["auto", "hf"], "help": "always the fast HF tokenizer"}),
     (

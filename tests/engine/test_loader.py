@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from engine.config import ModelConfig
 from engine.loader import BUNDLED_MODEL_NAME, bundled_gguf_path, resolve_model
@@ -57,28 +56,6 @@ def test_bad_paths_fail_clearly(tmp_path: Path) -> None:
 def test_unsupported_architecture_is_named() -> None:
     with pytest.raises(ValueError, match="GPT2LMHeadModel"):
         ModelConfig.from_dict({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
-
-
-def test_only_the_transformers_format_weights_are_read(tmp_path: Path) -> None:
-    """A Mistral repo also ships `consolidated.safetensors` (the same weights in
-    Mistral's names): the index says which files hold the model, or else every
-    safetensors file but that one."""
-    from safetensors.torch import save_file
-
-    from engine.model_runner import checkpoint_files
-
-    for name in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
-        save_file({"x": torch.zeros(1)}, str(tmp_path / name))
-    consolidated = str(tmp_path / "consolidated.safetensors")
-    save_file({"layers.0.attention.wq.weight": torch.zeros(1)}, consolidated)
-    names = [f.name for f in checkpoint_files(tmp_path)]
-    assert names == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
-    (tmp_path / "model.safetensors.index.json").write_text(
-        json.dumps({"weight_map": {"a": "model-00002-of-00002.safetensors"}})
-    )
-    assert [f.name for f in checkpoint_files(tmp_path)] == ["model-00002-of-00002.safetensors"]
-    with pytest.raises(FileNotFoundError, match=r"no \.safetensors"):
-        checkpoint_files(tmp_path / "missing")
 
 
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,3 +115,33 @@ def test_tokenizer_comes_from_another_folder_or_repo(
     _hub_cache(hub, "acme/tok", {"main": {"tokenizer.json": tokenizer_json}})
     from_hub = resolve_model(str(weights), tmp_path, tokenizer="acme/tok", download_dir=hub)
     assert (from_hub.tokenizer_dir / "tokenizer.json").read_text() == tokenizer_json
+
+
+def test_a_hub_repo_without_safetensors_gets_its_pickles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Safetensors are asked for first; a repo that has none is asked for its
+    pytorch_model*.bin (never both: most repos hold the weights in each format)."""
+    import huggingface_hub
+
+    asked: list[list[str]] = []
+    real = huggingface_hub.snapshot_download
+
+    def recording(*args: object, allow_patterns: list[str], **kwargs: object) -> str:
+        asked.append(allow_patterns)
+        return real(*args, allow_patterns=allow_patterns, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording)
+    _offline(monkeypatch)
+    hub = tmp_path / "hub"
+    _hub_cache(hub, "acme/old", {"main": {"config.json": "{}", "pytorch_model.bin": "w"}})
+    _hub_cache(hub, "acme/new", {"main": {"config.json": "{}", "model.safetensors": "w"}})
+    old = resolve_model("acme/old", tmp_path / "data", download_dir=hub)
+    assert (old.path / "pytorch_model.bin").is_file()
+    assert asked == [
+        ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+        ["pytorch_model*.bin"],
+    ]
+    asked.clear()
+    resolve_model("acme/new", tmp_path / "data", download_dir=hub)
+    assert len(asked) == 1
