@@ -6,9 +6,10 @@ weight), bound by how fast the weights are read. MKL's sgemm behind
 memory bandwidth when M is small; oneDNN's matmul over a weight reordered
 once into its blocked layout reads it at nearly full bandwidth and is faster
 at every batch size we measured (1 to 256 rows); on a 2-core AVX2 EPYC it
-still reads the 49152x576 lm_head 1.7x faster at one row, 1.4x at 64. So on CPU the weights are
-packed once after loading and multiplied by oneDNN; everywhere else
-(CUDA: cuBLAS) `F.linear` on the plain weight is already right.
+still reads the 49152x576 lm_head 1.7x faster at one row, 1.4x at 64. So on
+CPU the weights are packed once after loading and multiplied by oneDNN;
+everywhere else (CUDA: cuBLAS) `F.linear` on the plain weight is already
+right.
 """
 
 from __future__ import annotations
