@@ -82,8 +82,14 @@ def create_app(settings: Settings) -> FastAPI:
         redis = api_redis(settings.redis_url)
         names = BusNames(settings.redis_prefix)
         instance = settings.resolved_instance_id("api")
-        replies = ReplyRouter(redis, names, instance)
         catalog = ModelCatalog(redis, names, chat_template=settings.chat_template)
+        replies = ReplyRouter(
+            redis,
+            names,
+            instance,
+            model_served=catalog.serves,
+            worker_loss_timeout=settings.worker_loss_timeout,
+        )
         key_cache = KeyCache(database, ttl=settings.key_cache_ttl)
         log_buffer = RequestLogBuffer(
             partial(write_request_logs, database),

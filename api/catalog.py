@@ -234,6 +234,11 @@ class ModelCatalog:
         finally:
             self._scanning = None
 
+    async def serves(self, model: str) -> bool:
+        """Whether a live worker (not a draining one) serves the base model `model` now,
+        as fresh as `live_models`: what a queued request could still be run by."""
+        return model in await self.live_models()
+
     async def aliases(self, max_age: float | None = None) -> dict[str, str]:
         """The other names live models answer to (alias -> model), as fresh as
         `live_models`."""

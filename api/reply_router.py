@@ -21,7 +21,10 @@ a `ReplyReader` checks what arrives:
   check, and a stream that already sent tokens ends once its worker's
   heartbeat has been gone `WORKER_LOSS_GRACE` (it could only be restarted,
   which a stream refuses). Without Redis for `REDIS_LOSS_GRACE` seconds, a
-  request ends with a 503 instead of waiting for its deadline.
+  request ends with a 503 instead of waiting for its deadline. A request that
+  no live worker holds while its model has no live worker at all ends with a
+  503 `no_worker` once that has lasted the router's `worker_loss_timeout`
+  (a crashed worker restarted sooner resumes it).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -75,6 +78,8 @@ _RESYNC = _Signal("resync")  # the subscription reconnected: messages may have b
 _CLOSED = _Signal("closed")  # the router stopped
 _SILENCE = _Signal("silence")  # nothing arrived for a while
 _WORKER_GONE = _Signal("worker gone")  # the answering worker's heartbeat expired
+# No live worker holds the request and none serves its model: only a restart can answer.
+_UNSERVED = _Signal("unserved")
 
 _QueueItem = ReplyMessage | _Signal
 T = TypeVar("T")
@@ -99,13 +104,20 @@ class ReplyRouter:
         *,
         silence_check: float = 5.0,
         result_poll: float = 0.05,
+        model_served: Callable[[str], Awaitable[bool]] | None = None,
+        worker_loss_timeout: float = float("inf"),
     ) -> None:
+        """`model_served(model)` says whether a live worker serves a model now (the
+        catalog's); a request that none could run ends `worker_loss_timeout` seconds on.
+        Without it a request waits for its deadline instead."""
         self.redis = redis
         self.names = names
         self.instance = instance
         self.channel = names.reply(instance)
         self.silence_check = silence_check
         self.result_poll = result_poll
+        self.model_served = model_served
+        self.worker_loss_timeout = worker_loss_timeout
         self._queues: dict[str, asyncio.Queue[_QueueItem]] = {}
         # Request id -> (stream, entry id) until the request ends: a worker that finishes
         # it deletes the entry itself; an abort deletes it here.
@@ -207,9 +219,11 @@ class ReplyRouter:
         self._broadcast(_CLOSED)
 
     async def lost(self, reader: ReplyReader) -> ApiError | _Signal | None:
-        """Why nothing will answer `reader`'s request any more; `_WORKER_GONE` when the
-        worker that holds it has no heartbeat (it may be stopped, not dead); None while
-        all is well. Raises RedisError when Redis cannot be asked."""
+        """Why nothing will answer `reader`'s request any more; `_UNSERVED` when no live
+        worker holds it and none serves its model (a restart may yet come);
+        `_WORKER_GONE` when the worker that holds it has no heartbeat (it may be stopped,
+        not dead) but others of its model live; None while all is well. Raises
+        RedisError when Redis cannot be asked."""
         placed = self._placed.get(reader.request_id)
         if placed is None:
             return None
@@ -233,9 +247,11 @@ class ReplyRouter:
                 "the request was lost by the queue (Redis restarted); retry the request",
                 code="request_lost",
             )
-        if queued and heartbeat is not None and not worker_alive:
-            return _WORKER_GONE
-        return None
+        if not queued or worker_alive:
+            return None
+        if self.model_served is not None and not await self.model_served(model):
+            return _UNSERVED
+        return _WORKER_GONE if heartbeat is not None else None
 
     async def _probe(
         self, stream: str, entry_id: str, result: str, heartbeat: str | None
@@ -320,10 +336,12 @@ class ReplyReader:
         # The instance of the worker whose replies are being read ("" before the first;
         # a non-streamed request's worker sends a first message too when it starts).
         self.worker = ""
-        # Since when Redis could not be asked whether the request is alive, and since when
-        # the answering worker has had no heartbeat (monotonic).
+        # Since when Redis could not be asked whether the request is alive, since when
+        # the answering worker has had no heartbeat, and since when no live worker could
+        # run the request (monotonic).
         self._unreachable_since: float | None = None
         self._worker_gone_since: float | None = None
+        self._unserved_since: float | None = None
         self._checked_at = time.monotonic()  # the first check waits a silence_check
         self._lost_seen = False  # the last check found the request lost
 
@@ -424,7 +442,15 @@ class ReplyReader:
             self._lost_seen = True
             return
         self._lost_seen = False
-        if lost is not _WORKER_GONE:
+        if lost is _UNSERVED:
+            if self._unserved_since is None:
+                self._unserved_since = now
+            if now - self._unserved_since >= self.router.worker_loss_timeout:
+                placed = self.router._placed.get(self.request_id)
+                raise _no_worker(placed[0] if placed else "", now - self._unserved_since)
+        else:
+            self._unserved_since = None
+        if lost is not _WORKER_GONE and not (lost is _UNSERVED and self.worker):
             self._worker_gone_since = None
             return
         if self._worker_gone_since is None:
@@ -551,6 +577,19 @@ def _worker_restarted(*, restarted: bool = True) -> ApiError:
         503,
         f"this stream cannot go on: {happened}; retry the request",
         code="worker_restarted",
+    )
+
+
+def _no_worker(model: str, waited: float) -> ApiError:
+    """No worker could run the request for the router's worker_loss_timeout: the model's
+    workers are down (or draining), so the client is told to retry rather than wait out
+    its deadline; the abort that follows pulls the request out of the queue."""
+    return ApiError(
+        503,
+        f"the model `{model}` has had no live worker to run this request for "
+        f"{waited:.0f} s; retry the request",
+        code="no_worker",
+        headers={"Retry-After": "5"},
     )
 
 

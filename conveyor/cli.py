@@ -325,6 +325,14 @@ _SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"type": float, "help": "seconds a stopping process lets in-flight work finish (30)"},
     ),
     ("--request-timeout", {"type": float}),
+    (
+        "--worker-loss-timeout",
+        {
+            "type": float,
+            "help": "seconds a request waits for its model's workers to come back before "
+            "a 503 no_worker (120)",
+        },
+    ),
     ("--instance-id", {}),
     ("--database-url", {"help": "SQLAlchemy URL; default: SQLite under the data dir"}),
     ("--admin-key", {"help": "enable the /v1/organization admin API with this bearer key"}),

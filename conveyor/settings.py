@@ -267,6 +267,13 @@ class Settings(BaseSettings):
         "any request)",
     )
     request_timeout: float = Field(default=600.0, description="seconds before a request expires")
+    worker_loss_timeout: float = Field(
+        default=120.0,
+        ge=0,
+        description="seconds an accepted request waits for its model to have a live worker "
+        "again (a crashed worker restarting resumes it) before it ends with a 503 "
+        "no_worker instead of waiting out --request-timeout",
+    )
     result_ttl: float = Field(default=600.0, description="seconds a final result stays readable")
     max_body_bytes: int = 4 << 20
     max_upload_bytes: int = Field(

@@ -79,6 +79,28 @@ def test_a_fresh_scan_is_reused_within_max_age(redis_url: str, max_age: float) -
     assert asyncio.run(run()) == ([] if max_age else ["m"])
 
 
+def test_serves_counts_live_workers_of_a_base_model_not_draining_ones(redis_url: str) -> None:
+    """What the reply router asks before ending a request for want of workers."""
+
+    async def run() -> list[bool]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-catalog-serves")
+        catalog = ModelCatalog(store, names, refresh_interval=0, min_refresh_interval=0)
+        beat = {"model": "m", "instance": "w1", "loras": {"adapter": "/a"}}
+        try:
+            await store.set(names.worker("m", "w1"), json.dumps(beat), px=10_000)
+            served = [await catalog.serves("m"), await catalog.serves("other")]
+            await store.set(
+                names.worker("m", "w1"), json.dumps({**beat, "draining": True}), px=10_000
+            )
+            return [*served, await catalog.serves("m")]
+        finally:
+            catalog.close()
+            await store.aclose()
+
+    assert asyncio.run(run()) == [True, False, False]
+
+
 def test_a_model_seen_live_is_503_not_404_after_redis_forgot_it(redis_url: str) -> None:
     """A Redis restarted empty has lost the `known_*` keys until the workers announce
     again: a request in that gap is told to retry, not that the model does not exist."""

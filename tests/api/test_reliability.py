@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+from collections.abc import Callable
 
 import httpx
 import redis
@@ -122,3 +124,38 @@ def test_non_stream_disconnect_publishes_abort(stack: Stack, worker: FakeWorker)
     request = wait_for(lambda: worker.received and worker.received[-1])
     thread.join()
     wait_for(lambda: request.id in worker.aborted)
+
+
+def test_a_request_whose_models_workers_are_gone_ends_with_no_worker(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """The model's only worker dies with the request queued: once no worker has served the
+    model for --worker-loss-timeout the client gets a 503 no_worker (not a wait for
+    --request-timeout), and the request leaves the queue, so a worker started later does
+    not generate for a client that has gone."""
+    stack = make_stack(worker_loss_timeout=1.0, request_timeout=120.0)
+    stack.worker.behaviour = "paused"  # beats, reads nothing: the request stays queued
+    wait_for(stack.worker.paused.is_set)
+    answers: list[httpx.Response] = []
+
+    def call() -> None:
+        with stack.client(timeout=120) as http:
+            body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 4}
+            answers.append(http.post("/v1/chat/completions", json=body))
+
+    stream = stack.names.requests(MODEL)
+    with redis.Redis.from_url(stack.redis_url) as client:
+        thread = threading.Thread(target=call)
+        thread.start()
+        wait_for(lambda: client.xlen(stream) == 1)
+        stopped = time.monotonic()
+        stack.worker.stop()  # its heartbeat expires 3 s on
+        thread.join(60)
+        took = time.monotonic() - stopped
+        assert answers, "no answer within 60 s"
+        response = answers[0]
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "no_worker"
+        assert response.headers["retry-after"] == "5"
+        assert took < 30  # heartbeat TTL + catalog refresh + two silence checks + timeout
+        wait_for(lambda: client.xlen(stream) == 0)

@@ -399,3 +399,150 @@ def test_a_request_a_live_worker_still_runs_is_not_lost(redis_url: str) -> None:
 
     text, took = asyncio.run(run())
     assert text == "whole" and took >= 1.0
+
+
+class _Served:
+    """A stand-in for the catalog's `serves`: which models have a live worker now."""
+
+    def __init__(self, *models: str) -> None:
+        self.models = set(models)
+        self.asked: list[str] = []
+
+    async def __call__(self, model: str) -> bool:
+        self.asked.append(model)
+        return model in self.models
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_queued_request_whose_model_has_no_worker_ends_after_the_timeout(
+    redis_url: str, streaming: bool
+) -> None:
+    """Nothing holds the request and no worker serves its model: a 503 no_worker naming
+    the model once that has lasted worker_loss_timeout, long before the deadline."""
+
+    async def run() -> tuple[ApiError | None, float, list[str]]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames(f"unit-unserved-{streaming}")
+        served = _Served()
+        replies = ReplyRouter(
+            store,
+            names,
+            "api-unit",
+            silence_check=0.1,
+            model_served=served,
+            worker_loss_timeout=0.5,
+        )
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 30, streaming=streaming)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        started = time.monotonic()
+        error = await _until_done(reader)
+        await store.aclose()
+        return error, time.monotonic() - started, served.asked
+
+    error, took, asked = asyncio.run(run())
+    assert error is not None and (error.status, error.code) == (503, "no_worker")
+    assert "`m`" in error.message and error.headers == {"Retry-After": "5"}
+    assert 0.5 <= took < 5
+    assert set(asked) == {"m"}
+
+
+def test_a_request_waits_while_its_model_has_a_worker(redis_url: str) -> None:
+    """A live worker of the model will read the request (or reclaim it from a dead
+    one): it waits, here until its deadline."""
+
+    async def run() -> ApiError | None:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-served")
+        replies = ReplyRouter(
+            store,
+            names,
+            "api-unit",
+            silence_check=0.1,
+            model_served=_Served("m"),
+            worker_loss_timeout=0.2,
+        )
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 1.5, streaming=False)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        error = await _until_done(reader)
+        await store.aclose()
+        return error
+
+    error = asyncio.run(run())
+    assert error is not None and error.code == "timeout"
+
+
+def test_a_request_its_draining_worker_holds_is_not_ended(redis_url: str) -> None:
+    """The model's only worker is draining (the catalog leaves it out) but still beats
+    and runs this request: the request waits for its answer."""
+
+    async def run() -> tuple[str, float]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-draining")
+        replies = ReplyRouter(
+            store,
+            names,
+            "api-unit",
+            silence_check=0.1,
+            model_served=_Served(),
+            worker_loss_timeout=0.2,
+        )
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 30, streaming=False)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        await store.set(names.worker("m", "w1"), "{}", px=10_000)
+        replies._route(ReplyMessage(id="r1", seq=FIRST_SEQ, worker="w1").encode())
+
+        async def finish_later() -> None:
+            await asyncio.sleep(1.0)  # five timeouts' worth
+            replies._route(message(FIRST_SEQ + 1, "whole", finished=True).encode())
+
+        started = time.monotonic()
+        task = asyncio.create_task(finish_later())
+        output = await collect(reader)
+        await task
+        await store.aclose()
+        return output.choice(0).full_text, time.monotonic() - started
+
+    text, took = asyncio.run(run())
+    assert text == "whole" and took >= 1.0
+
+
+def test_a_worker_back_within_the_timeout_resumes_the_request(redis_url: str) -> None:
+    """The model's worker restarts inside worker_loss_timeout: the clock starts over and
+    the restarted worker's answer reaches the client."""
+
+    async def run() -> str:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-restarted")
+        served = _Served()
+        replies = ReplyRouter(
+            store,
+            names,
+            "api-unit",
+            silence_check=0.1,
+            model_served=served,
+            worker_loss_timeout=1.0,
+        )
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 30, streaming=False)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+
+        async def restart() -> None:
+            await asyncio.sleep(0.4)
+            served.models.add("m")  # back before the timeout...
+            await asyncio.sleep(0.4)
+            served.models.clear()  # ...gone again: a fresh 1 s, not 0.6
+            await asyncio.sleep(0.4)
+            served.models.add("m")
+            replies._route(ReplyMessage(id="r1", seq=FIRST_SEQ, worker="w2").encode())
+            replies._route(message(FIRST_SEQ + 1, "whole", finished=True).encode())
+
+        task = asyncio.create_task(restart())
+        output = await collect(reader)
+        await task
+        await store.aclose()
+        return output.choice(0).full_text
+
+    assert asyncio.run(run()) == "whole"

@@ -442,3 +442,14 @@ def test_chat_and_bench_refuse_what_cannot_work_in_one_line(
     with pytest.raises(SystemExit):
         main(["chat", "--max-tokens", "0"])
     assert "--max-tokens: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_worker_loss_timeout_reaches_the_api_processes() -> None:
+    """`conveyor serve --worker-loss-timeout 30`: its API children read it from the env."""
+    parser = build_parser()
+    settings = settings_from_args(parser.parse_args(["serve", "--worker-loss-timeout", "30"]))
+    assert settings.worker_loss_timeout == 30.0
+    assert float(settings_env(settings)["CONVEYOR_WORKER_LOSS_TIMEOUT"]) == 30.0
+    assert settings_from_args(parser.parse_args(["api"])).worker_loss_timeout == 120.0
+    with pytest.raises(ValidationError, match="worker_loss_timeout"):
+        Settings(worker_loss_timeout=-1)
