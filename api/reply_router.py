@@ -39,7 +39,7 @@ from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.errors import ApiError
@@ -221,9 +221,9 @@ class ReplyRouter:
     async def lost(self, reader: ReplyReader) -> ApiError | _Signal | None:
         """Why nothing will answer `reader`'s request any more; `_UNSERVED` when no live
         worker holds it and none serves its model (a restart may yet come);
-        `_WORKER_GONE` when the worker that holds it has no heartbeat (it may be stopped,
-        not dead) but others of its model live; None while all is well. Raises
-        RedisError when Redis cannot be asked."""
+        `_WORKER_GONE` when the worker that answered it has no heartbeat (it may be
+        stopped, not dead); None while all is well. Raises RedisError when Redis cannot
+        be asked."""
         placed = self._placed.get(reader.request_id)
         if placed is None:
             return None
@@ -249,9 +249,38 @@ class ReplyRouter:
             )
         if not queued or worker_alive:
             return None
-        if self.model_served is not None and not await self.model_served(model):
+        if not await self._served(model) and not await self._held(model, stream, entry_id):
             return _UNSERVED
         return _WORKER_GONE if heartbeat is not None else None
+
+    async def _served(self, model: str) -> bool:
+        """Whether a live worker serves `model` (True when there is no way to ask, or the
+        catalog's scan fails or is slow: only a sure "none" may end a request, and a
+        scan's trouble is not the request's)."""
+        if self.model_served is None:
+            return True
+        try:
+            async with asyncio.timeout(self.silence_check / 2):
+                return await self.model_served(model)
+        except (RedisError, TimeoutError) as exc:
+            logger.debug("could not ask whether %s has a live worker: %s", model, _cause(exc))
+            return True
+
+    async def _held(self, model: str, stream: str, entry_id: str) -> bool:
+        """Whether a live worker has read the entry (its pending owner beats): one the
+        catalog leaves out, draining, still runs what it read, perhaps not started yet
+        (so no reply has named it)."""
+        try:
+            pending = await self.redis.xpending_range(stream, WORKER_GROUP, entry_id, entry_id, 1)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return False  # no worker ever read this stream (or Redis lost the group)
+            raise
+        if not pending:
+            return False
+        owner = pending[0]["consumer"]
+        owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+        return bool(await self.redis.exists(self.names.worker(model, owner)))
 
     async def _probe(
         self, stream: str, entry_id: str, result: str, heartbeat: str | None

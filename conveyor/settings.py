@@ -272,7 +272,8 @@ class Settings(BaseSettings):
         ge=0,
         description="seconds an accepted request waits for its model to have a live worker "
         "again (a crashed worker restarting resumes it) before it ends with a 503 "
-        "no_worker instead of waiting out --request-timeout",
+        "no_worker instead of waiting out --request-timeout (0: at the first check that "
+        "finds none; inf: never); allow for a crashed worker's model load",
     )
     result_ttl: float = Field(default=600.0, description="seconds a final result stays readable")
     max_body_bytes: int = 4 << 20

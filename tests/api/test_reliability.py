@@ -148,8 +148,11 @@ def test_a_request_whose_models_workers_are_gone_ends_with_no_worker(
         thread = threading.Thread(target=call)
         thread.start()
         wait_for(lambda: client.xlen(stream) == 1)
+        heartbeat = stack.names.worker(MODEL, stack.worker.instance)
+        beat = client.get(heartbeat)
         stopped = time.monotonic()
-        stack.worker.stop()  # its heartbeat expires 3 s on
+        stack.worker.stop()  # a clean stop deletes its heartbeat...
+        client.set(heartbeat, beat, ex=3)  # ...a crashed worker's expires 3 s on
         thread.join(60)
         took = time.monotonic() - stopped
         assert answers, "no answer within 60 s"

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.collect import collect
 from api.errors import ApiError
@@ -523,18 +524,18 @@ def test_a_worker_back_within_the_timeout_resumes_the_request(redis_url: str) ->
             "api-unit",
             silence_check=0.1,
             model_served=served,
-            worker_loss_timeout=1.0,
+            worker_loss_timeout=2.0,
         )
         stream = names.requests("m")
         reader = replies.open("r1", time.time() + 30, streaming=False)
         replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
 
         async def restart() -> None:
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(1.2)
             served.models.add("m")  # back before the timeout...
-            await asyncio.sleep(0.4)
-            served.models.clear()  # ...gone again: a fresh 1 s, not 0.6
-            await asyncio.sleep(0.4)
+            await asyncio.sleep(0.5)
+            served.models.clear()  # ...gone again: a fresh 2 s, not 0.8
+            await asyncio.sleep(1.2)
             served.models.add("m")
             replies._route(ReplyMessage(id="r1", seq=FIRST_SEQ, worker="w2").encode())
             replies._route(message(FIRST_SEQ + 1, "whole", finished=True).encode())
@@ -546,3 +547,112 @@ def test_a_worker_back_within_the_timeout_resumes_the_request(redis_url: str) ->
         return output.choice(0).full_text
 
     assert asyncio.run(run()) == "whole"
+
+
+def test_a_request_a_draining_worker_read_but_has_not_started_waits(redis_url: str) -> None:
+    """The draining worker (left out of the catalog) read the request but has sent no
+    reply yet: the queue's pending list names it, and it beats, so the request waits."""
+
+    async def run() -> ApiError | None:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-draining-unstarted")
+        replies = ReplyRouter(
+            store,
+            names,
+            "api-unit",
+            silence_check=0.1,
+            model_served=_Served(),
+            worker_loss_timeout=0.2,
+        )
+        stream = names.requests("m")
+        await store.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+        reader = replies.open("r1", time.time() + 1.5, streaming=False)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        await store.xreadgroup(WORKER_GROUP, "w1", {stream: ">"}, count=1)
+        await store.set(names.worker("m", "w1"), "{}", px=10_000)
+        error = await _until_done(reader)
+        await store.aclose()
+        return error
+
+    error = asyncio.run(run())
+    assert error is not None and error.code == "timeout"
+
+
+def test_a_failing_catalog_scan_is_no_verdict_and_blocks_no_other(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a sure "no worker" ends a request for want of workers: a failing scan is
+    not that, and must not keep the other checks from their verdict (here: a stream
+    whose worker died ends after WORKER_LOSS_GRACE)."""
+    monkeypatch.setattr("api.reply_router.WORKER_LOSS_GRACE", 0.3)
+
+    async def failing(model: str) -> bool:
+        raise RedisConnectionError("scan failed")
+
+    async def run() -> tuple[ApiError | None, float]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-scan-fails")
+        replies = ReplyRouter(
+            store,
+            names,
+            "api-unit",
+            silence_check=0.1,
+            model_served=failing,
+            worker_loss_timeout=0.0,
+        )
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 5, streaming=True)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        first = ReplyMessage(
+            id="r1",
+            seq=FIRST_SEQ,
+            choices=[ChoiceDelta(index=0, text="a", token_ids=[1])],
+            worker="w1",
+        )
+        replies._route(first.encode())  # w1 has no heartbeat key: it is gone
+        started = time.monotonic()
+        error = await _until_done(reader)
+        await store.aclose()
+        return error, time.monotonic() - started
+
+    error, took = asyncio.run(run())
+    assert error is not None and (error.status, error.code) == (503, "worker_restarted")
+    assert took < 4
+
+
+def test_a_stream_that_sent_tokens_ends_after_the_grace_when_its_models_worker_died(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model's only worker died mid-stream: the stream cannot be restarted, so it ends
+    after WORKER_LOSS_GRACE with worker_restarted, not after worker_loss_timeout."""
+    monkeypatch.setattr("api.reply_router.WORKER_LOSS_GRACE", 0.3)
+
+    async def run() -> tuple[ApiError | None, float]:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        names = BusNames("unit-stream-unserved")
+        replies = ReplyRouter(
+            store,
+            names,
+            "api-unit",
+            silence_check=0.1,
+            model_served=_Served(),
+            worker_loss_timeout=60.0,
+        )
+        stream = names.requests("m")
+        reader = replies.open("r1", time.time() + 30, streaming=True)
+        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        first = ReplyMessage(
+            id="r1",
+            seq=FIRST_SEQ,
+            choices=[ChoiceDelta(index=0, text="a", token_ids=[1])],
+            worker="w1",
+        )
+        replies._route(first.encode())  # w1 has no heartbeat key: it is gone
+        started = time.monotonic()
+        error = await _until_done(reader)
+        await store.aclose()
+        return error, time.monotonic() - started
+
+    error, took = asyncio.run(run())
+    assert error is not None and (error.status, error.code) == (503, "worker_restarted")
+    assert took < 10
