@@ -24,6 +24,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from api.auth import Authenticator
 from api.background_responses import BackgroundResponses
 from api.batch_dispatch import BatchDispatcher
+from api.batch_line_answers import StoredLineAnswer, on_stored_answer
 from api.body_limit import BodyLimitMiddleware
 from api.catalog import ModelCatalog
 from api.custom_middleware import add_custom_middleware
@@ -153,6 +154,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settling = set()
     app.state.batch_dispatcher = BatchDispatcher(settings)
     install_error_handlers(app)
+    app.add_exception_handler(StoredLineAnswer, on_stored_answer)
     for module in (
         chat,
         completions,

@@ -30,8 +30,10 @@ class Principal:
     project_id: str | None = None
     api_key_id: str | None = None
     limits: RateLimits | None = None
-    # Set when a batch worker runs one of the batch's lines (see `Authenticator`).
+    # Set when a batch worker runs one of the batch's lines (see `Authenticator`), and
+    # which line it is (its number in the input file).
     batch_id: str | None = None
+    batch_line: str | None = None
 
     @property
     def is_project(self) -> bool:
@@ -44,6 +46,7 @@ ANONYMOUS = Principal()
 BATCH_HEADER = "x-conveyor-batch-id"
 PROJECT_HEADER = "x-conveyor-project-id"
 API_KEY_HEADER = "x-conveyor-api-key-id"
+BATCH_LINE_HEADER = "x-conveyor-batch-line"
 
 
 def _digest(secret: str) -> bytes:
@@ -115,6 +118,7 @@ class Authenticator:
             project_id=headers.get(PROJECT_HEADER) or None,
             api_key_id=headers.get(API_KEY_HEADER) or None,
             batch_id=headers.get(BATCH_HEADER) or None,
+            batch_line=headers.get(BATCH_LINE_HEADER) or None,
         )
 
     def check_admin(self, request: Request) -> None:

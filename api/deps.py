@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from api.auth import ANONYMOUS, Principal
+from api.batch_line_answers import StoredLineAnswer, raise_if_answered
 from api.catalog import ModelCatalog
 from api.errors import validation_error
 from api.key_cache import KeyCache
@@ -72,6 +73,11 @@ async def authenticate(request: Request) -> None:
     if record is not None:
         record.principal = principal
         record.batch_id = principal.batch_id
+        try:
+            await raise_if_answered(request.app.state.redis, request.app.state.names, principal)
+        except StoredLineAnswer:
+            record.replayed = True
+            raise
     elif principal.api_key_id is not None and principal.batch_id is None:
         # Not an inference request, so no log row will say the key was used: say it here
         # (files, batches, models, tokenize), so its last_used_at means any use.

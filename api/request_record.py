@@ -42,6 +42,9 @@ class RequestRecord:
     # A background response's run: the request is logged and settled when it ends, not
     # when the HTTP call (which returned at once) did.
     background: asyncio.Task[None] | None = None
+    # A batch line answered before, sent again by a resumed batch worker: its stored
+    # answer goes back, and it is neither logged nor billed again.
+    replayed: bool = False
 
     def _ttft(self) -> float | None:
         firsts = [r.first_token_at for r in self.readers if r.first_token_at is not None]

@@ -6,6 +6,8 @@ key's rate-limit headers to whatever response goes out (200, 400, 429,
 a stream), and, when the response is over (finished, failed, or the client
 went away), stamps status and latency, queues the log row and settles the
 tokens the request reserved against its key's tpm. Nothing here waits on SQL.
+A batch line's 200 answer is kept in Redis before its body goes out
+(api/batch_line_answers.py); a replayed one is neither logged nor settled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.batch_line_answers import answer_key, keep_answer
 from api.request_record import RequestRecord
 from api.route_path import posted_to, route_path
 from conveyor.db.usage import COMPLETIONS, EMBEDDINGS
@@ -23,6 +26,15 @@ logger = logging.getLogger(__name__)
 
 # Every path whose requests are billed: the usage reports' own lists.
 INFERENCE_PATHS = frozenset(COMPLETIONS.endpoints) | frozenset(EMBEDDINGS.endpoints)
+
+
+def _keeps_answer(record: RequestRecord, start: Message) -> bool:
+    """A batch line's whole JSON 200 answer (never a stream) is kept to be replayed."""
+    principal = record.principal
+    if record.status_code != 200 or record.replayed or principal.batch_line is None:
+        return False
+    headers = dict(start.get("headers", []))
+    return headers.get(b"content-type", b"").startswith(b"application/json")
 
 
 class UsageMiddleware:
@@ -35,10 +47,18 @@ class UsageMiddleware:
             return
         record = RequestRecord(endpoint=route_path(scope))
         scope.setdefault("state", {})["record"] = record
+        answer: list[bytes] | None = None  # a batch line's 200 body, while it is sent
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal answer
+            if message["type"] == "http.response.body" and answer is not None:
+                answer.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    await self._keep(scope, record, b"".join(answer))
             if message["type"] == "http.response.start":
                 record.status_code = message["status"]
+                if _keeps_answer(record, message):
+                    answer = []
                 decision = record.rate_decision
                 if decision is not None:
                     present = {name.lower() for name, _ in message.get("headers", [])}
@@ -62,7 +82,15 @@ class UsageMiddleware:
                 record.status_code = 499  # the client left before any response started
             self._finish(scope, record)
 
+    async def _keep(self, scope: Scope, record: RequestRecord, body: bytes) -> None:
+        state = scope["app"].state
+        key = answer_key(state.names, record.principal)
+        if key is not None:
+            await keep_answer(state.redis, key, body)
+
     def _finish(self, scope: Scope, record: RequestRecord) -> None:
+        if record.replayed:
+            return  # logged and billed when it was answered
         if record.background is not None and not record.background.done():
             # A background response: its tokens are known when its run ends.
             record.background.add_done_callback(lambda _: self._finish(scope, record))

@@ -134,6 +134,11 @@ class BusNames:
         """Set while the batch's task waits for a worker (see `batch_queue.queue_batch`)."""
         return f"{self.prefix}:batch:{batch_id}:queued"
 
+    def batch_line_answer(self, batch_id: str, line: str) -> str:
+        """A batch line's 200 answer, kept (with a TTL) until its batch worker records it
+        (api/batch_line_answers.py)."""
+        return f"{self.prefix}:batch:{batch_id}:answer:{line}"
+
     def batch_failures(self, batch_id: str) -> str:
         """Runs of the batch in a row that ended in an unexpected error (for back-off)."""
         return f"{self.prefix}:batch:{batch_id}:failures"

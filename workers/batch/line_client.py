@@ -50,8 +50,12 @@ class LineContext:
     service_key: str | None
     attempts: int
 
-    def headers(self) -> dict[str, str]:
+    def headers(self, line: int | None = None) -> dict[str, str]:
+        """`line` (its number in the input file) lets the API replay an answer this
+        batch's line already got, to a worker resuming the batch (api/batch_line_answers)."""
         headers = {"x-conveyor-batch-id": self.batch_id}
+        if line is not None:
+            headers["x-conveyor-batch-line"] = str(line)
         if self.service_key:
             headers["authorization"] = f"Bearer {self.service_key}"
         if self.project_id:
@@ -71,7 +75,9 @@ async def run_line(client: httpx.AsyncClient, context: LineContext, line: BatchL
     broken = 0
     while True:
         try:
-            response = await client.post(line.url, json=line.body, headers=context.headers())
+            response = await client.post(
+                line.url, json=line.body, headers=context.headers(line.line)
+            )
         except NOT_CONNECTED as exc:
             if waiting_log.ready("unreachable"):
                 logger.warning(

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import httpx
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 
 from conveyor.bus import BusNames
@@ -303,6 +304,7 @@ class BatchRunner:
                 except asyncio.CancelledError:
                     await asyncio.gather(record, return_exceptions=True)
                     raise
+                await self._forget_answer(batch.id, line.line)
 
         feeders = [
             asyncio.create_task(feed()) for _ in range(max(1, self.settings.batch_max_inflight))
@@ -339,6 +341,15 @@ class BatchRunner:
             await asyncio.gather(*feeders, return_exceptions=True)
             await asyncio.gather(all_fed, return_exceptions=True)  # retrieved, never logged
         return outcome
+
+    async def _forget_answer(self, batch_id: str, line: int) -> None:
+        """The line is recorded: the API need not keep its answer for a replay any more."""
+        try:
+            await self.redis.delete(self.names.batch_line_answer(batch_id, str(line)))
+        except RedisError as exc:  # it expires on its own
+            logger.debug(
+                "batch %s line %d: could not drop its kept answer: %s", batch_id, line, exc
+            )
 
     async def _finalize(
         self, batch: BatchSnapshot, outcome: Outcome, lines: list[BatchLine]

@@ -41,6 +41,7 @@ from conveyor.file_storage import LocalFileStorage
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
 from workers.batch import runner as runner_module
+from workers.batch.line_client import LineContext
 from workers.batch.runner import BatchRunner
 from workers.batch.sweeper import BatchSweeper
 
@@ -551,6 +552,42 @@ def test_resume_skips_recorded_lines(env: Env) -> None:
     assert output[1] == {"id": "batch_req_old2", "custom_id": "req-2", "resumed": True}
     assert [r["custom_id"] for r in env.rows(batch.error_file_id)] == ["req-4"]
     assert batch.usage is not None and batch.usage["input_tokens"] >= 200
+
+
+def test_a_line_answered_before_a_crash_is_replayed_not_run_or_billed_again(env: Env) -> None:
+    """The API answered line 2, then its batch worker died before recording it (QA: a
+    SIGKILLed batch worker billed 44 requests for 40 lines). The resumed run gets the
+    kept answer back: line 2 is generated and billed once, and no kept answer outlives
+    its recording."""
+    lines = [line(i) for i in range(1, 4)]
+    batch_id = env.batch(lines)
+    with env.db.session() as session:
+        assert batch_store.transition(
+            session, batch_id, from_=("validating",), to="in_progress", total=3, model=MODEL
+        )
+    context = LineContext(batch_id, PROJECT, KEY, SERVICE_KEY, attempts=1)
+    with httpx.Client(base_url=env.stack.url, timeout=10) as http:
+        first = http.post(CHAT, json=lines[1]["body"], headers=context.headers(2))
+    assert first.status_code == 200
+    env.run(batch_id)
+
+    batch = env.get(batch_id)
+    assert batch.status == "completed" and batch.completed == 3
+    assert sorted(env.sent()) == [1, 2, 3]  # line 2 once: before the "crash"
+    output = env.rows(batch.output_file_id)
+    assert output[1]["response"]["body"] == first.json()
+
+    def logs() -> list[RequestLog]:
+        with env.db.session() as session:
+            found = list(session.scalars(select(RequestLog).where(RequestLog.batch_id == batch_id)))
+        return found if len(found) >= 3 else []
+
+    assert len(wait_for(logs)) == 3
+    time.sleep(0.5)  # several log flushes more: no fourth row
+    assert len(logs()) == 3
+    names = BusNames(env.settings.redis_prefix)
+    with redis.Redis.from_url(env.settings.redis_url or "") as client:
+        assert not client.keys(names.batch_line_answer(batch_id, "*"))
 
 
 def test_a_batch_resumed_after_its_inputs_lifetime_still_reads_it(env: Env) -> None:
