@@ -1,4 +1,7 @@
-"""Admit a request against its key's rpm/tpm budget, or refuse it with OpenAI's 429."""
+"""Admit a request against its key's rpm/tpm budget, or refuse it with OpenAI's 429.
+
+OpenAI's 429 bodies say which budget ran out in `type` ("requests" or "tokens",
+`code` rate_limit_exceeded), and clients branch on it."""
 
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ def _rpm_refusal(limits: RateLimits, decision: RateDecision) -> ApiError:
         f"Rate limit reached for this API key on requests per min (RPM): Limit {limits.rpm}. "
         f"Please try again in {wait}s.",
         code="rate_limit_exceeded",
+        type="requests",
         headers=decision.headers(),
     )
 
@@ -70,6 +74,7 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
             f"Request too large: it needs {tokens} tokens and this key allows {limits.tpm} "
             "tokens per minute. Reduce the prompt or max_tokens.",
             code="rate_limit_exceeded",
+            type="tokens",
             headers=headers,
         )
     request.app.state.refusal_memo.remember(principal.api_key_id, limits, decision, tokens)
@@ -81,6 +86,7 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
         429,
         f"Rate limit reached for this API key on {what}. Please try again in {wait}s.",
         code="rate_limit_exceeded",
+        type="tokens",
         headers=headers,
     )
 

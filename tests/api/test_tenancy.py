@@ -325,6 +325,7 @@ def test_rpm_limit_gives_429_with_retry_after_and_spares_other_keys(
     assert int(response.headers["retry-after"]) >= 1
     assert response.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.value.code == "rate_limit_exceeded"
+    assert refused.value.type == "requests"  # OpenAI names the budget that ran out
     with sdk(tenancy, free["value"]) as client:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
     statuses = [row.status_code for row in logs(tenancy, 4)]
@@ -379,18 +380,20 @@ def test_fifty_concurrent_requests_on_rpm_20_admit_exactly_20(
 def test_tpm_limit_counts_tokens(tenancy: Stack, admin: httpx.Client) -> None:
     key = new_key(admin, new_project(admin, "acme")["id"], tpm=100)
     with sdk(tenancy, key["value"]) as client:
-        with pytest.raises(openai.RateLimitError, match="Request too large"):
+        with pytest.raises(openai.RateLimitError, match="Request too large") as too_large:
             client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=200)
+        assert too_large.value.type == "tokens"
         first = client.chat.completions.with_raw_response.create(
             model=MODEL, messages=MESSAGES, max_tokens=3
         )
         assert first.headers["x-ratelimit-limit-tokens"] == "100"
         per_request = first.parse().usage.total_tokens  # type: ignore[union-attr]
         admitted = 1
-        with pytest.raises(openai.RateLimitError, match="tokens per min"):
+        with pytest.raises(openai.RateLimitError, match="tokens per min") as out_of_tokens:
             for _ in range(100):
                 client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=3)
                 admitted += 1
+        assert out_of_tokens.value.type == "tokens"
     # Every admitted request fitted in the budget, and one more would not have.
     assert admitted * per_request <= 100 < (admitted + 1) * per_request
 
