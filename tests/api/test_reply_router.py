@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -14,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from api.collect import collect
 from api.errors import ApiError
-from api.reply_router import FIRST_SEQ, ReplyRouter, Restart
+from api.reply_router import FIRST_SEQ, ReplyReader, ReplyRouter, Restart
 from conveyor.bus import WORKER_GROUP, BusNames
 from conveyor.embedded_redis import EmbeddedRedis, free_port
 from conveyor.protocol import ChoiceDelta, ErrorInfo, ReplyMessage, Usage
@@ -414,6 +415,46 @@ class _Served:
         return model in self.models
 
 
+async def _queued(
+    store: aioredis.Redis,
+    prefix: str,
+    served: Callable[[str], Awaitable[bool]],
+    worker_loss_timeout: float,
+    *,
+    within: float = 30,
+    streaming: bool = False,
+    group: bool = False,
+) -> tuple[ReplyRouter, ReplyReader]:
+    """A router that asks `served`, and request r1 of model m queued on it (deadline
+    `within` seconds on; `group`: the workers' consumer group exists)."""
+    names = BusNames(prefix)
+    replies = ReplyRouter(
+        store,
+        names,
+        "api-unit",
+        silence_check=0.1,
+        model_served=served,
+        worker_loss_timeout=worker_loss_timeout,
+    )
+    stream = names.requests("m")
+    if group:
+        await store.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
+    reader = replies.open("r1", time.time() + within, streaming=streaming)
+    replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+    return replies, reader
+
+
+def _first_token_from(replies: ReplyRouter, worker: str) -> None:
+    """r1's first message, naming the worker that runs it (with a token of text)."""
+    first = ReplyMessage(
+        id="r1",
+        seq=FIRST_SEQ,
+        choices=[ChoiceDelta(index=0, text="a", token_ids=[1])],
+        worker=worker,
+    )
+    replies._route(first.encode())
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_a_queued_request_whose_model_has_no_worker_ends_after_the_timeout(
     redis_url: str, streaming: bool
@@ -423,19 +464,10 @@ def test_a_queued_request_whose_model_has_no_worker_ends_after_the_timeout(
 
     async def run() -> tuple[ApiError | None, float, list[str]]:
         store = aioredis.from_url(redis_url, decode_responses=True)
-        names = BusNames(f"unit-unserved-{streaming}")
         served = _Served()
-        replies = ReplyRouter(
-            store,
-            names,
-            "api-unit",
-            silence_check=0.1,
-            model_served=served,
-            worker_loss_timeout=0.5,
+        _, reader = await _queued(
+            store, f"unit-unserved-{streaming}", served, 0.5, streaming=streaming
         )
-        stream = names.requests("m")
-        reader = replies.open("r1", time.time() + 30, streaming=streaming)
-        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
         started = time.monotonic()
         error = await _until_done(reader)
         await store.aclose()
@@ -454,18 +486,7 @@ def test_a_request_waits_while_its_model_has_a_worker(redis_url: str) -> None:
 
     async def run() -> ApiError | None:
         store = aioredis.from_url(redis_url, decode_responses=True)
-        names = BusNames("unit-served")
-        replies = ReplyRouter(
-            store,
-            names,
-            "api-unit",
-            silence_check=0.1,
-            model_served=_Served("m"),
-            worker_loss_timeout=0.2,
-        )
-        stream = names.requests("m")
-        reader = replies.open("r1", time.time() + 1.5, streaming=False)
-        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        _, reader = await _queued(store, "unit-served", _Served("m"), 0.2, within=1.5)
         error = await _until_done(reader)
         await store.aclose()
         return error
@@ -480,19 +501,8 @@ def test_a_request_its_draining_worker_holds_is_not_ended(redis_url: str) -> Non
 
     async def run() -> tuple[str, float]:
         store = aioredis.from_url(redis_url, decode_responses=True)
-        names = BusNames("unit-draining")
-        replies = ReplyRouter(
-            store,
-            names,
-            "api-unit",
-            silence_check=0.1,
-            model_served=_Served(),
-            worker_loss_timeout=0.2,
-        )
-        stream = names.requests("m")
-        reader = replies.open("r1", time.time() + 30, streaming=False)
-        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
-        await store.set(names.worker("m", "w1"), "{}", px=10_000)
+        replies, reader = await _queued(store, "unit-draining", _Served(), 0.2)
+        await store.set(replies.names.worker("m", "w1"), "{}", px=10_000)
         replies._route(ReplyMessage(id="r1", seq=FIRST_SEQ, worker="w1").encode())
 
         async def finish_later() -> None:
@@ -510,25 +520,33 @@ def test_a_request_its_draining_worker_holds_is_not_ended(redis_url: str) -> Non
     assert text == "whole" and took >= 1.0
 
 
+def test_a_request_a_draining_worker_read_but_has_not_started_waits(redis_url: str) -> None:
+    """The draining worker (left out of the catalog) read the request but has sent no
+    reply yet: the queue's pending list names it, and it beats, so the request waits."""
+
+    async def run() -> ApiError | None:
+        store = aioredis.from_url(redis_url, decode_responses=True)
+        replies, reader = await _queued(
+            store, "unit-draining-unstarted", _Served(), 0.2, within=1.5, group=True
+        )
+        await store.xreadgroup(WORKER_GROUP, "w1", {replies.names.requests("m"): ">"}, count=1)
+        await store.set(replies.names.worker("m", "w1"), "{}", px=10_000)
+        error = await _until_done(reader)
+        await store.aclose()
+        return error
+
+    error = asyncio.run(run())
+    assert error is not None and error.code == "timeout"
+
+
 def test_a_worker_back_within_the_timeout_resumes_the_request(redis_url: str) -> None:
     """The model's worker restarts inside worker_loss_timeout: the clock starts over and
     the restarted worker's answer reaches the client."""
 
     async def run() -> str:
         store = aioredis.from_url(redis_url, decode_responses=True)
-        names = BusNames("unit-restarted")
         served = _Served()
-        replies = ReplyRouter(
-            store,
-            names,
-            "api-unit",
-            silence_check=0.1,
-            model_served=served,
-            worker_loss_timeout=2.0,
-        )
-        stream = names.requests("m")
-        reader = replies.open("r1", time.time() + 30, streaming=False)
-        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
+        replies, reader = await _queued(store, "unit-restarted", served, 2.0)
 
         async def restart() -> None:
             await asyncio.sleep(1.2)
@@ -549,67 +567,34 @@ def test_a_worker_back_within_the_timeout_resumes_the_request(redis_url: str) ->
     assert asyncio.run(run()) == "whole"
 
 
-def test_a_request_a_draining_worker_read_but_has_not_started_waits(redis_url: str) -> None:
-    """The draining worker (left out of the catalog) read the request but has sent no
-    reply yet: the queue's pending list names it, and it beats, so the request waits."""
-
-    async def run() -> ApiError | None:
-        store = aioredis.from_url(redis_url, decode_responses=True)
-        names = BusNames("unit-draining-unstarted")
-        replies = ReplyRouter(
-            store,
-            names,
-            "api-unit",
-            silence_check=0.1,
-            model_served=_Served(),
-            worker_loss_timeout=0.2,
-        )
-        stream = names.requests("m")
-        await store.xgroup_create(stream, WORKER_GROUP, id="0", mkstream=True)
-        reader = replies.open("r1", time.time() + 1.5, streaming=False)
-        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
-        await store.xreadgroup(WORKER_GROUP, "w1", {stream: ">"}, count=1)
-        await store.set(names.worker("m", "w1"), "{}", px=10_000)
-        error = await _until_done(reader)
-        await store.aclose()
-        return error
-
-    error = asyncio.run(run())
-    assert error is not None and error.code == "timeout"
+async def _failing_scan(model: str) -> bool:
+    raise RedisConnectionError("scan failed")
 
 
-def test_a_failing_catalog_scan_is_no_verdict_and_blocks_no_other(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("served", "worker_loss_timeout"),
+    [(_Served(), 60.0), (_failing_scan, 0.0)],
+    ids=["no-worker-serves-the-model", "the-catalog-scan-fails"],
+)
+def test_a_stream_that_sent_tokens_ends_after_the_grace_when_its_worker_died(
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    served: Callable[[str], Awaitable[bool]],
+    worker_loss_timeout: float,
 ) -> None:
-    """Only a sure "no worker" ends a request for want of workers: a failing scan is
-    not that, and must not keep the other checks from their verdict (here: a stream
-    whose worker died ends after WORKER_LOSS_GRACE)."""
+    """A stream cannot be restarted, so once its worker is gone it ends after
+    WORKER_LOSS_GRACE with worker_restarted, whatever the model's other workers: not
+    after worker_loss_timeout, and not never when the catalog's scan fails (a failing
+    scan is no verdict either: it never ends a request for want of workers)."""
     monkeypatch.setattr("api.reply_router.WORKER_LOSS_GRACE", 0.3)
-
-    async def failing(model: str) -> bool:
-        raise RedisConnectionError("scan failed")
 
     async def run() -> tuple[ApiError | None, float]:
         store = aioredis.from_url(redis_url, decode_responses=True)
-        names = BusNames("unit-scan-fails")
-        replies = ReplyRouter(
-            store,
-            names,
-            "api-unit",
-            silence_check=0.1,
-            model_served=failing,
-            worker_loss_timeout=0.0,
+        prefix = f"unit-stream-gone-{worker_loss_timeout}"
+        replies, reader = await _queued(
+            store, prefix, served, worker_loss_timeout, within=5, streaming=True
         )
-        stream = names.requests("m")
-        reader = replies.open("r1", time.time() + 5, streaming=True)
-        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
-        first = ReplyMessage(
-            id="r1",
-            seq=FIRST_SEQ,
-            choices=[ChoiceDelta(index=0, text="a", token_ids=[1])],
-            worker="w1",
-        )
-        replies._route(first.encode())  # w1 has no heartbeat key: it is gone
+        _first_token_from(replies, "w1")  # w1 has no heartbeat key: it is gone
         started = time.monotonic()
         error = await _until_done(reader)
         await store.aclose()
@@ -618,41 +603,3 @@ def test_a_failing_catalog_scan_is_no_verdict_and_blocks_no_other(
     error, took = asyncio.run(run())
     assert error is not None and (error.status, error.code) == (503, "worker_restarted")
     assert took < 4
-
-
-def test_a_stream_that_sent_tokens_ends_after_the_grace_when_its_models_worker_died(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The model's only worker died mid-stream: the stream cannot be restarted, so it ends
-    after WORKER_LOSS_GRACE with worker_restarted, not after worker_loss_timeout."""
-    monkeypatch.setattr("api.reply_router.WORKER_LOSS_GRACE", 0.3)
-
-    async def run() -> tuple[ApiError | None, float]:
-        store = aioredis.from_url(redis_url, decode_responses=True)
-        names = BusNames("unit-stream-unserved")
-        replies = ReplyRouter(
-            store,
-            names,
-            "api-unit",
-            silence_check=0.1,
-            model_served=_Served(),
-            worker_loss_timeout=60.0,
-        )
-        stream = names.requests("m")
-        reader = replies.open("r1", time.time() + 30, streaming=True)
-        replies.queued("r1", stream, await store.xadd(stream, {"data": "x"}), "m")
-        first = ReplyMessage(
-            id="r1",
-            seq=FIRST_SEQ,
-            choices=[ChoiceDelta(index=0, text="a", token_ids=[1])],
-            worker="w1",
-        )
-        replies._route(first.encode())  # w1 has no heartbeat key: it is gone
-        started = time.monotonic()
-        error = await _until_done(reader)
-        await store.aclose()
-        return error, time.monotonic() - started
-
-    error, took = asyncio.run(run())
-    assert error is not None and (error.status, error.code) == (503, "worker_restarted")
-    assert took < 10
