@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 
 from api.auth import ANONYMOUS, Principal
-from api.batch_line_answers import StoredLineAnswer, raise_if_answered
+from api.batch_line_answers import StoredLineAnswer, answer_key, claim_line
 from api.catalog import ModelCatalog
 from api.errors import validation_error
 from api.key_cache import KeyCache
@@ -73,11 +73,15 @@ async def authenticate(request: Request) -> None:
     if record is not None:
         record.principal = principal
         record.batch_id = principal.batch_id
-        try:
-            await raise_if_answered(request.app.state.redis, request.app.state.names, principal)
-        except StoredLineAnswer:
-            record.replayed = True
-            raise
+        key = answer_key(request.app.state.names, principal)
+        if key is not None:
+            settings = request.app.state.settings
+            try:
+                if await claim_line(request.app.state.redis, key, settings.request_timeout):
+                    record.line_claim = key
+            except StoredLineAnswer:
+                record.replayed = True
+                raise
     elif principal.api_key_id is not None and principal.batch_id is None:
         # Not an inference request, so no log row will say the key was used: say it here
         # (files, batches, models, tokenize), so its last_used_at means any use.

@@ -45,6 +45,9 @@ class RequestRecord:
     # A batch line answered before, sent again by a resumed batch worker: its stored
     # answer goes back, and it is neither logged nor billed again.
     replayed: bool = False
+    # The batch line this request claimed (its answer's key): kept with a 200 answer,
+    # else released when the request ends (api/batch_line_answers.py).
+    line_claim: str | None = None
 
     def _ttft(self) -> float | None:
         firsts = [r.first_token_at for r in self.readers if r.first_token_at is not None]

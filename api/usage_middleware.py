@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.batch_line_answers import answer_key, keep_answer
+from api.batch_line_answers import keep_answer, release_claim
 from api.request_record import RequestRecord
 from api.route_path import posted_to, route_path
 from conveyor.db.usage import COMPLETIONS, EMBEDDINGS
@@ -30,8 +32,7 @@ INFERENCE_PATHS = frozenset(COMPLETIONS.endpoints) | frozenset(EMBEDDINGS.endpoi
 
 def _keeps_answer(record: RequestRecord, start: Message) -> bool:
     """A batch line's whole JSON 200 answer (never a stream) is kept to be replayed."""
-    principal = record.principal
-    if record.status_code != 200 or record.replayed or principal.batch_line is None:
+    if record.status_code != 200 or record.line_claim is None:
         return False
     headers = dict(start.get("headers", []))
     return headers.get(b"content-type", b"").startswith(b"application/json")
@@ -83,12 +84,17 @@ class UsageMiddleware:
             self._finish(scope, record)
 
     async def _keep(self, scope: Scope, record: RequestRecord, body: bytes) -> None:
-        state = scope["app"].state
-        key = answer_key(state.names, record.principal)
-        if key is not None:
-            await keep_answer(state.redis, key, body)
+        if record.line_claim is not None and await keep_answer(
+            scope["app"].state.redis, record.line_claim, body
+        ):
+            record.line_claim = None  # kept, and the claim dropped with it
 
     def _finish(self, scope: Scope, record: RequestRecord) -> None:
+        state = scope["app"].state
+        if record.line_claim is not None:
+            # No answer kept (an error, a client gone, too big): a resend runs the line.
+            self._in_background(state, release_claim(state.redis, record.line_claim))
+            record.line_claim = None
         if record.replayed:
             return  # logged and billed when it was answered
         if record.background is not None and not record.background.done():
@@ -104,16 +110,20 @@ class UsageMiddleware:
         if limiter is None or record.rate_decision is None or principal.api_key_id is None:
             return
         if record.rate_decision.allowed and record.total_tokens != record.reserved_tokens:
-            # A task, so a cancelled request (client gone) still settles its count; held
-            # in app state, where shutdown waits for it before closing Redis.
-            task = asyncio.get_running_loop().create_task(
-                limiter.settle(principal.api_key_id, record.request_id or "", record.total_tokens)
+            self._in_background(
+                state,
+                limiter.settle(principal.api_key_id, record.request_id or "", record.total_tokens),
             )
-            settling: set[asyncio.Task[None]] = state.settling
-            settling.add(task)
-            task.add_done_callback(lambda done: self._settled(settling, done))
+
+    def _in_background(self, state: Any, work: Coroutine[Any, Any, None]) -> None:
+        """A task, so a cancelled request (client gone) still settles its count or drops
+        its claim; held in app state, where shutdown waits for it before closing Redis."""
+        task = asyncio.get_running_loop().create_task(work)
+        settling: set[asyncio.Task[None]] = state.settling
+        settling.add(task)
+        task.add_done_callback(lambda done: self._settled(settling, done))
 
     def _settled(self, settling: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
         settling.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.warning("settling a rate-limit reservation failed: %s", task.exception())
+            logger.warning("a request's closing Redis call failed: %s", task.exception())

@@ -3,10 +3,12 @@ billed twice (a batch worker killed before recording it resends it on resume).""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from sqlalchemy import func, select
@@ -81,7 +83,39 @@ def test_errors_and_unnumbered_requests_are_never_replayed(stack: Stack) -> None
             plain = http.post("/v1/chat/completions", json=CHAT, headers=_line(batch, None))
             assert plain.status_code == 200 and REPLAYED_HEADER not in plain.headers
         stranger = http.post("/v1/chat/completions", json=CHAT, headers=_line(batch, 1, "sk-x"))
-    assert refused.status_code == 400
+    assert refused.status_code == 400  # and its claim on line 1 released:
     assert answered.status_code == 200 and REPLAYED_HEADER not in answered.headers
     assert stranger.status_code == 401
     assert len(stack.worker.received) == 3
+
+
+def test_a_resend_while_the_line_is_being_answered_waits_for_its_answer(stack: Stack) -> None:
+    """The first request still runs (its batch worker's node was lost, so the API never
+    saw it go): the resend gets a 503 to wait on, then the first request's answer."""
+    batch = f"batch_{time.monotonic_ns()}"
+    stack.worker.received.clear()
+    stack.worker.behaviour = "slow"  # a token every 50 ms
+    answers: list[httpx.Response] = []
+    body = {**CHAT, "max_tokens": 30}
+
+    def first() -> None:
+        with stack.client() as http:
+            answers.append(http.post("/v1/chat/completions", json=body, headers=_line(batch, 5)))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    try:
+        wait_for(lambda: stack.worker.received)
+        with stack.client() as http:
+            busy = http.post("/v1/chat/completions", json=body, headers=_line(batch, 5))
+            thread.join(10)
+            again = http.post("/v1/chat/completions", json=body, headers=_line(batch, 5))
+    finally:
+        stack.worker.behaviour = "normal"
+        thread.join(10)
+    assert busy.status_code == 503, busy.text
+    assert busy.json()["error"]["code"] == "batch_line_in_progress"
+    assert busy.headers["retry-after"] == "2"
+    assert answers and answers[0].status_code == 200
+    assert again.headers[REPLAYED_HEADER] == "true" and again.content == answers[0].content
+    assert len(stack.worker.received) == 1

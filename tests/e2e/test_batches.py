@@ -14,6 +14,10 @@ from typing import Any
 
 import openai
 import pytest
+from sqlalchemy import func, select
+
+from conveyor.db.database import Database
+from conveyor.db.request_log import RequestLog
 
 from .batch_calls import DONE, jsonl, submit, wait_until
 from .conftest import serving
@@ -24,9 +28,10 @@ MAX_LINES = 300
 
 
 class BatchServer:
-    def __init__(self, process: subprocess.Popen[bytes], base_url: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], base_url: str, database_url: str) -> None:
         self.process = process
         self.base_url = base_url
+        self.database_url = database_url
         self.client = openai.OpenAI(
             base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60
         )
@@ -37,6 +42,7 @@ def batch_server(
     bundled_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BatchServer]:
     data_dir = tmp_path_factory.mktemp("batch-data")
+    database_url = f"sqlite:///{data_dir / 'conveyor.db'}"
     with serving(
         bundled_model_dir,
         CONVEYOR_BATCH_MAX_INFLIGHT=str(MAX_INFLIGHT),
@@ -44,8 +50,9 @@ def batch_server(
         CONVEYOR_BATCH_LEASE_TTL="3",
         CONVEYOR_BATCH_SWEEP_INTERVAL="1",
         CONVEYOR_DATA_DIR=str(data_dir),
+        CONVEYOR_DATABASE_URL=database_url,
     ) as (base_url, process):
-        yield BatchServer(process, base_url)
+        yield BatchServer(process, base_url, database_url)
 
 
 def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
@@ -248,6 +255,31 @@ def test_a_killed_batch_worker_is_replaced_and_each_line_runs_once(
     output = jsonl(client, batch.output_file_id)
     assert sorted(o["custom_id"] for o in output) == sorted(line["custom_id"] for line in lines)
     assert batch.request_counts.completed == 120 and batch.request_counts.failed == 0
+    # Billed once each too: a line answered just before the kill is replayed, not rerun.
+    assert _billed_requests(batch_server, batch.id) == 120
+
+
+def _billed_requests(server: BatchServer, batch_id: str) -> int:
+    """The batch's request-log rows with a 200 (what the usage API bills), once the
+    server's log buffer has written them all."""
+    database = Database(server.database_url)
+    try:
+
+        def count() -> int:
+            with database.session() as session:
+                query = select(func.count()).where(
+                    RequestLog.batch_id == batch_id, RequestLog.status_code == 200
+                )
+                return int(session.scalar(query) or 0)
+
+        counts = [count()]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (len(counts) < 3 or counts[-1] != counts[-3]):
+            time.sleep(0.5)
+            counts.append(count())
+        return counts[-1]
+    finally:
+        database.close()
 
 
 def test_interactive_request_goes_before_waiting_batch_lines(batch_server: BatchServer) -> None:
