@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from api.schemas.files import ExpiresAfter
+from api.schemas.null_means_default import NullMeansDefault
 from api.schemas.request_metadata import Metadata
 
 BATCH_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings")
 
 
-class BatchCreate(BaseModel):
+class BatchCreate(NullMeansDefault):
     model_config = ConfigDict(extra="forbid")
 
     input_file_id: str = Field(min_length=1)

@@ -8,9 +8,10 @@ from pydantic import BaseModel
 
 from api.errors import ApiError
 from api.schemas.embeddings import EmbeddingRequest
+from api.schemas.null_means_default import NullMeansDefault
 
 
-class ActivationFields(BaseModel):
+class ActivationFields(NullMeansDefault):
     """vLLM's switch between a classifier's probabilities (softmax over the labels; a
     sigmoid for one) and its raw logits; None: the server's --pooler-config.
     `use_activation` is its newest name; as in vLLM, `softmax` wins over `activation`,

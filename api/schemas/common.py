@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from api.errors import ApiError, not_supported
+from api.schemas.null_means_default import NullMeansDefault
 from api.schemas.structured_output import StructuredOutputFields
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def check_priority(priority: int, settings: Settings) -> None:
         )
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(NullMeansDefault):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 

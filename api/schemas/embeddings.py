@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
 from api.schemas.chat import ChatMessage
+from api.schemas.null_means_default import NullMeansDefault
 
 # One text, several texts, one token-id input, or several (OpenAI's four forms).
 EmbeddingInput = str | list[str] | list[int] | list[list[int]]
@@ -16,7 +17,7 @@ EmbeddingInput = str | list[str] | list[int] | list[list[int]]
 MAX_INPUTS = 2048
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(NullMeansDefault):
     model_config = ConfigDict(extra="ignore")
 
     # Left out: the one base model served (the route fills it in), as in vLLM.

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from api.errors import ApiError, not_supported
+from api.schemas.null_means_default import NullMeansDefault
 from api.schemas.request_metadata import PROCESSED_SERVICE_TIER, Metadata, ServiceTier
 
 # `include` values; the others ask for data of hosted tools or reasoning models we do not run.
@@ -40,7 +41,7 @@ SAMPLING_EXTRAS = (
 )
 
 
-class TextFormat(BaseModel):
+class TextFormat(NullMeansDefault):
     """`text.format`: "text", "json_object", or "json_schema" with the schema inline."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -67,14 +68,14 @@ class TextFormat(BaseModel):
         return {"type": "json_schema", "json_schema": spec}
 
 
-class TextConfig(BaseModel):
+class TextConfig(NullMeansDefault):
     model_config = ConfigDict(extra="allow")
 
     format: TextFormat = Field(default_factory=TextFormat)
     verbosity: str | None = None
 
 
-class ResponsesRequest(BaseModel):
+class ResponsesRequest(NullMeansDefault):
     model_config = ConfigDict(extra="ignore")
 
     # Left out: the one base model served (the route fills it in), as in vLLM.

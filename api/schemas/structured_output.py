@@ -13,9 +13,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from api.errors import ApiError, not_supported
+from api.schemas.null_means_default import NullMeansDefault
 from engine.structured_output import (
     ANY_JSON_OBJECT,
     StructuredOutput,
@@ -23,7 +24,7 @@ from engine.structured_output import (
 )
 
 
-class JsonSchemaFormat(BaseModel):
+class JsonSchemaFormat(NullMeansDefault):
     """OpenAI's response_format.json_schema; `schema` absent means any JSON object."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
@@ -34,14 +35,14 @@ class JsonSchemaFormat(BaseModel):
     strict: bool | None = None
 
 
-class ResponseFormat(BaseModel):
+class ResponseFormat(NullMeansDefault):
     model_config = ConfigDict(extra="allow")
 
     type: str
     json_schema: JsonSchemaFormat | None = None
 
 
-class StructuredOutputsParams(BaseModel):
+class StructuredOutputsParams(NullMeansDefault):
     """vLLM's `structured_outputs` request object: exactly one of its constraints."""
 
     model_config = ConfigDict(extra="ignore")
@@ -56,7 +57,7 @@ class StructuredOutputsParams(BaseModel):
     whitespace_pattern: str | None = None
 
 
-class StructuredOutputFields(BaseModel):
+class StructuredOutputFields(NullMeansDefault):
     """Mixed into chat and completions requests."""
 
     response_format: ResponseFormat | None = None

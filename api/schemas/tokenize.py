@@ -7,9 +7,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.schemas.chat import ChatMessage
+from api.schemas.null_means_default import NullMeansDefault
 
 
-class TokenizeCompletionRequest(BaseModel):
+class TokenizeCompletionRequest(NullMeansDefault):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
@@ -18,7 +19,7 @@ class TokenizeCompletionRequest(BaseModel):
     return_token_strs: bool = False
 
 
-class TokenizeChatRequest(BaseModel):
+class TokenizeChatRequest(NullMeansDefault):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
@@ -38,7 +39,7 @@ class TokenizeResponse(BaseModel):
     token_strs: list[str] | None = None
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(NullMeansDefault):
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None

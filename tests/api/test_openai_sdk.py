@@ -57,6 +57,22 @@ def test_completions_echo_logprobs(sdk: openai.OpenAI) -> None:
     assert sorted(c.choices[0].index for c in stream) == [0, 1]
 
 
+def test_null_fields_take_their_defaults(sdk: openai.OpenAI) -> None:
+    """Wrappers pass every keyword through; OpenAI types these "X or null"."""
+    chat = sdk.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=3, n=None, stream=None, logprobs=None
+    )
+    assert [c.message.content for c in chat.choices] == [" one two three"]
+    assert chat.choices[0].logprobs is None
+    text = sdk.completions.create(model=MODEL, prompt="Hi", max_tokens=2, echo=None, stream=None)
+    assert text.choices[0].text == " one two"
+    answer = sdk.responses.create(
+        model=MODEL, input="Count.", max_output_tokens=3, store=None, stream=None
+    )
+    assert answer.output_text == " one two three"
+    assert sdk.responses.retrieve(answer.id).id == answer.id  # store's default: stored
+
+
 def test_models(sdk: openai.OpenAI) -> None:
     assert [m.id for m in sdk.models.list()] == [MODEL]
     assert sdk.models.retrieve(MODEL).owned_by == "conveyor"
