@@ -69,7 +69,7 @@ class Authenticator:
     def __init__(self, settings: Settings, keys: KeyCache) -> None:
         self.keys = keys
         self.requires_key = settings.requires_key
-        self._static = _digest(settings.api_key.get_secret_value()) if settings.api_key else None
+        self._static = [_digest(key.get_secret_value()) for key in settings.api_key or ()]
         self._admin = _digest(settings.admin_key.get_secret_value()) if settings.admin_key else None
         service = settings.resolved_service_key
         self._service = _digest(service.get_secret_value()) if service else None
@@ -91,7 +91,7 @@ class Authenticator:
             and hmac.compare_digest(digest, self._service)
         ):
             return self._batch_line(request)
-        if self._static is not None and hmac.compare_digest(digest, self._static):
+        if any([hmac.compare_digest(digest, key) for key in self._static]):  # each compared
             return ANONYMOUS
         grant = await self.keys.lookup(secret_digest(token))
         if grant is not None:

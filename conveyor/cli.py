@@ -7,6 +7,7 @@ Flags use vLLM's names; each has a `CONVEYOR_*` env var twin through
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -316,7 +317,15 @@ _SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         ("--api-server-count", "-asc"),
         {"type": int, "help": "API processes `conveyor serve` starts on its one port"},
     ),
-    ("--api-key", {"help": "require this bearer key on every API path but health/metrics"}),
+    (
+        "--api-key",
+        {
+            "nargs": "+",
+            "metavar": "KEY",
+            "help": "require one of these bearer keys on every API path but health/metrics "
+            "(or CONVEYOR_API_KEY, or vLLM's VLLM_API_KEY)",
+        },
+    ),
     ("--redis-url", {"help": "external Redis; default: an embedded redis-server"}),
     ("--redis-prefix", {}),
     ("--max-queued-requests", {"type": int}),
@@ -526,6 +535,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         given["served_model_name"] = names[0]
         if len(names) > 1:
             given["served_model_aliases"] = names[1:]
+    keys = getattr(args, "api_key", None)
+    if isinstance(keys, list) and given.get("model") is None and len(keys) > 1:
+        last = keys[-1]
+        if _names_a_model(last) or _HUB_ID.fullmatch(last):
+            raise CommandLineError(
+                f"--api-key took {last!r} as one of its keys, so no model was given: put "
+                "the model first (`conveyor serve MODEL --api-key ...`)"
+            )
     older = getattr(args, "override_pooler_config", None)
     if older is not None:
         given.setdefault("pooler_config", older)
@@ -534,6 +551,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 class CommandLineError(ValueError):
     """Flags that parse but cannot mean what was meant; said in one line."""
+
+
+# A Hugging Face hub id, `org/name`: what a model argument swallowed by a flag looks like.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _names_a_model(text: str) -> bool:

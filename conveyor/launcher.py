@@ -60,6 +60,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, list | dict):

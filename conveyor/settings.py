@@ -43,6 +43,19 @@ def json_or_comma_list(text: str) -> list[str]:
     return value
 
 
+def _json_key_list(text: str) -> list[str] | None:
+    """Several keys as a JSON list of strings; None if `text` is not one (it is a key)."""
+    if not text.startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
 # sockaddr_un's sun_path on Linux: a socket's path and its NUL fit in 108 bytes.
 _UNIX_PATH_MAX = 108
 
@@ -248,8 +261,13 @@ class Settings(BaseSettings):
     # Set by `conveyor serve` for its children: its pid, so a child whose supervisor died
     # (SIGKILL; the kernel sends PR_SET_PDEATHSIG's SIGTERM) stops without a drain.
     supervisor_pid: int | None = None
-    api_key: SecretStr | None = Field(
-        default=None, description="require `Authorization: Bearer <key>` on /v1 and /tokenize"
+    # vLLM's --api-key K1 K2 (any of them) and VLLM_API_KEY, read too so a server moved
+    # over from `vllm serve` with its environment is not left open.
+    api_key: Annotated[list[SecretStr], NoDecode] | None = Field(
+        default=None,
+        validation_alias=AliasChoices("api_key", "CONVEYOR_API_KEY", "VLLM_API_KEY"),
+        description="require `Authorization: Bearer <key>` (any of these keys) on /v1 and "
+        "the other inference paths (vLLM's VLLM_API_KEY is read too)",
     )
     redis_url: str | None = Field(
         default=None, description="external Redis; unset: `conveyor serve` embeds one"
@@ -584,6 +602,22 @@ class Settings(BaseSettings):
     def _json_or_comma_list(cls, value: object) -> object:
         return json_or_comma_list(value) if isinstance(value, str) else value
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _one_or_more_keys(cls, value: object) -> object:
+        """One key (a flag, CONVEYOR_API_KEY or VLLM_API_KEY), or several: a list, or the
+        JSON list `conveyor serve` hands its children; none at all is no key."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = _json_key_list(value) or [value]
+        if isinstance(value, list | tuple):
+            keys = [k.get_secret_value() if isinstance(k, SecretStr) else k for k in value]
+            if any(not isinstance(k, str) or not k.strip() for k in keys):
+                raise ValueError("an API key must be a non-empty string")
+            return keys or None
+        return value
+
     @field_validator("default_chat_template_kwargs", mode="before")
     @classmethod
     def _template_kwargs_parse(cls, value: object) -> object:
@@ -613,7 +647,7 @@ class Settings(BaseSettings):
             return self
         secret = service.get_secret_value()
         admin = self.admin_key.get_secret_value() if self.admin_key else None
-        if secret == static.get_secret_value() and secret != admin:
+        if any(secret == key.get_secret_value() for key in static) and secret != admin:
             raise ValueError(
                 "--service-key equals --api-key: every holder of the API key could act for "
                 "any project (batch lines are billed to the project they name); give the "

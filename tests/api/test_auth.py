@@ -11,6 +11,7 @@ import pytest
 from starlette.requests import Request
 
 from api.auth import API_KEY_HEADER, BATCH_HEADER, PROJECT_HEADER, Authenticator
+from api.errors import ApiError
 from conveyor.settings import Settings
 
 from .conftest import MODEL, Stack, running_stack
@@ -131,3 +132,25 @@ def test_batch_line_is_recognised_when_the_service_key_is_also_the_static_key() 
         "proj_1",
         "key_1",
     )
+
+
+def _bearer(token: str) -> Request:
+    header = [(b"authorization", f"Bearer {token}".encode())]
+    return Request({"type": "http", "method": "GET", "path": "/v1/models", "headers": header})
+
+
+def test_any_of_several_static_keys_is_accepted() -> None:
+    """vLLM's `--api-key K1 K2`: either key calls the API, no other does."""
+    authenticator = Authenticator(Settings(api_key=["k-one", "k-two"]), keys=_NoKeys())
+    for key in ("k-one", "k-two"):
+        assert asyncio.run(authenticator.principal(_bearer(key))).project_id is None
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(authenticator.principal(_bearer("k-three")))
+    assert refused.value.status == 401
+
+
+class _NoKeys:
+    """A key cache that knows no project keys."""
+
+    async def lookup(self, digest: str) -> None:
+        return None

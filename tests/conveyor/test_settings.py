@@ -108,7 +108,7 @@ def test_speculative_config_reaches_the_engine_and_a_bad_one_stops_start_up(
 def test_settings_env_round_trips_explicit_values() -> None:
     settings = Settings(api_key="sk-test", max_model_len=512, instance_id="me", port=8123)
     env = settings_env(settings)
-    assert env["CONVEYOR_API_KEY"] == "sk-test"
+    assert env["CONVEYOR_API_KEY"] == '["sk-test"]'
     assert env["CONVEYOR_MAX_MODEL_LEN"] == "512"
     assert "CONVEYOR_INSTANCE_ID" not in env  # each child names itself
     assert Settings(**{k.removeprefix("CONVEYOR_").lower(): v for k, v in env.items()}) == Settings(
@@ -453,3 +453,40 @@ def test_worker_loss_timeout_reaches_the_api_processes() -> None:
     assert settings_from_args(parser.parse_args(["api"])).worker_loss_timeout == 120.0
     with pytest.raises(ValidationError, match="worker_loss_timeout"):
         Settings(worker_loss_timeout=-1)
+
+
+def test_api_keys_as_vllm_takes_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """vLLM's `--api-key K1 K2` (any of them) and its VLLM_API_KEY: a server moved over
+    from `vllm serve` with its environment must not come up open."""
+    parser = build_parser()
+    two = settings_from_args(parser.parse_args(["serve", "/m", "--api-key", "k1", "k2"]))
+    assert [k.get_secret_value() for k in two.api_key or ()] == ["k1", "k2"]
+    env = settings_env(two)
+    assert env["CONVEYOR_API_KEY"] == '["k1", "k2"]'  # the children read both back
+    monkeypatch.setenv("CONVEYOR_API_KEY", env["CONVEYOR_API_KEY"])
+    assert Settings().api_key == two.api_key
+    monkeypatch.delenv("CONVEYOR_API_KEY")
+    monkeypatch.setenv("VLLM_API_KEY", "from-vllm")
+    assert [k.get_secret_value() for k in Settings().api_key or ()] == ["from-vllm"]
+    assert Settings().requires_key
+    monkeypatch.setenv("CONVEYOR_API_KEY", "ours")  # ours wins over vLLM's
+    assert [k.get_secret_value() for k in Settings().api_key or ()] == ["ours"]
+    assert [k.get_secret_value() for k in Settings(api_key="[not json").api_key or ()] == [
+        "[not json"
+    ]
+    with pytest.raises(ValidationError, match="non-empty"):
+        Settings(api_key=["k1", " "])
+
+
+def test_a_model_swallowed_by_api_key_is_refused(tmp_path: Path) -> None:
+    """`--api-key k1 Qwen/Qwen3-0.6B` with no model before it: serving the bundled model
+    with a second key named like a model would hide the mistake."""
+    from conveyor.cli import CommandLineError
+
+    parser = build_parser()
+    for model in (str(tmp_path), "Qwen/Qwen3-0.6B"):
+        swallowed = parser.parse_args(["serve", "--api-key", "k1", model])
+        with pytest.raises(CommandLineError, match="put the model first"):
+            settings_from_args(swallowed)
+    fine = parser.parse_args(["serve", "Qwen/Qwen3-0.6B", "--api-key", "k1", "k2"])
+    assert settings_from_args(fine).model == "Qwen/Qwen3-0.6B"
