@@ -35,6 +35,7 @@ from conveyor.db.database_errors import schema_ready_at_start
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.served_names import mark_expected_known
 from conveyor.settings import Settings
+from engine.chat_template_source import read_chat_template
 from engine.generation_defaults import check_source
 from engine.loader import check_local_tokenizer
 
@@ -145,6 +146,8 @@ def check_local_files(settings: Settings) -> None:
     if settings.tokenizer is not None:
         check_local_tokenizer(settings.tokenizer)
     check_source(settings.generation_config)
+    if settings.chat_template is not None:
+        read_chat_template(settings.chat_template)
     settings.check_listen_files()
 
 

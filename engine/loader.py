@@ -210,11 +210,20 @@ def _save_dequantized(model: object, folder: Path) -> None:
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
+class HubUnavailable(RuntimeError):
+    """The hub could not be reached and the files are not in the cache: unlike a missing
+    repository, the network coming back may mend it, so the worker exits to be restarted."""
+
+
 def _download(
     repo_id: str, hub: Path, revision: str | None, allow_patterns: tuple[str, ...]
 ) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return Path(
@@ -231,3 +240,11 @@ def _download(
         raise MissingFileError(f"{repo_id}: no such model on the hub, or no access: {exc}") from exc
     except RevisionNotFoundError as exc:
         raise MissingFileError(f"{repo_id}: no revision {revision!r} on the hub") from exc
+    except LocalEntryNotFoundError as exc:  # offline, DNS, a proxy: the hub did not answer
+        cause = exc.__cause__ or exc.__context__
+        why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+        raise HubUnavailable(
+            f"{repo_id} is not a folder or .gguf file here, and the Hugging Face hub cannot "
+            f"be reached to fetch it into {hub}{why}: pass a local model folder, or download "
+            "it first where the hub is reachable (--download-dir names the cache)"
+        ) from exc

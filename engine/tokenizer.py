@@ -21,10 +21,9 @@ from transformers import PreTrainedTokenizerFast
 from transformers.utils.chat_template_utils import _compile_jinja_template
 
 from engine.chat_template_kwargs import reserved_in
+from engine.chat_template_source import read_chat_template
 from engine.configuration_error import ConfigurationError
 
-# Characters that mark a --chat-template value as a literal template, not a path (vLLM's rule).
-_JINJA_CHARS = "{}\n"
 _BYTE_FALLBACK_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _METASPACE = "\u2581"  # SentencePiece's visible space
 
@@ -56,7 +55,7 @@ class Tokenizer:
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
         if chat_template is not None:
-            hf.chat_template = _resolve_chat_template(chat_template)
+            hf.chat_template = read_chat_template(chat_template)
         for template in _templates(hf.chat_template):
             try:
                 _compile_jinja_template(template)
@@ -254,22 +253,6 @@ def _parse_tool_call(call: Any) -> Any:
             return call
         return {**call, "function": {**function, "arguments": arguments}}
     return call
-
-
-def _resolve_chat_template(value: str | Path) -> str:
-    """vLLM's --chat-template: a readable file, else a literal template, else an error."""
-    path = Path(value)
-    try:
-        is_file = path.is_file()
-    except (OSError, ValueError):  # e.g. a long literal template is an invalid file name
-        is_file = False
-    if is_file:
-        return path.read_text(encoding="utf-8")
-    if isinstance(value, str) and any(char in value for char in _JINJA_CHARS):
-        return value
-    raise ValueError(
-        f"chat template {str(value)!r} looks like a file path, but no such file exists"
-    )
 
 
 def _templates(chat_template: str | dict[str, str] | list | None) -> list[str]:

@@ -46,6 +46,7 @@ from engine.generation_defaults import (
     parse_overrides,
 )
 from engine.llm_engine import LLMEngine
+from engine.loader import HubUnavailable
 from workers.aborts import AbortListener
 from workers.announce import Announcer
 from workers.engine_loop import EngineLoop
@@ -356,7 +357,7 @@ def run_worker(settings: Settings, stop: threading.Event | None = None) -> int:
     except ConfigurationError as exc:  # a model, tokenizer or template that cannot work
         logger.error("cannot start the engine: %s", exc)
         return CONFIGURATION_ERROR
-    except DeviceUnavailable as exc:  # perhaps for now: exit 1, which supervisors restart
+    except (DeviceUnavailable, HubUnavailable) as exc:  # perhaps for now: exit 1, restarted
         logger.error("cannot start the engine: %s", exc)
         return 1
     names = BusNames(prefix=settings.redis_prefix)

@@ -76,7 +76,7 @@ def test_more_workers_than_gpus_stops_start_up(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_files_the_flags_name_are_checked_before_anything_starts(tmp_path: Path) -> None:
-    """A missing tokenizer folder, generation config or certificate is one line at
+    """A missing tokenizer folder, generation config, chat template or certificate is one line at
     start-up, not a worker restarting until the supervisor gives up."""
     with pytest.raises(FileNotFoundError, match="--tokenizer /nonexistent"):
         check_local_files(Settings(tokenizer="/nonexistent"))
@@ -86,7 +86,11 @@ def test_files_the_flags_name_are_checked_before_anything_starts(tmp_path: Path)
     missing = str(tmp_path / "cert.pem")
     with pytest.raises(FileNotFoundError, match="--ssl-certfile"):
         check_local_files(Settings(ssl_certfile=missing, ssl_keyfile=missing))
+    with pytest.raises(FileNotFoundError, match="--chat-template"):
+        check_local_files(Settings(chat_template=str(tmp_path / "template.jinja")))
+    check_local_files(Settings(chat_template="{{ messages[0].content }}"))  # a literal one
     assert run_serve(Settings(tokenizer="/nonexistent")) == 2  # before Redis or any child
+    assert run_serve(Settings(chat_template="/nonexistent/template.jinja")) == 2
 
 
 def test_a_child_that_cannot_run_as_configured_stops_the_tree() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from engine.config import ModelConfig
-from engine.loader import BUNDLED_MODEL_NAME, bundled_gguf_path, resolve_model
+from engine.loader import BUNDLED_MODEL_NAME, HubUnavailable, bundled_gguf_path, resolve_model
 
 
 def test_bundled_model_is_found_without_importing_its_package() -> None:
@@ -145,3 +145,13 @@ def test_a_hub_repo_without_safetensors_gets_its_pickles(
     asked.clear()
     resolve_model("acme/new", tmp_path / "data", download_dir=hub)
     assert len(asked) == 1
+
+
+def test_a_hub_model_the_hub_cannot_give_says_so_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No network (or HF_HUB_OFFLINE) and not cached: HubUnavailable, which the worker
+    reports in a line and exits 1 for (the network may come back), not a traceback."""
+    _offline(monkeypatch)
+    with pytest.raises(HubUnavailable, match=r"^acme/absent is not a folder .* cannot be reached"):
+        resolve_model("acme/absent", tmp_path / "data", download_dir=tmp_path / "hub")

@@ -635,3 +635,18 @@ def test_a_worker_without_redis_exits_1_before_loading_weights(
         assert run_worker(Settings(redis_url="redis://127.0.0.1:1/0"), stop=threading.Event()) == 1
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert line.startswith("cannot reach Redis at redis://127.0.0.1:1/0: ")
+
+
+def test_a_hub_the_worker_cannot_reach_is_one_line_and_exit_1(
+    redis_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a configuration error (the network may come back: `conveyor serve` restarts
+    it), but one line, not a traceback per attempt."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    settings = Settings(redis_url=redis_url, model="acme/not-cached", max_model_len=256)
+    with caplog.at_level(logging.ERROR):
+        assert run_worker(settings, stop=threading.Event()) == 1
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "cannot be reached" in record.getMessage() and record.exc_info is None
