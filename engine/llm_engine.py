@@ -273,6 +273,10 @@ class LLMEngine:
         self.last_step_tokens = 0  # tokens the last step computed, for metrics
         self._spec_draft_tokens = 0
         self._spec_accepted_tokens = 0
+        # vLLM's --seed: requests without a seed of their own draw from the default
+        # generator, seeded once loading (which may draw from it) is over, so a server
+        # started again answers the same unseeded requests in the same order the same way.
+        torch.manual_seed(config.seed)
         logger.info(
             "engine ready: %s (%s) on %s (%s), %d KV blocks of %d tokens (%d tokens, %s), "
             "max_model_len %d, loaded in %.1f s",

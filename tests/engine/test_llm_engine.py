@@ -223,6 +223,29 @@ def test_seeded_sampling_is_reproducible_in_any_batch(bundled_llm: LLM) -> None:
     assert bundled_llm.generate([p0], other_seed)[0].token_ids != alone
 
 
+def test_the_engine_seed_makes_unseeded_sampling_repeat_from_start(
+    make_random_model: Callable[[str], Path],
+) -> None:
+    """vLLM's --seed (default 0): an engine started again answers the same unseeded
+    requests the same way; another seed answers them otherwise."""
+    import torch
+
+    model = str(make_random_model("llama"))
+    sampled = SamplingParams(temperature=1.0, max_tokens=12)
+
+    def answers(seed: int, before: int) -> list[list[int]]:
+        torch.manual_seed(before)  # whatever drew random numbers in the process before
+        torch.rand(before)
+        llm = LLM(model, num_kv_blocks=64, seed=seed)
+        prompt = llm.tokenizer.encode("The capital of France is")
+        return [r.token_ids for r in llm.generate([prompt, prompt], sampled)]
+
+    first = answers(7, before=1)
+    assert first[0] != first[1]  # sampled, not greedy
+    assert answers(7, before=2) == first
+    assert answers(8, before=1) != first
+
+
 def test_stop_conditions(bundled_llm: LLM) -> None:
     prompt = bundled_llm.tokenizer.encode("1, 2, 3, 4,")
     free = bundled_llm.generate([prompt], greedy(20))[0]
