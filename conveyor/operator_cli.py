@@ -39,7 +39,7 @@ from conveyor.db.usage import (
 )
 from conveyor.display_names import key_name, project_name
 from conveyor.settings import Settings
-from conveyor.usage_export import rows_as_csv, usage_rows
+from conveyor.usage_export import csv_columns, rows_as_csv, usage_rows
 
 _ALL = 1_000_000  # the CLI lists everything; pagination is for HTTP clients
 
@@ -264,7 +264,7 @@ def _keys_revoke(args: argparse.Namespace, url: str) -> dict[str, Any]:
 
 
 def _usage(args: argparse.Namespace, url: str) -> list[dict[str, Any]] | str:
-    def work(session: Session) -> list[dict[str, Any]]:
+    def work(session: Session) -> tuple[UsageQuery, list[dict[str, Any]]]:
         width = args.bucket_width
         query = UsageQuery(
             start_time=_unix_time(args.start, "--start"),
@@ -278,12 +278,14 @@ def _usage(args: argparse.Namespace, url: str) -> list[dict[str, Any]] | str:
             limit=BUCKET_LIMITS[width][1],
         )
         try:
-            return usage_rows(session, query, args.usage_report)
+            return query, usage_rows(session, query, args.usage_report)
         except UsageQueryError as exc:
             raise OperatorError(exc.message) from None
 
-    rows: list[dict[str, Any]] = _in_session(url, work)
-    return rows_as_csv(rows) if args.format == "csv" else rows
+    query, rows = _in_session(url, work)
+    if args.format == "csv":
+        return rows_as_csv(rows, csv_columns(query, args.usage_report))
+    return rows
 
 
 def _unix_time(text: str, flag: str) -> int:

@@ -69,10 +69,20 @@ def usage_rows(session: Session, query: UsageQuery, report: UsageReport) -> list
     return rows
 
 
-def rows_as_csv(rows: list[dict[str, Any]]) -> str:
-    """The rows as CSV with a header: the columns any row has, in COLUMNS' order."""
-    present = {key for row in rows for key in row}
-    columns = [c for c in COLUMNS if c in present] or ["start_time", "end_time"]
+def csv_columns(query: UsageQuery, report: UsageReport) -> list[str]:
+    """A report's CSV columns, fixed by the query, not by the rows, so a billing import
+    reads the same header on a day with no usage as on any other."""
+    present = {"start_time", "end_time", "start", "end", "input_tokens", "num_model_requests"}
+    present |= set(query.group_by) & _GROUP_FIELDS
+    if "project_id" in query.group_by:
+        present.add("project_name")
+    if report.generates:
+        present |= {"input_cached_tokens", "output_tokens"}
+    return [column for column in COLUMNS if column in present]
+
+
+def rows_as_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """The rows as CSV under `columns` (`csv_columns`), the header first."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

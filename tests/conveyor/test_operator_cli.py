@@ -261,6 +261,14 @@ def test_usage_rows_for_billing_as_json_and_csv(upgraded: Cli) -> None:
     )
     assert lines[0].split(",")[5:] == ["acme", "False", "10", "4", "5", "1"]
     assert len(lines) == 3
+    # A window with no usage: the same header, so a daily billing import reads one schema.
+    empty = ("--start", "2025-11-01", "--end", "2025-11-02")
+    csv_text = cli.text(
+        "usage", "completions", *empty, "--group-by", "project_id,batch", "--format", "csv"
+    )
+    assert csv_text.splitlines() == [header]
+    embeddings_header = cli.text("usage", "embeddings", *empty, "--format", "csv").splitlines()
+    assert embeddings_header == ["start_time,end_time,start,end,input_tokens,num_model_requests"]
 
     assert "cannot group by" in cli.fails("usage", "embeddings", *window, "--group-by", "user")
     assert "ISO date" in cli.fails("usage", "completions", "--start", "yesterday")
