@@ -7,7 +7,9 @@ Flags use vLLM's names; each has a `CONVEYOR_*` env var twin through
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +58,7 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         "--cpu-threads",
         {"type": int, "help": "threads an engine computes with on CPU (default: one per core)"},
     ),
-    ("--dtype", {}),
+    ("--dtype", {"choices": Settings.choices("dtype")}),
     ("--block-size", {"type": int}),
     ("--max-num-seqs", {"type": int}),
     ("--max-num-batched-tokens", {"type": _token_count, "metavar": "N"}),
@@ -752,6 +754,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:  # `chat` or `bench` given a model that cannot work
         print(f"conveyor: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` that stopped reading: as a shell tool, quietly. The
+        # interpreter's last flush at exit goes to /dev/null, not into a second error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -116,7 +116,14 @@ class Settings(BaseSettings):
         description="threads an engine computes with on CPU; default: one per core, "
         "divided among the workers `conveyor serve -dp N` starts on one CPU",
     )
-    dtype: str | None = Field(default=None, description="float32, bfloat16 or float16")
+    # vLLM's --dtype values, and the short names (engine/config.py maps each to torch's).
+    dtype: (
+        Literal["auto", "float32", "float", "fp32", "bfloat16", "bf16", "float16", "half", "fp16"]
+        | None
+    ) = Field(
+        default=None,
+        description="auto: bfloat16 on a GPU, float32 on CPU; or float32, bfloat16, float16",
+    )
     block_size: int = 16
     max_num_seqs: int = 128
     max_num_batched_tokens: int = 2048
@@ -248,7 +255,7 @@ class Settings(BaseSettings):
 
     # --- serving -------------------------------------------------------------------
     host: str = "0.0.0.0"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)
     uds: str | None = Field(
         default=None,
         description="serve the API on this Unix domain socket instead of --host and --port",

@@ -101,6 +101,7 @@ GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
 _DTYPES = {
     "float32": torch.float32,
+    "float": torch.float32,
     "fp32": torch.float32,
     "float16": torch.float16,
     "fp16": torch.float16,

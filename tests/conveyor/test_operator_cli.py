@@ -7,6 +7,10 @@ they can fix must exit 1 with one `error:` line on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +19,7 @@ from conveyor.cli import main
 from conveyor.db import migrate
 from conveyor.db.database import Database
 from conveyor.db.key_store import grant_for_digest, secret_digest
+from conveyor.db.project_store import create_project
 from conveyor.db.request_log import RequestLog
 
 from ..postgres_server import PostgresServer
@@ -273,3 +278,27 @@ def test_usage_rows_for_billing_as_json_and_csv(upgraded: Cli) -> None:
     assert "cannot group by" in cli.fails("usage", "embeddings", *window, "--group-by", "user")
     assert "ISO date" in cli.fails("usage", "completions", "--start", "yesterday")
     assert "no project" in cli.fails("usage", "completions", *window, "--project", "initech")
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`conveyor projects list | head -1`: the rest has nowhere to go, and that is fine."""
+    url = f"sqlite:///{tmp_path / 'conveyor.db'}"
+    assert main(["db", "upgrade", "--database-url", url]) == 0
+    database = Database(url)
+    try:
+        with database.session() as session:
+            for i in range(1500):  # well past a pipe's buffer
+                create_project(session, f"project-{i:04d}")
+    finally:
+        database.close()
+    capsys.readouterr()
+    command = [sys.executable, "-m", "conveyor.cli", "projects", "list", "--database-url", url]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.read(1) == b"["
+        proc.stdout.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

@@ -490,3 +490,10 @@ def test_a_model_swallowed_by_api_key_is_refused(tmp_path: Path) -> None:
             settings_from_args(swallowed)
     fine = parser.parse_args(["serve", "Qwen/Qwen3-0.6B", "--api-key", "k1", "k2"])
     assert settings_from_args(fine).model == "Qwen/Qwen3-0.6B"
+
+
+def test_a_port_out_of_range_is_a_settings_error() -> None:
+    """Not a traceback from bind() after Redis started."""
+    with pytest.raises(ValidationError, match="less than or equal to 65535"):
+        Settings(port=70_000)
+    assert Settings(port=0).port == 0

@@ -31,6 +31,19 @@ def test_default_dtypes() -> None:
         resolve_dtype("int3", torch.device("cpu"))
 
 
+def test_every_dtype_the_flag_accepts_resolves() -> None:
+    """`--dtype` refuses at parse time what the engine would refuse after Redis and the
+    API started; what it accepts (vLLM's values: auto, half, float16, bfloat16, float,
+    float32) the engine reads."""
+    from conveyor.settings import Settings
+
+    names = Settings.choices("dtype")
+    assert {"auto", "half", "float16", "bfloat16", "float", "float32"} <= set(names)
+    for name in names:
+        resolve_dtype(name, torch.device("cpu"))
+    assert resolve_dtype("float", torch.device("cpu")) == torch.float32
+
+
 @pytest.mark.parametrize("dtype", [None, "bfloat16", "float32"])
 def test_bf16_hint_only_for_the_default_on_a_cpu_with_native_bf16(
     make_random_model: Callable[[str], Path],
