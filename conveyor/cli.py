@@ -564,11 +564,15 @@ def _names_a_model(text: str) -> bool:
     return text.endswith(".gguf") or Path(text).expanduser().exists()
 
 
-def _report_bad_settings(exc: ValidationError) -> int:
-    """One line per problem, named by its flag, as argparse reports its own; no traceback."""
+def _report_bad_settings(exc: ValidationError, args: argparse.Namespace) -> int:
+    """One line per problem, named by its flag, as argparse reports its own (or by the
+    env var it came from, when no flag gave it); no traceback."""
     for error in exc.errors():
         first, *rest = error["loc"] or ("",)
-        where = f"--{str(first).replace('_', '-')}{''.join(f'[{p}]' for p in rest)}: "
+        name = str(first)
+        env = None if getattr(args, name, None) is not None else Settings.env_var_setting(name)
+        flag = env or f"--{name.replace('_', '-')}"
+        where = f"{flag}{''.join(f'[{p}]' for p in rest)}: "
         message = str(error["msg"]).removeprefix("Value error, ")
         print(f"conveyor: error: {where if first else ''}{message}", file=sys.stderr)
     return 2
@@ -747,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         if exc.title != Settings.__name__:
             raise
-        return _report_bad_settings(exc)
+        return _report_bad_settings(exc, args)
     except (SettingsError, CommandLineError) as exc:  # an env var that does not decode, ...
         print(f"conveyor: error: {exc}", file=sys.stderr)
         return 2

@@ -506,6 +506,21 @@ class Settings(BaseSettings):
     )
 
     @classmethod
+    def env_var_setting(cls, name: str) -> str | None:
+        """The environment variable a setting was read from (CONVEYOR_X, or an alias such
+        as VLLM_API_KEY), if one is set: so an error can name where the bad value came from."""
+        field = cls.model_fields.get(name)
+        if field is None:
+            return None
+        alias = field.validation_alias
+        names = (
+            [a for a in alias.choices if isinstance(a, str) and a.isupper()]
+            if isinstance(alias, AliasChoices)
+            else [f"CONVEYOR_{name.upper()}"]
+        )
+        return next((env for env in names if env in os.environ), None)
+
+    @classmethod
     def choices(cls, name: str) -> list[str]:
         """The values a setting typed as a Literal (or an optional one) accepts: the CLI's
         choices, from one list."""

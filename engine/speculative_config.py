@@ -29,10 +29,7 @@ class SpeculativeConfig:
     prompt_lookup_min: int = 2
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise SpeculativeConfigError(
-                f"speculative method {self.method!r} is not supported; use one of {METHODS}"
-            )
+        _check_method(self.method)
         if self.num_speculative_tokens < 1:
             raise SpeculativeConfigError("num_speculative_tokens must be at least 1")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
@@ -54,6 +51,8 @@ class SpeculativeConfig:
                 raise SpeculativeConfigError(f"speculative config is not JSON: {exc}") from None
         if not isinstance(value, dict):
             raise SpeculativeConfigError("speculative config must be a JSON object")
+        # Before the keys: a draft model's keys (`model`) come with its method; name that.
+        _check_method(value.get("method", cls.method))
         known = {"method", "num_speculative_tokens", "prompt_lookup_max", "prompt_lookup_min"}
         unknown = sorted(set(value) - known)
         if unknown:
@@ -67,3 +66,10 @@ class SpeculativeConfig:
             if name != "method" and (not isinstance(item, int) or isinstance(item, bool)):
                 raise SpeculativeConfigError(f"{name} must be an integer, got {item!r}")
         return cls(**fields)
+
+
+def _check_method(method: object) -> None:
+    if method not in METHODS:
+        raise SpeculativeConfigError(
+            f"speculative method {method!r} is not supported; use one of {METHODS}"
+        )

@@ -103,6 +103,8 @@ def test_speculative_config_reaches_the_engine_and_a_bad_one_stops_start_up(
     assert settings_env(settings)["CONVEYOR_SPECULATIVE_CONFIG"] == flag  # reaches the worker
     with pytest.raises(ValidationError, match="eagle"):
         Settings(speculative_config='{"method": "eagle"}')
+    with pytest.raises(ValidationError, match="method 'eagle' is not supported"):
+        Settings(speculative_config='{"method": "eagle", "model": "org/draft"}')
 
 
 def test_settings_env_round_trips_explicit_values() -> None:
@@ -497,3 +499,20 @@ def test_a_port_out_of_range_is_a_settings_error() -> None:
     with pytest.raises(ValidationError, match="less than or equal to 65535"):
         Settings(port=70_000)
     assert Settings(port=0).port == 0
+
+
+def test_a_bad_value_from_the_environment_is_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator looks for a flag that is not on the command line otherwise."""
+    from conveyor.cli import main
+
+    monkeypatch.setenv("CONVEYOR_PORT", "abc")
+    monkeypatch.setenv("VLLM_API_KEY", " ")
+    assert main(["serve"]) == 2
+    printed = capsys.readouterr().err.splitlines()
+    assert any(line.startswith("conveyor: error: CONVEYOR_PORT: ") for line in printed)
+    assert any(line.startswith("conveyor: error: VLLM_API_KEY: ") for line in printed)
+    monkeypatch.delenv("VLLM_API_KEY")
+    assert main(["serve", "--port", "70000"]) == 2  # the flag wins, and is named
+    assert capsys.readouterr().err.startswith("conveyor: error: --port: ")
