@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from conveyor.child_process import CONFIGURATION_ERROR, spawn
 from conveyor.db.database_errors import schema_ready_at_start
 from conveyor.embedded_redis import EmbeddedRedis
+from conveyor.redis_wait import redacted, redis_answers_at_start
 from conveyor.served_names import mark_expected_known
 from conveyor.settings import Settings
 from engine.chat_template_source import read_chat_template
@@ -168,16 +169,29 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         try:
-            redis_url = self.settings.redis_url
-            if redis_url is None:
-                self.redis = EmbeddedRedis().start()
-                redis_url = self.redis.url
-            # Before the API starts: requests for the models get 503 while they load, not 404.
-            mark_expected_known(self.settings, redis_url)
+            # Mistakes first, each one line: the database, then the port. The supervisor
+            # listens before any model loads: a port in use is one line (not an API
+            # restarted until it gives up), and an API process restarted after a crash
+            # takes over the same socket, its backlog kept.
             database_url = self.settings.resolved_database_url
             # Before any child: on SQLite this makes or upgrades the schema (see prepare_schema).
             if not schema_ready_at_start(database_url):
                 return CONFIGURATION_ERROR
+            try:
+                self.api_socket = listening_socket(self.settings)
+            except OSError as exc:
+                logger.error("cannot listen %s: %s", self.settings.api_address, exc)
+                return CONFIGURATION_ERROR
+            redis_url = self.settings.redis_url
+            if redis_url is None:
+                self.redis = EmbeddedRedis().start()
+                redis_url = self.redis.url
+            elif not redis_answers_at_start(redis_url, stopping=lambda: self.stopping):
+                # A --redis-url that never answers (a typo) would otherwise restart children
+                # for ever: each waits as long, so they never exit fast enough to be given up.
+                return 0 if self.stopping else 1
+            # Before the API starts: requests for the models get 503 while they load, not 404.
+            mark_expected_known(self.settings, redis_url)
             env = {
                 **os.environ,
                 **settings_env(self.settings),
@@ -187,14 +201,6 @@ class Supervisor:
             if self.settings.resolved_service_key is None:
                 # The batch worker's key to the API, made up for this process tree.
                 env["CONVEYOR_SERVICE_KEY"] = secrets.token_urlsafe(32)
-            # The supervisor listens, before any model loads: a port in use is one line
-            # (not an API restarted until it gives up), and an API process restarted
-            # after a crash takes over the same socket, its backlog kept.
-            try:
-                self.api_socket = listening_socket(self.settings)
-            except OSError as exc:
-                logger.error("cannot listen %s: %s", self.settings.api_address, exc)
-                return CONFIGURATION_ERROR
             api_env = {**env, "CONVEYOR_API_SOCKET_FD": str(self.api_socket.fileno())}
             for rank, name in enumerate(self.worker_names):
                 placement = worker_device_env(self.settings, rank, self.gpus)
@@ -205,7 +211,7 @@ class Supervisor:
             logger.info(
                 "conveyor serve: API %s, redis %s, database %s",
                 self.settings.api_address,
-                redis_url,
+                redacted(redis_url),
                 make_url(database_url).render_as_string(hide_password=True),
             )
             return self._watch()

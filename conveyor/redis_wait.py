@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -27,9 +28,11 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
 
 
-def wait_for_redis(url: str, timeout: float | None = None) -> str | None:
+def wait_for_redis(
+    url: str, timeout: float | None = None, *, stopping: Callable[[], bool] | None = None
+) -> str | None:
     """None once Redis answers a PING; else, after `timeout` seconds (default
-    REDIS_STARTUP_WAIT), the last error."""
+    REDIS_STARTUP_WAIT) or as soon as `stopping()` (a signal came), the last error."""
     timeout = REDIS_STARTUP_WAIT if timeout is None else timeout
     give_up = time.monotonic() + timeout
     warned = False
@@ -42,7 +45,7 @@ def wait_for_redis(url: str, timeout: float | None = None) -> str | None:
             return None
         except redis.RedisError as exc:
             error = str(exc) or type(exc).__name__
-        if time.monotonic() >= give_up:
+        if time.monotonic() >= give_up or (stopping is not None and stopping()):
             return error
         if not warned:
             logger.warning(
@@ -52,9 +55,9 @@ def wait_for_redis(url: str, timeout: float | None = None) -> str | None:
         time.sleep(min(_RETRY_EVERY, max(0.0, give_up - time.monotonic())))
 
 
-def redis_answers_at_start(url: str) -> bool:
+def redis_answers_at_start(url: str, *, stopping: Callable[[], bool] | None = None) -> bool:
     """`wait_for_redis`, logging the one line a process exits with when it gives up."""
-    unreachable = wait_for_redis(url)
+    unreachable = wait_for_redis(url, stopping=stopping)
     if unreachable is not None:
         logger.error("cannot reach Redis at %s: %s", redacted(url), unreachable)
     return unreachable is None

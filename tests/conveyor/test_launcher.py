@@ -239,3 +239,23 @@ def test_a_second_signal_stops_the_children_at_once() -> None:
     assert supervisor.stopping and child.poll() is None  # the first one drains
     supervisor._on_signal(signal.SIGINT, None)
     assert child.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_a_redis_url_that_never_answers_stops_start_up_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Children would each wait as long and be restarted for ever (never fast enough to
+    be given up): the supervisor waits once, before starting any, and exits 1."""
+    from conveyor import redis_wait
+
+    monkeypatch.setattr(redis_wait, "REDIS_STARTUP_WAIT", 0.3)
+    supervisor = Supervisor(Settings(redis_url="redis://:secret@127.0.0.1:1/0"))
+    with caplog.at_level(logging.ERROR):
+        assert supervisor.run() == 1
+    assert supervisor.children == {}
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert line.startswith("cannot reach Redis at redis://:***@127.0.0.1:1/0: ")
+    stopped = Supervisor(Settings(redis_url="redis://127.0.0.1:1/0"))
+    stopped.stopping = True  # Ctrl-C while waiting: no wait out, a clean exit
+    monkeypatch.setattr(redis_wait, "REDIS_STARTUP_WAIT", 60)
+    assert stopped.run() == 0
