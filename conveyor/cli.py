@@ -7,9 +7,6 @@ Flags use vLLM's names; each has a `CONVEYOR_*` env var twin through
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +19,7 @@ from conveyor.log_config import LogConfigError, configure_logging
 from conveyor.operator_cli import add_operator_commands
 from conveyor.settings import Settings, human_readable_int, json_or_comma_list
 from engine.configuration_error import ConfigurationError
+from engine.loader import BUNDLED_MODEL_NAME, HubUnavailable
 
 
 def _token_count(text: str) -> int:
@@ -537,26 +535,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         given["served_model_name"] = names[0]
         if len(names) > 1:
             given["served_model_aliases"] = names[1:]
-    keys = getattr(args, "api_key", None)
-    if isinstance(keys, list) and given.get("model") is None and len(keys) > 1:
-        last = keys[-1]
-        if _names_a_model(last) or _HUB_ID.fullmatch(last):
-            raise CommandLineError(
-                f"--api-key took {last!r} as one of its keys, so no model was given: put "
-                "the model first (`conveyor serve MODEL --api-key ...`)"
-            )
     older = getattr(args, "override_pooler_config", None)
     if older is not None:
         given.setdefault("pooler_config", older)
-    return Settings(**given)
+    settings = Settings(**given)
+    keys = getattr(args, "api_key", None)
+    if isinstance(keys, list) and len(keys) > 1 and settings.model is None:
+        # `--api-key K1 gpt2`: the model became a key (and the bundled model would serve,
+        # opened by the model's name); which of several keys was meant is not knowable.
+        raise CommandLineError(
+            f"--api-key took {len(keys)} keys and no model was given: if the last, "
+            f"{keys[-1]!r}, is the model, put it first (`conveyor serve MODEL --api-key "
+            f"...`); for the bundled model with several keys, name it: `conveyor serve "
+            f"{BUNDLED_MODEL_NAME} --api-key ...`"
+        )
+    return settings
 
 
 class CommandLineError(ValueError):
     """Flags that parse but cannot mean what was meant; said in one line."""
-
-
-# A Hugging Face hub id, `org/name`: what a model argument swallowed by a flag looks like.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _names_a_model(text: str) -> bool:
@@ -569,7 +566,7 @@ def _report_bad_settings(exc: ValidationError, args: argparse.Namespace) -> int:
     env var it came from, when no flag gave it); no traceback."""
     for error in exc.errors():
         first, *rest = error["loc"] or ("",)
-        name = str(first)
+        name = Settings.field_named(str(first))
         env = None if getattr(args, name, None) is not None else Settings.env_var_setting(name)
         flag = env or f"--{name.replace('_', '-')}"
         where = f"{flag}{''.join(f'[{p}]' for p in rest)}: "
@@ -758,11 +755,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigurationError as exc:  # `chat` or `bench` given a model that cannot work
         print(f"conveyor: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        # Output piped into `head` that stopped reading: as a shell tool, quietly. The
-        # interpreter's last flush at exit goes to /dev/null, not into a second error.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+    except HubUnavailable as exc:  # `chat` or `bench` offline: perhaps not for long
+        print(f"conveyor: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

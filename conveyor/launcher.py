@@ -107,6 +107,15 @@ def worker_device_env(settings: Settings, rank: int, gpus: int) -> dict[str, str
     return env
 
 
+def worker_seed_env(settings: Settings, rank: int) -> dict[str, str]:
+    """With --data-parallel-size N, worker `rank` seeds its generator with --seed + rank:
+    with one seed, identical unseeded requests that reach two workers at the same point
+    would be sampled identically."""
+    if settings.data_parallel_size == 1:
+        return {}
+    return {"CONVEYOR_SEED": str(settings.seed + rank)}
+
+
 def cpu_threads_each(workers: int) -> int:
     """Each of `workers` engines' share of the CPUs this process may run on: torch's
     default, a thread per core in every worker, would put N threads on each core."""
@@ -190,6 +199,8 @@ class Supervisor:
                 # A --redis-url that never answers (a typo) would otherwise restart children
                 # for ever: each waits as long, so they never exit fast enough to be given up.
                 return 0 if self.stopping else 1
+            if self.stopping:  # Ctrl-C while Redis started or was waited for: start nothing
+                return 0
             # Before the API starts: requests for the models get 503 while they load, not 404.
             mark_expected_known(self.settings, redis_url)
             env = {
@@ -204,7 +215,9 @@ class Supervisor:
             api_env = {**env, "CONVEYOR_API_SOCKET_FD": str(self.api_socket.fileno())}
             for rank, name in enumerate(self.worker_names):
                 placement = worker_device_env(self.settings, rank, self.gpus)
-                self._spawn(name, ["worker"], {**env, **placement})
+                self._spawn(
+                    name, ["worker"], {**env, **placement, **worker_seed_env(self.settings, rank)}
+                )
             for name in self.api_names:
                 self._spawn(name, ["api"], api_env)
             self._spawn("batch-worker", ["batch-worker"], env)

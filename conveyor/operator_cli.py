@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -66,10 +68,17 @@ def add_operator_commands(
             except DATABASE_ERRORS as exc:
                 print(f"error: {describe(url, exc)}", file=sys.stderr)
                 return 1
-            if isinstance(result, str):
-                sys.stdout.write(result)
-            elif result is not None:
-                print(json.dumps(result, indent=2))
+            try:
+                if isinstance(result, str):
+                    sys.stdout.write(result)
+                elif result is not None:
+                    print(json.dumps(result, indent=2))
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # Piped into `head`, which stopped reading: quietly, as a shell tool. The
+                # interpreter's last flush at exit goes to /dev/null, not a second error.
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 128 + signal.SIGPIPE
             return 0
 
         return wrapped

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 
@@ -18,14 +18,21 @@ _RETRY_EVERY = 1.0
 
 
 def redacted(url: str) -> str:
-    """The URL for a log line: any password replaced."""
+    """The URL for a log line: any password replaced (redis-py also reads one from the
+    query, `?password=...`)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port is not None else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    if parts.query:
+        query = [
+            (key, "***" if key.lower() == "password" else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    if parts.password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+        parts = parts._replace(netloc=f"{user}:***@{host}{port}")
+    return urlunsplit(parts)
 
 
 def wait_for_redis(
@@ -58,6 +65,6 @@ def wait_for_redis(
 def redis_answers_at_start(url: str, *, stopping: Callable[[], bool] | None = None) -> bool:
     """`wait_for_redis`, logging the one line a process exits with when it gives up."""
     unreachable = wait_for_redis(url, stopping=stopping)
-    if unreachable is not None:
+    if unreachable is not None and not (stopping is not None and stopping()):
         logger.error("cannot reach Redis at %s: %s", redacted(url), unreachable)
     return unreachable is None

@@ -272,7 +272,9 @@ class Settings(BaseSettings):
     # over from `vllm serve` with its environment is not left open.
     api_key: Annotated[list[SecretStr], NoDecode] | None = Field(
         default=None,
-        validation_alias=AliasChoices("api_key", "CONVEYOR_API_KEY", "VLLM_API_KEY"),
+        # Only the prefixed names: an alias skips env_prefix, so "api_key" would read
+        # any API_KEY the environment holds for something else.
+        validation_alias=AliasChoices("CONVEYOR_API_KEY", "VLLM_API_KEY"),
         description="require `Authorization: Bearer <key>` (any of these keys) on /v1 and "
         "the other inference paths (vLLM's VLLM_API_KEY is read too)",
     )
@@ -506,9 +508,22 @@ class Settings(BaseSettings):
     )
 
     @classmethod
+    def field_named(cls, name: str) -> str:
+        """The setting a name stands for: itself, or the field an alias (an error's
+        location for a value read from CONVEYOR_API_KEY, say) belongs to."""
+        if name in cls.model_fields:
+            return name
+        for field_name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices) and name in alias.choices:
+                return field_name
+        return name
+
+    @classmethod
     def env_var_setting(cls, name: str) -> str | None:
         """The environment variable a setting was read from (CONVEYOR_X, or an alias such
         as VLLM_API_KEY), if one is set: so an error can name where the bad value came from."""
+        name = cls.field_named(name)
         field = cls.model_fields.get(name)
         if field is None:
             return None
@@ -631,6 +646,8 @@ class Settings(BaseSettings):
         JSON list `conveyor serve` hands its children; none at all is no key."""
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
+        if value == "":  # VLLM_API_KEY= (set, empty): no key, as vLLM reads it
+            return None
         if isinstance(value, str):
             value = _json_key_list(value) or [value]
         if isinstance(value, list | tuple):

@@ -218,8 +218,10 @@ class HubUnavailable(RuntimeError):
 def _download(
     repo_id: str, hub: Path, revision: str | None, allow_patterns: tuple[str, ...]
 ) -> Path:
+    import httpx
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
+        HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -241,10 +243,15 @@ def _download(
     except RevisionNotFoundError as exc:
         raise MissingFileError(f"{repo_id}: no revision {revision!r} on the hub") from exc
     except LocalEntryNotFoundError as exc:  # offline, DNS, a proxy: the hub did not answer
-        cause = exc.__cause__ or exc.__context__
-        why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
-        raise HubUnavailable(
-            f"{repo_id} is not a folder or .gguf file here, and the Hugging Face hub cannot "
-            f"be reached to fetch it into {hub}{why}: pass a local model folder, or download "
-            "it first where the hub is reachable (--download-dir names the cache)"
-        ) from exc
+        raise _hub_unavailable(repo_id, hub, exc.__cause__ or exc.__context__) from exc
+    except (HfHubHTTPError, httpx.TransportError) as exc:  # a 5xx, a connection cut mid-file
+        raise _hub_unavailable(repo_id, hub, exc) from exc
+
+
+def _hub_unavailable(repo_id: str, hub: Path, cause: BaseException | None) -> HubUnavailable:
+    why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+    return HubUnavailable(
+        f"{repo_id} is not a folder or .gguf file here, and fetching it from the Hugging "
+        f"Face hub into {hub} failed{why}: pass a local model folder, or download it first "
+        "where the hub is reachable (--download-dir names the cache)"
+    )

@@ -21,6 +21,7 @@ from conveyor.launcher import (
     settings_env,
     visible_gpus,
     worker_device_env,
+    worker_seed_env,
 )
 from conveyor.settings import Settings
 
@@ -242,20 +243,35 @@ def test_a_second_signal_stops_the_children_at_once() -> None:
 
 
 def test_a_redis_url_that_never_answers_stops_start_up_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Children would each wait as long and be restarted for ever (never fast enough to
     be given up): the supervisor waits once, before starting any, and exits 1."""
     from conveyor import redis_wait
 
     monkeypatch.setattr(redis_wait, "REDIS_STARTUP_WAIT", 0.3)
-    supervisor = Supervisor(Settings(redis_url="redis://:secret@127.0.0.1:1/0"))
+    private = {"database_url": f"sqlite:///{tmp_path}/conveyor.db", "host": "127.0.0.1", "port": 0}
+    supervisor = Supervisor(Settings(redis_url="redis://:secret@127.0.0.1:1/0", **private))
     with caplog.at_level(logging.ERROR):
         assert supervisor.run() == 1
     assert supervisor.children == {}
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert line.startswith("cannot reach Redis at redis://:***@127.0.0.1:1/0: ")
-    stopped = Supervisor(Settings(redis_url="redis://127.0.0.1:1/0"))
-    stopped.stopping = True  # Ctrl-C while waiting: no wait out, a clean exit
+    caplog.clear()
+    stopped = Supervisor(Settings(redis_url="redis://127.0.0.1:1/0", **private))
+    stopped.stopping = True  # Ctrl-C while waiting: no wait out, a clean exit, no error
     monkeypatch.setattr(redis_wait, "REDIS_STARTUP_WAIT", 60)
-    assert stopped.run() == 0
+    with caplog.at_level(logging.ERROR):
+        assert stopped.run() == 0
+    assert stopped.children == {}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_data_parallel_workers_sample_from_streams_of_their_own() -> None:
+    """--seed + rank: one seed would sample identical unseeded requests alike on each."""
+    assert worker_seed_env(Settings(seed=5), 0) == {}
+    two = Settings(seed=5, data_parallel_size=2, device="cpu")
+    assert [worker_seed_env(two, rank) for rank in (0, 1)] == [
+        {"CONVEYOR_SEED": "5"},
+        {"CONVEYOR_SEED": "6"},
+    ]

@@ -46,3 +46,4 @@ def test_passwords_stay_out_of_the_logs() -> None:
     assert redacted("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
     assert redacted("rediss://app:s3cret@redis/1") == "rediss://app:***@redis/1"
     assert redacted("redis://redis:6379") == "redis://redis:6379"
+    assert redacted("redis://redis/0?password=s3cret&db=1") == "redis://redis/0?password=***&db=1"

@@ -446,6 +446,19 @@ def test_chat_and_bench_refuse_what_cannot_work_in_one_line(
     assert "--max-tokens: must be at least 1, got 0" in capsys.readouterr().err
 
 
+def test_chat_offline_with_a_hub_model_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    from conveyor.cli import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert main(["chat", "--model", "acme/not-cached", "--data-dir", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("conveyor: error: acme/not-cached is not a folder or .gguf file")
+
+
 def test_worker_loss_timeout_reaches_the_api_processes() -> None:
     """`conveyor serve --worker-loss-timeout 30`: its API children read it from the env."""
     parser = build_parser()
@@ -480,18 +493,38 @@ def test_api_keys_as_vllm_takes_them(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         Settings(api_key=["k1", " "])
 
 
-def test_a_model_swallowed_by_api_key_is_refused(tmp_path: Path) -> None:
-    """`--api-key k1 Qwen/Qwen3-0.6B` with no model before it: serving the bundled model
-    with a second key named like a model would hide the mistake."""
+def test_a_model_swallowed_by_api_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--api-key k1 gpt2` with no model before it: serving the bundled model, opened by
+    the model's name, would hide the mistake."""
     from conveyor.cli import CommandLineError
 
     parser = build_parser()
-    for model in (str(tmp_path), "Qwen/Qwen3-0.6B"):
+    for model in (str(tmp_path), "Qwen/Qwen3-0.6B", "gpt2"):
         swallowed = parser.parse_args(["serve", "--api-key", "k1", model])
-        with pytest.raises(CommandLineError, match="put the model first"):
+        with pytest.raises(CommandLineError, match="put it first"):
             settings_from_args(swallowed)
-    fine = parser.parse_args(["serve", "Qwen/Qwen3-0.6B", "--api-key", "k1", "k2"])
-    assert settings_from_args(fine).model == "Qwen/Qwen3-0.6B"
+    fine = parser.parse_args(["serve", "gpt2", "--api-key", "k1", "k2"])
+    assert settings_from_args(fine).model == "gpt2"
+    bundled = parser.parse_args(["serve", "SmolLM2-135M-Instruct", "--api-key", "k1", "k2"])
+    assert len(settings_from_args(bundled).api_key or ()) == 2
+    assert settings_from_args(parser.parse_args(["serve", "--api-key", "k1"])).model is None
+    monkeypatch.setenv("CONVEYOR_MODEL", "gpt2")  # the model from the environment
+    assert settings_from_args(parser.parse_args(["serve", "--api-key", "k1", "a/b"])).api_key
+
+
+def test_an_unrelated_api_key_variable_is_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Containers set API_KEY for other things; only CONVEYOR_API_KEY and VLLM_API_KEY
+    are read, and an empty one is no key (as vLLM reads VLLM_API_KEY=)."""
+    monkeypatch.setenv("API_KEY", "someone-elses")
+    assert Settings().api_key is None
+    assert [k.get_secret_value() for k in Settings(api_key=["flag"]).api_key or ()] == ["flag"]
+    monkeypatch.setenv("CONVEYOR_API_KEY", '["flag"]')  # what a child reads
+    assert [k.get_secret_value() for k in Settings().api_key or ()] == ["flag"]
+    monkeypatch.delenv("CONVEYOR_API_KEY")
+    monkeypatch.setenv("VLLM_API_KEY", "")
+    assert Settings().api_key is None and not Settings().requires_key
 
 
 def test_a_port_out_of_range_is_a_settings_error() -> None:

@@ -153,5 +153,20 @@ def test_a_hub_model_the_hub_cannot_give_says_so_in_one_line(
     """No network (or HF_HUB_OFFLINE) and not cached: HubUnavailable, which the worker
     reports in a line and exits 1 for (the network may come back), not a traceback."""
     _offline(monkeypatch)
-    with pytest.raises(HubUnavailable, match=r"^acme/absent is not a folder .* cannot be reached"):
+    unavailable = r"^acme/absent is not a folder .* fetching it from the Hugging Face hub"
+    with pytest.raises(HubUnavailable, match=unavailable):
         resolve_model("acme/absent", tmp_path / "data", download_dir=tmp_path / "hub")
+
+
+def test_a_connection_lost_mid_download_is_the_hub_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+    import huggingface_hub
+
+    def cut(*args: object, **kwargs: object) -> str:
+        raise httpx.RemoteProtocolError("peer closed connection")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cut)
+    with pytest.raises(HubUnavailable, match="RemoteProtocolError: peer closed connection"):
+        resolve_model("acme/big", tmp_path / "data", download_dir=tmp_path / "hub")

@@ -649,4 +649,6 @@ def test_a_hub_the_worker_cannot_reach_is_one_line_and_exit_1(
     with caplog.at_level(logging.ERROR):
         assert run_worker(settings, stop=threading.Event()) == 1
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert "cannot be reached" in record.getMessage() and record.exc_info is None
+    assert (
+        "fetching it from the Hugging Face hub" in record.getMessage() and record.exc_info is None
+    )
