@@ -17,8 +17,14 @@ die() {
     exit 64
 }
 
+# Settings whose own name ends in _FILE: a path conveyor reads itself, not a secret file.
+SETTINGS_NAMED_FILE="CONVEYOR_LOG_CONFIG_FILE"
+
 load_secret_files() {
     for name in $(env | sed -n 's/^\(CONVEYOR_[A-Z0-9_]*\)_FILE=.*/\1/p'); do
+        case " $SETTINGS_NAMED_FILE " in
+            *" ${name}_FILE "*) continue ;;
+        esac
         file=$(printenv "${name}_FILE")
         if [ -n "$(printenv "$name" || true)" ]; then
             die "both $name and ${name}_FILE are set; use one"

@@ -145,6 +145,23 @@ def test_secret_files_become_settings(fake_bin: Path, tmp_path: Path) -> None:
     }
 
 
+def test_a_setting_named_file_is_left_as_it_is(fake_bin: Path, tmp_path: Path) -> None:
+    """CONVEYOR_LOG_CONFIG_FILE names a file conveyor reads itself: not a secret file."""
+    (tmp_path / "logging.json").write_text('{"version": 1}')
+    env = {"CONVEYOR_LOG_CONFIG_FILE": str(tmp_path / "logging.json")}
+    report = reported(run_entrypoint(fake_bin, "api", env=env))
+    assert report["env"] == env
+
+
+def test_every_setting_named_file_is_known_to_the_entrypoint() -> None:
+    from conveyor.settings import Settings
+
+    script = ENTRYPOINT.read_text()
+    for name in Settings.model_fields:
+        if name.endswith("_file"):
+            assert f"CONVEYOR_{name.upper()}" in script, name
+
+
 def test_secret_file_mistakes_stop_the_container(fake_bin: Path, tmp_path: Path) -> None:
     (tmp_path / "admin").write_text("from-file")
     both = run_entrypoint(

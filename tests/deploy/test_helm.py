@@ -185,6 +185,29 @@ def test_api_probes_and_settings(manifests: tuple[str, list[dict[str, Any]]]) ->
     }
 
 
+def test_config_values_reach_conveyor_as_it_reads_them() -> None:
+    """Helm reads numbers as floats: a large one must not become 1.073741824e+09, which
+    Settings refuses (every pod would crash-loop)."""
+    config = {
+        "CONVEYOR_MAX_UPLOAD_BYTES": 1073741824,
+        "CONVEYOR_GPU_MEMORY_UTILIZATION": 0.85,
+        "CONVEYOR_ENFORCE_EAGER": True,
+        "CONVEYOR_SERVED_MODEL_NAME": "qwen3",
+    }
+    docs = render({"config": config})
+    data = by_kind(docs, "ConfigMap")[f"{RELEASE}-conveyor"]["data"]
+    assert {name: data[name] for name in config} == {
+        "CONVEYOR_MAX_UPLOAD_BYTES": "1073741824",
+        "CONVEYOR_GPU_MEMORY_UTILIZATION": "0.85",
+        "CONVEYOR_ENFORCE_EAGER": "true",
+        "CONVEYOR_SERVED_MODEL_NAME": "qwen3",
+    }
+    from conveyor.settings import Settings
+
+    read = Settings(**{k.removeprefix("CONVEYOR_").lower(): v for k, v in data.items()})
+    assert read.max_upload_bytes == 1073741824
+
+
 def test_gpu_values_place_workers_on_gpus() -> None:
     docs = render(VALUES["gpu"])
     worker = by_kind(docs, "Deployment")[f"{RELEASE}-conveyor-worker"]
