@@ -31,7 +31,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from conveyor.child_process import CONFIGURATION_ERROR, spawn
-from conveyor.db.database_errors import schema_ready_at_start
+from conveyor.db.database_errors import schema_failure_at_start
 from conveyor.embedded_redis import EmbeddedRedis
 from conveyor.redis_wait import redacted, redis_answers_at_start
 from conveyor.served_names import mark_expected_known
@@ -184,8 +184,9 @@ class Supervisor:
             # takes over the same socket, its backlog kept.
             database_url = self.settings.resolved_database_url
             # Before any child: on SQLite this makes or upgrades the schema (see prepare_schema).
-            if not schema_ready_at_start(database_url):
-                return CONFIGURATION_ERROR
+            failure = schema_failure_at_start(database_url)
+            if failure is not None:
+                return failure
             try:
                 self.api_socket = listening_socket(self.settings)
             except OSError as exc:

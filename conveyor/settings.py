@@ -649,11 +649,15 @@ class Settings(BaseSettings):
         if value == "":  # VLLM_API_KEY= (set, empty): no key, as vLLM reads it
             return None
         if isinstance(value, str):
-            value = _json_key_list(value) or [value]
+            # A key file (CONVEYOR_API_KEY_FILE) may hold one key per line.
+            value = _json_key_list(value) or [line for line in value.splitlines() if line]
         if isinstance(value, list | tuple):
             keys = [k.get_secret_value() if isinstance(k, SecretStr) else k for k in value]
             if any(not isinstance(k, str) or not k.strip() for k in keys):
                 raise ValueError("an API key must be a non-empty string")
+            if any(len(k.split()) != 1 or k != k.strip() for k in keys):
+                # No client can send it in `Authorization: Bearer`: every call would 401.
+                raise ValueError("an API key must not contain spaces or line breaks")
             return keys or None
         return value
 

@@ -51,9 +51,17 @@ def describe(url: str, exc: BaseException) -> str:
 
 def schema_ready_at_start(url: str) -> bool:
     """`prepare_schema`, with a problem logged as one line (False) instead of raised."""
+    return schema_failure_at_start(url) is None
+
+
+def schema_failure_at_start(url: str) -> int | None:
+    """`prepare_schema`, a problem logged as one line; None when ready, else the exit
+    status for it: 1 for a database that did not take the connection (at boot it may not
+    be up yet: a supervisor's restart may find it), 2 for what no restart mends (a URL
+    that cannot work, a schema not migrated, an unknown revision)."""
     try:
         prepare_schema(url)
     except DATABASE_ERRORS as exc:
         logger.error("%s", describe(url, exc))
-        return False
-    return True
+        return 1 if isinstance(exc, (OperationalError, InterfaceError)) else 2
+    return None

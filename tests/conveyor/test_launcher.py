@@ -184,14 +184,21 @@ def test_a_redis_that_cannot_start_again_stops_the_tree(monkeypatch: pytest.Monk
 def test_a_database_that_cannot_be_used_stops_start_up_in_one_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Before any child starts; it was a traceback from `prepare_schema`."""
+    """Before any child starts; it was a traceback from `prepare_schema`. A database
+    that does not answer exits 1 (at boot it may come up: systemd restarts the unit), a
+    URL that cannot work 2 (no restart mends it)."""
     url = "postgresql://conveyor:s3cretpw@127.0.0.1:1/conveyor"
     supervisor = Supervisor(Settings(redis_url="redis://127.0.0.1:1/0", database_url=url))
     with caplog.at_level(logging.ERROR):
-        assert supervisor.run() == CONFIGURATION_ERROR
+        assert supervisor.run() == 1
     assert supervisor.children == {}
     (error,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert error.startswith("database postgresql://conveyor:***@127.0.0.1:1/conveyor: ")
+    caplog.clear()
+    no_driver = Supervisor(Settings(redis_url="redis://127.0.0.1:1/0", database_url="nosuch://x"))
+    with caplog.at_level(logging.ERROR):
+        assert no_driver.run() == CONFIGURATION_ERROR
+    assert no_driver.children == {}
 
 
 def test_a_port_in_use_stops_start_up_before_any_child(

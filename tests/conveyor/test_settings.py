@@ -486,8 +486,8 @@ def test_api_keys_as_vllm_takes_them(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert Settings().requires_key
     monkeypatch.setenv("CONVEYOR_API_KEY", "ours")  # ours wins over vLLM's
     assert [k.get_secret_value() for k in Settings().api_key or ()] == ["ours"]
-    assert [k.get_secret_value() for k in Settings(api_key="[not json").api_key or ()] == [
-        "[not json"
+    assert [k.get_secret_value() for k in Settings(api_key="[notjson").api_key or ()] == [
+        "[notjson"
     ]
     with pytest.raises(ValidationError, match="non-empty"):
         Settings(api_key=["k1", " "])
@@ -525,6 +525,10 @@ def test_an_unrelated_api_key_variable_is_not_ours(monkeypatch: pytest.MonkeyPat
     monkeypatch.delenv("CONVEYOR_API_KEY")
     monkeypatch.setenv("VLLM_API_KEY", "")
     assert Settings().api_key is None and not Settings().requires_key
+    monkeypatch.setenv("CONVEYOR_API_KEY", "k-one\nk-two\n")  # a key file, a key a line
+    assert [k.get_secret_value() for k in Settings().api_key or ()] == ["k-one", "k-two"]
+    with pytest.raises(ValidationError, match="must not contain spaces"):
+        Settings(api_key="two words")
 
 
 def test_a_port_out_of_range_is_a_settings_error() -> None:

@@ -98,7 +98,7 @@ def test_units_are_hardened_and_read_an_environment_file(name: str) -> None:
 
 
 def test_sql_users_start_after_the_migration() -> None:
-    for name in ("conveyor-api@.service", "conveyor-batch-worker.service"):
+    for name in ("conveyor-api@.service", "conveyor-batch-worker.service", "conveyor.service"):
         unit = parse_unit(SYSTEMD_DIR / name)["Unit"]
         assert "conveyor-migrate.service" in unit["Wants"][0].split()
         assert "conveyor-migrate.service" in unit["After"][0].split()
