@@ -196,10 +196,13 @@ class Supervisor:
             if redis_url is None:
                 self.redis = EmbeddedRedis().start()
                 redis_url = self.redis.url
-            elif not redis_answers_at_start(redis_url, stopping=lambda: self.stopping):
+            elif (
+                not redis_answers_at_start(redis_url, stopping=lambda: self.stopping)
+                and not self.stopping
+            ):
                 # A --redis-url that never answers (a typo) would otherwise restart children
                 # for ever: each waits as long, so they never exit fast enough to be given up.
-                return 0 if self.stopping else 1
+                return 1
             if self.stopping:  # Ctrl-C while Redis started or was waited for: start nothing
                 return 0
             # Before the API starts: requests for the models get 503 while they load, not 404.
