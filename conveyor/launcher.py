@@ -150,6 +150,14 @@ def listening_socket(settings: Settings) -> socket.socket:
     return server
 
 
+def with_bound_port(settings: Settings, server: socket.socket) -> Settings:
+    """--port 0 lets the kernel pick a free port: the one it picked is what the batch
+    worker calls and the start-up line names (port 0 would have aimed the worker at :0)."""
+    if settings.uds or settings.port != 0:
+        return settings
+    return settings.model_copy(update={"port": server.getsockname()[1]})
+
+
 def check_local_files(settings: Settings) -> None:
     """Files the flags name on this machine: missing ones stop start-up here, in a line,
     rather than in a worker after the API is up."""
@@ -192,6 +200,7 @@ class Supervisor:
             except OSError as exc:
                 logger.error("cannot listen %s: %s", self.settings.api_address, exc)
                 return CONFIGURATION_ERROR
+            self.settings = with_bound_port(self.settings, self.api_socket)
             redis_url = self.settings.redis_url
             if redis_url is None:
                 self.redis = EmbeddedRedis().start()

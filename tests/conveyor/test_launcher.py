@@ -20,6 +20,7 @@ from conveyor.launcher import (
     run_serve,
     settings_env,
     visible_gpus,
+    with_bound_port,
     worker_device_env,
     worker_seed_env,
 )
@@ -282,3 +283,40 @@ def test_data_parallel_workers_sample_from_streams_of_their_own() -> None:
         {"CONVEYOR_SEED": "5"},
         {"CONVEYOR_SEED": "6"},
     ]
+
+
+def test_port_0_serves_on_the_port_the_kernel_picked(
+    tmp_path: Path,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The batch worker calls the API where it really listens (it was sent to :0), and
+    the start-up line says where that is."""
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        redis_url=redis_url,
+        database_url=f"sqlite:///{tmp_path}/conveyor.db",
+    )
+    supervisor = Supervisor(settings)
+    spawned: dict[str, dict[str, str]] = {}
+    monkeypatch.setattr(supervisor, "_spawn", lambda name, args, env: spawned.update({name: env}))
+    bound: list[int] = []
+
+    def watch() -> int:  # the children are up: where does the shared socket listen?
+        assert supervisor.api_socket is not None
+        bound.append(supervisor.api_socket.getsockname()[1])
+        return 0
+
+    monkeypatch.setattr(supervisor, "_watch", watch)
+    with caplog.at_level(logging.INFO):
+        assert supervisor.run() == 0
+    (port,) = bound
+    assert port != 0
+    assert spawned["batch-worker"]["CONVEYOR_PORT"] == str(port)
+    assert supervisor.settings.resolved_batch_api_url == f"http://127.0.0.1:{port}"
+    assert any(f"API on http://127.0.0.1:{port}," in r.getMessage() for r in caplog.records)
+    named = Settings(host="127.0.0.1", port=8123)
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        assert with_bound_port(named, other) is named
