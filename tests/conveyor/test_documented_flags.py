@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.cli import build_parser
+from conveyor.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,8 @@ OTHER_TOOLS = frozenset(
         "--set",
         "--shell",
         "--system",
+        "--pipe",  # systemd-run
+        "--wait",
     }
 )
 
@@ -70,3 +73,25 @@ def test_serve_takes_its_children_s_flags() -> None:
     serve = parser.parse_args(["serve", *flags])
     assert (serve.batch_max_inflight, serve.batch_worker_concurrency) == (2, 3)
     assert (serve.log_flush_interval, serve.batch_api_url) == (0.5, "http://api:8000")
+
+
+# Set by `conveyor serve` for its children, or derived from other flags: not for operators.
+INTERNAL_SETTINGS = frozenset({"served_model_aliases", "api_socket_fd", "supervisor_pid"})
+
+
+def test_every_setting_without_a_flag_is_documented_as_a_variable() -> None:
+    """A tunable only the environment can set is findable: README names its variable."""
+    dests: set[str] = set()
+
+    def walk(parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            dests.add(action.dest)
+            if isinstance(action, argparse._SubParsersAction):
+                for command in action.choices.values():
+                    walk(command)
+
+    walk(build_parser())
+    readme = (ROOT / "README.md").read_text()
+    flagless = set(Settings.model_fields) - dests - INTERNAL_SETTINGS
+    assert flagless, "every setting has a flag: drop this test's premise"
+    assert sorted(f for f in flagless if f"CONVEYOR_{f.upper()}" not in readme) == []
