@@ -4,7 +4,11 @@ Decoding is incremental (vLLM / HF TextStreamer style): each step decodes only a
 short window of ids, from `prefix_offset` (the tokens released last time, as
 context so merges and leading spaces come out right) to the end, and releases
 what goes beyond the window's old text. Text that ends in U+FFFD is held back,
-since a later token may complete the UTF-8 character.
+since a later token may complete the UTF-8 character; but a character is at most
+4 bytes, so once many tokens are held (a model emitting bytes that never form a
+character) all but the last few tokens' text is settled and goes out, which keeps
+both the stream moving and each step's decode short (sglang#34852 is the bug this
+avoids: nothing streamed, and quadratic decode work on the engine's thread).
 
 Stop strings are matched on released text only; a suffix that could still grow
 into a stop string is held back so a stop string never reaches a client.
@@ -21,6 +25,10 @@ from engine.tokenizer import Tokenizer
 # enough for SentencePiece's leading space and byte-level merges to come out right.
 _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
+# Held-back tokens beyond which the text before the last few is settled: an incomplete
+# character's bytes lie in the last 4 tokens that decode to something.
+_MAX_HELD_TOKENS = 8
+_UTF8_MAX_BYTES = 4
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,8 @@ class IncrementalDetokenizer:
         text = self._decode(self._ids)
         if len(text) <= len(self._window_text) or text.endswith(_REPLACEMENT_CHAR):
             # Nothing new yet, or an incomplete character that later bytes may finish.
-            return self._release("", final=False, check_stop=check_stop)
+            settled = self._release_settled_head(text)
+            return self._release(settled, final=False, check_stop=check_stop)
         delta = text[len(self._window_text) :]
         # Slide the window: the ids just released become the next step's context.
         del self._ids[: self._read_offset]
@@ -108,6 +117,25 @@ class IncrementalDetokenizer:
         text = self._decode(self._ids)
         delta = text[len(self._window_text) :]
         return self._release(delta, final=True).text_delta
+
+    def _release_settled_head(self, text: str) -> str:
+        """Many tokens held and still ending in U+FFFD: the text of all but the last 4
+        tokens that decode to something is final (their bytes are past any incomplete
+        character), so return it and slide the window past those tokens."""
+        if len(self._ids) - self._read_offset <= _MAX_HELD_TOKENS:
+            return ""
+        split, bytes_after = len(self._ids), 0
+        while split > self._read_offset and bytes_after < _UTF8_MAX_BYTES:
+            split -= 1
+            bytes_after += bool(self._decode(self._ids[split : split + 1]))
+        head = self._decode(self._ids[:split])
+        if len(head) <= len(self._window_text) or not text.startswith(head):
+            return ""
+        delta = head[len(self._window_text) :]
+        del self._ids[: self._read_offset]
+        self._read_offset = split - self._read_offset
+        self._window_text = self._decode(self._ids[: self._read_offset])
+        return delta
 
     def _decode(self, token_ids: list[int]) -> str:
         return self._tokenizer.decode(token_ids, skip_special_tokens=self._skip_special_tokens)
