@@ -57,6 +57,9 @@ class IncrementalDetokenizer:
             raise ValueError("stop strings must be non-empty strings")
         self._tokenizer = tokenizer
         self._skip_special_tokens = skip_special_tokens
+        # Left out of the window, as decode would: a model repeating one (ignore_eos after
+        # its answer) would otherwise grow the window, and each step's decode, without end.
+        self._skipped = tokenizer.special_token_ids if skip_special_tokens else frozenset()
         self._stops = tuple(dict.fromkeys(stop))
         self._include_stop = include_stop_str_in_output
         # The decode window: ids[:read_offset] were already released (the prompt tail at first).
@@ -94,7 +97,10 @@ class IncrementalDetokenizer:
         if self._finished:
             reason = "a stop string matched" if self._stop_string is not None else "flushed"
             raise RuntimeError(f"detokenizer already finished ({reason}); no more tokens")
-        self._ids.extend(token_ids)
+        kept = [t for t in token_ids if t not in self._skipped]
+        if not kept:
+            return self._release("", final=False, check_stop=check_stop)
+        self._ids.extend(kept)
         text = self._decode(self._ids)
         if len(text) <= len(self._window_text) or text.endswith(_REPLACEMENT_CHAR):
             # Nothing new yet, or an incomplete character that later bytes may finish.

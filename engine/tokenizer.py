@@ -81,6 +81,11 @@ class Tokenizer:
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
+    @cached_property
+    def special_token_ids(self) -> frozenset[int]:
+        """The ids `decode(..., skip_special_tokens=True)` leaves out (added tokens marked special)."""
+        return frozenset(i for i, t in self._hf.added_tokens_decoder.items() if t.special)
+
     def convert_ids_to_tokens(self, token_ids: Sequence[int]) -> list[str]:
         """Vocabulary strings; an id the tokenizer does not know (model padding rows) gives ''."""
         tokens = self._hf.convert_ids_to_tokens(list(token_ids))

@@ -56,6 +56,19 @@ def _stream(
     return steps, rest, detok
 
 
+class CountingTokenizer:
+    """The real tokenizer, counting the ids every decode is given (the work done)."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+        self.special_token_ids = tok.special_token_ids
+        self.decoded_ids = 0
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        self.decoded_ids += len(token_ids)
+        return self.tok.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+
 def _joined(steps: list[DetokenizerStep], rest: str) -> str:
     return "".join(step.text_delta for step in steps) + rest
 
@@ -141,21 +154,34 @@ def test_stray_bytes_cost_constant_work_per_token(
 ) -> None:
     """Held-back text does not make each step decode everything held (it once did: 4000
     stray bytes took 2.4 s of the engine thread, 8000 four times that)."""
-    decoded_ids = 0
-
-    class CountingTokenizer:
-        def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-            nonlocal decoded_ids
-            decoded_ids += len(token_ids)
-            return tok.decode(token_ids, skip_special_tokens=skip_special_tokens)
-
+    counting = CountingTokenizer(tok)
     ids = [byte_tokens[i % 7] for i in range(2000)]  # seven continuation bytes, cycled
-    detok = IncrementalDetokenizer(CountingTokenizer(), prompt)  # type: ignore[arg-type]
+    detok = IncrementalDetokenizer(counting, prompt)  # type: ignore[arg-type]
     released = sum(len(detok.add([i]).text_delta) for i in ids)
     assert released >= len(ids) - 8
     detok.flush()
     assert detok.output_text == tok.decode(ids)
-    assert decoded_ids < 40 * len(ids)
+    assert counting.decoded_ids < 40 * len(ids)
+
+
+def test_repeated_special_tokens_cost_nothing(tok: Tokenizer, prompt: list[int]) -> None:
+    """A model that keeps sampling a special token (EOS under ignore_eos once its answer
+    is done) adds nothing to decode: 4000 of them took 30 s of the engine thread."""
+    counting = CountingTokenizer(tok)
+    answer = tok.encode(" the end")
+    ids = [*answer, *[2, 1] * 1000, *tok.encode(" more")]
+    detok = IncrementalDetokenizer(counting, prompt)  # type: ignore[arg-type]
+    for i in ids:
+        detok.add([i])
+    detok.flush()
+    assert detok.output_text == tok.decode(ids) == " the end more"
+    assert counting.decoded_ids < 100
+    kept = IncrementalDetokenizer(tok, prompt, skip_special_tokens=False)
+    for i in ids[:6]:
+        kept.add([i])
+    kept.flush()
+    assert kept.output_text == tok.decode(ids[:6], skip_special_tokens=False)
+    assert kept.output_text == " the end" + "<|im_end|><|im_start|>" * 2
 
 
 _PIECES = ["a", "b", "ab", " ", "é", "世", "🎉", "\n"]
@@ -318,21 +344,14 @@ def test_leading_space_uses_prompt_context(tok: Tokenizer) -> None:
 
 def test_work_per_token_is_constant(tok: Tokenizer, prompt: list[int]) -> None:
     """Each step decodes a short window, never the whole output."""
-    decoded_ids = 0
-
-    class CountingTokenizer:
-        def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-            nonlocal decoded_ids
-            decoded_ids += len(token_ids)
-            return tok.decode(token_ids, skip_special_tokens=skip_special_tokens)
-
+    counting = CountingTokenizer(tok)
     ids = tok.encode(" ".join(MULTIBYTE_TEXTS) * 20)
-    detok = IncrementalDetokenizer(CountingTokenizer(), prompt, stop=["never seen"])  # type: ignore[arg-type]
+    detok = IncrementalDetokenizer(counting, prompt, stop=["never seen"])  # type: ignore[arg-type]
     for i in ids:
         detok.add([i])
     detok.flush()
     assert detok.output_text == tok.decode(ids)
-    assert decoded_ids < 12 * len(ids)
+    assert counting.decoded_ids < 12 * len(ids)
 
 
 def test_rejects_empty_stop_string(tok: Tokenizer, prompt: list[int]) -> None:
