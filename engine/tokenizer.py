@@ -83,7 +83,7 @@ class Tokenizer:
 
     @cached_property
     def special_token_ids(self) -> frozenset[int]:
-        """The ids `decode(..., skip_special_tokens=True)` leaves out (added tokens marked special)."""
+        """The ids `decode(..., skip_special_tokens=True)` leaves out (special added tokens)."""
         return frozenset(i for i, t in self._hf.added_tokens_decoder.items() if t.special)
 
     def convert_ids_to_tokens(self, token_ids: Sequence[int]) -> list[str]:
