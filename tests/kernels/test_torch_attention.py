@@ -222,3 +222,20 @@ def check_against_dense(
         k_cache.view(-1, kv_heads, dim)[torch.tensor(slots)], torch.cat(keys)
     )
     return metadata
+
+
+def test_sdpa_gets_each_mask_once_per_step_in_additive_form() -> None:
+    """Every layer of a step attends with the same masks: the additive copies SDPA takes
+    are made once (SDPA would convert a bool mask on every call) and hide what the bool
+    masks hide."""
+    torch.manual_seed(7)
+    shapes = [(9, 1), (30, 1), (3, 1), (13, 6), (16, 5)]  # mixed decode lengths, prefixes
+    metadata = check_against_dense(shapes, 4, heads=6, kv_heads=2, num_blocks=128)
+    masks = [g.mask for g in metadata.decodes] + [p.mask for p in metadata.prefills]
+    masks = [m for m in masks if m is not None]
+    assert len(masks) == 3 and len(metadata.sdpa_masks) == 3
+    for mask in masks:
+        additive = metadata.sdpa_mask(mask, torch.float32)
+        assert additive is metadata.sdpa_masks[(id(mask), torch.float32)]
+        assert torch.equal(additive == 0, mask) and torch.isneginf(additive[~mask]).all()
+    assert len(metadata.sdpa_masks) == 3
