@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,17 +41,17 @@ OTHER_TOOLS = frozenset(
 )
 
 
+def _cli_actions(parser: argparse.ArgumentParser | None = None) -> Iterator[argparse.Action]:
+    """Every argument of `conveyor` and of each of its subcommands."""
+    for action in (parser or build_parser())._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                yield from _cli_actions(command)
+
+
 def _conveyor_flags() -> set[str]:
-    known: set[str] = set()
-
-    def walk(parser: argparse.ArgumentParser) -> None:
-        for action in parser._actions:
-            known.update(action.option_strings)
-            if isinstance(action, argparse._SubParsersAction):
-                for command in action.choices.values():
-                    walk(command)
-
-    walk(build_parser())
+    known = {flag for action in _cli_actions() for flag in action.option_strings}
     # `conveyor bench X --flag`, and the scripts' and tools' own flags.
     sources = [*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "kernels").glob("*.py")]
     for source in [*sources, *(ROOT / "scripts").glob("*.sh")]:
@@ -81,16 +82,7 @@ INTERNAL_SETTINGS = frozenset({"served_model_aliases", "api_socket_fd", "supervi
 
 def test_every_setting_without_a_flag_is_documented_as_a_variable() -> None:
     """A tunable only the environment can set is findable: README names its variable."""
-    dests: set[str] = set()
-
-    def walk(parser: argparse.ArgumentParser) -> None:
-        for action in parser._actions:
-            dests.add(action.dest)
-            if isinstance(action, argparse._SubParsersAction):
-                for command in action.choices.values():
-                    walk(command)
-
-    walk(build_parser())
+    dests = {action.dest for action in _cli_actions()}
     readme = (ROOT / "README.md").read_text()
     flagless = set(Settings.model_fields) - dests - INTERNAL_SETTINGS
     assert flagless, "every setting has a flag: drop this test's premise"
