@@ -8,7 +8,8 @@ cut the decode attention time by a quarter at 64 sequences × 200 tokens.
 Prefill chunks run one sequence at a time, causally over their own new tokens
 and any cached prefix (an encoder's prompts, `AttentionInputs.causal` False,
 see every key of their sequence). Gather indices and masks are built once per step in
-`prepare` and reused by every layer. A sliding-window layer uses a variant of
+`prepare` and reused by every layer (the masks' additive copies SDPA takes, on the
+first layer's call). A sliding-window layer uses a variant of
 the step's metadata built on its first call (decodes gather only the window's
 keys; prefill masks also hide keys older than the window) and reused by the
 step's other layers with that window. An FP8 cache (kernels/kv_cache_dtype.py)
