@@ -4,11 +4,12 @@ Decoding is incremental (vLLM / HF TextStreamer style): each step decodes only a
 short window of ids, from `prefix_offset` (the tokens released last time, as
 context so merges and leading spaces come out right) to the end, and releases
 what goes beyond the window's old text. Text that ends in U+FFFD is held back,
-since a later token may complete the UTF-8 character; but a character is at most
-4 bytes, so once many tokens are held (a model emitting bytes that never form a
-character) all but the last few tokens' text is settled and goes out, which keeps
-both the stream moving and each step's decode short (sglang#34852 is the bug this
-avoids: nothing streamed, and quadratic decode work on the engine's thread).
+since a later token may complete the UTF-8 character; but where decode settles
+bytes locally (byte-level BPE) a character is at most 4 bytes, so once many tokens
+are held (a model emitting bytes that never form a character) all but the last few
+tokens' text is settled and goes out, which keeps both the stream moving and each
+step's decode short (sglang#34852 is the bug this avoids: nothing streamed, and
+quadratic decode work on the engine's thread).
 
 Stop strings are matched on released text only; a suffix that could still grow
 into a stop string is held back so a stop string never reaches a client.
@@ -26,9 +27,12 @@ from engine.tokenizer import Tokenizer
 _PROMPT_CONTEXT_TOKENS = 5
 _REPLACEMENT_CHAR = "\ufffd"
 # Held-back tokens beyond which the text before the last few is settled: an incomplete
-# character's bytes lie in the last 4 tokens that decode to something.
+# character's bytes lie in the last 4 tokens that decode to something. A try that cannot
+# settle anything waits for this many more tokens, so it costs little where it fails.
 _MAX_HELD_TOKENS = 8
 _UTF8_MAX_BYTES = 4
+# How far back the settling looks for those 4 tokens (past ids decoding to nothing).
+_SETTLE_LOOKBACK = 16
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,9 @@ class IncrementalDetokenizer:
         self._ids = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self._read_offset = len(self._ids)
         self._window_text = self._decode(self._ids)
+        # Held tokens at the next settling try; never where decode reads byte runs whole.
+        self._settles = tokenizer.decodes_bytes_locally
+        self._next_settle = _MAX_HELD_TOKENS + 1
         self._pending = ""  # released by the decoder, held back as a possible stop-string start
         self._released: list[str] = []
         self._output_cache: str | None = ""
@@ -111,6 +118,7 @@ class IncrementalDetokenizer:
         del self._ids[: self._read_offset]
         self._read_offset = len(self._ids)
         self._window_text = self._decode(self._ids)
+        self._next_settle = _MAX_HELD_TOKENS + 1
         return self._release(delta, final=False, check_stop=check_stop)
 
     def flush(self) -> str:
@@ -127,20 +135,31 @@ class IncrementalDetokenizer:
     def _release_settled_head(self, text: str) -> str:
         """Many tokens held and still ending in U+FFFD: the text of all but the last 4
         tokens that decode to something is final (their bytes are past any incomplete
-        character), so return it and slide the window past those tokens."""
-        if len(self._ids) - self._read_offset <= _MAX_HELD_TOKENS:
+        character), so return it and slide the window past those tokens.
+
+        Only for byte-level decoders (`Tokenizer.decodes_bytes_locally`), and only where
+        the window, decoded from its new start, gives the same text."""
+        held = len(self._ids) - self._read_offset
+        if not self._settles or held < self._next_settle:
             return ""
+        self._next_settle = held + _MAX_HELD_TOKENS
         split, bytes_after = len(self._ids), 0
-        while split > self._read_offset and bytes_after < _UTF8_MAX_BYTES:
+        lowest = max(self._read_offset, len(self._ids) - _SETTLE_LOOKBACK)
+        while split > lowest and bytes_after < _UTF8_MAX_BYTES:
             split -= 1
             bytes_after += bool(self._decode(self._ids[split : split + 1]))
+        if bytes_after < _UTF8_MAX_BYTES:
+            return ""
         head = self._decode(self._ids[:split])
         if len(head) <= len(self._window_text) or not text.startswith(head):
             return ""
+        window, settled = self._ids[self._read_offset :], split - self._read_offset
+        context = self._decode(window[:settled])
+        if self._decode(window) != context + text[len(head) :]:
+            return ""
         delta = head[len(self._window_text) :]
-        del self._ids[: self._read_offset]
-        self._read_offset = split - self._read_offset
-        self._window_text = self._decode(self._ids[: self._read_offset])
+        self._ids, self._read_offset, self._window_text = window, settled, context
+        self._next_settle = _MAX_HELD_TOKENS + 1
         return delta
 
     def _decode(self, token_ids: list[int]) -> str:

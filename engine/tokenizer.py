@@ -81,6 +81,15 @@ class Tokenizer:
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return self._hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
+    @property
+    def decodes_bytes_locally(self) -> bool:
+        """Whether decode settles bytes a few at a time: byte-level BPE (GPT-2's) turns
+        each bad or incomplete UTF-8 sequence into one U+FFFD where it stands, so text
+        more than 4 bytes back never changes. SentencePiece byte fallback reads a whole
+        run of byte tokens as one (all U+FFFD if any byte is bad), so a byte much later
+        can still change it."""
+        return self._vocab_style == "byte_level"
+
     @cached_property
     def special_token_ids(self) -> frozenset[int]:
         """The ids `decode(..., skip_special_tokens=True)` leaves out (special added tokens)."""

@@ -62,10 +62,13 @@ class CountingTokenizer:
     def __init__(self, tok: Tokenizer) -> None:
         self.tok = tok
         self.special_token_ids = tok.special_token_ids
+        self.decodes_bytes_locally = tok.decodes_bytes_locally
         self.decoded_ids = 0
+        self.calls = 0
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         self.decoded_ids += len(token_ids)
+        self.calls += 1
         return self.tok.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
 
@@ -162,6 +165,23 @@ def test_stray_bytes_cost_constant_work_per_token(
     detok.flush()
     assert detok.output_text == tok.decode(ids)
     assert counting.decoded_ids < 40 * len(ids)
+
+
+def test_ids_that_decode_to_nothing_cost_a_bounded_number_of_decodes(
+    tok: Tokenizer, prompt: list[int]
+) -> None:
+    """Ids past the vocabulary (a model's padding rows) decode to nothing; held, they
+    must not send the settling of stray bytes looking back over all of them each step."""
+    counting = CountingTokenizer(tok)
+    padding = tok.vocab_size + 8
+    assert tok.decode([padding]) == ""
+    ids = [*tok.encode(" hi"), *[padding] * 600]
+    detok = IncrementalDetokenizer(counting, prompt)  # type: ignore[arg-type]
+    for i in ids:
+        detok.add([i])
+    detok.flush()
+    assert detok.output_text == " hi"
+    assert counting.calls < 4 * len(ids)
 
 
 def test_repeated_special_tokens_cost_nothing(tok: Tokenizer, prompt: list[int]) -> None:
@@ -357,3 +377,50 @@ def test_work_per_token_is_constant(tok: Tokenizer, prompt: list[int]) -> None:
 def test_rejects_empty_stop_string(tok: Tokenizer, prompt: list[int]) -> None:
     with pytest.raises(ValueError, match="non-empty"):
         IncrementalDetokenizer(tok, prompt, stop=[""])
+
+
+def byte_fallback_tokenizer() -> tuple[Tokenizer, dict[str, int]]:
+    """A Llama-2-style SentencePiece BPE: `<0xNN>` byte tokens decoded by ByteFallback,
+    which reads a run of them as one (all U+FFFD if any byte in it is bad)."""
+    from tokenizers import AddedToken, decoders, models, normalizers
+    from tokenizers import Tokenizer as RustTokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
+    for piece in ["\u2581", "a", "b", "\u2581a", "\u2581b"]:
+        vocab[piece] = len(vocab)
+    rust = RustTokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    rust.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
+    rust.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    rust.add_special_tokens([AddedToken(t, special=True) for t in ("<unk>", "<s>", "</s>")])
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=rust, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    return Tokenizer(hf, frozenset({2})), vocab
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        "E4B8AD" * 5 + "E4B8" + "AD",  # a long valid run: held until its last byte
+        "FFFF" + "E4B8AD" * 4,  # one bad byte makes the whole run U+FFFD
+        "E4B8" * 6 + "AD",
+    ],
+)
+def test_byte_fallback_runs_are_decoded_whole(run: str) -> None:
+    """Where decode reads a byte run as one, held text is never settled early: a byte
+    at the end of the run can still turn its U+FFFDs into characters."""
+    tok, vocab = byte_fallback_tokenizer()
+    assert not tok.decodes_bytes_locally
+    ids = [vocab[f"<0x{run[i : i + 2]}>"] for i in range(0, len(run), 2)] + [vocab["\u2581a"]]
+    steps, rest, detok = _stream(tok, [1], ids)
+    assert _joined(steps, rest) == detok.output_text == tok.decode(ids)
+
+
+def test_byte_level_bpe_decodes_bytes_locally(tok: Tokenizer) -> None:
+    assert tok.decodes_bytes_locally
