@@ -82,13 +82,16 @@ class TorchAttentionMetadata:
     # The masks in SDPA's additive form, by (id of the bool mask, dtype): see sdpa_mask.
     sdpa_masks: dict[tuple[int, torch.dtype], torch.Tensor] = field(default_factory=dict)
 
-    def sdpa_mask(self, mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-        """`mask` as 0 / -inf in `dtype`, made once per step. Given a bool mask SDPA makes
+    def sdpa_mask(
+        self, mask: torch.Tensor | None, dtype: torch.dtype | None
+    ) -> torch.Tensor | None:
+        """`mask` as 0 / -inf in `dtype`, made once per step (`dtype` None: the bool mask
+        itself, for the explicit soft-cap / sink path). Given a bool mask SDPA makes
         this copy itself on every call, i.e. in every layer (2048 queries over 6000 keys
         on CPU: 250 ms a call, ~25 of them the copy; a 6000-token prompt's prefill went
         from 23.1 to 22.5 s). The output is bit for bit the same."""
-        if mask is None:
-            return None
+        if mask is None or dtype is None:
+            return mask
         key = (id(mask), dtype)
         additive = self.sdpa_masks.get(key)
         if additive is None:
@@ -258,7 +261,7 @@ class TorchAttentionBackend:
                 k = k.view(n, length, num_kv_heads, head_dim).transpose(1, 2)  # [n, KVH, L, D]
                 v = v.view(n, length, num_kv_heads, head_dim).transpose(1, 2)
                 q = query[g.start : g.end].view(n, num_kv_heads, group, head_dim)
-                mask = metadata.sdpa_mask(g.mask, mask_dtype) if mask_dtype else g.mask
+                mask = metadata.sdpa_mask(g.mask, mask_dtype)
                 o = attend(q, k, v, scale, softcap, decode_sinks, mask=mask)
                 out[g.start : g.end] = o.reshape(n, -1, head_dim)
         head_sinks = None if sinks is None else sinks.view(-1, 1, 1)
@@ -280,7 +283,7 @@ class TorchAttentionBackend:
                 q = query[rows].transpose(0, 1)[None]
                 k = read(flat_k[p.kv_slots], kv_scales.k).transpose(0, 1)[None]
                 v = read(flat_v[p.kv_slots], kv_scales.v).transpose(0, 1)[None]
-                mask = metadata.sdpa_mask(p.mask, mask_dtype) if mask_dtype else p.mask
+                mask = metadata.sdpa_mask(p.mask, mask_dtype)
                 o = attend(q, k, v, scale, softcap, head_sinks, mask=mask)
                 out[rows] = o[0].transpose(0, 1)
         return out
