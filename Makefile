@@ -7,6 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Extra pytest flags for `make test`; CI passes --require-postgres --require-redis7.
 PYTEST_ARGS ?=
+# Two workers, one per test stream (tests/conftest.py): single-threaded Python beside torch
+# and the e2e servers, which alone keep about one of two cores busy. Waiting OpenMP threads
+# sleep instead of spinning: torch's two threads spinning against the other stream made its
+# matrix products ~4x slower (passive: ~1.6x; measured in the session note).
+TEST_STREAMS := -n 2 --dist loadscope
+TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 # Where torch comes from: unset, pip's own configuration (this project's machines hold a
 # local CPU wheel); on plain PyPI set TORCH_INDEX=https://download.pytorch.org/whl/cpu, or
 # pip picks the multi-GB CUDA build.
@@ -39,7 +45,7 @@ system-packages:
 	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL and Redis 7 tests will skip" >&2
 
 test: install system-packages
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(TEST_ENV) $(BIN)/pytest $(TEST_STREAMS) $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"

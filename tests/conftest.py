@@ -367,3 +367,34 @@ def migrated_database_url(database_url: str) -> str:
 
     migrate.upgrade(database_url)
     return database_url
+
+
+# --- Two streams under `make test` --------------------------------------------------------
+
+# One pytest process keeps about one of this machine's two cores busy. `make test` runs
+# pytest-xdist with two workers and `--dist loadscope`, whose scopes are these two streams
+# (not modules): each worker runs one stream in collection order, so fixtures behave as in
+# one process and no two e2e server trees ever run at once. The second stream holds tests
+# whose work is single-threaded Python (Triton's interpreter, in-process ASGI apps against
+# fakes, the CLI); the first holds torch's multi-threaded engine runs and server processes.
+SINGLE_THREADED_STREAM = "single-threaded"
+MAIN_STREAM = "main"
+_SINGLE_THREADED_PATHS = ("tests/kernels/", "tests/api/", "tests/conveyor/", "tests/workers/")
+
+
+def stream_of(nodeid: str) -> str:
+    """The stream (xdist scope) a test runs in."""
+    return SINGLE_THREADED_STREAM if nodeid.startswith(_SINGLE_THREADED_PATHS) else MAIN_STREAM
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StreamScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return stream_of(nodeid)
+
+    return StreamScheduling(config, log)
