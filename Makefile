@@ -48,7 +48,7 @@ test: install system-packages
 	$(TEST_ENV) $(BIN)/pytest $(TEST_STREAMS) $(PYTEST_ARGS)
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(TEST_ENV) $(BIN)/pytest $(TEST_STREAMS) -m "not slow"
 
 bench: install
 	$(BIN)/conveyor bench engine

@@ -20,6 +20,15 @@ import pytest
 from conveyor.embedded_redis import EmbeddedRedis, free_port
 
 STARTUP_TIMEOUT = 180.0
+_HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here starts a real process tree (seconds each): all are `slow`, so
+    `make test-fast` leaves them to `make test`."""
+    for item in items:
+        if item.path.is_relative_to(_HERE):
+            item.add_marker(pytest.mark.slow)
 
 
 @dataclass

@@ -101,6 +101,7 @@ def hf_bundled(bundled_model_dir: Path) -> transformers.PreTrainedModel:
     ).eval()
 
 
+@pytest.mark.slow
 def test_bundled_model_greedy_matches_hf(bundled_llm: LLM, hf_bundled) -> None:
     assert len(PROMPTS) >= 16
     prompts = [bundled_llm.tokenizer.encode(p) for p in PROMPTS]
@@ -110,6 +111,7 @@ def test_bundled_model_greedy_matches_hf(bundled_llm: LLM, hf_bundled) -> None:
         assert result.token_ids == hf_greedy_choices(hf_bundled, prompt, result.token_ids), prompt
 
 
+@pytest.mark.slow
 def test_bundled_model_chat_prompt_matches_hf(bundled_llm: LLM, hf_bundled) -> None:
     prompt = bundled_llm.tokenizer.apply_chat_template(
         [{"role": "user", "content": "Name a planet in our solar system."}]
