@@ -387,7 +387,7 @@ def stream_of(nodeid: str) -> str:
     return SINGLE_THREADED_STREAM if nodeid.startswith(_SINGLE_THREADED_PATHS) else MAIN_STREAM
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # a pytest without xdist still runs
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
     if config.getvalue("dist") != "loadscope":
         return None
