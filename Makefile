@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # Two workers, one per test stream (tests/conftest.py): single-threaded Python beside torch
 # and the e2e servers, which alone keep about one of two cores busy. Waiting OpenMP threads
 # sleep instead of spinning: torch's two threads spinning against the other stream made its
-# matrix products ~4x slower (passive: ~1.6x; measured in the session note).
+# matrix products ~4x slower than alone (passive: ~1.6x).
 TEST_STREAMS := -n 2 --dist loadscope
 TEST_ENV := OMP_WAIT_POLICY=PASSIVE
 # Where torch comes from: unset, pip's own configuration (this project's machines hold a

@@ -374,9 +374,11 @@ def migrated_database_url(database_url: str) -> str:
 # One pytest process keeps about one of this machine's two cores busy. `make test` runs
 # pytest-xdist with two workers and `--dist loadscope`, whose scopes are these two streams
 # (not modules): each worker runs one stream in collection order, so fixtures behave as in
-# one process and no two e2e server trees ever run at once. The second stream holds tests
-# whose work is single-threaded Python (Triton's interpreter, in-process ASGI apps against
-# fakes, the CLI); the first holds torch's multi-threaded engine runs and server processes.
+# one process and no two e2e server trees ever run at once. One stream holds tests whose
+# work is single-threaded Python (Triton's interpreter, in-process ASGI apps against fakes,
+# the CLI), the other torch's multi-threaded engine runs and server processes. (xdist 3.8's
+# own `loadgroup` does nothing under pytest 9.2: it rewrites `item._nodeid`, which pytest
+# 9 no longer reads; hence a scheduler that overrides the pinned xdist's `_split_scope`.)
 SINGLE_THREADED_STREAM = "single-threaded"
 MAIN_STREAM = "main"
 _SINGLE_THREADED_PATHS = ("tests/kernels/", "tests/api/", "tests/conveyor/", "tests/workers/")
