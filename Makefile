@@ -11,8 +11,7 @@ PYTEST_ARGS ?=
 # and the e2e servers, which alone keep about one of two cores busy. Waiting OpenMP threads
 # sleep instead of spinning: torch's two threads spinning against the other stream made its
 # matrix products ~4x slower than alone (passive: ~1.6x).
-TEST_STREAMS := -n 2 --dist loadscope
-TEST_ENV := OMP_WAIT_POLICY=PASSIVE
+RUN_TESTS = OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -n 2 --dist loadscope
 # Where torch comes from: unset, pip's own configuration (this project's machines hold a
 # local CPU wheel); on plain PyPI set TORCH_INDEX=https://download.pytorch.org/whl/cpu, or
 # pip picks the multi-GB CUDA build.
@@ -45,10 +44,10 @@ system-packages:
 	scripts/install-system-packages.sh || echo "warning: could not install system packages; PostgreSQL and Redis 7 tests will skip" >&2
 
 test: install system-packages
-	$(TEST_ENV) $(BIN)/pytest $(TEST_STREAMS) $(PYTEST_ARGS)
+	$(RUN_TESTS) $(PYTEST_ARGS)
 
 test-fast: install
-	$(TEST_ENV) $(BIN)/pytest $(TEST_STREAMS) -m "not slow"
+	$(RUN_TESTS) -m "not slow"
 
 bench: install
 	$(BIN)/conveyor bench engine
