@@ -212,6 +212,28 @@ class BlockManager:
         child.num_released_blocks = min(parent.num_released_blocks, shared)
         return shared * self.block_size
 
+    def fork_copying_tail(
+        self, parent: BlockOwner, child: BlockOwner, num_tokens: int
+    ) -> tuple[int, tuple[int, int] | None]:
+        """`fork`, and the parent's partial last block as a fresh block of the child's:
+        returns the tokens the child now has computed and the (source, target) blocks
+        whose KV the caller must copy before either sequence computes again. Where that
+        cannot be done (no free block, a window moved past), as `fork`."""
+        computed = self.fork(parent, child, num_tokens)
+        full = len(child.block_table)
+        limit = min(num_tokens, len(parent.token_ids))
+        if (
+            computed != full * self.block_size
+            or computed >= limit
+            or self.blocks_for(limit) != full + 1
+            or full >= len(parent.block_table)
+            or parent.block_table[full] == RELEASED
+            or not self.can_allocate(1)
+        ):
+            return computed, None
+        self.allocate(child, limit)
+        return limit, (parent.block_table[full], child.block_table[full])
+
     def free(self, seq: BlockOwner) -> None:
         """Release all of `seq`'s blocks, tail first so a prefix outlives its suffix."""
         for block_id in reversed(seq.block_table):

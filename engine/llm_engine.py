@@ -16,6 +16,8 @@ from functools import lru_cache, partial
 import torch
 
 from engine.bad_words import bad_words_token_ids
+from engine.beam_requests import BeamOrigin, BeamRequests
+from engine.beam_search import BeamSearch
 from engine.block_manager import BlockManager
 from engine.config import (
     EngineConfig,
@@ -267,6 +269,14 @@ class LLMEngine:
             NgramProposer(spec.prompt_lookup_min, spec.prompt_lookup_max) if spec else None
         )
         self._requests: dict[str, _Request] = {}
+        self._beams = BeamRequests(
+            self._beam_sub_request,
+            self._queue_alone,
+            self.abort,
+            self._beam_text,
+            self.block_manager,
+            self.runner.copy_blocks,
+        )
         # Called between scheduling and the forward pass: a server's gauges can show a
         # request as running during its first step, which for a long prefill is seconds.
         self.on_scheduled: Callable[[], None] | None = None
@@ -535,7 +545,7 @@ class LLMEngine:
         Requests share prefix-cache blocks only under the same `cache_salt` (vLLM's
         field; the API salts every tenant's requests with its project), so one tenant
         can neither read nor detect another's cached prompts."""
-        if request_id in self._requests:
+        if request_id in self._requests or request_id in self._beams:
             raise ValueError(f"request id {request_id!r} is already in use")
         if lora is not None:
             if self.loras is None:
@@ -568,6 +578,10 @@ class LLMEngine:
             params = dataclasses.replace(params, bad_words_token_ids=ids)
         params.validate_against_vocab(vocab, self.config.max_logprobs)
         arrival = arrival_time if arrival_time is not None else time.time()
+        if params.use_beam_search:
+            origin = BeamOrigin(priority, arrival, lora, cache_salt)
+            self._start_beam_search(request_id, list(prompt_token_ids), params, origin)
+            return
         seqs = [
             self._new_sequence(
                 request_id, i, list(prompt_token_ids), params, priority, arrival, lora, cache_salt
@@ -578,6 +592,54 @@ class LLMEngine:
         self._requests[request_id] = request
         # Siblings wait for the first choice's prompt, then share its blocks (see _fork).
         self.scheduler.add(seqs[0])
+
+    def _start_beam_search(
+        self, request_id: str, prompt: list[int], params: SamplingParams, origin: BeamOrigin
+    ) -> None:
+        if self.config.logprobs_mode.endswith("_logits"):
+            raise ValueError(
+                "use_beam_search: beams are ranked by log-probabilities, and this engine's "
+                f"logprobs_mode {self.config.logprobs_mode!r} reports logits"
+            )
+        max_new = self.max_model_len - len(prompt)
+        if params.max_tokens is not None:
+            max_new = min(max_new, params.max_tokens)
+        eos = frozenset() if params.ignore_eos else self.eos_token_ids
+        search = BeamSearch(
+            width=params.n,
+            max_new_tokens=max_new,
+            end_token_ids=eos | frozenset(params.stop_token_ids),
+            length_penalty=params.length_penalty,
+            min_new_tokens=params.min_tokens,
+        )
+        vocab = self.model_config.vocab_size
+        self._beams.start(request_id, prompt, params, search, origin, eos, vocab)
+
+    def _beam_sub_request(
+        self, sub_id: str, tokens: list[int], params: SamplingParams, origin: BeamOrigin
+    ) -> Sequence:
+        """One beam's next-token scoring: a one-sequence request, not yet queued."""
+        return self._new_sequence(
+            sub_id,
+            0,
+            tokens,
+            params,
+            origin.priority,
+            origin.arrival,
+            origin.lora,
+            origin.cache_salt,
+        )
+
+    def _queue_alone(self, seq: Sequence) -> None:
+        self._requests[seq.request_id] = _Request(seq.request_id, [seq])
+        self.scheduler.add(seq)
+
+    def _beam_text(self, prompt: list[int], tokens: list[int], params: SamplingParams) -> str:
+        """A hypothesis's text, as a sampled answer with these tokens would read."""
+        detokenizer = IncrementalDetokenizer(
+            self.tokenizer, prompt, skip_special_tokens=params.skip_special_tokens
+        )
+        return detokenizer.add(tokens, check_stop=False).text_delta + detokenizer.flush()
 
     def _add_embedding(
         self,
@@ -674,6 +736,8 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks; False if it was unknown or done."""
+        if request_id in self._beams:
+            return self._beams.abort(request_id)
         request = self._requests.pop(request_id, None)
         if request is None:
             return False
@@ -682,11 +746,13 @@ class LLMEngine:
         return True
 
     def has_unfinished(self) -> bool:
-        return bool(self._requests)
+        return bool(self._requests) or self._beams.num_requests > 0
 
     @property
     def num_requests(self) -> int:
-        return len(self._requests)
+        """Requests in the engine, a beam search counted once (not its sub-requests)."""
+        beams = self._beams
+        return len(self._requests) - beams.num_sub_requests + beams.num_requests
 
     def stats(self) -> EngineStats:
         s = self.scheduler.stats
@@ -725,11 +791,15 @@ class LLMEngine:
         # What this forward pass computes (vllm:iteration_tokens_total); 0 when none ran.
         self.last_step_tokens = sum(item.num_tokens for item in plan.scheduled)
         if not plan.scheduled:
+            if self._beams.release_kept():
+                logger.info("KV cache full: beam searches give back the blocks they kept")
             return []
         if self.on_scheduled is not None:
             self.on_scheduled()
         result = self.runner.execute(plan.scheduled)
         outputs = self._postprocess(plan.scheduled, result)
+        if self._beams.num_requests:
+            outputs = self._beams.absorb(outputs, time.time())
         if self.loras is not None and self.loras.retiring:
             self._free_retired_lora_slots()  # as soon as their last request finished
         return outputs
@@ -862,7 +932,7 @@ class LLMEngine:
         if finish is not None:
             if finish == "error" or stop_reason is None or isinstance(stop_reason, int):
                 text += seq.detokenizer.flush()
-            self.scheduler.finish(seq, finish, stop_reason)
+            self.scheduler.finish(seq, finish, stop_reason, keep_blocks=seq.keeps_blocks)
         return CompletionOutput(
             index=seq.index,
             text=text,

@@ -151,6 +151,18 @@ class ModelRunner:
         self.token_types = bool(getattr(model, "uses_token_types", False))
 
     @torch.inference_mode()
+    def copy_blocks(self, sources: list[int], targets: list[int]) -> None:
+        """Copy KV blocks `sources[i]` -> `targets[i]` in every layer: a forked beam's
+        private copy of its parent's partial last block (engine/beam_requests.py)."""
+        if not sources:
+            return
+        src = torch.tensor(sources, device=self.device)
+        dst = torch.tensor(targets, device=self.device)
+        for keys, values in self.kv_caches:
+            keys.index_copy_(0, dst, keys.index_select(0, src))
+            values.index_copy_(0, dst, values.index_select(0, src))
+
+    @torch.inference_mode()
     def execute(self, scheduled: list[ScheduledSequence]) -> StepResult:
         ordered = [s for s in scheduled if s.num_tokens == 1]
         ordered += [s for s in scheduled if s.num_tokens != 1]

@@ -7,6 +7,8 @@ turns the `ValueError` into a 400 naming the parameter.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.structured_output import StructuredOutput
@@ -74,10 +76,14 @@ class SamplingParams:
     # tokenizes them into bad_words_token_ids when it queues the request.
     bad_words: tuple[str, ...] = ()
     bad_words_token_ids: tuple[tuple[int, ...], ...] | None = None
+    # vLLM's: beam search of width n instead of sampling (engine/beam_search.py), its
+    # hypotheses scored logprob / length ** length_penalty.
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
 
     # Fields newer than the wire protocol's first release: sent only when set (see
     # engine/wire_form.py); the token ids of bad_words are the engine's own work.
-    ADDED_FIELDS = ("allowed_token_ids", "bad_words")
+    ADDED_FIELDS = ("allowed_token_ids", "bad_words", "use_beam_search", "length_penalty")
     DERIVED_FIELDS = ("bad_words_token_ids",)
 
     def wire(self) -> dict[str, object]:
@@ -198,6 +204,32 @@ class SamplingParams:
             self.structured_output, StructuredOutput
         ):
             fail("structured_output", "must be a StructuredOutput")
+        if not math.isfinite(self.length_penalty):
+            fail("length_penalty", f"must be a finite number, got {self.length_penalty}")
+        if self.use_beam_search:
+            self._validate_beam_search(fail)
+
+    def _validate_beam_search(self, fail: Callable[[str, str], None]) -> None:
+        """Beam search ranks beams by the model's log-probabilities and ends them on
+        EOS, stop_token_ids and the length limit: a knob that would reshape those scores
+        or end a beam on text is refused, never silently dropped. Sampling's own knobs
+        (temperature, top_p, top_k, min_p, seed) choose nothing here, as in HF's beam
+        search without sampling, and are accepted."""
+        refused = {
+            "stop": bool(self.stop),
+            "logprobs": self.logprobs is not None,
+            "prompt_logprobs": self.prompt_logprobs is not None,
+            "presence_penalty": self.presence_penalty != 0.0,
+            "frequency_penalty": self.frequency_penalty != 0.0,
+            "repetition_penalty": self.repetition_penalty != 1.0,
+            "logit_bias": bool(self.logit_bias),
+            "allowed_token_ids": self.allowed_token_ids is not None,
+            "bad_words": bool(self.bad_words),
+            "structured_output": self.structured_output is not None,
+        }
+        for name, used in refused.items():
+            if used:
+                fail(name, "cannot be combined with use_beam_search")
 
     def validate_against_vocab(
         self, vocab_size: int, max_logprobs: int = DEFAULT_MAX_LOGPROBS

@@ -113,8 +113,15 @@ class Scheduler:
         heapq.heappush(self.waiting, (seq.sort_key(), seq))
         self._waiting_ids.add(seq.seq_id)
 
-    def finish(self, seq: Sequence, reason: str, stop_reason: str | int | None = None) -> None:
-        """End a sequence wherever it is (even never added) and give its blocks back."""
+    def finish(
+        self,
+        seq: Sequence,
+        reason: str,
+        stop_reason: str | int | None = None,
+        keep_blocks: bool = False,
+    ) -> None:
+        """End a sequence wherever it is (even never added) and give its blocks back,
+        unless `keep_blocks`: then its owner frees them (engine/beam_requests.py)."""
         if seq.is_finished:
             return
         if seq.status is SequenceStatus.RUNNING:
@@ -124,7 +131,8 @@ class Scheduler:
             # Aborted waiting entries are dropped lazily; compact before they pile up.
             self.waiting = [e for e in self.waiting if e[1].seq_id in self._waiting_ids]
             heapq.heapify(self.waiting)
-        self.block_manager.free(seq)
+        if not keep_blocks:
+            self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
         seq.stop_reason = stop_reason

@@ -84,6 +84,9 @@ class Sequence:
     spec_resume_at: int = 0
     # What engine/pooler.py has folded so far (a MEAN sum, or the CLS row).
     pooled: torch.Tensor | None = None
+    # A beam search's scoring sub-request (engine/beam_requests.py): finishing keeps its
+    # KV blocks, for the next step's beams to extend instead of computing them again.
+    keeps_blocks: bool = False
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -436,6 +436,23 @@ def test_fork_never_shares_a_partial_block() -> None:
     assert shared == 8 and child.block_table == parent.block_table[:2]
 
 
+def test_fork_copying_tail_gives_the_child_a_fresh_copy_of_the_partial_block() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    parent = run_prompt(bm, list(range(10)))  # blocks: 4 + 4 + 2
+    child = seq_of([*range(10), 99])
+    computed, copy = bm.fork_copying_tail(parent, child, 10)
+    assert computed == 10
+    assert child.block_table[:2] == parent.block_table[:2]
+    assert copy == (parent.block_table[2], child.block_table[2])
+    assert child.block_table[2] not in parent.block_table
+    assert [bm.blocks[b].ref_count for b in child.block_table] == [2, 2, 1]
+    # Block-aligned: nothing partial to copy. No free block: shared full blocks only.
+    assert bm.fork_copying_tail(parent, seq_of(list(range(10))), 8) == (8, None)
+    full = BlockManager(num_blocks=3, block_size=4)
+    parent = run_prompt(full, list(range(10)))
+    assert full.fork_copying_tail(parent, seq_of(list(range(10))), 10) == (8, None)
+
+
 def test_fork_caps_at_the_parents_table() -> None:
     bm = BlockManager(num_blocks=8, block_size=4)
     parent = seq_of(list(range(20)))
