@@ -134,7 +134,10 @@ async def start_chat(
         defaults=model_tokenizer.generation_defaults,
         vocab_size=tokenizer.vocab_size,
         max_logprobs=model_tokenizer.max_logprobs,
-        param_names={"max_tokens": max_tokens_param, "logprobs": "top_logprobs"},
+        param_names={
+            "max_tokens": max_tokens_param,
+            "logprobs": "top_logprobs" if body.top_logprobs else "logprobs",
+        },
     )
     start = ThinkStart.ANSWER
     if reasoning_parser is not None:

@@ -80,6 +80,10 @@ def build_sampling(
     leaves a knob unset (vLLM's behaviour); then OpenAI's defaults.
     """
     defaults = defaults or {}
+    if request.use_beam_search:
+        # The model's sampling defaults choose nothing in a beam search, and a default
+        # repetition_penalty would refuse it: only the served max_new_tokens applies.
+        defaults = {k: v for k, v in defaults.items() if k == "max_tokens"}
     param_names = param_names or {}
     cap = defaults.get("max_tokens")  # a served max_new_tokens caps every request, as in vLLM
     if cap is not None and (max_tokens is None or max_tokens > cap):
@@ -129,6 +133,8 @@ def build_sampling(
             structured_output=constraint,
             allowed_token_ids=request.allowed_token_ids,
             bad_words=tuple(request.bad_words or ()),
+            use_beam_search=request.use_beam_search,
+            length_penalty=request.length_penalty,
         )
         if vocab_size is not None:
             params.validate_against_vocab(vocab_size, max_logprobs)

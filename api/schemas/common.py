@@ -22,7 +22,6 @@ if TYPE_CHECKING:
 # vLLM request fields we do not implement; any non-empty value is refused.
 _REFUSED_EXTRAS: dict[str, str] = {
     "logits_processors": "custom logits processors",
-    "use_beam_search": "beam search",
 }
 
 
@@ -93,9 +92,12 @@ class SamplingRequest(StructuredOutputFields):
     # vLLM's: the answer also carries the prompt's token ids and each choice's (a stream:
     # the prompt's in its first chunk, each chunk its own new ones).
     return_token_ids: bool | None = None
+    # vLLM's: beam search of width n (engine/beam_search.py, HF's algorithm); each of
+    # the n hypotheses is a choice, all sent when the search ends.
+    use_beam_search: bool = False
+    length_penalty: float = 1.0
     # refused vLLM extras (see _REFUSED_EXTRAS)
     logits_processors: Any = None
-    use_beam_search: Any = None
 
     def check_supported(self) -> None:
         """Refuse what we cannot honour; a silently ignored constraint gives wrong output."""

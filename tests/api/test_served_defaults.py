@@ -91,3 +91,48 @@ def test_a_worker_serving_no_defaults_leaves_openais(
     assert (sampling["temperature"], sampling["top_k"], sampling["max_tokens"]) == (1.0, 0, 16)
     body["logprobs"] = 21
     assert client.post("/v1/completions", json=body).status_code == 400
+
+
+@pytest.mark.parametrize("send", [_complete, _chat])
+def test_beam_search_takes_only_the_served_length_cap(
+    tuned: tuple[httpx.Client, FakeWorker], send: Callable[..., httpx.Response]
+) -> None:
+    """A beam search samples nothing: the model's sampling defaults stay out of it (its
+    repetition_penalty would refuse it); the served max_new_tokens still caps it."""
+    client, worker = tuned
+    response = send(client, n=2, use_beam_search=True, length_penalty=0.5)
+    assert response.status_code == 200, response.text
+    sampling = worker.received[-1].sampling
+    assert (sampling["use_beam_search"], sampling["length_penalty"]) == (True, 0.5)
+    assert (sampling["n"], sampling["max_tokens"], sampling["repetition_penalty"]) == (2, 4, 1.0)
+    assert _complete(client).status_code == 200
+    # At their defaults the new fields stay off the wire (an older worker serves these).
+    assert not {"use_beam_search", "length_penalty"} & set(worker.received[-1].sampling)
+
+
+@pytest.mark.parametrize(
+    ("send", "body", "param"),
+    [
+        (_chat, {"logprobs": True}, "logprobs"),
+        (_chat, {"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
+        (_complete, {"logprobs": 1}, "logprobs"),
+        (_chat, {"stop": "."}, "stop"),
+        (_chat, {"response_format": {"type": "json_object"}}, "response_format"),
+        (_complete, {"frequency_penalty": 0.5}, "frequency_penalty"),
+        (_complete, {"repetition_penalty": 1.2}, "repetition_penalty"),
+    ],
+)
+def test_what_beam_search_cannot_honour_is_a_400_naming_it(
+    tuned: tuple[httpx.Client, FakeWorker],
+    send: Callable[..., httpx.Response],
+    body: dict[str, object],
+    param: str,
+) -> None:
+    client, worker = tuned
+    queued = len(worker.received)
+    response = send(client, use_beam_search=True, **body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["message"] == f"{param}: cannot be combined with use_beam_search"
+    assert len(worker.received) == queued

@@ -83,6 +83,33 @@ def test_n_and_seed(client: openai.OpenAI) -> None:
     assert [c.message.content for c in first.choices] == [c.message.content for c in again.choices]
 
 
+def test_beam_search_answers_the_same_streamed_or_not(client: openai.OpenAI) -> None:
+    """vLLM's use_beam_search through extra_body: n hypotheses, best first; a stream
+    carries each one whole when the search ends."""
+    kwargs: dict[str, Any] = dict(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=12,
+        n=3,
+        extra_body={"use_beam_search": True, "length_penalty": 0.8},
+    )
+    full = client.chat.completions.create(**kwargs)
+    assert [c.index for c in full.choices] == [0, 1, 2]
+    assert all(c.message.content for c in full.choices)
+    assert full.usage is not None and full.usage.completion_tokens >= 3
+    text: dict[int, str] = {}
+    finish: dict[int, str] = {}
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        for choice in chunk.choices:
+            text[choice.index] = text.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finish[choice.index] = choice.finish_reason
+    assert [text[i] for i in range(3)] == [c.message.content for c in full.choices]
+    assert [finish[i] for i in range(3)] == [c.finish_reason for c in full.choices]
+    with pytest.raises(openai.BadRequestError, match="stop: cannot be combined"):
+        client.chat.completions.create(**kwargs, stop=["."])
+
+
 def test_bad_input_gets_openai_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=5)
