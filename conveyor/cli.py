@@ -619,6 +619,7 @@ BENCHMARKS = {
     "lora": "benchmarks.lora",
     "embed": "benchmarks.embeddings",
     "kv-cache": "benchmarks.kv_cache",
+    "beam": "benchmarks.beam_search",
 }
 
 
