@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import transformers
 
-from benchmarks.args import int_list
+from benchmarks.args import add_engine_args, int_list
 from benchmarks.engine import make_prompts
 from benchmarks.report import JsonLines
 from engine.config import resolve_dtype
@@ -34,10 +34,7 @@ from engine.sampling_params import SamplingParams
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="conveyor bench beam", description=__doc__)
-    p.add_argument("--model", default=None, help="model (default: the bundled SmolLM2)")
-    p.add_argument("--data-dir", type=Path, default=Path("~/.cache/conveyor").expanduser())
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: auto)")
+    add_engine_args(p)
     p.add_argument("--width", type=int_list, default=[2, 4], help="comma-separated beam widths")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt tokens")
     p.add_argument("--output-len", type=int, default=32, help="tokens each hypothesis gets")

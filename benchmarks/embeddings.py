@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+from benchmarks.args import add_engine_args
 from benchmarks.engine import make_prompts
 from benchmarks.report import JsonLines
 from engine.config import resolve_dtype
@@ -38,10 +39,7 @@ from engine.pooler_config import PoolingType
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="conveyor bench embed", description=__doc__)
-    p.add_argument("--model", default=None, help="model (default: the bundled SmolLM2)")
-    p.add_argument("--data-dir", type=Path, default=Path("~/.cache/conveyor").expanduser())
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: auto)")
+    add_engine_args(p)
     p.add_argument("--prompt-len", default="32,256", help="comma-separated prompt lengths")
     p.add_argument("--num-prompts", type=int, default=64, help="prompts per measurement")
     p.add_argument("--hf-batch", type=int, default=16, help="HF's static batch size")

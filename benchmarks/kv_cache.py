@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.args import int_list
+from benchmarks.args import add_engine_args, int_list
 from benchmarks.engine import matching_prefix
 from benchmarks.report import JsonLines, rounded
 from engine.llm import LLM, greedy
@@ -61,9 +61,7 @@ def prompts(llm: LLM, count: int) -> list[list[int]]:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="conveyor bench kv-cache", description=__doc__)
-    p.add_argument("--model", default=None, help="model (default: the bundled SmolLM2)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: auto)")
+    add_engine_args(p, data_dir=False)
     p.add_argument(
         "--kv-cache-dtypes", default="auto,fp8,fp8_e5m2", help="comma-separated; auto first"
     )

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.args import add_engine_args
 from benchmarks.engine import make_prompts
 from benchmarks.random_lora import build_random_lora
 from benchmarks.report import JsonLines
@@ -39,10 +40,7 @@ MODES = ("base", "one", "mixed")
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="conveyor bench lora", description=__doc__)
-    p.add_argument("--model", default=None, help="model (default: the bundled SmolLM2)")
-    p.add_argument("--data-dir", type=Path, default=Path("~/.cache/conveyor").expanduser())
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: auto)")
+    add_engine_args(p)
     p.add_argument("--num-adapters", type=int, default=4)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--targets", default=",".join(UNFUSED_PROJECTIONS), help="comma-separated")
