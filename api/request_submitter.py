@@ -134,7 +134,9 @@ def build_sampling(
             allowed_token_ids=request.allowed_token_ids,
             bad_words=tuple(request.bad_words or ()),
             use_beam_search=request.use_beam_search,
-            length_penalty=request.length_penalty,
+            # Without beam search it scores nothing (vLLM ignores it too): kept off the
+            # wire, where a worker of the release before would refuse it.
+            length_penalty=request.length_penalty if request.use_beam_search else 1.0,
         )
         if vocab_size is not None:
             params.validate_against_vocab(vocab_size, max_logprobs)

@@ -105,9 +105,11 @@ def test_beam_search_takes_only_the_served_length_cap(
     sampling = worker.received[-1].sampling
     assert (sampling["use_beam_search"], sampling["length_penalty"]) == (True, 0.5)
     assert (sampling["n"], sampling["max_tokens"], sampling["repetition_penalty"]) == (2, 4, 1.0)
-    assert _complete(client).status_code == 200
-    # At their defaults the new fields stay off the wire (an older worker serves these).
-    assert not {"use_beam_search", "length_penalty"} & set(worker.received[-1].sampling)
+    # Without beam search the new fields stay off the wire (an older worker serves these),
+    # a length_penalty that would score nothing included.
+    for body in ({}, {"length_penalty": 0.5}):
+        assert send(client, **body).status_code == 200
+        assert not {"use_beam_search", "length_penalty"} & set(worker.received[-1].sampling)
 
 
 @pytest.mark.parametrize(
