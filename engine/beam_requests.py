@@ -200,9 +200,7 @@ class BeamRequests:
                 if copy is not None:
                     sources.append(copy[0])
                     targets.append(copy[1])
-            first.block_table, parent.block_table = parent.block_table, []
-            first.block_hashes, parent.block_hashes = parent.block_hashes, []
-            first.num_released_blocks, parent.num_released_blocks = parent.num_released_blocks, 0
+            self._blocks.hand_over(parent, first)
             first.num_computed_tokens = parent.num_computed_tokens
         self._copy_blocks(sources, targets)
         for parent in parents:

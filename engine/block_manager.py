@@ -234,6 +234,14 @@ class BlockManager:
         self.allocate(child, limit)
         return limit, (parent.block_table[full], child.block_table[full])
 
+    def hand_over(self, source: BlockOwner, target: BlockOwner) -> None:
+        """Move `source`'s whole table (references, hashes, released entries) to `target`,
+        which has none: no count changes, and `source` is left without blocks."""
+        assert not target.block_table, "hand_over() is for sequences without blocks"
+        target.block_table, source.block_table = source.block_table, []
+        target.block_hashes, source.block_hashes = source.block_hashes, []
+        target.num_released_blocks, source.num_released_blocks = source.num_released_blocks, 0
+
     def free(self, seq: BlockOwner) -> None:
         """Release all of `seq`'s blocks, tail first so a prefix outlives its suffix."""
         for block_id in reversed(seq.block_table):

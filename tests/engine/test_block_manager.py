@@ -453,6 +453,19 @@ def test_fork_copying_tail_gives_the_child_a_fresh_copy_of_the_partial_block() -
     assert full.fork_copying_tail(parent, seq_of(list(range(10))), 10) == (8, None)
 
 
+def test_hand_over_moves_the_table_without_touching_counts() -> None:
+    bm = BlockManager(num_blocks=8, block_size=4)
+    source = run_prompt(bm, list(range(10)))
+    table, hashes = list(source.block_table), list(source.block_hashes)
+    target = seq_of([*range(10), 7])
+    bm.hand_over(source, target)
+    assert (target.block_table, target.block_hashes) == (table, hashes)
+    assert (source.block_table, source.block_hashes) == ([], [])
+    assert [bm.blocks[b].ref_count for b in table] == [1, 1, 1]
+    bm.free(source)  # nothing left to give back
+    assert bm.num_free_blocks == 5
+
+
 def test_fork_caps_at_the_parents_table() -> None:
     bm = BlockManager(num_blocks=8, block_size=4)
     parent = seq_of(list(range(20)))
