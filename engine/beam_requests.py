@@ -54,7 +54,8 @@ class _Search:
     search: BeamSearch
     origin: BeamOrigin
     eos_token_ids: frozenset[int]  # the end tokens that are EOS (the rest: stop_token_ids)
-    top_k: int
+    # Every sub-request's: greedy, one token, the top_k log-probabilities advance needs.
+    scoring: SamplingParams
     pending: dict[str, int] = field(default_factory=dict)  # sub-request id -> beam index
     # This round's sub-requests by beam index; finished ones hold their blocks.
     round: list[Sequence] = field(default_factory=list)
@@ -117,7 +118,12 @@ class BeamRequests:
             search,
             origin,
             eos_token_ids,
-            top_k=min(search.top_k, vocab_size),
+            scoring=SamplingParams(
+                temperature=0.0,
+                max_tokens=1,
+                ignore_eos=True,
+                logprobs=min(search.top_k, vocab_size),
+            ),
         )
         self._searches[request_id] = state
         self._submit_round(state)
@@ -136,13 +142,7 @@ class BeamRequests:
         """Give back the blocks finished sub-requests keep for their round's end; True if
         any were held. The engine calls this when it could schedule nothing: a round's
         last sub-request may be waiting for exactly these blocks."""
-        held = False
-        for state in self._searches.values():
-            for seq in state.round:
-                if seq.is_finished and seq.block_table:
-                    self._blocks.free(seq)
-                    held = True
-        return held
+        return any([self._free_round(state) for state in self._searches.values()])
 
     def absorb(self, outputs: list[RequestOutput], now: float) -> list[RequestOutput]:
         """The step's outputs with those of sub-requests taken out, and a finished output
@@ -160,15 +160,13 @@ class BeamRequests:
         return passed
 
     def _submit_round(self, state: _Search) -> None:
-        params = SamplingParams(
-            temperature=0.0, max_tokens=1, ignore_eos=True, logprobs=state.top_k
-        )
         parents = state.round
         state.round = []
         state.scores = [[] for _ in state.search.beams]
         for index, beam in enumerate(state.search.beams):
             sub_id = f"{state.request_id}{_SEPARATOR}{state.rounds}.{index}"
-            seq = self._make(sub_id, [*state.prompt, *beam.token_ids], params, state.origin)
+            tokens = [*state.prompt, *beam.token_ids]
+            seq = self._make(sub_id, tokens, state.scoring, state.origin)
             seq.keeps_blocks = True
             state.round.append(seq)
             state.pending[sub_id] = index
@@ -206,10 +204,14 @@ class BeamRequests:
         for parent in parents:
             self._blocks.free(parent)
 
-    def _free_round(self, state: _Search) -> None:
+    def _free_round(self, state: _Search) -> bool:
+        """Give back the blocks the round's finished sub-requests keep; True if any did."""
+        held = False
         for seq in state.round:
-            if seq.is_finished:
+            if seq.is_finished and seq.block_table:
                 self._blocks.free(seq)
+                held = True
+        return held
 
     def _score(self, state: _Search, out: RequestOutput, now: float) -> RequestOutput | None:
         index = state.pending.pop(out.request_id)
