@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from conveyor.task_cancel import cancel_and_wait
+
 logger = logging.getLogger(__name__)
 
 # Renew or release only what we hold: compare the token first, atomically.
@@ -80,5 +82,4 @@ class BatchLease:
         try:
             yield lost
         finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            await cancel_and_wait([keeper])  # one cancel may land in a renewal and be lost

@@ -39,6 +39,7 @@ from conveyor.db.database import Database
 from conveyor.db.file_store import create_file, get_file, new_file_id
 from conveyor.file_storage import FileStorage
 from conveyor.settings import Settings
+from conveyor.task_cancel import cancel_and_wait
 from workers.batch.lease import BatchLease
 from workers.batch.line_client import LineContext, run_line
 from workers.batch.validation import BatchLine, LineError, Validated, validate_lines
@@ -291,19 +292,23 @@ class BatchRunner:
         pending: Iterator[BatchLine] = iter([line for line in lines if line.custom_id not in done])
         context = self._context(batch)
 
+        # A feeder that outlives its cancel (see conveyor/task_cancel) must not take another
+        # line: `stopped` is checked before each one.
+        stopped = asyncio.Event()
+        # Cancelling a feeder does not stop its SQL thread: before the runner stops, every
+        # write waits, or it could land after the result files are written.
+        writes: set[asyncio.Future[bool]] = set()
+
         async def feed() -> None:
             for line in pending:
+                if stopped.is_set():
+                    return
                 result = await run_line(self.client, context, line)
-                # Cancelling a task does not stop its SQL thread: if the runner stops now, wait
-                # for the write, or it could land after the result files are written.
                 record = asyncio.ensure_future(
                     self._sql(lambda s, r=result: batch_store.record_result(s, batch.id, r))
                 )
-                try:
-                    await asyncio.shield(record)
-                except asyncio.CancelledError:
-                    await asyncio.gather(record, return_exceptions=True)
-                    raise
+                writes.add(record)
+                await asyncio.shield(record)
                 await self._forget_answer(batch.id, line.line)
 
         feeders = [
@@ -333,12 +338,12 @@ class BatchRunner:
             if all_fed.done():
                 all_fed.result()  # a bug in a feeder (not a line failure) surfaces here
         finally:
-            for task in feeders:
-                task.cancel()
-            # Every feeder, not `all_fed`: a gather resolves as soon as one child is cancelled,
-            # while the others may still be inside their shielded result writes, which would
-            # then land after the files are written (counted, billed, in no file).
-            await asyncio.gather(*feeders, return_exceptions=True)
+            stopped.set()
+            # Cancelled until they stop: in-flight lines' requests close, which aborts them.
+            await cancel_and_wait(feeders)
+            # Every write, even of a feeder already gone: one landing after the files are
+            # written would be counted and billed, and in no file.
+            await asyncio.gather(*writes, return_exceptions=True)
             await asyncio.gather(all_fed, return_exceptions=True)  # retrieved, never logged
         return outcome
 

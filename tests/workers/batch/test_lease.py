@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 
 import redis.asyncio as aioredis
@@ -56,5 +58,36 @@ def test_kept_reports_a_lease_taken_by_another_worker(redis_url: str) -> None:
             await redis.set(key, "another-worker", px=30_000)
             await asyncio.wait_for(lost.wait(), timeout=1.0)  # within one renewal tick
         assert await redis.get(key) == b"another-worker"  # left alone
+
+    run_with_redis(redis_url, body)
+
+
+def test_leaving_kept_stops_a_keeper_whose_renewal_drops_the_cancel(redis_url: str) -> None:
+    """A renewal is a redis-py call, which can drop a cancel (conveyor/task_cancel): the
+    keeper then renewed on for ever, and leaving the block waited for it for ever."""
+
+    async def body(redis: aioredis.Redis) -> None:
+        lease = BatchLease(redis, lease_key(), 0.3)
+        assert await lease.acquire()
+        renewing = asyncio.Event()
+        renewals: list[float] = []
+
+        async def renew_dropping_a_cancel() -> bool:
+            renewals.append(time.monotonic())
+            renewing.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.3)
+            return True
+
+        lease.renew = renew_dropping_a_cancel  # type: ignore[method-assign]
+
+        async def run_until_a_renewal() -> None:
+            async with lease.kept():
+                await renewing.wait()
+
+        await asyncio.wait_for(run_until_a_renewal(), 3)
+        renewed = len(renewals)
+        await asyncio.sleep(0.5)  # five renewal ticks
+        assert len(renewals) == renewed
 
     run_with_redis(redis_url, body)

@@ -6,6 +6,7 @@ lines into API calls and results into output files, so its outcomes are checked 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import threading
@@ -476,6 +477,38 @@ def test_cancel_mid_run_keeps_finished_lines_and_aborts_the_rest(env: Env) -> No
     in_flight = {r.id for r in env.worker.received if env.item(r) in (3, 4)}
     wait_for(lambda: in_flight <= set(env.worker.aborted))
     assert env.recorded(batch_id) == set() and not env.lease_held(batch_id)
+
+
+def test_a_feeder_that_outlives_its_cancel_takes_no_further_line(env: Env) -> None:
+    """Python 3.11's asyncio.wait_for, inside redis-py, can drop a cancel (see
+    conveyor/task_cancel): a feeder cancelled while it forgot a line's kept answer went on
+    to send every remaining line, and a cancelled 200-line batch ran to its end. Here the
+    cancel lands while line 1's answer is being forgotten, in a call that drops cancels."""
+    forgetting = threading.Event()
+
+    def drop_cancels_while_forgetting(runner: BatchRunner) -> None:
+        async def forget(batch_id: str, line: int) -> None:
+            forgetting.set()
+            until = time.monotonic() + 1.5  # the runner sees the cancel within 0.5 s
+            while (left := until - time.monotonic()) > 0:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(left)
+
+        runner._forget_answer = forget  # type: ignore[method-assign]
+
+    batch_id = env.batch([line(i) for i in range(1, 7)])
+    background = env.start(batch_id, configure=drop_cancels_while_forgetting, batch_max_inflight=1)
+    assert forgetting.wait(10)
+    with env.db.session() as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
+        batch_store.request_cancel(session, batch)
+    background.join()
+
+    batch = env.get(batch_id)
+    assert (batch.status, batch.completed, batch.failed) == ("cancelled", 1, 0)
+    assert env.sent() == [1]
+    assert not env.lease_held(batch_id)
 
 
 def test_cancel_while_validating(env: Env) -> None:
