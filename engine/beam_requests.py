@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from engine.beam_search import BeamSearch, Hypothesis
+from engine.beam_search import Beam, BeamSearch, Hypothesis
 from engine.block_manager import BlockManager
 from engine.outputs import CompletionOutput, RequestOutput, RequestTimes
+from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParams
 from engine.sequence import Sequence
 
@@ -46,6 +47,23 @@ class BeamOrigin:
     cache_salt: str | None
 
 
+@dataclass(frozen=True)
+class _Step:
+    """One generated token's log-probabilities, linked to the steps before it: beams
+    that share a past share its steps, so a round adds one per beam, not a copy."""
+
+    previous: _Step | None
+    logprobs: TokenLogprobs
+
+    def trail(self) -> list[TokenLogprobs]:
+        steps: list[TokenLogprobs] = []
+        step: _Step | None = self
+        while step is not None:
+            steps.append(step.logprobs)
+            step = step.previous
+        return steps[::-1]
+
+
 @dataclass
 class _Search:
     request_id: str
@@ -60,6 +78,10 @@ class _Search:
     # This round's sub-requests by beam index; finished ones hold their blocks.
     round: list[Sequence] = field(default_factory=list)
     scores: list[list[tuple[int, float]]] = field(default_factory=list)
+    # With `logprobs` asked for: each live beam's and finished hypothesis's last step,
+    # by its token ids (unique: beams are paths in one tree).
+    steps: dict[tuple[int, ...], _Step] = field(default_factory=dict)
+    finished_steps: dict[tuple[int, ...], _Step] = field(default_factory=dict)
     rounds: int = 0
     num_cached_tokens: int = 0
     scheduled: float | None = None
@@ -122,7 +144,8 @@ class BeamRequests:
                 temperature=0.0,
                 max_tokens=1,
                 ignore_eos=True,
-                logprobs=min(search.top_k, vocab_size),
+                # The client's top_logprobs may ask for more alternatives than the search.
+                logprobs=min(max(search.top_k, params.logprobs or 0), vocab_size),
             ),
         )
         self._searches[request_id] = state
@@ -223,13 +246,37 @@ class BeamRequests:
         state.scores[index] = list(logprobs[0].top)
         if state.pending:
             return None
-        state.search.advance(state.scores)
+        parents = state.search.beams
+        top_k = state.search.top_k
+        state.search.advance([scores[:top_k] for scores in state.scores])
+        if state.params.logprobs is not None:
+            self._record_steps(state, parents)
         if not state.search.done:
             self._submit_round(state)
             return None
         del self._searches[state.request_id]
         self._free_round(state)
         return self._finished(state, now)
+
+    def _record_steps(self, state: _Search, parents: list[Beam]) -> None:
+        """The step each new beam and newly finished hypothesis took: its token's
+        log-probability and rank among its parent's scores, and the client's top
+        alternatives from them, as a sampled token's are reported."""
+        index_of = {beam.token_ids: index for index, beam in enumerate(parents)}
+        top_n = state.params.logprobs or 0
+
+        def step(tokens: tuple[int, ...]) -> _Step:
+            parent = tokens[:-1]
+            scores = state.scores[index_of[parent]]
+            rank = next(i for i, (token, _) in enumerate(scores) if token == tokens[-1])
+            logprobs = TokenLogprobs(tokens[-1], scores[rank][1], rank + 1, tuple(scores[:top_n]))
+            return _Step(state.steps.get(parent), logprobs)
+
+        state.finished_steps = {
+            h.token_ids: state.finished_steps.get(h.token_ids) or step(h.token_ids)
+            for h in state.search.finished
+        }
+        state.steps = {beam.token_ids: step(beam.token_ids) for beam in state.search.beams}
 
     def _finished(self, state: _Search, now: float) -> RequestOutput:
         choices = [
@@ -258,11 +305,12 @@ class BeamRequests:
         end = hypothesis.end_token
         # As in a sampled answer: an end token's text is not part of the output.
         text = self._text(state.prompt, tokens if end is None else tokens[:-1], state.params)
+        steps = state.finished_steps.get(hypothesis.token_ids)
         return CompletionOutput(
             index=index,
             text=text,
             token_ids=tokens,
-            logprobs=None,
+            logprobs=steps.trail() if steps is not None else None,
             finish_reason="length" if end is None else "stop",
             stop_reason=None if end is None or end in state.eos_token_ids else end,
             num_output_tokens=len(tokens),

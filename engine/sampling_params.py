@@ -217,7 +217,6 @@ class SamplingParams:
         search without sampling, and are accepted."""
         refused = {
             "stop": bool(self.stop),
-            "logprobs": self.logprobs is not None,
             "prompt_logprobs": self.prompt_logprobs is not None,
             "presence_penalty": self.presence_penalty != 0.0,
             "frequency_penalty": self.frequency_penalty != 0.0,

@@ -113,11 +113,29 @@ def test_beam_search_takes_only_the_served_length_cap(
 
 
 @pytest.mark.parametrize(
+    ("send", "body", "asked"),
+    [
+        (_chat, {"logprobs": True}, 0),
+        (_chat, {"logprobs": True, "top_logprobs": 2}, 2),
+        (_complete, {"logprobs": 1}, 1),
+    ],
+)
+def test_beam_search_takes_logprobs(
+    tuned: tuple[httpx.Client, FakeWorker],
+    send: Callable[..., httpx.Response],
+    body: dict[str, object],
+    asked: int,
+) -> None:
+    """Each hypothesis reports its tokens' logprobs, as vLLM's beam search does."""
+    client, worker = tuned
+    response = send(client, use_beam_search=True, **body)
+    assert response.status_code == 200, response.text
+    assert worker.received[-1].sampling["logprobs"] == asked
+
+
+@pytest.mark.parametrize(
     ("send", "body", "param"),
     [
-        (_chat, {"logprobs": True}, "logprobs"),
-        (_chat, {"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
-        (_complete, {"logprobs": 1}, "logprobs"),
         (_chat, {"stop": "."}, "stop"),
         (_chat, {"response_format": {"type": "json_object"}}, "response_format"),
         (_complete, {"frequency_penalty": 0.5}, "frequency_penalty"),

@@ -84,28 +84,45 @@ def test_n_and_seed(client: openai.OpenAI) -> None:
 
 
 def test_beam_search_answers_the_same_streamed_or_not(client: openai.OpenAI) -> None:
-    """vLLM's use_beam_search through extra_body: n hypotheses, best first; a stream
-    carries each one whole when the search ends."""
+    """vLLM's use_beam_search through extra_body: n hypotheses, best first, each with
+    its tokens' logprobs; a stream carries each one whole when the search ends."""
     kwargs: dict[str, Any] = dict(
         model=MODEL,
         messages=MESSAGES,
         max_tokens=12,
         n=3,
+        logprobs=True,
+        top_logprobs=2,
         extra_body={"use_beam_search": True, "length_penalty": 0.8},
     )
     full = client.chat.completions.create(**kwargs)
     assert [c.index for c in full.choices] == [0, 1, 2]
     assert all(c.message.content for c in full.choices)
     assert full.usage is not None and full.usage.completion_tokens >= 3
+    for choice in full.choices:
+        assert choice.logprobs is not None and choice.logprobs.content
+        for entry in choice.logprobs.content:
+            assert len(entry.top_logprobs) == 2
+            assert entry.logprob <= entry.top_logprobs[0].logprob <= 0
     text: dict[int, str] = {}
     finish: dict[int, str] = {}
+    logprobs: dict[int, list[float]] = {}
     for chunk in client.chat.completions.create(**kwargs, stream=True):
         for choice in chunk.choices:
             text[choice.index] = text.get(choice.index, "") + (choice.delta.content or "")
+            if choice.logprobs is not None and choice.logprobs.content:
+                logprobs.setdefault(choice.index, []).extend(
+                    entry.logprob for entry in choice.logprobs.content
+                )
             if choice.finish_reason:
                 finish[choice.index] = choice.finish_reason
     assert [text[i] for i in range(3)] == [c.message.content for c in full.choices]
     assert [finish[i] for i in range(3)] == [c.finish_reason for c in full.choices]
+    assert [logprobs[i] for i in range(3)] == [
+        [entry.logprob for entry in c.logprobs.content or []]
+        for c in full.choices
+        if c.logprobs is not None
+    ]
     with pytest.raises(openai.BadRequestError, match="stop: cannot be combined"):
         client.chat.completions.create(**kwargs, stop=["."])
 

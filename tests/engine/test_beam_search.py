@@ -92,6 +92,34 @@ def test_hypotheses_match_hf(
         assert choice.text == llm.tokenizer.decode(choice.token_ids)
 
 
+@pytest.mark.parametrize(("width", "top_n"), [(3, 2), (2, 9)])
+def test_each_hypothesis_reports_the_models_logprobs_for_its_tokens(
+    llm: LLM, hf_model: transformers.PreTrainedModel, width: int, top_n: int
+) -> None:
+    """Each token's log-probability, rank and top alternatives are the model's at that
+    position of prompt + hypothesis (HF's forward pass the oracle), as a sampled token's
+    are; 9 alternatives are more than a width-2 search scores (4). Asking for them
+    changes no hypothesis."""
+    plain = ours(llm, PROMPT, width, 10)
+    choices = ours(llm, PROMPT, width, 10, logprobs=top_n)
+    assert [c.token_ids for c in choices] == [c.token_ids for c in plain]
+    assert plain[0].logprobs is None
+    for choice in choices:
+        tokens = choice.token_ids
+        with torch.inference_mode():
+            logits = hf_model(torch.tensor([PROMPT + tokens])).logits[0, len(PROMPT) - 1 : -1]
+        expected = torch.log_softmax(logits.float(), dim=-1)
+        assert choice.logprobs is not None and len(choice.logprobs) == len(tokens)
+        for token, reported, row in zip(tokens, choice.logprobs, expected, strict=True):
+            top = torch.topk(row, top_n)
+            assert reported.token_id == token
+            # fp32 on both sides; the engine's attention and matmuls differ in order only.
+            assert reported.logprob == pytest.approx(row[token].item(), abs=1e-4)
+            assert reported.rank == int((row > row[token]).sum()) + 1
+            assert [t for t, _ in reported.top] == top.indices.tolist()
+            assert [v for _, v in reported.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
 def test_a_stop_token_ends_hypotheses_as_an_eos_does(
     llm: LLM, hf_model: transformers.PreTrainedModel
 ) -> None:
@@ -101,13 +129,17 @@ def test_a_stop_token_ends_hypotheses_as_an_eos_does(
     ended = []
     for length_penalty in (1.0, 2.0, -0.5):
         expected = hf_beams(hf_model, PROMPT, 4, 12, eos=[EOS, stop], length_penalty=length_penalty)
-        choices = ours(llm, PROMPT, 4, 12, stop_token_ids=[stop], length_penalty=length_penalty)
+        choices = ours(
+            llm, PROMPT, 4, 12, stop_token_ids=[stop], length_penalty=length_penalty, logprobs=1
+        )
         assert [c.token_ids for c in choices] == expected
         ended += [c for c in choices if c.finish_reason == "stop"]
     assert ended, "the stop token should end some hypotheses"
     for choice in ended:
         assert choice.token_ids[-1] == choice.stop_reason == stop
         assert choice.text == llm.tokenizer.decode(choice.token_ids[:-1])
+        # The end token is reported like the rest, as a sampled EOS is.
+        assert [s.token_id for s in choice.logprobs or []] == choice.token_ids
 
 
 def test_min_tokens_bars_end_tokens_as_hf_min_new_tokens_does(
@@ -190,7 +222,6 @@ def test_a_cache_too_small_for_kept_blocks_still_finishes_the_search(
     ("field", "value"),
     [
         ("stop", ["x"]),
-        ("logprobs", 2),
         ("prompt_logprobs", 0),
         ("presence_penalty", 0.5),
         ("repetition_penalty", 1.2),
