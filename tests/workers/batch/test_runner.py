@@ -136,6 +136,13 @@ class Env:
     def start(self, batch_id: str, **kw: Any) -> Background:
         return Background(lambda: self.run(batch_id, **kw)).start()
 
+    def cancel(self, batch_id: str) -> None:
+        """What `POST /v1/batches/{id}/cancel` does to the row."""
+        with self.db.session() as session:
+            batch = session.get(Batch, batch_id)
+            assert batch is not None
+            batch_store.request_cancel(session, batch)
+
     def get(self, batch_id: str) -> Batch:
         with self.db.session() as session:
             batch = session.get(Batch, batch_id)
@@ -460,10 +467,7 @@ def test_cancel_mid_run_keeps_finished_lines_and_aborts_the_rest(env: Env) -> No
     batch_id = env.batch([*lines, line(5), line(6)])
     background = env.start(batch_id)
     wait_for(lambda: env.get(batch_id).completed == 2 and len(env.worker.received) == 4, 10)
-    with env.db.session() as session:
-        batch = session.get(Batch, batch_id)
-        assert batch is not None
-        batch_store.request_cancel(session, batch)
+    env.cancel(batch_id)
     cancelled_at = time.monotonic()
     background.join()
     assert time.monotonic() - cancelled_at < 3  # not after the slow lines' 10 s
@@ -499,10 +503,7 @@ def test_a_feeder_that_outlives_its_cancel_takes_no_further_line(env: Env) -> No
     batch_id = env.batch([line(i) for i in range(1, 7)])
     background = env.start(batch_id, configure=drop_cancels_while_forgetting, batch_max_inflight=1)
     assert forgetting.wait(10)
-    with env.db.session() as session:
-        batch = session.get(Batch, batch_id)
-        assert batch is not None
-        batch_store.request_cancel(session, batch)
+    env.cancel(batch_id)
     background.join()
 
     batch = env.get(batch_id)
@@ -513,10 +514,7 @@ def test_a_feeder_that_outlives_its_cancel_takes_no_further_line(env: Env) -> No
 
 def test_cancel_while_validating(env: Env) -> None:
     batch_id = env.batch([line(1)])
-    with env.db.session() as session:
-        batch = session.get(Batch, batch_id)
-        assert batch is not None
-        batch_store.request_cancel(session, batch)
+    env.cancel(batch_id)
     env.run(batch_id)
     batch = env.get(batch_id)
     assert (batch.status, batch.output_file_id, batch.error_file_id) == ("cancelled", None, None)
@@ -990,10 +988,7 @@ def test_a_result_being_recorded_when_the_cancel_lands_is_not_lost(
     batch_id = env.batch([line(1), line(2, max_tokens=200), line(3)])
     background = env.start(batch_id, batch_max_inflight=inflight)
     assert recording.wait(10)
-    with env.db.session() as session:
-        batch = session.get(Batch, batch_id)
-        assert batch is not None
-        batch_store.request_cancel(session, batch)
+    env.cancel(batch_id)
     background.join()
 
     batch = env.get(batch_id)
