@@ -308,6 +308,7 @@ class BatchRunner:
                     self._sql(lambda s, r=result: batch_store.record_result(s, batch.id, r))
                 )
                 writes.add(record)
+                record.add_done_callback(writes.discard)  # a long batch keeps none it is done with
                 await asyncio.shield(record)
                 await self._forget_answer(batch.id, line.line)
 
