@@ -91,7 +91,7 @@ class LiveModel:
             )
         what = (
             "a pooling model: it embeds or classifies prompts (/v1/embeddings or /classify, "
-            "/score, /rerank) and generates no text"
+            "/pooling, /score, /rerank) and generates no text"
             if served == "pooling"
             else "a text generation model: start it with --runner pooling for embeddings"
         )

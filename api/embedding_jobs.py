@@ -78,9 +78,10 @@ def require_task(model: EmbeddingModel, task: str, endpoint: str) -> None:
     if (task == "classify") == classifier:
         return
     what = (
-        "a classifier: it serves /classify (and /score and /rerank when it has one label)"
+        "a classifier: it serves /classify and /pooling (and /score and /rerank when it "
+        "has one label)"
         if classifier
-        else "an embedding model: it serves /v1/embeddings, /score and /rerank"
+        else "an embedding model: it serves /v1/embeddings, /pooling, /score and /rerank"
     )
     raise ApiError(
         400,

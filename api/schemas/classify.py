@@ -34,11 +34,14 @@ class ClassificationRequest(ActivationFields, EmbeddingRequest):
 
     def check_supported(self) -> None:
         super().check_supported()
-        for name in ("dimensions", "normalize"):
-            if getattr(self, name) is not None:
-                raise ApiError(
-                    400, f"{name} applies to embeddings, not to classification", param=name
-                )
+        refuse_embedding_fields(self)
+
+
+def refuse_embedding_fields(body: EmbeddingRequest) -> None:
+    """A 400 for the fields only embeddings take, in a request a classifier answers."""
+    for name in ("dimensions", "normalize"):
+        if getattr(body, name) is not None:
+            raise ApiError(400, f"{name} applies to embeddings, not to classification", param=name)
 
 
 class ClassificationData(BaseModel):

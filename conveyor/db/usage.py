@@ -58,10 +58,12 @@ COMPLETIONS = UsageReport(
     generates=True,
 )
 EMBEDDINGS = UsageReport(
-    # Scoring, reranking and classifying run pooling models too (api/routes/score.py,
-    # classify.py): their tokens are embedding work, as OpenAI has no report for them.
+    # Scoring, reranking, classifying and vLLM's generic /pooling run pooling models too
+    # (api/routes/score.py, classify.py, pooling.py): their tokens are embedding work, as
+    # OpenAI has no report for them.
     endpoints=(
         "/v1/embeddings",
+        "/pooling",
         "/classify",
         "/v1/classify",
         "/score",

@@ -142,3 +142,46 @@ def test_rerank_scores_are_the_cosines_of_the_engines_vectors(
     assert [r["index"] for r in results] == sorted(cosines, key=lambda i: -cosines[i])
     for result in results:
         assert result["relevance_score"] == pytest.approx(cosines[result["index"]], abs=1e-5)
+
+
+def test_pooling_gives_the_engines_vectors_billed_as_embeddings(
+    embed_server: str, expected: list[torch.Tensor], tenant: tuple[httpx.Client, dict[str, Any]]
+) -> None:
+    """vLLM's generic /pooling answers an embedding model with its embeddings, and its
+    tokens are embedding work in the usage report."""
+    admin, _ = tenant
+    start = int(time.time())
+    project = admin.post("/v1/organization/projects", json={"name": "pooling"}).json()
+    key = admin.post(
+        f"/v1/organization/projects/{project['id']}/api_keys", json={"name": "pooler"}
+    ).json()
+    reply = httpx.post(
+        f"{embed_server}/pooling",
+        headers={"Authorization": f"Bearer {key['value']}"},
+        json={"model": MODEL, "input": TEXTS},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert [d["object"] for d in body["data"]] == ["pooling"] * len(TEXTS)
+    for data, want in zip(body["data"], expected, strict=True):
+        torch.testing.assert_close(torch.tensor(data["data"]), want, atol=ATOL, rtol=0)
+    tokens = body["usage"]["prompt_tokens"]
+    assert tokens > len(TEXTS)
+
+    def billed() -> int:
+        page = admin.get(
+            "/v1/organization/usage/embeddings",
+            params={"start_time": start - 60, "group_by": "api_key_id"},
+        ).json()
+        return sum(
+            r["input_tokens"]
+            for b in page["data"]
+            for r in b["results"]
+            if r["api_key_id"] == key["id"]
+        )
+
+    deadline = time.monotonic() + 10
+    while billed() != tokens:
+        assert time.monotonic() < deadline, f"billed {billed()}, expected {tokens}"
+        time.sleep(0.2)

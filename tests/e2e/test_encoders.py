@@ -68,6 +68,15 @@ def test_rerank_scores_are_the_engines_pair_scores(
         assert classified.status_code == 200, classified.text
         probs = classified.json()["data"][0]["probs"]
         assert probs == pytest.approx(alone.embedding.tolist(), abs=1e-5)
+        # vLLM's /pooling: the same for a classifier, and its logit without activation.
+        pooled = client.post("/pooling", json={"input": ["paris"]})
+        assert pooled.status_code == 200, pooled.text
+        assert pooled.json()["data"][0]["data"] == pytest.approx(probs, abs=1e-6)
+        (logit,) = llm.embed([tokenizer("paris")["input_ids"]], PoolingParams(activation=False))
+        raw = client.post("/pooling", json={"input": "paris", "use_activation": False})
+        assert raw.status_code == 200, raw.text
+        assert raw.json()["data"][0]["data"] == pytest.approx(logit.embedding.tolist(), abs=1e-5)
+        assert logit.embedding.tolist() != pytest.approx(probs, abs=1e-3)
         # A cross-encoder is no embedding model: a 400 naming what it serves.
         refused = client.post("/v1/embeddings", json={"input": "paris"})
         assert refused.status_code == 400 and "/classify" in refused.json()["error"]["message"]
