@@ -57,10 +57,14 @@ def _unauthorized(message: str) -> ApiError:
     return ApiError(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
 
-def bearer_token(request: Request) -> str | None:
+def presented_key(request: Request) -> str | None:
+    """The key the client presented: `Authorization: Bearer <key>`, or else `x-api-key`,
+    the header Anthropic's clients send (api/routes/messages.py), as vLLM takes it."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip()
-    return token if scheme.lower() == "bearer" and token else None
+    if scheme.lower() == "bearer" and token:
+        return token
+    return request.headers.get("x-api-key", "").strip() or None
 
 
 class Authenticator:
@@ -75,10 +79,12 @@ class Authenticator:
         self._service = _digest(service.get_secret_value()) if service else None
 
     async def principal(self, request: Request) -> Principal:
-        token = bearer_token(request)
+        token = presented_key(request)
         if token is None:
             if self.requires_key:
-                raise _unauthorized("Missing API key: send `Authorization: Bearer <key>`")
+                raise _unauthorized(
+                    "Missing API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)"
+                )
             return ANONYMOUS
         digest = _digest(token)
         # Before the static key: an operator may use one secret for --api-key and
@@ -128,6 +134,6 @@ class Authenticator:
                 "The admin API is disabled: start conveyor with --admin-key (CONVEYOR_ADMIN_KEY)",
                 code="admin_api_disabled",
             )
-        token = bearer_token(request)
+        token = presented_key(request)
         if token is None or not hmac.compare_digest(_digest(token), self._admin):
             raise _unauthorized("The admin API needs the admin key")

@@ -71,6 +71,34 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+# Anthropic's error types by HTTP status, for its Messages API (api/routes/messages.py).
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+ANTHROPIC_PATH_PREFIX = "/v1/messages"
+
+
+def anthropic_body(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error shape: `{"type": "error", "error": {"type", "message"}}`."""
+    kind = _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _answer(request: Request, error: ApiError) -> JSONResponse:
+    """`error` in the shape of the API the path belongs to."""
+    path = request.scope.get("path", "")
+    if path == ANTHROPIC_PATH_PREFIX or path.startswith(ANTHROPIC_PATH_PREFIX + "/"):
+        body = anthropic_body(error.status, error.message)
+        return JSONResponse(body, status_code=error.status, headers=error.headers)
+    return error.response()
+
+
 def redis_unavailable(exc: Exception) -> ApiError:
     """Redis down is an outage, not a bug: 503 so clients and balancers retry."""
     logger.warning("Redis unavailable: %s", exc)
@@ -135,28 +163,28 @@ def validation_error(errors: Sequence[Mapping[str, Any]]) -> ApiError:
 def install_error_handlers(app: FastAPI) -> None:
     """Route every exception kind to the OpenAI error shape (400 instead of FastAPI's 422)."""
 
-    async def on_api_error(_: Request, exc: Exception) -> JSONResponse:
+    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ApiError)
-        return exc.response()
+        return _answer(request, exc)
 
-    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError | ValidationError)
-        return validation_error(exc.errors()).response()
+        return _answer(request, validation_error(exc.errors()))
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return ApiError(exc.status_code, message, code=code, headers=exc.headers).response()
+        return _answer(request, ApiError(exc.status_code, message, code=code, headers=exc.headers))
 
-    async def on_redis(_: Request, exc: Exception) -> JSONResponse:
-        return redis_unavailable(exc).response()
+    async def on_redis(request: Request, exc: Exception) -> JSONResponse:
+        return _answer(request, redis_unavailable(exc))
 
     async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
         # PostgreSQL refuses a NUL anywhere in text, even in a lookup: such an id, cursor or
         # filter names nothing (SQLite finds no row), so it is the client's mistake.
         if "NUL" in str(getattr(exc, "orig", exc)):
-            return bad_request("the request contains a NUL (\\u0000) character").response()
+            return _answer(request, bad_request("the request contains a NUL (\\u0000) character"))
         return await on_bug(request, exc)
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
@@ -170,9 +198,8 @@ def install_error_handlers(app: FastAPI) -> None:
             request_id,
         )
         headers = {HEADER: request_id} if request_id else None
-        return ApiError(
-            500, "internal server error", code="internal_error", headers=headers
-        ).response()
+        error = ApiError(500, "internal server error", code="internal_error", headers=headers)
+        return _answer(request, error)
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)

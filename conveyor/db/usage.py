@@ -52,7 +52,8 @@ class UsageReport:
 
 
 COMPLETIONS = UsageReport(
-    endpoints=("/v1/chat/completions", "/v1/completions", "/v1/responses"),
+    # /v1/messages is Anthropic's Messages API: chat completions spelled its way.
+    endpoints=("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"),
     group_by_fields=("project_id", "api_key_id", "model", "batch"),
     result_object="organization.usage.completions.result",
     generates=True,

@@ -65,6 +65,23 @@ def test_right_key_and_public_paths(secured: Stack) -> None:
             assert http.get(path).status_code == 200, path
 
 
+def test_anthropic_clients_send_the_key_as_x_api_key(secured: Stack) -> None:
+    """Anthropic's SDK (and LiteLLM's passthrough) send `x-api-key`, taken as the key on
+    every path; a wrong one is a 401 in the shape of the path's API."""
+    message = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}
+    with secured.client() as http:
+        assert http.post("/v1/messages", json=message, headers={"x-api-key": KEY}).is_success
+        assert http.post("/v1/chat/completions", json=CHAT, headers={"x-api-key": KEY}).is_success
+        wrong = http.post("/v1/messages", json=message, headers={"x-api-key": "wrong"})
+        assert wrong.status_code == 401
+        assert wrong.json() == {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": "Incorrect API key provided"},
+        }
+        missing = http.post("/v1/chat/completions", json=CHAT)
+        assert missing.status_code == 401 and "x-api-key" in missing.json()["error"]["message"]
+
+
 def _raw_get(port: int, target: str, method: str = "GET") -> tuple[int, bytes]:
     """Send the request target exactly as written (HTTP clients would normalise it)."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

@@ -16,6 +16,7 @@ import pytest
 from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
 from conveyor.db.usage import (
+    COMPLETIONS,
     EMBEDDINGS,
     UsageQuery,
     UsageQueryError,
@@ -86,7 +87,7 @@ def expected_results(
     for row in rows:
         if not start <= row.created_at < end or row.status_code != 200:
             continue
-        if row.endpoint not in ("/v1/chat/completions", "/v1/completions", "/v1/responses"):
+        if row.endpoint not in COMPLETIONS.endpoints:
             continue
         values = {
             "project_id": row.project_id,
@@ -233,6 +234,7 @@ def test_only_billed_completion_requests_count(db: Database) -> None:
         Row(T0 + 1, 1),
         Row(T0 + 2, 2, endpoint="/v1/completions"),
         Row(T0 + 3, 4, endpoint="/v1/responses"),
+        Row(T0 + 3, 128, endpoint="/v1/messages"),  # Anthropic's Messages API
         Row(T0 + 3, 4, status_code=400),
         Row(T0 + 4, 8, status_code=429),
         Row(T0 + 5, 16, status_code=500),
@@ -241,7 +243,7 @@ def test_only_billed_completion_requests_count(db: Database) -> None:
     ]
     insert(db, *rows)
     (bucket,) = usage(db, UsageQuery(start_time=T0, end_time=T0 + DAY))["data"]
-    assert [(r["input_tokens"], r["num_model_requests"]) for r in bucket["results"]] == [(7, 3)]
+    assert [(r["input_tokens"], r["num_model_requests"]) for r in bucket["results"]] == [(135, 4)]
 
 
 def test_embeddings_report_counts_embedding_requests_in_openai_shape(db: Database) -> None:

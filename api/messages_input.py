@@ -1,0 +1,203 @@
+"""An Anthropic Messages request as the chat completion it asks for.
+
+The system prompt becomes a system message; text and image blocks become chat
+content parts; an assistant's `tool_use` blocks become its tool calls and a
+user's `tool_result` blocks tool messages (placed before the rest of that
+user turn, as the calls' results come first); thinking blocks an assistant
+turn carries back become its `reasoning_content`. Tools, tool_choice,
+stop_sequences, sampling knobs and `output_config.format` map onto their chat
+equivalents, so the chat path checks them as it checks its own.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from api.errors import ApiError
+from api.schemas.chat import ChatCompletionRequest
+from api.schemas.messages import ContentBlock, CountTokensRequest, InputMessage, MessagesRequest
+
+# Claude Code prefixes its system prompt with a per-request billing line; dropped, as vLLM
+# drops it, since it would defeat prefix caching and tells a local model nothing.
+BILLING_HEADER = "x-anthropic-billing-header"
+
+
+def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
+    """The chat completion `body` asks for (a count_tokens body: its prompt only)."""
+    body.check_supported()
+    messages: list[dict[str, Any]] = []
+    system = _system_text(body.system)
+    if system:
+        messages.append({"role": "system", "content": system})
+    for index, message in enumerate(body.messages):
+        messages.extend(_chat_messages(message, index))
+    if not messages:
+        raise ApiError(400, "messages: every message is empty", param="messages")
+    fields: dict[str, Any] = {
+        "model": body.model,
+        "messages": messages,
+        "chat_template_kwargs": _template_kwargs(body),
+    }
+    if body.tools:
+        fields["tools"] = [
+            _chat_tool(tool.name, tool.description, tool.input_schema) for tool in body.tools
+        ]
+    if body.tool_choice is not None:
+        fields["tool_choice"] = _chat_tool_choice(body)
+        if body.tool_choice.disable_parallel_tool_use:
+            fields["parallel_tool_calls"] = False
+    if isinstance(body, MessagesRequest):
+        fields.update(_sampling_fields(body))
+    return ChatCompletionRequest.model_validate(fields)
+
+
+def _sampling_fields(body: MessagesRequest) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "max_tokens": body.max_tokens,
+        "stop": body.stop_sequences,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "seed": body.seed,
+        "priority": body.priority,
+        "stream": body.stream,
+        # The events report usage at the end, as Anthropic's message_delta does.
+        "stream_options": {"include_usage": True} if body.stream else None,
+    }
+    user = (body.metadata or {}).get("user_id")
+    if isinstance(user, str):
+        fields["user"] = user
+    output_format = body.output_config.format if body.output_config else None
+    if output_format is not None:
+        fields["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": output_format.json_schema},
+        }
+    return fields
+
+
+def _template_kwargs(body: CountTokensRequest) -> dict[str, Any] | None:
+    """`thinking` as the chat templates of thinking models read it (Qwen3's
+    `enable_thinking`), under the request's own `chat_template_kwargs`."""
+    kwargs = dict(body.chat_template_kwargs or {})
+    if body.thinking is not None:
+        kwargs.setdefault("enable_thinking", body.thinking.type != "disabled")
+    return kwargs or None
+
+
+def _system_text(system: str | list[ContentBlock] | None) -> str:
+    if system is None or isinstance(system, str):
+        return system or ""
+    texts = []
+    for block in system:
+        if block.type != "text":
+            raise ApiError(
+                400, f"system: a {block.type!r} block; only text is taken", param="system"
+            )
+        if block.text and not block.text.startswith(BILLING_HEADER):
+            texts.append(block.text)
+    return "\n\n".join(texts)
+
+
+def _chat_messages(message: InputMessage, index: int) -> list[dict[str, Any]]:
+    """The chat messages one Anthropic message becomes (a user turn with tool results:
+    one tool message per result, then the rest of the turn)."""
+    where = f"messages[{index}]"
+    if isinstance(message.content, str):
+        return [{"role": message.role, "content": message.content}]
+    parts: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    thinking: list[str] = []
+    for block in message.content:
+        kind = block.type
+        if kind == "text":
+            parts.append({"type": "text", "text": block.text or ""})
+        elif kind == "image":
+            parts.append({"type": "image_url", "image_url": {"url": _image_url(block, where)}})
+        elif kind == "tool_use" and message.role == "assistant":
+            calls.append(_chat_call(block, where))
+        elif kind == "tool_result" and message.role == "user":
+            results.append(_tool_message(block, where))
+        elif kind == "thinking" and message.role == "assistant":
+            thinking.append(block.thinking or "")
+        elif kind == "redacted_thinking" and message.role == "assistant":
+            continue  # opaque (encrypted by Anthropic): nothing a local model can read
+        else:
+            raise ApiError(
+                400,
+                f"{where}.content: a {kind!r} block in a {message.role} message",
+                param="messages",
+            )
+    chat: dict[str, Any] = {"role": message.role}
+    if parts:
+        only_text = all(p["type"] == "text" for p in parts)
+        chat["content"] = "".join(p["text"] for p in parts) if only_text else parts
+    if calls:
+        chat["tool_calls"] = calls
+        chat.setdefault("content", None)
+    if thinking:
+        chat["reasoning_content"] = "".join(thinking)
+        chat.setdefault("content", "")
+    keep = "content" in chat
+    return results + ([chat] if keep else [])
+
+
+def _image_url(block: ContentBlock, where: str) -> str:
+    source = block.source or {}
+    kind = source.get("type")
+    if kind == "url" and isinstance(source.get("url"), str):
+        return source["url"]
+    if kind == "base64" and isinstance(source.get("data"), str):
+        return f"data:{source.get('media_type') or 'image/png'};base64,{source['data']}"
+    raise ApiError(400, f"{where}.content: an image needs a base64 or url source", param="messages")
+
+
+def _chat_call(block: ContentBlock, where: str) -> dict[str, Any]:
+    if not block.id or not block.name:
+        raise ApiError(
+            400, f"{where}.content: a tool_use block needs id and name", param="messages"
+        )
+    arguments = json.dumps(block.input or {}, ensure_ascii=False)
+    return {
+        "id": block.id,
+        "type": "function",
+        "function": {"name": block.name, "arguments": arguments},
+    }
+
+
+def _tool_message(block: ContentBlock, where: str) -> dict[str, Any]:
+    if not block.tool_use_id:
+        raise ApiError(400, f"{where}.content: a tool_result needs tool_use_id", param="messages")
+    content = block.content
+    if isinstance(content, list):
+        texts = []
+        for item in content:
+            if item.get("type") != "text":
+                raise ApiError(
+                    400,
+                    f"{where}.content: a tool_result may hold text blocks only here",
+                    param="messages",
+                )
+            texts.append(str(item.get("text") or ""))
+        content = "\n".join(texts)
+    text = content or ""
+    if block.is_error:
+        text = f"Error: {text}" if text else "Error"
+    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+
+
+def _chat_tool(name: str, description: str | None, schema: dict[str, Any]) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": name, "parameters": {"type": "object", **schema}}
+    if description is not None:
+        function["description"] = description
+    return {"type": "function", "function": function}
+
+
+def _chat_tool_choice(body: CountTokensRequest) -> str | dict[str, Any]:
+    choice = body.tool_choice
+    assert choice is not None
+    if choice.type == "tool":
+        return {"type": "function", "function": {"name": choice.name}}
+    return {"auto": "auto", "any": "required", "none": "none"}[choice.type]
