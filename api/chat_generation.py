@@ -104,14 +104,10 @@ async def start_chat(
     live.require_runner("generate", services.record.endpoint)
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
-    # gpt-oss writes harmony messages: their parsers, whatever the flags say (vLLM's way).
     harmony = model_tokenizer.harmony
-    tool_parser = "openai" if harmony else services.settings.tool_call_parser
+    body, tool_parser = for_model(body, services.settings, model_tokenizer)
     if body.auto_tool_choice and tool_parser is None:
         raise refuse_auto(body.named_tool_choice)
-    if short_call_ids(tool_parser):
-        # Mistral's templates refuse any other call id (vLLM trims them the same way).
-        body = body.model_copy(update={"messages": with_mistral_ids(body.messages)})
     body, prompt_ids, max_model_len = await chat_prompt(
         catalog, live, model_tokenizer, body, truncate
     )
@@ -186,6 +182,34 @@ async def start_chat(
         think_start=start,
         tool_parser=tool_parser,
     )
+
+
+def for_model(
+    body: ChatCompletionRequest, settings: Settings, model_tokenizer: ModelTokenizer
+) -> tuple[ChatCompletionRequest, str | None]:
+    """`body` as the model's chat template takes it, and the tool-call parser that reads
+    the model's answer (None: none)."""
+    # gpt-oss writes harmony messages: their parsers, whatever the flags say (vLLM's way).
+    tool_parser = "openai" if model_tokenizer.harmony else settings.tool_call_parser
+    if short_call_ids(tool_parser):
+        # Mistral's templates refuse any other call id (vLLM trims them the same way).
+        body = body.model_copy(update={"messages": with_mistral_ids(body.messages)})
+    return body, tool_parser
+
+
+async def count_prompt_tokens(
+    catalog: ModelCatalog, settings: Settings, body: ChatCompletionRequest, truncate: bool
+) -> int:
+    """How many tokens `start_chat` would give the model for `body` (after `truncate`'s
+    dropped turns), counted with its chat template and tokenizer; nothing is queued."""
+    body.check_supported()
+    body.model = body.model or await catalog.default_model()
+    body.apply_server_defaults(settings)
+    live = await catalog.resolve(body.model)
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    body, _ = for_model(body, settings, model_tokenizer)
+    _, prompt_ids, _ = await chat_prompt(catalog, live, model_tokenizer, body, truncate)
+    return len(prompt_ids)
 
 
 async def chat_prompt(

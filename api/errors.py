@@ -20,6 +20,7 @@ from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.request_id_header import HEADER, request_id_of
+from api.route_path import route_path
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +81,32 @@ _ANTHROPIC_TYPES = {
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
+    504: "timeout_error",
 }
 ANTHROPIC_PATH_PREFIX = "/v1/messages"
+
+
+# The statuses OpenAI error types stand for, to read an error event's body (a stream's
+# error has no status of its own) as Anthropic types it.
+_STATUS_OF_TYPE = {
+    "invalid_request_error": 400,
+    "permission_error": 403,
+    "rate_limit_error": 429,
+    "timeout_error": 504,
+}
+# 503s whose codes say the server is busy or going away, not that the request failed.
+_OVERLOADED_CODES = frozenset({"overloaded", "no_worker", "queue_unavailable", "shutting_down"})
+
+
+def anthropic_body_of(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI error body (a failed stream's) in Anthropic's shape: a server that
+    stops or is busy (503s: draining, no worker, Redis) reads as overloaded, which
+    Anthropic's clients retry."""
+    error = body.get("error") or {}
+    status = _STATUS_OF_TYPE.get(error.get("type"), 500)
+    if error.get("code") in _OVERLOADED_CODES:
+        status = 503
+    return anthropic_body(status, error.get("message") or "the request failed")
 
 
 def anthropic_body(status: int, message: str) -> dict[str, Any]:
@@ -92,7 +117,7 @@ def anthropic_body(status: int, message: str) -> dict[str, Any]:
 
 def _answer(request: Request, error: ApiError) -> JSONResponse:
     """`error` in the shape of the API the path belongs to."""
-    path = request.scope.get("path", "")
+    path = route_path(request.scope)  # under --root-path too
     if path == ANTHROPIC_PATH_PREFIX or path.startswith(ANTHROPIC_PATH_PREFIX + "/"):
         body = anthropic_body(error.status, error.message)
         return JSONResponse(body, status_code=error.status, headers=error.headers)

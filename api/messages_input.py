@@ -12,19 +12,32 @@ equivalents, so the chat path checks them as it checks its own.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from api.errors import ApiError
-from api.schemas.chat import ChatCompletionRequest
+from api.schemas.chat import REASONING_EFFORTS, ChatCompletionRequest
 from api.schemas.messages import ContentBlock, CountTokensRequest, InputMessage, MessagesRequest
+from engine.structured_output import StructuredOutput
 
 # Claude Code prefixes its system prompt with a per-request billing line; dropped, as vLLM
 # drops it, since it would defeat prefix caching and tells a local model nothing.
 BILLING_HEADER = "x-anthropic-billing-header"
 
 
+class MessagesChatRequest(ChatCompletionRequest):
+    """A message's generation; errors name the Messages API's fields, not chat's."""
+
+    named_tool_choice: ClassVar[str] = '{"type": "tool", "name": ...}'
+
+    def structured_output(self) -> tuple[StructuredOutput | None, str]:
+        constraint, param = super().structured_output()
+        return constraint, "output_config.format" if param == "response_format" else param
+
+
 def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
-    """The chat completion `body` asks for (a count_tokens body: its prompt only)."""
+    """The chat completion `body` asks for (a count_tokens body: its prompt only). A
+    conversation ending in the assistant's text is continued (Anthropic's prefill): the
+    answer picks up where that text stops."""
     body.check_supported()
     messages: list[dict[str, Any]] = []
     system = _system_text(body.system)
@@ -49,7 +62,11 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
             fields["parallel_tool_calls"] = False
     if isinstance(body, MessagesRequest):
         fields.update(_sampling_fields(body))
-    return ChatCompletionRequest.model_validate(fields)
+    last = messages[-1]
+    if last["role"] == "assistant" and "tool_calls" not in last:
+        fields["add_generation_prompt"] = False
+        fields["continue_final_message"] = True
+    return MessagesChatRequest.model_validate(fields)
 
 
 def _sampling_fields(body: MessagesRequest) -> dict[str, Any]:
@@ -68,6 +85,9 @@ def _sampling_fields(body: MessagesRequest) -> dict[str, Any]:
     user = (body.metadata or {}).get("user_id")
     if isinstance(user, str):
         fields["user"] = user
+    effort = body.output_config.effort if body.output_config else None
+    if effort in REASONING_EFFORTS:
+        fields["reasoning_effort"] = effort
     output_format = body.output_config.format if body.output_config else None
     if output_format is not None:
         fields["response_format"] = {
@@ -119,7 +139,7 @@ def _chat_messages(message: InputMessage, index: int) -> list[dict[str, Any]]:
         elif kind == "tool_use" and message.role == "assistant":
             calls.append(_chat_call(block, where))
         elif kind == "tool_result" and message.role == "user":
-            results.append(_tool_message(block, where))
+            results.extend(_tool_messages(block, where))
         elif kind == "thinking" and message.role == "assistant":
             thinking.append(block.thinking or "")
         elif kind == "redacted_thinking" and message.role == "assistant":
@@ -133,7 +153,8 @@ def _chat_messages(message: InputMessage, index: int) -> list[dict[str, Any]]:
     chat: dict[str, Any] = {"role": message.role}
     if parts:
         only_text = all(p["type"] == "text" for p in parts)
-        chat["content"] = "".join(p["text"] for p in parts) if only_text else parts
+        # Newline-joined, as the chat path joins text parts (engine/tokenizer.flatten_content).
+        chat["content"] = "\n".join(p["text"] for p in parts) if only_text else parts
     if calls:
         chat["tool_calls"] = calls
         chat.setdefault("content", None)
@@ -167,25 +188,37 @@ def _chat_call(block: ContentBlock, where: str) -> dict[str, Any]:
     }
 
 
-def _tool_message(block: ContentBlock, where: str) -> dict[str, Any]:
+def _tool_messages(block: ContentBlock, where: str) -> list[dict[str, Any]]:
+    """A tool_result as the tool message chat templates read (its text), and its images,
+    which a tool message cannot hold, in a user message right after it (as vLLM does)."""
     if not block.tool_use_id:
         raise ApiError(400, f"{where}.content: a tool_result needs tool_use_id", param="messages")
     content = block.content
+    images: list[dict[str, Any]] = []
     if isinstance(content, list):
         texts = []
         for item in content:
-            if item.get("type") != "text":
+            kind = item.get("type")
+            if kind == "text":
+                texts.append(str(item.get("text") or ""))
+            elif kind == "image":
+                source = ContentBlock.model_validate(item)
+                images.append(
+                    {"type": "image_url", "image_url": {"url": _image_url(source, where)}}
+                )
+            elif kind != "tool_reference":  # Claude Code's tool search: names, no content
                 raise ApiError(
                     400,
-                    f"{where}.content: a tool_result may hold text blocks only here",
+                    f"{where}.content: a {kind!r} block inside a tool_result (text and images "
+                    "are taken)",
                     param="messages",
                 )
-            texts.append(str(item.get("text") or ""))
         content = "\n".join(texts)
     text = content or ""
     if block.is_error:
         text = f"Error: {text}" if text else "Error"
-    return {"role": "tool", "tool_call_id": block.tool_use_id, "content": text}
+    result = [{"role": "tool", "tool_call_id": block.tool_use_id, "content": text}]
+    return result + ([{"role": "user", "content": images}] if images else [])
 
 
 def _chat_tool(name: str, description: str | None, schema: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sse_starlette import ServerSentEvent
 
-from api.errors import anthropic_body
+from api.errors import anthropic_body_of
 from api.schemas.chat import ChatCompletionChunk, ChatCompletionResponse
 from api.schemas.common import UsageInfo
 
@@ -69,9 +69,14 @@ def tool_input(arguments: str) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def thinking_block(text: str) -> dict[str, Any]:
-    # Anthropic signs thinking so it can check what comes back; here it is never checked.
-    return {"type": "thinking", "thinking": text, "signature": ""}
+def thinking_block(text: str, signature: str) -> dict[str, Any]:
+    return {"type": "thinking", "thinking": text, "signature": signature}
+
+
+def new_signature() -> str:
+    """Anthropic signs thinking so it can check what a client sends back; nothing checks
+    it here, but clients expect one (some drop unsigned thinking), as vLLM gives."""
+    return uuid.uuid4().hex
 
 
 def message_object(response: ChatCompletionResponse) -> dict[str, Any]:
@@ -80,8 +85,8 @@ def message_object(response: ChatCompletionResponse) -> dict[str, Any]:
     message = choice.message
     content: list[dict[str, Any]] = []
     if message.reasoning_content:
-        content.append(thinking_block(message.reasoning_content))
-    if message.content or (message.content is not None and not message.tool_calls):
+        content.append(thinking_block(message.reasoning_content, new_signature()))
+    if message.content:  # an empty answer has no block, as its stream opens none
         content.append({"type": "text", "text": message.content})
     for call in message.tool_calls:
         function = call.get("function") or {}
@@ -157,7 +162,7 @@ class MessageEvents:
         events: list[Event] = []
         thinking = delta.get("reasoning_content")
         if thinking:
-            events += self._ensure("thinking", thinking_block(""))
+            events += self._ensure("thinking", thinking_block("", ""))
             events.append(self._block_delta({"type": "thinking_delta", "thinking": thinking}))
         text = delta.get("content")
         if text:
@@ -198,8 +203,13 @@ class MessageEvents:
     def _close(self) -> list[Event]:
         if self._open is None:
             return []
+        events = []
+        if self._open == "thinking":  # signed as it ends, as Anthropic's streams sign it
+            events.append(
+                self._block_delta({"type": "signature_delta", "signature": new_signature()})
+            )
         self._open = None
-        return [{"type": "content_block_stop", "index": self._index}]
+        return [*events, {"type": "content_block_stop", "index": self._index}]
 
 
 class MessagesFraming:
@@ -209,8 +219,7 @@ class MessagesFraming:
         return ServerSentEvent(event=event["type"], data=json.dumps(event), sep="\n")
 
     def error(self, body: dict[str, Any]) -> ServerSentEvent:
-        message = (body.get("error") or {}).get("message") or "the request failed"
-        data = json.dumps(anthropic_body(500, message))
+        data = json.dumps(anthropic_body_of(body))
         return ServerSentEvent(event="error", data=data, sep="\n")
 
     def done(self) -> ServerSentEvent | None:

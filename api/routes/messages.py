@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.chat_generation import ChatServices, chat_prompt, start_chat
+from api.chat_generation import ChatServices, count_prompt_tokens, start_chat
 from api.collect import ClientGone
 from api.deps import (
     Authenticated,
@@ -63,13 +63,9 @@ async def create_message(
 
 
 @router.post(f"{MESSAGES_PATH}/count_tokens")
-async def count_tokens(body: CountTokensBody, catalog: CatalogDep) -> dict[str, Any]:
+async def count_tokens(
+    body: CountTokensBody, catalog: CatalogDep, settings: SettingsDep
+) -> dict[str, Any]:
     """How many tokens the model would read for these messages, counted with its chat
-    template and tokenizer; nothing is generated or billed."""
-    chat = chat_request(body)
-    chat.check_supported()
-    chat.model = chat.model or await catalog.default_model()
-    live = await catalog.resolve(chat.model)
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
-    _, prompt_ids, _ = await chat_prompt(catalog, live, model_tokenizer, chat, False)
-    return {"input_tokens": len(prompt_ids)}
+    template and tokenizer as /v1/messages renders them; nothing is generated or billed."""
+    return {"input_tokens": await count_prompt_tokens(catalog, settings, chat_request(body), False)}

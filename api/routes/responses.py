@@ -32,7 +32,7 @@ from api.background_responses import (
     Cancelled,
     expire_if_stale,
 )
-from api.chat_generation import ChatServices, chat_prompt, start_chat
+from api.chat_generation import ChatServices, count_prompt_tokens, start_chat
 from api.collect import ClientGone
 from api.deps import (
     Authenticated,
@@ -208,13 +208,8 @@ async def count_input_tokens(
     items = normalize_input(body.input)
     history = await _history(body, database, principal.project_id, settings.request_timeout)
     chat = chat_request(body, history, items)
-    chat.check_supported()
-    live = await catalog.resolve(chat.model)
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
-    _, prompt_ids, _ = await chat_prompt(
-        catalog, live, model_tokenizer, chat, body.truncation == "auto"
-    )
-    return {"object": "response.input_tokens", "input_tokens": len(prompt_ids)}
+    tokens = await count_prompt_tokens(catalog, settings, chat, body.truncation == "auto")
+    return {"object": "response.input_tokens", "input_tokens": tokens}
 
 
 def _no_such_response(response_id: str) -> ApiError:

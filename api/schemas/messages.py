@@ -50,7 +50,8 @@ class Tool(BaseModel):
 
     name: str = Field(min_length=1)
     description: str | None = None
-    input_schema: dict[str, Any]
+    # Required of a client tool (check_supported); Anthropic's server tools have none.
+    input_schema: dict[str, Any] | None = None
     # Anthropic's server tools (web search, ...) have a `type`; a client tool has none
     # or "custom".
     type: str | None = None
@@ -73,6 +74,9 @@ class OutputConfig(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     format: OutputFormat | None = None
+    # How hard a reasoning model thinks: low/medium/high reach the chat template as
+    # `reasoning_effort` (gpt-oss's levels); Anthropic's higher ones have no equivalent.
+    effort: str | None = None
 
 
 class ThinkingConfig(BaseModel):
@@ -106,6 +110,8 @@ class CountTokensRequest(NullMeansDefault):
                     "Anthropic's servers; declare the tool with an input_schema instead",
                     param="tools",
                 )
+            if tool.input_schema is None:
+                raise ApiError(400, f"tools: {tool.name!r} has no input_schema", param="tools")
         choice = self.tool_choice
         if choice is not None and choice.type == "tool" and not choice.name:
             raise ApiError(

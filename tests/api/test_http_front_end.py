@@ -82,6 +82,10 @@ def test_root_path_serves_behind_a_prefixing_proxy(make_stack: Callable[..., Sta
             files={"file": ("big.txt", b"x" * 5000)},
         )
         assert upload.status_code == 200, upload.text
+        # Anthropic's Messages API answers its errors in its own shape under the prefix too.
+        refused = client.post("/v1/messages", json={"model": MODEL, "messages": []})
+        assert refused.status_code == 400
+        assert refused.json()["type"] == "error", refused.text
 
 
 def test_uds_serves_the_api_on_a_unix_socket(

@@ -5,15 +5,20 @@ tool_use blocks, and errors are Anthropic's shape."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
 import httpx
 import pytest
+from anthropic.lib.streaming._messages import accumulate_event
 
-from api.messages_output import stop_reason
+from api.errors import anthropic_body_of
+from api.messages_output import MessageEvents, stop_reason
+from api.schemas.chat import ChatChunkChoice, ChatCompletionChunk, DeltaMessage
+from api.schemas.common import UsageInfo
 
 from .conftest import MODEL, Stack, log_row
 from .fakes import SCRIPT_TEXT, FakeWorker
@@ -117,6 +122,7 @@ def test_the_prompt_is_the_same_conversation_s_as_a_chat(
                 "role": "user",
                 "content": [
                     {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"},
+                    {"type": "text", "text": "<reminder>be brief</reminder>"},
                     {"type": "text", "text": "And tomorrow?"},
                 ],
             },
@@ -148,7 +154,8 @@ def test_the_prompt_is_the_same_conversation_s_as_a_chat(
                 ],
             },
             {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
-            {"role": "user", "content": "And tomorrow?"},
+            # Text blocks newline-joined, as chat joins text parts.
+            {"role": "user", "content": "<reminder>be brief</reminder>\nAnd tomorrow?"},
         ],
     }
     assert client.post("/v1/chat/completions", json=chat).status_code == 200
@@ -156,6 +163,34 @@ def test_the_prompt_is_the_same_conversation_s_as_a_chat(
     sampling = sent.sampling
     assert sampling["stop"] == ["seven"] and sampling["max_tokens"] == 7
     assert (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (0.5, 0.9, 5)
+
+
+def test_a_conversation_ending_in_the_assistant_s_text_is_continued(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    """Anthropic's prefill: the answer picks up where the assistant's text stops."""
+    turns = [
+        {"role": "user", "content": "Name a color."},
+        {"role": "assistant", "content": "The color is"},
+    ]
+    reply = client.post("/v1/messages", json={"model": MODEL, "max_tokens": 3, "messages": turns})
+    assert reply.status_code == 200, reply.text
+    sent = worker.received[-1].prompt_token_ids
+    chat = {
+        "model": MODEL,
+        "max_tokens": 3,
+        "messages": turns,
+        "add_generation_prompt": False,
+        "continue_final_message": True,
+    }
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    assert sent == worker.received[-1].prompt_token_ids
+    tokens = worker.tokenizer.decode(sent)
+    assert tokens.rstrip().endswith("The color is")
+    counted = client.post(
+        "/v1/messages/count_tokens", json={"model": MODEL, "messages": turns}
+    ).json()
+    assert counted == {"input_tokens": len(sent)}
 
 
 def test_a_forced_tool_use_is_a_block_and_streams_its_input(
@@ -210,6 +245,84 @@ def test_a_stream_that_fails_ends_with_an_error_event(
     assert "message_stop" not in [name for name, _ in events]
     with pytest.raises(anthropic.APIStatusError), claude.messages.stream(**body) as stream:
         stream.get_final_message()
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> ChatCompletionChunk:
+    choice = ChatChunkChoice(index=0, delta=DeltaMessage(**delta), finish_reason=finish)
+    return ChatCompletionChunk(id="chatcmpl-abc", created=0, model=MODEL, choices=[choice])
+
+
+def test_thinking_text_and_calls_stream_as_blocks_the_sdk_accumulates() -> None:
+    """A reasoning model's thinking, its text and two calls: one block each, thinking
+    signed as it closes, and Anthropic's SDK assembles the message from the events."""
+    chunks = [
+        _chunk({"role": "assistant", "content": ""}),
+        _chunk({"reasoning_content": "Let me "}),
+        _chunk({"reasoning_content": "think."}),
+        _chunk({"content": "Checking."}),
+        _chunk({"tool_calls": [_call(0, "toolu_a", "get_weather", '{"city": ')]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        _chunk({"tool_calls": [_call(1, "toolu_b", "get_time", "{}")]}),
+        _chunk({}, finish="tool_calls"),
+        ChatCompletionChunk(
+            id="chatcmpl-abc", created=0, model=MODEL, choices=[], usage=UsageInfo.of(10, 7, 4)
+        ),
+    ]
+
+    async def collect() -> list[dict[str, Any]]:
+        async def source() -> AsyncIterator[ChatCompletionChunk]:
+            for chunk in chunks:
+                yield chunk
+
+        return [e async for e in MessageEvents("chatcmpl-abc", MODEL, 10).events(source())]
+
+    events = asyncio.run(collect())
+    starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
+    assert starts == ["thinking", "text", "tool_use", "tool_use"]
+    signature = [e for e in events if e.get("delta", {}).get("type") == "signature_delta"]
+    assert len(signature) == 1 and signature[0]["index"] == 0
+    assert [e["index"] for e in events if e["type"] == "content_block_stop"] == [0, 1, 2, 3]
+    snapshot = None
+    json_bufs: dict[int, bytes] = {}
+    for event in events:
+        snapshot = accumulate_event(event=event, current_snapshot=snapshot, json_bufs=json_bufs)
+    assert snapshot is not None
+    thinking, text, weather, clock = snapshot.content
+    assert thinking.type == "thinking" and thinking.thinking == "Let me think."
+    assert thinking.signature == signature[0]["delta"]["signature"]
+    assert text.type == "text" and text.text == "Checking."
+    assert (weather.type, weather.id, weather.input) == ("tool_use", "toolu_a", {"city": "Paris"})
+    assert (clock.type, clock.name, clock.input) == ("tool_use", "get_time", {})
+    assert snapshot.stop_reason == "tool_use" and snapshot.id == "msg_abc"
+    usage = snapshot.usage
+    assert (usage.input_tokens, usage.cache_read_input_tokens, usage.output_tokens) == (6, 4, 7)
+
+
+def _call(index: int, call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "index": index,
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ({"type": "server_error", "code": "shutting_down"}, "overloaded_error"),
+        ({"type": "server_error", "code": "no_worker"}, "overloaded_error"),
+        ({"type": "server_error", "code": "reply_lost"}, "api_error"),
+        ({"type": "timeout_error", "code": None}, "timeout_error"),
+        ({"type": "rate_limit_error", "code": "rate_limit_exceeded"}, "rate_limit_error"),
+        ({"type": "invalid_request_error", "code": None}, "invalid_request_error"),
+    ],
+)
+def test_a_failed_stream_s_error_is_typed_as_anthropic_types_it(
+    error: dict[str, Any], kind: str
+) -> None:
+    body = anthropic_body_of({"error": {**error, "message": "why"}})
+    assert body == {"type": "error", "error": {"type": kind, "message": "why"}}
 
 
 @pytest.mark.parametrize(
