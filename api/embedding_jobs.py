@@ -29,6 +29,8 @@ from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter, Submission, check_prompt_ids
 from api.schemas.common import check_priority
 from api.schemas.embeddings import EmbeddingRequest
+from conveyor.settings import Settings
+from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
 from engine.sampling_params import SamplingParamError
 from engine.tokenizer import Tokenizer
@@ -284,16 +286,20 @@ async def request_prompts(
     catalog: ModelCatalog,
     model: EmbeddingModel,
     body: EmbeddingRequest,
-    items: Sequence[str | list[int]],
-    log_prompts: bool,
+    settings: Settings,
     record: RequestRecord,
 ) -> list[list[int]]:
-    """`input_prompts` off the event loop (on the catalog's tokenizing thread), with the
-    inputs logged when the server logs prompts."""
+    """An embeddings-shaped request's prompts (`input_prompts`, with the server's
+    --default-chat-template-kwargs under the request's own) off the event loop (on the
+    catalog's tokenizing thread), the inputs logged when the server logs prompts."""
+    items = body.inputs() if body.messages is None else []
+    body.chat_template_kwargs = with_defaults(
+        settings.default_chat_template_kwargs, body.chat_template_kwargs
+    )
     prompts = await catalog.in_thread(
         input_prompts, model.tokenizer.tokenizer, items, body, model.max_model_len
     )
-    if log_prompts:
+    if settings.log_prompts:
         logged = items or [m.model_dump(exclude_none=True) for m in body.messages or ()]
         record.prompt_text = json.dumps(logged, ensure_ascii=False)
     return prompts

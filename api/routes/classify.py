@@ -41,7 +41,6 @@ from api.schemas.classify import (
     ClassificationUsage,
 )
 from conveyor.settings import Settings
-from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
 
 router = APIRouter(dependencies=[Authenticated])
@@ -79,11 +78,7 @@ async def classification(
 ) -> Response:
     """`body`'s inputs through `model`, a classifier, as /classify answers them (also an
     /invocations body with `input` for a classifier: api/routes/embeddings.py)."""
-    items = body.inputs() if body.messages is None else []
-    body.chat_template_kwargs = with_defaults(
-        settings.default_chat_template_kwargs, body.chat_template_kwargs
-    )
-    prompts = await request_prompts(catalog, model, body, items, settings.log_prompts, record)
+    prompts = await request_prompts(catalog, model, body, settings, record)
     try:
         outputs = await embed(
             request,

@@ -41,7 +41,6 @@ from api.schemas.embeddings import (
     EmbeddingResponse,
     EmbeddingUsage,
 )
-from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
 
 router = APIRouter(dependencies=[Authenticated])
@@ -61,10 +60,6 @@ async def create_embedding(
 ) -> Response:
     body.check_supported()
     body.model = body.model or await catalog.default_model()
-    items = body.inputs() if body.messages is None else []
-    body.chat_template_kwargs = with_defaults(
-        settings.default_chat_template_kwargs, body.chat_template_kwargs
-    )
     model = await embedding_model(request, catalog, submitter, record, body.model, "/v1/embeddings")
     if invoked(request) and is_classifier(model):
         # SageMaker's one path: an `input` for a classifier is a classification (vLLM's).
@@ -78,7 +73,7 @@ async def create_embedding(
     pooling = PoolingParams(dimensions=body.dimensions, normalize=body.normalize)
     check_pooling(pooling, model)
     require_task(model, "embed", "/v1/embeddings")
-    prompts = await request_prompts(catalog, model, body, items, settings.log_prompts, record)
+    prompts = await request_prompts(catalog, model, body, settings, record)
     try:
         outputs = await embed(
             request, submitter, replies, record, model, prompts, pooling, priority=body.priority

@@ -37,7 +37,6 @@ from api.embedding_jobs import (
 )
 from api.schemas.classify import ClassificationUsage, refuse_embedding_fields
 from api.schemas.pooling import PoolingData, PoolingRequest, PoolingResponse
-from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
 
 router = APIRouter(dependencies=[Authenticated])
@@ -61,11 +60,7 @@ async def pooling(
     task = body.task or ("classify" if is_classifier(model) else "embed")
     require_task(model, task, f"/pooling with task {task!r}")
     params = pooling_params(body, model, task)
-    items = body.inputs() if body.messages is None else []
-    body.chat_template_kwargs = with_defaults(
-        settings.default_chat_template_kwargs, body.chat_template_kwargs
-    )
-    prompts = await request_prompts(catalog, model, body, items, settings.log_prompts, record)
+    prompts = await request_prompts(catalog, model, body, settings, record)
     try:
         outputs = await embed(
             request,
