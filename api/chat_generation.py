@@ -71,6 +71,7 @@ from api.tool_parsers import (
 )
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
+from engine.chat_template_kwargs import refuse_reserved
 from engine.tokenizer import Tokenizer, flatten_content
 
 
@@ -270,6 +271,10 @@ def _chat_text(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:
         kwargs["continue_final_message"] = True
     # The model sees the tools even with tool_choice "none", as with vLLM and OpenAI.
     tools = body.tools or None
+    try:
+        refuse_reserved(kwargs)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="chat_template_kwargs") from None
     try:
         return tokenizer.render_chat(
             messages, add_generation_prompt=body.add_generation_prompt, tools=tools, **kwargs

@@ -8,6 +8,7 @@ from typing import Any
 
 from api.errors import ApiError
 from api.schemas.chat import ChatMessage
+from engine.chat_template_kwargs import refuse_reserved
 from engine.tokenizer import Tokenizer
 
 # Where an assistant message may carry its thinking: our answers' and vLLM's fields, and
@@ -46,6 +47,10 @@ def chat_token_ids(
     kwargs: dict[str, Any] = dict(chat_template_kwargs or {})
     if continue_final_message:
         kwargs["continue_final_message"] = True
+    try:
+        refuse_reserved(kwargs)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param="chat_template_kwargs") from None
     try:
         text = tokenizer.render_chat(
             template_messages(messages),

@@ -14,9 +14,11 @@ from typing import Any
 from engine.json_flag import json_object_flag
 
 # apply_chat_template parameters that template kwargs must not override: they would
-# change what we render or how, not what the template sees.
+# change what we render or how, not what the template sees (and `messages`, what
+# Tokenizer.render_chat takes them as).
 RESERVED_TEMPLATE_KWARGS = frozenset(
     {
+        "messages",
         "conversation",
         "tools",
         "chat_template",
@@ -39,6 +41,14 @@ DEFAULTS_FLAG = "--default-chat-template-kwargs"
 def reserved_in(kwargs: Mapping[str, Any]) -> list[str]:
     """The names in `kwargs` a template may not be given, sorted."""
     return sorted(RESERVED_TEMPLATE_KWARGS.intersection(kwargs))
+
+
+def refuse_reserved(kwargs: Mapping[str, Any]) -> None:
+    """A ValueError naming what `kwargs` may not set, before they are spread into a call
+    whose own parameters (tools, add_generation_prompt) they would collide with."""
+    reserved = reserved_in(kwargs)
+    if reserved:
+        raise ValueError(f"chat_template_kwargs may not set {reserved}")
 
 
 def parse_default_template_kwargs(value: str | Mapping[str, Any] | None) -> dict[str, Any]:

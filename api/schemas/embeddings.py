@@ -35,6 +35,10 @@ class EmbeddingRequest(NullMeansDefault):
     truncate_prompt_tokens: int | None = None
     normalize: bool | None = None
     priority: int = 0
+    # vLLM's encoding of base64 vectors: what we send (float32, little-endian) is
+    # accepted by name, anything else refused rather than decoded wrongly.
+    embed_dtype: str | None = None
+    endianness: str | None = None
     add_generation_prompt: bool = False
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
@@ -58,6 +62,20 @@ class EmbeddingRequest(NullMeansDefault):
             raise ApiError(
                 400, "truncate_prompt_tokens must be at least 1", param="truncate_prompt_tokens"
             )
+        if self.embed_dtype not in (None, "float32"):
+            raise ApiError(
+                400,
+                f"embed_dtype {self.embed_dtype!r}: vectors are sent as float32 only",
+                param="embed_dtype",
+            )
+        if self.endianness not in (None, "native", "little"):
+            raise ApiError(
+                400,
+                f"endianness {self.endianness!r}: base64 vectors are little-endian only",
+                param="endianness",
+            )
+        if self.input is not None:
+            self.inputs()  # malformed inputs are refused before any model work
 
     def inputs(self) -> list[str | list[int]]:
         """The inputs as a list, each text or token ids; `data` is in this order."""

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import MODEL, Stack, sdk_client
+from .conftest import MODEL, Stack, sdk_client, worker_on
 from .fakes import FakeWorker
 
 # Prints what the kwargs decide, so the prompt shows which ones the template was given.
@@ -132,3 +132,42 @@ def test_the_flag_reaches_the_request_as_json(
         )
     assert response.status_code == 200, response.text
     assert last_prompt(stack.worker) == "[style=x]<user>Hi<assistant>"
+
+
+def test_pooling_conversations_get_the_defaults_too(
+    templated: tuple[openai.OpenAI, Stack],
+) -> None:
+    """/v1/embeddings, /classify and /pooling render `messages` with the same defaults."""
+    _, stack = templated
+    with (
+        worker_on(stack, "fake-embedder", instance="emb-t", runner="pooling") as embedder,
+        worker_on(
+            stack, "fake-labels", instance="cls-t", runner="pooling", labels=("a", "b")
+        ) as labels,
+        stack.client() as http,
+    ):
+        for path, model, worker in (
+            ("/v1/embeddings", "fake-embedder", embedder),
+            ("/pooling", "fake-embedder", embedder),
+            ("/classify", "fake-labels", labels),
+            ("/pooling", "fake-labels", labels),
+        ):
+            reply = http.post(path, json={"model": model, "messages": MESSAGES})
+            assert reply.status_code == 200, (path, reply.text)
+            assert last_prompt(worker) == "[no-think][style=terse]<user>Hi", path
+
+
+@pytest.mark.parametrize("name", ["tools", "add_generation_prompt", "messages"])
+def test_kwargs_that_would_collide_with_the_call_are_a_400(
+    templated: tuple[openai.OpenAI, Stack], name: str
+) -> None:
+    _, stack = templated
+    kwargs = {name: True}
+    with stack.client() as http:
+        for path, body in (
+            ("/v1/chat/completions", {"model": MODEL, "messages": MESSAGES, "max_tokens": 1}),
+            ("/tokenize", {"model": MODEL, "messages": MESSAGES}),
+        ):
+            reply = http.post(path, json={**body, "chat_template_kwargs": kwargs})
+            assert reply.status_code == 400, (path, reply.text)
+            assert reply.json()["error"]["param"] == "chat_template_kwargs", path

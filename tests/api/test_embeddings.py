@@ -161,6 +161,11 @@ def test_an_input_may_fill_the_context_and_no_more(
         ({"messages": [{"role": "user", "content": "hi"}], "input": "x"}, "input"),
         ({}, "input"),
         ({"messages": []}, "messages"),
+        # vLLM's base64 encodings other than what workers send: refused, not misdecoded.
+        ({"input": "x", "embed_dtype": "float16"}, "embed_dtype"),
+        ({"input": "x", "endianness": "big"}, "endianness"),
+        # Malformed input is refused before the model is even looked up.
+        ({"model": "no-such-model", "input": []}, "input"),
     ],
 )
 def test_bad_input_is_a_400_naming_the_parameter(
