@@ -20,7 +20,7 @@ from fastapi import Request
 from api.admission import admit, refuse_early
 from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
-from api.chat_tokens import template_messages
+from api.chat_tokens import rendered_chat
 from api.collect import Output, collect, collect_all, finish
 from api.errors import ApiError
 from api.harmony_parser import BODY_ENDS
@@ -71,7 +71,6 @@ from api.tool_parsers import (
 )
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
-from engine.chat_template_kwargs import refuse_reserved
 from engine.tokenizer import Tokenizer, flatten_content
 
 
@@ -263,24 +262,20 @@ def generation_prompt(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str 
 
 
 def _chat_text(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str:
-    messages = template_messages(body.messages)
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if body.reasoning_effort is not None:
         kwargs.setdefault("reasoning_effort", body.reasoning_effort)
     if body.continue_final_message:
         kwargs["continue_final_message"] = True
-    # The model sees the tools even with tool_choice "none", as with vLLM and OpenAI.
-    tools = body.tools or None
-    try:
-        refuse_reserved(kwargs)
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param="chat_template_kwargs") from None
-    try:
-        return tokenizer.render_chat(
-            messages, add_generation_prompt=body.add_generation_prompt, tools=tools, **kwargs
-        )
-    except ValueError as exc:
-        raise ApiError(400, str(exc), param=body.prompt_param) from None
+    return rendered_chat(
+        tokenizer,
+        body.messages,
+        add_generation_prompt=body.add_generation_prompt,
+        # The model sees the tools even with tool_choice "none", as with vLLM and OpenAI.
+        tools=body.tools or None,
+        kwargs=kwargs,
+        param=body.prompt_param,
+    )
 
 
 def fit_context(

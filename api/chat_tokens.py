@@ -47,17 +47,35 @@ def chat_token_ids(
     kwargs: dict[str, Any] = dict(chat_template_kwargs or {})
     if continue_final_message:
         kwargs["continue_final_message"] = True
+    text = rendered_chat(
+        tokenizer, messages, add_generation_prompt=add_generation_prompt, tools=tools, kwargs=kwargs
+    )
+    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
+
+def rendered_chat(
+    tokenizer: Tokenizer,
+    messages: Sequence[ChatMessage],
+    *,
+    add_generation_prompt: bool,
+    tools: list[dict[str, Any]] | None,
+    kwargs: Mapping[str, Any],
+    param: str = "messages",
+) -> str:
+    """The messages through the model's chat template. Kwargs naming what the call sets
+    itself (tools, add_generation_prompt, ...) are a 400 naming `chat_template_kwargs`
+    before they could collide with it; a template that cannot render the messages is a
+    400 naming `param`."""
     try:
         refuse_reserved(kwargs)
     except ValueError as exc:
         raise ApiError(400, str(exc), param="chat_template_kwargs") from None
     try:
-        text = tokenizer.render_chat(
+        return tokenizer.render_chat(
             template_messages(messages),
             add_generation_prompt=add_generation_prompt,
             tools=tools,
             **kwargs,
         )
     except ValueError as exc:
-        raise ApiError(400, str(exc), param="messages") from None
-    return tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        raise ApiError(400, str(exc), param=param) from None

@@ -245,6 +245,11 @@ def encoded(output: Output) -> str:
     return output.embedding
 
 
+def formatted(output: Output, encoding_format: str) -> list[float] | str:
+    """The vector as the request's `encoding_format` asks: base64 as sent, or floats."""
+    return encoded(output) if encoding_format == "base64" else vector(output)
+
+
 def vector(output: Output) -> list[float]:
     values = array.array("f", base64.b64decode(encoded(output)))
     if sys.byteorder != "little":

@@ -26,11 +26,10 @@ from api.embedding_jobs import (
     check_pooling,
     embed,
     embedding_model,
-    encoded,
+    formatted,
     is_classifier,
     request_prompts,
     require_task,
-    vector,
 )
 from api.invocations import invoked
 from api.routes import classify
@@ -87,7 +86,7 @@ async def create_embedding(
         data=[
             EmbeddingData(
                 index=i,
-                embedding=encoded(output) if body.encoding_format == "base64" else vector(output),
+                embedding=formatted(output, body.encoding_format),
             )
             for i, output in enumerate(outputs)
         ],

@@ -29,11 +29,10 @@ from api.embedding_jobs import (
     check_pooling,
     embed,
     embedding_model,
-    encoded,
+    formatted,
     is_classifier,
     request_prompts,
     require_task,
-    vector,
 )
 from api.schemas.classify import ClassificationUsage, refuse_embedding_fields
 from api.schemas.pooling import PoolingData, PoolingRequest, PoolingResponse
@@ -82,7 +81,7 @@ async def pooling(
         data=[
             PoolingData(
                 index=i,
-                data=encoded(output) if body.encoding_format == "base64" else vector(output),
+                data=formatted(output, body.encoding_format),
             )
             for i, output in enumerate(outputs)
         ],
