@@ -47,6 +47,10 @@ def spawn(command: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     The child gets its own session, so a terminal's Ctrl-C reaches only the
     parent, which then stops its children in order (API, worker, Redis)
     instead of all of them at once.
+
+    Call it from a thread that lives as long as the child should: the kernel sends
+    the death signal when the *thread* that spawned the child ends, not only the
+    process (prctl(2)), so a child spawned from a short-lived thread dies with it.
     """
     return subprocess.Popen(  # type: ignore[call-overload]
         command, preexec_fn=_die_with_parent(), start_new_session=True, **kwargs

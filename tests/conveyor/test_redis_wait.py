@@ -32,13 +32,19 @@ def test_an_unreachable_one_is_waited_for_then_named(caplog: pytest.LogCaptureFi
 def test_one_that_comes_up_meanwhile_is_used(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redis_wait, "_RETRY_EVERY", 0.1)
     server = EmbeddedRedis()
-    url = server.url
-    starter = threading.Timer(0.5, server.start)
-    starter.start()
+    answers: list[str | None] = []
+    # The wait runs in a thread and the server starts in this one: a child gets its
+    # SIGTERM when the *thread* that spawned it ends (PR_SET_PDEATHSIG, child_process.py),
+    # so a server started from a short-lived thread died as that thread returned, and the
+    # wait saw 20 s of "connection refused" whenever it missed the moment between.
+    waiter = threading.Thread(target=lambda: answers.append(wait_for_redis(server.url, 20.0)))
+    waiter.start()
     try:
-        assert wait_for_redis(url, timeout=20.0) is None
+        time.sleep(0.5)
+        server.start()
+        waiter.join(timeout=30)
+        assert answers == [None]
     finally:
-        starter.join()
         server.stop()
 
 
