@@ -134,6 +134,12 @@ class DecodeGraphs:
                 time.perf_counter() - started,
             )
 
+    def release(self) -> None:
+        """Drop the recorded graphs and their memory pool (sleep mode frees the memory they
+        point at; `record` makes them again). Until then decodes run eagerly."""
+        self._graphs.clear()
+        self._outputs.clear()
+
     def run(
         self,
         input_ids: list[int],

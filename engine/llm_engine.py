@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 
@@ -49,6 +49,7 @@ from engine.scheduler import Scheduler
 from engine.sentence_bert_config import FILE_NAME as SENTENCE_BERT_CONFIG
 from engine.sentence_bert_config import max_seq_length
 from engine.sequence import Sequence
+from engine.sleep_mode import EngineAsleep, SleepMode
 from engine.tokenizer import Tokenizer
 from kernels.backend import select_attention_backend
 from kernels.kv_cache_dtype import FP8_MAX, UNIT_SCALES, is_fp8, resolve_kv_cache_dtype
@@ -263,6 +264,24 @@ class LLMEngine:
             every_layer_window=self.block_manager.window,
             logprobs_mode=config.logprobs_mode,
             causal=not mc.is_encoder,
+        )
+        # vLLM's sleep mode: frees the weights and KV cache while idle (engine/sleep_mode.py).
+        self._sleep_mode = SleepMode(
+            model,
+            kv_caches,
+            self.block_manager,
+            decode_graphs,
+            reload=partial(
+                load_model,
+                self.resolved.path,
+                self.model_config,
+                self.max_model_len,
+                self.dtype,
+                self.device,
+                backend.ops,
+                lm_head=self.runner_kind == "generate",
+                online_fp8=online_fp8,
+            ),
         )
         spec = config.speculative_config
         self.proposer = (
@@ -545,6 +564,11 @@ class LLMEngine:
         Requests share prefix-cache blocks only under the same `cache_salt` (vLLM's
         field; the API salts every tenant's requests with its project), so one tenant
         can neither read nor detect another's cached prompts."""
+        if self._sleep_mode.asleep:
+            raise EngineAsleep(
+                f"the engine is asleep ({', '.join(sorted(self._sleep_mode.asleep))}): "
+                "wake it up first"
+            )
         if request_id in self._requests or request_id in self._beams:
             raise ValueError(f"request id {request_id!r} is already in use")
         if lora is not None:
@@ -744,6 +768,37 @@ class LLMEngine:
         for seq in request.seqs:
             self.scheduler.finish(seq, "abort")
         return True
+
+    # --- sleep mode and the prefix cache -----------------------------------------------
+
+    @property
+    def asleep(self) -> frozenset[str]:
+        """The parts asleep ("weights", "kv_cache"); empty while the engine serves."""
+        return self._sleep_mode.asleep
+
+    @property
+    def sleep_level(self) -> int | None:
+        """The level the weights sleep at (None: awake)."""
+        return self._sleep_mode.level
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the KV cache and put the weights away (level 1: to host memory; level 2:
+        dropped, read from the checkpoint again on waking). The engine must be idle."""
+        if self.has_unfinished():
+            raise RuntimeError(
+                f"cannot sleep with {self.num_requests} unfinished requests: finish or abort "
+                "them first"
+            )
+        self._sleep_mode.sleep(level)
+
+    def wake_up(self, tags: Collection[str] | None = None) -> None:
+        """Wake the parts named by `tags` ("weights", "kv_cache"; all when None)."""
+        self._sleep_mode.wake_up(tags)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix: later prompts compute their KV afresh (benchmarks,
+        and after weights change). Running requests keep the blocks they hold."""
+        self.block_manager.reset_prefix_cache()
 
     def has_unfinished(self) -> bool:
         return bool(self._requests) or self._beams.num_requests > 0

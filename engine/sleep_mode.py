@@ -1,0 +1,202 @@
+"""Sleep mode: give the engine's memory back while it is idle, keep the process.
+
+vLLM's `/sleep` for RLHF loops and shared GPUs: a trainer (or another model)
+takes the device for a while, and waking is far faster than a restart. Two
+parts sleep and wake separately, named as vLLM names them (`wake_up`'s tags):
+
+- `kv_cache`: the paged KV cache is freed; on waking it is allocated again,
+  zeroed, and the prefix cache starts empty (the blocks' contents are gone).
+- `weights`: level 1 copies them to host memory (pinned, for a fast copy
+  back) and frees the device's copies; level 2 drops them, and waking reads
+  the checkpoint again (the slower wake, but host memory is freed too). On a
+  CPU the weights already live in host memory, so level 1 keeps them as they
+  are; level 2 frees them there too.
+
+Every tensor keeps its Python identity (`tensor.data = ...` swaps its memory),
+so whatever holds it (layers, the runner's cache list, the CUDA graphs' views)
+sees the new memory without being told. The recorded decode CUDA graphs point
+at the old addresses: they are released on sleep and recorded again once both
+parts are awake. LoRA adapters' tensors (`Linear.lora`, not modules) are left
+where they are, so adapters can be loaded and unloaded meanwhile.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable, Collection, Iterator
+
+import torch
+
+from engine.block_manager import BlockManager
+from engine.decode_graphs import DecodeGraphs
+from engine.kv_cache_memory import zeroed_kv_tensor
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS = "weights"
+KV_CACHE = "kv_cache"
+PARTS = (WEIGHTS, KV_CACHE)
+LEVELS = (1, 2)
+
+
+class EngineAsleep(RuntimeError):
+    """Work was given to an engine that is (partly) asleep."""
+
+
+def weight_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor the model holds, each once, under a name stable across two builds of
+    the same model: parameters, buffers, and plain tensor attributes (a packed copy of a
+    tied embedding, say)."""
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        found = [
+            *module._parameters.items(),
+            *module._buffers.items(),
+            *((k, v) for k, v in vars(module).items() if isinstance(v, torch.Tensor)),
+        ]
+        for attr, tensor in found:
+            if tensor is None or id(tensor) in seen:
+                continue
+            seen.add(id(tensor))
+            yield f"{module_name}.{attr}" if module_name else attr, tensor
+
+
+def _release(tensor: torch.Tensor) -> int:
+    """Point `tensor` at no memory; the bytes it held."""
+    held = tensor.numel() * tensor.element_size()
+    empty = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    # A weight packed for oneDNN (kernels/linear.py) takes only its own layout's memory.
+    tensor.data = empty.to_mkldnn() if tensor.is_mkldnn else empty
+    return held
+
+
+class SleepMode:
+    """Puts an idle engine's weights and KV cache to sleep and wakes them (engine thread)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        block_manager: BlockManager,
+        decode_graphs: DecodeGraphs | None,
+        reload: Callable[[], torch.nn.Module],
+    ) -> None:
+        self.model = model
+        self.kv_caches = kv_caches
+        self.block_manager = block_manager
+        self.decode_graphs = decode_graphs
+        # Builds the model again from its checkpoint: level 2's wake.
+        self.reload = reload
+        first = kv_caches[0][0] if kv_caches else None
+        self._kv_shape = tuple(first.shape) if first is not None else ()
+        self._kv_dtype = first.dtype if first is not None else torch.float32
+        self.device = first.device if first is not None else torch.device("cpu")
+        # The level the weights sleep at (None: awake), and level 1's host copies.
+        self.weights_level: int | None = None
+        self._host: dict[str, torch.Tensor] = {}
+        self.kv_asleep = False
+
+    @property
+    def asleep(self) -> frozenset[str]:
+        """The parts asleep now (empty: awake and serving)."""
+        parts = {WEIGHTS} if self.weights_level is not None else set()
+        return frozenset(parts | ({KV_CACHE} if self.kv_asleep else set()))
+
+    @property
+    def level(self) -> int | None:
+        return self.weights_level
+
+    def sleep(self, level: int) -> None:
+        """Free both parts (the engine must hold no request). A part already asleep stays
+        as it is; asking for level 2 over level 1's sleep drops the host copies too."""
+        if level not in LEVELS:
+            raise ValueError(f"sleep level must be 1 or 2, not {level}")
+        started = time.perf_counter()
+        self._release_graphs()
+        kv_bytes = weight_bytes = 0
+        if not self.kv_asleep:
+            for keys, values in self.kv_caches:
+                kv_bytes += _release(keys) + _release(values)
+            self.block_manager.reset_prefix_cache()
+            self.kv_asleep = True
+        if self.weights_level is None or level > self.weights_level:
+            weight_bytes = self._sleep_weights(level)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()  # back to the driver: other processes may use it now
+        logger.info(
+            "asleep at level %d in %.2f s: freed %.2f GiB of KV cache and %.2f GiB of weights",
+            level,
+            time.perf_counter() - started,
+            kv_bytes / 2**30,
+            weight_bytes / 2**30,
+        )
+
+    def _sleep_weights(self, level: int) -> int:
+        """Put the weights away at `level`; the bytes of the device's memory freed."""
+        if level == 1 and self.device.type == "cpu":
+            self.weights_level = 1  # already in host memory: nothing to move
+            return 0
+        freed = 0
+        pin = self.device.type == "cuda"
+        for name, tensor in weight_tensors(self.model):
+            if level == 1:
+                host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
+                host.copy_(tensor)
+                self._host[name] = host
+            freed += _release(tensor)
+        if level == 2:
+            self._host.clear()
+        self.weights_level = level
+        return freed
+
+    def wake_up(self, tags: Collection[str] | None = None) -> None:
+        """Wake the parts named (all when None); once both are awake the engine serves
+        again."""
+        wanted = set(PARTS if tags is None else tags)
+        unknown = wanted - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown wake_up tags {sorted(unknown)}: use {list(PARTS)}")
+        started = time.perf_counter()
+        if WEIGHTS in wanted and self.weights_level is not None:
+            self._wake_weights()
+        if KV_CACHE in wanted and self.kv_asleep:
+            for keys, values in self.kv_caches:
+                keys.data = zeroed_kv_tensor(self._kv_shape, self._kv_dtype, self.device)
+                values.data = zeroed_kv_tensor(self._kv_shape, self._kv_dtype, self.device)
+            self.kv_asleep = False
+        if not self.asleep and self.decode_graphs is not None:
+            self.decode_graphs.record()
+        logger.info(
+            "woke %s in %.2f s%s",
+            " and ".join(sorted(wanted)),
+            time.perf_counter() - started,
+            "" if not self.asleep else f" ({', '.join(sorted(self.asleep))} still asleep)",
+        )
+
+    def _wake_weights(self) -> None:
+        if self.weights_level == 1 and self.device.type != "cpu":
+            for name, tensor in weight_tensors(self.model):
+                tensor.data = self._host.pop(name).to(self.device, non_blocking=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        elif self.weights_level == 2:
+            self._transplant(self.reload())
+        self._host.clear()
+        self.weights_level = None
+
+    def _transplant(self, fresh: torch.nn.Module) -> None:
+        """Move a freshly loaded build's memory into our tensors, name by name."""
+        ours = dict(weight_tensors(self.model))
+        theirs = dict(weight_tensors(fresh))
+        if ours.keys() != theirs.keys():
+            missing = sorted(ours.keys() ^ theirs.keys())[:5]
+            raise RuntimeError(f"the reloaded model differs from the one asleep: {missing}")
+        for name, tensor in ours.items():
+            tensor.data = theirs[name].data
+
+    def _release_graphs(self) -> None:
+        if self.decode_graphs is not None:
+            self.decode_graphs.release()

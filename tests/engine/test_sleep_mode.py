@@ -1,0 +1,175 @@
+"""Sleep mode: the memory really goes, and a woken engine answers exactly as before."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.random_lora import build_random_lora
+from engine.llm import LLM, greedy
+from engine.lora_config import LoRAConfig
+from engine.sleep_mode import EngineAsleep, SleepMode, weight_tensors
+
+PROMPTS = [[5, 77, 300, 12, 9, 8, 7, 6, 5, 4, 3, 2, 1, 40, 41, 42, 43], [1200, 44, 5, 900]]
+
+
+def _answers(llm: LLM, lora: str | None = None) -> list[list[int]]:
+    return [r.choices[0].token_ids for r in llm.generate(PROMPTS, greedy(12), lora=lora)]
+
+
+def _kv_numel(llm: LLM) -> int:
+    return sum(k.numel() + v.numel() for k, v in llm.engine.runner.kv_caches)
+
+
+def _weights_numel(llm: LLM) -> int:
+    return sum(t.numel() for _, t in weight_tensors(llm.engine.runner.model))
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def model_dir(request: pytest.FixtureRequest, make_random_model: Callable[[str], Path]) -> Path:
+    """An untied and a tied (embedding shared with the LM head) model."""
+    return make_random_model(request.param)
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_a_woken_engine_answers_as_before(model_dir: Path, level: int) -> None:
+    llm = LLM(str(model_dir), num_kv_blocks=160, block_size=4)
+    before = _answers(llm)
+    kv, weights = _kv_numel(llm), _weights_numel(llm)
+    llm.engine.sleep(level)
+    assert llm.engine.asleep == {"weights", "kv_cache"}
+    assert llm.engine.sleep_level == level
+    assert _kv_numel(llm) == 0
+    # On a CPU the weights are in host memory already: level 1 leaves them, level 2 frees.
+    assert _weights_numel(llm) == (weights if level == 1 else 0)
+    llm.engine.wake_up()
+    assert llm.engine.asleep == frozenset()
+    assert (_kv_numel(llm), _weights_numel(llm)) == (kv, weights)
+    assert _answers(llm) == before
+
+
+def test_the_prefix_cache_starts_empty_after_waking(model_dir: Path) -> None:
+    llm = LLM(str(model_dir), num_kv_blocks=160, block_size=4)
+    before = _answers(llm)
+    _answers(llm)
+    hits = llm.engine.stats().prefix_cache_hits
+    assert hits > 0  # the second round read the first one's blocks
+    llm.engine.sleep(1)
+    llm.engine.wake_up()
+    assert llm.engine.block_manager.cached == {}
+    assert _answers(llm) == before
+    assert llm.engine.stats().prefix_cache_hits == hits  # zeroed KV was never read
+
+
+def test_parts_wake_one_at_a_time_and_only_both_serve(model_dir: Path) -> None:
+    llm = LLM(str(model_dir), num_kv_blocks=160, block_size=4)
+    before = _answers(llm)
+    llm.engine.sleep(2)
+    llm.engine.wake_up(["weights"])
+    assert llm.engine.asleep == {"kv_cache"}
+    assert _kv_numel(llm) == 0
+    with pytest.raises(EngineAsleep, match="kv_cache"):
+        llm.generate(PROMPTS[:1], greedy(2))
+    llm.engine.wake_up(["kv_cache"])
+    assert _answers(llm) == before
+
+
+def test_sleeping_deeper_drops_the_host_copy_and_shallower_keeps_the_depth(
+    model_dir: Path,
+) -> None:
+    llm = LLM(str(model_dir), num_kv_blocks=160, block_size=4)
+    before = _answers(llm)
+    llm.engine.sleep(1)
+    llm.engine.sleep(2)
+    assert llm.engine.sleep_level == 2 and _weights_numel(llm) == 0
+    llm.engine.sleep(1)
+    assert llm.engine.sleep_level == 2
+    llm.engine.wake_up()
+    assert _answers(llm) == before
+
+
+def test_an_engine_with_work_refuses_to_sleep_and_bad_arguments_are_refused(
+    model_dir: Path,
+) -> None:
+    llm = LLM(str(model_dir), num_kv_blocks=160, block_size=4)
+    llm.engine.add_request("r", PROMPTS[0], greedy(4))
+    with pytest.raises(RuntimeError, match="1 unfinished"):
+        llm.engine.sleep(1)
+    assert llm.engine.asleep == frozenset()
+    llm.engine.abort("r")
+    with pytest.raises(ValueError, match="1 or 2"):
+        llm.engine.sleep(3)
+    llm.engine.sleep(1)
+    with pytest.raises(ValueError, match="unknown wake_up tags"):
+        llm.engine.wake_up(["kv"])
+    assert llm.engine.asleep == {"weights", "kv_cache"}
+
+
+def test_lora_adapters_survive_a_reload_from_the_checkpoint(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    base = make_random_model("llama")
+    adapter = build_random_lora(tmp_path / "a", base, rank=8, alpha=16, seed=3)
+    llm = LLM(
+        str(base),
+        num_kv_blocks=160,
+        block_size=4,
+        lora_config=LoRAConfig.from_entries([f"a={adapter}"], 8),
+    )
+    base_before, adapted_before = _answers(llm), _answers(llm, lora="a")
+    assert base_before != adapted_before
+    llm.engine.sleep(2)
+    llm.engine.wake_up()
+    assert (_answers(llm), _answers(llm, lora="a")) == (base_before, adapted_before)
+
+
+def test_online_fp8_is_quantized_again_on_waking(make_random_model: Callable[[str], Path]) -> None:
+    llm = LLM(str(make_random_model("llama")), num_kv_blocks=160, block_size=4, quantization="fp8")
+    before = _answers(llm)
+    llm.engine.sleep(2)
+    llm.engine.wake_up()
+    assert _answers(llm) == before
+
+
+def test_names_are_stable_across_builds_and_a_shared_tensor_is_listed_once() -> None:
+    def build() -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+        model[1].weight = model[0].weight  # tied, as an LM head to its embedding
+        model[1].table = torch.ones(3)  # a plain tensor attribute
+        return model
+
+    names = [name for name, _ in weight_tensors(build())]
+    assert names == ["0.weight", "1.bias", "1.table"]
+    assert names == [name for name, _ in weight_tensors(build())]
+
+
+class _Graphs:
+    """Stands in for DecodeGraphs (recording needs a GPU): what was asked of it, in order."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def release(self) -> None:
+        self.calls.append("release")
+
+    def record(self) -> None:
+        self.calls.append("record")
+
+
+def test_decode_graphs_are_released_and_recorded_again_once_all_is_awake() -> None:
+    from engine.block_manager import BlockManager
+
+    model = torch.nn.Linear(4, 4)
+    kv = [(torch.zeros(8, 4, 1, 4), torch.zeros(8, 4, 1, 4))]
+    graphs = _Graphs()
+    sleep = SleepMode(model, kv, BlockManager(8, 4), graphs, reload=lambda: model)  # type: ignore[arg-type]
+    sleep.sleep(1)
+    sleep.wake_up(["kv_cache"])
+    assert graphs.calls == ["release"]  # the weights still sleep: nothing to record yet
+    sleep.wake_up(["weights"])
+    assert graphs.calls == ["release", "record"]
+    assert kv[0][0].shape == (8, 4, 1, 4)
