@@ -55,8 +55,10 @@ from api.routes import (
     organization_projects,
     organization_usage,
     pooling,
+    prefix_cache,
     responses,
     score,
+    sleep_mode,
     tokenize,
     tokenizer_info,
 )
@@ -179,6 +181,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:
         app.include_router(lora_adapters.router)
+    if settings.enable_sleep_mode:
+        app.include_router(sleep_mode.router)
+    if settings.server_dev_mode:
+        app.include_router(prefix_cache.router)
     if settings.enable_tokenizer_info_endpoint:
         app.include_router(tokenizer_info.router)
     # Outermost last: CORS answers browsers' preflights first, then the body limit runs,

@@ -137,3 +137,12 @@ class Authenticator:
         token = presented_key(request)
         if token is None or not hmac.compare_digest(_digest(token), self._admin):
             raise _unauthorized("The admin API needs the admin key")
+
+
+async def authorize_operator(request: Request) -> None:
+    """For endpoints that change what every tenant is served (LoRA adapters, sleep mode,
+    the prefix cache): the admin key when there is one, else the API key if one is set."""
+    if request.app.state.settings.admin_key is not None:
+        request.app.state.authenticator.check_admin(request)
+    else:
+        await request.app.state.authenticator.principal(request)

@@ -76,6 +76,23 @@ class LiveModel:
         kinds = {w.get("runner", "generate") for w in self.workers}
         return kinds.pop() if len(kinds) == 1 else None
 
+    @property
+    def sleeping(self) -> bool:
+        """Every worker is asleep or falling asleep (POST /sleep): none would run a
+        request."""
+        return bool(self.workers) and all(w.get("sleeping") is True for w in self.workers)
+
+    def require_awake(self) -> None:
+        """A 503 before anything is queued while the model sleeps (a worker would refuse
+        the request anyway)."""
+        if self.sleeping:
+            raise ApiError(
+                503,
+                f"The model `{self.name}` is asleep (POST /sleep): POST /wake_up wakes it, "
+                "then try again",
+                code="model_sleeping",
+            )
+
     def require_runner(self, runner: str, endpoint: str) -> None:
         """A 400 naming the right endpoint when the model serves the other kind of work."""
         served = self.runner

@@ -126,6 +126,15 @@ class BusNames:
         """Hash of runtime adapters a worker of `model` could not load (name -> JSON)."""
         return f"{self.prefix}:lora-errors:{model}"
 
+    def sleep(self, model: str) -> str:
+        """The sleep-mode state asked of `model`'s engines (conveyor/sleep_request.py)."""
+        return f"{self.prefix}:sleep:{model}"
+
+    def prefix_cache_reset(self, model: str) -> str:
+        """The gen of the latest `POST /reset_prefix_cache` for `model`: each worker empties
+        its prefix cache once per new gen and announces the gen it reached."""
+        return f"{self.prefix}:prefix-cache-reset:{model}"
+
     def batch_lease(self, batch_id: str) -> str:
         """Held (with a TTL, renewed) by the one batch worker running this batch."""
         return f"{self.prefix}:batch:{batch_id}:lease"

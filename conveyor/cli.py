@@ -502,6 +502,13 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         "/v1/unload_lora_adapter (vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING)",
     )
     parser.add_argument(
+        "--enable-sleep-mode",
+        action="store_true",
+        default=None,
+        help="POST /sleep, POST /wake_up and GET /is_sleeping: free the device's memory "
+        "while the model is idle (vLLM's sleep mode)",
+    )
+    parser.add_argument(
         "--enable-reasoning",
         action="store_true",
         default=None,

@@ -229,6 +229,17 @@ class Settings(BaseSettings):
         description="enable POST /v1/load_lora_adapter and /v1/unload_lora_adapter "
         "(vLLM's VLLM_ALLOW_RUNTIME_LORA_UPDATING is read too)",
     )
+    enable_sleep_mode: bool = Field(
+        default=False,
+        description="enable POST /sleep, POST /wake_up and GET /is_sleeping (vLLM's sleep "
+        "mode: free the device's memory while the model is idle)",
+    )
+    server_dev_mode: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("CONVEYOR_SERVER_DEV_MODE", "VLLM_SERVER_DEV_MODE"),
+        description="enable vLLM's development endpoints: POST /reset_prefix_cache (vLLM's "
+        "VLLM_SERVER_DEV_MODE is read too)",
+    )
     max_cpu_loras: int | None = Field(
         default=None,
         ge=1,
@@ -555,10 +566,11 @@ class Settings(BaseSettings):
             raise ValueError(f"--enable-auto-tool-choice needs --tool-call-parser ({names})")
         return self
 
-    @field_validator("allow_runtime_lora_updating", mode="before")
+    @field_validator("allow_runtime_lora_updating", "server_dev_mode", mode="before")
     @classmethod
     def _empty_is_off(cls, value: object) -> object:
-        """VLLM_ALLOW_RUNTIME_LORA_UPDATING= (set but empty) means off, as in vLLM."""
+        """VLLM_ALLOW_RUNTIME_LORA_UPDATING= (set but empty) means off, as in vLLM; so
+        does VLLM_SERVER_DEV_MODE=."""
         return False if value == "" else value
 
     @model_validator(mode="after")

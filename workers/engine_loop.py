@@ -21,6 +21,7 @@ from engine.llm_engine import LLMEngine
 from workers.inflight import Inflight, Ticket
 from workers.intake import bad_request, engine_priority, lora_not_served
 from workers.publisher import Aborted, Failed, Publisher, Released, StepOutputs
+from workers.sleep_control import SleepControl, model_sleeping
 from workers.stats_logger import StatsLogger
 
 logger = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ class EngineLoop:
         metrics: WorkerMetrics,
         work: queue.Queue[Ticket],
         stats_log: StatsLogger | None = None,
+        sleep: SleepControl | None = None,
     ) -> None:
         self.engine = engine
+        # Sleep mode (POST /sleep, /wake_up): None in an engine loop that never sleeps.
+        self.sleep = sleep
         self.stats_log = stats_log
         self.inflight = inflight
         self.publisher = publisher
@@ -84,6 +88,8 @@ class EngineLoop:
         drain_deadline: float | None = None
         while True:
             changed = self._run_tasks()
+            if self.sleep is not None:
+                changed |= self.sleep.converge()
             changed |= self._admit_queued()
             changed |= self._apply_aborts()
             changed |= self._expire_overdue()
@@ -141,6 +147,9 @@ class EngineLoop:
             self.publisher.put(Aborted(ticket))
             return
         assert ticket.params is not None  # intake only queues validated tickets
+        if self.sleep is not None and self.sleep.refuses:
+            self.publisher.put(Failed(ticket, model_sleeping(self.engine.model_name)))
+            return
         if request.lora is not None and request.lora not in self.engine.lora_names:
             # Unloaded since intake checked it.
             self.publisher.put(

@@ -6,6 +6,7 @@ Threads, one job each, joined by queues so the engine loop never waits on Redis:
     janitor ─┘   ▲                  intake/janitor ─Failed──┘
     aborts ──id──┘                  heartbeat: worker key + metrics snapshot
     lora sync ──task──▶ engine loop (runtime LoRA adapters, when allowed)
+    engine controls ──sleep request / task──▶ engine loop (sleep mode, prefix-cache resets)
 
 `Inflight` (the held tickets) is the one shared structure; it is what bounds
 how much this worker takes from the stream (back-pressure). Shutdown drains:
@@ -49,6 +50,7 @@ from engine.llm_engine import LLMEngine
 from engine.loader import HubUnavailable
 from workers.aborts import AbortListener
 from workers.announce import Announcer
+from workers.engine_controls import EngineControls
 from workers.engine_loop import EngineLoop
 from workers.heartbeat import Heartbeat, WorkerFacts, heartbeat_client
 from workers.inflight import Inflight, Ticket
@@ -56,6 +58,7 @@ from workers.intake import BATCH_PRIORITY_FLOOR, Intake
 from workers.janitor import Janitor
 from workers.lora_sync import LoRASync
 from workers.publisher import Publisher
+from workers.sleep_control import SleepControl
 from workers.stats_logger import StatsLogger
 
 logger = logging.getLogger(__name__)
@@ -105,7 +108,12 @@ class EngineWorker:
             if settings.disable_log_stats
             else StatsLogger(instance, self.metrics.token_counts, settings.log_stats_interval)
         )
-        self.loop = EngineLoop(engine, self.inflight, self.publisher, self.metrics, work, stats_log)
+        # Sleep mode: every worker honours it (the API mounts /sleep with
+        # --enable-sleep-mode), so one deployed without the flag never holds a call up.
+        self.sleep = SleepControl(engine, announce=lambda: self.heartbeat.beat_soon())
+        self.loop = EngineLoop(
+            engine, self.inflight, self.publisher, self.metrics, work, stats_log, self.sleep
+        )
         aliases = served_aliases(settings, engine.model_name)
         self.announcer = Announcer(
             self.client, names, engine, served_sampling_defaults(engine, settings), aliases
@@ -156,6 +164,16 @@ class EngineWorker:
             ttl=settings.heartbeat_ttl,
             loras=lambda: engine.lora_paths,
             lora_gens=lambda: self.lora_sync.served_gens if self.lora_sync is not None else {},
+            controls=self._controls_reached,
+        )
+        self.controls = EngineControls(
+            self.client,
+            names,
+            self.model,
+            self.sleep,
+            self.loop.call_soon,
+            beat_now=self.heartbeat.beat_soon,
+            interval=settings.heartbeat_interval,
         )
         self.lora_sync = (
             LoRASync(
@@ -180,6 +198,7 @@ class EngineWorker:
             # Serve the runtime adapters before announcing: an adapter is offered only
             # while every worker of the model announces it.
             self.lora_sync.converge_now()
+        self.controls.converge_now()  # a sleeping model is joined asleep
         self._first_beat(stop)  # listed (and alive to other janitors) before taking work
         logger.info(
             "worker %s serving %s from streams %s, capacity %d",
@@ -195,6 +214,7 @@ class EngineWorker:
         publisher = self._start("publisher", self.publisher.run, stop)
         aborts = self._start("aborts", lambda: self.aborts.run(finished), stop)
         heartbeat = self._start("heartbeat", lambda: self.heartbeat.run(finished), stop)
+        controls = self._start("engine-controls", lambda: self.controls.run(finished), stop)
         lora_sync = self.lora_sync
         syncing = (
             self._start("lora-sync", lambda: lora_sync.run(finished), stop)
@@ -229,8 +249,10 @@ class EngineWorker:
         self.publisher.close()
         publisher.join(_JOIN_TIMEOUT + 30.0)
         finished.set()
+        self.heartbeat.beat_soon()  # to see `finished` now, not at its next beat
         aborts.join(_JOIN_TIMEOUT)
         heartbeat.join(_JOIN_TIMEOUT)
+        controls.join(_JOIN_TIMEOUT)
         if syncing is not None:
             syncing.join(_JOIN_TIMEOUT)
         self.heartbeat.clear()
@@ -238,6 +260,15 @@ class EngineWorker:
         self.client.close()
         logger.info("worker %s stopped", self.instance)
         return 1 if self._failed else 0
+
+    def _controls_reached(self) -> dict[str, object]:
+        """The heartbeat's word on sleep mode and prefix-cache resets: what the API's
+        calls wait for, and whether this worker refuses requests while asleep."""
+        return {
+            "sleep": self.sleep.state.payload(),
+            "sleeping": self.sleep.refuses,
+            "prefix_cache_reset": self.controls.prefix_cache_reset_gen,
+        }
 
     def _drain_seconds(self) -> float:
         """Read when the drain starts. An orphan of `conveyor serve` has no one left to

@@ -76,6 +76,7 @@ class Heartbeat:
         ttl: float,
         loras: Callable[[], dict[str, str]] = dict,
         lora_gens: Callable[[], dict[str, str]] = dict,
+        controls: Callable[[], dict[str, object]] = dict,
     ) -> None:
         self.client = client
         self.facts = facts
@@ -85,6 +86,10 @@ class Heartbeat:
         self.loras = loras
         # Each runtime adapter's load generation: how the API knows its call took effect.
         self.lora_gens = lora_gens
+        # What sleep mode and prefix-cache resets reached (workers/engine_controls.py).
+        self.controls = controls
+        # Set to beat before the interval is up: a change the API is waiting to see.
+        self._soon = threading.Event()
         self.ttl_ms = max(1, int(ttl * 1000))
         self.names = names
         # For the image's readiness/liveness probe (conveyor/beat_file.py).
@@ -115,6 +120,7 @@ class Heartbeat:
             "loras": self.loras(),
             "lora_gens": self.lora_gens(),
             "draining": self.draining,
+            **self.controls(),
         }
 
     def beat(self) -> None:
@@ -144,11 +150,21 @@ class Heartbeat:
         for adapter in loras if isinstance(loras, dict) else ():
             pipe.set(self.names.known_adapter(adapter), model, ex=ttl, xx=True)
 
+    def beat_soon(self) -> None:
+        """Thread-safe and never waits: beat now rather than at the next interval (also
+        how a stop is noticed at once)."""
+        self._soon.set()
+
     def run(self, stopping: threading.Event) -> None:
         touch(self.beat_file)  # the model is loaded and announced: ready
         next_beat = time.monotonic() + self.interval
-        while not stopping.wait(max(0.0, next_beat - time.monotonic())):
-            next_beat += self.interval
+        while True:
+            self._soon.wait(max(0.0, next_beat - time.monotonic()))
+            self._soon.clear()
+            if stopping.is_set():
+                return
+            if time.monotonic() >= next_beat:  # an early beat leaves the schedule alone
+                next_beat += self.interval
             touch(self.beat_file)  # whether or not Redis takes the beat
             try:
                 self.beat()

@@ -23,9 +23,10 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 
+from api.auth import authorize_operator
 from api.catalog import LiveModel
 from api.deps import CatalogDep, NamesDep, RedisDep, json_body
 from api.errors import ApiError
@@ -39,16 +40,7 @@ UPDATE_TIMEOUT = 120.0
 _POLL = 0.2
 
 
-async def authorize(request: Request) -> None:
-    """The admin key when there is one (adapters are shared by every tenant), else the
-    API key if one is set."""
-    if request.app.state.settings.admin_key is not None:
-        request.app.state.authenticator.check_admin(request)
-    else:
-        await request.app.state.authenticator.principal(request)
-
-
-router = APIRouter(dependencies=[Depends(authorize)])
+router = APIRouter(dependencies=[Depends(authorize_operator)])
 
 
 # Put the previous request back (or drop ours) only if the entry is still ours: a newer

@@ -142,3 +142,13 @@ def test_a_model_seen_live_is_503_not_404_after_redis_forgot_it(redis_url: str) 
         (503, "no_worker"),
         (404, "model_not_found"),
     ]
+
+
+def test_a_model_whose_every_worker_sleeps_is_refused_before_queueing() -> None:
+    from api.catalog import LiveModel
+    from api.errors import ApiError
+
+    LiveModel("m", ({"sleeping": True}, {"sleeping": False})).require_awake()  # one serves
+    with pytest.raises(ApiError) as caught:
+        LiveModel("m", ({"sleeping": True}, {"sleeping": True})).require_awake()
+    assert (caught.value.status, caught.value.code) == (503, "model_sleeping")

@@ -1,0 +1,78 @@
+"""Operator calls that change every worker of a model: which models they name, and the wait
+until each live worker announces that the change took effect.
+
+Such a call writes a desired state (a Redis key with a gen unique to the call)
+that every worker of the model converges on, a worker started later included,
+and announces in its heartbeat; so a 200 means it holds everywhere now. A
+worker's reported failure is the call's 500; past the timeout the call answers
+504 and the change stays asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from api.catalog import ModelCatalog
+from api.errors import ApiError
+
+_POLL = 0.1
+
+Beat = dict[str, Any]
+
+
+async def base_models(catalog: ModelCatalog, model: str | None) -> list[str]:
+    """The served model named (by any of its names), or every one when none is."""
+    live = await catalog.live_models(max_age=0)
+    if model is None:
+        bases = [name for name, m in live.items() if m.parent is None]
+        if not bases:
+            raise ApiError(
+                503,
+                "no model has a live worker right now; try again shortly",
+                code="no_worker",
+                headers={"Retry-After": "5"},
+            )
+        return bases
+    found = live.get((await catalog.aliases(max_age=0)).get(model, model))
+    if found is None or found.parent is not None:
+        raise ApiError(
+            404, f"The model `{model}` does not exist", param="model", code="model_not_found"
+        )
+    return [found.name]
+
+
+async def until_every_worker(
+    catalog: ModelCatalog,
+    model: str,
+    reached: Callable[[Beat], bool],
+    failure: Callable[[Beat], str | None],
+    what: str,
+    timeout: float,
+) -> None:
+    """Return once every live worker of `model` has `reached` the change (none live: the
+    change waits for the next one to start)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = (await catalog.live_models(max_age=_POLL)).get(model)
+        workers = live.workers if live is not None else ()
+        for worker in workers:
+            reason = failure(worker)
+            if reason is not None:
+                raise ApiError(
+                    500,
+                    f"A worker of `{model}` could not {what}: {reason} "
+                    f"(worker {worker.get('instance')})",
+                )
+        if all(reached(worker) for worker in workers):
+            return
+        if time.monotonic() > deadline:
+            raise ApiError(
+                504,
+                f"The workers of `{model}` did not {what} within {timeout:.0f} s; the change "
+                "stays requested and takes effect when they do.",
+                code="timeout",
+            )
+        await asyncio.sleep(_POLL)

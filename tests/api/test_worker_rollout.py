@@ -1,0 +1,85 @@
+"""Operator calls' wait for workers: done once every live worker reached the change, a
+worker's failure is a 500 naming it, and past the timeout a 504."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from api.catalog import LiveModel
+from api.errors import ApiError
+from api.worker_rollout import base_models, until_every_worker
+
+
+class Catalog:
+    """What the wait reads of a catalog: the live models, each scan a new list of beats."""
+
+    def __init__(self, *scans: dict[str, LiveModel], aliases: dict[str, str] | None = None):
+        self.scans = list(scans)
+        self._aliases = aliases or {}
+
+    async def live_models(self, max_age: float | None = None) -> dict[str, LiveModel]:
+        return self.scans.pop(0) if len(self.scans) > 1 else self.scans[0]
+
+    async def aliases(self, max_age: float | None = None) -> dict[str, str]:
+        return self._aliases
+
+
+def live(*beats: dict[str, Any], name: str = "m") -> dict[str, LiveModel]:
+    return {name: LiveModel(name, beats)}
+
+
+def wait(catalog: Catalog, timeout: float = 5.0) -> None:
+    asyncio.run(
+        until_every_worker(
+            catalog,  # type: ignore[arg-type]
+            "m",
+            reached=lambda w: w.get("gen") == "g",
+            failure=lambda w: w.get("error"),
+            what="do it",
+            timeout=timeout,
+        )
+    )
+
+
+def test_done_once_every_worker_reached_it() -> None:
+    scans = [live({"gen": "old"}, {"gen": "g"}), live({"gen": "g"}, {"gen": "g"})]
+    catalog = Catalog(*scans)
+    wait(catalog)
+    assert len(catalog.scans) == 1  # waited for the second scan
+
+
+def test_no_live_worker_is_done_at_once() -> None:
+    wait(Catalog({}))
+
+
+def test_a_worker_failure_is_the_answer() -> None:
+    with pytest.raises(ApiError) as caught:
+        wait(Catalog(live({"gen": "g"}, {"gen": "g", "error": "no memory", "instance": "w2"})))
+    assert caught.value.status == 500
+    assert "could not do it: no memory (worker w2)" in caught.value.message
+
+
+def test_past_the_timeout_a_504_says_the_change_stays_asked_for() -> None:
+    with pytest.raises(ApiError) as caught:
+        wait(Catalog(live({"gen": "old"})), timeout=0.2)
+    assert (caught.value.status, caught.value.code) == (504, "timeout")
+    assert "stays requested" in caught.value.message
+
+
+def test_the_models_a_call_names() -> None:
+    catalog = Catalog(
+        {**live(name="a"), **live(name="b"), "a-lora": LiveModel("a-lora", (), parent="a")},
+        aliases={"alias-of-b": "b"},
+    )
+    assert asyncio.run(base_models(catalog, None)) == ["a", "b"]  # type: ignore[arg-type]
+    assert asyncio.run(base_models(catalog, "alias-of-b")) == ["b"]  # type: ignore[arg-type]
+    for model in ("nope", "a-lora"):
+        with pytest.raises(ApiError) as caught:
+            asyncio.run(base_models(catalog, model))  # type: ignore[arg-type]
+        assert caught.value.status == 404
+    with pytest.raises(ApiError) as none:
+        asyncio.run(base_models(Catalog({}), None))  # type: ignore[arg-type]
+    assert (none.value.status, none.value.code) == (503, "no_worker")

@@ -1,0 +1,92 @@
+"""The engine-controls thread: what the API asked of this model's engines, read from Redis.
+
+`POST /sleep`, `/wake_up` and `/reset_prefix_cache` only write the model's
+keys (conveyor/bus.py: `sleep`, `prefix_cache_reset`); every worker of the
+model, one started later included, converges on them here. Sleep requests go
+to the engine loop's SleepControl (it waits for the engine to be idle); a new
+prefix-cache reset gen runs on the engine thread between two steps. The
+heartbeat announces what was reached, and is asked to beat at once so the
+API's call, which waits for every worker, answers without a beat's delay.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import redis
+
+from conveyor.bus import BusNames
+from conveyor.sleep_request import SleepRequest
+from engine.llm_engine import LLMEngine
+from workers.sleep_control import SleepControl
+
+logger = logging.getLogger(__name__)
+
+Task = Callable[[LLMEngine], None]
+
+
+class EngineControls:
+    def __init__(
+        self,
+        client: redis.Redis,
+        names: BusNames,
+        model: str,
+        sleep: SleepControl | None,
+        call_soon: Callable[[Task], None],
+        beat_now: Callable[[], None],
+        interval: float,
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.sleep = sleep
+        self.call_soon = call_soon
+        self.beat_now = beat_now
+        self.interval = interval
+        self.keys = [names.sleep(model), names.prefix_cache_reset(model)]
+        # The reset gen the engine has reached, for the heartbeat (None: none asked yet).
+        self.prefix_cache_reset_gen: str | None = None
+        self._reset_asked: str | None = None
+        self._sleep_seen: SleepRequest | None = None
+
+    def converge_now(self) -> None:
+        """Read the keys once before the worker announces itself. A reset asked before
+        this engine started is reached already (its cache starts empty); a sleeping model
+        is joined asleep by the first turns of the engine loop, which refuses work
+        meanwhile."""
+        try:
+            self._read(starting=True)
+        except redis.RedisError as exc:
+            logger.warning("engine controls at start-up: Redis error (%s); retrying", exc)
+
+    def run(self, finished: threading.Event) -> None:
+        while not finished.is_set():
+            try:
+                self._read(starting=False)
+            except redis.RedisError as exc:
+                logger.warning("engine controls: Redis error (%s); retrying", exc)
+            finished.wait(self.interval)
+
+    def _read(self, starting: bool) -> None:
+        raw_sleep, reset_gen = self.client.mget(self.keys)
+        if self.sleep is not None:
+            request = SleepRequest.decode(raw_sleep)
+            if request != self._sleep_seen:
+                self._sleep_seen = request
+                self.sleep.want(request)
+        if reset_gen is not None and reset_gen != self._reset_asked:
+            self._reset_asked = reset_gen
+            if starting:
+                self.prefix_cache_reset_gen = reset_gen
+            else:
+                self.call_soon(self._resetter(reset_gen))
+
+    def _resetter(self, gen: str) -> Task:
+        def reset(engine: LLMEngine) -> None:
+            engine.reset_prefix_cache()
+            logger.info("prefix cache reset (POST /reset_prefix_cache)")
+            self.prefix_cache_reset_gen = gen
+            self.beat_now()
+
+        return reset
