@@ -627,6 +627,7 @@ BENCHMARKS = {
     "embed": "benchmarks.embeddings",
     "kv-cache": "benchmarks.kv_cache",
     "beam": "benchmarks.beam_search",
+    "sleep": "benchmarks.sleep_mode",
 }
 
 

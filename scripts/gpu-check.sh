@@ -24,6 +24,7 @@
 #                    vs bf16 cuBLAS, 1 to 1024 rows (where FP8_GEMM_MAX_ROWS belongs)
 #  12. kernels-fp8kv stage 3 at context 4096 over an FP8 KV cache (--kv-cache-dtype fp8)
 #  13. engine-fp8    stage 4's engine with --quantization fp8 (Triton FP8 GEMMs in place)
+#  14. sleep         sleep mode on the stage-4 engine: memory freed, seconds to sleep/wake
 # Stages run in order of importance, so a lease cut short loses the least. Then
 # benchmarks/gpu_verdict.py prints each target of the kernels issue, met or missed.
 # Needs python3 with torch (CUDA), triton, transformers, pytest and pytest-xdist, which
@@ -86,6 +87,7 @@ if ((smoke)); then
     lora_args=(--prompt-len 8 --output-len 4 --concurrency 1,2)
     expert_tokens=(--tokens 1)
     fp8_rows=(--rows 1)
+    sleep_args=(--prompts 2 --prompt-len 8 --output-len 4)
 else
     device=cuda
     test_paths=(tests/kernels)
@@ -99,6 +101,7 @@ else
     lora_args=(--output-len 64 --concurrency 1,32,128)
     expert_tokens=(--tokens 1,16,256,2048)
     fp8_rows=(--rows 1,16,64,256,1024)
+    sleep_args=(--prompts 8 --prompt-len 128 --output-len 32)
 fi
 
 stage env 60 bash -c "nvidia-smi || true; $PY -c 'import sys, torch, triton, transformers;
@@ -157,6 +160,11 @@ if ((!smoke)); then
         --dtype bfloat16 --quantization fp8 --concurrency 1,64,256 --max-num-seqs 256 \
         --skip-hf --json-out "$out/engine-fp8.jsonl"
 fi
+
+# Sleep mode (not a target of the issue): device memory freed at levels 1 and 2, seconds
+# to sleep and to wake (decode graphs recorded again included), answers unchanged.
+stage sleep 90 "$PY" -m benchmarks.sleep_mode --model "$models/big" --device "$device" \
+    --dtype bfloat16 "${sleep_args[@]}" --json-out "$out/sleep.jsonl"
 
 # The issue's targets, met or missed, from the files above (also OUTDIR/verdict.md).
 "$PY" -m benchmarks.gpu_verdict "$out" --device "$device"

@@ -54,6 +54,7 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
         "experts": "rc=2",
         "experts-mxfp4": "rc=2",
         "fp8-linear": "rc=2",
+        "sleep": "rc=0",
     }, log[-3000:]
     assert 'failures="0"' in (tmp_path / "kernel-tests.xml").read_text()
     summaries = {}
@@ -68,6 +69,8 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
     assert summaries["bf16"]["greedy_tokens_matching_hf"] >= 1
     lora = [json.loads(line) for line in (tmp_path / "lora.jsonl").read_text().splitlines()]
     assert [line["concurrency"] for line in lora] == [1, 2]
+    sleep = [json.loads(line) for line in (tmp_path / "sleep.jsonl").read_text().splitlines()]
+    assert [(line["level"], line["greedy_matches"]) for line in sleep] == [(1, True), (2, True)]
     # The targets, read back: on CPU none is met, and none is missed.
     verdict = (tmp_path / "verdict.md").read_text()
     assert "verdict rc=3" in result.stdout and verdict in result.stdout
@@ -98,5 +101,6 @@ def test_stages_past_the_budget_are_skipped_not_started(
         "experts",
         "experts-mxfp4",
         "fp8-linear",
+        "sleep",
     ]
     assert all(" skipped: " in line for line in lines)
