@@ -27,5 +27,9 @@ def zeroed_kv_tensor(
         return torch.zeros(shape, dtype=dtype)
     # MAP_PRIVATE: plain process memory (MAP_SHARED, mmap's default, would be shmem).
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    # frombuffer keeps `region` alive for as long as the tensor is.
-    return torch.frombuffer(region, dtype=torch.uint8).view(dtype).view(shape)
+    # frombuffer's storage keeps `region` alive for as long as it is used. The tensor is
+    # set onto that storage rather than viewed from the byte tensor: a view would keep
+    # the byte tensor (and so the mapping) as its `_base` even after sleep mode swaps
+    # the tensor's memory out (engine/sleep_mode.py).
+    storage = torch.frombuffer(region, dtype=torch.uint8).untyped_storage()
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape)

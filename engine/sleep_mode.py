@@ -94,9 +94,13 @@ class SleepMode:
         self._kv_shape = tuple(first.shape) if first is not None else ()
         self._kv_dtype = first.dtype if first is not None else torch.float32
         self.device = first.device if first is not None else torch.device("cpu")
-        # The level the weights sleep at (None: awake), and level 1's host copies.
+        # The level the weights sleep at (None: awake).
         self.weights_level: int | None = None
-        self._host: dict[str, torch.Tensor] = {}
+        # Level 1's host copies, one per device storage (by its address when copied), and
+        # where each tensor lay in its storage, so tensors that shared memory (a tied LM
+        # head) share it again and strides come back as they were.
+        self._host: dict[int, torch.Tensor] = {}
+        self._layout: dict[str, tuple[int, int, tuple[int, ...], tuple[int, ...]]] = {}
         self.kv_asleep = False
 
     @property
@@ -141,18 +145,32 @@ class SleepMode:
         if level == 1 and self.device.type == "cpu":
             self.weights_level = 1  # already in host memory: nothing to move
             return 0
-        freed = 0
-        pin = self.device.type == "cuda"
-        for name, tensor in weight_tensors(self.model):
-            if level == 1:
-                host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=pin)
-                host.copy_(tensor)
-                self._host[name] = host
-            freed += _release(tensor)
-        if level == 2:
+        tensors = list(weight_tensors(self.model))
+        if level == 1:
+            # Every copy is made before anything is freed: a copy that fails (no host
+            # memory) leaves the weights awake and serving, not half gone.
+            self._copy_to_host(tensors)
+        else:
             self._host.clear()
+            self._layout.clear()
+        freed = sum(_release(tensor) for _, tensor in tensors)
         self.weights_level = level
         return freed
+
+    def _copy_to_host(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
+        pin = self.device.type == "cuda"
+        host: dict[int, torch.Tensor] = {}
+        layout: dict[str, tuple[int, int, tuple[int, ...], tuple[int, ...]]] = {}
+        for name, tensor in tensors:
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key not in host:
+                device_bytes = torch.empty(0, dtype=torch.uint8, device=self.device)
+                device_bytes.set_(storage)
+                copy = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=pin)
+                host[key] = copy.copy_(device_bytes)
+            layout[name] = (key, tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        self._host, self._layout = host, layout
 
     def wake_up(self, tags: Collection[str] | None = None) -> None:
         """Wake the parts named (all when None); once both are awake the engine serves
@@ -170,7 +188,7 @@ class SleepMode:
                 values.data = zeroed_kv_tensor(self._kv_shape, self._kv_dtype, self.device)
             self.kv_asleep = False
         if not self.asleep and self.decode_graphs is not None:
-            self.decode_graphs.record()
+            self._record_graphs(self.decode_graphs)
         logger.info(
             "woke %s in %.2f s%s",
             " and ".join(sorted(wanted)),
@@ -180,15 +198,29 @@ class SleepMode:
 
     def _wake_weights(self) -> None:
         if self.weights_level == 1 and self.device.type != "cpu":
-            for name, tensor in weight_tensors(self.model):
-                tensor.data = self._host.pop(name).to(self.device, non_blocking=True)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+            self._copy_to_device()
         elif self.weights_level == 2:
             self._transplant(self.reload())
         self._host.clear()
+        self._layout.clear()
+        if self.device.type == "cuda":
+            _empty_pinned_cache()
         _trim_host_heap()  # the host copies, or the reloaded build's leftovers
         self.weights_level = None
+
+    def _copy_to_device(self) -> None:
+        """Level 1's copies back, each storage once. The host copies are dropped only
+        after all of them are back, so a wake that fails (no device memory yet) can be
+        tried again."""
+        restored: dict[int, torch.UntypedStorage] = {}
+        for name, tensor in weight_tensors(self.model):
+            key, offset, shape, stride = self._layout[name]
+            if key not in restored:
+                restored[key] = self._host[key].to(self.device).untyped_storage()
+            memory = torch.empty(0, dtype=tensor.dtype, device=self.device)
+            tensor.data = memory.set_(restored[key], offset, shape, stride)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _transplant(self, fresh: torch.nn.Module) -> None:
         """Move a freshly loaded build's memory into our tensors, name by name."""
@@ -199,6 +231,16 @@ class SleepMode:
             raise RuntimeError(f"the reloaded model differs from the one asleep: {missing}")
         for name, tensor in ours.items():
             tensor.data = theirs[name].data
+
+    def _record_graphs(self, graphs: DecodeGraphs) -> None:
+        """As at start-up: serving eagerly beats not serving."""
+        try:
+            graphs.record()
+        except Exception:
+            logger.exception("recording decode CUDA graphs again failed; decoding eagerly")
+            graphs.release()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
 
     def _release_graphs(self) -> None:
         if self.decode_graphs is not None:
@@ -214,3 +256,10 @@ def _trim_host_heap() -> None:
     except OSError:  # not glibc: nothing to trim, or no way to ask
         return
     libc.malloc_trim(0)
+
+
+def _empty_pinned_cache() -> None:
+    """torch keeps freed pinned host blocks for reuse; level 1's copies are gone for good."""
+    empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None:
+        empty()

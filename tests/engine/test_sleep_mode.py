@@ -43,6 +43,8 @@ def test_a_woken_engine_answers_as_before(model_dir: Path, level: int) -> None:
     assert llm.engine.asleep == {"weights", "kv_cache"}
     assert llm.engine.sleep_level == level
     assert _kv_numel(llm) == 0
+    # Nothing else holds the cache's memory (a view's base would keep a mapping alive).
+    assert all(k._base is None and v._base is None for k, v in llm.engine.runner.kv_caches)
     # On a CPU the weights are in host memory already: level 1 leaves them, level 2 frees.
     assert _weights_numel(llm) == (weights if level == 1 else 0)
     llm.engine.wake_up()
@@ -173,3 +175,28 @@ def test_decode_graphs_are_released_and_recorded_again_once_all_is_awake() -> No
     sleep.wake_up(["weights"])
     assert graphs.calls == ["release", "record"]
     assert kv[0][0].shape == (8, 4, 1, 4)
+
+
+def test_level_1_copies_keep_shared_memory_and_strides() -> None:
+    """What a GPU's level 1 does (on a CPU, where it is otherwise skipped): each storage
+    copied once, and on waking a tied head shares its embedding's memory again (not a
+    second copy) and a transposed view keeps its strides."""
+    from engine.block_manager import BlockManager
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))
+    model[1].weight = model[0].weight
+    model[1].transposed = model[0].weight.detach().t()  # another tensor, the same memory
+    before = {name: t.clone() for name, t in weight_tensors(model)}
+    sleep = SleepMode(model, [], BlockManager(8, 4), None, reload=lambda: model)
+    tensors = list(weight_tensors(model))
+    sleep._copy_to_host(tensors)
+    assert len(sleep._host) == 2  # the embedding's storage and the bias's
+    for _, tensor in tensors:
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
+    sleep._copy_to_device()
+    after = dict(weight_tensors(model))
+    for name, tensor in after.items():
+        assert torch.equal(tensor, before[name]), name
+    assert after["1.transposed"].stride() == (1, 4)
+    assert after["1.transposed"].data_ptr() == after["0.weight"].data_ptr()
