@@ -181,10 +181,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:
         app.include_router(lora_adapters.router)
-    if settings.enable_sleep_mode:
-        app.include_router(sleep_mode.router)
-    if settings.server_dev_mode:
+    if settings.server_dev_mode:  # vLLM's development endpoints, as there
         app.include_router(prefix_cache.router)
+        if settings.enable_sleep_mode:
+            app.include_router(sleep_mode.router)
+    elif settings.enable_sleep_mode:
+        logger.warning(
+            "--enable-sleep-mode: POST /sleep, POST /wake_up and GET /is_sleeping are "
+            "development endpoints, served only with CONVEYOR_SERVER_DEV_MODE=1 (vLLM's "
+            "VLLM_SERVER_DEV_MODE=1), as in vLLM"
+        )
     if settings.enable_tokenizer_info_endpoint:
         app.include_router(tokenizer_info.router)
     # Outermost last: CORS answers browsers' preflights first, then the body limit runs,

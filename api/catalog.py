@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from api.errors import ApiError
 from api.quiet_futures import retrieve_error
-from conveyor.bus import KNOWN_NAME_TTL_SECONDS, TOKENIZER_DIGEST_FIELD, BusNames
+from conveyor.bus import KNOWN_NAME_TTL_SECONDS, TOKENIZER_DIGEST_FIELD, BusNames, glob_escape
 from engine.generation_defaults import GENERATION_DEFAULT_KEYS
 from engine.grammar_compiler import GrammarCompiler
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS
@@ -256,6 +256,13 @@ class ModelCatalog:
         as fresh as `live_models`: what a queued request could still be run by."""
         return model in await self.live_models()
 
+    async def require_awake(self, live: LiveModel) -> None:
+        """A 503 while the model sleeps, looked at again first: just after a wake_up
+        answered by another API process this one's scan may be a beat old."""
+        if live.sleeping:
+            fresh = await self.live_models(max_age=self._min_refresh_interval)
+            (fresh.get(live.name) or live).require_awake()
+
     async def aliases(self, max_age: float | None = None) -> dict[str, str]:
         """The other names live models answer to (alias -> model), as fresh as
         `live_models`."""
@@ -300,7 +307,7 @@ class ModelCatalog:
         prefix = self._names.known_model("")
         return {
             key[len(prefix) :]
-            async for key in self._redis.scan_iter(match=f"{_glob_escape(prefix)}*", count=500)
+            async for key in self._redis.scan_iter(match=f"{glob_escape(prefix)}*", count=500)
         }
 
     async def resolve(self, model: str) -> LiveModel:
@@ -484,10 +491,6 @@ def _json_object(raw: str | bytes | None) -> dict[str, Any] | None:
     except (TypeError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def _request_defaults(generation: dict[str, Any]) -> dict[str, Any]:

@@ -102,7 +102,7 @@ async def start_chat(
     live = await catalog.resolve(body.model)
     record.model = live.name  # usage under the model's own name, asked by any
     live.require_runner("generate", services.record.endpoint)
-    live.require_awake()
+    await catalog.require_awake(live)
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     harmony = model_tokenizer.harmony

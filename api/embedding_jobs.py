@@ -59,7 +59,7 @@ async def embedding_model(
     live = await catalog.resolve(model)
     record.model = live.name  # usage under the model's own name, asked by any
     live.require_runner("pooling", endpoint)
-    live.require_awake()
+    await catalog.require_awake(live)
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     return EmbeddingModel(

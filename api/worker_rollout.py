@@ -1,11 +1,13 @@
-"""Operator calls that change every worker of a model: which models they name, and the wait
-until each live worker announces that the change took effect.
+"""Operator calls that change every worker of a model: which models they name, the write of
+the new desired state, and the wait until each live worker announces it.
 
-Such a call writes a desired state (a Redis key with a gen unique to the call)
-that every worker of the model converges on, a worker started later included,
-and announces in its heartbeat; so a 200 means it holds everywhere now. A
-worker's reported failure is the call's 500; past the timeout the call answers
-504 and the change stays asked for.
+Such a call writes a desired state (a Redis key holding the call's gen,
+conveyor/rollout_gen.py) that every worker of the model converges on, a worker
+started later included, and announces in its heartbeat; so a 200 means it
+holds everywhere now (or a later call's change does). The write is a
+read-modify-write under WATCH, so two calls at once cannot lose one's change.
+A worker's reported failure is the call's 500; past the timeout the call
+answers 504 and the change stays asked for.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
 
 from api.catalog import ModelCatalog
 from api.errors import ApiError
@@ -42,6 +47,23 @@ async def base_models(catalog: ModelCatalog, model: str | None) -> list[str]:
             404, f"The model `{model}` does not exist", param="model", code="model_not_found"
         )
     return [found.name]
+
+
+async def advance(redis: Redis, key: str, update: Callable[[str | None], tuple[str, str]]) -> str:
+    """Set `key` to the value `update` makes of the current one, atomically (a write in
+    between makes it read again); `update` returns (value, its gen), and the gen is
+    returned."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                value, gen = update(await pipe.get(key))
+                pipe.multi()
+                pipe.set(key, value)
+                await pipe.execute()
+                return gen
+            except WatchError:
+                continue
 
 
 async def until_every_worker(

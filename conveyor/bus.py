@@ -6,6 +6,7 @@ All keys live under one prefix so several deployments can share a Redis
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 WORKER_GROUP = "workers"
@@ -34,6 +35,11 @@ LANES = (INTERACTIVE_LANE, BATCH_LANE)
 # (each heartbeat renews it): long enough for any worker restart (a 503 meanwhile, not a
 # 404), short enough that a retired or renamed model stops holding /health at 503.
 KNOWN_NAME_TTL_SECONDS = 3600
+
+
+def glob_escape(text: str) -> str:
+    """`text` matched literally in a SCAN / KEYS pattern."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,11 @@ class BusNames:
     @property
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    def model_workers_pattern(self, model: str) -> str:
+        """The heartbeat keys of `model`'s workers (a SCAN pattern; a model name whose
+        prefix is another's matches the other's too: check the beat's `model`)."""
+        return f"{glob_escape(self.worker(model, ''))}*"
 
     def worker_metrics(self, instance: str) -> str:
         """A worker's latest metrics snapshot, read by any API replica's /metrics."""

@@ -15,18 +15,25 @@ from dataclasses import dataclass
 WEIGHTS = "weights"
 KV_CACHE = "kv_cache"
 PARTS = (WEIGHTS, KV_CACHE)
+# What becomes of the requests an engine holds when asked to sleep (vLLM's `mode`): ended
+# with an error at once (its default), or finished first.
+MODES = ("abort", "wait")
 
 
 @dataclass(frozen=True)
 class SleepRequest:
-    """The parts to keep asleep (none: awake), the weights' level, and the call's gen."""
+    """The parts to keep asleep (none: awake), the weights' level, the call's gen
+    (conveyor/rollout_gen.py), and what becomes of running requests."""
 
     asleep: frozenset[str]
     level: int
     gen: str
+    mode: str = "abort"
 
     def encode(self) -> str:
-        return json.dumps({"asleep": sorted(self.asleep), "level": self.level, "gen": self.gen})
+        return json.dumps(
+            {"asleep": sorted(self.asleep), "level": self.level, "gen": self.gen, "mode": self.mode}
+        )
 
     @classmethod
     def decode(cls, raw: str | None) -> SleepRequest | None:
@@ -38,14 +45,16 @@ class SleepRequest:
         if not isinstance(value, dict):
             return None
         asleep, level, gen = value.get("asleep"), value.get("level"), value.get("gen")
+        mode = value.get("mode", "abort")
         if (
             not isinstance(asleep, list)
             or not set(asleep) <= set(PARTS)
             or level not in (1, 2)
             or not isinstance(gen, str)
+            or mode not in MODES
         ):
             return None
-        return cls(frozenset(asleep), level, gen)
+        return cls(frozenset(asleep), level, gen, mode)
 
 
 @dataclass(frozen=True)

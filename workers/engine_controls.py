@@ -3,7 +3,8 @@
 `POST /sleep`, `/wake_up` and `/reset_prefix_cache` only write the model's
 keys (conveyor/bus.py: `sleep`, `prefix_cache_reset`); every worker of the
 model, one started later included, converges on them here. Sleep requests go
-to the engine loop's SleepControl (it waits for the engine to be idle); a new
+to the engine loop's SleepControl (with whether a peer is awake, so a refusing
+worker leaves the stream to it); a new
 prefix-cache reset gen runs on the engine thread between two steps. The
 heartbeat announces what was reached, and is asked to beat at once so the
 API's call, which waits for every worker, answers without a beat's delay.
@@ -11,6 +12,7 @@ API's call, which waits for every worker, answers without a beat's delay.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -33,6 +35,7 @@ class EngineControls:
         client: redis.Redis,
         names: BusNames,
         model: str,
+        instance: str,
         sleep: SleepControl | None,
         call_soon: Callable[[Task], None],
         beat_now: Callable[[], None],
@@ -44,6 +47,8 @@ class EngineControls:
         self.call_soon = call_soon
         self.beat_now = beat_now
         self.interval = interval
+        self.names = names
+        self.instance = instance
         self.keys = [names.sleep(model), names.prefix_cache_reset(model)]
         # The reset gen the engine has reached, for the heartbeat (None: none asked yet).
         self.prefix_cache_reset_gen: str | None = None
@@ -75,12 +80,38 @@ class EngineControls:
             if request != self._sleep_seen:
                 self._sleep_seen = request
                 self.sleep.want(request)
+            self.sleep.peers_awake = self.sleep.refuses and self._a_peer_is_awake()
         if reset_gen is not None and reset_gen != self._reset_asked:
             self._reset_asked = reset_gen
             if starting:
                 self.prefix_cache_reset_gen = reset_gen
             else:
                 self.call_soon(self._resetter(reset_gen))
+
+    def _a_peer_is_awake(self) -> bool:
+        """Whether another live worker of the model serves (not asleep, not draining), by
+        the model's heartbeats (a SCAN: only while this worker refuses)."""
+        mine = self.names.worker(self.model, self.instance)
+        keys = [
+            key
+            for key in self.client.scan_iter(
+                match=self.names.model_workers_pattern(self.model), count=500
+            )
+            if key != mine
+        ]
+        for raw in self.client.mget(keys) if keys else ():
+            try:
+                beat = json.loads(raw) if raw else None
+            except ValueError:
+                continue
+            if (
+                isinstance(beat, dict)
+                and beat.get("model") == self.model
+                and beat.get("sleeping") is False
+                and not beat.get("draining")
+            ):
+                return True
+        return False
 
     def _resetter(self, gen: str) -> Task:
         def reset(engine: LLMEngine) -> None:

@@ -89,7 +89,7 @@ class EngineLoop:
         while True:
             changed = self._run_tasks()
             if self.sleep is not None:
-                changed |= self.sleep.converge()
+                changed |= self.sleep.converge(self._end_all_for_sleep)
             changed |= self._admit_queued()
             changed |= self._apply_aborts()
             changed |= self._expire_overdue()
@@ -240,16 +240,22 @@ class EngineLoop:
                 pairs.append((ticket, out))
         self.publisher.put(StepOutputs(pairs, now))
 
-    def _fail_all(self) -> None:
+    def _fail_all(self, error: ErrorInfo | None = None) -> None:
         for rid, ticket in self._running.items():
             try:
                 self.engine.abort(rid)
             except Exception:
-                logger.exception("engine.abort(%s) failed after a failed step", rid)
-            self.publisher.put(Failed(ticket, _internal_error()))
+                logger.exception("engine.abort(%s) failed while failing every request", rid)
+            self.publisher.put(Failed(ticket, error or _internal_error()))
         self._running.clear()
         if self.engine.has_unfinished():
-            raise EngineBroken("the engine still holds requests after a failed step")
+            raise EngineBroken("the engine still holds requests after failing them all")
+
+    def _end_all_for_sleep(self) -> None:
+        """POST /sleep with mode abort: every request held ends with a 503 now."""
+        if self._running:
+            logger.info("ending %d requests: the model goes to sleep", len(self._running))
+        self._fail_all(model_sleeping(self.engine.model_name, running=True))
 
     def _release_all(self) -> None:
         """Drain grace is over: drop what is left, unacked, for another worker to rerun."""

@@ -132,6 +132,7 @@ class EngineWorker:
             classifier=engine.model_config.is_classifier,
             reads_token_types=engine.model_config.is_classifier
             and engine.model_config.type_vocab_size >= 2,
+            paused=lambda: self.sleep.leaves_work_to_peers,
         )
         self.janitor = Janitor(
             self.client,
@@ -170,6 +171,7 @@ class EngineWorker:
             self.client,
             names,
             self.model,
+            instance,
             self.sleep,
             self.loop.call_soon,
             beat_now=self.heartbeat.beat_soon,

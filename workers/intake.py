@@ -39,6 +39,8 @@ from workers.publisher import Failed, Publisher
 logger = logging.getLogger(__name__)
 
 _BLOCK_MS = 100
+# How often a paused intake looks whether it may read again.
+_PAUSE_POLL = 0.1
 # Clients' `priority` is clamped to +-PRIORITY_LIMIT and batch requests are shifted by
 # BATCH_PRIORITY_OFFSET (> 2 * PRIORITY_LIMIT), so every batch request sorts after every
 # interactive one in the scheduler (lower value first) whatever priorities clients send.
@@ -145,8 +147,11 @@ class Intake:
         served_loras: Callable[[], Collection[str]] = tuple,
         classifier: bool = False,
         reads_token_types: bool = False,
+        paused: Callable[[], bool] = lambda: False,
     ) -> None:
         self.client = client
+        # While true, nothing is read: the worker leaves the stream to its peers.
+        self.paused = paused
         self.names = names
         self.model = model
         self.streams = {lane: names.requests(model, lane) for lane in LANES}
@@ -169,6 +174,9 @@ class Intake:
 
     def run(self, stopping: threading.Event) -> None:
         while not stopping.is_set():
+            if self.paused():
+                stopping.wait(_PAUSE_POLL)
+                continue
             slots = self.inflight.reserve(self.inflight.capacity, timeout=_BLOCK_MS / 1000)
             if not slots:
                 continue

@@ -3,8 +3,10 @@
 The sync thread (workers/engine_controls.py) hands over the model's latest
 SleepRequest; the engine loop calls `converge` every turn. Once a request asks
 for any part asleep, this worker refuses new requests (503 `model_sleeping`,
-never queued behind a sleeping engine), lets the ones it holds finish, then
-puts the engine to sleep. Waking happens at once. What was reached (or why it
+never queued behind a sleeping engine; while another worker of the model is
+awake it reads none, leaving them to that one), ends the ones it holds with
+that error (vLLM's mode abort, the default) or lets them finish (mode wait),
+then puts the engine to sleep. Waking happens at once. What was reached (or why it
 failed) is announced in the heartbeat, which is how the API's call learns that
 it took effect on every worker.
 """
@@ -22,11 +24,12 @@ from engine.llm_engine import LLMEngine
 logger = logging.getLogger(__name__)
 
 
-def model_sleeping(model: str) -> ErrorInfo:
+def model_sleeping(model: str, running: bool = False) -> ErrorInfo:
+    """The answer to a request this worker will not run: it came while the model sleeps,
+    or (`running`) it was ended by a sleep asked with mode abort."""
+    what = "was put to sleep while this request ran" if running else "is asleep"
     return ErrorInfo(
-        message=(
-            f"The model `{model}` is asleep (POST /sleep): POST /wake_up wakes it, then try again"
-        ),
+        message=f"The model `{model}` {what} (POST /sleep): POST /wake_up wakes it, then try again",
         code="model_sleeping",
         status=503,
     )
@@ -41,6 +44,9 @@ class SleepControl:
         self._target: SleepRequest | None = None
         # Replaced, never mutated: the heartbeat reads it from its own thread.
         self.state = SleepState(gen=None)
+        # Whether another worker of the model is awake (the engine-controls thread looks):
+        # then this one, while refusing, reads no requests and leaves them to it.
+        self.peers_awake = False
 
     def want(self, request: SleepRequest | None) -> None:
         """Thread-safe: the state the API asks for now (None: awake, as at start)."""
@@ -53,9 +59,15 @@ class SleepControl:
         target = self._target
         return bool(target is not None and target.asleep) or bool(self.engine.asleep)
 
-    def converge(self) -> bool:
+    @property
+    def leaves_work_to_peers(self) -> bool:
+        """Read nothing from the stream: refusing, while another worker serves."""
+        return self.refuses and self.peers_awake
+
+    def converge(self, end_requests: Callable[[], None]) -> bool:
         """Engine thread, between steps: act on the target once the engine can; True if
-        the engine changed."""
+        the engine changed. `end_requests` ends every request the engine holds with an
+        error (a sleep with mode abort)."""
         target = self._target
         if target is None or target.gen == self.state.gen:
             return False
@@ -63,7 +75,9 @@ class SleepControl:
         to_wake = engine.asleep - target.asleep
         to_sleep = target.asleep - engine.asleep
         if to_sleep and engine.has_unfinished():
-            return False  # the requests it holds finish first; new ones are refused
+            if target.mode != "abort":
+                return False  # mode wait: they finish first; new ones are refused
+            end_requests()
         error = None
         try:
             if to_sleep:

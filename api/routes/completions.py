@@ -79,7 +79,7 @@ async def create_completion(
     live = await catalog.resolve(body.model)
     record.model = live.name  # usage under the model's own name, asked by any
     live.require_runner("generate", "/v1/completions")
-    live.require_awake()
+    await catalog.require_awake(live)
     await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     tokenizer = model_tokenizer.tokenizer

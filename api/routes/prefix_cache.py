@@ -11,7 +11,6 @@ With tenancy on (--admin-key), only the admin key may call it.
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
@@ -19,7 +18,8 @@ from fastapi.responses import Response
 
 from api.auth import authorize_operator
 from api.deps import CatalogDep, NamesDep, RedisDep
-from api.worker_rollout import base_models, until_every_worker
+from api.worker_rollout import advance, base_models, until_every_worker
+from conveyor.rollout_gen import covers, next_gen
 
 RESET_TIMEOUT = 60.0
 
@@ -34,14 +34,16 @@ async def reset_prefix_cache(
     model: Annotated[str | None, Query()] = None,
 ) -> Response:
     targets = await base_models(catalog, model)
-    gen = uuid.uuid4().hex
+    gens = {}
     for name in targets:
-        await redis.set(names.prefix_cache_reset(name), gen)
-    for name in targets:
+        gens[name] = await advance(
+            redis, names.prefix_cache_reset(name), lambda raw: (gen := next_gen(raw), gen)
+        )
+    for name, gen in gens.items():
         await until_every_worker(
             catalog,
             name,
-            reached=lambda w: w.get("prefix_cache_reset") == gen,
+            reached=lambda w, gen=gen: covers(w.get("prefix_cache_reset"), gen),
             failure=lambda _: None,
             what="reset the prefix cache",
             timeout=RESET_TIMEOUT,

@@ -15,7 +15,6 @@ call these.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from typing import Annotated
 
@@ -25,8 +24,9 @@ from fastapi.responses import JSONResponse, Response
 from api.auth import authorize_operator
 from api.deps import CatalogDep, NamesDep, RedisDep
 from api.errors import ApiError
-from api.worker_rollout import Beat, base_models, until_every_worker
-from conveyor.sleep_request import PARTS, SleepRequest
+from api.worker_rollout import Beat, advance, base_models, until_every_worker
+from conveyor.rollout_gen import covers, next_gen
+from conveyor.sleep_request import MODES, PARTS, SleepRequest
 
 # Level 1 copies the weights to host memory and level 2's wake reads the checkpoint again:
 # tens of seconds for a large model.
@@ -41,12 +41,20 @@ async def sleep(
     redis: RedisDep,
     names: NamesDep,
     level: Annotated[int, Query()] = 1,
+    mode: Annotated[str, Query()] = "abort",
     model: Annotated[str | None, Query()] = None,
 ) -> Response:
     if level not in (1, 2):
         raise ApiError(400, f"level must be 1 or 2, not {level}", param="level")
+    if mode not in MODES:
+        raise ApiError(
+            400,
+            f"mode {mode!r} is not supported: abort (end the requests running, the default) "
+            "or wait (let them finish first)",
+            param="mode",
+        )
     targets = await base_models(catalog, model)
-    await _ask(catalog, redis, names, targets, lambda _: (frozenset(PARTS), level))
+    await _ask(catalog, redis, names, targets, lambda _: (frozenset(PARTS), level, mode))
     return Response(status_code=200)
 
 
@@ -64,10 +72,10 @@ async def wake_up(
         raise ApiError(400, f"unknown tags {unknown}: wake_up takes {list(PARTS)}", param="tags")
     targets = await base_models(catalog, model)
 
-    def woken(current: SleepRequest | None) -> tuple[frozenset[str], int]:
+    def woken(current: SleepRequest | None) -> tuple[frozenset[str], int, str]:
         if current is None:
-            return frozenset(), 1
-        return current.asleep - waking, current.level
+            return frozenset(), 1, "abort"
+        return current.asleep - waking, current.level, current.mode
 
     await _ask(catalog, redis, names, targets, woken)
     return Response(status_code=200)
@@ -81,8 +89,13 @@ async def is_sleeping(
     model: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
     """True while a part of the model (any, without `model`) is asked to sleep or a worker
-    still has one asleep."""
-    targets = await base_models(catalog, model)
+    still has one asleep; false with no model served at all."""
+    try:
+        targets = await base_models(catalog, model)
+    except ApiError as exc:
+        if exc.code != "no_worker":
+            raise
+        return JSONResponse({"is_sleeping": False})
     live = await catalog.live_models(max_age=0)
     for name in targets:
         asked = SleepRequest.decode(await redis.get(names.sleep(name)))
@@ -92,28 +105,33 @@ async def is_sleeping(
     return JSONResponse({"is_sleeping": False})
 
 
+Change = Callable[[SleepRequest | None], tuple[frozenset[str], int, str]]
+
+
 async def _ask(
-    catalog: CatalogDep,
-    redis: RedisDep,
-    names: NamesDep,
-    targets: list[str],
-    change: Callable[[SleepRequest | None], tuple[frozenset[str], int]],
+    catalog: CatalogDep, redis: RedisDep, names: NamesDep, targets: list[str], change: Change
 ) -> None:
-    """Write each model's new state (`change` of its current one, under one new gen), then
-    wait for every worker of each to reach it."""
-    gen = uuid.uuid4().hex
+    """Write each model's new state (`change` of its current one, under its next gen), then
+    wait for every worker of each to reach it (or a later call's)."""
+    gens = {}
     for name in targets:
-        current = SleepRequest.decode(await redis.get(names.sleep(name)))
-        asleep, level = change(current)
-        await redis.set(names.sleep(name), SleepRequest(asleep, level, gen).encode())
-    what = "reach the sleep state asked for"
-    for name in targets:
+
+        def update(raw: str | None) -> tuple[str, str]:
+            current = SleepRequest.decode(raw)
+            gen = next_gen(current.gen if current is not None else None)
+            asleep, level, mode = change(current)
+            return SleepRequest(asleep, level, gen, mode).encode(), gen
+
+        gens[name] = await advance(redis, names.sleep(name), update)
+    for name, gen in gens.items():
         await until_every_worker(
             catalog,
             name,
-            reached=lambda w: _state(w).get("gen") == gen,
-            failure=lambda w: _state(w).get("error") if _state(w).get("gen") == gen else None,
-            what=what,
+            reached=lambda w, gen=gen: covers(_state(w).get("gen"), gen),
+            failure=lambda w, gen=gen: (
+                _state(w).get("error") if _state(w).get("gen") == gen else None
+            ),
+            what="reach the sleep state asked for",
             timeout=SLEEP_TIMEOUT,
         )
 

@@ -22,6 +22,14 @@ def test_the_endpoints_are_off_without_their_flags(stack: Stack) -> None:
             assert http.request(method, path).status_code == 404, path
 
 
+def test_sleep_mode_is_a_development_endpoint_as_in_vllm(make_stack: Callable[..., Stack]) -> None:
+    """--enable-sleep-mode alone mounts nothing (a warning says what is missing)."""
+    stack = make_stack(enable_sleep_mode=True)
+    with stack.client() as http:
+        assert http.post("/sleep").status_code == 404
+        assert http.get("/is_sleeping").status_code == 404
+
+
 def test_under_tenancy_only_the_admin_key_may_call_them(
     make_stack: Callable[..., Stack], migrated_database_url: str
 ) -> None:
@@ -39,7 +47,8 @@ def test_under_tenancy_only_the_admin_key_may_call_them(
             assert anonymous.post(path).status_code == 401, path
         assert anonymous.get("/is_sleeping").status_code == 401
         # Past the key check: the arguments are looked at (and refused before any change).
-        bad = admin.post("/sleep", params={"level": 3})
-        assert bad.status_code == 400
-        assert bad.json()["error"]["param"] == "level"
+        for params, param in [({"level": 3}, "level"), ({"mode": "keep"}, "mode")]:
+            bad = admin.post("/sleep", params=params)
+            assert bad.status_code == 400
+            assert bad.json()["error"]["param"] == param
         assert admin.get("/is_sleeping").json() == {"is_sleeping": False}

@@ -83,3 +83,29 @@ def test_the_models_a_call_names() -> None:
     with pytest.raises(ApiError) as none:
         asyncio.run(base_models(Catalog({}), None))  # type: ignore[arg-type]
     assert (none.value.status, none.value.code) == (503, "no_worker")
+
+
+def test_advance_loses_no_change_when_calls_overlap(redis_url: str) -> None:
+    """Ten calls at once, each adding one to what it read: none is lost to another."""
+    from redis.asyncio import Redis
+
+    from api.worker_rollout import advance
+
+    async def run() -> tuple[str | None, list[str]]:
+        client = Redis.from_url(redis_url, decode_responses=True)
+        key = f"rollout-test:{id(client)}"
+
+        def add_one(raw: str | None) -> tuple[str, str]:
+            value = str(int(raw or 0) + 1)
+            return value, f"gen-{value}"
+
+        try:
+            gens = await asyncio.gather(*(advance(client, key, add_one) for _ in range(10)))
+            return await client.get(key), list(gens)
+        finally:
+            await client.delete(key)
+            await client.aclose()
+
+    final, gens = asyncio.run(run())
+    assert final == "10"
+    assert sorted(gens) == sorted(f"gen-{i}" for i in range(1, 11))

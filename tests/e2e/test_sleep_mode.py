@@ -4,6 +4,7 @@ exactly as before, and a reset prefix cache serves the next prompt cold."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,6 +82,51 @@ def test_parts_wake_one_at_a_time(server: tuple[httpx.Client, openai.OpenAI]) ->
     assert http.post("/wake_up", params={"tags": "kv_cache"}).status_code == 200
     assert not is_sleeping(http)
     assert answer(sdk) == before
+
+
+def test_a_sleep_ends_a_running_stream_with_an_error_or_waits_for_it(
+    server: tuple[httpx.Client, openai.OpenAI],
+) -> None:
+    """vLLM's modes: abort (the default) ends what runs; wait lets it finish first."""
+    http, sdk = server
+
+    def stream_then_sleep(mode: str) -> tuple[list[str], BaseException | None]:
+        stream = sdk.chat.completions.create(
+            model=MODEL,
+            messages=MESSAGES,
+            max_tokens=300,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        pieces: list[str] = []
+        asleep: list[int] = []
+        try:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    pieces.append(chunk.choices[0].delta.content)
+                if len(pieces) == 3 and not asleep:  # it runs: now put the model to sleep
+                    sleeper = threading.Thread(
+                        target=lambda: asleep.append(
+                            http.post("/sleep", params={"mode": mode}).status_code
+                        )
+                    )
+                    sleeper.start()
+        except openai.APIError as exc:
+            sleeper.join()
+            return pieces, exc
+        sleeper.join()
+        assert asleep == [200]
+        return pieces, None
+
+    pieces, error = stream_then_sleep("abort")
+    assert error is not None and "put to sleep while this request ran" in str(error)
+    assert is_sleeping(http)
+    assert http.post("/wake_up").status_code == 200
+    pieces, error = stream_then_sleep("wait")
+    assert error is None and len(pieces) >= 290  # every token (a few may join in one piece)
+    assert is_sleeping(http)
+    assert http.post("/wake_up").status_code == 200
 
 
 def test_bad_arguments_are_400s(server: tuple[httpx.Client, openai.OpenAI]) -> None:

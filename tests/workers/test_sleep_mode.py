@@ -4,6 +4,7 @@ drives it: the `sleep` and `prefix_cache_reset` keys in, the heartbeat out."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,16 +94,59 @@ def test_waking_one_part_keeps_refusing_until_both_are_awake(
     assert engine.asleep == frozenset()
 
 
-def test_requests_held_finish_before_the_engine_sleeps(engine: LLMEngine, make_worker: Any) -> None:
-    h: Harness = make_worker()
-    long = h.request(PROMPT, max_tokens=120, ignore_eos=True)
+def _running_long(h: Harness) -> str:
+    long = h.request(PROMPT, max_tokens=400, ignore_eos=True)
     h.send(long)
     wait_for(lambda: (h.poll(0.05), long.id in h.messages)[1])  # it is running
-    h.client.set(h.names.sleep(h.model), SleepRequest(frozenset(PARTS), 1, "g1").encode())
-    messages = h.collect([long.id])[long.id]
+    return long.id
+
+
+def test_mode_wait_lets_held_requests_finish_before_the_engine_sleeps(
+    engine: LLMEngine, make_worker: Any
+) -> None:
+    h: Harness = make_worker()
+    long = _running_long(h)
+    asked = SleepRequest(frozenset(PARTS), 1, "g1", mode="wait")
+    h.client.set(h.names.sleep(h.model), asked.encode())
+    messages = h.collect([long])[long]
     assert messages[-1].error is None
-    assert len(joined(messages)[1]) == 120  # not cut short
+    assert len(joined(messages)[1]) == 400  # not cut short
     wait_for(lambda: beat(h).get("sleep", {}).get("asleep") == sorted(PARTS))
+
+
+def test_mode_abort_ends_held_requests_with_a_503_and_sleeps_at_once(
+    engine: LLMEngine, make_worker: Any
+) -> None:
+    h: Harness = make_worker()
+    long = _running_long(h)
+    h.client.set(h.names.sleep(h.model), SleepRequest(frozenset(PARTS), 1, "g1").encode())
+    messages = h.collect([long])[long]
+    error = messages[-1].error
+    assert error is not None and (error.status, error.code) == (503, "model_sleeping")
+    assert "was put to sleep while this request ran" in error.message
+    assert len(joined(messages)[1]) < 400
+    wait_for(lambda: beat(h).get("sleep", {}).get("asleep") == sorted(PARTS))
+    assert not engine.has_unfinished()
+
+
+def test_a_sleeping_worker_leaves_requests_to_an_awake_peer(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    h: Harness = make_worker()
+    ask(h, "g1")
+    # A peer of the same model whose heartbeat says it serves (it reads nothing here).
+    peer_beat = h.names.worker(h.model, "peer-1")
+    client.set(peer_beat, json.dumps({"model": h.model, "sleeping": False}))
+    wait_for(lambda: h.worker.sleep.peers_awake)
+    time.sleep(0.5)  # a read already blocking when it saw the peer has ended
+    left = h.request(PROMPT)
+    h.send(left)
+    h.poll(1.0)
+    assert left.id not in h.messages  # not read here: it waits for the peer
+    assert client.xlen(h.stream) == 1 and h.pending() == 0
+    client.delete(peer_beat)  # the peer is gone: this worker answers, and refuses
+    (last,) = h.collect([left.id])[left.id]
+    assert last.error is not None and last.error.code == "model_sleeping"
 
 
 def test_a_worker_started_while_its_model_sleeps_joins_asleep(
