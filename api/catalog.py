@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import re
@@ -30,6 +29,7 @@ from redis.asyncio import Redis
 from api.errors import ApiError
 from api.quiet_futures import retrieve_error
 from conveyor.bus import KNOWN_NAME_TTL_SECONDS, TOKENIZER_DIGEST_FIELD, BusNames, glob_escape
+from conveyor.json_object import json_object
 from engine.generation_defaults import GENERATION_DEFAULT_KEYS
 from engine.grammar_compiler import GrammarCompiler
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS
@@ -274,7 +274,7 @@ class ModelCatalog:
         workers: dict[str, list[dict[str, Any]]] = {}
         if keys:
             for raw in await self._redis.mget(keys):
-                beat = _json_object(raw)
+                beat = json_object(raw)
                 # A draining worker reads no more requests: with no other, a request
                 # queued for it would wait for a worker that may never come; a 503 says so.
                 if (
@@ -398,8 +398,8 @@ class ModelCatalog:
             return loaded
 
     def _build(self, files: dict[str, str], digest: str) -> ModelTokenizer:
-        config = _json_object(files.get("config.json")) or {}
-        generation = _json_object(files.get("generation_config.json")) or {}
+        config = json_object(files.get("config.json")) or {}
+        generation = json_object(files.get("generation_config.json")) or {}
         tokenizer = self._by_digest.get(digest)
         if tokenizer is None:
             folder = self._materialise(files, digest)
@@ -481,16 +481,6 @@ def _announced_by_all(workers: tuple[dict[str, Any], ...], field: str) -> dict[s
             else {k: v for k, v in common.items() if announced.get(k) == v}
         )
     return common or {}
-
-
-def _json_object(raw: str | bytes | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _request_defaults(generation: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from conveyor.json_object import json_object
+
 
 @dataclass(frozen=True)
 class RuntimeLoRA:
@@ -25,11 +27,8 @@ class RuntimeLoRA:
     @classmethod
     def decode(cls, raw: str | None) -> RuntimeLoRA | None:
         """None for a missing or unreadable entry."""
-        try:
-            value = json.loads(raw) if raw is not None else None
-        except ValueError:
-            return None
-        if not isinstance(value, dict):
+        value = json_object(raw)
+        if value is None:
             return None
         path, gen = value.get("path"), value.get("gen")
         return cls(path, gen) if isinstance(path, str) and isinstance(gen, str) else None

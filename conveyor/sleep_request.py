@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from conveyor.json_object import json_object
+
 # vLLM's names for the parts that sleep and wake (`POST /wake_up?tags=...`).
 WEIGHTS = "weights"
 KV_CACHE = "kv_cache"
@@ -38,11 +40,8 @@ class SleepRequest:
     @classmethod
     def decode(cls, raw: str | None) -> SleepRequest | None:
         """None for a missing or unreadable key (awake)."""
-        try:
-            value = json.loads(raw) if raw is not None else None
-        except ValueError:
-            return None
-        if not isinstance(value, dict):
+        value = json_object(raw)
+        if value is None:
             return None
         asleep, level, gen = value.get("asleep"), value.get("level"), value.get("gen")
         mode = value.get("mode", "abort")

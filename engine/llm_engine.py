@@ -166,7 +166,9 @@ class LLMEngine:
         # Chosen before the model is built: the backend also supplies its fused ops.
         backend = select_attention_backend(self.device, config.attention_backend)
         online_fp8 = wants_online_fp8(config.quantization, self.model_config.weight_quantization)
-        model = load_model(
+        # Kept: sleep mode's level 2 builds the model again the same way.
+        model_from_checkpoint = partial(
+            load_model,
             self.resolved.path,
             self.model_config,
             self.max_model_len,
@@ -176,6 +178,7 @@ class LLMEngine:
             lm_head=self.runner_kind == "generate",
             online_fp8=online_fp8,
         )
+        model = model_from_checkpoint()
         self.loras = self._lora_manager(model)
         if is_fp8(self.kv_cache_dtype):
             self._log_kv_scales(model)
@@ -271,17 +274,7 @@ class LLMEngine:
             kv_caches,
             self.block_manager,
             decode_graphs,
-            reload=partial(
-                load_model,
-                self.resolved.path,
-                self.model_config,
-                self.max_model_len,
-                self.dtype,
-                self.device,
-                backend.ops,
-                lm_head=self.runner_kind == "generate",
-                online_fp8=online_fp8,
-            ),
+            reload=model_from_checkpoint,
         )
         spec = config.speculative_config
         self.proposer = (

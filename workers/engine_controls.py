@@ -12,7 +12,6 @@ API's call, which waits for every worker, answers without a beat's delay.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from collections.abc import Callable
 import redis
 
 from conveyor.bus import BusNames
+from conveyor.json_object import json_object
 from conveyor.sleep_request import SleepRequest
 from engine.llm_engine import LLMEngine
 from workers.sleep_control import SleepControl
@@ -100,12 +100,9 @@ class EngineControls:
             if key != mine
         ]
         for raw in self.client.mget(keys) if keys else ():
-            try:
-                beat = json.loads(raw) if raw else None
-            except ValueError:
-                continue
+            beat = json_object(raw)
             if (
-                isinstance(beat, dict)
+                beat is not None
                 and beat.get("model") == self.model
                 and beat.get("sleeping") is False
                 and not beat.get("draining")
