@@ -15,7 +15,7 @@ def _parse(gen: object) -> tuple[str, int] | None:
     if not isinstance(gen, str):
         return None
     epoch, _, n = gen.rpartition(":")
-    return (epoch, int(n)) if epoch and n.isdigit() else None
+    return (epoch, int(n)) if epoch and n.isascii() and n.isdigit() else None
 
 
 def next_gen(current: str | None) -> str:

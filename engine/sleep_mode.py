@@ -119,6 +119,11 @@ class SleepMode:
         if level not in LEVELS:
             raise ValueError(f"sleep level must be 1 or 2, not {level}")
         started = time.perf_counter()
+        deeper = self.weights_level is None or level > self.weights_level
+        if deeper and level == 1 and self.device.type != "cpu":
+            # Every copy is made before anything is freed: one that fails (no host
+            # memory) leaves the engine as it was, awake and serving.
+            self._copy_to_host(list(weight_tensors(self.model)))
         self._release_graphs()
         kv_bytes = weight_bytes = 0
         if not self.kv_asleep:
@@ -126,8 +131,8 @@ class SleepMode:
                 kv_bytes += _release(keys) + _release(values)
             self.block_manager.reset_prefix_cache()
             self.kv_asleep = True
-        if self.weights_level is None or level > self.weights_level:
-            weight_bytes = self._sleep_weights(level)
+        if deeper:
+            weight_bytes = self._release_weights(level)
         gc.collect()
         _trim_host_heap()
         if self.device.type == "cuda":
@@ -140,36 +145,43 @@ class SleepMode:
             weight_bytes / 2**30,
         )
 
-    def _sleep_weights(self, level: int) -> int:
-        """Put the weights away at `level`; the bytes of the device's memory freed."""
+    def _release_weights(self, level: int) -> int:
+        """Free the device's weights (level 1: copied to the host already); the bytes."""
         if level == 1 and self.device.type == "cpu":
             self.weights_level = 1  # already in host memory: nothing to move
             return 0
-        tensors = list(weight_tensors(self.model))
-        if level == 1:
-            # Every copy is made before anything is freed: a copy that fails (no host
-            # memory) leaves the weights awake and serving, not half gone.
-            self._copy_to_host(tensors)
-        else:
-            self._host.clear()
-            self._layout.clear()
-        freed = sum(_release(tensor) for _, tensor in tensors)
+        if level == 2:
+            self._drop_host_copies()
+        freed = sum(_release(tensor) for _, tensor in weight_tensors(self.model))
         self.weights_level = level
         return freed
+
+    def _drop_host_copies(self) -> None:
+        self._host.clear()
+        self._layout.clear()
+        if self.device.type == "cuda":
+            _empty_pinned_cache()
 
     def _copy_to_host(self, tensors: list[tuple[str, torch.Tensor]]) -> None:
         pin = self.device.type == "cuda"
         host: dict[int, torch.Tensor] = {}
         layout: dict[str, tuple[int, int, tuple[int, ...], tuple[int, ...]]] = {}
-        for name, tensor in tensors:
-            storage = tensor.untyped_storage()
-            key = storage.data_ptr()
-            if key not in host:
-                device_bytes = torch.empty(0, dtype=torch.uint8, device=self.device)
-                device_bytes.set_(storage)
-                copy = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=pin)
-                host[key] = copy.copy_(device_bytes)
-            layout[name] = (key, tensor.storage_offset(), tuple(tensor.shape), tensor.stride())
+        try:
+            for name, tensor in tensors:
+                storage = tensor.untyped_storage()
+                key = storage.data_ptr()
+                if key not in host:
+                    device_bytes = torch.empty(0, dtype=torch.uint8, device=self.device)
+                    device_bytes.set_(storage)
+                    copy = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=pin)
+                    host[key] = copy.copy_(device_bytes)
+                shape, stride = tuple(tensor.shape), tensor.stride()
+                layout[name] = (key, tensor.storage_offset(), shape, stride)
+        except BaseException:
+            host.clear()  # the copies made so far, out of torch's pinned cache too
+            if pin:
+                _empty_pinned_cache()
+            raise
         self._host, self._layout = host, layout
 
     def wake_up(self, tags: Collection[str] | None = None) -> None:
@@ -201,26 +213,33 @@ class SleepMode:
             self._copy_to_device()
         elif self.weights_level == 2:
             self._transplant(self.reload())
-        self._host.clear()
-        self._layout.clear()
-        if self.device.type == "cuda":
-            _empty_pinned_cache()
+        self._drop_host_copies()
         _trim_host_heap()  # the host copies, or the reloaded build's leftovers
         self.weights_level = None
 
     def _copy_to_device(self) -> None:
         """Level 1's copies back, each storage once. The host copies are dropped only
-        after all of them are back, so a wake that fails (no device memory yet) can be
-        tried again."""
+        after all of them are back, and a wake that fails partway (no device memory yet)
+        frees what it had put back, so trying again needs no more memory than the first
+        try."""
         restored: dict[int, torch.UntypedStorage] = {}
-        for name, tensor in weight_tensors(self.model):
-            key, offset, shape, stride = self._layout[name]
-            if key not in restored:
-                restored[key] = self._host[key].to(self.device).untyped_storage()
-            memory = torch.empty(0, dtype=tensor.dtype, device=self.device)
-            tensor.data = memory.set_(restored[key], offset, shape, stride)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        tensors = list(weight_tensors(self.model))
+        try:
+            for name, tensor in tensors:
+                key, offset, shape, stride = self._layout[name]
+                if key not in restored:
+                    restored[key] = self._host[key].to(self.device).untyped_storage()
+                memory = torch.empty(0, dtype=tensor.dtype, device=self.device)
+                tensor.data = memory.set_(restored[key], offset, shape, stride)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except BaseException:
+            restored.clear()
+            for _, tensor in tensors:
+                _release(tensor)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
 
     def _transplant(self, fresh: torch.nn.Module) -> None:
         """Move a freshly loaded build's memory into our tensors, name by name."""

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 
 from conveyor.protocol import ErrorInfo
-from conveyor.sleep_request import SleepRequest, SleepState
+from conveyor.sleep_request import WEIGHTS, SleepRequest, SleepState
 from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
@@ -49,9 +49,14 @@ class SleepControl:
         self.peers_awake = False
 
     def want(self, request: SleepRequest | None) -> None:
-        """Thread-safe: the state the API asks for now (None: awake, as at start)."""
+        """Thread-safe: the state the API asks for now (None: awake, as at start). The
+        heartbeat says at once whether this worker now refuses: peers read it to decide
+        whether to leave requests to it."""
         with self._lock:
+            changed = request != self._target
             self._target = request
+        if changed:
+            self.announce()
 
     @property
     def refuses(self) -> bool:
@@ -73,7 +78,11 @@ class SleepControl:
             return False
         engine = self.engine
         to_wake = engine.asleep - target.asleep
-        to_sleep = target.asleep - engine.asleep
+        # Also asleep already, but shallower than asked (level 1, then level 2).
+        deeper = (
+            WEIGHTS in (target.asleep & engine.asleep) and (engine.sleep_level or 0) < target.level
+        )
+        to_sleep = target.asleep - engine.asleep or ({WEIGHTS} if deeper else set())
         if to_sleep and engine.has_unfinished():
             if target.mode != "abort":
                 return False  # mode wait: they finish first; new ones are refused

@@ -200,3 +200,28 @@ def test_level_1_copies_keep_shared_memory_and_strides() -> None:
         assert torch.equal(tensor, before[name]), name
     assert after["1.transposed"].stride() == (1, 4)
     assert after["1.transposed"].data_ptr() == after["0.weight"].data_ptr()
+
+
+def test_a_wake_that_fails_partway_frees_what_it_put_back_and_can_be_tried_again() -> None:
+    from engine.block_manager import BlockManager
+
+    class NoRoom:
+        def to(self, device: torch.device) -> torch.Tensor:
+            raise torch.OutOfMemoryError("no device memory yet")
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 6)
+    before = {name: t.clone() for name, t in weight_tensors(model)}
+    sleep = SleepMode(model, [], BlockManager(8, 4), None, reload=lambda: model)
+    tensors = list(weight_tensors(model))
+    sleep._copy_to_host(tensors)
+    for _, tensor in tensors:
+        tensor.data = torch.empty(0, dtype=tensor.dtype)
+    bias_key = sleep._layout["bias"][0]
+    kept, sleep._host[bias_key] = sleep._host[bias_key], NoRoom()  # type: ignore[assignment]
+    with pytest.raises(torch.OutOfMemoryError):
+        sleep._copy_to_device()
+    assert all(t.numel() == 0 for _, t in weight_tensors(model))  # the weight went again
+    sleep._host[bias_key] = kept
+    sleep._copy_to_device()
+    assert all(torch.equal(t, before[name]) for name, t in weight_tensors(model))

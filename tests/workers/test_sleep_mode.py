@@ -81,6 +81,13 @@ def test_a_sleeping_worker_refuses_requests_then_wakes_and_answers_as_before(
     assert joined(h.collect([h.send(served)])[served.id])[1] == want
 
 
+def test_sleeping_deeper_over_a_sleep_takes_effect(engine: LLMEngine, make_worker: Any) -> None:
+    h: Harness = make_worker()
+    ask(h, "g1", level=1)
+    ask(h, "g2", level=2)
+    assert beat(h)["sleep"]["level"] == 2 and engine.sleep_level == 2
+
+
 def test_waking_one_part_keeps_refusing_until_both_are_awake(
     engine: LLMEngine, make_worker: Any
 ) -> None:
