@@ -141,6 +141,11 @@ class BusNames:
         """The sleep-mode state asked of `model`'s engines (conveyor/sleep_request.py)."""
         return f"{self.prefix}:sleep:{model}"
 
+    def controls(self, model: str) -> str:
+        """Pub/sub channel nudging `model`'s workers to read its `sleep` and
+        `prefix_cache_reset` keys now rather than at their next poll."""
+        return f"{self.prefix}:controls:{model}"
+
     def prefix_cache_reset(self, model: str) -> str:
         """The gen of the latest `POST /reset_prefix_cache` for `model`: each worker empties
         its prefix cache once per new gen and announces the gen it reached."""

@@ -1,8 +1,11 @@
 """The engine-controls thread: what the API asked of this model's engines, read from Redis.
 
 `POST /sleep`, `/wake_up` and `/reset_prefix_cache` only write the model's
-keys (conveyor/bus.py: `sleep`, `prefix_cache_reset`); every worker of the
-model, one started later included, converges on them here. Sleep requests go
+keys (conveyor/bus.py: `sleep`, `prefix_cache_reset`) and publish a nudge on
+its `controls` channel; every worker of the model, one started later included,
+converges on them here: at once when nudged, and once per heartbeat interval
+anyway (a nudge lost with a dropped subscription delays a change, never loses
+it). Sleep requests go
 to the engine loop's SleepControl (with whether a peer is awake, so a refusing
 worker leaves the stream to it); a new
 prefix-cache reset gen runs on the engine thread between two steps. The
@@ -12,11 +15,14 @@ API's call, which waits for every worker, answers without a beat's delay.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 import redis
+from redis.client import PubSub
 
 from conveyor.bus import BusNames
 from conveyor.json_object import json_object
@@ -27,6 +33,15 @@ from workers.sleep_control import SleepControl
 logger = logging.getLogger(__name__)
 
 Task = Callable[[LLMEngine], None]
+
+# How often a wait for a nudge looks whether the worker is stopping.
+_STOP_CHECK = 0.1
+
+
+def _closed(pubsub: PubSub | None) -> None:
+    if pubsub is not None:
+        with contextlib.suppress(redis.RedisError):
+            pubsub.close()
 
 
 class EngineControls:
@@ -50,6 +65,7 @@ class EngineControls:
         self.names = names
         self.instance = instance
         self.keys = [names.sleep(model), names.prefix_cache_reset(model)]
+        self.channel = names.controls(model)
         # The reset gen the engine has reached, for the heartbeat (None: none asked yet).
         self.prefix_cache_reset_gen: str | None = None
         self._reset_asked: str | None = None
@@ -66,12 +82,28 @@ class EngineControls:
             logger.warning("engine controls at start-up: Redis error (%s); retrying", exc)
 
     def run(self, finished: threading.Event) -> None:
+        pubsub: PubSub | None = None
         while not finished.is_set():
             try:
+                if pubsub is None:  # before reading: a nudge in between is not missed
+                    pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                    pubsub.subscribe(self.channel)
                 self._read(starting=False)
+                self._wait_for_nudge(pubsub, finished)
             except redis.RedisError as exc:
                 logger.warning("engine controls: Redis error (%s); retrying", exc)
-            finished.wait(self.interval)
+                _closed(pubsub)
+                pubsub = None
+                finished.wait(self.interval)
+        _closed(pubsub)
+
+    def _wait_for_nudge(self, pubsub: PubSub, finished: threading.Event) -> None:
+        """Until the API publishes a change, the poll interval ends, or the worker stops."""
+        deadline = time.monotonic() + self.interval
+        while not finished.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or pubsub.get_message(timeout=min(left, _STOP_CHECK)) is not None:
+                return
 
     def _read(self, starting: bool) -> None:
         raw_sleep, reset_gen = self.client.mget(self.keys)

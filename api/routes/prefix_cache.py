@@ -39,6 +39,7 @@ async def reset_prefix_cache(
         gens[name] = await advance(
             redis, names.prefix_cache_reset(name), lambda raw: (gen := next_gen(raw), gen)
         )
+        await redis.publish(names.controls(name), gens[name])
     for name, gen in gens.items():
         await until_every_worker(
             catalog,

@@ -123,6 +123,7 @@ async def _ask(
             return SleepRequest(asleep, level, gen, mode).encode(), gen
 
         gens[name] = await advance(redis, names.sleep(name), update)
+        await redis.publish(names.controls(name), gens[name])
     for name, gen in gens.items():
         await until_every_worker(
             catalog,

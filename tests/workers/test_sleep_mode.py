@@ -205,3 +205,14 @@ def test_the_prefix_cache_is_reset_once_per_gen(
     client.set(key, "r1")
     wait_for(lambda: beat(h).get("prefix_cache_reset") == "r1")
     assert engine.block_manager.cached == {}
+
+
+def test_a_nudge_on_the_controls_channel_is_acted_on_before_the_next_poll(
+    engine: LLMEngine, make_worker: Any, client: redis.Redis
+) -> None:
+    h: Harness = make_worker(heartbeat_interval=10.0, heartbeat_ttl=60.0)
+    time.sleep(0.5)  # the controls thread has read the keys and waits for the next poll
+    client.set(h.names.sleep(h.model), SleepRequest(frozenset(PARTS), 1, "g1").encode())
+    client.publish(h.names.controls(h.model), "g1")
+    # Well inside the 10 s poll (and heartbeat) interval: read, slept and announced at once.
+    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == "g1", timeout=3.0)
