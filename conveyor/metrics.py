@@ -70,6 +70,10 @@ CACHE_INFO_LABELS = (
     "num_cpu_blocks",
 )
 
+# vLLM's sleep-mode gauge: one sample per state, 1 for the state the engine is in.
+ENGINE_SLEEP_STATE = "vllm:engine_sleep_state"
+SLEEP_STATES = ("awake", "weights_offloaded", "discard_all")
+
 FINISH_REASONS = ("stop", "length", "abort")
 
 GAUGES: dict[str, str] = {
@@ -198,6 +202,7 @@ class WorkerMetrics:
         self._histograms.update({name: _Histogram(token_buckets) for name in TOKEN_HISTOGRAMS})
         # vLLM's lora_requests_info labels and when they were set (LoRA engines only).
         self._lora_info: dict[str, Any] | None = None
+        self._sleep_state = "awake"
 
     def set_engine_state(
         self,
@@ -227,6 +232,15 @@ class WorkerMetrics:
             self._counters[NUM_PREEMPTIONS] = float(num_preemptions)
             self._counters[SPEC_DRAFT_TOKENS] = float(spec_draft_tokens)
             self._counters[SPEC_ACCEPTED_TOKENS] = float(spec_accepted_tokens)
+
+    def set_sleep_state(self, asleep: bool, level: int | None) -> None:
+        """Sleep mode: awake (serving), or asleep with the weights at `level` (1:
+        offloaded, 2: discarded; a KV cache asleep alone counts as neither, as in vLLM)."""
+        state = (
+            "awake" if not asleep else {1: SLEEP_STATES[1], 2: SLEEP_STATES[2]}.get(level or 0, "")
+        )
+        with self._lock:
+            self._sleep_state = state
 
     def engine_state(self) -> tuple[int, int, float]:
         """(running, waiting, kv_cache_usage) as last sampled, for the heartbeat."""
@@ -279,6 +293,7 @@ class WorkerMetrics:
                 },
                 "lora_info": dict(self._lora_info) if self._lora_info is not None else None,
                 "cache_info": self.cache_info,
+                "sleep_state": self._sleep_state,
             }
 
 
@@ -349,6 +364,7 @@ class WorkerMetricsCollector(Collector):
             CACHE_INFO_LABELS,
             lambda _: 1.0,
         )
+        yield self._sleep_gauge()
         docs = {**{name: spec.doc for name, spec in HISTOGRAMS.items()}, **TOKEN_HISTOGRAMS}
         for name, doc in docs.items():
             family = HistogramMetricFamily(name, doc, labels=LABELS)
@@ -359,6 +375,21 @@ class WorkerMetricsCollector(Collector):
                         _labels(snap), _cumulative(data["bounds"], data["counts"]), data["sum"]
                     )
             yield family
+
+    def _sleep_gauge(self) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(
+            ENGINE_SLEEP_STATE,
+            "Engine sleep state; awake = 0 means engine is sleeping; awake = 1 means engine "
+            "is awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means "
+            "sleep level 2.",
+            labels=[*LABELS, "sleep_state"],
+        )
+        for snap in self.live:
+            current = snap.get("sleep_state")
+            if isinstance(current, str):  # older workers' snapshots have none
+                for state in SLEEP_STATES:
+                    family.add_metric([*_labels(snap), state], float(state == current))
+        return family
 
     def _info_gauge(
         self,

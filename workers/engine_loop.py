@@ -88,8 +88,10 @@ class EngineLoop:
         drain_deadline: float | None = None
         while True:
             changed = self._run_tasks()
-            if self.sleep is not None:
-                changed |= self.sleep.converge(self._end_all_for_sleep)
+            if self.sleep is not None and self.sleep.converge(self._end_all_for_sleep):
+                self._sample_stats()  # the metrics' sleep state, in the beat announcing it
+                self.sleep.announce()
+                changed = True
             changed |= self._admit_queued()
             changed |= self._apply_aborts()
             changed |= self._expire_overdue()
@@ -285,6 +287,7 @@ class EngineLoop:
             self._sample_stats()
 
     def _sample_stats(self) -> None:
+        self.metrics.set_sleep_state(bool(self.engine.asleep), self.engine.sleep_level)
         s = self.engine.stats()
         self._sampled_counts = (s.num_running, s.num_waiting)
         if self.stats_log is not None:

@@ -70,9 +70,9 @@ class SleepControl:
         return self.refuses and self.peers_awake
 
     def converge(self, end_requests: Callable[[], None]) -> bool:
-        """Engine thread, between steps: act on the target once the engine can; True if
-        the engine changed. `end_requests` ends every request the engine holds with an
-        error (a sleep with mode abort)."""
+        """Engine thread, between steps: act on the target once the engine can; True once
+        it did (the caller samples the engine's state, then `announce`s it). `end_requests`
+        ends every request the engine holds with an error (a sleep with mode abort)."""
         target = self._target
         if target is None or target.gen == self.state.gen:
             return False
@@ -100,5 +100,4 @@ class SleepControl:
             logger.exception("sleep mode: could not reach %s", sorted(target.asleep) or "awake")
             error = f"{type(exc).__name__}: {exc}"
         self.state = SleepState(target.gen, engine.asleep, engine.sleep_level, error)
-        self.announce()
-        return bool(to_sleep or to_wake)
+        return True

@@ -164,3 +164,26 @@ def test_token_histograms_take_vllms_one_two_five_buckets() -> None:
     assert m.one_two_five_buckets(1) == (1,)
     snap = WorkerMetrics("smol", "w", max_model_len=8192).snapshot()["histograms"]
     assert snap[m.REQUEST_PROMPT_TOKENS]["bounds"][-1] == 5000
+
+
+def test_sleep_mode_is_vllms_engine_sleep_state() -> None:
+    """awake, weights_offloaded (level 1) or discard_all (level 2): 1 for the state the
+    engine is in, 0 for the others; a worker's snapshot from before it has no samples."""
+    awake, level1, level2, kv_only, old = (WorkerMetrics("smol", f"w{i}") for i in range(5))
+    level1.set_sleep_state(True, 1)
+    level2.set_sleep_state(True, 2)
+    kv_only.set_sleep_state(True, None)  # its weights woken, its KV cache not yet
+    snapshots = [json.loads(json.dumps(w.snapshot())) for w in (awake, level1, level2, kv_only)]
+    snapshots.append({k: v for k, v in old.snapshot().items() if k != "sleep_state"})
+    got = samples(render_worker_metrics(snapshots))
+
+    def state(worker: str) -> dict[str, float]:
+        return {
+            s: got[(m.ENGINE_SLEEP_STATE, labels(worker, sleep_state=s))] for s in m.SLEEP_STATES
+        }
+
+    assert state("w0") == {"awake": 1.0, "weights_offloaded": 0.0, "discard_all": 0.0}
+    assert state("w1") == {"awake": 0.0, "weights_offloaded": 1.0, "discard_all": 0.0}
+    assert state("w2") == {"awake": 0.0, "weights_offloaded": 0.0, "discard_all": 1.0}
+    assert state("w3") == {"awake": 0.0, "weights_offloaded": 0.0, "discard_all": 0.0}
+    assert not [k for k in got if k[0] == m.ENGINE_SLEEP_STATE and ("worker", "w4") in k[1]]

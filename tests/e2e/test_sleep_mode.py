@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import serving
 
@@ -46,6 +47,15 @@ def is_sleeping(http: httpx.Client) -> bool:
     return reply.json()["is_sleeping"]
 
 
+def sleep_states(http: httpx.Client) -> dict[str, float]:
+    """vllm:engine_sleep_state of the one worker, by state."""
+    found = {}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        if family.name == "vllm:engine_sleep_state":
+            found.update({s.labels["sleep_state"]: s.value for s in family.samples})
+    return found
+
+
 def refused(sdk: openai.OpenAI) -> openai.APIStatusError:
     with pytest.raises(openai.APIStatusError) as caught:
         answer(sdk)
@@ -61,6 +71,11 @@ def test_a_sleeping_model_refuses_generation_and_wakes_to_the_same_answers(
     assert not is_sleeping(http)
     assert http.post("/sleep", params={"level": level}).status_code == 200
     assert is_sleeping(http)
+    assert sleep_states(http) == {
+        "awake": 0.0,
+        "weights_offloaded": float(level == 1),
+        "discard_all": float(level == 2),
+    }
     error = refused(sdk)
     assert error.status_code == 503
     assert error.body["code"] == "model_sleeping"  # type: ignore[index]
@@ -69,6 +84,7 @@ def test_a_sleeping_model_refuses_generation_and_wakes_to_the_same_answers(
     assert http.post("/tokenize", json={"model": MODEL, "prompt": "hi"}).status_code == 200
     assert http.post("/wake_up").status_code == 200
     assert not is_sleeping(http)
+    assert sleep_states(http)["awake"] == 1.0
     assert answer(sdk) == before
 
 
