@@ -225,3 +225,34 @@ def test_a_wake_that_fails_partway_frees_what_it_put_back_and_can_be_tried_again
     sleep._host[bias_key] = kept
     sleep._copy_to_device()
     assert all(torch.equal(t, before[name]) for name, t in weight_tensors(model))
+
+
+@pytest.mark.parametrize("family", ["gemma3", "gpt_oss"])
+def test_models_with_more_kinds_of_tensors_wake_to_the_same_answers(
+    make_random_model: Callable[[str], Path], family: str
+) -> None:
+    """Local rotary tables (Gemma 3), attention sinks and MoE experts (gpt-oss): each is
+    put away and rebuilt from the checkpoint by name."""
+    llm = LLM(str(make_random_model(family)), num_kv_blocks=160, block_size=4)
+    before = _answers(llm)
+    llm.engine.sleep(2)
+    assert _weights_numel(llm) == 0
+    llm.engine.wake_up()
+    assert _answers(llm) == before
+
+
+def test_a_classifier_wakes_to_the_same_scores(tmp_path: Path) -> None:
+    from tests.encoder_models import make_encoder
+
+    make_encoder(tmp_path / "bert", "BertForSequenceClassification", num_labels=2)
+    llm = LLM(str(tmp_path / "bert"))
+    prompts = ["the cat sat", "a dog ran far away"]
+
+    def scores() -> list[list[float]]:
+        return [result.probs for result in llm.classify(prompts)]
+
+    before = scores()
+    llm.engine.sleep(2)
+    assert _weights_numel(llm) == 0
+    llm.engine.wake_up()
+    assert scores() == before
