@@ -232,6 +232,19 @@ class LLM:
         prompts = [self.tokenizer.apply_chat_template(c) for c in conversations]  # type: ignore[arg-type]
         return self.generate(prompts, params)
 
+    def sleep(self, level: int = 1) -> None:
+        """vLLM's `LLM.sleep`: free the KV cache and put the weights away (level 1: to
+        host memory; level 2: dropped, read from the checkpoint again on waking)."""
+        self.engine.sleep(level)
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """vLLM's `LLM.wake_up`: bring back "weights" and/or "kv_cache" (all when None)."""
+        self.engine.wake_up(tags)
+
+    def reset_prefix_cache(self) -> None:
+        """vLLM's `LLM.reset_prefix_cache`: later prompts compute their KV afresh."""
+        self.engine.reset_prefix_cache()
+
 
 def greedy(max_tokens: int, **kwargs: object) -> SamplingParams:
     """Shorthand used by tests and benchmarks: temperature 0, at most `max_tokens`."""

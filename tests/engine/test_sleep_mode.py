@@ -54,13 +54,14 @@ def test_a_woken_engine_answers_as_before(model_dir: Path, level: int) -> None:
 
 
 def test_the_prefix_cache_starts_empty_after_waking(model_dir: Path) -> None:
+    """Through the LLM's own names for them, as vLLM's LLM has them."""
     llm = LLM(str(model_dir), num_kv_blocks=160, block_size=4)
     before = _answers(llm)
     _answers(llm)
     hits = llm.engine.stats().prefix_cache_hits
     assert hits > 0  # the second round read the first one's blocks
-    llm.engine.sleep(1)
-    llm.engine.wake_up()
+    llm.sleep(1)
+    llm.wake_up()
     assert llm.engine.block_manager.cached == {}
     assert _answers(llm) == before
     assert llm.engine.stats().prefix_cache_hits == hits  # zeroed KV was never read
@@ -256,3 +257,14 @@ def test_a_classifier_wakes_to_the_same_scores(tmp_path: Path) -> None:
     assert _weights_numel(llm) == 0
     llm.engine.wake_up()
     assert scores() == before
+
+
+def test_reset_prefix_cache_makes_the_next_prompt_cold(model_dir: Path) -> None:
+    llm = LLM(str(model_dir), num_kv_blocks=160, block_size=4)
+    _answers(llm)
+    hits = llm.engine.stats().prefix_cache_hits
+    llm.reset_prefix_cache()
+    _answers(llm)
+    assert llm.engine.stats().prefix_cache_hits == hits
+    _answers(llm)
+    assert llm.engine.stats().prefix_cache_hits > hits  # and it caches again
