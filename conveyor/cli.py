@@ -506,7 +506,8 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="POST /sleep, POST /wake_up and GET /is_sleeping: free the device's memory "
-        "while the model is idle (vLLM's sleep mode)",
+        "while the model is idle (vLLM's sleep mode; development endpoints, served with "
+        "CONVEYOR_SERVER_DEV_MODE=1 or vLLM's VLLM_SERVER_DEV_MODE=1)",
     )
     parser.add_argument(
         "--enable-reasoning",

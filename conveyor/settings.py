@@ -232,13 +232,14 @@ class Settings(BaseSettings):
     enable_sleep_mode: bool = Field(
         default=False,
         description="enable POST /sleep, POST /wake_up and GET /is_sleeping (vLLM's sleep "
-        "mode: free the device's memory while the model is idle)",
+        "mode: free the device's memory while the model is idle); with server_dev_mode, "
+        "as in vLLM",
     )
     server_dev_mode: bool = Field(
         default=False,
         validation_alias=AliasChoices("CONVEYOR_SERVER_DEV_MODE", "VLLM_SERVER_DEV_MODE"),
-        description="enable vLLM's development endpoints: POST /reset_prefix_cache (vLLM's "
-        "VLLM_SERVER_DEV_MODE is read too)",
+        description="enable vLLM's development endpoints: POST /reset_prefix_cache, and "
+        "sleep mode's with enable_sleep_mode (vLLM's VLLM_SERVER_DEV_MODE is read too)",
     )
     max_cpu_loras: int | None = Field(
         default=None,
