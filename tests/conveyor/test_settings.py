@@ -553,3 +553,31 @@ def test_a_bad_value_from_the_environment_is_named_by_its_variable(
     monkeypatch.delenv("VLLM_API_KEY")
     assert main(["serve", "--port", "70000"]) == 2  # the flag wins, and is named
     assert capsys.readouterr().err.startswith("conveyor: error: --port: ")
+
+
+def test_sleep_mode_is_vllms_flag_and_dev_mode_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--enable-sleep-mode on any command; dev mode from our variable or vLLM's (empty:
+    off); both reach the processes `conveyor serve` starts."""
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["api"])).enable_sleep_mode is False
+    flagged = settings_from_args(parser.parse_args(["serve", "--enable-sleep-mode"]))
+    assert flagged.enable_sleep_mode is True and flagged.server_dev_mode is False
+    for name, value, on in [
+        ("VLLM_SERVER_DEV_MODE", "1", True),
+        ("VLLM_SERVER_DEV_MODE", "", False),
+        ("CONVEYOR_SERVER_DEV_MODE", "true", True),
+    ]:
+        with monkeypatch.context() as env:
+            env.delenv("VLLM_SERVER_DEV_MODE", raising=False)
+            env.delenv("CONVEYOR_SERVER_DEV_MODE", raising=False)
+            env.setenv(name, value)
+            settings = settings_from_args(parser.parse_args(["serve", "--enable-sleep-mode"]))
+            assert settings.server_dev_mode is on, (name, value)
+            if on:  # a child sees only what the supervisor hands it
+                env.delenv(name)
+                for key, child_value in settings_env(settings).items():
+                    env.setenv(key, child_value)
+                child = Settings()
+                assert (child.enable_sleep_mode, child.server_dev_mode) == (True, True)
