@@ -134,6 +134,19 @@ class DecodeGraphs:
                 time.perf_counter() - started,
             )
 
+    def record_or_release(self) -> bool:
+        """`record`, or on failure say so loudly, drop whatever was recorded and return
+        False: serving eagerly beats not serving (at start-up and on waking from sleep)."""
+        try:
+            self.record()
+        except Exception:
+            logger.exception("recording decode CUDA graphs failed; running decodes eagerly")
+            self.release()
+            if self.input_ids.is_cuda:
+                torch.cuda.synchronize(self.input_ids.device)
+            return False
+        return True
+
     def release(self) -> None:
         """Drop the recorded graphs and their memory pool (sleep mode frees the memory they
         point at; `record` makes them again). Until then decodes run eagerly."""

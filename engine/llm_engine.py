@@ -246,13 +246,8 @@ class LLMEngine:
                 self.device,
                 capture=True,
             )
-            try:
-                decode_graphs.record()
-            except Exception:
-                # Serving eagerly beats not serving: say so loudly and go on without them.
-                logger.exception("recording decode CUDA graphs failed; running decodes eagerly")
-                decode_graphs = None
-                torch.cuda.synchronize(self.device)
+            if not decode_graphs.record_or_release():
+                decode_graphs = None  # every decode through the runner's eager path
         self.runner = ModelRunner(
             model,
             kv_caches,
@@ -772,7 +767,7 @@ class LLMEngine:
     @property
     def sleep_level(self) -> int | None:
         """The level the weights sleep at (None: awake)."""
-        return self._sleep_mode.level
+        return self._sleep_mode.weights_level
 
     def sleep(self, level: int = 1) -> None:
         """Free the KV cache and put the weights away (level 1: to host memory; level 2:

@@ -16,8 +16,9 @@ Every tensor keeps its Python identity (`tensor.data = ...` swaps its memory),
 so whatever holds it (layers, the runner's cache list, the CUDA graphs' views)
 sees the new memory without being told. The recorded decode CUDA graphs point
 at the old addresses: they are released on sleep and recorded again once both
-parts are awake. LoRA adapters' tensors (`Linear.lora`, not modules) are left
-where they are, so adapters can be loaded and unloaded meanwhile.
+parts are awake (a recording that fails decodes eagerly, as at start-up).
+LoRA adapters' tensors (`Linear.lora`, not modules) are left where they are,
+so adapters can be loaded and unloaded meanwhile.
 """
 
 from __future__ import annotations
@@ -109,10 +110,6 @@ class SleepMode:
         parts = {WEIGHTS} if self.weights_level is not None else set()
         return frozenset(parts | ({KV_CACHE} if self.kv_asleep else set()))
 
-    @property
-    def level(self) -> int | None:
-        return self.weights_level
-
     def sleep(self, level: int) -> None:
         """Free both parts (the engine must hold no request). A part already asleep stays
         as it is; asking for level 2 over level 1's sleep drops the host copies too."""
@@ -200,7 +197,7 @@ class SleepMode:
                 values.data = zeroed_kv_tensor(self._kv_shape, self._kv_dtype, self.device)
             self.kv_asleep = False
         if not self.asleep and self.decode_graphs is not None:
-            self._record_graphs(self.decode_graphs)
+            self.decode_graphs.record_or_release()
         logger.info(
             "woke %s in %.2f s%s",
             " and ".join(sorted(wanted)),
@@ -250,16 +247,6 @@ class SleepMode:
             raise RuntimeError(f"the reloaded model differs from the one asleep: {missing}")
         for name, tensor in ours.items():
             tensor.data = theirs[name].data
-
-    def _record_graphs(self, graphs: DecodeGraphs) -> None:
-        """As at start-up: serving eagerly beats not serving."""
-        try:
-            graphs.record()
-        except Exception:
-            logger.exception("recording decode CUDA graphs again failed; decoding eagerly")
-            graphs.release()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
 
     def _release_graphs(self) -> None:
         if self.decode_graphs is not None:

@@ -40,3 +40,30 @@ def test_the_torch_backend_cannot_run_from_static_buffers() -> None:
     assert not supports_graphs(backend)
     with pytest.raises(ValueError, match="static buffers"):
         DecodeGraphs(torch.nn.Identity(), [], backend, 4, 64, 16, torch.device("cpu"), False)
+
+
+def test_a_recording_that_fails_is_dropped_and_decodes_run_eagerly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class StaticBackend:
+        name = "static"
+
+        def graph_metadata(self, *args: object) -> None:
+            return None
+
+        def graph_context_caps(self, max_model_len: int) -> list[int]:
+            return [max_model_len]
+
+    graphs = DecodeGraphs(
+        torch.nn.Identity(), [], StaticBackend(), 2, 16, 4, torch.device("cpu"), False
+    )
+    graphs._graphs[1, 16] = "recorded before it failed"  # type: ignore[assignment]
+
+    def fails() -> None:
+        raise RuntimeError("capture failed")
+
+    monkeypatch.setattr(graphs, "record", fails)
+    assert graphs.record_or_release() is False
+    assert graphs._graphs == {} and graphs._outputs == {}
+    monkeypatch.setattr(graphs, "record", lambda: None)
+    assert graphs.record_or_release() is True

@@ -159,8 +159,9 @@ class _Graphs:
     def release(self) -> None:
         self.calls.append("release")
 
-    def record(self) -> None:
+    def record_or_release(self) -> bool:
         self.calls.append("record")
+        return True
 
 
 def test_decode_graphs_are_released_and_recorded_again_once_all_is_awake() -> None:
