@@ -5,7 +5,8 @@ Such a call writes a desired state (a Redis key holding the call's gen,
 conveyor/rollout_gen.py) that every worker of the model converges on, a worker
 started later included, and announces in its heartbeat; so a 200 means it
 holds everywhere now (or a later call's change does). The write is a
-read-modify-write under WATCH, so two calls at once cannot lose one's change.
+read-modify-write under WATCH, so two calls at once cannot lose one's change,
+and a nudge on the model's controls channel makes workers read it at once.
 A worker's reported failure is the call's 500; past the timeout the call
 answers 504 and the change stays asked for.
 """
@@ -20,8 +21,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-from api.catalog import ModelCatalog
+from api.catalog import LiveModel, ModelCatalog
 from api.errors import ApiError
+from conveyor.bus import BusNames
+from conveyor.rollout_gen import covers
 
 _POLL = 0.1
 
@@ -41,12 +44,50 @@ async def base_models(catalog: ModelCatalog, model: str | None) -> list[str]:
                 headers={"Retry-After": "5"},
             )
         return bases
-    found = live.get((await catalog.aliases(max_age=0)).get(model, model))
+    return [named_base_model(live, await catalog.aliases(max_age=0), model)]
+
+
+def named_base_model(live: dict[str, LiveModel], aliases: dict[str, str], model: str) -> str:
+    """The served model `model` names (by any of its names), or a 404: an adapter or a
+    model without a live worker is no model an operator call can change."""
+    model = aliases.get(model, model)
+    found = live.get(model)
     if found is None or found.parent is not None:
         raise ApiError(
             404, f"The model `{model}` does not exist", param="model", code="model_not_found"
         )
-    return [found.name]
+    return model
+
+
+async def roll_out(
+    catalog: ModelCatalog,
+    redis: Redis,
+    names: BusNames,
+    targets: list[str],
+    key: Callable[[str], str],
+    update: Callable[[str | None], tuple[str, str]],
+    reached: Callable[[Beat], object],
+    what: str,
+    timeout: float,
+    error: Callable[[Beat], str | None] = lambda _: None,
+) -> None:
+    """Advance each target model's `key` (`update` of its value: the new value and its
+    gen), nudge its workers on the model's controls channel, then wait until every live
+    worker of each reports (`reached`) that gen or a later one. A worker whose report is
+    this very gen with an `error` fails the call."""
+    gens = {}
+    for name in targets:
+        gens[name] = await advance(redis, key(name), update)
+        await redis.publish(names.controls(name), gens[name])
+    for name, gen in gens.items():
+        await until_every_worker(
+            catalog,
+            name,
+            reached=lambda w, gen=gen: covers(reached(w), gen),
+            failure=lambda w, gen=gen: error(w) if reached(w) == gen else None,
+            what=what,
+            timeout=timeout,
+        )
 
 
 async def advance(redis: Redis, key: str, update: Callable[[str | None], tuple[str, str]]) -> str:

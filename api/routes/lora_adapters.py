@@ -31,6 +31,7 @@ from api.catalog import LiveModel
 from api.deps import CatalogDep, NamesDep, RedisDep, json_body
 from api.errors import ApiError
 from api.schemas.lora_adapters import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
+from api.worker_rollout import named_base_model
 from conveyor.bus import KNOWN_NAME_TTL_SECONDS
 from conveyor.runtime_lora import RuntimeLoRA
 
@@ -187,13 +188,7 @@ def _base_model(live: dict[str, LiveModel], aliases: dict[str, str], model: str 
     """The served model an adapter belongs to: the one named (by any of its names), or
     the only one."""
     if model is not None:
-        model = aliases.get(model, model)
-        found = live.get(model)
-        if found is None or found.parent is not None:
-            raise ApiError(
-                404, f"The model `{model}` does not exist", param="model", code="model_not_found"
-            )
-        return model
+        return named_base_model(live, aliases, model)
     bases = [m.name for m in live.values() if m.parent is None]
     if len(bases) != 1:
         raise ApiError(

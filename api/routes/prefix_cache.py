@@ -18,8 +18,8 @@ from fastapi.responses import Response
 
 from api.auth import authorize_operator
 from api.deps import CatalogDep, NamesDep, RedisDep
-from api.worker_rollout import advance, base_models, until_every_worker
-from conveyor.rollout_gen import covers, next_gen
+from api.worker_rollout import base_models, roll_out
+from conveyor.rollout_gen import next_gen
 
 RESET_TIMEOUT = 60.0
 
@@ -33,20 +33,15 @@ async def reset_prefix_cache(
     names: NamesDep,
     model: Annotated[str | None, Query()] = None,
 ) -> Response:
-    targets = await base_models(catalog, model)
-    gens = {}
-    for name in targets:
-        gens[name] = await advance(
-            redis, names.prefix_cache_reset(name), lambda raw: (gen := next_gen(raw), gen)
-        )
-        await redis.publish(names.controls(name), gens[name])
-    for name, gen in gens.items():
-        await until_every_worker(
-            catalog,
-            name,
-            reached=lambda w, gen=gen: covers(w.get("prefix_cache_reset"), gen),
-            failure=lambda _: None,
-            what="reset the prefix cache",
-            timeout=RESET_TIMEOUT,
-        )
+    await roll_out(
+        catalog,
+        redis,
+        names,
+        await base_models(catalog, model),
+        key=names.prefix_cache_reset,
+        update=lambda raw: (gen := next_gen(raw), gen),
+        reached=lambda w: w.get("prefix_cache_reset"),
+        what="reset the prefix cache",
+        timeout=RESET_TIMEOUT,
+    )
     return Response(status_code=200)

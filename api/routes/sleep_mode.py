@@ -1,22 +1,23 @@
 """vLLM's sleep mode: POST /sleep, POST /wake_up and GET /is_sleeping.
 
-Mounted with --enable-sleep-mode. For an RLHF loop or a shared GPU: `/sleep`
-frees the device's memory without stopping the server (level 1 keeps the
-weights in host memory for a fast wake; level 2 drops them, and waking reads
-the checkpoint again), `/wake_up` brings it back, `?tags=weights` or
-`?tags=kv_cache` one part at a time. Each call names a model with `?model=`
-or applies to every served one, writes the model's `sleep` key, and answers
-once every live worker announces the state (engines finish the requests they
-hold before sleeping). While asleep, requests that need the model get 503
-`model_sleeping`; /v1/models, /tokenize and the like go on. A worker started
-meanwhile joins asleep. With tenancy on (--admin-key), only the admin key may
-call these.
+Mounted with --enable-sleep-mode and development mode (CONVEYOR_SERVER_DEV_MODE
+or vLLM's VLLM_SERVER_DEV_MODE), as in vLLM. For an RLHF loop or a shared GPU:
+`/sleep` frees the device's memory without stopping the server (level 1 keeps
+the weights in host memory for a fast wake; level 2 drops them, and waking
+reads the checkpoint again; requests running then end with a 503, or finish
+first with `mode=wait`), `/wake_up` brings it back, `?tags=weights` or
+`?tags=kv_cache` one part at a time. Each call names a model with `?model=` or
+applies to every served one, writes the model's `sleep` key and answers once
+every live worker announces the state (api/worker_rollout.py). While asleep,
+requests that need the model get 503 `model_sleeping`; /v1/models, /tokenize
+and the like go on. A worker started meanwhile joins asleep. With tenancy on
+(--admin-key), only the admin key may call these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response
@@ -24,8 +25,8 @@ from fastapi.responses import JSONResponse, Response
 from api.auth import authorize_operator
 from api.deps import CatalogDep, NamesDep, RedisDep
 from api.errors import ApiError
-from api.worker_rollout import Beat, advance, base_models, until_every_worker
-from conveyor.rollout_gen import covers, next_gen
+from api.worker_rollout import Beat, base_models, roll_out
+from conveyor.rollout_gen import next_gen
 from conveyor.sleep_request import MODES, PARTS, SleepRequest
 
 # Level 1 copies the weights to host memory and level 2's wake reads the checkpoint again:
@@ -113,31 +114,28 @@ async def _ask(
 ) -> None:
     """Write each model's new state (`change` of its current one, under its next gen), then
     wait for every worker of each to reach it (or a later call's)."""
-    gens = {}
-    for name in targets:
 
-        def update(raw: str | None) -> tuple[str, str]:
-            current = SleepRequest.decode(raw)
-            gen = next_gen(current.gen if current is not None else None)
-            asleep, level, mode = change(current)
-            return SleepRequest(asleep, level, gen, mode).encode(), gen
+    def update(raw: str | None) -> tuple[str, str]:
+        current = SleepRequest.decode(raw)
+        gen = next_gen(current.gen if current is not None else None)
+        asleep, level, mode = change(current)
+        return SleepRequest(asleep, level, gen, mode).encode(), gen
 
-        gens[name] = await advance(redis, names.sleep(name), update)
-        await redis.publish(names.controls(name), gens[name])
-    for name, gen in gens.items():
-        await until_every_worker(
-            catalog,
-            name,
-            reached=lambda w, gen=gen: covers(_state(w).get("gen"), gen),
-            failure=lambda w, gen=gen: (
-                _state(w).get("error") if _state(w).get("gen") == gen else None
-            ),
-            what="reach the sleep state asked for",
-            timeout=SLEEP_TIMEOUT,
-        )
+    await roll_out(
+        catalog,
+        redis,
+        names,
+        targets,
+        key=names.sleep,
+        update=update,
+        reached=lambda w: _state(w).get("gen"),
+        error=lambda w: _state(w).get("error"),
+        what="reach the sleep state asked for",
+        timeout=SLEEP_TIMEOUT,
+    )
 
 
-def _state(worker: Beat) -> dict[str, object]:
+def _state(worker: Beat) -> dict[str, Any]:
     state = worker.get("sleep")
     return state if isinstance(state, dict) else {}
 

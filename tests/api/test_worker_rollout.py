@@ -4,6 +4,7 @@ worker's failure is a 500 naming it, and past the timeout a 504."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
@@ -109,3 +110,49 @@ def test_advance_loses_no_change_when_calls_overlap(redis_url: str) -> None:
     final, gens = asyncio.run(run())
     assert final == "10"
     assert sorted(gens) == sorted(f"gen-{i}" for i in range(1, 11))
+
+
+def test_roll_out_writes_nudges_and_answers_with_the_workers_report(redis_url: str) -> None:
+    """The gen written is the one workers are waited for; their error for exactly that gen
+    is the call's 500."""
+    from redis.asyncio import Redis
+
+    from api.worker_rollout import roll_out
+    from conveyor.bus import BusNames
+    from conveyor.rollout_gen import next_gen
+
+    names = BusNames(prefix=f"rollout-{uuid.uuid4().hex[:8]}")
+
+    async def run(report: dict[str, Any]) -> tuple[str | None, list[str]]:
+        client = Redis.from_url(redis_url, decode_responses=True)
+        nudges = client.pubsub()
+        await nudges.subscribe(names.controls("m"))
+        key = names.prefix_cache_reset("m")
+        try:
+            await client.set(key, "epoch:4")
+            await roll_out(
+                Catalog(live(report)),  # type: ignore[arg-type]
+                client,
+                names,
+                ["m"],
+                key=names.prefix_cache_reset,
+                update=lambda raw: (gen := next_gen(raw), gen),
+                reached=lambda w: w.get("gen"),
+                error=lambda w: w.get("error"),
+                what="do it",
+                timeout=1.0,
+            )
+            seen = []
+            while (message := await nudges.get_message(timeout=0.2)) is not None:
+                if message["type"] == "message":
+                    seen.append(message["data"])
+            return await client.get(key), seen
+        finally:
+            await nudges.aclose()
+            await client.aclose()
+
+    # Written and nudged; a worker at a later gen has done it too.
+    assert asyncio.run(run({"gen": "epoch:6"})) == ("epoch:5", ["epoch:5"])
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(run({"gen": "epoch:5", "error": "no memory", "instance": "w1"}))
+    assert caught.value.status == 500 and "no memory (worker w1)" in caught.value.message
