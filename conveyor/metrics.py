@@ -236,9 +236,7 @@ class WorkerMetrics:
     def set_sleep_state(self, asleep: bool, level: int | None) -> None:
         """Sleep mode: awake (serving), or asleep with the weights at `level` (1:
         offloaded, 2: discarded; a KV cache asleep alone counts as neither, as in vLLM)."""
-        state = (
-            "awake" if not asleep else {1: SLEEP_STATES[1], 2: SLEEP_STATES[2]}.get(level or 0, "")
-        )
+        state = "awake" if not asleep else SLEEP_STATES[level] if level in (1, 2) else ""
         with self._lock:
             self._sleep_state = state
 

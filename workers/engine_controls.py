@@ -5,12 +5,11 @@ keys (conveyor/bus.py: `sleep`, `prefix_cache_reset`) and publish a nudge on
 its `controls` channel; every worker of the model, one started later included,
 converges on them here: at once when nudged, and once per heartbeat interval
 anyway (a nudge lost with a dropped subscription delays a change, never loses
-it). Sleep requests go
-to the engine loop's SleepControl (with whether a peer is awake, so a refusing
-worker leaves the stream to it); a new
-prefix-cache reset gen runs on the engine thread between two steps. The
-heartbeat announces what was reached, and is asked to beat at once so the
-API's call, which waits for every worker, answers without a beat's delay.
+it). Sleep requests go to the engine loop's SleepControl (with whether a peer
+is awake, so a refusing worker leaves the stream to it); a new prefix-cache
+reset gen runs on the engine thread between two steps. The heartbeat announces
+what was reached, and is asked to beat at once so the API's call, which waits
+for every worker, answers without a beat's delay.
 """
 
 from __future__ import annotations
@@ -51,7 +50,7 @@ class EngineControls:
         names: BusNames,
         model: str,
         instance: str,
-        sleep: SleepControl | None,
+        sleep: SleepControl,
         call_soon: Callable[[Task], None],
         beat_now: Callable[[], None],
         interval: float,
@@ -69,7 +68,6 @@ class EngineControls:
         # The reset gen the engine has reached, for the heartbeat (None: none asked yet).
         self.prefix_cache_reset_gen: str | None = None
         self._reset_asked: str | None = None
-        self._sleep_seen: SleepRequest | None = None
 
     def converge_now(self) -> None:
         """Read the keys once before the worker announces itself. A reset asked before
@@ -107,12 +105,8 @@ class EngineControls:
 
     def _read(self, starting: bool) -> None:
         raw_sleep, reset_gen = self.client.mget(self.keys)
-        if self.sleep is not None:
-            request = SleepRequest.decode(raw_sleep)
-            if request != self._sleep_seen:
-                self._sleep_seen = request
-                self.sleep.want(request)
-            self.sleep.peers_awake = self.sleep.refuses and self._a_peer_is_awake()
+        self.sleep.want(SleepRequest.decode(raw_sleep))  # acts only on a change
+        self.sleep.peers_awake = self.sleep.refuses and self._a_peer_is_awake()
         if reset_gen is not None and reset_gen != self._reset_asked:
             self._reset_asked = reset_gen
             if starting:

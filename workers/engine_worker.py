@@ -109,7 +109,8 @@ class EngineWorker:
             else StatsLogger(instance, self.metrics.token_counts, settings.log_stats_interval)
         )
         # Sleep mode: every worker honours it (the API mounts /sleep with
-        # --enable-sleep-mode), so one deployed without the flag never holds a call up.
+        # --enable-sleep-mode and dev mode), so one deployed without them never holds a
+        # call up.
         self.sleep = SleepControl(engine, announce=lambda: self.heartbeat.beat_soon())
         self.loop = EngineLoop(
             engine, self.inflight, self.publisher, self.metrics, work, stats_log, self.sleep
