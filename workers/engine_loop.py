@@ -46,11 +46,11 @@ class EngineLoop:
         publisher: Publisher,
         metrics: WorkerMetrics,
         work: queue.Queue[Ticket],
+        sleep: SleepControl,
         stats_log: StatsLogger | None = None,
-        sleep: SleepControl | None = None,
     ) -> None:
         self.engine = engine
-        # Sleep mode (POST /sleep, /wake_up): None in an engine loop that never sleeps.
+        # Sleep mode (POST /sleep, /wake_up): what the engine is asked to be, and when.
         self.sleep = sleep
         self.stats_log = stats_log
         self.inflight = inflight
@@ -88,7 +88,7 @@ class EngineLoop:
         drain_deadline: float | None = None
         while True:
             changed = self._run_tasks()
-            if self.sleep is not None and self.sleep.converge(self._end_all_for_sleep):
+            if self.sleep.converge(self._end_all_for_sleep):
                 self._sample_stats()  # the metrics' sleep state, in the beat announcing it
                 self.sleep.announce()
                 changed = True
@@ -149,7 +149,7 @@ class EngineLoop:
             self.publisher.put(Aborted(ticket))
             return
         assert ticket.params is not None  # intake only queues validated tickets
-        if self.sleep is not None and self.sleep.refuses:
+        if self.sleep.refuses:
             self.publisher.put(Failed(ticket, model_sleeping(self.engine.model_name)))
             return
         if request.lora is not None and request.lora not in self.engine.lora_names:

@@ -113,7 +113,7 @@ class EngineWorker:
         # call up.
         self.sleep = SleepControl(engine, announce=lambda: self.heartbeat.beat_soon())
         self.loop = EngineLoop(
-            engine, self.inflight, self.publisher, self.metrics, work, stats_log, self.sleep
+            engine, self.inflight, self.publisher, self.metrics, work, self.sleep, stats_log
         )
         aliases = served_aliases(settings, engine.model_name)
         self.announcer = Announcer(
