@@ -323,12 +323,17 @@ def _turn_starts(messages: list[Any]) -> list[int]:
 
 
 def chat_message(
-    text: str, finish_reason: str | None, forced: ForcedToolCall | None, parser: str | None
+    text: str,
+    finish_reason: str | None,
+    forced: ForcedToolCall | None,
+    parser: str | None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[ChatResponseMessage, str | None]:
     """The assistant message and finish_reason of one choice's text; `parser` names the
-    tool-call parser that reads it when the model chooses ("auto"), else None."""
+    tool-call parser that reads it when the model chooses ("auto"), else None; `tools`
+    are the request's (some parsers type arguments by their schemas)."""
     if parser is not None:
-        parsed = parse_tool_calls(parser, text)
+        parsed = parse_tool_calls(parser, text, tools)
         if not parsed.tool_calls:
             return ChatResponseMessage(content=text), finish_reason
         finish = "tool_calls" if finish_reason == "stop" else finish_reason
@@ -454,7 +459,7 @@ class ChatGeneration:
                 calls = self.auto_parser is not None
                 reasoning, text = split_reasoning(text, self.think_start, calls)
             message, finish_reason = chat_message(
-                text, choice.finish_reason, forced, self.auto_parser
+                text, choice.finish_reason, forced, self.auto_parser, body.tools
             )
             message = self._with_call_ids(message).model_copy(update={"role": self.role})
             if self.echoed:
@@ -627,7 +632,9 @@ class ChatGeneration:
                             fields, finish_reason = stream.delta(text, delta.finish_reason)
                         else:
                             if delta.index not in parsers:
-                                parsers[delta.index] = new_tool_parser(self.auto_parser or "")
+                                parsers[delta.index] = new_tool_parser(
+                                    self.auto_parser or "", body.tools
+                                )
                             parser = parsers[delta.index]
                             fields, called = parser.feed(text, finish_reason is not None)
                             if called and finish_reason == "stop":

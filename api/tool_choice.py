@@ -143,6 +143,12 @@ def _hoist_definitions(
     return body
 
 
+def function_parameters(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """name -> parameters schema of each offered function (none: empty), for parsers
+    that type a model's arguments by them; 400s for malformed tools."""
+    return _functions(tools) if tools else {}
+
+
 def _functions(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """name -> parameters schema, checking the tools' shape as OpenAI does."""
     if not tools:

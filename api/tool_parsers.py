@@ -13,10 +13,14 @@ its trained syntax, so each model family needs a parser (vLLM's
 - "mistral" (`api/mistral_tool_parser.py`): calls after the `[TOOL_CALLS]` token
   (Mistral 7B v0.3's JSON list, and v11+'s `name[ARGS]{...}`);
 - "openai" (`api/openai_tool_parser.py`): gpt-oss's harmony messages to
-  `functions.NAME`.
+  `functions.NAME`;
+- "qwen3_coder" (`api/qwen3_coder_tool_parser.py`; vLLM's "qwen3_xml" names the
+  same format): `<function=NAME><parameter=KEY>` calls (Qwen3-Coder), whose bare
+  text arguments are typed by the request's tool schemas.
 
 Each is a stream (`feed(text, final) -> (delta fields, called)`); the whole
-answer is the same stream fed once, so both read a text the same way.
+answer is the same stream fed once, so both read a text the same way. A parser
+that types arguments by the tools (`reads_tool_schemas`) is built with them.
 """
 
 from __future__ import annotations
@@ -29,19 +33,23 @@ from api.llama3_tool_parser import Llama3JsonStream
 from api.mistral_tool_parser import MistralStream
 from api.openai_tool_parser import OpenAIToolStream
 from api.pythonic_tool_parser import PythonicStream
+from api.qwen3_coder_tool_parser import Qwen3CoderStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
+from api.tool_choice import function_parameters
 
 
 class ToolParserStream(Protocol):
     def feed(self, text: str, final: bool) -> tuple[dict[str, Any], bool]: ...
 
 
-TOOL_CALL_PARSERS: dict[str, Callable[[], ToolParserStream]] = {
+TOOL_CALL_PARSERS: dict[str, Callable[..., ToolParserStream]] = {
     "hermes": HermesStream,
     "llama3_json": Llama3JsonStream,
     "pythonic": PythonicStream,
     "mistral": MistralStream,
     "openai": OpenAIToolStream,
+    "qwen3_coder": Qwen3CoderStream,
+    "qwen3_xml": Qwen3CoderStream,
 }
 
 
@@ -57,13 +65,19 @@ def keeps_special_tokens(name: str | None) -> bool:
     )
 
 
-def new_tool_parser(name: str) -> ToolParserStream:
-    return TOOL_CALL_PARSERS[name]()
+def new_tool_parser(name: str, tools: list[dict[str, Any]] | None = None) -> ToolParserStream:
+    """A parser for one choice's answer to a request offering `tools`."""
+    parser = TOOL_CALL_PARSERS[name]
+    if getattr(parser, "reads_tool_schemas", False):
+        return parser(function_parameters(tools))
+    return parser()
 
 
-def parse_tool_calls(name: str, text: str) -> ParsedOutput:
+def parse_tool_calls(
+    name: str, text: str, tools: list[dict[str, Any]] | None = None
+) -> ParsedOutput:
     """The whole output at once, exactly as the stream would split it."""
-    fields, called = new_tool_parser(name).feed(text, final=True)
+    fields, called = new_tool_parser(name, tools).feed(text, final=True)
     if not called:
         return ParsedOutput(text, [])
     calls = [{k: v for k, v in d.items() if k != "index"} for d in fields["tool_calls"]]

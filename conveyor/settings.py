@@ -319,16 +319,21 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=200 << 20, description="largest file accepted by POST /v1/files (streamed to disk)"
     )
-    tool_call_parser: Literal["hermes", "llama3_json", "pythonic", "mistral", "openai"] | None = (
-        Field(
-            default=None,
-            description='reads tool calls out of model text, enabling tool_choice "auto" '
-            "(hermes: <tool_call> JSON blocks, as Hermes and Qwen models write them; "
-            "llama3_json: the answer as JSON calls, as Llama 3.1-3.3 write them; "
-            "pythonic: the answer as a Python list of calls, as Llama 3.2 and 4 write them; "
-            "mistral: calls after the [TOOL_CALLS] token, as Mistral models write them; "
-            "openai: harmony messages to functions.NAME, as gpt-oss writes them)",
-        )
+    tool_call_parser: (
+        Literal[
+            "hermes", "llama3_json", "pythonic", "mistral", "openai", "qwen3_coder", "qwen3_xml"
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description='reads tool calls out of model text, enabling tool_choice "auto" '
+        "(hermes: <tool_call> JSON blocks, as Hermes and Qwen models write them; "
+        "llama3_json: the answer as JSON calls, as Llama 3.1-3.3 write them; "
+        "pythonic: the answer as a Python list of calls, as Llama 3.2 and 4 write them; "
+        "mistral: calls after the [TOOL_CALLS] token, as Mistral models write them; "
+        "openai: harmony messages to functions.NAME, as gpt-oss writes them; "
+        "qwen3_coder, or qwen3_xml: <function=NAME><parameter=KEY> calls, as "
+        "Qwen3-Coder writes them)",
     )
     reasoning_parser: Literal["deepseek_r1", "qwen3", "openai_gptoss"] | None = Field(
         default=None,
