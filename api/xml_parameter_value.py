@@ -68,15 +68,27 @@ def _structured(text: str) -> Any:
     """An object, array or untyped value: JSON, else a Python literal (single quotes,
     True/None), else the text itself."""
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
     except (ValueError, RecursionError):
         pass
     try:
-        value = ast.literal_eval(text.strip())
-        json.dumps(value)  # a tuple is a list, but sets, bytes and complex are not JSON
+        # As JSON and back: a tuple is a list; sets, bytes, complex and inf are not JSON.
+        return json.loads(json.dumps(ast.literal_eval(text.strip()), allow_nan=False))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return text
-    return value
+
+
+def _not_json(constant: str) -> Any:
+    """Python's json reads NaN and Infinity, which JSON has not."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number, refused where it overflows to infinity (1e999)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} does not fit a float")
+    return number
 
 
 def _schema_type(schema: Any, root: dict[str, Any], depth: int) -> str:
