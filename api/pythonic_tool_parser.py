@@ -39,16 +39,21 @@ def _calls(text: str) -> list[dict[str, Any]] | None:
         return None
     if not isinstance(tree, ast.List) or not tree.elts:
         return None
+    return call_list(tree.elts)
+
+
+def call_list(nodes: list[ast.expr]) -> list[dict[str, Any]] | None:
+    """Every node as a tool call, or None unless each is one."""
     calls = []
-    for node in tree.elts:
-        call = _call(node)
+    for node in nodes:
+        call = python_call(node)
         if call is None:
             return None
         calls.append(call)
     return calls
 
 
-def _call(node: ast.expr) -> dict[str, Any] | None:
+def python_call(node: ast.expr) -> dict[str, Any] | None:
     """`name(key=literal, ...)` as an OpenAI tool call; None for anything else."""
     if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
         return None

@@ -70,3 +70,18 @@ def call_from_object(data: Any) -> dict[str, Any] | None:
     if not isinstance(arguments, str):
         arguments = json.dumps(arguments, ensure_ascii=False)
     return tool_call(data["name"], arguments)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def json_call_list(body: str) -> list[dict[str, Any]] | None:
+    """The calls of `body` when it is exactly one JSON list of call objects, else None."""
+    try:
+        data, end = _DECODER.raw_decode(body)
+    except (ValueError, RecursionError):  # not JSON, or past json's own limits
+        return None
+    if body[end:].strip() or not isinstance(data, list) or not data:
+        return None
+    calls = [call_from_object(item) for item in data]
+    return None if any(call is None for call in calls) else calls  # type: ignore[return-value]

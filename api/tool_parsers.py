@@ -16,7 +16,14 @@ its trained syntax, so each model family needs a parser (vLLM's
   `functions.NAME`;
 - "qwen3_coder" (`api/qwen3_coder_tool_parser.py`; vLLM's "qwen3_xml" names the
   same format): `<function=NAME><parameter=KEY>` calls (Qwen3-Coder), whose bare
-  text arguments are typed by the request's tool schemas.
+  text arguments are typed by the request's tool schemas;
+- "granite" (`api/granite_tool_parser.py`): the answer as a JSON list of calls
+  after `<|tool_call|>` or `<tool_call>` (IBM Granite 3);
+- "phi4_mini_json" (`api/phi4_mini_tool_parser.py`): `functools[...]` (Phi-4-mini);
+- "olmo3" (`api/olmo3_tool_parser.py`): Python calls in `<function_calls>` (OLMo 3).
+
+"llama4_json" and "llama4_pythonic" are vLLM's names for Llama 4's use of the
+llama3_json and pythonic formats.
 
 Each is a stream (`feed(text, final) -> (delta fields, called)`); the whole
 answer is the same stream fed once, so both read a text the same way. A parser
@@ -28,10 +35,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from api.granite_tool_parser import GraniteStream
 from api.hermes_tool_parser import HermesStream
 from api.llama3_tool_parser import Llama3JsonStream
 from api.mistral_tool_parser import MistralStream
+from api.olmo3_tool_parser import Olmo3Stream
 from api.openai_tool_parser import OpenAIToolStream
+from api.phi4_mini_tool_parser import Phi4MiniJsonStream
 from api.pythonic_tool_parser import PythonicStream
 from api.qwen3_coder_tool_parser import Qwen3CoderStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
@@ -50,6 +60,11 @@ TOOL_CALL_PARSERS: dict[str, Callable[..., ToolParserStream]] = {
     "openai": OpenAIToolStream,
     "qwen3_coder": Qwen3CoderStream,
     "qwen3_xml": Qwen3CoderStream,
+    "granite": GraniteStream,
+    "phi4_mini_json": Phi4MiniJsonStream,
+    "olmo3": Olmo3Stream,
+    "llama4_json": Llama3JsonStream,
+    "llama4_pythonic": PythonicStream,
 }
 
 

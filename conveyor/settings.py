@@ -321,7 +321,18 @@ class Settings(BaseSettings):
     )
     tool_call_parser: (
         Literal[
-            "hermes", "llama3_json", "pythonic", "mistral", "openai", "qwen3_coder", "qwen3_xml"
+            "hermes",
+            "llama3_json",
+            "llama4_json",
+            "pythonic",
+            "llama4_pythonic",
+            "mistral",
+            "openai",
+            "qwen3_coder",
+            "qwen3_xml",
+            "granite",
+            "phi4_mini_json",
+            "olmo3",
         ]
         | None
     ) = Field(
@@ -333,7 +344,10 @@ class Settings(BaseSettings):
         "mistral: calls after the [TOOL_CALLS] token, as Mistral models write them; "
         "openai: harmony messages to functions.NAME, as gpt-oss writes them; "
         "qwen3_coder, or qwen3_xml: <function=NAME><parameter=KEY> calls, as "
-        "Qwen3-Coder writes them)",
+        "Qwen3-Coder writes them; granite: a JSON list after <tool_call>, as Granite 3 "
+        "writes it; phi4_mini_json: functools[...], as Phi-4-mini writes it; olmo3: "
+        "Python calls in <function_calls>, as OLMo 3 writes them; llama4_json and "
+        "llama4_pythonic: llama3_json's and pythonic's formats, as Llama 4 writes them)",
     )
     reasoning_parser: Literal["deepseek_r1", "qwen3", "openai_gptoss"] | None = Field(
         default=None,
