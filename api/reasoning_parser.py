@@ -16,6 +16,10 @@ start; otherwise it is all answer. vLLM decides that by whether `</think>`
 appears at all, which a stream cannot know until the end; deciding at the
 start gives the same split streamed and whole.
 
+"olmo3": OLMo 3's Think models write the same tags, in plain text, and some of
+its templates open the block in the prompt; it reads as "qwen3" does (vLLM's
+olmo3 parser also starts inside a block only when one is open).
+
 "openai_gptoss": gpt-oss writes harmony messages (api/harmony_parser.py): its
 analysis channel is reasoning (with messages to tools the server does not run,
 such as its built-in browser), its final channel and commentary preambles are
@@ -37,7 +41,10 @@ from api.harmony_parser import (
 )
 from api.tool_call_json import marker_prefix_len
 
-REASONING_PARSERS = ("deepseek_r1", "qwen3", "openai_gptoss")
+REASONING_PARSERS = ("deepseek_r1", "qwen3", "olmo3", "openai_gptoss")
+# Parsers that read an output as thinking only inside a block opened in the prompt or
+# at the output's start.
+THINKS_IF_OPENED = ("qwen3", "olmo3")
 HARMONY = "openai_gptoss"
 START = "<think>"
 END = "</think>"
@@ -62,7 +69,7 @@ def think_start(parser: str, prompt_tail: str) -> ThinkStart:
     start, end = prompt_tail.rfind(START), prompt_tail.rfind(END)
     if end > start >= 0:  # `<think></think>`: a template with thinking turned off
         return ThinkStart.ANSWER
-    if parser == "qwen3" and start < 0:
+    if parser in THINKS_IF_OPENED and start < 0:
         return ThinkStart.IF_OPENED
     return ThinkStart.INSIDE
 

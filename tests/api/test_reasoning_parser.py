@@ -85,12 +85,13 @@ def test_the_prompt_end_says_where_the_output_starts() -> None:
     closed = "<|im_start|>assistant\n<think>\n\n</think>\n\n"  # enable_thinking false
     opened = "<|im_start|>assistant\n<think>\n"  # Qwen3-Thinking-2507, R1's distills
     plain = "<|im_start|>assistant\n"
-    for parser in ("deepseek_r1", "qwen3"):
+    for parser in ("deepseek_r1", "qwen3", "olmo3"):
         assert think_start(parser, closed) is ThinkStart.ANSWER
         assert think_start(parser, opened) is ThinkStart.INSIDE
-    # R1 may think without opening the block; Qwen3 opens it when it thinks.
+    # R1 may think without opening the block; Qwen3 and OLMo 3 open it when they think.
     assert think_start("deepseek_r1", plain) is ThinkStart.INSIDE
     assert think_start("qwen3", plain) is ThinkStart.IF_OPENED
+    assert think_start("olmo3", plain) is ThinkStart.IF_OPENED
     # A closed block earlier in the conversation does not count; the last one does.
     assert think_start("qwen3", closed + "Hi<|im_end|>\n" + opened) is ThinkStart.INSIDE
 

@@ -134,7 +134,7 @@ def test_the_tool_call_parser_reaches_the_api_of_conveyor_serve() -> None:
     with pytest.raises(ValueError, match="needs --tool-call-parser"):
         settings_from_args(parser.parse_args(["api", "--enable-auto-tool-choice"]))
     with pytest.raises(SystemExit):
-        parser.parse_args(["api", "--tool-call-parser", "granite"])
+        parser.parse_args(["api", "--tool-call-parser", "kimi_k2"])
     reasoning = settings_from_args(
         parser.parse_args(["serve", "--enable-reasoning", "--reasoning-parser", "deepseek_r1"])
     )
