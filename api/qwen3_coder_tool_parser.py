@@ -48,9 +48,12 @@ FUNCTION = "<function="
 FUNCTION_END = "</function>"
 PARAMETER = "<parameter="
 PARAMETER_END = "</parameter>"
-_VALUE_ENDS = (PARAMETER_END, PARAMETER, FUNCTION_END)
+# A value ends at its closing tag, or where the next tag opens or its function or block
+# closes (vLLM's lookaheads), so a forgotten `</parameter>` swallows nothing.
+_VALUE_ENDS = (PARAMETER_END, PARAMETER, FUNCTION_END, TOOL_CALL_END)
 _LONGEST_VALUE_END = max(len(marker) for marker in _VALUE_ENDS)
 _FUNCTION_NAME = re.compile(r"^[^\s<>]+$")
+_TWO_WORDS = re.compile(r"\S\s+\S")
 
 
 class _At(Enum):
@@ -77,11 +80,13 @@ class Qwen3CoderStream:
     _in_block: bool = False  # the current function sits inside `<tool_call>`
     _opened: str = ""  # a block's opening text, kept in case no call follows
     _function: str = ""
-    _keys: int = 0  # the current call's arguments written so far
+    _keys: int = 0  # how many keys the current call's arguments have so far
     _kind: str = "string"  # the current value's declared type
-    _value: str = ""  # the current value's raw text so far
-    _scanned: int = 0  # how far `_value` was searched for its end
-    _sent: int = 0  # how much of the (stripped) value went out as JSON text
+    # The current value's raw text not yet sent (a text value's sent part is dropped, so
+    # a long file streams in linear time), and how far it was searched for its end.
+    _value: str = ""
+    _scanned: int = 0
+    _leading: bool = True  # the value's first newline (the layout's) may still come
     _quoted: bool = False  # the value's opening quote went out
 
     def feed(self, text: str, final: bool) -> tuple[dict[str, Any], bool]:
@@ -97,16 +102,7 @@ class Qwen3CoderStream:
 
     def _step(self, out: _Feed, final: bool) -> bool:
         """Consume what the buffer decides; False once it must wait for more text."""
-        handler = {
-            _At.TEXT: self._text,
-            _At.BLOCK: self._block,
-            _At.NAME: self._name,
-            _At.ARGUMENTS: self._arguments,
-            _At.PARAMETER_NAME: self._parameter_name,
-            _At.VALUE: self._value_text,
-            _At.AFTER_FUNCTION: self._after_function,
-        }[self._at]
-        return handler(out, final)
+        return getattr(self, _HANDLERS[self._at])(out, final)
 
     def _text(self, out: _Feed, final: bool) -> bool:
         buffer = self._buffer
@@ -151,7 +147,7 @@ class Qwen3CoderStream:
         rest = self._buffer[len(FUNCTION) :]
         close = rest.find(">")
         name = rest[:close].strip() if close >= 0 else ""
-        if close < 0 and not final and "\n" not in rest and "<" not in rest:
+        if close < 0 and not final and "<" not in rest and not _TWO_WORDS.search(rest):
             return False  # the name is still being written
         if not _FUNCTION_NAME.match(name):  # no call: the text goes out as written
             out.content(self._opened + FUNCTION)
@@ -174,7 +170,9 @@ class Qwen3CoderStream:
                 self._buffer, self._at = "", _At.TEXT
                 return False
             # Text between parameters is layout: keep only what could begin a tag.
-            keep = max(marker_prefix_len(buffer, m) for m in (PARAMETER, FUNCTION_END))
+            keep = max(
+                marker_prefix_len(buffer, m) for m in (PARAMETER, FUNCTION_END, TOOL_CALL_END)
+            )
             self._buffer = buffer[len(buffer) - keep :]
             return False
         start, marker = min(found)
@@ -204,7 +202,7 @@ class Qwen3CoderStream:
         )
         self._keys += 1
         self._kind = declared_type(self.functions.get(self._function), name)
-        self._value, self._scanned, self._sent, self._quoted = "", 0, 0, False
+        self._value, self._scanned, self._leading, self._quoted = "", 0, True, False
         self._at = _At.VALUE
         return True
 
@@ -233,28 +231,31 @@ class Qwen3CoderStream:
 
     def _stream_text(self, out: _Feed) -> None:
         """Send the part of a text value that no later text can change."""
+        self._drop_leading_newline()
         value = self._value
-        if not value:
-            return
-        begin = 1 if value.startswith("\n") else 0
         keep = max(marker_prefix_len(value, m) for m in _VALUE_ENDS)
-        safe = value[begin : len(value) - keep]
+        safe = value[: len(value) - keep]
         if safe.endswith("\n"):
             safe = safe[:-1]  # may be the layout's newline before the closing tag
-        if "null".startswith(safe.lower()) or len(safe) <= self._sent:
+        if not safe or (not self._quoted and "null".startswith(safe.lower())):
             return  # "null" (any case) would be null, not a string
-        piece = safe[self._sent :]
-        out.arguments(
-            self.calls - 1,
-            ("" if self._quoted else '"') + json.dumps(piece, ensure_ascii=False)[1:-1],
-        )
-        self._quoted, self._sent = True, len(safe)
+        escaped = json.dumps(safe, ensure_ascii=False)[1:-1]
+        out.arguments(self.calls - 1, ("" if self._quoted else '"') + escaped)
+        self._quoted = True
+        self._value = value[len(safe) :]
+        self._scanned = len(self._value)  # what was sent held no end
+
+    def _drop_leading_newline(self) -> None:
+        if self._leading and self._value:
+            self._value = self._value.removeprefix("\n")
+            self._leading = False
 
     def _end_value(self, out: _Feed, raw: str) -> None:
-        value = raw[1:] if raw.startswith("\n") else raw
-        value = value[:-1] if value.endswith("\n") else value
+        self._value = raw
+        self._drop_leading_newline()
+        value = self._value.removesuffix("\n")
         if self._quoted:
-            text = json.dumps(value[self._sent :], ensure_ascii=False)[1:]
+            text = json.dumps(value, ensure_ascii=False)[1:]
         else:
             text = json.dumps(typed_value(value, self._kind), ensure_ascii=False)
         out.arguments(self.calls - 1, text)
@@ -289,6 +290,17 @@ class Qwen3CoderStream:
         keep = max(marker_prefix_len(buffer, m) for m in (FUNCTION, TOOL_CALL_END))
         self._buffer = buffer[len(buffer) - keep :]
         return False
+
+
+_HANDLERS = {
+    _At.TEXT: "_text",
+    _At.BLOCK: "_block",
+    _At.NAME: "_name",
+    _At.ARGUMENTS: "_arguments",
+    _At.PARAMETER_NAME: "_parameter_name",
+    _At.VALUE: "_value_text",
+    _At.AFTER_FUNCTION: "_after_function",
+}
 
 
 @dataclass

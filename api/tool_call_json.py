@@ -61,15 +61,23 @@ def call_from_json(block: str) -> dict[str, Any] | None:
 
 
 def call_from_object(data: Any) -> dict[str, Any] | None:
-    """A tool call from decoded JSON: an object with a string `name`; else None."""
+    """A tool call from decoded JSON: an object with a string `name` and arguments that
+    are an object (or its JSON text, kept as written); else None. Clients call
+    `fn(**json.loads(arguments))`, so arguments that are a list or a word are no call."""
     if not isinstance(data, dict) or not isinstance(data.get("name"), str):
         return None
     arguments = data.get("arguments", data.get("parameters"))
     if arguments is None:
         arguments = {}  # a call without arguments: strict clients expect an object
-    if not isinstance(arguments, str):
-        arguments = json.dumps(arguments, ensure_ascii=False)
-    return tool_call(data["name"], arguments)
+    if isinstance(arguments, str):
+        try:
+            decoded = json.loads(arguments)
+        except (ValueError, RecursionError):
+            return None
+        return tool_call(data["name"], arguments) if isinstance(decoded, dict) else None
+    if not isinstance(arguments, dict):
+        return None
+    return tool_call(data["name"], json.dumps(arguments, ensure_ascii=False))
 
 
 _DECODER = json.JSONDecoder()

@@ -5,10 +5,13 @@ no JSON quoting, so whether `42` is the number or the string depends on what the
 tool declared. The rules are vLLM's (`qwen3_coder`), so a client moving from
 `vllm serve` gets the same arguments: `null` is null whatever the type; strings
 (and parameters the schema does not name) stay text; integers and numbers parse
-(a number with no fraction becomes an integer); booleans are `true` or false;
-anything else is read as JSON, then as a Python literal, then kept as text. Beyond
-vLLM, `Optional[X]` (`anyOf` with null, `"type": [X, "null"]`) and local `$ref`s
-type as X, since pydantic writes tools that way.
+(a number with no fraction becomes an integer); a boolean is true when it reads
+`true` (any case), else false; objects and arrays are read as JSON, then as a
+Python literal (single quotes, True/None), and any other type as a literal; what
+none of these read stays text. Beyond vLLM: what is not JSON (sets, bytes, NaN)
+stays text rather than failing the call, and `Optional[X]` (`anyOf` with null,
+`"type": [X, "null"]`) and local `$ref`s type as X, since pydantic writes tools
+that way.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import ast
 import json
 import math
+import warnings
 from typing import Any
 
 _STRING_TYPES = {"string", "str", "text", "varchar", "char", "enum"}
 _INTEGER_PREFIXES = ("int", "uint", "long", "short", "unsigned")
 _NUMBER_PREFIXES = ("num", "float")
 _BOOLEAN_TYPES = {"boolean", "bool", "binary"}
+_CONTAINER_TYPES = ("object", "array", "arr", "dict", "list")
 
 
 def declared_type(parameters: dict[str, Any] | None, name: str) -> str:
@@ -61,19 +66,22 @@ def typed_value(text: str, kind: str) -> Any:
         return int(number) if number.is_integer() else number
     if kind in _BOOLEAN_TYPES:
         return text.strip().lower() == "true"
-    return _structured(text)
+    if kind.startswith(_CONTAINER_TYPES):
+        try:
+            return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        except (ValueError, RecursionError):
+            pass
+    return _literal(text)
 
 
-def _structured(text: str) -> Any:
-    """An object, array or untyped value: JSON, else a Python literal (single quotes,
-    True/None), else the text itself."""
+def _literal(text: str) -> Any:
+    """A Python literal's JSON value (single quotes, True/None, tuples), else the text."""
     try:
-        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
-    except (ValueError, RecursionError):
-        pass
-    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "invalid decimal literal" on model text
+            value = ast.literal_eval(text.strip())
         # As JSON and back: a tuple is a list; sets, bytes, complex and inf are not JSON.
-        return json.loads(json.dumps(ast.literal_eval(text.strip()), allow_nan=False))
+        return json.loads(json.dumps(value, allow_nan=False))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return text
 

@@ -51,6 +51,11 @@ def test_calls_and_the_text_before_them_are_separated() -> None:
             [("f", {"x": 1})],
         ),
         ("<tool_call>not json</tool_call>", "<tool_call>not json</tool_call>", []),
+        # arguments a client could not call with: not a call
+        *[
+            (f"<tool_call>{block}</tool_call>", f"<tool_call>{block}</tool_call>", [])
+            for block in ('{"name": "f", "arguments": [1]}', '{"name": "f", "arguments": "oops"}')
+        ],
         (
             '<tool_call>{"arguments": {}}</tool_call>',
             '<tool_call>{"arguments": {}}</tool_call>',

@@ -219,6 +219,35 @@ def test_a_stream_split_anywhere_gives_the_same_arguments_byte_for_byte() -> Non
     assert len(pieces) > 20
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # `</tool_call>` closing a function with no `</function>`, then another call
+        (
+            "<tool_call>\n<function=get_time>\n</tool_call>\n<tool_call>\n<function=write_file>\n"
+            "<parameter=path>\nhi\n</parameter>\n</function>\n</tool_call>",
+            [("get_time", {}), ("write_file", {"path": "hi"})],
+        ),
+        # the name's layout on lines of its own
+        ("<function=\nget_time\n>\n</function>", [("get_time", {})]),
+        # a value whose block closes without `</parameter>` or `</function>` ends there
+        (
+            "<tool_call>\n<function=write_file>\n<parameter=path>\nx\n</tool_call>\nSo.\n" + CLOCK,
+            [("write_file", {"path": "x"}), ("get_time", {})],
+        ),
+    ],
+)
+def test_loose_layouts_give_the_same_calls_split_anywhere(
+    text: str, expected: list[tuple[str, Any]]
+) -> None:
+    assert names_and_arguments(parse(text).tool_calls) == expected
+    for cut in range(len(text) + 1):
+        _, calls, _ = streamed(text, [cut])
+        assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in calls] == (
+            expected
+        ), cut
+
+
 def test_text_values_stream_before_they_end_and_null_waits() -> None:
     parser = Qwen3CoderStream(function_parameters(TOOLS))
     fields, called = parser.feed(

@@ -51,8 +51,10 @@ def test_declared_types(name: str, kind: str) -> None:
         ("b'x'", "array", "b'x'"),  # bytes are no JSON value
         ("NaN", "object", "NaN"),  # nor is NaN, which Python's json reads
         ("[1e999]", "array", "[1e999]"),
-        ("3", "mystery", 3),  # an unknown type: JSON, then a literal, then text
+        ("3", "mystery", 3),  # an unknown type: a literal, else text (vLLM's rule)
+        ("true", "date", "true"),  # JSON's spelling is no Python literal
         ("plain words", "mystery", "plain words"),
+        ("1or 2", "mystery", "1or 2"),
     ],
 )
 def test_typed_values(text: str, kind: str, value: Any) -> None:
