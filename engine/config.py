@@ -40,6 +40,9 @@ SUPPORTED_ARCHITECTURES = {
     # Post-norm layers and query/key norms across all heads; OLMo 3 slides 3 layers in 4.
     "Olmo2ForCausalLM": "olmo2",
     "Olmo3ForCausalLM": "olmo3",
+    # OLMo 2's post-norm layers with a query/key norm per head; where it slides (3 layers
+    # in 4), the full-attention layers use no positions (NoPE).
+    "Exaone4ForCausalLM": "exaone4",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
@@ -320,6 +323,8 @@ class ModelConfig:
         named = named or hf.get("model_type")
         if named in COMPLETED_TYPES:
             hf = _completed_config(hf, named)
+        if "Exaone4ForCausalLM" in architectures or hf.get("model_type") == "exaone4":
+            hf = _exaone4_layers(hf)
         arch = next((a for a in architectures if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
             model_type = hf.get("model_type")
@@ -384,7 +389,7 @@ class ModelConfig:
             o_proj_bias=attention_bias and family not in NO_OUTPUT_BIAS,
             attention_sinks=family == "gpt_oss",
             rope=RopeConfig.from_hf(hf),
-            qk_norm=family in ("qwen3", "qwen3_moe", "olmo2", "olmo3", *GEMMA3_TYPES),
+            qk_norm=family in ("qwen3", "qwen3_moe", "olmo2", "olmo3", "exaone4", *GEMMA3_TYPES),
             qk_norm_across_heads=family in ("olmo2", "olmo3"),
             fp32_norm_weights=gemma or family in ("olmo2", "olmo3", "gpt_oss"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
@@ -618,7 +623,12 @@ def _rotary_dim(hf: dict[str, Any], head_dim: int) -> int:
 
 def _rope_layers(hf: dict[str, Any], family: str, num_layers: int) -> tuple[bool, ...]:
     """SmolLM3's `no_rope_layers` (1: the layer rotates; 0: it uses no positions), by
-    default every fourth layer without; () for the families where all rotate."""
+    default every fourth layer without; EXAONE 4's full-attention layers, where it slides;
+    () for the families where all rotate."""
+    if family == "exaone4":
+        if hf.get("sliding_window") is None:
+            return ()
+        return tuple(kind == "sliding_attention" for kind in hf["layer_types"])
     flags = hf.get("no_rope_layers")
     if flags is None and family == "smollm3":
         interval = int(hf.get("no_rope_layer_interval") or 4)
@@ -628,6 +638,28 @@ def _rope_layers(hf: dict[str, Any], family: str, num_layers: int) -> tuple[bool
     if len(flags) != num_layers:
         raise ValueError(f"no_rope_layers lists {len(flags)} layers, the model has {num_layers}")
     return tuple(bool(flag) for flag in flags)
+
+
+def _exaone4_layers(hf: dict[str, Any]) -> dict[str, Any]:
+    """EXAONE 4's config with its window and `layer_types` spelled out, as transformers'
+    Exaone4Config derives them: a 4096-token window unless set (null: no sliding), and a
+    `sliding_window_pattern` ("LLLG", or every n-th layer full) where the types are not
+    listed."""
+    hf = {"sliding_window": 4096, **hf}
+    layers = int(hf["num_hidden_layers"])
+    if hf["sliding_window"] is None:
+        return {**hf, "layer_types": ["full_attention"] * layers}
+    if hf.get("layer_types") is not None:
+        return hf
+    pattern = hf.get("sliding_window_pattern", 4)
+    if isinstance(pattern, str):
+        if not pattern or set(pattern) - {"L", "G"}:
+            raise ConfigurationError(f"sliding_window_pattern {pattern!r}: expected L and G")
+        sliding = [pattern[i % len(pattern)] == "L" for i in range(layers)]
+    else:
+        sliding = [bool(pattern) and (i + 1) % int(pattern) != 0 for i in range(layers)]
+    kinds = ["sliding_attention" if s else "full_attention" for s in sliding]
+    return {**hf, "layer_types": kinds}
 
 
 def _local_rope(hf: dict[str, Any]) -> RopeConfig | None:

@@ -211,6 +211,24 @@ def make_random_model(
                 mlp_only_layers=[1],
             )
             cls = transformers.Qwen2MoeForCausalLM
+        elif family == "exaone4":
+            # One sliding layer (window 8) and one full one, which uses no positions.
+            config = transformers.Exaone4Config(
+                **common,
+                tie_word_embeddings=False,
+                sliding_window=8,
+                sliding_window_pattern=2,
+                rope_parameters={
+                    "rope_type": "llama3",
+                    "rope_theta": 1000000.0,
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                },
+            )
+            assert config.layer_types == ["sliding_attention", "full_attention"]
+            cls = transformers.Exaone4ForCausalLM
         elif family == "olmo2":
             config = transformers.Olmo2Config(**common, tie_word_embeddings=False)
             cls = transformers.Olmo2ForCausalLM

@@ -1,11 +1,12 @@
-"""OLMo 2 and OLMo 3: post-norm layers, and query/key norms across all heads.
+"""Post-norm layers: OLMo 2, OLMo 3 and EXAONE 4.
 
 Each sublayer reads the residual stream itself (no norm before it) and its
 output is normalised before it joins the stream: x + norm(attn(x)), then
 x + norm(mlp(x)). The model's final norm still closes the stack. The query
-and key norms (one over all query heads, one over all key heads) are the
-attention's config switch (`ModelConfig.qk_norm_across_heads`), OLMo 3's
-sliding layers and their own rotation are the Llama model's.
+and key norms (OLMo's one over all query heads and one over all key heads,
+EXAONE 4's per head) are the attention's config switches (`qk_norm`,
+`qk_norm_across_heads`); sliding layers, their own rotation and EXAONE 4's
+position-free full layers are the Llama model's.
 """
 
 from __future__ import annotations

@@ -301,6 +301,43 @@ def test_olmo_norms_across_heads_and_olmo3_slides_three_layers_in_four() -> None
     assert olmo3.local_rope is not None and olmo3.local_rope.rope_type == "default"
 
 
+@pytest.mark.parametrize(
+    ("extra", "windows", "rotations"),
+    [
+        # transformers' defaults: a 4096 window, every fourth layer full and position-free
+        ({}, (4096, 4096, 4096, None) * 2, (True, True, True, False) * 2),
+        (
+            {"sliding_window": 128, "sliding_window_pattern": "LLG"},
+            (128, 128, None, 128, 128, None, 128, 128),
+            (True, True, False, True, True, False, True, True),
+        ),
+        ({"sliding_window": None}, (None,) * 8, ()),  # the 1.2B: full attention, all rotate
+        (
+            {"layer_types": ["full_attention", "sliding_attention"] * 4},
+            (None, 4096) * 4,
+            (False, True) * 4,
+        ),
+    ],
+)
+def test_exaone4_slides_and_its_full_layers_use_no_positions(
+    extra: dict[str, object],
+    windows: tuple[int | None, ...],
+    rotations: tuple[bool, ...],
+) -> None:
+    config = ModelConfig.from_dict(
+        _hf_config(architectures=["Exaone4ForCausalLM"], num_hidden_layers=8, **extra)
+    )
+    assert config.layer_windows == windows and config.rope_layers == rotations
+    assert config.qk_norm and not config.qk_norm_across_heads and not config.fp32_norm_weights
+
+
+def test_an_exaone4_pattern_of_other_letters_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="sliding_window_pattern"):
+        ModelConfig.from_dict(
+            _hf_config(architectures=["Exaone4ForCausalLM"], sliding_window_pattern="LLX")
+        )
+
+
 def _mistral3(text: dict[str, object], **outer: object) -> dict[str, object]:
     """A Mistral Small 3.1-style config: the text model nested, a vision tower beside it."""
     text_config = {**_hf_config(head_dim=32, sliding_window=None), "model_type": "mistral", **text}

@@ -156,6 +156,7 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "mixtral",
         "olmo2",
         "olmo3",
+        "exaone4",
         "gpt_oss",
     ],
 )
