@@ -43,6 +43,9 @@ SUPPORTED_ARCHITECTURES = {
     # OLMo 2's post-norm layers with a query/key norm per head; where it slides (3 layers
     # in 4), the full-attention layers use no positions (NoPE).
     "Exaone4ForCausalLM": "exaone4",
+    # Gemma 2's sandwich norms under other names, and an interleaved rotation of half of
+    # each head (engine/models/glm4.py).
+    "Glm4ForCausalLM": "glm4",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
@@ -98,7 +101,7 @@ GEMMA_TYPES = ("gemma", "gemma2", *GEMMA3_TYPES)
 # Families whose window is off unless `use_sliding_window` turns it on.
 SWITCHED_WINDOWS = ("qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "smollm3")
 # Families whose attention has no output bias, whatever `attention_bias` says.
-NO_OUTPUT_BIAS = ("qwen2", "qwen2_moe", "mistral", "phi3")
+NO_OUTPUT_BIAS = ("qwen2", "qwen2_moe", "mistral", "phi3", "glm4")
 # Gemma's MLP activation, by its HF names.
 GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
 
@@ -271,6 +274,10 @@ class ModelConfig:
     swiglu_limit: float = 7.0
     # How many of each head's dimensions rotate (Phi's partial_rotary_factor); 0: all.
     rotary_dim: int = 0
+    # GLM's: dimensions turn in adjacent pairs, not i with i + d/2; the loader reorders
+    # query and key rows so the kernels' half-split rotation does it
+    # (engine/interleaved_rope.py).
+    interleaved_rope: bool = False
     # SmolLM3: which layers rotate queries and keys (the others use no positions: NoPE);
     # empty: all of them.
     rope_layers: tuple[bool, ...] = ()
@@ -341,6 +348,12 @@ class ModelConfig:
         family = SUPPORTED_ARCHITECTURES[arch]
         if quantization and quantization.method == "mxfp4" and family != "gpt_oss":
             raise ValueError("MXFP4 checkpoints are supported for gpt-oss only")
+        if quantization and family == "glm4":
+            # Its query/key rows are reordered as they load, which block scales forbid.
+            raise ConfigurationError(
+                "quantized GLM-4 checkpoints are not supported: serve the bf16 release "
+                "(--quantization fp8 quantizes it as it loads)"
+            )
         attention_bias = bool(hf.get("attention_bias", family == "gpt_oss"))
         qkv_bias = (
             family == "qwen2"
@@ -418,6 +431,7 @@ class ModelConfig:
             local_rope=_local_rope(hf),
             rope_layers=_rope_layers(hf, family, int(hf["num_hidden_layers"])),
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
+            interleaved_rope=family == "glm4",
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
             weight_quantization=quantization.method if quantization else None,
@@ -508,6 +522,7 @@ COMPLETED_TYPES = {
     "gemma3": ("Gemma3TextConfig", "Gemma3ForConditionalGeneration"),
     "mistral3": ("MistralConfig", "Mistral3ForConditionalGeneration"),
     "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
+    "glm4": ("Glm4Config", "Glm4ForCausalLM"),
 }
 
 _COMPLETED = {
@@ -517,6 +532,7 @@ _COMPLETED = {
     "Gemma3ForConditionalGeneration": "gemma3",
     "Mistral3ForConditionalGeneration": "mistral3",
     "Olmo3ForCausalLM": "olmo3",
+    "Glm4ForCausalLM": "glm4",
 }
 
 

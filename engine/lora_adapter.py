@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from engine.config import ModelConfig
 from engine.configuration_error import ConfigurationError
+from engine.interleaved_rope import half_split_rows
 
 # Each projection and the block that holds it (PEFT's module names say both).
 PROJECTION_BLOCKS = {
@@ -218,6 +219,10 @@ def load_lora_adapter(
                     f"LoRA adapter {name!r}, layer {layer}: trains {part} both alone and "
                     f"inside {projection}"
                 )
+            if config.interleaved_rope and part in ("q_proj", "k_proj"):
+                # The model's query/key rows were reordered as it loaded: B's follow.
+                b_rows = half_split_rows(part_update.b, config.head_dim, config.rotary_dim)
+                part_update = LoRAWeights(part_update.a, b_rows)
             weights[(layer, part)] = part_update
     return LoRAAdapter(name, str(folder), weights)
 

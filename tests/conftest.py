@@ -211,6 +211,13 @@ def make_random_model(
                 mlp_only_layers=[1],
             )
             cls = transformers.Qwen2MoeForCausalLM
+        elif family == "glm4":
+            # Half of each head turns, in adjacent pairs; q/k/v biases.
+            config = transformers.Glm4Config(
+                **common, head_dim=16, tie_word_embeddings=False, pad_token_id=0
+            )
+            assert config.attention_bias
+            cls = transformers.Glm4ForCausalLM
         elif family == "exaone4":
             # One sliding layer (window 8) and one full one, which uses no positions.
             config = transformers.Exaone4Config(

@@ -7,6 +7,7 @@ from torch import nn
 from engine.config import ModelConfig
 from engine.models.bert import BertModel
 from engine.models.gemma import Gemma2ForCausalLM
+from engine.models.glm4 import Glm4ForCausalLM
 from engine.models.gpt_oss import GptOssForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.olmo2 import Olmo2ForCausalLM
@@ -34,6 +35,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "Olmo2ForCausalLM": Olmo2ForCausalLM,
     "Olmo3ForCausalLM": Olmo2ForCausalLM,
     "Exaone4ForCausalLM": Olmo2ForCausalLM,
+    "Glm4ForCausalLM": Glm4ForCausalLM,
     "MixtralForCausalLM": LlamaForCausalLM,
     "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,

@@ -348,3 +348,22 @@ def test_a_phi3_adapter_on_its_fused_projections_matches_peft(
         assert ours.token_ids == hf_greedy(model, prompt, NEW_TOKENS)
     base_tokens = llm.generate([PROMPTS[0]], params)[0].token_ids
     assert base_tokens != llm.generate([PROMPTS[0]], params, lora="phi3")[0].token_ids
+
+
+def test_a_glm4_adapter_on_its_reordered_query_and_key_rows_matches_peft(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """GLM-4's query/key rows are reordered as they load (its interleaved rotation run by
+    the half-split kernels): an adapter's B rows for them must follow."""
+    from peft import PeftModel  # here, not at collection: PEFT imports triton
+
+    base = make_random_model("glm4")
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
+    adapter = build_random_lora(tmp_path / "glm4", base, targets=targets, seed=4)
+    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    llm = LLM(str(base), lora_config=lora_config({"glm4": adapter}))
+    params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
+    for prompt in PROMPTS:
+        (ours,) = llm.generate([prompt], params, lora="glm4")
+        assert ours.token_ids == hf_greedy(model, prompt, NEW_TOKENS)

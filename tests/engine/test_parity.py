@@ -157,6 +157,7 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "olmo2",
         "olmo3",
         "exaone4",
+        "glm4",
         "gpt_oss",
     ],
 )
