@@ -46,6 +46,8 @@ SUPPORTED_ARCHITECTURES = {
     # Gemma 2's sandwich norms under other names, and an interleaved rotation of half of
     # each head (engine/models/glm4.py).
     "Glm4ForCausalLM": "glm4",
+    # Llama with GLM's interleaved rotation over whole heads (ERNIE 4.5's dense models).
+    "Ernie4_5ForCausalLM": "ernie4_5",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
@@ -348,11 +350,15 @@ class ModelConfig:
         family = SUPPORTED_ARCHITECTURES[arch]
         if quantization and quantization.method == "mxfp4" and family != "gpt_oss":
             raise ValueError("MXFP4 checkpoints are supported for gpt-oss only")
-        if quantization and family == "glm4":
+        if quantization and family in ("glm4", "ernie4_5"):
             # Its query/key rows are reordered as they load, which block scales forbid.
             raise ConfigurationError(
-                "quantized GLM-4 checkpoints are not supported: serve the bf16 release "
+                f"quantized {arch} checkpoints are not supported: serve the bf16 release "
                 "(--quantization fp8 quantizes it as it loads)"
+            )
+        if family == "ernie4_5" and hf.get("use_bias"):
+            raise ConfigurationError(
+                "ERNIE 4.5 with use_bias (biased projections) is not supported"
             )
         attention_bias = bool(hf.get("attention_bias", family == "gpt_oss"))
         qkv_bias = (
@@ -431,7 +437,7 @@ class ModelConfig:
             local_rope=_local_rope(hf),
             rope_layers=_rope_layers(hf, family, int(hf["num_hidden_layers"])),
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
-            interleaved_rope=family == "glm4",
+            interleaved_rope=family in ("glm4", "ernie4_5"),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
             weight_quantization=quantization.method if quantization else None,
@@ -523,6 +529,7 @@ COMPLETED_TYPES = {
     "mistral3": ("MistralConfig", "Mistral3ForConditionalGeneration"),
     "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
     "glm4": ("Glm4Config", "Glm4ForCausalLM"),
+    "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM"),
 }
 
 _COMPLETED = {
@@ -533,6 +540,7 @@ _COMPLETED = {
     "Mistral3ForConditionalGeneration": "mistral3",
     "Olmo3ForCausalLM": "olmo3",
     "Glm4ForCausalLM": "glm4",
+    "Ernie4_5ForCausalLM": "ernie4_5",
 }
 
 

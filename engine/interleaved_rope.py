@@ -12,7 +12,12 @@ LoRA adapter's B rows for those projections are reordered the same way.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Iterator
+
 import torch
+
+_QUERY_KEY = re.compile(r"\.self_attn\.(q_proj|k_proj)\.(weight|bias)$")
 
 
 def half_split_order(head_dim: int, rotary_dim: int) -> torch.Tensor:
@@ -36,3 +41,13 @@ def half_split_rows(tensor: torch.Tensor, head_dim: int, rotary_dim: int) -> tor
     heads = tensor.reshape(tensor.shape[0] // head_dim, head_dim, *tensor.shape[1:])
     order = half_split_order(head_dim, rotary_dim).to(tensor.device)
     return heads.index_select(1, order).reshape(tensor.shape).contiguous()
+
+
+def half_split_checkpoint(
+    weights: Iterable[tuple[str, torch.Tensor]], head_dim: int, rotary_dim: int
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A checkpoint's tensors with its query and key projections' rows reordered."""
+    for name, tensor in weights:
+        if _QUERY_KEY.search(name):
+            tensor = half_split_rows(tensor, head_dim, rotary_dim)
+        yield name, tensor

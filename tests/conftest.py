@@ -218,6 +218,12 @@ def make_random_model(
             )
             assert config.attention_bias
             cls = transformers.Glm4ForCausalLM
+        elif family == "ernie4_5":
+            # Whole heads turn, in adjacent pairs; tied embeddings, as the 0.3B's.
+            config = transformers.Ernie4_5Config(
+                **common, head_dim=16, tie_word_embeddings=True, pad_token_id=0
+            )
+            cls = transformers.Ernie4_5ForCausalLM
         elif family == "exaone4":
             # One sliding layer (window 8) and one full one, which uses no positions.
             config = transformers.Exaone4Config(

@@ -36,6 +36,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "Olmo3ForCausalLM": Olmo2ForCausalLM,
     "Exaone4ForCausalLM": Olmo2ForCausalLM,
     "Glm4ForCausalLM": Glm4ForCausalLM,
+    "Ernie4_5ForCausalLM": LlamaForCausalLM,
     "MixtralForCausalLM": LlamaForCausalLM,
     "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,

@@ -6,19 +6,15 @@ Each sublayer's output is normalised before it joins the stream, as in Gemma 2
 switches, off here); the checkpoint calls the norms `post_self_attn_layernorm`
 (after attention), `post_attention_layernorm` (before the MLP) and
 `post_mlp_layernorm`. Queries and keys turn in adjacent pairs over the first
-half of each head (`partial_rotary_factor` 0.5): their projections' rows are
-reordered as they load (engine/interleaved_rope.py) so the half-split kernels
-rotate them.
+half of each head (`partial_rotary_factor` 0.5): the Llama loader reorders their
+projections' rows (`interleaved_rope`, engine/interleaved_rope.py) so the
+half-split kernels rotate them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
 
-import torch
-
-from engine.interleaved_rope import half_split_rows
 from engine.models.gemma import Gemma2ForCausalLM
 
 # GLM's norm names -> the sandwich layer's.
@@ -28,7 +24,6 @@ _NORMS = {
     "post_mlp_layernorm": "post_feedforward_layernorm",
 }
 _NORM = re.compile(r"^(layers\.\d+\.)(\w+)(\.weight)$")
-_QUERY_KEY = re.compile(r"\.self_attn\.(q_proj|k_proj)\.(weight|bias)$")
 
 
 class Glm4ForCausalLM(Gemma2ForCausalLM):
@@ -40,15 +35,3 @@ class Glm4ForCausalLM(Gemma2ForCausalLM):
         if norm is not None and norm.group(2) in _NORMS:
             return norm.group(1) + _NORMS[norm.group(2)] + norm.group(3)
         return name
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        super().load_weights(self._half_split(weights))
-
-    def _half_split(
-        self, weights: Iterable[tuple[str, torch.Tensor]]
-    ) -> Iterator[tuple[str, torch.Tensor]]:
-        config = self.config
-        for name, tensor in weights:
-            if config.interleaved_rope and _QUERY_KEY.search(name):
-                tensor = half_split_rows(tensor, config.head_dim, config.rotary_dim)
-            yield name, tensor

@@ -22,6 +22,7 @@ from torch import nn
 from engine.classifier_tokens import head_weight
 from engine.config import ModelConfig, RopeConfig
 from engine.fp8_checkpoint import SCALE_SUFFIX as FP8_SCALE_SUFFIX
+from engine.interleaved_rope import half_split_checkpoint
 from engine.kv_cache_scales import kv_scale_target, with_scale
 from engine.models.embedding import embedding
 from engine.models.linear import Linear
@@ -452,6 +453,8 @@ class LlamaForCausalLM(nn.Module):
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors in, fusing q/k/v and gate/up as they arrive."""
+        if self.config.interleaved_rope:  # GLM's and ERNIE's pairs, for half-split kernels
+            weights = half_split_checkpoint(weights, self.config.head_dim, self.config.rotary_dim)
         params = dict(self.named_parameters())
         loaded: set[str] = set()
         qkv_offsets = {

@@ -337,7 +337,7 @@ def test_glm4_takes_transformers_defaults_and_refuses_quantized_checkpoints() ->
     assert (config.rotary_dim, config.interleaved_rope) == (8, True)
     assert (config.qkv_bias, config.o_proj_bias) == (True, False)
     fp8 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
-    with pytest.raises(ConfigurationError, match="quantized GLM-4"):
+    with pytest.raises(ConfigurationError, match="quantized Glm4ForCausalLM"):
         ModelConfig.from_dict(
             _hf_config(architectures=["Glm4ForCausalLM"], quantization_config=fp8)
         )

@@ -158,6 +158,7 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "olmo3",
         "exaone4",
         "glm4",
+        "ernie4_5",
         "gpt_oss",
     ],
 )
