@@ -48,6 +48,10 @@ SUPPORTED_ARCHITECTURES = {
     "Glm4ForCausalLM": "glm4",
     # Llama with GLM's interleaved rotation over whole heads (ERNIE 4.5's dense models).
     "Ernie4_5ForCausalLM": "ernie4_5",
+    # One LayerNorm feeding attention and the MLP side by side, interleaved rotation,
+    # scaled logits; Cohere 2 slides 3 layers in 4 (engine/models/cohere.py).
+    "CohereForCausalLM": "cohere",
+    "Cohere2ForCausalLM": "cohere2",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
@@ -98,6 +102,7 @@ ENCODER_ACTIVATIONS = {
 RUNNERS = ("auto", "generate", "pooling")
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 GEMMA3_TYPES = ("gemma3_text", "gemma3")
+COHERE_TYPES = ("cohere", "cohere2")
 # Every Gemma generation: scaled embeddings, `1 + w` norm weights, a GELU-tanh MLP.
 GEMMA_TYPES = ("gemma", "gemma2", *GEMMA3_TYPES)
 # Families whose window is off unless `use_sliding_window` turns it on.
@@ -284,9 +289,10 @@ class ModelConfig:
     # empty: all of them.
     rope_layers: tuple[bool, ...] = ()
     # Granite: each sublayer's output is scaled by this before its residual add, and
-    # the logits divided by `logits_scaling`.
+    # the logits divided by `logits_scaling`. Cohere's: multiplied by `logit_scale`.
     residual_multiplier: float = 1.0
     logits_scaling: float = 1.0
+    logit_scale: float = 1.0
     # How the checkpoint stores its weights: None (plain) or "fp8" (dequantized at load,
     # engine/fp8_checkpoint.py), with the FP8 scales' tile (rows, columns; None: one
     # scale per matrix).
@@ -350,11 +356,15 @@ class ModelConfig:
         family = SUPPORTED_ARCHITECTURES[arch]
         if quantization and quantization.method == "mxfp4" and family != "gpt_oss":
             raise ValueError("MXFP4 checkpoints are supported for gpt-oss only")
-        if quantization and family in ("glm4", "ernie4_5"):
+        if quantization and family in ("glm4", "ernie4_5", *COHERE_TYPES):
             # Its query/key rows are reordered as they load, which block scales forbid.
             raise ConfigurationError(
                 f"quantized {arch} checkpoints are not supported: serve the bf16 release "
                 "(--quantization fp8 quantizes it as it loads)"
+            )
+        if family == "cohere" and hf.get("use_qk_norm"):
+            raise ConfigurationError(
+                "Cohere models with use_qk_norm (Command R+) are not supported"
             )
         if family == "ernie4_5" and hf.get("use_bias"):
             raise ConfigurationError(
@@ -437,9 +447,10 @@ class ModelConfig:
             local_rope=_local_rope(hf),
             rope_layers=_rope_layers(hf, family, int(hf["num_hidden_layers"])),
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
-            interleaved_rope=family in ("glm4", "ernie4_5"),
+            interleaved_rope=family in ("glm4", "ernie4_5", *COHERE_TYPES),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
+            logit_scale=float(hf["logit_scale"]) if family in COHERE_TYPES else 1.0,
             weight_quantization=quantization.method if quantization else None,
             weight_block_size=quantization.block_size if quantization else None,
             weight_scale_suffix=quantization.scale_suffix if quantization else "_scale_inv",
@@ -530,6 +541,8 @@ COMPLETED_TYPES = {
     "olmo3": ("Olmo3Config", "Olmo3ForCausalLM"),
     "glm4": ("Glm4Config", "Glm4ForCausalLM"),
     "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM"),
+    "cohere": ("CohereConfig", "CohereForCausalLM"),
+    "cohere2": ("Cohere2Config", "Cohere2ForCausalLM"),
 }
 
 _COMPLETED = {
@@ -541,6 +554,8 @@ _COMPLETED = {
     "Olmo3ForCausalLM": "olmo3",
     "Glm4ForCausalLM": "glm4",
     "Ernie4_5ForCausalLM": "ernie4_5",
+    "CohereForCausalLM": "cohere",
+    "Cohere2ForCausalLM": "cohere2",
 }
 
 
@@ -653,6 +668,9 @@ def _rope_layers(hf: dict[str, Any], family: str, num_layers: int) -> tuple[bool
         if hf.get("sliding_window") is None:
             return ()
         return tuple(kind == "sliding_attention" for kind in hf["layer_types"])
+    if family == "cohere2":  # only the sliding layers turn (none, with no window)
+        window = hf.get("sliding_window")
+        return tuple(bool(window) and kind == "sliding_attention" for kind in hf["layer_types"])
     flags = hf.get("no_rope_layers")
     if flags is None and family == "smollm3":
         interval = int(hf.get("no_rope_layer_interval") or 4)

@@ -224,6 +224,16 @@ def make_random_model(
                 **common, head_dim=16, tie_word_embeddings=True, pad_token_id=0
             )
             cls = transformers.Ernie4_5ForCausalLM
+        elif family == "cohere":
+            config = transformers.CohereConfig(**common, pad_token_id=0)
+            cls = transformers.CohereForCausalLM
+        elif family == "cohere2":
+            # One sliding layer (window 8), which alone rotates, and one full layer.
+            config = transformers.Cohere2Config(
+                **common, pad_token_id=0, sliding_window=8, sliding_window_pattern=2
+            )
+            assert config.layer_types == ["sliding_attention", "full_attention"]
+            cls = transformers.Cohere2ForCausalLM
         elif family == "exaone4":
             # One sliding layer (window 8) and one full one, which uses no positions.
             config = transformers.Exaone4Config(

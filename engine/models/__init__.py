@@ -6,6 +6,7 @@ from torch import nn
 
 from engine.config import ModelConfig
 from engine.models.bert import BertModel
+from engine.models.cohere import CohereForCausalLM
 from engine.models.gemma import Gemma2ForCausalLM
 from engine.models.glm4 import Glm4ForCausalLM
 from engine.models.gpt_oss import GptOssForCausalLM
@@ -37,6 +38,8 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "Exaone4ForCausalLM": Olmo2ForCausalLM,
     "Glm4ForCausalLM": Glm4ForCausalLM,
     "Ernie4_5ForCausalLM": LlamaForCausalLM,
+    "CohereForCausalLM": CohereForCausalLM,
+    "Cohere2ForCausalLM": CohereForCausalLM,
     "MixtralForCausalLM": LlamaForCausalLM,
     "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,

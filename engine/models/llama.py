@@ -425,6 +425,8 @@ class LlamaForCausalLM(nn.Module):
         logits = self.linear.apply(hidden, self.logits_weight, None).float()
         if self.config.logits_scaling != 1.0:
             logits = logits / self.config.logits_scaling
+        if self.config.logit_scale != 1.0:
+            logits = logits * self.config.logit_scale
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -343,6 +343,20 @@ def test_glm4_takes_transformers_defaults_and_refuses_quantized_checkpoints() ->
         )
 
 
+def test_cohere_models_scale_logits_rotate_pairs_and_cohere2_rotates_its_sliding_layers() -> None:
+    cohere = ModelConfig.from_dict(_hf_config(architectures=["CohereForCausalLM"]))
+    # CohereConfig's defaults: tied, logits times 0.0625, a 1e-5 LayerNorm.
+    assert (cohere.logit_scale, cohere.tie_word_embeddings) == (0.0625, True)
+    assert cohere.interleaved_rope and cohere.layer_norm_eps == 1e-5 and cohere.rope_layers == ()
+    cohere2 = ModelConfig.from_dict(
+        _hf_config(architectures=["Cohere2ForCausalLM"], num_hidden_layers=8)
+    )
+    assert cohere2.layer_windows == (4096, 4096, 4096, None) * 2
+    assert cohere2.rope_layers == (True, True, True, False) * 2
+    with pytest.raises(ConfigurationError, match="use_qk_norm"):
+        ModelConfig.from_dict(_hf_config(architectures=["CohereForCausalLM"], use_qk_norm=True))
+
+
 def test_an_exaone4_pattern_of_other_letters_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="sliding_window_pattern"):
         ModelConfig.from_dict(

@@ -1,0 +1,84 @@
+"""Cohere's Command R / Aya (`CohereForCausalLM`) and Command R7B / Command A
+(`Cohere2ForCausalLM`): one LayerNorm feeding attention and the MLP side by side.
+
+Each layer normalises the stream once (a mean-centred LayerNorm with no bias,
+in fp32) and adds both sublayers' outputs to it: x + attn(ln(x)) + mlp(ln(x)),
+summed in that order as transformers sums it. Queries and keys turn in
+adjacent pairs (the Llama loader reorders their rows for the half-split
+kernels: engine/interleaved_rope.py); Command R7B's and Command A's layers slide
+three in four, and only those rotate (the full-attention layers use no
+positions). Logits are multiplied by `logit_scale` (`ModelConfig.logit_scale`)
+and the LM head is the embedding table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional
+
+from engine.config import ModelConfig
+from engine.models.llama import Attention, LlamaForCausalLM
+from engine.models.mlp import MLP
+from kernels.attention import AttentionBackend
+from kernels.fused_ops import FusedOps
+
+
+class LayerNorm(nn.Module):
+    """Cohere's LayerNorm (mean-centred, a weight, no bias) in fp32, with the residual
+    add before it, as the model's RMSNorm takes it: (normalised, sum)."""
+
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is not None:
+            x = residual + x
+        normed = functional.layer_norm(x.float(), x.shape[-1:], self.weight.float(), None, self.eps)
+        return normed.to(x.dtype), x
+
+
+class CohereDecoderLayer(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        ops: FusedOps,
+        window: int | None = None,
+        rotates: bool = True,
+        sparse: bool = False,
+    ) -> None:
+        super().__init__()
+        if sparse:
+            raise ValueError("Cohere's models have no experts")
+        self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.self_attn = Attention(config, ops, window, rotates)
+        self.mlp = MLP(config, ops)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        residual: torch.Tensor | None,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        backend: AttentionBackend,
+        metadata: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the MLP's output apart from the stream plus attention's, so the next
+        layer's add sums stream + attention + MLP in transformers' order."""
+        h, stream = self.input_layernorm(hidden, residual)
+        attention = self.self_attn(h, rope, kv_cache, backend, metadata)
+        return self.mlp(h), stream + attention
+
+
+class CohereForCausalLM(LlamaForCausalLM):
+    decoder_layer = CohereDecoderLayer
+
+    def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps)  # type: ignore[assignment]
