@@ -52,6 +52,10 @@ SUPPORTED_ARCHITECTURES = {
     # scaled logits; Cohere 2 slides 3 layers in 4 (engine/models/cohere.py).
     "CohereForCausalLM": "cohere",
     "Cohere2ForCausalLM": "cohere2",
+    # Llama with biased q/k/v (and, if `attention_out_bias`, output) projections.
+    "SeedOssForCausalLM": "seed_oss",
+    # Mistral with `layer_types` naming its sliding layers (Ministral 8B).
+    "MinistralForCausalLM": "ministral",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
@@ -366,6 +370,8 @@ class ModelConfig:
             raise ConfigurationError(
                 "Cohere models with use_qk_norm (Command R+) are not supported"
             )
+        if family == "seed_oss" and hf.get("mlp_bias"):
+            raise ConfigurationError("Seed-OSS with mlp_bias (biased MLPs) is not supported")
         if family == "ernie4_5" and hf.get("use_bias"):
             raise ConfigurationError(
                 "ERNIE 4.5 with use_bias (biased projections) is not supported"
@@ -415,7 +421,11 @@ class ModelConfig:
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", family == "smollm3")),
             qkv_bias=qkv_bias,
             # transformers' Qwen2, Mistral and Phi-3 attention has no output bias.
-            o_proj_bias=attention_bias and family not in NO_OUTPUT_BIAS,
+            o_proj_bias=(
+                bool(hf.get("attention_out_bias"))
+                if family == "seed_oss"
+                else attention_bias and family not in NO_OUTPUT_BIAS
+            ),
             attention_sinks=family == "gpt_oss",
             rope=RopeConfig.from_hf(hf),
             qk_norm=family in ("qwen3", "qwen3_moe", "olmo2", "olmo3", "exaone4", *GEMMA3_TYPES),
@@ -543,6 +553,8 @@ COMPLETED_TYPES = {
     "ernie4_5": ("Ernie4_5Config", "Ernie4_5ForCausalLM"),
     "cohere": ("CohereConfig", "CohereForCausalLM"),
     "cohere2": ("Cohere2Config", "Cohere2ForCausalLM"),
+    "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM"),
+    "ministral": ("MinistralConfig", "MinistralForCausalLM"),
 }
 
 _COMPLETED = {
@@ -556,6 +568,8 @@ _COMPLETED = {
     "Ernie4_5ForCausalLM": "ernie4_5",
     "CohereForCausalLM": "cohere",
     "Cohere2ForCausalLM": "cohere2",
+    "SeedOssForCausalLM": "seed_oss",
+    "MinistralForCausalLM": "ministral",
 }
 
 

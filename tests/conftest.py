@@ -234,6 +234,22 @@ def make_random_model(
             )
             assert config.layer_types == ["sliding_attention", "full_attention"]
             cls = transformers.Cohere2ForCausalLM
+        elif family == "seed_oss":
+            # Biased q/k/v and output projections.
+            config = transformers.SeedOssConfig(
+                **common, head_dim=16, attention_out_bias=True, pad_token_id=0
+            )
+            cls = transformers.SeedOssForCausalLM
+        elif family == "ministral":
+            # A sliding layer (window 8) and a full one.
+            config = transformers.MinistralConfig(
+                **common,
+                head_dim=16,
+                sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"],
+                pad_token_id=0,
+            )
+            cls = transformers.MinistralForCausalLM
         elif family == "exaone4":
             # One sliding layer (window 8) and one full one, which uses no positions.
             config = transformers.Exaone4Config(
