@@ -36,7 +36,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from enum import Enum, auto
-from typing import Any
+from typing import Any, ClassVar
 
 from api.tool_call_json import call_from_json, feed_fields, marker_prefix_len
 from api.tool_choice import tool_call
@@ -50,8 +50,7 @@ PARAMETER = "<parameter="
 PARAMETER_END = "</parameter>"
 # A value ends at its closing tag, or where the next tag opens or its function or block
 # closes (vLLM's lookaheads), so a forgotten `</parameter>` swallows nothing.
-_VALUE_ENDS = (PARAMETER_END, PARAMETER, FUNCTION_END, TOOL_CALL_END)
-_LONGEST_VALUE_END = max(len(marker) for marker in _VALUE_ENDS)
+_VALUE_ENDS = (PARAMETER_END, PARAMETER, FUNCTION_END)
 _FUNCTION_NAME = re.compile(r"^[^\s<>]+$")
 _TWO_WORDS = re.compile(r"\S\s+\S")
 
@@ -64,6 +63,7 @@ class _At(Enum):
     PARAMETER_NAME = auto()  # `<parameter=` seen
     VALUE = auto()  # inside a parameter's value
     AFTER_FUNCTION = auto()  # `</function>` seen inside a block
+    THINKING = auto()  # inside a think block (Seed-OSS's): content, never calls
 
 
 @dataclass
@@ -73,6 +73,10 @@ class Qwen3CoderStream:
     # name -> the function's parameters schema (the request's tools)
     functions: dict[str, dict[str, Any]] = field(default_factory=dict)
     reads_tool_schemas = True
+    # The block's tags, and a think block's (whose text is content, not calls), if any.
+    block_open: ClassVar[str] = TOOL_CALL
+    block_close: ClassVar[str] = TOOL_CALL_END
+    think_tags: ClassVar[tuple[str, str] | None] = None
 
     calls: int = 0
     _at: _At = _At.TEXT
@@ -106,25 +110,45 @@ class Qwen3CoderStream:
 
     def _text(self, out: _Feed, final: bool) -> bool:
         buffer = self._buffer
-        found = [(i, m) for m in (TOOL_CALL, FUNCTION) if (i := buffer.find(m)) >= 0]
+        markers = (self.block_open, FUNCTION, *(self.think_tags or ())[:1])
+        found = [(i, m) for m in markers if (i := buffer.find(m)) >= 0]
         if not found:
-            keep = 0 if final else max(marker_prefix_len(buffer, m) for m in (TOOL_CALL, FUNCTION))
+            keep = 0 if final else max(marker_prefix_len(buffer, m) for m in markers)
             out.content(buffer[: len(buffer) - keep])
             self._buffer = buffer[len(buffer) - keep :]
             return False
         start, marker = min(found)
         out.content(buffer[:start])
-        if marker == TOOL_CALL:
-            self._buffer = buffer[start + len(TOOL_CALL) :]
-            self._opened, self._at = TOOL_CALL, _At.BLOCK
+        if self.think_tags is not None and marker == self.think_tags[0]:
+            out.content(marker)
+            self._buffer, self._at = buffer[start + len(marker) :], _At.THINKING
+        elif marker == self.block_open:
+            self._buffer = buffer[start + len(marker) :]
+            self._opened, self._at = marker, _At.BLOCK
         else:
             self._buffer = buffer[start:]
             self._opened, self._in_block, self._at = "", False, _At.NAME
         return True
 
+    def _thinking(self, out: _Feed, final: bool) -> bool:
+        """A think block's text goes out as content (a reasoning parser, when configured,
+        takes it first); a call it mentions is no call."""
+        assert self.think_tags is not None
+        close = self.think_tags[1]
+        buffer = self._buffer
+        end = buffer.find(close)
+        if end < 0:
+            keep = 0 if final else marker_prefix_len(buffer, close)
+            out.content(buffer[: len(buffer) - keep])
+            self._buffer = buffer[len(buffer) - keep :]
+            return False
+        out.content(buffer[: end + len(close)])
+        self._buffer, self._at = buffer[end + len(close) :], _At.TEXT
+        return True
+
     def _block(self, out: _Feed, final: bool) -> bool:
         buffer = self._buffer
-        function, end = buffer.find(FUNCTION), buffer.find(TOOL_CALL_END)
+        function, end = buffer.find(FUNCTION), buffer.find(self.block_close)
         if function >= 0 and (end < 0 or function < end):
             self._opened += buffer[:function]
             self._buffer = buffer[function:]
@@ -133,10 +157,10 @@ class Qwen3CoderStream:
         if end < 0 and not final:
             return False
         body = buffer if end < 0 else buffer[:end]
-        self._buffer = "" if end < 0 else buffer[end + len(TOOL_CALL_END) :]
+        self._buffer = "" if end < 0 else buffer[end + len(self.block_close) :]
         call = call_from_json(body.strip())
         if call is None:  # not a call after all: the text goes out as it was written
-            out.content(self._opened + body + ("" if end < 0 else TOOL_CALL_END))
+            out.content(self._opened + body + ("" if end < 0 else self.block_close))
         else:
             out.deltas.append({"index": self.calls, **call})
             self.calls += 1
@@ -162,7 +186,9 @@ class Qwen3CoderStream:
     def _arguments(self, out: _Feed, final: bool) -> bool:
         buffer = self._buffer
         found = [
-            (i, m) for m in (PARAMETER, FUNCTION_END, TOOL_CALL_END) if (i := buffer.find(m)) >= 0
+            (i, m)
+            for m in (PARAMETER, FUNCTION_END, self.block_close)
+            if (i := buffer.find(m)) >= 0
         ]
         if not found:
             if final:
@@ -171,7 +197,7 @@ class Qwen3CoderStream:
                 return False
             # Text between parameters is layout: keep only what could begin a tag.
             keep = max(
-                marker_prefix_len(buffer, m) for m in (PARAMETER, FUNCTION_END, TOOL_CALL_END)
+                marker_prefix_len(buffer, m) for m in (PARAMETER, FUNCTION_END, self.block_close)
             )
             self._buffer = buffer[len(buffer) - keep :]
             return False
@@ -209,8 +235,9 @@ class Qwen3CoderStream:
     def _value_text(self, out: _Feed, final: bool) -> bool:
         self._value += self._buffer
         self._buffer = ""
-        start = max(0, self._scanned - _LONGEST_VALUE_END)
-        found = [(i, m) for m in _VALUE_ENDS if (i := self._value.find(m, start)) >= 0]
+        ends = self._value_ends
+        start = max(0, self._scanned - max(len(m) for m in ends))
+        found = [(i, m) for m in ends if (i := self._value.find(m, start)) >= 0]
         self._scanned = len(self._value)
         if found:
             end, marker = min(found)
@@ -233,7 +260,7 @@ class Qwen3CoderStream:
         """Send the part of a text value that no later text can change."""
         self._drop_leading_newline()
         value = self._value
-        keep = max(marker_prefix_len(value, m) for m in _VALUE_ENDS)
+        keep = max(marker_prefix_len(value, m) for m in self._value_ends)
         safe = value[: len(value) - keep]
         if safe.endswith("\n"):
             safe = safe[:-1]  # may be the layout's newline before the closing tag
@@ -260,6 +287,10 @@ class Qwen3CoderStream:
             text = json.dumps(typed_value(value, self._kind), ensure_ascii=False)
         out.arguments(self.calls - 1, text)
 
+    @property
+    def _value_ends(self) -> tuple[str, ...]:
+        return (*_VALUE_ENDS, self.block_close)
+
     def _end_function(self, out: _Feed) -> None:
         out.arguments(self.calls - 1, "{}" if self._keys == 0 else "}")
 
@@ -269,25 +300,25 @@ class Qwen3CoderStream:
             # A bare function: a `</tool_call>` right after it closes a block whose
             # opening the model left out; anything else is text again.
             stripped = buffer.lstrip()
-            if stripped.startswith(TOOL_CALL_END):
-                self._buffer = stripped[len(TOOL_CALL_END) :]
-            elif not final and TOOL_CALL_END.startswith(stripped):
+            if stripped.startswith(self.block_close):
+                self._buffer = stripped[len(self.block_close) :]
+            elif not final and self.block_close.startswith(stripped):
                 return False  # nothing yet, or what may become `</tool_call>`
             self._at = _At.TEXT
             return True
-        function, end = buffer.find(FUNCTION), buffer.find(TOOL_CALL_END)
+        function, end = buffer.find(FUNCTION), buffer.find(self.block_close)
         if function >= 0 and (end < 0 or function < end):
             self._buffer, self._at = buffer[function:], _At.NAME
             return True
         if end >= 0:
-            self._buffer = buffer[end + len(TOOL_CALL_END) :]
+            self._buffer = buffer[end + len(self.block_close) :]
             self._in_block, self._at = False, _At.TEXT
             return True
         if final:
             self._buffer, self._at = "", _At.TEXT
             return False
         # Inside the block only another function or its end can follow.
-        keep = max(marker_prefix_len(buffer, m) for m in (FUNCTION, TOOL_CALL_END))
+        keep = max(marker_prefix_len(buffer, m) for m in (FUNCTION, self.block_close))
         self._buffer = buffer[len(buffer) - keep :]
         return False
 
@@ -300,7 +331,18 @@ _HANDLERS = {
     _At.PARAMETER_NAME: "_parameter_name",
     _At.VALUE: "_value_text",
     _At.AFTER_FUNCTION: "_after_function",
+    _At.THINKING: "_thinking",
 }
+
+
+class SeedOssStream(Qwen3CoderStream):
+    """The "seed_oss" parser: Seed-OSS writes the same calls inside `<seed:tool_call>`
+    blocks, after thinking in `<seed:think>`, whose text is content here as in vLLM's
+    parser (no call is read inside it)."""
+
+    block_open: ClassVar[str] = "<seed:tool_call>"
+    block_close: ClassVar[str] = "</seed:tool_call>"
+    think_tags: ClassVar[tuple[str, str] | None] = ("<seed:think>", "</seed:think>")
 
 
 @dataclass

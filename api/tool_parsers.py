@@ -17,6 +17,8 @@ its trained syntax, so each model family needs a parser (vLLM's
 - "qwen3_coder" (`api/qwen3_coder_tool_parser.py`; vLLM's "qwen3_xml" names the
   same format): `<function=NAME><parameter=KEY>` calls (Qwen3-Coder), whose bare
   text arguments are typed by the request's tool schemas;
+- "seed_oss" (the same file): the same calls in `<seed:tool_call>` blocks after a
+  `<seed:think>` block whose text stays content (Seed-OSS);
 - "granite" (`api/granite_tool_parser.py`): the answer as a JSON list of calls
   after `<|tool_call|>` or `<tool_call>` (IBM Granite 3);
 - "phi4_mini_json" (`api/phi4_mini_tool_parser.py`): `functools[...]` (Phi-4-mini);
@@ -43,7 +45,7 @@ from api.olmo3_tool_parser import Olmo3Stream
 from api.openai_tool_parser import OpenAIToolStream
 from api.phi4_mini_tool_parser import Phi4MiniJsonStream
 from api.pythonic_tool_parser import PythonicStream
-from api.qwen3_coder_tool_parser import Qwen3CoderStream
+from api.qwen3_coder_tool_parser import Qwen3CoderStream, SeedOssStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
 from api.tool_choice import function_parameters
 
@@ -60,6 +62,7 @@ TOOL_CALL_PARSERS: dict[str, Callable[..., ToolParserStream]] = {
     "openai": OpenAIToolStream,
     "qwen3_coder": Qwen3CoderStream,
     "qwen3_xml": Qwen3CoderStream,
+    "seed_oss": SeedOssStream,
     "granite": GraniteStream,
     "phi4_mini_json": Phi4MiniJsonStream,
     "olmo3": Olmo3Stream,

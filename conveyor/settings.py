@@ -330,6 +330,7 @@ class Settings(BaseSettings):
             "openai",
             "qwen3_coder",
             "qwen3_xml",
+            "seed_oss",
             "granite",
             "phi4_mini_json",
             "olmo3",
@@ -344,7 +345,8 @@ class Settings(BaseSettings):
         "mistral: calls after the [TOOL_CALLS] token, as Mistral models write them; "
         "openai: harmony messages to functions.NAME, as gpt-oss writes them; "
         "qwen3_coder, or qwen3_xml: <function=NAME><parameter=KEY> calls, as "
-        "Qwen3-Coder writes them; granite: a JSON list after <tool_call>, as Granite 3 "
+        "Qwen3-Coder writes them; seed_oss: the same in <seed:tool_call> blocks, as "
+        "Seed-OSS writes them; granite: a JSON list after <tool_call>, as Granite 3 "
         "writes it; phi4_mini_json: functools[...], as Phi-4-mini writes it; olmo3: "
         "Python calls in <function_calls>, as OLMo 3 writes them; llama4_json and "
         "llama4_pythonic: llama3_json's and pythonic's formats, as Llama 4 writes them)",

@@ -12,7 +12,7 @@ from typing import Any
 import anthropic
 import pytest
 
-from api.qwen3_coder_tool_parser import Qwen3CoderStream
+from api.qwen3_coder_tool_parser import Qwen3CoderStream, SeedOssStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
 from api.tool_choice import function_parameters
 from api.tool_parsers import parse_tool_calls
@@ -336,3 +336,43 @@ def test_a_tool_use_block_through_the_anthropic_sdk(qwen3_coder_stack: Stack) ->
         with claude.messages.stream(**body) as stream:
             final = stream.get_final_message()
         assert final.content[0].input == WRITE_ARGUMENTS  # type: ignore[union-attr]
+
+
+SEED = (
+    "<seed:think>I could call <function=get_time></function> here.</seed:think>"
+    "Saving.\n<seed:tool_call>\n<function=write_file>\n<parameter=mode>\n7\n</parameter>\n"
+    "</function>\n</seed:tool_call>"
+)
+SEED_THOUGHT = "<seed:think>I could call <function=get_time></function> here.</seed:think>"
+
+
+def test_seed_oss_reads_its_blocks_and_leaves_its_thinking_as_content() -> None:
+    """Seed-OSS's tags; a call the thinking mentions is no call (as in vLLM's parser)."""
+    parsed = parse_tool_calls("seed_oss", SEED, TOOLS)
+    assert names_and_arguments(parsed.tool_calls) == [("write_file", {"mode": 7})]
+    assert parsed.content == SEED_THOUGHT + "Saving.\n"
+    for cut in range(len(SEED) + 1):
+        parser = SeedOssStream(function_parameters(TOOLS))
+        content, arguments = "", ""
+        for piece, final in ((SEED[:cut], False), (SEED[cut:], True)):
+            fields, _ = parser.feed(piece, final)
+            content += fields.get("content", "") + fields.get(AFTER_CALLS, "")
+            arguments += "".join(d["function"]["arguments"] for d in fields.get("tool_calls", []))
+        # (Whitespace alone in a feed that calls is no content: the newline may go.)
+        assert (content.rstrip(), json.loads(arguments)) == (
+            SEED_THOUGHT + "Saving.",
+            {"mode": 7},
+        ), cut
+
+
+def test_seed_oss_through_the_openai_sdk(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(tool_call_parser="seed_oss")
+    stack.worker.set_script(SEED)
+    with sdk_client(stack) as client:
+        full = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
+        (call,) = full.choices[0].message.tool_calls or []
+        assert (call.function.name, json.loads(call.function.arguments)) == (
+            "write_file",
+            {"mode": 7},
+        )
+        assert full.choices[0].finish_reason == "tool_calls"
