@@ -29,7 +29,9 @@ from api.mistral_tool_parser import mistral_call_id, with_mistral_ids
 from api.prompt_logprobs import prompt_logprobs_answer
 from api.reasoning_parser import (
     HARMONY,
+    OTHER_TAGS,
     PROMPT_TAIL_TOKENS,
+    UNCONSTRAINED,
     HarmonyThinkStream,
     ThinkStart,
     ThinkStream,
@@ -37,6 +39,7 @@ from api.reasoning_parser import (
     split_reasoning,
     think_start,
     think_stream,
+    think_tags,
 )
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
@@ -120,7 +123,11 @@ async def start_chat(
         max_tokens = max_model_len - len(prompt_ids)  # the rest of the context, as vLLM does
     top_n = body.top_logprobs or 0
     reasoning_parser = HARMONY if harmony else services.settings.reasoning_parser
-    if reasoning_parser == HARMONY or (body.auto_tool_choice and keeps_special_tokens(tool_parser)):
+    if (
+        reasoning_parser == HARMONY
+        or reasoning_parser in OTHER_TAGS
+        or (body.auto_tool_choice and keeps_special_tokens(tool_parser))
+    ):
         # The parser reads special tokens ([TOOL_CALLS], harmony's) the detokenizer drops.
         body = body.model_copy(update={"skip_special_tokens": False})
     sampling = build_sampling(
@@ -145,6 +152,19 @@ async def start_chat(
             turn = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
         start = think_start(reasoning_parser, turn)
     constraint = sampling.structured_output
+    if (
+        constraint is not None
+        and start is not ThinkStart.ANSWER
+        and reasoning_parser in UNCONSTRAINED
+    ):
+        param = body.structured_output()[1]
+        raise ApiError(
+            400,
+            f"{param} cannot constrain the answer of a model read with --reasoning-parser "
+            f"{reasoning_parser} (its thinking tags are not grammar-wrapped); turn thinking "
+            "off in the prompt (chat_template_kwargs) or leave the constraint out",
+            param=param,
+        )
     if constraint is not None and start is not ThinkStart.ANSWER:
         # As in vLLM, a constraint (a response format, a forced call) binds the answer
         # only: the model thinks freely up to </think> first.
@@ -371,6 +391,7 @@ class ChatGeneration:
         self.tool_parser = tool_parser
         # Splits thinking from the answer (api/reasoning_parser.py); None: all is answer.
         self.reasoning_parser = reasoning_parser
+        self.think_tags = think_tags(reasoning_parser)
         # Whether the output starts inside a think block (the prompt's end decides).
         self.think_start = think_start
         self.record = services.record
@@ -418,7 +439,9 @@ class ChatGeneration:
         # Harmony's count reads its markers, which are special tokens.
         keep = self.think_start is ThinkStart.HARMONY
         decode = partial(self.tokenizer.decode, skip_special_tokens=not keep)
-        return sum(reasoning_token_count(decode, ids, self.think_start) for ids in outputs)
+        return sum(
+            reasoning_token_count(decode, ids, self.think_start, self.think_tags) for ids in outputs
+        )
 
     def _harmony_end(
         self, token_ids: Sequence[int], finish_reason: str | None, stop_reason: object
@@ -457,7 +480,7 @@ class ChatGeneration:
             text += self._harmony_end(choice.token_ids, choice.finish_reason, choice.stop_reason)
             if self.reasoning_parser is not None:
                 calls = self.auto_parser is not None
-                reasoning, text = split_reasoning(text, self.think_start, calls)
+                reasoning, text = split_reasoning(text, self.think_start, calls, self.think_tags)
             message, finish_reason = chat_message(
                 text, choice.finish_reason, forced, self.auto_parser, body.tools
             )
@@ -617,7 +640,9 @@ class ChatGeneration:
                     if self.reasoning_parser is not None:
                         if delta.index not in thinking:
                             calls = self.auto_parser is not None
-                            thinking[delta.index] = think_stream(self.think_start, calls)
+                            thinking[delta.index] = think_stream(
+                                self.think_start, calls, self.think_tags
+                            )
                         split = thinking[delta.index]
                         reasoning, text = split.feed(text, finish_reason is not None)
                         token_ids.setdefault(delta.index, []).extend(delta.token_ids)

@@ -340,6 +340,8 @@ class SeedOssStream(Qwen3CoderStream):
     blocks, after thinking in `<seed:think>`, whose text is content here as in vLLM's
     parser (no call is read inside it)."""
 
+    # Its tags may be special tokens, which detokenizing must keep for the parser.
+    needs_special_tokens = True
     block_open: ClassVar[str] = "<seed:tool_call>"
     block_close: ClassVar[str] = "</seed:tool_call>"
     think_tags: ClassVar[tuple[str, str] | None] = ("<seed:think>", "</seed:think>")

@@ -20,6 +20,11 @@ start gives the same split streamed and whole.
 its templates open the block in the prompt; it reads as "qwen3" does (vLLM's
 olmo3 parser also starts inside a block only when one is open).
 
+"seed_oss": Seed-OSS thinks inside `<seed:think> ... </seed:think>`, opened by
+the output itself; it reads as "qwen3" does with those tags, which may be
+special tokens, so requests it reads keep special tokens. Its thinking cannot
+be combined with a structured-output constraint (the grammar spells `<think>`).
+
 "openai_gptoss": gpt-oss writes harmony messages (api/harmony_parser.py): its
 analysis channel is reasoning (with messages to tools the server does not run,
 such as its built-in browser), its final channel and commentary preambles are
@@ -41,13 +46,36 @@ from api.harmony_parser import (
 )
 from api.tool_call_json import marker_prefix_len
 
-REASONING_PARSERS = ("deepseek_r1", "qwen3", "olmo3", "openai_gptoss")
+REASONING_PARSERS = ("deepseek_r1", "qwen3", "olmo3", "seed_oss", "openai_gptoss")
 # Parsers that read an output as thinking only inside a block opened in the prompt or
 # at the output's start.
-THINKS_IF_OPENED = ("qwen3", "olmo3")
+THINKS_IF_OPENED = ("qwen3", "olmo3", "seed_oss")
 HARMONY = "openai_gptoss"
 START = "<think>"
 END = "</think>"
+
+
+@dataclass(frozen=True)
+class ThinkTags:
+    """The tags around a model's thinking."""
+
+    open: str = START
+    close: str = END
+
+
+THINK = ThinkTags()
+SEED_THINK = ThinkTags("<seed:think>", "</seed:think>")
+# Parsers whose tags are not `<think>`'s; they may be special tokens, which
+# detokenizing keeps for them.
+OTHER_TAGS = {"seed_oss": SEED_THINK}
+# Parsers whose thinking a structured-output grammar cannot wrap (it spells `<think>`).
+UNCONSTRAINED = frozenset(OTHER_TAGS)
+
+
+def think_tags(parser: str | None) -> ThinkTags:
+    return OTHER_TAGS.get(parser or "", THINK)
+
+
 # How much of the prompt's end `think_start` reads when the model's own turn cannot be
 # told apart from the conversation (a template's thinking switch is in its last tokens).
 PROMPT_TAIL_TOKENS = 32
@@ -66,7 +94,8 @@ def think_start(parser: str, prompt_tail: str) -> ThinkStart:
     """How an output of `parser`'s model begins after a prompt ending in `prompt_tail`."""
     if parser == HARMONY:
         return ThinkStart.HARMONY
-    start, end = prompt_tail.rfind(START), prompt_tail.rfind(END)
+    tags = think_tags(parser)
+    start, end = prompt_tail.rfind(tags.open), prompt_tail.rfind(tags.close)
     if end > start >= 0:  # `<think></think>`: a template with thinking turned off
         return ThinkStart.ANSWER
     if parser in THINKS_IF_OPENED and start < 0:
@@ -77,6 +106,7 @@ def think_start(parser: str, prompt_tail: str) -> ThinkStart:
 @dataclass
 class ThinkStream:
     start: ThinkStart = ThinkStart.INSIDE
+    tags: ThinkTags = THINK
     opened: bool = False  # past where an opening <think> could be
     answering: bool = False  # the answer's first non-blank text went out
     pending: str = ""
@@ -90,21 +120,23 @@ class ThinkStream:
         reasoning = ""
         if self.thinking and not self.opened:
             stripped = buffer.lstrip()
-            if not final and START.startswith(stripped):  # may still become <think>
+            opening = self.tags.open
+            if not final and opening.startswith(stripped):  # may still become <think>
                 self.pending = buffer
                 return "", ""
-            if stripped.startswith(START):
-                buffer = stripped[len(START) :]
+            if stripped.startswith(opening):
+                buffer = stripped[len(opening) :]
             elif self.start is ThinkStart.IF_OPENED:
                 self.thinking = False
             self.opened = True
         if self.thinking:
-            end = buffer.find(END)
+            closing = self.tags.close
+            end = buffer.find(closing)
             if end < 0:
-                keep = 0 if final else marker_prefix_len(buffer, END)
+                keep = 0 if final else marker_prefix_len(buffer, closing)
                 self.pending = buffer[len(buffer) - keep :]
                 return buffer[: len(buffer) - keep], ""
-            reasoning, buffer = buffer[:end], buffer[end + len(END) :]
+            reasoning, buffer = buffer[:end], buffer[end + len(closing) :]
             self.thinking = False
         if not self.answering:
             buffer = buffer.lstrip()
@@ -144,24 +176,29 @@ class HarmonyThinkStream:
         return reasoning, answer
 
 
-def think_stream(start: ThinkStart, calls: bool = True) -> ThinkStream | HarmonyThinkStream:
+def think_stream(
+    start: ThinkStart, calls: bool = True, tags: ThinkTags = THINK
+) -> ThinkStream | HarmonyThinkStream:
     """The stream that splits an output starting as `start` says (`calls`: harmony's,
-    for a tool-call parser that reads them)."""
+    for a tool-call parser that reads them; `tags`: the thinking's)."""
     if start is ThinkStart.HARMONY:
         return HarmonyThinkStream(calls)
-    return ThinkStream(start)
+    return ThinkStream(start, tags)
 
 
 def split_reasoning(
-    text: str, start: ThinkStart = ThinkStart.INSIDE, calls: bool = True
+    text: str, start: ThinkStart = ThinkStart.INSIDE, calls: bool = True, tags: ThinkTags = THINK
 ) -> tuple[str | None, str]:
     """A whole output's (reasoning or None, answer)."""
-    reasoning, answer = think_stream(start, calls).feed(text, final=True)
+    reasoning, answer = think_stream(start, calls, tags).feed(text, final=True)
     return reasoning or None, answer
 
 
 def reasoning_token_count(
-    decode: Callable[[list[int]], str], token_ids: list[int], start: ThinkStart
+    decode: Callable[[list[int]], str],
+    token_ids: list[int],
+    start: ThinkStart,
+    tags: ThinkTags = THINK,
 ) -> int:
     """How many of an output's tokens were thinking (usage's reasoning_tokens): those up
     to the one that completes `</think>`, all of them if none does, none if the output
@@ -171,14 +208,14 @@ def reasoning_token_count(
     if start is ThinkStart.HARMONY:  # `decode` keeps special tokens for harmony
         return harmony_reasoning_tokens([decode([token]) for token in token_ids])
     text = decode(token_ids)
-    if start is ThinkStart.IF_OPENED and not text.lstrip().startswith(START):
+    if start is ThinkStart.IF_OPENED and not text.lstrip().startswith(tags.open):
         return 0
-    if END not in text:
+    if tags.close not in text:
         return len(token_ids)
     low, high = 1, len(token_ids)  # the shortest prefix whose text holds </think>
     while low < high:
         middle = (low + high) // 2
-        if END in decode(token_ids[:middle]):
+        if tags.close in decode(token_ids[:middle]):
             high = middle
         else:
             low = middle + 1

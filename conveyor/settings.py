@@ -351,13 +351,16 @@ class Settings(BaseSettings):
         "Python calls in <function_calls>, as OLMo 3 writes them; llama4_json and "
         "llama4_pythonic: llama3_json's and pythonic's formats, as Llama 4 writes them)",
     )
-    reasoning_parser: Literal["deepseek_r1", "qwen3", "olmo3", "openai_gptoss"] | None = Field(
+    reasoning_parser: (
+        Literal["deepseek_r1", "qwen3", "olmo3", "seed_oss", "openai_gptoss"] | None
+    ) = Field(
         default=None,
         description="separates a reasoning model's thinking from its answer in chat "
         "(deepseek_r1: <think>...</think>, as DeepSeek-R1, its distills and QwQ write it, "
         "the output starting inside the block; qwen3: the same tags, thinking only when a "
         "<think> is open in the prompt or at the output's start, as Qwen3 writes it; "
         "olmo3: read as qwen3, as OLMo 3 Think writes it; "
+        "seed_oss: read as qwen3 with <seed:think> tags, as Seed-OSS writes them; "
         "openai_gptoss: harmony's analysis channel, as gpt-oss writes it, which gpt-oss "
         "models get without the flag); "
         "the thinking goes out as `reasoning` (and vLLM's older `reasoning_content`)",

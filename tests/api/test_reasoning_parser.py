@@ -1,6 +1,6 @@
-"""--reasoning-parser deepseek_r1 and qwen3: a reasoning model's <think> text goes out as
-`reasoning` (and vLLM's older `reasoning_content`), apart from the answer, whole or
-streamed."""
+"""--reasoning-parser deepseek_r1, qwen3 (olmo3) and seed_oss: a reasoning model's
+thinking goes out as `reasoning` (and vLLM's older `reasoning_content`), apart from the
+answer, whole or streamed."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from api.reasoning_parser import (
     split_reasoning,
     think_start,
     think_stream,
+    think_tags,
 )
 from conveyor.cli import build_parser
 from conveyor.settings import Settings
@@ -383,3 +384,50 @@ def test_only_the_models_own_turn_decides_where_it_starts(
     message = answer.choices[0].message
     assert message.content == ANSWER
     assert (message.model_extra or {})["reasoning"] == THOUGHT
+
+
+SEED_THOUGHT = "Budget left: 100.<seed:cot_budget_reflect>ok</seed:cot_budget_reflect>"
+
+
+@pytest.mark.parametrize(
+    ("text", "reasoning", "answer"),
+    [
+        (f"<seed:think>{SEED_THOUGHT}</seed:think>\n{ANSWER}", SEED_THOUGHT, ANSWER),
+        (f"<seed:think>{SEED_THOUGHT}", SEED_THOUGHT, ""),  # cut short: all thinking
+        (ANSWER, "", ANSWER),  # no block opened: all answer
+        (f"<think>{THOUGHT}</think>{ANSWER}", "", f"<think>{THOUGHT}</think>{ANSWER}"),
+    ],
+)
+def test_seed_oss_thinks_inside_its_own_tags(text: str, reasoning: str, answer: str) -> None:
+    tags = think_tags("seed_oss")
+    start = think_start("seed_oss", "<seed:bos>assistant\n")
+    assert start is ThinkStart.IF_OPENED
+    assert split_reasoning(text, start, tags=tags) == (reasoning or None, answer)
+    for cut in range(len(text) + 1):
+        stream = think_stream(start, tags=tags)
+        first = stream.feed(text[:cut], final=False)
+        last = stream.feed(text[cut:], final=True)
+        assert (first[0] + last[0], first[1] + last[1]) == (reasoning, answer), cut
+    pieces = [text[:13], text[13:]]
+    ids = [0, 1]
+    count = reasoning_token_count(lambda p: "".join(pieces[i] for i in p), ids, start, tags)
+    assert count == (2 if reasoning else 0)
+
+
+def test_seed_oss_thinking_and_calls_through_the_sdk(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(reasoning_parser="seed_oss", tool_call_parser="seed_oss")
+    call = "<seed:tool_call><function=get_time></function></seed:tool_call>"
+    stack.worker.set_script(f"<seed:think>{SEED_THOUGHT}</seed:think>Checking.{call}")
+    with sdk_client(stack) as client:
+        whole = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
+        choice = whole.choices[0]
+        assert (choice.message.model_extra or {})["reasoning"] == SEED_THOUGHT
+        assert choice.message.content == "Checking."
+        assert named([c.model_dump() for c in choice.message.tool_calls or []]) == [
+            ("get_time", {})
+        ]
+        assert choice.finish_reason == "tool_calls"
+        with pytest.raises(openai.BadRequestError, match="reasoning-parser seed_oss"):
+            client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, response_format={"type": "json_object"}
+            )
