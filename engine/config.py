@@ -557,20 +557,8 @@ COMPLETED_TYPES = {
     "ministral": ("MinistralConfig", "MinistralForCausalLM"),
 }
 
-_COMPLETED = {
-    "GemmaForCausalLM": "gemma",
-    "Gemma2ForCausalLM": "gemma2",
-    "Gemma3ForCausalLM": "gemma3_text",
-    "Gemma3ForConditionalGeneration": "gemma3",
-    "Mistral3ForConditionalGeneration": "mistral3",
-    "Olmo3ForCausalLM": "olmo3",
-    "Glm4ForCausalLM": "glm4",
-    "Ernie4_5ForCausalLM": "ernie4_5",
-    "CohereForCausalLM": "cohere",
-    "Cohere2ForCausalLM": "cohere2",
-    "SeedOssForCausalLM": "seed_oss",
-    "MinistralForCausalLM": "ministral",
-}
+# The architecture each of those types completes (what names them in `architectures`).
+_COMPLETED = {arch: model_type for model_type, (_, arch) in COMPLETED_TYPES.items()}
 
 
 def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
