@@ -22,6 +22,8 @@ import math
 import warnings
 from typing import Any
 
+from conveyor.strict_json import strict_json_loads
+
 _STRING_TYPES = {"string", "str", "text", "varchar", "char", "enum"}
 _INTEGER_PREFIXES = ("int", "uint", "long", "short", "unsigned")
 _NUMBER_PREFIXES = ("num", "float")
@@ -68,7 +70,7 @@ def typed_value(text: str, kind: str) -> Any:
         return text.strip().lower() == "true"
     if kind.startswith(_CONTAINER_TYPES):
         try:
-            return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+            return strict_json_loads(text)
         except (ValueError, RecursionError):
             pass
     return _literal(text)
@@ -84,19 +86,6 @@ def _literal(text: str) -> Any:
         return json.loads(json.dumps(value, allow_nan=False))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return text
-
-
-def _not_json(constant: str) -> Any:
-    """Python's json reads NaN and Infinity, which JSON has not."""
-    raise ValueError(f"{constant} is not JSON")
-
-
-def _finite(text: str) -> float:
-    """A JSON number, refused where it overflows to infinity (1e999)."""
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"{text} does not fit a float")
-    return number
 
 
 def _schema_type(schema: Any, root: dict[str, Any], depth: int) -> str:

@@ -10,10 +10,11 @@ discovering problems line by line in the error file.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from conveyor.strict_json import strict_json_loads
 
 MAX_ERRORS = 100  # enough to fix a file; a 50,000-line file of errors need not be echoed
 # What the SQL columns hold (batch_results.custom_id, batches.model). A longer value, or a NUL
@@ -71,7 +72,9 @@ def validate_lines(raw_lines: Iterable[bytes], *, endpoint: str, max_lines: int)
             )
             break
         try:
-            item = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+            # NaN, Infinity and 1e400 refused: the line, sent on, could not be written
+            # out again (the batch then stopped and was re-run, for ever).
+            item = strict_json_loads(raw)
         except UnicodeDecodeError:
             fail("invalid_json_line", f"line {number} is not UTF-8 text", number)
             continue
@@ -173,17 +176,3 @@ def _where(exc: json.JSONDecodeError) -> str:
     if exc.pos >= len(exc.doc.rstrip()):
         return f"{exc.msg} at the end of the line"
     return f"{exc.msg} at character {exc.pos + 1}"
-
-
-def _refuse_constant(name: str) -> None:
-    """NaN and Infinity are not JSON: json.loads took them, and the line, sent on, could
-    not be written out again (the batch then stopped and was re-run, for ever)."""
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    """A number past float's range (1e400) is read as inf: the same dead end as Infinity."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text} is out of a float's range")
-    return value
