@@ -107,6 +107,7 @@ RUNNERS = ("auto", "generate", "pooling")
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 GEMMA3_TYPES = ("gemma3_text", "gemma3")
 COHERE_TYPES = ("cohere", "cohere2")
+ROTARY_PRECISION = {"cohere": "fp32", "cohere2": "fp32", "ernie4_5": "fp32_table"}
 # Every Gemma generation: scaled embeddings, `1 + w` norm weights, a GELU-tanh MLP.
 GEMMA_TYPES = ("gemma", "gemma2", *GEMMA3_TYPES)
 # Families whose window is off unless `use_sliding_window` turns it on.
@@ -289,6 +290,10 @@ class ModelConfig:
     # query and key rows so the kernels' half-split rotation does it
     # (engine/interleaved_rope.py).
     interleaved_rope: bool = False
+    # Where transformers rotates in fp32 in a 16-bit model: "fp32" (Cohere's: the model
+    # dtype's cos/sin, fp32 arithmetic) or "fp32_table" (ERNIE 4.5's: both in fp32);
+    # "model": in the model's dtype, as Llama does.
+    rotary_precision: str = "model"
     # SmolLM3: which layers rotate queries and keys (the others use no positions: NoPE);
     # empty: all of them.
     rope_layers: tuple[bool, ...] = ()
@@ -458,6 +463,7 @@ class ModelConfig:
             rope_layers=_rope_layers(hf, family, int(hf["num_hidden_layers"])),
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
             interleaved_rope=family in ("glm4", "ernie4_5", *COHERE_TYPES),
+            rotary_precision=ROTARY_PRECISION.get(family, "model"),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
             logit_scale=float(hf["logit_scale"]) if family in COHERE_TYPES else 1.0,
@@ -724,9 +730,11 @@ def _layer_windows(hf: dict[str, Any], family: str, num_layers: int) -> tuple[in
     window = _sliding_window(hf, family)
     if window is None:
         return (None,) * num_layers
-    if family in ("mistral", "mixtral", "qwen3_moe"):  # every layer, whatever else is said
-        return (window,) * num_layers
     types = hf.get("layer_types")
+    # Every layer, whatever else is said; but a Mistral config listing layer_types is
+    # Ministral 8B's, which transformers reads as Ministral (alternating layers).
+    if family in ("mixtral", "qwen3_moe") or (family == "mistral" and types is None):
+        return (window,) * num_layers
     if types is not None:
         if len(types) != num_layers:
             raise ValueError(f"layer_types lists {len(types)} layers, the model has {num_layers}")

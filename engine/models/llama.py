@@ -172,6 +172,7 @@ class Attention(nn.Module):
         self.rotates = rotates
         self.rotary_dim = config.rotary_dim
         self.apply_rotary = ops.apply_rotary
+        self.rotary_in_fp32 = config.rotary_precision != "model"
         self.num_heads = config.num_heads
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
@@ -219,10 +220,15 @@ class Attention(nn.Module):
         if self.qk_norm and not self.qk_norm_across_heads:
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
             qk = torch.cat((self.q_norm(q)[0], self.k_norm(k)[0]), dim=1)
-        if self.rotates and self.rotary_dim:
-            # Phi's partial rotation: the first rotary_dim of each head turn, the rest stay.
-            part = qk[..., : self.rotary_dim]
-            part.copy_(self.apply_rotary(part, *rope))
+        if self.rotates and (self.rotary_dim or self.rotary_in_fp32):
+            # Phi's partial rotation: the first rotary_dim of each head turn, the rest stay;
+            # Cohere's and ERNIE's turn in fp32 and round once, as transformers does.
+            part = qk[..., : self.rotary_dim or self.head_dim]
+            if self.rotary_in_fp32:
+                cos, sin = rope
+                part.copy_(self.apply_rotary(part.float(), cos.float(), sin.float()))
+            else:
+                part.copy_(self.apply_rotary(part, *rope))
         elif self.rotates:
             qk = self.apply_rotary(qk, *rope)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
@@ -358,10 +364,13 @@ class LlamaForCausalLM(nn.Module):
         if self.config.embed_scale != 1.0:
             # In the embedding's dtype, as HF scales it.
             hidden = hidden * torch.tensor(self.config.embed_scale, dtype=hidden.dtype)
-        rope = self.rotary.table(positions, hidden.dtype)
+        table_dtype = hidden.dtype
+        if self.config.rotary_precision == "fp32_table":
+            table_dtype = torch.float32
+        rope = self.rotary.table(positions, table_dtype)
         local = rope
         if self.local_rotary is not None:
-            local = self.local_rotary.table(positions, hidden.dtype)
+            local = self.local_rotary.table(positions, table_dtype)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             turn = local if layer.self_attn.window is not None else rope
@@ -422,11 +431,12 @@ class LlamaForCausalLM(nn.Module):
             raise RuntimeError(
                 "compute_logits without an LM head (pooling runner) or before pack_weights"
             )
-        logits = self.linear.apply(hidden, self.logits_weight, None).float()
+        logits = self.linear.apply(hidden, self.logits_weight, None)
+        if self.config.logit_scale != 1.0:
+            logits = logits * self.config.logit_scale  # in the model's dtype, as Cohere's
+        logits = logits.float()
         if self.config.logits_scaling != 1.0:
             logits = logits / self.config.logits_scaling
-        if self.config.logit_scale != 1.0:
-            logits = logits * self.config.logit_scale
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap

@@ -98,9 +98,13 @@ def test_each_layer_slides_as_the_config_says() -> None:
     """As transformers reads each family's keys, its defaults included."""
     mistral = _hf_config(architectures=["MistralForCausalLM"], sliding_window=4096)
     assert ModelConfig.from_dict(mistral).layer_windows == (4096, 4096)
-    # Mistral slides every layer whatever else the config says; 4096 if it names none.
-    listed = {**mistral, "layer_types": ["full_attention"] * 2, "use_sliding_window": False}
-    assert ModelConfig.from_dict(listed).layer_windows == (4096, 4096)
+    # Mistral slides every layer whatever else the config says (4096 if it names none),
+    # unless it lists layer_types: transformers then reads it as Ministral's, as
+    # Ministral 8B ships (MistralForCausalLM with alternating layers).
+    ignored = {**mistral, "use_sliding_window": False}
+    assert ModelConfig.from_dict(ignored).layer_windows == (4096, 4096)
+    listed = {**mistral, "model_type": "mistral", "layer_types": ["full_attention"] * 2}
+    assert ModelConfig.from_dict(listed).layer_windows == (None, None)
     unnamed = {k: v for k, v in mistral.items() if k != "sliding_window"}
     assert ModelConfig.from_dict(unnamed).layer_windows == (4096, 4096)
     # Qwen's window is off unless switched on, and starts at layer 28 unless told.

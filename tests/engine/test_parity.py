@@ -479,3 +479,46 @@ def test_llama_with_attention_biases_matches_hf(bundled_model_dir: Path, tmp_pat
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     llm = LLM(str(folder), kv_cache_memory=64 << 20)
     assert_prompt_logprobs_match(llm, model, prompt)
+
+
+def test_ministral_saved_as_mistral_keeps_its_full_layers(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Ministral-8B ships `MistralForCausalLM` with `layer_types`, which transformers reads
+    as Ministral: its full-attention layers must not slide (nor lose blocks behind it)."""
+    folder = tmp_path / "ministral-as-mistral"
+
+    def as_mistral(config: dict[str, Any]) -> None:
+        config.update(architectures=["MistralForCausalLM"], model_type="mistral")
+
+    config_variant(make_random_model("ministral"), folder, as_mistral)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    assert type(hf).__name__ == "MinistralForCausalLM"
+    llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    assert llm.engine.model_config.layer_windows == (8, None)
+    torch.manual_seed(0)
+    prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (17, 90)]
+    results = llm.generate(prompts, greedy(24, min_tokens=24))
+    for prompt, result in zip(prompts, results, strict=True):
+        assert result.token_ids == hf_greedy(hf, prompt, 24)
+
+
+@pytest.mark.parametrize("family", ["ernie4_5", "cohere2"])
+def test_bf16_rotations_round_where_transformers_rounds(
+    family: str, make_random_model: Callable[[str], Path]
+) -> None:
+    """ERNIE 4.5 (fp32 cos/sin and arithmetic) and Cohere (fp32 arithmetic) rotate in
+    fp32 inside a bf16 model: rotating in bf16 moved prompt logprobs by up to 0.2."""
+    folder = make_random_model(family)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    llm = LLM(str(folder), dtype="bfloat16", kv_cache_memory=64 << 20)
+    torch.manual_seed(1)
+    prompt = torch.randint(3, 49152, (60,)).tolist()
+    lp = llm.generate([prompt], greedy(1, prompt_logprobs=1))[0].prompt_logprobs
+    with torch.inference_mode():
+        logits = hf(torch.tensor([prompt])).logits[0].float()
+    expected = torch.log_softmax(logits, dim=-1)
+    assert lp is not None
+    got = torch.tensor([x.logprob for x in lp[1:]])
+    want = expected[torch.arange(len(prompt) - 1), torch.tensor(prompt[1:])]
+    torch.testing.assert_close(got, want, atol=1e-3, rtol=0)
