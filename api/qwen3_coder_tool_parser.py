@@ -16,8 +16,8 @@ Arguments are bare text, typed by the request's tool schemas
 (`api/xml_parameter_value.py`), so this parser is built with them. As in vLLM's
 parser, a block may hold several functions, a `<function=` without its
 `<tool_call>` is still a call, a value ends at `</parameter>`, at the next
-`<parameter=` or at `</function>`, and one newline on each side of it is the
-layout's, not the value's. A call cut short (`max_tokens`) keeps the arguments
+`<parameter=`, or where its function or block closes, and one newline on each
+side of it is the layout's, not the value's. A call cut short (`max_tokens`) keeps the arguments
 written so far, so its arguments are always a JSON object.
 
 It streams as OpenAI streams calls: the call (id, name) once `<function=NAME>`
@@ -28,6 +28,7 @@ ends. The whole answer is the same stream fed once, so both give the same
 arguments, byte for byte `json.dumps` of the typed values. A `<tool_call>`
 block with no function in it is read as a Hermes JSON call (Qwen3's own
 format) or else kept as text, as is a `<function=` whose name does not close.
+`SeedOssStream` ("seed_oss") reads the same calls in Seed-OSS's own block tags.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ FUNCTION = "<function="
 FUNCTION_END = "</function>"
 PARAMETER = "<parameter="
 PARAMETER_END = "</parameter>"
-# A value ends at its closing tag, or where the next tag opens or its function or block
-# closes (vLLM's lookaheads), so a forgotten `</parameter>` swallows nothing.
+# A value ends at its closing tag, or where the next tag opens or its function closes
+# (vLLM's lookaheads; `_value_ends` adds the parser's block close), so a forgotten
+# `</parameter>` swallows nothing.
 _VALUE_ENDS = (PARAMETER_END, PARAMETER, FUNCTION_END)
 _FUNCTION_NAME = re.compile(r"^[^\s<>]+$")
 _TWO_WORDS = re.compile(r"\S\s+\S")
