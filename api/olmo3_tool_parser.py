@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from api.pythonic_tool_parser import call_list
+from api.pythonic_tool_parser import call_list, quiet_parse
 from api.whole_answer_tool_parser import WholeAnswerCallStream
 
 FUNCTION_CALLS, FUNCTION_CALLS_END = "<function_calls>", "</function_calls>"
@@ -35,7 +35,7 @@ class Olmo3Stream(WholeAnswerCallStream):
         body = text.strip().removeprefix(FUNCTION_CALLS).strip()
         body = body.removesuffix(FUNCTION_CALLS_END).strip()
         try:
-            module = ast.parse(body, mode="exec")
+            module = quiet_parse(body, "exec")
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             return None
         if not module.body or not all(isinstance(s, ast.Expr) for s in module.body):

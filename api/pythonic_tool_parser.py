@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import ast
 import json
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 from api.tool_choice import tool_call
 from api.whole_answer_tool_parser import WholeAnswerCallStream
@@ -34,12 +35,20 @@ def _calls(text: str) -> list[dict[str, Any]] | None:
     if body.startswith(PYTHON_START):
         body = body.removeprefix(PYTHON_START).strip().removesuffix(PYTHON_END).strip()
     try:
-        tree = ast.parse(body, mode="eval").body
+        tree = quiet_parse(body, "eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
     if not isinstance(tree, ast.List) or not tree.elts:
         return None
     return call_list(tree.elts)
+
+
+def quiet_parse(source: str, mode: Literal["eval", "exec"]) -> Any:
+    """`ast.parse` of model text, without the SyntaxWarnings Python prints for odd
+    literals ("invalid decimal literal" for `1or 2`) into the server's log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return ast.parse(source, mode=mode)
 
 
 def call_list(nodes: list[ast.expr]) -> list[dict[str, Any]] | None:

@@ -87,3 +87,11 @@ def test_auto_tool_choice_through_the_sdk(pythonic_sdk: tuple[openai.OpenAI, Sta
     stack.worker.set_script(" It is sunny.")
     plain = client.chat.completions.create(model=MODEL, messages=MESSAGES, tools=TOOLS)
     assert plain.choices[0].message.content == " It is sunny."
+
+
+def test_odd_literals_print_no_warnings(recwarn: pytest.WarningsRecorder) -> None:
+    """Model text is parsed, never run; Python's SyntaxWarnings about it are not the
+    server's to print."""
+    assert parse_tool_calls("pythonic", "[f(x=1or 2)]").tool_calls == []
+    assert parse_tool_calls("olmo3", "<function_calls>\nf(x=1or 2)\n").tool_calls == []
+    assert not [w for w in recwarn if issubclass(w.category, SyntaxWarning)]
