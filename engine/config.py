@@ -60,6 +60,9 @@ SUPPORTED_ARCHITECTURES = {
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3MoeForCausalLM": "qwen3_moe",
+    # Granite's multipliers and Mixtral's routing, experts stored as stacks
+    # (engine/models/granite_moe.py).
+    "GraniteMoeForCausalLM": "granitemoe",
     # Experts with biases and a clamped SwiGLU, attention sinks, every other layer
     # sliding (engine/models/gpt_oss.py); released with MXFP4 experts.
     "GptOssForCausalLM": "gpt_oss",
@@ -365,7 +368,7 @@ class ModelConfig:
         family = SUPPORTED_ARCHITECTURES[arch]
         if quantization and quantization.method == "mxfp4" and family != "gpt_oss":
             raise ValueError("MXFP4 checkpoints are supported for gpt-oss only")
-        if quantization and family in ("glm4", "ernie4_5", *COHERE_TYPES):
+        if quantization and family in ("glm4", "ernie4_5", "granitemoe", *COHERE_TYPES):
             # Its query/key rows are reordered as they load, which block scales forbid.
             raise ConfigurationError(
                 f"quantized {arch} checkpoints are not supported: serve the bf16 release "
@@ -561,6 +564,7 @@ COMPLETED_TYPES = {
     "cohere2": ("Cohere2Config", "Cohere2ForCausalLM"),
     "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM"),
     "ministral": ("MinistralConfig", "MinistralForCausalLM"),
+    "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM"),
 }
 
 # The architecture each of those types completes (what names them in `architectures`).
@@ -620,6 +624,13 @@ def _experts(hf: dict[str, Any], family: str, num_layers: int) -> dict[str, Any]
             "moe_intermediate_size": int(hf["intermediate_size"]),
             "normalize_routing": True,
             "fp32_routing_weights": True,
+        }
+    if family == "granitemoe":
+        return {
+            "num_experts": int(hf["num_local_experts"]),
+            "experts_per_token": int(hf["num_experts_per_tok"]),
+            "moe_intermediate_size": int(hf["intermediate_size"]),
+            "normalize_routing": True,  # a softmax over the chosen logits alone
         }
     if family == "gpt_oss":
         return {

@@ -250,6 +250,20 @@ def make_random_model(
                 pad_token_id=0,
             )
             cls = transformers.MinistralForCausalLM
+        elif family == "granitemoe":
+            # Four experts, two per token, and Granite's multipliers.
+            config = transformers.GraniteMoeConfig(
+                **common,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                embedding_multiplier=2.0,
+                residual_multiplier=0.5,
+                attention_multiplier=0.1,
+                logits_scaling=4.0,
+                tie_word_embeddings=False,
+                pad_token_id=0,
+            )
+            cls = transformers.GraniteMoeForCausalLM
         elif family == "exaone4":
             # One sliding layer (window 8) and one full one, which uses no positions.
             config = transformers.Exaone4Config(

@@ -10,6 +10,7 @@ from engine.models.cohere import CohereForCausalLM
 from engine.models.gemma import Gemma2ForCausalLM
 from engine.models.glm4 import Glm4ForCausalLM
 from engine.models.gpt_oss import GptOssForCausalLM
+from engine.models.granite_moe import GraniteMoeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.olmo2 import Olmo2ForCausalLM
 from engine.models.vision_language import (
@@ -45,6 +46,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "MixtralForCausalLM": LlamaForCausalLM,
     "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,
+    "GraniteMoeForCausalLM": GraniteMoeForCausalLM,
     "GptOssForCausalLM": GptOssForCausalLM,
     "LlamaModel": LlamaForCausalLM,
     "MistralModel": LlamaForCausalLM,

@@ -361,6 +361,20 @@ def test_cohere_models_scale_logits_rotate_pairs_and_cohere2_rotates_its_sliding
         ModelConfig.from_dict(_hf_config(architectures=["CohereForCausalLM"], use_qk_norm=True))
 
 
+def test_granite_moe_routes_as_mixtral_over_its_stored_experts() -> None:
+    config = ModelConfig.from_dict(
+        _hf_config(
+            architectures=["GraniteMoeForCausalLM"],
+            num_local_experts=8,
+            num_experts_per_tok=2,
+            residual_multiplier=0.22,
+        )
+    )
+    assert (config.num_experts, config.experts_per_token) == (8, 2)
+    assert config.moe_intermediate_size == 128 and config.normalize_routing
+    assert config.residual_multiplier == 0.22
+
+
 def test_an_exaone4_pattern_of_other_letters_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="sliding_window_pattern"):
         ModelConfig.from_dict(

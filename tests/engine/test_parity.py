@@ -154,6 +154,7 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "qwen2_moe",
         "qwen3_moe",
         "mixtral",
+        "granitemoe",
         "olmo2",
         "olmo3",
         "exaone4",
