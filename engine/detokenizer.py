@@ -150,8 +150,16 @@ class IncrementalDetokenizer:
             bytes_after += bool(self._decode(self._ids[split : split + 1]))
         if bytes_after < _UTF8_MAX_BYTES:
             return ""
-        head = self._decode(self._ids[:split])
-        if len(head) <= len(self._window_text) or not text.startswith(head):
+        # A split inside a character (its lead byte before, the rest after) leaves the
+        # head ending in U+FFFD where the text has the character: step back before it.
+        latest = split
+        for split in range(latest, max(self._read_offset, latest - _UTF8_MAX_BYTES) - 1, -1):
+            head = self._decode(self._ids[:split])
+            if len(head) <= len(self._window_text):
+                return ""
+            if text.startswith(head):
+                break
+        else:
             return ""
         window, settled = self._ids[self._read_offset :], split - self._read_offset
         context = self._decode(window[:settled])

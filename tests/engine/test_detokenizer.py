@@ -424,3 +424,14 @@ def test_byte_fallback_runs_are_decoded_whole(run: str) -> None:
 
 def test_byte_level_bpe_decodes_bytes_locally(tok: Tokenizer) -> None:
     assert tok.decodes_bytes_locally
+
+
+def test_a_character_formed_among_stray_bytes_does_not_stall_the_stream(tok: Tokenizer) -> None:
+    """Hypothesis's find: a 4-byte character completed in the middle of stray bytes put
+    the settling split inside it, and 13 characters waited for the end. The split now
+    steps back before the character."""
+    ids = [111] * 14 + [187] + [111] * 11 + tok.encode(" 🎉 done")[:1]
+    steps, rest, _ = _stream(tok, tok.encode("Hello"), ids, [1, 1, 1, 1, 3, 3, 3, 3, 3])
+    streamed = "".join(step.text_delta for step in steps)
+    assert len(streamed) >= len(tok.decode(ids)) - 12
+    assert streamed + rest == tok.decode(ids)
