@@ -333,19 +333,12 @@ def test_a_phi3_adapter_on_its_fused_projections_matches_peft(
 ) -> None:
     """Phi-3's checkpoints fuse q/k/v and gate/up, so its adapters train qkv_proj and
     gate_up_proj whole (PEFT's default target for it is qkv_proj)."""
-    from peft import PeftModel  # here, not at collection: PEFT imports triton
-
     base = make_random_model("phi3")
     adapter = build_random_lora(
         tmp_path / "phi3", base, targets=("qkv_proj", "gate_up_proj", "o_proj"), seed=3
     )
-    model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    llm = LLM(str(base), lora_config=lora_config({"phi3": adapter}))
+    llm = assert_matches_peft(base, "phi3", adapter)
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
-    for prompt in PROMPTS:
-        (ours,) = llm.generate([prompt], params, lora="phi3")
-        assert ours.token_ids == hf_greedy(model, prompt, NEW_TOKENS)
     base_tokens = llm.generate([PROMPTS[0]], params)[0].token_ids
     assert base_tokens != llm.generate([PROMPTS[0]], params, lora="phi3")[0].token_ids
 
@@ -355,15 +348,22 @@ def test_a_glm4_adapter_on_its_reordered_query_and_key_rows_matches_peft(
 ) -> None:
     """GLM-4's query/key rows are reordered as they load (its interleaved rotation run by
     the half-split kernels): an adapter's B rows for them must follow."""
-    from peft import PeftModel  # here, not at collection: PEFT imports triton
-
     base = make_random_model("glm4")
     targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
     adapter = build_random_lora(tmp_path / "glm4", base, targets=targets, seed=4)
+    assert_matches_peft(base, "glm4", adapter)
+
+
+def assert_matches_peft(base: Path, name: str, adapter: Path) -> LLM:
+    """Greedy tokens with `adapter` served as `name` equal PEFT's on HF for every prompt;
+    returns the engine serving it."""
+    from peft import PeftModel  # here, not at collection: PEFT imports triton
+
     model = transformers.AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, str(adapter)).eval()
-    llm = LLM(str(base), lora_config=lora_config({"glm4": adapter}))
+    llm = LLM(str(base), lora_config=lora_config({name: adapter}))
     params = SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
     for prompt in PROMPTS:
-        (ours,) = llm.generate([prompt], params, lora="glm4")
+        (ours,) = llm.generate([prompt], params, lora=name)
         assert ours.token_ids == hf_greedy(model, prompt, NEW_TOKENS)
+    return llm
