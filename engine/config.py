@@ -56,6 +56,9 @@ SUPPORTED_ARCHITECTURES = {
     "SeedOssForCausalLM": "seed_oss",
     # Mistral with `layer_types` naming its sliding layers (Ministral 8B).
     "MinistralForCausalLM": "ministral",
+    # LayerNorms with biases, biased projections, an ungated GELU MLP
+    # (engine/models/starcoder2.py).
+    "Starcoder2ForCausalLM": "starcoder2",
     # Mixture-of-experts MLPs (engine/models/moe.py).
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
@@ -385,6 +388,10 @@ class ModelConfig:
                 "ERNIE 4.5 with use_bias (biased projections) is not supported"
             )
         attention_bias = bool(hf.get("attention_bias", family == "gpt_oss"))
+        if family == "starcoder2":
+            attention_bias = bool(hf.get("use_bias", True))
+            if not attention_bias:
+                raise ConfigurationError("StarCoder2 without use_bias is not supported")
         qkv_bias = (
             family == "qwen2"
             or (family == "qwen2_moe" and bool(hf.get("qkv_bias", True)))
@@ -475,7 +482,7 @@ class ModelConfig:
             weight_scale_suffix=quantization.scale_suffix if quantization else "_scale_inv",
             **_experts(hf, family, int(hf["num_hidden_layers"])),
             is_encoder=encoder,
-            layer_norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
+            layer_norm_eps=float(hf.get("layer_norm_eps", hf.get("norm_epsilon", 1e-12))),
             type_vocab_size=int(hf.get("type_vocab_size", 2 if family == "bert" else 0)),
             position_offset=position_offset,
         )
@@ -565,6 +572,7 @@ COMPLETED_TYPES = {
     "seed_oss": ("SeedOssConfig", "SeedOssForCausalLM"),
     "ministral": ("MinistralConfig", "MinistralForCausalLM"),
     "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM"),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM"),
 }
 
 # The architecture each of those types completes (what names them in `architectures`).

@@ -250,6 +250,12 @@ def make_random_model(
                 pad_token_id=0,
             )
             cls = transformers.MinistralForCausalLM
+        elif family == "starcoder2":
+            # Biases everywhere, LayerNorms, a plain GELU MLP; every layer slides over 8.
+            config = transformers.Starcoder2Config(
+                **common, sliding_window=8, hidden_act="gelu_pytorch_tanh", pad_token_id=0
+            )
+            cls = transformers.Starcoder2ForCausalLM
         elif family == "granitemoe":
             # Four experts, two per token, and Granite's multipliers.
             config = transformers.GraniteMoeConfig(

@@ -13,6 +13,7 @@ from engine.models.gpt_oss import GptOssForCausalLM
 from engine.models.granite_moe import GraniteMoeForCausalLM
 from engine.models.llama import LlamaForCausalLM
 from engine.models.olmo2 import Olmo2ForCausalLM
+from engine.models.starcoder2 import Starcoder2ForCausalLM
 from engine.models.vision_language import (
     Gemma3ForConditionalGeneration,
     Mistral3ForConditionalGeneration,
@@ -43,6 +44,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "Cohere2ForCausalLM": CohereForCausalLM,
     "SeedOssForCausalLM": LlamaForCausalLM,
     "MinistralForCausalLM": LlamaForCausalLM,
+    "Starcoder2ForCausalLM": Starcoder2ForCausalLM,
     "MixtralForCausalLM": LlamaForCausalLM,
     "Qwen2MoeForCausalLM": LlamaForCausalLM,
     "Qwen3MoeForCausalLM": LlamaForCausalLM,

@@ -17,31 +17,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional
 
 from engine.config import ModelConfig
+from engine.models.layer_norm import LayerNorm
 from engine.models.llama import Attention, LlamaForCausalLM
 from engine.models.mlp import MLP
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import FusedOps
-
-
-class LayerNorm(nn.Module):
-    """Cohere's LayerNorm (mean-centred, a weight, no bias) in fp32, with the residual
-    add before it, as the model's RMSNorm takes it: (normalised, sum)."""
-
-    def __init__(self, size: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(
-        self, x: torch.Tensor, residual: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is not None:
-            x = residual + x
-        normed = functional.layer_norm(x.float(), x.shape[-1:], self.weight.float(), None, self.eps)
-        return normed.to(x.dtype), x
 
 
 class CohereDecoderLayer(nn.Module):
@@ -56,7 +38,7 @@ class CohereDecoderLayer(nn.Module):
         super().__init__()
         if sparse:
             raise ValueError("Cohere's models have no experts")
-        self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps, fp32=True)
         self.self_attn = Attention(config, ops, window, rotates)
         self.mlp = MLP(config, ops)
 
@@ -81,4 +63,6 @@ class CohereForCausalLM(LlamaForCausalLM):
 
     def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        self.norm = LayerNorm(config.hidden_size, config.layer_norm_eps)  # type: ignore[assignment]
+        self.norm = LayerNorm(  # type: ignore[assignment]
+            config.hidden_size, config.layer_norm_eps, fp32=True
+        )

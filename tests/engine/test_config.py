@@ -375,6 +375,16 @@ def test_granite_moe_routes_as_mixtral_over_its_stored_experts() -> None:
     assert config.residual_multiplier == 0.22
 
 
+def test_starcoder2_reads_its_own_keys() -> None:
+    config = ModelConfig.from_dict(
+        _hf_config(architectures=["Starcoder2ForCausalLM"], sliding_window=4096)
+    )
+    # Starcoder2Config's: biases everywhere, norm_epsilon, tied, every layer sliding.
+    assert (config.qkv_bias, config.o_proj_bias, config.tie_word_embeddings) == (True,) * 3
+    assert config.layer_norm_eps == 1e-5 and config.layer_windows == (4096, 4096)
+    assert config.hidden_activation == "gelu_tanh"
+
+
 def test_an_exaone4_pattern_of_other_letters_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="sliding_window_pattern"):
         ModelConfig.from_dict(
