@@ -113,6 +113,8 @@ RUNNERS = ("auto", "generate", "pooling")
 LAYER_TYPES = frozenset({"full_attention", "sliding_attention"})
 GEMMA3_TYPES = ("gemma3_text", "gemma3")
 COHERE_TYPES = ("cohere", "cohere2")
+# Families rotating in adjacent pairs, whose query/key rows the loader reorders.
+INTERLEAVED_ROPE_TYPES = ("glm4", "ernie4_5", *COHERE_TYPES)
 ROTARY_PRECISION = {"cohere": "fp32", "cohere2": "fp32", "ernie4_5": "fp32_table"}
 # Every Gemma generation: scaled embeddings, `1 + w` norm weights, a GELU-tanh MLP.
 GEMMA_TYPES = ("gemma", "gemma2", *GEMMA3_TYPES)
@@ -371,8 +373,9 @@ class ModelConfig:
         family = SUPPORTED_ARCHITECTURES[arch]
         if quantization and quantization.method == "mxfp4" and family != "gpt_oss":
             raise ValueError("MXFP4 checkpoints are supported for gpt-oss only")
-        if quantization and family in ("glm4", "ernie4_5", "granitemoe", *COHERE_TYPES):
-            # Its query/key rows are reordered as they load, which block scales forbid.
+        if quantization and (family in INTERLEAVED_ROPE_TYPES or family == "granitemoe"):
+            # Query/key rows reordered as they load (block scales would not follow), or
+            # expert stacks loaded whole (their scales have no place yet).
             raise ConfigurationError(
                 f"quantized {arch} checkpoints are not supported: serve the bf16 release "
                 "(--quantization fp8 quantizes it as it loads)"
@@ -472,7 +475,7 @@ class ModelConfig:
             local_rope=_local_rope(hf),
             rope_layers=_rope_layers(hf, family, int(hf["num_hidden_layers"])),
             rotary_dim=_rotary_dim(hf, int(hf.get("head_dim") or hidden // num_heads)),
-            interleaved_rope=family in ("glm4", "ernie4_5", *COHERE_TYPES),
+            interleaved_rope=family in INTERLEAVED_ROPE_TYPES,
             rotary_precision=ROTARY_PRECISION.get(family, "model"),
             residual_multiplier=float(hf.get("residual_multiplier") or 1.0),
             logits_scaling=float(hf.get("logits_scaling") or 1.0),
