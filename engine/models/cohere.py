@@ -61,8 +61,6 @@ class CohereDecoderLayer(nn.Module):
 class CohereForCausalLM(LlamaForCausalLM):
     decoder_layer = CohereDecoderLayer
 
-    def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
-        self.norm = LayerNorm(  # type: ignore[assignment]
-            config.hidden_size, config.layer_norm_eps, fp32=True
-        )
+    @staticmethod
+    def make_final_norm(config: ModelConfig, ops: FusedOps) -> nn.Module:
+        return LayerNorm(config.hidden_size, config.layer_norm_eps, fp32=True)

@@ -262,13 +262,22 @@ class DecoderLayer(nn.Module):
         sparse: bool = False,
     ) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.input_layernorm = self.make_norm(config, ops)
         self.self_attn = Attention(config, ops, window, rotates)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.post_attention_layernorm = self.make_norm(config, ops)
         # A mixture of experts (engine/models/moe.py) or one dense MLP.
-        self.mlp: nn.Module = self.sparse_mlp(config, ops) if sparse else MLP(config, ops)
+        self.mlp = self.sparse_mlp(config, ops) if sparse else self.make_dense_mlp(config, ops)
         # Granite's: each sublayer's output scaled before its residual add.
         self.residual_multiplier = config.residual_multiplier
+
+    @staticmethod
+    def make_norm(config: ModelConfig, ops: FusedOps) -> nn.Module:
+        """The layer's norms (StarCoder2 wires LayerNorms the same way)."""
+        return RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+
+    @staticmethod
+    def make_dense_mlp(config: ModelConfig, ops: FusedOps) -> nn.Module:
+        return MLP(config, ops)
 
     def forward(
         self,
@@ -320,7 +329,7 @@ class LlamaForCausalLM(nn.Module):
             self.decoder_layer(config, ops, window, rotates, moe)
             for window, rotates, moe in zip(windows, rotations, sparse, strict=True)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.norm = self.make_final_norm(config, ops)
         self.rotary = RotaryEmbedding(config.rope, self._rotated, max_positions)
         self.local_rotary = self._local_rotary()
         self.linear = ops.linear
@@ -332,6 +341,11 @@ class LlamaForCausalLM(nn.Module):
         # The weight logits read: the lm_head's, or (tied) the embedding table
         # in the linear method's layout, set by `pack_weights`.
         self.logits_weight: torch.Tensor | None = None
+
+    @staticmethod
+    def make_final_norm(config: ModelConfig, ops: FusedOps) -> nn.Module:
+        """The norm closing the stack; it adds the last layer's output to the stream."""
+        return RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
 
     @property
     def _rotated(self) -> int:

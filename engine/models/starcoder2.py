@@ -8,8 +8,6 @@ its window (4096) as the config says.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 from torch.nn import functional
@@ -17,8 +15,7 @@ from torch.nn import functional
 from engine.config import ModelConfig
 from engine.models.layer_norm import LayerNorm
 from engine.models.linear import Linear
-from engine.models.llama import Attention, LlamaForCausalLM
-from kernels.attention import AttentionBackend
+from engine.models.llama import DecoderLayer, LlamaForCausalLM
 from kernels.fused_ops import FusedOps
 
 
@@ -39,44 +36,21 @@ class PlainMLP(nn.Module):
         return self.c_proj(h)
 
 
-class Starcoder2DecoderLayer(nn.Module):
-    def __init__(
-        self,
-        config: ModelConfig,
-        ops: FusedOps,
-        window: int | None = None,
-        rotates: bool = True,
-        sparse: bool = False,
-    ) -> None:
-        super().__init__()
-        if sparse:
-            raise ValueError("StarCoder2 has no experts")
-        size, eps = config.hidden_size, config.layer_norm_eps
-        self.input_layernorm = LayerNorm(size, eps, bias=True)
-        self.self_attn = Attention(config, ops, window, rotates)
-        self.post_attention_layernorm = LayerNorm(size, eps, bias=True)
-        self.mlp = PlainMLP(config, ops)
+class Starcoder2DecoderLayer(DecoderLayer):
+    """Llama's layer (its config has no residual multiplier) with StarCoder2's parts."""
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        residual: torch.Tensor | None,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
-        backend: AttentionBackend,
-        metadata: Any,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        h, residual = self.input_layernorm(hidden, residual)
-        h = self.self_attn(h, rope, kv_cache, backend, metadata)
-        h, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(h), residual
+    @staticmethod
+    def make_norm(config: ModelConfig, ops: FusedOps) -> nn.Module:
+        return LayerNorm(config.hidden_size, config.layer_norm_eps, bias=True)
+
+    @staticmethod
+    def make_dense_mlp(config: ModelConfig, ops: FusedOps) -> nn.Module:
+        return PlainMLP(config, ops)
 
 
 class Starcoder2ForCausalLM(LlamaForCausalLM):
     decoder_layer = Starcoder2DecoderLayer
 
-    def __init__(self, config: ModelConfig, *args: Any, **kwargs: Any) -> None:
-        super().__init__(config, *args, **kwargs)
-        self.norm = LayerNorm(  # type: ignore[assignment]
-            config.hidden_size, config.layer_norm_eps, bias=True
-        )
+    @staticmethod
+    def make_final_norm(config: ModelConfig, ops: FusedOps) -> nn.Module:
+        return LayerNorm(config.hidden_size, config.layer_norm_eps, bias=True)
