@@ -147,7 +147,10 @@ class Settings(BaseSettings):
         description="auto: the model's dtype; fp8 (e4m3) or fp8_e5m2: a byte per key and "
         "value, twice a bf16 cache's tokens in the same memory",
     )
-    quantization: Literal["fp8", "mxfp4", "compressed-tensors"] | None = Field(
+    quantization: (
+        Literal["fp8", "mxfp4", "compressed-tensors", "gptq", "gptq_marlin", "awq", "awq_marlin"]
+        | None
+    ) = Field(
         default=None,
         description="fp8: quantize a full-precision checkpoint's projections to FP8 as it "
         "loads (half of bf16's weight memory on a GPU); a quantized checkpoint's own "

@@ -20,11 +20,22 @@ from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS, LOGPROBS_MODES
 from engine.speculative_config import SpeculativeConfig
-from engine.weight_quantization import weight_quantization
+from engine.weight_quantization import IntWeights, weight_quantization
 from kernels.kv_cache_dtype import KV_CACHE_DTYPES
 
 # vLLM's --quantization values served (engine/online_fp8.py applies them).
-QUANTIZATION_METHODS = ("fp8", "mxfp4", "compressed-tensors")
+# What --quantization may name: "fp8" quantizes a full-precision checkpoint as it
+# loads; the others name a quantized checkpoint's own format (vLLM's Marlin variants
+# are its kernels for the same GPTQ and AWQ files) and change nothing.
+QUANTIZATION_METHODS = (
+    "fp8",
+    "mxfp4",
+    "compressed-tensors",
+    "gptq",
+    "gptq_marlin",
+    "awq",
+    "awq_marlin",
+)
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -317,6 +328,9 @@ class ModelConfig:
     weight_block_size: tuple[int, int] | None = None
     # What an FP8 weight's scale is named after it (engine/weight_quantization.py).
     weight_scale_suffix: str = "_scale_inv"
+    # Packed-integer checkpoints ("gptq", "awq", "int"): how their codes read
+    # (engine/int_checkpoint.py).
+    int_weights: IntWeights | None = None
     # Encoders (BERT, RoBERTa, XLM-R): every query sees the whole prompt. Their
     # LayerNorms' epsilon, how many token types their embeddings add (BERT's second
     # text of a pair is type 1; 0: none), and where their learned positions start
@@ -373,9 +387,13 @@ class ModelConfig:
         family = SUPPORTED_ARCHITECTURES[arch]
         if quantization and quantization.method == "mxfp4" and family != "gpt_oss":
             raise ValueError("MXFP4 checkpoints are supported for gpt-oss only")
-        if quantization and (family in INTERLEAVED_ROPE_TYPES or family == "granitemoe"):
-            # Query/key rows reordered as they load (block scales would not follow), or
-            # expert stacks loaded whole (their scales have no place yet).
+        if quantization and (
+            family == "granitemoe"
+            or (family in INTERLEAVED_ROPE_TYPES and quantization.int_weights is None)
+        ):
+            # Expert stacks loaded whole (their scales have no place yet), or query/key
+            # rows reordered as they load (FP8 block scales would not follow; packed
+            # integers are dequantized first).
             raise ConfigurationError(
                 f"quantized {arch} checkpoints are not supported: serve the bf16 release "
                 "(--quantization fp8 quantizes it as it loads)"
@@ -483,6 +501,7 @@ class ModelConfig:
             weight_quantization=quantization.method if quantization else None,
             weight_block_size=quantization.block_size if quantization else None,
             weight_scale_suffix=quantization.scale_suffix if quantization else "_scale_inv",
+            int_weights=quantization.int_weights if quantization else None,
             **_experts(hf, family, int(hf["num_hidden_layers"])),
             is_encoder=encoder,
             layer_norm_eps=float(hf.get("layer_norm_eps", hf.get("norm_epsilon", 1e-12))),

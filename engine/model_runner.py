@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine import fp8_checkpoint, fp8_linears, mxfp4_checkpoint
+from engine import fp8_checkpoint, fp8_linears, int_checkpoint, mxfp4_checkpoint
 from engine.checkpoint_reader import checkpoint_files, is_pickled, read_tensors
 from engine.config import ModelConfig
 from engine.configuration_error import ConfigurationError
@@ -104,6 +104,12 @@ def load_model(
     elif config.weight_quantization == "mxfp4" and not mxfp4_checkpoint.keeps_mxfp4(config, ops):
         scales = dict(read_tensors(files, mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)
+    elif config.int_weights is not None:
+        method = config.weight_quantization or ""
+        side = dict(read_tensors(files, partial(int_checkpoint.is_side_tensor, method=method)))
+        weights = int_checkpoint.dequantized_weights(
+            weights, side, method, config.int_weights, dtype
+        )
     model.load_weights(weights)
     if online_fp8 and not fp8_names:  # a checkpoint's own FP8 weights are served as they are
         quantize_to_fp8(model, ops)

@@ -54,7 +54,13 @@ def wants_online_fp8(requested: str | None, checkpoint: str | None) -> bool:
                 "checkpoint is not quantized; --quantization fp8 quantizes it as it loads"
             )
         return True
-    own = {"fp8": ("fp8", "compressed-tensors"), "mxfp4": ("mxfp4",)}[checkpoint]
+    own = {
+        "fp8": ("fp8", "compressed-tensors"),
+        "mxfp4": ("mxfp4",),
+        "int": ("compressed-tensors",),
+        "gptq": ("gptq", "gptq_marlin"),
+        "awq": ("awq", "awq_marlin"),
+    }[checkpoint]
     if requested not in own:
         raise ValueError(
             f"quantization: {requested!r} does not match the checkpoint's own "

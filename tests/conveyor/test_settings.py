@@ -84,8 +84,10 @@ def test_quantization_reaches_the_worker_and_the_engine() -> None:
     assert settings_env(settings)["CONVEYOR_QUANTIZATION"] == "fp8"
     short = settings_from_args(parser.parse_args(["worker", "-q", "fp8"]))  # vLLM's alias
     assert short.engine_config().quantization == "fp8"
+    own = settings_from_args(parser.parse_args(["serve", "--quantization", "awq_marlin"]))
+    assert own.engine_config().quantization == "awq_marlin"  # the checkpoint's own format
     with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--quantization", "awq"])
+        parser.parse_args(["serve", "--quantization", "bitsandbytes"])
 
 
 def test_speculative_config_reaches_the_engine_and_a_bad_one_stops_start_up(

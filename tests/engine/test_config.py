@@ -422,8 +422,10 @@ def test_a_vision_language_checkpoints_quantization_is_read_from_its_outer_confi
     fp8 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
     config = ModelConfig.from_dict(_mistral3({}, quantization_config=fp8))
     assert (config.weight_quantization, config.weight_block_size) == ("fp8", (128, 128))
-    with pytest.raises(ValueError, match="quantization method 'awq'"):
-        ModelConfig.from_dict(_mistral3({}, quantization_config={"quant_method": "awq"}))
+    awq = ModelConfig.from_dict(_mistral3({}, quantization_config={"quant_method": "awq"}))
+    assert awq.weight_quantization == "awq"
+    with pytest.raises(ValueError, match="quantization method 'bitsandbytes'"):
+        ModelConfig.from_dict(_mistral3({}, quantization_config={"quant_method": "bitsandbytes"}))
 
 
 def test_gemma1_reads_its_legacy_exact_gelu_as_the_tanh_form() -> None:

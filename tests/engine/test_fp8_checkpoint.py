@@ -60,7 +60,7 @@ def test_fp8_and_mxfp4_are_read_and_other_methods_are_refused_by_name() -> None:
     )
     blocked = {"quantization_config": {**plain, "weight_block_size": [128, 128]}}
     assert weight_quantization(blocked) == WeightQuantization("fp8", (128, 128))
-    for method in ("awq", "gptq", "bitsandbytes"):
+    for method in ("bitsandbytes", "hqq"):
         with pytest.raises(ValueError, match=f"quantization method '{method}'"):
             weight_quantization({"quantization_config": {"quant_method": method}})
     with pytest.raises(ValueError, match="e5m2"):
@@ -92,10 +92,11 @@ def test_an_fp8_matrix_without_its_scale_is_an_error(
         LLM(str(fp8), kv_cache_memory=64 << 20)
 
 
-def test_compressed_tensors_fp8_schemes_are_read_and_integer_ones_refused() -> None:
+def test_compressed_tensors_fp8_schemes_are_read_and_others_refused() -> None:
     """llm-compressor's FP8 (per channel, per tensor, per tile; any activation scheme,
     the activations staying in the model's dtype) reads as FP8 with `weight_scale`s;
-    its integer schemes (W4A16, W8A8 int8) are refused by name."""
+    other kinds of weights (NVFP4's 4-bit floats) are refused by name (its integer
+    schemes: tests/engine/test_int_checkpoint.py)."""
     for strategy in ("channel", "tensor"):
         config = compressed_tensors_fp8_config(strategy, dynamic=True)
         assert weight_quantization({"quantization_config": config}) == WeightQuantization(
@@ -106,10 +107,10 @@ def test_compressed_tensors_fp8_schemes_are_read_and_integer_ones_refused() -> N
     assert weight_quantization({"quantization_config": block}) == WeightQuantization(
         "fp8", (128, 128), "_scale"
     )
-    w4a16 = compressed_tensors_fp8_config("group", dynamic=True)
-    w4a16["config_groups"]["group_0"]["weights"].update(type="int", num_bits=4)
-    with pytest.raises(ValueError, match=r"'group_0' \(int4 weights, strategy 'group'\)"):
-        weight_quantization({"quantization_config": w4a16})
+    nvfp4 = compressed_tensors_fp8_config("tensor_group", dynamic=True)
+    nvfp4["config_groups"]["group_0"]["weights"].update(num_bits=4)
+    with pytest.raises(ValueError, match=r"'group_0' \(float4 weights, strategy 'tensor_group'\)"):
+        weight_quantization({"quantization_config": nvfp4})
     mixed = compressed_tensors_fp8_config("channel", dynamic=True)
     mixed["config_groups"]["group_1"] = block["config_groups"]["group_0"]
     with pytest.raises(ValueError, match="one FP8 weight scheme"):

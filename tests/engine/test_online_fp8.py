@@ -29,6 +29,9 @@ from .quantized_variants import (
         ("fp8", "fp8", True),  # the loader quantizes only if it holds no FP8 weights
         ("compressed-tensors", "fp8", False),
         ("mxfp4", "mxfp4", False),
+        ("gptq_marlin", "gptq", False),
+        ("awq", "awq", False),
+        ("compressed-tensors", "int", False),
     ],
 )
 def test_which_requests_quantize(
@@ -40,7 +43,10 @@ def test_which_requests_quantize(
 @pytest.mark.parametrize(
     "requested,checkpoint,refusal",
     [
-        ("awq", None, "unsupported 'awq'"),
+        ("bitsandbytes", None, "unsupported 'bitsandbytes'"),
+        ("awq", None, "names a checkpoint format"),
+        ("awq_marlin", "gptq", "does not match the checkpoint's own gptq"),
+        ("gptq", "int", "does not match"),
         ("mxfp4", None, "not quantized"),
         ("fp8", "mxfp4", "does not match the checkpoint's own mxfp4"),
         ("mxfp4", "fp8", "does not match"),
@@ -51,7 +57,7 @@ def test_requests_the_checkpoint_cannot_meet_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=refusal):
         wants_online_fp8(requested, checkpoint)
-    if requested == "awq":
+    if requested == "bitsandbytes":
         with pytest.raises(ValueError, match="quantization must be one of"):
             EngineConfig(quantization=requested)
 
