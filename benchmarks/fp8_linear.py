@@ -21,8 +21,7 @@ rather than print numbers that mean nothing.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +30,13 @@ import torch.nn.functional as F
 
 from benchmarks.args import int_list
 from benchmarks.kernels import median_ms, run_gpu_rows
-from benchmarks.report import rounded
+from benchmarks.linear_report import gemm_up_to, linear_row, shape_list
 from kernels import fp8
 from kernels.fp8 import Fp8Block
 
 # Llama-3-8B's fused q/k/v, fused gate/up and down projections: (out, in).
 DEFAULT_SHAPES = ((6144, 4096), (28672, 4096), (4096, 14336))
 TILES = Fp8Block(128, 128)
-
-
-def _shape_list(text: str) -> list[tuple[int, int]]:
-    shapes = []
-    for item in text.split(","):
-        out_features, _, in_features = item.partition("x")
-        shapes.append((int(out_features), int(in_features)))
-    return shapes
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -56,7 +47,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rows", type=int_list, default=[1, 16, 64, 256, 1024], help="comma-separated")
     p.add_argument(
         "--shapes",
-        type=_shape_list,
+        type=shape_list,
         default=list(DEFAULT_SHAPES),
         help="comma-separated OUTxIN (default: Llama-3-8B's q/k/v, gate/up and down)",
     )
@@ -81,7 +72,7 @@ def bench_row(
     plain = dequantize(values, scales, TILES, torch.bfloat16)
 
     def gemm() -> None:
-        with _gemm_up_to(rows):
+        with gemm_up_to(fp8, "FP8_GEMM_MAX_ROWS", rows):
             fp8_linear(x, values, scales, TILES)
 
     timings = {
@@ -91,7 +82,7 @@ def bench_row(
         ),
         "bf16": median_ms(lambda: F.linear(x, plain), False),
     }
-    with _gemm_up_to(rows):
+    with gemm_up_to(fp8, "FP8_GEMM_MAX_ROWS", rows):
         error = (fp8_linear(x, values, scales, TILES).float() - F.linear(x, plain).float()).abs()
     weights = out_features * in_features
     # What each reads of the weights: e4m3 bytes and scales; the bf16 copy is written
@@ -102,35 +93,16 @@ def bench_row(
         "fp8_dequant": fp8_bytes + 4 * weights,
         "bf16": 2 * weights,
     }
-    row: dict[str, Any] = {
-        "bench": "fp8_linear",
-        "rows": rows,
-        "out_features": out_features,
-        "in_features": in_features,
-        "max_abs_err_vs_bf16": float(f"{float(error.max()):.3g}"),
-        "engine_gemm_max_rows": fp8.FP8_GEMM_MAX_ROWS,
-    }
-    flops = 2 * rows * weights
-    for name, ms in timings.items():
-        gbs = weight_bytes[name] / ms / 1e6
-        row[f"{name}_us"] = rounded(ms * 1e3, 2)
-        row[f"{name}_weight_gbs"] = rounded(gbs, 1)
-        row[f"{name}_peak_frac"] = rounded(gbs / peak_gbs) if peak_gbs else None
-        row[f"{name}_tflops"] = rounded(flops / ms / 1e9, 2)
-    row["gemm_vs_bf16"] = rounded(timings["bf16"] / timings["fp8_gemm"])
-    row["gemm_vs_dequant"] = rounded(timings["fp8_dequant"] / timings["fp8_gemm"])
-    return row
-
-
-@contextmanager
-def _gemm_up_to(rows: int) -> Iterator[None]:
-    """`fp8_linear` takes its GEMM path up to `rows` rows while inside."""
-    limit = fp8.FP8_GEMM_MAX_ROWS
-    fp8.FP8_GEMM_MAX_ROWS = max(rows, limit)
-    try:
-        yield
-    finally:
-        fp8.FP8_GEMM_MAX_ROWS = limit
+    return linear_row(
+        "fp8_linear",
+        rows,
+        shape,
+        timings,
+        weight_bytes,
+        float(error.max()),
+        peak_gbs,
+        fp8.FP8_GEMM_MAX_ROWS,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -621,6 +621,7 @@ BENCHMARKS = {
     "kernels": "benchmarks.kernels",
     "experts": "benchmarks.experts",
     "fp8-linear": "benchmarks.fp8_linear",
+    "int-linear": "benchmarks.int_linear",
     "batch": "benchmarks.batch_interference",
     "structured": "benchmarks.structured_output",
     "speculative": "benchmarks.speculative",

@@ -20,7 +20,7 @@ from engine.lora_config import LoRAConfig
 from engine.pooler_config import PoolerConfig
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS, LOGPROBS_MODES
 from engine.speculative_config import SpeculativeConfig
-from engine.weight_quantization import IntWeights, weight_quantization
+from engine.weight_quantization import IntWeights, sidecar_quantization, weight_quantization
 from kernels.kv_cache_dtype import KV_CACHE_DTYPES
 
 # vLLM's --quantization values served (engine/online_fp8.py applies them).
@@ -513,6 +513,10 @@ class ModelConfig:
     def from_folder(cls, folder: Path, overrides: dict[str, Any] | None = None) -> ModelConfig:
         """`overrides`: vLLM's --hf-overrides, laid over the folder's config.json."""
         hf = json.loads((folder / "config.json").read_text())
+        if not any(key in hf for key in ("quantization_config", "compression_config")):
+            sidecar = sidecar_quantization(folder)
+            if sidecar is not None:
+                hf["quantization_config"] = sidecar
         return cls.from_dict(apply_hf_overrides(hf, overrides or {}))
 
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from torch import nn
 
 from engine.models.linear import Linear
 from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
-from kernels import fp8
 from kernels.fp8 import Fp8Block
 from kernels.fused_ops import Fp8Linear
 
@@ -124,18 +122,3 @@ def _part_starts(model: nn.Module, prefix: str, fused: str, linear: Linear) -> l
         return [0, q, q + kv, q + 2 * kv]
     half = linear.out_features // 2
     return [0, half, 2 * half]
-
-
-def fp8_scratch_bytes(model: nn.Module, dtype: torch.dtype, max_rows: int) -> int:
-    """The largest dequantized copy an FP8 projection makes for inputs past the FP8
-    GEMM's rows (kernels/triton_fp8_linear.py): memory to keep free of the KV cache,
-    where a step can have more than those rows (`max_rows`: a step's most)."""
-    if max_rows <= fp8.FP8_GEMM_MAX_ROWS:
-        return 0
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    sizes = [
-        module.out_features * module.in_features * itemsize
-        for module in model.modules()
-        if isinstance(module, Linear) and module.fp8_block is not None
-    ]
-    return max(sizes, default=0)

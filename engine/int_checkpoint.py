@@ -22,37 +22,71 @@ how zeros are written:
   schemes add `weight_zero_point` [out, groups] (packed down the output
   dimension when the codes are packed); act-order adds `weight_g_idx`.
 
-The engine dequantizes each matrix once as it loads, in fp32 and rounded once
-into the model's dtype, and hands the model the plain `<layer>.weight`
-([out, in]): the release's numbers at the model dtype's memory (the torch path
-computes in it anyway; no integer GEMM kernel is used yet). Which format a
-checkpoint uses is read in engine/weight_quantization.py.
+Each matrix is first read into one form (`IntMatrix`: unsigned codes, and a
+scale and zero point per row and group, in code units, whatever the format's
+own offsets). Where the backend multiplies packed integers itself (Triton:
+`FusedOps.int_linear`), the layers engine/int_linears.py chose get it packed
+as kernels/packed_int.py lays it out (`weight`, `weight_scale`,
+`weight_zero`): a 4-bit weight takes about a quarter of bf16's memory.
+Elsewhere (the torch path, the LM head, MoE experts, fused parts whose groups
+differ) the matrix is dequantized once as it loads, in fp32 and rounded once
+into the model's dtype, and handed on as the plain `<layer>.weight` [out, in]:
+the release's numbers at the model dtype's memory. Which format a checkpoint
+uses is read in engine/weight_quantization.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from engine.weight_quantization import IntWeights
+from kernels.packed_int import dequantize_codes, pack_codes
 
-# A GPTQ/AWQ layer's tensors beside its packed codes, and compressed-tensors'.
-GPTQ_PARTS = (".qzeros", ".scales", ".g_idx")
-COMPRESSED_TENSORS_PARTS = (".weight_scale", ".weight_zero_point", ".weight_g_idx", ".weight_shape")
+# The tensors beside a layer's packed codes, by method (GPTQ's and AWQ's are named alike).
+SIDE_TENSORS = {
+    "gptq": (".qzeros", ".scales", ".g_idx"),
+    "awq": (".qzeros", ".scales", ".g_idx"),
+    "int": (".weight_scale", ".weight_zero_point", ".weight_g_idx", ".weight_shape"),
+}
 # AWQ packs columns 0, 2, 4, 6, 1, 3, 5, 7 of each group of eight into a word's
 # nibbles 0..7; reading nibble AWQ_UNPACK_ORDER[k] gives column k.
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 AWQ_UNPACK_ORDER = tuple(AWQ_ORDER.index(column) for column in range(8))
-# Activation scales and observers' leftovers beside compressed-tensors' weights, which
-# the engine leaves aside (it computes in the model's dtype).
-_IGNORED = (".input_scale", ".input_zero_point", ".input_global_scale", ".output_scale")
+# Activation scales beside compressed-tensors' weights (W8A8's), which the engine leaves
+# aside (it computes in the model's dtype).
+_ACTIVATION_SCALES = (".input_scale", ".input_zero_point", ".input_global_scale", ".output_scale")
+
+
+@dataclass(frozen=True)
+class IntMatrix:
+    """One matrix as every format reads: W = (codes - zeros[:, groups]) * scales[:, groups]."""
+
+    codes: torch.Tensor  # int32 [out, in], unsigned
+    scales: torch.Tensor  # fp32 [out, G]
+    zeros: torch.Tensor  # fp32 [out, G], in code units
+    groups: torch.Tensor  # int32 [in]: each input column's group
 
 
 def is_side_tensor(name: str, method: str) -> bool:
     """A tensor read before the codes it belongs to (small: scales, zeros, indices)."""
-    parts = GPTQ_PARTS if method in ("gptq", "awq") else COMPRESSED_TENSORS_PARTS
-    return name.endswith(parts)
+    return name.endswith(SIDE_TENSORS[method])
+
+
+def packed_layers(dtypes: dict[str, str], method: str) -> set[str]:
+    """The checkpoint's quantized layers (`<layer>` of each matrix stored as codes), from
+    its tensors' safetensors dtypes (engine/fp8_linears.py's checkpoint_dtypes)."""
+    layers = set()
+    for name, dtype in dtypes.items():
+        if method in ("gptq", "awq") and name.endswith(".qweight"):
+            layers.add(name.removesuffix(".qweight"))
+        elif method == "int" and name.endswith(".weight_packed"):
+            layers.add(name.removesuffix(".weight_packed"))
+        elif method == "int" and name.endswith(".weight") and dtype == "I8":
+            layers.add(name.removesuffix(".weight"))
+    return layers
 
 
 def unpack_rows(words: torch.Tensor, bits: int) -> torch.Tensor:
@@ -76,43 +110,53 @@ def unpack_columns(
     return codes.reshape(words.shape[0], -1)
 
 
-def dequantize(
-    codes: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor | None,
-    groups: torch.Tensor | None,
-    dtype: torch.dtype,
+def layer_groups(
+    layer: str,
+    side: dict[str, torch.Tensor],
+    method: str,
+    int_weights: IntWeights,
+    in_features: int,
 ) -> torch.Tensor:
-    """codes [out, in] -> (code - zero) * scale in fp32, rounded once to `dtype`;
-    scales and zeros [out, G] (or one of each), `groups` [in]: each input column's
-    group (None: G equal runs of columns, which must divide the row)."""
-    in_features = codes.shape[1]
-    scales = _per_row(scales)
-    zeros = None if zeros is None else _per_row(zeros)
-    count = scales.shape[-1]
-    if groups is None:
-        size = -(-in_features // count)
-        if -(-in_features // size) != count:
-            raise ValueError(f"{count} groups of scales do not divide {in_features} input columns")
-        groups = torch.arange(in_features) // size
-    elif groups.numel() != in_features or int(groups.max()) >= count or int(groups.min()) < 0:
+    """Each input column's group (int32 [in]): act-order's stored indices, else runs of
+    the configured group size whose count the scales have (the last run cut short;
+    with several sizes configured, the one that fits), else one group a row."""
+    stored = side.get(layer + (".weight_g_idx" if method == "int" else ".g_idx"))
+    if stored is not None:
+        if stored.numel() != in_features:
+            raise ValueError(f"{layer!r}: {stored.numel()} group indices for {in_features} inputs")
+        return stored.to(torch.int32)
+    scales = _side(side, layer, ".weight_scale" if method == "int" else ".scales")
+    if method in ("gptq", "awq"):
+        count = scales.shape[0]  # [G, out]
+    else:
+        count = scales.shape[-1] if scales.dim() == 2 else 1  # [out, G], [out, 1] or one
+    if count == 1:
+        return torch.zeros(in_features, dtype=torch.int32)
+    fits = [size for size in int_weights.group_sizes if -(-in_features // size) == count]
+    if len(fits) != 1:
         raise ValueError(
-            f"group indices for {in_features} input columns do not match {count} groups"
+            f"{layer!r}: {count} groups of scales for {in_features} inputs match "
+            f"{'none' if not fits else 'more than one'} of the configured group sizes "
+            f"{list(int_weights.group_sizes)}"
         )
-    groups = groups.long()
-    values = codes.to(torch.float32)
-    if zeros is not None:
-        values = values - zeros[:, groups]
-    return (values * scales[:, groups]).to(dtype)
+    return (torch.arange(in_features) // fits[0]).to(torch.int32)
 
 
-def _per_row(values: torch.Tensor) -> torch.Tensor:
-    """Scales or zeros as [rows, groups], fp32: one for the matrix is [1, 1], one per
-    output channel [out, 1]."""
-    values = values.to(torch.float32)
-    if values.numel() == 1:
-        return values.reshape(1, 1)
-    return values.reshape(values.shape[0], -1)
+def read_matrix(
+    layer: str,
+    stored: torch.Tensor,
+    side: dict[str, torch.Tensor],
+    method: str,
+    int_weights: IntWeights,
+) -> IntMatrix:
+    """A layer's codes (`stored`: its qweight, weight_packed or int8 weight) with their
+    scales and zeros, as `IntMatrix`."""
+    if stored.dtype not in (torch.int32, torch.int8) or (
+        stored.dtype == torch.int8 and method != "int"
+    ):
+        raise ValueError(f"{layer!r}: packed codes of dtype {stored.dtype} are not supported")
+    reader = {"gptq": _gptq, "awq": _awq, "int": _compressed}[method]
+    return reader(layer, stored, side, int_weights)
 
 
 def dequantized_weights(
@@ -121,25 +165,41 @@ def dequantized_weights(
     method: str,
     int_weights: IntWeights,
     dtype: torch.dtype,
+    keep: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors with each packed matrix dequantized (`side`: every
     tensor `is_side_tensor` names, by name) under its plain `<layer>.weight` name and
-    [out, in] layout; the side tensors and activation scales left out."""
+    [out, in] layout, but the layers named in `keep` packed as kernels/packed_int.py
+    holds them (`weight`, `weight_scale`, `weight_zero`); the side tensors and
+    activation scales left out."""
     for name, tensor in tensors:
-        if is_side_tensor(name, method) or name.endswith(_IGNORED):
+        if is_side_tensor(name, method) or (method == "int" and name.endswith(_ACTIVATION_SCALES)):
             continue
-        if method in ("gptq", "awq") and name.endswith(".qweight"):
-            layer = name.removesuffix(".qweight")
-            read = _gptq if method == "gptq" else _awq
-            yield layer + ".weight", read(layer, tensor, side, int_weights, dtype)
-        elif method == "int" and name.endswith(".weight_packed"):
-            layer = name.removesuffix(".weight_packed")
-            yield layer + ".weight", _compressed(layer, tensor, side, int_weights, dtype)
-        elif method == "int" and name.endswith(".weight") and tensor.dtype == torch.int8:
-            layer = name.removesuffix(".weight")
-            yield name, _compressed(layer, tensor, side, int_weights, dtype)
-        else:
+        layer = _packed_layer(name, tensor, method)
+        if layer is None:
             yield name, tensor
+            continue
+        matrix = read_matrix(layer, tensor, side, method, int_weights)
+        if layer in keep:
+            yield layer + ".weight", pack_codes(matrix.codes, int_weights.bits)
+            yield layer + ".weight_scale", matrix.scales
+            yield layer + ".weight_zero", matrix.zeros
+        else:
+            dense = dequantize_codes(
+                matrix.codes, matrix.scales, matrix.zeros, matrix.groups, dtype
+            )
+            yield layer + ".weight", dense
+
+
+def _packed_layer(name: str, tensor: torch.Tensor, method: str) -> str | None:
+    """The layer whose codes `name` holds, None for any other tensor."""
+    if method in ("gptq", "awq") and name.endswith(".qweight"):
+        return name.removesuffix(".qweight")
+    if method == "int" and name.endswith(".weight_packed"):
+        return name.removesuffix(".weight_packed")
+    if method == "int" and name.endswith(".weight") and tensor.dtype == torch.int8:
+        return name.removesuffix(".weight")
+    return None
 
 
 def _side(side: dict[str, torch.Tensor], layer: str, part: str) -> torch.Tensor:
@@ -150,69 +210,99 @@ def _side(side: dict[str, torch.Tensor], layer: str, part: str) -> torch.Tensor:
 
 
 def _gptq(
-    layer: str,
-    qweight: torch.Tensor,
-    side: dict[str, torch.Tensor],
-    int_weights: IntWeights,
-    dtype: torch.dtype,
-) -> torch.Tensor:
+    layer: str, qweight: torch.Tensor, side: dict[str, torch.Tensor], int_weights: IntWeights
+) -> IntMatrix:
     bits = int_weights.bits
-    codes = unpack_rows(qweight, bits)  # [in, out]
-    zeros = unpack_columns(_side(side, layer, ".qzeros"), bits) + int_weights.zero_offset
-    scales = _side(side, layer, ".scales")
-    out_features = scales.shape[-1]
-    groups = side.get(layer + ".g_idx")
-    if groups is None:
-        groups = _runs(codes.shape[0], int_weights.group_size)
-    return dequantize(
-        codes.t(), scales.t(), zeros[:, :out_features].t(), groups, dtype
-    ).contiguous()
+    scales = _side(side, layer, ".scales").to(torch.float32)  # [G, out]
+    out_features = scales.shape[1]
+    indices = side.get(layer + ".g_idx")
+    in_features = indices.numel() if indices is not None else qweight.shape[0] * 32 // bits
+    qzeros = _side(side, layer, ".qzeros")
+    _expect(layer, "qweight", qweight, (-(-in_features * bits // 32), out_features))
+    _expect(layer, "qzeros", qzeros, (scales.shape[0], -(-out_features * bits // 32)))
+    codes = unpack_rows(qweight, bits)[:in_features]  # [in, out]
+    zeros = unpack_columns(qzeros, bits)[:, :out_features] + int_weights.zero_offset
+    return IntMatrix(
+        codes.t().contiguous(),
+        scales.t().contiguous(),
+        zeros.t().to(torch.float32).contiguous(),
+        layer_groups(layer, side, "gptq", int_weights, in_features),
+    )
 
 
 def _awq(
-    layer: str,
-    qweight: torch.Tensor,
-    side: dict[str, torch.Tensor],
-    int_weights: IntWeights,
-    dtype: torch.dtype,
-) -> torch.Tensor:
+    layer: str, qweight: torch.Tensor, side: dict[str, torch.Tensor], int_weights: IntWeights
+) -> IntMatrix:
     bits = int_weights.bits
+    scales = _side(side, layer, ".scales").to(torch.float32)  # [G, out]
+    qzeros = _side(side, layer, ".qzeros")
+    words = scales.shape[1] * bits // 32
+    _expect(layer, "qweight", qweight, (qweight.shape[0], words))
+    _expect(layer, "qzeros", qzeros, (scales.shape[0], words))
     codes = unpack_columns(qweight, bits, AWQ_UNPACK_ORDER)  # [in, out]
-    zeros = unpack_columns(_side(side, layer, ".qzeros"), bits, AWQ_UNPACK_ORDER)
-    scales = _side(side, layer, ".scales")
-    groups = _runs(codes.shape[0], int_weights.group_size)
-    return dequantize(codes.t(), scales.t(), zeros.t(), groups, dtype).contiguous()
+    zeros = unpack_columns(qzeros, bits, AWQ_UNPACK_ORDER)
+    return IntMatrix(
+        codes.t().contiguous(),
+        scales.t().contiguous(),
+        zeros.t().to(torch.float32).contiguous(),
+        layer_groups(layer, side, "awq", int_weights, codes.shape[0]),
+    )
 
 
 def _compressed(
-    layer: str,
-    stored: torch.Tensor,
-    side: dict[str, torch.Tensor],
-    int_weights: IntWeights,
-    dtype: torch.dtype,
-) -> torch.Tensor:
+    layer: str, stored: torch.Tensor, side: dict[str, torch.Tensor], int_weights: IntWeights
+) -> IntMatrix:
+    """compressed-tensors stores code + 2^(bits-1) (a signed code made unsigned) and, if
+    asymmetric, zero + 2^(bits-1) the same way when packed: read as they are, the
+    unsigned codes less the unsigned zeros are the signed ones' difference."""
     bits = int_weights.bits
     offset = 1 << (bits - 1)
-    scales = _side(side, layer, ".weight_scale")
     if stored.dtype == torch.int8:  # int-quantized: one signed code a byte
-        codes = stored.to(torch.int32)
+        codes = stored.to(torch.int32) + offset
     else:
-        out_features, in_features = (int(n) for n in _side(side, layer, ".weight_shape"))
-        codes = unpack_columns(stored, bits)[:, :in_features] - offset
-        if codes.shape[0] != out_features:
-            raise ValueError(f"{layer!r}: packed rows do not match its weight_shape")
-    zeros = side.get(layer + ".weight_zero_point")
-    if zeros is not None and zeros.dtype == torch.int32 and stored.dtype != torch.int8:
+        shape = _side(side, layer, ".weight_shape")
+        if shape.numel() != 2:
+            raise ValueError(
+                f"{layer!r}: weight_shape {shape.tolist()} is not a matrix's (stacked "
+                "experts' packed weights are not supported)"
+            )
+        out_features, in_features = (int(n) for n in shape)
+        _expect(layer, "weight_packed", stored, (out_features, -(-in_features * bits // 32)))
+        codes = unpack_columns(stored, bits)[:, :in_features]
+    out_features, in_features = codes.shape
+    scales = _per_row(_side(side, layer, ".weight_scale"), out_features)
+    stored_zeros = side.get(layer + ".weight_zero_point")
+    if stored_zeros is None:
+        zeros = torch.full_like(scales, float(offset))
+    elif stored_zeros.dtype == torch.int32 and stored.dtype != torch.int8:
         # Packed down the output dimension, offset as the codes are.
-        zeros = unpack_rows(zeros, bits)[: codes.shape[0]] - offset
-    groups = side.get(layer + ".weight_g_idx")
-    if groups is None and int_weights.group_size is not None and scales.dim() == 2:
-        # A group strategy's matrix (not another scheme's per-channel one).
-        groups = _runs(codes.shape[1], int_weights.group_size) if scales.shape[-1] > 1 else None
-    return dequantize(codes, scales, zeros, groups, dtype)
+        zeros = unpack_rows(stored_zeros, bits)[:out_features].to(torch.float32)
+        _expect(layer, "weight_zero_point (unpacked)", zeros, tuple(scales.shape))
+    else:  # one signed int8 zero each
+        zeros = _per_row(stored_zeros, out_features) + offset
+    return IntMatrix(
+        codes.contiguous(),
+        scales,
+        zeros,
+        layer_groups(layer, side, "int", int_weights, in_features),
+    )
 
 
-def _runs(in_features: int, group_size: int | None) -> torch.Tensor | None:
-    """Each input column's group when groups are runs of `group_size` columns (the last
-    one cut short); None: read from the scales' shape."""
-    return None if group_size is None else torch.arange(in_features) // group_size
+def _per_row(values: torch.Tensor, out_features: int) -> torch.Tensor:
+    """compressed-tensors' scales or zeros, one per matrix ([1] or a scalar), per channel
+    ([out, 1]) or per group ([out, G]), as fp32 [out, G]."""
+    values = values.to(torch.float32)
+    rows = values.reshape(1, 1) if values.numel() == 1 else values.reshape(values.shape[0], -1)
+    if rows.shape[0] not in (1, out_features):
+        raise ValueError(f"{tuple(values.shape)} scales or zeros for {out_features} output rows")
+    return rows.expand(out_features, -1).contiguous()
+
+
+def _expect(layer: str, part: str, tensor: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """A packed tensor's shape, as the scales and the configured width make it: a wrong
+    `bits` or group layout is an error, not a model of garbage weights."""
+    if tuple(tensor.shape) != shape:
+        raise ValueError(
+            f"{layer!r}: {part} is {tuple(tensor.shape)}, expected {shape} for the "
+            "configured bits and the layer's scales"
+        )

@@ -29,13 +29,13 @@ from engine.config import (
 from engine.configuration_error import ConfigurationError
 from engine.decode_graphs import DecodeGraphs, supports_graphs
 from engine.detokenizer import IncrementalDetokenizer
-from engine.fp8_linears import fp8_scratch_bytes
 from engine.grammar_compiler import GrammarCompiler
 from engine.hf_overrides import parse_hf_overrides
 from engine.kv_cache_memory import zeroed_kv_tensor
 from engine.loader import ResolvedModel, resolve_model
 from engine.lora_manager import LoRAManager
 from engine.model_runner import ModelRunner, StepResult, load_model
+from engine.models.linear import scratch_bytes
 from engine.models.llama import Attention
 from engine.ngram_proposer import NgramProposer
 from engine.online_fp8 import wants_online_fp8
@@ -184,7 +184,7 @@ class LLMEngine:
             self._log_kv_scales(model)
         # A step's most rows: a full prefill budget, or every sequence's decode rows.
         max_rows = max(config.max_num_batched_tokens, config.max_num_seqs * self._rows_per_sequence)
-        self.num_kv_blocks = self._num_kv_blocks(fp8_scratch_bytes(model, self.dtype, max_rows))
+        self.num_kv_blocks = self._num_kv_blocks(scratch_bytes(model, self.dtype, max_rows))
         capacity = self.num_kv_blocks * config.block_size
         if capacity < self.max_model_len:
             # On a GPU the memory may be another process's for now: worth another try.

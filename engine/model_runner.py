@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine import fp8_checkpoint, fp8_linears, int_checkpoint, mxfp4_checkpoint
+from engine import fp8_checkpoint, fp8_linears, int_checkpoint, int_linears, mxfp4_checkpoint
 from engine.checkpoint_reader import checkpoint_files, is_pickled, read_tensors
 from engine.config import ModelConfig
 from engine.configuration_error import ConfigurationError
@@ -88,11 +88,28 @@ def load_model(
             kept_fp8 |= fp8_linears.keep_fp8_experts(model, fp8_names, block)
         if fp8_names:
             logger.info("FP8 kept for %d of %d FP8 matrices", len(kept_fp8), len(fp8_names))
+    kept_int: frozenset[str] = frozenset()
+    int_groups: dict[str, torch.Tensor] = {}
+    int_side: dict[str, torch.Tensor] = {}
+    if config.int_weights is not None:
+        method = config.weight_quantization or ""
+        # Scales, zeros and group indices: small, and needed to decide what stays packed.
+        wanted = partial(int_checkpoint.is_side_tensor, method=method)
+        int_side = dict(read_tensors(files, wanted))
+        # Pickled shards have no headers to read dtypes from: dequantized, as on torch.
+        pickled = any(is_pickled(f) for f in files)
+        if ops.int_linear is not None and not config.interleaved_rope and not pickled:
+            layers = int_checkpoint.packed_layers(fp8_linears.checkpoint_dtypes(files), method)
+            kept_int, int_groups = int_linears.keep_int_linears(
+                model, layers, int_side, method, config.int_weights, ops.int_linear
+            )
+            logger.info("packed integers kept for %d of %d layers", len(kept_int), len(layers))
     # Materialise without random init (the checkpoint overwrites every weight). Not
     # `to_empty`: its empty_like on meta tensors runs torch's Python references, which
     # import sympy (~0.5 s of a worker's startup).
     model = model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
     model.rebuild_buffers(device)
+    int_linears.set_groups(model, int_groups)
 
     weights = read_tensors(files)
     # The scales first (small; a shard may hold a matrix whose scale is in another).
@@ -105,10 +122,8 @@ def load_model(
         scales = dict(read_tensors(files, mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)
     elif config.int_weights is not None:
-        method = config.weight_quantization or ""
-        side = dict(read_tensors(files, partial(int_checkpoint.is_side_tensor, method=method)))
         weights = int_checkpoint.dequantized_weights(
-            weights, side, method, config.int_weights, dtype
+            weights, int_side, config.weight_quantization or "", config.int_weights, dtype, kept_int
         )
     model.load_weights(weights)
     if online_fp8 and not fp8_names:  # a checkpoint's own FP8 weights are served as they are

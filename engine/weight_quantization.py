@@ -13,7 +13,9 @@ repacked layouts, ...) is refused by name at start-up, not loaded as garbage.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 METHODS = ("fp8", "mxfp4", "compressed-tensors", "gptq", "awq")
@@ -34,9 +36,9 @@ class IntWeights:
     (code - zero) * scale, one scale (and zero) per group of input columns."""
 
     bits: int  # 2, 4 or 8: a whole number of codes per int32 word
-    # Input columns per scale; None: read from the scales' shape (a scale per output
-    # channel, or groups that divide the row evenly).
-    group_size: int | None
+    # The configured input columns per scale (the last group of a row cut short), one
+    # per scheme; a matrix takes the one its scales' count fits. Empty: one group a row.
+    group_sizes: tuple[int, ...]
     # GPTQ's original format stores each zero point less one ("gptq"; not "gptq_v2").
     zero_offset: int = 0
 
@@ -55,6 +57,22 @@ class WeightQuantization:
     int_weights: IntWeights | None = None
 
 
+def sidecar_quantization(folder: Path) -> dict[str, Any] | None:
+    """The quantization_config of an older GPTQ or AWQ export, which config.json does not
+    carry: AutoGPTQ's `quantize_config.json` or AutoAWQ's `quant_config.json` (as vLLM
+    reads them); the method from the file, else from the keys each tool writes."""
+    for name in ("quantize_config.json", "quant_config.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        config = json.loads(file.read_text())
+        if not isinstance(config, dict):
+            continue
+        awq = "w_bit" in config or "zero_point" in config or "version" in config
+        return {"quant_method": "awq" if awq else "gptq", **config}
+    return None
+
+
 def weight_quantization(hf: dict[str, Any]) -> WeightQuantization | None:
     """A quantized checkpoint's settings, None for a plain one; methods the engine
     cannot dequantize are refused."""
@@ -70,8 +88,9 @@ def weight_quantization(hf: dict[str, Any]) -> WeightQuantization | None:
     method = str(quantization.get("quant_method", "?"))
     if method not in METHODS:
         raise ValueError(
-            f"quantization method {method!r} is not supported (FP8 and MXFP4 checkpoints "
-            "are, and unquantized ones); serve the model's bf16/fp16 release instead"
+            f"quantization method {method!r} is not supported (FP8, MXFP4, GPTQ, AWQ and "
+            "compressed-tensors checkpoints are, and unquantized ones); serve the model's "
+            "bf16/fp16 release instead"
         )
     if method == "compressed-tensors":
         return _compressed_tensors(quantization)
@@ -156,11 +175,8 @@ def _compressed_tensors(quantization: dict[str, Any]) -> WeightQuantization:
                 f"{sorted({bits for bits, _ in int_schemes})} bits"
             )
         bits = next(iter(int_schemes))[0]
-        sizes = {size for _, size in int_schemes}
-        # Several group sizes: each matrix's is read from its scales' shape.
-        return WeightQuantization(
-            "int", None, "", IntWeights(bits, sizes.pop() if len(sizes) == 1 else None)
-        )
+        sizes = tuple(sorted({size for _, size in int_schemes if size}))
+        return WeightQuantization("int", None, "", IntWeights(bits, sizes))
     if len(fp8_schemes) > 1:
         raise ValueError(
             "compressed-tensors checkpoints need one FP8 weight scheme for all layers, "
@@ -183,48 +199,58 @@ def _check_int_format(scheme: str, fmt: object) -> None:
 
 
 def _gptq(quantization: dict[str, Any]) -> WeightQuantization:
-    """AutoGPTQ's and GPTQModel's layout: codes packed down the input dimension, zero
-    points across the output one, one scale per group (`g_idx` orders them under
-    act-order); original-format zero points are stored less one."""
+    """AutoGPTQ's and GPTQModel's layout: codes packed down the input dimension into
+    int32 words, zero points across the output one, one scale per group (`g_idx` orders
+    them under act-order); original-format zero points are stored less one. Their
+    Marlin-repacked layouts and other word widths are refused by name."""
     bits = int(quantization.get("bits", 4))
-    if 32 % bits:
+    if bits not in (2, 4, 8):
         raise ValueError(f"GPTQ with {bits}-bit weights is not supported (2, 4 and 8 are)")
     fmt = quantization.get("checkpoint_format") or quantization.get("format") or "gptq"
+    if quantization.get("is_marlin_format"):
+        fmt = "marlin"
     if fmt not in ("gptq", "gptq_v2"):
         raise ValueError(
             f"GPTQ checkpoint format {fmt!r} is not supported (gptq and gptq_v2 are); "
             "serve the model's GPTQ or bf16 release instead"
         )
+    pack_dtype = str(quantization.get("pack_dtype", "int32")).removeprefix("torch.")
+    if pack_dtype != "int32":
+        raise ValueError(f"GPTQ codes packed in {pack_dtype} words are not supported (int32 are)")
     if quantization.get("dynamic"):
         raise ValueError("GPTQ checkpoints with per-module overrides (`dynamic`) are not supported")
     return WeightQuantization(
-        "gptq", None, "", IntWeights(bits, _group_size(quantization), int(fmt == "gptq"))
+        "gptq", None, "", IntWeights(bits, _group_sizes(quantization), int(fmt == "gptq"))
     )
 
 
 def _awq(quantization: dict[str, Any]) -> WeightQuantization:
     """AutoAWQ's GEMM layout: 4-bit codes and zero points packed across the output
     dimension (in AWQ's interleaved order), one scale and zero per group of inputs."""
-    version = str(quantization.get("version", "gemm")).lower()
-    if version != "gemm":
+    # The layout on disk: `version` in AutoAWQ's configs, `format` in GPTQModel's (whose
+    # `backend` names a kernel, except the legacy "llm-awq", which is a layout).
+    fmt = str(quantization.get("format") or quantization.get("version") or "gemm").lower()
+    if str(quantization.get("backend", "")).lower() == "llm-awq":
+        fmt = "llm-awq"
+    if fmt != "gemm":
         raise ValueError(
-            f"AWQ version {version!r} is not supported (gemm is); serve the model's "
-            "GEMM-format AWQ or bf16 release instead"
+            f"AWQ format {fmt!r} is not supported (gemm is); serve the model's GEMM-format "
+            "AWQ or bf16 release instead"
         )
     bits = int(quantization.get("bits", quantization.get("w_bit", 4)))
     if bits != 4:
         raise ValueError(f"AWQ with {bits}-bit weights is not supported (4-bit is)")
     if quantization.get("zero_point") is False:
         raise ValueError("AWQ without zero points is not supported")
-    group = quantization.get("group_size", quantization.get("q_group_size"))
-    return WeightQuantization("awq", None, "", IntWeights(bits, _group_size({"group_size": group})))
+    size = quantization.get("group_size", quantization.get("q_group_size"))
+    return WeightQuantization("awq", None, "", IntWeights(bits, _group_sizes({"group_size": size})))
 
 
-def _group_size(quantization: dict[str, Any]) -> int | None:
-    """Input columns per scale; None for -1 (one group per row) or unset."""
+def _group_sizes(quantization: dict[str, Any]) -> tuple[int, ...]:
+    """The configured input columns per scale; none for -1 (one group a row) or unset."""
     size = quantization.get("group_size")
     if size is None or int(size) == -1:
-        return None
+        return ()
     if int(size) < 1:
         raise ValueError(f"group_size must be positive or -1, got {size!r}")
-    return int(size)
+    return (int(size),)

@@ -19,6 +19,7 @@ from kernels.experts import experts
 from kernels.fp8 import Fp8Block
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.linear import TORCH_LINEAR, LinearMethod
+from kernels.packed_int import PackedInt
 from kernels.rms_norm import rms_norm
 from kernels.rotary import apply_rotary
 from kernels.silu_and_mul import silu_and_mul
@@ -33,6 +34,9 @@ ClampedSwigluAndMul = Callable[[torch.Tensor, float, float], torch.Tensor]
 Fp8Linear = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, Fp8Block, torch.Tensor | None], torch.Tensor
 ]
+
+# x, packed integer weight, bias -> x @ W.T + bias (kernels/packed_int.py's format).
+IntLinear = Callable[[torch.Tensor, PackedInt, torch.Tensor | None], torch.Tensor]
 
 
 class Experts(Protocol):
@@ -63,7 +67,8 @@ class FusedOps:
     checkpoint's experts then stay MXFP4 in memory; kernels/mxfp4.py); `experts_fp8` the
     same for block-scaled FP8 stacks (kernels/fp8.py's Fp8Experts). fp8_linear: a
     linear layer on block-scaled FP8 weights (kernels/fp8.py), where the backend has
-    one: an FP8 checkpoint's projections then stay FP8 in memory. linear: how
+    one: an FP8 checkpoint's projections then stay FP8 in memory. int_linear: the
+    same for packed integer weights (GPTQ, AWQ, W4A16: kernels/packed_int.py). linear: how
     the model's weights are laid out and multiplied (kernels/linear.py)."""
 
     name: str
@@ -77,6 +82,7 @@ class FusedOps:
     experts_mxfp4: bool = False
     experts_fp8: bool = False
     fp8_linear: Fp8Linear | None = None
+    int_linear: IntLinear | None = None
     linear: LinearMethod = TORCH_LINEAR
 
 

@@ -27,6 +27,7 @@ from kernels.triton_decode_attention import (
 from kernels.triton_experts import fused_experts
 from kernels.triton_fp8_linear import fp8_linear
 from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
+from kernels.triton_int_linear import int_linear
 from kernels.triton_prefill_attention import PrefillBatch, make_prefill_batch, prefill_attention
 from kernels.triton_rms_norm import rms_norm
 from kernels.triton_rotary import apply_rotary
@@ -46,6 +47,7 @@ TRITON_OPS = FusedOps(
     experts_mxfp4=True,
     experts_fp8=True,
     fp8_linear=fp8_linear,
+    int_linear=int_linear,
 )
 
 

@@ -39,6 +39,7 @@ from kernels.expert_stack import ExpertStack
 from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block, Fp8Experts, empty_fp8
 from kernels.kv_cache_dtype import KvScales
 from kernels.mxfp4 import Mxfp4Weight
+from kernels.packed_int import INT_GEMM_MAX_ROWS, PackedInt, words_per_row
 
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -200,6 +201,7 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
     from kernels.triton_experts import fused_experts
     from kernels.triton_fp8_linear import dequantize_fp8, fp8_linear
     from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
+    from kernels.triton_int_linear import dequantize_int, int_linear
     from kernels.triton_prefill_attention import make_prefill_batch, prefill_attention
     from kernels.triton_rms_norm import rms_norm
     from kernels.triton_rotary import apply_rotary
@@ -274,6 +276,16 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                         start_case(f"{case} fp8 {tiles.rows}x{tiles.cols} {rows} rows")
                         fp8_linear(t(rows, cols_in), values, scales, tiles, t(rows_out))
                     dequantize_fp8(values, scales, tiles, dtype)
+                # A GPTQ/AWQ/W4A16 checkpoint's (4-bit, groups of 128; GPTQ's 8-bit).
+                for bits in (4, 8):
+                    groups = torch.zeros(cols_in, dtype=torch.int32)
+                    per_group = t(rows_out, -(-cols_in // 128), dtype=torch.float32)
+                    words = t(rows_out, words_per_row(cols_in, bits), dtype=torch.int32)
+                    packed = PackedInt(words, per_group, per_group, groups, bits)
+                    for rows in (2, INT_GEMM_MAX_ROWS):
+                        start_case(f"{case} int{bits} {rows} rows")
+                        int_linear(t(rows, cols_in), packed, t(rows_out))
+                    dequantize_int(packed, dtype)
             start_case(case)
             if not shape.experts:
                 continue

@@ -22,6 +22,7 @@
 #  10. experts-mxfp4 gpt-oss-20b's layer: the GEMMs on MXFP4 weights vs on bf16, vs torch
 #  11. fp8-linear    FP8 projections (Llama-3-8B's): the Triton GEMM vs dequantize + cuBLAS
 #                    vs bf16 cuBLAS, 1 to 1024 rows (where FP8_GEMM_MAX_ROWS belongs)
+#      int-linear    the same for 4-bit packed integers (GPTQ/AWQ/W4A16, groups of 128)
 #  12. kernels-fp8kv stage 3 at context 4096 over an FP8 KV cache (--kv-cache-dtype fp8)
 #  13. engine-fp8    stage 4's engine with --quantization fp8 (Triton FP8 GEMMs in place)
 #  14. sleep         sleep mode on the stage-4 engine: memory freed, seconds to sleep/wake
@@ -150,6 +151,7 @@ stage experts 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --json-out "$
 stage experts-mxfp4 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --experts 32 --top-k 4 \
     --hidden 2880 --inter 2880 --mxfp4 --json-out "$out/experts.jsonl"
 stage fp8-linear 60 "$PY" -m benchmarks.fp8_linear "${fp8_rows[@]}" --json-out "$out/fp8-linear.jsonl"
+stage int-linear 60 "$PY" -m benchmarks.int_linear "${fp8_rows[@]}" --json-out "$out/int-linear.jsonl"
 
 if ((!smoke)); then
     # Decode attention over an FP8 KV cache (--kv-cache-dtype fp8): half the bytes read.

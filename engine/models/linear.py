@@ -8,7 +8,10 @@ packed form replaces the plain one, so packing costs no extra memory.
 An FP8 checkpoint's projection can instead stay FP8 (`keep_fp8`, before the
 weights are allocated): `weight` is then its e4m3 bits (uint8) beside
 `weight_scale_inv`, one fp32 scale per tile as the checkpoint names it, and
-the backend's FP8 matmul multiplies them (kernels/fp8.py).
+the backend's FP8 matmul multiplies them (kernels/fp8.py). A packed-integer
+checkpoint's projection can likewise stay packed (`keep_int`): `weight` is then
+its int32 words beside `weight_scale` and `weight_zero` per group and the
+`weight_groups` of its input columns (kernels/packed_int.py).
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import torch
 from torch import nn
 
 from engine.models.lora import LoRALayer
+from kernels import fp8, packed_int
 from kernels.fp8 import Fp8Block, empty_fp8
-from kernels.fused_ops import Fp8Linear
+from kernels.fused_ops import Fp8Linear, IntLinear
 from kernels.linear import LinearMethod
+from kernels.packed_int import PackedInt, words_per_row
 
 
 class Linear(nn.Module):
@@ -38,6 +43,9 @@ class Linear(nn.Module):
         # Set when the weight stays FP8: its tiles and the backend's FP8 matmul.
         self.fp8_block: Fp8Block | None = None
         self.fp8_linear: Fp8Linear | None = None
+        # Set when the weight stays packed integers: their width and the backend's matmul.
+        self.int_bits: int | None = None
+        self.int_linear: IntLinear | None = None
 
     def keep_fp8(self, block: Fp8Block, fp8_linear: Fp8Linear) -> None:
         """Hold the weight as FP8 (bytes and tile scales, allocated empty): on the meta
@@ -49,9 +57,23 @@ class Linear(nn.Module):
         self.weight_scale_inv = nn.Parameter(scales, requires_grad=False)
         self.fp8_block, self.fp8_linear = block, fp8_linear
 
+    def keep_int(self, bits: int, group_count: int, int_linear: IntLinear) -> None:
+        """Hold the weight as packed integer codes (allocated empty, on the meta device,
+        for a checkpoint's codes to load into; `weight_groups` is set after)."""
+        rows, device = self.out_features, self.weight.device
+        width = words_per_row(self.in_features, bits)
+        words = torch.empty(rows, width, dtype=torch.int32, device=device)
+        self.weight = nn.Parameter(words, requires_grad=False)
+        for name in ("weight_scale", "weight_zero"):
+            empty = torch.empty(rows, group_count, dtype=torch.float32, device=device)
+            setattr(self, name, nn.Parameter(empty, requires_grad=False))
+        groups = torch.empty(self.in_features, dtype=torch.int32, device=device)
+        self.register_buffer("weight_groups", groups)
+        self.int_bits, self.int_linear = bits, int_linear
+
     def pack(self) -> None:
         """Swap the loaded weight for the method's layout; call once, after loading."""
-        if self.packed or self.fp8_block is not None:
+        if self.packed or self.fp8_block is not None or self.int_bits is not None:
             return
         plain = self.weight.detach()
         packed = self.method.pack(plain)
@@ -60,9 +82,27 @@ class Linear(nn.Module):
             self.register_buffer("weight", packed, persistent=False)
         self.packed = True
 
+    def scratch_bytes(self, dtype: torch.dtype, max_rows: int) -> int:
+        """The dequantized copy this layer makes for inputs past its quantized GEMM's rows
+        (kernels/triton_fp8_linear.py, kernels/triton_int_linear.py), when a step can
+        have `max_rows`: 0 for a plain weight or a step within the GEMM's rows."""
+        if self.fp8_block is not None:
+            limit = fp8.FP8_GEMM_MAX_ROWS
+        elif self.int_bits is not None:
+            limit = packed_int.INT_GEMM_MAX_ROWS
+        else:
+            return 0
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return self.out_features * self.in_features * itemsize if max_rows > limit else 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fp8_linear is not None and self.fp8_block is not None:
             out = self.fp8_linear(x, self.weight, self.weight_scale_inv, self.fp8_block, self.bias)
+        elif self.int_linear is not None and self.int_bits is not None:
+            packed = PackedInt(
+                self.weight, self.weight_scale, self.weight_zero, self.weight_groups, self.int_bits
+            )
+            out = self.int_linear(x, packed, self.bias)
         else:
             out = self.method.apply(x, self.weight, self.bias)
         if self.lora is not None:
@@ -73,5 +113,12 @@ class Linear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, method={self.method.name}, packed={self.packed}, "
-            f"fp8={self.fp8_block}"
+            f"fp8={self.fp8_block}, int_bits={self.int_bits}"
         )
+
+
+def scratch_bytes(model: nn.Module, dtype: torch.dtype, max_rows: int) -> int:
+    """The largest dequantized copy a quantized projection makes (`Linear.scratch_bytes`):
+    memory to keep free of the KV cache, as one layer runs at a time."""
+    sizes = [m.scratch_bytes(dtype, max_rows) for m in model.modules() if isinstance(m, Linear)]
+    return max(sizes, default=0)

@@ -546,7 +546,8 @@ class LlamaForCausalLM(nn.Module):
                     target = name.replace(part, "gate_up_proj")
                     offset = mlp_offsets(target)[part] if target in params else None
             if target not in params:
-                if name.endswith(".bias") and not tensor.any():
+                quantized = self.config.int_weights is not None
+                if quantized and name.endswith(".bias") and not tensor.any():
                     # Older AutoGPTQ exports write a zero bias for every quantized layer,
                     # biased or not: adding zeros changes nothing.
                     continue

@@ -3,6 +3,7 @@ dequantized at load to the weights their codes encode."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,11 +71,11 @@ def test_gptq_awq_and_integer_compressed_tensors_configs_are_read() -> None:
         return weight_quantization({"quantization_config": config})
 
     gptq = {"quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True}
-    assert read(gptq) == WeightQuantization("gptq", None, "", IntWeights(4, 128, 1))
+    assert read(gptq) == WeightQuantization("gptq", None, "", IntWeights(4, (128,), 1))
     v2 = {**gptq, "checkpoint_format": "gptq_v2", "group_size": -1}
-    assert read(v2) == WeightQuantization("gptq", None, "", IntWeights(4, None, 0))
+    assert read(v2) == WeightQuantization("gptq", None, "", IntWeights(4, (), 0))
     awq = {"quant_method": "awq", "w_bit": 4, "q_group_size": 64, "version": "GEMM"}
-    assert read(awq) == WeightQuantization("awq", None, "", IntWeights(4, 64, 0))
+    assert read(awq) == WeightQuantization("awq", None, "", IntWeights(4, (64,), 0))
     w4a16 = {
         "quant_method": "compressed-tensors",
         "format": "pack-quantized",
@@ -85,7 +86,7 @@ def test_gptq_awq_and_integer_compressed_tensors_configs_are_read() -> None:
             }
         },
     }
-    assert read(w4a16) == WeightQuantization("int", None, "", IntWeights(4, 128))
+    assert read(w4a16) == WeightQuantization("int", None, "", IntWeights(4, (128,)))
     w8a8 = {
         "quant_method": "compressed-tensors",
         "format": "mixed-precision",
@@ -97,7 +98,7 @@ def test_gptq_awq_and_integer_compressed_tensors_configs_are_read() -> None:
             }
         },
     }
-    assert read(w8a8) == WeightQuantization("int", None, "", IntWeights(8, None))
+    assert read(w8a8) == WeightQuantization("int", None, "", IntWeights(8, ()))
 
 
 @pytest.mark.parametrize(
@@ -106,7 +107,12 @@ def test_gptq_awq_and_integer_compressed_tensors_configs_are_read() -> None:
         ({"quant_method": "gptq", "bits": 3}, "3-bit"),
         ({"quant_method": "gptq", "checkpoint_format": "marlin"}, "format 'marlin'"),
         ({"quant_method": "gptq", "dynamic": {"-:.*mlp.*": {}}}, "dynamic"),
-        ({"quant_method": "awq", "version": "gemv"}, "version 'gemv'"),
+        ({"quant_method": "gptq", "bits": 16}, "16-bit"),
+        ({"quant_method": "gptq", "is_marlin_format": True}, "format 'marlin'"),
+        ({"quant_method": "gptq", "pack_dtype": "torch.int16"}, "int16 words"),
+        ({"quant_method": "awq", "version": "gemv"}, "format 'gemv'"),
+        ({"quant_method": "awq", "format": "gemv_fast", "version": "gemm"}, "'gemv_fast'"),
+        ({"quant_method": "awq", "backend": "llm-awq"}, "format 'llm-awq'"),
         ({"quant_method": "awq", "zero_point": False}, "without zero points"),
         ({"quant_method": "awq", "bits": 8}, "8-bit"),
         ({"quant_method": "bitsandbytes"}, "method 'bitsandbytes'"),
@@ -152,8 +158,11 @@ def test_integer_formats_the_engine_cannot_read_are_refused_by_name(
         ("llama", 4, "gptq", False),
         ("llama", 4, "gptq", True),
         ("llama", 8, "gptq", False),
+        ("llama", 2, "gptq", False),
         ("llama", 4, "gptq_v2", True),
         ("glm4", 4, "gptq", True),  # dequantized before its query/key rows are reordered
+        # Each expert's matrices, the last group of its 48-wide down_proj cut short.
+        ("qwen3_moe", 4, "gptq", False),
     ],
 )
 def test_a_gptq_checkpoint_serves_the_weights_it_encodes(
@@ -179,7 +188,7 @@ def test_an_awq_checkpoint_serves_the_weights_it_encodes(
 ) -> None:
     quantized, reference = tmp_path / "awq", tmp_path / "reference"
     write_awq_variant(make_random_model("qwen2"), quantized, reference)
-    assert ModelConfig.from_folder(quantized).int_weights == IntWeights(4, 32)
+    assert ModelConfig.from_folder(quantized).int_weights == IntWeights(4, (32,))
     assert_same_outputs(quantized, reference)
 
 
@@ -210,6 +219,29 @@ def test_a_compressed_tensors_integer_checkpoint_serves_the_weights_it_encodes(
     assert config["format"] == fmt
     assert ModelConfig.from_folder(quantized).weight_quantization == "int"
     assert_same_outputs(quantized, reference, quantization="compressed-tensors")
+
+
+@pytest.mark.parametrize("sidecar", ["quantize_config.json", "quant_config.json"])
+def test_older_exports_quantization_config_is_read_from_its_own_file(
+    sidecar: str, make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """AutoGPTQ's quantize_config.json and AutoAWQ's quant_config.json, beside a
+    config.json that says nothing of quantization, in each tool's own keys."""
+    quantized, reference = tmp_path / "packed", tmp_path / "reference"
+    source = make_random_model("llama")
+    if sidecar == "quantize_config.json":
+        write_gptq_variant(source, quantized, reference, 4)
+        own = {"bits": 4, "group_size": 32, "desc_act": False, "sym": True}
+    else:
+        write_awq_variant(source, quantized, reference)
+        own = {"zero_point": True, "q_group_size": 32, "w_bit": 4, "version": "GEMM"}
+    config = json.loads((quantized / "config.json").read_text())
+    del config["quantization_config"]
+    (quantized / "config.json").write_text(json.dumps(config))
+    (quantized / sidecar).write_text(json.dumps(own))
+    expected = "gptq" if sidecar == "quantize_config.json" else "awq"
+    assert ModelConfig.from_folder(quantized).weight_quantization == expected
+    assert_same_outputs(quantized, reference)
 
 
 def test_a_packed_matrix_without_its_scales_is_an_error(
@@ -254,17 +286,48 @@ def test_transformers_reads_a_compressed_tensors_w4a16_checkpoint_as_the_engine_
     assert_prompt_logprobs_match(llm, hf, prompts[-1])
 
 
-def test_groups_of_the_configured_size_may_end_short() -> None:
-    """48 input columns in groups of 32: two scales a row, the second covering 16
-    columns (not two even halves, which the scales' shape alone would suggest)."""
-    gen = torch.Generator().manual_seed(1)
-    codes = torch.randint(-8, 8, (4, 48), generator=gen)
-    scales = torch.rand(4, 2, generator=gen) + 0.5
+def _one_layer(
+    codes: torch.Tensor, scales: torch.Tensor, int_weights: IntWeights, **side: torch.Tensor
+) -> torch.Tensor:
+    """A compressed-tensors layer `l` of signed 4-bit `codes` [out, in], read back."""
+    out_features, in_features = codes.shape
     packed = pack_across((codes + 8).contiguous(), 4)
-    side = {"l.weight_scale": scales, "l.weight_shape": torch.tensor([4, 48])}
+    tensors = {
+        "l.weight_scale": scales,
+        "l.weight_shape": torch.tensor([out_features, in_features]),
+    }
+    tensors.update({f"l.{name}": tensor for name, tensor in side.items()})
     [(name, weight)] = dequantized_weights(
-        [("l.weight_packed", packed)], side, "int", IntWeights(4, 32), torch.float32
+        [("l.weight_packed", packed)], tensors, "int", int_weights, torch.float32
     )
-    groups = torch.arange(48) // 32
     assert name == "l.weight"
-    torch.testing.assert_close(weight, codes.float() * scales[:, groups], rtol=0, atol=0)
+    return weight
+
+
+def test_groups_of_the_configured_size_may_end_short() -> None:
+    """200 input columns in groups of 64: four scales a row, the last covering 8 columns
+    (not four even runs of 50, which the scales' shape alone would suggest); with a
+    second scheme's size configured too, the one whose count fits is taken."""
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randint(-8, 8, (4, 200), generator=gen)
+    scales = torch.rand(4, 4, generator=gen) + 0.5
+    groups = torch.arange(200) // 64
+    expected = codes.float() * scales[:, groups]
+    for sizes in ((64,), (64, 128)):
+        weight = _one_layer(codes, scales, IntWeights(4, sizes))
+        torch.testing.assert_close(weight, expected, rtol=0, atol=0)
+    # Scales whose count no configured size gives, or two sizes give: an error.
+    for sizes in ((128,), (50, 64)):
+        with pytest.raises(ValueError, match="4 groups of scales for 200 inputs match"):
+            _one_layer(codes, scales, IntWeights(4, sizes))
+
+
+def test_packed_tensors_that_do_not_fit_the_config_are_errors() -> None:
+    """A wrong bit width, or a stacked experts' 3-d weight_shape, is refused rather than
+    read as garbage."""
+    codes = torch.zeros(4, 64, dtype=torch.int64)
+    scales = torch.ones(4, 1)
+    with pytest.raises(ValueError, match=r"weight_packed is \(4, 8\), expected \(4, 16\)"):
+        _one_layer(codes, scales, IntWeights(8, ()))
+    with pytest.raises(ValueError, match="not a matrix's"):
+        _one_layer(codes, scales, IntWeights(4, ()), weight_shape=torch.tensor([2, 4, 64]))

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.fp8_linears import fp8_scratch_bytes
 from engine.llm import LLM
+from engine.models.linear import scratch_bytes
 from kernels import fp8
 from kernels.fp8 import Fp8Block, dequantize
 from kernels.triton_fp8_linear import dequantize_fp8, fp8_linear
@@ -137,8 +137,8 @@ def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
         # or, where only o and down stay FP8, down's [64, 128].
         scratch = {"torch": 0, "triton": 64 * 128 * 4 if scheme == "tiles 24" else 256 * 64 * 4}
         model = llm.engine.runner.model
-        assert fp8_scratch_bytes(model, torch.float32, 2048) == scratch[backend]
+        assert scratch_bytes(model, torch.float32, 2048) == scratch[backend]
         # No step past the GEMM's rows (4 here per channel, else 256): no copy to keep.
-        assert fp8_scratch_bytes(model, torch.float32, fp8.FP8_GEMM_MAX_ROWS) == 0
+        assert scratch_bytes(model, torch.float32, fp8.FP8_GEMM_MAX_ROWS) == 0
 
     assert_backends_agree(folder, check)

@@ -33,6 +33,8 @@ KERNELS = {
     "grouped_gemm_kernel",
     "fp8_linear_kernel",
     "fp8_dequantize_kernel",
+    "int_linear_kernel",
+    "int_dequantize_kernel",
 }
 
 

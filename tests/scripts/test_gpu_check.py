@@ -54,6 +54,7 @@ def test_smoke_run_passes_every_stage(tmp_path: Path, bundled_model_dir: Path) -
         "experts": "rc=2",
         "experts-mxfp4": "rc=2",
         "fp8-linear": "rc=2",
+        "int-linear": "rc=2",
         "sleep": "rc=0",
     }, log[-3000:]
     assert 'failures="0"' in (tmp_path / "kernel-tests.xml").read_text()
@@ -101,6 +102,7 @@ def test_stages_past_the_budget_are_skipped_not_started(
         "experts",
         "experts-mxfp4",
         "fp8-linear",
+        "int-linear",
         "sleep",
     ]
     assert all(" skipped: " in line for line in lines)

@@ -1,0 +1,104 @@
+"""Weights held as packed integer codes (GPTQ, AWQ, compressed-tensors' W4A16): the
+layout the engine keeps them in, and the torch reference of their matmul.
+
+A matrix W [out, in] is held as
+- `codes`: int32 [out, ceil(in / (32 / bits))], each row's unsigned `bits`-bit
+  codes packed along the input dimension, the lowest bits first;
+- `scales`, `zeros`: fp32 [out, G], a scale and a zero point (in code units)
+  per output row and group of input columns;
+- `groups`: int32 [in], each input column's group (runs of a group size, or
+  act-order's shuffled assignment);
+so that W[o, i] = (code[o, i] - zeros[o, groups[i]]) * scales[o, groups[i]],
+computed in fp32 and rounded once to the activations' dtype, as the
+checkpoint readers (engine/int_checkpoint.py) dequantize. Fused projections
+(q/k/v, gate/up) stack their parts' rows, so each part must share `groups`.
+Reference: `dequantize` then `F.linear`; kernels/triton_int_linear.py is the
+Triton GEMM that decodes codes as it reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Past this many input rows the Triton launcher dequantizes the matrix into a scratch
+# copy for cuBLAS instead (kernels/triton_int_linear.py), as the FP8 one does.
+INT_GEMM_MAX_ROWS = 256
+_WORK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class PackedInt:
+    """One matrix's packed codes and how to read them (see above)."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    groups: torch.Tensor
+    bits: int
+
+    @property
+    def in_features(self) -> int:
+        return self.groups.shape[0]
+
+
+def words_per_row(in_features: int, bits: int) -> int:
+    """int32 words holding a row of `in_features` codes."""
+    return -(-in_features // (32 // bits))
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes [out, in] -> int32 [out, words_per_row(in, bits)] (see above)."""
+    per_word = 32 // bits
+    out_features, in_features = codes.shape
+    padded = torch.zeros(
+        out_features, words_per_row(in_features, bits) * per_word, dtype=torch.int64
+    )
+    padded[:, :in_features] = codes
+    shifts = torch.arange(0, 32, bits, dtype=torch.int64)
+    words = (padded.view(out_features, -1, per_word) << shifts).sum(-1)
+    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+
+
+def unpack_codes(codes: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
+    """int32 [out, words] -> unsigned codes int32 [out, in_features]."""
+    shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=codes.device)
+    unpacked = (codes.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return unpacked.reshape(codes.shape[0], -1)[:, :in_features]
+
+
+def dequantize(weight: PackedInt, dtype: torch.dtype) -> torch.Tensor:
+    """The whole matrix [out, in] in `dtype`: fp32 arithmetic, rounded once."""
+    codes = unpack_codes(weight.codes, weight.bits, weight.in_features)
+    return dequantize_codes(codes, weight.scales, weight.zeros, weight.groups, dtype)
+
+
+def dequantize_codes(
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    groups: torch.Tensor,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Unpacked codes [out, in] -> (code - zero) * scale per group, in fp32, rounded once
+    to `dtype` (scales, zeros [out, G]; groups [in])."""
+    index = groups.long()
+    scales, zeros = scales.to(torch.float32), zeros.to(torch.float32)
+    out = torch.empty(codes.shape, dtype=dtype, device=codes.device)
+    # A few rows at a time: the fp32 work stays ~64 MB however large the matrix (a
+    # quantized LM head is a billion weights).
+    step = max(1, _WORK_ELEMENTS // max(1, codes.shape[1]))
+    for start in range(0, codes.shape[0], step):
+        rows = slice(start, start + step)
+        values = codes[rows].to(torch.float32) - zeros[rows][:, index]
+        out[rows] = values.mul_(scales[rows][:, index]).to(dtype)
+    return out
+
+
+def packed_int_linear(
+    x: torch.Tensor, weight: PackedInt, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """x [..., in] @ W.T + bias in x's dtype (the reference of the Triton GEMM)."""
+    return F.linear(x, dequantize(weight, x.dtype), bias)
