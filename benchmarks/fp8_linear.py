@@ -22,20 +22,16 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.args import int_list
 from benchmarks.kernels import median_ms, run_gpu_rows
-from benchmarks.linear_report import gemm_up_to, linear_row, shape_list
+from benchmarks.linear_report import add_shape_args, gemm_up_to, linear_row
 from kernels import fp8
 from kernels.fp8 import Fp8Block
 
-# Llama-3-8B's fused q/k/v, fused gate/up and down projections: (out, in).
-DEFAULT_SHAPES = ((6144, 4096), (28672, 4096), (4096, 14336))
 TILES = Fp8Block(128, 128)
 
 
@@ -44,15 +40,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="conveyor bench fp8-linear",
         description="FP8 linear layers: the Triton GEMM vs dequantize + cuBLAS vs bf16 (GPU only).",
     )
-    p.add_argument("--rows", type=int_list, default=[1, 16, 64, 256, 1024], help="comma-separated")
-    p.add_argument(
-        "--shapes",
-        type=shape_list,
-        default=list(DEFAULT_SHAPES),
-        help="comma-separated OUTxIN (default: Llama-3-8B's q/k/v, gate/up and down)",
-    )
+    add_shape_args(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
     return p.parse_args(argv)
 
 

@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.args import int_list
-from benchmarks.fp8_linear import DEFAULT_SHAPES
 from benchmarks.kernels import median_ms, run_gpu_rows
-from benchmarks.linear_report import gemm_up_to, linear_row, shape_list
+from benchmarks.linear_report import add_shape_args, gemm_up_to, linear_row
 from kernels import packed_int
 from kernels.packed_int import PackedInt, pack_codes
 
@@ -48,16 +45,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Packed-integer linear layers: the Triton GEMM vs dequantize + cuBLAS vs "
         "bf16 (GPU only).",
     )
-    p.add_argument("--rows", type=int_list, default=[1, 16, 64, 256, 1024], help="comma-separated")
-    p.add_argument(
-        "--shapes",
-        type=shape_list,
-        default=list(DEFAULT_SHAPES),
-        help="comma-separated OUTxIN (default: Llama-3-8B's q/k/v, gate/up and down)",
-    )
+    add_shape_args(p)
     p.add_argument("--bits", type=int, choices=(2, 4, 8), default=4)
     p.add_argument("--act-order", action="store_true", help="shuffled groups (GPTQ act-order)")
-    p.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
     return p.parse_args(argv)
 
 

@@ -3,12 +3,18 @@ benchmarks/int_linear.py): the same three ways timed on one matrix, side by side
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from benchmarks.args import int_list
 from benchmarks.report import rounded
+
+# Llama-3-8B's fused q/k/v, fused gate/up and down projections: (out, in).
+DEFAULT_SHAPES = ((6144, 4096), (28672, 4096), (4096, 14336))
 
 
 def shape_list(text: str) -> list[tuple[int, int]]:
@@ -18,6 +24,20 @@ def shape_list(text: str) -> list[tuple[int, int]]:
         out_features, _, in_features = item.partition("x")
         shapes.append((int(out_features), int(in_features)))
     return shapes
+
+
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+    """--rows, --shapes and --json-out, as every linear benchmark takes them."""
+    parser.add_argument(
+        "--rows", type=int_list, default=[1, 16, 64, 256, 1024], help="comma-separated"
+    )
+    parser.add_argument(
+        "--shapes",
+        type=shape_list,
+        default=list(DEFAULT_SHAPES),
+        help="comma-separated OUTxIN (default: Llama-3-8B's q/k/v, gate/up and down)",
+    )
+    parser.add_argument("--json-out", type=Path, default=None, help="append the JSON lines here")
 
 
 def linear_row(

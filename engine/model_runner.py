@@ -104,6 +104,10 @@ def load_model(
                 model, layers, int_side, method, config.int_weights, ops.int_linear
             )
             logger.info("packed integers kept for %d of %d layers", len(kept_int), len(layers))
+        else:
+            # The torch path: every matrix dequantized, at the model dtype's memory.
+            shown = "compressed-tensors integer" if method == "int" else method.upper()
+            logger.info("%s checkpoint dequantized into %s as it loads", shown, dtype)
     # Materialise without random init (the checkpoint overwrites every weight). Not
     # `to_empty`: its empty_like on meta tensors runs torch's Python references, which
     # import sympy (~0.5 s of a worker's startup).

@@ -24,7 +24,7 @@ import triton.language as tl
 from kernels import fp8
 from kernels.fp8 import Fp8Block
 from kernels.triton_fp8 import e4m3_to_float
-from kernels.triton_support import dot_precision, upcast_dot
+from kernels.triton_support import dot_precision, gemm_tiles, upcast_dot
 
 
 @triton.jit
@@ -161,10 +161,7 @@ def fp8_linear(
     out = torch.empty(m_size, n_size, dtype=x.dtype, device=x.device)
     if m_size == 0:
         return out.view(*x.shape[:-1], n_size)
-    rows = 16 if m_size <= 16 else 32 if m_size <= 32 else 64
-    cols = depth = 64
-    if x.element_size() > 2:  # fp32 tiles take twice the registers
-        rows, cols, depth = min(rows, 32), 32, 32
+    rows, cols, depth = gemm_tiles(m_size, x.element_size())
     grid = (triton.cdiv(m_size, rows), triton.cdiv(n_size, cols))
     fp8_linear_kernel[grid](
         flat,

@@ -24,7 +24,7 @@ import triton.language as tl
 
 from kernels import packed_int
 from kernels.packed_int import PackedInt
-from kernels.triton_support import dot_precision, upcast_dot
+from kernels.triton_support import dot_precision, gemm_tiles, upcast_dot
 
 
 @triton.jit
@@ -181,10 +181,8 @@ def int_linear(
     out = torch.empty(m_size, n_size, dtype=x.dtype, device=x.device)
     if m_size == 0:
         return out.view(*x.shape[:-1], n_size)
-    rows = 16 if m_size <= 16 else 32 if m_size <= 32 else 64
-    cols = depth = 64
-    if x.element_size() > 2:  # fp32 tiles take twice the registers (32 deep spills)
-        rows, cols, depth = min(rows, 32), 32, 16
+    # fp32 tiles 32 deep spill registers on sm90: codes, groups, scales and zeros decoded.
+    rows, cols, depth = gemm_tiles(m_size, x.element_size(), fp32_depth=16)
     grid = (triton.cdiv(m_size, rows), triton.cdiv(n_size, cols))
     int_linear_kernel[grid](
         flat,

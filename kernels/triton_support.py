@@ -55,3 +55,14 @@ def upcast_dot(kernel: object, dtype: torch.dtype) -> bool:
     MMA (fp32 accumulate) computes; on a GPU it is never done.
     """
     return dtype == torch.bfloat16 and is_interpreted(kernel)
+
+
+def gemm_tiles(m_size: int, element_size: int, fp32_depth: int = 32) -> tuple[int, int, int]:
+    """A weight-decoding GEMM's tile (rows, columns, depth) for `m_size` input rows:
+    few rows for a decode step, up to 64 for a prefill chunk; fp32 tiles take twice
+    the registers, so they are smaller (`fp32_depth`: shallower where a kernel decodes
+    more per element, kernels/triton_offline_compile.py checks none spills)."""
+    rows = 16 if m_size <= 16 else 32 if m_size <= 32 else 64
+    if element_size > 2:
+        return min(rows, 32), 32, fp32_depth
+    return rows, 64, 64
