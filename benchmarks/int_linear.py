@@ -52,25 +52,27 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def random_packed(
-    shape: tuple[int, int], bits: int, act_order: bool, device: torch.device, seed: int
+    shape: tuple[int, int],
+    bits: int,
+    act_order: bool,
+    device: torch.device,
+    seed: int,
+    group_size: int = GROUP_SIZE,
 ) -> PackedInt:
-    """Random codes and zeros, and scales that keep weights ~1 / sqrt(in), on `device`."""
+    """Random codes, zeros near the middle of the range, and scales that keep weights of
+    ordinary magnitudes (~1 / sqrt(in)), on `device`; act-order shuffles which columns
+    share a group."""
     out_features, in_features = shape
     gen = torch.Generator().manual_seed(seed)
     top = (1 << bits) - 1
     codes = torch.randint(0, top + 1, shape, generator=gen)
     order = torch.randperm(in_features, generator=gen) if act_order else torch.arange(in_features)
-    groups = (order // GROUP_SIZE).to(torch.int32)
-    count = -(-in_features // GROUP_SIZE)
-    zeros = torch.randint(0, top + 1, (out_features, count), generator=gen).float()
+    groups = (order // group_size).to(torch.int32)
+    count = -(-in_features // group_size)
+    zeros = torch.randint(top // 4, 3 * top // 4 + 1, (out_features, count), generator=gen)
     scales = (0.5 + torch.rand(out_features, count, generator=gen)) / (top * in_features**0.5)
-    return PackedInt(
-        pack_codes(codes, bits).to(device),
-        scales.to(device),
-        zeros.to(device),
-        groups.to(device),
-        bits,
-    )
+    tensors = (pack_codes(codes, bits), scales, zeros.float(), groups)
+    return PackedInt(*(t.to(device) for t in tensors), bits)
 
 
 def bench_row(

@@ -22,17 +22,12 @@ from pathlib import Path
 from safetensors import safe_open
 from torch import nn
 
-from engine.models.linear import Linear
+from engine.models.linear import FUSED_PARTS, NOT_CALLED, Linear
 from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
 from kernels.fp8 import Fp8Block
 from kernels.fused_ops import Fp8Linear
 
 FP8_DTYPE = "F8_E4M3"
-# Linear layers the model multiplies outside their forward: the LM head's weight is read
-# by compute_logits (tied or not), so it is dequantized as it loads.
-NOT_CALLED = frozenset({"lm_head"})
-# A fused projection's checkpoint parts, in the order the fusion stacks their rows.
-FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 
 
 def checkpoint_dtypes(files: Iterable[Path]) -> dict[str, str]:

@@ -22,28 +22,29 @@ how zeros are written:
   schemes add `weight_zero_point` [out, groups] (packed down the output
   dimension when the codes are packed); act-order adds `weight_g_idx`.
 
-Each matrix is first read into one form (`IntMatrix`: unsigned codes, and a
-scale and zero point per row and group, in code units, whatever the format's
-own offsets). Where the backend multiplies packed integers itself (Triton:
-`FusedOps.int_linear`), the layers engine/int_linears.py chose get it packed
-as kernels/packed_int.py lays it out (`weight`, `weight_scale`,
-`weight_zero`): a 4-bit weight takes about a quarter of bf16's memory.
-Elsewhere (the torch path, the LM head, MoE experts, fused parts whose groups
-differ) the matrix is dequantized once as it loads, in fp32 and rounded once
-into the model's dtype, and handed on as the plain `<layer>.weight` [out, in]:
-the release's numbers at the model dtype's memory. Which format a checkpoint
-uses is read in engine/weight_quantization.py.
+Each matrix is first read into one form, kernels/packed_int.py's `PackedInt`
+(unsigned codes packed along the inputs, and a scale and zero point per row and
+group, in code units, whatever the format's own offsets): GPTQ's `qweight`
+transposed and compressed-tensors' `weight_packed` already are its words;
+AWQ's and int8 codes are repacked. Where the backend multiplies packed
+integers itself (Triton: `FusedOps.int_linear`), the layers
+engine/int_linears.py chose are handed over in that form (`weight`,
+`weight_scale`, `weight_zero`): a 4-bit weight in groups of 128 takes ~0.56
+bytes, 28% of bf16's. Elsewhere (the torch path, the LM head, MoE experts,
+fused parts whose groups differ) the matrix is dequantized once as it loads,
+in fp32 and rounded once into the model's dtype, and handed on as the plain
+`<layer>.weight` [out, in]: the release's numbers at the model dtype's memory.
+Which format a checkpoint uses is read in engine/weight_quantization.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 
 from engine.weight_quantization import IntWeights
-from kernels.packed_int import dequantize_codes, pack_codes
+from kernels.packed_int import PackedInt, dequantize, pack_codes
 
 # The tensors beside a layer's packed codes, by method (GPTQ's and AWQ's are named alike).
 SIDE_TENSORS = {
@@ -60,33 +61,28 @@ AWQ_UNPACK_ORDER = tuple(AWQ_ORDER.index(column) for column in range(8))
 _ACTIVATION_SCALES = (".input_scale", ".input_zero_point", ".input_global_scale", ".output_scale")
 
 
-@dataclass(frozen=True)
-class IntMatrix:
-    """One matrix as every format reads: W = (codes - zeros[:, groups]) * scales[:, groups]."""
-
-    codes: torch.Tensor  # int32 [out, in], unsigned
-    scales: torch.Tensor  # fp32 [out, G]
-    zeros: torch.Tensor  # fp32 [out, G], in code units
-    groups: torch.Tensor  # int32 [in]: each input column's group
-
-
 def is_side_tensor(name: str, method: str) -> bool:
     """A tensor read before the codes it belongs to (small: scales, zeros, indices)."""
     return name.endswith(SIDE_TENSORS[method])
 
 
+def packed_layer(name: str, int8: bool, method: str) -> str | None:
+    """The layer whose codes the tensor `name` holds (`int8`: stored as int8), None for
+    any other tensor."""
+    if method in ("gptq", "awq") and name.endswith(".qweight"):
+        return name.removesuffix(".qweight")
+    if method == "int" and name.endswith(".weight_packed"):
+        return name.removesuffix(".weight_packed")
+    if method == "int" and int8 and name.endswith(".weight"):
+        return name.removesuffix(".weight")
+    return None
+
+
 def packed_layers(dtypes: dict[str, str], method: str) -> set[str]:
-    """The checkpoint's quantized layers (`<layer>` of each matrix stored as codes), from
-    its tensors' safetensors dtypes (engine/fp8_linears.py's checkpoint_dtypes)."""
-    layers = set()
-    for name, dtype in dtypes.items():
-        if method in ("gptq", "awq") and name.endswith(".qweight"):
-            layers.add(name.removesuffix(".qweight"))
-        elif method == "int" and name.endswith(".weight_packed"):
-            layers.add(name.removesuffix(".weight_packed"))
-        elif method == "int" and name.endswith(".weight") and dtype == "I8":
-            layers.add(name.removesuffix(".weight"))
-    return layers
+    """The checkpoint's quantized layers, from its tensors' safetensors dtypes
+    (engine/fp8_linears.py's checkpoint_dtypes)."""
+    found = (packed_layer(name, dtype == "I8", method) for name, dtype in dtypes.items())
+    return {layer for layer in found if layer is not None}
 
 
 def unpack_rows(words: torch.Tensor, bits: int) -> torch.Tensor:
@@ -110,6 +106,14 @@ def unpack_columns(
     return codes.reshape(words.shape[0], -1)
 
 
+def group_count(layer: str, side: dict[str, torch.Tensor], method: str) -> int:
+    """How many groups of input columns the layer's scales have."""
+    scales = _side(side, layer, ".weight_scale" if method == "int" else ".scales")
+    if method in ("gptq", "awq"):
+        return scales.shape[0]  # [G, out]
+    return scales.shape[-1] if scales.dim() == 2 else 1  # [out, G], [out, 1] or one
+
+
 def layer_groups(
     layer: str,
     side: dict[str, torch.Tensor],
@@ -117,19 +121,19 @@ def layer_groups(
     int_weights: IntWeights,
     in_features: int,
 ) -> torch.Tensor:
-    """Each input column's group (int32 [in]): act-order's stored indices, else runs of
-    the configured group size whose count the scales have (the last run cut short;
-    with several sizes configured, the one that fits), else one group a row."""
+    """Each input column's group (int32 [in]), each below the scales' count:
+    act-order's stored indices, else runs of the configured group size whose count the
+    scales have (the last run cut short; with several sizes configured, the one that
+    fits), else one group a row."""
+    count = group_count(layer, side, method)
     stored = side.get(layer + (".weight_g_idx" if method == "int" else ".g_idx"))
     if stored is not None:
-        if stored.numel() != in_features:
-            raise ValueError(f"{layer!r}: {stored.numel()} group indices for {in_features} inputs")
+        if stored.numel() != in_features or int(stored.min()) < 0 or int(stored.max()) >= count:
+            raise ValueError(
+                f"{layer!r}: its {stored.numel()} group indices do not number {in_features} "
+                f"inputs' groups among its {count} groups of scales"
+            )
         return stored.to(torch.int32)
-    scales = _side(side, layer, ".weight_scale" if method == "int" else ".scales")
-    if method in ("gptq", "awq"):
-        count = scales.shape[0]  # [G, out]
-    else:
-        count = scales.shape[-1] if scales.dim() == 2 else 1  # [out, G], [out, 1] or one
     if count == 1:
         return torch.zeros(in_features, dtype=torch.int32)
     fits = [size for size in int_weights.group_sizes if -(-in_features // size) == count]
@@ -148,9 +152,9 @@ def read_matrix(
     side: dict[str, torch.Tensor],
     method: str,
     int_weights: IntWeights,
-) -> IntMatrix:
+) -> PackedInt:
     """A layer's codes (`stored`: its qweight, weight_packed or int8 weight) with their
-    scales and zeros, as `IntMatrix`."""
+    scales, zeros and groups, in kernels/packed_int.py's form."""
     if stored.dtype not in (torch.int32, torch.int8) or (
         stored.dtype == torch.int8 and method != "int"
     ):
@@ -159,7 +163,7 @@ def read_matrix(
     return reader(layer, stored, side, int_weights)
 
 
-def dequantized_weights(
+def model_weights(
     tensors: Iterable[tuple[str, torch.Tensor]],
     side: dict[str, torch.Tensor],
     method: str,
@@ -167,39 +171,25 @@ def dequantized_weights(
     dtype: torch.dtype,
     keep: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The checkpoint's tensors with each packed matrix dequantized (`side`: every
-    tensor `is_side_tensor` names, by name) under its plain `<layer>.weight` name and
-    [out, in] layout, but the layers named in `keep` packed as kernels/packed_int.py
-    holds them (`weight`, `weight_scale`, `weight_zero`); the side tensors and
-    activation scales left out."""
+    """The checkpoint's tensors as the model loads them (`side`: every tensor
+    `is_side_tensor` names, by name): each packed matrix dequantized under its plain
+    `<layer>.weight` name and [out, in] layout, but the layers named in `keep` packed
+    as kernels/packed_int.py holds them (`weight`, `weight_scale`, `weight_zero`); the
+    side tensors and activation scales left out."""
     for name, tensor in tensors:
         if is_side_tensor(name, method) or (method == "int" and name.endswith(_ACTIVATION_SCALES)):
             continue
-        layer = _packed_layer(name, tensor, method)
+        layer = packed_layer(name, tensor.dtype == torch.int8, method)
         if layer is None:
             yield name, tensor
             continue
         matrix = read_matrix(layer, tensor, side, method, int_weights)
         if layer in keep:
-            yield layer + ".weight", pack_codes(matrix.codes, int_weights.bits)
+            yield layer + ".weight", matrix.codes
             yield layer + ".weight_scale", matrix.scales
             yield layer + ".weight_zero", matrix.zeros
         else:
-            dense = dequantize_codes(
-                matrix.codes, matrix.scales, matrix.zeros, matrix.groups, dtype
-            )
-            yield layer + ".weight", dense
-
-
-def _packed_layer(name: str, tensor: torch.Tensor, method: str) -> str | None:
-    """The layer whose codes `name` holds, None for any other tensor."""
-    if method in ("gptq", "awq") and name.endswith(".qweight"):
-        return name.removesuffix(".qweight")
-    if method == "int" and name.endswith(".weight_packed"):
-        return name.removesuffix(".weight_packed")
-    if method == "int" and name.endswith(".weight") and tensor.dtype == torch.int8:
-        return name.removesuffix(".weight")
-    return None
+            yield layer + ".weight", dequantize(matrix, dtype)
 
 
 def _side(side: dict[str, torch.Tensor], layer: str, part: str) -> torch.Tensor:
@@ -211,7 +201,8 @@ def _side(side: dict[str, torch.Tensor], layer: str, part: str) -> torch.Tensor:
 
 def _gptq(
     layer: str, qweight: torch.Tensor, side: dict[str, torch.Tensor], int_weights: IntWeights
-) -> IntMatrix:
+) -> PackedInt:
+    """qweight [in * bits / 32, out] transposed is the packed form's words as they are."""
     bits = int_weights.bits
     scales = _side(side, layer, ".scales").to(torch.float32)  # [G, out]
     out_features = scales.shape[1]
@@ -220,19 +211,19 @@ def _gptq(
     qzeros = _side(side, layer, ".qzeros")
     _expect(layer, "qweight", qweight, (-(-in_features * bits // 32), out_features))
     _expect(layer, "qzeros", qzeros, (scales.shape[0], -(-out_features * bits // 32)))
-    codes = unpack_rows(qweight, bits)[:in_features]  # [in, out]
     zeros = unpack_columns(qzeros, bits)[:, :out_features] + int_weights.zero_offset
-    return IntMatrix(
-        codes.t().contiguous(),
+    return PackedInt(
+        qweight.t().contiguous(),
         scales.t().contiguous(),
         zeros.t().to(torch.float32).contiguous(),
         layer_groups(layer, side, "gptq", int_weights, in_features),
+        bits,
     )
 
 
 def _awq(
     layer: str, qweight: torch.Tensor, side: dict[str, torch.Tensor], int_weights: IntWeights
-) -> IntMatrix:
+) -> PackedInt:
     bits = int_weights.bits
     scales = _side(side, layer, ".scales").to(torch.float32)  # [G, out]
     qzeros = _side(side, layer, ".qzeros")
@@ -241,24 +232,27 @@ def _awq(
     _expect(layer, "qzeros", qzeros, (scales.shape[0], words))
     codes = unpack_columns(qweight, bits, AWQ_UNPACK_ORDER)  # [in, out]
     zeros = unpack_columns(qzeros, bits, AWQ_UNPACK_ORDER)
-    return IntMatrix(
-        codes.t().contiguous(),
+    return PackedInt(
+        pack_codes(codes.t(), bits),
         scales.t().contiguous(),
         zeros.t().to(torch.float32).contiguous(),
         layer_groups(layer, side, "awq", int_weights, codes.shape[0]),
+        bits,
     )
 
 
 def _compressed(
     layer: str, stored: torch.Tensor, side: dict[str, torch.Tensor], int_weights: IntWeights
-) -> IntMatrix:
+) -> PackedInt:
     """compressed-tensors stores code + 2^(bits-1) (a signed code made unsigned) and, if
     asymmetric, zero + 2^(bits-1) the same way when packed: read as they are, the
-    unsigned codes less the unsigned zeros are the signed ones' difference."""
+    unsigned codes less the unsigned zeros are the signed ones' difference; its
+    `weight_packed` words are the packed form's as they are."""
     bits = int_weights.bits
     offset = 1 << (bits - 1)
     if stored.dtype == torch.int8:  # int-quantized: one signed code a byte
-        codes = stored.to(torch.int32) + offset
+        out_features, in_features = stored.shape
+        words = pack_codes(stored.to(torch.int32) + offset, bits)
     else:
         shape = _side(side, layer, ".weight_shape")
         if shape.numel() != 2:
@@ -268,8 +262,7 @@ def _compressed(
             )
         out_features, in_features = (int(n) for n in shape)
         _expect(layer, "weight_packed", stored, (out_features, -(-in_features * bits // 32)))
-        codes = unpack_columns(stored, bits)[:, :in_features]
-    out_features, in_features = codes.shape
+        words = stored.contiguous()
     scales = _per_row(_side(side, layer, ".weight_scale"), out_features)
     stored_zeros = side.get(layer + ".weight_zero_point")
     if stored_zeros is None:
@@ -280,12 +273,8 @@ def _compressed(
         _expect(layer, "weight_zero_point (unpacked)", zeros, tuple(scales.shape))
     else:  # one signed int8 zero each
         zeros = _per_row(stored_zeros, out_features) + offset
-    return IntMatrix(
-        codes.contiguous(),
-        scales,
-        zeros,
-        layer_groups(layer, side, "int", int_weights, in_features),
-    )
+    groups = layer_groups(layer, side, "int", int_weights, in_features)
+    return PackedInt(words, scales, zeros.contiguous(), groups, bits)
 
 
 def _per_row(values: torch.Tensor, out_features: int) -> torch.Tensor:

@@ -10,8 +10,9 @@ indices: read first, they are small). A projection the engine fuses (q/k/v,
 gate/up) stays packed when every part is packed with the same groups of
 input columns (act-order may give each part its own); anything else (a part
 left in full precision, parts whose groups differ, the LM head, a mixture of
-experts' stacks, a model whose query/key rows are reordered as they load) is
-dequantized as it loads, as on the torch path.
+experts' stacks) is dequantized as it loads, as on the torch path. Query/key
+rows reordered as they load (engine/interleaved_rope.py) take their scales'
+and zeros' rows along.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from engine.fp8_linears import FUSED_PARTS, NOT_CALLED
-from engine.int_checkpoint import layer_groups
-from engine.models.linear import Linear
+from engine.int_checkpoint import group_count, layer_groups
+from engine.models.linear import FUSED_PARTS, NOT_CALLED, Linear
 from engine.weight_quantization import IntWeights
 from kernels.fused_ops import IntLinear
 
@@ -61,7 +61,10 @@ def keep_int_linears(
         ]
         if any(not torch.equal(groups, found[0]) for groups in found[1:]):
             continue  # act-order gave the parts different groups: dequantized instead
-        module.keep_int(int_weights.bits, int(found[0].max()) + 1, int_linear)
+        counts = {group_count(ours[part], side, method) for part in parts}
+        if len(counts) != 1:
+            continue
+        module.keep_int(int_weights.bits, counts.pop(), int_linear)
         kept.update(ours[part] for part in parts)
         groups_of[qualified] = found[0]
     return frozenset(kept), groups_of

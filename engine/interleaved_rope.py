@@ -17,7 +17,9 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-_QUERY_KEY = re.compile(r"\.self_attn\.(q_proj|k_proj)\.(weight|bias)$")
+# A packed-integer layer kept packed (engine/int_linears.py) has a row of codes, scales
+# and zeros per output channel: all three reorder as a weight does.
+_QUERY_KEY = re.compile(r"\.self_attn\.(q_proj|k_proj)\.(weight|weight_scale|weight_zero|bias)$")
 
 
 def half_split_order(head_dim: int, rotary_dim: int) -> torch.Tensor:

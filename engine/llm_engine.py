@@ -463,9 +463,9 @@ class LLMEngine:
             raise ConfigurationError(f"max_model_len {wanted} exceeds {source} ({limit})")
         return wanted
 
-    def _num_kv_blocks(self, fp8_scratch: int = 0) -> int:
-        """`fp8_scratch`: the dequantized copy of the largest FP8 projection a long
-        prefill chunk makes (kernels/triton_fp8_linear.py), kept out of the cache."""
+    def _num_kv_blocks(self, scratch: int = 0) -> int:
+        """`scratch`: the dequantized copy of the largest quantized projection a long
+        prefill chunk makes (`Linear.scratch_bytes`), kept out of the cache."""
         if self.config.num_kv_blocks is not None:
             return self.config.num_kv_blocks
         mc = self.model_config
@@ -478,7 +478,7 @@ class LLMEngine:
                 self.config.max_num_batched_tokens
                 * (mc.hidden_size * 8 + mc.intermediate_size * 4)
                 * itemsize
-            ) + fp8_scratch
+            ) + scratch
             if self.runner_kind == "generate":  # an embedding engine computes no logits
                 # Logits and sampler work per sampled row: with drafts, 1 + k rows each.
                 activations += (

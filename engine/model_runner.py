@@ -98,7 +98,7 @@ def load_model(
         int_side = dict(read_tensors(files, wanted))
         # Pickled shards have no headers to read dtypes from: dequantized, as on torch.
         pickled = any(is_pickled(f) for f in files)
-        if ops.int_linear is not None and not config.interleaved_rope and not pickled:
+        if ops.int_linear is not None and not pickled:
             layers = int_checkpoint.packed_layers(fp8_linears.checkpoint_dtypes(files), method)
             kept_int, int_groups = int_linears.keep_int_linears(
                 model, layers, int_side, method, config.int_weights, ops.int_linear
@@ -126,7 +126,7 @@ def load_model(
         scales = dict(read_tensors(files, mxfp4_checkpoint.is_scale))
         weights = mxfp4_checkpoint.dequantized_weights(weights, scales, dtype)
     elif config.int_weights is not None:
-        weights = int_checkpoint.dequantized_weights(
+        weights = int_checkpoint.model_weights(
             weights, int_side, config.weight_quantization or "", config.int_weights, dtype, kept_int
         )
     model.load_weights(weights)

@@ -22,8 +22,7 @@ import torch
 from torch import nn
 
 from engine.config import QUANTIZATION_METHODS
-from engine.fp8_linears import NOT_CALLED
-from engine.models.linear import Linear
+from engine.models.linear import NOT_CALLED, Linear
 from engine.models.moe import SparseMoE
 from kernels import fp8
 from kernels.fp8 import Fp8Block

@@ -12,7 +12,7 @@ so that W[o, i] = (code[o, i] - zeros[o, groups[i]]) * scales[o, groups[i]],
 computed in fp32 and rounded once to the activations' dtype, as the
 checkpoint readers (engine/int_checkpoint.py) dequantize. Fused projections
 (q/k/v, gate/up) stack their parts' rows, so each part must share `groups`.
-Reference: `dequantize` then `F.linear`; kernels/triton_int_linear.py is the
+Reference: `dequantize`, then `F.linear`; kernels/triton_int_linear.py is the
 Triton GEMM that decodes codes as it reads them.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 # Past this many input rows the Triton launcher dequantizes the matrix into a scratch
 # copy for cuBLAS instead (kernels/triton_int_linear.py), as the FP8 one does.
@@ -50,16 +49,21 @@ def words_per_row(in_features: int, bits: int) -> int:
 
 
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Unsigned codes [out, in] -> int32 [out, words_per_row(in, bits)] (see above)."""
+    """Unsigned codes [out, in] -> int32 [out, words_per_row(in, bits)] (see above), a few
+    rows at a time (the int64 work stays small however large the matrix)."""
     per_word = 32 // bits
     out_features, in_features = codes.shape
-    padded = torch.zeros(
-        out_features, words_per_row(in_features, bits) * per_word, dtype=torch.int64
-    )
-    padded[:, :in_features] = codes
-    shifts = torch.arange(0, 32, bits, dtype=torch.int64)
-    words = (padded.view(out_features, -1, per_word) << shifts).sum(-1)
-    return torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    width = words_per_row(in_features, bits)
+    words = torch.empty(out_features, width, dtype=torch.int32, device=codes.device)
+    shifts = torch.arange(0, 32, bits, dtype=torch.int64, device=codes.device)
+    for rows in _row_chunks(out_features, width * per_word):
+        padded = torch.zeros(
+            codes[rows].shape[0], width * per_word, dtype=torch.int64, device=codes.device
+        )
+        padded[:, :in_features] = codes[rows]
+        summed = (padded.view(padded.shape[0], width, per_word) << shifts).sum(-1)
+        words[rows] = torch.where(summed >= 1 << 31, summed - (1 << 32), summed)
+    return words
 
 
 def unpack_codes(codes: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
@@ -70,35 +74,21 @@ def unpack_codes(codes: torch.Tensor, bits: int, in_features: int) -> torch.Tens
 
 
 def dequantize(weight: PackedInt, dtype: torch.dtype) -> torch.Tensor:
-    """The whole matrix [out, in] in `dtype`: fp32 arithmetic, rounded once."""
-    codes = unpack_codes(weight.codes, weight.bits, weight.in_features)
-    return dequantize_codes(codes, weight.scales, weight.zeros, weight.groups, dtype)
-
-
-def dequantize_codes(
-    codes: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor,
-    groups: torch.Tensor,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Unpacked codes [out, in] -> (code - zero) * scale per group, in fp32, rounded once
-    to `dtype` (scales, zeros [out, G]; groups [in])."""
-    index = groups.long()
-    scales, zeros = scales.to(torch.float32), zeros.to(torch.float32)
-    out = torch.empty(codes.shape, dtype=dtype, device=codes.device)
-    # A few rows at a time: the fp32 work stays ~64 MB however large the matrix (a
-    # quantized LM head is a billion weights).
-    step = max(1, _WORK_ELEMENTS // max(1, codes.shape[1]))
-    for start in range(0, codes.shape[0], step):
-        rows = slice(start, start + step)
-        values = codes[rows].to(torch.float32) - zeros[rows][:, index]
+    """The whole matrix [out, in] in `dtype`: (code - zero) * scale per group in fp32,
+    rounded once; a few rows at a time, so the work beside the result stays ~64 MB
+    however large the matrix (a quantized LM head is a billion weights)."""
+    out_features, in_features = weight.codes.shape[0], weight.in_features
+    index = weight.groups.long()
+    scales, zeros = weight.scales.to(torch.float32), weight.zeros.to(torch.float32)
+    out = torch.empty(out_features, in_features, dtype=dtype, device=weight.codes.device)
+    for rows in _row_chunks(out_features, in_features):
+        codes = unpack_codes(weight.codes[rows], weight.bits, in_features)
+        values = codes.to(torch.float32) - zeros[rows][:, index]
         out[rows] = values.mul_(scales[rows][:, index]).to(dtype)
     return out
 
 
-def packed_int_linear(
-    x: torch.Tensor, weight: PackedInt, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """x [..., in] @ W.T + bias in x's dtype (the reference of the Triton GEMM)."""
-    return F.linear(x, dequantize(weight, x.dtype), bias)
+def _row_chunks(rows: int, width: int) -> list[slice]:
+    """Runs of rows holding about _WORK_ELEMENTS values of `width` each."""
+    step = max(1, _WORK_ELEMENTS // max(1, width))
+    return [slice(start, start + step) for start in range(0, rows, step)]

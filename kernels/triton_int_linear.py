@@ -172,6 +172,7 @@ def int_linear(
     """x [..., in] @ W.T + bias -> [..., out] in x's dtype."""
     _check(weight)
     n_size, k_size = weight.codes.shape[0], weight.in_features
+    assert x.shape[-1] == k_size, f"input of width {x.shape[-1]} for {k_size} input columns"
     flat = x.reshape(-1, k_size)
     m_size = flat.shape[0]
     if m_size > packed_int.INT_GEMM_MAX_ROWS:

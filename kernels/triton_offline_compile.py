@@ -276,15 +276,17 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                         start_case(f"{case} fp8 {tiles.rows}x{tiles.cols} {rows} rows")
                         fp8_linear(t(rows, cols_in), values, scales, tiles, t(rows_out))
                     dequantize_fp8(values, scales, tiles, dtype)
-                # A GPTQ/AWQ/W4A16 checkpoint's (4-bit, groups of 128; GPTQ's 8-bit).
-                for bits in (4, 8):
+                # A GPTQ/AWQ/W4A16 checkpoint's (4-bit, groups of 128; GPTQ's 8- and
+                # 2-bit), with a bias (Qwen2's q/k/v) and without (every other).
+                for bits in (2, 4, 8):
                     groups = torch.zeros(cols_in, dtype=torch.int32)
                     per_group = t(rows_out, -(-cols_in // 128), dtype=torch.float32)
                     words = t(rows_out, words_per_row(cols_in, bits), dtype=torch.int32)
                     packed = PackedInt(words, per_group, per_group, groups, bits)
                     for rows in (2, INT_GEMM_MAX_ROWS):
                         start_case(f"{case} int{bits} {rows} rows")
-                        int_linear(t(rows, cols_in), packed, t(rows_out))
+                        for bias in (None, t(rows_out)):
+                            int_linear(t(rows, cols_in), packed, bias)
                     dequantize_int(packed, dtype)
             start_case(case)
             if not shape.experts:

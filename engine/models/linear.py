@@ -26,6 +26,12 @@ from kernels.fused_ops import Fp8Linear, IntLinear
 from kernels.linear import LinearMethod
 from kernels.packed_int import PackedInt, words_per_row
 
+# Linear layers the model multiplies outside their forward: the LM head's weight is read
+# by compute_logits (tied or not), so a quantized one is dequantized as it loads.
+NOT_CALLED = frozenset({"lm_head"})
+# A fused projection's checkpoint parts, in the order the fusion stacks their rows.
+FUSED_PARTS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+
 
 class Linear(nn.Module):
     def __init__(

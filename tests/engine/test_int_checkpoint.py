@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from engine.config import ModelConfig
 from engine.int_checkpoint import (
     AWQ_UNPACK_ORDER,
-    dequantized_weights,
+    model_weights,
     unpack_columns,
     unpack_rows,
 )
@@ -258,6 +258,18 @@ def test_a_packed_matrix_without_its_scales_is_an_error(
         LLM(str(quantized), kv_cache_memory=64 << 20)
 
 
+def test_act_order_indices_outside_the_scales_groups_are_an_error(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    quantized, reference = tmp_path / "gptq", tmp_path / "reference"
+    write_gptq_variant(make_random_model("llama"), quantized, reference, 4, act_order=True)
+    weights = load_file(quantized / "model.safetensors")
+    weights["model.layers.0.self_attn.o_proj.g_idx"][0] = -1
+    save_file(weights, quantized / "model.safetensors")
+    with pytest.raises(ValueError, match=r"o_proj'.*group indices do not number"):
+        LLM(str(quantized), kv_cache_memory=64 << 20)
+
+
 def test_naming_another_format_than_the_checkpoints_is_refused(
     make_random_model: Callable[[str], Path], tmp_path: Path
 ) -> None:
@@ -297,7 +309,7 @@ def _one_layer(
         "l.weight_shape": torch.tensor([out_features, in_features]),
     }
     tensors.update({f"l.{name}": tensor for name, tensor in side.items()})
-    [(name, weight)] = dequantized_weights(
+    [(name, weight)] = model_weights(
         [("l.weight_packed", packed)], tensors, "int", int_weights, torch.float32
     )
     assert name == "l.weight"

@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.int_linear import random_packed
 from engine.llm import LLM
 from engine.models.linear import scratch_bytes
 from kernels import packed_int
-from kernels.packed_int import PackedInt, dequantize, pack_codes, unpack_codes
+from kernels.packed_int import dequantize, pack_codes, unpack_codes
 from kernels.triton_int_linear import dequantize_int, int_linear
 
 from ..engine.int_quantized_variants import (
@@ -23,37 +24,6 @@ from ..engine.int_quantized_variants import (
 )
 from ..engine.quantized_variants import assert_backends_agree
 from .tolerances import DTYPES, assert_close
-
-
-def _random_packed(
-    out_features: int,
-    in_features: int,
-    bits: int,
-    group_size: int,
-    act_order: bool,
-    gen: torch.Generator,
-) -> PackedInt:
-    """Random codes, zeros near the middle of the range, and scales that keep weights
-    of ordinary magnitudes (~1 / sqrt(in)); act-order shuffles which columns share a
-    group."""
-    top = (1 << bits) - 1
-    codes = torch.randint(0, top + 1, (out_features, in_features), generator=gen)
-    columns = torch.randperm(in_features, generator=gen) if act_order else torch.arange(in_features)
-    groups = (columns // group_size).to(torch.int32)
-    count = int(groups.max()) + 1
-    zeros = torch.randint(top // 4, 3 * top // 4 + 1, (out_features, count), generator=gen)
-    scales = (0.5 + torch.rand(out_features, count, generator=gen)) / (top * in_features**0.5)
-    return PackedInt(pack_codes(codes, bits), scales, zeros.float(), groups, bits)
-
-
-def _to(weight: PackedInt, device: torch.device) -> PackedInt:
-    return PackedInt(
-        weight.codes.to(device),
-        weight.scales.to(device),
-        weight.zeros.to(device),
-        weight.groups.to(device),
-        weight.bits,
-    )
 
 
 def test_codes_pack_and_unpack_in_every_width() -> None:
@@ -91,9 +61,8 @@ def test_int_linear_matches_the_dequantized_matrix(
     act_order: bool,
 ) -> None:
     gen = torch.Generator().manual_seed(rows + out_features)
-    weight = _to(
-        _random_packed(out_features, in_features, bits, group_size, act_order, gen), device
-    )
+    shape = (out_features, in_features)
+    weight = random_packed(shape, bits, act_order, device, rows + out_features, group_size)
     x = torch.randn(rows, in_features, generator=gen).to(device, dtype)
     bias = torch.randn(out_features, generator=gen).to(device, dtype)
     plain = dequantize(weight, dtype)
@@ -115,7 +84,7 @@ def test_long_inputs_take_the_dequantized_copy(
     batch's leading dimensions are kept either way."""
     monkeypatch.setattr(packed_int, "INT_GEMM_MAX_ROWS", 4)
     gen = torch.Generator().manual_seed(1)
-    weight = _to(_random_packed(48, 64, 4, 32, False, gen), device)
+    weight = random_packed((48, 64), 4, False, device, 1, 32)
     plain = dequantize(weight, torch.float32)
     for shape in ((2, 3, 64), (1, 2, 64)):  # 6 rows: the copy; 2: the GEMM
         x = torch.randn(*shape, generator=gen).to(device)
@@ -126,7 +95,9 @@ def test_long_inputs_take_the_dequantized_copy(
 
 
 @pytest.mark.slow  # ~10 s each in Triton's interpreter
-@pytest.mark.parametrize("scheme", ["gptq", "gptq act-order", "awq", "w4a16 asymmetric"])
+@pytest.mark.parametrize(
+    "scheme", ["gptq", "gptq act-order", "awq", "w4a16 asymmetric", "gptq glm4"]
+)
 def test_a_packed_checkpoint_keeps_its_projections_packed_on_triton(
     scheme: str,
     make_random_model: Callable[[str], Path],
@@ -138,10 +109,11 @@ def test_a_packed_checkpoint_keeps_its_projections_packed_on_triton(
     tokens on the dequantized weights, and their logprobs and the prompts' to fp32's
     rounding. Under act-order each of q, k and v (and gate and up) has its own
     shuffled groups, so the fused projections are dequantized as they load and only o
-    and down stay packed. GPTQ's prompt chunks past 4 rows take the dequantized copy,
-    as long ones do past 256."""
+    and down stay packed. GLM-4's query/key rows, reordered for the half-split rotation
+    as they load, take their scales' and zeros' rows along. GPTQ's prompt chunks past
+    4 rows take the dequantized copy, as long ones do past 256."""
     folder, reference = tmp_path / "packed", tmp_path / "reference"
-    source = make_random_model("llama")
+    source = make_random_model("glm4" if scheme.endswith("glm4") else "llama")
     if scheme.startswith("gptq"):
         monkeypatch.setattr(packed_int, "INT_GEMM_MAX_ROWS", 4)
         write_gptq_variant(source, folder, reference, 4, act_order=scheme == "gptq act-order")
