@@ -72,7 +72,7 @@ def random_packed(
     zeros = torch.randint(top // 4, 3 * top // 4 + 1, (out_features, count), generator=gen)
     scales = (0.5 + torch.rand(out_features, count, generator=gen)) / (top * in_features**0.5)
     tensors = (pack_codes(codes, bits), scales, zeros.float(), groups)
-    return PackedInt(*(t.to(device) for t in tensors), bits)
+    return PackedInt(*(t.to(device) for t in tensors), bits, 0 if act_order else group_size)
 
 
 def bench_row(

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from engine.weight_quantization import IntWeights
-from kernels.packed_int import PackedInt, dequantize, pack_codes
+from kernels.packed_int import PackedInt, dequantize, pack_codes, run_length
 
 # The tensors beside a layer's packed codes, by method (GPTQ's and AWQ's are named alike).
 SIDE_TENSORS = {
@@ -212,12 +212,14 @@ def _gptq(
     _expect(layer, "qweight", qweight, (-(-in_features * bits // 32), out_features))
     _expect(layer, "qzeros", qzeros, (scales.shape[0], -(-out_features * bits // 32)))
     zeros = unpack_columns(qzeros, bits)[:, :out_features] + int_weights.zero_offset
+    groups = layer_groups(layer, side, "gptq", int_weights, in_features)
     return PackedInt(
         qweight.t().contiguous(),
         scales.t().contiguous(),
         zeros.t().to(torch.float32).contiguous(),
-        layer_groups(layer, side, "gptq", int_weights, in_features),
+        groups,
         bits,
+        run_length(groups),
     )
 
 
@@ -232,12 +234,14 @@ def _awq(
     _expect(layer, "qzeros", qzeros, (scales.shape[0], words))
     codes = unpack_columns(qweight, bits, AWQ_UNPACK_ORDER)  # [in, out]
     zeros = unpack_columns(qzeros, bits, AWQ_UNPACK_ORDER)
+    groups = layer_groups(layer, side, "awq", int_weights, codes.shape[0])
     return PackedInt(
         pack_codes(codes.t(), bits),
         scales.t().contiguous(),
         zeros.t().to(torch.float32).contiguous(),
-        layer_groups(layer, side, "awq", int_weights, codes.shape[0]),
+        groups,
         bits,
+        run_length(groups),
     )
 
 
@@ -274,7 +278,7 @@ def _compressed(
     else:  # one signed int8 zero each
         zeros = _per_row(stored_zeros, out_features) + offset
     groups = layer_groups(layer, side, "int", int_weights, in_features)
-    return PackedInt(words, scales, zeros.contiguous(), groups, bits)
+    return PackedInt(words, scales, zeros.contiguous(), groups, bits, run_length(groups))
 
 
 def _per_row(values: torch.Tensor, out_features: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ from engine.int_checkpoint import group_count, layer_groups
 from engine.models.linear import FUSED_PARTS, NOT_CALLED, Linear
 from engine.weight_quantization import IntWeights
 from kernels.fused_ops import IntLinear
+from kernels.packed_int import run_length
 
 
 def keep_int_linears(
@@ -64,7 +65,7 @@ def keep_int_linears(
         counts = {group_count(ours[part], side, method) for part in parts}
         if len(counts) != 1:
             continue
-        module.keep_int(int_weights.bits, counts.pop(), int_linear)
+        module.keep_int(int_weights.bits, counts.pop(), run_length(found[0]), int_linear)
         kept.update(ours[part] for part in parts)
         groups_of[qualified] = found[0]
     return frozenset(kept), groups_of

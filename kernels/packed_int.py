@@ -37,10 +37,24 @@ class PackedInt:
     zeros: torch.Tensor
     groups: torch.Tensor
     bits: int
+    # Input columns per group when the groups are plain runs of that size (the last one
+    # cut short), so a GEMM tile within one run reads its scales once; 0: any other
+    # assignment (act-order's), read column by column.
+    group_size: int = 0
 
     @property
     def in_features(self) -> int:
         return self.groups.shape[0]
+
+
+def run_length(groups: torch.Tensor) -> int:
+    """The size of the runs `groups` numbers its columns in (0, 0, ..., 1, 1, ...),
+    0 when it is not plain runs (act-order)."""
+    if groups.numel() == 0 or int(groups[0]) != 0:
+        return 0
+    size = int((groups == 0).sum())
+    runs = torch.arange(groups.numel(), device=groups.device) // size
+    return size if torch.equal(groups.to(runs.dtype), runs) else 0
 
 
 def words_per_row(in_features: int, bits: int) -> int:

@@ -10,8 +10,10 @@ scale and zero) where bf16 is two. Past the limit (long prefill chunks: bound
 by compute), the matrix is dequantized into a scratch copy once and
 multiplied by cuBLAS, as kernels/triton_fp8_linear.py does. Each element's
 group is read from `groups`, so act-order's shuffled groups cost nothing
-extra in code; whether reading scales per element rather than per tile costs
-bandwidth waits on a GPU (`python -m benchmarks.int_linear`).
+extra in code; where groups are plain runs whole tiles fit in (the common
+non-act-order case), a tile reads its scale and zero per output column once
+instead. What each costs in bandwidth waits on a GPU
+(`python -m benchmarks.int_linear`, `--act-order` for the other path).
 Reference: kernels/packed_int.py's `dequantize`, then `F.linear`.
 """
 
@@ -29,15 +31,21 @@ from kernels.triton_support import dot_precision, gemm_tiles, upcast_dot
 
 @triton.jit
 def _decode(w_ptr, scale_ptr, zero_ptr, group_ptr, rows, cols, mask, stride_wn, stride_sn, BITS):
-    """W[rows, cols] (rows: output channels, cols: input columns) in fp32."""
-    per_word: tl.constexpr = 32 // BITS
-    word = tl.load(w_ptr + rows.to(tl.int64) * stride_wn + cols // per_word, mask=mask, other=0)
-    code = (word >> ((cols % per_word) * BITS)) & ((1 << BITS) - 1)
+    """W[rows, cols] (rows: output channels, cols: input columns) in fp32, each column's
+    group read from `groups`."""
     group = tl.load(group_ptr + cols, mask=mask, other=0)
     at = rows.to(tl.int64) * stride_sn + group
     scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
     zero = tl.load(zero_ptr + at, mask=mask, other=0.0)
-    return (code.to(tl.float32) - zero) * scale
+    return (_codes(w_ptr, rows, cols, mask, stride_wn, BITS).to(tl.float32) - zero) * scale
+
+
+@triton.jit
+def _codes(w_ptr, rows, cols, mask, stride_wn, BITS):
+    """The unsigned codes of W[rows, cols], shifted out of their int32 words."""
+    per_word: tl.constexpr = 32 // BITS
+    word = tl.load(w_ptr + rows.to(tl.int64) * stride_wn + cols // per_word, mask=mask, other=0)
+    return (word >> ((cols % per_word) * BITS)) & ((1 << BITS) - 1)
 
 
 @triton.jit
@@ -57,6 +65,7 @@ def int_linear_kernel(
     stride_sn,
     stride_om,
     BITS: tl.constexpr,
+    TILE_GROUP_SIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -77,18 +86,25 @@ def int_linear_kernel(
         k_mask = kk < k_size
         a = tl.load(x_base + kk[None, :], mask=row_mask[:, None] & k_mask[None, :], other=0.0)
         w_mask = k_mask[:, None] & col_mask[None, :]
-        b = _decode(
-            w_ptr,
-            scale_ptr,
-            zero_ptr,
-            group_ptr,
-            cols[None, :],
-            kk[:, None],
-            w_mask,
-            stride_wn,
-            stride_sn,
-            BITS,
-        ).to(a.dtype)
+        if TILE_GROUP_SIZE > 0:  # the tile lies within one run: a scale and zero per column
+            at = cols.to(tl.int64) * stride_sn + k0 // TILE_GROUP_SIZE
+            scale = tl.load(scale_ptr + at, mask=col_mask, other=0.0)[None, :]
+            zero = tl.load(zero_ptr + at, mask=col_mask, other=0.0)[None, :]
+            code = _codes(w_ptr, cols[None, :], kk[:, None], w_mask, stride_wn, BITS)
+            b = ((code.to(tl.float32) - zero) * scale).to(a.dtype)
+        else:
+            b = _decode(
+                w_ptr,
+                scale_ptr,
+                zero_ptr,
+                group_ptr,
+                cols[None, :],
+                kk[:, None],
+                w_mask,
+                stride_wn,
+                stride_sn,
+                BITS,
+            ).to(a.dtype)
         if UPCAST:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -201,6 +217,8 @@ def int_linear(
         weight.scales.stride(0),
         out.stride(0),
         BITS=weight.bits,
+        # Runs of groups that whole tiles fit in: their scales read once a tile.
+        TILE_GROUP_SIZE=weight.group_size if weight.group_size % depth == 0 else 0,
         HAS_BIAS=bias is not None,
         BLOCK_M=rows,
         BLOCK_N=cols,

@@ -278,13 +278,14 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                     dequantize_fp8(values, scales, tiles, dtype)
                 # A GPTQ/AWQ/W4A16 checkpoint's (4-bit, groups of 128; GPTQ's 8- and
                 # 2-bit), with a bias (Qwen2's q/k/v) and without (every other).
-                for bits in (2, 4, 8):
+                # Plain runs of groups (a tile's scales read once) and act-order's.
+                for bits, group_size in ((2, 128), (4, 128), (8, 128), (4, 0)):
                     groups = torch.zeros(cols_in, dtype=torch.int32)
                     per_group = t(rows_out, -(-cols_in // 128), dtype=torch.float32)
                     words = t(rows_out, words_per_row(cols_in, bits), dtype=torch.int32)
-                    packed = PackedInt(words, per_group, per_group, groups, bits)
+                    packed = PackedInt(words, per_group, per_group, groups, bits, group_size)
                     for rows in (2, INT_GEMM_MAX_ROWS):
-                        start_case(f"{case} int{bits} {rows} rows")
+                        start_case(f"{case} int{bits} g{group_size} {rows} rows")
                         for bias in (None, t(rows_out)):
                             int_linear(t(rows, cols_in), packed, bias)
                     dequantize_int(packed, dtype)

@@ -51,6 +51,7 @@ class Linear(nn.Module):
         self.fp8_linear: Fp8Linear | None = None
         # Set when the weight stays packed integers: their width and the backend's matmul.
         self.int_bits: int | None = None
+        self.int_group_size = 0
         self.int_linear: IntLinear | None = None
 
     def keep_fp8(self, block: Fp8Block, fp8_linear: Fp8Linear) -> None:
@@ -63,9 +64,10 @@ class Linear(nn.Module):
         self.weight_scale_inv = nn.Parameter(scales, requires_grad=False)
         self.fp8_block, self.fp8_linear = block, fp8_linear
 
-    def keep_int(self, bits: int, group_count: int, int_linear: IntLinear) -> None:
+    def keep_int(self, bits: int, group_count: int, group_size: int, int_linear: IntLinear) -> None:
         """Hold the weight as packed integer codes (allocated empty, on the meta device,
-        for a checkpoint's codes to load into; `weight_groups` is set after)."""
+        for a checkpoint's codes to load into; `weight_groups` is set after, numbering
+        runs of `group_size` columns unless that is 0: kernels/packed_int.py)."""
         rows, device = self.out_features, self.weight.device
         width = words_per_row(self.in_features, bits)
         words = torch.empty(rows, width, dtype=torch.int32, device=device)
@@ -75,7 +77,7 @@ class Linear(nn.Module):
             setattr(self, name, nn.Parameter(empty, requires_grad=False))
         groups = torch.empty(self.in_features, dtype=torch.int32, device=device)
         self.register_buffer("weight_groups", groups)
-        self.int_bits, self.int_linear = bits, int_linear
+        self.int_bits, self.int_group_size, self.int_linear = bits, group_size, int_linear
 
     def pack(self) -> None:
         """Swap the loaded weight for the method's layout; call once, after loading."""
@@ -106,7 +108,12 @@ class Linear(nn.Module):
             out = self.fp8_linear(x, self.weight, self.weight_scale_inv, self.fp8_block, self.bias)
         elif self.int_linear is not None and self.int_bits is not None:
             packed = PackedInt(
-                self.weight, self.weight_scale, self.weight_zero, self.weight_groups, self.int_bits
+                self.weight,
+                self.weight_scale,
+                self.weight_zero,
+                self.weight_groups,
+                self.int_bits,
+                self.int_group_size,
             )
             out = self.int_linear(x, packed, self.bias)
         else:

@@ -14,7 +14,7 @@ from benchmarks.int_linear import random_packed
 from engine.llm import LLM
 from engine.models.linear import scratch_bytes
 from kernels import packed_int
-from kernels.packed_int import dequantize, pack_codes, unpack_codes
+from kernels.packed_int import dequantize, pack_codes, run_length, unpack_codes
 from kernels.triton_int_linear import dequantize_int, int_linear
 
 from ..engine.int_quantized_variants import (
@@ -37,6 +37,14 @@ def test_codes_pack_and_unpack_in_every_width() -> None:
     assert pack_codes(torch.arange(8).view(1, 8), 4).item() == 0x76543210
 
 
+def test_plain_runs_of_groups_are_told_from_act_orders() -> None:
+    assert run_length(torch.arange(100) // 32) == 32  # the last run cut short
+    assert run_length(torch.zeros(64, dtype=torch.int32)) == 64  # one group a row
+    shuffled = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    assert run_length(shuffled // 32) == 0
+    assert run_length(torch.tensor([0, 0, 1, 1, 1, 2])) == 0
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "rows,out_features,in_features,bits,group_size,act_order",
@@ -48,6 +56,8 @@ def test_codes_pack_and_unpack_in_every_width() -> None:
         (40, 64, 96, 8, 32, False),
         (3, 48, 128, 4, 32, True),
         (2, 32, 64, 2, 64, False),
+        # Runs of 128: every dtype's tiles lie within one (their scales read once a tile).
+        (7, 40, 320, 4, 128, False),
     ],
 )
 def test_int_linear_matches_the_dequantized_matrix(
