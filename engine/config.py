@@ -398,10 +398,6 @@ class ModelConfig:
                 f"quantized {arch} checkpoints are not supported: serve the bf16 release "
                 "(--quantization fp8 quantizes it as it loads)"
             )
-        if family == "cohere" and hf.get("use_qk_norm"):
-            raise ConfigurationError(
-                "Cohere models with use_qk_norm (Command R+) are not supported"
-            )
         if family == "seed_oss" and hf.get("mlp_bias"):
             raise ConfigurationError("Seed-OSS with mlp_bias (biased MLPs) is not supported")
         if family == "ernie4_5" and hf.get("use_bias"):
@@ -464,7 +460,9 @@ class ModelConfig:
             ),
             attention_sinks=family == "gpt_oss",
             rope=RopeConfig.from_hf(hf),
-            qk_norm=family in ("qwen3", "qwen3_moe", "olmo2", "olmo3", "exaone4", *GEMMA3_TYPES),
+            # Command R+'s (`use_qk_norm`): a LayerNorm per head, its weights per head too.
+            qk_norm=family in ("qwen3", "qwen3_moe", "olmo2", "olmo3", "exaone4", *GEMMA3_TYPES)
+            or (family == "cohere" and bool(hf.get("use_qk_norm"))),
             qk_norm_across_heads=family in ("olmo2", "olmo3"),
             fp32_norm_weights=gemma or family in ("olmo2", "olmo3", "gpt_oss"),
             eos_token_ids=tuple(int(e) for e in eos_ids),

@@ -20,6 +20,9 @@ import torch
 # A packed-integer layer kept packed (engine/int_linears.py) has a row of codes, scales
 # and zeros per output channel: all three reorder as a weight does.
 _QUERY_KEY = re.compile(r"\.self_attn\.(q_proj|k_proj)\.(weight|weight_scale|weight_zero|bias)$")
+# Command R+'s per-head query/key norm weights ([heads, head_dim]): each head's weights
+# follow its dimensions.
+_QUERY_KEY_NORM = re.compile(r"\.self_attn\.(q_norm|k_norm)\.weight$")
 
 
 def half_split_order(head_dim: int, rotary_dim: int) -> torch.Tensor:
@@ -52,4 +55,7 @@ def half_split_checkpoint(
     for name, tensor in weights:
         if _QUERY_KEY.search(name):
             tensor = half_split_rows(tensor, head_dim, rotary_dim)
+        elif _QUERY_KEY_NORM.search(name):
+            flat = half_split_rows(tensor.reshape(-1), head_dim, rotary_dim)
+            tensor = flat.reshape(tensor.shape)
         yield name, tensor

@@ -227,6 +227,11 @@ def make_random_model(
         elif family == "cohere":
             config = transformers.CohereConfig(**common, pad_token_id=0)
             cls = transformers.CohereForCausalLM
+        elif family == "cohere_qk_norm":
+            # Command R+: a LayerNorm per query/key head, weights per head (made random
+            # below), normed before the pairwise rotation.
+            config = transformers.CohereConfig(**common, pad_token_id=0, use_qk_norm=True)
+            cls = transformers.CohereForCausalLM
         elif family == "cohere2":
             # One sliding layer (window 8), which alone rotates, and one full layer.
             config = transformers.Cohere2Config(
@@ -357,7 +362,7 @@ def make_random_model(
                 for name, param in model.named_parameters():
                     if "norm" in name:
                         param.uniform_(low, low + 1.0)
-        if family == "qwen3":
+        if family in ("qwen3", "cohere_qk_norm"):
             # HF initialises the per-head norms to ones; make them matter.
             with torch.no_grad():
                 for attn in (layer.self_attn for layer in model.model.layers):

@@ -8,7 +8,9 @@ adjacent pairs (the Llama loader reorders their rows for the half-split
 kernels: engine/interleaved_rope.py); Command R7B's and Command A's layers slide
 three in four, and only those rotate (the full-attention layers use no
 positions). Logits are multiplied by `logit_scale` (`ModelConfig.logit_scale`)
-and the LM head is the embedding table.
+and the LM head is the embedding table. Command R+ (`use_qk_norm`) norms each
+query and key head with its own LayerNorm weights before they turn
+(`HeadLayerNorm`; the interleaved-rotation reorder takes their columns along).
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ import torch
 from torch import nn
 
 from engine.config import ModelConfig
-from engine.models.layer_norm import LayerNorm
+from engine.models.layer_norm import HeadLayerNorm, LayerNorm
 from engine.models.llama import Attention, LlamaForCausalLM
 from engine.models.mlp import MLP
 from kernels.attention import AttentionBackend
 from kernels.fused_ops import FusedOps
+
+
+class CohereAttention(Attention):
+    @staticmethod
+    def make_qk_norm(config: ModelConfig, ops: FusedOps, heads: int) -> nn.Module:
+        return HeadLayerNorm(heads, config.head_dim, config.layer_norm_eps)
 
 
 class CohereDecoderLayer(nn.Module):
@@ -39,7 +47,7 @@ class CohereDecoderLayer(nn.Module):
         if sparse:
             raise ValueError("Cohere's models have no experts")
         self.input_layernorm = LayerNorm(config.hidden_size, config.layer_norm_eps, fp32=True)
-        self.self_attn = Attention(config, ops, window, rotates)
+        self.self_attn = CohereAttention(config, ops, window, rotates)
         self.mlp = MLP(config, ops)
 
     def forward(

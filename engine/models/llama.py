@@ -193,14 +193,20 @@ class Attention(nn.Module):
         # Per head (Qwen3, Gemma 3), or across all heads at once (OLMo).
         self.qk_norm_across_heads = config.qk_norm_across_heads
         if config.qk_norm:
-            q_width = self.q_size if config.qk_norm_across_heads else config.head_dim
-            kv_width = self.kv_size if config.qk_norm_across_heads else config.head_dim
-            self.q_norm = RMSNorm(q_width, config.rms_norm_eps, ops)
-            self.k_norm = RMSNorm(kv_width, config.rms_norm_eps, ops)
+            self.q_norm = self.make_qk_norm(config, ops, config.num_heads)
+            self.k_norm = self.make_qk_norm(config, ops, config.num_kv_heads)
         self.qk_norm = config.qk_norm
         # An FP8 KV cache's scales for this layer (kernels/kv_cache_dtype.py): the
         # checkpoint's calibrated ones where the loader finds them.
         self.kv_scales = UNIT_SCALES
+
+    @staticmethod
+    def make_qk_norm(config: ModelConfig, ops: FusedOps, heads: int) -> nn.Module:
+        """The query (or key) norm over `heads` heads: an RMSNorm per head (Qwen3, Gemma 3)
+        or across all of them at once (OLMo), called on [tokens, heads, head_dim] or
+        [tokens, heads * head_dim]; a family may norm otherwise (Command R+)."""
+        width = heads * config.head_dim if config.qk_norm_across_heads else config.head_dim
+        return RMSNorm(width, config.rms_norm_eps, ops)
 
     def forward(
         self,

@@ -357,8 +357,9 @@ def test_cohere_models_scale_logits_rotate_pairs_and_cohere2_rotates_its_sliding
     )
     assert cohere2.layer_windows == (4096, 4096, 4096, None) * 2
     assert cohere2.rope_layers == (True, True, True, False) * 2
-    with pytest.raises(ConfigurationError, match="use_qk_norm"):
-        ModelConfig.from_dict(_hf_config(architectures=["CohereForCausalLM"], use_qk_norm=True))
+    assert not cohere.qk_norm
+    plus = ModelConfig.from_dict(_hf_config(architectures=["CohereForCausalLM"], use_qk_norm=True))
+    assert plus.qk_norm and not plus.qk_norm_across_heads  # Command R+: a norm per head
 
 
 def test_granite_moe_routes_as_mixtral_over_its_stored_experts() -> None:

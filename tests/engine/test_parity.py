@@ -161,6 +161,7 @@ def test_bundled_prefill_logprobs_match_hf(bundled_llm: LLM, hf_bundled) -> None
         "glm4",
         "ernie4_5",
         "cohere",
+        "cohere_qk_norm",
         "cohere2",
         "seed_oss",
         "ministral",
