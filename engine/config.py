@@ -393,9 +393,10 @@ class ModelConfig:
         ):
             # Expert stacks loaded whole (their scales have no place yet), or query/key
             # rows reordered as they load (FP8 block scales would not follow; packed
-            # integers are dequantized first).
+            # integers' scales and zeros have a row per output channel, which do).
+            kind = "quantized" if family == "granitemoe" else quantization.method.upper()
             raise ConfigurationError(
-                f"quantized {arch} checkpoints are not supported: serve the bf16 release "
+                f"{kind} {arch} checkpoints are not supported: serve the bf16 release "
                 "(--quantization fp8 quantizes it as it loads)"
             )
         if family == "seed_oss" and hf.get("mlp_bias"):

@@ -335,13 +335,13 @@ def test_exaone4_slides_and_its_full_layers_use_no_positions(
     assert config.qk_norm and not config.qk_norm_across_heads and not config.fp32_norm_weights
 
 
-def test_glm4_takes_transformers_defaults_and_refuses_quantized_checkpoints() -> None:
+def test_glm4_takes_transformers_defaults_and_refuses_fp8_checkpoints() -> None:
     config = ModelConfig.from_dict(_hf_config(architectures=["Glm4ForCausalLM"], head_dim=16))
     # Glm4Config's: half of each head turns (in pairs), q/k/v biases, no output bias.
     assert (config.rotary_dim, config.interleaved_rope) == (8, True)
     assert (config.qkv_bias, config.o_proj_bias) == (True, False)
     fp8 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
-    with pytest.raises(ConfigurationError, match="quantized Glm4ForCausalLM"):
+    with pytest.raises(ConfigurationError, match="FP8 Glm4ForCausalLM checkpoints"):
         ModelConfig.from_dict(
             _hf_config(architectures=["Glm4ForCausalLM"], quantization_config=fp8)
         )
