@@ -213,14 +213,7 @@ def _gptq(
     _expect(layer, "qzeros", qzeros, (scales.shape[0], -(-out_features * bits // 32)))
     zeros = unpack_columns(qzeros, bits)[:, :out_features] + int_weights.zero_offset
     groups = layer_groups(layer, side, "gptq", int_weights, in_features)
-    return PackedInt(
-        qweight.t().contiguous(),
-        scales.t().contiguous(),
-        zeros.t().to(torch.float32).contiguous(),
-        groups,
-        bits,
-        run_length(groups),
-    )
+    return _packed(qweight.t(), scales.t(), zeros.t(), groups, bits)  # scales, zeros [G, out]
 
 
 def _awq(
@@ -235,14 +228,7 @@ def _awq(
     codes = unpack_columns(qweight, bits, AWQ_UNPACK_ORDER)  # [in, out]
     zeros = unpack_columns(qzeros, bits, AWQ_UNPACK_ORDER)
     groups = layer_groups(layer, side, "awq", int_weights, codes.shape[0])
-    return PackedInt(
-        pack_codes(codes.t(), bits),
-        scales.t().contiguous(),
-        zeros.t().to(torch.float32).contiguous(),
-        groups,
-        bits,
-        run_length(groups),
-    )
+    return _packed(pack_codes(codes.t(), bits), scales.t(), zeros.t(), groups, bits)
 
 
 def _compressed(
@@ -278,7 +264,26 @@ def _compressed(
     else:  # one signed int8 zero each
         zeros = _per_row(stored_zeros, out_features) + offset
     groups = layer_groups(layer, side, "int", int_weights, in_features)
-    return PackedInt(words, scales, zeros.contiguous(), groups, bits, run_length(groups))
+    return _packed(words, scales, zeros, groups, bits)
+
+
+def _packed(
+    words: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    groups: torch.Tensor,
+    bits: int,
+) -> PackedInt:
+    """The packed form of one matrix (words [out, words]; scales, zeros [out, G]), laid out
+    contiguous in fp32 and told whether its groups are plain runs."""
+    return PackedInt(
+        words.contiguous(),
+        scales.to(torch.float32).contiguous(),
+        zeros.to(torch.float32).contiguous(),
+        groups,
+        bits,
+        run_length(groups),
+    )
 
 
 def _per_row(values: torch.Tensor, out_features: int) -> torch.Tensor:
