@@ -20,6 +20,8 @@ TOKENIZER_FILES = (
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
+    # A vision-language release's template, where its tokenizer has none (Qwen-VL's).
+    "chat_template.json",
 )
 TOKENIZER_DIGEST_FIELD = "digest"
 

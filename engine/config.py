@@ -82,9 +82,14 @@ SUPPORTED_ARCHITECTURES = {
     "GptOssForCausalLM": "gpt_oss",
     # Vision-language models whose text model the engine serves (their vision tower's
     # weights skipped: engine/models/vision_language.py): Gemma 3 4B and up, Mistral
-    # Small 3.1/3.2.
+    # Small 3.1/3.2, and Qwen's (2-VL, 2.5-VL, 3-VL and 3-VL MoE), whose multimodal
+    # rotation turns text by its one position as the plain rotation does.
     "Gemma3ForConditionalGeneration": "gemma3",
     "Mistral3ForConditionalGeneration": "mistral",
+    "Qwen2VLForConditionalGeneration": "qwen2",
+    "Qwen2_5_VLForConditionalGeneration": "qwen2",
+    "Qwen3VLForConditionalGeneration": "qwen3",
+    "Qwen3VLMoeForConditionalGeneration": "qwen3_moe",
     # The same networks saved without their LM head: embedding models (e5-mistral,
     # gte-Qwen2, Qwen3-Embedding, ...), which only the pooling runner serves.
     "LlamaModel": "llama",
@@ -598,7 +603,14 @@ COMPLETED_TYPES = {
     "ministral": ("MinistralConfig", "MinistralForCausalLM"),
     "granitemoe": ("GraniteMoeConfig", "GraniteMoeForCausalLM"),
     "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM"),
+    "qwen2_vl": ("Qwen2VLTextConfig", "Qwen2VLForConditionalGeneration"),
+    "qwen2_5_vl": ("Qwen2_5_VLTextConfig", "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": ("Qwen3VLTextConfig", "Qwen3VLForConditionalGeneration"),
+    "qwen3_vl_moe": ("Qwen3VLMoeTextConfig", "Qwen3VLMoeForConditionalGeneration"),
 }
+# Qwen's vision-language types: the LM head tied where either config says so (transformers
+# forwards Qwen2.5-VL's inner flag outward; vLLM reads Qwen3-VL's inner one).
+QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 # The architecture each of those types completes (what names them in `architectures`).
 _COMPLETED = {arch: model_type for model_type, (_, arch) in COMPLETED_TYPES.items()}
@@ -606,11 +618,12 @@ _COMPLETED = {arch: model_type for model_type, (_, arch) in COMPLETED_TYPES.item
 
 def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
     """The full config of a Gemma or OLMo 3 model, or the text model of a vision-language
-    one (Gemma 3, Mistral 3). Their config.json files list only what differs from
+    one (Gemma 3, Mistral 3, Qwen's). Their config.json files list only what differs from
     transformers' defaults (a vision-language model's `text_config` often just its
     sizes; Gemma 2's no layer types), so the defaults come from transformers' own
     config class. It also reads Gemma 1's legacy `hidden_act: "gelu"` as the tanh form
-    the model was trained with."""
+    the model was trained with, and Qwen2-VL's `mrope` rotation as the plain one (text
+    alone has one position per token on all three of its axes)."""
     import transformers  # heavy; only these families read it
 
     class_name, default_arch = COMPLETED_TYPES[model_type]
@@ -625,12 +638,18 @@ def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         # transformers ties a vision-language model's LM head by the outer flag where the
         # file sets one; otherwise by the text model's own setting or its class default
         # (Mistral Small's files set neither and ship a head of their own).
-        if hf.get("tie_word_embeddings") is not None:
+        if model_type in QWEN_VL_TYPES:
+            tied = hf.get("tie_word_embeddings") or text.get("tie_word_embeddings")
+            text["tie_word_embeddings"] = bool(tied)
+        elif hf.get("tie_word_embeddings") is not None:
             text["tie_word_embeddings"] = hf["tie_word_embeddings"]
         if "eos_token_id" not in text and hf.get("eos_token_id") is not None:
             text["eos_token_id"] = hf["eos_token_id"]
     known = {k: v for k, v in text.items() if k not in ("architectures", "model_type")}
     full = config_class(**known).to_dict()
+    if model_type == "qwen3_vl_moe":
+        # Its router always renormalises the chosen experts' weights (no switch).
+        full["norm_topk_prob"] = True
     full["architectures"] = hf.get("architectures") or [default_arch]
     full["model_type"] = hf.get("model_type", model_type)
     return full

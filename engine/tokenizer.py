@@ -26,6 +26,8 @@ from engine.configuration_error import ConfigurationError
 
 _BYTE_FALLBACK_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _METASPACE = "\u2581"  # SentencePiece's visible space
+# The processor's template file of vision-language releases (transformers' legacy name).
+PROCESSOR_CHAT_TEMPLATE_FILE = "chat_template.json"
 
 
 class Tokenizer:
@@ -56,6 +58,8 @@ class Tokenizer:
             raise ConfigurationError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
         if chat_template is not None:
             hf.chat_template = read_chat_template(chat_template)
+        elif not hf.chat_template:
+            hf.chat_template = processor_chat_template(model_dir)
         for template in _templates(hf.chat_template):
             try:
                 _compile_jinja_template(template)
@@ -267,6 +271,22 @@ def _parse_tool_call(call: Any) -> Any:
             return call
         return {**call, "function": {**function, "arguments": arguments}}
     return call
+
+
+def processor_chat_template(model_dir: Path) -> str | None:
+    """The template of a legacy `chat_template.json` (where Qwen2-VL's and Qwen3-VL's
+    releases keep it, for their processors), which transformers' tokenizer does not
+    read but vLLM serves with; None where the folder has none."""
+    path = model_dir / PROCESSOR_CHAT_TEMPLATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
+    if template is not None and not isinstance(template, str):
+        raise ConfigurationError(f"{path}: chat_template must be a string")
+    return template
 
 
 def _templates(chat_template: str | dict[str, str] | list | None) -> list[str]:

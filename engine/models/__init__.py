@@ -17,6 +17,7 @@ from engine.models.starcoder2 import Starcoder2ForCausalLM
 from engine.models.vision_language import (
     Gemma3ForConditionalGeneration,
     Mistral3ForConditionalGeneration,
+    QwenVLForConditionalGeneration,
 )
 from kernels.fused_ops import TORCH_OPS, FusedOps
 
@@ -32,6 +33,10 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "Gemma3ForCausalLM": Gemma3ForConditionalGeneration,
     "Gemma3ForConditionalGeneration": Gemma3ForConditionalGeneration,
     "Mistral3ForConditionalGeneration": Mistral3ForConditionalGeneration,
+    "Qwen2VLForConditionalGeneration": QwenVLForConditionalGeneration,
+    "Qwen2_5_VLForConditionalGeneration": QwenVLForConditionalGeneration,
+    "Qwen3VLForConditionalGeneration": QwenVLForConditionalGeneration,
+    "Qwen3VLMoeForConditionalGeneration": QwenVLForConditionalGeneration,
     "SmolLM3ForCausalLM": LlamaForCausalLM,
     "GraniteForCausalLM": LlamaForCausalLM,
     "Phi3ForCausalLM": LlamaForCausalLM,

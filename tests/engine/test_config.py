@@ -419,6 +419,62 @@ def test_mistral3_reads_its_text_model_and_ties_as_transformers_does() -> None:
         ModelConfig.from_dict(_mistral3({"model_type": "ministral3"}))
 
 
+def test_qwen2_5_vl_reads_its_release_flat_config_with_the_plain_rotation() -> None:
+    """Qwen2.5-VL's release config keeps the text model's keys at the top beside the
+    vision tower's, with an `mrope` rotation: text alone turns by the plain one (its
+    theta), Qwen2's biased q/k/v, the window off unless switched on."""
+    release = _hf_config(
+        architectures=["Qwen2_5_VLForConditionalGeneration"],
+        model_type="qwen2_5_vl",
+        rope_theta=1e6,
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        sliding_window=32768,
+        use_sliding_window=False,
+        tie_word_embeddings=True,
+        vision_config={"depth": 32, "hidden_size": 1280, "out_hidden_size": 64},
+    )
+    config = ModelConfig.from_dict(release)
+    assert config.architecture == "Qwen2_5_VLForConditionalGeneration"
+    assert (config.rope.rope_type, config.rope.theta) == ("default", 1e6)
+    assert (config.qkv_bias, config.o_proj_bias, config.qk_norm) == (True, False, False)
+    assert (config.sliding_window, config.tie_word_embeddings) == (None, True)
+
+
+@pytest.mark.parametrize(("outer", "inner", "tied"), [(None, True, True), (False, False, False)])
+def test_qwen3_vl_ties_its_head_where_either_config_says_so(
+    outer: bool | None, inner: bool, tied: bool
+) -> None:
+    """Some Qwen3-VL exports set the flag only in text_config, which vLLM reads (and
+    transformers lifts outward for Qwen2.5-VL): tied where either says so."""
+    text = _hf_config(head_dim=32, tie_word_embeddings=inner, model_type="qwen3_vl_text")
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 5e6,
+        "mrope_section": [4, 6, 6],
+        "mrope_interleaved": True,
+    }
+    hf = {"architectures": ["Qwen3VLForConditionalGeneration"], "text_config": text}
+    if outer is not None:
+        hf["tie_word_embeddings"] = outer
+    config = ModelConfig.from_dict(hf)
+    assert (config.tie_word_embeddings, config.qk_norm, config.head_dim) == (tied, True, 32)
+    assert (config.rope.rope_type, config.rope.theta) == ("default", 5e6)
+
+
+def test_qwen3_vl_moe_renormalises_its_chosen_experts() -> None:
+    """Its router has no norm_topk_prob switch: the chosen experts' weights always sum
+    to one, as transformers' Qwen3-VL MoE router computes them."""
+    text = _hf_config(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32)
+    hf = {"architectures": ["Qwen3VLMoeForConditionalGeneration"], "text_config": text}
+    config = ModelConfig.from_dict(hf)
+    assert (config.num_experts, config.experts_per_token, config.moe_intermediate_size) == (
+        8,
+        2,
+        32,
+    )
+    assert config.normalize_routing
+
+
 def test_a_vision_language_checkpoints_quantization_is_read_from_its_outer_config() -> None:
     fp8 = {"quant_method": "fp8", "weight_block_size": [128, 128]}
     config = ModelConfig.from_dict(_mistral3({}, quantization_config=fp8))

@@ -189,6 +189,26 @@ def test_missing_template_raises(bundled_model_dir: Path, tmp_path: Path) -> Non
     assert tok.decode(tok.encode("still tokenizes")) == "still tokenizes"
 
 
+def test_a_processor_chat_template_serves_where_the_tokenizer_has_none(
+    bundled_model_dir: Path, tmp_path: Path
+) -> None:
+    """Qwen2-VL's and Qwen3-VL's releases keep their template in the processor's
+    chat_template.json, which vLLM serves with; the tokenizer's own template comes
+    first, and a file that cannot be read is a clear error."""
+    folder = _copy_tokenizer(bundled_model_dir, tmp_path / "vl", template=False)
+    template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    processor = {"chat_template": template}
+    (folder / "chat_template.json").write_text(json.dumps(processor))
+    assert Tokenizer.load(folder).render_chat(HI) == "<user>hi"
+    both = _copy_tokenizer(bundled_model_dir, tmp_path / "both")
+    shutil.copy(folder / "chat_template.json", both / "chat_template.json")
+    assert Tokenizer.load(both).render_chat(HI) == Tokenizer.load(bundled_model_dir).render_chat(HI)
+    for broken in ("{not json", json.dumps(["a list"]), json.dumps({"chat_template": 3})):
+        (folder / "chat_template.json").write_text(broken)
+        with pytest.raises(ValueError, match="chat_template"):
+            Tokenizer.load(folder)
+
+
 def test_tokenizer_never_imports_torch(bundled_model_dir: Path) -> None:
     """The API process imports engine/tokenizer.py; torch there would cost seconds and GBs."""
     code = f"""
