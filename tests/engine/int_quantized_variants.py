@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +131,19 @@ def write_gptq_variant(
     write_variants(source, {gptq: (stored, quantization), reference: (plain, None)})
 
 
-def write_awq_variant(source: Path, awq: Path, reference: Path) -> None:
-    """`source`'s projections as AutoAWQ's GEMM layout stores them: asymmetric 4-bit codes
-    and zeros packed across the outputs in AWQ_ORDER, fp16 scales per group."""
+def write_awq_variant(
+    source: Path,
+    awq: Path,
+    reference: Path,
+    quantized: Callable[[str], bool] = is_projection,
+) -> None:
+    """`source`'s projections (those `quantized` names) as AutoAWQ's GEMM layout stores
+    them: asymmetric 4-bit codes and zeros packed across the outputs in AWQ_ORDER, fp16
+    scales per group."""
     stored: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
     for name, tensor in load_file(source / "model.safetensors").items():
-        if not is_projection(name):
+        if not quantized(name):
             stored[name] = plain[name] = tensor
             continue
         layer = name.removesuffix(".weight")

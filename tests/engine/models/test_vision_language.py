@@ -14,6 +14,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from engine.llm import LLM, greedy
+from tests.engine.int_quantized_variants import is_projection, write_awq_variant
+from tests.engine.quantized_variants import assert_same_outputs
 from tests.engine.test_parity import assert_prompt_logprobs_match, hf_greedy
 
 # The rotation's split of each head's pairs among time, height and width (half of
@@ -174,3 +176,21 @@ def test_expert_stacks_of_another_shape_are_an_error_naming_them(
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=r"layers\.0\.mlp\.experts\.down_proj.*stacked as"):
         LLM(str(folder), kv_cache_memory=64 << 20)
+
+
+def test_an_awq_release_serves_the_weights_its_codes_encode(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Qwen2.5-VL's AWQ releases (release layout, the vision tower left unquantized by
+    `modules_to_not_convert`): tokens and logprobs equal a plain checkpoint of the
+    weights the text model's codes encode."""
+    folder = _save(*_qwen_vl("qwen2_5_vl", make_random_model, True, True), tmp_path / "vl")
+    _flatten_to_release_layout(folder)
+    awq, reference = tmp_path / "awq", tmp_path / "reference"
+    write_awq_variant(
+        folder, awq, reference, lambda name: is_projection(name) and "visual" not in name
+    )
+    config = json.loads((awq / "config.json").read_text())
+    config["quantization_config"]["modules_to_not_convert"] = ["visual"]
+    (awq / "config.json").write_text(json.dumps(config))
+    assert_same_outputs(awq, reference)
