@@ -234,6 +234,19 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
         "--compilation-config",
         {"metavar": "JSON", "help": "decode steps replay CUDA graphs unless --enforce-eager"},
     ),
+    # A vision-language model's serving flags: conveyor serves its text model only.
+    (
+        "--limit-mm-per-prompt",
+        {
+            "metavar": "JSON",
+            "help": "every model is served text-only (as a limit of 0 asks): image, video "
+            "and audio parts get a 400",
+        },
+    ),
+    ("--mm-processor-kwargs", {"metavar": "JSON", "help": "no media processor runs"}),
+    ("--mm-processor-cache-gb", {"type": float, "help": "no media processor runs"}),
+    ("--disable-mm-preprocessor-cache", {"help": "no media processor runs"}),
+    ("--allowed-local-media-path", {"metavar": "PATH", "help": "no media is read"}),
 ]
 
 
