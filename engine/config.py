@@ -608,9 +608,12 @@ COMPLETED_TYPES = {
     "qwen3_vl": ("Qwen3VLTextConfig", "Qwen3VLForConditionalGeneration"),
     "qwen3_vl_moe": ("Qwen3VLMoeTextConfig", "Qwen3VLMoeForConditionalGeneration"),
 }
-# Qwen's vision-language types: the LM head tied where either config says so (transformers
-# forwards Qwen2.5-VL's inner flag outward; vLLM reads Qwen3-VL's inner one).
+# Qwen's vision-language types, whose LM head is tied where the inner flag says so unless
+# the outer one decides: transformers lifts Qwen2-VL's and Qwen2.5-VL's inner flag
+# outward (tied where either is set); Qwen3-VL's ties by the outer flag where the file
+# sets one, vLLM by the inner one where it does not.
 QWEN_VL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
+_LIFTED_TIE_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 # The architecture each of those types completes (what names them in `architectures`).
 _COMPLETED = {arch: model_type for model_type, (_, arch) in COMPLETED_TYPES.items()}
@@ -638,9 +641,11 @@ def _completed_config(hf: dict[str, Any], model_type: str) -> dict[str, Any]:
         # transformers ties a vision-language model's LM head by the outer flag where the
         # file sets one; otherwise by the text model's own setting or its class default
         # (Mistral Small's files set neither and ship a head of their own).
-        if model_type in QWEN_VL_TYPES:
+        if model_type in _LIFTED_TIE_TYPES:
             tied = hf.get("tie_word_embeddings") or text.get("tie_word_embeddings")
             text["tie_word_embeddings"] = bool(tied)
+        elif model_type in QWEN_VL_TYPES and hf.get("tie_word_embeddings") is None:
+            text["tie_word_embeddings"] = bool(text.get("tie_word_embeddings"))
         elif hf.get("tie_word_embeddings") is not None:
             text["tie_word_embeddings"] = hf["tie_word_embeddings"]
         if "eos_token_id" not in text and hf.get("eos_token_id") is not None:

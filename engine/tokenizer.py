@@ -58,8 +58,10 @@ class Tokenizer:
             raise ConfigurationError(f"cannot load the tokenizer from {model_dir}: {exc}") from exc
         if chat_template is not None:
             hf.chat_template = read_chat_template(chat_template)
-        elif not hf.chat_template:
-            hf.chat_template = processor_chat_template(model_dir)
+        else:
+            processor = processor_chat_template(model_dir)
+            if processor is not None:
+                hf.chat_template = with_processor_template(hf.chat_template, processor)
         for template in _templates(hf.chat_template):
             try:
                 _compile_jinja_template(template)
@@ -276,7 +278,7 @@ def _parse_tool_call(call: Any) -> Any:
 def processor_chat_template(model_dir: Path) -> str | None:
     """The template of a legacy `chat_template.json` (where Qwen2-VL's and Qwen3-VL's
     releases keep it, for their processors), which transformers' tokenizer does not
-    read but vLLM serves with; None where the folder has none."""
+    read; None where the folder has none."""
     path = model_dir / PROCESSOR_CHAT_TEMPLATE_FILE
     if not path.is_file():
         return None
@@ -287,6 +289,21 @@ def processor_chat_template(model_dir: Path) -> str | None:
     if template is not None and not isinstance(template, str):
         raise ConfigurationError(f"{path}: chat_template must be a string")
     return template
+
+
+def with_processor_template(
+    own: str | dict[str, str] | list | None, processor: str
+) -> str | dict[str, str]:
+    """The templates vLLM chooses between when a folder has a processor's: that one
+    renders chats without tools, the tokenizer's own (its `tool_use` one where it names
+    templates) chats with tools, as transformers picks a `tool_use` template. Qwen2.5-VL
+    ships two that differ (the processor's default system prompt among them)."""
+    if isinstance(own, list):  # the older form: [{"name": ..., "template": ...}]
+        own = {entry["name"]: entry["template"] for entry in own}
+    with_tools = own.get("tool_use") or own.get("default") if isinstance(own, dict) else own
+    if not with_tools:
+        return processor
+    return {"default": processor, "tool_use": with_tools}
 
 
 def _templates(chat_template: str | dict[str, str] | list | None) -> list[str]:

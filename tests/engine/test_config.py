@@ -440,13 +440,19 @@ def test_qwen2_5_vl_reads_its_release_flat_config_with_the_plain_rotation() -> N
     assert (config.sliding_window, config.tie_word_embeddings) == (None, True)
 
 
-@pytest.mark.parametrize(("outer", "inner", "tied"), [(None, True, True), (False, False, False)])
-def test_qwen3_vl_ties_its_head_where_either_config_says_so(
-    outer: bool | None, inner: bool, tied: bool
+@pytest.mark.parametrize(
+    ("outer", "inner", "tied"),
+    [(None, True, True), (None, None, False), (True, None, True), (False, True, False)],
+)
+def test_qwen3_vl_ties_its_head_by_the_outer_flag_else_the_inner_one(
+    outer: bool | None, inner: bool | None, tied: bool
 ) -> None:
-    """Some Qwen3-VL exports set the flag only in text_config, which vLLM reads (and
-    transformers lifts outward for Qwen2.5-VL): tied where either says so."""
-    text = _hf_config(head_dim=32, tie_word_embeddings=inner, model_type="qwen3_vl_text")
+    """transformers ties Qwen3-VL by the outer flag (and re-saves a fine-tune with the
+    outer false, the inner true and a head of its own); where the file sets no outer
+    flag, vLLM reads the inner one."""
+    text = _hf_config(head_dim=32, model_type="qwen3_vl_text")
+    if inner is not None:
+        text["tie_word_embeddings"] = inner
     text["rope_parameters"] = {
         "rope_type": "default",
         "rope_theta": 5e6,

@@ -189,20 +189,27 @@ def test_missing_template_raises(bundled_model_dir: Path, tmp_path: Path) -> Non
     assert tok.decode(tok.encode("still tokenizes")) == "still tokenizes"
 
 
-def test_a_processor_chat_template_serves_where_the_tokenizer_has_none(
+def test_a_processor_chat_template_renders_chats_without_tools(
     bundled_model_dir: Path, tmp_path: Path
 ) -> None:
-    """Qwen2-VL's and Qwen3-VL's releases keep their template in the processor's
-    chat_template.json, which vLLM serves with; the tokenizer's own template comes
-    first, and a file that cannot be read is a clear error."""
+    """Qwen2-VL's and Qwen3-VL's releases keep a template in the processor's
+    chat_template.json; vLLM renders chats without tools with it and chats with tools
+    with the tokenizer's own (Qwen2.5-VL's two differ). A folder with only the
+    processor's uses it for both; a file that cannot be read is a clear error."""
     folder = _copy_tokenizer(bundled_model_dir, tmp_path / "vl", template=False)
     template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
-    processor = {"chat_template": template}
-    (folder / "chat_template.json").write_text(json.dumps(processor))
-    assert Tokenizer.load(folder).render_chat(HI) == "<user>hi"
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    alone = Tokenizer.load(folder)
+    assert alone.render_chat(HI) == alone.render_chat(HI, tools=tools) == "<user>hi"
     both = _copy_tokenizer(bundled_model_dir, tmp_path / "both")
     shutil.copy(folder / "chat_template.json", both / "chat_template.json")
-    assert Tokenizer.load(both).render_chat(HI) == Tokenizer.load(bundled_model_dir).render_chat(HI)
+    own = Tokenizer.load(bundled_model_dir)
+    assert Tokenizer.load(both).render_chat(HI) == "<user>hi"
+    assert Tokenizer.load(both).render_chat(HI, tools=tools) == own.render_chat(HI, tools=tools)
+    assert "<user>" not in own.render_chat(HI, tools=tools)
+    override = Tokenizer.load(both, chat_template="{{ messages[0].content }}!")
+    assert override.render_chat(HI) == "hi!"
     for broken in ("{not json", json.dumps(["a list"]), json.dumps({"chat_template": 3})):
         (folder / "chat_template.json").write_text(broken)
         with pytest.raises(ValueError, match="chat_template"):

@@ -14,6 +14,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from engine.llm import LLM, greedy
+from engine.tokenizer import Tokenizer
 from tests.engine.int_quantized_variants import is_projection, write_awq_variant
 from tests.engine.quantized_variants import assert_same_outputs
 from tests.engine.test_parity import assert_prompt_logprobs_match, hf_greedy
@@ -80,7 +81,9 @@ def _qwen_vl(
     text_model = transformers.AutoModelForCausalLM.from_pretrained(text_folder)
     hf.model.language_model.load_state_dict(text_model.model.state_dict())
     if not config.tie_word_embeddings:
-        hf.lm_head.load_state_dict(text_model.lm_head.state_dict())
+        # A head of its own, apart from the embeddings even where the text model ties.
+        head = torch.randn(hf.lm_head.weight.shape, generator=torch.Generator().manual_seed(4))
+        hf.lm_head.weight.data.copy_(head * 0.3)
     return hf, text_folder
 
 
@@ -120,16 +123,19 @@ def _transpose_expert_stacks(folder: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model_type", "tie", "inner_tie", "layout"),
+    ("model_type", "tie", "inner_tie", "layout", "tied"),
     [
         # Tied by the text config's flag alone, which transformers lifts outward.
-        ("qwen2_vl", None, True, "transformers"),
+        ("qwen2_vl", None, True, "transformers", True),
         # The 3B's release ties its head; the 7B's does not.
-        ("qwen2_5_vl", True, True, "release"),
-        ("qwen2_5_vl", False, False, "transformers"),
-        ("qwen3_vl", True, True, "transformers"),
-        ("qwen3_vl_moe", False, False, "transformers"),
-        ("qwen3_vl_moe", False, False, "release"),
+        ("qwen2_5_vl", True, True, "release", True),
+        ("qwen2_5_vl", False, False, "transformers", False),
+        ("qwen3_vl", True, True, "transformers", True),
+        ("qwen3_vl_moe", False, False, "transformers", False),
+        ("qwen3_vl_moe", False, False, "release", False),
+        # A fine-tune transformers re-saved: the outer flag false decides (the inner one
+        # is its text class's default), and the head of its own is saved.
+        ("qwen3_vl", False, True, "transformers", False),
     ],
 )
 def test_a_qwen_vision_language_checkpoint_generates_what_hf_does_from_text(
@@ -137,6 +143,7 @@ def test_a_qwen_vision_language_checkpoint_generates_what_hf_does_from_text(
     tie: bool | None,
     inner_tie: bool,
     layout: str,
+    tied: bool,
     make_random_model: Callable[[str], Path],
     tmp_path: Path,
 ) -> None:
@@ -153,8 +160,8 @@ def test_a_qwen_vision_language_checkpoint_generates_what_hf_does_from_text(
     llm = LLM(str(folder), kv_cache_memory=64 << 20)
     mc = llm.engine.model_config
     assert mc.architecture == hf.config.architectures[0]
-    tied = hf.lm_head.weight.data_ptr() == hf.model.language_model.embed_tokens.weight.data_ptr()
-    assert mc.tie_word_embeddings == tied == inner_tie
+    hf_tied = hf.lm_head.weight.data_ptr() == hf.model.language_model.embed_tokens.weight.data_ptr()
+    assert mc.tie_word_embeddings == hf_tied == tied
     assert mc.rope.rope_type == "default"
     torch.manual_seed(3)
     prompts = [torch.randint(3, 49152, (n,)).tolist() for n in (6, 40)]
@@ -194,3 +201,25 @@ def test_an_awq_release_serves_the_weights_its_codes_encode(
     config["quantization_config"]["modules_to_not_convert"] = ["visual"]
     (awq / "config.json").write_text(json.dumps(config))
     assert_same_outputs(awq, reference)
+
+
+def test_the_processor_template_reaches_api_processes(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A release whose chat template is the processor's (chat_template.json): the
+    worker publishes it with the tokenizer files, and an API process's tokenizer built
+    from them renders chats as the worker's does."""
+    from workers.announce import tokenizer_fields
+
+    folder = _save(*_qwen_vl("qwen2_5_vl", make_random_model, True, True), tmp_path / "vl")
+    template = "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": template}))
+    llm = LLM(str(folder), kv_cache_memory=64 << 20)
+    chat = [{"role": "user", "content": "hi"}]
+    assert llm.tokenizer.render_chat(chat) == "[user] hi\n"
+    published = tmp_path / "published"
+    published.mkdir()
+    for name, content in tokenizer_fields(llm.engine, {}).items():
+        if name != "digest":
+            (published / name).write_text(content)
+    assert Tokenizer.load(published).render_chat(chat) == "[user] hi\n"
