@@ -210,20 +210,22 @@ def verdict(out: Path, on_gpu: bool = True) -> tuple[list[Target], str]:
             "",
             "Expert GEMMs (ms; weight GB/s):",
             "",
-            "| shape | tokens | Triton | torch loop | Triton MXFP4 | MXFP4 vs bf16 |",
+            "| shape | tokens | Triton | torch loop | Triton quantized | quantized vs bf16 |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for r in experts:
             shape = f"{r['experts']}x{r['hidden']}x{r['inter']} top-{r['top_k']}"
-            mxfp4 = (
-                f"{r['triton_mxfp4_ms']} ({r['triton_mxfp4_weight_gbs']})"
-                if "triton_mxfp4_ms" in r
+            # MXFP4 (gpt-oss's) or 4-bit packed integers (GPTQ/AWQ), where the row has one.
+            kind = next((k for k in ("mxfp4", "int4") if f"triton_{k}_ms" in r), None)
+            quantized = (
+                f"{kind.upper()} {r[f'triton_{kind}_ms']} ({r[f'triton_{kind}_weight_gbs']})"
+                if kind
                 else "-"
             )
             report.append(
                 f"| {shape} | {r['tokens']} | {r['triton_ms']} ({r['triton_weight_gbs']}) "
-                f"| {r['torch_ms']} ({r['torch_weight_gbs']}) | {mxfp4} "
-                f"| {r.get('mxfp4_speedup_vs_bf16', '-')} |"
+                f"| {r['torch_ms']} ({r['torch_weight_gbs']}) | {quantized} "
+                f"| {r.get(f'{kind}_speedup_vs_bf16', '-')} |"
             )
     fp8 = read_lines(out / "fp8-linear.jsonl")
     if fp8:

@@ -103,6 +103,12 @@ def load_model(
             kept_int, int_groups = int_linears.keep_int_linears(
                 model, layers, int_side, method, config.int_weights, ops.int_linear
             )
+            if ops.experts_int:
+                kept_experts, expert_groups = int_linears.keep_int_experts(
+                    model, layers, int_side, method, config.int_weights
+                )
+                kept_int |= kept_experts
+                int_groups.update(expert_groups)
             logger.info("packed integers kept for %d of %d layers", len(kept_int), len(layers))
         else:
             # The torch path: every matrix dequantized, at the model dtype's memory.

@@ -65,7 +65,8 @@ class FusedOps:
     when they need no host sync (decodes may then replay CUDA graphs); `experts_mxfp4`
     when they multiply MXFP4 weights without dequantizing them whole (an MXFP4
     checkpoint's experts then stay MXFP4 in memory; kernels/mxfp4.py); `experts_fp8` the
-    same for block-scaled FP8 stacks (kernels/fp8.py's Fp8Experts). fp8_linear: a
+    same for block-scaled FP8 stacks (kernels/fp8.py's Fp8Experts), `experts_int` for
+    packed integer ones (kernels/packed_int.py's IntExperts). fp8_linear: a
     linear layer on block-scaled FP8 weights (kernels/fp8.py), where the backend has
     one: an FP8 checkpoint's projections then stay FP8 in memory. int_linear: the
     same for packed integer weights (GPTQ, AWQ, W4A16: kernels/packed_int.py). linear: how
@@ -81,6 +82,7 @@ class FusedOps:
     experts_sync_free: bool = False
     experts_mxfp4: bool = False
     experts_fp8: bool = False
+    experts_int: bool = False
     fp8_linear: Fp8Linear | None = None
     int_linear: IntLinear | None = None
     linear: LinearMethod = TORCH_LINEAR

@@ -13,7 +13,9 @@ computed in fp32 and rounded once to the activations' dtype, as the
 checkpoint readers (engine/int_checkpoint.py) dequantize. Fused projections
 (q/k/v, gate/up) stack their parts' rows, so each part must share `groups`.
 Reference: `dequantize`, then `F.linear`; kernels/triton_int_linear.py is the
-Triton GEMM that decodes codes as it reads them.
+Triton GEMM that decodes codes as it reads them. A mixture of experts' stacks
+(`IntExperts`) hold the same per expert, for kernels/triton_experts.py's
+grouped GEMM.
 """
 
 from __future__ import annotations
@@ -45,6 +47,40 @@ class PackedInt:
     @property
     def in_features(self) -> int:
         return self.groups.shape[0]
+
+
+@dataclass(frozen=True)
+class IntExperts:
+    """A stack of expert matrices [E, N, K] as packed integers: each expert's PackedInt
+    stacked (codes [E, N, words], scales and zeros [E, N, G], groups [E, K]: act-order
+    gives each expert its own); `group_size` as PackedInt's, shared by every expert."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    groups: torch.Tensor
+    bits: int
+    group_size: int = 0
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        experts, rows, _ = self.codes.shape
+        return experts, rows, self.groups.shape[1]
+
+    def matrix(self, index: int) -> PackedInt:
+        """One expert's matrix, packed."""
+        return PackedInt(
+            self.codes[index],
+            self.scales[index],
+            self.zeros[index],
+            self.groups[index],
+            self.bits,
+            self.group_size,
+        )
+
+    def expert(self, index: int, dtype: torch.dtype) -> torch.Tensor:
+        """One matrix, dequantized: [N, K] in `dtype`."""
+        return dequantize(self.matrix(index), dtype)
 
 
 def run_length(groups: torch.Tensor) -> int:

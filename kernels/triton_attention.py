@@ -46,6 +46,7 @@ TRITON_OPS = FusedOps(
     experts_sync_free=True,
     experts_mxfp4=True,
     experts_fp8=True,
+    experts_int=True,
     fp8_linear=fp8_linear,
     int_linear=int_linear,
 )

@@ -7,11 +7,11 @@ kernel then multiplies a row block by that expert's matrix, gathering its
 input rows through the sorted pair ids and scattering its output rows back to
 pair order: first x @ gate_up (rows are tokens), then the activation kernel,
 then h @ down scaled by the routing weight (rows are pairs), and the K slots
-of each token are summed. The weights may be MXFP4 (gpt-oss's release) or
-block-scaled FP8 (the `-FP8` MoE releases), decoded tile by tile as the GEMM
-reads them. Grids are sized from shapes alone (the padding
-bound, not the real counts), so a decode step can be recorded in a CUDA
-graph. Reference: kernels/experts.py.
+of each token are summed. The weights may be MXFP4 (gpt-oss's release),
+block-scaled FP8 (the `-FP8` MoE releases) or packed integers (GPTQ and AWQ
+MoE releases), decoded tile by tile as the GEMM reads them. Grids are sized
+from shapes alone (the padding bound, not the real counts), so a decode step
+can be recorded in a CUDA graph. Reference: kernels/experts.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import triton.language as tl
 from kernels.expert_stack import ExpertStack
 from kernels.fp8 import Fp8Block, Fp8Experts
 from kernels.mxfp4 import Mxfp4Weight
+from kernels.packed_int import IntExperts
 from kernels.triton_fp8 import e4m3_to_float
+from kernels.triton_int_linear import packed_codes
 from kernels.triton_mxfp4 import mxfp4_pair
 from kernels.triton_support import dot_precision, upcast_dot
 
@@ -39,6 +41,8 @@ def grouped_gemm_kernel(
     weight_ptr,
     bias_ptr,
     b_scales_ptr,
+    b_zeros_ptr,
+    b_groups_ptr,
     sorted_pairs_ptr,
     block_experts_ptr,
     num_pairs,
@@ -49,6 +53,7 @@ def grouped_gemm_kernel(
     stride_bn,
     stride_se,
     stride_sn,
+    stride_ge,
     stride_cm,
     stride_bias,
     A_ROW_DIVISOR: tl.constexpr,
@@ -58,6 +63,8 @@ def grouped_gemm_kernel(
     B_FP8: tl.constexpr,
     SCALE_ROWS: tl.constexpr,
     SCALE_COLS: tl.constexpr,
+    B_INT_BITS: tl.constexpr,
+    TILE_GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -71,7 +78,11 @@ def grouped_gemm_kernel(
     hold the even columns of K and the high nibbles the odd ones, so A's even and odd
     columns are multiplied by them in two dots. With B_FP8, B is e4m3 bytes with a scale
     per SCALE_ROWS x SCALE_COLS tile of each expert's matrix (kernels/fp8.py), decoded
-    as the FP8 linear layer decodes them."""
+    as the FP8 linear layer decodes them. With B_INT_BITS (2, 4 or 8), B is packed
+    integers (kernels/packed_int.py's IntExperts: b_ptr its codes, b_scales_ptr and
+    b_zeros_ptr per output row and group, b_groups_ptr each expert's column groups),
+    decoded as the packed linear layer decodes them: per column of the tile where
+    TILE_GROUP_SIZE (a run of groups whole tiles fit in), else per element."""
     block = tl.program_id(0)
     expert = tl.load(block_experts_ptr + block)
     if expert < 0:
@@ -123,7 +134,29 @@ def grouped_gemm_kernel(
                 other=0.0,
             )
             b_mask = k_mask[:, None] & col_mask[None, :]
-            if B_FP8:
+            if B_INT_BITS > 0:
+                kk = k0 + k
+                code = packed_codes(
+                    b_ptr + expert.to(tl.int64) * stride_be,
+                    cols[None, :],
+                    kk[:, None],
+                    b_mask,
+                    stride_bn,
+                    B_INT_BITS,
+                ).to(tl.float32)
+                s_expert = expert.to(tl.int64) * stride_se
+                if TILE_GROUP_SIZE > 0:  # the tile lies within one run of a group
+                    at = s_expert + cols.to(tl.int64) * stride_sn + k0 // TILE_GROUP_SIZE
+                    scale = tl.load(b_scales_ptr + at, mask=col_mask, other=0.0)[None, :]
+                    zero = tl.load(b_zeros_ptr + at, mask=col_mask, other=0.0)[None, :]
+                else:
+                    groups_at = b_groups_ptr + expert.to(tl.int64) * stride_ge + kk
+                    group = tl.load(groups_at, mask=k_mask, other=0)
+                    at = s_expert + cols[None, :].to(tl.int64) * stride_sn + group[:, None]
+                    scale = tl.load(b_scales_ptr + at, mask=b_mask, other=0.0)
+                    zero = tl.load(b_zeros_ptr + at, mask=b_mask, other=0.0)
+                b = ((code - zero) * scale).to(a.dtype)  # rounded as the reference rounds
+            elif B_FP8:
                 code = tl.load(b_base + (k0 + k)[:, None], mask=b_mask, other=0).to(tl.int32)
                 if SCALE_COLS % BLOCK_K == 0:  # the tile is within one column of scales
                     scale = tl.load(s_base + k0 // SCALE_COLS, mask=col_mask[None, :], other=0.0)
@@ -188,15 +221,22 @@ class Tiles:
     depth: int
 
 
-def _tiles(pairs_per_expert: float, element_size: int, decoded: bool) -> Tiles:
+def _tiles(pairs_per_expert: float, element_size: int, decoded: bool, gathered: bool) -> Tiles:
     """Row blocks sized to the tokens an expert typically gets (a decode step gives each
     a handful: wide blocks would be mostly padding); fp32 tiles halved for registers,
     and their rows halved again where quantized tiles are decoded beside them (MXFP4's
-    spilled on sm_90)."""
+    spilled on sm_90); half as deep where packed integers' scales and zeros are
+    gathered per element (act-order's: 64 deep spilled on sm_80)."""
     rows = 16 if pairs_per_expert <= 16 else 32 if pairs_per_expert <= 64 else 64
     if element_size > 2:
         return Tiles(min(rows, 16 if decoded else 32), 32, 32)
-    return Tiles(rows, 64, 64)
+    return Tiles(rows, 64, 32 if gathered else 64)
+
+
+def _gathers_per_element(stack: ExpertStack) -> bool:
+    """Whether a 64-deep tile reads a packed stack's scales and zeros per element (its
+    groups are act-order's, or runs no whole 64-deep tile fits in)."""
+    return isinstance(stack, IntExperts) and (stack.group_size == 0 or stack.group_size % 64 != 0)
 
 
 def _grouped_gemm(
@@ -212,11 +252,22 @@ def _grouped_gemm(
     num_pairs = out.shape[0]
     n_size, k_size = b.shape[1], b.shape[2]
     b_scales: torch.Tensor | None = None
+    b_zeros: torch.Tensor | None = None
+    b_groups: torch.Tensor | None = None
     fp8_block = Fp8Block(1, 1)
+    int_bits = tile_group_size = 0
     if isinstance(b, Mxfp4Weight):
         b_data, b_scales = b.blocks, b.scales
     elif isinstance(b, Fp8Experts):
         b_data, b_scales, fp8_block = b.values, b.scales, b.block
+    elif isinstance(b, IntExperts):
+        b_data, b_scales, b_zeros, b_groups = b.codes, b.scales, b.zeros, b.groups
+        assert b_data.dtype == b_groups.dtype == torch.int32
+        assert b_scales.dtype == b_zeros.dtype == torch.float32
+        assert b_zeros.stride() == b_scales.stride() and b_groups.stride(-1) == 1
+        int_bits = b.bits
+        # Runs of groups that whole tiles fit in: their scales read once a tile.
+        tile_group_size = b.group_size if b.group_size % tiles.depth == 0 else 0
     else:
         b_data = b
     assert a.stride(-1) == 1 and b_data.stride(-1) == 1 and out.stride(-1) == 1
@@ -229,6 +280,8 @@ def _grouped_gemm(
         out if weights is None else weights,
         out if bias is None else bias,
         b_data if b_scales is None else b_scales,
+        b_data if b_zeros is None else b_zeros,
+        b_data if b_groups is None else b_groups,
         aligned.sorted_pairs,
         aligned.block_experts,
         num_pairs,
@@ -239,6 +292,7 @@ def _grouped_gemm(
         b_data.stride(1),
         0 if b_scales is None else b_scales.stride(0),
         0 if b_scales is None else b_scales.stride(1),
+        0 if b_groups is None else b_groups.stride(0),
         out.stride(0),
         0 if bias is None else bias.stride(0),
         A_ROW_DIVISOR=a_row_divisor,
@@ -248,6 +302,8 @@ def _grouped_gemm(
         B_FP8=isinstance(b, Fp8Experts),
         SCALE_ROWS=fp8_block.rows,
         SCALE_COLS=fp8_block.cols,
+        B_INT_BITS=int_bits,
+        TILE_GROUP_SIZE=tile_group_size,
         BLOCK_M=tiles.rows,
         BLOCK_N=tiles.cols,
         BLOCK_K=tiles.depth,
@@ -269,14 +325,16 @@ def fused_experts(
     """Same contract as kernels.experts.experts: x [T, H] -> [T, H]. The weighted
     outputs are kept in the weights' dtype (Mixtral: fp32) until the slots are summed;
     biases (gpt-oss) are added in fp32 before the activation's and the weight's rounding.
-    MXFP4 weights are decoded tile by tile inside the GEMMs, never whole."""
+    Quantized weights (MXFP4, FP8, packed integers) are decoded tile by tile inside the
+    GEMMs, never whole."""
     num_tokens, top_k = chosen.shape
     num_experts = gate_up.shape[0]
     if num_tokens == 0:
         return torch.zeros_like(x)
     num_pairs = num_tokens * top_k
     decoded = not isinstance(gate_up, torch.Tensor) or not isinstance(down, torch.Tensor)
-    tiles = _tiles(num_pairs / num_experts, x.element_size(), decoded)
+    gathered = _gathers_per_element(gate_up) or _gathers_per_element(down)
+    tiles = _tiles(num_pairs / num_experts, x.element_size(), decoded, gathered)
     aligned = align_pairs(chosen, num_experts, tiles.rows)
     hidden = torch.empty(num_pairs, gate_up.shape[1], dtype=x.dtype, device=x.device)
     _grouped_gemm(x, gate_up, hidden, aligned, tiles, top_k, None, gate_up_bias)

@@ -37,11 +37,11 @@ def _decode(w_ptr, scale_ptr, zero_ptr, group_ptr, rows, cols, mask, stride_wn, 
     at = rows.to(tl.int64) * stride_sn + group
     scale = tl.load(scale_ptr + at, mask=mask, other=0.0)
     zero = tl.load(zero_ptr + at, mask=mask, other=0.0)
-    return (_codes(w_ptr, rows, cols, mask, stride_wn, BITS).to(tl.float32) - zero) * scale
+    return (packed_codes(w_ptr, rows, cols, mask, stride_wn, BITS).to(tl.float32) - zero) * scale
 
 
 @triton.jit
-def _codes(w_ptr, rows, cols, mask, stride_wn, BITS):
+def packed_codes(w_ptr, rows, cols, mask, stride_wn, BITS):
     """The unsigned codes of W[rows, cols], shifted out of their int32 words."""
     per_word: tl.constexpr = 32 // BITS
     word = tl.load(w_ptr + rows.to(tl.int64) * stride_wn + cols // per_word, mask=mask, other=0)
@@ -90,7 +90,7 @@ def int_linear_kernel(
             at = cols.to(tl.int64) * stride_sn + k0 // TILE_GROUP_SIZE
             scale = tl.load(scale_ptr + at, mask=col_mask, other=0.0)[None, :]
             zero = tl.load(zero_ptr + at, mask=col_mask, other=0.0)[None, :]
-            code = _codes(w_ptr, cols[None, :], kk[:, None], w_mask, stride_wn, BITS)
+            code = packed_codes(w_ptr, cols[None, :], kk[:, None], w_mask, stride_wn, BITS)
             b = ((code.to(tl.float32) - zero) * scale).to(a.dtype)
         else:
             b = _decode(

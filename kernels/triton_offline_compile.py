@@ -39,7 +39,7 @@ from kernels.expert_stack import ExpertStack
 from kernels.fp8 import FP8_GEMM_MAX_ROWS, Fp8Block, Fp8Experts, empty_fp8
 from kernels.kv_cache_dtype import KvScales
 from kernels.mxfp4 import Mxfp4Weight
-from kernels.packed_int import INT_GEMM_MAX_ROWS, PackedInt, words_per_row
+from kernels.packed_int import INT_GEMM_MAX_ROWS, IntExperts, PackedInt, words_per_row
 
 # Largest dynamic shared memory one block may use, bytes (CUDA programming guide).
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -303,13 +303,18 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 gate_up_rows, down_rows = Fp8Block(1, h), Fp8Block(1, i)
                 per_row = (_empty_fp8(e, 2 * i, h, gate_up_rows), _empty_fp8(e, h, i, down_rows))
                 stacks[" fp8 per row"] = per_row
+                # GPTQ/AWQ MoE releases: 4-bit, groups of 128 (a tile's scales read
+                # once), and act-order's (read per element).
+                for group_size in (128, 0):
+                    packed = (_empty_int(e, 2 * i, h, group_size), _empty_int(e, h, i, group_size))
+                    stacks[f" int4 g{group_size}"] = packed
             # A decode step's row blocks, a prefill's; MXFP4 also at 64-row blocks (gpt-oss's
             # 32 experts reach them only past ~500 tokens), its most registers.
             for tokens in (2, 300, 1000):
                 chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % e
                 for stack_name, (gate_up, down) in stacks.items():
                     if tokens == 1000 and (not stack_name or "row" in stack_name):
-                        continue  # 64-row tiles for tiled quantized stacks
+                        continue  # 64-row tiles for tiled quantized stacks (and packed)
                     start_case(f"{case} {tokens} tokens{stack_name}")
                     # Routing weights in fp32 (Mixtral) and in the model's dtype (Qwen).
                     for weights in (torch.ones(tokens, shape.top_k), t(tokens, shape.top_k)):
@@ -324,6 +329,13 @@ def _empty_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
 
 def _empty_fp8(experts: int, rows: int, cols: int, tiles: Fp8Block) -> Fp8Experts:
     return Fp8Experts(*empty_fp8((experts, rows, cols), tiles), tiles)
+
+
+def _empty_int(experts: int, rows: int, cols: int, group_size: int) -> IntExperts:
+    codes = torch.empty(experts, rows, words_per_row(cols, 4), dtype=torch.int32)
+    per_group = torch.empty(experts, rows, -(-cols // 128), dtype=torch.float32)
+    groups = torch.zeros(experts, cols, dtype=torch.int32)
+    return IntExperts(codes, per_group, per_group, groups, 4, group_size)
 
 
 def _compile_one(source: Any, options: dict[str, Any], arch: int, name: str) -> CompiledLaunch:

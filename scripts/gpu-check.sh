@@ -20,6 +20,7 @@
 #   8. lora          adapters on the stage-4 model
 #   9. experts       MoE grouped GEMMs vs the torch loop, Qwen3-30B-A3B's layer shape
 #  10. experts-mxfp4 gpt-oss-20b's layer: the GEMMs on MXFP4 weights vs on bf16, vs torch
+#      experts-int4  Qwen3-30B-A3B's layer on 4-bit packed integers (GPTQ/AWQ MoE releases)
 #  11. fp8-linear    FP8 projections (Llama-3-8B's): the Triton GEMM vs dequantize + cuBLAS
 #                    vs bf16 cuBLAS, 1 to 1024 rows (where FP8_GEMM_MAX_ROWS belongs)
 #      int-linear    the same for 4-bit packed integers (GPTQ/AWQ/W4A16, groups of 128)
@@ -150,6 +151,8 @@ stage lora 90 "$PY" -m benchmarks.lora --model "$models/big" --device "$device" 
 stage experts 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --json-out "$out/experts.jsonl"
 stage experts-mxfp4 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --experts 32 --top-k 4 \
     --hidden 2880 --inter 2880 --mxfp4 --json-out "$out/experts.jsonl"
+stage experts-int4 60 "$PY" -m benchmarks.experts "${expert_tokens[@]}" --int4 \
+    --json-out "$out/experts.jsonl"
 stage fp8-linear 60 "$PY" -m benchmarks.fp8_linear "${fp8_rows[@]}" --json-out "$out/fp8-linear.jsonl"
 stage int-linear 60 "$PY" -m benchmarks.int_linear "${fp8_rows[@]}" --json-out "$out/int-linear.jsonl"
 

@@ -443,8 +443,8 @@ class LlamaForCausalLM(nn.Module):
         part = EXPERT_PARTS.get(key["part"])
         if part is None or int(key["expert"]) >= mlp.gate.shape[0]:
             raise ValueError(f"unexpected weight {hf_name!r} for {self.config.architecture}")
-        scale = key["scale"] is not None
-        return f"layers.{index}.mlp:" + mlp.load_expert(int(key["expert"]), part, tensor, scale)
+        side = key["side"] or ""
+        return f"layers.{index}.mlp:" + mlp.load_expert(int(key["expert"]), part, tensor, side)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.logits_weight is None:
@@ -581,7 +581,8 @@ class LlamaForCausalLM(nn.Module):
             if isinstance(layer.mlp, SparseMoE):
                 expected.add(f"layers.{index}.mlp.gate")
                 expected.update(f"layers.{index}.mlp:{p}" for p in layer.mlp.expected_parts())
-                stacks = ("gate", "gate_up", "down", "gate_up_scale_inv", "down_scale_inv")
+                sides = ("", "_scale_inv", "_scale", "_zero")
+                stacks = ["gate", *(f"{p}{side}" for p in ("gate_up", "down") for side in sides)]
                 stacked.update(f"layers.{index}.mlp.{p}" for p in stacks)
         for n in params:
             if n in stacked:

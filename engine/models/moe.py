@@ -12,7 +12,9 @@ torch ops grouped by expert (kernels/experts.py, bit for bit transformers,
 one host sync per layer), or grouped GEMMs in Triton
 (kernels/triton_experts.py, no host sync, so decodes can replay CUDA graphs).
 An FP8 checkpoint's experts stay FP8 where the backend's experts op reads it
-(`keep_fp8`, engine/fp8_linears.py), their scales stacked beside them.
+(`keep_fp8`, engine/fp8_linears.py), their scales stacked beside them; a
+GPTQ or AWQ checkpoint's stay packed integers where it reads those (`keep_int`,
+engine/int_linears.py), their scales, zeros and column groups stacked beside them.
 """
 
 from __future__ import annotations
@@ -30,13 +32,17 @@ from engine.models.mlp import MLP, act_and_mul_for
 from kernels.expert_stack import ExpertStack
 from kernels.fp8 import Fp8Block, Fp8Experts, empty_fp8
 from kernels.fused_ops import FusedOps
+from kernels.packed_int import IntExperts, words_per_row
 
+# What sits beside a kept expert matrix: FP8 scales, under the name the model holds
+# them by; a packed matrix's scales and zeros (engine/int_checkpoint.py's names).
+INT_SIDES = ("_scale", "_zero")
 # A router's or one expert's weight, as the model names checkpoint tensors (an expert's
-# FP8 scales too, under the name the model holds them by).
+# `side` tensors too).
 EXPERT_KEY = re.compile(
     r"^layers\.(?P<layer>\d+)\.(?:mlp|block_sparse_moe)\."
     r"(?:gate\.weight|experts\.(?P<expert>\d+)\.(?P<part>\w+)\.weight"
-    rf"(?P<scale>{re.escape(FP8_SCALE_SUFFIX)})?)$"
+    rf"(?P<side>{re.escape(FP8_SCALE_SUFFIX)}|{'|'.join(INT_SIDES)})?)$"
 )
 # Checkpoint names of an expert's three matrices: Qwen3-MoE's, then Mixtral's.
 EXPERT_PARTS = {
@@ -68,6 +74,10 @@ class SparseMoE(nn.Module):
         self.down = nn.Parameter(torch.empty(experts, hidden, self.inter))
         # Set when the experts stay FP8 (keep_fp8): each stack's tiles.
         self.fp8_blocks: tuple[Fp8Block, Fp8Block] | None = None
+        # Set when they stay packed integers (keep_int): the codes' width, and each
+        # stack's run of columns per group (0: act-order's groups, read per column).
+        self.int_bits: int | None = None
+        self.int_group_sizes = (0, 0)
         self.shared_expert: MLP | None = None
         if config.shared_expert_intermediate_size:
             self.shared_expert = MLP(config, ops, config.shared_expert_intermediate_size)
@@ -87,6 +97,25 @@ class SparseMoE(nn.Module):
         return out
 
     def _stacks(self) -> tuple[ExpertStack, ExpertStack]:
+        if self.int_bits is not None:
+            return (
+                IntExperts(
+                    self.gate_up,
+                    self.gate_up_scale,
+                    self.gate_up_zero,
+                    self.gate_up_groups,
+                    self.int_bits,
+                    self.int_group_sizes[0],
+                ),
+                IntExperts(
+                    self.down,
+                    self.down_scale,
+                    self.down_zero,
+                    self.down_groups,
+                    self.int_bits,
+                    self.int_group_sizes[1],
+                ),
+            )
         if self.fp8_blocks is None:
             return self.gate_up, self.down
         return (
@@ -109,25 +138,50 @@ class SparseMoE(nn.Module):
             blocks.append(block)
         self.fp8_blocks = (blocks[0], blocks[1])
 
-    def load_expert(self, expert: int, part: str, tensor: torch.Tensor, scale: bool) -> str:
-        """Copy one expert matrix (or, `scale`, its FP8 scales) in; returns the key that
-        marks it loaded."""
-        target, rows = (self.gate_up, self.inter) if part != "down" else (self.down, 0)
-        if scale:
+    def keep_int(
+        self, bits: int, group_counts: tuple[int, int], group_sizes: tuple[int, int]
+    ) -> None:
+        """Hold the experts as packed integer codes (kernels/packed_int.py's IntExperts,
+        allocated empty on the meta device for a checkpoint's codes to load into):
+        `group_counts` and `group_sizes` per stack (gate/up, down); each expert's
+        column groups are set once memory is allocated (engine/int_linears.py)."""
+        stacks = {"gate_up": self.gate_up, "down": self.down}
+        for (name, stack), count in zip(stacks.items(), group_counts, strict=True):
+            experts, rows, cols = stack.shape
+            device = stack.device
+            width = words_per_row(cols, bits)
+            codes = torch.empty(experts, rows, width, dtype=torch.int32, device=device)
+            setattr(self, name, nn.Parameter(codes, requires_grad=False))
+            for side in INT_SIDES:
+                empty = torch.empty(experts, rows, count, dtype=torch.float32, device=device)
+                setattr(self, name + side, nn.Parameter(empty, requires_grad=False))
+            groups = torch.empty(experts, cols, dtype=torch.int32, device=device)
+            self.register_buffer(f"{name}_groups", groups)
+        self.int_bits, self.int_group_sizes = bits, group_sizes
+
+    def load_expert(self, expert: int, part: str, tensor: torch.Tensor, side: str = "") -> str:
+        """Copy one expert matrix (or, `side`, what sits beside a kept one: its FP8
+        scales, or its packed codes' scales or zeros) in; returns the key that marks it
+        loaded."""
+        stack, rows = ("gate_up", self.inter) if part != "down" else ("down", 0)
+        if side == FP8_SCALE_SUFFIX:
             if self.fp8_blocks is None:
                 raise ValueError(f"FP8 scales for expert {expert}'s {part} of unkept experts")
-            target = self.gate_up_scale_inv if part != "down" else self.down_scale_inv
             rows //= self.fp8_blocks[0].rows
+        elif side and self.int_bits is None:
+            raise ValueError(f"packed {side[1:]}s for expert {expert}'s {part} of unkept experts")
+        target = getattr(self, stack + side)
         with torch.no_grad():
             if part == "down":
                 target[expert].copy_(tensor)
             else:
                 start = 0 if part == "gate" else rows
                 target[expert, start : start + rows].copy_(tensor)
-        return f"{expert}:{part}" + (":scale" if scale else "")
+        return f"{expert}:{part}{side}"
 
     def expected_parts(self) -> set[str]:
         parts = {f"{e}:{p}" for e in range(self.gate.shape[0]) for p in ("gate", "up", "down")}
-        if self.fp8_blocks is not None:
-            parts |= {f"{part}:scale" for part in parts}
-        return parts
+        sides = [FP8_SCALE_SUFFIX] if self.fp8_blocks is not None else []
+        if self.int_bits is not None:
+            sides = list(INT_SIDES)
+        return parts | {part + side for part in parts for side in sides}

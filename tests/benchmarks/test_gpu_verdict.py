@@ -91,7 +91,12 @@ def _gpu_run(out: Path, decode_gbs: float = 3400.0, vs_hf: float = 7.5) -> None:
         [
             {**expert, "triton_ms": 0.2, "triton_weight_gbs": 2000.0, "torch_ms": 1.0}
             | {"torch_weight_gbs": 400.0, "triton_mxfp4_ms": 0.08}
-            | {"triton_mxfp4_weight_gbs": 1300.0, "mxfp4_speedup_vs_bf16": 2.5}
+            | {"triton_mxfp4_weight_gbs": 1300.0, "mxfp4_speedup_vs_bf16": 2.5},
+            {**expert, "experts": 128, "triton_ms": 0.3, "triton_weight_gbs": 1500.0}
+            | {"torch_ms": 1.2, "torch_weight_gbs": 380.0, "triton_int4_ms": 0.12}
+            | {"triton_int4_weight_gbs": 1100.0, "int4_speedup_vs_bf16": 2.5},
+            {**expert, "triton_ms": 0.2, "triton_weight_gbs": 2000.0, "torch_ms": 1.0}
+            | {"torch_weight_gbs": 400.0},
         ],
     )
 
@@ -112,7 +117,15 @@ def test_a_run_that_meets_every_target(tmp_path: Path, capsys: pytest.CaptureFix
     assert "| 256 | 9000.0 | 6000.0 | 1.50x |" in report  # graphs vs eager
     assert "| 256 | 10800.0 | 9000.0 | 1.20x |" in report  # --quantization fp8 vs bf16
     assert "| 6144x4096 | 1 | 12.0 (2100.0) | 40.0 (3000.0) | 20.0 (2500.0) | 1.67x |" in report
-    assert "| 32x2880x2880 top-4 | 1 | 0.2 (2000.0) | 1.0 (400.0) | 0.08 (1300.0) | 2.5 |" in report
+    assert (
+        "| 32x2880x2880 top-4 | 1 | 0.2 (2000.0) | 1.0 (400.0) | MXFP4 0.08 (1300.0) | 2.5 |"
+        in report
+    )
+    assert (
+        "| 128x2880x2880 top-4 | 1 | 0.3 (1500.0) | 1.2 (380.0) | INT4 0.12 (1100.0) | 2.5 |"
+        in report
+    )
+    assert "| 32x2880x2880 top-4 | 1 | 0.2 (2000.0) | 1.0 (400.0) | - | - |" in report
 
 
 def test_missed_targets_say_by_how_much(tmp_path: Path) -> None:

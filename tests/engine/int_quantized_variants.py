@@ -10,6 +10,7 @@ by the compressed-tensors library itself, as llm-compressor saves them.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +27,25 @@ AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
 def is_projection(name: str) -> bool:
-    """The layers GPTQ and AWQ quantize: every projection but the LM head."""
-    return name.endswith("proj.weight") and "lm_head" not in name
+    """The layers GPTQ and AWQ quantize: every projection but the LM head, experts'
+    too (Mixtral's named w1/w2/w3)."""
+    mixtral_expert = re.search(r"\.experts\.\d+\.w[123]\.weight$", name)
+    return (name.endswith("proj.weight") and "lm_head" not in name) or mixtral_expert is not None
+
+
+# Matrices that read one input (q, k, v; gate and up; an expert's gate and up) and so
+# one Hessian, whose act-order GPTQ gives them all: the name of the one they share.
+_SHARED_INPUT = re.compile(r"\b(?:k_proj|v_proj|up_proj|w3)\.weight$")
+_FIRST_OF = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj", "w3": "w1"}
+
+
+def _input_of(name: str) -> str:
+    """The name of the first matrix reading `name`'s input."""
+    found = _SHARED_INPUT.search(name)
+    if found is None:
+        return name
+    part = found.group(0).removesuffix(".weight")
+    return name[: found.start()] + _FIRST_OF[part] + ".weight"
 
 
 def quantize_groups(
@@ -92,15 +110,19 @@ def write_gptq_variant(
     bits: int,
     checkpoint_format: str = "gptq",
     act_order: bool = False,
+    order_by_input: bool = False,
 ) -> None:
     """`source`'s projections as AutoGPTQ writes them: symmetric codes (zero 2^(bits-1),
     stored less one in the original "gptq" format) or, for "gptq_v2", asymmetric ones
     with their zeros as they are; act-order shuffles which columns share a group
-    (`g_idx`); every quantized layer without a bias carries an all-zero one, as older
-    AutoGPTQ exports write them."""
+    (`g_idx`: each matrix its own order, or with `order_by_input` one order for the
+    matrices reading one input, as GPTQ's shared Hessian gives them); every quantized
+    layer without a bias carries an all-zero one, as older AutoGPTQ exports write
+    them."""
     gen = torch.Generator().manual_seed(11)
     stored: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
+    orders: dict[str, torch.Tensor] = {}
     tensors = load_file(source / "model.safetensors")
     for name, tensor in tensors.items():
         if not is_projection(name):
@@ -108,7 +130,10 @@ def write_gptq_variant(
             continue
         layer = name.removesuffix(".weight")
         in_features = tensor.shape[1]
-        position = torch.randperm(in_features, generator=gen) if act_order else None
+        position = None
+        if act_order:
+            key = _input_of(name) if order_by_input else name
+            position = orders.setdefault(key, torch.randperm(in_features, generator=gen))
         groups = (torch.arange(in_features) if position is None else position) // GROUP_SIZE
         symmetric = checkpoint_format == "gptq"
         codes, scales, zeros, _ = quantize_groups(tensor, bits, symmetric, groups)

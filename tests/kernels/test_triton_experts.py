@@ -9,18 +9,21 @@ from pathlib import Path
 import pytest
 import torch
 
+from benchmarks.int_linear import random_packed
 from engine.llm import LLM
 from engine.models.moe import SparseMoE
 from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul as torch_clamped_swiglu
 from kernels.experts import experts as torch_experts
 from kernels.fp8 import Fp8Block, Fp8Experts
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul as torch_gelu_tanh_and_mul
+from kernels.packed_int import IntExperts
 from kernels.silu_and_mul import silu_and_mul as torch_silu_and_mul
 from kernels.triton_clamped_swiglu_and_mul import clamped_swiglu_and_mul
 from kernels.triton_experts import align_pairs, fused_experts
 from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.triton_silu_and_mul import silu_and_mul
 
+from ..engine.int_quantized_variants import write_awq_variant, write_gptq_variant
 from ..engine.quantized_variants import (
     assert_backends_agree,
     write_compressed_tensors_variant,
@@ -143,6 +146,60 @@ def test_fused_experts_on_fp8_weights_match_torch(
     assert_close(got, expected)
 
 
+def _int_stack(
+    experts: int, rows: int, cols: int, bits: int, group_size: int, act_order: bool, seed: int
+) -> IntExperts:
+    """Each expert its own random packed matrix (act-order: its own shuffled groups)."""
+    matrices = [
+        random_packed((rows, cols), bits, act_order, torch.device("cpu"), seed + e, group_size)
+        for e in range(experts)
+    ]
+    parts = ("codes", "scales", "zeros", "groups")
+    stacked = [torch.stack([getattr(m, part) for m in matrices]) for part in parts]
+    return IntExperts(*stacked, bits, matrices[0].group_size)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "bits,group_size,act_order",
+    # Runs whole tiles fit in (scales read once a tile: 32-deep fp32 tiles, 64-deep
+    # others); runs cut short (HIDDEN and INTER are no multiples of 32); runs narrower
+    # than a tile (read per element); act-order's shuffled groups.
+    [(8, 32, False), (4, 64, False), (4, 16, False), (2, 8, False), (4, 16, True)],
+)
+@pytest.mark.parametrize("tokens", [2, 45])
+def test_fused_experts_on_packed_integers_match_torch(
+    device: torch.device,
+    dtype: torch.dtype,
+    bits: int,
+    group_size: int,
+    act_order: bool,
+    tokens: int,
+) -> None:
+    """GPTQ and AWQ MoE releases' experts kept packed: the Triton GEMMs, decoding each
+    code with its group's scale and zero as they read it, against the torch loop on the
+    dequantized stacks, which the torch loop on the packed stacks is exactly."""
+    gen = torch.Generator().manual_seed(tokens + bits)
+    num_experts, top_k = 6, 2
+
+    def stack(rows: int, cols: int, seed: int) -> IntExperts:
+        packed = _int_stack(num_experts, rows, cols, bits, group_size, act_order, seed)
+        parts = (packed.codes, packed.scales, packed.zeros, packed.groups)
+        return IntExperts(*(t.to(device) for t in parts), bits, packed.group_size)
+
+    gate_up, down = stack(2 * INTER, HIDDEN, 10), stack(HIDDEN, INTER, 20)
+    assert (gate_up.group_size == 0) == act_order
+    x = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype)
+    weights, chosen = _routing(tokens, num_experts, top_k, gen)
+    weights, chosen = weights.to(device), chosen.to(device)
+    plain = [torch.stack([s.expert(e, dtype) for e in range(num_experts)]) for s in (gate_up, down)]
+    expected = torch_experts(x, *plain, weights, chosen, torch_silu_and_mul)
+    on_codes = torch_experts(x, gate_up, down, weights, chosen, torch_silu_and_mul)
+    assert torch.equal(on_codes, expected)
+    got = fused_experts(x, gate_up, down, weights, chosen, silu_and_mul)
+    assert_close(got, expected)
+
+
 @pytest.mark.slow  # ~10 s each in Triton's interpreter
 # compressed-tensors' per-channel scales take the per-row path Mixtral's per-matrix ones do.
 @pytest.mark.parametrize("family,scheme", [("qwen3_moe", "tiles 16"), ("mixtral", "tensor")])
@@ -172,6 +229,48 @@ def test_an_fp8_moe_checkpoint_keeps_its_experts_fp8_on_triton(
             assert (moe.down.dtype == torch.uint8) == kept
 
     assert_backends_agree(fp8, check)
+
+
+@pytest.mark.slow  # ~10 s each in Triton's interpreter
+@pytest.mark.parametrize(
+    "family,scheme", [("qwen3_moe", "gptq"), ("qwen3_moe", "gptq act-order"), ("mixtral", "awq")]
+)
+def test_a_packed_moe_checkpoint_keeps_its_experts_packed_on_triton(
+    family: str, scheme: str, make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """A GPTQ or AWQ MoE checkpoint (each expert's matrices packed one by one, as
+    released) on the Triton backend: each layer's expert stacks stay int32 words with
+    their scales, zeros and column groups stacked beside them (act-order: each expert's
+    own shuffled groups, its gate and up sharing theirs as they share an input; the
+    down matrices' last group cut short), and give the torch backend's greedy tokens
+    and logprobs on the dequantized weights."""
+    folder, reference = tmp_path / "packed", tmp_path / "reference"
+    source = make_random_model(family)
+    if scheme == "awq":
+        write_awq_variant(source, folder, reference)
+    else:
+        act_order = scheme == "gptq act-order"
+        write_gptq_variant(source, folder, reference, 4, act_order=act_order, order_by_input=True)
+
+    def check(backend: str, llm: LLM) -> None:
+        sparse = [layer.mlp for layer in llm.engine.runner.model.layers]
+        sparse = [mlp for mlp in sparse if isinstance(mlp, SparseMoE)]
+        assert sparse
+        for moe in sparse:
+            kept = moe.int_bits is not None
+            assert kept == (backend == "triton")
+            assert (moe.gate_up.dtype == torch.int32) == kept
+            if not kept:
+                continue
+            experts, inter, hidden = moe.gate.shape[0], moe.inter, moe.gate.shape[1]
+            assert moe.gate_up.shape == (experts, 2 * inter, hidden // 8)  # 8 codes a word
+            assert moe.down_groups.shape == (experts, inter)
+            act_order = scheme == "gptq act-order"
+            assert moe.int_group_sizes == ((0, 0) if act_order else (32, 32))
+            distinct = {tuple(groups.tolist()) for groups in moe.gate_up_groups}
+            assert len(distinct) == (experts if act_order else 1)
+
+    assert_backends_agree(folder, check)
 
 
 @pytest.mark.slow  # ~8 s in Triton's interpreter
