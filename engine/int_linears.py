@@ -97,9 +97,11 @@ def keep_int_experts(
         by_layer.setdefault(int(key["layer"]), {})[part] = layer
     kept: set[str] = set()
     groups_of: dict[str, torch.Tensor] = {}
-    for index, decoder_layer in enumerate(model.layers):  # type: ignore[union-attr, arg-type]
-        moe = decoder_layer.mlp
-        found = by_layer.get(index, {})
+    layers_of_model = model.layers  # type: ignore[union-attr]
+    for index, found in by_layer.items():
+        if index >= len(layers_of_model):  # type: ignore[arg-type]
+            continue  # the loader names it an unexpected weight
+        moe = getattr(layers_of_model[index], "mlp", None)  # type: ignore[index]
         if not isinstance(moe, SparseMoE) or len(found) != 3 * moe.gate.shape[0]:
             continue
         stacks = _expert_stacks(moe, found, side, method, int_weights)

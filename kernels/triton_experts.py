@@ -234,8 +234,10 @@ def _tiles(pairs_per_expert: float, element_size: int, decoded: bool, gathered: 
 
 
 def _gathers_per_element(stack: ExpertStack) -> bool:
-    """Whether a 64-deep tile reads a packed stack's scales and zeros per element (its
-    groups are act-order's, or runs no whole 64-deep tile fits in)."""
+    """Whether a 64-deep tile would read a packed stack's scales and zeros per element
+    (its groups are act-order's, or runs no whole 64-deep tile fits in). Such stacks
+    take 32-deep tiles, where runs of 32 then read theirs once a tile after all; one
+    such stack sets the depth of both GEMMs."""
     return isinstance(stack, IntExperts) and (stack.group_size == 0 or stack.group_size % 64 != 0)
 
 

@@ -304,10 +304,13 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 per_row = (_empty_fp8(e, 2 * i, h, gate_up_rows), _empty_fp8(e, h, i, down_rows))
                 stacks[" fp8 per row"] = per_row
                 # GPTQ/AWQ MoE releases: 4-bit, groups of 128 (a tile's scales read
-                # once), and act-order's (read per element).
-                for group_size in (128, 0):
-                    packed = (_empty_int(e, 2 * i, h, group_size), _empty_int(e, h, i, group_size))
-                    stacks[f" int4 g{group_size}"] = packed
+                # once), and act-order's (read per element); 8-bit (GPTQ Int8, W8A16).
+                for bits, group_size in ((4, 128), (4, 0), (8, 128)):
+                    packed = (
+                        _empty_int(e, 2 * i, h, bits, group_size),
+                        _empty_int(e, h, i, bits, group_size),
+                    )
+                    stacks[f" int{bits} g{group_size}"] = packed
             # A decode step's row blocks, a prefill's; MXFP4 also at 64-row blocks (gpt-oss's
             # 32 experts reach them only past ~500 tokens), its most registers.
             for tokens in (2, 300, 1000):
@@ -331,11 +334,11 @@ def _empty_fp8(experts: int, rows: int, cols: int, tiles: Fp8Block) -> Fp8Expert
     return Fp8Experts(*empty_fp8((experts, rows, cols), tiles), tiles)
 
 
-def _empty_int(experts: int, rows: int, cols: int, group_size: int) -> IntExperts:
-    codes = torch.empty(experts, rows, words_per_row(cols, 4), dtype=torch.int32)
+def _empty_int(experts: int, rows: int, cols: int, bits: int, group_size: int) -> IntExperts:
+    codes = torch.empty(experts, rows, words_per_row(cols, bits), dtype=torch.int32)
     per_group = torch.empty(experts, rows, -(-cols // 128), dtype=torch.float32)
     groups = torch.zeros(experts, cols, dtype=torch.int32)
-    return IntExperts(codes, per_group, per_group, groups, 4, group_size)
+    return IntExperts(codes, per_group, per_group, groups, bits, group_size)
 
 
 def _compile_one(source: Any, options: dict[str, Any], arch: int, name: str) -> CompiledLaunch:

@@ -111,6 +111,7 @@ def write_gptq_variant(
     checkpoint_format: str = "gptq",
     act_order: bool = False,
     order_by_input: bool = False,
+    quantized: Callable[[str], bool] = is_projection,
 ) -> None:
     """`source`'s projections as AutoGPTQ writes them: symmetric codes (zero 2^(bits-1),
     stored less one in the original "gptq" format) or, for "gptq_v2", asymmetric ones
@@ -118,14 +119,14 @@ def write_gptq_variant(
     (`g_idx`: each matrix its own order, or with `order_by_input` one order for the
     matrices reading one input, as GPTQ's shared Hessian gives them); every quantized
     layer without a bias carries an all-zero one, as older AutoGPTQ exports write
-    them."""
+    them. `quantized`: which matrices (every projection but the LM head)."""
     gen = torch.Generator().manual_seed(11)
     stored: dict[str, torch.Tensor] = {}
     plain: dict[str, torch.Tensor] = {}
     orders: dict[str, torch.Tensor] = {}
     tensors = load_file(source / "model.safetensors")
     for name, tensor in tensors.items():
-        if not is_projection(name):
+        if not quantized(name):
             stored[name] = plain[name] = tensor
             continue
         layer = name.removesuffix(".weight")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.int_linear import random_packed
-from engine.llm import LLM
+from engine.llm import LLM, greedy
 from engine.models.moe import SparseMoE
 from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul as torch_clamped_swiglu
 from kernels.experts import experts as torch_experts
@@ -23,7 +23,11 @@ from kernels.triton_experts import align_pairs, fused_experts
 from kernels.triton_gelu_tanh_and_mul import gelu_tanh_and_mul
 from kernels.triton_silu_and_mul import silu_and_mul
 
-from ..engine.int_quantized_variants import write_awq_variant, write_gptq_variant
+from ..engine.int_quantized_variants import (
+    is_projection,
+    write_awq_variant,
+    write_gptq_variant,
+)
 from ..engine.quantized_variants import (
     assert_backends_agree,
     write_compressed_tensors_variant,
@@ -176,6 +180,29 @@ def test_fused_experts_on_packed_integers_match_torch(
     act_order: bool,
     tokens: int,
 ) -> None:
+    _check_packed_experts(device, dtype, bits, group_size, act_order, tokens, HIDDEN, INTER)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act_order", [False, True])
+def test_packed_experts_of_a_release_group_size_over_several_tiles(
+    device: torch.device, dtype: torch.dtype, act_order: bool
+) -> None:
+    """Groups of 128 (the releases'), over inputs several tiles deep: each tile reads
+    its own group's scales (a tile index read for a group index would pass above)."""
+    _check_packed_experts(device, dtype, 4, 128, act_order, 9, 320, 264)
+
+
+def _check_packed_experts(
+    device: torch.device,
+    dtype: torch.dtype,
+    bits: int,
+    group_size: int,
+    act_order: bool,
+    tokens: int,
+    hidden: int,
+    inter: int,
+) -> None:
     """GPTQ and AWQ MoE releases' experts kept packed: the Triton GEMMs, decoding each
     code with its group's scale and zero as they read it, against the torch loop on the
     dequantized stacks, which the torch loop on the packed stacks is exactly."""
@@ -187,9 +214,9 @@ def test_fused_experts_on_packed_integers_match_torch(
         parts = (packed.codes, packed.scales, packed.zeros, packed.groups)
         return IntExperts(*(t.to(device) for t in parts), bits, packed.group_size)
 
-    gate_up, down = stack(2 * INTER, HIDDEN, 10), stack(HIDDEN, INTER, 20)
+    gate_up, down = stack(2 * inter, hidden, 10), stack(hidden, inter, 20)
     assert (gate_up.group_size == 0) == act_order
-    x = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype)
+    x = torch.randn(tokens, hidden, generator=gen).to(device, dtype)
     weights, chosen = _routing(tokens, num_experts, top_k, gen)
     weights, chosen = weights.to(device), chosen.to(device)
     plain = [torch.stack([s.expert(e, dtype) for e in range(num_experts)]) for s in (gate_up, down)]
@@ -231,9 +258,23 @@ def test_an_fp8_moe_checkpoint_keeps_its_experts_fp8_on_triton(
     assert_backends_agree(fp8, check)
 
 
+# An expert left in full precision (its layer's stacks are then dequantized).
+_PLAIN_EXPERT = "layers.0.block_sparse_moe.experts.2.w2.weight"
+
+
 @pytest.mark.slow  # ~10 s each in Triton's interpreter
 @pytest.mark.parametrize(
-    "family,scheme", [("qwen3_moe", "gptq"), ("qwen3_moe", "gptq act-order"), ("mixtral", "awq")]
+    "family,scheme",
+    [
+        ("qwen3_moe", "gptq"),
+        ("qwen3_moe", "gptq act-order"),
+        # Each matrix its own act-order: gate and up apart, so the experts dequantize.
+        ("qwen3_moe", "gptq act-order apart"),
+        # A shared expert beside the experts, packed as a dense MLP is.
+        ("qwen2_moe", "gptq"),
+        ("mixtral", "awq"),
+        ("mixtral", "awq one expert plain"),
+    ],
 )
 def test_a_packed_moe_checkpoint_keeps_its_experts_packed_on_triton(
     family: str, scheme: str, make_random_model: Callable[[str], Path], tmp_path: Path
@@ -243,23 +284,41 @@ def test_a_packed_moe_checkpoint_keeps_its_experts_packed_on_triton(
     their scales, zeros and column groups stacked beside them (act-order: each expert's
     own shuffled groups, its gate and up sharing theirs as they share an input; the
     down matrices' last group cut short), and give the torch backend's greedy tokens
-    and logprobs on the dequantized weights."""
+    and logprobs on the dequantized weights. A layer whose experts cannot share packed
+    stacks (gate and up grouped apart, an expert in full precision) is dequantized."""
     folder, reference = tmp_path / "packed", tmp_path / "reference"
     source = make_random_model(family)
-    if scheme == "awq":
-        write_awq_variant(source, folder, reference)
+    if scheme.startswith("awq"):
+        plain = _PLAIN_EXPERT if scheme == "awq one expert plain" else "(none)"
+        write_awq_variant(
+            source,
+            folder,
+            reference,
+            lambda n: is_projection(n) and not n.endswith(plain),
+        )
     else:
-        act_order = scheme == "gptq act-order"
-        write_gptq_variant(source, folder, reference, 4, act_order=act_order, order_by_input=True)
+        act_order = scheme.startswith("gptq act-order")
+        apart = scheme.endswith("apart")
+        write_gptq_variant(
+            source, folder, reference, 4, act_order=act_order, order_by_input=not apart
+        )
 
     def check(backend: str, llm: LLM) -> None:
-        sparse = [layer.mlp for layer in llm.engine.runner.model.layers]
-        sparse = [mlp for mlp in sparse if isinstance(mlp, SparseMoE)]
+        model = llm.engine.runner.model
+        sparse = [(i, layer.mlp) for i, layer in enumerate(model.layers)]
+        sparse = [(i, mlp) for i, mlp in sparse if isinstance(mlp, SparseMoE)]
         assert sparse
-        for moe in sparse:
+        for index, moe in sparse:
             kept = moe.int_bits is not None
-            assert kept == (backend == "triton")
+            packable = not scheme.endswith(("apart", "plain")) or (
+                scheme.endswith("plain") and f"layers.{index}." not in _PLAIN_EXPERT
+            )
+            assert kept == (backend == "triton" and packable)
             assert (moe.gate_up.dtype == torch.int32) == kept
+            if moe.shared_expert is not None:
+                assert (moe.shared_expert.gate_up_proj.weight.dtype == torch.int32) == (
+                    backend == "triton"
+                )
             if not kept:
                 continue
             experts, inter, hidden = moe.gate.shape[0], moe.inter, moe.gate.shape[1]
@@ -269,8 +328,44 @@ def test_a_packed_moe_checkpoint_keeps_its_experts_packed_on_triton(
             assert moe.int_group_sizes == ((0, 0) if act_order else (32, 32))
             distinct = {tuple(groups.tolist()) for groups in moe.gate_up_groups}
             assert len(distinct) == (experts if act_order else 1)
+        if scheme == "awq one expert plain" and backend == "triton":
+            assert [moe.int_bits is not None for _, moe in sparse] == [False, True]
 
     assert_backends_agree(folder, check)
+
+
+def _first_moe(llm: LLM) -> SparseMoE:
+    return next(
+        layer.mlp for layer in llm.engine.runner.model.layers if isinstance(layer.mlp, SparseMoE)
+    )
+
+
+@pytest.mark.slow  # ~8 s in Triton's interpreter
+def test_packed_experts_sleep_and_wake_with_their_groups(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Sleep level 2 drops every weight and buffer and wake reloads them: act-order's
+    per-expert groups (buffers, set after allocation) come back, so do the tokens."""
+    folder = tmp_path / "packed"
+    source = make_random_model("qwen3_moe")
+    write_gptq_variant(
+        source, folder, tmp_path / "reference", 4, act_order=True, order_by_input=True
+    )
+    llm = LLM(str(folder), attention_backend="triton", dtype="float32", num_kv_blocks=64)
+    moe = next(
+        layer.mlp for layer in llm.engine.runner.model.layers if isinstance(layer.mlp, SparseMoE)
+    )
+    assert moe.int_bits == 4
+    groups = moe.gate_up_groups.clone()
+    prompt = [[5, 77, 300, 12]]
+    before = llm.generate(prompt, greedy(6, min_tokens=6))[0].token_ids
+    llm.engine.sleep(2)
+    llm.engine.wake_up()
+    moe = next(
+        layer.mlp for layer in llm.engine.runner.model.layers if isinstance(layer.mlp, SparseMoE)
+    )
+    assert torch.equal(moe.gate_up_groups, groups)
+    assert llm.generate(prompt, greedy(6, min_tokens=6))[0].token_ids == before
 
 
 @pytest.mark.slow  # ~8 s in Triton's interpreter

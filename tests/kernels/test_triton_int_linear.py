@@ -159,3 +159,24 @@ def test_a_packed_checkpoint_keeps_its_projections_packed_on_triton(
         assert scratch_bytes(model, torch.float32, packed_int.INT_GEMM_MAX_ROWS) == 0
 
     assert_backends_agree(folder, check)
+
+
+def test_a_packed_encoder_loads_on_triton(tmp_path: Path) -> None:
+    """A GPTQ BERT (an encoder: no decoder layers, no experts, nothing kept packed) on
+    the Triton backend embeds as the torch backend does."""
+    from tests.encoder_models import make_encoder
+
+    source, folder, reference = tmp_path / "bert", tmp_path / "packed", tmp_path / "reference"
+    make_encoder(source, "BertModel", pooling="mean")
+
+    def feed_forward(name: str) -> bool:
+        return name.endswith(("intermediate.dense.weight", "output.dense.weight"))
+
+    write_gptq_variant(
+        source, folder, reference, 4, quantized=lambda n: feed_forward(n) and "attention" not in n
+    )
+    embeddings = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(str(folder), attention_backend=backend, dtype="float32", num_kv_blocks=32)
+        embeddings[backend] = torch.tensor(llm.embed([[5, 6, 7, 8]])[0].embedding)
+    assert_close(embeddings["triton"], embeddings["torch"])
