@@ -13,6 +13,7 @@ from benchmarks.int_linear import random_packed
 from engine.llm import LLM, greedy
 from engine.models.moe import SparseMoE
 from kernels.clamped_swiglu_and_mul import clamped_swiglu_and_mul as torch_clamped_swiglu
+from kernels.expert_stack import ExpertStack
 from kernels.experts import experts as torch_experts
 from kernels.fp8 import Fp8Block, Fp8Experts
 from kernels.gelu_tanh_and_mul import gelu_tanh_and_mul as torch_gelu_tanh_and_mul
@@ -139,13 +140,29 @@ def test_fused_experts_on_fp8_weights_match_torch(
         return Fp8Experts(fp8.values.to(device), fp8.scales.to(device), tiles)
 
     gate_up, down = stack(2 * INTER, HIDDEN), stack(HIDDEN, INTER)
-    x = torch.randn(tokens, HIDDEN, generator=gen).to(device, dtype)
+    _assert_fused_matches_the_loop(gate_up, down, tokens, top_k, dtype, device, gen)
+
+
+def _assert_fused_matches_the_loop(
+    gate_up: ExpertStack,
+    down: ExpertStack,
+    tokens: int,
+    top_k: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    gen: torch.Generator,
+) -> None:
+    """The Triton GEMMs on quantized stacks, decoding them as they read them, against
+    the torch loop on the dequantized stacks, which the torch loop on the quantized
+    stacks is exactly."""
+    num_experts, _, hidden = gate_up.shape
+    x = torch.randn(tokens, hidden, generator=gen).to(device, dtype)
     weights, chosen = _routing(tokens, num_experts, top_k, gen)
     weights, chosen = weights.to(device), chosen.to(device)
     plain = [torch.stack([s.expert(e, dtype) for e in range(num_experts)]) for s in (gate_up, down)]
     expected = torch_experts(x, *plain, weights, chosen, torch_silu_and_mul)
-    on_fp8 = torch_experts(x, gate_up, down, weights, chosen, torch_silu_and_mul)
-    assert torch.equal(on_fp8, expected)
+    on_quantized = torch_experts(x, gate_up, down, weights, chosen, torch_silu_and_mul)
+    assert torch.equal(on_quantized, expected)
     got = fused_experts(x, gate_up, down, weights, chosen, silu_and_mul)
     assert_close(got, expected)
 
@@ -216,15 +233,7 @@ def _check_packed_experts(
 
     gate_up, down = stack(2 * inter, hidden, 10), stack(hidden, inter, 20)
     assert (gate_up.group_size == 0) == act_order
-    x = torch.randn(tokens, hidden, generator=gen).to(device, dtype)
-    weights, chosen = _routing(tokens, num_experts, top_k, gen)
-    weights, chosen = weights.to(device), chosen.to(device)
-    plain = [torch.stack([s.expert(e, dtype) for e in range(num_experts)]) for s in (gate_up, down)]
-    expected = torch_experts(x, *plain, weights, chosen, torch_silu_and_mul)
-    on_codes = torch_experts(x, gate_up, down, weights, chosen, torch_silu_and_mul)
-    assert torch.equal(on_codes, expected)
-    got = fused_experts(x, gate_up, down, weights, chosen, silu_and_mul)
-    assert_close(got, expected)
+    _assert_fused_matches_the_loop(gate_up, down, tokens, top_k, dtype, device, gen)
 
 
 @pytest.mark.slow  # ~10 s each in Triton's interpreter

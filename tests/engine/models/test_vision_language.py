@@ -29,28 +29,16 @@ _QWEN_VL = {
     "qwen3_vl": ("qwen3", "Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
     "qwen3_vl_moe": ("qwen3_moe", "Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"),
 }
+# Tiny vision towers, by the names each generation's vision config takes.
+_TOWER = dict(depth=1, num_heads=2, patch_size=8)
+_WIDTHS = dict(hidden_size=32, intermediate_size=64, out_hidden_size=64)
+_QWEN3_TOWER = {**_TOWER, **_WIDTHS, "num_position_embeddings": 16, "deepstack_visual_indexes": [0]}
 _VISION = {
-    "qwen2_vl": dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, patch_size=8),
-    "qwen2_5_vl": dict(
-        depth=1,
-        hidden_size=32,
-        intermediate_size=64,
-        num_heads=2,
-        out_hidden_size=64,
-        patch_size=8,
-        fullatt_block_indexes=[0],
-    ),
+    "qwen2_vl": {**_TOWER, "embed_dim": 32, "hidden_size": 64},
+    "qwen2_5_vl": {**_TOWER, **_WIDTHS, "fullatt_block_indexes": [0]},
+    "qwen3_vl": _QWEN3_TOWER,
+    "qwen3_vl_moe": _QWEN3_TOWER,
 }
-_QWEN3_VISION = dict(
-    depth=1,
-    hidden_size=32,
-    intermediate_size=64,
-    num_heads=2,
-    out_hidden_size=64,
-    patch_size=8,
-    num_position_embeddings=16,
-    deepstack_visual_indexes=[0],
-)
 
 
 def _qwen_vl(
@@ -74,7 +62,7 @@ def _qwen_vl(
     text["tie_word_embeddings"] = inner_tie
     outer: dict[str, Any] = {} if tie is None else {"tie_word_embeddings": tie}
     config = getattr(transformers, config_class)(
-        text_config=text, vision_config=_VISION.get(model_type, _QWEN3_VISION), **outer
+        text_config=text, vision_config=_VISION[model_type], **outer
     )
     torch.manual_seed(6)
     hf = getattr(transformers, model_class)(config).eval()
