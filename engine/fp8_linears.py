@@ -23,7 +23,7 @@ from safetensors import safe_open
 from torch import nn
 
 from engine.models.linear import FUSED_PARTS, NOT_CALLED, Linear
-from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
+from engine.models.moe import checkpoint_expert_layers
 from kernels.fp8 import Fp8Block
 from kernels.fused_ops import Fp8Linear
 
@@ -86,22 +86,8 @@ def keep_fp8_experts(
     """Turn the mixture-of-experts layers whose every expert matrix is FP8 in the
     checkpoint (and whose up rows start on a tile boundary) into FP8 stacks; returns
     those matrices' checkpoint names, as keep_fp8_linears does."""
-    by_layer: dict[int, dict[tuple[int, str], str]] = {}
-    for hf_name in fp8_names:
-        name = model.checkpoint_name(hf_name)  # type: ignore[operator]
-        key = EXPERT_KEY.match(name) if name is not None else None
-        if key is None or key["expert"] is None or key["part"] not in EXPERT_PARTS:
-            continue
-        part = (int(key["expert"]), EXPERT_PARTS[key["part"]])
-        by_layer.setdefault(int(key["layer"]), {})[part] = hf_name
     kept: set[str] = set()
-    for index, layer in enumerate(model.layers):  # type: ignore[union-attr, arg-type]
-        moe = layer.mlp
-        if not isinstance(moe, SparseMoE):
-            continue
-        found = by_layer.get(index, {})
-        if len(found) != 3 * moe.gate.shape[0]:
-            continue
+    for _, moe, found in checkpoint_expert_layers(model, fp8_names):
         if block_size is not None and moe.inter % block_size[0]:
             continue
         moe.keep_fp8(block_size)

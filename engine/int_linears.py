@@ -27,7 +27,7 @@ from torch import nn
 
 from engine.int_checkpoint import group_count, layer_groups
 from engine.models.linear import FUSED_PARTS, NOT_CALLED, Linear
-from engine.models.moe import EXPERT_KEY, EXPERT_PARTS, SparseMoE
+from engine.models.moe import SparseMoE, checkpoint_expert_layers
 from engine.weight_quantization import IntWeights
 from kernels.fused_ops import IntLinear
 from kernels.packed_int import run_length
@@ -87,23 +87,11 @@ def keep_int_experts(
     """Turn the mixture-of-experts layers whose every expert matrix is packed (see
     above) into packed stacks; returns those matrices' checkpoint layers and each
     stack's groups ([experts, in]) by buffer name, as keep_int_linears does."""
-    by_layer: dict[int, dict[tuple[int, str], str]] = {}
-    for layer in layers:
-        name = model.checkpoint_name(layer + ".weight")  # type: ignore[operator]
-        key = EXPERT_KEY.match(name) if name is not None else None
-        if key is None or key["expert"] is None or key["part"] not in EXPERT_PARTS:
-            continue
-        part = (int(key["expert"]), EXPERT_PARTS[key["part"]])
-        by_layer.setdefault(int(key["layer"]), {})[part] = layer
+    layer_of = {layer + ".weight": layer for layer in layers}
     kept: set[str] = set()
     groups_of: dict[str, torch.Tensor] = {}
-    layers_of_model = model.layers  # type: ignore[union-attr]
-    for index, found in by_layer.items():
-        if index >= len(layers_of_model):  # type: ignore[arg-type]
-            continue  # the loader names it an unexpected weight
-        moe = getattr(layers_of_model[index], "mlp", None)  # type: ignore[index]
-        if not isinstance(moe, SparseMoE) or len(found) != 3 * moe.gate.shape[0]:
-            continue
+    for index, moe, weights in checkpoint_expert_layers(model, layer_of):
+        found = {part: layer_of[name] for part, name in weights.items()}
         stacks = _expert_stacks(moe, found, side, method, int_weights)
         if stacks is None:
             continue

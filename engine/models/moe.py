@@ -20,6 +20,7 @@ engine/int_linears.py), their scales, zeros and column groups stacked beside the
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from engine.models.mlp import MLP, act_and_mul_for
 from kernels.expert_stack import ExpertStack
 from kernels.fp8 import Fp8Block, Fp8Experts, empty_fp8
 from kernels.fused_ops import FusedOps
-from kernels.packed_int import IntExperts, words_per_row
+from kernels.packed_int import IntExperts, empty_packed
 
 # What sits beside a kept expert matrix: FP8 scales, under the name the model holds
 # them by; a packed matrix's scales and zeros (engine/int_checkpoint.py's names).
@@ -147,15 +148,11 @@ class SparseMoE(nn.Module):
         column groups are set once memory is allocated (engine/int_linears.py)."""
         stacks = {"gate_up": self.gate_up, "down": self.down}
         for (name, stack), count in zip(stacks.items(), group_counts, strict=True):
-            experts, rows, cols = stack.shape
-            device = stack.device
-            width = words_per_row(cols, bits)
-            codes = torch.empty(experts, rows, width, dtype=torch.int32, device=device)
-            setattr(self, name, nn.Parameter(codes, requires_grad=False))
-            for side in INT_SIDES:
-                empty = torch.empty(experts, rows, count, dtype=torch.float32, device=device)
-                setattr(self, name + side, nn.Parameter(empty, requires_grad=False))
-            groups = torch.empty(experts, cols, dtype=torch.int32, device=device)
+            codes, scales, zeros, groups = empty_packed(
+                tuple(stack.shape), bits, count, stack.device
+            )
+            for suffix, tensor in (("", codes), ("_scale", scales), ("_zero", zeros)):
+                setattr(self, name + suffix, nn.Parameter(tensor, requires_grad=False))
             self.register_buffer(f"{name}_groups", groups)
         self.int_bits, self.int_group_sizes = bits, group_sizes
 
@@ -185,3 +182,28 @@ class SparseMoE(nn.Module):
         if self.int_bits is not None:
             sides = list(INT_SIDES)
         return parts | {part + side for part in parts for side in sides}
+
+
+def checkpoint_expert_layers(
+    model: nn.Module, hf_names: Iterable[str]
+) -> Iterator[tuple[int, SparseMoE, dict[tuple[int, str], str]]]:
+    """The mixture-of-experts layers all of whose expert matrices (three an expert) are
+    among `hf_names` (checkpoint weight names, a quantized checkpoint's), each as its
+    index, its SparseMoE and those names by (expert, part): the layers whose experts may
+    stay quantized. Layers the names do not reach are never looked at (an encoder's
+    have no `mlp`)."""
+    by_layer: dict[int, dict[tuple[int, str], str]] = {}
+    for hf_name in hf_names:
+        name = model.checkpoint_name(hf_name)  # type: ignore[operator]
+        key = EXPERT_KEY.match(name) if name is not None else None
+        if key is None or key["expert"] is None or key["part"] not in EXPERT_PARTS:
+            continue
+        part = (int(key["expert"]), EXPERT_PARTS[key["part"]])
+        by_layer.setdefault(int(key["layer"]), {})[part] = hf_name
+    layers = model.layers  # type: ignore[union-attr]
+    for index, found in sorted(by_layer.items()):
+        if index >= len(layers):  # type: ignore[arg-type]
+            continue  # the loader names it an unexpected weight
+        moe = getattr(layers[index], "mlp", None)  # type: ignore[index]
+        if isinstance(moe, SparseMoE) and len(found) == 3 * moe.gate.shape[0]:
+            yield index, moe, found

@@ -17,6 +17,7 @@ from kernels.triton_fp8_linear import dequantize_fp8, fp8_linear
 
 from ..engine.quantized_variants import (
     assert_backends_agree,
+    quantize_fp8,
     write_compressed_tensors_variant,
     write_fp8_variant,
 )
@@ -142,3 +143,29 @@ def test_an_fp8_checkpoint_keeps_its_projections_fp8_on_triton(
         assert scratch_bytes(model, torch.float32, fp8.FP8_GEMM_MAX_ROWS) == 0
 
     assert_backends_agree(folder, check)
+
+
+def test_an_fp8_encoder_loads_on_triton(tmp_path: Path) -> None:
+    """An FP8 BERT (an encoder: no decoder layers, no experts) on the Triton backend
+    embeds as the torch backend does; looking for experts once read every layer's `mlp`,
+    which an encoder's layers do not have."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from tests.encoder_models import make_encoder
+
+    folder = tmp_path / "bert"
+    make_encoder(folder, "BertModel", pooling="mean")
+    weights = load_file(folder / "model.safetensors")
+    for name in [n for n in weights if n.endswith("intermediate.dense.weight")]:
+        weights[name], weights[name + "_scale_inv"] = quantize_fp8(weights[name].float(), [16, 16])
+    save_file(weights, folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [16, 16]}
+    (folder / "config.json").write_text(json.dumps(config))
+    embeddings = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(str(folder), attention_backend=backend, dtype="float32", num_kv_blocks=32)
+        embeddings[backend] = torch.tensor(llm.embed([[5, 6, 7, 8]])[0].embedding)
+    assert_close(embeddings["triton"], embeddings["torch"])
