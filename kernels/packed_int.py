@@ -83,6 +83,22 @@ class IntExperts:
         return dequantize(self.matrix(index), dtype)
 
 
+def empty_packed(
+    shape: tuple[int, ...], bits: int, group_count: int, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uninitialised codes, scales, zeros and groups of packed matrices (`shape`: [...,
+    out, in]; int32 [..., out, words], fp32 [..., out, group_count] twice, int32 [...,
+    in]), for a checkpoint's to be loaded into."""
+    *leading, rows, cols = shape
+    codes = torch.empty(*leading, rows, words_per_row(cols, bits), dtype=torch.int32, device=device)
+    scales, zeros = (
+        torch.empty(*leading, rows, group_count, dtype=torch.float32, device=device)
+        for _ in range(2)
+    )
+    groups = torch.empty(*leading, cols, dtype=torch.int32, device=device)
+    return codes, scales, zeros, groups
+
+
 def run_length(groups: torch.Tensor) -> int:
     """The size of the runs `groups` numbers its columns in (0, 0, ..., 1, 1, ...),
     0 when it is not plain runs (act-order)."""

@@ -24,7 +24,7 @@ from kernels import fp8, packed_int
 from kernels.fp8 import Fp8Block, empty_fp8
 from kernels.fused_ops import Fp8Linear, IntLinear
 from kernels.linear import LinearMethod
-from kernels.packed_int import PackedInt, words_per_row
+from kernels.packed_int import PackedInt, empty_packed
 
 # Linear layers the model multiplies outside their forward: the LM head's weight is read
 # by compute_logits (tied or not), so a quantized one is dequantized as it loads.
@@ -68,14 +68,11 @@ class Linear(nn.Module):
         """Hold the weight as packed integer codes (allocated empty, on the meta device,
         for a checkpoint's codes to load into; `weight_groups` is set after, numbering
         runs of `group_size` columns unless that is 0: kernels/packed_int.py)."""
-        rows, device = self.out_features, self.weight.device
-        width = words_per_row(self.in_features, bits)
-        words = torch.empty(rows, width, dtype=torch.int32, device=device)
-        self.weight = nn.Parameter(words, requires_grad=False)
-        for name in ("weight_scale", "weight_zero"):
-            empty = torch.empty(rows, group_count, dtype=torch.float32, device=device)
-            setattr(self, name, nn.Parameter(empty, requires_grad=False))
-        groups = torch.empty(self.in_features, dtype=torch.int32, device=device)
+        shape = (self.out_features, self.in_features)
+        codes, scales, zeros, groups = empty_packed(shape, bits, group_count, self.weight.device)
+        self.weight = nn.Parameter(codes, requires_grad=False)
+        self.weight_scale = nn.Parameter(scales, requires_grad=False)
+        self.weight_zero = nn.Parameter(zeros, requires_grad=False)
         self.register_buffer("weight_groups", groups)
         self.int_bits, self.int_group_size, self.int_linear = bits, group_size, int_linear
 
