@@ -757,6 +757,37 @@ class LLMEngine:
             self.scheduler.finish(seq, "abort")
         return True
 
+    def interrupt(self, request_id: str) -> RequestOutput | None:
+        """Stop a request now, as `abort` does, and answer it: each choice still running
+        ends with finish_reason "abort" and the text its detokenizer held back (vLLM's
+        pause with mode abort answers with what was generated). None where there is no
+        such answer (an unknown or finished request, a beam search, an embedding): the
+        request is aborted all the same."""
+        request = self._requests.get(request_id)
+        if request is None or any(seq.pooling is not None for seq in request.seqs):
+            self.abort(request_id)
+            return None
+        outputs = []
+        for seq in [*request.seqs, *request.unforked]:
+            if seq.is_finished:
+                continue
+            self.scheduler.finish(seq, "abort")
+            outputs.append(
+                CompletionOutput(
+                    index=seq.index,
+                    text=seq.detokenizer.flush(),
+                    token_ids=[],
+                    logprobs=[] if seq.params.logprobs is not None else None,
+                    finish_reason="abort",
+                    stop_reason=None,
+                    num_output_tokens=seq.num_output_tokens,
+                )
+            )
+        if request.unforked:
+            request.seqs.extend(request.unforked)
+            request.unforked = []
+        return self._request_output(request_id, outputs, time.time())
+
     # --- sleep mode and the prefix cache -----------------------------------------------
 
     @property

@@ -380,6 +380,48 @@ def test_abort_frees_blocks(bundled_model_dir: Path) -> None:
     assert not engine.abort("a")
 
 
+def test_interrupt_answers_with_the_text_held_and_frees_blocks(bundled_model_dir: Path) -> None:
+    """A pause with mode abort: each choice ends with finish_reason "abort", the text a
+    detokenizer held back released, and choices not yet forked end too."""
+    llm = LLM(str(bundled_model_dir), kv_cache_memory=128 << 20, max_model_len=1024)
+    engine = llm.engine
+    prompt = _prompts(llm, 1)[0]
+    total = engine.block_manager.num_free_blocks
+    engine.add_request("a", prompt, SamplingParams(temperature=0.0, max_tokens=100, n=2))
+    streamed: dict[int, str] = {0: "", 1: ""}
+    tokens: dict[int, list[int]] = {0: [], 1: []}
+    for _ in range(4):
+        for out in engine.step():
+            for choice in out.outputs:
+                streamed[choice.index] += choice.text
+                tokens[choice.index] += choice.token_ids
+    out = engine.interrupt("a")
+    assert out is not None and out.finished
+    assert [c.finish_reason for c in out.outputs] == ["abort", "abort"]
+    for choice in out.outputs:
+        assert choice.token_ids == []
+        assert choice.num_output_tokens == len(tokens[choice.index]) > 0
+        text = streamed[choice.index] + choice.text
+        assert text == engine.tokenizer.decode(tokens[choice.index])
+    assert not engine.has_unfinished()
+    assert engine.block_manager.num_free_blocks == total
+    assert engine.interrupt("a") is None  # finished: nothing to answer
+
+    engine.add_request("b", prompt, SamplingParams(temperature=0.0, max_tokens=10, n=3))
+    out = engine.interrupt("b")  # before its prompt ran: no choice has forked yet
+    assert out is not None and out.finished
+    assert sorted(c.index for c in out.outputs) == [0, 1, 2]
+    assert all(c.text == "" and c.num_output_tokens == 0 for c in out.outputs)
+    assert not engine.has_unfinished()
+
+    beams = SamplingParams(temperature=0.0, max_tokens=10, n=2, use_beam_search=True)
+    engine.add_request("c", prompt, beams)
+    engine.step()
+    assert engine.interrupt("c") is None  # no partial answer: aborted all the same
+    assert not engine.has_unfinished()
+    assert engine.block_manager.num_free_blocks == total
+
+
 def test_invalid_requests_raise_value_error(bundled_llm: LLM) -> None:
     engine = bundled_llm.engine
     with pytest.raises(ValueError, match="prompt"):
