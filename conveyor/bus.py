@@ -143,8 +143,12 @@ class BusNames:
         """The sleep-mode state asked of `model`'s engines (conveyor/sleep_request.py)."""
         return f"{self.prefix}:sleep:{model}"
 
+    def pause(self, model: str) -> str:
+        """Whether `model`'s engines are asked to pause, and how (conveyor/pause_request.py)."""
+        return f"{self.prefix}:pause:{model}"
+
     def controls(self, model: str) -> str:
-        """Pub/sub channel nudging `model`'s workers to read its `sleep` and
+        """Pub/sub channel nudging `model`'s workers to read its `sleep`, `pause` and
         `prefix_cache_reset` keys now rather than at their next poll."""
         return f"{self.prefix}:controls:{model}"
 

@@ -1,12 +1,13 @@
 """The engine-controls thread: what the API asked of this model's engines, read from Redis.
 
-`POST /sleep`, `/wake_up` and `/reset_prefix_cache` only write the model's
-keys (conveyor/bus.py: `sleep`, `prefix_cache_reset`) and publish a nudge on
+`POST /sleep`, `/wake_up`, `/pause`, `/resume` and `/reset_prefix_cache` only write the
+model's keys (conveyor/bus.py: `sleep`, `pause`, `prefix_cache_reset`) and publish a nudge on
 its `controls` channel; every worker of the model, one started later included,
 converges on them here: at once when nudged, and once per heartbeat interval
 anyway (a nudge lost with a dropped subscription delays a change, never loses
 it). Sleep requests go to the engine loop's SleepControl (with whether a peer
-is awake, so a refusing worker leaves the stream to it); a new prefix-cache
+is awake, so a refusing worker leaves the stream to it), pause requests to its
+PauseControl; a new prefix-cache
 reset gen runs on the engine thread between two steps. The heartbeat announces
 what was reached, and is asked to beat at once so the API's call, which waits
 for every worker, answers without a beat's delay.
@@ -25,8 +26,10 @@ from redis.client import PubSub
 
 from conveyor.bus import BusNames
 from conveyor.json_object import json_object
+from conveyor.pause_request import PauseRequest
 from conveyor.sleep_request import SleepRequest
 from engine.llm_engine import LLMEngine
+from workers.pause_control import PauseControl
 from workers.sleep_control import SleepControl
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class EngineControls:
         model: str,
         instance: str,
         sleep: SleepControl,
+        pause: PauseControl,
         call_soon: Callable[[Task], None],
         beat_now: Callable[[], None],
         interval: float,
@@ -58,12 +62,13 @@ class EngineControls:
         self.client = client
         self.model = model
         self.sleep = sleep
+        self.pause = pause
         self.call_soon = call_soon
         self.beat_now = beat_now
         self.interval = interval
         self.names = names
         self.instance = instance
-        self.keys = [names.sleep(model), names.prefix_cache_reset(model)]
+        self.keys = [names.sleep(model), names.prefix_cache_reset(model), names.pause(model)]
         self.channel = names.controls(model)
         # The reset gen the engine has reached, for the heartbeat (None: none asked yet).
         self.prefix_cache_reset_gen: str | None = None
@@ -73,7 +78,7 @@ class EngineControls:
         """Read the keys once before the worker announces itself. A reset asked before
         this engine started is reached already (its cache starts empty); a sleeping model
         is joined asleep by the first turns of the engine loop, which refuses work
-        meanwhile."""
+        meanwhile; a paused one is joined paused, before the first read of a request."""
         try:
             self._read(starting=True)
         except redis.RedisError as exc:
@@ -104,8 +109,9 @@ class EngineControls:
                 return
 
     def _read(self, starting: bool) -> None:
-        raw_sleep, reset_gen = self.client.mget(self.keys)
+        raw_sleep, reset_gen, raw_pause = self.client.mget(self.keys)
         self.sleep.want(SleepRequest.decode(raw_sleep))  # acts only on a change
+        self.pause.want(PauseRequest.decode(raw_pause))
         self.sleep.peers_awake = self.sleep.refuses and self._a_peer_is_awake()
         if reset_gen is not None and reset_gen != self._reset_asked:
             self._reset_asked = reset_gen

@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from conveyor.bus import BATCH_LANE
 from conveyor.metrics import ITERATION_TOKENS, WorkerMetrics
 from conveyor.protocol import ErrorInfo
 from engine.llm_engine import LLMEngine
 from workers.inflight import Inflight, Ticket
 from workers.intake import bad_request, engine_priority, lora_not_served
+from workers.pause_control import PauseControl, model_paused
 from workers.publisher import Aborted, Failed, Publisher, Released, StepOutputs
 from workers.sleep_control import SleepControl, model_sleeping
 from workers.stats_logger import StatsLogger
@@ -48,10 +50,13 @@ class EngineLoop:
         work: queue.Queue[Ticket],
         sleep: SleepControl,
         stats_log: StatsLogger | None = None,
+        pause: PauseControl | None = None,
     ) -> None:
         self.engine = engine
         # Sleep mode (POST /sleep, /wake_up): what the engine is asked to be, and when.
         self.sleep = sleep
+        # POST /pause, /resume: whether requests wait, and whether the engine steps.
+        self.pause = pause if pause is not None else PauseControl(engine)
         self.stats_log = stats_log
         self.inflight = inflight
         self.publisher = publisher
@@ -92,14 +97,21 @@ class EngineLoop:
                 self._sample_stats()  # the metrics' sleep state, in the beat announcing it
                 self.sleep.announce()
                 changed = True
-            changed |= self._admit_queued()
+            if self.pause.converge(self._interrupt_all):
+                self.pause.announce()
+                changed = True
+            if not self.pause.holds:
+                changed |= self._admit_queued()
             changed |= self._apply_aborts()
             changed |= self._expire_overdue()
-            if self.engine.has_unfinished():
+            unfinished = self.engine.has_unfinished()
+            if unfinished and not self.pause.freezes:
                 self._step()
                 changed = True
-            elif intake_closed.is_set() and self.work.empty():
+            elif intake_closed.is_set() and self.work.empty() and not unfinished:
                 break
+            elif self.pause.holds:
+                time.sleep(_IDLE_WAIT)  # until /resume (or a drain's end)
             else:
                 try:
                     self._admit(self.work.get(timeout=_IDLE_WAIT))
@@ -258,6 +270,32 @@ class EngineLoop:
         if self._running:
             logger.info("ending %d requests: the model goes to sleep", len(self._running))
         self._fail_all(model_sleeping(self.engine.model_name, running=True))
+
+    def _interrupt_all(self) -> None:
+        """POST /pause with mode abort: every request held ends now, each with the text it
+        has and finish_reason "abort" (as vLLM answers them). A batch line, and a request
+        with no partial answer to give, gets a 503 instead: the batch worker waits that
+        out and sends the line again, to run whole after /resume."""
+        if self._running:
+            logger.info("ending %d requests: the model is paused", len(self._running))
+        pairs = []
+        for rid, ticket in self._running.items():
+            out = None
+            try:
+                if ticket.lane == BATCH_LANE:
+                    self.engine.abort(rid)
+                else:
+                    out = self.engine.interrupt(rid)
+            except Exception:
+                logger.exception("ending %s for a pause failed", rid)
+                self.engine.abort(rid)
+            if out is None:
+                self.publisher.put(Failed(ticket, model_paused(self.engine.model_name)))
+            else:
+                pairs.append((ticket, out))
+        self._running.clear()
+        if pairs:
+            self.publisher.put(StepOutputs(pairs, time.time()))
 
     def _release_all(self) -> None:
         """Drain grace is over: drop what is left, unacked, for another worker to rerun."""

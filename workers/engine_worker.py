@@ -57,6 +57,7 @@ from workers.inflight import Inflight, Ticket
 from workers.intake import BATCH_PRIORITY_FLOOR, Intake
 from workers.janitor import Janitor
 from workers.lora_sync import LoRASync
+from workers.pause_control import PauseControl
 from workers.publisher import Publisher
 from workers.sleep_control import SleepControl
 from workers.stats_logger import StatsLogger
@@ -112,8 +113,17 @@ class EngineWorker:
         # --enable-sleep-mode and dev mode), so one deployed without them never holds a
         # call up.
         self.sleep = SleepControl(engine, announce=lambda: self.heartbeat.beat_soon())
+        # POST /pause and /resume (dev mode), honoured by every worker for the same reason.
+        self.pause = PauseControl(engine, announce=lambda: self.heartbeat.beat_soon())
         self.loop = EngineLoop(
-            engine, self.inflight, self.publisher, self.metrics, work, self.sleep, stats_log
+            engine,
+            self.inflight,
+            self.publisher,
+            self.metrics,
+            work,
+            self.sleep,
+            stats_log,
+            self.pause,
         )
         aliases = served_aliases(settings, engine.model_name)
         self.announcer = Announcer(
@@ -133,7 +143,7 @@ class EngineWorker:
             classifier=engine.model_config.is_classifier,
             reads_token_types=engine.model_config.is_classifier
             and engine.model_config.type_vocab_size >= 2,
-            paused=lambda: self.sleep.leaves_work_to_peers,
+            paused=lambda: self.sleep.leaves_work_to_peers or self.pause.holds,
         )
         self.janitor = Janitor(
             self.client,
@@ -174,6 +184,7 @@ class EngineWorker:
             self.model,
             instance,
             self.sleep,
+            self.pause,
             self.loop.call_soon,
             beat_now=self.heartbeat.beat_soon,
             interval=settings.heartbeat_interval,
@@ -201,7 +212,7 @@ class EngineWorker:
             # Serve the runtime adapters before announcing: an adapter is offered only
             # while every worker of the model announces it.
             self.lora_sync.converge_now()
-        self.controls.converge_now()  # a sleeping model is joined asleep
+        self.controls.converge_now()  # a sleeping or paused model is joined so
         self._first_beat(stop)  # listed (and alive to other janitors) before taking work
         logger.info(
             "worker %s serving %s from streams %s, capacity %d",
@@ -265,11 +276,12 @@ class EngineWorker:
         return 1 if self._failed else 0
 
     def _controls_reached(self) -> dict[str, object]:
-        """The heartbeat's word on sleep mode and prefix-cache resets: what the API's
-        calls wait for, and whether this worker refuses requests while asleep."""
+        """The heartbeat's word on sleep mode, pauses and prefix-cache resets: what the
+        API's calls wait for, and whether this worker refuses requests while asleep."""
         return {
             "sleep": self.sleep.state.payload(),
             "sleeping": self.sleep.refuses,
+            "pause": {"gen": self.pause.reached, "paused": self.pause.holds},
             "prefix_cache_reset": self.controls.prefix_cache_reset_gen,
         }
 

@@ -278,5 +278,8 @@ class Publisher:
             metrics.observe(m.E2E_REQUEST_LATENCY, finished - times.arrival)
             self._observe_finished(builder, out, finished)
             reasons = {c.finish_reason for c in builder.choices.values()}
-            # n > 1: one label per request; a choice cut by length makes it 'length'.
-            metrics.request_finished("length" if "length" in reasons else "stop")
+            # n > 1: one label per request; a choice cut by a pause (POST /pause) makes it
+            # 'abort', else one cut by length makes it 'length'.
+            metrics.request_finished(
+                "abort" if "abort" in reasons else "length" if "length" in reasons else "stop"
+            )
