@@ -54,6 +54,7 @@ from api.routes import (
     organization_api_keys,
     organization_projects,
     organization_usage,
+    pause,
     pooling,
     prefix_cache,
     responses,
@@ -183,6 +184,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(lora_adapters.router)
     if settings.server_dev_mode:  # vLLM's development endpoints, as there
         app.include_router(prefix_cache.router)
+        app.include_router(pause.router)
         if settings.enable_sleep_mode:
             app.include_router(sleep_mode.router)
     elif settings.enable_sleep_mode:

@@ -25,6 +25,8 @@ class Outcome:
     def of(cls, finish_reason: str | None, stop_reason: int | str | None) -> Outcome:
         if finish_reason == "length":
             return cls("incomplete", incomplete_details={"reason": "max_output_tokens"})
+        if finish_reason == "abort":  # ended by POST /pause: cut short, for no reason of its own
+            return cls("incomplete")
         if finish_reason == "error":
             message = str(stop_reason) if stop_reason is not None else "generation failed"
             return cls("failed", error={"code": "server_error", "message": message})

@@ -1,0 +1,141 @@
+"""vLLM's /pause and /resume on the real `conveyor serve` tree, called with the OpenAI SDK:
+a pause answers a running stream with what it has and finish_reason "abort" (or freezes
+it, with mode keep, and /resume carries it on unchanged); a request sent while paused
+waits and is answered after /resume."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from .conftest import serving
+
+MODEL = "smollm2"
+MESSAGES = [{"role": "user", "content": "Tell me about the history of bridges."}]
+MAX_TOKENS = 120
+
+
+@pytest.fixture(scope="module")
+def server(bundled_model_dir: Path) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
+    with serving(bundled_model_dir, VLLM_SERVER_DEV_MODE="1") as (base_url, _):
+        http = httpx.Client(base_url=base_url, timeout=120)
+        sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+        yield http, sdk
+        sdk.close()
+        http.close()
+
+
+def is_paused(http: httpx.Client) -> bool:
+    reply = http.get("/is_paused")
+    assert reply.status_code == 200, reply.text
+    return reply.json()["is_paused"]
+
+
+def answer(sdk: openai.OpenAI) -> str:
+    reply = sdk.chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0
+    )
+    return reply.choices[0].message.content or ""
+
+
+def whole_answer(sdk: openai.OpenAI) -> str:
+    """The long answer the streams below give when nothing pauses them."""
+    reply = sdk.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+    )
+    return reply.choices[0].message.content or ""
+
+
+def stream_with_a_pause(
+    http: httpx.Client, sdk: openai.OpenAI, mode: str, resume_after: bool
+) -> tuple[str, str | None, list[int]]:
+    """Stream a long answer; once it runs, POST /pause?mode=... (then /resume, after
+    counting the pieces 0.3 s and 1.3 s into the pause). The text streamed, the last
+    finish_reason, and those two counts."""
+    stream = sdk.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    pieces: list[str] = []
+    finish: str | None = None
+    calls: list[int] = []
+    counts: list[int] = []
+
+    def pause_then_resume() -> None:
+        reply = http.post("/pause", params={"mode": mode})
+        calls.append(reply.status_code)
+        assert reply.json() == {"status": "paused"}
+        if resume_after:
+            for wait in (0.3, 1.0):  # what was published before the pause is read by then
+                time.sleep(wait)
+                counts.append(len(pieces))
+            calls.append(http.post("/resume").status_code)
+
+    caller = threading.Thread(target=pause_then_resume)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            pieces.append(chunk.choices[0].delta.content)
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finish = chunk.choices[0].finish_reason
+        if len(pieces) == 3 and not calls and not caller.is_alive():
+            caller.start()
+    caller.join()
+    assert calls == ([200, 200] if resume_after else [200])
+    return "".join(pieces), finish, counts
+
+
+def test_a_pause_answers_a_running_stream_and_holds_new_requests_until_resumed(
+    server: tuple[httpx.Client, openai.OpenAI],
+) -> None:
+    http, sdk = server
+    before, whole = answer(sdk), whole_answer(sdk)
+    assert not is_paused(http)
+    text, finish, _ = stream_with_a_pause(http, sdk, "abort", resume_after=False)
+    assert finish == "abort"
+    assert 0 < len(text) < len(whole) and whole.startswith(text)
+    assert is_paused(http)
+    held: list[str] = []
+    waiter = threading.Thread(target=lambda: held.append(answer(sdk)))
+    waiter.start()
+    waiter.join(2.0)
+    assert waiter.is_alive() and not held  # it waits, neither refused nor run
+    reply = http.post("/resume")
+    assert reply.status_code == 200 and reply.json() == {"status": "resumed"}
+    waiter.join(60)
+    assert held == [before]
+    assert not is_paused(http)
+
+
+def test_mode_keep_freezes_a_stream_and_resume_carries_it_on_unchanged(
+    server: tuple[httpx.Client, openai.OpenAI],
+) -> None:
+    http, sdk = server
+    text, finish, counts = stream_with_a_pause(http, sdk, "keep", resume_after=True)
+    assert counts[0] == counts[1] < MAX_TOKENS  # frozen while paused
+    assert finish == "length"
+    assert text == whole_answer(sdk)
+    assert not is_paused(http)
+
+
+def test_bad_arguments_are_400s_and_unknown_models_404s(
+    server: tuple[httpx.Client, openai.OpenAI],
+) -> None:
+    http, _ = server
+    bad = http.post("/pause", params={"mode": "freeze"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "mode"
+    assert http.post("/pause", params={"model": "nope"}).status_code == 404
+    assert not is_paused(http)
