@@ -38,6 +38,10 @@ def stop_reason(
     """Anthropic's stop_reason and stop_sequence for how the choice ended."""
     if finish_reason == "length":
         return "max_tokens", None
+    if finish_reason == "abort":
+        # Cut short by POST /pause: Anthropic's word for a turn the server paused, which
+        # the client may send back as-is for the model to carry on.
+        return "pause_turn", None
     if called:
         return "tool_use", None
     if finish_reason == "stop" and isinstance(stop, str):

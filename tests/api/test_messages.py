@@ -335,6 +335,8 @@ def test_a_failed_stream_s_error_is_typed_as_anthropic_types_it(
         ("length", None, True, ("max_tokens", None)),  # a call cut short
         ("tool_calls", None, True, ("tool_use", None)),
         ("stop", None, True, ("tool_use", None)),
+        ("abort", None, False, ("pause_turn", None)),  # POST /pause cut it short
+        ("abort", None, True, ("pause_turn", None)),
     ],
 )
 def test_stop_reasons_say_how_the_answer_ended(
