@@ -49,8 +49,9 @@ from engine.scheduler import Scheduler
 from engine.sentence_bert_config import FILE_NAME as SENTENCE_BERT_CONFIG
 from engine.sentence_bert_config import max_seq_length
 from engine.sequence import Sequence
-from engine.sleep_mode import EngineAsleep, SleepMode
+from engine.sleep_mode import WEIGHTS, EngineAsleep, SleepMode
 from engine.tokenizer import Tokenizer
+from engine.weight_update import update_weights_from
 from kernels.backend import select_attention_backend
 from kernels.kv_cache_dtype import FP8_MAX, UNIT_SCALES, is_fp8, resolve_kv_cache_dtype
 
@@ -166,18 +167,18 @@ class LLMEngine:
         # Chosen before the model is built: the backend also supplies its fused ops.
         backend = select_attention_backend(self.device, config.attention_backend)
         online_fp8 = wants_online_fp8(config.quantization, self.model_config.weight_quantization)
-        # Kept: sleep mode's level 2 builds the model again the same way.
-        model_from_checkpoint = partial(
+        # Kept: sleep mode's level 2 builds the model again the same way, and a weight
+        # update builds a new checkpoint's so, on the host (engine/weight_update.py).
+        self._build_model = partial(
             load_model,
-            self.resolved.path,
-            self.model_config,
-            self.max_model_len,
-            self.dtype,
-            self.device,
-            backend.ops,
+            config=self.model_config,
+            max_positions=self.max_model_len,
+            dtype=self.dtype,
+            ops=backend.ops,
             lm_head=self.runner_kind == "generate",
             online_fp8=online_fp8,
         )
+        model_from_checkpoint = partial(self._build_model, self.resolved.path, device=self.device)
         model = model_from_checkpoint()
         self.loras = self._lora_manager(model)
         if is_fp8(self.kv_cache_dtype):
@@ -818,6 +819,26 @@ class LLMEngine:
         """Forget every cached prefix: later prompts compute their KV afresh (benchmarks,
         and after weights change). Running requests keep the blocks they hold."""
         self.block_manager.reset_prefix_cache()
+
+    def update_weights(self, path: str) -> None:
+        """Read the weights of the checkpoint folder `path` (the served model's
+        architecture and shapes: a trainer's later step) into the model in place, between
+        two steps (vLLM's disk weight transfer). Requests running carry on with the new
+        weights; the prefix cache is emptied (its KV came from the old ones). A folder that
+        does not fit raises ValueError and changes nothing."""
+        if WEIGHTS in self.asleep:
+            raise ValueError("the weights are asleep (POST /sleep): wake them first")
+        started = time.perf_counter()
+        copied = update_weights_from(
+            self.runner.model, path, partial(self._build_model, device=torch.device("cpu"))
+        )
+        self.reset_prefix_cache()
+        logger.info(
+            "weights updated from %s: %.1f MiB in %.2f s",
+            path,
+            copied / (1 << 20),
+            time.perf_counter() - started,
+        )
 
     def has_unfinished(self) -> bool:
         return bool(self._requests) or self._beams.num_requests > 0
