@@ -93,7 +93,7 @@ class EngineLoop:
         drain_deadline: float | None = None
         while True:
             changed = self._run_tasks()
-            if self.sleep.converge(self._end_all_for_sleep):
+            if self.sleep.converge(self._end_all_for_sleep, frozen=self.pause.freezes):
                 self._sample_stats()  # the metrics' sleep state, in the beat announcing it
                 self.sleep.announce()
                 changed = True
@@ -109,6 +109,11 @@ class EngineLoop:
                 self._step()
                 changed = True
             elif intake_closed.is_set() and self.work.empty() and not unfinished:
+                break
+            elif intake_closed.is_set() and self.pause.holds:
+                # Stopping while paused: nothing held can move before a /resume, so what is
+                # left goes back to the stream now rather than at the drain grace's end.
+                self._release_all("the model is paused")
                 break
             elif self.pause.holds:
                 time.sleep(_IDLE_WAIT)  # until /resume (or a drain's end)
@@ -288,7 +293,10 @@ class EngineLoop:
                     out = self.engine.interrupt(rid)
             except Exception:
                 logger.exception("ending %s for a pause failed", rid)
-                self.engine.abort(rid)
+                try:
+                    self.engine.abort(rid)
+                except Exception:
+                    logger.exception("engine.abort(%s) failed while pausing", rid)
             if out is None:
                 self.publisher.put(Failed(ticket, model_paused(self.engine.model_name)))
             else:
@@ -297,8 +305,9 @@ class EngineLoop:
         if pairs:
             self.publisher.put(StepOutputs(pairs, time.time()))
 
-    def _release_all(self) -> None:
-        """Drain grace is over: drop what is left, unacked, for another worker to rerun."""
+    def _release_all(self, why: str = "drain grace over") -> None:
+        """Drain grace is over (or the model is paused): drop what is left, unacked, for
+        another worker to rerun."""
         left = list(self._running.values())
         for rid in self._running:
             self.engine.abort(rid)
@@ -312,8 +321,7 @@ class EngineLoop:
             self.publisher.put(Released(ticket))
         if left:
             logger.warning(
-                "drain grace over: left %d unfinished requests pending for other workers",
-                len(left),
+                "%s: left %d unfinished requests pending for other workers", why, len(left)
             )
 
     def _sample_if_moved(self) -> None:

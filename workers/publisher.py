@@ -260,7 +260,14 @@ class Publisher:
         new_tokens = sum(len(o.token_ids) for o in out.outputs)
         metrics = self.metrics
         times = out.times
-        if builder.last_token_time is None:
+        # A request a pause (POST /pause) ended before its first token: no prompt was
+        # processed for it, as vLLM counts an aborted one.
+        interrupted = times.first_token is None and any(
+            o.finish_reason == "abort" for o in out.outputs
+        )
+        if builder.last_token_time is None and interrupted:
+            pass
+        elif builder.last_token_time is None:
             metrics.add_tokens(prompt=out.num_prompt_tokens, generation=new_tokens)
             metrics.add_prefix_cache(out.num_prompt_tokens, out.num_cached_tokens)
             if times.scheduled is not None:

@@ -69,10 +69,11 @@ class SleepControl:
         """Read nothing from the stream: refusing, while another worker serves."""
         return self.refuses and self.peers_awake
 
-    def converge(self, end_requests: Callable[[], None]) -> bool:
+    def converge(self, end_requests: Callable[[], None], frozen: bool = False) -> bool:
         """Engine thread, between steps: act on the target once the engine can; True once
         it did (the caller samples the engine's state, then `announce`s it). `end_requests`
-        ends every request the engine holds with an error (a sleep with mode abort)."""
+        ends every request the engine holds with an error (a sleep with mode abort, and
+        mode wait while a pause with mode keep freezes them: they would never finish)."""
         target = self._target
         if target is None or target.gen == self.state.gen:
             return False
@@ -84,7 +85,7 @@ class SleepControl:
         )
         to_sleep = target.asleep - engine.asleep or ({WEIGHTS} if deeper else set())
         if to_sleep and engine.has_unfinished():
-            if target.mode != "abort":
+            if target.mode != "abort" and not frozen:
                 return False  # mode wait: they finish first; new ones are refused
             end_requests()
         error = None

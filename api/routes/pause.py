@@ -53,8 +53,8 @@ async def pause(
             "/resume)",
             param="mode",
         )
-    if wait_for_inflight_requests and mode == ABORT:
-        mode = WAIT  # vLLM's older spelling of mode wait
+    if wait_for_inflight_requests:
+        mode = WAIT  # vLLM's older spelling of mode wait, which wins as there
     targets = await base_models(catalog, model)
     await _ask(catalog, redis, names, targets, paused=True, mode=mode, clear_cache=clear_cache)
     return JSONResponse({"status": "paused"})
@@ -67,7 +67,7 @@ async def resume(
     names: NamesDep,
     model: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
-    targets = await base_models(catalog, model)
+    targets = await _models_asked(catalog, model)
     await _ask(catalog, redis, names, targets, paused=False, mode=ABORT, clear_cache=False)
     return JSONResponse({"status": "resumed"})
 
@@ -79,19 +79,29 @@ async def is_paused(
     names: NamesDep,
     model: Annotated[str | None, Query()] = None,
 ) -> JSONResponse:
-    """True while the model (any, without `model`) is asked to pause; false with no model
-    served at all."""
-    try:
-        targets = await base_models(catalog, model)
-    except ApiError as exc:
-        if exc.code != "no_worker":
-            raise
-        return JSONResponse({"is_paused": False})
-    for name in targets:
+    """True while the model (any, without `model`) is asked to pause, served now or not."""
+    for name in await _models_asked(catalog, model):
         asked = PauseRequest.decode(await redis.get(names.pause(name)))
         if asked is not None and asked.paused:
             return JSONResponse({"is_paused": True})
     return JSONResponse({"is_paused": False})
+
+
+async def _models_asked(catalog: CatalogDep, model: str | None) -> list[str]:
+    """The served models named (every one without `model`); with no live worker, the
+    models ever announced: a pause outlives the workers (the next one joins paused), so
+    /is_paused must still see it and /resume still lift it."""
+    try:
+        return await base_models(catalog, model)
+    except ApiError as exc:
+        if exc.code not in ("no_worker", "model_not_found"):
+            raise
+        known = await catalog.known_models()
+        if model is None:
+            return sorted(known)
+        if model in known:
+            return [model]
+        raise
 
 
 async def _ask(

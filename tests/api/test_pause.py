@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .conftest import Stack
+import redis
+
+from conveyor.pause_request import PauseRequest
+
+from .conftest import MODEL, Stack
 
 ADMIN_KEY = "admin-test-key"
 
@@ -35,3 +39,25 @@ def test_under_tenancy_only_the_admin_key_may_call_them(
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "mode"
         assert admin.get("/is_paused").json() == {"is_paused": False}
+
+
+def test_a_pause_outlives_its_workers_and_a_resume_still_lifts_it(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """With no worker live (an RL loop restarting them), /is_paused still reads the pause
+    the next worker will join, and /resume lifts it without waiting for anyone."""
+    stack = make_stack(with_worker=False, server_dev_mode=True)
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    names = stack.names
+    client.set(names.known_model(MODEL), "1")
+    client.set(names.pause(MODEL), PauseRequest(True, "e:1", mode="keep").encode())
+    with stack.client() as http:
+        assert http.get("/is_paused").json() == {"is_paused": True}
+        assert http.get("/is_paused", params={"model": MODEL}).json() == {"is_paused": True}
+        assert http.post("/pause").status_code == 503  # nothing live to pause
+        assert http.post("/resume").json() == {"status": "resumed"}
+        asked = PauseRequest.decode(client.get(names.pause(MODEL)))
+        assert asked is not None and not asked.paused and asked.gen == "e:2"
+        assert http.get("/is_paused").json() == {"is_paused": False}
+        assert http.post("/resume", params={"model": "nope"}).status_code == 404
+    client.close()

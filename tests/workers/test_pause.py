@@ -13,6 +13,7 @@ import pytest
 
 from conveyor.bus import BATCH_LANE
 from conveyor.pause_request import PauseRequest
+from conveyor.sleep_request import PARTS, SleepRequest
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
@@ -29,7 +30,10 @@ LONG = 400  # tokens: long enough to be running when the pause comes
 def engine(make_random_model: Callable[[str], Path]) -> LLMEngine:
     """Overrides the package's engine: a tiny Llama, so a long request is quick."""
     config = EngineConfig(
-        model=str(make_random_model("llama")), served_model_name="tiny", kv_cache_memory=16 << 20
+        model=str(make_random_model("llama")),
+        served_model_name="tiny",
+        kv_cache_memory=16 << 20,
+        max_num_batched_tokens=64,  # a few prompts' prefill a step: some wait for theirs
     )
     return LLMEngine(config)
 
@@ -182,16 +186,55 @@ def test_a_worker_started_while_paused_reads_nothing_until_resumed(
     assert h.collect([held.id])[held.id][-1].error is None
 
 
-def test_a_paused_worker_still_drains_on_stop(engine: LLMEngine, make_worker: Any) -> None:
-    """A frozen request does not hold a stopping worker past its drain grace: it goes back
-    to the stream, unanswered, for another worker to run."""
-    h: Harness = make_worker(start=False)
-    h.worker.drain_timeout = 0.5
-    h.start()
+def test_a_paused_worker_asked_to_stop_gives_back_what_it_holds_at_once(
+    engine: LLMEngine, make_worker: Any
+) -> None:
+    """Frozen or waiting, nothing can move before a /resume: a stopping worker hands its
+    requests back to the stream now, not at the end of its drain grace (10 s here)."""
+    h: Harness = make_worker()
     long = running_long(h, stream=False)
     ask(h, PauseRequest(True, "g1", mode="keep"))
+    started = time.monotonic()
     h.shutdown()
+    assert time.monotonic() - started < 5
     assert h.exit_code == 0
     assert not engine.has_unfinished()
     assert not h.finished(long)
     assert h.pending() == 1  # delivered, never acked: the janitor of a live worker reclaims it
+
+
+def test_a_sleep_with_mode_wait_ends_frozen_requests_that_could_never_finish(
+    engine: LLMEngine, make_worker: Any
+) -> None:
+    h: Harness = make_worker()
+    long = running_long(h)
+    ask(h, PauseRequest(True, "g1", mode="keep"))
+    asked = SleepRequest(frozenset(PARTS), 1, "s1", mode="wait")
+    h.client.set(h.names.sleep(h.model), asked.encode())
+    error = h.collect([long])[long][-1].error
+    assert error is not None and error.code == "model_sleeping"
+    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == "s1")
+    h.client.set(h.names.sleep(h.model), SleepRequest(frozenset(), 1, "s2").encode())
+    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == "s2")
+    ask(h, PauseRequest(False, "g2"))
+
+
+def test_a_request_ended_before_its_first_token_counts_no_prompt(
+    engine: LLMEngine, make_worker: Any
+) -> None:
+    """As vLLM counts an aborted request: its prompt was never processed."""
+    h: Harness = make_worker()
+    running_long(h)
+    counted = h.worker.metrics.token_counts()[0]
+    queued = [h.request(PROMPT * 25, max_tokens=4) for _ in range(20)]
+    for request in queued:
+        h.send(request)
+    wait_for(lambda: engine.num_requests == 1 + len(queued))  # all admitted, most waiting
+    ask(h, PauseRequest(True, "g1"))
+    h.collect([r.id for r in queued])
+    waited = [r for r in queued if not joined(h.messages[r.id])[1]]
+    assert waited  # some never got their prefill: a step takes a few prompts
+    assert all(h.messages[r.id][-1].choices[0].finish_reason == "abort" for r in waited)
+    ran = len(queued) - len(waited)
+    assert h.worker.metrics.token_counts()[0] == counted + ran * len(PROMPT * 25)
+    ask(h, PauseRequest(False, "g2"))
