@@ -62,6 +62,7 @@ from api.routes import (
     sleep_mode,
     tokenize,
     tokenizer_info,
+    weight_transfer,
 )
 from api.routes.ops import __version__
 from api.shutdown_drain import ShutdownDrain
@@ -185,6 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.server_dev_mode:  # vLLM's development endpoints, as there
         app.include_router(prefix_cache.router)
         app.include_router(pause.router)
+        app.include_router(weight_transfer.router)
         if settings.enable_sleep_mode:
             app.include_router(sleep_mode.router)
     elif settings.enable_sleep_mode:

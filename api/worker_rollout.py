@@ -107,6 +107,33 @@ async def advance(redis: Redis, key: str, update: Callable[[str | None], tuple[s
                 continue
 
 
+async def put_back(
+    redis: Redis,
+    key: str,
+    gen: str,
+    gen_of: Callable[[str | None], str | None],
+    previous: str | None,
+) -> bool:
+    """Undo a change every worker failed to make: set `key` back to `previous` (deleted
+    for None) while it still holds the change of `gen` (`gen_of` reads a value's gen); a
+    later call's change is left alone. Whether it was put back."""
+    async with redis.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                await pipe.watch(key)
+                if gen_of(await pipe.get(key)) != gen:
+                    return False
+                pipe.multi()
+                if previous is None:
+                    pipe.delete(key)
+                else:
+                    pipe.set(key, previous)
+                await pipe.execute()
+                return True
+            except WatchError:
+                continue
+
+
 async def until_every_worker(
     catalog: ModelCatalog,
     model: str,

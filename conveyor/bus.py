@@ -147,9 +147,19 @@ class BusNames:
         """Whether `model`'s engines are asked to pause, and how (conveyor/pause_request.py)."""
         return f"{self.prefix}:pause:{model}"
 
+    def weights(self, model: str) -> str:
+        """The checkpoint folder `model`'s engines are asked to serve the weights of
+        (conveyor/weight_update_request.py); absent: `--model`'s."""
+        return f"{self.prefix}:weights:{model}"
+
+    def weight_version(self, model: str) -> str:
+        """The version a trainer named the weights `model` serves (vLLM's
+        `/finish_weight_update`, `/update_weight_version`, `GET /weight_info`)."""
+        return f"{self.prefix}:weight-version:{model}"
+
     def controls(self, model: str) -> str:
-        """Pub/sub channel nudging `model`'s workers to read its `sleep`, `pause` and
-        `prefix_cache_reset` keys now rather than at their next poll."""
+        """Pub/sub channel nudging `model`'s workers to read its `sleep`, `pause`,
+        `weights` and `prefix_cache_reset` keys now rather than at their next poll."""
         return f"{self.prefix}:controls:{model}"
 
     def prefix_cache_reset(self, model: str) -> str:

@@ -102,6 +102,10 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"help": 'vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4}'},
     ),
     (
+        "--weight-transfer-config",
+        {"help": 'vLLM\'s JSON: {"backend": "disk"} (POST /update_weights, dev mode)'},
+    ),
+    (
         "--lora-modules",
         {
             "nargs": "+",

@@ -244,6 +244,11 @@ class Settings(BaseSettings):
         description="enable vLLM's development endpoints: POST /reset_prefix_cache, and "
         "sleep mode's with enable_sleep_mode (vLLM's VLLM_SERVER_DEV_MODE is read too)",
     )
+    weight_transfer_config: str | None = Field(
+        default=None,
+        description='vLLM\'s JSON, {"backend": "disk"}: with server_dev_mode, POST '
+        "/update_weights reads a trainer's checkpoint folder into the served model",
+    )
     max_cpu_loras: int | None = Field(
         default=None,
         ge=1,
@@ -612,6 +617,26 @@ class Settings(BaseSettings):
             )
         self.lora_config()  # its LoRAConfigError is a ValueError
         return self
+
+    @model_validator(mode="after")
+    def _weight_transfer_is_disk(self) -> Settings:
+        self.weight_transfer_backend  # noqa: B018 (raises for a backend not served)
+        return self
+
+    @property
+    def weight_transfer_backend(self) -> str | None:
+        """--weight-transfer-config's backend: "disk", the one conveyor serves (vLLM's
+        nccl and ipc hand tensors over from a trainer on the same GPUs), or None."""
+        if self.weight_transfer_config is None:
+            return None
+        value = json.loads(self.weight_transfer_config)  # a bad one names the setting
+        backend = value.get("backend", "nccl") if isinstance(value, dict) else None
+        if backend != "disk":
+            raise ValueError(
+                f"--weight-transfer-config: backend {backend!r} is not served; "
+                '{"backend": "disk"} reads each update from a checkpoint folder'
+            )
+        return backend
 
     @model_validator(mode="after")
     def _runner_is_consistent(self) -> Settings:

@@ -1,14 +1,16 @@
 """The engine-controls thread: what the API asked of this model's engines, read from Redis.
 
-`POST /sleep`, `/wake_up`, `/pause`, `/resume` and `/reset_prefix_cache` only write the
-model's keys (conveyor/bus.py: `sleep`, `pause`, `prefix_cache_reset`) and publish a nudge on
+`POST /sleep`, `/wake_up`, `/pause`, `/resume`, `/update_weights` and
+`/reset_prefix_cache` only write the model's keys (conveyor/bus.py: `sleep`, `pause`,
+`weights`, `prefix_cache_reset`) and publish a nudge on
 its `controls` channel; every worker of the model, one started later included,
 converges on them here: at once when nudged, and once per heartbeat interval
 anyway (a nudge lost with a dropped subscription delays a change, never loses
 it). Sleep requests go to the engine loop's SleepControl (with whether a peer
 is awake, so a refusing worker leaves the stream to it), pause requests to its
-PauseControl; a new prefix-cache
-reset gen runs on the engine thread between two steps. The heartbeat announces
+PauseControl; a newer weights gen reads its checkpoint folder into the model and
+a new prefix-cache reset gen empties the cache, each on the engine thread
+between two steps. The heartbeat announces
 what was reached, and is asked to beat at once so the API's call, which waits
 for every worker, answers without a beat's delay.
 """
@@ -27,7 +29,9 @@ from redis.client import PubSub
 from conveyor.bus import BusNames
 from conveyor.json_object import json_object
 from conveyor.pause_request import PauseRequest
+from conveyor.rollout_gen import covers
 from conveyor.sleep_request import SleepRequest
+from conveyor.weight_update_request import WeightUpdateRequest
 from engine.llm_engine import LLMEngine
 from workers.pause_control import PauseControl
 from workers.sleep_control import SleepControl
@@ -68,17 +72,27 @@ class EngineControls:
         self.interval = interval
         self.names = names
         self.instance = instance
-        self.keys = [names.sleep(model), names.prefix_cache_reset(model), names.pause(model)]
+        self.keys = [
+            names.sleep(model),
+            names.prefix_cache_reset(model),
+            names.pause(model),
+            names.weights(model),
+        ]
         self.channel = names.controls(model)
         # The reset gen the engine has reached, for the heartbeat (None: none asked yet).
         self.prefix_cache_reset_gen: str | None = None
         self._reset_asked: str | None = None
+        # What the last weight update reached, for the heartbeat: its gen, folder, and
+        # why it failed (None: it took effect).
+        self.weights_reached: dict[str, str | None] = {"gen": None, "path": None, "error": None}
+        self._weights_asked: str | None = None
 
     def converge_now(self) -> None:
         """Read the keys once before the worker announces itself. A reset asked before
         this engine started is reached already (its cache starts empty); a sleeping model
         is joined asleep by the first turns of the engine loop, which refuses work
-        meanwhile; a paused one is joined paused, before the first read of a request."""
+        meanwhile; a paused one is joined paused, before the first read of a request; weights
+        updated since are read in on the engine loop's first turn, before it admits any."""
         try:
             self._read(starting=True)
         except redis.RedisError as exc:
@@ -109,9 +123,19 @@ class EngineControls:
                 return
 
     def _read(self, starting: bool) -> None:
-        raw_sleep, reset_gen, raw_pause = self.client.mget(self.keys)
+        raw_sleep, reset_gen, raw_pause, raw_weights = self.client.mget(self.keys)
         self.sleep.want(SleepRequest.decode(raw_sleep))  # acts only on a change
         self.pause.want(PauseRequest.decode(raw_pause))
+        weights = WeightUpdateRequest.decode(raw_weights)
+        # Only a newer gen: an update every worker failed is put back to the older one,
+        # which a worker started since must load and the others serve already.
+        if (
+            weights is not None
+            and weights.gen != self._weights_asked
+            and not covers(self._weights_asked, weights.gen)
+        ):
+            self._weights_asked = weights.gen
+            self.call_soon(self._weight_updater(weights))
         self.sleep.peers_awake = self.sleep.refuses and self._a_peer_is_awake()
         if reset_gen is not None and reset_gen != self._reset_asked:
             self._reset_asked = reset_gen
@@ -141,6 +165,22 @@ class EngineControls:
             ):
                 return True
         return False
+
+    def _weight_updater(self, request: WeightUpdateRequest) -> Task:
+        def update(engine: LLMEngine) -> None:
+            error = None
+            try:
+                engine.update_weights(request.path)
+            except ValueError as exc:  # a folder that is not there, or does not fit
+                logger.warning("weights not updated from %s: %s", request.path, exc)
+                error = str(exc)
+            except Exception as exc:  # unreadable files, no memory: the call's answer
+                logger.exception("weights not updated from %s", request.path)
+                error = f"{type(exc).__name__}: {exc}"
+            self.weights_reached = {"gen": request.gen, "path": request.path, "error": error}
+            self.beat_now()
+
+        return update
 
     def _resetter(self, gen: str) -> Task:
         def reset(engine: LLMEngine) -> None:

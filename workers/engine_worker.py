@@ -282,6 +282,7 @@ class EngineWorker:
             "sleep": self.sleep.state.payload(),
             "sleeping": self.sleep.refuses,
             "pause": {"gen": self.pause.reached, "paused": self.pause.holds},
+            "weights": self.controls.weights_reached,
             "prefix_cache_reset": self.controls.prefix_cache_reset_gen,
         }
 

@@ -156,3 +156,32 @@ def test_roll_out_writes_nudges_and_answers_with_the_workers_report(redis_url: s
     with pytest.raises(ApiError) as caught:
         asyncio.run(run({"gen": "epoch:5", "error": "no memory", "instance": "w1"}))
     assert caught.value.status == 500 and "no memory (worker w1)" in caught.value.message
+
+
+def test_put_back_undoes_a_failed_change_unless_a_later_one_came(redis_url: str) -> None:
+    from redis.asyncio import Redis
+
+    from api.worker_rollout import put_back
+
+    def gen_of(raw: str | None) -> str | None:
+        return raw.split("@")[1] if raw else None
+
+    async def run() -> list[object]:
+        client = Redis.from_url(redis_url, decode_responses=True)
+        key = f"put-back-test:{uuid.uuid4().hex}"
+        seen: list[object] = []
+        try:
+            await client.set(key, "bad@e:2")
+            seen.append(await put_back(client, key, "e:2", gen_of, "good@e:1"))
+            seen.append(await client.get(key))
+            await client.set(key, "later@e:3")  # another call overtook the failed one
+            seen.append(await put_back(client, key, "e:2", gen_of, "good@e:1"))
+            seen.append(await client.get(key))
+            seen.append(await put_back(client, key, "e:3", gen_of, None))  # no value before
+            seen.append(await client.exists(key))
+        finally:
+            await client.delete(key)
+            await client.aclose()
+        return seen
+
+    assert asyncio.run(run()) == [True, "good@e:1", False, "later@e:3", True, 0]

@@ -592,3 +592,25 @@ def test_sleep_mode_is_vllms_flag_and_dev_mode_its_variable(
                     env.setenv(key, child_value)
                 child = Settings()
                 assert (child.enable_sleep_mode, child.server_dev_mode) == (True, True)
+
+
+def test_weight_transfer_is_vllms_flag_and_only_its_disk_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--weight-transfer-config reaches the API processes `conveyor serve` starts; a backend
+    that hands tensors over from a trainer on the same GPUs is refused at start-up."""
+    parser = build_parser()
+    assert settings_from_args(parser.parse_args(["api"])).weight_transfer_backend is None
+    disk = ["serve", "--weight-transfer-config", '{"backend": "disk"}']
+    settings = settings_from_args(parser.parse_args(disk))
+    assert settings.weight_transfer_backend == "disk"
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    assert Settings().weight_transfer_backend == "disk"
+    for config, match in [
+        ('{"backend": "nccl"}', "'nccl' is not served"),
+        ("{}", "'nccl' is not served"),  # vLLM's default backend
+        ("disk", "weight_transfer_config"),
+    ]:
+        with pytest.raises(ValidationError, match=match):
+            settings_from_args(parser.parse_args(["serve", "--weight-transfer-config", config]))

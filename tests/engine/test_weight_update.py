@@ -16,23 +16,10 @@ from engine.llm import LLM
 from engine.sampling_params import SamplingParams
 from engine.weight_update import copy_weights_in
 
+from ..training_steps import later_step
+
 PROMPT = [5, 77, 300, 12, 9, 8, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50] * 2
 GREEDY = SamplingParams(temperature=0.0, max_tokens=12)
-
-
-def perturbed(folder: Path, into: Path, seed: int) -> Path:
-    """A copy of the model folder whose every weight moved: a later training step."""
-    shutil.copytree(folder, into)
-    generator = torch.Generator().manual_seed(seed)
-    for file in into.glob("*.safetensors"):
-        tensors = load_file(file)
-        moved = {
-            name: t
-            + 0.3 * torch.randn(t.shape, generator=generator, dtype=torch.float32).to(t.dtype)
-            for name, t in tensors.items()
-        }
-        save_file(moved, file, metadata={"format": "pt"})
-    return into
 
 
 def greedy(llm: LLM) -> list[int]:
@@ -44,7 +31,7 @@ def folders(
     make_random_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     first = make_random_model("llama")
-    return first, perturbed(first, tmp_path_factory.mktemp("step") / "step-2", seed=3)
+    return first, later_step(first, tmp_path_factory.mktemp("step") / "step-2", seed=3)
 
 
 def test_an_updated_engine_answers_as_one_started_on_the_new_checkpoint(
