@@ -18,10 +18,11 @@ from conveyor.json_object import json_object
 
 @dataclass(frozen=True)
 class WeightUpdateRequest:
-    """The checkpoint folder to serve the weights of (absolute, on every worker's disk),
-    and the call's gen (conveyor/rollout_gen.py)."""
+    """The checkpoint folder to serve the weights of (absolute, on every worker's disk;
+    None: `--model`'s, where an update every worker failed is put back to), and the
+    call's gen (conveyor/rollout_gen.py)."""
 
-    path: str
+    path: str | None
     gen: str
 
     def encode(self) -> str:
@@ -34,6 +35,6 @@ class WeightUpdateRequest:
         if value is None:
             return None
         path, gen = value.get("path"), value.get("gen")
-        if not isinstance(path, str) or not path or not isinstance(gen, str):
+        if not (path is None or (isinstance(path, str) and path)) or not isinstance(gen, str):
             return None
         return cls(path, gen)

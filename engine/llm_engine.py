@@ -178,8 +178,10 @@ class LLMEngine:
             lm_head=self.runner_kind == "generate",
             online_fp8=online_fp8,
         )
-        model_from_checkpoint = partial(self._build_model, self.resolved.path, device=self.device)
-        model = model_from_checkpoint()
+        # The folder the served weights came from: `--model`'s, then each update's. Level
+        # 2's wake reads it, so a sleep does not undo an update.
+        self._weights_path = self.resolved.path
+        model = self._build_model(self._weights_path, device=self.device)
         self.loras = self._lora_manager(model)
         if is_fp8(self.kv_cache_dtype):
             self._log_kv_scales(model)
@@ -270,7 +272,7 @@ class LLMEngine:
             kv_caches,
             self.block_manager,
             decode_graphs,
-            reload=model_from_checkpoint,
+            reload=lambda: self._build_model(self._weights_path, device=self.device),
         )
         spec = config.speculative_config
         self.proposer = (
@@ -829,16 +831,12 @@ class LLMEngine:
         if WEIGHTS in self.asleep:
             raise ValueError("the weights are asleep (POST /sleep): wake them first")
         started = time.perf_counter()
-        copied = update_weights_from(
+        folder = update_weights_from(
             self.runner.model, path, partial(self._build_model, device=torch.device("cpu"))
         )
+        self._weights_path = folder
         self.reset_prefix_cache()
-        logger.info(
-            "weights updated from %s: %.1f MiB in %.2f s",
-            path,
-            copied / (1 << 20),
-            time.perf_counter() - started,
-        )
+        logger.info("weights updated from %s in %.2f s", folder, time.perf_counter() - started)
 
     def has_unfinished(self) -> bool:
         return bool(self._requests) or self._beams.num_requests > 0

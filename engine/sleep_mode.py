@@ -131,7 +131,7 @@ class SleepMode:
         if deeper:
             weight_bytes = self._release_weights(level)
         gc.collect()
-        _trim_host_heap()
+        trim_host_heap()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # back to the driver: other processes may use it now
         logger.info(
@@ -211,7 +211,7 @@ class SleepMode:
         elif self.weights_level == 2:
             self._transplant(self.reload())
         self._drop_host_copies()
-        _trim_host_heap()  # the host copies, or the reloaded build's leftovers
+        trim_host_heap()  # the host copies, or the reloaded build's leftovers
         self.weights_level = None
 
     def _copy_to_device(self) -> None:
@@ -253,7 +253,7 @@ class SleepMode:
             self.decode_graphs.release()
 
 
-def _trim_host_heap() -> None:
+def trim_host_heap() -> None:
     """Hand freed host memory back to the system. glibc keeps freed blocks below its mmap
     threshold (weights of a few MB, once it has risen) in the heap, so without this a
     CPU engine asleep at level 2 kept about a third of its weights' memory resident."""

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine.sleep_mode import weight_tensors
+from engine.sleep_mode import trim_host_heap, weight_tensors
 
 
 def checkpoint_folder(path: str) -> Path:
@@ -61,17 +61,49 @@ def copy_weights_in(model: torch.nn.Module, fresh: torch.nn.Module) -> int:
     return copied
 
 
+def available_host_memory() -> int | None:
+    """Bytes the kernel says a new allocation can have (MemAvailable); None off Linux."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_host_memory(model: torch.nn.Module, available: int | None) -> None:
+    """Refuse an update whose host-side build would not fit: a worker killed for memory
+    mid-update reports nothing, and would be killed again by every restart that reads
+    the same folder. On a CPU the built copy sits next to the served one."""
+    if available is None:
+        return
+    needed = sum(t.numel() * t.element_size() for _, t in weight_tensors(model))
+    if needed * 1.1 > available:
+        raise ValueError(
+            f"reading the checkpoint needs about {needed / (1 << 30):.1f} GiB of host memory "
+            f"for a second copy of the weights; {available / (1 << 30):.1f} GiB is available"
+        )
+
+
 def update_weights_from(
-    model: torch.nn.Module, path: str, build: Callable[[Path], torch.nn.Module]
-) -> int:
+    model: torch.nn.Module,
+    path: str,
+    build: Callable[[Path], torch.nn.Module],
+    available: Callable[[], int | None] = available_host_memory,
+) -> Path:
     """Build the checkpoint at `path` on the host with `build` and copy it into `model`;
-    the bytes copied."""
+    the folder it read."""
     folder = checkpoint_folder(path)
+    check_host_memory(model, available())
     try:
         fresh = build(folder)
     except (RuntimeError, KeyError) as exc:  # a tensor of another shape, a missing one
         raise ValueError(f"{folder} does not fit the served model: {exc}") from exc
     try:
-        return copy_weights_in(model, fresh)
+        copy_weights_in(model, fresh)
     finally:
         del fresh
+        trim_host_heap()  # the build's memory, back to the system
+    return folder

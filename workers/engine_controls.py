@@ -170,7 +170,8 @@ class EngineControls:
         def update(engine: LLMEngine) -> None:
             error = None
             try:
-                engine.update_weights(request.path)
+                if request.path is not None:  # None: --model's, which a new worker serves
+                    engine.update_weights(request.path)
             except ValueError as exc:  # a folder that is not there, or does not fit
                 logger.warning("weights not updated from %s: %s", request.path, exc)
                 error = str(exc)

@@ -14,10 +14,12 @@ VLLM_SERVER_DEV_MODE), as vLLM mounts them; answering needs
     GET  /weight_info  -> {"weight_version": "step-42"}
 
 `/update_weights` writes the model's `weights` key (conveyor/weight_update_request.py)
-and answers once every live worker read the folder into its model (a worker started
-later reads it too, so all serve the same weights); a worker that could not (a folder
-missing or of another model) makes it a 500 with the reason, and its old weights serve
-on. `/init_weight_transfer_engine`, `/start_weight_update` and `/finish_weight_update`
+and answers once every live worker reported (a worker started later reads the folder
+too, so all serve the same weights). A worker that could not (a folder missing or of
+another model, too little host memory) makes it a 500 with the reason, and serves its
+old weights on; where none could, the key is put back so later workers load the old
+weights as well. Bodies are read as vLLM reads them: JSON, whatever the Content-Type.
+`/init_weight_transfer_engine`, `/start_weight_update` and `/finish_weight_update`
 have nothing to set up for a folder; the last records the version. `?model=` names a
 model; without it every served one. With tenancy on (--admin-key), only the admin key
 may call these.
@@ -25,21 +27,25 @@ may call these.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from api.auth import authorize_operator
 from api.deps import CatalogDep, NamesDep, RedisDep, SettingsDep
 from api.errors import ApiError
-from api.worker_rollout import base_models, put_back, roll_out
-from conveyor.rollout_gen import next_gen
+from api.worker_rollout import advance, base_models, put_back
+from conveyor.rollout_gen import covers, next_gen
 from conveyor.weight_update_request import WeightUpdateRequest
 
 # Reading a large checkpoint from a network disk takes minutes.
 UPDATE_TIMEOUT = 600.0
+_POLL = 0.1
 
 router = APIRouter(dependencies=[Depends(authorize_operator)])
 
@@ -56,11 +62,9 @@ def _require_disk_backend(settings: SettingsDep) -> None:
 
 
 @router.post("/init_weight_transfer_engine", response_model=None)
-async def init_weight_transfer_engine(
-    settings: SettingsDep, body: Annotated[dict[str, Any], Body()]
-) -> JSONResponse:
+async def init_weight_transfer_engine(request: Request, settings: SettingsDep) -> JSONResponse:
     _require_disk_backend(settings)
-    if body.get("init_info") is None:
+    if (await _json_object(request)).get("init_info") is None:
         raise ApiError(400, "Missing 'init_info' in request body", param="init_info")
     return JSONResponse({"message": "Weight transfer initialized"})
 
@@ -73,15 +77,15 @@ async def start_weight_update(settings: SettingsDep) -> JSONResponse:
 
 @router.post("/update_weights", response_model=None)
 async def update_weights(
+    request: Request,
     settings: SettingsDep,
     catalog: CatalogDep,
     redis: RedisDep,
     names: NamesDep,
-    body: Annotated[dict[str, Any], Body()],
     model: ModelQuery = None,
 ) -> JSONResponse:
     _require_disk_backend(settings)
-    info = body.get("update_info")
+    info = (await _json_object(request)).get("update_info")
     if info is None:
         raise ApiError(400, "Missing 'update_info' in request body", param="update_info")
     path = info.get("path") if isinstance(info, dict) else None
@@ -92,59 +96,22 @@ async def update_weights(
             "worker can read",
             param="update_info.path",
         )
-    targets = await base_models(catalog, model)
-    # Each key's value before this call, by the gen the call gave it.
-    before: dict[str, str | None] = {}
-
-    def update(raw: str | None) -> tuple[str, str]:
-        current = WeightUpdateRequest.decode(raw)
-        gen = next_gen(current.gen if current is not None else None)
-        before[gen] = raw
-        return WeightUpdateRequest(os.path.normpath(path), gen).encode(), gen
-
-    try:
-        await roll_out(
-            catalog,
-            redis,
-            names,
-            targets,
-            key=names.weights,
-            update=update,
-            reached=lambda w: (w.get("weights") or {}).get("gen"),
-            error=lambda w: (w.get("weights") or {}).get("error"),
-            what=f"read the weights of {path}",
-            timeout=UPDATE_TIMEOUT,
-        )
-    except ApiError as exc:
-        if exc.status == 500:
-            # A worker could not read the folder (most often none could): a worker started
-            # later must load the weights the others serve, not try this folder again.
-            # Workers that did read it keep it until the next update.
-            for name in targets:
-                key = names.weights(name)
-                current = WeightUpdateRequest.decode(await redis.get(key))
-                if current is not None and current.gen in before:
-                    await put_back(redis, key, current.gen, _gen_of, before[current.gen])
-        raise
+    for name in await base_models(catalog, model):
+        await _update_model(catalog, redis, names, name, os.path.normpath(path))
     return JSONResponse({"message": "Weights updated"})
-
-
-def _gen_of(raw: str | None) -> str | None:
-    request = WeightUpdateRequest.decode(raw)
-    return request.gen if request is not None else None
 
 
 @router.post("/finish_weight_update", response_model=None)
 async def finish_weight_update(
+    request: Request,
     settings: SettingsDep,
     catalog: CatalogDep,
     redis: RedisDep,
     names: NamesDep,
-    body: Annotated[dict[str, Any] | None, Body()] = None,
     model: ModelQuery = None,
 ) -> JSONResponse:
     _require_disk_backend(settings)
-    version = (body or {}).get("weight_version")
+    version = (await _json_object(request)).get("weight_version")
     if version is not None:
         await _set_version(catalog, redis, names, model, version, "weight_version")
     return JSONResponse({"message": "Weight update finished"})
@@ -152,13 +119,13 @@ async def finish_weight_update(
 
 @router.post("/update_weight_version", response_model=None)
 async def update_weight_version(
+    request: Request,
     catalog: CatalogDep,
     redis: RedisDep,
     names: NamesDep,
-    body: Annotated[dict[str, Any], Body()],
     model: ModelQuery = None,
 ) -> JSONResponse:
-    version = body.get("new_version")
+    version = (await _json_object(request)).get("new_version")
     if version is None:
         raise ApiError(400, "Missing 'new_version' in request body", param="new_version")
     await _set_version(catalog, redis, names, model, version, "new_version")
@@ -173,6 +140,88 @@ async def weight_info(
     without `model`."""
     targets = await base_models(catalog, model)
     return JSONResponse({"weight_version": await redis.get(names.weight_version(targets[0]))})
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The body as vLLM reads it (JSON whatever the Content-Type says; none: {})."""
+    raw = await request.body()
+    try:
+        value = json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    return value
+
+
+async def _update_model(
+    catalog: CatalogDep, redis: RedisDep, names: NamesDep, model: str, path: str
+) -> None:
+    """Ask every worker of `model` to read `path`, and wait for each one's report. Where
+    none could, the key is put back to the folder they serve (under this call's gen, so
+    gens never go back and a later call's is newer), so a worker started later loads
+    that; where some could, the key stays and the others are named."""
+    key = names.weights(model)
+    before: dict[str, str | None] = {}
+
+    def update(raw: str | None) -> tuple[str, str]:
+        current = WeightUpdateRequest.decode(raw)
+        gen = next_gen(current.gen if current is not None else None)
+        before["path"] = current.path if current is not None else None
+        return WeightUpdateRequest(path, gen).encode(), gen
+
+    gen = await advance(redis, key, update)
+    await redis.publish(names.controls(model), gen)
+    reports = await _reports(catalog, model, gen)
+    failed = {instance: error for instance, error in reports.items() if error is not None}
+    if reports and not failed:
+        return
+    if len(failed) == len(reports):
+        kept = WeightUpdateRequest(before["path"], gen).encode()
+        await put_back(redis, key, gen, _gen_of, kept)
+        reason = next(iter(failed.values()), None) or (
+            "every worker that was reading it is gone (out of memory?)"
+        )
+        raise ApiError(
+            500,
+            f"The workers of `{model}` could not read the weights of {path}: {reason}; "
+            "they serve the weights they served before",
+        )
+    raise ApiError(
+        500,
+        f"{len(failed)} of {len(reports)} workers of `{model}` could not read the weights of "
+        f"{path}: {next(iter(failed.values()))} ({', '.join(sorted(failed))}); the others "
+        "serve them, as will workers started later; call again to retry",
+    )
+
+
+async def _reports(catalog: CatalogDep, model: str, gen: str) -> dict[str, str | None]:
+    """Once every live worker of `model` reported on `gen` (or a later call's): each
+    one's error (None: it serves the folder). A 504 past the timeout."""
+    deadline = time.monotonic() + UPDATE_TIMEOUT
+    while True:
+        live = (await catalog.live_models(max_age=_POLL)).get(model)
+        workers = live.workers if live is not None else ()
+        reached = {w.get("instance"): w.get("weights") or {} for w in workers}
+        if all(covers(r.get("gen"), gen) for r in reached.values()):
+            return {
+                str(instance): r.get("error") if r.get("gen") == gen else None
+                for instance, r in reached.items()
+            }
+        if time.monotonic() > deadline:
+            raise ApiError(
+                504,
+                f"The workers of `{model}` did not read the new weights within "
+                f"{UPDATE_TIMEOUT:.0f} s; the update stays requested and takes effect when "
+                "they do.",
+                code="timeout",
+            )
+        await asyncio.sleep(_POLL)
+
+
+def _gen_of(raw: str | None) -> str | None:
+    request = WeightUpdateRequest.decode(raw)
+    return request.gen if request is not None else None
 
 
 async def _set_version(

@@ -5,9 +5,18 @@ tests/e2e/test_weight_transfer.py and tests/workers/test_weight_update.py."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from typing import Any
 
+from api.errors import ApiError
+from api.routes.weight_transfer import _update_model
+from conveyor.bus import BusNames
+from conveyor.weight_update_request import WeightUpdateRequest
+
+from ..async_redis import run_with_redis
 from .conftest import Stack
+from .test_worker_rollout import Catalog, live
 
 ADMIN_KEY = "admin-test-key"
 DISK = '{"backend": "disk"}'
@@ -74,3 +83,57 @@ def test_under_tenancy_only_the_admin_key_may_call_them(
         assert anonymous.post("/start_weight_update").status_code == 401
         assert anonymous.post("/update_weights", json={"update_info": {}}).status_code == 401
         assert anonymous.get("/weight_info").status_code == 401
+
+
+def test_bodies_are_json_whatever_the_content_type_says(make_stack: Callable[..., Stack]) -> None:
+    """As vLLM reads them (`await raw_request.json()`)."""
+    stack = make_stack(server_dev_mode=True, weight_transfer_config=DISK)
+    with stack.client() as http:
+        bare = http.post("/init_weight_transfer_engine", content=b'{"init_info": {}}')
+        assert bare.status_code == 200, bare.text
+        for content in (b"[1, 2]", b'"step"', b"{not json"):
+            reply = http.post("/update_weights", content=content)
+            assert reply.status_code == 400, content
+            assert "JSON object" in reply.json()["error"]["message"]
+
+
+def update_with_reports(redis_url: str, *beats: dict[str, Any]) -> tuple[str | None, str]:
+    """`_update_model` of /ckpt/step-3 over a key holding /ckpt/step-2 at gen ep:4, with
+    workers that report `beats`: the key after it, and the call's error ("" for none)."""
+    names = BusNames(f"wt-{uuid.uuid4().hex[:8]}")
+    catalog = Catalog(live(*beats, name="m"))
+
+    async def body(redis: Any) -> tuple[str | None, str]:
+        await redis.set(names.weights("m"), WeightUpdateRequest("/ckpt/step-2", "ep:4").encode())
+        try:
+            await _update_model(catalog, redis, names, "m", "/ckpt/step-3")  # type: ignore[arg-type]
+            error = ""
+        except ApiError as exc:
+            error = exc.message
+        return await redis.get(names.weights("m")), error
+
+    return run_with_redis(redis_url, body)
+
+
+def test_an_update_that_no_worker_could_read_is_put_back_under_its_own_gen(
+    redis_url: str,
+) -> None:
+    ok = {"instance": "a", "weights": {"gen": "ep:5", "error": None}}
+    failed = {"instance": "b", "weights": {"gen": "ep:5", "error": "no safetensors"}}
+    key, error = update_with_reports(redis_url, ok, dict(ok, instance="c"))
+    assert error == "" and WeightUpdateRequest.decode(key) == WeightUpdateRequest(
+        "/ckpt/step-3", "ep:5"
+    )
+    # None could: the old folder again, for workers started later, under the failed gen
+    # (the next call's gen is newer than every worker's).
+    key, error = update_with_reports(redis_url, failed)
+    assert "no safetensors" in error and "served before" in error
+    assert WeightUpdateRequest.decode(key) == WeightUpdateRequest("/ckpt/step-2", "ep:5")
+    # Some could: they serve it, and so will later workers; the others are named.
+    key, error = update_with_reports(redis_url, ok, failed)
+    assert "1 of 2 workers" in error and "(b)" in error
+    assert WeightUpdateRequest.decode(key) == WeightUpdateRequest("/ckpt/step-3", "ep:5")
+    # Every worker that was reading it is gone (killed for memory): not a success.
+    key, error = update_with_reports(redis_url)
+    assert "gone" in error
+    assert WeightUpdateRequest.decode(key) == WeightUpdateRequest("/ckpt/step-2", "ep:5")

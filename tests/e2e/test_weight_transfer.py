@@ -87,11 +87,17 @@ def test_a_trainers_checkpoint_read_in_makes_the_server_answer_as_it(
 
 
 def test_a_folder_that_cannot_be_read_is_a_500_and_the_old_weights_serve_on(
-    server: tuple[httpx.Client, openai.OpenAI], tmp_path: Path
+    server: tuple[httpx.Client, openai.OpenAI], steps: tuple[Path, Path], tmp_path: Path
 ) -> None:
     http, sdk = server
+    first, second = steps
     before = served(sdk)
     reply = http.post("/update_weights", json={"update_info": {"path": str(tmp_path)}})
     assert reply.status_code == 500
     assert "no safetensors" in reply.json()["error"]["message"]
     assert served(sdk) == before
+    # The next update is read as any other.
+    for folder in (second, first):
+        update = http.post("/update_weights", json={"update_info": {"path": str(folder)}})
+        assert update.status_code == 200, update.text
+        assert served(sdk) == engine_answer(folder)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from engine.llm import LLM
 from engine.sampling_params import SamplingParams
-from engine.weight_update import copy_weights_in
+from engine.weight_update import copy_weights_in, update_weights_from
 
 from ..training_steps import later_step
 
@@ -82,13 +82,32 @@ def test_a_folder_that_does_not_fit_is_refused_and_changes_nothing(
     assert greedy(llm) == want
 
 
-def test_asleep_weights_are_not_updated(folders: tuple[Path, Path]) -> None:
+def test_asleep_weights_are_not_updated_and_a_deep_sleep_keeps_an_update(
+    folders: tuple[Path, Path],
+) -> None:
     first, second = folders
+    want_second = greedy(LLM(str(second), kv_cache_memory=16 << 20))
     llm = LLM(str(first), kv_cache_memory=16 << 20)
     llm.engine.sleep(level=2)
     with pytest.raises(ValueError, match="wake them first"):
         llm.engine.update_weights(str(second))
     llm.engine.wake_up()
+    llm.engine.update_weights(str(second))
+    llm.engine.sleep(level=2)  # drops the weights: waking reads them again
+    llm.engine.wake_up()
+    assert greedy(llm) == want_second  # from the update's folder, not --model's
+
+
+def test_an_update_that_would_not_fit_in_host_memory_is_refused(
+    folders: tuple[Path, Path],
+) -> None:
+    first, second = folders
+    llm = LLM(str(first), kv_cache_memory=16 << 20)
+    want = greedy(llm)
+    model = llm.engine.runner.model
+    with pytest.raises(ValueError, match="host memory"):
+        update_weights_from(model, str(second), lambda _: model, available=lambda: 1 << 10)
+    assert greedy(llm) == want
 
 
 def test_copying_checks_every_name_shape_and_dtype_before_changing_anything() -> None:

@@ -111,8 +111,8 @@ def test_an_update_put_back_after_failing_is_loaded_only_by_a_worker_started_sin
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The API puts the key back to the update before a failed one: the workers serving it
-    already read nothing again; one started since reads it."""
+    """The API puts the key back to the folder served before a failed update, under the
+    failed one's gen: the workers serving it read nothing again; one started since does."""
     engine.update_weights(str(first))
     want_second = answer_of(second)
     reads: list[str] = []
@@ -121,15 +121,30 @@ def test_an_update_put_back_after_failing_is_loaded_only_by_a_worker_started_sin
     h: Harness = make_worker()
     ask(h, second, "e:1")
     assert ask(h, tmp_path / "missing", "e:2")["error"] is not None
-    h.client.set(h.names.weights(h.model), WeightUpdateRequest(str(second), "e:1").encode())
-    h.client.publish(h.names.controls(h.model), "e:1")
+    h.client.set(h.names.weights(h.model), WeightUpdateRequest(str(second), "e:2").encode())
+    h.client.publish(h.names.controls(h.model), "e:2")
     assert served(h) == want_second
     h.shutdown()  # by now it read the key again: nothing more was loaded
     assert reads == [str(second), str(tmp_path / "missing")]
     engine.update_weights(str(first))
     later: Harness = make_worker(start=False)  # on a bus of its own: given the same key
-    put_back = WeightUpdateRequest(str(second), "e:1").encode()
+    put_back = WeightUpdateRequest(str(second), "e:2").encode()
     later.client.set(later.names.weights(later.model), put_back)
     later.start()
-    wait_for(lambda: beat(later).get("weights", {}).get("gen") == "e:1", timeout=30)
+    wait_for(lambda: beat(later).get("weights", {}).get("gen") == "e:2", timeout=30)
     assert served(later) == want_second
+
+
+def test_a_key_put_back_to_the_model_folder_loads_nothing_in_a_new_worker(
+    engine: LLMEngine, make_worker: Any, first: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An update every worker failed, with none before it: the key says `--model`'s."""
+    engine.update_weights(str(first))
+    reads: list[str] = []
+    monkeypatch.setattr(engine, "update_weights", reads.append)
+    h: Harness = make_worker(start=False)
+    h.client.set(h.names.weights(h.model), WeightUpdateRequest(None, "e:1").encode())
+    h.start()
+    wait_for(lambda: beat(h).get("weights", {}).get("gen") == "e:1", timeout=30)
+    assert beat(h)["weights"] == {"gen": "e:1", "path": None, "error": None}
+    assert reads == []
