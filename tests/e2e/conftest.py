@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from conveyor.embedded_redis import EmbeddedRedis, free_port
@@ -148,3 +149,16 @@ def server(bundled_model_dir: Path, e2e_redis: EmbeddedRedis) -> Iterator[Server
         yield Server(base_url, e2e_redis.url, process, env)
     finally:
         stop(process)
+
+
+@contextmanager
+def operator_clients(base_url: str) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
+    """An HTTP client for a server's operator endpoints and the SDK for its API (no
+    retries: a failure shows as it is), closed on leaving."""
+    with (
+        httpx.Client(base_url=base_url, timeout=120) as http,
+        openai.OpenAI(
+            base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120
+        ) as sdk,
+    ):
+        yield http, sdk

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import serving
+from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Tell me about the history of bridges."}]
@@ -23,12 +23,11 @@ MAX_TOKENS = 120
 
 @pytest.fixture(scope="module")
 def server(bundled_model_dir: Path) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
-    with serving(bundled_model_dir, VLLM_SERVER_DEV_MODE="1") as (base_url, _):
-        http = httpx.Client(base_url=base_url, timeout=120)
-        sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-        yield http, sdk
-        sdk.close()
-        http.close()
+    with (
+        serving(bundled_model_dir, VLLM_SERVER_DEV_MODE="1") as (base_url, _),
+        operator_clients(base_url) as clients,
+    ):
+        yield clients
 
 
 def is_paused(http: httpx.Client) -> bool:

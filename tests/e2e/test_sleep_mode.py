@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import serving
+from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Name three colors of the rainbow."}]
@@ -23,15 +23,14 @@ LONG = "Describe the water cycle in detail. " * 12
 
 @pytest.fixture(scope="module")
 def server(bundled_model_dir: Path) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
-    with serving(bundled_model_dir, "--enable-sleep-mode", VLLM_SERVER_DEV_MODE="1") as (
-        base_url,
-        _,
+    with (
+        serving(bundled_model_dir, "--enable-sleep-mode", VLLM_SERVER_DEV_MODE="1") as (
+            base_url,
+            _,
+        ),
+        operator_clients(base_url) as clients,
     ):
-        http = httpx.Client(base_url=base_url, timeout=120)
-        sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-        yield http, sdk
-        sdk.close()
-        http.close()
+        yield clients
 
 
 def answer(sdk: openai.OpenAI) -> str:

@@ -16,7 +16,7 @@ from engine.llm import LLM
 from engine.sampling_params import SamplingParams
 
 from ..training_steps import later_step
-from .conftest import serving
+from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
 PROMPT = [5, 77, 300, 12, 9, 8, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]
@@ -35,19 +35,18 @@ def server(
     bundled_model_dir: Path, steps: tuple[Path, Path]
 ) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
     first, _ = steps
-    with serving(
-        bundled_model_dir,
-        "--weight-transfer-config",
-        '{"backend": "disk"}',
-        VLLM_SERVER_DEV_MODE="1",
-        CONVEYOR_MODEL=str(first),
-        CONVEYOR_MAX_MODEL_LEN="512",
-    ) as (base_url, _):
-        http = httpx.Client(base_url=base_url, timeout=120)
-        sdk = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-        yield http, sdk
-        sdk.close()
-        http.close()
+    with (
+        serving(
+            bundled_model_dir,
+            "--weight-transfer-config",
+            '{"backend": "disk"}',
+            VLLM_SERVER_DEV_MODE="1",
+            CONVEYOR_MODEL=str(first),
+            CONVEYOR_MAX_MODEL_LEN="512",
+        ) as (base_url, _),
+        operator_clients(base_url) as clients,
+    ):
+        yield clients
 
 
 def served(sdk: openai.OpenAI) -> str:

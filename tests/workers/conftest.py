@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -109,6 +110,11 @@ class Harness:
 
     def finished(self, request_id: str) -> bool:
         return any(m.finished for m in self.messages.get(request_id, []))
+
+    def beat(self) -> dict[str, Any]:
+        """The worker's heartbeat as it stands in Redis ({} before the first)."""
+        raw = self.client.get(self.names.worker(self.model, self.worker.instance))
+        return json.loads(raw) if raw else {}
 
     def pending(self, consumer: str | None = None) -> int:
         if consumer is None:

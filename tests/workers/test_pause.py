@@ -3,7 +3,6 @@ API drives it: the `pause` key in, the heartbeat out."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,17 +46,12 @@ def reference(engine: LLMEngine, **sampling: Any) -> list[int]:
     return tokens
 
 
-def beat(h: Harness) -> dict[str, Any]:
-    raw = h.client.get(h.names.worker(h.model, h.worker.instance))
-    return json.loads(raw) if raw else {}
-
-
 def ask(h: Harness, request: PauseRequest, reached: bool = True) -> None:
     """What POST /pause and /resume write; then (`reached`) wait for the heartbeat to say so."""
     h.client.set(h.names.pause(h.model), request.encode())
     h.client.publish(h.names.controls(h.model), request.gen)
     if reached:
-        wait_for(lambda: beat(h).get("pause", {}).get("gen") == request.gen)
+        wait_for(lambda: h.beat().get("pause", {}).get("gen") == request.gen)
 
 
 def running_long(h: Harness, stream: bool = True) -> str:
@@ -90,10 +84,10 @@ def test_mode_abort_answers_running_requests_with_what_they_have_and_holds_new_o
 ) -> None:
     want = reference(engine, max_tokens=6)
     h: Harness = make_worker()
-    assert beat(h)["pause"] == {"gen": None, "paused": False}
+    assert h.beat()["pause"] == {"gen": None, "paused": False}
     long = running_long(h)
     ask(h, PauseRequest(True, "g1"))
-    assert beat(h)["pause"] == {"gen": "g1", "paused": True}
+    assert h.beat()["pause"] == {"gen": "g1", "paused": True}
     messages = h.collect([long])[long]
     last = messages[-1]
     assert last.error is None
@@ -108,7 +102,7 @@ def test_mode_abort_answers_running_requests_with_what_they_have_and_holds_new_o
     quiet_for(h, held.id, 0.6)
     assert not engine.has_unfinished()
     ask(h, PauseRequest(False, "g2"))
-    assert beat(h)["pause"] == {"gen": "g2", "paused": False}
+    assert h.beat()["pause"] == {"gen": "g2", "paused": False}
     assert joined(h.collect([held.id])[held.id])[1] == want
 
 
@@ -135,7 +129,7 @@ def test_mode_wait_lets_running_requests_finish(engine: LLMEngine, make_worker: 
     assert messages[-1].error is None
     assert messages[-1].choices[-1].finish_reason == "length"
     assert len(joined(messages)[1]) == LONG
-    wait_for(lambda: beat(h).get("pause", {}).get("gen") == "g1")
+    wait_for(lambda: h.beat().get("pause", {}).get("gen") == "g1")
     held = h.request(PROMPT)
     h.send(held)
     quiet_for(h, held.id, 0.4)
@@ -178,7 +172,7 @@ def test_a_worker_started_while_paused_reads_nothing_until_resumed(
     h: Harness = make_worker(start=False)
     h.client.set(h.names.pause(h.model), PauseRequest(True, "g1").encode())
     h.start()
-    wait_for(lambda: beat(h).get("pause", {}).get("gen") == "g1")
+    wait_for(lambda: h.beat().get("pause", {}).get("gen") == "g1")
     held = h.request(PROMPT)
     h.send(held)
     quiet_for(h, held.id, 0.6)
@@ -213,9 +207,9 @@ def test_a_sleep_with_mode_wait_ends_frozen_requests_that_could_never_finish(
     h.client.set(h.names.sleep(h.model), asked.encode())
     error = h.collect([long])[long][-1].error
     assert error is not None and error.code == "model_sleeping"
-    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == "s1")
+    wait_for(lambda: h.beat().get("sleep", {}).get("gen") == "s1")
     h.client.set(h.names.sleep(h.model), SleepRequest(frozenset(), 1, "s2").encode())
-    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == "s2")
+    wait_for(lambda: h.beat().get("sleep", {}).get("gen") == "s2")
     ask(h, PauseRequest(False, "g2"))
 
 

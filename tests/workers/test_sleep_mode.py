@@ -48,16 +48,11 @@ def reference(engine: LLMEngine) -> list[int]:
     return tokens
 
 
-def beat(h: Harness) -> dict[str, Any]:
-    raw = h.client.get(h.names.worker(h.model, h.worker.instance))
-    return json.loads(raw) if raw else {}
-
-
 def ask(h: Harness, gen: str, asleep: tuple[str, ...] = PARTS, level: int = 1) -> None:
     """What POST /sleep and /wake_up write; then wait for the heartbeat to say so."""
     request = SleepRequest(frozenset(asleep), level, gen)
     h.client.set(h.names.sleep(h.model), request.encode())
-    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == gen)
+    wait_for(lambda: h.beat().get("sleep", {}).get("gen") == gen)
 
 
 def test_a_sleeping_worker_refuses_requests_then_wakes_and_answers_as_before(
@@ -65,10 +60,10 @@ def test_a_sleeping_worker_refuses_requests_then_wakes_and_answers_as_before(
 ) -> None:
     want = reference(engine)
     h: Harness = make_worker()
-    assert beat(h)["sleeping"] is False
+    assert h.beat()["sleeping"] is False
     ask(h, "g1", level=2)
-    assert beat(h)["sleep"] == {"gen": "g1", "asleep": sorted(PARTS), "level": 2, "error": None}
-    assert beat(h)["sleeping"] is True
+    assert h.beat()["sleep"] == {"gen": "g1", "asleep": sorted(PARTS), "level": 2, "error": None}
+    assert h.beat()["sleeping"] is True
     assert engine.asleep == set(PARTS)
     refused = h.request(PROMPT)
     (last,) = h.collect([h.send(refused)])[refused.id]
@@ -76,7 +71,7 @@ def test_a_sleeping_worker_refuses_requests_then_wakes_and_answers_as_before(
     assert (last.error.status, last.error.code) == (503, "model_sleeping")
     assert "POST /wake_up" in last.error.message
     ask(h, "g2", asleep=())
-    assert beat(h)["sleep"]["asleep"] == [] and beat(h)["sleeping"] is False
+    assert h.beat()["sleep"]["asleep"] == [] and h.beat()["sleeping"] is False
     served = h.request(PROMPT)
     assert joined(h.collect([h.send(served)])[served.id])[1] == want
 
@@ -85,7 +80,7 @@ def test_sleeping_deeper_over_a_sleep_takes_effect(engine: LLMEngine, make_worke
     h: Harness = make_worker()
     ask(h, "g1", level=1)
     ask(h, "g2", level=2)
-    assert beat(h)["sleep"]["level"] == 2 and engine.sleep_level == 2
+    assert h.beat()["sleep"]["level"] == 2 and engine.sleep_level == 2
 
 
 def test_waking_one_part_keeps_refusing_until_both_are_awake(
@@ -94,7 +89,7 @@ def test_waking_one_part_keeps_refusing_until_both_are_awake(
     h: Harness = make_worker()
     ask(h, "g1")
     ask(h, "g2", asleep=("kv_cache",))
-    assert engine.asleep == {"kv_cache"} and beat(h)["sleeping"] is True
+    assert engine.asleep == {"kv_cache"} and h.beat()["sleeping"] is True
     refused = h.request(PROMPT)
     assert h.collect([h.send(refused)])[refused.id][-1].error is not None
     ask(h, "g3", asleep=())
@@ -118,7 +113,7 @@ def test_mode_wait_lets_held_requests_finish_before_the_engine_sleeps(
     messages = h.collect([long])[long]
     assert messages[-1].error is None
     assert len(joined(messages)[1]) == 400  # not cut short
-    wait_for(lambda: beat(h).get("sleep", {}).get("asleep") == sorted(PARTS))
+    wait_for(lambda: h.beat().get("sleep", {}).get("asleep") == sorted(PARTS))
 
 
 def test_mode_abort_ends_held_requests_with_a_503_and_sleeps_at_once(
@@ -132,7 +127,7 @@ def test_mode_abort_ends_held_requests_with_a_503_and_sleeps_at_once(
     assert error is not None and (error.status, error.code) == (503, "model_sleeping")
     assert "was put to sleep while this request ran" in error.message
     assert len(joined(messages)[1]) < 400
-    wait_for(lambda: beat(h).get("sleep", {}).get("asleep") == sorted(PARTS))
+    wait_for(lambda: h.beat().get("sleep", {}).get("asleep") == sorted(PARTS))
     assert not engine.has_unfinished()
 
 
@@ -162,8 +157,8 @@ def test_a_worker_started_while_its_model_sleeps_joins_asleep(
     h: Harness = make_worker(start=False)
     h.client.set(h.names.sleep(h.model), SleepRequest(frozenset(PARTS), 1, "g1").encode())
     h.start()
-    assert beat(h)["sleeping"] is True  # from its first beat on: never routed to awake
-    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == "g1")
+    assert h.beat()["sleeping"] is True  # from its first beat on: never routed to awake
+    wait_for(lambda: h.beat().get("sleep", {}).get("gen") == "g1")
     assert engine.asleep == set(PARTS)
 
 
@@ -180,12 +175,12 @@ def test_a_failed_wake_is_reported_and_a_second_call_tries_again(
 
     monkeypatch.setattr(engine._sleep_mode, "reload", unreadable)
     ask(h, "g2", asleep=())
-    state = beat(h)["sleep"]
+    state = h.beat()["sleep"]
     assert "OSError: checkpoint unreadable" in state["error"]
-    assert "weights" in state["asleep"] and beat(h)["sleeping"] is True
+    assert "weights" in state["asleep"] and h.beat()["sleeping"] is True
     monkeypatch.setattr(engine._sleep_mode, "reload", reload)
     ask(h, "g3", asleep=())
-    assert beat(h)["sleep"]["error"] is None and engine.asleep == frozenset()
+    assert h.beat()["sleep"]["error"] is None and engine.asleep == frozenset()
     served = h.request(PROMPT)
     assert joined(h.collect([h.send(served)])[served.id])[1] == want
 
@@ -198,12 +193,12 @@ def test_the_prefix_cache_is_reset_once_per_gen(
     client.set(key, "before-start")
     h.start()
     # Asked before this worker started: its cache started empty, so it is reached already.
-    assert beat(h)["prefix_cache_reset"] == "before-start"
+    assert h.beat()["prefix_cache_reset"] == "before-start"
     first = h.request(PROMPT)
     h.collect([h.send(first)])
     assert engine.block_manager.cached  # the prompt's full blocks are cached
     client.set(key, "r1")
-    wait_for(lambda: beat(h).get("prefix_cache_reset") == "r1")
+    wait_for(lambda: h.beat().get("prefix_cache_reset") == "r1")
     assert engine.block_manager.cached == {}
 
 
@@ -215,4 +210,4 @@ def test_a_nudge_on_the_controls_channel_is_acted_on_before_the_next_poll(
     client.set(h.names.sleep(h.model), SleepRequest(frozenset(PARTS), 1, "g1").encode())
     client.publish(h.names.controls(h.model), "g1")
     # Well inside the 10 s poll (and heartbeat) interval: read, slept and announced at once.
-    wait_for(lambda: beat(h).get("sleep", {}).get("gen") == "g1", timeout=3.0)
+    wait_for(lambda: h.beat().get("sleep", {}).get("gen") == "g1", timeout=3.0)

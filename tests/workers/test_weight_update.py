@@ -4,7 +4,6 @@ heartbeat out."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,17 +56,12 @@ def served(h: Harness) -> list[int]:
     return joined(h.collect([h.send(request)])[request.id])[1]
 
 
-def beat(h: Harness) -> dict[str, Any]:
-    raw = h.client.get(h.names.worker(h.model, h.worker.instance))
-    return json.loads(raw) if raw else {}
-
-
 def ask(h: Harness, path: Path | str, gen: str) -> dict[str, Any]:
     """What POST /update_weights writes; the heartbeat's word once the worker reached it."""
     h.client.set(h.names.weights(h.model), WeightUpdateRequest(str(path), gen).encode())
     h.client.publish(h.names.controls(h.model), gen)
-    wait_for(lambda: beat(h).get("weights", {}).get("gen") == gen, timeout=30)
-    return beat(h)["weights"]
+    wait_for(lambda: h.beat().get("weights", {}).get("gen") == gen, timeout=30)
+    return h.beat()["weights"]
 
 
 def test_a_worker_serves_the_weights_it_is_asked_to_and_a_later_one_joins_them(
@@ -76,7 +70,7 @@ def test_a_worker_serves_the_weights_it_is_asked_to_and_a_later_one_joins_them(
     want_first, want_second = answer_of(first), answer_of(second)
     assert want_first != want_second
     h: Harness = make_worker()
-    assert beat(h)["weights"] == {"gen": None, "path": None, "error": None}
+    assert h.beat()["weights"] == {"gen": None, "path": None, "error": None}
     assert served(h) == want_first
     assert ask(h, second, "g1") == {"gen": "g1", "path": str(second), "error": None}
     assert served(h) == want_second
@@ -89,7 +83,7 @@ def test_a_worker_serves_the_weights_it_is_asked_to_and_a_later_one_joins_them(
     )
     later.start()
     assert served(later) == want_second
-    assert beat(later)["weights"]["gen"] == "g1"
+    assert later.beat()["weights"]["gen"] == "g1"
 
 
 def test_a_folder_that_cannot_be_read_is_reported_and_the_old_weights_serve_on(
@@ -131,7 +125,7 @@ def test_an_update_put_back_after_failing_is_loaded_only_by_a_worker_started_sin
     put_back = WeightUpdateRequest(str(second), "e:2").encode()
     later.client.set(later.names.weights(later.model), put_back)
     later.start()
-    wait_for(lambda: beat(later).get("weights", {}).get("gen") == "e:2", timeout=30)
+    wait_for(lambda: later.beat().get("weights", {}).get("gen") == "e:2", timeout=30)
     assert served(later) == want_second
 
 
@@ -145,6 +139,6 @@ def test_a_key_put_back_to_the_model_folder_loads_nothing_in_a_new_worker(
     h: Harness = make_worker(start=False)
     h.client.set(h.names.weights(h.model), WeightUpdateRequest(None, "e:1").encode())
     h.start()
-    wait_for(lambda: beat(h).get("weights", {}).get("gen") == "e:1", timeout=30)
-    assert beat(h)["weights"] == {"gen": "e:1", "path": None, "error": None}
+    wait_for(lambda: h.beat().get("weights", {}).get("gen") == "e:1", timeout=30)
+    assert h.beat()["weights"] == {"gen": "e:1", "path": None, "error": None}
     assert reads == []
