@@ -18,7 +18,7 @@ from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Tell me about the history of bridges."}]
-MAX_TOKENS = 120
+MAX_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
