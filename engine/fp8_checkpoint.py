@@ -66,13 +66,19 @@ def dequantize(
 ) -> torch.Tensor:
     """fp8 [out, in] times its scales (one per `block` tile, the last tiles cut short, as
     transformers reads them; one per output channel, [out, 1]; or one scalar), in fp32,
-    rounded once to `dtype`."""
+    rounded once to `dtype`; a stack of experts' matrices [E, ...] with a grid per expert."""
     values = weight.to(torch.float32)
     if scale.numel() == 1:
         return (values * scale.to(torch.float32).reshape(())).to(dtype)
     if block is None and weight.dim() == 2 and _per_channel(scale, weight.shape[0]):
         # One per output channel, [out, 1] as compressed-tensors writes it, or [out].
         return (values * scale.to(torch.float32).reshape(-1, 1)).to(dtype)
+    if block is not None and weight.dim() == 3 and scale.dim() == 3 and len(weight) == len(scale):
+        # A stack of experts' matrices (Qwen3-VL MoE's fused `experts.gate_up_proj`), its
+        # scales one block grid per expert: each expert as a matrix of its own.
+        tiles = fp8.Fp8Block(*block)
+        pairs = zip(weight, scale, strict=True)
+        return torch.stack([fp8.dequantize(w, s, tiles, dtype) for w, s in pairs])
     if block is None or scale.dim() != 2 or weight.dim() != 2:
         raise ValueError(
             f"scales {tuple(scale.shape)} for a {tuple(weight.shape)} weight need a 2-d "

@@ -13,10 +13,11 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from engine.fp8_checkpoint import dequantize
 from engine.llm import LLM, greedy
 from engine.tokenizer import Tokenizer
 from tests.engine.int_quantized_variants import is_projection, write_awq_variant
-from tests.engine.quantized_variants import assert_same_outputs
+from tests.engine.quantized_variants import assert_same_outputs, quantize_fp8, write_variants
 from tests.engine.test_parity import assert_prompt_logprobs_match, hf_greedy
 
 # The rotation's split of each head's pairs among time, height and width (half of
@@ -189,6 +190,43 @@ def test_an_awq_release_serves_the_weights_its_codes_encode(
     config["quantization_config"]["modules_to_not_convert"] = ["visual"]
     (awq / "config.json").write_text(json.dumps(config))
     assert_same_outputs(awq, reference)
+
+
+def test_an_fp8_release_with_fused_expert_stacks_serves_the_weights_they_encode(
+    make_random_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """Qwen3-VL MoE in block FP8 with its experts left fused ([experts, in, out] in e4m3,
+    one block-scale grid per expert): tokens and logprobs equal a plain checkpoint of
+    the weights the codes encode."""
+    folder = _save(*_qwen_vl("qwen3_vl_moe", make_random_model, False, False), tmp_path / "moe")
+    _transpose_expert_stacks(folder)
+    block = [32, 32]
+    stored: dict[str, torch.Tensor] = {}
+    plain: dict[str, torch.Tensor] = {}
+    for name, tensor in load_file(folder / "model.safetensors").items():
+        stacked = tensor.dim() == 3 and ".experts." in name
+        if stacked or (is_projection(name) and "visual" not in name):
+            matrices = list(tensor.float()) if stacked else [tensor.float()]
+            codes, scales = zip(*(quantize_fp8(m, block) for m in matrices), strict=True)
+            encoded = [
+                dequantize(c, s, torch.float32, (32, 32))
+                for c, s in zip(codes, scales, strict=True)
+            ]
+            pick = torch.stack if stacked else (lambda parts: parts[0])
+            stored[name], stored[name + "_scale_inv"] = pick(codes), pick(scales)
+            plain[name] = pick(encoded)
+        else:
+            stored[name] = plain[name] = tensor
+    assert any(t.dim() == 3 and t.dtype == torch.float8_e4m3fn for t in stored.values())
+    fp8, reference = tmp_path / "fp8", tmp_path / "reference"
+    quantization = {
+        "quant_method": "fp8",
+        "activation_scheme": "dynamic",
+        "fmt": "e4m3",
+        "weight_block_size": block,
+    }
+    write_variants(folder, {fp8: (stored, quantization), reference: (plain, None)})
+    assert_same_outputs(fp8, reference)
 
 
 def test_the_processor_template_reaches_api_processes(
