@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from .batch_calls import DONE, jsonl, submit, wait_until
 from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
@@ -138,3 +139,42 @@ def test_bad_arguments_are_400s_and_unknown_models_404s(
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "mode"
     assert http.post("/pause", params={"model": "nope"}).status_code == 404
     assert not is_paused(http)
+
+
+def test_a_batch_running_through_a_pause_completes_every_line_whole(
+    server: tuple[httpx.Client, openai.OpenAI],
+) -> None:
+    """Batch lines a pause ends are sent again by the batch worker and run whole after
+    /resume: no line is recorded cut short or failed."""
+    http, sdk = server
+    lines = [
+        {
+            "custom_id": f"p{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {
+                "model": MODEL,
+                "messages": [{"role": "user", "content": f"Count to {i}."}],
+                "max_tokens": 24,
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+        }
+        for i in range(40)
+    ]
+    batch = submit(sdk, lines)
+    wait_until(sdk, batch.id, lambda b: b.request_counts.completed >= 4)
+    assert http.post("/pause").status_code == 200  # mode abort: running lines end now
+    time.sleep(2.0)
+    paused_at = sdk.batches.retrieve(batch.id).request_counts.completed
+    time.sleep(1.0)
+    assert sdk.batches.retrieve(batch.id).request_counts.completed == paused_at  # nothing runs
+    assert http.post("/resume").status_code == 200
+    batch = wait_until(sdk, batch.id, lambda b: b.status in DONE)
+    assert batch.status == "completed", batch
+    assert (batch.request_counts.completed, batch.request_counts.failed) == (40, 0)
+    output = jsonl(sdk, batch.output_file_id)
+    assert sorted(o["custom_id"] for o in output) == sorted(line["custom_id"] for line in lines)
+    for line in output:
+        choice = line["response"]["body"]["choices"][0]
+        assert choice["finish_reason"] == "length", line  # whole: 24 tokens, never "abort"
