@@ -647,6 +647,7 @@ BENCHMARKS = {
     "kv-cache": "benchmarks.kv_cache",
     "beam": "benchmarks.beam_search",
     "sleep": "benchmarks.sleep_mode",
+    "weights": "benchmarks.weight_update",
 }
 
 
