@@ -20,7 +20,8 @@ another model, too little host memory) makes it a 500 with the reason, and serve
 old weights on; where none could, the key is put back so later workers load the old
 weights as well. Bodies are read as vLLM reads them: JSON, whatever the Content-Type.
 `/init_weight_transfer_engine`, `/start_weight_update` and `/finish_weight_update`
-have nothing to set up for a folder; the last records the version. `?model=` names a
+have nothing to set up for a folder; the last records the version (a 409 where the
+latest update failed on a live worker: the version must name weights served). `?model=` names a
 model; without it every served one. With tenancy on (--admin-key), only the admin key
 may call these.
 """
@@ -112,9 +113,35 @@ async def finish_weight_update(
 ) -> JSONResponse:
     _require_disk_backend(settings)
     version = (await _json_object(request)).get("weight_version")
+    for name in await base_models(catalog, model):
+        failure = await last_update_failure(catalog, redis, names, name)
+        if failure is not None:
+            # As vLLM's disk backend refuses to finish a session that loaded nothing: a
+            # version must name weights that are served.
+            raise ApiError(
+                409,
+                f"the last /update_weights of `{name}` failed ({failure}): it serves the "
+                "weights it served before, so no weight version is recorded",
+            )
     if version is not None:
         await _set_version(catalog, redis, names, model, version, "weight_version")
     return JSONResponse({"message": "Weight update finished"})
+
+
+async def last_update_failure(
+    catalog: CatalogDep, redis: RedisDep, names: NamesDep, model: str
+) -> str | None:
+    """Why a live worker of `model` could not read the folder of the model's latest
+    update (None: every worker read it, or none was asked)."""
+    asked = WeightUpdateRequest.decode(await redis.get(names.weights(model)))
+    if asked is None:
+        return None
+    live = (await catalog.live_models(max_age=0)).get(model)
+    for worker in live.workers if live is not None else ():
+        reached = worker.get("weights") or {}
+        if reached.get("gen") == asked.gen and reached.get("error"):
+            return str(reached["error"])
+    return None
 
 
 @router.post("/update_weight_version", response_model=None)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from api.errors import ApiError
-from api.routes.weight_transfer import _update_model
+from api.routes.weight_transfer import _update_model, last_update_failure
 from conveyor.bus import BusNames
 from conveyor.weight_update_request import WeightUpdateRequest
 
@@ -137,3 +137,22 @@ def test_an_update_that_no_worker_could_read_is_put_back_under_its_own_gen(
     key, error = update_with_reports(redis_url)
     assert "gone" in error
     assert WeightUpdateRequest.decode(key) == WeightUpdateRequest("/ckpt/step-2", "ep:5")
+
+
+def test_the_latest_update_failing_on_a_live_worker_is_found(redis_url: str) -> None:
+    """What /finish_weight_update refuses to record a version over."""
+    names = BusNames(f"wt-{uuid.uuid4().hex[:8]}")
+
+    def failure(*beats: dict[str, Any]) -> str | None:
+        async def body(redis: Any) -> str | None:
+            await redis.set(names.weights("m"), WeightUpdateRequest("/ckpt/a", "ep:2").encode())
+            catalog = Catalog(live(*beats, name="m"))
+            return await last_update_failure(catalog, redis, names, "m")  # type: ignore[arg-type]
+
+        return run_with_redis(redis_url, body)
+
+    ok = {"instance": "a", "weights": {"gen": "ep:2", "error": None}}
+    assert failure(ok) is None
+    assert failure(ok, {"instance": "b", "weights": {"gen": "ep:2", "error": "boom"}}) == "boom"
+    # An older update's error does not count against the latest one.
+    assert failure({"instance": "b", "weights": {"gen": "ep:1", "error": "old"}}) is None

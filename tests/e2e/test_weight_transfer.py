@@ -95,8 +95,15 @@ def test_a_folder_that_cannot_be_read_is_a_500_and_the_old_weights_serve_on(
     assert reply.status_code == 500
     assert "no safetensors" in reply.json()["error"]["message"]
     assert served(sdk) == before
+    # No version names weights that are not served.
+    refused = http.post("/finish_weight_update", json={"weight_version": "step-3"})
+    assert refused.status_code == 409 and "no safetensors" in refused.text
+    assert http.get("/weight_info").json()["weight_version"] != "step-3"
     # The next update is read as any other.
     for folder in (second, first):
         update = http.post("/update_weights", json={"update_info": {"path": str(folder)}})
         assert update.status_code == 200, update.text
         assert served(sdk) == engine_answer(folder)
+    finish = http.post("/finish_weight_update", json={"weight_version": "step-1"})
+    assert finish.status_code == 200
+    assert http.get("/weight_info").json() == {"weight_version": "step-1"}
