@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
@@ -27,6 +27,8 @@ from conveyor.bus import BusNames
 from conveyor.rollout_gen import covers
 
 _POLL = 0.1
+
+T = TypeVar("T")
 
 Beat = dict[str, Any]
 
@@ -143,11 +145,9 @@ async def until_every_worker(
     timeout: float,
 ) -> None:
     """Return once every live worker of `model` has `reached` the change (none live: the
-    change waits for the next one to start)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        live = (await catalog.live_models(max_age=_POLL)).get(model)
-        workers = live.workers if live is not None else ()
+    change waits for the next one to start); a worker's `failure` is a 500 at once."""
+
+    def done(workers: Sequence[Beat]) -> bool | None:
         for worker in workers:
             reason = failure(worker)
             if reason is not None:
@@ -156,8 +156,26 @@ async def until_every_worker(
                     f"A worker of `{model}` could not {what}: {reason} "
                     f"(worker {worker.get('instance')})",
                 )
-        if all(reached(worker) for worker in workers):
-            return
+        return True if all(reached(worker) for worker in workers) else None
+
+    await watch_workers(catalog, model, done, what, timeout)
+
+
+async def watch_workers(
+    catalog: ModelCatalog,
+    model: str,
+    done: Callable[[Sequence[Beat]], T | None],
+    what: str,
+    timeout: float,
+) -> T:
+    """Poll the live workers of `model` until `done` of their heartbeats gives an answer
+    (not None), and return it; a 504 past `timeout` (the change stays asked for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        live = (await catalog.live_models(max_age=_POLL)).get(model)
+        answer = done(live.workers if live is not None else ())
+        if answer is not None:
+            return answer
         if time.monotonic() > deadline:
             raise ApiError(
                 504,

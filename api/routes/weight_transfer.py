@@ -28,10 +28,9 @@ may call these.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -40,13 +39,12 @@ from fastapi.responses import JSONResponse
 from api.auth import authorize_operator
 from api.deps import CatalogDep, NamesDep, RedisDep, SettingsDep
 from api.errors import ApiError
-from api.worker_rollout import advance, base_models, put_back
+from api.worker_rollout import Beat, advance, base_models, put_back, watch_workers
 from conveyor.rollout_gen import covers, next_gen
 from conveyor.weight_update_request import WeightUpdateRequest
 
 # Reading a large checkpoint from a network disk takes minutes.
 UPDATE_TIMEOUT = 600.0
-_POLL = 0.1
 
 router = APIRouter(dependencies=[Depends(authorize_operator)])
 
@@ -225,25 +223,14 @@ async def _update_model(
 async def _reports(catalog: CatalogDep, model: str, gen: str) -> dict[str, str | None]:
     """Once every live worker of `model` reported on `gen` (or a later call's): each
     one's error (None: it serves the folder). A 504 past the timeout."""
-    deadline = time.monotonic() + UPDATE_TIMEOUT
-    while True:
-        live = (await catalog.live_models(max_age=_POLL)).get(model)
-        workers = live.workers if live is not None else ()
-        reached = {w.get("instance"): w.get("weights") or {} for w in workers}
-        if all(covers(r.get("gen"), gen) for r in reached.values()):
-            return {
-                str(instance): r.get("error") if r.get("gen") == gen else None
-                for instance, r in reached.items()
-            }
-        if time.monotonic() > deadline:
-            raise ApiError(
-                504,
-                f"The workers of `{model}` did not read the new weights within "
-                f"{UPDATE_TIMEOUT:.0f} s; the update stays requested and takes effect when "
-                "they do.",
-                code="timeout",
-            )
-        await asyncio.sleep(_POLL)
+
+    def reported(workers: Sequence[Beat]) -> dict[str, str | None] | None:
+        reached = {str(w.get("instance")): w.get("weights") or {} for w in workers}
+        if not all(covers(r.get("gen"), gen) for r in reached.values()):
+            return None
+        return {i: r.get("error") if r.get("gen") == gen else None for i, r in reached.items()}
+
+    return await watch_workers(catalog, model, reported, "read the new weights", UPDATE_TIMEOUT)
 
 
 def _gen_of(raw: str | None) -> str | None:
