@@ -49,14 +49,14 @@ class EngineLoop:
         metrics: WorkerMetrics,
         work: queue.Queue[Ticket],
         sleep: SleepControl,
+        pause: PauseControl,
         stats_log: StatsLogger | None = None,
-        pause: PauseControl | None = None,
     ) -> None:
         self.engine = engine
         # Sleep mode (POST /sleep, /wake_up): what the engine is asked to be, and when.
         self.sleep = sleep
         # POST /pause, /resume: whether requests wait, and whether the engine steps.
-        self.pause = pause if pause is not None else PauseControl(engine)
+        self.pause = pause
         self.stats_log = stats_log
         self.inflight = inflight
         self.publisher = publisher

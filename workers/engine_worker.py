@@ -122,8 +122,8 @@ class EngineWorker:
             self.metrics,
             work,
             self.sleep,
-            stats_log,
             self.pause,
+            stats_log,
         )
         aliases = served_aliases(settings, engine.model_name)
         self.announcer = Announcer(

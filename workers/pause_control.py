@@ -15,7 +15,6 @@ API's call learns that it took effect on every worker.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 
 from conveyor.pause_request import KEEP, WAIT, PauseRequest
@@ -44,15 +43,15 @@ class PauseControl:
         self.engine = engine
         # Asks the heartbeat to beat now (never waits): the API's call is waiting to see.
         self.announce = announce
-        self._lock = threading.Lock()
+        # Replaced whole by the engine-controls thread, read by the engine loop's.
         self._target: PauseRequest | None = None
         # The gen of the request last acted on (read by the heartbeat's thread).
         self.reached: str | None = None
 
     def want(self, request: PauseRequest | None) -> None:
-        """Thread-safe: the state the API asks for now (None: not paused, as at start)."""
-        with self._lock:
-            self._target = request
+        """Thread-safe (one assignment): the state the API asks for now (None: not
+        paused, as at start)."""
+        self._target = request
 
     @property
     def holds(self) -> bool:

@@ -265,19 +265,17 @@ class Publisher:
         interrupted = times.first_token is None and any(
             o.finish_reason == "abort" for o in out.outputs
         )
-        if builder.last_token_time is None and interrupted:
-            pass
-        elif builder.last_token_time is None:
+        if builder.last_token_time is not None:
+            metrics.add_tokens(generation=new_tokens)
+            if new_tokens:
+                metrics.observe(m.INTER_TOKEN_LATENCY, now - builder.last_token_time)
+        elif not interrupted:  # the request's first output
             metrics.add_tokens(prompt=out.num_prompt_tokens, generation=new_tokens)
             metrics.add_prefix_cache(out.num_prompt_tokens, out.num_cached_tokens)
             if times.scheduled is not None:
                 metrics.observe(m.REQUEST_QUEUE_TIME, times.scheduled - times.arrival)
             if times.first_token is not None:
                 metrics.observe(m.TIME_TO_FIRST_TOKEN, times.first_token - times.arrival)
-        else:
-            metrics.add_tokens(generation=new_tokens)
-            if new_tokens:
-                metrics.observe(m.INTER_TOKEN_LATENCY, now - builder.last_token_time)
         if new_tokens:
             builder.last_token_time = now
         if out.finished:
