@@ -40,6 +40,7 @@ from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
 from api.retention import Retention
 from api.routes import (
+    abort_requests,
     batches,
     chat,
     classify,
@@ -186,6 +187,7 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.server_dev_mode:  # vLLM's development endpoints, as there
         app.include_router(prefix_cache.router)
         app.include_router(pause.router)
+        app.include_router(abort_requests.router)
         app.include_router(weight_transfer.router)
         if settings.enable_sleep_mode:
             app.include_router(sleep_mode.router)

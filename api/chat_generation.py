@@ -90,12 +90,18 @@ class ChatServices:
 
 
 async def start_chat(
-    services: ChatServices, body: ChatCompletionRequest, request_id: str, *, truncate: bool = False
+    services: ChatServices,
+    body: ChatCompletionRequest,
+    request_id: str,
+    *,
+    truncate: bool = False,
+    public_id: str | None = None,
 ) -> ChatGeneration:
     """Validate, render, admit and queue `body`; the generation is running when this returns.
 
     `truncate` drops the oldest turns that do not fit the context (the Responses API's
-    `truncation: "auto"`) where a prompt too long is otherwise a 400."""
+    `truncation: "auto"`) where a prompt too long is otherwise a 400. `public_id` is the
+    id the client sees where it is not `request_id` (api/response_ids.py)."""
     record, submitter, catalog = services.record, services.submitter, services.catalog
     body.check_supported()
     body.model = body.model or await catalog.default_model()
@@ -189,12 +195,13 @@ async def start_chat(
             cache_salt=cache_salt(
                 record.principal, body.cache_salt, services.settings.prefix_cache_scope
             ),
+            public_id=public_id,
         )
     )
     record.readers.append(reader)
     return ChatGeneration(
         services,
-        request_id,
+        public_id or request_id,
         body,
         tokenizer,
         prompt_ids,

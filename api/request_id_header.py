@@ -34,6 +34,12 @@ def request_id_of(scope: Scope) -> str | None:
     return scope.get("state", {}).get("request_id")
 
 
+def client_request_id(scope: Scope) -> str | None:
+    """The client's own `X-Request-Id`, when it sent a usable one (None otherwise, where
+    `request_id_of` is a new `req_...`)."""
+    return scope.get("state", {}).get("client_request_id")
+
+
 def _given(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name.lower() == _HEADER_BYTES:
@@ -52,8 +58,11 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _given(scope) or f"req_{uuid.uuid4().hex}"
-        scope.setdefault("state", {})["request_id"] = request_id
+        given = _given(scope)
+        request_id = given or f"req_{uuid.uuid4().hex}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["client_request_id"] = given
         stamp = (_HEADER_BYTES, request_id.encode())
 
         async def send_stamped(message: Message) -> None:

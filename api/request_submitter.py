@@ -61,6 +61,8 @@ class Submission:
     pooling: dict[str, Any] | None = None
     # Requests share cached prompt blocks only under equal salts (api/cache_salt.py).
     cache_salt: str | None = None
+    # The id the client sees where it is not `request_id` (api/response_ids.py).
+    public_id: str | None = None
 
 
 def build_sampling(
@@ -320,20 +322,23 @@ class RequestSubmitter:
             lora=submission.lora,
             pooling=submission.pooling,
             cache_salt=submission.cache_salt,
+            public_id=submission.public_id,
         ).encode()
 
 
 def _log_request(submission: Submission, max_log_len: int | None) -> None:
     """vLLM's --enable-log-requests line: what was queued, its prompt ids cut to
-    --max-log-len."""
+    --max-log-len. Named by the id its client sees, and the one it is queued under where
+    that differs (api/response_ids.py)."""
     ids = submission.prompt_token_ids
     shown = ids if max_log_len is None else ids[:max_log_len]
     more = f" ... ({len(ids) - len(shown)} more)" if len(shown) < len(ids) else ""
     logger.info(
-        "Received request %s (x-request-id %s): model %s%s, lane %s, priority %d, "
+        "Received request %s (x-request-id %s%s): model %s%s, lane %s, priority %d, "
         "params %s, prompt_token_ids (%d): %s%s",
-        submission.request_id,
+        submission.public_id or submission.request_id,
         current_request_id(),
+        f", queued as {submission.request_id}" if submission.public_id else "",
         submission.model,
         f" (LoRA {submission.lora})" if submission.lora else "",
         submission.lane,

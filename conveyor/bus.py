@@ -91,6 +91,17 @@ class BusNames:
         """Pub/sub channel of request ids whose client went away."""
         return f"{self.prefix}:abort"
 
+    @property
+    def interrupt(self) -> str:
+        """Pub/sub channel of `POST /abort_requests` calls (conveyor/interrupt_request.py)."""
+        return f"{self.prefix}:interrupt"
+
+    @property
+    def interrupted(self) -> str:
+        """Sorted set of recent `POST /abort_requests` calls, scored by time, that a worker
+        reads when it subscribes (conveyor/interrupt_request.py)."""
+        return f"{self.prefix}:interrupted"
+
     def worker(self, model: str, instance: str) -> str:
         """Heartbeat key (with TTL) announcing a live worker and its capacity."""
         return f"{self.prefix}:worker:{model}:{instance}"

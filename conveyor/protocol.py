@@ -54,7 +54,15 @@ class GenerateRequest:
     # Prefix-cache blocks are shared only between requests with the same salt (the API's
     # `api/cache_salt.py`: the caller's project and the request's own `cache_salt`).
     cache_salt: str | None = None
+    # The id the client sees and names in `POST /abort_requests` (its response's id) where
+    # it is not `id`: a client's X-Request-Id need not be unique, `id` must be.
+    public_id: str | None = None
     version: int = PROTOCOL_VERSION
+
+    @property
+    def client_id(self) -> str:
+        """The id the client knows this request by."""
+        return self.public_id or self.id
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

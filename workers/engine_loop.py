@@ -16,11 +16,13 @@ import time
 from collections.abc import Callable
 
 from conveyor.bus import BATCH_LANE
+from conveyor.interrupt_request import InterruptRequest
 from conveyor.metrics import ITERATION_TOKENS, WorkerMetrics
 from conveyor.protocol import ErrorInfo
 from engine.llm_engine import LLMEngine
 from workers.inflight import Inflight, Ticket
 from workers.intake import bad_request, engine_priority, lora_not_served
+from workers.interrupt_book import InterruptBook
 from workers.pause_control import PauseControl, model_paused
 from workers.publisher import Aborted, Failed, Publisher, Released, StepOutputs
 from workers.sleep_control import SleepControl, model_sleeping
@@ -50,6 +52,7 @@ class EngineLoop:
         work: queue.Queue[Ticket],
         sleep: SleepControl,
         pause: PauseControl,
+        interrupts: InterruptBook,
         stats_log: StatsLogger | None = None,
     ) -> None:
         self.engine = engine
@@ -63,6 +66,9 @@ class EngineLoop:
         self.metrics = metrics
         self.work = work
         self.aborts: queue.Queue[str] = queue.Queue()
+        # POST /abort_requests: the calls heard, and what they asked to end.
+        self.interrupt_calls: queue.Queue[InterruptRequest] = queue.Queue()
+        self.interrupts = interrupts
         self.tasks: queue.Queue[Callable[[LLMEngine], None]] = queue.Queue()
         self._running: dict[str, Ticket] = {}  # in the engine, not yet finished
         # Aborts that arrived before their request reached the engine (or after it
@@ -74,6 +80,11 @@ class EngineLoop:
     def abort(self, request_id: str) -> None:
         """Thread-safe: ask the loop to drop a request (the abort listener calls this)."""
         self.aborts.put(request_id)
+
+    def interrupt(self, request: InterruptRequest) -> None:
+        """Thread-safe: end the requests a `POST /abort_requests` call names (the abort
+        listener calls this)."""
+        self.interrupt_calls.put(request)
 
     def call_soon(self, task: Callable[[LLMEngine], None]) -> None:
         """Thread-safe: run `task(engine)` on the engine thread between two steps (it must
@@ -103,6 +114,7 @@ class EngineLoop:
             if not self.pause.holds:
                 changed |= self._admit_queued()
             changed |= self._apply_aborts()
+            changed |= self._apply_interrupts()
             changed |= self._expire_overdue()
             unfinished = self.engine.has_unfinished()
             if unfinished and not self.pause.freezes:
@@ -193,6 +205,10 @@ class EngineLoop:
             self.publisher.put(Failed(ticket, _internal_error()))
             return
         self._running[rid] = ticket
+        if self.interrupts.covers(ticket):
+            # Queued when POST /abort_requests came: answered now, as vLLM answers a
+            # request aborted before it was scheduled (finish_reason "abort", no text).
+            self._end_with_what_they_have([ticket], _interrupted(self.engine.model_name))
 
     def _apply_aborts(self) -> bool:
         aborted = False
@@ -212,6 +228,25 @@ class EngineLoop:
             # Forget ids this worker no longer holds (finished, or never admitted here).
             self._early_aborts = {r for r in self._early_aborts if self.inflight.get(r)}
         return aborted
+
+    def _apply_interrupts(self) -> bool:
+        """POST /abort_requests: end the requests running here (frozen by a pause
+        included) that a new call covers, each with the text it has. Those not admitted
+        yet are ended as they are admitted (`_admit`): a paused model's, on /resume."""
+        heard = False
+        while True:
+            try:
+                self.interrupts.add(self.interrupt_calls.get_nowait())
+                heard = True
+            except queue.Empty:
+                break
+        if not heard:
+            return False
+        covered = [ticket for ticket in self._running.values() if self.interrupts.covers(ticket)]
+        if covered:
+            logger.info("ending %d requests: POST /abort_requests", len(covered))
+            self._end_with_what_they_have(covered, _interrupted(self.engine.model_name))
+        return True
 
     def _expire_overdue(self) -> bool:
         """End requests past their deadline: no generation outlives it, even when the API
@@ -283,25 +318,35 @@ class EngineLoop:
         out and sends the line again, to run whole after /resume."""
         if self._running:
             logger.info("ending %d requests: the model is paused", len(self._running))
+        paused = model_paused(self.engine.model_name)
+        lines = [ticket for ticket in self._running.values() if ticket.lane == BATCH_LANE]
+        for ticket in lines:
+            del self._running[ticket.request_id]
+            self.engine.abort(ticket.request_id)
+            self.publisher.put(Failed(ticket, paused))
+        self._end_with_what_they_have(list(self._running.values()), paused)
+
+    def _end_with_what_they_have(self, tickets: list[Ticket], no_answer: ErrorInfo) -> None:
+        """End running requests now: each choice answered with the text it has and
+        finish_reason "abort"; a request with no such answer (a beam search, an embedding)
+        gets `no_answer`."""
         pairs = []
-        for rid, ticket in self._running.items():
+        for ticket in tickets:
+            rid = ticket.request_id
+            del self._running[rid]
             out = None
             try:
-                if ticket.lane == BATCH_LANE:
-                    self.engine.abort(rid)
-                else:
-                    out = self.engine.interrupt(rid)
+                out = self.engine.interrupt(rid)
             except Exception:
-                logger.exception("ending %s for a pause failed", rid)
+                logger.exception("ending %s with its partial answer failed", rid)
                 try:
                     self.engine.abort(rid)
                 except Exception:
-                    logger.exception("engine.abort(%s) failed while pausing", rid)
+                    logger.exception("engine.abort(%s) failed too", rid)
             if out is None:
-                self.publisher.put(Failed(ticket, model_paused(self.engine.model_name)))
+                self.publisher.put(Failed(ticket, no_answer))
             else:
                 pairs.append((ticket, out))
-        self._running.clear()
         if pairs:
             self.publisher.put(StepOutputs(pairs, time.time()))
 
@@ -362,6 +407,19 @@ def _past_deadline(deadline: float) -> ErrorInfo:
         type="timeout",
         code="timeout",
         status=504,
+    )
+
+
+def _interrupted(model: str) -> ErrorInfo:
+    """The answer to a request POST /abort_requests ended that has no partial answer to
+    give (a beam search, an embedding)."""
+    return ErrorInfo(
+        message=(
+            f"This request to `{model}` was aborted on the server (POST /abort_requests) "
+            "before it finished"
+        ),
+        code="request_aborted",
+        status=503,
     )
 
 

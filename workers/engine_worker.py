@@ -34,6 +34,7 @@ from conveyor.beat_file import beat_file, remove
 from conveyor.bus import LANES, BusNames
 from conveyor.child_process import CONFIGURATION_ERROR, supervisor_gone
 from conveyor.gc_freeze import frozen_while_serving
+from conveyor.interrupt_request import interrupt_memory
 from conveyor.metrics import WorkerMetrics
 from conveyor.redis_wait import redis_answers_at_start
 from conveyor.served_names import mark_expected_known, served_aliases
@@ -55,6 +56,7 @@ from workers.engine_loop import EngineLoop
 from workers.heartbeat import Heartbeat, WorkerFacts, heartbeat_client
 from workers.inflight import Inflight, Ticket
 from workers.intake import BATCH_PRIORITY_FLOOR, Intake
+from workers.interrupt_book import InterruptBook
 from workers.janitor import Janitor
 from workers.lora_sync import LoRASync
 from workers.pause_control import PauseControl
@@ -123,6 +125,7 @@ class EngineWorker:
             work,
             self.sleep,
             self.pause,
+            InterruptBook(interrupt_memory(settings.request_timeout)),
             stats_log,
         )
         aliases = served_aliases(settings, engine.model_name)
@@ -156,7 +159,14 @@ class EngineWorker:
             idle=settings.janitor_idle,
             max_deliveries=settings.max_deliveries,
         )
-        self.aborts = AbortListener(self.client, names, self.inflight, self.loop.abort)
+        self.aborts = AbortListener(
+            self.client,
+            names,
+            self.inflight,
+            self.loop.abort,
+            self.loop.interrupt,
+            interrupt_memory(settings.request_timeout),
+        )
         facts = WorkerFacts(
             model=self.model,
             instance=instance,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -19,6 +18,7 @@ from api.deps import (
     SubmitterDep,
     json_body,
 )
+from api.response_ids import response_ids
 from api.schemas.chat import ChatCompletionRequest
 from api.streaming import sse_response
 
@@ -38,7 +38,8 @@ async def create_chat_completion(
     settings: SettingsDep,
 ) -> Response:
     services = ChatServices(request, catalog, submitter, replies, record, settings)
-    generation = await start_chat(services, body, f"chatcmpl-{uuid.uuid4().hex}")
+    ids = response_ids(request, "chatcmpl", body.request_id)
+    generation = await start_chat(services, body, ids.internal, public_id=ids.public)
     if body.stream:
         return sse_response(generation.chunks(), on_close=generation.close)
     try:

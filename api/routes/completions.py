@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -36,6 +35,7 @@ from api.request_submitter import (
     check_prompt_ids,
     check_structured_output,
 )
+from api.response_ids import response_ids
 from api.schemas.common import PromptLogprob, UsageInfo
 from api.schemas.completions import (
     DEFAULT_MAX_TOKENS,
@@ -103,7 +103,8 @@ async def create_completion(
         max_logprobs=model_tokenizer.max_logprobs,
     )
     await check_structured_output(body, sampling, model_tokenizer)
-    base_id = f"cmpl-{uuid.uuid4().hex}"
+    response_id = response_ids(request, "cmpl", body.request_id)
+    base_id = response_id.internal
     ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
     record.request_id = base_id
     record.prompt_tokens = sum(len(p.token_ids) for p in prompts)
@@ -126,6 +127,7 @@ async def create_completion(
                     lane=record.lane,
                     lora=live.lora,
                     cache_salt=salt,
+                    public_id=response_id.public or (base_id if len(prompts) > 1 else None),
                 )
                 for request_id, prompt in zip(ids, prompts, strict=True)
             ],
@@ -133,7 +135,7 @@ async def create_completion(
         )
     finally:
         record.readers.extend(readers)
-    view = _CompletionView(base_id, body, tokenizer, prompts, scoring, record)
+    view = _CompletionView(response_id.shown, body, tokenizer, prompts, scoring, record)
     if body.stream:
         return sse_response(
             view.chunks(readers, replies), on_close=lambda: finish(replies, readers)

@@ -28,10 +28,9 @@ may call these.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -39,6 +38,7 @@ from fastapi.responses import JSONResponse
 from api.auth import authorize_operator
 from api.deps import CatalogDep, NamesDep, RedisDep, SettingsDep
 from api.errors import ApiError
+from api.json_body import json_object_body
 from api.worker_rollout import Beat, advance, base_models, put_back, watch_workers
 from conveyor.rollout_gen import covers, next_gen
 from conveyor.weight_update_request import WeightUpdateRequest
@@ -63,7 +63,7 @@ def _require_disk_backend(settings: SettingsDep) -> None:
 @router.post("/init_weight_transfer_engine", response_model=None)
 async def init_weight_transfer_engine(request: Request, settings: SettingsDep) -> JSONResponse:
     _require_disk_backend(settings)
-    if (await _json_object(request)).get("init_info") is None:
+    if (await json_object_body(request)).get("init_info") is None:
         raise ApiError(400, "Missing 'init_info' in request body", param="init_info")
     return JSONResponse({"message": "Weight transfer initialized"})
 
@@ -84,7 +84,7 @@ async def update_weights(
     model: ModelQuery = None,
 ) -> JSONResponse:
     _require_disk_backend(settings)
-    info = (await _json_object(request)).get("update_info")
+    info = (await json_object_body(request)).get("update_info")
     if info is None:
         raise ApiError(400, "Missing 'update_info' in request body", param="update_info")
     path = info.get("path") if isinstance(info, dict) else None
@@ -110,7 +110,7 @@ async def finish_weight_update(
     model: ModelQuery = None,
 ) -> JSONResponse:
     _require_disk_backend(settings)
-    version = (await _json_object(request)).get("weight_version")
+    version = (await json_object_body(request)).get("weight_version")
     for name in await base_models(catalog, model):
         failure = await last_update_failure(catalog, redis, names, name)
         if failure is not None:
@@ -150,7 +150,7 @@ async def update_weight_version(
     names: NamesDep,
     model: ModelQuery = None,
 ) -> JSONResponse:
-    version = (await _json_object(request)).get("new_version")
+    version = (await json_object_body(request)).get("new_version")
     if version is None:
         raise ApiError(400, "Missing 'new_version' in request body", param="new_version")
     await _set_version(catalog, redis, names, model, version, "new_version")
@@ -165,18 +165,6 @@ async def weight_info(
     without `model`."""
     targets = await base_models(catalog, model)
     return JSONResponse({"weight_version": await redis.get(names.weight_version(targets[0]))})
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    """The body as vLLM reads it (JSON whatever the Content-Type says; none: {})."""
-    raw = await request.body()
-    try:
-        value = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return value
 
 
 async def _update_model(

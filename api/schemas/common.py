@@ -76,6 +76,9 @@ class SamplingRequest(StructuredOutputFields):
     # vLLM's: only requests with the same salt (in the same project) share cached prompt
     # blocks (api/cache_salt.py).
     cache_salt: str | None = Field(default=None, min_length=1)
+    # vLLM's: the response's id is "<chatcmpl|cmpl>-<request_id>" (a client's X-Request-Id
+    # header wins), so a client can name it before the answer comes (api/response_ids.py).
+    request_id: str | None = Field(default=None, min_length=1, max_length=200)
     # vLLM's: only these token ids may be sampled.
     allowed_token_ids: list[int] | None = None
     # vLLM's: words the answer must not contain (engine/bad_words.py).

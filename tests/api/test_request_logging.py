@@ -26,11 +26,11 @@ def test_each_queued_request_is_logged_when_asked(
     lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert len(lines) == 1
     line = lines[0]
-    # The caller's own id, so its trace finds this line.
-    expected = (
-        f"Received request {response.json()['id']} (x-request-id trace-7): model fake-model, "
-    )
+    # The caller's own id, so its trace finds this line, and the id it was queued under.
+    assert response.json()["id"] == "cmpl-trace-7"
+    expected = "Received request cmpl-trace-7 (x-request-id trace-7, queued as cmpl-"
     assert line.startswith(expected)
+    assert "): model fake-model, " in line
     assert "max_tokens=3" in line and "seed=7" in line
     assert line.endswith("prompt_token_ids (5): [11, 12] ... (3 more)")
 
