@@ -1,0 +1,112 @@
+"""vLLM's `SamplingParams`, as POST /inference/v1/generate receives them, read into the
+engine's (engine/sampling_params.py, which speaks the same vocabulary).
+
+vLLM's own defaults apply where a field is left out (temperature 1, no generation-config
+defaults), except `max_tokens`: left out, it is what the context leaves, as vLLM's
+endpoint makes it. Fields that change nothing here are accepted (`detokenize`: the ids
+come back either way); a field that would change the output and that this server does
+not implement is a 400 naming it, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from api.errors import ApiError, validation_error
+from engine.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParamError, SamplingParams
+
+PARAM = "sampling_params"
+# vLLM fields that do not change which tokens come back.
+_NO_EFFECT = frozenset(
+    {"detokenize", "output_kind", "spaces_between_special_tokens", "flat_logprobs", "skip_clone"}
+)
+
+
+class _VllmSamplingParams(BaseModel):
+    """The fields read, typed (a wrong type is a 400, not a crash further in)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n: int = 1
+    best_of: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int | None = None
+    min_tokens: int = 0
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+    logit_bias: dict[int, float] | None = None
+    allowed_token_ids: list[int] | None = None
+    bad_words: list[str] | None = None
+
+
+def tokens_sampling(
+    raw: dict[str, Any], vocab_size: int, max_logprobs: int = DEFAULT_MAX_LOGPROBS
+) -> SamplingParams:
+    try:
+        read = _VllmSamplingParams.model_validate(raw)
+    except ValidationError as exc:
+        errors = [{**e, "loc": (PARAM, *e["loc"])} for e in exc.errors()]
+        raise validation_error(errors) from None
+    for name, value in (read.model_extra or {}).items():
+        if value is not None and name not in _NO_EFFECT:
+            raise ApiError(
+                400,
+                f"{PARAM}.{name} is not supported by this server",
+                param=f"{PARAM}.{name}",
+                code="unsupported_parameter",
+            )
+    if read.best_of is not None and read.best_of != read.n:
+        param = f"{PARAM}.best_of"
+        raise ApiError(400, f"{param} other than n is not supported", param=param)
+    if read.max_tokens is not None and read.max_tokens < 1:
+        param = f"{PARAM}.max_tokens"
+        raise ApiError(400, f"{param} must be at least 1", param=param)
+    prompt_logprobs = read.prompt_logprobs
+    if prompt_logprobs == -1:
+        prompt_logprobs = vocab_size  # vLLM's -1: every token
+    logprobs = read.logprobs
+    if logprobs == -1:
+        logprobs = vocab_size
+    try:
+        params = SamplingParams(
+            n=read.n,
+            temperature=read.temperature,
+            top_p=read.top_p,
+            top_k=read.top_k,
+            min_p=read.min_p,
+            presence_penalty=read.presence_penalty,
+            frequency_penalty=read.frequency_penalty,
+            repetition_penalty=read.repetition_penalty,
+            logit_bias=read.logit_bias or None,
+            seed=read.seed,
+            max_tokens=read.max_tokens,
+            min_tokens=read.min_tokens,
+            stop=[read.stop] if isinstance(read.stop, str) else list(read.stop or []),
+            stop_token_ids=list(read.stop_token_ids or []),
+            ignore_eos=read.ignore_eos,
+            include_stop_str_in_output=read.include_stop_str_in_output,
+            skip_special_tokens=read.skip_special_tokens,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+            allowed_token_ids=read.allowed_token_ids,
+            bad_words=tuple(read.bad_words or ()),
+        )
+        params.validate_against_vocab(vocab_size, max_logprobs)
+    except SamplingParamError as exc:
+        param = f"{PARAM}.{exc.param}"
+        raise ApiError(400, f"{param}: {str(exc).split(': ', 1)[-1]}", param=param) from None
+    return params
