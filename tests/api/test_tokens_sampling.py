@@ -1,0 +1,71 @@
+"""vLLM's SamplingParams read into the engine's for /inference/v1/generate: every field
+that changes the output is honoured or refused by name, never dropped."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.errors import ApiError
+from api.tokens_sampling import tokens_sampling
+
+VOCAB = 1000
+
+
+def test_vllms_fields_map_one_to_one_and_its_defaults_apply() -> None:
+    params = tokens_sampling(
+        {
+            "n": 2,
+            "temperature": 0.7,
+            "top_k": 5,
+            "stop": "end",
+            "stop_token_ids": [3],
+            "logit_bias": {"7": -100},
+            "repetition_penalty": 1.1,
+            "allowed_token_ids": [1, 2, 3],
+            "bad_words": ["no"],
+        },
+        VOCAB,
+    )
+    assert (params.n, params.temperature, params.top_k) == (2, 0.7, 5)
+    assert params.stop == ("end",) and params.stop_token_ids == (3,)
+    assert params.logit_bias == {7: -100.0} and params.repetition_penalty == 1.1
+    assert params.allowed_token_ids == (1, 2, 3) and params.bad_words == ("no",)
+    default = tokens_sampling({}, VOCAB)
+    assert (default.temperature, default.top_p, default.max_tokens) == (1.0, 1.0, None)
+
+
+def test_fields_that_change_nothing_or_are_null_are_accepted() -> None:
+    tokens_sampling(
+        {
+            "detokenize": False,
+            "output_kind": 1,
+            "spaces_between_special_tokens": True,
+            "structured_outputs": None,
+            "logits_processors": None,
+            "truncate_prompt_tokens": None,
+        },
+        VOCAB,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        ({"truncate_prompt_tokens": 10}, "sampling_params.truncate_prompt_tokens"),
+        ({"logits_processors": ["x"]}, "sampling_params.logits_processors"),
+        ({"n": "two"}, "sampling_params.n"),
+        ({"logit_bias": {"x": 1}}, "sampling_params.logit_bias.x"),
+        ({"stop_token_ids": [VOCAB]}, "sampling_params.stop_token_ids"),
+        ({"prompt_logprobs": -1}, "sampling_params.prompt_logprobs"),
+    ],
+)
+def test_the_rest_is_a_400_naming_the_field(raw: dict, param: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        tokens_sampling(raw, VOCAB)
+    assert refused.value.status == 400
+    assert refused.value.param == param
+
+
+def test_minus_one_asks_for_the_vocabulary_where_the_server_allows_it() -> None:
+    params = tokens_sampling({"logprobs": -1, "prompt_logprobs": -1}, VOCAB, max_logprobs=-1)
+    assert params.logprobs == params.prompt_logprobs == VOCAB
