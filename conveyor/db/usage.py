@@ -52,8 +52,15 @@ class UsageReport:
 
 
 COMPLETIONS = UsageReport(
-    # /v1/messages is Anthropic's Messages API: chat completions spelled its way.
-    endpoints=("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"),
+    # /v1/messages is Anthropic's Messages API: chat completions spelled its way; vLLM's
+    # /inference/v1/generate is completions in token ids.
+    endpoints=(
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/responses",
+        "/v1/messages",
+        "/inference/v1/generate",
+    ),
     group_by_fields=("project_id", "api_key_id", "model", "batch"),
     result_object="organization.usage.completions.result",
     generates=True,

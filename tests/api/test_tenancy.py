@@ -558,3 +558,28 @@ def test_static_api_key_still_works_beside_project_keys(
     assert by_key[None].project_id is None
     assert by_key[key["id"]].prompt == '["Once upon"]'
     assert "Count." in (by_key[None].prompt or "")
+
+
+def test_tokens_in_tokens_out_is_keyed_logged_and_billed_as_completions(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    project = new_project(admin, "rl-lab")
+    key = new_key(admin, project["id"])
+    body = {"model": MODEL, "token_ids": [11, 12, 13], "sampling_params": {"max_tokens": 3}}
+    with tenancy.client() as http:
+        assert http.post("/inference/v1/generate", json=body).status_code == 401
+        auth = {"Authorization": f"Bearer {key['value']}"}
+        whole = http.post("/inference/v1/generate", json=body, headers=auth).json()
+        streamed = http.post("/inference/v1/generate", json={**body, "stream": True}, headers=auth)
+        assert streamed.status_code == 200
+    (row, stream_row) = logs(tenancy, 2)[-2:]
+    assert (row.endpoint, row.prompt_tokens, row.completion_tokens) == (
+        "/inference/v1/generate",
+        3,
+        whole["usage"]["completion_tokens"],
+    )
+    assert (stream_row.prompt_tokens, stream_row.completion_tokens) == (3, 3)
+    page = usage(admin, project_ids=project["id"])
+    results = [r for bucket in page["data"] for r in bucket["results"]]
+    assert sum(r["input_tokens"] for r in results) == 6
+    assert sum(r["output_tokens"] for r in results) == 6
