@@ -12,6 +12,7 @@ VLLM_SERVER_DEV_MODE), as vLLM mounts them; answering needs
     POST /finish_weight_update {"weight_version": "step-42"}
     POST /resume
     GET  /weight_info  -> {"weight_version": "step-42"}
+    GET  /get_world_size?include_dp=true  -> {"world_size": 2}
 
 `/update_weights` writes the model's `weights` key (conveyor/weight_update_request.py)
 and answers once every live worker reported (a worker started later reads the folder
@@ -58,6 +59,21 @@ def _require_disk_backend(settings: SettingsDep) -> None:
             "weight transfer is not configured: start the server with "
             '--weight-transfer-config \'{"backend": "disk"}\'',
         )
+
+
+@router.get("/get_world_size", response_model=None)
+async def get_world_size(
+    catalog: CatalogDep,
+    include_dp: Annotated[bool, Query()] = True,
+    model: ModelQuery = None,
+) -> JSONResponse:
+    """vLLM's: the ranks serving the model (the first served one without `model`), for a
+    trainer sizing its weight-transfer group. Each worker runs the model whole on one
+    device (tensor and pipeline parallel 1), so its workers are the data-parallel ranks."""
+    targets = await base_models(catalog, model)
+    live = (await catalog.live_models()).get(targets[0])
+    replicas = len(live.workers) if live is not None else 0
+    return JSONResponse({"world_size": max(replicas, 1) if include_dp else 1})
 
 
 @router.post("/init_weight_transfer_engine", response_model=None)

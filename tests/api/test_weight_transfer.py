@@ -15,7 +15,8 @@ from conveyor.bus import BusNames
 from conveyor.weight_update_request import WeightUpdateRequest
 
 from ..async_redis import run_with_redis
-from .conftest import Stack
+from .conftest import Stack, worker_on
+from .fakes import wait_for
 from .test_worker_rollout import Catalog, live
 
 ADMIN_KEY = "admin-test-key"
@@ -156,3 +157,16 @@ def test_the_latest_update_failing_on_a_live_worker_is_found(redis_url: str) -> 
     assert failure(ok, {"instance": "b", "weights": {"gen": "ep:2", "error": "boom"}}) == "boom"
     # An older update's error does not count against the latest one.
     assert failure({"instance": "b", "weights": {"gen": "ep:1", "error": "old"}}) is None
+
+
+def test_the_world_size_counts_the_workers_as_data_parallel_ranks(
+    make_stack: Callable[..., Stack],
+) -> None:
+    stack = make_stack(server_dev_mode=True)
+    with stack.client() as http:
+        assert http.get("/get_world_size").json() == {"world_size": 1}
+        with worker_on(stack, instance="second"):
+            wait_for(lambda: http.get("/get_world_size").json() == {"world_size": 2})
+            answer = http.get("/get_world_size", params={"include_dp": "false"})
+            assert answer.json() == {"world_size": 1}
+        assert http.get("/get_world_size", params={"model": "nope"}).status_code == 404
