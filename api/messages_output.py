@@ -28,7 +28,10 @@ Event = dict[str, Any]
 
 
 def message_id(chat_id: str) -> str:
-    """Anthropic's `msg_` id for the chat completion's (the same hex, so logs match)."""
+    """Anthropic's `msg_` id for the chat completion's (the same hex, so logs match); one
+    already in that form is kept."""
+    if chat_id.startswith("msg_"):
+        return chat_id
     return "msg_" + chat_id.removeprefix("chatcmpl-")
 
 

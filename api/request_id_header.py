@@ -17,8 +17,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEADER = "x-request-id"
 _HEADER_BYTES = HEADER.encode()
-# Printable ASCII without spaces, bounded: safe to echo in a header and to log.
-_USABLE = re.compile(r"[\x21-\x7e]{1,200}")
+# Printable ASCII without spaces, bounded: safe to echo in a header and to log. A body's
+# request id (api/response_ids.py) is held to it too.
+USABLE_ID_PATTERN = r"^[\x21-\x7e]{1,200}$"
+_USABLE = re.compile(USABLE_ID_PATTERN)
 
 _current: ContextVar[str | None] = ContextVar("http_request_id", default=None)
 

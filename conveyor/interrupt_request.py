@@ -3,12 +3,13 @@ them) now, each answered with the text it has and finish_reason "abort", without
 anything (no torch: the API writes it, workers read it).
 
 A request is named by the id its client sees (`GenerateRequest.public_id`: the response's
-`id`, "chatcmpl-<X-Request-Id>" when the client sent that header). Only requests that
-arrived before the call are ended: a client that sends a request again under the same id
-afterwards gets it run. The API publishes each call on the `interrupt` channel and keeps
-it in the `interrupted` sorted set (scored by its time) for as long as a request sent
-before it may still be queued, so a worker that subscribes later (started, or back from a
-lost connection) still ends the queued requests it reads.
+`id`, "chatcmpl-<X-Request-Id>" when the client sent that header). Only requests queued
+before the call are ended: a client that sends a request again under the same id
+afterwards gets it run (both times are Redis's clock: workers/interrupt_book.py). The API
+publishes each call on the `interrupt` channel and keeps it in the `interrupted` sorted
+set (scored by its time) for as long as a request sent before it may still be queued, so
+a worker that subscribes later (started, or back from a lost connection) still ends the
+queued requests it reads.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def interrupt_memory(request_timeout: float) -> float:
 
 @dataclass(frozen=True)
 class InterruptRequest:
-    """End the requests named by `ids` (every one when empty) that arrived by `at` (epoch
-    seconds, the API's clock, as a request's `arrival`)."""
+    """End the requests named by `ids` (every one when empty) queued by `at` (epoch
+    seconds on Redis's clock, as a request's stream entry id: workers/interrupt_book.py)."""
 
     ids: tuple[str, ...]
     at: float

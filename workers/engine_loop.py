@@ -233,15 +233,15 @@ class EngineLoop:
         """POST /abort_requests: end the requests running here (frozen by a pause
         included) that a new call covers, each with the text it has. Those not admitted
         yet are ended as they are admitted (`_admit`): a paused model's, on /resume."""
-        heard = False
+        heard = []
         while True:
             try:
-                self.interrupts.add(self.interrupt_calls.get_nowait())
-                heard = True
+                heard.append(self.interrupt_calls.get_nowait())
             except queue.Empty:
                 break
         if not heard:
             return False
+        self.interrupts.add(heard)  # at once: a reconnect replays every recent call
         covered = [ticket for ticket in self._running.values() if self.interrupts.covers(ticket)]
         if covered:
             logger.info("ending %d requests: POST /abort_requests", len(covered))
@@ -322,7 +322,10 @@ class EngineLoop:
         lines = [ticket for ticket in self._running.values() if ticket.lane == BATCH_LANE]
         for ticket in lines:
             del self._running[ticket.request_id]
-            self.engine.abort(ticket.request_id)
+            try:
+                self.engine.abort(ticket.request_id)
+            except Exception:
+                logger.exception("engine.abort(%s) failed while pausing", ticket.request_id)
             self.publisher.put(Failed(ticket, paused))
         self._end_with_what_they_have(list(self._running.values()), paused)
 

@@ -5,7 +5,8 @@ id their clients see (a response's `id`; "chatcmpl-<X-Request-Id>" when the clie
 that header); without ids, or with an empty list, every request in flight is ended. Each
 ends as a /pause with mode abort ends it: every choice answered with the text it has and
 finish_reason "abort"; one still queued is answered with no text. Only requests that
-arrived before the call are ended (an id sent again afterwards runs), and batch lines are
+queued before the call are ended (an id sent again afterwards runs; both times are
+Redis's clock, so API hosts' clocks need not agree), and batch lines are
 left to their batch (POST /v1/batches/{id}/cancel). The call is published to every
 worker and kept for the request timeout (conveyor/interrupt_request.py), so whichever
 worker reads a queued request later ends it; a model paused meanwhile ends its queued
@@ -15,8 +16,6 @@ the admin key may call it.
 """
 
 from __future__ import annotations
-
-import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -40,7 +39,9 @@ async def abort_requests(
     names: NamesDep,
     settings: SettingsDep,
 ) -> JSONResponse:
-    ids = (await json_object_body(request)).get("request_ids") or []
+    ids = (await json_object_body(request)).get("request_ids")
+    if ids is None:
+        ids = []  # left out (or null): every request, as an empty list asks
     if not isinstance(ids, list) or not all(isinstance(i, str) and i for i in ids):
         raise ApiError(
             400,
@@ -48,7 +49,8 @@ async def abort_requests(
             "out to abort every request in flight",
             param="request_ids",
         )
-    call = InterruptRequest(tuple(dict.fromkeys(ids)), time.time())
+    seconds, microseconds = await redis.time()  # the clock stream entry ids are stamped on
+    call = InterruptRequest(tuple(dict.fromkeys(ids)), seconds + microseconds / 1e6)
     aborted = len(call.ids)
     if call.every_request:
         for model in await catalog.known_models():

@@ -25,7 +25,13 @@ from api.deps import (
     json_body,
 )
 from api.messages_input import chat_request
-from api.messages_output import MessageEvents, MessagesFraming, message_object, new_chat_id
+from api.messages_output import (
+    MessageEvents,
+    MessagesFraming,
+    message_id,
+    message_object,
+    new_chat_id,
+)
 from api.schemas.messages import CountTokensRequest, MessagesRequest
 from api.streaming import sse_response
 
@@ -49,7 +55,10 @@ async def create_message(
 ) -> Response:
     services = ChatServices(request, catalog, submitter, replies, record, settings)
     chat_id = new_chat_id()
-    generation = await start_chat(services, chat_request(body), chat_id)
+    # Its client sees (and POST /abort_requests names) the msg_ id.
+    generation = await start_chat(
+        services, chat_request(body), chat_id, public_id=message_id(chat_id)
+    )
     if body.stream:
         events = MessageEvents(chat_id, generation.body.model or "", generation.prompt_tokens)
         return sse_response(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from api.errors import ApiError, not_supported
+from api.request_id_header import USABLE_ID_PATTERN
 from api.schemas.null_means_default import NullMeansDefault
 from api.schemas.structured_output import StructuredOutputFields
 
@@ -78,7 +79,7 @@ class SamplingRequest(StructuredOutputFields):
     cache_salt: str | None = Field(default=None, min_length=1)
     # vLLM's: the response's id is "<chatcmpl|cmpl>-<request_id>" (a client's X-Request-Id
     # header wins), so a client can name it before the answer comes (api/response_ids.py).
-    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    request_id: str | None = Field(default=None, pattern=USABLE_ID_PATTERN)
     # vLLM's: only these token ids may be sampled.
     allowed_token_ids: list[int] | None = None
     # vLLM's: words the answer must not contain (engine/bad_words.py).

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.request_id_header import USABLE_ID_PATTERN
 from api.schemas.chat import ChatLogprobs
 from api.schemas.common import PromptLogprob, StreamOptions, UsageInfo
 
@@ -20,7 +21,7 @@ class GenerateTokensRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     # The response's id is "generate-tokens-<request_id>" (a client's X-Request-Id wins).
-    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    request_id: str | None = Field(default=None, pattern=USABLE_ID_PATTERN)
     token_ids: list[int] = Field(min_length=1)
     # vLLM's SamplingParams, field for field (api/tokens_sampling.py reads them).
     sampling_params: dict[str, Any] = Field(default_factory=dict)

@@ -35,7 +35,9 @@ def test_under_tenancy_only_the_admin_key_may_call_it(
         stack.client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin,
     ):
         assert anonymous.post("/abort_requests", json={}).status_code == 401
-        for bad in ({"request_ids": "chatcmpl-1"}, {"request_ids": [1]}, {"request_ids": [""]}):
+        bad_ids: list[object] = ["chatcmpl-1", [1], [""], "", False, 0, {}]
+        # A falsy non-list is refused too: only a missing list or [] means every request.
+        for bad in ({"request_ids": ids} for ids in bad_ids):
             answer = admin.post("/abort_requests", json=bad)
             assert answer.status_code == 400
             assert answer.json()["error"]["param"] == "request_ids"

@@ -67,6 +67,16 @@ def test_a_completion_is_named_as_vllm_names_it_and_its_prompts_share_the_name(
 
 
 def test_a_body_request_id_out_of_bounds_is_refused(client: httpx.Client) -> None:
-    for bad in ("", "x" * 201):
+    """Held to the header's rule (printable ASCII, no spaces): it is echoed and logged."""
+    for bad in ("", "x" * 201, "a b", "x\nINFO forged line", "\x1b[31mred"):
         response = client.post("/v1/chat/completions", json={**CHAT, "request_id": bad})
         assert response.status_code == 400
+
+
+def test_a_message_is_named_by_its_msg_id(client: httpx.Client, worker: FakeWorker) -> None:
+    body = {"model": MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]}
+    answer = client.post("/v1/messages", json=body)
+    assert answer.status_code == 200, answer.text
+    (queued,) = worker.received
+    assert answer.json()["id"] == queued.public_id
+    assert queued.public_id.startswith("msg_") and queued.id.startswith("chatcmpl-")
