@@ -2,10 +2,12 @@
 engine's (engine/sampling_params.py, which speaks the same vocabulary).
 
 vLLM's own defaults apply where a field is left out (temperature 1, no generation-config
-defaults), except `max_tokens`: left out, it is what the context leaves, as vLLM's
-endpoint makes it. Fields that change nothing here are accepted (`detokenize`: the ids
-come back either way); a field that would change the output and that this server does
-not implement is a 400 naming it, never silently dropped.
+defaults), except `max_tokens`: left out, it is what the context leaves, or the served
+max_new_tokens where that is less, as vLLM's endpoint makes it. Fields that change
+nothing here are accepted (`detokenize`: the ids come back either way), and so is any
+field left off (null, false, 0, empty: a client serializing all of vLLM's fields sends
+the unused ones so); a field that would change the output and that this server does not
+implement is a 400 naming it, never silently dropped.
 """
 
 from __future__ import annotations
@@ -54,15 +56,21 @@ class _VllmSamplingParams(BaseModel):
 
 
 def tokens_sampling(
-    raw: dict[str, Any], vocab_size: int, max_logprobs: int = DEFAULT_MAX_LOGPROBS
+    raw: dict[str, Any],
+    vocab_size: int,
+    max_logprobs: int = DEFAULT_MAX_LOGPROBS,
+    default_max_tokens: int | None = None,
 ) -> SamplingParams:
+    """`default_max_tokens`: what a left-out max_tokens is (None: until the context is
+    full); one the request names is taken as it is, as vLLM's endpoint takes it."""
     try:
         read = _VllmSamplingParams.model_validate(raw)
     except ValidationError as exc:
         errors = [{**e, "loc": (PARAM, *e["loc"])} for e in exc.errors()]
         raise validation_error(errors) from None
     for name, value in (read.model_extra or {}).items():
-        if value is not None and name not in _NO_EFFECT:
+        # A client that sends all of vLLM's fields sends the unused ones off (falsy).
+        if value and name not in _NO_EFFECT:
             raise ApiError(
                 400,
                 f"{PARAM}.{name} is not supported by this server",
@@ -93,7 +101,7 @@ def tokens_sampling(
             repetition_penalty=read.repetition_penalty,
             logit_bias=read.logit_bias or None,
             seed=read.seed,
-            max_tokens=read.max_tokens,
+            max_tokens=read.max_tokens if read.max_tokens is not None else default_max_tokens,
             min_tokens=read.min_tokens,
             stop=[read.stop] if isinstance(read.stop, str) else list(read.stop or []),
             stop_token_ids=list(read.stop_token_ids or []),

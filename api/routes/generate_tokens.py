@@ -12,6 +12,7 @@ event with `stream_options.include_usage`, then `[DONE]`. The id is
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -32,14 +33,14 @@ from api.deps import (
     json_body,
 )
 from api.errors import ApiError
-from api.logprobs import chat_logprobs
+from api.logprobs import clamp
 from api.prompt_logprobs import prompt_logprobs_answer
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import Submission, check_length, check_prompt_ids
 from api.response_ids import response_ids
-from api.schemas.chat import ChatLogprobs
-from api.schemas.common import UsageInfo
+from api.schemas.chat import ChatLogprobs, ChatTokenLogprob, TopLogprob
+from api.schemas.common import UsageInfo, check_priority
 from api.schemas.generate_tokens import (
     GenerateTokensChoice,
     GenerateTokensChunk,
@@ -80,6 +81,7 @@ async def generate_tokens(
                 param=name,
                 code="unsupported_parameter",
             )
+    check_priority(body.priority, settings)
     model = body.model or await catalog.default_model()
     record.model = model
     refuse_early(request, record)
@@ -91,16 +93,25 @@ async def generate_tokens(
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     tokenizer = model_tokenizer.tokenizer
     check_prompt_ids(body.token_ids, tokenizer.vocab_size, param="token_ids")
-    sampling = tokens_sampling(
-        body.sampling_params, tokenizer.vocab_size, model_tokenizer.max_logprobs
-    )
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
+    sampling = tokens_sampling(
+        body.sampling_params,
+        tokenizer.vocab_size,
+        model_tokenizer.max_logprobs,
+        default_max_tokens=_left_out_max_tokens(
+            model_tokenizer.generation_defaults.get("max_tokens"),
+            max_model_len,
+            len(body.token_ids),
+        ),
+    )
     check_length(
         len(body.token_ids), sampling.max_tokens, max_model_len, chat=False, where="token_ids"
     )
     ids = response_ids(request, ID_PREFIX, body.request_id)
     record.request_id = ids.internal
     record.prompt_tokens = len(body.token_ids)
+    if settings.log_prompts:
+        record.prompt_text = json.dumps(body.token_ids)
     requested = sampling.max_tokens or (max_model_len or 0) - len(body.token_ids)
     await admit(request, record, tokens=len(body.token_ids) + sampling.n * max(requested, 0))
     reader = await submitter.submit(
@@ -117,6 +128,7 @@ async def generate_tokens(
             public_id=ids.public,
         )
     )
+    record.readers.append(reader)  # its timings (queue time, TTFT) go to the request log
     view = _TokensView(ids.shown, live.name, body, sampling, tokenizer, record)
     if body.stream:
         return sse_response(
@@ -127,6 +139,18 @@ async def generate_tokens(
     except ClientGone:
         return Response(status_code=499)
     return JSONResponse(view.response(output).model_dump(mode="json"))
+
+
+def _left_out_max_tokens(
+    served_cap: int | None, max_model_len: int | None, prompt_tokens: int
+) -> int | None:
+    """vLLM's max_tokens for a request that names none: what the context leaves, or the
+    served max_new_tokens where that is less (None: until the context is full)."""
+    if served_cap is None:
+        return None
+    if max_model_len is None or max_model_len - prompt_tokens < 1:
+        return int(served_cap)  # no room left is check_length's 400 either way
+    return min(int(served_cap), max_model_len - prompt_tokens)
 
 
 class _TokensView:
@@ -150,12 +174,27 @@ class _TokensView:
         self.created = int(time.time())
 
     def _logprobs(self, logprobs: list[TokenLogprob] | None) -> ChatLogprobs | None:
+        """vLLM's: each token named `token_id:N`; its `top_logprobs` the token itself
+        first, then the likeliest others, `max(logprobs, 1)` in all."""
         if self.sampling.logprobs is None:
             return None
-        top_n = max(self.sampling.logprobs, 1)  # vLLM lists at least the token itself
-        return ChatLogprobs(
-            content=chat_logprobs(self.tokenizer, logprobs or [], top_n, as_ids=True)
-        )
+        listed = max(self.sampling.logprobs, 1)
+        content = []
+        for lp in logprobs or []:
+            entries = {lp.token_id: lp.logprob}
+            for token_id, value in lp.top:
+                entries.setdefault(int(token_id), value)
+            content.append(
+                ChatTokenLogprob(
+                    token=f"token_id:{lp.token_id}",
+                    logprob=clamp(lp.logprob),
+                    top_logprobs=[
+                        TopLogprob(token=f"token_id:{token_id}", logprob=clamp(value))
+                        for token_id, value in list(entries.items())[:listed]
+                    ],
+                )
+            )
+        return ChatLogprobs(content=content)
 
     def response(self, output: Output) -> GenerateTokensResponse:
         choices = []
@@ -210,6 +249,8 @@ class _TokensView:
                     cached = item.usage.cached_tokens
                     if item.finished:
                         final = item.usage.completion_tokens
+                # Logged as received, so a stream that ends early bills what it got.
+                self.record.cached_tokens = cached
                 for delta in item.choices:
                     generated[delta.index] += len(delta.token_ids)
                     # Logged as forwarded, so an aborted stream bills what it received.

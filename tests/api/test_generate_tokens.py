@@ -6,10 +6,11 @@ tests/e2e/test_generate_tokens.py."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import httpx
 
-from .conftest import MAX_MODEL_LEN, MODEL
+from .conftest import MAX_MODEL_LEN, MODEL, Stack, log_row
 from .fakes import CACHED_TOKENS, FakeWorker
 
 PATH = "/inference/v1/generate"
@@ -58,10 +59,26 @@ def test_n_choices_logprobs_and_prompt_logprobs(client: httpx.Client, worker: Fa
     assert [c["index"] for c in data["choices"]] == [0, 1]
     assert data["choices"][1]["token_ids"] == worker.script[1:4]
     content = data["choices"][0]["logprobs"]["content"]
-    first = worker.script[0]
+    first, second = worker.script[:2]
     assert [entry["token"] for entry in content] == [f"token_id:{t}" for t in worker.script[:3]]
     assert content[0]["logprob"] == -0.5
     assert [top["token"] for top in content[0]["top_logprobs"]] == [f"token_id:{first}"]
+    # vLLM's list: the token itself first, then the likeliest others, max(logprobs, 1).
+    # The fake worker's alternatives are the token, script[0] and script[1], in that order.
+    other = data["choices"][1]["logprobs"]["content"][0]  # its token is script[1]
+    assert [top["token"] for top in other["top_logprobs"]] == [f"token_id:{second}"]
+    zero = {"max_tokens": 1, "logprobs": 0}
+    (only,) = client.post(PATH, json={"token_ids": PROMPT, "sampling_params": zero}).json()[
+        "choices"
+    ][0]["logprobs"]["content"]
+    assert [top["token"] for top in only["top_logprobs"]] == [f"token_id:{first}"]
+    three = {"max_tokens": 2, "logprobs": 3}
+    answer = client.post(PATH, json={"token_ids": PROMPT, "sampling_params": three}).json()
+    listed = answer["choices"][0]["logprobs"]["content"][1]  # token script[1]
+    assert [top["token"] for top in listed["top_logprobs"]] == [
+        f"token_id:{second}",
+        f"token_id:{first}",
+    ]
     prompt_logprobs = data["prompt_logprobs"]
     assert len(prompt_logprobs) == len(PROMPT) and prompt_logprobs[0] is None
     assert set(prompt_logprobs[1]) == {str(PROMPT[1])}
@@ -118,3 +135,26 @@ def test_what_cannot_be_served_is_refused_before_anything_is_queued(
         assert answer.json()["error"]["param"] == param, (body, answer.json())
     assert client.post(PATH, json={**cases[0][0], "model": "nope"}).status_code in (400, 404)
     assert not worker.received
+
+
+def test_the_request_log_has_its_timings_and_an_early_stops_cached_tokens(
+    stack: Stack, client: httpx.Client, worker: FakeWorker
+) -> None:
+    answer = client.post(PATH, json={"token_ids": PROMPT, "sampling_params": {"max_tokens": 2}})
+    row = log_row(stack, answer.json()["id"])
+    assert row.endpoint == PATH and row.ttft is not None and row.queue_time is not None
+    worker.behaviour = "slow"  # a token every 50 ms
+    body = {"token_ids": PROMPT, "sampling_params": {"max_tokens": 100}, "stream": True}
+    with client.stream("POST", PATH, json=body) as stream:
+        first = json.loads(next(stream.iter_lines()).removeprefix("data: "))
+    row = log_row(stack, first["request_id"])
+    assert row.completion_tokens >= 1 and row.cached_tokens == CACHED_TOKENS
+
+
+def test_a_priority_needs_priority_scheduling(make_stack: Callable[..., Stack]) -> None:
+    stack = make_stack(scheduling_policy="fcfs")
+    with stack.client() as http:
+        body = {"token_ids": PROMPT, "priority": 5}
+        answer = http.post(PATH, json=body)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == "priority"
+        assert http.post(PATH, json={**body, "priority": 0}).status_code == 200

@@ -156,3 +156,19 @@ def test_what_beam_search_cannot_honour_is_a_400_naming_it(
     assert error["param"] == param
     assert error["message"] == f"{param}: cannot be combined with use_beam_search"
     assert len(worker.received) == queued
+
+
+def test_tokens_in_tokens_out_takes_only_the_served_cap_and_only_when_left_out(
+    tuned: tuple[httpx.Client, FakeWorker],
+) -> None:
+    """As vLLM's /inference/v1/generate: its SamplingParams defaults, and max_new_tokens
+    for a max_tokens left out (one it names is taken as it is)."""
+    client, worker = tuned
+    for asked, sent in ((None, 4), (100, 100)):
+        params = {} if asked is None else {"max_tokens": asked}
+        body = {"model": TUNED, "token_ids": [11, 12], "sampling_params": params}
+        response = client.post("/inference/v1/generate", json=body)
+        assert response.status_code == 200, response.text
+        sampling = worker.received[-1].sampling
+        assert sampling["max_tokens"] == sent
+        assert (sampling["temperature"], sampling["top_k"]) == (1.0, 0)

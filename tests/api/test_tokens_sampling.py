@@ -69,3 +69,18 @@ def test_the_rest_is_a_400_naming_the_field(raw: dict, param: str) -> None:
 def test_minus_one_asks_for_the_vocabulary_where_the_server_allows_it() -> None:
     params = tokens_sampling({"logprobs": -1, "prompt_logprobs": -1}, VOCAB, max_logprobs=-1)
     assert params.logprobs == params.prompt_logprobs == VOCAB
+
+
+def test_fields_left_off_are_accepted_whatever_they_are() -> None:
+    """A client serializing all of vLLM's SamplingParams sends its unused fields off."""
+    tokens_sampling(
+        {"skip_reading_prefix_cache": False, "extra_args": {}, "truncate_prompt_tokens": 0},
+        VOCAB,
+    )
+    with pytest.raises(ApiError):
+        tokens_sampling({"extra_args": {"x": 1}}, VOCAB)
+
+
+def test_a_left_out_max_tokens_takes_the_default_given_and_a_named_one_is_kept() -> None:
+    assert tokens_sampling({}, VOCAB, default_max_tokens=7).max_tokens == 7
+    assert tokens_sampling({"max_tokens": 50}, VOCAB, default_max_tokens=7).max_tokens == 50
