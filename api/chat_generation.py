@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -22,6 +22,7 @@ from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.chat_tokens import rendered_chat
 from api.collect import Output, collect, collect_all, finish
+from api.constraint_after_thinking import bind_after_thinking
 from api.errors import ApiError
 from api.harmony_parser import BODY_ENDS
 from api.logprobs import chat_logprobs
@@ -31,7 +32,6 @@ from api.reasoning_parser import (
     HARMONY,
     OTHER_TAGS,
     PROMPT_TAIL_TOKENS,
-    UNCONSTRAINED,
     HarmonyThinkStream,
     ThinkStart,
     ThinkStream,
@@ -157,25 +157,8 @@ async def start_chat(
         if turn is None:
             turn = tokenizer.decode(prompt_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False)
         start = think_start(reasoning_parser, turn)
-    constraint = sampling.structured_output
-    if (
-        constraint is not None
-        and start is not ThinkStart.ANSWER
-        and reasoning_parser in UNCONSTRAINED
-    ):
-        param = body.structured_output()[1]
-        raise ApiError(
-            400,
-            f"{param} cannot constrain the answer of a model read with --reasoning-parser "
-            f"{reasoning_parser} (its thinking tags are not grammar-wrapped); turn thinking "
-            "off in the prompt (chat_template_kwargs) or leave the constraint out",
-            param=param,
-        )
-    if constraint is not None and start is not ThinkStart.ANSWER:
-        # As in vLLM, a constraint (a response format, a forced call) binds the answer
-        # only: the model thinks freely up to </think> first.
-        after = replace(constraint, after_thinking=start.value)
-        sampling = replace(sampling, structured_output=after)
+    # A constraint (a response format, a forced call) binds the answer only.
+    sampling = bind_after_thinking(sampling, reasoning_parser, start, body.structured_output()[1])
     await check_structured_output(body, sampling, model_tokenizer)
     record.request_id = request_id
     record.prompt_tokens = len(prompt_ids)

@@ -17,7 +17,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from api.errors import ApiError, validation_error
+from api.schemas.structured_output import StructuredOutputFields, StructuredOutputsParams
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParamError, SamplingParams
+from engine.structured_output import StructuredOutput
 
 PARAM = "sampling_params"
 # vLLM fields that do not change which tokens come back.
@@ -53,6 +55,8 @@ class _VllmSamplingParams(BaseModel):
     logit_bias: dict[int, float] | None = None
     allowed_token_ids: list[int] | None = None
     bad_words: list[str] | None = None
+    # vLLM's StructuredOutputsParams: json, json_object, regex, choice or grammar.
+    structured_outputs: StructuredOutputsParams | None = None
 
 
 def tokens_sampling(
@@ -89,6 +93,7 @@ def tokens_sampling(
     logprobs = read.logprobs
     if logprobs == -1:
         logprobs = vocab_size
+    constraint = _constraint(read.structured_outputs)
     try:
         params = SamplingParams(
             n=read.n,
@@ -112,9 +117,23 @@ def tokens_sampling(
             prompt_logprobs=prompt_logprobs,
             allowed_token_ids=read.allowed_token_ids,
             bad_words=tuple(read.bad_words or ()),
+            structured_output=constraint,
         )
         params.validate_against_vocab(vocab_size, max_logprobs)
     except SamplingParamError as exc:
         param = f"{PARAM}.{exc.param}"
         raise ApiError(400, f"{param}: {str(exc).split(': ', 1)[-1]}", param=param) from None
     return params
+
+
+def _constraint(params: StructuredOutputsParams | None) -> StructuredOutput | None:
+    """The constraint, read as chat's `structured_outputs` is; its 400 names the field
+    under sampling_params."""
+    if params is None:
+        return None
+    try:
+        return StructuredOutputFields(structured_outputs=params).structured_output()[0]
+    except ApiError as exc:
+        param = f"{PARAM}.{exc.param}" if exc.param else PARAM
+        detail = exc.message.removeprefix(f"{exc.param}: ") if exc.param else exc.message
+        raise ApiError(exc.status, f"{param}: {detail}", param=param, code=exc.code) from None

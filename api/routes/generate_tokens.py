@@ -12,6 +12,7 @@ event with `stream_options.include_usage`, then `[DONE]`. The id is
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,7 +23,9 @@ from fastapi.responses import JSONResponse
 
 from api.admission import admit, refuse_early
 from api.cache_salt import cache_salt
+from api.catalog import ModelTokenizer
 from api.collect import ClientGone, Output, collect_all, finish
+from api.constraint_after_thinking import bind_after_thinking
 from api.deps import (
     Authenticated,
     CatalogDep,
@@ -35,6 +38,7 @@ from api.deps import (
 from api.errors import ApiError
 from api.logprobs import clamp
 from api.prompt_logprobs import prompt_logprobs_answer
+from api.reasoning_parser import HARMONY, PROMPT_TAIL_TOKENS, think_start
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import Submission, check_length, check_prompt_ids
@@ -48,9 +52,12 @@ from api.schemas.generate_tokens import (
     GenerateTokensResponse,
     GenerateTokensStreamChoice,
 )
+from api.schemas.structured_output import refused_as
 from api.streaming import sse_response
+from api.tokens_sampling import PARAM as PARAM_PREFIX
 from api.tokens_sampling import tokens_sampling
 from conveyor.protocol import TokenLogprob
+from conveyor.settings import Settings
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 
@@ -94,14 +101,19 @@ async def generate_tokens(
     tokenizer = model_tokenizer.tokenizer
     check_prompt_ids(body.token_ids, tokenizer.vocab_size, param="token_ids")
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
-    sampling = tokens_sampling(
-        body.sampling_params,
-        tokenizer.vocab_size,
-        model_tokenizer.max_logprobs,
-        default_max_tokens=_left_out_max_tokens(
-            model_tokenizer.generation_defaults.get("max_tokens"),
-            max_model_len,
-            len(body.token_ids),
+    sampling = await _constrained(
+        settings,
+        model_tokenizer,
+        body.token_ids,
+        tokens_sampling(
+            body.sampling_params,
+            tokenizer.vocab_size,
+            model_tokenizer.max_logprobs,
+            default_max_tokens=_left_out_max_tokens(
+                model_tokenizer.generation_defaults.get("max_tokens"),
+                max_model_len,
+                len(body.token_ids),
+            ),
         ),
     )
     check_length(
@@ -139,6 +151,31 @@ async def generate_tokens(
     except ClientGone:
         return Response(status_code=499)
     return JSONResponse(view.response(output).model_dump(mode="json"))
+
+
+async def _constrained(
+    settings: Settings,
+    model_tokenizer: ModelTokenizer,
+    token_ids: list[int],
+    sampling: SamplingParams,
+) -> SamplingParams:
+    """A structured-output constraint compile-checked for the model (a 400, not a worker
+    failure) and, for a reasoning model, bound to the answer after the thinking the
+    prompt's end opens (as chat binds it)."""
+    constraint = sampling.structured_output
+    if constraint is None:
+        return sampling
+    param = f"{PARAM_PREFIX}.structured_outputs"
+    parser = HARMONY if model_tokenizer.harmony else settings.reasoning_parser
+    if parser is not None:
+        tail = model_tokenizer.tokenizer.decode(
+            token_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False
+        )
+        sampling = bind_after_thinking(sampling, parser, think_start(parser, tail), param)
+    with refused_as(param):
+        # Off the event loop: a big schema takes a while to compile.
+        await asyncio.to_thread(model_tokenizer.grammars.check, sampling.structured_output)
+    return sampling
 
 
 def _left_out_max_tokens(

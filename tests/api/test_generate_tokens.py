@@ -123,7 +123,11 @@ def test_what_cannot_be_served_is_refused_before_anything_is_queued(
         (sampling(top_p=0), "sampling_params.top_p"),
         (sampling(max_tokens=0), "sampling_params.max_tokens"),
         (sampling(logprobs=10**6), "sampling_params.logprobs"),
-        (sampling(structured_outputs={"json": {}}), "sampling_params.structured_outputs"),
+        (sampling(structured_outputs={"regex": "("}), "sampling_params.structured_outputs"),
+        (
+            sampling(structured_outputs={"regex": "a", "choice": ["a"]}),
+            "sampling_params.structured_outputs",
+        ),
         (sampling(n=2, best_of=3), "sampling_params.best_of"),
         ({"token_ids": PROMPT, "kv_transfer_params": {"x": 1}}, "kv_transfer_params"),
         ({"token_ids": [1] * MAX_MODEL_LEN}, "token_ids"),
@@ -158,3 +162,26 @@ def test_a_priority_needs_priority_scheduling(make_stack: Callable[..., Stack]) 
         answer = http.post(PATH, json=body)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == "priority"
         assert http.post(PATH, json={**body, "priority": 0}).status_code == 200
+
+
+def test_a_constraint_binds_a_reasoning_models_answer_as_chat_binds_it(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Where the output starts is read from the prompt's end, as chat reads its turn."""
+    constraint = {"structured_outputs": {"json_object": True}}
+    for parser, prompt, after in (
+        ("deepseek_r1", "User: hi\nAssistant: <think>\n", "inside"),
+        ("qwen3", "User: hi\nAssistant:", "if_opened"),
+    ):
+        stack = make_stack(reasoning_parser=parser)
+        with stack.client() as http:
+            ids = http.post("/tokenize", json={"prompt": prompt}).json()["tokens"]
+            body = {"token_ids": ids, "sampling_params": constraint}
+            assert http.post(PATH, json=body).status_code == 200
+        sampling = stack.worker.received[-1].sampling
+        assert sampling["structured_output"]["after_thinking"] == after, parser
+    stack = make_stack(reasoning_parser="seed_oss")
+    with stack.client() as http:
+        answer = http.post(PATH, json={"token_ids": PROMPT, "sampling_params": constraint})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "sampling_params.structured_outputs"

@@ -53,6 +53,11 @@ def test_fields_that_change_nothing_or_are_null_are_accepted() -> None:
     [
         ({"truncate_prompt_tokens": 10}, "sampling_params.truncate_prompt_tokens"),
         ({"logits_processors": ["x"]}, "sampling_params.logits_processors"),
+        ({"structured_outputs": {"json": 5}}, "sampling_params.structured_outputs"),
+        (
+            {"structured_outputs": {"structural_tag": {}}},
+            "sampling_params.structured_outputs.structural_tag",
+        ),
         ({"n": "two"}, "sampling_params.n"),
         ({"logit_bias": {"x": 1}}, "sampling_params.logit_bias.x"),
         ({"stop_token_ids": [VOCAB]}, "sampling_params.stop_token_ids"),
@@ -84,3 +89,15 @@ def test_fields_left_off_are_accepted_whatever_they_are() -> None:
 def test_a_left_out_max_tokens_takes_the_default_given_and_a_named_one_is_kept() -> None:
     assert tokens_sampling({}, VOCAB, default_max_tokens=7).max_tokens == 7
     assert tokens_sampling({"max_tokens": 50}, VOCAB, default_max_tokens=7).max_tokens == 50
+
+
+def test_a_constraint_is_read_as_chats_structured_outputs() -> None:
+    params = tokens_sampling(
+        {"structured_outputs": {"choice": ["yes", "no"], "disable_any_whitespace": True}}, VOCAB
+    )
+    assert params.structured_output is not None
+    assert params.structured_output.kind == "choice"
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    json_params = tokens_sampling({"structured_outputs": {"json": schema}}, VOCAB)
+    assert json_params.structured_output is not None
+    assert json_params.structured_output.kind == "json"

@@ -109,3 +109,16 @@ def test_a_named_stream_ends_on_abort_with_the_ids_it_has(
     caller.join()
     assert aborted == [{"status": "aborted", "aborted": 1}]
     assert finish == "abort" and 3 <= len(got) < 200
+
+
+def test_a_structured_output_constraint_holds(
+    server: tuple[httpx.Client, openai.OpenAI],
+) -> None:
+    http, _ = server
+    params = {"temperature": 1.0, "seed": 3, "structured_outputs": {"choice": ["Rome", "Oslo"]}}
+    answer = http.post(PATH, json={"token_ids": prompt_ids(http), "sampling_params": params})
+    assert answer.status_code == 200, answer.text
+    (choice,) = answer.json()["choices"]
+    text = http.post("/detokenize", json={"model": MODEL, "tokens": choice["token_ids"]})
+    assert text.json()["prompt"] in ("Rome", "Oslo")
+    assert choice["finish_reason"] == "stop"
