@@ -74,6 +74,7 @@ from api.tool_parsers import (
 )
 from conveyor.protocol import ChoiceDelta, ReplyMessage
 from conveyor.settings import Settings
+from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer, flatten_content
 
 
@@ -89,6 +90,20 @@ class ChatServices:
     settings: Settings
 
 
+@dataclass(frozen=True)
+class PreparedChat:
+    """A chat request checked, rendered and turned into engine sampling: what is queued."""
+
+    live: LiveModel
+    model_tokenizer: ModelTokenizer
+    body: ChatCompletionRequest  # as the model's template took it
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    reasoning_parser: str | None
+    think_start: ThinkStart
+    tool_parser: str | None
+
+
 async def start_chat(
     services: ChatServices,
     body: ChatCompletionRequest,
@@ -102,17 +117,68 @@ async def start_chat(
     `truncate` drops the oldest turns that do not fit the context (the Responses API's
     `truncation: "auto"`) where a prompt too long is otherwise a 400. `public_id` is the
     id the client sees where it is not `request_id` (api/response_ids.py)."""
+    record, submitter = services.record, services.submitter
+    chat = await prepare_chat(services, body, truncate=truncate)
+    live, body, prompt_ids, sampling = chat.live, chat.body, chat.prompt_ids, chat.sampling
+    record.request_id = request_id
+    record.prompt_tokens = len(prompt_ids)
+    if services.settings.log_prompts:
+        record.prompt_text = body.model_dump_json(include={"messages"})
+    requested = body.requested_max_tokens[0]
+    await admit(services.request, record, tokens=len(prompt_ids) + body.n * (requested or 0))
+    reader = await submitter.submit(
+        Submission(
+            request_id=request_id,
+            model=live.queue_model,
+            prompt_token_ids=prompt_ids,
+            sampling=sampling,
+            priority=body.priority,
+            stream=body.stream,
+            lane=record.lane,
+            lora=live.lora,
+            cache_salt=cache_salt(
+                record.principal, body.cache_salt, services.settings.prefix_cache_scope
+            ),
+            public_id=public_id,
+        )
+    )
+    record.readers.append(reader)
+    return ChatGeneration(
+        services,
+        public_id or request_id,
+        body,
+        chat.model_tokenizer.tokenizer,
+        prompt_ids,
+        reader,
+        chat.reasoning_parser,
+        think_start=chat.think_start,
+        tool_parser=chat.tool_parser,
+    )
+
+
+async def prepare_chat(
+    services: ChatServices,
+    body: ChatCompletionRequest,
+    *,
+    truncate: bool = False,
+    to_serve: bool = True,
+) -> PreparedChat:
+    """Check and render `body` and build its sampling, as it would be queued. `to_serve`:
+    the model must take it now (awake, its queue not full); rendering alone needs only
+    its tokenizer."""
     record, submitter, catalog = services.record, services.submitter, services.catalog
     body.check_supported()
     body.model = body.model or await catalog.default_model()
     body.apply_server_defaults(services.settings)
     record.model = body.model
-    refuse_early(services.request, record)
+    if to_serve:
+        refuse_early(services.request, record)
     live = await catalog.resolve(body.model)
     record.model = live.name  # usage under the model's own name, asked by any
     live.require_runner("generate", services.record.endpoint)
-    await catalog.require_awake(live)
-    await submitter.check_capacity(live.queue_model, record.lane)
+    if to_serve:
+        await catalog.require_awake(live)
+        await submitter.check_capacity(live.queue_model, record.lane)
     model_tokenizer = await catalog.tokenizer(live.queue_model)
     harmony = model_tokenizer.harmony
     body, tool_parser = for_model(body, services.settings, model_tokenizer)
@@ -160,38 +226,8 @@ async def start_chat(
     # A constraint (a response format, a forced call) binds the answer only.
     sampling = bind_after_thinking(sampling, reasoning_parser, start, body.structured_output()[1])
     await check_structured_output(body, sampling, model_tokenizer)
-    record.request_id = request_id
-    record.prompt_tokens = len(prompt_ids)
-    if services.settings.log_prompts:
-        record.prompt_text = body.model_dump_json(include={"messages"})
-    await admit(services.request, record, tokens=len(prompt_ids) + body.n * (requested or 0))
-    reader = await submitter.submit(
-        Submission(
-            request_id=request_id,
-            model=live.queue_model,
-            prompt_token_ids=prompt_ids,
-            sampling=sampling,
-            priority=body.priority,
-            stream=body.stream,
-            lane=record.lane,
-            lora=live.lora,
-            cache_salt=cache_salt(
-                record.principal, body.cache_salt, services.settings.prefix_cache_scope
-            ),
-            public_id=public_id,
-        )
-    )
-    record.readers.append(reader)
-    return ChatGeneration(
-        services,
-        public_id or request_id,
-        body,
-        tokenizer,
-        prompt_ids,
-        reader,
-        reasoning_parser,
-        think_start=start,
-        tool_parser=tool_parser,
+    return PreparedChat(
+        live, model_tokenizer, body, prompt_ids, sampling, reasoning_parser, start, tool_parser
     )
 
 

@@ -1,5 +1,7 @@
-"""vLLM's `SamplingParams`, as POST /inference/v1/generate receives them, read into the
-engine's (engine/sampling_params.py, which speaks the same vocabulary).
+"""vLLM's `SamplingParams` JSON and the engine's (engine/sampling_params.py, which speaks
+the same vocabulary): read as POST /inference/v1/generate receives them, and written as
+the render endpoints hand them out (api/routes/render.py), so that a render's output
+posted to /inference/v1/generate samples as the chat or completion would have.
 
 vLLM's own defaults apply where a field is left out (temperature 1, no generation-config
 defaults), except `max_tokens`: left out, it is what the context leaves, or the served
@@ -12,6 +14,7 @@ implement is a 400 naming it, never silently dropped.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -137,3 +140,53 @@ def _constraint(params: StructuredOutputsParams | None) -> StructuredOutput | No
         param = f"{PARAM}.{exc.param}" if exc.param else PARAM
         detail = exc.message.removeprefix(f"{exc.param}: ") if exc.param else exc.message
         raise ApiError(exc.status, f"{param}: {detail}", param=param, code=exc.code) from None
+
+
+def vllm_sampling_params(params: SamplingParams) -> dict[str, Any]:
+    """`params` as vLLM's SamplingParams JSON (every field `tokens_sampling` reads back to
+    the same engine parameters). A constraint's reasoning binding is left out: the tokens
+    endpoint derives it from the prompt's end, as chat does."""
+    constraint = params.structured_output
+    return {
+        "n": params.n,
+        "presence_penalty": params.presence_penalty,
+        "frequency_penalty": params.frequency_penalty,
+        "repetition_penalty": params.repetition_penalty,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "seed": params.seed,
+        "stop": list(params.stop),
+        "stop_token_ids": list(params.stop_token_ids),
+        "ignore_eos": params.ignore_eos,
+        "max_tokens": params.max_tokens,
+        "min_tokens": params.min_tokens,
+        "logprobs": params.logprobs,
+        "prompt_logprobs": params.prompt_logprobs,
+        "detokenize": True,
+        "skip_special_tokens": params.skip_special_tokens,
+        "spaces_between_special_tokens": True,
+        "include_stop_str_in_output": params.include_stop_str_in_output,
+        "logit_bias": (
+            {str(token): bias for token, bias in params.logit_bias.items()}
+            if params.logit_bias
+            else None
+        ),
+        "allowed_token_ids": (
+            list(params.allowed_token_ids) if params.allowed_token_ids is not None else None
+        ),
+        "bad_words": list(params.bad_words) or None,
+        "structured_outputs": _vllm_constraint(constraint) if constraint is not None else None,
+    }
+
+
+def _vllm_constraint(constraint: StructuredOutput) -> dict[str, Any]:
+    spec: Any = constraint.spec
+    if constraint.kind in ("json", "choice"):
+        spec = json.loads(spec)  # a schema, or the options, kept as JSON text
+    return {
+        constraint.kind: spec,
+        "disable_any_whitespace": constraint.compact_json,
+        "whitespace_pattern": constraint.whitespace_pattern,
+    }

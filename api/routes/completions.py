@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from api.admission import admit, refuse_early
 from api.cache_salt import cache_salt
+from api.catalog import LiveModel, ModelCatalog
 from api.collect import ClientGone, Output, collect_all, finish
 from api.deps import (
     Authenticated,
@@ -29,6 +30,7 @@ from api.prompt_logprobs import prompt_logprobs_answer
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import (
+    RequestSubmitter,
     Submission,
     build_sampling,
     check_length,
@@ -47,6 +49,8 @@ from api.schemas.completions import (
 )
 from api.streaming import merge, sse_response
 from conveyor.protocol import ReplyMessage, TokenLogprob
+from conveyor.settings import Settings
+from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
 
 router = APIRouter(dependencies=[Authenticated])
@@ -70,39 +74,9 @@ async def create_completion(
     record: RecordDep,
     settings: SettingsDep,
 ) -> Response:
-    body.check_supported()
-    body.model = body.model or await catalog.default_model()
-    body.apply_server_defaults(settings)
-    record.model = body.model
-    refuse_early(request, record)
-    raw_prompts = body.prompts()
-    live = await catalog.resolve(body.model)
-    record.model = live.name  # usage under the model's own name, asked by any
-    live.require_runner("generate", "/v1/completions")
-    await catalog.require_awake(live)
-    await submitter.check_capacity(live.queue_model, record.lane)
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
-    tokenizer = model_tokenizer.tokenizer
-    prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body)
-    max_model_len = live.max_model_len or model_tokenizer.max_model_len
-
-    # max_tokens 0 with echo scores the prompt: generate one token and discard it.
-    scoring = body.max_tokens == 0
-    max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
-    if scoring:
-        max_tokens = 1
-    for prompt in prompts:
-        check_length(len(prompt.token_ids), max_tokens, max_model_len, chat=False)
-    sampling = build_sampling(
-        body,
-        max_tokens=max_tokens,
-        logprobs=body.logprobs,
-        prompt_logprobs=_engine_prompt_logprobs(body, tokenizer.vocab_size),
-        defaults=model_tokenizer.generation_defaults,
-        vocab_size=tokenizer.vocab_size,
-        max_logprobs=model_tokenizer.max_logprobs,
-    )
-    await check_structured_output(body, sampling, model_tokenizer)
+    prepared = await prepare_completion(request, body, catalog, submitter, record, settings)
+    live, prompts, sampling = prepared.live, prepared.prompts, prepared.sampling
+    scoring, max_tokens, tokenizer = prepared.scoring, prepared.max_tokens, prepared.tokenizer
     response_id = response_ids(request, "cmpl", body.request_id)
     base_id = response_id.internal
     ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
@@ -150,6 +124,69 @@ async def create_completion(
         record.cached_tokens = sum(output.cached_tokens() for output in outputs)
     record.finish_reason = response.choices[0].finish_reason if response.choices else None
     return JSONResponse(response.model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class PreparedCompletion:
+    """A completions request checked, tokenized and turned into engine sampling."""
+
+    live: LiveModel
+    tokenizer: Tokenizer
+    prompts: list[_Prompt]
+    sampling: SamplingParams
+    scoring: bool  # max_tokens 0 with echo: the prompt scored, nothing generated
+    max_tokens: int
+
+
+async def prepare_completion(
+    request: Request,
+    body: CompletionRequest,
+    catalog: ModelCatalog,
+    submitter: RequestSubmitter,
+    record: RequestRecord,
+    settings: Settings,
+    *,
+    to_serve: bool = True,
+) -> PreparedCompletion:
+    """Check and tokenize `body` and build its sampling, as it would be queued. `to_serve`:
+    the model must take it now (awake, its queue not full, the key's rate limits);
+    rendering alone needs only its tokenizer."""
+    body.check_supported()
+    body.model = body.model or await catalog.default_model()
+    body.apply_server_defaults(settings)
+    record.model = body.model
+    if to_serve:
+        refuse_early(request, record)
+    raw_prompts = body.prompts()
+    live = await catalog.resolve(body.model)
+    record.model = live.name  # usage under the model's own name, asked by any
+    live.require_runner("generate", record.endpoint)
+    if to_serve:
+        await catalog.require_awake(live)
+        await submitter.check_capacity(live.queue_model, record.lane)
+    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    tokenizer = model_tokenizer.tokenizer
+    prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body)
+    max_model_len = live.max_model_len or model_tokenizer.max_model_len
+
+    # max_tokens 0 with echo scores the prompt: generate one token and discard it.
+    scoring = body.max_tokens == 0
+    max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+    if scoring:
+        max_tokens = 1
+    for prompt in prompts:
+        check_length(len(prompt.token_ids), max_tokens, max_model_len, chat=False)
+    sampling = build_sampling(
+        body,
+        max_tokens=max_tokens,
+        logprobs=body.logprobs,
+        prompt_logprobs=_engine_prompt_logprobs(body, tokenizer.vocab_size),
+        defaults=model_tokenizer.generation_defaults,
+        vocab_size=tokenizer.vocab_size,
+        max_logprobs=model_tokenizer.max_logprobs,
+    )
+    await check_structured_output(body, sampling, model_tokenizer)
+    return PreparedCompletion(live, tokenizer, prompts, sampling, scoring, max_tokens)
 
 
 def _engine_prompt_logprobs(body: CompletionRequest, vocab_size: int) -> int | None:

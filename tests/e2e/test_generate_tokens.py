@@ -122,3 +122,25 @@ def test_a_structured_output_constraint_holds(
     text = http.post("/detokenize", json={"model": MODEL, "tokens": choice["token_ids"]})
     assert text.json()["prompt"] in ("Rome", "Oslo")
     assert choice["finish_reason"] == "stop"
+
+
+def test_a_rendered_chat_generates_the_chats_own_tokens(
+    server: tuple[httpx.Client, openai.OpenAI],
+) -> None:
+    http, sdk = server
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    chat = sdk.chat.completions.create(
+        model=MODEL,
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=10,
+        temperature=0,
+        extra_body={"return_token_ids": True},
+    )
+    want = chat.choices[0].token_ids  # type: ignore[attr-defined]
+    rendered = http.post(
+        "/v1/chat/completions/render",
+        json={"model": MODEL, "messages": messages, "max_tokens": 10, "temperature": 0},
+    ).json()
+    assert rendered["token_ids"] == chat.prompt_token_ids  # type: ignore[attr-defined]
+    answer = http.post(PATH, json=rendered).json()
+    assert answer["choices"][0]["token_ids"] == want
