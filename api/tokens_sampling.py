@@ -20,11 +20,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from api.errors import ApiError, validation_error
+from api.reasoning_parser import ThinkStart
 from api.schemas.structured_output import StructuredOutputFields, StructuredOutputsParams
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParamError, SamplingParams
 from engine.structured_output import StructuredOutput
 
 PARAM = "sampling_params"
+# Where a render writes the reasoning binding it computed, in vLLM's `extra_args` (free
+# for plugins; vLLM itself reads none): "answer", "inside", "if_opened" or "harmony".
+AFTER_THINKING_ARG = "conveyor_after_thinking"
 # vLLM fields that do not change which tokens come back.
 _NO_EFFECT = frozenset(
     {"detokenize", "output_kind", "spaces_between_special_tokens", "flat_logprobs", "skip_clone"}
@@ -60,6 +64,8 @@ class _VllmSamplingParams(BaseModel):
     bad_words: list[str] | None = None
     # vLLM's StructuredOutputsParams: json, json_object, regex, choice or grammar.
     structured_outputs: StructuredOutputsParams | None = None
+    # vLLM's, for plugins: only AFTER_THINKING_ARG is read (stated_think_start).
+    extra_args: dict[str, Any] | None = None
 
 
 def tokens_sampling(
@@ -129,6 +135,20 @@ def tokens_sampling(
     return params
 
 
+def stated_think_start(raw: dict[str, Any]) -> ThinkStart | None:
+    """The reasoning binding a render stated (None: none; the prompt's end decides)."""
+    extra = raw.get("extra_args")
+    value = extra.get(AFTER_THINKING_ARG) if isinstance(extra, dict) else None
+    if value is None:
+        return None
+    try:
+        return ThinkStart(value)
+    except ValueError:
+        param = f"{PARAM}.extra_args.{AFTER_THINKING_ARG}"
+        choices = ", ".join(start.value for start in ThinkStart)
+        raise ApiError(400, f"{param} must be one of {choices}", param=param) from None
+
+
 def _constraint(params: StructuredOutputsParams | None) -> StructuredOutput | None:
     """The constraint, read as chat's `structured_outputs` is; its 400 names the field
     under sampling_params."""
@@ -144,8 +164,7 @@ def _constraint(params: StructuredOutputsParams | None) -> StructuredOutput | No
 
 def vllm_sampling_params(params: SamplingParams) -> dict[str, Any]:
     """`params` as vLLM's SamplingParams JSON (every field `tokens_sampling` reads back to
-    the same engine parameters). A constraint's reasoning binding is left out: the tokens
-    endpoint derives it from the prompt's end, as chat does."""
+    the same engine parameters); a constraint's reasoning binding goes in `extra_args`."""
     constraint = params.structured_output
     return {
         "n": params.n,
@@ -178,6 +197,13 @@ def vllm_sampling_params(params: SamplingParams) -> dict[str, Any]:
         ),
         "bad_words": list(params.bad_words) or None,
         "structured_outputs": _vllm_constraint(constraint) if constraint is not None else None,
+        # Computed from the model's own turn (chat) or not at all (completions): the
+        # prompt's end posted alone could decide otherwise.
+        "extra_args": (
+            {AFTER_THINKING_ARG: constraint.after_thinking or ThinkStart.ANSWER.value}
+            if constraint is not None
+            else None
+        ),
     }
 
 

@@ -38,7 +38,7 @@ from api.deps import (
 from api.errors import ApiError
 from api.logprobs import clamp
 from api.prompt_logprobs import prompt_logprobs_answer
-from api.reasoning_parser import HARMONY, PROMPT_TAIL_TOKENS, think_start
+from api.reasoning_parser import HARMONY, PROMPT_TAIL_TOKENS, ThinkStart, think_start
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import Submission, check_length, check_prompt_ids
@@ -55,7 +55,7 @@ from api.schemas.generate_tokens import (
 from api.schemas.structured_output import refused_as
 from api.streaming import sse_response
 from api.tokens_sampling import PARAM as PARAM_PREFIX
-from api.tokens_sampling import tokens_sampling
+from api.tokens_sampling import stated_think_start, tokens_sampling
 from conveyor.protocol import TokenLogprob
 from conveyor.settings import Settings
 from engine.sampling_params import SamplingParams
@@ -115,6 +115,7 @@ async def generate_tokens(
                 len(body.token_ids),
             ),
         ),
+        stated_think_start(body.sampling_params),
     )
     check_length(
         len(body.token_ids), sampling.max_tokens, max_model_len, chat=False, where="token_ids"
@@ -158,20 +159,25 @@ async def _constrained(
     model_tokenizer: ModelTokenizer,
     token_ids: list[int],
     sampling: SamplingParams,
+    stated: ThinkStart | None,
 ) -> SamplingParams:
     """A structured-output constraint compile-checked for the model (a 400, not a worker
-    failure) and, for a reasoning model, bound to the answer after the thinking the
-    prompt's end opens (as chat binds it)."""
+    failure) and, for a reasoning model, bound to the answer after its thinking: where a
+    render stated the binding (from the model's own turn), that; else where the prompt's
+    end leaves the output (as chat decides when it has no turn to read)."""
     constraint = sampling.structured_output
     if constraint is None:
         return sampling
     param = f"{PARAM_PREFIX}.structured_outputs"
     parser = HARMONY if model_tokenizer.harmony else settings.reasoning_parser
     if parser is not None:
-        tail = model_tokenizer.tokenizer.decode(
-            token_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False
-        )
-        sampling = bind_after_thinking(sampling, parser, think_start(parser, tail), param)
+        start = stated
+        if start is None:
+            tail = model_tokenizer.tokenizer.decode(
+                token_ids[-PROMPT_TAIL_TOKENS:], skip_special_tokens=False
+            )
+            start = think_start(parser, tail)
+        sampling = bind_after_thinking(sampling, parser, start, param)
     with refused_as(param):
         # Off the event loop: a big schema takes a while to compile.
         await asyncio.to_thread(model_tokenizer.grammars.check, sampling.structured_output)

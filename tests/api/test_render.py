@@ -71,12 +71,39 @@ def test_the_rendered_request_is_vllms_generate_request(client: httpx.Client) ->
 def test_a_reasoning_models_constraint_is_bound_alike_both_ways(
     make_stack: Callable[..., Stack],
 ) -> None:
+    """The render states the binding chat read from the model's own turn: the prompt's
+    end alone would decide otherwise where a message quotes the think tags."""
     stack = make_stack(reasoning_parser="qwen3")
-    body = {"model": MODEL, "messages": MESSAGES, "response_format": {"type": "json_object"}}
+    json_object = {"response_format": {"type": "json_object"}}
     with stack.client() as http:
-        direct, through_render = queued_by_chat_and_by_its_render(http, stack.worker, body)
-    assert direct.sampling["structured_output"]["after_thinking"] == "if_opened"
-    assert through_render.sampling == direct.sampling
+        for messages, after in (
+            (MESSAGES, "if_opened"),
+            ([{"role": "user", "content": "Is <think>x</think> valid?"}], "if_opened"),
+            ([{"role": "user", "content": "Say <think> twice"}], "if_opened"),
+        ):
+            body = {"model": MODEL, "messages": messages, **json_object}
+            direct, through_render = queued_by_chat_and_by_its_render(http, stack.worker, body)
+            assert direct.sampling["structured_output"]["after_thinking"] == after
+            assert through_render.sampling == direct.sampling, messages
+
+
+def test_a_completions_unbound_constraint_stays_unbound_through_a_render(
+    make_stack: Callable[..., Stack],
+) -> None:
+    """Completions bind no constraint to thinking; the render says so, even where the
+    tokens endpoint would bind (qwen3) or refuse (seed_oss) one by the prompt's end."""
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 5}
+    body["structured_outputs"] = {"choice": ["a", "b"]}
+    for parser in ("qwen3", "seed_oss"):
+        stack = make_stack(reasoning_parser=parser)
+        with stack.client() as http:
+            assert http.post("/v1/completions", json=body).status_code == 200
+            direct = stack.worker.received[-1]
+            (rendered,) = http.post("/v1/completions/render", json=body).json()
+            generated = http.post("/inference/v1/generate", json=rendered)
+            assert generated.status_code == 200, (parser, generated.text)
+        assert direct.sampling["structured_output"]["after_thinking"] is None
+        assert stack.worker.received[-1].sampling == direct.sampling, parser
 
 
 def test_a_completion_renders_one_request_per_prompt(

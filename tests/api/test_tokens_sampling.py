@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from api.errors import ApiError
-from api.tokens_sampling import tokens_sampling
+from api.reasoning_parser import ThinkStart
+from api.tokens_sampling import stated_think_start, tokens_sampling
 
 VOCAB = 1000
 
@@ -83,7 +84,7 @@ def test_fields_left_off_are_accepted_whatever_they_are() -> None:
         VOCAB,
     )
     with pytest.raises(ApiError):
-        tokens_sampling({"extra_args": {"x": 1}}, VOCAB)
+        tokens_sampling({"skip_reading_prefix_cache": True}, VOCAB)
 
 
 def test_a_left_out_max_tokens_takes_the_default_given_and_a_named_one_is_kept() -> None:
@@ -101,3 +102,14 @@ def test_a_constraint_is_read_as_chats_structured_outputs() -> None:
     json_params = tokens_sampling({"structured_outputs": {"json": schema}}, VOCAB)
     assert json_params.structured_output is not None
     assert json_params.structured_output.kind == "json"
+
+
+def test_a_stated_reasoning_binding_is_read_and_checked() -> None:
+    assert stated_think_start({}) is None
+    assert stated_think_start({"extra_args": {"plugin": 1}}) is None
+    stated = {"extra_args": {"conveyor_after_thinking": "answer"}}
+    assert stated_think_start(stated) is ThinkStart.ANSWER
+    tokens_sampling(stated, VOCAB)  # extra_args are vLLM's, for plugins: accepted
+    with pytest.raises(ApiError) as refused:
+        stated_think_start({"extra_args": {"conveyor_after_thinking": "later"}})
+    assert refused.value.param == "sampling_params.extra_args.conveyor_after_thinking"
