@@ -41,6 +41,11 @@ class StreamOptions(NullMeansDefault):
     include_usage: bool = False
     continuous_usage_stats: bool = False
 
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's: per-chunk usage is a refinement of include_usage, never on without it."""
+        return self.include_usage and self.continuous_usage_stats
+
 
 class SamplingRequest(StructuredOutputFields):
     """What chat and completions requests share: the model, streaming and sampling knobs."""
@@ -145,10 +150,7 @@ class SamplingRequest(StructuredOutputFields):
 
     @property
     def continuous_usage(self) -> bool:
-        """vLLM's: per-chunk usage is a refinement of include_usage, never on without it."""
-        return self.include_usage and bool(
-            self.stream_options and self.stream_options.continuous_usage_stats
-        )
+        return bool(self.stream_options and self.stream_options.continuous_usage)
 
 
 def omitted_when_none() -> Any:

@@ -40,9 +40,7 @@ class GenerateTokensRequest(BaseModel):
 
     @property
     def continuous_usage(self) -> bool:
-        return self.include_usage and bool(
-            self.stream_options and self.stream_options.continuous_usage_stats
-        )
+        return bool(self.stream_options and self.stream_options.continuous_usage)
 
 
 class GenerateTokensChoice(BaseModel):

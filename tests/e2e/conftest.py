@@ -151,6 +151,18 @@ def server(bundled_model_dir: Path, e2e_redis: EmbeddedRedis) -> Iterator[Server
         stop(process)
 
 
+@pytest.fixture(scope="session")
+def dev_server(bundled_model_dir: Path) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
+    """A plain `conveyor serve` tree in development mode (vLLM's VLLM_SERVER_DEV_MODE),
+    shared by the modules that need no other flag (pause, aborts, tokens in): clients for
+    its operator endpoints and its API."""
+    with (
+        serving(bundled_model_dir, VLLM_SERVER_DEV_MODE="1") as (base_url, _),
+        operator_clients(base_url) as clients,
+    ):
+        yield clients
+
+
 @contextmanager
 def operator_clients(base_url: str) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
     """An HTTP client for a server's operator endpoints and the SDK for its API (no

@@ -7,27 +7,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
-import pytest
-
-from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Tell me about the history of bridges."}]
 MAX_TOKENS = 64
-
-
-@pytest.fixture(scope="module")
-def server(bundled_model_dir: Path) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
-    with (
-        serving(bundled_model_dir, VLLM_SERVER_DEV_MODE="1") as (base_url, _),
-        operator_clients(base_url) as clients,
-    ):
-        yield clients
 
 
 def long_answer(sdk: openai.OpenAI) -> openai.types.chat.ChatCompletion:
@@ -47,9 +33,9 @@ def abort(http: httpx.Client, *ids: str) -> dict[str, object]:
 
 
 def test_a_named_stream_ends_with_what_it_has_and_another_request_runs_on(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, sdk = server
+    http, sdk = dev_server
     whole = long_answer(sdk).choices[0].message.content or ""
     other: list[str] = []
     bystander = threading.Thread(
@@ -84,9 +70,9 @@ def test_a_named_stream_ends_with_what_it_has_and_another_request_runs_on(
 
 
 def test_without_ids_every_request_ends_and_the_name_sent_again_runs_whole(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, sdk = server
+    http, sdk = dev_server
     whole = long_answer(sdk).choices[0].message.content or ""
     named = sdk.with_options(default_headers={"X-Request-Id": "rollout-2"})
     answers: list[openai.types.chat.ChatCompletion] = []

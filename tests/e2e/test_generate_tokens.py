@@ -8,26 +8,13 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
-import pytest
-
-from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
 PATH = "/inference/v1/generate"
-
-
-@pytest.fixture(scope="module")
-def server(bundled_model_dir: Path) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
-    with (
-        serving(bundled_model_dir, VLLM_SERVER_DEV_MODE="1") as (base_url, _),
-        operator_clients(base_url) as clients,
-    ):
-        yield clients
 
 
 def prompt_ids(http: httpx.Client) -> list[int]:
@@ -44,9 +31,9 @@ def stream_events(http: httpx.Client, body: dict[str, Any], **headers: str) -> I
 
 
 def test_greedy_token_ids_equal_the_completions_endpoints_streamed_or_whole(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, sdk = server
+    http, sdk = dev_server
     prompt = prompt_ids(http)
     completion = sdk.completions.create(
         model=MODEL,
@@ -82,9 +69,9 @@ def test_greedy_token_ids_equal_the_completions_endpoints_streamed_or_whole(
 
 
 def test_a_named_stream_ends_on_abort_with_the_ids_it_has(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, _ = server
+    http, _ = dev_server
     body = {
         "token_ids": prompt_ids(http),
         "sampling_params": {"temperature": 0, "max_tokens": 200, "ignore_eos": True},
@@ -112,9 +99,9 @@ def test_a_named_stream_ends_on_abort_with_the_ids_it_has(
 
 
 def test_a_structured_output_constraint_holds(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, _ = server
+    http, _ = dev_server
     params = {"temperature": 1.0, "seed": 3, "structured_outputs": {"choice": ["Rome", "Oslo"]}}
     answer = http.post(PATH, json={"token_ids": prompt_ids(http), "sampling_params": params})
     assert answer.status_code == 200, answer.text
@@ -125,9 +112,9 @@ def test_a_structured_output_constraint_holds(
 
 
 def test_a_rendered_chat_generates_the_chats_own_tokens(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, sdk = server
+    http, sdk = dev_server
     messages = [{"role": "user", "content": "What is the capital of France?"}]
     chat = sdk.chat.completions.create(
         model=MODEL,

@@ -7,28 +7,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
-import pytest
 
 from .batch_calls import DONE, jsonl, submit, wait_until
-from .conftest import operator_clients, serving
 
 MODEL = "smollm2"
 MESSAGES = [{"role": "user", "content": "Tell me about the history of bridges."}]
 MAX_TOKENS = 64
-
-
-@pytest.fixture(scope="module")
-def server(bundled_model_dir: Path) -> Iterator[tuple[httpx.Client, openai.OpenAI]]:
-    with (
-        serving(bundled_model_dir, VLLM_SERVER_DEV_MODE="1") as (base_url, _),
-        operator_clients(base_url) as clients,
-    ):
-        yield clients
 
 
 def is_paused(http: httpx.Client) -> bool:
@@ -99,9 +86,9 @@ def stream_with_a_pause(
 
 
 def test_a_pause_answers_a_running_stream_and_holds_new_requests_until_resumed(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, sdk = server
+    http, sdk = dev_server
     before, whole = answer(sdk), whole_answer(sdk)
     assert not is_paused(http)
     text, finish, _ = stream_with_a_pause(http, sdk, "abort", resume_after=False)
@@ -121,9 +108,9 @@ def test_a_pause_answers_a_running_stream_and_holds_new_requests_until_resumed(
 
 
 def test_mode_keep_freezes_a_stream_and_resume_carries_it_on_unchanged(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, sdk = server
+    http, sdk = dev_server
     text, finish, counts = stream_with_a_pause(http, sdk, "keep", resume_after=True)
     assert counts[0] == counts[1] < MAX_TOKENS  # frozen while paused
     assert finish == "length"
@@ -132,9 +119,9 @@ def test_mode_keep_freezes_a_stream_and_resume_carries_it_on_unchanged(
 
 
 def test_bad_arguments_are_400s_and_unknown_models_404s(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
-    http, _ = server
+    http, _ = dev_server
     bad = http.post("/pause", params={"mode": "freeze"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "mode"
     assert http.post("/pause", params={"model": "nope"}).status_code == 404
@@ -142,11 +129,11 @@ def test_bad_arguments_are_400s_and_unknown_models_404s(
 
 
 def test_a_batch_running_through_a_pause_completes_every_line_whole(
-    server: tuple[httpx.Client, openai.OpenAI],
+    dev_server: tuple[httpx.Client, openai.OpenAI],
 ) -> None:
     """Batch lines a pause ends are sent again by the batch worker and run whole after
     /resume: no line is recorded cut short or failed."""
-    http, sdk = server
+    http, sdk = dev_server
     lines = [
         {
             "custom_id": f"p{i}",

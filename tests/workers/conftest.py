@@ -33,6 +33,19 @@ def engine(bundled_model_dir: Path) -> LLMEngine:
     return LLMEngine(config)
 
 
+def tiny_llama_engine(make_random_model: Callable[[str], Path]) -> LLMEngine:
+    """A tiny random Llama, so a long request is quick, whose small prefill budget lets a
+    few prompts' prefill run per step (some wait for theirs): for the modules that end
+    or freeze requests mid-run (pause, aborts)."""
+    config = EngineConfig(
+        model=str(make_random_model("llama")),
+        served_model_name="tiny",
+        kv_cache_memory=16 << 20,
+        max_num_batched_tokens=64,
+    )
+    return LLMEngine(config)
+
+
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     r = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -14,25 +14,18 @@ import pytest
 from conveyor.bus import BATCH_LANE
 from conveyor.interrupt_request import InterruptRequest
 from conveyor.pause_request import PauseRequest
-from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from workers.intake import REQUEST_FIELD
 
-from .conftest import Harness, wait_for
+from .conftest import Harness, tiny_llama_engine, wait_for
 from .test_engine_worker import joined
 from .test_pause import LONG, PROMPT, ask, quiet_for, reference, running_long
 
 
 @pytest.fixture(scope="module")
 def engine(make_random_model: Callable[[str], Path]) -> LLMEngine:
-    """Overrides the package's engine: a tiny Llama, so a long request is quick."""
-    config = EngineConfig(
-        model=str(make_random_model("llama")),
-        served_model_name="tiny",
-        kv_cache_memory=16 << 20,
-        max_num_batched_tokens=64,
-    )
-    return LLMEngine(config)
+    """Overrides the package's engine."""
+    return tiny_llama_engine(make_random_model)
 
 
 def call(h: Harness, *ids: str, publish: bool = True) -> InterruptRequest:

@@ -13,12 +13,11 @@ import pytest
 from conveyor.bus import BATCH_LANE
 from conveyor.pause_request import PauseRequest
 from conveyor.sleep_request import PARTS, SleepRequest
-from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 from engine.sampling_params import SamplingParams
 from workers.intake import REQUEST_FIELD
 
-from .conftest import Harness, wait_for
+from .conftest import Harness, tiny_llama_engine, wait_for
 from .test_engine_worker import joined
 
 PROMPT = [5, 77, 300, 12, 9, 8, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]
@@ -27,14 +26,8 @@ LONG = 400  # tokens: long enough to be running when the pause comes
 
 @pytest.fixture(scope="module")
 def engine(make_random_model: Callable[[str], Path]) -> LLMEngine:
-    """Overrides the package's engine: a tiny Llama, so a long request is quick."""
-    config = EngineConfig(
-        model=str(make_random_model("llama")),
-        served_model_name="tiny",
-        kv_cache_memory=16 << 20,
-        max_num_batched_tokens=64,  # a few prompts' prefill a step: some wait for theirs
-    )
-    return LLMEngine(config)
+    """Overrides the package's engine."""
+    return tiny_llama_engine(make_random_model)
 
 
 def reference(engine: LLMEngine, **sampling: Any) -> list[int]:
