@@ -27,6 +27,9 @@ class RequestRecord:
     started: float = field(default_factory=time.perf_counter)
     principal: Principal = ANONYMOUS
     request_id: str | None = None
+    # The response's x-request-id (api/request_id_header.py), by which a user's report
+    # finds the row.
+    http_request_id: str | None = None
     model: str | None = None
     batch_id: str | None = None
     prompt_tokens: int = 0
@@ -76,6 +79,7 @@ class RequestRecord:
         end = time.perf_counter()
         return {
             "request_id": self.request_id or "",
+            "http_request_id": self.http_request_id,
             "project_id": self.principal.project_id,
             "api_key_id": self.principal.api_key_id,
             "batch_id": self.batch_id,

@@ -20,6 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.batch_line_answers import keep_answer, release_claim
+from api.request_id_header import request_id_of
 from api.request_record import RequestRecord
 from api.route_path import posted_to, route_path
 from conveyor.db.usage import COMPLETIONS, EMBEDDINGS
@@ -46,7 +47,7 @@ class UsageMiddleware:
         if not posted_to(scope, INFERENCE_PATHS):
             await self.app(scope, receive, send)
             return
-        record = RequestRecord(endpoint=route_path(scope))
+        record = RequestRecord(endpoint=route_path(scope), http_request_id=request_id_of(scope))
         scope.setdefault("state", {})["record"] = record
         answer: list[bytes] | None = None  # a batch line's 200 body, while it is sent
 

@@ -19,6 +19,9 @@ class RequestLog(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(80), index=True)
+    # The response's `x-request-id` (the client's own X-Request-Id, else the server's
+    # `req_...`): what the SDK shows as `_request_id`, quoted in a user's report.
+    http_request_id: Mapped[str | None] = mapped_column(String(200), index=True)
     project_id: Mapped[str | None] = mapped_column(String(40))
     api_key_id: Mapped[str | None] = mapped_column(String(40))
     batch_id: Mapped[str | None] = mapped_column(String(40))

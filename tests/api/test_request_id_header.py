@@ -10,12 +10,15 @@ import openai
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from api.errors import install_error_handlers
 from api.request_id_header import RequestIdMiddleware, current_request_id
+from conveyor.db.database import Database
+from conveyor.db.request_log import RequestLog
 
-from .conftest import MODEL
-from .fakes import FakeWorker
+from .conftest import MODEL, Stack, log_row
+from .fakes import FakeWorker, wait_for
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 
@@ -99,3 +102,27 @@ def test_an_unhandled_error_is_answered_and_logged_with_it(
     assert response.headers["x-request-id"] == "report-42" and seen == ["report-42"]
     (record,) = [r for r in caplog.records if r.name == "api.errors"]
     assert "x-request-id report-42" in record.getMessage() and record.exc_info
+
+
+def test_the_request_log_row_keeps_it_so_a_users_report_finds_the_request(
+    stack: Stack, client: httpx.Client
+) -> None:
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+    generated_id = client.post("/v1/completions", json=body)
+    row = log_row(stack, generated_id.json()["id"])
+    assert row.http_request_id == generated(generated_id)
+    named = client.post("/v1/completions", json=body, headers={"X-Request-Id": "report-77"})
+    # Named by the client: the completion is cmpl-report-77, queued under its own id.
+    database = Database(stack.server.settings.resolved_database_url)
+    try:
+
+        def find() -> RequestLog | None:
+            with database.session() as session:
+                query = select(RequestLog).where(RequestLog.http_request_id == "report-77")
+                return session.scalars(query).one_or_none()
+
+        found = wait_for(find, timeout=10)
+    finally:
+        database.close()
+    assert named.json()["id"] == "cmpl-report-77"
+    assert found.endpoint == "/v1/completions" and found.request_id != "cmpl-report-77"
