@@ -1,4 +1,5 @@
-"""`conveyor db|projects|keys|usage`: schema and tenant administration without HTTP.
+"""`conveyor db|projects|keys|usage|requests`: schema and tenant administration without
+HTTP.
 
 Each command talks to the database directly (the same queries as the admin
 API) and prints OpenAI-shaped JSON, so scripts can pipe it to `jq`. A key's
@@ -31,6 +32,7 @@ from conveyor.db.project_store import (
     find_project,
     list_projects,
 )
+from conveyor.db.request_log_lookup import find_request_logs
 from conveyor.db.usage import (
     BUCKET_LIMITS,
     BUCKET_SECONDS,
@@ -129,6 +131,20 @@ def add_operator_commands(
     for parser, run in ((make, _keys_create), (show, _keys_list), (revoke, _keys_revoke)):
         database_flags(parser)
         parser.set_defaults(func=handler(run))
+
+    requests = sub.add_parser(
+        "requests", help="logged requests: `conveyor requests find ID` (a user's report)"
+    )
+    requests_sub = requests.add_subparsers(dest="requests_command", required=True)
+    find = requests_sub.add_parser(
+        "find",
+        help="the rows of the request a user quotes: the SDK's _request_id (x-request-id), "
+        "or a response's id",
+    )
+    find.add_argument("identifier")
+    find.add_argument("--limit", type=int, default=20, help="newest first (default: 20)")
+    database_flags(find)
+    find.set_defaults(func=handler(_requests_find))
 
     usage = sub.add_parser(
         "usage", help="billed tokens per bucket and group: `conveyor usage completions|embeddings`"
@@ -270,6 +286,15 @@ def _keys_revoke(args: argparse.Namespace, url: str) -> dict[str, Any]:
         return api_key_object(revoke_key(session, key))
 
     return _in_session(url, work)
+
+
+def _requests_find(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
+    if args.limit < 1:
+        raise OperatorError("--limit must be at least 1")
+    rows = _in_session(url, lambda session: find_request_logs(session, args.identifier, args.limit))
+    if not rows:
+        raise OperatorError(f"no logged request has the id {args.identifier!r}")
+    return rows
 
 
 def _usage(args: argparse.Namespace, url: str) -> list[dict[str, Any]] | str:

@@ -302,3 +302,22 @@ def test_output_piped_into_a_reader_that_stops_is_no_traceback(
         err = proc.stderr.read().decode()
         assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_requests_find_by_the_sdks_request_id_or_the_responses_id(upgraded: Cli) -> None:
+    cli = upgraded
+    row = {"endpoint": "/v1/chat/completions", "model": "m1", "prompt_tokens": 3}
+    _log(
+        cli.url,
+        {**row, "http_request_id": "req_abc", "created_at": 100},
+        {**row, "http_request_id": "trace-9", "created_at": 200},
+        {**row, "http_request_id": "trace-9", "created_at": 300, "status_code": 429},
+    )
+    (found,) = cli("requests", "find", "req_abc")
+    assert found["request_id"] == "req-0" and found["prompt_tokens"] == 3
+    assert found["endpoint"] == "/v1/chat/completions" and found["prompt"] is None
+    # A client's own X-Request-Id may name several requests: newest first.
+    assert [r["status_code"] for r in cli("requests", "find", "trace-9")] == [429, 200]
+    assert len(cli("requests", "find", "trace-9", "--limit", "1")) == 1
+    assert cli("requests", "find", "req-1")[0]["http_request_id"] == "trace-9"
+    assert "no logged request" in cli.fails("requests", "find", "nothing-like-it")
