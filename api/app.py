@@ -59,6 +59,7 @@ from api.routes import (
     pause,
     pooling,
     prefix_cache,
+    profile,
     render,
     responses,
     score,
@@ -188,6 +189,13 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.allow_runtime_lora_updating:
         app.include_router(lora_adapters.router)
+    if settings.profiler is not None:
+        logger.warning(
+            "--profiler-config: POST /start_profile and /stop_profile are served; recording "
+            "slows every step, for local performance work only (traces go to %s)",
+            settings.profiler.torch_profiler_dir,
+        )
+        app.include_router(profile.router)
     if settings.server_dev_mode:  # vLLM's development endpoints, as there
         app.include_router(prefix_cache.router)
         app.include_router(pause.router)

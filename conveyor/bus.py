@@ -168,6 +168,11 @@ class BusNames:
         `/finish_weight_update`, `/update_weight_version`, `GET /weight_info`)."""
         return f"{self.prefix}:weight-version:{model}"
 
+    def profile(self, model: str) -> str:
+        """Whether `model`'s workers are asked to record a torch profile (POST
+        /start_profile, /stop_profile: conveyor/profile_request.py)."""
+        return f"{self.prefix}:profile:{model}"
+
     def controls(self, model: str) -> str:
         """Pub/sub channel nudging `model`'s workers to read its `sleep`, `pause`,
         `weights` and `prefix_cache_reset` keys now rather than at their next poll."""

@@ -102,6 +102,13 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"help": 'vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4}'},
     ),
     (
+        "--profiler-config",
+        {
+            "help": 'vLLM\'s JSON: {"profiler": "torch", "torch_profiler_dir": "/traces"} '
+            "(POST /start_profile, /stop_profile)"
+        },
+    ),
+    (
         "--weight-transfer-config",
         {"help": 'vLLM\'s JSON: {"backend": "disk"} (POST /update_weights, dev mode)'},
     ),

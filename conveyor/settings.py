@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from conveyor.profiler_config import ProfilerConfig
+
 # Plain dataclasses and json, no torch: API processes read these settings too.
 from engine.chat_template_kwargs import parse_default_template_kwargs
 from engine.generation_defaults import parse_overrides
@@ -248,6 +250,17 @@ class Settings(BaseSettings):
         default=None,
         description='vLLM\'s JSON, {"backend": "disk"}: with server_dev_mode, POST '
         "/update_weights reads a trainer's checkpoint folder into the served model",
+    )
+    profiler_config: str | None = Field(
+        default=None,
+        description='vLLM\'s JSON, {"profiler": "torch", "torch_profiler_dir": "/traces"}: '
+        "POST /start_profile and /stop_profile record a torch trace on every worker",
+    )
+    torch_profiler_dir: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CONVEYOR_TORCH_PROFILER_DIR", "VLLM_TORCH_PROFILER_DIR"),
+        description="the older way to turn the profiler endpoints on: the trace folder "
+        "(vLLM's VLLM_TORCH_PROFILER_DIR is read too)",
     )
     max_cpu_loras: int | None = Field(
         default=None,
@@ -617,6 +630,16 @@ class Settings(BaseSettings):
             )
         self.lora_config()  # its LoRAConfigError is a ValueError
         return self
+
+    @model_validator(mode="after")
+    def _profiler_config_reads(self) -> Settings:
+        self.profiler  # noqa: B018 (raises for a config not served)
+        return self
+
+    @property
+    def profiler(self) -> ProfilerConfig | None:
+        """--profiler-config (or the older profiler folder): None, the endpoints off."""
+        return ProfilerConfig.parse(self.profiler_config, self.torch_profiler_dir)
 
     @model_validator(mode="after")
     def _weight_transfer_is_disk(self) -> Settings:

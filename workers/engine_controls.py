@@ -1,16 +1,17 @@
 """The engine-controls thread: what the API asked of this model's engines, read from Redis.
 
-`POST /sleep`, `/wake_up`, `/pause`, `/resume`, `/update_weights` and
-`/reset_prefix_cache` only write the model's keys (conveyor/bus.py: `sleep`, `pause`,
-`weights`, `prefix_cache_reset`) and publish a nudge on
+`POST /sleep`, `/wake_up`, `/pause`, `/resume`, `/update_weights`,
+`/reset_prefix_cache`, `/start_profile` and `/stop_profile` only write the model's keys
+(conveyor/bus.py: `sleep`, `pause`, `weights`, `prefix_cache_reset`, `profile`) and
+publish a nudge on
 its `controls` channel; every worker of the model, one started later included,
 converges on them here: at once when nudged, and once per heartbeat interval
 anyway (a nudge lost with a dropped subscription delays a change, never loses
 it). Sleep requests go to the engine loop's SleepControl (with whether a peer
 is awake, so a refusing worker leaves the stream to it), pause requests to its
 PauseControl; a newer weights gen reads its checkpoint folder into the model and
-a new prefix-cache reset gen empties the cache, each on the engine thread
-between two steps. The heartbeat announces
+a new prefix-cache reset gen empties the cache, and a new profile gen starts or
+stops the torch profiler, each on the engine thread between two steps. The heartbeat announces
 what was reached, and is asked to beat at once so the API's call, which waits
 for every worker, answers without a beat's delay.
 """
@@ -29,11 +30,13 @@ from redis.client import PubSub
 from conveyor.bus import BusNames
 from conveyor.json_object import json_object
 from conveyor.pause_request import PauseRequest
+from conveyor.profile_request import ProfileRequest
 from conveyor.rollout_gen import covers
 from conveyor.sleep_request import SleepRequest
 from conveyor.weight_update_request import WeightUpdateRequest
 from engine.llm_engine import LLMEngine
 from workers.pause_control import PauseControl
+from workers.profiler_control import ProfilerControl
 from workers.sleep_control import SleepControl
 
 logger = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ class EngineControls:
         call_soon: Callable[[Task], None],
         beat_now: Callable[[], None],
         interval: float,
+        profiler: ProfilerControl | None = None,
     ) -> None:
         self.client = client
         self.model = model
@@ -77,7 +81,11 @@ class EngineControls:
             names.prefix_cache_reset(model),
             names.pause(model),
             names.weights(model),
+            names.profile(model),
         ]
+        # --profiler-config's recorder (None: the profiler endpoints are off).
+        self.profiler = profiler
+        self._profile_asked: str | None = None
         self.channel = names.controls(model)
         # The reset gen the engine has reached, for the heartbeat (None: none asked yet).
         self.prefix_cache_reset_gen: str | None = None
@@ -123,7 +131,17 @@ class EngineControls:
                 return
 
     def _read(self, starting: bool) -> None:
-        raw_sleep, reset_gen, raw_pause, raw_weights = self.client.mget(self.keys)
+        raw_sleep, reset_gen, raw_pause, raw_weights, raw_profile = self.client.mget(self.keys)
+        profile = ProfileRequest.decode(raw_profile)
+        if (
+            self.profiler is not None
+            and profile is not None
+            and profile.gen != self._profile_asked
+            and not covers(self._profile_asked, profile.gen)
+        ):
+            # A worker started while recording joins in.
+            self._profile_asked = profile.gen
+            self.call_soon(self.profiler.task(profile, self.beat_now))
         self.sleep.want(SleepRequest.decode(raw_sleep))  # acts only on a change
         self.pause.want(PauseRequest.decode(raw_pause))
         weights = WeightUpdateRequest.decode(raw_weights)

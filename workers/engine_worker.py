@@ -60,6 +60,7 @@ from workers.interrupt_book import InterruptBook
 from workers.janitor import Janitor
 from workers.lora_sync import LoRASync
 from workers.pause_control import PauseControl
+from workers.profiler_control import ProfilerControl
 from workers.publisher import Publisher
 from workers.sleep_control import SleepControl
 from workers.stats_logger import StatsLogger
@@ -188,6 +189,12 @@ class EngineWorker:
             lora_gens=lambda: self.lora_sync.served_gens if self.lora_sync is not None else {},
             controls=self._controls_reached,
         )
+        profiler_config = settings.profiler
+        self.profiler = (
+            ProfilerControl(profiler_config, self.model, instance)
+            if profiler_config is not None
+            else None
+        )
         self.controls = EngineControls(
             self.client,
             names,
@@ -198,6 +205,7 @@ class EngineWorker:
             self.loop.call_soon,
             beat_now=self.heartbeat.beat_soon,
             interval=settings.heartbeat_interval,
+            profiler=self.profiler,
         )
         self.lora_sync = (
             LoRASync(
@@ -294,6 +302,7 @@ class EngineWorker:
             "pause": {"gen": self.pause.reached, "paused": self.pause.holds},
             "weights": self.controls.weights_reached,
             "prefix_cache_reset": self.controls.prefix_cache_reset_gen,
+            "profile": self.profiler.reached if self.profiler is not None else None,
         }
 
     def _drain_seconds(self) -> float:
