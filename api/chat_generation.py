@@ -121,6 +121,7 @@ async def start_chat(
     chat = await prepare_chat(services, body, truncate=truncate)
     live, body, prompt_ids, sampling = chat.live, chat.body, chat.prompt_ids, chat.sampling
     record.request_id = request_id
+    record.response_id = public_id or request_id
     record.prompt_tokens = len(prompt_ids)
     if services.settings.log_prompts:
         record.prompt_text = body.model_dump_json(include={"messages"})

@@ -30,6 +30,8 @@ class RequestRecord:
     # The response's x-request-id (api/request_id_header.py), by which a user's report
     # finds the row.
     http_request_id: str | None = None
+    # The response's `id` as its client got it (api/response_ids.py).
+    response_id: str | None = None
     model: str | None = None
     batch_id: str | None = None
     prompt_tokens: int = 0
@@ -80,6 +82,7 @@ class RequestRecord:
         return {
             "request_id": self.request_id or "",
             "http_request_id": self.http_request_id,
+            "response_id": self.response_id,
             "project_id": self.principal.project_id,
             "api_key_id": self.principal.api_key_id,
             "batch_id": self.batch_id,

@@ -142,7 +142,9 @@ def add_operator_commands(
         "or a response's id",
     )
     find.add_argument("identifier")
-    find.add_argument("--limit", type=int, default=20, help="newest first (default: 20)")
+    find.add_argument(
+        "--limit", type=int, default=20, help="newest first (default: 20, at most 1000)"
+    )
     database_flags(find)
     find.set_defaults(func=handler(_requests_find))
 
@@ -288,9 +290,12 @@ def _keys_revoke(args: argparse.Namespace, url: str) -> dict[str, Any]:
     return _in_session(url, work)
 
 
+_MOST_FOUND = 1000
+
+
 def _requests_find(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
-    if args.limit < 1:
-        raise OperatorError("--limit must be at least 1")
+    if not 1 <= args.limit <= _MOST_FOUND:
+        raise OperatorError(f"--limit must be between 1 and {_MOST_FOUND}")
     rows = _in_session(url, lambda session: find_request_logs(session, args.identifier, args.limit))
     if not rows:
         raise OperatorError(f"no logged request has the id {args.identifier!r}")

@@ -277,6 +277,9 @@ class EngineWorker:
             logger.exception("the engine loop died; stopping the worker")
             self._failed = True
             stop.set()
+        finally:
+            if self.profiler is not None:
+                self.profiler.shutdown()  # a recording still on is written, not lost
         conductor.join()
         self.publisher.close()
         publisher.join(_JOIN_TIMEOUT + 30.0)

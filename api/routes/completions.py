@@ -81,6 +81,7 @@ async def create_completion(
     base_id = response_id.internal
     ids = [base_id] if len(prompts) == 1 else [f"{base_id}-{i}" for i in range(len(prompts))]
     record.request_id = base_id
+    record.response_id = response_id.shown
     record.prompt_tokens = sum(len(p.token_ids) for p in prompts)
     if settings.log_prompts:
         record.prompt_text = json.dumps([p.text for p in prompts], ensure_ascii=False)

@@ -122,6 +122,7 @@ async def generate_tokens(
     )
     ids = response_ids(request, ID_PREFIX, body.request_id)
     record.request_id = ids.internal
+    record.response_id = ids.shown
     record.prompt_tokens = len(body.token_ids)
     if settings.log_prompts:
         record.prompt_text = json.dumps(body.token_ids)

@@ -22,6 +22,9 @@ class RequestLog(Base):
     # The response's `x-request-id` (the client's own X-Request-Id, else the server's
     # `req_...`): what the SDK shows as `_request_id`, quoted in a user's report.
     http_request_id: Mapped[str | None] = mapped_column(String(200), index=True)
+    # The `id` of the response the client got, where it is not `request_id`'s
+    # (`chatcmpl-<X-Request-Id>`, a Messages API `msg_...`).
+    response_id: Mapped[str | None] = mapped_column(String(240), index=True)
     project_id: Mapped[str | None] = mapped_column(String(40))
     api_key_id: Mapped[str | None] = mapped_column(String(40))
     batch_id: Mapped[str | None] = mapped_column(String(40))

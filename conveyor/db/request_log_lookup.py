@@ -1,6 +1,6 @@
 """Finding the request a user reports: by the id the OpenAI SDK showed them
-(`_request_id`, the response's x-request-id) or by the request's own id (a
-response's `id` when the client named nothing)."""
+(`_request_id`, the response's x-request-id), by the response's `id`, or by the id the
+request was queued under."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from conveyor.db.request_log import RequestLog
 _FIELDS = (
     "request_id",
     "http_request_id",
+    "response_id",
     "created_at",
     "endpoint",
     "model",
@@ -37,7 +38,13 @@ def find_request_logs(session: Session, identifier: str, limit: int = 20) -> lis
     """The rows `identifier` names, newest first (a client's X-Request-Id may name many)."""
     rows = session.scalars(
         select(RequestLog)
-        .where(or_(RequestLog.http_request_id == identifier, RequestLog.request_id == identifier))
+        .where(
+            or_(
+                RequestLog.http_request_id == identifier,
+                RequestLog.response_id == identifier,
+                RequestLog.request_id == identifier,
+            )
+        )
         .order_by(RequestLog.created_at.desc(), RequestLog.id.desc())
         .limit(limit)
     )

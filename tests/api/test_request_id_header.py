@@ -126,3 +126,4 @@ def test_the_request_log_row_keeps_it_so_a_users_report_finds_the_request(
         database.close()
     assert named.json()["id"] == "cmpl-report-77"
     assert found.endpoint == "/v1/completions" and found.request_id != "cmpl-report-77"
+    assert found.response_id == "cmpl-report-77"  # the id the client got, found too

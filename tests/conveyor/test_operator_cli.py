@@ -312,6 +312,7 @@ def test_requests_find_by_the_sdks_request_id_or_the_responses_id(upgraded: Cli)
         {**row, "http_request_id": "req_abc", "created_at": 100},
         {**row, "http_request_id": "trace-9", "created_at": 200},
         {**row, "http_request_id": "trace-9", "created_at": 300, "status_code": 429},
+        {**row, "http_request_id": "req_x", "response_id": "chatcmpl-mine", "created_at": 400},
     )
     (found,) = cli("requests", "find", "req_abc")
     assert found["request_id"] == "req-0" and found["prompt_tokens"] == 3
@@ -320,4 +321,6 @@ def test_requests_find_by_the_sdks_request_id_or_the_responses_id(upgraded: Cli)
     assert [r["status_code"] for r in cli("requests", "find", "trace-9")] == [429, 200]
     assert len(cli("requests", "find", "trace-9", "--limit", "1")) == 1
     assert cli("requests", "find", "req-1")[0]["http_request_id"] == "trace-9"
+    assert cli("requests", "find", "chatcmpl-mine")[0]["request_id"] == "req-3"
     assert "no logged request" in cli.fails("requests", "find", "nothing-like-it")
+    assert "--limit" in cli.fails("requests", "find", "x", "--limit", "99999999999999999999")

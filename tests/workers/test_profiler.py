@@ -45,14 +45,43 @@ def test_the_steps_between_start_and_stop_are_written_as_a_trace(
     assert list(folder.iterdir()) == [trace]
 
 
-def test_a_trace_that_cannot_be_written_is_reported(make_worker: Any, tmp_path: Path) -> None:
+def test_a_folder_that_cannot_be_written_fails_the_start_at_once(
+    make_worker: Any, tmp_path: Path
+) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     h: Harness = make_worker(torch_profiler_dir=str(blocked / "traces"))
+    started = ask(h, ProfileRequest(True, "p:1"))
+    assert started["on"] is False and "Error" in str(started["error"])
+
+
+def test_a_stop_that_could_not_write_keeps_the_recording_for_a_retry(
+    make_worker: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "traces"
+    h: Harness = make_worker(torch_profiler_dir=str(folder))
     ask(h, ProfileRequest(True, "p:1"))
-    stopped = ask(h, ProfileRequest(False, "p:2"))
-    assert stopped["on"] is False and stopped["trace"] is None
-    assert "Error" in str(stopped["error"])
+    h.collect([h.send(h.request(PROMPT))])
+    folder.rmdir()
+    folder.write_text("in the way")  # the folder became a file meanwhile
+    failed = ask(h, ProfileRequest(False, "p:2"))
+    assert failed["on"] is False and failed["trace"] is None and failed["error"]
+    folder.unlink()
+    retried = ask(h, ProfileRequest(False, "p:3"))
+    assert retried["error"] is None and Path(str(retried["trace"])).is_file()
+
+
+def test_a_worker_that_stops_while_recording_writes_its_trace(
+    make_worker: Any, tmp_path: Path
+) -> None:
+    folder = tmp_path / "traces"
+    h: Harness = make_worker(torch_profiler_dir=str(folder))
+    ask(h, ProfileRequest(True, "p:1"))
+    h.collect([h.send(h.request(PROMPT))])
+    h.shutdown()
+    assert h.exit_code == 0
+    (trace,) = folder.iterdir()
+    assert trace.name.endswith(".pt.trace.json.gz")
 
 
 def test_without_a_profiler_config_the_key_is_ignored(make_worker: Any) -> None:
