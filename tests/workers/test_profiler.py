@@ -23,6 +23,14 @@ def ask(h: Harness, request: ProfileRequest) -> dict[str, Any]:
     return h.beat()["profile"]
 
 
+def recording_a_request(make_worker: Any, folder: Path) -> Harness:
+    """A worker writing traces to `folder`, recording, one request served meanwhile."""
+    h: Harness = make_worker(torch_profiler_dir=str(folder))
+    ask(h, ProfileRequest(True, "p:1"))
+    h.collect([h.send(h.request(PROMPT))])
+    return h
+
+
 def test_the_steps_between_start_and_stop_are_written_as_a_trace(
     make_worker: Any, tmp_path: Path
 ) -> None:
@@ -59,9 +67,7 @@ def test_a_stop_that_could_not_write_keeps_the_recording_for_a_retry(
     make_worker: Any, tmp_path: Path
 ) -> None:
     folder = tmp_path / "traces"
-    h: Harness = make_worker(torch_profiler_dir=str(folder))
-    ask(h, ProfileRequest(True, "p:1"))
-    h.collect([h.send(h.request(PROMPT))])
+    h = recording_a_request(make_worker, folder)
     folder.rmdir()
     folder.write_text("in the way")  # the folder became a file meanwhile
     failed = ask(h, ProfileRequest(False, "p:2"))
@@ -75,9 +81,7 @@ def test_a_worker_that_stops_while_recording_writes_its_trace(
     make_worker: Any, tmp_path: Path
 ) -> None:
     folder = tmp_path / "traces"
-    h: Harness = make_worker(torch_profiler_dir=str(folder))
-    ask(h, ProfileRequest(True, "p:1"))
-    h.collect([h.send(h.request(PROMPT))])
+    h = recording_a_request(make_worker, folder)
     h.shutdown()
     assert h.exit_code == 0
     (trace,) = folder.iterdir()
