@@ -1,7 +1,7 @@
 #!/bin/sh
 # Entrypoint of the conveyor image: one image, every role.
 #
-#   IMAGE api|worker|batch-worker|serve|db|projects|keys|chat|bench ...  -> conveyor ...
+#   IMAGE api|worker|batch-worker|serve|db|projects|keys|usage|requests|chat|bench ...  -> conveyor ...
 #   IMAGE --log-level DEBUG api ...                                     -> conveyor ...
 #   IMAGE --port 9000 ...      (serve's flags first)                    -> conveyor serve ...
 #   IMAGE healthcheck                                                   -> conveyor-healthcheck
@@ -41,7 +41,7 @@ load_secret_files
 [ "$#" -gt 0 ] || set -- serve
 
 case "$1" in
-    api | worker | batch-worker | serve | db | projects | keys | usage | chat | bench | --log-level* | --log-config-file*)
+    api | worker | batch-worker | serve | db | projects | keys | usage | requests | chat | bench | --log-level* | --log-config-file*)
         exec conveyor "$@"
         ;;
     -*)
