@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Request
 
-from api.admission import admit, refuse_early
+from api.admission import admit
 from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.chat_tokens import rendered_chat
@@ -62,6 +62,7 @@ from api.schemas.chat import (
     DeltaMessage,
 )
 from api.schemas.common import UsageInfo
+from api.served_model import served_model
 from api.tool_call_json import AFTER_CALLS
 from api.tool_call_stream import ToolCallStream
 from api.tool_choice import ForcedToolCall, refuse_auto, tool_call
@@ -167,20 +168,20 @@ async def prepare_chat(
     """Check and render `body` and build its sampling, as it would be queued. `to_serve`:
     the model must take it now (awake, its queue not full); rendering alone needs only
     its tokenizer."""
-    record, submitter, catalog = services.record, services.submitter, services.catalog
+    catalog = services.catalog
     body.check_supported()
     body.model = body.model or await catalog.default_model()
     body.apply_server_defaults(services.settings)
-    record.model = body.model
-    if to_serve:
-        refuse_early(services.request, record)
-    live = await catalog.resolve(body.model)
-    record.model = live.name  # usage under the model's own name, asked by any
-    live.require_runner("generate", services.record.endpoint)
-    if to_serve:
-        await catalog.require_awake(live)
-        await submitter.check_capacity(live.queue_model, record.lane)
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    live, model_tokenizer = await served_model(
+        services.request,
+        catalog,
+        services.submitter,
+        services.record,
+        body.model,
+        "generate",
+        services.record.endpoint,
+        to_serve=to_serve,
+    )
     harmony = model_tokenizer.harmony
     body, tool_parser = for_model(body, services.settings, model_tokenizer)
     if body.auto_tool_choice and tool_parser is None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from fastapi import Request
 
-from api.admission import admit, refuse_early
+from api.admission import admit
 from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog, ModelTokenizer
 from api.chat_tokens import chat_token_ids
@@ -29,6 +29,7 @@ from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter, Submission, check_prompt_ids
 from api.schemas.common import check_priority
 from api.schemas.embeddings import EmbeddingRequest
+from api.served_model import served_model
 from conveyor.settings import Settings
 from engine.chat_template_kwargs import with_defaults
 from engine.pooling_params import PoolingParams
@@ -54,14 +55,9 @@ async def embedding_model(
     endpoint: str,
 ) -> EmbeddingModel:
     """The model, or the 4xx/5xx that says why it cannot embed for `endpoint` now."""
-    record.model = model
-    refuse_early(request, record)
-    live = await catalog.resolve(model)
-    record.model = live.name  # usage under the model's own name, asked by any
-    live.require_runner("pooling", endpoint)
-    await catalog.require_awake(live)
-    await submitter.check_capacity(live.queue_model, record.lane)
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    live, model_tokenizer = await served_model(
+        request, catalog, submitter, record, model, "pooling", endpoint
+    )
     return EmbeddingModel(
         live, model_tokenizer, live.max_model_len or model_tokenizer.max_model_len
     )

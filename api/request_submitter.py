@@ -34,6 +34,7 @@ from conveyor.bus import INTERACTIVE_LANE, REQUEST_FIELD, BusNames
 from conveyor.protocol import GenerateRequest
 from conveyor.settings import Settings
 from engine.sampling_params import DEFAULT_MAX_LOGPROBS, SamplingParamError, SamplingParams
+from engine.structured_output import StructuredOutput
 
 logger = logging.getLogger(__name__)
 
@@ -154,10 +155,13 @@ async def check_structured_output(
 ) -> None:
     """Compile-check the request's constraint for this model's vocabulary: a 400, not a
     failure on the worker, for a schema, regex or grammar that cannot be used."""
-    constraint = sampling.structured_output
-    if constraint is None:
-        return
-    with refused_as(request.structured_output()[1]):
+    if sampling.structured_output is not None:
+        await check_constraint(sampling.structured_output, model, request.structured_output()[1])
+
+
+async def check_constraint(constraint: StructuredOutput, model: ModelTokenizer, param: str) -> None:
+    """`constraint` compile-checked for `model`; a 400 naming `param` where it cannot be."""
+    with refused_as(param):
         # Not on the catalog's one tokenizing thread: a big schema must not hold up
         # every other request's chat template.
         await asyncio.to_thread(model.grammars.check, constraint)

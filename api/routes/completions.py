@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.admission import admit, refuse_early
+from api.admission import admit
 from api.cache_salt import cache_salt
 from api.catalog import LiveModel, ModelCatalog
 from api.collect import ClientGone, Output, collect_all, finish
@@ -47,6 +47,7 @@ from api.schemas.completions import (
     CompletionRequest,
     CompletionResponse,
 )
+from api.served_model import served_model
 from api.streaming import merge, sse_response
 from conveyor.protocol import ReplyMessage, TokenLogprob
 from conveyor.settings import Settings
@@ -155,17 +156,17 @@ async def prepare_completion(
     body.check_supported()
     body.model = body.model or await catalog.default_model()
     body.apply_server_defaults(settings)
-    record.model = body.model
-    if to_serve:
-        refuse_early(request, record)
     raw_prompts = body.prompts()
-    live = await catalog.resolve(body.model)
-    record.model = live.name  # usage under the model's own name, asked by any
-    live.require_runner("generate", record.endpoint)
-    if to_serve:
-        await catalog.require_awake(live)
-        await submitter.check_capacity(live.queue_model, record.lane)
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    live, model_tokenizer = await served_model(
+        request,
+        catalog,
+        submitter,
+        record,
+        body.model,
+        "generate",
+        record.endpoint,
+        to_serve=to_serve,
+    )
     tokenizer = model_tokenizer.tokenizer
     prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body)
     max_model_len = live.max_model_len or model_tokenizer.max_model_len

@@ -12,7 +12,6 @@ event with `stream_options.include_usage`, then `[DONE]`. The id is
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -21,7 +20,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from api.admission import admit, refuse_early
+from api.admission import admit
 from api.cache_salt import cache_salt
 from api.catalog import ModelTokenizer
 from api.collect import ClientGone, Output, collect_all, finish
@@ -41,7 +40,7 @@ from api.prompt_logprobs import prompt_logprobs_answer
 from api.reasoning_parser import HARMONY, PROMPT_TAIL_TOKENS, ThinkStart, think_start
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
-from api.request_submitter import Submission, check_length, check_prompt_ids
+from api.request_submitter import Submission, check_constraint, check_length, check_prompt_ids
 from api.response_ids import response_ids
 from api.schemas.chat import ChatLogprobs, ChatTokenLogprob, TopLogprob
 from api.schemas.common import UsageInfo, check_priority
@@ -52,7 +51,7 @@ from api.schemas.generate_tokens import (
     GenerateTokensResponse,
     GenerateTokensStreamChoice,
 )
-from api.schemas.structured_output import refused_as
+from api.served_model import served_model
 from api.streaming import sse_response
 from api.tokens_sampling import PARAM as PARAM_PREFIX
 from api.tokens_sampling import stated_think_start, tokens_sampling
@@ -90,14 +89,9 @@ async def generate_tokens(
             )
     check_priority(body.priority, settings)
     model = body.model or await catalog.default_model()
-    record.model = model
-    refuse_early(request, record)
-    live = await catalog.resolve(model)
-    record.model = live.name
-    live.require_runner("generate", PATH)
-    await catalog.require_awake(live)
-    await submitter.check_capacity(live.queue_model, record.lane)
-    model_tokenizer = await catalog.tokenizer(live.queue_model)
+    live, model_tokenizer = await served_model(
+        request, catalog, submitter, record, model, "generate", PATH
+    )
     tokenizer = model_tokenizer.tokenizer
     check_prompt_ids(body.token_ids, tokenizer.vocab_size, param="token_ids")
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
@@ -179,9 +173,7 @@ async def _constrained(
             )
             start = think_start(parser, tail)
         sampling = bind_after_thinking(sampling, parser, start, param)
-    with refused_as(param):
-        # Off the event loop: a big schema takes a while to compile.
-        await asyncio.to_thread(model_tokenizer.grammars.check, sampling.structured_output)
+    await check_constraint(sampling.structured_output, model_tokenizer, param)
     return sampling
 
 
