@@ -47,6 +47,13 @@ Task = Callable[[LLMEngine], None]
 _STOP_CHECK = 0.1
 
 
+def _newer(asked: str | None, gen: str) -> bool:
+    """Whether a key's gen is one this worker has not acted on yet. Only a newer gen: a
+    call every worker failed is put back to the older gen, which a worker started since
+    must act on and the others have reached already."""
+    return gen != asked and not covers(asked, gen)
+
+
 def _closed(pubsub: PubSub | None) -> None:
     if pubsub is not None:
         with contextlib.suppress(redis.RedisError):
@@ -133,25 +140,16 @@ class EngineControls:
     def _read(self, starting: bool) -> None:
         raw_sleep, reset_gen, raw_pause, raw_weights, raw_profile = self.client.mget(self.keys)
         profile = ProfileRequest.decode(raw_profile)
-        if (
-            self.profiler is not None
-            and profile is not None
-            and profile.gen != self._profile_asked
-            and not covers(self._profile_asked, profile.gen)
-        ):
+        profiler = self.profiler
+        asked = self._profile_asked
+        if profiler is not None and profile is not None and _newer(asked, profile.gen):
             # A worker started while recording joins in.
             self._profile_asked = profile.gen
-            self.call_soon(self.profiler.task(profile, self.beat_now))
+            self.call_soon(profiler.task(profile, self.beat_now))
         self.sleep.want(SleepRequest.decode(raw_sleep))  # acts only on a change
         self.pause.want(PauseRequest.decode(raw_pause))
         weights = WeightUpdateRequest.decode(raw_weights)
-        # Only a newer gen: an update every worker failed is put back to the older one,
-        # which a worker started since must load and the others serve already.
-        if (
-            weights is not None
-            and weights.gen != self._weights_asked
-            and not covers(self._weights_asked, weights.gen)
-        ):
+        if weights is not None and _newer(self._weights_asked, weights.gen):
             self._weights_asked = weights.gen
             self.call_soon(self._weight_updater(weights))
         self.sleep.peers_awake = self.sleep.refuses and self._a_peer_is_awake()
