@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from conveyor.db.ids import created_second
@@ -44,7 +44,8 @@ def paginate(
     With `id_prefix` (lists whose objects are deleted for good), the id of an
     object that no longer exists marks its place by the time in the id: the
     SDK's `for f in client.files.list(): client.files.delete(f.id)` asks for
-    the next page after a file it has just deleted.
+    the next page after a file it has just deleted. Another owner's id is read
+    the same way, so that a 400 cannot tell a tenant that the id exists elsewhere.
     """
     if after is not None:
         scope = query if cursor_scope is None else cursor_scope
@@ -52,7 +53,7 @@ def paginate(
             scope.with_only_columns(created_at, id_column).where(id_column == after)
         ).first()
         if anchor is None:
-            anchor = _deleted_anchor(session, id_column, after, id_prefix)
+            anchor = _anchor_by_id_time(after, id_prefix)
         key = tuple_(created_at, id_column)
         query = query.where(key < tuple_(*anchor) if descending else key > tuple_(*anchor))
     order = (created_at.desc(), id_column.desc()) if descending else (created_at, id_column)
@@ -60,12 +61,10 @@ def paginate(
     return Page(items=rows[:limit], has_more=len(rows) > limit)
 
 
-def _deleted_anchor(
-    session: Session, id_column: InstrumentedAttribute[str], after: str, prefix: str | None
-) -> tuple[int, str]:
-    """(created_at, id) of a deleted object, from its id; an id that exists outside the
-    list's scope (another project's) or was never made by `new_id` is no cursor."""
+def _anchor_by_id_time(after: str, prefix: str | None) -> tuple[int, str]:
+    """(created_at, id) of an object outside the list (deleted, or another owner's) from
+    the time in its id; an id that `new_id` never made is no cursor."""
     second = created_second(after, prefix) if prefix is not None else None
-    if second is None or session.scalar(select(id_column).where(id_column == after)):
+    if second is None:
         raise UnknownCursor(after)
     return second, after
