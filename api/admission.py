@@ -47,8 +47,11 @@ def _rpm_refusal(limits: RateLimits, decision: RateDecision) -> ApiError:
     )
 
 
-async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None:
-    """Reserve one request and `tokens` (prompt + requested completion) for the record's key.
+async def admit(
+    request: Request, record: RequestRecord, *, tokens: int, most: int | None = None
+) -> None:
+    """Reserve one request and `tokens` (prompt + requested completion) for the record's key;
+    `most`: what it may use at most where it stated no max_tokens (`RateLimiter.admit`).
 
     The reservation is settled to the real token count when the response ends
     (see the usage middleware); keys without limits cost no Redis round trip.
@@ -61,11 +64,16 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
         return
     limiter = request.app.state.rate_limiter
     decision = await admit_or_release(
-        limiter, principal.api_key_id, limits, request_id=record.request_id or "", tokens=tokens
+        limiter,
+        principal.api_key_id,
+        limits,
+        request_id=record.request_id or "",
+        tokens=tokens,
+        most=most,
     )
     record.rate_decision = decision
     if decision.allowed:
-        record.reserved_tokens = tokens
+        record.reserved_tokens = decision.reserved_tokens
         return
     headers = decision.headers()
     if decision.too_large:
@@ -81,7 +89,8 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
     if limits.rpm is not None and decision.remaining_requests == 0:
         raise _rpm_refusal(limits, decision)
     wait = math.ceil(decision.retry_after or 1)
-    what = f"tokens per min (TPM): Limit {limits.tpm}, Requested {tokens}"
+    used = (limits.tpm or 0) - (decision.remaining_tokens or 0)
+    what = f"tokens per min (TPM): Limit {limits.tpm}, Used {used}, Requested {tokens}"
     raise ApiError(
         429,
         f"Rate limit reached for this API key on {what}. Please try again in {wait}s.",
@@ -92,7 +101,13 @@ async def admit(request: Request, record: RequestRecord, *, tokens: int) -> None
 
 
 async def admit_or_release(
-    limiter: RateLimiter, key_id: str, limits: RateLimits, *, request_id: str, tokens: int
+    limiter: RateLimiter,
+    key_id: str,
+    limits: RateLimits,
+    *,
+    request_id: str,
+    tokens: int,
+    most: int | None = None,
 ) -> RateDecision:
     """`limiter.admit`, except that a caller cancelled mid-call (client gone) leaks nothing.
 
@@ -103,7 +118,7 @@ async def admit_or_release(
     (the request still counts towards rpm: it was made).
     """
     call = asyncio.ensure_future(
-        limiter.admit(key_id, limits, request_id=request_id, tokens=tokens)
+        limiter.admit(key_id, limits, request_id=request_id, tokens=tokens, most=most)
     )
     try:
         return await asyncio.shield(call)

@@ -127,7 +127,10 @@ async def start_chat(
     if services.settings.log_prompts:
         record.prompt_text = body.model_dump_json(include={"messages"})
     requested = body.requested_max_tokens[0]
-    await admit(services.request, record, tokens=len(prompt_ids) + body.n * (requested or 0))
+    most = None if sampling.max_tokens is None else len(prompt_ids) + body.n * sampling.max_tokens
+    await admit(
+        services.request, record, tokens=len(prompt_ids) + body.n * (requested or 0), most=most
+    )
     reader = await submitter.submit(
         Submission(
             request_id=request_id,

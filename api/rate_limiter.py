@@ -31,8 +31,9 @@ from redis.asyncio import Redis
 from conveyor.bus import BusNames
 
 # ARGV: op ("admit" | "peek" | "settle"), window_us, rpm (-1: none), tpm (-1: none),
-#       request_id, tokens.
-# Returns (admit/peek): {allowed, too_large, count, total, reset_us, retry_us};
+#       request_id, tokens[, most: what the request may use at most, reserved as far as
+#       the budget left goes (admit only; a request that stated no max_tokens)].
+# Returns (admit/peek): {allowed, too_large, count, total, reset_us, retry_us, reserved};
 #         (settle): {1 if the request was still in the window else 0}.
 # Scores are formatted with %.0f: Lua's default number->string ("%.14g") would
 # round microsecond timestamps (16 digits).
@@ -99,8 +100,12 @@ local req_ok = rpm < 0 or count < rpm
 local tok_ok = tpm < 0 or total + tokens <= tpm
 local allowed = req_ok and tok_ok and not too_large
 
+local most = tonumber(ARGV[7])
 if allowed and op == 'admit' then
   local old = redis.call('HGET', hkey, id)
+  if most and tpm >= 0 and most > tokens then
+    tokens = math.max(tokens, math.min(most, tpm - (total - (tonumber(old) or 0))))
+  end
   if old then
     -- A repeated id replaces its entry instead of counting twice.
     total = total - tonumber(old)
@@ -151,7 +156,7 @@ if not allowed and not too_large then
   if retry < 1 then retry = 1 end
 end
 
-return {allowed and 1 or 0, too_large and 1 or 0, count, total, reset(), retry}
+return {allowed and 1 or 0, too_large and 1 or 0, count, total, reset(), retry, tokens}
 """
 
 _US = 1_000_000
@@ -197,6 +202,8 @@ class RateDecision:
     reset_tokens: float | None
     retry_after: float | None
     too_large: bool = False
+    # What the admitted request holds of tpm until it is settled.
+    reserved_tokens: int = 0
 
     def headers(self) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers for the limits that are set, plus `retry-after`."""
@@ -253,14 +260,22 @@ class RateLimiter:
         return [self._names.rate_limit(key_id, part) for part in ("admitted", "tokens", "total")]
 
     async def _run(
-        self, op: str, key_id: str, limits: RateLimits, request_id: str, tokens: int
+        self,
+        op: str,
+        key_id: str,
+        limits: RateLimits,
+        request_id: str,
+        tokens: int,
+        most: int | None = None,
     ) -> RateDecision:
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
         rpm = -1 if limits.rpm is None else limits.rpm
         tpm = -1 if limits.tpm is None else limits.tpm
         args = [op, self._window_us, rpm, tpm, request_id, tokens]
-        allowed, too_large, count, total, reset_us, retry_us = await self._script(
+        if most is not None:
+            args.append(most)
+        allowed, too_large, count, total, reset_us, retry_us, reserved = await self._script(
             keys=self._keys(key_id), args=args
         )
         reset = int(reset_us) / _US
@@ -276,20 +291,31 @@ class RateLimiter:
             reset_tokens=(reset if int(total) > 0 else 0.0) if has_tokens else None,
             retry_after=None if allowed or too_large else int(retry_us) / _US,
             too_large=bool(too_large),
+            reserved_tokens=int(reserved) if allowed else 0,
         )
 
     async def admit(
-        self, key_id: str, limits: RateLimits, *, request_id: str, tokens: int
+        self,
+        key_id: str,
+        limits: RateLimits,
+        *,
+        request_id: str,
+        tokens: int,
+        most: int | None = None,
     ) -> RateDecision:
         """Atomically admit iff under `rpm` and the window's tokens + `tokens` <= `tpm`.
 
         On admit the request is recorded and `tokens` reserved (e.g. prompt + max_tokens);
-        `settle` later replaces the reservation by the actual usage. Unlimited keys
-        (rpm and tpm None) never touch Redis.
+        `settle` later replaces the reservation by the actual usage. `most`, for a request
+        that stated no max_tokens, is what it may use at most (prompt + n × what the
+        context leaves): it reserves that, as far as the budget left goes, so that a
+        burst of such requests cannot run the key past its tpm (the first holds the
+        rest), while a left-out max_tokens alone never makes a request too large.
+        Unlimited keys (rpm and tpm None) never touch Redis.
         """
         if limits.unlimited:
             return UNLIMITED
-        return await self._run("admit", key_id, limits, request_id, tokens)
+        return await self._run("admit", key_id, limits, request_id, tokens, most)
 
     async def settle(self, key_id: str, request_id: str, tokens: int) -> None:
         """Replace the request's reservation by its actual token count, if still in the window.

@@ -120,8 +120,14 @@ async def generate_tokens(
     record.prompt_tokens = len(body.token_ids)
     if settings.log_prompts:
         record.prompt_text = json.dumps(body.token_ids)
-    requested = sampling.max_tokens or (max_model_len or 0) - len(body.token_ids)
-    await admit(request, record, tokens=len(body.token_ids) + sampling.n * max(requested, 0))
+    stated = body.sampling_params.get("max_tokens")  # an int, or left out (tokens_sampling)
+    most = sampling.max_tokens or (max_model_len or 0) - len(body.token_ids)
+    await admit(
+        request,
+        record,
+        tokens=len(body.token_ids) + sampling.n * (stated or 0),
+        most=len(body.token_ids) + sampling.n * max(most, 0),
+    )
     reader = await submitter.submit(
         Submission(
             request_id=ids.internal,

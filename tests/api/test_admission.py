@@ -24,11 +24,17 @@ class HeldLimiter(RateLimiter):
         self.go = asyncio.Event()
 
     async def admit(
-        self, key_id: str, limits: RateLimits, *, request_id: str, tokens: int
+        self,
+        key_id: str,
+        limits: RateLimits,
+        *,
+        request_id: str,
+        tokens: int,
+        most: int | None = None,
     ) -> RateDecision:
         self.entered.set()
         await self.go.wait()
-        return await super().admit(key_id, limits, request_id=request_id, tokens=tokens)
+        return await super().admit(key_id, limits, request_id=request_id, tokens=tokens, most=most)
 
 
 def test_cancelled_caller_gets_its_tokens_released(redis_url: str) -> None:

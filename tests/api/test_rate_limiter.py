@@ -132,6 +132,40 @@ def test_token_reservations_settle_and_too_large(redis_url: str) -> None:
     run_with_redis(redis_url, body)
 
 
+def test_a_request_without_max_tokens_holds_what_it_may_use_of_the_budget_left(
+    redis_url: str,
+) -> None:
+    async def body(redis: aioredis.Redis) -> None:
+        limiter = RateLimiter(redis, NAMES)
+        limits = RateLimits(rpm=None, tpm=100)
+        key = new_key()
+        a, b, c = rid(), rid(), rid()
+        # It may use 30: it holds 30.
+        first = await limiter.admit(key, limits, request_id=a, tokens=10, most=30)
+        assert first.allowed and first.reserved_tokens == 30 and first.remaining_tokens == 70
+        # It may use 500: never too large for that, it holds the 70 left.
+        second = await limiter.admit(key, limits, request_id=b, tokens=10, most=500)
+        assert second.allowed and second.reserved_tokens == 70 and second.remaining_tokens == 0
+        # A burst's next one waits, however small.
+        assert not (await limiter.admit(key, limits, request_id=c, tokens=1, most=500)).allowed
+        # Settled to what it used, the rest is free again.
+        await limiter.settle(key, b, 25)
+        third = await limiter.admit(key, limits, request_id=c, tokens=5, most=500)
+        assert third.allowed and third.reserved_tokens == 45
+        # A request stating its max_tokens holds just that; a stated need too large stays so.
+        other = new_key()
+        stated = await limiter.admit(other, limits, request_id=rid(), tokens=40)
+        assert stated.reserved_tokens == 40
+        huge = await limiter.admit(other, limits, request_id=rid(), tokens=101, most=500)
+        assert huge.too_large
+        # No tpm: nothing is held.
+        rpm_only = RateLimits(rpm=5, tpm=None)
+        free = await limiter.admit(other, rpm_only, request_id=rid(), tokens=9, most=99)
+        assert free.reserved_tokens == 9
+
+    run_with_redis(redis_url, body)
+
+
 def test_token_retry_after_waits_for_enough_entries(redis_url: str) -> None:
     async def body(redis: aioredis.Redis) -> None:
         limiter = RateLimiter(redis, NAMES, window=2.0)

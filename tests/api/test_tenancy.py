@@ -398,6 +398,43 @@ def test_tpm_limit_counts_tokens(tenancy: Stack, admin: httpx.Client) -> None:
     assert admitted * per_request <= 100 < (admitted + 1) * per_request
 
 
+def test_a_request_without_max_tokens_holds_what_it_may_use(
+    tenancy: Stack, admin: httpx.Client
+) -> None:
+    """With no max_tokens a chat may run to the end of the context (256 here), so it holds
+    that much of the key's budget left (all 200 of it) until it ends: a burst of them cannot
+    run the key past its tpm. It is not "too large" for it, and ended, it holds what it
+    used."""
+    key = new_key(admin, new_project(admin, "acme")["id"], tpm=200)
+    tenancy.worker.behaviour = "slow"  # a token every 50 ms, until the client goes
+    with sdk(tenancy, key["value"]) as client:
+        running = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        next(iter(running))
+        for max_tokens in (1, None):
+            with pytest.raises(openai.RateLimitError, match="Used 200") as refused:
+                client.chat.completions.create(
+                    model=MODEL, messages=MESSAGES, max_tokens=max_tokens
+                )
+            assert refused.value.type == "tokens"
+        running.close()
+        tenancy.worker.behaviour = "normal"
+        # Settled to what the closed stream used, the budget has room again.
+        wait_for(lambda: admitted(client))
+    # So is a tokens-in request without max_tokens (3 + 253 would be "too large").
+    tokens = {"model": MODEL, "token_ids": [11, 12, 13], "sampling_params": {}}
+    auth = {"Authorization": f"Bearer {key['value']}"}
+    with tenancy.client() as http:
+        wait_for(lambda: http.post("/inference/v1/generate", json=tokens, headers=auth).is_success)
+
+
+def admitted(client: openai.OpenAI) -> bool:
+    try:
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=1)
+    except openai.RateLimitError:
+        return False
+    return True
+
+
 def test_cross_project_objects_are_404(tenancy: Stack, admin: httpx.Client) -> None:
     acme, globex = new_project(admin, "acme"), new_project(admin, "globex")
     globex_key = new_key(admin, globex["id"])
