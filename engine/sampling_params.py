@@ -140,8 +140,8 @@ class SamplingParams:
             fail("presence_penalty", f"must be between -2 and 2, got {self.presence_penalty}")
         if not -2.0 <= self.frequency_penalty <= 2.0:
             fail("frequency_penalty", f"must be between -2 and 2, got {self.frequency_penalty}")
-        if not 0.0 < self.repetition_penalty <= 2.0:
-            fail("repetition_penalty", f"must be in (0, 2], got {self.repetition_penalty}")
+        if not 0.0 < self.repetition_penalty < math.inf:  # vLLM's range: no upper bound
+            fail("repetition_penalty", f"must be a positive number, got {self.repetition_penalty}")
         if self.max_tokens is not None and self.max_tokens < 1:
             fail("max_tokens", f"must be at least 1, got {self.max_tokens}")
         if self.min_tokens < 0:
