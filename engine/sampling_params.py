@@ -128,8 +128,8 @@ class SamplingParams:
 
         if not 1 <= self.n <= MAX_N:
             fail("n", f"must be between 1 and {MAX_N}, got {self.n}")
-        if not 0.0 <= self.temperature <= 2.0:
-            fail("temperature", f"must be between 0 and 2, got {self.temperature}")
+        if not 0.0 <= self.temperature < math.inf:  # vLLM's range: OpenAI's ends at 2
+            fail("temperature", f"must be a non-negative number, got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             fail("top_p", f"must be in (0, 1], got {self.top_p}")
         if self.top_k < -1:
