@@ -75,7 +75,7 @@ def test_errors_and_unnumbered_requests_are_never_replayed(stack: Stack) -> None
     request without a line number, or a line number from another key, is not a line."""
     batch = f"batch_{time.monotonic_ns()}"
     stack.worker.received.clear()
-    bad = {**CHAT, "temperature": 5}
+    bad = {**CHAT, "temperature": -1}
     with stack.client() as http:
         refused = http.post("/v1/chat/completions", json=bad, headers=_line(batch, 1))
         answered = http.post("/v1/chat/completions", json=CHAT, headers=_line(batch, 1))

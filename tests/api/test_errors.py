@@ -33,7 +33,7 @@ def error_of(response: httpx.Response, status: int) -> dict:
     ("patch", "param"),
     [
         ({"temperature": "hot"}, "temperature"),
-        ({"temperature": 5}, "temperature"),
+        ({"temperature": -1}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"n": 0}, "n"),
         ({"n": 1.5}, "n"),

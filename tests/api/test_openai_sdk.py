@@ -80,7 +80,7 @@ def test_models(sdk: openai.OpenAI) -> None:
 
 def test_errors(sdk: openai.OpenAI, worker: FakeWorker) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        sdk.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=5)
+        sdk.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)
     assert bad.value.status_code == 400 and "temperature" in str(bad.value)
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="no-such-model", messages=MESSAGES)

@@ -129,7 +129,7 @@ def test_beam_search_answers_the_same_streamed_or_not(client: openai.OpenAI) -> 
 
 def test_bad_input_gets_openai_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=5)
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, temperature=-1)
     assert bad.value.status_code == 400
     assert "temperature" in str(bad.value)
     with pytest.raises(openai.NotFoundError):

@@ -220,25 +220,25 @@ def test_invalid_and_expired_requests_get_errors_and_are_acked(
     admitted = admitted_ids(engine, monkeypatch)
     h: Harness = make_worker()
     prompt = engine.tokenizer.encode(PROMPT)
-    hot = h.request(prompt, temperature=5.0)
+    negative = h.request(prompt, temperature=-1.0)
     long = h.request([1] * 1100)
     unknown = h.request(prompt, temprature=0.5)
     expired = h.request(prompt, deadline=time.time() - 5)
-    replies = h.collect([h.send(r) for r in (hot, long, unknown, expired)])
+    replies = h.collect([h.send(r) for r in (negative, long, unknown, expired)])
 
     def error(request_id: str) -> Any:
         (message,) = replies[request_id]
         assert message.finished and message.error is not None
         return message.error
 
-    assert (error(hot.id).status, error(hot.id).param) == (400, "temperature")
-    assert error(hot.id).type == "invalid_request_error"
+    assert (error(negative.id).status, error(negative.id).param) == (400, "temperature")
+    assert error(negative.id).type == "invalid_request_error"
     assert (error(long.id).status, error(long.id).param) == (400, "prompt")
     assert "1024" in error(long.id).message
     assert (error(unknown.id).status, error(unknown.id).param) == (400, "temprature")
     assert (error(expired.id).status, error(expired.id).type) == (503, "timeout")
     assert "expired in the queue" in error(expired.id).message
-    assert expired.id not in admitted and hot.id not in admitted
+    assert expired.id not in admitted and negative.id not in admitted
     assert h.pending() == 0
 
 
