@@ -10,7 +10,7 @@ from pydantic_core import from_json
 
 from api.chat_tokens import chat_token_ids
 from api.deps import Authenticated, CatalogDep, SettingsDep, json_body
-from api.errors import bad_request, validation_error
+from api.errors import bad_request, not_supported, validation_error
 from api.request_submitter import check_prompt_ids
 from api.schemas.tokenize import (
     DetokenizeRequest,
@@ -40,9 +40,12 @@ async def _tokenize_body(request: Request) -> TokenizeRequest:
         raise bad_request("the request body must be a JSON object")
     model = TokenizeChatRequest if "messages" in data else TokenizeCompletionRequest
     try:
-        return model.model_validate(data)
+        body = model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc.errors()) from None
+    if isinstance(body, TokenizeChatRequest) and body.chat_template is not None:
+        raise not_supported("chat_template", "a per-request chat template")
+    return body
 
 
 def _tokenize(tokenizer: Tokenizer, body: TokenizeRequest) -> list[int]:

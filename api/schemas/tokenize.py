@@ -30,6 +30,9 @@ class TokenizeChatRequest(NullMeansDefault):
     chat_template_kwargs: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     return_token_strs: bool = False
+    # vLLM's; refused as chat refuses it, so that a count never silently uses another
+    # template than the one asked for.
+    chat_template: str | None = None
 
 
 class TokenizeResponse(BaseModel):

@@ -58,6 +58,10 @@ def test_tokenize_messages_uses_the_chat_template(client: httpx.Client, worker: 
     body = client.post("/tokenize", json={"messages": messages}).json()  # one model: no name
     assert body["tokens"] == worker.tokenizer.apply_chat_template(messages)
     assert body["token_strs"] is None
+    # A per-request template is refused, as chat refuses it, not counted with another one.
+    asked = client.post("/tokenize", json={"messages": messages, "chat_template": "{{ 'X' }}"})
+    assert asked.status_code == 400, asked.text
+    assert asked.json()["error"]["param"] == "chat_template"
 
 
 def test_tokenize_counts_messages_as_the_chat_request_renders_them(
