@@ -1,6 +1,7 @@
 """An Anthropic Messages request as the chat completion it asks for.
 
-The system prompt becomes a system message; text and image blocks become chat
+The system prompt, with the conversation's own system messages placed as
+api/messages_system_turns.py says, becomes a system message; text and image blocks become chat
 content parts; an assistant's `tool_use` blocks become its tool calls and a
 user's `tool_result` blocks tool messages (placed before the rest of that
 user turn, as the calls' results come first); thinking blocks an assistant
@@ -15,13 +16,10 @@ import json
 from typing import Any, ClassVar
 
 from api.errors import ApiError
+from api.messages_system_turns import place_system_messages, system_text
 from api.schemas.chat import REASONING_EFFORTS, ChatCompletionRequest
 from api.schemas.messages import ContentBlock, CountTokensRequest, InputMessage, MessagesRequest
 from engine.structured_output import StructuredOutput
-
-# Claude Code prefixes its system prompt with a per-request billing line; dropped, as vLLM
-# drops it, since it would defeat prefix caching and tells a local model nothing.
-BILLING_HEADER = "x-anthropic-billing-header"
 
 
 class MessagesChatRequest(ChatCompletionRequest):
@@ -40,10 +38,11 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
     answer picks up where that text stops."""
     body.check_supported()
     messages: list[dict[str, Any]] = []
-    system = _system_text(body.system)
+    leading, turns = place_system_messages(body.messages)
+    system = "\n\n".join(t for t in (system_text(body.system, "system"), leading) if t)
     if system:
         messages.append({"role": "system", "content": system})
-    for index, message in enumerate(body.messages):
+    for index, message in turns:
         messages.extend(_chat_messages(message, index))
     if not messages:
         raise ApiError(400, "messages: every message is empty", param="messages")
@@ -104,20 +103,6 @@ def _template_kwargs(body: CountTokensRequest) -> dict[str, Any] | None:
     if body.thinking is not None:
         kwargs.setdefault("enable_thinking", body.thinking.type != "disabled")
     return kwargs or None
-
-
-def _system_text(system: str | list[ContentBlock] | None) -> str:
-    if system is None or isinstance(system, str):
-        return system or ""
-    texts = []
-    for block in system:
-        if block.type != "text":
-            raise ApiError(
-                400, f"system: a {block.type!r} block; only text is taken", param="system"
-            )
-        if block.text and not block.text.startswith(BILLING_HEADER):
-            texts.append(block.text)
-    return "\n\n".join(texts)
 
 
 def _chat_messages(message: InputMessage, index: int) -> list[dict[str, Any]]:

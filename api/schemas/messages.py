@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.errors import ApiError
 from api.schemas.null_means_default import NullMeansDefault
@@ -38,11 +38,22 @@ class ContentBlock(BaseModel):
     signature: str | None = None
 
 
+# Claude Code's newer releases send these roles for what are user turns (vLLM reads
+# them so too).
+_USER_ROLES = ("ctx", "msg")
+
+
 class InputMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["user", "assistant"]
+    # "system": a system message inside the conversation (api/messages_system_turns.py).
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _user_roles(cls, role: object) -> object:
+        return "user" if role in _USER_ROLES else role
 
 
 class Tool(BaseModel):
@@ -123,7 +134,8 @@ class MessagesRequest(CountTokensRequest):
     max_tokens: int = Field(ge=1)
     stop_sequences: list[str] | None = None
     stream: bool = False
-    temperature: float | None = Field(default=None, ge=0.0, le=1.0)
+    # Anthropic's ends at 1; vLLM's endpoint takes what chat takes.
+    temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
     metadata: dict[str, Any] | None = None

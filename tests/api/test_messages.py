@@ -165,6 +165,44 @@ def test_the_prompt_is_the_same_conversation_s_as_a_chat(
     assert (sampling["temperature"], sampling["top_p"], sampling["top_k"]) == (0.5, 0.9, 5)
 
 
+def test_claude_code_s_system_messages_and_roles_are_taken_as_vllm_takes_them(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    """System-role messages and the ctx/msg roles (newer Claude Code) were a 400; and a
+    temperature past Anthropic's 1 is vLLM's to take."""
+    messages = {
+        "model": MODEL,
+        "max_tokens": 3,
+        "temperature": 1.5,
+        "system": [{"type": "text", "text": "You are"}, {"type": "text", "text": " terse."}],
+        "messages": [
+            {"role": "system", "content": "Cite sources."},
+            {"role": "ctx", "content": "Context here."},
+            {"role": "msg", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Why?"},
+        ],
+    }
+    reply = client.post("/v1/messages", json=messages)
+    assert reply.status_code == 200, reply.text
+    sent = worker.received[-1]
+    assert sent.sampling["temperature"] == 1.5
+    chat = {
+        "model": MODEL,
+        "max_tokens": 3,
+        "messages": [
+            {"role": "system", "content": "You are terse.\n\nCite sources."},
+            {"role": "user", "content": "Context here."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Be brief.\n\nWhy?"},
+        ],
+    }
+    assert client.post("/v1/chat/completions", json=chat).status_code == 200
+    assert sent.prompt_token_ids == worker.received[-1].prompt_token_ids
+
+
 def test_a_conversation_ending_in_the_assistant_s_text_is_continued(
     client: httpx.Client, worker: FakeWorker
 ) -> None:
@@ -356,7 +394,7 @@ def test_stop_reasons_say_how_the_answer_ended(
         ),
         ({"max_tokens": 5, "messages": []}, 400, "invalid_request_error", "messages"),
         (
-            {"max_tokens": 5, "temperature": 1.5, "messages": [{"role": "user", "content": "x"}]},
+            {"max_tokens": 5, "temperature": -0.5, "messages": [{"role": "user", "content": "x"}]},
             400,
             "invalid_request_error",
             "temperature",
