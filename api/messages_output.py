@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sse_starlette import ServerSentEvent
@@ -65,6 +65,14 @@ def usage_object(usage: UsageInfo | None, prompt_tokens: int = 0) -> dict[str, i
         "cache_read_input_tokens": cached,
         "cache_creation_input_tokens": 0,
     }
+
+
+def _opening(chunk: ChatCompletionChunk) -> bool:
+    """The role chunk a chat stream opens with, before the engine has answered."""
+    return all(
+        c.delta.role is not None and not c.delta.content and c.finish_reason is None
+        for c in chunk.choices
+    ) and bool(chunk.choices)
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
@@ -123,31 +131,33 @@ def message_object(response: ChatCompletionResponse) -> dict[str, Any]:
 class MessageEvents:
     """Chat chunks in, Anthropic stream events out, for one choice (Anthropic has no n)."""
 
-    def __init__(self, chat_id: str, model: str, prompt_tokens: int) -> None:
+    def __init__(
+        self,
+        chat_id: str,
+        model: str,
+        prompt_tokens: int,
+        cached_tokens: Callable[[], int] = lambda: 0,
+    ) -> None:
         self.id = message_id(chat_id)
         self.model = model
         self.prompt_tokens = prompt_tokens
+        # The prompt tokens read from the prefix cache, known once the engine answers.
+        self.cached_tokens = cached_tokens
         self._open: str | None = None  # "text", "thinking", or a call's index as "call:N"
         self._index = -1
         self._called = False
         self._finish: tuple[str | None, int | str | None] = (None, None)
 
     async def events(self, chunks: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[Event]:
-        yield {
-            "type": "message_start",
-            "message": {
-                "id": self.id,
-                "type": "message",
-                "role": "assistant",
-                "model": self.model,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": {"input_tokens": self.prompt_tokens, "output_tokens": 0},
-            },
-        }
+        """`message_start` waits for the engine's first answer (past the opening role
+        chunk): its usage splits the prompt into input_tokens and cache_read_input_tokens
+        as `message_delta`'s does, which a client may add to it."""
+        started = False
         usage: UsageInfo | None = None
         async for chunk in chunks:
+            if not started and not _opening(chunk):
+                started = True
+                yield self._message_start()
             if chunk.usage is not None:
                 usage = chunk.usage
             for choice in chunk.choices:
@@ -155,6 +165,8 @@ class MessageEvents:
                     yield event
                 if choice.finish_reason is not None:
                     self._finish = (choice.finish_reason, choice.stop_reason)
+        if not started:
+            yield self._message_start()
         for event in self._close():
             yield event
         reason, sequence = stop_reason(*self._finish, self._called)
@@ -164,6 +176,27 @@ class MessageEvents:
             "usage": usage_object(usage, self.prompt_tokens),
         }
         yield {"type": "message_stop"}
+
+    def _message_start(self) -> Event:
+        cached = self.cached_tokens()
+        return {
+            "type": "message_start",
+            "message": {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {
+                    "input_tokens": self.prompt_tokens - cached,
+                    "output_tokens": 0,
+                    "cache_read_input_tokens": cached,
+                    "cache_creation_input_tokens": 0,
+                },
+            },
+        }
 
     def _delta(self, delta: dict[str, Any]) -> list[Event]:
         events: list[Event] = []

@@ -60,7 +60,12 @@ async def create_message(
         services, chat_request(body), chat_id, public_id=message_id(chat_id)
     )
     if body.stream:
-        events = MessageEvents(chat_id, generation.body.model or "", generation.prompt_tokens)
+        events = MessageEvents(
+            chat_id,
+            generation.body.model or "",
+            generation.prompt_tokens,
+            lambda: record.cached_tokens,
+        )
         return sse_response(
             events.events(generation.chunks()), on_close=generation.close, framing=MessagesFraming()
         )

@@ -82,7 +82,10 @@ def test_a_message_and_its_events_carry_the_answer(
     assert set(names[2:-3]) == {"content_block_delta"}
     start = events[0][1]["message"]
     assert start["id"].startswith("msg_") and start["content"] == []
-    assert start["usage"] == {"input_tokens": prompt_tokens, "output_tokens": 0}
+    # The same split as message_delta's (and the whole message's), which clients add up.
+    final_usage = events[-2][1]["usage"]
+    assert start["usage"] == {**final_usage, "output_tokens": 0}
+    assert final_usage["cache_read_input_tokens"] > 0  # the scripted worker's cache hit
     deltas = [data["delta"] for name, data in events if name == "content_block_delta"]
     assert {d["type"] for d in deltas} == {"text_delta"}
     assert "".join(d["text"] for d in deltas) == message.content[0].text
