@@ -89,8 +89,9 @@ async def admit(
     if limits.rpm is not None and decision.remaining_requests == 0:
         raise _rpm_refusal(limits, decision)
     wait = math.ceil(decision.retry_after or 1)
-    used = (limits.tpm or 0) - (decision.remaining_tokens or 0)
-    what = f"tokens per min (TPM): Limit {limits.tpm}, Used {used}, Requested {tokens}"
+    what = (
+        f"tokens per min (TPM): Limit {limits.tpm}, Used {decision.used_tokens}, Requested {tokens}"
+    )
     raise ApiError(
         429,
         f"Rate limit reached for this API key on {what}. Please try again in {wait}s.",

@@ -204,6 +204,8 @@ class RateDecision:
     too_large: bool = False
     # What the admitted request holds of tpm until it is settled.
     reserved_tokens: int = 0
+    # The window's tokens (settled requests may have used more than the budget).
+    used_tokens: int = 0
 
     def headers(self) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers for the limits that are set, plus `retry-after`."""
@@ -292,6 +294,7 @@ class RateLimiter:
             retry_after=None if allowed or too_large else int(retry_us) / _US,
             too_large=bool(too_large),
             reserved_tokens=int(reserved) if allowed else 0,
+            used_tokens=int(total),
         )
 
     async def admit(

@@ -332,12 +332,19 @@ def _sampling_weights(
     n, vocab = logits.shape
     device = logits.device
     temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
-    x = torch.div(logits, temps[:, None], out=out) if out is not None else logits / temps[:, None]
+    temps.clamp_(max=torch.finfo(logits.dtype).max)  # vLLM's range has no top
+    # The max is taken first, then the temperature divides: a small temperature or a
+    # logit a huge repetition penalty sank may go past float32's range, but (x - max) / T
+    # is 0 for the row's top token whatever T is, never -inf - -inf (a NaN row that
+    # sampled a masked token).
+    peak = logits.amax(dim=-1, keepdim=True)
+    x = torch.sub(logits, peak, out=out) if out is not None else logits - peak
+    x.div_(temps[:, None])
 
     k_rows = [i for i, p in enumerate(params) if 0 < p.top_k < vocab]
     if k_rows:
         _top_k(x, k_rows, params)
-    w = x.sub_(x.amax(dim=-1, keepdim=True)).exp_()
+    w = x.exp_()
 
     p_rows = [i for i, p in enumerate(params) if p.top_p < 1.0]
     if p_rows:
@@ -372,13 +379,19 @@ def _apply_penalties(out: torch.Tensor, rows: list[int], batch: SamplingBatch) -
             for i, p in zip(rows, params, strict=True)
         ]
         seen = (counts > 0) | (_token_counts(prompts, vocab, device) > 0)
+        limits = torch.finfo(x.dtype)
         rep = torch.tensor([p.repetition_penalty for p in params], device=device)[:, None]
-        x = torch.where(seen, torch.where(x > 0, x / rep, x * rep), x)
+        rep = rep.to(x.dtype).clamp_(max=limits.max)  # vLLM's range has no top
+        penalized = torch.where(x > 0, x / rep, x * rep)
         # A tiny penalty (1e-30; 1e-300 is 0 in float32) takes a positive logit past
-        # float32's range: +inf, and inf - inf is NaN in the softmax, top-p cut nothing and
-        # failed the whole step. The largest float keeps the limit's meaning: those
-        # tokens share the row.
-        x = x.nan_to_num(nan=_NEG_INF, posinf=torch.finfo(x.dtype).max, neginf=_NEG_INF)
+        # float32's range, a huge one a negative logit: +inf made inf - inf NaN in the
+        # softmax (top-p cut nothing and failed the whole step), -inf masked an allowed
+        # token (a row of only such tokens sampled a forbidden one). A finite logit
+        # stays finite at the largest float, which keeps the limit's meaning: those
+        # tokens share the row, or sink below every other; masked ones stay masked.
+        finite = penalized.nan_to_num(nan=0.0).clamp_(limits.min, limits.max)
+        penalized = torch.where(x.isfinite(), finite, penalized.nan_to_num(nan=_NEG_INF))
+        x = torch.where(seen, penalized, x)
 
     if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params):
         freq = torch.tensor([p.frequency_penalty for p in params], device=device)[:, None]

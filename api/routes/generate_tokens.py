@@ -120,7 +120,8 @@ async def generate_tokens(
     record.prompt_tokens = len(body.token_ids)
     if settings.log_prompts:
         record.prompt_text = json.dumps(body.token_ids)
-    stated = body.sampling_params.get("max_tokens")  # an int, or left out (tokens_sampling)
+    # The checked value where one was sent ("4" reads as 4); none: the prompt alone.
+    stated = sampling.max_tokens if body.sampling_params.get("max_tokens") is not None else None
     most = sampling.max_tokens or (max_model_len or 0) - len(body.token_ids)
     await admit(
         request,

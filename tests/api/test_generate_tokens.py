@@ -40,6 +40,9 @@ def test_the_answer_is_token_ids_in_vllms_shape(client: httpx.Client, worker: Fa
     assert queued.prompt_token_ids == PROMPT
     assert queued.public_id == "generate-tokens-step-1" and queued.id != queued.public_id
     assert queued.sampling["temperature"] == 0 and queued.sampling["max_tokens"] == 4
+    # A numeric string is read as vLLM's pydantic reads it (it was a 500).
+    body["sampling_params"]["max_tokens"] = "4"
+    assert client.post(PATH, json=body).json()["usage"]["completion_tokens"] == 4
 
 
 def test_vllms_sampling_defaults_apply_and_max_tokens_is_what_the_context_leaves(

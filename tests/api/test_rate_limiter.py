@@ -148,7 +148,11 @@ def test_a_request_without_max_tokens_holds_what_it_may_use_of_the_budget_left(
         assert second.allowed and second.reserved_tokens == 70 and second.remaining_tokens == 0
         # A burst's next one waits, however small.
         assert not (await limiter.admit(key, limits, request_id=c, tokens=1, most=500)).allowed
-        # Settled to what it used, the rest is free again.
+        # Settled to what it used, the rest is free again; past the budget, the window
+        # says so.
+        await limiter.settle(key, b, 400)
+        over = await limiter.admit(key, limits, request_id=c, tokens=1)
+        assert (over.used_tokens, over.remaining_tokens) == (430, 0)
         await limiter.settle(key, b, 25)
         third = await limiter.admit(key, limits, request_id=c, tokens=5, most=500)
         assert third.allowed and third.reserved_tokens == 45

@@ -198,6 +198,31 @@ def test_extreme_but_valid_values_neither_fail_the_step_nor_garble_output() -> N
     assert all(p.greedy for p in rows[:2]) and not SamplingParams(temperature=1e-5).greedy
 
 
+def test_vllms_unbounded_temperature_and_penalty_never_sample_a_masked_token() -> None:
+    """Past float32's range (temperature 1e39 is inf there) -inf / inf made masked rows
+    NaN, and a penalty of 1e37 sank allowed logits of -40 to -inf: both sampled tokens
+    that allowed_token_ids, min_tokens or a grammar had masked."""
+    logits = torch.randn(6, 50, generator=seeded(3)) * 3
+    logits[4:, 1], logits[4:, 2] = -40.0, -41.0
+    rows = [
+        SamplingParams(temperature=1e39, allowed_token_ids=[7, 8], seed=1),
+        SamplingParams(temperature=1e300, allowed_token_ids=[7, 8], seed=2),
+        SamplingParams(temperature=1e300, min_tokens=10, seed=3),
+        SamplingParams(temperature=3e38, allowed_token_ids=[7, 8], seed=4),
+        SamplingParams(temperature=0.0, repetition_penalty=1e37, allowed_token_ids=[1, 2]),
+        SamplingParams(temperature=0.5, repetition_penalty=1e300, allowed_token_ids=[1, 2]),
+    ]
+    prompts = [[], [], [], [], [1, 2], [1, 2]]
+    for step in range(20):
+        generators = [seeded(step) for _ in rows]
+        batch = make_batch(rows, prompts=prompts, generators=generators, eos=frozenset({0}))
+        out = Sampler()(logits, batch)
+        assert set(out.token_ids[:2]) <= {7, 8} and out.token_ids[3] in (7, 8)
+        assert out.token_ids[2] != 0  # EOS, masked by min_tokens
+        assert out.token_ids[4] in (1, 2)  # greedy, both sunk to the float limit
+        assert out.token_ids[5] in (1, 2)
+
+
 # --- penalties, logit_bias, min_tokens ---------------------------------------------------------
 
 
