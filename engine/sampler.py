@@ -389,9 +389,8 @@ def _apply_penalties(out: torch.Tensor, rows: list[int], batch: SamplingBatch) -
         # token (a row of only such tokens sampled a forbidden one). A finite logit
         # stays finite at the largest float, which keeps the limit's meaning: those
         # tokens share the row, or sink below every other; masked ones stay masked.
-        finite = penalized.nan_to_num(nan=0.0).clamp_(limits.min, limits.max)
-        penalized = torch.where(x.isfinite(), finite, penalized.nan_to_num(nan=_NEG_INF))
-        x = torch.where(seen, penalized, x)
+        finite = penalized.nan_to_num(nan=0.0, posinf=limits.max, neginf=limits.min)
+        x = torch.where(seen & x.isfinite(), finite, x)
 
     if any(p.frequency_penalty != 0.0 or p.presence_penalty != 0.0 for p in params):
         freq = torch.tensor([p.frequency_penalty for p in params], device=device)[:, None]
