@@ -17,6 +17,7 @@ from alembic.util.exc import CommandError
 
 import migrations
 from conveyor.db.database import create_db_engine, is_sqlite, normalize_url
+from conveyor.db.migration_lock import sqlite_migration_lock
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def prepare_schema(url: str) -> None:
     the operator (or the deploy's migrate job) runs `conveyor db upgrade`.
     """
     if is_sqlite(url):
-        upgrade(url)
+        with sqlite_migration_lock(url):  # replicas sharing the file start together
+            upgrade(url)
     else:
         require_head(url)

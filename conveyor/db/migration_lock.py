@@ -1,0 +1,31 @@
+"""One migration at a time on a SQLite file.
+
+Every process that opens a SQLite database upgrades it in place on start
+(`migrate.prepare_schema`), and `conveyor api` replicas (or a worker host's
+batch workers) sharing a data dir start together: two Alembic runs on one
+fresh file both try `CREATE TABLE`, and the loser exited with "table already
+exists". An exclusive `flock` on a file beside the database makes the later
+ones wait, then find the schema at head and do nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+
+@contextlib.contextmanager
+def sqlite_migration_lock(url: str) -> Iterator[None]:
+    """Held while migrating the SQLite file `url` names (an in-memory one needs none)."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        yield
+        return
+    lock_path = Path(database).with_name(Path(database).name + ".migrate-lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
