@@ -227,6 +227,21 @@ def test_gpu_values_place_workers_on_gpus() -> None:
     assert ingress["spec"]["tls"][0]["hosts"] == ["llm.example.com"]
 
 
+def test_the_secret_checksum_changes_only_with_the_values_put_in_it() -> None:
+    """It hashed a fresh render of the Secret, whose generated keys differ every time: the
+    first upgrade restarted every pod, GPU workers included, with nothing changed."""
+
+    def checksums(values: dict[str, Any] | None) -> set[str]:
+        return {
+            deployment["spec"]["template"]["metadata"]["annotations"]["checksum/secret"]
+            for deployment in by_kind(render(values), "Deployment").values()
+        }
+
+    (first,) = checksums(None)  # one for every role
+    assert checksums(None) == {first}  # a render later: keys generated anew, same sum
+    assert checksums({"auth": {"adminKey": "set-by-hand"}}) != {first}
+
+
 def test_existing_secret_replaces_the_charts() -> None:
     docs = render({"auth": {"existingSecret": "conveyor-prod"}})
     assert by_kind(docs, "Secret") == {}

@@ -92,9 +92,18 @@ def test_units_are_hardened_and_read_an_environment_file(name: str) -> None:
         assert service.get(key) == [value], (name, key)
     if name in LONG_RUNNING:
         assert service["Restart"] == ["always"]
+        assert service["LimitNOFILE"] == ["65536"]  # systemd's 1024 is ~1000 clients
         assert parse_unit(SYSTEMD_DIR / name)["Install"]["WantedBy"] == ["multi-user.target"]
     else:
         assert service["Type"] == ["oneshot"]
+
+
+def test_gpu_units_leave_the_devices_open() -> None:
+    """ProtectClock= before systemd 252 allow-lists only the RTC, closing /dev/nvidia*."""
+    for name in ("conveyor-worker@.service", "conveyor.service"):
+        service = parse_unit(SYSTEMD_DIR / name)["Service"]
+        assert "ProtectClock" not in service and "DeviceAllow" not in service
+        assert "PrivateDevices" not in service
 
 
 def test_sql_users_start_after_the_migration() -> None:

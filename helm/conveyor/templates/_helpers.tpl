@@ -78,11 +78,15 @@ app.kubernetes.io/component: {{ index . 1 }}
     name: {{ include "conveyor.secretName" . }}
 {{- end }}
 
-{{/* Restarts pods when their settings change (Secret included, unless it is external). */}}
+{{/* Restarts pods when their settings change (Secret included, unless it is external).
+The Secret's checksum is of what the values put in it: rendering secret.yaml again would
+generate other keys (randAlphaNum) on install, and read the kept ones on upgrade, so every
+pod, GPU workers included, restarted on the first upgrade with nothing changed. Generated
+keys are kept across upgrades, so they change nothing here. */}}
 {{- define "conveyor.configChecksums" -}}
 checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
 {{- if not .Values.auth.existingSecret }}
-checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+checksum/secret: {{ list (tpl .Values.externalRedis.url .) (tpl .Values.externalDatabase.url .) .Values.auth.adminKey .Values.auth.serviceKey | toJson | sha256sum }}
 {{- end }}
 {{- end }}
 
