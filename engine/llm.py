@@ -21,7 +21,9 @@ from engine.pooling_params import PoolingParams
 from engine.sampler import TokenLogprobs
 from engine.sampling_params import SamplingParams
 
-Prompt = str | list[int]
+# A string, token ids, or vLLM's TextPrompt / TokensPrompt dicts ({"prompt": ...},
+# {"prompt_token_ids": [...]}).
+Prompt = str | list[int] | dict[str, Any]
 
 
 @dataclass
@@ -33,16 +35,34 @@ class Choice:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
 
+    @property
+    def cumulative_logprob(self) -> float | None:
+        """vLLM's: the sampled tokens' summed logprob, when logprobs were asked for."""
+        if self.logprobs is None:
+            return None
+        return sum(entry.logprob for entry in self.logprobs)
+
 
 @dataclass
 class GenerationResult:
-    """Everything one request produced, accumulated over all its steps."""
+    """Everything one request produced, accumulated over all its steps. vLLM's
+    `RequestOutput` names read too: `outputs` (the choices), `prompt`, `finished`."""
 
     request_id: str
     prompt_token_ids: list[int]
     choices: list[Choice]
     num_cached_tokens: int = 0
     prompt_logprobs: list[TokenLogprobs | None] | None = None
+    # The prompt's text where it was given as text (vLLM's `prompt`), else None.
+    prompt: str | None = None
+
+    @property
+    def outputs(self) -> list[Choice]:
+        return self.choices
+
+    @property
+    def finished(self) -> bool:
+        return all(choice.finish_reason is not None for choice in self.choices)
 
     @property
     def text(self) -> str:
@@ -98,7 +118,28 @@ def _per_prompt(params: Any, kind: type, count: int) -> list[Any]:
     listed = [params] * count if isinstance(params, kind) else list(params)
     if len(listed) != count:
         raise ValueError(f"params: need one {kind.__name__} per prompt, or a single one")
+    for item in listed:
+        if not isinstance(item, kind):
+            raise TypeError(
+                f"params: a {kind.__name__} (or one per prompt), not {type(item).__name__}"
+            )
     return listed
+
+
+def _prompt_text(prompt: Prompt) -> str | None:
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
+        return prompt["prompt"]
+    return None
+
+
+def _listed(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
+    """One prompt (text, token ids, a prompt dict) as a list of one; a list as it is."""
+    single = isinstance(prompts, str | dict) or (
+        isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], int)
+    )
+    return [prompts] if single else list(prompts)  # type: ignore[list-item, arg-type]
 
 
 class LLM:
@@ -114,20 +155,28 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         priorities: Sequence[int] | None = None,
         lora: str | Sequence[str | None] | None = None,
+        *,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        priority: Sequence[int] | None = None,
+        use_tqdm: bool = False,
     ) -> list[GenerationResult]:
         """Run every prompt to completion, batched by the engine; results in input order.
 
         `lora` names the LoRA adapter (from `lora_config`) for every prompt, or one per
-        prompt (None: the base model)."""
-        token_lists = self._token_lists(prompts)
-        param_list = _per_prompt(params or SamplingParams(), SamplingParams, len(token_lists))
+        prompt (None: the base model). vLLM's keywords `sampling_params` and `priority`
+        name `params` and `priorities`; `use_tqdm` is taken and draws no bar."""
+        listed = _listed(prompts)
+        token_lists = self._token_lists(listed)
+        chosen = sampling_params if sampling_params is not None else params
+        param_list = _per_prompt(chosen or SamplingParams(), SamplingParams, len(token_lists))
+        texts = [_prompt_text(p) for p in listed]
         results = self._run(
             token_lists,
             param_list,
             lora,
-            priorities,
-            lambda rid, tokens, p: GenerationResult(
-                rid, tokens, [Choice(index=k) for k in range(p.n)]
+            priority if priority is not None else priorities,
+            lambda i, rid, tokens, p: GenerationResult(
+                rid, tokens, [Choice(index=k) for k in range(p.n)], prompt=texts[i]
             ),
         )
         return results  # type: ignore[return-value]
@@ -142,14 +191,14 @@ class LLM:
         by the engine; results in input order. A sequence classifier's `embedding` is
         its labels' probabilities (`PoolingParams(activation=False)`: its logits), in
         the order of `engine.model_config.labels`."""
-        token_lists = self._token_lists(prompts)
+        token_lists = self._token_lists(_listed(prompts))
         param_list = _per_prompt(params or PoolingParams(), PoolingParams, len(token_lists))
         results = self._run(
             token_lists,
             param_list,
             lora,
             None,
-            lambda rid, tokens, p: EmbeddingResult(rid, tokens),
+            lambda i, rid, tokens, p: EmbeddingResult(rid, tokens),
         )
         return results  # type: ignore[return-value]
 
@@ -165,7 +214,7 @@ class LLM:
         if not labels:
             raise ValueError(
                 f"{self.engine.model_name} is not a sequence classifier "
-                "(*ForSequenceClassification): use embed"
+                '(*ForSequenceClassification): embed with LLM(model, runner="pooling")'
             )
         out = []
         for result in self.embed(prompts, params, lora):
@@ -179,15 +228,25 @@ class LLM:
             )
         return out
 
-    def _token_lists(self, prompts: Prompt | Sequence[Prompt]) -> list[list[int]]:
-        if isinstance(prompts, str) or (
-            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
-        ):
-            prompts = [prompts]  # type: ignore[list-item]
-        return [
-            self.tokenizer.encode(p) if isinstance(p, str) else list(p)
-            for p in prompts  # type: ignore[union-attr]
-        ]
+    def _token_lists(self, prompts: list[Prompt]) -> list[list[int]]:
+        return [self._token_ids(p, i) for i, p in enumerate(prompts)]
+
+    def _token_ids(self, prompt: Prompt, index: int) -> list[int]:
+        if isinstance(prompt, dict):  # vLLM's TokensPrompt / TextPrompt
+            if "prompt_token_ids" in prompt:
+                prompt = prompt["prompt_token_ids"]
+            elif "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                raise TypeError(
+                    f"prompts[{index}]: a prompt dict needs 'prompt' or 'prompt_token_ids'"
+                )
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise TypeError(f"prompts[{index}]: a string, token ids or a prompt dict")
+        return ids
 
     def _run(
         self,
@@ -195,9 +254,11 @@ class LLM:
         param_list: list[Any],
         lora: str | Sequence[str | None] | None,
         priorities: Sequence[int] | None,
-        new_result: Callable[[str, list[int], Any], GenerationResult | EmbeddingResult],
+        new_result: Callable[[int, str, list[int], Any], GenerationResult | EmbeddingResult],
     ) -> list[GenerationResult | EmbeddingResult]:
-        """Queue every prompt, step the engine until all finish, results in input order."""
+        """Queue every prompt, step the engine until all finish, results in input order.
+        A call that fails or is interrupted (Ctrl-C) takes its requests back out of the
+        engine, so the next call does not run them first."""
         loras = [lora] * len(token_lists) if lora is None or isinstance(lora, str) else list(lora)
         if len(loras) != len(token_lists):
             raise ValueError("lora: need one adapter name (or None) per prompt, or a single one")
@@ -208,29 +269,57 @@ class LLM:
                 request_id = f"llm-{next(self._ids)}"
                 priority = priorities[i] if priorities is not None else 0
                 self.engine.add_request(request_id, tokens, p, priority=priority, lora=loras[i])
-                results[request_id] = new_result(request_id, tokens, p)
+                results[request_id] = new_result(i, request_id, tokens, p)
                 order.append(request_id)
-        except ValueError:
+            while self.engine.has_unfinished():
+                for out in self.engine.step():
+                    if out.request_id in results:
+                        results[out.request_id].absorb(out)
+        except BaseException:
             # One bad prompt rejects the call; drop the ones already queued with it.
             for request_id in order:
                 self.engine.abort(request_id)
             raise
-        while self.engine.has_unfinished():
-            for out in self.engine.step():
-                if out.request_id in results:
-                    results[out.request_id].absorb(out)
         return [results[r] for r in order]
 
     def chat(
         self,
         conversations: list[dict] | list[list[dict]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        tools: Sequence[dict[str, Any]] | None = None,
+        lora: str | Sequence[str | None] | None = None,
+        use_tqdm: bool = False,
     ) -> list[GenerationResult]:
-        """Apply the chat template to each conversation, then generate."""
+        """Apply the chat template to each conversation, then generate; vLLM's keywords.
+        `continue_final_message` continues the last (assistant) message instead of
+        starting a new turn."""
+        if continue_final_message and add_generation_prompt:
+            raise ValueError("continue_final_message needs add_generation_prompt=False")
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]  # type: ignore[list-item]
-        prompts = [self.tokenizer.apply_chat_template(c) for c in conversations]  # type: ignore[arg-type]
-        return self.generate(prompts, params)
+        kwargs = dict(chat_template_kwargs or {})
+        if continue_final_message:
+            kwargs["continue_final_message"] = True
+        prompts: list[Prompt] = []
+        for conversation in conversations:
+            text = self.tokenizer.render_chat(
+                conversation,  # type: ignore[arg-type]
+                add_generation_prompt=add_generation_prompt,
+                tools=tools,
+                **kwargs,
+            )
+            prompts.append(self.tokenizer.encode(text, add_special_tokens=False))
+        chosen = sampling_params if sampling_params is not None else params
+        return self.generate(prompts, chosen, lora=lora)
+
+    def get_tokenizer(self) -> Any:
+        """vLLM's: the Hugging Face tokenizer the model loaded with."""
+        return self.tokenizer.hf_tokenizer
 
     def sleep(self, level: int = 1) -> None:
         """vLLM's `LLM.sleep`: free the KV cache and put the weights away (level 1: to

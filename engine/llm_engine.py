@@ -669,7 +669,7 @@ class LLMEngine:
         if self.pooler_config is None:
             raise ValueError(
                 f"model: {self.model_name} generates text; start it with --runner pooling "
-                "to serve embeddings"
+                '(offline: LLM(model, runner="pooling")) to serve embeddings'
             )
         if len(prompt) > self.max_model_len:
             raise ValueError(

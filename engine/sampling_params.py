@@ -92,6 +92,9 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         # Accept lists/strings from callers but store immutable tuples.
+        for optional in ("stop", "stop_token_ids", "bad_words"):  # vLLM's default None
+            if getattr(self, optional) is None:
+                object.__setattr__(self, optional, ())
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
