@@ -8,6 +8,8 @@ engine benchmark.
 from __future__ import annotations
 
 import itertools
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -136,8 +138,14 @@ def _prompt_text(prompt: Prompt) -> str | None:
 
 def _listed(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     """One prompt (text, token ids, a prompt dict) as a list of one; a list as it is."""
-    single = isinstance(prompts, str | dict) or (
-        isinstance(prompts, list) and bool(prompts) and isinstance(prompts[0], int)
+    single = (
+        isinstance(prompts, str | dict)
+        or getattr(prompts, "ndim", None) == 1  # a numpy array or tensor of ids
+        or (
+            isinstance(prompts, list | tuple)
+            and bool(prompts)
+            and isinstance(prompts[0], numbers.Integral)
+        )
     )
     return [prompts] if single else list(prompts)  # type: ignore[list-item, arg-type]
 
@@ -243,8 +251,11 @@ class LLM:
                 )
         if isinstance(prompt, str):
             return self.tokenizer.encode(prompt)
-        ids = list(prompt)
-        if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        try:  # ints, numpy's or a tensor's too, as plain ints
+            ids = [operator.index(t) for t in prompt if not isinstance(t, bool)]
+        except TypeError:
+            ids = None
+        if ids is None or len(ids) != len(prompt):
             raise TypeError(f"prompts[{index}]: a string, token ids or a prompt dict")
         return ids
 
@@ -313,7 +324,8 @@ class LLM:
                 tools=tools,
                 **kwargs,
             )
-            prompts.append(self.tokenizer.encode(text, add_special_tokens=False))
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            prompts.append({"prompt_token_ids": ids, "prompt": text})
         chosen = sampling_params if sampling_params is not None else params
         return self.generate(prompts, chosen, lora=lora)
 

@@ -180,7 +180,13 @@ def _as_sampled(
     processed = reported[idx]
     weights = _sampling_weights(processed.double(), rows)
     temps = torch.tensor([p.temperature for p in rows], dtype=processed.dtype, device=device)
-    scaled = processed.div_(temps[:, None])
+    limits = torch.finfo(processed.dtype)
+    finite = processed.isfinite()
+    scaled = processed.div_(temps.clamp_(max=limits.max)[:, None])
+    # A logit a huge penalty took to float32's edge, over a temperature below 1, went past
+    # it: inf, and log_softmax's NaN. It stays at the edge (masked ones stay -inf).
+    bounded = scaled.nan_to_num(posinf=limits.max, neginf=limits.min)
+    scaled = torch.where(finite, bounded, scaled)
     removed = weights == 0
     # float64's cut at top-p's or min-p's edge may differ from float32's by a token;
     # the token the row did sample was never removed.

@@ -6,6 +6,7 @@ conveyor (a container image, a wheel) finds them without an alembic.ini.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -34,11 +35,12 @@ def upgrade(url: str, revision: str = "head") -> None:
     """To `revision`; on a schema a later release migrated (a rollback), nothing to do but
     say so: the compose `migrate` service and the chart's pre-upgrade Job run this before
     the API, which would otherwise never start after a rollback."""
-    current = current_revision(url)
-    if current is not None and is_newer_than_this_release(current):
-        _warn_newer(current, head_revision())
-        return
-    command.upgrade(alembic_config(url), revision)
+    with sqlite_migration_lock(url) if is_sqlite(url) else contextlib.nullcontext():
+        current = current_revision(url)
+        if current is not None and is_newer_than_this_release(current):
+            _warn_newer(current, head_revision())
+            return
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str) -> None:
@@ -111,7 +113,6 @@ def prepare_schema(url: str) -> None:
     the operator (or the deploy's migrate job) runs `conveyor db upgrade`.
     """
     if is_sqlite(url):
-        with sqlite_migration_lock(url):  # replicas sharing the file start together
-            upgrade(url)
+        upgrade(url)  # under the file's migration lock: replicas start together
     else:
         require_head(url)

@@ -26,6 +26,14 @@ def sqlite_migration_lock(url: str) -> Iterator[None]:
         yield
         return
     lock_path = Path(database).with_name(Path(database).name + ".migrate-lock")
-    with open(lock_path, "a") as lock:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)  # a first start's data dir
+        lock = open(lock_path, "a")  # noqa: SIM115 (closed below, after the yield)
+    except OSError:
+        # A folder that cannot be made or written: opening the database says so in its
+        # own words (conveyor/db/database_errors.py), with nothing to lock.
+        yield
+        return
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         yield

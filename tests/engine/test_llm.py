@@ -47,7 +47,7 @@ def test_chat_takes_vllms_template_options(bundled_llm: LLM) -> None:
     rendered = bundled_llm.get_tokenizer().apply_chat_template(
         messages, tokenize=False, add_generation_prompt=False, continue_final_message=True
     )
-    assert rendered.endswith("The colour is")
+    assert rendered.endswith("The colour is") and continued.prompt == rendered
     assert continued.prompt_token_ids == bundled_llm.tokenizer.encode(
         rendered, add_special_tokens=False
     )
@@ -74,3 +74,17 @@ def test_a_failed_or_interrupted_call_leaves_nothing_for_the_next(
     with pytest.raises(TypeError, match="SamplingParams"):
         bundled_llm.generate("Hello", {"max_tokens": 2})  # type: ignore[arg-type]
     assert not bundled_llm.engine.has_unfinished()
+
+
+def test_token_ids_from_numpy_or_torch_are_prompts(bundled_llm: LLM) -> None:
+    import numpy as np
+    import torch
+
+    ids = bundled_llm.tokenizer.encode("Hello there")
+    (expected,) = bundled_llm.generate(ids, greedy(2))
+    forms = [np.array(ids), torch.tensor(ids), tuple(ids), [np.int64(t) for t in ids]]
+    for form in forms:
+        (out,) = bundled_llm.generate(form, greedy(2))
+        assert out.prompt_token_ids == ids and out.token_ids == expected.token_ids
+        assert all(type(t) is int for t in out.prompt_token_ids)
+    assert len(bundled_llm.generate([np.array(ids), torch.tensor(ids)], greedy(2))) == 2

@@ -511,6 +511,23 @@ def test_processed_modes_keep_a_cold_rows_tail_finite() -> None:
     )
 
 
+def test_processed_logprobs_stay_numbers_under_vllms_unbounded_penalty() -> None:
+    """A penalized logit at float32's edge, over a temperature below 1, was inf: NaN
+    logprobs (inf logits) reported for every token."""
+    logits = torch.tensor([[5.0, 1.0, 0.0, -1.0], [-5.0, -1.0, -2.0, -3.0]])
+    params = [
+        SamplingParams(temperature=0.5, repetition_penalty=1e-39, logprobs=2, seed=1),
+        SamplingParams(temperature=0.5, repetition_penalty=1e39, logprobs=2, seed=2),
+    ]
+    batch = make_batch(params, prompts=[[0, 1], [0, 1, 2, 3]], generators=[seeded(1)] * 2)
+    for mode in ("processed_logprobs", "processed_logits"):
+        out = Sampler(mode)(logits, batch)
+        for entry in out.logprobs:
+            assert entry is not None
+            values = [entry.logprob, *(v for _, v in entry.top)]
+            assert not any(math.isnan(v) or math.isinf(v) for v in values), (mode, entry)
+
+
 def test_masks_in_an_all_sampled_batch_leave_no_row_empty() -> None:
     logits = torch.tensor([[1.0, 2.0, 3.0, 4.0]]).repeat(2, 1)
     params = [

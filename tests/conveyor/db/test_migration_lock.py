@@ -32,5 +32,13 @@ def test_replicas_starting_together_on_one_sqlite_file_all_come_up(tmp_path: Pat
     assert migrate.current_revision(url) == migrate.head_revision()
 
 
+def test_a_first_start_makes_the_data_dir_it_locks_in(tmp_path: Path) -> None:
+    """The lock file was opened before the database made its folder: a traceback on a
+    fresh machine's first start."""
+    url = f"sqlite:///{tmp_path / 'not' / 'yet' / 'conveyor.db'}"
+    migrate.prepare_schema(url)
+    assert migrate.current_revision(url) == migrate.head_revision()
+
+
 def test_an_in_memory_database_needs_no_lock() -> None:
     migrate.prepare_schema("sqlite://")
