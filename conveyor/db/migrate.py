@@ -15,6 +15,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
+from sqlalchemy.exc import ArgumentError
 
 import migrations
 from conveyor.db.database import create_db_engine, is_sqlite, normalize_url
@@ -35,12 +36,20 @@ def upgrade(url: str, revision: str = "head") -> None:
     """To `revision`; on a schema a later release migrated (a rollback), nothing to do but
     say so: the compose `migrate` service and the chart's pre-upgrade Job run this before
     the API, which would otherwise never start after a rollback."""
-    with sqlite_migration_lock(url) if is_sqlite(url) else contextlib.nullcontext():
+    with sqlite_migration_lock(url) if _names_sqlite(url) else contextlib.nullcontext():
         current = current_revision(url)
         if current is not None and is_newer_than_this_release(current):
             _warn_newer(current, head_revision())
             return
         command.upgrade(alembic_config(url), revision)
+
+
+def _names_sqlite(url: str) -> bool:
+    """Whether to lock; a URL that is no URL is for opening it to refuse in its own words."""
+    try:
+        return is_sqlite(url)
+    except ArgumentError:
+        return False
 
 
 def downgrade(url: str, revision: str) -> None:

@@ -188,7 +188,7 @@ def test_bad_requests_are_anthropic_errors(claude: anthropic.Anthropic) -> None:
             model=MODEL,
             max_tokens=8,
             messages=[{"role": "user", "content": "x"}],
-            extra_body={"temperature": 1.5},
+            extra_body={"temperature": -0.5},
         )
     assert bad.value.body["type"] == "error"  # type: ignore[index]
     assert bad.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]

@@ -3,32 +3,35 @@ fresh file, and none dies of the other's `CREATE TABLE` ("table already exists")
 
 from __future__ import annotations
 
-import multiprocessing
-from multiprocessing.synchronize import Barrier
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from conveyor.db import migrate
 
 STARTING_TOGETHER = 3
-
-
-def _start(url: str, barrier: Barrier) -> None:
-    barrier.wait(timeout=60)  # past the imports, the migrations begin at once
-    migrate.prepare_schema(url)
+# Each replica, a process of its own as `conveyor api` is, waits until a common moment
+# past its imports, then migrates.
+REPLICA = """
+import sys, time
+from conveyor.db import migrate
+start = float(sys.argv[2])
+while time.time() < start:
+    time.sleep(0.001)
+migrate.prepare_schema(sys.argv[1])
+"""
 
 
 def test_replicas_starting_together_on_one_sqlite_file_all_come_up(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'conveyor.db'}"
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(STARTING_TOGETHER)
+    start = time.time() + 5
     replicas = [
-        context.Process(target=_start, args=(url, barrier)) for _ in range(STARTING_TOGETHER)
+        subprocess.Popen([sys.executable, "-c", REPLICA, url, str(start)], stderr=subprocess.PIPE)
+        for _ in range(STARTING_TOGETHER)
     ]
-    for replica in replicas:
-        replica.start()
-    for replica in replicas:
-        replica.join(timeout=120)
-    assert [r.exitcode for r in replicas] == [0] * STARTING_TOGETHER
+    errors = [replica.communicate(timeout=120)[1].decode() for replica in replicas]
+    assert [r.returncode for r in replicas] == [0] * STARTING_TOGETHER, errors
     assert migrate.current_revision(url) == migrate.head_revision()
 
 
