@@ -273,6 +273,8 @@ class LLM:
         loras = [lora] * len(token_lists) if lora is None or isinstance(lora, str) else list(lora)
         if len(loras) != len(token_lists):
             raise ValueError("lora: need one adapter name (or None) per prompt, or a single one")
+        if priorities is not None and len(priorities) != len(token_lists):
+            raise ValueError("priority: need one per prompt")
         results: dict[str, GenerationResult | EmbeddingResult] = {}
         order: list[str] = []
         try:

@@ -73,6 +73,8 @@ def test_a_failed_or_interrupted_call_leaves_nothing_for_the_next(
         bundled_llm.generate(["Hello", {"nothing": 1}], greedy(200))
     with pytest.raises(TypeError, match="SamplingParams"):
         bundled_llm.generate("Hello", {"max_tokens": 2})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one per prompt"):  # was an IndexError midway
+        bundled_llm.generate(["Hello", "World"], greedy(2), priority=[0])
     assert not bundled_llm.engine.has_unfinished()
 
 
