@@ -63,18 +63,21 @@ def place_system_messages(messages: list[InputMessage]) -> tuple[str, list[Index
             else:
                 pending.append((index, text))
             continue
-        if pending:
-            text = _joined(t for _, t in pending)
-            if message.role == "user":
-                message = _with_text(message, text, at_end=False)
-            else:
-                out.append((pending[0][0], InputMessage(role="user", content=text)))
-            pending = []
+        if pending and message.role == "user":
+            message = _with_text(message, _joined(t for _, t in pending), at_end=False)
+        elif pending:
+            out.append(_user_turn(pending))
+        pending = []
         out.append((index, message))
     if pending:
-        text = _joined(t for _, t in pending)
-        out.append((pending[0][0], InputMessage(role="user", content=text)))
+        out.append(_user_turn(pending))
     return leading, out
+
+
+def _user_turn(pending: list[tuple[int, str]]) -> Indexed:
+    """System texts with no user turn to join: a user turn of their own, at the first's
+    place."""
+    return pending[0][0], InputMessage(role="user", content=_joined(t for _, t in pending))
 
 
 def _text_of(message: InputMessage, index: int) -> str:

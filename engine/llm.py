@@ -328,8 +328,7 @@ class LLM:
             )
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             prompts.append({"prompt_token_ids": ids, "prompt": text})
-        chosen = sampling_params if sampling_params is not None else params
-        return self.generate(prompts, chosen, lora=lora)
+        return self.generate(prompts, params, lora=lora, sampling_params=sampling_params)
 
     def get_tokenizer(self) -> Any:
         """vLLM's: the Hugging Face tokenizer the model loaded with."""

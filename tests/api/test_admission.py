@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -23,18 +24,10 @@ class HeldLimiter(RateLimiter):
         self.entered = asyncio.Event()
         self.go = asyncio.Event()
 
-    async def admit(
-        self,
-        key_id: str,
-        limits: RateLimits,
-        *,
-        request_id: str,
-        tokens: int,
-        most: int | None = None,
-    ) -> RateDecision:
+    async def admit(self, key_id: str, limits: RateLimits, **call: Any) -> RateDecision:
         self.entered.set()
         await self.go.wait()
-        return await super().admit(key_id, limits, request_id=request_id, tokens=tokens, most=most)
+        return await super().admit(key_id, limits, **call)
 
 
 def test_cancelled_caller_gets_its_tokens_released(redis_url: str) -> None:
