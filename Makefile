@@ -71,16 +71,36 @@ IMAGE_TAG ?= $(if $(filter cuda,$(VARIANT)),cuda,latest)
 image:
 	docker build -f deploy/Dockerfile --build-arg VARIANT=$(VARIANT) -t $(IMAGE):$(IMAGE_TAG) .
 
-# deploy/conveyor.env for `docker compose`: the example with random secrets. An existing
-# file is kept (its password is already in the PostgreSQL volume).
+# deploy/conveyor.env and deploy/postgres.env for `docker compose`: the examples with a
+# random admin key and one random database password in both. Existing files are kept (the
+# password is already in the PostgreSQL volume): a missing conveyor.env takes the password
+# postgres.env holds, and a missing postgres.env the one an older conveyor.env held (when
+# both lived in conveyor.env).
 compose-env:
-	@if [ -e deploy/conveyor.env ]; then \
+	@umask 077; cd deploy; \
+	if [ ! -e postgres.env ] && [ -e conveyor.env ]; then \
+	    if grep -q '^POSTGRES_PASSWORD=' conveyor.env; then \
+	        grep '^POSTGRES_PASSWORD=' conveyor.env > postgres.env; \
+	        echo "wrote deploy/postgres.env with the password deploy/conveyor.env holds" \
+	            "(remove POSTGRES_PASSWORD from conveyor.env: the conveyor containers need only the URL)"; \
+	    else \
+	        echo "deploy/postgres.env is missing: write POSTGRES_PASSWORD=<the password" \
+	            "in deploy/conveyor.env's CONVEYOR_DATABASE_URL> into it" >&2; \
+	        exit 1; \
+	    fi; \
+	fi; \
+	if [ -e conveyor.env ]; then \
 	    echo "deploy/conveyor.env exists; keeping its secrets"; \
 	else \
-	    umask 077; \
 	    admin=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))'); \
-	    password=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))'); \
+	    if [ -e postgres.env ]; then \
+	        password=$$(sed -n "s/^POSTGRES_PASSWORD=[\"']*\([^\"']*\)[\"']*$$/\1/p" postgres.env); \
+	    else \
+	        password=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))'); \
+	        sed -e "s/change-me-db-password/$$password/" postgres.env.example > postgres.env; \
+	        echo "wrote deploy/postgres.env with a random database password"; \
+	    fi; \
 	    sed -e "s/change-me-admin-key/$$admin/" -e "s/change-me-db-password/$$password/g" \
-	        deploy/conveyor.env.example > deploy/conveyor.env; \
-	    echo "wrote deploy/conveyor.env with a random admin key and database password"; \
+	        conveyor.env.example > conveyor.env; \
+	    echo "wrote deploy/conveyor.env with a random admin key and postgres.env's password"; \
 	fi

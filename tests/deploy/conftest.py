@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 COMPOSE_GPU_FILE = REPO / "deploy" / "compose.gpu.yml"
 COMPOSE_ENV_EXAMPLE = REPO / "deploy" / "conveyor.env.example"
+POSTGRES_ENV_EXAMPLE = REPO / "deploy" / "postgres.env.example"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
 ENTRYPOINT = REPO / "deploy" / "docker-entrypoint.sh"
 HEALTHCHECK = REPO / "deploy" / "healthcheck.py"

@@ -25,6 +25,7 @@ from .conftest import (
     COMPOSE_FILE,
     COMPOSE_GPU_FILE,
     CONVEYOR_SERVICES,
+    POSTGRES_ENV_EXAMPLE,
     REPO,
     load_yaml,
     read_env_file,
@@ -138,41 +139,84 @@ def test_gpu_override_reserves_a_gpu_for_the_worker_only() -> None:
     assert worker["environment"]["CONVEYOR_DEVICE"] == "cuda"
 
 
-def test_secrets_come_from_the_env_file_only(compose: dict[str, Any]) -> None:
-    for name in (*CONVEYOR_SERVICES, "postgres"):
+def test_secrets_come_from_the_env_files_only(compose: dict[str, Any]) -> None:
+    for name in CONVEYOR_SERVICES:
         service = compose["services"][name]
         assert service["env_file"] == "deploy/conveyor.env", name
         for var in (*SECRET_VARS, "POSTGRES_PASSWORD"):
             assert var not in (service.get("environment") or {}), (name, var)
-    example = read_env_file(COMPOSE_ENV_EXAMPLE)
-    assert {"CONVEYOR_ADMIN_KEY", "CONVEYOR_DATABASE_URL", "POSTGRES_PASSWORD"} <= set(example)
-    # The real file is never committed.
-    ignored = subprocess.run(
-        ["git", "check-ignore", "-q", "deploy/conveyor.env"], cwd=REPO, check=False
+    # PostgreSQL reads a file of its own: it never sees the admin key.
+    postgres = compose["services"]["postgres"]
+    assert postgres["env_file"] == "deploy/postgres.env"
+    assert "POSTGRES_PASSWORD" not in postgres["environment"]
+    assert set(read_env_file(COMPOSE_ENV_EXAMPLE)) == {
+        "CONVEYOR_ADMIN_KEY",
+        "CONVEYOR_DATABASE_URL",
+    }
+    assert set(read_env_file(POSTGRES_ENV_EXAMPLE)) == {"POSTGRES_PASSWORD"}
+    # The real files are never committed.
+    for written in ("deploy/conveyor.env", "deploy/postgres.env"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", written], cwd=REPO, check=False)
+        assert ignored.returncode == 0, written
+
+
+def _compose_env_dir(tmp_path: Path) -> Path:
+    """A copy of what `make compose-env` reads, so it writes there and not in the repo."""
+    (tmp_path / "deploy").mkdir()
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    shutil.copy(COMPOSE_ENV_EXAMPLE, tmp_path / "deploy" / "conveyor.env.example")
+    shutil.copy(POSTGRES_ENV_EXAMPLE, tmp_path / "deploy" / "postgres.env.example")
+    return tmp_path / "deploy"
+
+
+def _make_compose_env(cwd: Path, *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", "compose-env"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=check,
     )
-    assert ignored.returncode == 0
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_compose_env_writes_random_secrets(tmp_path: Path) -> None:
-    (tmp_path / "deploy").mkdir()
-    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
-    shutil.copy(COMPOSE_ENV_EXAMPLE, tmp_path / "deploy" / "conveyor.env.example")
-    run = subprocess.run(
-        ["make", "--no-print-directory", "compose-env"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    written = tmp_path / "deploy" / "conveyor.env"
-    env = read_env_file(written)
-    assert "change-me" not in written.read_text()
-    assert stat.S_IMODE(written.stat().st_mode) == 0o600
-    assert len(env["CONVEYOR_ADMIN_KEY"]) == 48
-    assert f":{env['POSTGRES_PASSWORD']}@postgres:" in env["CONVEYOR_DATABASE_URL"]
+    deploy = _compose_env_dir(tmp_path)
+    run = _make_compose_env(tmp_path)
+    conveyor_env, postgres_env = deploy / "conveyor.env", deploy / "postgres.env"
+    env = read_env_file(conveyor_env)
+    password = read_env_file(postgres_env)["POSTGRES_PASSWORD"]
+    for written in (conveyor_env, postgres_env):
+        assert "change-me" not in written.read_text()
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    assert len(env["CONVEYOR_ADMIN_KEY"]) == 48 and len(password) == 48
+    assert f":{password}@postgres:" in env["CONVEYOR_DATABASE_URL"]
     assert "wrote" in run.stdout
     # A second run keeps the secrets already in use.
-    before = written.read_text()
-    subprocess.run(["make", "compose-env"], cwd=tmp_path, capture_output=True, check=True)
-    assert written.read_text() == before
+    before = conveyor_env.read_text(), postgres_env.read_text()
+    _make_compose_env(tmp_path)
+    assert (conveyor_env.read_text(), postgres_env.read_text()) == before
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_compose_env_keeps_the_password_a_volume_holds(tmp_path: Path) -> None:
+    deploy = _compose_env_dir(tmp_path)
+    # A lost conveyor.env is written with the password PostgreSQL was created with.
+    (deploy / "postgres.env").write_text("POSTGRES_PASSWORD='kept-pw'\n")
+    _make_compose_env(tmp_path)
+    url = read_env_file(deploy / "conveyor.env")["CONVEYOR_DATABASE_URL"]
+    assert url == "postgresql://conveyor:kept-pw@postgres:5432/conveyor"
+    # The older layout held the password in conveyor.env: it moves to postgres.env as is.
+    (deploy / "postgres.env").unlink()
+    old = "CONVEYOR_ADMIN_KEY=k\nPOSTGRES_PASSWORD=old-pw\nCONVEYOR_DATABASE_URL=x\n"
+    (deploy / "conveyor.env").write_text(old)
+    run = _make_compose_env(tmp_path)
+    assert read_env_file(deploy / "postgres.env") == {"POSTGRES_PASSWORD": "old-pw"}
+    assert (deploy / "conveyor.env").read_text() == old
+    assert "remove POSTGRES_PASSWORD" in run.stdout
+    # With no password anywhere, it asks rather than inventing one the volume won't take.
+    (deploy / "postgres.env").unlink()
+    (deploy / "conveyor.env").write_text("CONVEYOR_ADMIN_KEY=k\n")
+    failed = _make_compose_env(tmp_path, check=False)
+    assert failed.returncode != 0 and "POSTGRES_PASSWORD=" in failed.stderr
+    assert not (deploy / "postgres.env").exists()

@@ -129,6 +129,7 @@ def test_dockerignore_matcher_follows_docker_rules() -> None:
     assert not in_context(".venv/bin/python", rules)
     assert not in_context("tests/conftest.py", rules)
     assert not in_context("deploy/conveyor.env", rules)
+    assert not in_context("deploy/postgres.env", rules)
     assert in_context("deploy/healthcheck.py", rules)
 
 
