@@ -16,7 +16,8 @@ Redis flag (BusNames.response_cancel) that the owning task polls (a cancel on
 the owning replica also wakes it at once); the task then stops collecting,
 which aborts the generation on the workers. A cancelled response is not
 billed (like a client that left before its answer), whichever side of the
-race the cancel landed on. A process that stops lets its runs finish for up
+race the cancel landed on, unless it streams and output had reached its event
+log, where a client could read it: that is billed. A process that stops lets its runs finish for up
 to the drain timeout, then cancels them and marks them failed; one that dies
 leaves them running in SQL, and a read (or a continuation) after the request
 timeout reports them failed (`expire_if_stale`), since no generation outlives

@@ -243,8 +243,10 @@ class Settings(BaseSettings):
     server_dev_mode: bool = Field(
         default=False,
         validation_alias=AliasChoices("CONVEYOR_SERVER_DEV_MODE", "VLLM_SERVER_DEV_MODE"),
-        description="enable vLLM's development endpoints: POST /reset_prefix_cache, and "
-        "sleep mode's with enable_sleep_mode (vLLM's VLLM_SERVER_DEV_MODE is read too)",
+        description="enable vLLM's development endpoints: POST /reset_prefix_cache, "
+        "/pause, /resume, /abort_requests, GET /is_paused, the weight-transfer ones, and "
+        "sleep mode's with enable_sleep_mode; the admin key's alone when one is set "
+        "(vLLM's VLLM_SERVER_DEV_MODE is read too)",
     )
     weight_transfer_config: str | None = Field(
         default=None,
