@@ -379,16 +379,20 @@ def chat_message(
     forced: ForcedToolCall | None,
     parser: str | None,
     tools: list[dict[str, Any]] | None = None,
+    parallel_tool_calls: bool | None = None,
 ) -> tuple[ChatResponseMessage, str | None]:
     """The assistant message and finish_reason of one choice's text; `parser` names the
     tool-call parser that reads it when the model chooses ("auto"), else None; `tools`
-    are the request's (some parsers type arguments by their schemas)."""
+    are the request's (some parsers type arguments by their schemas). With
+    `parallel_tool_calls` false a model that wrote several calls keeps its first, as
+    vLLM filters them (a forced "required" array is held to one by its grammar)."""
     if parser is not None:
         parsed = parse_tool_calls(parser, text, tools)
         if not parsed.tool_calls:
             return ChatResponseMessage(content=text), finish_reason
         finish = "tool_calls" if finish_reason == "stop" else finish_reason
-        return ChatResponseMessage(content=parsed.content, tool_calls=parsed.tool_calls), finish
+        calls = parsed.tool_calls[:1] if parallel_tool_calls is False else parsed.tool_calls
+        return ChatResponseMessage(content=parsed.content, tool_calls=calls), finish
     if forced is None:
         return ChatResponseMessage(content=text), finish_reason
     if forced.mode == "named":
@@ -513,7 +517,12 @@ class ChatGeneration:
                 calls = self.auto_parser is not None
                 reasoning, text = split_reasoning(text, self.think_start, calls, self.think_tags)
             message, finish_reason = chat_message(
-                text, choice.finish_reason, forced, self.auto_parser, body.tools
+                text,
+                choice.finish_reason,
+                forced,
+                self.auto_parser,
+                body.tools,
+                body.parallel_tool_calls,
             )
             message = self._with_call_ids(message).model_copy(update={"role": self.role})
             if self.echoed:
@@ -693,6 +702,8 @@ class ChatGeneration:
                                 )
                             parser = parsers[delta.index]
                             fields, called = parser.feed(text, finish_reason is not None)
+                            if body.parallel_tool_calls is False:
+                                _first_call_only(fields)
                             if called and finish_reason == "stop":
                                 finish_reason = "tool_calls"
                         fields |= thought
@@ -755,6 +766,16 @@ class ChatGeneration:
                 yield self._chunk([], usage(total))
         finally:
             self.close()
+
+
+def _first_call_only(fields: dict[str, Any]) -> None:
+    """A stream's delta fields without calls past the first (`parallel_tool_calls` false),
+    as vLLM filters them: their deltas are dropped, the first's kept whole."""
+    calls = [call for call in fields.get("tool_calls") or () if call.get("index", 0) == 0]
+    if calls:
+        fields["tool_calls"] = calls
+    else:
+        fields.pop("tool_calls", None)
 
 
 def _top_n(prompt_logprobs: int, tokenizer: Tokenizer) -> int:

@@ -6,10 +6,10 @@ write them, anywhere in the text. A block that is not valid JSON with a string
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from api.tool_call_json import call_from_json, feed_fields, marker_prefix_len
+from api.tool_call_json import TextAroundCalls, call_from_json, marker_prefix_len
 
 START = "<tool_call>"
 END = "</tool_call>"
@@ -22,6 +22,7 @@ class HermesStream:
     is held back, so no fragment of the tag reaches the client as content."""
 
     calls: int = 0
+    _around_calls: TextAroundCalls = field(default_factory=TextAroundCalls)
     pending: str = ""  # held-back text: a possible tag start, or an open block
     in_block: bool = False
     _block: str = ""  # the open block's text so far
@@ -61,7 +62,7 @@ class HermesStream:
         if final and self.in_block:
             self.in_block = False
             self._close_block(after if deltas else before, deltas, closed=False)
-        return feed_fields(before, after, deltas, self.calls > 0), self.calls > 0
+        return self._around_calls.fields(before, after, deltas, final), self.calls > 0
 
     def _close_block(
         self, content: list[str], deltas: list[dict[str, Any]], closed: bool = True

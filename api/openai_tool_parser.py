@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.harmony_parser import HarmonyParser
-from api.tool_call_json import feed_fields
+from api.tool_call_json import TextAroundCalls
 from api.tool_choice import tool_call
 
 
@@ -26,6 +26,7 @@ class OpenAIToolStream:
 
     parser: HarmonyParser = field(default_factory=HarmonyParser)
     calls: int = 0
+    _around_calls: TextAroundCalls = field(default_factory=TextAroundCalls)
     _arguments: str = ""  # the open call's body so far
 
     def feed(self, text: str, final: bool) -> tuple[dict[str, Any], bool]:
@@ -52,4 +53,4 @@ class OpenAIToolStream:
                 continue
             deltas.append({"index": self.calls, **tool_call(name, arguments or "{}")})
             self.calls += 1
-        return feed_fields(before, after, deltas, self.calls > 0), self.calls > 0
+        return self._around_calls.fields(before, after, deltas, final), self.calls > 0

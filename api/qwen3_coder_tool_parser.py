@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any, ClassVar
 
-from api.tool_call_json import call_from_json, feed_fields, marker_prefix_len
+from api.tool_call_json import TextAroundCalls, call_from_json, marker_prefix_len
 from api.tool_choice import tool_call
 from api.xml_parameter_value import declared_type, is_text, typed_value
 
@@ -81,6 +81,7 @@ class Qwen3CoderStream:
     think_tags: ClassVar[tuple[str, str] | None] = None
 
     calls: int = 0
+    _around_calls: TextAroundCalls = field(default_factory=TextAroundCalls)
     _at: _At = _At.TEXT
     _buffer: str = ""  # text not yet consumed
     _in_block: bool = False  # the current function sits inside `<tool_call>`
@@ -104,7 +105,7 @@ class Qwen3CoderStream:
         out = _Feed()
         while self._step(out, final):
             pass
-        return feed_fields(out.before, out.after, out.deltas, self.calls > 0), self.calls > 0
+        return self._around_calls.fields(out.before, out.after, out.deltas, final), self.calls > 0
 
     def _step(self, out: _Feed, final: bool) -> bool:
         """Consume what the buffer decides; False once it must wait for more text."""

@@ -25,21 +25,48 @@ class ParsedOutput:
     tool_calls: list[dict[str, Any]]
 
 
-def feed_fields(
-    before: list[str], after: list[str], deltas: list[dict[str, Any]], called: bool
-) -> dict[str, Any]:
-    """A feed's delta fields: its text before its first call (`content`), after one
-    (AFTER_CALLS) and its calls; once any call was made, whitespace alone is no content."""
-    fields: dict[str, Any] = {}
-    for key, pieces in (("content", before), (AFTER_CALLS, after)):
-        joined = "".join(pieces)
-        if called and not joined.strip():
-            joined = ""  # the whitespace around calls is not content
-        if joined:
-            fields[key] = joined
-    if deltas:
-        fields["tool_calls"] = deltas
-    return fields
+@dataclass
+class TextAroundCalls:
+    """A parser's content around its tool calls, the same whatever the token splits: the
+    text before the first call, and all text after it, are each dropped when whitespace
+    alone (the layout around calls is no content), and otherwise kept as written. So a
+    stream holds back whitespace until its part shows text (then sends both), and a
+    whole answer parsed at once reads the same as the stream's chunks joined."""
+
+    _after: bool = False  # a call was made: text now belongs to the part after calls
+    _held: str = ""  # whitespace of a part that has shown no text yet
+    _shown: bool = False  # this part has shown text: the rest goes out as it comes
+
+    def fields(
+        self, before: list[str], after: list[str], deltas: list[dict[str, Any]], final: bool
+    ) -> dict[str, Any]:
+        """A feed's delta fields: text before its first call (`content`), text after one
+        (AFTER_CALLS), and its calls."""
+        lead = self._take("".join(before))
+        if deltas and not self._after:
+            self._after, self._held, self._shown = True, "", False
+        tail = self._take("".join(after))
+        if final:
+            if not self._after:
+                lead += self._held  # no call after all: the text as written
+            self._held = ""
+        fields: dict[str, Any] = {}
+        if lead:
+            fields["content"] = lead
+        if tail:
+            fields[AFTER_CALLS] = tail
+        if deltas:
+            fields["tool_calls"] = deltas
+        return fields
+
+    def _take(self, text: str) -> str:
+        if self._shown:
+            return text
+        self._held += text
+        if not self._held.strip():
+            return ""
+        text, self._held, self._shown = self._held, "", True
+        return text
 
 
 def marker_prefix_len(text: str, marker: str) -> int:

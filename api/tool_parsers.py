@@ -99,7 +99,7 @@ def parse_tool_calls(
     if not called:
         return ParsedOutput(text, [])
     calls = [{k: v for k, v in d.items() if k != "index"} for d in fields["tool_calls"]]
-    # As the stream sends it (and vLLM's parsers give it): the text as written, but
-    # whitespace alone around calls is no content.
+    # As the stream sends it (TextAroundCalls): the text as written, but whitespace
+    # alone before the first call or after it is no content.
     content = fields.get("content", "") + fields.get(AFTER_CALLS, "")
-    return ParsedOutput(content if content.strip() else None, calls)
+    return ParsedOutput(content or None, calls)

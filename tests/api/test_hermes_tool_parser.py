@@ -4,6 +4,7 @@ whole or streamed in any pieces, and text that only looks like a call kept as te
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import openai
@@ -100,6 +101,26 @@ def test_text_after_a_call_in_one_feed_is_kept_apart_to_follow_the_calls() -> No
     assert AFTER_CALLS not in fields and "content" not in fields
 
 
+@pytest.mark.parametrize(
+    ("text", "content"),
+    [
+        # Whitespace tokens inside the text after a call are text: a stream used to drop
+        # each whitespace-only piece once a call was made ("Done!Next para.").
+        (f"Hi<tool_call>{CLOCK}</tool_call>\nDone!\n\nNext para.\n", "Hi\nDone!\n\nNext para.\n"),
+        (f"\n<tool_call>{CLOCK}</tool_call>\n<tool_call>{CLOCK}</tool_call>\n", None),
+        (f"Hi \n<tool_call>{CLOCK}</tool_call> x <tool_call>{CLOCK}</tool_call>\n", "Hi \n x \n"),
+    ],
+)
+def test_text_around_calls_reads_the_same_in_any_pieces(text: str, content: str | None) -> None:
+    assert parse_hermes(text).content == content
+    rng = random.Random(0)
+    for _ in range(200):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(1, 16)))
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        assert streamed(pieces)[0] == (content or ""), pieces
+    assert streamed(list(text))[0] == (content or "")  # one character at a time
+
+
 def test_a_stream_without_calls_is_the_text_exactly_even_with_a_partial_tag_at_the_end() -> None:
     text = "a < b and <tool_ca"
     for cut in range(len(text) + 1):
@@ -138,6 +159,27 @@ def test_auto_tool_choice_through_the_sdk(hermes_sdk: tuple[openai.OpenAI, Stack
     assert plain.choices[0].message.content == " No tools needed."
     assert not plain.choices[0].message.tool_calls
     assert plain.choices[0].finish_reason == "stop"
+
+
+def test_parallel_tool_calls_false_keeps_the_first_call(
+    hermes_sdk: tuple[openai.OpenAI, Stack],
+) -> None:
+    """As vLLM filters them: a model that writes two calls anyway answers with its first,
+    whole or streamed."""
+    client, stack = hermes_sdk
+    stack.worker.set_script(TWO_CALLS)
+    asked = {"model": MODEL, "messages": MESSAGES, "tools": TOOLS, "parallel_tool_calls": False}
+    full = client.chat.completions.create(**asked)
+    calls = [c.model_dump() for c in full.choices[0].message.tool_calls or []]
+    assert names_and_arguments(calls) == EXPECTED_CALLS[:1]
+    assert full.choices[0].finish_reason == "tool_calls"
+    chunks = list(client.chat.completions.create(**asked, stream=True))
+    deltas = [
+        d.model_dump() for c in chunks if c.choices for d in c.choices[0].delta.tool_calls or []
+    ]
+    assert names_and_arguments(deltas) == EXPECTED_CALLS[:1]
+    assert [d["index"] for d in deltas] == [0]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
 
 
 @pytest.mark.parametrize(
