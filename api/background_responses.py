@@ -17,8 +17,12 @@ the owning replica also wakes it at once); the task then stops collecting,
 which aborts the generation on the workers. A cancelled response is not
 billed (like a client that left before its answer), whichever side of the
 race the cancel landed on, unless it streams and output had reached its event
-log, where a client could read it: that is billed. A process that stops lets its runs finish for up
-to the drain timeout, then cancels them and marks them failed; one that dies
+log, where a client could read it: that is billed. A run whose key is revoked, or
+whose project is archived, is cancelled the same way within KEY_CHECK_SECONDS (as
+that key's batches are), wherever the revocation was made (the admin API or
+`conveyor keys revoke`): work queued with a stolen key does not outlive it. A
+process that stops lets its runs finish for up to the drain timeout, then cancels
+them and marks them failed; one that dies
 leaves them running in SQL, and a read (or a continuation) after the request
 timeout reports them failed (`expire_if_stale`), since no generation outlives
 that deadline.
@@ -50,12 +54,15 @@ from api.responses_stream import ResponseEventStream
 from api.sql import in_session
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
+from conveyor.db.key_store import key_is_active
 from conveyor.db.response_store import RUNNING, end_running, mark_in_progress
 from conveyor.db.stored_response import StoredResponse
 
 logger = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
+# How often a run asks SQL whether its key still works (revoked, project archived).
+KEY_CHECK_SECONDS = 2.0
 # How long past the request timeout a running row may sit before a read calls it failed.
 STALE_GRACE_SECONDS = 60.0
 # How long a response kept only for polling (store false) stays after its run could end.
@@ -138,7 +145,7 @@ class BackgroundResponses:
         record = run.record
         started = asyncio.ensure_future(self._mark_started(run))
         try:
-            await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
+            await unless(self._generate(run), self._watch_cancel(run), Cancelled)
         except Cancelled:
             # As a client that left: nothing billed, unless the run streamed output into
             # its event log, where the client could read it (a streamed chat a client
@@ -199,10 +206,13 @@ class BackgroundResponses:
             with contextlib.suppress(Exception):
                 await self.events.append(run.response_id, event)
 
-    async def _watch_cancel(self, response_id: str) -> None:
-        """Return once the response is cancelled here or on another replica."""
-        key = self.names.response_cancel(response_id)
-        local = self._cancelled.get(response_id) or asyncio.Event()
+    async def _watch_cancel(self, run: BackgroundRun) -> None:
+        """Return once the response is cancelled here or on another replica, or its key
+        stops working (then it is marked cancelled, as a cancel call marks it)."""
+        key = self.names.response_cancel(run.response_id)
+        local = self._cancelled.get(run.response_id) or asyncio.Event()
+        key_id = run.record.principal.api_key_id
+        next_key_check = time.monotonic() + KEY_CHECK_SECONDS
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CANCEL_POLL_SECONDS):
@@ -213,13 +223,33 @@ class BackgroundResponses:
                 # Shielded: redis-py's own timeout can swallow a cancellation of this task
                 # (Python 3.11's wait_for), which would leave this loop polling forever.
                 cancelled = bool(await asyncio.shield(self.redis.exists(key)))
+                if not cancelled and key_id is not None and time.monotonic() >= next_key_check:
+                    next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+                    cancelled = await asyncio.shield(self._key_gone(run.response_id, key_id))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis blips: keep generating, look again later
-                logger.warning("checking %s for a cancel failed: %s", response_id, exc)
+            except Exception as exc:  # Redis or SQL blips: keep generating, look again later
+                logger.warning("checking %s for a cancel failed: %s", run.response_id, exc)
                 continue
             if cancelled:
                 return
+
+    async def _key_gone(self, response_id: str, key_id: str) -> bool:
+        """Whether the run's key was revoked (or its project archived); if so, its row
+        is marked cancelled."""
+
+        def work(session: Session) -> bool:
+            if key_is_active(session, key_id):
+                return False
+            stored = session.get(StoredResponse, response_id)
+            if stored is not None:
+                end_running(session, stored, "cancelled")
+            return True
+
+        gone = await in_session(self.database, work)
+        if gone:
+            logger.info("background response %s cancelled: its API key was revoked", response_id)
+        return gone
 
     async def _end(self, response_id: str, status: str, error: dict[str, Any]) -> None:
         def work(session: Session) -> None:

@@ -103,6 +103,17 @@ def revoke_key(session: Session, key: ApiKey) -> ApiKey:
     return key
 
 
+def key_is_active(session: Session, key_id: str) -> bool:
+    """Whether a key may still be used: not revoked, its project not archived (a key
+    deleted outright is not active either)."""
+    row = session.execute(
+        select(ApiKey.revoked_at, Project.status)
+        .join(Project, Project.id == ApiKey.project_id)
+        .where(ApiKey.id == key_id)
+    ).first()
+    return row is not None and row[0] is None and row[1] == "active"
+
+
 def grant_for_digest(session: Session, digest: str) -> KeyGrant | None:
     """The key behind a presented secret, with whether it may still be used."""
     row = session.execute(

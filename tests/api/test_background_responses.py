@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -16,6 +17,7 @@ from sqlalchemy import select
 
 from api import background_responses
 from api.background_responses import STALE_GRACE_SECONDS, BackgroundResponses, expire_if_stale
+from api.request_record import RequestRecord
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
@@ -312,7 +314,10 @@ def test_the_cancel_watcher_always_stops_when_cancelled(
     async def body(client: aioredis.Redis) -> None:
         runs = BackgroundResponses(client, BusNames("t-watch"), None, 60)  # type: ignore[arg-type]
         for attempt in range(100):
-            watcher = asyncio.ensure_future(runs._watch_cancel(f"resp_{attempt}"))
+            run = SimpleNamespace(
+                response_id=f"resp_{attempt}", record=RequestRecord("/v1/responses")
+            )
+            watcher = asyncio.ensure_future(runs._watch_cancel(run))  # type: ignore[arg-type]
             await asyncio.sleep(0.001 * (attempt % 7))
             watcher.cancel()
             done, _ = await asyncio.wait({watcher}, timeout=2.0)

@@ -15,8 +15,9 @@ from sqlalchemy import select
 
 from conveyor.db.database import Database
 from conveyor.db.request_log import RequestLog
+from conveyor.db.stored_response import StoredResponse
 
-from .conftest import MODEL, Stack
+from .conftest import MODEL, Stack, log_row
 from .fakes import CACHED_TOKENS, LiveServer, wait_for
 
 ADMIN_KEY = "admin-test-key"
@@ -491,6 +492,36 @@ def test_archiving_a_project_stops_its_keys(tenancy: Stack, admin: httpx.Client)
     (listed_key,) = admin.get(keys_path, params={"include_revoked": "true"}).json()["data"]
     assert listed_key["id"] == key["id"]
     assert listed_key["revoked_at"] == archived["archived_at"]
+
+
+@pytest.mark.parametrize("ending", ["revoke", "archive"])
+def test_a_background_response_stops_when_its_key_does(
+    tenancy: Stack, admin: httpx.Client, ending: str
+) -> None:
+    """As the key's batches do: work queued with a key that is then revoked (or whose
+    project is archived) is cancelled, and not billed; it used to run to its end."""
+    project = new_project(admin, "acme")
+    key = new_key(admin, project["id"])
+    tenancy.worker.behaviour = "slow"  # a token every 50 ms: 10 s for all 200
+    with sdk(tenancy, key["value"]) as client:
+        queued = client.responses.create(
+            model=MODEL, input="A long story.", background=True, max_output_tokens=200
+        )
+    wait_for(lambda: any(r.id == queued.id for r in tenancy.worker.received))
+    if ending == "revoke":
+        path = f"/v1/organization/projects/{project['id']}/api_keys/{key['id']}"
+        assert admin.delete(path).status_code == 200
+    else:
+        archive = admin.post(f"/v1/organization/projects/{project['id']}/archive")
+        assert archive.status_code == 200
+    wait_for(lambda: queued.id in tenancy.worker.aborted, timeout=6)
+    database = Database(tenancy.server.settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            assert session.get(StoredResponse, queued.id).status == "cancelled"
+    finally:
+        database.close()
+    assert log_row(tenancy, queued.id).status_code == 499
 
 
 def test_changing_a_keys_limits_takes_effect_at_once(tenancy: Stack, admin: httpx.Client) -> None:
