@@ -371,6 +371,10 @@ _SERVING_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--admin-key", {"help": "enable the /v1/organization admin API with this bearer key"}),
     ("--service-key", {"help": "batch workers' key to the API (default: the admin key)"}),
     ("--max-upload-bytes", {"type": int, "help": "largest file accepted by /v1/files"}),
+    (
+        "--max-project-storage-bytes",
+        {"type": int, "help": "most bytes of files one project may keep (100 GiB; 0: no limit)"},
+    ),
     ("--max-body-bytes", {"type": int, "help": "largest request body but uploads (4 MB)"}),
     (
         "--response-retention-days",

@@ -342,6 +342,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=200 << 20, description="largest file accepted by POST /v1/files (streamed to disk)"
     )
+    max_project_storage_bytes: int = Field(
+        default=100 << 30,
+        ge=0,
+        description="most bytes of files one project may keep (its uploads and batch "
+        "results): an upload past it is refused, so no tenant fills the disk for the "
+        "others; 0: no limit",
+    )
     tool_call_parser: (
         Literal[
             "hermes",

@@ -47,6 +47,7 @@ from conveyor.db.file_store import (
     get_file,
     list_files,
     new_file_id,
+    stored_bytes,
 )
 from conveyor.db.pagination import UnknownCursor
 from conveyor.db.stored_file import StoredFile
@@ -231,6 +232,10 @@ async def upload(
         required=("purpose",),
         on_field=check_upload_field,
     )
+    limit, project_id = settings.max_project_storage_bytes, principal.project_id
+    if limit:  # a project already full is told before it sends the bytes
+        kept = await in_session(database, lambda session: stored_bytes(session, project_id))
+        _check_storage(kept, None, limit)
     file_id = new_file_id()
     try:
         size = await save_async(
@@ -249,6 +254,8 @@ async def upload(
     assert filename is not None  # file_chunks() ends only after a complete file part
 
     def record(session: Session) -> dict[str, Any]:
+        if limit:  # again with its size: uploads that ran side by side are counted
+            _check_storage(stored_bytes(session, project_id), size, limit)
         stored = create_file(
             session,
             principal.project_id,
@@ -268,6 +275,21 @@ async def upload(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(storage.delete, file_id)
         raise
+
+
+def _check_storage(stored: int, size: int | None, limit: int) -> None:
+    """Refuse an upload past the project's storage limit (`size` None: not yet known, so
+    only a project already at its limit is refused)."""
+    if (stored >= limit) if size is None else (stored + size > limit):
+        raise ApiError(
+            400,
+            f"this project keeps {stored} bytes of files, and its limit is {limit} bytes"
+            + (f"; this file's {size} bytes would pass it" if size is not None else "")
+            + ": delete files it no longer needs (DELETE /v1/files/{file_id}), or ask the "
+            "operator to raise --max-project-storage-bytes",
+            param="file",
+            code="storage_limit_exceeded",
+        )
 
 
 @router.get("")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from sqlalchemy import ColumnElement, delete, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from conveyor.db.base import now
@@ -58,6 +58,17 @@ def create_file(
     session.add(stored)
     session.flush()
     return stored
+
+
+def stored_bytes(session: Session, project_id: str | None) -> int:
+    """Bytes of every file the project keeps, expired ones the purge has not yet deleted
+    included (they are still on disk)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(StoredFile.bytes), 0)).where(
+            owned_by(StoredFile.project_id, project_id)
+        )
+    )
+    return int(total or 0)
 
 
 def get_file(

@@ -408,3 +408,38 @@ def test_a_lifetime_out_of_bounds_is_400(
     )
     assert error_of(response, 400)["param"] == f"expires_after.{param}"
     assert stored(files_stack) == before
+
+
+def test_a_project_keeps_no_more_than_its_storage_limit(
+    make_stack: Callable[..., Stack], migrated_database_url: str, tmp_path: Path
+) -> None:
+    """Per project, so no tenant fills the disk for the others: an upload past the limit
+    is refused and leaves nothing, and deleting a file makes room."""
+    stack = make_stack(
+        database_url=migrated_database_url,
+        admin_key=ADMIN_KEY,
+        data_dir=tmp_path,
+        with_worker=False,
+        max_project_storage_bytes=100,
+    )
+    with stack.client(headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as admin:
+        acme = new_key(admin, new_project(admin, "acme")["id"])
+        globex = new_key(admin, new_project(admin, "globex")["id"])
+    with sdk(stack, acme["value"]) as mine, sdk(stack, globex["value"]) as theirs:
+        first = mine.files.create(file=("a.jsonl", b"x" * 60), purpose="batch")
+        before = stored(stack)
+        with pytest.raises(openai.BadRequestError) as refused:
+            mine.files.create(file=("b.jsonl", b"x" * 41), purpose="batch")
+        error = refused.value.body
+        assert isinstance(error, dict) and error["code"] == "storage_limit_exceeded"
+        assert "keeps 60 bytes" in error["message"] and "limit is 100" in error["message"]
+        assert stored(stack) == before  # its bytes were not kept
+        assert [f.id for f in mine.files.list()] == [first.id]
+        # Exactly up to the limit is allowed; the other project has its own.
+        last = mine.files.create(file=("c.jsonl", b"x" * 40), purpose="batch")
+        theirs.files.create(file=("d.jsonl", b"x" * 100), purpose="batch")
+        # At the limit, refused before the bytes are read.
+        with pytest.raises(openai.BadRequestError, match="keeps 100 bytes"):
+            mine.files.create(file=("e.jsonl", b"x"), purpose="batch")
+        mine.files.delete(last.id)
+        mine.files.create(file=("f.jsonl", b"x" * 40), purpose="batch")
