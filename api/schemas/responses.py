@@ -62,7 +62,14 @@ class TextFormat(NullMeansDefault):
             raise ApiError(
                 400, "text.format.schema is required for json_schema", param="text.format"
             )
-        spec: dict[str, Any] = {"name": self.name or "response", "schema": self.json_schema}
+        if not self.name:
+            raise ApiError(
+                400,
+                "text.format.name is required for json_schema: name the format, as OpenAI "
+                "requires (a-z, A-Z, 0-9, _ and -)",
+                param="text.format.name",
+            )
+        spec: dict[str, Any] = {"name": self.name, "schema": self.json_schema}
         if self.strict is not None:
             spec["strict"] = self.strict
         return {"type": "json_schema", "json_schema": spec}

@@ -29,7 +29,9 @@ class JsonSchemaFormat(NullMeansDefault):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
-    name: str = "response"
+    # Required, as OpenAI and vLLM require it (clients that pass none meet a 400 here
+    # rather than on either of them).
+    name: str | None = None
     description: str | None = None
     json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
@@ -102,6 +104,13 @@ class StructuredOutputFields(NullMeansDefault):
                     400,
                     "response_format.json_schema is required when type is json_schema",
                     param="response_format.json_schema",
+                )
+            if not fmt.json_schema.name:
+                raise ApiError(
+                    400,
+                    "response_format.json_schema.name is required: name the format, as "
+                    "OpenAI requires (a-z, A-Z, 0-9, _ and -)",
+                    param="response_format.json_schema.name",
                 )
             schema = fmt.json_schema.json_schema
             constraint = _json(

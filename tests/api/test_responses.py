@@ -356,6 +356,10 @@ def part_logprobs(response: Any) -> Any:
         ({"input": ""}, "input"),
         ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format"),
         (
+            {"text": {"format": {"type": "json_schema", "schema": {"type": "object"}}}},
+            "text.format.name",
+        ),
+        (
             {"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 7}}}},
             "text.format",
         ),

@@ -117,11 +117,16 @@ def test_whitespace_options_travel_with_the_json_constraint(
             {
                 "response_format": {
                     "type": "json_schema",
-                    "json_schema": {"schema": {"type": "objekt"}},
+                    "json_schema": {"name": "bad", "schema": {"type": "objekt"}},
                 }
             },
             "response_format",
             "invalid JSON schema",
+        ),
+        (  # OpenAI and vLLM both require the name
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+            "response_format.json_schema.name",
+            "name is required",
         ),
         ({"response_format": {"type": "json_schema"}}, "response_format.json_schema", "required"),
         ({"response_format": {"type": "yaml"}}, "response_format.type", "json_schema"),
