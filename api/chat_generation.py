@@ -61,7 +61,7 @@ from api.schemas.chat import (
     ChatResponseMessage,
     DeltaMessage,
 )
-from api.schemas.common import UsageInfo
+from api.schemas.common import UsageInfo, check_tenant_priority
 from api.served_model import served_model
 from api.tool_call_json import AFTER_CALLS
 from api.tool_call_stream import ToolCallStream
@@ -128,6 +128,7 @@ async def start_chat(
         record.prompt_text = body.model_dump_json(include={"messages"})
     requested = body.requested_max_tokens[0]
     most = None if sampling.max_tokens is None else len(prompt_ids) + body.n * sampling.max_tokens
+    check_tenant_priority(body.priority, record.principal)
     await admit(
         services.request, record, tokens=len(prompt_ids) + body.n * (requested or 0), most=most
     )

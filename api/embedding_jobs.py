@@ -27,7 +27,7 @@ from api.errors import ApiError
 from api.reply_router import ReplyReader, ReplyRouter
 from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter, Submission, check_prompt_ids
-from api.schemas.common import check_priority
+from api.schemas.common import check_priority, check_tenant_priority
 from api.schemas.embeddings import EmbeddingRequest
 from api.served_model import served_model
 from conveyor.settings import Settings
@@ -179,6 +179,7 @@ async def embed(
     client leaves first. Records the request's id and tokens and admits it first.
     `pooling`: for every prompt, or one per prompt."""
     check_priority(priority, request.app.state.settings)
+    check_tenant_priority(priority, record.principal)
     poolings = [pooling] * len(prompts) if isinstance(pooling, PoolingParams) else pooling
     poolings = _with_segments(model, prompts, poolings)
     if model.max_model_len is not None:

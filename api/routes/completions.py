@@ -38,7 +38,7 @@ from api.request_submitter import (
     check_structured_output,
 )
 from api.response_ids import response_ids
-from api.schemas.common import PromptLogprob, UsageInfo
+from api.schemas.common import PromptLogprob, UsageInfo, check_tenant_priority
 from api.schemas.completions import (
     DEFAULT_MAX_TOKENS,
     CompletionChoice,
@@ -87,6 +87,7 @@ async def create_completion(
     if settings.log_prompts:
         record.prompt_text = json.dumps([p.text for p in prompts], ensure_ascii=False)
     completion_budget = 0 if scoring else body.n * max_tokens
+    check_tenant_priority(body.priority, record.principal)
     await admit(request, record, tokens=record.prompt_tokens + len(prompts) * completion_budget)
     readers: list[ReplyReader] = []
     salt = cache_salt(record.principal, body.cache_salt, settings.prefix_cache_scope)

@@ -43,7 +43,7 @@ from api.request_record import RequestRecord
 from api.request_submitter import Submission, check_constraint, check_length, check_prompt_ids
 from api.response_ids import response_ids
 from api.schemas.chat import ChatLogprobs, ChatTokenLogprob, TopLogprob
-from api.schemas.common import UsageInfo, check_priority
+from api.schemas.common import UsageInfo, check_priority, check_tenant_priority
 from api.schemas.generate_tokens import (
     GenerateTokensChoice,
     GenerateTokensChunk,
@@ -123,6 +123,7 @@ async def generate_tokens(
     # The checked value where one was sent ("4" reads as 4); none: the prompt alone.
     stated = sampling.max_tokens if body.sampling_params.get("max_tokens") is not None else None
     most = sampling.max_tokens or (max_model_len or 0) - len(body.token_ids)
+    check_tenant_priority(body.priority, record.principal)
     await admit(
         request,
         record,

@@ -18,6 +18,7 @@ from api.schemas.null_means_default import NullMeansDefault
 from api.schemas.structured_output import StructuredOutputFields
 
 if TYPE_CHECKING:
+    from api.auth import Principal
     from conveyor.settings import Settings
 
 # vLLM request fields we do not implement; any non-empty value is refused.
@@ -33,6 +34,20 @@ def check_priority(priority: int, settings: Settings) -> None:
             400,
             f"priority {priority}: priority scheduling is not enabled on this server "
             "(--scheduling-policy priority)",
+            param="priority",
+        )
+
+
+def check_tenant_priority(priority: int, principal: Principal) -> None:
+    """A project key's request may only lower its priority (0, the default, or more;
+    lower numbers run first): otherwise any tenant could run ahead of every other
+    tenant's requests, and have theirs preempted. Trusted callers (no tenancy, the
+    static --api-key) may raise it, as in vLLM."""
+    if priority < 0 and principal.is_project:
+        raise ApiError(
+            400,
+            f"priority {priority}: a project's requests may only lower their priority "
+            "(0 or more), so that no project runs ahead of the others",
             param="priority",
         )
 

@@ -524,6 +524,30 @@ def test_a_background_response_stops_when_its_key_does(
     assert log_row(tenancy, queued.id).status_code == 499
 
 
+def test_a_project_key_may_only_lower_its_priority(tenancy: Stack, admin: httpx.Client) -> None:
+    """Lower numbers run first: a tenant asking for a negative priority would run ahead of
+    every other tenant's requests (and preempt them), so it is refused; 0 and above run."""
+    key = new_key(admin, new_project(admin, "acme")["id"])
+    with sdk(tenancy, key["value"]) as client:
+        for call in (
+            lambda p: client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=1, extra_body={"priority": p}
+            ),
+            lambda p: client.completions.create(
+                model=MODEL, prompt="Count.", max_tokens=1, extra_body={"priority": p}
+            ),
+            lambda p: client.responses.create(
+                model=MODEL, input="Count.", max_output_tokens=1, extra_body={"priority": p}
+            ),
+        ):
+            with pytest.raises(openai.BadRequestError) as refused:
+                call(-1)
+            assert refused.value.param == "priority"
+            assert "may only lower their priority" in refused.value.message
+            call(5)
+    assert not any(r.priority < 0 for r in tenancy.worker.received)
+
+
 def test_changing_a_keys_limits_takes_effect_at_once(tenancy: Stack, admin: httpx.Client) -> None:
     project = new_project(admin, "acme")
     key = new_key(admin, project["id"])
