@@ -95,12 +95,19 @@ compose-env:
 	    admin=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))'); \
 	    if [ -e postgres.env ]; then \
 	        password=$$(sed -n "s/^POSTGRES_PASSWORD=[\"']*\([^\"']*\)[\"']*$$/\1/p" postgres.env); \
+	        case "$$password" in ''|*[!A-Za-z0-9_-]*) \
+	            echo "deploy/postgres.env: POSTGRES_PASSWORD must be letters, digits, _ and -" \
+	                "to be written into CONVEYOR_DATABASE_URL as it is; write" \
+	                "deploy/conveyor.env yourself (percent-encode it in the URL)" >&2; \
+	            exit 1;; \
+	        esac; \
 	    else \
 	        password=$$($(PYTHON) -c 'import secrets; print(secrets.token_hex(24))'); \
 	        sed -e "s/change-me-db-password/$$password/" postgres.env.example > postgres.env; \
 	        echo "wrote deploy/postgres.env with a random database password"; \
 	    fi; \
 	    sed -e "s/change-me-admin-key/$$admin/" -e "s/change-me-db-password/$$password/g" \
-	        conveyor.env.example > conveyor.env; \
+	        conveyor.env.example > conveyor.env.tmp || { rm -f conveyor.env.tmp; exit 1; }; \
+	    mv conveyor.env.tmp conveyor.env; \
 	    echo "wrote deploy/conveyor.env with a random admin key and postgres.env's password"; \
 	fi

@@ -40,6 +40,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from redis.asyncio import Redis
@@ -54,7 +55,7 @@ from api.responses_stream import ResponseEventStream
 from api.sql import in_session
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
-from conveyor.db.key_store import key_is_active
+from conveyor.db.key_store import inactive_keys
 from conveyor.db.response_store import RUNNING, end_running, mark_in_progress
 from conveyor.db.stored_response import StoredResponse
 
@@ -110,17 +111,26 @@ class BackgroundResponses:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Set by a cancel on this replica: the run stops without waiting for its next poll.
         self._cancelled: dict[str, asyncio.Event] = {}
+        # Each run's API key (runs of project keys only), which `_watch_keys` checks.
+        self._keys: dict[str, str] = {}
+        self._key_watch: asyncio.Task[None] | None = None
 
     def start(self, run: BackgroundRun) -> None:
         self._cancelled[run.response_id] = asyncio.Event()
-        task = asyncio.get_running_loop().create_task(self._run(run))
+        if run.record.principal.api_key_id is not None:
+            self._keys[run.response_id] = run.record.principal.api_key_id
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._run(run))
         self.tasks[run.response_id] = task
         task.add_done_callback(lambda _: self._forget(run.response_id))
         run.record.background = task
+        if self._key_watch is None or self._key_watch.done():
+            self._key_watch = loop.create_task(self._watch_keys())
 
     def _forget(self, response_id: str) -> None:
         self.tasks.pop(response_id, None)
         self._cancelled.pop(response_id, None)
+        self._keys.pop(response_id, None)
 
     async def cancel(self, response_id: str) -> None:
         """Tell whichever process runs the response to stop it (idempotent)."""
@@ -137,6 +147,8 @@ class BackgroundResponses:
         if self.tasks and wait > 0:
             await asyncio.wait(set(self.tasks.values()), timeout=wait)
         tasks = list(self.tasks.values())
+        if self._key_watch is not None:
+            tasks.append(self._key_watch)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -145,7 +157,7 @@ class BackgroundResponses:
         record = run.record
         started = asyncio.ensure_future(self._mark_started(run))
         try:
-            await unless(self._generate(run), self._watch_cancel(run), Cancelled)
+            await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
         except Cancelled:
             # As a client that left: nothing billed, unless the run streamed output into
             # its event log, where the client could read it (a streamed chat a client
@@ -206,13 +218,11 @@ class BackgroundResponses:
             with contextlib.suppress(Exception):
                 await self.events.append(run.response_id, event)
 
-    async def _watch_cancel(self, run: BackgroundRun) -> None:
-        """Return once the response is cancelled here or on another replica, or its key
-        stops working (then it is marked cancelled, as a cancel call marks it)."""
-        key = self.names.response_cancel(run.response_id)
-        local = self._cancelled.get(run.response_id) or asyncio.Event()
-        key_id = run.record.principal.api_key_id
-        next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+    async def _watch_cancel(self, response_id: str) -> None:
+        """Return once the response is cancelled here or on another replica (or its key
+        stopped working: `_watch_keys` sets the local event)."""
+        key = self.names.response_cancel(response_id)
+        local = self._cancelled.get(response_id) or asyncio.Event()
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CANCEL_POLL_SECONDS):
@@ -223,33 +233,38 @@ class BackgroundResponses:
                 # Shielded: redis-py's own timeout can swallow a cancellation of this task
                 # (Python 3.11's wait_for), which would leave this loop polling forever.
                 cancelled = bool(await asyncio.shield(self.redis.exists(key)))
-                if not cancelled and key_id is not None and time.monotonic() >= next_key_check:
-                    next_key_check = time.monotonic() + KEY_CHECK_SECONDS
-                    cancelled = await asyncio.shield(self._key_gone(run.response_id, key_id))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis or SQL blips: keep generating, look again later
-                logger.warning("checking %s for a cancel failed: %s", run.response_id, exc)
+            except Exception as exc:  # Redis blips: keep generating, look again later
+                logger.warning("checking %s for a cancel failed: %s", response_id, exc)
                 continue
             if cancelled:
                 return
 
-    async def _key_gone(self, response_id: str, key_id: str) -> bool:
-        """Whether the run's key was revoked (or its project archived); if so, its row
-        is marked cancelled."""
-
-        def work(session: Session) -> bool:
-            if key_is_active(session, key_id):
-                return False
-            stored = session.get(StoredResponse, response_id)
-            if stored is not None:
-                end_running(session, stored, "cancelled")
-            return True
-
-        gone = await in_session(self.database, work)
-        if gone:
-            logger.info("background response %s cancelled: its API key was revoked", response_id)
-        return gone
+    async def _watch_keys(self) -> None:
+        """While this process runs background responses: every KEY_CHECK_SECONDS, one
+        query for the keys among them that stopped working; each of their runs is marked
+        cancelled (unless it ended first) and stopped through its local cancel event."""
+        while self.tasks:
+            await asyncio.sleep(KEY_CHECK_SECONDS)
+            runs = dict(self._keys)
+            if not runs:
+                continue
+            try:
+                async with asyncio.timeout(KEY_CHECK_SECONDS * 5):
+                    ended = await asyncio.shield(
+                        in_session(self.database, partial(_end_revoked, runs=runs))
+                    )
+            except Exception as exc:  # the database is away: keep generating, ask again
+                logger.warning("checking background responses' keys failed: %s", exc)
+                continue
+            for response_id in ended:
+                logger.info(
+                    "background response %s cancelled: its API key was revoked", response_id
+                )
+                event = self._cancelled.get(response_id)
+                if event is not None:
+                    event.set()
 
     async def _end(self, response_id: str, status: str, error: dict[str, Any]) -> None:
         def work(session: Session) -> None:
@@ -261,6 +276,20 @@ class BackgroundResponses:
             await in_session(self.database, work)
         except Exception:
             logger.exception("could not mark background response %s %s", response_id, status)
+
+
+def _end_revoked(session: Session, runs: dict[str, str]) -> list[str]:
+    """The runs (response id -> key id) whose key stopped working, each marked cancelled
+    as a cancel call marks it; one that ended first is left as it ended."""
+    gone = inactive_keys(session, set(runs.values()))
+    ended: list[str] = []
+    for response_id, key_id in runs.items():
+        if key_id not in gone:
+            continue
+        stored = session.get(StoredResponse, response_id)
+        if stored is None or end_running(session, stored, "cancelled"):
+            ended.append(response_id)  # deleted: nobody can read it, stop it all the same
+    return ended
 
 
 def expire_if_stale(

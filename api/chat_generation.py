@@ -771,12 +771,16 @@ class ChatGeneration:
 
 def _first_call_only(fields: dict[str, Any]) -> None:
     """A stream's delta fields without calls past the first (`parallel_tool_calls` false),
-    as vLLM filters them: their deltas are dropped, the first's kept whole."""
+    as vLLM filters them: their deltas are dropped, the first's kept whole. Text after a
+    dropped call stays text, as the whole answer keeps it."""
     calls = [call for call in fields.get("tool_calls") or () if call.get("index", 0) == 0]
     if calls:
         fields["tool_calls"] = calls
-    else:
-        fields.pop("tool_calls", None)
+        return
+    fields.pop("tool_calls", None)
+    after = fields.pop(AFTER_CALLS, "")
+    if after:
+        fields["content"] = fields.get("content", "") + after
 
 
 def _top_n(prompt_logprobs: int, tokenizer: Tokenizer) -> int:

@@ -103,15 +103,17 @@ def revoke_key(session: Session, key: ApiKey) -> ApiKey:
     return key
 
 
-def key_is_active(session: Session, key_id: str) -> bool:
-    """Whether a key may still be used: not revoked, its project not archived (a key
-    deleted outright is not active either)."""
-    row = session.execute(
-        select(ApiKey.revoked_at, Project.status)
+def inactive_keys(session: Session, key_ids: set[str]) -> set[str]:
+    """Those of `key_ids` that may no longer be used: revoked, their project archived, or
+    gone altogether (one query, however many)."""
+    if not key_ids:
+        return set()
+    active = session.scalars(
+        select(ApiKey.id)
         .join(Project, Project.id == ApiKey.project_id)
-        .where(ApiKey.id == key_id)
-    ).first()
-    return row is not None and row[0] is None and row[1] == "active"
+        .where(ApiKey.id.in_(key_ids), ApiKey.revoked_at.is_(None), Project.status == "active")
+    )
+    return key_ids - set(active)
 
 
 def grant_for_digest(session: Session, digest: str) -> KeyGrant | None:

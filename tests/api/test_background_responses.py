@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import openai
@@ -16,10 +15,16 @@ import redis.asyncio as aioredis
 from sqlalchemy import select
 
 from api import background_responses
-from api.background_responses import STALE_GRACE_SECONDS, BackgroundResponses, expire_if_stale
-from api.request_record import RequestRecord
+from api.background_responses import (
+    STALE_GRACE_SECONDS,
+    BackgroundResponses,
+    _end_revoked,
+    expire_if_stale,
+)
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
+from conveyor.db.key_store import create_key, revoke_key
+from conveyor.db.project_store import create_project
 from conveyor.db.request_log import RequestLog
 from conveyor.db.response_store import save_response
 from conveyor.db.stored_response import StoredResponse
@@ -314,10 +319,7 @@ def test_the_cancel_watcher_always_stops_when_cancelled(
     async def body(client: aioredis.Redis) -> None:
         runs = BackgroundResponses(client, BusNames("t-watch"), None, 60)  # type: ignore[arg-type]
         for attempt in range(100):
-            run = SimpleNamespace(
-                response_id=f"resp_{attempt}", record=RequestRecord("/v1/responses")
-            )
-            watcher = asyncio.ensure_future(runs._watch_cancel(run))  # type: ignore[arg-type]
+            watcher = asyncio.ensure_future(runs._watch_cancel(f"resp_{attempt}"))
             await asyncio.sleep(0.001 * (attempt % 7))
             watcher.cancel()
             done, _ = await asyncio.wait({watcher}, timeout=2.0)
@@ -353,3 +355,30 @@ def test_a_finished_log_replays_whatever_its_age(redis_url: str) -> None:
         assert seen == [{"type": "x", "sequence_number": 0}]
 
     asyncio.run(scenario())
+
+
+def test_a_revoked_keys_runs_are_cancelled_but_not_ones_that_ended(
+    migrated_database_url: str,
+) -> None:
+    """`_end_revoked`: one query for every run's key; a run still going is marked cancelled
+    (and reported, so it is stopped), one that finished first keeps its answer (and is not
+    reported, so it is billed as finished), one whose row was deleted is stopped too."""
+    database = Database(migrated_database_url)
+    try:
+        with database.session() as session:
+            project = create_project(session, "acme")
+            live = create_key(session, project, "live", rpm=None, tpm=None).key
+            gone = create_key(session, project, "gone", rpm=None, tpm=None).key
+            for response_id, status in (("resp_a", "in_progress"), ("resp_b", "completed")):
+                body = {"id": response_id, "model": MODEL, "created_at": 1, "status": status}
+                save_response(session, project.id, {**body, "background": True}, [])
+            revoke_key(session, gone)
+            live_id, gone_id = live.id, gone.id
+        runs = {"resp_a": gone_id, "resp_b": gone_id, "resp_c": gone_id, "resp_d": live_id}
+        with database.session() as session:
+            assert sorted(_end_revoked(session, runs)) == ["resp_a", "resp_c"]
+        with database.session() as session:
+            statuses = {i: session.get(StoredResponse, i).status for i in ("resp_a", "resp_b")}
+        assert statuses == {"resp_a": "cancelled", "resp_b": "completed"}
+    finally:
+        database.close()

@@ -10,6 +10,7 @@ from typing import Any
 import openai
 import pytest
 
+from api.chat_generation import _first_call_only, chat_message
 from api.hermes_tool_parser import HermesStream
 from api.tool_call_json import AFTER_CALLS, ParsedOutput
 from api.tool_parsers import parse_tool_calls
@@ -180,6 +181,24 @@ def test_parallel_tool_calls_false_keeps_the_first_call(
     assert names_and_arguments(deltas) == EXPECTED_CALLS[:1]
     assert [d["index"] for d in deltas] == [0]
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+
+def test_text_after_a_dropped_call_stays_in_the_stream() -> None:
+    """With parallel_tool_calls false, a chunk holding the second call and text after it
+    (several tokens at once, as speculative decoding sends them) loses the call only."""
+    text = f"Hi<tool_call>{WEATHER}</tool_call> between <tool_call>{CLOCK}</tool_call> after!"
+    whole, _ = chat_message(text, "stop", None, "hermes", None, parallel_tool_calls=False)
+    assert whole.content == "Hi between  after!"
+    assert [c["function"]["name"] for c in whole.tool_calls or []] == ["get_weather"]
+    second = text.index("<tool_call>", 5)
+    parser, content, calls = HermesStream(), "", []
+    for i, piece in enumerate([text[:second], text[second:]]):
+        fields, _ = parser.feed(piece, final=i == 1)
+        _first_call_only(fields)
+        content += fields.get("content", "") + fields.get(AFTER_CALLS, "")
+        calls += fields.get("tool_calls", [])
+    assert content == whole.content
+    assert [c["index"] for c in calls] == [0]
 
 
 @pytest.mark.parametrize(

@@ -664,7 +664,10 @@ def test_tokens_in_tokens_out_is_keyed_logged_and_billed_as_completions(
         whole = http.post("/inference/v1/generate", json=body, headers=auth).json()
         streamed = http.post("/inference/v1/generate", json={**body, "stream": True}, headers=auth)
         assert streamed.status_code == 200
-    (row, stream_row) = logs(tenancy, 2)[-2:]
+    # Three rows: the refused call is logged too (401, no tokens), and under load the
+    # stream's row may be flushed last: wait for all three.
+    (refused, row, stream_row) = logs(tenancy, 3)[-3:]
+    assert refused.status_code == 401
     assert (row.endpoint, row.prompt_tokens, row.completion_tokens) == (
         "/inference/v1/generate",
         3,

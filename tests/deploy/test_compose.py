@@ -206,6 +206,13 @@ def test_make_compose_env_keeps_the_password_a_volume_holds(tmp_path: Path) -> N
     _make_compose_env(tmp_path)
     url = read_env_file(deploy / "conveyor.env")["CONVEYOR_DATABASE_URL"]
     assert url == "postgresql://conveyor:kept-pw@postgres:5432/conveyor"
+    # One the URL cannot hold as it is (or none) is refused, and nothing is written.
+    (deploy / "conveyor.env").unlink()
+    for written in ("POSTGRES_PASSWORD='p/w&x@y'\n", "OTHER=1\n"):
+        (deploy / "postgres.env").write_text(written)
+        refused = _make_compose_env(tmp_path, check=False)
+        assert refused.returncode != 0 and "letters, digits" in refused.stderr
+        assert not (deploy / "conveyor.env").exists()
     # The older layout held the password in conveyor.env: it moves to postgres.env as is.
     (deploy / "postgres.env").unlink()
     old = "CONVEYOR_ADMIN_KEY=k\nPOSTGRES_PASSWORD=old-pw\nCONVEYOR_DATABASE_URL=x\n"
