@@ -51,6 +51,7 @@ REQUEST_DECODE_TIME = "vllm:request_decode_time_seconds"
 REQUEST_INFERENCE_TIME = "vllm:request_inference_time_seconds"
 REQUEST_PROMPT_TOKENS = "vllm:request_prompt_tokens"
 REQUEST_GENERATION_TOKENS = "vllm:request_generation_tokens"
+REQUEST_MAX_NUM_GENERATION_TOKENS = "vllm:request_max_num_generation_tokens"
 REQUEST_PARAMS_N = "vllm:request_params_n"
 REQUEST_PARAMS_MAX_TOKENS = "vllm:request_params_max_tokens"
 ITERATION_TOKENS = "vllm:iteration_tokens_total"
@@ -148,6 +149,14 @@ TOKEN_HISTOGRAMS: dict[str, str] = {
     REQUEST_PROMPT_TOKENS: "Number of prefill tokens processed.",
     REQUEST_GENERATION_TOKENS: "Number of generation tokens processed.",
     REQUEST_PARAMS_MAX_TOKENS: "Histogram of the max_tokens request parameter.",
+    # The longest choice's tokens (n > 1: request_generation_tokens counts them all).
+    REQUEST_MAX_NUM_GENERATION_TOKENS: "Histogram of maximum number of requested generation "
+    "tokens.",
+}
+# Older names vLLM dashboards and alerts still query, served beside the current ones with
+# the same samples: vLLM up to 0.10 called inter-token latency time per output token.
+DEPRECATED_HISTOGRAM_NAMES: dict[str, str] = {
+    INTER_TOKEN_LATENCY: "vllm:time_per_output_token_seconds",
 }
 
 
@@ -365,14 +374,22 @@ class WorkerMetricsCollector(Collector):
         yield self._sleep_gauge()
         docs = {**{name: spec.doc for name, spec in HISTOGRAMS.items()}, **TOKEN_HISTOGRAMS}
         for name, doc in docs.items():
-            family = HistogramMetricFamily(name, doc, labels=LABELS)
-            for snap in self.snapshots:
-                data = snap.get("histograms", {}).get(name)
-                if data:
-                    family.add_metric(
-                        _labels(snap), _cumulative(data["bounds"], data["counts"]), data["sum"]
-                    )
-            yield family
+            yield self._histogram(name, name, doc)
+            if name in DEPRECATED_HISTOGRAM_NAMES:
+                yield self._histogram(
+                    DEPRECATED_HISTOGRAM_NAMES[name], name, f"{doc} (deprecated name)"
+                )
+
+    def _histogram(self, exposed: str, name: str, doc: str) -> HistogramMetricFamily:
+        """The snapshots' histogram `name`, served as `exposed`."""
+        family = HistogramMetricFamily(exposed, doc, labels=LABELS)
+        for snap in self.snapshots:
+            data = snap.get("histograms", {}).get(name)
+            if data:
+                family.add_metric(
+                    _labels(snap), _cumulative(data["bounds"], data["counts"]), data["sum"]
+                )
+        return family
 
     def _sleep_gauge(self) -> GaugeMetricFamily:
         family = GaugeMetricFamily(

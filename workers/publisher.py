@@ -247,8 +247,9 @@ class Publisher:
         if times.first_token is not None:
             metrics.observe(m.REQUEST_DECODE_TIME, finished - times.first_token)
         metrics.observe(m.REQUEST_PROMPT_TOKENS, out.num_prompt_tokens)
-        generated = sum(c.num_output_tokens for c in builder.choices.values())
-        metrics.observe(m.REQUEST_GENERATION_TOKENS, generated)
+        lengths = [c.num_output_tokens for c in builder.choices.values()]
+        metrics.observe(m.REQUEST_GENERATION_TOKENS, sum(lengths))
+        metrics.observe(m.REQUEST_MAX_NUM_GENERATION_TOKENS, max(lengths, default=0))
         params = builder.ticket.params
         if isinstance(params, SamplingParams):  # not an embedding
             metrics.observe(m.REQUEST_PARAMS_N, params.n)
@@ -267,8 +268,6 @@ class Publisher:
         )
         if builder.last_token_time is not None:
             metrics.add_tokens(generation=new_tokens)
-            if new_tokens:
-                metrics.observe(m.INTER_TOKEN_LATENCY, now - builder.last_token_time)
         elif not interrupted:  # the request's first output
             metrics.add_tokens(prompt=out.num_prompt_tokens, generation=new_tokens)
             metrics.add_prefix_cache(out.num_prompt_tokens, out.num_cached_tokens)
@@ -278,6 +277,14 @@ class Publisher:
                 metrics.observe(m.TIME_TO_FIRST_TOKEN, times.first_token - times.arrival)
         if new_tokens:
             builder.last_token_time = now
+        # One sample per choice that moved since its previous token (n > 1: each choice is
+        # a sequence of its own, as vLLM's per-choice child requests count them).
+        for output in out.outputs:
+            if output.token_ids:
+                previous = builder.choice_token_times.get(output.index)
+                if previous is not None:
+                    metrics.observe(m.INTER_TOKEN_LATENCY, now - previous)
+                builder.choice_token_times[output.index] = now
         if out.finished:
             finished = times.finished if times.finished is not None else now
             metrics.observe(m.E2E_REQUEST_LATENCY, finished - times.arrival)

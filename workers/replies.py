@@ -54,6 +54,8 @@ class ReplyBuilder:
         self.usage: Usage | None = None
         self.times: dict[str, float | None] | None = None
         self.last_token_time: float | None = None
+        # Each choice's latest token time, for the inter-token latency of its next one.
+        self.choice_token_times: dict[int, float] = {}
         self.embedding: str | None = None
 
     @property

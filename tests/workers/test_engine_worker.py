@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from conveyor import metrics as m
 from conveyor.beat_file import beat_file
 from conveyor.bus import KNOWN_NAME_TTL_SECONDS, BusNames
 from conveyor.bus import TOKENIZER_DIGEST_FIELD as DIGEST_FIELD
@@ -149,6 +150,8 @@ def test_stream_matches_engine_then_result_ack_heartbeat_and_metrics(
     assert f"vllm:e2e_request_latency_seconds_count{{{labels}}} 2.0" in text
     assert f"vllm:request_queue_time_seconds_count{{{labels}}} 2.0" in text
     assert f"vllm:inter_token_latency_seconds_count{{{labels}}} 10.0" in text
+    assert f"vllm:time_per_output_token_seconds_count{{{labels}}} 10.0" in text  # old name
+    assert f"vllm:request_max_num_generation_tokens_sum{{{labels}}} 12.0" in text
     # Per request: its phases, its sizes and its parameters, as vLLM's dashboards read.
     for phase in ("prefill", "decode", "inference"):
         assert f"vllm:request_{phase}_time_seconds_count{{{labels}}} 2.0" in text
@@ -470,6 +473,18 @@ def test_several_choices_and_prompt_logprobs(
     lps = stored.prompt_logprobs
     assert lps is not None and len(lps) == len(prompt) and lps[0] is None
     assert [lp.token_id for lp in lps[1:] if lp is not None] == prompt[1:]
+
+    # Metrics count each choice's gaps between tokens (3 each, as vLLM's per-choice
+    # requests do), all 8 tokens, and the longest choice apart.
+    def histograms() -> dict[str, Any]:
+        snapshot = json.loads(client.get(h.names.worker_metrics(h.worker.instance)) or "{}")
+        return snapshot.get("histograms", {})
+
+    wait_for(lambda: sum(histograms().get(m.REQUEST_GENERATION_TOKENS, {}).get("counts", [])))
+    seen = histograms()
+    assert sum(seen[m.INTER_TOKEN_LATENCY]["counts"]) == 6
+    assert seen[m.REQUEST_GENERATION_TOKENS]["sum"] == 8
+    assert seen[m.REQUEST_MAX_NUM_GENERATION_TOKENS]["sum"] == 4
 
 
 def test_bad_words_arrive_as_words_and_the_engine_spells_them(
