@@ -23,7 +23,10 @@ class LogConfigError(ValueError):
 
 def configure_logging(level: str, config_file: Path | None) -> None:
     """The file's configuration when one is given (its levels rule; `level` is not
-    applied over them), else plain lines at `level`."""
+    applied over them), else plain lines at `level`. Python warnings (Celery's
+    SecurityWarning, deprecations) become log records too, so they reach the same
+    handlers in the same format instead of raw stderr."""
+    logging.captureWarnings(True)
     if config_file is None:
         logging.basicConfig(level=level, format=LINE_FORMAT)
         return

@@ -46,19 +46,25 @@ def run_batch_worker(settings: Settings, log_level: str = "INFO") -> int:
         if settings.batch_api_uds
         else settings.resolved_batch_api_url,
     )
-    app.worker_main(
-        [
-            "worker",
-            f"--loglevel={log_level}",
-            f"--concurrency={settings.batch_worker_concurrency}",
-            # Threads: a batch is I/O (HTTP lines, SQL rows), and a shutdown must reach the
-            # running batches (the `stopping` event) so they hand over instead of blocking it.
-            "--pool=threads",
-            f"--queues={queue_name(settings)}",
-            f"--hostname=batch-{settings.resolved_instance_id('batch')}@%h",
-            "--prefetch-multiplier=1",
-            "--without-gossip",
-            "--without-mingle",
-        ]
-    )
+    app.worker_main(worker_argv(settings, log_level))
     return 0
+
+
+def worker_argv(settings: Settings, log_level: str) -> list[str]:
+    """Celery's command line for this worker."""
+    return [
+        "worker",
+        f"--loglevel={log_level}",
+        f"--concurrency={settings.batch_worker_concurrency}",
+        # Threads: a batch is I/O (HTTP lines, SQL rows), and a shutdown must reach the
+        # running batches (the `stopping` event) so they hand over instead of blocking it.
+        "--pool=threads",
+        f"--queues={queue_name(settings)}",
+        f"--hostname=batch-{settings.resolved_instance_id('batch')}@%h",
+        "--prefetch-multiplier=1",
+        "--without-gossip",
+        "--without-mingle",
+        # Celery's start-up banner is not a log record: with a --log-config-file (JSON
+        # lines for a shipper) it would be the only output that does not parse.
+        *(["--quiet"] if settings.log_config_file is not None else []),
+    ]
