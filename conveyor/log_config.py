@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import os
 from pathlib import Path
 
 LINE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -30,6 +31,9 @@ def configure_logging(level: str, config_file: Path | None) -> None:
     if config_file is None:
         logging.basicConfig(level=level, format=LINE_FORMAT)
         return
+    # Progress bars (loading and converting weights) are no log records either: a
+    # shipper reading the file's lines would meet them raw on stderr.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     flag = f"--log-config-file {config_file}"
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,8 +43,9 @@ def json_lines_config(path: Path) -> dict[str, object]:
 
 
 def test_the_file_shapes_the_logs_and_keeps_module_loggers(
-    tmp_path: Path, restored_logging: None
+    tmp_path: Path, restored_logging: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
     existing = logging.getLogger("api.reply_router")  # made at import, before the config
     out = tmp_path / "conveyor.jsonl"
     config = tmp_path / "logging.json"
@@ -61,6 +63,8 @@ def test_the_file_shapes_the_logs_and_keeps_module_loggers(
     first, rest = out.read_text().split("\n", 1)
     assert json.loads(first) == {"level": "WARNING", "msg": "kept"}
     assert rest.startswith('{"level": "WARNING", "msg": "') and "UserWarning: as a record" in rest
+    # Progress bars (weights loading) would be raw stderr lines: off under a file.
+    assert os.environ["TQDM_DISABLE"] == "1"
 
 
 @pytest.mark.parametrize(

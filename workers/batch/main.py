@@ -53,6 +53,10 @@ def run_batch_worker(settings: Settings, log_level: str = "INFO") -> int:
 def worker_argv(settings: Settings, log_level: str) -> list[str]:
     """Celery's command line for this worker."""
     return [
+        # Celery's start-up banner is not a log record: with a --log-config-file (JSON
+        # lines for a shipper) it would be the only output that does not parse. (A
+        # global option of the `celery` command: before the subcommand.)
+        *(["--quiet"] if settings.log_config_file is not None else []),
         "worker",
         f"--loglevel={log_level}",
         f"--concurrency={settings.batch_worker_concurrency}",
@@ -64,7 +68,4 @@ def worker_argv(settings: Settings, log_level: str) -> list[str]:
         "--prefetch-multiplier=1",
         "--without-gossip",
         "--without-mingle",
-        # Celery's start-up banner is not a log record: with a --log-config-file (JSON
-        # lines for a shipper) it would be the only output that does not parse.
-        *(["--quiet"] if settings.log_config_file is not None else []),
     ]
