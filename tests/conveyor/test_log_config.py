@@ -23,6 +23,9 @@ def restored_logging() -> Iterator[None]:
     """dictConfig changes the process's root logger: put it back after the test."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    # An earlier test's configure_logging may have left warnings captured, under a
+    # showwarning pytest has since put back: start from neither.
+    logging.captureWarnings(False)
     yield
     for handler in root.handlers:
         if handler not in handlers:
