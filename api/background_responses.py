@@ -62,7 +62,8 @@ from conveyor.db.stored_response import StoredResponse
 logger = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
-# How often a run asks SQL whether its key still works (revoked, project archived).
+# How often an API process asks SQL whether its runs' keys still work (not revoked, their
+# project not archived): one query for all of them.
 KEY_CHECK_SECONDS = 2.0
 # How long past the request timeout a running row may sit before a read calls it failed.
 STALE_GRACE_SECONDS = 60.0
