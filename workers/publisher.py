@@ -266,7 +266,7 @@ class Publisher:
         interrupted = times.first_token is None and any(
             o.finish_reason == "abort" for o in out.outputs
         )
-        if builder.last_token_time is not None:
+        if builder.choice_token_times:  # not the request's first output
             metrics.add_tokens(generation=new_tokens)
         elif not interrupted:  # the request's first output
             metrics.add_tokens(prompt=out.num_prompt_tokens, generation=new_tokens)
@@ -275,8 +275,6 @@ class Publisher:
                 metrics.observe(m.REQUEST_QUEUE_TIME, times.scheduled - times.arrival)
             if times.first_token is not None:
                 metrics.observe(m.TIME_TO_FIRST_TOKEN, times.first_token - times.arrival)
-        if new_tokens:
-            builder.last_token_time = now
         # One sample per choice that moved since its previous token (n > 1: each choice is
         # a sequence of its own, as vLLM's per-choice child requests count them).
         for output in out.outputs:

@@ -53,8 +53,8 @@ class ReplyBuilder:
         self.prompt_logprobs: list[TokenLogprob | None] | None = None
         self.usage: Usage | None = None
         self.times: dict[str, float | None] | None = None
-        self.last_token_time: float | None = None
-        # Each choice's latest token time, for the inter-token latency of its next one.
+        # Each choice's latest token time, for the inter-token latency of its next one
+        # (empty until the request's first token).
         self.choice_token_times: dict[int, float] = {}
         self.embedding: str | None = None
 
