@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from conveyor.db.base import now
 from conveyor.db.batch import Batch
 from conveyor.db.batch_store import ACTIVE
-from conveyor.db.ids import new_id
+from conveyor.db.ids import created_second, new_id
 from conveyor.db.pagination import Page, paginate
 from conveyor.db.scoping import owned_by
 from conveyor.db.stored_file import StoredFile
@@ -42,10 +42,19 @@ def create_file(
     file_id: str | None = None,
     expires_after: int | None = None,
 ) -> StoredFile:
-    """`expires_after`: seconds the file lives after it is made (None: until deleted)."""
-    created = now()
+    """`expires_after`: seconds the file lives after it is made (None: until deleted).
+
+    `created_at` is the second in the file's id, not the time the row is written: the id
+    is made before its bytes are stored, and a list resumed after a deleted file (or
+    another project's) finds its place by that id's time, which must order it exactly as
+    its row did.
+    """
+    file_id = file_id or new_file_id()
+    created = created_second(file_id, FILE_ID_PREFIX)
+    if created is None:
+        raise ValueError(f"{file_id!r} is not an id new_file_id made")
     stored = StoredFile(
-        id=file_id or new_file_id(),
+        id=file_id,
         project_id=project_id,
         filename=filename[:FILENAME_MAX_CHARS],
         purpose=purpose,
