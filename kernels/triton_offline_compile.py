@@ -19,6 +19,8 @@ interprets); the tests run it in a subprocess.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import multiprocessing
 import os
@@ -61,6 +63,9 @@ class ModelShape:
     # A mixture of experts' MLPs: `experts` of width `intermediate`, `top_k` per token.
     experts: int = 0
     top_k: int = 0
+    # Routing weights kept in fp32 into the down GEMM (Mixtral's `fp32_routing_weights`);
+    # every other family passes them in the model's dtype. Each model launches one.
+    fp32_routing: bool = False
     # gpt-oss's: attention sinks, a sliding window, experts with biases and a clamped SwiGLU.
     sinks: bool = False
     window: int | None = None
@@ -85,7 +90,7 @@ SHAPES = (
     ModelShape("gemma3-1b", 4, 1, 256, 1152, 6912, gelu=True),
     ModelShape("gemma2-9b", 16, 8, 256, 3584, 14336, gelu=True, softcap=50.0),
     ModelShape("qwen3-30b-a3b", 32, 4, 128, 2048, 768, experts=128, top_k=8),
-    ModelShape("mixtral-8x7b", 32, 8, 128, 4096, 14336, experts=8, top_k=2),
+    ModelShape("mixtral-8x7b", 32, 8, 128, 4096, 14336, experts=8, top_k=2, fp32_routing=True),
     ModelShape(
         "gpt-oss-20b",
         64,
@@ -133,11 +138,25 @@ class CompiledLaunch:
         return found
 
 
+def _usage_in_log(log: str) -> dict[str, int] | None:
+    """Registers and spill bytes from a `ptxas -v` log; None if it has none."""
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if registers is None or spills is None:
+        return None
+    return {
+        "registers": int(registers.group(1)),
+        "spill_stores": int(spills.group(1)),
+        "spill_loads": int(spills.group(2)),
+    }
+
+
 def _ptxas_usage(ptx: str, arch: int) -> dict[str, int]:
     """Registers and spill bytes as `ptxas -v` reports them, with Triton's own ptxas.
 
-    Run again on the kernel's PTX (Triton prints its log only for a cache miss),
-    with the flags Triton passes that change register allocation.
+    Only for a kernel Triton found in its cache (it runs ptxas, and prints the
+    log, only for a miss): run again on the kernel's PTX, with the flags Triton
+    passes that change register allocation.
     """
     from triton.backends.nvidia.compiler import get_ptxas
 
@@ -162,15 +181,10 @@ def _ptxas_usage(ptx: str, arch: int) -> dict[str, int]:
             text=True,
             check=True,
         ).stderr
-    registers = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    if registers is None or spills is None:
+    usage = _usage_in_log(log)
+    if usage is None:
         raise ValueError(f"unexpected ptxas output: {log}")
-    return {
-        "registers": int(registers.group(1)),
-        "spill_stores": int(spills.group(1)),
-        "spill_loads": int(spills.group(2)),
-    }
+    return usage
 
 
 class _OfflineDriver:
@@ -319,10 +333,10 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                     if tokens == 1000 and (not stack_name or "row" in stack_name):
                         continue  # 64-row tiles for tiled quantized stacks (and packed)
                     start_case(f"{case} {tokens} tokens{stack_name}")
-                    # Routing weights in fp32 (Mixtral) and in the model's dtype (Qwen).
-                    for weights in (torch.ones(tokens, shape.top_k), t(tokens, shape.top_k)):
-                        x = t(tokens, h)
-                        fused_experts(x, gate_up, down, weights, chosen, act_and_mul, *biases)
+                    routing = torch.float32 if shape.fp32_routing else dtype
+                    weights = t(tokens, shape.top_k, dtype=routing)
+                    x = t(tokens, h)
+                    fused_experts(x, gate_up, down, weights, chosen, act_and_mul, *biases)
 
 
 def _empty_mxfp4(experts: int, rows: int, cols: int) -> Mxfp4Weight:
@@ -344,14 +358,20 @@ def _empty_int(experts: int, rows: int, cols: int, bits: int, group_size: int) -
 def _compile_one(source: Any, options: dict[str, Any], arch: int, name: str) -> CompiledLaunch:
     """Compile one specialisation for sm_`arch` and read its resource use."""
     import triton
+    from triton import knobs
     from triton.runtime.driver import driver
 
+    # Triton's own `ptxas -v` log, printed on a cache miss: half the ptxas runs of a cold
+    # cache, and exactly the flags Triton compiled with.
+    log = io.StringIO()
     try:
-        kernel = triton.compile(source, target=driver.active.target, options=options)
+        with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
+            knobs.nvidia.dump_ptxas_log = True
+            kernel = triton.compile(source, target=driver.active.target, options=options)
     except Exception as exc:  # any compiler failure is the finding
         message = str(exc).strip().splitlines()
         return CompiledLaunch(arch, name, "", 0, 0, 0, 0, message[-1])
-    usage = _ptxas_usage(kernel.asm["ptx"], arch)
+    usage = _usage_in_log(log.getvalue()) or _ptxas_usage(kernel.asm["ptx"], arch)
     return CompiledLaunch(
         arch,
         name,
