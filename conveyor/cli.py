@@ -17,6 +17,7 @@ from pydantic_settings import SettingsError
 from conveyor.config_file import CONFIG_FLAG, ConfigFileError, apply_config_file, config_path
 from conveyor.log_config import LogConfigError, configure_logging
 from conveyor.operator_cli import add_operator_commands
+from conveyor.private_dir import make_private_dir
 from conveyor.settings import Settings, human_readable_int, json_or_comma_list
 from engine.configuration_error import ConfigurationError
 from engine.loader import BUNDLED_MODEL_NAME, HubUnavailable
@@ -611,34 +612,45 @@ def _report_bad_settings(exc: ValidationError, args: argparse.Namespace) -> int:
     return 2
 
 
+def role_settings(args: argparse.Namespace) -> Settings:
+    """Settings of a command that keeps data, whose data dir exists (owner-only when this
+    creates it) before any part of it writes there."""
+    settings = settings_from_args(args)
+    try:
+        make_private_dir(settings.data_dir)
+    except OSError as exc:
+        raise CommandLineError(f"cannot create the data dir {settings.data_dir}: {exc}") from None
+    return settings
+
+
 def _chat(args: argparse.Namespace) -> int:
     from conveyor.demo import run_chat
 
-    return run_chat(settings_from_args(args), max_tokens=args.max_tokens)
+    return run_chat(role_settings(args), max_tokens=args.max_tokens)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from conveyor.launcher import run_serve
 
-    return run_serve(settings_from_args(args))
+    return run_serve(role_settings(args))
 
 
 def _api(args: argparse.Namespace) -> int:
     from api.server import run_api
 
-    return run_api(settings_from_args(args))
+    return run_api(role_settings(args))
 
 
 def _worker(args: argparse.Namespace) -> int:
     from workers.engine_worker import run_worker
 
-    return run_worker(settings_from_args(args))
+    return run_worker(role_settings(args))
 
 
 def _batch_worker(args: argparse.Namespace) -> int:
     from workers.batch.main import run_batch_worker
 
-    settings = settings_from_args(args)
+    settings = role_settings(args)
     return run_batch_worker(settings, log_level=settings.log_level)
 
 

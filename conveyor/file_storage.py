@@ -21,6 +21,8 @@ from typing import BinaryIO, Protocol
 import anyio
 import anyio.to_thread
 
+from conveyor.private_dir import make_private_dir
+
 # One or more `/`-separated segments of safe characters, none starting with a dot: so no
 # `..`, no absolute path, no hidden name (temporary files start with a dot).
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}){0,3}")
@@ -94,7 +96,7 @@ class _LocalWriter:
 
     def __init__(self, final: Path) -> None:
         self.final = final
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(final.parent)
         self.temp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
         self._file: BinaryIO | None = open(self.temp, "xb")  # noqa: SIM115 - closed by commit/abort
         self.size = 0

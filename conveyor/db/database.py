@@ -19,6 +19,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
+from conveyor.private_dir import make_private_dir
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 
@@ -63,7 +65,7 @@ def create_db_engine(url: str) -> Engine:
         if database and database != ":memory:":
             folder = Path(database).expanduser().parent
             try:
-                folder.mkdir(parents=True, exist_ok=True)
+                make_private_dir(folder)
             except FileExistsError:
                 raise DatabaseUrlError(f"{folder} is a file, not a folder") from None
             except OSError as exc:
