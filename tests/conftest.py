@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
@@ -14,6 +15,9 @@ from engine.loader import resolve_model
 from .harmony_tokenizer import HARMONY_TOKENS, with_harmony_tokens
 from .postgres_server import PostgresServer, PostgresUnavailable
 from .system_redis import Redis7Unavailable, find_redis7
+
+if TYPE_CHECKING:
+    from conveyor.db.database import Database
 
 # The tiny random models' shared config (transformers' keys; families add their own).
 TINY_CONFIG = dict(
@@ -449,6 +453,16 @@ def migrated_database_url(database_url: str) -> str:
 
     migrate.upgrade(database_url)
     return database_url
+
+
+@pytest.fixture
+def db(migrated_database_url: str) -> Iterator[Database]:
+    """A `Database` on the migrated schema, on SQLite and on PostgreSQL."""
+    from conveyor.db.database import Database
+
+    database = Database(migrated_database_url)
+    yield database
+    database.close()
 
 
 # --- Two streams under `make test` --------------------------------------------------------

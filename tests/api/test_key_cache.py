@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from api.key_cache import KeyCache
 from conveyor.db.database import Database
@@ -40,13 +37,6 @@ class SlowCache(CountingCache):
     def _fetch(self, digest: str) -> KeyGrant | None:
         time.sleep(0.1)
         return super()._fetch(digest)
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 def _key(db: Database, project_name: str) -> tuple[str, str, str]:

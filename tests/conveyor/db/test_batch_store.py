@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,13 +21,6 @@ from conveyor.db.database import Database
 from conveyor.db.pagination import UnknownCursor
 
 CHAT = "/v1/chat/completions"
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 def new_batch(db: Database, project_id: str | None = "proj_a", **fields: Any) -> str:

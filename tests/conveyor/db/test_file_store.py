@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -17,13 +16,6 @@ from conveyor.db import file_store
 from conveyor.db.database import Database
 from conveyor.db.file_store import FILE_ID_PREFIX
 from conveyor.db.ids import created_second
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 def id_made_at(unix_ms: int) -> str:

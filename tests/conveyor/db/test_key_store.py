@@ -7,7 +7,6 @@ hold nothing it could be recovered from.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -31,13 +30,6 @@ from conveyor.db.project_store import archive_project, create_project, get_proje
 from .batch_rows import batch_in
 
 T0 = 1_767_225_600  # 2026-01-01 UTC
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 def _project(db: Database, name: str) -> Project:

@@ -8,7 +8,6 @@ pinned here on both databases.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import select
@@ -32,13 +31,6 @@ from conveyor.db.project_store import (
 from .batch_rows import batch_in
 
 T0 = 1_767_225_600  # 2026-01-01 UTC
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 def test_create_and_find_by_id_or_name(db: Database) -> None:

@@ -3,7 +3,6 @@ key's last_used_at only ever moves forward, whatever order replicas' batches arr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,13 +19,6 @@ from conveyor.db.request_log import RequestLog
 from conveyor.db.request_log_writer import write_request_logs
 
 T0 = 1_767_225_600  # 2026-01-01 UTC
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ previous_response_id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,13 +10,6 @@ import pytest
 from conveyor.db import response_store
 from conveyor.db.database import Database
 from conveyor.db.ids import new_id
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 def message(role: str, text: str) -> dict[str, Any]:

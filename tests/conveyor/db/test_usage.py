@@ -7,7 +7,6 @@ test states which rows count rather than re-deriving SQL arithmetic by hand.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -60,13 +59,6 @@ class Row:
 
 
 _ids = itertools.count()
-
-
-@pytest.fixture
-def db(migrated_database_url: str) -> Iterator[Database]:
-    database = Database(migrated_database_url)
-    yield database
-    database.close()
 
 
 def insert(db: Database, *rows: Row) -> None:
