@@ -151,13 +151,14 @@ def _usage_in_log(log: str) -> dict[str, int] | None:
     }
 
 
-def _ptxas_usage(ptx: str, arch: int) -> dict[str, int]:
+def _ptxas_usage(ptx: str, arch: int, fp_fusion: bool) -> dict[str, int]:
     """Registers and spill bytes as `ptxas -v` reports them, with Triton's own ptxas.
 
     Only for a kernel Triton found in its cache (it runs ptxas, and prints the
     log, only for a miss): run again on the kernel's PTX, with the flags Triton
-    passes that change register allocation.
+    passes that change code generation (`make_cubin`'s).
     """
+    from triton import knobs
     from triton.backends.nvidia.compiler import get_ptxas
 
     tool = get_ptxas(arch).path  # the one Triton itself uses for this architecture
@@ -171,7 +172,9 @@ def _ptxas_usage(ptx: str, arch: int) -> dict[str, int]:
             [
                 str(tool),
                 "-v",
+                *([] if fp_fusion else ["--fmad=false"]),
                 "--regAllocOptLevel=2",
+                *(knobs.nvidia.ptxas_options or "").split(),
                 f"--gpu-name={target.group(1)}",
                 str(source),
                 "-o",
@@ -325,13 +328,13 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                         _empty_int(e, h, i, bits, group_size),
                     )
                     stacks[f" int{bits} g{group_size}"] = packed
-            # A decode step's row blocks, a prefill's; MXFP4 also at 64-row blocks (gpt-oss's
-            # 32 experts reach them only past ~500 tokens), its most registers.
-            for tokens in (2, 300, 1000):
+            # Each row block `_tiles` picks (16, 32, 64 rows) in this model's routing dtype:
+            # a decode step's, and the tokens that give each of its experts ~40 and ~100
+            # rows (Mixtral's 8 experts reach 64-row blocks at 400 tokens, Qwen3's 128
+            # at 1600, within one prefill chunk).
+            for tokens in (2, *(-(-rows * e // shape.top_k) for rows in (40, 100))):
                 chosen = torch.arange(tokens * shape.top_k).view(tokens, -1) % e
                 for stack_name, (gate_up, down) in stacks.items():
-                    if tokens == 1000 and (not stack_name or "row" in stack_name):
-                        continue  # 64-row tiles for tiled quantized stacks (and packed)
                     start_case(f"{case} {tokens} tokens{stack_name}")
                     routing = torch.float32 if shape.fp32_routing else dtype
                     weights = t(tokens, shape.top_k, dtype=routing)
@@ -362,7 +365,8 @@ def _compile_one(source: Any, options: dict[str, Any], arch: int, name: str) -> 
     from triton.runtime.driver import driver
 
     # Triton's own `ptxas -v` log, printed on a cache miss: half the ptxas runs of a cold
-    # cache, and exactly the flags Triton compiled with.
+    # cache, and exactly the flags Triton compiled with. Both the knob and stdout are the
+    # process's: compiles here must stay one at a time (one process per architecture).
     log = io.StringIO()
     try:
         with knobs.nvidia.scope(), contextlib.redirect_stdout(log):
@@ -371,7 +375,9 @@ def _compile_one(source: Any, options: dict[str, Any], arch: int, name: str) -> 
     except Exception as exc:  # any compiler failure is the finding
         message = str(exc).strip().splitlines()
         return CompiledLaunch(arch, name, "", 0, 0, 0, 0, message[-1])
-    usage = _usage_in_log(log.getvalue()) or _ptxas_usage(kernel.asm["ptx"], arch)
+    usage = _usage_in_log(log.getvalue()) or _ptxas_usage(
+        kernel.asm["ptx"], arch, kernel.metadata.enable_fp_fusion
+    )
     return CompiledLaunch(
         arch,
         name,
