@@ -46,7 +46,7 @@ from conveyor.db.file_store import (
     delete_file,
     get_file,
     list_files,
-    new_file_id,
+    new_storage_key,
     stored_bytes,
 )
 from conveyor.db.pagination import UnknownCursor
@@ -236,10 +236,10 @@ async def upload(
     if limit:  # a project already full is told before it sends the bytes
         kept = await in_session(database, lambda session: stored_bytes(session, project_id))
         _check_storage(kept, None, limit)
-    file_id = new_file_id()
+    storage_key = new_storage_key()
     try:
         size = await save_async(
-            storage, file_id, form.file_chunks(), max_bytes=settings.max_upload_bytes
+            storage, storage_key, form.file_chunks(), max_bytes=settings.max_upload_bytes
         )
     except FileTooLarge:
         raise ApiError(
@@ -262,8 +262,7 @@ async def upload(
             filename,
             purpose,
             size,
-            storage_key=file_id,
-            file_id=file_id,
+            storage_key=storage_key,
             expires_after=expires_after,
         )
         return file_object(stored)
@@ -273,7 +272,7 @@ async def upload(
         return await in_session(database, record)
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(storage.delete, file_id)
+            await anyio.to_thread.run_sync(storage.delete, storage_key)
         raise
 
 

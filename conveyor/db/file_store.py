@@ -26,9 +26,19 @@ FILE_ID_PREFIX = "file-"
 FILENAME_MAX_CHARS = 512  # the column's width
 
 
+STORAGE_KEY_PREFIX = "obj-"
+
+
 def new_file_id() -> str:
-    """Made before the bytes are stored, so the id can be the storage key too."""
+    """Made as the file's row is written (its time is the file's `created_at`)."""
     return new_id(FILE_ID_PREFIX)
+
+
+def new_storage_key() -> str:
+    """A name for a file's bytes, made before they are stored; the file's id comes later,
+    when its row is written, so that an upload's or a batch output's `created_at` (and
+    the expiry counted from it) is when the file came to exist, not when it began."""
+    return new_id(STORAGE_KEY_PREFIX)
 
 
 def create_file(
@@ -43,9 +53,10 @@ def create_file(
     expires_after: int | None = None,
 ) -> StoredFile:
     """`expires_after`: seconds the file lives after it is made (None: until deleted).
+    `file_id`: one `new_file_id` made just now (in this transaction), if the caller must
+    know it first; made here otherwise.
 
-    `created_at` is the second in the file's id, not the time the row is written: the id
-    is made before its bytes are stored, and a list resumed after a deleted file (or
+    `created_at` is the second in the file's id: a list resumed after a deleted file (or
     another project's) finds its place by that id's time, which must order it exactly as
     its row did.
     """

@@ -96,7 +96,8 @@ def test_upload_retrieve_download_delete(
     content = client.files.content(created.id)
     assert content.content == JSONL * 3  # byte-exact, non-ASCII included
     assert content.response.headers["content-type"] == "application/octet-stream"
-    assert created.id in stored(files_stack)
+    key = key_of(files_stack, created.id)
+    assert key in stored(files_stack)
 
     deleted = client.files.delete(created.id)
     assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "file", True)
@@ -105,7 +106,7 @@ def test_upload_retrieve_download_delete(
             call(created.id)
         assert missing.value.body["param"] == "file_id"  # type: ignore[index]
     assert created.id not in all_ids(client)
-    assert created.id not in stored(files_stack)
+    assert key not in stored(files_stack)
 
 
 def test_binary_and_empty_files_round_trip(client: openai.OpenAI) -> None:
@@ -344,6 +345,18 @@ def test_files_belong_to_their_project(tenancy: Stack) -> None:
         error_of(admin.get("/v1/files"), 401)
 
 
+def key_of(stack: Stack, file_id: str) -> str:
+    """The name a file's bytes are stored under (made before its id: see file_store)."""
+    database = Database(stack.server.settings.resolved_database_url)
+    try:
+        with database.session() as session:
+            row = session.get(StoredFile, file_id)
+            assert row is not None
+            return row.storage_key
+    finally:
+        database.close()
+
+
 def expire_now(stack: Stack, file_id: str) -> None:
     """Move a file's expiry into the past (the shortest real lifetime is an hour)."""
     database = Database(stack.server.settings.resolved_database_url)
@@ -375,7 +388,8 @@ def test_expires_after_gives_a_file_a_lifetime(
         client.files.retrieve(brief.id)
     assert http.get(f"/v1/files/{brief.id}/content").status_code == 404
     assert brief.id not in all_ids(client) and lasting.id in all_ids(client)
-    assert brief.id in stored(files_stack)  # until the purge runs
+    brief_key, lasting_key = key_of(files_stack, brief.id), key_of(files_stack, lasting.id)
+    assert brief_key in stored(files_stack)  # until the purge runs
     retention = Retention(
         Database(files_stack.server.settings.resolved_database_url),
         LocalFileStorage(files_stack.server.settings.data_dir / "files"),
@@ -386,7 +400,7 @@ def test_expires_after_gives_a_file_a_lifetime(
         assert asyncio.run(retention.purge_files_once()) == 1
     finally:
         retention.database.close()
-    assert brief.id not in stored(files_stack) and lasting.id in stored(files_stack)
+    assert brief_key not in stored(files_stack) and lasting_key in stored(files_stack)
     client.files.delete(lasting.id)
 
 

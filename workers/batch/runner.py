@@ -36,7 +36,7 @@ from conveyor.db.base import now
 from conveyor.db.batch import Batch
 from conveyor.db.batch_store import LineResult
 from conveyor.db.database import Database
-from conveyor.db.file_store import create_file, get_file, new_file_id
+from conveyor.db.file_store import create_file, get_file, new_file_id, new_storage_key
 from conveyor.file_storage import FileStorage
 from conveyor.settings import Settings
 from conveyor.task_cancel import cancel_and_wait
@@ -383,20 +383,22 @@ class BatchRunner:
                 "completed": succeeded,
                 "failed": failed,
             }
+            # Ids made now, as their rows are written: a file exists (and its expiry
+            # counts) from here, not from when its bytes began.
             files = [
-                (column, key, size, suffix)
+                (column, new_file_id(), key, size, suffix)
                 for column, key, size, suffix in (
                     ("output_file_id", output_key, output_bytes, "output"),
                     ("error_file_id", error_key, error_bytes, "error"),
                 )
                 if key is not None
             ]
-            values.update({column: key for column, key, _, _ in files})  # the key is the file id
+            values.update({column: file_id for column, file_id, _, _, _ in files})
             # Rows only once the transition is ours: a loser deletes the bytes (below), and this
             # session commits either way.
             if not batch_store.transition(session, batch.id, from_=origin, to=outcome, **values):
                 return False
-            for _, key, size, suffix in files:
+            for _, file_id, key, size, suffix in files:
                 create_file(
                     session,
                     batch.project_id,
@@ -404,7 +406,7 @@ class BatchRunner:
                     "batch_output",
                     size,
                     key,
-                    file_id=key,
+                    file_id=file_id,
                     expires_after=batch.output_expires_after,
                 )
             batch_store.drop_results(session, batch.id)
@@ -444,7 +446,7 @@ class BatchRunner:
     def _write_file(self, batch: BatchSnapshot, succeeded: bool) -> tuple[str | None, int, int]:
         """Stream the recorded lines into a new storage object: (key, bytes, lines), with
         no key when there are no lines."""
-        key = new_file_id()
+        key = new_storage_key()
         written = 0
         with self.database.session() as session:
             rows = batch_store.iter_results(session, batch.id, succeeded=succeeded)

@@ -33,7 +33,7 @@ from conveyor.db.file_store import (
     create_file,
     delete_file,
     get_file,
-    new_file_id,
+    new_storage_key,
     purge_expired_files,
 )
 from conveyor.db.request_log import RequestLog
@@ -84,11 +84,10 @@ class Env:
 
     def input_file(self, lines: list[Any], project_id: str | None = PROJECT) -> str:
         data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines)
-        file_id = new_file_id()
-        size = self.storage.save_bytes_iter(file_id, [data.encode()])
+        key = new_storage_key()
+        size = self.storage.save_bytes_iter(key, [data.encode()])
         with self.db.session() as session:
-            create_file(session, project_id, "in.jsonl", "batch", size, file_id, file_id=file_id)
-        return file_id
+            return create_file(session, project_id, "in.jsonl", "batch", size, key).id
 
     def batch(
         self,
@@ -149,6 +148,13 @@ class Env:
             assert batch is not None
             return batch
 
+    def key_of(self, file_id: str) -> str:
+        """The name a file's bytes are stored under (made before its id: see file_store)."""
+        with self.db.session() as session:
+            stored = session.get(StoredFile, file_id)
+            assert stored is not None
+            return stored.storage_key
+
     def rows(self, file_id: str | None) -> list[dict[str, Any]]:
         """An output or error file's lines, checking its files row on the way."""
         if file_id is None:
@@ -156,8 +162,8 @@ class Env:
         with self.db.session() as session:
             stored = session.get(StoredFile, file_id)
             assert stored is not None and stored.purpose == "batch_output"
-            size, project = stored.bytes, stored.project_id
-        with self.storage.open(file_id) as handle:
+            size, project, key = stored.bytes, stored.project_id, stored.storage_key
+        with self.storage.open(key) as handle:
             data = handle.read()
         assert len(data) == size
         assert project == PROJECT or project is None
@@ -399,7 +405,7 @@ def test_validation_failure_fails_the_batch_without_running_a_line(env: Env) -> 
 
 def test_missing_input_file_fails_the_batch(env: Env) -> None:
     batch_id = env.batch([line(1)])
-    env.storage.delete(env.get(batch_id).input_file_id)
+    env.storage.delete(env.key_of(env.get(batch_id).input_file_id))
     env.run(batch_id)
     batch = env.get(batch_id)
     assert batch.status == "failed" and batch.errors is not None
@@ -413,7 +419,7 @@ def test_resuming_a_batch_whose_input_file_is_gone_fails_it(env: Env) -> None:
         assert batch_store.transition(
             session, batch_id, from_=("validating",), to="in_progress", total=2, model=MODEL
         )
-    env.storage.delete(env.get(batch_id).input_file_id)
+    env.storage.delete(env.key_of(env.get(batch_id).input_file_id))
     env.run(batch_id)
     batch = env.get(batch_id)
     assert batch.status == "failed" and batch.errors is not None
@@ -436,7 +442,7 @@ def test_failing_a_resumed_batch_drops_its_checkpoint_rows(env: Env) -> None:
     batch_id = env.batch([line(1), line(2)])
     with env.db.session() as session:
         _start_with_line_one_recorded(session, batch_id)
-    env.storage.delete(env.get(batch_id).input_file_id)
+    env.storage.delete(env.key_of(env.get(batch_id).input_file_id))
     env.run(batch_id)
     assert env.get(batch_id).status == "failed"
     assert env.recorded(batch_id) == set()
@@ -451,7 +457,7 @@ def test_resuming_a_cancelling_batch_keeps_its_results_without_its_input_file(en
         batch = session.get(Batch, batch_id)
         assert batch is not None
         batch_store.request_cancel(session, batch)
-    env.storage.delete(env.get(batch_id).input_file_id)
+    env.storage.delete(env.key_of(env.get(batch_id).input_file_id))
     env.run(batch_id)
     batch = env.get(batch_id)
     assert batch.status == "cancelled" and batch.errors is None
