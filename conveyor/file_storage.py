@@ -21,7 +21,7 @@ from typing import BinaryIO, Protocol
 import anyio
 import anyio.to_thread
 
-from conveyor.private_dir import make_private_dir
+from conveyor.private_dir import create_private_file, make_private_dir
 
 # One or more `/`-separated segments of safe characters, none starting with a dot: so no
 # `..`, no absolute path, no hidden name (temporary files start with a dot).
@@ -98,7 +98,7 @@ class _LocalWriter:
         self.final = final
         make_private_dir(final.parent)
         self.temp = final.with_name(f".{final.name}.{secrets.token_hex(6)}.tmp")
-        self._file: BinaryIO | None = open(self.temp, "xb")  # noqa: SIM115 - closed by commit/abort
+        self._file: BinaryIO | None = create_private_file(self.temp)  # closed by commit/abort
         self.size = 0
 
     def write(self, data: bytes) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 
-from conveyor.private_dir import make_private_dir
+from conveyor.private_dir import make_private_dir, touch_private_file
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -72,6 +72,11 @@ def create_db_engine(url: str) -> Engine:
                 raise DatabaseUrlError(
                     f"cannot create the folder {folder}: {exc.strerror}"
                 ) from None
+            if not database.startswith("file:"):  # a URI names no plain path
+                try:
+                    touch_private_file(Path(database).expanduser())
+                except OSError as exc:
+                    raise DatabaseUrlError(f"cannot create {database}: {exc.strerror}") from None
         engine = create_engine(url, connect_args={"check_same_thread": False}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from conveyor.private_dir import make_private_dir, touch_private_file
+
 
 @contextlib.contextmanager
 def sqlite_migration_lock(url: str) -> Iterator[None]:
@@ -27,7 +29,8 @@ def sqlite_migration_lock(url: str) -> Iterator[None]:
         return
     lock_path = Path(database).with_name(Path(database).name + ".migrate-lock")
     try:
-        lock_path.parent.mkdir(parents=True, exist_ok=True)  # a first start's data dir
+        make_private_dir(lock_path.parent)  # a first start's data dir
+        touch_private_file(lock_path)
         lock = open(lock_path, "a")  # noqa: SIM115 (closed below, after the yield)
     except OSError:
         # A folder that cannot be made or written: opening the database says so in its
