@@ -28,6 +28,7 @@ from api.harmony_parser import BODY_ENDS
 from api.logprobs import chat_logprobs
 from api.mistral_tool_parser import mistral_call_id, with_mistral_ids
 from api.prompt_logprobs import prompt_logprobs_answer
+from api.prompt_truncation import tokens_to_keep, truncated_text_ids
 from api.reasoning_parser import (
     HARMONY,
     OTHER_TAGS,
@@ -282,6 +283,9 @@ async def chat_prompt(
         body, prompt_ids = await catalog.in_thread(
             fit_context, tokenizer, body, max_model_len - (requested or 1)
         )
+    elif body.truncate_prompt_tokens is not None:
+        keep = tokens_to_keep(body.truncate_prompt_tokens, max_model_len)
+        prompt_ids = await catalog.in_thread(_truncated_chat, tokenizer, body, keep)
     else:
         prompt_ids = await catalog.in_thread(render_chat, tokenizer, body)
     return body, prompt_ids, max_model_len
@@ -290,6 +294,15 @@ async def chat_prompt(
 def render_chat(tokenizer: Tokenizer, body: ChatCompletionRequest) -> list[int]:
     """Chat template -> token ids; a template or message problem is the client's 400."""
     return tokenizer.encode(_chat_text(tokenizer, body), add_special_tokens=body.add_special_tokens)
+
+
+def _truncated_chat(
+    tokenizer: Tokenizer, body: ChatCompletionRequest, keep: int | None
+) -> list[int]:
+    """The rendered conversation's last `keep` tokens (the tokenizer's own specials kept,
+    as vLLM's left-side truncation keeps them)."""
+    text = _chat_text(tokenizer, body)
+    return truncated_text_ids(tokenizer, text, body.add_special_tokens, keep)
 
 
 def generation_prompt(tokenizer: Tokenizer, body: ChatCompletionRequest) -> str | None:

@@ -27,6 +27,7 @@ from api.deps import (
 from api.errors import ApiError
 from api.logprobs import CompletionLogprobBuilder
 from api.prompt_logprobs import prompt_logprobs_answer
+from api.prompt_truncation import tokens_to_keep, truncated_text_ids
 from api.reply_router import ReplyReader, ReplyRouter, Restart
 from api.request_record import RequestRecord
 from api.request_submitter import (
@@ -169,8 +170,9 @@ async def prepare_completion(
         to_serve=to_serve,
     )
     tokenizer = model_tokenizer.tokenizer
-    prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body)
     max_model_len = live.max_model_len or model_tokenizer.max_model_len
+    keep = tokens_to_keep(body.truncate_prompt_tokens, max_model_len)
+    prompts = await catalog.in_thread(_tokenize, tokenizer, raw_prompts, body, keep)
 
     # max_tokens 0 with echo scores the prompt: generate one token and discard it.
     scoring = body.max_tokens == 0
@@ -203,19 +205,29 @@ def _engine_prompt_logprobs(body: CompletionRequest, vocab_size: int) -> int | N
 
 
 def _tokenize(
-    tokenizer: Tokenizer, raw_prompts: Sequence[str | list[int]], body: CompletionRequest
+    tokenizer: Tokenizer,
+    raw_prompts: Sequence[str | list[int]],
+    body: CompletionRequest,
+    keep: int | None,
 ) -> list[_Prompt]:
+    """Each prompt's ids, cut to its last `keep` (`truncate_prompt_tokens`); an echo
+    repeats what the model read, so a cut prompt echoes its kept tokens' text."""
     prompts = []
     for raw in raw_prompts:
         if isinstance(raw, str):
-            ids = tokenizer.encode(raw, add_special_tokens=body.add_special_tokens)
+            ids = truncated_text_ids(tokenizer, raw, body.add_special_tokens, keep)
             if not ids:  # "" without a BOS: refused here, before a stream opens with a 200
                 raise ApiError(400, "prompt must contain at least one token", param="prompt")
-            prompts.append(_Prompt(ids, raw))
+            cut = keep is not None and len(ids) < len(
+                tokenizer.encode(raw, add_special_tokens=body.add_special_tokens)
+            )
+            text = tokenizer.decode(ids, skip_special_tokens=False) if cut and body.echo else raw
+            prompts.append(_Prompt(ids, text))
         else:
             check_prompt_ids(raw, tokenizer.vocab_size)
-            text = tokenizer.decode(raw, skip_special_tokens=False) if body.echo else ""
-            prompts.append(_Prompt(list(raw), text))
+            ids = list(raw) if keep is None else list(raw)[-keep:]
+            text = tokenizer.decode(ids, skip_special_tokens=False) if body.echo else ""
+            prompts.append(_Prompt(ids, text))
     return prompts
 
 

@@ -34,11 +34,10 @@ from api.embedding_jobs import (
     EmbeddingModel,
     embed,
     embedding_model,
-    tokens_to_keep,
-    truncated_text_ids,
     vector,
 )
 from api.errors import ApiError
+from api.prompt_truncation import tokens_to_keep, truncated_text_ids
 from api.reply_router import ReplyRouter
 from api.request_record import RequestRecord
 from api.request_submitter import RequestSubmitter

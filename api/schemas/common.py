@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from api.errors import ApiError, not_supported
+from api.prompt_truncation import check_truncate_prompt_tokens
 from api.request_id_header import USABLE_ID_PATTERN
 from api.schemas.null_means_default import NullMeansDefault
 from api.schemas.structured_output import StructuredOutputFields
@@ -120,6 +121,9 @@ class SamplingRequest(StructuredOutputFields):
     # the n hypotheses is a choice, all sent when the search ends.
     use_beam_search: bool = False
     length_penalty: float = 1.0
+    # vLLM's: keep only the prompt's last k tokens (-1: the model's length), cut after
+    # the chat template is applied (api/prompt_truncation.py).
+    truncate_prompt_tokens: int | None = None
     # refused vLLM extras (see _REFUSED_EXTRAS)
     logits_processors: Any = None
 
@@ -128,6 +132,7 @@ class SamplingRequest(StructuredOutputFields):
         for name, what in _REFUSED_EXTRAS.items():
             if getattr(self, name) not in (None, False, [], {}, ""):
                 raise not_supported(name, what)
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.stream_options is not None and not self.stream:
             raise ApiError(
                 400, "stream_options is only allowed when stream is true", param="stream_options"

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.errors import ApiError
+from api.prompt_truncation import check_truncate_prompt_tokens
 from api.schemas.chat import ChatMessage
 from api.schemas.null_means_default import NullMeansDefault
 
@@ -52,16 +53,7 @@ class EmbeddingRequest(NullMeansDefault):
             )
         if self.dimensions is not None and self.dimensions < 1:
             raise ApiError(400, "dimensions must be at least 1", param="dimensions")
-        if self.truncate_prompt_tokens is not None and self.truncate_prompt_tokens < -1:
-            raise ApiError(
-                400,
-                "truncate_prompt_tokens must be -1 (the model's maximum) or at least 1",
-                param="truncate_prompt_tokens",
-            )
-        if self.truncate_prompt_tokens == 0:
-            raise ApiError(
-                400, "truncate_prompt_tokens must be at least 1", param="truncate_prompt_tokens"
-            )
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.embed_dtype not in (None, "float32"):
             raise ApiError(
                 400,

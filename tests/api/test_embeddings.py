@@ -15,8 +15,8 @@ import httpx
 import openai
 import pytest
 
-from api.embedding_jobs import truncated_text_ids
 from api.errors import ApiError
+from api.prompt_truncation import truncated_text_ids
 
 from .conftest import MAX_MODEL_LEN, MODEL, Stack, worker_on
 from .fakes import FakeWorker, fake_embedding_values, wait_for
