@@ -991,6 +991,15 @@ class LLMEngine:
             self.scheduler.add(child)
         request.unforked = []
 
+    @staticmethod
+    def _stop_token_text(seq: Sequence, token: int) -> str:
+        """The text of the EOS or stop token that ends `seq`: none, unless the request
+        asked for its stop in the output (vLLM decodes the token then, a special one
+        as `skip_special_tokens` says)."""
+        if not seq.params.include_stop_str_in_output:
+            return ""
+        return seq.detokenizer.add([token], check_stop=False).text_delta
+
     def _append_token(
         self, seq: Sequence, token: int, logprobs: TokenLogprobs | None
     ) -> CompletionOutput:
@@ -1003,12 +1012,14 @@ class LLMEngine:
         grammar_end = _advance_grammar(seq, token) if seq.grammar is not None else None
         if past_min and not params.ignore_eos and token in self.eos_token_ids:
             finish = "stop"
+            text = self._stop_token_text(seq, token)
         elif seq.grammar is not None and token in self.eos_token_ids:
             # The constraint offered EOS only because it is complete: end here, whatever
             # min_tokens or ignore_eos say, and keep EOS's text out of the output.
             finish = "stop"
         elif past_min and token in params.stop_token_ids:
             finish, stop_reason = "stop", token
+            text = self._stop_token_text(seq, token)
         else:
             step = seq.detokenizer.add([token], check_stop=past_min)
             text = step.text_delta

@@ -260,6 +260,23 @@ def test_stop_conditions(bundled_llm: LLM) -> None:
     by_token = bundled_llm.generate([prompt], greedy(20, stop_token_ids=(seven,)))[0]
     assert by_token.choices[0].stop_reason == seven
     assert by_token.token_ids[-1] == seven
+    # vLLM decodes the stopping token too when the stop is asked for in the output.
+    token_kept = greedy(20, stop_token_ids=(seven,), include_stop_str_in_output=True)
+    seven_text = bundled_llm.tokenizer.decode([seven])
+    assert bundled_llm.generate([prompt], token_kept)[0].text == by_token.text + seven_text
+    assert by_token.text + seven_text == " 5, 6, 7"
+    # EOS as well: a special token, so as skip_special_tokens says.
+    question = bundled_llm.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Say hi"}], add_generation_prompt=True
+    )
+    ended = bundled_llm.generate([question], greedy(60))[0]
+    assert ended.choices[0].finish_reason == "stop" and ended.choices[0].stop_reason is None
+    eos_text = bundled_llm.tokenizer.decode([ended.token_ids[-1]], skip_special_tokens=False)
+    assert eos_text == "<|im_end|>"
+    shown = greedy(60, include_stop_str_in_output=True, skip_special_tokens=False)
+    assert bundled_llm.generate([question], shown)[0].text == ended.text + eos_text
+    skipped = greedy(60, include_stop_str_in_output=True)
+    assert bundled_llm.generate([question], skipped)[0].text == ended.text
     # Before min_tokens, stop strings do not end generation (vLLM's semantics).
     late = bundled_llm.generate([prompt], greedy(20, stop=(" 7",), min_tokens=10))[0]
     assert late.text.startswith(" 5, 6, 7,") and len(late.token_ids) >= 10
