@@ -641,25 +641,34 @@ class ChatGeneration:
         thinking: dict[int, ThinkStream | HarmonyThinkStream] = {}
 
         token_ids: dict[int, list[int]] = {}  # each choice's, for the reasoning count
+        choice_tokens: dict[int, int] = {}  # each choice's so far, for continuous usage
 
         def usage(completion: int) -> UsageInfo:
             reasoning_tokens = self._reasoning_tokens(token_ids.values())
             return UsageInfo.of(self.prompt_tokens, completion, cached_tokens, reasoning_tokens)
 
-        def running_usage() -> UsageInfo | None:
-            return usage(completion_tokens) if body.continuous_usage else None
+        def running_usage(index: int) -> UsageInfo | None:
+            """vLLM's continuous usage: a chunk counts its own choice's tokens so far."""
+            if not body.continuous_usage:
+                return None
+            reasoning_tokens = self._reasoning_tokens([token_ids.get(index, [])])
+            return UsageInfo.of(
+                self.prompt_tokens, choice_tokens.get(index, 0), cached_tokens, reasoning_tokens
+            )
 
         try:
             for index in range(body.n):
                 yield self._chunk(
                     [ChatChunkChoice(index=index, delta=DeltaMessage(role=self.role, content=""))],
-                    running_usage(),
+                    running_usage(index),
                     # vLLM's return_token_ids: the prompt's ids lead the stream, once.
                     self.prompt_token_ids if body.return_token_ids and index == 0 else None,
                 )
                 if self.echoed:
                     echo = DeltaMessage(content=self.echoed)
-                    yield self._chunk([ChatChunkChoice(index=index, delta=echo)], running_usage())
+                    yield self._chunk(
+                        [ChatChunkChoice(index=index, delta=echo)], running_usage(index)
+                    )
             async for item in items:
                 if isinstance(item, Restart):
                     completion_tokens = 0  # nothing but role chunks went out
@@ -668,6 +677,7 @@ class ChatGeneration:
                     parsers.clear()
                     thinking.clear()
                     token_ids.clear()
+                    choice_tokens.clear()
                     continue
                 if item.cached_tokens is not None:
                     cached_tokens = item.cached_tokens
@@ -677,6 +687,9 @@ class ChatGeneration:
                         final_completion_tokens = item.usage.completion_tokens
                 for delta in item.choices:
                     completion_tokens += len(delta.token_ids)
+                    choice_tokens[delta.index] = choice_tokens.get(delta.index, 0) + len(
+                        delta.token_ids
+                    )
                     # Logged as forwarded, so an aborted stream bills what it received.
                     self.record.completion_tokens = completion_tokens
                     self.record.cached_tokens = cached_tokens
@@ -733,7 +746,7 @@ class ChatGeneration:
                             # Text the model wrote after them follows them, in its order.
                             yield self._chunk(
                                 [ChatChunkChoice(index=delta.index, delta=message)],
-                                running_usage(),
+                                running_usage(delta.index),
                             )
                             message = DeltaMessage(content=after_calls)
                     else:
@@ -768,7 +781,7 @@ class ChatGeneration:
                                 token_ids=list(delta.token_ids) if body.return_token_ids else None,
                             )
                         ],
-                        running_usage(),
+                        running_usage(delta.index),
                     )
             total = (
                 final_completion_tokens

@@ -360,10 +360,16 @@ class _CompletionView:
         final_tokens: list[int | None] = [None] * len(self.prompts)
         cached_tokens = [0] * len(self.prompts)
 
-        def usage_now() -> UsageInfo | None:
+        choice_tokens = [0] * (len(self.prompts) * n)  # each choice's so far
+
+        def usage_now(index: int) -> UsageInfo | None:
+            """vLLM's continuous usage: a chunk counts its own prompt's tokens and its own
+            choice's so far."""
             if not body.continuous_usage:
                 return None
-            return UsageInfo.of(self.prompt_tokens, sum(completion_tokens), sum(cached_tokens))
+            p = index // n
+            prompt_tokens = len(self.prompts[p].token_ids)
+            return UsageInfo.of(prompt_tokens, choice_tokens[index], cached_tokens[p])
 
         def builder(index: int) -> CompletionLogprobBuilder | None:
             if index not in builders:
@@ -384,6 +390,7 @@ class _CompletionView:
                 state = states[p]
                 if isinstance(item, Restart):
                     completion_tokens[p] = 0
+                    choice_tokens[p * n : (p + 1) * n] = [0] * n
                     self.record.completion_tokens = sum(completion_tokens)
                     state.held.clear()
                     continue
@@ -419,7 +426,7 @@ class _CompletionView:
                                     token_ids=[] if body.return_token_ids else None,
                                 )
                             ],
-                            usage_now(),
+                            usage_now(index),
                         )
                     messages = [*state.held, item]
                     state.held.clear()
@@ -432,6 +439,7 @@ class _CompletionView:
                             choice = CompletionChoice(index=index, text="", finish_reason="length")
                         else:
                             completion_tokens[p] += len(delta.token_ids)
+                            choice_tokens[index] += len(delta.token_ids)
                             # Logged as forwarded, so an aborted stream bills what it received.
                             self.record.completion_tokens = sum(completion_tokens)
                             if delta.finish_reason is not None and index == 0:
@@ -456,7 +464,7 @@ class _CompletionView:
                                 prompt_token_ids=prompt_ids(index),
                                 token_ids=list(delta.token_ids) if body.return_token_ids else None,
                             )
-                        yield self._chunk([choice], usage_now())
+                        yield self._chunk([choice], usage_now(index))
             total = 0
             if not self.scoring:
                 total = sum(

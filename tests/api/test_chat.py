@@ -187,12 +187,16 @@ def test_stream_continuous_usage_and_logprobs(client: httpx.Client, worker: Fake
     assert sorted(c["choices"][0]["index"] for c in role_chunks) == [0, 1]
     token_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
     assert all(len(c["choices"][0]["logprobs"]["content"]) == 1 for c in token_chunks)
-    assert [c["usage"]["completion_tokens"] for c in token_chunks] == [1, 2, 3, 4]
     by_index: dict[int, str] = {}
+    counts: dict[int, list[int]] = {}
     for c in token_chunks:
         choice = c["choices"][0]
         by_index[choice["index"]] = by_index.get(choice["index"], "") + choice["delta"]["content"]
+        counts.setdefault(choice["index"], []).append(c["usage"]["completion_tokens"])
     assert by_index == {0: " one two", 1: " two three"}
+    # vLLM's: each chunk counts its own choice's tokens so far; the last chunk, all of them.
+    assert counts == {0: [1, 2], 1: [1, 2]}
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 4
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])

@@ -167,3 +167,34 @@ def test_an_empty_text_prompt_is_a_400_before_any_stream_opens(
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "prompt"
     assert worker.received == []
+
+
+def test_continuous_usage_counts_each_chunks_own_prompt_and_choice(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    """vLLM's: a chunk's usage is its prompt's tokens and its choice's so far; the final
+    usage chunk sums them all."""
+    prompts = ["Count:", "Count to ten slowly:"]
+    chunks, _ = stream_chunks(
+        client,
+        "/v1/completions",
+        {
+            "model": MODEL,
+            "prompt": prompts,
+            "max_tokens": 3,
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+        },
+    )
+    lengths = [len(worker.tokenizer.encode(p)) for p in prompts]
+    assert lengths[0] != lengths[1]
+    seen: dict[int, list[tuple[int, int]]] = {}
+    for c in chunks[:-1]:
+        (choice,) = c["choices"]
+        usage = c["usage"]
+        seen.setdefault(choice["index"], []).append(
+            (usage["prompt_tokens"], usage["completion_tokens"])
+        )
+    assert seen == {i: [(lengths[i], k) for k in (1, 2, 3)] for i in (0, 1)}
+    assert chunks[-1]["usage"]["prompt_tokens"] == sum(lengths)
+    assert chunks[-1]["usage"]["completion_tokens"] == 6
