@@ -4,6 +4,7 @@ where the SDK cannot misbehave): uploads, listing, content, deletion, limits, te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from collections.abc import Callable, Iterator
@@ -345,28 +346,29 @@ def test_files_belong_to_their_project(tenancy: Stack) -> None:
         error_of(admin.get("/v1/files"), 401)
 
 
-def key_of(stack: Stack, file_id: str) -> str:
-    """The name a file's bytes are stored under (made before its id: see file_store)."""
+@contextlib.contextmanager
+def file_row(stack: Stack, file_id: str) -> Iterator[StoredFile]:
+    """A file's row in the server's database, changes to it committed on the way out."""
     database = Database(stack.server.settings.resolved_database_url)
     try:
         with database.session() as session:
             row = session.get(StoredFile, file_id)
             assert row is not None
-            return row.storage_key
+            yield row
     finally:
         database.close()
+
+
+def key_of(stack: Stack, file_id: str) -> str:
+    """The name a file's bytes are stored under (made before its id: see file_store)."""
+    with file_row(stack, file_id) as row:
+        return row.storage_key
 
 
 def expire_now(stack: Stack, file_id: str) -> None:
     """Move a file's expiry into the past (the shortest real lifetime is an hour)."""
-    database = Database(stack.server.settings.resolved_database_url)
-    try:
-        with database.session() as session:
-            row = session.get(StoredFile, file_id)
-            assert row is not None
-            row.expires_at = int(time.time()) - 1
-    finally:
-        database.close()
+    with file_row(stack, file_id) as row:
+        row.expires_at = int(time.time()) - 1
 
 
 def test_expires_after_gives_a_file_a_lifetime(
