@@ -218,10 +218,11 @@ def _tokenize(
             ids = truncated_text_ids(tokenizer, raw, body.add_special_tokens, keep)
             if not ids:  # "" without a BOS: refused here, before a stream opens with a 200
                 raise ApiError(400, "prompt must contain at least one token", param="prompt")
-            cut = keep is not None and len(ids) < len(
-                tokenizer.encode(raw, add_special_tokens=body.add_special_tokens)
-            )
-            text = tokenizer.decode(ids, skip_special_tokens=False) if cut and body.echo else raw
+            text = raw
+            if body.echo and keep is not None:
+                whole = tokenizer.encode(raw, add_special_tokens=body.add_special_tokens)
+                if len(ids) < len(whole):
+                    text = tokenizer.decode(ids, skip_special_tokens=False)
             prompts.append(_Prompt(ids, text))
         else:
             check_prompt_ids(raw, tokenizer.vocab_size)
