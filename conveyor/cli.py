@@ -613,8 +613,8 @@ def _report_bad_settings(exc: ValidationError, args: argparse.Namespace) -> int:
 
 
 def role_settings(args: argparse.Namespace) -> Settings:
-    """Settings of a command that keeps data, whose data dir exists (owner-only when this
-    creates it) before any part of it writes there."""
+    """Settings of a command that keeps data, whose data dir exists (closed to other
+    users when this creates it) before any part of it writes there."""
     settings = settings_from_args(args)
     try:
         make_private_dir(settings.data_dir)
