@@ -631,7 +631,6 @@ class ChatGeneration:
         self, items: AsyncIterable[ReplyMessage | Restart], final_usage: bool
     ) -> AsyncIterator[ChatCompletionChunk]:
         body = self.body
-        completion_tokens = 0
         cached_tokens = 0
         final_completion_tokens: int | None = None
 
@@ -643,18 +642,15 @@ class ChatGeneration:
         token_ids: dict[int, list[int]] = {}  # each choice's, for the reasoning count
         choice_tokens: dict[int, int] = {}  # each choice's so far, for continuous usage
 
-        def usage(completion: int) -> UsageInfo:
-            reasoning_tokens = self._reasoning_tokens(token_ids.values())
+        def usage(completion: int, choices: Iterable[list[int]]) -> UsageInfo:
+            reasoning_tokens = self._reasoning_tokens(choices)
             return UsageInfo.of(self.prompt_tokens, completion, cached_tokens, reasoning_tokens)
 
         def running_usage(index: int) -> UsageInfo | None:
             """vLLM's continuous usage: a chunk counts its own choice's tokens so far."""
             if not body.continuous_usage:
                 return None
-            reasoning_tokens = self._reasoning_tokens([token_ids.get(index, [])])
-            return UsageInfo.of(
-                self.prompt_tokens, choice_tokens.get(index, 0), cached_tokens, reasoning_tokens
-            )
+            return usage(choice_tokens.get(index, 0), [token_ids.get(index, [])])
 
         try:
             for index in range(body.n):
@@ -671,8 +667,7 @@ class ChatGeneration:
                     )
             async for item in items:
                 if isinstance(item, Restart):
-                    completion_tokens = 0  # nothing but role chunks went out
-                    self.record.completion_tokens = 0
+                    self.record.completion_tokens = 0  # nothing but role chunks went out
                     tool_streams.clear()
                     parsers.clear()
                     thinking.clear()
@@ -686,12 +681,11 @@ class ChatGeneration:
                     if item.finished:
                         final_completion_tokens = item.usage.completion_tokens
                 for delta in item.choices:
-                    completion_tokens += len(delta.token_ids)
                     choice_tokens[delta.index] = choice_tokens.get(delta.index, 0) + len(
                         delta.token_ids
                     )
                     # Logged as forwarded, so an aborted stream bills what it received.
-                    self.record.completion_tokens = completion_tokens
+                    self.record.completion_tokens = sum(choice_tokens.values())
                     self.record.cached_tokens = cached_tokens
                     if delta.finish_reason is not None and delta.index == 0:
                         self.record.finish_reason = delta.finish_reason
@@ -786,11 +780,11 @@ class ChatGeneration:
             total = (
                 final_completion_tokens
                 if final_completion_tokens is not None
-                else completion_tokens
+                else sum(choice_tokens.values())
             )
             self.record.completion_tokens = total
             if body.include_usage or final_usage:
-                yield self._chunk([], usage(total))
+                yield self._chunk([], usage(total, token_ids.values()))
         finally:
             self.close()
 

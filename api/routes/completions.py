@@ -357,11 +357,14 @@ class _CompletionView:
         wants_prompt_logprobs = body.echo and body.logprobs is not None
         states = [_StreamState(echo_pending=body.echo) for _ in self.prompts]
         builders: dict[int, CompletionLogprobBuilder | None] = {}
-        completion_tokens = [0] * len(self.prompts)
         final_tokens: list[int | None] = [None] * len(self.prompts)
         cached_tokens = [0] * len(self.prompts)
 
         choice_tokens = [0] * (len(self.prompts) * n)  # each choice's so far
+
+        def completion_tokens(p: int) -> int:
+            """Prompt `p`'s choices' tokens so far."""
+            return sum(choice_tokens[p * n : (p + 1) * n])
 
         def usage_now(index: int) -> UsageInfo | None:
             """vLLM's continuous usage: a chunk counts its own prompt's tokens and its own
@@ -390,9 +393,8 @@ class _CompletionView:
             async for p, item in merge([r.__aiter__() for r in readers]):
                 state = states[p]
                 if isinstance(item, Restart):
-                    completion_tokens[p] = 0
                     choice_tokens[p * n : (p + 1) * n] = [0] * n
-                    self.record.completion_tokens = sum(completion_tokens)
+                    self.record.completion_tokens = sum(choice_tokens)
                     state.held.clear()
                     continue
                 if item.prompt_logprobs is not None:
@@ -439,10 +441,9 @@ class _CompletionView:
                                 continue
                             choice = CompletionChoice(index=index, text="", finish_reason="length")
                         else:
-                            completion_tokens[p] += len(delta.token_ids)
                             choice_tokens[index] += len(delta.token_ids)
                             # Logged as forwarded, so an aborted stream bills what it received.
-                            self.record.completion_tokens = sum(completion_tokens)
+                            self.record.completion_tokens = sum(choice_tokens)
                             if delta.finish_reason is not None and index == 0:
                                 self.record.finish_reason = delta.finish_reason
                             b = builder(index)
@@ -469,8 +470,7 @@ class _CompletionView:
             total = 0
             if not self.scoring:
                 total = sum(
-                    f if f is not None else counted
-                    for f, counted in zip(final_tokens, completion_tokens, strict=True)
+                    f if f is not None else completion_tokens(p) for p, f in enumerate(final_tokens)
                 )
             self.record.completion_tokens = total
             self.record.cached_tokens = sum(cached_tokens)
