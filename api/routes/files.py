@@ -50,6 +50,7 @@ from conveyor.db.file_store import (
     stored_bytes,
 )
 from conveyor.db.pagination import UnknownCursor
+from conveyor.db.project_lock import lock_project_files
 from conveyor.db.stored_file import StoredFile
 from conveyor.file_storage import (
     FileTooLarge,
@@ -254,7 +255,8 @@ async def upload(
     assert filename is not None  # file_chunks() ends only after a complete file part
 
     def record(session: Session) -> dict[str, Any]:
-        if limit:  # again with its size: uploads that ran side by side are counted
+        if limit:  # again with its size, under the lock: concurrent uploads count each other
+            lock_project_files(session, project_id)
             _check_storage(stored_bytes(session, project_id), size, limit)
         stored = create_file(
             session,
