@@ -189,7 +189,7 @@ class ResponseEventStream:
         item = message_item()
         self._add(item)
         self.text = [self.pending_text] if self.pending_text else []
-        self.logprobs = self.pending_logprobs
+        self.logprobs = list(self.pending_logprobs)  # a copy: `_text` adds to it
         self.pending_text, self.pending_logprobs = "", []
         return [
             self._event(

@@ -329,6 +329,11 @@ def test_logprobs_are_included_when_asked(sdk: openai.OpenAI) -> None:
         sdk, input="Hi", include=["message.output_text.logprobs"], top_logprobs=2
     )
     assert streamed[-1].response.output[0].content[0].logprobs == part_logprobs(response)
+    # Each token's logprob comes in one delta, the first's too (with the message it opens).
+    deltas = [e for e in streamed if e.type == "response.output_text.delta"]
+    assert [lp.model_dump() for e in deltas for lp in e.logprobs] == [
+        lp.model_dump() for lp in part_logprobs(response)
+    ]
     part = response.output[0].content[0]
     assert part.logprobs is not None and len(part.logprobs) == len(SCRIPT_TEXT.split())
     assert all(len(lp.top_logprobs) == 2 for lp in part.logprobs)
