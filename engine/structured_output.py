@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args
 from llguidance import LLMatcher, LLTokenizer, regex_to_lark
 from llguidance.gbnf_to_lark import any_to_lark
 
+from engine.closed_json_objects import close_objects
+
 StructuredOutputKind = Literal["json", "regex", "choice", "grammar"]
 KINDS: tuple[str, ...] = get_args(StructuredOutputKind)
 # Where a reasoning model's output starts (api/reasoning_parser.py's ThinkStart):
@@ -107,7 +109,8 @@ class StructuredOutput:
 
     @classmethod
     def json_schema(cls, schema: Any, **options: Any) -> StructuredOutput:
-        """From a schema given as an object or as JSON text."""
+        """From a schema given as an object or as JSON text; objects that list their
+        properties allow no others unless they say so (engine/closed_json_objects.py)."""
         if isinstance(schema, str):
             try:
                 schema = json.loads(schema)
@@ -120,7 +123,7 @@ class StructuredOutput:
         if not isinstance(schema, dict):
             raise StructuredOutputError("a JSON schema must be an object")
         # Key order kept: properties are generated in the order the schema lists them.
-        return cls("json", json.dumps(schema), **options)
+        return cls("json", json.dumps(close_objects(schema)), **options)
 
     @classmethod
     def choice(cls, options: Any) -> StructuredOutput:

@@ -20,6 +20,8 @@ from .test_errors import error_of
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SCHEMA = {"type": "object", "properties": {"b": {"type": "string"}, "a": {"type": "integer"}}}
+# What the engine is sent: an object that lists its properties allows no others.
+CLOSED_SCHEMA = {**SCHEMA, "additionalProperties": False}
 WEATHER = {
     "type": "function",
     "function": {
@@ -55,18 +57,18 @@ def sent(client: httpx.Client, worker: FakeWorker, path: str, patch: dict[str, A
                     "json_schema": {"name": "x", "schema": SCHEMA},
                 }
             },
-            ("json", SCHEMA),
+            ("json", CLOSED_SCHEMA),
         ),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
             ("json", json.loads(ANY_JSON_OBJECT)),
         ),
-        ({"guided_json": SCHEMA}, ("json", SCHEMA)),
-        ({"guided_json": json.dumps(SCHEMA)}, ("json", SCHEMA)),
+        ({"guided_json": SCHEMA}, ("json", CLOSED_SCHEMA)),
+        ({"guided_json": json.dumps(SCHEMA)}, ("json", CLOSED_SCHEMA)),
         ({"guided_regex": "[a-z]+"}, ("regex", "[a-z]+")),
         ({"guided_choice": ["x", "y"]}, ("choice", ["x", "y"])),
         ({"guided_grammar": 'root ::= "a"'}, ("grammar", 'root ::= "a"')),
-        ({"structured_outputs": {"json": SCHEMA}}, ("json", SCHEMA)),
+        ({"structured_outputs": {"json": SCHEMA}}, ("json", CLOSED_SCHEMA)),
         ({"structured_outputs": {"json_object": True}}, ("json", json.loads(ANY_JSON_OBJECT))),
         ({"structured_outputs": {"regex": "[0-9]+"}}, ("regex", "[0-9]+")),
         ({"structured_outputs": {"choice": ["a", "b"]}}, ("choice", ["a", "b"])),
@@ -219,7 +221,8 @@ def test_a_named_tool_choice_generates_that_functions_arguments(
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
         },
     )
-    assert json.loads(constraint["spec"]) == WEATHER["function"]["parameters"]
+    parameters = WEATHER["function"]["parameters"]
+    assert json.loads(constraint["spec"]) == {**parameters, "additionalProperties": False}
 
 
 def test_required_tool_choice_generates_an_array_of_calls(
@@ -238,6 +241,7 @@ def test_required_tool_choice_generates_an_array_of_calls(
     assert schema["items"]["anyOf"][1]["properties"]["parameters"] == {
         "type": "object",
         "properties": {},
+        "additionalProperties": False,  # a function without parameters takes {}
     }
 
 

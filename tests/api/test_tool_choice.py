@@ -17,12 +17,18 @@ def _tools(parameters: object) -> list[dict]:
 NAMED = {"type": "function", "function": {"name": "now"}}
 
 
-@pytest.mark.parametrize("parameters", [{}, {"properties": {"tz": {"type": "string"}}}])
-def test_a_schema_without_a_type_still_makes_the_arguments_an_object(parameters: dict) -> None:
-    """QA: `parameters: {}` let a named call's arguments be the string '"Hangover"'."""
+@pytest.mark.parametrize(
+    ("parameters", "closed"),
+    [({}, {}), ({"properties": {"tz": {"type": "string"}}}, {"additionalProperties": False})],
+)
+def test_a_schema_without_a_type_still_makes_the_arguments_an_object(
+    parameters: dict, closed: dict
+) -> None:
+    """QA: `parameters: {}` let a named call's arguments be the string '"Hangover"'.
+    (Listed properties are the only ones allowed: engine/closed_json_objects.py.)"""
     named = forced_tool_call(_tools(parameters), NAMED, None)
     assert named is not None
-    assert json.loads(named.constraint.spec) == {"type": "object", **parameters}
+    assert json.loads(named.constraint.spec) == {"type": "object", **parameters, **closed}
     required = forced_tool_call(_tools(parameters), "required", None)
     assert required is not None
     variant = json.loads(required.constraint.spec)["items"]["anyOf"][0]

@@ -252,3 +252,15 @@ def test_json_whitespace_is_bounded_unless_asked_otherwise(compiler: GrammarComp
     custom = StructuredOutput("json", '{"type": "object"}', whitespace_pattern=" ?")
     assert accepts(compiler, custom, '{"a": 1}')
     assert not accepts(compiler, custom, '{"a":  1}')
+
+
+def test_an_object_allows_only_the_properties_it_lists_unless_it_says_otherwise(
+    compiler: GrammarCompiler,
+) -> None:
+    """As `vllm serve` generates (and OpenAI's strict mode requires): no unlisted keys."""
+    listed = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    constraint = StructuredOutput.json_schema(listed)
+    assert accepts(compiler, constraint, '{"a": "x"}')
+    assert not accepts(compiler, constraint, '{"a": "x", "b": 1}')
+    open_ = StructuredOutput.json_schema({**listed, "additionalProperties": True})
+    assert accepts(compiler, open_, '{"a": "x", "b": 1}')
