@@ -134,13 +134,14 @@ class ChatCompletionRequest(SamplingRequest):
         return forced_tool_call(self.tools, self.tool_choice, self.parallel_tool_calls)
 
     def structured_output(self) -> tuple[StructuredOutput | None, str]:
-        """A forced tool call is generated under its arguments' schema; it cannot also
-        follow a response_format or guided constraint."""
+        """A forced tool call is generated under its arguments' schema. response_format
+        shapes a message's text, which a forced call has none of: it yields, as on OpenAI
+        (agent frameworks send both); a vLLM guided constraint besides it is a 400."""
         constraint, param = super().structured_output()
         forced = self.forced_tool_call
         if forced is None:
             return constraint, param
-        if constraint is not None:
+        if constraint is not None and param != "response_format":
             raise ApiError(
                 400,
                 f"{param} cannot be combined with a forced tool call (tool_choice)",

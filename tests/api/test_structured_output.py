@@ -30,6 +30,7 @@ WEATHER = {
     },
 }
 CLOCK = {"type": "function", "function": {"name": "get_time"}}
+FORMAT = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}
 
 
 def sent(client: httpx.Client, worker: FakeWorker, path: str, patch: dict[str, Any]) -> Any:
@@ -165,9 +166,9 @@ def test_whitespace_options_travel_with_the_json_constraint(
             {
                 "tools": [WEATHER],
                 "tool_choice": "required",
-                "response_format": {"type": "json_object"},
+                "guided_json": SCHEMA,
             },
-            "response_format",
+            "guided_json",
             "cannot be combined",
         ),
         (
@@ -219,6 +220,25 @@ def test_a_named_tool_choice_generates_that_functions_arguments(
         {
             "tools": [WEATHER, CLOCK],
             "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        },
+    )
+    parameters = WEATHER["function"]["parameters"]
+    assert json.loads(constraint["spec"]) == {**parameters, "additionalProperties": False}
+
+
+@pytest.mark.parametrize("response_format", [{"type": "json_object"}, FORMAT])
+def test_a_forced_call_takes_the_place_of_response_format(
+    client: httpx.Client, worker: FakeWorker, response_format: dict[str, Any]
+) -> None:
+    """As on OpenAI: response_format shapes text, which a forced call has none of."""
+    constraint = sent(
+        client,
+        worker,
+        "/v1/chat/completions",
+        {
+            "tools": [WEATHER],
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "response_format": response_format,
         },
     )
     parameters = WEATHER["function"]["parameters"]
