@@ -63,6 +63,7 @@ from conveyor.db.response_store import (
     end_running,
     finish_response,
     get_response,
+    input_history,
     save_response,
 )
 from conveyor.db.stored_response import StoredResponse
@@ -339,9 +340,12 @@ async def list_input_items(
     limit: Annotated[int, Query(ge=1, le=INPUT_ITEMS_LIMIT_MAX)] = INPUT_ITEMS_LIMIT_DEFAULT,
     order: Literal["asc", "desc"] = "desc",
 ) -> dict[str, Any]:
-    """The response's own input items (not its history), newest first by default."""
+    """The items the response was generated from, newest first by default: its own input
+    and, through `previous_response_id`, the earlier turns' input and output (OpenAI's
+    "items used to generate this response")."""
     items = await in_session(
-        database, lambda s: list(_stored_or_404(s, response_id, principal.project_id).input_items)
+        database,
+        lambda s: input_history(_stored_or_404(s, response_id, principal.project_id), s),
     )
     if order == "desc":
         items.reverse()

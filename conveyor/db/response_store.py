@@ -127,9 +127,28 @@ def conversation(
             raise MissingResponse(next_id)
         if stored.status in RUNNING:
             raise UnfinishedResponse(next_id)
-        turns.append(stored.input_items + list(stored.body.get("output") or []))
+        turns.append(_turn_items(stored))
         next_id = stored.previous_response_id
     return [item for turn in reversed(turns) for item in turn]
+
+
+def input_history(stored: StoredResponse, session: Session) -> list[dict[str, Any]]:
+    """The items `stored` was generated from, oldest first: each earlier turn's input and
+    output (through `previous_response_id`), then its own input. A turn deleted since
+    ends the history there (what it said is gone; the turns before it are not reached)."""
+    turns = [stored.input_items]
+    next_id = stored.previous_response_id
+    while next_id is not None:
+        earlier = get_response(session, next_id, stored.project_id)
+        if earlier is None or earlier.expires_at is not None:
+            break
+        turns.append(_turn_items(earlier))
+        next_id = earlier.previous_response_id
+    return [item for turn in reversed(turns) for item in turn]
+
+
+def _turn_items(stored: StoredResponse) -> list[dict[str, Any]]:
+    return stored.input_items + list(stored.body.get("output") or [])
 
 
 def purge_responses(

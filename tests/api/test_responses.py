@@ -163,8 +163,24 @@ def test_a_broken_chain_names_the_missing_turn_and_empty_input_adds_none(
     third = sdk.responses.create(model=MODEL, previous_response_id=second.id)  # no input
     messages = worker.tokenizer.decode(worker.received[-1].prompt_token_ids)
     assert messages.count("user") == 2  # First., Second.: no empty third user turn
-    assert list(sdk.responses.input_items.list(third.id)) == []
+    # Its input items are the turns it was generated from: each earlier input and output.
+    history = list(sdk.responses.input_items.list(third.id, order="asc"))
+    first_input, second_input = (
+        list(sdk.responses.input_items.list(r.id, order="asc"))[-1] for r in (first, second)
+    )
+    assert [i.id for i in history] == [
+        first_input.id,
+        first.output[0].id,
+        second_input.id,
+        second.output[0].id,
+    ]
+    assert [i.role for i in history] == ["user", "assistant", "user", "assistant"]
     sdk.responses.delete(first.id)
+    # A deleted turn ends the history there.
+    assert [i.id for i in sdk.responses.input_items.list(third.id, order="asc")] == [
+        second_input.id,
+        second.output[0].id,
+    ]
     with pytest.raises(openai.NotFoundError) as missing:
         sdk.responses.create(model=MODEL, input="Hi", previous_response_id=second.id)
     assert first.id in missing.value.message and second.id in missing.value.message
