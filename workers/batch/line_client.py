@@ -65,11 +65,16 @@ class LineContext:
         return headers
 
 
+def new_line_id() -> str:
+    """An output or error line's `id`: unique across batches, as OpenAI's are."""
+    return f"batch_req_{secrets.token_hex(12)}"
+
+
 async def run_line(client: httpx.AsyncClient, context: LineContext, line: BatchLine) -> LineResult:
     """The line's answer. Waiting for capacity (429/503) or for an API that is down is not an
     answer: those are retried until the runner stops (cancel, expiry, shutdown); a 504 (the
     line itself timed out) is retried `context.attempts` times, then recorded as failed."""
-    line_id = f"batch_req_{secrets.token_hex(12)}"
+    line_id = new_line_id()
     timeouts = 0
     waits = 0
     broken = 0
@@ -167,10 +172,11 @@ def _result(line: BatchLine, line_id: str, response: httpx.Response) -> LineResu
         body: Any = response.json()
     except ValueError:
         body = {"error": {"message": response.text[:1000], "code": None}}
-    request_id = body.get("id") if isinstance(body, dict) else None
     answer = {
         "status_code": response.status_code,
-        "request_id": request_id or response.headers.get("x-request-id") or line_id,
+        # The HTTP request's id (`req_...`), as OpenAI's lines carry, not the body's `id`:
+        # one kind of id on every line, the one `conveyor requests find` looks up.
+        "request_id": response.headers.get("x-request-id") or line_id,
         "body": body,
     }
     # An HTTP answer, success or not, is the line's `response`; `error` stays null, as in

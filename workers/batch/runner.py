@@ -41,7 +41,7 @@ from conveyor.file_storage import FileStorage
 from conveyor.settings import Settings
 from conveyor.task_cancel import cancel_and_wait
 from workers.batch.lease import BatchLease
-from workers.batch.line_client import LineContext, run_line
+from workers.batch.line_client import LineContext, new_line_id, run_line
 from workers.batch.validation import BatchLine, LineError, Validated, validate_lines
 
 logger = logging.getLogger(__name__)
@@ -168,11 +168,6 @@ class BatchRunner:
                 batch.project_id,
             )
             return
-        if batch.status == "validating" and _expired(batch):
-            await self._sql(
-                lambda s: batch_store.transition(s, batch_id, from_=("validating",), to="expired")
-            )
-            return
         if batch.status == "finalizing":  # every line was recorded; only the files are left
             await self._finalize(batch, "completed", [])
             return
@@ -182,6 +177,12 @@ class BatchRunner:
         validated = await asyncio.to_thread(self._validate, batch)
         if lost.is_set():
             logger.warning("batch %s: lease lost while validating", batch_id)
+            return
+        if batch.status == "validating" and _expired(batch):
+            # Its window passed in the queue: each of its lines is an expired request in the
+            # error file, as for a batch the window cut short (a file that does not
+            # validate has no lines to name).
+            await self._finalize(batch, "expired", [] if validated.errors else validated.lines)
             return
         if validated.errors:
             # Also when resuming: the input file was deleted (or replaced) since it was checked.
@@ -372,9 +373,11 @@ class BatchRunner:
             await self._record_expired(batch, lines)
         output_key, output_bytes, succeeded = await asyncio.to_thread(self._write_file, batch, True)
         error_key, error_bytes, failed = await asyncio.to_thread(self._write_file, batch, False)
-        origin = {"completed": ("finalizing",), "cancelled": ("cancelling",)}.get(
-            outcome, ("in_progress", "cancelling")
-        )
+        origin = {
+            "completed": ("finalizing",),
+            "cancelled": ("cancelling",),
+            "expired": ("validating", "in_progress", "cancelling"),
+        }[outcome]
 
         def finish(session: Session) -> bool:
             # The counts are the files' lines, so request_counts always match what was written.
@@ -383,6 +386,8 @@ class BatchRunner:
                 "completed": succeeded,
                 "failed": failed,
             }
+            if outcome == "expired":  # every line is in a file; no total yet if it was queued
+                values["total"] = succeeded + failed
             # Ids made now, as their rows are written: a file exists (and its expiry
             # counts) from here, not from when its bytes began.
             files = [
@@ -433,7 +438,7 @@ class BatchRunner:
                         custom_id=line.custom_id,
                         succeeded=False,
                         payload={
-                            "id": f"batch_req_expired_{line.line}",
+                            "id": new_line_id(),
                             "custom_id": line.custom_id,
                             "response": None,
                             "error": {"code": "batch_expired", "message": EXPIRED_MESSAGE},

@@ -284,7 +284,7 @@ def test_completed_batch_writes_every_line_once(env: Env) -> None:
         response = row["response"]
         body = response["body"]
         assert response["status_code"] == 200
-        assert response["request_id"] == body["id"]
+        assert response["request_id"].startswith("req_") and body["id"].startswith("chatcmpl-")
         assert body["object"] == "chat.completion" and body["model"] == MODEL
         assert body["usage"]["completion_tokens"] == 1 + i % 3
         assert body["choices"][0]["message"]["role"] == "assistant"
@@ -319,7 +319,7 @@ def test_lines_are_billed_to_the_batch_and_queued_in_the_batch_lane(env: Env) ->
     assert {(r.batch_id, r.project_id, r.api_key_id) for r in rows} == {(batch_id, PROJECT, KEY)}
     assert {(r.endpoint, r.status_code, r.model) for r in rows} == {(CHAT, 200, MODEL)}
     output = env.rows(env.get(batch_id).output_file_id)
-    assert {r.request_id for r in rows} == {r["response"]["request_id"] for r in output}
+    assert {r.http_request_id for r in rows} == {r["response"]["request_id"] for r in output}
 
 
 def test_completions_endpoint(env: Env) -> None:
@@ -555,8 +555,10 @@ def test_expiry_mid_run_fails_the_unfinished_lines(
     wait_for(lambda: in_flight <= set(env.worker.aborted))
 
 
-def test_a_batch_expired_before_it_started_runs_nothing(env: Env) -> None:
-    batch_id = env.batch([line(1)])
+def test_a_batch_expired_before_it_started_runs_nothing_and_names_its_lines(env: Env) -> None:
+    """Its window passed in the queue: no line runs, and each is in the error file as
+    batch_expired, as for a batch the window cut short."""
+    batch_id = env.batch([line(1), line(2)])
     with env.db.session() as session:
         batch = session.get(Batch, batch_id)
         assert batch is not None
@@ -564,6 +566,11 @@ def test_a_batch_expired_before_it_started_runs_nothing(env: Env) -> None:
     env.run(batch_id)
     batch = env.get(batch_id)
     assert batch.status == "expired" and batch.output_file_id is None
+    assert (batch.total, batch.completed, batch.failed) == (2, 0, 2)
+    errors = env.rows(batch.error_file_id)
+    assert [r["custom_id"] for r in errors] == ["req-1", "req-2"]
+    assert {r["error"]["code"] for r in errors} == {"batch_expired"}
+    assert len({r["id"] for r in errors}) == 2 and errors[0]["id"].startswith("batch_req_")
     assert env.worker.received == []
 
 
