@@ -272,19 +272,25 @@ class BatchRunner:
     async def _fail(self, batch: BatchSnapshot, errors: list[LineError]) -> None:
         data = {"object": "list", "data": [e.as_dict() for e in errors]}
 
-        def fail(session: Session) -> None:
+        def fail(session: Session) -> bool:
             if batch_store.transition(
                 session,
                 batch.id,
-                from_=("validating", "in_progress", "cancelling"),
+                from_=("validating", "in_progress"),
                 to="failed",
                 errors=data,
             ):
                 # A resumed batch may have recorded lines; a failed one writes no files.
                 batch_store.drop_results(session, batch.id)
+                return True
+            return False
 
-        await self._sql(fail)
-        logger.info("batch %s failed validation: %s", batch.id, errors[0].message)
+        if await self._sql(fail):
+            logger.info("batch %s failed validation: %s", batch.id, errors[0].message)
+        elif await self._sql(lambda s: batch_store.status_of(s, batch.id)) == "cancelling":
+            # Cancelled while it was validated: the cancel the client was told of wins (its
+            # lines so far, if it had run before, are kept as for any cancel).
+            await self._finalize(batch, "cancelled", [])
 
     async def _run_lines(
         self, batch: BatchSnapshot, lines: list[BatchLine], lost: asyncio.Event

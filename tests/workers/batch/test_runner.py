@@ -527,6 +527,25 @@ def test_cancel_while_validating(env: Env) -> None:
     assert env.worker.received == []
 
 
+def test_a_cancel_that_lands_while_a_bad_file_is_validated_ends_cancelled(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client was told "cancelling": the batch ends cancelled, not failed."""
+    batch_id = env.batch([line(1), "{not json"])
+    validate = runner_module.BatchRunner._validate
+
+    def cancelled_meanwhile(runner: BatchRunner, batch: Any) -> Any:
+        env.cancel(batch_id)
+        return validate(runner, batch)
+
+    monkeypatch.setattr(runner_module.BatchRunner, "_validate", cancelled_meanwhile)
+    env.run(batch_id)
+    batch = env.get(batch_id)
+    assert (batch.status, batch.errors, batch.output_file_id) == ("cancelled", None, None)
+    assert batch.cancelled_at is not None
+    assert env.worker.received == []
+
+
 def test_expiry_mid_run_fails_the_unfinished_lines(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
