@@ -26,9 +26,13 @@ _PRUNE_AT = 10_000
 
 @dataclass(frozen=True)
 class _Refusal:
-    until: float  # time.monotonic()
+    at: float  # time.monotonic() when Redis decided it
     limits: RateLimits
     decision: RateDecision
+
+    @property
+    def until(self) -> float:
+        return self.at + (self.decision.retry_after or 0.0)
 
 
 class RefusalMemo:
@@ -52,23 +56,30 @@ class RefusalMemo:
         now = time.monotonic()
         if len(self._refusals) >= _PRUNE_AT:
             self._refusals = {k: r for k, r in self._refusals.items() if r.until > now}
-        self._refusals[key_id] = _Refusal(now + decision.retry_after, limits, decision)
+        self._refusals[key_id] = _Refusal(now, limits, decision)
 
     def refusal(self, key_id: str, limits: RateLimits) -> RateDecision | None:
-        """The remembered refusal with its retry time brought up to now, or None."""
+        """The remembered refusal with its times brought up to now, or None."""
         entry = self._refusals.get(key_id)
         if entry is None:
             return None
-        left = entry.until - time.monotonic()
-        if left <= 0 or entry.limits != limits:
+        now = time.monotonic()
+        if entry.until <= now or entry.limits != limits:
             del self._refusals[key_id]
             return None
-        return _with_retry_after(entry.decision, left)
+        return _aged(entry.decision, now - entry.at)
 
 
-def _with_retry_after(decision: RateDecision, seconds: float) -> RateDecision:
+def _aged(decision: RateDecision, elapsed: float) -> RateDecision:
+    """`decision` `elapsed` seconds later: every wait it names is that much shorter (each
+    header keeps its meaning: the retry, and each budget's full reset)."""
+
+    def less(seconds: float | None) -> float | None:
+        return None if seconds is None else max(0.0, seconds - elapsed)
+
     return replace(
         decision,
-        retry_after=seconds,
-        reset_requests=min(decision.reset_requests or seconds, seconds),
+        retry_after=less(decision.retry_after),
+        reset_requests=less(decision.reset_requests),
+        reset_tokens=less(decision.reset_tokens),
     )

@@ -72,3 +72,23 @@ def test_allowed_decisions_are_not_remembered() -> None:
     ok = RateDecision(True, 2, 1, 30.0, None, None, None, None)
     memo.remember("k", RateLimits(rpm=2, tpm=None), ok, tokens=1)
     assert memo.refusal("k", RateLimits(rpm=2, tpm=None)) is None
+
+
+def test_every_wait_a_remembered_refusal_names_counts_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QA: replays kept reset-tokens frozen and turned reset-requests (a full reset) into
+    the retry time. Each header keeps its meaning, each as much shorter as time passed."""
+    clock = {"now": 100.0}
+    monkeypatch.setattr("api.refusal_memo.time.monotonic", lambda: clock["now"])
+    memo = RefusalMemo()
+    decision = refused(retry_after=20.0)  # both budgets reset fully in 30 s
+    memo.remember("k", LIMITS, decision, tokens=50)
+    clock["now"] += 4.0
+    later = memo.refusal("k", LIMITS)
+    assert later is not None
+    assert (later.retry_after, later.reset_requests, later.reset_tokens) == (16.0, 26.0, 26.0)
+    assert later.headers()["x-ratelimit-reset-tokens"] == "26s"
+    assert later.remaining_tokens == decision.remaining_tokens
+    clock["now"] += 16.0
+    assert memo.refusal("k", LIMITS) is None  # the retry time has come
