@@ -296,6 +296,11 @@ _MOST_FOUND = 1000
 def _requests_find(args: argparse.Namespace, url: str) -> list[dict[str, Any]]:
     if not 1 <= args.limit <= _MOST_FOUND:
         raise OperatorError(f"--limit must be between 1 and {_MOST_FOUND}")
+    if not args.identifier.strip():
+        raise OperatorError(
+            "name the request: the SDK's _request_id (x-request-id), the response's id, "
+            "or the id it was queued under"
+        )
     rows = _in_session(url, lambda session: find_request_logs(session, args.identifier, args.limit))
     if not rows:
         raise OperatorError(f"no logged request has the id {args.identifier!r}")

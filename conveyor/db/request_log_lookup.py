@@ -35,7 +35,10 @@ _FIELDS = (
 
 
 def find_request_logs(session: Session, identifier: str, limit: int = 20) -> list[dict[str, Any]]:
-    """The rows `identifier` names, newest first (a client's X-Request-Id may name many)."""
+    """The rows `identifier` names, newest first (a client's X-Request-Id may name many).
+    An empty one names none (refused requests are logged with an empty `request_id`)."""
+    if not identifier.strip():
+        return []
     rows = session.scalars(
         select(RequestLog)
         .where(

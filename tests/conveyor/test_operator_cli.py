@@ -21,6 +21,7 @@ from conveyor.db.database import Database
 from conveyor.db.key_store import grant_for_digest, secret_digest
 from conveyor.db.project_store import create_project
 from conveyor.db.request_log import RequestLog
+from conveyor.db.request_log_lookup import find_request_logs
 
 from ..postgres_server import PostgresServer
 
@@ -185,7 +186,7 @@ def _log(url: str, *rows: dict[str, Any]) -> None:
     try:
         with database.session() as session:
             session.add_all(
-                RequestLog(request_id=f"req-{i}", **{"status_code": 200, **row})
+                RequestLog(**{"request_id": f"req-{i}", "status_code": 200, **row})
                 for i, row in enumerate(rows)
             )
     finally:
@@ -323,4 +324,13 @@ def test_requests_find_by_the_sdks_request_id_or_the_responses_id(upgraded: Cli)
     assert cli("requests", "find", "req-1")[0]["http_request_id"] == "trace-9"
     assert cli("requests", "find", "chatcmpl-mine")[0]["request_id"] == "req-3"
     assert "no logged request" in cli.fails("requests", "find", "nothing-like-it")
+    # Refused requests are logged with no request id: "" must not list them all.
+    _log(cli.url, {**row, "request_id": "", "status_code": 401, "created_at": 500})
+    assert "name the request" in cli.fails("requests", "find", " ")
+    database = Database(cli.url)
+    try:
+        with database.session() as session:
+            assert find_request_logs(session, "") == []
+    finally:
+        database.close()
     assert "--limit" in cli.fails("requests", "find", "x", "--limit", "99999999999999999999")
