@@ -87,8 +87,15 @@ def rows_as_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
     return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """JSON's spelling of a boolean (`batch`), as the JSON report has it, not Python's."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
 
 
 def _iso(seconds: int) -> str:

@@ -265,7 +265,7 @@ def test_usage_rows_for_billing_as_json_and_csv(upgraded: Cli) -> None:
         "start_time,end_time,start,end,project_id,project_name,batch,input_tokens,"
         "input_cached_tokens,output_tokens,num_model_requests"
     )
-    assert lines[0].split(",")[5:] == ["acme", "False", "10", "4", "5", "1"]
+    assert lines[0].split(",")[5:] == ["acme", "false", "10", "4", "5", "1"]  # as in JSON
     assert len(lines) == 3
     # A window with no usage: the same header, so a daily billing import reads one schema.
     empty = ("--start", "2025-11-01", "--end", "2025-11-02")
