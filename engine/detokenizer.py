@@ -124,11 +124,13 @@ class IncrementalDetokenizer:
     def flush(self) -> str:
         """The request finished for another reason (length / EOS / abort): release held text.
 
-        An incomplete character is released as U+FFFD now, since no byte will finish it.
+        Held text that still ends in U+FFFD (the first bytes of a character that
+        `max_tokens` cut) is dropped, as vLLM drops it: HF's decode would show it as
+        U+FFFD, and an answer would end in a replacement character.
         """
         if self._finished:
             return ""
-        text = self._decode(self._ids)
+        text = self._decode(self._ids).rstrip(_REPLACEMENT_CHAR)
         delta = text[len(self._window_text) :]
         return self._release(delta, final=True).text_delta
 

@@ -76,6 +76,20 @@ def _joined(steps: list[DetokenizerStep], rest: str) -> str:
     return "".join(step.text_delta for step in steps) + rest
 
 
+def final_text(tok: Tokenizer, ids: Sequence[int]) -> str:
+    """What a finished request shows of `ids` where no stray byte was released early: HF's
+    decode, less the U+FFFD of a character whose last bytes never came (dropped, as vLLM
+    drops them)."""
+    return tok.decode(ids).rstrip(FFFD)
+
+
+def assert_shows(text: str, tok: Tokenizer, ids: Sequence[int]) -> None:
+    """`text` is HF's decode of `ids` less a run of U+FFFD at its end: the held bytes that
+    never made a character (stray bytes released mid-stream stay in it)."""
+    decoded = tok.decode(ids)
+    assert decoded.startswith(text) and set(decoded[len(text) :]) <= {FFFD}, (text, decoded)
+
+
 def _reference_stop(text: str, stops: Sequence[str], include: bool) -> tuple[str, str | None]:
     """What checking after every character finds: the first stop string to complete."""
     for end in range(1, len(text) + 1):
@@ -113,7 +127,8 @@ def test_random_text_in_random_chunks(
     steps, rest, detok = _stream(tok, prompt, ids, sizes)
     if FFFD not in tok.decode(ids):  # the vocabulary lacks a few rare lead bytes (e.g. 0xF1)
         assert all(FFFD not in step.text_delta for step in steps)
-    assert _joined(steps, rest) == detok.output_text == tok.decode(ids)
+    assert _joined(steps, rest) == detok.output_text
+    assert_shows(detok.output_text, tok, ids)
 
 
 @HYPOTHESIS
@@ -125,7 +140,8 @@ def test_random_token_ids_in_random_chunks(
     (a U+FFFD released early that later bytes turned into a character would not)."""
     sizes = data.draw(st.lists(st.integers(1, 4), max_size=len(ids)))
     steps, rest, detok = _stream(tok, prompt, ids, sizes)
-    assert _joined(steps, rest) == detok.output_text == tok.decode(ids)
+    assert _joined(steps, rest) == detok.output_text
+    assert_shows(detok.output_text, tok, ids)
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +165,8 @@ def test_bytes_that_never_make_a_character_still_stream(
     steps, rest, detok = _stream(tok, prompt, ids, sizes)
     streamed = "".join(step.text_delta for step in steps)
     assert len(streamed) >= len(tok.decode(ids)) - 12
-    assert streamed + rest == detok.output_text == tok.decode(ids)
+    assert streamed + rest == detok.output_text
+    assert_shows(detok.output_text, tok, ids)
 
 
 def test_stray_bytes_cost_constant_work_per_token(
@@ -163,7 +180,7 @@ def test_stray_bytes_cost_constant_work_per_token(
     released = sum(len(detok.add([i]).text_delta) for i in ids)
     assert released >= len(ids) - 8
     detok.flush()
-    assert detok.output_text == tok.decode(ids)
+    assert_shows(detok.output_text, tok, ids)
     assert counting.decoded_ids < 40 * len(ids)
 
 
@@ -227,7 +244,7 @@ def test_stop_strings_match_reference(
     data: st.DataObject,
 ) -> None:
     ids = tok.encode("".join(pieces))
-    text = tok.decode(ids)
+    text = final_text(tok, ids)
     sizes = data.draw(st.lists(st.integers(1, 4), max_size=len(ids)))
     detok = IncrementalDetokenizer(tok, prompt, stop=stops, include_stop_str_in_output=include)
     released = ""
@@ -333,16 +350,14 @@ def test_stop_string_in_prompt_is_ignored(tok: Tokenizer) -> None:
     assert detok.output_text == _joined(steps, rest) == tok.decode(ids)[: -len("STOP")]
 
 
-def test_incomplete_character_is_released_at_flush(tok: Tokenizer, prompt: list[int]) -> None:
+def test_an_incomplete_character_is_dropped_at_flush(tok: Tokenizer, prompt: list[int]) -> None:
     ids = tok.encode("ok 世")
     assert tok.decode(ids[:-1]).endswith(FFFD)
     steps, rest, detok = _stream(tok, prompt, ids[:-1])
     streamed = "".join(step.text_delta for step in steps)
     assert streamed.startswith("ok")
-    assert FFFD not in streamed
-    assert rest.endswith(FFFD)
-    assert streamed + rest == tok.decode(ids[:-1])
-    assert detok.output_text == tok.decode(ids[:-1])
+    assert FFFD not in streamed + rest
+    assert streamed + rest == detok.output_text == tok.decode(ids[:-1]).rstrip(FFFD)
 
 
 def test_skip_special_tokens(tok: Tokenizer, prompt: list[int]) -> None:
@@ -370,7 +385,7 @@ def test_work_per_token_is_constant(tok: Tokenizer, prompt: list[int]) -> None:
     for i in ids:
         detok.add([i])
     detok.flush()
-    assert detok.output_text == tok.decode(ids)
+    assert detok.output_text == final_text(tok, ids)
     assert counting.decoded_ids < 12 * len(ids)
 
 
@@ -419,7 +434,8 @@ def test_byte_fallback_runs_are_decoded_whole(run: str) -> None:
     assert not tok.decodes_bytes_locally
     ids = [vocab[f"<0x{run[i : i + 2]}>"] for i in range(0, len(run), 2)] + [vocab["\u2581a"]]
     steps, rest, detok = _stream(tok, [1], ids)
-    assert _joined(steps, rest) == detok.output_text == tok.decode(ids)
+    assert _joined(steps, rest) == detok.output_text
+    assert_shows(detok.output_text, tok, ids)
 
 
 def test_byte_level_bpe_decodes_bytes_locally(tok: Tokenizer) -> None:
@@ -434,4 +450,16 @@ def test_a_character_formed_among_stray_bytes_does_not_stall_the_stream(tok: Tok
     steps, rest, _ = _stream(tok, tok.encode("Hello"), ids, [1, 1, 1, 1, 3, 3, 3, 3, 3])
     streamed = "".join(step.text_delta for step in steps)
     assert len(streamed) >= len(tok.decode(ids)) - 12
-    assert streamed + rest == tok.decode(ids)
+    assert_shows(streamed + rest, tok, ids)
+
+
+@pytest.mark.parametrize("cut", range(1, 9))
+def test_a_character_cut_by_the_end_is_dropped_not_shown_as_a_replacement(
+    tok: Tokenizer, prompt: list[int], cut: int
+) -> None:
+    """QA: `max_tokens` ending inside 🎉 left the answer ending in U+FFFD; vLLM drops the
+    bytes no token will complete."""
+    ids = tok.encode("🎉🎉")[:cut]
+    steps, rest, detok = _stream(tok, prompt, ids)
+    assert FFFD not in _joined(steps, rest)
+    assert detok.output_text == "🎉" * tok.decode(ids).count("🎉")
