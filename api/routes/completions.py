@@ -87,9 +87,15 @@ async def create_completion(
     record.prompt_tokens = sum(len(p.token_ids) for p in prompts)
     if settings.log_prompts:
         record.prompt_text = json.dumps([p.text for p in prompts], ensure_ascii=False)
-    completion_budget = 0 if scoring else body.n * max_tokens
     check_tenant_priority(body.priority, record.principal)
-    await admit(request, record, tokens=record.prompt_tokens + len(prompts) * completion_budget)
+    if max_tokens is None:  # reserve the prompts; each may use the rest of its context
+        room = sum((prepared.max_model_len or 0) - len(p.token_ids) for p in prompts)
+        await admit(
+            request, record, tokens=record.prompt_tokens, most=record.prompt_tokens + body.n * room
+        )
+    else:
+        completion_budget = 0 if scoring else body.n * max_tokens
+        await admit(request, record, tokens=record.prompt_tokens + len(prompts) * completion_budget)
     readers: list[ReplyReader] = []
     salt = cache_salt(record.principal, body.cache_salt, settings.prefix_cache_scope)
     try:
@@ -139,7 +145,8 @@ class PreparedCompletion:
     prompts: list[_Prompt]
     sampling: SamplingParams
     scoring: bool  # max_tokens 0 with echo: the prompt scored, nothing generated
-    max_tokens: int
+    max_tokens: int | None  # None (sent as null, as vLLM reads it): up to the context
+    max_model_len: int | None
 
 
 async def prepare_completion(
@@ -176,9 +183,11 @@ async def prepare_completion(
 
     # max_tokens 0 with echo scores the prompt: generate one token and discard it.
     scoring = body.max_tokens == 0
-    max_tokens = DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+    max_tokens: int | None = body.max_tokens
     if scoring:
         max_tokens = 1
+    elif max_tokens is None and "max_tokens" not in body.model_fields_set:
+        max_tokens = DEFAULT_MAX_TOKENS  # left out; sent as null, each prompt's context fills
     for prompt in prompts:
         check_length(len(prompt.token_ids), max_tokens, max_model_len, chat=False)
     sampling = build_sampling(
@@ -191,7 +200,9 @@ async def prepare_completion(
         max_logprobs=model_tokenizer.max_logprobs,
     )
     await check_structured_output(body, sampling, model_tokenizer)
-    return PreparedCompletion(live, tokenizer, prompts, sampling, scoring, max_tokens)
+    return PreparedCompletion(
+        live, tokenizer, prompts, sampling, scoring, max_tokens, max_model_len
+    )
 
 
 def _engine_prompt_logprobs(body: CompletionRequest, vocab_size: int) -> int | None:

@@ -32,6 +32,17 @@ def test_single_prompt_defaults_to_16_tokens(client: httpx.Client, worker: FakeW
     assert body["usage"]["prompt_tokens"] == len(request.prompt_token_ids)
 
 
+def test_max_tokens_sent_as_null_fills_the_context_as_vllm_reads_it(
+    client: httpx.Client, worker: FakeWorker
+) -> None:
+    """vLLM's field is `Optional[int] = 16`: left out it is 16, null is no cap but the
+    context (QA: null was taken as 16)."""
+    complete(client, prompt=["Count:", "a"], max_tokens=None)
+    assert [r.sampling["max_tokens"] for r in worker.received[-2:]] == [None, None]
+    complete(client, prompt="Count:")
+    assert worker.received[-1].sampling["max_tokens"] == 16
+
+
 def test_prompt_forms_and_choice_order(client: httpx.Client, worker: FakeWorker) -> None:
     ids = worker.tokenizer.encode("Count:")
     for prompt in ("Count:", ids):
