@@ -88,14 +88,13 @@ async def create_completion(
     if settings.log_prompts:
         record.prompt_text = json.dumps([p.text for p in prompts], ensure_ascii=False)
     check_tenant_priority(body.priority, record.principal)
-    if max_tokens is None:  # reserve the prompts; each may use the rest of its context
+    tokens, most = record.prompt_tokens, None
+    if max_tokens is None:  # the prompts reserved; each may use the rest of its context
         room = sum((prepared.max_model_len or 0) - len(p.token_ids) for p in prompts)
-        await admit(
-            request, record, tokens=record.prompt_tokens, most=record.prompt_tokens + body.n * room
-        )
-    else:
-        completion_budget = 0 if scoring else body.n * max_tokens
-        await admit(request, record, tokens=record.prompt_tokens + len(prompts) * completion_budget)
+        most = tokens + body.n * room
+    elif not scoring:
+        tokens += len(prompts) * body.n * max_tokens
+    await admit(request, record, tokens=tokens, most=most)
     readers: list[ReplyReader] = []
     salt = cache_salt(record.principal, body.cache_salt, settings.prefix_cache_scope)
     try:
