@@ -27,6 +27,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
+from api.batch_input_upload import BATCH_PURPOSE, Utf8Watch, check_batch_filename
 from api.deps import Authenticated, DatabaseDep, FileStorageDep, PrincipalDep, SettingsDep
 from api.errors import ApiError, bad_request
 from api.schemas.files import (
@@ -84,9 +85,10 @@ def clean_filename(raw: str) -> str:
 class UploadForm:
     """A multipart/form-data body read as it arrives: small fields kept, `file` streamed.
 
-    `on_field` sees each field as soon as it is complete, so a bad `purpose`
-    (sent before the file, as the SDKs do) stops the upload before the file
-    is stored. `file_chunks()` drives the whole body and ends only if it was
+    `on_field` sees each field as soon as it is complete, and `on_file` the
+    file's name as its part begins, so a bad `purpose` or a name the purpose
+    refuses (sent before the file, as the SDKs send `purpose`) stops the
+    upload before the file is stored. `file_chunks()` drives the whole body and ends only if it was
     well formed and carried the file and every `required` field.
     """
 
@@ -97,6 +99,7 @@ class UploadForm:
         *,
         required: Sequence[str] = (),
         on_field: Callable[[str, str], None] = lambda name, value: None,
+        on_file: Callable[[str, dict[str, str]], None] = lambda filename, fields: None,
     ) -> None:
         kind, params = parse_options_header(content_type or "")
         boundary = params.get(b"boundary")
@@ -109,6 +112,7 @@ class UploadForm:
         self._body = body
         self._required = required
         self._on_field = on_field
+        self._on_file = on_file
         self._name = ""
         self._is_file = False
         self._value = bytearray()
@@ -186,6 +190,7 @@ class UploadForm:
         filename = clean_filename(options[b"filename"].decode("utf-8", "replace"))
         if not filename:
             raise bad_request("the uploaded file has no filename", param="file")
+        self._on_file(filename, self.fields)
         self.filename = filename
         self._is_file = True
 
@@ -219,6 +224,12 @@ def check_upload_field(name: str, value: str) -> None:
         check_expires_after_field(name, value)
 
 
+def check_upload_filename(filename: str, fields: dict[str, str]) -> None:
+    """The file's name, once `purpose` came before it: a batch input must be `.jsonl`."""
+    if fields.get("purpose") == BATCH_PURPOSE:
+        check_batch_filename(filename)
+
+
 @router.post("")
 async def upload(
     request: Request,
@@ -232,7 +243,9 @@ async def upload(
         request.stream(),
         required=("purpose",),
         on_field=check_upload_field,
+        on_file=check_upload_filename,
     )
+    utf8 = Utf8Watch()
     limit, project_id = settings.max_project_storage_bytes, principal.project_id
     if limit:  # a project already full is told before it sends the bytes
         kept = await in_session(database, lambda session: stored_bytes(session, project_id))
@@ -240,7 +253,10 @@ async def upload(
     storage_key = new_storage_key()
     try:
         size = await save_async(
-            storage, storage_key, form.file_chunks(), max_bytes=settings.max_upload_bytes
+            storage,
+            storage_key,
+            utf8.passing(form.file_chunks()),
+            max_bytes=settings.max_upload_bytes,
         )
     except FileTooLarge:
         raise ApiError(
@@ -270,6 +286,9 @@ async def upload(
         return file_object(stored)
 
     try:
+        if purpose == BATCH_PURPOSE:  # also when `purpose` came after the file
+            check_batch_filename(filename)
+            utf8.check()
         expires_after = expires_after_of(form.fields)  # both halves, seen only by now
         return await in_session(database, record)
     except BaseException:

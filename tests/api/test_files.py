@@ -238,6 +238,80 @@ def test_malformed_uploads_are_400(files_stack: Stack, http: httpx.Client) -> No
     assert set(_list(http)) == before_ids
 
 
+def _multipart(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    """A multipart/form-data body (boundary `b`) with these (name, filename, data) parts,
+    in this order: the SDKs send `purpose` first, other clients may not."""
+    body = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename is not None else ""
+        )
+        body += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + b"--b--\r\n"
+
+
+@pytest.mark.parametrize("purpose_first", [True, False])
+@pytest.mark.parametrize(
+    ("filename", "data", "problem"),
+    [
+        ("requests.txt", JSONL, "must be a .jsonl file"),
+        ("requests.json", JSONL, "must be a .jsonl file"),
+        ("requests", JSONL, "must be a .jsonl file"),
+        ("latin-1.jsonl", '{"custom_id": "café"}\n'.encode("latin-1"), "must be UTF-8 text"),
+        ("utf-16.jsonl", JSONL.decode().encode("utf-16"), "must be UTF-8 text"),
+        # A character cut off by the file's end: every byte before it was UTF-8.
+        ("cut.jsonl", JSONL + "🚀".encode()[:3], "must be UTF-8 text"),
+    ],
+)
+def test_a_batch_input_must_be_jsonl_of_utf8_text(
+    files_stack: Stack,
+    http: httpx.Client,
+    filename: str,
+    data: bytes,
+    problem: str,
+    purpose_first: bool,
+) -> None:
+    """As on OpenAI, a wrong batch file is a 400 at upload, not a failed batch later;
+    whichever order the form's fields come in, nothing is kept."""
+    before, before_ids = stored(files_stack), set(_list(http))
+    parts = [("file", filename, data), ("purpose", None, b"batch")]
+    response = http.post(
+        "/v1/files",
+        content=_multipart(parts[::-1] if purpose_first else parts),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    error = error_of(response, 400)
+    assert (error["param"], error["code"]) == ("file", "invalid_file_format")
+    assert problem in error["message"]
+    assert stored(files_stack) == before
+    assert set(_list(http)) == before_ids
+
+
+def test_batch_input_checks_leave_other_files_and_good_batch_files_alone(
+    client: openai.OpenAI,
+) -> None:
+    bom = b"\xef\xbb\xbf" + JSONL  # a UTF-8 byte-order mark is still UTF-8 (Windows editors)
+    for filename, data in (("UPPER.JSONL", JSONL), ("bom.jsonl", bom), ("empty.jsonl", b"")):
+        created = client.files.create(file=(filename, data), purpose="batch")
+        assert (created.filename, created.bytes) == (filename, len(data))
+    # The checks are the Batch API's: other purposes keep any name and any bytes.
+    latin = '{"custom_id": "café"}\n'.encode("latin-1")
+    created = client.files.create(file=("notes.txt", latin), purpose="user_data")
+    assert client.files.content(created.id).content == latin
+
+
+def test_the_sdk_reads_why_a_batch_file_was_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("requests.csv", b"a,b\n"), purpose="batch")
+    assert refused.value.code == "invalid_file_format"
+    assert "'requests.csv'" in refused.value.message
+    # `purpose` comes first from the SDK, so the name is refused before the bytes are
+    # read: a file over the size limit is told its format, not its size.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.files.create(file=("big.txt", b"x" * (MAX_UPLOAD + 1)), purpose="batch")
+    assert refused.value.code == "invalid_file_format"
+
+
 def test_pagination_after_limit_order_and_purpose(client: openai.OpenAI) -> None:
     made = [client.files.create(file=(f"{i}.jsonl", JSONL), purpose="batch").id for i in range(5)]
     extra = client.files.create(file=("x.txt", b"x"), purpose="user_data").id
