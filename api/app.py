@@ -39,6 +39,7 @@ from api.request_id_header import HEADER, RequestIdMiddleware
 from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
 from api.retention import Retention
+from api.revoked_key_watch import RevokedKeyWatch
 from api.routes import (
     abort_requests,
     batches,
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         background = BackgroundResponses(
             redis, names, database, settings.request_timeout, settings.drain_timeout
         )
+        key_watch = RevokedKeyWatch(database, replies)
         file_storage = LocalFileStorage(settings.data_dir / "files")
         retention = Retention(
             database, file_storage, settings.response_retention_days, settings.purge_interval
@@ -132,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.catalog = catalog
             app.state.submitter = RequestSubmitter(redis, names, replies, settings)
             app.state.background_responses = background
+            app.state.key_watch = key_watch
             app.state.drain.bind(asyncio.get_running_loop(), replies.close_in_flight)
             logger.info("API instance %s listening for replies on %s", instance, replies.channel)
             yield
@@ -141,6 +144,7 @@ def create_app(settings: Settings) -> FastAPI:
             if app.state.settling:  # rate-limit settlements still on their way to Redis
                 await asyncio.wait(set(app.state.settling), timeout=5.0)
             await retention.stop()
+            await key_watch.stop()
             await replies.stop()
             await log_buffer.stop()
             catalog.close()

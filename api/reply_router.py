@@ -81,7 +81,15 @@ _WORKER_GONE = _Signal("worker gone")  # the answering worker's heartbeat expire
 # No live worker holds the request and none serves its model: only a restart can answer.
 _UNSERVED = _Signal("unserved")
 
-_QueueItem = ReplyMessage | _Signal
+
+@dataclass(frozen=True)
+class _Ended:
+    """This API ended the request (`ReplyRouter.end`): its reader raises `error`."""
+
+    error: ApiError
+
+
+_QueueItem = ReplyMessage | _Signal | _Ended
 T = TypeVar("T")
 
 
@@ -213,6 +221,13 @@ class ReplyRouter:
         self._entries[request_id] = (stream, entry_id)
         if request_id in self._queues:
             self._placed[request_id] = (model, stream, entry_id)
+
+    def end(self, request_id: str, error: ApiError) -> None:
+        """End one in-flight request with `error` (its reader raises it; the request's
+        route then aborts the generation, as for any request that did not finish)."""
+        queue = self._queues.get(request_id)
+        if queue is not None:
+            queue.put_nowait(_Ended(error))
 
     def close_in_flight(self) -> None:
         """End every in-flight request with a 503 `shutting_down` (the drain is over)."""
@@ -394,6 +409,8 @@ class ReplyReader:
             item = await self._next()
             if item is _CLOSED:
                 raise _shutting_down()
+            if isinstance(item, _Ended):
+                raise item.error
             if isinstance(item, _Signal):
                 try:
                     stored = await self._stored_result()

@@ -6,6 +6,8 @@ key's rate-limit headers to whatever response goes out (200, 400, 429,
 a stream), and, when the response is over (finished, failed, or the client
 went away), stamps status and latency, queues the log row and settles the
 tokens the request reserved against its key's tpm. Nothing here waits on SQL.
+While the route runs, the record is watched for its key being revoked
+(api/revoked_key_watch.py).
 A batch line's 200 answer is kept in Redis before its body goes out
 (api/batch_line_answers.py); a replayed one is neither logged nor settled.
 """
@@ -13,6 +15,7 @@ A batch line's 200 answer is kept in Redis before its body goes out
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -72,8 +75,10 @@ class UsageMiddleware:
                     message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
+        watch = getattr(scope["app"].state, "key_watch", None)
         try:
-            await self.app(scope, receive, send_with_headers)
+            with watch.tracking(record) if watch is not None else contextlib.nullcontext():
+                await self.app(scope, receive, send_with_headers)
         except Exception:
             # Unhandled: the 500 is sent by the error handler outside this middleware.
             if record.status_code is None:

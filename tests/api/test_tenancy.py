@@ -4,6 +4,7 @@ official `openai` SDK: project keys, usage from the request logs, revocation, ra
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -522,6 +523,75 @@ def test_a_background_response_stops_when_its_key_does(
     finally:
         database.close()
     assert log_row(tenancy, queued.id).status_code == 499
+
+
+@pytest.mark.parametrize("ending", ["revoke", "archive"])
+def test_requests_in_flight_stop_when_their_key_does(
+    tenancy: Stack, admin: httpx.Client, ending: str
+) -> None:
+    """A stolen key's long generations stop within seconds of its revocation: a stream
+    ends with a 401 error event after what it already sent (billed), a whole answer is
+    a 401, and both are aborted on the worker; they used to run to max_tokens."""
+    project = new_project(admin, "acme")
+    key = new_key(admin, project["id"])
+    other = new_key(admin, new_project(admin, "globex")["id"])
+    tenancy.worker.behaviour = "slow"  # a token every 50 ms: 10 s for all 200
+    errors: dict[str, BaseException] = {}
+    received: list[str] = []
+
+    def streamed() -> None:
+        with sdk(tenancy, key["value"]) as client:
+            stream = client.chat.completions.create(
+                model=MODEL, messages=MESSAGES, max_tokens=200, stream=True
+            )
+            try:
+                for chunk in stream:
+                    if chunk.choices and chunk.choices[0].delta.content:
+                        received.append(chunk.choices[0].delta.content)
+            except openai.APIError as exc:
+                errors["stream"] = exc
+
+    def whole(secret: str, name: str, max_tokens: int) -> None:
+        with sdk(tenancy, secret) as client:
+            try:
+                client.completions.create(model=MODEL, prompt="Once upon", max_tokens=max_tokens)
+            except openai.APIError as exc:
+                errors[name] = exc
+
+    threads = [
+        threading.Thread(target=streamed),
+        threading.Thread(target=whole, args=(key["value"], "whole", 200)),
+        threading.Thread(target=whole, args=(other["value"], "other", 100)),
+    ]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(tenancy.worker.received) == 3 and received)
+    ids = {r.id for r in tenancy.worker.received}
+    if ending == "revoke":
+        path = f"/v1/organization/projects/{project['id']}/api_keys/{key['id']}"
+        assert admin.delete(path).status_code == 200
+    else:
+        assert admin.post(f"/v1/organization/projects/{project['id']}/archive").status_code == 200
+    started = time.monotonic()
+    threads[0].join(timeout=8)
+    threads[1].join(timeout=8)
+    assert time.monotonic() - started < 8, "the revoked key's requests ran on"
+    for name in ("stream", "whole"):
+        error = errors[name]
+        assert isinstance(error, openai.APIError)
+        assert error.code == "invalid_api_key", error
+        assert "revoked" in error.message
+    assert isinstance(errors["whole"], openai.AuthenticationError)  # a 401
+    assert 0 < len(received) < 200
+    wait_for(lambda: len(set(tenancy.worker.aborted) & ids) == 2, timeout=5)
+    # Another project's request runs on untouched.
+    threads[2].join(timeout=15)
+    assert "other" not in errors
+    rows = {(row.endpoint, row.status_code): row for row in logs(tenancy, 3)}
+    # The whole answer never went out: not billed. The stream's tokens were received.
+    assert rows[("/v1/completions", 401)].completion_tokens == 0
+    assert rows[("/v1/completions", 200)].completion_tokens == 100
+    assert rows[("/v1/chat/completions", 200)].completion_tokens >= len(received)
 
 
 def test_a_project_key_may_only_lower_its_priority(tenancy: Stack, admin: httpx.Client) -> None:
