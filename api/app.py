@@ -35,7 +35,7 @@ from api.rate_limiter import RateLimiter
 from api.redis_client import api_redis
 from api.refusal_memo import RefusalMemo
 from api.reply_router import ReplyRouter
-from api.request_id_header import HEADER, RequestIdMiddleware
+from api.request_id_header import ANTHROPIC_HEADER, HEADER, RequestIdMiddleware
 from api.request_log_buffer import RequestLogBuffer
 from api.request_submitter import RequestSubmitter
 from api.retention import Retention
@@ -232,7 +232,8 @@ def create_app(settings: Settings) -> FastAPI:
         allow_methods=settings.allowed_methods,
         allow_headers=settings.allowed_headers,
         allow_credentials=settings.allow_credentials,
-        expose_headers=[HEADER],  # browser apps may read it, to quote in a report
+        # Browser apps may read it, to quote in a report (Anthropic's name for it too).
+        expose_headers=[HEADER, ANTHROPIC_HEADER.decode()],
     )
     # The operator's own (--middleware), around all of conveyor's but the request id.
     add_custom_middleware(app, settings.middleware)

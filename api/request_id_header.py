@@ -4,7 +4,9 @@
 It is the client's own `X-Request-Id` when it sent a usable one (vLLM's
 --enable-request-id-headers), so a caller's trace id reaches our logs; otherwise a new
 `req_...`. Log lines about the request (an unhandled error, --enable-log-requests) name
-it, so a report can be matched to the server's logs.
+it, so a report can be matched to the server's logs. Anthropic's Messages API also gets
+it as `request-id`, the header Anthropic sends and its SDK reads (a message's
+`_request_id`, an error's `request_id`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,12 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.route_path import route_path
+
 HEADER = "x-request-id"
 _HEADER_BYTES = HEADER.encode()
+ANTHROPIC_HEADER = b"request-id"
+ANTHROPIC_PATH = "/v1/messages"  # and /v1/messages/count_tokens
 # Printable ASCII without spaces, bounded: safe to echo in a header and to log. A body's
 # request id (api/response_ids.py) is held to it too.
 USABLE_ID_PATTERN = r"^[\x21-\x7e]{1,200}$"
@@ -65,12 +71,15 @@ class RequestIdMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["client_request_id"] = given
-        stamp = (_HEADER_BYTES, request_id.encode())
+        stamps = [(_HEADER_BYTES, request_id.encode())]
+        if route_path(scope).startswith(ANTHROPIC_PATH):
+            stamps.append((ANTHROPIC_HEADER, request_id.encode()))
+        names = {name for name, _ in stamps}
 
         async def send_stamped(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [h for h in message.get("headers", ()) if h[0].lower() != _HEADER_BYTES]
-                message = {**message, "headers": [*headers, stamp]}
+                headers = [h for h in message.get("headers", ()) if h[0].lower() not in names]
+                message = {**message, "headers": [*headers, *stamps]}
             await send(message)
 
         token = _current.set(request_id)

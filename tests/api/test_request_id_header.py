@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -127,3 +128,21 @@ def test_the_request_log_row_keeps_it_so_a_users_report_finds_the_request(
     assert named.json()["id"] == "cmpl-report-77"
     assert found.endpoint == "/v1/completions" and found.request_id != "cmpl-report-77"
     assert found.response_id == "cmpl-report-77"  # the id the client got, found too
+
+
+def test_the_anthropic_sdk_shows_it_on_messages_and_errors(
+    stack: Stack, worker: FakeWorker
+) -> None:
+    """Anthropic's SDK reads `request-id` (not `x-request-id`): the same name under both."""
+    claude = anthropic.Anthropic(base_url=stack.url, api_key="unused", max_retries=0)
+    raw = claude.messages.with_raw_response.create(model=MODEL, max_tokens=2, messages=MESSAGES)  # type: ignore[arg-type]
+    assert raw.headers["request-id"] == raw.headers["x-request-id"]
+    message = raw.parse()
+    assert message._request_id is not None and message._request_id.startswith("req_")
+    counted = claude.messages.count_tokens(model=MODEL, messages=MESSAGES)  # type: ignore[arg-type]
+    assert counted._request_id is not None and counted._request_id.startswith("req_")
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        claude.messages.create(model="no-such-model", max_tokens=2, messages=MESSAGES)  # type: ignore[arg-type]
+    assert missing.value.request_id is not None and missing.value.request_id.startswith("req_")
+    # OpenAI's routes keep to OpenAI's header.
+    assert "request-id" not in stack.client().get("/v1/models").headers
