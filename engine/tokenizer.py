@@ -239,6 +239,19 @@ def normalize_messages(
     return out
 
 
+# Parts that carry media rather than text (OpenAI's chat and Responses names, vLLM's).
+_MEDIA_PARTS = {
+    "image_url": "images",
+    "input_image": "images",
+    "image": "images",
+    "input_audio": "audio",
+    "audio_url": "audio",
+    "video_url": "video",
+    "file": "files",
+    "input_file": "files",
+}
+
+
 def flatten_content(content: Any, index: int) -> str | None:
     """A message's content as the one string a template reads (`index`: for errors)."""
     if content is None or isinstance(content, str):
@@ -250,6 +263,12 @@ def flatten_content(content: Any, index: int) -> str | None:
         if not isinstance(part, Mapping):
             raise ValueError(f"messages[{index}].content parts must be objects")
         kind = part.get("type")
+        if kind in _MEDIA_PARTS:  # named by what they hold: the Messages API's `image`
+            # blocks arrive here as chat's `image_url` parts
+            raise ValueError(
+                f"messages[{index}].content: this model reads text only, not "
+                f"{_MEDIA_PARTS[kind]}; send 'text' parts"
+            )
         if kind != "text":
             raise ValueError(
                 f"messages[{index}].content: unsupported content part type {kind!r}; "

@@ -425,6 +425,29 @@ def test_stop_reasons_say_how_the_answer_ended(
             "invalid_request_error",
             "tool_result",
         ),
+        (  # a text-only model: told it is the image, not chat's `image_url` part it became
+            {
+                "max_tokens": 5,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image",
+                                "source": {
+                                    "type": "base64",
+                                    "media_type": "image/png",
+                                    "data": "iVBO",
+                                },
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "invalid_request_error",
+            "reads text only, not images",
+        ),
         (
             {
                 "model": "no-such-model",

@@ -114,7 +114,9 @@ def test_content_parts_are_flattened(tok: Tokenizer) -> None:
 @pytest.mark.parametrize(
     ("messages", "match"),
     [
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "image_url"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "not images"),
+        ([{"role": "user", "content": [{"type": "input_audio"}]}], "text only, not audio"),
+        ([{"role": "user", "content": [{"type": "cats"}]}], "'cats'"),
         ([{"role": "user", "content": [{"type": "text"}]}], "string 'text'"),
         ([{"role": "user", "content": 5}], "string or a list"),
         ([{"content": "no role"}], "role"),
