@@ -49,6 +49,16 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ("--tokenizer-revision", {"help": "--tokenizer's branch, tag or commit (a hub id)"}),
     ("--download-dir", {"help": "where hub models are downloaded (default: <data dir>/hub)"}),
     (
+        "--hf-token",
+        {
+            "nargs": "?",
+            "const": "",
+            "metavar": "TOKEN",
+            "help": "the token hub downloads use (gated or private models); without a "
+            "value, or unset: HF_TOKEN or the stored `hf auth login`",
+        },
+    ),
+    (
         "--served-model-name",
         {"nargs": "+", "help": "the model's name in the API; more names answer too"},
     ),
@@ -200,6 +210,10 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
     ("--trust-remote-code", {"help": "conveyor runs no code from checkpoints"}),
     ("--disable-log-requests", {"help": "requests are logged only with --enable-log-requests"}),
     ("--enable-chunked-prefill", {"help": "prompts are always prefilled in chunks"}),
+    (
+        "--no-enable-chunked-prefill",
+        {"help": "prompts are still prefilled in chunks (the outputs are the same)"},
+    ),
     ("--enable-prompt-tokens-details", {"help": "usage always has cached_tokens"}),
     (
         "--swap-space",
@@ -214,14 +228,29 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
         "--guided-decoding-backend",
         {"metavar": "BACKEND", "help": "conveyor compiles grammars itself"},
     ),
+    # Mistral's model cards say `--tokenizer-mode mistral --config-format mistral
+    # --load-format mistral`; their releases carry HF's files too, which are read.
     (
         "--load-format",
         {
-            "choices": ["auto", "safetensors", "pt", "gguf"],
-            "help": "read from the files themselves",
+            "choices": ["auto", "safetensors", "pt", "gguf", "mistral"],
+            "help": "read from the files themselves (HF's safetensors, also of Mistral's releases)",
         },
     ),
-    ("--tokenizer-mode", {"choices": ["auto", "hf"], "help": "always the fast HF tokenizer"}),
+    (
+        "--tokenizer-mode",
+        {
+            "choices": ["auto", "hf", "slow", "mistral"],
+            "help": "always the fast HF tokenizer (tokenizer.json, also in Mistral's releases)",
+        },
+    ),
+    (
+        "--config-format",
+        {
+            "choices": ["auto", "hf", "mistral"],
+            "help": "config.json is read (Mistral's releases carry it beside params.json)",
+        },
+    ),
     (
         "--chat-template-content-format",
         {"choices": ["auto", "string"], "help": "text parts are joined into one string"},

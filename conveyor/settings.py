@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     download_dir: Path | None = Field(
         default=None, description="where hub models are downloaded (default: <data_dir>/hub)"
     )
+    hf_token: SecretStr | None = Field(
+        default=None,
+        description="the token hub downloads use, for gated and private models (vLLM's "
+        "--hf-token; default, or the flag without a value: HF_TOKEN or the stored login)",
+    )
     served_model_name: str | None = None
     served_model_aliases: list[str] = Field(
         default_factory=list,
@@ -737,6 +742,12 @@ class Settings(BaseSettings):
     def _json_or_comma_list(cls, value: object) -> object:
         return json_or_comma_list(value) if isinstance(value, str) else value
 
+    @field_validator("hf_token", mode="before")
+    @classmethod
+    def _empty_token_is_the_default(cls, value: object) -> object:
+        """`--hf-token` without a value (vLLM's: use the stored login) arrives empty."""
+        return None if value == "" else value
+
     @field_validator("api_key", mode="before")
     @classmethod
     def _one_or_more_keys(cls, value: object) -> object:
@@ -934,6 +945,7 @@ class Settings(BaseSettings):
             revision=self.revision,
             tokenizer_revision=self.tokenizer_revision,
             download_dir=self.download_dir,
+            hf_token=self.hf_token.get_secret_value() if self.hf_token is not None else None,
             served_model_name=self.served_model_name,
             device=self.device,
             cpu_threads=self.cpu_threads,

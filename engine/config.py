@@ -872,6 +872,8 @@ class EngineConfig:
     revision: str | None = None
     tokenizer_revision: str | None = None
     download_dir: Path | None = None
+    # vLLM's --hf-token: hub downloads' token (None: HF_TOKEN or the stored login).
+    hf_token: str | None = field(default=None, repr=False)
     served_model_name: str | None = None
     device: str | None = None
     # Threads torch computes with on a CPU device (None: torch's default, one per core).

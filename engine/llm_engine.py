@@ -133,6 +133,7 @@ class LLMEngine:
             revision=config.revision,
             tokenizer_revision=config.tokenizer_revision,
             download_dir=config.download_dir,
+            token=config.hf_token,
         )
         self.model_name = config.served_model_name or self.resolved.name
         self.model_config = ModelConfig.from_folder(

@@ -79,19 +79,21 @@ def resolve_model(
     revision: str | None = None,
     tokenizer_revision: str | None = None,
     download_dir: Path | None = None,
+    token: str | None = None,
 ) -> ResolvedModel:
     """Map a CLI model argument to a local folder, converting or downloading if needed.
 
     vLLM's `--tokenizer` names another folder (or hub id, at `--tokenizer-revision`) to
     take the tokenizer from, as GGUF users often do; `--revision` picks a hub model's
     branch, tag or commit and `--download-dir` where hub files go (default: under the
-    data dir).
+    data dir). `token` (`--hf-token`) authorizes hub downloads (None: huggingface_hub's
+    own, `HF_TOKEN` or the stored login), for gated and private repositories.
     """
     hub = download_dir or cache_dir / "hub"
-    resolved = _resolve_weights(model, cache_dir, revision, hub)
+    resolved = _resolve_weights(model, cache_dir, revision, hub, token)
     if tokenizer is None:
         return resolved
-    folder = _resolve_tokenizer(tokenizer, hub, tokenizer_revision)
+    folder = _resolve_tokenizer(tokenizer, hub, tokenizer_revision, token)
     return dataclasses.replace(resolved, tokenizer_path=folder)
 
 
@@ -109,7 +111,7 @@ def served_name(model: str | None) -> str:
 
 
 def _resolve_weights(
-    model: str | None, cache_dir: Path, revision: str | None, hub: Path
+    model: str | None, cache_dir: Path, revision: str | None, hub: Path, token: str | None
 ) -> ResolvedModel:
     name = served_name(model)
     if model is None or model == "" or model == BUNDLED_MODEL_NAME:
@@ -125,9 +127,9 @@ def _resolve_weights(
     if _names_a_path(model):
         raise MissingFileError(f"{model}: not a model folder or a .gguf file")
     source = f"hub:{model}" + (f"@{revision}" if revision else "")
-    folder = _download(model, hub, revision, _MODEL_FILES)
+    folder = _download(model, hub, revision, _MODEL_FILES, token)
     if not any(folder.glob("*.safetensors")):
-        folder = _download(model, hub, revision, _PICKLED_WEIGHTS)
+        folder = _download(model, hub, revision, _PICKLED_WEIGHTS, token)
     return ResolvedModel(folder, name, source)
 
 
@@ -151,9 +153,9 @@ def _names_a_path(text: str) -> bool:
     return Path(text).expanduser().exists() or text.startswith((".", "/", "~"))
 
 
-def _resolve_tokenizer(tokenizer: str, hub: Path, revision: str | None) -> Path:
+def _resolve_tokenizer(tokenizer: str, hub: Path, revision: str | None, token: str | None) -> Path:
     folder = check_local_tokenizer(tokenizer)
-    return folder or _download(tokenizer, hub, revision, _TOKENIZER_DOWNLOAD)
+    return folder or _download(tokenizer, hub, revision, _TOKENIZER_DOWNLOAD, token)
 
 
 def file_digest(path: Path) -> str:
@@ -216,7 +218,11 @@ class HubUnavailable(RuntimeError):
 
 
 def _download(
-    repo_id: str, hub: Path, revision: str | None, allow_patterns: tuple[str, ...]
+    repo_id: str,
+    hub: Path,
+    revision: str | None,
+    allow_patterns: tuple[str, ...],
+    token: str | None = None,
 ) -> Path:
     import httpx
     from huggingface_hub import snapshot_download
@@ -233,6 +239,7 @@ def _download(
                 repo_id,
                 revision=revision,
                 cache_dir=hub,
+                token=token,
                 allow_patterns=list(allow_patterns),
                 # Mistral's repos also hold their weights in Mistral's own format.
                 ignore_patterns=["consolidated*"],

@@ -344,6 +344,28 @@ def test_a_vllm_serve_command_line_runs_unchanged(monkeypatch: pytest.MonkeyPatc
     assert Settings() == settings
 
 
+def test_a_mistral_model_cards_command_line_runs_reading_the_hf_files() -> None:
+    """`vllm serve mistralai/... --tokenizer-mode mistral --config-format mistral
+    --load-format mistral`, as Mistral's model cards give it, and chunked prefill turned
+    off: accepted, and the engine is configured as without them."""
+    parser = build_parser()
+    mistral = [
+        "--tokenizer-mode",
+        "mistral",
+        "--config-format",
+        "mistral",
+        "--load-format",
+        "mistral",
+        "--no-enable-chunked-prefill",
+    ]
+    flagged = settings_from_args(parser.parse_args(["serve", "model-dir", *mistral]))
+    plain = settings_from_args(parser.parse_args(["serve", "model-dir"]))
+    assert flagged.engine_config() == plain.engine_config()
+    assert flagged == plain
+    with pytest.raises(SystemExit):  # still refused: a format conveyor has no reader for
+        parser.parse_args(["serve", "--load-format", "tensorizer"])
+
+
 def test_what_conveyor_cannot_do_stops_start_up_naming_the_flag(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -614,3 +636,21 @@ def test_weight_transfer_is_vllms_flag_and_only_its_disk_backend(
     ]:
         with pytest.raises(ValidationError, match=match):
             settings_from_args(parser.parse_args(["serve", "--weight-transfer-config", config]))
+
+
+def test_the_hf_token_reaches_the_engine_and_the_children_but_no_repr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parser = build_parser()
+    settings = settings_from_args(parser.parse_args(["serve", "--hf-token", "hf_secret"]))
+    config = settings.engine_config()
+    assert config.hf_token == "hf_secret"
+    assert "hf_secret" not in repr(config) and "hf_secret" not in repr(settings)
+    assert settings_env(settings)["CONVEYOR_HF_TOKEN"] == "hf_secret"  # the worker's
+    # vLLM's bare `--hf-token` (the stored login) and no flag: huggingface_hub's own.
+    for argv in (["serve", "--hf-token"], ["serve"]):
+        settings = settings_from_args(parser.parse_args(argv))
+        assert settings.engine_config().hf_token is None
+        assert "CONVEYOR_HF_TOKEN" not in settings_env(settings)
+    monkeypatch.setenv("CONVEYOR_HF_TOKEN", "hf_env")
+    assert Settings().engine_config().hf_token == "hf_env"

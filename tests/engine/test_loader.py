@@ -147,6 +147,34 @@ def test_a_hub_repo_without_safetensors_gets_its_pickles(
     assert len(asked) == 1
 
 
+def test_the_hf_token_authorizes_every_hub_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM's --hf-token: the weights' and the tokenizer's downloads carry it (gated and
+    private repositories); without one, huggingface_hub's own (HF_TOKEN, the login)."""
+    import huggingface_hub
+
+    tokens: list[object] = []
+    real = huggingface_hub.snapshot_download
+
+    def recording(*args: object, token: object = None, **kwargs: object) -> str:
+        tokens.append(token)
+        return real(*args, token=token, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording)
+    _offline(monkeypatch)
+    hub = tmp_path / "hub"
+    _hub_cache(hub, "acme/gated", {"main": {"config.json": "{}", "model.safetensors": "w"}})
+    _hub_cache(hub, "acme/tok", {"main": {"tokenizer.json": "{}"}})
+    resolve_model(
+        "acme/gated", tmp_path / "data", tokenizer="acme/tok", download_dir=hub, token="hf_x"
+    )
+    assert tokens == ["hf_x", "hf_x"]
+    tokens.clear()
+    resolve_model("acme/gated", tmp_path / "data", download_dir=hub)
+    assert tokens == [None]
+
+
 def test_a_hub_model_the_hub_cannot_give_says_so_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
