@@ -11,7 +11,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -108,6 +115,11 @@ async def metrics(
     queued = {model: sum(s.waiting for s in lanes.values()) for model, lanes in stats.items()}
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_QueueCollector(stats, replies.in_flight))
+    # This API process's own, as prometheus_client's default registry (vLLM's) has them:
+    # process_* (CPU, memory, open files), python_info, python_gc_*.
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
     body = _render_workers(snapshots, queued) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

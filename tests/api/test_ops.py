@@ -141,6 +141,10 @@ def test_metrics_joins_worker_snapshots_and_queue_gauges(
             assert f'conveyor:{name}{{lane="{lane}",model="{MODEL}"}}' in text
     assert f'conveyor:dead_letters{{model="{MODEL}"}}' in text
     assert "conveyor:api_requests_in_flight" in text
+    # The API process's own, as vLLM's default registry gives them.
+    for series in ("process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"):
+        assert f"\n{series}" in text, series
+    assert "python_gc_collections_total{" in text
 
 
 def test_metrics_survive_a_broken_worker_renderer(
