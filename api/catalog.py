@@ -67,7 +67,12 @@ class LiveModel:
 
     @property
     def root(self) -> str:
-        return self.adapter_path or self.name
+        """An adapter's folder; a model's argument as its workers were given it (a folder,
+        a .gguf, a hub id), as vLLM's `root` is; the name for workers that do not say."""
+        if self.adapter_path:
+            return self.adapter_path
+        roots = [w["root"] for w in self.workers if isinstance(w.get("root"), str) and w["root"]]
+        return roots[0] if roots else self.name
 
     @property
     def runner(self) -> str | None:

@@ -177,6 +177,7 @@ class EngineWorker:
             started_at=time.time(),
             runner=engine.runner_kind,
             aliases=aliases,
+            root=engine.config.model or engine.resolved.source,
         )
         self.heartbeat = Heartbeat(
             self.beat_client,

@@ -46,6 +46,9 @@ class WorkerFacts:
     pid: int = field(default_factory=os.getpid)
     # Other names the model answers to (vLLM's --served-model-name A B: B here).
     aliases: tuple[str, ...] = ()
+    # The model as the worker was given it (a folder, a .gguf, a hub id): /v1/models'
+    # `root`, as vLLM's. "" for the served name.
+    root: str = ""
 
 
 # Seconds a beat waits on Redis before it is given up (the next beat tries again).
@@ -115,6 +118,7 @@ class Heartbeat:
             "num_kv_blocks": f.num_kv_blocks,
             "max_model_len": f.max_model_len,
             "runner": f.runner,
+            "root": f.root or f.model,
             "started_at": f.started_at,
             "pid": f.pid,
             "loras": self.loras(),

@@ -116,6 +116,8 @@ class FakeWorker:
     harmony: bool = False
     # Other names it serves the model under (--served-model-name A B).
     aliases: tuple[str, ...] = ()
+    # The model as it was given (a folder, a hub id), which real workers report.
+    root: str | None = None
     # Its served sampling defaults (--generation-config) and more of its config.json.
     generation: dict[str, Any] = field(default_factory=dict)
     published_config: dict[str, Any] = field(default_factory=dict)
@@ -254,6 +256,7 @@ class FakeWorker:
             "loras": loras,
             "lora_gens": lora_gens,
             "aliases": list(self.aliases),
+            **({"root": self.root} if self.root is not None else {}),
         }
         await self.redis.set(self.names.worker(self.model, self.instance), json.dumps(beat), ex=3)
 

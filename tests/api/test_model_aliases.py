@@ -12,14 +12,16 @@ MODEL = "smol"
 
 def test_every_name_reaches_the_model_and_is_echoed(make_stack: Callable[..., Stack]) -> None:
     stack = make_stack(with_worker=False)
+    given = "/models/smol-135m"  # the model as the worker was given it
     with (
-        worker_on(stack, MODEL, aliases=("gpt-4o-mini", "assistant")) as worker,
+        worker_on(stack, MODEL, aliases=("gpt-4o-mini", "assistant"), root=given) as worker,
         stack.client() as client,
     ):
         listed = client.get("/v1/models").json()["data"]
         assert sorted(card["id"] for card in listed) == ["assistant", "gpt-4o-mini", MODEL]
+        assert {card["root"] for card in listed} == {given}  # every name's, as vLLM's
         card = client.get("/v1/models/gpt-4o-mini").json()
-        assert (card["id"], card["root"], card["parent"]) == ("gpt-4o-mini", MODEL, None)
+        assert (card["id"], card["root"], card["parent"]) == ("gpt-4o-mini", given, None)
         for name in ("gpt-4o-mini", MODEL):
             body = {"model": name, "messages": [{"role": "user", "content": "Hi"}]}
             answer = client.post("/v1/chat/completions", json=body)

@@ -70,11 +70,14 @@ def keyed_api(server: Server) -> Iterator[str]:
         stop(process)
 
 
-def test_api_key_is_enforced_on_every_replica_path(keyed_api: str) -> None:
+def test_api_key_is_enforced_on_every_replica_path(keyed_api: str, server: Server) -> None:
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{keyed_api}/v1", api_key="wrong", max_retries=0).models.list()
     good = openai.OpenAI(base_url=f"{keyed_api}/v1", api_key="sk-e2e-secret", max_retries=0)
-    assert [m.id for m in good.models.list().data] == ["smollm2"]
+    (card,) = good.models.list().data
+    assert card.id == "smollm2"
+    # The model as the worker was given it, as vLLM's `root` is (CONVEYOR_MODEL here).
+    assert card.model_extra is not None and card.model_extra["root"] == server.env["CONVEYOR_MODEL"]
     for path in ("//v1/models", "/v1/../v1/models", "/v1%2Fmodels"):
         assert httpx.get(f"{keyed_api}{path}").status_code in (401, 404)
     assert httpx.get(f"{keyed_api}/health").status_code == 200

@@ -76,3 +76,17 @@ def test_a_worker_outlives_a_failed_first_beat(
     while not harness.client.exists(key):
         assert time.monotonic() < deadline, "the worker never beat"
         time.sleep(0.05)
+
+
+def test_the_beat_says_what_the_model_was_given_as() -> None:
+    """/v1/models' `root` (vLLM's: the model argument, a folder or hub id)."""
+    metrics = WorkerMetrics("m", "w")
+    given = WorkerFacts("m", "w", 1, 16, 256, time.time(), root="org/model")
+    assert (
+        Heartbeat(None, BusNames("t"), given, metrics, interval=1, ttl=3).payload()["root"]
+        == "org/model"
+    )  # type: ignore[arg-type]
+    unsaid = WorkerFacts("m", "w", 1, 16, 256, time.time())
+    assert (
+        Heartbeat(None, BusNames("t"), unsaid, metrics, interval=1, ttl=3).payload()["root"] == "m"
+    )  # type: ignore[arg-type]
