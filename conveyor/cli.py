@@ -90,6 +90,15 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
     ),
     ("--kv-cache-memory", {"type": int, "help": "KV cache bytes on CPU"}),
     (
+        "--kv-cache-memory-bytes",
+        {
+            "type": _token_count,
+            "metavar": "BYTES",
+            "help": "the KV cache's bytes on any device (4G, 4000000000), in place of "
+            "--gpu-memory-utilization's share on a GPU and --kv-cache-memory on a CPU",
+        },
+    ),
+    (
         "--kv-cache-dtype",
         {
             "choices": Settings.choices("kv_cache_dtype"),

@@ -149,6 +149,12 @@ class Settings(BaseSettings):
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     kv_cache_memory: int = Field(default=1 << 30, description="KV cache bytes on CPU")
+    kv_cache_memory_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="vLLM's flag: the KV cache's bytes on any device, in place of "
+        "--gpu-memory-utilization's share on a GPU and --kv-cache-memory on a CPU",
+    )
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = Field(
         default="auto",
         description="auto: the model's dtype; fp8 (e4m3) or fp8_e5m2: a byte per key and "
@@ -709,7 +715,11 @@ class Settings(BaseSettings):
         )
 
     @field_validator(
-        "max_model_len", "max_num_batched_tokens", "long_prefill_token_threshold", mode="before"
+        "max_model_len",
+        "max_num_batched_tokens",
+        "long_prefill_token_threshold",
+        "kv_cache_memory_bytes",
+        mode="before",
     )
     @classmethod
     def _human_readable(cls, value: object) -> object:
@@ -958,6 +968,7 @@ class Settings(BaseSettings):
             max_model_len=self.max_model_len,
             enable_prefix_caching=self.enable_prefix_caching,
             kv_cache_memory=self.kv_cache_memory,
+            kv_cache_memory_bytes=self.kv_cache_memory_bytes,
             kv_cache_dtype=self.kv_cache_dtype,
             quantization=self.quantization,
             gpu_memory_utilization=self.gpu_memory_utilization,

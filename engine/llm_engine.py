@@ -84,6 +84,20 @@ def cuda_kv_budget(total: int, free: int, ours: int, utilization: float, headroo
     return min(by_share, by_free)
 
 
+def fixed_cuda_kv_budget(wanted: int, free: int, headroom: int) -> int:
+    """`--kv-cache-memory-bytes` on a GPU: exactly that, if it fits beside the
+    activations' `headroom` in what is free now; otherwise start-up stops saying so
+    (rather than an out-of-memory error at the first long batch)."""
+    if wanted > free - headroom:
+        raise ValueError(
+            f"--kv-cache-memory-bytes asks for {wanted / 2**30:.2f} GiB of KV cache, but "
+            f"only {max(free - headroom, 0) / 2**30:.2f} GiB of the {free / 2**30:.2f} GiB "
+            "free is left beside activations: ask for less, or leave it out "
+            "(--gpu-memory-utilization then sizes the cache)"
+        )
+    return wanted
+
+
 # What an embedding sequence carries as sampling parameters: it never samples.
 _NO_SAMPLING = SamplingParams(max_tokens=1)
 
@@ -488,15 +502,19 @@ class LLMEngine:
                 activations += (
                     self.config.max_num_seqs * self._rows_per_sequence * mc.vocab_size * 16
                 )
-            budget = cuda_kv_budget(
-                total,
-                free,
-                torch.cuda.memory_allocated(self.device),
-                self.config.gpu_memory_utilization,
-                activations + _CUDA_RESERVE_BYTES + self._runtime_lora_reserve(itemsize),
-            )
+            headroom = activations + _CUDA_RESERVE_BYTES + self._runtime_lora_reserve(itemsize)
+            if self.config.kv_cache_memory_bytes is not None:
+                budget = fixed_cuda_kv_budget(self.config.kv_cache_memory_bytes, free, headroom)
+            else:
+                budget = cuda_kv_budget(
+                    total,
+                    free,
+                    torch.cuda.memory_allocated(self.device),
+                    self.config.gpu_memory_utilization,
+                    headroom,
+                )
         else:
-            budget = self.config.kv_cache_memory
+            budget = self.config.kv_cache_memory_bytes or self.config.kv_cache_memory
         if budget < per_block:
             raise ValueError("not enough memory left for even one KV block")
         return budget // per_block

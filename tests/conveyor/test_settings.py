@@ -654,3 +654,18 @@ def test_the_hf_token_reaches_the_engine_and_the_children_but_no_repr(
         assert "CONVEYOR_HF_TOKEN" not in settings_env(settings)
     monkeypatch.setenv("CONVEYOR_HF_TOKEN", "hf_env")
     assert Settings().engine_config().hf_token == "hf_env"
+
+
+def test_kv_cache_memory_bytes_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    assert (
+        settings_from_args(parser.parse_args(["serve"])).engine_config().kv_cache_memory_bytes
+        is None
+    )
+    settings = settings_from_args(parser.parse_args(["serve", "--kv-cache-memory-bytes", "4G"]))
+    assert settings.engine_config().kv_cache_memory_bytes == 4 << 30
+    assert settings_env(settings)["CONVEYOR_KV_CACHE_MEMORY_BYTES"] == str(4 << 30)
+    monkeypatch.setenv("CONVEYOR_KV_CACHE_MEMORY_BYTES", "2g")
+    assert Settings().engine_config().kv_cache_memory_bytes == 2 * 10**9
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--kv-cache-memory-bytes", "lots"])
