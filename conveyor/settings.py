@@ -510,7 +510,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"] = Field(
         default="INFO",
-        description="what conveyor logs; `conveyor serve`'s children log at it too",
+        validation_alias=AliasChoices("CONVEYOR_LOG_LEVEL", "VLLM_LOGGING_LEVEL"),
+        description="what conveyor logs; `conveyor serve`'s children log at it too "
+        "(vLLM's VLLM_LOGGING_LEVEL is read too)",
     )
     log_config_file: Path | None = Field(
         default=None,

@@ -669,3 +669,16 @@ def test_kv_cache_memory_bytes_reaches_the_engine(monkeypatch: pytest.MonkeyPatc
     assert Settings().engine_config().kv_cache_memory_bytes == 2 * 10**9
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "--kv-cache-memory-bytes", "lots"])
+
+
+def test_the_log_level_is_read_from_vllms_variable_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    parser = build_parser()
+    monkeypatch.delenv("CONVEYOR_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "debug")
+    settings = settings_from_args(parser.parse_args(["serve"]))
+    assert settings.log_level == "DEBUG"
+    assert settings_from_args(parser.parse_args(["serve", "--log-level", "warning"])).log_level == (
+        "WARNING"
+    )
+    monkeypatch.setenv("CONVEYOR_LOG_LEVEL", "ERROR")  # ours wins over vLLM's
+    assert Settings().log_level == "ERROR"
