@@ -129,6 +129,15 @@ _ENGINE_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         },
     ),
     (
+        "--structured-outputs-config",
+        {
+            "metavar": "JSON",
+            "help": 'vLLM\'s JSON: {"backend": "xgrammar", "disable_any_whitespace": true}; '
+            "any backend is compiled with llguidance, disable_any_whitespace makes JSON "
+            "output compact",
+        },
+    ),
+    (
         "--weight-transfer-config",
         {"help": 'vLLM\'s JSON: {"backend": "disk"} (POST /update_weights, dev mode)'},
     ),

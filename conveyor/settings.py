@@ -21,6 +21,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from conveyor.profiler_config import ProfilerConfig
+from conveyor.structured_outputs_config import StructuredOutputsConfig
 
 # Plain dataclasses and json, no torch: API processes read these settings too.
 from engine.chat_template_kwargs import parse_default_template_kwargs
@@ -263,6 +264,13 @@ class Settings(BaseSettings):
         default=None,
         description='vLLM\'s JSON, {"backend": "disk"}: with server_dev_mode, POST '
         "/update_weights reads a trainer's checkpoint folder into the served model",
+    )
+    structured_outputs_config: str | None = Field(
+        default=None,
+        description='vLLM\'s JSON, {"backend": "xgrammar", "disable_any_whitespace": true}: '
+        "constraints are compiled with llguidance whatever the backend; "
+        "disable_any_whitespace makes JSON output compact; a reasoning_parser here is "
+        "--reasoning-parser's (conveyor/structured_outputs_config.py)",
     )
     profiler_config: str | None = Field(
         default=None,
@@ -653,6 +661,28 @@ class Settings(BaseSettings):
         self.lora_config()  # its LoRAConfigError is a ValueError
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reasoning_parser_of_structured_outputs(cls, data: Any) -> Any:
+        """vLLM's `--structured-outputs-config '{"reasoning_parser": ...}'` names the
+        reasoning parser too: taken as --reasoning-parser, which must agree if given."""
+        if not isinstance(data, dict) or data.get("structured_outputs_config") is None:
+            return data
+        named = StructuredOutputsConfig.parse(data["structured_outputs_config"]).reasoning_parser
+        given = data.get("reasoning_parser")
+        if not named or named == given:
+            return data
+        if given is not None:
+            raise ValueError(
+                f"--structured-outputs-config names reasoning_parser {named!r} but "
+                f"--reasoning-parser is {given!r}"
+            )
+        return {**data, "reasoning_parser": named}
+
+    @property
+    def structured_outputs(self) -> StructuredOutputsConfig:
+        return StructuredOutputsConfig.parse(self.structured_outputs_config)
+
     @model_validator(mode="after")
     def _profiler_config_reads(self) -> Settings:
         self.profiler  # noqa: B018 (raises for a config not served)
@@ -971,6 +1001,7 @@ class Settings(BaseSettings):
             enable_prefix_caching=self.enable_prefix_caching,
             kv_cache_memory=self.kv_cache_memory,
             kv_cache_memory_bytes=self.kv_cache_memory_bytes,
+            compact_json=self.structured_outputs.compact_json,
             kv_cache_dtype=self.kv_cache_dtype,
             quantization=self.quantization,
             gpu_memory_utilization=self.gpu_memory_utilization,

@@ -899,6 +899,9 @@ class EngineConfig:
     # vLLM's --kv-cache-memory-bytes: the cache's bytes on any device (None: the share
     # gpu_memory_utilization leaves on a GPU, kv_cache_memory on a CPU).
     kv_cache_memory_bytes: int | None = None
+    # vLLM's --structured-outputs-config disable_any_whitespace: JSON constraints allow
+    # no whitespace between tokens (a request's own whitespace pattern still wins).
+    compact_json: bool = False
     # vLLM's --kv-cache-dtype: "auto" (the model's dtype), "fp8" (= "fp8_e4m3") or
     # "fp8_e5m2": a byte per key and value (kernels/kv_cache_dtype.py).
     kv_cache_dtype: str = "auto"

@@ -11,6 +11,7 @@ uses `check` to refuse a bad schema with a 400 before queueing.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import threading
 from collections import OrderedDict
@@ -37,8 +38,13 @@ class GrammarCompiler:
         vocab_size: int,
         eos_token_ids: frozenset[int] | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        *,
+        compact_json: bool = False,
     ) -> None:
+        """`compact_json`: the server's default for JSON constraints (vLLM's
+        disable_any_whitespace), for those that did not ask for a whitespace pattern."""
         self.tokenizer = tokenizer
+        self.compact_json = compact_json
         self.vocab_size = max(vocab_size, tokenizer.vocab_size)
         # Once a constraint is complete only these may follow (the engine's: config + tokenizer).
         self.eos_token_ids = eos_token_ids or tokenizer.eos_token_ids
@@ -70,12 +76,25 @@ class GrammarCompiler:
         thinking names them: engine/structured_output.py)."""
         return has_think_tokens(self.ll_tokenizer)
 
+    def served(self, constraint: StructuredOutput) -> StructuredOutput:
+        """The constraint as this engine compiles it: compact JSON by the server's default
+        unless the request gave its own whitespace pattern."""
+        if (
+            self.compact_json
+            and constraint.kind == "json"
+            and not constraint.compact_json
+            and constraint.whitespace_pattern is None
+        ):
+            return dataclasses.replace(constraint, compact_json=True)
+        return constraint
+
     def check(self, constraint: StructuredOutput) -> None:
         """Raise StructuredOutputError if the constraint cannot be compiled for this model.
 
         Validating is cheaper than compiling but still grows with the schema, and
         clients repeat theirs: constraints that passed are remembered (LRU).
         """
+        constraint = self.served(constraint)
         with self._lock:
             if constraint in self._checked:
                 self._checked.move_to_end(constraint)
@@ -95,6 +114,7 @@ class GrammarCompiler:
         return self._template(constraint).deep_copy()
 
     def _template(self, constraint: StructuredOutput) -> LLMatcher:
+        constraint = self.served(constraint)
         with self._lock:
             cached = self._compiled.get(constraint)
             if cached is not None:

@@ -221,7 +221,9 @@ class LLMEngine:
             for _ in range(mc.num_layers)
         ]
         self.eos_token_ids = frozenset(mc.eos_token_ids) | self.tokenizer.eos_token_ids
-        self.grammars = GrammarCompiler(self.tokenizer, mc.vocab_size, self.eos_token_ids)
+        self.grammars = GrammarCompiler(
+            self.tokenizer, mc.vocab_size, self.eos_token_ids, compact_json=config.compact_json
+        )
         # bad_words' token spellings, shared by requests that name the same words.
         self._bad_words_ids = lru_cache(maxsize=1024)(partial(bad_words_token_ids, self.tokenizer))
         # Where every layer slides, blocks behind the widest window are given back.

@@ -682,3 +682,35 @@ def test_the_log_level_is_read_from_vllms_variable_too(monkeypatch: pytest.Monke
     )
     monkeypatch.setenv("CONVEYOR_LOG_LEVEL", "ERROR")  # ours wins over vLLM's
     assert Settings().log_level == "ERROR"
+
+
+def test_structured_outputs_config_reaches_the_engine_and_names_the_reasoning_parser(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    parser = build_parser()
+    config = '{"backend": "xgrammar", "disable_any_whitespace": true, "reasoning_parser": "qwen3"}'
+    settings = settings_from_args(
+        parser.parse_args(["serve", "--structured-outputs-config", config])
+    )
+    assert settings.engine_config().compact_json is True
+    assert settings.reasoning_parser == "qwen3"
+    assert settings_from_args(parser.parse_args(["serve"])).engine_config().compact_json is False
+    for key, value in settings_env(settings).items():  # the children of `serve`
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
+    with pytest.raises(ValueError, match="names reasoning_parser 'qwen3' but --reasoning-parser"):
+        settings_from_args(
+            parser.parse_args(
+                [
+                    "serve",
+                    "--structured-outputs-config",
+                    config,
+                    "--reasoning-parser",
+                    "deepseek_r1",
+                ]
+            )
+        )
+    with pytest.raises(ValueError, match="backend 'magic'"):
+        settings_from_args(
+            parser.parse_args(["serve", "--structured-outputs-config", '{"backend": "magic"}'])
+        )

@@ -118,3 +118,27 @@ def test_masks_filled_in_parallel_equal_masks_filled_one_by_one(
         [fill_bitmask([m], compiler.vocab_size, torch.device("cpu")) for m in matchers]
     )
     assert torch.equal(parallel, one_by_one)
+
+
+def test_the_servers_compact_json_leaves_no_whitespace_unless_a_request_sets_its_own(
+    tokenizer: Tokenizer,
+) -> None:
+    """--structured-outputs-config's disable_any_whitespace: JSON constraints allow no
+    whitespace between tokens; a request's own whitespace pattern (or a regex) is kept."""
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    (newline,) = tokenizer.encode("\n", add_special_tokens=False)
+    (brace,) = tokenizer.encode("{", add_special_tokens=False)
+
+    def newline_after_brace(compiler: GrammarCompiler, constraint: StructuredOutput) -> bool:
+        matcher = compiler.matcher(constraint)
+        assert matcher.consume_tokens([brace])
+        return newline in allowed(compiler, matcher)
+
+    flexible = GrammarCompiler(tokenizer, tokenizer.vocab_size)
+    compact = GrammarCompiler(tokenizer, tokenizer.vocab_size, compact_json=True)
+    plain = StructuredOutput.json_schema(schema)
+    assert newline_after_brace(flexible, plain)
+    assert not newline_after_brace(compact, plain)
+    own = StructuredOutput.json_schema(schema, whitespace_pattern=r"[\n ]?")
+    assert newline_after_brace(compact, own)
+    assert compact.served(YES_NO) is YES_NO  # not JSON: as it was
