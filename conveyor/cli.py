@@ -234,6 +234,13 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
     ),
     ("--enable-prompt-tokens-details", {"help": "usage always has cached_tokens"}),
     (
+        "--prefix-caching-hash-algo",
+        {
+            "choices": ["sha256", "sha256_cbor", "xxhash", "xxhash_cbor", "builtin"],
+            "help": "cached blocks are always keyed by SHA-256 (vLLM's default)",
+        },
+    ),
+    (
         "--swap-space",
         {"type": float, "help": "a preempted request is recomputed, never swapped (vLLM V1)"},
     ),

@@ -334,6 +334,17 @@ def test_hashes_are_chained() -> None:
     assert chain_hash(1, shared_tail) != chain_hash(2, shared_tail)
 
 
+def test_parents_python_hashes_alike_chain_apart() -> None:
+    """SHA-256, as vLLM's default: Python's int hash wraps at 2**61 - 1 and takes -1 for
+    -2, so with `hash((parent, tokens))` these parents' blocks were one cache entry."""
+    tokens = [3, 1, 4, 1]
+    parent = 2**62 + 12345  # a block hash is 256 bits: above the wrap
+    assert hash((parent, tuple(tokens))) == hash((parent - (2**61 - 1), tuple(tokens)))
+    assert chain_hash(parent, tokens) != chain_hash(parent - (2**61 - 1), tokens)
+    assert chain_hash(-1, tokens) != chain_hash(-2, tokens)
+    assert chain_hash(None, tokens) != chain_hash(0, tokens)
+
+
 def test_blocks_needed_to_admit_counts_revived_free_blocks() -> None:
     bm = BlockManager(num_blocks=4, block_size=4)
     first = run_prompt(bm, list(range(9)))
