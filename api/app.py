@@ -101,6 +101,8 @@ def create_app(settings: Settings) -> FastAPI:
             instance,
             model_served=catalog.serves,
             worker_loss_timeout=settings.worker_loss_timeout,
+            log_outputs=settings.enable_log_requests and settings.enable_log_outputs,
+            max_log_len=settings.max_log_len,
         )
         key_cache = KeyCache(database, ttl=settings.key_cache_ttl)
         log_buffer = RequestLogBuffer(

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from api.errors import ApiError
+from api.output_log import OutputLog
 from api.quiet_futures import retrieve_error
 from conveyor.bus import WORKER_GROUP, BusNames
 from conveyor.protocol import ErrorInfo, ReplyMessage
@@ -114,10 +115,13 @@ class ReplyRouter:
         result_poll: float = 0.05,
         model_served: Callable[[str], Awaitable[bool]] | None = None,
         worker_loss_timeout: float = float("inf"),
+        log_outputs: bool = False,
+        max_log_len: int | None = None,
     ) -> None:
         """`model_served(model)` says whether a live worker serves a model now (the
         catalog's); a request that none could run ends `worker_loss_timeout` seconds on.
-        Without it a request waits for its deadline instead."""
+        Without it a request waits for its deadline instead. `log_outputs`: each
+        finished request's output is logged (api/output_log.py)."""
         self.redis = redis
         self.names = names
         self.instance = instance
@@ -126,6 +130,8 @@ class ReplyRouter:
         self.result_poll = result_poll
         self.model_served = model_served
         self.worker_loss_timeout = worker_loss_timeout
+        self.log_outputs = log_outputs
+        self.max_log_len = max_log_len
         self._queues: dict[str, asyncio.Queue[_QueueItem]] = {}
         # Request id -> (stream, entry id) until the request ends: a worker that finishes
         # it deletes the entry itself; an abort deletes it here.
@@ -388,6 +394,7 @@ class ReplyReader:
         self._unserved_since: float | None = None
         self._checked_at = time.monotonic()  # the first check waits a silence_check
         self._lost_seen = False  # the last check found the request lost
+        self._output_log = OutputLog(request_id, router.max_log_len) if router.log_outputs else None
 
     def close(self) -> bool:
         """Stop receiving; True only for the call that actually closed it."""
@@ -424,7 +431,7 @@ class ReplyReader:
                 # Nothing reached the client yet (or it is not streaming): the stored
                 # result is the whole answer, e.g. when it was stored just before the
                 # final message that is still in flight.
-                yield Restart("recovered from the stored result")
+                yield self._restart("recovered from the stored result")
                 yield self._finish(stored)
                 return
             message = item
@@ -435,14 +442,14 @@ class ReplyReader:
                     raise _worker_restarted()
                 self.attempt = message.attempt
                 self.expected_seq = FIRST_SEQ
-                yield Restart(f"attempt {message.attempt}")
+                yield self._restart(f"attempt {message.attempt}")
             if message.seq < self.expected_seq:
                 continue  # duplicate
             if message.seq > self.expected_seq:
                 if self.streaming:
                     raise self._lost()
                 stored = await self._poll_result()
-                yield Restart("recovered from the stored result")
+                yield self._restart("recovered from the stored result")
                 yield self._finish(stored)
                 return
             self.expected_seq += 1
@@ -459,7 +466,14 @@ class ReplyReader:
             if message.finished:
                 yield self._finish(message)
                 return
+            if self._output_log is not None:
+                self._output_log.add(message)
             yield message
+
+    def _restart(self, reason: str) -> Restart:
+        if self._output_log is not None:
+            self._output_log.reset()
+        return Restart(reason)
 
     def _finish(self, message: ReplyMessage) -> ReplyMessage:
         # Also when the answer came from the stored result: its worker deleted the entry.
@@ -467,6 +481,8 @@ class ReplyReader:
         if message.error is not None:
             raise worker_error(message.error)
         self.finished = True
+        if self._output_log is not None:
+            self._output_log.finish(message)
         return message
 
     async def _check_alive(self) -> None:

@@ -482,7 +482,10 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         "--log-flush-interval",
         {"type": float, "help": "seconds between request-log writes to SQL (1)"},
     ),
-    ("--max-log-len", {"type": int, "help": "prompt token ids per logged request (all)"}),
+    (
+        "--max-log-len",
+        {"type": int, "help": "prompt (and output) token ids and characters per logged request"},
+    ),
     ("--response-role", {"help": "the role of chat answers' messages (assistant)"}),
     (
         "--default-chat-template-kwargs",
@@ -553,6 +556,13 @@ def _add_serving_flags(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="log each request the API queues: model, sampling params, prompt token ids",
+    )
+    parser.add_argument(
+        "--enable-log-outputs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --enable-log-requests, also log each request's output: text, token ids, "
+        "finish reason",
     )
     for flag, help_text in (
         ("--return-tokens-as-token-ids", "logprobs name tokens token_id:N (vLLM's form)"),

@@ -492,8 +492,16 @@ class Settings(BaseSettings):
     enable_log_requests: bool = Field(
         default=False, description="log each request the API queues: model, params, prompt ids"
     )
+    enable_log_outputs: bool = Field(
+        default=False,
+        description="with enable_log_requests, also log what each request generated: its "
+        "text, token ids and finish reason (vLLM's flag)",
+    )
     max_log_len: int | None = Field(
-        default=None, ge=0, description="prompt token ids shown per logged request (all)"
+        default=None,
+        ge=0,
+        description="prompt token ids (and output characters and token ids) shown per "
+        "logged request (all)",
     )
     disable_log_stats: bool = Field(
         default=False, description="no periodic throughput / queue / KV cache log lines"
