@@ -94,7 +94,12 @@ def create_app(settings: Settings) -> FastAPI:
         redis = api_redis(settings.redis_url)
         names = BusNames(settings.redis_prefix)
         instance = settings.resolved_instance_id("api")
-        catalog = ModelCatalog(redis, names, chat_template=settings.chat_template)
+        catalog = ModelCatalog(
+            redis,
+            names,
+            chat_template=settings.chat_template,
+            content_format=settings.chat_template_content_format,
+        )
         replies = ReplyRouter(
             redis,
             names,

@@ -190,12 +190,14 @@ class ModelCatalog:
         names: BusNames,
         chat_template: str | None = None,
         refresh_interval: float = 1.0,
+        content_format: str = "auto",
         min_refresh_interval: float = 0.1,
         revalidate_interval: float = 5.0,
     ) -> None:
         self._redis = redis
         self._names = names
         self._chat_template = chat_template
+        self._content_format = content_format
         self._refresh_interval = refresh_interval
         self._min_refresh_interval = min_refresh_interval
         self._revalidate_interval = revalidate_interval
@@ -409,7 +411,7 @@ class ModelCatalog:
         if tokenizer is None:
             folder = self._materialise(files, digest)
             try:
-                tokenizer = Tokenizer.load(folder, self._chat_template)
+                tokenizer = Tokenizer.load(folder, self._chat_template, self._content_format)
             except ValueError as exc:
                 raise ApiError(500, f"cannot load the published tokenizer: {exc}") from exc
             self._by_digest[digest] = tokenizer

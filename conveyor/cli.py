@@ -276,10 +276,6 @@ _NO_OP_FLAGS: list[tuple[str, dict]] = [
             "help": "config.json is read (Mistral's releases carry it beside params.json)",
         },
     ),
-    (
-        "--chat-template-content-format",
-        {"choices": ["auto", "string"], "help": "text parts are joined into one string"},
-    ),
     ("--disable-custom-all-reduce", {"help": "one device per worker: nothing to reduce"}),
     ("--async-scheduling", {"help": "the engine loop never waits on the API or Redis"}),
     ("--enable-server-load-tracking", {"help": "GET /load always answers"}),
@@ -487,6 +483,14 @@ _HTTP_FLAGS: list[tuple[str | tuple[str, ...], dict]] = [
         {"type": int, "help": "prompt (and output) token ids and characters per logged request"},
     ),
     ("--response-role", {"help": "the role of chat answers' messages (assistant)"}),
+    (
+        "--chat-template-content-format",
+        {
+            "choices": ["auto", "string", "openai"],
+            "help": "message content as the template gets it: auto and string, one string "
+            "(text parts joined); openai, a list of text parts",
+        },
+    ),
     (
         "--default-chat-template-kwargs",
         {

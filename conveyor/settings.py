@@ -492,6 +492,11 @@ class Settings(BaseSettings):
     enable_log_requests: bool = Field(
         default=False, description="log each request the API queues: model, params, prompt ids"
     )
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        default="auto",
+        description="how message content reaches the chat template (vLLM's flag): auto and "
+        "string, one string of the text parts joined; openai, a list of text parts",
+    )
     enable_log_outputs: bool = Field(
         default=False,
         description="with enable_log_requests, also log what each request generated: its "

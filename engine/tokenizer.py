@@ -39,17 +39,28 @@ class Tokenizer:
         eos_token_ids: frozenset[int],
     ) -> None:
         self._hf = hf_tokenizer
+        # How message content reaches the template (vLLM's --chat-template-content-format):
+        # "string", text parts joined, or "openai", a list of text parts.
+        self.content_format = "string"
         self.vocab_size: int = len(hf_tokenizer)
         self.eos_token_ids: frozenset[int] = eos_token_ids
         self.bos_token_id: int | None = hf_tokenizer.bos_token_id
         self._added_ids = frozenset(hf_tokenizer.added_tokens_decoder)
 
     @classmethod
-    def load(cls, model_dir: str | Path, chat_template: str | Path | None = None) -> Tokenizer:
+    def load(
+        cls,
+        model_dir: str | Path,
+        chat_template: str | Path | None = None,
+        content_format: str = "auto",
+    ) -> Tokenizer:
         """Load from an HF folder; `chat_template` overrides the model's (a path or a literal).
 
         The override follows vLLM's --chat-template: an existing file is read, a value
         containing Jinja characters is the template itself, anything else is an error.
+        `content_format` is vLLM's --chat-template-content-format: "openai" hands the
+        template each message's content as a list of text parts; "auto" and "string" as
+        one string (the text parts joined), which every text model's template reads.
         """
         model_dir = Path(model_dir)
         try:
@@ -70,7 +81,9 @@ class Tokenizer:
         eos = set(_config_eos_ids(model_dir))
         if hf.eos_token_id is not None:
             eos.add(hf.eos_token_id)
-        return cls(hf, frozenset(eos))
+        tokenizer = cls(hf, frozenset(eos))
+        tokenizer.content_format = "openai" if content_format == "openai" else "string"
+        return tokenizer
 
     @property
     def has_chat_template(self) -> bool:
@@ -151,7 +164,11 @@ class Tokenizer:
                 "this model has no chat template; pass one with --chat-template "
                 "or use the completions endpoint"
             )
-        conversation = normalize_messages(messages, developer_as_system=not self._knows_developer)
+        conversation = normalize_messages(
+            messages,
+            developer_as_system=not self._knows_developer,
+            as_parts=self.content_format == "openai",
+        )
         reserved = reserved_in(template_kwargs)
         if reserved:
             raise ValueError(f"chat template kwargs may not set {reserved}")
@@ -208,7 +225,10 @@ class Tokenizer:
 
 
 def normalize_messages(
-    messages: Sequence[Mapping[str, Any]], *, developer_as_system: bool = False
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    developer_as_system: bool = False,
+    as_parts: bool = False,
 ) -> list[dict[str, Any]]:
     """Turn OpenAI chat messages into what HF chat templates expect.
 
@@ -216,7 +236,8 @@ def normalize_messages(
     newlines (as vLLM does); other part types cannot be rendered by a text model.
     Tool-call arguments arrive as JSON strings but templates `tojson` them, so
     they are parsed back into objects. `developer_as_system`: for a template that
-    does not know OpenAI's `developer` role.
+    does not know OpenAI's `developer` role. `as_parts` (vLLM's "openai" content
+    format): content as a list of text parts instead, a string as one part.
     """
     if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
         raise ValueError("messages must be a list of message objects")
@@ -232,7 +253,10 @@ def normalize_messages(
         converted = dict(message)
         if developer_as_system and role == "developer":
             converted["role"] = "system"
-        converted["content"] = flatten_content(message.get("content"), index)
+        text = flatten_content(message.get("content"), index)
+        converted["content"] = (
+            _text_parts(message.get("content"), text) if as_parts and text is not None else text
+        )
         if message.get("tool_calls"):
             converted["tool_calls"] = [_parse_tool_call(call) for call in message["tool_calls"]]
         out.append(converted)
@@ -250,6 +274,14 @@ _MEDIA_PARTS = {
     "file": "files",
     "input_file": "files",
 }
+
+
+def _text_parts(content: Any, text: str) -> list[dict[str, str]]:
+    """vLLM's "openai" content: the text parts as sent (checked by `flatten_content`),
+    or a string as one part."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [{"type": "text", "text": part["text"]} for part in content]
 
 
 def flatten_content(content: Any, index: int) -> str | None:

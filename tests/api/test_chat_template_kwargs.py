@@ -171,3 +171,39 @@ def test_kwargs_that_would_collide_with_the_call_are_a_400(
             reply = http.post(path, json={**body, "chat_template_kwargs": kwargs})
             assert reply.status_code == 400, (path, reply.text)
             assert reply.json()["error"]["param"] == "chat_template_kwargs", path
+
+
+PARTS_TEMPLATE = (
+    "{% for m in messages %}<{{ m.role }}>"
+    "{% if m.content is string %}(string){{ m.content }}"
+    "{% else %}{% for p in m.content %}[{{ p.type }}:{{ p.text }}]{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("content_format", "expected"),
+    [
+        ("openai", "<system>[text:Be brief.]<user>[text:Hi][text:there]<assistant>"),
+        ("string", "<system>(string)Be brief.<user>(string)Hi\nthere<assistant>"),
+        ("auto", "<system>(string)Be brief.<user>(string)Hi\nthere<assistant>"),
+    ],
+)
+def test_the_content_format_is_how_the_template_gets_message_content(
+    make_stack: Callable[..., Stack], content_format: str, expected: str
+) -> None:
+    """vLLM's --chat-template-content-format: openai hands the template a list of text
+    parts (a string as one part), string (and auto) the text parts joined."""
+    stack = make_stack(chat_template=PARTS_TEMPLATE, chat_template_content_format=content_format)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "there"}],
+        },
+    ]
+    with stack.client() as http:
+        body = {"model": MODEL, "messages": messages, "max_tokens": 2}
+        response = http.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200, response.text
+    assert last_prompt(stack.worker) == expected

@@ -399,7 +399,9 @@ def test_the_model_may_come_as_vllm_api_servers_model_flag() -> None:
     with pytest.raises(SystemExit):  # what conveyor cannot read is not accepted silently
         parser.parse_args(["serve", "--load-format", "dummy"])
     with pytest.raises(SystemExit):
-        parser.parse_args(["serve", "--chat-template-content-format", "openai"])
+        parser.parse_args(["serve", "--chat-template-content-format", "list"])
+    openai = parser.parse_args(["serve", "--chat-template-content-format", "openai"])
+    assert settings_from_args(openai).chat_template_content_format == "openai"
 
 
 def test_a_model_swallowed_by_served_model_name_is_refused(tmp_path: Path) -> None:
