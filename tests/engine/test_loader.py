@@ -117,34 +117,40 @@ def test_tokenizer_comes_from_another_folder_or_repo(
     assert (from_hub.tokenizer_dir / "tokenizer.json").read_text() == tokenizer_json
 
 
+def _recorded_downloads(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Each `snapshot_download` call's keyword arguments, offline (the cache answers)."""
+    import huggingface_hub
+
+    calls: list[dict[str, object]] = []
+    real = huggingface_hub.snapshot_download
+
+    def recording(*args: object, **kwargs: object) -> str:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording)
+    _offline(monkeypatch)
+    return calls
+
+
 def test_a_hub_repo_without_safetensors_gets_its_pickles(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Safetensors are asked for first; a repo that has none is asked for its
     pytorch_model*.bin (never both: most repos hold the weights in each format)."""
-    import huggingface_hub
-
-    asked: list[list[str]] = []
-    real = huggingface_hub.snapshot_download
-
-    def recording(*args: object, allow_patterns: list[str], **kwargs: object) -> str:
-        asked.append(allow_patterns)
-        return real(*args, allow_patterns=allow_patterns, **kwargs)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording)
-    _offline(monkeypatch)
+    calls = _recorded_downloads(monkeypatch)
     hub = tmp_path / "hub"
     _hub_cache(hub, "acme/old", {"main": {"config.json": "{}", "pytorch_model.bin": "w"}})
     _hub_cache(hub, "acme/new", {"main": {"config.json": "{}", "model.safetensors": "w"}})
     old = resolve_model("acme/old", tmp_path / "data", download_dir=hub)
     assert (old.path / "pytorch_model.bin").is_file()
-    assert asked == [
+    assert [call["allow_patterns"] for call in calls] == [
         ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
         ["pytorch_model*.bin"],
     ]
-    asked.clear()
+    calls.clear()
     resolve_model("acme/new", tmp_path / "data", download_dir=hub)
-    assert len(asked) == 1
+    assert len(calls) == 1
 
 
 def test_the_hf_token_authorizes_every_hub_download(
@@ -152,27 +158,17 @@ def test_the_hf_token_authorizes_every_hub_download(
 ) -> None:
     """vLLM's --hf-token: the weights' and the tokenizer's downloads carry it (gated and
     private repositories); without one, huggingface_hub's own (HF_TOKEN, the login)."""
-    import huggingface_hub
-
-    tokens: list[object] = []
-    real = huggingface_hub.snapshot_download
-
-    def recording(*args: object, token: object = None, **kwargs: object) -> str:
-        tokens.append(token)
-        return real(*args, token=token, **kwargs)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", recording)
-    _offline(monkeypatch)
+    calls = _recorded_downloads(monkeypatch)
     hub = tmp_path / "hub"
     _hub_cache(hub, "acme/gated", {"main": {"config.json": "{}", "model.safetensors": "w"}})
     _hub_cache(hub, "acme/tok", {"main": {"tokenizer.json": "{}"}})
     resolve_model(
         "acme/gated", tmp_path / "data", tokenizer="acme/tok", download_dir=hub, token="hf_x"
     )
-    assert tokens == ["hf_x", "hf_x"]
-    tokens.clear()
+    assert [call["token"] for call in calls] == ["hf_x", "hf_x"]
+    calls.clear()
     resolve_model("acme/gated", tmp_path / "data", download_dir=hub)
-    assert tokens == [None]
+    assert [call["token"] for call in calls] == [None]
 
 
 def test_a_hub_model_the_hub_cannot_give_says_so_in_one_line(
