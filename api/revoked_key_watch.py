@@ -10,7 +10,8 @@ query), and each request of such a key ends with a 401 `invalid_api_key`: a
 stream with an error event after what it already sent (billed, as the client
 got it), any other request with the 401 itself. Its generations are aborted on
 the workers as for any request that did not finish. Background responses are
-left to api/background_responses.py, which marks them cancelled.
+left to api/background_responses.py, which marks them cancelled, and batch lines
+to their batch's cancellation (conveyor/db/key_store.py's revocation cancels it).
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def revoked_error() -> ApiError:
         "request ran; it was stopped",
         code="invalid_api_key",
     )
+
+
+def _watched(record: RequestRecord) -> bool:
+    """Background responses and batch lines end through their own cancellation (the
+    response marked cancelled; the batch cancelled, its answered lines kept)."""
+    return record.background is None and record.principal.batch_id is None
 
 
 class RevokedKeyWatch:
@@ -79,7 +86,7 @@ class RevokedKeyWatch:
             keyed = {
                 ident: record.principal.api_key_id
                 for ident, record in self._records.items()
-                if record.principal.api_key_id is not None and record.background is None
+                if record.principal.api_key_id is not None and _watched(record)
             }
             if not keyed:
                 continue
