@@ -140,10 +140,13 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     Function calls join the assistant message before them (its `tool_calls`), as
     chat templates expect one assistant turn with its text and its calls; a
     call's output is a `tool` message that also carries the function's name, and an
-    output for a call neither the history nor the input holds is a 400, as at OpenAI.
+    output for a call neither the history nor the input holds is a 400, as at OpenAI;
+    so is a call left without its output (a turn continued after a function call
+    must send what the function returned).
     """
     messages: list[dict[str, Any]] = []
     names: dict[str, str] = {}
+    answered: set[str] = set()
     for item in items:
         kind = item["type"]
         if kind == "message":
@@ -173,6 +176,7 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     f"No tool call found for function call output with call_id {call_id}.",
                     param="input",
                 )
+            answered.add(call_id)
             messages.append(
                 {
                     "role": "tool",
@@ -181,6 +185,13 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "name": names[call_id],
                 }
             )
+    unanswered = [call_id for call_id in names if call_id not in answered]
+    if unanswered:  # OpenAI's 400: the model would go on as if the function had answered
+        raise ApiError(
+            400,
+            f"No tool output found for function call {unanswered[0]}.",
+            param="input",
+        )
     return messages
 
 

@@ -229,6 +229,13 @@ def test_a_named_tool_call_is_a_function_call_item(sdk: openai.OpenAI, worker: F
     assert done.arguments == ARGUMENTS and done.name == "get_weather"
     assert without_ids(events[-1].response.model_dump()) == without_ids(called.model_dump())
 
+    # Continued without the call's output: OpenAI's 400, nothing generated.
+    received = len(worker.received)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model=MODEL, previous_response_id=called.id, input="And?")
+    assert refused.value.message.endswith(f"No tool output found for function call {item.call_id}.")
+    assert len(worker.received) == received
+
     # The call and its output continue the conversation as a tool turn.
     worker.set_script(" It is sunny.")
     answer = sdk.responses.create(

@@ -117,6 +117,24 @@ def test_an_output_for_a_call_never_made_is_openais_400() -> None:
     assert "call_id call_typo" in refused.value.message
 
 
+def test_a_call_left_without_its_output_is_openais_400() -> None:
+    """A turn continued after a function call (previous_response_id's output, or the
+    input's) must send what the function returned, as OpenAI requires; every other call
+    answered is not enough."""
+    with pytest.raises(ApiError) as refused:
+        messages_of(
+            [
+                {"role": "user", "content": "Weather and time?"},
+                {"type": "function_call", "call_id": "c1", "name": "weather", "arguments": "{}"},
+                {"type": "function_call", "call_id": "c2", "name": "clock", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+                {"role": "user", "content": "And?"},
+            ]
+        )
+    assert (refused.value.status, refused.value.param) == (400, "input")
+    assert refused.value.message == "No tool output found for function call c2."
+
+
 def test_reasoning_items_are_kept_but_not_read() -> None:
     items = normalize_input(
         [{"type": "reasoning", "summary": []}, {"role": "user", "content": "Hi"}]
