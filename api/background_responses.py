@@ -70,6 +70,10 @@ STALE_GRACE_SECONDS = 60.0
 # How long a response kept only for polling (store false) stays after its run could end.
 POLL_WINDOW_SECONDS = 600.0
 
+# A streamed run's events while it waits: the rest (`response.in_progress` on) wait for
+# its row to read `in_progress`.
+_WHILE_QUEUED = frozenset({"response.created", "response.queued"})
+
 STOPPED_ERROR = {
     "code": "server_error",
     "message": "the API server running this background response stopped before it finished; "
@@ -156,7 +160,8 @@ class BackgroundResponses:
 
     async def _run(self, run: BackgroundRun) -> None:
         record = run.record
-        started = asyncio.ensure_future(self._mark_started(run))
+        # A streamed run marks its row itself, before its log says in_progress.
+        started = None if run.streamed else asyncio.ensure_future(self._mark_started(run))
         try:
             await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
         except Cancelled:
@@ -181,7 +186,8 @@ class BackgroundResponses:
             error = {"code": "server_error", "message": "the response failed on the server"}
             await self._fail(run, error)
         finally:
-            started.cancel()
+            if started is not None:
+                started.cancel()
             run.generation.close()
             with contextlib.suppress(Exception):
                 if run.streamed:  # readers stop here, whatever ended the run
@@ -190,22 +196,53 @@ class BackgroundResponses:
                 await self.redis.delete(self.names.response_cancel(run.response_id))
 
     async def _generate(self, run: BackgroundRun) -> None:
-        """Collect the answer whole, or (streamed) token by token into the event log."""
+        """Collect the answer whole, or (streamed) token by token into the event log.
+
+        A streamed run's events from `response.in_progress` on are held until a worker
+        has replied and the row reads `in_progress`: the log said in_progress as the
+        first (role) chunk was made, before any worker had the request, and a client
+        that read a delta and then polled could still see `queued`."""
         if not run.streamed:
             chunks = run.generation.whole_chunks(final_usage=True, detached=True)
             await run.stream.final(chunks)
             return
         chunks = run.generation.chunks(final_usage=True)
-        async for event in run.stream.events(chunks, queued=True):  # as the row says
-            await self.events.append(run.response_id, event)
+        held: list[dict[str, Any]] = []
+        marked = False
+        try:
+            async for event in run.stream.events(chunks, queued=True):  # as the row says
+                if marked or event.get("type") in _WHILE_QUEUED:
+                    await self.events.append(run.response_id, event)
+                    continue
+                held.append(event)
+                if not run.generation.reader.started.is_set():
+                    continue  # no worker has replied: the row and the log still say queued
+                marked = True
+                await self._mark_in_progress(run.response_id)
+                await self._append_all(run.response_id, held)
+        except BaseException:
+            # Ended before a worker's first token (an error reply, a cancel): what was held
+            # goes first, so the failed or cancelled end follows it in sequence.
+            with contextlib.suppress(Exception):
+                await self._append_all(run.response_id, held)
+            raise
+        await self._append_all(run.response_id, held)
+
+    async def _append_all(self, response_id: str, held: list[dict[str, Any]]) -> None:
+        while held:
+            await self.events.append(response_id, held[0])
+            held.pop(0)
 
     async def _mark_started(self, run: BackgroundRun) -> None:
         """`queued` -> `in_progress` once a worker replies (never over a later status)."""
         await run.generation.reader.started.wait()
+        await self._mark_in_progress(run.response_id)
+
+    async def _mark_in_progress(self, response_id: str) -> None:
         try:
-            await in_session(self.database, lambda s: mark_in_progress(s, run.response_id))
+            await in_session(self.database, lambda s: mark_in_progress(s, response_id))
         except Exception:  # only the status a poll reads in the meantime is stale
-            logger.exception("could not mark background response %s in progress", run.response_id)
+            logger.exception("could not mark background response %s in progress", response_id)
 
     async def _fail(self, run: BackgroundRun, error: dict[str, Any]) -> None:
         await self._end(run.response_id, "failed", error)

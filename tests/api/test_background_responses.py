@@ -382,3 +382,29 @@ def test_a_revoked_keys_runs_are_cancelled_but_not_ones_that_ended(
         assert statuses == {"resp_a": "cancelled", "resp_b": "completed"}
     finally:
         database.close()
+
+
+def test_a_poll_after_streamed_output_never_reads_queued(
+    sdk: openai.OpenAI, worker: FakeWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row's `in_progress` is written before the run's first events from
+    `response.in_progress` on reach its log: with that write slow (a busy database),
+    a client that read them and polled used to see `queued`."""
+    real = background_responses.mark_in_progress
+
+    def slow(session: Any, response_id: str) -> Any:
+        time.sleep(1.0)
+        return real(session, response_id)
+
+    monkeypatch.setattr(background_responses, "mark_in_progress", slow)
+    worker.behaviour = "slow"  # a token every 50 ms: still running when polled
+    stream = sdk.responses.create(
+        model=MODEL, input="A story.", background=True, stream=True, max_output_tokens=100
+    )
+    seen = []
+    for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta":
+            break
+    stream.close()
+    assert sdk.responses.retrieve(seen[0].response.id).status == "in_progress"
