@@ -37,11 +37,13 @@ class Tokenizer:
         self,
         hf_tokenizer: PreTrainedTokenizerFast,
         eos_token_ids: frozenset[int],
+        *,
+        content_as_parts: bool = False,
     ) -> None:
         self._hf = hf_tokenizer
-        # How message content reaches the template (vLLM's --chat-template-content-format):
-        # "string", text parts joined, or "openai", a list of text parts.
-        self.content_format = "string"
+        # vLLM's --chat-template-content-format openai: the template gets a message's
+        # content as a list of text parts (otherwise the parts joined into one string).
+        self.content_as_parts = content_as_parts
         self.vocab_size: int = len(hf_tokenizer)
         self.eos_token_ids: frozenset[int] = eos_token_ids
         self.bos_token_id: int | None = hf_tokenizer.bos_token_id
@@ -81,9 +83,7 @@ class Tokenizer:
         eos = set(_config_eos_ids(model_dir))
         if hf.eos_token_id is not None:
             eos.add(hf.eos_token_id)
-        tokenizer = cls(hf, frozenset(eos))
-        tokenizer.content_format = "openai" if content_format == "openai" else "string"
-        return tokenizer
+        return cls(hf, frozenset(eos), content_as_parts=content_format == "openai")
 
     @property
     def has_chat_template(self) -> bool:
@@ -167,7 +167,7 @@ class Tokenizer:
         conversation = normalize_messages(
             messages,
             developer_as_system=not self._knows_developer,
-            as_parts=self.content_format == "openai",
+            as_parts=self.content_as_parts,
         )
         reserved = reserved_in(template_kwargs)
         if reserved:
