@@ -7,11 +7,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Extra pytest flags for `make test`; CI passes --require-postgres --require-redis7.
 PYTEST_ARGS ?=
-# Two workers, one per test stream (tests/conftest.py): single-threaded Python beside torch
-# and the e2e servers, which alone keep about one of two cores busy. Waiting OpenMP threads
-# sleep instead of spinning: torch's two threads spinning against the other stream made its
-# matrix products ~4x slower than alone (passive: ~1.6x).
-RUN_TESTS = OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -n 2 --dist loadscope
+# Three workers (tests/conftest.py's scopes): one runs every test that starts a server
+# tree, waiting on its servers much of the time; the other two take the remaining modules,
+# longest first, as they free up. Waiting OpenMP threads sleep instead of spinning: torch's
+# two threads spinning against the other workers made its matrix products ~4x slower than
+# alone (passive: ~1.6x).
+RUN_TESTS = OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -n 3 --dist loadscope --no-loadscope-reorder
 # Where torch comes from: unset, pip's own configuration (this project's machines hold a
 # local CPU wheel); on plain PyPI set TORCH_INDEX=https://download.pytorch.org/whl/cpu, or
 # pip picks the multi-GB CUDA build.

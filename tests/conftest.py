@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -465,33 +466,45 @@ def db(migrated_database_url: str) -> Iterator[Database]:
     database.close()
 
 
-# --- Two streams under `make test` --------------------------------------------------------
+# --- How `make test` spreads the suite over its workers ------------------------------------
 
-# One pytest process keeps about one of this machine's two cores busy. `make test` runs
-# pytest-xdist with two workers and `--dist loadscope`, whose scopes are these two streams
-# (not modules): each worker runs one stream in collection order, so fixtures behave as in
-# one process and no two e2e server trees ever run at once. One stream holds tests whose
-# work is single-threaded Python (Triton's interpreter, in-process ASGI apps against fakes,
-# the CLI), the other torch's multi-threaded engine runs and server processes. (xdist 3.8's
-# own `loadgroup` does nothing under pytest 9.2: it rewrites `item._nodeid`, which pytest
-# 9 no longer reads; hence a scheduler that overrides the pinned xdist's `_split_scope`.)
-SINGLE_THREADED_STREAM = "single-threaded"
-MAIN_STREAM = "main"
-_SINGLE_THREADED_PATHS = ("tests/kernels/", "tests/api/", "tests/conveyor/", "tests/workers/")
-# Under those paths but busy on several cores: compiles for two GPU architectures at once
-# (~5 min on a cold Triton cache). In the single-threaded stream it made that stream the
-# run's longest by 8 minutes (28 against 20, a cold fresh-clone run).
-_MULTI_PROCESS_TESTS = ("tests/kernels/test_triton_offline_compile.py::",)
+# `make test` runs pytest-xdist with three workers and `--dist loadscope`, whose scopes are
+# these (xdist hands each scope whole to one worker, and more as workers free up):
+# - "servers": every test that starts a server process tree (the e2e suite, the compose
+#   topology), in collection order on one worker, so no two trees ever run at once;
+# - every other module, a scope of its own, so the other workers balance themselves
+#   (whole streams of modules left one worker running alone for minutes at the end).
+# Three workers on two cores: the servers worker spends much of its time waiting on its
+# servers, and the other two fill it.
+# (xdist 3.8's own `loadgroup` does nothing under pytest 9.2: it rewrites `item._nodeid`,
+# which pytest 9 no longer reads; hence a scheduler that overrides the pinned xdist's
+# `_split_scope`.)
+SERVERS_SCOPE = "servers"
+_SERVER_TREE_TESTS = ("tests/e2e/", "tests/deploy/test_compose_topology.py::")
 
 
-def stream_of(nodeid: str) -> str:
-    """The stream (xdist scope) a test runs in."""
-    single = nodeid.startswith(_SINGLE_THREADED_PATHS)
-    return (
-        SINGLE_THREADED_STREAM
-        if single and not nodeid.startswith(_MULTI_PROCESS_TESTS)
-        else MAIN_STREAM
-    )
+def scope_of(nodeid: str) -> str:
+    """The xdist scope a test runs in: the servers' or its module's."""
+    if nodeid.startswith(_SERVER_TREE_TESTS):
+        return SERVERS_SCOPE
+    return nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(trylast=True)  # after tests/e2e's hook has marked its tests slow
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist's workers, the longest scopes first, as the scheduler hands them out in
+    this order (`--no-loadscope-reorder`; xdist's own reorder counts tests, not time): the
+    servers' scope, then modules by how many slow tests they hold. A long module handed
+    out last would leave one worker running it alone."""
+    if not hasattr(config, "workerinput"):
+        return
+    slow = Counter(scope_of(item.nodeid) for item in items if item.get_closest_marker("slow"))
+
+    def rank(item: pytest.Item) -> tuple[bool, int]:
+        scope = scope_of(item.nodeid)
+        return scope != SERVERS_SCOPE, -slow[scope]
+
+    items.sort(key=rank)  # stable: each scope keeps its tests' order
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # a pytest without xdist still runs
@@ -502,6 +515,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
     class StreamScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return stream_of(nodeid)
+            return scope_of(nodeid)
 
     return StreamScheduling(config, log)
