@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from api.errors import ApiError
 from api.messages_system_turns import place_system_messages, system_text
+from api.messages_tool_pairs import check_tool_pairs
 from api.schemas.chat import REASONING_EFFORTS, ChatCompletionRequest
 from api.schemas.messages import ContentBlock, CountTokensRequest, InputMessage, MessagesRequest
 from engine.structured_output import StructuredOutput
@@ -44,6 +45,7 @@ def chat_request(body: CountTokensRequest) -> ChatCompletionRequest:
         messages.append({"role": "system", "content": system})
     for index, message in turns:
         messages.extend(_chat_messages(message, index))
+    check_tool_pairs(body.messages)
     if not messages:
         raise ApiError(400, "messages: every message is empty", param="messages")
     fields: dict[str, Any] = {

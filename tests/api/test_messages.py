@@ -425,6 +425,24 @@ def test_stop_reasons_say_how_the_answer_ended(
             "invalid_request_error",
             "tool_result",
         ),
+        (  # a call left without its result: refused, not generated on as if answered
+            {
+                "max_tokens": 5,
+                "messages": [
+                    {"role": "user", "content": "weather?"},
+                    {
+                        "role": "assistant",
+                        "content": [
+                            {"type": "tool_use", "id": "toolu_1", "name": "w", "input": {}}
+                        ],
+                    },
+                    {"role": "user", "content": "never mind"},
+                ],
+            },
+            400,
+            "invalid_request_error",
+            "messages.1: `tool_use` ids were found without `tool_result` blocks",
+        ),
         (  # a text-only model: told it is the image, not chat's `image_url` part it became
             {
                 "max_tokens": 5,
