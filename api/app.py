@@ -115,10 +115,10 @@ def create_app(settings: Settings) -> FastAPI:
             flush_interval=settings.log_flush_interval,
             max_rows=settings.log_buffer_max_rows,
         )
-        background = BackgroundResponses(
-            redis, names, database, settings.request_timeout, settings.drain_timeout
-        )
         key_watch = RevokedKeyWatch(database, replies)
+        background = BackgroundResponses(
+            redis, names, database, settings.request_timeout, settings.drain_timeout, key_watch
+        )
         file_storage = LocalFileStorage(settings.data_dir / "files")
         retention = Retention(
             database, file_storage, settings.response_retention_days, settings.purge_interval

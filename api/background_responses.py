@@ -18,11 +18,11 @@ which aborts the generation on the workers. A cancelled response is not
 billed (like a client that left before its answer), whichever side of the
 race the cancel landed on, unless it streams and output had reached its event
 log, where a client could read it: that is billed. A run whose key is revoked, or
-whose project is archived, is cancelled the same way within KEY_CHECK_SECONDS (as
-that key's batches are), wherever the revocation was made (the admin API or
-`conveyor keys revoke`): work queued with a stolen key does not outlive it. A
-process that stops lets its runs finish for up to the drain timeout, then cancels
-them and marks them failed; one that dies
+whose project is archived, is cancelled the same way within seconds
+(api/revoked_key_watch.py, as that key's batches are), wherever the revocation
+was made (the admin API or `conveyor keys revoke`): work queued with a stolen
+key does not outlive it. A process that stops lets its runs finish for up to
+the drain timeout, then cancels them and marks them failed; one that dies
 leaves them running in SQL, and a read (or a continuation) after the request
 timeout reports them failed (`expire_if_stale`), since no generation outlives
 that deadline.
@@ -52,19 +52,16 @@ from api.errors import ApiError
 from api.request_record import RequestRecord
 from api.response_event_log import ResponseEventLog
 from api.responses_stream import ResponseEventStream
+from api.revoked_key_watch import RevokedKeyWatch
 from api.sql import in_session
 from conveyor.bus import BusNames
 from conveyor.db.database import Database
-from conveyor.db.key_store import inactive_keys
 from conveyor.db.response_store import RUNNING, end_running, mark_in_progress
 from conveyor.db.stored_response import StoredResponse
 
 logger = logging.getLogger(__name__)
 
 CANCEL_POLL_SECONDS = 0.5
-# How often an API process asks SQL whether its runs' keys still work (not revoked, their
-# project not archived): one query for all of them.
-KEY_CHECK_SECONDS = 2.0
 # How long past the request timeout a running row may sit before a read calls it failed.
 STALE_GRACE_SECONDS = 60.0
 # How long a response kept only for polling (store false) stays after its run could end.
@@ -105,6 +102,7 @@ class BackgroundResponses:
         database: Database,
         cancel_ttl: float,
         drain_timeout: float = 30.0,
+        key_watch: RevokedKeyWatch | None = None,
     ) -> None:
         self.redis = redis
         self.names = names
@@ -116,26 +114,19 @@ class BackgroundResponses:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         # Set by a cancel on this replica: the run stops without waiting for its next poll.
         self._cancelled: dict[str, asyncio.Event] = {}
-        # Each run's API key (runs of project keys only), which `_watch_keys` checks.
-        self._keys: dict[str, str] = {}
-        self._key_watch: asyncio.Task[None] | None = None
+        # Stops the runs of a key that stopped working (runs of project keys only).
+        self.key_watch = key_watch
 
     def start(self, run: BackgroundRun) -> None:
         self._cancelled[run.response_id] = asyncio.Event()
-        if run.record.principal.api_key_id is not None:
-            self._keys[run.response_id] = run.record.principal.api_key_id
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._run(run))
+        task = asyncio.get_running_loop().create_task(self._run(run))
         self.tasks[run.response_id] = task
         task.add_done_callback(lambda _: self._forget(run.response_id))
         run.record.background = task
-        if self._key_watch is None or self._key_watch.done():
-            self._key_watch = loop.create_task(self._watch_keys())
 
     def _forget(self, response_id: str) -> None:
         self.tasks.pop(response_id, None)
         self._cancelled.pop(response_id, None)
-        self._keys.pop(response_id, None)
 
     async def cancel(self, response_id: str) -> None:
         """Tell whichever process runs the response to stop it (idempotent)."""
@@ -152,8 +143,6 @@ class BackgroundResponses:
         if self.tasks and wait > 0:
             await asyncio.wait(set(self.tasks.values()), timeout=wait)
         tasks = list(self.tasks.values())
-        if self._key_watch is not None:
-            tasks.append(self._key_watch)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -163,7 +152,8 @@ class BackgroundResponses:
         # A streamed run marks its row itself, before its log says in_progress.
         started = None if run.streamed else asyncio.ensure_future(self._mark_started(run))
         try:
-            await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
+            with self._key_watched(run):
+                await unless(self._generate(run), self._watch_cancel(run.response_id), Cancelled)
         except Cancelled:
             # As a client that left: nothing billed, unless the run streamed output into
             # its event log, where the client could read it (a streamed chat a client
@@ -258,7 +248,7 @@ class BackgroundResponses:
 
     async def _watch_cancel(self, response_id: str) -> None:
         """Return once the response is cancelled here or on another replica (or its key
-        stopped working: `_watch_keys` sets the local event)."""
+        stopped working: `_revoked` sets the local event)."""
         key = self.names.response_cancel(response_id)
         local = self._cancelled.get(response_id) or asyncio.Event()
         while True:
@@ -279,30 +269,25 @@ class BackgroundResponses:
             if cancelled:
                 return
 
-    async def _watch_keys(self) -> None:
-        """While this process runs background responses: every KEY_CHECK_SECONDS, one
-        query for the keys among them that stopped working; each of their runs is marked
-        cancelled (unless it ended first) and stopped through its local cancel event."""
-        while self.tasks:
-            await asyncio.sleep(KEY_CHECK_SECONDS)
-            runs = dict(self._keys)
-            if not runs:
-                continue
-            try:
-                async with asyncio.timeout(KEY_CHECK_SECONDS * 5):
-                    ended = await asyncio.shield(
-                        in_session(self.database, partial(_end_revoked, runs=runs))
-                    )
-            except Exception as exc:  # the database is away: keep generating, ask again
-                logger.warning("checking background responses' keys failed: %s", exc)
-                continue
-            for response_id in ended:
-                logger.info(
-                    "background response %s cancelled: its API key was revoked", response_id
-                )
-                event = self._cancelled.get(response_id)
-                if event is not None:
-                    event.set()
+    def _key_watched(self, run: BackgroundRun) -> contextlib.AbstractContextManager[None]:
+        """While the run goes: once its key stops working (on any replica or the CLI),
+        `_revoked` marks it cancelled and stops it."""
+        key_id = run.record.principal.api_key_id
+        if self.key_watch is None or key_id is None:
+            return contextlib.nullcontext()
+        return self.key_watch.watching(lambda: key_id, partial(self._revoked, run.response_id))
+
+    async def _revoked(self, response_id: str, key_id: str) -> None:
+        """Mark the run cancelled, as a cancel call marks it (one that ended first is left as
+        it ended), and stop it through its local cancel event."""
+        if not await in_session(self.database, partial(_end_revoked, response_id=response_id)):
+            return
+        logger.info(
+            "background response %s cancelled: its API key %s was revoked", response_id, key_id
+        )
+        event = self._cancelled.get(response_id)
+        if event is not None:
+            event.set()
 
     async def _end(self, response_id: str, status: str, error: dict[str, Any]) -> None:
         def work(session: Session) -> None:
@@ -316,18 +301,11 @@ class BackgroundResponses:
             logger.exception("could not mark background response %s %s", response_id, status)
 
 
-def _end_revoked(session: Session, runs: dict[str, str]) -> list[str]:
-    """The runs (response id -> key id) whose key stopped working, each marked cancelled
-    as a cancel call marks it; one that ended first is left as it ended."""
-    gone = inactive_keys(session, set(runs.values()))
-    ended: list[str] = []
-    for response_id, key_id in runs.items():
-        if key_id not in gone:
-            continue
-        stored = session.get(StoredResponse, response_id)
-        if stored is None or end_running(session, stored, "cancelled"):
-            ended.append(response_id)  # deleted: nobody can read it, stop it all the same
-    return ended
+def _end_revoked(session: Session, response_id: str) -> bool:
+    """Whether the run of a revoked key is to stop: its row marked cancelled now, or
+    deleted (nobody can read it; stopped all the same). One that ended first is not."""
+    stored = session.get(StoredResponse, response_id)
+    return stored is None or end_running(session, stored, "cancelled")
 
 
 def expire_if_stale(
