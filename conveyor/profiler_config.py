@@ -11,10 +11,11 @@ here (iteration schedules, CUDA-graph capture traces, the "cuda" nsys profiler, 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from conveyor.json_flag import read_json_flag
 
 # vLLM's fields that record nothing different here: accepted, whatever their value.
 _NO_EFFECT = {
@@ -55,7 +56,7 @@ class ProfilerConfig:
         where neither turns the profiler on. A ValueError names what is wrong."""
         if config_json is None:
             return cls(_folder(legacy_dir)) if legacy_dir else None
-        value: Any = json.loads(config_json)
+        value: Any = read_json_flag("--profiler-config", config_json)
         if not isinstance(value, dict):
             raise ValueError("--profiler-config must be a JSON object")
         known = {"profiler", "torch_profiler_dir", *_NO_EFFECT, *_UNSERVED_UNLESS, *_FLAGS}

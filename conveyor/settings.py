@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from conveyor.json_flag import read_json_flag
 from conveyor.profiler_config import ProfilerConfig
 from conveyor.structured_outputs_config import StructuredOutputsConfig
 
@@ -717,7 +718,7 @@ class Settings(BaseSettings):
         nccl and ipc hand tensors over from a trainer on the same GPUs), or None."""
         if self.weight_transfer_config is None:
             return None
-        value = json.loads(self.weight_transfer_config)  # a bad one names the setting
+        value = read_json_flag("--weight-transfer-config", self.weight_transfer_config)
         backend = value.get("backend", "nccl") if isinstance(value, dict) else None
         if backend != "disk":
             raise ValueError(

@@ -14,9 +14,10 @@ at start-up, as is a field vLLM does not have.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from conveyor.json_flag import read_json_flag
 
 BACKENDS = ("auto", "xgrammar", "guidance", "outlines", "lm-format-enforcer")
 _FIELDS = {
@@ -42,7 +43,7 @@ class StructuredOutputsConfig:
         """A ValueError names what is wrong; None is vLLM's defaults."""
         if config_json is None:
             return cls()
-        value: Any = json.loads(config_json)
+        value: Any = read_json_flag("--structured-outputs-config", config_json)
         if not isinstance(value, dict):
             raise ValueError("--structured-outputs-config must be a JSON object")
         for key, item in value.items():

@@ -634,7 +634,7 @@ def test_weight_transfer_is_vllms_flag_and_only_its_disk_backend(
     for config, match in [
         ('{"backend": "nccl"}', "'nccl' is not served"),
         ("{}", "'nccl' is not served"),  # vLLM's default backend
-        ("disk", "weight_transfer_config"),
+        ("disk", "--weight-transfer-config is not JSON"),
     ]:
         with pytest.raises(ValidationError, match=match):
             settings_from_args(parser.parse_args(["serve", "--weight-transfer-config", config]))
