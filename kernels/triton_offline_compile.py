@@ -280,11 +280,17 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 act_and_mul = partial(clamped_swiglu_and_mul, alpha=1.702, limit=7.0)
                 biases = (t(shape.experts, 2 * shape.intermediate), t(shape.experts, shape.hidden))
             act_and_mul(t(4, 2 * shape.intermediate))
+            # Quantized weights are compiled in bf16 only: a GPU serves FP8, GPTQ/AWQ and
+            # MXFP4 checkpoints in 16-bit activations (vLLM's kernels take nothing else), and
+            # fp32 ones only when asked (parity runs). Their fp32 GEMMs were a quarter of
+            # the compiles, the heaviest (the whole took 570 s on a cold cache in CI).
+            quantized = dtype == torch.bfloat16
             # An FP8 checkpoint's projections (128 x 128 tiles, as released, and a scale
             # per row, compressed-tensors'): q/k/v and down, at a decode's rows and the
             # GEMM's most; longer inputs dequantize.
             qkv_rows = (h + 2 * kvh) * d
-            for rows_out, cols_in in ((qkv_rows, shape.hidden), (shape.hidden, shape.intermediate)):
+            projections = ((qkv_rows, shape.hidden), (shape.hidden, shape.intermediate))
+            for rows_out, cols_in in projections if quantized else ():
                 values = t(rows_out, cols_in, dtype=torch.uint8)
                 per_row = (Fp8Block(1, cols_in),) if shape.fp8_per_row else ()
                 for tiles in (FP8_TILES, *per_row):
@@ -311,9 +317,9 @@ def _launch_all(start_case: Callable[[str], None]) -> None:
                 continue
             e, h, i = shape.experts, shape.hidden, shape.intermediate
             stacks: dict[str, tuple[ExpertStack, ExpertStack]] = {"": (t(e, 2 * i, h), t(e, h, i))}
-            if shape.gpt_oss_experts:  # as released: MXFP4
+            if quantized and shape.gpt_oss_experts:  # as released: MXFP4
                 stacks[" mxfp4"] = (_empty_mxfp4(e, 2 * i, h), _empty_mxfp4(e, h, i))
-            else:  # the -FP8 releases: 128 x 128 tiles; compressed-tensors' and
+            elif quantized:  # the -FP8 releases: 128 x 128 tiles; compressed-tensors' and
                 # --quantization fp8's: a scale per row, at a decode's and a prefill's size
                 tiled = (_empty_fp8(e, 2 * i, h, FP8_TILES), _empty_fp8(e, h, i, FP8_TILES))
                 stacks[" fp8"] = tiled
