@@ -3,7 +3,7 @@
 A revoked key (or one whose project is archived) is refused by every replica
 within the key cache's TTL; this stops the work it already started on this API
 process, so a stolen key's long generations stop within seconds rather than at
-`max_tokens`, and its queued background responses do not run at all. Two kinds
+`max_tokens`, and its background responses are cancelled. Two kinds
 are watched, with one query for both, every KEY_CHECK_SECONDS while any runs
 (however many: one query):
 - requests in flight (`tracking`, from the usage middleware): each request of
@@ -69,7 +69,7 @@ class RevokedKeyWatch:
         self.database = database
         self.router = router
         self.interval = interval
-        self._watched: dict[int, tuple[KeyOf, OnRevoked]] = {}
+        self._work: dict[int, tuple[KeyOf, OnRevoked]] = {}
         self._tokens = itertools.count()
         self._task: asyncio.Task[None] | None = None
 
@@ -78,13 +78,13 @@ class RevokedKeyWatch:
         """Call `on_revoked(key)` (again at each check, until this block is left) once the
         key `key_of()` names stops working."""
         token = next(self._tokens)
-        self._watched[token] = (key_of, on_revoked)
+        self._work[token] = (key_of, on_revoked)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._watch())
         try:
             yield
         finally:
-            self._watched.pop(token, None)
+            self._work.pop(token, None)
 
     def tracking(self, record: RequestRecord) -> contextlib.AbstractContextManager[None]:
         """Watch `record` while its HTTP call runs (its key is known once it is
@@ -103,11 +103,11 @@ class RevokedKeyWatch:
             self._task = None
 
     async def _watch(self) -> None:
-        while self._watched:
+        while self._work:
             await asyncio.sleep(self.interval)
             keyed = {
                 token: key
-                for token, (key_of, _) in list(self._watched.items())
+                for token, (key_of, _) in list(self._work.items())
                 if (key := key_of()) is not None
             }
             if not keyed:
@@ -123,7 +123,7 @@ class RevokedKeyWatch:
                 logger.warning("checking the API keys of work in flight failed: %s", exc)
                 continue
             for token, key_id in keyed.items():
-                entry = self._watched.get(token)
+                entry = self._work.get(token)
                 if entry is None or key_id not in gone:
                     continue
                 try:
