@@ -7,9 +7,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Extra pytest flags for `make test`; CI passes --require-postgres --require-redis7.
 PYTEST_ARGS ?=
-# Three workers (tests/conftest.py's scopes): one runs every test that starts a server
-# tree, waiting on its servers much of the time; the other two take the remaining modules,
-# longest first, as they free up. Waiting OpenMP threads sleep instead of spinning: torch's
+# Three workers (tests/conftest.py's scopes): every test that starts a server tree runs on
+# one of them, waiting on its servers much of the time; the other modules go, longest
+# first, to whichever worker frees up. Waiting OpenMP threads sleep instead of spinning: torch's
 # two threads spinning against the other workers made its matrix products ~4x slower than
 # alone (passive: ~1.6x).
 RUN_TESTS = OMP_WAIT_POLICY=PASSIVE $(BIN)/pytest -n 3 --dist loadscope --no-loadscope-reorder

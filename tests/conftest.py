@@ -472,10 +472,10 @@ def db(migrated_database_url: str) -> Iterator[Database]:
 # these (xdist hands each scope whole to one worker, and more as workers free up):
 # - "servers": every test that starts a server process tree (the e2e suite, the compose
 #   topology), in collection order on one worker, so no two trees ever run at once;
-# - every other module, a scope of its own, so the other workers balance themselves
-#   (whole streams of modules left one worker running alone for minutes at the end).
-# Three workers on two cores: the servers worker spends much of its time waiting on its
-# servers, and the other two fill it.
+# - every other module, a scope of its own, so the workers balance themselves (whole
+#   streams of modules left one worker running alone for minutes at the end).
+# Three workers on two cores: the servers' worker spends much of its time waiting on its
+# servers, and the others fill it.
 # (xdist 3.8's own `loadgroup` does nothing under pytest 9.2: it rewrites `item._nodeid`,
 # which pytest 9 no longer reads; hence a scheduler that overrides the pinned xdist's
 # `_split_scope`.)
